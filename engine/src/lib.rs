@@ -1,0 +1,14 @@
+//! weft: a workflow engine for SaaS customer and user lifecycle automation.
+//! Workflows are TOML; vendor connectors are sandboxed WebAssembly components
+//! that implement `weft:connector`; the host owns HTTP, credentials, limits,
+//! retries and durable run state.
+#![deny(missing_docs)]
+
+pub mod connector;
+pub mod credentials;
+pub mod http;
+pub mod runtime;
+pub mod builtin;
+pub mod executor;
+pub mod store;
+pub mod workflow;

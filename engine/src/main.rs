@@ -1,0 +1,366 @@
+//! The `weft` command line.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result};
+use clap::{Args, Parser, Subcommand};
+use weft::connector::Manifest;
+use weft::credentials::Secret;
+use weft::executor::{ConnectionOverride, ExecError, Executor, Observer, RunSummary, StepSummary};
+use weft::runtime::{Runtime, RuntimeConfig};
+use weft::store::{RunStore, Status, StepState};
+use weft::workflow::{LoadError, PluginRef, Step, Workflow};
+
+/// weft runs customer-lifecycle workflows written in TOML, with vendor
+/// connectors sandboxed as WebAssembly components.
+#[derive(Debug, Parser)]
+#[command(name = "weft", version, about, long_about = None)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Args)]
+struct Global {
+    /// Directory of the durable run store (sled).
+    #[arg(long, global = true, env = "WEFT_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// Directory of the compiled-component cache.
+    #[arg(long, global = true, env = "WEFT_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Log filter for diagnostics on stderr (e.g. `info`, `weft=debug`).
+    #[arg(long, global = true, env = "WEFT_LOG", default_value = "warn")]
+    log: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a workflow once, now.
+    Run {
+        /// The workflow file.
+        workflow: PathBuf,
+        /// Print the run summary as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+        /// Point every connection at in-process vendor emulators seeded with
+        /// demo data, with their test keys; no real vendor is contacted.
+        #[arg(long)]
+        sandbox: bool,
+        /// With --sandbox: demo records per emulator.
+        #[arg(long, default_value_t = 250)]
+        seed: usize,
+    },
+    /// Check workflow files without running them.
+    Validate {
+        /// Workflow files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Work with connector plugins.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
+    /// Start the local vendor emulators and print their URLs and test keys.
+    Sandbox {
+        /// Demo records per emulator.
+        #[arg(long, default_value_t = 250)]
+        seed: usize,
+        /// Port of the Stripe emulator (0 picks a free one).
+        #[arg(long, default_value_t = 12111)]
+        stripe_port: u16,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PluginCommand {
+    /// Print a plugin's manifest.
+    Inspect {
+        /// A built-in connector name or a path to a .wasm component.
+        plugin: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the built-in connectors.
+    List,
+}
+
+/// Exit codes: what kind of failure, for scripts.
+mod exit {
+    pub const RUN_FAILED: u8 = 1;
+    pub const INVALID: u8 = 2;
+    pub const INTERNAL: u8 = 3;
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.global.log).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::INTERNAL);
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            let code = match error.downcast_ref::<ExecError>() {
+                Some(ExecError::Store(_)) => exit::INTERNAL,
+                Some(_) => exit::INVALID,
+                None if error.downcast_ref::<LoadError>().is_some() => exit::INVALID,
+                None => exit::INTERNAL,
+            };
+            ExitCode::from(code)
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Run { workflow, json, sandbox, seed } => run(&cli.global, &workflow, json, sandbox, seed).await,
+        Command::Validate { files } => validate(&cli.global, &files).await,
+        Command::Plugin { command: PluginCommand::Inspect { plugin, json } } => inspect(&cli.global, &plugin, json).await,
+        Command::Plugin { command: PluginCommand::List } => {
+            for name in weft::builtin::names() {
+                println!("{name}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Sandbox { seed, stripe_port } => serve_sandbox(seed, stripe_port).await,
+    }
+}
+
+fn default_dir(env_base: &str, fallback: &str, leaf: &str) -> PathBuf {
+    std::env::var_os(env_base)
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(fallback)))
+        .unwrap_or_else(|| PathBuf::from(".weft"))
+        .join("weft")
+        .join(leaf)
+}
+
+fn wasm_runtime(global: &Global) -> Result<Runtime> {
+    let cache_dir = global.cache_dir.clone().unwrap_or_else(|| default_dir("XDG_CACHE_HOME", ".cache", "components"));
+    Ok(Runtime::new(RuntimeConfig { cache_dir: Some(cache_dir), ..RuntimeConfig::default() })?)
+}
+
+async fn run(global: &Global, path: &Path, json: bool, sandbox: bool, seed: usize) -> Result<ExitCode> {
+    let workflow = Workflow::load(path)?;
+    // A sandbox run keeps its state in a temporary directory unless told
+    // otherwise, so demo runs never mix with real ones.
+    let temp_state = if sandbox && global.state_dir.is_none() { Some(tempfile::tempdir().context("failed to create a temporary state dir")?) } else { None };
+    let state_dir = match (&temp_state, &global.state_dir) {
+        (Some(temp), _) => temp.path().to_path_buf(),
+        (None, Some(dir)) => dir.clone(),
+        (None, None) => default_dir("XDG_DATA_HOME", ".local/share", "state"),
+    };
+    let store = RunStore::open(&state_dir).with_context(|| format!("failed to open the run store at {}", state_dir.display()))?;
+    let executor = Executor::new(wasm_runtime(global)?, store);
+
+    let mut emulators = None;
+    let mut overrides = BTreeMap::new();
+    if sandbox {
+        let running = weft_sandbox::Sandbox::start(weft_sandbox::SandboxOptions { seed, stripe_port: 0, ..Default::default() })
+            .await
+            .context("failed to start the vendor emulators")?;
+        for connection in workflow.connections.values() {
+            let PluginRef::Builtin(name) = &connection.plugin else { continue };
+            let Some(endpoint) = running.endpoints().into_iter().find(|e| e.vendor == name.as_str()) else {
+                anyhow::bail!("connection {:?}: there is no emulator for plugin {name} in the sandbox", connection.name);
+            };
+            overrides.insert(connection.name.clone(), ConnectionOverride { base_url: endpoint.base_url, secret: Secret::new(endpoint.api_key) });
+        }
+        if !json {
+            eprintln!("sandbox: emulators on loopback, {seed} demo records each; state in {}", state_dir.display());
+        }
+        emulators = Some(running);
+    }
+
+    if !json {
+        eprintln!("running {} ({})", workflow.name, path.display());
+    }
+    let printer = Printer { quiet: json };
+    let summary = executor.run(&workflow, &overrides, &printer).await?;
+    if json {
+        let mut stdout = std::io::stdout().lock();
+        serde_json::to_writer_pretty(&mut stdout, &summary)?;
+        writeln!(stdout)?;
+    } else {
+        print_summary(&summary);
+    }
+    if let Some(emulators) = emulators {
+        emulators.shutdown().await;
+    }
+    Ok(if summary.status == Status::Succeeded { ExitCode::SUCCESS } else { ExitCode::from(exit::RUN_FAILED) })
+}
+
+struct Printer {
+    quiet: bool,
+}
+
+impl Observer for Printer {
+    fn step_finished(&self, step: &Step, _state: &StepState, s: &StepSummary) {
+        if self.quiet {
+            return;
+        }
+        let mark = match s.status {
+            Status::Succeeded => "ok  ",
+            Status::Failed => "FAIL",
+            _ => "--  ",
+        };
+        eprintln!("  {mark} {:<16} {:<7} {:<28} {:<28} {:>6.1}s", step.id, s.op.as_str(), s.target, counts(s), s.duration_ms as f64 / 1000.0);
+        if let Some(error) = &s.error {
+            eprintln!("       {error}");
+        }
+    }
+}
+
+fn counts(s: &StepSummary) -> String {
+    let c = s.counts;
+    let parts: Vec<String> = [
+        (c.read, "read"),
+        (c.created, "created"),
+        (c.updated, "updated"),
+        (c.unchanged, "unchanged"),
+        (c.removed, "removed"),
+        (c.absent, "already absent"),
+        (c.failed, "failed"),
+    ]
+    .into_iter()
+    .filter(|(n, _)| *n > 0)
+    .map(|(n, what)| format!("{n} {what}"))
+    .collect();
+    if parts.is_empty() { "-".into() } else { parts.join(", ") }
+}
+
+fn print_summary(summary: &RunSummary) {
+    eprintln!(
+        "run {} {} in {:.1}s",
+        summary.run_id,
+        summary.status.as_str(),
+        summary.duration_ms as f64 / 1000.0
+    );
+    for (name, stats) in &summary.connections {
+        eprintln!(
+            "  {name}: {} requests, {} throttled (429), {} retries, {} ms waiting",
+            stats.requests, stats.throttled, stats.retries, stats.waited_ms
+        );
+    }
+    if let Some(error) = &summary.error {
+        eprintln!("{error}");
+    }
+}
+
+async fn validate(global: &Global, files: &[PathBuf]) -> Result<ExitCode> {
+    let runtime = wasm_runtime(global)?;
+    let scratch = tempfile::tempdir()?;
+    let executor = Executor::new(runtime, RunStore::open(scratch.path())?);
+    let mut failed = 0;
+    for file in files {
+        let outcome = match Workflow::load(file) {
+            Ok(workflow) => executor.check(&workflow).await.map(|_| ()).map_err(anyhow::Error::from),
+            Err(e) => Err(e.into()),
+        };
+        match outcome {
+            Ok(()) => println!("ok: {}", file.display()),
+            Err(e) => {
+                failed += 1;
+                eprintln!("{e:#}\n");
+            }
+        }
+    }
+    if failed > 0 {
+        eprintln!("{failed} of {} workflow(s) invalid", files.len());
+        return Ok(ExitCode::from(exit::INVALID));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn inspect(global: &Global, plugin: &str, json: bool) -> Result<ExitCode> {
+    let runtime = wasm_runtime(global)?;
+    let loaded = if plugin.ends_with(".wasm") {
+        runtime.load_file(Path::new(plugin)).await?
+    } else {
+        let bytes = weft::builtin::component(plugin).with_context(|| {
+            format!("no built-in plugin named {plugin:?} (built in: {})", weft::builtin::names().collect::<Vec<_>>().join(", "))
+        })?;
+        runtime.load(plugin, bytes).await?
+    };
+    let manifest = loaded.manifest();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "manifest": manifest, "sha256": loaded.digest() }))?);
+    } else {
+        print_manifest(manifest, loaded.digest());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_manifest(m: &Manifest, digest: &str) {
+    println!("{} {} — {}", m.name, m.version, m.vendor);
+    println!("{}", m.description);
+    println!();
+    println!("base url:    {}", m.default_base_url);
+    println!("auth:        {}", match &m.auth {
+        weft::connector::AuthScheme::None => "none".to_owned(),
+        weft::connector::AuthScheme::Bearer => "bearer token".to_owned(),
+        weft::connector::AuthScheme::BasicKeyAsUser => "basic, key as user".to_owned(),
+        weft::connector::AuthScheme::Header(h) => format!("header {h}"),
+    });
+    if !m.extra_hosts.is_empty() {
+        println!("extra hosts: {}", m.extra_hosts.join(", "));
+    }
+    println!("sha256:      {digest}");
+    println!();
+    println!("resources:");
+    for r in &m.resources {
+        let ops: Vec<String> = r
+            .ops
+            .iter()
+            .map(|op| if r.is_irreversible(*op) { format!("{op} (irreversible)") } else { op.to_string() })
+            .collect();
+        println!("  {:<16} {}", r.name, ops.join(", "));
+        println!("  {:<16} id field {}, page size {} (max {})", "", r.id_field, r.default_page_size, r.max_page_size);
+        if !r.description.is_empty() {
+            println!("  {:<16} {}", "", r.description);
+        }
+    }
+    if !m.rate_limits.is_empty() {
+        println!();
+        println!("published rate limits:");
+        for l in &m.rate_limits {
+            let prefix = l.credential_prefix.as_deref().map(|p| format!(" (keys {p}…)")).unwrap_or_default();
+            println!("  {:?}: {} per {}s{prefix}", l.method_class, l.requests, l.per_seconds);
+        }
+    }
+    if !m.settings.is_empty() {
+        println!();
+        println!("settings:");
+        for s in &m.settings {
+            println!("  {:<16} {}{}", s.name, s.description, if s.required { " (required)" } else { "" });
+        }
+    }
+}
+
+async fn serve_sandbox(seed: usize, stripe_port: u16) -> Result<ExitCode> {
+    let running = weft_sandbox::Sandbox::start(weft_sandbox::SandboxOptions { seed, stripe_port, ..Default::default() })
+        .await
+        .context("failed to start the vendor emulators")?;
+    println!("weft sandbox: vendor emulators on loopback ({seed} demo records each); ctrl-c stops them");
+    for endpoint in running.endpoints() {
+        println!("  {:<12} {:<28} key {}", endpoint.vendor, endpoint.base_url, endpoint.api_key);
+    }
+    std::io::stdout().flush()?;
+    tokio::signal::ctrl_c().await.context("failed to wait for ctrl-c")?;
+    running.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,617 @@
+//! The sandbox: one wasmtime `Engine` for the process, compiled components
+//! cached on disk, a pre-instantiated template per plugin, and a fresh,
+//! limited instance for every call.
+//!
+//! Each supported WIT version has its own module (`v0_1`) that only converts
+//! types and dispatches; everything else lives here once.
+
+mod v0_1;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store, Trap, UpdateDeadline};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::connector::{
+    BatchItem, CallContext, ConnectorError, ListRequest, Manifest, Op, Page, RemoveOutcome, UpsertOutcome, UpsertRequest,
+};
+use crate::http::ConnectionHttp;
+
+/// How often the epoch advances; the granularity of CPU-time checks.
+const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Bytes of a guest's stderr kept to explain a trap (a Rust panic message).
+const STDERR_CAPTURE: usize = 4096;
+
+/// Limits every plugin instance runs under.
+#[derive(Debug, Clone)]
+pub struct SandboxLimits {
+    /// Largest linear memory an instance may grow to.
+    pub memory_bytes: usize,
+    /// CPU time a call may spend inside the plugin (time waiting on host
+    /// HTTP does not count).
+    pub cpu_time: Duration,
+    /// Wall-clock deadline for a whole call, HTTP included.
+    pub call_timeout: Duration,
+    /// Log lines a call may emit before the rest are dropped.
+    pub log_lines_per_call: usize,
+}
+
+impl Default for SandboxLimits {
+    fn default() -> Self {
+        SandboxLimits {
+            memory_bytes: 64 << 20,
+            cpu_time: Duration::from_secs(5),
+            call_timeout: Duration::from_secs(300),
+            log_lines_per_call: 1000,
+        }
+    }
+}
+
+/// How the runtime is set up.
+#[derive(Debug, Clone, Default)]
+pub struct RuntimeConfig {
+    /// Where compiled components are cached; `None` compiles every time.
+    pub cache_dir: Option<PathBuf>,
+    /// Limits for every instance.
+    pub limits: SandboxLimits,
+}
+
+/// Errors from loading or calling a plugin.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The engine could not be configured.
+    #[error("failed to set up the wasm engine: {0}")]
+    Engine(String),
+    /// The bytes are not a usable component.
+    #[error("plugin {plugin}: not a valid connector component: {reason}")]
+    InvalidComponent {
+        /// Plugin name or path.
+        plugin: String,
+        /// Why.
+        reason: String,
+    },
+    /// The component targets a contract version this host does not serve.
+    #[error("plugin {plugin}: does not implement weft:connector@0.1.0 (the versions this host serves): {reason}")]
+    UnsupportedContract {
+        /// Plugin name or path.
+        plugin: String,
+        /// What wasmtime said.
+        reason: String,
+    },
+    /// The plugin was stopped: trap, limit or deadline.
+    #[error("plugin {plugin}: {op} was stopped: {reason}")]
+    Trapped {
+        /// Plugin name.
+        plugin: String,
+        /// The op being called.
+        op: &'static str,
+        /// What happened, naming the limit hit.
+        reason: String,
+    },
+    /// The plugin answered with a typed error.
+    #[error("plugin {plugin}: {op} failed: {error}")]
+    Connector {
+        /// Plugin name.
+        plugin: String,
+        /// The op being called.
+        op: &'static str,
+        /// The connector's error.
+        error: ConnectorError,
+    },
+    /// The plugin answered something that breaks the contract.
+    #[error("plugin {plugin}: {op} broke the contract: {reason}")]
+    Contract {
+        /// Plugin name.
+        plugin: String,
+        /// The op being called.
+        op: &'static str,
+        /// What was wrong.
+        reason: String,
+    },
+}
+
+impl RuntimeError {
+    /// The connector's typed error, when that is what failed the call.
+    pub fn connector_error(&self) -> Option<&ConnectorError> {
+        match self {
+            RuntimeError::Connector { error, .. } => Some(error),
+            _ => None,
+        }
+    }
+}
+
+/// Result alias for this module.
+pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;
+
+/// The process's wasm runtime.
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<RuntimeInner>,
+}
+
+struct RuntimeInner {
+    engine: Engine,
+    linker: Linker<InstanceState>,
+    config: RuntimeConfig,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime").field("config", &self.inner.config).finish_non_exhaustive()
+    }
+}
+
+impl Drop for RuntimeInner {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Runtime {
+    /// Creates the engine, the linker and the epoch ticker.
+    pub fn new(config: RuntimeConfig) -> Result<Self> {
+        let mut wasm = Config::new();
+        wasm.wasm_component_model(true);
+        wasm.epoch_interruption(true);
+        wasm.max_wasm_stack(1 << 20);
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(256)
+            .total_core_instances(1024)
+            .total_memories(256)
+            .total_tables(1024)
+            .total_stacks(256)
+            .max_memories_per_component(4)
+            .max_core_instances_per_component(16)
+            .max_tables_per_component(16)
+            // Hard ceiling; each store's limiter enforces the configured cap.
+            .max_memory_size(config.limits.memory_bytes.max(1 << 20));
+        wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&wasm).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        v0_1::add_to_linker(&mut linker).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        let stop = ticker_stop.clone();
+        let ticking = engine.weak();
+        std::thread::Builder::new()
+            .name("weft-epoch".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    match ticking.upgrade() {
+                        Some(engine) => engine.increment_epoch(),
+                        None => break,
+                    }
+                }
+            })
+            .map_err(|e| RuntimeError::Engine(format!("cannot start the epoch thread: {e}")))?;
+
+        Ok(Runtime { inner: Arc::new(RuntimeInner { engine, linker, config, ticker_stop }) })
+    }
+
+    /// The limits instances run under.
+    pub fn limits(&self) -> &SandboxLimits {
+        &self.inner.config.limits
+    }
+
+    /// Compiles (or loads from the cache) and pre-instantiates a plugin, and
+    /// reads its manifest.
+    pub async fn load(&self, name: &str, wasm: &[u8]) -> Result<Plugin> {
+        let started = Instant::now();
+        let (component, cache_hit) = self.component(name, wasm)?;
+        let compiled = started.elapsed();
+        let pre = self.inner.linker.instantiate_pre(&component).map_err(|e| RuntimeError::UnsupportedContract {
+            plugin: name.to_owned(),
+            reason: error_chain(&e),
+        })?;
+        let bindings = v0_1::Bindings::new(pre).map_err(|e| RuntimeError::UnsupportedContract {
+            plugin: name.to_owned(),
+            reason: error_chain(&e),
+        })?;
+        let mut plugin = Plugin {
+            name: name.to_owned(),
+            runtime: self.clone(),
+            bindings,
+            manifest: placeholder_manifest(name),
+            digest: hex::encode(Sha256::digest(wasm)),
+            load: LoadInfo { cache_hit, compile_or_load: compiled, total: Duration::ZERO },
+        };
+        plugin.manifest = plugin.describe().await?;
+        plugin.load.total = started.elapsed();
+        Ok(plugin)
+    }
+
+    /// Loads a plugin from a `.wasm` file.
+    pub async fn load_file(&self, path: &Path) -> Result<Plugin> {
+        let name = path.display().to_string();
+        let wasm = std::fs::read(path).map_err(|e| RuntimeError::InvalidComponent { plugin: name.clone(), reason: format!("cannot read: {e}") })?;
+        self.load(&name, &wasm).await
+    }
+
+    fn component(&self, name: &str, wasm: &[u8]) -> Result<(Component, bool)> {
+        let engine = &self.inner.engine;
+        let invalid = |e: wasmtime::Error| RuntimeError::InvalidComponent { plugin: name.to_owned(), reason: error_chain(&e) };
+        let Some(dir) = &self.inner.config.cache_dir else {
+            return Ok((Component::new(engine, wasm).map_err(invalid)?, false));
+        };
+        let path = dir.join(format!("{}.cwasm", self.cache_key(wasm)));
+        if let Some(component) = self.read_cached(&path) {
+            return Ok((component, true));
+        }
+        let component = Component::new(engine, wasm).map_err(invalid)?;
+        if let Ok(serialized) = component.serialize() {
+            // A cache we cannot write is a slower start, not a failure.
+            if let Err(e) = write_cached(dir, &path, &serialized) {
+                tracing::warn!(path = %path.display(), error = %e, "cannot write the component cache");
+            }
+        }
+        Ok((component, false))
+    }
+
+    /// Content hash of the wasm plus the engine's compatibility hash, so a
+    /// new wasmtime or a new configuration never loads an old artifact.
+    fn cache_key(&self, wasm: &[u8]) -> String {
+        use std::hash::{Hash, Hasher};
+        let mut engine_hash = std::hash::DefaultHasher::new();
+        self.inner.engine.precompile_compatibility_hash().hash(&mut engine_hash);
+        let mut digest = Sha256::new();
+        digest.update(wasm);
+        digest.update(engine_hash.finish().to_le_bytes());
+        digest.update(env!("CARGO_PKG_VERSION").as_bytes());
+        hex::encode(&digest.finalize()[..20])
+    }
+
+    fn read_cached(&self, path: &Path) -> Option<Component> {
+        let bytes = std::fs::read(path).ok()?;
+        let (payload, checksum) = bytes.split_at_checked(bytes.len().checked_sub(32)?)?;
+        if Sha256::digest(payload).as_slice() != checksum {
+            tracing::warn!(path = %path.display(), "ignoring a corrupt component cache entry");
+            return None;
+        }
+        #[expect(unsafe_code, reason = "deserializing native code; the file is ours (content-addressed, checksummed, written atomically) and wasmtime checks engine compatibility")]
+        let component = unsafe { Component::deserialize(&self.inner.engine, payload) };
+        component.map_err(|e| tracing::warn!(path = %path.display(), error = %error_chain(&e), "ignoring an unusable cache entry")).ok()
+    }
+}
+
+fn write_cached(dir: &Path, path: &Path, serialized: &[u8]) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let mut file = tempfile::NamedTempFile::new_in(dir)?;
+    std::io::Write::write_all(&mut file, serialized)?;
+    std::io::Write::write_all(&mut file, &Sha256::digest(serialized))?;
+    file.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+fn placeholder_manifest(name: &str) -> Manifest {
+    Manifest {
+        name: name.to_owned(),
+        version: String::new(),
+        vendor: String::new(),
+        description: String::new(),
+        default_base_url: String::new(),
+        extra_hosts: Vec::new(),
+        auth: crate::connector::AuthScheme::None,
+        resources: Vec::new(),
+        rate_limits: Vec::new(),
+        settings: Vec::new(),
+    }
+}
+
+/// How a plugin was loaded.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadInfo {
+    /// Whether the compiled component came from the disk cache.
+    pub cache_hit: bool,
+    /// Time to compile or deserialize.
+    pub compile_or_load: Duration,
+    /// Time until the manifest was read.
+    pub total: Duration,
+}
+
+/// A loaded plugin: its template and manifest. Cheap to share.
+pub struct Plugin {
+    name: String,
+    runtime: Runtime,
+    bindings: v0_1::Bindings,
+    manifest: Manifest,
+    digest: String,
+    load: LoadInfo,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin").field("name", &self.name).field("digest", &self.digest).finish_non_exhaustive()
+    }
+}
+
+/// A call into a plugin, version-independent.
+#[derive(Debug)]
+pub(crate) enum Call {
+    Describe,
+    List(CallContext, ListRequest),
+    Get(CallContext, String, String),
+    Upsert(CallContext, UpsertRequest),
+    UpsertBatch(CallContext, String, Vec<BatchItem>),
+    Remove(CallContext, String, String),
+}
+
+impl Call {
+    fn op(&self) -> &'static str {
+        match self {
+            Call::Describe => "describe",
+            Call::List(..) => Op::List.as_str(),
+            Call::Get(..) => Op::Get.as_str(),
+            Call::Upsert(..) => Op::Upsert.as_str(),
+            Call::UpsertBatch(..) => Op::UpsertBatch.as_str(),
+            Call::Remove(..) => Op::Remove.as_str(),
+        }
+    }
+}
+
+/// A plugin's answer, version-independent.
+#[derive(Debug)]
+pub(crate) enum Reply {
+    Manifest(Manifest),
+    Page(Page),
+    Record(Option<String>),
+    Upserted(UpsertOutcome),
+    Batch(Vec<std::result::Result<UpsertOutcome, ConnectorError>>),
+    Removed(RemoveOutcome),
+}
+
+impl Plugin {
+    /// The name it was loaded under (built-in name or path).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// What the plugin says about itself.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// SHA-256 of the component bytes.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// How loading went.
+    pub fn load_info(&self) -> LoadInfo {
+        self.load
+    }
+
+    async fn describe(&self) -> Result<Manifest> {
+        match self.call(None, Call::Describe).await? {
+            Reply::Manifest(m) => Ok(m),
+            other => Err(self.contract("describe", format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// Reads one page.
+    pub async fn list(&self, http: &Arc<ConnectionHttp>, ctx: CallContext, request: ListRequest) -> Result<Page> {
+        let max = request.page_size as usize;
+        match self.call(Some(http), Call::List(ctx, request)).await? {
+            Reply::Page(page) if page.records.len() > max => {
+                Err(self.contract("list", format!("returned {} records for a page size of {max}", page.records.len())))
+            }
+            Reply::Page(page) => Ok(page),
+            other => Err(self.contract("list", format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// Reads one record.
+    pub async fn get(&self, http: &Arc<ConnectionHttp>, ctx: CallContext, resource: &str, id: &str) -> Result<Option<String>> {
+        match self.call(Some(http), Call::Get(ctx, resource.to_owned(), id.to_owned())).await? {
+            Reply::Record(record) => Ok(record),
+            other => Err(self.contract("get", format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// Creates or updates one record.
+    pub async fn upsert(&self, http: &Arc<ConnectionHttp>, ctx: CallContext, request: UpsertRequest) -> Result<UpsertOutcome> {
+        match self.call(Some(http), Call::Upsert(ctx, request)).await? {
+            Reply::Upserted(outcome) => Ok(outcome),
+            other => Err(self.contract("upsert", format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// Creates or updates many records.
+    pub async fn upsert_batch(
+        &self,
+        http: &Arc<ConnectionHttp>,
+        ctx: CallContext,
+        resource: &str,
+        items: Vec<BatchItem>,
+    ) -> Result<Vec<std::result::Result<UpsertOutcome, ConnectorError>>> {
+        let count = items.len();
+        match self.call(Some(http), Call::UpsertBatch(ctx, resource.to_owned(), items)).await? {
+            Reply::Batch(outcomes) if outcomes.len() != count => {
+                Err(self.contract("upsert-batch", format!("returned {} outcomes for {count} items", outcomes.len())))
+            }
+            Reply::Batch(outcomes) => Ok(outcomes),
+            other => Err(self.contract("upsert-batch", format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// Removes one record.
+    pub async fn remove(&self, http: &Arc<ConnectionHttp>, ctx: CallContext, resource: &str, id: &str) -> Result<RemoveOutcome> {
+        match self.call(Some(http), Call::Remove(ctx, resource.to_owned(), id.to_owned())).await? {
+            Reply::Removed(outcome) => Ok(outcome),
+            other => Err(self.contract("remove", format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    fn contract(&self, op: &'static str, reason: String) -> RuntimeError {
+        RuntimeError::Contract { plugin: self.name.clone(), op, reason }
+    }
+
+    /// Runs one call in a fresh instance under the sandbox limits.
+    async fn call(&self, http: Option<&Arc<ConnectionHttp>>, call: Call) -> Result<Reply> {
+        let op = call.op();
+        let limits = self.runtime.limits().clone();
+        let stderr = MemoryOutputPipe::new(STDERR_CAPTURE);
+        let mut wasi = WasiCtx::builder();
+        // Deny by default: no env, args, preopens or sockets; stdout is discarded.
+        wasi.allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false).stderr(stderr.clone());
+        let state = InstanceState {
+            wasi: wasi.build(),
+            table: ResourceTable::new(),
+            limiter: MemoryCap { cap: limits.memory_bytes, asked: None },
+            http: http.cloned(),
+            plugin: self.name.clone(),
+            started: Instant::now(),
+            in_host: Duration::ZERO,
+            cpu_limit: limits.cpu_time,
+            log_budget: limits.log_lines_per_call,
+        };
+        let mut store = Store::new(&self.runtime.inner.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|ctx| {
+            let state = ctx.data();
+            let in_guest = state.started.elapsed().saturating_sub(state.in_host);
+            if in_guest > state.cpu_limit {
+                return Err(wasmtime::Error::new(LimitHit::CpuTime { limit: state.cpu_limit }));
+            }
+            // Under the limit: give the executor a turn so a busy plugin
+            // never holds a tokio worker thread.
+            Ok(UpdateDeadline::Yield(1))
+        });
+
+        let outcome = tokio::time::timeout(limits.call_timeout, self.bindings.call(&mut store, call)).await;
+        let trapped = |reason: String| RuntimeError::Trapped { plugin: self.name.clone(), op, reason };
+        match outcome {
+            Err(_) => Err(trapped(format!("exceeded the call deadline of {:?}", limits.call_timeout))),
+            Ok(Ok(Ok(reply))) => Ok(reply),
+            Ok(Ok(Err(error))) => Err(RuntimeError::Connector { plugin: self.name.clone(), op, error }),
+            Ok(Err(error)) => Err(trapped(explain_trap(&error, &store, &stderr))),
+        }
+    }
+}
+
+/// Why a store was stopped by the host.
+#[derive(Debug, thiserror::Error)]
+enum LimitHit {
+    #[error("exceeded its CPU time limit of {limit:?}")]
+    CpuTime { limit: Duration },
+    #[error("exceeded its memory limit of {} MiB (tried to grow to {} MiB)", cap >> 20, asked >> 20)]
+    Memory { cap: usize, asked: usize },
+}
+
+fn explain_trap(error: &wasmtime::Error, store: &Store<InstanceState>, stderr: &MemoryOutputPipe) -> String {
+    let mut reason = if let Some(hit) = error.downcast_ref::<LimitHit>() {
+        hit.to_string()
+    } else if let Some(asked) = store.data().limiter.asked {
+        LimitHit::Memory { cap: store.data().limiter.cap, asked }.to_string()
+    } else {
+        match error.downcast_ref::<Trap>() {
+            Some(Trap::StackOverflow) => "exceeded the wasm stack limit (unbounded recursion?)".to_owned(),
+            Some(Trap::UnreachableCodeReached) => "panicked (wasm `unreachable` executed)".to_owned(),
+            Some(Trap::Interrupt) => "was interrupted".to_owned(),
+            Some(trap) => format!("trapped: {trap}"),
+            None => error_chain(error),
+        }
+    };
+    let said = stderr.contents();
+    let said = String::from_utf8_lossy(&said);
+    let said = said.trim();
+    if !said.is_empty() {
+        reason.push_str("; the plugin said: ");
+        reason.push_str(said.lines().last().unwrap_or(said));
+    }
+    reason
+}
+
+/// Every message in a wasmtime error chain, outermost first.
+fn error_chain(error: &wasmtime::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+    }
+    parts.join(": ")
+}
+
+/// Caps linear memory and remembers a refused growth, so the error can say
+/// which limit was hit instead of a bare trap.
+struct MemoryCap {
+    cap: usize,
+    asked: Option<usize>,
+}
+
+impl ResourceLimiter for MemoryCap {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.cap {
+            self.asked = Some(desired);
+            return Err(wasmtime::Error::new(LimitHit::Memory { cap: self.cap, asked: desired }));
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
+/// What one instance may touch: an empty WASI context, its connection's HTTP
+/// policy, and its own bookkeeping.
+pub(crate) struct InstanceState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limiter: MemoryCap,
+    http: Option<Arc<ConnectionHttp>>,
+    plugin: String,
+    started: Instant,
+    /// Time spent in host imports, which does not count as plugin CPU time.
+    in_host: Duration,
+    cpu_limit: Duration,
+    log_budget: usize,
+}
+
+impl WasiView for InstanceState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl InstanceState {
+    /// Sends a request for the plugin, or refuses when the call has no connection.
+    async fn send(&mut self, request: crate::http::Request) -> std::result::Result<crate::http::Response, crate::http::HttpError> {
+        let Some(http) = self.http.clone() else {
+            return Err(crate::http::HttpError::Denied("HTTP is not available during describe".into()));
+        };
+        let started = Instant::now();
+        let response = http.send(request).await;
+        self.in_host += started.elapsed();
+        response
+    }
+
+    fn log(&mut self, level: tracing::Level, message: &str) {
+        if self.log_budget == 0 {
+            return;
+        }
+        self.log_budget -= 1;
+        let message: String = message.chars().take(2000).collect();
+        let plugin = self.plugin.as_str();
+        match level {
+            tracing::Level::ERROR => tracing::error!(plugin, "{message}"),
+            tracing::Level::WARN => tracing::warn!(plugin, "{message}"),
+            tracing::Level::INFO => tracing::info!(plugin, "{message}"),
+            tracing::Level::DEBUG => tracing::debug!(plugin, "{message}"),
+            tracing::Level::TRACE => tracing::trace!(plugin, "{message}"),
+        }
+    }
+}

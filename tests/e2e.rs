@@ -1,0 +1,11 @@
+//! End-to-end tests of the whole system: real wasm components, a real sled
+//! directory, and the vendor emulators over loopback HTTP. One test binary,
+//! as in ripgrep, so the suite links once.
+
+mod e2e {
+    pub mod support;
+
+    mod sandboxing;
+    mod secrets;
+    mod stripe;
+}

@@ -1,0 +1,69 @@
+//! Shared set-up: runtimes with a shared component cache, executors over a
+//! temporary run store, workflows written from text.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use weft::credentials::Secret;
+use weft::executor::{ConnectionOverride, Executor, RunSummary, Silent};
+use weft::runtime::{Runtime, RuntimeConfig, SandboxLimits};
+use weft::store::RunStore;
+use weft::workflow::Workflow;
+use weft_sandbox::{Sandbox, SandboxOptions};
+
+pub type TestResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
+
+/// Compiled components are cached across tests (and runs) here, so only the
+/// first test pays for compilation.
+pub fn cache_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("weft-component-cache")
+}
+
+pub fn runtime(limits: SandboxLimits) -> TestResult<Runtime> {
+    Ok(Runtime::new(RuntimeConfig { cache_dir: Some(cache_dir()), limits })?)
+}
+
+/// The hostile test plugin built by the root build script.
+pub fn hostile_wasm() -> &'static Path {
+    Path::new(env!("WEFT_HOSTILE_WASM"))
+}
+
+pub async fn sandbox(seed: usize) -> TestResult<Sandbox> {
+    Ok(Sandbox::start(SandboxOptions { seed, ..SandboxOptions::default() }).await?)
+}
+
+/// A workflow parsed from `text`, as if it were at `dir/name.toml`.
+pub fn workflow(dir: &Path, text: &str) -> TestResult<Workflow> {
+    let path = dir.join("workflow.toml");
+    std::fs::write(&path, text)?;
+    Ok(Workflow::load(&path)?)
+}
+
+/// Points the connection named `stripe` at the sandbox's Stripe emulator.
+pub fn stripe_override(sandbox: &Sandbox) -> BTreeMap<String, ConnectionOverride> {
+    let endpoint = sandbox.endpoints().into_iter().find(|e| e.vendor == "stripe").expect("the sandbox has a stripe emulator");
+    BTreeMap::from([(
+        "stripe".to_owned(),
+        ConnectionOverride { base_url: endpoint.base_url, secret: Secret::new(endpoint.api_key) },
+    )])
+}
+
+pub struct Harness {
+    pub executor: Executor,
+    pub state: tempfile::TempDir,
+    pub files: tempfile::TempDir,
+}
+
+impl Harness {
+    pub fn new() -> TestResult<Self> {
+        let state = tempfile::tempdir()?;
+        let files = tempfile::tempdir()?;
+        let executor = Executor::new(runtime(SandboxLimits::default())?, RunStore::open(state.path())?);
+        Ok(Harness { executor, state, files })
+    }
+
+    pub async fn run(&self, text: &str, overrides: &BTreeMap<String, ConnectionOverride>) -> TestResult<RunSummary> {
+        let workflow = workflow(self.files.path(), text)?;
+        Ok(self.executor.run(&workflow, overrides, &Silent).await?)
+    }
+}
