@@ -6,7 +6,13 @@ mod plugins;
 use std::path::{Path, PathBuf};
 
 /// The connectors shipped inside weft: (built-in name, cargo package).
-const BUILTIN: &[(&str, &str)] = &[("stripe", "weft-plugin-stripe")];
+const BUILTIN: &[(&str, &str)] = &[
+    ("stripe", "weft-plugin-stripe"),
+    ("stripe-scim", "weft-plugin-stripe-scim"),
+    ("baremetrics", "weft-plugin-baremetrics"),
+    ("metronome", "weft-plugin-metronome"),
+    ("growpanel", "weft-plugin-growpanel"),
+];
 
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));

@@ -165,7 +165,11 @@ pub fn from_response(vendor: &str, response: &Response) -> crate::Error {
 /// The [`Error`] for an answer with `status`, `headers` (names in lower
 /// case, as the host gives them) and `body` from `vendor`.
 pub fn from_status(vendor: &str, status: u16, headers: &[(String, String)], body: &[u8]) -> Error {
-    let message = message(vendor, status, body);
+    let mut message = message(vendor, status, body);
+    // The host adds `weft-attempts` when it retried before giving up.
+    if let Some(attempts) = find_header(headers, "weft-attempts") {
+        message.push_str(&format!(" (after {} attempts)", attempts.trim()));
+    }
     match status {
         400 | 422 => Error::InvalidInput(message),
         401 => Error::Unauthorized(message),

@@ -75,10 +75,6 @@ pub use wit::weft::connector::types::{
 // does not report them in code a proc macro from another crate expands.
 // Should that change, the `allow` belongs on this module and nowhere wider.
 #[doc(hidden)]
-#[expect(
-    clippy::too_many_arguments,
-    reason = "the generated export shims take one argument per flattened ABI value"
-)]
 pub mod wit {
     wit_bindgen::generate!({
         path: "../../wit/v0.1.0",
