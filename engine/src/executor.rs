@@ -14,7 +14,8 @@ use tokio::sync::Mutex;
 
 use crate::connector::{CallContext, ListRequest, Manifest, Op, RemoveOutcome, UpsertAction, UpsertRequest};
 use crate::credentials::{CredentialSource, Secret};
-use crate::http::{ConnectionHttp, HttpLimits, SendOnce, StatsSnapshot};
+use crate::http::{ConnectionHttp, HttpLimits, StatsSnapshot};
+use crate::limiter::{LimitedPolicy, LimiterRegistry, RetryPolicy};
 use crate::runtime::{Plugin, Runtime, RuntimeError};
 use crate::store::{RunRecord, RunStore, Status, StepCounts, StepState, StoreError, now_ms};
 use crate::workflow::{Action, Diagnostics, PluginRef, Step, Workflow};
@@ -145,6 +146,8 @@ pub struct Executor {
     store: RunStore,
     plugins: Mutex<HashMap<String, Arc<Plugin>>>,
     http_limits: HttpLimits,
+    limiters: Arc<LimiterRegistry>,
+    retry: RetryPolicy,
 }
 
 impl std::fmt::Debug for Executor {
@@ -156,7 +159,27 @@ impl std::fmt::Debug for Executor {
 impl Executor {
     /// An executor over `runtime` and `store`.
     pub fn new(runtime: Runtime, store: RunStore) -> Self {
-        Executor { runtime, store, plugins: Mutex::default(), http_limits: HttpLimits::default() }
+        Executor {
+            runtime,
+            store,
+            plugins: Mutex::default(),
+            http_limits: HttpLimits::default(),
+            limiters: Arc::default(),
+            retry: RetryPolicy::default(),
+        }
+    }
+
+    /// Shares `limiters` with other executors in the process, so one vendor
+    /// key is paced as one whatever runs use it.
+    pub fn with_limiters(mut self, limiters: Arc<LimiterRegistry>) -> Self {
+        self.limiters = limiters;
+        self
+    }
+
+    /// Replaces the HTTP retry policy.
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
     }
 
     /// The run store.
@@ -224,13 +247,14 @@ impl Executor {
             };
             // Deny by default: a host is allowed only if the plugin declares it and the workflow grants it.
             let extra: Vec<String> = manifest.extra_hosts.iter().filter(|h| connection.allow_hosts.contains(h)).cloned().collect();
+            let limiter = self.limiters.limiter(&manifest.name, secret.as_ref(), &manifest.rate_limits, &connection.rate_limits);
             let http = ConnectionHttp::new(
                 crate::http::shared_client(),
                 &base_url,
                 &extra,
                 secret.map(|s| (manifest.auth.clone(), s)),
                 self.http_limits.clone(),
-                Arc::new(SendOnce),
+                Arc::new(LimitedPolicy::new(limiter, self.retry.clone())),
             )
             .map_err(|source| ExecError::Http { connection: connection.name.clone(), source })?;
             let context = CallContext { base_url: http.base_url(), settings: connection.settings.clone() };

@@ -95,6 +95,23 @@ pub enum HttpError {
     TooLarge(String),
 }
 
+/// Response header the host adds when it sent a request more than once:
+/// the number of attempts, for the connector's error message.
+pub const ATTEMPTS_HEADER: &str = "weft-attempts";
+
+impl HttpError {
+    fn after_attempts(self, attempts: u32) -> HttpError {
+        let note = |m: String| format!("{m} (after {attempts} attempts)");
+        match self {
+            HttpError::Denied(m) => HttpError::Denied(note(m)),
+            HttpError::InvalidRequest(m) => HttpError::InvalidRequest(note(m)),
+            HttpError::Timeout(m) => HttpError::Timeout(note(m)),
+            HttpError::Connection(m) => HttpError::Connection(note(m)),
+            HttpError::TooLarge(m) => HttpError::TooLarge(note(m)),
+        }
+    }
+}
+
 /// Counters for one connection, reported in the run summary.
 #[derive(Debug, Default)]
 pub struct ConnectionStats {
@@ -190,8 +207,11 @@ pub struct ConnectionHttp {
 #[derive(Clone)]
 enum Transport {
     Network(reqwest::Client),
-    Canned(Arc<dyn Fn(&Url, &Request) -> Response + Send + Sync>),
+    Canned(Responder),
 }
+
+/// Answers requests in place of the network.
+type Responder = Arc<dyn Fn(&Url, &Request) -> Response + Send + Sync>;
 
 impl std::fmt::Debug for Transport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -362,7 +382,18 @@ impl ConnectionHttp {
                     tokio::time::sleep(delay).await;
                     attempt += 1;
                 }
-                None => return outcome,
+                None if attempt == 1 => return outcome,
+                // Say how hard the host tried: in the error, or in a header
+                // the connector's error mapping can quote.
+                None => {
+                    return match outcome {
+                        Ok(mut response) => {
+                            response.headers.push((ATTEMPTS_HEADER.to_owned(), attempt.to_string()));
+                            Ok(response)
+                        }
+                        Err(error) => Err(error.after_attempts(attempt)),
+                    };
+                }
             }
         }
     }

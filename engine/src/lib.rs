@@ -4,9 +4,11 @@
 //! retries and durable run state.
 #![deny(missing_docs)]
 
+pub mod conformance;
 pub mod connector;
 pub mod credentials;
 pub mod http;
+pub mod limiter;
 pub mod runtime;
 pub mod builtin;
 pub mod executor;

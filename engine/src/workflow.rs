@@ -10,7 +10,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use toml::Spanned;
 
-use crate::connector::{Manifest, Op};
+use crate::connector::{Manifest, MethodClass, Op};
 
 /// An error located in a workflow file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,6 +124,9 @@ struct ConnectionDef {
     settings: BTreeMap<String, Spanned<toml::Value>>,
     #[serde(default)]
     allow_hosts: Vec<Spanned<String>>,
+    rate_limit: Option<Spanned<String>>,
+    #[serde(default)]
+    rate_limits: BTreeMap<String, Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -201,6 +204,8 @@ pub struct Connection {
     pub settings: Vec<(String, String)>,
     /// Extra hosts the workflow grants.
     pub allow_hosts: Vec<String>,
+    /// Rate limits that replace the plugin's published ones, per class.
+    pub rate_limits: Vec<crate::limiter::LimitOverride>,
     /// Where the connection is defined.
     pub span: Span,
     plugin_span: Span,
@@ -356,12 +361,34 @@ impl Workflow {
                     _ => check.error(value_span, format!("setting {key} must be a string, integer or boolean")),
                 }
             }
+            let mut rate_limits = Vec::new();
+            let overrides = c.rate_limit.into_iter().map(|r| ("any".to_owned(), r)).chain(c.rate_limits);
+            for (class_name, rate) in overrides {
+                let class = match class_name.as_str() {
+                    "any" => MethodClass::Any,
+                    "read" => MethodClass::Read,
+                    "write" => MethodClass::Write,
+                    "get" => MethodClass::Get,
+                    "post" => MethodClass::Post,
+                    "put" => MethodClass::Put,
+                    "patch" => MethodClass::Patch,
+                    "delete" => MethodClass::Delete,
+                    other => {
+                        check.error(rate.span(), format!("unknown method class {other:?} in rate_limits; use any, read, write, get, post, put, patch or delete"));
+                        continue;
+                    }
+                };
+                match crate::limiter::parse_rate(rate.get_ref()) {
+                    Some(per_second) => rate_limits.push(crate::limiter::LimitOverride { class, per_second }),
+                    None => check.error(rate.span(), "a rate is written \"N/s\", \"N/min\" or \"N/h\" with N > 0"),
+                }
+            }
             let credentials = c.credentials.map(Spanned::into_inner);
             let base_url = c.base_url.map(Spanned::into_inner);
             let allow_hosts = c.allow_hosts.into_iter().map(Spanned::into_inner).collect();
             connections.insert(
                 name.clone(),
-                Connection { name, plugin, credentials, base_url, settings, allow_hosts, span, plugin_span },
+                Connection { name, plugin, credentials, base_url, settings, allow_hosts, rate_limits, span, plugin_span },
             );
         }
 
@@ -607,6 +634,17 @@ page_size = 100
     fn fields_that_do_not_fit_the_op_are_refused() {
         let d = first_error(&GOOD.replace("page_size = 100", "key = \"cus_1\""));
         assert!(d.message.contains("`key` does not apply to a list step"), "{d}");
+    }
+
+    #[test]
+    fn rate_limit_overrides_parse_per_class() -> Result<(), Diagnostics> {
+        let w = parse(&GOOD.replace("credentials = \"env:STRIPE_API_KEY\"", "credentials = \"env:STRIPE_API_KEY\"\nrate_limit = \"10/s\"\nrate_limits = { post = \"100/min\" }"))?;
+        let limits = &w.connections["stripe"].rate_limits;
+        assert!(limits.contains(&crate::limiter::LimitOverride { class: MethodClass::Any, per_second: 10.0 }), "{limits:?}");
+        assert!(limits.contains(&crate::limiter::LimitOverride { class: MethodClass::Post, per_second: 100.0 / 60.0 }), "{limits:?}");
+        let d = first_error(&GOOD.replace("credentials = \"env:STRIPE_API_KEY\"", "credentials = \"env:STRIPE_API_KEY\"\nrate_limit = \"fast\""));
+        assert!(d.message.contains("N/s"), "{d}");
+        Ok(())
     }
 
     #[test]

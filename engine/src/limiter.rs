@@ -1,0 +1,551 @@
+//! Host-side rate limiting and retries, shared by every run and step in the
+//! process. Plugins never see any of it: they call `http.send`, and the host
+//! paces the request, retries it when that is safe, and learns from 429s.
+//!
+//! One [`Limiter`] exists per connection identity (vendor plus credential
+//! fingerprint, never the secret). It holds a bucket per method class the
+//! vendor limits. A bucket spaces requests evenly at its rate (GCRA: each
+//! caller reserves the next slot under a short lock, then sleeps until it
+//! outside the lock, so waiting never blocks a thread or spins a plugin).
+//!
+//! Buckets start at the vendor's published rate when there is one. When
+//! there is none (Baremetrics, Metronome) they start modestly and adapt: a
+//! 429 cuts the rate, and time spent at the limit without a 429 raises it
+//! slowly, so a run converges just under the real limit. A `Retry-After` or
+//! an exhausted `RateLimit-*`/`X-RateLimit-*` window pauses the bucket.
+//!
+//! Hand-written rather than `governor`: the quota must change at run time
+//! (adaptation, pauses), which governor's fixed quotas do not allow.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use rand::Rng as _;
+use tokio::time::Instant;
+
+use crate::connector::{MethodClass, RateLimit};
+use crate::credentials::Secret;
+use crate::http::{HttpError, Method, RequestPolicy, Response};
+
+/// Share of a published limit the host aims for: a hair under, so clock
+/// skew and fixed-window accounting at the vendor do not cost 429s.
+const PUBLISHED_MARGIN: f64 = 0.99;
+/// Rate an unpublished limit starts at, requests per second.
+const UNKNOWN_START_RATE: f64 = 5.0;
+/// Lowest rate adaptation may fall to, requests per second.
+const MIN_RATE: f64 = 0.2;
+/// Factor applied to the rate on a 429.
+const DECREASE: f64 = 0.85;
+/// Growth per second spent at the limit: fast before the first 429 of an
+/// unknown limit, brisk back up to just under the limit measured at the
+/// last 429, and a slow probe above it, in case the limit was raised.
+const START_GROWTH: f64 = 1.25;
+const RECOVER_GROWTH: f64 = 1.05;
+const PROBE_GROWTH: f64 = 1.001;
+/// Share of the measured limit the host settles at.
+const SETTLE: f64 = 0.97;
+
+/// How a workflow overrides a vendor's limits for one connection.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LimitOverride {
+    /// The requests it counts.
+    pub class: MethodClass,
+    /// Requests per second.
+    pub per_second: f64,
+}
+
+/// Parses `"20/s"`, `"300/min"`, `"1000/h"` into requests per second.
+pub fn parse_rate(text: &str) -> Option<f64> {
+    let (count, unit) = text.trim().split_once('/')?;
+    let count: f64 = count.trim().parse().ok().filter(|c: &f64| *c > 0.0 && c.is_finite())?;
+    let seconds = match unit.trim() {
+        "s" | "sec" | "second" => 1.0,
+        "m" | "min" | "minute" => 60.0,
+        "h" | "hour" => 3600.0,
+        _ => return None,
+    };
+    Some(count / seconds)
+}
+
+#[derive(Debug)]
+struct Bucket {
+    class: MethodClass,
+    /// Current rate, requests per second.
+    rate: f64,
+    /// The rate never goes above this (the published or overridden limit).
+    ceiling: Option<f64>,
+    /// Whether a 429 has been seen (ends the fast start of unknown limits).
+    seen_429: bool,
+    /// GCRA theoretical arrival time of the next request.
+    next_slot: Instant,
+    /// No request before this (Retry-After, exhausted window).
+    paused_until: Option<Instant>,
+    /// Last time the rate changed.
+    adjusted_at: Instant,
+    /// Whether callers had to wait since the last adjustment: only then is
+    /// the limiter the bottleneck and worth raising.
+    saturated: bool,
+    /// When the last second's successful responses arrived. While the
+    /// vendor answers 429, what it still serves per second is its limit.
+    successes: std::collections::VecDeque<Instant>,
+    /// The vendor's limit as measured at the last 429.
+    measured: Option<f64>,
+}
+
+impl Bucket {
+    fn new(class: MethodClass, ceiling: Option<f64>, now: Instant) -> Self {
+        let rate = ceiling.map_or(UNKNOWN_START_RATE, |c| c * PUBLISHED_MARGIN);
+        Bucket {
+            class,
+            rate,
+            ceiling,
+            seen_429: false,
+            next_slot: now,
+            paused_until: None,
+            adjusted_at: now,
+            saturated: false,
+            successes: std::collections::VecDeque::new(),
+            measured: None,
+        }
+    }
+
+    fn interval(&self) -> Duration {
+        Duration::from_secs_f64(1.0 / self.rate.max(MIN_RATE))
+    }
+
+    /// Reserves the next slot; returns when the caller may send.
+    fn reserve(&mut self, now: Instant) -> Instant {
+        self.grow(now);
+        let mut at = self.next_slot.max(now);
+        if let Some(until) = self.paused_until {
+            if until > at {
+                at = until;
+            } else if until <= now {
+                self.paused_until = None;
+            }
+        }
+        if at > now {
+            self.saturated = true;
+        }
+        self.next_slot = at + self.interval();
+        at
+    }
+
+    fn grow(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.adjusted_at);
+        if elapsed < Duration::from_secs(1) {
+            return;
+        }
+        if self.saturated {
+            let steps = elapsed.as_secs_f64().min(10.0);
+            let target = self.measured.map(|m| m * SETTLE);
+            self.rate = match target {
+                None if self.ceiling.is_none() => self.rate * START_GROWTH.powf(steps),
+                None => self.rate * RECOVER_GROWTH.powf(steps),
+                Some(target) if self.rate < target => (self.rate * RECOVER_GROWTH.powf(steps)).min(target),
+                Some(_) => self.rate * PROBE_GROWTH.powf(steps),
+            };
+            if let Some(ceiling) = self.ceiling {
+                self.rate = self.rate.min(ceiling * PUBLISHED_MARGIN);
+            }
+        }
+        self.saturated = false;
+        self.adjusted_at = now;
+    }
+
+    fn succeeded(&mut self, now: Instant) {
+        self.successes.push_back(now);
+        self.forget_before(now);
+    }
+
+    fn forget_before(&mut self, now: Instant) {
+        while self.successes.front().is_some_and(|t| now.saturating_duration_since(*t) > Duration::from_secs(1)) {
+            self.successes.pop_front();
+        }
+    }
+
+    fn throttled(&mut self, now: Instant, pause: Option<Duration>) {
+        // One cut per second at most: a burst of 429s for requests already
+        // in flight is one signal, not many.
+        if !self.seen_429 || now.saturating_duration_since(self.adjusted_at) >= Duration::from_secs(1) {
+            self.forget_before(now);
+            let served = self.successes.len() as f64;
+            // What the vendor served in the last second while refusing
+            // more is its limit; with too few answers to tell, just back off.
+            self.rate = if served >= 3.0 {
+                self.measured = Some(served);
+                (served * SETTLE).min(self.rate * DECREASE.sqrt()).max(served * DECREASE)
+            } else {
+                self.rate * DECREASE
+            }
+            .max(MIN_RATE);
+            self.adjusted_at = now;
+            self.saturated = false;
+        }
+        self.seen_429 = true;
+        if let Some(pause) = pause {
+            self.pause(now + pause);
+        }
+    }
+
+    fn pause(&mut self, until: Instant) {
+        self.paused_until = Some(self.paused_until.map_or(until, |p| p.max(until)));
+        self.next_slot = self.next_slot.max(until);
+    }
+}
+
+/// The buckets of one connection identity.
+#[derive(Debug)]
+pub struct Limiter {
+    buckets: Mutex<Vec<Bucket>>,
+}
+
+fn applies(class: MethodClass, method: Method) -> bool {
+    match class {
+        MethodClass::Any => true,
+        MethodClass::Read => matches!(method, Method::Get | Method::Head),
+        MethodClass::Write => !matches!(method, Method::Get | Method::Head),
+        MethodClass::Get => method == Method::Get,
+        MethodClass::Post => method == Method::Post,
+        MethodClass::Put => method == Method::Put,
+        MethodClass::Patch => method == Method::Patch,
+        MethodClass::Delete => method == Method::Delete,
+    }
+}
+
+impl Limiter {
+    /// Buckets from the vendor's published limits (those whose credential
+    /// prefix matches, the most specific winning per class), replaced per
+    /// class by the workflow's overrides. With neither, one adaptive bucket
+    /// for all requests.
+    pub fn new(published: &[RateLimit], secret: Option<&Secret>, overrides: &[LimitOverride]) -> Self {
+        let now = Instant::now();
+        let mut chosen: Vec<(MethodClass, f64, bool)> = Vec::new();
+        for limit in published {
+            let matches = match (&limit.credential_prefix, secret) {
+                (None, _) => true,
+                (Some(prefix), Some(secret)) => secret.has_prefix(prefix),
+                (Some(_), None) => false,
+            };
+            if !matches || limit.requests == 0 || limit.per_seconds == 0 {
+                continue;
+            }
+            let rate = f64::from(limit.requests) / f64::from(limit.per_seconds);
+            let specific = limit.credential_prefix.is_some();
+            match chosen.iter_mut().find(|(class, _, _)| *class == limit.method_class) {
+                Some(entry) if specific && !entry.2 => *entry = (limit.method_class, rate, true),
+                Some(_) => {}
+                None => chosen.push((limit.method_class, rate, specific)),
+            }
+        }
+        for o in overrides {
+            chosen.retain(|(class, _, _)| *class != o.class);
+            chosen.push((o.class, o.per_second, true));
+        }
+        let buckets = if chosen.is_empty() {
+            vec![Bucket::new(MethodClass::Any, None, now)]
+        } else {
+            chosen.into_iter().map(|(class, rate, _)| Bucket::new(class, Some(rate), now)).collect()
+        };
+        Limiter { buckets: Mutex::new(buckets) }
+    }
+
+    /// Waits for a slot for `method`; returns how long it waited.
+    pub async fn acquire(&self, method: Method) -> Duration {
+        let now = Instant::now();
+        let at = {
+            let Ok(mut buckets) = self.buckets.lock() else { return Duration::ZERO };
+            buckets.iter_mut().filter(|b| applies(b.class, method)).map(|b| b.reserve(now)).max().unwrap_or(now)
+        };
+        if at > now {
+            tokio::time::sleep_until(at).await;
+        }
+        at.saturating_duration_since(now)
+    }
+
+    /// Learns from a response: a 429 slows the buckets `method` counts in
+    /// (and pauses them for `pause`); an exhausted window pauses them.
+    pub fn observe(&self, method: Method, status: u16, pause: Option<Duration>) {
+        let now = Instant::now();
+        let Ok(mut buckets) = self.buckets.lock() else { return };
+        for bucket in buckets.iter_mut().filter(|b| applies(b.class, method)) {
+            if status == 429 {
+                bucket.throttled(now, pause);
+                continue;
+            }
+            if status < 500 {
+                bucket.succeeded(now);
+            }
+            if let Some(pause) = pause {
+                bucket.pause(now + pause);
+            }
+        }
+    }
+
+    /// Current rates per class, requests per second (for tests and summaries).
+    pub fn rates(&self) -> Vec<(MethodClass, f64)> {
+        self.buckets.lock().map(|b| b.iter().map(|b| (b.class, b.rate)).collect()).unwrap_or_default()
+    }
+}
+
+/// The process-wide map from connection identity to limiter.
+#[derive(Debug, Default)]
+pub struct LimiterRegistry {
+    limiters: Mutex<HashMap<String, Arc<Limiter>>>,
+}
+
+impl LimiterRegistry {
+    /// The limiter for `vendor` and `secret`, created on first use. The key
+    /// holds the secret's fingerprint, never the secret.
+    pub fn limiter(&self, vendor: &str, secret: Option<&Secret>, published: &[RateLimit], overrides: &[LimitOverride]) -> Arc<Limiter> {
+        let key = format!("{vendor}/{}", secret.map(Secret::fingerprint).unwrap_or_default());
+        let Ok(mut limiters) = self.limiters.lock() else {
+            return Arc::new(Limiter::new(published, secret, overrides));
+        };
+        limiters.entry(key).or_insert_with(|| Arc::new(Limiter::new(published, secret, overrides))).clone()
+    }
+}
+
+/// When to send a failed request again.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included.
+    pub max_attempts: u32,
+    /// First backoff; doubles per attempt, with full jitter.
+    pub base_delay: Duration,
+    /// Longest single wait.
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy { max_attempts: 5, base_delay: Duration::from_millis(250), max_delay: Duration::from_secs(30) }
+    }
+}
+
+impl RetryPolicy {
+    fn backoff(&self, attempt: u32) -> Duration {
+        let ceiling = self.base_delay.saturating_mul(1u32 << attempt.saturating_sub(1).min(16)).min(self.max_delay);
+        // Full jitter: spreads retries of many callers apart.
+        Duration::from_secs_f64(rand::rng().random_range(0.5..=1.0) * ceiling.as_secs_f64())
+    }
+}
+
+/// Reads how long to hold off from a response's headers: `Retry-After`
+/// (seconds or HTTP-date), else an exhausted `RateLimit-*`, `X-RateLimit-*`
+/// or `Stripe-Ratelimit-*` window with its reset.
+pub fn pause_from_headers(headers: &[(String, String)]) -> Option<Duration> {
+    let header = |name: &str| headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.trim());
+    if let Some(value) = header("retry-after") {
+        if let Ok(seconds) = value.parse::<f64>() {
+            return (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds.min(3600.0)));
+        }
+        if let Ok(at) = httpdate::parse_http_date(value) {
+            return Some(at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO).min(Duration::from_secs(3600)));
+        }
+    }
+    for prefix in ["ratelimit", "x-ratelimit", "stripe-ratelimit"] {
+        let remaining = header(&format!("{prefix}-remaining")).and_then(|v| v.parse::<f64>().ok());
+        let reset = header(&format!("{prefix}-reset")).and_then(|v| v.parse::<f64>().ok());
+        if let (Some(remaining), Some(reset)) = (remaining, reset)
+            && remaining <= 0.0
+            && reset.is_finite()
+            && reset >= 0.0
+        {
+            // Large values are epoch timestamps (X-RateLimit-Reset), small ones delta-seconds.
+            let delta = if reset > 1_000_000_000.0 {
+                let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+                (reset - now).max(0.0)
+            } else {
+                reset
+            };
+            return Some(Duration::from_secs_f64(delta.min(3600.0)));
+        }
+    }
+    None
+}
+
+/// The policy a connection sends under: its identity's limiter, the retry
+/// rules, and an optional deadline past which no retry is started.
+#[derive(Debug)]
+pub struct LimitedPolicy {
+    limiter: Arc<Limiter>,
+    retry: RetryPolicy,
+}
+
+impl LimitedPolicy {
+    /// A policy over `limiter`.
+    pub fn new(limiter: Arc<Limiter>, retry: RetryPolicy) -> Self {
+        LimitedPolicy { limiter, retry }
+    }
+}
+
+impl RequestPolicy for LimitedPolicy {
+    fn admit(&self, method: Method) -> Pin<Box<dyn Future<Output = Duration> + Send + '_>> {
+        Box::pin(self.limiter.acquire(method))
+    }
+
+    fn retry_after(&self, method: Method, idempotent: bool, attempt: u32, outcome: &Result<Response, HttpError>) -> Option<Duration> {
+        // Safe to send again: the vendor did not act (429, or nothing was
+        // received), or the request is idempotent by method or by key.
+        let replay_safe = method.is_idempotent() || idempotent;
+        let delay = match outcome {
+            Ok(response) => {
+                let pause = pause_from_headers(&response.headers);
+                self.limiter.observe(method, response.status, pause);
+                match response.status {
+                    429 => Some(pause.unwrap_or_else(|| self.retry.backoff(attempt))),
+                    500 | 502 | 503 | 504 if replay_safe => Some(pause.unwrap_or_else(|| self.retry.backoff(attempt))),
+                    _ => None,
+                }
+            }
+            Err(HttpError::Connection(_) | HttpError::Timeout(_)) if replay_safe => Some(self.retry.backoff(attempt)),
+            Err(_) => None,
+        }?;
+        (attempt < self.retry.max_attempts).then_some(delay)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limit(class: MethodClass, requests: u32, per_seconds: u32, prefix: Option<&str>) -> RateLimit {
+        RateLimit { method_class: class, requests, per_seconds, credential_prefix: prefix.map(str::to_owned) }
+    }
+
+    fn stripe_limits() -> Vec<RateLimit> {
+        vec![
+            limit(MethodClass::Read, 100, 1, Some("sk_live_")),
+            limit(MethodClass::Write, 100, 1, Some("sk_live_")),
+            limit(MethodClass::Read, 25, 1, Some("sk_test_")),
+            limit(MethodClass::Write, 25, 1, Some("sk_test_")),
+        ]
+    }
+
+    #[test]
+    fn test_and_live_keys_get_their_own_published_limits() {
+        let test = Limiter::new(&stripe_limits(), Some(&Secret::new("sk_test_x")), &[]);
+        let live = Limiter::new(&stripe_limits(), Some(&Secret::new("sk_live_x")), &[]);
+        assert!(test.rates().iter().all(|(_, r)| (*r - 25.0 * PUBLISHED_MARGIN).abs() < 1e-9), "{:?}", test.rates());
+        assert!(live.rates().iter().all(|(_, r)| (*r - 100.0 * PUBLISHED_MARGIN).abs() < 1e-9), "{:?}", live.rates());
+    }
+
+    #[test]
+    fn a_workflow_override_replaces_the_published_class() {
+        let l = Limiter::new(&stripe_limits(), Some(&Secret::new("sk_test_x")), &[LimitOverride { class: MethodClass::Read, per_second: 5.0 }]);
+        let rates = l.rates();
+        assert!(rates.contains(&(MethodClass::Read, 5.0 * PUBLISHED_MARGIN)), "{rates:?}");
+        assert!(rates.contains(&(MethodClass::Write, 25.0 * PUBLISHED_MARGIN)), "{rates:?}");
+    }
+
+    #[test]
+    fn rates_parse_with_units() {
+        assert_eq!(parse_rate("20/s"), Some(20.0));
+        assert_eq!(parse_rate("300/min"), Some(5.0));
+        assert_eq!(parse_rate("3600 / h"), Some(1.0));
+        assert_eq!(parse_rate("0/s"), None);
+        assert_eq!(parse_rate("fast"), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_are_spaced_at_the_published_rate() {
+        let l = Limiter::new(&[limit(MethodClass::Post, 100, 60, None)], None, &[]);
+        let start = Instant::now();
+        for _ in 0..101 {
+            l.acquire(Method::Post).await;
+        }
+        let elapsed = start.elapsed().as_secs_f64();
+        // 100 intervals of 0.6 s / 0.99: never faster than 100 per minute.
+        assert!(elapsed >= 60.0, "{elapsed}");
+        assert!(elapsed < 61.0, "{elapsed}");
+        // A GET is not counted by a POST bucket.
+        let before = Instant::now();
+        l.acquire(Method::Get).await;
+        assert_eq!(before.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_callers_share_one_limit() {
+        let l = Arc::new(Limiter::new(&[limit(MethodClass::Any, 10, 1, None)], None, &[]));
+        let start = Instant::now();
+        let tasks: Vec<_> = (0..50).map(|_| { let l = l.clone(); tokio::spawn(async move { l.acquire(Method::Get).await }) }).collect();
+        for t in tasks {
+            t.await.expect("task runs");
+        }
+        let elapsed = start.elapsed().as_secs_f64();
+        assert!(elapsed >= 49.0 / 10.0, "50 requests at 10/s take at least 4.9 s, took {elapsed}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_after_pauses_the_bucket() {
+        let l = Limiter::new(&[limit(MethodClass::Any, 100, 1, None)], None, &[]);
+        l.acquire(Method::Get).await;
+        l.observe(Method::Get, 429, Some(Duration::from_secs(3)));
+        let before = Instant::now();
+        l.acquire(Method::Get).await;
+        assert!(before.elapsed() >= Duration::from_secs(3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unknown_limit_converges_under_the_real_one() {
+        // A vendor allowing 20 r/s, answering 429 above it (1 s token bucket).
+        let l = Limiter::new(&[], None, &[]);
+        let real = 20.0;
+        let mut tokens = real;
+        let mut last = Instant::now();
+        let start = Instant::now();
+        let (mut sent, mut limited) = (0u32, 0u32);
+        let (mut late_sent, mut late_limited) = (0u32, 0u32);
+        while start.elapsed() < Duration::from_secs(120) {
+            l.acquire(Method::Get).await;
+            let now = Instant::now();
+            tokens = (tokens + now.duration_since(last).as_secs_f64() * real).min(real);
+            last = now;
+            let status = if tokens >= 1.0 { tokens -= 1.0; 200 } else { 429 };
+            l.observe(Method::Get, status, None);
+            sent += 1;
+            limited += u32::from(status == 429);
+            if start.elapsed() > Duration::from_secs(30) {
+                late_sent += 1;
+                late_limited += u32::from(status == 429);
+            }
+        }
+        let ok_rate = f64::from(late_sent - late_limited) / 90.0;
+        let share = f64::from(late_limited) / f64::from(late_sent);
+        eprintln!("adaptive limiter after 30 s: {ok_rate:.2} r/s of {real} ({:.3} of the limit), 429 share {share:.4}", ok_rate / real);
+        assert!(ok_rate >= 0.85 * real, "achieved {ok_rate:.1} r/s of {real} (sent {sent}, 429s {limited})");
+        assert!(share <= 0.05, "429 share after 30 s {share:.3}");
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_http_dates() {
+        let h = |n: &str, v: &str| vec![(n.to_owned(), v.to_owned())];
+        assert_eq!(pause_from_headers(&h("Retry-After", "7")), Some(Duration::from_secs(7)));
+        let date = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(30));
+        let pause = pause_from_headers(&h("retry-after", &date)).unwrap_or_default();
+        assert!(pause > Duration::from_secs(28) && pause <= Duration::from_secs(30), "{pause:?}");
+        let window = vec![("RateLimit-Remaining".to_owned(), "0".to_owned()), ("RateLimit-Reset".to_owned(), "4".to_owned())];
+        assert_eq!(pause_from_headers(&window), Some(Duration::from_secs(4)));
+        assert_eq!(pause_from_headers(&h("x-ratelimit-remaining", "3")), None);
+    }
+
+    fn response(status: u16) -> Result<Response, HttpError> {
+        Ok(Response { status, headers: vec![], body: vec![] })
+    }
+
+    #[test]
+    fn a_post_without_idempotency_key_is_not_retried_after_a_500() {
+        let p = LimitedPolicy::new(Arc::new(Limiter::new(&[], None, &[])), RetryPolicy::default());
+        assert_eq!(p.retry_after(Method::Post, false, 1, &response(500)), None);
+        assert!(p.retry_after(Method::Post, true, 1, &response(500)).is_some(), "with a key it is");
+        assert!(p.retry_after(Method::Get, false, 1, &response(500)).is_some(), "a GET is");
+        assert!(p.retry_after(Method::Post, false, 1, &response(429)).is_some(), "a 429 was not acted on");
+        assert_eq!(p.retry_after(Method::Get, false, 1, &response(404)), None);
+        assert_eq!(p.retry_after(Method::Get, false, 5, &response(500)), None, "attempts are bounded");
+        assert_eq!(p.retry_after(Method::Post, false, 1, &Err(HttpError::Connection("reset".into()))), None);
+        assert!(p.retry_after(Method::Delete, false, 1, &Err(HttpError::Timeout("slow".into()))).is_some());
+    }
+}
