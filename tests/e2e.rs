@@ -6,6 +6,8 @@ mod e2e {
     pub mod support;
 
     mod sandboxing;
+    mod conformance;
+    mod limits;
     mod secrets;
     mod stripe;
 }

@@ -89,6 +89,44 @@ enum PluginCommand {
     },
     /// List the built-in connectors.
     List,
+    /// Run the conformance suite against a live endpoint (normally an
+    /// emulator): pagination, absent reads, idempotent upserts, removes,
+    /// typed errors, and a wrong credential.
+    Check {
+        /// A built-in connector name or a path to a .wasm component.
+        plugin: String,
+        /// Base URL of the endpoint under test.
+        #[arg(long, required_unless_present = "sandbox")]
+        base_url: Option<String>,
+        /// Credential for the endpoint: env:NAME or file:PATH.
+        #[arg(long)]
+        credentials: Option<String>,
+        /// Check against the built-in emulator of this connector's vendor.
+        #[arg(long, conflicts_with_all = ["base_url", "credentials"])]
+        sandbox: bool,
+        /// Only this resource.
+        #[arg(long)]
+        resource: Option<String>,
+        /// A connection setting, NAME=VALUE; repeatable.
+        #[arg(long = "setting", value_parser = parse_pair)]
+        settings: Vec<(String, String)>,
+        /// A record the write checks may create, RESOURCE=JSON; repeatable.
+        #[arg(long = "sample", value_parser = parse_pair)]
+        samples: Vec<(String, String)>,
+        /// Let the checks run irreversible ops (remove); only against an emulator.
+        #[arg(long)]
+        allow_irreversible: bool,
+        /// Page size of the pagination check; each resource's default otherwise.
+        #[arg(long)]
+        page_size: Option<u32>,
+        /// Print the results as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_pair(text: &str) -> Result<(String, String), String> {
+    text.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())).ok_or_else(|| format!("expected NAME=VALUE, got {text:?}"))
 }
 
 /// Exit codes: what kind of failure, for scripts.
@@ -135,6 +173,10 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
                 println!("{name}");
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Plugin { command: PluginCommand::Check { plugin, base_url, credentials, sandbox, resource, settings, samples, allow_irreversible, page_size, json } } => {
+            let options = CheckOptions { base_url, credentials, sandbox, resource, settings, samples, allow_irreversible, page_size, json };
+            check_plugin(&cli.global, &plugin, options).await
         }
         Command::Sandbox { seed, stripe_port } => serve_sandbox(seed, stripe_port).await,
     }
@@ -286,16 +328,95 @@ async fn validate(global: &Global, files: &[PathBuf]) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn inspect(global: &Global, plugin: &str, json: bool) -> Result<ExitCode> {
+async fn load_plugin(global: &Global, plugin: &str) -> Result<weft::runtime::Plugin> {
     let runtime = wasm_runtime(global)?;
-    let loaded = if plugin.ends_with(".wasm") {
+    Ok(if plugin.ends_with(".wasm") {
         runtime.load_file(Path::new(plugin)).await?
     } else {
         let bytes = weft::builtin::component(plugin).with_context(|| {
             format!("no built-in plugin named {plugin:?} (built in: {})", weft::builtin::names().collect::<Vec<_>>().join(", "))
         })?;
         runtime.load(plugin, bytes).await?
+    })
+}
+
+struct CheckOptions {
+    base_url: Option<String>,
+    credentials: Option<String>,
+    sandbox: bool,
+    resource: Option<String>,
+    settings: Vec<(String, String)>,
+    samples: Vec<(String, String)>,
+    allow_irreversible: bool,
+    page_size: Option<u32>,
+    json: bool,
+}
+
+async fn check_plugin(global: &Global, plugin: &str, options: CheckOptions) -> Result<ExitCode> {
+    use weft::conformance::{CheckTarget, Verdict};
+    let loaded = load_plugin(global, plugin).await?;
+    let mut samples = Vec::new();
+    for (resource, text) in &options.samples {
+        let value: serde_json::Value = serde_json::from_str(text).with_context(|| format!("--sample {resource}=…: not JSON"))?;
+        samples.push((resource.clone(), value));
+    }
+    let mut emulators = None;
+    let mut settings = options.settings.clone();
+    let (base_url, secret) = if options.sandbox {
+        let running = weft_sandbox::Sandbox::start(weft_sandbox::SandboxOptions { seed: 25, ..Default::default() }).await?;
+        let name = &loaded.manifest().name;
+        let endpoint = running
+            .endpoints()
+            .into_iter()
+            .find(|e| e.vendor == name.as_str())
+            .with_context(|| format!("the sandbox has no emulator for {name}"))?;
+        if samples.is_empty() {
+            samples = weft::conformance::builtin_samples(name);
+        }
+        if options.settings.is_empty() {
+            settings = weft::conformance::sandbox_settings(name);
+        }
+        emulators = Some(running);
+        (endpoint.base_url, Some(Secret::new(endpoint.api_key)))
+    } else {
+        let secret = match &options.credentials {
+            Some(reference) => Some(weft::credentials::CredentialSource::parse(reference)?.resolve()?),
+            None => None,
+        };
+        (options.base_url.clone().context("--base-url is required without --sandbox")?, secret)
     };
+    let target = CheckTarget {
+        base_url,
+        secret,
+        settings,
+        resource: options.resource.clone(),
+        samples,
+        allow_irreversible: options.allow_irreversible || options.sandbox,
+        page_size: options.page_size,
+    };
+    let results = weft::conformance::check(&loaded, &target).await?;
+    if let Some(running) = emulators {
+        running.shutdown().await;
+    }
+    let failed = results.iter().filter(|r| r.verdict == Verdict::Fail).count();
+    if options.json {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+    } else {
+        for r in &results {
+            let mark = match r.verdict {
+                Verdict::Pass => "pass",
+                Verdict::Fail => "FAIL",
+                Verdict::Skip => "skip",
+            };
+            println!("{mark}  {:<14} {:<44} {}", r.resource, r.check, r.detail);
+        }
+        println!("{} passed, {failed} failed, {} skipped", results.iter().filter(|r| r.verdict == Verdict::Pass).count(), results.iter().filter(|r| r.verdict == Verdict::Skip).count());
+    }
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(exit::RUN_FAILED) })
+}
+
+async fn inspect(global: &Global, plugin: &str, json: bool) -> Result<ExitCode> {
+    let loaded = load_plugin(global, plugin).await?;
     let manifest = loaded.manifest();
     if json {
         println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "manifest": manifest, "sha256": loaded.digest() }))?);
