@@ -352,8 +352,9 @@ impl ConnectionHttp {
         Ok(headers)
     }
 
-    /// Sends a connector's request under the connection's policy.
-    pub async fn send(&self, request: Request) -> Result<Response, HttpError> {
+    /// Sends a connector's request under the connection's policy, with no
+    /// retry started that could not finish before `deadline`.
+    pub async fn send(&self, request: Request, deadline: Option<std::time::Instant>) -> Result<Response, HttpError> {
         let target = match self.target(&request.url) {
             Ok(target) => target,
             Err(e) => {
@@ -375,7 +376,12 @@ impl ConnectionHttp {
             if matches!(&outcome, Ok(r) if r.status == 429) {
                 self.stats.throttled.fetch_add(1, Ordering::Relaxed);
             }
-            match self.policy.retry_after(request.method, request.idempotent, attempt, &outcome) {
+            // A retry that would start after the call's deadline cannot help.
+            let retry = self
+                .policy
+                .retry_after(request.method, request.idempotent, attempt, &outcome)
+                .filter(|delay| deadline.is_none_or(|d| std::time::Instant::now() + *delay + self.limits.timeout.min(Duration::from_secs(1)) < d));
+            match retry {
                 Some(delay) => {
                     self.stats.retries.fetch_add(1, Ordering::Relaxed);
                     self.stats.waited_micros.fetch_add(delay.as_micros() as u64, Ordering::Relaxed);

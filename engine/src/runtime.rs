@@ -473,6 +473,7 @@ impl Plugin {
             started: Instant::now(),
             in_host: Duration::ZERO,
             cpu_limit: limits.cpu_time,
+            deadline: Instant::now() + limits.call_timeout,
             log_budget: limits.log_lines_per_call,
         };
         let mut store = Store::new(&self.runtime.inner.engine, state);
@@ -578,6 +579,8 @@ pub(crate) struct InstanceState {
     /// Time spent in host imports, which does not count as plugin CPU time.
     in_host: Duration,
     cpu_limit: Duration,
+    /// When the whole call must be over; HTTP retries stop short of it.
+    deadline: Instant,
     log_budget: usize,
 }
 
@@ -594,7 +597,7 @@ impl InstanceState {
             return Err(crate::http::HttpError::Denied("HTTP is not available during describe".into()));
         };
         let started = Instant::now();
-        let response = http.send(request).await;
+        let response = http.send(request, Some(self.deadline)).await;
         self.in_host += started.elapsed();
         response
     }

@@ -127,3 +127,27 @@ async fn the_final_error_says_how_many_attempts_were_made() -> TestResult {
     assert_eq!(summary.connections["stripe"].requests, 3);
     Ok(())
 }
+
+#[tokio::test]
+async fn retries_stop_short_of_the_call_deadline() -> TestResult {
+    let (_emulator, server) = stripe(StripeConfig { seed: 5, faults: FaultConfig { rate_500: 1.0, ..FaultConfig::default() }, ..StripeConfig::default() }).await?;
+    let state = tempfile::tempdir()?;
+    let files = tempfile::tempdir()?;
+    let limits = SandboxLimits { call_timeout: Duration::from_secs(2), ..SandboxLimits::default() };
+    let executor = weft::executor::Executor::new(runtime(limits)?, weft::store::RunStore::open(state.path())?)
+        .with_retry(RetryPolicy { max_attempts: 10, base_delay: Duration::from_millis(400), max_delay: Duration::from_secs(5) });
+    let text = "[workflow]\nname = \"deadline\"\n[connections.stripe]\nplugin = \"stripe\"\ncredentials = \"env:UNUSED\"\n[[step]]\nid = \"export\"\nlist = \"stripe.customers\"\n";
+    let workflow = super::support::workflow(files.path(), text)?;
+    let overrides = std::collections::BTreeMap::from([(
+        "stripe".to_owned(),
+        weft::executor::ConnectionOverride { base_url: server.base_url(), secret: Secret::new(SANDBOX_API_KEY) },
+    )]);
+    let started = std::time::Instant::now();
+    let summary = executor.run(&workflow, &overrides, &weft::executor::Silent).await?;
+    assert_eq!(summary.status, Status::Failed);
+    let error = summary.steps[0].error.clone().unwrap_or_default();
+    assert!(error.contains("HTTP 500") && error.contains("attempts"), "the vendor's answer, not a deadline trap: {error}");
+    assert!(summary.connections["stripe"].requests < 10, "{:?}", summary.connections);
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    Ok(())
+}
