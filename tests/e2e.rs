@@ -10,4 +10,5 @@ mod e2e {
     mod limits;
     mod secrets;
     mod stripe;
+    mod vendors;
 }
