@@ -53,10 +53,40 @@ fn validate_points_at_the_line_and_column_of_an_error() -> TestResult {
     Ok(())
 }
 
+fn examples() -> std::io::Result<Vec<String>> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../workflows");
+    let mut files: Vec<String> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .map(|p| p.display().to_string())
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
 #[test]
-fn validate_accepts_the_examples() -> TestResult {
-    let out = weft(&["validate", &example("stripe-export.toml")], &cache())?;
+fn validate_accepts_every_example() -> TestResult {
+    let files = examples()?;
+    assert!(files.len() >= 2, "{files:?}");
+    let mut args = vec!["validate"];
+    args.extend(files.iter().map(String::as_str));
+    let out = weft(&args, &cache())?;
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    Ok(())
+}
+
+#[test]
+fn every_example_runs_against_the_sandbox() -> TestResult {
+    for file in examples()? {
+        let state = tempfile::tempdir()?;
+        let state_dir = state.path().display().to_string();
+        // Each example must run as shipped, on the embedded defaults.
+        let out = weft(&["run", "--sandbox", "--seed", "20", "--json", "--state-dir", &state_dir, &file], &cache())?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{file}: {stderr}");
+        let summary: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        assert_eq!(summary["status"], "succeeded", "{file}: {summary}");
+    }
     Ok(())
 }
 
