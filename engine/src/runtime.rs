@@ -26,6 +26,13 @@ use crate::http::ConnectionHttp;
 /// How often the epoch advances; the granularity of CPU-time checks.
 const EPOCH_TICK: Duration = Duration::from_millis(5);
 
+/// Layout of a cache entry: the serialized component, then the CRC-32 of
+/// it. The checksum catches a torn or corrupted file; it is not a defence
+/// against someone who can write the user's cache directory (they could
+/// replace the weft binary as easily). A SHA-256 here cost 1.5 ms of a
+/// 1.7 ms cold start.
+const CACHE_FORMAT: &[u8] = b"serialized+crc32";
+
 /// Bytes of a guest's stderr kept to explain a trap (a Rust panic message).
 const STDERR_CAPTURE: usize = 4096;
 
@@ -268,17 +275,18 @@ impl Runtime {
         digest.update(wasm);
         digest.update(engine_hash.finish().to_le_bytes());
         digest.update(env!("CARGO_PKG_VERSION").as_bytes());
+        digest.update(CACHE_FORMAT);
         hex::encode(&digest.finalize()[..20])
     }
 
     fn read_cached(&self, path: &Path) -> Option<Component> {
         let bytes = std::fs::read(path).ok()?;
-        let (payload, checksum) = bytes.split_at_checked(bytes.len().checked_sub(32)?)?;
-        if Sha256::digest(payload).as_slice() != checksum {
+        let (payload, checksum) = bytes.split_at_checked(bytes.len().checked_sub(4)?)?;
+        if crc32fast::hash(payload).to_le_bytes() != checksum {
             tracing::warn!(path = %path.display(), "ignoring a corrupt component cache entry");
             return None;
         }
-        #[expect(unsafe_code, reason = "deserializing native code; the file is ours (content-addressed, checksummed, written atomically) and wasmtime checks engine compatibility")]
+        #[expect(unsafe_code, reason = "deserializing native code; the file is ours (content-addressed, written atomically with mode 0600 in the user's cache dir, checksummed against corruption) and wasmtime checks engine compatibility")]
         let component = unsafe { Component::deserialize(&self.inner.engine, payload) };
         component.map_err(|e| tracing::warn!(path = %path.display(), error = %error_chain(&e), "ignoring an unusable cache entry")).ok()
     }
@@ -288,7 +296,7 @@ fn write_cached(dir: &Path, path: &Path, serialized: &[u8]) -> std::io::Result<(
     std::fs::create_dir_all(dir)?;
     let mut file = tempfile::NamedTempFile::new_in(dir)?;
     std::io::Write::write_all(&mut file, serialized)?;
-    std::io::Write::write_all(&mut file, &Sha256::digest(serialized))?;
+    std::io::Write::write_all(&mut file, &crc32fast::hash(serialized).to_le_bytes())?;
     file.persist(path).map_err(|e| e.error)?;
     Ok(())
 }
@@ -616,5 +624,23 @@ impl InstanceState {
             tracing::Level::DEBUG => tracing::debug!(plugin, "{message}"),
             tracing::Level::TRACE => tracing::trace!(plugin, "{message}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_corrupt_cache_entry_is_ignored_not_loaded() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("entry.cwasm");
+        write_cached(dir.path(), &path, b"not really native code")?;
+        let mut bytes = std::fs::read(&path)?;
+        bytes[3] ^= 0xff;
+        std::fs::write(&path, &bytes)?;
+        let runtime = Runtime::new(RuntimeConfig { cache_dir: Some(dir.path().to_path_buf()), ..RuntimeConfig::default() })?;
+        assert!(runtime.read_cached(&path).is_none());
+        Ok(())
     }
 }
