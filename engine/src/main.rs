@@ -66,6 +66,11 @@ enum Command {
         #[command(subcommand)]
         command: PluginCommand,
     },
+    /// Inspect the runs in the run store.
+    Runs {
+        #[command(subcommand)]
+        command: RunsCommand,
+    },
     /// Start the local vendor emulators and print their URLs and test keys.
     Sandbox {
         /// Demo records per emulator.
@@ -74,6 +79,27 @@ enum Command {
         /// Port of the Stripe emulator (0 picks a free one).
         #[arg(long, default_value_t = 12111)]
         stripe_port: u16,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RunsCommand {
+    /// List runs, newest first.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// Show at most this many runs.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Show one run and its steps.
+    Show {
+        /// The run id.
+        run: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -156,6 +182,7 @@ fn main() -> ExitCode {
                 Some(ExecError::Store(_)) => exit::INTERNAL,
                 Some(_) => exit::INVALID,
                 None if error.downcast_ref::<LoadError>().is_some() => exit::INVALID,
+                None if matches!(error.downcast_ref::<weft::store::StoreError>(), Some(weft::store::StoreError::UnknownRun(_))) => exit::INVALID,
                 None => exit::INTERNAL,
             };
             ExitCode::from(code)
@@ -179,6 +206,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             check_plugin(&cli.global, &plugin, options).await
         }
         Command::Sandbox { seed, stripe_port } => serve_sandbox(seed, stripe_port).await,
+        Command::Runs { command } => runs(&cli.global, command),
     }
 }
 
@@ -204,7 +232,7 @@ async fn run(global: &Global, path: &Path, json: bool, sandbox: bool, seed: usiz
     let state_dir = match (&temp_state, &global.state_dir) {
         (Some(temp), _) => temp.path().to_path_buf(),
         (None, Some(dir)) => dir.clone(),
-        (None, None) => default_dir("XDG_DATA_HOME", ".local/share", "state"),
+        (None, None) => state_dir(global),
     };
     let store = RunStore::open(&state_dir).with_context(|| format!("failed to open the run store at {}", state_dir.display()))?;
     let executor = Executor::new(wasm_runtime(global)?, store);
@@ -301,6 +329,76 @@ fn print_summary(summary: &RunSummary) {
     if let Some(error) = &summary.error {
         eprintln!("{error}");
     }
+}
+
+fn state_dir(global: &Global) -> PathBuf {
+    global.state_dir.clone().unwrap_or_else(|| default_dir("XDG_DATA_HOME", ".local/share", "state"))
+}
+
+fn runs(global: &Global, command: RunsCommand) -> Result<ExitCode> {
+    let dir = state_dir(global);
+    let store = RunStore::open(&dir).with_context(|| format!("failed to open the run store at {}", dir.display()))?;
+    match command {
+        RunsCommand::List { json, limit } => {
+            let mut runs = store.runs()?;
+            runs.reverse();
+            runs.truncate(limit);
+            if json {
+                let rows: Vec<_> = runs
+                    .iter()
+                    .map(|r| serde_json::json!({ "id": r.id, "workflow": r.workflow, "status": r.status, "created_ms": r.created_ms, "finished_ms": r.finished_ms, "error": r.error }))
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else if runs.is_empty() {
+                println!("no runs in {}", dir.display());
+            } else {
+                println!("{:<18} {:<24} {:<10} {:>10}", "run", "workflow", "status", "seconds");
+                for r in &runs {
+                    let seconds = r.finished_ms.map(|f| format!("{:.1}", f.saturating_sub(r.created_ms) as f64 / 1000.0)).unwrap_or_else(|| "-".into());
+                    println!("{:<18} {:<24} {:<10} {:>10}", r.id, r.workflow, r.status.as_str(), seconds);
+                }
+            }
+        }
+        RunsCommand::Show { run, json } => {
+            let record = store.run(&run)?;
+            let steps = store.steps(&run)?;
+            if json {
+                let mut value = serde_json::to_value(&record)?;
+                if let Some(object) = value.as_object_mut() {
+                    // The text is in the store for resuming; the listing needs only its hash.
+                    object.remove("workflow_text");
+                    object.insert("steps".into(), serde_json::to_value(&steps)?);
+                }
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            } else {
+                println!("run {} of {} ({}), {}", record.id, record.workflow, record.workflow_path, record.status.as_str());
+                println!("workflow sha256 {}", record.workflow_hash);
+                for s in &steps {
+                    let c = s.counts;
+                    println!(
+                        "  {:<20} {:<10} attempts {}  read {} created {} updated {} unchanged {} removed {} absent {}{}",
+                        s.id,
+                        s.status.as_str(),
+                        s.attempts,
+                        c.read,
+                        c.created,
+                        c.updated,
+                        c.unchanged,
+                        c.removed,
+                        c.absent,
+                        if s.pages > 0 { format!("  pages {}", s.pages) } else { String::new() }
+                    );
+                    if let Some(error) = &s.error {
+                        println!("  {:<20} {error}", "");
+                    }
+                }
+                if let Some(error) = &record.error {
+                    println!("{error}");
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn validate(global: &Global, files: &[PathBuf]) -> Result<ExitCode> {

@@ -118,3 +118,31 @@ fn a_missing_credential_is_a_configuration_error_naming_the_variable() -> TestRe
     assert!(stderr.contains("STRIPE_API_KEY"), "{stderr}");
     Ok(())
 }
+
+#[test]
+fn runs_list_and_show_read_back_a_run() -> TestResult {
+    let state = tempfile::tempdir()?;
+    let state_dir = state.path().display().to_string();
+    let out = weft(&["run", "--sandbox", "--seed", "30", "--json", "--state-dir", &state_dir, &example("stripe-export.toml")], &cache())?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let run_id = summary["run_id"].as_str().unwrap_or_default().to_owned();
+
+    let list = weft(&["runs", "list", "--json", "--state-dir", &state_dir], &cache())?;
+    assert!(list.status.success(), "{}", String::from_utf8_lossy(&list.stderr));
+    let runs: serde_json::Value = serde_json::from_slice(&list.stdout)?;
+    assert_eq!(runs[0]["id"], run_id.as_str());
+    assert_eq!(runs[0]["status"], "succeeded");
+
+    let show = weft(&["runs", "show", &run_id, "--json", "--state-dir", &state_dir], &cache())?;
+    assert!(show.status.success(), "{}", String::from_utf8_lossy(&show.stderr));
+    let run: serde_json::Value = serde_json::from_slice(&show.stdout)?;
+    assert_eq!(run["steps"][0]["counts"]["read"], 30);
+    assert_eq!(run["steps"][0]["pages"], 1);
+    assert!(run.get("workflow_text").is_none());
+
+    let missing = weft(&["runs", "show", "nope", "--state-dir", &state_dir], &cache())?;
+    assert_ne!(missing.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no run with id nope"));
+    Ok(())
+}
