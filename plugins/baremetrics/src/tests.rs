@@ -2,13 +2,10 @@
 //! answers (shaped after the OpenAPI description's examples) through the
 //! SDK's HTTP test double and checks the requests sent.
 
-use std::cell::RefCell;
-use std::collections::VecDeque;
-use std::rc::Rc;
 
 use serde_json::{Map, Value, json};
 use weft_connector_sdk::http::testing::{self, Responding};
-use weft_connector_sdk::http::{Method, Request};
+use weft_connector_sdk::http::Method;
 use weft_connector_sdk::{
     Connector, Context, Error, ListRequest, Op, RemoveOutcome, UpsertAction, UpsertRequest,
 };
@@ -19,32 +16,8 @@ use crate::customers::{for_create, merged_put};
 const BASE: &str = "https://api.baremetrics.com";
 
 /// Answers the expected requests in order and records what was sent.
-fn script(steps: &[(Method, &str, u16, &str)]) -> (Responding, Rc<RefCell<Vec<Request>>>) {
-    let mut steps: VecDeque<(Method, String, u16, String)> = steps
-        .iter()
-        .map(|(method, path, status, body)| {
-            (
-                *method,
-                format!("{BASE}{path}"),
-                *status,
-                (*body).to_string(),
-            )
-        })
-        .collect();
-    let seen = Rc::new(RefCell::new(Vec::new()));
-    let log = Rc::clone(&seen);
-    let guard = testing::respond_with(move |request| {
-        log.borrow_mut().push(request.clone());
-        let Some((method, url, status, body)) = steps.pop_front() else {
-            panic!("unexpected request {:?} {}", request.method, request.url);
-        };
-        assert_eq!(
-            (request.method, request.url.as_str()),
-            (method, url.as_str())
-        );
-        Ok(testing::response(status, &body))
-    });
-    (guard, seen)
+fn script(steps: &[(Method, &str, u16, &str)]) -> (Responding, testing::Sent) {
+    testing::script(BASE, steps)
 }
 
 fn ctx() -> Context {

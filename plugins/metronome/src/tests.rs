@@ -2,9 +2,6 @@
 //! answers (shaped after the OpenAPI description's examples) through the
 //! SDK's HTTP test double and checks the requests sent.
 
-use std::cell::RefCell;
-use std::collections::VecDeque;
-use std::rc::Rc;
 
 use weft_connector_sdk::http::testing::{self, Responding};
 use weft_connector_sdk::http::{Method, Request};
@@ -17,32 +14,8 @@ use crate::Metronome;
 const BASE: &str = "https://api.metronome.com/v1";
 
 /// Answers the expected requests in order and records what was sent.
-fn script(steps: &[(Method, &str, u16, &str)]) -> (Responding, Rc<RefCell<Vec<Request>>>) {
-    let mut steps: VecDeque<(Method, String, u16, String)> = steps
-        .iter()
-        .map(|(method, path, status, body)| {
-            (
-                *method,
-                format!("{BASE}{path}"),
-                *status,
-                (*body).to_string(),
-            )
-        })
-        .collect();
-    let seen = Rc::new(RefCell::new(Vec::new()));
-    let log = Rc::clone(&seen);
-    let guard = testing::respond_with(move |request| {
-        log.borrow_mut().push(request.clone());
-        let Some((method, url, status, body)) = steps.pop_front() else {
-            panic!("unexpected request {:?} {}", request.method, request.url);
-        };
-        assert_eq!(
-            (request.method, request.url.as_str()),
-            (method, url.as_str())
-        );
-        Ok(testing::response(status, &body))
-    });
-    (guard, seen)
+fn script(steps: &[(Method, &str, u16, &str)]) -> (Responding, testing::Sent) {
+    testing::script(BASE, steps)
 }
 
 fn ctx() -> Context {

@@ -258,6 +258,40 @@ pub mod testing {
         }
     }
 
+    /// The requests a [`script`] has answered, in order.
+    pub type Sent = std::rc::Rc<RefCell<Vec<Request>>>;
+
+    /// Answers the expected requests in order and records what was sent.
+    /// Each step is `(method, path, status, body)`, with the path joined to
+    /// `base`. It panics when a request is not the one expected, or when
+    /// there are more requests than steps.
+    ///
+    /// ```
+    /// use weft_connector_sdk::http::{self, Method, testing};
+    ///
+    /// let (_responder, sent) = testing::script("https://api.example.com", &[(Method::Get, "/users", 200, "[]")]);
+    /// http::get("https://api.example.com/users").send()?;
+    /// assert_eq!(sent.borrow().len(), 1);
+    /// # Ok::<(), weft_connector_sdk::Error>(())
+    /// ```
+    pub fn script(base: &str, steps: &[(super::Method, &str, u16, &str)]) -> (Responding, Sent) {
+        let mut steps: std::collections::VecDeque<(super::Method, String, u16, String)> = steps
+            .iter()
+            .map(|(method, path, status, body)| (*method, format!("{base}{path}"), *status, (*body).to_string()))
+            .collect();
+        let sent = Sent::default();
+        let log = std::rc::Rc::clone(&sent);
+        let guard = respond_with(move |request| {
+            log.borrow_mut().push(request.clone());
+            let Some((method, url, status, body)) = steps.pop_front() else {
+                panic!("unexpected request {:?} {}", request.method, request.url);
+            };
+            assert_eq!((request.method, request.url.as_str()), (method, url.as_str()));
+            Ok(response(status, &body))
+        });
+        (guard, sent)
+    }
+
     /// A response with `status`, a JSON content type and `body`.
     pub fn response(status: u16, body: &str) -> Response {
         Response {
