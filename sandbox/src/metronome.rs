@@ -44,7 +44,7 @@ mod tests;
 
 use std::collections::HashSet;
 use std::fmt;
-use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use axum::Router;
@@ -119,22 +119,7 @@ impl fmt::Debug for MetronomeEmulator {
     }
 }
 
-struct Shared {
-    keys: KeyCheck,
-    state: RwLock<State>,
-    log: RequestLog,
-    limits: Limits,
-}
-
-impl Shared {
-    fn read(&self) -> RwLockReadGuard<'_, State> {
-        self.state.read().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn write(&self) -> RwLockWriteGuard<'_, State> {
-        self.state.write().unwrap_or_else(PoisonError::into_inner)
-    }
-}
+type Shared = support::Account<State>;
 
 struct State {
     /// Oldest first; `seq` is the position, which cursors point at.

@@ -41,7 +41,7 @@
 mod tests;
 
 use std::fmt;
-use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use axum::Router;
@@ -120,22 +120,7 @@ impl fmt::Debug for StripeScimEmulator {
     }
 }
 
-struct Shared {
-    keys: KeyCheck,
-    state: RwLock<State>,
-    log: RequestLog,
-    limits: Limits,
-}
-
-impl Shared {
-    fn read(&self) -> RwLockReadGuard<'_, State> {
-        self.state.read().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn write(&self) -> RwLockWriteGuard<'_, State> {
-        self.state.write().unwrap_or_else(PoisonError::into_inner)
-    }
-}
+type Shared = support::Account<State>;
 
 struct State {
     users: Vec<User>,

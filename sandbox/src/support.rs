@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Router;
@@ -314,5 +314,27 @@ mod tests {
         assert_eq!(id.len(), 36);
         assert_eq!(&id[14..15], "4");
         assert!(matches!(&id[19..20], "8" | "9" | "a" | "b"), "{id}");
+    }
+}
+
+/// What every request handler of an emulated account shares: the keys it
+/// accepts, its state, its request log and its limits.
+pub(crate) struct Account<S> {
+    pub(crate) keys: KeyCheck,
+    pub(crate) state: RwLock<S>,
+    pub(crate) log: RequestLog,
+    pub(crate) limits: Limits,
+}
+
+impl<S> Account<S> {
+    /// Reads the state; a handler that panicked mid-write leaves data a test
+    /// can still inspect, so poisoning is ignored.
+    pub(crate) fn read(&self) -> RwLockReadGuard<'_, S> {
+        self.state.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Writes the state (poisoning ignored, as in [`Account::read`]).
+    pub(crate) fn write(&self) -> RwLockWriteGuard<'_, S> {
+        self.state.write().unwrap_or_else(PoisonError::into_inner)
     }
 }
