@@ -1,24 +1,41 @@
 //! Runs a workflow: loads its plugins, wires each connection's HTTP policy
-//! and credential, executes the steps in order, and commits every step (and
-//! every page of a list) to the run store before going on.
+//! and credential, and executes the steps in order, committing every step,
+//! every page of a list and every for-each item to the run store as it
+//! completes. A run interrupted at any instant resumes from what was
+//! committed ([`Executor::resume`]); writes carry idempotency keys derived
+//! from run, step and item, so nothing is written twice.
+
+mod foreach;
+mod list;
+mod ops;
+pub mod plan;
+mod sync;
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write as _;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
 
-use crate::connector::{CallContext, ListRequest, Manifest, Op, RemoveOutcome, UpsertAction, UpsertRequest};
+use crate::connector::{CallContext, Manifest};
 use crate::credentials::{CredentialSource, Secret};
+use crate::endpoint::{Endpoint, PluginEndpoint};
+use crate::expr::{Scope, from_val};
 use crate::http::{ConnectionHttp, HttpLimits, StatsSnapshot};
 use crate::limiter::{LimitedPolicy, LimiterRegistry, RetryPolicy};
 use crate::runtime::{Plugin, Runtime, RuntimeError};
 use crate::store::{RunRecord, RunStore, Status, StepCounts, StepState, StoreError, now_ms};
 use crate::workflow::{Action, Diagnostics, PluginRef, Step, Workflow};
+
+pub use self::plan::{PlanEntry, PlannedAction, StepPlan};
+
+/// Records of a list step held in memory for expressions
+/// (`.steps.ID.records`). Longer lists are streamed by a for-each instead.
+pub const INLINE_RECORDS: u64 = 10_000;
 
 /// Errors that stop a workflow before or outside its steps. A failing step
 /// is not one of these: it fails the run and is reported in the summary.
@@ -27,6 +44,14 @@ pub enum ExecError {
     /// The workflow does not fit its plugins.
     #[error("{0}")]
     Invalid(Diagnostics),
+    /// The inputs do not fit the workflow.
+    #[error("invalid inputs for workflow {workflow}:\n  {}", problems.join("\n  "))]
+    Inputs {
+        /// The workflow.
+        workflow: String,
+        /// Every problem.
+        problems: Vec<String>,
+    },
     /// A plugin could not be loaded.
     #[error(transparent)]
     Plugin(#[from] RuntimeError),
@@ -56,6 +81,23 @@ pub enum ExecError {
         /// Why.
         source: crate::http::HttpError,
     },
+    /// The run cannot be resumed.
+    #[error("run {run} is {status} and cannot be resumed; only an interrupted (running) run can")]
+    NotResumable {
+        /// The run.
+        run: String,
+        /// Its status.
+        status: &'static str,
+    },
+    /// The workflow text stored with a run no longer parses (written by
+    /// another weft version).
+    #[error("run {run}: the workflow it started with does not load any more:\n{diagnostics}")]
+    StoredWorkflow {
+        /// The run.
+        run: String,
+        /// Why.
+        diagnostics: Diagnostics,
+    },
     /// The run store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -71,12 +113,67 @@ pub struct ConnectionOverride {
     pub secret: Secret,
 }
 
+/// Asks a run to stop. `shutdown` stops taking new work and leaves the run
+/// `running` in the store, to be resumed (SIGTERM, ctrl-c); `cancel` ends it
+/// `cancelled`. Either way in-flight calls finish or time out and what they
+/// did is committed.
+#[derive(Debug, Clone, Default)]
+pub struct StopSignal {
+    /// The process is going down.
+    pub shutdown: CancellationToken,
+    /// The run was cancelled.
+    pub cancel: CancellationToken,
+}
+
+impl StopSignal {
+    /// Whether either was asked for.
+    pub fn stopping(&self) -> bool {
+        self.shutdown.is_cancelled() || self.cancel.is_cancelled()
+    }
+}
+
+/// How to run a workflow.
+#[derive(Clone, Default)]
+pub struct RunOptions {
+    /// Inputs given (checked against the declared ones, defaults added).
+    pub inputs: serde_json::Map<String, Value>,
+    /// Keep inputs the workflow does not declare (a webhook's event).
+    pub open_inputs: bool,
+    /// Reads are real, writes are planned and not sent.
+    pub dry_run: bool,
+    /// What started the run: `manual`, `cron`, `webhook`, `api`.
+    pub trigger: String,
+    /// Connections pointed elsewhere (`--sandbox`).
+    pub overrides: BTreeMap<String, ConnectionOverride>,
+    /// Connections replaced by an endpoint of the caller's (benchmarks and
+    /// tests: a native no-op connector).
+    pub endpoints: BTreeMap<String, Arc<dyn Endpoint>>,
+    /// Asks the run to stop.
+    pub stop: StopSignal,
+}
+
+impl std::fmt::Debug for RunOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunOptions")
+            .field("inputs", &self.inputs)
+            .field("dry_run", &self.dry_run)
+            .field("trigger", &self.trigger)
+            .field("overrides", &self.overrides.keys().collect::<Vec<_>>())
+            .field("endpoints", &self.endpoints.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
 /// Hears about progress, for human output.
 pub trait Observer: Send + Sync {
+    /// A run was recorded and is about to start (or resume).
+    fn run_started(&self, _run: &RunRecord) {}
     /// A step starts.
     fn step_started(&self, _step: &Step) {}
     /// A list step committed a page.
     fn page_committed(&self, _step: &Step, _records_so_far: u64) {}
+    /// A for-each or sync committed a group of items.
+    fn items_committed(&self, _step: &Step, _done: u64) {}
     /// A step finished (in any status).
     fn step_finished(&self, _step: &Step, _state: &StepState, _summary: &StepSummary) {}
 }
@@ -91,24 +188,34 @@ impl Observer for Silent {}
 pub struct StepSummary {
     /// Step id.
     pub id: String,
-    /// Op.
-    pub op: Op,
+    /// Op (`list`, `get`, `upsert`, `remove`, `sync`).
+    pub op: &'static str,
     /// `connection.resource`.
     pub target: String,
     /// Final status.
     pub status: Status,
     /// Record counts.
     pub counts: StepCounts,
-    /// Attempts made.
+    /// Items a for-each finished.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub items: u64,
+    /// Attempts made (a resumed step counts again).
     pub attempts: u32,
     /// Wall time in milliseconds.
     pub duration_ms: u64,
-    /// The step's result (get, upsert, remove).
+    /// The step's result (get, upsert, remove; counts for the others).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub output: Option<serde_json::Value>,
+    pub output: Option<Value>,
+    /// What a dry run would do.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plan: Option<Value>,
     /// Why it failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// What a run did, printed by `weft run` (and as JSON with `--json`).
@@ -120,9 +227,11 @@ pub struct RunSummary {
     pub workflow: String,
     /// SHA-256 of the workflow text.
     pub workflow_hash: String,
-    /// Final status.
+    /// Final status; `running` when the run was interrupted and can resume.
     pub status: Status,
-    /// Wall time in milliseconds.
+    /// Writes were planned, not made.
+    pub dry_run: bool,
+    /// Wall time in milliseconds (of this attempt).
     pub duration_ms: u64,
     /// Per step.
     pub steps: Vec<StepSummary>,
@@ -133,11 +242,37 @@ pub struct RunSummary {
     pub error: Option<String>,
 }
 
-/// A connection ready to call: plugin, HTTP policy, call context.
-struct Live {
-    plugin: Arc<Plugin>,
-    http: Arc<ConnectionHttp>,
-    context: CallContext,
+/// How a step ended, when it did not fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StepEnd {
+    /// All done.
+    Done,
+    /// Stopped for a shutdown; resumable.
+    Interrupted,
+    /// Stopped by a cancel.
+    Cancelled,
+}
+
+/// What every step of one run shares.
+pub(crate) struct RunCtx<'a> {
+    pub(crate) run_id: &'a str,
+    pub(crate) dry_run: bool,
+    pub(crate) stop: &'a StopSignal,
+    pub(crate) store: &'a RunStore,
+    pub(crate) observer: &'a dyn Observer,
+}
+
+impl RunCtx<'_> {
+    /// Whether to stop taking new work, and how the step then ends.
+    pub(crate) fn stop_reason(&self) -> Option<StepEnd> {
+        if self.stop.cancel.is_cancelled() {
+            Some(StepEnd::Cancelled)
+        } else if self.stop.shutdown.is_cancelled() {
+            Some(StepEnd::Interrupted)
+        } else {
+            None
+        }
+    }
 }
 
 /// Runs workflows against one runtime and one run store.
@@ -212,26 +347,33 @@ impl Executor {
     /// Loads every plugin of the workflow and checks the workflow against
     /// their manifests.
     pub async fn check(&self, workflow: &Workflow) -> Result<BTreeMap<String, Manifest>, ExecError> {
+        self.check_with(workflow, &BTreeMap::new()).await
+    }
+
+    async fn check_with(&self, workflow: &Workflow, endpoints: &BTreeMap<String, Arc<dyn Endpoint>>) -> Result<BTreeMap<String, Manifest>, ExecError> {
         let mut manifests = BTreeMap::new();
         for connection in workflow.connections.values() {
-            let plugin = self.plugin(&connection.name, &connection.plugin).await?;
-            manifests.insert(connection.name.clone(), plugin.manifest().clone());
+            let manifest = match endpoints.get(&connection.name) {
+                Some(endpoint) => endpoint.manifest().clone(),
+                None => self.plugin(&connection.name, &connection.plugin).await?.manifest().clone(),
+            };
+            manifests.insert(connection.name.clone(), manifest);
         }
         workflow.check_against(&manifests).map_err(ExecError::Invalid)?;
         Ok(manifests)
     }
 
-    async fn connect(
-        &self,
-        workflow: &Workflow,
-        overrides: &BTreeMap<String, ConnectionOverride>,
-    ) -> Result<BTreeMap<String, Live>, ExecError> {
-        self.check(workflow).await?;
-        let mut live = BTreeMap::new();
+    async fn connect(&self, workflow: &Workflow, options: &RunOptions) -> Result<BTreeMap<String, Arc<dyn Endpoint>>, ExecError> {
+        self.check_with(workflow, &options.endpoints).await?;
+        let mut live: BTreeMap<String, Arc<dyn Endpoint>> = BTreeMap::new();
         for connection in workflow.connections.values() {
+            if let Some(endpoint) = options.endpoints.get(&connection.name) {
+                live.insert(connection.name.clone(), endpoint.clone());
+                continue;
+            }
             let plugin = self.plugin(&connection.name, &connection.plugin).await?;
             let manifest = plugin.manifest();
-            let (base_url, secret) = match overrides.get(&connection.name) {
+            let (base_url, secret) = match options.overrides.get(&connection.name) {
                 Some(o) => (o.base_url.clone(), Some(o.secret.clone())),
                 None => {
                     let secret = match &connection.credentials {
@@ -258,186 +400,306 @@ impl Executor {
             )
             .map_err(|source| ExecError::Http { connection: connection.name.clone(), source })?;
             let context = CallContext { base_url: http.base_url(), settings: connection.settings.clone() };
-            live.insert(connection.name.clone(), Live { plugin, http: Arc::new(http), context });
+            live.insert(connection.name.clone(), Arc::new(PluginEndpoint { plugin, http: Arc::new(http), context }));
         }
         Ok(live)
     }
 
-    /// Runs a workflow to the end and returns its summary.
+    /// Runs a workflow with no inputs to the end and returns its summary.
     pub async fn run(
         &self,
         workflow: &Workflow,
         overrides: &BTreeMap<String, ConnectionOverride>,
         observer: &dyn Observer,
     ) -> Result<RunSummary, ExecError> {
-        let started = Instant::now();
-        let live = self.connect(workflow, overrides).await?;
-        let mut run = RunRecord {
+        let options = RunOptions { overrides: overrides.clone(), ..RunOptions::default() };
+        self.start(workflow, &options, observer).await
+    }
+
+    /// Records a new run and runs it.
+    pub async fn start(&self, workflow: &Workflow, options: &RunOptions, observer: &dyn Observer) -> Result<RunSummary, ExecError> {
+        // Check before recording, so a workflow that does not fit its
+        // plugins leaves no run behind.
+        self.check_with(workflow, &options.endpoints).await?;
+        let run = self.create(workflow, options).await?;
+        self.execute(workflow, run, options, observer).await
+    }
+
+    /// Checks the inputs and records a new run, durably, without running
+    /// it: a webhook answers once the run is recorded.
+    pub async fn create(&self, workflow: &Workflow, options: &RunOptions) -> Result<RunRecord, ExecError> {
+        let inputs = crate::workflow::inputs::resolve(&workflow.inputs, &options.inputs, options.open_inputs)
+            .map_err(|problems| ExecError::Inputs { workflow: workflow.name.clone(), problems })?;
+        let run = RunRecord {
             id: self.store.new_run_id()?,
             workflow: workflow.name.clone(),
             workflow_hash: workflow.hash.clone(),
             workflow_text: workflow.text.clone(),
             workflow_path: workflow.path.display().to_string(),
-            inputs: serde_json::json!({}),
+            inputs,
             status: Status::Running,
             created_ms: now_ms(),
             finished_ms: None,
             error: None,
+            dry_run: options.dry_run,
+            trigger: if options.trigger.is_empty() { "manual".to_owned() } else { options.trigger.clone() },
+            cancel_requested: false,
+            resumes: 0,
         };
         let step_ids: Vec<String> = workflow.steps.iter().map(|s| s.id.clone()).collect();
         self.store.create_run(&run, &step_ids).await?;
+        Ok(run)
+    }
 
+    /// The workflow a run started with, from the text stored with it.
+    pub fn stored_workflow(run: &RunRecord) -> Result<Workflow, ExecError> {
+        Workflow::parse(std::path::Path::new(&run.workflow_path), &run.workflow_text)
+            .map_err(|diagnostics| ExecError::StoredWorkflow { run: run.id.clone(), diagnostics })
+    }
+
+    /// Picks an interrupted run up where it stopped, on the workflow version
+    /// it started with (the file may have changed since).
+    pub async fn resume(&self, run_id: &str, options: &RunOptions, observer: &dyn Observer) -> Result<RunSummary, ExecError> {
+        let mut run = self.store.run(run_id)?;
+        if run.status.is_finished() {
+            return Err(ExecError::NotResumable { run: run.id, status: run.status.as_str() });
+        }
+        let workflow = Self::stored_workflow(&run)?;
+        run.resumes += 1;
+        self.store.commit_run(&run).await?;
+        let options = RunOptions { dry_run: run.dry_run, ..options.clone() };
+        self.execute(&workflow, run, &options, observer).await
+    }
+
+    /// Marks a run cancelled that no process is running (the store is
+    /// open here, so none is).
+    pub async fn cancel_idle(&self, run_id: &str) -> Result<RunRecord, ExecError> {
+        let mut run = self.store.run(run_id)?;
+        if run.status.is_finished() {
+            return Ok(run);
+        }
+        run.status = Status::Cancelled;
+        run.cancel_requested = true;
+        run.finished_ms = Some(now_ms());
+        run.error = Some("cancelled".into());
+        self.store.commit_run(&run).await?;
+        Ok(run)
+    }
+
+    /// Runs (or resumes) a recorded run to its end, or until it is stopped.
+    pub async fn execute(&self, workflow: &Workflow, mut run: RunRecord, options: &RunOptions, observer: &dyn Observer) -> Result<RunSummary, ExecError> {
+        let started = Instant::now();
+        let endpoints = match self.connect(workflow, options).await {
+            Ok(endpoints) => endpoints,
+            Err(e) => {
+                // The run was recorded; it ends here, saying why.
+                run.status = Status::Failed;
+                run.error = Some(e.to_string());
+                run.finished_ms = Some(now_ms());
+                self.store.commit_run(&run).await?;
+                return Err(e);
+            }
+        };
+        observer.run_started(&run);
+        let ctx = RunCtx { run_id: &run.id, dry_run: run.dry_run, stop: &options.stop, store: &self.store, observer };
+        let stored = self.store.steps(&run.id)?;
+        let run_value = serde_json::json!({ "id": run.id, "workflow": run.workflow, "trigger": run.trigger, "dry_run": run.dry_run });
+        let mut outputs = serde_json::Map::new();
         let mut summaries = Vec::new();
+        let mut status = Status::Running;
+        let mut error = None;
+
         for (index, step) in workflow.steps.iter().enumerate() {
-            let mut state = StepState::pending(&step.id, index as u32);
-            if run.status != Status::Running {
+            let index = index as u32;
+            let mut state = stored.iter().find(|s| s.index == index && s.id == step.id).cloned().unwrap_or_else(|| StepState::pending(&step.id, index));
+            if state.status.is_finished() {
+                // Done in an earlier attempt of this run.
+                outputs.insert(step.id.clone(), self.step_output(&run.id, step, &state)?);
+                summaries.push(summary(step, &state, 0));
+                if state.status == Status::Failed && status == Status::Running {
+                    status = Status::Failed;
+                    error = state.error.clone().map(|m| format!("step {:?} failed: {m}", step.id));
+                }
+                continue;
+            }
+            if status != Status::Running {
                 summaries.push(summary(step, &state, 0));
                 continue;
             }
-            observer.step_started(step);
-            tracing::info!(run = %run.id, step = %step.id, op = %step.action.op(), target = %step.target(), "step started");
-            let step_started = Instant::now();
-            state.status = Status::Running;
-            state.attempts = 1;
-            state.started_ms = Some(now_ms());
-            self.store.commit_step(&run.id, &state).await?;
-
-            // `connect` made a Live for every connection the workflow names,
-            // and parsing refused steps naming any other.
-            let outcome = match live.get(&step.connection) {
-                Some(conn) => self.execute(&run.id, step, conn, &mut state, observer).await,
-                None => Err(format!("connection {:?} is not defined", step.connection)),
-            };
-            state.finished_ms = Some(now_ms());
-            match outcome {
-                Ok(()) => state.status = Status::Succeeded,
-                Err(message) => {
-                    state.status = Status::Failed;
-                    state.error = Some(message.clone());
-                    run.status = Status::Failed;
-                    run.error = Some(format!("step {:?} failed: {message}", step.id));
+            if self.store.run(&run.id).map(|r| r.cancel_requested).unwrap_or(false) {
+                options.stop.cancel.cancel();
+            }
+            match ctx.stop_reason() {
+                Some(StepEnd::Cancelled) => {
+                    status = Status::Cancelled;
+                    error = Some("cancelled".into());
+                    summaries.push(summary(step, &state, 0));
+                    continue;
                 }
+                Some(_) => {
+                    summaries.push(summary(step, &state, 0));
+                    break;
+                }
+                None => {}
+            }
+            let scope = Scope::new(&run.inputs, &Value::Object(outputs.clone()), &run_value);
+            let step_started = Instant::now();
+            if let Some(when) = &step.when {
+                match when.holds_in(&scope) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        state.status = Status::Skipped;
+                        state.finished_ms = Some(now_ms());
+                        self.store.commit_step(&run.id, &state).await?;
+                        outputs.insert(step.id.clone(), Value::Null);
+                        let s = summary(step, &state, 0);
+                        observer.step_finished(step, &state, &s);
+                        summaries.push(s);
+                        continue;
+                    }
+                    Err(message) => {
+                        state.status = Status::Failed;
+                        state.error = Some(format!("when: {message}"));
+                    }
+                }
+            }
+            if state.status != Status::Failed {
+                observer.step_started(step);
+                tracing::info!(run = %run.id, step = %step.id, op = step.action.name(), target = %step.target(), "step started");
+                state.status = Status::Running;
+                state.attempts += 1;
+                state.started_ms.get_or_insert_with(now_ms);
+                self.store.commit_step(&run.id, &state).await?;
+                let outcome = match self.check_inline_records(workflow, step, &outputs) {
+                    Err(message) => Err(message),
+                    Ok(()) => self.execute_step(&ctx, workflow, step, index, &endpoints, &mut state, &scope).await,
+                };
+                match outcome {
+                    Ok(StepEnd::Done) => state.status = Status::Succeeded,
+                    Ok(StepEnd::Interrupted) => {}
+                    Ok(StepEnd::Cancelled) => {
+                        state.status = Status::Cancelled;
+                        status = Status::Cancelled;
+                        error = Some("cancelled".into());
+                    }
+                    Err(message) => {
+                        state.status = Status::Failed;
+                        state.error = Some(message);
+                    }
+                }
+            }
+            if state.status == Status::Failed {
+                status = Status::Failed;
+                error = Some(format!("step {:?} failed: {}", step.id, state.error.as_deref().unwrap_or("")));
+            }
+            if state.status.is_finished() {
+                state.finished_ms = Some(now_ms());
             }
             self.store.commit_step(&run.id, &state).await?;
             tracing::info!(run = %run.id, step = %step.id, status = state.status.as_str(), error = state.error.as_deref(), "step finished");
             let s = summary(step, &state, step_started.elapsed().as_millis() as u64);
             observer.step_finished(step, &state, &s);
             summaries.push(s);
+            if state.status == Status::Running {
+                // Interrupted: the rest waits for the resume.
+                break;
+            }
+            outputs.insert(step.id.clone(), self.step_output(&run.id, step, &state)?);
         }
-        if run.status == Status::Running {
-            run.status = Status::Succeeded;
+        let interrupted = status == Status::Running && summaries.iter().any(|s| s.status == Status::Running || s.status == Status::Pending);
+        if status == Status::Running && !interrupted {
+            status = Status::Succeeded;
         }
-        run.finished_ms = Some(now_ms());
+        run.status = status;
+        run.error = error;
+        if status.is_finished() {
+            run.finished_ms = Some(now_ms());
+        }
         self.store.commit_run(&run).await?;
         Ok(RunSummary {
             run_id: run.id,
             workflow: run.workflow,
             workflow_hash: run.workflow_hash,
             status: run.status,
+            dry_run: run.dry_run,
             duration_ms: started.elapsed().as_millis() as u64,
             steps: summaries,
-            connections: live.iter().map(|(name, l)| (name.clone(), l.http.stats().snapshot())).collect(),
+            connections: endpoints.iter().map(|(name, e)| (name.clone(), e.stats())).collect(),
             error: run.error,
         })
     }
 
-    /// Runs one step; the error is the message recorded for the step.
-    async fn execute(&self, run: &str, step: &Step, conn: &Live, state: &mut StepState, observer: &dyn Observer) -> Result<(), String> {
-        let resource = conn.plugin.manifest().resource(&step.resource).cloned().ok_or_else(|| format!("no resource {}", step.target()))?;
+    async fn execute_step(
+        &self,
+        ctx: &RunCtx<'_>,
+        workflow: &Workflow,
+        step: &Step,
+        index: u32,
+        endpoints: &BTreeMap<String, Arc<dyn Endpoint>>,
+        state: &mut StepState,
+        scope: &Scope,
+    ) -> Result<StepEnd, String> {
+        let endpoint = endpoints.get(&step.connection).ok_or_else(|| format!("connection {:?} is not defined", step.connection))?;
         match &step.action {
-            Action::List { page_size, limit, filter, output } => {
-                let page_size = page_size.unwrap_or(resource.default_page_size).clamp(1, resource.max_page_size.max(1));
-                let mut sink = match output {
-                    Some(path) => Some(open_output(path)?),
-                    None => None,
-                };
-                let filter = filter.as_ref().map(|f| f.to_string());
-                loop {
-                    let wanted = match limit {
-                        Some(limit) if state.counts.read >= *limit => break,
-                        Some(limit) => page_size.min((limit - state.counts.read).min(u64::from(u32::MAX)) as u32),
-                        None => page_size,
-                    };
-                    let request = ListRequest { resource: step.resource.clone(), cursor: state.cursor.clone(), page_size: wanted, filter: filter.clone() };
-                    let page = conn.plugin.list(&conn.http, conn.context.clone(), request).await.map_err(|e| e.to_string())?;
-                    if page.next_cursor.is_some() && page.next_cursor == state.cursor {
-                        return Err(format!("plugin {} returned the cursor it was given; stopping to avoid an endless list", conn.plugin.name()));
-                    }
-                    let mut array = String::with_capacity(page.records.iter().map(|r| r.len() + 1).sum::<usize>() + 2);
-                    array.push('[');
-                    array.push_str(&page.records.join(","));
-                    array.push(']');
-                    if let Some((file, path)) = sink.as_mut() {
-                        for record in &page.records {
-                            writeln!(file, "{record}").map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-                        }
-                    }
-                    state.counts.read += page.records.len() as u64;
-                    state.pages += 1;
-                    state.cursor = page.next_cursor;
-                    self.store.commit_page(run, state, &array).await.map_err(|e| e.to_string())?;
-                    observer.page_committed(step, state.counts.read);
-                    if state.cursor.is_none() {
-                        break;
-                    }
-                }
-                if let Some((file, path)) = sink.as_mut() {
-                    file.flush().map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-                }
-                Ok(())
+            Action::List { .. } => list::run(ctx, step, endpoint.as_ref(), state, scope).await,
+            Action::Sync(spec) => {
+                let source = endpoints.get(&spec.from.connection).ok_or_else(|| format!("connection {:?} is not defined", spec.from.connection))?;
+                sync::run(ctx, step, spec, index, source.as_ref(), endpoint.as_ref(), state, scope).await
             }
-            Action::Get { key } => {
-                let record = conn.plugin.get(&conn.http, conn.context.clone(), &step.resource, key).await.map_err(|e| e.to_string())?;
-                state.output = Some(match record {
-                    Some(text) => {
-                        state.counts.read = 1;
-                        parse_record(&text, conn.plugin.name(), "get")?
-                    }
-                    None => serde_json::Value::Null,
-                });
-                Ok(())
-            }
-            Action::Upsert { record } => {
-                let request = UpsertRequest {
-                    resource: step.resource.clone(),
-                    record: record.to_string(),
-                    idempotency_key: idempotency_key(run, &step.id, 0),
-                };
-                let outcome = conn.plugin.upsert(&conn.http, conn.context.clone(), request).await.map_err(|e| e.to_string())?;
-                match outcome.action {
-                    UpsertAction::Created => state.counts.created += 1,
-                    UpsertAction::Updated => state.counts.updated += 1,
-                    UpsertAction::Unchanged => state.counts.unchanged += 1,
+            _ if step.for_each.is_some() => foreach::run(ctx, workflow, step, index, endpoint.as_ref(), state, scope).await,
+            _ => {
+                let result = ops::item(ctx, step, endpoint.as_ref(), scope, 0).await.map_err(|e| e.message)?;
+                result.count(&mut state.counts);
+                state.output = Some(result.output);
+                if let Some(entry) = result.plan {
+                    let mut plan = StepPlan::default();
+                    plan.add(entry);
+                    state.plan = serde_json::to_value(&plan).ok();
                 }
-                state.output = Some(serde_json::json!({
-                    "action": outcome.action,
-                    "record": parse_record(&outcome.record, conn.plugin.name(), "upsert")?,
-                }));
-                Ok(())
-            }
-            Action::Remove { key } => {
-                let outcome = conn.plugin.remove(&conn.http, conn.context.clone(), &step.resource, key).await.map_err(|e| e.to_string())?;
-                match outcome {
-                    RemoveOutcome::Removed => state.counts.removed += 1,
-                    RemoveOutcome::AlreadyAbsent => state.counts.absent += 1,
-                }
-                state.output = Some(serde_json::json!({ "outcome": outcome, "id": key }));
-                Ok(())
+                Ok(StepEnd::Done)
             }
         }
     }
-}
 
-fn open_output(path: &PathBuf) -> Result<(std::io::BufWriter<std::fs::File>, PathBuf), String> {
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+    /// A step that reads `.steps.ID.records` of a list too long to hold in
+    /// memory fails with a pointer to the streaming form.
+    fn check_inline_records(&self, workflow: &Workflow, step: &Step, outputs: &serde_json::Map<String, Value>) -> Result<(), String> {
+        let text = workflow.text.get(step.region.clone()).unwrap_or_default();
+        for (id, value) in outputs {
+            let Some(count) = value.get("count").and_then(Value::as_u64) else { continue };
+            let records_missing = value.get("records").is_none();
+            let used = text.contains(&format!("steps.{id}.records")) || text.contains(&format!("steps[\"{id}\"].records"));
+            let streamed = matches!(&step.for_each, Some(crate::workflow::ForEach::Records { step: s, .. }) if s == id);
+            if records_missing && used && !streamed && workflow.step(id).is_some_and(|s| matches!(s.action, Action::List { .. })) {
+                return Err(format!(
+                    "step {id:?} read {count} records, more than the {INLINE_RECORDS} that expressions can hold in memory; \
+                     iterate them with for_each = \".steps.{id}.records[]\" (streamed from the run store) instead"
+                ));
+            }
+        }
+        Ok(())
     }
-    let file = std::fs::File::create(path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
-    Ok((std::io::BufWriter::new(file), path.clone()))
-}
 
-fn parse_record(text: &str, plugin: &str, op: &str) -> Result<serde_json::Value, String> {
-    serde_json::from_str(text).map_err(|e| format!("plugin {plugin}: {op} returned a record that is not JSON: {e}"))
+    /// The value other steps see as `.steps.ID`.
+    fn step_output(&self, run: &str, step: &Step, state: &StepState) -> Result<Value, ExecError> {
+        if state.status == Status::Skipped {
+            return Ok(Value::Null);
+        }
+        let mut value = state.output.clone().unwrap_or(Value::Null);
+        if let (Action::List { .. }, Value::Object(map)) = (&step.action, &mut value)
+            && state.counts.read <= INLINE_RECORDS
+        {
+            let mut records = Vec::new();
+            for page in self.store.pages(run, state.index) {
+                let page = page?;
+                let parsed: Vec<Value> = serde_json::from_str(&page)
+                    .map_err(|e| StoreError::Corrupt { key: format!("{run}/{}", state.index), reason: e.to_string() })?;
+                records.extend(parsed);
+            }
+            map.insert("records".into(), Value::Array(records));
+        }
+        Ok(value)
+    }
 }
 
 /// The idempotency key of one write: derived from run, step and item, so a
@@ -448,16 +710,37 @@ pub fn idempotency_key(run: &str, step: &str, item: u64) -> String {
     format!("weft-{}", hex::encode(&digest[..16]))
 }
 
+/// The idempotency key of a sync's write of the record with `key`.
+pub fn sync_idempotency_key(run: &str, step: &str, key: &str) -> String {
+    let digest = Sha256::digest(format!("{run}\u{1f}{step}\u{1f}key\u{1f}{key}").as_bytes());
+    format!("weft-{}", hex::encode(&digest[..16]))
+}
+
 fn summary(step: &Step, state: &StepState, duration_ms: u64) -> StepSummary {
     StepSummary {
         id: step.id.clone(),
-        op: step.action.op(),
-        target: step.target(),
+        op: step.action.name(),
+        target: match &step.action {
+            Action::Sync(sync) => format!("{} -> {}", sync.from, step.target()),
+            _ => step.target(),
+        },
         status: state.status,
         counts: state.counts,
+        items: state.items,
         attempts: state.attempts,
         duration_ms,
         output: state.output.clone(),
+        plan: state.plan.clone(),
         error: state.error.clone(),
+    }
+}
+
+/// The text form of a key: strings as they are, other values as JSON;
+/// `null` (or nothing) is no key.
+pub(crate) fn key_text(value: &jaq_json::Val) -> Option<String> {
+    match from_val(value) {
+        Value::Null => None,
+        Value::String(s) => Some(s),
+        other => Some(other.to_string()),
     }
 }

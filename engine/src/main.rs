@@ -9,9 +9,9 @@ use anyhow::{Context as _, Result};
 use clap::{Args, Parser, Subcommand};
 use weft::connector::Manifest;
 use weft::credentials::Secret;
-use weft::executor::{ConnectionOverride, ExecError, Executor, Observer, RunSummary, StepSummary};
+use weft::executor::{ConnectionOverride, ExecError, Executor, Observer, RunOptions, RunSummary, StepSummary, StopSignal};
 use weft::runtime::{Runtime, RuntimeConfig};
-use weft::store::{RunStore, Status, StepState};
+use weft::store::{RunRecord, RunStore, Status, StepState, StoreError};
 use weft::workflow::{LoadError, PluginRef, Step, Workflow};
 
 /// weft runs customer-lifecycle workflows written in TOML, with vendor
@@ -44,6 +44,16 @@ enum Command {
     Run {
         /// The workflow file.
         workflow: PathBuf,
+        /// An input, NAME=VALUE (VALUE is JSON unless the input is a
+        /// string); repeatable.
+        #[arg(short = 'i', long = "input", value_name = "NAME=VALUE")]
+        inputs: Vec<String>,
+        /// A JSON file with an object of inputs (given --input win).
+        #[arg(long, value_name = "FILE")]
+        inputs_file: Option<PathBuf>,
+        /// Read for real, plan the writes, send none; print the plan.
+        #[arg(long)]
+        dry_run: bool,
         /// Print the run summary as JSON on stdout.
         #[arg(long)]
         json: bool,
@@ -54,6 +64,19 @@ enum Command {
         /// With --sandbox: demo records per emulator.
         #[arg(long, default_value_t = 250)]
         seed: usize,
+    },
+    /// Serve workflows: cron schedules, webhooks, a status API; resumes
+    /// unfinished runs at start.
+    Serve {
+        /// Workflow files, or directories of them (*.toml).
+        #[arg(required = true)]
+        workflows: Vec<PathBuf>,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8080", env = "WEFT_BIND")]
+        bind: std::net::SocketAddr,
+        /// How long in-flight calls get to finish after SIGTERM or ctrl-c.
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        grace: std::time::Duration,
     },
     /// Check workflow files without running them.
     Validate {
@@ -100,6 +123,20 @@ enum RunsCommand {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Resume an interrupted run where it stopped, on the workflow version
+    /// it started with.
+    Resume {
+        /// The run id.
+        run: String,
+        /// Print the run summary as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a run: a running one stops at its next page or item.
+    Cancel {
+        /// The run id.
+        run: String,
     },
 }
 
@@ -151,6 +188,10 @@ enum PluginCommand {
     },
 }
 
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("{e}; write it like 30s or 2m"))
+}
+
 fn parse_pair(text: &str) -> Result<(String, String), String> {
     text.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())).ok_or_else(|| format!("expected NAME=VALUE, got {text:?}"))
 }
@@ -160,6 +201,7 @@ mod exit {
     pub const RUN_FAILED: u8 = 1;
     pub const INVALID: u8 = 2;
     pub const INTERNAL: u8 = 3;
+    pub const INTERRUPTED: u8 = 4;
 }
 
 fn main() -> ExitCode {
@@ -179,6 +221,7 @@ fn main() -> ExitCode {
         Err(error) => {
             eprintln!("error: {error:#}");
             let code = match error.downcast_ref::<ExecError>() {
+                Some(ExecError::Store(StoreError::UnknownRun(_))) => exit::INVALID,
                 Some(ExecError::Store(_)) => exit::INTERNAL,
                 Some(_) => exit::INVALID,
                 None if error.downcast_ref::<LoadError>().is_some() => exit::INVALID,
@@ -192,7 +235,11 @@ fn main() -> ExitCode {
 
 async fn dispatch(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Run { workflow, json, sandbox, seed } => run(&cli.global, &workflow, json, sandbox, seed).await,
+        Command::Run { workflow, inputs, inputs_file, dry_run, json, sandbox, seed } => {
+            let options = RunCommand { inputs, inputs_file, dry_run, json, sandbox, seed };
+            run(&cli.global, &workflow, options).await
+        }
+        Command::Serve { workflows, bind, grace } => serve(&cli.global, &workflows, bind, grace).await,
         Command::Validate { files } => validate(&cli.global, &files).await,
         Command::Plugin { command: PluginCommand::Inspect { plugin, json } } => inspect(&cli.global, &plugin, json).await,
         Command::Plugin { command: PluginCommand::List } => {
@@ -206,7 +253,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             check_plugin(&cli.global, &plugin, options).await
         }
         Command::Sandbox { seed, stripe_port } => serve_sandbox(seed, stripe_port).await,
-        Command::Runs { command } => runs(&cli.global, command),
+        Command::Runs { command } => runs(&cli.global, command).await,
     }
 }
 
@@ -224,23 +271,90 @@ fn wasm_runtime(global: &Global) -> Result<Runtime> {
     Ok(Runtime::new(RuntimeConfig { cache_dir: Some(cache_dir), ..RuntimeConfig::default() })?)
 }
 
-async fn run(global: &Global, path: &Path, json: bool, sandbox: bool, seed: usize) -> Result<ExitCode> {
+struct RunCommand {
+    inputs: Vec<String>,
+    inputs_file: Option<PathBuf>,
+    dry_run: bool,
+    json: bool,
+    sandbox: bool,
+    seed: usize,
+}
+
+fn gather_inputs(workflow: &Workflow, command: &RunCommand) -> Result<serde_json::Map<String, serde_json::Value>> {
+    let mut inputs = match &command.inputs_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("failed to read inputs from {}", path.display()))?;
+            match serde_json::from_str::<serde_json::Value>(&text).with_context(|| format!("{}: not JSON", path.display()))? {
+                serde_json::Value::Object(map) => map,
+                _ => anyhow::bail!("{}: the inputs must be a JSON object", path.display()),
+            }
+        }
+        None => serde_json::Map::new(),
+    };
+    for assignment in &command.inputs {
+        let (name, value) = weft::workflow::inputs::parse_assignment(&workflow.inputs, assignment).map_err(|e| anyhow::anyhow!("--input: {e}"))?;
+        inputs.insert(name, value);
+    }
+    Ok(inputs)
+}
+
+/// Stops the run on ctrl-c or SIGTERM: in-flight calls finish, what they
+/// did is committed, and the run can be resumed.
+fn stop_on_signals() -> StopSignal {
+    let stop = StopSignal::default();
+    let token = stop.shutdown.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        eprintln!("stopping: letting in-flight calls finish, then committing (ctrl-c again to abort)");
+        token.cancel();
+        shutdown_signal().await;
+        std::process::exit(130);
+    });
+    stop
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn open_store(dir: &Path) -> Result<RunStore> {
+    RunStore::open(dir).with_context(|| format!("failed to open the run store at {}", dir.display()))
+}
+
+async fn run(global: &Global, path: &Path, command: RunCommand) -> Result<ExitCode> {
     let workflow = Workflow::load(path)?;
+    let inputs = gather_inputs(&workflow, &command)?;
     // A sandbox run keeps its state in a temporary directory unless told
     // otherwise, so demo runs never mix with real ones.
-    let temp_state = if sandbox && global.state_dir.is_none() { Some(tempfile::tempdir().context("failed to create a temporary state dir")?) } else { None };
+    let temp_state = if command.sandbox && global.state_dir.is_none() { Some(tempfile::tempdir().context("failed to create a temporary state dir")?) } else { None };
     let state_dir = match (&temp_state, &global.state_dir) {
         (Some(temp), _) => temp.path().to_path_buf(),
         (None, Some(dir)) => dir.clone(),
         (None, None) => state_dir(global),
     };
-    let store = RunStore::open(&state_dir).with_context(|| format!("failed to open the run store at {}", state_dir.display()))?;
-    let executor = Executor::new(wasm_runtime(global)?, store);
+    let executor = Executor::new(wasm_runtime(global)?, open_store(&state_dir)?);
 
     let mut emulators = None;
     let mut overrides = BTreeMap::new();
-    if sandbox {
-        let running = weft_sandbox::Sandbox::start(weft_sandbox::SandboxOptions { seed, stripe_port: 0, ..Default::default() })
+    if command.sandbox {
+        let running = weft_sandbox::Sandbox::start(weft_sandbox::SandboxOptions { seed: command.seed, stripe_port: 0, ..Default::default() })
             .await
             .context("failed to start the vendor emulators")?;
         for connection in workflow.connections.values() {
@@ -250,28 +364,55 @@ async fn run(global: &Global, path: &Path, json: bool, sandbox: bool, seed: usiz
             };
             overrides.insert(connection.name.clone(), ConnectionOverride { base_url: endpoint.base_url, secret: Secret::new(endpoint.api_key) });
         }
-        if !json {
-            eprintln!("sandbox: emulators on loopback, {seed} demo records each; state in {}", state_dir.display());
+        if !command.json {
+            eprintln!("sandbox: emulators on loopback, {} demo records each; state in {}", command.seed, state_dir.display());
         }
         emulators = Some(running);
     }
 
-    if !json {
-        eprintln!("running {} ({})", workflow.name, path.display());
+    if !command.json {
+        eprintln!("running {} ({}){}", workflow.name, path.display(), if command.dry_run { ", dry run: reads are real, no write is sent" } else { "" });
     }
-    let printer = Printer { quiet: json };
-    let summary = executor.run(&workflow, &overrides, &printer).await?;
-    if json {
-        let mut stdout = std::io::stdout().lock();
-        serde_json::to_writer_pretty(&mut stdout, &summary)?;
-        writeln!(stdout)?;
-    } else {
-        print_summary(&summary);
-    }
+    let printer = Printer { quiet: command.json };
+    let options = RunOptions { inputs, dry_run: command.dry_run, overrides, stop: stop_on_signals(), ..RunOptions::default() };
+    let summary = executor.start(&workflow, &options, &printer).await?;
+    report(&summary, command.json)?;
     if let Some(emulators) = emulators {
         emulators.shutdown().await;
     }
-    Ok(if summary.status == Status::Succeeded { ExitCode::SUCCESS } else { ExitCode::from(exit::RUN_FAILED) })
+    Ok(exit_code(&summary))
+}
+
+fn exit_code(summary: &RunSummary) -> ExitCode {
+    match summary.status {
+        Status::Succeeded => ExitCode::SUCCESS,
+        // Interrupted by a signal: resumable, and not a failure of the run.
+        Status::Running => ExitCode::from(exit::INTERRUPTED),
+        _ => ExitCode::from(exit::RUN_FAILED),
+    }
+}
+
+fn report(summary: &RunSummary, json: bool) -> Result<()> {
+    if json {
+        let mut value = serde_json::to_value(summary)?;
+        if let (Some(object), Some(peak)) = (value.as_object_mut(), peak_rss_bytes()) {
+            object.insert("peak_rss_bytes".into(), peak.into());
+        }
+        let mut stdout = std::io::stdout().lock();
+        serde_json::to_writer_pretty(&mut stdout, &value)?;
+        writeln!(stdout)?;
+    } else {
+        print_summary(summary);
+    }
+    Ok(())
+}
+
+/// The process's peak resident memory (Linux), for the summary.
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }
 
 struct Printer {
@@ -279,6 +420,12 @@ struct Printer {
 }
 
 impl Observer for Printer {
+    fn run_started(&self, run: &RunRecord) {
+        if !self.quiet {
+            eprintln!("run {}{}", run.id, if run.resumes > 0 { format!(" (resumed, attempt {})", run.resumes + 1) } else { String::new() });
+        }
+    }
+
     fn step_finished(&self, step: &Step, _state: &StepState, s: &StepSummary) {
         if self.quiet {
             return;
@@ -286,11 +433,44 @@ impl Observer for Printer {
         let mark = match s.status {
             Status::Succeeded => "ok  ",
             Status::Failed => "FAIL",
+            Status::Skipped => "skip",
+            Status::Running => "stop",
             _ => "--  ",
         };
-        eprintln!("  {mark} {:<16} {:<7} {:<28} {:<28} {:>6.1}s", step.id, s.op.as_str(), s.target, counts(s), s.duration_ms as f64 / 1000.0);
+        eprintln!("  {mark} {:<16} {:<7} {:<28} {:<28} {:>6.1}s", step.id, s.op, s.target, counts(s), s.duration_ms as f64 / 1000.0);
         if let Some(error) = &s.error {
             eprintln!("       {error}");
+        }
+        if let Some(plan) = &s.plan {
+            print_plan(plan);
+        }
+    }
+}
+
+fn print_plan(plan: &serde_json::Value) {
+    let n = |k: &str| plan.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
+    let parts: Vec<String> = [("create", "would create"), ("update", "would update"), ("upsert", "would upsert"), ("remove", "would remove"), ("unchanged", "unchanged"), ("already_absent", "already absent")]
+        .into_iter()
+        .filter(|(k, _)| n(k) > 0)
+        .map(|(k, what)| format!("{} {what}", n(k)))
+        .collect();
+    eprintln!("       plan: {}", if parts.is_empty() { "no writes".to_owned() } else { parts.join(", ") });
+    for sample in plan.get("samples").and_then(serde_json::Value::as_array).into_iter().flatten() {
+        let action = sample.get("action").and_then(serde_json::Value::as_str).unwrap_or("?");
+        let key = sample.get("key").and_then(serde_json::Value::as_str).unwrap_or("(matched by the connector)");
+        let changes = sample.get("changes").and_then(serde_json::Value::as_array).map(|c| c.iter().filter_map(|v| v.as_str()).collect::<Vec<_>>().join(", ")).unwrap_or_default();
+        let record = sample.get("record").map(|r| r.to_string()).unwrap_or_default();
+        let detail = if !changes.is_empty() { format!("fields {changes}") } else { record.chars().take(100).collect() };
+        eprintln!("         e.g. {action} {key} {detail}");
+    }
+    let irreversible = plan.get("irreversible").and_then(serde_json::Value::as_array).cloned().unwrap_or_default();
+    if !irreversible.is_empty() {
+        eprintln!("       irreversible ({}):", irreversible.len() as u64 + n("irreversible_not_listed"));
+        for entry in &irreversible {
+            eprintln!("         {} {}", entry.get("action").and_then(serde_json::Value::as_str).unwrap_or("?"), entry.get("key").and_then(serde_json::Value::as_str).unwrap_or("?"));
+        }
+        if n("irreversible_not_listed") > 0 {
+            eprintln!("         … and {} more", n("irreversible_not_listed"));
         }
     }
 }
@@ -314,12 +494,12 @@ fn counts(s: &StepSummary) -> String {
 }
 
 fn print_summary(summary: &RunSummary) {
-    eprintln!(
-        "run {} {} in {:.1}s",
-        summary.run_id,
-        summary.status.as_str(),
-        summary.duration_ms as f64 / 1000.0
-    );
+    let status = match summary.status {
+        Status::Running => "interrupted".to_owned(),
+        other if summary.dry_run => format!("{} (dry run: nothing was written)", other.as_str()),
+        other => other.as_str().to_owned(),
+    };
+    eprintln!("run {} {status} in {:.1}s", summary.run_id, summary.duration_ms as f64 / 1000.0);
     for (name, stats) in &summary.connections {
         eprintln!(
             "  {name}: {} requests, {} throttled (429), {} retries, {} ms waiting",
@@ -329,75 +509,194 @@ fn print_summary(summary: &RunSummary) {
     if let Some(error) = &summary.error {
         eprintln!("{error}");
     }
+    if summary.status == Status::Running {
+        eprintln!("resume it with: weft runs resume {}", summary.run_id);
+    }
 }
 
 fn state_dir(global: &Global) -> PathBuf {
     global.state_dir.clone().unwrap_or_else(|| default_dir("XDG_DATA_HOME", ".local/share", "state"))
 }
 
-fn runs(global: &Global, command: RunsCommand) -> Result<ExitCode> {
+/// The address a `weft serve` on this state dir wrote when it started.
+fn server_address(dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(dir.join(SERVE_ADDRESS_FILE)).ok()?;
+    let value: serde_json::Value = serde_json::from_str(&text).ok()?;
+    value.get("addr")?.as_str().map(|a| format!("http://{a}"))
+}
+
+/// Name of the file `weft serve` writes into its state dir.
+const SERVE_ADDRESS_FILE: &str = "weft-serve.json";
+
+async fn runs(global: &Global, command: RunsCommand) -> Result<ExitCode> {
     let dir = state_dir(global);
-    let store = RunStore::open(&dir).with_context(|| format!("failed to open the run store at {}", dir.display()))?;
+    let store = match RunStore::open(&dir) {
+        Ok(store) => store,
+        Err(StoreError::Locked { .. }) if server_address(&dir).is_some() => {
+            // A server holds the store; ask it.
+            let base = server_address(&dir).unwrap_or_default();
+            return runs_via_server(&base, command).await;
+        }
+        Err(e) => return Err(e).with_context(|| format!("failed to open the run store at {}", dir.display())),
+    };
     match command {
         RunsCommand::List { json, limit } => {
             let mut runs = store.runs()?;
             runs.reverse();
             runs.truncate(limit);
             if json {
-                let rows: Vec<_> = runs
-                    .iter()
-                    .map(|r| serde_json::json!({ "id": r.id, "workflow": r.workflow, "status": r.status, "created_ms": r.created_ms, "finished_ms": r.finished_ms, "error": r.error }))
-                    .collect();
+                let rows: Vec<_> = runs.iter().map(weft::serve::run_json).collect();
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else if runs.is_empty() {
                 println!("no runs in {}", dir.display());
             } else {
-                println!("{:<18} {:<24} {:<10} {:>10}", "run", "workflow", "status", "seconds");
-                for r in &runs {
-                    let seconds = r.finished_ms.map(|f| format!("{:.1}", f.saturating_sub(r.created_ms) as f64 / 1000.0)).unwrap_or_else(|| "-".into());
-                    println!("{:<18} {:<24} {:<10} {:>10}", r.id, r.workflow, r.status.as_str(), seconds);
-                }
+                print_runs(&runs.iter().map(weft::serve::run_json).collect::<Vec<_>>());
             }
         }
         RunsCommand::Show { run, json } => {
             let record = store.run(&run)?;
             let steps = store.steps(&run)?;
+            let mut value = weft::serve::run_json(&record);
+            value["steps"] = serde_json::to_value(&steps)?;
             if json {
-                let mut value = serde_json::to_value(&record)?;
-                if let Some(object) = value.as_object_mut() {
-                    // The text is in the store for resuming; the listing needs only its hash.
-                    object.remove("workflow_text");
-                    object.insert("steps".into(), serde_json::to_value(&steps)?);
-                }
                 println!("{}", serde_json::to_string_pretty(&value)?);
             } else {
-                println!("run {} of {} ({}), {}", record.id, record.workflow, record.workflow_path, record.status.as_str());
-                println!("workflow sha256 {}", record.workflow_hash);
-                for s in &steps {
-                    let c = s.counts;
-                    println!(
-                        "  {:<20} {:<10} attempts {}  read {} created {} updated {} unchanged {} removed {} absent {}{}",
-                        s.id,
-                        s.status.as_str(),
-                        s.attempts,
-                        c.read,
-                        c.created,
-                        c.updated,
-                        c.unchanged,
-                        c.removed,
-                        c.absent,
-                        if s.pages > 0 { format!("  pages {}", s.pages) } else { String::new() }
-                    );
-                    if let Some(error) = &s.error {
-                        println!("  {:<20} {error}", "");
-                    }
-                }
-                if let Some(error) = &record.error {
-                    println!("{error}");
-                }
+                print_run(&value);
             }
         }
+        RunsCommand::Resume { run, json } => {
+            let executor = Executor::new(wasm_runtime(global)?, store);
+            let printer = Printer { quiet: json };
+            let options = RunOptions { stop: stop_on_signals(), ..RunOptions::default() };
+            let summary = executor.resume(&run, &options, &printer).await?;
+            report(&summary, json)?;
+            return Ok(exit_code(&summary));
+        }
+        RunsCommand::Cancel { run } => {
+            // The store is open here, so no other process is running it.
+            let executor = Executor::new(wasm_runtime(global)?, store);
+            let record = executor.cancel_idle(&run).await?;
+            println!("run {} is {}", record.id, record.status.as_str());
+        }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn runs_via_server(base: &str, command: RunsCommand) -> Result<ExitCode> {
+    let client = reqwest::Client::new();
+    let call = |request: reqwest::RequestBuilder| async move {
+        let response = request.send().await.with_context(|| format!("the run store is held by a weft serve at {base}, which does not answer"))?;
+        let status = response.status();
+        let bytes = response.bytes().await.unwrap_or_default();
+        let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+        if !status.is_success() {
+            anyhow::bail!("weft serve at {base}: {status}: {}", body.get("error").and_then(serde_json::Value::as_str).unwrap_or(""));
+        }
+        Ok(body)
+    };
+    match command {
+        RunsCommand::List { json, limit } => {
+            let body = call(client.get(format!("{base}/api/runs?limit={limit}"))).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&body)?);
+            } else {
+                print_runs(body.as_array().map(Vec::as_slice).unwrap_or_default());
+            }
+        }
+        RunsCommand::Show { run, json } => {
+            let body = call(client.get(format!("{base}/api/runs/{run}"))).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&body)?);
+            } else {
+                print_run(&body);
+            }
+        }
+        RunsCommand::Resume { run, .. } => {
+            call(client.post(format!("{base}/api/runs/{run}/resume"))).await?;
+            println!("run {run} is resuming in the weft serve at {base}");
+        }
+        RunsCommand::Cancel { run } => {
+            let body = call(client.post(format!("{base}/api/runs/{run}/cancel"))).await?;
+            println!("run {run}: {}", body.get("status").and_then(serde_json::Value::as_str).unwrap_or("cancelling"));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_runs(rows: &[serde_json::Value]) {
+    println!("{:<18} {:<24} {:<10} {:<8} {:>10}", "run", "workflow", "status", "trigger", "seconds");
+    for r in rows {
+        let text = |k: &str| r.get(k).and_then(serde_json::Value::as_str).unwrap_or("").to_owned();
+        let created = r.get("created_ms").and_then(serde_json::Value::as_u64).unwrap_or(0);
+        let seconds = r.get("finished_ms").and_then(serde_json::Value::as_u64).map(|f| format!("{:.1}", f.saturating_sub(created) as f64 / 1000.0)).unwrap_or_else(|| "-".into());
+        let status = if r.get("dry_run").and_then(serde_json::Value::as_bool).unwrap_or(false) { format!("{} (dry)", text("status")) } else { text("status") };
+        println!("{:<18} {:<24} {:<10} {:<8} {:>10}", text("id"), text("workflow"), status, text("trigger"), seconds);
+    }
+}
+
+fn print_run(value: &serde_json::Value) {
+    let text = |v: &serde_json::Value, k: &str| v.get(k).and_then(serde_json::Value::as_str).unwrap_or("").to_owned();
+    println!("run {} of {} ({}), {}", text(value, "id"), text(value, "workflow"), text(value, "workflow_path"), text(value, "status"));
+    println!("workflow sha256 {}", text(value, "workflow_hash"));
+    println!("trigger {}, resumed {} times", text(value, "trigger"), value.get("resumes").and_then(serde_json::Value::as_u64).unwrap_or(0));
+    for s in value.get("steps").and_then(serde_json::Value::as_array).into_iter().flatten() {
+        let c = |k: &str| s.get("counts").and_then(|c| c.get(k)).and_then(serde_json::Value::as_u64).unwrap_or(0);
+        let n = |k: &str| s.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
+        println!(
+            "  {:<20} {:<10} attempts {}  read {} created {} updated {} unchanged {} removed {} absent {} failed {}{}{}",
+            text(s, "id"),
+            text(s, "status"),
+            n("attempts"),
+            c("read"),
+            c("created"),
+            c("updated"),
+            c("unchanged"),
+            c("removed"),
+            c("absent"),
+            c("failed"),
+            if n("pages") > 0 { format!("  pages {}", n("pages")) } else { String::new() },
+            if n("items") > 0 { format!("  items {}", n("items")) } else { String::new() },
+        );
+        if let Some(error) = s.get("error").and_then(serde_json::Value::as_str) {
+            println!("  {:<20} {error}", "");
+        }
+    }
+    if let Some(error) = value.get("error").and_then(serde_json::Value::as_str) {
+        println!("{error}");
+    }
+}
+
+async fn serve(global: &Global, paths: &[PathBuf], bind: std::net::SocketAddr, grace: std::time::Duration) -> Result<ExitCode> {
+    let mut workflows = Vec::new();
+    let mut files = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(path)
+                .with_context(|| format!("failed to read {}", path.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+                .collect();
+            found.sort();
+            files.extend(found);
+        } else {
+            files.push(path.clone());
+        }
+    }
+    for file in &files {
+        workflows.push(Workflow::load(file)?);
+    }
+    let dir = state_dir(global);
+    let executor = Executor::new(wasm_runtime(global)?, open_store(&dir)?);
+    let config = weft::serve::ServeConfig { bind, workflows, shutdown_grace: grace, address_file: Some(dir.join(SERVE_ADDRESS_FILE)) };
+    let server = weft::serve::start(executor, config).await?;
+    eprintln!("weft serve: listening on http://{} with {} workflow(s); state in {}", server.addr, files.len(), dir.display());
+    let token = server.shutdown_token();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        eprintln!("stopping: no new runs; in-flight calls finish (up to {}), then exit", humantime::format_duration(grace));
+        token.cancel();
+    });
+    server.wait().await;
     Ok(ExitCode::SUCCESS)
 }
 

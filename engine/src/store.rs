@@ -1,7 +1,11 @@
-//! Durable run state in sled: runs, their steps, and the pages a list step
-//! has read. Every commit is flushed to disk before the caller goes on, so a
-//! crash loses no completed work. Credentials never reach this module: it
-//! stores workflow text, inputs, records and messages only.
+//! Durable run state in sled: runs, their steps, the pages a list step has
+//! read, the items of a for-each, the index a sync diffs against, and the
+//! webhook signatures already seen. Step and page commits are flushed to
+//! disk before the caller goes on; for-each items are flushed in groups
+//! (see [`RunStore::commit_items`]), and an item lost in the last group is
+//! redone on resume with the same idempotency key, so the vendor does not
+//! write twice. Credentials never reach this module: it stores workflow
+//! text, inputs, records and messages only.
 
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -11,7 +15,12 @@ use sled::Transactional;
 
 /// The on-disk format version. Bump it, and add a migration in
 /// [`RunStore::open`], whenever a stored type changes shape.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// Memory sled may use for its page cache. sled's default (1 GiB) would
+/// make a large sync look like a leak; the working set of a run is a page
+/// or two and the keys of a sync index.
+const CACHE_BYTES: u64 = 32 << 20;
 
 const SCHEMA_KEY: &[u8] = b"schema_version";
 
@@ -40,6 +49,12 @@ pub enum StoreError {
     /// No run with that id.
     #[error("no run with id {0}")]
     UnknownRun(String),
+    /// Another process has the store open.
+    #[error("the run store at {path} is in use by another weft process (a `weft serve`?); stop it, point --state-dir elsewhere, or talk to the server")]
+    Locked {
+        /// The store directory.
+        path: String,
+    },
 }
 
 /// Result alias for this module.
@@ -105,6 +120,23 @@ pub struct RunRecord {
     pub finished_ms: Option<u64>,
     /// Why it failed.
     pub error: Option<String>,
+    /// Reads are real, writes are only planned.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// What started it: `manual`, `cron`, `webhook` or `api`.
+    #[serde(default = "manual")]
+    pub trigger: String,
+    /// Someone asked for the run to stop; it ends `cancelled` at the next
+    /// page or item boundary.
+    #[serde(default)]
+    pub cancel_requested: bool,
+    /// How many times the run was picked up again after an interruption.
+    #[serde(default)]
+    pub resumes: u32,
+}
+
+fn manual() -> String {
+    "manual".to_owned()
 }
 
 /// Counts of what a step did.
@@ -151,6 +183,75 @@ pub struct StepState {
     pub output: Option<serde_json::Value>,
     /// Why it failed.
     pub error: Option<String>,
+    /// Items a for-each has finished (committed).
+    #[serde(default)]
+    pub items: u64,
+    /// Where a sync is.
+    #[serde(default)]
+    pub sync: Option<SyncProgress>,
+    /// What a dry run would do.
+    #[serde(default)]
+    pub plan: Option<serde_json::Value>,
+}
+
+/// The phase of a sync step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncPhase {
+    /// Reading the target into the index.
+    #[default]
+    Target,
+    /// Reading the source and writing the differences.
+    Source,
+    /// Removing target records no source record has.
+    Delete,
+    /// Finished.
+    Done,
+}
+
+/// How far a sync got: each side's cursor, committed with its page.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncProgress {
+    /// The phase.
+    pub phase: SyncPhase,
+    /// Cursor of the target listing.
+    pub target_cursor: Option<String>,
+    /// Target pages read.
+    pub target_pages: u32,
+    /// Target records indexed.
+    pub target_records: u64,
+    /// Cursor of the source listing.
+    pub source_cursor: Option<String>,
+    /// Source pages done.
+    pub source_pages: u32,
+}
+
+/// The end of one for-each item.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ItemRecord {
+    /// `succeeded`, `failed` or `skipped`.
+    #[serde(rename = "s")]
+    pub status: Status,
+    /// What the op did: `created`, `updated`, `unchanged`, `removed`,
+    /// `already-absent`, `read`, `absent`, or a dry run's plan.
+    #[serde(rename = "a", default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    /// The record's id, when the op returned one.
+    #[serde(rename = "id", default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Why it failed.
+    #[serde(rename = "e", default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// What a sync did with one key, remembered so a resumed sync neither
+/// writes it again nor deletes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeenMark {
+    /// A source record had the key.
+    Source,
+    /// The target record was deleted (delete_missing).
+    Deleted,
 }
 
 impl StepState {
@@ -168,6 +269,9 @@ impl StepState {
             cursor: None,
             output: None,
             error: None,
+            items: 0,
+            sync: None,
+            plan: None,
         }
     }
 }
@@ -179,6 +283,10 @@ pub struct RunStore {
     runs: sled::Tree,
     steps: sled::Tree,
     pages: sled::Tree,
+    items: sled::Tree,
+    sync_index: sled::Tree,
+    sync_seen: sled::Tree,
+    signatures: sled::Tree,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -194,6 +302,20 @@ fn page_key(run: &str, index: u32, page: u32) -> Vec<u8> {
     format!("{run}/{index:05}/{page:09}").into_bytes()
 }
 
+fn item_key(run: &str, index: u32, item: u64) -> Vec<u8> {
+    format!("{run}/{index:05}/{item:012}").into_bytes()
+}
+
+fn step_prefix(run: &str, index: u32) -> Vec<u8> {
+    format!("{run}/{index:05}/").into_bytes()
+}
+
+fn sync_key(run: &str, index: u32, key: &str) -> Vec<u8> {
+    let mut k = step_prefix(run, index);
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
 fn decode<T: for<'de> Deserialize<'de>>(key: &[u8], bytes: &[u8]) -> Result<T> {
     serde_json::from_slice(bytes)
         .map_err(|e| StoreError::Corrupt { key: String::from_utf8_lossy(key).into_owned(), reason: e.to_string() })
@@ -205,9 +327,15 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 }
 
 impl RunStore {
-    /// Opens (or creates) the store in `dir`.
+    /// Opens (or creates) the store in `dir`. One process at a time: a
+    /// second gets [`StoreError::Locked`].
     pub fn open(dir: &Path) -> Result<Self> {
-        let db = sled::Config::new().path(dir).mode(sled::Mode::LowSpace).open()?;
+        let db = sled::Config::new().path(dir).mode(sled::Mode::LowSpace).cache_capacity(CACHE_BYTES).open().map_err(|e| match e {
+            sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("could not acquire lock") => {
+                StoreError::Locked { path: dir.display().to_string() }
+            }
+            other => StoreError::Sled(other),
+        })?;
         match db.get(SCHEMA_KEY)? {
             None => {
                 db.insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes())?;
@@ -215,12 +343,26 @@ impl RunStore {
             }
             Some(bytes) => {
                 let found = <[u8; 4]>::try_from(bytes.as_ref()).map(u32::from_be_bytes).unwrap_or(0);
-                if found != SCHEMA_VERSION {
+                // Version 1 differs only by fields that version 2 reads
+                // with defaults; the upgrade is the version number.
+                if found == 1 {
+                    db.insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes())?;
+                    db.flush()?;
+                } else if found != SCHEMA_VERSION {
                     return Err(StoreError::Schema { path: dir.display().to_string(), found });
                 }
             }
         }
-        Ok(RunStore { runs: db.open_tree("runs")?, steps: db.open_tree("steps")?, pages: db.open_tree("pages")?, db })
+        Ok(RunStore {
+            runs: db.open_tree("runs")?,
+            steps: db.open_tree("steps")?,
+            pages: db.open_tree("pages")?,
+            items: db.open_tree("items")?,
+            sync_index: db.open_tree("sync_index")?,
+            sync_seen: db.open_tree("sync_seen")?,
+            signatures: db.open_tree("webhook_signatures")?,
+            db,
+        })
     }
 
     /// A new, unique, time-sortable run id.
@@ -280,6 +422,145 @@ impl RunStore {
         Ok(())
     }
 
+    /// The record of for-each item `item` of step `index`, if it finished.
+    pub fn item(&self, run: &str, index: u32, item: u64) -> Result<Option<ItemRecord>> {
+        let key = item_key(run, index, item);
+        self.items.get(&key)?.map(|bytes| decode(&key, &bytes)).transpose()
+    }
+
+    /// Every finished item of a for-each step, in item order.
+    pub fn items(&self, run: &str, index: u32) -> impl Iterator<Item = Result<(u64, ItemRecord)>> + use<> {
+        self.items.scan_prefix(step_prefix(run, index)).map(|entry| {
+            let (key, value) = entry?;
+            let n = std::str::from_utf8(&key).ok().and_then(|k| k.rsplit('/').next()).and_then(|n| n.parse().ok()).unwrap_or(0);
+            Ok((n, decode(&key, &value)?))
+        })
+    }
+
+    /// Records a group of finished items and the step's state, durably.
+    /// The for-each calls it every few milliseconds rather than per item:
+    /// one flush covers the group. Counts in the step state are a cache;
+    /// a resumed step recounts from the items.
+    pub async fn commit_items(&self, run: &str, step: &StepState, items: &[(u64, ItemRecord)]) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for (n, record) in items {
+            batch.insert(item_key(run, step.index, *n), encode(record));
+        }
+        self.items.apply_batch(batch)?;
+        self.steps.insert(step_key(run, step.index), encode(step))?;
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// Adds one page of target records to a sync's index, with the step's
+    /// new cursor, in one transaction.
+    pub async fn commit_sync_index(&self, run: &str, step: &StepState, entries: &[(String, String)]) -> Result<()> {
+        let step_bytes = encode(step);
+        (&self.steps, &self.sync_index)
+            .transaction(|(steps, index)| {
+                for (key, record) in entries {
+                    index.insert(sync_key(run, step.index, key), record.as_bytes())?;
+                }
+                steps.insert(step_key(run, step.index), step_bytes.as_slice())?;
+                Ok(())
+            })
+            .map_err(tx_error)?;
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// The target record a sync indexed under `key`.
+    pub fn sync_target(&self, run: &str, index: u32, key: &str) -> Result<Option<String>> {
+        let k = sync_key(run, index, key);
+        self.sync_index.get(&k)?.map(|v| String::from_utf8(v.to_vec()).map_err(|e| StoreError::Corrupt { key: key.to_owned(), reason: e.to_string() })).transpose()
+    }
+
+    /// Whether a sync has already handled `key`.
+    pub fn sync_seen(&self, run: &str, index: u32, key: &str) -> Result<Option<SeenMark>> {
+        Ok(self.sync_seen.get(sync_key(run, index, key))?.map(|v| if v.as_ref() == b"d" { SeenMark::Deleted } else { SeenMark::Source }))
+    }
+
+    /// Marks keys a sync has handled, with the step's new state, in one
+    /// transaction.
+    pub async fn commit_sync_seen(&self, run: &str, step: &StepState, keys: &[(String, SeenMark)]) -> Result<()> {
+        let step_bytes = encode(step);
+        (&self.steps, &self.sync_seen)
+            .transaction(|(steps, seen)| {
+                for (key, mark) in keys {
+                    let value: &[u8] = if *mark == SeenMark::Deleted { b"d" } else { b"s" };
+                    seen.insert(sync_key(run, step.index, key), value)?;
+                }
+                steps.insert(step_key(run, step.index), step_bytes.as_slice())?;
+                Ok(())
+            })
+            .map_err(tx_error)?;
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// The indexed target records no source record had, in key order.
+    pub fn sync_unseen(&self, run: &str, index: u32) -> impl Iterator<Item = Result<(String, String)>> + use<> {
+        let prefix = step_prefix(run, index);
+        let skip = prefix.len();
+        let seen = self.sync_seen.clone();
+        self.sync_index.scan_prefix(prefix).filter_map(move |entry| {
+            let result = (|| {
+                let (key, value) = entry?;
+                if seen.contains_key(&key)? {
+                    return Ok(None);
+                }
+                let name = String::from_utf8_lossy(&key[skip..]).into_owned();
+                Ok(Some((name, String::from_utf8_lossy(&value).into_owned())))
+            })();
+            result.transpose()
+        })
+    }
+
+    /// Drops a finished sync's index and marks.
+    pub fn clear_sync(&self, run: &str, index: u32) -> Result<()> {
+        for tree in [&self.sync_index, &self.sync_seen] {
+            let mut batch = sled::Batch::default();
+            for key in tree.scan_prefix(step_prefix(run, index)).keys() {
+                batch.remove(key?);
+            }
+            tree.apply_batch(batch)?;
+        }
+        Ok(())
+    }
+
+    /// Remembers a webhook signature; `false` when it was seen before (a
+    /// replay).
+    pub async fn remember_signature(&self, workflow: &str, signature: &str, now_ms: u64) -> Result<bool> {
+        let key = format!("{workflow}/{signature}");
+        let fresh = self.signatures.compare_and_swap(key.as_bytes(), None as Option<&[u8]>, Some(&now_ms.to_be_bytes()[..]))?.is_ok();
+        if fresh {
+            self.db.flush_async().await?;
+        }
+        Ok(fresh)
+    }
+
+    /// Forgets signatures of `workflow` first seen before `before_ms`: past
+    /// the tolerance window their timestamps are refused anyway.
+    pub fn forget_signatures(&self, workflow: &str, before_ms: u64) -> Result<usize> {
+        let mut batch = sled::Batch::default();
+        let mut dropped = 0;
+        for entry in self.signatures.scan_prefix(format!("{workflow}/").as_bytes()) {
+            let (k, v) = entry?;
+            let seen = <[u8; 8]>::try_from(v.as_ref()).map(u64::from_be_bytes).unwrap_or(0);
+            if seen < before_ms {
+                batch.remove(k);
+                dropped += 1;
+            }
+        }
+        self.signatures.apply_batch(batch)?;
+        Ok(dropped)
+    }
+
+    /// Runs that have not finished: interrupted ones, to resume.
+    pub fn unfinished_runs(&self) -> Result<Vec<RunRecord>> {
+        Ok(self.runs()?.into_iter().filter(|r| !r.status.is_finished()).collect())
+    }
+
     /// One run.
     pub fn run(&self, id: &str) -> Result<RunRecord> {
         let bytes = self.runs.get(id.as_bytes())?.ok_or_else(|| StoreError::UnknownRun(id.to_owned()))?;
@@ -337,7 +618,62 @@ mod tests {
             created_ms: now_ms(),
             finished_ms: None,
             error: None,
+            dry_run: false,
+            trigger: "manual".into(),
+            cancel_requested: false,
+            resumes: 0,
         }
+    }
+
+    #[tokio::test]
+    async fn items_are_recorded_in_groups_and_read_back_in_order() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let store = RunStore::open(dir.path())?;
+        let id = store.new_run_id()?;
+        store.create_run(&run(&id), &["each".into()]).await?;
+        let step = StepState::pending("each", 0);
+        let done = |n| (n, ItemRecord { status: Status::Succeeded, action: Some("created".into()), id: Some(format!("cus_{n}")), error: None });
+        store.commit_items(&id, &step, &[done(2), done(0)]).await?;
+        store.commit_items(&id, &step, &[done(1)]).await?;
+        let items: Vec<u64> = store.items(&id, 0).map(|r| r.map(|(n, _)| n)).collect::<Result<_>>()?;
+        assert_eq!(items, vec![0, 1, 2]);
+        assert_eq!(store.item(&id, 0, 1)?.and_then(|i| i.id), Some("cus_1".into()));
+        assert_eq!(store.item(&id, 0, 3)?, None);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_sync_index_yields_what_no_source_record_claimed() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let store = RunStore::open(dir.path())?;
+        let id = store.new_run_id()?;
+        store.create_run(&run(&id), &["sync".into()]).await?;
+        let step = StepState::pending("sync", 0);
+        let entries: Vec<(String, String)> = ["a", "b", "c"].iter().map(|k| (k.to_string(), format!("{{\"id\":\"{k}\"}}"))).collect();
+        store.commit_sync_index(&id, &step, &entries).await?;
+        store.commit_sync_seen(&id, &step, &[("b".into(), SeenMark::Source)]).await?;
+        assert_eq!(store.sync_target(&id, 0, "a")?.as_deref(), Some("{\"id\":\"a\"}"));
+        assert_eq!(store.sync_seen(&id, 0, "b")?, Some(SeenMark::Source));
+        let unseen: Vec<String> = store.sync_unseen(&id, 0).map(|r| r.map(|(k, _)| k)).collect::<Result<_>>()?;
+        assert_eq!(unseen, vec!["a".to_owned(), "c".to_owned()]);
+        store.clear_sync(&id, 0)?;
+        assert_eq!(store.sync_target(&id, 0, "a")?, None);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_replayed_signature_is_recognised() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let store = RunStore::open(dir.path())?;
+        assert!(store.remember_signature("w", "sig1", 1_000).await?);
+        assert!(!store.remember_signature("w", "sig1", 2_000).await?);
+        assert!(store.remember_signature("other", "sig1", 2_000).await?);
+        assert!(store.remember_signature("w", "sig2", 10_000).await?);
+        // Forgotten once older than the window, and only those.
+        assert_eq!(store.forget_signatures("w", 5_000)?, 1);
+        assert!(store.remember_signature("w", "sig1", 10_001).await?);
+        assert!(!store.remember_signature("w", "sig2", 10_002).await?);
+        Ok(())
     }
 
     #[tokio::test]

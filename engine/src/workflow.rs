@@ -1,84 +1,32 @@
 //! The workflow file: TOML parsed into a checked model, with errors that point
 //! at file, line and column with a caret under the offending text.
+//!
+//! Everything that can be checked before a run is checked here, once:
+//! unknown keys, wrong types, expressions that do not compile, references to
+//! steps that do not exist or come later, unknown connections and inputs,
+//! bad cron expressions. [`Workflow::check_against`] adds what needs the
+//! plugins' manifests: resources, ops, irreversible ops, settings.
+
+mod diagnostic;
+pub mod inputs;
+pub mod trigger;
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use toml::Spanned;
 
+pub use self::diagnostic::{Diagnostic, Diagnostics};
+use self::diagnostic::{locate, string_content};
+pub use self::inputs::{InputSpec, InputType};
+pub use self::trigger::{CronTrigger, Overlap, Trigger, Verify, WebhookTrigger};
 use crate::connector::{Manifest, MethodClass, Op};
-
-/// An error located in a workflow file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Diagnostic {
-    /// The file.
-    pub file: String,
-    /// 1-based line.
-    pub line: usize,
-    /// 1-based column.
-    pub column: usize,
-    /// What is wrong.
-    pub message: String,
-    /// The source line, for the caret display.
-    pub source_line: String,
-    /// Caret width.
-    pub width: usize,
-}
-
-impl Diagnostic {
-    /// Builds a diagnostic for the byte range `span` of `text`.
-    pub fn at(file: &str, text: &str, span: Range<usize>, message: impl Into<String>) -> Self {
-        let start = span.start.min(text.len());
-        let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
-        let line_end = text[start..].find('\n').map_or(text.len(), |i| start + i);
-        let line = text[..start].matches('\n').count() + 1;
-        let column = text[line_start..start].chars().count() + 1;
-        let width = text[start..span.end.clamp(start, line_end)].chars().count().max(1);
-        Diagnostic {
-            file: file.to_owned(),
-            line,
-            column,
-            message: message.into(),
-            source_line: text[line_start..line_end].to_owned(),
-            width,
-        }
-    }
-}
-
-impl fmt::Display for Diagnostic {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let gutter = self.line.to_string().len();
-        writeln!(f, "error: {}", self.message)?;
-        writeln!(f, "{:gutter$}--> {}:{}:{}", "", self.file, self.line, self.column)?;
-        writeln!(f, "{:gutter$} |", "")?;
-        writeln!(f, "{} | {}", self.line, self.source_line)?;
-        let pad: String = self.source_line.chars().take(self.column - 1).map(|c| if c == '\t' { '\t' } else { ' ' }).collect();
-        write!(f, "{:gutter$} | {pad}{}", "", "^".repeat(self.width))
-    }
-}
-
-/// Every problem found in a workflow.
-#[derive(Debug, Clone)]
-pub struct Diagnostics(pub Vec<Diagnostic>);
-
-impl fmt::Display for Diagnostics {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, d) in self.0.iter().enumerate() {
-            if i > 0 {
-                writeln!(f)?;
-                writeln!(f)?;
-            }
-            write!(f, "{d}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for Diagnostics {}
+use crate::expr::{Expr, Template};
 
 /// Errors loading a workflow.
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +49,9 @@ pub enum LoadError {
 struct FileDef {
     workflow: HeaderDef,
     #[serde(default)]
+    inputs: BTreeMap<String, Spanned<InputDef>>,
+    trigger: Option<Spanned<TriggerDef>>,
+    #[serde(default)]
     connections: BTreeMap<String, Spanned<ConnectionDef>>,
     #[serde(default)]
     step: Vec<Spanned<StepDef>>,
@@ -112,6 +63,38 @@ struct HeaderDef {
     name: Spanned<String>,
     #[serde(default)]
     description: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InputDef {
+    #[serde(rename = "type")]
+    kind: Option<Spanned<String>>,
+    required: Option<bool>,
+    default: Option<Spanned<toml::Value>>,
+    #[serde(default)]
+    description: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TriggerDef {
+    cron: Option<Spanned<String>>,
+    overlap: Option<Spanned<String>>,
+    #[serde(default)]
+    catch_up: bool,
+    webhook: Option<Spanned<WebhookDef>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WebhookDef {
+    verify: Spanned<String>,
+    secret: Spanned<String>,
+    header: Option<Spanned<String>>,
+    timestamp_header: Option<Spanned<String>>,
+    tolerance: Option<Spanned<String>>,
+    max_body_bytes: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -139,14 +122,40 @@ struct StepDef {
     get: Option<Spanned<String>>,
     upsert: Option<Spanned<String>>,
     remove: Option<Spanned<String>>,
+    sync: Option<Spanned<SyncDef>>,
     page_size: Option<Spanned<u32>>,
-    limit: Option<u64>,
-    filter: Option<toml::Table>,
+    limit: Option<Spanned<u64>>,
+    filter: Option<Spanned<toml::Table>>,
     output: Option<Spanned<String>>,
-    key: Option<Spanned<String>>,
-    record: Option<Spanned<toml::Table>>,
+    key: Option<Spanned<toml::Value>>,
+    record: Option<Spanned<toml::Value>>,
+    when: Option<Spanned<String>>,
+    for_each: Option<Spanned<String>>,
+    concurrency: Option<Spanned<u32>>,
+    map: Option<Spanned<String>>,
+    retry: Option<Spanned<RetryDef>>,
+    timeout: Option<Spanned<String>>,
     #[serde(default)]
     allow_irreversible: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SyncDef {
+    from: Spanned<String>,
+    to: Spanned<String>,
+    key: Option<Spanned<String>>,
+    #[serde(default)]
+    delete_missing: bool,
+    filter: Option<Spanned<toml::Table>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetryDef {
+    attempts: Spanned<u32>,
+    backoff: Option<Spanned<String>>,
+    max_backoff: Option<Spanned<String>>,
 }
 
 /// A source position, kept so later checks can point at the text.
@@ -165,6 +174,10 @@ pub struct Workflow {
     pub text: String,
     /// SHA-256 of the text.
     pub hash: String,
+    /// Declared inputs, by name.
+    pub inputs: Vec<InputSpec>,
+    /// What starts it under `weft serve`.
+    pub trigger: Trigger,
     /// Connections by name.
     pub connections: BTreeMap<String, Connection>,
     /// Steps in order.
@@ -211,6 +224,36 @@ pub struct Connection {
     plugin_span: Span,
 }
 
+/// `connection.resource`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// Connection name.
+    pub connection: String,
+    /// Resource name.
+    pub resource: String,
+    span: Span,
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.connection, self.resource)
+    }
+}
+
+/// A `sync` step: make `to` look like `from`.
+#[derive(Debug, Clone)]
+pub struct SyncSpec {
+    /// Where records come from.
+    pub from: Target,
+    /// Filter for the `from` list.
+    pub filter: Option<Template>,
+    /// The key both sides are matched on, applied to the mapped source
+    /// record and to each target record.
+    pub key: Expr,
+    /// Delete target records whose key no source record has.
+    pub delete_missing: bool,
+}
+
 /// What a step does.
 #[derive(Debug, Clone)]
 pub enum Action {
@@ -221,38 +264,97 @@ pub enum Action {
         /// Stop after this many records.
         limit: Option<u64>,
         /// Resource-specific filter.
-        filter: Option<serde_json::Value>,
+        filter: Option<Template>,
         /// Write records as JSON lines to this file.
         output: Option<PathBuf>,
     },
     /// Read one record.
     Get {
         /// The record id.
-        key: String,
+        key: Template,
     },
     /// Create or update one record.
     Upsert {
         /// The desired record.
-        record: serde_json::Value,
+        record: Template,
     },
     /// Remove one record.
     Remove {
         /// The record id.
-        key: String,
+        key: Template,
     },
+    /// Diff two resources and write the difference to the second.
+    Sync(Box<SyncSpec>),
 }
 
 impl Action {
-    /// The connector op this action calls.
+    /// The op as named in workflows.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Action::List { .. } => "list",
+            Action::Get { .. } => "get",
+            Action::Upsert { .. } => "upsert",
+            Action::Remove { .. } => "remove",
+            Action::Sync(_) => "sync",
+        }
+    }
+
+    /// The connector op this action calls on the step's target (a sync
+    /// calls several; its writes are upserts).
     pub fn op(&self) -> Op {
         match self {
             Action::List { .. } => Op::List,
             Action::Get { .. } => Op::Get,
-            Action::Upsert { .. } => Op::Upsert,
+            Action::Upsert { .. } | Action::Sync(_) => Op::Upsert,
             Action::Remove { .. } => Op::Remove,
         }
     }
+
+    /// Whether the action writes to a vendor.
+    pub fn writes(&self) -> bool {
+        matches!(self, Action::Upsert { .. } | Action::Remove { .. } | Action::Sync(_))
+    }
 }
+
+/// What a for-each step iterates over.
+#[derive(Debug, Clone)]
+pub enum ForEach {
+    /// The outputs of an expression over the context (an array output is
+    /// spread into its elements).
+    Expr(Expr),
+    /// The records of an earlier list step, streamed page by page from the
+    /// run store so memory stays flat, each optionally passed through `then`
+    /// (`.steps.ID.records[] | select(.email != null)`).
+    Records {
+        /// The list step.
+        step: String,
+        /// Applied to each record; each output is an item.
+        then: Option<Expr>,
+        /// The whole expression, for messages.
+        text: String,
+    },
+}
+
+/// Retries of a failed call, on top of the host's HTTP retries: for errors
+/// the connector marks as transient and for step timeouts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepRetry {
+    /// Tries in all, the first included.
+    pub attempts: u32,
+    /// Wait before the second try; doubles each time, with full jitter.
+    pub backoff: Duration,
+    /// Longest wait between tries.
+    pub max_backoff: Duration,
+}
+
+impl Default for StepRetry {
+    fn default() -> Self {
+        StepRetry { attempts: 1, backoff: Duration::from_secs(1), max_backoff: Duration::from_secs(60) }
+    }
+}
+
+/// Most items in flight at once for a for-each or sync step.
+pub const MAX_CONCURRENCY: u32 = 64;
 
 /// One step.
 #[derive(Debug, Clone)]
@@ -261,16 +363,31 @@ pub struct Step {
     pub id: String,
     /// Description.
     pub description: String,
-    /// Connection name.
+    /// Connection name (for a sync, the target's).
     pub connection: String,
-    /// Resource name.
+    /// Resource name (for a sync, the target's).
     pub resource: String,
     /// What to do.
     pub action: Action,
+    /// Run only when this holds.
+    pub when: Option<Expr>,
+    /// Run once per item.
+    pub for_each: Option<ForEach>,
+    /// Items (for-each) or writes (sync) in flight at once.
+    pub concurrency: u32,
+    /// Reshapes each record: the records a list reads, the record a get
+    /// returns, the source records of a sync.
+    pub map: Option<Expr>,
+    /// Step-level retries.
+    pub retry: StepRetry,
+    /// Deadline of each call (each item's, in a for-each).
+    pub timeout: Option<Duration>,
     /// The workflow allows this step to run an irreversible op.
     pub allow_irreversible: bool,
-    /// Where the step is defined.
+    /// Where the step is defined (its `[[step]]` header).
     pub span: Span,
+    /// The step's text: from its header to the next step's.
+    pub region: Span,
     target_span: Span,
 }
 
@@ -291,6 +408,39 @@ impl Checker<'_> {
     fn error(&mut self, span: Span, message: impl Into<String>) {
         self.problems.push(Diagnostic::at(self.file, self.text, span, message));
     }
+
+    /// Compiles a whole-string expression (`when`, `for_each`, `map`, sync
+    /// `key`), with or without `${{ }}` around it.
+    fn expression(&mut self, what: &str, spanned: &Spanned<String>) -> Option<Expr> {
+        let raw = spanned.get_ref();
+        let (code, offset) = crate::expr::unwrap_braces(raw);
+        let content = string_content(self.text, &spanned.span(), raw);
+        match Expr::compile(code.trim()) {
+            Ok(expr) => Some(expr),
+            Err(e) => {
+                let lead = code.len() - code.trim_start().len();
+                let start = content.start + offset + lead + e.range.start;
+                let end = content.start + offset + lead + e.range.end;
+                let span = if content.len() == raw.len() { start..end.max(start + 1) } else { spanned.span() };
+                self.error(span, format!("in `{what}`: {}", e.message));
+                None
+            }
+        }
+    }
+
+    /// Compiles the `${{ }}` templates inside a value whose text lies in `span`.
+    fn template(&mut self, what: &str, value: serde_json::Value, span: &Span) -> Option<Template> {
+        match Template::compile(value) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                let at = locate(self.text, span, &e.expression);
+                let start = if at == *span { span.start } else { at.start + e.error.range.start };
+                let end = if at == *span { span.end } else { at.start + e.error.range.end.max(e.error.range.start + 1) };
+                self.error(start..end, format!("in `{what}`: {}", e.error.message));
+                None
+            }
+        }
+    }
 }
 
 fn to_json(value: toml::Value) -> serde_json::Value {
@@ -303,6 +453,43 @@ fn to_json(value: toml::Value) -> serde_json::Value {
         toml::Value::Array(a) => serde_json::Value::Array(a.into_iter().map(to_json).collect()),
         toml::Value::Table(t) => serde_json::Value::Object(t.into_iter().map(|(k, v)| (k, to_json(v))).collect()),
     }
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim()).map_err(|e| format!("bad duration {text:?} ({e}); write it like \"30s\", \"5m\" or \"1h 30m\""))
+}
+
+fn parse_target(check: &mut Checker<'_>, spanned: &Spanned<String>, connections: &BTreeMap<String, Connection>) -> Option<Target> {
+    let span = spanned.span();
+    let Some((connection, resource)) = spanned.get_ref().split_once('.').filter(|(c, r)| !c.is_empty() && !r.is_empty()) else {
+        check.error(span, "the target is written \"connection.resource\", for example \"stripe.customers\"");
+        return None;
+    };
+    if !connections.contains_key(connection) {
+        let known: Vec<&str> = connections.keys().map(String::as_str).collect();
+        check.error(
+            span.clone(),
+            format!("unknown connection {connection:?}; defined: {}", if known.is_empty() { "none".into() } else { known.join(", ") }),
+        );
+    }
+    Some(Target { connection: connection.to_owned(), resource: resource.to_owned(), span })
+}
+
+/// The step id a for-each streams from, when its expression is
+/// `.steps.ID.records` (or `$steps.ID.records`), with or without `[]`,
+/// optionally followed by `| rest`.
+fn streamed_records(code: &str) -> Option<(String, Option<String>)> {
+    let code = code.trim();
+    let rest = code.strip_prefix(".steps.").or_else(|| code.strip_prefix("$steps."))?;
+    let len = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))?;
+    let (id, rest) = rest.split_at(len);
+    let rest = rest.strip_prefix(".records")?;
+    let rest = rest.strip_prefix("[]").unwrap_or(rest).trim_start();
+    if rest.is_empty() {
+        return Some((id.to_owned(), None));
+    }
+    let then = rest.strip_prefix('|')?.trim();
+    (!then.is_empty()).then(|| (id.to_owned(), Some(then.to_owned())))
 }
 
 impl Workflow {
@@ -323,77 +510,23 @@ impl Workflow {
         let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let mut check = Checker { file: &file, text, problems: Vec::new() };
 
-        if def.workflow.name.get_ref().trim().is_empty() {
+        let name = def.workflow.name.get_ref();
+        if name.trim().is_empty() {
             check.error(def.workflow.name.span(), "the workflow name must not be empty");
+        } else if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            check.error(def.workflow.name.span(), "a workflow name is letters, digits, - and _ (it is part of the webhook path)");
         }
 
-        let mut connections = BTreeMap::new();
-        for (name, spanned) in def.connections {
-            let span = spanned.span();
-            let c = spanned.into_inner();
-            let plugin_span = c.plugin.span();
-            let plugin_name = c.plugin.into_inner();
-            let plugin = if plugin_name.ends_with(".wasm") {
-                PluginRef::File(base_dir.join(&plugin_name))
-            } else if !plugin_name.is_empty() && plugin_name.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_') {
-                PluginRef::Builtin(plugin_name)
-            } else {
-                check.error(plugin_span.clone(), "plugin must be a built-in connector name or a path ending in .wasm");
-                continue;
-            };
-            if let Some(reference) = &c.credentials
-                && let Err(e) = crate::credentials::CredentialSource::parse(reference.get_ref())
-            {
-                check.error(reference.span(), e.to_string());
-            }
-            if let Some(url) = &c.base_url
-                && !matches!(url::Url::parse(url.get_ref()).map(|u| u.scheme().to_owned()).as_deref(), Ok("http" | "https"))
-            {
-                check.error(url.span(), "base_url must be an absolute http:// or https:// URL");
-            }
-            let mut settings = Vec::new();
-            for (key, value) in c.settings {
-                let value_span = value.span();
-                match value.into_inner() {
-                    toml::Value::String(s) => settings.push((key, s)),
-                    toml::Value::Integer(i) => settings.push((key, i.to_string())),
-                    toml::Value::Boolean(b) => settings.push((key, b.to_string())),
-                    _ => check.error(value_span, format!("setting {key} must be a string, integer or boolean")),
-                }
-            }
-            let mut rate_limits = Vec::new();
-            let overrides = c.rate_limit.into_iter().map(|r| ("any".to_owned(), r)).chain(c.rate_limits);
-            for (class_name, rate) in overrides {
-                let class = match class_name.as_str() {
-                    "any" => MethodClass::Any,
-                    "read" => MethodClass::Read,
-                    "write" => MethodClass::Write,
-                    "get" => MethodClass::Get,
-                    "post" => MethodClass::Post,
-                    "put" => MethodClass::Put,
-                    "patch" => MethodClass::Patch,
-                    "delete" => MethodClass::Delete,
-                    other => {
-                        check.error(rate.span(), format!("unknown method class {other:?} in rate_limits; use any, read, write, get, post, put, patch or delete"));
-                        continue;
-                    }
-                };
-                match crate::limiter::parse_rate(rate.get_ref()) {
-                    Some(per_second) => rate_limits.push(crate::limiter::LimitOverride { class, per_second }),
-                    None => check.error(rate.span(), "a rate is written \"N/s\", \"N/min\" or \"N/h\" with N > 0"),
-                }
-            }
-            let credentials = c.credentials.map(Spanned::into_inner);
-            let base_url = c.base_url.map(Spanned::into_inner);
-            let allow_hosts = c.allow_hosts.into_iter().map(Spanned::into_inner).collect();
-            connections.insert(
-                name.clone(),
-                Connection { name, plugin, credentials, base_url, settings, allow_hosts, rate_limits, span, plugin_span },
-            );
-        }
+        let inputs = parse_inputs(&mut check, def.inputs);
+        let trigger = match def.trigger {
+            Some(t) => parse_trigger(&mut check, t),
+            None => Trigger::default(),
+        };
+        let connections = parse_connections(&mut check, def.connections, &base_dir);
 
-        let mut steps = Vec::new();
+        let mut steps: Vec<Step> = Vec::new();
         let mut seen = HashSet::new();
+        let all_ids: Vec<String> = def.step.iter().map(|s| s.get_ref().id.get_ref().clone()).collect();
         for spanned in def.step {
             let span = spanned.span();
             let s = spanned.into_inner();
@@ -403,91 +536,18 @@ impl Workflow {
             } else if !seen.insert(id.clone()) {
                 check.error(s.id.span(), format!("a step with id {id:?} is already defined above"));
             }
-            let ops: Vec<(Op, &Spanned<String>)> = [(Op::List, &s.list), (Op::Get, &s.get), (Op::Upsert, &s.upsert), (Op::Remove, &s.remove)]
-                .into_iter()
-                .filter_map(|(op, target)| target.as_ref().map(|t| (op, t)))
-                .collect();
-            let (op, target) = match ops.as_slice() {
-                [one] => *one,
-                [] => {
-                    check.error(span.clone(), format!("step {id:?} needs one op: list, get, upsert or remove = \"connection.resource\""));
-                    continue;
-                }
-                [_, second, ..] => {
-                    check.error(second.1.span(), format!("step {id:?} has more than one op; split it into several steps"));
-                    continue;
-                }
-            };
-            let target_span = target.span();
-            let Some((connection, resource)) = target.get_ref().split_once('.').filter(|(c, r)| !c.is_empty() && !r.is_empty()) else {
-                check.error(target_span, "the target is written \"connection.resource\", for example \"stripe.customers\"");
-                continue;
-            };
-            if !connections.contains_key(connection) {
-                let known: Vec<&str> = connections.keys().map(String::as_str).collect();
-                check.error(
-                    target_span.clone(),
-                    format!("unknown connection {connection:?}; defined: {}", if known.is_empty() { "none".into() } else { known.join(", ") }),
-                );
+            let earlier: Vec<&Step> = steps.iter().collect();
+            if let Some(step) = parse_step(&mut check, s, span, &connections, &base_dir, &earlier) {
+                check_references(&mut check, &step, &earlier, &all_ids, &inputs, trigger.webhook.is_some());
+                steps.push(step);
             }
-            let misplaced = |check: &mut Checker<'_>, present: bool, field: &str, span: &Span| {
-                if present {
-                    check.error(span.clone(), format!("`{field}` does not apply to a {op} step"));
-                }
-            };
-            let action = match op {
-                Op::List => Action::List {
-                    page_size: s.page_size.as_ref().map(|p| *p.get_ref()),
-                    limit: s.limit,
-                    filter: s.filter.clone().map(|t| to_json(toml::Value::Table(t))),
-                    output: s.output.as_ref().map(|o| base_dir.join(o.get_ref())),
-                },
-                Op::Get | Op::Remove => {
-                    let Some(key) = &s.key else {
-                        check.error(span.clone(), format!("a {op} step needs `key`, the id of the record"));
-                        continue;
-                    };
-                    let key = key.get_ref().clone();
-                    if op == Op::Get { Action::Get { key } } else { Action::Remove { key } }
-                }
-                Op::Upsert => {
-                    let Some(record) = &s.record else {
-                        check.error(span.clone(), "an upsert step needs `record`, the desired record as a table");
-                        continue;
-                    };
-                    Action::Upsert { record: to_json(toml::Value::Table(record.get_ref().clone())) }
-                }
-                Op::UpsertBatch => continue,
-            };
-            if op != Op::List {
-                for (present, field) in [(s.page_size.is_some(), "page_size"), (s.limit.is_some(), "limit"), (s.filter.is_some(), "filter"), (s.output.is_some(), "output")] {
-                    misplaced(&mut check, present, field, &span);
-                }
-            }
-            if !matches!(op, Op::Get | Op::Remove) {
-                misplaced(&mut check, s.key.is_some(), "key", &s.key.as_ref().map_or(span.clone(), Spanned::span));
-            }
-            if op != Op::Upsert {
-                misplaced(&mut check, s.record.is_some(), "record", &s.record.as_ref().map_or(span.clone(), Spanned::span));
-            }
-            if let Some(size) = &s.page_size
-                && *size.get_ref() == 0
-            {
-                check.error(size.span(), "page_size must be at least 1");
-            }
-            steps.push(Step {
-                id,
-                description: s.description,
-                connection: connection.to_owned(),
-                resource: resource.to_owned(),
-                action,
-                allow_irreversible: s.allow_irreversible,
-                span,
-                target_span,
-            });
         }
         if steps.is_empty() && check.problems.is_empty() {
             check.error(0..0, "the workflow has no steps; add a [[step]]");
+        }
+        let starts: Vec<usize> = steps.iter().map(|s| s.span.start).skip(1).chain([text.len()]).collect();
+        for (step, end) in steps.iter_mut().zip(starts) {
+            step.region = step.span.start..end.max(step.span.start);
         }
 
         if !check.problems.is_empty() {
@@ -499,9 +559,16 @@ impl Workflow {
             path: path.to_path_buf(),
             text: text.to_owned(),
             hash: hex::encode(Sha256::digest(text.as_bytes())),
+            inputs,
+            trigger,
             connections,
             steps,
         })
+    }
+
+    /// The step with this id.
+    pub fn step(&self, id: &str) -> Option<&Step> {
+        self.steps.iter().find(|s| s.id == id)
     }
 
     /// Checks the workflow against its plugins' manifests: resources exist,
@@ -531,126 +598,511 @@ impl Workflow {
             }
         }
         for step in &self.steps {
-            let Some(manifest) = manifests.get(&step.connection) else { continue };
-            let Some(resource) = manifest.resource(&step.resource) else {
-                let known: Vec<&str> = manifest.resources.iter().map(|r| r.name.as_str()).collect();
-                check.error(step.target_span.clone(), format!("plugin {} has no resource {:?}; it serves: {}", manifest.name, step.resource, known.join(", ")));
-                continue;
-            };
-            let op = step.action.op();
-            if !resource.offers(op) {
-                let offered: Vec<&str> = resource.ops.iter().map(|o| o.as_str()).collect();
-                check.error(step.target_span.clone(), format!("{} does not offer {op}; it offers: {}", step.target(), offered.join(", ")));
+            let mut needs: Vec<(String, String, Op, Span)> = Vec::new();
+            match &step.action {
+                Action::Sync(sync) => {
+                    needs.push((sync.from.connection.clone(), sync.from.resource.clone(), Op::List, sync.from.span.clone()));
+                    needs.push((step.connection.clone(), step.resource.clone(), Op::List, step.target_span.clone()));
+                    needs.push((step.connection.clone(), step.resource.clone(), Op::Upsert, step.target_span.clone()));
+                    if sync.delete_missing {
+                        needs.push((step.connection.clone(), step.resource.clone(), Op::Remove, step.target_span.clone()));
+                    }
+                }
+                action => needs.push((step.connection.clone(), step.resource.clone(), action.op(), step.target_span.clone())),
             }
-            if resource.is_irreversible(op) && !step.allow_irreversible {
-                check.error(step.target_span.clone(), format!("{op} on {} cannot be undone; set allow_irreversible = true on step {:?} to allow it", step.target(), step.id));
-            }
-            if let Action::List { page_size: Some(size), .. } = &step.action
-                && *size > resource.max_page_size
-            {
-                check.error(step.span.clone(), format!("page_size {size} is above {}'s maximum of {}", step.target(), resource.max_page_size));
+            for (connection, resource_name, op, span) in needs {
+                let Some(manifest) = manifests.get(&connection) else { continue };
+                let target = format!("{connection}.{resource_name}");
+                let Some(resource) = manifest.resource(&resource_name) else {
+                    let known: Vec<&str> = manifest.resources.iter().map(|r| r.name.as_str()).collect();
+                    check.error(span, format!("plugin {} has no resource {resource_name:?}; it serves: {}", manifest.name, known.join(", ")));
+                    continue;
+                };
+                if !resource.offers(op) {
+                    let offered: Vec<&str> = resource.ops.iter().map(|o| o.as_str()).collect();
+                    check.error(span.clone(), format!("{target} does not offer {op}; it offers: {}", offered.join(", ")));
+                }
+                if resource.is_irreversible(op) && !step.allow_irreversible {
+                    let what = if matches!(step.action, Action::Sync(_)) { format!("delete_missing runs {op} on {target}, which") } else { format!("{op} on {target}") };
+                    check.error(span.clone(), format!("{what} cannot be undone; set allow_irreversible = true on step {:?} to allow it", step.id));
+                }
+                if let Action::List { page_size: Some(size), .. } = &step.action
+                    && *size > resource.max_page_size
+                {
+                    check.error(step.span.clone(), format!("page_size {size} is above {target}'s maximum of {}", resource.max_page_size));
+                }
             }
         }
         if check.problems.is_empty() { Ok(()) } else { Err(Diagnostics(check.problems)) }
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn parse(text: &str) -> Result<Workflow, Diagnostics> {
-        Workflow::parse(Path::new("flows/test.toml"), text)
+fn parse_inputs(check: &mut Checker<'_>, defs: BTreeMap<String, Spanned<InputDef>>) -> Vec<InputSpec> {
+    let mut inputs = Vec::new();
+    for (name, spanned) in defs {
+        let span = spanned.span();
+        let def = spanned.into_inner();
+        if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || name.starts_with(|c: char| c.is_ascii_digit()) {
+            check.error(span.clone(), format!("input name {name:?} must be letters, digits and _ so expressions can say .inputs.{name}"));
+        }
+        let kind = match &def.kind {
+            None => InputType::Any,
+            Some(k) => match InputType::parse(k.get_ref()) {
+                Some(kind) => kind,
+                None => {
+                    check.error(k.span(), "an input type is string, integer, number, boolean, object, array or any");
+                    continue;
+                }
+            },
+        };
+        let default = def.default.map(|d| (d.span(), to_json(d.into_inner())));
+        if let Some((default_span, value)) = &default
+            && !kind.admits(value)
+        {
+            check.error(default_span.clone(), format!("the default of input {name} is not of type {}", kind.as_str()));
+        }
+        let required = def.required.unwrap_or(default.is_none());
+        if required && default.is_some() {
+            check.error(span, format!("input {name} is required and has a default; drop one of them"));
+        }
+        inputs.push(InputSpec { name, kind, required, default: default.map(|(_, v)| v), description: def.description });
     }
+    inputs
+}
 
-    fn first_error(text: &str) -> Diagnostic {
-        match parse(text) {
-            Ok(_) => panic!("expected an error"),
-            Err(d) => d.0[0].clone(),
+fn parse_trigger(check: &mut Checker<'_>, spanned: Spanned<TriggerDef>) -> Trigger {
+    let span = spanned.span();
+    let def = spanned.into_inner();
+    let mut trigger = Trigger::default();
+    let overlap = match def.overlap.as_ref().map(|o| (o.get_ref().as_str(), o.span())) {
+        None | Some(("skip", _)) => Overlap::Skip,
+        Some(("allow", _)) => Overlap::Allow,
+        Some((_, at)) => {
+            check.error(at, "overlap is \"skip\" (the default: no run starts while the last one is going) or \"allow\"");
+            Overlap::Skip
+        }
+    };
+    match &def.cron {
+        Some(cron) => match CronTrigger::parse_schedule(cron.get_ref()) {
+            Ok(schedule) => {
+                trigger.cron = Some(CronTrigger { expression: cron.get_ref().clone(), schedule, overlap, catch_up: def.catch_up });
+            }
+            Err(message) => check.error(cron.span(), message),
+        },
+        None if def.overlap.is_some() || def.catch_up => check.error(span.clone(), "overlap and catch_up apply to a cron trigger; add cron = \"…\""),
+        None => {}
+    }
+    if let Some(webhook) = def.webhook {
+        let webhook_span = webhook.span();
+        let w = webhook.into_inner();
+        if let Err(e) = crate::credentials::CredentialSource::parse(w.secret.get_ref()) {
+            check.error(w.secret.span(), e.to_string());
+        }
+        let verify = match w.verify.get_ref().as_str() {
+            "stripe" => {
+                if let Some(header) = &w.header {
+                    check.error(header.span(), "Stripe signs in the Stripe-Signature header; `header` is for verify = \"hmac-sha256\"");
+                }
+                if let Some(header) = &w.timestamp_header {
+                    check.error(header.span(), "Stripe's timestamp is inside Stripe-Signature; `timestamp_header` is for verify = \"hmac-sha256\"");
+                }
+                Some(Verify::Stripe)
+            }
+            "hmac-sha256" => match &w.header {
+                Some(header) => Some(Verify::HmacSha256 {
+                    header: header.get_ref().clone(),
+                    timestamp_header: w.timestamp_header.as_ref().map(|h| h.get_ref().clone()),
+                }),
+                None => {
+                    check.error(webhook_span.clone(), "verify = \"hmac-sha256\" needs `header`, the header that carries the signature");
+                    None
+                }
+            },
+            _ => {
+                check.error(w.verify.span(), "verify is \"stripe\" (Stripe-Signature) or \"hmac-sha256\" (a hex HMAC of the body in `header`)");
+                None
+            }
+        };
+        let tolerance = match &w.tolerance {
+            Some(t) => parse_duration(t.get_ref()).unwrap_or_else(|message| {
+                check.error(t.span(), message);
+                trigger::DEFAULT_TOLERANCE
+            }),
+            None => trigger::DEFAULT_TOLERANCE,
+        };
+        let max_body_bytes = match &w.max_body_bytes {
+            Some(max) if *max.get_ref() == 0 => {
+                check.error(max.span(), "max_body_bytes must be at least 1");
+                trigger::DEFAULT_MAX_BODY
+            }
+            Some(max) => usize::try_from(*max.get_ref()).unwrap_or(usize::MAX),
+            None => trigger::DEFAULT_MAX_BODY,
+        };
+        if let Some(verify) = verify {
+            trigger.webhook = Some(WebhookTrigger { verify, secret: w.secret.into_inner(), tolerance, max_body_bytes });
         }
     }
+    if trigger.cron.is_none() && trigger.webhook.is_none() && check.problems.is_empty() {
+        check.error(span, "a [trigger] needs cron = \"…\" or a [trigger.webhook]");
+    }
+    trigger
+}
 
-    const GOOD: &str = r#"
-[workflow]
-name = "export"
+fn parse_connections(check: &mut Checker<'_>, defs: BTreeMap<String, Spanned<ConnectionDef>>, base_dir: &Path) -> BTreeMap<String, Connection> {
+    let mut connections = BTreeMap::new();
+    for (name, spanned) in defs {
+        let span = spanned.span();
+        let c = spanned.into_inner();
+        let plugin_span = c.plugin.span();
+        let plugin_name = c.plugin.into_inner();
+        let plugin = if plugin_name.ends_with(".wasm") {
+            PluginRef::File(base_dir.join(&plugin_name))
+        } else if !plugin_name.is_empty() && plugin_name.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_') {
+            PluginRef::Builtin(plugin_name)
+        } else {
+            check.error(plugin_span.clone(), "plugin must be a built-in connector name or a path ending in .wasm");
+            continue;
+        };
+        if let Some(reference) = &c.credentials
+            && let Err(e) = crate::credentials::CredentialSource::parse(reference.get_ref())
+        {
+            check.error(reference.span(), e.to_string());
+        }
+        if let Some(url) = &c.base_url
+            && !matches!(url::Url::parse(url.get_ref()).map(|u| u.scheme().to_owned()).as_deref(), Ok("http" | "https"))
+        {
+            check.error(url.span(), "base_url must be an absolute http:// or https:// URL");
+        }
+        let mut settings = Vec::new();
+        for (key, value) in c.settings {
+            let value_span = value.span();
+            match value.into_inner() {
+                toml::Value::String(s) => settings.push((key, s)),
+                toml::Value::Integer(i) => settings.push((key, i.to_string())),
+                toml::Value::Boolean(b) => settings.push((key, b.to_string())),
+                _ => check.error(value_span, format!("setting {key} must be a string, integer or boolean")),
+            }
+        }
+        let mut rate_limits = Vec::new();
+        let overrides = c.rate_limit.into_iter().map(|r| ("any".to_owned(), r)).chain(c.rate_limits);
+        for (class_name, rate) in overrides {
+            let class = match class_name.as_str() {
+                "any" => MethodClass::Any,
+                "read" => MethodClass::Read,
+                "write" => MethodClass::Write,
+                "get" => MethodClass::Get,
+                "post" => MethodClass::Post,
+                "put" => MethodClass::Put,
+                "patch" => MethodClass::Patch,
+                "delete" => MethodClass::Delete,
+                other => {
+                    check.error(rate.span(), format!("unknown method class {other:?} in rate_limits; use any, read, write, get, post, put, patch or delete"));
+                    continue;
+                }
+            };
+            match crate::limiter::parse_rate(rate.get_ref()) {
+                Some(per_second) => rate_limits.push(crate::limiter::LimitOverride { class, per_second }),
+                None => check.error(rate.span(), "a rate is written \"N/s\", \"N/min\" or \"N/h\" with N > 0"),
+            }
+        }
+        let credentials = c.credentials.map(Spanned::into_inner);
+        let base_url = c.base_url.map(Spanned::into_inner);
+        let allow_hosts = c.allow_hosts.into_iter().map(Spanned::into_inner).collect();
+        connections.insert(name.clone(), Connection { name, plugin, credentials, base_url, settings, allow_hosts, rate_limits, span, plugin_span });
+    }
+    connections
+}
 
-[connections.stripe]
-plugin = "stripe"
-credentials = "env:STRIPE_API_KEY"
-
-[[step]]
-id = "all"
-list = "stripe.customers"
-page_size = 100
-"#;
-
-    #[test]
-    fn a_good_workflow_parses() -> Result<(), Diagnostics> {
-        let w = parse(GOOD)?;
-        assert_eq!(w.name, "export");
-        assert_eq!(w.steps[0].target(), "stripe.customers");
-        assert!(matches!(w.steps[0].action, Action::List { page_size: Some(100), .. }));
-        assert_eq!(w.connections["stripe"].plugin, PluginRef::Builtin("stripe".into()));
-        Ok(())
+fn parse_step(
+    check: &mut Checker<'_>,
+    s: StepDef,
+    span: Span,
+    connections: &BTreeMap<String, Connection>,
+    base_dir: &Path,
+    earlier: &[&Step],
+) -> Option<Step> {
+    let id = s.id.get_ref().clone();
+    let ops: Vec<(&str, Span)> = [("list", &s.list), ("get", &s.get), ("upsert", &s.upsert), ("remove", &s.remove)]
+        .into_iter()
+        .filter_map(|(op, target)| target.as_ref().map(|t| (op, t.span())))
+        .chain(s.sync.as_ref().map(|sync| ("sync", sync.span())))
+        .collect();
+    let op = match ops.as_slice() {
+        [one] => one.0,
+        [] => {
+            check.error(span, format!("step {id:?} needs one op: list, get, upsert or remove = \"connection.resource\", or sync = {{ from, to }}"));
+            return None;
+        }
+        [_, second, ..] => {
+            check.error(second.1.clone(), format!("step {id:?} has more than one op; split it into several steps"));
+            return None;
+        }
+    };
+    let misplaced = |check: &mut Checker<'_>, present: Option<Span>, field: &str| {
+        if let Some(at) = present {
+            check.error(at, format!("`{field}` does not apply to a {op} step"));
+        }
+    };
+    if op != "list" {
+        misplaced(check, s.page_size.as_ref().map(Spanned::span), "page_size");
+        misplaced(check, s.limit.as_ref().map(Spanned::span), "limit");
+        misplaced(check, s.filter.as_ref().map(Spanned::span), "filter");
+        misplaced(check, s.output.as_ref().map(Spanned::span), "output");
+    }
+    if !matches!(op, "get" | "remove") {
+        misplaced(check, s.key.as_ref().map(Spanned::span), "key");
+    }
+    if op != "upsert" {
+        misplaced(check, s.record.as_ref().map(Spanned::span), "record");
+    }
+    if matches!(op, "upsert" | "remove") {
+        misplaced(check, s.map.as_ref().map(Spanned::span), "map");
+    }
+    if matches!(op, "list" | "sync") {
+        if let Some(for_each) = &s.for_each {
+            check.error(for_each.span(), format!("for_each does not apply to a {op} step; it repeats a get, upsert or remove per item"));
+        }
+    }
+    if s.concurrency.is_some() && s.for_each.is_none() && op != "sync" {
+        misplaced(check, s.concurrency.as_ref().map(Spanned::span), "concurrency (without for_each)");
     }
 
-    #[test]
-    fn unknown_key_points_at_its_line_and_column() {
-        let d = first_error(&GOOD.replace("page_size = 100", "page_sise = 100"));
-        assert_eq!((d.line, d.column), (12, 1), "{d}");
-        assert!(d.message.contains("page_sise"), "{d}");
-        let shown = d.to_string();
-        assert!(shown.contains("flows/test.toml:12:1"), "{shown}");
-        assert!(shown.contains("^"), "{shown}");
-    }
+    let template = |check: &mut Checker<'_>, what: &str, value: &Spanned<toml::Value>| -> Option<Template> {
+        let at = value.span();
+        match value.get_ref() {
+            toml::Value::String(_) | toml::Value::Integer(_) | toml::Value::Table(_) => check.template(what, to_json(value.get_ref().clone()), &at),
+            _ => {
+                check.error(at, format!("`{what}` must be a string or a table"));
+                None
+            }
+        }
+    };
+    let (target_span, connection, resource, action) = if op == "sync" {
+        let sync = s.sync?;
+        let sync_span = sync.span();
+        let def = sync.into_inner();
+        let from = parse_target(check, &def.from, connections)?;
+        let to = parse_target(check, &def.to, connections)?;
+        let key = match &def.key {
+            Some(key) => {
+                let text = key.get_ref().trim();
+                // A bare field name is shorthand for `.name`.
+                let shorthand = !text.is_empty() && text.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                if shorthand { Expr::compile(&format!(".{text}")).ok() } else { check.expression("sync.key", key) }
+            }
+            None => None,
+        };
+        let key = match (key, &def.key) {
+            (Some(k), _) => k,
+            (None, Some(_)) => return None,
+            (None, None) => {
+                check.error(sync_span, "a sync needs `key`, the field both sides are matched on (for example key = \"email\")");
+                return None;
+            }
+        };
+        let filter = match &def.filter {
+            Some(f) => Some(check.template("sync.filter", to_json(toml::Value::Table(f.get_ref().clone())), &f.span())?),
+            None => None,
+        };
+        let spec = SyncSpec { from, filter, key, delete_missing: def.delete_missing };
+        (to.span.clone(), to.connection, to.resource, Action::Sync(Box::new(spec)))
+    } else {
+        let target = match op {
+            "list" => s.list.as_ref(),
+            "get" => s.get.as_ref(),
+            "upsert" => s.upsert.as_ref(),
+            _ => s.remove.as_ref(),
+        }?;
+        let t = parse_target(check, target, connections)?;
+        let action = match op {
+            "list" => {
+                if let Some(size) = &s.page_size
+                    && *size.get_ref() == 0
+                {
+                    check.error(size.span(), "page_size must be at least 1");
+                }
+                let filter = match &s.filter {
+                    Some(f) => Some(check.template("filter", to_json(toml::Value::Table(f.get_ref().clone())), &f.span())?),
+                    None => None,
+                };
+                Action::List {
+                    page_size: s.page_size.as_ref().map(|p| *p.get_ref()),
+                    limit: s.limit.as_ref().map(|l| *l.get_ref()),
+                    filter,
+                    output: s.output.as_ref().map(|o| base_dir.join(o.get_ref())),
+                }
+            }
+            "get" | "remove" => {
+                let Some(key) = &s.key else {
+                    check.error(span, format!("a {op} step needs `key`, the id of the record"));
+                    return None;
+                };
+                let key = template(check, "key", key)?;
+                if op == "get" { Action::Get { key } } else { Action::Remove { key } }
+            }
+            _ => {
+                let Some(record) = &s.record else {
+                    check.error(span, "an upsert step needs `record`, the desired record as a table (or an expression)");
+                    return None;
+                };
+                Action::Upsert { record: template(check, "record", record)? }
+            }
+        };
+        (t.span, t.connection, t.resource, action)
+    };
 
-    #[test]
-    fn wrong_type_is_reported_where_it_is() {
-        let d = first_error(&GOOD.replace("page_size = 100", "page_size = \"lots\""));
-        assert_eq!(d.line, 12, "{d}");
-    }
+    let when = s.when.as_ref().and_then(|w| check.expression("when", w));
+    let map = s.map.as_ref().and_then(|m| check.expression("map", m));
+    let for_each = match &s.for_each {
+        Some(spanned) => {
+            let (code, _) = crate::expr::unwrap_braces(spanned.get_ref());
+            match streamed_records(code) {
+                Some((step_id, then)) if earlier.iter().any(|e| e.id == step_id && matches!(e.action, Action::List { .. })) => {
+                    // Compile the whole for the caret, the tail for the run.
+                    check.expression("for_each", spanned)?;
+                    let then = match then {
+                        Some(t) => Some(Expr::compile(&t).ok()?),
+                        None => None,
+                    };
+                    Some(ForEach::Records { step: step_id, then, text: code.trim().to_owned() })
+                }
+                _ => Some(ForEach::Expr(check.expression("for_each", spanned)?)),
+            }
+        }
+        None => None,
+    };
+    let concurrency = match &s.concurrency {
+        Some(c) if *c.get_ref() == 0 || *c.get_ref() > MAX_CONCURRENCY => {
+            check.error(c.span(), format!("concurrency is between 1 and {MAX_CONCURRENCY}"));
+            1
+        }
+        Some(c) => *c.get_ref(),
+        None if op == "sync" => 4,
+        None => 1,
+    };
+    let retry = match &s.retry {
+        Some(r) => {
+            let def = r.get_ref();
+            let mut retry = StepRetry { attempts: *def.attempts.get_ref(), ..StepRetry::default() };
+            if retry.attempts == 0 || retry.attempts > 20 {
+                check.error(def.attempts.span(), "retry.attempts counts every try, the first included: between 1 and 20");
+            }
+            for (field, value, slot) in [("backoff", &def.backoff, &mut retry.backoff), ("max_backoff", &def.max_backoff, &mut retry.max_backoff)] {
+                if let Some(v) = value {
+                    match parse_duration(v.get_ref()) {
+                        Ok(d) => *slot = d,
+                        Err(message) => check.error(v.span(), format!("retry.{field}: {message}")),
+                    }
+                }
+            }
+            retry
+        }
+        None => StepRetry::default(),
+    };
+    let timeout = match &s.timeout {
+        Some(t) => match parse_duration(t.get_ref()) {
+            Ok(d) if d.is_zero() => {
+                check.error(t.span(), "timeout must be longer than zero");
+                None
+            }
+            Ok(d) => Some(d),
+            Err(message) => {
+                check.error(t.span(), message);
+                None
+            }
+        },
+        None => None,
+    };
+    Some(Step {
+        id,
+        description: s.description,
+        connection,
+        resource,
+        action,
+        when,
+        for_each,
+        concurrency,
+        map,
+        retry,
+        timeout,
+        allow_irreversible: s.allow_irreversible,
+        region: span.clone(),
+        span,
+        target_span,
+    })
+}
 
-    #[test]
-    fn unknown_connection_is_named() {
-        let d = first_error(&GOOD.replace("list = \"stripe.customers\"", "list = \"strpe.customers\""));
-        assert!(d.message.contains("unknown connection \"strpe\""), "{d}");
-        assert_eq!((d.line, d.column), (11, 8), "{d}");
+/// Every expression of a step, with what it is, for the reference checks.
+/// The flag says whether `.` is a record there (map, sync key, the tail of
+/// a streamed for-each), so that only `$steps`/`$inputs` name the run's.
+fn step_expressions(step: &Step) -> Vec<(&'static str, &Expr, bool)> {
+    let mut out: Vec<(&'static str, &Expr, bool)> = Vec::new();
+    if let Some(w) = &step.when {
+        out.push(("when", w, false));
     }
-
-    #[test]
-    fn duplicate_step_ids_are_refused() {
-        let text = format!("{GOOD}\n[[step]]\nid = \"all\"\nlist = \"stripe.customers\"\n");
-        let d = first_error(&text);
-        assert!(d.message.contains("already defined"), "{d}");
+    if let Some(m) = &step.map {
+        out.push(("map", m, true));
     }
-
-    #[test]
-    fn a_step_with_two_ops_is_refused() {
-        let d = first_error(&GOOD.replace("page_size = 100", "get = \"stripe.customers\""));
-        assert!(d.message.contains("more than one op"), "{d}");
+    match &step.for_each {
+        Some(ForEach::Expr(e)) => out.push(("for_each", e, false)),
+        Some(ForEach::Records { then: Some(e), .. }) => out.push(("for_each", e, true)),
+        _ => {}
     }
-
-    #[test]
-    fn fields_that_do_not_fit_the_op_are_refused() {
-        let d = first_error(&GOOD.replace("page_size = 100", "key = \"cus_1\""));
-        assert!(d.message.contains("`key` does not apply to a list step"), "{d}");
+    let templates: Vec<(&'static str, &Template)> = match &step.action {
+        Action::List { filter: Some(f), .. } => vec![("filter", f)],
+        Action::Get { key } | Action::Remove { key } => vec![("key", key)],
+        Action::Upsert { record } => vec![("record", record)],
+        Action::Sync(sync) => {
+            out.push(("sync.key", &sync.key, true));
+            sync.filter.iter().map(|f| ("sync.filter", f)).collect()
+        }
+        Action::List { filter: None, .. } => Vec::new(),
+    };
+    for (what, t) in templates {
+        out.extend(t.expressions().into_iter().map(|e| (what, e, false)));
     }
+    out
+}
 
-    #[test]
-    fn rate_limit_overrides_parse_per_class() -> Result<(), Diagnostics> {
-        let w = parse(&GOOD.replace("credentials = \"env:STRIPE_API_KEY\"", "credentials = \"env:STRIPE_API_KEY\"\nrate_limit = \"10/s\"\nrate_limits = { post = \"100/min\" }"))?;
-        let limits = &w.connections["stripe"].rate_limits;
-        assert!(limits.contains(&crate::limiter::LimitOverride { class: MethodClass::Any, per_second: 10.0 }), "{limits:?}");
-        assert!(limits.contains(&crate::limiter::LimitOverride { class: MethodClass::Post, per_second: 100.0 / 60.0 }), "{limits:?}");
-        let d = first_error(&GOOD.replace("credentials = \"env:STRIPE_API_KEY\"", "credentials = \"env:STRIPE_API_KEY\"\nrate_limit = \"fast\""));
-        assert!(d.message.contains("N/s"), "{d}");
-        Ok(())
+fn check_references(check: &mut Checker<'_>, step: &Step, earlier: &[&Step], all_ids: &[String], inputs: &[InputSpec], open_inputs: bool) {
+    let mut refs: Vec<(&'static str, String, bool)> =
+        step_expressions(step).into_iter().map(|(what, e, on_record)| (what, e.text().to_owned(), on_record)).collect();
+    if let Some(ForEach::Records { text, .. }) = &step.for_each {
+        refs.push(("for_each", text.clone(), false));
     }
-
-    #[test]
-    fn bad_credentials_reference_is_refused() {
-        let d = first_error(&GOOD.replace("env:STRIPE_API_KEY", "STRIPE_API_KEY"));
-        assert!(d.message.contains("env:NAME"), "{d}");
-        assert_eq!(d.line, 7);
+    for (what, text, on_record) in refs {
+        // A table's span covers its header; the step's text runs on from it.
+        let region = step.span.start..check.text.len();
+        let at = locate(check.text, &region, &text);
+        let inside = |range: &Range<usize>| if at == region { step.span.clone() } else { at.start + range.start..at.start + range.end };
+        for (id, range, variable) in crate::expr::references(&text, "steps") {
+            if earlier.iter().any(|s| s.id == id) || (on_record && !variable) {
+                continue;
+            }
+            let message = if id == step.id {
+                format!("in `{what}`: step {id:?} refers to its own result; a step can use only the results of steps above it")
+            } else if all_ids.contains(&id) {
+                format!("in `{what}`: step {id:?} runs after step {:?}; a step can use only the results of steps above it", step.id)
+            } else {
+                let known: Vec<&str> = earlier.iter().map(|s| s.id.as_str()).collect();
+                format!("in `{what}`: no step {id:?} above; steps above: {}", if known.is_empty() { "none".into() } else { known.join(", ") })
+            };
+            check.error(inside(&range), message);
+        }
+        if !inputs.is_empty() && !open_inputs {
+            for (name, range, variable) in crate::expr::references(&text, "inputs") {
+                if !inputs.iter().any(|i| i.name == name) && (variable || !on_record) {
+                    let known: Vec<&str> = inputs.iter().map(|i| i.name.as_str()).collect();
+                    check.error(inside(&range), format!("in `{what}`: unknown input {name:?}; the workflow declares: {}", known.join(", ")));
+                }
+            }
+        }
+        if step.for_each.is_none() && text.contains("$item") {
+            let range = text.find("$item").map_or(0..0, |i| i..i + 5);
+            check.error(inside(&range), format!("in `{what}`: $item is set only in a step with for_each"));
+        }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,86 @@
+//! A connection ready to call, as the executor sees it: a plugin instance
+//! behind the host's HTTP policy, or (in benchmarks and tests) anything
+//! else that answers the same ops.
+
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+
+use crate::connector::{BatchItem, CallContext, ConnectorError, ListRequest, Manifest, Page, RemoveOutcome, UpsertOutcome, UpsertRequest};
+use crate::http::{ConnectionHttp, StatsSnapshot};
+use crate::runtime::{Plugin, RuntimeError};
+
+/// The outcome of each record of a batch upsert.
+pub type BatchOutcomes = Vec<Result<UpsertOutcome, ConnectorError>>;
+
+/// One connection's ops.
+pub trait Endpoint: Send + Sync {
+    /// The connector's manifest.
+    fn manifest(&self) -> &Manifest;
+    /// The plugin's name, for messages.
+    fn name(&self) -> &str;
+    /// Reads one page.
+    fn list(&self, request: ListRequest) -> BoxFuture<'_, Result<Page, RuntimeError>>;
+    /// Reads one record.
+    fn get<'a>(&'a self, resource: &'a str, id: &'a str) -> BoxFuture<'a, Result<Option<String>, RuntimeError>>;
+    /// Creates or updates one record.
+    fn upsert(&self, request: UpsertRequest) -> BoxFuture<'_, Result<UpsertOutcome, RuntimeError>>;
+    /// Creates or updates several records in one call.
+    fn upsert_batch<'a>(&'a self, resource: &'a str, items: Vec<BatchItem>) -> BoxFuture<'a, Result<BatchOutcomes, RuntimeError>>;
+    /// Removes one record.
+    fn remove<'a>(&'a self, resource: &'a str, id: &'a str) -> BoxFuture<'a, Result<RemoveOutcome, RuntimeError>>;
+    /// Requests sent, 429s, retries, time waited.
+    fn stats(&self) -> StatsSnapshot {
+        StatsSnapshot::default()
+    }
+}
+
+/// A plugin behind a connection's HTTP policy and settings.
+pub struct PluginEndpoint {
+    /// The loaded plugin.
+    pub plugin: Arc<Plugin>,
+    /// The connection's HTTP policy: base URL, hosts, credential, limiter.
+    pub http: Arc<ConnectionHttp>,
+    /// Base URL and settings handed to every call.
+    pub context: CallContext,
+}
+
+impl std::fmt::Debug for PluginEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginEndpoint").field("plugin", &self.plugin.name()).field("base_url", &self.context.base_url).finish()
+    }
+}
+
+impl Endpoint for PluginEndpoint {
+    fn manifest(&self) -> &Manifest {
+        self.plugin.manifest()
+    }
+
+    fn name(&self) -> &str {
+        self.plugin.name()
+    }
+
+    fn list(&self, request: ListRequest) -> BoxFuture<'_, Result<Page, RuntimeError>> {
+        Box::pin(self.plugin.list(&self.http, self.context.clone(), request))
+    }
+
+    fn get<'a>(&'a self, resource: &'a str, id: &'a str) -> BoxFuture<'a, Result<Option<String>, RuntimeError>> {
+        Box::pin(self.plugin.get(&self.http, self.context.clone(), resource, id))
+    }
+
+    fn upsert(&self, request: UpsertRequest) -> BoxFuture<'_, Result<UpsertOutcome, RuntimeError>> {
+        Box::pin(self.plugin.upsert(&self.http, self.context.clone(), request))
+    }
+
+    fn upsert_batch<'a>(&'a self, resource: &'a str, items: Vec<BatchItem>) -> BoxFuture<'a, Result<BatchOutcomes, RuntimeError>> {
+        Box::pin(self.plugin.upsert_batch(&self.http, self.context.clone(), resource, items))
+    }
+
+    fn remove<'a>(&'a self, resource: &'a str, id: &'a str) -> BoxFuture<'a, Result<RemoveOutcome, RuntimeError>> {
+        Box::pin(self.plugin.remove(&self.http, self.context.clone(), resource, id))
+    }
+
+    fn stats(&self) -> StatsSnapshot {
+        self.http.stats().snapshot()
+    }
+}

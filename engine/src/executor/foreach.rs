@@ -1,0 +1,212 @@
+//! A for-each step: the step's op once per item, at most `concurrency` in
+//! flight, each item committed as it completes (in groups, so a commit is
+//! not an fsync per item). Items come from an expression or, streamed page
+//! by page from the run store, from an earlier list step's records, so
+//! memory stays flat whatever the count.
+//!
+//! On resume, items already committed are skipped and the step's counts
+//! are recounted from the store; an item that finished at the vendor but
+//! not in the store is sent again with the same idempotency key.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt as _;
+use futures_util::stream::FuturesUnordered;
+use jaq_json::Val;
+
+use super::ops::{self, CallError};
+use super::plan::StepPlan;
+use super::{RunCtx, StepEnd};
+use crate::endpoint::Endpoint;
+use crate::expr::{Expr, Scope, parse_val};
+use crate::store::{ItemRecord, RunStore, Status, StepCounts, StepState};
+use crate::workflow::{ForEach, Step, Workflow};
+
+/// Items committed in one group, at most.
+const GROUP_ITEMS: usize = 1024;
+
+/// Longest an item waits to be committed.
+const GROUP_WAIT: Duration = Duration::from_millis(20);
+
+/// Item errors kept in the step's output and message.
+const ERRORS_KEPT: usize = 10;
+
+/// Where items come from.
+enum Items<'a> {
+    Listed(std::vec::IntoIter<Val>),
+    Streamed { pages: Box<dyn Iterator<Item = Result<String, crate::store::StoreError>> + Send + 'a>, then: Option<&'a Expr>, buffer: VecDeque<Val>, scope: &'a Scope },
+}
+
+impl Items<'_> {
+    fn next(&mut self) -> Result<Option<Val>, String> {
+        match self {
+            Items::Listed(items) => Ok(items.next()),
+            Items::Streamed { pages, then, buffer, scope } => loop {
+                if let Some(item) = buffer.pop_front() {
+                    return Ok(Some(item));
+                }
+                let Some(page) = pages.next() else { return Ok(None) };
+                let page = page.map_err(|e| e.to_string())?;
+                let records = match parse_val(&page).map_err(|e| format!("run store: a committed page is {e}"))? {
+                    Val::Arr(records) => records,
+                    _ => return Err("run store: a committed page is not an array".into()),
+                };
+                for record in records.iter() {
+                    match then {
+                        Some(expr) => buffer.extend(expr.run(record.clone(), scope).map_err(|e| format!("for_each: {e}"))?),
+                        None => buffer.push_back(record.clone()),
+                    }
+                }
+            },
+        }
+    }
+}
+
+fn items<'a>(workflow: &Workflow, step: &'a Step, store: &RunStore, run: &str, scope: &'a Scope) -> Result<Items<'a>, String> {
+    match &step.for_each {
+        Some(ForEach::Expr(expr)) => {
+            let mut outputs = expr.run(scope.context().clone(), scope).map_err(|e| format!("for_each: {e}"))?;
+            // One array output is the list of items; anything else is a
+            // stream of items.
+            if let [Val::Arr(items)] = outputs.as_slice() {
+                outputs = items.as_ref().clone();
+            }
+            Ok(Items::Listed(outputs.into_iter()))
+        }
+        Some(ForEach::Records { step: source, then, .. }) => {
+            let index = workflow.steps.iter().position(|s| &s.id == source).ok_or_else(|| format!("for_each: no step {source:?}"))?;
+            Ok(Items::Streamed { pages: Box::new(store.pages(run, index as u32)), then: then.as_ref(), buffer: VecDeque::new(), scope })
+        }
+        None => Err("not a for-each step".into()),
+    }
+}
+
+pub(crate) async fn run(
+    ctx: &RunCtx<'_>,
+    workflow: &Workflow,
+    step: &Step,
+    index: u32,
+    endpoint: &dyn Endpoint,
+    state: &mut StepState,
+    scope: &Scope,
+) -> Result<StepEnd, String> {
+    let resuming = state.items > 0 || ctx.store.items(ctx.run_id, index).next().is_some();
+    let mut errors: Vec<String> = Vec::new();
+    let mut plan = StepPlan::default();
+    if resuming {
+        // Recount from what was committed: the step state is written
+        // with each group, but only the items are the truth.
+        state.counts = StepCounts::default();
+        state.items = 0;
+        for entry in ctx.store.items(ctx.run_id, index) {
+            let (_, record) = entry.map_err(|e| e.to_string())?;
+            tally(state, &record, &mut errors);
+        }
+        if let Some(saved) = state.plan.as_ref().and_then(|p| serde_json::from_value::<StepPlan>(p.clone()).ok()) {
+            plan = saved;
+        }
+    }
+    let mut source = items(workflow, step, ctx.store, ctx.run_id, scope)?;
+    let concurrency = step.concurrency.max(1) as usize;
+    let mut in_flight = FuturesUnordered::new();
+    let mut pending: Vec<(u64, ItemRecord)> = Vec::new();
+    let mut last_commit = Instant::now();
+    let mut next = 0u64;
+    let mut exhausted = false;
+    let mut fatal: Option<String> = None;
+    let mut stopped: Option<StepEnd> = None;
+
+    loop {
+        while in_flight.len() < concurrency && !exhausted && fatal.is_none() && stopped.is_none() {
+            if let Some(end) = ctx.stop_reason() {
+                stopped = Some(end);
+                break;
+            }
+            let Some(item) = source.next()? else {
+                exhausted = true;
+                break;
+            };
+            let n = next;
+            next += 1;
+            if resuming && ctx.store.item(ctx.run_id, index, n).map_err(|e| e.to_string())?.is_some() {
+                continue;
+            }
+            let item_scope = scope.with_item_val(item);
+            in_flight.push(async move {
+                let result = ops::item(ctx, step, endpoint, &item_scope, n).await;
+                (n, result)
+            });
+        }
+        let Some((n, result)) = in_flight.next().await else { break };
+        let record = match result {
+            Ok(done) => {
+                if let Some(entry) = done.plan {
+                    plan.add(entry);
+                }
+                ItemRecord { status: Status::Succeeded, action: Some(done.action.to_owned()), id: done.id, error: None }
+            }
+            Err(CallError { message, fatal: is_fatal }) => {
+                if is_fatal && fatal.is_none() {
+                    fatal = Some(message.clone());
+                }
+                ItemRecord { status: Status::Failed, action: None, id: None, error: Some(format!("item {n}: {message}")) }
+            }
+        };
+        tally(state, &record, &mut errors);
+        pending.push((n, record));
+        if pending.len() >= GROUP_ITEMS || last_commit.elapsed() >= GROUP_WAIT {
+            commit(ctx, step, state, &plan, &mut pending, &errors).await?;
+            last_commit = Instant::now();
+        }
+    }
+    commit(ctx, step, state, &plan, &mut pending, &errors).await?;
+    if let Some(message) = fatal {
+        return Err(format!("stopped after {} items: {message}", state.items));
+    }
+    if let Some(end) = stopped {
+        return Ok(end);
+    }
+    if state.counts.failed > 0 {
+        return Err(format!(
+            "{} of {} items failed; first: {}",
+            state.counts.failed,
+            state.items,
+            errors.first().map(String::as_str).unwrap_or("(no message)")
+        ));
+    }
+    Ok(StepEnd::Done)
+}
+
+fn tally(state: &mut StepState, record: &ItemRecord, errors: &mut Vec<String>) {
+    state.items += 1;
+    match record.status {
+        Status::Failed => {
+            state.counts.failed += 1;
+            if errors.len() < ERRORS_KEPT
+                && let Some(e) = &record.error
+            {
+                errors.push(e.clone());
+            }
+        }
+        _ => {
+            if let Some(action) = &record.action {
+                ops::count_action(action, &mut state.counts);
+            }
+        }
+    }
+}
+
+async fn commit(ctx: &RunCtx<'_>, step: &Step, state: &mut StepState, plan: &StepPlan, pending: &mut Vec<(u64, ItemRecord)>, errors: &[String]) -> Result<(), String> {
+    if pending.is_empty() {
+        return Ok(());
+    }
+    state.output = Some(serde_json::json!({ "items": state.items, "counts": state.counts, "errors": errors }));
+    if ctx.dry_run {
+        state.plan = serde_json::to_value(plan).ok();
+    }
+    ctx.store.commit_items(ctx.run_id, state, pending).await.map_err(|e| e.to_string())?;
+    pending.clear();
+    ctx.observer.items_committed(step, state.items);
+    Ok(())
+}

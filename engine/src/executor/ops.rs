@@ -1,0 +1,235 @@
+//! One get, upsert or remove — a step's, or one for-each item's — with the
+//! step's retries and timeout, or its plan in a dry run.
+
+use std::future::Future;
+use std::time::Duration;
+
+use rand::Rng as _;
+use serde_json::Value;
+
+use super::plan::{PlanEntry, PlannedAction, changed_fields};
+use super::{RunCtx, idempotency_key};
+use crate::connector::{ConnectorError, RemoveOutcome, UpsertAction, UpsertRequest};
+use crate::endpoint::Endpoint;
+use crate::expr::Scope;
+use crate::runtime::RuntimeError;
+use crate::store::StepCounts;
+use crate::workflow::{Action, Step, StepRetry};
+
+/// A failed call, and whether every further item would fail the same way
+/// (a bad credential), so a for-each stops instead of repeating it.
+#[derive(Debug, Clone)]
+pub(crate) struct CallError {
+    pub(crate) message: String,
+    pub(crate) fatal: bool,
+}
+
+impl CallError {
+    pub(crate) fn new(message: impl Into<String>) -> Self {
+        CallError { message: message.into(), fatal: false }
+    }
+}
+
+/// What one op did.
+#[derive(Debug, Clone)]
+pub(crate) struct OpResult {
+    /// `created`, `updated`, `unchanged`, `removed`, `already-absent`,
+    /// `found`, `absent`, or a dry run's planned action.
+    pub(crate) action: &'static str,
+    /// The record's id, when known.
+    pub(crate) id: Option<String>,
+    /// What the step exposes as its output.
+    pub(crate) output: Value,
+    /// A dry run's plan.
+    pub(crate) plan: Option<PlanEntry>,
+}
+
+impl OpResult {
+    /// Adds this op to a step's counts.
+    pub(crate) fn count(&self, counts: &mut StepCounts) {
+        count_action(self.action, counts);
+    }
+}
+
+/// Adds an item's action to a step's counts.
+pub(crate) fn count_action(action: &str, counts: &mut StepCounts) {
+    match action {
+        "created" => counts.created += 1,
+        "updated" => counts.updated += 1,
+        "unchanged" => counts.unchanged += 1,
+        "removed" => counts.removed += 1,
+        "already-absent" => counts.absent += 1,
+        "found" => counts.read += 1,
+        _ => {}
+    }
+}
+
+/// Runs `call` with the step's timeout, retrying per `retry` when the
+/// failure is one a retry can cure (the connector says transient or rate
+/// limited, or the timeout struck).
+pub(crate) async fn with_retry<T, F, Fut>(retry: &StepRetry, timeout: Option<Duration>, mut call: F) -> (Result<T, CallError>, u32)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, RuntimeError>>,
+{
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let outcome = match timeout {
+            Some(limit) => match tokio::time::timeout(limit, call()).await {
+                Ok(result) => result.map_err(|e| (classify(&e), e.to_string())),
+                Err(_) => Err((Class::Retryable, format!("timed out after {}", humantime::format_duration(limit)))),
+            },
+            None => call().await.map_err(|e| (classify(&e), e.to_string())),
+        };
+        match outcome {
+            Ok(value) => return (Ok(value), attempt),
+            Err((class, message)) if class == Class::Retryable && attempt < retry.attempts => {
+                let ceiling = retry.backoff.saturating_mul(1 << (attempt - 1).min(20)).min(retry.max_backoff);
+                let wait = Duration::from_micros(rand::rng().random_range(0..=ceiling.as_micros().min(u128::from(u64::MAX)) as u64));
+                tracing::info!(attempt, wait_ms = wait.as_millis() as u64, error = %message, "retrying the call");
+                tokio::time::sleep(wait).await;
+            }
+            Err((class, message)) => {
+                let message = if attempt > 1 { format!("{message} (after {attempt} tries)") } else { message };
+                return (Err(CallError { message, fatal: class == Class::Fatal }), attempt);
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    Retryable,
+    Final,
+    /// Every further call would fail the same way.
+    Fatal,
+}
+
+fn classify(error: &RuntimeError) -> Class {
+    match error.connector_error() {
+        Some(e) if e.is_retryable() => Class::Retryable,
+        Some(ConnectorError::Unauthorized(_) | ConnectorError::Forbidden(_)) => Class::Fatal,
+        _ => Class::Final,
+    }
+}
+
+fn key_of(value: Value, what: &str) -> Result<String, CallError> {
+    match value {
+        Value::String(s) if !s.is_empty() => Ok(s),
+        Value::Number(n) => Ok(n.to_string()),
+        Value::Null => Err(CallError::new(format!("`{what}` is null; it must name a record"))),
+        Value::String(_) => Err(CallError::new(format!("`{what}` is empty; it must name a record"))),
+        other => Err(CallError::new(format!("`{what}` must be a string or a number, not {other}"))),
+    }
+}
+
+fn parse_record(text: &str, plugin: &str, op: &str) -> Result<Value, CallError> {
+    serde_json::from_str(text).map_err(|e| CallError::new(format!("plugin {plugin}: {op} returned a record that is not JSON: {e}")))
+}
+
+fn id_of(record: &Value, id_field: &str) -> Option<String> {
+    match record.get(id_field)? {
+        Value::String(s) => Some(s.clone()),
+        Value::Null => None,
+        other => Some(other.to_string()),
+    }
+}
+
+/// Runs the step's op once (with its retries) in `scope`; `item` numbers
+/// the write's idempotency key.
+pub(crate) async fn item(ctx: &RunCtx<'_>, step: &Step, endpoint: &dyn Endpoint, scope: &Scope, item: u64) -> Result<OpResult, CallError> {
+    let resource = endpoint
+        .manifest()
+        .resource(&step.resource)
+        .cloned()
+        .ok_or_else(|| CallError::new(format!("plugin {} has no resource {}", endpoint.name(), step.resource)))?;
+    let plugin = endpoint.name().to_owned();
+    match &step.action {
+        Action::Get { key } => {
+            let id = key_of(key.render(scope).map_err(CallError::new)?, "key")?;
+            let (result, _) = with_retry(&step.retry, step.timeout, || endpoint.get(&step.resource, &id)).await;
+            let output = match result? {
+                Some(text) => {
+                    let record = parse_record(&text, &plugin, "get")?;
+                    match &step.map {
+                        Some(map) => map.eval(&record, scope).map_err(|e| CallError::new(format!("map: {e}")))?,
+                        None => record,
+                    }
+                }
+                None => Value::Null,
+            };
+            let action = if output.is_null() { "absent" } else { "found" };
+            Ok(OpResult { action, id: Some(id), output, plan: None })
+        }
+        Action::Upsert { record } => {
+            let desired = record.render(scope).map_err(CallError::new)?;
+            if !desired.is_object() {
+                return Err(CallError::new(format!("`record` must be an object, not {desired}")));
+            }
+            if ctx.dry_run {
+                return plan_upsert(step, endpoint, &resource.id_field, desired).await;
+            }
+            let request = UpsertRequest {
+                resource: step.resource.clone(),
+                record: desired.to_string(),
+                idempotency_key: idempotency_key(ctx.run_id, &step.id, item),
+            };
+            let (result, _) = with_retry(&step.retry, step.timeout, || endpoint.upsert(request.clone())).await;
+            let outcome = result?;
+            let record = parse_record(&outcome.record, &plugin, "upsert")?;
+            let action = match outcome.action {
+                UpsertAction::Created => "created",
+                UpsertAction::Updated => "updated",
+                UpsertAction::Unchanged => "unchanged",
+            };
+            let id = id_of(&record, &resource.id_field);
+            Ok(OpResult { action, id, output: serde_json::json!({ "action": outcome.action, "record": record }), plan: None })
+        }
+        Action::Remove { key } => {
+            let id = key_of(key.render(scope).map_err(CallError::new)?, "key")?;
+            let irreversible = resource.is_irreversible(crate::connector::Op::Remove);
+            if ctx.dry_run {
+                let (result, _) = with_retry(&step.retry, step.timeout, || endpoint.get(&step.resource, &id)).await;
+                let present = result?.is_some();
+                let action = if present { PlannedAction::Remove } else { PlannedAction::AlreadyAbsent };
+                let entry = PlanEntry { action, key: Some(id.clone()), changes: vec![], record: None, irreversible: irreversible && present };
+                return Ok(OpResult {
+                    action: action.as_str(),
+                    id: Some(id.clone()),
+                    output: serde_json::json!({ "plan": action, "id": id }),
+                    plan: Some(entry),
+                });
+            }
+            let (result, _) = with_retry(&step.retry, step.timeout, || endpoint.remove(&step.resource, &id)).await;
+            let outcome = result?;
+            let action = match outcome {
+                RemoveOutcome::Removed => "removed",
+                RemoveOutcome::AlreadyAbsent => "already-absent",
+            };
+            Ok(OpResult { action, id: Some(id.clone()), output: serde_json::json!({ "outcome": outcome, "id": id }), plan: None })
+        }
+        Action::List { .. } | Action::Sync(_) => Err(CallError::new(format!("a {} step is not run per item", step.action.name()))),
+    }
+}
+
+/// What an upsert would do: with the id in the record, a get tells create
+/// from update and which fields differ; without, the connector would match
+/// on its own terms (its manifest says which), so the plan says "upsert".
+async fn plan_upsert(step: &Step, endpoint: &dyn Endpoint, id_field: &str, desired: Value) -> Result<OpResult, CallError> {
+    let Some(id) = id_of(&desired, id_field) else {
+        let entry = PlanEntry { action: PlannedAction::Upsert, key: None, changes: vec![], record: Some(desired.clone()), irreversible: false };
+        return Ok(OpResult { action: "upsert", id: None, output: serde_json::json!({ "plan": "upsert", "record": desired }), plan: Some(entry) });
+    };
+    let (result, _) = with_retry(&step.retry, step.timeout, || endpoint.get(&step.resource, &id)).await;
+    let (action, changes) = match result? {
+        None => (PlannedAction::Create, vec![]),
+        Some(text) => {
+            let current = parse_record(&text, endpoint.name(), "get")?;
+            let changes = changed_fields(&desired, &current);
+            (if changes.is_empty() { PlannedAction::Unchanged } else { PlannedAction::Update }, changes)
+        }
+    };
+    let entry = PlanEntry { action, key: Some(id.clone()), changes, record: Some(desired.clone()), irreversible: false };
+    Ok(OpResult { action: action.as_str(), id: Some(id), output: serde_json::json!({ "plan": action, "record": desired }), plan: Some(entry) })
+}

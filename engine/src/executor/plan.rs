@@ -1,0 +1,189 @@
+//! What a dry run would do, and the field diff that both a dry run and a
+//! sync use to tell an update from a record already as wanted.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// What a write would do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PlannedAction {
+    /// A new record.
+    Create,
+    /// A change to fields of an existing record.
+    Update,
+    /// Nothing to change.
+    Unchanged,
+    /// An upsert the connector resolves itself (it matches on a field other
+    /// than the id, such as Stripe's email): create or update.
+    Upsert,
+    /// A record removed.
+    Remove,
+    /// A remove of a record that is not there.
+    AlreadyAbsent,
+}
+
+impl PlannedAction {
+    /// The word used in item records and human output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PlannedAction::Create => "create",
+            PlannedAction::Update => "update",
+            PlannedAction::Unchanged => "unchanged",
+            PlannedAction::Upsert => "upsert",
+            PlannedAction::Remove => "remove",
+            PlannedAction::AlreadyAbsent => "already-absent",
+        }
+    }
+}
+
+/// One planned write.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlanEntry {
+    /// What it would do.
+    pub action: PlannedAction,
+    /// The record's key or id, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// The fields an update would change.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<String>,
+    /// The record it would write.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record: Option<Value>,
+    /// The op cannot be undone.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub irreversible: bool,
+}
+
+/// Entries kept as samples per step.
+const SAMPLES: usize = 5;
+
+/// Irreversible entries listed one by one before the rest are only counted.
+const IRREVERSIBLE_LISTED: usize = 10_000;
+
+/// What one step of a dry run would do.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StepPlan {
+    /// Records that would be created.
+    pub create: u64,
+    /// Records that would be updated.
+    pub update: u64,
+    /// Records already as wanted.
+    pub unchanged: u64,
+    /// Upserts the connector would resolve (create or update).
+    pub upsert: u64,
+    /// Records that would be removed.
+    pub remove: u64,
+    /// Removes of records that are not there.
+    pub already_absent: u64,
+    /// A few of the writes, for a look.
+    pub samples: Vec<PlanEntry>,
+    /// Every irreversible op the run would make.
+    pub irreversible: Vec<PlanEntry>,
+    /// Irreversible ops beyond those listed.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub irreversible_not_listed: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl StepPlan {
+    /// Adds one entry.
+    pub fn add(&mut self, entry: PlanEntry) {
+        match entry.action {
+            PlannedAction::Create => self.create += 1,
+            PlannedAction::Update => self.update += 1,
+            PlannedAction::Unchanged => self.unchanged += 1,
+            PlannedAction::Upsert => self.upsert += 1,
+            PlannedAction::Remove => self.remove += 1,
+            PlannedAction::AlreadyAbsent => self.already_absent += 1,
+        }
+        if entry.irreversible && entry.action == PlannedAction::Remove {
+            if self.irreversible.len() < IRREVERSIBLE_LISTED {
+                self.irreversible.push(PlanEntry { record: None, ..entry.clone() });
+            } else {
+                self.irreversible_not_listed += 1;
+            }
+        }
+        let interesting = !matches!(entry.action, PlannedAction::Unchanged | PlannedAction::AlreadyAbsent);
+        if interesting && self.samples.len() < SAMPLES {
+            self.samples.push(entry);
+        }
+    }
+
+    /// Writes the plan would make.
+    pub fn writes(&self) -> u64 {
+        self.create + self.update + self.upsert + self.remove
+    }
+}
+
+/// The fields of `desired` whose values `current` does not already hold,
+/// as dotted paths. Objects compare field by field (fields only `current`
+/// has are left alone, as an upsert would leave them); a `null` matches an
+/// absent field; numbers compare by value; arrays compare whole.
+pub fn changed_fields(desired: &Value, current: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    diff_into(desired, current, "", &mut out);
+    out
+}
+
+fn diff_into(desired: &Value, current: &Value, path: &str, out: &mut Vec<String>) {
+    match (desired, current) {
+        (Value::Object(want), Value::Object(have)) => {
+            for (key, value) in want {
+                let sub = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
+                match have.get(key) {
+                    Some(existing) => diff_into(value, existing, &sub, out),
+                    None if value.is_null() => {}
+                    None => out.push(sub),
+                }
+            }
+        }
+        _ if !same_value(desired, current) => out.push(if path.is_empty() { ".".to_owned() } else { path.to_owned() }),
+        _ => {}
+    }
+}
+
+fn same_value(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => match (x.as_i64(), y.as_i64()) {
+            (Some(i), Some(j)) => i == j,
+            _ => x.as_f64() == y.as_f64(),
+        },
+        (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(a, b)| same_value(a, b) || changed_fields(a, b).is_empty()),
+        (Value::Object(_), Value::Object(_)) => changed_fields(a, b).is_empty(),
+        _ => a == b,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn only_fields_that_differ_are_changes() {
+        let current = json!({"id": "c1", "name": "Ada", "email": "ada@x", "metadata": {"plan": "pro", "seats": 3}, "extra": true});
+        assert!(changed_fields(&json!({"name": "Ada", "metadata": {"plan": "pro"}}), &current).is_empty());
+        assert_eq!(changed_fields(&json!({"name": "Ada L", "metadata": {"seats": 4}}), &current), vec!["metadata.seats", "name"]);
+        assert_eq!(changed_fields(&json!({"phone": "1"}), &current), vec!["phone"]);
+        assert!(changed_fields(&json!({"phone": null}), &current).is_empty());
+        assert!(changed_fields(&json!({"metadata": {"seats": 3.0}}), &current).is_empty());
+    }
+
+    #[test]
+    fn a_plan_counts_samples_and_lists_every_irreversible_op() {
+        let mut plan = StepPlan::default();
+        for i in 0..8 {
+            plan.add(PlanEntry { action: PlannedAction::Remove, key: Some(format!("k{i}")), changes: vec![], record: None, irreversible: true });
+        }
+        plan.add(PlanEntry { action: PlannedAction::Unchanged, key: None, changes: vec![], record: None, irreversible: false });
+        assert_eq!((plan.remove, plan.unchanged, plan.writes()), (8, 1, 8));
+        assert_eq!(plan.irreversible.len(), 8);
+        assert_eq!(plan.samples.len(), SAMPLES);
+    }
+}

@@ -1,0 +1,375 @@
+//! A sync step: make the target resource look like the source.
+//!
+//! Three phases, each durable page by page:
+//!
+//! 1. the target is listed into an index in the run store, keyed by the
+//!    sync's key (sled, not memory: a million target records cost disk,
+//!    not RAM);
+//! 2. the source is listed page by page; each record is mapped, keyed and
+//!    looked up: absent means create, present with differing fields means
+//!    update, otherwise unchanged. The page's writes run `concurrency` at a
+//!    time (through the connector's batch upsert when it has one), and the
+//!    page's keys are marked seen together with the cursor;
+//! 3. with `delete_missing`, every indexed target record no source record
+//!    claimed is removed.
+//!
+//! A crash in the middle of a page redoes that page: its writes carry
+//! idempotency keys derived from the run, the step and the record's key,
+//! and the connectors' upserts match existing records, so nothing is
+//! written twice.
+
+use std::collections::HashSet;
+
+use futures_util::StreamExt as _;
+use futures_util::stream::{self, FuturesUnordered};
+use serde_json::Value;
+
+use super::ops::{CallError, with_retry};
+use super::plan::{PlanEntry, PlannedAction, StepPlan, changed_fields};
+use super::{RunCtx, StepEnd, key_text, sync_idempotency_key};
+use crate::connector::{BatchItem, ConnectorError, ListRequest, Op, RemoveOutcome, UpsertAction, UpsertOutcome, UpsertRequest};
+use crate::endpoint::Endpoint;
+use crate::expr::{Scope, from_val, parse_val};
+use crate::store::{SeenMark, StepState, SyncPhase};
+use crate::workflow::{Step, SyncSpec};
+
+/// Records per batch upsert.
+const BATCH: usize = 100;
+
+/// Target records removed per commit in the delete phase.
+const DELETE_GROUP: usize = 256;
+
+/// Failed records kept in the step's output.
+const ERRORS_KEPT: usize = 10;
+
+/// What to do with one source record.
+struct Write {
+    key: String,
+    record: Value,
+    action: PlannedAction,
+    changes: Vec<String>,
+}
+
+struct Tally<'a> {
+    state: &'a mut StepState,
+    plan: StepPlan,
+    errors: Vec<String>,
+    fatal: Option<String>,
+}
+
+impl Tally<'_> {
+    fn failed(&mut self, key: &str, error: &CallError) {
+        self.state.counts.failed += 1;
+        if self.errors.len() < ERRORS_KEPT {
+            self.errors.push(format!("{key}: {}", error.message));
+        }
+        if error.fatal && self.fatal.is_none() {
+            self.fatal = Some(error.message.clone());
+        }
+    }
+
+    fn upserted(&mut self, action: UpsertAction) {
+        match action {
+            UpsertAction::Created => self.state.counts.created += 1,
+            UpsertAction::Updated => self.state.counts.updated += 1,
+            UpsertAction::Unchanged => self.state.counts.unchanged += 1,
+        }
+    }
+
+    fn output(&mut self) {
+        let progress = self.state.sync.clone().unwrap_or_default();
+        self.state.output = Some(serde_json::json!({
+            "counts": self.state.counts,
+            "target_records": progress.target_records,
+            "source_pages": progress.source_pages,
+            "errors": self.errors,
+        }));
+        if !self.plan.samples.is_empty() || self.plan.writes() > 0 || self.plan.unchanged > 0 {
+            self.state.plan = serde_json::to_value(&self.plan).ok();
+        }
+    }
+}
+
+#[expect(clippy::too_many_arguments, reason = "the parts of one step, borrowed for its duration")]
+pub(crate) async fn run(
+    ctx: &RunCtx<'_>,
+    step: &Step,
+    spec: &SyncSpec,
+    index: u32,
+    source: &dyn Endpoint,
+    target: &dyn Endpoint,
+    state: &mut StepState,
+    scope: &Scope,
+) -> Result<StepEnd, String> {
+    let target_resource = target.manifest().resource(&step.resource).cloned().ok_or_else(|| format!("no resource {}", step.target()))?;
+    let source_resource =
+        source.manifest().resource(&spec.from.resource).cloned().ok_or_else(|| format!("no resource {}", spec.from))?;
+    let filter = match &spec.filter {
+        Some(f) => Some(f.render(scope).map_err(|e| format!("sync.filter: {e}"))?.to_string()),
+        None => None,
+    };
+    let plan = state.plan.as_ref().and_then(|p| serde_json::from_value::<StepPlan>(p.clone()).ok()).unwrap_or_default();
+    let errors = state.output.as_ref().and_then(|o| o.get("errors")).and_then(|e| serde_json::from_value(e.clone()).ok()).unwrap_or_default();
+    state.sync.get_or_insert_with(Default::default);
+    let mut tally = Tally { state, plan, errors, fatal: None };
+
+    // 1. The target, into the index.
+    while phase(&tally) == SyncPhase::Target {
+        if let Some(end) = ctx.stop_reason() {
+            return Ok(end);
+        }
+        let cursor = tally.state.sync.as_ref().and_then(|p| p.target_cursor.clone());
+        let request = ListRequest { resource: step.resource.clone(), cursor: cursor.clone(), page_size: target_resource.max_page_size, filter: None };
+        let (result, _) = with_retry(&step.retry, step.timeout, || target.list(request.clone())).await;
+        let page = result.map_err(|e| format!("reading {}: {}", step.target(), e.message))?;
+        if page.next_cursor.is_some() && page.next_cursor == cursor {
+            return Err(format!("plugin {} returned the cursor it was given; stopping to avoid an endless list", target.name()));
+        }
+        let mut entries = Vec::with_capacity(page.records.len());
+        for text in page.records {
+            let record = parse_val(&text).map_err(|e| format!("plugin {}: list returned a record that is {e}", target.name()))?;
+            let key = spec.key.run(record, scope).map_err(|e| format!("sync.key on a {} record: {e}", step.target()))?;
+            if let Some(key) = key.first().and_then(key_text) {
+                entries.push((key, text));
+            }
+        }
+        let progress = tally.state.sync.get_or_insert_with(Default::default);
+        progress.target_pages += 1;
+        progress.target_records += entries.len() as u64;
+        progress.target_cursor = page.next_cursor;
+        if progress.target_cursor.is_none() {
+            progress.phase = SyncPhase::Source;
+        }
+        tally.output();
+        ctx.store.commit_sync_index(ctx.run_id, tally.state, &entries).await.map_err(|e| e.to_string())?;
+    }
+
+    // 2. The source, page by page, and the writes.
+    while phase(&tally) == SyncPhase::Source {
+        if let Some(end) = ctx.stop_reason() {
+            return Ok(end);
+        }
+        let cursor = tally.state.sync.as_ref().and_then(|p| p.source_cursor.clone());
+        let request = ListRequest { resource: spec.from.resource.clone(), cursor: cursor.clone(), page_size: source_resource.max_page_size, filter: filter.clone() };
+        let (result, _) = with_retry(&step.retry, step.timeout, || source.list(request.clone())).await;
+        let page = result.map_err(|e| format!("reading {}: {}", spec.from, e.message))?;
+        if page.next_cursor.is_some() && page.next_cursor == cursor {
+            return Err(format!("plugin {} returned the cursor it was given; stopping to avoid an endless list", source.name()));
+        }
+        tally.state.counts.read += page.records.len() as u64;
+        let mut writes = Vec::new();
+        let mut seen: Vec<(String, SeenMark)> = Vec::new();
+        let mut page_keys = HashSet::new();
+        for text in &page.records {
+            let record = parse_val(text).map_err(|e| format!("plugin {}: list returned a record that is {e}", source.name()))?;
+            let mapped = match &step.map {
+                Some(map) => map.run(record, scope).map_err(|e| format!("map: {e}"))?,
+                None => vec![record],
+            };
+            for desired in mapped {
+                let key = spec.key.run(desired.clone(), scope).map_err(|e| format!("sync.key: {e}"))?.first().and_then(key_text);
+                let desired = from_val(&desired);
+                let Some(key) = key else {
+                    tally.failed("(no key)", &CallError::new(format!("the mapped record has no `{}`: {}", spec.key.text(), shorten(&desired))));
+                    continue;
+                };
+                let duplicate = !page_keys.insert(key.clone()) || ctx.store.sync_seen(ctx.run_id, index, &key).map_err(|e| e.to_string())?.is_some();
+                if duplicate {
+                    tally.failed(&key, &CallError::new("another source record has the same key; it was written once"));
+                    continue;
+                }
+                seen.push((key.clone(), SeenMark::Source));
+                let current = ctx.store.sync_target(ctx.run_id, index, &key).map_err(|e| e.to_string())?;
+                let write = match current {
+                    None => Write { key, record: desired, action: PlannedAction::Create, changes: vec![] },
+                    Some(text) => {
+                        let current: Value = serde_json::from_str(&text).map_err(|e| format!("run store: an indexed record does not parse: {e}"))?;
+                        let changes = changed_fields(&desired, &current);
+                        let mut record = desired;
+                        // Point the upsert at the record it updates.
+                        if let (Value::Object(fields), Some(id)) = (&mut record, current.get(&target_resource.id_field))
+                            && !fields.contains_key(&target_resource.id_field)
+                        {
+                            fields.insert(target_resource.id_field.clone(), id.clone());
+                        }
+                        let action = if changes.is_empty() { PlannedAction::Unchanged } else { PlannedAction::Update };
+                        Write { key, record, action, changes }
+                    }
+                };
+                writes.push(write);
+            }
+        }
+        apply_writes(ctx, step, target, target_resource.offers(Op::UpsertBatch), writes, &mut tally).await;
+        if let Some(message) = tally.fatal.clone() {
+            return Err(format!("stopped: {message}"));
+        }
+        let progress = tally.state.sync.get_or_insert_with(Default::default);
+        progress.source_pages += 1;
+        progress.source_cursor = page.next_cursor;
+        if progress.source_cursor.is_none() {
+            progress.phase = if spec.delete_missing { SyncPhase::Delete } else { SyncPhase::Done };
+        }
+        tally.output();
+        ctx.store.commit_sync_seen(ctx.run_id, tally.state, &seen).await.map_err(|e| e.to_string())?;
+        ctx.observer.items_committed(step, tally.state.counts.read);
+    }
+
+    // 3. What the source no longer has.
+    let irreversible = target_resource.is_irreversible(Op::Remove);
+    while phase(&tally) == SyncPhase::Delete {
+        if let Some(end) = ctx.stop_reason() {
+            return Ok(end);
+        }
+        let group: Vec<(String, String)> = ctx.store.sync_unseen(ctx.run_id, index).take(DELETE_GROUP).collect::<Result<_, _>>().map_err(|e| e.to_string())?;
+        if group.is_empty() {
+            tally.state.sync.get_or_insert_with(Default::default).phase = SyncPhase::Done;
+            tally.output();
+            ctx.store.commit_sync_seen(ctx.run_id, tally.state, &[]).await.map_err(|e| e.to_string())?;
+            break;
+        }
+        let mut removals = Vec::new();
+        for (key, text) in &group {
+            let record: Value = serde_json::from_str(text).map_err(|e| format!("run store: an indexed record does not parse: {e}"))?;
+            match record.get(&target_resource.id_field).and_then(|v| key_text(&crate::expr::to_val(v))) {
+                Some(id) => removals.push((key.clone(), id)),
+                None => tally.failed(key, &CallError::new(format!("the target record has no `{}` to remove it by", target_resource.id_field))),
+            }
+        }
+        if ctx.dry_run {
+            for (key, id) in &removals {
+                tally.plan.add(PlanEntry { action: PlannedAction::Remove, key: Some(format!("{key} ({id})")), changes: vec![], record: None, irreversible });
+            }
+        } else {
+            let results: Vec<(String, Result<RemoveOutcome, CallError>)> = stream::iter(removals)
+                .map(|(key, id)| async move {
+                    let (result, _) = with_retry(&step.retry, step.timeout, || target.remove(&step.resource, &id)).await;
+                    (key, result)
+                })
+                .buffer_unordered(step.concurrency.max(1) as usize)
+                .collect()
+                .await;
+            for (key, result) in results {
+                match result {
+                    Ok(RemoveOutcome::Removed) => tally.state.counts.removed += 1,
+                    Ok(RemoveOutcome::AlreadyAbsent) => tally.state.counts.absent += 1,
+                    Err(e) => tally.failed(&key, &e),
+                }
+            }
+            if let Some(message) = tally.fatal.clone() {
+                return Err(format!("stopped: {message}"));
+            }
+        }
+        let marks: Vec<(String, SeenMark)> = group.into_iter().map(|(key, _)| (key, SeenMark::Deleted)).collect();
+        tally.output();
+        ctx.store.commit_sync_seen(ctx.run_id, tally.state, &marks).await.map_err(|e| e.to_string())?;
+    }
+
+    tally.output();
+    ctx.store.clear_sync(ctx.run_id, index).map_err(|e| e.to_string())?;
+    if tally.state.counts.failed > 0 {
+        return Err(format!(
+            "{} records failed; first: {}",
+            tally.state.counts.failed,
+            tally.errors.first().map(String::as_str).unwrap_or("(no message)")
+        ));
+    }
+    Ok(StepEnd::Done)
+}
+
+fn phase(tally: &Tally<'_>) -> SyncPhase {
+    tally.state.sync.as_ref().map(|p| p.phase).unwrap_or_default()
+}
+
+fn shorten(value: &Value) -> String {
+    let mut text = value.to_string();
+    if text.len() > 120 {
+        let cut = (0..=120).rev().find(|i| text.is_char_boundary(*i)).unwrap_or(0);
+        text.truncate(cut);
+        text.push('…');
+    }
+    text
+}
+
+/// Sends a page's creates and updates (or plans them).
+async fn apply_writes(ctx: &RunCtx<'_>, step: &Step, target: &dyn Endpoint, batch: bool, writes: Vec<Write>, tally: &mut Tally<'_>) {
+    let mut to_send = Vec::new();
+    for write in writes {
+        if write.action == PlannedAction::Unchanged {
+            tally.state.counts.unchanged += 1;
+            if ctx.dry_run {
+                tally.plan.add(PlanEntry { action: write.action, key: Some(write.key), changes: vec![], record: None, irreversible: false });
+            }
+            continue;
+        }
+        if ctx.dry_run {
+            tally.plan.add(PlanEntry { action: write.action, key: Some(write.key), changes: write.changes, record: Some(write.record), irreversible: false });
+            continue;
+        }
+        to_send.push(write);
+    }
+    if to_send.is_empty() {
+        return;
+    }
+    let concurrency = step.concurrency.max(1) as usize;
+    if batch {
+        let chunks: Vec<Vec<Write>> = to_send.into_iter().fold(Vec::new(), |mut chunks: Vec<Vec<Write>>, w| {
+            match chunks.last_mut() {
+                Some(last) if last.len() < BATCH => last.push(w),
+                _ => chunks.push(vec![w]),
+            }
+            chunks
+        });
+        let results: Vec<(Vec<String>, Result<Vec<Result<UpsertOutcome, ConnectorError>>, CallError>)> = stream::iter(chunks)
+            .map(|chunk| async move {
+                let keys: Vec<String> = chunk.iter().map(|w| w.key.clone()).collect();
+                let items: Vec<BatchItem> = chunk
+                    .iter()
+                    .map(|w| BatchItem { record: w.record.to_string(), idempotency_key: sync_idempotency_key(ctx.run_id, &step.id, &w.key) })
+                    .collect();
+                let (result, _) = with_retry(&step.retry, step.timeout, || target.upsert_batch(&step.resource, items.clone())).await;
+                (keys, result)
+            })
+            .buffer_unordered(concurrency)
+            .collect()
+            .await;
+        for (keys, result) in results {
+            match result {
+                Ok(outcomes) => {
+                    for (key, outcome) in keys.iter().zip(outcomes) {
+                        match outcome {
+                            Ok(o) => tally.upserted(o.action),
+                            Err(e) => tally.failed(key, &CallError { message: e.to_string(), fatal: matches!(e, ConnectorError::Unauthorized(_) | ConnectorError::Forbidden(_)) }),
+                        }
+                    }
+                }
+                Err(e) => {
+                    for key in &keys {
+                        tally.failed(key, &e);
+                    }
+                }
+            }
+        }
+        return;
+    }
+    let mut in_flight = FuturesUnordered::new();
+    let mut queue = to_send.into_iter();
+    loop {
+        while in_flight.len() < concurrency {
+            let Some(write) = queue.next() else { break };
+            in_flight.push(async move {
+                let request = UpsertRequest {
+                    resource: step.resource.clone(),
+                    record: write.record.to_string(),
+                    idempotency_key: sync_idempotency_key(ctx.run_id, &step.id, &write.key),
+                };
+                let (result, _) = with_retry(&step.retry, step.timeout, || target.upsert(request.clone())).await;
+                (write.key, result)
+            });
+        }
+        let Some((key, result)) = in_flight.next().await else { break };
+        match result {
+            Ok(outcome) => tally.upserted(outcome.action),
+            Err(e) => tally.failed(&key, &e),
+        }
+    }
+}

@@ -1,0 +1,292 @@
+use super::*;
+
+fn parse(text: &str) -> Result<Workflow, Diagnostics> {
+    Workflow::parse(Path::new("flows/test.toml"), text)
+}
+
+fn first_error(text: &str) -> Diagnostic {
+    match parse(text) {
+        Ok(_) => panic!("expected an error"),
+        Err(d) => d.0[0].clone(),
+    }
+}
+
+const GOOD: &str = r#"
+[workflow]
+name = "export"
+
+[connections.stripe]
+plugin = "stripe"
+credentials = "env:STRIPE_API_KEY"
+
+[[step]]
+id = "all"
+list = "stripe.customers"
+page_size = 100
+"#;
+
+const FULL: &str = r#"
+[workflow]
+name = "provision"
+
+[inputs.email]
+type = "string"
+description = "the customer's email"
+
+[inputs.seats]
+type = "integer"
+default = 1
+
+[connections.stripe]
+plugin = "stripe"
+credentials = "env:STRIPE_API_KEY"
+
+[connections.growpanel]
+plugin = "growpanel"
+credentials = "env:GROWPANEL_API_KEY"
+
+[[step]]
+id = "lookup"
+list = "stripe.customers"
+filter = { email = "${{ .inputs.email }}" }
+
+[[step]]
+id = "each"
+for_each = ".steps.lookup.records[] | select(.email != null)"
+concurrency = 4
+when = ".steps.lookup.count > 0"
+upsert = "growpanel.customers"
+record = { id = "${{ $item.id }}", email = "${{ $item.email }}", seats = "${{ .inputs.seats }}" }
+retry = { attempts = 3, backoff = "500ms" }
+timeout = "30s"
+
+[[step]]
+id = "mirror"
+sync = { from = "stripe.customers", to = "growpanel.customers", key = "id" }
+map = '{id: .id, name: .name, email: .email}'
+"#;
+
+#[test]
+fn a_good_workflow_parses() -> Result<(), Diagnostics> {
+    let w = parse(GOOD)?;
+    assert_eq!(w.name, "export");
+    assert_eq!(w.steps[0].target(), "stripe.customers");
+    assert!(matches!(w.steps[0].action, Action::List { page_size: Some(100), .. }));
+    assert_eq!(w.connections["stripe"].plugin, PluginRef::Builtin("stripe".into()));
+    Ok(())
+}
+
+#[test]
+fn inputs_for_each_conditions_retries_and_sync_parse() -> Result<(), Diagnostics> {
+    let w = parse(FULL)?;
+    assert_eq!(w.inputs.len(), 2);
+    assert!(w.inputs.iter().any(|i| i.name == "email" && i.required && i.kind == InputType::String));
+    assert!(w.inputs.iter().any(|i| i.name == "seats" && !i.required && i.default == Some(serde_json::json!(1))));
+    let each = &w.steps[1];
+    assert!(matches!(&each.for_each, Some(ForEach::Records { step, then: Some(_), .. }) if step == "lookup"), "{:?}", each.for_each);
+    assert_eq!(each.concurrency, 4);
+    assert_eq!(each.retry.attempts, 3);
+    assert_eq!(each.retry.backoff, Duration::from_millis(500));
+    assert_eq!(each.timeout, Some(Duration::from_secs(30)));
+    assert!(each.when.is_some());
+    let Action::Sync(sync) = &w.steps[2].action else { panic!("a sync step") };
+    assert_eq!(sync.from.to_string(), "stripe.customers");
+    assert_eq!(w.steps[2].target(), "growpanel.customers");
+    assert_eq!(sync.key.text(), ".id");
+    Ok(())
+}
+
+#[test]
+fn a_for_each_over_an_expression_is_not_streamed() -> Result<(), Diagnostics> {
+    let text = FULL.replace(".steps.lookup.records[] | select(.email != null)", "[range(0; 10)]");
+    let w = parse(&text)?;
+    assert!(matches!(w.steps[1].for_each, Some(ForEach::Expr(_))));
+    Ok(())
+}
+
+#[test]
+fn unknown_key_points_at_its_line_and_column() {
+    let d = first_error(&GOOD.replace("page_size = 100", "page_sise = 100"));
+    assert_eq!((d.line, d.column), (12, 1), "{d}");
+    assert!(d.message.contains("page_sise"), "{d}");
+    let shown = d.to_string();
+    assert!(shown.contains("flows/test.toml:12:1"), "{shown}");
+    assert!(shown.contains("^"), "{shown}");
+}
+
+#[test]
+fn wrong_type_is_reported_where_it_is() {
+    let d = first_error(&GOOD.replace("page_size = 100", "page_size = \"lots\""));
+    assert_eq!(d.line, 12, "{d}");
+}
+
+#[test]
+fn unknown_connection_is_named() {
+    let d = first_error(&GOOD.replace("list = \"stripe.customers\"", "list = \"strpe.customers\""));
+    assert!(d.message.contains("unknown connection \"strpe\""), "{d}");
+    assert_eq!((d.line, d.column), (11, 8), "{d}");
+}
+
+#[test]
+fn duplicate_step_ids_are_refused() {
+    let text = format!("{GOOD}\n[[step]]\nid = \"all\"\nlist = \"stripe.customers\"\n");
+    let d = first_error(&text);
+    assert!(d.message.contains("already defined"), "{d}");
+}
+
+#[test]
+fn a_step_with_two_ops_is_refused() {
+    let d = first_error(&GOOD.replace("page_size = 100", "get = \"stripe.customers\""));
+    assert!(d.message.contains("more than one op"), "{d}");
+}
+
+#[test]
+fn fields_that_do_not_fit_the_op_are_refused() {
+    let d = first_error(&GOOD.replace("page_size = 100", "key = \"cus_1\""));
+    assert!(d.message.contains("`key` does not apply to a list step"), "{d}");
+    assert_eq!(d.line, 12, "{d}");
+}
+
+#[test]
+fn rate_limit_overrides_parse_per_class() -> Result<(), Diagnostics> {
+    let w = parse(&GOOD.replace("credentials = \"env:STRIPE_API_KEY\"", "credentials = \"env:STRIPE_API_KEY\"\nrate_limit = \"10/s\"\nrate_limits = { post = \"100/min\" }"))?;
+    let limits = &w.connections["stripe"].rate_limits;
+    assert!(limits.contains(&crate::limiter::LimitOverride { class: MethodClass::Any, per_second: 10.0 }), "{limits:?}");
+    assert!(limits.contains(&crate::limiter::LimitOverride { class: MethodClass::Post, per_second: 100.0 / 60.0 }), "{limits:?}");
+    let d = first_error(&GOOD.replace("credentials = \"env:STRIPE_API_KEY\"", "credentials = \"env:STRIPE_API_KEY\"\nrate_limit = \"fast\""));
+    assert!(d.message.contains("N/s"), "{d}");
+    Ok(())
+}
+
+#[test]
+fn bad_credentials_reference_is_refused() {
+    let d = first_error(&GOOD.replace("env:STRIPE_API_KEY", "STRIPE_API_KEY"));
+    assert!(d.message.contains("env:NAME"), "{d}");
+    assert_eq!(d.line, 7);
+}
+
+#[test]
+fn a_reference_to_a_later_step_points_at_its_name() {
+    let text = FULL.replace(".steps.lookup.count > 0", ".steps.mirror.counts.created > 0");
+    let d = first_error(&text);
+    assert!(d.message.contains("in `when`: step \"mirror\" runs after step \"each\""), "{d}");
+    assert_eq!(&d.source_line[d.column - 1..d.column - 1 + d.width], "mirror", "{d}");
+}
+
+#[test]
+fn a_reference_to_a_missing_step_lists_the_steps_above() {
+    let text = FULL.replace("seats = \"${{ .inputs.seats }}\"", "seats = \"${{ .steps.lokup.count }}\"");
+    let d = first_error(&text);
+    assert!(d.message.contains("in `record`: no step \"lokup\" above; steps above: lookup"), "{d}");
+    assert_eq!(&d.source_line[d.column - 1..d.column - 1 + d.width], "lokup", "{d}");
+}
+
+#[test]
+fn a_step_cannot_use_its_own_result() {
+    let text = FULL.replace(".steps.lookup.count > 0", ".steps.each.counts.failed == 0");
+    let d = first_error(&text);
+    assert!(d.message.contains("refers to its own result"), "{d}");
+}
+
+#[test]
+fn an_unknown_input_is_an_error_with_a_caret() {
+    let text = FULL.replace("email = \"${{ .inputs.email }}\"", "email = \"${{ .inputs.emial }}\"");
+    let d = first_error(&text);
+    assert!(d.message.contains("unknown input \"emial\"; the workflow declares: email, seats"), "{d}");
+    assert_eq!(&d.source_line[d.column - 1..d.column - 1 + d.width], "emial", "{d}");
+}
+
+#[test]
+fn a_record_field_named_like_a_root_is_not_a_reference_in_map() -> Result<(), Diagnostics> {
+    parse(&FULL.replace("{id: .id, name: .name, email: .email}", "{id: .id, name: .inputs.name, s: .steps.x}"))?;
+    Ok(())
+}
+
+#[test]
+fn an_expression_that_does_not_compile_points_inside_the_string() {
+    let text = FULL.replace(".steps.lookup.count > 0", ".steps.lookup.count | frobnicate");
+    let d = first_error(&text);
+    assert!(d.message.contains("in `when`: unknown function frobnicate/0"), "{d}");
+    assert_eq!(&d.source_line[d.column - 1..d.column - 1 + d.width], "frobnicate", "{d}");
+}
+
+#[test]
+fn a_template_that_does_not_compile_points_inside_the_record() {
+    let text = FULL.replace("email = \"${{ $item.email }}\"", "email = \"${{ $item.email | nope }}\"");
+    let d = first_error(&text);
+    assert!(d.message.contains("in `record`: unknown function nope/0"), "{d}");
+    assert_eq!(&d.source_line[d.column - 1..d.column - 1 + d.width], "nope", "{d}");
+}
+
+#[test]
+fn item_outside_a_for_each_is_an_error() {
+    let text = GOOD.replace("page_size = 100", "filter = { email = \"${{ $item.email }}\" }");
+    let d = first_error(&text);
+    assert!(d.message.contains("$item is set only in a step with for_each"), "{d}");
+}
+
+#[test]
+fn for_each_does_not_apply_to_a_list() {
+    let d = first_error(&GOOD.replace("page_size = 100", "for_each = \"[1, 2]\""));
+    assert!(d.message.contains("for_each does not apply to a list step"), "{d}");
+}
+
+#[test]
+fn a_bad_cron_expression_is_refused_where_it_is() {
+    let text = GOOD.replace("[connections.stripe]", "[trigger]\ncron = \"every 5 minutes\"\n\n[connections.stripe]");
+    let d = first_error(&text);
+    assert!(d.message.contains("bad cron expression \"every 5 minutes\": The 'Seconds' field"), "{d}");
+    assert!(!d.message.contains('\n'), "{d}");
+    assert_eq!(d.line, 6, "{d}");
+}
+
+#[test]
+fn triggers_parse() -> Result<(), Diagnostics> {
+    let text = GOOD.replace(
+        "[connections.stripe]",
+        "[trigger]\ncron = \"*/15 * * * *\"\n\n[trigger.webhook]\nverify = \"stripe\"\nsecret = \"env:STRIPE_WEBHOOK_SECRET\"\ntolerance = \"2m\"\n\n[connections.stripe]",
+    );
+    let w = parse(&text)?;
+    let cron = w.trigger.cron.as_ref().map(|c| (c.expression.as_str(), c.overlap, c.catch_up));
+    assert_eq!(cron, Some(("*/15 * * * *", Overlap::Skip, false)));
+    let webhook = w.trigger.webhook.as_ref().map(|h| (h.verify.clone(), h.tolerance));
+    assert_eq!(webhook, Some((Verify::Stripe, Duration::from_secs(120))));
+    Ok(())
+}
+
+#[test]
+fn an_hmac_webhook_needs_its_header() {
+    let text = GOOD.replace("[connections.stripe]", "[trigger.webhook]\nverify = \"hmac-sha256\"\nsecret = \"env:HOOK_SECRET\"\n\n[connections.stripe]");
+    let d = first_error(&text);
+    assert!(d.message.contains("needs `header`"), "{d}");
+}
+
+#[test]
+fn durations_and_retries_are_checked() {
+    let d = first_error(&GOOD.replace("page_size = 100", "timeout = \"soon\""));
+    assert!(d.message.contains("bad duration \"soon\""), "{d}");
+    let d = first_error(&GOOD.replace("page_size = 100", "retry = { attempts = 0 }"));
+    assert!(d.message.contains("between 1 and 20"), "{d}");
+}
+
+#[test]
+fn a_required_input_with_a_default_is_refused() {
+    let d = first_error(&FULL.replace("default = 1", "default = 1\nrequired = true"));
+    assert!(d.message.contains("required and has a default"), "{d}");
+}
+
+#[test]
+fn a_default_of_the_wrong_type_is_refused() {
+    let d = first_error(&FULL.replace("default = 1", "default = \"one\""));
+    assert!(d.message.contains("not of type integer"), "{d}");
+}
+
+#[test]
+fn streamed_records_are_recognised_in_every_spelling() {
+    assert_eq!(streamed_records(".steps.a.records"), Some(("a".into(), None)));
+    assert_eq!(streamed_records("$steps.a-b.records[]"), Some(("a-b".into(), None)));
+    assert_eq!(streamed_records(".steps.a.records[] | select(.x)"), Some(("a".into(), Some("select(.x)".into()))));
+    assert_eq!(streamed_records(".steps.a.records | length"), Some(("a".into(), Some("length".into()))));
+    assert_eq!(streamed_records(".steps.a.count"), None);
+    assert_eq!(streamed_records("[.steps.a.records[]]"), None);
+}

@@ -1,0 +1,127 @@
+//! What starts a workflow besides `weft run`: a cron schedule and a webhook,
+//! both served by `weft serve`.
+
+use std::str::FromStr as _;
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// What `weft serve` does when a schedule fires while the workflow's
+/// previous scheduled run is still going.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Overlap {
+    /// Skip this firing (the default): a slow run never piles up copies.
+    Skip,
+    /// Start another run beside it.
+    Allow,
+}
+
+/// A cron schedule.
+#[derive(Debug, Clone)]
+pub struct CronTrigger {
+    /// The expression as written.
+    pub expression: String,
+    /// The parsed schedule (UTC).
+    pub schedule: cron::Schedule,
+    /// What to do when the previous run is still going.
+    pub overlap: Overlap,
+    /// At start, run once if a firing was missed while weft was down. Never
+    /// more than once, however many were missed.
+    pub catch_up: bool,
+}
+
+impl CronTrigger {
+    /// Parses a cron expression: 6 fields (seconds first) or 7 (with
+    /// years), or the classic 5 (minutes first), read as at second 0.
+    pub fn parse_schedule(expression: &str) -> Result<cron::Schedule, String> {
+        let fields = expression.split_whitespace().count();
+        let full = if fields == 5 { format!("0 {expression}") } else { expression.to_owned() };
+        cron::Schedule::from_str(&full).map_err(|e| {
+            // The crate's message repeats the expression with a caret of
+            // its own; keep its last line, the reason.
+            let text = e.to_string();
+            let reason = text.lines().rev().find(|l| !l.trim().is_empty() && l.trim() != "^").unwrap_or("").trim().to_owned();
+            format!("bad cron expression {expression:?}: {reason}; write 5 fields (min hour day month weekday), 6 with seconds first, or 7 with years")
+        })
+    }
+
+    /// The next firing strictly after `after`.
+    pub fn next_after(&self, after: chrono::DateTime<chrono::Utc>) -> Option<chrono::DateTime<chrono::Utc>> {
+        self.schedule.after(&after).next()
+    }
+}
+
+/// How a webhook proves it comes from who it says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "scheme")]
+pub enum Verify {
+    /// Stripe's `Stripe-Signature: t=…,v1=…`: HMAC-SHA256 over
+    /// `"{t}.{payload}"`, within a tolerance of the timestamp.
+    Stripe,
+    /// HMAC-SHA256 of the body, hex, in `header` (a `sha256=` prefix is
+    /// accepted). With `timestamp_header`, the MAC covers
+    /// `"{timestamp}.{body}"` and the timestamp must be within tolerance.
+    HmacSha256 {
+        /// Header carrying the signature.
+        header: String,
+        /// Header carrying a Unix timestamp, when the sender signs one.
+        timestamp_header: Option<String>,
+    },
+}
+
+/// A webhook that starts the workflow, at `POST /hooks/<workflow name>`.
+#[derive(Debug, Clone)]
+pub struct WebhookTrigger {
+    /// The scheme.
+    pub verify: Verify,
+    /// The signing secret: `env:NAME` or `file:PATH`, read when the server starts.
+    pub secret: String,
+    /// How far a signed timestamp may be from now.
+    pub tolerance: Duration,
+    /// Largest body accepted.
+    pub max_body_bytes: usize,
+}
+
+/// Default tolerance for signed timestamps (Stripe's own default).
+pub const DEFAULT_TOLERANCE: Duration = Duration::from_secs(300);
+
+/// Default body cap for webhooks.
+pub const DEFAULT_MAX_BODY: usize = 1 << 20;
+
+/// A workflow's triggers.
+#[derive(Debug, Clone, Default)]
+pub struct Trigger {
+    /// On a schedule.
+    pub cron: Option<CronTrigger>,
+    /// On a webhook.
+    pub webhook: Option<WebhookTrigger>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn five_six_and_seven_field_expressions_parse() {
+        assert!(CronTrigger::parse_schedule("*/15 * * * *").is_ok());
+        assert!(CronTrigger::parse_schedule("0 */15 * * * *").is_ok());
+        assert!(CronTrigger::parse_schedule("0 0 3 * * * 2027").is_ok());
+        let err = CronTrigger::parse_schedule("every minute").err().unwrap_or_default();
+        assert!(err.contains("bad cron expression"), "{err}");
+    }
+
+    #[test]
+    fn the_next_firing_comes_after() -> Result<(), String> {
+        let trigger = CronTrigger {
+            expression: "0 0 * * * *".into(),
+            schedule: CronTrigger::parse_schedule("0 0 * * * *")?,
+            overlap: Overlap::Skip,
+            catch_up: false,
+        };
+        let now = chrono::DateTime::parse_from_rfc3339("2026-12-01T10:30:00Z").map_err(|e| e.to_string())?.to_utc();
+        let next = trigger.next_after(now).map(|t| t.to_rfc3339());
+        assert_eq!(next.as_deref(), Some("2026-12-01T11:00:00+00:00"));
+        Ok(())
+    }
+}
