@@ -7,6 +7,7 @@ mod e2e {
 
     mod sandboxing;
     mod conformance;
+    mod contract;
     mod limits;
     mod secrets;
     mod stripe;

@@ -1,0 +1,102 @@
+//! Corrections to the vendors' OpenAPI descriptions, each with its
+//! evidence, applied to a copy before Prism loads it.
+//!
+//! A correction is made only where the description contradicts itself
+//! (its schema against its own examples); where the emulator disagrees
+//! with a consistent description, the emulator is fixed instead. Every
+//! erratum must still be needed: one whose target is gone, or that no
+//! longer changes anything, fails the test, so the list cannot go stale.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{Value, json};
+
+use super::super::support::TestResult;
+
+/// What an erratum does to the schema at its pointer.
+#[derive(Debug)]
+enum Fix {
+    /// OpenAPI 3.0's `nullable: true`.
+    Nullable,
+    /// Replaces the schema whole.
+    Replace(Value),
+}
+
+#[derive(Debug)]
+struct Erratum {
+    /// JSON pointer into the description.
+    pointer: String,
+    fix: Fix,
+}
+
+/// The Baremetrics description is Konfig's rendering of Baremetrics'
+/// reference, with each schema inferred from one example: nullability is
+/// lost, and an example that is not valid JSON became `type: string`.
+fn baremetrics() -> Vec<Erratum> {
+    let mut errata = vec![
+        // GET /v1/sources: the operation's own example answers
+        // `"provider": "baremetrics", "provider_id": null` for the native
+        // source; the schema was inferred from the Stripe source's string.
+        Erratum { pointer: "/components/schemas/SourceListSourcesResponse_sources_inner/properties/provider_id".into(), fix: Fix::Nullable },
+        // GET /v1/{source_id}/subscriptions: the example Konfig read has a
+        // trailing comma, so it became `type: string`; the example is an
+        // object with a `subscriptions` array.
+        Erratum {
+            pointer: "/components/schemas/SourceGetSubscriptionsResponse".into(),
+            fix: Fix::Replace(json!({
+                "type": "object",
+                "required": ["subscriptions"],
+                "properties": { "subscriptions": { "type": "array", "items": { "type": "object" } } }
+            })),
+        },
+    ];
+    // A customer's `name`, `email` and `notes` are optional on create (only
+    // `oid` is required) and `display_image` is a logo lookup that may find
+    // none; the description's other renderings of the same customer object
+    // (refunds', events') show `"notes": null`, so absent values are null.
+    for schema in [
+        "SourceGetCustomerListResponse_customers_inner",
+        "SourceGetCustomerDetailsResponse_customer",
+        "SourceCreateCustomerRecordResponse_customer",
+        "SourceUpdateCustomerInformationResponse_customer",
+    ] {
+        for field in ["name", "email", "notes", "display_image"] {
+            errata.push(Erratum { pointer: format!("/components/schemas/{schema}/properties/{field}"), fix: Fix::Nullable });
+        }
+    }
+    errata
+}
+
+fn errata_for(vendor: &str) -> Vec<Erratum> {
+    match vendor {
+        "baremetrics" => baremetrics(),
+        _ => Vec::new(),
+    }
+}
+
+/// Reads the description at `spec` (JSON or YAML), applies `vendor`'s
+/// errata and writes the result as JSON into `dir`; returns its path.
+pub fn corrected(vendor: &str, spec: &Path, dir: &Path) -> TestResult<PathBuf> {
+    let text = std::fs::read_to_string(spec).map_err(|e| format!("cannot read the {vendor} spec {}: {e}", spec.display()))?;
+    let is_yaml = spec.extension().is_some_and(|ext| ext == "yaml" || ext == "yml");
+    let mut document: Value = if is_yaml { serde_norway::from_str(&text)? } else { serde_json::from_str(&text)? };
+    for erratum in errata_for(vendor) {
+        let schema = document
+            .pointer_mut(&erratum.pointer)
+            .ok_or_else(|| format!("{vendor} erratum {} no longer applies: the spec has no such schema", erratum.pointer))?;
+        let before = schema.clone();
+        match &erratum.fix {
+            Fix::Nullable => {
+                let fields = schema.as_object_mut().ok_or_else(|| format!("{vendor} erratum {}: not a schema object", erratum.pointer))?;
+                fields.insert("nullable".into(), Value::Bool(true));
+            }
+            Fix::Replace(with) => *schema = with.clone(),
+        }
+        if *schema == before {
+            return Err(format!("{vendor} erratum {} is no longer needed: the spec already says so", erratum.pointer).into());
+        }
+    }
+    let path = dir.join(format!("{vendor}-openapi.json"));
+    std::fs::write(&path, serde_json::to_vec(&document)?)?;
+    Ok(path)
+}
