@@ -218,8 +218,9 @@ fn applies(class: MethodClass, method: Method) -> bool {
 impl Limiter {
     /// Buckets from the vendor's published limits (those whose credential
     /// prefix matches, the most specific winning per class), replaced per
-    /// class by the workflow's overrides. With neither, one adaptive bucket
-    /// for all requests.
+    /// class by the workflow's overrides; an override for every request
+    /// (`rate_limit = "…"`, class `any`) replaces all of them. With
+    /// neither, one adaptive bucket for all requests.
     pub fn new(published: &[RateLimit], secret: Option<&Secret>, overrides: &[LimitOverride]) -> Self {
         let now = Instant::now();
         let mut chosen: Vec<(MethodClass, f64, bool)> = Vec::new();
@@ -239,6 +240,11 @@ impl Limiter {
                 Some(_) => {}
                 None => chosen.push((limit.method_class, rate, specific)),
             }
+        }
+        if overrides.iter().any(|o| o.class == MethodClass::Any) {
+            // A limit for every request says what the connection may do;
+            // a published read limit beside it would still cap reads.
+            chosen.clear();
         }
         for o in overrides {
             chosen.retain(|(class, _, _)| *class != o.class);
@@ -439,6 +445,20 @@ mod tests {
         let rates = l.rates();
         assert!(rates.contains(&(MethodClass::Read, 5.0 * PUBLISHED_MARGIN)), "{rates:?}");
         assert!(rates.contains(&(MethodClass::Write, 25.0 * PUBLISHED_MARGIN)), "{rates:?}");
+    }
+
+    #[test]
+    fn a_limit_for_every_request_replaces_every_published_class() {
+        // Regression: `rate_limit = "10000/s"` left Stripe's published read
+        // and write buckets in place, so a test key still ran at 25 r/s.
+        let l = Limiter::new(&stripe_limits(), Some(&Secret::new("sk_test_x")), &[LimitOverride { class: MethodClass::Any, per_second: 10_000.0 }]);
+        assert_eq!(l.rates(), vec![(MethodClass::Any, 10_000.0 * PUBLISHED_MARGIN)]);
+        let both = Limiter::new(
+            &stripe_limits(),
+            Some(&Secret::new("sk_test_x")),
+            &[LimitOverride { class: MethodClass::Any, per_second: 50.0 }, LimitOverride { class: MethodClass::Post, per_second: 2.0 }],
+        );
+        assert_eq!(both.rates().len(), 2, "{:?}", both.rates());
     }
 
     #[test]
