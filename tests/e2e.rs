@@ -10,6 +10,8 @@ mod e2e {
     mod contract;
     mod limits;
     mod secrets;
+    mod serve;
     mod stripe;
     mod vendors;
+    mod workflows;
 }

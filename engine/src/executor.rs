@@ -283,6 +283,7 @@ pub struct Executor {
     http_limits: HttpLimits,
     limiters: Arc<LimiterRegistry>,
     retry: RetryPolicy,
+    inline_records: u64,
 }
 
 impl std::fmt::Debug for Executor {
@@ -301,7 +302,15 @@ impl Executor {
             http_limits: HttpLimits::default(),
             limiters: Arc::default(),
             retry: RetryPolicy::default(),
+            inline_records: INLINE_RECORDS,
         }
+    }
+
+    /// Changes how many records of a list step expressions may hold in
+    /// memory (default [`INLINE_RECORDS`]).
+    pub fn with_inline_records(mut self, records: u64) -> Self {
+        self.inline_records = records;
+        self
     }
 
     /// Shares `limiters` with other executors in the process, so one vendor
@@ -672,8 +681,9 @@ impl Executor {
             let streamed = matches!(&step.for_each, Some(crate::workflow::ForEach::Records { step: s, .. }) if s == id);
             if records_missing && used && !streamed && workflow.step(id).is_some_and(|s| matches!(s.action, Action::List { .. })) {
                 return Err(format!(
-                    "step {id:?} read {count} records, more than the {INLINE_RECORDS} that expressions can hold in memory; \
-                     iterate them with for_each = \".steps.{id}.records[]\" (streamed from the run store) instead"
+                    "step {id:?} read {count} records, more than the {} that expressions can hold in memory; \
+                     iterate them with for_each = \".steps.{id}.records[]\" (streamed from the run store) instead",
+                    self.inline_records
                 ));
             }
         }
@@ -687,7 +697,7 @@ impl Executor {
         }
         let mut value = state.output.clone().unwrap_or(Value::Null);
         if let (Action::List { .. }, Value::Object(map)) = (&step.action, &mut value)
-            && state.counts.read <= INLINE_RECORDS
+            && state.counts.read <= self.inline_records
         {
             let mut records = Vec::new();
             for page in self.store.pages(run, state.index) {

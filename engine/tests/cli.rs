@@ -1,10 +1,18 @@
 //! The `weft` binary as a user runs it: exit codes, JSON summary, and
-//! diagnostics that point at the file, line and column.
+//! diagnostics that point at the file, line and column; a run killed with
+//! SIGKILL at random points and resumed each time ends with every write
+//! made exactly once; `weft runs` reaches the store through a running
+//! `weft serve`. The emulators of the crash test run in this test process,
+//! so they outlive every engine process the test kills.
 
-use std::path::Path;
-use std::process::{Command, Output};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
-type TestResult = Result<(), Box<dyn std::error::Error>>;
+use rand::{Rng as _, SeedableRng as _};
+use serde_json::Value;
+
+type TestResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
 
 fn weft(args: &[&str], cache: &Path) -> std::io::Result<Output> {
     Command::new(env!("CARGO_BIN_EXE_weft"))
@@ -144,5 +152,223 @@ fn runs_list_and_show_read_back_a_run() -> TestResult {
     let missing = weft(&["runs", "show", "nope", "--state-dir", &state_dir], &cache())?;
     assert_ne!(missing.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no run with id nope"));
+    Ok(())
+}
+
+/// A state dir and a component cache shared by the test's processes.
+struct Dirs {
+    state: tempfile::TempDir,
+    files: tempfile::TempDir,
+}
+
+impl Dirs {
+    fn new() -> TestResult<Self> {
+        Ok(Dirs { state: tempfile::tempdir()?, files: tempfile::tempdir()? })
+    }
+
+    fn command(&self) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_weft"));
+        command
+            .arg("--state-dir")
+            .arg(self.state.path())
+            .arg("--cache-dir")
+            .arg(cache_dir())
+            .env_remove("WEFT_LOG")
+            .stdin(Stdio::null());
+        command
+    }
+
+    fn write(&self, name: &str, text: &str) -> TestResult<PathBuf> {
+        let path = self.files.path().join(name);
+        std::fs::write(&path, text)?;
+        Ok(path)
+    }
+}
+
+fn cache_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("weft-cli-component-cache")
+}
+
+fn stdout_json(output: &Output) -> TestResult<Value> {
+    serde_json::from_slice(&output.stdout).map_err(|e| format!("stdout is not JSON ({e}): {}\nstderr: {}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr)).into())
+}
+
+fn key_file(dir: &Path, name: &str, key: &str) -> TestResult<String> {
+    let path = dir.join(name);
+    std::fs::write(&path, key)?;
+    Ok(format!("file:{}", path.display()))
+}
+
+const ITEMS: usize = 1000;
+const KILLS: usize = 20;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_killed_twenty_times_and_resumed_writes_each_customer_exactly_once() -> TestResult {
+    let sandbox = weft_sandbox::Sandbox::start(weft_sandbox::SandboxOptions { seed: 0, ..Default::default() }).await?;
+    let dirs = Dirs::new()?;
+    let stripe_key = key_file(dirs.files.path(), "stripe-key", weft_sandbox::stripe::SANDBOX_API_KEY)?;
+    let growpanel_key = key_file(dirs.files.path(), "growpanel-key", weft_sandbox::growpanel::SANDBOX_API_KEY)?;
+    let text = format!(
+        r#"
+[workflow]
+name = "crash-test"
+
+[connections.stripe]
+plugin = "stripe"
+credentials = "{stripe_key}"
+base_url = "{stripe}"
+rate_limit = "10000/s"
+
+[connections.growpanel]
+plugin = "growpanel"
+credentials = "{growpanel_key}"
+base_url = "{growpanel}"
+settings = {{ source = "ds_weft_demo" }}
+rate_limit = "10000/s"
+
+[[step]]
+id = "stripe"
+for_each = "[range(0; {ITEMS})]"
+concurrency = 4
+upsert = "stripe.customers"
+record = {{ email = "user${{{{ $item }}}}@crash.example", name = "User ${{{{ $item }}}}" }}
+
+[[step]]
+id = "growpanel"
+for_each = "[range(0; {ITEMS})]"
+concurrency = 4
+upsert = "growpanel.customers"
+record = {{ id = "user-${{{{ $item }}}}", name = "User ${{{{ $item }}}}", email = "user${{{{ $item }}}}@crash.example", created_date = "2026-01-01", country = "US" }}
+"#,
+        stripe = sandbox.stripe.base_url(),
+        growpanel = sandbox.growpanel.base_url(),
+    );
+    let path = dirs.write("crash.toml", &text)?;
+    let growpanel_before = sandbox.growpanel.emulator.customer_count();
+
+    let seed: u64 = rand::rng().random();
+    eprintln!("kill schedule seed {seed}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let mut kills = 0;
+    let mut run_id: Option<String> = None;
+    let mut finished: Option<Output> = None;
+    while finished.is_none() {
+        if Instant::now() > deadline {
+            return Err(format!("gave up after {kills} kills").into());
+        }
+        let mut command = dirs.command();
+        match &run_id {
+            None => command.args(["run", "--json"]).arg(&path),
+            Some(id) => command.args(["runs", "resume", "--json", id]),
+        };
+        let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+        if kills < KILLS {
+            // Early kills land in start-up and in the first step, later
+            // ones anywhere.
+            let wait = Duration::from_millis(rng.random_range(40..400));
+            let started = Instant::now();
+            while started.elapsed() < wait && child.try_wait()?.is_none() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            if child.try_wait()?.is_none() {
+                child.kill()?; // SIGKILL
+                child.wait()?;
+                kills += 1;
+            } else {
+                let output = child.wait_with_output()?;
+                finished = Some(output);
+                break;
+            }
+        } else {
+            finished = Some(tokio::task::spawn_blocking(move || child.wait_with_output()).await??);
+            break;
+        }
+        if run_id.is_none() {
+            let listed = dirs.command().args(["runs", "list", "--json"]).output()?;
+            run_id = stdout_json(&listed)?.as_array().and_then(|runs| runs.first()).and_then(|r| r["id"].as_str()).map(str::to_owned);
+        }
+    }
+    let output = finished.ok_or("no final run")?;
+    assert!(kills >= KILLS, "the run finished after only {kills} kills; the test must kill it at least {KILLS} times");
+    let summary = stdout_json(&output)?;
+    assert_eq!(summary["status"], "succeeded", "{summary:#}\nstderr: {}", String::from_utf8_lossy(&output.stderr));
+
+    let customers = sandbox.stripe.emulator.customers();
+    let emails: std::collections::HashSet<String> = customers.iter().filter_map(|c| c["email"].as_str().map(str::to_owned)).collect();
+    assert_eq!(customers.len(), ITEMS, "Stripe holds exactly {ITEMS} customers after {kills} kills");
+    assert_eq!(emails.len(), ITEMS, "no duplicate emails in Stripe");
+    assert_eq!(sandbox.growpanel.emulator.customer_count() - growpanel_before, ITEMS, "GrowPanel holds exactly {ITEMS} new customers");
+
+    let shown = dirs.command().args(["runs", "show", "--json"]).arg(summary["run_id"].as_str().unwrap_or_default()).output()?;
+    let shown = stdout_json(&shown)?;
+    assert_eq!(shown["status"], "succeeded");
+    assert!(shown["resumes"].as_u64().unwrap_or(0) >= 1, "{shown:#}");
+    for step in shown["steps"].as_array().into_iter().flatten() {
+        assert_eq!(step["items"], ITEMS, "{step:#}");
+        assert_eq!(step["counts"]["failed"], 0, "{step:#}");
+    }
+    eprintln!("{kills} kills, {} resumes", shown["resumes"]);
+    Ok(())
+}
+
+#[test]
+fn validate_points_at_the_file_line_and_column_with_a_caret() -> TestResult {
+    let dirs = Dirs::new()?;
+    let path = dirs.write(
+        "bad.toml",
+        "[workflow]\nname = \"bad\"\n\n[trigger]\ncron = \"61 * * * *\"\n\n[connections.stripe]\nplugin = \"stripe\"\ncredentials = \"env:X\"\n\n[[step]]\nid = \"a\"\nlist = \"stripe.customers\"\nwhen = \".steps.b.count > 0\"\n\n[[step]]\nid = \"b\"\nremove = \"stripe.customers\"\nkey = \"cus_1\"\n",
+    )?;
+    let output = dirs.command().arg("validate").arg(&path).output()?;
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("bad cron expression"), "{stderr}");
+    assert!(stderr.contains("bad.toml:5:8"), "{stderr}");
+    assert!(stderr.contains("step \"b\" runs after step \"a\""), "{stderr}");
+    assert!(stderr.contains("bad.toml:14:16"), "{stderr}");
+    assert!(stderr.contains("^"), "{stderr}");
+    Ok(())
+}
+
+#[test]
+fn validate_checks_ops_against_the_plugins_manifest() -> TestResult {
+    let dirs = Dirs::new()?;
+    let path = dirs.write(
+        "irreversible.toml",
+        "[workflow]\nname = \"rm\"\n\n[connections.stripe]\nplugin = \"stripe\"\ncredentials = \"env:X\"\n\n[[step]]\nid = \"b\"\nremove = \"stripe.customers\"\nkey = \"cus_1\"\n\n[[step]]\nid = \"c\"\nupsert = \"stripe.invoices\"\nrecord = {}\n",
+    )?;
+    let output = dirs.command().arg("validate").arg(&path).output()?;
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("remove on stripe.customers cannot be undone; set allow_irreversible = true"), "{stderr}");
+    assert!(stderr.contains("plugin stripe has no resource \"invoices\""), "{stderr}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_serve_holds_the_store_runs_go_through_its_api_and_run_says_why_it_cannot_open_it() -> TestResult {
+    let dirs = Dirs::new()?;
+    let path = dirs.write("idle.toml", "[workflow]\nname = \"idle\"\n\n[connections.stripe]\nplugin = \"stripe\"\ncredentials = \"env:X\"\n\n[[step]]\nid = \"a\"\nlist = \"stripe.customers\"\n")?;
+    let mut serve = dirs.command().args(["serve", "--bind", "127.0.0.1:0"]).arg(&path).stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
+    let address = dirs.state.path().join("weft-serve.json");
+    let started = Instant::now();
+    while !address.exists() {
+        if started.elapsed() > Duration::from_secs(60) || serve.try_wait()?.is_some() {
+            let _ = serve.kill();
+            return Err("weft serve did not start".into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let listed = dirs.command().args(["runs", "list", "--json"]).output()?;
+    let ran = dirs.command().args(["run"]).arg(&path).output()?;
+    let _ = Command::new("kill").arg("-TERM").arg(serve.id().to_string()).status();
+    let stopped = serve.wait()?;
+
+    assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
+    assert_eq!(stdout_json(&listed)?, serde_json::json!([]));
+    let stderr = String::from_utf8_lossy(&ran.stderr);
+    assert!(stderr.contains("in use by another weft process"), "{stderr}");
+    assert!(stopped.success(), "serve exits cleanly on SIGTERM: {stopped:?}");
+    assert!(!address.exists(), "the address file is removed on exit");
     Ok(())
 }

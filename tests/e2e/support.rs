@@ -67,3 +67,21 @@ impl Harness {
         Ok(self.executor.run(&workflow, overrides, &Silent).await?)
     }
 }
+
+/// Points each named connection at the sandbox's emulator of `vendor`:
+/// `overrides(&sandbox, &[("billing", "stripe"), ("growpanel", "growpanel")])`.
+pub fn overrides(sandbox: &Sandbox, pairs: &[(&str, &str)]) -> BTreeMap<String, ConnectionOverride> {
+    let endpoints = sandbox.endpoints();
+    pairs
+        .iter()
+        .filter_map(|(connection, vendor)| {
+            let endpoint = endpoints.iter().find(|e| e.vendor == *vendor)?;
+            Some(((*connection).to_owned(), ConnectionOverride { base_url: endpoint.base_url.clone(), secret: Secret::new(endpoint.api_key.clone()) }))
+        })
+        .collect()
+}
+
+/// Counts the requests an emulator's log holds that change something.
+pub fn writes(log: &weft_sandbox::requests::RequestLog) -> usize {
+    log.count_where(|r| r.method != "GET" && r.method != "HEAD")
+}

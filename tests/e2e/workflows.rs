@@ -1,0 +1,375 @@
+//! The workflow language end to end: inputs, references, for-each,
+//! conditions, maps, sync, dry runs, timeouts, retries, and resuming an
+//! interrupted run, against the emulators over loopback.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde_json::json;
+use weft::executor::{Observer, RunOptions, Silent};
+use weft::store::Status;
+use weft::workflow::Step;
+
+use super::support::{Harness, TestResult, overrides, sandbox, workflow, writes};
+
+const CONNECTIONS: &str = r#"
+[connections.stripe]
+plugin = "stripe"
+credentials = "env:WEFT_TEST_UNUSED"
+rate_limit = "1000/s"
+
+[connections.growpanel]
+plugin = "growpanel"
+credentials = "env:WEFT_TEST_UNUSED"
+settings = { source = "ds_weft_demo" }
+rate_limit = "1000/s"
+
+[connections.metronome]
+plugin = "metronome"
+credentials = "env:WEFT_TEST_UNUSED"
+rate_limit = "1000/s"
+"#;
+
+const VENDORS: [(&str, &str); 3] = [("stripe", "stripe"), ("growpanel", "growpanel"), ("metronome", "metronome")];
+
+fn flow(name: &str, rest: &str) -> String {
+    format!("[workflow]\nname = \"{name}\"\n{CONNECTIONS}\n{rest}")
+}
+
+fn inputs(value: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
+    value.as_object().cloned().unwrap_or_default()
+}
+
+const MIRROR: &str = r#"
+[[step]]
+id = "customers"
+list = "stripe.customers"
+page_size = 10
+
+[[step]]
+id = "mirror"
+for_each = ".steps.customers.records[] | select(.email != null)"
+concurrency = 4
+upsert = "growpanel.customers"
+record = { id = "${{ $item.id }}", name = "${{ $item.name }}", email = "${{ $item.email }}", created_date = "2026-01-01", country = "US" }
+"#;
+
+#[tokio::test]
+async fn a_for_each_streams_a_list_into_upserts_and_a_second_run_changes_nothing() -> TestResult {
+    let sandbox = sandbox(25).await?;
+    let harness = Harness::new()?;
+    let before = sandbox.growpanel.emulator.customer_count();
+    let first = harness.run(&flow("mirror", MIRROR), &overrides(&sandbox, &VENDORS)).await?;
+    assert_eq!(first.status, Status::Succeeded, "{first:#?}");
+    let mirror = &first.steps[1];
+    assert_eq!((mirror.items, mirror.counts.created), (25, 25), "{mirror:?}");
+    assert_eq!(sandbox.growpanel.emulator.customer_count(), before + 25);
+
+    let second = harness.run(&flow("mirror", MIRROR), &overrides(&sandbox, &VENDORS)).await?;
+    assert_eq!(second.status, Status::Succeeded, "{second:#?}");
+    assert_eq!(second.steps[1].counts.unchanged, 25, "{:?}", second.steps[1]);
+    assert_eq!(sandbox.growpanel.emulator.customer_count(), before + 25, "no duplicates");
+    Ok(())
+}
+
+#[tokio::test]
+async fn inputs_fill_templates_and_a_false_condition_skips_its_step() -> TestResult {
+    let sandbox = sandbox(0).await?;
+    let harness = Harness::new()?;
+    let text = flow(
+        "provision",
+        r#"
+[inputs.email]
+type = "string"
+
+[inputs.plan]
+type = "string"
+default = "free"
+
+[[step]]
+id = "customer"
+upsert = "stripe.customers"
+record = { email = "${{ .inputs.email }}", name = "Plan ${{ .inputs.plan }}", metadata = { plan = "${{ .inputs.plan }}" } }
+
+[[step]]
+id = "paid-only"
+when = '.inputs.plan != "free"'
+upsert = "metronome.customers"
+record = { name = "${{ .steps.customer.record.name }}", external_id = "${{ .steps.customer.record.id }}" }
+
+[[step]]
+id = "lookup"
+get = "stripe.customers"
+key = "${{ .steps.customer.record.id }}"
+map = '{id, email, plan: .metadata.plan}'
+"#,
+    );
+    let wf = workflow(harness.files.path(), &text)?;
+    let options = RunOptions { inputs: inputs(json!({"email": "ada@example.com"})), overrides: overrides(&sandbox, &VENDORS), ..RunOptions::default() };
+    let summary = harness.executor.start(&wf, &options, &Silent).await?;
+    assert_eq!(summary.status, Status::Succeeded, "{summary:#?}");
+    assert_eq!(summary.steps[0].counts.created, 1);
+    assert_eq!(summary.steps[1].status, Status::Skipped);
+    let looked_up = summary.steps[2].output.clone().unwrap_or_default();
+    assert_eq!(looked_up["email"], "ada@example.com");
+    assert_eq!(looked_up["plan"], "free");
+    assert_eq!(sandbox.metronome.emulator.customer_count(), 0, "the skipped step wrote nothing");
+
+    let paid = RunOptions { inputs: inputs(json!({"email": "bob@example.com", "plan": "pro"})), ..options.clone() };
+    let summary = harness.executor.start(&wf, &paid, &Silent).await?;
+    assert_eq!(summary.steps[1].counts.created, 1, "{summary:#?}");
+    let stripe_id = summary.steps[0].output.as_ref().map(|o| o["record"]["id"].clone()).unwrap_or_default();
+    let metronome = sandbox.metronome.emulator.customers();
+    assert_eq!(metronome.len(), 1);
+    assert_eq!(metronome[0]["external_id"], stripe_id, "the second step used the first step's result");
+    Ok(())
+}
+
+#[tokio::test]
+async fn missing_or_mistyped_inputs_are_refused_before_anything_runs() -> TestResult {
+    let sandbox = sandbox(0).await?;
+    let harness = Harness::new()?;
+    let text = flow("typed", "[inputs.email]\ntype = \"string\"\n\n[[step]]\nid = \"c\"\nupsert = \"stripe.customers\"\nrecord = { email = \"${{ .inputs.email }}\" }\n");
+    let wf = workflow(harness.files.path(), &text)?;
+    let options = RunOptions { inputs: inputs(json!({"email": 7})), overrides: overrides(&sandbox, &VENDORS), ..RunOptions::default() };
+    let error = harness.executor.start(&wf, &options, &Silent).await.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(error.contains("input email must be a string, got a number (7)"), "{error}");
+    let missing = RunOptions { inputs: Default::default(), ..options };
+    let error = harness.executor.start(&wf, &missing, &Silent).await.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(error.contains("input email (string) is required"), "{error}");
+    assert!(harness.executor.store().runs()?.is_empty(), "no run was recorded");
+    assert!(sandbox.stripe.emulator.requests().is_empty());
+    Ok(())
+}
+
+const SYNC: &str = r#"
+[[step]]
+id = "mirror"
+sync = { from = "stripe.customers", to = "metronome.customers", key = "external_id", delete_missing = true }
+map = '{external_id: .id, name: (.name // .email)}'
+concurrency = 4
+allow_irreversible = true
+"#;
+
+#[tokio::test]
+async fn a_sync_creates_updates_and_deletes_only_what_differs() -> TestResult {
+    let sandbox = sandbox(30).await?;
+    let harness = Harness::new()?;
+    let vendors = overrides(&sandbox, &VENDORS);
+    let first = harness.run(&flow("sync", SYNC), &vendors).await?;
+    assert_eq!(first.status, Status::Succeeded, "{first:#?}");
+    // The Metronome emulator's 30 demo customers have no Stripe match: deleted (archived).
+    let c = first.steps[0].counts;
+    assert_eq!((c.read, c.created, c.updated, c.unchanged, c.removed), (30, 30, 0, 0, 30), "{c:?}");
+
+    let again = harness.run(&flow("sync", SYNC), &vendors).await?;
+    let c = again.steps[0].counts;
+    assert_eq!((c.created, c.updated, c.unchanged, c.removed), (0, 0, 30, 0), "{c:?}");
+    let writes_before = writes(&sandbox.metronome.emulator.requests());
+
+    // Rename two Stripe customers and delete one.
+    let stripe = sandbox.stripe.emulator.customers();
+    for customer in &stripe[..2] {
+        let mut renamed = customer.clone();
+        renamed["name"] = json!(format!("{} (renamed)", customer["name"].as_str().unwrap_or("x")));
+        sandbox.stripe.emulator.insert_customer(renamed);
+    }
+    let gone = stripe[2]["id"].as_str().unwrap_or_default().to_owned();
+    let remove = flow("rm", &format!("[[step]]\nid = \"rm\"\nremove = \"stripe.customers\"\nkey = \"{gone}\"\nallow_irreversible = true\n"));
+    assert_eq!(harness.run(&remove, &vendors).await?.status, Status::Succeeded);
+
+    let third = harness.run(&flow("sync", SYNC), &vendors).await?;
+    let c = third.steps[0].counts;
+    assert_eq!((c.read, c.created, c.updated, c.unchanged, c.removed), (29, 0, 2, 27, 1), "{c:?}");
+    let metronome_writes = writes(&sandbox.metronome.emulator.requests()) - writes_before;
+    assert_eq!(metronome_writes, 3, "two renames (setName) and one archive, nothing else");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_dry_run_plans_every_write_and_sends_none() -> TestResult {
+    let sandbox = sandbox(12).await?;
+    let harness = Harness::new()?;
+    let vendors = overrides(&sandbox, &VENDORS);
+    let text = flow(
+        "dry",
+        &format!(
+            "{SYNC}\n{}",
+            r#"
+[[step]]
+id = "ada"
+upsert = "growpanel.customers"
+record = { id = "acct_1", name = "Ada", email = "ada@example.com", created_date = "2026-01-01", country = "GB" }
+
+[[step]]
+id = "drop-first"
+remove = "stripe.customers"
+key = "${{ .steps.mirror.counts.read | tostring }}"
+allow_irreversible = true
+"#
+        ),
+    );
+    let wf = workflow(harness.files.path(), &text)?;
+    for emulator_log in [sandbox.stripe.emulator.requests(), sandbox.metronome.emulator.requests(), sandbox.growpanel.emulator.requests()] {
+        emulator_log.clear();
+    }
+    let options = RunOptions { dry_run: true, overrides: vendors, ..RunOptions::default() };
+    let summary = harness.executor.start(&wf, &options, &Silent).await?;
+    assert_eq!(summary.status, Status::Succeeded, "{summary:#?}");
+    assert!(summary.dry_run);
+    let plan = summary.steps[0].plan.clone().unwrap_or_default();
+    assert_eq!((plan["create"].as_u64(), plan["remove"].as_u64()), (Some(12), Some(12)), "{plan:#}");
+    assert_eq!(plan["irreversible"].as_array().map(Vec::len), Some(12), "every archive is listed: {plan:#}");
+    assert_eq!(summary.steps[1].plan.as_ref().map(|p| p["create"].clone()), Some(json!(1)));
+    assert_eq!(summary.steps[2].plan.as_ref().map(|p| p["already_absent"].clone()), Some(json!(1)), "{:?}", summary.steps[2]);
+
+    assert_eq!(writes(&sandbox.stripe.emulator.requests()), 0);
+    assert_eq!(writes(&sandbox.metronome.emulator.requests()), 0);
+    assert_eq!(writes(&sandbox.growpanel.emulator.requests()), 0);
+    assert!(sandbox.metronome.emulator.requests().len() > 0, "the reads were real");
+    assert_eq!(sandbox.metronome.emulator.customer_count(), 12, "nothing archived");
+    Ok(())
+}
+
+/// Stops the run (as SIGTERM would) once a step has committed `after` items.
+struct StopAfter {
+    after: u64,
+    stop: weft::executor::StopSignal,
+    seen: AtomicU64,
+}
+
+impl Observer for StopAfter {
+    fn items_committed(&self, _step: &Step, done: u64) {
+        self.seen.store(done, Ordering::Relaxed);
+        if done >= self.after {
+            self.stop.shutdown.cancel();
+        }
+    }
+}
+
+const MANY: &str = r#"
+[[step]]
+id = "create"
+for_each = "[range(0; 60)]"
+concurrency = 4
+upsert = "stripe.customers"
+record = { email = "user${{ $item }}@resume.example", name = "User ${{ $item }}" }
+"#;
+
+#[tokio::test]
+async fn an_interrupted_for_each_resumes_where_it_stopped_without_writing_twice() -> TestResult {
+    let sandbox = sandbox(0).await?;
+    let harness = Harness::new()?;
+    let wf = workflow(harness.files.path(), &flow("many", MANY))?;
+    let stop = weft::executor::StopSignal::default();
+    let observer = StopAfter { after: 10, stop: stop.clone(), seen: AtomicU64::new(0) };
+    let options = RunOptions { overrides: overrides(&sandbox, &VENDORS), stop, ..RunOptions::default() };
+    let first = harness.executor.start(&wf, &options, &observer).await?;
+    assert_eq!(first.status, Status::Running, "interrupted, resumable: {first:#?}");
+    let done = first.steps[0].items;
+    assert!((10..60).contains(&done), "stopped part way: {done}");
+
+    // The file changes; the run finishes on the version it started with.
+    std::fs::write(&wf.path, flow("many", &MANY.replace("User ", "Changed ")))?;
+    let resumed = harness.executor.resume(&first.run_id, &RunOptions { overrides: overrides(&sandbox, &VENDORS), ..RunOptions::default() }, &Silent).await?;
+    assert_eq!(resumed.status, Status::Succeeded, "{resumed:#?}");
+    assert_eq!((resumed.steps[0].items, resumed.steps[0].counts.created), (60, 60), "{:?}", resumed.steps[0]);
+    let customers = sandbox.stripe.emulator.customers();
+    assert_eq!(customers.len(), 60, "each customer once");
+    assert!(customers.iter().all(|c| c["name"].as_str().is_some_and(|n| n.starts_with("User "))));
+    let run = harness.executor.store().run(&first.run_id)?;
+    assert_eq!((run.status, run.resumes), (Status::Succeeded, 1));
+    let again = harness.executor.resume(&first.run_id, &RunOptions::default(), &Silent).await.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(again.contains("cannot be resumed"), "{again}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_cancelled_run_stops_at_the_next_item_and_says_so() -> TestResult {
+    let sandbox = sandbox(0).await?;
+    let harness = Harness::new()?;
+    let wf = workflow(harness.files.path(), &flow("many", MANY))?;
+    let stop = weft::executor::StopSignal::default();
+    struct CancelAfter(weft::executor::StopSignal);
+    impl Observer for CancelAfter {
+        fn items_committed(&self, _step: &Step, done: u64) {
+            if done >= 5 {
+                self.0.cancel.cancel();
+            }
+        }
+    }
+    let options = RunOptions { overrides: overrides(&sandbox, &VENDORS), stop: stop.clone(), ..RunOptions::default() };
+    let summary = harness.executor.start(&wf, &options, &CancelAfter(stop)).await?;
+    assert_eq!(summary.status, Status::Cancelled, "{summary:#?}");
+    assert_eq!(summary.steps[0].status, Status::Cancelled);
+    assert!(sandbox.stripe.emulator.customer_count() < 60);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_step_timeout_is_retried_and_then_reported_with_the_tries() -> TestResult {
+    use weft_sandbox::limits::FaultConfig;
+    use weft_sandbox::stripe::{SANDBOX_API_KEY, StripeConfig, StripeEmulator};
+    let emulator = StripeEmulator::new(StripeConfig { seed: 3, faults: FaultConfig { latency_ms: 400, ..FaultConfig::default() }, ..StripeConfig::default() });
+    let server = weft_sandbox::server::serve(emulator.router(), "127.0.0.1:0".parse()?).await?;
+    let harness = Harness::new()?;
+    let text = "[workflow]\nname = \"slow\"\n[connections.stripe]\nplugin = \"stripe\"\ncredentials = \"env:UNUSED\"\n[[step]]\nid = \"export\"\nlist = \"stripe.customers\"\ntimeout = \"100ms\"\nretry = { attempts = 2, backoff = \"10ms\" }\n";
+    let vendors = std::collections::BTreeMap::from([(
+        "stripe".to_owned(),
+        weft::executor::ConnectionOverride { base_url: server.base_url(), secret: weft::credentials::Secret::new(SANDBOX_API_KEY) },
+    )]);
+    let summary = harness.run(text, &vendors).await?;
+    assert_eq!(summary.status, Status::Failed);
+    let error = summary.steps[0].error.clone().unwrap_or_default();
+    assert!(error.contains("timed out after 100ms (after 2 tries)"), "{error}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_bad_credential_stops_a_for_each_at_once_instead_of_failing_every_item() -> TestResult {
+    let sandbox = sandbox(0).await?;
+    let harness = Harness::new()?;
+    let mut vendors = overrides(&sandbox, &VENDORS);
+    if let Some(stripe) = vendors.get_mut("stripe") {
+        stripe.secret = weft::credentials::Secret::new("sk_test_wrong");
+    }
+    let summary = harness.run(&flow("many", MANY), &vendors).await?;
+    assert_eq!(summary.status, Status::Failed);
+    let error = summary.steps[0].error.clone().unwrap_or_default();
+    assert!(error.contains("unauthorized"), "{error}");
+    assert!(summary.steps[0].items <= 8, "stopped after the items in flight: {:?}", summary.steps[0]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_list_longer_than_memory_allows_is_refused_in_expressions_but_streams_in_for_each() -> TestResult {
+    let sandbox = sandbox(12).await?;
+    let state = tempfile::tempdir()?;
+    let files = tempfile::tempdir()?;
+    let executor = weft::executor::Executor::new(super::support::runtime(Default::default())?, weft::store::RunStore::open(state.path())?)
+        .with_inline_records(10);
+    let inline = flow("inline", "[[step]]\nid = \"all\"\nlist = \"stripe.customers\"\n\n[[step]]\nid = \"first\"\nget = \"stripe.customers\"\nkey = \"${{ .steps.all.records[0].id }}\"\n");
+    let summary = executor.run(&workflow(files.path(), &inline)?, &overrides(&sandbox, &VENDORS), &Silent).await?;
+    assert_eq!(summary.status, Status::Failed);
+    let error = summary.steps[1].error.clone().unwrap_or_default();
+    assert!(error.contains("read 12 records, more than the 10"), "{error}");
+    assert!(error.contains("for_each = \".steps.all.records[]\""), "{error}");
+
+    let streamed = flow(
+        "streamed",
+        "[[step]]\nid = \"all\"\nlist = \"stripe.customers\"\npage_size = 5\n\n[[step]]\nid = \"each\"\nfor_each = \".steps.all.records[]\"\nget = \"stripe.customers\"\nkey = \"${{ $item.id }}\"\n",
+    );
+    let summary = executor.run(&workflow(files.path(), &streamed)?, &overrides(&sandbox, &VENDORS), &Silent).await?;
+    assert_eq!(summary.status, Status::Succeeded, "{summary:#?}");
+    assert_eq!((summary.steps[1].items, summary.steps[1].counts.read), (12, 12));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_reference_to_a_later_step_is_refused_with_file_and_line() -> TestResult {
+    let harness = Harness::new()?;
+    let text = flow("refs", "[[step]]\nid = \"a\"\nget = \"stripe.customers\"\nkey = \"${{ .steps.later.id }}\"\n\n[[step]]\nid = \"later\"\nlist = \"stripe.customers\"\n");
+    let error = workflow(harness.files.path(), &text).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(error.contains("step \"later\" runs after step \"a\""), "{error}");
+    assert!(error.contains("workflow.toml:23:19"), "{error}");
+    Ok(())
+}
