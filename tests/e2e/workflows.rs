@@ -373,3 +373,39 @@ async fn a_reference_to_a_later_step_is_refused_with_file_and_line() -> TestResu
     assert!(error.contains("workflow.toml:23:19"), "{error}");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_sync_updates_through_the_connectors_upsert_not_its_bulk_create() -> TestResult {
+    // Regression: a sync into GrowPanel sent updates through the array
+    // POST, which replaces a row whole, so a custom variable the source did
+    // not carry was lost and the count said "created".
+    let sandbox = sandbox(3).await?;
+    let harness = Harness::new()?;
+    let stripe = sandbox.stripe.emulator.customers();
+    for customer in &stripe {
+        sandbox.growpanel.emulator.insert_customer(json!({
+            "id": customer["id"], "name": "Old name", "email": customer["email"], "created_date": "2025-01-01", "country": "FR",
+            "data_source": "ds_weft_demo", "custom_variables": { "plan": "pro", "owner": "kept" },
+        }));
+    }
+    let text = flow(
+        "to-growpanel",
+        r#"
+[[step]]
+id = "mirror"
+sync = { from = "stripe.customers", to = "growpanel.customers", key = "id" }
+map = '{id, name: "New name", email, created_date: "2025-01-01", country: "FR", custom_variables: {plan: "pro"}}'
+"#,
+    );
+    let summary = harness.run(&text, &overrides(&sandbox, &VENDORS)).await?;
+    assert_eq!(summary.status, Status::Succeeded, "{summary:#?}");
+    let c = summary.steps[0].counts;
+    assert_eq!((c.created, c.updated), (0, 3), "{c:?}");
+    for customer in &stripe {
+        let row = sandbox.growpanel.emulator.customer(customer["id"].as_str().unwrap_or_default()).ok_or("the row is there")?;
+        assert_eq!(row["name"], "New name");
+        assert_eq!(row["custom_variables"]["owner"], "kept", "{row}");
+        assert_eq!(row["country"], "FR", "{row}");
+    }
+    Ok(())
+}

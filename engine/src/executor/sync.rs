@@ -311,8 +311,44 @@ async fn apply_writes(ctx: &RunCtx<'_>, step: &Step, target: &dyn Endpoint, batc
         return;
     }
     let concurrency = step.concurrency.max(1) as usize;
-    if batch {
-        let chunks: Vec<Vec<Write>> = to_send.into_iter().fold(Vec::new(), |mut chunks: Vec<Vec<Write>>, w| {
+    // A vendor's bulk endpoint creates (GrowPanel's array POST replaces a
+    // row whole); updates go one by one through the connector's upsert,
+    // which changes only what it can and merges the rest.
+    let (creates, updates): (Vec<Write>, Vec<Write>) = to_send.into_iter().partition(|w| w.action == PlannedAction::Create);
+    let to_send = if batch {
+        creates_in_batches(ctx, step, target, creates, concurrency, tally).await;
+        updates
+    } else {
+        creates.into_iter().chain(updates).collect()
+    };
+    let mut in_flight = FuturesUnordered::new();
+    let mut queue = to_send.into_iter();
+    loop {
+        while in_flight.len() < concurrency {
+            let Some(write) = queue.next() else { break };
+            in_flight.push(async move {
+                let request = UpsertRequest {
+                    resource: step.resource.clone(),
+                    record: write.record.to_string(),
+                    idempotency_key: sync_idempotency_key(ctx.run_id, &step.id, &write.key),
+                };
+                let (result, _) = with_retry(&step.retry, step.timeout, || target.upsert(request.clone())).await;
+                (write.key, result)
+            });
+        }
+        let Some((key, result)) = in_flight.next().await else { break };
+        match result {
+            Ok(outcome) => tally.upserted(outcome.action),
+            Err(e) => tally.failed(&key, &e),
+        }
+    }
+}
+
+async fn creates_in_batches(ctx: &RunCtx<'_>, step: &Step, target: &dyn Endpoint, creates: Vec<Write>, concurrency: usize, tally: &mut Tally<'_>) {
+    if creates.is_empty() {
+        return;
+    }
+    let chunks: Vec<Vec<Write>> = creates.into_iter().fold(Vec::new(), |mut chunks: Vec<Vec<Write>>, w| {
             match chunks.last_mut() {
                 Some(last) if last.len() < BATCH => last.push(w),
                 _ => chunks.push(vec![w]),
@@ -349,27 +385,4 @@ async fn apply_writes(ctx: &RunCtx<'_>, step: &Step, target: &dyn Endpoint, batc
                 }
             }
         }
-        return;
-    }
-    let mut in_flight = FuturesUnordered::new();
-    let mut queue = to_send.into_iter();
-    loop {
-        while in_flight.len() < concurrency {
-            let Some(write) = queue.next() else { break };
-            in_flight.push(async move {
-                let request = UpsertRequest {
-                    resource: step.resource.clone(),
-                    record: write.record.to_string(),
-                    idempotency_key: sync_idempotency_key(ctx.run_id, &step.id, &write.key),
-                };
-                let (result, _) = with_retry(&step.retry, step.timeout, || target.upsert(request.clone())).await;
-                (write.key, result)
-            });
-        }
-        let Some((key, result)) = in_flight.next().await else { break };
-        match result {
-            Ok(outcome) => tally.upserted(outcome.action),
-            Err(e) => tally.failed(&key, &e),
-        }
-    }
 }
