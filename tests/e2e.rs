@@ -9,6 +9,7 @@ mod e2e {
     mod conformance;
     mod contract;
     mod limits;
+    mod schema;
     mod secrets;
     mod serve;
     mod stripe;
