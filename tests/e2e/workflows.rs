@@ -409,3 +409,29 @@ map = '{id, name: "New name", email, created_date: "2025-01-01", country: "FR", 
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn ten_failures_before_any_success_stop_a_for_each() -> TestResult {
+    let sandbox = sandbox(0).await?;
+    let harness = Harness::new()?;
+    let text = flow(
+        "wrong-source",
+        r#"
+[[step]]
+id = "create"
+for_each = "[range(0; 60)]"
+concurrency = 2
+upsert = "growpanel.customers"
+record = { id = "c${{ $item }}", name = "C", email = "c${{ $item }}@example.com", created_date = "2026-01-01", country = "US" }
+"#,
+    )
+    .replace("ds_weft_demo", "ds_no_such_source");
+    let summary = harness.run(&text, &overrides(&sandbox, &VENDORS)).await?;
+    assert_eq!(summary.status, Status::Failed);
+    let step = &summary.steps[0];
+    let error = step.error.clone().unwrap_or_default();
+    assert!(error.contains("the first 10 items all failed"), "{error}");
+    assert!(error.contains("Data source not found"), "{error}");
+    assert!(step.items < 15, "{step:?}");
+    Ok(())
+}

@@ -32,6 +32,11 @@ const GROUP_WAIT: Duration = Duration::from_millis(20);
 /// Item errors kept in the step's output and message.
 const ERRORS_KEPT: usize = 10;
 
+/// Failures before any success that stop the step: the same mistake (a
+/// wrong setting, a field every record lacks) repeated for every item
+/// helps no one, and each costs the vendor's rate limit.
+const FAILURES_BEFORE_ANY_SUCCESS: u64 = 10;
+
 /// Where items come from.
 enum Items<'a> {
     Listed(std::vec::IntoIter<Val>),
@@ -154,6 +159,14 @@ pub(crate) async fn run(
             }
         };
         tally(state, &record, &mut errors);
+        let succeeded = state.items - state.counts.failed;
+        if fatal.is_none() && succeeded == 0 && state.counts.failed >= FAILURES_BEFORE_ANY_SUCCESS {
+            fatal = Some(format!(
+                "the first {} items all failed, so the rest were not tried; first: {}",
+                state.counts.failed,
+                errors.first().map(String::as_str).unwrap_or("(no message)")
+            ));
+        }
         pending.push((n, record));
         if pending.len() >= GROUP_ITEMS || last_commit.elapsed() >= GROUP_WAIT {
             commit(ctx, step, state, &plan, &mut pending, &errors).await?;
