@@ -422,7 +422,7 @@ impl Checker<'_> {
                 let start = content.start + offset + lead + e.range.start;
                 let end = content.start + offset + lead + e.range.end;
                 let span = if content.len() == raw.len() { start..end.max(start + 1) } else { spanned.span() };
-                self.error(span, format!("in `{what}`: {}", e.message));
+                self.error(span, format!("in `{what}`: {}{}", e.message, dashed_id_hint(code)));
                 None
             }
         }
@@ -436,11 +436,28 @@ impl Checker<'_> {
                 let at = locate(self.text, span, &e.expression);
                 let start = if at == *span { span.start } else { at.start + e.error.range.start };
                 let end = if at == *span { span.end } else { at.start + e.error.range.end.max(e.error.range.start + 1) };
-                self.error(start..end, format!("in `{what}`: {}", e.error.message));
+                self.error(start..end, format!("in `{what}`: {}{}", e.error.message, dashed_id_hint(&e.expression)));
                 None
             }
         }
     }
+}
+
+/// jq reads `.steps.stripe-customer` as `.steps.stripe - customer`; when an
+/// expression that failed to compile has that shape, say how to write it.
+fn dashed_id_hint(code: &str) -> String {
+    for root in [".steps.", "$steps."] {
+        let mut rest = code;
+        while let Some(at) = rest.find(root) {
+            let after = &rest[at + root.len()..];
+            let id: String = after.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-').collect();
+            if id.contains('-') && !id.ends_with('-') {
+                return format!(" (a step id with a dash is written .steps[\"{id}\"]; jq reads .steps.{id} as a subtraction)");
+            }
+            rest = after;
+        }
+    }
+    String::new()
 }
 
 fn to_json(value: toml::Value) -> serde_json::Value {

@@ -290,3 +290,11 @@ fn streamed_records_are_recognised_in_every_spelling() {
     assert_eq!(streamed_records(".steps.a.count"), None);
     assert_eq!(streamed_records("[.steps.a.records[]]"), None);
 }
+
+#[test]
+fn a_dashed_step_id_in_dot_syntax_gets_a_hint() {
+    let text = GOOD.replace("page_size = 100", "").replace("id = \"all\"", "id = \"all-customers\"")
+        + "\n[[step]]\nid = \"one\"\nget = \"stripe.customers\"\nkey = \"${{ .steps.all-customers.records[0].id }}\"\n";
+    let d = first_error(&text);
+    assert!(d.message.contains("written .steps[\"all-customers\"]"), "{d}");
+}
