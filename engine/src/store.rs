@@ -198,13 +198,13 @@ pub struct StepState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum SyncPhase {
-    /// Reading the target into the index.
+    /// Reading the source, mapped, into the index.
     #[default]
-    Target,
-    /// Reading the source and writing the differences.
     Source,
-    /// Removing target records no source record has.
-    Delete,
+    /// Reading the target and updating (or removing) what differs.
+    Target,
+    /// Creating the source records no target record matched.
+    Create,
     /// Finished.
     Done,
 }
@@ -214,16 +214,18 @@ pub enum SyncPhase {
 pub struct SyncProgress {
     /// The phase.
     pub phase: SyncPhase,
-    /// Cursor of the target listing.
-    pub target_cursor: Option<String>,
-    /// Target pages read.
-    pub target_pages: u32,
-    /// Target records indexed.
-    pub target_records: u64,
     /// Cursor of the source listing.
     pub source_cursor: Option<String>,
-    /// Source pages done.
+    /// Source pages read.
     pub source_pages: u32,
+    /// Mapped source records indexed.
+    pub source_records: u64,
+    /// Cursor of the target listing.
+    pub target_cursor: Option<String>,
+    /// Target pages done.
+    pub target_pages: u32,
+    /// Target records read.
+    pub target_records: u64,
 }
 
 /// The end of one for-each item.
@@ -244,14 +246,14 @@ pub struct ItemRecord {
     pub error: Option<String>,
 }
 
-/// What a sync did with one key, remembered so a resumed sync neither
-/// writes it again nor deletes it.
+/// What a sync did with one source key, remembered so a resumed sync does
+/// not create what a target record already matched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SeenMark {
-    /// A source record had the key.
-    Source,
-    /// The target record was deleted (delete_missing).
-    Deleted,
+    /// A target record has the key (updated or unchanged).
+    Matched,
+    /// The create phase wrote it.
+    Created,
 }
 
 impl StepState {
@@ -452,8 +454,8 @@ impl RunStore {
         Ok(())
     }
 
-    /// Adds one page of target records to a sync's index, with the step's
-    /// new cursor, in one transaction.
+    /// Adds one page of mapped source records to a sync's index, with the
+    /// step's new cursor, in one transaction.
     pub async fn commit_sync_index(&self, run: &str, step: &StepState, entries: &[(String, String)]) -> Result<()> {
         let step_bytes = encode(step);
         (&self.steps, &self.sync_index)
@@ -469,15 +471,15 @@ impl RunStore {
         Ok(())
     }
 
-    /// The target record a sync indexed under `key`.
-    pub fn sync_target(&self, run: &str, index: u32, key: &str) -> Result<Option<String>> {
+    /// The mapped source record a sync indexed under `key`.
+    pub fn sync_indexed(&self, run: &str, index: u32, key: &str) -> Result<Option<String>> {
         let k = sync_key(run, index, key);
         self.sync_index.get(&k)?.map(|v| String::from_utf8(v.to_vec()).map_err(|e| StoreError::Corrupt { key: key.to_owned(), reason: e.to_string() })).transpose()
     }
 
-    /// Whether a sync has already handled `key`.
+    /// What a sync has done with source `key`, if anything.
     pub fn sync_seen(&self, run: &str, index: u32, key: &str) -> Result<Option<SeenMark>> {
-        Ok(self.sync_seen.get(sync_key(run, index, key))?.map(|v| if v.as_ref() == b"d" { SeenMark::Deleted } else { SeenMark::Source }))
+        Ok(self.sync_seen.get(sync_key(run, index, key))?.map(|v| if v.as_ref() == b"c" { SeenMark::Created } else { SeenMark::Matched }))
     }
 
     /// Marks keys a sync has handled, with the step's new state, in one
@@ -487,7 +489,7 @@ impl RunStore {
         (&self.steps, &self.sync_seen)
             .transaction(|(steps, seen)| {
                 for (key, mark) in keys {
-                    let value: &[u8] = if *mark == SeenMark::Deleted { b"d" } else { b"s" };
+                    let value: &[u8] = if *mark == SeenMark::Created { b"c" } else { b"m" };
                     seen.insert(sync_key(run, step.index, key), value)?;
                 }
                 steps.insert(step_key(run, step.index), step_bytes.as_slice())?;
@@ -498,7 +500,8 @@ impl RunStore {
         Ok(())
     }
 
-    /// The indexed target records no source record had, in key order.
+    /// The indexed source records no target record matched (and not yet
+    /// created), in key order.
     pub fn sync_unseen(&self, run: &str, index: u32) -> impl Iterator<Item = Result<(String, String)>> + use<> {
         let prefix = step_prefix(run, index);
         let skip = prefix.len();
@@ -652,7 +655,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_sync_index_yields_what_no_source_record_claimed() -> Result<(), Box<dyn std::error::Error>> {
+    async fn a_sync_index_yields_what_no_target_record_matched() -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let store = RunStore::open(dir.path())?;
         let id = store.new_run_id()?;
@@ -660,13 +663,13 @@ mod tests {
         let step = StepState::pending("sync", 0);
         let entries: Vec<(String, String)> = ["a", "b", "c"].iter().map(|k| (k.to_string(), format!("{{\"id\":\"{k}\"}}"))).collect();
         store.commit_sync_index(&id, &step, &entries).await?;
-        store.commit_sync_seen(&id, &step, &[("b".into(), SeenMark::Source)]).await?;
-        assert_eq!(store.sync_target(&id, 0, "a")?.as_deref(), Some("{\"id\":\"a\"}"));
-        assert_eq!(store.sync_seen(&id, 0, "b")?, Some(SeenMark::Source));
+        store.commit_sync_seen(&id, &step, &[("b".into(), SeenMark::Matched)]).await?;
+        assert_eq!(store.sync_indexed(&id, 0, "a")?.as_deref(), Some("{\"id\":\"a\"}"));
+        assert_eq!(store.sync_seen(&id, 0, "b")?, Some(SeenMark::Matched));
         let unseen: Vec<String> = store.sync_unseen(&id, 0).map(|r| r.map(|(k, _)| k)).collect::<Result<_>>()?;
         assert_eq!(unseen, vec!["a".to_owned(), "c".to_owned()]);
         store.clear_sync(&id, 0)?;
-        assert_eq!(store.sync_target(&id, 0, "a")?, None);
+        assert_eq!(store.sync_indexed(&id, 0, "a")?, None);
         Ok(())
     }
 

@@ -2,21 +2,23 @@
 //!
 //! Three phases, each durable page by page:
 //!
-//! 1. the target is listed into an index in the run store, keyed by the
-//!    sync's key (sled, not memory: a million target records cost disk,
-//!    not RAM);
-//! 2. the source is listed page by page; each record is mapped, keyed and
-//!    looked up: absent means create, present with differing fields means
-//!    update, otherwise unchanged. The page's writes run `concurrency` at a
-//!    time (through the connector's batch upsert when it has one), and the
-//!    page's keys are marked seen together with the cursor;
-//! 3. with `delete_missing`, every indexed target record no source record
-//!    claimed is removed.
+//! 1. the source is listed, each record mapped and keyed, into an index in
+//!    the run store (sled, not memory: a million records cost disk, not
+//!    RAM; and the mapped records are only the fields the sync sets, far
+//!    smaller than a vendor's whole record). Two source records with one
+//!    key are a failure of the second;
+//! 2. the target is listed page by page; each record is keyed and looked
+//!    up in the index: a match whose fields differ is updated, a match that
+//!    already agrees is unchanged, no match is removed when
+//!    `delete_missing` says so. The page's writes run `concurrency` at a
+//!    time, and the matched keys are marked together with the cursor;
+//! 3. every indexed source record no target record matched is created,
+//!    through the connector's batch upsert when it has one.
 //!
-//! A crash in the middle of a page redoes that page: its writes carry
+//! A crash in the middle of a page redoes that page: writes carry
 //! idempotency keys derived from the run, the step and the record's key,
-//! and the connectors' upserts match existing records, so nothing is
-//! written twice.
+//! the connectors' upserts match existing records, and a remove of a
+//! removed record is `already-absent`, so nothing is written twice.
 
 use std::collections::HashSet;
 
@@ -36,8 +38,8 @@ use crate::workflow::{Step, SyncSpec};
 /// Records per batch upsert.
 const BATCH: usize = 100;
 
-/// Target records removed per commit in the delete phase.
-const DELETE_GROUP: usize = 256;
+/// Source records created per commit in the create phase.
+const CREATE_GROUP: usize = 500;
 
 /// Failed records kept in the step's output.
 const ERRORS_KEPT: usize = 10;
@@ -55,6 +57,7 @@ struct Tally<'a> {
     plan: StepPlan,
     errors: Vec<String>,
     fatal: Option<String>,
+    target_duplicates: u64,
 }
 
 impl Tally<'_> {
@@ -80,8 +83,9 @@ impl Tally<'_> {
         let progress = self.state.sync.clone().unwrap_or_default();
         self.state.output = Some(serde_json::json!({
             "counts": self.state.counts,
+            "source_records": progress.source_records,
             "target_records": progress.target_records,
-            "source_pages": progress.source_pages,
+            "target_duplicates": self.target_duplicates,
             "errors": self.errors,
         }));
         if !self.plan.samples.is_empty() || self.plan.writes() > 0 || self.plan.unchanged > 0 {
@@ -111,40 +115,10 @@ pub(crate) async fn run(
     let plan = state.plan.as_ref().and_then(|p| serde_json::from_value::<StepPlan>(p.clone()).ok()).unwrap_or_default();
     let errors = state.output.as_ref().and_then(|o| o.get("errors")).and_then(|e| serde_json::from_value(e.clone()).ok()).unwrap_or_default();
     state.sync.get_or_insert_with(Default::default);
-    let mut tally = Tally { state, plan, errors, fatal: None };
+    let target_duplicates = state.output.as_ref().and_then(|o| o.get("target_duplicates")).and_then(Value::as_u64).unwrap_or(0);
+    let mut tally = Tally { state, plan, errors, fatal: None, target_duplicates };
 
-    // 1. The target, into the index.
-    while phase(&tally) == SyncPhase::Target {
-        if let Some(end) = ctx.stop_reason() {
-            return Ok(end);
-        }
-        let cursor = tally.state.sync.as_ref().and_then(|p| p.target_cursor.clone());
-        let request = ListRequest { resource: step.resource.clone(), cursor: cursor.clone(), page_size: target_resource.max_page_size, filter: None };
-        let (result, _) = with_retry(&step.retry, step.timeout, || target.list(request.clone())).await;
-        let page = result.map_err(|e| format!("reading {}: {}", step.target(), e.message))?;
-        if page.next_cursor.is_some() && page.next_cursor == cursor {
-            return Err(format!("plugin {} returned the cursor it was given; stopping to avoid an endless list", target.name()));
-        }
-        let mut entries = Vec::with_capacity(page.records.len());
-        for text in page.records {
-            let record = parse_val(&text).map_err(|e| format!("plugin {}: list returned a record that is {e}", target.name()))?;
-            let key = spec.key.run(record, scope).map_err(|e| format!("sync.key on a {} record: {e}", step.target()))?;
-            if let Some(key) = key.first().and_then(key_text) {
-                entries.push((key, text));
-            }
-        }
-        let progress = tally.state.sync.get_or_insert_with(Default::default);
-        progress.target_pages += 1;
-        progress.target_records += entries.len() as u64;
-        progress.target_cursor = page.next_cursor;
-        if progress.target_cursor.is_none() {
-            progress.phase = SyncPhase::Source;
-        }
-        tally.output();
-        ctx.store.commit_sync_index(ctx.run_id, tally.state, &entries).await.map_err(|e| e.to_string())?;
-    }
-
-    // 2. The source, page by page, and the writes.
+    // 1. The source, mapped, into the index.
     while phase(&tally) == SyncPhase::Source {
         if let Some(end) = ctx.stop_reason() {
             return Ok(end);
@@ -157,8 +131,7 @@ pub(crate) async fn run(
             return Err(format!("plugin {} returned the cursor it was given; stopping to avoid an endless list", source.name()));
         }
         tally.state.counts.read += page.records.len() as u64;
-        let mut writes = Vec::new();
-        let mut seen: Vec<(String, SeenMark)> = Vec::new();
+        let mut entries: Vec<(String, String)> = Vec::with_capacity(page.records.len());
         let mut page_keys = HashSet::new();
         for text in &page.records {
             let record = parse_val(text).map_err(|e| format!("plugin {}: list returned a record that is {e}", source.name()))?;
@@ -168,98 +141,122 @@ pub(crate) async fn run(
             };
             for desired in mapped {
                 let key = spec.key.run(desired.clone(), scope).map_err(|e| format!("sync.key: {e}"))?.first().and_then(key_text);
-                let desired = from_val(&desired);
                 let Some(key) = key else {
-                    tally.failed("(no key)", &CallError::new(format!("the mapped record has no `{}`: {}", spec.key.text(), shorten(&desired))));
+                    tally.failed("(no key)", &CallError::new(format!("the mapped record has no `{}`: {}", spec.key.text(), shorten(&from_val(&desired)))));
                     continue;
                 };
-                let duplicate = !page_keys.insert(key.clone()) || ctx.store.sync_seen(ctx.run_id, index, &key).map_err(|e| e.to_string())?.is_some();
+                let duplicate = !page_keys.insert(key.clone()) || ctx.store.sync_indexed(ctx.run_id, index, &key).map_err(|e| e.to_string())?.is_some();
                 if duplicate {
-                    tally.failed(&key, &CallError::new("another source record has the same key; it was written once"));
+                    tally.failed(&key, &CallError::new("another source record has the same key; the first one is synced"));
                     continue;
                 }
-                seen.push((key.clone(), SeenMark::Source));
-                let current = ctx.store.sync_target(ctx.run_id, index, &key).map_err(|e| e.to_string())?;
-                let write = match current {
-                    None => Write { key, record: desired, action: PlannedAction::Create, changes: vec![] },
-                    Some(text) => {
-                        let current: Value = serde_json::from_str(&text).map_err(|e| format!("run store: an indexed record does not parse: {e}"))?;
-                        let changes = changed_fields(&desired, &current);
-                        let mut record = desired;
-                        // Point the upsert at the record it updates.
-                        if let (Value::Object(fields), Some(id)) = (&mut record, current.get(&target_resource.id_field))
-                            && !fields.contains_key(&target_resource.id_field)
-                        {
-                            fields.insert(target_resource.id_field.clone(), id.clone());
-                        }
-                        let action = if changes.is_empty() { PlannedAction::Unchanged } else { PlannedAction::Update };
-                        Write { key, record, action, changes }
-                    }
-                };
-                writes.push(write);
+                entries.push((key, desired.to_string()));
             }
         }
-        apply_writes(ctx, step, target, target_resource.offers(Op::UpsertBatch), writes, &mut tally).await;
+        let progress = tally.state.sync.get_or_insert_with(Default::default);
+        progress.source_pages += 1;
+        progress.source_records += entries.len() as u64;
+        progress.source_cursor = page.next_cursor;
+        if progress.source_cursor.is_none() {
+            progress.phase = SyncPhase::Target;
+        }
+        tally.output();
+        ctx.store.commit_sync_index(ctx.run_id, tally.state, &entries).await.map_err(|e| e.to_string())?;
+        ctx.observer.items_committed(step, tally.state.counts.read);
+    }
+
+    // 2. The target, page by page: update what differs, remove what the
+    // source no longer has.
+    let irreversible = target_resource.is_irreversible(Op::Remove);
+    while phase(&tally) == SyncPhase::Target {
+        if let Some(end) = ctx.stop_reason() {
+            return Ok(end);
+        }
+        let cursor = tally.state.sync.as_ref().and_then(|p| p.target_cursor.clone());
+        let request = ListRequest { resource: step.resource.clone(), cursor: cursor.clone(), page_size: target_resource.max_page_size, filter: None };
+        let (result, _) = with_retry(&step.retry, step.timeout, || target.list(request.clone())).await;
+        let page = result.map_err(|e| format!("reading {}: {}", step.target(), e.message))?;
+        if page.next_cursor.is_some() && page.next_cursor == cursor {
+            return Err(format!("plugin {} returned the cursor it was given; stopping to avoid an endless list", target.name()));
+        }
+        let mut writes = Vec::new();
+        let mut removals = Vec::new();
+        let mut matched: Vec<(String, SeenMark)> = Vec::new();
+        let mut page_keys = HashSet::new();
+        for text in &page.records {
+            let current_val = parse_val(text).map_err(|e| format!("plugin {}: list returned a record that is {e}", target.name()))?;
+            let key = spec.key.run(current_val.clone(), scope).map_err(|e| format!("sync.key on a {} record: {e}", step.target()))?;
+            let Some(key) = key.first().and_then(key_text) else { continue };
+            let current = from_val(&current_val);
+            let seen_before = !page_keys.insert(key.clone()) || ctx.store.sync_seen(ctx.run_id, index, &key).map_err(|e| e.to_string())?.is_some();
+            if seen_before {
+                // A second target record with a key already matched: leave
+                // it alone rather than guess which is the real one.
+                tally.target_duplicates += 1;
+                continue;
+            }
+            match ctx.store.sync_indexed(ctx.run_id, index, &key).map_err(|e| e.to_string())? {
+                Some(indexed) => {
+                    let desired: Value = serde_json::from_str(&indexed).map_err(|e| format!("run store: an indexed record does not parse: {e}"))?;
+                    let changes = changed_fields(&desired, &current);
+                    let mut record = desired;
+                    // Point the upsert at the record it updates.
+                    if let (Value::Object(fields), Some(id)) = (&mut record, current.get(&target_resource.id_field))
+                        && !fields.contains_key(&target_resource.id_field)
+                    {
+                        fields.insert(target_resource.id_field.clone(), id.clone());
+                    }
+                    let action = if changes.is_empty() { PlannedAction::Unchanged } else { PlannedAction::Update };
+                    matched.push((key.clone(), SeenMark::Matched));
+                    writes.push(Write { key, record, action, changes });
+                }
+                None if spec.delete_missing => match current.get(&target_resource.id_field).and_then(|v| key_text(&crate::expr::to_val(v))) {
+                    Some(id) => removals.push((key, id)),
+                    None => tally.failed(&key, &CallError::new(format!("the target record has no `{}` to remove it by", target_resource.id_field))),
+                },
+                None => {}
+            }
+        }
+        apply_writes(ctx, step, target, false, writes, &mut tally).await;
+        remove(ctx, step, target, irreversible, removals, &mut tally).await;
         if let Some(message) = tally.fatal.clone() {
             return Err(format!("stopped: {message}"));
         }
         let progress = tally.state.sync.get_or_insert_with(Default::default);
-        progress.source_pages += 1;
-        progress.source_cursor = page.next_cursor;
-        if progress.source_cursor.is_none() {
-            progress.phase = if spec.delete_missing { SyncPhase::Delete } else { SyncPhase::Done };
+        progress.target_pages += 1;
+        progress.target_records += page.records.len() as u64;
+        progress.target_cursor = page.next_cursor;
+        if progress.target_cursor.is_none() {
+            progress.phase = SyncPhase::Create;
         }
         tally.output();
-        ctx.store.commit_sync_seen(ctx.run_id, tally.state, &seen).await.map_err(|e| e.to_string())?;
-        ctx.observer.items_committed(step, tally.state.counts.read);
+        ctx.store.commit_sync_seen(ctx.run_id, tally.state, &matched).await.map_err(|e| e.to_string())?;
     }
 
-    // 3. What the source no longer has.
-    let irreversible = target_resource.is_irreversible(Op::Remove);
-    while phase(&tally) == SyncPhase::Delete {
+    // 3. What the target lacks.
+    let batch = target_resource.offers(Op::UpsertBatch);
+    while phase(&tally) == SyncPhase::Create {
         if let Some(end) = ctx.stop_reason() {
             return Ok(end);
         }
-        let group: Vec<(String, String)> = ctx.store.sync_unseen(ctx.run_id, index).take(DELETE_GROUP).collect::<Result<_, _>>().map_err(|e| e.to_string())?;
+        let group: Vec<(String, String)> = ctx.store.sync_unseen(ctx.run_id, index).take(CREATE_GROUP).collect::<Result<_, _>>().map_err(|e| e.to_string())?;
         if group.is_empty() {
             tally.state.sync.get_or_insert_with(Default::default).phase = SyncPhase::Done;
             tally.output();
             ctx.store.commit_sync_seen(ctx.run_id, tally.state, &[]).await.map_err(|e| e.to_string())?;
             break;
         }
-        let mut removals = Vec::new();
-        for (key, text) in &group {
-            let record: Value = serde_json::from_str(text).map_err(|e| format!("run store: an indexed record does not parse: {e}"))?;
-            match record.get(&target_resource.id_field).and_then(|v| key_text(&crate::expr::to_val(v))) {
-                Some(id) => removals.push((key.clone(), id)),
-                None => tally.failed(key, &CallError::new(format!("the target record has no `{}` to remove it by", target_resource.id_field))),
-            }
+        let mut writes = Vec::with_capacity(group.len());
+        let mut marks = Vec::with_capacity(group.len());
+        for (key, text) in group {
+            let record: Value = serde_json::from_str(&text).map_err(|e| format!("run store: an indexed record does not parse: {e}"))?;
+            marks.push((key.clone(), SeenMark::Created));
+            writes.push(Write { key, record, action: PlannedAction::Create, changes: vec![] });
         }
-        if ctx.dry_run {
-            for (key, id) in &removals {
-                tally.plan.add(PlanEntry { action: PlannedAction::Remove, key: Some(format!("{key} ({id})")), changes: vec![], record: None, irreversible });
-            }
-        } else {
-            let results: Vec<(String, Result<RemoveOutcome, CallError>)> = stream::iter(removals)
-                .map(|(key, id)| async move {
-                    let (result, _) = with_retry(&step.retry, step.timeout, || target.remove(&step.resource, &id)).await;
-                    (key, result)
-                })
-                .buffer_unordered(step.concurrency.max(1) as usize)
-                .collect()
-                .await;
-            for (key, result) in results {
-                match result {
-                    Ok(RemoveOutcome::Removed) => tally.state.counts.removed += 1,
-                    Ok(RemoveOutcome::AlreadyAbsent) => tally.state.counts.absent += 1,
-                    Err(e) => tally.failed(&key, &e),
-                }
-            }
-            if let Some(message) = tally.fatal.clone() {
-                return Err(format!("stopped: {message}"));
-            }
+        apply_writes(ctx, step, target, batch, writes, &mut tally).await;
+        if let Some(message) = tally.fatal.clone() {
+            return Err(format!("stopped: {message}"));
         }
-        let marks: Vec<(String, SeenMark)> = group.into_iter().map(|(key, _)| (key, SeenMark::Deleted)).collect();
         tally.output();
         ctx.store.commit_sync_seen(ctx.run_id, tally.state, &marks).await.map_err(|e| e.to_string())?;
     }
@@ -274,6 +271,35 @@ pub(crate) async fn run(
         ));
     }
     Ok(StepEnd::Done)
+}
+
+/// Removes target records (or plans it).
+async fn remove(ctx: &RunCtx<'_>, step: &Step, target: &dyn Endpoint, irreversible: bool, removals: Vec<(String, String)>, tally: &mut Tally<'_>) {
+    if removals.is_empty() {
+        return;
+    }
+    if ctx.dry_run {
+        for (key, id) in removals {
+            let shown = if key == id { key } else { format!("{key} ({id})") };
+            tally.plan.add(PlanEntry { action: PlannedAction::Remove, key: Some(shown), changes: vec![], record: None, irreversible });
+        }
+        return;
+    }
+    let results: Vec<(String, Result<RemoveOutcome, CallError>)> = stream::iter(removals)
+        .map(|(key, id)| async move {
+            let (result, _) = with_retry(&step.retry, step.timeout, || target.remove(&step.resource, &id)).await;
+            (key, result)
+        })
+        .buffer_unordered(step.concurrency.max(1) as usize)
+        .collect()
+        .await;
+    for (key, result) in results {
+        match result {
+            Ok(RemoveOutcome::Removed) => tally.state.counts.removed += 1,
+            Ok(RemoveOutcome::AlreadyAbsent) => tally.state.counts.absent += 1,
+            Err(e) => tally.failed(&key, &e),
+        }
+    }
 }
 
 fn phase(tally: &Tally<'_>) -> SyncPhase {
