@@ -409,7 +409,7 @@ impl Executor {
             )
             .map_err(|source| ExecError::Http { connection: connection.name.clone(), source })?;
             let context = CallContext { base_url: http.base_url(), settings: connection.settings.clone() };
-            live.insert(connection.name.clone(), Arc::new(PluginEndpoint { plugin, http: Arc::new(http), context }));
+            live.insert(connection.name.clone(), Arc::new(PluginEndpoint::new(plugin, Arc::new(http), context)));
         }
         Ok(live)
     }
@@ -657,7 +657,7 @@ impl Executor {
             }
             _ if step.for_each.is_some() => foreach::run(ctx, workflow, step, index, endpoint.as_ref(), state, scope).await,
             _ => {
-                let result = ops::item(ctx, step, endpoint.as_ref(), scope, 0).await.map_err(|e| e.message)?;
+                let result = ops::item(ctx, step, endpoint.as_ref(), scope, 0, true).await.map_err(|e| e.message)?;
                 result.count(&mut state.counts);
                 state.output = Some(result.output);
                 if let Some(entry) = result.plan {

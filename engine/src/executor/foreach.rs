@@ -99,14 +99,18 @@ pub(crate) async fn run(
     let resuming = state.items > 0 || ctx.store.items(ctx.run_id, index).next().is_some();
     let mut errors: Vec<String> = Vec::new();
     let mut plan = StepPlan::default();
+    // Items committed before an interruption: a bit per item number.
+    let mut done = ItemSet::default();
     if resuming {
         // Recount from what was committed: the step state is written
         // with each group, but only the items are the truth.
         state.counts = StepCounts::default();
         state.items = 0;
         for entry in ctx.store.items(ctx.run_id, index) {
-            let (_, record) = entry.map_err(|e| e.to_string())?;
-            tally(state, &record, &mut errors);
+            let (n, record) = entry.map_err(|e| e.to_string())?;
+            if done.insert(n) {
+                tally(state, &record, &mut errors);
+            }
         }
         if let Some(saved) = state.plan.as_ref().and_then(|p| serde_json::from_value::<StepPlan>(p.clone()).ok()) {
             plan = saved;
@@ -134,12 +138,12 @@ pub(crate) async fn run(
             };
             let n = next;
             next += 1;
-            if resuming && ctx.store.item(ctx.run_id, index, n).map_err(|e| e.to_string())?.is_some() {
+            if done.contains(n) {
                 continue;
             }
             let item_scope = scope.with_item_val(item);
             in_flight.push(async move {
-                let result = ops::item(ctx, step, endpoint, &item_scope, n).await;
+                let result = ops::item(ctx, step, endpoint, &item_scope, n, false).await;
                 (n, result)
             });
         }
@@ -189,6 +193,29 @@ pub(crate) async fn run(
         ));
     }
     Ok(StepEnd::Done)
+}
+
+/// A set of item numbers, a bit each: a million items cost 125 KB.
+#[derive(Default)]
+struct ItemSet {
+    words: Vec<u64>,
+}
+
+impl ItemSet {
+    /// Adds `n`; `false` if it was there.
+    fn insert(&mut self, n: u64) -> bool {
+        let (word, bit) = ((n / 64) as usize, n % 64);
+        if self.words.len() <= word {
+            self.words.resize(word + 1, 0);
+        }
+        let fresh = self.words[word] & (1 << bit) == 0;
+        self.words[word] |= 1 << bit;
+        fresh
+    }
+
+    fn contains(&self, n: u64) -> bool {
+        self.words.get((n / 64) as usize).is_some_and(|w| w & (1 << (n % 64)) != 0)
+    }
 }
 
 fn tally(state: &mut StepState, record: &ItemRecord, errors: &mut Vec<String>) {

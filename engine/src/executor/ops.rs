@@ -138,20 +138,21 @@ fn id_of(record: &Value, id_field: &str) -> Option<String> {
 
 /// Runs the step's op once (with its retries) in `scope`; `item` numbers
 /// the write's idempotency key.
-pub(crate) async fn item(ctx: &RunCtx<'_>, step: &Step, endpoint: &dyn Endpoint, scope: &Scope, item: u64) -> Result<OpResult, CallError> {
+/// `keep_output` builds the step's output value; a for-each keeps only each
+/// item's action and id, so it skips that work.
+pub(crate) async fn item(ctx: &RunCtx<'_>, step: &Step, endpoint: &dyn Endpoint, scope: &Scope, item: u64, keep_output: bool) -> Result<OpResult, CallError> {
     let resource = endpoint
         .manifest()
         .resource(&step.resource)
-        .cloned()
         .ok_or_else(|| CallError::new(format!("plugin {} has no resource {}", endpoint.name(), step.resource)))?;
-    let plugin = endpoint.name().to_owned();
+    let plugin = endpoint.name();
     match &step.action {
         Action::Get { key } => {
             let id = key_of(key.render(scope).map_err(CallError::new)?, "key")?;
             let (result, _) = with_retry(&step.retry, step.timeout, || endpoint.get(&step.resource, &id)).await;
             let output = match result? {
                 Some(text) => {
-                    let record = parse_record(&text, &plugin, "get")?;
+                    let record = parse_record(&text, plugin, "get")?;
                     match &step.map {
                         Some(map) => map.eval(&record, scope).map_err(|e| CallError::new(format!("map: {e}")))?,
                         None => record,
@@ -170,21 +171,20 @@ pub(crate) async fn item(ctx: &RunCtx<'_>, step: &Step, endpoint: &dyn Endpoint,
             if ctx.dry_run {
                 return plan_upsert(step, endpoint, &resource.id_field, desired).await;
             }
-            let request = UpsertRequest {
-                resource: step.resource.clone(),
-                record: desired.to_string(),
-                idempotency_key: idempotency_key(ctx.run_id, &step.id, item),
-            };
+            let desired_text = desired.to_string();
+            drop(desired);
+            let request = UpsertRequest { resource: step.resource.clone(), record: desired_text, idempotency_key: idempotency_key(ctx.run_id, &step.id, item) };
             let (result, _) = with_retry(&step.retry, step.timeout, || endpoint.upsert(request.clone())).await;
             let outcome = result?;
-            let record = parse_record(&outcome.record, &plugin, "upsert")?;
+            let record = parse_record(&outcome.record, plugin, "upsert")?;
             let action = match outcome.action {
                 UpsertAction::Created => "created",
                 UpsertAction::Updated => "updated",
                 UpsertAction::Unchanged => "unchanged",
             };
             let id = id_of(&record, &resource.id_field);
-            Ok(OpResult { action, id, output: serde_json::json!({ "action": outcome.action, "record": record }), plan: None })
+            let output = if keep_output { serde_json::json!({ "action": outcome.action, "record": record }) } else { Value::Null };
+            Ok(OpResult { action, id, output, plan: None })
         }
         Action::Remove { key } => {
             let id = key_of(key.render(scope).map_err(CallError::new)?, "key")?;
