@@ -373,8 +373,12 @@ async fn run(global: &Global, path: &Path, command: RunCommand) -> Result<ExitCo
     if !command.json {
         eprintln!("running {} ({}){}", workflow.name, path.display(), if command.dry_run { ", dry run: reads are real, no write is sent" } else { "" });
     }
-    let printer = Printer { quiet: command.json };
-    let options = RunOptions { inputs, dry_run: command.dry_run, overrides, stop: stop_on_signals(), ..RunOptions::default() };
+    let printer = Printer::new(command.json);
+    // A sandbox run's emulators die with this process; marking the run
+    // lets `weft runs resume` refuse it instead of sending its writes to
+    // the real vendors.
+    let trigger = if command.sandbox { "sandbox" } else { "manual" }.to_owned();
+    let options = RunOptions { inputs, dry_run: command.dry_run, overrides, trigger, stop: stop_on_signals(), ..RunOptions::default() };
     let summary = executor.start(&workflow, &options, &printer).await?;
     report(&summary, command.json)?;
     if let Some(emulators) = emulators {
@@ -417,6 +421,28 @@ fn peak_rss_bytes() -> Option<u64> {
 
 struct Printer {
     quiet: bool,
+    /// When progress was last shown, to show it every few seconds on a
+    /// terminal and never in a log.
+    last_progress: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl Printer {
+    fn new(quiet: bool) -> Self {
+        Printer { quiet, last_progress: std::sync::Mutex::new(None) }
+    }
+
+    fn progress(&self, step: &Step, what: std::fmt::Arguments<'_>) {
+        use std::io::IsTerminal as _;
+        if self.quiet || !std::io::stderr().is_terminal() {
+            return;
+        }
+        let Ok(mut last) = self.last_progress.lock() else { return };
+        if last.is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(2)) {
+            return;
+        }
+        *last = Some(std::time::Instant::now());
+        eprintln!("  ...  {:<16} {what}", step.id);
+    }
 }
 
 impl Observer for Printer {
@@ -424,6 +450,14 @@ impl Observer for Printer {
         if !self.quiet {
             eprintln!("run {}{}", run.id, if run.resumes > 0 { format!(" (resumed, attempt {})", run.resumes + 1) } else { String::new() });
         }
+    }
+
+    fn page_committed(&self, step: &Step, records_so_far: u64) {
+        self.progress(step, format_args!("{records_so_far} records read"));
+    }
+
+    fn items_committed(&self, step: &Step, done: u64) {
+        self.progress(step, format_args!("{done} done"));
     }
 
     fn step_finished(&self, step: &Step, _state: &StepState, s: &StepSummary) {
@@ -565,8 +599,12 @@ async fn runs(global: &Global, command: RunsCommand) -> Result<ExitCode> {
             }
         }
         RunsCommand::Resume { run, json } => {
+            if store.run(&run)?.trigger == "sandbox" {
+                eprintln!("error: run {run} ran against weft run --sandbox's in-process emulators, which ended with that process; start it again with weft run --sandbox");
+                return Ok(ExitCode::from(exit::INVALID));
+            }
             let executor = Executor::new(wasm_runtime(global)?, store);
-            let printer = Printer { quiet: json };
+            let printer = Printer::new(json);
             let options = RunOptions { stop: stop_on_signals(), ..RunOptions::default() };
             let summary = executor.resume(&run, &options, &printer).await?;
             report(&summary, json)?;

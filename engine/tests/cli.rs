@@ -372,3 +372,19 @@ async fn while_serve_holds_the_store_runs_go_through_its_api_and_run_says_why_it
     assert!(!address.exists(), "the address file is removed on exit");
     Ok(())
 }
+
+#[test]
+fn a_sandbox_run_is_not_resumed_against_the_real_vendors() -> TestResult {
+    let dirs = Dirs::new()?;
+    let export = Path::new(env!("CARGO_MANIFEST_DIR")).join("../workflows/stripe-export.toml");
+    let ran = dirs.command().args(["run", "--sandbox", "--seed", "5", "--json"]).arg(&export).output()?;
+    let summary = stdout_json(&ran)?;
+    let id = summary["run_id"].as_str().ok_or("a run id")?;
+    let resumed = dirs.command().args(["runs", "resume", id]).output()?;
+    assert_eq!(resumed.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&resumed.stderr);
+    assert!(stderr.contains("in-process emulators"), "{stderr}");
+    let shown = stdout_json(&dirs.command().args(["runs", "show", "--json", id]).output()?)?;
+    assert_eq!(shown["trigger"], "sandbox");
+    Ok(())
+}
