@@ -8,6 +8,7 @@
 mod foreach;
 mod list;
 mod ops;
+mod sorted;
 pub mod plan;
 mod sync;
 

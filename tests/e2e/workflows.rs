@@ -435,3 +435,47 @@ record = { id = "c${{ $item }}", name = "C", email = "c${{ $item }}@example.com"
     assert!(step.items < 15, "{step:?}");
     Ok(())
 }
+
+/// Stops the run (as SIGTERM would) at the `nth` progress report.
+struct StopAtReport {
+    nth: u64,
+    stop: weft::executor::StopSignal,
+    seen: AtomicU64,
+}
+
+impl Observer for StopAtReport {
+    fn items_committed(&self, _step: &Step, _done: u64) {
+        if self.seen.fetch_add(1, Ordering::Relaxed) + 1 >= self.nth {
+            self.stop.shutdown.cancel();
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_interrupted_sync_resumes_mid_merge_and_creates_each_record_once() -> TestResult {
+    let sandbox = sandbox(0).await?;
+    for i in 0..1200 {
+        sandbox.stripe.emulator.insert_customer(json!({ "email": format!("m{i}@merge.example"), "name": format!("M {i}") }));
+    }
+    let harness = Harness::new()?;
+    let wf = workflow(harness.files.path(), &flow("sync", SYNC))?;
+    let stop = weft::executor::StopSignal::default();
+    // Report 1 is the source scan, 2 the target scan; 3 is the first group
+    // of 500 merged keys.
+    let observer = StopAtReport { nth: 3, stop: stop.clone(), seen: AtomicU64::new(0) };
+    let options = RunOptions { overrides: overrides(&sandbox, &VENDORS), stop, ..RunOptions::default() };
+    let first = harness.executor.start(&wf, &options, &observer).await?;
+    assert_eq!(first.status, Status::Running, "interrupted: {first:#?}");
+    let made = sandbox.metronome.emulator.customer_count();
+    assert!((1..1200).contains(&made), "stopped mid-merge: {made}");
+
+    let resumed = harness.executor.resume(&first.run_id, &RunOptions { overrides: overrides(&sandbox, &VENDORS), ..RunOptions::default() }, &Silent).await?;
+    assert_eq!(resumed.status, Status::Succeeded, "{resumed:#?}");
+    assert_eq!(resumed.steps[0].counts.created, 1200, "{:?}", resumed.steps[0]);
+    let customers = sandbox.metronome.emulator.customers();
+    let ids: std::collections::HashSet<String> = customers.iter().filter_map(|c| c["external_id"].as_str().map(str::to_owned)).collect();
+    assert_eq!((customers.len(), ids.len()), (1200, 1200), "each Stripe customer once in Metronome");
+    let scratch = harness.state.path().join("scratch");
+    assert!(!scratch.join(&first.run_id).exists(), "the sorted runs are removed when the sync ends");
+    Ok(())
+}

@@ -1,26 +1,25 @@
 //! A sync step: make the target resource look like the source.
 //!
-//! Three phases, each durable page by page:
+//! An external sort-merge, so memory stays flat whatever the record count:
 //!
-//! 1. the source is listed, each record mapped and keyed, into an index in
-//!    the run store (sled, not memory: a million records cost disk, not
-//!    RAM; and the mapped records are only the fields the sync sets, far
-//!    smaller than a vendor's whole record). Two source records with one
-//!    key are a failure of the second;
-//! 2. the target is listed page by page; each record is keyed and looked
-//!    up in the index: a match whose fields differ is updated, a match that
-//!    already agrees is unchanged, no match is removed when
-//!    `delete_missing` says so. The page's writes run `concurrency` at a
-//!    time, and the matched keys are marked together with the cursor;
-//! 3. every indexed source record no target record matched is created,
-//!    through the connector's batch upsert when it has one.
+//! 1. the source is listed page by page; each record is mapped and keyed,
+//!    and the mapped records are buffered and written as sorted runs in the
+//!    step's scratch directory (the cursor is committed with each run);
+//! 2. the target is listed into sorted runs the same way;
+//! 3. both sides are merged by key: a key only the source has is created, a
+//!    key both have is updated when a field the mapped record sets differs
+//!    and otherwise unchanged, a key only the target has is removed when
+//!    `delete_missing` says so. Writes run `concurrency` at a time in
+//!    groups; after each group the last key done and the counts are
+//!    committed.
 //!
-//! A crash in the middle of a page redoes that page: writes carry
-//! idempotency keys derived from the run, the step and the record's key,
-//! the connectors' upserts match existing records, and a remove of a
-//! removed record is `already-absent`, so nothing is written twice.
+//! A crash in the middle redoes at most a run's worth of pages or one group
+//! of writes: writes carry idempotency keys derived from the run, the step
+//! and the record's key, the connectors' upserts match existing records, and
+//! removing a removed record is `already-absent`, so nothing is written
+//! twice.
 
-use std::collections::HashSet;
+use std::path::Path;
 
 use futures_util::StreamExt as _;
 use futures_util::stream::{self, FuturesUnordered};
@@ -28,23 +27,24 @@ use serde_json::Value;
 
 use super::ops::{CallError, with_retry};
 use super::plan::{PlanEntry, PlannedAction, StepPlan, changed_fields};
+use super::sorted::{Buffer, Merged, run_path};
 use super::{RunCtx, StepEnd, key_text, sync_idempotency_key};
-use crate::connector::{BatchItem, ConnectorError, ListRequest, Op, RemoveOutcome, UpsertAction, UpsertOutcome, UpsertRequest};
+use crate::connector::{BatchItem, ConnectorError, ListRequest, Op, RemoveOutcome, ResourceSpec, UpsertAction, UpsertOutcome, UpsertRequest};
 use crate::endpoint::Endpoint;
 use crate::expr::{Scope, from_val, parse_val};
-use crate::store::{SeenMark, StepState, SyncPhase};
+use crate::store::{StepState, SyncPhase, SyncProgress};
 use crate::workflow::{Step, SyncSpec};
 
 /// Records per batch upsert.
 const BATCH: usize = 100;
 
-/// Source records created per commit in the create phase.
-const CREATE_GROUP: usize = 500;
+/// Keys the merge decides before it writes and commits them.
+const GROUP: usize = 500;
 
 /// Failed records kept in the step's output.
 const ERRORS_KEPT: usize = 10;
 
-/// What to do with one source record.
+/// What to do with one key.
 struct Write {
     key: String,
     record: Value,
@@ -79,6 +79,10 @@ impl Tally<'_> {
         }
     }
 
+    fn progress(&mut self) -> &mut SyncProgress {
+        self.state.sync.get_or_insert_with(Default::default)
+    }
+
     fn output(&mut self) {
         let progress = self.state.sync.clone().unwrap_or_default();
         self.state.output = Some(serde_json::json!({
@@ -90,6 +94,22 @@ impl Tally<'_> {
         }));
         if !self.plan.samples.is_empty() || self.plan.writes() > 0 || self.plan.unchanged > 0 {
             self.state.plan = serde_json::to_value(&self.plan).ok();
+        }
+    }
+}
+
+/// Which side a scan reads.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Source,
+    Target,
+}
+
+impl Side {
+    fn name(self) -> &'static str {
+        match self {
+            Side::Source => "source",
+            Side::Target => "target",
         }
     }
 }
@@ -112,157 +132,36 @@ pub(crate) async fn run(
         Some(f) => Some(f.render(scope).map_err(|e| format!("sync.filter: {e}"))?.to_string()),
         None => None,
     };
+    let dir = ctx.store.scratch_dir(ctx.run_id, index).map_err(|e| e.to_string())?;
     let plan = state.plan.as_ref().and_then(|p| serde_json::from_value::<StepPlan>(p.clone()).ok()).unwrap_or_default();
     let errors = state.output.as_ref().and_then(|o| o.get("errors")).and_then(|e| serde_json::from_value(e.clone()).ok()).unwrap_or_default();
-    state.sync.get_or_insert_with(Default::default);
     let target_duplicates = state.output.as_ref().and_then(|o| o.get("target_duplicates")).and_then(Value::as_u64).unwrap_or(0);
+    state.sync.get_or_insert_with(Default::default);
     let mut tally = Tally { state, plan, errors, fatal: None, target_duplicates };
 
-    // 1. The source, mapped, into the index.
-    while phase(&tally) == SyncPhase::Source {
-        if let Some(end) = ctx.stop_reason() {
+    for side in [Side::Source, Side::Target] {
+        let wanted = if side == Side::Source { SyncPhase::Source } else { SyncPhase::Target };
+        if tally.progress().phase != wanted {
+            continue;
+        }
+        let (endpoint, resource, resource_spec, filter) = match side {
+            Side::Source => (source, spec.from.resource.as_str(), &source_resource, filter.clone()),
+            Side::Target => (target, step.resource.as_str(), &target_resource, None),
+        };
+        if let Some(end) = scan(ctx, step, spec, side, endpoint, resource, resource_spec, filter, &dir, scope, &mut tally).await? {
             return Ok(end);
         }
-        let cursor = tally.state.sync.as_ref().and_then(|p| p.source_cursor.clone());
-        let request = ListRequest { resource: spec.from.resource.clone(), cursor: cursor.clone(), page_size: source_resource.max_page_size, filter: filter.clone() };
-        let (result, _) = with_retry(&step.retry, step.timeout, || source.list(request.clone())).await;
-        let page = result.map_err(|e| format!("reading {}: {}", spec.from, e.message))?;
-        if page.next_cursor.is_some() && page.next_cursor == cursor {
-            return Err(format!("plugin {} returned the cursor it was given; stopping to avoid an endless list", source.name()));
-        }
-        tally.state.counts.read += page.records.len() as u64;
-        let mut entries: Vec<(String, String)> = Vec::with_capacity(page.records.len());
-        let mut page_keys = HashSet::new();
-        for text in &page.records {
-            let record = parse_val(text).map_err(|e| format!("plugin {}: list returned a record that is {e}", source.name()))?;
-            let mapped = match &step.map {
-                Some(map) => map.run(record, scope).map_err(|e| format!("map: {e}"))?,
-                None => vec![record],
-            };
-            for desired in mapped {
-                let key = spec.key.run(desired.clone(), scope).map_err(|e| format!("sync.key: {e}"))?.first().and_then(key_text);
-                let Some(key) = key else {
-                    tally.failed("(no key)", &CallError::new(format!("the mapped record has no `{}`: {}", spec.key.text(), shorten(&from_val(&desired)))));
-                    continue;
-                };
-                let duplicate = !page_keys.insert(key.clone()) || ctx.store.sync_indexed(ctx.run_id, index, &key).map_err(|e| e.to_string())?.is_some();
-                if duplicate {
-                    tally.failed(&key, &CallError::new("another source record has the same key; the first one is synced"));
-                    continue;
-                }
-                entries.push((key, desired.to_string()));
-            }
-        }
-        let progress = tally.state.sync.get_or_insert_with(Default::default);
-        progress.source_pages += 1;
-        progress.source_records += entries.len() as u64;
-        progress.source_cursor = page.next_cursor;
-        if progress.source_cursor.is_none() {
-            progress.phase = SyncPhase::Target;
-        }
-        tally.output();
-        ctx.store.commit_sync_index(ctx.run_id, tally.state, &entries).await.map_err(|e| e.to_string())?;
-        ctx.observer.items_committed(step, tally.state.counts.read);
     }
 
-    // 2. The target, page by page: update what differs, remove what the
-    // source no longer has.
-    let irreversible = target_resource.is_irreversible(Op::Remove);
-    while phase(&tally) == SyncPhase::Target {
-        if let Some(end) = ctx.stop_reason() {
-            return Ok(end);
-        }
-        let cursor = tally.state.sync.as_ref().and_then(|p| p.target_cursor.clone());
-        let request = ListRequest { resource: step.resource.clone(), cursor: cursor.clone(), page_size: target_resource.max_page_size, filter: None };
-        let (result, _) = with_retry(&step.retry, step.timeout, || target.list(request.clone())).await;
-        let page = result.map_err(|e| format!("reading {}: {}", step.target(), e.message))?;
-        if page.next_cursor.is_some() && page.next_cursor == cursor {
-            return Err(format!("plugin {} returned the cursor it was given; stopping to avoid an endless list", target.name()));
-        }
-        let mut writes = Vec::new();
-        let mut removals = Vec::new();
-        let mut matched: Vec<(String, SeenMark)> = Vec::new();
-        let mut page_keys = HashSet::new();
-        for text in &page.records {
-            let current_val = parse_val(text).map_err(|e| format!("plugin {}: list returned a record that is {e}", target.name()))?;
-            let key = spec.key.run(current_val.clone(), scope).map_err(|e| format!("sync.key on a {} record: {e}", step.target()))?;
-            let Some(key) = key.first().and_then(key_text) else { continue };
-            let current = from_val(&current_val);
-            let seen_before = !page_keys.insert(key.clone()) || ctx.store.sync_seen(ctx.run_id, index, &key).map_err(|e| e.to_string())?.is_some();
-            if seen_before {
-                // A second target record with a key already matched: leave
-                // it alone rather than guess which is the real one.
-                tally.target_duplicates += 1;
-                continue;
-            }
-            match ctx.store.sync_indexed(ctx.run_id, index, &key).map_err(|e| e.to_string())? {
-                Some(indexed) => {
-                    let desired: Value = serde_json::from_str(&indexed).map_err(|e| format!("run store: an indexed record does not parse: {e}"))?;
-                    let changes = changed_fields(&desired, &current);
-                    let mut record = desired;
-                    // Point the upsert at the record it updates.
-                    if let (Value::Object(fields), Some(id)) = (&mut record, current.get(&target_resource.id_field))
-                        && !fields.contains_key(&target_resource.id_field)
-                    {
-                        fields.insert(target_resource.id_field.clone(), id.clone());
-                    }
-                    let action = if changes.is_empty() { PlannedAction::Unchanged } else { PlannedAction::Update };
-                    matched.push((key.clone(), SeenMark::Matched));
-                    writes.push(Write { key, record, action, changes });
-                }
-                None if spec.delete_missing => match current.get(&target_resource.id_field).and_then(|v| key_text(&crate::expr::to_val(v))) {
-                    Some(id) => removals.push((key, id)),
-                    None => tally.failed(&key, &CallError::new(format!("the target record has no `{}` to remove it by", target_resource.id_field))),
-                },
-                None => {}
-            }
-        }
-        apply_writes(ctx, step, target, false, writes, &mut tally).await;
-        remove(ctx, step, target, irreversible, removals, &mut tally).await;
-        if let Some(message) = tally.fatal.clone() {
-            return Err(format!("stopped: {message}"));
-        }
-        let progress = tally.state.sync.get_or_insert_with(Default::default);
-        progress.target_pages += 1;
-        progress.target_records += page.records.len() as u64;
-        progress.target_cursor = page.next_cursor;
-        if progress.target_cursor.is_none() {
-            progress.phase = SyncPhase::Create;
-        }
-        tally.output();
-        ctx.store.commit_sync_seen(ctx.run_id, tally.state, &matched).await.map_err(|e| e.to_string())?;
-    }
-
-    // 3. What the target lacks.
-    let batch = target_resource.offers(Op::UpsertBatch);
-    while phase(&tally) == SyncPhase::Create {
-        if let Some(end) = ctx.stop_reason() {
-            return Ok(end);
-        }
-        let group: Vec<(String, String)> = ctx.store.sync_unseen(ctx.run_id, index).take(CREATE_GROUP).collect::<Result<_, _>>().map_err(|e| e.to_string())?;
-        if group.is_empty() {
-            tally.state.sync.get_or_insert_with(Default::default).phase = SyncPhase::Done;
-            tally.output();
-            ctx.store.commit_sync_seen(ctx.run_id, tally.state, &[]).await.map_err(|e| e.to_string())?;
-            break;
-        }
-        let mut writes = Vec::with_capacity(group.len());
-        let mut marks = Vec::with_capacity(group.len());
-        for (key, text) in group {
-            let record: Value = serde_json::from_str(&text).map_err(|e| format!("run store: an indexed record does not parse: {e}"))?;
-            marks.push((key.clone(), SeenMark::Created));
-            writes.push(Write { key, record, action: PlannedAction::Create, changes: vec![] });
-        }
-        apply_writes(ctx, step, target, batch, writes, &mut tally).await;
-        if let Some(message) = tally.fatal.clone() {
-            return Err(format!("stopped: {message}"));
-        }
-        tally.output();
-        ctx.store.commit_sync_seen(ctx.run_id, tally.state, &marks).await.map_err(|e| e.to_string())?;
+    if tally.progress().phase == SyncPhase::Merge
+        && let Some(end) = merge(ctx, step, &target_resource, spec, target, &dir, &mut tally).await?
+    {
+        return Ok(end);
     }
 
     tally.output();
-    ctx.store.clear_sync(ctx.run_id, index).map_err(|e| e.to_string())?;
+    ctx.store.commit_step(ctx.run_id, tally.state).await.map_err(|e| e.to_string())?;
+    ctx.store.remove_scratch(ctx.run_id, index).map_err(|e| e.to_string())?;
     if tally.state.counts.failed > 0 {
         return Err(format!(
             "{} records failed; first: {}",
@@ -271,6 +170,235 @@ pub(crate) async fn run(
         ));
     }
     Ok(StepEnd::Done)
+}
+
+/// Lists one side into sorted runs. A run is written when the buffer is
+/// full and at the end, and only then is the cursor after its last page
+/// committed: a resume re-reads the pages of the run that was not written.
+#[expect(clippy::too_many_arguments, reason = "one side of one step")]
+async fn scan(
+    ctx: &RunCtx<'_>,
+    step: &Step,
+    spec: &SyncSpec,
+    side: Side,
+    endpoint: &dyn Endpoint,
+    resource: &str,
+    resource_spec: &ResourceSpec,
+    filter: Option<String>,
+    dir: &Path,
+    scope: &Scope,
+    tally: &mut Tally<'_>,
+) -> Result<Option<StepEnd>, String> {
+    let progress = tally.progress().clone();
+    let (mut cursor, mut pages, mut records, mut runs) = match side {
+        Side::Source => (progress.source_cursor, progress.source_pages, progress.source_records, progress.source_runs),
+        Side::Target => (progress.target_cursor, progress.target_pages, progress.target_records, progress.target_runs),
+    };
+    // Counts of what the buffer holds, committed with its run.
+    let mut buffer = Buffer::default();
+    let (mut buffered_pages, mut buffered_records, mut buffered_read) = (0u32, 0u64, 0u64);
+    let started = pages > 0 || runs > 0;
+    let mut finished = started && cursor.is_none();
+    while !finished {
+        if let Some(end) = ctx.stop_reason() {
+            return Ok(Some(end));
+        }
+        let request = ListRequest { resource: resource.to_owned(), cursor: cursor.clone(), page_size: resource_spec.max_page_size, filter: filter.clone() };
+        let (result, _) = with_retry(&step.retry, step.timeout, || endpoint.list(request.clone())).await;
+        let page = result.map_err(|e| format!("reading {} ({}): {}", resource, side.name(), e.message))?;
+        if page.next_cursor.is_some() && page.next_cursor == cursor {
+            return Err(format!("plugin {} returned the cursor it was given; stopping to avoid an endless list", endpoint.name()));
+        }
+        for text in &page.records {
+            let record = parse_val(text).map_err(|e| format!("plugin {}: list returned a record that is {e}", endpoint.name()))?;
+            match side {
+                Side::Source => {
+                    let mapped = match &step.map {
+                        Some(map) => map.run(record, scope).map_err(|e| format!("map: {e}"))?,
+                        None => vec![record],
+                    };
+                    for desired in mapped {
+                        let key = spec.key.run(desired.clone(), scope).map_err(|e| format!("sync.key: {e}"))?.first().and_then(key_text);
+                        match key {
+                            Some(key) => {
+                                buffer.push(key, desired.to_string());
+                                buffered_records += 1;
+                            }
+                            None => tally.failed("(no key)", &CallError::new(format!("the mapped record has no `{}`: {}", spec.key.text(), shorten(&from_val(&desired))))),
+                        }
+                    }
+                }
+                Side::Target => {
+                    let key = spec.key.run(record, scope).map_err(|e| format!("sync.key on a {} record: {e}", step.target()))?;
+                    // A target record without the key is not the sync's.
+                    if let Some(key) = key.first().and_then(key_text) {
+                        buffer.push(key, text.clone());
+                    }
+                    buffered_records += 1;
+                }
+            }
+        }
+        buffered_read += page.records.len() as u64;
+        buffered_pages += 1;
+        cursor = page.next_cursor;
+        finished = cursor.is_none();
+        if buffer.is_full() || finished {
+            if !buffer.is_empty() {
+                buffer.write_run(&run_path(dir, side.name(), runs)).map_err(|e| format!("sync: cannot write a sorted run in {}: {e}", dir.display()))?;
+                runs += 1;
+            }
+            pages += buffered_pages;
+            records += buffered_records;
+            if side == Side::Source {
+                tally.state.counts.read += buffered_read;
+            }
+            (buffered_pages, buffered_records, buffered_read) = (0, 0, 0);
+            let p = tally.progress();
+            match side {
+                Side::Source => (p.source_cursor, p.source_pages, p.source_records, p.source_runs) = (cursor.clone(), pages, records, runs),
+                Side::Target => (p.target_cursor, p.target_pages, p.target_records, p.target_runs) = (cursor.clone(), pages, records, runs),
+            }
+            if finished {
+                p.phase = if side == Side::Source { SyncPhase::Target } else { SyncPhase::Merge };
+            }
+            tally.output();
+            ctx.store.commit_step(ctx.run_id, tally.state).await.map_err(|e| e.to_string())?;
+            if side == Side::Source {
+                ctx.observer.items_committed(step, tally.state.counts.read);
+            }
+        }
+    }
+    if started && side == Side::Source && tally.progress().phase == SyncPhase::Source {
+        tally.progress().phase = SyncPhase::Target;
+    } else if started && side == Side::Target && tally.progress().phase == SyncPhase::Target {
+        tally.progress().phase = SyncPhase::Merge;
+    }
+    Ok(None)
+}
+
+/// Merges the sorted sides and writes the differences, a group at a time.
+async fn merge(
+    ctx: &RunCtx<'_>,
+    step: &Step,
+    target_resource: &ResourceSpec,
+    spec: &SyncSpec,
+    target: &dyn Endpoint,
+    dir: &Path,
+    tally: &mut Tally<'_>,
+) -> Result<Option<StepEnd>, String> {
+    let progress = tally.progress().clone();
+    let mut sources = Merged::open(dir, "source", progress.source_runs)?;
+    let mut targets = Merged::open(dir, "target", progress.target_runs)?;
+    let done_through = progress.merged_through.clone();
+    let irreversible = target_resource.is_irreversible(Op::Remove);
+    let batch = target_resource.offers(Op::UpsertBatch);
+    let mut source_group = sources.next_group()?;
+    let mut target_group = targets.next_group()?;
+    loop {
+        if let Some(end) = ctx.stop_reason() {
+            return Ok(Some(end));
+        }
+        let mut writes = Vec::new();
+        let mut removals = Vec::new();
+        let mut last_key = None;
+        while writes.len() + removals.len() < GROUP {
+            let next_key = match (&source_group, &target_group) {
+                (None, None) => break,
+                (Some((s, _)), None) => s.clone(),
+                (None, Some((t, _))) => t.clone(),
+                (Some((s, _)), Some((t, _))) => s.min(t).clone(),
+            };
+            let from = if source_group.as_ref().is_some_and(|(k, _)| *k == next_key) { source_group.take().map(|(_, r)| r) } else { None };
+            let to = if target_group.as_ref().is_some_and(|(k, _)| *k == next_key) { target_group.take().map(|(_, r)| r) } else { None };
+            if from.is_some() {
+                source_group = sources.next_group()?;
+            }
+            if to.is_some() {
+                target_group = targets.next_group()?;
+            }
+            // Keys finished before an interruption.
+            if done_through.as_ref().is_some_and(|d| next_key <= *d) {
+                continue;
+            }
+            decide(&next_key, from, to, spec, target_resource, tally, &mut writes, &mut removals)?;
+            last_key = Some(next_key);
+        }
+        let Some(last_key) = last_key else { break };
+        apply_writes(ctx, step, target, batch, writes, tally).await;
+        remove(ctx, step, target, irreversible, removals, tally).await;
+        if let Some(message) = tally.fatal.clone() {
+            return Err(format!("stopped: {message}"));
+        }
+        tally.progress().merged_through = Some(last_key);
+        tally.output();
+        ctx.store.commit_step(ctx.run_id, tally.state).await.map_err(|e| e.to_string())?;
+        ctx.observer.items_committed(step, tally.state.counts.read);
+    }
+    tally.progress().phase = SyncPhase::Done;
+    Ok(None)
+}
+
+/// What one key calls for.
+#[expect(clippy::too_many_arguments, reason = "one key's two sides and where its writes go")]
+fn decide(
+    key: &str,
+    from: Option<Vec<String>>,
+    to: Option<Vec<String>>,
+    spec: &SyncSpec,
+    target_resource: &ResourceSpec,
+    tally: &mut Tally<'_>,
+    writes: &mut Vec<Write>,
+    removals: &mut Vec<(String, String)>,
+) -> Result<(), String> {
+    let from = from.unwrap_or_default();
+    let to = to.unwrap_or_default();
+    for _ in from.iter().skip(1) {
+        tally.failed(key, &CallError::new("another source record has the same key; the first one is synced"));
+    }
+    let desired = match from.first() {
+        Some(text) => Some(serde_json::from_str::<Value>(text).map_err(|e| format!("sync: a sorted run holds a bad record: {e}"))?),
+        None => None,
+    };
+    match (desired, to.first()) {
+        (Some(record), None) => writes.push(Write { key: key.to_owned(), record, action: PlannedAction::Create, changes: vec![] }),
+        (Some(mut record), Some(current)) => {
+            // A second target record with a key already matched is left
+            // alone rather than guessed at.
+            tally.target_duplicates += to.len() as u64 - 1;
+            let current: Value = serde_json::from_str(current).map_err(|e| format!("sync: a sorted run holds a bad record: {e}"))?;
+            let changes = changed_fields(&record, &current);
+            // Point the upsert at the record it updates.
+            if let (Value::Object(fields), Some(id)) = (&mut record, current.get(&target_resource.id_field))
+                && !fields.contains_key(&target_resource.id_field)
+            {
+                fields.insert(target_resource.id_field.clone(), id.clone());
+            }
+            let action = if changes.is_empty() { PlannedAction::Unchanged } else { PlannedAction::Update };
+            writes.push(Write { key: key.to_owned(), record, action, changes });
+        }
+        (None, Some(_)) if spec.delete_missing => {
+            // Every target record with a key no source record has goes.
+            for current in &to {
+                let current: Value = serde_json::from_str(current).map_err(|e| format!("sync: a sorted run holds a bad record: {e}"))?;
+                match current.get(&target_resource.id_field).and_then(|v| key_text(&crate::expr::to_val(v))) {
+                    Some(id) => removals.push((key.to_owned(), id)),
+                    None => tally.failed(key, &CallError::new(format!("the target record has no `{}` to remove it by", target_resource.id_field))),
+                }
+            }
+        }
+        (None, _) => {}
+    }
+    Ok(())
+}
+
+fn shorten(value: &Value) -> String {
+    let mut text = value.to_string();
+    if text.len() > 120 {
+        let cut = (0..=120).rev().find(|i| text.is_char_boundary(*i)).unwrap_or(0);
+        text.truncate(cut);
+        text.push('…');
+    }
+    text
 }
 
 /// Removes target records (or plans it).
@@ -302,21 +430,7 @@ async fn remove(ctx: &RunCtx<'_>, step: &Step, target: &dyn Endpoint, irreversib
     }
 }
 
-fn phase(tally: &Tally<'_>) -> SyncPhase {
-    tally.state.sync.as_ref().map(|p| p.phase).unwrap_or_default()
-}
-
-fn shorten(value: &Value) -> String {
-    let mut text = value.to_string();
-    if text.len() > 120 {
-        let cut = (0..=120).rev().find(|i| text.is_char_boundary(*i)).unwrap_or(0);
-        text.truncate(cut);
-        text.push('…');
-    }
-    text
-}
-
-/// Sends a page's creates and updates (or plans them).
+/// Sends a group's creates and updates (or plans them).
 async fn apply_writes(ctx: &RunCtx<'_>, step: &Step, target: &dyn Endpoint, batch: bool, writes: Vec<Write>, tally: &mut Tally<'_>) {
     let mut to_send = Vec::new();
     for write in writes {
@@ -374,41 +488,44 @@ async fn creates_in_batches(ctx: &RunCtx<'_>, step: &Step, target: &dyn Endpoint
     if creates.is_empty() {
         return;
     }
-    let chunks: Vec<Vec<Write>> = creates.into_iter().fold(Vec::new(), |mut chunks: Vec<Vec<Write>>, w| {
-            match chunks.last_mut() {
-                Some(last) if last.len() < BATCH => last.push(w),
-                _ => chunks.push(vec![w]),
-            }
-            chunks
-        });
-        let results: Vec<(Vec<String>, Result<Vec<Result<UpsertOutcome, ConnectorError>>, CallError>)> = stream::iter(chunks)
-            .map(|chunk| async move {
-                let keys: Vec<String> = chunk.iter().map(|w| w.key.clone()).collect();
-                let items: Vec<BatchItem> = chunk
-                    .iter()
-                    .map(|w| BatchItem { record: w.record.to_string(), idempotency_key: sync_idempotency_key(ctx.run_id, &step.id, &w.key) })
-                    .collect();
-                let (result, _) = with_retry(&step.retry, step.timeout, || target.upsert_batch(&step.resource, items.clone())).await;
-                (keys, result)
-            })
-            .buffer_unordered(concurrency)
-            .collect()
-            .await;
-        for (keys, result) in results {
-            match result {
-                Ok(outcomes) => {
-                    for (key, outcome) in keys.iter().zip(outcomes) {
-                        match outcome {
-                            Ok(o) => tally.upserted(o.action),
-                            Err(e) => tally.failed(key, &CallError { message: e.to_string(), fatal: matches!(e, ConnectorError::Unauthorized(_) | ConnectorError::Forbidden(_)) }),
+    let mut chunks: Vec<Vec<Write>> = Vec::new();
+    for write in creates {
+        match chunks.last_mut() {
+            Some(last) if last.len() < BATCH => last.push(write),
+            _ => chunks.push(vec![write]),
+        }
+    }
+    let results: Vec<(Vec<String>, Result<Vec<Result<UpsertOutcome, ConnectorError>>, CallError>)> = stream::iter(chunks)
+        .map(|chunk| async move {
+            let keys: Vec<String> = chunk.iter().map(|w| w.key.clone()).collect();
+            let items: Vec<BatchItem> = chunk
+                .iter()
+                .map(|w| BatchItem { record: w.record.to_string(), idempotency_key: sync_idempotency_key(ctx.run_id, &step.id, &w.key) })
+                .collect();
+            let (result, _) = with_retry(&step.retry, step.timeout, || target.upsert_batch(&step.resource, items.clone())).await;
+            (keys, result)
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    for (keys, result) in results {
+        match result {
+            Ok(outcomes) => {
+                for (key, outcome) in keys.iter().zip(outcomes) {
+                    match outcome {
+                        Ok(o) => tally.upserted(o.action),
+                        Err(e) => {
+                            let fatal = matches!(e, ConnectorError::Unauthorized(_) | ConnectorError::Forbidden(_));
+                            tally.failed(key, &CallError { message: e.to_string(), fatal });
                         }
                     }
                 }
-                Err(e) => {
-                    for key in &keys {
-                        tally.failed(key, &e);
-                    }
+            }
+            Err(e) => {
+                for key in &keys {
+                    tally.failed(key, &e);
                 }
             }
         }
+    }
 }

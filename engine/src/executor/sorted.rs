@@ -1,0 +1,184 @@
+//! Sorted runs on disk, for a sync's external sort: records are buffered
+//! up to a byte budget, sorted by key and written as one file (a "run");
+//! reading merges every run of a side back into one stream in key order.
+//! Memory is the buffer plus a line per run, whatever the record count.
+//!
+//! A run file holds one JSON line per record: `[key, record]`. It is
+//! written to a temporary name, synced and renamed, so a file that exists
+//! under its final name is whole.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::fs::File;
+use std::io::{BufRead as _, BufReader, BufWriter, Write as _};
+use std::path::{Path, PathBuf};
+
+use serde_json::value::RawValue;
+
+/// Bytes of records a side buffers before it writes a run.
+pub(crate) const RUN_BYTES: usize = 8 << 20;
+
+/// The file of run `n` of `side` (`source` or `target`) in `dir`.
+pub(crate) fn run_path(dir: &Path, side: &str, n: u32) -> PathBuf {
+    dir.join(format!("{side}-{n:05}.jsonl"))
+}
+
+/// Records waiting to be written as a run.
+#[derive(Debug, Default)]
+pub(crate) struct Buffer {
+    records: Vec<(String, String)>,
+    bytes: usize,
+}
+
+impl Buffer {
+    pub(crate) fn push(&mut self, key: String, record: String) {
+        self.bytes += key.len() + record.len() + 8;
+        self.records.push((key, record));
+    }
+
+    pub(crate) fn is_full(&self) -> bool {
+        self.bytes >= RUN_BYTES
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// Sorts the records by key (stable: equal keys keep their order) and
+    /// writes them as `path`, durably; empties the buffer.
+    pub(crate) fn write_run(&mut self, path: &Path) -> std::io::Result<()> {
+        self.records.sort_by(|a, b| a.0.cmp(&b.0));
+        let temp = path.with_extension("partial");
+        {
+            let mut out = BufWriter::new(File::create(&temp)?);
+            for (key, record) in &self.records {
+                serde_json::to_writer(&mut out, key)?;
+                // The record is JSON text already; it is written as is.
+                out.write_all(b"\t")?;
+                out.write_all(record.as_bytes())?;
+                out.write_all(b"\n")?;
+            }
+            out.flush()?;
+            out.get_ref().sync_all()?;
+        }
+        std::fs::rename(&temp, path)?;
+        if let Some(dir) = path.parent() {
+            // The rename is durable once the directory is.
+            File::open(dir)?.sync_all()?;
+        }
+        self.records.clear();
+        self.bytes = 0;
+        Ok(())
+    }
+}
+
+struct RunReader {
+    lines: std::io::Lines<BufReader<File>>,
+    path: PathBuf,
+}
+
+impl RunReader {
+    fn next(&mut self) -> Result<Option<(String, String)>, String> {
+        let Some(line) = self.lines.next() else { return Ok(None) };
+        let line = line.map_err(|e| format!("cannot read {}: {e}", self.path.display()))?;
+        let (key, record) = line.split_once('\t').ok_or_else(|| format!("{}: a line without a key", self.path.display()))?;
+        let key: String = serde_json::from_str(key).map_err(|e| format!("{}: a bad key: {e}", self.path.display()))?;
+        // Checked here so a torn file is an error, not a bad record later.
+        let _: &RawValue = serde_json::from_str(record).map_err(|e| format!("{}: a bad record: {e}", self.path.display()))?;
+        Ok(Some((key, record.to_owned())))
+    }
+}
+
+/// Every record of runs `0..runs` of `side`, merged in key order; records
+/// with equal keys come in run order, then file order.
+pub(crate) struct Merged {
+    readers: Vec<RunReader>,
+    heap: BinaryHeap<Reverse<(String, usize, String)>>,
+}
+
+impl Merged {
+    pub(crate) fn open(dir: &Path, side: &str, runs: u32) -> Result<Merged, String> {
+        let mut readers = Vec::new();
+        for n in 0..runs {
+            let path = run_path(dir, side, n);
+            let file = File::open(&path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+            readers.push(RunReader { lines: BufReader::with_capacity(64 << 10, file).lines(), path });
+        }
+        let mut merged = Merged { readers, heap: BinaryHeap::new() };
+        for i in 0..merged.readers.len() {
+            merged.refill(i)?;
+        }
+        Ok(merged)
+    }
+
+    fn refill(&mut self, i: usize) -> Result<(), String> {
+        if let Some((key, record)) = self.readers[i].next()? {
+            self.heap.push(Reverse((key, i, record)));
+        }
+        Ok(())
+    }
+
+    /// The smallest key left.
+    pub(crate) fn peek_key(&self) -> Option<&str> {
+        self.heap.peek().map(|Reverse((key, _, _))| key.as_str())
+    }
+
+    /// The next record in key order.
+    pub(crate) fn next(&mut self) -> Result<Option<(String, String)>, String> {
+        let Some(Reverse((key, i, record))) = self.heap.pop() else { return Ok(None) };
+        self.refill(i)?;
+        Ok(Some((key, record)))
+    }
+
+    /// Every record with the smallest key left.
+    pub(crate) fn next_group(&mut self) -> Result<Option<(String, Vec<String>)>, String> {
+        let Some((key, first)) = self.next()? else { return Ok(None) };
+        let mut records = vec![first];
+        while self.peek_key() == Some(key.as_str()) {
+            if let Some((_, record)) = self.next()? {
+                records.push(record);
+            }
+        }
+        Ok(Some((key, records)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, side: &str, n: u32, records: &[(&str, &str)]) -> std::io::Result<()> {
+        let mut buffer = Buffer::default();
+        for (k, r) in records {
+            buffer.push((*k).to_owned(), (*r).to_owned());
+        }
+        buffer.write_run(&run_path(dir, side, n))
+    }
+
+    #[test]
+    fn runs_merge_back_in_key_order_with_equal_keys_grouped() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        write(dir.path(), "s", 0, &[("c", "3"), ("a", "1"), ("e\tx\n", "{\"tab\":true}")])?;
+        write(dir.path(), "s", 1, &[("b", "2"), ("c", "33"), ("d", "[4]")])?;
+        let mut merged = Merged::open(dir.path(), "s", 2)?;
+        let mut groups = Vec::new();
+        while let Some(group) = merged.next_group()? {
+            groups.push(group);
+        }
+        let keys: Vec<&str> = groups.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, vec!["a", "b", "c", "d", "e\tx\n"]);
+        assert_eq!(groups[2].1, vec!["3".to_owned(), "33".to_owned()], "equal keys come together, in run order");
+        assert_eq!(groups[4].1, vec!["{\"tab\":true}".to_owned()], "keys with tabs and newlines survive");
+        Ok(())
+    }
+
+    #[test]
+    fn no_runs_is_an_empty_stream_and_a_torn_run_is_an_error() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        assert!(Merged::open(dir.path(), "t", 0)?.next()?.is_none());
+        std::fs::write(run_path(dir.path(), "t", 0), "\"a\"\t{\"cut\":")?;
+        let err = Merged::open(dir.path(), "t", 1).err().unwrap_or_default();
+        assert!(err.contains("a bad record"), "{err}");
+        Ok(())
+    }
+}
