@@ -8,7 +8,7 @@ use futures_util::future::BoxFuture;
 
 use crate::connector::{BatchItem, CallContext, ConnectorError, ListRequest, Manifest, Page, RemoveOutcome, UpsertOutcome, UpsertRequest};
 use crate::http::{ConnectionHttp, StatsSnapshot};
-use crate::runtime::{Plugin, RuntimeError};
+use crate::runtime::{Plugin, PluginConnection, RuntimeError};
 
 /// The outcome of each record of a batch upsert.
 pub type BatchOutcomes = Vec<Result<UpsertOutcome, ConnectorError>>;
@@ -35,52 +35,72 @@ pub trait Endpoint: Send + Sync {
     }
 }
 
-/// A plugin behind a connection's HTTP policy and settings.
+/// A plugin behind a connection's HTTP policy and settings, whose calls
+/// reuse warm instances of this connection (see [`PluginConnection`]).
 pub struct PluginEndpoint {
+    connection: PluginConnection,
+    context: CallContext,
+}
+
+impl PluginEndpoint {
+    /// The connection's endpoint: `plugin` behind `http`, every call given
+    /// `context` (base URL and settings).
+    pub fn new(plugin: Arc<Plugin>, http: Arc<ConnectionHttp>, context: CallContext) -> Self {
+        PluginEndpoint { connection: PluginConnection::new(plugin, http), context }
+    }
+
     /// The loaded plugin.
-    pub plugin: Arc<Plugin>,
+    pub fn plugin(&self) -> &Arc<Plugin> {
+        self.connection.plugin()
+    }
+
     /// The connection's HTTP policy: base URL, hosts, credential, limiter.
-    pub http: Arc<ConnectionHttp>,
+    pub fn http(&self) -> &Arc<ConnectionHttp> {
+        self.connection.http()
+    }
+
     /// Base URL and settings handed to every call.
-    pub context: CallContext,
+    pub fn context(&self) -> &CallContext {
+        &self.context
+    }
 }
 
 impl std::fmt::Debug for PluginEndpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PluginEndpoint").field("plugin", &self.plugin.name()).field("base_url", &self.context.base_url).finish()
+        f.debug_struct("PluginEndpoint").field("plugin", &self.plugin().name()).field("base_url", &self.context.base_url).finish()
     }
 }
 
 impl Endpoint for PluginEndpoint {
     fn manifest(&self) -> &Manifest {
-        self.plugin.manifest()
+        self.plugin().manifest()
     }
 
     fn name(&self) -> &str {
-        self.plugin.name()
+        self.plugin().name()
     }
 
     fn list(&self, request: ListRequest) -> BoxFuture<'_, Result<Page, RuntimeError>> {
-        Box::pin(self.plugin.list(&self.http, self.context.clone(), request))
+        Box::pin(self.connection.list(self.context.clone(), request))
     }
 
     fn get<'a>(&'a self, resource: &'a str, id: &'a str) -> BoxFuture<'a, Result<Option<String>, RuntimeError>> {
-        Box::pin(self.plugin.get(&self.http, self.context.clone(), resource, id))
+        Box::pin(self.connection.get(self.context.clone(), resource, id))
     }
 
     fn upsert(&self, request: UpsertRequest) -> BoxFuture<'_, Result<UpsertOutcome, RuntimeError>> {
-        Box::pin(self.plugin.upsert(&self.http, self.context.clone(), request))
+        Box::pin(self.connection.upsert(self.context.clone(), request))
     }
 
     fn upsert_batch<'a>(&'a self, resource: &'a str, items: Vec<BatchItem>) -> BoxFuture<'a, Result<BatchOutcomes, RuntimeError>> {
-        Box::pin(self.plugin.upsert_batch(&self.http, self.context.clone(), resource, items))
+        Box::pin(self.connection.upsert_batch(self.context.clone(), resource, items))
     }
 
     fn remove<'a>(&'a self, resource: &'a str, id: &'a str) -> BoxFuture<'a, Result<RemoveOutcome, RuntimeError>> {
-        Box::pin(self.plugin.remove(&self.http, self.context.clone(), resource, id))
+        Box::pin(self.connection.remove(self.context.clone(), resource, id))
     }
 
     fn stats(&self) -> StatsSnapshot {
-        self.http.stats().snapshot()
+        self.http().stats().snapshot()
     }
 }

@@ -1,6 +1,7 @@
 //! The sandbox: one wasmtime `Engine` for the process, compiled components
-//! cached on disk, a pre-instantiated template per plugin, and a fresh,
-//! limited instance for every call.
+//! cached on disk, a pre-instantiated template per plugin, and limited
+//! instances: fresh for every call ([`Plugin`]), or kept warm between the
+//! calls of one connection ([`PluginConnection`]).
 //!
 //! Each supported WIT version has its own module (`v0_1`) that only converts
 //! types and dispatches; everything else lives here once.
@@ -181,7 +182,19 @@ impl Runtime {
             // Hard ceiling; each store's limiter enforces the configured cap.
             .max_memory_size(config.limits.memory_bytes.max(1 << 20));
         wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-        let engine = Engine::new(&wasm).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        let engine = match Engine::new(&wasm) {
+            Ok(engine) => engine,
+            // The pool reserves its address space up front (about 1 TiB,
+            // mostly guard regions); where that is refused (`ulimit -v`,
+            // valgrind), instances are allocated one by one instead: slower
+            // to create, the same limits.
+            Err(pool_error) => {
+                wasm.allocation_strategy(InstanceAllocationStrategy::OnDemand);
+                let engine = Engine::new(&wasm).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+                tracing::warn!(error = %format!("{pool_error:#}"), "cannot reserve the instance pool; allocating instances on demand");
+                engine
+            }
+        };
 
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
@@ -406,35 +419,23 @@ impl Plugin {
         }
     }
 
-    /// Reads one page.
+    /// Reads one page, in a fresh instance.
     pub async fn list(&self, http: &Arc<ConnectionHttp>, ctx: CallContext, request: ListRequest) -> Result<Page> {
         let max = request.page_size as usize;
-        match self.call(Some(http), Call::List(ctx, request)).await? {
-            Reply::Page(page) if page.records.len() > max => {
-                Err(self.contract("list", format!("returned {} records for a page size of {max}", page.records.len())))
-            }
-            Reply::Page(page) => Ok(page),
-            other => Err(self.contract("list", format!("unexpected reply {other:?}"))),
-        }
+        self.page(self.call(Some(http), Call::List(ctx, request)).await?, max)
     }
 
-    /// Reads one record.
+    /// Reads one record, in a fresh instance.
     pub async fn get(&self, http: &Arc<ConnectionHttp>, ctx: CallContext, resource: &str, id: &str) -> Result<Option<String>> {
-        match self.call(Some(http), Call::Get(ctx, resource.to_owned(), id.to_owned())).await? {
-            Reply::Record(record) => Ok(record),
-            other => Err(self.contract("get", format!("unexpected reply {other:?}"))),
-        }
+        self.record(self.call(Some(http), Call::Get(ctx, resource.to_owned(), id.to_owned())).await?)
     }
 
-    /// Creates or updates one record.
+    /// Creates or updates one record, in a fresh instance.
     pub async fn upsert(&self, http: &Arc<ConnectionHttp>, ctx: CallContext, request: UpsertRequest) -> Result<UpsertOutcome> {
-        match self.call(Some(http), Call::Upsert(ctx, request)).await? {
-            Reply::Upserted(outcome) => Ok(outcome),
-            other => Err(self.contract("upsert", format!("unexpected reply {other:?}"))),
-        }
+        self.upserted(self.call(Some(http), Call::Upsert(ctx, request)).await?)
     }
 
-    /// Creates or updates many records.
+    /// Creates or updates many records, in a fresh instance.
     pub async fn upsert_batch(
         &self,
         http: &Arc<ConnectionHttp>,
@@ -443,7 +444,40 @@ impl Plugin {
         items: Vec<BatchItem>,
     ) -> Result<Vec<std::result::Result<UpsertOutcome, ConnectorError>>> {
         let count = items.len();
-        match self.call(Some(http), Call::UpsertBatch(ctx, resource.to_owned(), items)).await? {
+        self.batch(self.call(Some(http), Call::UpsertBatch(ctx, resource.to_owned(), items)).await?, count)
+    }
+
+    /// Removes one record, in a fresh instance.
+    pub async fn remove(&self, http: &Arc<ConnectionHttp>, ctx: CallContext, resource: &str, id: &str) -> Result<RemoveOutcome> {
+        self.removed(self.call(Some(http), Call::Remove(ctx, resource.to_owned(), id.to_owned())).await?)
+    }
+
+    fn page(&self, reply: Reply, max: usize) -> Result<Page> {
+        match reply {
+            Reply::Page(page) if page.records.len() > max => {
+                Err(self.contract("list", format!("returned {} records for a page size of {max}", page.records.len())))
+            }
+            Reply::Page(page) => Ok(page),
+            other => Err(self.contract("list", format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    fn record(&self, reply: Reply) -> Result<Option<String>> {
+        match reply {
+            Reply::Record(record) => Ok(record),
+            other => Err(self.contract("get", format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    fn upserted(&self, reply: Reply) -> Result<UpsertOutcome> {
+        match reply {
+            Reply::Upserted(outcome) => Ok(outcome),
+            other => Err(self.contract("upsert", format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    fn batch(&self, reply: Reply, count: usize) -> Result<Vec<std::result::Result<UpsertOutcome, ConnectorError>>> {
+        match reply {
             Reply::Batch(outcomes) if outcomes.len() != count => {
                 Err(self.contract("upsert-batch", format!("returned {} outcomes for {count} items", outcomes.len())))
             }
@@ -452,9 +486,8 @@ impl Plugin {
         }
     }
 
-    /// Removes one record.
-    pub async fn remove(&self, http: &Arc<ConnectionHttp>, ctx: CallContext, resource: &str, id: &str) -> Result<RemoveOutcome> {
-        match self.call(Some(http), Call::Remove(ctx, resource.to_owned(), id.to_owned())).await? {
+    fn removed(&self, reply: Reply) -> Result<RemoveOutcome> {
+        match reply {
             Reply::Removed(outcome) => Ok(outcome),
             other => Err(self.contract("remove", format!("unexpected reply {other:?}"))),
         }
@@ -467,7 +500,15 @@ impl Plugin {
     /// Runs one call in a fresh instance under the sandbox limits.
     async fn call(&self, http: Option<&Arc<ConnectionHttp>>, call: Call) -> Result<Reply> {
         let op = call.op();
-        let limits = self.runtime.limits().clone();
+        let mut instance = self.instantiate(http.cloned(), op).await?;
+        self.run(&mut instance, call).await
+    }
+
+    /// A new instance from the template, in a store of its own whose state
+    /// holds only what the instance may touch: an empty WASI context and
+    /// this connection's HTTP policy.
+    async fn instantiate(&self, http: Option<Arc<ConnectionHttp>>, op: &'static str) -> Result<Instance> {
+        let limits = self.runtime.limits();
         let stderr = MemoryOutputPipe::new(STDERR_CAPTURE);
         let mut wasi = WasiCtx::builder();
         // Deny by default: no env, args, preopens or sockets; stdout is discarded.
@@ -475,8 +516,8 @@ impl Plugin {
         let state = InstanceState {
             wasi: wasi.build(),
             table: ResourceTable::new(),
-            limiter: MemoryCap { cap: limits.memory_bytes, asked: None },
-            http: http.cloned(),
+            limiter: MemoryCap { cap: limits.memory_bytes, asked: None, peak: 0 },
+            http,
             plugin: self.name.clone(),
             started: Instant::now(),
             in_host: Duration::ZERO,
@@ -486,7 +527,6 @@ impl Plugin {
         };
         let mut store = Store::new(&self.runtime.inner.engine, state);
         store.limiter(|s| &mut s.limiter);
-        store.set_epoch_deadline(1);
         store.epoch_deadline_callback(|ctx| {
             let state = ctx.data();
             let in_guest = state.started.elapsed().saturating_sub(state.in_host);
@@ -497,15 +537,172 @@ impl Plugin {
             // never holds a tokio worker thread.
             Ok(UpdateDeadline::Yield(1))
         });
+        // Instantiation runs the component's start functions: the same
+        // limits as a call apply.
+        store.set_epoch_deadline(1);
+        match tokio::time::timeout(limits.call_timeout, self.bindings.instantiate(&mut store)).await {
+            Ok(Ok(exports)) => Ok(Instance { store, exports, stderr, calls: 0 }),
+            Ok(Err(error)) => Err(RuntimeError::Trapped { plugin: self.name.clone(), op, reason: explain_trap(&error, &store, &stderr) }),
+            Err(_) => Err(RuntimeError::Trapped { plugin: self.name.clone(), op, reason: format!("exceeded the call deadline of {:?} while starting", limits.call_timeout) }),
+        }
+    }
 
-        let outcome = tokio::time::timeout(limits.call_timeout, self.bindings.call(&mut store, call)).await;
+    /// Runs one call on `instance` under the sandbox limits, each counted
+    /// from zero: CPU time, wall-clock deadline, log lines.
+    async fn run(&self, instance: &mut Instance, call: Call) -> Result<Reply> {
+        let op = call.op();
+        let limits = self.runtime.limits();
+        let state = instance.store.data_mut();
+        state.started = Instant::now();
+        state.in_host = Duration::ZERO;
+        state.deadline = state.started + limits.call_timeout;
+        state.log_budget = limits.log_lines_per_call;
+        state.limiter.asked = None;
+        instance.store.set_epoch_deadline(1);
+        instance.calls += 1;
+
+        let outcome = tokio::time::timeout(limits.call_timeout, instance.exports.call(&mut instance.store, call)).await;
         let trapped = |reason: String| RuntimeError::Trapped { plugin: self.name.clone(), op, reason };
         match outcome {
             Err(_) => Err(trapped(format!("exceeded the call deadline of {:?}", limits.call_timeout))),
             Ok(Ok(Ok(reply))) => Ok(reply),
             Ok(Ok(Err(error))) => Err(RuntimeError::Connector { plugin: self.name.clone(), op, error }),
-            Ok(Err(error)) => Err(trapped(explain_trap(&error, &store, &stderr))),
+            Ok(Err(error)) => Err(trapped(explain_trap(&error, &instance.store, &instance.stderr))),
         }
+    }
+}
+
+/// One instantiated component in its own store.
+struct Instance {
+    store: Store<InstanceState>,
+    exports: v0_1::Exports,
+    stderr: MemoryOutputPipe,
+    /// Calls run on it so far.
+    calls: u32,
+}
+
+impl Instance {
+    /// Whether the instance may serve another call of its connection after
+    /// `outcome`. Anything but a normal return (a reply or a typed error)
+    /// discards it: after a trap, a limit or a deadline the guest's state
+    /// is whatever the interruption left. So does anything unusual that a
+    /// fresh instance would not carry into the next call: output on stderr
+    /// (a panic message starts there), a refused memory growth, memory grown
+    /// past [`WARM_MEMORY_BYTES`], or [`WARM_CALLS`] calls served.
+    fn reusable(&self, outcome: &Result<Reply>) -> bool {
+        let state = self.store.data();
+        let returned = matches!(outcome, Ok(_) | Err(RuntimeError::Connector { .. }));
+        returned
+            && self.calls < WARM_CALLS
+            && state.limiter.asked.is_none()
+            && state.limiter.peak <= WARM_MEMORY_BYTES
+            && self.stderr.contents().is_empty()
+    }
+}
+
+/// Calls one instance may serve before it is replaced by a fresh one.
+const WARM_CALLS: u32 = 1000;
+
+/// An instance whose linear memory grew past this is not kept warm: it
+/// would hold that memory while idle.
+const WARM_MEMORY_BYTES: usize = 8 << 20;
+
+/// Idle instances kept per connection.
+const WARM_PER_CONNECTION: usize = 16;
+
+/// A plugin bound to one connection's HTTP policy, whose calls reuse warm
+/// instances instead of instantiating one per call.
+///
+/// # What reuse gives up, and what it keeps
+///
+/// A fresh instance per call means a call sees nothing of the calls before
+/// it. A warm instance keeps its linear memory and globals between calls,
+/// so a connector may see what it held during an earlier call (a page's
+/// records, its own statics). The pool keeps that inside one connection:
+/// an instance is only ever reused for calls with the same credential, the
+/// same base URL and allowed hosts, the same settings and the same run (a
+/// `PluginConnection` belongs to one run's connection and is dropped with
+/// it), so whatever a connector remembers it was already given on this
+/// connection, and it still reaches nothing but this connection's HTTP.
+/// Every call still starts its own CPU-time, deadline and log budgets, and
+/// the memory cap is the same. An instance is discarded after a trap, a
+/// limit, a deadline, anything on stderr, memory grown past 8 MiB, or 1,000
+/// calls (see [`Instance::reusable`]), and no more than 16 idle instances
+/// are kept per connection.
+pub struct PluginConnection {
+    plugin: Arc<Plugin>,
+    http: Arc<ConnectionHttp>,
+    idle: std::sync::Mutex<Vec<Instance>>,
+}
+
+impl std::fmt::Debug for PluginConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginConnection").field("plugin", &self.plugin.name).field("base_url", &self.http.base_url()).finish_non_exhaustive()
+    }
+}
+
+impl PluginConnection {
+    /// Binds `plugin` to the connection whose HTTP policy is `http`.
+    pub fn new(plugin: Arc<Plugin>, http: Arc<ConnectionHttp>) -> Self {
+        PluginConnection { plugin, http, idle: std::sync::Mutex::default() }
+    }
+
+    /// The plugin.
+    pub fn plugin(&self) -> &Arc<Plugin> {
+        &self.plugin
+    }
+
+    /// The connection's HTTP policy.
+    pub fn http(&self) -> &Arc<ConnectionHttp> {
+        &self.http
+    }
+
+    /// Reads one page.
+    pub async fn list(&self, ctx: CallContext, request: ListRequest) -> Result<Page> {
+        let max = request.page_size as usize;
+        self.plugin.page(self.call(Call::List(ctx, request)).await?, max)
+    }
+
+    /// Reads one record.
+    pub async fn get(&self, ctx: CallContext, resource: &str, id: &str) -> Result<Option<String>> {
+        self.plugin.record(self.call(Call::Get(ctx, resource.to_owned(), id.to_owned())).await?)
+    }
+
+    /// Creates or updates one record.
+    pub async fn upsert(&self, ctx: CallContext, request: UpsertRequest) -> Result<UpsertOutcome> {
+        self.plugin.upserted(self.call(Call::Upsert(ctx, request)).await?)
+    }
+
+    /// Creates or updates many records.
+    pub async fn upsert_batch(&self, ctx: CallContext, resource: &str, items: Vec<BatchItem>) -> Result<Vec<std::result::Result<UpsertOutcome, ConnectorError>>> {
+        let count = items.len();
+        self.plugin.batch(self.call(Call::UpsertBatch(ctx, resource.to_owned(), items)).await?, count)
+    }
+
+    /// Removes one record.
+    pub async fn remove(&self, ctx: CallContext, resource: &str, id: &str) -> Result<RemoveOutcome> {
+        self.plugin.removed(self.call(Call::Remove(ctx, resource.to_owned(), id.to_owned())).await?)
+    }
+
+    /// Runs `call` on an idle instance of this connection, or a new one,
+    /// and keeps the instance for the next call when that is safe.
+    async fn call(&self, call: Call) -> Result<Reply> {
+        let op = call.op();
+        let idle = self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pop();
+        let mut instance = match idle {
+            Some(instance) => instance,
+            None => self.plugin.instantiate(Some(self.http.clone()), op).await?,
+        };
+        // Dropping this future mid-call (a cancelled run) drops the
+        // instance with it: only a call that ran to its end returns one.
+        let outcome = self.plugin.run(&mut instance, call).await;
+        if instance.reusable(&outcome) {
+            let mut idle = self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if idle.len() < WARM_PER_CONNECTION {
+                idle.push(instance);
+            }
+        }
+        outcome
     }
 }
 
@@ -559,6 +756,8 @@ fn error_chain(error: &wasmtime::Error) -> String {
 struct MemoryCap {
     cap: usize,
     asked: Option<usize>,
+    /// The largest size a memory was allowed to grow to.
+    peak: usize,
 }
 
 impl ResourceLimiter for MemoryCap {
@@ -567,6 +766,7 @@ impl ResourceLimiter for MemoryCap {
             self.asked = Some(desired);
             return Err(wasmtime::Error::new(LimitHit::Memory { cap: self.cap, asked: desired }));
         }
+        self.peak = self.peak.max(desired);
         Ok(true)
     }
 

@@ -36,10 +36,22 @@ impl Bindings {
         Ok(Bindings { pre: ConnectorPre::new(pre)? })
     }
 
-    /// Instantiates the template and runs one call.
+    /// Instantiates the template in `store`.
+    pub(super) async fn instantiate(&self, store: &mut Store<InstanceState>) -> wasmtime::Result<Exports> {
+        Ok(Exports { connector: self.pre.instantiate_async(store).await? })
+    }
+}
+
+/// An instantiated component's exports, valid in the store it was
+/// instantiated in.
+pub(super) struct Exports {
+    connector: Connector,
+}
+
+impl Exports {
+    /// Runs one call.
     pub(super) async fn call(&self, store: &mut Store<InstanceState>, call: Call) -> wasmtime::Result<Result<Reply, host::ConnectorError>> {
-        let instance = self.pre.instantiate_async(&mut *store).await?;
-        let instance = instance.weft_connector_plugin();
+        let instance = self.connector.weft_connector_plugin();
         Ok(match call {
             Call::Describe => Ok(Reply::Manifest(manifest(instance.call_describe(&mut *store).await?))),
             Call::List(ctx, request) => {
