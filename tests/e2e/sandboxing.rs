@@ -10,7 +10,7 @@ use weft::connector::{AuthScheme, CallContext, ListRequest};
 use weft::credentials::Secret;
 use weft::executor::{ConnectionOverride, Executor, Silent};
 use weft::http::{ConnectionHttp, HttpLimits, SendOnce};
-use weft::runtime::{Plugin, RuntimeError, SandboxLimits};
+use weft::runtime::{Plugin, PluginConnection, RuntimeError, SandboxLimits};
 use weft::store::{RunStore, Status};
 
 use super::support::{TestResult, hostile_wasm, runtime, workflow};
@@ -145,5 +145,64 @@ async fn a_trapped_step_fails_its_run_and_the_next_run_in_the_process_succeeds()
     let ok = executor.run(&workflow(files.path(), &text("ok"))?, &overrides, &Silent).await?;
     assert_eq!(ok.status, Status::Succeeded, "{ok:?}");
     assert_eq!(ok.steps[0].counts.read, 2);
+    Ok(())
+}
+
+/// How many calls the instance that served this one had served: 1 means a
+/// fresh instance.
+async fn calls_seen(connection: &PluginConnection) -> TestResult<u64> {
+    let ctx = CallContext { base_url: connection.http().base_url(), settings: vec![] };
+    let request = ListRequest { resource: "calls".into(), cursor: None, page_size: 10, filter: None };
+    let page = connection.list(ctx, request).await?;
+    let record: serde_json::Value = serde_json::from_str(&page.records[0])?;
+    Ok(record["calls"].as_u64().unwrap_or(0))
+}
+
+async fn hostile_connection() -> TestResult<(weft_sandbox::server::RunningServer, Arc<Plugin>)> {
+    let server = huge_server().await?;
+    let runtime = runtime(limits())?;
+    let plugin = Arc::new(runtime.load_file(hostile_wasm()).await?);
+    Ok((server, plugin))
+}
+
+#[tokio::test]
+async fn a_warm_instance_serves_the_next_call_of_its_connection() -> TestResult {
+    let (server, plugin) = hostile_connection().await?;
+    let connection = PluginConnection::new(plugin.clone(), connection(&server.base_url())?);
+    assert_eq!(calls_seen(&connection).await?, 1);
+    assert_eq!(calls_seen(&connection).await?, 2, "the second call reuses the first call's instance");
+    // Plugin's own calls still get a fresh instance every time.
+    let http = connection.http().clone();
+    let fresh = list(&plugin, &http, "calls").await?;
+    assert_eq!(fresh, vec![r#"{"calls":1}"#.to_owned()]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_warm_instance_is_never_shared_between_connections() -> TestResult {
+    let (server, plugin) = hostile_connection().await?;
+    let first = PluginConnection::new(plugin.clone(), connection(&server.base_url())?);
+    let second = PluginConnection::new(plugin, connection(&server.base_url())?);
+    assert_eq!(calls_seen(&first).await?, 1);
+    assert_eq!(calls_seen(&first).await?, 2);
+    assert_eq!(calls_seen(&second).await?, 1, "another connection starts from a fresh instance");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_trapped_instance_is_discarded_and_a_typed_error_is_not() -> TestResult {
+    let (server, plugin) = hostile_connection().await?;
+    let connection = PluginConnection::new(plugin, connection(&server.base_url())?);
+    let ctx = CallContext { base_url: connection.http().base_url(), settings: vec![] };
+    let request = |resource: &str| ListRequest { resource: resource.into(), cursor: None, page_size: 10, filter: None };
+    assert_eq!(calls_seen(&connection).await?, 1);
+    // A typed error is a normal return: the instance stays warm.
+    let error = connection.list(ctx.clone(), request("forbidden-host")).await.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(error.contains("not an allowed host"), "{error}");
+    assert_eq!(calls_seen(&connection).await?, 3);
+    // A trap leaves the instance in whatever state it stopped in: it goes.
+    let error = connection.list(ctx, request("spin")).await.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(error.contains("CPU time limit"), "{error}");
+    assert_eq!(calls_seen(&connection).await?, 1, "a fresh instance after the trap");
     Ok(())
 }

@@ -14,10 +14,12 @@
 //! | `snoop`          | reads env, args, `/etc/passwd`, `/`, connects a socket   | let it see nothing |
 //! | `echo-context`   | returns the context it received                         | never include a credential |
 //! | `http`           | GETs `{base_url}/v1/customers?limit=3`, returns status and headers | keep the credential out of them |
+//! | `calls`          | returns how many `list` calls this instance has served   | count 1 on a fresh instance, more only within one connection |
 //!
 //! Every other operation keeps the SDK's default (`unsupported`).
 
 use std::hint::black_box;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use serde_json::{Value, json};
 use weft_connector_sdk::{
@@ -54,7 +56,14 @@ const RESOURCES: &[(&str, &str)] = &[
         "http",
         "Returns the status and headers of GET {base_url}/v1/customers?limit=3.",
     ),
+    (
+        "calls",
+        "How many list calls this instance has served, itself included.",
+    ),
 ];
+
+/// `list` calls this instance has served: what a warm instance remembers.
+static CALLS: AtomicU32 = AtomicU32::new(0);
 
 /// A host the sandbox tests never allow (TEST-NET-3, RFC 5737).
 const FORBIDDEN_URL: &str = "http://203.0.113.7/";
@@ -88,7 +97,9 @@ impl Connector for Hostile {
     }
 
     fn list(ctx: &Context, request: ListRequest) -> Result<Page> {
+        let calls = CALLS.fetch_add(1, Ordering::Relaxed) + 1;
         let records = match request.resource.as_str() {
+            "calls" => vec![json!({"calls": calls})],
             "ok" => vec![json!({"id": "1"}), json!({"id": "2"})],
             "spin" => spin(),
             "alloc" => vec![json!({"touched": alloc_gib()})],
