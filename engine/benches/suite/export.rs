@@ -1,0 +1,340 @@
+//! Export: every customer of a Stripe emulator holding N customers (100k by
+//! default) to a JSON Lines file, through `weft run` with the wasm
+//! connector, against a native Rust client (reqwest + serde_json) and, when
+//! it is installed, the official stripe-python SDK doing the same export.
+//!
+//! The emulator runs in the bench process; each client runs in a process of
+//! its own (the native one is this binary started again with
+//! `--native-export`), one process each, so no client shares its process
+//! with the server it reads. Clients run interleaved, in an order that
+//! rotates every round, and the figures are medians over the rounds.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use serde_json::json;
+use weft_sandbox::stripe::{SANDBOX_API_KEY, StripeConfig, StripeEmulator};
+
+use super::report::{Row, grouped, median};
+use super::{BenchResult, Config};
+
+/// The ratio the issue asks for.
+const TARGET_RATIO: f64 = 1.10;
+
+/// The page size of every client: Stripe's maximum.
+const PAGE_SIZE: u32 = 100;
+
+/// The stripe-python client: `auto_paging_iter` over `Customer.list`, each
+/// customer written as one JSON line.
+const PYTHON_EXPORT: &str = r#"
+import json, sys
+import stripe
+stripe.api_key = sys.argv[2]
+stripe.api_base = sys.argv[1]
+stripe.max_network_retries = 0
+count = 0
+with open(sys.argv[3], "w") as out:
+    for customer in stripe.Customer.list(limit=100).auto_paging_iter():
+        out.write(json.dumps(customer.to_dict()))
+        out.write("\n")
+        count += 1
+print(count)
+"#;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Client {
+    Weft,
+    Native,
+    Python,
+}
+
+impl Client {
+    fn name(self) -> &'static str {
+        match self {
+            Client::Weft => "weft run",
+            Client::Native => "native reqwest + serde_json",
+            Client::Python => "stripe-python auto_paging_iter",
+        }
+    }
+}
+
+/// What a client needs to run one export.
+struct Setup {
+    dir: tempfile::TempDir,
+    base_url: String,
+    key_file: PathBuf,
+    cache_dir: PathBuf,
+    python: Option<String>,
+}
+
+impl Setup {
+    fn output(&self, client: Client, round: usize) -> PathBuf {
+        self.dir.path().join(format!("{client:?}-{round}.jsonl").to_lowercase())
+    }
+
+    /// Runs one export and returns its wall time in seconds.
+    fn run(&self, client: Client, round: usize) -> BenchResult<f64> {
+        let out = self.output(client, round);
+        let mut command = match client {
+            Client::Weft => {
+                let workflow = self.dir.path().join(format!("export-{round}.toml"));
+                std::fs::write(&workflow, workflow_text(&self.base_url, &self.key_file, &out))?;
+                let mut command = Command::new(env!("CARGO_BIN_EXE_weft"));
+                command
+                    .arg("--state-dir")
+                    .arg(self.dir.path().join(format!("state-{round}")))
+                    .arg("--cache-dir")
+                    .arg(&self.cache_dir)
+                    .args(["run", "--json"])
+                    .arg(&workflow);
+                command
+            }
+            Client::Native => {
+                let mut command = Command::new(std::env::current_exe()?);
+                command.args(["--native-export", &self.base_url, SANDBOX_API_KEY]).arg(&out);
+                command
+            }
+            Client::Python => {
+                let mut command = Command::new(self.python.as_deref().unwrap_or("python3"));
+                command.args(["-c", PYTHON_EXPORT, &self.base_url, SANDBOX_API_KEY]).arg(&out);
+                command
+            }
+        };
+        let started = Instant::now();
+        let output = command.output()?;
+        let seconds = started.elapsed().as_secs_f64();
+        if !output.status.success() {
+            return Err(format!(
+                "{} failed ({}): {}{}",
+                client.name(),
+                output.status,
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            )
+            .into());
+        }
+        if client == Client::Weft {
+            let summary: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+            if summary["status"] != "succeeded" {
+                return Err(format!("weft run did not succeed: {summary:#}").into());
+            }
+        }
+        Ok(seconds)
+    }
+}
+
+fn workflow_text(base_url: &str, key: &Path, out: &Path) -> String {
+    format!(
+        r#"[workflow]
+name = "export-bench"
+
+[connections.stripe]
+plugin = "stripe"
+credentials = "file:{key}"
+base_url = "{base_url}"
+# The emulator enforces no limit; neither should the client.
+rate_limit = "1000000/s"
+
+[[step]]
+id = "export"
+list = "stripe.customers"
+page_size = {PAGE_SIZE}
+output = "{out}"
+"#,
+        key = key.display(),
+        out = out.display(),
+    )
+}
+
+fn lines(path: &Path) -> BenchResult<usize> {
+    Ok(std::fs::read(path)?.iter().filter(|b| **b == b'\n').count())
+}
+
+/// The Python interpreter to use, when it can import `stripe`.
+fn python_with_stripe() -> Option<String> {
+    let python = std::env::var("WEFT_BENCH_PYTHON").unwrap_or_else(|_| "python3".into());
+    let ok = Command::new(&python)
+        .args(["-c", "import stripe; print(stripe.VERSION)"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    ok.then_some(python)
+}
+
+fn python_version(python: &str) -> String {
+    Command::new(python)
+        .args(["-c", "import stripe, platform; print(f'stripe-python {stripe.VERSION}, Python {platform.python_version()}')"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+pub async fn run(config: &Config) -> BenchResult<Vec<Row>> {
+    let records = ((100_000.0 * config.scale).round() as usize).max(PAGE_SIZE as usize);
+    let rounds: usize = std::env::var("WEFT_BENCH_EXPORT_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
+    let emulator = StripeEmulator::new(StripeConfig { seed: records, ..StripeConfig::default() });
+    let server = weft_sandbox::server::serve(emulator.router(), weft_sandbox::server::LOOPBACK_ANY_PORT).await?;
+    let dir = tempfile::tempdir()?;
+    let key_file = dir.path().join("stripe-key");
+    std::fs::write(&key_file, SANDBOX_API_KEY)?;
+    let python = python_with_stripe();
+    let setup = Setup {
+        base_url: server.base_url(),
+        key_file,
+        cache_dir: dir.path().join("component-cache"),
+        python: python.clone(),
+        dir,
+    };
+    let mut clients = vec![Client::Weft, Client::Native];
+    if python.is_some() {
+        clients.push(Client::Python);
+    }
+
+    // Blocking waits on child processes, off the runtime that serves the
+    // emulator.
+    let setup = std::sync::Arc::new(setup);
+    let run = |client: Client, round: usize| {
+        let setup = setup.clone();
+        async move { tokio::task::spawn_blocking(move || setup.run(client, round)).await? }
+    };
+
+    // One unmeasured export each: fills the component cache (as any second
+    // run of weft finds it), the page cache and the emulator's allocator.
+    for &client in &[Client::Weft, Client::Native] {
+        run(client, 0).await?;
+    }
+    let expected = lines(&setup.output(Client::Native, 0))?;
+    if expected != records || lines(&setup.output(Client::Weft, 0))? != records {
+        return Err(format!("an export did not write {records} records").into());
+    }
+    // Both pass Stripe's text on unchanged, so the files are the same.
+    if std::fs::read(setup.output(Client::Weft, 0))? != std::fs::read(setup.output(Client::Native, 0))? {
+        return Err("weft and the native client exported different records".into());
+    }
+
+    // stripe-python takes a minute a round: it joins the first three.
+    let python_rounds = rounds.min(3);
+    let mut seconds: Vec<Vec<f64>> = vec![Vec::new(); clients.len()];
+    let mut ratios = Vec::new();
+    for round in 1..=rounds {
+        let mut this_round = vec![0.0; clients.len()];
+        for k in 0..clients.len() {
+            let i = (k + round) % clients.len();
+            if clients[i] == Client::Python && round > python_rounds {
+                continue;
+            }
+            let taken = run(clients[i], round).await?;
+            this_round[i] = taken;
+            seconds[i].push(taken);
+            if clients[i] == Client::Python && lines(&setup.output(Client::Python, round))? != records {
+                return Err("stripe-python did not export every record".into());
+            }
+            let _ = std::fs::remove_file(setup.output(clients[i], round));
+        }
+        ratios.push(this_round[0] / this_round[1]);
+        let times: Vec<String> = clients.iter().zip(&this_round).filter(|(_, s)| **s > 0.0).map(|(c, s)| format!("{} {s:.2} s", c.name())).collect();
+        eprintln!("  export round {round}/{rounds}: {}", times.join(", "));
+    }
+    server.shutdown().await;
+
+    let weft = median(&seconds[0]);
+    let native = median(&seconds[1]);
+    let ratio = median(&ratios);
+    let what = format!("all {} customers, pages of {PAGE_SIZE}, to JSON Lines; median of {rounds}", grouped(records as f64));
+    let mut rows = vec![Row::new("export", what, format!("{weft:.2} s"))
+        .reference(format!("native {native:.2} s"))
+        .result(format!("ratio {ratio:.2}"))
+        .target(format!("<= {TARGET_RATIO:.2}"), ratio <= TARGET_RATIO)
+        .figures(json!({
+            "records": records,
+            "rounds": rounds,
+            "weft_seconds": seconds[0],
+            "native_seconds": seconds[1],
+            "weft_median_s": weft,
+            "native_median_s": native,
+            "ratio_median": ratio,
+            "records_per_second_weft": records as f64 / weft,
+            "records_per_second_native": records as f64 / native,
+        }))];
+    match &python {
+        Some(python) => {
+            let python_median = median(&seconds[2]);
+            rows.push(
+                Row::new("export", format!("the same through {}; median of {python_rounds}", python_version(python)), format!("{weft:.2} s"))
+                    .reference(format!("python {python_median:.2} s"))
+                    .result(format!("ratio {:.2}", weft / python_median))
+                    .figures(json!({ "python_seconds": seconds[2], "python_median_s": python_median, "ratio_weft_over_python": weft / python_median })),
+            );
+        }
+        None => rows.push(Row::new("export", "stripe-python", "skipped: `python3 -c 'import stripe'` fails (pip install stripe, or set WEFT_BENCH_PYTHON)")),
+    }
+    Ok(rows)
+}
+
+/// The native client: what a user writes instead of a workflow. Runs in a
+/// process of its own (`--native-export BASE_URL KEY OUT`).
+pub fn native_export(args: &[String]) -> BenchResult<()> {
+    let [base_url, key, out] = args else {
+        return Err("usage: --native-export BASE_URL KEY OUT".into());
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let count = runtime.block_on(async {
+        #[derive(serde::Deserialize)]
+        struct List<'a> {
+            #[serde(borrow)]
+            data: Vec<&'a serde_json::value::RawValue>,
+            has_more: bool,
+        }
+        #[derive(serde::Deserialize)]
+        struct Id<'a> {
+            id: &'a str,
+        }
+        let client = reqwest::Client::new();
+        let mut file = std::io::BufWriter::new(std::fs::File::create(out)?);
+        let mut starting_after: Option<String> = None;
+        let mut count = 0usize;
+        loop {
+            let limit = PAGE_SIZE.to_string();
+            let mut query = vec![("limit", limit.as_str())];
+            if let Some(after) = &starting_after {
+                query.push(("starting_after", after));
+            }
+            let url = reqwest::Url::parse_with_params(&format!("{base_url}/v1/customers"), &query)?;
+            let body = client.get(url).basic_auth(key, Some("")).send().await?.error_for_status()?.bytes().await?;
+            let page: List<'_> = serde_json::from_slice(&body)?;
+            for record in &page.data {
+                file.write_all(record.get().as_bytes())?;
+                file.write_all(b"\n")?;
+            }
+            count += page.data.len();
+            match page.data.last() {
+                Some(last) if page.has_more => starting_after = Some(serde_json::from_str::<Id<'_>>(last.get())?.id.to_owned()),
+                _ => break,
+            }
+        }
+        file.flush()?;
+        BenchResult::Ok(count)
+    })?;
+    println!("{count}");
+    Ok(())
+}
+
+/// `--serve-stripe RECORDS PORT`: a Stripe emulator seeded with RECORDS
+/// customers on 127.0.0.1:PORT until killed, for profiling a client by hand
+/// (`valgrind --tool=callgrind weft run ...`).
+pub fn serve_stripe(args: &[String]) -> BenchResult<()> {
+    let [records, port] = args else {
+        return Err("usage: --serve-stripe RECORDS PORT".into());
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(async {
+        let emulator = StripeEmulator::new(StripeConfig { seed: records.parse()?, ..StripeConfig::default() });
+        let address = std::net::SocketAddr::from(([127, 0, 0, 1], port.parse()?));
+        let server = weft_sandbox::server::serve(emulator.router(), address).await?;
+        println!("{} key {SANDBOX_API_KEY}", server.base_url());
+        tokio::signal::ctrl_c().await?;
+        server.shutdown().await;
+        BenchResult::Ok(())
+    })
+}

@@ -1,0 +1,119 @@
+//! weft's benchmark suite: what the engine costs over the client a user
+//! would otherwise write, side by side in one run, as one table.
+//!
+//! ```sh
+//! cargo bench -p weft --bench suite                 # everything, a table
+//! cargo bench -p weft --bench suite -- --json       # the same as JSON
+//! cargo bench -p weft --bench suite -- --only export,plugin
+//! WEFT_BENCH_SCALE=0.1 cargo bench -p weft --bench suite   # a quick look
+//! ```
+//!
+//! Sections (`--only` takes their names):
+//!
+//! - `export`: every customer of a Stripe emulator (100k) through `weft
+//!   run`, a native reqwest + serde_json client and stripe-python.
+//! - `plugin`: one `list` of a 100-record page with HTTP stubbed, on a
+//!   warm instance and on a fresh one, next to a native parse; cold starts.
+//! - `durable`: for-each bookkeeping with a native no-op connector, and the
+//!   peak RSS of `weft run` on a sync of 100k and 1M records.
+//! - `rate-limits`: weft's limiter against a naive retry-on-429 client.
+//!
+//! `WEFT_BENCH_SCALE` scales every record count and duration (default 1).
+//! The rate-limit scenarios run at a quarter of their published durations
+//! in the suite unless `WEFT_BENCH_RATE_SCALE` says otherwise (1 is the
+//! full 30 s / 90 s / 120 s of BENCHMARKS.md). `WEFT_BENCH_EXPORT_ROUNDS`
+//! (default 5) sets the export's rounds, `WEFT_BENCH_PYTHON` the Python that
+//! has stripe-python.
+//!
+//! For profiling: `--serve-stripe RECORDS PORT` serves a seeded Stripe
+//! emulator until killed (to run `weft run` by hand under callgrind), and
+//! `WEFT_BENCH_PROFILE_CALLS=warm|fresh|native` makes the `plugin` section
+//! run only that kind of call (then it prints no row; count instructions
+//! with `valgrind --tool=callgrind`).
+
+mod durable;
+mod export;
+mod plugin_call;
+mod rate_limits;
+mod report;
+
+use report::Row;
+
+type BenchResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// What the command line and the environment asked for.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Multiplies every record count and duration.
+    pub scale: f64,
+    /// Print JSON instead of the table (progress still goes to stderr).
+    pub json: bool,
+}
+
+const SECTIONS: &[&str] = &["export", "plugin", "durable", "rate-limits"];
+
+fn main() -> std::process::ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    // The native export client runs in a process of its own.
+    if let Some(at) = args.iter().position(|a| a == "--native-export") {
+        return match export::native_export(&args[at + 1..]) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("native export: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
+    // For profiling a client by hand: serve a seeded Stripe emulator.
+    if let Some(at) = args.iter().position(|a| a == "--serve-stripe") {
+        return match export::serve_stripe(&args[at + 1..]) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("serve stripe: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
+    // A missed target is a finding, not a failure: the table says so.
+    match run(&args) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench suite: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &[String]) -> BenchResult<()> {
+    let json = args.iter().any(|a| a == "--json");
+    let only: Vec<String> = match args.iter().position(|a| a == "--only") {
+        Some(at) => args.get(at + 1).ok_or("--only takes a list of sections")?.split(',').map(str::to_owned).collect(),
+        None => SECTIONS.iter().map(|s| (*s).to_owned()).collect(),
+    };
+    if let Some(unknown) = only.iter().find(|s| !SECTIONS.contains(&s.as_str())) {
+        return Err(format!("unknown section {unknown:?}; the sections are {}", SECTIONS.join(", ")).into());
+    }
+    let scale: f64 = std::env::var("WEFT_BENCH_SCALE").ok().and_then(|s| s.parse().ok()).unwrap_or(1.0);
+    let config = Config { scale, json };
+    // Two workers, like the machine: the emulators live here.
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let mut rows: Vec<Row> = Vec::new();
+    for section in SECTIONS.iter().filter(|s| only.iter().any(|o| o == *s)) {
+        eprintln!("bench suite: {section}…");
+        let section_rows = match *section {
+            "export" => runtime.block_on(export::run(&config))?,
+            "plugin" => runtime.block_on(plugin_call::run(&config))?,
+            "durable" => runtime.block_on(durable::run(&config))?,
+            "rate-limits" => runtime.block_on(rate_limits::run(&config))?,
+            _ => unreachable!("sections are checked above"),
+        };
+        rows.extend(section_rows);
+    }
+    let machine = report::machine();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report::to_json(&rows, &machine, scale))?);
+    } else {
+        report::print_table(&rows, &machine);
+    }
+    Ok(())
+}

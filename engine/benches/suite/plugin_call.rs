@@ -1,0 +1,211 @@
+//! What the sandbox costs per call: a `list` of one 100-record Stripe page
+//! with HTTP stubbed by a canned response, on a warm instance (one
+//! instantiated component reused across the calls of one connection, as
+//! the executor does) and on a fresh instance from the pre-instantiated
+//! template, next to a native parse of the same body; and cold starts from
+//! the on-disk compiled cache and from a cache miss.
+//!
+//! Calls and native parses are interleaved, so all three see the same
+//! machine conditions.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use weft::connector::{AuthScheme, CallContext, ListRequest};
+use weft::credentials::Secret;
+use weft::http::{ConnectionHttp, HttpLimits, Response, SendOnce};
+use weft::runtime::{PluginConnection, Runtime, RuntimeConfig};
+
+use super::report::{Row, micros, quantile};
+use super::{BenchResult, Config};
+
+/// The targets.
+const TARGET_WARM_OVERHEAD_US: f64 = 50.0;
+const TARGET_COLD_FROM_CACHE_MS: f64 = 10.0;
+
+/// One real page from the Stripe emulator: 100 seeded customers.
+async fn stripe_page() -> BenchResult<Vec<u8>> {
+    let sandbox = weft_sandbox::Sandbox::start(weft_sandbox::SandboxOptions { seed: 100, ..Default::default() }).await?;
+    let body = reqwest::Client::new()
+        .get(format!("{}/v1/customers?limit=100", sandbox.stripe.base_url()))
+        .bearer_auth(weft_sandbox::stripe::SANDBOX_API_KEY)
+        .send()
+        .await?
+        .bytes()
+        .await?;
+    sandbox.shutdown().await;
+    Ok(body.to_vec())
+}
+
+/// What a native client does with the same body: parse the envelope and
+/// keep each record as its own JSON text (what the plugin hands back).
+fn native_parse(body: &[u8]) -> BenchResult<usize> {
+    #[derive(serde::Deserialize)]
+    struct Envelope<'a> {
+        #[serde(borrow)]
+        data: Vec<&'a serde_json::value::RawValue>,
+        has_more: bool,
+    }
+    let page: Envelope<'_> = serde_json::from_slice(body)?;
+    let records: Vec<String> = page.data.iter().map(|r| r.get().to_owned()).collect();
+    Ok(records.len() + usize::from(page.has_more))
+}
+
+struct Quantiles {
+    p50: f64,
+    p99: f64,
+}
+
+fn quantiles(samples: &[Duration]) -> Quantiles {
+    let mut us: Vec<f64> = samples.iter().copied().map(micros).collect();
+    Quantiles { p50: quantile(&mut us, 0.5), p99: quantile(&mut us, 0.99) }
+}
+
+pub async fn run(config: &Config) -> BenchResult<Vec<Row>> {
+    // WEFT_BENCH_STRIPE_WASM measures another build of the connector (an
+    // optimisation being tried) instead of the built-in one.
+    let other = match std::env::var_os("WEFT_BENCH_STRIPE_WASM") {
+        Some(path) => Some(std::fs::read(path)?),
+        None => None,
+    };
+    let wasm: &[u8] = match &other {
+        Some(bytes) => bytes,
+        None => weft::builtin::component("stripe").ok_or("stripe is built in")?,
+    };
+    let rounds = ((2000.0 * config.scale).round() as usize).max(100);
+    let profile_only = std::env::var_os("WEFT_BENCH_PROFILE_CALLS").is_some();
+    let cache = tempfile::tempdir()?;
+
+    // Cache miss: compile, in a fresh runtime each time.
+    let mut miss = Vec::new();
+    let mut runtime_new = Vec::new();
+    let mut cold = Vec::new();
+    if !profile_only {
+        for _ in 0..5 {
+            let runtime = Runtime::new(RuntimeConfig { cache_dir: None, ..Default::default() })?;
+            let plugin = runtime.load("stripe", wasm).await?;
+            miss.push(plugin.load_info().compile_or_load);
+        }
+        // Fills the disk cache.
+        Runtime::new(RuntimeConfig { cache_dir: Some(cache.path().to_path_buf()), ..Default::default() })?.load("stripe", wasm).await?;
+        // A cold start as `weft run` pays it: a new engine, the component
+        // from the disk cache, its manifest read.
+        for _ in 0..20 {
+            let started = Instant::now();
+            let runtime = Runtime::new(RuntimeConfig { cache_dir: Some(cache.path().to_path_buf()), ..Default::default() })?;
+            runtime_new.push(started.elapsed());
+            let plugin = runtime.load("stripe", wasm).await?;
+            if !plugin.load_info().cache_hit {
+                return Err("the component cache was not hit".into());
+            }
+            cold.push(started.elapsed());
+        }
+    }
+    let runtime = Runtime::new(RuntimeConfig { cache_dir: Some(cache.path().to_path_buf()), ..Default::default() })?;
+    let mut hit = Vec::new();
+    let mut hit_total = Vec::new();
+    if !profile_only {
+        for _ in 0..50 {
+            let plugin = runtime.load("stripe", wasm).await?;
+            hit.push(plugin.load_info().compile_or_load);
+            hit_total.push(plugin.load_info().total);
+        }
+    }
+
+    let body = stripe_page().await?;
+    let canned = body.clone();
+    let http = Arc::new(
+        ConnectionHttp::new(
+            weft::http::shared_client(),
+            "https://api.stripe.com",
+            &[],
+            Some((AuthScheme::BasicKeyAsUser, Secret::new("sk_test_bench"))),
+            HttpLimits::default(),
+            Arc::new(SendOnce),
+        )?
+        .with_canned_responses(move |_, _| Response { status: 200, headers: vec![], body: canned.clone() }),
+    );
+    let plugin = Arc::new(runtime.load("stripe", wasm).await?);
+    let warm = PluginConnection::new(plugin.clone(), http.clone());
+    let ctx = CallContext { base_url: http.base_url(), settings: vec![] };
+    let request = || ListRequest { resource: "customers".into(), cursor: None, page_size: 100, filter: None };
+
+    let which = std::env::var("WEFT_BENCH_PROFILE_CALLS").unwrap_or_default();
+    let (do_fresh, do_warm, do_native) = match which.as_str() {
+        "fresh" => (true, false, false),
+        "warm" => (false, true, false),
+        "native" => (false, false, true),
+        _ => (true, true, true),
+    };
+    for _ in 0..rounds / 10 {
+        if do_fresh {
+            plugin.list(&http, ctx.clone(), request()).await?;
+        }
+        if do_warm {
+            warm.list(ctx.clone(), request()).await?;
+        }
+        if do_native {
+            std::hint::black_box(native_parse(&body)?);
+        }
+    }
+    let mut fresh = Vec::with_capacity(rounds);
+    let mut warmed = Vec::with_capacity(rounds);
+    let mut native = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        if do_fresh {
+            let started = Instant::now();
+            let page = plugin.list(&http, ctx.clone(), request()).await?;
+            fresh.push(started.elapsed());
+            if page.records.len() != 100 {
+                return Err(format!("the plugin listed {} records", page.records.len()).into());
+            }
+        }
+        if do_warm {
+            let started = Instant::now();
+            let page = warm.list(ctx.clone(), request()).await?;
+            warmed.push(started.elapsed());
+            if page.records.len() != 100 {
+                return Err(format!("the plugin listed {} records", page.records.len()).into());
+            }
+        }
+        if do_native {
+            let started = Instant::now();
+            std::hint::black_box(native_parse(std::hint::black_box(&body))?);
+            native.push(started.elapsed());
+        }
+    }
+    if profile_only {
+        return Ok(Vec::new());
+    }
+    let (fresh, warmed, native) = (quantiles(&fresh), quantiles(&warmed), quantiles(&native));
+    let us = |q: &Quantiles| format!("p50 {:.0} µs, p99 {:.0} µs", q.p50, q.p99);
+    let page = format!("{} B page of 100", body.len());
+    let warm_overhead = warmed.p50 - native.p50;
+    let mut rows = vec![
+        Row::new("plugin call", format!("list, warm instance ({page}, HTTP stubbed)"), us(&warmed))
+            .reference(format!("native parse {}", us(&native)))
+            .result(format!("+{warm_overhead:.0} µs ({:.2}x)", warmed.p50 / native.p50))
+            .target(format!("<= +{TARGET_WARM_OVERHEAD_US:.0} µs"), warm_overhead <= TARGET_WARM_OVERHEAD_US)
+            .figures(json!({ "body_bytes": body.len(), "rounds": rounds, "p50_us": warmed.p50, "p99_us": warmed.p99, "native_p50_us": native.p50, "native_p99_us": native.p99, "overhead_p50_us": warm_overhead })),
+        Row::new("plugin call", format!("list, fresh instance from the template ({page})"), us(&fresh))
+            .reference(format!("native parse {}", us(&native)))
+            .result(format!("+{:.0} µs ({:.1}x)", fresh.p50 - native.p50, fresh.p50 / native.p50))
+            .figures(json!({ "body_bytes": body.len(), "rounds": rounds, "p50_us": fresh.p50, "p99_us": fresh.p99, "native_p50_us": native.p50, "native_p99_us": native.p99 })),
+    ];
+    if !profile_only {
+        let median_ms = |v: &[Duration]| quantile(&mut v.iter().map(|d| d.as_secs_f64() * 1e3).collect::<Vec<_>>(), 0.5);
+        let cold_ms = median_ms(&cold);
+        rows.push(
+            Row::new("plugin call", "cold start from the disk cache: new engine, load, describe", format!("{cold_ms:.2} ms"))
+                .reference(format!("deserialize {:.2} ms, + describe {:.2} ms, engine {:.2} ms", median_ms(&hit), median_ms(&hit_total), median_ms(&runtime_new)))
+                .target(format!("<= {TARGET_COLD_FROM_CACHE_MS:.0} ms"), cold_ms <= TARGET_COLD_FROM_CACHE_MS)
+                .figures(json!({ "cold_ms": cold_ms, "deserialize_ms": median_ms(&hit), "load_and_describe_ms": median_ms(&hit_total), "engine_ms": median_ms(&runtime_new) })),
+        );
+        rows.push(
+            Row::new("plugin call", format!("cold start, cache miss: compile {} KB", wasm.len() / 1024), format!("{:.0} ms", median_ms(&miss)))
+                .figures(json!({ "compile_ms": median_ms(&miss), "wasm_bytes": wasm.len() })),
+        );
+    }
+    Ok(rows)
+}
