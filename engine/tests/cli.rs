@@ -229,14 +229,14 @@ rate_limit = "10000/s"
 [[step]]
 id = "stripe"
 for_each = "[range(0; {ITEMS})]"
-concurrency = 4
+concurrency = 2
 upsert = "stripe.customers"
 record = {{ email = "user${{{{ $item }}}}@crash.example", name = "User ${{{{ $item }}}}" }}
 
 [[step]]
 id = "growpanel"
 for_each = "[range(0; {ITEMS})]"
-concurrency = 4
+concurrency = 2
 upsert = "growpanel.customers"
 record = {{ id = "user-${{{{ $item }}}}", name = "User ${{{{ $item }}}}", email = "user${{{{ $item }}}}@crash.example", created_date = "2026-01-01", country = "US" }}
 "#,
@@ -246,10 +246,24 @@ record = {{ id = "user-${{{{ $item }}}}", name = "User ${{{{ $item }}}}", email 
     let path = dirs.write("crash.toml", &text)?;
     let growpanel_before = sandbox.growpanel.emulator.customer_count();
 
+    // Compile the components into the cache first (weft validate loads the
+    // plugins): a first run killed while it compiles never reaches the run,
+    // and on a fresh machine every kill would land there. How long that
+    // took also says how long a process takes to start here.
+    let warm = dirs.command().arg("validate").arg(&path).output()?;
+    if !warm.status.success() {
+        return Err(format!("the crash workflow does not validate: {}", String::from_utf8_lossy(&warm.stderr)).into());
+    }
+    let started = Instant::now();
+    dirs.command().arg("validate").arg(&path).output()?;
+    let startup = started.elapsed().min(Duration::from_secs(2));
+
     let seed: u64 = rand::rng().random();
-    eprintln!("kill schedule seed {seed}");
+    eprintln!("kill schedule seed {seed}, start-up {} ms", startup.as_millis());
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let deadline = Instant::now() + Duration::from_secs(240);
+    let deadline = Instant::now() + Duration::from_secs(300);
+    // Kills of a process that had the run in hand (not of one killed before
+    // it recorded the run).
     let mut kills = 0;
     let mut run_id: Option<String> = None;
     let mut finished: Option<Output> = None;
@@ -264,29 +278,27 @@ record = {{ id = "user-${{{{ $item }}}}", name = "User ${{{{ $item }}}}", email 
         };
         let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
         if kills < KILLS {
-            // Early kills land in start-up and in the first step, later
-            // ones anywhere.
-            let wait = Duration::from_millis(rng.random_range(40..400));
+            // Anywhere from start-up to well into the work.
+            let wait = startup + Duration::from_millis(rng.random_range(0..300));
             let started = Instant::now();
             while started.elapsed() < wait && child.try_wait()?.is_none() {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
-            if child.try_wait()?.is_none() {
-                child.kill()?; // SIGKILL
-                child.wait()?;
-                kills += 1;
-            } else {
-                let output = child.wait_with_output()?;
-                finished = Some(output);
+            if child.try_wait()?.is_some() {
+                finished = Some(child.wait_with_output()?);
                 break;
+            }
+            child.kill()?; // SIGKILL
+            child.wait()?;
+            if run_id.is_none() {
+                let listed = dirs.command().args(["runs", "list", "--json"]).output()?;
+                run_id = stdout_json(&listed)?.as_array().and_then(|runs| runs.first()).and_then(|r| r["id"].as_str()).map(str::to_owned);
+            }
+            if run_id.is_some() {
+                kills += 1;
             }
         } else {
             finished = Some(tokio::task::spawn_blocking(move || child.wait_with_output()).await??);
-            break;
-        }
-        if run_id.is_none() {
-            let listed = dirs.command().args(["runs", "list", "--json"]).output()?;
-            run_id = stdout_json(&listed)?.as_array().and_then(|runs| runs.first()).and_then(|r| r["id"].as_str()).map(str::to_owned);
         }
     }
     let output = finished.ok_or("no final run")?;
