@@ -57,6 +57,7 @@ pub mod http;
 pub mod log;
 pub mod page;
 pub mod query;
+mod scan;
 mod types;
 
 pub use connector::Connector;

@@ -34,9 +34,11 @@ struct ListBody<'a> {
 /// previous page (Stripe's `starting_after`).
 pub(crate) fn list(ctx: &Context, request: &ListRequest) -> Result<Page> {
     let response = send(list_request(ctx, request)?)?;
-    let body: ListBody<'_> = response.json()?;
-    let records = page::raw_records(&body.data);
-    let next_cursor = match (body.has_more, records.last()) {
+    // One validating pass cuts the records and keeps `has_more`.
+    let body = page::ListBody::parse(&response.body, "data")?;
+    let has_more = body.flag("has_more")?;
+    let records = body.into_records();
+    let next_cursor = match (has_more, records.last()) {
         (true, Some(last)) => Some(page::scalar_field(last, "id")?.ok_or_else(|| {
             Error::fatal("stripe: a customer in the page has no `id` to continue after")
         })?),
