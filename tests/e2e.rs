@@ -10,7 +10,6 @@ mod e2e {
     mod contract;
     mod limits;
     mod schema;
-    mod secrets;
     mod serve;
     mod stripe;
     mod vendors;

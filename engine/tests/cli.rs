@@ -400,3 +400,49 @@ fn a_sandbox_run_is_not_resumed_against_the_real_vendors() -> TestResult {
     assert_eq!(shown["trigger"], "sandbox");
     Ok(())
 }
+
+fn files_containing(dir: &Path, needle: &[u8]) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if std::fs::read(&path).is_ok_and(|bytes| bytes.windows(needle.len()).any(|w| w == needle)) {
+                found.push(path.display().to_string());
+            }
+        }
+    }
+    found
+}
+
+/// In its own process, so the trace log is the binary's own (an in-process
+/// subscriber in a test binary that runs other tests on other threads
+/// captured nothing at times: tracing's callsite cache is process-wide).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_known_secret_never_reaches_the_store_or_the_logs_even_at_trace_level() -> TestResult {
+    let sandbox = weft_sandbox::Sandbox::start(weft_sandbox::SandboxOptions { seed: 30, ..Default::default() }).await?;
+    let secret = weft_sandbox::stripe::SANDBOX_API_KEY;
+    let dirs = Dirs::new()?;
+    // The credential comes from a file, as in production.
+    let key = key_file(dirs.files.path(), "stripe.key", secret)?;
+    let path = dirs.write(
+        "secret-check.toml",
+        &format!(
+            "[workflow]\nname = \"secret-check\"\n\n[connections.stripe]\nplugin = \"stripe\"\ncredentials = \"{key}\"\nbase_url = \"{}\"\n\n[[step]]\nid = \"export\"\nlist = \"stripe.customers\"\n\n[[step]]\nid = \"create\"\nupsert = \"stripe.customers\"\nrecord = {{ email = \"secret-check@example.com\" }}\n\n[[step]]\nid = \"missing\"\nget = \"stripe.customers\"\nkey = \"cus_does_not_exist\"\n",
+            sandbox.stripe.base_url()
+        ),
+    )?;
+    let output = dirs.command().args(["--log", "trace", "run", "--json"]).arg(&path).output()?;
+    let summary = stdout_json(&output)?;
+    assert_eq!(summary["status"], "succeeded", "{summary:#}");
+    assert_eq!(summary["steps"][0]["counts"]["read"], 30, "the secret worked: the emulator accepted it");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stdout.contains(secret), "the summary holds the secret");
+    assert!(stderr.lines().count() > 20, "trace logging wrote something: {stderr}");
+    assert!(!stderr.contains(secret), "a log line holds the secret");
+    assert_eq!(files_containing(dirs.state.path(), secret.as_bytes()), Vec::<String>::new());
+    Ok(())
+}
