@@ -651,7 +651,14 @@ impl Executor {
     ) -> Result<StepEnd, String> {
         let endpoint = endpoints.get(&step.connection).ok_or_else(|| format!("connection {:?} is not defined", step.connection))?;
         match &step.action {
-            Action::List { .. } => list::run(ctx, step, endpoint.as_ref(), state, scope).await,
+            Action::List { .. } => {
+                // Records are kept for later steps unless none of them can
+                // name a step's result at all (a textual test: it may keep
+                // records nobody reads, never drop ones someone does).
+                let later = workflow.steps.get(index as usize + 1..).unwrap_or_default();
+                let keep_records = later.iter().any(|s| workflow.text.get(s.region.clone()).is_none_or(|text| text.contains("steps")));
+                list::run(ctx, step, endpoint.as_ref(), state, scope, keep_records).await
+            }
             Action::Sync(spec) => {
                 let source = endpoints.get(&spec.from.connection).ok_or_else(|| format!("connection {:?} is not defined", spec.from.connection))?;
                 sync::run(ctx, step, spec, index, source.as_ref(), endpoint.as_ref(), state, scope).await
@@ -698,6 +705,7 @@ impl Executor {
         }
         let mut value = state.output.clone().unwrap_or(Value::Null);
         if let (Action::List { .. }, Value::Object(map)) = (&step.action, &mut value)
+            && state.records_kept
             && state.counts.read <= self.inline_records
         {
             let mut records = Vec::new();

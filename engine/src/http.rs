@@ -427,7 +427,9 @@ impl ConnectionHttp {
             .iter()
             .filter_map(|(name, value)| Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned())))
             .collect();
-        let mut body = Vec::new();
+        // Sized once when the length is announced (it is under the cap, checked
+        // above), rather than regrown and copied as chunks arrive.
+        let mut body = Vec::with_capacity(response.content_length().map_or(0, |length| length as usize));
         loop {
             let remaining = self.limits.timeout.saturating_sub(started.elapsed());
             let chunk = match tokio::time::timeout(remaining, response.chunk()).await {

@@ -1,7 +1,8 @@
 //! Durable run state in sled: runs, their steps, the pages a list step has
-//! read, the items of a for-each, and the webhook signatures already seen;
-//! a sync's sorted runs are files in a scratch directory beside them. Step and page commits are flushed to
-//! disk before the caller goes on; for-each items are flushed in groups
+//! read (the records in a page file per step, sled pointing at them), the
+//! items of a for-each, and the webhook signatures already seen; a sync's
+//! sorted runs are files in a scratch directory beside them. Step and page
+//! commits are flushed to disk before the caller goes on; for-each items are flushed in groups
 //! (see [`RunStore::commit_items`]), and an item lost in the last group is
 //! redone on resume with the same idempotency key, so the vendor does not
 //! write twice. Credentials never reach this module: it stores workflow
@@ -53,6 +54,14 @@ pub enum StoreError {
     #[error("run store: scratch directory {path}: {reason}")]
     Scratch {
         /// The directory.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// A list step's page file could not be written or read.
+    #[error("run store: page file {path}: {reason}")]
+    PageFile {
+        /// The file.
         path: String,
         /// Why.
         reason: String,
@@ -200,6 +209,28 @@ pub struct StepState {
     /// What a dry run would do.
     #[serde(default)]
     pub plan: Option<serde_json::Value>,
+    /// Whether a list step keeps its records in the store for later steps
+    /// (it does not when no later step can read them).
+    #[serde(default = "yes")]
+    pub records_kept: bool,
+    /// How much of a list step's output file the last commit covers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_file: Option<OutputMark>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The part of a list step's output file that its last commit covers: a
+/// resume keeps those bytes if they are still what was written (the file is
+/// not synced, so after a power loss they may not be) and appends after them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputMark {
+    /// Bytes written.
+    pub bytes: u64,
+    /// CRC-32 of those bytes.
+    pub crc32: u32,
 }
 
 /// The phase of a sync step.
@@ -280,6 +311,8 @@ impl StepState {
             items: 0,
             sync: None,
             plan: None,
+            records_kept: true,
+            output_file: None,
         }
     }
 }
@@ -407,20 +440,100 @@ impl RunStore {
         Ok(())
     }
 
-    /// Commits one page of a list step together with the step's new cursor,
-    /// in one transaction: a restart resumes after the last committed page.
+    /// Opens a list step's page log to append pages to, positioned after
+    /// the last committed page: bytes a crash left after it are dropped.
+    ///
+    /// Pages go to the step's page file (`pages/RUN/STEP.json` in the
+    /// store's directory) as they are read, and are committed in groups by
+    /// [`RunStore::commit_pages`]. sled holds only a 17-byte pointer per
+    /// page: a 60 KB value in sled costs a copy of its whole leaf on every
+    /// insert, which was most of an export's time in the store.
+    pub fn page_log(&self, run: &str, step: &StepState) -> Result<PageLog> {
+        let path = self.page_file(run, step.index);
+        let failed = |e: std::io::Error| StoreError::PageFile { path: path.display().to_string(), reason: e.to_string() };
+        // The end of the last page that lives in the file (pages an older
+        // store kept in sled itself do not).
+        let mut offset = 0;
+        for entry in self.pages.scan_prefix(step_prefix(run, step.index)).rev() {
+            let (_, value) = entry?;
+            if let Some(pointer) = PagePointer::decode(&value) {
+                offset = pointer.offset + pointer.len;
+                break;
+            }
+        }
+        let parent = path.parent().unwrap_or(&path);
+        std::fs::create_dir_all(parent).map_err(failed)?;
+        let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(failed)?;
+        file.set_len(offset).map_err(failed)?;
+        std::io::Seek::seek(&mut &file, std::io::SeekFrom::Start(offset)).map_err(failed)?;
+        Ok(PageLog { file: std::sync::Arc::new(file), path, offset, next_page: step.pages, pending: Vec::new(), dirs_synced: false })
+    }
+
+    /// Commits the pages appended to `log` since its last commit together
+    /// with the step's state (its cursor and counts after the last of
+    /// them), in one transaction after the page file is synced: a restart
+    /// resumes after the last committed page, and a page appended but not
+    /// committed is read again.
+    pub async fn commit_pages(&self, run: &str, step: &StepState, log: &mut PageLog) -> Result<()> {
+        let pending = std::mem::take(&mut log.pending);
+        let keys: Vec<(Vec<u8>, [u8; 17])> = pending.iter().map(|(page, pointer)| (page_key(run, step.index, *page), pointer.encode())).collect();
+        let (steps, pages, db, file) = (self.steps.clone(), self.pages.clone(), self.db.clone(), log.file.clone());
+        let (step_key, step_bytes) = (step_key(run, step.index), encode(step));
+        let path = log.path.clone();
+        let sync_dirs = !keys.is_empty() && !log.dirs_synced;
+        // One blocking task syncs, commits and flushes: sled's own
+        // flush_async wakes every idle thread of its pool for each flush.
+        let committed = tokio::task::spawn_blocking(move || -> Result<()> {
+            let failed = |e: std::io::Error| StoreError::PageFile { path: path.display().to_string(), reason: e.to_string() };
+            if !keys.is_empty() {
+                file.sync_data().map_err(failed)?;
+            }
+            #[cfg(unix)]
+            if sync_dirs {
+                // The file's entry, its run's directory and `pages/` itself
+                // must be durable before sled points into the file.
+                for dir in path.ancestors().skip(1).take(3) {
+                    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(failed)?;
+                }
+            }
+            (&steps, &pages)
+                .transaction(|(steps, pages)| {
+                    for (key, pointer) in &keys {
+                        pages.insert(key.as_slice(), &pointer[..])?;
+                    }
+                    steps.insert(step_key.as_slice(), step_bytes.as_slice())?;
+                    Ok(())
+                })
+                .map_err(tx_error)?;
+            db.flush()?;
+            Ok(())
+        })
+        .await;
+        let outcome = committed.map_err(|e| StoreError::PageFile { path: log.path.display().to_string(), reason: e.to_string() }).and_then(|r| r);
+        if outcome.is_ok() && sync_dirs {
+            log.dirs_synced = true;
+        }
+        if outcome.is_err() {
+            // Put them back: a later commit may still succeed.
+            let mut pending = pending;
+            pending.append(&mut log.pending);
+            log.pending = pending;
+        }
+        outcome
+    }
+
+    /// Appends one page and commits it at once (tests, and callers with one page).
     pub async fn commit_page(&self, run: &str, step: &StepState, records_json: &str) -> Result<()> {
-        let page_key = page_key(run, step.index, step.pages.saturating_sub(1));
-        let step_bytes = encode(step);
-        (&self.steps, &self.pages)
-            .transaction(|(steps, pages)| {
-                pages.insert(page_key.as_slice(), records_json.as_bytes())?;
-                steps.insert(step_key(run, step.index), step_bytes.as_slice())?;
-                Ok(())
-            })
-            .map_err(tx_error)?;
-        self.db.flush_async().await?;
-        Ok(())
+        let mut before = step.clone();
+        before.pages = step.pages.saturating_sub(1);
+        let mut log = self.page_log(run, &before)?;
+        log.append(records_json)?;
+        self.commit_pages(run, step, &mut log).await
+    }
+
+    /// The file holding a list step's pages.
+    fn page_file(&self, run: &str, index: u32) -> PathBuf {
+        self.dir.join("pages").join(run).join(format!("{index:05}.json"))
     }
 
     /// Every finished item of a for-each step, group by group (a group is
@@ -531,12 +644,101 @@ impl RunStore {
 
     /// The committed pages of a list step, each a JSON array of records.
     pub fn pages(&self, run: &str, index: u32) -> impl Iterator<Item = Result<String>> + use<> {
-        self.pages.scan_prefix(format!("{run}/{index:05}/").as_bytes()).map(|entry| {
+        let path = self.page_file(run, index);
+        let mut file: Option<std::fs::File> = None;
+        self.pages.scan_prefix(format!("{run}/{index:05}/").as_bytes()).map(move |entry| {
             let (key, value) = entry?;
-            String::from_utf8(value.to_vec())
-                .map_err(|e| StoreError::Corrupt { key: String::from_utf8_lossy(&key).into_owned(), reason: e.to_string() })
+            let corrupt = |reason: String| StoreError::Corrupt { key: String::from_utf8_lossy(&key).into_owned(), reason };
+            let bytes = match PagePointer::decode(&value) {
+                Some(pointer) => {
+                    let failed = |e: std::io::Error| StoreError::PageFile { path: path.display().to_string(), reason: e.to_string() };
+                    let file = match &mut file {
+                        Some(file) => file,
+                        None => file.insert(std::fs::File::open(&path).map_err(failed)?),
+                    };
+                    read_page(file, pointer).map_err(failed)?
+                }
+                // Stores written before page files keep the records in sled.
+                None => value.to_vec(),
+            };
+            String::from_utf8(bytes).map_err(|e| corrupt(e.to_string()))
         })
     }
+}
+
+/// Where a committed page's records are in its step's page file. Encoded as
+/// `@`, offset and length (big-endian u64s): a page stored in sled itself
+/// (before page files) is a JSON array and starts with `[`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PagePointer {
+    offset: u64,
+    len: u64,
+}
+
+impl PagePointer {
+    fn encode(self) -> [u8; 17] {
+        let mut out = [0u8; 17];
+        out[0] = b'@';
+        out[1..9].copy_from_slice(&self.offset.to_be_bytes());
+        out[9..].copy_from_slice(&self.len.to_be_bytes());
+        out
+    }
+
+    fn decode(value: &[u8]) -> Option<PagePointer> {
+        let (tag, rest) = value.split_first()?;
+        let (offset, len) = rest.split_first_chunk::<8>()?;
+        let len: &[u8; 8] = len.try_into().ok()?;
+        (*tag == b'@').then(|| PagePointer { offset: u64::from_be_bytes(*offset), len: u64::from_be_bytes(*len) })
+    }
+}
+
+/// A list step's page file, open for appending; see [`RunStore::page_log`].
+#[derive(Debug)]
+pub struct PageLog {
+    file: std::sync::Arc<std::fs::File>,
+    path: PathBuf,
+    /// Where the next page goes (the file's position: pages are written in
+    /// order, by this log alone).
+    offset: u64,
+    /// The number of the next page.
+    next_page: u32,
+    /// Pages appended since the last commit.
+    pending: Vec<(u32, PagePointer)>,
+    /// Whether the directories above the file are known to be durable.
+    dirs_synced: bool,
+}
+
+impl PageLog {
+    /// Writes a page to the file (not yet synced, not yet committed).
+    pub fn append(&mut self, records_json: &str) -> Result<()> {
+        use std::io::Write;
+        (&*self.file)
+            .write_all(records_json.as_bytes())
+            .map_err(|e| StoreError::PageFile { path: self.path.display().to_string(), reason: e.to_string() })?;
+        self.pending.push((self.next_page, PagePointer { offset: self.offset, len: records_json.len() as u64 }));
+        self.offset += records_json.len() as u64;
+        self.next_page += 1;
+        Ok(())
+    }
+
+    /// Pages appended and not yet committed.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Bytes appended and not yet committed.
+    pub fn pending_bytes(&self) -> u64 {
+        self.pending.iter().map(|(_, p)| p.len).sum()
+    }
+}
+
+fn read_page(file: &mut std::fs::File, pointer: PagePointer) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let len = usize::try_from(pointer.len).map_err(|_| std::io::Error::other("page length does not fit in memory"))?;
+    let mut bytes = vec![0; len];
+    file.seek(SeekFrom::Start(pointer.offset))?;
+    file.read_exact(&mut bytes)?;
+    Ok(bytes)
 }
 
 fn tx_error(e: sled::transaction::TransactionError) -> StoreError {
@@ -613,6 +815,47 @@ mod tests {
         assert_eq!(store.forget_signatures("w", 5_000)?, 1);
         assert!(store.remember_signature("w", "sig1", 10_001).await?);
         assert!(!store.remember_signature("w", "sig2", 10_002).await?);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn pages_live_in_a_page_file_and_bytes_a_crash_left_are_overwritten() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let store = RunStore::open(dir.path())?;
+        let id = store.new_run_id()?;
+        store.create_run(&run(&id), &["all".into()]).await?;
+        let mut step = StepState::pending("all", 0);
+        step.pages = 1;
+        store.commit_page(&id, &step, r#"[{"id":"cus_1"}]"#).await?;
+        // A crash after the page file grew but before sled took the pointer.
+        let file = dir.path().join("pages").join(&id).join("00000.json");
+        let mut bytes = std::fs::read(&file)?;
+        bytes.extend_from_slice(br#"[{"id":"torn"#);
+        std::fs::write(&file, &bytes)?;
+        drop(store);
+        let store = RunStore::open(dir.path())?;
+        step.pages = 2;
+        store.commit_page(&id, &step, r#"[{"id":"cus_2"}]"#).await?;
+        let pages: Vec<String> = store.pages(&id, 0).collect::<Result<_>>()?;
+        assert_eq!(pages, vec![r#"[{"id":"cus_1"}]"#.to_owned(), r#"[{"id":"cus_2"}]"#.to_owned()]);
+        assert_eq!(std::fs::metadata(&file)?.len(), 32, "the torn tail is gone");
+        // sled holds pointers, not records.
+        assert!(store.pages.iter().values().all(|v| v.map(|v| v.len() == 17).unwrap_or(false)));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn pages_kept_in_sled_by_older_stores_still_read() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let store = RunStore::open(dir.path())?;
+        let id = store.new_run_id()?;
+        store.create_run(&run(&id), &["all".into()]).await?;
+        store.pages.insert(page_key(&id, 0, 0), &br#"[{"id":"old"}]"#[..])?;
+        let mut step = StepState::pending("all", 0);
+        step.pages = 2;
+        store.commit_page(&id, &step, r#"[{"id":"new"}]"#).await?;
+        let pages: Vec<String> = store.pages(&id, 0).collect::<Result<_>>()?;
+        assert_eq!(pages, vec![r#"[{"id":"old"}]"#.to_owned(), r#"[{"id":"new"}]"#.to_owned()]);
         Ok(())
     }
 

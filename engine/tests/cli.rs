@@ -208,6 +208,7 @@ async fn a_run_killed_twenty_times_and_resumed_writes_each_customer_exactly_once
     let dirs = Dirs::new()?;
     let stripe_key = key_file(dirs.files.path(), "stripe-key", weft_sandbox::stripe::SANDBOX_API_KEY)?;
     let growpanel_key = key_file(dirs.files.path(), "growpanel-key", weft_sandbox::growpanel::SANDBOX_API_KEY)?;
+    let export = dirs.files.path().join("export.jsonl");
     let text = format!(
         r#"
 [workflow]
@@ -233,15 +234,24 @@ concurrency = 2
 upsert = "stripe.customers"
 record = {{ email = "user${{{{ $item }}}}@crash.example", name = "User ${{{{ $item }}}}" }}
 
+# Read back page by page (a hundred pages, each committed with its
+# cursor) into a file, and streamed into the next step.
+[[step]]
+id = "export"
+list = "stripe.customers"
+page_size = 10
+output = "{export}"
+
 [[step]]
 id = "growpanel"
-for_each = "[range(0; {ITEMS})]"
+for_each = ".steps.export.records[]"
 concurrency = 2
 upsert = "growpanel.customers"
-record = {{ id = "user-${{{{ $item }}}}", name = "User ${{{{ $item }}}}", email = "user${{{{ $item }}}}@crash.example", created_date = "2026-01-01", country = "US" }}
+record = {{ id = "${{{{ $item.id }}}}", name = "${{{{ $item.name }}}}", email = "${{{{ $item.email }}}}", created_date = "2026-01-01", country = "US" }}
 "#,
         stripe = sandbox.stripe.base_url(),
         growpanel = sandbox.growpanel.base_url(),
+        export = export.display(),
     );
     let path = dirs.write("crash.toml", &text)?;
     let growpanel_before = sandbox.growpanel.emulator.customer_count();
@@ -317,9 +327,17 @@ record = {{ id = "user-${{{{ $item }}}}", name = "User ${{{{ $item }}}}", email 
     assert_eq!(shown["status"], "succeeded");
     assert!(shown["resumes"].as_u64().unwrap_or(0) >= 1, "{shown:#}");
     for step in shown["steps"].as_array().into_iter().flatten() {
-        assert_eq!(step["items"], ITEMS, "{step:#}");
+        if step["id"] == "export" {
+            assert_eq!(step["counts"]["read"], ITEMS, "{step:#}");
+        } else {
+            assert_eq!(step["items"], ITEMS, "{step:#}");
+        }
         assert_eq!(step["counts"]["failed"], 0, "{step:#}");
     }
+    let exported = std::fs::read_to_string(&export)?;
+    let ids: std::collections::HashSet<String> =
+        exported.lines().map(|l| serde_json::from_str::<Value>(l).map(|c| c["id"].to_string())).collect::<Result<_, _>>()?;
+    assert_eq!((exported.lines().count(), ids.len()), (ITEMS, ITEMS), "the export file has each customer once");
     eprintln!("{kills} kills, {} resumes", shown["resumes"]);
     Ok(())
 }

@@ -283,6 +283,168 @@ async fn an_interrupted_for_each_resumes_where_it_stopped_without_writing_twice(
     Ok(())
 }
 
+/// Stops the run once a list step has read `after` records.
+struct StopAfterRecords {
+    after: u64,
+    stop: weft::executor::StopSignal,
+}
+
+impl Observer for StopAfterRecords {
+    fn page_committed(&self, _step: &Step, records_so_far: u64) {
+        if records_so_far >= self.after {
+            self.stop.shutdown.cancel();
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_interrupted_list_resumes_after_its_last_page_and_hands_on_every_record_once() -> TestResult {
+    let sandbox = sandbox(0).await?;
+    for i in 0..250 {
+        sandbox.stripe.emulator.insert_customer(json!({ "email": format!("l{i}@list.example"), "name": format!("L {i}") }));
+    }
+    let harness = Harness::new()?;
+    let out = harness.files.path().join("customers.jsonl");
+    let text = flow(
+        "export",
+        &format!(
+            r#"
+[[step]]
+id = "customers"
+list = "stripe.customers"
+page_size = 10
+output = "{}"
+
+[[step]]
+id = "mirror"
+for_each = ".steps.customers.records[]"
+concurrency = 4
+upsert = "growpanel.customers"
+record = {{ id = "${{{{ $item.id }}}}", name = "${{{{ $item.name }}}}", email = "${{{{ $item.email }}}}", created_date = "2026-01-01", country = "US" }}
+"#,
+            out.display()
+        ),
+    );
+    let wf = workflow(harness.files.path(), &text)?;
+    let stop = weft::executor::StopSignal::default();
+    let observer = StopAfterRecords { after: 50, stop: stop.clone() };
+    let options = RunOptions { overrides: overrides(&sandbox, &VENDORS), stop, ..RunOptions::default() };
+    let first = harness.executor.start(&wf, &options, &observer).await?;
+    assert_eq!(first.status, Status::Running, "interrupted: {first:#?}");
+    let read = first.steps[0].counts.read;
+    assert!((50..250).contains(&read), "stopped part way through the list: {read}");
+    let listed = sandbox.stripe.emulator.requests().len();
+
+    let resumed = harness.executor.resume(&first.run_id, &RunOptions { overrides: overrides(&sandbox, &VENDORS), ..RunOptions::default() }, &Silent).await?;
+    assert_eq!(resumed.status, Status::Succeeded, "{resumed:#?}");
+    assert_eq!(resumed.steps[0].counts.read, 250, "{:?}", resumed.steps[0]);
+    // The resume asked only for the pages after the committed ones (and
+    // the one read ahead, which an interruption drops).
+    let asked_again = sandbox.stripe.emulator.requests().len() - listed;
+    assert!(asked_again <= 25 - (read as usize / 10) + 1, "{asked_again} list requests on resume after {read} records");
+    let lines = std::fs::read_to_string(&out)?;
+    let mut ids: Vec<String> = lines.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).map(|v| v["id"].to_string())).collect::<Result<_, _>>()?;
+    assert_eq!(ids.len(), 250, "the output file has each record once");
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 250, "no record twice");
+    assert_eq!((resumed.steps[1].items, resumed.steps[1].counts.created), (250, 250), "{:?}", resumed.steps[1]);
+    Ok(())
+}
+
+/// Interrupts a 250-record export (no later step reads its records) after
+/// 50, lets `damage` touch the output file, resumes, and returns the ids in
+/// the file and the list requests the resume made.
+async fn interrupted_export(damage: impl FnOnce(&std::path::Path) -> std::io::Result<()>) -> TestResult<(Vec<String>, usize)> {
+    let sandbox = sandbox(0).await?;
+    for i in 0..250 {
+        sandbox.stripe.emulator.insert_customer(json!({ "email": format!("x{i}@export.example"), "name": format!("X {i}") }));
+    }
+    let harness = Harness::new()?;
+    let out = harness.files.path().join("export.jsonl");
+    let text = flow("export", &format!("[[step]]\nid = \"customers\"\nlist = \"stripe.customers\"\npage_size = 10\noutput = {:?}\n", out.display().to_string()));
+    let wf = workflow(harness.files.path(), &text)?;
+    let stop = weft::executor::StopSignal::default();
+    let observer = StopAfterRecords { after: 50, stop: stop.clone() };
+    let options = RunOptions { overrides: overrides(&sandbox, &VENDORS), stop, ..RunOptions::default() };
+    let first = harness.executor.start(&wf, &options, &observer).await?;
+    assert_eq!(first.status, Status::Running, "interrupted: {first:#?}");
+    let state = &harness.executor.store().steps(&first.run_id)?[0];
+    assert!(!state.records_kept, "nothing reads the records later: {state:?}");
+    assert_eq!(harness.executor.store().pages(&first.run_id, 0).count(), 0);
+    damage(&out)?;
+    let listed = sandbox.stripe.emulator.requests().len();
+    let resumed = harness.executor.resume(&first.run_id, &RunOptions { overrides: overrides(&sandbox, &VENDORS), ..RunOptions::default() }, &Silent).await?;
+    assert_eq!((resumed.status, resumed.steps[0].counts.read), (Status::Succeeded, 250), "{resumed:#?}");
+    let ids = std::fs::read_to_string(&out)?
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).map(|v| v["id"].to_string()))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((ids, sandbox.stripe.emulator.requests().len() - listed))
+}
+
+fn distinct(ids: &[String]) -> usize {
+    ids.iter().collect::<std::collections::HashSet<_>>().len()
+}
+
+#[tokio::test]
+async fn a_resumed_export_keeps_the_lines_its_last_commit_covers_and_appends_the_rest() -> TestResult {
+    let (ids, asked) = interrupted_export(|_| Ok(())).await?;
+    assert_eq!((ids.len(), distinct(&ids)), (250, 250), "each record once");
+    assert!(asked < 25, "the resume went on from the committed cursor: {asked} list requests");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_resumed_export_whose_file_was_damaged_reads_the_list_again() -> TestResult {
+    let (ids, asked) = interrupted_export(|out| {
+        let mut bytes = std::fs::read(out)?;
+        bytes[0] = b' ';
+        std::fs::write(out, bytes)
+    })
+    .await?;
+    assert_eq!((ids.len(), distinct(&ids)), (250, 250), "each record once");
+    assert_eq!(asked, 25, "all 25 pages read again");
+    let (ids, asked) = interrupted_export(|out| std::fs::write(out, b"")).await?;
+    assert_eq!((ids.len(), distinct(&ids), asked), (250, 250, 25), "a truncated file is read again too");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_damaged_output_file_is_rewritten_from_the_records_the_store_kept() -> TestResult {
+    let sandbox = sandbox(0).await?;
+    for i in 0..100 {
+        sandbox.stripe.emulator.insert_customer(json!({ "email": format!("k{i}@kept.example"), "name": format!("K {i}") }));
+    }
+    let harness = Harness::new()?;
+    let out = harness.files.path().join("kept.jsonl");
+    let text = flow(
+        "kept",
+        &format!(
+            "[[step]]\nid = \"customers\"\nlist = \"stripe.customers\"\npage_size = 10\noutput = {:?}\n\n[[step]]\nid = \"count\"\nwhen = \".steps.customers.count > 0\"\nget = \"stripe.customers\"\nkey = \"cus_none\"\n",
+            out.display().to_string()
+        ),
+    );
+    let wf = workflow(harness.files.path(), &text)?;
+    let stop = weft::executor::StopSignal::default();
+    let observer = StopAfterRecords { after: 30, stop: stop.clone() };
+    let options = RunOptions { overrides: overrides(&sandbox, &VENDORS), stop, ..RunOptions::default() };
+    let first = harness.executor.start(&wf, &options, &observer).await?;
+    assert_eq!(first.status, Status::Running, "interrupted: {first:#?}");
+    assert!(harness.executor.store().steps(&first.run_id)?[0].records_kept, "a later step names .steps");
+    std::fs::write(&out, b"{}\n")?;
+    let listed = sandbox.stripe.emulator.requests().len();
+    let resumed = harness.executor.resume(&first.run_id, &RunOptions { overrides: overrides(&sandbox, &VENDORS), ..RunOptions::default() }, &Silent).await?;
+    assert_eq!(resumed.status, Status::Succeeded, "{resumed:#?}");
+    let ids = std::fs::read_to_string(&out)?
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).map(|v| v["id"].to_string()))
+        .collect::<Result<Vec<_>, _>>()?;
+    assert_eq!((ids.len(), distinct(&ids)), (100, 100), "each record once");
+    assert!(sandbox.stripe.emulator.requests().len() - listed < 10, "the committed pages came from the store, not the vendor");
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_cancelled_run_stops_at_the_next_item_and_says_so() -> TestResult {
     let sandbox = sandbox(0).await?;

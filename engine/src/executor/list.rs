@@ -1,9 +1,10 @@
-//! A list step: every page (or up to `limit` records), each committed with
-//! its cursor before the next is asked for, optionally reshaped by `map`
-//! and written to a JSON Lines file.
+//! A list step: every page (or up to `limit` records), committed in groups
+//! with the cursor after them, optionally reshaped by `map` and written to a
+//! JSON Lines file.
 
-use std::io::Write as _;
+use std::io::{Read as _, Seek as _, Write as _};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use serde_json::value::RawValue;
 
@@ -12,10 +13,19 @@ use super::{RunCtx, StepEnd};
 use crate::connector::ListRequest;
 use crate::endpoint::Endpoint;
 use crate::expr::{Expr, Scope, parse_val};
-use crate::store::StepState;
+use crate::store::{OutputMark, PageLog, StepState};
 use crate::workflow::{Action, Step};
 
-pub(crate) async fn run(ctx: &RunCtx<'_>, step: &Step, endpoint: &dyn Endpoint, state: &mut StepState, scope: &Scope) -> Result<StepEnd, String> {
+/// Runs a list step. `keep_records` says whether a later step may read its
+/// records (`.steps.ID.records`): only then are they kept in the store.
+pub(crate) async fn run(
+    ctx: &RunCtx<'_>,
+    step: &Step,
+    endpoint: &dyn Endpoint,
+    state: &mut StepState,
+    scope: &Scope,
+    keep_records: bool,
+) -> Result<StepEnd, String> {
     let Action::List { page_size, limit, filter, output } = &step.action else {
         return Err("not a list step".into());
     };
@@ -25,8 +35,12 @@ pub(crate) async fn run(ctx: &RunCtx<'_>, step: &Step, endpoint: &dyn Endpoint, 
         Some(f) => Some(f.render(scope).map_err(|e| format!("filter: {e}"))?.to_string()),
         None => None,
     };
-    let mut sink = match output {
-        Some(path) => Some(open_output(path, ctx, state)?),
+    if state.pages == 0 {
+        // A resumed step keeps the choice it started with.
+        state.records_kept = keep_records;
+    }
+    let sink = match output {
+        Some(path) => Some(Output::open(path, ctx, state)?),
         None => None,
     };
     if state.pages > 0 && state.cursor.is_none() {
@@ -44,7 +58,133 @@ pub(crate) async fn run(ctx: &RunCtx<'_>, step: &Step, endpoint: &dyn Endpoint, 
         let request = ListRequest { resource: step.resource.clone(), cursor, page_size, filter: filter.clone() };
         async move { with_retry(&step.retry, step.timeout, || endpoint.list(request.clone())).await.0 }
     };
-    // The next page, asked for while the last one was being committed.
+    let mut pages = Pages {
+        log: if state.records_kept { Some(ctx.store.page_log(ctx.run_id, state).map_err(|e| e.to_string())?) } else { None },
+        sink,
+        committed: Committed::of(state),
+        since: Instant::now(),
+        bytes: 0,
+    };
+    let outcome = read_pages(ctx, step, scope, endpoint, state, &mut pages, wanted, fetch).await;
+    // Whatever ended the loop, pages already read are committed first, so
+    // the state the caller records never counts a page the store lacks.
+    if state.pages != pages.committed.pages
+        && let Err(e) = pages.commit(ctx, state).await
+    {
+        return Err(outcome.err().unwrap_or(e));
+    }
+    let end = outcome?;
+    if matches!(end, StepEnd::Done) {
+        state.output = Some(serde_json::json!({ "count": state.counts.read, "pages": state.pages }));
+    }
+    Ok(end)
+}
+
+/// Pages are committed in groups: when this much time has passed since the
+/// last commit, or this many pages or bytes wait. A crash loses at most a
+/// group of reads, which the resume asks for again (a read has no effect at
+/// the vendor); an fsync and a sled flush per page were most of the cost of
+/// an export.
+const GROUP_TIME: Duration = Duration::from_millis(25);
+const GROUP_PAGES: u32 = 64;
+const GROUP_BYTES: u64 = 8 << 20;
+
+/// The step's position as of the last commit, to put back if a commit fails.
+struct Committed {
+    read: u64,
+    pages: u32,
+    cursor: Option<String>,
+    output_file: Option<OutputMark>,
+}
+
+impl Committed {
+    fn of(state: &StepState) -> Self {
+        Committed { read: state.counts.read, pages: state.pages, cursor: state.cursor.clone(), output_file: state.output_file }
+    }
+
+    fn restore(&self, state: &mut StepState) {
+        state.counts.read = self.read;
+        state.pages = self.pages;
+        state.cursor = self.cursor.clone();
+        state.output_file = self.output_file;
+        state.output = Some(serde_json::json!({ "count": state.counts.read, "pages": state.pages }));
+    }
+}
+
+/// Where a list step's pages go: the store's page log (when later steps
+/// read the records), the output file, and the group not yet committed.
+struct Pages {
+    log: Option<PageLog>,
+    sink: Option<Output>,
+    committed: Committed,
+    since: Instant,
+    /// Bytes read since the last commit.
+    bytes: u64,
+}
+
+impl Pages {
+    /// Stores one page (not yet committed).
+    fn append(&mut self, records: &[String], array: &str) -> Result<(), String> {
+        if let Some(sink) = self.sink.as_mut() {
+            // The file holds a page before the store says it was read; a
+            // resume keeps only what the last commit covers.
+            sink.write_page(records)?;
+        }
+        if let Some(log) = self.log.as_mut() {
+            log.append(array).map_err(|e| e.to_string())?;
+        }
+        self.bytes += array.len() as u64;
+        Ok(())
+    }
+
+    fn due(&self, state: &StepState) -> bool {
+        state.cursor.is_none()
+            || self.since.elapsed() >= GROUP_TIME
+            || state.pages - self.committed.pages >= GROUP_PAGES
+            || self.bytes >= GROUP_BYTES
+    }
+
+    /// Commits the pages stored since the last commit with the step's state.
+    async fn commit(&mut self, ctx: &RunCtx<'_>, state: &mut StepState) -> Result<(), String> {
+        if let Some(sink) = &self.sink {
+            state.output_file = Some(sink.mark());
+        }
+        let committed = match self.log.as_mut() {
+            Some(log) => ctx.store.commit_pages(ctx.run_id, state, log).await,
+            None => ctx.store.commit_step(ctx.run_id, state).await,
+        };
+        match committed {
+            Ok(()) => {
+                self.committed = Committed::of(state);
+                self.since = Instant::now();
+                self.bytes = 0;
+                Ok(())
+            }
+            Err(e) => {
+                self.committed.restore(state);
+                Err(e.to_string())
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn read_pages<W, F, Fut>(
+    ctx: &RunCtx<'_>,
+    step: &Step,
+    scope: &Scope,
+    endpoint: &dyn Endpoint,
+    state: &mut StepState,
+    pages: &mut Pages,
+    wanted: W,
+    fetch: F,
+) -> Result<StepEnd, String>
+where
+    W: Fn(u64) -> Option<u32>,
+    F: Fn(Option<String>, u32) -> Fut,
+    Fut: std::future::Future<Output = Result<crate::connector::Page, CallError>>,
+{
+    // The next page, asked for while the last one was being stored.
     let mut prefetched = None;
     loop {
         if let Some(end) = ctx.stop_reason() {
@@ -67,44 +207,44 @@ pub(crate) async fn run(ctx: &RunCtx<'_>, step: &Step, endpoint: &dyn Endpoint, 
         array.push('[');
         array.push_str(&records.join(","));
         array.push(']');
-        state.counts.read += records.len() as u64;
-        state.pages += 1;
-        state.cursor = page.next_cursor;
-        state.output = Some(serde_json::json!({ "count": state.counts.read, "pages": state.pages }));
         // Reading ahead is harmless (a read has no effect at the vendor), so
-        // the next page is fetched while this one is written and committed:
+        // the next page is fetched while this one is written and stored:
         // the vendor's time and the store's overlap. The next page is used
-        // only after this one is committed; an interruption drops it.
-        let next = match (&state.cursor, wanted(state.counts.read)) {
+        // only after this one is stored; an interruption drops it.
+        let next = match (&page.next_cursor, wanted(state.counts.read + records.len() as u64)) {
             (Some(cursor), Some(size)) if ctx.stop_reason().is_none() => Some(fetch(Some(cursor.clone()), size)),
             _ => None,
         };
-        let commit = async {
-            if let Some((file, path)) = sink.as_mut() {
-                for record in &records {
-                    writeln!(file, "{record}").map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-                }
-                // The file holds a page before the store says it was read; a
-                // resume rewrites it from the store, so no record is doubled.
-                file.flush().map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        let store = async {
+            pages.append(&records, &array)?;
+            state.counts.read += records.len() as u64;
+            state.pages += 1;
+            state.cursor = page.next_cursor.clone();
+            state.output = Some(serde_json::json!({ "count": state.counts.read, "pages": state.pages }));
+            if pages.due(state) {
+                pages.commit(ctx, state).await?;
             }
-            ctx.store.commit_page(ctx.run_id, state, &array).await.map_err(|e| e.to_string())
+            Ok::<(), String>(())
         };
-        let (committed, next) = futures_util::future::join(commit, async {
-            match next {
-                Some(fetching) => Some(fetching.await),
-                None => None,
-            }
-        })
+        // The fetch is polled first, so the request is on its way before
+        // the store's own work starts.
+        let (next, stored) = futures_util::future::join(
+            async {
+                match next {
+                    Some(fetching) => Some(fetching.await),
+                    None => None,
+                }
+            },
+            store,
+        )
         .await;
-        committed?;
+        stored?;
         ctx.observer.page_committed(step, state.counts.read);
         prefetched = next;
         if state.cursor.is_none() {
             break;
         }
     }
-    state.output = Some(serde_json::json!({ "count": state.counts.read, "pages": state.pages }));
     Ok(StepEnd::Done)
 }
 
@@ -121,23 +261,102 @@ fn map_records(map: &Expr, records: &[String], scope: &Scope, plugin: &str) -> R
     Ok(out)
 }
 
-/// Opens the output file. A resumed step rewrites it from the pages the
-/// store holds, so the file ends up with each record once.
-fn open_output(path: &Path, ctx: &RunCtx<'_>, state: &StepState) -> Result<(std::io::BufWriter<std::fs::File>, PathBuf), String> {
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
-    }
-    let file = std::fs::File::create(path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
-    // A page (about 60 KB of Stripe customers) in one write.
-    let mut writer = std::io::BufWriter::with_capacity(256 << 10, file);
-    if state.pages > 0 {
-        for page in ctx.store.pages(ctx.run_id, state.index) {
-            let page = page.map_err(|e| e.to_string())?;
-            let records: Vec<&RawValue> = serde_json::from_str(&page).map_err(|e| format!("run store: a committed page does not parse: {e}"))?;
-            for record in records {
-                writeln!(writer, "{}", record.get()).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+/// A list step's output file, with what has been written to it so far.
+struct Output {
+    writer: std::io::BufWriter<std::fs::File>,
+    path: PathBuf,
+    bytes: u64,
+    crc: crc32fast::Hasher,
+}
+
+impl Output {
+    /// Opens the output file. A resumed step keeps the bytes its last
+    /// commit covers when they are intact and appends after them; otherwise
+    /// it rewrites the file from the records in the store, or, when the
+    /// store has none, reads the list again from the start.
+    fn open(path: &Path, ctx: &RunCtx<'_>, state: &mut StepState) -> Result<Output, String> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+        }
+        if state.pages > 0 {
+            if let Some(mark) = state.output_file
+                && let Some(output) = Output::reopen(path, mark)?
+            {
+                return Ok(output);
+            }
+            if !state.records_kept {
+                tracing::warn!(path = %path.display(), "the output file no longer holds what the run wrote; reading the list again from the start");
+                state.counts.read = 0;
+                state.pages = 0;
+                state.cursor = None;
+                state.output_file = None;
             }
         }
+        let file = std::fs::File::create(path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+        // A page (about 60 KB of Stripe customers) in one write.
+        let mut output = Output { writer: std::io::BufWriter::with_capacity(256 << 10, file), path: path.to_path_buf(), bytes: 0, crc: crc32fast::Hasher::new() };
+        if state.pages > 0 {
+            for page in ctx.store.pages(ctx.run_id, state.index) {
+                let page = page.map_err(|e| e.to_string())?;
+                let records: Vec<&RawValue> = serde_json::from_str(&page).map_err(|e| format!("run store: a committed page does not parse: {e}"))?;
+                for record in records {
+                    output.write_line(record.get())?;
+                }
+            }
+            output.writer.flush().map_err(|e| output.failed(e))?;
+        }
+        Ok(output)
     }
-    Ok((writer, path.to_path_buf()))
+
+    /// The file cut back to what `mark` covers, if those bytes are intact.
+    fn reopen(path: &Path, mark: OutputMark) -> Result<Option<Output>, String> {
+        let failed = |e: std::io::Error| format!("cannot read {}: {e}", path.display());
+        let mut file = match std::fs::OpenOptions::new().read(true).write(true).open(path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(failed(e)),
+        };
+        if file.metadata().map_err(failed)?.len() < mark.bytes {
+            return Ok(None);
+        }
+        let mut crc = crc32fast::Hasher::new();
+        let mut left = mark.bytes;
+        let mut buffer = vec![0; 256 << 10];
+        while left > 0 {
+            let want = buffer.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+            file.read_exact(&mut buffer[..want]).map_err(failed)?;
+            crc.update(&buffer[..want]);
+            left -= want as u64;
+        }
+        if crc.clone().finalize() != mark.crc32 {
+            return Ok(None);
+        }
+        file.set_len(mark.bytes).map_err(failed)?;
+        file.seek(std::io::SeekFrom::Start(mark.bytes)).map_err(failed)?;
+        Ok(Some(Output { writer: std::io::BufWriter::with_capacity(256 << 10, file), path: path.to_path_buf(), bytes: mark.bytes, crc }))
+    }
+
+    fn write_line(&mut self, record: &str) -> Result<(), String> {
+        self.writer.write_all(record.as_bytes()).and_then(|()| self.writer.write_all(b"\n")).map_err(|e| self.failed(e))?;
+        self.crc.update(record.as_bytes());
+        self.crc.update(b"\n");
+        self.bytes += record.len() as u64 + 1;
+        Ok(())
+    }
+
+    /// Writes a page's records, one a line, through to the file.
+    fn write_page(&mut self, records: &[String]) -> Result<(), String> {
+        for record in records {
+            self.write_line(record)?;
+        }
+        self.writer.flush().map_err(|e| self.failed(e))
+    }
+
+    fn mark(&self) -> OutputMark {
+        OutputMark { bytes: self.bytes, crc32: self.crc.clone().finalize() }
+    }
+
+    fn failed(&self, e: std::io::Error) -> String {
+        format!("cannot write {}: {e}", self.path.display())
+    }
 }
