@@ -475,17 +475,33 @@ impl RunStore {
     /// resumes after the last committed page, and a page appended but not
     /// committed is read again.
     pub async fn commit_pages(&self, run: &str, step: &StepState, log: &mut PageLog) -> Result<()> {
-        let pending = std::mem::take(&mut log.pending);
-        let keys: Vec<(Vec<u8>, [u8; 17])> = pending.iter().map(|(page, pointer)| (page_key(run, step.index, *page), pointer.encode())).collect();
-        let (steps, pages, db, file) = (self.steps.clone(), self.pages.clone(), self.db.clone(), log.file.clone());
+        self.start_commit(run, step, Some(log)).wait().await
+    }
+
+    /// Starts committing what [`RunStore::commit_pages`] commits (or, with no
+    /// log, only the step's state) on a blocking thread, so that the caller
+    /// can read the next pages meanwhile. Start the next commit only after
+    /// this one is waited for: commits of a step land in order.
+    pub fn start_commit(&self, run: &str, step: &StepState, log: Option<&mut PageLog>) -> Commit {
+        let (keys, file, path, sync_dirs) = match log {
+            Some(log) => {
+                let keys: Vec<(Vec<u8>, [u8; 17])> =
+                    std::mem::take(&mut log.pending).iter().map(|(page, pointer)| (page_key(run, step.index, *page), pointer.encode())).collect();
+                let sync_dirs = !keys.is_empty() && !log.dirs_synced;
+                // Were this commit to fail, the step fails with it.
+                log.dirs_synced |= sync_dirs;
+                (keys, Some(log.file.clone()), log.path.clone(), sync_dirs)
+            }
+            None => (Vec::new(), None, self.page_file(run, step.index), false),
+        };
+        let (steps, pages, db) = (self.steps.clone(), self.pages.clone(), self.db.clone());
         let (step_key, step_bytes) = (step_key(run, step.index), encode(step));
-        let path = log.path.clone();
-        let sync_dirs = !keys.is_empty() && !log.dirs_synced;
+        let shown = path.display().to_string();
         // One blocking task syncs, commits and flushes: sled's own
         // flush_async wakes every idle thread of its pool for each flush.
-        let committed = tokio::task::spawn_blocking(move || -> Result<()> {
+        let task = tokio::task::spawn_blocking(move || -> Result<()> {
             let failed = |e: std::io::Error| StoreError::PageFile { path: path.display().to_string(), reason: e.to_string() };
-            if !keys.is_empty() {
+            if let Some(file) = file.filter(|_| !keys.is_empty()) {
                 file.sync_data().map_err(failed)?;
             }
             #[cfg(unix)]
@@ -507,19 +523,8 @@ impl RunStore {
                 .map_err(tx_error)?;
             db.flush()?;
             Ok(())
-        })
-        .await;
-        let outcome = committed.map_err(|e| StoreError::PageFile { path: log.path.display().to_string(), reason: e.to_string() }).and_then(|r| r);
-        if outcome.is_ok() && sync_dirs {
-            log.dirs_synced = true;
-        }
-        if outcome.is_err() {
-            // Put them back: a later commit may still succeed.
-            let mut pending = pending;
-            pending.append(&mut log.pending);
-            log.pending = pending;
-        }
-        outcome
+        });
+        Commit { task, path: shown }
     }
 
     /// Appends one page and commits it at once (tests, and callers with one page).
@@ -689,6 +694,21 @@ impl PagePointer {
         let (offset, len) = rest.split_first_chunk::<8>()?;
         let len: &[u8; 8] = len.try_into().ok()?;
         (*tag == b'@').then(|| PagePointer { offset: u64::from_be_bytes(*offset), len: u64::from_be_bytes(*len) })
+    }
+}
+
+/// A commit under way; see [`RunStore::start_commit`].
+#[derive(Debug)]
+#[must_use = "a commit is durable only once waited for"]
+pub struct Commit {
+    task: tokio::task::JoinHandle<Result<()>>,
+    path: String,
+}
+
+impl Commit {
+    /// Waits until the commit is durable.
+    pub async fn wait(self) -> Result<()> {
+        self.task.await.map_err(|e| StoreError::PageFile { path: self.path, reason: e.to_string() })?
     }
 }
 

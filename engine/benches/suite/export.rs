@@ -83,8 +83,10 @@ impl Setup {
                 std::fs::write(&workflow, workflow_text(&self.base_url, &self.key_file, &out))?;
                 let mut command = Command::new(env!("CARGO_BIN_EXE_weft"));
                 command
+                    // One run store for every round, as a user's machine
+                    // keeps one: the warm-up run creates it.
                     .arg("--state-dir")
-                    .arg(self.dir.path().join(format!("state-{round}")))
+                    .arg(self.dir.path().join("state"))
                     .arg("--cache-dir")
                     .arg(&self.cache_dir)
                     .args(["run", "--json"])
@@ -199,8 +201,9 @@ pub async fn run(config: &Config) -> BenchResult<Vec<Row>> {
         async move { tokio::task::spawn_blocking(move || setup.run(client, round)).await? }
     };
 
-    // One unmeasured export each: fills the component cache (as any second
-    // run of weft finds it), the page cache and the emulator's allocator.
+    // One unmeasured export each: creates the run store and fills the
+    // component cache (as any second run of weft finds them), the page
+    // cache and the emulator's allocator.
     for &client in &[Client::Weft, Client::Native] {
         run(client, 0).await?;
     }

@@ -13,7 +13,7 @@ use super::{RunCtx, StepEnd};
 use crate::connector::ListRequest;
 use crate::endpoint::Endpoint;
 use crate::expr::{Expr, Scope, parse_val};
-use crate::store::{OutputMark, PageLog, StepState};
+use crate::store::{Commit, OutputMark, PageLog, StepState};
 use crate::workflow::{Action, Step};
 
 /// Runs a list step. `keep_records` says whether a later step may read its
@@ -61,16 +61,16 @@ pub(crate) async fn run(
     let mut pages = Pages {
         log: if state.records_kept { Some(ctx.store.page_log(ctx.run_id, state).map_err(|e| e.to_string())?) } else { None },
         sink,
-        committed: Committed::of(state),
+        confirmed: Committed::of(state),
+        in_flight: None,
         since: Instant::now(),
-        bytes: 0,
+        pages_since: 0,
+        bytes_since: 0,
     };
     let outcome = read_pages(ctx, step, scope, endpoint, state, &mut pages, wanted, fetch).await;
     // Whatever ended the loop, pages already read are committed first, so
     // the state the caller records never counts a page the store lacks.
-    if state.pages != pages.committed.pages
-        && let Err(e) = pages.commit(ctx, state).await
-    {
+    if let Err(e) = pages.finish(ctx, state).await {
         return Err(outcome.err().unwrap_or(e));
     }
     let end = outcome?;
@@ -112,59 +112,88 @@ impl Committed {
 }
 
 /// Where a list step's pages go: the store's page log (when later steps
-/// read the records), the output file, and the group not yet committed.
+/// read the records), the output file, and the commits of groups of them.
+/// A group's commit runs while the next pages are read; the one after it
+/// starts only once it is durable.
 struct Pages {
     log: Option<PageLog>,
     sink: Option<Output>,
-    committed: Committed,
+    /// The position the last durable commit recorded.
+    confirmed: Committed,
+    /// The commit under way, and the position it records.
+    in_flight: Option<(Commit, Committed)>,
+    /// When the last commit started, and the pages and bytes since.
     since: Instant,
-    /// Bytes read since the last commit.
-    bytes: u64,
+    pages_since: u32,
+    bytes_since: u64,
 }
 
 impl Pages {
     /// Stores one page (not yet committed).
-    fn append(&mut self, records: &[String], array: &str) -> Result<(), String> {
+    fn append(&mut self, records: &[String]) -> Result<(), String> {
         if let Some(sink) = self.sink.as_mut() {
             // The file holds a page before the store says it was read; a
             // resume keeps only what the last commit covers.
             sink.write_page(records)?;
         }
         if let Some(log) = self.log.as_mut() {
-            log.append(array).map_err(|e| e.to_string())?;
+            // The page as one JSON array, as the store hands it back.
+            let mut array = String::with_capacity(records.iter().map(|r| r.len() + 1).sum::<usize>() + 2);
+            array.push('[');
+            for (i, record) in records.iter().enumerate() {
+                if i > 0 {
+                    array.push(',');
+                }
+                array.push_str(record);
+            }
+            array.push(']');
+            log.append(&array).map_err(|e| e.to_string())?;
         }
-        self.bytes += array.len() as u64;
+        self.pages_since += 1;
+        self.bytes_since += records.iter().map(|r| r.len() as u64 + 1).sum::<u64>();
         Ok(())
     }
 
     fn due(&self, state: &StepState) -> bool {
-        state.cursor.is_none()
-            || self.since.elapsed() >= GROUP_TIME
-            || state.pages - self.committed.pages >= GROUP_PAGES
-            || self.bytes >= GROUP_BYTES
+        state.cursor.is_none() || self.since.elapsed() >= GROUP_TIME || self.pages_since >= GROUP_PAGES || self.bytes_since >= GROUP_BYTES
     }
 
-    /// Commits the pages stored since the last commit with the step's state.
-    async fn commit(&mut self, ctx: &RunCtx<'_>, state: &mut StepState) -> Result<(), String> {
+    /// Starts committing the pages stored so far with the step's state,
+    /// once the commit before it is durable.
+    async fn start_commit(&mut self, ctx: &RunCtx<'_>, state: &mut StepState) -> Result<(), String> {
+        self.settle(state).await?;
         if let Some(sink) = &self.sink {
             state.output_file = Some(sink.mark());
         }
-        let committed = match self.log.as_mut() {
-            Some(log) => ctx.store.commit_pages(ctx.run_id, state, log).await,
-            None => ctx.store.commit_step(ctx.run_id, state).await,
-        };
-        match committed {
-            Ok(()) => {
-                self.committed = Committed::of(state);
-                self.since = Instant::now();
-                self.bytes = 0;
-                Ok(())
+        let commit = ctx.store.start_commit(ctx.run_id, state, self.log.as_mut());
+        self.in_flight = Some((commit, Committed::of(state)));
+        self.since = Instant::now();
+        self.pages_since = 0;
+        self.bytes_since = 0;
+        Ok(())
+    }
+
+    /// Waits for the commit under way. If it failed, the state goes back to
+    /// the last durable position.
+    async fn settle(&mut self, state: &mut StepState) -> Result<(), String> {
+        if let Some((commit, position)) = self.in_flight.take() {
+            if let Err(e) = commit.wait().await {
+                self.confirmed.restore(state);
+                return Err(e.to_string());
             }
-            Err(e) => {
-                self.committed.restore(state);
-                Err(e.to_string())
-            }
+            self.confirmed = position;
         }
+        Ok(())
+    }
+
+    /// Commits every page stored and waits until that is durable.
+    async fn finish(&mut self, ctx: &RunCtx<'_>, state: &mut StepState) -> Result<(), String> {
+        self.settle(state).await?;
+        if state.pages != self.confirmed.pages {
+            self.start_commit(ctx, state).await?;
+            self.settle(state).await?;
+        }
+        Ok(())
     }
 }
 
@@ -203,10 +232,6 @@ where
             Some(map) => map_records(map, &page.records, scope, endpoint.name())?,
             None => page.records,
         };
-        let mut array = String::with_capacity(records.iter().map(|r| r.len() + 1).sum::<usize>() + 2);
-        array.push('[');
-        array.push_str(&records.join(","));
-        array.push(']');
         // Reading ahead is harmless (a read has no effect at the vendor), so
         // the next page is fetched while this one is written and stored:
         // the vendor's time and the store's overlap. The next page is used
@@ -216,13 +241,13 @@ where
             _ => None,
         };
         let store = async {
-            pages.append(&records, &array)?;
+            pages.append(&records)?;
             state.counts.read += records.len() as u64;
             state.pages += 1;
             state.cursor = page.next_cursor.clone();
             state.output = Some(serde_json::json!({ "count": state.counts.read, "pages": state.pages }));
             if pages.due(state) {
-                pages.commit(ctx, state).await?;
+                pages.start_commit(ctx, state).await?;
             }
             Ok::<(), String>(())
         };
