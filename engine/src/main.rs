@@ -219,7 +219,13 @@ fn main() -> ExitCode {
     match runtime.block_on(dispatch(cli)) {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            // A workflow's diagnostics print rustc-style, `error:` first.
+            let text = format!("{error:#}");
+            if text.starts_with("error:") {
+                eprintln!("{text}");
+            } else {
+                eprintln!("error: {text}");
+            }
             let code = match error.downcast_ref::<ExecError>() {
                 Some(ExecError::Store(StoreError::UnknownRun(_))) => exit::INVALID,
                 Some(ExecError::Store(_)) => exit::INTERNAL,

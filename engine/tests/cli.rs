@@ -357,6 +357,13 @@ fn validate_points_at_the_file_line_and_column_with_a_caret() -> TestResult {
     assert!(stderr.contains("step \"b\" runs after step \"a\""), "{stderr}");
     assert!(stderr.contains("bad.toml:14:16"), "{stderr}");
     assert!(stderr.contains("^"), "{stderr}");
+
+    // weft run refuses it with the same diagnostics, each said once.
+    let output = dirs.command().arg("run").arg(&path).output()?;
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("bad.toml:5:8") && stderr.starts_with("error: "), "{stderr}");
+    assert!(!stderr.contains("error: error"), "{stderr}");
     Ok(())
 }
 

@@ -283,6 +283,13 @@ async fn an_interrupted_for_each_resumes_where_it_stopped_without_writing_twice(
     Ok(())
 }
 
+/// Adds `count` Stripe customers, `{tag}{i}@{tag}.example`.
+fn seed_stripe(sandbox: &weft_sandbox::Sandbox, count: usize, tag: &str) {
+    for i in 0..count {
+        sandbox.stripe.emulator.insert_customer(json!({ "email": format!("{tag}{i}@{tag}.example"), "name": format!("{tag} {i}") }));
+    }
+}
+
 /// Stops the run once a list step has read `after` records.
 struct StopAfterRecords {
     after: u64,
@@ -300,9 +307,7 @@ impl Observer for StopAfterRecords {
 #[tokio::test]
 async fn an_interrupted_list_resumes_after_its_last_page_and_hands_on_every_record_once() -> TestResult {
     let sandbox = sandbox(0).await?;
-    for i in 0..250 {
-        sandbox.stripe.emulator.insert_customer(json!({ "email": format!("l{i}@list.example"), "name": format!("L {i}") }));
-    }
+    seed_stripe(&sandbox, 250, "list");
     let harness = Harness::new()?;
     let out = harness.files.path().join("customers.jsonl");
     let text = flow(
@@ -357,9 +362,7 @@ record = {{ id = "${{{{ $item.id }}}}", name = "${{{{ $item.name }}}}", email = 
 /// the file and the list requests the resume made.
 async fn interrupted_export(damage: impl FnOnce(&std::path::Path) -> std::io::Result<()>) -> TestResult<(Vec<String>, usize)> {
     let sandbox = sandbox(0).await?;
-    for i in 0..250 {
-        sandbox.stripe.emulator.insert_customer(json!({ "email": format!("x{i}@export.example"), "name": format!("X {i}") }));
-    }
+    seed_stripe(&sandbox, 250, "export");
     let harness = Harness::new()?;
     let out = harness.files.path().join("export.jsonl");
     let text = flow("export", &format!("[[step]]\nid = \"customers\"\nlist = \"stripe.customers\"\npage_size = 10\noutput = {:?}\n", out.display().to_string()));
@@ -413,9 +416,7 @@ async fn a_resumed_export_whose_file_was_damaged_reads_the_list_again() -> TestR
 #[tokio::test]
 async fn a_damaged_output_file_is_rewritten_from_the_records_the_store_kept() -> TestResult {
     let sandbox = sandbox(0).await?;
-    for i in 0..100 {
-        sandbox.stripe.emulator.insert_customer(json!({ "email": format!("k{i}@kept.example"), "name": format!("K {i}") }));
-    }
+    seed_stripe(&sandbox, 100, "kept");
     let harness = Harness::new()?;
     let out = harness.files.path().join("kept.jsonl");
     let text = flow(
@@ -616,9 +617,7 @@ impl Observer for StopAtReport {
 #[tokio::test]
 async fn an_interrupted_sync_resumes_mid_merge_and_creates_each_record_once() -> TestResult {
     let sandbox = sandbox(0).await?;
-    for i in 0..1200 {
-        sandbox.stripe.emulator.insert_customer(json!({ "email": format!("m{i}@merge.example"), "name": format!("M {i}") }));
-    }
+    seed_stripe(&sandbox, 1200, "merge");
     let harness = Harness::new()?;
     let wf = workflow(harness.files.path(), &flow("sync", SYNC))?;
     let stop = weft::executor::StopSignal::default();
