@@ -445,7 +445,7 @@ impl RunStore {
     ///
     /// Pages go to the step's page file (`pages/RUN/STEP.json` in the
     /// store's directory) as they are read, and are committed in groups by
-    /// [`RunStore::commit_pages`]. sled holds only a 17-byte pointer per
+    /// [`RunStore::start_commit`]. sled holds only a 17-byte pointer per
     /// page: a 60 KB value in sled costs a copy of its whole leaf on every
     /// insert, which was most of an export's time in the store.
     pub fn page_log(&self, run: &str, step: &StepState) -> Result<PageLog> {
@@ -469,19 +469,14 @@ impl RunStore {
         Ok(PageLog { file: std::sync::Arc::new(file), path, offset, next_page: step.pages, pending: Vec::new(), dirs_synced: false })
     }
 
-    /// Commits the pages appended to `log` since its last commit together
-    /// with the step's state (its cursor and counts after the last of
-    /// them), in one transaction after the page file is synced: a restart
-    /// resumes after the last committed page, and a page appended but not
-    /// committed is read again.
-    pub async fn commit_pages(&self, run: &str, step: &StepState, log: &mut PageLog) -> Result<()> {
-        self.start_commit(run, step, Some(log)).wait().await
-    }
-
-    /// Starts committing what [`RunStore::commit_pages`] commits (or, with no
-    /// log, only the step's state) on a blocking thread, so that the caller
-    /// can read the next pages meanwhile. Start the next commit only after
-    /// this one is waited for: commits of a step land in order.
+    /// Starts committing the pages appended to `log` since its last commit
+    /// (or, with no log, only the step's state) together with the step's
+    /// state (its cursor and counts after the last of them), in one
+    /// transaction after the page file is synced: a restart resumes after
+    /// the last committed page, and a page appended but not committed is
+    /// read again. It runs on a blocking thread, so that the caller can read
+    /// the next pages meanwhile. Start the next commit only after this one
+    /// is waited for: commits of a step land in order.
     pub fn start_commit(&self, run: &str, step: &StepState, log: Option<&mut PageLog>) -> Commit {
         let (keys, file, path, sync_dirs) = match log {
             Some(log) => {
@@ -525,15 +520,6 @@ impl RunStore {
             Ok(())
         });
         Commit { task, path: shown }
-    }
-
-    /// Appends one page and commits it at once (tests, and callers with one page).
-    pub async fn commit_page(&self, run: &str, step: &StepState, records_json: &str) -> Result<()> {
-        let mut before = step.clone();
-        before.pages = step.pages.saturating_sub(1);
-        let mut log = self.page_log(run, &before)?;
-        log.append(records_json)?;
-        self.commit_pages(run, step, &mut log).await
     }
 
     /// The file holding a list step's pages.
@@ -771,6 +757,26 @@ fn tx_error(e: sled::transaction::TransactionError) -> StoreError {
 mod tests {
     use super::*;
 
+    impl RunStore {
+        /// Appends one page of a list step and commits it at once.
+        async fn commit_page(&self, run: &str, step: &StepState, records_json: &str) -> Result<()> {
+            let mut before = step.clone();
+            before.pages = step.pages.saturating_sub(1);
+            let mut log = self.page_log(run, &before)?;
+            log.append(records_json)?;
+            self.start_commit(run, step, Some(&mut log)).wait().await
+        }
+    }
+
+    /// A store in a temporary directory with one run of these steps.
+    async fn store_with_run(steps: &[&str]) -> Result<(tempfile::TempDir, RunStore, String), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let store = RunStore::open(dir.path())?;
+        let id = store.new_run_id()?;
+        store.create_run(&run(&id), &steps.iter().map(|s| s.to_string()).collect::<Vec<_>>()).await?;
+        Ok((dir, store, id))
+    }
+
     fn run(id: &str) -> RunRecord {
         RunRecord {
             id: id.into(),
@@ -792,10 +798,7 @@ mod tests {
 
     #[tokio::test]
     async fn items_are_recorded_in_groups_and_read_back_in_order() -> Result<(), Box<dyn std::error::Error>> {
-        let dir = tempfile::tempdir()?;
-        let store = RunStore::open(dir.path())?;
-        let id = store.new_run_id()?;
-        store.create_run(&run(&id), &["each".into()]).await?;
+        let (dir, store, id) = store_with_run(&["each"]).await?;
         let step = StepState::pending("each", 0);
         let done = |n| (n, ItemRecord { status: Status::Succeeded, action: Some("created".into()), id: Some(format!("cus_{n}")), error: None });
         store.commit_items(&id, &step, &[done(2), done(0)]).await?;
@@ -840,10 +843,7 @@ mod tests {
 
     #[tokio::test]
     async fn pages_live_in_a_page_file_and_bytes_a_crash_left_are_overwritten() -> Result<(), Box<dyn std::error::Error>> {
-        let dir = tempfile::tempdir()?;
-        let store = RunStore::open(dir.path())?;
-        let id = store.new_run_id()?;
-        store.create_run(&run(&id), &["all".into()]).await?;
+        let (dir, store, id) = store_with_run(&["all"]).await?;
         let mut step = StepState::pending("all", 0);
         step.pages = 1;
         store.commit_page(&id, &step, r#"[{"id":"cus_1"}]"#).await?;
@@ -866,10 +866,7 @@ mod tests {
 
     #[tokio::test]
     async fn pages_kept_in_sled_by_older_stores_still_read() -> Result<(), Box<dyn std::error::Error>> {
-        let dir = tempfile::tempdir()?;
-        let store = RunStore::open(dir.path())?;
-        let id = store.new_run_id()?;
-        store.create_run(&run(&id), &["all".into()]).await?;
+        let (_dir, store, id) = store_with_run(&["all"]).await?;
         store.pages.insert(page_key(&id, 0, 0), &br#"[{"id":"old"}]"#[..])?;
         let mut step = StepState::pending("all", 0);
         step.pages = 2;

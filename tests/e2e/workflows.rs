@@ -230,6 +230,27 @@ allow_irreversible = true
     Ok(())
 }
 
+/// Starts `wf` against the sandbox with an observer that is handed the
+/// run's stop signal, and checks that the run stopped and can be resumed.
+async fn start_interrupted<O: Observer>(
+    harness: &Harness,
+    wf: &weft::workflow::Workflow,
+    sandbox: &weft_sandbox::Sandbox,
+    observer: impl FnOnce(weft::executor::StopSignal) -> O,
+) -> TestResult<weft::executor::RunSummary> {
+    let stop = weft::executor::StopSignal::default();
+    let observer = observer(stop.clone());
+    let options = RunOptions { overrides: overrides(sandbox, &VENDORS), stop, ..RunOptions::default() };
+    let first = harness.executor.start(wf, &options, &observer).await?;
+    assert_eq!(first.status, Status::Running, "interrupted, resumable: {first:#?}");
+    Ok(first)
+}
+
+/// Resumes a run against the sandbox.
+async fn resume(harness: &Harness, sandbox: &weft_sandbox::Sandbox, run: &str) -> TestResult<weft::executor::RunSummary> {
+    Ok(harness.executor.resume(run, &RunOptions { overrides: overrides(sandbox, &VENDORS), ..RunOptions::default() }, &Silent).await?)
+}
+
 /// Stops the run (as SIGTERM would) once a step has committed `after` items.
 struct StopAfter {
     after: u64,
@@ -260,17 +281,13 @@ async fn an_interrupted_for_each_resumes_where_it_stopped_without_writing_twice(
     let sandbox = sandbox(0).await?;
     let harness = Harness::new()?;
     let wf = workflow(harness.files.path(), &flow("many", MANY))?;
-    let stop = weft::executor::StopSignal::default();
-    let observer = StopAfter { after: 10, stop: stop.clone(), seen: AtomicU64::new(0) };
-    let options = RunOptions { overrides: overrides(&sandbox, &VENDORS), stop, ..RunOptions::default() };
-    let first = harness.executor.start(&wf, &options, &observer).await?;
-    assert_eq!(first.status, Status::Running, "interrupted, resumable: {first:#?}");
+    let first = start_interrupted(&harness, &wf, &sandbox, |stop| StopAfter { after: 10, stop, seen: AtomicU64::new(0) }).await?;
     let done = first.steps[0].items;
     assert!((10..60).contains(&done), "stopped part way: {done}");
 
     // The file changes; the run finishes on the version it started with.
     std::fs::write(&wf.path, flow("many", &MANY.replace("User ", "Changed ")))?;
-    let resumed = harness.executor.resume(&first.run_id, &RunOptions { overrides: overrides(&sandbox, &VENDORS), ..RunOptions::default() }, &Silent).await?;
+    let resumed = resume(&harness, &sandbox, &first.run_id).await?;
     assert_eq!(resumed.status, Status::Succeeded, "{resumed:#?}");
     assert_eq!((resumed.steps[0].items, resumed.steps[0].counts.created), (60, 60), "{:?}", resumed.steps[0]);
     let customers = sandbox.stripe.emulator.customers();
@@ -331,16 +348,12 @@ record = {{ id = "${{{{ $item.id }}}}", name = "${{{{ $item.name }}}}", email = 
         ),
     );
     let wf = workflow(harness.files.path(), &text)?;
-    let stop = weft::executor::StopSignal::default();
-    let observer = StopAfterRecords { after: 50, stop: stop.clone() };
-    let options = RunOptions { overrides: overrides(&sandbox, &VENDORS), stop, ..RunOptions::default() };
-    let first = harness.executor.start(&wf, &options, &observer).await?;
-    assert_eq!(first.status, Status::Running, "interrupted: {first:#?}");
+    let first = start_interrupted(&harness, &wf, &sandbox, |stop| StopAfterRecords { after: 50, stop }).await?;
     let read = first.steps[0].counts.read;
     assert!((50..250).contains(&read), "stopped part way through the list: {read}");
     let listed = sandbox.stripe.emulator.requests().len();
 
-    let resumed = harness.executor.resume(&first.run_id, &RunOptions { overrides: overrides(&sandbox, &VENDORS), ..RunOptions::default() }, &Silent).await?;
+    let resumed = resume(&harness, &sandbox, &first.run_id).await?;
     assert_eq!(resumed.status, Status::Succeeded, "{resumed:#?}");
     assert_eq!(resumed.steps[0].counts.read, 250, "{:?}", resumed.steps[0]);
     // The resume asked only for the pages after the committed ones (and
@@ -367,17 +380,13 @@ async fn interrupted_export(damage: impl FnOnce(&std::path::Path) -> std::io::Re
     let out = harness.files.path().join("export.jsonl");
     let text = flow("export", &format!("[[step]]\nid = \"customers\"\nlist = \"stripe.customers\"\npage_size = 10\noutput = {:?}\n", out.display().to_string()));
     let wf = workflow(harness.files.path(), &text)?;
-    let stop = weft::executor::StopSignal::default();
-    let observer = StopAfterRecords { after: 50, stop: stop.clone() };
-    let options = RunOptions { overrides: overrides(&sandbox, &VENDORS), stop, ..RunOptions::default() };
-    let first = harness.executor.start(&wf, &options, &observer).await?;
-    assert_eq!(first.status, Status::Running, "interrupted: {first:#?}");
+    let first = start_interrupted(&harness, &wf, &sandbox, |stop| StopAfterRecords { after: 50, stop }).await?;
     let state = &harness.executor.store().steps(&first.run_id)?[0];
     assert!(!state.records_kept, "nothing reads the records later: {state:?}");
     assert_eq!(harness.executor.store().pages(&first.run_id, 0).count(), 0);
     damage(&out)?;
     let listed = sandbox.stripe.emulator.requests().len();
-    let resumed = harness.executor.resume(&first.run_id, &RunOptions { overrides: overrides(&sandbox, &VENDORS), ..RunOptions::default() }, &Silent).await?;
+    let resumed = resume(&harness, &sandbox, &first.run_id).await?;
     assert_eq!((resumed.status, resumed.steps[0].counts.read), (Status::Succeeded, 250), "{resumed:#?}");
     let ids = std::fs::read_to_string(&out)?
         .lines()
@@ -427,15 +436,11 @@ async fn a_damaged_output_file_is_rewritten_from_the_records_the_store_kept() ->
         ),
     );
     let wf = workflow(harness.files.path(), &text)?;
-    let stop = weft::executor::StopSignal::default();
-    let observer = StopAfterRecords { after: 30, stop: stop.clone() };
-    let options = RunOptions { overrides: overrides(&sandbox, &VENDORS), stop, ..RunOptions::default() };
-    let first = harness.executor.start(&wf, &options, &observer).await?;
-    assert_eq!(first.status, Status::Running, "interrupted: {first:#?}");
+    let first = start_interrupted(&harness, &wf, &sandbox, |stop| StopAfterRecords { after: 30, stop }).await?;
     assert!(harness.executor.store().steps(&first.run_id)?[0].records_kept, "a later step names .steps");
     std::fs::write(&out, b"{}\n")?;
     let listed = sandbox.stripe.emulator.requests().len();
-    let resumed = harness.executor.resume(&first.run_id, &RunOptions { overrides: overrides(&sandbox, &VENDORS), ..RunOptions::default() }, &Silent).await?;
+    let resumed = resume(&harness, &sandbox, &first.run_id).await?;
     assert_eq!(resumed.status, Status::Succeeded, "{resumed:#?}");
     let ids = std::fs::read_to_string(&out)?
         .lines()
@@ -620,17 +625,13 @@ async fn an_interrupted_sync_resumes_mid_merge_and_creates_each_record_once() ->
     seed_stripe(&sandbox, 1200, "merge");
     let harness = Harness::new()?;
     let wf = workflow(harness.files.path(), &flow("sync", SYNC))?;
-    let stop = weft::executor::StopSignal::default();
     // Report 1 is the source scan, 2 the target scan; 3 is the first group
     // of 500 merged keys.
-    let observer = StopAtReport { nth: 3, stop: stop.clone(), seen: AtomicU64::new(0) };
-    let options = RunOptions { overrides: overrides(&sandbox, &VENDORS), stop, ..RunOptions::default() };
-    let first = harness.executor.start(&wf, &options, &observer).await?;
-    assert_eq!(first.status, Status::Running, "interrupted: {first:#?}");
+    let first = start_interrupted(&harness, &wf, &sandbox, |stop| StopAtReport { nth: 3, stop, seen: AtomicU64::new(0) }).await?;
     let made = sandbox.metronome.emulator.customer_count();
     assert!((1..1200).contains(&made), "stopped mid-merge: {made}");
 
-    let resumed = harness.executor.resume(&first.run_id, &RunOptions { overrides: overrides(&sandbox, &VENDORS), ..RunOptions::default() }, &Silent).await?;
+    let resumed = resume(&harness, &sandbox, &first.run_id).await?;
     assert_eq!(resumed.status, Status::Succeeded, "{resumed:#?}");
     assert_eq!(resumed.steps[0].counts.created, 1200, "{:?}", resumed.steps[0]);
     let customers = sandbox.metronome.emulator.customers();

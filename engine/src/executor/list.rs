@@ -45,7 +45,7 @@ pub(crate) async fn run(
     };
     if state.pages > 0 && state.cursor.is_none() {
         // Every page was committed before the interruption.
-        state.output = Some(serde_json::json!({ "count": state.counts.read, "pages": state.pages }));
+        set_output(state);
         return Ok(StepEnd::Done);
     }
     // How many records the next request asks for; `None` once `limit` is reached.
@@ -74,10 +74,14 @@ pub(crate) async fn run(
         return Err(outcome.err().unwrap_or(e));
     }
     let end = outcome?;
-    if matches!(end, StepEnd::Done) {
-        state.output = Some(serde_json::json!({ "count": state.counts.read, "pages": state.pages }));
-    }
+    set_output(state);
     Ok(end)
+}
+
+/// The step's result as later steps and `weft runs show` see it, derived
+/// from its counts when it is committed or ends.
+fn set_output(state: &mut StepState) {
+    state.output = Some(serde_json::json!({ "count": state.counts.read, "pages": state.pages }));
 }
 
 /// Pages are committed in groups: when this much time has passed since the
@@ -107,7 +111,7 @@ impl Committed {
         state.pages = self.pages;
         state.cursor = self.cursor.clone();
         state.output_file = self.output_file;
-        state.output = Some(serde_json::json!({ "count": state.counts.read, "pages": state.pages }));
+        set_output(state);
     }
 }
 
@@ -165,6 +169,7 @@ impl Pages {
         if let Some(sink) = &self.sink {
             state.output_file = Some(sink.mark());
         }
+        set_output(state);
         let commit = ctx.store.start_commit(ctx.run_id, state, self.log.as_mut());
         self.in_flight = Some((commit, Committed::of(state)));
         self.since = Instant::now();
@@ -245,7 +250,6 @@ where
             state.counts.read += records.len() as u64;
             state.pages += 1;
             state.cursor = page.next_cursor.clone();
-            state.output = Some(serde_json::json!({ "count": state.counts.read, "pages": state.pages }));
             if pages.due(state) {
                 pages.start_commit(ctx, state).await?;
             }
