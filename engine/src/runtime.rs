@@ -610,6 +610,14 @@ const WARM_MEMORY_BYTES: usize = 8 << 20;
 /// Idle instances kept per connection.
 const WARM_PER_CONNECTION: usize = 16;
 
+/// Idle instances kept in the whole process: half of the pool's 256
+/// instance slots, so that connections holding warm instances can never
+/// leave a call unable to instantiate.
+const WARM_IN_PROCESS: usize = 128;
+
+/// Idle instances held by every connection of the process.
+static WARM_IDLE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// A plugin bound to one connection's HTTP policy, whose calls reuse warm
 /// instances instead of instantiating one per call.
 ///
@@ -628,7 +636,7 @@ const WARM_PER_CONNECTION: usize = 16;
 /// the memory cap is the same. An instance is discarded after a trap, a
 /// limit, a deadline, anything on stderr, memory grown past 8 MiB, or 1,000
 /// calls (see [`Instance::reusable`]), and no more than 16 idle instances
-/// are kept per connection.
+/// are kept per connection, 128 in the process (half the instance pool).
 pub struct PluginConnection {
     plugin: Arc<Plugin>,
     http: Arc<ConnectionHttp>,
@@ -638,6 +646,13 @@ pub struct PluginConnection {
 impl std::fmt::Debug for PluginConnection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PluginConnection").field("plugin", &self.plugin.name).field("base_url", &self.http.base_url()).finish_non_exhaustive()
+    }
+}
+
+impl Drop for PluginConnection {
+    fn drop(&mut self) {
+        let idle = self.idle.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner).len();
+        WARM_IDLE.fetch_sub(idle, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -690,7 +705,10 @@ impl PluginConnection {
         let op = call.op();
         let idle = self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pop();
         let mut instance = match idle {
-            Some(instance) => instance,
+            Some(instance) => {
+                WARM_IDLE.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                instance
+            }
             None => self.plugin.instantiate(Some(self.http.clone()), op).await?,
         };
         // Dropping this future mid-call (a cancelled run) drops the
@@ -698,7 +716,11 @@ impl PluginConnection {
         let outcome = self.plugin.run(&mut instance, call).await;
         if instance.reusable(&outcome) {
             let mut idle = self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            if idle.len() < WARM_PER_CONNECTION {
+            let admitted = idle.len() < WARM_PER_CONNECTION
+                && WARM_IDLE
+                    .fetch_update(std::sync::atomic::Ordering::Relaxed, std::sync::atomic::Ordering::Relaxed, |n| (n < WARM_IN_PROCESS).then_some(n + 1))
+                    .is_ok();
+            if admitted {
                 idle.push(instance);
             }
         }

@@ -209,8 +209,9 @@ async fn scan(
         if page.next_cursor.is_some() && page.next_cursor == cursor {
             return Err(format!("plugin {} returned the cursor it was given; stopping to avoid an endless list", endpoint.name()));
         }
-        for text in &page.records {
-            let record = parse_val(text).map_err(|e| format!("plugin {}: list returned a record that is {e}", endpoint.name()))?;
+        let read = page.records.len() as u64;
+        for text in page.records {
+            let record = parse_val(&text).map_err(|e| format!("plugin {}: list returned a record that is {e}", endpoint.name()))?;
             match side {
                 Side::Source => {
                     let mapped = match &step.map {
@@ -219,12 +220,15 @@ async fn scan(
                     };
                     for desired in mapped {
                         let key = spec.key.run(desired.clone(), scope).map_err(|e| format!("sync.key: {e}"))?.first().and_then(key_text);
+                        // JSON, as the merge reads it back: jaq's own text
+                        // would write NaN or a byte string as no JSON does.
+                        let desired = from_val(&desired);
                         match key {
                             Some(key) => {
                                 buffer.push(key, desired.to_string());
                                 buffered_records += 1;
                             }
-                            None => tally.failed("(no key)", &CallError::new(format!("the mapped record has no `{}`: {}", spec.key.text(), shorten(&from_val(&desired))))),
+                            None => tally.failed("(no key)", &CallError::new(format!("the mapped record has no `{}`: {}", spec.key.text(), shorten(&desired)))),
                         }
                     }
                 }
@@ -232,13 +236,13 @@ async fn scan(
                     let key = spec.key.run(record, scope).map_err(|e| format!("sync.key on a {} record: {e}", step.target()))?;
                     // A target record without the key is not the sync's.
                     if let Some(key) = key.first().and_then(key_text) {
-                        buffer.push(key, text.clone());
+                        buffer.push(key, text);
+                        buffered_records += 1;
                     }
-                    buffered_records += 1;
                 }
             }
         }
-        buffered_read += page.records.len() as u64;
+        buffered_read += read;
         buffered_pages += 1;
         cursor = page.next_cursor;
         finished = cursor.is_none();
@@ -332,7 +336,10 @@ async fn merge(
         tally.progress().merged_through = Some(last_key);
         tally.output();
         ctx.store.commit_step(ctx.run_id, tally.state).await.map_err(|e| e.to_string())?;
-        ctx.observer.items_committed(step, tally.state.counts.read);
+        // Progress is the keys merged so far (the source's read count
+        // stands still while the merge writes).
+        let c = &tally.state.counts;
+        ctx.observer.items_committed(step, c.created + c.updated + c.unchanged + c.removed + c.absent + c.failed);
     }
     tally.progress().phase = SyncPhase::Done;
     Ok(None)
