@@ -56,29 +56,21 @@ fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     // The native export client runs in a process of its own.
     if let Some(at) = args.iter().position(|a| a == "--native-export") {
-        return match export::native_export(&args[at + 1..]) {
-            Ok(()) => std::process::ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("native export: {e}");
-                std::process::ExitCode::FAILURE
-            }
-        };
+        return exit("native export", export::native_export(&args[at + 1..]));
     }
     // For profiling a client by hand: serve a seeded Stripe emulator.
     if let Some(at) = args.iter().position(|a| a == "--serve-stripe") {
-        return match export::serve_stripe(&args[at + 1..]) {
-            Ok(()) => std::process::ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("serve stripe: {e}");
-                std::process::ExitCode::FAILURE
-            }
-        };
+        return exit("serve stripe", export::serve_stripe(&args[at + 1..]));
     }
     // A missed target is a finding, not a failure: the table says so.
-    match run(&args) {
+    exit("bench suite", run(&args))
+}
+
+fn exit(what: &str, result: BenchResult<()>) -> std::process::ExitCode {
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("bench suite: {e}");
+            eprintln!("{what}: {e}");
             std::process::ExitCode::FAILURE
         }
     }

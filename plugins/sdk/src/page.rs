@@ -175,12 +175,14 @@ fn key_is(raw: &str, name: &str) -> bool {
 }
 
 fn scan_error(error: &ScanError) -> Error {
+    body_error(error, error.eof)
+}
+
+/// A body that is not the JSON expected: transient when it ended early (a
+/// body cut short is worth another try), fatal otherwise.
+fn body_error(error: &dyn core::fmt::Display, cut_short: bool) -> Error {
     let message = format!("the response body is not the JSON expected: {error}");
-    if error.eof {
-        Error::Transient(message)
-    } else {
-        Error::Fatal(message)
-    }
+    if cut_short { Error::Transient(message) } else { Error::Fatal(message) }
 }
 
 /// Copies borrowed raw records into the strings a [`Page`](crate::Page)
@@ -247,12 +249,7 @@ fn utf8(body: &[u8]) -> Result<&str> {
 }
 
 fn json_error(error: &serde_json::Error) -> Error {
-    let message = format!("the response body is not the JSON expected: {error}");
-    if error.is_eof() {
-        Error::Transient(message)
-    } else {
-        Error::Fatal(message)
-    }
+    body_error(error, error.is_eof())
 }
 
 /// Reads one top-level scalar field of an object.
