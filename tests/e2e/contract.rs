@@ -297,11 +297,28 @@ impl std::fmt::Display for Report {
 impl std::error::Error for Report {}
 
 /// The vendors' OpenAPI descriptions: `WEFT_VENDOR_APIS` when set, else
-/// `../shared/vendor-apis` beside the repository, as on CI.
+/// `../shared/vendor-apis` beside the repository, as on CI, else beside the
+/// repository this one was cloned from (a check-out cloned into a temporary
+/// directory has no `../shared` of its own).
 fn vendor_apis() -> std::path::PathBuf {
-    match std::env::var_os("WEFT_VENDOR_APIS") {
-        Some(path) => path.into(),
-        None => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/vendor-apis"),
+    if let Some(path) = std::env::var_os("WEFT_VENDOR_APIS") {
+        return path.into();
+    }
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let beside = repo.join("../shared/vendor-apis");
+    if beside.is_dir() {
+        return beside;
+    }
+    let origin = std::process::Command::new("git")
+        .args(["remote", "get-url", "origin"])
+        .current_dir(repo)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| std::path::PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
+    match origin.map(|origin| origin.join("../shared/vendor-apis")) {
+        Some(from_origin) if from_origin.is_dir() => from_origin,
+        _ => beside,
     }
 }
 
