@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::connector::{CallContext, ConnectorError, ListRequest, Op, RemoveOutcome, ResourceSpec, UpsertAction, UpsertRequest};
 use crate::credentials::Secret;
 use crate::http::{ConnectionHttp, HttpLimits};
-use crate::limiter::{LimitedPolicy, Limiter, RetryPolicy};
+use crate::limiter::{LimitedPolicy, Limiter, Publisher, RetryPolicy};
 use crate::runtime::{Plugin, RuntimeError};
 
 /// Pages the pagination check reads at most before it calls the listing endless.
@@ -68,7 +68,7 @@ pub struct CheckResult {
 pub async fn check(plugin: &Plugin, target: &CheckTarget) -> Result<Vec<CheckResult>, crate::http::HttpError> {
     let manifest = plugin.manifest().clone();
     let connect = |secret: Option<Secret>| -> Result<Arc<ConnectionHttp>, crate::http::HttpError> {
-        let limiter = Arc::new(Limiter::new(&manifest.rate_limits, secret.as_ref(), &[]));
+        let limiter = Arc::new(Limiter::new(Publisher::of_digest(plugin.digest()), &manifest.rate_limits, secret.as_ref(), &[]));
         Ok(Arc::new(ConnectionHttp::new(
             crate::http::shared_client(),
             &target.base_url,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use futures_util::future::BoxFuture;
 
 use crate::connector::{BatchItem, CallContext, ConnectorError, ListRequest, Manifest, Page, RemoveOutcome, UpsertOutcome, UpsertRequest};
-use crate::http::{ConnectionHttp, StatsSnapshot};
+use crate::http::{ConnectionHttp, StatsSnapshot, within_call};
 use crate::runtime::{Plugin, PluginConnection, RuntimeError};
 
 /// The outcome of each record of a batch upsert.
@@ -37,6 +37,8 @@ pub trait Endpoint: Send + Sync {
 
 /// A plugin behind a connection's HTTP policy and settings, whose calls
 /// reuse warm instances of this connection (see [`PluginConnection`]).
+/// Each op is one call for the connection's per-call request budget
+/// ([`crate::http::HttpLimits::max_requests_per_call`]).
 pub struct PluginEndpoint {
     connection: PluginConnection,
     context: CallContext,
@@ -81,23 +83,23 @@ impl Endpoint for PluginEndpoint {
     }
 
     fn list(&self, request: ListRequest) -> BoxFuture<'_, Result<Page, RuntimeError>> {
-        Box::pin(self.connection.list(self.context.clone(), request))
+        Box::pin(within_call(self.connection.list(self.context.clone(), request)))
     }
 
     fn get<'a>(&'a self, resource: &'a str, id: &'a str) -> BoxFuture<'a, Result<Option<String>, RuntimeError>> {
-        Box::pin(self.connection.get(self.context.clone(), resource, id))
+        Box::pin(within_call(self.connection.get(self.context.clone(), resource, id)))
     }
 
     fn upsert(&self, request: UpsertRequest) -> BoxFuture<'_, Result<UpsertOutcome, RuntimeError>> {
-        Box::pin(self.connection.upsert(self.context.clone(), request))
+        Box::pin(within_call(self.connection.upsert(self.context.clone(), request)))
     }
 
     fn upsert_batch<'a>(&'a self, resource: &'a str, items: Vec<BatchItem>) -> BoxFuture<'a, Result<BatchOutcomes, RuntimeError>> {
-        Box::pin(self.connection.upsert_batch(self.context.clone(), resource, items))
+        Box::pin(within_call(self.connection.upsert_batch(self.context.clone(), resource, items)))
     }
 
     fn remove<'a>(&'a self, resource: &'a str, id: &'a str) -> BoxFuture<'a, Result<RemoveOutcome, RuntimeError>> {
-        Box::pin(self.connection.remove(self.context.clone(), resource, id))
+        Box::pin(within_call(self.connection.remove(self.context.clone(), resource, id)))
     }
 
     fn stats(&self) -> StatsSnapshot {

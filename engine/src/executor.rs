@@ -26,8 +26,8 @@ use crate::connector::{CallContext, Manifest};
 use crate::credentials::{CredentialSource, Secret};
 use crate::endpoint::{Endpoint, PluginEndpoint};
 use crate::expr::{Scope, from_val};
-use crate::http::{ConnectionHttp, HttpLimits, StatsSnapshot};
-use crate::limiter::{LimitedPolicy, LimiterRegistry, RetryPolicy};
+use crate::http::{ConnectionHttp, EgressPolicy, HttpLimits, StatsSnapshot};
+use crate::limiter::{LimitedPolicy, LimiterRegistry, Publisher, RetryPolicy};
 use crate::runtime::{Plugin, Runtime, RuntimeError};
 use crate::store::{RunRecord, RunStore, Status, StepCounts, StepState, StoreError, now_ms};
 use crate::workflow::{Action, Diagnostics, PluginRef, Step, Workflow};
@@ -399,16 +399,25 @@ impl Executor {
             };
             // Deny by default: a host is allowed only if the plugin declares it and the workflow grants it.
             let extra: Vec<String> = manifest.extra_hosts.iter().filter(|h| connection.allow_hosts.contains(h)).cloned().collect();
-            let limiter = self.limiters.limiter(&manifest.name, secret.as_ref(), &manifest.rate_limits, &connection.rate_limits);
-            let http = ConnectionHttp::new(
+            // A plugin's published limits bind only as far as the host trusts it.
+            let publisher = Publisher::of_digest(plugin.digest());
+            let limiter = self.limiters.limiter(&manifest.name, publisher, secret.as_ref(), &manifest.rate_limits, &connection.rate_limits);
+            let mut limits = self.http_limits.clone();
+            if let Some(max) = connection.max_requests_per_call {
+                limits.max_requests_per_call = max;
+            }
+            let mut http = ConnectionHttp::new(
                 crate::http::shared_client(),
                 &base_url,
                 &extra,
                 secret.map(|s| (manifest.auth.clone(), s)),
-                self.http_limits.clone(),
+                limits,
                 Arc::new(LimitedPolicy::new(limiter, self.retry.clone())),
             )
             .map_err(|source| ExecError::Http { connection: connection.name.clone(), source })?;
+            if connection.allow_private_network {
+                http = http.with_egress(EgressPolicy::Any);
+            }
             let context = CallContext { base_url: http.base_url(), settings: connection.settings.clone() };
             live.insert(connection.name.clone(), Arc::new(PluginEndpoint::new(plugin, Arc::new(http), context)));
         }

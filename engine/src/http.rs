@@ -1,18 +1,42 @@
 //! Outgoing HTTP for connectors. The host, not the plugin, decides where a
-//! request may go, adds the credential, bounds time and response size, and
-//! (through [`RequestPolicy`]) paces and retries requests.
+//! request may go (host names, then the addresses they resolve to: see
+//! [`EgressPolicy`]), adds the credential, bounds what a plugin may send
+//! (headers, URL, body, requests per call) and what it gets back (time,
+//! size, no echo of the credential), and (through [`RequestPolicy`]) paces
+//! and retries requests.
 
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use memchr::memmem;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde::Serialize;
 pub use url::Url;
 
 use crate::connector::AuthScheme;
 use crate::credentials::Secret;
+
+/// Most headers one request may carry. A `HeaderMap` panics past 24,576
+/// distinct names; no vendor API needs more than a handful.
+pub const MAX_REQUEST_HEADERS: usize = 100;
+/// Longest header a request may carry, name and value together.
+pub const MAX_HEADER_BYTES: usize = 8 << 10;
+/// Most header bytes (names and values) one request may carry.
+pub const MAX_HEADERS_TOTAL_BYTES: usize = 64 << 10;
+/// Longest URL a request may name (after joining the base URL).
+pub const MAX_URL_BYTES: usize = 16 << 10;
+/// Requests one connector call may send when the workflow sets no
+/// `max_requests_per_call`: far above what a page, a lookup-then-write or a
+/// batch needs, far below what a plugin looping on `http.send` would send.
+pub const DEFAULT_REQUESTS_PER_CALL: u32 = 1000;
+/// What a credential echoed by a vendor is replaced with before the plugin
+/// sees the response.
+pub const REDACTED: &str = "[redacted]";
 
 /// HTTP methods a connector may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -150,15 +174,25 @@ impl ConnectionStats {
     }
 }
 
+/// What the host has tried so far for one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Attempts {
+    /// Attempts made, the one just ended included (1-based).
+    pub made: u32,
+    /// How many of them timed out.
+    pub timed_out: u32,
+}
+
 /// How requests are paced and retried. The seam where the rate limiter and
 /// the retry policy plug in; the default sends each request once, right away.
 pub trait RequestPolicy: Send + Sync + std::fmt::Debug {
     /// Waits until `method` may be sent. Returns how long it waited.
     fn admit(&self, method: Method) -> std::pin::Pin<Box<dyn Future<Output = Duration> + Send + '_>>;
 
-    /// Decides whether to send again after `attempt` (1-based) ended with
-    /// `outcome`, and after how long. `None` hands the outcome to the plugin.
-    fn retry_after(&self, method: Method, idempotent: bool, attempt: u32, outcome: &Result<Response, HttpError>) -> Option<Duration>;
+    /// Decides whether to send again after `attempts` (the last of which
+    /// ended with `outcome`), and after how long. `None` hands the outcome
+    /// to the plugin.
+    fn retry_after(&self, method: Method, idempotent: bool, attempts: Attempts, outcome: &Result<Response, HttpError>) -> Option<Duration>;
 }
 
 /// Sends every request once, with no pacing.
@@ -170,7 +204,7 @@ impl RequestPolicy for SendOnce {
         Box::pin(std::future::ready(Duration::ZERO))
     }
 
-    fn retry_after(&self, _: Method, _: bool, _: u32, _: &Result<Response, HttpError>) -> Option<Duration> {
+    fn retry_after(&self, _: Method, _: bool, _: Attempts, _: &Result<Response, HttpError>) -> Option<Duration> {
         None
     }
 }
@@ -182,22 +216,405 @@ pub struct HttpLimits {
     pub timeout: Duration,
     /// Largest response body accepted.
     pub max_response_bytes: usize,
+    /// Largest request body a plugin may send.
+    pub max_request_bytes: usize,
+    /// Requests one connector call may send (the host's own retries are not
+    /// counted). Enforced for calls run inside [`within_call`].
+    pub max_requests_per_call: u32,
 }
 
 impl Default for HttpLimits {
     fn default() -> Self {
-        HttpLimits { timeout: Duration::from_secs(30), max_response_bytes: 16 << 20 }
+        HttpLimits {
+            timeout: Duration::from_secs(30),
+            max_response_bytes: 16 << 20,
+            max_request_bytes: 16 << 20,
+            max_requests_per_call: DEFAULT_REQUESTS_PER_CALL,
+        }
+    }
+}
+
+tokio::task_local! {
+    /// Requests sent so far by the connector call being polled.
+    static REQUESTS_IN_CALL: Cell<u32>;
+}
+
+/// Runs `call` (one connector call) with its own request count: every
+/// request it sends through a [`ConnectionHttp`] counts against that
+/// connection's [`HttpLimits::max_requests_per_call`], and past it the
+/// request is denied without being sent. A task-local rather than a
+/// parameter, so the count follows the call through the plugin and back
+/// into `http.send` without the runtime carrying it.
+pub async fn within_call<F: Future>(call: F) -> F::Output {
+    REQUESTS_IN_CALL.scope(Cell::new(0), call).await
+}
+
+/// Counts one more request for the call being polled; its number within
+/// the call, or `None` outside [`within_call`].
+fn count_request_in_call() -> Option<u32> {
+    REQUESTS_IN_CALL
+        .try_with(|sent| {
+            let number = sent.get().saturating_add(1);
+            sent.set(number);
+            number
+        })
+        .ok()
+}
+
+/// Which network addresses a connection's requests may reach. Checked on
+/// every address a host name resolves to, inside the resolver the
+/// connection pool uses (so the address checked is the address connected
+/// to, and a name that changes its answer between check and connect gains
+/// nothing), and on IP literals in URLs, which are never resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EgressPolicy {
+    /// Public addresses only: the default for a base URL that is not on
+    /// loopback, so a plugin or a DNS answer cannot steer requests to the
+    /// cloud metadata service or the internal network.
+    Public,
+    /// Public and loopback addresses: the default for a base URL on
+    /// loopback (an emulator, a local proxy).
+    PublicAndLoopback,
+    /// Loopback only: for runs that must reach nothing but local emulators.
+    LoopbackOnly,
+    /// Every address, private networks included: the workflow's
+    /// `allow_private_network = true`.
+    Any,
+}
+
+impl EgressPolicy {
+    /// The policy a connection gets unless the workflow says otherwise:
+    /// [`EgressPolicy::PublicAndLoopback`] when `base_url` is on loopback
+    /// (a loopback IP, `localhost` or a `.localhost` name), else
+    /// [`EgressPolicy::Public`].
+    pub fn default_for(base_url: &Url) -> Self {
+        let on_loopback = match base_url.host() {
+            Some(url::Host::Ipv4(ip)) => AddressScope::of(IpAddr::V4(ip)) == AddressScope::Loopback,
+            Some(url::Host::Ipv6(ip)) => AddressScope::of(IpAddr::V6(ip)) == AddressScope::Loopback,
+            Some(url::Host::Domain(name)) => {
+                let name = name.trim_end_matches('.').to_ascii_lowercase();
+                name == "localhost" || name.ends_with(".localhost")
+            }
+            None => false,
+        };
+        if on_loopback { EgressPolicy::PublicAndLoopback } else { EgressPolicy::Public }
+    }
+
+    /// Whether a request may connect to `ip`.
+    pub fn permits(self, ip: IpAddr) -> bool {
+        match (self, AddressScope::of(ip)) {
+            (EgressPolicy::Any, _) => true,
+            (EgressPolicy::LoopbackOnly, scope) => scope == AddressScope::Loopback,
+            (EgressPolicy::PublicAndLoopback, AddressScope::Public | AddressScope::Loopback) => true,
+            (EgressPolicy::Public, AddressScope::Public) => true,
+            _ => false,
+        }
+    }
+
+    /// What to tell the workflow author when `ip` is refused.
+    fn advice(self) -> &'static str {
+        match self {
+            EgressPolicy::LoopbackOnly => "this run may reach loopback addresses only",
+            _ => "a connection reaches public addresses only (and loopback when its base URL is on loopback); set `allow_private_network = true` on the connection to reach this one",
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            EgressPolicy::Public => 0,
+            EgressPolicy::PublicAndLoopback => 1,
+            EgressPolicy::LoopbackOnly => 2,
+            EgressPolicy::Any => 3,
+        }
+    }
+}
+
+/// Where an address leads, as far as egress is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddressScope {
+    /// The public internet.
+    Public,
+    /// This machine: 127.0.0.0/8, ::1, and IPv6 forms that carry them.
+    Loopback,
+    /// Anything else (private, link-local, unique-local, shared/CGNAT,
+    /// multicast, unspecified, documentation, reserved); says which.
+    NonPublic(&'static str),
+}
+
+impl AddressScope {
+    /// The scope of `ip`. An IPv6 address that carries an IPv4 one
+    /// (v4-mapped, v4-compatible, NAT64, 6to4) has the scope of the IPv4
+    /// address, so `::ffff:169.254.169.254` is as link-local as the original.
+    pub fn of(ip: IpAddr) -> AddressScope {
+        match ip {
+            IpAddr::V4(ip) => Self::of_v4(ip),
+            IpAddr::V6(ip) => Self::of_v6(ip),
+        }
+    }
+
+    fn of_v4(ip: Ipv4Addr) -> AddressScope {
+        let [a, b, c, _] = ip.octets();
+        AddressScope::NonPublic(match (a, b, c) {
+            (127, _, _) => return AddressScope::Loopback,
+            (0, _, _) => "unspecified (0.0.0.0/8)",
+            (10, _, _) => "private (10.0.0.0/8)",
+            (172, 16..=31, _) => "private (172.16.0.0/12)",
+            (192, 168, _) => "private (192.168.0.0/16)",
+            (100, 64..=127, _) => "shared address space, CGNAT (100.64.0.0/10)",
+            (169, 254, _) => "link-local, where cloud metadata lives (169.254.0.0/16)",
+            (192, 0, 0) => "IETF protocol assignments (192.0.0.0/24)",
+            (192, 0, 2) | (198, 51, 100) | (203, 0, 113) => "documentation (TEST-NET)",
+            (198, 18..=19, _) => "benchmarking (198.18.0.0/15)",
+            (224..=239, _, _) => "multicast (224.0.0.0/4)",
+            (240..=255, _, _) => "reserved or broadcast (240.0.0.0/4)",
+            _ => return AddressScope::Public,
+        })
+    }
+
+    fn of_v6(ip: Ipv6Addr) -> AddressScope {
+        if ip.is_loopback() {
+            return AddressScope::Loopback;
+        }
+        if ip.is_unspecified() {
+            return AddressScope::NonPublic("unspecified (::)");
+        }
+        let s = ip.segments();
+        let low_v4 = || Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
+        if let Some(v4) = ip.to_ipv4_mapped() {
+            return Self::of_v4(v4);
+        }
+        // ::a.b.c.d (deprecated v4-compatible) and 64:ff9b::a.b.c.d (NAT64).
+        if s[..6] == [0; 6] || s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+            return Self::of_v4(low_v4());
+        }
+        // 6to4: 2002:AABB:CCDD::/48 carries a.b.c.d.
+        if s[0] == 0x2002 {
+            return Self::of_v4(Ipv4Addr::new((s[1] >> 8) as u8, s[1] as u8, (s[2] >> 8) as u8, s[2] as u8));
+        }
+        AddressScope::NonPublic(match s[0] {
+            0xfc00..=0xfdff => "unique local (fc00::/7)",
+            0xfe80..=0xfebf => "link-local (fe80::/10)",
+            0xfec0..=0xfeff => "site-local (fec0::/10)",
+            0xff00..=0xffff => "multicast (ff00::/8)",
+            0x2001 if s[1] == 0x0db8 => "documentation (2001:db8::/32)",
+            0x2000..=0x3fff => return AddressScope::Public,
+            _ => "not global unicast (outside 2000::/3)",
+        })
+    }
+}
+
+/// Why a request was refused for the address it leads to.
+fn egress_denial(host: &str, ip: IpAddr, policy: EgressPolicy) -> String {
+    let scope = match AddressScope::of(ip) {
+        AddressScope::NonPublic(kind) => kind,
+        AddressScope::Loopback => "loopback",
+        AddressScope::Public => "public",
+    };
+    if host == ip.to_string() {
+        format!("{ip} is {scope}: {}", policy.advice())
+    } else {
+        format!("{host} resolves to {ip}, which is {scope}: {}", policy.advice())
+    }
+}
+
+/// A name resolved only to addresses the policy refuses; carried through
+/// reqwest's error chain so [`classify`] can report it as a denial.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct EgressDenied(String);
+
+/// Resolves names for one egress policy and drops the addresses it refuses.
+#[derive(Debug)]
+struct EgressResolver {
+    policy: EgressPolicy,
+    /// Names answered from this table instead of DNS, like `/etc/hosts`;
+    /// their addresses are checked like any other.
+    pinned: Arc<HashMap<String, Vec<IpAddr>>>,
+    /// Proxy hosts the operator set in the environment: reqwest resolves
+    /// them in place of the vendor's host, and they are the operator's own
+    /// choice, so they are not filtered (the proxy then decides).
+    proxies: Vec<String>,
+}
+
+impl reqwest::dns::Resolve for EgressResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().trim_end_matches('.').to_ascii_lowercase();
+        let pinned = self.pinned.get(&host).cloned();
+        let policy = self.policy;
+        let trusted = policy == EgressPolicy::Any || self.proxies.contains(&host);
+        Box::pin(async move {
+            let addresses: Vec<SocketAddr> = match pinned {
+                Some(ips) => ips.into_iter().map(|ip| SocketAddr::new(ip, 0)).collect(),
+                None => tokio::net::lookup_host((host.as_str(), 0)).await?.collect(),
+            };
+            if trusted {
+                return Ok(Box::new(addresses.into_iter()) as reqwest::dns::Addrs);
+            }
+            let (permitted, refused): (Vec<SocketAddr>, Vec<SocketAddr>) = addresses.into_iter().partition(|a| policy.permits(a.ip()));
+            match refused.first() {
+                Some(first) if permitted.is_empty() => Err(Box::new(EgressDenied(egress_denial(&host, first.ip(), policy))) as Box<dyn std::error::Error + Send + Sync>),
+                _ => Ok(Box::new(permitted.into_iter()) as reqwest::dns::Addrs),
+            }
+        })
+    }
+}
+
+/// Hosts of the proxies reqwest takes from the environment.
+fn environment_proxies() -> Vec<String> {
+    ["ALL_PROXY", "all_proxy", "HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy"]
+        .iter()
+        .filter_map(|name| std::env::var(name).ok())
+        .filter_map(|value| {
+            let value = value.trim();
+            let url = if value.contains("://") { Url::parse(value) } else { Url::parse(&format!("http://{value}")) };
+            Some(url.ok()?.host_str()?.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase())
+        })
+        .collect()
+}
+
+/// The connection pools requests go out through: one per egress policy,
+/// each with a resolver that enforces it, so a pooled connection opened
+/// under one policy never serves a request under a stricter one. Cheap to
+/// clone; the pools are built on first use.
+#[derive(Debug, Clone)]
+pub struct HttpClients {
+    pinned: Arc<HashMap<String, Vec<IpAddr>>>,
+    clients: Arc<[std::sync::OnceLock<Result<reqwest::Client, String>>; 4]>,
+}
+
+impl HttpClients {
+    fn new(pinned: HashMap<String, Vec<IpAddr>>) -> Self {
+        HttpClients { pinned: Arc::new(pinned), clients: Arc::default() }
+    }
+
+    /// Pools of their own whose resolvers answer `names` from the table
+    /// instead of DNS, as `/etc/hosts` would (the egress policy still
+    /// applies to those addresses). For tests that need a name resolving to
+    /// a given address.
+    pub fn with_pinned_names(names: &[(&str, IpAddr)]) -> Self {
+        let mut pinned: HashMap<String, Vec<IpAddr>> = HashMap::new();
+        for (name, ip) in names {
+            pinned.entry(name.to_ascii_lowercase()).or_default().push(*ip);
+        }
+        HttpClients::new(pinned)
+    }
+
+    fn client(&self, policy: EgressPolicy) -> Result<reqwest::Client, HttpError> {
+        let built = self.clients[policy.index()].get_or_init(|| {
+            let resolver = EgressResolver { policy, pinned: self.pinned.clone(), proxies: environment_proxies() };
+            reqwest::Client::builder()
+                // A redirect could lead to a host the connection does not allow.
+                .redirect(reqwest::redirect::Policy::none())
+                .user_agent(concat!("weft/", env!("CARGO_PKG_VERSION")))
+                .pool_max_idle_per_host(32)
+                .dns_resolver(Arc::new(resolver))
+                .build()
+                .map_err(|e| e.to_string())
+        });
+        built.clone().map_err(|e| HttpError::Connection(format!("could not set up the HTTP client: {e}")))
+    }
+}
+
+/// Finds the connection's credential, in each form the host sends it, in
+/// what a vendor answers: a vendor that echoes the request (a debug
+/// endpoint, an error that quotes headers) must not hand it to the plugin,
+/// and through the plugin to page files, the run store and `runs show`.
+struct CredentialScrubber {
+    /// The secret, and base64 of `secret:` with and without padding (the
+    /// Basic form); longest first, so a longer form is replaced whole.
+    forms: Vec<memmem::Finder<'static>>,
+}
+
+impl std::fmt::Debug for CredentialScrubber {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CredentialScrubber({} forms)", self.forms.len())
+    }
+}
+
+impl CredentialScrubber {
+    fn new(credential: Option<&(AuthScheme, Secret)>) -> Self {
+        let mut forms: Vec<String> = Vec::new();
+        if let Some((_, secret)) = credential
+            && !secret.expose().is_empty()
+        {
+            let basic = format!("{}:", secret.expose());
+            forms.push(base64::engine::general_purpose::STANDARD.encode(&basic));
+            forms.push(base64::engine::general_purpose::STANDARD_NO_PAD.encode(&basic));
+            forms.push(secret.expose().to_owned());
+        }
+        forms.sort_by_key(|form| std::cmp::Reverse(form.len()));
+        forms.dedup();
+        CredentialScrubber { forms: forms.iter().map(|form| memmem::Finder::new(form.as_bytes()).into_owned()).collect() }
+    }
+
+    /// Replaces every form of the credential in `response` with
+    /// [`REDACTED`]. Allocates nothing when there is none.
+    fn scrub(&self, response: &mut Response) {
+        for form in &self.forms {
+            if let Some(first) = form.find(&response.body) {
+                response.body = replace_all(&response.body, form, first);
+            }
+            for (_, value) in &mut response.headers {
+                if let Some(first) = form.find(value.as_bytes()) {
+                    *value = String::from_utf8_lossy(&replace_all(value.as_bytes(), form, first)).into_owned();
+                }
+            }
+        }
+    }
+}
+
+/// `haystack` with every match of `needle` replaced by [`REDACTED`]; the
+/// first match is at `first`.
+fn replace_all(haystack: &[u8], needle: &memmem::Finder<'_>, first: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(haystack.len());
+    let mut copied = 0;
+    let mut found = Some(first);
+    while let Some(at) = found {
+        out.extend_from_slice(&haystack[copied..at]);
+        out.extend_from_slice(REDACTED.as_bytes());
+        copied = at + needle.needle().len();
+        found = needle.find(&haystack[copied..]).map(|next| copied + next);
+    }
+    out.extend_from_slice(&haystack[copied..]);
+    out
+}
+
+/// Request headers that describe the connection or the message framing
+/// rather than the request: the host and its HTTP stack set them. A plugin
+/// that could set `Content-Length` or `Transfer-Encoding` could smuggle a
+/// second request onto a pooled connection another connection reuses.
+const HOST_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-connection",
+    "proxy-authorization",
+];
+
+/// At most the first 64 characters of `text`, for messages about oversized input.
+fn shortened(text: &str) -> String {
+    match text.char_indices().nth(64) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_owned(),
     }
 }
 
 /// Everything the host needs to send a connection's requests: the allowed
-/// origins, the credential and how to inject it, limits and the policy.
+/// origins and addresses, the credential and how to inject it, limits and
+/// the policy.
 #[derive(Debug)]
 pub struct ConnectionHttp {
     transport: Transport,
     base_url: Url,
     allowed: Vec<Origin>,
+    egress: EgressPolicy,
     credential: Option<(AuthScheme, Secret)>,
+    scrubber: CredentialScrubber,
     limits: HttpLimits,
     policy: Arc<dyn RequestPolicy>,
     stats: Arc<ConnectionStats>,
@@ -206,7 +623,7 @@ pub struct ConnectionHttp {
 /// Where requests go.
 #[derive(Clone)]
 enum Transport {
-    Network(reqwest::Client),
+    Network(HttpClients),
     Canned(Responder),
 }
 
@@ -244,10 +661,13 @@ impl Origin {
 }
 
 impl ConnectionHttp {
-    /// Builds the HTTP side of one connection. `extra_hosts` must already be
-    /// the hosts both the manifest declares and the workflow grants.
+    /// Builds the HTTP side of one connection, sending through `clients`
+    /// (normally [`shared_client`]) under the egress policy its base URL
+    /// calls for ([`EgressPolicy::default_for`]; see [`Self::with_egress`]).
+    /// `extra_hosts` must already be the hosts both the manifest declares
+    /// and the workflow grants.
     pub fn new(
-        client: reqwest::Client,
+        clients: HttpClients,
         base_url: &str,
         extra_hosts: &[String],
         credential: Option<(AuthScheme, Secret)>,
@@ -265,7 +685,26 @@ impl ConnectionHttp {
                 .ok_or_else(|| HttpError::InvalidRequest(format!("allowed host {host:?} is not a host name")))?;
             allowed.push(origin);
         }
-        Ok(ConnectionHttp { transport: Transport::Network(client), base_url, allowed, credential, limits, policy, stats: Arc::default() })
+        let egress = EgressPolicy::default_for(&base_url);
+        let scrubber = CredentialScrubber::new(credential.as_ref());
+        Ok(ConnectionHttp { transport: Transport::Network(clients), base_url, allowed, egress, credential, scrubber, limits, policy, stats: Arc::default() })
+    }
+
+    /// Replaces the egress policy the base URL called for, e.g. with
+    /// [`EgressPolicy::Any`] for a workflow's `allow_private_network`.
+    pub fn with_egress(mut self, egress: EgressPolicy) -> Self {
+        self.egress = egress;
+        self
+    }
+
+    /// The addresses this connection may reach.
+    pub fn egress(&self) -> EgressPolicy {
+        self.egress
+    }
+
+    /// The connection's limits.
+    pub fn limits(&self) -> &HttpLimits {
+        &self.limits
     }
 
     /// Replaces the network with `respond`, which answers every request that
@@ -287,14 +726,22 @@ impl ConnectionHttp {
     }
 
     /// Resolves and checks the target of a request: relative paths join the
-    /// base URL, and the origin must be one the connection allows.
+    /// base URL, the origin must be one the connection allows, and an IP
+    /// literal must be an address the egress policy permits (names are
+    /// checked when they are resolved).
     fn target(&self, url: &str) -> Result<Url, HttpError> {
+        if url.len() > MAX_URL_BYTES {
+            return Err(HttpError::InvalidRequest(format!("the URL {:?} is {} bytes; at most {MAX_URL_BYTES} are allowed", shortened(url), url.len())));
+        }
         let target = if url.starts_with('/') {
             Url::parse(&format!("{}{url}", self.base_url.as_str().trim_end_matches('/')))
         } else {
             Url::parse(url)
         }
-        .map_err(|e| HttpError::InvalidRequest(format!("bad URL {url:?}: {e}")))?;
+        .map_err(|e| HttpError::InvalidRequest(format!("bad URL {:?}: {e}", shortened(url))))?;
+        if target.as_str().len() > MAX_URL_BYTES {
+            return Err(HttpError::InvalidRequest(format!("the URL {:?} is {} bytes; at most {MAX_URL_BYTES} are allowed", shortened(target.as_str()), target.as_str().len())));
+        }
         let origin = Origin::of(&target).ok_or_else(|| HttpError::InvalidRequest(format!("URL {target} has no host")))?;
         if !self.allowed.contains(&origin) {
             return Err(HttpError::Denied(format!(
@@ -305,6 +752,16 @@ impl ConnectionHttp {
                 self.allowed.iter().map(|o| o.host.as_str()).collect::<Vec<_>>().join(", ")
             )));
         }
+        let literal = match target.host() {
+            Some(url::Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
+            Some(url::Host::Ipv6(ip)) => Some(IpAddr::V6(ip)),
+            _ => None,
+        };
+        if let Some(ip) = literal
+            && !self.egress.permits(ip)
+        {
+            return Err(HttpError::Denied(egress_denial(&ip.to_string(), ip, self.egress)));
+        }
         if !target.username().is_empty() || target.password().is_some() {
             return Err(HttpError::InvalidRequest("URLs with user info are not allowed; the host injects credentials".into()));
         }
@@ -312,7 +769,29 @@ impl ConnectionHttp {
     }
 
     fn headers(&self, request: &Request) -> Result<HeaderMap, HttpError> {
-        let mut headers = HeaderMap::new();
+        // Bounded before anything is built: a `HeaderMap` panics past
+        // 24,576 distinct names, and a plugin chooses how many it sends.
+        if request.headers.len() > MAX_REQUEST_HEADERS {
+            return Err(HttpError::InvalidRequest(format!(
+                "the request has {} headers; at most {MAX_REQUEST_HEADERS} are allowed",
+                request.headers.len()
+            )));
+        }
+        let mut total = 0;
+        for (name, value) in &request.headers {
+            let size = name.len() + value.len();
+            if size > MAX_HEADER_BYTES {
+                return Err(HttpError::InvalidRequest(format!(
+                    "header {:?} is {size} bytes; at most {MAX_HEADER_BYTES} bytes per header (name and value) are allowed",
+                    shortened(name)
+                )));
+            }
+            total += size;
+            if total > MAX_HEADERS_TOTAL_BYTES {
+                return Err(HttpError::InvalidRequest(format!("the request's headers exceed {MAX_HEADERS_TOTAL_BYTES} bytes in all")));
+            }
+        }
+        let mut headers = HeaderMap::with_capacity(request.headers.len() + 1);
         let credential_header = self.credential.as_ref().and_then(|(scheme, _)| match scheme {
             AuthScheme::None => None,
             AuthScheme::Bearer | AuthScheme::BasicKeyAsUser => Some("authorization".to_owned()),
@@ -320,9 +799,10 @@ impl ConnectionHttp {
         });
         for (name, value) in &request.headers {
             let name = HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| HttpError::InvalidRequest(format!("bad header name {name:?}")))?;
-            // The credential header is the host's; a plugin cannot set or spoof it.
-            if credential_header.as_deref() == Some(name.as_str()) || name == reqwest::header::HOST {
+                .map_err(|_| HttpError::InvalidRequest(format!("bad header name {:?}", shortened(name))))?;
+            // The credential header is the host's; a plugin cannot set or
+            // spoof it. Nor the headers that frame the message.
+            if credential_header.as_deref() == Some(name.as_str()) || HOST_HEADERS.contains(&name.as_str()) {
                 continue;
             }
             let value = HeaderValue::from_str(value)
@@ -363,51 +843,74 @@ impl ConnectionHttp {
             }
         };
         let headers = self.headers(&request)?;
-        let mut attempt = 1;
+        if let Some(body) = &request.body
+            && body.len() > self.limits.max_request_bytes
+        {
+            return Err(HttpError::InvalidRequest(format!(
+                "the request body is {} bytes; at most {} are allowed",
+                body.len(),
+                self.limits.max_request_bytes
+            )));
+        }
+        let budget = self.limits.max_requests_per_call;
+        if count_request_in_call().is_some_and(|number| number > budget) {
+            self.stats.denied.fetch_add(1, Ordering::Relaxed);
+            return Err(HttpError::Denied(format!(
+                "this call has sent its budget of {budget} requests (the connection's max_requests_per_call); no more are sent for it"
+            )));
+        }
+        let mut attempts = Attempts::default();
         loop {
             let waited = self.policy.admit(request.method).await;
             self.stats.waited_micros.fetch_add(waited.as_micros() as u64, Ordering::Relaxed);
             self.stats.requests.fetch_add(1, Ordering::Relaxed);
             let outcome = self.send_once(&request, &target, headers.clone()).await;
+            attempts.made += 1;
             match &outcome {
-                Ok(response) => tracing::debug!(method = ?request.method, url = %target, status = response.status, bytes = response.body.len(), attempt, "vendor request"),
-                Err(error) => tracing::debug!(method = ?request.method, url = %target, %error, attempt, "vendor request failed"),
+                Ok(response) => tracing::debug!(method = ?request.method, url = %target, status = response.status, bytes = response.body.len(), attempt = attempts.made, "vendor request"),
+                Err(error) => tracing::debug!(method = ?request.method, url = %target, %error, attempt = attempts.made, "vendor request failed"),
             }
-            if matches!(&outcome, Ok(r) if r.status == 429) {
-                self.stats.throttled.fetch_add(1, Ordering::Relaxed);
+            match &outcome {
+                Ok(r) if r.status == 429 => {
+                    self.stats.throttled.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(HttpError::Timeout(_)) => attempts.timed_out += 1,
+                Err(HttpError::Denied(_)) => {
+                    self.stats.denied.fetch_add(1, Ordering::Relaxed);
+                }
+                _ => {}
             }
             // A retry that would start after the call's deadline cannot help.
             let retry = self
                 .policy
-                .retry_after(request.method, request.idempotent, attempt, &outcome)
+                .retry_after(request.method, request.idempotent, attempts, &outcome)
                 .filter(|delay| deadline.is_none_or(|d| std::time::Instant::now() + *delay + self.limits.timeout.min(Duration::from_secs(1)) < d));
-            match retry {
-                Some(delay) => {
-                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
-                    self.stats.waited_micros.fetch_add(delay.as_micros() as u64, Ordering::Relaxed);
-                    tokio::time::sleep(delay).await;
-                    attempt += 1;
-                }
-                None if attempt == 1 => return outcome,
-                // Say how hard the host tried: in the error, or in a header
-                // the connector's error mapping can quote.
-                None => {
-                    return match outcome {
-                        Ok(mut response) => {
-                            response.headers.push((ATTEMPTS_HEADER.to_owned(), attempt.to_string()));
-                            Ok(response)
-                        }
-                        Err(error) => Err(error.after_attempts(attempt)),
-                    };
-                }
+            if let Some(delay) = retry {
+                self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                self.stats.waited_micros.fetch_add(delay.as_micros() as u64, Ordering::Relaxed);
+                tokio::time::sleep(delay).await;
+                continue;
             }
+            return match outcome {
+                Ok(mut response) => {
+                    self.scrubber.scrub(&mut response);
+                    // Say how hard the host tried, in a header the
+                    // connector's error mapping can quote.
+                    if attempts.made > 1 {
+                        response.headers.push((ATTEMPTS_HEADER.to_owned(), attempts.made.to_string()));
+                    }
+                    Ok(response)
+                }
+                Err(error) if attempts.made > 1 => Err(error.after_attempts(attempts.made)),
+                Err(error) => Err(error),
+            };
         }
     }
 
     async fn send_once(&self, request: &Request, target: &Url, headers: HeaderMap) -> Result<Response, HttpError> {
         let started = Instant::now();
         let client = match &self.transport {
-            Transport::Network(client) => client,
+            Transport::Network(clients) => clients.client(self.egress)?,
             Transport::Canned(respond) => return Ok(respond(target, request)),
         };
         let mut builder = client.request(request.method.to_reqwest(), target.clone()).headers(headers).timeout(self.limits.timeout);
@@ -451,6 +954,9 @@ fn classify(error: &reqwest::Error, target: &Url) -> HttpError {
     let mut message = format!("{}{}", target.origin().ascii_serialization(), target.path());
     let mut source: Option<&dyn std::error::Error> = Some(error);
     while let Some(e) = source {
+        if let Some(denied) = e.downcast_ref::<EgressDenied>() {
+            return HttpError::Denied(denied.to_string());
+        }
         message.push_str(": ");
         message.push_str(&e.to_string().replace(target.as_str(), ""));
         source = e.source();
@@ -464,20 +970,11 @@ fn classify(error: &reqwest::Error, target: &Url) -> HttpError {
     }
 }
 
-/// The process-wide HTTP client: one connection pool for every connection.
-pub fn shared_client() -> reqwest::Client {
-    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
-    CLIENT
-        .get_or_init(|| {
-            reqwest::Client::builder()
-                // A redirect could lead to a host the connection does not allow.
-                .redirect(reqwest::redirect::Policy::none())
-                .user_agent(concat!("weft/", env!("CARGO_PKG_VERSION")))
-                .pool_max_idle_per_host(32)
-                .build()
-                .unwrap_or_else(|_| reqwest::Client::new())
-        })
-        .clone()
+/// The process-wide connection pools, one per egress policy, shared by
+/// every connection.
+pub fn shared_client() -> HttpClients {
+    static CLIENTS: std::sync::OnceLock<HttpClients> = std::sync::OnceLock::new();
+    CLIENTS.get_or_init(|| HttpClients::new(HashMap::new())).clone()
 }
 
 #[cfg(test)]
@@ -515,6 +1012,247 @@ mod tests {
     fn granted_extra_host_is_allowed() {
         let c = connection("https://api.stripe.com", &["files.stripe.com"]);
         assert!(c.target("https://files.stripe.com/v1/files").is_ok());
+    }
+
+    fn get(url: &str, headers: Vec<(String, String)>) -> Request {
+        Request { method: Method::Get, url: url.into(), headers, body: None, idempotent: false }
+    }
+
+    fn invalid(result: Result<HeaderMap, HttpError>) -> String {
+        match result {
+            Err(HttpError::InvalidRequest(message)) => message,
+            other => panic!("expected an invalid request, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn thirty_thousand_headers_are_refused_not_a_panic() {
+        // Regression: past 24,576 distinct names `HeaderMap::append` panicked
+        // and took `weft run` down with exit code 101.
+        let c = connection("https://api.stripe.com", &[]);
+        let headers = (0..30_000).map(|i| (format!("x-h-{i}"), "1".to_owned())).collect();
+        let message = invalid(c.headers(&get("/v1", headers)));
+        assert!(message.contains("30000 headers") && message.contains("at most 100"), "{message}");
+        let hundred = (0..100).map(|i| (format!("x-h-{i}"), "1".to_owned())).collect();
+        assert!(c.headers(&get("/v1", hundred)).is_ok(), "100 headers are fine");
+    }
+
+    #[test]
+    fn an_oversized_header_or_header_block_is_refused() {
+        let c = connection("https://api.stripe.com", &[]);
+        let long = invalid(c.headers(&get("/v1", vec![("x-long".into(), "v".repeat(MAX_HEADER_BYTES))])));
+        assert!(long.contains("x-long") && long.contains("8192 bytes per header"), "{long}");
+        let long_name = invalid(c.headers(&get("/v1", vec![("n".repeat(100_000), "v".into())])));
+        assert!(long_name.len() < 300, "the message quotes a shortened name: {long_name}");
+        let many = (0..20).map(|i| (format!("x-h-{i}"), "v".repeat(4000))).collect();
+        let total = invalid(c.headers(&get("/v1", many)));
+        assert!(total.contains("65536 bytes in all"), "{total}");
+    }
+
+    #[test]
+    fn an_overlong_url_is_refused() {
+        let c = connection("https://api.stripe.com", &[]);
+        let url = format!("/v1/customers?q={}", "a".repeat(MAX_URL_BYTES));
+        assert!(matches!(c.target(&url), Err(HttpError::InvalidRequest(m)) if m.contains("16384")));
+        assert!(c.target(&format!("/v1/customers?q={}", "a".repeat(1000))).is_ok());
+    }
+
+    #[test]
+    fn framing_headers_are_the_hosts() {
+        let c = connection("https://api.stripe.com", &[]);
+        let smuggling = vec![
+            ("Content-Length".into(), "0".into()),
+            ("Transfer-Encoding".into(), "chunked".into()),
+            ("Connection".into(), "keep-alive, upgrade".into()),
+            ("Host".into(), "internal".into()),
+            ("X-Kept".into(), "yes".into()),
+        ];
+        let headers = c.headers(&get("/v1", smuggling)).expect("valid headers");
+        let names: Vec<&str> = headers.keys().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["x-kept", "authorization"]);
+    }
+
+    fn canned(base: &str, limits: HttpLimits, body: &'static str) -> ConnectionHttp {
+        ConnectionHttp::new(shared_client(), base, &[], Some((AuthScheme::BasicKeyAsUser, Secret::new("sk_test_secret"))), limits, Arc::new(SendOnce))
+            .expect("valid base URL")
+            .with_canned_responses(move |_, _| Response { status: 200, headers: vec![("x-echo".into(), body.into())], body: body.as_bytes().to_vec() })
+    }
+
+    #[tokio::test]
+    async fn an_oversized_request_body_is_refused() {
+        let c = canned("https://api.stripe.com", HttpLimits { max_request_bytes: 1024, ..HttpLimits::default() }, "{}");
+        let mut request = get("/v1", vec![]);
+        request.body = Some(vec![b'x'; 1025]);
+        let error = c.send(request.clone(), None).await.err();
+        assert!(matches!(&error, Some(HttpError::InvalidRequest(m)) if m.contains("1025 bytes") && m.contains("1024")), "{error:?}");
+        request.body = Some(vec![b'x'; 1024]);
+        assert!(c.send(request, None).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_call_may_send_no_more_than_its_request_budget() {
+        let c = canned("https://api.stripe.com", HttpLimits { max_requests_per_call: 3, ..HttpLimits::default() }, "{}");
+        let outcomes = within_call(async {
+            let mut outcomes = Vec::new();
+            for _ in 0..5 {
+                outcomes.push(c.send(get("/v1", vec![]), None).await.map(|r| r.status));
+            }
+            outcomes
+        })
+        .await;
+        assert_eq!(outcomes[..3], [Ok(200), Ok(200), Ok(200)]);
+        assert!(matches!(&outcomes[3], Err(HttpError::Denied(m)) if m.contains("budget of 3 requests")), "{outcomes:?}");
+        assert_eq!(c.stats().snapshot().requests, 3, "nothing went out past the budget");
+        assert_eq!(c.stats().snapshot().denied, 2);
+        // The next call starts its own count.
+        assert_eq!(within_call(c.send(get("/v1", vec![]), None)).await.map(|r| r.status), Ok(200));
+    }
+
+    #[tokio::test]
+    async fn concurrent_calls_count_their_own_requests() {
+        let c = canned("https://api.stripe.com", HttpLimits { max_requests_per_call: 2, ..HttpLimits::default() }, "{}");
+        let call = || within_call(async {
+            let first = c.send(get("/v1", vec![]), None).await.is_ok();
+            tokio::task::yield_now().await;
+            let second = c.send(get("/v1", vec![]), None).await.is_ok();
+            first && second
+        });
+        let (a, b) = tokio::join!(call(), call());
+        assert!(a && b, "two calls of two requests each fit a budget of two per call");
+    }
+
+    #[tokio::test]
+    async fn an_echoed_credential_is_scrubbed_before_the_plugin_sees_it() {
+        // Regression: a vendor echoing Authorization handed the key to the
+        // plugin, and through it to page files, sled and `runs show`.
+        let basic = "Basic c2tfdGVzdF9zZWNyZXQ6"; // base64("sk_test_secret:")
+        let c = ConnectionHttp::new(shared_client(), "https://api.stripe.com", &[], Some((AuthScheme::BasicKeyAsUser, Secret::new("sk_test_secret"))), HttpLimits::default(), Arc::new(SendOnce))
+            .expect("valid base URL")
+            .with_canned_responses(move |_, _| Response {
+                status: 200,
+                headers: vec![("x-echo".into(), basic.into()), ("x-raw".into(), "key=sk_test_secret;".into())],
+                body: format!(r#"{{"authorization":"{basic}","raw":"sk_test_secret","nopad":"c2tfdGVzdF9zZWNyZXQ6","twice":"sk_test_secretsk_test_secret"}}"#).into_bytes(),
+            });
+        let response = c.send(get("/v1", vec![]), None).await.expect("canned answer");
+        let body = String::from_utf8(response.body).expect("utf-8");
+        assert!(!body.contains("sk_test_secret") && !body.contains("c2tfdGVzdF9zZWNyZXQ"), "{body}");
+        assert_eq!(
+            body,
+            r#"{"authorization":"Basic [redacted]","raw":"[redacted]","nopad":"[redacted]","twice":"[redacted][redacted]"}"#
+        );
+        assert_eq!(response.headers, vec![("x-echo".to_owned(), "Basic [redacted]".to_owned()), ("x-raw".to_owned(), "key=[redacted];".to_owned())]);
+    }
+
+    #[test]
+    fn a_response_without_the_credential_is_left_as_it_is() {
+        let scrubber = CredentialScrubber::new(Some(&(AuthScheme::Bearer, Secret::new("sk_test_secret"))));
+        let mut response = Response { status: 200, headers: vec![("x-a".into(), "b".into())], body: b"{\"id\":\"cus_1\",\"note\":\"sk_test_\"}".to_vec() };
+        let (body, header) = (response.body.as_ptr(), response.headers[0].1.as_ptr());
+        scrubber.scrub(&mut response);
+        assert_eq!(response.body.as_ptr(), body, "no copy when there is nothing to scrub");
+        assert_eq!(response.headers[0].1.as_ptr(), header);
+        assert_eq!(response.body, b"{\"id\":\"cus_1\",\"note\":\"sk_test_\"}");
+    }
+
+    #[test]
+    fn addresses_are_classified_by_where_they_lead() {
+        let scope = |ip: &str| AddressScope::of(ip.parse().expect("an address"));
+        for public in ["8.8.8.8", "104.18.0.1", "2606:4700::1111", "::ffff:8.8.8.8", "64:ff9b::808:808", "2002:808:808::1"] {
+            assert_eq!(scope(public), AddressScope::Public, "{public}");
+        }
+        for loopback in ["127.0.0.1", "127.255.0.9", "::1", "::ffff:127.0.0.1"] {
+            assert_eq!(scope(loopback), AddressScope::Loopback, "{loopback}");
+        }
+        for other in [
+            "10.1.2.3", "172.16.0.1", "172.31.255.255", "192.168.1.1", "169.254.169.254", "100.64.0.1", "0.0.0.0", "224.0.0.1",
+            "255.255.255.255", "192.0.2.1", "198.18.0.1", "::", "fc00::1", "fd12::1", "fe80::1", "ff02::1", "2001:db8::1",
+            "::ffff:169.254.169.254", "::ffff:10.0.0.1", "::169.254.169.254", "64:ff9b::a9fe:a9fe", "2002:a9fe:a9fe::1", "100::1",
+        ] {
+            assert!(matches!(scope(other), AddressScope::NonPublic(_)), "{other}: {:?}", scope(other));
+        }
+        assert_eq!(scope("172.32.0.1"), AddressScope::Public);
+        assert_eq!(scope("100.128.0.1"), AddressScope::Public);
+    }
+
+    #[test]
+    fn the_base_url_decides_the_default_egress() {
+        let policy = |url: &str| EgressPolicy::default_for(&Url::parse(url).expect("a URL"));
+        assert_eq!(policy("https://api.stripe.com"), EgressPolicy::Public);
+        assert_eq!(policy("http://localhost.example:8080"), EgressPolicy::Public, "a name is judged by its addresses");
+        assert_eq!(policy("http://127.0.0.1:12111"), EgressPolicy::PublicAndLoopback);
+        assert_eq!(policy("http://[::1]:12111"), EgressPolicy::PublicAndLoopback);
+        assert_eq!(policy("http://localhost:12111"), EgressPolicy::PublicAndLoopback);
+        assert_eq!(policy("http://10.0.0.5"), EgressPolicy::Public);
+    }
+
+    #[test]
+    fn a_private_ip_literal_is_denied_without_the_workflows_consent() {
+        // 169.254.169.254 is the cloud metadata service; every spelling of it.
+        for spelling in ["http://169.254.169.254/latest/meta-data/", "http://[::ffff:169.254.169.254]/", "http://2852039166/", "http://0xa9.0xfe.0xa9.0xfe/"] {
+            let c = connection(spelling, &[]);
+            let error = c.target("/latest/meta-data/");
+            assert!(matches!(&error, Err(HttpError::Denied(m)) if m.contains("link-local") && m.contains("allow_private_network")), "{spelling}: {error:?}");
+            let allowed = connection(spelling, &[]).with_egress(EgressPolicy::Any);
+            assert!(allowed.target("/latest/meta-data/").is_ok(), "{spelling}");
+        }
+        let c = connection("http://10.0.0.5:8080", &[]);
+        assert!(matches!(c.target("/"), Err(HttpError::Denied(m)) if m.contains("10.0.0.5 is private")));
+        assert!(connection("http://127.0.0.1:4000", &[]).target("/").is_ok(), "a loopback base URL keeps working");
+        let sandboxed = connection("http://127.0.0.1:4000", &[]).with_egress(EgressPolicy::LoopbackOnly);
+        assert!(sandboxed.target("/").is_ok());
+    }
+
+    #[test]
+    fn loopback_only_refuses_every_other_address() {
+        let policy = EgressPolicy::LoopbackOnly;
+        assert!(policy.permits("127.0.0.1".parse().expect("ip")));
+        assert!(policy.permits("::1".parse().expect("ip")));
+        assert!(!policy.permits("8.8.8.8".parse().expect("ip")));
+        assert!(!policy.permits("10.0.0.1".parse().expect("ip")));
+        assert!(!EgressPolicy::Public.permits("127.0.0.1".parse().expect("ip")));
+        assert!(EgressPolicy::PublicAndLoopback.permits("127.0.0.1".parse().expect("ip")));
+        assert!(!EgressPolicy::PublicAndLoopback.permits("169.254.169.254".parse().expect("ip")));
+    }
+
+    /// A loopback server answering every request with 200 and `ok`.
+    async fn ok_server() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+        let address = listener.local_addr().expect("bound");
+        let router = axum::Router::new().fallback(|| async { "ok" });
+        (address, tokio::spawn(async move { axum::serve(listener, router).await.unwrap_or(()) }))
+    }
+
+    #[tokio::test]
+    async fn a_name_that_resolves_to_loopback_is_denied_for_a_public_base_url() {
+        let (address, server) = ok_server().await;
+        let clients = HttpClients::with_pinned_names(&[("localhost.example", IpAddr::V4(Ipv4Addr::LOCALHOST))]);
+        let base = format!("http://localhost.example:{}", address.port());
+        let build = || ConnectionHttp::new(clients.clone(), &base, &[], None, HttpLimits::default(), Arc::new(SendOnce)).expect("valid base URL");
+
+        let error = build().send(get("/", vec![]), None).await.err();
+        assert!(
+            matches!(&error, Some(HttpError::Denied(m)) if m.contains("localhost.example resolves to 127.0.0.1, which is loopback") && m.contains("allow_private_network")),
+            "{error:?}"
+        );
+        let allowed = build().with_egress(EgressPolicy::Any).send(get("/", vec![]), None).await.map(|r| r.body);
+        assert_eq!(allowed, Ok(b"ok".to_vec()), "allow_private_network lets it through");
+        // Loopback by IP keeps working for a loopback base URL.
+        let direct = ConnectionHttp::new(clients.clone(), &format!("http://127.0.0.1:{}", address.port()), &[], None, HttpLimits::default(), Arc::new(SendOnce))
+            .expect("valid base URL");
+        assert_eq!(direct.send(get("/", vec![]), None).await.map(|r| r.status), Ok(200));
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn a_name_with_a_public_and_a_private_address_connects_only_to_the_permitted_one() {
+        let (address, server) = ok_server().await;
+        // Loopback permitted (a loopback-based policy), the metadata address not.
+        let clients = HttpClients::with_pinned_names(&[("both.example", "169.254.169.254".parse().expect("ip")), ("both.example", IpAddr::V4(Ipv4Addr::LOCALHOST))]);
+        let c = ConnectionHttp::new(clients, &format!("http://both.example:{}", address.port()), &[], None, HttpLimits { timeout: Duration::from_secs(5), ..HttpLimits::default() }, Arc::new(SendOnce))
+            .expect("valid base URL")
+            .with_egress(EgressPolicy::PublicAndLoopback);
+        assert_eq!(c.send(get("/", vec![]), None).await.map(|r| r.status), Ok(200));
+        server.abort();
     }
 
     #[test]

@@ -14,6 +14,12 @@
 //! slowly, so a run converges just under the real limit. A `Retry-After` or
 //! an exhausted `RateLimit-*`/`X-RateLimit-*` window pauses the bucket.
 //!
+//! A plugin's manifest is the plugin's word. A built-in connector's
+//! published limits are taken as they are; any other plugin's are capped at
+//! [`THIRD_PARTY_CEILING`] per method class, and so is the rate an unknown
+//! limit adapts up to, so a plugin cannot set its own request volume. Only
+//! the workflow's `rate_limit`/`rate_limits` go above the ceiling.
+//!
 //! Hand-written rather than `governor`: the quota must change at run time
 //! (adaptation, pauses), which governor's fixed quotas do not allow.
 
@@ -27,7 +33,7 @@ use tokio::time::Instant;
 
 use crate::connector::{MethodClass, RateLimit};
 use crate::credentials::Secret;
-use crate::http::{HttpError, Method, RequestPolicy, Response};
+use crate::http::{Attempts, HttpError, Method, RequestPolicy, Response};
 
 /// Share of a published limit the host aims for: a hair under, so clock
 /// skew and fixed-window accounting at the vendor do not cost 429s.
@@ -46,6 +52,45 @@ const RECOVER_GROWTH: f64 = 1.05;
 const PROBE_GROWTH: f64 = 1.001;
 /// Share of the measured limit the host settles at.
 const SETTLE: f64 = 0.97;
+/// Requests per second per method class a plugin that is not built in may
+/// publish, or adapt up to when it publishes none; a workflow's override
+/// may go higher.
+pub const THIRD_PARTY_CEILING: f64 = 10.0;
+
+/// Whose word a manifest's published limits are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Publisher {
+    /// A connector shipped inside weft: its limits are the vendor's, as
+    /// reviewed with the connector.
+    BuiltIn,
+    /// Any other component: its limits are capped at [`THIRD_PARTY_CEILING`].
+    ThirdParty,
+}
+
+impl Publisher {
+    /// Built in when `digest` (hex SHA-256 of the component, as
+    /// [`crate::runtime::Plugin::digest`] gives it) is the digest of one of
+    /// the built-in components; a plugin's name proves nothing.
+    pub fn of_digest(digest: &str) -> Publisher {
+        use sha2::Digest as _;
+        static BUILT_IN: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+        let built_in = BUILT_IN.get_or_init(|| {
+            crate::builtin::names()
+                .filter_map(crate::builtin::component)
+                .map(|bytes| hex::encode(sha2::Sha256::digest(bytes)))
+                .collect()
+        });
+        if built_in.iter().any(|d| d.eq_ignore_ascii_case(digest)) { Publisher::BuiltIn } else { Publisher::ThirdParty }
+    }
+
+    /// The highest rate this publisher's limits may set, if any.
+    fn ceiling(self) -> Option<f64> {
+        match self {
+            Publisher::BuiltIn => None,
+            Publisher::ThirdParty => Some(THIRD_PARTY_CEILING),
+        }
+    }
+}
 
 /// How a workflow overrides a vendor's limits for one connection.
 #[derive(Debug, Clone, PartialEq)]
@@ -76,6 +121,9 @@ struct Bucket {
     rate: f64,
     /// The rate never goes above this (the published or overridden limit).
     ceiling: Option<f64>,
+    /// Nor above this, published limit or not (the host's ceiling for a
+    /// third-party plugin).
+    cap: Option<f64>,
     /// Whether a 429 has been seen (ends the fast start of unknown limits).
     seen_429: bool,
     /// GCRA theoretical arrival time of the next request.
@@ -95,12 +143,14 @@ struct Bucket {
 }
 
 impl Bucket {
-    fn new(class: MethodClass, ceiling: Option<f64>, now: Instant) -> Self {
+    fn new(class: MethodClass, ceiling: Option<f64>, cap: Option<f64>, now: Instant) -> Self {
         let rate = ceiling.map_or(UNKNOWN_START_RATE, |c| c * PUBLISHED_MARGIN);
+        let rate = cap.map_or(rate, |cap| rate.min(cap * PUBLISHED_MARGIN));
         Bucket {
             class,
             rate,
             ceiling,
+            cap,
             seen_429: false,
             next_slot: now,
             paused_until: None,
@@ -147,8 +197,8 @@ impl Bucket {
                 Some(target) if self.rate < target => (self.rate * RECOVER_GROWTH.powf(steps)).min(target),
                 Some(_) => self.rate * PROBE_GROWTH.powf(steps),
             };
-            if let Some(ceiling) = self.ceiling {
-                self.rate = self.rate.min(ceiling * PUBLISHED_MARGIN);
+            for limit in [self.ceiling, self.cap].into_iter().flatten() {
+                self.rate = self.rate.min(limit * PUBLISHED_MARGIN);
             }
         }
         self.saturated = false;
@@ -220,10 +270,13 @@ impl Limiter {
     /// prefix matches, the most specific winning per class), replaced per
     /// class by the workflow's overrides; an override for every request
     /// (`rate_limit = "…"`, class `any`) replaces all of them. With
-    /// neither, one adaptive bucket for all requests.
-    pub fn new(published: &[RateLimit], secret: Option<&Secret>, overrides: &[LimitOverride]) -> Self {
+    /// neither, one adaptive bucket for all requests. Published limits and
+    /// adaptation stay under `publisher`'s ceiling; overrides do not.
+    pub fn new(publisher: Publisher, published: &[RateLimit], secret: Option<&Secret>, overrides: &[LimitOverride]) -> Self {
         let now = Instant::now();
-        let mut chosen: Vec<(MethodClass, f64, bool)> = Vec::new();
+        let cap = publisher.ceiling();
+        // (class, rate, credential-specific, set by the workflow)
+        let mut chosen: Vec<(MethodClass, f64, bool, bool)> = Vec::new();
         for limit in published {
             let matches = match (&limit.credential_prefix, secret) {
                 (None, _) => true,
@@ -234,11 +287,12 @@ impl Limiter {
                 continue;
             }
             let rate = f64::from(limit.requests) / f64::from(limit.per_seconds);
+            let rate = cap.map_or(rate, |cap| rate.min(cap));
             let specific = limit.credential_prefix.is_some();
-            match chosen.iter_mut().find(|(class, _, _)| *class == limit.method_class) {
-                Some(entry) if specific && !entry.2 => *entry = (limit.method_class, rate, true),
+            match chosen.iter_mut().find(|(class, _, _, _)| *class == limit.method_class) {
+                Some(entry) if specific && !entry.2 => *entry = (limit.method_class, rate, true, false),
                 Some(_) => {}
-                None => chosen.push((limit.method_class, rate, specific)),
+                None => chosen.push((limit.method_class, rate, specific, false)),
             }
         }
         if overrides.iter().any(|o| o.class == MethodClass::Any) {
@@ -247,13 +301,16 @@ impl Limiter {
             chosen.clear();
         }
         for o in overrides {
-            chosen.retain(|(class, _, _)| *class != o.class);
-            chosen.push((o.class, o.per_second, true));
+            chosen.retain(|(class, _, _, _)| *class != o.class);
+            chosen.push((o.class, o.per_second, true, true));
         }
         let buckets = if chosen.is_empty() {
-            vec![Bucket::new(MethodClass::Any, None, now)]
+            vec![Bucket::new(MethodClass::Any, None, cap, now)]
         } else {
-            chosen.into_iter().map(|(class, rate, _)| Bucket::new(class, Some(rate), now)).collect()
+            chosen
+                .into_iter()
+                .map(|(class, rate, _, by_workflow)| Bucket::new(class, Some(rate), if by_workflow { None } else { cap }, now))
+                .collect()
         };
         Limiter { buckets: Mutex::new(buckets) }
     }
@@ -304,15 +361,27 @@ pub struct LimiterRegistry {
 
 impl LimiterRegistry {
     /// The limiter for `vendor` and `secret`, created on first use. The key
-    /// holds the secret's fingerprint, never the secret.
-    pub fn limiter(&self, vendor: &str, secret: Option<&Secret>, published: &[RateLimit], overrides: &[LimitOverride]) -> Arc<Limiter> {
-        let key = format!("{vendor}/{}", secret.map(Secret::fingerprint).unwrap_or_default());
+    /// holds the secret's fingerprint, never the secret, and the publisher:
+    /// a third-party plugin that names itself after a built-in vendor gets
+    /// buckets of its own, never ones it could have set for the built-in.
+    pub fn limiter(
+        &self,
+        vendor: &str,
+        publisher: Publisher,
+        secret: Option<&Secret>,
+        published: &[RateLimit],
+        overrides: &[LimitOverride],
+    ) -> Arc<Limiter> {
+        let key = format!("{publisher:?}/{vendor}/{}", secret.map(Secret::fingerprint).unwrap_or_default());
         let Ok(mut limiters) = self.limiters.lock() else {
-            return Arc::new(Limiter::new(published, secret, overrides));
+            return Arc::new(Limiter::new(publisher, published, secret, overrides));
         };
-        limiters.entry(key).or_insert_with(|| Arc::new(Limiter::new(published, secret, overrides))).clone()
+        limiters.entry(key).or_insert_with(|| Arc::new(Limiter::new(publisher, published, secret, overrides))).clone()
     }
 }
+
+/// Timed-out attempts sent again, per request.
+const MAX_TIMEOUT_RETRIES: u32 = 1;
 
 /// When to send a failed request again.
 #[derive(Debug, Clone)]
@@ -393,10 +462,11 @@ impl RequestPolicy for LimitedPolicy {
         Box::pin(self.limiter.acquire(method))
     }
 
-    fn retry_after(&self, method: Method, idempotent: bool, attempt: u32, outcome: &Result<Response, HttpError>) -> Option<Duration> {
+    fn retry_after(&self, method: Method, idempotent: bool, attempts: Attempts, outcome: &Result<Response, HttpError>) -> Option<Duration> {
         // Safe to send again: the vendor did not act (429, or nothing was
         // received), or the request is idempotent by method or by key.
         let replay_safe = method.is_idempotent() || idempotent;
+        let attempt = attempts.made;
         let delay = match outcome {
             Ok(response) => {
                 let pause = pause_from_headers(&response.headers);
@@ -407,7 +477,11 @@ impl RequestPolicy for LimitedPolicy {
                     _ => None,
                 }
             }
-            Err(HttpError::Connection(_) | HttpError::Timeout(_)) if replay_safe => Some(self.retry.backoff(attempt)),
+            Err(HttpError::Connection(_)) if replay_safe => Some(self.retry.backoff(attempt)),
+            // Each timeout costs the whole request timeout: a vendor that
+            // trickles its answer would hold a call for every attempt.
+            // Once more may meet a hiccup; after that it is the vendor.
+            Err(HttpError::Timeout(_)) if replay_safe && attempts.timed_out <= MAX_TIMEOUT_RETRIES => Some(self.retry.backoff(attempt)),
             Err(_) => None,
         }?;
         (attempt < self.retry.max_attempts).then_some(delay)
@@ -433,15 +507,15 @@ mod tests {
 
     #[test]
     fn test_and_live_keys_get_their_own_published_limits() {
-        let test = Limiter::new(&stripe_limits(), Some(&Secret::new("sk_test_x")), &[]);
-        let live = Limiter::new(&stripe_limits(), Some(&Secret::new("sk_live_x")), &[]);
+        let test = Limiter::new(Publisher::BuiltIn, &stripe_limits(), Some(&Secret::new("sk_test_x")), &[]);
+        let live = Limiter::new(Publisher::BuiltIn, &stripe_limits(), Some(&Secret::new("sk_live_x")), &[]);
         assert!(test.rates().iter().all(|(_, r)| (*r - 25.0 * PUBLISHED_MARGIN).abs() < 1e-9), "{:?}", test.rates());
         assert!(live.rates().iter().all(|(_, r)| (*r - 100.0 * PUBLISHED_MARGIN).abs() < 1e-9), "{:?}", live.rates());
     }
 
     #[test]
     fn a_workflow_override_replaces_the_published_class() {
-        let l = Limiter::new(&stripe_limits(), Some(&Secret::new("sk_test_x")), &[LimitOverride { class: MethodClass::Read, per_second: 5.0 }]);
+        let l = Limiter::new(Publisher::BuiltIn, &stripe_limits(), Some(&Secret::new("sk_test_x")), &[LimitOverride { class: MethodClass::Read, per_second: 5.0 }]);
         let rates = l.rates();
         assert!(rates.contains(&(MethodClass::Read, 5.0 * PUBLISHED_MARGIN)), "{rates:?}");
         assert!(rates.contains(&(MethodClass::Write, 25.0 * PUBLISHED_MARGIN)), "{rates:?}");
@@ -451,9 +525,10 @@ mod tests {
     fn a_limit_for_every_request_replaces_every_published_class() {
         // Regression: `rate_limit = "10000/s"` left Stripe's published read
         // and write buckets in place, so a test key still ran at 25 r/s.
-        let l = Limiter::new(&stripe_limits(), Some(&Secret::new("sk_test_x")), &[LimitOverride { class: MethodClass::Any, per_second: 10_000.0 }]);
+        let l = Limiter::new(Publisher::BuiltIn, &stripe_limits(), Some(&Secret::new("sk_test_x")), &[LimitOverride { class: MethodClass::Any, per_second: 10_000.0 }]);
         assert_eq!(l.rates(), vec![(MethodClass::Any, 10_000.0 * PUBLISHED_MARGIN)]);
         let both = Limiter::new(
+            Publisher::BuiltIn,
             &stripe_limits(),
             Some(&Secret::new("sk_test_x")),
             &[LimitOverride { class: MethodClass::Any, per_second: 50.0 }, LimitOverride { class: MethodClass::Post, per_second: 2.0 }],
@@ -472,7 +547,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn requests_are_spaced_at_the_published_rate() {
-        let l = Limiter::new(&[limit(MethodClass::Post, 100, 60, None)], None, &[]);
+        let l = Limiter::new(Publisher::BuiltIn, &[limit(MethodClass::Post, 100, 60, None)], None, &[]);
         let start = Instant::now();
         for _ in 0..101 {
             l.acquire(Method::Post).await;
@@ -489,7 +564,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn concurrent_callers_share_one_limit() {
-        let l = Arc::new(Limiter::new(&[limit(MethodClass::Any, 10, 1, None)], None, &[]));
+        let l = Arc::new(Limiter::new(Publisher::BuiltIn, &[limit(MethodClass::Any, 10, 1, None)], None, &[]));
         let start = Instant::now();
         let tasks: Vec<_> = (0..50).map(|_| { let l = l.clone(); tokio::spawn(async move { l.acquire(Method::Get).await }) }).collect();
         for t in tasks {
@@ -501,7 +576,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn retry_after_pauses_the_bucket() {
-        let l = Limiter::new(&[limit(MethodClass::Any, 100, 1, None)], None, &[]);
+        let l = Limiter::new(Publisher::BuiltIn, &[limit(MethodClass::Any, 100, 1, None)], None, &[]);
         l.acquire(Method::Get).await;
         l.observe(Method::Get, 429, Some(Duration::from_secs(3)));
         let before = Instant::now();
@@ -512,7 +587,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_unknown_limit_converges_under_the_real_one() {
         // A vendor allowing 20 r/s, answering 429 above it (1 s token bucket).
-        let l = Limiter::new(&[], None, &[]);
+        let l = Limiter::new(Publisher::BuiltIn, &[], None, &[]);
         let real = 20.0;
         let mut tokens = real;
         let mut last = Instant::now();
@@ -556,16 +631,108 @@ mod tests {
         Ok(Response { status, headers: vec![], body: vec![] })
     }
 
+    fn tries(made: u32) -> Attempts {
+        Attempts { made, timed_out: 0 }
+    }
+
+    #[test]
+    fn a_third_party_plugin_cannot_publish_more_than_the_host_ceiling() {
+        // Regression: a plugin publishing 1e6 r/s sent 22,849 requests from
+        // one `list` call in 20 s.
+        let flood = [limit(MethodClass::Any, 1_000_000, 1, None)];
+        let third = Limiter::new(Publisher::ThirdParty, &flood, None, &[]);
+        assert_eq!(third.rates(), vec![(MethodClass::Any, THIRD_PARTY_CEILING * PUBLISHED_MARGIN)]);
+        let built_in = Limiter::new(Publisher::BuiltIn, &flood, None, &[]);
+        assert_eq!(built_in.rates(), vec![(MethodClass::Any, 1_000_000.0 * PUBLISHED_MARGIN)]);
+        // Per class, and a lower published limit stays as published.
+        let classes = [limit(MethodClass::Read, 1_000_000, 1, None), limit(MethodClass::Post, 60, 60, None)];
+        let rates = Limiter::new(Publisher::ThirdParty, &classes, None, &[]).rates();
+        assert!(rates.contains(&(MethodClass::Read, THIRD_PARTY_CEILING * PUBLISHED_MARGIN)), "{rates:?}");
+        assert!(rates.contains(&(MethodClass::Post, PUBLISHED_MARGIN)), "{rates:?}");
+    }
+
+    #[test]
+    fn only_the_workflow_raises_a_third_party_plugin_above_the_ceiling() {
+        let flood = [limit(MethodClass::Any, 1_000_000, 1, None)];
+        let raised = Limiter::new(Publisher::ThirdParty, &flood, None, &[LimitOverride { class: MethodClass::Any, per_second: 500.0 }]);
+        assert_eq!(raised.rates(), vec![(MethodClass::Any, 500.0 * PUBLISHED_MARGIN)]);
+        let one_class = Limiter::new(
+            Publisher::ThirdParty,
+            &[limit(MethodClass::Read, 1_000_000, 1, None), limit(MethodClass::Write, 1_000_000, 1, None)],
+            None,
+            &[LimitOverride { class: MethodClass::Read, per_second: 50.0 }],
+        );
+        let rates = one_class.rates();
+        assert!(rates.contains(&(MethodClass::Read, 50.0 * PUBLISHED_MARGIN)), "{rates:?}");
+        assert!(rates.contains(&(MethodClass::Write, THIRD_PARTY_CEILING * PUBLISHED_MARGIN)), "{rates:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unpublished_third_party_limit_adapts_no_higher_than_the_ceiling() {
+        // A vendor that never answers 429: the adaptive bucket keeps growing
+        // while it is the bottleneck, for a built-in far past the ceiling.
+        let third = Limiter::new(Publisher::ThirdParty, &[], None, &[]);
+        let built_in = Limiter::new(Publisher::BuiltIn, &[], None, &[]);
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(60) {
+            third.acquire(Method::Get).await;
+            third.observe(Method::Get, 200, None);
+        }
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(30) {
+            built_in.acquire(Method::Get).await;
+            built_in.observe(Method::Get, 200, None);
+        }
+        let third_rate = third.rates()[0].1;
+        assert!(third_rate <= THIRD_PARTY_CEILING * PUBLISHED_MARGIN + 1e-9, "{third_rate}");
+        assert!(third_rate >= THIRD_PARTY_CEILING * 0.9, "it still adapts up to the ceiling: {third_rate}");
+        assert!(built_in.rates()[0].1 > 10.0 * THIRD_PARTY_CEILING, "{:?}", built_in.rates());
+    }
+
+    #[test]
+    fn a_third_party_plugin_named_like_a_built_in_gets_its_own_limiter() {
+        let registry = LimiterRegistry::default();
+        let secret = Secret::new("sk_test_x");
+        let flood = [limit(MethodClass::Any, 1_000_000, 1, None)];
+        let impostor = registry.limiter("stripe", Publisher::ThirdParty, Some(&secret), &flood, &[]);
+        let real = registry.limiter("stripe", Publisher::BuiltIn, Some(&secret), &stripe_limits(), &[]);
+        assert!(!Arc::ptr_eq(&impostor, &real));
+        assert!(real.rates().iter().all(|(_, r)| (*r - 25.0 * PUBLISHED_MARGIN).abs() < 1e-9), "{:?}", real.rates());
+    }
+
+    #[test]
+    fn a_component_is_built_in_by_its_digest_not_its_name() {
+        assert_eq!(Publisher::of_digest(&"0".repeat(64)), Publisher::ThirdParty);
+        if let Some(bytes) = crate::builtin::component("stripe") {
+            use sha2::Digest as _;
+            assert_eq!(Publisher::of_digest(&hex::encode(sha2::Sha256::digest(bytes))), Publisher::BuiltIn);
+        }
+    }
+
+    #[test]
+    fn a_timeout_is_retried_at_most_once() {
+        // Regression: a vendor trickling its answer held a call for 5
+        // attempts of the whole request timeout each.
+        let p = LimitedPolicy::new(Arc::new(Limiter::new(Publisher::BuiltIn, &[], None, &[])), RetryPolicy::default());
+        let timeout = Err(HttpError::Timeout("slow".into()));
+        assert!(p.retry_after(Method::Get, false, Attempts { made: 1, timed_out: 1 }, &timeout).is_some());
+        assert_eq!(p.retry_after(Method::Get, false, Attempts { made: 2, timed_out: 2 }, &timeout), None);
+        // A 500 before it does not use up the one timeout retry.
+        assert!(p.retry_after(Method::Get, false, Attempts { made: 2, timed_out: 1 }, &timeout).is_some());
+        // Other failures keep their own bound.
+        assert!(p.retry_after(Method::Get, false, Attempts { made: 3, timed_out: 2 }, &response(503)).is_some());
+    }
+
     #[test]
     fn a_post_without_idempotency_key_is_not_retried_after_a_500() {
-        let p = LimitedPolicy::new(Arc::new(Limiter::new(&[], None, &[])), RetryPolicy::default());
-        assert_eq!(p.retry_after(Method::Post, false, 1, &response(500)), None);
-        assert!(p.retry_after(Method::Post, true, 1, &response(500)).is_some(), "with a key it is");
-        assert!(p.retry_after(Method::Get, false, 1, &response(500)).is_some(), "a GET is");
-        assert!(p.retry_after(Method::Post, false, 1, &response(429)).is_some(), "a 429 was not acted on");
-        assert_eq!(p.retry_after(Method::Get, false, 1, &response(404)), None);
-        assert_eq!(p.retry_after(Method::Get, false, 5, &response(500)), None, "attempts are bounded");
-        assert_eq!(p.retry_after(Method::Post, false, 1, &Err(HttpError::Connection("reset".into()))), None);
-        assert!(p.retry_after(Method::Delete, false, 1, &Err(HttpError::Timeout("slow".into()))).is_some());
+        let p = LimitedPolicy::new(Arc::new(Limiter::new(Publisher::BuiltIn, &[], None, &[])), RetryPolicy::default());
+        assert_eq!(p.retry_after(Method::Post, false, tries(1), &response(500)), None);
+        assert!(p.retry_after(Method::Post, true, tries(1), &response(500)).is_some(), "with a key it is");
+        assert!(p.retry_after(Method::Get, false, tries(1), &response(500)).is_some(), "a GET is");
+        assert!(p.retry_after(Method::Post, false, tries(1), &response(429)).is_some(), "a 429 was not acted on");
+        assert_eq!(p.retry_after(Method::Get, false, tries(1), &response(404)), None);
+        assert_eq!(p.retry_after(Method::Get, false, tries(5), &response(500)), None, "attempts are bounded");
+        assert_eq!(p.retry_after(Method::Post, false, tries(1), &Err(HttpError::Connection("reset".into()))), None);
+        assert!(p.retry_after(Method::Delete, false, Attempts { made: 1, timed_out: 1 }, &Err(HttpError::Timeout("slow".into()))).is_some());
     }
 }

@@ -110,6 +110,9 @@ struct ConnectionDef {
     rate_limit: Option<Spanned<String>>,
     #[serde(default)]
     rate_limits: BTreeMap<String, Spanned<String>>,
+    #[serde(default)]
+    allow_private_network: bool,
+    max_requests_per_call: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -219,6 +222,11 @@ pub struct Connection {
     pub allow_hosts: Vec<String>,
     /// Rate limits that replace the plugin's published ones, per class.
     pub rate_limits: Vec<crate::limiter::LimitOverride>,
+    /// Whether requests may reach private, link-local and other non-public
+    /// addresses although the base URL is not on loopback.
+    pub allow_private_network: bool,
+    /// Requests one connector call may send; the host's default when `None`.
+    pub max_requests_per_call: Option<u32>,
     /// Where the connection is defined.
     pub span: Span,
     plugin_span: Span,
@@ -822,10 +830,21 @@ fn parse_connections(check: &mut Checker<'_>, defs: BTreeMap<String, Spanned<Con
                 None => check.error(rate.span(), "a rate is written \"N/s\", \"N/min\" or \"N/h\" with N > 0"),
             }
         }
+        let max_requests_per_call = c.max_requests_per_call.and_then(|max| match u32::try_from(*max.get_ref()) {
+            Ok(n) if n > 0 => Some(n),
+            _ => {
+                check.error(max.span(), format!("max_requests_per_call must be a whole number from 1 to {}", u32::MAX));
+                None
+            }
+        });
         let credentials = c.credentials.map(Spanned::into_inner);
         let base_url = c.base_url.map(Spanned::into_inner);
         let allow_hosts = c.allow_hosts.into_iter().map(Spanned::into_inner).collect();
-        connections.insert(name.clone(), Connection { name, plugin, credentials, base_url, settings, allow_hosts, rate_limits, span, plugin_span });
+        let allow_private_network = c.allow_private_network;
+        connections.insert(
+            name.clone(),
+            Connection { name, plugin, credentials, base_url, settings, allow_hosts, rate_limits, allow_private_network, max_requests_per_call, span, plugin_span },
+        );
     }
     connections
 }

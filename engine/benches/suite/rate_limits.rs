@@ -55,7 +55,7 @@ fn judge(log: &RequestLog, counted: impl Fn(&str) -> bool, from: Instant, to: In
 /// the limiter of their shared key from one registry.
 fn connection(registry: &LimiterRegistry, plugin: &Plugin, base_url: &str, key: &str) -> BenchResult<Arc<ConnectionHttp>> {
     let secret = Secret::new(key);
-    let limiter = registry.limiter(&plugin.manifest().name, Some(&secret), &plugin.manifest().rate_limits, &[]);
+    let limiter = registry.limiter(&plugin.manifest().name, weft::limiter::Publisher::of_digest(plugin.digest()), Some(&secret), &plugin.manifest().rate_limits, &[]);
     Ok(Arc::new(ConnectionHttp::new(
         weft::http::shared_client(),
         base_url,

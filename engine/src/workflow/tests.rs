@@ -159,6 +159,25 @@ fn rate_limit_overrides_parse_per_class() -> Result<(), Diagnostics> {
 }
 
 #[test]
+fn egress_and_request_budget_keys_parse_on_a_connection() -> Result<(), Diagnostics> {
+    let w = parse(&GOOD)?;
+    assert!(!w.connections["stripe"].allow_private_network, "private networks are refused by default");
+    assert_eq!(w.connections["stripe"].max_requests_per_call, None);
+    let keys = "credentials = \"env:STRIPE_API_KEY\"\nallow_private_network = true\nmax_requests_per_call = 50";
+    let w = parse(&GOOD.replace("credentials = \"env:STRIPE_API_KEY\"", keys))?;
+    assert!(w.connections["stripe"].allow_private_network);
+    assert_eq!(w.connections["stripe"].max_requests_per_call, Some(50));
+    for bad in ["max_requests_per_call = 0", "max_requests_per_call = -1", "max_requests_per_call = 5000000000"] {
+        let d = first_error(&GOOD.replace("credentials = \"env:STRIPE_API_KEY\"", &format!("credentials = \"env:STRIPE_API_KEY\"\n{bad}")));
+        assert!(d.message.contains("max_requests_per_call must be a whole number from 1"), "{bad}: {d}");
+        assert_eq!(d.line, 8, "{d}");
+    }
+    let d = first_error(&GOOD.replace("credentials = \"env:STRIPE_API_KEY\"", "credentials = \"env:STRIPE_API_KEY\"\nallow_private_network = \"yes\""));
+    assert!(d.message.contains("bool"), "{d}");
+    Ok(())
+}
+
+#[test]
 fn bad_credentials_reference_is_refused() {
     let d = first_error(&GOOD.replace("env:STRIPE_API_KEY", "STRIPE_API_KEY"));
     assert!(d.message.contains("env:NAME"), "{d}");
