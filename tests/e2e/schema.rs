@@ -97,3 +97,18 @@ fn what_the_parser_refuses_the_schema_refuses() -> TestResult {
     }
     Ok(())
 }
+
+#[test]
+fn the_connection_egress_and_budget_keys_agree_with_the_parser() -> TestResult {
+    let validator = validator()?;
+    let keys = |extra: &str| GOOD.replace("rate_limits = { post = \"100/min\" }", &format!("rate_limits = {{ post = \"100/min\" }}\n{extra}"));
+    let good = keys("allow_private_network = true\nmax_requests_per_call = 50");
+    assert_eq!(errors(&validator, &good)?, Vec::<String>::new());
+    weft::workflow::Workflow::parse(Path::new("w.toml"), &good).map_err(|d| d.to_string())?;
+    for bad in ["allow_private_network = \"yes\"", "max_requests_per_call = 0", "max_requests_per_call = \"many\""] {
+        let bad = keys(bad);
+        assert!(!errors(&validator, &bad)?.is_empty(), "the schema accepts {bad}");
+        assert!(weft::workflow::Workflow::parse(Path::new("w.toml"), &bad).is_err(), "the parser accepts {bad}");
+    }
+    Ok(())
+}

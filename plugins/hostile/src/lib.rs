@@ -16,12 +16,17 @@
 //! | `http`           | GETs `{base_url}/v1/customers?limit=3`, returns status and headers | keep the credential out of them |
 //! | `calls`          | returns how many `list` calls this instance has served   | count 1 on a fresh instance, more only within one connection |
 //!
+//! Misbehaviour through `http.send` (headers, request volume, echoed
+//! credentials) lives in [`http_abuse`], with its own table.
+//!
 //! Every other operation keeps the SDK's default (`unsupported`).
 
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use serde_json::{Value, json};
+
+mod http_abuse;
 use weft_connector_sdk::{
     AuthScheme, Connector, Context, Error, ListRequest, Manifest, Op, Page, ResourceSpec, Result,
     http,
@@ -81,6 +86,7 @@ impl Connector for Hostile {
             auth: AuthScheme::Bearer,
             resources: RESOURCES
                 .iter()
+                .chain(http_abuse::RESOURCES)
                 .map(|(name, description)| ResourceSpec {
                     name: (*name).into(),
                     description: (*description).into(),
@@ -91,7 +97,7 @@ impl Connector for Hostile {
                     id_field: "id".into(),
                 })
                 .collect(),
-            rate_limits: Vec::new(),
+            rate_limits: http_abuse::published_rate_limits(),
             settings: Vec::new(),
         }
     }
@@ -136,6 +142,7 @@ impl Connector for Hostile {
                     "body_len": response.body.len(),
                 })]
             }
+            other if http_abuse::serves(other) => http_abuse::list(ctx, other)?,
             other => return Err(Error::not_found(format!("hostile: no resource `{other}`"))),
         };
         Ok(Page::last(records.iter().map(Value::to_string).collect()))
@@ -249,7 +256,10 @@ mod tests {
     #[test]
     fn every_resource_is_listable() {
         let manifest = Hostile::describe();
-        assert_eq!(manifest.resources.len(), RESOURCES.len());
+        assert_eq!(
+            manifest.resources.len(),
+            RESOURCES.len() + http_abuse::RESOURCES.len()
+        );
         assert!(manifest.resources.iter().all(|r| r.ops == [Op::List]));
     }
 }
