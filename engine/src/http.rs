@@ -875,7 +875,9 @@ impl ConnectionHttp {
                     self.stats.throttled.fetch_add(1, Ordering::Relaxed);
                 }
                 Err(HttpError::Timeout(_)) => attempts.timed_out += 1,
+                // Refused at resolution: nothing reached the vendor.
                 Err(HttpError::Denied(_)) => {
+                    self.stats.requests.fetch_sub(1, Ordering::Relaxed);
                     self.stats.denied.fetch_add(1, Ordering::Relaxed);
                 }
                 _ => {}
@@ -1229,11 +1231,14 @@ mod tests {
         let base = format!("http://localhost.example:{}", address.port());
         let build = || ConnectionHttp::new(clients.clone(), &base, &[], None, HttpLimits::default(), Arc::new(SendOnce)).expect("valid base URL");
 
-        let error = build().send(get("/", vec![]), None).await.err();
+        let refused = build();
+        let error = refused.send(get("/", vec![]), None).await.err();
         assert!(
             matches!(&error, Some(HttpError::Denied(m)) if m.contains("localhost.example resolves to 127.0.0.1, which is loopback") && m.contains("allow_private_network")),
             "{error:?}"
         );
+        let stats = refused.stats().snapshot();
+        assert_eq!((stats.requests, stats.denied), (0, 1), "nothing reached the vendor: {stats:?}");
         let allowed = build().with_egress(EgressPolicy::Any).send(get("/", vec![]), None).await.map(|r| r.body);
         assert_eq!(allowed, Ok(b"ok".to_vec()), "allow_private_network lets it through");
         // Loopback by IP keeps working for a loopback base URL.

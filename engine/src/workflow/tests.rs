@@ -160,7 +160,7 @@ fn rate_limit_overrides_parse_per_class() -> Result<(), Diagnostics> {
 
 #[test]
 fn egress_and_request_budget_keys_parse_on_a_connection() -> Result<(), Diagnostics> {
-    let w = parse(&GOOD)?;
+    let w = parse(GOOD)?;
     assert!(!w.connections["stripe"].allow_private_network, "private networks are refused by default");
     assert_eq!(w.connections["stripe"].max_requests_per_call, None);
     let keys = "credentials = \"env:STRIPE_API_KEY\"\nallow_private_network = true\nmax_requests_per_call = 50";
