@@ -110,6 +110,7 @@ struct ConnectionDef {
     rate_limit: Option<Spanned<String>>,
     #[serde(default)]
     rate_limits: BTreeMap<String, Spanned<String>>,
+    sandbox: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -219,6 +220,9 @@ pub struct Connection {
     pub allow_hosts: Vec<String>,
     /// Rate limits that replace the plugin's published ones, per class.
     pub rate_limits: Vec<crate::limiter::LimitOverride>,
+    /// The sandbox emulator that stands in for this connection in `weft run
+    /// --sandbox` (`growpanel`); by default the one of the plugin's vendor.
+    pub sandbox: Option<String>,
     /// Where the connection is defined.
     pub span: Span,
     plugin_span: Span,
@@ -825,7 +829,13 @@ fn parse_connections(check: &mut Checker<'_>, defs: BTreeMap<String, Spanned<Con
         let credentials = c.credentials.map(Spanned::into_inner);
         let base_url = c.base_url.map(Spanned::into_inner);
         let allow_hosts = c.allow_hosts.into_iter().map(Spanned::into_inner).collect();
-        connections.insert(name.clone(), Connection { name, plugin, credentials, base_url, settings, allow_hosts, rate_limits, span, plugin_span });
+        if let Some(emulator) = &c.sandbox
+            && (emulator.get_ref().is_empty() || !emulator.get_ref().chars().all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-'))
+        {
+            check.error(emulator.span(), "sandbox names an emulator of `weft sandbox`, such as \"growpanel\" or \"stripe-scim\"");
+        }
+        let sandbox = c.sandbox.map(Spanned::into_inner);
+        connections.insert(name.clone(), Connection { name, plugin, credentials, base_url, settings, allow_hosts, rate_limits, sandbox, span, plugin_span });
     }
     connections
 }
