@@ -182,8 +182,10 @@ fn text(value: &Value, field: &str) -> Result<String, NotAString> {
         Value::String(text) => Ok(text.clone()),
         Value::Number(number) => Ok(number.to_string()),
         Value::Bool(flag) => Ok(flag.to_string()),
-        blank if same::is_blank(Some(blank)) => Ok(String::new()),
-        _ => Err(NotAString {
+        Value::Null => Ok(String::new()),
+        Value::Array(items) if items.is_empty() => Ok(String::new()),
+        Value::Object(fields) if fields.is_empty() => Ok(String::new()),
+        Value::Array(_) | Value::Object(_) => Err(NotAString {
             field: field.to_owned(),
         }),
     }

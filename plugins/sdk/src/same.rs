@@ -10,10 +10,12 @@
 //!
 //! The rules, `want` against `have`:
 //!
-//! 1. **Blank is nothing.** `null`, `""`, `[]`, `{}` and an absent field
-//!    all mean "no value", and any blank holds in any blank. Vendors read
-//!    a cleared field back as `null`, `""` or an empty container, and
-//!    take `""` to clear one, so the spelling carries no change.
+//! 1. **Blank is nothing.** `null`, `""`, `[]`, `{}`, an object whose
+//!    fields are all blank (`{"footer": null}`) and an absent field all
+//!    mean "no value", and any blank holds in any blank. Vendors read a
+//!    cleared field back as `null`, `""`, an empty container or an object
+//!    of nulls (Stripe's `invoice_settings`), and take `""` to clear one,
+//!    so the spelling carries no change.
 //! 2. **Objects match on the fields `want` names.** Each field must hold
 //!    in `have`'s field of that name (absent reads as blank); fields only
 //!    `have` has are left alone, as an upsert leaves them. So `{}` holds in
@@ -64,13 +66,14 @@ pub fn holds(want: &Value, have: Option<&Value>) -> bool {
     }
 }
 
-/// Whether `value` is blank: absent, `null`, `""`, `[]` or `{}`.
+/// Whether `value` is blank: absent, `null`, `""`, `[]`, or an object whose
+/// fields are all blank (`{}` among them).
 pub fn is_blank(value: Option<&Value>) -> bool {
     match value {
         None | Some(Value::Null) => true,
         Some(Value::String(text)) => text.is_empty(),
         Some(Value::Array(items)) => items.is_empty(),
-        Some(Value::Object(fields)) => fields.is_empty(),
+        Some(Value::Object(fields)) => fields.values().all(|field| is_blank(Some(field))),
         Some(Value::Bool(_) | Value::Number(_)) => false,
     }
 }
@@ -171,6 +174,10 @@ mod tests {
             (json!(null), Some(json!(false)), false),
             (json!(null), Some(json!(["en"])), false),
             (json!(null), Some(json!({"plan": "pro"})), false),
+            (json!(null), Some(json!({"footer": null, "fields": []})), true),
+            (json!({"footer": ""}), Some(json!({"custom": {"a": null}})), true),
+            (json!(null), Some(json!({"footer": "Thanks"})), false),
+            (json!([]), Some(json!([null])), false),
             (json!("x"), None, false),
             (json!(0), None, false),
             (json!(false), Some(json!(null)), false),

@@ -194,7 +194,14 @@ fn for_wire<'a>(
     want: &'a Value,
     have: Option<&Value>,
 ) -> Result<Option<Value>, Unclearable> {
-    if same::is_blank(Some(want)) {
+    // A non-empty object is walked field by field even when all its fields
+    // are blank: `{"metadata": {"plan": null}}` unsets one key, it does not
+    // clear them all.
+    let empty = match want {
+        Value::Object(fields) => fields.is_empty(),
+        other => same::is_blank(Some(other)),
+    };
+    if empty {
         if same::is_blank(have) {
             return Ok(None);
         }
