@@ -237,8 +237,10 @@ impl Suite<'_> {
     }
 }
 
-/// Sample records the write checks use for the built-in connectors, per
-/// resource: shaped as each vendor requires.
+/// Sample records the write checks use, per resource, for the built-in
+/// connector or sandbox emulator named `plugin` (`weft plugin check
+/// --sandbox` passes the emulator's name, so a third-party connector of the
+/// same vendor API gets them too): shaped as each vendor requires.
 pub fn builtin_samples(plugin: &str) -> Vec<(String, serde_json::Value)> {
     let sample = |resource: &str, value: serde_json::Value| (resource.to_owned(), value);
     match plugin {
@@ -262,7 +264,8 @@ pub fn builtin_samples(plugin: &str) -> Vec<(String, serde_json::Value)> {
     }
 }
 
-/// Settings the built-in connectors need against `weft sandbox`'s emulators.
+/// Settings a connector needs against the `weft sandbox` emulator named
+/// `plugin` (the built-in connectors share their emulator's name).
 pub fn sandbox_settings(plugin: &str) -> Vec<(String, String)> {
     match plugin {
         "growpanel" => vec![("source".to_owned(), weft_sandbox::growpanel::DEMO_DATA_SOURCE.to_owned())],

@@ -25,12 +25,14 @@ pub enum CredentialError {
     #[error("environment variable {0} is not set")]
     MissingEnv(String),
     /// The file could not be read.
-    #[error("cannot read credential file {path}: {source}")]
+    // The cause is in the message and deliberately not a `source()`: a CLI
+    // that prints the error chain would print it a second time.
+    #[error("cannot read credential file {path}: {cause}")]
     File {
         /// The file.
         path: PathBuf,
         /// Why.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The secret is empty.
     #[error("credential from {0} is empty")]
@@ -56,7 +58,7 @@ impl CredentialSource {
         let value = match self {
             CredentialSource::Env(name) => std::env::var(name).map_err(|_| CredentialError::MissingEnv(name.clone()))?,
             CredentialSource::File(path) => std::fs::read_to_string(path)
-                .map_err(|source| CredentialError::File { path: path.clone(), source })?,
+                .map_err(|cause| CredentialError::File { path: path.clone(), cause })?,
         };
         let value = value.trim().to_owned();
         if value.is_empty() {

@@ -67,20 +67,21 @@ pub enum ExecError {
         known: String,
     },
     /// A credential could not be read.
-    #[error("connection {connection:?}: {source}")]
+    #[error("connection {connection:?}: {error}")]
     Credential {
         /// Connection name.
         connection: String,
-        /// Why.
-        source: crate::credentials::CredentialError,
+        /// Why (in the message, and not a `source()`, so that a printed
+        /// error chain says it once).
+        error: crate::credentials::CredentialError,
     },
     /// A connection's HTTP setup is wrong.
-    #[error("connection {connection:?}: {source}")]
+    #[error("connection {connection:?}: {error}")]
     Http {
         /// Connection name.
         connection: String,
-        /// Why.
-        source: crate::http::HttpError,
+        /// Why (in the message only, as above).
+        error: crate::http::HttpError,
     },
     /// The run cannot be resumed.
     #[error("run {run} is {status} and cannot be resumed; only an interrupted (running) run can")]
@@ -99,10 +100,28 @@ pub enum ExecError {
         /// Why.
         diagnostics: Diagnostics,
     },
+    /// A `weft run --sandbox` run cannot be resumed: its emulators ended
+    /// with the process that ran it, and its connections' own base URLs
+    /// and credentials are the real vendors'.
+    #[error("run {run} ran against weft run --sandbox's in-process emulators, which ended with that process; it cannot be resumed (that would send its requests to the real vendors): start it again with weft run --sandbox")]
+    SandboxRun {
+        /// The run.
+        run: String,
+    },
+    /// A sandbox run has a connection no emulator stands in for.
+    #[error("connection {connection:?}: a sandbox run points every connection at an emulator, and none was given for this one")]
+    NoEmulator {
+        /// Connection name.
+        connection: String,
+    },
     /// The run store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
 }
+
+/// The trigger of a `weft run --sandbox` run: [`Executor::resume`] refuses
+/// it.
+pub const SANDBOX_TRIGGER: &str = "sandbox";
 
 /// Where a connection's endpoint and secret come from when not from the
 /// workflow: `weft run --sandbox` points every connection at an emulator.
@@ -146,6 +165,11 @@ pub struct RunOptions {
     pub trigger: String,
     /// Connections pointed elsewhere (`--sandbox`).
     pub overrides: BTreeMap<String, ConnectionOverride>,
+    /// A sandbox run (`weft run --sandbox`): the emulators' base URLs.
+    /// Every connection must then have an override (or an endpoint of the
+    /// caller's), its HTTP sends to these origins only, and the run is
+    /// recorded with the trigger [`SANDBOX_TRIGGER`], which no resume takes.
+    pub sandbox: Option<Vec<String>>,
     /// Connections replaced by an endpoint of the caller's (benchmarks and
     /// tests: a native no-op connector).
     pub endpoints: BTreeMap<String, Arc<dyn Endpoint>>,
@@ -160,6 +184,7 @@ impl std::fmt::Debug for RunOptions {
             .field("dry_run", &self.dry_run)
             .field("trigger", &self.trigger)
             .field("overrides", &self.overrides.keys().collect::<Vec<_>>())
+            .field("sandbox", &self.sandbox)
             .field("endpoints", &self.endpoints.keys().collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
@@ -385,12 +410,14 @@ impl Executor {
             let manifest = plugin.manifest();
             let (base_url, secret) = match options.overrides.get(&connection.name) {
                 Some(o) => (o.base_url.clone(), Some(o.secret.clone())),
+                // Never the workflow's own base URL and credential.
+                None if options.sandbox.is_some() => return Err(ExecError::NoEmulator { connection: connection.name.clone() }),
                 None => {
                     let secret = match &connection.credentials {
                         Some(reference) => Some(
                             CredentialSource::parse(reference)
                                 .and_then(|source| source.resolve())
-                                .map_err(|source| ExecError::Credential { connection: connection.name.clone(), source })?,
+                                .map_err(|error| ExecError::Credential { connection: connection.name.clone(), error })?,
                         ),
                         None => None,
                     };
@@ -406,7 +433,7 @@ impl Executor {
             if let Some(max) = connection.max_requests_per_call {
                 limits.max_requests_per_call = max;
             }
-            let mut http = ConnectionHttp::new(
+            let http = ConnectionHttp::new(
                 crate::http::shared_client(),
                 &base_url,
                 &extra,
@@ -414,10 +441,14 @@ impl Executor {
                 limits,
                 Arc::new(LimitedPolicy::new(limiter, self.retry.clone())),
             )
-            .map_err(|source| ExecError::Http { connection: connection.name.clone(), source })?;
-            if connection.allow_private_network {
-                http = http.with_egress(EgressPolicy::Any);
-            }
+            .map(|http| if connection.allow_private_network { http.with_egress(EgressPolicy::Any) } else { http })
+            // Last, so that nothing a workflow says can open a sandbox run
+            // to more than its emulators.
+            .and_then(|http| match &options.sandbox {
+                Some(emulators) => http.confined_to(emulators),
+                None => Ok(http),
+            })
+            .map_err(|error| ExecError::Http { connection: connection.name.clone(), error })?;
             let context = CallContext { base_url: http.base_url(), settings: connection.settings.clone() };
             live.insert(connection.name.clone(), Arc::new(PluginEndpoint::new(plugin, Arc::new(http), context)));
         }
@@ -461,7 +492,13 @@ impl Executor {
             finished_ms: None,
             error: None,
             dry_run: options.dry_run,
-            trigger: if options.trigger.is_empty() { "manual".to_owned() } else { options.trigger.clone() },
+            trigger: if options.sandbox.is_some() {
+                SANDBOX_TRIGGER.to_owned()
+            } else if options.trigger.is_empty() {
+                "manual".to_owned()
+            } else {
+                options.trigger.clone()
+            },
             cancel_requested: false,
             resumes: 0,
         };
@@ -478,8 +515,24 @@ impl Executor {
 
     /// Picks an interrupted run up where it stopped, on the workflow version
     /// it started with (the file may have changed since).
+    ///
+    /// A sandbox run is refused, and marked failed so that no later start
+    /// tries again: its emulators ended with its process, and resuming it
+    /// would send its writes to the real vendors with the real credentials.
+    /// Every resume (`weft runs resume`, the API, `weft serve` at start)
+    /// comes through here.
     pub async fn resume(&self, run_id: &str, options: &RunOptions, observer: &dyn Observer) -> Result<RunSummary, ExecError> {
         let mut run = self.store.run(run_id)?;
+        if run.trigger == SANDBOX_TRIGGER {
+            let refusal = ExecError::SandboxRun { run: run.id.clone() };
+            if !run.status.is_finished() {
+                run.status = Status::Failed;
+                run.error = Some(refusal.to_string());
+                run.finished_ms = Some(now_ms());
+                self.store.commit_run(&run).await?;
+            }
+            return Err(refusal);
+        }
         if run.status.is_finished() {
             return Err(ExecError::NotResumable { run: run.id, status: run.status.as_str() });
         }

@@ -618,6 +618,9 @@ pub struct ConnectionHttp {
     limits: HttpLimits,
     policy: Arc<dyn RequestPolicy>,
     stats: Arc<ConnectionStats>,
+    /// A sandbox run's emulators: when set, no request goes anywhere else,
+    /// whatever the base URL and the allowed hosts say.
+    confined_to: Option<Vec<Origin>>,
 }
 
 /// Where requests go.
@@ -687,7 +690,7 @@ impl ConnectionHttp {
         }
         let egress = EgressPolicy::default_for(&base_url);
         let scrubber = CredentialScrubber::new(credential.as_ref());
-        Ok(ConnectionHttp { transport: Transport::Network(clients), base_url, allowed, egress, credential, scrubber, limits, policy, stats: Arc::default() })
+        Ok(ConnectionHttp { transport: Transport::Network(clients), base_url, allowed, egress, credential, scrubber, limits, policy, stats: Arc::default(), confined_to: None })
     }
 
     /// Replaces the egress policy the base URL called for, e.g. with
@@ -705,6 +708,28 @@ impl ConnectionHttp {
     /// The connection's limits.
     pub fn limits(&self) -> &HttpLimits {
         &self.limits
+    }
+
+    /// Confines the connection to `emulators` (base URLs of a sandbox's
+    /// vendor emulators): every request to any other origin is refused as
+    /// [`HttpError::Denied`], so a sandbox run cannot reach a real vendor
+    /// with a real credential, whatever its connections say. Fails when the
+    /// base URL itself is not one of them.
+    pub fn confined_to(mut self, emulators: &[String]) -> Result<Self, HttpError> {
+        let mut origins = Vec::with_capacity(emulators.len());
+        for emulator in emulators {
+            let url = Url::parse(emulator).map_err(|e| HttpError::InvalidRequest(format!("emulator URL {emulator:?}: {e}")))?;
+            origins.push(Origin::of(&url).ok_or_else(|| HttpError::InvalidRequest(format!("emulator URL {emulator} has no host")))?);
+        }
+        let base = Origin::of(&self.base_url).ok_or_else(|| HttpError::InvalidRequest(format!("base URL {} has no host", self.base_url)))?;
+        if !origins.contains(&base) {
+            return Err(HttpError::Denied(format!("{} is not a sandbox emulator; a sandbox run sends requests to its emulators only", self.base_url)));
+        }
+        self.allowed.retain(|origin| origins.contains(origin));
+        self.confined_to = Some(origins);
+        // The emulators listen on loopback; nothing else is reachable.
+        self.egress = EgressPolicy::LoopbackOnly;
+        Ok(self)
     }
 
     /// Replaces the network with `respond`, which answers every request that
@@ -743,6 +768,18 @@ impl ConnectionHttp {
             return Err(HttpError::InvalidRequest(format!("the URL {:?} is {} bytes; at most {MAX_URL_BYTES} are allowed", shortened(target.as_str()), target.as_str().len())));
         }
         let origin = Origin::of(&target).ok_or_else(|| HttpError::InvalidRequest(format!("URL {target} has no host")))?;
+        // Checked apart from `allowed`, so no later change to what a
+        // connection allows can open a sandbox run to the world.
+        if let Some(emulators) = &self.confined_to
+            && !emulators.contains(&origin)
+        {
+            return Err(HttpError::Denied(format!(
+                "{}://{}{} is not a sandbox emulator; a sandbox run sends requests to its emulators only",
+                origin.scheme,
+                origin.host,
+                origin.port.map(|p| format!(":{p}")).unwrap_or_default()
+            )));
+        }
         if !self.allowed.contains(&origin) {
             return Err(HttpError::Denied(format!(
                 "{}://{}{} is not an allowed host for this connection (allowed: {})",
@@ -1000,6 +1037,17 @@ mod tests {
     fn relative_paths_join_the_base_url() {
         let c = connection("http://127.0.0.1:4000/v1/", &[]);
         assert_eq!(c.target("/customers").map(|u| u.to_string()), Ok("http://127.0.0.1:4000/v1/customers".into()));
+    }
+
+    #[test]
+    fn a_confined_connection_reaches_only_the_emulators() {
+        let emulators = ["http://127.0.0.1:4000".to_owned(), "http://127.0.0.1:4001/v1".to_owned()];
+        let c = connection("http://127.0.0.1:4001/v1", &["127.0.0.1:4999"]).confined_to(&emulators).expect("the base URL is an emulator");
+        assert!(c.target("/customers").is_ok());
+        assert!(matches!(c.target("http://127.0.0.1:4999/x"), Err(HttpError::Denied(m)) if m.contains("not a sandbox emulator")), "an extra host is dropped");
+        assert!(matches!(c.target("https://api.stripe.com/v1/customers"), Err(HttpError::Denied(_))));
+        let production = connection("https://api.stripe.com", &[]).confined_to(&emulators);
+        assert!(matches!(production, Err(HttpError::Denied(m)) if m.contains("api.stripe.com")));
     }
 
     #[test]

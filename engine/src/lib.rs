@@ -7,6 +7,7 @@
 pub mod conformance;
 pub mod connector;
 pub mod credentials;
+pub mod emulators;
 pub mod http;
 pub mod limiter;
 pub mod runtime;

@@ -12,7 +12,16 @@ use weft::credentials::Secret;
 use weft::executor::{ConnectionOverride, ExecError, Executor, Observer, RunOptions, RunSummary, StepSummary, StopSignal};
 use weft::runtime::{Runtime, RuntimeConfig};
 use weft::store::{RunRecord, RunStore, Status, StepState, StoreError};
-use weft::workflow::{LoadError, PluginRef, Step, Workflow};
+use weft::workflow::{Action, LoadError, Step, Workflow};
+
+/// `println!` that returns the write's error instead of panicking, so that
+/// `weft runs list | head` ends quietly when `head` closes the pipe (see
+/// [`is_broken_pipe`]).
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        writeln!(std::io::stdout().lock(), $($arg)*)
+    };
+}
 
 /// weft runs customer-lifecycle workflows written in TOML, with vendor
 /// connectors sandboxed as WebAssembly components.
@@ -164,9 +173,15 @@ enum PluginCommand {
         /// Credential for the endpoint: env:NAME or file:PATH.
         #[arg(long)]
         credentials: Option<String>,
-        /// Check against the built-in emulator of this connector's vendor.
+        /// Check against the built-in emulator of this connector's vendor
+        /// (its manifest's `vendor`).
         #[arg(long, conflicts_with_all = ["base_url", "credentials"])]
         sandbox: bool,
+        /// With --sandbox: the emulator to check against, when the vendor
+        /// has several (`stripe`, `stripe-scim`) or the manifest names
+        /// another vendor.
+        #[arg(long, requires = "sandbox", value_name = "NAME")]
+        emulator: Option<String>,
         /// Only this resource.
         #[arg(long)]
         resource: Option<String>,
@@ -218,6 +233,9 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(dispatch(cli)) {
         Ok(code) => code,
+        // The reader went away (`| head`): nothing is wrong, and nobody is
+        // left to read a message.
+        Err(error) if is_broken_pipe(&error) => ExitCode::SUCCESS,
         Err(error) => {
             // A workflow's diagnostics print rustc-style, `error:` first.
             let text = format!("{error:#}");
@@ -231,12 +249,18 @@ fn main() -> ExitCode {
                 Some(ExecError::Store(_)) => exit::INTERNAL,
                 Some(_) => exit::INVALID,
                 None if error.downcast_ref::<LoadError>().is_some() => exit::INVALID,
+                None if error.downcast_ref::<weft::emulators::EmulatorError>().is_some() => exit::INVALID,
                 None if matches!(error.downcast_ref::<weft::store::StoreError>(), Some(weft::store::StoreError::UnknownRun(_))) => exit::INVALID,
                 None => exit::INTERNAL,
             };
             ExitCode::from(code)
         }
     }
+}
+
+/// Whether `error` comes from writing to a pipe whose reader has closed.
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| cause.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe))
 }
 
 async fn dispatch(cli: Cli) -> Result<ExitCode> {
@@ -250,12 +274,12 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Plugin { command: PluginCommand::Inspect { plugin, json } } => inspect(&cli.global, &plugin, json).await,
         Command::Plugin { command: PluginCommand::List } => {
             for name in weft::builtin::names() {
-                println!("{name}");
+                outln!("{name}")?;
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Plugin { command: PluginCommand::Check { plugin, base_url, credentials, sandbox, resource, settings, samples, allow_irreversible, page_size, json } } => {
-            let options = CheckOptions { base_url, credentials, sandbox, resource, settings, samples, allow_irreversible, page_size, json };
+        Command::Plugin { command: PluginCommand::Check { plugin, base_url, credentials, sandbox, emulator, resource, settings, samples, allow_irreversible, page_size, json } } => {
+            let options = CheckOptions { base_url, credentials, sandbox, emulator, resource, settings, samples, allow_irreversible, page_size, json };
             check_plugin(&cli.global, &plugin, options).await
         }
         Command::Sandbox { seed, stripe_port } => serve_sandbox(seed, stripe_port).await,
@@ -359,17 +383,22 @@ async fn run(global: &Global, path: &Path, command: RunCommand) -> Result<ExitCo
 
     let mut emulators = None;
     let mut overrides = BTreeMap::new();
+    let mut sandbox = None;
     if command.sandbox {
         let running = weft_sandbox::Sandbox::start(weft_sandbox::SandboxOptions { seed: command.seed, stripe_port: 0, ..Default::default() })
             .await
             .context("failed to start the vendor emulators")?;
+        let endpoints = running.endpoints();
+        // Every connection, built-in or a path to a .wasm, is pointed at
+        // the emulator of its vendor, or the run is refused: a sandbox run
+        // never reaches a real vendor.
         for connection in workflow.connections.values() {
-            let PluginRef::Builtin(name) = &connection.plugin else { continue };
-            let Some(endpoint) = running.endpoints().into_iter().find(|e| e.vendor == name.as_str()) else {
-                anyhow::bail!("connection {:?}: there is no emulator for plugin {name} in the sandbox", connection.name);
-            };
-            overrides.insert(connection.name.clone(), ConnectionOverride { base_url: endpoint.base_url, secret: Secret::new(endpoint.api_key) });
+            let plugin = executor.plugin(&connection.name, &connection.plugin).await?;
+            let endpoint = weft::emulators::choose(&endpoints, plugin.manifest(), connection.sandbox.as_deref())
+                .with_context(|| format!("connection {:?} ({})", connection.name, connection.plugin))?;
+            overrides.insert(connection.name.clone(), ConnectionOverride { base_url: endpoint.base_url.clone(), secret: Secret::new(endpoint.api_key.clone()) });
         }
+        sandbox = Some(endpoints.into_iter().map(|e| e.base_url).collect());
         if !command.json {
             eprintln!("sandbox: emulators on loopback, {} demo records each; state in {}", command.seed, state_dir.display());
         }
@@ -380,13 +409,12 @@ async fn run(global: &Global, path: &Path, command: RunCommand) -> Result<ExitCo
         eprintln!("running {} ({}){}", workflow.name, path.display(), if command.dry_run { ", dry run: reads are real, no write is sent" } else { "" });
     }
     let printer = Printer::new(command.json);
-    // A sandbox run's emulators die with this process; marking the run
-    // lets `weft runs resume` refuse it instead of sending its writes to
-    // the real vendors.
-    let trigger = if command.sandbox { "sandbox" } else { "manual" }.to_owned();
-    let options = RunOptions { inputs, dry_run: command.dry_run, overrides, trigger, stop: stop_on_signals(), ..RunOptions::default() };
+    // The executor confines a sandbox run's HTTP to the emulators, and
+    // marks the run so that no resume sends its writes to the real vendors.
+    let options = RunOptions { inputs, dry_run: command.dry_run, overrides, sandbox, stop: stop_on_signals(), ..RunOptions::default() };
     let summary = executor.start(&workflow, &options, &printer).await?;
-    report(&summary, command.json)?;
+    let written = output_files(&workflow, &summary);
+    report(&summary, &written, command.json)?;
     if let Some(emulators) = emulators {
         emulators.shutdown().await;
     }
@@ -402,17 +430,47 @@ fn exit_code(summary: &RunSummary) -> ExitCode {
     }
 }
 
-fn report(summary: &RunSummary, json: bool) -> Result<()> {
+/// A file a list step wrote (`output`), for the summary.
+#[derive(Debug, serde::Serialize)]
+struct WrittenFile {
+    /// The step.
+    step: String,
+    /// Where, as the workflow resolves it.
+    path: PathBuf,
+    /// Records in it.
+    records: u64,
+}
+
+/// The output files the run's list steps wrote, in step order (a step that
+/// did not start wrote none).
+fn output_files(workflow: &Workflow, summary: &RunSummary) -> Vec<WrittenFile> {
+    workflow
+        .steps
+        .iter()
+        .zip(&summary.steps)
+        .filter_map(|(step, done)| match &step.action {
+            Action::List { output: Some(path), .. } if done.id == step.id && !matches!(done.status, Status::Pending | Status::Skipped) && path.exists() => {
+                Some(WrittenFile { step: step.id.clone(), path: path.clone(), records: done.counts.read })
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn report(summary: &RunSummary, written: &[WrittenFile], json: bool) -> Result<()> {
     if json {
         let mut value = serde_json::to_value(summary)?;
-        if let (Some(object), Some(peak)) = (value.as_object_mut(), peak_rss_bytes()) {
-            object.insert("peak_rss_bytes".into(), peak.into());
+        if let Some(object) = value.as_object_mut() {
+            object.insert("output_files".into(), serde_json::to_value(written)?);
+            if let Some(peak) = peak_rss_bytes() {
+                object.insert("peak_rss_bytes".into(), peak.into());
+            }
         }
         let mut stdout = std::io::stdout().lock();
         serde_json::to_writer_pretty(&mut stdout, &value)?;
         writeln!(stdout)?;
     } else {
-        print_summary(summary);
+        print_summary(summary, written);
     }
     Ok(())
 }
@@ -533,7 +591,7 @@ fn counts(s: &StepSummary) -> String {
     if parts.is_empty() { "-".into() } else { parts.join(", ") }
 }
 
-fn print_summary(summary: &RunSummary) {
+fn print_summary(summary: &RunSummary, written: &[WrittenFile]) {
     let status = match summary.status {
         Status::Running => "interrupted".to_owned(),
         other if summary.dry_run => format!("{} (dry run: nothing was written)", other.as_str()),
@@ -545,6 +603,9 @@ fn print_summary(summary: &RunSummary) {
             "  {name}: {} requests, {} throttled (429), {} retries, {} ms waiting",
             stats.requests, stats.throttled, stats.retries, stats.waited_ms
         );
+    }
+    for file in written {
+        eprintln!("  wrote {} ({} records, step {})", file.path.display(), file.records, file.step);
     }
     if let Some(error) = &summary.error {
         eprintln!("{error}");
@@ -586,11 +647,11 @@ async fn runs(global: &Global, command: RunsCommand) -> Result<ExitCode> {
             runs.truncate(limit);
             if json {
                 let rows: Vec<_> = runs.iter().map(weft::serve::run_json).collect();
-                println!("{}", serde_json::to_string_pretty(&rows)?);
+                outln!("{}", serde_json::to_string_pretty(&rows)?)?;
             } else if runs.is_empty() {
-                println!("no runs in {}", dir.display());
+                outln!("no runs in {}", dir.display())?;
             } else {
-                print_runs(&runs.iter().map(weft::serve::run_json).collect::<Vec<_>>());
+                print_runs(&runs.iter().map(weft::serve::run_json).collect::<Vec<_>>())?;
             }
         }
         RunsCommand::Show { run, json } => {
@@ -599,28 +660,31 @@ async fn runs(global: &Global, command: RunsCommand) -> Result<ExitCode> {
             let mut value = weft::serve::run_json(&record);
             value["steps"] = serde_json::to_value(&steps)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&value)?);
+                outln!("{}", serde_json::to_string_pretty(&value)?)?;
             } else {
-                print_run(&value);
+                print_run(&value)?;
             }
         }
         RunsCommand::Resume { run, json } => {
-            if store.run(&run)?.trigger == "sandbox" {
-                eprintln!("error: run {run} ran against weft run --sandbox's in-process emulators, which ended with that process; start it again with weft run --sandbox");
-                return Ok(ExitCode::from(exit::INVALID));
-            }
+            // A sandbox run is refused by the executor's resume itself, as
+            // it is for `weft serve`.
             let executor = Executor::new(wasm_runtime(global)?, store);
             let printer = Printer::new(json);
             let options = RunOptions { stop: stop_on_signals(), ..RunOptions::default() };
             let summary = executor.resume(&run, &options, &printer).await?;
-            report(&summary, json)?;
+            let record = executor.store().run(&run)?;
+            let written = match Executor::stored_workflow(&record) {
+                Ok(workflow) => output_files(&workflow, &summary),
+                Err(_) => Vec::new(),
+            };
+            report(&summary, &written, json)?;
             return Ok(exit_code(&summary));
         }
         RunsCommand::Cancel { run } => {
             // The store is open here, so no other process is running it.
             let executor = Executor::new(wasm_runtime(global)?, store);
             let record = executor.cancel_idle(&run).await?;
-            println!("run {} is {}", record.id, record.status.as_str());
+            outln!("run {} is {}", record.id, record.status.as_str())?;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -642,51 +706,52 @@ async fn runs_via_server(base: &str, command: RunsCommand) -> Result<ExitCode> {
         RunsCommand::List { json, limit } => {
             let body = call(client.get(format!("{base}/api/runs?limit={limit}"))).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&body)?);
+                outln!("{}", serde_json::to_string_pretty(&body)?)?;
             } else {
-                print_runs(body.as_array().map(Vec::as_slice).unwrap_or_default());
+                print_runs(body.as_array().map(Vec::as_slice).unwrap_or_default())?;
             }
         }
         RunsCommand::Show { run, json } => {
             let body = call(client.get(format!("{base}/api/runs/{run}"))).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&body)?);
+                outln!("{}", serde_json::to_string_pretty(&body)?)?;
             } else {
-                print_run(&body);
+                print_run(&body)?;
             }
         }
         RunsCommand::Resume { run, .. } => {
             call(client.post(format!("{base}/api/runs/{run}/resume"))).await?;
-            println!("run {run} is resuming in the weft serve at {base}");
+            outln!("run {run} is resuming in the weft serve at {base}")?;
         }
         RunsCommand::Cancel { run } => {
             let body = call(client.post(format!("{base}/api/runs/{run}/cancel"))).await?;
-            println!("run {run}: {}", body.get("status").and_then(serde_json::Value::as_str).unwrap_or("cancelling"));
+            outln!("run {run}: {}", body.get("status").and_then(serde_json::Value::as_str).unwrap_or("cancelling"))?;
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_runs(rows: &[serde_json::Value]) {
-    println!("{:<18} {:<24} {:<10} {:<8} {:>10}", "run", "workflow", "status", "trigger", "seconds");
+fn print_runs(rows: &[serde_json::Value]) -> std::io::Result<()> {
+    outln!("{:<18} {:<24} {:<10} {:<8} {:>10}", "run", "workflow", "status", "trigger", "seconds")?;
     for r in rows {
         let text = |k: &str| r.get(k).and_then(serde_json::Value::as_str).unwrap_or("").to_owned();
         let created = r.get("created_ms").and_then(serde_json::Value::as_u64).unwrap_or(0);
         let seconds = r.get("finished_ms").and_then(serde_json::Value::as_u64).map(|f| format!("{:.1}", f.saturating_sub(created) as f64 / 1000.0)).unwrap_or_else(|| "-".into());
         let status = if r.get("dry_run").and_then(serde_json::Value::as_bool).unwrap_or(false) { format!("{} (dry)", text("status")) } else { text("status") };
-        println!("{:<18} {:<24} {:<10} {:<8} {:>10}", text("id"), text("workflow"), status, text("trigger"), seconds);
+        outln!("{:<18} {:<24} {:<10} {:<8} {:>10}", text("id"), text("workflow"), status, text("trigger"), seconds)?;
     }
+    Ok(())
 }
 
-fn print_run(value: &serde_json::Value) {
+fn print_run(value: &serde_json::Value) -> std::io::Result<()> {
     let text = |v: &serde_json::Value, k: &str| v.get(k).and_then(serde_json::Value::as_str).unwrap_or("").to_owned();
-    println!("run {} of {} ({}), {}", text(value, "id"), text(value, "workflow"), text(value, "workflow_path"), text(value, "status"));
-    println!("workflow sha256 {}", text(value, "workflow_hash"));
-    println!("trigger {}, resumed {} times", text(value, "trigger"), value.get("resumes").and_then(serde_json::Value::as_u64).unwrap_or(0));
+    outln!("run {} of {} ({}), {}", text(value, "id"), text(value, "workflow"), text(value, "workflow_path"), text(value, "status"))?;
+    outln!("workflow sha256 {}", text(value, "workflow_hash"))?;
+    outln!("trigger {}, resumed {} times", text(value, "trigger"), value.get("resumes").and_then(serde_json::Value::as_u64).unwrap_or(0))?;
     for s in value.get("steps").and_then(serde_json::Value::as_array).into_iter().flatten() {
         let c = |k: &str| s.get("counts").and_then(|c| c.get(k)).and_then(serde_json::Value::as_u64).unwrap_or(0);
         let n = |k: &str| s.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
-        println!(
+        outln!(
             "  {:<20} {:<10} attempts {}  read {} created {} updated {} unchanged {} removed {} absent {} failed {}{}{}",
             text(s, "id"),
             text(s, "status"),
@@ -700,14 +765,15 @@ fn print_run(value: &serde_json::Value) {
             c("failed"),
             if n("pages") > 0 { format!("  pages {}", n("pages")) } else { String::new() },
             if n("items") > 0 { format!("  items {}", n("items")) } else { String::new() },
-        );
+        )?;
         if let Some(error) = s.get("error").and_then(serde_json::Value::as_str) {
-            println!("  {:<20} {error}", "");
+            outln!("  {:<20} {error}", "")?;
         }
     }
     if let Some(error) = value.get("error").and_then(serde_json::Value::as_str) {
-        println!("{error}");
+        outln!("{error}")?;
     }
+    Ok(())
 }
 
 async fn serve(global: &Global, paths: &[PathBuf], bind: std::net::SocketAddr, grace: std::time::Duration) -> Result<ExitCode> {
@@ -755,7 +821,7 @@ async fn validate(global: &Global, files: &[PathBuf]) -> Result<ExitCode> {
             Err(e) => Err(e.into()),
         };
         match outcome {
-            Ok(()) => println!("ok: {}", file.display()),
+            Ok(()) => outln!("ok: {}", file.display())?,
             Err(e) => {
                 failed += 1;
                 eprintln!("{e:#}\n");
@@ -785,6 +851,7 @@ struct CheckOptions {
     base_url: Option<String>,
     credentials: Option<String>,
     sandbox: bool,
+    emulator: Option<String>,
     resource: Option<String>,
     settings: Vec<(String, String)>,
     samples: Vec<(String, String)>,
@@ -805,17 +872,17 @@ async fn check_plugin(global: &Global, plugin: &str, options: CheckOptions) -> R
     let mut settings = options.settings.clone();
     let (base_url, secret) = if options.sandbox {
         let running = weft_sandbox::Sandbox::start(weft_sandbox::SandboxOptions { seed: 25, ..Default::default() }).await?;
-        let name = &loaded.manifest().name;
-        let endpoint = running
-            .endpoints()
-            .into_iter()
-            .find(|e| e.vendor == name.as_str())
-            .with_context(|| format!("the sandbox has no emulator for {name}"))?;
+        let endpoints = running.endpoints();
+        // By the manifest's vendor, so a third-party connector of a vendor
+        // the sandbox emulates is checked against that emulator.
+        let endpoint = weft::emulators::choose(&endpoints, loaded.manifest(), options.emulator.as_deref())?.clone();
+        // The samples and settings are the emulator's API's, whoever wrote
+        // the connector.
         if samples.is_empty() {
-            samples = weft::conformance::builtin_samples(name);
+            samples = weft::conformance::builtin_samples(endpoint.vendor);
         }
         if options.settings.is_empty() {
-            settings = weft::conformance::sandbox_settings(name);
+            settings = weft::conformance::sandbox_settings(endpoint.vendor);
         }
         emulators = Some(running);
         (endpoint.base_url, Some(Secret::new(endpoint.api_key)))
@@ -841,7 +908,7 @@ async fn check_plugin(global: &Global, plugin: &str, options: CheckOptions) -> R
     }
     let failed = results.iter().filter(|r| r.verdict == Verdict::Fail).count();
     if options.json {
-        println!("{}", serde_json::to_string_pretty(&results)?);
+        outln!("{}", serde_json::to_string_pretty(&results)?)?;
     } else {
         for r in &results {
             let mark = match r.verdict {
@@ -849,9 +916,9 @@ async fn check_plugin(global: &Global, plugin: &str, options: CheckOptions) -> R
                 Verdict::Fail => "FAIL",
                 Verdict::Skip => "skip",
             };
-            println!("{mark}  {:<14} {:<44} {}", r.resource, r.check, r.detail);
+            outln!("{mark}  {:<14} {:<44} {}", r.resource, r.check, r.detail)?;
         }
-        println!("{} passed, {failed} failed, {} skipped", results.iter().filter(|r| r.verdict == Verdict::Pass).count(), results.iter().filter(|r| r.verdict == Verdict::Skip).count());
+        outln!("{} passed, {failed} failed, {} skipped", results.iter().filter(|r| r.verdict == Verdict::Pass).count(), results.iter().filter(|r| r.verdict == Verdict::Skip).count())?;
     }
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(exit::RUN_FAILED) })
 }
@@ -860,66 +927,67 @@ async fn inspect(global: &Global, plugin: &str, json: bool) -> Result<ExitCode> 
     let loaded = load_plugin(global, plugin).await?;
     let manifest = loaded.manifest();
     if json {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "manifest": manifest, "sha256": loaded.digest() }))?);
+        outln!("{}", serde_json::to_string_pretty(&serde_json::json!({ "manifest": manifest, "sha256": loaded.digest() }))?)?;
     } else {
-        print_manifest(manifest, loaded.digest());
+        print_manifest(manifest, loaded.digest())?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_manifest(m: &Manifest, digest: &str) {
-    println!("{} {} — {}", m.name, m.version, m.vendor);
-    println!("{}", m.description);
-    println!();
-    println!("base url:    {}", m.default_base_url);
-    println!("auth:        {}", match &m.auth {
+fn print_manifest(m: &Manifest, digest: &str) -> std::io::Result<()> {
+    outln!("{} {} — {}", m.name, m.version, m.vendor)?;
+    outln!("{}", m.description)?;
+    outln!()?;
+    outln!("base url:    {}", m.default_base_url)?;
+    outln!("auth:        {}", match &m.auth {
         weft::connector::AuthScheme::None => "none".to_owned(),
         weft::connector::AuthScheme::Bearer => "bearer token".to_owned(),
         weft::connector::AuthScheme::BasicKeyAsUser => "basic, key as user".to_owned(),
         weft::connector::AuthScheme::Header(h) => format!("header {h}"),
-    });
+    })?;
     if !m.extra_hosts.is_empty() {
-        println!("extra hosts: {}", m.extra_hosts.join(", "));
+        outln!("extra hosts: {}", m.extra_hosts.join(", "))?;
     }
-    println!("sha256:      {digest}");
-    println!();
-    println!("resources:");
+    outln!("sha256:      {digest}")?;
+    outln!()?;
+    outln!("resources:")?;
     for r in &m.resources {
         let ops: Vec<String> = r
             .ops
             .iter()
             .map(|op| if r.is_irreversible(*op) { format!("{op} (irreversible)") } else { op.to_string() })
             .collect();
-        println!("  {:<16} {}", r.name, ops.join(", "));
-        println!("  {:<16} id field {}, page size {} (max {})", "", r.id_field, r.default_page_size, r.max_page_size);
+        outln!("  {:<16} {}", r.name, ops.join(", "))?;
+        outln!("  {:<16} id field {}, page size {} (max {})", "", r.id_field, r.default_page_size, r.max_page_size)?;
         if !r.description.is_empty() {
-            println!("  {:<16} {}", "", r.description);
+            outln!("  {:<16} {}", "", r.description)?;
         }
     }
     if !m.rate_limits.is_empty() {
-        println!();
-        println!("published rate limits:");
+        outln!()?;
+        outln!("published rate limits:")?;
         for l in &m.rate_limits {
             let prefix = l.credential_prefix.as_deref().map(|p| format!(" (keys {p}…)")).unwrap_or_default();
-            println!("  {:?}: {} per {}s{prefix}", l.method_class, l.requests, l.per_seconds);
+            outln!("  {:?}: {} per {}s{prefix}", l.method_class, l.requests, l.per_seconds)?;
         }
     }
     if !m.settings.is_empty() {
-        println!();
-        println!("settings:");
+        outln!()?;
+        outln!("settings:")?;
         for s in &m.settings {
-            println!("  {:<16} {}{}", s.name, s.description, if s.required { " (required)" } else { "" });
+            outln!("  {:<16} {}{}", s.name, s.description, if s.required { " (required)" } else { "" })?;
         }
     }
+    Ok(())
 }
 
 async fn serve_sandbox(seed: usize, stripe_port: u16) -> Result<ExitCode> {
     let running = weft_sandbox::Sandbox::start(weft_sandbox::SandboxOptions { seed, stripe_port, ..Default::default() })
         .await
         .context("failed to start the vendor emulators")?;
-    println!("weft sandbox: vendor emulators on loopback ({seed} demo records each); ctrl-c stops them");
+    outln!("weft sandbox: vendor emulators on loopback ({seed} demo records each); ctrl-c stops them")?;
     for endpoint in running.endpoints() {
-        println!("  {:<12} {:<28} key {}", endpoint.vendor, endpoint.base_url, endpoint.api_key);
+        outln!("  {:<12} {:<28} key {}", endpoint.vendor, endpoint.base_url, endpoint.api_key)?;
     }
     std::io::stdout().flush()?;
     tokio::signal::ctrl_c().await.context("failed to wait for ctrl-c")?;

@@ -113,6 +113,7 @@ struct ConnectionDef {
     #[serde(default)]
     allow_private_network: bool,
     max_requests_per_call: Option<Spanned<i64>>,
+    sandbox: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -227,6 +228,9 @@ pub struct Connection {
     pub allow_private_network: bool,
     /// Requests one connector call may send; the host's default when `None`.
     pub max_requests_per_call: Option<u32>,
+    /// The sandbox emulator that stands in for this connection in `weft run
+    /// --sandbox` (`growpanel`); by default the one of the plugin's vendor.
+    pub sandbox: Option<String>,
     /// Where the connection is defined.
     pub span: Span,
     plugin_span: Span,
@@ -840,11 +844,27 @@ fn parse_connections(check: &mut Checker<'_>, defs: BTreeMap<String, Spanned<Con
         let credentials = c.credentials.map(Spanned::into_inner);
         let base_url = c.base_url.map(Spanned::into_inner);
         let allow_hosts = c.allow_hosts.into_iter().map(Spanned::into_inner).collect();
+        if let Some(emulator) = &c.sandbox
+            && (emulator.get_ref().is_empty() || !emulator.get_ref().chars().all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-'))
+        {
+            check.error(emulator.span(), "sandbox names an emulator of `weft sandbox`, such as \"growpanel\" or \"stripe-scim\"");
+        }
+        let sandbox = c.sandbox.map(Spanned::into_inner);
         let allow_private_network = c.allow_private_network;
-        connections.insert(
-            name.clone(),
-            Connection { name, plugin, credentials, base_url, settings, allow_hosts, rate_limits, allow_private_network, max_requests_per_call, span, plugin_span },
-        );
+        connections.insert(name.clone(), Connection {
+                name,
+                plugin,
+                credentials,
+                base_url,
+                settings,
+                allow_hosts,
+                rate_limits,
+                allow_private_network,
+                max_requests_per_call,
+                sandbox,
+                span,
+                plugin_span,
+            });
     }
     connections
 }

@@ -471,3 +471,266 @@ async fn a_known_secret_never_reaches_the_store_or_the_logs_even_at_trace_level(
     assert_eq!(files_containing(dirs.state.path(), secret.as_bytes()), Vec::<String>::new());
     Ok(())
 }
+
+/// A loopback stand-in for a vendor's production API: it records every
+/// request it gets and answers 500. A sandbox run must send it none.
+struct Production {
+    base_url: String,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Production {
+    async fn start() -> TestResult<Production> {
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let record = seen.clone();
+        let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
+            let record = record.clone();
+            async move {
+                if let Ok(mut seen) = record.lock() {
+                    seen.push(format!("{} {}", request.method(), request.uri()));
+                }
+                (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "production was reached")
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let base_url = format!("http://{}", listener.local_addr()?);
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Production { base_url, seen, server })
+    }
+
+    fn requests(&self) -> Vec<String> {
+        self.seen.lock().map(|seen| seen.clone()).unwrap_or_default()
+    }
+}
+
+impl Drop for Production {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+/// A built-in connector's component with every `from` in its bytes
+/// replaced by `to` (same length): a stand-in for a third-party connector
+/// of the same vendor under another name (`acmepanel` for GrowPanel).
+fn third_party_copy(dir: &Path, builtin: &str, replacements: &[(&str, &str)], file: &str) -> TestResult<PathBuf> {
+    let mut bytes = weft::builtin::component(builtin).ok_or("a built-in component")?.to_vec();
+    for (from, to) in replacements {
+        assert_eq!(from.len(), to.len(), "a replacement keeps the length");
+        let mut at = 0;
+        while let Some(found) = bytes[at..].windows(from.len()).position(|w| w == from.as_bytes()) {
+            let start = at + found;
+            bytes[start..start + to.len()].copy_from_slice(to.as_bytes());
+            at = start + to.len();
+        }
+    }
+    let path = dir.join(file);
+    std::fs::write(&path, bytes)?;
+    Ok(path)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_path_plugin_in_a_sandbox_run_never_sends_a_request_elsewhere() -> TestResult {
+    let production = Production::start().await?;
+    let dirs = Dirs::new()?;
+    let plugin = third_party_copy(dirs.files.path(), "growpanel", &[("growpanel", "acmepanel")], "acmepanel.wasm")?;
+    let inspected = stdout_json(&dirs.command().args(["plugin", "inspect", "--json"]).arg(&plugin).output()?)?;
+    assert_eq!((inspected["manifest"]["name"].as_str(), inspected["manifest"]["vendor"].as_str()), (Some("acmepanel"), Some("GrowPanel")));
+    let key = key_file(dirs.files.path(), "live-key", "gp_live_a_real_key")?;
+    let path = dirs.write(
+        "third-party.toml",
+        &format!(
+            "[workflow]\nname = \"third-party\"\n\n[connections.growpanel]\nplugin = \"{}\"\ncredentials = \"{key}\"\nbase_url = \"{}\"\nsettings = {{ source = \"ds_weft_demo\" }}\n\n[[step]]\nid = \"rows\"\nlist = \"growpanel.customers\"\n\n[[step]]\nid = \"add\"\nupsert = \"growpanel.customers\"\nrecord = {{ id = \"cus_sandbox_only\", name = \"Sandbox\", created_date = \"2026-01-15\", country = \"US\" }}\n",
+            plugin.display(),
+            production.base_url
+        ),
+    )?;
+    let ran = dirs.command().args(["run", "--sandbox", "--seed", "5", "--json"]).arg(&path).output()?;
+    let summary = stdout_json(&ran)?;
+    // The regression: a connection whose plugin is a path was left pointing
+    // at its own base URL, with its own credential.
+    assert_eq!(production.requests(), Vec::<String>::new(), "a sandbox run reached production");
+    assert_eq!(summary["status"], "succeeded", "{summary:#}\n{}", String::from_utf8_lossy(&ran.stderr));
+    assert_eq!(summary["steps"][0]["counts"]["read"], 5, "the rows came from the seeded emulator");
+    assert_eq!(summary["steps"][1]["counts"]["created"], 1);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sandbox_run_whose_plugin_has_no_emulator_is_refused_before_any_request() -> TestResult {
+    let production = Production::start().await?;
+    let dirs = Dirs::new()?;
+    let plugin = third_party_copy(dirs.files.path(), "growpanel", &[("growpanel", "acmebills"), ("GrowPanel", "AcmeBills")], "acmebills.wasm")?;
+    let key = key_file(dirs.files.path(), "live-key", "ab_live_a_real_key")?;
+    let path = dirs.write(
+        "no-emulator.toml",
+        &format!(
+            "[workflow]\nname = \"no-emulator\"\n\n[connections.bills]\nplugin = \"{}\"\ncredentials = \"{key}\"\nbase_url = \"{}\"\nsettings = {{ source = \"ds_1\" }}\n\n[[step]]\nid = \"rows\"\nlist = \"bills.customers\"\n",
+            plugin.display(),
+            production.base_url
+        ),
+    )?;
+    let ran = dirs.command().args(["run", "--sandbox", "--seed", "5"]).arg(&path).output()?;
+    let stderr = String::from_utf8_lossy(&ran.stderr);
+    assert_eq!(ran.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("no emulator for acmebills (vendor \"AcmeBills\")"), "{stderr}");
+    assert!(stderr.contains("growpanel (GrowPanel)") && stderr.contains("stripe-scim (Stripe)"), "the error lists the emulators: {stderr}");
+    assert_eq!(production.requests(), Vec::<String>::new());
+
+    // Naming an emulator on the connection is the way out.
+    let named = std::fs::read_to_string(&path)?.replace("settings = { source = \"ds_1\" }", "settings = { source = \"ds_weft_demo\" }\nsandbox = \"growpanel\"");
+    std::fs::write(&path, named)?;
+    let ran = dirs.command().args(["run", "--sandbox", "--seed", "5", "--json"]).arg(&path).output()?;
+    let summary = stdout_json(&ran)?;
+    assert_eq!(summary["status"], "succeeded", "{summary:#}");
+    assert_eq!(summary["steps"][0]["counts"]["read"], 5);
+    assert_eq!(production.requests(), Vec::<String>::new());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_does_not_resume_a_sandbox_run_against_the_real_base_url() -> TestResult {
+    let production = Production::start().await?;
+    let sandbox = weft_sandbox::Sandbox::start(weft_sandbox::SandboxOptions { seed: 5, ..Default::default() }).await?;
+    let dirs = Dirs::new()?;
+    let key = key_file(dirs.files.path(), "live-key", "sk_live_a_real_key")?;
+    let path = dirs.write(
+        "export.toml",
+        &format!(
+            "[workflow]\nname = \"export\"\n\n[connections.stripe]\nplugin = \"stripe\"\ncredentials = \"{key}\"\nbase_url = \"{}\"\n\n[[step]]\nid = \"export\"\nlist = \"stripe.customers\"\n",
+            production.base_url
+        ),
+    )?;
+    // A sandbox run interrupted before its first step, as `weft run
+    // --sandbox` leaves one on SIGTERM.
+    let run_id = {
+        let runtime = weft::runtime::Runtime::new(weft::runtime::RuntimeConfig { cache_dir: Some(cache_dir()), ..Default::default() })?;
+        let executor = weft::executor::Executor::new(runtime, weft::store::RunStore::open(dirs.state.path())?);
+        let workflow = weft::workflow::Workflow::load(&path)?;
+        let endpoints = sandbox.endpoints();
+        let stripe = endpoints.iter().find(|e| e.vendor == "stripe").ok_or("a stripe emulator")?;
+        let overrides = std::collections::BTreeMap::from([(
+            "stripe".to_owned(),
+            weft::executor::ConnectionOverride { base_url: stripe.base_url.clone(), secret: weft::credentials::Secret::new(stripe.api_key.clone()) },
+        )]);
+        let stop = weft::executor::StopSignal::default();
+        stop.shutdown.cancel();
+        let options = weft::executor::RunOptions {
+            overrides,
+            sandbox: Some(endpoints.iter().map(|e| e.base_url.clone()).collect()),
+            stop,
+            ..Default::default()
+        };
+        let summary = executor.start(&workflow, &options, &weft::executor::Silent).await?;
+        assert_eq!(summary.status, weft::store::Status::Running, "interrupted, resumable in principle");
+        summary.run_id
+    };
+    let mut serve = dirs.command().args(["serve", "--bind", "127.0.0.1:0"]).arg(&path).stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
+    let address = dirs.state.path().join("weft-serve.json");
+    let started = Instant::now();
+    let mut status = Value::Null;
+    while started.elapsed() < Duration::from_secs(60) && serve.try_wait()?.is_none() {
+        if address.exists() {
+            let shown = dirs.command().args(["runs", "show", "--json", &run_id]).output()?;
+            if let Ok(run) = serde_json::from_slice::<Value>(&shown.stdout) {
+                status = run["status"].clone();
+                if status != "running" {
+                    break;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = Command::new("kill").arg("-TERM").arg(serve.id().to_string()).status();
+    let _ = serve.wait()?;
+    // The regression: serve resumed it at start against the workflow's own
+    // base URL with the workflow's own credential.
+    assert_eq!(production.requests(), Vec::<String>::new(), "serve resumed a sandbox run against production");
+    assert_eq!(status, "failed", "the refused run is marked failed so no later start tries again");
+    let shown = stdout_json(&dirs.command().args(["runs", "show", "--json", &run_id]).output()?)?;
+    assert!(shown["error"].as_str().is_some_and(|e| e.contains("in-process emulators")), "{shown:#}");
+    sandbox.shutdown().await;
+    Ok(())
+}
+
+#[test]
+fn plugin_check_sandbox_picks_the_emulator_by_vendor_and_lists_them_when_none_fits() -> TestResult {
+    let dirs = Dirs::new()?;
+    // The regression: `acmepanel` (vendor GrowPanel) got "the sandbox has
+    // no emulator for acmepanel".
+    let plugin = third_party_copy(dirs.files.path(), "growpanel", &[("growpanel", "acmepanel")], "acmepanel.wasm")?;
+    let checked = dirs.command().args(["plugin", "check", "--sandbox", "--json"]).arg(&plugin).output()?;
+    let results = stdout_json(&checked)?;
+    assert!(checked.status.success(), "{results:#}\n{}", String::from_utf8_lossy(&checked.stderr));
+    assert!(results.as_array().is_some_and(|r| r.iter().any(|r| r["verdict"] == "pass")), "{results:#}");
+
+    let other = third_party_copy(dirs.files.path(), "growpanel", &[("growpanel", "acmebills"), ("GrowPanel", "AcmeBills")], "acmebills.wasm")?;
+    let refused = dirs.command().args(["plugin", "check", "--sandbox"]).arg(&other).output()?;
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    for emulator in ["stripe (Stripe)", "stripe-scim (Stripe)", "baremetrics (Baremetrics)", "metronome (Metronome)", "growpanel (GrowPanel)"] {
+        assert!(stderr.contains(emulator), "the error lists {emulator}: {stderr}");
+    }
+    let named = dirs.command().args(["plugin", "check", "--sandbox", "--emulator", "growpanel", "--json"]).arg(&other).output()?;
+    assert!(named.status.success(), "{}", String::from_utf8_lossy(&named.stderr));
+    Ok(())
+}
+
+#[test]
+fn runs_list_into_a_closed_pipe_exits_quietly() -> TestResult {
+    let dirs = Dirs::new()?;
+    // A pipe whose reader is gone before weft writes a byte, as with
+    // `weft runs list | head` once head has had enough.
+    let (reader, writer) = std::io::pipe()?;
+    drop(reader);
+    let out = dirs.command().args(["runs", "list"]).stdout(writer).stderr(Stdio::piped()).output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // The regression: `failed printing to stdout: Broken pipe`, exit 101.
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(stderr, "");
+    Ok(())
+}
+
+#[test]
+fn a_credential_file_error_says_its_cause_once() -> TestResult {
+    let dirs = Dirs::new()?;
+    let missing = dirs.files.path().join("no-such-key");
+    let path = dirs.write(
+        "file-key.toml",
+        &format!("[workflow]\nname = \"file-key\"\n\n[connections.stripe]\nplugin = \"stripe\"\ncredentials = \"file:{}\"\n\n[[step]]\nid = \"a\"\nlist = \"stripe.customers\"\n", missing.display()),
+    )?;
+    let out = dirs.command().arg("run").arg(&path).output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains(&format!("connection \"stripe\": cannot read credential file {}", missing.display())), "{stderr}");
+    // The regression: "…: No such file or directory (os error 2): cannot
+    // read credential file …: No such file …: No such file …".
+    assert_eq!(stderr.matches("No such file or directory").count(), 1, "{stderr}");
+    assert_eq!(stderr.matches("cannot read credential file").count(), 1, "{stderr}");
+    Ok(())
+}
+
+#[test]
+fn run_names_the_output_files_it_wrote() -> TestResult {
+    let dirs = Dirs::new()?;
+    let path = dirs.write(
+        "export.toml",
+        "[workflow]\nname = \"export\"\n\n[connections.stripe]\nplugin = \"stripe\"\ncredentials = \"env:STRIPE_API_KEY\"\n\n[[step]]\nid = \"export\"\nlist = \"stripe.customers\"\noutput = \"out/customers.jsonl\"\n\n[[step]]\nid = \"never\"\nwhen = \"false\"\nlist = \"stripe.customers\"\noutput = \"out/never.jsonl\"\n",
+    )?;
+    let file = dirs.files.path().join("out/customers.jsonl");
+    let json = dirs.command().args(["run", "--sandbox", "--seed", "12", "--json"]).arg(&path).output()?;
+    let summary = stdout_json(&json)?;
+    assert_eq!(summary["status"], "succeeded", "{summary:#}");
+    assert_eq!(summary["output_files"], serde_json::json!([{ "step": "export", "path": file.display().to_string(), "records": 12 }]));
+    assert_eq!(std::fs::read_to_string(&file)?.lines().count(), 12);
+
+    let human = dirs.command().args(["run", "--sandbox", "--seed", "12"]).arg(&path).output()?;
+    let stderr = String::from_utf8_lossy(&human.stderr);
+    assert!(human.status.success(), "{stderr}");
+    assert!(stderr.contains(&format!("wrote {} (12 records, step export)", file.display())), "{stderr}");
+    assert!(!stderr.contains("never.jsonl"), "{stderr}");
+    Ok(())
+}

@@ -300,7 +300,7 @@ impl std::error::Error for Report {}
 /// `../shared/vendor-apis` beside the repository, as on CI, else beside the
 /// repository this one was cloned from (a check-out cloned into a temporary
 /// directory has no `../shared` of its own).
-fn vendor_apis() -> std::path::PathBuf {
+pub(super) fn vendor_apis() -> std::path::PathBuf {
     if let Some(path) = std::env::var_os("WEFT_VENDOR_APIS") {
         return path.into();
     }

@@ -73,7 +73,15 @@ impl Connection {
     }
 
     async fn upsert(&self, resource: &str, record: Value) -> Result<(UpsertAction, Value), RuntimeError> {
-        let request = UpsertRequest { resource: resource.into(), record: record.to_string(), idempotency_key: format!("vendors-{record}") };
+        // Distinct per record, and short: Stripe takes keys of at most 255
+        // characters, and a whole customer read back is longer.
+        let idempotency_key = {
+            use std::hash::{Hash as _, Hasher as _};
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            record.to_string().hash(&mut hasher);
+            format!("vendors-{:016x}", hasher.finish())
+        };
+        let request = UpsertRequest { resource: resource.into(), record: record.to_string(), idempotency_key };
         let outcome = self.plugin.upsert(&self.http, self.ctx(), request).await?;
         Ok((outcome.action, serde_json::from_str(&outcome.record).unwrap_or(Value::Null)))
     }
@@ -608,5 +616,215 @@ async fn stripe_email_matching_several_customers_is_a_conflict() -> TestResult {
     }
     assert_eq!(emulator.requests().count_where(|r| r.method == "POST"), 0, "nothing was written");
     assert_eq!(emulator.customer_count(), 2);
+    Ok(())
+}
+
+// What the vendors' descriptions allow in a request, judged on the
+// emulators' request logs: the emulators of the time may be more lenient
+// than the vendors, so a test checks what was sent, not only that it was
+// accepted.
+
+/// A vendor's OpenAPI description (JSON), from `../shared/vendor-apis`.
+pub(super) fn description(relative: &str) -> TestResult<Value> {
+    let path = super::contract::vendor_apis().join(relative);
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read the description {}: {e}", path.display()))?;
+    Ok(serde_json::from_str(&text)?)
+}
+
+/// What is wrong with a JSON request `body` by the description's schema of
+/// `method template` (`"put"`, `"/data/customers/{id}"`).
+pub(super) fn json_body_problems(document: &Value, method: &str, template: &str, body: &str) -> TestResult<Vec<String>> {
+    let schema = document["paths"][template][method]
+        .pointer("/requestBody/content/application~1json/schema")
+        .ok_or_else(|| format!("the description has no JSON body for {method} {template}"))?;
+    let mut root = json!({ "components": document["components"].clone() });
+    for (keyword, value) in schema.as_object().ok_or("a schema object")? {
+        root[keyword.as_str()] = value.clone();
+    }
+    let validator = jsonschema::options().with_draft(jsonschema::Draft::Draft202012).build(&root).map_err(|e| e.to_string())?;
+    let body: Value = serde_json::from_str(body).map_err(|e| format!("{method} {template}: the body is not JSON ({e}): {body}"))?;
+    Ok(validator.iter_errors(&body).map(|e| format!("{method} {template} body at `{}`: {e}", e.instance_path())).collect())
+}
+
+/// Every empty value (`key=`) of a Stripe form `body` sent to `POST
+/// template` where the description takes none: only a string (whose enum,
+/// if any, lists `""`) or an `anyOf` holding one takes `""`.
+fn stripe_empty_value_problems(spec: &Value, template: &str, body: &str) -> Vec<String> {
+    let schema = &spec["paths"][template]["post"]["requestBody"]["content"]["application/x-www-form-urlencoded"]["schema"];
+    let mut problems = Vec::new();
+    for (key, value) in form_urlencoded::parse(body.as_bytes()) {
+        if !value.is_empty() {
+            continue;
+        }
+        let segments: Vec<&str> = key.split(['[', ']']).filter(|s| !s.is_empty()).collect();
+        match stripe_schema_at(spec, schema, &segments) {
+            None => problems.push(format!("`{key}` is not a parameter of POST {template}")),
+            Some(found) if !stripe_takes_empty(spec, found) => {
+                problems.push(format!("`{key}=`: the description takes no empty value there: {}", found.to_string().chars().take(160).collect::<String>()))
+            }
+            Some(_) => {}
+        }
+    }
+    problems
+}
+
+fn stripe_resolve<'a>(spec: &'a Value, schema: &'a Value) -> &'a Value {
+    match schema["$ref"].as_str().and_then(|r| r.strip_prefix("#/components/schemas/")) {
+        Some(name) => &spec["components"]["schemas"][name],
+        None => schema,
+    }
+}
+
+fn stripe_schema_at<'a>(spec: &'a Value, schema: &'a Value, segments: &[&str]) -> Option<&'a Value> {
+    let schema = stripe_resolve(spec, schema);
+    let Some((first, rest)) = segments.split_first() else { return Some(schema) };
+    if let Some(branches) = schema["anyOf"].as_array() {
+        return branches.iter().find_map(|branch| stripe_schema_at(spec, branch, segments));
+    }
+    if let Some(property) = schema["properties"].get(*first) {
+        return stripe_schema_at(spec, property, rest);
+    }
+    if schema["additionalProperties"].is_object() {
+        return stripe_schema_at(spec, &schema["additionalProperties"], rest);
+    }
+    if schema["items"].is_object() && first.parse::<usize>().is_ok() {
+        return stripe_schema_at(spec, &schema["items"], rest);
+    }
+    None
+}
+
+fn stripe_takes_empty(spec: &Value, schema: &Value) -> bool {
+    let schema = stripe_resolve(spec, schema);
+    if let Some(branches) = schema["anyOf"].as_array() {
+        return branches.iter().any(|branch| stripe_takes_empty(spec, branch));
+    }
+    schema["type"] == "string"
+        && schema["enum"].as_array().is_none_or(|values| values.iter().any(|v| v == ""))
+        && schema["minLength"].as_u64().unwrap_or(0) == 0
+}
+
+#[test]
+fn the_stripe_empty_value_check_knows_what_the_description_takes() -> TestResult {
+    let spec = description("stripe/spec3.json")?;
+    let allowed = "name=&email=&metadata=&address=&shipping=&tax_exempt=&metadata[plan]=&invoice_settings[custom_fields]=&address[line2]=";
+    assert_eq!(stripe_empty_value_problems(&spec, "/v1/customers/{customer}", allowed), Vec::<String>::new());
+    let refused = stripe_empty_value_problems(&spec, "/v1/customers", "preferred_locales=&invoice_settings=&balance=&nonsense=&name=Jo");
+    assert_eq!(refused.len(), 4, "{refused:#?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn stripe_a_customer_read_back_is_created_again_with_no_empty_value_stripe_refuses() -> TestResult {
+    let sandbox = sandbox(0).await?;
+    let spec = description("stripe/spec3.json")?;
+    let emulator = &sandbox.stripe.emulator;
+    let original = emulator.insert_customer(json!({ "email": "ada@example.com", "name": "Ada", "metadata": { "plan": "pro" } }));
+    let stripe = Connection::open(&sandbox, "stripe", &[]).await?;
+    let mut copy = stripe.get("customers", string_field(&original, "id")?).await?.ok_or("the customer reads back")?;
+    // Every customer Stripe returns has these; they made the copy fail.
+    assert_eq!(copy["preferred_locales"], json!([]), "precondition: {copy}");
+    assert!(copy["invoice_settings"].is_object(), "precondition: {copy}");
+    let fields = copy.as_object_mut().ok_or("an object")?;
+    fields.remove("id");
+    fields.insert("email".into(), "ada.copy@example.com".into());
+    emulator.requests().clear();
+
+    let (action, created) = stripe.upsert("customers", copy).await?;
+    assert_eq!(action, UpsertAction::Created);
+    let posts: Vec<RecordedRequest> = emulator.requests().requests().into_iter().filter(|r| r.method == "POST").collect();
+    assert_eq!(posts.len(), 1, "{posts:#?}");
+    // The regression: `preferred_locales=`, refused by Stripe with 400
+    // "value must be a slice (was: string)".
+    assert_eq!(stripe_empty_value_problems(&spec, "/v1/customers", &posts[0].body), Vec::<String>::new(), "{}", posts[0].body);
+    assert!(!posts[0].body.contains("preferred_locales") && !posts[0].body.contains("default_source"), "{}", posts[0].body);
+    assert_eq!((created["name"].as_str(), created["metadata"]["plan"].as_str()), (Some("Ada"), Some("pro")), "{created}");
+    assert_eq!(emulator.customer_count(), 2);
+    Ok(())
+}
+
+#[tokio::test]
+async fn stripe_clearing_what_stripe_cannot_clear_is_invalid_input_and_what_it_can_is_sent_empty() -> TestResult {
+    let sandbox = sandbox(0).await?;
+    let spec = description("stripe/spec3.json")?;
+    let emulator = &sandbox.stripe.emulator;
+    let customer = emulator.insert_customer(json!({
+        "email": "jo@example.com", "name": "Jo", "phone": "+33 1 23", "preferred_locales": ["fr"],
+        "metadata": { "plan": "pro" }, "address": { "city": "Paris", "country": "FR" }
+    }));
+    let id = string_field(&customer, "id")?;
+    let stripe = Connection::open(&sandbox, "stripe", &[]).await?;
+    emulator.requests().clear();
+
+    let error = connector_error(stripe.upsert("customers", json!({ "id": id, "preferred_locales": [] })).await)?;
+    assert!(matches!(&error, ConnectorError::InvalidInput(m) if m.contains("`preferred_locales`") && m.contains("cannot clear")), "{error:?}");
+    assert_eq!(emulator.requests().count_where(is_write), 0, "nothing was sent");
+
+    let (action, updated) = stripe.upsert("customers", json!({ "id": id, "name": null, "phone": "", "metadata": null, "address": null })).await?;
+    assert_eq!(action, UpsertAction::Updated);
+    let posts: Vec<RecordedRequest> = emulator.requests().requests().into_iter().filter(is_write).collect();
+    assert_eq!(posts.len(), 1);
+    assert_eq!(stripe_empty_value_problems(&spec, "/v1/customers/{customer}", &posts[0].body), Vec::<String>::new());
+    let mut pairs: Vec<(String, String)> = form_urlencoded::parse(posts[0].body.as_bytes()).into_owned().collect();
+    pairs.sort();
+    let cleared = ["address", "metadata", "name", "phone"].map(|k| (k.to_owned(), String::new()));
+    assert_eq!(pairs, cleared);
+    assert!(updated["name"].is_null() && updated["phone"].is_null() && updated["address"].is_null(), "{updated}");
+    assert_eq!(updated["preferred_locales"], json!(["fr"]), "left alone");
+    Ok(())
+}
+
+#[tokio::test]
+async fn growpanel_custom_variables_and_cleared_fields_go_out_as_the_descriptions_strings() -> TestResult {
+    let sandbox = sandbox(0).await?;
+    let described = description("growpanel/openapi.json")?;
+    let growpanel = Connection::open(&sandbox, "growpanel", &[("source", DEMO_DATA_SOURCE)]).await?;
+    let mut record = growpanel_row("cus_vars", "Vars");
+    record["custom_variables"] = json!({ "seats": 5, "vip": true, "tier": "gold" });
+    let (action, _) = growpanel.upsert("customers", record.clone()).await?;
+    assert_eq!(action, UpsertAction::Created);
+    let stored = sandbox.growpanel.emulator.customer("cus_vars").ok_or("created")?;
+    assert_eq!(stored["custom_variables"], json!({ "seats": "5", "vip": "true", "tier": "gold" }));
+
+    // The same numbers again are no change; other numbers and a cleared
+    // name and email are sent as strings.
+    let (again, _) = growpanel.upsert("customers", record).await?;
+    assert_eq!(again, UpsertAction::Unchanged);
+    let (changed, after) = growpanel.upsert("customers", json!({ "id": "cus_vars", "name": null, "email": null, "custom_variables": { "seats": 6 } })).await?;
+    assert_eq!(changed, UpsertAction::Updated);
+    assert_eq!((after["name"].as_str(), after["email"].as_str()), (Some(""), Some("")), "{after}");
+
+    let writes: Vec<RecordedRequest> = sandbox.growpanel.emulator.requests().requests().into_iter().filter(is_write).collect();
+    assert_eq!(writes.iter().map(|r| r.method.as_str()).collect::<Vec<_>>(), ["POST", "PUT"]);
+    // The regressions: `"seats": 5` (422 "custom_variables.seats must be
+    // string") and `{"email": null, "name": null}` (422 "name must be string").
+    let mut problems = json_body_problems(&described, "post", "/data/customers", &writes[0].body)?;
+    problems.extend(json_body_problems(&described, "put", "/data/customers/{id}", &writes[1].body)?);
+    assert_eq!(problems, Vec::<String>::new(), "{} / {}", writes[0].body, writes[1].body);
+    assert_eq!(serde_json::from_str::<Value>(&writes[1].body)?, json!({ "name": "", "email": "", "custom_variables": { "seats": "6", "vip": "true", "tier": "gold" } }));
+    Ok(())
+}
+
+#[tokio::test]
+async fn baremetrics_created_given_as_a_date_time_is_kept_as_the_unix_timestamp() -> TestResult {
+    let sandbox = sandbox(0).await?;
+    let baremetrics = Connection::open(&sandbox, "baremetrics", &[]).await?;
+    let record = json!({ "oid": "cust_dated", "name": "Dated", "created": "2024-01-02T03:04:05Z" });
+    // The regression: the date-time went out as text, which Baremetrics
+    // refuses ("created must be a Unix timestamp").
+    let (action, created) = baremetrics.upsert("customers", record.clone()).await?;
+    assert_eq!(action, UpsertAction::Created);
+    assert_eq!(created["created"], 1_704_164_645);
+    let stored = sandbox.baremetrics.emulator.customer(NATIVE_SOURCE_ID, "cust_dated").ok_or("created")?;
+    assert_eq!(stored["created"], 1_704_164_645);
+    let posts: Vec<RecordedRequest> = sandbox.baremetrics.emulator.requests().requests().into_iter().filter(|r| r.method == "POST").collect();
+    assert_eq!(serde_json::from_str::<Value>(&posts[0].body)?["created"], 1_704_164_645, "sent as an integer, as the description's text and answers say");
+
+    // The same instant again, either way written, is no change.
+    let (again, _) = baremetrics.upsert("customers", record).await?;
+    let (as_integer, _) = baremetrics.upsert("customers", json!({ "oid": "cust_dated", "created": 1_704_164_645 })).await?;
+    assert_eq!((again, as_integer), (UpsertAction::Unchanged, UpsertAction::Unchanged));
+    let error = connector_error(baremetrics.upsert("customers", json!({ "oid": "cust_dated", "created": "next week" })).await)?;
+    assert!(matches!(&error, ConnectorError::InvalidInput(m) if m.contains("RFC 3339")), "{error:?}");
+    assert_eq!(sandbox.baremetrics.emulator.requests().count_where(is_write), 1, "one create, nothing else written");
     Ok(())
 }

@@ -5,7 +5,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde_json::json;
-use weft::executor::{Observer, RunOptions, Silent};
+use weft::credentials::Secret;
+use weft::executor::{ConnectionOverride, Observer, RunOptions, Silent};
 use weft::store::Status;
 use weft::workflow::Step;
 
@@ -639,5 +640,301 @@ async fn an_interrupted_sync_resumes_mid_merge_and_creates_each_record_once() ->
     assert_eq!((customers.len(), ids.len()), (1200, 1200), "each Stripe customer once in Metronome");
     let scratch = harness.state.path().join("scratch");
     assert!(!scratch.join(&first.run_id).exists(), "the sorted runs are removed when the sync ends");
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_reconcile_example_clears_growpanel_fields_with_empty_strings_for_a_stripe_customer_with_neither_name_nor_email() -> TestResult {
+    let sandbox = sandbox(0).await?;
+    let harness = Harness::new()?;
+    let described = super::vendors::description("growpanel/openapi.json")?;
+    let bare = sandbox.stripe.emulator.insert_customer(json!({ "created": 1_704_164_645 }));
+    sandbox.stripe.emulator.insert_customer(json!({ "email": "bo@example.com", "name": "Bo", "created": 1_704_164_645, "metadata": { "plan": "pro" } }));
+    let bare_id = bare["id"].as_str().ok_or("an id")?.to_owned();
+    // GrowPanel still has the name and email the customer once had.
+    sandbox.growpanel.emulator.insert_customer(json!({
+        "id": bare_id, "name": "Old Name", "email": "old@example.com", "created_date": "2024-01-02",
+        "country": "US", "data_source": weft_sandbox::growpanel::DEMO_DATA_SOURCE, "custom_variables": { "plan": "none" }
+    }));
+    let text = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("workflows/stripe-export-reconcile.toml"))?;
+    let wf = workflow(harness.files.path(), &text)?;
+    let options = RunOptions { overrides: overrides(&sandbox, &[("stripe", "stripe"), ("growpanel", "growpanel")]), ..RunOptions::default() };
+
+    let planned = harness.executor.start(&wf, &RunOptions { dry_run: true, ..options.clone() }, &Silent).await?;
+    let plan = planned.steps[1].plan.clone().unwrap_or_default();
+    assert_eq!((plan["create"].as_u64(), plan["update"].as_u64()), (Some(1), Some(1)), "{plan:#}");
+
+    let summary = harness.executor.start(&wf, &options, &Silent).await?;
+    assert_eq!(summary.status, Status::Succeeded, "{summary:#?}");
+    let c = summary.steps[1].counts;
+    assert_eq!((c.created, c.updated, c.unchanged, c.failed), (1, 1, 0, 0), "{c:?}");
+    let stored = sandbox.growpanel.emulator.customer(&bare_id).ok_or("still there")?;
+    assert_eq!((stored["name"].as_str(), stored["email"].as_str()), (Some(""), Some("")), "{stored}");
+
+    // The regression: `PUT {"email": null, "name": null}`, refused by
+    // GrowPanel's schema (422 "name must be string").
+    let mut problems = Vec::new();
+    for request in sandbox.growpanel.emulator.requests().requests() {
+        match request.method.as_str() {
+            "PUT" => problems.extend(super::vendors::json_body_problems(&described, "put", "/data/customers/{id}", &request.body)?),
+            "POST" => problems.extend(super::vendors::json_body_problems(&described, "post", "/data/customers", &request.body)?),
+            _ => {}
+        }
+    }
+    assert_eq!(problems, Vec::<String>::new());
+
+    let again = harness.executor.start(&wf, &options, &Silent).await?;
+    let c = again.steps[1].counts;
+    assert_eq!((c.created, c.updated, c.unchanged), (0, 0, 2), "{c:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_growpanel_list_with_a_limit_below_the_page_reads_that_many_and_a_longer_one_is_still_refused() -> TestResult {
+    let sandbox = sandbox(25).await?;
+    let harness = Harness::new()?;
+    let vendors = overrides(&sandbox, &VENDORS);
+    // The regression: "holds more than 2 customers" for a step that asked
+    // for two.
+    let two = harness.run(&flow("first-two", "[[step]]\nid = \"two\"\nlist = \"growpanel.customers\"\nlimit = 2\n"), &vendors).await?;
+    assert_eq!(two.status, Status::Succeeded, "{two:#?}");
+    assert_eq!(two.steps[0].counts.read, 2);
+
+    let paged = harness.run(&flow("paged", "[[step]]\nid = \"all\"\nlist = \"growpanel.customers\"\npage_size = 10\n"), &vendors).await?;
+    assert_eq!(paged.status, Status::Failed, "a list past the page is not cut short: {paged:#?}");
+    let error = paged.steps[0].error.clone().unwrap_or_default();
+    assert!(error.contains("cannot page past") && error.contains("more than 10"), "{error}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_sandbox_run_refuses_every_request_that_is_not_to_an_emulator() -> TestResult {
+    let sandbox = sandbox(3).await?;
+    // Another sandbox stands in for a real vendor: its log must stay empty.
+    let production = super::support::sandbox(3).await?;
+    let production_stripe = production.endpoints().into_iter().find(|e| e.vendor == "stripe").ok_or("stripe")?;
+    let harness = Harness::new()?;
+    let text = format!(
+        "[workflow]\nname = \"confined\"\n\n[connections.stripe]\nplugin = \"stripe\"\ncredentials = \"env:WEFT_TEST_UNUSED\"\nbase_url = \"{}\"\n\n[[step]]\nid = \"all\"\nlist = \"stripe.customers\"\n",
+        production_stripe.base_url
+    );
+    let wf = workflow(harness.files.path(), &text)?;
+    let emulators: Vec<String> = sandbox.endpoints().into_iter().map(|e| e.base_url).collect();
+
+    // Pointed at something that is not one of the run's emulators.
+    let elsewhere = std::collections::BTreeMap::from([(
+        "stripe".to_owned(),
+        ConnectionOverride { base_url: production_stripe.base_url.clone(), secret: Secret::new(production_stripe.api_key.clone()) },
+    )]);
+    let options = RunOptions { overrides: elsewhere, sandbox: Some(emulators.clone()), ..RunOptions::default() };
+    let error = harness.executor.start(&wf, &options, &Silent).await.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(error.contains("not a sandbox emulator"), "{error}");
+
+    // Pointed nowhere: never the workflow's own base URL and credential.
+    let options = RunOptions { sandbox: Some(emulators.clone()), ..RunOptions::default() };
+    let error = harness.executor.start(&wf, &options, &Silent).await.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(error.contains("none was given for this one"), "{error}");
+    assert!(production.stripe.emulator.requests().is_empty(), "production was reached");
+
+    let options = RunOptions { overrides: overrides(&sandbox, &[("stripe", "stripe")]), sandbox: Some(emulators), ..RunOptions::default() };
+    let summary = harness.executor.start(&wf, &options, &Silent).await?;
+    assert_eq!((summary.status, summary.steps[0].counts.read), (Status::Succeeded, 3), "{summary:#?}");
+    assert_eq!(harness.executor.store().run(&summary.run_id)?.trigger, weft::executor::SANDBOX_TRIGGER);
+    assert!(production.stripe.emulator.requests().is_empty(), "production was reached");
+    Ok(())
+}
+
+/// How a record of the property test's data set relates to the target's
+/// copy when the second sync runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Case {
+    /// The same values.
+    Same,
+    /// A blank spelled otherwise (`null` for `""`, absent for `null`, …).
+    Blank,
+    /// A number where the target holds its text (`5` for `"5"`).
+    Number,
+    /// A real change.
+    Different,
+    /// Not in the target yet.
+    New,
+}
+
+impl Case {
+    const ALL: [Case; 5] = [Case::Same, Case::Blank, Case::Number, Case::Different, Case::New];
+
+    fn name(self) -> &'static str {
+        match self {
+            Case::Same => "same",
+            Case::Blank => "blank",
+            Case::Number => "number",
+            Case::Different => "different",
+            Case::New => "new",
+        }
+    }
+}
+
+/// SplitMix64: a varied data set that is the same on every run.
+struct Seeded(u64);
+
+impl Seeded {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Every case once, then cases at random.
+    fn cases(&mut self, count: usize) -> Vec<Case> {
+        (0..count).map(|i| if i < Case::ALL.len() { Case::ALL[i] } else { Case::ALL[(self.next() % Case::ALL.len() as u64) as usize] }).collect()
+    }
+}
+
+/// One built-in connector as the target of the property test: where its
+/// records come from, how they are keyed, and the two maps (the target's
+/// state first, then what the second sync wants, by `$c`, the case).
+struct Target {
+    connection: &'static str,
+    resource: &'static str,
+    source: &'static str,
+    key: &'static str,
+    setup: &'static str,
+    wanted: &'static str,
+}
+
+const PROPERTY_CONNECTIONS: &str = r#"
+[connections.stripe]
+plugin = "stripe"
+credentials = "env:WEFT_TEST_UNUSED"
+rate_limit = "1000/s"
+
+[connections.growpanel]
+plugin = "growpanel"
+credentials = "env:WEFT_TEST_UNUSED"
+settings = { source = "ds_weft_demo" }
+rate_limit = "1000/s"
+
+[connections.metronome]
+plugin = "metronome"
+credentials = "env:WEFT_TEST_UNUSED"
+rate_limit = "1000/s"
+
+[connections.baremetrics]
+plugin = "baremetrics"
+credentials = "env:WEFT_TEST_UNUSED"
+rate_limit = "1000/s"
+
+[connections.scim]
+plugin = "stripe-scim"
+credentials = "env:WEFT_TEST_UNUSED"
+rate_limit = "1000/s"
+"#;
+
+const TARGETS: [Target; 5] = [
+    Target {
+        connection: "growpanel",
+        resource: "customers",
+        source: "stripe",
+        key: "id",
+        setup: r#".metadata.case as $c | select($c != "new") | {id, name, email: (if $c == "blank" then "" else .email end), created_date: "2026-01-01", country: "US", custom_variables: {seats: .metadata.i}}"#,
+        wanted: r#".metadata.case as $c | {id, name: (if $c == "different" then .name + " 2" else .name end), email: (if $c == "blank" then null else .email end), created_date: "2026-01-01", country: "US", custom_variables: {seats: (if $c == "number" then (.metadata.i | tonumber) else .metadata.i end)}}"#,
+    },
+    Target {
+        connection: "stripe",
+        resource: "customers",
+        source: "growpanel",
+        key: "email",
+        setup: r#".custom_variables.case as $c | select($c != "new") | {email, name, metadata: {i: .custom_variables.i}}"#,
+        wanted: r#".custom_variables.case as $c | {email, name: (if $c == "different" then .name + " 2" else .name end), phone: (if $c == "blank" then "" else null end), description: null, preferred_locales: (if $c == "blank" then [] else null end), invoice_settings: (if $c == "blank" then {footer: null} else null end), metadata: {i: (if $c == "number" then (.custom_variables.i | tonumber) else .custom_variables.i end)}}"#,
+    },
+    Target {
+        connection: "baremetrics",
+        resource: "customers",
+        source: "stripe",
+        key: "oid",
+        setup: r#".metadata.case as $c | select($c != "new") | {oid: .id, name, email, notes: (if $c == "blank" then "" else "note" end), created: 1700000000}"#,
+        wanted: r#".metadata.case as $c | {oid: .id, name: (if $c == "different" then .name + " 2" else .name end), email, notes: (if $c == "blank" then null else "note" end), created: (if $c == "number" then "1700000000" else 1700000000 end)}"#,
+    },
+    Target {
+        connection: "metronome",
+        resource: "customers",
+        source: "stripe",
+        key: "external_id",
+        setup: r#".metadata.case as $c | select($c != "new") | {name, external_id: .id, ingest_aliases: [.id]}"#,
+        wanted: r#".metadata.case as $c | {name: (if $c == "different" then .name + " 2" else .name end), external_id: .id, ingest_aliases: [.id]} + (if $c == "blank" then {customer_config: {salesforce_account_id: ""}} else {} end)"#,
+    },
+    Target {
+        connection: "scim",
+        resource: "team-members",
+        source: "stripe",
+        key: "userName",
+        setup: r#".metadata.case as $c | select($c != "new") | {userName: .email, name: {givenName: .name, familyName: "Prop"}, externalId: .metadata.i, active: true}"#,
+        wanted: r#".metadata.case as $c | {userName: .email, name: {givenName: (if $c == "different" then .name + " 2" else .name end), familyName: "Prop"}, externalId: (if $c == "number" then (.metadata.i | tonumber) else .metadata.i end), displayName: (if $c == "blank" then "" else null end), active: true}"#,
+    },
+];
+
+/// The property of issue 13: for every built-in connector as a sync's
+/// target and a varied data set, the dry run plans exactly what the real
+/// run then does, and a second sync of unchanged data sends no write.
+#[tokio::test]
+async fn for_every_built_in_connector_a_dry_run_plans_what_the_run_does_and_a_second_sync_writes_nothing() -> TestResult {
+    const RECORDS: usize = 30;
+    let mut seeded = Seeded(0x5EED_0013);
+    let mut failures = Vec::new();
+    for target in &TARGETS {
+        let sandbox = sandbox(0).await?;
+        let cases = seeded.cases(RECORDS);
+        for (i, case) in cases.iter().enumerate() {
+            let (name, email) = (format!("Person {i}"), format!("p{i}@prop.example"));
+            if target.source == "stripe" {
+                sandbox.stripe.emulator.insert_customer(json!({ "email": email, "name": name, "metadata": { "case": case.name(), "i": i.to_string() } }));
+            } else {
+                sandbox.growpanel.emulator.insert_customer(json!({
+                    "id": format!("row{i}"), "name": name, "email": email, "created_date": "2026-01-01", "country": "US",
+                    "data_source": weft_sandbox::growpanel::DEMO_DATA_SOURCE, "custom_variables": { "case": case.name(), "i": i.to_string() }
+                }));
+            }
+        }
+        let harness = Harness::new()?;
+        let vendors = overrides(&sandbox, &[("stripe", "stripe"), ("growpanel", "growpanel"), ("metronome", "metronome"), ("baremetrics", "baremetrics"), ("scim", "stripe-scim")]);
+        let sync = |map: &str| {
+            format!(
+                "[workflow]\nname = \"property-{}\"\n{PROPERTY_CONNECTIONS}\n[[step]]\nid = \"sync\"\nsync = {{ from = \"{}.customers\", to = \"{}.{}\", key = \"{}\" }}\nmap = '''{map}'''\n",
+                target.connection, target.source, target.connection, target.resource, target.key
+            )
+        };
+        let setup = harness.run(&sync(target.setup), &vendors).await?;
+        assert_eq!(setup.status, Status::Succeeded, "{}: {setup:#?}", target.connection);
+
+        let wanted = workflow(harness.files.path(), &sync(target.wanted))?;
+        let dry = harness.executor.start(&wanted, &RunOptions { dry_run: true, overrides: vendors.clone(), ..RunOptions::default() }, &Silent).await?;
+        let plan = dry.steps[0].plan.clone().unwrap_or_default();
+        let planned = (plan["create"].as_u64().unwrap_or(0), plan["update"].as_u64().unwrap_or(0), plan["unchanged"].as_u64().unwrap_or(0));
+        let real = harness.executor.start(&wanted, &RunOptions { overrides: vendors.clone(), ..RunOptions::default() }, &Silent).await?;
+        let c = real.steps[0].counts;
+        let done = (c.created, c.updated, c.unchanged);
+        let count = |wanted: &[Case]| cases.iter().filter(|case| wanted.contains(case)).count() as u64;
+        let expected = (count(&[Case::New]), count(&[Case::Different]), count(&[Case::Same, Case::Blank, Case::Number]));
+        if planned != done || done != expected || c.failed > 0 {
+            failures.push(format!("{}: planned {planned:?}, done {done:?}, expected (create, update, unchanged) {expected:?}; failed {}: {:?}", target.connection, c.failed, real.steps[0].error));
+        }
+
+        let log = match target.connection {
+            "stripe" => sandbox.stripe.emulator.requests(),
+            "growpanel" => sandbox.growpanel.emulator.requests(),
+            "metronome" => sandbox.metronome.emulator.requests(),
+            "baremetrics" => sandbox.baremetrics.emulator.requests(),
+            _ => sandbox.stripe_scim.emulator.requests(),
+        };
+        let writes_before = writes(&log);
+        let second = harness.executor.start(&wanted, &RunOptions { overrides: vendors, ..RunOptions::default() }, &Silent).await?;
+        let c = second.steps[0].counts;
+        if (c.created, c.updated, c.unchanged) != (0, 0, RECORDS as u64) || writes(&log) != writes_before {
+            failures.push(format!("{}: the second sync counted {c:?} and sent {} writes", target.connection, writes(&log) - writes_before));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
     Ok(())
 }

@@ -121,43 +121,20 @@ impl StepPlan {
     }
 }
 
+/// The one rule for "unchanged", compiled from the connector SDK's own
+/// file so that the engine's dry runs and syncs and every connector's upsert
+/// judge a record the same way (its rules are in the module's docs).
+#[path = "../../../plugins/sdk/src/same.rs"]
+pub mod same;
+
 /// The fields of `desired` whose values `current` does not already hold,
-/// as dotted paths. Objects compare field by field (fields only `current`
-/// has are left alone, as an upsert would leave them); a `null` matches an
-/// absent field; numbers compare by value; arrays compare whole.
+/// as dotted paths, by the rules of [`same`]: objects compare field by field
+/// (fields only `current` has are left alone, as an upsert would leave
+/// them), blanks (`null`, `""`, `[]`, `{}`, absent) match each other,
+/// numbers compare by value and a scalar of another type as text (`5`
+/// matches `"5"`), arrays compare whole.
 pub fn changed_fields(desired: &Value, current: &Value) -> Vec<String> {
-    let mut out = Vec::new();
-    diff_into(desired, current, "", &mut out);
-    out
-}
-
-fn diff_into(desired: &Value, current: &Value, path: &str, out: &mut Vec<String>) {
-    match (desired, current) {
-        (Value::Object(want), Value::Object(have)) => {
-            for (key, value) in want {
-                let sub = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
-                match have.get(key) {
-                    Some(existing) => diff_into(value, existing, &sub, out),
-                    None if value.is_null() => {}
-                    None => out.push(sub),
-                }
-            }
-        }
-        _ if !same_value(desired, current) => out.push(if path.is_empty() { ".".to_owned() } else { path.to_owned() }),
-        _ => {}
-    }
-}
-
-fn same_value(a: &Value, b: &Value) -> bool {
-    match (a, b) {
-        (Value::Number(x), Value::Number(y)) => match (x.as_i64(), y.as_i64()) {
-            (Some(i), Some(j)) => i == j,
-            _ => x.as_f64() == y.as_f64(),
-        },
-        (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(a, b)| same_value(a, b) || changed_fields(a, b).is_empty()),
-        (Value::Object(_), Value::Object(_)) => changed_fields(a, b).is_empty(),
-        _ => a == b,
-    }
+    same::changed_fields(desired, current)
 }
 
 #[cfg(test)]
@@ -173,6 +150,15 @@ mod tests {
         assert_eq!(changed_fields(&json!({"phone": "1"}), &current), vec!["phone"]);
         assert!(changed_fields(&json!({"phone": null}), &current).is_empty());
         assert!(changed_fields(&json!({"metadata": {"seats": 3.0}}), &current).is_empty());
+    }
+
+    #[test]
+    fn blanks_and_numbers_as_text_are_unchanged_as_the_connectors_judge_them() {
+        // The regression: a dry run planned these as updates that the real
+        // run then reported as `unchanged`.
+        let current = json!({"name": "", "email": null, "custom_variables": {"seats": "5", "vip": "true"}, "preferred_locales": []});
+        let desired = json!({"name": null, "email": "", "custom_variables": {"seats": 5, "vip": true}, "preferred_locales": null});
+        assert!(changed_fields(&desired, &current).is_empty(), "{:?}", changed_fields(&desired, &current));
     }
 
     #[test]

@@ -10,6 +10,9 @@ use weft_connector_sdk::{
     query,
 };
 
+use weft_connector_sdk::same;
+
+use crate::created;
 use crate::paging::{self, VENDOR};
 use crate::sources;
 
@@ -48,9 +51,13 @@ pub(crate) fn get(ctx: &Context, oid: &str) -> Result<Option<Json>> {
 
 /// Creates or updates one customer, matching on `oid`.
 pub(crate) fn upsert(ctx: &Context, request: &UpsertRequest) -> Result<UpsertOutcome> {
-    let desired: Map<String, Value> = request.parse_record().map_err(|_| {
+    let mut desired: Map<String, Value> = request.parse_record().map_err(|_| {
         Error::invalid_input("baremetrics: a customer record must be a JSON object")
     })?;
+    if let Some(created) = desired.get_mut("created") {
+        *created = created::normalize(created)
+            .map_err(|why| Error::invalid_input(format!("baremetrics: {why}")))?;
+    }
     let oid = match desired.get("oid") {
         Some(Value::String(oid)) if !oid.is_empty() => oid.clone(),
         Some(Value::Number(oid)) => oid.to_string(),
@@ -157,7 +164,7 @@ pub(crate) fn merged_put(
     current: &Map<String, Value>,
 ) -> Option<Map<String, Value>> {
     let differs = desired.iter().any(|(key, want)| {
-        !READ_ONLY.contains(&key.as_str()) && !same(want, current.get(key.as_str()))
+        !READ_ONLY.contains(&key.as_str()) && !same::holds(want, current.get(key.as_str()))
     });
     if !differs {
         return None;
@@ -173,7 +180,7 @@ pub(crate) fn merged_put(
             .unwrap_or(&Value::Null);
         if !value.is_null() {
             body.insert(field.into(), value.clone());
-        } else if !is_blank(current.get(field)) {
+        } else if !same::is_blank(current.get(field)) {
             body.insert(field.into(), Value::String(String::new()));
         }
     }
@@ -183,7 +190,7 @@ pub(crate) fn merged_put(
         Some(want) => Some(merged_attributes(want, current.get("attributes"))),
         None => current
             .get("attributes")
-            .filter(|had| !is_blank(Some(had)) && !is_empty_container(had))
+            .filter(|had| !same::is_blank(Some(*had)))
             .cloned(),
     };
     if let Some(attributes) = attributes {
@@ -219,46 +226,6 @@ fn merged_attributes(want: &Value, have: Option<&Value>) -> Value {
         }
         Value::Null => Value::Object(Map::new()),
         other => other.clone(),
-    }
-}
-
-/// Whether `want` already holds in `have`: `null` and `""` are the same,
-/// objects match on the keys `want` gives, scalars by their text.
-pub(crate) fn same(want: &Value, have: Option<&Value>) -> bool {
-    let have = have.unwrap_or(&Value::Null);
-    match (want, have) {
-        (Value::Object(wanted), Value::Object(had)) => wanted
-            .iter()
-            .all(|(key, value)| same(value, had.get(key.as_str()))),
-        (Value::Object(wanted), _) => wanted.is_empty() && is_blank(Some(have)),
-        (Value::Array(_), _) | (_, Value::Array(_) | Value::Object(_)) => {
-            is_blank(Some(want)) && is_empty_container(have) || want == have
-        }
-        _ => text(want) == text(have),
-    }
-}
-
-fn is_empty_container(value: &Value) -> bool {
-    match value {
-        Value::Array(items) => items.is_empty(),
-        Value::Object(fields) => fields.is_empty(),
-        _ => false,
-    }
-}
-
-fn is_blank(value: Option<&Value>) -> bool {
-    match value {
-        None | Some(Value::Null) => true,
-        Some(Value::String(text)) => text.is_empty(),
-        Some(_) => false,
-    }
-}
-
-fn text(value: &Value) -> String {
-    match value {
-        Value::String(text) => text.clone(),
-        Value::Null => String::new(),
-        other => other.to_string(),
     }
 }
 

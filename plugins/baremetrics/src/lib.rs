@@ -36,6 +36,13 @@
 //!   Attribute keys must already exist in Baremetrics' settings: an unknown
 //!   one is Baremetrics' error to report. A desired `null` clears a field
 //!   (sent as `""`, since the spec's fields are non-nullable strings).
+//! - `created` is a Unix timestamp in seconds, as Baremetrics answers it,
+//!   the description's own text and the user guide say (its request schema
+//!   types it a `date-time` string: an erratum). A workflow may give the
+//!   integer, its digits, or an RFC 3339 date-time
+//!   (`"2024-01-02T03:04:05Z"`), which is converted; anything else is
+//!   `invalid-input` before a request is sent.
+//! - Comparisons follow the SDK's one rule (`weft_connector_sdk::same`).
 //! - Read-only fields (`id`, `source`, `source_id`, `ltv`, `current_mrr`,
 //!   `current_arr`, `current_plans`, `display_*`, `is_*`) in a desired
 //!   record are ignored: a record read from Baremetrics can be written back.
@@ -65,6 +72,7 @@
 //! `source_id` (optional): the source to read and write; the
 //! Baremetrics-native source when unset.
 
+mod created;
 mod customers;
 mod paging;
 mod sources;

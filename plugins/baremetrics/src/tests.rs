@@ -255,6 +255,44 @@ fn upsert_that_already_matches_writes_nothing() {
 }
 
 #[test]
+fn created_as_a_date_time_is_sent_as_the_unix_timestamp_and_compared_as_one() {
+    let created = r#"{"oid":"cust_new","created":1704164645,"source":"baremetrics"}"#;
+    let (_guard, seen) = script(&[
+        (Method::Get, "/v1/sources", 200, SOURCES),
+        (Method::Get, "/v1/src_bm/customers/cust_new", 404, NOT_FOUND),
+        (Method::Post, "/v1/src_bm/customers", 200, &wrapped(created)),
+        (Method::Get, "/v1/sources", 200, SOURCES),
+        (Method::Get, "/v1/src_bm/customers/cust_new", 200, &wrapped(created)),
+    ]);
+    // The regression: the date-time went out as a string, which Baremetrics
+    // keeps as an integer, and every later upsert saw a change.
+    let record = r#"{"oid":"cust_new","created":"2024-01-02T03:04:05Z"}"#;
+    let outcome =
+        Baremetrics::upsert(&ctx_with_source("src_bm"), upsert_request(record)).expect("outcome");
+    assert_eq!(outcome.action, UpsertAction::Created);
+    assert_eq!(
+        testing::body_text(&seen.borrow()[2]),
+        r#"{"created":1704164645,"oid":"cust_new"}"#
+    );
+    let again =
+        Baremetrics::upsert(&ctx_with_source("src_bm"), upsert_request(record)).expect("outcome");
+    assert_eq!(again.action, UpsertAction::Unchanged);
+    assert_eq!(seen.borrow().len(), 5, "no write the second time");
+}
+
+#[test]
+fn created_that_is_no_time_is_invalid_input_before_anything_is_sent() {
+    let (_guard, seen) = script(&[]);
+    let record = r#"{"oid":"cust_new","created":"last tuesday"}"#;
+    let error = Baremetrics::upsert(&ctx_with_source("src_bm"), upsert_request(record));
+    assert!(
+        matches!(&error, Err(Error::InvalidInput(m)) if m.contains("RFC 3339")),
+        "{error:?}"
+    );
+    assert!(seen.borrow().is_empty());
+}
+
+#[test]
 fn upsert_of_an_absent_customer_creates_it() {
     let created = r#"{"oid":"cust_new","name":"John Smith","email":"john@example.com","source":"baremetrics"}"#;
     let (_guard, seen) = script(&[

@@ -38,10 +38,19 @@ struct ListResult<'a> {
     list: Option<Vec<&'a RawValue>>,
 }
 
-/// Reads the customers of the data source: always one page, since
-/// GrowPanel's list takes a `limit` and nothing to continue from.
+/// Reads the customers of the data source: one page, since GrowPanel's
+/// list takes a `limit` and nothing to continue from.
+///
+/// When the source holds more than the page, the page comes back with a
+/// cursor that marks "more than GrowPanel can page to": a caller that wanted
+/// no more than the page (a list step's `limit`) stops there and has what it
+/// asked for; one that asks for the next page gets `unsupported`, never a
+/// silently truncated list.
 pub(crate) fn list(ctx: &Context, request: &ListRequest) -> Result<Page> {
     let source = list_source(ctx, request)?;
+    if let Some(cursor) = request.cursor.as_deref() {
+        return Err(beyond_the_page(&source, cursor));
+    }
     let size = request.page_size.clamp(1, MAX_PAGE_SIZE);
     // One more than asked for tells "exactly a page" from "more than a page".
     let limit = if size < MAX_PAGE_SIZE { size + 1 } else { size };
@@ -51,18 +60,38 @@ pub(crate) fn list(ctx: &Context, request: &ListRequest) -> Result<Page> {
         .send()?
         .error_for_status(VENDOR)?;
     let body: ListBody<'_> = response.json()?;
-    let items = body.result.list.unwrap_or_default();
+    let mut items = body.result.list.unwrap_or_default();
     let total = body.result.count.unwrap_or(0.0);
     let more_than_page = items.len() > size as usize || total > items.len() as f64;
-    if more_than_page {
-        return Err(Error::unsupported(format!(
-            "growpanel: data source `{source}` holds more than {size} customers, and \
-             GET /data/customers cannot page past its `limit`; list with a page size of at \
-             least {} (at most {MAX_PAGE_SIZE})",
-            (total as u64).max(items.len() as u64)
-        )));
+    if !more_than_page {
+        return Ok(Page::last(page::raw_records(&items)));
     }
-    Ok(Page::last(page::raw_records(&items)))
+    let held = (total as u64).max(items.len() as u64);
+    items.truncate(size as usize);
+    let cursor = format!("{BEYOND_THE_PAGE}{size}:{held}");
+    Ok(Page::new(page::raw_records(&items), Some(cursor)))
+}
+
+/// Starts the cursor of a first page that GrowPanel cannot continue.
+const BEYOND_THE_PAGE: &str = "beyond-the-page:";
+
+/// Why there is no next page, from the cursor [`list`] gave.
+fn beyond_the_page(source: &str, cursor: &str) -> Error {
+    let Some((size, held)) = cursor
+        .strip_prefix(BEYOND_THE_PAGE)
+        .and_then(|rest| rest.split_once(':'))
+    else {
+        return Error::invalid_input(format!(
+            "growpanel: `{cursor}` is not a cursor this connector gave: GET /data/customers \
+             has a single page"
+        ));
+    };
+    Error::unsupported(format!(
+        "growpanel: data source `{source}` holds more than {size} customers, and GET \
+         /data/customers cannot page past its `limit`; list with a page size of at least \
+         {held} (at most {MAX_PAGE_SIZE}), or set the step's `limit` to read only the first \
+         page"
+    ))
 }
 
 fn list_source(ctx: &Context, request: &ListRequest) -> Result<String> {
@@ -133,7 +162,7 @@ pub(crate) fn upsert_batch(
         let prepared = parse_object(&item.record).and_then(|desired| {
             let id = record_id(&desired)?;
             let body = diff::for_create(&desired, default_source)
-                .map_err(|missing| missing_fields(&id, &missing))?;
+                .map_err(|problem| create_problem(&id, problem))?;
             Ok((id, body))
         });
         match prepared {
@@ -187,7 +216,7 @@ pub(crate) fn remove(ctx: &Context, id: &str) -> Result<RemoveOutcome> {
 
 fn create(ctx: &Context, id: &str, desired: &Map<String, Value>) -> Result<UpsertOutcome> {
     let body = diff::for_create(desired, ctx.setting("source"))
-        .map_err(|missing| missing_fields(id, &missing))?;
+        .map_err(|problem| create_problem(id, problem))?;
     let rows = post_rows(ctx, &Value::Object(body))?;
     let row = rows.first().ok_or_else(|| {
         Error::fatal(format!(
@@ -216,7 +245,8 @@ fn update(
             ignored.join(", ")
         ));
     }
-    let changes = diff::put_changes(desired, &current_fields);
+    let changes = diff::put_changes(desired, &current_fields)
+        .map_err(|problem| not_a_string(id, &problem))?;
     if changes.is_empty() {
         return Ok(UpsertOutcome::unchanged(current.to_owned()));
     }
@@ -282,6 +312,21 @@ fn row_outcome(id: &str, row: &str) -> Result<UpsertOutcome> {
         )));
     }
     Ok(UpsertOutcome::created(row.to_owned()))
+}
+
+fn create_problem(id: &str, problem: diff::CreateProblem) -> Error {
+    match problem {
+        diff::CreateProblem::Missing(missing) => missing_fields(id, &missing),
+        diff::CreateProblem::NotAString(problem) => not_a_string(id, &problem),
+    }
+}
+
+fn not_a_string(id: &str, problem: &diff::NotAString) -> Error {
+    Error::invalid_input(format!(
+        "growpanel: customer `{id}`: `{}` must be a string (GrowPanel's API types it so; a \
+         number or boolean is sent as its text), not an object or a list",
+        problem.field
+    ))
 }
 
 fn missing_fields(id: &str, missing: &[&str]) -> Error {

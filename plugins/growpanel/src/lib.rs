@@ -36,11 +36,13 @@
 //! - Lists come as `{"result": {"count", "list"}}`; records are passed on as
 //!   GrowPanel's own JSON text, never re-serialised.
 //! - **No pagination.** `GET /data/customers` takes only `limit`: there is
-//!   no offset, page or cursor. A list is therefore always one page (no
-//!   next cursor). To never hand a sync a silently truncated list, the
-//!   connector asks for one record more than the page size and fails with
-//!   `unsupported` when GrowPanel has more (or when `count` says so): raise
-//!   the page size (up to 10 000) instead.
+//!   no offset, page or cursor. A list is therefore one page. The connector
+//!   asks for one record more than the page size to know whether GrowPanel
+//!   holds more (or reads it from `count`). When it does, the page comes
+//!   with a cursor that only says so: a list step whose `limit` the page
+//!   covers stops there with what it asked for, and asking for the next
+//!   page fails with `unsupported`, so a sync is never handed a silently
+//!   truncated list: raise the page size (up to 10 000) instead.
 //! - Create answers (per the spec) `{"result": [row, ...]}`, each row the
 //!   echoed input with `export_status` and `export_error`; the user guide's
 //!   `{"result": {"count", "list": [{"id"}]}}` is read too. A row with
@@ -49,7 +51,14 @@
 //!   record names); an update sends GrowPanel's map with the desired keys
 //!   laid over it (a `null` value removes a key), so whether GrowPanel
 //!   merges or replaces the map, no other variable is lost.
-//! - `null` and `""` compare equal; the PUT answer (`{"success": true}` in
+//! - The spec types `name`, `email` and each custom variable as a string,
+//!   not nullable: clearing a field sends `""` (never `null`), and a number
+//!   or boolean is sent as its text (`"seats": 5` as `"5"`), on create and
+//!   on update; an object or a list there is `invalid-input` before
+//!   anything is sent. The other string fields of a create (`id`,
+//!   `country`, `created_date`, ...) are sent as text too.
+//! - Comparisons follow the SDK's one rule (`weft_connector_sdk::same`):
+//!   `null` and `""` compare equal, `5` matches `"5"`; the PUT answer (`{"success": true}` in
 //!   the spec, `{"result": {"id", "updated_fields"}}` in the guide) carries
 //!   no record, so an update reads the customer back.
 //! - `DELETE /data/customers/{id}` removes the row for good (related MRR

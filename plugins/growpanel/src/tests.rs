@@ -61,7 +61,7 @@ fn list_sends_source_and_one_more_than_the_page_and_ends_there() {
 }
 
 #[test]
-fn a_list_longer_than_the_page_is_refused_not_truncated() {
+fn a_list_longer_than_the_page_gives_the_page_and_refuses_to_go_on() {
     let (_guard, _) = script(&[
         (
             Method::Get,
@@ -76,16 +76,38 @@ fn a_list_longer_than_the_page_is_refused_not_truncated() {
             r#"{"result":{"count":40,"list":[{"id":"a"},{"id":"b"}]}}"#,
         ),
     ]);
-    let error = GrowPanel::list(&ctx(), list_request(1, None));
+    // The regression: a list step with `limit = 2` failed outright; a page
+    // that covers what was asked for is an answer, not an error.
+    let first = GrowPanel::list(&ctx(), list_request(1, None)).expect("the first page");
+    assert_eq!(first.records, [r#"{"id":"a"}"#]);
+    let cursor = first.next_cursor.expect("a cursor saying there is more");
+    let next = ListRequest {
+        cursor: Some(cursor),
+        ..list_request(1, None)
+    };
+    let error = GrowPanel::list(&ctx(), next);
     assert!(
         matches!(&error, Err(Error::Unsupported(m)) if m.contains("at least 2")),
         "{error:?}"
     );
-    let error = GrowPanel::list(&ctx(), list_request(2, None));
+    let first = GrowPanel::list(&ctx(), list_request(2, None)).expect("the first page");
+    assert_eq!(first.records.len(), 2);
+    let next = ListRequest {
+        cursor: first.next_cursor,
+        ..list_request(2, None)
+    };
+    let error = GrowPanel::list(&ctx(), next);
     assert!(
         matches!(&error, Err(Error::Unsupported(m)) if m.contains("at least 40")),
         "{error:?}"
     );
+    // A cursor it never gave is bad input, and sends nothing.
+    let forged = ListRequest {
+        cursor: Some("page-2".into()),
+        ..list_request(2, None)
+    };
+    let error = GrowPanel::list(&ctx(), forged);
+    assert!(matches!(&error, Err(Error::InvalidInput(_))), "{error:?}");
 }
 
 #[test]

@@ -8,6 +8,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 use weft_connector_sdk::errors::{self, VendorError};
 use weft_connector_sdk::http::{self, RequestBuilder, Response};
+use weft_connector_sdk::same;
 use weft_connector_sdk::{
     Context, Error, Json, ListRequest, Page, RemoveOutcome, Result, UpsertOutcome, UpsertRequest,
     log, page, query,
@@ -442,7 +443,7 @@ fn update(
         let had = current.get("custom_fields").and_then(Value::as_object);
         let differing: Vec<&str> = fields
             .iter()
-            .filter(|(key, value)| !same(value, had.and_then(|had| had.get(key.as_str()))))
+            .filter(|(key, value)| !same::holds(value, had.and_then(|had| had.get(key.as_str()))))
             .map(|(key, _)| key.as_str())
             .collect();
         if !differing.is_empty() {
@@ -519,7 +520,7 @@ fn salesforce_change(desired: &Map<String, Value>, have: Option<&Value>) -> Opti
     if have.is_none() && want.is_null() {
         return None;
     }
-    (!same(want, had)).then(|| want.clone())
+    (!same::holds(want, had)).then(|| want.clone())
 }
 
 fn update_config(ctx: &Context, id: &str, salesforce_account_id: &Value) -> Result<()> {
@@ -529,19 +530,6 @@ fn update_config(ctx: &Context, id: &str, salesforce_account_id: &Value) -> Resu
             .idempotent(true),
     )?;
     Ok(())
-}
-
-/// Whether `want` already holds in `have`; `null` and `""` are the same.
-fn same(want: &Value, have: Option<&Value>) -> bool {
-    let blank = |value: Option<&Value>| match value {
-        None | Some(Value::Null) => true,
-        Some(Value::String(text)) => text.is_empty(),
-        Some(_) => false,
-    };
-    if blank(Some(want)) {
-        return blank(have);
-    }
-    have == Some(want)
 }
 
 fn send(builder: RequestBuilder) -> Result<Response> {

@@ -9,15 +9,21 @@
 //! | `{"items": [{"price": "p_1"}]}`        | `items[0][price]=p_1`         |
 //! | `{"preferred_locales": ["en", "fr"]}`  | `preferred_locales[0]=en&preferred_locales[1]=fr` |
 //! | `{"active": true}`                     | `active=true`                 |
-//! | `{"phone": null}` / `{"metadata": {}}` | `phone=` / `metadata=`        |
+//! | `{"phone": null}` / `{"metadata": ""}` | `phone=` / `metadata=`        |
+//! | `{"preferred_locales": []}` / `{"invoice_settings": {}}` | nothing     |
 //!
 //! Fields come out in the order of the `serde_json::Map` (sorted by key
 //! unless serde_json's `preserve_order` feature is on); form decoders do not
 //! care.
 //!
-//! `null`, an empty object and an empty array all become an empty value,
-//! because that is how Stripe clears a field (`metadata=` drops every key).
-//! Send only the fields you mean to change.
+//! `null` and `""` become an empty value, which is how Stripe clears a
+//! field (`metadata=` drops every key). An empty object or array becomes
+//! nothing at all: the bracket style has no spelling for "a list of no
+//! items", and `key=` would say "the string `""`", which Stripe refuses
+//! for a parameter that is not a string ("value must be a slice (was:
+//! string)"). To clear such a parameter, pass `""` for it explicitly, and
+//! only where the API takes one (Stripe marks those with an `anyOf` that
+//! holds `enum: [""]`). Send only the fields you mean to change.
 //!
 //! Keys and values are percent-encoded as in [`query`](crate::query); the
 //! brackets that give the structure stay literal, as Stripe's own libraries
@@ -114,6 +120,8 @@ fn walk(key: &mut String, value: &Value, encode_keys: bool, out: &mut Vec<(Strin
                 key.truncate(len);
             }
         }
+        // Nothing to say for an empty container (see the module docs).
+        Value::Object(_) | Value::Array(_) => {}
         other => out.push((key.clone(), scalar(other))),
     }
 }
@@ -126,8 +134,8 @@ fn push_segment(key: &mut String, segment: &str, encode: bool) {
     }
 }
 
-/// The form value of a scalar; empty for `null` and for the empty object or
-/// array that reach here.
+/// The form value of a scalar; empty for `null` (and for a container, which
+/// the encoder never hands here).
 pub(crate) fn scalar(value: &Value) -> String {
     match value {
         Value::String(text) => text.clone(),
@@ -195,8 +203,15 @@ mod tests {
     }
 
     #[test]
-    fn empty_object_and_array_clear_the_field() {
-        assert_eq!(enc(json!({"metadata": {}, "tags": []})), "metadata=&tags=");
+    fn empty_objects_and_arrays_are_left_out_and_only_blank_scalars_clear() {
+        // The regression: `preferred_locales=` and `invoice_settings=` were
+        // sent for a customer read back from Stripe, which Stripe refuses.
+        assert_eq!(
+            enc(json!({"metadata": {}, "preferred_locales": [], "name": "Jo",
+                       "invoice_settings": {"custom_fields": []}, "items": [{}]})),
+            "name=Jo"
+        );
+        assert_eq!(enc(json!({"metadata": "", "phone": null})), "metadata=&phone=");
     }
 
     #[test]

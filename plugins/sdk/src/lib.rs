@@ -14,7 +14,8 @@
 //!   idiomatic [`Error`] enum;
 //! - one module per capability: [`http`] (the only way out of the sandbox),
 //!   [`form`] and [`query`] encoding, [`errors`] (HTTP status and vendor body
-//!   to [`Error`]), [`page`] (cursors and raw record splitting) and [`log`];
+//!   to [`Error`]), [`page`] (cursors and raw record splitting), [`same`]
+//!   (the one rule for "unchanged", shared with the engine) and [`log`];
 //! - [`http::testing`], a native stand-in for the host's HTTP so a
 //!   connector's flows run under `cargo test`.
 //!
@@ -57,6 +58,7 @@ pub mod http;
 pub mod log;
 pub mod page;
 pub mod query;
+pub mod same;
 mod scan;
 mod types;
 

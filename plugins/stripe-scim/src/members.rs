@@ -5,6 +5,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 use weft_connector_sdk::errors::{self, VendorError};
 use weft_connector_sdk::http::{self, RequestBuilder, Response};
+use weft_connector_sdk::same;
 use weft_connector_sdk::{
     Context, Error, Json, ListRequest, Page, RemoveOutcome, Result, UpsertOutcome, UpsertRequest,
     page, query,
@@ -261,33 +262,9 @@ pub(crate) fn patch_operations(
     desired
         .iter()
         .filter(|(key, _)| !SERVER_OWNED.contains(&key.as_str()))
-        .filter(|(key, want)| key.as_str() == "password" || !same(want, current.get(key.as_str())))
+        .filter(|(key, want)| key.as_str() == "password" || !same::holds(want, current.get(key.as_str())))
         .map(|(key, want)| json!({"op": "replace", "path": key, "value": want}))
         .collect()
-}
-
-/// Whether `want` already holds in `have`: objects on the keys `want`
-/// gives, arrays element by element, `null` and `""` alike, strings
-/// exactly (SCIM `userName` is case-insensitive, but a case change is a
-/// change worth sending).
-fn same(want: &Value, have: Option<&Value>) -> bool {
-    let have = have.unwrap_or(&Value::Null);
-    match (want, have) {
-        (Value::Object(wanted), Value::Object(had)) => wanted
-            .iter()
-            .all(|(key, value)| same(value, had.get(key.as_str()))),
-        (Value::Object(wanted), Value::Null) => wanted.values().all(|value| same(value, None)),
-        (Value::Array(wanted), Value::Array(had)) => {
-            wanted.len() == had.len()
-                && wanted
-                    .iter()
-                    .zip(had)
-                    .all(|(value, was)| same(value, Some(was)))
-        }
-        (Value::Array(wanted), Value::Null) => wanted.is_empty(),
-        (Value::Null, Value::String(text)) | (Value::String(text), Value::Null) => text.is_empty(),
-        _ => want == have,
-    }
 }
 
 fn patch(ctx: &Context, id: &str, operations: Vec<Value>) -> Result<Response> {

@@ -203,7 +203,14 @@ fn update(
 ) -> Result<UpsertOutcome> {
     let current_fields: Map<String, Value> = serde_json::from_str(current)
         .map_err(|e| Error::fatal(format!("stripe: customer `{id}` is not a JSON object: {e}")))?;
-    let changes = diff::changes(desired, &current_fields);
+    let changes = diff::changes(desired, &current_fields).map_err(|refused| {
+        Error::invalid_input(format!(
+            "stripe: customer `{id}`: the record asks to clear `{}`, which Stripe cannot clear \
+             (its API takes {} there and no empty value); give the value it should hold, or \
+             leave the field out to keep Stripe's",
+            refused.field, refused.takes
+        ))
+    })?;
     if changes.is_empty() {
         return Ok(UpsertOutcome::unchanged(current.to_owned()));
     }

@@ -22,6 +22,19 @@
 //!
 //! - Bodies are form-encoded (`metadata[plan]=pro`, `address[city]=...`);
 //!   an empty value clears a field. Updates are POSTs.
+//! - Only some parameters take an empty value, as Stripe's OpenAPI
+//!   description says: strings (`name`, `email`, `phone`, ...), and the
+//!   parameters it types as an `anyOf` holding `enum: [""]` (`metadata`,
+//!   `address`, `shipping`, `invoice_settings[custom_fields]`, ...). A list,
+//!   an object or an integer (`preferred_locales`, `invoice_settings`,
+//!   `balance`) has none: Stripe answers 400 to `preferred_locales=`. So a
+//!   create leaves out every blank value (`null`, `""`, `[]`, `{}`, at any
+//!   depth) and the update-only `default_source`, so a customer read from
+//!   one account can be created in another as it is; an update sends `""`
+//!   only to clear a field that takes it, and a record that asks to clear
+//!   one that does not (`"preferred_locales": []` for a customer that has
+//!   some) fails with `invalid-input` naming the field, before anything is
+//!   sent.
 //! - Metadata merges on update, so only the metadata keys a record names
 //!   are compared and sent; `null` unsets a key, `"metadata": null` clears
 //!   all of them.

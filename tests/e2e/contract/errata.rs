@@ -50,6 +50,21 @@ fn baremetrics() -> Vec<Erratum> {
             })),
         },
     ];
+    // A customer's `created` on create and update: the request schemas say
+    // `type: string, format: date-time`, but their own descriptions say "A
+    // unix timestamp", every answer types `created` as an integer
+    // (`1492605754`), and the user-management guide says integer. The
+    // connector sends the integer (converting an RFC 3339 date-time a
+    // workflow gives); the schema is corrected to what the rest agrees on.
+    for schema in ["SourceCreateCustomerRecordRequest", "SourceUpdateCustomerInformationRequest"] {
+        errata.push(Erratum {
+            pointer: format!("/components/schemas/{schema}/properties/created"),
+            fix: Fix::Replace(json!({
+                "type": "integer",
+                "description": "A Unix timestamp of when this customer was created (seconds)."
+            })),
+        });
+    }
     // A customer's `name`, `email` and `notes` are optional on create (only
     // `oid` is required) and `display_image` is a logo lookup that may find
     // none; the description's other renderings of the same customer object
