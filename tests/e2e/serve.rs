@@ -431,30 +431,38 @@ async fn a_burst_of_run_starts_is_answered_and_the_server_stays_responsive() -> 
         let (client, base, slots) = (client.clone(), base.clone(), slots.clone());
         starts.spawn(async move {
             let _slot = slots.acquire_owned().await.map_err(|e| e.to_string())?;
-            let response = post_json(&client, format!("{base}/api/workflows/burst/runs"), &format!(r#"{{"email": "burst{i}@example.com"}}"#))
-                .timeout(Duration::from_secs(30))
-                .send()
-                .await
-                .map_err(|e| format!("start {i} was not answered: {e}"))?;
-            let status = response.status().as_u16();
-            let retry_after = response.headers().get("retry-after").is_some();
-            let body: Value = serde_json::from_slice(&response.bytes().await.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
-            Ok::<_, String>((status, retry_after, body["run_id"].as_str().map(str::to_owned)))
+            // A refused start is sent again after its Retry-After, as a
+            // well-behaved client does, so every start ends up a run and
+            // the store sees all 500.
+            let mut refusals = 0u32;
+            loop {
+                let response = post_json(&client, format!("{base}/api/workflows/burst/runs"), &format!(r#"{{"email": "burst{i}@example.com"}}"#))
+                    .timeout(Duration::from_secs(30))
+                    .send()
+                    .await
+                    .map_err(|e| format!("start {i} was not answered: {e}"))?;
+                let status = response.status().as_u16();
+                let retry_after = response.headers().get("retry-after").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+                let body: Value = serde_json::from_slice(&response.bytes().await.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+                match (status, retry_after, body["run_id"].as_str()) {
+                    (202, _, Some(id)) => return Ok::<_, String>((id.to_owned(), refusals)),
+                    (503, Some(secs), _) if refusals < 120 => {
+                        refusals += 1;
+                        tokio::time::sleep(Duration::from_secs(secs)).await;
+                    }
+                    other => return Err(format!("start {i} was answered {other:?}; only 202 with a run id or 503 with Retry-After are right")),
+                }
+            }
         });
     }
     let mut accepted = std::collections::BTreeSet::new();
     let mut refused = 0;
     while let Some(answer) = starts.join_next().await {
-        match answer?? {
-            (202, _, Some(id)) => {
-                accepted.insert(id);
-            }
-            (503, true, _) => refused += 1,
-            other => return Err(format!("a start was answered {other:?}; only 202 with a run id or 503 with Retry-After are right").into()),
-        }
+        let (id, refusals) = answer??;
+        accepted.insert(id);
+        refused += refusals;
     }
-    assert_eq!(accepted.len() + refused, STARTS);
-    assert!(!accepted.is_empty(), "some starts were admitted");
+    assert_eq!(accepted.len(), STARTS, "every start ended up a run");
 
     // Every admitted run reaches its end.
     let deadline = Instant::now() + Duration::from_secs(180);
@@ -470,7 +478,7 @@ async fn a_burst_of_run_starts_is_answered_and_the_server_stays_responsive() -> 
     }
     done.store(true, std::sync::atomic::Ordering::Relaxed);
     let (polls, slowest) = health.await??;
-    eprintln!("{} admitted, {refused} refused; /healthz answered {polls} polls, slowest {slowest:?}", accepted.len());
+    eprintln!("{} runs, {refused} refusals (503) on the way; /healthz answered {polls} polls, slowest {slowest:?}", accepted.len());
     server.shutdown(Duration::from_secs(30)).await?;
 
     let store = RunStore::open(state.path())?;
