@@ -326,7 +326,15 @@ pub async fn start(executor: Executor, config: ServeConfig) -> Result<RunningSer
         tracing::warn!(path = %path.display(), error = %e, "cannot write the server's address file");
     }
 
-    for run in server.executor.store().unfinished_runs().await? {
+    let unfinished = match server.executor.store().unfinished_runs().await {
+        Ok(runs) => runs,
+        Err(e) => {
+            // The reaper ends with the token; the store closes with it.
+            shutdown.cancel();
+            return Err(e.into());
+        }
+    };
+    for run in unfinished {
         tracing::info!(run = %run.id, workflow = %run.workflow, "resuming an unfinished run");
         // Runs the last server admitted are admitted again, over the limit
         // if need be: they were promised.
