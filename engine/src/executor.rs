@@ -175,6 +175,9 @@ pub struct RunOptions {
     pub endpoints: BTreeMap<String, Arc<dyn Endpoint>>,
     /// Asks the run to stop.
     pub stop: StopSignal,
+    /// The webhook delivery that starts the run: remembered with the run,
+    /// in one transaction, so that a replay is refused.
+    pub delivery: Option<crate::store::Delivery>,
 }
 
 impl std::fmt::Debug for RunOptions {
@@ -481,7 +484,7 @@ impl Executor {
         let inputs = crate::workflow::inputs::resolve(&workflow.inputs, &options.inputs, options.open_inputs)
             .map_err(|problems| ExecError::Inputs { workflow: workflow.name.clone(), problems })?;
         let run = RunRecord {
-            id: self.store.new_run_id()?,
+            id: self.store.new_run_id().await?,
             workflow: workflow.name.clone(),
             workflow_hash: workflow.hash.clone(),
             workflow_text: workflow.text.clone(),
@@ -503,7 +506,7 @@ impl Executor {
             resumes: 0,
         };
         let step_ids: Vec<String> = workflow.steps.iter().map(|s| s.id.clone()).collect();
-        self.store.create_run(&run, &step_ids).await?;
+        self.store.create_run(&run, &step_ids, options.delivery.as_ref()).await?;
         Ok(run)
     }
 
@@ -522,7 +525,7 @@ impl Executor {
     /// Every resume (`weft runs resume`, the API, `weft serve` at start)
     /// comes through here.
     pub async fn resume(&self, run_id: &str, options: &RunOptions, observer: &dyn Observer) -> Result<RunSummary, ExecError> {
-        let mut run = self.store.run(run_id)?;
+        let mut run = self.store.run(run_id).await?;
         if run.trigger == SANDBOX_TRIGGER {
             let refusal = ExecError::SandboxRun { run: run.id.clone() };
             if !run.status.is_finished() {
@@ -546,7 +549,7 @@ impl Executor {
     /// Marks a run cancelled that no process is running (the store is
     /// open here, so none is).
     pub async fn cancel_idle(&self, run_id: &str) -> Result<RunRecord, ExecError> {
-        let mut run = self.store.run(run_id)?;
+        let mut run = self.store.run(run_id).await?;
         if run.status.is_finished() {
             return Ok(run);
         }
@@ -574,7 +577,7 @@ impl Executor {
         };
         observer.run_started(&run);
         let ctx = RunCtx { run_id: &run.id, dry_run: run.dry_run, stop: &options.stop, store: &self.store, observer };
-        let stored = self.store.steps(&run.id)?;
+        let stored = self.store.steps(&run.id).await?;
         let run_value = serde_json::json!({ "id": run.id, "workflow": run.workflow, "trigger": run.trigger, "dry_run": run.dry_run });
         let mut outputs = serde_json::Map::new();
         let mut summaries = Vec::new();
@@ -586,7 +589,7 @@ impl Executor {
             let mut state = stored.iter().find(|s| s.index == index && s.id == step.id).cloned().unwrap_or_else(|| StepState::pending(&step.id, index));
             if state.status.is_finished() {
                 // Done in an earlier attempt of this run.
-                outputs.insert(step.id.clone(), self.step_output(&run.id, step, &state)?);
+                outputs.insert(step.id.clone(), self.step_output(&run.id, step, &state).await?);
                 summaries.push(summary(step, &state, 0));
                 if state.status == Status::Failed && status == Status::Running {
                     status = Status::Failed;
@@ -598,7 +601,7 @@ impl Executor {
                 summaries.push(summary(step, &state, 0));
                 continue;
             }
-            if self.store.run(&run.id).map(|r| r.cancel_requested).unwrap_or(false) {
+            if self.store.run(&run.id).await.map(|r| r.cancel_requested).unwrap_or(false) {
                 options.stop.cancel.cancel();
             }
             match ctx.stop_reason() {
@@ -676,7 +679,7 @@ impl Executor {
                 // Interrupted: the rest waits for the resume.
                 break;
             }
-            outputs.insert(step.id.clone(), self.step_output(&run.id, step, &state)?);
+            outputs.insert(step.id.clone(), self.step_output(&run.id, step, &state).await?);
         }
         let interrupted = status == Status::Running && summaries.iter().any(|s| s.status == Status::Running || s.status == Status::Pending);
         if status == Status::Running && !interrupted {
@@ -761,7 +764,7 @@ impl Executor {
     }
 
     /// The value other steps see as `.steps.ID`.
-    fn step_output(&self, run: &str, step: &Step, state: &StepState) -> Result<Value, ExecError> {
+    async fn step_output(&self, run: &str, step: &Step, state: &StepState) -> Result<Value, ExecError> {
         if state.status == Status::Skipped {
             return Ok(Value::Null);
         }
@@ -771,7 +774,7 @@ impl Executor {
             && state.counts.read <= self.inline_records
         {
             let mut records = Vec::new();
-            for page in self.store.pages(run, state.index) {
+            for page in self.store.pages(run, state.index).await? {
                 let page = page?;
                 let parsed: Vec<Value> = serde_json::from_str(&page)
                     .map_err(|e| StoreError::Corrupt { key: format!("{run}/{}", state.index), reason: e.to_string() })?;

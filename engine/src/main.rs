@@ -86,6 +86,21 @@ enum Command {
         /// How long in-flight calls get to finish after SIGTERM or ctrl-c.
         #[arg(long, default_value = "30s", value_parser = parse_duration)]
         grace: std::time::Duration,
+        /// The URL the server is reached at when that is not --bind (a DNS
+        /// name, a proxy): the API answers requests for its host too.
+        #[arg(long, env = "WEFT_PUBLIC_URL")]
+        public_url: Option<url::Url>,
+        /// Listen on an address other machines can reach. The status API
+        /// has no authentication yet: put it behind a proxy that has.
+        #[arg(long, env = "WEFT_ALLOW_REMOTE", value_parser = clap::builder::FalseyValueParser::new())]
+        allow_remote: bool,
+        /// Runs started and not finished, at most; a start beyond that is
+        /// answered 503 with Retry-After.
+        #[arg(long, default_value_t = 256)]
+        max_runs: usize,
+        /// Runs executing at once, at most; the other admitted runs wait.
+        #[arg(long, default_value_t = 32)]
+        max_concurrent_runs: usize,
     },
     /// Check workflow files without running them.
     Validate {
@@ -269,7 +284,10 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             let options = RunCommand { inputs, inputs_file, dry_run, json, sandbox, seed };
             run(&cli.global, &workflow, options).await
         }
-        Command::Serve { workflows, bind, grace } => serve(&cli.global, &workflows, bind, grace).await,
+        Command::Serve { workflows, bind, grace, public_url, allow_remote, max_runs, max_concurrent_runs } => {
+            let config = weft::serve::ServeConfig { bind, shutdown_grace: grace, public_url, allow_remote, max_runs, max_concurrent_runs, ..Default::default() };
+            serve(&cli.global, &workflows, config).await
+        }
         Command::Validate { files } => validate(&cli.global, &files).await,
         Command::Plugin { command: PluginCommand::Inspect { plugin, json } } => inspect(&cli.global, &plugin, json).await,
         Command::Plugin { command: PluginCommand::List } => {
@@ -412,13 +430,84 @@ async fn run(global: &Global, path: &Path, command: RunCommand) -> Result<ExitCo
     // The executor confines a sandbox run's HTTP to the emulators, and
     // marks the run so that no resume sends its writes to the real vendors.
     let options = RunOptions { inputs, dry_run: command.dry_run, overrides, sandbox, stop: stop_on_signals(), ..RunOptions::default() };
-    let summary = executor.start(&workflow, &options, &printer).await?;
+    let summary = run_guarded(&executor, &workflow, &options, &printer).await?;
     let written = output_files(&workflow, &summary);
     report(&summary, &written, command.json)?;
     if let Some(emulators) = emulators {
         emulators.shutdown().await;
     }
     Ok(exit_code(&summary))
+}
+
+/// Records and runs a workflow; a panic during the run ends the run
+/// `failed` (see [`guard_panics`]).
+async fn run_guarded(executor: &Executor, workflow: &Workflow, options: &RunOptions, printer: &Printer) -> Result<RunSummary> {
+    // Checked before recording, so a workflow that does not fit its
+    // plugins leaves no run behind.
+    executor.check(workflow).await?;
+    let run = executor.create(workflow, options).await?;
+    let id = run.id.clone();
+    guard_panics(executor, &id, executor.execute(workflow, run, options, &fault_hook(printer))).await
+}
+
+/// Runs `work`, the run `run_id`; if it panics (a bug in weft), the run is
+/// marked failed with "internal error" instead of being left `running` by
+/// a process that exits 101, and the error says so (exit code 3). So is a
+/// run that meets damage in the store (a page that fails its checksum).
+async fn guard_panics(executor: &Executor, run_id: &str, work: impl std::future::Future<Output = Result<RunSummary, ExecError>>) -> Result<RunSummary> {
+    use futures_util::FutureExt as _;
+    match std::panic::AssertUnwindSafe(work).catch_unwind().await {
+        Ok(Err(ExecError::Store(damage))) if damage.is_damage() => {
+            // Damage meets every resume again: the run ends failed.
+            let error = damage.to_string();
+            executor.store().fail_run(run_id, &error).await.with_context(|| format!("run {run_id}: {error}; marking the run failed failed too"))?;
+            anyhow::bail!("run {run_id}: {error}; the run is marked failed")
+        }
+        Ok(outcome) => Ok(outcome?),
+        Err(panic) => {
+            let message = weft::serve::panic_message(panic.as_ref());
+            let error = format!("internal error: {message} (a bug in weft)");
+            match executor.store().fail_run(run_id, &error).await {
+                Ok(_) => anyhow::bail!("run {run_id}: {error}; the run is marked failed"),
+                Err(e) => anyhow::bail!("run {run_id}: {error}; marking the run failed failed too ({e}), so it is left to resume"),
+            }
+        }
+    }
+}
+
+/// Debug builds only: with `WEFT_TEST_PANIC_AT_STEP=ID`, a panic when step
+/// ID starts. No path from input to a panic is known to be left, so the
+/// tests of what a panic does in a run inject one here.
+fn fault_hook<'a>(observer: &'a dyn Observer) -> PanicAtStep<'a> {
+    let step = if cfg!(debug_assertions) { std::env::var("WEFT_TEST_PANIC_AT_STEP").ok() } else { None };
+    PanicAtStep { inner: observer, step }
+}
+
+/// See [`fault_hook`]; otherwise passes everything on.
+struct PanicAtStep<'a> {
+    inner: &'a dyn Observer,
+    step: Option<String>,
+}
+
+impl Observer for PanicAtStep<'_> {
+    fn run_started(&self, run: &RunRecord) {
+        self.inner.run_started(run);
+    }
+    fn step_started(&self, step: &Step) {
+        if self.step.as_deref() == Some(step.id.as_str()) {
+            panic!("injected by WEFT_TEST_PANIC_AT_STEP at step {}", step.id);
+        }
+        self.inner.step_started(step);
+    }
+    fn page_committed(&self, step: &Step, records_so_far: u64) {
+        self.inner.page_committed(step, records_so_far);
+    }
+    fn items_committed(&self, step: &Step, done: u64) {
+        self.inner.items_committed(step, done);
+    }
+    fn step_finished(&self, step: &Step, state: &StepState, summary: &StepSummary) {
+        self.inner.step_finished(step, state, summary);
+    }
 }
 
 fn exit_code(summary: &RunSummary) -> ExitCode {
@@ -642,7 +731,7 @@ async fn runs(global: &Global, command: RunsCommand) -> Result<ExitCode> {
     };
     match command {
         RunsCommand::List { json, limit } => {
-            let mut runs = store.runs()?;
+            let mut runs = store.runs().await?;
             runs.reverse();
             runs.truncate(limit);
             if json {
@@ -655,8 +744,8 @@ async fn runs(global: &Global, command: RunsCommand) -> Result<ExitCode> {
             }
         }
         RunsCommand::Show { run, json } => {
-            let record = store.run(&run)?;
-            let steps = store.steps(&run)?;
+            let record = store.run(&run).await?;
+            let steps = store.steps(&run).await?;
             let mut value = weft::serve::run_json(&record);
             value["steps"] = serde_json::to_value(&steps)?;
             if json {
@@ -671,8 +760,8 @@ async fn runs(global: &Global, command: RunsCommand) -> Result<ExitCode> {
             let executor = Executor::new(wasm_runtime(global)?, store);
             let printer = Printer::new(json);
             let options = RunOptions { stop: stop_on_signals(), ..RunOptions::default() };
-            let summary = executor.resume(&run, &options, &printer).await?;
-            let record = executor.store().run(&run)?;
+            let summary = guard_panics(&executor, &run, executor.resume(&run, &options, &fault_hook(&printer))).await?;
+            let record = executor.store().run(&run).await?;
             let written = match Executor::stored_workflow(&record) {
                 Ok(workflow) => output_files(&workflow, &summary),
                 Err(_) => Vec::new(),
@@ -720,11 +809,11 @@ async fn runs_via_server(base: &str, command: RunsCommand) -> Result<ExitCode> {
             }
         }
         RunsCommand::Resume { run, .. } => {
-            call(client.post(format!("{base}/api/runs/{run}/resume"))).await?;
+            call(client.post(format!("{base}/api/runs/{run}/resume")).header("content-type", "application/json")).await?;
             outln!("run {run} is resuming in the weft serve at {base}")?;
         }
         RunsCommand::Cancel { run } => {
-            let body = call(client.post(format!("{base}/api/runs/{run}/cancel"))).await?;
+            let body = call(client.post(format!("{base}/api/runs/{run}/cancel")).header("content-type", "application/json")).await?;
             outln!("run {run}: {}", body.get("status").and_then(serde_json::Value::as_str).unwrap_or("cancelling"))?;
         }
     }
@@ -776,7 +865,7 @@ fn print_run(value: &serde_json::Value) -> std::io::Result<()> {
     Ok(())
 }
 
-async fn serve(global: &Global, paths: &[PathBuf], bind: std::net::SocketAddr, grace: std::time::Duration) -> Result<ExitCode> {
+async fn serve(global: &Global, paths: &[PathBuf], config: weft::serve::ServeConfig) -> Result<ExitCode> {
     let mut workflows = Vec::new();
     let mut files = Vec::new();
     for path in paths {
@@ -797,7 +886,8 @@ async fn serve(global: &Global, paths: &[PathBuf], bind: std::net::SocketAddr, g
     }
     let dir = state_dir(global);
     let executor = Executor::new(wasm_runtime(global)?, open_store(&dir)?);
-    let config = weft::serve::ServeConfig { bind, workflows, shutdown_grace: grace, address_file: Some(dir.join(SERVE_ADDRESS_FILE)) };
+    let grace = config.shutdown_grace;
+    let config = weft::serve::ServeConfig { workflows, address_file: Some(dir.join(SERVE_ADDRESS_FILE)), ..config };
     let server = weft::serve::start(executor, config).await?;
     eprintln!("weft serve: listening on http://{} with {} workflow(s); state in {}", server.addr, files.len(), dir.display());
     let token = server.shutdown_token();

@@ -1,18 +1,32 @@
 //! Durable run state in sled: runs, their steps, the pages a list step has
-//! read (the records in a page file per step, sled pointing at them), the
-//! items of a for-each, and the webhook signatures already seen; a sync's
-//! sorted runs are files in a scratch directory beside them. Step and page
-//! commits are flushed to disk before the caller goes on; for-each items are flushed in groups
-//! (see [`RunStore::commit_items`]), and an item lost in the last group is
-//! redone on resume with the same idempotency key, so the vendor does not
-//! write twice. Credentials never reach this module: it stores workflow
-//! text, inputs, records and messages only.
+//! read (the records in a page file per step, sled pointing at them with a
+//! CRC of each page), the items of a for-each, and the webhook deliveries
+//! already received; a sync's sorted runs are files in a scratch directory
+//! beside them.
+//!
+//! One thread owns the database and applies every read and write in order;
+//! one flusher makes writes durable, a flush covering every write before it
+//! (see [`owner`]). The API is async: a caller hands its work over and
+//! awaits the answer, so no async worker ever waits inside sled. Step, page
+//! and run commits are durable before the caller goes on; for-each items
+//! are committed in groups (see [`RunStore::commit_items`]), and an item
+//! lost in the last group is redone on resume with the same idempotency
+//! key, so the vendor does not write twice. Credentials never reach this
+//! module: it stores workflow text, inputs, records and messages only.
+//!
+//! The API names no sled type: a second backend (PostgreSQL, issue 16)
+//! goes behind the same methods.
+
+mod owner;
 
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use sled::Transactional;
+
+use owner::Owner;
 
 /// The on-disk format version. Bump it, and add a migration in
 /// [`RunStore::open`], whenever a stored type changes shape.
@@ -66,12 +80,44 @@ pub enum StoreError {
         /// Why.
         reason: String,
     },
+    /// A list step's page does not match the checksum it was committed
+    /// with: the page file was changed or damaged after the commit.
+    #[error("run store: page file {path}: page {page} (bytes {offset}..{end}) does not match the checksum it was committed with; the file was changed or damaged since, so the step's records cannot be trusted (start the run again)")]
+    PageChecksum {
+        /// The file.
+        path: String,
+        /// The page's number in its step.
+        page: u32,
+        /// Where the page starts in the file.
+        offset: u64,
+        /// Where it ends.
+        end: u64,
+    },
+    /// This webhook delivery was received before (its signature is
+    /// remembered with the run it started).
+    #[error("this delivery to workflow {workflow:?} was already received (same signature); a replay starts nothing")]
+    Replay {
+        /// The workflow whose webhook it was.
+        workflow: String,
+    },
+    /// The store's threads cannot take work (closing, or a flush failed).
+    #[error("run store: {0}")]
+    Unavailable(String),
     /// Another process has the store open.
     #[error("the run store at {path} is in use by another weft process (a `weft serve`?); stop it, point --state-dir elsewhere, or talk to the server")]
     Locked {
         /// The store directory.
         path: String,
     },
+}
+
+impl StoreError {
+    /// Whether the error is damage to what the store holds (a checksum
+    /// that does not match, an entry that does not decode): trying again
+    /// meets it again, so the run it belongs to cannot go on.
+    pub fn is_damage(&self) -> bool {
+        matches!(self, StoreError::PageChecksum { .. } | StoreError::Corrupt { .. })
+    }
 }
 
 /// Result alias for this module.
@@ -317,16 +363,75 @@ impl StepState {
     }
 }
 
-/// The durable store of runs.
-#[derive(Debug, Clone)]
+/// A webhook delivery, remembered with the run it starts (in one
+/// transaction), so that a replay is refused and a refused delivery (a
+/// 422, a 503, a 500) can be sent again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// The workflow whose webhook received it.
+    pub workflow: String,
+    /// The signature that proved it, hex.
+    pub signature: String,
+    /// The timestamp the sender signed (Unix seconds), when the scheme
+    /// signs one; without it a replay is possible at any time, so the
+    /// delivery is remembered for good.
+    pub signed_at: Option<i64>,
+}
+
+impl Delivery {
+    fn key(&self) -> Vec<u8> {
+        format!("{}/{}", self.workflow, self.signature).into_bytes()
+    }
+
+    /// `N` (no signed timestamp: kept for good) or `T` and the signed Unix
+    /// seconds. Stores before this kept 8 bytes: the first-seen Unix ms.
+    fn value(&self) -> Vec<u8> {
+        match self.signed_at {
+            None => b"N".to_vec(),
+            Some(at) => {
+                let mut value = b"T".to_vec();
+                value.extend_from_slice(&at.to_be_bytes());
+                value
+            }
+        }
+    }
+}
+
+/// How long past its window a remembered delivery is kept: clocks differ,
+/// and a drop a little late costs a few bytes.
+const DELIVERY_SLACK_SECS: i64 = 300;
+
+/// Whether a remembered delivery can go: a replay of it is refused as stale
+/// anyway. `value` as [`Delivery::value`] wrote it, or as older stores did.
+fn delivery_expired(value: &[u8], tolerance: Duration, now_ms: u64) -> bool {
+    let now = (now_ms / 1000) as i64;
+    let tolerance = i64::try_from(tolerance.as_secs()).unwrap_or(i64::MAX);
+    match value {
+        // Signed at `at`: accepted again only while |now - at| <= tolerance.
+        [b'T', at @ ..] => <[u8; 8]>::try_from(at).is_ok_and(|at| now > i64::from_be_bytes(at).saturating_add(tolerance).saturating_add(DELIVERY_SLACK_SECS)),
+        // First seen at `seen` (older stores; the workflow's scheme signs a
+        // timestamp, or the caller would not ask): it was signed within the
+        // tolerance of `seen`.
+        seen if seen.len() == 8 => <[u8; 8]>::try_from(seen).is_ok_and(|seen| {
+            let seen = i64::try_from(u64::from_be_bytes(seen) / 1000).unwrap_or(i64::MAX);
+            now > seen.saturating_add(tolerance.saturating_mul(2)).saturating_add(DELIVERY_SLACK_SECS)
+        }),
+        // No signed timestamp (`N`), or unreadable: kept.
+        _ => false,
+    }
+}
+
+/// The durable store of runs. Cheap to clone: clones share one database.
+#[derive(Clone)]
 pub struct RunStore {
-    db: sled::Db,
-    runs: sled::Tree,
-    steps: sled::Tree,
-    pages: sled::Tree,
-    items: sled::Tree,
-    signatures: sled::Tree,
+    owner: Arc<Owner>,
     dir: PathBuf,
+}
+
+impl std::fmt::Debug for RunStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunStore").field("dir", &self.dir).finish_non_exhaustive()
+    }
 }
 
 /// Milliseconds since the Unix epoch.
@@ -350,7 +455,6 @@ fn step_prefix(run: &str, index: u32) -> Vec<u8> {
     format!("{run}/{index:05}/").into_bytes()
 }
 
-
 fn decode<T: for<'de> Deserialize<'de>>(key: &[u8], bytes: &[u8]) -> Result<T> {
     serde_json::from_slice(bytes)
         .map_err(|e| StoreError::Corrupt { key: String::from_utf8_lossy(key).into_owned(), reason: e.to_string() })
@@ -361,9 +465,28 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).unwrap_or_default()
 }
 
+/// Entries of `tree` under `prefix` after `after` (all of them from the
+/// start when `None`), at most `limit`.
+fn scan_from(tree: &sled::Tree, prefix: &[u8], after: Option<&[u8]>, limit: usize) -> Result<Vec<(sled::IVec, sled::IVec)>> {
+    let mut out = Vec::new();
+    let entries = match after {
+        Some(after) => tree.range::<&[u8], _>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded)),
+        None => tree.range::<&[u8], _>(prefix..),
+    };
+    for entry in entries {
+        let (key, value) = entry?;
+        if !key.starts_with(prefix) || out.len() >= limit {
+            break;
+        }
+        out.push((key, value));
+    }
+    Ok(out)
+}
+
 impl RunStore {
-    /// Opens (or creates) the store in `dir`. One process at a time: a
-    /// second gets [`StoreError::Locked`].
+    /// Opens (or creates) the store in `dir` and starts its owner and
+    /// flusher threads. One process at a time: a second gets
+    /// [`StoreError::Locked`].
     pub fn open(dir: &Path) -> Result<Self> {
         let db = sled::Config::new().path(dir).mode(sled::Mode::LowSpace).cache_capacity(CACHE_BYTES).open().map_err(|e| match e {
             sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("could not acquire lock") => {
@@ -388,56 +511,88 @@ impl RunStore {
                 }
             }
         }
-        Ok(RunStore {
-            runs: db.open_tree("runs")?,
-            steps: db.open_tree("steps")?,
-            pages: db.open_tree("pages")?,
-            items: db.open_tree("items")?,
-            signatures: db.open_tree("webhook_signatures")?,
-            dir: dir.to_path_buf(),
-            db,
-        })
+        Ok(RunStore { owner: Arc::new(Owner::start(db)?), dir: dir.to_path_buf() })
     }
 
     /// A new, unique, time-sortable run id.
-    pub fn new_run_id(&self) -> Result<String> {
+    pub async fn new_run_id(&self) -> Result<String> {
         // sled's id generator is unique across restarts; the time prefix sorts.
-        let seq = self.db.generate_id()?;
+        let seq = self.owner.call(|t| Ok(t.db.generate_id()?)).await?;
         Ok(format!("{:011x}-{:05x}", now_ms(), seq & 0xf_ffff))
     }
 
-    /// Records a new run, durably.
-    pub async fn create_run(&self, run: &RunRecord, step_ids: &[String]) -> Result<()> {
+    /// Records a new run, durably. With a webhook `delivery`, the delivery
+    /// is remembered in the same transaction, and a delivery remembered
+    /// before is refused with [`StoreError::Replay`] (and no run): a
+    /// delivery is remembered exactly when its run exists.
+    pub async fn create_run(&self, run: &RunRecord, step_ids: &[String], delivery: Option<&Delivery>) -> Result<()> {
         let steps: Vec<(Vec<u8>, Vec<u8>)> = step_ids
             .iter()
             .enumerate()
             .map(|(i, id)| (step_key(&run.id, i as u32), encode(&StepState::pending(id, i as u32))))
             .collect();
-        (&self.runs, &self.steps)
-            .transaction(|(runs, tx_steps)| {
-                runs.insert(run.id.as_bytes(), encode(run))?;
-                for (key, value) in &steps {
-                    tx_steps.insert(key.as_slice(), value.as_slice())?;
-                }
-                Ok(())
+        let (run_key, run_value) = (run.id.clone().into_bytes(), encode(run));
+        let delivery = delivery.map(|d| (d.key(), d.value(), d.workflow.clone()));
+        self.owner
+            .write(move |t| {
+                (&t.runs, &t.steps, &t.deliveries)
+                    .transaction(|(runs, tx_steps, deliveries)| {
+                        if let Some((key, value, workflow)) = &delivery {
+                            if deliveries.get(key.as_slice())?.is_some() {
+                                return sled::transaction::abort(StoreError::Replay { workflow: workflow.clone() });
+                            }
+                            deliveries.insert(key.as_slice(), value.as_slice())?;
+                        }
+                        runs.insert(run_key.as_slice(), run_value.as_slice())?;
+                        for (key, value) in &steps {
+                            tx_steps.insert(key.as_slice(), value.as_slice())?;
+                        }
+                        Ok(())
+                    })
+                    .map_err(tx_error)
             })
-            .map_err(tx_error)?;
-        self.db.flush_async().await?;
-        Ok(())
+            .await
     }
 
     /// Replaces a run record, durably.
     pub async fn commit_run(&self, run: &RunRecord) -> Result<()> {
-        self.runs.insert(run.id.as_bytes(), encode(run))?;
-        self.db.flush_async().await?;
-        Ok(())
+        let (key, value) = (run.id.clone().into_bytes(), encode(run));
+        self.owner
+            .write(move |t| {
+                t.runs.insert(key, value)?;
+                Ok(())
+            })
+            .await
+    }
+
+    /// Ends a run that cannot go on (its task panicked): `failed`, with
+    /// `message`, durably. A run already finished is left as it is.
+    pub async fn fail_run(&self, id: &str, message: &str) -> Result<RunRecord> {
+        let (id, message) = (id.to_owned(), message.to_owned());
+        self.owner
+            .write(move |t| {
+                let bytes = t.runs.get(id.as_bytes())?.ok_or_else(|| StoreError::UnknownRun(id.clone()))?;
+                let mut run: RunRecord = decode(id.as_bytes(), &bytes)?;
+                if !run.status.is_finished() {
+                    run.status = Status::Failed;
+                    run.error = Some(message);
+                    run.finished_ms = Some(now_ms());
+                    t.runs.insert(id.as_bytes(), encode(&run))?;
+                }
+                Ok(run)
+            })
+            .await
     }
 
     /// Replaces a step's state, durably, before the next step starts.
     pub async fn commit_step(&self, run: &str, step: &StepState) -> Result<()> {
-        self.steps.insert(step_key(run, step.index), encode(step))?;
-        self.db.flush_async().await?;
-        Ok(())
+        let (key, value) = (step_key(run, step.index), encode(step));
+        self.owner
+            .write(move |t| {
+                t.steps.insert(key, value)?;
+                Ok(())
+            })
+            .await
     }
 
     /// Opens a list step's page log to append pages to, positioned after
@@ -445,28 +600,34 @@ impl RunStore {
     ///
     /// Pages go to the step's page file (`pages/RUN/STEP.json` in the
     /// store's directory) as they are read, and are committed in groups by
-    /// [`RunStore::start_commit`]. sled holds only a 17-byte pointer per
-    /// page: a 60 KB value in sled costs a copy of its whole leaf on every
-    /// insert, which was most of an export's time in the store.
-    pub fn page_log(&self, run: &str, step: &StepState) -> Result<PageLog> {
+    /// [`RunStore::start_commit`]. sled holds only a 21-byte pointer per
+    /// page (offset, length, CRC-32): a 60 KB value in sled costs a copy of
+    /// its whole leaf on every insert, which was most of an export's time
+    /// in the store.
+    pub async fn page_log(&self, run: &str, step: &StepState) -> Result<PageLog> {
         let path = self.page_file(run, step.index);
-        let failed = |e: std::io::Error| StoreError::PageFile { path: path.display().to_string(), reason: e.to_string() };
+        let prefix = step_prefix(run, step.index);
         // The end of the last page that lives in the file (pages an older
         // store kept in sled itself do not).
-        let mut offset = 0;
-        for entry in self.pages.scan_prefix(step_prefix(run, step.index)).rev() {
-            let (_, value) = entry?;
-            if let Some(pointer) = PagePointer::decode(&value) {
-                offset = pointer.offset + pointer.len;
-                break;
-            }
-        }
+        let offset = self
+            .owner
+            .call(move |t| {
+                for entry in t.pages.scan_prefix(prefix).rev() {
+                    let (_, value) = entry?;
+                    if let Some(pointer) = PagePointer::decode(&value) {
+                        return Ok(pointer.offset + pointer.len);
+                    }
+                }
+                Ok(0)
+            })
+            .await?;
+        let failed = |e: std::io::Error| StoreError::PageFile { path: path.display().to_string(), reason: e.to_string() };
         let parent = path.parent().unwrap_or(&path);
         std::fs::create_dir_all(parent).map_err(failed)?;
         let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(failed)?;
         file.set_len(offset).map_err(failed)?;
         std::io::Seek::seek(&mut &file, std::io::SeekFrom::Start(offset)).map_err(failed)?;
-        Ok(PageLog { file: std::sync::Arc::new(file), path, offset, next_page: step.pages, pending: Vec::new(), dirs_synced: false })
+        Ok(PageLog { file: Arc::new(file), path, offset, next_page: step.pages, pending: Vec::new(), dirs_synced: false })
     }
 
     /// Starts committing the pages appended to `log` since its last commit
@@ -474,13 +635,13 @@ impl RunStore {
     /// state (its cursor and counts after the last of them), in one
     /// transaction after the page file is synced: a restart resumes after
     /// the last committed page, and a page appended but not committed is
-    /// read again. It runs on a blocking thread, so that the caller can read
-    /// the next pages meanwhile. Start the next commit only after this one
-    /// is waited for: commits of a step land in order.
+    /// read again. It goes on in the background, so that the caller can
+    /// read the next pages meanwhile. Start the next commit only after this
+    /// one is waited for: commits of a step land in order.
     pub fn start_commit(&self, run: &str, step: &StepState, log: Option<&mut PageLog>) -> Commit {
         let (keys, file, path, sync_dirs) = match log {
             Some(log) => {
-                let keys: Vec<(Vec<u8>, [u8; 17])> =
+                let keys: Vec<(Vec<u8>, [u8; PagePointer::LEN])> =
                     std::mem::take(&mut log.pending).iter().map(|(page, pointer)| (page_key(run, step.index, *page), pointer.encode())).collect();
                 let sync_dirs = !keys.is_empty() && !log.dirs_synced;
                 // Were this commit to fail, the step fails with it.
@@ -489,35 +650,48 @@ impl RunStore {
             }
             None => (Vec::new(), None, self.page_file(run, step.index), false),
         };
-        let (steps, pages, db) = (self.steps.clone(), self.pages.clone(), self.db.clone());
         let (step_key, step_bytes) = (step_key(run, step.index), encode(step));
         let shown = path.display().to_string();
-        // One blocking task syncs, commits and flushes: sled's own
-        // flush_async wakes every idle thread of its pool for each flush.
-        let task = tokio::task::spawn_blocking(move || -> Result<()> {
-            let failed = |e: std::io::Error| StoreError::PageFile { path: path.display().to_string(), reason: e.to_string() };
-            if let Some(file) = file.filter(|_| !keys.is_empty()) {
-                file.sync_data().map_err(failed)?;
-            }
-            #[cfg(unix)]
-            if sync_dirs {
-                // The file's entry, its run's directory and `pages/` itself
-                // must be durable before sled points into the file.
-                for dir in path.ancestors().skip(1).take(3) {
-                    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(failed)?;
-                }
-            }
-            (&steps, &pages)
-                .transaction(|(steps, pages)| {
-                    for (key, pointer) in &keys {
-                        pages.insert(key.as_slice(), &pointer[..])?;
+        let store = self.clone();
+        let task = tokio::spawn(async move {
+            let file = file.filter(|_| !keys.is_empty());
+            if file.is_some() || sync_dirs {
+                // The page file's fsync is not sled's: a blocking thread
+                // does it, so the owner thread goes on with other runs.
+                let file_path = path.clone();
+                tokio::task::spawn_blocking(move || -> Result<()> {
+                    let path = file_path;
+                    let failed = |e: std::io::Error| StoreError::PageFile { path: path.display().to_string(), reason: e.to_string() };
+                    if let Some(file) = file {
+                        file.sync_data().map_err(failed)?;
                     }
-                    steps.insert(step_key.as_slice(), step_bytes.as_slice())?;
+                    #[cfg(unix)]
+                    if sync_dirs {
+                        // The file's entry, its run's directory and `pages/`
+                        // itself must be durable before sled points into it.
+                        for dir in path.ancestors().skip(1).take(3) {
+                            std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(failed)?;
+                        }
+                    }
                     Ok(())
                 })
-                .map_err(tx_error)?;
-            db.flush()?;
-            Ok(())
+                .await
+                .map_err(|e| StoreError::PageFile { path: path.display().to_string(), reason: e.to_string() })??;
+            }
+            store
+                .owner
+                .write(move |t| {
+                    (&t.steps, &t.pages)
+                        .transaction(|(steps, pages)| {
+                            for (key, pointer) in &keys {
+                                pages.insert(key.as_slice(), &pointer[..])?;
+                            }
+                            steps.insert(step_key.as_slice(), step_bytes.as_slice())?;
+                            Ok(())
+                        })
+                        .map_err(tx_error)
+                })
+                .await
         });
         Commit { task, path: shown }
     }
@@ -528,15 +702,10 @@ impl RunStore {
     }
 
     /// Every finished item of a for-each step, group by group (a group is
-    /// in completion order, not item order).
-    pub fn items(&self, run: &str, index: u32) -> impl Iterator<Item = Result<(u64, ItemRecord)>> + use<> {
-        self.items.scan_prefix(step_prefix(run, index)).flat_map(|entry| {
-            let decoded: Result<Vec<(u64, ItemRecord)>> = entry.map_err(StoreError::from).and_then(|(key, value)| decode(&key, &value));
-            match decoded {
-                Ok(group) => group.into_iter().map(Ok).collect::<Vec<_>>(),
-                Err(e) => vec![Err(e)],
-            }
-        })
+    /// in completion order, not item order), read from the store a few
+    /// groups at a time.
+    pub fn items(&self, run: &str, index: u32) -> ItemScan {
+        ItemScan { store: self.clone(), prefix: step_prefix(run, index), after: None, buffer: std::collections::VecDeque::new(), done: false }
     }
 
     /// Records a group of finished items and the step's state, durably.
@@ -545,13 +714,17 @@ impl RunStore {
     /// clone a node per insert, most of the cost measured). Counts in the
     /// step state are a cache; a resumed step recounts from the items.
     pub async fn commit_items(&self, run: &str, step: &StepState, items: &[(u64, ItemRecord)]) -> Result<()> {
-        // sled's ids are unique across restarts, so a group never
-        // overwrites one committed before a crash.
-        let group = self.db.generate_id()?;
-        self.items.insert(item_group_key(run, step.index, group), encode(&items))?;
-        self.steps.insert(step_key(run, step.index), encode(step))?;
-        self.db.flush_async().await?;
-        Ok(())
+        let (run, index, group, step) = (run.to_owned(), step.index, encode(&items), encode(step));
+        self.owner
+            .write(move |t| {
+                // sled's ids are unique across restarts, so a group never
+                // overwrites one committed before a crash.
+                let id = t.db.generate_id()?;
+                t.items.insert(item_group_key(&run, index, id), group)?;
+                t.steps.insert(step_key(&run, index), step)?;
+                Ok(())
+            })
+            .await
     }
 
     /// A directory for a step's scratch files (a sync's sorted runs),
@@ -575,111 +748,243 @@ impl RunStore {
         }
     }
 
-    /// Remembers a webhook signature; `false` when it was seen before (a
-    /// replay).
-    pub async fn remember_signature(&self, workflow: &str, signature: &str, now_ms: u64) -> Result<bool> {
-        let key = format!("{workflow}/{signature}");
-        let fresh = self.signatures.compare_and_swap(key.as_bytes(), None as Option<&[u8]>, Some(&now_ms.to_be_bytes()[..]))?.is_ok();
-        if fresh {
-            self.db.flush_async().await?;
-        }
-        Ok(fresh)
-    }
-
-    /// Forgets signatures of `workflow` first seen before `before_ms`: past
-    /// the tolerance window their timestamps are refused anyway.
-    pub fn forget_signatures(&self, workflow: &str, before_ms: u64) -> Result<usize> {
-        let mut batch = sled::Batch::default();
+    /// Forgets deliveries of `workflow`, a webhook whose scheme signs a
+    /// timestamp, that a replay can no longer pass: signed more than
+    /// `tolerance` (and some slack) ago, so a replay is refused as stale.
+    /// Deliveries without a signed timestamp are kept for good: a replay of
+    /// one is possible at any time. Works through the entries in chunks, so
+    /// other store work is not held up behind it.
+    pub async fn forget_deliveries(&self, workflow: &str, tolerance: Duration, now_ms: u64) -> Result<usize> {
+        const CHUNK: usize = 4096;
+        let prefix = format!("{workflow}/").into_bytes();
+        let mut after: Option<Vec<u8>> = None;
         let mut dropped = 0;
-        for entry in self.signatures.scan_prefix(format!("{workflow}/").as_bytes()) {
-            let (k, v) = entry?;
-            let seen = <[u8; 8]>::try_from(v.as_ref()).map(u64::from_be_bytes).unwrap_or(0);
-            if seen < before_ms {
-                batch.remove(k);
-                dropped += 1;
+        loop {
+            let (prefix, from) = (prefix.clone(), after.take());
+            let (gone, last) = self
+                .owner
+                .call(move |t| {
+                    let entries = scan_from(&t.deliveries, &prefix, from.as_deref(), CHUNK)?;
+                    let last = (entries.len() == CHUNK).then(|| entries.last().map(|(k, _)| k.to_vec())).flatten();
+                    let mut batch = sled::Batch::default();
+                    let mut gone = 0;
+                    for (key, value) in entries {
+                        if delivery_expired(&value, tolerance, now_ms) {
+                            batch.remove(key);
+                            gone += 1;
+                        }
+                    }
+                    t.deliveries.apply_batch(batch)?;
+                    Ok((gone, last))
+                })
+                .await?;
+            dropped += gone;
+            match last {
+                Some(last) => after = Some(last),
+                None => return Ok(dropped),
             }
         }
-        self.signatures.apply_batch(batch)?;
-        Ok(dropped)
     }
 
     /// Runs that have not finished: interrupted ones, to resume.
-    pub fn unfinished_runs(&self) -> Result<Vec<RunRecord>> {
-        Ok(self.runs()?.into_iter().filter(|r| !r.status.is_finished()).collect())
+    pub async fn unfinished_runs(&self) -> Result<Vec<RunRecord>> {
+        Ok(self.runs().await?.into_iter().filter(|r| !r.status.is_finished()).collect())
     }
 
     /// One run.
-    pub fn run(&self, id: &str) -> Result<RunRecord> {
-        let bytes = self.runs.get(id.as_bytes())?.ok_or_else(|| StoreError::UnknownRun(id.to_owned()))?;
+    pub async fn run(&self, id: &str) -> Result<RunRecord> {
+        let key = id.to_owned();
+        let bytes = self.owner.call(move |t| Ok(t.runs.get(key.as_bytes())?)).await?.ok_or_else(|| StoreError::UnknownRun(id.to_owned()))?;
         decode(id.as_bytes(), &bytes)
     }
 
     /// Every run, oldest first.
-    pub fn runs(&self) -> Result<Vec<RunRecord>> {
-        self.runs.iter().map(|entry| {
-            let (key, value) = entry?;
-            decode(&key, &value)
-        }).collect()
+    pub async fn runs(&self) -> Result<Vec<RunRecord>> {
+        let entries = self.owner.call(|t| t.runs.iter().map(|entry| entry.map_err(StoreError::from)).collect::<Result<Vec<_>>>()).await?;
+        entries.iter().map(|(key, value)| decode(key, value)).collect()
+    }
+
+    /// The newest runs that `wanted` picks, newest first, at most `limit`:
+    /// the store reads no further back than it must.
+    pub async fn recent_runs(&self, limit: usize, wanted: impl Fn(&RunRecord) -> bool + Send + 'static) -> Result<Vec<RunRecord>> {
+        self.owner
+            .call(move |t| {
+                let mut out = Vec::new();
+                for entry in t.runs.iter().rev() {
+                    if out.len() >= limit {
+                        break;
+                    }
+                    let (key, value) = entry?;
+                    let run: RunRecord = decode(&key, &value)?;
+                    if wanted(&run) {
+                        out.push(run);
+                    }
+                }
+                Ok(out)
+            })
+            .await
     }
 
     /// The steps of a run, in workflow order.
-    pub fn steps(&self, run: &str) -> Result<Vec<StepState>> {
-        self.steps
-            .scan_prefix(format!("{run}/").as_bytes())
-            .map(|entry| {
-                let (key, value) = entry?;
-                decode(&key, &value)
-            })
-            .collect()
+    pub async fn steps(&self, run: &str) -> Result<Vec<StepState>> {
+        let prefix = format!("{run}/").into_bytes();
+        let entries = self.owner.call(move |t| t.steps.scan_prefix(prefix).map(|entry| entry.map_err(StoreError::from)).collect::<Result<Vec<_>>>()).await?;
+        entries.iter().map(|(key, value)| decode(key, value)).collect()
     }
 
-    /// The committed pages of a list step, each a JSON array of records.
-    pub fn pages(&self, run: &str, index: u32) -> impl Iterator<Item = Result<String>> + use<> {
-        let path = self.page_file(run, index);
-        let mut file: Option<std::fs::File> = None;
-        self.pages.scan_prefix(format!("{run}/{index:05}/").as_bytes()).map(move |entry| {
-            let (key, value) = entry?;
-            let corrupt = |reason: String| StoreError::Corrupt { key: String::from_utf8_lossy(&key).into_owned(), reason };
-            let bytes = match PagePointer::decode(&value) {
-                Some(pointer) => {
-                    let failed = |e: std::io::Error| StoreError::PageFile { path: path.display().to_string(), reason: e.to_string() };
-                    let file = match &mut file {
-                        Some(file) => file,
-                        None => file.insert(std::fs::File::open(&path).map_err(failed)?),
-                    };
-                    read_page(file, pointer).map_err(failed)?
-                }
-                // Stores written before page files keep the records in sled.
-                None => value.to_vec(),
-            };
-            String::from_utf8(bytes).map_err(|e| corrupt(e.to_string()))
-        })
+    /// The committed pages of a list step, each a JSON array of records:
+    /// the pointers come from the store at once, the pages from the page
+    /// file as they are read, each checked against its CRC.
+    pub async fn pages(&self, run: &str, index: u32) -> Result<PageReader> {
+        let prefix = step_prefix(run, index);
+        let entries = self.owner.call(move |t| t.pages.scan_prefix(prefix).map(|entry| entry.map_err(StoreError::from)).collect::<Result<Vec<_>>>()).await?;
+        Ok(PageReader { path: self.page_file(run, index), entries: entries.into_iter(), file: None })
+    }
+
+    #[cfg(test)]
+    async fn with_trees<T: Send + 'static>(&self, f: impl FnOnce(&mut owner::Trees) -> Result<T> + Send + 'static) -> Result<T> {
+        self.owner.write(f).await
     }
 }
 
-/// Where a committed page's records are in its step's page file. Encoded as
-/// `@`, offset and length (big-endian u64s): a page stored in sled itself
-/// (before page files) is a JSON array and starts with `[`.
+/// The finished items of a for-each step; see [`RunStore::items`].
+#[derive(Debug)]
+pub struct ItemScan {
+    store: RunStore,
+    prefix: Vec<u8>,
+    /// The last group key read.
+    after: Option<Vec<u8>>,
+    buffer: std::collections::VecDeque<(u64, ItemRecord)>,
+    done: bool,
+}
+
+impl ItemScan {
+    /// Groups read from the store at a time.
+    const GROUPS: usize = 64;
+
+    /// The next item, `None` after the last.
+    pub async fn next(&mut self) -> Option<Result<(u64, ItemRecord)>> {
+        loop {
+            if let Some(item) = self.buffer.pop_front() {
+                return Some(Ok(item));
+            }
+            if self.done {
+                return None;
+            }
+            let (prefix, after) = (self.prefix.clone(), self.after.clone());
+            let groups = match self.store.owner.call(move |t| scan_from(&t.items, &prefix, after.as_deref(), Self::GROUPS)).await {
+                Ok(groups) => groups,
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+            };
+            self.done = groups.len() < Self::GROUPS;
+            self.after = groups.last().map(|(key, _)| key.to_vec());
+            for (key, value) in groups {
+                match decode::<Vec<(u64, ItemRecord)>>(&key, &value) {
+                    Ok(group) => self.buffer.extend(group),
+                    Err(e) => {
+                        self.done = true;
+                        return Some(Err(e));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Counts the items left.
+    pub async fn count(mut self) -> Result<u64> {
+        let mut n = 0;
+        while let Some(item) = self.next().await {
+            item?;
+            n += 1;
+        }
+        Ok(n)
+    }
+}
+
+/// The committed pages of a list step; see [`RunStore::pages`]. Reads the
+/// page file (not sled) as it goes.
+#[derive(Debug)]
+pub struct PageReader {
+    path: PathBuf,
+    entries: std::vec::IntoIter<(sled::IVec, sled::IVec)>,
+    file: Option<std::fs::File>,
+}
+
+impl Iterator for PageReader {
+    type Item = Result<String>;
+
+    fn next(&mut self) -> Option<Result<String>> {
+        let (key, value) = self.entries.next()?;
+        Some(self.read(&key, &value))
+    }
+}
+
+impl PageReader {
+    fn read(&mut self, key: &[u8], value: &[u8]) -> Result<String> {
+        let corrupt = |reason: String| StoreError::Corrupt { key: String::from_utf8_lossy(key).into_owned(), reason };
+        let bytes = match PagePointer::decode(value) {
+            Some(pointer) => {
+                let path = &self.path;
+                let failed = |e: std::io::Error| StoreError::PageFile { path: path.display().to_string(), reason: e.to_string() };
+                let file = match &mut self.file {
+                    Some(file) => file,
+                    None => self.file.insert(std::fs::File::open(path).map_err(failed)?),
+                };
+                let bytes = read_page(file, pointer).map_err(failed)?;
+                if let Some(crc) = pointer.crc32
+                    && crc32fast::hash(&bytes) != crc
+                {
+                    // The page's number is the last part of its key.
+                    let page = std::str::from_utf8(key).ok().and_then(|k| k.rsplit('/').next()).and_then(|n| n.parse().ok()).unwrap_or(u32::MAX);
+                    return Err(StoreError::PageChecksum { path: path.display().to_string(), page, offset: pointer.offset, end: pointer.offset + pointer.len });
+                }
+                bytes
+            }
+            // Stores written before page files keep the records in sled.
+            None => value.to_vec(),
+        };
+        String::from_utf8(bytes).map_err(|e| corrupt(e.to_string()))
+    }
+}
+
+/// Where a committed page's records are in its step's page file, and their
+/// CRC-32. Encoded as `#`, offset and length (big-endian u64s) and the CRC
+/// (big-endian u32); stores before the CRC wrote `@`, offset and length,
+/// and a page stored in sled itself (before page files) is a JSON array
+/// and starts with `[`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct PagePointer {
     offset: u64,
     len: u64,
+    /// `None` in pointers written before pages had a CRC.
+    crc32: Option<u32>,
 }
 
 impl PagePointer {
-    fn encode(self) -> [u8; 17] {
-        let mut out = [0u8; 17];
-        out[0] = b'@';
+    const LEN: usize = 21;
+
+    fn encode(self) -> [u8; Self::LEN] {
+        let mut out = [0u8; Self::LEN];
+        out[0] = b'#';
         out[1..9].copy_from_slice(&self.offset.to_be_bytes());
-        out[9..].copy_from_slice(&self.len.to_be_bytes());
+        out[9..17].copy_from_slice(&self.len.to_be_bytes());
+        out[17..].copy_from_slice(&self.crc32.unwrap_or(0).to_be_bytes());
         out
     }
 
     fn decode(value: &[u8]) -> Option<PagePointer> {
         let (tag, rest) = value.split_first()?;
-        let (offset, len) = rest.split_first_chunk::<8>()?;
-        let len: &[u8; 8] = len.try_into().ok()?;
-        (*tag == b'@').then(|| PagePointer { offset: u64::from_be_bytes(*offset), len: u64::from_be_bytes(*len) })
+        let (offset, rest) = rest.split_first_chunk::<8>()?;
+        let (len, rest) = rest.split_first_chunk::<8>()?;
+        let (offset, len) = (u64::from_be_bytes(*offset), u64::from_be_bytes(*len));
+        match (*tag, rest) {
+            (b'@', []) => Some(PagePointer { offset, len, crc32: None }),
+            (b'#', crc) => Some(PagePointer { offset, len, crc32: Some(u32::from_be_bytes(crc.try_into().ok()?)) }),
+            _ => None,
+        }
     }
 }
 
@@ -701,7 +1006,7 @@ impl Commit {
 /// A list step's page file, open for appending; see [`RunStore::page_log`].
 #[derive(Debug)]
 pub struct PageLog {
-    file: std::sync::Arc<std::fs::File>,
+    file: Arc<std::fs::File>,
     path: PathBuf,
     /// Where the next page goes (the file's position: pages are written in
     /// order, by this log alone).
@@ -721,7 +1026,8 @@ impl PageLog {
         (&*self.file)
             .write_all(records_json.as_bytes())
             .map_err(|e| StoreError::PageFile { path: self.path.display().to_string(), reason: e.to_string() })?;
-        self.pending.push((self.next_page, PagePointer { offset: self.offset, len: records_json.len() as u64 }));
+        let crc32 = Some(crc32fast::hash(records_json.as_bytes()));
+        self.pending.push((self.next_page, PagePointer { offset: self.offset, len: records_json.len() as u64, crc32 }));
         self.offset += records_json.len() as u64;
         self.next_page += 1;
         Ok(())
@@ -747,9 +1053,10 @@ fn read_page(file: &mut std::fs::File, pointer: PagePointer) -> std::io::Result<
     Ok(bytes)
 }
 
-fn tx_error(e: sled::transaction::TransactionError) -> StoreError {
+fn tx_error(e: sled::transaction::TransactionError<StoreError>) -> StoreError {
     match e {
-        sled::transaction::TransactionError::Storage(e) | sled::transaction::TransactionError::Abort(e) => StoreError::Sled(e),
+        sled::transaction::TransactionError::Storage(e) => StoreError::Sled(e),
+        sled::transaction::TransactionError::Abort(e) => e,
     }
 }
 
@@ -762,9 +1069,13 @@ mod tests {
         async fn commit_page(&self, run: &str, step: &StepState, records_json: &str) -> Result<()> {
             let mut before = step.clone();
             before.pages = step.pages.saturating_sub(1);
-            let mut log = self.page_log(run, &before)?;
+            let mut log = self.page_log(run, &before).await?;
             log.append(records_json)?;
             self.start_commit(run, step, Some(&mut log)).wait().await
+        }
+
+        async fn all_pages(&self, run: &str, index: u32) -> Result<Vec<String>> {
+            self.pages(run, index).await?.collect()
         }
     }
 
@@ -772,8 +1083,8 @@ mod tests {
     async fn store_with_run(steps: &[&str]) -> Result<(tempfile::TempDir, RunStore, String), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let store = RunStore::open(dir.path())?;
-        let id = store.new_run_id()?;
-        store.create_run(&run(&id), &steps.iter().map(|s| s.to_string()).collect::<Vec<_>>()).await?;
+        let id = store.new_run_id().await?;
+        store.create_run(&run(&id), &steps.iter().map(|s| s.to_string()).collect::<Vec<_>>(), None).await?;
         Ok((dir, store, id))
     }
 
@@ -803,12 +1114,84 @@ mod tests {
         let done = |n| (n, ItemRecord { status: Status::Succeeded, action: Some("created".into()), id: Some(format!("cus_{n}")), error: None });
         store.commit_items(&id, &step, &[done(2), done(0)]).await?;
         store.commit_items(&id, &step, &[done(1)]).await?;
-        let mut items: Vec<(u64, Option<String>)> = store.items(&id, 0).map(|r| r.map(|(n, i)| (n, i.id))).collect::<Result<_>>()?;
+        let mut items = Vec::new();
+        {
+            let mut scan = store.items(&id, 0);
+            while let Some(item) = scan.next().await {
+                let (n, record) = item?;
+                items.push((n, record.id));
+            }
+        }
         items.sort();
         assert_eq!(items, vec![(0, Some("cus_0".into())), (1, Some("cus_1".into())), (2, Some("cus_2".into()))]);
         drop(store);
         let reopened = RunStore::open(dir.path())?;
-        assert_eq!(reopened.items(&id, 0).count(), 3, "groups survive a reopen");
+        assert_eq!(reopened.items(&id, 0).count().await?, 3, "groups survive a reopen");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn items_are_read_back_a_chunk_of_groups_at_a_time_across_chunk_ends() -> Result<(), Box<dyn std::error::Error>> {
+        let (_dir, store, id) = store_with_run(&["each", "other"]).await?;
+        let step = StepState::pending("each", 0);
+        let groups = ItemScan::GROUPS as u64 * 2 + 3;
+        for g in 0..groups {
+            store.commit_items(&id, &step, &[(g * 2, ItemRecord { status: Status::Succeeded, action: None, id: None, error: None }), (g * 2 + 1, ItemRecord { status: Status::Failed, action: None, id: None, error: Some("x".into()) })]).await?;
+        }
+        store.commit_items(&id, &StepState::pending("other", 1), &[(0, ItemRecord { status: Status::Skipped, action: None, id: None, error: None })]).await?;
+        assert_eq!(store.items(&id, 0).count().await?, groups * 2, "every group of the step, none of the next step's");
+        assert_eq!(store.items(&id, 1).count().await?, 1);
+        assert_eq!(store.items(&id, 2).count().await?, 0);
+        Ok(())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_commits_share_flushes_and_all_survive_a_reopen() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let store = RunStore::open(dir.path())?;
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..200 {
+            let store = store.clone();
+            tasks.spawn(async move {
+                let id = store.new_run_id().await?;
+                store.create_run(&run(&id), &["a".into()], None).await?;
+                let mut step = StepState::pending("a", 0);
+                step.status = Status::Succeeded;
+                store.commit_step(&id, &step).await?;
+                Ok::<_, StoreError>(id)
+            });
+        }
+        let mut ids = Vec::new();
+        while let Some(id) = tasks.join_next().await {
+            ids.push(id??);
+        }
+        drop(store);
+        let store = RunStore::open(dir.path())?;
+        assert_eq!(store.runs().await?.len(), 200);
+        for id in ids {
+            assert_eq!(store.steps(&id).await?[0].status, Status::Succeeded);
+        }
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn an_operation_that_panics_fails_alone_and_the_store_goes_on() -> Result<(), Box<dyn std::error::Error>> {
+        let (_dir, store, id) = store_with_run(&["a"]).await?;
+        let failed = store.with_trees(|_| -> Result<()> { panic!("injected") }).await;
+        assert!(matches!(failed, Err(StoreError::Unavailable(_))), "{failed:?}");
+        assert_eq!(store.run(&id).await?.id, id);
+        store.commit_step(&id, &StepState::pending("a", 0)).await?;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_failed_run_keeps_its_message_and_a_finished_one_is_left_alone() -> Result<(), Box<dyn std::error::Error>> {
+        let (_dir, store, id) = store_with_run(&["a"]).await?;
+        let failed = store.fail_run(&id, "internal error: boom").await?;
+        assert_eq!((failed.status, failed.error.as_deref()), (Status::Failed, Some("internal error: boom")));
+        let again = store.fail_run(&id, "other").await?;
+        assert_eq!(again.error.as_deref(), Some("internal error: boom"));
+        assert!(matches!(store.fail_run("nope", "x").await, Err(StoreError::UnknownRun(_))));
         Ok(())
     }
 
@@ -826,19 +1209,75 @@ mod tests {
         Ok(())
     }
 
+    fn delivery(workflow: &str, signature: &str, signed_at: Option<i64>) -> Delivery {
+        Delivery { workflow: workflow.into(), signature: signature.into(), signed_at }
+    }
+
     #[tokio::test]
-    async fn a_replayed_signature_is_recognised() -> Result<(), Box<dyn std::error::Error>> {
+    async fn a_delivery_is_remembered_with_its_run_and_a_replay_records_nothing() -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let store = RunStore::open(dir.path())?;
-        assert!(store.remember_signature("w", "sig1", 1_000).await?);
-        assert!(!store.remember_signature("w", "sig1", 2_000).await?);
-        assert!(store.remember_signature("other", "sig1", 2_000).await?);
-        assert!(store.remember_signature("w", "sig2", 10_000).await?);
-        // Forgotten once older than the window, and only those.
-        assert_eq!(store.forget_signatures("w", 5_000)?, 1);
-        assert!(store.remember_signature("w", "sig1", 10_001).await?);
-        assert!(!store.remember_signature("w", "sig2", 10_002).await?);
+        let first = store.new_run_id().await?;
+        store.create_run(&run(&first), &["a".into()], Some(&delivery("w", "sig1", None))).await?;
+        let second = store.new_run_id().await?;
+        let replay = store.create_run(&run(&second), &["a".into()], Some(&delivery("w", "sig1", None))).await;
+        assert!(matches!(replay, Err(StoreError::Replay { .. })), "{replay:?}");
+        assert!(matches!(store.run(&second).await, Err(StoreError::UnknownRun(_))), "a replay creates no run");
+        assert!(store.steps(&second).await?.is_empty(), "nor its steps");
+        // Another workflow's webhook may see the same signature.
+        store.create_run(&run(&second), &["a".into()], Some(&delivery("other", "sig1", None))).await?;
+        assert_eq!(store.runs().await?.len(), 2);
         Ok(())
+    }
+
+    #[tokio::test]
+    async fn deliveries_without_a_signed_timestamp_are_kept_for_good_and_timed_ones_until_stale() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let store = RunStore::open(dir.path())?;
+        let tolerance = Duration::from_secs(300);
+        let now_secs = 1_800_000_000i64;
+        let create = |d: Delivery| {
+            let store = store.clone();
+            async move {
+                let id = store.new_run_id().await?;
+                store.create_run(&run(&id), &[], Some(&d)).await
+            }
+        };
+        create(delivery("w", "untimed", None)).await?;
+        create(delivery("w", "old", Some(now_secs - 3600))).await?;
+        create(delivery("w", "fresh", Some(now_secs - 10))).await?;
+        // A store from before signed timestamps were kept: first seen, ms.
+        let seen_long_ago = ((now_secs - 7200) as u64 * 1000).to_be_bytes();
+        let seen_just_now = ((now_secs - 5) as u64 * 1000).to_be_bytes();
+        store
+            .with_trees(move |t| {
+                t.deliveries.insert(b"w/legacy-old", &seen_long_ago[..])?;
+                t.deliveries.insert(b"w/legacy-new", &seen_just_now[..])?;
+                Ok(())
+            })
+            .await?;
+        let now_ms = now_secs as u64 * 1000;
+        assert_eq!(store.forget_deliveries("w", tolerance, now_ms).await?, 2, "the hour-old delivery and the two-hour-old legacy one");
+        // Ten years on, the untimed delivery is still refused as a replay
+        // (before, every signature was forgotten after two days).
+        let ten_years = now_ms + 10 * 365 * 86_400_000;
+        store.forget_deliveries("w", tolerance, ten_years).await?;
+        let again = create(delivery("w", "untimed", None)).await;
+        assert!(matches!(again, Err(StoreError::Replay { .. })), "{again:?}");
+        create(delivery("w", "fresh", Some(now_secs - 10))).await?;
+        Ok(())
+    }
+
+    #[test]
+    fn delivery_expiry_follows_the_signed_timestamp() {
+        let tolerance = Duration::from_secs(300);
+        let at = |secs: i64| delivery("w", "s", Some(secs)).value();
+        let now_ms = 1_000_000 * 1000;
+        assert!(!delivery_expired(&at(1_000_000 - 300 - DELIVERY_SLACK_SECS), tolerance, now_ms), "still inside the window with its slack");
+        assert!(delivery_expired(&at(1_000_000 - 301 - DELIVERY_SLACK_SECS), tolerance, now_ms));
+        assert!(!delivery_expired(&at(1_000_000 + 299), tolerance, now_ms), "signed in the future: kept");
+        assert!(!delivery_expired(b"N", tolerance, u64::MAX));
+        assert!(!delivery_expired(b"garbage", tolerance, u64::MAX), "what cannot be read is kept");
     }
 
     #[tokio::test]
@@ -856,23 +1295,61 @@ mod tests {
         let store = RunStore::open(dir.path())?;
         step.pages = 2;
         store.commit_page(&id, &step, r#"[{"id":"cus_2"}]"#).await?;
-        let pages: Vec<String> = store.pages(&id, 0).collect::<Result<_>>()?;
+        let pages = store.all_pages(&id, 0).await?;
         assert_eq!(pages, vec![r#"[{"id":"cus_1"}]"#.to_owned(), r#"[{"id":"cus_2"}]"#.to_owned()]);
         assert_eq!(std::fs::metadata(&file)?.len(), 32, "the torn tail is gone");
-        // sled holds pointers, not records.
-        assert!(store.pages.iter().values().all(|v| v.map(|v| v.len() == 17).unwrap_or(false)));
+        // sled holds pointers with a CRC, not records.
+        let lengths = store.with_trees(|t| t.pages.iter().values().map(|v| Ok(v?.len())).collect::<Result<Vec<_>>>()).await?;
+        assert_eq!(lengths, vec![PagePointer::LEN; 2]);
         Ok(())
     }
 
     #[tokio::test]
-    async fn pages_kept_in_sled_by_older_stores_still_read() -> Result<(), Box<dyn std::error::Error>> {
-        let (_dir, store, id) = store_with_run(&["all"]).await?;
-        store.pages.insert(page_key(&id, 0, 0), &br#"[{"id":"old"}]"#[..])?;
+    async fn a_flipped_byte_in_a_page_file_fails_the_read_naming_the_file_and_the_page() -> Result<(), Box<dyn std::error::Error>> {
+        let (dir, store, id) = store_with_run(&["all"]).await?;
         let mut step = StepState::pending("all", 0);
+        step.pages = 1;
+        store.commit_page(&id, &step, r#"[{"id":"cus_1"}]"#).await?;
         step.pages = 2;
+        store.commit_page(&id, &step, r#"[{"id":"cus_2"}]"#).await?;
+        let file = dir.path().join("pages").join(&id).join("00000.json");
+        let mut bytes = std::fs::read(&file)?;
+        // `cus_2` becomes `cus_3`: still JSON, still an id, the wrong one.
+        let at = bytes.iter().rposition(|b| *b == b'2').ok_or("a 2 in the file")?;
+        bytes[at] ^= 0x01;
+        std::fs::write(&file, &bytes)?;
+        let mut pages = store.pages(&id, 0).await?;
+        assert_eq!(pages.next().transpose()?.as_deref(), Some(r#"[{"id":"cus_1"}]"#), "the intact page reads");
+        let err = pages.next().ok_or("a second page")?.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains(&file.display().to_string()) && err.contains("page 1 (bytes 16..32)") && err.contains("checksum"), "{err}");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn pages_kept_by_older_stores_in_sled_or_without_a_crc_still_read() -> Result<(), Box<dyn std::error::Error>> {
+        let (dir, store, id) = store_with_run(&["all"]).await?;
+        // Page 0 in sled itself (before page files); page 1 in the file
+        // under a pointer without a CRC (before CRCs); page 2 new.
+        let legacy = r#"[{"id":"crcless"}]"#;
+        let file = dir.path().join("pages").join(&id).join("00000.json");
+        std::fs::create_dir_all(file.parent().ok_or("a parent")?)?;
+        std::fs::write(&file, legacy)?;
+        let mut pointer = [0u8; 17];
+        pointer[0] = b'@';
+        pointer[9..].copy_from_slice(&(legacy.len() as u64).to_be_bytes());
+        let (k0, k1) = (page_key(&id, 0, 0), page_key(&id, 0, 1));
+        store
+            .with_trees(move |t| {
+                t.pages.insert(k0, &br#"[{"id":"old"}]"#[..])?;
+                t.pages.insert(k1, &pointer[..])?;
+                Ok(())
+            })
+            .await?;
+        let mut step = StepState::pending("all", 0);
+        step.pages = 3;
         store.commit_page(&id, &step, r#"[{"id":"new"}]"#).await?;
-        let pages: Vec<String> = store.pages(&id, 0).collect::<Result<_>>()?;
-        assert_eq!(pages, vec![r#"[{"id":"old"}]"#.to_owned(), r#"[{"id":"new"}]"#.to_owned()]);
+        let pages = store.all_pages(&id, 0).await?;
+        assert_eq!(pages, vec![r#"[{"id":"old"}]"#.to_owned(), legacy.to_owned(), r#"[{"id":"new"}]"#.to_owned()]);
         Ok(())
     }
 
@@ -881,8 +1358,8 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let id = {
             let store = RunStore::open(dir.path())?;
-            let id = store.new_run_id()?;
-            store.create_run(&run(&id), &["a".into(), "b".into()]).await?;
+            let id = store.new_run_id().await?;
+            store.create_run(&run(&id), &["a".into(), "b".into()], None).await?;
             let mut step = StepState::pending("a", 0);
             step.status = Status::Running;
             step.pages = 1;
@@ -891,13 +1368,27 @@ mod tests {
             id
         };
         let store = RunStore::open(dir.path())?;
-        let steps = store.steps(&id)?;
+        let steps = store.steps(&id).await?;
         assert_eq!(steps.len(), 2);
         assert_eq!(steps[0].cursor.as_deref(), Some("cus_9"));
         assert_eq!(steps[1].status, Status::Pending);
-        let pages: Vec<String> = store.pages(&id, 0).collect::<Result<_>>()?;
-        assert_eq!(pages, vec![r#"[{"id":"cus_9"}]"#.to_owned()]);
-        assert_eq!(store.run(&id)?.status, Status::Running);
+        assert_eq!(store.all_pages(&id, 0).await?, vec![r#"[{"id":"cus_9"}]"#.to_owned()]);
+        assert_eq!(store.run(&id).await?.status, Status::Running);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn recent_runs_come_newest_first_filtered_and_bounded() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let store = RunStore::open(dir.path())?;
+        for (n, workflow) in ["a", "b", "a", "a"].iter().enumerate() {
+            let mut record = run(&format!("r{n}"));
+            record.workflow = (*workflow).into();
+            store.create_run(&record, &[], None).await?;
+        }
+        let ids = |runs: Vec<RunRecord>| runs.into_iter().map(|r| r.id).collect::<Vec<_>>();
+        assert_eq!(ids(store.recent_runs(2, |r| r.workflow == "a").await?), vec!["r3", "r2"]);
+        assert_eq!(ids(store.recent_runs(10, |_| true).await?), vec!["r3", "r2", "r1", "r0"]);
         Ok(())
     }
 
@@ -914,12 +1405,12 @@ mod tests {
         Ok(())
     }
 
-    #[test]
-    fn run_ids_are_unique_and_sort_by_time() -> Result<(), Box<dyn std::error::Error>> {
+    #[tokio::test]
+    async fn run_ids_are_unique_and_sort_by_time() -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let store = RunStore::open(dir.path())?;
-        let a = store.new_run_id()?;
-        let b = store.new_run_id()?;
+        let a = store.new_run_id().await?;
+        let b = store.new_run_id().await?;
         assert_ne!(a, b);
         assert!(a <= b || a[..11] == b[..11]);
         Ok(())

@@ -734,3 +734,23 @@ fn run_names_the_output_files_it_wrote() -> TestResult {
     assert!(!stderr.contains("never.jsonl"), "{stderr}");
     Ok(())
 }
+
+#[test]
+fn a_panic_during_weft_run_marks_the_run_failed_and_exits_3_not_101() -> TestResult {
+    // Regression: a panic in a run exited 101 and left the run `running`
+    // (and `weft runs resume` panicked again). No path from input to a
+    // panic is known to be left, so a debug build's hook injects one.
+    let dirs = Dirs::new()?;
+    let export = Path::new(env!("CARGO_MANIFEST_DIR")).join("../workflows/stripe-export.toml");
+    let workflow = std::fs::read_to_string(&export)?;
+    let step = workflow.lines().find_map(|l| l.strip_prefix("id = ")).map(|s| s.trim_matches('"').to_owned()).ok_or("a step id")?;
+    let ran = dirs.command().env("WEFT_TEST_PANIC_AT_STEP", &step).args(["run", "--sandbox", "--seed", "5"]).arg(&export).output()?;
+    let stderr = String::from_utf8_lossy(&ran.stderr);
+    assert_eq!(ran.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("internal error") && stderr.contains("the run is marked failed"), "{stderr}");
+    let listed = stdout_json(&dirs.command().args(["runs", "list", "--json"]).output()?)?;
+    let run = &listed[0];
+    assert_eq!(run["status"], "failed", "{listed:#}");
+    assert!(run["error"].as_str().is_some_and(|e| e.contains("internal error") && e.contains("WEFT_TEST_PANIC_AT_STEP")), "{run:#}");
+    Ok(())
+}

@@ -45,11 +45,11 @@ async fn a_250_record_export_reads_every_page_once() -> TestResult {
     // and how much of the output file they cover. No later step reads the
     // records, so the store does not keep a copy of them.
     let store = harness.executor.store();
-    let steps = store.steps(&summary.run_id)?;
+    let steps = store.steps(&summary.run_id).await?;
     assert_eq!(steps[0].pages, 3);
     assert_eq!(steps[0].cursor, None, "the last page has no next cursor");
     assert!(!steps[0].records_kept);
-    assert_eq!(store.pages(&summary.run_id, 0).count(), 0);
+    assert_eq!(store.pages(&summary.run_id, 0).await?.count(), 0);
     let mark = steps[0].output_file.ok_or("no output mark")?;
     assert_eq!((mark.bytes, mark.crc32), (text.len() as u64, crc32fast::hash(text.as_bytes())));
 

@@ -137,7 +137,7 @@ async fn missing_or_mistyped_inputs_are_refused_before_anything_runs() -> TestRe
     let missing = RunOptions { inputs: Default::default(), ..options };
     let error = harness.executor.start(&wf, &missing, &Silent).await.err().map(|e| e.to_string()).unwrap_or_default();
     assert!(error.contains("input email (string) is required"), "{error}");
-    assert!(harness.executor.store().runs()?.is_empty(), "no run was recorded");
+    assert!(harness.executor.store().runs().await?.is_empty(), "no run was recorded");
     assert!(sandbox.stripe.emulator.requests().is_empty());
     Ok(())
 }
@@ -294,7 +294,7 @@ async fn an_interrupted_for_each_resumes_where_it_stopped_without_writing_twice(
     let customers = sandbox.stripe.emulator.customers();
     assert_eq!(customers.len(), 60, "each customer once");
     assert!(customers.iter().all(|c| c["name"].as_str().is_some_and(|n| n.starts_with("User "))));
-    let run = harness.executor.store().run(&first.run_id)?;
+    let run = harness.executor.store().run(&first.run_id).await?;
     assert_eq!((run.status, run.resumes), (Status::Succeeded, 1));
     let again = harness.executor.resume(&first.run_id, &RunOptions::default(), &Silent).await.err().map(|e| e.to_string()).unwrap_or_default();
     assert!(again.contains("cannot be resumed"), "{again}");
@@ -382,9 +382,9 @@ async fn interrupted_export(damage: impl FnOnce(&std::path::Path) -> std::io::Re
     let text = flow("export", &format!("[[step]]\nid = \"customers\"\nlist = \"stripe.customers\"\npage_size = 10\noutput = {:?}\n", out.display().to_string()));
     let wf = workflow(harness.files.path(), &text)?;
     let first = start_interrupted(&harness, &wf, &sandbox, |stop| StopAfterRecords { after: 50, stop }).await?;
-    let state = &harness.executor.store().steps(&first.run_id)?[0];
+    let state = &harness.executor.store().steps(&first.run_id).await?[0];
     assert!(!state.records_kept, "nothing reads the records later: {state:?}");
-    assert_eq!(harness.executor.store().pages(&first.run_id, 0).count(), 0);
+    assert_eq!(harness.executor.store().pages(&first.run_id, 0).await?.count(), 0);
     damage(&out)?;
     let listed = sandbox.stripe.emulator.requests().len();
     let resumed = resume(&harness, &sandbox, &first.run_id).await?;
@@ -438,7 +438,7 @@ async fn a_damaged_output_file_is_rewritten_from_the_records_the_store_kept() ->
     );
     let wf = workflow(harness.files.path(), &text)?;
     let first = start_interrupted(&harness, &wf, &sandbox, |stop| StopAfterRecords { after: 30, stop }).await?;
-    assert!(harness.executor.store().steps(&first.run_id)?[0].records_kept, "a later step names .steps");
+    assert!(harness.executor.store().steps(&first.run_id).await?[0].records_kept, "a later step names .steps");
     std::fs::write(&out, b"{}\n")?;
     let listed = sandbox.stripe.emulator.requests().len();
     let resumed = resume(&harness, &sandbox, &first.run_id).await?;
@@ -739,7 +739,7 @@ async fn a_sandbox_run_refuses_every_request_that_is_not_to_an_emulator() -> Tes
     let options = RunOptions { overrides: overrides(&sandbox, &[("stripe", "stripe")]), sandbox: Some(emulators), ..RunOptions::default() };
     let summary = harness.executor.start(&wf, &options, &Silent).await?;
     assert_eq!((summary.status, summary.steps[0].counts.read), (Status::Succeeded, 3), "{summary:#?}");
-    assert_eq!(harness.executor.store().run(&summary.run_id)?.trigger, weft::executor::SANDBOX_TRIGGER);
+    assert_eq!(harness.executor.store().run(&summary.run_id).await?.trigger, weft::executor::SANDBOX_TRIGGER);
     assert!(production.stripe.emulator.requests().is_empty(), "production was reached");
     Ok(())
 }

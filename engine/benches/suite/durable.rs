@@ -38,12 +38,12 @@ const TARGET_ITEMS_PER_SECOND: f64 = 50_000.0;
 const TARGET_PEAK_RSS_MB: f64 = 150.0;
 
 /// A connector that answers every op at once.
-struct NoOp {
+pub(crate) struct NoOp {
     manifest: Manifest,
 }
 
 impl NoOp {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let resource = ResourceSpec {
             name: "records".into(),
             description: "nothing, at once".into(),
@@ -115,7 +115,7 @@ async fn bookkeeping(items: u64, concurrency: u32) -> BenchResult<(f64, f64)> {
         return Err(format!("the bookkeeping run did not finish: {summary:?}").into());
     }
     // What a resume has to read back: every item is in the store.
-    let stored = executor.store().items(&summary.run_id, 0).count() as u64;
+    let stored = executor.store().items(&summary.run_id, 0).count().await?;
     if stored != items {
         return Err(format!("{stored} of {items} items in the store").into());
     }

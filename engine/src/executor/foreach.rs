@@ -68,7 +68,7 @@ impl Items<'_> {
     }
 }
 
-fn items<'a>(workflow: &Workflow, step: &'a Step, store: &RunStore, run: &str, scope: &'a Scope) -> Result<Items<'a>, String> {
+async fn items<'a>(workflow: &Workflow, step: &'a Step, store: &RunStore, run: &str, scope: &'a Scope) -> Result<Items<'a>, String> {
     match &step.for_each {
         Some(ForEach::Expr(expr)) => {
             let mut outputs = expr.run(scope.context().clone(), scope).map_err(|e| format!("for_each: {e}"))?;
@@ -81,7 +81,8 @@ fn items<'a>(workflow: &Workflow, step: &'a Step, store: &RunStore, run: &str, s
         }
         Some(ForEach::Records { step: source, then, .. }) => {
             let index = workflow.steps.iter().position(|s| &s.id == source).ok_or_else(|| format!("for_each: no step {source:?}"))?;
-            Ok(Items::Streamed { pages: Box::new(store.pages(run, index as u32)), then: then.as_ref(), buffer: VecDeque::new(), scope })
+            let pages = store.pages(run, index as u32).await.map_err(|e| e.to_string())?;
+            Ok(Items::Streamed { pages: Box::new(pages), then: then.as_ref(), buffer: VecDeque::new(), scope })
         }
         None => Err("not a for-each step".into()),
     }
@@ -96,7 +97,7 @@ pub(crate) async fn run(
     state: &mut StepState,
     scope: &Scope,
 ) -> Result<StepEnd, String> {
-    let resuming = state.items > 0 || ctx.store.items(ctx.run_id, index).next().is_some();
+    let resuming = state.items > 0 || ctx.store.items(ctx.run_id, index).next().await.is_some();
     let mut errors: Vec<String> = Vec::new();
     let mut plan = StepPlan::default();
     // Items committed before an interruption: a bit per item number.
@@ -106,7 +107,8 @@ pub(crate) async fn run(
         // with each group, but only the items are the truth.
         state.counts = StepCounts::default();
         state.items = 0;
-        for entry in ctx.store.items(ctx.run_id, index) {
+        let mut committed = ctx.store.items(ctx.run_id, index);
+        while let Some(entry) = committed.next().await {
             let (n, record) = entry.map_err(|e| e.to_string())?;
             if done.insert(n) {
                 tally(state, &record, &mut errors);
@@ -116,7 +118,7 @@ pub(crate) async fn run(
             plan = saved;
         }
     }
-    let mut source = items(workflow, step, ctx.store, ctx.run_id, scope)?;
+    let mut source = items(workflow, step, ctx.store, ctx.run_id, scope).await?;
     let concurrency = step.concurrency.max(1) as usize;
     let mut in_flight = FuturesUnordered::new();
     let mut pending: Vec<(u64, ItemRecord)> = Vec::new();

@@ -40,7 +40,7 @@ pub(crate) async fn run(
         state.records_kept = keep_records;
     }
     let sink = match output {
-        Some(path) => Some(Output::open(path, ctx, state)?),
+        Some(path) => Some(Output::open(path, ctx, state).await?),
         None => None,
     };
     if state.pages > 0 && state.cursor.is_none() {
@@ -59,7 +59,7 @@ pub(crate) async fn run(
         async move { with_retry(&step.retry, step.timeout, || endpoint.list(request.clone())).await.0 }
     };
     let mut pages = Pages {
-        log: if state.records_kept { Some(ctx.store.page_log(ctx.run_id, state).map_err(|e| e.to_string())?) } else { None },
+        log: if state.records_kept { Some(ctx.store.page_log(ctx.run_id, state).await.map_err(|e| e.to_string())?) } else { None },
         sink,
         confirmed: Committed::of(state),
         in_flight: None,
@@ -303,7 +303,7 @@ impl Output {
     /// commit covers when they are intact and appends after them; otherwise
     /// it rewrites the file from the records in the store, or, when the
     /// store has none, reads the list again from the start.
-    fn open(path: &Path, ctx: &RunCtx<'_>, state: &mut StepState) -> Result<Output, String> {
+    async fn open(path: &Path, ctx: &RunCtx<'_>, state: &mut StepState) -> Result<Output, String> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
         }
@@ -325,7 +325,7 @@ impl Output {
         // A page (about 60 KB of Stripe customers) in one write.
         let mut output = Output { writer: std::io::BufWriter::with_capacity(256 << 10, file), path: path.to_path_buf(), bytes: 0, crc: crc32fast::Hasher::new() };
         if state.pages > 0 {
-            for page in ctx.store.pages(ctx.run_id, state.index) {
+            for page in ctx.store.pages(ctx.run_id, state.index).await.map_err(|e| e.to_string())? {
                 let page = page.map_err(|e| e.to_string())?;
                 let records: Vec<&RawValue> = serde_json::from_str(&page).map_err(|e| format!("run store: a committed page does not parse: {e}"))?;
                 for record in records {

@@ -3,9 +3,13 @@
 //! reading merges every run of a side back into one stream in key order.
 //! Memory is the buffer plus a line per run, whatever the record count.
 //!
-//! A run file holds one JSON line per record: `[key, record]`. It is
-//! written to a temporary name, synced and renamed, so a file that exists
-//! under its final name is whole.
+//! A run file holds one line per record: the CRC-32 of the rest of the line
+//! (8 hex digits), a tab, the key as a JSON string, a tab, the record as
+//! JSON. It is written to a temporary name, synced and renamed, so a file
+//! that exists under its final name is whole; the CRC catches a line changed
+//! or damaged after that, which the merge would otherwise read as another
+//! key (and, with `delete_missing`, a delete). Lines written before the CRC
+//! (starting with the key's `"`) still read.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -51,11 +55,15 @@ impl Buffer {
         let temp = path.with_extension("partial");
         {
             let mut out = BufWriter::new(File::create(&temp)?);
+            let mut line = Vec::new();
             for (key, record) in &self.records {
-                serde_json::to_writer(&mut out, key)?;
+                line.clear();
+                serde_json::to_writer(&mut line, key)?;
                 // The record is JSON text already; it is written as is.
-                out.write_all(b"\t")?;
-                out.write_all(record.as_bytes())?;
+                line.push(b'\t');
+                line.extend_from_slice(record.as_bytes());
+                write!(out, "{:08x}\t", crc32fast::hash(&line))?;
+                out.write_all(&line)?;
                 out.write_all(b"\n")?;
             }
             out.flush()?;
@@ -75,16 +83,36 @@ impl Buffer {
 struct RunReader {
     lines: std::io::Lines<BufReader<File>>,
     path: PathBuf,
+    /// The number of the last line read, from 1.
+    line: u64,
 }
 
 impl RunReader {
     fn next(&mut self) -> Result<Option<(String, String)>, String> {
         let Some(line) = self.lines.next() else { return Ok(None) };
-        let line = line.map_err(|e| format!("cannot read {}: {e}", self.path.display()))?;
-        let (key, record) = line.split_once('\t').ok_or_else(|| format!("{}: a line without a key", self.path.display()))?;
-        let key: String = serde_json::from_str(key).map_err(|e| format!("{}: a bad key: {e}", self.path.display()))?;
+        self.line += 1;
+        let at = || format!("{} line {}", self.path.display(), self.line);
+        let line = line.map_err(|e| format!("cannot read {}: {e}", at()))?;
+        // A line before CRCs starts with its key, a JSON string.
+        let body = match line.strip_prefix('"') {
+            Some(_) => line.as_str(),
+            None => {
+                let (crc, body) = line.split_once('\t').ok_or_else(|| format!("{}: a line without a checksum", at()))?;
+                let crc = u32::from_str_radix(crc, 16).map_err(|_| format!("{}: a line without a checksum", at()))?;
+                if crc32fast::hash(body.as_bytes()) != crc {
+                    return Err(format!(
+                        "{}: the line does not match its checksum; the sorted run was changed or damaged after it was written, \
+                         and the sync stops rather than read a wrong key (which could become a wrong create or delete); start the run again",
+                        at()
+                    ));
+                }
+                body
+            }
+        };
+        let (key, record) = body.split_once('\t').ok_or_else(|| format!("{}: a line without a key", at()))?;
+        let key: String = serde_json::from_str(key).map_err(|e| format!("{}: a bad key: {e}", at()))?;
         // Checked here so a torn file is an error, not a bad record later.
-        let _: &RawValue = serde_json::from_str(record).map_err(|e| format!("{}: a bad record: {e}", self.path.display()))?;
+        let _: &RawValue = serde_json::from_str(record).map_err(|e| format!("{}: a bad record: {e}", at()))?;
         Ok(Some((key, record.to_owned())))
     }
 }
@@ -102,7 +130,7 @@ impl Merged {
         for n in 0..runs {
             let path = run_path(dir, side, n);
             let file = File::open(&path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-            readers.push(RunReader { lines: BufReader::with_capacity(64 << 10, file).lines(), path });
+            readers.push(RunReader { lines: BufReader::with_capacity(64 << 10, file).lines(), path, line: 0 });
         }
         let mut merged = Merged { readers, heap: BinaryHeap::new() };
         for i in 0..merged.readers.len() {
@@ -179,6 +207,42 @@ mod tests {
         std::fs::write(run_path(dir.path(), "t", 0), "\"a\"\t{\"cut\":")?;
         let err = Merged::open(dir.path(), "t", 1).err().unwrap_or_default();
         assert!(err.contains("a bad record"), "{err}");
+        Ok(())
+    }
+
+    #[test]
+    fn a_flipped_byte_in_a_key_is_an_error_naming_the_file_and_line_not_another_key() -> Result<(), Box<dyn std::error::Error>> {
+        // Regression: a flipped byte in a key read as another key, which
+        // the merge, with delete_missing, turns into a delete.
+        let dir = tempfile::tempdir()?;
+        write(dir.path(), "t", 0, &[("a@example.com", "1"), ("b@example.com", "2"), ("c@example.com", "3")])?;
+        let path = run_path(dir.path(), "t", 0);
+        let mut bytes = std::fs::read(&path)?;
+        let at = bytes.windows(2).position(|w| w == b"b@").ok_or("the second key")?;
+        bytes[at] ^= 0x01; // `b@` becomes `c@`: still a key, the wrong one.
+        std::fs::write(&path, &bytes)?;
+        let mut merged = Merged::open(dir.path(), "t", 1)?;
+        let mut keys = Vec::new();
+        let err = loop {
+            match merged.next() {
+                Ok(Some((key, _))) => keys.push(key),
+                Ok(None) => break String::new(),
+                Err(e) => break e,
+            }
+        };
+        assert!(err.contains(&format!("{} line 2", path.display())) && err.contains("checksum"), "{err}");
+        assert!(keys.iter().all(|k| k == "a@example.com"), "no key after the damaged line came out: {keys:?}");
+        Ok(())
+    }
+
+    #[test]
+    fn runs_written_before_checksums_still_read() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        std::fs::write(run_path(dir.path(), "s", 0), "\"a\"\t{\"n\":1}\n\"b\"\t[2]\n")?;
+        let mut merged = Merged::open(dir.path(), "s", 1)?;
+        assert_eq!(merged.next()?, Some(("a".to_owned(), "{\"n\":1}".to_owned())));
+        assert_eq!(merged.next()?, Some(("b".to_owned(), "[2]".to_owned())));
+        assert_eq!(merged.next()?, None);
         Ok(())
     }
 }

@@ -40,11 +40,16 @@ pub enum Rejection {
 }
 
 /// A verified delivery: the signature that proved it, remembered to refuse
-/// a replay of the same delivery.
+/// a replay of the same delivery, and the timestamp it signed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verified {
     /// The matching signature, hex.
     pub signature: String,
+    /// The signed Unix timestamp, when the scheme signs one: a replay is
+    /// refused as stale once it is past the tolerance, so the signature
+    /// need be remembered only that long. Without one, a replay is
+    /// possible at any time.
+    pub timestamp: Option<i64>,
 }
 
 /// Checks a delivery. `header` looks a header up by (case-insensitive)
@@ -74,7 +79,7 @@ pub fn verify(scheme: &Verify, header: impl Fn(&str) -> Option<String>, body: &[
             }
             mac.update(body);
             mac.verify_slice(&sent).map_err(|_| Rejection::BadSignature)?;
-            Ok(Verified { signature: hex_sig.to_ascii_lowercase() })
+            Ok(Verified { signature: hex_sig.to_ascii_lowercase(), timestamp })
         }
     }
 }
@@ -120,7 +125,7 @@ fn verify_stripe(value: &str, body: &[u8], secret: &[u8], now: i64, tolerance: D
         mac.update(format!("{timestamp}.").as_bytes());
         mac.update(body);
         if mac.verify_slice(&sent).is_ok() {
-            return Ok(Verified { signature: signature.to_ascii_lowercase() });
+            return Ok(Verified { signature: signature.to_ascii_lowercase(), timestamp: Some(timestamp) });
         }
     }
     Err(Rejection::BadSignature)

@@ -1,0 +1,84 @@
+//! What the run store keeps a resume from trusting: a page file changed
+//! after its pages were committed.
+
+use weft::executor::{Observer, RunOptions, Silent, StepSummary, StopSignal};
+use weft::store::{Status, StepState};
+use weft::workflow::Step;
+
+use super::support::{Harness, TestResult, overrides, sandbox, writes};
+
+/// Stops the run (as SIGTERM would) once `step` has finished.
+struct StopAfterStep {
+    step: &'static str,
+    stop: StopSignal,
+}
+
+impl Observer for StopAfterStep {
+    fn step_finished(&self, step: &Step, _state: &StepState, _summary: &StepSummary) {
+        if step.id == self.step {
+            self.stop.shutdown.cancel();
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_flipped_byte_in_a_page_file_fails_the_resume_clearly_and_sends_nothing() -> TestResult {
+    // Regression: one flipped byte in a list step's page file, and the
+    // resume sent the vendor a customer for an id that does not exist.
+    let sandbox = sandbox(30).await?;
+    let harness = Harness::new()?;
+    let text = r#"
+[workflow]
+name = "copy"
+
+[connections.stripe]
+plugin = "stripe"
+credentials = "env:WEFT_TEST_UNUSED"
+rate_limit = "1000/s"
+
+[connections.growpanel]
+plugin = "growpanel"
+credentials = "env:WEFT_TEST_UNUSED"
+settings = { source = "ds_weft_demo" }
+rate_limit = "1000/s"
+
+[[step]]
+id = "customers"
+list = "stripe.customers"
+page_size = 10
+
+[[step]]
+id = "copy"
+for_each = ".steps.customers.records[]"
+upsert = "growpanel.customers"
+record = { id = "${{ $item.id }}", name = "${{ $item.name }}", email = "${{ $item.email }}", created_date = "2026-01-01", country = "US" }
+"#;
+    let wf = super::support::workflow(harness.files.path(), text)?;
+    let vendors = overrides(&sandbox, &[("stripe", "stripe"), ("growpanel", "growpanel")]);
+    let stop = StopSignal::default();
+    let options = RunOptions { overrides: vendors.clone(), stop: stop.clone(), ..RunOptions::default() };
+    let first = harness.executor.start(&wf, &options, &StopAfterStep { step: "customers", stop }).await?;
+    assert_eq!((first.status, first.steps[0].status), (Status::Running, Status::Succeeded), "interrupted after the list: {first:#?}");
+    assert!(first.steps[0].counts.read >= 30, "{:?}", first.steps[0]);
+
+    let file = harness.state.path().join("pages").join(&first.run_id).join("00000.json");
+    let mut bytes = std::fs::read(&file)?;
+    let id_at = bytes.windows(10).position(|w| w == br#""id":"cus_"#).ok_or("a Stripe id in the page file")?;
+    // A byte inside the id: still JSON, still an id, the wrong one.
+    bytes[id_at + 12] ^= 0x01;
+    std::fs::write(&file, &bytes)?;
+
+    // The finished list's records are read back for the for-each: the
+    // damaged page stops the resume with the file and the page named.
+    let resumed = harness.executor.resume(&first.run_id, &RunOptions { overrides: vendors, ..RunOptions::default() }, &Silent).await;
+    let error = match resumed {
+        Ok(summary) => {
+            assert_eq!(summary.status, Status::Failed, "{summary:#?}");
+            summary.error.unwrap_or_default()
+        }
+        Err(e) => e.to_string(),
+    };
+    assert!(error.contains(&file.display().to_string()) && error.contains("page 0") && error.contains("checksum"), "{error}");
+    assert_eq!(writes(&sandbox.growpanel.emulator.requests()), 0, "nothing was sent on a corrupt page");
+    Ok(())
+}
