@@ -6,6 +6,7 @@
 //! Each supported WIT version has its own module (`v0_1`) that only converts
 //! types and dispatches; everything else lives here once.
 
+mod record;
 mod v0_1;
 
 use std::path::{Path, PathBuf};
@@ -49,6 +50,15 @@ pub struct SandboxLimits {
     pub call_timeout: Duration,
     /// Log lines a call may emit before the rest are dropped.
     pub log_lines_per_call: usize,
+    /// Largest record a plugin may return (list, get, upsert, batch), in
+    /// bytes of JSON text.
+    pub max_record_bytes: usize,
+    /// Most a plugin may hand the host in one crossing: a call's whole
+    /// reply, or one import's arguments (an HTTP request). Counted as the
+    /// host holds it (string bytes plus 24 bytes a list element) and
+    /// enforced while the reply is copied out of the instance, before the
+    /// host allocates for it.
+    pub max_reply_bytes: usize,
 }
 
 impl Default for SandboxLimits {
@@ -58,6 +68,8 @@ impl Default for SandboxLimits {
             cpu_time: Duration::from_secs(5),
             call_timeout: Duration::from_secs(300),
             log_lines_per_call: 1000,
+            max_record_bytes: 1 << 20,
+            max_reply_bytes: 16 << 20,
         }
     }
 }
@@ -391,6 +403,70 @@ pub(crate) enum Reply {
     Removed(RemoveOutcome),
 }
 
+impl Reply {
+    /// What kind of answer it is, for a message (never its content, which
+    /// may be large and is the plugin's).
+    fn kind(&self) -> &'static str {
+        match self {
+            Reply::Manifest(_) => "a manifest",
+            Reply::Page(_) => "a page",
+            Reply::Record(_) => "a record",
+            Reply::Upserted(_) => "an upsert outcome",
+            Reply::Batch(_) => "batch outcomes",
+            Reply::Removed(_) => "a remove outcome",
+        }
+    }
+}
+
+/// Longest cursor a plugin may return: it is stored with every page.
+const MAX_CURSOR_BYTES: usize = 64 << 10;
+
+/// Longest message of a plugin's typed error or log line, in characters;
+/// the rest is cut, saying how much.
+const MAX_MESSAGE_CHARS: usize = 2000;
+
+/// `n` bytes for a message, exact: `64 MiB`, or `67174400 bytes (64.06 MiB)`.
+fn bytes(n: usize) -> String {
+    const MIB: usize = 1 << 20;
+    const KIB: usize = 1 << 10;
+    if n >= MIB && n % MIB == 0 {
+        format!("{} MiB", n / MIB)
+    } else if n >= KIB && n % KIB == 0 && n < MIB {
+        format!("{} KiB", n / KIB)
+    } else if n >= MIB {
+        format!("{n} bytes ({:.2} MiB)", n as f64 / MIB as f64)
+    } else {
+        format!("{n} bytes")
+    }
+}
+
+/// Text from a plugin made safe to print and store: control characters,
+/// line and paragraph separators and bidirectional overrides escaped (a
+/// plugin must not forge a host log line or recolour a terminal), and cut
+/// to [`MAX_MESSAGE_CHARS`].
+fn plugin_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len().min(MAX_MESSAGE_CHARS + 32));
+    let mut kept = 0;
+    for (at, c) in text.char_indices() {
+        if kept == MAX_MESSAGE_CHARS {
+            out.push_str(&format!("… ({} more bytes)", text.len() - at));
+            break;
+        }
+        kept += 1;
+        if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A plugin's typed error with its message made safe ([`plugin_text`]).
+fn plugin_error(error: ConnectorError) -> ConnectorError {
+    error.map_message(|m| plugin_text(&m))
+}
+
 impl Plugin {
     /// The name it was loaded under (built-in name or path).
     pub fn name(&self) -> &str {
@@ -415,7 +491,7 @@ impl Plugin {
     async fn describe(&self) -> Result<Manifest> {
         match self.call(None, Call::Describe).await? {
             Reply::Manifest(m) => Ok(m),
-            other => Err(self.contract("describe", format!("unexpected reply {other:?}"))),
+            other => Err(self.contract("describe", format!("unexpected reply {}", other.kind()))),
         }
     }
 
@@ -453,43 +529,84 @@ impl Plugin {
     }
 
     fn page(&self, reply: Reply, max: usize) -> Result<Page> {
-        match reply {
-            Reply::Page(page) if page.records.len() > max => {
-                Err(self.contract("list", format!("returned {} records for a page size of {max}", page.records.len())))
-            }
-            Reply::Page(page) => Ok(page),
-            other => Err(self.contract("list", format!("unexpected reply {other:?}"))),
+        let op = "list";
+        let mut page = match reply {
+            Reply::Page(page) => page,
+            other => return Err(self.contract(op, format!("unexpected reply {}", other.kind()))),
+        };
+        if page.records.len() > max {
+            return Err(self.contract(op, format!("returned {} records for a page size of {max}", page.records.len())));
         }
+        if let Some(cursor) = &page.next_cursor
+            && cursor.len() > MAX_CURSOR_BYTES
+        {
+            return Err(self.contract(op, format!("returned a cursor of {} bytes; a cursor may hold at most {}", cursor.len(), bytes(MAX_CURSOR_BYTES))));
+        }
+        let count = page.records.len();
+        page.records = page
+            .records
+            .into_iter()
+            .enumerate()
+            .map(|(n, record)| self.checked_record(op, record, &format!("record {} of {count}", n + 1)))
+            .collect::<Result<_>>()?;
+        Ok(page)
     }
 
     fn record(&self, reply: Reply) -> Result<Option<String>> {
         match reply {
-            Reply::Record(record) => Ok(record),
-            other => Err(self.contract("get", format!("unexpected reply {other:?}"))),
+            Reply::Record(Some(record)) => self.checked_record("get", record, "the record").map(Some),
+            Reply::Record(None) => Ok(None),
+            other => Err(self.contract("get", format!("unexpected reply {}", other.kind()))),
         }
     }
 
     fn upserted(&self, reply: Reply) -> Result<UpsertOutcome> {
         match reply {
-            Reply::Upserted(outcome) => Ok(outcome),
-            other => Err(self.contract("upsert", format!("unexpected reply {other:?}"))),
+            Reply::Upserted(outcome) => {
+                let record = self.checked_record("upsert", outcome.record, "the record")?;
+                Ok(UpsertOutcome { record, action: outcome.action })
+            }
+            other => Err(self.contract("upsert", format!("unexpected reply {}", other.kind()))),
         }
     }
 
     fn batch(&self, reply: Reply, count: usize) -> Result<Vec<std::result::Result<UpsertOutcome, ConnectorError>>> {
-        match reply {
-            Reply::Batch(outcomes) if outcomes.len() != count => {
-                Err(self.contract("upsert-batch", format!("returned {} outcomes for {count} items", outcomes.len())))
-            }
-            Reply::Batch(outcomes) => Ok(outcomes),
-            other => Err(self.contract("upsert-batch", format!("unexpected reply {other:?}"))),
+        let op = "upsert-batch";
+        let outcomes = match reply {
+            Reply::Batch(outcomes) => outcomes,
+            other => return Err(self.contract(op, format!("unexpected reply {}", other.kind()))),
+        };
+        if outcomes.len() != count {
+            return Err(self.contract(op, format!("returned {} outcomes for {count} items", outcomes.len())));
         }
+        outcomes
+            .into_iter()
+            .enumerate()
+            .map(|(n, outcome)| match outcome {
+                Ok(UpsertOutcome { record, action }) => {
+                    let record = self.checked_record(op, record, &format!("the record of outcome {} of {count}", n + 1))?;
+                    Ok(Ok(UpsertOutcome { record, action }))
+                }
+                Err(error) => Ok(Err(plugin_error(error))),
+            })
+            .collect()
+    }
+
+    /// `record` if it is within the record limit and exactly one JSON
+    /// object (made one line if it spans lines); otherwise a contract
+    /// breach naming `which` record.
+    fn checked_record(&self, op: &'static str, record: String, which: &str) -> Result<String> {
+        let limit = self.runtime.limits().max_record_bytes;
+        if record.len() > limit {
+            return Err(self.contract(op, format!("{which} is {} bytes, over the record limit of {}", record.len(), bytes(limit))));
+        }
+        record::one_object(record).map_err(|e| self.contract(op, format!("{which} {e}")))
     }
 
     fn removed(&self, reply: Reply) -> Result<RemoveOutcome> {
         match reply {
             Reply::Removed(outcome) => Ok(outcome),
-            other => Err(self.contract("remove", format!("unexpected reply {other:?}"))),
+            other => Err(self.contract("remove", format!("unexpected reply {}", other.kind()))),
         }
     }
 
@@ -527,6 +644,15 @@ impl Plugin {
         };
         let mut store = Store::new(&self.runtime.inner.engine, state);
         store.limiter(|s| &mut s.limiter);
+        // What the plugin hands the host is copied out of its memory by
+        // wasmtime, which charges each string's bytes and each list's
+        // elements against this before allocating: a reply (or an import's
+        // arguments) past it fails the call without the host ever holding it.
+        store.set_hostcall_fuel(limits.max_reply_bytes);
+        // Host-side handles a plugin can make (WASI streams, pollables): a
+        // connector needs a handful.
+        store.data_mut().table.set_max_capacity(MAX_HOST_HANDLES);
+        store.set_max_component_handles(MAX_HOST_HANDLES);
         store.epoch_deadline_callback(|ctx| {
             let state = ctx.data();
             let in_guest = state.started.elapsed().saturating_sub(state.in_host);
@@ -566,7 +692,7 @@ impl Plugin {
         match outcome {
             Err(_) => Err(trapped(format!("exceeded the call deadline of {:?}", limits.call_timeout))),
             Ok(Ok(Ok(reply))) => Ok(reply),
-            Ok(Ok(Err(error))) => Err(RuntimeError::Connector { plugin: self.name.clone(), op, error }),
+            Ok(Ok(Err(error))) => Err(RuntimeError::Connector { plugin: self.name.clone(), op, error: plugin_error(error) }),
             Ok(Err(error)) => Err(trapped(explain_trap(&error, &instance.store, &instance.stderr))),
         }
     }
@@ -728,20 +854,33 @@ impl PluginConnection {
     }
 }
 
+/// Handles a plugin may hold in host tables at once.
+const MAX_HOST_HANDLES: usize = 10_000;
+
 /// Why a store was stopped by the host.
 #[derive(Debug, thiserror::Error)]
 enum LimitHit {
     #[error("exceeded its CPU time limit of {limit:?}")]
     CpuTime { limit: Duration },
-    #[error("exceeded its memory limit of {} MiB (tried to grow to {} MiB)", cap >> 20, asked >> 20)]
+    #[error("exceeded its memory limit of {} (tried to grow to {})", bytes(*cap), bytes(*asked))]
     Memory { cap: usize, asked: usize },
 }
+
+/// What wasmtime 48 says when a copy out of the instance passes the hostcall
+/// fuel (its error type is private, so the text is what there is to match;
+/// the version is pinned, and a test fails if the text changes).
+const HOSTCALL_FUEL_EXHAUSTED: &str = "fuel allocated for hostcalls has been exhausted";
 
 fn explain_trap(error: &wasmtime::Error, store: &Store<InstanceState>, stderr: &MemoryOutputPipe) -> String {
     let mut reason = if let Some(hit) = error.downcast_ref::<LimitHit>() {
         hit.to_string()
     } else if let Some(asked) = store.data().limiter.asked {
         LimitHit::Memory { cap: store.data().limiter.cap, asked }.to_string()
+    } else if error.chain().any(|cause| cause.to_string().contains(HOSTCALL_FUEL_EXHAUSTED)) {
+        format!(
+            "handed the host more than its reply limit of {} in one reply or one import's arguments",
+            bytes(store.hostcall_fuel())
+        )
     } else {
         match error.downcast_ref::<Trap>() {
             Some(Trap::StackOverflow) => "exceeded the wasm stack limit (unbounded recursion?)".to_owned(),
@@ -756,7 +895,7 @@ fn explain_trap(error: &wasmtime::Error, store: &Store<InstanceState>, stderr: &
     let said = said.trim();
     if !said.is_empty() {
         reason.push_str("; the plugin said: ");
-        reason.push_str(said.lines().last().unwrap_or(said));
+        reason.push_str(&plugin_text(said.lines().last().unwrap_or(said)));
     }
     reason
 }
@@ -837,7 +976,7 @@ impl InstanceState {
             return;
         }
         self.log_budget -= 1;
-        let message: String = message.chars().take(2000).collect();
+        let message = plugin_text(message);
         let plugin = self.plugin.as_str();
         match level {
             tracing::Level::ERROR => tracing::error!(plugin, "{message}"),

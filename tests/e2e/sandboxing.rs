@@ -206,3 +206,210 @@ async fn a_trapped_instance_is_discarded_and_a_typed_error_is_not() -> TestResul
     assert_eq!(calls_seen(&connection).await?, 1, "a fresh instance after the trap");
     Ok(())
 }
+
+// ---- What a plugin hands back: one JSON object per record, bounded sizes ----
+
+/// The ways `bad-records` breaks "one JSON object" (see the hostile plugin).
+const NOT_ONE_OBJECT: &[&str] =
+    &["newline-in-string", "two-lines", "comma", "not-json", "array", "number", "unterminated", "lone-surrogate", "huge-number", "too-deep"];
+
+async fn list_with(plugin: &Plugin, http: &Arc<ConnectionHttp>, resource: &str, cursor: Option<&str>, filter: serde_json::Value) -> Result<Vec<String>, RuntimeError> {
+    let ctx = CallContext { base_url: http.base_url(), settings: vec![] };
+    let request = ListRequest { resource: resource.into(), cursor: cursor.map(str::to_owned), page_size: 10, filter: Some(filter.to_string()) };
+    plugin.list(http, ctx, request).await.map(|page| page.records)
+}
+
+fn assert_contract_breach(error: &RuntimeError, op: &str, what: &str) {
+    let text = error.to_string();
+    assert!(matches!(error, RuntimeError::Contract { .. }), "{what}: not a contract breach: {text}");
+    assert!(text.contains("plugin ") && text.contains("hostile") && text.contains(op), "{what}: {text} names the plugin and {op}");
+}
+
+#[tokio::test]
+async fn a_listed_record_that_is_not_one_json_object_is_a_contract_breach() -> TestResult {
+    let runtime = runtime(limits())?;
+    let plugin = runtime.load_file(hostile_wasm()).await?;
+    let http = connection("http://127.0.0.1:9")?;
+    for kind in NOT_ONE_OBJECT {
+        let filter = serde_json::json!({ "kind": kind });
+        match list_with(&plugin, &http, "bad-records", Some("2"), filter).await {
+            Ok(records) => panic!("{kind}: accepted {records:?}"),
+            Err(error) => {
+                assert_contract_breach(&error, "list", kind);
+                assert!(error.to_string().contains("record 1 of 2"), "{kind}: {error}");
+            }
+        }
+    }
+    // One object over several lines (a vendor's pretty-printed body) is
+    // fine: it arrives as one line.
+    let records = list_with(&plugin, &http, "bad-records", Some("2"), serde_json::json!({ "kind": "pretty" })).await?;
+    assert_eq!(records, [r#"{"id":"2","name":"Pretty\nPrinted"}"#, r#"{"id":"3"}"#]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_record_from_get_upsert_or_a_batch_that_is_not_one_json_object_is_a_contract_breach() -> TestResult {
+    let runtime = runtime(limits())?;
+    let plugin = runtime.load_file(hostile_wasm()).await?;
+    let http = connection("http://127.0.0.1:9")?;
+    let ctx = || CallContext { base_url: http.base_url(), settings: vec![] };
+    for kind in NOT_ONE_OBJECT {
+        let error = plugin.get(&http, ctx(), "bad-records", kind).await.err().ok_or(format!("get {kind} was accepted"))?;
+        assert_contract_breach(&error, "get", kind);
+
+        let record = serde_json::json!({ "kind": kind }).to_string();
+        let request = weft::connector::UpsertRequest { resource: "bad-records".into(), record: record.clone(), idempotency_key: "k".into() };
+        let error = plugin.upsert(&http, ctx(), request).await.err().ok_or(format!("upsert {kind} was accepted"))?;
+        assert_contract_breach(&error, "upsert", kind);
+
+        let items = vec![
+            weft::connector::BatchItem { record: r#"{"kind":"good"}"#.into(), idempotency_key: "k1".into() },
+            weft::connector::BatchItem { record, idempotency_key: "k2".into() },
+        ];
+        let error = plugin.upsert_batch(&http, ctx(), "bad-records", items).await.err().ok_or(format!("batch {kind} was accepted"))?;
+        assert_contract_breach(&error, "upsert-batch", kind);
+        assert!(error.to_string().contains("outcome 2 of 2"), "{kind}: {error}");
+    }
+    Ok(())
+}
+
+/// A list step whose second page holds `kind`, writing an output file and
+/// keeping its records for a later step; returns the run, the store and
+/// the output file's path.
+async fn list_step_with_bad_page(kind: &str) -> TestResult<(weft::executor::RunSummary, tempfile::TempDir, tempfile::TempDir)> {
+    let state = tempfile::tempdir()?;
+    let files = tempfile::tempdir()?;
+    let executor = Executor::new(runtime(limits())?, RunStore::open(state.path())?);
+    let overrides = BTreeMap::from([(
+        "hostile".to_owned(),
+        ConnectionOverride { base_url: "http://127.0.0.1:9".into(), secret: Secret::new(SECRET) },
+    )]);
+    let text = format!(
+        r#"[workflow]
+name = "bad-page"
+[connections.hostile]
+plugin = {plugin:?}
+credentials = "env:UNUSED"
+[[step]]
+id = "s"
+list = "hostile.bad-records"
+filter = {{ kind = "{kind}" }}
+output = "out.jsonl"
+[[step]]
+id = "each"
+for_each = ".steps.s.records[]"
+get = "hostile.big-record"
+key = "16"
+"#,
+        plugin = hostile_wasm().display().to_string()
+    );
+    let summary = executor.run(&workflow(files.path(), &text)?, &overrides, &Silent).await?;
+    // What a resume would read: every committed page, every output line.
+    for page in executor.store().pages(&summary.run_id, 0) {
+        let records: Vec<serde_json::Value> = serde_json::from_str(&page?)?;
+        assert!(records.iter().all(serde_json::Value::is_object), "{kind}: {records:?}");
+    }
+    drop(executor);
+    Ok((summary, state, files))
+}
+
+fn output_lines(files: &tempfile::TempDir) -> TestResult<Vec<serde_json::Value>> {
+    let text = std::fs::read_to_string(files.path().join("out.jsonl"))?;
+    let lines: Vec<serde_json::Value> = text.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
+    assert!(lines.iter().all(serde_json::Value::is_object), "{text}");
+    Ok(lines)
+}
+
+#[tokio::test]
+async fn a_bad_record_fails_its_list_step_and_leaves_the_page_log_and_output_readable() -> TestResult {
+    for kind in ["two-lines", "comma", "not-json", "number", "lone-surrogate"] {
+        let (summary, _state, files) = list_step_with_bad_page(kind).await?;
+        assert_eq!(summary.status, Status::Failed, "{kind}: {summary:?}");
+        let error = summary.steps[0].error.clone().unwrap_or_default();
+        assert!(error.contains("plugin") && error.contains("hostile") && error.contains("broke the contract"), "{kind}: {error}");
+        // Only the first, good page was kept; nothing was forged or smuggled.
+        assert_eq!(output_lines(&files)?, [serde_json::json!({"id": "1"})], "{kind}");
+    }
+    let (summary, _state, files) = list_step_with_bad_page("pretty").await?;
+    assert_eq!(summary.status, Status::Succeeded, "{summary:?}");
+    assert_eq!(output_lines(&files)?.len(), 3);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_40_mb_record_is_refused_before_the_host_copies_it() -> TestResult {
+    let runtime = runtime(limits())?;
+    let plugin = runtime.load_file(hostile_wasm()).await?;
+    let http = connection("http://127.0.0.1:9")?;
+    let ctx = || CallContext { base_url: http.base_url(), settings: vec![] };
+    let error = plugin.get(&http, ctx(), "big-record", &(40 << 20).to_string()).await.err().ok_or("a 40 MiB record was accepted")?.to_string();
+    assert!(error.contains("hostile") && error.contains("get") && error.contains("reply limit of 16 MiB"), "{error}");
+
+    // Under the reply limit but over the record limit: refused by size.
+    let error = plugin.get(&http, ctx(), "big-record", &(2 << 20).to_string()).await.err().ok_or("a 2 MiB record was accepted")?.to_string();
+    assert!(error.contains("is 2097152 bytes, over the record limit of 1 MiB"), "{error}");
+
+    // Records each under the limit, a page over the reply limit.
+    let error = list_with(&plugin, &http, "big-record", None, serde_json::json!({"bytes": 900_000, "records": 20})).await.err().ok_or("an 18 MB page was accepted")?.to_string();
+    assert!(error.contains("list") && error.contains("reply limit of 16 MiB"), "{error}");
+
+    // A million empty records: 8 MB in the guest, 24 MB as host strings.
+    let error = list_with(&plugin, &http, "many-records", None, serde_json::json!({"count": 1_000_000})).await.err().ok_or("a million records were accepted")?.to_string();
+    assert!(error.contains("reply limit of 16 MiB"), "{error}");
+
+    // The process goes on.
+    assert_eq!(plugin.get(&http, ctx(), "big-record", "100").await?.map(|r| r.len()), Some(100));
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_memory_limit_message_gives_exact_sizes() -> TestResult {
+    let runtime = runtime(limits())?;
+    let plugin = runtime.load_file(hostile_wasm()).await?;
+    let http = connection("http://127.0.0.1:9")?;
+    // One 64 KiB page past the 64 MiB cap.
+    let error = list_with(&plugin, &http, "grow", None, serde_json::json!({"pages": 1025})).await.err().ok_or("grew past the cap")?.to_string();
+    assert!(error.contains("exceeded its memory limit of 64 MiB (tried to grow to 67174400 bytes (64.06 MiB))"), "{error}");
+    Ok(())
+}
+
+// ---- Plugin text in host logs ----
+
+/// Log output captured from the current thread.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().map_err(|_| std::io::Error::other("poisoned"))?.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn plugin_log_lines_cannot_forge_host_log_lines() -> TestResult {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt().with_ansi(false).with_max_level(tracing::Level::TRACE).with_writer(move || writer.clone()).finish();
+    // The test's runtime is this one thread, so the plugin's log calls run here.
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let runtime = runtime(limits())?;
+    let plugin = runtime.load_file(hostile_wasm()).await?;
+    let http = connection("http://127.0.0.1:9")?;
+    list(&plugin, &http, "log-forge").await?;
+    let bytes = captured.0.lock().map_err(|_| "poisoned")?.clone();
+    let text = String::from_utf8(bytes)?;
+    let plugin_lines: Vec<&str> = text.lines().filter(|line| line.contains("plugin=")).collect();
+    assert_eq!(plugin_lines.len(), 2, "two plugin lines, each on one line:\n{text}");
+    assert!(!text.lines().any(|line| line.starts_with("2030-01-01")), "a forged line:\n{text}");
+    assert!(plugin_lines[0].contains(r"plugin line\n2030-01-01T00:00:00Z ERROR weft: forged host line"), "{text}");
+    assert!(plugin_lines[1].contains(r"carriage\rreturn, \u{1b}[31mred\u{1b}[0m, bell\u{7}, nul\u{0}, next line\u{85}, separator\u{2028}end"), "{text}");
+    for control in ['\r', '\u{1b}', '\u{7}', '\u{0}', '\u{85}', '\u{2028}'] {
+        assert!(!text.contains(control), "{control:?} reached the log:\n{text}");
+    }
+    Ok(())
+}

@@ -16,15 +16,20 @@
 //! | `http`           | GETs `{base_url}/v1/customers?limit=3`, returns status and headers | keep the credential out of them |
 //! | `calls`          | returns how many `list` calls this instance has served   | count 1 on a fresh instance, more only within one connection |
 //!
+//! The resources of [`boundary`] misbehave in what they hand back (records,
+//! reply sizes), the CPU they spend, their log lines and their imports.
+//!
 //! Every other operation keeps the SDK's default (`unsupported`).
+
+mod boundary;
 
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use serde_json::{Value, json};
 use weft_connector_sdk::{
-    AuthScheme, Connector, Context, Error, ListRequest, Manifest, Op, Page, ResourceSpec, Result,
-    http,
+    AuthScheme, BatchItem, Connector, Context, Error, ListRequest, Manifest, Op, Page,
+    ResourceSpec, Result, UpsertOutcome, UpsertRequest, http,
 };
 
 /// The misbehaving connector.
@@ -90,6 +95,7 @@ impl Connector for Hostile {
                     default_page_size: 100,
                     id_field: "id".into(),
                 })
+                .chain(boundary::resources())
                 .collect(),
             rate_limits: Vec::new(),
             settings: Vec::new(),
@@ -136,9 +142,26 @@ impl Connector for Hostile {
                     "body_len": response.body.len(),
                 })]
             }
+            other if boundary::serves(other) => return boundary::list(ctx, &request),
             other => return Err(Error::not_found(format!("hostile: no resource `{other}`"))),
         };
         Ok(Page::last(records.iter().map(Value::to_string).collect()))
+    }
+
+    fn get(_ctx: &Context, resource: &str, id: &str) -> Result<Option<String>> {
+        boundary::get(resource, id)
+    }
+
+    fn upsert(_ctx: &Context, request: UpsertRequest) -> Result<UpsertOutcome> {
+        boundary::upsert(&request)
+    }
+
+    fn upsert_batch(
+        _ctx: &Context,
+        resource: &str,
+        items: Vec<BatchItem>,
+    ) -> Result<Vec<Result<UpsertOutcome>>> {
+        boundary::upsert_batch(resource, &items)
     }
 }
 
@@ -249,7 +272,7 @@ mod tests {
     #[test]
     fn every_resource_is_listable() {
         let manifest = Hostile::describe();
-        assert_eq!(manifest.resources.len(), RESOURCES.len());
-        assert!(manifest.resources.iter().all(|r| r.ops == [Op::List]));
+        assert_eq!(manifest.resources.len(), RESOURCES.len() + boundary::RESOURCES.len());
+        assert!(manifest.resources.iter().all(|r| r.ops.contains(&Op::List)));
     }
 }
