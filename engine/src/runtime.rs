@@ -11,7 +11,7 @@ mod v0_1;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -43,8 +43,10 @@ const STDERR_CAPTURE: usize = 4096;
 pub struct SandboxLimits {
     /// Largest linear memory an instance may grow to.
     pub memory_bytes: usize,
-    /// CPU time a call may spend inside the plugin (time waiting on host
-    /// HTTP does not count).
+    /// CPU time a call may use: the time the thread running the call spends
+    /// on it (the plugin's code and the host's own work for its imports),
+    /// summed over every stretch it runs. Waiting does not count: on HTTP,
+    /// or for a core on a busy machine.
     pub cpu_time: Duration,
     /// Wall-clock deadline for a whole call, HTTP included.
     pub call_timeout: Duration,
@@ -636,10 +638,9 @@ impl Plugin {
             limiter: MemoryCap { cap: limits.memory_bytes, asked: None, peak: 0 },
             http,
             plugin: self.name.clone(),
-            started: Instant::now(),
-            in_host: Duration::ZERO,
+            cpu: Arc::new(CpuMeter::default()),
             cpu_limit: limits.cpu_time,
-            deadline: Instant::now() + limits.call_timeout,
+            deadline: deadline_after(limits.call_timeout),
             log_budget: limits.log_lines_per_call,
         };
         let mut store = Store::new(&self.runtime.inner.engine, state);
@@ -653,10 +654,10 @@ impl Plugin {
         // connector needs a handful.
         store.data_mut().table.set_max_capacity(MAX_HOST_HANDLES);
         store.set_max_component_handles(MAX_HOST_HANDLES);
+        // Runs on the thread running the guest, at each epoch tick.
         store.epoch_deadline_callback(|ctx| {
             let state = ctx.data();
-            let in_guest = state.started.elapsed().saturating_sub(state.in_host);
-            if in_guest > state.cpu_limit {
+            if state.cpu.spent() > state.cpu_limit {
                 return Err(wasmtime::Error::new(LimitHit::CpuTime { limit: state.cpu_limit }));
             }
             // Under the limit: give the executor a turn so a busy plugin
@@ -666,7 +667,8 @@ impl Plugin {
         // Instantiation runs the component's start functions: the same
         // limits as a call apply.
         store.set_epoch_deadline(1);
-        match tokio::time::timeout(limits.call_timeout, self.bindings.instantiate(&mut store)).await {
+        let cpu = store.data().cpu.clone();
+        match tokio::time::timeout(limits.call_timeout, cpu.metered(self.bindings.instantiate(&mut store))).await {
             Ok(Ok(exports)) => Ok(Instance { store, exports, stderr, calls: 0 }),
             Ok(Err(error)) => Err(RuntimeError::Trapped { plugin: self.name.clone(), op, reason: explain_trap(&error, &store, &stderr) }),
             Err(_) => Err(RuntimeError::Trapped { plugin: self.name.clone(), op, reason: format!("exceeded the call deadline of {:?} while starting", limits.call_timeout) }),
@@ -679,15 +681,15 @@ impl Plugin {
         let op = call.op();
         let limits = self.runtime.limits();
         let state = instance.store.data_mut();
-        state.started = Instant::now();
-        state.in_host = Duration::ZERO;
-        state.deadline = state.started + limits.call_timeout;
+        state.cpu.reset();
+        state.deadline = deadline_after(limits.call_timeout);
         state.log_budget = limits.log_lines_per_call;
         state.limiter.asked = None;
         instance.store.set_epoch_deadline(1);
         instance.calls += 1;
 
-        let outcome = tokio::time::timeout(limits.call_timeout, instance.exports.call(&mut instance.store, call)).await;
+        let cpu = instance.store.data().cpu.clone();
+        let outcome = tokio::time::timeout(limits.call_timeout, cpu.metered(instance.exports.call(&mut instance.store, call))).await;
         let trapped = |reason: String| RuntimeError::Trapped { plugin: self.name.clone(), op, reason };
         match outcome {
             Err(_) => Err(trapped(format!("exceeded the call deadline of {:?}", limits.call_timeout))),
@@ -936,6 +938,71 @@ impl ResourceLimiter for MemoryCap {
     }
 }
 
+/// The CPU time one call has used: the thread CPU time of each poll of the
+/// call's future, summed, plus that of the poll under way.
+///
+/// A guest runs only inside a poll, on the polling thread (wasmtime resumes
+/// its fiber there), and a poll never moves between threads; so the
+/// difference of the thread's CPU clock across a poll is the time the call
+/// had a core. Time between polls (waiting on HTTP, or queued behind other
+/// calls on a busy executor) is not counted, nor is time the OS gave the
+/// thread to anything else.
+#[derive(Debug, Default)]
+struct CpuMeter {
+    /// Nanoseconds of finished polls.
+    spent: AtomicU64,
+    /// The thread CPU clock, in nanoseconds, when the current poll began.
+    poll_started: AtomicU64,
+}
+
+impl CpuMeter {
+    fn reset(&self) {
+        self.spent.store(0, Ordering::Relaxed);
+    }
+
+    /// CPU time used so far; called on the polling thread (from the epoch
+    /// callback), so the poll under way counts up to now.
+    fn spent(&self) -> Duration {
+        let in_poll = thread_cpu_nanos().saturating_sub(self.poll_started.load(Ordering::Relaxed));
+        Duration::from_nanos(self.spent.load(Ordering::Relaxed).saturating_add(in_poll))
+    }
+
+    /// `future`, with the CPU time of each of its polls added to the meter.
+    async fn metered<F: std::future::Future>(&self, future: F) -> F::Output {
+        let mut future = std::pin::pin!(future);
+        std::future::poll_fn(|cx| {
+            let started = thread_cpu_nanos();
+            self.poll_started.store(started, Ordering::Relaxed);
+            let poll = future.as_mut().poll(cx);
+            self.spent.fetch_add(thread_cpu_nanos().saturating_sub(started), Ordering::Relaxed);
+            poll
+        })
+        .await
+    }
+}
+
+/// The instant `timeout` from now; a timeout too long to represent (a
+/// configured `Duration::MAX`) means a century.
+fn deadline_after(timeout: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(timeout).or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 86_400))).unwrap_or(now)
+}
+
+/// The calling thread's CPU time, in nanoseconds.
+#[cfg(unix)]
+fn thread_cpu_nanos() -> u64 {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    u64::try_from(now.tv_sec).unwrap_or(0).saturating_mul(1_000_000_000).saturating_add(u64::try_from(now.tv_nsec).unwrap_or(0))
+}
+
+/// Where there is no per-thread CPU clock, the time spent in polls stands in
+/// for it: still blind to waiting, though not to the OS's other threads.
+#[cfg(not(unix))]
+fn thread_cpu_nanos() -> u64 {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    u64::try_from(EPOCH.get_or_init(Instant::now).elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
 /// What one instance may touch: an empty WASI context, its connection's HTTP
 /// policy, and its own bookkeeping.
 pub(crate) struct InstanceState {
@@ -944,9 +1011,8 @@ pub(crate) struct InstanceState {
     limiter: MemoryCap,
     http: Option<Arc<ConnectionHttp>>,
     plugin: String,
-    started: Instant,
-    /// Time spent in host imports, which does not count as plugin CPU time.
-    in_host: Duration,
+    /// CPU time the current call has used.
+    cpu: Arc<CpuMeter>,
     cpu_limit: Duration,
     /// When the whole call must be over; HTTP retries stop short of it.
     deadline: Instant,
@@ -965,10 +1031,7 @@ impl InstanceState {
         let Some(http) = self.http.clone() else {
             return Err(crate::http::HttpError::Denied("HTTP is not available during describe".into()));
         };
-        let started = Instant::now();
-        let response = http.send(request, Some(self.deadline)).await;
-        self.in_host += started.elapsed();
-        response
+        http.send(request, Some(self.deadline)).await
     }
 
     fn log(&mut self, level: tracing::Level, message: &str) {

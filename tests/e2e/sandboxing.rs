@@ -413,3 +413,50 @@ async fn plugin_log_lines_cannot_forge_host_log_lines() -> TestResult {
     }
     Ok(())
 }
+
+// ---- CPU time is CPU time ----
+
+async fn burn(plugin: &Plugin, http: &Arc<ConnectionHttp>, iterations: u64) -> Result<Vec<String>, RuntimeError> {
+    list_with(plugin, http, "burn", None, serde_json::json!({ "iterations": iterations })).await
+}
+
+/// Many calls, each well under the CPU limit, on two worker threads: each
+/// waits for a core far longer than the limit, and that waiting is not CPU.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_calls_each_under_the_cpu_limit_all_succeed_and_a_spin_still_stops() -> TestResult {
+    let limit = Duration::from_millis(500);
+    let runtime = runtime(SandboxLimits { cpu_time: limit, call_timeout: Duration::from_secs(120), ..SandboxLimits::default() })?;
+    let plugin = Arc::new(runtime.load_file(hostile_wasm()).await?);
+    let http = connection("http://127.0.0.1:9")?;
+    // Calibrate alone: iterations for about a fifth of the limit. Wall time
+    // alone is at least the CPU time, so the real share is at most that.
+    let probe = 5_000_000;
+    let started = std::time::Instant::now();
+    burn(&plugin, &http, probe).await?;
+    let per_iteration = started.elapsed().as_secs_f64() / probe as f64;
+    let iterations = ((limit.as_secs_f64() / 5.0) / per_iteration) as u64;
+    // 24 calls of ~100 ms on 2 threads: each call's wall time is ~1.2 s.
+    let calls = 24;
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..calls {
+        let (plugin, http) = (plugin.clone(), http.clone());
+        tasks.spawn(async move { burn(&plugin, &http, iterations).await.map_err(|e| e.to_string()) });
+    }
+    let spin = {
+        let (plugin, http) = (plugin.clone(), http.clone());
+        tokio::spawn(async move { list(&plugin, &http, "spin").await.map_err(|e| e.to_string()) })
+    };
+    let started = std::time::Instant::now();
+    let mut failures = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        if let Err(e) = joined? {
+            failures.push(e);
+        }
+    }
+    let wall = started.elapsed();
+    assert!(failures.is_empty(), "{} of {calls} calls failed ({iterations} iterations each, {wall:?} for all): {:?}", failures.len(), failures.first());
+    assert!(wall > limit, "the calls ran concurrently past the limit ({wall:?}), so the test shows something");
+    let error = spin.await?.err().unwrap_or_default();
+    assert!(error.contains("CPU time limit of 500ms"), "{error}");
+    Ok(())
+}
