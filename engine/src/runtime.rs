@@ -61,6 +61,11 @@ pub struct SandboxLimits {
     /// enforced while the reply is copied out of the instance, before the
     /// host allocates for it.
     pub max_reply_bytes: usize,
+    /// Instances that may exist at once in the runtime (the size of its
+    /// instance pool). A call that finds none free waits for one, first
+    /// come first served, within its deadline; idle warm instances are
+    /// given up first.
+    pub instances: u32,
 }
 
 impl Default for SandboxLimits {
@@ -72,6 +77,7 @@ impl Default for SandboxLimits {
             log_lines_per_call: 1000,
             max_record_bytes: 1 << 20,
             max_reply_bytes: 16 << 20,
+            instances: 256,
         }
     }
 }
@@ -163,6 +169,66 @@ struct RuntimeInner {
     linker: Linker<InstanceState>,
     config: RuntimeConfig,
     ticker_stop: Arc<AtomicBool>,
+    /// One permit per instance slot of the pool; every live instance holds
+    /// its share.
+    slots: Arc<tokio::sync::Semaphore>,
+    /// Calls waiting for a slot: while any wait, a finished instance is
+    /// dropped, not kept warm.
+    waiting: std::sync::atomic::AtomicUsize,
+    /// Every connection's idle instances, to give up when a call waits.
+    idle_lists: std::sync::Mutex<Vec<std::sync::Weak<IdleList>>>,
+    /// Idle instances held by every connection.
+    warm_idle: std::sync::atomic::AtomicUsize,
+}
+
+/// One connection's idle instances.
+type IdleList = std::sync::Mutex<Vec<Instance>>;
+
+impl RuntimeInner {
+    /// Idle instances kept in the process at most: half the slots, so that
+    /// warm instances never leave calls short of them.
+    fn warm_limit(&self) -> usize {
+        (self.config.limits.instances / 2) as usize
+    }
+
+    /// Drops idle instances of any connection until `permits` slots are
+    /// free again or none is idle.
+    fn give_up_idle(&self, permits: usize) {
+        let lists: Vec<Arc<IdleList>> = {
+            let mut registry = self.idle_lists.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            registry.retain(|list| list.strong_count() > 0);
+            registry.iter().filter_map(std::sync::Weak::upgrade).collect()
+        };
+        let mut freed = 0;
+        for list in lists {
+            while freed < permits {
+                let instance = list.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pop();
+                let Some(instance) = instance else { break };
+                self.warm_idle.fetch_sub(1, Ordering::Relaxed);
+                freed += instance.slot.num_permits();
+                drop(instance);
+            }
+            if freed >= permits {
+                return;
+            }
+        }
+    }
+}
+
+/// Counts a call among those waiting for a slot while it lives.
+struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn enter(count: &'a std::sync::atomic::AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Waiting(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl std::fmt::Debug for Runtime {
@@ -184,12 +250,13 @@ impl Runtime {
         wasm.wasm_component_model(true);
         wasm.epoch_interruption(true);
         wasm.max_wasm_stack(1 << 20);
+        let slots = config.limits.instances.max(1);
         let mut pool = PoolingAllocationConfig::default();
-        pool.total_component_instances(256)
-            .total_core_instances(1024)
-            .total_memories(256)
-            .total_tables(1024)
-            .total_stacks(256)
+        pool.total_component_instances(slots)
+            .total_core_instances(slots.saturating_mul(4))
+            .total_memories(slots)
+            .total_tables(slots.saturating_mul(4))
+            .total_stacks(slots)
             .max_memories_per_component(4)
             .max_core_instances_per_component(16)
             .max_tables_per_component(16)
@@ -230,7 +297,19 @@ impl Runtime {
             })
             .map_err(|e| RuntimeError::Engine(format!("cannot start the epoch thread: {e}")))?;
 
-        Ok(Runtime { inner: Arc::new(RuntimeInner { engine, linker, config, ticker_stop }) })
+        let slots = Arc::new(tokio::sync::Semaphore::new(slots as usize));
+        Ok(Runtime {
+            inner: Arc::new(RuntimeInner {
+                engine,
+                linker,
+                config,
+                ticker_stop,
+                slots,
+                waiting: Default::default(),
+                idle_lists: Default::default(),
+                warm_idle: Default::default(),
+            }),
+        })
     }
 
     /// The limits instances run under.
@@ -252,10 +331,12 @@ impl Runtime {
             plugin: name.to_owned(),
             reason: error_chain(&e),
         })?;
+        let slot_cost = self.slot_cost(name, &component)?;
         let mut plugin = Plugin {
             name: name.to_owned(),
             runtime: self.clone(),
             bindings,
+            slot_cost,
             manifest: placeholder_manifest(name),
             digest: hex::encode(Sha256::digest(wasm)),
             load: LoadInfo { cache_hit, compile_or_load: compiled, total: Duration::ZERO },
@@ -263,6 +344,23 @@ impl Runtime {
         plugin.manifest = plugin.describe().await?;
         plugin.load.total = started.elapsed();
         Ok(plugin)
+    }
+
+    /// The slot permits one instance of `component` holds: the pool has a
+    /// memory per slot and four tables, so a component with more memories
+    /// or tables takes more than one slot.
+    fn slot_cost(&self, name: &str, component: &Component) -> Result<u32> {
+        let needs = component.resources_required();
+        let memories = needs.as_ref().map_or(1, |n| n.num_memories);
+        let tables = needs.as_ref().map_or(4, |n| n.num_tables);
+        let cost = memories.max(tables.div_ceil(4)).max(1);
+        if cost > self.inner.config.limits.instances {
+            return Err(RuntimeError::InvalidComponent {
+                plugin: name.to_owned(),
+                reason: format!("one instance needs {memories} memories and {tables} tables, more than the {} instance slots hold", self.inner.config.limits.instances),
+            });
+        }
+        Ok(cost)
     }
 
     /// Loads a plugin from a `.wasm` file.
@@ -359,6 +457,8 @@ pub struct Plugin {
     name: String,
     runtime: Runtime,
     bindings: v0_1::Bindings,
+    /// Slot permits an instance holds (see [`Runtime::slot_cost`]).
+    slot_cost: u32,
     manifest: Manifest,
     digest: String,
     load: LoadInfo,
@@ -619,14 +719,44 @@ impl Plugin {
     /// Runs one call in a fresh instance under the sandbox limits.
     async fn call(&self, http: Option<&Arc<ConnectionHttp>>, call: Call) -> Result<Reply> {
         let op = call.op();
-        let mut instance = self.instantiate(http.cloned(), op).await?;
-        self.run(&mut instance, call).await
+        let deadline = deadline_after(self.runtime.limits().call_timeout);
+        let mut instance = self.instantiate(http.cloned(), op, deadline).await?;
+        self.run(&mut instance, call, deadline).await
+    }
+
+    /// Waits for the instance slots one instance holds, first come first
+    /// served, until `deadline`; idle warm instances are given up for it.
+    async fn slot(&self, op: &'static str, deadline: Instant) -> Result<tokio::sync::OwnedSemaphorePermit> {
+        let inner = &self.runtime.inner;
+        match inner.slots.clone().try_acquire_many_owned(self.slot_cost) {
+            Ok(slot) => return Ok(slot),
+            Err(tokio::sync::TryAcquireError::NoPermits) => {}
+            Err(tokio::sync::TryAcquireError::Closed) => {
+                return Err(RuntimeError::Engine("the instance slots are closed".into()));
+            }
+        }
+        let _waiting = Waiting::enter(&inner.waiting);
+        inner.give_up_idle(self.slot_cost as usize);
+        match tokio::time::timeout_at(deadline.into(), inner.slots.clone().acquire_many_owned(self.slot_cost)).await {
+            Ok(Ok(slot)) => Ok(slot),
+            Ok(Err(_closed)) => Err(RuntimeError::Engine("the instance slots are closed".into())),
+            Err(_) => Err(RuntimeError::Trapped {
+                plugin: self.name.clone(),
+                op,
+                reason: format!(
+                    "waited the whole call deadline of {:?} for a wasm instance: all {} slots stayed in use",
+                    self.runtime.limits().call_timeout,
+                    inner.config.limits.instances
+                ),
+            }),
+        }
     }
 
     /// A new instance from the template, in a store of its own whose state
     /// holds only what the instance may touch: an empty WASI context and
-    /// this connection's HTTP policy.
-    async fn instantiate(&self, http: Option<Arc<ConnectionHttp>>, op: &'static str) -> Result<Instance> {
+    /// this connection's HTTP policy. It first waits for a slot.
+    async fn instantiate(&self, http: Option<Arc<ConnectionHttp>>, op: &'static str, deadline: Instant) -> Result<Instance> {
+        let slot = self.slot(op, deadline).await?;
         let limits = self.runtime.limits();
         let stderr = MemoryOutputPipe::new(STDERR_CAPTURE);
         let mut wasi = WasiCtx::builder();
@@ -640,7 +770,7 @@ impl Plugin {
             plugin: self.name.clone(),
             cpu: Arc::new(CpuMeter::default()),
             cpu_limit: limits.cpu_time,
-            deadline: deadline_after(limits.call_timeout),
+            deadline,
             log_budget: limits.log_lines_per_call,
         };
         let mut store = Store::new(&self.runtime.inner.engine, state);
@@ -668,28 +798,28 @@ impl Plugin {
         // limits as a call apply.
         store.set_epoch_deadline(1);
         let cpu = store.data().cpu.clone();
-        match tokio::time::timeout(limits.call_timeout, cpu.metered(self.bindings.instantiate(&mut store))).await {
-            Ok(Ok(exports)) => Ok(Instance { store, exports, stderr, calls: 0 }),
+        match tokio::time::timeout_at(deadline.into(), cpu.metered(self.bindings.instantiate(&mut store))).await {
+            Ok(Ok(exports)) => Ok(Instance { store, exports, stderr, calls: 0, slot }),
             Ok(Err(error)) => Err(RuntimeError::Trapped { plugin: self.name.clone(), op, reason: explain_trap(&error, &store, &stderr) }),
             Err(_) => Err(RuntimeError::Trapped { plugin: self.name.clone(), op, reason: format!("exceeded the call deadline of {:?} while starting", limits.call_timeout) }),
         }
     }
 
     /// Runs one call on `instance` under the sandbox limits, each counted
-    /// from zero: CPU time, wall-clock deadline, log lines.
-    async fn run(&self, instance: &mut Instance, call: Call) -> Result<Reply> {
+    /// from zero (CPU time, log lines), until `deadline`.
+    async fn run(&self, instance: &mut Instance, call: Call, deadline: Instant) -> Result<Reply> {
         let op = call.op();
         let limits = self.runtime.limits();
         let state = instance.store.data_mut();
         state.cpu.reset();
-        state.deadline = deadline_after(limits.call_timeout);
+        state.deadline = deadline;
         state.log_budget = limits.log_lines_per_call;
         state.limiter.asked = None;
         instance.store.set_epoch_deadline(1);
         instance.calls += 1;
 
         let cpu = instance.store.data().cpu.clone();
-        let outcome = tokio::time::timeout(limits.call_timeout, cpu.metered(instance.exports.call(&mut instance.store, call))).await;
+        let outcome = tokio::time::timeout_at(deadline.into(), cpu.metered(instance.exports.call(&mut instance.store, call))).await;
         let trapped = |reason: String| RuntimeError::Trapped { plugin: self.name.clone(), op, reason };
         match outcome {
             Err(_) => Err(trapped(format!("exceeded the call deadline of {:?}", limits.call_timeout))),
@@ -707,6 +837,10 @@ struct Instance {
     stderr: MemoryOutputPipe,
     /// Calls run on it so far.
     calls: u32,
+    /// Its share of the pool. Declared last, so it is released only after
+    /// the store (and its pool slot) is gone: a call woken by it always
+    /// finds the slot free.
+    slot: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl Instance {
@@ -738,14 +872,6 @@ const WARM_MEMORY_BYTES: usize = 8 << 20;
 /// Idle instances kept per connection.
 const WARM_PER_CONNECTION: usize = 16;
 
-/// Idle instances kept in the whole process: half of the pool's 256
-/// instance slots, so that connections holding warm instances can never
-/// leave a call unable to instantiate.
-const WARM_IN_PROCESS: usize = 128;
-
-/// Idle instances held by every connection of the process.
-static WARM_IDLE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
 /// A plugin bound to one connection's HTTP policy, whose calls reuse warm
 /// instances instead of instantiating one per call.
 ///
@@ -764,11 +890,13 @@ static WARM_IDLE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsiz
 /// the memory cap is the same. An instance is discarded after a trap, a
 /// limit, a deadline, anything on stderr, memory grown past 8 MiB, or 1,000
 /// calls (see [`Instance::reusable`]), and no more than 16 idle instances
-/// are kept per connection, 128 in the process (half the instance pool).
+/// are kept per connection, half the instance slots in the process. An idle
+/// instance holds a slot: when a call waits for one, idle instances are
+/// given up first, and none is kept while any call waits.
 pub struct PluginConnection {
     plugin: Arc<Plugin>,
     http: Arc<ConnectionHttp>,
-    idle: std::sync::Mutex<Vec<Instance>>,
+    idle: Arc<IdleList>,
 }
 
 impl std::fmt::Debug for PluginConnection {
@@ -779,15 +907,22 @@ impl std::fmt::Debug for PluginConnection {
 
 impl Drop for PluginConnection {
     fn drop(&mut self) {
-        let idle = self.idle.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner).len();
-        WARM_IDLE.fetch_sub(idle, std::sync::atomic::Ordering::Relaxed);
+        // Taken out under the lock, so an eviction under way cannot count
+        // the same instances again.
+        let idle = std::mem::take(&mut *self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        self.plugin.runtime.inner.warm_idle.fetch_sub(idle.len(), Ordering::Relaxed);
     }
 }
 
 impl PluginConnection {
     /// Binds `plugin` to the connection whose HTTP policy is `http`.
     pub fn new(plugin: Arc<Plugin>, http: Arc<ConnectionHttp>) -> Self {
-        PluginConnection { plugin, http, idle: std::sync::Mutex::default() }
+        let idle = Arc::new(IdleList::default());
+        let mut registry = plugin.runtime.inner.idle_lists.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        registry.retain(|list| list.strong_count() > 0);
+        registry.push(Arc::downgrade(&idle));
+        drop(registry);
+        PluginConnection { plugin, http, idle }
     }
 
     /// The plugin.
@@ -831,23 +966,24 @@ impl PluginConnection {
     /// and keeps the instance for the next call when that is safe.
     async fn call(&self, call: Call) -> Result<Reply> {
         let op = call.op();
+        let inner = &self.plugin.runtime.inner;
+        let deadline = deadline_after(self.plugin.runtime.limits().call_timeout);
         let idle = self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pop();
         let mut instance = match idle {
             Some(instance) => {
-                WARM_IDLE.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                inner.warm_idle.fetch_sub(1, Ordering::Relaxed);
                 instance
             }
-            None => self.plugin.instantiate(Some(self.http.clone()), op).await?,
+            None => self.plugin.instantiate(Some(self.http.clone()), op, deadline).await?,
         };
         // Dropping this future mid-call (a cancelled run) drops the
         // instance with it: only a call that ran to its end returns one.
-        let outcome = self.plugin.run(&mut instance, call).await;
-        if instance.reusable(&outcome) {
+        let outcome = self.plugin.run(&mut instance, call, deadline).await;
+        // A call waiting for a slot gets this one instead.
+        if instance.reusable(&outcome) && inner.waiting.load(Ordering::Relaxed) == 0 {
             let mut idle = self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let admitted = idle.len() < WARM_PER_CONNECTION
-                && WARM_IDLE
-                    .fetch_update(std::sync::atomic::Ordering::Relaxed, std::sync::atomic::Ordering::Relaxed, |n| (n < WARM_IN_PROCESS).then_some(n + 1))
-                    .is_ok();
+                && inner.warm_idle.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < inner.warm_limit()).then_some(n + 1)).is_ok();
             if admitted {
                 idle.push(instance);
             }

@@ -460,3 +460,158 @@ async fn concurrent_calls_each_under_the_cpu_limit_all_succeed_and_a_spin_still_
     assert!(error.contains("CPU time limit of 500ms"), "{error}");
     Ok(())
 }
+
+// ---- Instance slots: calls wait for one, within their deadline ----
+
+/// A loopback server whose `/slow?ms=N` answers after N milliseconds.
+async fn slow_server() -> TestResult<weft_sandbox::server::RunningServer> {
+    async fn slow(axum::extract::Query(query): axum::extract::Query<BTreeMap<String, u64>>) -> &'static str {
+        tokio::time::sleep(Duration::from_millis(query.get("ms").copied().unwrap_or(0))).await;
+        "{}"
+    }
+    let router = axum::Router::new().route("/slow", axum::routing::get(slow));
+    Ok(weft_sandbox::server::serve(router, "127.0.0.1:0".parse()?).await?)
+}
+
+fn slow_request(ms: u64) -> ListRequest {
+    ListRequest { resource: "slow".into(), cursor: None, page_size: 10, filter: Some(serde_json::json!({ "ms": ms }).to_string()) }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_concurrent_calls_than_the_256_instance_slots_all_succeed() -> TestResult {
+    let server = slow_server().await?;
+    let runtime = runtime(SandboxLimits { call_timeout: Duration::from_secs(60), ..SandboxLimits::default() })?;
+    let plugin = Arc::new(runtime.load_file(hostile_wasm()).await?);
+    let http = connection(&server.base_url())?;
+    let calls = 300;
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 0..calls {
+        let (plugin, http) = (plugin.clone(), http.clone());
+        tasks.spawn(async move {
+            let ctx = CallContext { base_url: http.base_url(), settings: vec![] };
+            // Each call holds its instance while it waits on HTTP; a third
+            // of them go through warm connections, the rest fresh.
+            let result = if n % 3 == 0 {
+                PluginConnection::new(plugin, http).list(ctx, slow_request(300)).await
+            } else {
+                plugin.list(&http, ctx, slow_request(300)).await
+            };
+            result.map_err(|e| e.to_string())
+        });
+    }
+    let mut failures = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        if let Err(e) = joined? {
+            failures.push(e);
+        }
+    }
+    assert!(failures.is_empty(), "{} of {calls} calls failed, first: {:?}", failures.len(), failures.first());
+    Ok(())
+}
+
+fn small_pool(instances: u32, call_timeout: Duration) -> TestResult<weft::runtime::Runtime> {
+    runtime(SandboxLimits { call_timeout, instances, ..limits() })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_beyond_a_small_pool_wait_their_turn() -> TestResult {
+    let server = slow_server().await?;
+    let plugin = Arc::new(small_pool(4, Duration::from_secs(60))?.load_file(hostile_wasm()).await?);
+    let http = connection(&server.base_url())?;
+    let warm = Arc::new(PluginConnection::new(plugin.clone(), http.clone()));
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 0..24 {
+        let (plugin, http, warm) = (plugin.clone(), http.clone(), warm.clone());
+        tasks.spawn(async move {
+            let ctx = CallContext { base_url: http.base_url(), settings: vec![] };
+            let result = if n % 2 == 0 { warm.list(ctx, slow_request(50)).await } else { plugin.list(&http, ctx, slow_request(50)).await };
+            result.map_err(|e| e.to_string())
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined??;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_warm_instance_gives_its_slot_to_a_waiting_call() -> TestResult {
+    let server = slow_server().await?;
+    // Two slots; a call takes ~500 ms of its 800 ms deadline.
+    let plugin = Arc::new(small_pool(2, Duration::from_millis(800))?.load_file(hostile_wasm()).await?);
+    let http = connection(&server.base_url())?;
+    let ctx = || CallContext { base_url: http.base_url(), settings: vec![] };
+    let idle = PluginConnection::new(plugin.clone(), http.clone());
+    idle.list(ctx(), slow_request(0)).await?;
+    // `idle` now keeps its instance warm, holding one slot. Two concurrent
+    // calls need both: the second can only run at once if the idle
+    // instance is given up (waiting for the first would pass its deadline).
+    let busy = PluginConnection::new(plugin.clone(), http.clone());
+    let (first, second) = tokio::join!(busy.list(ctx(), slow_request(500)), busy.list(ctx(), slow_request(500)));
+    first?;
+    second?;
+    drop(idle);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_waits_for_a_slot_no_longer_than_its_deadline() -> TestResult {
+    let server = slow_server().await?;
+    let plugin = Arc::new(small_pool(1, Duration::from_secs(1))?.load_file(hostile_wasm()).await?);
+    let http = connection(&server.base_url())?;
+    let ctx = || CallContext { base_url: http.base_url(), settings: vec![] };
+    let started = std::time::Instant::now();
+    let (a, b, c) = tokio::join!(
+        plugin.list(&http, ctx(), slow_request(700)),
+        plugin.list(&http, ctx(), slow_request(700)),
+        plugin.list(&http, ctx(), slow_request(700)),
+    );
+    let elapsed = started.elapsed();
+    let outcomes = [a, b, c];
+    assert_eq!(outcomes.iter().filter(|o| o.is_ok()).count(), 1, "one call had the slot in time: {outcomes:?}");
+    for error in outcomes.iter().filter_map(|o| o.as_ref().err()) {
+        let text = error.to_string();
+        assert!(text.contains("hostile") && text.contains("list"), "{text}");
+        assert!(text.contains("for a wasm instance: all 1 slots stayed in use") || text.contains("exceeded the call deadline of 1s"), "{text}");
+    }
+    assert!(elapsed < Duration::from_secs(5), "nobody waited past the deadline: {elapsed:?}");
+    Ok(())
+}
+
+// ---- A for-each's early stop follows what happened ----
+
+#[tokio::test]
+async fn ten_quick_failures_do_not_stop_a_for_each_whose_later_items_succeed() -> TestResult {
+    let state = tempfile::tempdir()?;
+    let files = tempfile::tempdir()?;
+    let executor = Executor::new(runtime(limits())?, RunStore::open(state.path())?);
+    let overrides = BTreeMap::from([(
+        "hostile".to_owned(),
+        ConnectionOverride { base_url: "http://127.0.0.1:9".into(), secret: Secret::new(SECRET) },
+    )]);
+    // Items 0-9 fail at once (an id that is not a number); items 10-39 spend
+    // some CPU first, so the ten failures finish before any success.
+    let text = format!(
+        r#"[workflow]
+name = "early-failures"
+[connections.hostile]
+plugin = {plugin:?}
+credentials = "env:UNUSED"
+[[step]]
+id = "each"
+for_each = "[range(0; 40)]"
+concurrency = 20
+get = "hostile.burn"
+key = "${{{{ if $item < 10 then \"not-a-number\" else \"3000000\" end }}}}"
+"#,
+        plugin = hostile_wasm().display().to_string()
+    );
+    let summary = executor.run(&workflow(files.path(), &text)?, &overrides, &Silent).await?;
+    let step = &summary.steps[0];
+    let error = step.error.clone().unwrap_or_default();
+    assert_eq!(summary.status, Status::Failed, "{summary:?}");
+    assert!(!error.contains("all failed"), "{error}");
+    assert_eq!((step.items, step.counts.failed, step.counts.read), (40, 10, 30), "{step:?}");
+    assert!(error.contains("10 of 40 items failed"), "{error}");
+    Ok(())
+}

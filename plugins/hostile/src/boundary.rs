@@ -7,7 +7,8 @@
 //! | `bad-records` | `list`: a good page, then a page holding the record of the filter's `kind` (see [`bad_record`]); `get` (id = kind), `upsert` (`kind` field of the record) and `upsert-batch` (each item's `kind`) answer that record too | refuse the call as a contract breach, keep the page log readable |
 //! | `big-record`  | `get` (id = byte count) and `list` (filter `{"bytes", "records"}`) answer records of that size | refuse past the record and reply limits |
 //! | `many-records`| `list` answers the filter's `count` empty records               | refuse before copying them |
-//! | `burn`        | `list` spins `iterations` (filter) rounds of arithmetic, then returns | count real CPU, not waiting |
+//! | `burn`        | `list` spins `iterations` (filter) rounds of arithmetic, then returns; `get` spins `id` rounds (an id that is not a number is `invalid-input`) | count real CPU, not waiting |
+//! | `slow`        | `list` GETs `{base_url}/slow?ms=` (filter `ms`), returns the status | let calls wait for an instance, not fail |
 //! | `log-forge`   | `log` lines holding CR, LF, ANSI escapes and other controls     | escape them |
 //! | `header-flood`| `http.send` with the filter's `count` distinct header names     | fail the call, never the process |
 //! | `grow`        | grows its memory to the filter's `pages` (64 KiB each)          | stop it at the cap, saying the exact sizes |
@@ -29,7 +30,8 @@ pub const RESOURCES: &[(&str, &str, &[Op])] = &[
     ),
     ("big-record", "Records as large as asked for.", &[Op::List, Op::Get]),
     ("many-records", "More records than any page holds.", &[Op::List]),
-    ("burn", "Spends CPU, then returns.", &[Op::List]),
+    ("burn", "Spends CPU, then returns.", &[Op::List, Op::Get]),
+    ("slow", "Waits on a slow HTTP answer.", &[Op::List]),
     ("log-forge", "Log lines that try to pass for the host's.", &[Op::List]),
     ("header-flood", "A request with a flood of header names.", &[Op::List]),
     ("grow", "Grows its linear memory to a given number of pages.", &[Op::List]),
@@ -138,6 +140,11 @@ pub fn list(ctx: &Context, request: &ListRequest) -> Result<Page> {
             let response = builder.send()?;
             Ok(Page::last(vec![json!({"status": response.status}).to_string()]))
         }
+        "slow" => {
+            let ms = filter_number(request, "ms")?;
+            let response = http::get(ctx.url("/slow")).query("ms", ms).send()?;
+            Ok(Page::last(vec![json!({"status": response.status}).to_string()]))
+        }
         "grow" => {
             let pages = filter_number(request, "pages")? as usize;
             Ok(Page::last(vec![json!({"pages": grow_to(pages)}).to_string()]))
@@ -166,6 +173,10 @@ pub fn get(resource: &str, id: &str) -> Result<Option<String>> {
         "big-record" => {
             let bytes = id.parse::<usize>().map_err(|e| Error::invalid_input(format!("id: {e}")))?;
             Ok(Some(big(bytes)))
+        }
+        "burn" => {
+            let iterations = id.parse::<u64>().map_err(|e| Error::invalid_input(format!("id {id:?}: {e}")))?;
+            Ok(Some(json!({"id": id, "sum": burn(iterations)}).to_string()))
         }
         other => Err(Error::not_found(format!("hostile: no get on `{other}`"))),
     }
