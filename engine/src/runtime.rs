@@ -798,9 +798,10 @@ impl Plugin {
         // limits as a call apply.
         store.set_epoch_deadline(1);
         let cpu = store.data().cpu.clone();
-        match tokio::time::timeout_at(deadline.into(), cpu.metered(self.bindings.instantiate(&mut store))).await {
-            Ok(Ok(exports)) => Ok(Instance { store, exports, stderr, calls: 0, slot }),
-            Ok(Err(error)) => Err(RuntimeError::Trapped { plugin: self.name.clone(), op, reason: explain_trap(&error, &store, &stderr) }),
+        let started = guarded("instantiate", self.bindings.instantiate(&mut store));
+        match tokio::time::timeout_at(deadline.into(), cpu.metered(started)).await {
+            Ok(Ok(Ok(exports))) => Ok(Instance { store, exports, stderr, calls: 0, slot }),
+            Ok(Ok(Err(error)) | Err(error)) => Err(RuntimeError::Trapped { plugin: self.name.clone(), op, reason: explain_trap(&error, &store, &stderr) }),
             Err(_) => Err(RuntimeError::Trapped { plugin: self.name.clone(), op, reason: format!("exceeded the call deadline of {:?} while starting", limits.call_timeout) }),
         }
     }
@@ -819,13 +820,16 @@ impl Plugin {
         instance.calls += 1;
 
         let cpu = instance.store.data().cpu.clone();
-        let outcome = tokio::time::timeout_at(deadline.into(), cpu.metered(instance.exports.call(&mut instance.store, call))).await;
+        // A panic anywhere in the call (host code wasmtime runs for it)
+        // fails this call only; the instance goes with it.
+        let call = guarded("call", instance.exports.call(&mut instance.store, call));
+        let outcome = tokio::time::timeout_at(deadline.into(), cpu.metered(call)).await;
         let trapped = |reason: String| RuntimeError::Trapped { plugin: self.name.clone(), op, reason };
         match outcome {
             Err(_) => Err(trapped(format!("exceeded the call deadline of {:?}", limits.call_timeout))),
-            Ok(Ok(Ok(reply))) => Ok(reply),
-            Ok(Ok(Err(error))) => Err(RuntimeError::Connector { plugin: self.name.clone(), op, error: plugin_error(error) }),
-            Ok(Err(error)) => Err(trapped(explain_trap(&error, &instance.store, &instance.stderr))),
+            Ok(Ok(Ok(Ok(reply)))) => Ok(reply),
+            Ok(Ok(Ok(Err(error)))) => Err(RuntimeError::Connector { plugin: self.name.clone(), op, error: plugin_error(error) }),
+            Ok(Ok(Err(error)) | Err(error)) => Err(trapped(explain_trap(&error, &instance.store, &instance.stderr))),
         }
     }
 }
@@ -1000,8 +1004,30 @@ const MAX_HOST_HANDLES: usize = 10_000;
 enum LimitHit {
     #[error("exceeded its CPU time limit of {limit:?}")]
     CpuTime { limit: Duration },
+    /// Host code panicked while serving the plugin: a weft bug, which must
+    /// cost the call, never the process.
+    #[error("the host's `{import}` failed unexpectedly (a weft bug, not the plugin's): {message}")]
+    HostPanic { import: &'static str, message: String },
     #[error("exceeded its memory limit of {} (tried to grow to {})", bytes(*cap), bytes(*asked))]
     Memory { cap: usize, asked: usize },
+}
+
+/// Runs the host's work for an import; a panic in it becomes an error that
+/// traps the calling plugin's call (naming the import) instead of unwinding
+/// through wasmtime into the run's task. The plugin's instance is discarded
+/// with the trap, so whatever state the panic left is never used again.
+async fn guarded<T>(import: &'static str, work: impl std::future::Future<Output = T>) -> wasmtime::Result<T> {
+    use futures_util::FutureExt as _;
+    std::panic::AssertUnwindSafe(work)
+        .catch_unwind()
+        .await
+        .map_err(|panic| wasmtime::Error::new(LimitHit::HostPanic { import, message: panic_message(panic.as_ref()) }))
+}
+
+/// The text of a panic's payload, made safe to print.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    let text = panic.downcast_ref::<&str>().copied().or_else(|| panic.downcast_ref::<String>().map(String::as_str)).unwrap_or("(no message)");
+    plugin_text(text)
 }
 
 /// What wasmtime 48 says when a copy out of the instance passes the hostcall
@@ -1162,15 +1188,25 @@ impl WasiView for InstanceState {
 }
 
 impl InstanceState {
-    /// Sends a request for the plugin, or refuses when the call has no connection.
-    async fn send(&mut self, request: crate::http::Request) -> std::result::Result<crate::http::Response, crate::http::HttpError> {
+    /// Sends a request for the plugin, or refuses when the call has no
+    /// connection. The outer error traps the call (see [`guarded`]).
+    async fn send(&mut self, request: crate::http::Request) -> wasmtime::Result<std::result::Result<crate::http::Response, crate::http::HttpError>> {
         let Some(http) = self.http.clone() else {
-            return Err(crate::http::HttpError::Denied("HTTP is not available during describe".into()));
+            return Ok(Err(crate::http::HttpError::Denied("HTTP is not available during describe".into())));
         };
-        http.send(request, Some(self.deadline)).await
+        let deadline = self.deadline;
+        guarded("http.send", http.send(request, Some(deadline))).await
     }
 
-    fn log(&mut self, level: tracing::Level, message: &str) {
+    /// Records a plugin's log line. The error traps the call (see [`guarded`]).
+    fn log(&mut self, level: tracing::Level, message: &str) -> wasmtime::Result<()> {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.write_log(level, message))) {
+            Ok(()) => Ok(()),
+            Err(panic) => Err(wasmtime::Error::new(LimitHit::HostPanic { import: "log", message: panic_message(panic.as_ref()) })),
+        }
+    }
+
+    fn write_log(&mut self, level: tracing::Level, message: &str) {
         if self.log_budget == 0 {
             return;
         }
@@ -1190,6 +1226,23 @@ impl InstanceState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_panic_in_the_hosts_work_for_an_import_becomes_an_error_naming_it() {
+        let work = async { panic!("header map is full\n2030-01-01 ERROR forged") };
+        let error = guarded("http.send", work).await.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(error.contains("the host's `http.send` failed unexpectedly"), "{error}");
+        assert!(error.contains(r"header map is full\n2030-01-01 ERROR forged"), "escaped: {error}");
+        assert_eq!(guarded("http.send", async { 7 }).await.ok(), Some(7));
+    }
+
+    #[test]
+    fn sizes_in_messages_are_exact() {
+        assert_eq!(bytes(64 << 20), "64 MiB");
+        assert_eq!(bytes((64 << 20) + (64 << 10)), "67174400 bytes (64.06 MiB)");
+        assert_eq!(bytes(64 << 10), "64 KiB");
+        assert_eq!(bytes(1000), "1000 bytes");
+    }
 
     #[test]
     fn a_corrupt_cache_entry_is_ignored_not_loaded() -> Result<(), Box<dyn std::error::Error>> {

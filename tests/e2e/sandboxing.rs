@@ -615,3 +615,22 @@ key = "${{{{ if $item < 10 then \"not-a-number\" else \"3000000\" end }}}}"
     assert!(error.contains("10 of 40 items failed"), "{error}");
     Ok(())
 }
+
+// ---- Nothing a plugin does through an import ends the process ----
+
+#[tokio::test]
+async fn a_request_with_a_flood_of_header_names_fails_its_call_not_the_process() -> TestResult {
+    let server = huge_server().await?;
+    let runtime = runtime(limits())?;
+    let plugin = runtime.load_file(hostile_wasm()).await?;
+    let http = connection(&server.base_url())?;
+    // 30,000 distinct names: past what `http::HeaderMap` holds (it panics
+    // past 24,576). However the host refuses it (a bound on headers, or a
+    // panic contained to the call), the call fails and names the plugin.
+    let error = list_with(&plugin, &http, "header-flood", None, serde_json::json!({"count": 30_000})).await.err().ok_or("a flood of headers was sent")?.to_string();
+    assert!(error.contains("hostile") && error.contains("list"), "{error}");
+    assert!(!error.contains(SECRET), "{error}");
+    // The process goes on, and so does the plugin.
+    assert_eq!(list(&plugin, &http, "ok").await?.len(), 2);
+    Ok(())
+}
