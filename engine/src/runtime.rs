@@ -29,10 +29,11 @@ use crate::http::ConnectionHttp;
 const EPOCH_TICK: Duration = Duration::from_millis(5);
 
 /// Layout of a cache entry: the serialized component, then the CRC-32 of
-/// it. The checksum catches a torn or corrupted file; it is not a defence
-/// against someone who can write the user's cache directory (they could
-/// replace the weft binary as easily). A SHA-256 here cost 1.5 ms of a
-/// 1.7 ms cold start.
+/// it. The checksum catches a torn or corrupted file, not a substitute: what
+/// keeps one out is that a cache directory or entry owned by another user,
+/// or writable by group or others, is never read (see
+/// [`Runtime::trusted_cache_dir`]). A SHA-256 here cost 1.5 ms of a 1.7 ms
+/// cold start.
 const CACHE_FORMAT: &[u8] = b"serialized+crc32";
 
 /// Bytes of a guest's stderr kept to explain a trap (a Rust panic message).
@@ -169,6 +170,8 @@ struct RuntimeInner {
     linker: Linker<InstanceState>,
     config: RuntimeConfig,
     ticker_stop: Arc<AtomicBool>,
+    /// Whether the refusal of an untrusted cache directory was logged.
+    cache_refusal_logged: AtomicBool,
     /// One permit per instance slot of the pool; every live instance holds
     /// its share.
     slots: Arc<tokio::sync::Semaphore>,
@@ -304,6 +307,7 @@ impl Runtime {
                 linker,
                 config,
                 ticker_stop,
+                cache_refusal_logged: AtomicBool::new(false),
                 slots,
                 waiting: Default::default(),
                 idle_lists: Default::default(),
@@ -373,7 +377,7 @@ impl Runtime {
     fn component(&self, name: &str, wasm: &[u8]) -> Result<(Component, bool)> {
         let engine = &self.inner.engine;
         let invalid = |e: wasmtime::Error| RuntimeError::InvalidComponent { plugin: name.to_owned(), reason: error_chain(&e) };
-        let Some(dir) = &self.inner.config.cache_dir else {
+        let Some(dir) = self.trusted_cache_dir() else {
             return Ok((Component::new(engine, wasm).map_err(invalid)?, false));
         };
         let path = dir.join(format!("{}.cwasm", self.cache_key(wasm)));
@@ -404,26 +408,84 @@ impl Runtime {
         hex::encode(&digest.finalize()[..20])
     }
 
+    /// The cache directory, if one is configured and may be trusted with
+    /// native code: owned by this user and writable by no one else (a
+    /// missing one is created so, at the first write). Otherwise components
+    /// are compiled in memory, and the first refusal is logged saying why.
+    fn trusted_cache_dir(&self) -> Option<&Path> {
+        let dir = self.inner.config.cache_dir.as_deref()?;
+        let refused = match std::fs::metadata(dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Some(dir),
+            Err(e) => format!("it cannot be read: {e}"),
+            Ok(metadata) if !metadata.is_dir() => "it is not a directory".to_owned(),
+            Ok(metadata) => match untrusted(&metadata) {
+                None => return Some(dir),
+                Some(why) => why,
+            },
+        };
+        if !self.inner.cache_refusal_logged.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                path = %dir.display(),
+                "not using the component cache: {refused}; compiling components in memory instead (make it this user's, mode 700, to use it)"
+            );
+        }
+        None
+    }
+
     fn read_cached(&self, path: &Path) -> Option<Component> {
-        let bytes = std::fs::read(path).ok()?;
+        let mut file = std::fs::File::open(path).ok()?;
+        // Checked on the open file, so what is read is what was checked.
+        let metadata = file.metadata().ok()?;
+        let refused = if metadata.is_file() { untrusted(&metadata) } else { Some("it is not a file".to_owned()) };
+        if let Some(why) = refused {
+            tracing::warn!(path = %path.display(), "ignoring a component cache entry: {why}");
+            return None;
+        }
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut file, &mut bytes).ok()?;
         let (payload, checksum) = bytes.split_at_checked(bytes.len().checked_sub(4)?)?;
         if crc32fast::hash(payload).to_le_bytes() != checksum {
             tracing::warn!(path = %path.display(), "ignoring a corrupt component cache entry");
             return None;
         }
-        #[expect(unsafe_code, reason = "deserializing native code; the file is ours (content-addressed, written atomically with mode 0600 in the user's cache dir, checksummed against corruption) and wasmtime checks engine compatibility")]
+        #[expect(unsafe_code, reason = "deserializing native code; the file is ours (content-addressed, written atomically with mode 0600 in a directory only this user may write, its owner and mode checked on the open file, checksummed against corruption) and wasmtime checks engine compatibility")]
         let component = unsafe { Component::deserialize(&self.inner.engine, payload) };
         component.map_err(|e| tracing::warn!(path = %path.display(), error = %error_chain(&e), "ignoring an unusable cache entry")).ok()
     }
 }
 
 fn write_cached(dir: &Path, path: &Path, serialized: &[u8]) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
+    let mut create = std::fs::DirBuilder::new();
+    create.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut create, 0o700);
+    create.create(dir)?;
     let mut file = tempfile::NamedTempFile::new_in(dir)?;
     std::io::Write::write_all(&mut file, serialized)?;
     std::io::Write::write_all(&mut file, &crc32fast::hash(serialized).to_le_bytes())?;
     file.persist(path).map_err(|e| e.error)?;
     Ok(())
+}
+
+/// Why a cache directory or entry with `metadata` may not be trusted with
+/// native code: another user owns it, or group or others may write it.
+#[cfg(unix)]
+fn untrusted(metadata: &std::fs::Metadata) -> Option<String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let me = rustix::process::geteuid().as_raw();
+    if metadata.uid() != me {
+        return Some(format!("it is owned by user {}, not by this user ({me})", metadata.uid()));
+    }
+    if metadata.mode() & 0o022 != 0 {
+        return Some(format!("its mode {:o} lets group or others write it", metadata.mode() & 0o777));
+    }
+    None
+}
+
+/// Elsewhere the platform's own access control is what there is.
+#[cfg(not(unix))]
+fn untrusted(_metadata: &std::fs::Metadata) -> Option<String> {
+    None
 }
 
 fn placeholder_manifest(name: &str) -> Manifest {

@@ -634,3 +634,57 @@ async fn a_request_with_a_flood_of_header_names_fails_its_call_not_the_process()
     assert_eq!(list(&plugin, &http, "ok").await?.len(), 2);
     Ok(())
 }
+
+// ---- The compiled-component cache is used only when no one else can write it ----
+
+#[cfg(unix)]
+#[tokio::test]
+async fn a_component_cache_others_can_write_is_not_used() -> TestResult {
+    use std::os::unix::fs::PermissionsExt as _;
+    let load = |dir: std::path::PathBuf| async move {
+        let runtime = weft::runtime::Runtime::new(weft::runtime::RuntimeConfig { cache_dir: Some(dir), limits: limits() })?;
+        let plugin = runtime.load_file(hostile_wasm()).await?;
+        Ok::<bool, Box<dyn std::error::Error>>(plugin.load_info().cache_hit)
+    };
+    let entries = |dir: &std::path::Path| -> TestResult<Vec<std::path::PathBuf>> {
+        Ok(std::fs::read_dir(dir)?.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>()?)
+    };
+
+    // A new cache directory is created for this user alone, and used.
+    let root = tempfile::tempdir()?;
+    let dir = root.path().join("components");
+    assert!(!load(dir.clone()).await?);
+    assert_eq!(std::fs::metadata(&dir)?.permissions().mode() & 0o777, 0o700);
+    assert!(load(dir.clone()).await?, "the second load comes from the cache");
+
+    // A directory anyone can write: neither read nor written.
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777))?;
+    assert!(!load(dir.clone()).await?, "an entry in a 0777 directory was loaded");
+    let open = tempfile::tempdir()?;
+    std::fs::set_permissions(open.path(), std::fs::Permissions::from_mode(0o777))?;
+    assert!(!load(open.path().to_path_buf()).await?);
+    assert!(!load(open.path().to_path_buf()).await?, "a 0777 directory was used as a cache");
+    assert!(entries(open.path())?.is_empty(), "nothing is written to a 0777 directory");
+
+    // A good directory, but an entry others can write.
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+    assert!(load(dir.clone()).await?);
+    for entry in entries(&dir)? {
+        std::fs::set_permissions(&entry, std::fs::Permissions::from_mode(0o666))?;
+    }
+    assert!(!load(dir.clone()).await?, "an entry mode 0666 was loaded");
+
+    // An entry another user owns (only root can hand a file to another
+    // user; elsewhere this part cannot be set up).
+    assert!(load(dir.clone()).await?);
+    let mut handed_over = 0;
+    for entry in entries(&dir)? {
+        if std::os::unix::fs::chown(&entry, Some(65534), Some(65534)).is_ok() {
+            handed_over += 1;
+        }
+    }
+    if handed_over > 0 {
+        assert!(!load(dir.clone()).await?, "an entry owned by another user was loaded");
+    }
+    Ok(())
+}
