@@ -358,7 +358,7 @@ impl Runtime {
         let memories = needs.as_ref().map_or(1, |n| n.num_memories);
         let tables = needs.as_ref().map_or(4, |n| n.num_tables);
         let cost = memories.max(tables.div_ceil(4)).max(1);
-        if cost > self.inner.config.limits.instances {
+        if cost > self.inner.config.limits.instances.max(1) {
             return Err(RuntimeError::InvalidComponent {
                 plugin: name.to_owned(),
                 reason: format!("one instance needs {memories} memories and {tables} tables, more than the {} instance slots hold", self.inner.config.limits.instances),
@@ -711,14 +711,14 @@ impl Plugin {
             .records
             .into_iter()
             .enumerate()
-            .map(|(n, record)| self.checked_record(op, record, &format!("record {} of {count}", n + 1)))
+            .map(|(n, record)| self.checked_record(op, record, || format!("record {} of {count}", n + 1)))
             .collect::<Result<_>>()?;
         Ok(page)
     }
 
     fn record(&self, reply: Reply) -> Result<Option<String>> {
         match reply {
-            Reply::Record(Some(record)) => self.checked_record("get", record, "the record").map(Some),
+            Reply::Record(Some(record)) => self.checked_record("get", record, || "the record".into()).map(Some),
             Reply::Record(None) => Ok(None),
             other => Err(self.contract("get", format!("unexpected reply {}", other.kind()))),
         }
@@ -727,7 +727,7 @@ impl Plugin {
     fn upserted(&self, reply: Reply) -> Result<UpsertOutcome> {
         match reply {
             Reply::Upserted(outcome) => {
-                let record = self.checked_record("upsert", outcome.record, "the record")?;
+                let record = self.checked_record("upsert", outcome.record, || "the record".into())?;
                 Ok(UpsertOutcome { record, action: outcome.action })
             }
             other => Err(self.contract("upsert", format!("unexpected reply {}", other.kind()))),
@@ -748,7 +748,7 @@ impl Plugin {
             .enumerate()
             .map(|(n, outcome)| match outcome {
                 Ok(UpsertOutcome { record, action }) => {
-                    let record = self.checked_record(op, record, &format!("the record of outcome {} of {count}", n + 1))?;
+                    let record = self.checked_record(op, record, || format!("the record of outcome {} of {count}", n + 1))?;
                     Ok(Ok(UpsertOutcome { record, action }))
                 }
                 Err(error) => Ok(Err(plugin_error(error))),
@@ -759,12 +759,12 @@ impl Plugin {
     /// `record` if it is within the record limit and exactly one JSON
     /// object (made one line if it spans lines); otherwise a contract
     /// breach naming `which` record.
-    fn checked_record(&self, op: &'static str, record: String, which: &str) -> Result<String> {
+    fn checked_record(&self, op: &'static str, record: String, which: impl FnOnce() -> String) -> Result<String> {
         let limit = self.runtime.limits().max_record_bytes;
         if record.len() > limit {
-            return Err(self.contract(op, format!("{which} is {} bytes, over the record limit of {}", record.len(), bytes(limit))));
+            return Err(self.contract(op, format!("{} is {} bytes, over the record limit of {}", which(), record.len(), bytes(limit))));
         }
-        record::one_object(record).map_err(|e| self.contract(op, format!("{which} {e}")))
+        record::one_object(record).map_err(|e| self.contract(op, format!("{} {e}", which())))
     }
 
     fn removed(&self, reply: Reply) -> Result<RemoveOutcome> {
@@ -1212,19 +1212,10 @@ fn deadline_after(timeout: Duration) -> Instant {
     now.checked_add(timeout).or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 86_400))).unwrap_or(now)
 }
 
-/// The calling thread's CPU time, in nanoseconds.
-#[cfg(unix)]
+/// The calling thread's CPU time, in nanoseconds (0 where the platform has
+/// no per-thread CPU clock: then only the call deadline applies).
 fn thread_cpu_nanos() -> u64 {
-    let now = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
-    u64::try_from(now.tv_sec).unwrap_or(0).saturating_mul(1_000_000_000).saturating_add(u64::try_from(now.tv_nsec).unwrap_or(0))
-}
-
-/// Where there is no per-thread CPU clock, the time spent in polls stands in
-/// for it: still blind to waiting, though not to the OS's other threads.
-#[cfg(not(unix))]
-fn thread_cpu_nanos() -> u64 {
-    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    u64::try_from(EPOCH.get_or_init(Instant::now).elapsed().as_nanos()).unwrap_or(u64::MAX)
+    cpu_time::ThreadTime::try_now().map_or(0, |now| u64::try_from(now.as_duration().as_nanos()).unwrap_or(u64::MAX))
 }
 
 /// What one instance may touch: an empty WASI context, its connection's HTTP

@@ -215,6 +215,7 @@ impl Scan<'_> {
     }
 
     /// A member's key and the `:` after it.
+    #[inline(always)]
     fn key(&mut self, text: &str) -> Result<(), RecordError> {
         if self.next_byte()? != b'"' {
             return Err(self.error("expected a string key"));
