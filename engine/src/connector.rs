@@ -206,6 +206,22 @@ impl ConnectorError {
     pub fn is_retryable(&self) -> bool {
         matches!(self, ConnectorError::RateLimited { .. } | ConnectorError::Transient(_))
     }
+
+    /// The same error with its message passed through `f`.
+    pub fn map_message(self, f: impl FnOnce(String) -> String) -> Self {
+        use ConnectorError as E;
+        match self {
+            E::NotFound(m) => E::NotFound(f(m)),
+            E::Conflict(m) => E::Conflict(f(m)),
+            E::InvalidInput(m) => E::InvalidInput(f(m)),
+            E::Unauthorized(m) => E::Unauthorized(f(m)),
+            E::Forbidden(m) => E::Forbidden(f(m)),
+            E::RateLimited { retry_after_ms, message } => E::RateLimited { retry_after_ms, message: f(message) },
+            E::Unsupported(m) => E::Unsupported(f(m)),
+            E::Transient(m) => E::Transient(f(m)),
+            E::Fatal(m) => E::Fatal(f(m)),
+        }
+    }
 }
 
 /// What the host tells a connector on every call.

@@ -6,11 +6,12 @@
 //! Each supported WIT version has its own module (`v0_1`) that only converts
 //! types and dispatches; everything else lives here once.
 
+mod record;
 mod v0_1;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -28,10 +29,11 @@ use crate::http::ConnectionHttp;
 const EPOCH_TICK: Duration = Duration::from_millis(5);
 
 /// Layout of a cache entry: the serialized component, then the CRC-32 of
-/// it. The checksum catches a torn or corrupted file; it is not a defence
-/// against someone who can write the user's cache directory (they could
-/// replace the weft binary as easily). A SHA-256 here cost 1.5 ms of a
-/// 1.7 ms cold start.
+/// it. The checksum catches a torn or corrupted file, not a substitute: what
+/// keeps one out is that a cache directory or entry owned by another user,
+/// or writable by group or others, is never read (see
+/// [`Runtime::trusted_cache_dir`]). A SHA-256 here cost 1.5 ms of a 1.7 ms
+/// cold start.
 const CACHE_FORMAT: &[u8] = b"serialized+crc32";
 
 /// Bytes of a guest's stderr kept to explain a trap (a Rust panic message).
@@ -42,13 +44,29 @@ const STDERR_CAPTURE: usize = 4096;
 pub struct SandboxLimits {
     /// Largest linear memory an instance may grow to.
     pub memory_bytes: usize,
-    /// CPU time a call may spend inside the plugin (time waiting on host
-    /// HTTP does not count).
+    /// CPU time a call may use: the time the thread running the call spends
+    /// on it (the plugin's code and the host's own work for its imports),
+    /// summed over every stretch it runs. Waiting does not count: on HTTP,
+    /// or for a core on a busy machine.
     pub cpu_time: Duration,
     /// Wall-clock deadline for a whole call, HTTP included.
     pub call_timeout: Duration,
     /// Log lines a call may emit before the rest are dropped.
     pub log_lines_per_call: usize,
+    /// Largest record a plugin may return (list, get, upsert, batch), in
+    /// bytes of JSON text.
+    pub max_record_bytes: usize,
+    /// Most a plugin may hand the host in one crossing: a call's whole
+    /// reply, or one import's arguments (an HTTP request). Counted as the
+    /// host holds it (string bytes plus 24 bytes a list element) and
+    /// enforced while the reply is copied out of the instance, before the
+    /// host allocates for it.
+    pub max_reply_bytes: usize,
+    /// Instances that may exist at once in the runtime (the size of its
+    /// instance pool). A call that finds none free waits for one, first
+    /// come first served, within its deadline; idle warm instances are
+    /// given up first.
+    pub instances: u32,
 }
 
 impl Default for SandboxLimits {
@@ -58,6 +76,9 @@ impl Default for SandboxLimits {
             cpu_time: Duration::from_secs(5),
             call_timeout: Duration::from_secs(300),
             log_lines_per_call: 1000,
+            max_record_bytes: 1 << 20,
+            max_reply_bytes: 16 << 20,
+            instances: 256,
         }
     }
 }
@@ -149,6 +170,68 @@ struct RuntimeInner {
     linker: Linker<InstanceState>,
     config: RuntimeConfig,
     ticker_stop: Arc<AtomicBool>,
+    /// Whether the refusal of an untrusted cache directory was logged.
+    cache_refusal_logged: AtomicBool,
+    /// One permit per instance slot of the pool; every live instance holds
+    /// its share.
+    slots: Arc<tokio::sync::Semaphore>,
+    /// Calls waiting for a slot: while any wait, a finished instance is
+    /// dropped, not kept warm.
+    waiting: std::sync::atomic::AtomicUsize,
+    /// Every connection's idle instances, to give up when a call waits.
+    idle_lists: std::sync::Mutex<Vec<std::sync::Weak<IdleList>>>,
+    /// Idle instances held by every connection.
+    warm_idle: std::sync::atomic::AtomicUsize,
+}
+
+/// One connection's idle instances.
+type IdleList = std::sync::Mutex<Vec<Instance>>;
+
+impl RuntimeInner {
+    /// Idle instances kept in the process at most: half the slots, so that
+    /// warm instances never leave calls short of them.
+    fn warm_limit(&self) -> usize {
+        (self.config.limits.instances / 2) as usize
+    }
+
+    /// Drops idle instances of any connection until `permits` slots are
+    /// free again or none is idle.
+    fn give_up_idle(&self, permits: usize) {
+        let lists: Vec<Arc<IdleList>> = {
+            let mut registry = self.idle_lists.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            registry.retain(|list| list.strong_count() > 0);
+            registry.iter().filter_map(std::sync::Weak::upgrade).collect()
+        };
+        let mut freed = 0;
+        for list in lists {
+            while freed < permits {
+                let instance = list.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pop();
+                let Some(instance) = instance else { break };
+                self.warm_idle.fetch_sub(1, Ordering::Relaxed);
+                freed += instance.slot.num_permits();
+                drop(instance);
+            }
+            if freed >= permits {
+                return;
+            }
+        }
+    }
+}
+
+/// Counts a call among those waiting for a slot while it lives.
+struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn enter(count: &'a std::sync::atomic::AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Waiting(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl std::fmt::Debug for Runtime {
@@ -170,12 +253,13 @@ impl Runtime {
         wasm.wasm_component_model(true);
         wasm.epoch_interruption(true);
         wasm.max_wasm_stack(1 << 20);
+        let slots = config.limits.instances.max(1);
         let mut pool = PoolingAllocationConfig::default();
-        pool.total_component_instances(256)
-            .total_core_instances(1024)
-            .total_memories(256)
-            .total_tables(1024)
-            .total_stacks(256)
+        pool.total_component_instances(slots)
+            .total_core_instances(slots.saturating_mul(4))
+            .total_memories(slots)
+            .total_tables(slots.saturating_mul(4))
+            .total_stacks(slots)
             .max_memories_per_component(4)
             .max_core_instances_per_component(16)
             .max_tables_per_component(16)
@@ -216,7 +300,20 @@ impl Runtime {
             })
             .map_err(|e| RuntimeError::Engine(format!("cannot start the epoch thread: {e}")))?;
 
-        Ok(Runtime { inner: Arc::new(RuntimeInner { engine, linker, config, ticker_stop }) })
+        let slots = Arc::new(tokio::sync::Semaphore::new(slots as usize));
+        Ok(Runtime {
+            inner: Arc::new(RuntimeInner {
+                engine,
+                linker,
+                config,
+                ticker_stop,
+                cache_refusal_logged: AtomicBool::new(false),
+                slots,
+                waiting: Default::default(),
+                idle_lists: Default::default(),
+                warm_idle: Default::default(),
+            }),
+        })
     }
 
     /// The limits instances run under.
@@ -238,10 +335,12 @@ impl Runtime {
             plugin: name.to_owned(),
             reason: error_chain(&e),
         })?;
+        let slot_cost = self.slot_cost(name, &component)?;
         let mut plugin = Plugin {
             name: name.to_owned(),
             runtime: self.clone(),
             bindings,
+            slot_cost,
             manifest: placeholder_manifest(name),
             digest: hex::encode(Sha256::digest(wasm)),
             load: LoadInfo { cache_hit, compile_or_load: compiled, total: Duration::ZERO },
@@ -249,6 +348,23 @@ impl Runtime {
         plugin.manifest = plugin.describe().await?;
         plugin.load.total = started.elapsed();
         Ok(plugin)
+    }
+
+    /// The slot permits one instance of `component` holds: the pool has a
+    /// memory per slot and four tables, so a component with more memories
+    /// or tables takes more than one slot.
+    fn slot_cost(&self, name: &str, component: &Component) -> Result<u32> {
+        let needs = component.resources_required();
+        let memories = needs.as_ref().map_or(1, |n| n.num_memories);
+        let tables = needs.as_ref().map_or(4, |n| n.num_tables);
+        let cost = memories.max(tables.div_ceil(4)).max(1);
+        if cost > self.inner.config.limits.instances.max(1) {
+            return Err(RuntimeError::InvalidComponent {
+                plugin: name.to_owned(),
+                reason: format!("one instance needs {memories} memories and {tables} tables, more than the {} instance slots hold", self.inner.config.limits.instances),
+            });
+        }
+        Ok(cost)
     }
 
     /// Loads a plugin from a `.wasm` file.
@@ -261,7 +377,7 @@ impl Runtime {
     fn component(&self, name: &str, wasm: &[u8]) -> Result<(Component, bool)> {
         let engine = &self.inner.engine;
         let invalid = |e: wasmtime::Error| RuntimeError::InvalidComponent { plugin: name.to_owned(), reason: error_chain(&e) };
-        let Some(dir) = &self.inner.config.cache_dir else {
+        let Some(dir) = self.trusted_cache_dir() else {
             return Ok((Component::new(engine, wasm).map_err(invalid)?, false));
         };
         let path = dir.join(format!("{}.cwasm", self.cache_key(wasm)));
@@ -292,26 +408,84 @@ impl Runtime {
         hex::encode(&digest.finalize()[..20])
     }
 
+    /// The cache directory, if one is configured and may be trusted with
+    /// native code: owned by this user and writable by no one else (a
+    /// missing one is created so, at the first write). Otherwise components
+    /// are compiled in memory, and the first refusal is logged saying why.
+    fn trusted_cache_dir(&self) -> Option<&Path> {
+        let dir = self.inner.config.cache_dir.as_deref()?;
+        let refused = match std::fs::metadata(dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Some(dir),
+            Err(e) => format!("it cannot be read: {e}"),
+            Ok(metadata) if !metadata.is_dir() => "it is not a directory".to_owned(),
+            Ok(metadata) => match untrusted(&metadata) {
+                None => return Some(dir),
+                Some(why) => why,
+            },
+        };
+        if !self.inner.cache_refusal_logged.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                path = %dir.display(),
+                "not using the component cache: {refused}; compiling components in memory instead (make it this user's, mode 700, to use it)"
+            );
+        }
+        None
+    }
+
     fn read_cached(&self, path: &Path) -> Option<Component> {
-        let bytes = std::fs::read(path).ok()?;
+        let mut file = std::fs::File::open(path).ok()?;
+        // Checked on the open file, so what is read is what was checked.
+        let metadata = file.metadata().ok()?;
+        let refused = if metadata.is_file() { untrusted(&metadata) } else { Some("it is not a file".to_owned()) };
+        if let Some(why) = refused {
+            tracing::warn!(path = %path.display(), "ignoring a component cache entry: {why}");
+            return None;
+        }
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut file, &mut bytes).ok()?;
         let (payload, checksum) = bytes.split_at_checked(bytes.len().checked_sub(4)?)?;
         if crc32fast::hash(payload).to_le_bytes() != checksum {
             tracing::warn!(path = %path.display(), "ignoring a corrupt component cache entry");
             return None;
         }
-        #[expect(unsafe_code, reason = "deserializing native code; the file is ours (content-addressed, written atomically with mode 0600 in the user's cache dir, checksummed against corruption) and wasmtime checks engine compatibility")]
+        #[expect(unsafe_code, reason = "deserializing native code; the file is ours (content-addressed, written atomically with mode 0600 in a directory only this user may write, its owner and mode checked on the open file, checksummed against corruption) and wasmtime checks engine compatibility")]
         let component = unsafe { Component::deserialize(&self.inner.engine, payload) };
         component.map_err(|e| tracing::warn!(path = %path.display(), error = %error_chain(&e), "ignoring an unusable cache entry")).ok()
     }
 }
 
 fn write_cached(dir: &Path, path: &Path, serialized: &[u8]) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
+    let mut create = std::fs::DirBuilder::new();
+    create.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut create, 0o700);
+    create.create(dir)?;
     let mut file = tempfile::NamedTempFile::new_in(dir)?;
     std::io::Write::write_all(&mut file, serialized)?;
     std::io::Write::write_all(&mut file, &crc32fast::hash(serialized).to_le_bytes())?;
     file.persist(path).map_err(|e| e.error)?;
     Ok(())
+}
+
+/// Why a cache directory or entry with `metadata` may not be trusted with
+/// native code: another user owns it, or group or others may write it.
+#[cfg(unix)]
+fn untrusted(metadata: &std::fs::Metadata) -> Option<String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let me = rustix::process::geteuid().as_raw();
+    if metadata.uid() != me {
+        return Some(format!("it is owned by user {}, not by this user ({me})", metadata.uid()));
+    }
+    if metadata.mode() & 0o022 != 0 {
+        return Some(format!("its mode {:o} lets group or others write it", metadata.mode() & 0o777));
+    }
+    None
+}
+
+/// Elsewhere the platform's own access control is what there is.
+#[cfg(not(unix))]
+fn untrusted(_metadata: &std::fs::Metadata) -> Option<String> {
+    None
 }
 
 fn placeholder_manifest(name: &str) -> Manifest {
@@ -345,6 +519,8 @@ pub struct Plugin {
     name: String,
     runtime: Runtime,
     bindings: v0_1::Bindings,
+    /// Slot permits an instance holds (see [`Runtime::slot_cost`]).
+    slot_cost: u32,
     manifest: Manifest,
     digest: String,
     load: LoadInfo,
@@ -391,6 +567,70 @@ pub(crate) enum Reply {
     Removed(RemoveOutcome),
 }
 
+impl Reply {
+    /// What kind of answer it is, for a message (never its content, which
+    /// may be large and is the plugin's).
+    fn kind(&self) -> &'static str {
+        match self {
+            Reply::Manifest(_) => "a manifest",
+            Reply::Page(_) => "a page",
+            Reply::Record(_) => "a record",
+            Reply::Upserted(_) => "an upsert outcome",
+            Reply::Batch(_) => "batch outcomes",
+            Reply::Removed(_) => "a remove outcome",
+        }
+    }
+}
+
+/// Longest cursor a plugin may return: it is stored with every page.
+const MAX_CURSOR_BYTES: usize = 64 << 10;
+
+/// Longest message of a plugin's typed error or log line, in characters;
+/// the rest is cut, saying how much.
+const MAX_MESSAGE_CHARS: usize = 2000;
+
+/// `n` bytes for a message, exact: `64 MiB`, or `67174400 bytes (64.06 MiB)`.
+fn bytes(n: usize) -> String {
+    const MIB: usize = 1 << 20;
+    const KIB: usize = 1 << 10;
+    if n >= MIB && n % MIB == 0 {
+        format!("{} MiB", n / MIB)
+    } else if n >= KIB && n % KIB == 0 && n < MIB {
+        format!("{} KiB", n / KIB)
+    } else if n >= MIB {
+        format!("{n} bytes ({:.2} MiB)", n as f64 / MIB as f64)
+    } else {
+        format!("{n} bytes")
+    }
+}
+
+/// Text from a plugin made safe to print and store: control characters,
+/// line and paragraph separators and bidirectional overrides escaped (a
+/// plugin must not forge a host log line or recolour a terminal), and cut
+/// to [`MAX_MESSAGE_CHARS`].
+fn plugin_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len().min(MAX_MESSAGE_CHARS + 32));
+    let mut kept = 0;
+    for (at, c) in text.char_indices() {
+        if kept == MAX_MESSAGE_CHARS {
+            out.push_str(&format!("… ({} more bytes)", text.len() - at));
+            break;
+        }
+        kept += 1;
+        if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A plugin's typed error with its message made safe ([`plugin_text`]).
+fn plugin_error(error: ConnectorError) -> ConnectorError {
+    error.map_message(|m| plugin_text(&m))
+}
+
 impl Plugin {
     /// The name it was loaded under (built-in name or path).
     pub fn name(&self) -> &str {
@@ -415,7 +655,7 @@ impl Plugin {
     async fn describe(&self) -> Result<Manifest> {
         match self.call(None, Call::Describe).await? {
             Reply::Manifest(m) => Ok(m),
-            other => Err(self.contract("describe", format!("unexpected reply {other:?}"))),
+            other => Err(self.contract("describe", format!("unexpected reply {}", other.kind()))),
         }
     }
 
@@ -453,43 +693,84 @@ impl Plugin {
     }
 
     fn page(&self, reply: Reply, max: usize) -> Result<Page> {
-        match reply {
-            Reply::Page(page) if page.records.len() > max => {
-                Err(self.contract("list", format!("returned {} records for a page size of {max}", page.records.len())))
-            }
-            Reply::Page(page) => Ok(page),
-            other => Err(self.contract("list", format!("unexpected reply {other:?}"))),
+        let op = "list";
+        let mut page = match reply {
+            Reply::Page(page) => page,
+            other => return Err(self.contract(op, format!("unexpected reply {}", other.kind()))),
+        };
+        if page.records.len() > max {
+            return Err(self.contract(op, format!("returned {} records for a page size of {max}", page.records.len())));
         }
+        if let Some(cursor) = &page.next_cursor
+            && cursor.len() > MAX_CURSOR_BYTES
+        {
+            return Err(self.contract(op, format!("returned a cursor of {} bytes; a cursor may hold at most {}", cursor.len(), bytes(MAX_CURSOR_BYTES))));
+        }
+        let count = page.records.len();
+        page.records = page
+            .records
+            .into_iter()
+            .enumerate()
+            .map(|(n, record)| self.checked_record(op, record, || format!("record {} of {count}", n + 1)))
+            .collect::<Result<_>>()?;
+        Ok(page)
     }
 
     fn record(&self, reply: Reply) -> Result<Option<String>> {
         match reply {
-            Reply::Record(record) => Ok(record),
-            other => Err(self.contract("get", format!("unexpected reply {other:?}"))),
+            Reply::Record(Some(record)) => self.checked_record("get", record, || "the record".into()).map(Some),
+            Reply::Record(None) => Ok(None),
+            other => Err(self.contract("get", format!("unexpected reply {}", other.kind()))),
         }
     }
 
     fn upserted(&self, reply: Reply) -> Result<UpsertOutcome> {
         match reply {
-            Reply::Upserted(outcome) => Ok(outcome),
-            other => Err(self.contract("upsert", format!("unexpected reply {other:?}"))),
+            Reply::Upserted(outcome) => {
+                let record = self.checked_record("upsert", outcome.record, || "the record".into())?;
+                Ok(UpsertOutcome { record, action: outcome.action })
+            }
+            other => Err(self.contract("upsert", format!("unexpected reply {}", other.kind()))),
         }
     }
 
     fn batch(&self, reply: Reply, count: usize) -> Result<Vec<std::result::Result<UpsertOutcome, ConnectorError>>> {
-        match reply {
-            Reply::Batch(outcomes) if outcomes.len() != count => {
-                Err(self.contract("upsert-batch", format!("returned {} outcomes for {count} items", outcomes.len())))
-            }
-            Reply::Batch(outcomes) => Ok(outcomes),
-            other => Err(self.contract("upsert-batch", format!("unexpected reply {other:?}"))),
+        let op = "upsert-batch";
+        let outcomes = match reply {
+            Reply::Batch(outcomes) => outcomes,
+            other => return Err(self.contract(op, format!("unexpected reply {}", other.kind()))),
+        };
+        if outcomes.len() != count {
+            return Err(self.contract(op, format!("returned {} outcomes for {count} items", outcomes.len())));
         }
+        outcomes
+            .into_iter()
+            .enumerate()
+            .map(|(n, outcome)| match outcome {
+                Ok(UpsertOutcome { record, action }) => {
+                    let record = self.checked_record(op, record, || format!("the record of outcome {} of {count}", n + 1))?;
+                    Ok(Ok(UpsertOutcome { record, action }))
+                }
+                Err(error) => Ok(Err(plugin_error(error))),
+            })
+            .collect()
+    }
+
+    /// `record` if it is within the record limit and exactly one JSON
+    /// object (made one line if it spans lines); otherwise a contract
+    /// breach naming `which` record.
+    fn checked_record(&self, op: &'static str, record: String, which: impl FnOnce() -> String) -> Result<String> {
+        let limit = self.runtime.limits().max_record_bytes;
+        if record.len() > limit {
+            return Err(self.contract(op, format!("{} is {} bytes, over the record limit of {}", which(), record.len(), bytes(limit))));
+        }
+        record::one_object(record).map_err(|e| self.contract(op, format!("{} {e}", which())))
     }
 
     fn removed(&self, reply: Reply) -> Result<RemoveOutcome> {
         match reply {
             Reply::Removed(outcome) => Ok(outcome),
-            other => Err(self.contract("remove", format!("unexpected reply {other:?}"))),
+            other => Err(self.contract("remove", format!("unexpected reply {}", other.kind()))),
         }
     }
 
@@ -500,14 +781,44 @@ impl Plugin {
     /// Runs one call in a fresh instance under the sandbox limits.
     async fn call(&self, http: Option<&Arc<ConnectionHttp>>, call: Call) -> Result<Reply> {
         let op = call.op();
-        let mut instance = self.instantiate(http.cloned(), op).await?;
-        self.run(&mut instance, call).await
+        let deadline = deadline_after(self.runtime.limits().call_timeout);
+        let mut instance = self.instantiate(http.cloned(), op, deadline).await?;
+        self.run(&mut instance, call, deadline).await
+    }
+
+    /// Waits for the instance slots one instance holds, first come first
+    /// served, until `deadline`; idle warm instances are given up for it.
+    async fn slot(&self, op: &'static str, deadline: Instant) -> Result<tokio::sync::OwnedSemaphorePermit> {
+        let inner = &self.runtime.inner;
+        match inner.slots.clone().try_acquire_many_owned(self.slot_cost) {
+            Ok(slot) => return Ok(slot),
+            Err(tokio::sync::TryAcquireError::NoPermits) => {}
+            Err(tokio::sync::TryAcquireError::Closed) => {
+                return Err(RuntimeError::Engine("the instance slots are closed".into()));
+            }
+        }
+        let _waiting = Waiting::enter(&inner.waiting);
+        inner.give_up_idle(self.slot_cost as usize);
+        match tokio::time::timeout_at(deadline.into(), inner.slots.clone().acquire_many_owned(self.slot_cost)).await {
+            Ok(Ok(slot)) => Ok(slot),
+            Ok(Err(_closed)) => Err(RuntimeError::Engine("the instance slots are closed".into())),
+            Err(_) => Err(RuntimeError::Trapped {
+                plugin: self.name.clone(),
+                op,
+                reason: format!(
+                    "waited the whole call deadline of {:?} for a wasm instance: all {} slots stayed in use",
+                    self.runtime.limits().call_timeout,
+                    inner.config.limits.instances
+                ),
+            }),
+        }
     }
 
     /// A new instance from the template, in a store of its own whose state
     /// holds only what the instance may touch: an empty WASI context and
-    /// this connection's HTTP policy.
-    async fn instantiate(&self, http: Option<Arc<ConnectionHttp>>, op: &'static str) -> Result<Instance> {
+    /// this connection's HTTP policy. It first waits for a slot.
+    async fn instantiate(&self, http: Option<Arc<ConnectionHttp>>, op: &'static str, deadline: Instant) -> Result<Instance> {
+        let slot = self.slot(op, deadline).await?;
         let limits = self.runtime.limits();
         let stderr = MemoryOutputPipe::new(STDERR_CAPTURE);
         let mut wasi = WasiCtx::builder();
@@ -519,18 +830,26 @@ impl Plugin {
             limiter: MemoryCap { cap: limits.memory_bytes, asked: None, peak: 0 },
             http,
             plugin: self.name.clone(),
-            started: Instant::now(),
-            in_host: Duration::ZERO,
+            cpu: Arc::new(CpuMeter::default()),
             cpu_limit: limits.cpu_time,
-            deadline: Instant::now() + limits.call_timeout,
+            deadline,
             log_budget: limits.log_lines_per_call,
         };
         let mut store = Store::new(&self.runtime.inner.engine, state);
         store.limiter(|s| &mut s.limiter);
+        // What the plugin hands the host is copied out of its memory by
+        // wasmtime, which charges each string's bytes and each list's
+        // elements against this before allocating: a reply (or an import's
+        // arguments) past it fails the call without the host ever holding it.
+        store.set_hostcall_fuel(limits.max_reply_bytes);
+        // Host-side handles a plugin can make (WASI streams, pollables): a
+        // connector needs a handful.
+        store.data_mut().table.set_max_capacity(MAX_HOST_HANDLES);
+        store.set_max_component_handles(MAX_HOST_HANDLES);
+        // Runs on the thread running the guest, at each epoch tick.
         store.epoch_deadline_callback(|ctx| {
             let state = ctx.data();
-            let in_guest = state.started.elapsed().saturating_sub(state.in_host);
-            if in_guest > state.cpu_limit {
+            if state.cpu.spent() > state.cpu_limit {
                 return Err(wasmtime::Error::new(LimitHit::CpuTime { limit: state.cpu_limit }));
             }
             // Under the limit: give the executor a turn so a busy plugin
@@ -540,34 +859,39 @@ impl Plugin {
         // Instantiation runs the component's start functions: the same
         // limits as a call apply.
         store.set_epoch_deadline(1);
-        match tokio::time::timeout(limits.call_timeout, self.bindings.instantiate(&mut store)).await {
-            Ok(Ok(exports)) => Ok(Instance { store, exports, stderr, calls: 0 }),
-            Ok(Err(error)) => Err(RuntimeError::Trapped { plugin: self.name.clone(), op, reason: explain_trap(&error, &store, &stderr) }),
+        let cpu = store.data().cpu.clone();
+        let started = guarded("instantiate", self.bindings.instantiate(&mut store));
+        match tokio::time::timeout_at(deadline.into(), cpu.metered(started)).await {
+            Ok(Ok(Ok(exports))) => Ok(Instance { store, exports, stderr, calls: 0, slot }),
+            Ok(Ok(Err(error)) | Err(error)) => Err(RuntimeError::Trapped { plugin: self.name.clone(), op, reason: explain_trap(&error, &store, &stderr) }),
             Err(_) => Err(RuntimeError::Trapped { plugin: self.name.clone(), op, reason: format!("exceeded the call deadline of {:?} while starting", limits.call_timeout) }),
         }
     }
 
     /// Runs one call on `instance` under the sandbox limits, each counted
-    /// from zero: CPU time, wall-clock deadline, log lines.
-    async fn run(&self, instance: &mut Instance, call: Call) -> Result<Reply> {
+    /// from zero (CPU time, log lines), until `deadline`.
+    async fn run(&self, instance: &mut Instance, call: Call, deadline: Instant) -> Result<Reply> {
         let op = call.op();
         let limits = self.runtime.limits();
         let state = instance.store.data_mut();
-        state.started = Instant::now();
-        state.in_host = Duration::ZERO;
-        state.deadline = state.started + limits.call_timeout;
+        state.cpu.reset();
+        state.deadline = deadline;
         state.log_budget = limits.log_lines_per_call;
         state.limiter.asked = None;
         instance.store.set_epoch_deadline(1);
         instance.calls += 1;
 
-        let outcome = tokio::time::timeout(limits.call_timeout, instance.exports.call(&mut instance.store, call)).await;
+        let cpu = instance.store.data().cpu.clone();
+        // A panic anywhere in the call (host code wasmtime runs for it)
+        // fails this call only; the instance goes with it.
+        let call = guarded("call", instance.exports.call(&mut instance.store, call));
+        let outcome = tokio::time::timeout_at(deadline.into(), cpu.metered(call)).await;
         let trapped = |reason: String| RuntimeError::Trapped { plugin: self.name.clone(), op, reason };
         match outcome {
             Err(_) => Err(trapped(format!("exceeded the call deadline of {:?}", limits.call_timeout))),
-            Ok(Ok(Ok(reply))) => Ok(reply),
-            Ok(Ok(Err(error))) => Err(RuntimeError::Connector { plugin: self.name.clone(), op, error }),
-            Ok(Err(error)) => Err(trapped(explain_trap(&error, &instance.store, &instance.stderr))),
+            Ok(Ok(Ok(Ok(reply)))) => Ok(reply),
+            Ok(Ok(Ok(Err(error)))) => Err(RuntimeError::Connector { plugin: self.name.clone(), op, error: plugin_error(error) }),
+            Ok(Ok(Err(error)) | Err(error)) => Err(trapped(explain_trap(&error, &instance.store, &instance.stderr))),
         }
     }
 }
@@ -579,6 +903,10 @@ struct Instance {
     stderr: MemoryOutputPipe,
     /// Calls run on it so far.
     calls: u32,
+    /// Its share of the pool. Declared last, so it is released only after
+    /// the store (and its pool slot) is gone: a call woken by it always
+    /// finds the slot free.
+    slot: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl Instance {
@@ -610,14 +938,6 @@ const WARM_MEMORY_BYTES: usize = 8 << 20;
 /// Idle instances kept per connection.
 const WARM_PER_CONNECTION: usize = 16;
 
-/// Idle instances kept in the whole process: half of the pool's 256
-/// instance slots, so that connections holding warm instances can never
-/// leave a call unable to instantiate.
-const WARM_IN_PROCESS: usize = 128;
-
-/// Idle instances held by every connection of the process.
-static WARM_IDLE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
 /// A plugin bound to one connection's HTTP policy, whose calls reuse warm
 /// instances instead of instantiating one per call.
 ///
@@ -636,11 +956,13 @@ static WARM_IDLE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsiz
 /// the memory cap is the same. An instance is discarded after a trap, a
 /// limit, a deadline, anything on stderr, memory grown past 8 MiB, or 1,000
 /// calls (see [`Instance::reusable`]), and no more than 16 idle instances
-/// are kept per connection, 128 in the process (half the instance pool).
+/// are kept per connection, half the instance slots in the process. An idle
+/// instance holds a slot: when a call waits for one, idle instances are
+/// given up first, and none is kept while any call waits.
 pub struct PluginConnection {
     plugin: Arc<Plugin>,
     http: Arc<ConnectionHttp>,
-    idle: std::sync::Mutex<Vec<Instance>>,
+    idle: Arc<IdleList>,
 }
 
 impl std::fmt::Debug for PluginConnection {
@@ -651,15 +973,22 @@ impl std::fmt::Debug for PluginConnection {
 
 impl Drop for PluginConnection {
     fn drop(&mut self) {
-        let idle = self.idle.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner).len();
-        WARM_IDLE.fetch_sub(idle, std::sync::atomic::Ordering::Relaxed);
+        // Taken out under the lock, so an eviction under way cannot count
+        // the same instances again.
+        let idle = std::mem::take(&mut *self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        self.plugin.runtime.inner.warm_idle.fetch_sub(idle.len(), Ordering::Relaxed);
     }
 }
 
 impl PluginConnection {
     /// Binds `plugin` to the connection whose HTTP policy is `http`.
     pub fn new(plugin: Arc<Plugin>, http: Arc<ConnectionHttp>) -> Self {
-        PluginConnection { plugin, http, idle: std::sync::Mutex::default() }
+        let idle = Arc::new(IdleList::default());
+        let mut registry = plugin.runtime.inner.idle_lists.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        registry.retain(|list| list.strong_count() > 0);
+        registry.push(Arc::downgrade(&idle));
+        drop(registry);
+        PluginConnection { plugin, http, idle }
     }
 
     /// The plugin.
@@ -703,23 +1032,24 @@ impl PluginConnection {
     /// and keeps the instance for the next call when that is safe.
     async fn call(&self, call: Call) -> Result<Reply> {
         let op = call.op();
+        let inner = &self.plugin.runtime.inner;
+        let deadline = deadline_after(self.plugin.runtime.limits().call_timeout);
         let idle = self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pop();
         let mut instance = match idle {
             Some(instance) => {
-                WARM_IDLE.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                inner.warm_idle.fetch_sub(1, Ordering::Relaxed);
                 instance
             }
-            None => self.plugin.instantiate(Some(self.http.clone()), op).await?,
+            None => self.plugin.instantiate(Some(self.http.clone()), op, deadline).await?,
         };
         // Dropping this future mid-call (a cancelled run) drops the
         // instance with it: only a call that ran to its end returns one.
-        let outcome = self.plugin.run(&mut instance, call).await;
-        if instance.reusable(&outcome) {
+        let outcome = self.plugin.run(&mut instance, call, deadline).await;
+        // A call waiting for a slot gets this one instead.
+        if instance.reusable(&outcome) && inner.waiting.load(Ordering::Relaxed) == 0 {
             let mut idle = self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let admitted = idle.len() < WARM_PER_CONNECTION
-                && WARM_IDLE
-                    .fetch_update(std::sync::atomic::Ordering::Relaxed, std::sync::atomic::Ordering::Relaxed, |n| (n < WARM_IN_PROCESS).then_some(n + 1))
-                    .is_ok();
+                && inner.warm_idle.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < inner.warm_limit()).then_some(n + 1)).is_ok();
             if admitted {
                 idle.push(instance);
             }
@@ -728,20 +1058,55 @@ impl PluginConnection {
     }
 }
 
+/// Handles a plugin may hold in host tables at once.
+const MAX_HOST_HANDLES: usize = 10_000;
+
 /// Why a store was stopped by the host.
 #[derive(Debug, thiserror::Error)]
 enum LimitHit {
     #[error("exceeded its CPU time limit of {limit:?}")]
     CpuTime { limit: Duration },
-    #[error("exceeded its memory limit of {} MiB (tried to grow to {} MiB)", cap >> 20, asked >> 20)]
+    /// Host code panicked while serving the plugin: a weft bug, which must
+    /// cost the call, never the process.
+    #[error("the host's `{import}` failed unexpectedly (a weft bug, not the plugin's): {message}")]
+    HostPanic { import: &'static str, message: String },
+    #[error("exceeded its memory limit of {} (tried to grow to {})", bytes(*cap), bytes(*asked))]
     Memory { cap: usize, asked: usize },
 }
+
+/// Runs the host's work for an import; a panic in it becomes an error that
+/// traps the calling plugin's call (naming the import) instead of unwinding
+/// through wasmtime into the run's task. The plugin's instance is discarded
+/// with the trap, so whatever state the panic left is never used again.
+async fn guarded<T>(import: &'static str, work: impl std::future::Future<Output = T>) -> wasmtime::Result<T> {
+    use futures_util::FutureExt as _;
+    std::panic::AssertUnwindSafe(work)
+        .catch_unwind()
+        .await
+        .map_err(|panic| wasmtime::Error::new(LimitHit::HostPanic { import, message: panic_message(panic.as_ref()) }))
+}
+
+/// The text of a panic's payload, made safe to print.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    let text = panic.downcast_ref::<&str>().copied().or_else(|| panic.downcast_ref::<String>().map(String::as_str)).unwrap_or("(no message)");
+    plugin_text(text)
+}
+
+/// What wasmtime 48 says when a copy out of the instance passes the hostcall
+/// fuel (its error type is private, so the text is what there is to match;
+/// the version is pinned, and a test fails if the text changes).
+const HOSTCALL_FUEL_EXHAUSTED: &str = "fuel allocated for hostcalls has been exhausted";
 
 fn explain_trap(error: &wasmtime::Error, store: &Store<InstanceState>, stderr: &MemoryOutputPipe) -> String {
     let mut reason = if let Some(hit) = error.downcast_ref::<LimitHit>() {
         hit.to_string()
     } else if let Some(asked) = store.data().limiter.asked {
         LimitHit::Memory { cap: store.data().limiter.cap, asked }.to_string()
+    } else if error.chain().any(|cause| cause.to_string().contains(HOSTCALL_FUEL_EXHAUSTED)) {
+        format!(
+            "handed the host more than its reply limit of {} in one reply or one import's arguments",
+            bytes(store.hostcall_fuel())
+        )
     } else {
         match error.downcast_ref::<Trap>() {
             Some(Trap::StackOverflow) => "exceeded the wasm stack limit (unbounded recursion?)".to_owned(),
@@ -756,7 +1121,7 @@ fn explain_trap(error: &wasmtime::Error, store: &Store<InstanceState>, stderr: &
     let said = said.trim();
     if !said.is_empty() {
         reason.push_str("; the plugin said: ");
-        reason.push_str(said.lines().last().unwrap_or(said));
+        reason.push_str(&plugin_text(said.lines().last().unwrap_or(said)));
     }
     reason
 }
@@ -797,6 +1162,62 @@ impl ResourceLimiter for MemoryCap {
     }
 }
 
+/// The CPU time one call has used: the thread CPU time of each poll of the
+/// call's future, summed, plus that of the poll under way.
+///
+/// A guest runs only inside a poll, on the polling thread (wasmtime resumes
+/// its fiber there), and a poll never moves between threads; so the
+/// difference of the thread's CPU clock across a poll is the time the call
+/// had a core. Time between polls (waiting on HTTP, or queued behind other
+/// calls on a busy executor) is not counted, nor is time the OS gave the
+/// thread to anything else.
+#[derive(Debug, Default)]
+struct CpuMeter {
+    /// Nanoseconds of finished polls.
+    spent: AtomicU64,
+    /// The thread CPU clock, in nanoseconds, when the current poll began.
+    poll_started: AtomicU64,
+}
+
+impl CpuMeter {
+    fn reset(&self) {
+        self.spent.store(0, Ordering::Relaxed);
+    }
+
+    /// CPU time used so far; called on the polling thread (from the epoch
+    /// callback), so the poll under way counts up to now.
+    fn spent(&self) -> Duration {
+        let in_poll = thread_cpu_nanos().saturating_sub(self.poll_started.load(Ordering::Relaxed));
+        Duration::from_nanos(self.spent.load(Ordering::Relaxed).saturating_add(in_poll))
+    }
+
+    /// `future`, with the CPU time of each of its polls added to the meter.
+    async fn metered<F: std::future::Future>(&self, future: F) -> F::Output {
+        let mut future = std::pin::pin!(future);
+        std::future::poll_fn(|cx| {
+            let started = thread_cpu_nanos();
+            self.poll_started.store(started, Ordering::Relaxed);
+            let poll = future.as_mut().poll(cx);
+            self.spent.fetch_add(thread_cpu_nanos().saturating_sub(started), Ordering::Relaxed);
+            poll
+        })
+        .await
+    }
+}
+
+/// The instant `timeout` from now; a timeout too long to represent (a
+/// configured `Duration::MAX`) means a century.
+fn deadline_after(timeout: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(timeout).or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 86_400))).unwrap_or(now)
+}
+
+/// The calling thread's CPU time, in nanoseconds (0 where the platform has
+/// no per-thread CPU clock: then only the call deadline applies).
+fn thread_cpu_nanos() -> u64 {
+    cpu_time::ThreadTime::try_now().map_or(0, |now| u64::try_from(now.as_duration().as_nanos()).unwrap_or(u64::MAX))
+}
+
 /// What one instance may touch: an empty WASI context, its connection's HTTP
 /// policy, and its own bookkeeping.
 pub(crate) struct InstanceState {
@@ -805,9 +1226,8 @@ pub(crate) struct InstanceState {
     limiter: MemoryCap,
     http: Option<Arc<ConnectionHttp>>,
     plugin: String,
-    started: Instant,
-    /// Time spent in host imports, which does not count as plugin CPU time.
-    in_host: Duration,
+    /// CPU time the current call has used.
+    cpu: Arc<CpuMeter>,
     cpu_limit: Duration,
     /// When the whole call must be over; HTTP retries stop short of it.
     deadline: Instant,
@@ -821,23 +1241,30 @@ impl WasiView for InstanceState {
 }
 
 impl InstanceState {
-    /// Sends a request for the plugin, or refuses when the call has no connection.
-    async fn send(&mut self, request: crate::http::Request) -> std::result::Result<crate::http::Response, crate::http::HttpError> {
+    /// Sends a request for the plugin, or refuses when the call has no
+    /// connection. The outer error traps the call (see [`guarded`]).
+    async fn send(&mut self, request: crate::http::Request) -> wasmtime::Result<std::result::Result<crate::http::Response, crate::http::HttpError>> {
         let Some(http) = self.http.clone() else {
-            return Err(crate::http::HttpError::Denied("HTTP is not available during describe".into()));
+            return Ok(Err(crate::http::HttpError::Denied("HTTP is not available during describe".into())));
         };
-        let started = Instant::now();
-        let response = http.send(request, Some(self.deadline)).await;
-        self.in_host += started.elapsed();
-        response
+        let deadline = self.deadline;
+        guarded("http.send", http.send(request, Some(deadline))).await
     }
 
-    fn log(&mut self, level: tracing::Level, message: &str) {
+    /// Records a plugin's log line. The error traps the call (see [`guarded`]).
+    fn log(&mut self, level: tracing::Level, message: &str) -> wasmtime::Result<()> {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.write_log(level, message))) {
+            Ok(()) => Ok(()),
+            Err(panic) => Err(wasmtime::Error::new(LimitHit::HostPanic { import: "log", message: panic_message(panic.as_ref()) })),
+        }
+    }
+
+    fn write_log(&mut self, level: tracing::Level, message: &str) {
         if self.log_budget == 0 {
             return;
         }
         self.log_budget -= 1;
-        let message: String = message.chars().take(2000).collect();
+        let message = plugin_text(message);
         let plugin = self.plugin.as_str();
         match level {
             tracing::Level::ERROR => tracing::error!(plugin, "{message}"),
@@ -852,6 +1279,23 @@ impl InstanceState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_panic_in_the_hosts_work_for_an_import_becomes_an_error_naming_it() {
+        let work = async { panic!("header map is full\n2030-01-01 ERROR forged") };
+        let error = guarded("http.send", work).await.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(error.contains("the host's `http.send` failed unexpectedly"), "{error}");
+        assert!(error.contains(r"header map is full\n2030-01-01 ERROR forged"), "escaped: {error}");
+        assert_eq!(guarded("http.send", async { 7 }).await.ok(), Some(7));
+    }
+
+    #[test]
+    fn sizes_in_messages_are_exact() {
+        assert_eq!(bytes(64 << 20), "64 MiB");
+        assert_eq!(bytes((64 << 20) + (64 << 10)), "67174400 bytes (64.06 MiB)");
+        assert_eq!(bytes(64 << 10), "64 KiB");
+        assert_eq!(bytes(1000), "1000 bytes");
+    }
 
     #[test]
     fn a_corrupt_cache_entry_is_ignored_not_loaded() -> Result<(), Box<dyn std::error::Error>> {

@@ -355,3 +355,485 @@ async fn allow_private_network_in_the_workflow_opens_a_non_public_address() -> T
     assert_eq!(allowed.connections["hostile"].requests, 1);
     Ok(())
 }
+
+// ---- What a plugin hands back: one JSON object per record, bounded sizes ----
+
+/// The ways `bad-records` breaks "one JSON object" (see the hostile plugin).
+const NOT_ONE_OBJECT: &[&str] =
+    &["newline-in-string", "two-lines", "comma", "not-json", "array", "number", "unterminated", "lone-surrogate", "huge-number", "too-deep"];
+
+async fn list_with(plugin: &Plugin, http: &Arc<ConnectionHttp>, resource: &str, cursor: Option<&str>, filter: serde_json::Value) -> Result<Vec<String>, RuntimeError> {
+    let ctx = CallContext { base_url: http.base_url(), settings: vec![] };
+    let request = ListRequest { resource: resource.into(), cursor: cursor.map(str::to_owned), page_size: 10, filter: Some(filter.to_string()) };
+    plugin.list(http, ctx, request).await.map(|page| page.records)
+}
+
+fn assert_contract_breach(error: &RuntimeError, op: &str, what: &str) {
+    let text = error.to_string();
+    assert!(matches!(error, RuntimeError::Contract { .. }), "{what}: not a contract breach: {text}");
+    assert!(text.contains("plugin ") && text.contains("hostile") && text.contains(op), "{what}: {text} names the plugin and {op}");
+}
+
+#[tokio::test]
+async fn a_listed_record_that_is_not_one_json_object_is_a_contract_breach() -> TestResult {
+    let runtime = runtime(limits())?;
+    let plugin = runtime.load_file(hostile_wasm()).await?;
+    let http = connection("http://127.0.0.1:9")?;
+    for kind in NOT_ONE_OBJECT {
+        let filter = serde_json::json!({ "kind": kind });
+        match list_with(&plugin, &http, "bad-records", Some("2"), filter).await {
+            Ok(records) => panic!("{kind}: accepted {records:?}"),
+            Err(error) => {
+                assert_contract_breach(&error, "list", kind);
+                assert!(error.to_string().contains("record 1 of 2"), "{kind}: {error}");
+            }
+        }
+    }
+    // One object over several lines (a vendor's pretty-printed body) is
+    // fine: it arrives as one line.
+    let records = list_with(&plugin, &http, "bad-records", Some("2"), serde_json::json!({ "kind": "pretty" })).await?;
+    assert_eq!(records, [r#"{"id":"2","name":"Pretty\nPrinted"}"#, r#"{"id":"3"}"#]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_record_from_get_upsert_or_a_batch_that_is_not_one_json_object_is_a_contract_breach() -> TestResult {
+    let runtime = runtime(limits())?;
+    let plugin = runtime.load_file(hostile_wasm()).await?;
+    let http = connection("http://127.0.0.1:9")?;
+    let ctx = || CallContext { base_url: http.base_url(), settings: vec![] };
+    for kind in NOT_ONE_OBJECT {
+        let error = plugin.get(&http, ctx(), "bad-records", kind).await.err().ok_or(format!("get {kind} was accepted"))?;
+        assert_contract_breach(&error, "get", kind);
+
+        let record = serde_json::json!({ "kind": kind }).to_string();
+        let request = weft::connector::UpsertRequest { resource: "bad-records".into(), record: record.clone(), idempotency_key: "k".into() };
+        let error = plugin.upsert(&http, ctx(), request).await.err().ok_or(format!("upsert {kind} was accepted"))?;
+        assert_contract_breach(&error, "upsert", kind);
+
+        let items = vec![
+            weft::connector::BatchItem { record: r#"{"kind":"good"}"#.into(), idempotency_key: "k1".into() },
+            weft::connector::BatchItem { record, idempotency_key: "k2".into() },
+        ];
+        let error = plugin.upsert_batch(&http, ctx(), "bad-records", items).await.err().ok_or(format!("batch {kind} was accepted"))?;
+        assert_contract_breach(&error, "upsert-batch", kind);
+        assert!(error.to_string().contains("outcome 2 of 2"), "{kind}: {error}");
+    }
+    Ok(())
+}
+
+/// A list step whose second page holds `kind`, writing an output file and
+/// keeping its records for a later step; returns the run, the store and
+/// the output file's path.
+async fn list_step_with_bad_page(kind: &str) -> TestResult<(weft::executor::RunSummary, tempfile::TempDir, tempfile::TempDir)> {
+    let state = tempfile::tempdir()?;
+    let files = tempfile::tempdir()?;
+    let executor = Executor::new(runtime(limits())?, RunStore::open(state.path())?);
+    let overrides = BTreeMap::from([(
+        "hostile".to_owned(),
+        ConnectionOverride { base_url: "http://127.0.0.1:9".into(), secret: Secret::new(SECRET) },
+    )]);
+    let text = format!(
+        r#"[workflow]
+name = "bad-page"
+[connections.hostile]
+plugin = {plugin:?}
+credentials = "env:UNUSED"
+[[step]]
+id = "s"
+list = "hostile.bad-records"
+filter = {{ kind = "{kind}" }}
+output = "out.jsonl"
+[[step]]
+id = "each"
+for_each = ".steps.s.records[]"
+get = "hostile.big-record"
+key = "16"
+"#,
+        plugin = hostile_wasm().display().to_string()
+    );
+    let summary = executor.run(&workflow(files.path(), &text)?, &overrides, &Silent).await?;
+    // What a resume would read: every committed page, every output line.
+    for page in executor.store().pages(&summary.run_id, 0).await? {
+        let records: Vec<serde_json::Value> = serde_json::from_str(&page?)?;
+        assert!(records.iter().all(serde_json::Value::is_object), "{kind}: {records:?}");
+    }
+    drop(executor);
+    Ok((summary, state, files))
+}
+
+fn output_lines(files: &tempfile::TempDir) -> TestResult<Vec<serde_json::Value>> {
+    let text = std::fs::read_to_string(files.path().join("out.jsonl"))?;
+    let lines: Vec<serde_json::Value> = text.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
+    assert!(lines.iter().all(serde_json::Value::is_object), "{text}");
+    Ok(lines)
+}
+
+#[tokio::test]
+async fn a_bad_record_fails_its_list_step_and_leaves_the_page_log_and_output_readable() -> TestResult {
+    for kind in ["two-lines", "comma", "not-json", "number", "lone-surrogate"] {
+        let (summary, _state, files) = list_step_with_bad_page(kind).await?;
+        assert_eq!(summary.status, Status::Failed, "{kind}: {summary:?}");
+        let error = summary.steps[0].error.clone().unwrap_or_default();
+        assert!(error.contains("plugin") && error.contains("hostile") && error.contains("broke the contract"), "{kind}: {error}");
+        // Only the first, good page was kept; nothing was forged or smuggled.
+        assert_eq!(output_lines(&files)?, [serde_json::json!({"id": "1"})], "{kind}");
+    }
+    let (summary, _state, files) = list_step_with_bad_page("pretty").await?;
+    assert_eq!(summary.status, Status::Succeeded, "{summary:?}");
+    assert_eq!(output_lines(&files)?.len(), 3);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_40_mb_record_is_refused_before_the_host_copies_it() -> TestResult {
+    let runtime = runtime(limits())?;
+    let plugin = runtime.load_file(hostile_wasm()).await?;
+    let http = connection("http://127.0.0.1:9")?;
+    let ctx = || CallContext { base_url: http.base_url(), settings: vec![] };
+    let error = plugin.get(&http, ctx(), "big-record", &(40 << 20).to_string()).await.err().ok_or("a 40 MiB record was accepted")?.to_string();
+    assert!(error.contains("hostile") && error.contains("get") && error.contains("reply limit of 16 MiB"), "{error}");
+
+    // Under the reply limit but over the record limit: refused by size.
+    let error = plugin.get(&http, ctx(), "big-record", &(2 << 20).to_string()).await.err().ok_or("a 2 MiB record was accepted")?.to_string();
+    assert!(error.contains("is 2097152 bytes, over the record limit of 1 MiB"), "{error}");
+
+    // Records each under the limit, a page over the reply limit.
+    let error = list_with(&plugin, &http, "big-record", None, serde_json::json!({"bytes": 900_000, "records": 20})).await.err().ok_or("an 18 MB page was accepted")?.to_string();
+    assert!(error.contains("list") && error.contains("reply limit of 16 MiB"), "{error}");
+
+    // A million empty records: 8 MB in the guest, 24 MB as host strings.
+    let error = list_with(&plugin, &http, "many-records", None, serde_json::json!({"count": 1_000_000})).await.err().ok_or("a million records were accepted")?.to_string();
+    assert!(error.contains("reply limit of 16 MiB"), "{error}");
+
+    // The process goes on.
+    assert_eq!(plugin.get(&http, ctx(), "big-record", "100").await?.map(|r| r.len()), Some(100));
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_memory_limit_message_gives_exact_sizes() -> TestResult {
+    let runtime = runtime(limits())?;
+    let plugin = runtime.load_file(hostile_wasm()).await?;
+    let http = connection("http://127.0.0.1:9")?;
+    // One 64 KiB page past the 64 MiB cap.
+    let error = list_with(&plugin, &http, "grow", None, serde_json::json!({"pages": 1025})).await.err().ok_or("grew past the cap")?.to_string();
+    assert!(error.contains("exceeded its memory limit of 64 MiB (tried to grow to 67174400 bytes (64.06 MiB))"), "{error}");
+    Ok(())
+}
+
+// ---- Plugin text in host logs ----
+
+/// Log output captured from the current thread.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().map_err(|_| std::io::Error::other("poisoned"))?.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn plugin_log_lines_cannot_forge_host_log_lines() -> TestResult {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt().with_ansi(false).with_max_level(tracing::Level::TRACE).with_writer(move || writer.clone()).finish();
+    // The test's runtime is this one thread, so the plugin's log calls run here.
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let runtime = runtime(limits())?;
+    let plugin = runtime.load_file(hostile_wasm()).await?;
+    let http = connection("http://127.0.0.1:9")?;
+    list(&plugin, &http, "log-forge").await?;
+    let bytes = captured.0.lock().map_err(|_| "poisoned")?.clone();
+    let text = String::from_utf8(bytes)?;
+    let plugin_lines: Vec<&str> = text.lines().filter(|line| line.contains("plugin=")).collect();
+    assert_eq!(plugin_lines.len(), 2, "two plugin lines, each on one line:\n{text}");
+    assert!(!text.lines().any(|line| line.starts_with("2030-01-01")), "a forged line:\n{text}");
+    assert!(plugin_lines[0].contains(r"plugin line\n2030-01-01T00:00:00Z ERROR weft: forged host line"), "{text}");
+    assert!(plugin_lines[1].contains(r"carriage\rreturn, \u{1b}[31mred\u{1b}[0m, bell\u{7}, nul\u{0}, next line\u{85}, separator\u{2028}end"), "{text}");
+    for control in ['\r', '\u{1b}', '\u{7}', '\u{0}', '\u{85}', '\u{2028}'] {
+        assert!(!text.contains(control), "{control:?} reached the log:\n{text}");
+    }
+    Ok(())
+}
+
+// ---- CPU time is CPU time ----
+
+async fn burn(plugin: &Plugin, http: &Arc<ConnectionHttp>, iterations: u64) -> Result<Vec<String>, RuntimeError> {
+    list_with(plugin, http, "burn", None, serde_json::json!({ "iterations": iterations })).await
+}
+
+/// Many calls, each well under the CPU limit, on two worker threads: each
+/// waits for a core far longer than the limit, and that waiting is not CPU.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_calls_each_under_the_cpu_limit_all_succeed_and_a_spin_still_stops() -> TestResult {
+    let limit = Duration::from_millis(500);
+    let runtime = runtime(SandboxLimits { cpu_time: limit, call_timeout: Duration::from_secs(120), ..SandboxLimits::default() })?;
+    let plugin = Arc::new(runtime.load_file(hostile_wasm()).await?);
+    let http = connection("http://127.0.0.1:9")?;
+    // Calibrate alone: iterations for about a fifth of the limit. Wall time
+    // alone is at least the CPU time, so the real share is at most that.
+    let probe = 5_000_000;
+    let started = std::time::Instant::now();
+    burn(&plugin, &http, probe).await?;
+    let per_iteration = started.elapsed().as_secs_f64() / probe as f64;
+    let iterations = ((limit.as_secs_f64() / 5.0) / per_iteration) as u64;
+    // 24 calls of ~100 ms on 2 threads: each call's wall time is ~1.2 s.
+    let calls = 24;
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..calls {
+        let (plugin, http) = (plugin.clone(), http.clone());
+        tasks.spawn(async move { burn(&plugin, &http, iterations).await.map_err(|e| e.to_string()) });
+    }
+    let spin = {
+        let (plugin, http) = (plugin.clone(), http.clone());
+        tokio::spawn(async move { list(&plugin, &http, "spin").await.map_err(|e| e.to_string()) })
+    };
+    let started = std::time::Instant::now();
+    let mut failures = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        if let Err(e) = joined? {
+            failures.push(e);
+        }
+    }
+    let wall = started.elapsed();
+    assert!(failures.is_empty(), "{} of {calls} calls failed ({iterations} iterations each, {wall:?} for all): {:?}", failures.len(), failures.first());
+    assert!(wall > limit, "the calls ran concurrently past the limit ({wall:?}), so the test shows something");
+    let error = spin.await?.err().unwrap_or_default();
+    assert!(error.contains("CPU time limit of 500ms"), "{error}");
+    Ok(())
+}
+
+// ---- Instance slots: calls wait for one, within their deadline ----
+
+/// A loopback server whose `/slow?ms=N` answers after N milliseconds.
+async fn slow_server() -> TestResult<weft_sandbox::server::RunningServer> {
+    async fn slow(axum::extract::Query(query): axum::extract::Query<BTreeMap<String, u64>>) -> &'static str {
+        tokio::time::sleep(Duration::from_millis(query.get("ms").copied().unwrap_or(0))).await;
+        "{}"
+    }
+    let router = axum::Router::new().route("/slow", axum::routing::get(slow));
+    Ok(weft_sandbox::server::serve(router, "127.0.0.1:0".parse()?).await?)
+}
+
+fn slow_request(ms: u64) -> ListRequest {
+    ListRequest { resource: "slow".into(), cursor: None, page_size: 10, filter: Some(serde_json::json!({ "ms": ms }).to_string()) }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_concurrent_calls_than_the_256_instance_slots_all_succeed() -> TestResult {
+    let server = slow_server().await?;
+    let runtime = runtime(SandboxLimits { call_timeout: Duration::from_secs(60), ..SandboxLimits::default() })?;
+    let plugin = Arc::new(runtime.load_file(hostile_wasm()).await?);
+    let http = connection(&server.base_url())?;
+    let calls = 300;
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 0..calls {
+        let (plugin, http) = (plugin.clone(), http.clone());
+        tasks.spawn(async move {
+            let ctx = CallContext { base_url: http.base_url(), settings: vec![] };
+            // Each call holds its instance while it waits on HTTP; a third
+            // of them go through warm connections, the rest fresh.
+            let result = if n % 3 == 0 {
+                PluginConnection::new(plugin, http).list(ctx, slow_request(300)).await
+            } else {
+                plugin.list(&http, ctx, slow_request(300)).await
+            };
+            result.map_err(|e| e.to_string())
+        });
+    }
+    let mut failures = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        if let Err(e) = joined? {
+            failures.push(e);
+        }
+    }
+    assert!(failures.is_empty(), "{} of {calls} calls failed, first: {:?}", failures.len(), failures.first());
+    Ok(())
+}
+
+fn small_pool(instances: u32, call_timeout: Duration) -> TestResult<weft::runtime::Runtime> {
+    runtime(SandboxLimits { call_timeout, instances, ..limits() })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_beyond_a_small_pool_wait_their_turn() -> TestResult {
+    let server = slow_server().await?;
+    let plugin = Arc::new(small_pool(4, Duration::from_secs(60))?.load_file(hostile_wasm()).await?);
+    let http = connection(&server.base_url())?;
+    let warm = Arc::new(PluginConnection::new(plugin.clone(), http.clone()));
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 0..24 {
+        let (plugin, http, warm) = (plugin.clone(), http.clone(), warm.clone());
+        tasks.spawn(async move {
+            let ctx = CallContext { base_url: http.base_url(), settings: vec![] };
+            let result = if n % 2 == 0 { warm.list(ctx, slow_request(50)).await } else { plugin.list(&http, ctx, slow_request(50)).await };
+            result.map_err(|e| e.to_string())
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined??;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_warm_instance_gives_its_slot_to_a_waiting_call() -> TestResult {
+    let server = slow_server().await?;
+    // Two slots; a call takes ~500 ms of its 800 ms deadline.
+    let plugin = Arc::new(small_pool(2, Duration::from_millis(800))?.load_file(hostile_wasm()).await?);
+    let http = connection(&server.base_url())?;
+    let ctx = || CallContext { base_url: http.base_url(), settings: vec![] };
+    let idle = PluginConnection::new(plugin.clone(), http.clone());
+    idle.list(ctx(), slow_request(0)).await?;
+    // `idle` now keeps its instance warm, holding one slot. Two concurrent
+    // calls need both: the second can only run at once if the idle
+    // instance is given up (waiting for the first would pass its deadline).
+    let busy = PluginConnection::new(plugin.clone(), http.clone());
+    let (first, second) = tokio::join!(busy.list(ctx(), slow_request(500)), busy.list(ctx(), slow_request(500)));
+    first?;
+    second?;
+    drop(idle);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_waits_for_a_slot_no_longer_than_its_deadline() -> TestResult {
+    let server = slow_server().await?;
+    let plugin = Arc::new(small_pool(1, Duration::from_secs(1))?.load_file(hostile_wasm()).await?);
+    let http = connection(&server.base_url())?;
+    let ctx = || CallContext { base_url: http.base_url(), settings: vec![] };
+    let started = std::time::Instant::now();
+    let (a, b, c) = tokio::join!(
+        plugin.list(&http, ctx(), slow_request(700)),
+        plugin.list(&http, ctx(), slow_request(700)),
+        plugin.list(&http, ctx(), slow_request(700)),
+    );
+    let elapsed = started.elapsed();
+    let outcomes = [a, b, c];
+    assert_eq!(outcomes.iter().filter(|o| o.is_ok()).count(), 1, "one call had the slot in time: {outcomes:?}");
+    for error in outcomes.iter().filter_map(|o| o.as_ref().err()) {
+        let text = error.to_string();
+        assert!(text.contains("hostile") && text.contains("list"), "{text}");
+        assert!(text.contains("for a wasm instance: all 1 slots stayed in use") || text.contains("exceeded the call deadline of 1s"), "{text}");
+    }
+    assert!(elapsed < Duration::from_secs(5), "nobody waited past the deadline: {elapsed:?}");
+    Ok(())
+}
+
+// ---- A for-each's early stop follows what happened ----
+
+#[tokio::test]
+async fn ten_quick_failures_do_not_stop_a_for_each_whose_later_items_succeed() -> TestResult {
+    let state = tempfile::tempdir()?;
+    let files = tempfile::tempdir()?;
+    let executor = Executor::new(runtime(limits())?, RunStore::open(state.path())?);
+    let overrides = BTreeMap::from([(
+        "hostile".to_owned(),
+        ConnectionOverride { base_url: "http://127.0.0.1:9".into(), secret: Secret::new(SECRET) },
+    )]);
+    // Items 0-9 fail at once (an id that is not a number); items 10-39 spend
+    // some CPU first, so the ten failures finish before any success.
+    let text = format!(
+        r#"[workflow]
+name = "early-failures"
+[connections.hostile]
+plugin = {plugin:?}
+credentials = "env:UNUSED"
+[[step]]
+id = "each"
+for_each = "[range(0; 40)]"
+concurrency = 20
+get = "hostile.burn"
+key = "${{{{ if $item < 10 then \"not-a-number\" else \"3000000\" end }}}}"
+"#,
+        plugin = hostile_wasm().display().to_string()
+    );
+    let summary = executor.run(&workflow(files.path(), &text)?, &overrides, &Silent).await?;
+    let step = &summary.steps[0];
+    let error = step.error.clone().unwrap_or_default();
+    assert_eq!(summary.status, Status::Failed, "{summary:?}");
+    assert!(!error.contains("all failed"), "{error}");
+    assert_eq!((step.items, step.counts.failed, step.counts.read), (40, 10, 30), "{step:?}");
+    assert!(error.contains("10 of 40 items failed"), "{error}");
+    Ok(())
+}
+
+// ---- Nothing a plugin does through an import ends the process ----
+
+#[tokio::test]
+async fn a_request_with_a_flood_of_header_names_fails_its_call_not_the_process() -> TestResult {
+    let server = huge_server().await?;
+    let runtime = runtime(limits())?;
+    let plugin = runtime.load_file(hostile_wasm()).await?;
+    let http = connection(&server.base_url())?;
+    // 30,000 distinct names: past what `http::HeaderMap` holds (it panics
+    // past 24,576). However the host refuses it (a bound on headers, or a
+    // panic contained to the call), the call fails and names the plugin.
+    let error = list_with(&plugin, &http, "header-flood", None, serde_json::json!({"count": 30_000})).await.err().ok_or("a flood of headers was sent")?.to_string();
+    assert!(error.contains("hostile") && error.contains("list"), "{error}");
+    assert!(!error.contains(SECRET), "{error}");
+    // The process goes on, and so does the plugin.
+    assert_eq!(list(&plugin, &http, "ok").await?.len(), 2);
+    Ok(())
+}
+
+// ---- The compiled-component cache is used only when no one else can write it ----
+
+#[cfg(unix)]
+#[tokio::test]
+async fn a_component_cache_others_can_write_is_not_used() -> TestResult {
+    use std::os::unix::fs::PermissionsExt as _;
+    let load = |dir: std::path::PathBuf| async move {
+        let runtime = weft::runtime::Runtime::new(weft::runtime::RuntimeConfig { cache_dir: Some(dir), limits: limits() })?;
+        let plugin = runtime.load_file(hostile_wasm()).await?;
+        Ok::<bool, Box<dyn std::error::Error>>(plugin.load_info().cache_hit)
+    };
+    let entries = |dir: &std::path::Path| -> TestResult<Vec<std::path::PathBuf>> {
+        Ok(std::fs::read_dir(dir)?.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>()?)
+    };
+
+    // A new cache directory is created for this user alone, and used.
+    let root = tempfile::tempdir()?;
+    let dir = root.path().join("components");
+    assert!(!load(dir.clone()).await?);
+    assert_eq!(std::fs::metadata(&dir)?.permissions().mode() & 0o777, 0o700);
+    assert!(load(dir.clone()).await?, "the second load comes from the cache");
+
+    // A directory anyone can write: neither read nor written.
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777))?;
+    assert!(!load(dir.clone()).await?, "an entry in a 0777 directory was loaded");
+    let open = tempfile::tempdir()?;
+    std::fs::set_permissions(open.path(), std::fs::Permissions::from_mode(0o777))?;
+    assert!(!load(open.path().to_path_buf()).await?);
+    assert!(!load(open.path().to_path_buf()).await?, "a 0777 directory was used as a cache");
+    assert!(entries(open.path())?.is_empty(), "nothing is written to a 0777 directory");
+
+    // A good directory, but an entry others can write.
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+    assert!(load(dir.clone()).await?);
+    for entry in entries(&dir)? {
+        std::fs::set_permissions(&entry, std::fs::Permissions::from_mode(0o666))?;
+    }
+    assert!(!load(dir.clone()).await?, "an entry mode 0666 was loaded");
+
+    // An entry another user owns (only root can hand a file to another
+    // user; elsewhere this part cannot be set up).
+    assert!(load(dir.clone()).await?);
+    let mut handed_over = 0;
+    for entry in entries(&dir)? {
+        if std::os::unix::fs::chown(&entry, Some(65534), Some(65534)).is_ok() {
+            handed_over += 1;
+        }
+    }
+    if handed_over > 0 {
+        assert!(!load(dir.clone()).await?, "an entry owned by another user was loaded");
+    }
+    Ok(())
+}

@@ -127,9 +127,12 @@ pub(crate) async fn run(
     let mut exhausted = false;
     let mut fatal: Option<String> = None;
     let mut stopped: Option<StepEnd> = None;
+    // Ten failures and no success yet: start no more items. Withdrawn if an
+    // item still in flight succeeds (items finish out of order).
+    let mut failing_alike = false;
 
     loop {
-        while in_flight.len() < concurrency && !exhausted && fatal.is_none() && stopped.is_none() {
+        while in_flight.len() < concurrency && !exhausted && fatal.is_none() && !failing_alike && stopped.is_none() {
             if let Some(end) = ctx.stop_reason() {
                 stopped = Some(end);
                 break;
@@ -166,13 +169,7 @@ pub(crate) async fn run(
         };
         tally(state, &record, &mut errors);
         let succeeded = state.items - state.counts.failed;
-        if fatal.is_none() && succeeded == 0 && state.counts.failed >= FAILURES_BEFORE_ANY_SUCCESS {
-            fatal = Some(format!(
-                "the first {} items all failed, so the rest were not tried; first: {}",
-                state.counts.failed,
-                errors.first().map(String::as_str).unwrap_or("(no message)")
-            ));
-        }
+        failing_alike = succeeded == 0 && state.counts.failed >= FAILURES_BEFORE_ANY_SUCCESS;
         pending.push((n, record));
         if pending.len() >= GROUP_ITEMS || last_commit.elapsed() >= GROUP_WAIT {
             commit(ctx, step, state, &plan, &mut pending, &errors).await?;
@@ -180,6 +177,14 @@ pub(crate) async fn run(
         }
     }
     commit(ctx, step, state, &plan, &mut pending, &errors).await?;
+    if fatal.is_none() && failing_alike && !exhausted {
+        // Every item started has finished, and failed: they are the first
+        // ones in item order, and some were left.
+        fatal = Some(format!(
+            "the first {FAILURES_BEFORE_ANY_SUCCESS} items all failed, so the rest were not tried; first: {}",
+            errors.first().map(String::as_str).unwrap_or("(no message)")
+        ));
+    }
     if let Some(message) = fatal {
         return Err(format!("stopped after {} items: {message}", state.items));
     }

@@ -122,7 +122,7 @@ impl http::Host for InstanceState {
             idempotent: request.idempotent,
         };
         Ok(InstanceState::send(self, request)
-            .await
+            .await?
             .map(|r| http::Response { status: r.status, headers: r.headers, body: r.body })
             .map_err(|e| match e {
                 host_http::HttpError::Denied(m) => http::HttpError::Denied(m),
@@ -143,8 +143,7 @@ impl log::Host for InstanceState {
             log::Level::Warn => tracing::Level::WARN,
             log::Level::Error => tracing::Level::ERROR,
         };
-        InstanceState::log(self, level, &message);
-        Ok(())
+        InstanceState::log(self, level, &message)
     }
 }
 

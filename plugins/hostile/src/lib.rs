@@ -17,19 +17,22 @@
 //! | `calls`          | returns how many `list` calls this instance has served   | count 1 on a fresh instance, more only within one connection |
 //!
 //! Misbehaviour through `http.send` (headers, request volume, echoed
-//! credentials) lives in [`http_abuse`], with its own table.
+//! credentials) lives in [`http_abuse`], with its own table. The resources
+//! of [`boundary`] misbehave in what they hand back (records, reply sizes),
+//! the CPU they spend, their log lines and their imports.
 //!
 //! Every other operation keeps the SDK's default (`unsupported`).
+
+mod boundary;
+mod http_abuse;
 
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use serde_json::{Value, json};
-
-mod http_abuse;
 use weft_connector_sdk::{
-    AuthScheme, Connector, Context, Error, ListRequest, Manifest, Op, Page, ResourceSpec, Result,
-    http,
+    AuthScheme, BatchItem, Connector, Context, Error, ListRequest, Manifest, Op, Page,
+    ResourceSpec, Result, UpsertOutcome, UpsertRequest, http,
 };
 
 /// The misbehaving connector.
@@ -96,6 +99,7 @@ impl Connector for Hostile {
                     default_page_size: 100,
                     id_field: "id".into(),
                 })
+                .chain(boundary::resources())
                 .collect(),
             rate_limits: http_abuse::published_rate_limits(),
             settings: Vec::new(),
@@ -143,9 +147,26 @@ impl Connector for Hostile {
                 })]
             }
             other if http_abuse::serves(other) => http_abuse::list(ctx, other)?,
+            other if boundary::serves(other) => return boundary::list(ctx, &request),
             other => return Err(Error::not_found(format!("hostile: no resource `{other}`"))),
         };
         Ok(Page::last(records.iter().map(Value::to_string).collect()))
+    }
+
+    fn get(_ctx: &Context, resource: &str, id: &str) -> Result<Option<String>> {
+        boundary::get(resource, id)
+    }
+
+    fn upsert(_ctx: &Context, request: UpsertRequest) -> Result<UpsertOutcome> {
+        boundary::upsert(&request)
+    }
+
+    fn upsert_batch(
+        _ctx: &Context,
+        resource: &str,
+        items: Vec<BatchItem>,
+    ) -> Result<Vec<Result<UpsertOutcome>>> {
+        boundary::upsert_batch(resource, &items)
     }
 }
 
@@ -258,8 +279,8 @@ mod tests {
         let manifest = Hostile::describe();
         assert_eq!(
             manifest.resources.len(),
-            RESOURCES.len() + http_abuse::RESOURCES.len()
+            RESOURCES.len() + http_abuse::RESOURCES.len() + boundary::RESOURCES.len()
         );
-        assert!(manifest.resources.iter().all(|r| r.ops == [Op::List]));
+        assert!(manifest.resources.iter().all(|r| r.ops.contains(&Op::List)));
     }
 }
