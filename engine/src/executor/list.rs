@@ -12,7 +12,7 @@ use super::ops::{CallError, with_retry};
 use super::{RunCtx, StepEnd};
 use crate::connector::ListRequest;
 use crate::endpoint::Endpoint;
-use crate::expr::{Expr, Scope, parse_val};
+use crate::expr::{EvalError, Evaluator, Expr, Scope, Val};
 use crate::store::{Commit, OutputMark, PageLog, StepState};
 use crate::workflow::{Action, Step};
 
@@ -32,7 +32,11 @@ pub(crate) async fn run(
     let resource = endpoint.manifest().resource(&step.resource).cloned().ok_or_else(|| format!("no resource {}", step.target()))?;
     let page_size = page_size.unwrap_or(resource.default_page_size).clamp(1, resource.max_page_size.max(1));
     let filter = match filter {
-        Some(f) => Some(f.render(scope).map_err(|e| format!("filter: {e}"))?.to_string()),
+        Some(f) => match ctx.evaluator(step).render("filter", f, scope).await {
+            Ok(value) => Some(value.to_string()),
+            Err(EvalError::Stopped) => return Ok(ctx.stop_reason().unwrap_or(StepEnd::Interrupted)),
+            Err(EvalError::Failed(message)) => return Err(message),
+        },
         None => None,
     };
     if state.pages == 0 {
@@ -220,6 +224,7 @@ where
 {
     // The next page, asked for while the last one was being stored.
     let mut prefetched = None;
+    let evaluator = ctx.evaluator(step);
     loop {
         if let Some(end) = ctx.stop_reason() {
             return Ok(end);
@@ -234,7 +239,11 @@ where
             return Err(format!("plugin {} returned the cursor it was given; stopping to avoid an endless list", endpoint.name()));
         }
         let records = match &step.map {
-            Some(map) => map_records(map, &page.records, scope, endpoint.name())?,
+            Some(map) => match map_page(&evaluator, map, page.records, scope, endpoint.name()).await {
+                Ok(records) => records,
+                Err(EvalError::Stopped) => return Ok(ctx.stop_reason().unwrap_or(StepEnd::Interrupted)),
+                Err(EvalError::Failed(message)) => return Err(message),
+            },
             None => page.records,
         };
         // Reading ahead is harmless (a read has no effect at the vendor), so
@@ -277,17 +286,26 @@ where
     Ok(StepEnd::Done)
 }
 
-/// Applies `map` to each record; a map with no output drops the record,
-/// one with several outputs yields several.
-fn map_records(map: &Expr, records: &[String], scope: &Scope, plugin: &str) -> Result<Vec<String>, String> {
-    let mut out = Vec::with_capacity(records.len());
-    for text in records {
-        let record = parse_val(text).map_err(|e| format!("plugin {plugin}: list returned a record that is {e}"))?;
-        for value in map.run(record, scope).map_err(|e| format!("map: {e}"))? {
-            out.push(value.to_string());
-        }
-    }
-    Ok(out)
+/// Applies `map` to each record of a page, in one job on an evaluation
+/// thread, each record an evaluation with a budget of its own; a map with
+/// no output drops the record, one with several outputs yields several.
+async fn map_page(evaluator: &Evaluator, map: &Expr, records: Vec<String>, scope: &Scope, plugin: &str) -> Result<Vec<String>, EvalError> {
+    let (map, scope, plugin) = (map.clone(), scope.clone(), plugin.to_owned());
+    evaluator
+        .run(move |session| {
+            let mut out = Vec::with_capacity(records.len());
+            for text in &records {
+                let record = Val::parse(text).map_err(|e| format!("plugin {plugin}: list returned a record that is {e}"))?;
+                session.evaluate(|ev| {
+                    for value in ev.all("map", &map, record, &scope)? {
+                        out.push(ev.json_text(&value));
+                    }
+                    Ok(())
+                })?;
+            }
+            Ok(out)
+        })
+        .await
 }
 
 /// A list step's output file, with what has been written to it so far.

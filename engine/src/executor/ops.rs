@@ -11,7 +11,7 @@ use super::plan::{PlanEntry, PlannedAction, changed_fields};
 use super::{RunCtx, idempotency_key};
 use crate::connector::{ConnectorError, RemoveOutcome, UpsertAction, UpsertRequest};
 use crate::endpoint::Endpoint;
-use crate::expr::Scope;
+use crate::expr::{EvalError, Evaluator, Scope, to_val};
 use crate::runtime::RuntimeError;
 use crate::store::StepCounts;
 use crate::workflow::{Action, Step, StepRetry};
@@ -136,11 +136,27 @@ fn id_of(record: &Value, id_field: &str) -> Option<String> {
     }
 }
 
+impl From<EvalError> for CallError {
+    fn from(error: EvalError) -> Self {
+        CallError::new(error.into_message())
+    }
+}
+
 /// Runs the step's op once (with its retries) in `scope`; `item` numbers
-/// the write's idempotency key.
+/// the write's idempotency key; `evaluator` evaluates its templates and
+/// `map`.
 /// `keep_output` builds the step's output value; a for-each keeps only each
 /// item's action and id, so it skips that work.
-pub(crate) async fn item(ctx: &RunCtx<'_>, step: &Step, endpoint: &dyn Endpoint, scope: &Scope, item: u64, keep_output: bool) -> Result<OpResult, CallError> {
+#[expect(clippy::too_many_arguments, reason = "the parts of one op, borrowed for its duration")]
+pub(crate) async fn item(
+    ctx: &RunCtx<'_>,
+    step: &Step,
+    endpoint: &dyn Endpoint,
+    evaluator: &Evaluator,
+    scope: &Scope,
+    item: u64,
+    keep_output: bool,
+) -> Result<OpResult, CallError> {
     let resource = endpoint
         .manifest()
         .resource(&step.resource)
@@ -148,13 +164,13 @@ pub(crate) async fn item(ctx: &RunCtx<'_>, step: &Step, endpoint: &dyn Endpoint,
     let plugin = endpoint.name();
     match &step.action {
         Action::Get { key } => {
-            let id = key_of(key.render(scope).map_err(CallError::new)?, "key")?;
+            let id = key_of(evaluator.render("key", key, scope).await?, "key")?;
             let (result, _) = with_retry(&step.retry, step.timeout, || endpoint.get(&step.resource, &id)).await;
             let output = match result? {
                 Some(text) => {
                     let record = parse_record(&text, plugin, "get")?;
                     match &step.map {
-                        Some(map) => map.eval(&record, scope).map_err(|e| CallError::new(format!("map: {e}")))?,
+                        Some(map) => evaluator.first("map", map, to_val(&record), scope).await?,
                         None => record,
                     }
                 }
@@ -164,7 +180,7 @@ pub(crate) async fn item(ctx: &RunCtx<'_>, step: &Step, endpoint: &dyn Endpoint,
             Ok(OpResult { action, id: Some(id), output, plan: None })
         }
         Action::Upsert { record } => {
-            let desired = record.render(scope).map_err(CallError::new)?;
+            let desired = evaluator.render("record", record, scope).await?;
             if !desired.is_object() {
                 return Err(CallError::new(format!("`record` must be an object, not {desired}")));
             }
@@ -187,7 +203,7 @@ pub(crate) async fn item(ctx: &RunCtx<'_>, step: &Step, endpoint: &dyn Endpoint,
             Ok(OpResult { action, id, output, plan: None })
         }
         Action::Remove { key } => {
-            let id = key_of(key.render(scope).map_err(CallError::new)?, "key")?;
+            let id = key_of(evaluator.render("key", key, scope).await?, "key")?;
             let irreversible = resource.is_irreversible(crate::connector::Op::Remove);
             if ctx.dry_run {
                 let (result, _) = with_retry(&step.retry, step.timeout, || endpoint.get(&step.resource, &id)).await;
