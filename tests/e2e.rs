@@ -10,6 +10,7 @@ mod e2e {
     mod contract;
     mod expressions;
     mod limits;
+    mod output_files;
     mod schema;
     mod serve;
     mod stripe;
