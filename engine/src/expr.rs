@@ -27,6 +27,7 @@ mod meter;
 mod pool;
 mod value;
 
+use std::borrow::Cow;
 use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -501,8 +502,8 @@ impl Session {
     /// expressions (a record's `map`, then its `key`) and convert what they
     /// produce; all of it is charged. Past the budget `f` is abandoned and
     /// the message names the field and expression running at the time.
-    pub fn evaluate<T>(&mut self, f: impl FnOnce(&mut Evaluation) -> Result<T, String>) -> Result<T, String> {
-        let mut evaluation = Evaluation { budget: self.budget, field: String::new(), text: None };
+    pub fn evaluate<'e, T>(&mut self, f: impl FnOnce(&mut Evaluation<'e>) -> Result<T, String>) -> Result<T, String> {
+        let mut evaluation = Evaluation { budget: self.budget, field: Cow::Borrowed(""), text: None };
         match meter::run(self.budget.limits(), || f(&mut evaluation)) {
             Ok(result) => result,
             Err(Interrupted::Exhausted(reason)) => {
@@ -516,38 +517,38 @@ impl Session {
     }
 }
 
-/// What one evaluation does; see [`Session::evaluate`].
+/// What one evaluation does; see [`Session::evaluate`]. `'e` is how long
+/// the fields and expressions it is given live.
 #[derive(Debug)]
-pub struct Evaluation {
+pub struct Evaluation<'e> {
     budget: Budget,
     /// The field being evaluated (`map`, `record.email`), for messages.
-    field: String,
-    text: Option<Arc<str>>,
+    field: Cow<'e, str>,
+    text: Option<&'e str>,
 }
 
-impl Evaluation {
-    fn enter(&mut self, field: &str, expr: &Expr) {
-        self.field.clear();
-        self.field.push_str(field);
-        self.text = Some(expr.text.clone());
+impl<'e> Evaluation<'e> {
+    fn enter(&mut self, field: &'e str, expr: &'e Expr) {
+        self.field = Cow::Borrowed(field);
+        self.text = Some(&expr.text);
     }
 
     fn describe(&self, what: &str) -> String {
-        match &self.text {
+        match self.text {
             Some(text) => format!("{}: the expression `{}` {what}", self.field, quote(text)),
             None => format!("{}: {what}", self.field),
         }
     }
 
     fn failed(&self, message: &str) -> String {
-        match &self.text {
+        match self.text {
             Some(text) => format!("{}: expression `{}` failed: {message}", self.field, quote(text)),
             None => format!("{}: {message}", self.field),
         }
     }
 
     /// Every output of `expr` applied to `input`.
-    pub fn all(&mut self, field: &str, expr: &Expr, input: Val, scope: &Scope) -> Result<Vec<Val>, String> {
+    pub fn all(&mut self, field: &'e str, expr: &'e Expr, input: Val, scope: &Scope) -> Result<Vec<Val>, String> {
         self.enter(field, expr);
         let limit = self.budget.outputs;
         let mut outputs = Vec::new();
@@ -565,15 +566,19 @@ impl Evaluation {
 
     /// The first output of `expr` applied to `input`; the rest are never
     /// computed.
-    pub fn first(&mut self, field: &str, expr: &Expr, input: Val, scope: &Scope) -> Result<Option<Val>, String> {
+    pub fn first(&mut self, field: &'e str, expr: &'e Expr, input: Val, scope: &Scope) -> Result<Option<Val>, String> {
         self.enter(field, expr);
+        self.first_output(expr, input, scope)
+    }
+
+    fn first_output(&mut self, expr: &Expr, input: Val, scope: &Scope) -> Result<Option<Val>, String> {
         let first = expr.outputs(input, scope).next();
         first.transpose().map_err(|e| self.failed(&e))
     }
 
     /// Whether the first output of `expr` on `input` is neither `false` nor
     /// `null`.
-    pub fn holds(&mut self, field: &str, expr: &Expr, input: Val, scope: &Scope) -> Result<bool, String> {
+    pub fn holds(&mut self, field: &'e str, expr: &'e Expr, input: Val, scope: &Scope) -> Result<bool, String> {
         Ok(self.first(field, expr, input, scope)?.is_some_and(|v| v.is_truthy()))
     }
 
@@ -590,27 +595,31 @@ impl Evaluation {
 
     /// The value of `template`, each expression in it evaluated against
     /// `.` = the context; `field` and the path inside name it in messages.
-    pub fn render(&mut self, field: &str, template: &Template, scope: &Scope) -> Result<Value, String> {
+    pub fn render(&mut self, field: &str, template: &'e Template, scope: &Scope) -> Result<Value, String> {
         let mut path = field.to_owned();
         self.render_node(&mut path, &template.root, scope)
     }
 
-    fn render_node(&mut self, path: &mut String, node: &Node, scope: &Scope) -> Result<Value, String> {
+    /// Evaluates one expression of a template, named by `path`.
+    fn render_expr(&mut self, path: &str, expr: &'e Expr, scope: &Scope) -> Result<Option<Value>, String> {
+        self.field = Cow::Owned(path.to_owned());
+        self.text = Some(&expr.text);
+        Ok(self.first_output(expr, scope.context().clone(), scope)?.map(|v| v.to_json()))
+    }
+
+    fn render_node(&mut self, path: &mut String, node: &'e Node, scope: &Scope) -> Result<Value, String> {
         match node {
             Node::Literal(v) => Ok(v.clone()),
-            Node::Whole(e) => Ok(self.first(path, e, scope.context().clone(), scope)?.map_or(Value::Null, |v| v.to_json())),
+            Node::Whole(e) => Ok(self.render_expr(path, e, scope)?.unwrap_or(Value::Null)),
             Node::Splice(parts) => {
                 let mut out = String::new();
                 for part in parts {
                     match part {
                         Part::Text(t) => out.push_str(t),
-                        Part::Expr(e) => match self.first(path, e, scope.context().clone(), scope)? {
-                            None => {}
-                            Some(v) => match v.to_json() {
-                                Value::String(s) => out.push_str(&s),
-                                Value::Null => {}
-                                other => out.push_str(&other.to_string()),
-                            },
+                        Part::Expr(e) => match self.render_expr(path, e, scope)? {
+                            Some(Value::String(s)) => out.push_str(&s),
+                            None | Some(Value::Null) => {}
+                            Some(other) => out.push_str(&other.to_string()),
                         },
                     }
                 }

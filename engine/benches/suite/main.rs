@@ -17,6 +17,8 @@
 //! - `durable`: for-each bookkeeping with a native no-op connector, and the
 //!   peak RSS of `weft run` on a sync of 100k and 1M records.
 //! - `rate-limits`: weft's limiter against a naive retry-on-429 client.
+//! - `expressions`: the map-heavy sync's expressions over 100k records with
+//!   their budgets, next to jaq as it ran before budgets.
 //!
 //! `WEFT_BENCH_SCALE` scales every record count and duration (default 1).
 //! The rate-limit scenarios run at a quarter of their published durations
@@ -33,6 +35,7 @@
 
 mod durable;
 mod export;
+mod expressions;
 mod plugin_call;
 mod rate_limits;
 mod report;
@@ -50,7 +53,7 @@ pub struct Config {
     pub json: bool,
 }
 
-const SECTIONS: &[&str] = &["export", "plugin", "durable", "rate-limits"];
+const SECTIONS: &[&str] = &["export", "plugin", "durable", "rate-limits", "expressions"];
 
 fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -97,6 +100,7 @@ fn run(args: &[String]) -> BenchResult<()> {
             "plugin" => runtime.block_on(plugin_call::run(&config))?,
             "durable" => runtime.block_on(durable::run(&config))?,
             "rate-limits" => runtime.block_on(rate_limits::run(&config))?,
+            "expressions" => runtime.block_on(expressions::run(&config))?,
             _ => unreachable!("sections are checked above"),
         };
         rows.extend(section_rows);

@@ -5,8 +5,10 @@
 //! charges a step here instead: each term it runs (through the program
 //! lookup, which [`super::value`] meters) and each operation on a value
 //! (arithmetic, comparison, indexing, building arrays and objects). Values
-//! charge the bytes they produce. Every [`CHECK_EVERY`] steps the deadline
-//! and the cancel flag are read; the stack is checked at every step. When
+//! charge the bytes they produce. Every [`CHECK_EVERY`] steps the clock and
+//! the cancel flag are read (the clock first at the first such checkpoint,
+//! so a short evaluation never reads it); the stack is checked at every
+//! step. When
 //! something runs out, the evaluation is unwound with
 //! [`std::panic::resume_unwind`] (no panic hook, no message) to the
 //! [`run`] that armed it, which turns it into an [`Exhausted`]. An
@@ -157,18 +159,31 @@ pub(crate) fn step() {
 
 /// Charges `n` steps at once (work a native does in one call).
 pub(crate) fn steps(n: u64) {
+    charge(n, 0);
+}
+
+/// Charges `steps` steps and `bytes` bytes at once: what building `steps`
+/// slots of an array or object costs.
+pub(crate) fn charge(steps: u64, bytes: u64) {
     STATE.with(|s| {
         if !s.armed.get() {
             return;
         }
         let left = s.steps_left.get();
-        if n > left {
-            s.steps_left.set(0);
+        if steps > left {
             exhaust(s, Exhausted::Steps(s.limits.get().steps));
         }
-        // Land on a checkpoint boundary no later than the single steps would.
-        s.steps_left.set(left - n);
-        checkpoint(s, left - n);
+        let after = left - steps;
+        s.steps_left.set(after);
+        // Crossing a checkpoint boundary checks as the single steps would.
+        if after == 0 || left / CHECK_EVERY != after / CHECK_EVERY {
+            checkpoint(s, after);
+        }
+        let bytes_left = s.bytes_left.get();
+        if bytes > bytes_left {
+            exhaust(s, Exhausted::Bytes(s.limits.get().bytes));
+        }
+        s.bytes_left.set(bytes_left - bytes);
     });
 }
 
@@ -220,8 +235,13 @@ fn checkpoint(s: &State, left: u64) {
     if left == 0 {
         exhaust(s, Exhausted::Steps(s.limits.get().steps));
     }
-    if s.deadline.get().is_some_and(|d| Instant::now() >= d) {
-        exhaust(s, Exhausted::Time(s.limits.get().time));
+    // The clock starts at the first checkpoint, a few microseconds in: an
+    // evaluation shorter than that never reads it.
+    let now = Instant::now();
+    match s.deadline.get() {
+        None => s.deadline.set(now.checked_add(s.limits.get().time)),
+        Some(deadline) if now >= deadline => exhaust(s, Exhausted::Time(s.limits.get().time)),
+        Some(_) => {}
     }
     if CANCEL.with(|c| c.borrow().as_ref().is_some_and(|flag| flag.load(Ordering::Relaxed))) {
         exhaust(s, Exhausted::Stopped);
@@ -274,7 +294,7 @@ pub(crate) fn run<T>(limits: Limits, evaluation: impl FnOnce() -> T) -> Result<T
         s.limits.set(limits);
         s.steps_left.set(limits.steps);
         s.bytes_left.set(limits.bytes);
-        s.deadline.set(Instant::now().checked_add(limits.time));
+        s.deadline.set(None);
         s.exhausted.set(None);
         s.stack_floor.set(s.thread_floor.get());
         s.armed.set(true);

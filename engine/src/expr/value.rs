@@ -522,19 +522,29 @@ impl From<jaq_core::val::Range<Val>> for Val {
     }
 }
 
+/// Slots of an array or object charged at once while it is built: the
+/// values in them were charged as they were made, so the array itself is
+/// at most this far ahead of its charge.
+const CHARGE_EVERY: u64 = 64;
+
 impl FromIterator<Val> for Val {
     fn from_iter<T: IntoIterator<Item = Val>>(iter: T) -> Self {
         meter::step();
         let mut depth = 0;
+        let mut uncharged = 0;
         let items: Vec<Raw> = iter
             .into_iter()
             .map(|v| {
-                meter::step();
-                meter::bytes(SLOT);
+                uncharged += 1;
+                if uncharged == CHARGE_EVERY {
+                    meter::charge(CHARGE_EVERY, CHARGE_EVERY * SLOT);
+                    uncharged = 0;
+                }
                 depth = depth.max(v.depth);
                 v.raw
             })
             .collect();
+        meter::charge(uncharged, uncharged * SLOT);
         Val::nested(Raw::Arr(Rc::new(items)), depth + 1)
     }
 }
@@ -683,8 +693,7 @@ impl jaq_core::ValT for Val {
         let mut map = jaq_json::Map::default();
         let mut depth = 0;
         for (key, value) in iter {
-            meter::step();
-            meter::bytes(2 * SLOT);
+            meter::charge(1, 2 * SLOT);
             if !is_string(&key.raw) {
                 return Err(Error::str(format!("object keys must be strings, not {}", message(&key))));
             }
