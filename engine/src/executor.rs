@@ -584,9 +584,9 @@ impl Executor {
                         }
                         break;
                     }
-                    Err(EvalError::Failed(message)) => {
+                    Err(e) => {
                         state.status = Status::Failed;
-                        state.error = Some(message);
+                        state.error = Some(e.into_message());
                     }
                 }
             }
@@ -682,7 +682,7 @@ impl Executor {
             }
             _ if step.for_each.is_some() => foreach::run(ctx, workflow, step, index, endpoint.as_ref(), state, scope).await,
             _ => {
-                let result = match ops::item(ctx, step, endpoint.as_ref(), &ctx.evaluator(step), scope, 0, true).await {
+                let result = match ops::item(ctx, step, endpoint.as_ref(), &ctx.evaluator(step), scope, 0, true, None).await {
                     Ok(result) => result,
                     Err(e) => {
                         // An evaluation stopped by a cancel or a shutdown:

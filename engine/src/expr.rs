@@ -369,10 +369,14 @@ impl Budget {
 /// Why an evaluation gave no value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EvalError {
-    /// The expression failed or ran out of its budget; the message names
-    /// the field and the expression.
+    /// The expression failed (a jq error); the message names the field and
+    /// the expression.
     #[error("{0}")]
     Failed(String),
+    /// The expression ran out of its budget (or its stack); the message
+    /// names the field, the expression and the budget.
+    #[error("{0}")]
+    Exhausted(String),
     /// The run was cancelled or the process is shutting down.
     #[error("stopped: the run was cancelled or the process is shutting down")]
     Stopped,
@@ -382,8 +386,8 @@ impl EvalError {
     /// The message, for a caller that reports errors as text.
     pub fn into_message(self) -> String {
         match self {
-            EvalError::Failed(message) => message,
-            stopped => stopped.to_string(),
+            EvalError::Failed(message) | EvalError::Exhausted(message) => message,
+            EvalError::Stopped => EvalError::Stopped.to_string(),
         }
     }
 }
@@ -443,11 +447,12 @@ impl Evaluator {
         let budget = self.budget;
         let flag = cancel.clone();
         pool::submit(Box::new(move || {
-            let mut session = Session { budget, stopped: false };
+            let mut session = Session { budget, stopped: false, ran_out: false };
             let result = meter::with_cancel(&flag, || job(&mut session));
             let _ = answer.send(match result {
                 Ok(value) => Ok(value),
                 Err(_) if session.stopped => Err(EvalError::Stopped),
+                Err(message) if session.ran_out => Err(EvalError::Exhausted(message)),
                 Err(message) => Err(EvalError::Failed(message)),
             });
         }))
@@ -495,20 +500,36 @@ impl Evaluator {
 pub struct Session {
     budget: Budget,
     stopped: bool,
+    /// The last evaluation ran out of its budget.
+    ran_out: bool,
 }
 
 impl Session {
+    /// [`Session::evaluate`], telling a jq error from running out of the
+    /// budget and from being stopped.
+    pub fn try_evaluate<'e, T>(&mut self, f: impl FnOnce(&mut Evaluation<'e>) -> Result<T, String>) -> Result<T, EvalError> {
+        match self.evaluate(f) {
+            Ok(value) => Ok(value),
+            Err(_) if self.stopped => Err(EvalError::Stopped),
+            Err(message) if self.ran_out => Err(EvalError::Exhausted(message)),
+            Err(message) => Err(EvalError::Failed(message)),
+        }
+    }
+
     /// One evaluation with a budget of its own: `f` may run several
     /// expressions (a record's `map`, then its `key`) and convert what they
     /// produce; all of it is charged. Past the budget `f` is abandoned and
     /// the message names the field and expression running at the time.
     pub fn evaluate<'e, T>(&mut self, f: impl FnOnce(&mut Evaluation<'e>) -> Result<T, String>) -> Result<T, String> {
         let mut evaluation = Evaluation { budget: self.budget, field: Cow::Borrowed(""), text: None };
+        self.ran_out = false;
         match meter::run(self.budget.limits(), || f(&mut evaluation)) {
             Ok(result) => result,
             Err(Interrupted::Exhausted(reason)) => {
                 if reason == Exhausted::Stopped {
                     self.stopped = true;
+                } else {
+                    self.ran_out = true;
                 }
                 Err(evaluation.describe(&reason.to_string()))
             }
@@ -596,27 +617,36 @@ impl<'e> Evaluation<'e> {
     /// The value of `template`, each expression in it evaluated against
     /// `.` = the context; `field` and the path inside name it in messages.
     pub fn render(&mut self, field: &str, template: &'e Template, scope: &Scope) -> Result<Value, String> {
-        let mut path = field.to_owned();
-        self.render_node(&mut path, &template.root, scope)
+        // The field is the path of the part being rendered, grown and cut
+        // back in place as the template is walked.
+        let mut path = std::mem::take(&mut self.field).into_owned();
+        path.clear();
+        path.push_str(field);
+        self.field = Cow::Owned(path);
+        self.render_node(&template.root, scope)
     }
 
-    /// Evaluates one expression of a template, named by `path`.
-    fn render_expr(&mut self, path: &str, expr: &'e Expr, scope: &Scope) -> Result<Option<Value>, String> {
-        self.field = Cow::Owned(path.to_owned());
+    /// The path of the part being rendered.
+    fn path(&mut self) -> &mut String {
+        self.field.to_mut()
+    }
+
+    /// Evaluates one expression of a template.
+    fn render_expr(&mut self, expr: &'e Expr, scope: &Scope) -> Result<Option<Value>, String> {
         self.text = Some(&expr.text);
         Ok(self.first_output(expr, scope.context().clone(), scope)?.map(|v| v.to_json()))
     }
 
-    fn render_node(&mut self, path: &mut String, node: &'e Node, scope: &Scope) -> Result<Value, String> {
+    fn render_node(&mut self, node: &'e Node, scope: &Scope) -> Result<Value, String> {
         match node {
             Node::Literal(v) => Ok(v.clone()),
-            Node::Whole(e) => Ok(self.render_expr(path, e, scope)?.unwrap_or(Value::Null)),
+            Node::Whole(e) => Ok(self.render_expr(e, scope)?.unwrap_or(Value::Null)),
             Node::Splice(parts) => {
                 let mut out = String::new();
                 for part in parts {
                     match part {
                         Part::Text(t) => out.push_str(t),
-                        Part::Expr(e) => match self.render_expr(path, e, scope)? {
+                        Part::Expr(e) => match self.render_expr(e, scope)? {
                             Some(Value::String(s)) => out.push_str(&s),
                             None | Some(Value::Null) => {}
                             Some(other) => out.push_str(&other.to_string()),
@@ -628,21 +658,21 @@ impl<'e> Evaluation<'e> {
             Node::Array(items) => {
                 let mut out = Vec::with_capacity(items.len());
                 for (i, item) in items.iter().enumerate() {
-                    let len = path.len();
-                    path.push_str(&format!("[{i}]"));
-                    out.push(self.render_node(path, item, scope)?);
-                    path.truncate(len);
+                    let len = self.path().len();
+                    let _ = std::fmt::Write::write_fmt(self.path(), format_args!("[{i}]"));
+                    out.push(self.render_node(item, scope)?);
+                    self.path().truncate(len);
                 }
                 Ok(Value::Array(out))
             }
             Node::Object(fields) => {
                 let mut out = serde_json::Map::new();
                 for (key, item) in fields {
-                    let len = path.len();
-                    path.push('.');
-                    path.push_str(key);
-                    out.insert(key.clone(), self.render_node(path, item, scope)?);
-                    path.truncate(len);
+                    let len = self.path().len();
+                    self.path().push('.');
+                    self.path().push_str(key);
+                    out.insert(key.clone(), self.render_node(item, scope)?);
+                    self.path().truncate(len);
                 }
                 Ok(Value::Object(out))
             }

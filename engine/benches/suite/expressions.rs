@@ -7,8 +7,10 @@
 //! - weft: as a sync runs it now, a page a job on an evaluation thread,
 //!   each record one evaluation under the default budget (every step and
 //!   byte charged, depth tracked);
-//! - reference: as weft ran it before budgets, jaq with its own value type
-//!   on the calling thread, nothing counted (`from_val` as it was).
+//! - reference: as weft ran it before budgets, jaq with its own value type,
+//!   nothing counted (`from_val` as it was); and the same with weft's
+//!   direct JSON writer, so the budget's own cost shows. Each runs on a
+//!   thread of its own, as weft's side does.
 //!
 //! The HTTP, the plugin and the store of a real sync come on top of both,
 //! so the share of a whole sync is smaller than the figure here.
@@ -102,10 +104,54 @@ fn from_val(value: &jaq_json::Val) -> Value {
     }
 }
 
-/// The reference: every page on this thread, as before budgets. Returns
-/// the bytes of JSON and key text written, so neither side's work can be
+/// A jaq value written as JSON directly, as weft's evaluator writes its
+/// own (without counting): the reference for what the budget alone costs.
+struct Direct<'a>(&'a jaq_json::Val);
+
+impl serde::Serialize for Direct<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use jaq_json::{Num, Val};
+        use serde::ser::{SerializeMap as _, SerializeSeq as _};
+        match self.0 {
+            Val::Null => serializer.serialize_unit(),
+            Val::Bool(b) => serializer.serialize_bool(*b),
+            Val::Num(Num::Int(i)) => serializer.serialize_i64(*i as i64),
+            Val::Num(Num::Float(f)) if f.is_finite() => serializer.serialize_f64(*f),
+            Val::Num(_) => serializer.serialize_unit(),
+            Val::TStr(b) | Val::BStr(b) => serializer.serialize_str(&String::from_utf8_lossy(b)),
+            Val::Arr(items) => {
+                let mut seq = serializer.serialize_seq(Some(items.len()))?;
+                for item in items.iter() {
+                    seq.serialize_element(&Direct(item))?;
+                }
+                seq.end()
+            }
+            Val::Obj(fields) => {
+                let mut map = serializer.serialize_map(Some(fields.len()))?;
+                for (key, value) in fields.iter() {
+                    match key {
+                        Val::TStr(b) | Val::BStr(b) => map.serialize_entry(&String::from_utf8_lossy(b), &Direct(value))?,
+                        other => map.serialize_entry(&other.to_string(), &Direct(value))?,
+                    }
+                }
+                map.end()
+            }
+        }
+    }
+}
+
+/// How a reference writes JSON: through `from_val` as weft did before
+/// budgets, or directly as the budgeted evaluator does.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Writer {
+    FromVal,
+    Direct,
+}
+
+/// A reference: every page on this thread, nothing counted. Returns the
+/// bytes of JSON and key text written, so neither side's work can be
 /// skipped.
-fn reference(map: &Plain, key: &Plain, scope: &[jaq_json::Val; 4], pages: &[Vec<String>]) -> BenchResult<usize> {
+fn reference(map: &Plain, key: &Plain, scope: &[jaq_json::Val; 4], pages: &[Vec<String>], writer: Writer) -> BenchResult<usize> {
     // The scope's values cloned into each evaluation, as weft did.
     let vars = || Vars::new(scope.clone());
     let mut written = 0;
@@ -115,12 +161,26 @@ fn reference(map: &Plain, key: &Plain, scope: &[jaq_json::Val; 4], pages: &[Vec<
             for desired in map.id.run((Ctx::<data::JustLut<jaq_json::Val>>::new(&map.lut, vars()), record)) {
                 let desired = desired.map_err(|_| "map failed")?;
                 let first = key.id.run((Ctx::<data::JustLut<jaq_json::Val>>::new(&key.lut, vars()), desired.clone())).next();
-                let key_text = match first.transpose().map_err(|_| "key failed")?.map(|k| from_val(&k)) {
-                    Some(Value::String(s)) => s,
-                    Some(other) => other.to_string(),
-                    None => String::new(),
+                let key = first.transpose().map_err(|_| "key failed")?;
+                let (key_text, json) = match writer {
+                    Writer::FromVal => {
+                        let key_text = match key.map(|k| from_val(&k)) {
+                            Some(Value::String(s)) => s,
+                            Some(other) => other.to_string(),
+                            None => String::new(),
+                        };
+                        (key_text, from_val(&desired).to_string())
+                    }
+                    Writer::Direct => {
+                        let key_text = match &key {
+                            Some(jaq_json::Val::TStr(b) | jaq_json::Val::BStr(b)) => String::from_utf8_lossy(b).into_owned(),
+                            Some(other) => serde_json::to_string(&Direct(other))?,
+                            None => String::new(),
+                        };
+                        (key_text, serde_json::to_string(&Direct(&desired))?)
+                    }
                 };
-                written += key_text.len() + from_val(&desired).to_string().len();
+                written += key_text.len() + json.len();
             }
         }
     }
@@ -153,6 +213,63 @@ async fn metered(evaluator: &Evaluator, map: &Expr, key: &Expr, scope: &Scope, p
     Ok(written)
 }
 
+/// Runs `work` on a thread of its own, as weft's side runs on an
+/// evaluation thread: each side then allocates in a thread's own arena,
+/// not in the one the test data was built in.
+fn on_a_thread(work: impl FnOnce() -> BenchResult<usize> + Send) -> BenchResult<usize> {
+    std::thread::scope(|scope| scope.spawn(|| work().map_err(|e| e.to_string())).join().map_err(|_| "the reference thread panicked".to_owned())?)
+        .map_err(Into::into)
+}
+
+/// The durable section's for-each template, rendered for `items` items as
+/// a for-each does it: 256 items a job on an evaluation thread, each item
+/// an evaluation with a budget of its own.
+async fn per_item(evaluator: &Evaluator, template: &weft::expr::Template, scope: &Scope, items: usize) -> BenchResult<usize> {
+    let mut written = 0;
+    let mut next = 0;
+    while next < items {
+        let scopes: Vec<Scope> = (next..items.min(next + 256)).map(|i| scope.with_item_val(weft::expr::to_val(&json!(i)))).collect();
+        next += scopes.len();
+        let template = template.clone();
+        written += evaluator
+            .run(move |session| {
+                let mut written = 0;
+                for scope in &scopes {
+                    written += session.evaluate(|ev| ev.render("record", &template, scope))?.to_string().len();
+                }
+                Ok(written)
+            })
+            .await?;
+    }
+    Ok(written)
+}
+
+/// The same template's two expressions by jaq, unbudgeted, on one thread.
+fn per_item_reference(id: &Plain, email: &Plain, scope: &[jaq_json::Val; 4], items: usize) -> BenchResult<usize> {
+    let mut written = 0;
+    for i in 0..items {
+        let item = jaq_json::Val::from(i as isize);
+        // The context object `.` for the item, as weft built it before
+        // budgets.
+        let fields = [("inputs", &scope[0]), ("steps", &scope[1]), ("item", &item), ("run", &scope[3])];
+        let context = jaq_json::Val::obj(fields.into_iter().map(|(k, v)| (jaq_json::Val::from(k.to_owned()), v.clone())).collect());
+        std::hint::black_box(&context);
+        let vars = Vars::new([scope[0].clone(), scope[1].clone(), item, scope[3].clone()]);
+        let value = |f: &Plain| -> BenchResult<Value> {
+            let ctx = Ctx::<data::JustLut<jaq_json::Val>>::new(&f.lut, vars.clone());
+            let first = f.id.run((ctx, jaq_json::Val::Null)).next().transpose().map_err(|_| "template failed")?;
+            Ok(first.as_ref().map_or(Value::Null, from_val))
+        };
+        let email = match value(email)? {
+            Value::String(s) => format!("user{s}@example.com"),
+            other => format!("user{other}@example.com"),
+        };
+        let record = json!({ "id": value(id)?, "email": email });
+        written += record.to_string().len();
+    }
+    Ok(written)
+}
+
 pub async fn run(config: &Config) -> BenchResult<Vec<Row>> {
     let records: usize = std::env::var("WEFT_BENCH_EXPR_RECORDS")
         .ok()
@@ -169,58 +286,94 @@ pub async fn run(config: &Config) -> BenchResult<Vec<Row>> {
 
     // One of each first, unmeasured: threads started, caches warm, and
     // both sides must write the same output.
-    let expected = reference(&plain_map, &plain_key, &plain_scope, &pages)?;
+    let expected = reference(&plain_map, &plain_key, &plain_scope, &pages, Writer::FromVal)?;
+    let direct = reference(&plain_map, &plain_key, &plain_scope, &pages, Writer::Direct)?;
     let got = metered(&evaluator, &map, &key, &scope, pages.clone()).await?;
-    if got != expected {
-        return Err(format!("the two sides wrote different output: {got} and {expected} bytes").into());
+    if got != expected || direct != expected {
+        return Err(format!("the sides wrote different output: {got}, {expected} and {direct} bytes").into());
     }
-    let (mut weft_seconds, mut reference_seconds) = (Vec::new(), Vec::new());
+    // Seconds per round: weft, the reference as before budgets, and the
+    // reference that writes JSON as weft now does.
+    let mut seconds: [Vec<f64>; 3] = Default::default();
     for round in 0..rounds {
-        // Alternate which goes first, so neither always runs on a warmer
-        // or cooler machine.
-        for side in if round % 2 == 0 { [0, 1] } else { [1, 0] } {
-            if side == 0 {
-                let started = Instant::now();
-                reference(&plain_map, &plain_key, &plain_scope, &pages)?;
-                reference_seconds.push(started.elapsed().as_secs_f64());
-            } else {
-                let owned = pages.clone();
-                let started = Instant::now();
-                metered(&evaluator, &map, &key, &scope, owned).await?;
-                weft_seconds.push(started.elapsed().as_secs_f64());
-            }
+        // Rotate which goes first, so none always runs on a warmer or
+        // cooler machine.
+        for turn in 0..3 {
+            let side = (round + turn) % 3;
+            let started = Instant::now();
+            match side {
+                0 => {
+                    let owned = pages.clone();
+                    let started = Instant::now();
+                    metered(&evaluator, &map, &key, &scope, owned).await?;
+                    seconds[0].push(started.elapsed().as_secs_f64());
+                    continue;
+                }
+                1 => on_a_thread(|| reference(&plain_map, &plain_key, &plain_scope, &pages, Writer::FromVal))?,
+                _ => on_a_thread(|| reference(&plain_map, &plain_key, &plain_scope, &pages, Writer::Direct))?,
+            };
+            seconds[side].push(started.elapsed().as_secs_f64());
         }
     }
-    let (weft, reference) = (median(&weft_seconds), median(&reference_seconds));
-    let overhead = weft / reference - 1.0;
+    let [weft_seconds, before_seconds, direct_seconds] = seconds;
+    let (weft, before, direct) = (median(&weft_seconds), median(&before_seconds), median(&direct_seconds));
     let spread = |samples: &[f64]| {
         let mut sorted = samples.to_vec();
-        (quantile(&mut sorted, 0.0), quantile(&mut sorted, 1.0))
+        json!({ "median": median(samples), "min": quantile(&mut sorted, 0.0), "max": quantile(&mut sorted, 1.0), "all": samples })
     };
-    let ((weft_min, weft_max), (reference_min, reference_max)) = (spread(&weft_seconds), spread(&reference_seconds));
     let rate = |seconds: f64| grouped(records as f64 / seconds);
+    let rate_of = |count: usize, seconds: f64| grouped(count as f64 / seconds);
+    let range = |samples: &[f64]| {
+        let mut sorted = samples.to_vec();
+        format!("{:.0}–{:.0} ms", quantile(&mut sorted, 0.0) * 1e3, quantile(&mut sorted, 1.0) * 1e3)
+    };
+    let what = |how: &str| format!("map + key + JSON of {} Stripe customers (the sync bench's expressions), {how}; median of {rounds}", grouped(records as f64));
+    let figures = json!({
+        "records": records,
+        "page": PAGE,
+        "rounds": rounds,
+        "weft_seconds": spread(&weft_seconds),
+        "before_budgets_seconds": spread(&before_seconds),
+        "unbudgeted_same_writer_seconds": spread(&direct_seconds),
+    });
+    // The for-each's record template, as the durable section's for-each.
+    let items = records * 2;
+    let template = weft::expr::Template::compile(json!({ "id": "${{ $item }}", "email": "user${{ $item }}@example.com" })).map_err(|e| e.error.message)?;
+    let (plain_id, plain_email) = (plain("$item")?, plain("$item")?);
+    let mut item_seconds: [Vec<f64>; 2] = Default::default();
+    for round in 0..rounds.div_ceil(2) {
+        for turn in 0..2 {
+            let side = (round + turn) % 2;
+            let started = Instant::now();
+            if side == 0 {
+                per_item(&evaluator, &template, &scope, items).await?;
+            } else {
+                on_a_thread(|| per_item_reference(&plain_id, &plain_email, &plain_scope, items))?;
+            }
+            item_seconds[side].push(started.elapsed().as_secs_f64());
+        }
+    }
+    let [job_seconds, inline_seconds] = item_seconds;
+    let (job, inline) = (median(&job_seconds), median(&inline_seconds));
+    let per_item_figures = json!({ "items": items, "in_flight": 16, "job_per_item_seconds": spread(&job_seconds), "unbudgeted_inline_seconds": spread(&inline_seconds) });
     Ok(vec![
         Row::new(
             "expressions",
-            format!("map + key + JSON of {} Stripe customers (sync bench's expressions), budgeted; median of {rounds}", grouped(records as f64)),
-            format!("{} records/s", rate(weft)),
+            format!("a for-each's record template for {} items, 256 items a job; median of {}", grouped(items as f64), job_seconds.len()),
+            format!("{} items/s ({})", rate_of(items, job), range(&job_seconds)),
         )
-        .reference(format!("{} records/s unbudgeted, inline (jaq as before)", rate(reference)))
-        .result(format!("{:+.1}% time", overhead * 100.0))
-        .target(format!("<= +{:.0}%", TARGET_OVERHEAD * 100.0), overhead <= TARGET_OVERHEAD)
-        .figures(json!({
-            "records": records,
-            "page": PAGE,
-            "rounds": rounds,
-            "weft_seconds_median": weft,
-            "weft_seconds_min": weft_min,
-            "weft_seconds_max": weft_max,
-            "reference_seconds_median": reference,
-            "reference_seconds_min": reference_min,
-            "reference_seconds_max": reference_max,
-            "weft_seconds": weft_seconds,
-            "reference_seconds": reference_seconds,
-            "overhead": overhead,
-        })),
+        .reference(format!("{} items/s ({}) as before budgets: unbudgeted, one thread", rate_of(items, inline), range(&inline_seconds)))
+        .result(format!("{:+.1}% time", (job / inline - 1.0) * 100.0))
+        .figures(per_item_figures),
+        Row::new("expressions", what("budgeted, a page a job on an evaluation thread"), format!("{} records/s ({})", rate(weft), range(&weft_seconds)))
+            .reference(format!("{} records/s ({}) as before budgets: unbudgeted, from_val", rate(before), range(&before_seconds)))
+            .result(format!("{:+.1}% time", (weft / before - 1.0) * 100.0))
+            .target(format!("<= +{:.0}%", TARGET_OVERHEAD * 100.0), weft / before - 1.0 <= TARGET_OVERHEAD)
+            .figures(figures.clone()),
+        Row::new("expressions", what("the budget alone: budgeted vs the same work unbudgeted"), format!("{} records/s ({})", rate(weft), range(&weft_seconds)))
+            .reference(format!("{} records/s ({}) unbudgeted, weft's JSON writer", rate(direct), range(&direct_seconds)))
+            .result(format!("{:+.1}% time", (weft / direct - 1.0) * 100.0))
+            .target(format!("<= +{:.0}%", TARGET_OVERHEAD * 100.0), weft / direct - 1.0 <= TARGET_OVERHEAD)
+            .figures(figures),
     ])
 }

@@ -21,6 +21,9 @@ use crate::expr::{Budget, EvalError, Evaluator, Expr, Scope, Val, parse_val};
 use crate::store::{ItemRecord, RunStore, Status, StepCounts, StepState};
 use crate::workflow::{ForEach, Step, Workflow};
 
+/// Items whose templates are rendered in one job on an evaluation thread.
+const RENDER_BATCH: usize = 256;
+
 /// Items committed in one group, at most.
 const GROUP_ITEMS: usize = 1024;
 
@@ -140,10 +143,13 @@ pub(crate) async fn run(
     let mut source = match items(ctx, workflow, step, ctx.store, ctx.run_id, scope).await {
         Ok(source) => source,
         Err(EvalError::Stopped) => return Ok(ctx.stop_reason().unwrap_or(StepEnd::Interrupted)),
-        Err(EvalError::Failed(message)) => return Err(message),
+        Err(e) => return Err(e.into_message()),
     };
-    // Items in flight finish whatever stops the step, so their templates
-    // are evaluated under the budget alone.
+    // Templates are rendered a batch at a time before the items start, so
+    // a stop may cut that short; an item in flight finishes whatever stops
+    // the step, so what it evaluates (a template left to render when it
+    // starts, a get's `map`) runs under the budget alone.
+    let batch_evaluator = ctx.evaluator(step);
     let item_evaluator = Evaluator::new(Budget::for_timeout(step.timeout));
     let concurrency = step.concurrency.max(1) as usize;
     let mut in_flight = FuturesUnordered::new();
@@ -154,33 +160,46 @@ pub(crate) async fn run(
     let mut fatal: Option<String> = None;
     let mut stopped: Option<StepEnd> = None;
 
+    // Items whose templates are rendered, waiting for a place in flight.
+    let mut ready: VecDeque<(u64, Scope, Option<ops::Rendered>)> = VecDeque::new();
+
     loop {
-        while in_flight.len() < concurrency && !exhausted && fatal.is_none() && stopped.is_none() {
+        while in_flight.len() < concurrency && (!exhausted || !ready.is_empty()) && fatal.is_none() && stopped.is_none() {
             if let Some(end) = ctx.stop_reason() {
                 stopped = Some(end);
                 break;
             }
-            let item = match source.next().await {
-                Ok(item) => item,
-                Err(EvalError::Stopped) => {
-                    stopped = Some(ctx.stop_reason().unwrap_or(StepEnd::Interrupted));
-                    break;
+            let Some((n, item_scope, rendered)) = ready.pop_front() else {
+                // The next items, their templates rendered in one job.
+                let mut batch = Vec::new();
+                while batch.len() < RENDER_BATCH && !exhausted && stopped.is_none() {
+                    match source.next().await {
+                        Ok(Some(item)) => {
+                            let n = next;
+                            next += 1;
+                            if !done.contains(n) {
+                                batch.push((n, scope.with_item_val(item)));
+                            }
+                        }
+                        Ok(None) => exhausted = true,
+                        Err(EvalError::Stopped) => stopped = Some(ctx.stop_reason().unwrap_or(StepEnd::Interrupted)),
+                        Err(e) => return Err(e.into_message()),
+                    }
                 }
-                Err(EvalError::Failed(message)) => return Err(message),
-            };
-            let Some(item) = item else {
-                exhausted = true;
-                break;
-            };
-            let n = next;
-            next += 1;
-            if done.contains(n) {
+                if stopped.is_none() {
+                    // No item of the batch has started: a stop drops it,
+                    // and a resume renders it again.
+                    match ops::render_batch(&batch_evaluator, step, batch).await {
+                        Ok(rendered) => ready.extend(rendered),
+                        Err(EvalError::Stopped) => stopped = Some(ctx.stop_reason().unwrap_or(StepEnd::Interrupted)),
+                        Err(e) => return Err(e.into_message()),
+                    }
+                }
                 continue;
-            }
-            let item_scope = scope.with_item_val(item);
+            };
             let evaluator = &item_evaluator;
             in_flight.push(async move {
-                let result = ops::item(ctx, step, endpoint, evaluator, &item_scope, n, false).await;
+                let result = ops::item(ctx, step, endpoint, evaluator, &item_scope, n, false, rendered).await;
                 (n, result)
             });
         }

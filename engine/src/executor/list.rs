@@ -35,7 +35,7 @@ pub(crate) async fn run(
         Some(f) => match ctx.evaluator(step).render("filter", f, scope).await {
             Ok(value) => Some(value.to_string()),
             Err(EvalError::Stopped) => return Ok(ctx.stop_reason().unwrap_or(StepEnd::Interrupted)),
-            Err(EvalError::Failed(message)) => return Err(message),
+            Err(e) => return Err(e.into_message()),
         },
         None => None,
     };
@@ -246,7 +246,7 @@ where
             Some(map) => match map_page(&evaluator, map, page.records, scope, endpoint.name()).await {
                 Ok(records) => records,
                 Err(EvalError::Stopped) => return Ok(ctx.stop_reason().unwrap_or(StepEnd::Interrupted)),
-                Err(EvalError::Failed(message)) => return Err(message),
+                Err(e) => return Err(e.into_message()),
             },
             None => page.records,
         };

@@ -132,7 +132,7 @@ pub(crate) async fn run(
         Some(f) => match ctx.evaluator(step).render("sync.filter", f, scope).await {
             Ok(value) => Some(value.to_string()),
             Err(EvalError::Stopped) => return Ok(ctx.stop_reason().unwrap_or(StepEnd::Interrupted)),
-            Err(EvalError::Failed(message)) => return Err(message),
+            Err(e) => return Err(e.into_message()),
         },
         None => None,
     };
@@ -218,7 +218,7 @@ async fn scan(
         let keyed = match key_page(&evaluator, side, step, spec, scope, page.records, endpoint.name()).await {
             Ok(keyed) => keyed,
             Err(EvalError::Stopped) => return Ok(Some(ctx.stop_reason().unwrap_or(StepEnd::Interrupted))),
-            Err(EvalError::Failed(message)) => return Err(message),
+            Err(e) => return Err(e.into_message()),
         };
         for (key, text) in keyed {
             match (side, key) {

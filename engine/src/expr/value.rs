@@ -128,12 +128,13 @@ impl Val {
     }
 
     /// The object `{name: value, …}`, for the context of an expression.
-    pub(crate) fn object<'a>(fields: impl IntoIterator<Item = (&'a str, &'a Val)>) -> Val {
+    pub(crate) fn object<'a>(fields: impl IntoIterator<Item = (&'static str, &'a Val)>) -> Val {
         let mut map = jaq_json::Map::default();
         let mut depth = 0;
         for (name, value) in fields {
             depth = depth.max(value.depth);
-            map.insert(Raw::from(name.to_owned()), value.raw.clone());
+            // A static name: no allocation per object.
+            map.insert(Raw::utf8_str(name), value.raw.clone());
         }
         Val { raw: Raw::obj(map), depth: depth + 1 }
     }
