@@ -213,12 +213,32 @@ async fn metered(evaluator: &Evaluator, map: &Expr, key: &Expr, scope: &Scope, p
     Ok(written)
 }
 
-/// Runs `work` on a thread of its own, as weft's side runs on an
-/// evaluation thread: each side then allocates in a thread's own arena,
-/// not in the one the test data was built in.
-fn on_a_thread(work: impl FnOnce() -> BenchResult<usize> + Send) -> BenchResult<usize> {
-    std::thread::scope(|scope| scope.spawn(|| work().map_err(|e| e.to_string())).join().map_err(|_| "the reference thread panicked".to_owned())?)
-        .map_err(Into::into)
+/// A thread the references run on, the same one every round, as weft's
+/// side runs on its evaluation threads: each side then allocates in a warm
+/// arena of its own, not in the one the test data was built in.
+struct ReferenceThread {
+    jobs: std::sync::mpsc::Sender<Box<dyn FnOnce() + Send>>,
+}
+
+impl ReferenceThread {
+    fn start() -> BenchResult<ReferenceThread> {
+        let (jobs, queue) = std::sync::mpsc::channel::<Box<dyn FnOnce() + Send>>();
+        std::thread::Builder::new().name("reference".into()).spawn(move || {
+            while let Ok(job) = queue.recv() {
+                job();
+            }
+        })?;
+        Ok(ReferenceThread { jobs })
+    }
+
+    /// Runs `work` there and waits for it.
+    fn run(&self, work: impl FnOnce() -> BenchResult<usize> + Send + 'static) -> BenchResult<usize> {
+        let (done, result) = std::sync::mpsc::channel();
+        self.jobs.send(Box::new(move || {
+            let _ = done.send(work().map_err(|e| e.to_string()));
+        })).map_err(|_| "the reference thread stopped")?;
+        Ok(result.recv()??)
+    }
 }
 
 /// The durable section's for-each template, rendered for `items` items as
@@ -277,18 +297,26 @@ pub async fn run(config: &Config) -> BenchResult<Vec<Row>> {
         .unwrap_or(((100_000.0 * config.scale).round() as usize).max(1000));
     let rounds: usize = std::env::var("WEFT_BENCH_EXPR_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(9).max(1);
     let pages: Vec<Vec<String>> = (0..records).map(customer).collect::<Vec<_>>().chunks(PAGE).map(<[String]>::to_vec).collect();
-    let (plain_map, plain_key) = (plain(MAP)?, plain(KEY)?);
+    let (plain_map, plain_key) = (std::sync::Arc::new(plain(MAP)?), std::sync::Arc::new(plain(KEY)?));
+    let pages = std::sync::Arc::new(pages);
+    let reference_thread = ReferenceThread::start()?;
     let (map, key) = (Expr::compile(MAP).map_err(|e| e.message)?, Expr::compile(KEY).map_err(|e| e.message)?);
     let (inputs, steps, run) = (json!({}), json!({}), json!({"id": "bench", "workflow": "sync-bench", "trigger": "manual", "dry_run": false}));
     let scope = Scope::new(&inputs, &steps, &run);
-    let plain_scope: [jaq_json::Val; 4] = [serde_json::from_value(inputs)?, serde_json::from_value(steps)?, jaq_json::Val::Null, serde_json::from_value(run)?];
+    let plain_scope: std::sync::Arc<[jaq_json::Val; 4]> =
+        std::sync::Arc::new([serde_json::from_value(inputs)?, serde_json::from_value(steps)?, jaq_json::Val::Null, serde_json::from_value(run)?]);
+    // The reference's work on its thread, in the way `writer` says.
+    let on_thread = |writer: Writer| {
+        let (map, key, scope, pages) = (plain_map.clone(), plain_key.clone(), plain_scope.clone(), pages.clone());
+        reference_thread.run(move || reference(&map, &key, &scope, &pages, writer))
+    };
     let evaluator = Evaluator::default();
 
     // One of each first, unmeasured: threads started, caches warm, and
     // both sides must write the same output.
-    let expected = reference(&plain_map, &plain_key, &plain_scope, &pages, Writer::FromVal)?;
-    let direct = reference(&plain_map, &plain_key, &plain_scope, &pages, Writer::Direct)?;
-    let got = metered(&evaluator, &map, &key, &scope, pages.clone()).await?;
+    let expected = on_thread(Writer::FromVal)?;
+    let direct = on_thread(Writer::Direct)?;
+    let got = metered(&evaluator, &map, &key, &scope, pages.to_vec()).await?;
     if got != expected || direct != expected {
         return Err(format!("the sides wrote different output: {got}, {expected} and {direct} bytes").into());
     }
@@ -303,14 +331,14 @@ pub async fn run(config: &Config) -> BenchResult<Vec<Row>> {
             let started = Instant::now();
             match side {
                 0 => {
-                    let owned = pages.clone();
+                    let owned = pages.to_vec();
                     let started = Instant::now();
                     metered(&evaluator, &map, &key, &scope, owned).await?;
                     seconds[0].push(started.elapsed().as_secs_f64());
                     continue;
                 }
-                1 => on_a_thread(|| reference(&plain_map, &plain_key, &plain_scope, &pages, Writer::FromVal))?,
-                _ => on_a_thread(|| reference(&plain_map, &plain_key, &plain_scope, &pages, Writer::Direct))?,
+                1 => on_thread(Writer::FromVal)?,
+                _ => on_thread(Writer::Direct)?,
             };
             seconds[side].push(started.elapsed().as_secs_f64());
         }
@@ -339,7 +367,7 @@ pub async fn run(config: &Config) -> BenchResult<Vec<Row>> {
     // The for-each's record template, as the durable section's for-each.
     let items = records * 2;
     let template = weft::expr::Template::compile(json!({ "id": "${{ $item }}", "email": "user${{ $item }}@example.com" })).map_err(|e| e.error.message)?;
-    let (plain_id, plain_email) = (plain("$item")?, plain("$item")?);
+    let (plain_id, plain_email) = (std::sync::Arc::new(plain("$item")?), std::sync::Arc::new(plain("$item")?));
     let mut item_seconds: [Vec<f64>; 2] = Default::default();
     for round in 0..rounds.div_ceil(2) {
         for turn in 0..2 {
@@ -348,7 +376,8 @@ pub async fn run(config: &Config) -> BenchResult<Vec<Row>> {
             if side == 0 {
                 per_item(&evaluator, &template, &scope, items).await?;
             } else {
-                on_a_thread(|| per_item_reference(&plain_id, &plain_email, &plain_scope, items))?;
+                let (id, email, scope) = (plain_id.clone(), plain_email.clone(), plain_scope.clone());
+                reference_thread.run(move || per_item_reference(&id, &email, &scope, items))?;
             }
             item_seconds[side].push(started.elapsed().as_secs_f64());
         }
