@@ -13,8 +13,8 @@
 //! Expressions are evaluated by an [`Evaluator`] on threads of their own,
 //! never on the async workers, each evaluation under a [`Budget`] of steps,
 //! bytes of values produced, outputs and time; cancellation reaches it
-//! within microseconds (see [`meter`] for how, and [`value`] for what a
-//! step is). Work per record is batched: a job on an evaluation thread
+//! within microseconds (the `meter` module says how, the `value` module
+//! what a step is). Work per record is batched: a job on an evaluation thread
 //! handles a page of records, and each record is one evaluation with a
 //! budget of its own.
 //!

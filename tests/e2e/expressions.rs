@@ -84,17 +84,17 @@ async fn status(client: &reqwest::Client, base: &str, run: &str) -> TestResult<V
 async fn a_served_run_with_a_runaway_expression_is_cancelled_or_shut_down_promptly() -> TestResult {
     let files = tempfile::tempdir()?;
     let state = tempfile::tempdir()?;
-    // An hour of time budget: only the step budget or a stop ends it, and
-    // in a debug build the steps last far longer than the waits below.
+    // Twenty seconds of time budget: in a debug build the steps last longer
+    // than the waits below, so only a stop or that budget ends it.
     let key = files.path().join("stripe-key");
     std::fs::write(&key, "sk_test_unused")?;
     // No request is ever made: the step never gets past its `when`.
     let text = format!(
-        "[workflow]\nname = \"hostile\"\n\n[connections.stripe]\nplugin = \"stripe\"\ncredentials = \"file:{}\"\nbase_url = \"http://127.0.0.1:9\"\n\n[[step]]\nid = \"spin\"\ntimeout = \"1h\"\nwhen = \"def f: f; f\"\nget = \"stripe.customers\"\nkey = \"cus_x\"\n",
+        "[workflow]\nname = \"hostile\"\n\n[connections.stripe]\nplugin = \"stripe\"\ncredentials = \"file:{}\"\nbase_url = \"http://127.0.0.1:9\"\n\n[[step]]\nid = \"spin\"\ntimeout = \"20s\"\nwhen = \"def f: f; f\"\nget = \"stripe.customers\"\nkey = \"cus_x\"\n",
         key.display()
     );
     let wf = workflow(files.path(), &text)?;
-    let server = serve(state.path(), vec![wf]).await?;
+    let server = serve(state.path(), vec![wf.clone()]).await?;
     let base = format!("http://{}", server.addr);
     let client = reqwest::Client::new();
     let mut runs = Vec::new();
@@ -125,10 +125,35 @@ async fn a_served_run_with_a_runaway_expression_is_cancelled_or_shut_down_prompt
     let asked = Instant::now();
     server.shutdown().await;
     assert!(asked.elapsed() < Duration::from_secs(3), "shutdown took {:?}", asked.elapsed());
-    let store = RunStore::open(state.path())?;
-    assert_eq!(store.run(&runs[0])?.status, Status::Cancelled);
-    for run in &runs[1..] {
-        assert_eq!(store.run(run)?.status, Status::Running, "left to resume");
+    {
+        let store = RunStore::open(state.path())?;
+        assert_eq!(store.run(&runs[0])?.status, Status::Cancelled);
+        for run in &runs[1..] {
+            assert_eq!(store.run(run)?.status, Status::Running, "left to resume");
+        }
     }
+
+    // The next start resumes both: the server answers while they spin, and
+    // each ends failed on its budget instead of freezing it again.
+    let server = serve(state.path(), vec![wf]).await?;
+    let base = format!("http://{}", server.addr);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let health = tokio::time::timeout(Duration::from_secs(2), client.get(format!("{base}/healthz")).send()).await??;
+    assert_eq!(health.status(), 200);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for run in &runs[1..] {
+        loop {
+            let status = status(&client, &base, run).await?;
+            if status["status"] != "running" {
+                assert_eq!(status["status"], "failed", "{status:#}");
+                let error = status["error"].as_str().unwrap_or_default();
+                assert!(error.contains("when: the expression `def f: f; f`") && error.contains("budget"), "{error}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "{run} still running: {status:#}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    server.shutdown().await;
     Ok(())
 }

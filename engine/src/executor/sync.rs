@@ -391,7 +391,6 @@ fn decide(
 /// each record an evaluation with a budget of its own: a source record is
 /// mapped first and each result kept as JSON with its key, a target record
 /// kept as it came with its key.
-#[expect(clippy::too_many_arguments, reason = "one page of one side of one step")]
 async fn key_page(
     evaluator: &Evaluator,
     side: Side,
