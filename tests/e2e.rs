@@ -9,7 +9,9 @@ mod e2e {
     mod conformance;
     mod contract;
     mod durability;
+    mod expressions;
     mod limits;
+    mod output_files;
     mod schema;
     mod serve;
     mod stripe;

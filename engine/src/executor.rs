@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::connector::{CallContext, Manifest};
 use crate::credentials::{CredentialSource, Secret};
 use crate::endpoint::{Endpoint, PluginEndpoint};
-use crate::expr::{Scope, from_val};
+use crate::expr::{Budget, EvalError, Evaluator, Scope};
 use crate::http::{ConnectionHttp, EgressPolicy, HttpLimits, StatsSnapshot};
 use crate::limiter::{LimitedPolicy, LimiterRegistry, Publisher, RetryPolicy};
 use crate::runtime::{Plugin, Runtime, RuntimeError};
@@ -292,6 +292,13 @@ pub(crate) struct RunCtx<'a> {
 }
 
 impl RunCtx<'_> {
+    /// Evaluates `step`'s expressions under its budget (its `timeout`, when
+    /// set, is the time an evaluation may take); a cancel or a shutdown
+    /// stops them.
+    pub(crate) fn evaluator(&self, step: &Step) -> Evaluator {
+        Evaluator::new(Budget::for_timeout(step.timeout)).stopped_by(&self.stop.cancel).stopped_by(&self.stop.shutdown)
+    }
+
     /// Whether to stop taking new work, and how the step then ends.
     pub(crate) fn stop_reason(&self) -> Option<StepEnd> {
         if self.stop.cancel.is_cancelled() {
@@ -620,7 +627,7 @@ impl Executor {
             let scope = Scope::new(&run.inputs, &Value::Object(outputs.clone()), &run_value);
             let step_started = Instant::now();
             if let Some(when) = &step.when {
-                match when.holds_in(&scope) {
+                match ctx.evaluator(step).holds("when", when, &scope).await {
                     Ok(true) => {}
                     Ok(false) => {
                         state.status = Status::Skipped;
@@ -632,9 +639,19 @@ impl Executor {
                         summaries.push(s);
                         continue;
                     }
-                    Err(message) => {
+                    // Stopped while deciding: the step has not started.
+                    Err(EvalError::Stopped) => {
+                        summaries.push(summary(step, &state, 0));
+                        if ctx.stop_reason() == Some(StepEnd::Cancelled) {
+                            status = Status::Cancelled;
+                            error = Some("cancelled".into());
+                            continue;
+                        }
+                        break;
+                    }
+                    Err(e) => {
                         state.status = Status::Failed;
-                        state.error = Some(format!("when: {message}"));
+                        state.error = Some(e.into_message());
                     }
                 }
             }
@@ -730,7 +747,17 @@ impl Executor {
             }
             _ if step.for_each.is_some() => foreach::run(ctx, workflow, step, index, endpoint.as_ref(), state, scope).await,
             _ => {
-                let result = ops::item(ctx, step, endpoint.as_ref(), scope, 0, true).await.map_err(|e| e.message)?;
+                let result = match ops::item(ctx, step, endpoint.as_ref(), &ctx.evaluator(step), scope, 0, true, None).await {
+                    Ok(result) => result,
+                    Err(e) => {
+                        // An evaluation stopped by a cancel or a shutdown:
+                        // the op was not made, or is made again on resume.
+                        if let Some(end) = ctx.stop_reason() {
+                            return Ok(end);
+                        }
+                        return Err(e.message);
+                    }
+                };
                 result.count(&mut state.counts);
                 state.output = Some(result.output);
                 if let Some(entry) = result.plan {
@@ -816,15 +843,5 @@ fn summary(step: &Step, state: &StepState, duration_ms: u64) -> StepSummary {
         output: state.output.clone(),
         plan: state.plan.clone(),
         error: state.error.clone(),
-    }
-}
-
-/// The text form of a key: strings as they are, other values as JSON;
-/// `null` (or nothing) is no key.
-pub(crate) fn key_text(value: &jaq_json::Val) -> Option<String> {
-    match from_val(value) {
-        Value::Null => None,
-        Value::String(s) => Some(s),
-        other => Some(other.to_string()),
     }
 }

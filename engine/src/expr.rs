@@ -3,32 +3,87 @@
 //! An expression sees `.` (the context object, or the record being mapped)
 //! and the variables `$inputs`, `$steps`, `$item` and `$run`. Expressions
 //! are compiled once, when the workflow loads, so a typo is a load error
-//! with a caret, not a failure halfway through a run.
+//! with a caret, not a failure halfway through a run. What could stop the
+//! process is refused there: `env`, `halt`, `halt_error`, `stderr` and
+//! `input` are not defined, an expression is at most
+//! [`MAX_EXPRESSION_BYTES`] long and its brackets nest at most
+//! [`MAX_NESTING`] deep, and jaq's recursive parser runs on a thread of its
+//! own with a large stack.
+//!
+//! Expressions are evaluated by an [`Evaluator`] on threads of their own,
+//! never on the async workers, each evaluation under a [`Budget`] of steps,
+//! bytes of values produced, outputs and time; cancellation reaches it
+//! within microseconds (the `meter` module says how, the `value` module
+//! what a step is). Work per record is batched: a job on an evaluation thread
+//! handles a page of records, and each record is one evaluation with a
+//! budget of its own.
 //!
 //! Workflow values carry expressions as templates: a string that is exactly
 //! `${{ expr }}` becomes the expression's value (any JSON type); a string
 //! with `${{ … }}` inside becomes a string with each part's value spliced
 //! in. Everything else is a literal.
 
+mod meter;
+mod pool;
+mod value;
+
+use std::borrow::Cow;
 use std::ops::Range;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use jaq_core::load::{Arena, File, Loader};
-use jaq_core::{Compiler, Ctx, Vars, data, unwrap_valr};
-use jaq_json::Val;
+use jaq_core::{Compiler, Ctx, Vars};
 use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+pub use self::meter::MAX_VALUE_DEPTH;
+use self::meter::{Exhausted, Interrupted, thousands};
+pub use self::value::Val;
+use self::value::{Budgeted, Program};
 
 /// The variables every expression may use, in the order their values are
-/// passed to [`Expr::eval`].
+/// passed to jaq.
 pub const VARIABLES: [&str; 4] = ["$inputs", "$steps", "$item", "$run"];
 
-/// Native filters an expression may not call: `env` reads the process
-/// environment, where credentials live. (`halt` only raises an error inside
-/// jaq, and `input`/`inputs` are not linked.)
-const DENIED: [&str; 1] = ["env"];
+/// Native filters an expression may not call. `env` reads the process
+/// environment, where credentials live. `halt` ends the whole process
+/// (jaq's caller exits with its code: one request could stop `weft serve`,
+/// and again at every restart that resumes the run); `stderr_empty` writes
+/// raw bytes to the process's stderr, forging log lines. `input` and
+/// `inputs` are not linked at all.
+const DENIED: [&str; 3] = ["env", "halt", "stderr_empty"];
 
-type Data = data::JustLut<Val>;
-type Filter = jaq_core::compile::Filter<jaq_core::Native<Data>>;
+/// Definitions of jaq's standard library built on the denied natives.
+const DENIED_DEFS: [&str; 3] = ["halt", "halt_error", "stderr"];
+
+/// Names whose absence deserves more than "unknown function".
+const NOT_AVAILABLE: [(&str, &str); 6] = [
+    ("halt", "it would stop the whole weft process; fail the step with error(\"…\") instead"),
+    ("halt_error", "it would stop the whole weft process; fail the step with error(\"…\") instead"),
+    ("env", "expressions cannot read the environment, where credentials live; pass values as workflow inputs"),
+    ("stderr", "expressions cannot write to the process's output; use debug, which logs"),
+    ("input", "expressions read `.` and the variables, not a stream of inputs"),
+    ("inputs", "expressions read `.` and the variables, not a stream of inputs"),
+];
+
+/// The longest expression accepted, in bytes. jaq's parser and compiler
+/// recurse for nearly every token; the bound keeps them inside the stack of
+/// the compiling thread.
+pub const MAX_EXPRESSION_BYTES: usize = 16 << 10;
+
+/// How deep brackets, strings and string interpolations may nest.
+pub const MAX_NESTING: usize = 128;
+
+/// The stack of the thread that compiles: in a debug build jaq needs up to
+/// ~10 KiB per byte of the worst expression of [`MAX_EXPRESSION_BYTES`].
+const COMPILE_STACK: usize = 256 << 20;
+
+/// How much of an expression's text a message quotes.
+const QUOTED_CHARS: usize = 120;
+
+type Filter = jaq_core::compile::Filter<jaq_core::Native<Budgeted>>;
 
 /// A compile error, with the byte range of the offending text inside the
 /// expression.
@@ -55,7 +110,7 @@ impl std::fmt::Debug for Expr {
 
 /// The values of the variables for one evaluation, converted to jaq's
 /// values once and shared: a for-each over 100k items builds only the
-/// `$item` part for each.
+/// `$item` part for each. Cheap to clone.
 #[derive(Clone, Default)]
 pub struct Scope {
     inputs: Val,
@@ -67,14 +122,14 @@ pub struct Scope {
 
 impl std::fmt::Debug for Scope {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Scope").field("run", &self.run.to_string()).finish_non_exhaustive()
+        f.debug_struct("Scope").field("run", &self.run).finish_non_exhaustive()
     }
 }
 
 impl Scope {
     /// A scope with `$inputs`, `$steps` and `$run`, and no item.
     pub fn new(inputs: &Value, steps: &Value, run: &Value) -> Scope {
-        let mut scope = Scope { inputs: to_val(inputs), steps: to_val(steps), item: Val::Null, run: to_val(run), context: Val::Null };
+        let mut scope = Scope { inputs: to_val(inputs), steps: to_val(steps), item: Val::null(), run: to_val(run), context: Val::null() };
         scope.context = scope.build_context();
         scope
     }
@@ -86,17 +141,13 @@ impl Scope {
 
     /// The same scope with `$item` set from a value already converted.
     pub fn with_item_val(&self, item: Val) -> Scope {
-        let mut scope = Scope { item, context: Val::Null, ..self.clone() };
+        let mut scope = Scope { item, context: Val::null(), ..self.clone() };
         scope.context = scope.build_context();
         scope
     }
 
     fn build_context(&self) -> Val {
-        let mut map = jaq_json::Map::default();
-        for (name, value) in [("inputs", &self.inputs), ("steps", &self.steps), ("item", &self.item), ("run", &self.run)] {
-            map.insert(Val::from(name.to_owned()), value.clone());
-        }
-        Val::obj(map)
+        Val::object([("inputs", &self.inputs), ("steps", &self.steps), ("item", &self.item), ("run", &self.run)])
     }
 
     /// The context object `.` of expressions that do not map a record:
@@ -104,84 +155,53 @@ impl Scope {
     pub fn context(&self) -> &Val {
         &self.context
     }
+
+    fn vars(&self) -> Vars<Val> {
+        Vars::new([self.inputs.clone(), self.steps.clone(), self.item.clone(), self.run.clone()])
+    }
 }
 
 /// Converts a JSON value to jaq's value type.
 pub fn to_val(value: &Value) -> Val {
-    match value {
-        Value::Null => Val::Null,
-        Value::Bool(b) => Val::Bool(*b),
-        Value::Number(n) => match (n.as_i64(), n.as_f64()) {
-            (Some(i), _) => isize::try_from(i).map_or(Val::from(i as f64), Val::from),
-            (None, Some(f)) => Val::from(f),
-            (None, None) => Val::Null,
-        },
-        Value::String(s) => Val::from(s.clone()),
-        Value::Array(a) => Val::Arr(jaq_json::Rc::new(a.iter().map(to_val).collect())),
-        Value::Object(o) => Val::Obj(jaq_json::Rc::new(o.iter().map(|(k, v)| (Val::from(k.clone()), to_val(v))).collect())),
-    }
+    Val::from_json(value)
 }
 
 /// Parses JSON text (a record from a plugin) straight into jaq's value type.
 pub fn parse_val(text: &str) -> Result<Val, String> {
-    serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))
+    Val::parse(text)
 }
 
-/// Converts a jaq value back to JSON. NaN and infinities become `null`,
-/// byte strings become (lossy) strings, non-string keys their JSON text.
-pub fn from_val(value: &Val) -> Value {
-    use jaq_json::Num;
+/// The text a key is compared by, for a key held as JSON: a string as it
+/// is, anything else as JSON text; `null` is no key.
+pub fn json_key_text(value: &Value) -> Option<String> {
     match value {
-        Val::Null => Value::Null,
-        Val::Bool(b) => Value::Bool(*b),
-        Val::Num(Num::Int(i)) => Value::from(*i as i64),
-        Val::Num(Num::Float(f)) => serde_json::Number::from_f64(*f).map_or(Value::Null, Value::Number),
-        Val::Num(other) => serde_json::from_str(&other.to_string()).unwrap_or(Value::Null),
-        Val::TStr(b) | Val::BStr(b) => Value::String(String::from_utf8_lossy(b).into_owned()),
-        Val::Arr(items) => Value::Array(items.iter().map(from_val).collect()),
-        Val::Obj(map) => Value::Object(
-            map.iter()
-                .map(|(k, v)| {
-                    let key = match k {
-                        Val::TStr(b) | Val::BStr(b) => String::from_utf8_lossy(b).into_owned(),
-                        other => other.to_string(),
-                    };
-                    (key, from_val(v))
-                })
-                .collect(),
-        ),
+        Value::Null => None,
+        Value::String(s) => Some(s.clone()),
+        other => Some(other.to_string()),
     }
 }
 
 impl Expr {
     /// Compiles `text`.
     pub fn compile(text: &str) -> Result<Expr, CompileError> {
-        let defs = jaq_core::defs().chain(jaq_std::defs()).chain(jaq_json::defs());
-        let funs = jaq_core::funs::<Data>()
-            .chain(jaq_std::funs::<Data>())
-            .chain(jaq_json::funs::<Data>())
-            .filter(|(name, _, _)| !DENIED.contains(name));
-        let loader = Loader::new(defs);
-        let arena = Arena::default();
-        let modules = loader.load(&arena, File { code: text, path: () }).map_err(|errors| load_error(text, errors))?;
-        let filter = Compiler::default()
-            .with_funs(funs)
-            .with_global_vars(VARIABLES)
-            .compile(modules)
-            .map_err(|errors| {
-                let first = errors.into_iter().flat_map(|(_, e)| e).next();
-                match first {
-                    Some((name, undefined)) => {
-                        let what = match undefined {
-                            jaq_core::compile::Undefined::Var => format!("unknown variable {name}; expressions can use {}", VARIABLES.join(", ")),
-                            jaq_core::compile::Undefined::Filter(arity) => format!("unknown function {name}/{arity}"),
-                            other => format!("undefined {other:?} {name}"),
-                        };
-                        CompileError { range: subrange(text, name), message: what }
-                    }
-                    None => CompileError { range: 0..text.len(), message: "the expression does not compile".into() },
-                }
-            })?;
+        if text.len() > MAX_EXPRESSION_BYTES {
+            return Err(CompileError {
+                range: 0..text.len(),
+                message: format!("the expression is {} bytes; at most {} are allowed (move parts into earlier steps or `def`s)", thousands(text.len() as u64), thousands(MAX_EXPRESSION_BYTES as u64)),
+            });
+        }
+        check_nesting(text)?;
+        let whole = || 0..text.len();
+        let filter = std::thread::scope(|scope| {
+            let compiling = std::thread::Builder::new()
+                .name("weft-expr-compile".into())
+                .stack_size(COMPILE_STACK)
+                .spawn_scoped(scope, || compile_filter(text))
+                .map_err(|e| CompileError { range: whole(), message: format!("cannot start a thread to compile the expression: {e}") })?;
+            compiling
+                .join()
+                .unwrap_or_else(|_| Err(CompileError { range: whole(), message: "the expression compiler failed; please report this expression".into() }))
+        })?;
         Ok(Expr { text: text.into(), filter: Arc::new(filter) })
     }
 
@@ -190,45 +210,481 @@ impl Expr {
         &self.text
     }
 
-    /// Every output of the expression applied to `input`.
-    pub fn eval_all(&self, input: &Value, scope: &Scope) -> Result<Vec<Value>, String> {
-        Ok(self.run(to_val(input), scope)?.iter().map(from_val).collect())
+    /// Runs the expression on `input`: its outputs, lazily.
+    fn outputs<'a>(&'a self, input: Val, scope: &Scope) -> impl Iterator<Item = Result<Val, String>> + 'a {
+        let ctx = Ctx::<Budgeted>::new(Program(&self.filter.lut), scope.vars());
+        self.filter.id.run((ctx, input)).map(|result| result.map_err(exception_message))
+    }
+}
+
+fn compile_filter(text: &str) -> Result<Filter, CompileError> {
+    let defs = jaq_core::defs().chain(jaq_std::defs()).chain(jaq_json::defs()).filter(|def| !DENIED_DEFS.contains(&def.name));
+    let funs = jaq_core::funs::<Budgeted>().chain(jaq_std::funs::<Budgeted>()).filter(|(name, _, _)| !DENIED.contains(name)).chain(value::funs());
+    let loader = Loader::new(defs);
+    let arena = Arena::default();
+    let modules = loader.load(&arena, File { code: text, path: () }).map_err(|errors| load_error(text, errors))?;
+    Compiler::default().with_funs(funs).with_global_vars(VARIABLES).compile(modules).map_err(|errors| {
+        let first = errors.into_iter().flat_map(|(_, e)| e).next();
+        match first {
+            Some((name, undefined)) => {
+                let what = match undefined {
+                    jaq_core::compile::Undefined::Var => format!("unknown variable {name}; expressions can use {}", VARIABLES.join(", ")),
+                    jaq_core::compile::Undefined::Filter(arity) => match NOT_AVAILABLE.iter().find(|(denied, _)| *denied == name) {
+                        Some((_, why)) => format!("{name} is not available in expressions: {why}"),
+                        None => format!("unknown function {name}/{arity}"),
+                    },
+                    other => format!("undefined {other:?} {name}"),
+                };
+                CompileError { range: subrange(text, name), message: what }
+            }
+            None => CompileError { range: 0..text.len(), message: "the expression does not compile".into() },
+        }
+    })
+}
+
+/// Refuses brackets, strings and interpolations nested deeper than
+/// [`MAX_NESTING`], pointing at the opening that goes too deep. Comments
+/// and string contents are skipped as jq's lexer does.
+fn check_nesting(text: &str) -> Result<(), CompileError> {
+    #[derive(PartialEq)]
+    enum Open {
+        Bracket,
+        Str,
+        Interpolation,
+    }
+    let bytes = text.as_bytes();
+    let mut open: Vec<Open> = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        let at = i;
+        let pushed = if open.last() == Some(&Open::Str) {
+            match bytes[i] {
+                b'\\' if bytes.get(i + 1) == Some(&b'(') => {
+                    open.push(Open::Interpolation);
+                    i += 2;
+                    true
+                }
+                b'\\' => {
+                    i += 2;
+                    false
+                }
+                b'"' => {
+                    open.pop();
+                    i += 1;
+                    false
+                }
+                _ => {
+                    i += 1;
+                    false
+                }
+            }
+        } else {
+            match bytes[i] {
+                b'#' => {
+                    while i < bytes.len() && bytes[i] != b'\n' {
+                        i += 1;
+                    }
+                    false
+                }
+                b'"' => {
+                    open.push(Open::Str);
+                    i += 1;
+                    true
+                }
+                b'(' | b'[' | b'{' => {
+                    open.push(Open::Bracket);
+                    i += 1;
+                    true
+                }
+                b')' | b']' | b'}' => {
+                    open.pop();
+                    i += 1;
+                    false
+                }
+                _ => {
+                    i += 1;
+                    false
+                }
+            }
+        };
+        if pushed && open.len() > MAX_NESTING {
+            let end = (at + 1..=text.len()).find(|&e| text.is_char_boundary(e)).unwrap_or(text.len());
+            return Err(CompileError { range: at..end, message: format!("brackets, strings and interpolations nest more than {MAX_NESTING} levels deep here") });
+        }
+    }
+    Ok(())
+}
+
+/// jaq's exception as a message: its error, cut short where it quotes a
+/// large value. A `halt` cannot be compiled; if one were raised all the
+/// same it is an error like any other, never an exit.
+fn exception_message(exception: jaq_core::Exn<'_, Val>) -> String {
+    match exception.get_err() {
+        // A string (`error("…")`, or a message of jaq's) reads as itself;
+        // any other value as JSON, cut short.
+        Ok(error) => {
+            let value = error.into_val();
+            value.as_text().map_or_else(|| value::message(&value), |text| value::message(&text))
+        }
+        Err(other) => match other.get_halt() {
+            Ok(code) => format!("halt({code}) is not available in expressions"),
+            Err(_) => "a `break` or tail call escaped the expression".to_owned(),
+        },
+    }
+}
+
+/// How much one evaluation may use: one `when`, one template, one record
+/// through `map` (and a sync's `key`), one `for_each`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    /// Evaluation steps: a term run or an operation on a value.
+    pub steps: u64,
+    /// Bytes of values produced (strings, array and object slots).
+    pub bytes: u64,
+    /// Outputs, where all of them are kept (`for_each`, `map`).
+    pub outputs: u64,
+    /// Wall time.
+    pub time: Duration,
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Budget { steps: 10_000_000, bytes: 64 << 20, outputs: 1_000_000, time: Duration::from_secs(10) }
+    }
+}
+
+impl Budget {
+    /// The default budget with the step's `timeout`, when it has one, as
+    /// the time an evaluation may take.
+    pub fn for_timeout(timeout: Option<Duration>) -> Budget {
+        let default = Budget::default();
+        Budget { time: timeout.unwrap_or(default.time), ..default }
     }
 
-    /// Every output of the expression applied to `input`, as jaq values.
-    pub fn run(&self, input: Val, scope: &Scope) -> Result<Vec<Val>, String> {
-        let vars = Vars::new([scope.inputs.clone(), scope.steps.clone(), scope.item.clone(), scope.run.clone()]);
-        let ctx = Ctx::<Data>::new(&self.filter.lut, vars);
-        let mut out = Vec::new();
-        for result in self.filter.id.run((ctx, input)).map(unwrap_valr) {
-            match result {
-                Ok(value) => out.push(value),
-                Err(e) => return Err(format!("expression `{}` failed: {e}", self.text)),
+    fn limits(&self) -> meter::Limits {
+        meter::Limits { steps: self.steps, bytes: self.bytes, time: self.time }
+    }
+}
+
+/// Why an evaluation gave no value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EvalError {
+    /// The expression failed (a jq error); the message names the field and
+    /// the expression.
+    #[error("{0}")]
+    Failed(String),
+    /// The expression ran out of its budget (or its stack); the message
+    /// names the field, the expression and the budget.
+    #[error("{0}")]
+    Exhausted(String),
+    /// The run was cancelled or the process is shutting down.
+    #[error("stopped: the run was cancelled or the process is shutting down")]
+    Stopped,
+}
+
+impl EvalError {
+    /// The message, for a caller that reports errors as text.
+    pub fn into_message(self) -> String {
+        match self {
+            EvalError::Failed(message) | EvalError::Exhausted(message) => message,
+            EvalError::Stopped => EvalError::Stopped.to_string(),
+        }
+    }
+}
+
+/// Evaluates expressions on the evaluation threads under a budget, and
+/// stops them when any of its stop tokens is cancelled.
+#[derive(Debug, Clone, Default)]
+pub struct Evaluator {
+    budget: Budget,
+    stop: Vec<CancellationToken>,
+}
+
+/// Sets the cancel flag of a job when the future waiting for it goes away
+/// (it was stopped, timed out, or its task was dropped).
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+async fn any_cancelled(tokens: &[CancellationToken]) {
+    if tokens.is_empty() {
+        return std::future::pending().await;
+    }
+    futures_util::future::select_all(tokens.iter().map(|token| Box::pin(token.cancelled()))).await;
+}
+
+impl Evaluator {
+    /// An evaluator with `budget` for each evaluation.
+    pub fn new(budget: Budget) -> Self {
+        Evaluator { budget, stop: Vec::new() }
+    }
+
+    /// Also stops when `token` is cancelled.
+    pub fn stopped_by(mut self, token: &CancellationToken) -> Self {
+        self.stop.push(token.clone());
+        self
+    }
+
+    /// The budget of each evaluation.
+    pub fn budget(&self) -> &Budget {
+        &self.budget
+    }
+
+    /// Runs `job` on an evaluation thread and waits for it. The job
+    /// evaluates through its [`Session`]; it may be stopped between any two
+    /// steps of an evaluation.
+    pub async fn run<T, F>(&self, job: F) -> Result<T, EvalError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Session) -> Result<T, String> + Send + 'static,
+    {
+        let cancel = Arc::new(AtomicBool::new(false));
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let budget = self.budget;
+        let flag = cancel.clone();
+        pool::submit(Box::new(move || {
+            let mut session = Session { budget, stopped: false, ran_out: false };
+            let result = meter::with_cancel(&flag, || job(&mut session));
+            let _ = answer.send(match result {
+                Ok(value) => Ok(value),
+                Err(_) if session.stopped => Err(EvalError::Stopped),
+                Err(message) if session.ran_out => Err(EvalError::Exhausted(message)),
+                Err(message) => Err(EvalError::Failed(message)),
+            });
+        }))
+        .map_err(EvalError::Failed)?;
+        let _stop = StopOnDrop(cancel);
+        tokio::select! {
+            biased;
+            answer = answered => answer.unwrap_or_else(|_| Err(EvalError::Failed("the expression evaluator stopped before it answered".into()))),
+            () = any_cancelled(&self.stop) => Err(EvalError::Stopped),
+        }
+    }
+
+    /// Whether `expr` holds on the scope's context (its first output is
+    /// neither `false` nor `null`; later outputs are never computed).
+    pub async fn holds(&self, field: &str, expr: &Expr, scope: &Scope) -> Result<bool, EvalError> {
+        let (field, expr, scope) = (field.to_owned(), expr.clone(), scope.clone());
+        self.run(move |session| session.evaluate(|ev| ev.holds(&field, &expr, scope.context().clone(), &scope))).await
+    }
+
+    /// Every output of `expr` on the scope's context.
+    pub async fn outputs(&self, field: &str, expr: &Expr, scope: &Scope) -> Result<Vec<Val>, EvalError> {
+        let (field, expr, scope) = (field.to_owned(), expr.clone(), scope.clone());
+        self.run(move |session| session.evaluate(|ev| ev.all(&field, &expr, scope.context().clone(), &scope))).await
+    }
+
+    /// The value of `template` in `scope`; `field` names it in messages.
+    pub async fn render(&self, field: &str, template: &Template, scope: &Scope) -> Result<Value, EvalError> {
+        if let Node::Literal(value) = template.root.as_ref() {
+            return Ok(value.clone());
+        }
+        let (field, template, scope) = (field.to_owned(), template.clone(), scope.clone());
+        self.run(move |session| session.evaluate(|ev| ev.render(&field, &template, &scope))).await
+    }
+
+    /// The first output of `expr` applied to `input` (`null` when there is
+    /// none), as JSON.
+    pub async fn first(&self, field: &str, expr: &Expr, input: Val, scope: &Scope) -> Result<Value, EvalError> {
+        let (field, expr, scope) = (field.to_owned(), expr.clone(), scope.clone());
+        self.run(move |session| session.evaluate(|ev| Ok(ev.first(&field, &expr, input, &scope)?.map_or(Value::Null, |v| v.to_json())))).await
+    }
+}
+
+/// The evaluations of one job on an evaluation thread.
+#[derive(Debug)]
+pub struct Session {
+    budget: Budget,
+    stopped: bool,
+    /// The last evaluation ran out of its budget.
+    ran_out: bool,
+}
+
+impl Session {
+    /// [`Session::evaluate`], telling a jq error from running out of the
+    /// budget and from being stopped.
+    pub fn try_evaluate<'e, T>(&mut self, f: impl FnOnce(&mut Evaluation<'e>) -> Result<T, String>) -> Result<T, EvalError> {
+        match self.evaluate(f) {
+            Ok(value) => Ok(value),
+            Err(_) if self.stopped => Err(EvalError::Stopped),
+            Err(message) if self.ran_out => Err(EvalError::Exhausted(message)),
+            Err(message) => Err(EvalError::Failed(message)),
+        }
+    }
+
+    /// One evaluation with a budget of its own: `f` may run several
+    /// expressions (a record's `map`, then its `key`) and convert what they
+    /// produce; all of it is charged. Past the budget `f` is abandoned and
+    /// the message names the field and expression running at the time.
+    pub fn evaluate<'e, T>(&mut self, f: impl FnOnce(&mut Evaluation<'e>) -> Result<T, String>) -> Result<T, String> {
+        let mut evaluation = Evaluation { budget: self.budget, field: Cow::Borrowed(""), text: None };
+        self.ran_out = false;
+        match meter::run(self.budget.limits(), || f(&mut evaluation)) {
+            Ok(result) => result,
+            Err(Interrupted::Exhausted(reason)) => {
+                if reason == Exhausted::Stopped {
+                    self.stopped = true;
+                } else {
+                    self.ran_out = true;
+                }
+                Err(evaluation.describe(&reason.to_string()))
+            }
+            Err(Interrupted::Panicked(message)) => Err(evaluation.describe(&format!("made the evaluator fail ({message}); please report this expression"))),
+        }
+    }
+}
+
+/// What one evaluation does; see [`Session::evaluate`]. `'e` is how long
+/// the fields and expressions it is given live.
+#[derive(Debug)]
+pub struct Evaluation<'e> {
+    budget: Budget,
+    /// The field being evaluated (`map`, `record.email`), for messages.
+    field: Cow<'e, str>,
+    text: Option<&'e str>,
+}
+
+impl<'e> Evaluation<'e> {
+    fn enter(&mut self, field: &'e str, expr: &'e Expr) {
+        self.field = Cow::Borrowed(field);
+        self.text = Some(&expr.text);
+    }
+
+    fn describe(&self, what: &str) -> String {
+        match self.text {
+            Some(text) => format!("{}: the expression `{}` {what}", self.field, quote(text)),
+            None => format!("{}: {what}", self.field),
+        }
+    }
+
+    fn failed(&self, message: &str) -> String {
+        match self.text {
+            Some(text) => format!("{}: expression `{}` failed: {message}", self.field, quote(text)),
+            None => format!("{}: {message}", self.field),
+        }
+    }
+
+    /// Every output of `expr` applied to `input`.
+    pub fn all(&mut self, field: &'e str, expr: &'e Expr, input: Val, scope: &Scope) -> Result<Vec<Val>, String> {
+        self.enter(field, expr);
+        let limit = self.budget.outputs;
+        let mut outputs = Vec::new();
+        for output in expr.outputs(input, scope) {
+            let value = output.map_err(|e| self.failed(&e))?;
+            if outputs.len() as u64 >= limit {
+                meter::fail(Exhausted::Outputs(limit));
+                return Err(self.describe(&Exhausted::Outputs(limit).to_string()));
+            }
+            meter::bytes(std::mem::size_of::<Val>() as u64);
+            outputs.push(value);
+        }
+        Ok(outputs)
+    }
+
+    /// The first output of `expr` applied to `input`; the rest are never
+    /// computed.
+    pub fn first(&mut self, field: &'e str, expr: &'e Expr, input: Val, scope: &Scope) -> Result<Option<Val>, String> {
+        self.enter(field, expr);
+        self.first_output(expr, input, scope)
+    }
+
+    fn first_output(&mut self, expr: &Expr, input: Val, scope: &Scope) -> Result<Option<Val>, String> {
+        let first = expr.outputs(input, scope).next();
+        first.transpose().map_err(|e| self.failed(&e))
+    }
+
+    /// Whether the first output of `expr` on `input` is neither `false` nor
+    /// `null`.
+    pub fn holds(&mut self, field: &'e str, expr: &'e Expr, input: Val, scope: &Scope) -> Result<bool, String> {
+        Ok(self.first(field, expr, input, scope)?.is_some_and(|v| v.is_truthy()))
+    }
+
+    /// `value` as JSON text (charged).
+    pub fn json_text(&mut self, value: &Val) -> String {
+        value.to_json_text()
+    }
+
+    /// The text a key is compared by (charged): a string as it is, anything
+    /// else as JSON; `null` is no key.
+    pub fn key_text(&mut self, value: &Val) -> Option<String> {
+        value.key_text()
+    }
+
+    /// The value of `template`, each expression in it evaluated against
+    /// `.` = the context; `field` and the path inside name it in messages.
+    pub fn render(&mut self, field: &str, template: &'e Template, scope: &Scope) -> Result<Value, String> {
+        // The field is the path of the part being rendered, grown and cut
+        // back in place as the template is walked.
+        let mut path = std::mem::take(&mut self.field).into_owned();
+        path.clear();
+        path.push_str(field);
+        self.field = Cow::Owned(path);
+        self.render_node(&template.root, scope)
+    }
+
+    /// The path of the part being rendered.
+    fn path(&mut self) -> &mut String {
+        self.field.to_mut()
+    }
+
+    /// Evaluates one expression of a template.
+    fn render_expr(&mut self, expr: &'e Expr, scope: &Scope) -> Result<Option<Value>, String> {
+        self.text = Some(&expr.text);
+        Ok(self.first_output(expr, scope.context().clone(), scope)?.map(|v| v.to_json()))
+    }
+
+    fn render_node(&mut self, node: &'e Node, scope: &Scope) -> Result<Value, String> {
+        match node {
+            Node::Literal(v) => Ok(v.clone()),
+            Node::Whole(e) => Ok(self.render_expr(e, scope)?.unwrap_or(Value::Null)),
+            Node::Splice(parts) => {
+                let mut out = String::new();
+                for part in parts {
+                    match part {
+                        Part::Text(t) => out.push_str(t),
+                        Part::Expr(e) => match self.render_expr(e, scope)? {
+                            Some(Value::String(s)) => out.push_str(&s),
+                            None | Some(Value::Null) => {}
+                            Some(other) => out.push_str(&other.to_string()),
+                        },
+                    }
+                }
+                Ok(Value::String(out))
+            }
+            Node::Array(items) => {
+                let mut out = Vec::with_capacity(items.len());
+                for (i, item) in items.iter().enumerate() {
+                    let len = self.path().len();
+                    let _ = std::fmt::Write::write_fmt(self.path(), format_args!("[{i}]"));
+                    out.push(self.render_node(item, scope)?);
+                    self.path().truncate(len);
+                }
+                Ok(Value::Array(out))
+            }
+            Node::Object(fields) => {
+                let mut out = serde_json::Map::new();
+                for (key, item) in fields {
+                    let len = self.path().len();
+                    self.path().push('.');
+                    self.path().push_str(key);
+                    out.insert(key.clone(), self.render_node(item, scope)?);
+                    self.path().truncate(len);
+                }
+                Ok(Value::Object(out))
             }
         }
-        Ok(out)
     }
+}
 
-    /// The first output of the expression applied to `input`; `null` when
-    /// it produces none.
-    pub fn eval(&self, input: &Value, scope: &Scope) -> Result<Value, String> {
-        Ok(self.eval_all(input, scope)?.into_iter().next().unwrap_or(Value::Null))
-    }
-
-    /// The first output applied to the scope's context object.
-    pub fn eval_in(&self, scope: &Scope) -> Result<Value, String> {
-        Ok(self.run(scope.context().clone(), scope)?.first().map(from_val).unwrap_or(Value::Null))
-    }
-
-    /// Whether the expression holds on the scope's context: its first
-    /// output is neither `false` nor `null` (jq's truthiness).
-    pub fn holds_in(&self, scope: &Scope) -> Result<bool, String> {
-        Ok(self.run(scope.context().clone(), scope)?.first().is_some_and(|v| !matches!(v, Val::Null | Val::Bool(false))))
-    }
-
-    /// Whether the expression holds on `input`.
-    pub fn holds(&self, input: &Value, scope: &Scope) -> Result<bool, String> {
-        Ok(self.run(to_val(input), scope)?.first().is_some_and(|v| !matches!(v, Val::Null | Val::Bool(false))))
+/// `text` cut to [`QUOTED_CHARS`] characters.
+fn quote(text: &str) -> String {
+    match text.char_indices().nth(QUOTED_CHARS) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_owned(),
     }
 }
 
@@ -277,9 +733,14 @@ pub fn unwrap_braces(text: &str) -> (&str, usize) {
     }
 }
 
-/// A workflow value that may contain expressions.
+/// A workflow value that may contain expressions. Cheap to clone.
 #[derive(Debug, Clone)]
-pub enum Template {
+pub struct Template {
+    root: Arc<Node>,
+}
+
+#[derive(Debug)]
+enum Node {
     /// No expression inside.
     Literal(Value),
     /// A string that is one expression: its value, whatever type.
@@ -287,14 +748,14 @@ pub enum Template {
     /// A string with expressions spliced in.
     Splice(Vec<Part>),
     /// An array with expressions somewhere inside.
-    Array(Vec<Template>),
+    Array(Vec<Node>),
     /// An object with expressions somewhere inside.
-    Object(Vec<(String, Template)>),
+    Object(Vec<(String, Node)>),
 }
 
 /// A piece of a spliced string.
-#[derive(Debug, Clone)]
-pub enum Part {
+#[derive(Debug)]
+enum Part {
     /// Text kept as is.
     Text(String),
     /// An expression whose value is spliced in.
@@ -313,36 +774,52 @@ pub struct TemplateError {
 impl Template {
     /// Compiles every `${{ … }}` in `value`.
     pub fn compile(value: Value) -> Result<Template, TemplateError> {
+        Ok(Template { root: Arc::new(Node::compile(value)?) })
+    }
+
+    /// Whether the template holds no expression.
+    pub fn is_literal(&self) -> bool {
+        matches!(self.root.as_ref(), Node::Literal(_))
+    }
+
+    /// Every expression inside, for checks such as step references.
+    pub fn expressions(&self) -> Vec<&Expr> {
+        self.root.expressions()
+    }
+}
+
+impl Node {
+    fn compile(value: Value) -> Result<Node, TemplateError> {
         match value {
-            Value::String(s) if s.contains("${{") => Template::compile_str(&s),
+            Value::String(s) if s.contains("${{") => Node::compile_str(&s),
             Value::Array(items) => {
-                let parts = items.into_iter().map(Template::compile).collect::<Result<Vec<_>, _>>()?;
-                if parts.iter().all(|p| matches!(p, Template::Literal(_))) {
-                    Ok(Template::Literal(Value::Array(parts.into_iter().filter_map(Template::into_literal).collect())))
+                let parts = items.into_iter().map(Node::compile).collect::<Result<Vec<_>, _>>()?;
+                if parts.iter().all(|p| matches!(p, Node::Literal(_))) {
+                    Ok(Node::Literal(Value::Array(parts.into_iter().filter_map(Node::into_literal).collect())))
                 } else {
-                    Ok(Template::Array(parts))
+                    Ok(Node::Array(parts))
                 }
             }
             Value::Object(map) => {
-                let parts = map.into_iter().map(|(k, v)| Template::compile(v).map(|t| (k, t))).collect::<Result<Vec<_>, _>>()?;
-                if parts.iter().all(|(_, p)| matches!(p, Template::Literal(_))) {
-                    Ok(Template::Literal(Value::Object(parts.into_iter().filter_map(|(k, p)| p.into_literal().map(|v| (k, v))).collect())))
+                let parts = map.into_iter().map(|(k, v)| Node::compile(v).map(|t| (k, t))).collect::<Result<Vec<_>, _>>()?;
+                if parts.iter().all(|(_, p)| matches!(p, Node::Literal(_))) {
+                    Ok(Node::Literal(Value::Object(parts.into_iter().filter_map(|(k, p)| p.into_literal().map(|v| (k, v))).collect())))
                 } else {
-                    Ok(Template::Object(parts))
+                    Ok(Node::Object(parts))
                 }
             }
-            other => Ok(Template::Literal(other)),
+            other => Ok(Node::Literal(other)),
         }
     }
 
     fn into_literal(self) -> Option<Value> {
         match self {
-            Template::Literal(v) => Some(v),
+            Node::Literal(v) => Some(v),
             _ => None,
         }
     }
 
-    fn compile_str(s: &str) -> Result<Template, TemplateError> {
+    fn compile_str(s: &str) -> Result<Node, TemplateError> {
         let mut parts = Vec::new();
         let mut rest = s;
         while let Some(open) = rest.find("${{") {
@@ -365,45 +842,18 @@ impl Template {
             parts.push(Part::Text(rest.to_owned()));
         }
         match parts.as_slice() {
-            [Part::Expr(e)] => Ok(Template::Whole(e.clone())),
-            _ => Ok(Template::Splice(parts)),
+            [Part::Expr(e)] => Ok(Node::Whole(e.clone())),
+            _ => Ok(Node::Splice(parts)),
         }
     }
 
-    /// Every expression inside, for checks such as step references.
-    pub fn expressions(&self) -> Vec<&Expr> {
+    fn expressions(&self) -> Vec<&Expr> {
         match self {
-            Template::Literal(_) => Vec::new(),
-            Template::Whole(e) => vec![e],
-            Template::Splice(parts) => parts.iter().filter_map(|p| if let Part::Expr(e) = p { Some(e) } else { None }).collect(),
-            Template::Array(items) => items.iter().flat_map(Template::expressions).collect(),
-            Template::Object(fields) => fields.iter().flat_map(|(_, t)| t.expressions()).collect(),
-        }
-    }
-
-    /// The value, with every expression evaluated against `.` = the context.
-    pub fn render(&self, scope: &Scope) -> Result<Value, String> {
-        match self {
-            Template::Literal(v) => Ok(v.clone()),
-            Template::Whole(e) => e.eval_in(scope),
-            Template::Splice(parts) => {
-                let mut out = String::new();
-                for part in parts {
-                    match part {
-                        Part::Text(t) => out.push_str(t),
-                        Part::Expr(e) => match e.eval_in(scope)? {
-                            Value::String(s) => out.push_str(&s),
-                            Value::Null => {}
-                            other => out.push_str(&other.to_string()),
-                        },
-                    }
-                }
-                Ok(Value::String(out))
-            }
-            Template::Array(items) => Ok(Value::Array(items.iter().map(|t| t.render(scope)).collect::<Result<_, _>>()?)),
-            Template::Object(fields) => {
-                Ok(Value::Object(fields.iter().map(|(k, t)| t.render(scope).map(|v| (k.clone(), v))).collect::<Result<_, _>>()?))
-            }
+            Node::Literal(_) => Vec::new(),
+            Node::Whole(e) => vec![e],
+            Node::Splice(parts) => parts.iter().filter_map(|p| if let Part::Expr(e) = p { Some(e) } else { None }).collect(),
+            Node::Array(items) => items.iter().flat_map(Node::expressions).collect(),
+            Node::Object(fields) => fields.iter().flat_map(|(_, t)| t.expressions()).collect(),
         }
     }
 }
@@ -452,6 +902,8 @@ pub fn references(text: &str, root: &str) -> Vec<(String, Range<usize>, bool)> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Instant;
+
     use super::*;
     use serde_json::json;
 
@@ -460,25 +912,91 @@ mod tests {
             .with_item(&json!({"id": 7}))
     }
 
-    #[test]
-    fn expressions_see_the_context_and_the_variables() -> Result<(), String> {
+    fn compile(text: &str) -> Result<Expr, String> {
+        Expr::compile(text).map_err(|e| e.message)
+    }
+
+    /// Tests run on a budget of fewer steps than the default, so that in a
+    /// debug build the steps run out before the time does.
+    fn test_budget() -> Budget {
+        Budget { steps: 1_000_000, time: Duration::from_secs(120), ..Budget::default() }
+    }
+
+    /// The first output of `text` on `input`, with `budget`.
+    async fn first_with(budget: Budget, text: &str, input: Value) -> Result<Value, EvalError> {
+        let expr = compile(text).map_err(EvalError::Failed)?;
+        Evaluator::new(budget).first("test", &expr, to_val(&input), &scope()).await
+    }
+
+    async fn first(text: &str, input: Value) -> Result<Value, EvalError> {
+        first_with(test_budget(), text, input).await
+    }
+
+    async fn all(text: &str) -> Result<Vec<Value>, EvalError> {
+        let expr = compile(text).map_err(EvalError::Failed)?;
+        let outputs = Evaluator::new(Budget { outputs: 100_000, ..test_budget() }).outputs("for_each", &expr, &scope()).await?;
+        Ok(outputs.iter().map(|v| v.to_json()).collect())
+    }
+
+    #[tokio::test]
+    async fn expressions_see_the_context_and_the_variables() -> Result<(), EvalError> {
         let s = scope();
-        let e = Expr::compile(".inputs.email").map_err(|e| e.message)?;
-        assert_eq!(e.eval_in(&s)?, json!("ada@example.com"));
-        let e = Expr::compile("$steps.lookup.id + \"/\" + ($item.id | tostring)").map_err(|e| e.message)?;
-        assert_eq!(e.eval(&Value::Null, &s)?, json!("cus_1/7"));
-        let e = Expr::compile("{email: .email, name: (.first + \" \" + .last)}").map_err(|e| e.message)?;
-        assert_eq!(e.eval(&json!({"email": "a@b", "first": "Ada", "last": "L"}), &s)?, json!({"email": "a@b", "name": "Ada L"}));
-        assert!(Expr::compile(".inputs.plan == \"pro\"").map_err(|e| e.message)?.holds_in(&s)?);
-        assert!(!Expr::compile("empty").map_err(|e| e.message)?.holds_in(&s)?);
+        let evaluator = Evaluator::default();
+        let e = Expr::compile(".inputs.email").map_err(|e| EvalError::Failed(e.message))?;
+        assert_eq!(evaluator.first("t", &e, s.context().clone(), &s).await?, json!("ada@example.com"));
+        assert_eq!(first("$steps.lookup.id + \"/\" + ($item.id | tostring)", Value::Null).await?, json!("cus_1/7"));
+        assert_eq!(
+            first("{email: .email, name: (.first + \" \" + .last)}", json!({"email": "a@b", "first": "Ada", "last": "L"})).await?,
+            json!({"email": "a@b", "name": "Ada L"})
+        );
+        let pro = Expr::compile(".inputs.plan == \"pro\"").map_err(|e| EvalError::Failed(e.message))?;
+        assert!(evaluator.holds("when", &pro, &s).await?);
+        let empty = Expr::compile("empty").map_err(|e| EvalError::Failed(e.message))?;
+        assert!(!evaluator.holds("when", &empty, &s).await?);
         Ok(())
     }
 
-    #[test]
-    fn large_integers_survive_the_round_trip() -> Result<(), String> {
-        let s = scope();
-        let e = Expr::compile(".n").map_err(|e| e.message)?;
-        assert_eq!(e.eval(&json!({"n": 1_700_000_000_123_i64}), &s)?, json!(1_700_000_000_123_i64));
+    #[tokio::test]
+    async fn jq_builtins_work_on_metered_values() -> Result<(), EvalError> {
+        let cases = [
+            ("[.[] | . * 2] | add", json!([1, 2, 3]), json!(12)),
+            ("map(select(. > 1)) | length", json!([1, 2, 3]), json!(2)),
+            ("to_entries | map(.key) | join(\",\")", json!({"b": 1, "a": 2}), json!("a,b")),
+            ("keys", json!({"b": 1, "a": 2}), json!(["a", "b"])),
+            ("sort_by(.n) | map(.n)", json!([{"n": 3}, {"n": 1}]), json!([1, 3])),
+            ("unique", json!([3, 1, 3, [1], [1]]), json!([1, 3, [1]])),
+            ("tojson", json!({"a": [1, "x"]}), json!("{\"a\":[1,\"x\"]}")),
+            ("fromjson", json!("{\"a\": 1}"), json!({"a": 1})),
+            ("\"42\" | tonumber", Value::Null, json!(42)),
+            ("contains({a: [\"x\"]})", json!({"a": ["xyz"], "b": 1}), json!(true)),
+            ("has(\"a\"), has(\"z\")", json!({"a": 1}), json!(true)),
+            ("indices(\", \")", json!("a, b, c"), json!([1, 4])),
+            ("indices(1)", json!([0, 1, 1]), json!([1, 2])),
+            ("[1, 2, 3] | bsearch(2)", Value::Null, json!(1)),
+            ("length", json!("héllo"), json!(5)),
+            ("\"ab\" * 3", Value::Null, json!("ababab")),
+            ("{a: {b: 1}} * {a: {c: 2}}", Value::Null, json!({"a": {"b": 1, "c": 2}})),
+            ("[1, 2, 3, 2] - [2]", Value::Null, json!([1, 3])),
+            (".a.b |= . + 1", json!({"a": {"b": 1}}), json!({"a": {"b": 2}})),
+            (".[1:] = [\"x\"]", json!([1, 2, 3]), json!([1, "x"])),
+            ("del(.a)", json!({"a": 1, "b": 2}), json!({"b": 2})),
+            ("[paths]", json!({"a": [1]}), json!([["a"], ["a", 0]])),
+            ("ascii_downcase | test(\"^ada\")", json!("ADA L"), json!(true)),
+            ("try error(\"boom\") catch .", Value::Null, json!("boom")),
+            ("try (1 + \"a\") catch .", Value::Null, json!("cannot calculate 1 + \"a\"")),
+            ("[limit(3; repeat(1))]", Value::Null, json!([1, 1, 1])),
+            ("@base64", json!("hi"), json!("aGk=")),
+            ("\"\\(.a) and \\(.b)\"", json!({"a": 1, "b": [2]}), json!("1 and [2]")),
+        ];
+        for (text, input, expected) in cases {
+            assert_eq!(first(text, input.clone()).await?, expected, "{text} on {input}");
+        }
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn large_integers_survive_the_round_trip() -> Result<(), EvalError> {
+        assert_eq!(first(".n", json!({"n": 1_700_000_000_123_i64})).await?, json!(1_700_000_000_123_i64));
         Ok(())
     }
 
@@ -496,20 +1014,153 @@ mod tests {
     #[test]
     fn the_environment_is_out_of_reach() {
         let err = Expr::compile("env.HOME").err().map(|e| e.message).unwrap_or_default();
-        assert!(err.contains("unknown function env"), "{err}");
+        assert!(err.contains("env is not available"), "{err}");
         assert!(Expr::compile("$ENV").is_err());
+        assert!(Expr::compile("input").is_err());
     }
 
+    /// Regression: `halt` called `process::exit` through jaq's
+    /// `unwrap_valr`, ending `weft run` with status 0 and `weft serve` at
+    /// the first request.
     #[test]
-    fn runtime_errors_are_messages() -> Result<(), String> {
-        let e = Expr::compile(".a + 1").map_err(|e| e.message)?;
-        let err = e.eval(&json!({"a": "x"}), &scope()).err().unwrap_or_default();
-        assert!(err.contains("failed"), "{err}");
+    fn halt_halt_error_and_stderr_are_refused_when_compiled() {
+        for (text, name) in [(".a | halt", "halt"), ("halt_error", "halt_error"), ("\"x\" | halt_error(1)", "halt_error"), ("stderr", "stderr")] {
+            let err = Expr::compile(text).err();
+            let (message, range) = err.map(|e| (e.message, e.range)).unwrap_or_default();
+            assert!(message.starts_with(&format!("{name} is not available in expressions")), "{text}: {message}");
+            assert_eq!(&text[range], name, "{text}");
+        }
+    }
+
+    /// Regression: 1,000 nested parentheses overflowed the stack while the
+    /// workflow loaded.
+    #[test]
+    fn deep_nesting_is_refused_before_it_is_parsed() {
+        let text = format!("{}1{}", "(".repeat(1000), ")".repeat(1000));
+        let err = Expr::compile(&text).err();
+        let (message, range) = err.map(|e| (e.message, e.range)).unwrap_or_default();
+        assert!(message.contains("more than 128 levels"), "{message}");
+        assert_eq!(range, MAX_NESTING..MAX_NESTING + 1);
+        // Strings and interpolations count; brackets inside strings do not.
+        assert!(Expr::compile(&format!("\"{}\"", "(".repeat(1000))).is_ok());
+        assert!(Expr::compile(&format!("{}1{}", "\"\\(".repeat(200), ")\"".repeat(200))).is_err());
+        assert!(Expr::compile(&format!("{}1{}", "[".repeat(MAX_NESTING), "]".repeat(MAX_NESTING))).is_ok());
+        let long = "1".repeat(MAX_EXPRESSION_BYTES + 1);
+        assert!(Expr::compile(&long).err().is_some_and(|e| e.message.contains("at most 16,384")));
+    }
+
+    /// The worst shapes jaq's parser recurses on, at the longest length
+    /// allowed: they compile on the compiling thread's stack, and evaluating
+    /// them fails on the evaluator's stack budget, not the process.
+    #[tokio::test]
+    async fn the_longest_expressions_of_the_deepest_shapes_compile_and_fail_cleanly() -> Result<(), String> {
+        let negations = format!("{}1", "-".repeat(MAX_EXPRESSION_BYTES - 1));
+        let sums = format!("1{}", "+1".repeat((MAX_EXPRESSION_BYTES - 1) / 2));
+        for text in [negations, sums] {
+            let expr = compile(&text)?;
+            match Evaluator::default().first("t", &expr, Val::null(), &scope()).await {
+                Ok(_) => {}
+                Err(e) => assert!(e.to_string().contains("stack"), "{e}"),
+            }
+        }
         Ok(())
     }
 
-    #[test]
-    fn templates_keep_types_or_splice_strings() -> Result<(), String> {
+    #[tokio::test]
+    async fn runtime_errors_are_messages_naming_the_field() -> Result<(), String> {
+        let err = first(".a + 1", json!({"a": "x"})).await.err().map(|e| e.to_string()).unwrap_or_default();
+        assert_eq!(err, "test: expression `.a + 1` failed: cannot calculate \"x\" + 1");
+        let err = first("error({code: 7})", Value::Null).await.err().map(|e| e.to_string()).unwrap_or_default();
+        assert_eq!(err, "test: expression `error({code: 7})` failed: {\"code\":7}");
+        let err = first("{(1): 2}", Value::Null).await.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("object keys must be strings"), "{err}");
+        Ok(())
+    }
+
+    /// Expressions that ran for minutes, filled memory or overflowed the
+    /// stack: each fails its evaluation with the budget it exceeded, in
+    /// bounded time, and the evaluator goes on.
+    #[tokio::test]
+    async fn runaway_expressions_fail_with_the_budget_they_exceeded() -> Result<(), String> {
+        let cases: [(&str, &str); 15] = [
+            ("last(range(1e18))", "evaluation steps"),
+            ("[range(1e9)]", "evaluation steps"),
+            ("[repeat(1)] | length", "evaluation steps"),
+            ("\"x\" * 1000000000000", "of values produced"),
+            ("\"x\" * 100000000000000000000000", "of values produced"),
+            ("reduce range(64) as $i (\"x\"; . + .)", "of values produced"),
+            ("reduce range(64) as $i ([1]; . + .)", "of values produced"),
+            ("def f: f; f", "evaluation steps"),
+            ("def f: 1 + f; f", "stack"),
+            ("last(repeat(try (1 + \"a\") catch 0))", "evaluation steps"),
+            ("def d: reduce range(60) as $i ([1]; [., .]); d == d", "evaluation steps"),
+            ("reduce range(60) as $i ([1]; [., .]) | tojson", "evaluation steps"),
+            ("reduce range(40) as $i ([1]; [., .]) | [..] | length", "evaluation steps"),
+            ("reduce range(100000) as $i (0; [.])", "nested deeper than 512"),
+            ("reduce range(100) as $i (2; . * .)", "integer beyond"),
+        ];
+        for (text, budget) in cases {
+            let started = Instant::now();
+            let err = first(text, Value::Null).await.err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(err.contains(budget), "{text}: {err}");
+            assert!(err.starts_with("test: "), "{text}: {err}");
+            assert!(started.elapsed() < Duration::from_secs(30), "{text} took {:?}", started.elapsed());
+        }
+        let err = all("repeat(1)").await.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("more than its budget of 100,000 outputs"), "{err}");
+        let err = first("(\"[\" * 100000) | fromjson", Value::Null).await.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("recursion limit"), "{err}");
+        // Lazily: the first output is all `when` needs.
+        assert_eq!(first("repeat(1)", Value::Null).await.map_err(|e| e.to_string())?, json!(1));
+        // The evaluator is fine after all that.
+        assert_eq!(first("1 + 1", Value::Null).await.map_err(|e| e.to_string())?, json!(2));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_time_budget_stops_a_slow_evaluation() -> Result<(), String> {
+        let budget = Budget { steps: u64::MAX - 1, time: Duration::from_millis(200), ..Budget::default() };
+        let started = Instant::now();
+        let err = first_with(budget, "last(range(1e18))", Value::Null).await.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("ran longer than its budget of 200ms"), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(10));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_stop_token_or_a_caller_that_gives_up_stops_the_evaluation() -> Result<(), String> {
+        let endless = Budget { steps: u64::MAX - 1, time: Duration::from_secs(3600), ..Budget::default() };
+        let expr = compile("last(range(1e18))")?;
+        let token = CancellationToken::new();
+        let evaluator = Evaluator::new(endless).stopped_by(&token);
+        let cancel = token.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            cancel.cancel();
+        });
+        let started = Instant::now();
+        let outcome = evaluator.first("when", &expr, Val::null(), &scope()).await;
+        assert_eq!(outcome, Err(EvalError::Stopped));
+        assert!(started.elapsed() < Duration::from_secs(5));
+        // Callers that time out: their evaluations stop too, so the
+        // evaluation threads are free again at once.
+        let (impatient, s) = (Evaluator::new(endless), scope());
+        for _ in 0..pool_size() {
+            let waiting = impatient.first("map", &expr, Val::null(), &s);
+            assert!(tokio::time::timeout(Duration::from_millis(50), waiting).await.is_err());
+        }
+        let started = Instant::now();
+        assert_eq!(first("1", Value::Null).await.map_err(|e| e.to_string())?, json!(1));
+        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+        Ok(())
+    }
+
+    fn pool_size() -> usize {
+        std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 8)
+    }
+
+    #[tokio::test]
+    async fn templates_keep_types_or_splice_strings_and_name_their_path() -> Result<(), String> {
         let s = scope();
         let t = Template::compile(json!({
             "email": "${{ .inputs.email }}",
@@ -518,13 +1169,17 @@ mod tests {
             "fixed": ["a", 1],
         }))
         .map_err(|e| e.error.message)?;
+        let evaluator = Evaluator::new(test_budget());
         assert_eq!(
-            t.render(&s)?,
+            evaluator.render("record", &t, &s).await.map_err(|e| e.to_string())?,
             json!({"email": "ada@example.com", "note": "plan pro for 7", "n": 7, "fixed": ["a", 1]})
         );
-        assert!(matches!(Template::compile(json!("no expression")), Ok(Template::Literal(_))));
+        assert!(Template::compile(json!("no expression")).is_ok_and(|t| t.is_literal()));
         let err = Template::compile(json!("${{ .a ")).err().map(|e| e.error.message).unwrap_or_default();
         assert!(err.contains("closing"), "{err}");
+        let runaway = Template::compile(json!({"tags": ["a", "${{ def f: f; f }}"]})).map_err(|e| e.error.message)?;
+        let err = evaluator.render("record", &runaway, &s).await.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.starts_with("record.tags[1]: the expression `def f: f; f` exceeded its budget of 1,000,000 evaluation steps"), "{err}");
         Ok(())
     }
 

@@ -754,3 +754,33 @@ fn a_panic_during_weft_run_marks_the_run_failed_and_exits_3_not_101() -> TestRes
     assert!(run["error"].as_str().is_some_and(|e| e.contains("internal error") && e.contains("WEFT_TEST_PANIC_AT_STEP")), "{run:#}");
     Ok(())
 }
+
+/// Regression: `halt` in an expression reached jaq's `unwrap_valr`, which
+/// calls `process::exit`: `weft run` ended with status 0 and the run was
+/// left `running` (and `weft serve` stopped at the first such request, and
+/// again at every restart that resumed it). It is refused when the
+/// workflow loads, with a caret under it, and `weft run` says the workflow
+/// is invalid (exit 2) without starting a run.
+#[test]
+fn halt_in_an_expression_is_refused_by_validate_and_run_with_a_caret() -> TestResult {
+    let dirs = Dirs::new()?;
+    let path = dirs.write(
+        "halting.toml",
+        "[workflow]\nname = \"halting\"\n\n[connections.stripe]\nplugin = \"stripe\"\ncredentials = \"env:WEFT_TEST_UNUSED\"\n\n[[step]]\nid = \"check\"\nwhen = \".inputs | halt\"\nlist = \"stripe.customers\"\n\n[[step]]\nid = \"other\"\nwhen = \"halt_error(1)\"\nlist = \"stripe.customers\"\n",
+    )?;
+    let validate = dirs.command().arg("validate").arg(&path).output()?;
+    let stderr = String::from_utf8_lossy(&validate.stderr);
+    assert_eq!(validate.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("halting.toml:10:19"), "{stderr}");
+    assert!(stderr.contains("halt is not available in expressions"), "{stderr}");
+    assert!(stderr.contains("halt_error is not available in expressions"), "{stderr}");
+    assert!(stderr.contains("^^^^"), "{stderr}");
+
+    let run = dirs.command().args(["run", "--sandbox"]).arg(&path).output()?;
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("halt is not available in expressions"), "{stderr}");
+    let runs = dirs.command().args(["runs", "list", "--json"]).output()?;
+    assert_eq!(stdout_json(&runs)?, serde_json::json!([]), "no run was started");
+    Ok(())
+}

@@ -20,6 +20,8 @@
 //! - `serve`: a burst of 2,000 run starts through `weft serve`'s API at 100
 //!   concurrent, then as many webhook deliveries: every one answered 202 or
 //!   503, none lost, the answer's p50/p99, `/healthz` throughout.
+//! - `expressions`: the map-heavy sync's expressions over 100k records with
+//!   their budgets, next to jaq as it ran before budgets.
 //!
 //! `WEFT_BENCH_SCALE` scales every record count and duration (default 1).
 //! The rate-limit scenarios run at a quarter of their published durations
@@ -36,6 +38,7 @@
 
 mod durable;
 mod export;
+mod expressions;
 mod plugin_call;
 mod rate_limits;
 mod report;
@@ -54,7 +57,7 @@ pub struct Config {
     pub json: bool,
 }
 
-const SECTIONS: &[&str] = &["export", "plugin", "durable", "rate-limits", "serve"];
+const SECTIONS: &[&str] = &["export", "plugin", "durable", "rate-limits", "serve", "expressions"];
 
 fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -102,6 +105,7 @@ fn run(args: &[String]) -> BenchResult<()> {
             "durable" => runtime.block_on(durable::run(&config))?,
             "rate-limits" => runtime.block_on(rate_limits::run(&config))?,
             "serve" => runtime.block_on(serve_burst::run(&config))?,
+            "expressions" => runtime.block_on(expressions::run(&config))?,
             _ => unreachable!("sections are checked above"),
         };
         rows.extend(section_rows);

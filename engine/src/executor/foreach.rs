@@ -13,15 +13,16 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
 use futures_util::stream::FuturesUnordered;
-use jaq_json::Val;
-
 use super::ops::{self, CallError};
 use super::plan::StepPlan;
 use super::{RunCtx, StepEnd};
 use crate::endpoint::Endpoint;
-use crate::expr::{Expr, Scope, parse_val};
+use crate::expr::{Budget, EvalError, Evaluator, Expr, Scope, Val, parse_val};
 use crate::store::{ItemRecord, RunStore, Status, StepCounts, StepState};
 use crate::workflow::{ForEach, Step, Workflow};
+
+/// Items whose templates are rendered in one job on an evaluation thread.
+const RENDER_BATCH: usize = 256;
 
 /// Items committed in one group, at most.
 const GROUP_ITEMS: usize = 1024;
@@ -40,51 +41,74 @@ const FAILURES_BEFORE_ANY_SUCCESS: u64 = 10;
 /// Where items come from.
 enum Items<'a> {
     Listed(std::vec::IntoIter<Val>),
-    Streamed { pages: Box<dyn Iterator<Item = Result<String, crate::store::StoreError>> + Send + 'a>, then: Option<&'a Expr>, buffer: VecDeque<Val>, scope: &'a Scope },
+    Streamed {
+        pages: Box<dyn Iterator<Item = Result<String, crate::store::StoreError>> + Send + 'a>,
+        then: Option<&'a Expr>,
+        buffer: VecDeque<Val>,
+        scope: &'a Scope,
+        evaluator: Evaluator,
+    },
 }
 
 impl Items<'_> {
-    fn next(&mut self) -> Result<Option<Val>, String> {
+    async fn next(&mut self) -> Result<Option<Val>, EvalError> {
         match self {
             Items::Listed(items) => Ok(items.next()),
-            Items::Streamed { pages, then, buffer, scope } => loop {
+            Items::Streamed { pages, then, buffer, scope, evaluator } => loop {
                 if let Some(item) = buffer.pop_front() {
                     return Ok(Some(item));
                 }
                 let Some(page) = pages.next() else { return Ok(None) };
-                let page = page.map_err(|e| e.to_string())?;
-                let records = match parse_val(&page).map_err(|e| format!("run store: a committed page is {e}"))? {
-                    Val::Arr(records) => records,
-                    _ => return Err("run store: a committed page is not an array".into()),
-                };
-                for record in records.iter() {
-                    match then {
-                        Some(expr) => buffer.extend(expr.run(record.clone(), scope).map_err(|e| format!("for_each: {e}"))?),
-                        None => buffer.push_back(record.clone()),
+                let page = page.map_err(|e| EvalError::Failed(e.to_string()))?;
+                match then {
+                    // The page's records through the expression, in one job
+                    // on an evaluation thread; each record is an evaluation
+                    // with a budget of its own.
+                    Some(expr) => {
+                        let (expr, scope) = ((*expr).clone(), (*scope).clone());
+                        let outputs = evaluator
+                            .run(move |session| {
+                                let mut outputs = Vec::new();
+                                for record in page_records(&page)? {
+                                    outputs.extend(session.evaluate(|ev| ev.all("for_each", &expr, record, &scope))?);
+                                }
+                                Ok(outputs)
+                            })
+                            .await?;
+                        buffer.extend(outputs);
                     }
+                    None => buffer.extend(page_records(&page).map_err(EvalError::Failed)?),
                 }
             },
         }
     }
 }
 
-async fn items<'a>(workflow: &Workflow, step: &'a Step, store: &RunStore, run: &str, scope: &'a Scope) -> Result<Items<'a>, String> {
+/// The records of a page committed to the run store.
+fn page_records(page: &str) -> Result<Vec<Val>, String> {
+    parse_val(page)
+        .map_err(|e| format!("run store: a committed page is {e}"))?
+        .into_items()
+        .ok_or_else(|| "run store: a committed page is not an array".to_owned())
+}
+
+async fn items<'a>(ctx: &RunCtx<'_>, workflow: &Workflow, step: &'a Step, store: &RunStore, run: &str, scope: &'a Scope) -> Result<Items<'a>, EvalError> {
     match &step.for_each {
         Some(ForEach::Expr(expr)) => {
-            let mut outputs = expr.run(scope.context().clone(), scope).map_err(|e| format!("for_each: {e}"))?;
+            let mut outputs = ctx.evaluator(step).outputs("for_each", expr, scope).await?;
             // One array output is the list of items; anything else is a
             // stream of items.
-            if let [Val::Arr(items)] = outputs.as_slice() {
-                outputs = items.as_ref().clone();
+            if outputs.len() == 1 && outputs[0].is_array() {
+                outputs = outputs.pop().and_then(Val::into_items).unwrap_or_default();
             }
             Ok(Items::Listed(outputs.into_iter()))
         }
         Some(ForEach::Records { step: source, then, .. }) => {
-            let index = workflow.steps.iter().position(|s| &s.id == source).ok_or_else(|| format!("for_each: no step {source:?}"))?;
-            let pages = store.pages(run, index as u32).await.map_err(|e| e.to_string())?;
-            Ok(Items::Streamed { pages: Box::new(pages), then: then.as_ref(), buffer: VecDeque::new(), scope })
+            let index = workflow.steps.iter().position(|s| &s.id == source).ok_or_else(|| EvalError::Failed(format!("for_each: no step {source:?}")))?;
+            let pages = store.pages(run, index as u32).await.map_err(|e| EvalError::Failed(e.to_string()))?;
+            Ok(Items::Streamed { pages: Box::new(pages), then: then.as_ref(), buffer: VecDeque::new(), scope, evaluator: ctx.evaluator(step) })
         }
-        None => Err("not a for-each step".into()),
+        None => Err(EvalError::Failed("not a for-each step".into())),
     }
 }
 
@@ -118,7 +142,17 @@ pub(crate) async fn run(
             plan = saved;
         }
     }
-    let mut source = items(workflow, step, ctx.store, ctx.run_id, scope).await?;
+    let mut source = match items(ctx, workflow, step, ctx.store, ctx.run_id, scope).await {
+        Ok(source) => source,
+        Err(EvalError::Stopped) => return Ok(ctx.stop_reason().unwrap_or(StepEnd::Interrupted)),
+        Err(e) => return Err(e.into_message()),
+    };
+    // Templates are rendered a batch at a time before the items start, so
+    // a stop may cut that short; an item in flight finishes whatever stops
+    // the step, so what it evaluates (a template left to render when it
+    // starts, a get's `map`) runs under the budget alone.
+    let batch_evaluator = ctx.evaluator(step);
+    let item_evaluator = Evaluator::new(Budget::for_timeout(step.timeout));
     let concurrency = step.concurrency.max(1) as usize;
     let mut in_flight = FuturesUnordered::new();
     let mut pending: Vec<(u64, ItemRecord)> = Vec::new();
@@ -131,24 +165,46 @@ pub(crate) async fn run(
     // item still in flight succeeds (items finish out of order).
     let mut failing_alike = false;
 
+    // Items whose templates are rendered, waiting for a place in flight.
+    let mut ready: VecDeque<(u64, Scope, Option<ops::Rendered>)> = VecDeque::new();
+
     loop {
-        while in_flight.len() < concurrency && !exhausted && fatal.is_none() && !failing_alike && stopped.is_none() {
+        while in_flight.len() < concurrency && (!exhausted || !ready.is_empty()) && fatal.is_none() && !failing_alike && stopped.is_none() {
             if let Some(end) = ctx.stop_reason() {
                 stopped = Some(end);
                 break;
             }
-            let Some(item) = source.next()? else {
-                exhausted = true;
-                break;
-            };
-            let n = next;
-            next += 1;
-            if done.contains(n) {
+            let Some((n, item_scope, rendered)) = ready.pop_front() else {
+                // The next items, their templates rendered in one job.
+                let mut batch = Vec::new();
+                while batch.len() < RENDER_BATCH && !exhausted && stopped.is_none() {
+                    match source.next().await {
+                        Ok(Some(item)) => {
+                            let n = next;
+                            next += 1;
+                            if !done.contains(n) {
+                                batch.push((n, scope.with_item_val(item)));
+                            }
+                        }
+                        Ok(None) => exhausted = true,
+                        Err(EvalError::Stopped) => stopped = Some(ctx.stop_reason().unwrap_or(StepEnd::Interrupted)),
+                        Err(e) => return Err(e.into_message()),
+                    }
+                }
+                if stopped.is_none() {
+                    // No item of the batch has started: a stop drops it,
+                    // and a resume renders it again.
+                    match ops::render_batch(&batch_evaluator, step, batch).await {
+                        Ok(rendered) => ready.extend(rendered),
+                        Err(EvalError::Stopped) => stopped = Some(ctx.stop_reason().unwrap_or(StepEnd::Interrupted)),
+                        Err(e) => return Err(e.into_message()),
+                    }
+                }
                 continue;
-            }
-            let item_scope = scope.with_item_val(item);
+            };
+            let evaluator = &item_evaluator;
             in_flight.push(async move {
-                let result = ops::item(ctx, step, endpoint, &item_scope, n, false).await;
+                let result = ops::item(ctx, step, endpoint, evaluator, &item_scope, n, false, rendered).await;
                 (n, result)
             });
         }
@@ -177,9 +233,10 @@ pub(crate) async fn run(
         }
     }
     commit(ctx, step, state, &plan, &mut pending, &errors).await?;
-    if fatal.is_none() && failing_alike && !exhausted {
+    if fatal.is_none() && failing_alike && (!exhausted || !ready.is_empty()) {
         // Every item started has finished, and failed: they are the first
-        // ones in item order, and some were left.
+        // ones in item order, and some were left (unread, or rendered and
+        // waiting).
         fatal = Some(format!(
             "the first {FAILURES_BEFORE_ANY_SUCCESS} items all failed, so the rest were not tried; first: {}",
             errors.first().map(String::as_str).unwrap_or("(no message)")

@@ -12,7 +12,7 @@ use super::ops::{CallError, with_retry};
 use super::{RunCtx, StepEnd};
 use crate::connector::ListRequest;
 use crate::endpoint::Endpoint;
-use crate::expr::{Expr, Scope, parse_val};
+use crate::expr::{EvalError, Evaluator, Expr, Scope, Val};
 use crate::store::{Commit, OutputMark, PageLog, StepState};
 use crate::workflow::{Action, Step};
 
@@ -32,7 +32,11 @@ pub(crate) async fn run(
     let resource = endpoint.manifest().resource(&step.resource).cloned().ok_or_else(|| format!("no resource {}", step.target()))?;
     let page_size = page_size.unwrap_or(resource.default_page_size).clamp(1, resource.max_page_size.max(1));
     let filter = match filter {
-        Some(f) => Some(f.render(scope).map_err(|e| format!("filter: {e}"))?.to_string()),
+        Some(f) => match ctx.evaluator(step).render("filter", f, scope).await {
+            Ok(value) => Some(value.to_string()),
+            Err(EvalError::Stopped) => return Ok(ctx.stop_reason().unwrap_or(StepEnd::Interrupted)),
+            Err(e) => return Err(e.into_message()),
+        },
         None => None,
     };
     if state.pages == 0 {
@@ -166,7 +170,11 @@ impl Pages {
     /// once the commit before it is durable.
     async fn start_commit(&mut self, ctx: &RunCtx<'_>, state: &mut StepState) -> Result<(), String> {
         self.settle(state).await?;
-        if let Some(sink) = &self.sink {
+        if let Some(sink) = &mut self.sink {
+            // The file takes the target's place before the store says any
+            // of it was written: a run that fails before its first commit
+            // leaves the file that was there alone.
+            sink.publish()?;
             state.output_file = Some(sink.mark());
         }
         set_output(state);
@@ -220,6 +228,7 @@ where
 {
     // The next page, asked for while the last one was being stored.
     let mut prefetched = None;
+    let evaluator = ctx.evaluator(step);
     loop {
         if let Some(end) = ctx.stop_reason() {
             return Ok(end);
@@ -234,7 +243,11 @@ where
             return Err(format!("plugin {} returned the cursor it was given; stopping to avoid an endless list", endpoint.name()));
         }
         let records = match &step.map {
-            Some(map) => map_records(map, &page.records, scope, endpoint.name())?,
+            Some(map) => match map_page(&evaluator, map, page.records, scope, endpoint.name()).await {
+                Ok(records) => records,
+                Err(EvalError::Stopped) => return Ok(ctx.stop_reason().unwrap_or(StepEnd::Interrupted)),
+                Err(e) => return Err(e.into_message()),
+            },
             None => page.records,
         };
         // Reading ahead is harmless (a read has no effect at the vendor), so
@@ -277,25 +290,67 @@ where
     Ok(StepEnd::Done)
 }
 
-/// Applies `map` to each record; a map with no output drops the record,
-/// one with several outputs yields several.
-fn map_records(map: &Expr, records: &[String], scope: &Scope, plugin: &str) -> Result<Vec<String>, String> {
-    let mut out = Vec::with_capacity(records.len());
-    for text in records {
-        let record = parse_val(text).map_err(|e| format!("plugin {plugin}: list returned a record that is {e}"))?;
-        for value in map.run(record, scope).map_err(|e| format!("map: {e}"))? {
-            out.push(value.to_string());
-        }
-    }
-    Ok(out)
+/// Applies `map` to each record of a page, in one job on an evaluation
+/// thread, each record an evaluation with a budget of its own; a map with
+/// no output drops the record, one with several outputs yields several.
+async fn map_page(evaluator: &Evaluator, map: &Expr, records: Vec<String>, scope: &Scope, plugin: &str) -> Result<Vec<String>, EvalError> {
+    let (map, scope, plugin) = (map.clone(), scope.clone(), plugin.to_owned());
+    evaluator
+        .run(move |session| {
+            let mut out = Vec::with_capacity(records.len());
+            for text in &records {
+                let record = Val::parse(text).map_err(|e| format!("plugin {plugin}: list returned a record that is {e}"))?;
+                session.evaluate(|ev| {
+                    for value in ev.all("map", &map, record, &scope)? {
+                        out.push(ev.json_text(&value));
+                    }
+                    Ok(())
+                })?;
+            }
+            Ok(out)
+        })
+        .await
 }
 
 /// A list step's output file, with what has been written to it so far.
+///
+/// A step that starts writes to a file of its own beside the target
+/// (`.NAME.RUN.STEP.partial`, created afresh, never through a link) and
+/// renames it over the target when its first commit starts, then appends;
+/// until then the target is untouched. A symbolic link at the target, or
+/// anything but a regular file, is refused: the output goes where the
+/// workflow says, not where a link points.
 struct Output {
     writer: std::io::BufWriter<std::fs::File>,
     path: PathBuf,
+    /// The file written to until it is renamed over `path`.
+    partial: Option<PathBuf>,
     bytes: u64,
     crc: crc32fast::Hasher,
+}
+
+impl Drop for Output {
+    fn drop(&mut self) {
+        // Never published: the step failed or stopped before its first
+        // commit, and what it wrote is of no use.
+        if let Some(partial) = self.partial.take() {
+            let _ = std::fs::remove_file(partial);
+        }
+    }
+}
+
+/// Refuses a target that is a symbolic link or not a regular file;
+/// whether there is one.
+fn check_target(path: &Path) -> Result<bool, String> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_symlink() => {
+            Err(format!("refusing to write the output to {}: it is a symbolic link; name the file itself", path.display()))
+        }
+        Ok(meta) if !meta.is_file() => Err(format!("refusing to write the output to {}: it is not a regular file", path.display())),
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
 }
 
 impl Output {
@@ -307,6 +362,7 @@ impl Output {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
         }
+        check_target(path)?;
         if state.pages > 0 {
             if let Some(mark) = state.output_file
                 && let Some(output) = Output::reopen(path, mark)?
@@ -321,9 +377,23 @@ impl Output {
                 state.output_file = None;
             }
         }
-        let file = std::fs::File::create(path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+        let partial = partial_path(path, ctx.run_id, state.index)?;
+        // Left by an attempt of this step that died: ours by its name.
+        match std::fs::remove_file(&partial) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("cannot remove {}: {e}", partial.display())),
+        }
+        // `create_new` is O_CREAT|O_EXCL: it never follows a link.
+        let file = std::fs::OpenOptions::new().write(true).create_new(true).open(&partial).map_err(|e| format!("cannot create {}: {e}", partial.display()))?;
         // A page (about 60 KB of Stripe customers) in one write.
-        let mut output = Output { writer: std::io::BufWriter::with_capacity(256 << 10, file), path: path.to_path_buf(), bytes: 0, crc: crc32fast::Hasher::new() };
+        let mut output = Output {
+            writer: std::io::BufWriter::with_capacity(256 << 10, file),
+            path: path.to_path_buf(),
+            partial: Some(partial),
+            bytes: 0,
+            crc: crc32fast::Hasher::new(),
+        };
         if state.pages > 0 {
             for page in ctx.store.pages(ctx.run_id, state.index).await.map_err(|e| e.to_string())? {
                 let page = page.map_err(|e| e.to_string())?;
@@ -332,9 +402,20 @@ impl Output {
                     output.write_line(record.get())?;
                 }
             }
-            output.writer.flush().map_err(|e| output.failed(e))?;
+            // What the store has committed: it replaces the target now.
+            output.publish()?;
         }
         Ok(output)
+    }
+
+    /// Renames the file written so far over the target, once.
+    fn publish(&mut self) -> Result<(), String> {
+        let Some(partial) = self.partial.as_ref() else { return Ok(()) };
+        self.writer.flush().map_err(|e| self.failed(e))?;
+        check_target(&self.path)?;
+        std::fs::rename(partial, &self.path).map_err(|e| format!("cannot rename {} to {}: {e}", partial.display(), self.path.display()))?;
+        self.partial = None;
+        Ok(())
     }
 
     /// The file cut back to what `mark` covers, if those bytes are intact.
@@ -345,6 +426,11 @@ impl Output {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(failed(e)),
         };
+        // Opening followed whatever is at the path; nothing is written
+        // unless the file opened is the regular file at the path itself.
+        if !same_file(&file, path).map_err(failed)? {
+            return Err(format!("refusing to write the output to {}: it is a symbolic link or changed while it was opened", path.display()));
+        }
         if file.metadata().map_err(failed)?.len() < mark.bytes {
             return Ok(None);
         }
@@ -362,7 +448,7 @@ impl Output {
         }
         file.set_len(mark.bytes).map_err(failed)?;
         file.seek(std::io::SeekFrom::Start(mark.bytes)).map_err(failed)?;
-        Ok(Some(Output { writer: std::io::BufWriter::with_capacity(256 << 10, file), path: path.to_path_buf(), bytes: mark.bytes, crc }))
+        Ok(Some(Output { writer: std::io::BufWriter::with_capacity(256 << 10, file), path: path.to_path_buf(), partial: None, bytes: mark.bytes, crc }))
     }
 
     fn write_line(&mut self, record: &str) -> Result<(), String> {
@@ -388,4 +474,26 @@ impl Output {
     fn failed(&self, e: std::io::Error) -> String {
         format!("cannot write {}: {e}", self.path.display())
     }
+}
+
+/// Where a step writes its output before the first commit: beside the
+/// target, so the rename stays on one filesystem.
+fn partial_path(path: &Path, run: &str, step: u32) -> Result<PathBuf, String> {
+    let name = path.file_name().ok_or_else(|| format!("the output path {} names no file", path.display()))?;
+    Ok(path.with_file_name(format!(".{}.{run}.{step}.partial", name.to_string_lossy())))
+}
+
+/// Whether `file` is the regular file at `path`, reached without a link.
+#[cfg(unix)]
+fn same_file(file: &std::fs::File, path: &Path) -> std::io::Result<bool> {
+    use std::os::unix::fs::MetadataExt as _;
+    let opened = file.metadata()?;
+    let at_path = std::fs::symlink_metadata(path)?;
+    Ok(at_path.is_file() && opened.dev() == at_path.dev() && opened.ino() == at_path.ino())
+}
+
+/// Whether `file` is the regular file at `path`, reached without a link.
+#[cfg(not(unix))]
+fn same_file(_file: &std::fs::File, path: &Path) -> std::io::Result<bool> {
+    Ok(std::fs::symlink_metadata(path)?.is_file())
 }

@@ -11,7 +11,7 @@ use super::plan::{PlanEntry, PlannedAction, changed_fields};
 use super::{RunCtx, idempotency_key};
 use crate::connector::{ConnectorError, RemoveOutcome, UpsertAction, UpsertRequest};
 use crate::endpoint::Endpoint;
-use crate::expr::Scope;
+use crate::expr::{EvalError, Evaluator, Scope, Template, to_val};
 use crate::runtime::RuntimeError;
 use crate::store::StepCounts;
 use crate::workflow::{Action, Step, StepRetry};
@@ -136,11 +136,90 @@ fn id_of(record: &Value, id_field: &str) -> Option<String> {
     }
 }
 
+/// The op's template (`key` of a get or remove, `record` of an upsert)
+/// rendered for one item ahead of its call, or why it could not be.
+pub(crate) type Rendered = Result<Value, CallError>;
+
+/// Renders the op's template for a batch of items in one job on an
+/// evaluation thread (each item an evaluation with a budget of its own),
+/// so a for-each over 100k items costs a job per batch, not per item.
+///
+/// A template that runs out of its budget would do so for the items after
+/// it too, each costing the budget: it fails its item fatally (the
+/// for-each stops) and the rest of the batch is not tried. After a jq
+/// error the rest are left to render when their call starts (`None`).
+pub(crate) async fn render_batch(evaluator: &Evaluator, step: &Step, items: Vec<(u64, Scope)>) -> Result<Vec<(u64, Scope, Option<Rendered>)>, EvalError> {
+    let (field, template) = match &step.action {
+        Action::Get { key } | Action::Remove { key } => ("key", key.clone()),
+        Action::Upsert { record } => ("record", record.clone()),
+        Action::List { .. } | Action::Sync(_) => return Ok(items.into_iter().map(|(n, scope)| (n, scope, None)).collect()),
+    };
+    if items.is_empty() {
+        return Ok(Vec::new());
+    }
+    let scopes: Vec<Scope> = items.iter().map(|(_, scope)| scope.clone()).collect();
+    let rendered = evaluator
+        .run(move |session| {
+            let mut rendered: Vec<Option<Rendered>> = Vec::with_capacity(scopes.len());
+            let mut after: Option<Option<Rendered>> = None;
+            for scope in &scopes {
+                if let Some(rest) = &after {
+                    rendered.push(rest.clone());
+                    continue;
+                }
+                match session.try_evaluate(|ev| ev.render(field, &template, scope)) {
+                    Ok(value) => rendered.push(Some(Ok(value))),
+                    Err(EvalError::Stopped) => return Err(EvalError::Stopped.to_string()),
+                    Err(EvalError::Exhausted(message)) => {
+                        after = Some(Some(Err(CallError { message: format!("not tried: the template ran out of its budget on an earlier item ({message})"), fatal: true })));
+                        rendered.push(Some(Err(CallError { message, fatal: true })));
+                    }
+                    Err(EvalError::Failed(message)) => {
+                        after = Some(None);
+                        rendered.push(Some(Err(CallError::new(message))));
+                    }
+                }
+            }
+            Ok(rendered)
+        })
+        .await?;
+    Ok(items.into_iter().zip(rendered).map(|((n, scope), r)| (n, scope, r)).collect())
+}
+
+/// The value of the op's `template`: rendered ahead when `rendered` is
+/// given, else now.
+async fn template_value(evaluator: &Evaluator, field: &str, template: &Template, scope: &Scope, rendered: Option<Rendered>) -> Result<Value, CallError> {
+    match rendered {
+        Some(rendered) => rendered,
+        None => Ok(evaluator.render(field, template, scope).await?),
+    }
+}
+
+impl From<EvalError> for CallError {
+    /// An expression that ran out of its budget would for every item: it
+    /// stops a for-each at once.
+    fn from(error: EvalError) -> Self {
+        let fatal = matches!(error, EvalError::Exhausted(_));
+        CallError { message: error.into_message(), fatal }
+    }
+}
+
 /// Runs the step's op once (with its retries) in `scope`; `item` numbers
-/// the write's idempotency key.
+/// the write's idempotency key; `evaluator` evaluates its templates (unless
+/// `rendered` brings the template's value) and `map`.
 /// `keep_output` builds the step's output value; a for-each keeps only each
 /// item's action and id, so it skips that work.
-pub(crate) async fn item(ctx: &RunCtx<'_>, step: &Step, endpoint: &dyn Endpoint, scope: &Scope, item: u64, keep_output: bool) -> Result<OpResult, CallError> {
+#[expect(clippy::too_many_arguments, reason = "the parts of one op, borrowed for its duration")]
+pub(crate) async fn item(
+    ctx: &RunCtx<'_>,
+    step: &Step,
+    endpoint: &dyn Endpoint,
+    evaluator: &Evaluator,
+    scope: &Scope,
+    item: u64,
+    keep_output: bool,
+    rendered: Option<Rendered>,
+) -> Result<OpResult, CallError> {
     let resource = endpoint
         .manifest()
         .resource(&step.resource)
@@ -148,13 +227,13 @@ pub(crate) async fn item(ctx: &RunCtx<'_>, step: &Step, endpoint: &dyn Endpoint,
     let plugin = endpoint.name();
     match &step.action {
         Action::Get { key } => {
-            let id = key_of(key.render(scope).map_err(CallError::new)?, "key")?;
+            let id = key_of(template_value(evaluator, "key", key, scope, rendered).await?, "key")?;
             let (result, _) = with_retry(&step.retry, step.timeout, || endpoint.get(&step.resource, &id)).await;
             let output = match result? {
                 Some(text) => {
                     let record = parse_record(&text, plugin, "get")?;
                     match &step.map {
-                        Some(map) => map.eval(&record, scope).map_err(|e| CallError::new(format!("map: {e}")))?,
+                        Some(map) => evaluator.first("map", map, to_val(&record), scope).await?,
                         None => record,
                     }
                 }
@@ -164,7 +243,7 @@ pub(crate) async fn item(ctx: &RunCtx<'_>, step: &Step, endpoint: &dyn Endpoint,
             Ok(OpResult { action, id: Some(id), output, plan: None })
         }
         Action::Upsert { record } => {
-            let desired = record.render(scope).map_err(CallError::new)?;
+            let desired = template_value(evaluator, "record", record, scope, rendered).await?;
             if !desired.is_object() {
                 return Err(CallError::new(format!("`record` must be an object, not {desired}")));
             }
@@ -187,7 +266,7 @@ pub(crate) async fn item(ctx: &RunCtx<'_>, step: &Step, endpoint: &dyn Endpoint,
             Ok(OpResult { action, id, output, plan: None })
         }
         Action::Remove { key } => {
-            let id = key_of(key.render(scope).map_err(CallError::new)?, "key")?;
+            let id = key_of(template_value(evaluator, "key", key, scope, rendered).await?, "key")?;
             let irreversible = resource.is_irreversible(crate::connector::Op::Remove);
             if ctx.dry_run {
                 let (result, _) = with_retry(&step.retry, step.timeout, || endpoint.get(&step.resource, &id)).await;

@@ -28,10 +28,10 @@ use serde_json::Value;
 use super::ops::{CallError, with_retry};
 use super::plan::{PlanEntry, PlannedAction, StepPlan, changed_fields};
 use super::sorted::{Buffer, Merged, run_path};
-use super::{RunCtx, StepEnd, key_text, sync_idempotency_key};
+use super::{RunCtx, StepEnd, sync_idempotency_key};
 use crate::connector::{BatchItem, ConnectorError, ListRequest, Op, RemoveOutcome, ResourceSpec, UpsertAction, UpsertOutcome, UpsertRequest};
 use crate::endpoint::Endpoint;
-use crate::expr::{Scope, from_val, parse_val};
+use crate::expr::{EvalError, Evaluator, Scope, Val, json_key_text};
 use crate::store::{StepState, SyncPhase, SyncProgress};
 use crate::workflow::{Step, SyncSpec};
 
@@ -129,7 +129,11 @@ pub(crate) async fn run(
     let source_resource =
         source.manifest().resource(&spec.from.resource).cloned().ok_or_else(|| format!("no resource {}", spec.from))?;
     let filter = match &spec.filter {
-        Some(f) => Some(f.render(scope).map_err(|e| format!("sync.filter: {e}"))?.to_string()),
+        Some(f) => match ctx.evaluator(step).render("sync.filter", f, scope).await {
+            Ok(value) => Some(value.to_string()),
+            Err(EvalError::Stopped) => return Ok(ctx.stop_reason().unwrap_or(StepEnd::Interrupted)),
+            Err(e) => return Err(e.into_message()),
+        },
         None => None,
     };
     let dir = ctx.store.scratch_dir(ctx.run_id, index).map_err(|e| e.to_string())?;
@@ -199,6 +203,7 @@ async fn scan(
     let (mut buffered_pages, mut buffered_records, mut buffered_read) = (0u32, 0u64, 0u64);
     let started = pages > 0 || runs > 0;
     let mut finished = started && cursor.is_none();
+    let evaluator = ctx.evaluator(step);
     while !finished {
         if let Some(end) = ctx.stop_reason() {
             return Ok(Some(end));
@@ -210,36 +215,20 @@ async fn scan(
             return Err(format!("plugin {} returned the cursor it was given; stopping to avoid an endless list", endpoint.name()));
         }
         let read = page.records.len() as u64;
-        for text in page.records {
-            let record = parse_val(&text).map_err(|e| format!("plugin {}: list returned a record that is {e}", endpoint.name()))?;
-            match side {
-                Side::Source => {
-                    let mapped = match &step.map {
-                        Some(map) => map.run(record, scope).map_err(|e| format!("map: {e}"))?,
-                        None => vec![record],
-                    };
-                    for desired in mapped {
-                        let key = spec.key.run(desired.clone(), scope).map_err(|e| format!("sync.key: {e}"))?.first().and_then(key_text);
-                        // JSON, as the merge reads it back: jaq's own text
-                        // would write NaN or a byte string as no JSON does.
-                        let desired = from_val(&desired);
-                        match key {
-                            Some(key) => {
-                                buffer.push(key, desired.to_string());
-                                buffered_records += 1;
-                            }
-                            None => tally.failed("(no key)", &CallError::new(format!("the mapped record has no `{}`: {}", spec.key.text(), shorten(&desired)))),
-                        }
-                    }
+        let keyed = match key_page(&evaluator, side, step, spec, scope, page.records, endpoint.name()).await {
+            Ok(keyed) => keyed,
+            Err(EvalError::Stopped) => return Ok(Some(ctx.stop_reason().unwrap_or(StepEnd::Interrupted))),
+            Err(e) => return Err(e.into_message()),
+        };
+        for (key, text) in keyed {
+            match (side, key) {
+                (_, Some(key)) => {
+                    buffer.push(key, text);
+                    buffered_records += 1;
                 }
-                Side::Target => {
-                    let key = spec.key.run(record, scope).map_err(|e| format!("sync.key on a {} record: {e}", step.target()))?;
-                    // A target record without the key is not the sync's.
-                    if let Some(key) = key.first().and_then(key_text) {
-                        buffer.push(key, text);
-                        buffered_records += 1;
-                    }
-                }
+                (Side::Source, None) => tally.failed("(no key)", &CallError::new(format!("the mapped record has no `{}`: {}", spec.key.text(), shorten(&text)))),
+                // A target record without the key is not the sync's.
+                (Side::Target, None) => {}
             }
         }
         buffered_read += read;
@@ -387,7 +376,7 @@ fn decide(
             // Every target record with a key no source record has goes.
             for current in &to {
                 let current: Value = serde_json::from_str(current).map_err(|e| format!("sync: a sorted run holds a bad record: {e}"))?;
-                match current.get(&target_resource.id_field).and_then(|v| key_text(&crate::expr::to_val(v))) {
+                match current.get(&target_resource.id_field).and_then(json_key_text) {
                     Some(id) => removals.push((key.to_owned(), id)),
                     None => tally.failed(key, &CallError::new(format!("the target record has no `{}` to remove it by", target_resource.id_field))),
                 }
@@ -398,8 +387,59 @@ fn decide(
     Ok(())
 }
 
-fn shorten(value: &Value) -> String {
-    let mut text = value.to_string();
+/// Keys a page of one side's records in one job on an evaluation thread,
+/// each record an evaluation with a budget of its own: a source record is
+/// mapped first and each result kept as JSON with its key, a target record
+/// kept as it came with its key.
+async fn key_page(
+    evaluator: &Evaluator,
+    side: Side,
+    step: &Step,
+    spec: &SyncSpec,
+    scope: &Scope,
+    records: Vec<String>,
+    plugin: &str,
+) -> Result<Vec<(Option<String>, String)>, EvalError> {
+    let map = if side == Side::Source { step.map.clone() } else { None };
+    let key_expr = spec.key.clone();
+    let key_field = match side {
+        Side::Source => "sync.key".to_owned(),
+        Side::Target => format!("sync.key (on a {} record)", step.target()),
+    };
+    let (scope, plugin) = (scope.clone(), plugin.to_owned());
+    evaluator
+        .run(move |session| {
+            let mut keyed = Vec::with_capacity(records.len());
+            for text in records {
+                let record = Val::parse(&text).map_err(|e| format!("plugin {plugin}: list returned a record that is {e}"))?;
+                session.evaluate(|ev| {
+                    match &map {
+                        Some(map) if side == Side::Source => {
+                            for desired in ev.all("map", map, record, &scope)? {
+                                let key = ev.first(&key_field, &key_expr, desired.clone(), &scope)?.and_then(|k| ev.key_text(&k));
+                                // JSON, as the merge reads it back.
+                                keyed.push((key, ev.json_text(&desired)));
+                            }
+                        }
+                        _ if side == Side::Source => {
+                            let key_value = ev.first(&key_field, &key_expr, record.clone(), &scope)?.and_then(|k| ev.key_text(&k));
+                            keyed.push((key_value, ev.json_text(&record)));
+                        }
+                        _ => {
+                            let key_value = ev.first(&key_field, &key_expr, record, &scope)?.and_then(|k| ev.key_text(&k));
+                            keyed.push((key_value, text));
+                        }
+                    }
+                    Ok(())
+                })?;
+            }
+            Ok(keyed)
+        })
+        .await
+}
+
+fn shorten(text: &str) -> String {
+    let mut text = text.to_owned();
     if text.len() > 120 {
         let cut = (0..=120).rev().find(|i| text.is_char_boundary(*i)).unwrap_or(0);
         text.truncate(cut);
