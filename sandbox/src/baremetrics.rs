@@ -69,6 +69,7 @@ use serde_json::{Map, Value, json};
 
 use crate::limits::{FaultConfig, Limits, RateLimit};
 use crate::requests::RequestLog;
+use crate::spec::{self, Violation, json_requests::JsonCheck};
 use crate::support::{self, KeyCheck, KeyedPolicy, query_pairs, query_value};
 
 /// The API key `weft sandbox` accepts. Not a real Baremetrics key.
@@ -364,6 +365,13 @@ fn error(status: StatusCode, message: &str) -> Response {
     support::json(status, &json!({ "error": message }))
 }
 
+/// A request Baremetrics' description refuses: 400 `{"error": …}`, the
+/// only error its description gives the customer operations
+/// (`SourceCreateCustomerRecord400Response` and friends).
+fn refused(violation: &Violation) -> Response {
+    error(StatusCode::BAD_REQUEST, &violation.to_string())
+}
+
 fn unauthorized() -> Response {
     error(StatusCode::UNAUTHORIZED, "Unauthorized")
 }
@@ -437,6 +445,11 @@ impl BaremetricsEmulator {
             .with_state(Arc::clone(&self.shared));
         support::wrap_routes(
             routes,
+            JsonCheck {
+                spec: &spec::BAREMETRICS,
+                refuse: refused,
+                broken: |message| error(StatusCode::INTERNAL_SERVER_ERROR, message),
+            },
             &self.shared.limits,
             self.shared.keys.clone(),
             &self.shared.log,

@@ -59,6 +59,7 @@ use serde_json::{Map, Value, json};
 
 use crate::limits::{FaultConfig, Limits, RateLimit};
 use crate::requests::RequestLog;
+use crate::spec::{self, Violation, json_requests::JsonCheck};
 use crate::support::{self, KeyCheck, KeyedPolicy, query_pairs, query_value};
 
 /// The API key `weft sandbox` accepts. Not a real Metronome key.
@@ -231,6 +232,13 @@ fn error(status: StatusCode, message: &str) -> Response {
     support::json(status, &json!({ "message": message }))
 }
 
+/// A request Metronome's description refuses: 400 with its `Error`
+/// schema, `{"message": …}`, as it answers "Bad request" on archive and
+/// updateConfig.
+fn refused(violation: &Violation) -> Response {
+    error(StatusCode::BAD_REQUEST, &violation.to_string())
+}
+
 fn unauthorized() -> Response {
     error(StatusCode::UNAUTHORIZED, "Unauthorized")
 }
@@ -317,6 +325,11 @@ impl MetronomeEmulator {
             .with_state(Arc::clone(&self.shared));
         support::wrap_routes(
             routes,
+            JsonCheck {
+                spec: &spec::METRONOME,
+                refuse: refused,
+                broken: |message| error(StatusCode::INTERNAL_SERVER_ERROR, message),
+            },
             &self.shared.limits,
             self.shared.keys.clone(),
             &self.shared.log,
