@@ -8,6 +8,7 @@ mod e2e {
     mod sandboxing;
     mod conformance;
     mod contract;
+    mod fidelity;
     mod limits;
     mod schema;
     mod serve;
