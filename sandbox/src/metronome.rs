@@ -8,6 +8,11 @@
 //! What it honours:
 //!
 //! - Bearer auth; 401 `{"message": …}` (the spec's `Error` schema);
+//! - every request checked against the description
+//!   (`sandbox/specs/metronome.json`) before it is served, refused with 400
+//!   `{"message": "name must be string"}`: types, required fields, a
+//!   `limit` outside 1..=100, a customer id that is not a UUID (path or
+//!   archive body), aliases of 1 to 128 characters, at most 300;
 //! - `POST /v1/customers` (`name` required; the emulator assigns a UUID
 //!   `id`; `external_id` defaults to the first ingest alias, and is itself
 //!   an alias); an alias already held by another live customer is a 409
@@ -590,10 +595,13 @@ async fn list_customers(AxumState(shared): SharedState, RawQuery(query): RawQuer
         Some(_) => return error(StatusCode::BAD_REQUEST, "only_archived must be a boolean"),
     };
     let ingest_alias = query_value(&pairs, "ingest_alias");
+    // Repeated `customer_ids=…`, the description's array in OpenAPI's
+    // default (exploded form) style; a comma list is one id, as it would
+    // be at Metronome, so a client that sends one finds nothing here too.
     let ids: Vec<&str> = pairs
         .iter()
-        .filter(|(key, _)| key == "customer_ids" || key == "customer_ids[]")
-        .flat_map(|(_, value)| value.split(','))
+        .filter(|(key, _)| key == "customer_ids")
+        .map(|(_, value)| value.as_str())
         .filter(|id| !id.is_empty())
         .collect();
     if ids.len() > MAX_CUSTOMER_IDS {

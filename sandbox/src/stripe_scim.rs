@@ -7,6 +7,10 @@
 //!
 //! What it honours:
 //!
+//! - every request checked against RFC 7643's core User schema and RFC
+//!   7644's PatchOp and list parameters (`sandbox/specs/stripe-scim.json`,
+//!   written by hand: no Stripe SCIM description exists), refused with 400
+//!   `invalidValue` (or `invalidSyntax` for the message's structure);
 //! - Bearer auth with the SCIM token ([`SANDBOX_SCIM_TOKEN`], not the
 //!   Stripe API key); 401 in the SCIM error schema;
 //! - `GET /scim/v2/Users` with 1-based `startIndex`, `count` (default and

@@ -426,3 +426,20 @@ async fn metronome_parameters_outside_the_description_are_refused_by_name() {
     let reply = harness.get("/customers?limit=1&only_archived=false&customer_ids=a&customer_ids=b").await;
     assert_eq!(reply.status, 200, "{reply:?}");
 }
+
+/// `customer_ids` is an array sent as repeated parameters; a comma list is
+/// one id, which no customer has (the emulator used to split it, and so
+/// passed a request Metronome would answer with nothing).
+#[tokio::test]
+async fn metronome_customer_ids_is_repeated_not_comma_separated() {
+    let harness = Harness::seeded(3).await;
+    let customers = harness.emulator.customers();
+    let first = customers[0]["id"].as_str().expect("id");
+    let second = customers[1]["id"].as_str().expect("id");
+    let repeated = harness
+        .get(&format!("/customers?customer_ids={first}&customer_ids={second}"))
+        .await;
+    assert_eq!(ids(&repeated).len(), 2, "{repeated:?}");
+    let joined = harness.get(&format!("/customers?customer_ids={first},{second}")).await;
+    assert_eq!(ids(&joined), Vec::<String>::new(), "{joined:?}");
+}
