@@ -27,8 +27,8 @@ use jsonschema::{Draft, ValidationError, Validator};
 use serde_json::Value;
 
 /// A description that cannot be used: a programming error in a committed
-/// extract, caught by the tests below; at run time it disables nothing but
-/// is reported on every request the emulator answers.
+/// extract, which the tests below catch. Should one ship, the emulator
+/// answers every request with a 500 naming it rather than serve unchecked.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("the {vendor} API description compiled into weft-sandbox is unusable: {message}")]
 pub(crate) struct SpecError {
