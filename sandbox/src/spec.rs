@@ -517,6 +517,79 @@ mod tests {
         }
     }
 
+    /// Every route an emulator serves has its operation in the
+    /// description, so no request reaches a handler unchecked.
+    #[test]
+    fn every_emulated_route_has_a_described_operation() {
+        let uuid = "d7abd0cd-4ae9-4db7-8676-e986a4ebd8dc";
+        let routes: [(&Loaded, &[(&str, String)]); 5] = [
+            (
+                &STRIPE,
+                &[
+                    ("GET", "/v1/customers".into()),
+                    ("POST", "/v1/customers".into()),
+                    ("GET", "/v1/customers/search".into()),
+                    ("GET", "/v1/customers/cus_1".into()),
+                    ("POST", "/v1/customers/cus_1".into()),
+                    ("DELETE", "/v1/customers/cus_1".into()),
+                ],
+            ),
+            (
+                &BAREMETRICS,
+                &[
+                    ("GET", "/v1/sources".into()),
+                    ("GET", "/v1/attributes/fields".into()),
+                    ("GET", "/v1/src/customers".into()),
+                    ("POST", "/v1/src/customers".into()),
+                    ("GET", "/v1/src/customers/c1".into()),
+                    ("PUT", "/v1/src/customers/c1".into()),
+                    ("DELETE", "/v1/src/customers/c1".into()),
+                    ("GET", "/v1/src/subscriptions".into()),
+                ],
+            ),
+            (
+                &METRONOME,
+                &[
+                    ("GET", "/v1/customers".into()),
+                    ("POST", "/v1/customers".into()),
+                    ("POST", "/v1/customers/archive".into()),
+                    ("GET", format!("/v1/customers/{uuid}")),
+                    ("POST", format!("/v1/customers/{uuid}/setName")),
+                    ("POST", format!("/v1/customers/{uuid}/setIngestAliases")),
+                    ("POST", format!("/v1/customers/{uuid}/updateConfig")),
+                    ("GET", format!("/v1/customers/{uuid}/plans")),
+                ],
+            ),
+            (
+                &GROWPANEL,
+                &[
+                    ("GET", "/data/customers".into()),
+                    ("POST", "/data/customers".into()),
+                    ("GET", "/data/customers/c1".into()),
+                    ("PUT", "/data/customers/c1".into()),
+                    ("DELETE", "/data/customers/c1".into()),
+                ],
+            ),
+            (
+                &STRIPE_SCIM,
+                &[
+                    ("GET", "/scim/v2/Users".into()),
+                    ("POST", "/scim/v2/Users".into()),
+                    ("GET", "/scim/v2/Users/u1".into()),
+                    ("PUT", "/scim/v2/Users/u1".into()),
+                    ("PATCH", "/scim/v2/Users/u1".into()),
+                    ("DELETE", "/scim/v2/Users/u1".into()),
+                ],
+            ),
+        ];
+        for (loaded, served) in routes {
+            let spec = loaded.as_ref().expect("compiles");
+            for (method, path) in served {
+                assert!(spec.find(method, path).is_some(), "no described operation for {method} {path}");
+            }
+        }
+    }
+
     fn growpanel() -> &'static Spec {
         GROWPANEL.as_ref().expect("compiles")
     }
