@@ -1135,7 +1135,9 @@ async fn a_string_where_a_hash_or_the_empty_string_is_allowed_is_an_invalid_hash
 #[tokio::test]
 async fn mistyped_values_are_refused_in_stripes_words() {
     let stripe = Harness::seeded(0).await;
-    let cases: [(&[(&str, &str)], &str, &str); 6] = [
+    /// A form, the parameter Stripe names, and its message.
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
+    let cases: [Case; 6] = [
         (&[("balance", "ten")], "balance", "Invalid integer: ten"),
         (&[("next_invoice_sequence", "1.5")], "next_invoice_sequence", "Invalid integer: 1.5"),
         (&[("name[first]", "Ada")], "name", "Invalid name: expected a string, not a hash"),
