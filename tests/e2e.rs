@@ -10,6 +10,7 @@ mod e2e {
     mod contract;
     mod durability;
     mod expressions;
+    mod fidelity;
     mod limits;
     mod output_files;
     mod schema;

@@ -8,6 +8,12 @@
 //! What it honours:
 //!
 //! - Bearer auth; 401 `{"error": "Unauthorized"}`;
+//! - every request checked against the description
+//!   (`sandbox/specs/baremetrics.json`, with `created` corrected to the
+//!   Unix timestamp its text describes) before it is served, refused with
+//!   400 `{"error": "name must be string"}`; a `null` where it says string
+//!   is refused too. Fields and parameters it does not list (`attributes`,
+//!   `page`, `per_page`) pass, as OpenAPI leaves them allowed;
 //! - `GET /v1/sources`: a Baremetrics-native source ([`NATIVE_SOURCE_ID`],
 //!   provider `baremetrics`, `provider_id: null`) that takes writes, and a
 //!   Stripe-synced one ([`STRIPE_SOURCE_ID`], provider `stripe`) that is
@@ -38,8 +44,8 @@
 //!
 //! Not in the spec, so chosen here: an unknown source or customer is 404
 //! `{"error": …}`; a duplicate `oid` on create is 400; `created` is taken
-//! as a Unix timestamp (integer or digits), not the `date-time` string the
-//! Konfig-processed schema claims. Left out: plans, charges, events,
+//! as a Unix timestamp (an integer), not the `date-time` string the
+//! Konfig-processed schema claims (the extract's erratum says why). Left out: plans, charges, events,
 //! metrics, segments, annotations, goals, users, cancellation insights,
 //! and the writes to subscriptions.
 
@@ -69,6 +75,7 @@ use serde_json::{Map, Value, json};
 
 use crate::limits::{FaultConfig, Limits, RateLimit};
 use crate::requests::RequestLog;
+use crate::spec::{self, Violation, json_requests::JsonCheck};
 use crate::support::{self, KeyCheck, KeyedPolicy, query_pairs, query_value};
 
 /// The API key `weft sandbox` accepts. Not a real Baremetrics key.
@@ -364,6 +371,13 @@ fn error(status: StatusCode, message: &str) -> Response {
     support::json(status, &json!({ "error": message }))
 }
 
+/// A request Baremetrics' description refuses: 400 `{"error": …}`, the
+/// only error its description gives the customer operations
+/// (`SourceCreateCustomerRecord400Response` and friends).
+fn refused(violation: &Violation) -> Response {
+    error(StatusCode::BAD_REQUEST, &violation.to_string())
+}
+
 fn unauthorized() -> Response {
     error(StatusCode::UNAUTHORIZED, "Unauthorized")
 }
@@ -437,6 +451,11 @@ impl BaremetricsEmulator {
             .with_state(Arc::clone(&self.shared));
         support::wrap_routes(
             routes,
+            JsonCheck {
+                spec: &spec::BAREMETRICS,
+                refuse: refused,
+                broken: |message| error(StatusCode::INTERNAL_SERVER_ERROR, message),
+            },
             &self.shared.limits,
             self.shared.keys.clone(),
             &self.shared.log,
@@ -750,24 +769,14 @@ fn customer_fields(shared: &Shared, body: &Bytes) -> Result<CustomerFields, Resp
             &format!("{name} must be a string"),
         )),
     };
-    let created =
-        match fields.get("created") {
-            None | Some(Value::Null) => None,
-            Some(Value::Number(number)) => Some(number.as_i64().ok_or_else(|| {
-                error(StatusCode::BAD_REQUEST, "created must be a Unix timestamp")
-            })?),
-            Some(Value::String(digits)) => {
-                Some(digits.parse::<i64>().map_err(|_| {
-                    error(StatusCode::BAD_REQUEST, "created must be a Unix timestamp")
-                })?)
-            }
-            Some(_) => {
-                return Err(error(
-                    StatusCode::BAD_REQUEST,
-                    "created must be a Unix timestamp",
-                ));
-            }
-        };
+    // The description (corrected) makes `created` an integer; checked
+    // before the handler runs. A number too large for i64 is still refused.
+    let created = match fields.get("created") {
+        None | Some(Value::Null) => None,
+        Some(value) => Some(value.as_i64().ok_or_else(|| {
+            error(StatusCode::BAD_REQUEST, "created must be a Unix timestamp")
+        })?),
+    };
     let attributes = match fields.get("attributes") {
         None | Some(Value::Null) => Map::new(),
         Some(Value::Object(attributes)) => {

@@ -6,6 +6,14 @@
 //! What it honours:
 //!
 //! - Bearer auth; 401 `{"error": "Unauthorized"}`;
+//! - every request is checked against the description
+//!   (`sandbox/specs/growpanel.json`) before it is served: a type, a
+//!   missing required field or parameter is refused with 400
+//!   `{"error": "name must be string"}`, as the description gives
+//!   validation failures 400 and `{"error"}`. So `{"email": null}` and a
+//!   custom variable that is a number or a boolean are refused, as
+//!   GrowPanel refuses them; fields the description does not list are
+//!   allowed (it leaves its objects open);
 //! - `GET /data/customers?source=<data source>&limit=N`, answering
 //!   `{"result": {"count", "list"}}`; `source` is required (400 without it,
 //!   404 for a data source the account does not have). The spec gives this
@@ -14,7 +22,8 @@
 //! - `POST /data/customers` with one object or an array (bulk), upserting
 //!   by `id`. A row missing `id`, `created_date`, `country` or
 //!   `data_source` fails the whole request with 400 naming the field (the
-//!   spec marks them required in the request schema); rows that are
+//!   spec marks them required in the request schema; the emulator refuses
+//!   them empty too); rows that are
 //!   well-formed but invalid (no name or email, a country that is not two
 //!   letters, an unknown data source) come back with `export_status:
 //!   "error"` and `export_error`, the others with `export_status:
@@ -68,6 +77,7 @@ use serde_json::{Map, Value, json};
 
 use crate::limits::{FaultConfig, Limits, RateLimit};
 use crate::requests::RequestLog;
+use crate::spec::{self, Violation, json_requests::JsonCheck};
 use crate::support::{self, KeyCheck, KeyedPolicy, query_pairs, query_value};
 
 /// The API key `weft sandbox` accepts. Not a real GrowPanel key.
@@ -174,6 +184,13 @@ fn error(status: StatusCode, message: &str) -> Response {
     support::json(status, &json!({ "error": message, "message": message }))
 }
 
+/// A request GrowPanel's description refuses: 400 with `{"error"}`, the
+/// status and body its description gives validation failures (`GET
+/// /data/customers` "Missing source parameter"; no 422 appears in it).
+fn refused(violation: &Violation) -> Response {
+    error(StatusCode::BAD_REQUEST, &violation.to_string())
+}
+
 fn unauthorized() -> Response {
     error(StatusCode::UNAUTHORIZED, "Unauthorized")
 }
@@ -261,6 +278,11 @@ impl GrowPanelEmulator {
             .with_state(Arc::clone(&self.shared));
         support::wrap_routes(
             routes,
+            JsonCheck {
+                spec: &spec::GROWPANEL,
+                refuse: refused,
+                broken: |message| error(StatusCode::INTERNAL_SERVER_ERROR, message),
+            },
             &self.shared.limits,
             self.shared.keys.clone(),
             &self.shared.log,
@@ -419,49 +441,31 @@ fn parse_json(body: &Bytes) -> Result<Value, Response> {
         .map_err(|_| error(StatusCode::BAD_REQUEST, "Request body must be valid JSON"))
 }
 
-/// Checks the shape the spec's request schema asks for: required fields
-/// present and strings, the others of their declared types.
-fn check_row(row: &Value, position: Option<usize>) -> Result<Map<String, Value>, Response> {
-    let at = position.map_or(String::new(), |index| format!(" (row {index})"));
+/// The fields of a row GrowPanel keeps. Types and required fields were
+/// checked against the description before the handler ran; what is left
+/// is the emulator's own rule that a required field is not empty (an
+/// import cannot key or place a row by `""`).
+fn kept_fields(row: &Value, position: Option<usize>) -> Result<Map<String, Value>, Response> {
+    let at = position.map_or(String::new(), |index| format!("[{index}]."));
     let Value::Object(fields) = row else {
         return Err(error(
             StatusCode::BAD_REQUEST,
-            &format!("Each customer must be a JSON object{at}"),
+            &format!("{}the row must be object", at.trim_end_matches('.')),
         ));
     };
     for name in REQUIRED_FIELDS {
-        match fields.get(name) {
-            Some(Value::String(value)) if !value.is_empty() => {}
-            _ => {
-                return Err(error(
-                    StatusCode::BAD_REQUEST,
-                    &format!("Missing required field: {name}{at}"),
-                ));
-            }
-        }
-    }
-    let mut kept = Map::new();
-    for (name, value) in fields {
-        if !CUSTOMER_FIELDS.contains(&name.as_str()) {
-            continue;
-        }
-        let well_typed = match (name.as_str(), value) {
-            ("custom_variables", Value::Object(variables)) => {
-                variables.values().all(Value::is_string)
-            }
-            ("custom_variables", _) => false,
-            (_, Value::String(_) | Value::Null) => true,
-            _ => false,
-        };
-        if !well_typed {
+        if fields.get(name).and_then(Value::as_str).is_none_or(str::is_empty) {
             return Err(error(
                 StatusCode::BAD_REQUEST,
-                &format!("Invalid type for field: {name}{at}"),
+                &format!("{at}{name} must not be empty"),
             ));
         }
-        kept.insert(name.clone(), value.clone());
     }
-    Ok(kept)
+    Ok(fields
+        .iter()
+        .filter(|(name, _)| CUSTOMER_FIELDS.contains(&name.as_str()))
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect())
 }
 
 /// Checks a well-formed row's content, as GrowPanel's importer does per row.
@@ -497,14 +501,14 @@ async fn create_customers(State(shared): SharedState, body: Bytes) -> Response {
         Value::Array(rows) => {
             let mut checked = Vec::with_capacity(rows.len());
             for (index, row) in rows.iter().enumerate() {
-                match check_row(row, Some(index)) {
+                match kept_fields(row, Some(index)) {
                     Ok(row) => checked.push(row),
                     Err(response) => return response,
                 }
             }
             checked
         }
-        row => match check_row(row, None) {
+        row => match kept_fields(row, None) {
             Ok(row) => vec![row],
             Err(response) => return response,
         },
@@ -544,26 +548,12 @@ async fn update_customer(
             "Request body must be a JSON object",
         );
     };
-    let mut updated = Vec::new();
-    for name in UPDATABLE_FIELDS {
-        let Some(value) = fields.get(name) else {
-            continue;
-        };
-        let well_typed = match value {
-            Value::Object(variables) => {
-                name == "custom_variables" && variables.values().all(Value::is_string)
-            }
-            Value::String(_) | Value::Null => name != "custom_variables",
-            _ => false,
-        };
-        if !well_typed {
-            return error(
-                StatusCode::BAD_REQUEST,
-                &format!("Invalid type for field: {name}"),
-            );
-        }
-        updated.push(name);
-    }
+    // Types were checked against the description; what else the body
+    // holds is ignored, as the description lists only these three.
+    let updated: Vec<&str> = UPDATABLE_FIELDS
+        .into_iter()
+        .filter(|name| fields.contains_key(*name))
+        .collect();
     let mut state = shared.write();
     let Some(customer) = state.iter_mut().find(|customer| has_id(customer, &id)) else {
         return error(StatusCode::NOT_FOUND, &format!("Customer not found: {id}"));

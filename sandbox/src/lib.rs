@@ -24,6 +24,7 @@ pub mod limits;
 pub mod metronome;
 pub mod requests;
 pub mod server;
+mod spec;
 pub mod stripe;
 pub mod stripe_scim;
 mod support;

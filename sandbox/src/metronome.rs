@@ -8,6 +8,11 @@
 //! What it honours:
 //!
 //! - Bearer auth; 401 `{"message": …}` (the spec's `Error` schema);
+//! - every request checked against the description
+//!   (`sandbox/specs/metronome.json`) before it is served, refused with 400
+//!   `{"message": "name must be string"}`: types, required fields, a
+//!   `limit` outside 1..=100, a customer id that is not a UUID (path or
+//!   archive body), aliases of 1 to 128 characters, at most 300;
 //! - `POST /v1/customers` (`name` required; the emulator assigns a UUID
 //!   `id`; `external_id` defaults to the first ingest alias, and is itself
 //!   an alias); an alias already held by another live customer is a 409
@@ -59,6 +64,7 @@ use serde_json::{Map, Value, json};
 
 use crate::limits::{FaultConfig, Limits, RateLimit};
 use crate::requests::RequestLog;
+use crate::spec::{self, Violation, json_requests::JsonCheck};
 use crate::support::{self, KeyCheck, KeyedPolicy, query_pairs, query_value};
 
 /// The API key `weft sandbox` accepts. Not a real Metronome key.
@@ -231,6 +237,13 @@ fn error(status: StatusCode, message: &str) -> Response {
     support::json(status, &json!({ "message": message }))
 }
 
+/// A request Metronome's description refuses: 400 with its `Error`
+/// schema, `{"message": …}`, as it answers "Bad request" on archive and
+/// updateConfig.
+fn refused(violation: &Violation) -> Response {
+    error(StatusCode::BAD_REQUEST, &violation.to_string())
+}
+
 fn unauthorized() -> Response {
     error(StatusCode::UNAUTHORIZED, "Unauthorized")
 }
@@ -317,6 +330,11 @@ impl MetronomeEmulator {
             .with_state(Arc::clone(&self.shared));
         support::wrap_routes(
             routes,
+            JsonCheck {
+                spec: &spec::METRONOME,
+                refuse: refused,
+                broken: |message| error(StatusCode::INTERNAL_SERVER_ERROR, message),
+            },
             &self.shared.limits,
             self.shared.keys.clone(),
             &self.shared.log,
@@ -577,10 +595,13 @@ async fn list_customers(AxumState(shared): SharedState, RawQuery(query): RawQuer
         Some(_) => return error(StatusCode::BAD_REQUEST, "only_archived must be a boolean"),
     };
     let ingest_alias = query_value(&pairs, "ingest_alias");
+    // Repeated `customer_ids=…`, the description's array in OpenAPI's
+    // default (exploded form) style; a comma list is one id, as it would
+    // be at Metronome, so a client that sends one finds nothing here too.
     let ids: Vec<&str> = pairs
         .iter()
-        .filter(|(key, _)| key == "customer_ids" || key == "customer_ids[]")
-        .flat_map(|(_, value)| value.split(','))
+        .filter(|(key, _)| key == "customer_ids")
+        .map(|(_, value)| value.as_str())
         .filter(|id| !id.is_empty())
         .collect();
     if ids.len() > MAX_CUSTOMER_IDS {

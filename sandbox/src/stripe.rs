@@ -7,7 +7,13 @@
 //! - auth by HTTP Basic (key as user, empty password) or Bearer, 401 with
 //!   the key masked as Stripe masks it;
 //! - form-encoded bodies only (`metadata[k]=v`, `address[line1]=…`,
-//!   `preferred_locales[0]=…`); unknown parameters are refused by name;
+//!   `preferred_locales[0]=…`); every request is checked against Stripe's
+//!   description of its operation (`sandbox/specs/stripe.json`, with the
+//!   form read into the types the description asks for) and refused with
+//!   Stripe's 400 `invalid_request_error` naming the parameter: unknown
+//!   parameters at any depth, wrong types (`preferred_locales=` where an
+//!   array is required is "Invalid array"; `metadata=` is allowed, metadata
+//!   being emptyable), bad enum values, missing required fields;
 //! - create, retrieve, update (POST, metadata merged key by key), delete
 //!   (permanent; a later GET answers `deleted: true`, a later write 404);
 //! - lists newest first with `limit` (1..=100), `starting_after`,
@@ -33,6 +39,7 @@ mod seed;
 mod store;
 #[cfg(test)]
 mod tests;
+mod validate;
 
 use std::collections::HashSet;
 use std::fmt;
@@ -278,10 +285,13 @@ impl StripeEmulator {
             )
             .fallback(api::unrecognized_url)
             .method_not_allowed_fallback(api::unrecognized_url)
-            .with_state(Arc::clone(&self.shared));
-        // Innermost first: limits see only authenticated requests (Stripe
-        // meters per key); every answer, refusals included, gets Stripe's
-        // headers and lands in the log.
+            .with_state(Arc::clone(&self.shared))
+            .layer(middleware::from_fn(validate::check_request));
+        // Innermost first: the check against Stripe's description (so no
+        // handler sees a request Stripe would refuse), limits, which see
+        // only authenticated requests (Stripe meters per key); every
+        // answer, refusals included, gets Stripe's headers and lands in
+        // the log.
         let routes = self.shared.limits.wrap(routes);
         let routes = routes.layer(middleware::from_fn_with_state(
             Arc::clone(&self.shared),

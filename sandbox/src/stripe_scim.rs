@@ -7,6 +7,10 @@
 //!
 //! What it honours:
 //!
+//! - every request checked against RFC 7643's core User schema and RFC
+//!   7644's PatchOp and list parameters (`sandbox/specs/stripe-scim.json`,
+//!   written by hand: no Stripe SCIM description exists), refused with 400
+//!   `invalidValue` (or `invalidSyntax` for the message's structure);
 //! - Bearer auth with the SCIM token ([`SANDBOX_SCIM_TOKEN`], not the
 //!   Stripe API key); 401 in the SCIM error schema;
 //! - `GET /scim/v2/Users` with 1-based `startIndex`, `count` (default and
@@ -56,6 +60,7 @@ use serde_json::{Map, Value, json};
 
 use crate::limits::{FaultConfig, Limits, RateLimit};
 use crate::requests::RequestLog;
+use crate::spec::{self, Problem, Violation, json_requests::JsonCheck};
 use crate::support::{self, KeyCheck, KeyedPolicy, query_pairs, query_value};
 
 /// The SCIM bearer token `weft sandbox` accepts: distinct from the Stripe
@@ -231,6 +236,17 @@ fn error(status: StatusCode, scim_type: Option<&str>, detail: &str) -> Response 
     support::json_as(status, SCIM_CONTENT_TYPE, &body)
 }
 
+/// A request outside RFC 7643/7644's schemas: 400, `invalidValue` for a
+/// missing, mistyped or out-of-range value, `invalidSyntax` for anything
+/// else about the message's structure (RFC 7644 §3.12).
+fn refused(violation: &Violation) -> Response {
+    let scim_type = match violation.problem {
+        Problem::Other(_) => "invalidSyntax",
+        _ => "invalidValue",
+    };
+    error(StatusCode::BAD_REQUEST, Some(scim_type), &violation.to_string())
+}
+
 fn unauthorized() -> Response {
     error(
         StatusCode::UNAUTHORIZED,
@@ -331,6 +347,11 @@ impl StripeScimEmulator {
             .with_state(Arc::clone(&self.shared));
         support::wrap_routes(
             routes,
+            JsonCheck {
+                spec: &spec::STRIPE_SCIM,
+                refuse: refused,
+                broken: |message| error(StatusCode::INTERNAL_SERVER_ERROR, None, message),
+            },
             &self.shared.limits,
             self.shared.keys.clone(),
             &self.shared.log,

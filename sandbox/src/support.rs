@@ -18,6 +18,7 @@ use serde_json::Value;
 use crate::credentials::{Presented, presented_key};
 use crate::limits::{Bucket, LimitPolicy, Limits, RateLimit};
 use crate::requests::RequestLog;
+use crate::spec::json_requests::{JsonCheck, check_json_request};
 
 /// The API key a request authenticated with, put in its extensions so the
 /// limits can meter per key.
@@ -52,15 +53,19 @@ async fn require_key(State(check): State<KeyCheck>, mut request: Request, next: 
     }
 }
 
-/// Wraps `routes` the way every emulator is wrapped, innermost first:
-/// limits (which see only authenticated requests, metered per key), the
-/// key check, then the request log around everything.
+/// Wraps `routes` the way every emulator is wrapped, innermost first: the
+/// check of each request against the vendor's description (so a request
+/// it refuses never reaches a handler), limits (which see only
+/// authenticated requests, metered per key), the key check, then the
+/// request log around everything.
 pub(crate) fn wrap_routes(
     routes: Router,
+    requests: JsonCheck,
     limits: &Limits,
     check: KeyCheck,
     log: &RequestLog,
 ) -> Router {
+    let routes = routes.layer(middleware::from_fn_with_state(requests, check_json_request));
     let routes = limits.wrap(routes);
     let routes = routes.layer(middleware::from_fn_with_state(check, require_key));
     log.wrap(routes)

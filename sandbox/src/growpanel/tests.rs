@@ -324,3 +324,97 @@ fn growpanel_demo_data_is_the_same_for_the_same_seed() {
         GrowPanelEmulator::new(config).customers()
     );
 }
+
+// The check against GrowPanel's description (sandbox/specs/growpanel.json).
+
+/// GrowPanel's 400 for a request its description refuses.
+fn assert_refused(reply: &Reply, message: &str) {
+    assert_eq!(reply.status, 400, "{reply:?}");
+    assert_eq!(reply.json["error"], message, "{reply:?}");
+    assert_eq!(reply.json["message"], message, "{reply:?}");
+}
+
+/// Regression (issue 13, bug 2): the reconcile workflow cleared a name
+/// and email with JSON `null`, which GrowPanel's schema refuses and the
+/// emulator stored.
+#[tokio::test]
+async fn growpanel_put_with_null_name_and_email_is_refused_and_changes_nothing() {
+    let harness = Harness::seeded(1).await;
+    let before = harness.emulator.customer("cus_demo00000").expect("seeded");
+    let reply = harness
+        .put("cus_demo00000", &json!({"email": null, "name": null}))
+        .await;
+    assert_eq!(reply.status, 400, "{reply:?}");
+    let message = reply.json["error"].as_str().expect("error");
+    assert!(
+        message == "email must be string" || message == "name must be string",
+        "{message}"
+    );
+    assert_eq!(harness.emulator.customer("cus_demo00000"), Some(before));
+}
+
+/// Regression (issue 13, bug 3): custom variables are strings; a number or
+/// a boolean is refused, in a PUT and in every row of a POST.
+#[tokio::test]
+async fn growpanel_custom_variables_that_are_numbers_or_booleans_are_refused() {
+    let harness = Harness::seeded(1).await;
+    let reply = harness
+        .put("cus_demo00000", &json!({"custom_variables": {"seats": 5}}))
+        .await;
+    assert_refused(&reply, "custom_variables.seats must be string");
+    let mut flagged = row("cus_2");
+    flagged["custom_variables"] = json!({"vip": true});
+    let reply = harness.post(&json!([row("cus_1"), flagged])).await;
+    assert_refused(&reply, "[1].custom_variables.vip must be string");
+    let mut single = row("cus_3");
+    single["custom_variables"] = json!({"seats": 5});
+    let reply = harness.post(&single).await;
+    assert_refused(&reply, "custom_variables.seats must be string");
+    assert_eq!(harness.emulator.customer_count(), 1, "no row was stored");
+}
+
+#[tokio::test]
+async fn growpanel_rows_of_the_wrong_type_or_missing_required_fields_are_refused_by_name() {
+    let harness = Harness::seeded(0).await;
+    let mut mistyped = row("cus_1");
+    mistyped["country"] = json!(840);
+    assert_refused(&harness.post(&mistyped).await, "country must be string");
+    let mut nulled = row("cus_1");
+    nulled["name"] = Value::Null;
+    assert_refused(&harness.post(&nulled).await, "name must be string");
+    let reply = harness.post(&json!([row("cus_1"), {"id": "cus_2"}])).await;
+    assert_eq!(reply.status, 400, "{reply:?}");
+    assert!(
+        reply.json["error"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("[1].") && m.ends_with("is required")),
+        "{reply:?}"
+    );
+    assert_refused(&harness.post(&json!("cus_1")).await, "the request body must be object or array");
+    assert_refused(
+        &harness.get("/data/customers").await,
+        "query parameter source is required",
+    );
+    assert_eq!(harness.emulator.customer_count(), 0);
+}
+
+/// What the description allows still works: `""` to clear, fields it does
+/// not list (it leaves its objects open), and string custom variables.
+#[tokio::test]
+async fn growpanel_empty_strings_and_fields_the_description_does_not_list_are_accepted() {
+    let harness = Harness::seeded(1).await;
+    let reply = harness
+        .put(
+            "cus_demo00000",
+            &json!({"email": "", "status": "churned", "custom_variables": {"seats": "5"}}),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let after = harness.emulator.customer("cus_demo00000").expect("kept");
+    assert_eq!((&after["email"], &after["custom_variables"]), (&json!(""), &json!({"seats": "5"})));
+    let mut extra = row("cus_1");
+    extra["currency"] = json!("EUR");
+    extra["cancel_date"] = Value::Null;
+    let reply = harness.post(&extra).await;
+    assert_eq!(reply.json["result"][0]["export_status"], "success", "{reply:?}");
+}

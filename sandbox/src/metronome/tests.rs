@@ -347,3 +347,99 @@ fn metronome_demo_data_is_the_same_for_the_same_seed() {
         MetronomeEmulator::new(config).customers()
     );
 }
+
+// The check against Metronome's description (sandbox/specs/metronome.json).
+
+/// Metronome's 400 with its `Error` schema, `{"message"}`.
+fn assert_refused(reply: &Reply, message: &str) {
+    assert_eq!(reply.status, 400, "{reply:?}");
+    assert_eq!(reply.json, json!({ "message": message }), "{reply:?}");
+}
+
+#[tokio::test]
+async fn metronome_bodies_outside_the_description_are_refused_by_field() {
+    let harness = Harness::seeded(1).await;
+    assert_refused(
+        &harness.post("/customers", &json!({ "name": 5 })).await,
+        "name must be string",
+    );
+    assert_refused(
+        &harness
+            .post("/customers", &json!({ "name": "A", "ingest_aliases": ["ok", ""] }))
+            .await,
+        "ingest_aliases[1] must be at least 1 characters",
+    );
+    assert_refused(
+        &harness
+            .post("/customers", &json!({ "name": "A", "external_id": "x".repeat(129) }))
+            .await,
+        "external_id must be at most 128 characters",
+    );
+    assert_refused(
+        &harness
+            .post(
+                "/customers",
+                &json!({ "name": "A", "billing_config": { "billing_provider_type": "stripe" } }),
+            )
+            .await,
+        "billing_config.billing_provider_customer_id is required",
+    );
+    assert_refused(
+        &harness.post("/customers/archive", &json!({ "id": "cus_1" })).await,
+        "id must be a valid uuid",
+    );
+    let id = harness.emulator.customers()[0]["id"].as_str().expect("id").to_owned();
+    assert_refused(
+        &harness
+            .post(&format!("/customers/{id}/setIngestAliases"), &json!({ "ingest_aliases": "a" }))
+            .await,
+        "ingest_aliases must be array",
+    );
+    assert_refused(
+        &harness
+            .post(&format!("/customers/{id}/updateConfig"), &json!({ "salesforce_account_id": 7 }))
+            .await,
+        "salesforce_account_id must be null or string",
+    );
+    assert_eq!(harness.emulator.customer_count(), 1);
+}
+
+#[tokio::test]
+async fn metronome_parameters_outside_the_description_are_refused_by_name() {
+    let harness = Harness::seeded(1).await;
+    assert_refused(
+        &harness.get("/customers?limit=0").await,
+        "query parameter limit must be >= 1",
+    );
+    assert_refused(
+        &harness.get("/customers?limit=ten").await,
+        "query parameter limit must be integer",
+    );
+    assert_refused(
+        &harness.get("/customers?only_archived=maybe").await,
+        "query parameter only_archived must be boolean",
+    );
+    assert_refused(
+        &harness.get("/customers/not-a-uuid").await,
+        "path parameter customer_id must be a valid uuid",
+    );
+    let reply = harness.get("/customers?limit=1&only_archived=false&customer_ids=a&customer_ids=b").await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+}
+
+/// `customer_ids` is an array sent as repeated parameters; a comma list is
+/// one id, which no customer has (the emulator used to split it, and so
+/// passed a request Metronome would answer with nothing).
+#[tokio::test]
+async fn metronome_customer_ids_is_repeated_not_comma_separated() {
+    let harness = Harness::seeded(3).await;
+    let customers = harness.emulator.customers();
+    let first = customers[0]["id"].as_str().expect("id");
+    let second = customers[1]["id"].as_str().expect("id");
+    let repeated = harness
+        .get(&format!("/customers?customer_ids={first}&customer_ids={second}"))
+        .await;
+    assert_eq!(ids(&repeated).len(), 2, "{repeated:?}");
+    let joined = harness.get(&format!("/customers?customer_ids={first},{second}")).await;
+    assert_eq!(ids(&joined), Vec::<String>::new(), "{joined:?}");
+}

@@ -1058,3 +1058,168 @@ async fn injected_faults_follow_their_rate_and_replay_for_a_seed() {
     );
     assert_eq!(first, run().await);
 }
+
+// The check against Stripe's description (sandbox/specs/stripe.json).
+
+/// Stripe's 400 for `param`, with the message it words it in.
+fn assert_refused(reply: &Reply, param: &str, message: &str) {
+    assert_error(reply, 400, "invalid_request_error", Some(param));
+    assert_eq!(reply.json["error"]["message"], message, "{reply:?}");
+}
+
+/// Regression (issue 13, bug 1): the connector created customers from
+/// listed ones with `preferred_locales=` and `invoice_settings=`, which
+/// Stripe refuses ("Invalid array", "Invalid hash") and the emulator let
+/// through.
+#[tokio::test]
+async fn an_empty_container_where_stripe_wants_an_array_or_a_hash_is_refused_on_create() {
+    let stripe = Harness::seeded(0).await;
+    let reply = stripe
+        .post("/v1/customers", &[("email", "a@b.co"), ("preferred_locales", "")])
+        .await;
+    assert_refused(&reply, "preferred_locales", "Invalid array");
+    let reply = stripe
+        .post("/v1/customers", &[("email", "a@b.co"), ("invoice_settings", "")])
+        .await;
+    assert_refused(&reply, "invoice_settings", "Invalid hash");
+    assert_eq!(stripe.emulator.customer_count(), 0, "nothing was created");
+    stripe.stop().await;
+}
+
+#[tokio::test]
+async fn preferred_locales_cannot_be_emptied_with_an_empty_string_on_update_either() {
+    let stripe = Harness::seeded(0).await;
+    let customer = stripe
+        .create(&[("preferred_locales[0]", "en"), ("preferred_locales[1]", "fr")])
+        .await;
+    let path = format!("/v1/customers/{}", id_of(&customer));
+    let reply = stripe.post(&path, &[("preferred_locales", "")]).await;
+    assert_refused(&reply, "preferred_locales", "Invalid array");
+    let after = stripe.get(&path).await;
+    assert_eq!(after.json["preferred_locales"], json!(["en", "fr"]));
+    stripe.stop().await;
+}
+
+#[tokio::test]
+async fn emptyable_parameters_take_the_empty_string_to_unset() {
+    let stripe = Harness::seeded(0).await;
+    let customer = stripe
+        .create(&[
+            ("email", "a@b.co"),
+            ("address[city]", "Paris"),
+            ("metadata[plan]", "pro"),
+        ])
+        .await;
+    let path = format!("/v1/customers/{}", id_of(&customer));
+    let reply = stripe
+        .post(&path, &[("metadata", ""), ("address", ""), ("shipping", ""), ("email", "")])
+        .await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(
+        (&reply.json["metadata"], &reply.json["address"], &reply.json["email"]),
+        (&json!({}), &Value::Null, &Value::Null)
+    );
+    stripe.stop().await;
+}
+
+#[tokio::test]
+async fn a_string_where_a_hash_or_the_empty_string_is_allowed_is_an_invalid_hash() {
+    let stripe = Harness::seeded(0).await;
+    let reply = stripe.post("/v1/customers", &[("metadata", "plan")]).await;
+    assert_refused(&reply, "metadata", "Invalid hash");
+    let reply = stripe.post("/v1/customers", &[("address", "1 Main St")]).await;
+    assert_refused(&reply, "address", "Invalid hash");
+    stripe.stop().await;
+}
+
+#[tokio::test]
+async fn mistyped_values_are_refused_in_stripes_words() {
+    let stripe = Harness::seeded(0).await;
+    /// A form, the parameter Stripe names, and its message.
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
+    let cases: [Case; 6] = [
+        (&[("balance", "ten")], "balance", "Invalid integer: ten"),
+        (&[("next_invoice_sequence", "1.5")], "next_invoice_sequence", "Invalid integer: 1.5"),
+        (&[("name[first]", "Ada")], "name", "Invalid name: expected a string, not a hash"),
+        (
+            &[("tax_exempt", "sometimes")],
+            "tax_exempt",
+            "Invalid tax_exempt: must be one of , exempt, none, or reverse",
+        ),
+        (
+            &[("cash_balance[settings][reconciliation_mode]", "eventually")],
+            "cash_balance[settings][reconciliation_mode]",
+            "Invalid cash_balance[settings][reconciliation_mode]: must be one of automatic, manual, or merchant_default",
+        ),
+        (&[("phone", "+1 555 0100 0100 0100 01")], "phone", "Invalid phone: must be at most 20 characters"),
+    ];
+    for (form, param, message) in cases {
+        let reply = stripe.post("/v1/customers", form).await;
+        assert_refused(&reply, param, message);
+    }
+    assert_eq!(stripe.emulator.customer_count(), 0);
+    stripe.stop().await;
+}
+
+#[tokio::test]
+async fn a_missing_required_nested_field_is_named_in_bracket_form() {
+    let stripe = Harness::seeded(0).await;
+    let reply = stripe
+        .post("/v1/customers", &[("invoice_settings[custom_fields][0][name]", "PO")])
+        .await;
+    assert_refused(
+        &reply,
+        "invoice_settings[custom_fields][0][value]",
+        "Missing required param: invoice_settings[custom_fields][0][value].",
+    );
+    assert_eq!(reply.json["error"]["code"], "parameter_missing");
+    stripe.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_parameters_are_refused_at_any_depth_and_in_the_query_string() {
+    let stripe = Harness::seeded(1).await;
+    let reply = stripe
+        .post("/v1/customers", &[("invoice_settings[colour]", "red")])
+        .await;
+    assert_refused(
+        &reply,
+        "invoice_settings[colour]",
+        "Received unknown parameter: invoice_settings[colour]",
+    );
+    let reply = stripe.get("/v1/customers?limit=3&colour=red").await;
+    assert_refused(&reply, "colour", "Received unknown parameter: colour");
+    let reply = stripe.get("/v1/customers?limit=three").await;
+    assert_refused(&reply, "limit", "Invalid integer: three");
+    let reply = stripe.get("/v1/customers?created[after]=1").await;
+    assert_refused(&reply, "created[after]", "Received unknown parameter: created[after]");
+    let listed = stripe.get("/v1/customers?limit=3&created[gte]=1&expand[]=data.sources").await;
+    assert_eq!(listed.status, 200, "{listed:?}");
+    stripe.stop().await;
+}
+
+/// Everything the connector sends when it copies a customer whole: nested
+/// hashes, indexed lists, integers, emptyable hashes.
+#[tokio::test]
+async fn what_the_description_allows_is_served() {
+    let stripe = Harness::seeded(0).await;
+    let customer = stripe
+        .create(&[
+            ("email", "ada@example.com"),
+            ("name", "Ada"),
+            ("balance", "-500"),
+            ("preferred_locales[0]", "en"),
+            ("address[line1]", "1 Main St"),
+            ("address[country]", "GB"),
+            ("shipping[name]", "Ada"),
+            ("shipping[address][city]", "London"),
+            ("invoice_settings[custom_fields][0][name]", "PO"),
+            ("invoice_settings[custom_fields][0][value]", "42"),
+            ("invoice_settings[rendering_options]", ""),
+            ("tax_exempt", "none"),
+            ("expand[]", "tax_ids"),
+        ])
+        .await;
+    assert_eq!(customer["invoice_settings"]["custom_fields"][0]["value"], "42");
+    stripe.stop().await;
+}

@@ -314,3 +314,59 @@ async fn scim_injected_429_uses_the_scim_error_schema() {
     );
     assert_eq!(emulator.limited_count(), 0, "injected, not earned");
 }
+
+// The check against RFC 7643/7644's schemas (sandbox/specs/stripe-scim.json).
+
+/// SCIM's 400 with `scimType`.
+fn assert_refused(reply: &Reply, scim_type: &str, detail: &str) {
+    assert_eq!(reply.status, 400, "{reply:?}");
+    assert_eq!(reply.json["schemas"], json!([ERROR_SCHEMA]), "{reply:?}");
+    assert_eq!(reply.json["status"], "400", "{reply:?}");
+    assert_eq!(reply.json["scimType"], scim_type, "{reply:?}");
+    assert_eq!(reply.json["detail"], detail, "{reply:?}");
+}
+
+#[tokio::test]
+async fn scim_users_outside_the_core_schema_are_refused_as_invalid_values() {
+    let harness = Harness::seeded(0).await;
+    let user = |extra: Value| {
+        let mut body = json!({ "schemas": [USER_SCHEMA], "userName": "jane@example.com" });
+        for (key, value) in extra.as_object().into_iter().flatten() {
+            body[key] = value.clone();
+        }
+        body
+    };
+    let harness = &harness;
+    let post = |body: Value| async move { harness.with_body(reqwest::Method::POST, "/Users", &body).await };
+    assert_refused(&post(json!({ "schemas": [USER_SCHEMA] })).await, "invalidValue", "userName is required");
+    assert_refused(&post(user(json!({ "active": "yes" }))).await, "invalidValue", "active must be boolean");
+    assert_refused(&post(user(json!({ "emails": "jane@example.com" }))).await, "invalidValue", "emails must be array");
+    assert_refused(
+        &post(user(json!({ "name": { "givenName": 7 } }))).await,
+        "invalidValue",
+        "name.givenName must be string",
+    );
+    let reply = post(user(json!({ "schemas": ["urn:example:Other"] }))).await;
+    assert_eq!((reply.status, &reply.json["scimType"]), (400, &json!("invalidSyntax")), "{reply:?}");
+    assert_eq!(harness.emulator.user_count(), 0);
+}
+
+#[tokio::test]
+async fn scim_patch_operations_outside_rfc_7644_are_refused() {
+    let harness = Harness::seeded(1).await;
+    let id = harness.emulator.users()[0]["id"].as_str().expect("id").to_owned();
+    let path = format!("/Users/{id}");
+    let reply = harness
+        .with_body(reqwest::Method::PATCH, &path, &patch(json!([{ "op": "frobnicate", "path": "active", "value": false }])))
+        .await;
+    assert_eq!((reply.status, &reply.json["scimType"]), (400, &json!("invalidValue")), "{reply:?}");
+    let reply = harness
+        .with_body(reqwest::Method::PATCH, &path, &patch(json!([])))
+        .await;
+    assert_refused(&reply, "invalidValue", "Operations must have at least 1 items");
+    // Op names are case-insensitive (Azure AD sends "Replace").
+    let reply = harness
+        .with_body(reqwest::Method::PATCH, &path, &patch(json!([{ "op": "Replace", "path": "active", "value": false }])))
+        .await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+}

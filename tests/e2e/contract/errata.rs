@@ -1,6 +1,14 @@
 //! Corrections to the vendors' OpenAPI descriptions, each with its
 //! evidence, applied to a copy before Prism loads it.
 //!
+//! Two lists: the response-side corrections below, and the request-side
+//! ones the emulators' extracts carry (`sandbox/extract/src/lib.rs`, written
+//! into `sandbox/specs/*.json` with their reasons), which are applied here
+//! too so Prism and the emulator judge a request by the same corrected
+//! description. The extractor checks its own list for staleness against
+//! the description; here an extract's erratum already made by this list is
+//! not made twice.
+//!
 //! A correction is made only where the description contradicts itself
 //! (its schema against its own examples); where the emulator disagrees
 //! with a consistent description, the emulator is fixed instead. Every
@@ -111,7 +119,27 @@ pub fn corrected(vendor: &str, spec: &Path, dir: &Path) -> TestResult<PathBuf> {
             return Err(format!("{vendor} erratum {} is no longer needed: the spec already says so", erratum.pointer).into());
         }
     }
+    for (pointer, replacement) in extract_errata(vendor)? {
+        let schema = document
+            .pointer_mut(&pointer)
+            .ok_or_else(|| format!("{vendor}: the extract's erratum {pointer} does not apply to {}", spec.display()))?;
+        *schema = replacement;
+    }
     let path = dir.join(format!("{vendor}-openapi.json"));
     std::fs::write(&path, serde_json::to_vec(&document)?)?;
     Ok(path)
+}
+
+/// The errata of `vendor`'s extract in `sandbox/specs`, as (pointer,
+/// replacement); none for a vendor without one.
+fn extract_errata(vendor: &str) -> TestResult<Vec<(String, Value)>> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("sandbox/specs").join(format!("{vendor}.json"));
+    let Ok(text) = std::fs::read_to_string(&path) else { return Ok(Vec::new()) };
+    let extract: Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(extract["errata"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|erratum| Some((erratum["pointer"].as_str()?.to_owned(), erratum["replacement"].clone())))
+        .collect())
 }
