@@ -31,10 +31,20 @@ pub fn build_plugins(workspace: &Path, packages: &[&str]) -> Vec<PathBuf> {
         command.args(["-p", package]);
     }
     // Flags meant for the host build must not leak into the wasm build.
-    for var in ["CARGO_ENCODED_RUSTFLAGS", "RUSTFLAGS", "CARGO_BUILD_RUSTFLAGS", "CARGO_TARGET_DIR", "CARGO_BUILD_TARGET", "RUSTC_WORKSPACE_WRAPPER", "CARGO_LLVM_COV", "CARGO_PRIMARY_PACKAGE"] {
+    for var in [
+        "CARGO_ENCODED_RUSTFLAGS",
+        "RUSTFLAGS",
+        "CARGO_BUILD_RUSTFLAGS",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "CARGO_LLVM_COV",
+        "CARGO_PRIMARY_PACKAGE",
+    ] {
         command.env_remove(var);
     }
-    let status = command.status().unwrap_or_else(|e| panic!("cannot run cargo to build the plugins: {e}"));
+    let status =
+        command.status().unwrap_or_else(|e| panic!("cannot run cargo to build the plugins: {e}"));
     if !status.success() {
         panic!(
             "building the plugins {packages:?} for wasm32-wasip2 failed ({status}); is the target installed? \
@@ -43,6 +53,11 @@ pub fn build_plugins(workspace: &Path, packages: &[&str]) -> Vec<PathBuf> {
     }
     packages
         .iter()
-        .map(|package| target_dir.join("wasm32-wasip2").join("plugin").join(format!("{}.wasm", package.replace('-', "_"))))
+        .map(|package| {
+            target_dir
+                .join("wasm32-wasip2")
+                .join("plugin")
+                .join(format!("{}.wasm", package.replace('-', "_")))
+        })
         .collect()
 }

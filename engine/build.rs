@@ -15,16 +15,20 @@ const BUILTIN: &[(&str, &str)] = &[
 ];
 
 fn main() {
-    let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let manifest_dir =
+        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let workspace = manifest_dir.parent().expect("engine/ sits in the workspace");
     let out_dir = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     let packages: Vec<&str> = BUILTIN.iter().map(|(_, package)| *package).collect();
     let built = plugins::build_plugins(workspace, &packages);
 
-    let mut table = String::from("/// The connectors compiled into this binary: (name, component bytes).\npub static BUILTIN: &[(&str, &[u8])] = &[\n");
+    let mut table = String::from(
+        "/// The connectors compiled into this binary: (name, component bytes).\npub static BUILTIN: &[(&str, &[u8])] = &[\n",
+    );
     for ((name, _), wasm) in BUILTIN.iter().zip(&built) {
         let copy = out_dir.join(format!("{name}.wasm"));
-        std::fs::copy(wasm, &copy).unwrap_or_else(|e| panic!("cannot copy {}: {e}", wasm.display()));
+        std::fs::copy(wasm, &copy)
+            .unwrap_or_else(|e| panic!("cannot copy {}: {e}", wasm.display()));
         table.push_str(&format!("    ({name:?}, include_bytes!({:?})),\n", path_str(&copy)));
     }
     table.push_str("];\n");

@@ -5,7 +5,6 @@
 mod e2e {
     pub mod support;
 
-    mod sandboxing;
     mod conformance;
     mod contract;
     mod durability;
@@ -13,6 +12,7 @@ mod e2e {
     mod fidelity;
     mod limits;
     mod output_files;
+    mod sandboxing;
     mod schema;
     mod serve;
     mod stripe;

@@ -8,7 +8,10 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::connector::{CallContext, ConnectorError, ListRequest, Op, RemoveOutcome, ResourceSpec, UpsertAction, UpsertRequest};
+use crate::connector::{
+    CallContext, ConnectorError, ListRequest, Op, RemoveOutcome, ResourceSpec, UpsertAction,
+    UpsertRequest,
+};
 use crate::credentials::Secret;
 use crate::http::{ConnectionHttp, HttpLimits};
 use crate::limiter::{LimitedPolicy, Limiter, Publisher, RetryPolicy};
@@ -65,10 +68,18 @@ pub struct CheckResult {
 }
 
 /// Runs the suite; one result per check and resource.
-pub async fn check(plugin: &Plugin, target: &CheckTarget) -> Result<Vec<CheckResult>, crate::http::HttpError> {
+pub async fn check(
+    plugin: &Plugin,
+    target: &CheckTarget,
+) -> Result<Vec<CheckResult>, crate::http::HttpError> {
     let manifest = plugin.manifest().clone();
     let connect = |secret: Option<Secret>| -> Result<Arc<ConnectionHttp>, crate::http::HttpError> {
-        let limiter = Arc::new(Limiter::new(Publisher::of_digest(plugin.digest()), &manifest.rate_limits, secret.as_ref(), &[]));
+        let limiter = Arc::new(Limiter::new(
+            Publisher::of_digest(plugin.digest()),
+            &manifest.rate_limits,
+            secret.as_ref(),
+            &[],
+        ));
         Ok(Arc::new(ConnectionHttp::new(
             crate::http::shared_client(),
             &target.base_url,
@@ -81,22 +92,49 @@ pub async fn check(plugin: &Plugin, target: &CheckTarget) -> Result<Vec<CheckRes
     let http = connect(target.secret.clone())?;
     let ctx = CallContext { base_url: http.base_url(), settings: target.settings.clone() };
     let mut results = Vec::new();
-    for resource in manifest.resources.iter().filter(|r| target.resource.as_ref().is_none_or(|only| *only == r.name)) {
-        let suite = Suite { page_size: target.page_size, plugin, http: &http, ctx: &ctx, resource, results: &mut results };
+    for resource in manifest
+        .resources
+        .iter()
+        .filter(|r| target.resource.as_ref().is_none_or(|only| *only == r.name))
+    {
+        let suite = Suite {
+            page_size: target.page_size,
+            plugin,
+            http: &http,
+            ctx: &ctx,
+            resource,
+            results: &mut results,
+        };
         suite.run(target).await;
     }
     // A wrong credential must read as unauthorized, not as an empty page or a crash.
     if manifest.auth != crate::connector::AuthScheme::None
-        && let Some(resource) = manifest.resources.iter().find(|r| r.offers(Op::List) && target.resource.as_ref().is_none_or(|only| *only == r.name))
+        && let Some(resource) = manifest.resources.iter().find(|r| {
+            r.offers(Op::List) && target.resource.as_ref().is_none_or(|only| *only == r.name)
+        })
     {
         let wrong = connect(Some(Secret::new("weft_conformance_wrong_key")))?;
-        let request = ListRequest { resource: resource.name.clone(), cursor: None, page_size: 1, filter: None };
-        let (verdict, detail) = match plugin.list(&wrong, ctx.clone(), request).await {
-            Err(RuntimeError::Connector { error: ConnectorError::Unauthorized(m), .. }) => (Verdict::Pass, m),
-            Err(e) => (Verdict::Fail, format!("expected unauthorized, got: {e}")),
-            Ok(page) => (Verdict::Fail, format!("a wrong key listed {} records", page.records.len())),
+        let request = ListRequest {
+            resource: resource.name.clone(),
+            cursor: None,
+            page_size: 1,
+            filter: None,
         };
-        results.push(CheckResult { resource: resource.name.clone(), check: "a wrong credential is unauthorized", verdict, detail });
+        let (verdict, detail) = match plugin.list(&wrong, ctx.clone(), request).await {
+            Err(RuntimeError::Connector { error: ConnectorError::Unauthorized(m), .. }) => {
+                (Verdict::Pass, m)
+            }
+            Err(e) => (Verdict::Fail, format!("expected unauthorized, got: {e}")),
+            Ok(page) => {
+                (Verdict::Fail, format!("a wrong key listed {} records", page.records.len()))
+            }
+        };
+        results.push(CheckResult {
+            resource: resource.name.clone(),
+            check: "a wrong credential is unauthorized",
+            verdict,
+            detail,
+        });
     }
     Ok(results)
 }
@@ -112,7 +150,12 @@ struct Suite<'a> {
 
 impl Suite<'_> {
     fn record(&mut self, check: &'static str, verdict: Verdict, detail: impl Into<String>) {
-        self.results.push(CheckResult { resource: self.resource.name.clone(), check, verdict, detail: detail.into() });
+        self.results.push(CheckResult {
+            resource: self.resource.name.clone(),
+            check,
+            verdict,
+            detail: detail.into(),
+        });
     }
 
     fn id_of(&self, record: &str) -> Option<String> {
@@ -129,19 +172,33 @@ impl Suite<'_> {
         if self.resource.offers(Op::List) {
             self.pagination().await;
         } else {
-            self.record("full pagination returns each record once", Verdict::Skip, "list not offered");
+            self.record(
+                "full pagination returns each record once",
+                Verdict::Skip,
+                "list not offered",
+            );
         }
         if self.resource.offers(Op::Get) {
             let missing = "weft-conformance-missing-0000";
             match self.plugin.get(self.http, self.ctx.clone(), &name, missing).await {
                 Ok(None) => self.record("get of an unknown id is absent", Verdict::Pass, "none"),
-                Ok(Some(r)) => self.record("get of an unknown id is absent", Verdict::Fail, format!("returned {r}")),
-                Err(e) => self.record("get of an unknown id is absent", Verdict::Fail, e.to_string()),
+                Ok(Some(r)) => self.record(
+                    "get of an unknown id is absent",
+                    Verdict::Fail,
+                    format!("returned {r}"),
+                ),
+                Err(e) => {
+                    self.record("get of an unknown id is absent", Verdict::Fail, e.to_string())
+                }
             }
         }
         let sample = target.samples.iter().find(|(r, _)| *r == name).map(|(_, s)| s.clone());
         let Some(sample) = sample.filter(|_| self.resource.offers(Op::Upsert)) else {
-            let why = if self.resource.offers(Op::Upsert) { "no sample record for this resource" } else { "upsert not offered" };
+            let why = if self.resource.offers(Op::Upsert) {
+                "no sample record for this resource"
+            } else {
+                "upsert not offered"
+            };
             self.record("upsert twice is idempotent", Verdict::Skip, why);
             return;
         };
@@ -150,7 +207,11 @@ impl Suite<'_> {
             return;
         }
         if self.resource.is_irreversible(Op::Remove) && !target.allow_irreversible {
-            self.record("remove then get is absent", Verdict::Skip, "remove is irreversible; pass --allow-irreversible against an emulator");
+            self.record(
+                "remove then get is absent",
+                Verdict::Skip,
+                "remove is irreversible; pass --allow-irreversible against an emulator",
+            );
             return;
         }
         self.remove_round_trip(&id).await;
@@ -158,29 +219,53 @@ impl Suite<'_> {
 
     async fn pagination(&mut self) {
         const CHECK: &str = "full pagination returns each record once";
-        let page_size = self.page_size.unwrap_or(self.resource.default_page_size).clamp(1, self.resource.max_page_size.max(1));
+        let page_size = self
+            .page_size
+            .unwrap_or(self.resource.default_page_size)
+            .clamp(1, self.resource.max_page_size.max(1));
         let mut seen = HashSet::new();
         let mut cursor = None;
         for pages in 1..=MAX_PAGES {
-            let request = ListRequest { resource: self.resource.name.clone(), cursor: cursor.clone(), page_size, filter: None };
+            let request = ListRequest {
+                resource: self.resource.name.clone(),
+                cursor: cursor.clone(),
+                page_size,
+                filter: None,
+            };
             let page = match self.plugin.list(self.http, self.ctx.clone(), request).await {
                 Ok(page) => page,
                 Err(e) => return self.record(CHECK, Verdict::Fail, e.to_string()),
             };
             for record in &page.records {
                 let Some(id) = self.id_of(record) else {
-                    return self.record(CHECK, Verdict::Fail, format!("a record has no {:?} field: {record}", self.resource.id_field));
+                    return self.record(
+                        CHECK,
+                        Verdict::Fail,
+                        format!("a record has no {:?} field: {record}", self.resource.id_field),
+                    );
                 };
                 if !seen.insert(id.clone()) {
-                    return self.record(CHECK, Verdict::Fail, format!("record {id} came twice (page {pages})"));
+                    return self.record(
+                        CHECK,
+                        Verdict::Fail,
+                        format!("record {id} came twice (page {pages})"),
+                    );
                 }
             }
             if page.next_cursor.is_some() && page.next_cursor == cursor {
-                return self.record(CHECK, Verdict::Fail, "the next cursor equals the one given: the listing would never end");
+                return self.record(
+                    CHECK,
+                    Verdict::Fail,
+                    "the next cursor equals the one given: the listing would never end",
+                );
             }
             cursor = page.next_cursor;
             if cursor.is_none() {
-                return self.record(CHECK, Verdict::Pass, format!("{} records in {pages} pages of {page_size}", seen.len()));
+                return self.record(
+                    CHECK,
+                    Verdict::Pass,
+                    format!("{} records in {pages} pages of {page_size}", seen.len()),
+                );
             }
         }
         self.record(CHECK, Verdict::Fail, format!("still not done after {MAX_PAGES} pages"));
@@ -189,15 +274,27 @@ impl Suite<'_> {
     /// Upserts `sample` twice with different keys; returns the record id.
     async fn idempotent_upsert(&mut self, sample: &serde_json::Value) -> Option<String> {
         const CHECK: &str = "upsert twice is idempotent";
-        let upsert = |key: &str| UpsertRequest { resource: self.resource.name.clone(), record: sample.to_string(), idempotency_key: key.to_owned() };
-        let first = match self.plugin.upsert(self.http, self.ctx.clone(), upsert("weft-conformance-1")).await {
+        let upsert = |key: &str| UpsertRequest {
+            resource: self.resource.name.clone(),
+            record: sample.to_string(),
+            idempotency_key: key.to_owned(),
+        };
+        let first = match self
+            .plugin
+            .upsert(self.http, self.ctx.clone(), upsert("weft-conformance-1"))
+            .await
+        {
             Ok(outcome) => outcome,
             Err(e) => {
                 self.record(CHECK, Verdict::Fail, format!("first upsert: {e}"));
                 return None;
             }
         };
-        let second = match self.plugin.upsert(self.http, self.ctx.clone(), upsert("weft-conformance-2")).await {
+        let second = match self
+            .plugin
+            .upsert(self.http, self.ctx.clone(), upsert("weft-conformance-2"))
+            .await
+        {
             Ok(outcome) => outcome,
             Err(e) => {
                 self.record(CHECK, Verdict::Fail, format!("second upsert: {e}"));
@@ -206,10 +303,21 @@ impl Suite<'_> {
         };
         let (a, b) = (self.id_of(&first.record), self.id_of(&second.record));
         if second.action == UpsertAction::Created || a != b || a.is_none() {
-            self.record(CHECK, Verdict::Fail, format!("first {:?} {a:?}, second {:?} {b:?}: a duplicate", first.action, second.action));
+            self.record(
+                CHECK,
+                Verdict::Fail,
+                format!(
+                    "first {:?} {a:?}, second {:?} {b:?}: a duplicate",
+                    first.action, second.action
+                ),
+            );
             return None;
         }
-        self.record(CHECK, Verdict::Pass, format!("first {:?}, second {:?}, same id", first.action, second.action));
+        self.record(
+            CHECK,
+            Verdict::Pass,
+            format!("first {:?}, second {:?}, same id", first.action, second.action),
+        );
         a
     }
 
@@ -219,7 +327,13 @@ impl Suite<'_> {
         let name = self.resource.name.clone();
         match self.plugin.remove(self.http, self.ctx.clone(), &name, id).await {
             Ok(RemoveOutcome::Removed) => {}
-            Ok(other) => return self.record(CHECK, Verdict::Fail, format!("remove of {id} answered {other:?}")),
+            Ok(other) => {
+                return self.record(
+                    CHECK,
+                    Verdict::Fail,
+                    format!("remove of {id} answered {other:?}"),
+                );
+            }
             Err(e) => return self.record(CHECK, Verdict::Fail, e.to_string()),
         }
         if self.resource.offers(Op::Get) {
@@ -244,7 +358,10 @@ impl Suite<'_> {
 pub fn builtin_samples(plugin: &str) -> Vec<(String, serde_json::Value)> {
     let sample = |resource: &str, value: serde_json::Value| (resource.to_owned(), value);
     match plugin {
-        "stripe" => vec![sample("customers", serde_json::json!({ "email": "conformance@example.com", "name": "Conformance Check", "metadata": { "source": "weft" } }))],
+        "stripe" => vec![sample(
+            "customers",
+            serde_json::json!({ "email": "conformance@example.com", "name": "Conformance Check", "metadata": { "source": "weft" } }),
+        )],
         "stripe-scim" => vec![sample(
             "team-members",
             serde_json::json!({
@@ -254,8 +371,14 @@ pub fn builtin_samples(plugin: &str) -> Vec<(String, serde_json::Value)> {
                 "active": true
             }),
         )],
-        "baremetrics" => vec![sample("customers", serde_json::json!({ "oid": "weft-conformance-1", "name": "Conformance Check", "email": "conformance@example.com" }))],
-        "metronome" => vec![sample("customers", serde_json::json!({ "name": "Conformance Check", "external_id": "weft-conformance-1", "ingest_aliases": ["weft-conformance-1"] }))],
+        "baremetrics" => vec![sample(
+            "customers",
+            serde_json::json!({ "oid": "weft-conformance-1", "name": "Conformance Check", "email": "conformance@example.com" }),
+        )],
+        "metronome" => vec![sample(
+            "customers",
+            serde_json::json!({ "name": "Conformance Check", "external_id": "weft-conformance-1", "ingest_aliases": ["weft-conformance-1"] }),
+        )],
         "growpanel" => vec![sample(
             "customers",
             serde_json::json!({ "id": "weft-conformance-1", "name": "Conformance Check", "email": "conformance@example.com", "created_date": "2026-01-15", "country": "US" }),
@@ -268,7 +391,9 @@ pub fn builtin_samples(plugin: &str) -> Vec<(String, serde_json::Value)> {
 /// `plugin` (the built-in connectors share their emulator's name).
 pub fn sandbox_settings(plugin: &str) -> Vec<(String, String)> {
     match plugin {
-        "growpanel" => vec![("source".to_owned(), weft_sandbox::growpanel::DEMO_DATA_SOURCE.to_owned())],
+        "growpanel" => {
+            vec![("source".to_owned(), weft_sandbox::growpanel::DEMO_DATA_SOURCE.to_owned())]
+        }
         _ => Vec::new(),
     }
 }

@@ -216,7 +216,9 @@ impl ConnectorError {
             E::InvalidInput(m) => E::InvalidInput(f(m)),
             E::Unauthorized(m) => E::Unauthorized(f(m)),
             E::Forbidden(m) => E::Forbidden(f(m)),
-            E::RateLimited { retry_after_ms, message } => E::RateLimited { retry_after_ms, message: f(message) },
+            E::RateLimited { retry_after_ms, message } => {
+                E::RateLimited { retry_after_ms, message: f(message) }
+            }
             E::Unsupported(m) => E::Unsupported(f(m)),
             E::Transient(m) => E::Transient(f(m)),
             E::Fatal(m) => E::Fatal(f(m)),

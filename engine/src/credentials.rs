@@ -49,14 +49,20 @@ impl CredentialSource {
             return Ok(CredentialSource::File(PathBuf::from(path)));
         }
         // Never echo something that might be a pasted secret.
-        let shown = if reference.len() > 8 { format!("{}…", &reference[..reference.floor_char_boundary(4)]) } else { reference.to_owned() };
+        let shown = if reference.len() > 8 {
+            format!("{}…", &reference[..reference.floor_char_boundary(4)])
+        } else {
+            reference.to_owned()
+        };
         Err(CredentialError::BadReference(shown))
     }
 
     /// Reads the secret now.
     pub fn resolve(&self) -> Result<Secret, CredentialError> {
         let value = match self {
-            CredentialSource::Env(name) => std::env::var(name).map_err(|_| CredentialError::MissingEnv(name.clone()))?,
+            CredentialSource::Env(name) => {
+                std::env::var(name).map_err(|_| CredentialError::MissingEnv(name.clone()))?
+            }
             CredentialSource::File(path) => std::fs::read_to_string(path)
                 .map_err(|cause| CredentialError::File { path: path.clone(), cause })?,
         };
@@ -128,14 +134,23 @@ mod tests {
 
     #[test]
     fn references_parse_env_and_file() {
-        assert_eq!(CredentialSource::parse("env:STRIPE_KEY").ok(), Some(CredentialSource::Env("STRIPE_KEY".into())));
-        assert_eq!(CredentialSource::parse("file:/run/key").ok(), Some(CredentialSource::File("/run/key".into())));
+        assert_eq!(
+            CredentialSource::parse("env:STRIPE_KEY").ok(),
+            Some(CredentialSource::Env("STRIPE_KEY".into()))
+        );
+        assert_eq!(
+            CredentialSource::parse("file:/run/key").ok(),
+            Some(CredentialSource::File("/run/key".into()))
+        );
         assert!(CredentialSource::parse("env:").is_err());
     }
 
     #[test]
     fn a_bad_reference_does_not_echo_a_pasted_secret() {
-        let err = CredentialSource::parse("sk_live_abcdefghijklmnop").err().map(|e| e.to_string()).unwrap_or_default();
+        let err = CredentialSource::parse("sk_live_abcdefghijklmnop")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(!err.contains("abcdefghijklmnop"), "{err}");
         assert!(err.contains("env:NAME"), "{err}");
     }

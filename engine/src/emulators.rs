@@ -35,7 +35,9 @@ pub enum EmulatorError {
         available: String,
     },
     /// No emulator stands in for the connector's vendor.
-    #[error("the sandbox has no emulator for {connector} (vendor {vendor:?}); it has {available}; if one of them serves the same API, name it with `sandbox = \"NAME\"` on the connection (`--emulator NAME` for `weft plugin check`)")]
+    #[error(
+        "the sandbox has no emulator for {connector} (vendor {vendor:?}); it has {available}; if one of them serves the same API, name it with `sandbox = \"NAME\"` on the connection (`--emulator NAME` for `weft plugin check`)"
+    )]
     NoVendor {
         /// The connector's name.
         connector: String,
@@ -46,7 +48,9 @@ pub enum EmulatorError {
     },
     /// Several emulators stand in for the vendor and none is named like
     /// the connector.
-    #[error("vendor {vendor:?} of {connector} has several emulators in the sandbox ({candidates}); name one with `sandbox = \"NAME\"` on the connection (`--emulator NAME` for `weft plugin check`)")]
+    #[error(
+        "vendor {vendor:?} of {connector} has several emulators in the sandbox ({candidates}); name one with `sandbox = \"NAME\"` on the connection (`--emulator NAME` for `weft plugin check`)"
+    )]
     Ambiguous {
         /// The connector's name.
         connector: String,
@@ -60,19 +64,34 @@ pub enum EmulatorError {
 /// The emulator of `endpoints` that stands in for the connector of
 /// `manifest`: the one `asked` names, else the one of its vendor (the one
 /// named like the connector when the vendor has several).
-pub fn choose<'a>(endpoints: &'a [Endpoint], manifest: &Manifest, asked: Option<&str>) -> Result<&'a Endpoint, EmulatorError> {
+pub fn choose<'a>(
+    endpoints: &'a [Endpoint],
+    manifest: &Manifest,
+    asked: Option<&str>,
+) -> Result<&'a Endpoint, EmulatorError> {
     if let Some(asked) = asked {
-        return endpoints.iter().find(|e| e.vendor == asked).ok_or_else(|| EmulatorError::Unknown { asked: asked.to_owned(), available: available(endpoints) });
+        return endpoints.iter().find(|e| e.vendor == asked).ok_or_else(|| {
+            EmulatorError::Unknown { asked: asked.to_owned(), available: available(endpoints) }
+        });
     }
     let vendor = plain(&manifest.vendor);
-    let candidates: Vec<&Endpoint> = endpoints.iter().filter(|e| emulated_vendor(e.vendor).is_some_and(|v| plain(v) == vendor)).collect();
+    let candidates: Vec<&Endpoint> = endpoints
+        .iter()
+        .filter(|e| emulated_vendor(e.vendor).is_some_and(|v| plain(v) == vendor))
+        .collect();
     match candidates.as_slice() {
         [only] => Ok(only),
-        [] => Err(EmulatorError::NoVendor { connector: manifest.name.clone(), vendor: manifest.vendor.clone(), available: available(endpoints) }),
-        several => several.iter().copied().find(|e| e.vendor == manifest.name).ok_or_else(|| EmulatorError::Ambiguous {
+        [] => Err(EmulatorError::NoVendor {
             connector: manifest.name.clone(),
             vendor: manifest.vendor.clone(),
-            candidates: several.iter().map(|e| e.vendor).collect::<Vec<_>>().join(", "),
+            available: available(endpoints),
+        }),
+        several => several.iter().copied().find(|e| e.vendor == manifest.name).ok_or_else(|| {
+            EmulatorError::Ambiguous {
+                connector: manifest.name.clone(),
+                vendor: manifest.vendor.clone(),
+                candidates: several.iter().map(|e| e.vendor).collect::<Vec<_>>().join(", "),
+            }
         }),
     }
 }
@@ -84,7 +103,11 @@ fn emulated_vendor(name: &str) -> Option<&'static str> {
 
 /// `stripe (Stripe), growpanel (GrowPanel), …`
 fn available(endpoints: &[Endpoint]) -> String {
-    endpoints.iter().map(|e| format!("{} ({})", e.vendor, emulated_vendor(e.vendor).unwrap_or("?"))).collect::<Vec<_>>().join(", ")
+    endpoints
+        .iter()
+        .map(|e| format!("{} ({})", e.vendor, emulated_vendor(e.vendor).unwrap_or("?")))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Lower-case letters and digits only: `Grow Panel` and `growpanel` are one.
@@ -100,7 +123,11 @@ mod tests {
     fn endpoints() -> Vec<Endpoint> {
         EMULATED_VENDORS
             .iter()
-            .map(|(name, _)| Endpoint { vendor: name, base_url: format!("http://127.0.0.1/{name}"), api_key: "k".into() })
+            .map(|(name, _)| Endpoint {
+                vendor: name,
+                base_url: format!("http://127.0.0.1/{name}"),
+                api_key: "k".into(),
+            })
             .collect()
     }
 
@@ -119,7 +146,11 @@ mod tests {
         }
     }
 
-    fn chosen(name: &str, vendor: &str, asked: Option<&str>) -> Result<&'static str, EmulatorError> {
+    fn chosen(
+        name: &str,
+        vendor: &str,
+        asked: Option<&str>,
+    ) -> Result<&'static str, EmulatorError> {
         let endpoints = endpoints();
         choose(&endpoints, &manifest(name, vendor), asked).map(|e| e.vendor)
     }
@@ -144,16 +175,29 @@ mod tests {
         assert_eq!(chosen("acme-stripe", "Stripe", Some("stripe")), Ok("stripe"));
         let unknown = chosen("acme", "Acme", None).expect_err("no Acme emulator");
         let text = unknown.to_string();
-        assert!(text.contains("growpanel (GrowPanel)") && text.contains("stripe-scim (Stripe)"), "{text}");
+        assert!(
+            text.contains("growpanel (GrowPanel)") && text.contains("stripe-scim (Stripe)"),
+            "{text}"
+        );
         let misnamed = chosen("acme", "Acme", Some("grow-panel")).expect_err("no such emulator");
         assert!(misnamed.to_string().contains("no emulator named \"grow-panel\""), "{misnamed}");
     }
 
     #[tokio::test]
     async fn every_emulator_of_the_sandbox_has_a_vendor() {
-        let sandbox = weft_sandbox::Sandbox::start(weft_sandbox::SandboxOptions { seed: 0, stripe_port: 0, ..Default::default() }).await.expect("sandbox starts");
+        let sandbox = weft_sandbox::Sandbox::start(weft_sandbox::SandboxOptions {
+            seed: 0,
+            stripe_port: 0,
+            ..Default::default()
+        })
+        .await
+        .expect("sandbox starts");
         for endpoint in sandbox.endpoints() {
-            assert!(emulated_vendor(endpoint.vendor).is_some(), "emulator {} has no vendor in EMULATED_VENDORS", endpoint.vendor);
+            assert!(
+                emulated_vendor(endpoint.vendor).is_some(),
+                "emulator {} has no vendor in EMULATED_VENDORS",
+                endpoint.vendor
+            );
         }
         sandbox.shutdown().await;
     }

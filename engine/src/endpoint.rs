@@ -6,7 +6,10 @@ use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 
-use crate::connector::{BatchItem, CallContext, ConnectorError, ListRequest, Manifest, Page, RemoveOutcome, UpsertOutcome, UpsertRequest};
+use crate::connector::{
+    BatchItem, CallContext, ConnectorError, ListRequest, Manifest, Page, RemoveOutcome,
+    UpsertOutcome, UpsertRequest,
+};
 use crate::http::{ConnectionHttp, StatsSnapshot, within_call};
 use crate::runtime::{Plugin, PluginConnection, RuntimeError};
 
@@ -22,13 +25,25 @@ pub trait Endpoint: Send + Sync {
     /// Reads one page.
     fn list(&self, request: ListRequest) -> BoxFuture<'_, Result<Page, RuntimeError>>;
     /// Reads one record.
-    fn get<'a>(&'a self, resource: &'a str, id: &'a str) -> BoxFuture<'a, Result<Option<String>, RuntimeError>>;
+    fn get<'a>(
+        &'a self,
+        resource: &'a str,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, RuntimeError>>;
     /// Creates or updates one record.
     fn upsert(&self, request: UpsertRequest) -> BoxFuture<'_, Result<UpsertOutcome, RuntimeError>>;
     /// Creates or updates several records in one call.
-    fn upsert_batch<'a>(&'a self, resource: &'a str, items: Vec<BatchItem>) -> BoxFuture<'a, Result<BatchOutcomes, RuntimeError>>;
+    fn upsert_batch<'a>(
+        &'a self,
+        resource: &'a str,
+        items: Vec<BatchItem>,
+    ) -> BoxFuture<'a, Result<BatchOutcomes, RuntimeError>>;
     /// Removes one record.
-    fn remove<'a>(&'a self, resource: &'a str, id: &'a str) -> BoxFuture<'a, Result<RemoveOutcome, RuntimeError>>;
+    fn remove<'a>(
+        &'a self,
+        resource: &'a str,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<RemoveOutcome, RuntimeError>>;
     /// Requests sent, 429s, retries, time waited.
     fn stats(&self) -> StatsSnapshot {
         StatsSnapshot::default()
@@ -69,7 +84,10 @@ impl PluginEndpoint {
 
 impl std::fmt::Debug for PluginEndpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PluginEndpoint").field("plugin", &self.plugin().name()).field("base_url", &self.context.base_url).finish()
+        f.debug_struct("PluginEndpoint")
+            .field("plugin", &self.plugin().name())
+            .field("base_url", &self.context.base_url)
+            .finish()
     }
 }
 
@@ -86,7 +104,11 @@ impl Endpoint for PluginEndpoint {
         Box::pin(within_call(self.connection.list(self.context.clone(), request)))
     }
 
-    fn get<'a>(&'a self, resource: &'a str, id: &'a str) -> BoxFuture<'a, Result<Option<String>, RuntimeError>> {
+    fn get<'a>(
+        &'a self,
+        resource: &'a str,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, RuntimeError>> {
         Box::pin(within_call(self.connection.get(self.context.clone(), resource, id)))
     }
 
@@ -94,11 +116,19 @@ impl Endpoint for PluginEndpoint {
         Box::pin(within_call(self.connection.upsert(self.context.clone(), request)))
     }
 
-    fn upsert_batch<'a>(&'a self, resource: &'a str, items: Vec<BatchItem>) -> BoxFuture<'a, Result<BatchOutcomes, RuntimeError>> {
+    fn upsert_batch<'a>(
+        &'a self,
+        resource: &'a str,
+        items: Vec<BatchItem>,
+    ) -> BoxFuture<'a, Result<BatchOutcomes, RuntimeError>> {
         Box::pin(within_call(self.connection.upsert_batch(self.context.clone(), resource, items)))
     }
 
-    fn remove<'a>(&'a self, resource: &'a str, id: &'a str) -> BoxFuture<'a, Result<RemoveOutcome, RuntimeError>> {
+    fn remove<'a>(
+        &'a self,
+        resource: &'a str,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<RemoveOutcome, RuntimeError>> {
         Box::pin(within_call(self.connection.remove(self.context.clone(), resource, id)))
     }
 

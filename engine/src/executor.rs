@@ -8,8 +8,8 @@
 mod foreach;
 mod list;
 mod ops;
-mod sorted;
 pub mod plan;
+mod sorted;
 mod sync;
 
 use std::collections::{BTreeMap, HashMap};
@@ -57,7 +57,9 @@ pub enum ExecError {
     #[error(transparent)]
     Plugin(#[from] RuntimeError),
     /// A built-in plugin name is unknown.
-    #[error("connection {connection:?}: no built-in plugin named {name:?} (built in: {known}); a third-party plugin is a path ending in .wasm")]
+    #[error(
+        "connection {connection:?}: no built-in plugin named {name:?} (built in: {known}); a third-party plugin is a path ending in .wasm"
+    )]
     UnknownPlugin {
         /// Connection name.
         connection: String,
@@ -103,13 +105,17 @@ pub enum ExecError {
     /// A `weft run --sandbox` run cannot be resumed: its emulators ended
     /// with the process that ran it, and its connections' own base URLs
     /// and credentials are the real vendors'.
-    #[error("run {run} ran against weft run --sandbox's in-process emulators, which ended with that process; it cannot be resumed (that would send its requests to the real vendors): start it again with weft run --sandbox")]
+    #[error(
+        "run {run} ran against weft run --sandbox's in-process emulators, which ended with that process; it cannot be resumed (that would send its requests to the real vendors): start it again with weft run --sandbox"
+    )]
     SandboxRun {
         /// The run.
         run: String,
     },
     /// A sandbox run has a connection no emulator stands in for.
-    #[error("connection {connection:?}: a sandbox run points every connection at an emulator, and none was given for this one")]
+    #[error(
+        "connection {connection:?}: a sandbox run points every connection at an emulator, and none was given for this one"
+    )]
     NoEmulator {
         /// Connection name.
         connection: String,
@@ -296,7 +302,9 @@ impl RunCtx<'_> {
     /// set, is the time an evaluation may take); a cancel or a shutdown
     /// stops them.
     pub(crate) fn evaluator(&self, step: &Step) -> Evaluator {
-        Evaluator::new(Budget::for_timeout(step.timeout)).stopped_by(&self.stop.cancel).stopped_by(&self.stop.shutdown)
+        Evaluator::new(Budget::for_timeout(step.timeout))
+            .stopped_by(&self.stop.cancel)
+            .stopped_by(&self.stop.shutdown)
     }
 
     /// Whether to stop taking new work, and how the step then ends.
@@ -368,18 +376,23 @@ impl Executor {
     }
 
     /// Loads a plugin once per process.
-    pub async fn plugin(&self, connection: &str, plugin: &PluginRef) -> Result<Arc<Plugin>, ExecError> {
+    pub async fn plugin(
+        &self,
+        connection: &str,
+        plugin: &PluginRef,
+    ) -> Result<Arc<Plugin>, ExecError> {
         let key = plugin.to_string();
         if let Some(loaded) = self.plugins.lock().await.get(&key) {
             return Ok(loaded.clone());
         }
         let loaded = match plugin {
             PluginRef::Builtin(name) => {
-                let bytes = crate::builtin::component(name).ok_or_else(|| ExecError::UnknownPlugin {
-                    connection: connection.to_owned(),
-                    name: name.clone(),
-                    known: crate::builtin::names().collect::<Vec<_>>().join(", "),
-                })?;
+                let bytes =
+                    crate::builtin::component(name).ok_or_else(|| ExecError::UnknownPlugin {
+                        connection: connection.to_owned(),
+                        name: name.clone(),
+                        known: crate::builtin::names().collect::<Vec<_>>().join(", "),
+                    })?;
                 self.runtime.load(name, bytes).await?
             }
             PluginRef::File(path) => self.runtime.load_file(path).await?,
@@ -391,11 +404,18 @@ impl Executor {
 
     /// Loads every plugin of the workflow and checks the workflow against
     /// their manifests.
-    pub async fn check(&self, workflow: &Workflow) -> Result<BTreeMap<String, Manifest>, ExecError> {
+    pub async fn check(
+        &self,
+        workflow: &Workflow,
+    ) -> Result<BTreeMap<String, Manifest>, ExecError> {
         self.check_with(workflow, &BTreeMap::new()).await
     }
 
-    async fn check_with(&self, workflow: &Workflow, endpoints: &BTreeMap<String, Arc<dyn Endpoint>>) -> Result<BTreeMap<String, Manifest>, ExecError> {
+    async fn check_with(
+        &self,
+        workflow: &Workflow,
+        endpoints: &BTreeMap<String, Arc<dyn Endpoint>>,
+    ) -> Result<BTreeMap<String, Manifest>, ExecError> {
         let mut manifests = BTreeMap::new();
         for connection in workflow.connections.values() {
             let manifest = match endpoints.get(&connection.name) {
@@ -408,7 +428,11 @@ impl Executor {
         Ok(manifests)
     }
 
-    async fn connect(&self, workflow: &Workflow, options: &RunOptions) -> Result<BTreeMap<String, Arc<dyn Endpoint>>, ExecError> {
+    async fn connect(
+        &self,
+        workflow: &Workflow,
+        options: &RunOptions,
+    ) -> Result<BTreeMap<String, Arc<dyn Endpoint>>, ExecError> {
         self.check_with(workflow, &options.endpoints).await?;
         let mut live: BTreeMap<String, Arc<dyn Endpoint>> = BTreeMap::new();
         for connection in workflow.connections.values() {
@@ -421,24 +445,46 @@ impl Executor {
             let (base_url, secret) = match options.overrides.get(&connection.name) {
                 Some(o) => (o.base_url.clone(), Some(o.secret.clone())),
                 // Never the workflow's own base URL and credential.
-                None if options.sandbox.is_some() => return Err(ExecError::NoEmulator { connection: connection.name.clone() }),
+                None if options.sandbox.is_some() => {
+                    return Err(ExecError::NoEmulator { connection: connection.name.clone() });
+                }
                 None => {
                     let secret = match &connection.credentials {
                         Some(reference) => Some(
                             CredentialSource::parse(reference)
                                 .and_then(|source| source.resolve())
-                                .map_err(|error| ExecError::Credential { connection: connection.name.clone(), error })?,
+                                .map_err(|error| ExecError::Credential {
+                                    connection: connection.name.clone(),
+                                    error,
+                                })?,
                         ),
                         None => None,
                     };
-                    (connection.base_url.clone().unwrap_or_else(|| manifest.default_base_url.clone()), secret)
+                    (
+                        connection
+                            .base_url
+                            .clone()
+                            .unwrap_or_else(|| manifest.default_base_url.clone()),
+                        secret,
+                    )
                 }
             };
             // Deny by default: a host is allowed only if the plugin declares it and the workflow grants it.
-            let extra: Vec<String> = manifest.extra_hosts.iter().filter(|h| connection.allow_hosts.contains(h)).cloned().collect();
+            let extra: Vec<String> = manifest
+                .extra_hosts
+                .iter()
+                .filter(|h| connection.allow_hosts.contains(h))
+                .cloned()
+                .collect();
             // A plugin's published limits bind only as far as the host trusts it.
             let publisher = Publisher::of_digest(plugin.digest());
-            let limiter = self.limiters.limiter(&manifest.name, publisher, secret.as_ref(), &manifest.rate_limits, &connection.rate_limits);
+            let limiter = self.limiters.limiter(
+                &manifest.name,
+                publisher,
+                secret.as_ref(),
+                &manifest.rate_limits,
+                &connection.rate_limits,
+            );
             let mut limits = self.http_limits.clone();
             if let Some(max) = connection.max_requests_per_call {
                 limits.max_requests_per_call = max;
@@ -451,7 +497,13 @@ impl Executor {
                 limits,
                 Arc::new(LimitedPolicy::new(limiter, self.retry.clone())),
             )
-            .map(|http| if connection.allow_private_network { http.with_egress(EgressPolicy::Any) } else { http })
+            .map(|http| {
+                if connection.allow_private_network {
+                    http.with_egress(EgressPolicy::Any)
+                } else {
+                    http
+                }
+            })
             // Last, so that nothing a workflow says can open a sandbox run
             // to more than its emulators.
             .and_then(|http| match &options.sandbox {
@@ -459,8 +511,12 @@ impl Executor {
                 None => Ok(http),
             })
             .map_err(|error| ExecError::Http { connection: connection.name.clone(), error })?;
-            let context = CallContext { base_url: http.base_url(), settings: connection.settings.clone() };
-            live.insert(connection.name.clone(), Arc::new(PluginEndpoint::new(plugin, Arc::new(http), context)));
+            let context =
+                CallContext { base_url: http.base_url(), settings: connection.settings.clone() };
+            live.insert(
+                connection.name.clone(),
+                Arc::new(PluginEndpoint::new(plugin, Arc::new(http), context)),
+            );
         }
         Ok(live)
     }
@@ -477,7 +533,12 @@ impl Executor {
     }
 
     /// Records a new run and runs it.
-    pub async fn start(&self, workflow: &Workflow, options: &RunOptions, observer: &dyn Observer) -> Result<RunSummary, ExecError> {
+    pub async fn start(
+        &self,
+        workflow: &Workflow,
+        options: &RunOptions,
+        observer: &dyn Observer,
+    ) -> Result<RunSummary, ExecError> {
         // Check before recording, so a workflow that does not fit its
         // plugins leaves no run behind.
         self.check_with(workflow, &options.endpoints).await?;
@@ -487,9 +548,17 @@ impl Executor {
 
     /// Checks the inputs and records a new run, durably, without running
     /// it: a webhook answers once the run is recorded.
-    pub async fn create(&self, workflow: &Workflow, options: &RunOptions) -> Result<RunRecord, ExecError> {
-        let inputs = crate::workflow::inputs::resolve(&workflow.inputs, &options.inputs, options.open_inputs)
-            .map_err(|problems| ExecError::Inputs { workflow: workflow.name.clone(), problems })?;
+    pub async fn create(
+        &self,
+        workflow: &Workflow,
+        options: &RunOptions,
+    ) -> Result<RunRecord, ExecError> {
+        let inputs = crate::workflow::inputs::resolve(
+            &workflow.inputs,
+            &options.inputs,
+            options.open_inputs,
+        )
+        .map_err(|problems| ExecError::Inputs { workflow: workflow.name.clone(), problems })?;
         let run = RunRecord {
             id: self.store.new_run_id().await?,
             workflow: workflow.name.clone(),
@@ -531,7 +600,12 @@ impl Executor {
     /// would send its writes to the real vendors with the real credentials.
     /// Every resume (`weft runs resume`, the API, `weft serve` at start)
     /// comes through here.
-    pub async fn resume(&self, run_id: &str, options: &RunOptions, observer: &dyn Observer) -> Result<RunSummary, ExecError> {
+    pub async fn resume(
+        &self,
+        run_id: &str,
+        options: &RunOptions,
+        observer: &dyn Observer,
+    ) -> Result<RunSummary, ExecError> {
         let mut run = self.store.run(run_id).await?;
         if run.trigger == SANDBOX_TRIGGER {
             let refusal = ExecError::SandboxRun { run: run.id.clone() };
@@ -569,7 +643,13 @@ impl Executor {
     }
 
     /// Runs (or resumes) a recorded run to its end, or until it is stopped.
-    pub async fn execute(&self, workflow: &Workflow, mut run: RunRecord, options: &RunOptions, observer: &dyn Observer) -> Result<RunSummary, ExecError> {
+    pub async fn execute(
+        &self,
+        workflow: &Workflow,
+        mut run: RunRecord,
+        options: &RunOptions,
+        observer: &dyn Observer,
+    ) -> Result<RunSummary, ExecError> {
         let started = Instant::now();
         let endpoints = match self.connect(workflow, options).await {
             Ok(endpoints) => endpoints,
@@ -583,7 +663,13 @@ impl Executor {
             }
         };
         observer.run_started(&run);
-        let ctx = RunCtx { run_id: &run.id, dry_run: run.dry_run, stop: &options.stop, store: &self.store, observer };
+        let ctx = RunCtx {
+            run_id: &run.id,
+            dry_run: run.dry_run,
+            stop: &options.stop,
+            store: &self.store,
+            observer,
+        };
         let stored = self.store.steps(&run.id).await?;
         let run_value = serde_json::json!({ "id": run.id, "workflow": run.workflow, "trigger": run.trigger, "dry_run": run.dry_run });
         let mut outputs = serde_json::Map::new();
@@ -593,7 +679,11 @@ impl Executor {
 
         for (index, step) in workflow.steps.iter().enumerate() {
             let index = index as u32;
-            let mut state = stored.iter().find(|s| s.index == index && s.id == step.id).cloned().unwrap_or_else(|| StepState::pending(&step.id, index));
+            let mut state = stored
+                .iter()
+                .find(|s| s.index == index && s.id == step.id)
+                .cloned()
+                .unwrap_or_else(|| StepState::pending(&step.id, index));
             if state.status.is_finished() {
                 // Done in an earlier attempt of this run.
                 outputs.insert(step.id.clone(), self.step_output(&run.id, step, &state).await?);
@@ -664,7 +754,12 @@ impl Executor {
                 self.store.commit_step(&run.id, &state).await?;
                 let outcome = match self.check_inline_records(workflow, step, &outputs) {
                     Err(message) => Err(message),
-                    Ok(()) => self.execute_step(&ctx, workflow, step, index, &endpoints, &mut state, &scope).await,
+                    Ok(()) => {
+                        self.execute_step(
+                            &ctx, workflow, step, index, &endpoints, &mut state, &scope,
+                        )
+                        .await
+                    }
                 };
                 match outcome {
                     Ok(StepEnd::Done) => state.status = Status::Succeeded,
@@ -682,7 +777,11 @@ impl Executor {
             }
             if state.status == Status::Failed {
                 status = Status::Failed;
-                error = Some(format!("step {:?} failed: {}", step.id, state.error.as_deref().unwrap_or("")));
+                error = Some(format!(
+                    "step {:?} failed: {}",
+                    step.id,
+                    state.error.as_deref().unwrap_or("")
+                ));
             }
             if state.status.is_finished() {
                 state.finished_ms = Some(now_ms());
@@ -698,7 +797,8 @@ impl Executor {
             }
             outputs.insert(step.id.clone(), self.step_output(&run.id, step, &state).await?);
         }
-        let interrupted = status == Status::Running && summaries.iter().any(|s| s.status == Status::Running || s.status == Status::Pending);
+        let interrupted = status == Status::Running
+            && summaries.iter().any(|s| s.status == Status::Running || s.status == Status::Pending);
         if status == Status::Running && !interrupted {
             status = Status::Succeeded;
         }
@@ -731,23 +831,43 @@ impl Executor {
         state: &mut StepState,
         scope: &Scope,
     ) -> Result<StepEnd, String> {
-        let endpoint = endpoints.get(&step.connection).ok_or_else(|| format!("connection {:?} is not defined", step.connection))?;
+        let endpoint = endpoints
+            .get(&step.connection)
+            .ok_or_else(|| format!("connection {:?} is not defined", step.connection))?;
         match &step.action {
             Action::List { .. } => {
                 // Records are kept for later steps unless none of them can
                 // name a step's result at all (a textual test: it may keep
                 // records nobody reads, never drop ones someone does).
                 let later = workflow.steps.get(index as usize + 1..).unwrap_or_default();
-                let keep_records = later.iter().any(|s| workflow.text.get(s.region.clone()).is_none_or(|text| text.contains("steps")));
+                let keep_records = later.iter().any(|s| {
+                    workflow.text.get(s.region.clone()).is_none_or(|text| text.contains("steps"))
+                });
                 list::run(ctx, step, endpoint.as_ref(), state, scope, keep_records).await
             }
             Action::Sync(spec) => {
-                let source = endpoints.get(&spec.from.connection).ok_or_else(|| format!("connection {:?} is not defined", spec.from.connection))?;
-                sync::run(ctx, step, spec, index, source.as_ref(), endpoint.as_ref(), state, scope).await
+                let source = endpoints.get(&spec.from.connection).ok_or_else(|| {
+                    format!("connection {:?} is not defined", spec.from.connection)
+                })?;
+                sync::run(ctx, step, spec, index, source.as_ref(), endpoint.as_ref(), state, scope)
+                    .await
             }
-            _ if step.for_each.is_some() => foreach::run(ctx, workflow, step, index, endpoint.as_ref(), state, scope).await,
+            _ if step.for_each.is_some() => {
+                foreach::run(ctx, workflow, step, index, endpoint.as_ref(), state, scope).await
+            }
             _ => {
-                let result = match ops::item(ctx, step, endpoint.as_ref(), &ctx.evaluator(step), scope, 0, true, None).await {
+                let result = match ops::item(
+                    ctx,
+                    step,
+                    endpoint.as_ref(),
+                    &ctx.evaluator(step),
+                    scope,
+                    0,
+                    true,
+                    None,
+                )
+                .await
+                {
                     Ok(result) => result,
                     Err(e) => {
                         // An evaluation stopped by a cancel or a shutdown:
@@ -772,14 +892,24 @@ impl Executor {
 
     /// A step that reads `.steps.ID.records` of a list too long to hold in
     /// memory fails with a pointer to the streaming form.
-    fn check_inline_records(&self, workflow: &Workflow, step: &Step, outputs: &serde_json::Map<String, Value>) -> Result<(), String> {
+    fn check_inline_records(
+        &self,
+        workflow: &Workflow,
+        step: &Step,
+        outputs: &serde_json::Map<String, Value>,
+    ) -> Result<(), String> {
         let text = workflow.text.get(step.region.clone()).unwrap_or_default();
         for (id, value) in outputs {
             let Some(count) = value.get("count").and_then(Value::as_u64) else { continue };
             let records_missing = value.get("records").is_none();
-            let used = text.contains(&format!("steps.{id}.records")) || text.contains(&format!("steps[\"{id}\"].records"));
+            let used = text.contains(&format!("steps.{id}.records"))
+                || text.contains(&format!("steps[\"{id}\"].records"));
             let streamed = matches!(&step.for_each, Some(crate::workflow::ForEach::Records { step: s, .. }) if s == id);
-            if records_missing && used && !streamed && workflow.step(id).is_some_and(|s| matches!(s.action, Action::List { .. })) {
+            if records_missing
+                && used
+                && !streamed
+                && workflow.step(id).is_some_and(|s| matches!(s.action, Action::List { .. }))
+            {
                 return Err(format!(
                     "step {id:?} read {count} records, more than the {} that expressions can hold in memory; \
                      iterate them with for_each = \".steps.{id}.records[]\" (streamed from the run store) instead",
@@ -791,7 +921,12 @@ impl Executor {
     }
 
     /// The value other steps see as `.steps.ID`.
-    async fn step_output(&self, run: &str, step: &Step, state: &StepState) -> Result<Value, ExecError> {
+    async fn step_output(
+        &self,
+        run: &str,
+        step: &Step,
+        state: &StepState,
+    ) -> Result<Value, ExecError> {
         if state.status == Status::Skipped {
             return Ok(Value::Null);
         }
@@ -803,8 +938,11 @@ impl Executor {
             let mut records = Vec::new();
             for page in self.store.pages(run, state.index).await? {
                 let page = page?;
-                let parsed: Vec<Value> = serde_json::from_str(&page)
-                    .map_err(|e| StoreError::Corrupt { key: format!("{run}/{}", state.index), reason: e.to_string() })?;
+                let parsed: Vec<Value> =
+                    serde_json::from_str(&page).map_err(|e| StoreError::Corrupt {
+                        key: format!("{run}/{}", state.index),
+                        reason: e.to_string(),
+                    })?;
                 records.extend(parsed);
             }
             map.insert("records".into(), Value::Array(records));

@@ -62,7 +62,10 @@ const DENIED_DEFS: [&str; 3] = ["halt", "halt_error", "stderr"];
 const NOT_AVAILABLE: [(&str, &str); 6] = [
     ("halt", "it would stop the whole weft process; fail the step with error(\"…\") instead"),
     ("halt_error", "it would stop the whole weft process; fail the step with error(\"…\") instead"),
-    ("env", "expressions cannot read the environment, where credentials live; pass values as workflow inputs"),
+    (
+        "env",
+        "expressions cannot read the environment, where credentials live; pass values as workflow inputs",
+    ),
     ("stderr", "expressions cannot write to the process's output; use debug, which logs"),
     ("input", "expressions read `.` and the variables, not a stream of inputs"),
     ("inputs", "expressions read `.` and the variables, not a stream of inputs"),
@@ -129,7 +132,13 @@ impl std::fmt::Debug for Scope {
 impl Scope {
     /// A scope with `$inputs`, `$steps` and `$run`, and no item.
     pub fn new(inputs: &Value, steps: &Value, run: &Value) -> Scope {
-        let mut scope = Scope { inputs: to_val(inputs), steps: to_val(steps), item: Val::null(), run: to_val(run), context: Val::null() };
+        let mut scope = Scope {
+            inputs: to_val(inputs),
+            steps: to_val(steps),
+            item: Val::null(),
+            run: to_val(run),
+            context: Val::null(),
+        };
         scope.context = scope.build_context();
         scope
     }
@@ -147,7 +156,12 @@ impl Scope {
     }
 
     fn build_context(&self) -> Val {
-        Val::object([("inputs", &self.inputs), ("steps", &self.steps), ("item", &self.item), ("run", &self.run)])
+        Val::object([
+            ("inputs", &self.inputs),
+            ("steps", &self.steps),
+            ("item", &self.item),
+            ("run", &self.run),
+        ])
     }
 
     /// The context object `.` of expressions that do not map a record:
@@ -187,7 +201,11 @@ impl Expr {
         if text.len() > MAX_EXPRESSION_BYTES {
             return Err(CompileError {
                 range: 0..text.len(),
-                message: format!("the expression is {} bytes; at most {} are allowed (move parts into earlier steps or `def`s)", thousands(text.len() as u64), thousands(MAX_EXPRESSION_BYTES as u64)),
+                message: format!(
+                    "the expression is {} bytes; at most {} are allowed (move parts into earlier steps or `def`s)",
+                    thousands(text.len() as u64),
+                    thousands(MAX_EXPRESSION_BYTES as u64)
+                ),
             });
         }
         check_nesting(text)?;
@@ -197,10 +215,16 @@ impl Expr {
                 .name("weft-expr-compile".into())
                 .stack_size(COMPILE_STACK)
                 .spawn_scoped(scope, || compile_filter(text))
-                .map_err(|e| CompileError { range: whole(), message: format!("cannot start a thread to compile the expression: {e}") })?;
-            compiling
-                .join()
-                .unwrap_or_else(|_| Err(CompileError { range: whole(), message: "the expression compiler failed; please report this expression".into() }))
+                .map_err(|e| CompileError {
+                    range: whole(),
+                    message: format!("cannot start a thread to compile the expression: {e}"),
+                })?;
+            compiling.join().unwrap_or_else(|_| {
+                Err(CompileError {
+                    range: whole(),
+                    message: "the expression compiler failed; please report this expression".into(),
+                })
+            })
         })?;
         Ok(Expr { text: text.into(), filter: Arc::new(filter) })
     }
@@ -211,35 +235,59 @@ impl Expr {
     }
 
     /// Runs the expression on `input`: its outputs, lazily.
-    fn outputs<'a>(&'a self, input: Val, scope: &Scope) -> impl Iterator<Item = Result<Val, String>> + 'a {
+    fn outputs<'a>(
+        &'a self,
+        input: Val,
+        scope: &Scope,
+    ) -> impl Iterator<Item = Result<Val, String>> + 'a {
         let ctx = Ctx::<Budgeted>::new(Program(&self.filter.lut), scope.vars());
         self.filter.id.run((ctx, input)).map(|result| result.map_err(exception_message))
     }
 }
 
 fn compile_filter(text: &str) -> Result<Filter, CompileError> {
-    let defs = jaq_core::defs().chain(jaq_std::defs()).chain(jaq_json::defs()).filter(|def| !DENIED_DEFS.contains(&def.name));
-    let funs = jaq_core::funs::<Budgeted>().chain(jaq_std::funs::<Budgeted>()).filter(|(name, _, _)| !DENIED.contains(name)).chain(value::funs());
+    let defs = jaq_core::defs()
+        .chain(jaq_std::defs())
+        .chain(jaq_json::defs())
+        .filter(|def| !DENIED_DEFS.contains(&def.name));
+    let funs = jaq_core::funs::<Budgeted>()
+        .chain(jaq_std::funs::<Budgeted>())
+        .filter(|(name, _, _)| !DENIED.contains(name))
+        .chain(value::funs());
     let loader = Loader::new(defs);
     let arena = Arena::default();
-    let modules = loader.load(&arena, File { code: text, path: () }).map_err(|errors| load_error(text, errors))?;
-    Compiler::default().with_funs(funs).with_global_vars(VARIABLES).compile(modules).map_err(|errors| {
-        let first = errors.into_iter().flat_map(|(_, e)| e).next();
-        match first {
-            Some((name, undefined)) => {
-                let what = match undefined {
-                    jaq_core::compile::Undefined::Var => format!("unknown variable {name}; expressions can use {}", VARIABLES.join(", ")),
-                    jaq_core::compile::Undefined::Filter(arity) => match NOT_AVAILABLE.iter().find(|(denied, _)| *denied == name) {
-                        Some((_, why)) => format!("{name} is not available in expressions: {why}"),
-                        None => format!("unknown function {name}/{arity}"),
-                    },
-                    other => format!("undefined {other:?} {name}"),
-                };
-                CompileError { range: subrange(text, name), message: what }
+    let modules = loader
+        .load(&arena, File { code: text, path: () })
+        .map_err(|errors| load_error(text, errors))?;
+    Compiler::default().with_funs(funs).with_global_vars(VARIABLES).compile(modules).map_err(
+        |errors| {
+            let first = errors.into_iter().flat_map(|(_, e)| e).next();
+            match first {
+                Some((name, undefined)) => {
+                    let what = match undefined {
+                        jaq_core::compile::Undefined::Var => format!(
+                            "unknown variable {name}; expressions can use {}",
+                            VARIABLES.join(", ")
+                        ),
+                        jaq_core::compile::Undefined::Filter(arity) => {
+                            match NOT_AVAILABLE.iter().find(|(denied, _)| *denied == name) {
+                                Some((_, why)) => {
+                                    format!("{name} is not available in expressions: {why}")
+                                }
+                                None => format!("unknown function {name}/{arity}"),
+                            }
+                        }
+                        other => format!("undefined {other:?} {name}"),
+                    };
+                    CompileError { range: subrange(text, name), message: what }
+                }
+                None => CompileError {
+                    range: 0..text.len(),
+                    message: "the expression does not compile".into(),
+                },
             }
-            None => CompileError { range: 0..text.len(), message: "the expression does not compile".into() },
-        }
-    })
+        },
+    )
 }
 
 /// Refuses brackets, strings and interpolations nested deeper than
@@ -308,8 +356,14 @@ fn check_nesting(text: &str) -> Result<(), CompileError> {
             }
         };
         if pushed && open.len() > MAX_NESTING {
-            let end = (at + 1..=text.len()).find(|&e| text.is_char_boundary(e)).unwrap_or(text.len());
-            return Err(CompileError { range: at..end, message: format!("brackets, strings and interpolations nest more than {MAX_NESTING} levels deep here") });
+            let end =
+                (at + 1..=text.len()).find(|&e| text.is_char_boundary(e)).unwrap_or(text.len());
+            return Err(CompileError {
+                range: at..end,
+                message: format!(
+                    "brackets, strings and interpolations nest more than {MAX_NESTING} levels deep here"
+                ),
+            });
         }
     }
     Ok(())
@@ -349,7 +403,12 @@ pub struct Budget {
 
 impl Default for Budget {
     fn default() -> Self {
-        Budget { steps: 10_000_000, bytes: 64 << 20, outputs: 1_000_000, time: Duration::from_secs(10) }
+        Budget {
+            steps: 10_000_000,
+            bytes: 64 << 20,
+            outputs: 1_000_000,
+            time: Duration::from_secs(10),
+        }
     }
 }
 
@@ -469,17 +528,33 @@ impl Evaluator {
     /// neither `false` nor `null`; later outputs are never computed).
     pub async fn holds(&self, field: &str, expr: &Expr, scope: &Scope) -> Result<bool, EvalError> {
         let (field, expr, scope) = (field.to_owned(), expr.clone(), scope.clone());
-        self.run(move |session| session.evaluate(|ev| ev.holds(&field, &expr, scope.context().clone(), &scope))).await
+        self.run(move |session| {
+            session.evaluate(|ev| ev.holds(&field, &expr, scope.context().clone(), &scope))
+        })
+        .await
     }
 
     /// Every output of `expr` on the scope's context.
-    pub async fn outputs(&self, field: &str, expr: &Expr, scope: &Scope) -> Result<Vec<Val>, EvalError> {
+    pub async fn outputs(
+        &self,
+        field: &str,
+        expr: &Expr,
+        scope: &Scope,
+    ) -> Result<Vec<Val>, EvalError> {
         let (field, expr, scope) = (field.to_owned(), expr.clone(), scope.clone());
-        self.run(move |session| session.evaluate(|ev| ev.all(&field, &expr, scope.context().clone(), &scope))).await
+        self.run(move |session| {
+            session.evaluate(|ev| ev.all(&field, &expr, scope.context().clone(), &scope))
+        })
+        .await
     }
 
     /// The value of `template` in `scope`; `field` names it in messages.
-    pub async fn render(&self, field: &str, template: &Template, scope: &Scope) -> Result<Value, EvalError> {
+    pub async fn render(
+        &self,
+        field: &str,
+        template: &Template,
+        scope: &Scope,
+    ) -> Result<Value, EvalError> {
         if let Node::Literal(value) = template.root.as_ref() {
             return Ok(value.clone());
         }
@@ -489,9 +564,20 @@ impl Evaluator {
 
     /// The first output of `expr` applied to `input` (`null` when there is
     /// none), as JSON.
-    pub async fn first(&self, field: &str, expr: &Expr, input: Val, scope: &Scope) -> Result<Value, EvalError> {
+    pub async fn first(
+        &self,
+        field: &str,
+        expr: &Expr,
+        input: Val,
+        scope: &Scope,
+    ) -> Result<Value, EvalError> {
         let (field, expr, scope) = (field.to_owned(), expr.clone(), scope.clone());
-        self.run(move |session| session.evaluate(|ev| Ok(ev.first(&field, &expr, input, &scope)?.map_or(Value::Null, |v| v.to_json())))).await
+        self.run(move |session| {
+            session.evaluate(|ev| {
+                Ok(ev.first(&field, &expr, input, &scope)?.map_or(Value::Null, |v| v.to_json()))
+            })
+        })
+        .await
     }
 }
 
@@ -507,7 +593,10 @@ pub struct Session {
 impl Session {
     /// [`Session::evaluate`], telling a jq error from running out of the
     /// budget and from being stopped.
-    pub fn try_evaluate<'e, T>(&mut self, f: impl FnOnce(&mut Evaluation<'e>) -> Result<T, String>) -> Result<T, EvalError> {
+    pub fn try_evaluate<'e, T>(
+        &mut self,
+        f: impl FnOnce(&mut Evaluation<'e>) -> Result<T, String>,
+    ) -> Result<T, EvalError> {
         match self.evaluate(f) {
             Ok(value) => Ok(value),
             Err(_) if self.stopped => Err(EvalError::Stopped),
@@ -520,8 +609,12 @@ impl Session {
     /// expressions (a record's `map`, then its `key`) and convert what they
     /// produce; all of it is charged. Past the budget `f` is abandoned and
     /// the message names the field and expression running at the time.
-    pub fn evaluate<'e, T>(&mut self, f: impl FnOnce(&mut Evaluation<'e>) -> Result<T, String>) -> Result<T, String> {
-        let mut evaluation = Evaluation { budget: self.budget, field: Cow::Borrowed(""), text: None };
+    pub fn evaluate<'e, T>(
+        &mut self,
+        f: impl FnOnce(&mut Evaluation<'e>) -> Result<T, String>,
+    ) -> Result<T, String> {
+        let mut evaluation =
+            Evaluation { budget: self.budget, field: Cow::Borrowed(""), text: None };
         self.ran_out = false;
         match meter::run(self.budget.limits(), || f(&mut evaluation)) {
             Ok(result) => result,
@@ -533,7 +626,9 @@ impl Session {
                 }
                 Err(evaluation.describe(&reason.to_string()))
             }
-            Err(Interrupted::Panicked(message)) => Err(evaluation.describe(&format!("made the evaluator fail ({message}); please report this expression"))),
+            Err(Interrupted::Panicked(message)) => Err(evaluation.describe(&format!(
+                "made the evaluator fail ({message}); please report this expression"
+            ))),
         }
     }
 }
@@ -569,7 +664,13 @@ impl<'e> Evaluation<'e> {
     }
 
     /// Every output of `expr` applied to `input`.
-    pub fn all(&mut self, field: &'e str, expr: &'e Expr, input: Val, scope: &Scope) -> Result<Vec<Val>, String> {
+    pub fn all(
+        &mut self,
+        field: &'e str,
+        expr: &'e Expr,
+        input: Val,
+        scope: &Scope,
+    ) -> Result<Vec<Val>, String> {
         self.enter(field, expr);
         let limit = self.budget.outputs;
         let mut outputs = Vec::new();
@@ -587,19 +688,36 @@ impl<'e> Evaluation<'e> {
 
     /// The first output of `expr` applied to `input`; the rest are never
     /// computed.
-    pub fn first(&mut self, field: &'e str, expr: &'e Expr, input: Val, scope: &Scope) -> Result<Option<Val>, String> {
+    pub fn first(
+        &mut self,
+        field: &'e str,
+        expr: &'e Expr,
+        input: Val,
+        scope: &Scope,
+    ) -> Result<Option<Val>, String> {
         self.enter(field, expr);
         self.first_output(expr, input, scope)
     }
 
-    fn first_output(&mut self, expr: &Expr, input: Val, scope: &Scope) -> Result<Option<Val>, String> {
+    fn first_output(
+        &mut self,
+        expr: &Expr,
+        input: Val,
+        scope: &Scope,
+    ) -> Result<Option<Val>, String> {
         let first = expr.outputs(input, scope).next();
         first.transpose().map_err(|e| self.failed(&e))
     }
 
     /// Whether the first output of `expr` on `input` is neither `false` nor
     /// `null`.
-    pub fn holds(&mut self, field: &'e str, expr: &'e Expr, input: Val, scope: &Scope) -> Result<bool, String> {
+    pub fn holds(
+        &mut self,
+        field: &'e str,
+        expr: &'e Expr,
+        input: Val,
+        scope: &Scope,
+    ) -> Result<bool, String> {
         Ok(self.first(field, expr, input, scope)?.is_some_and(|v| v.is_truthy()))
     }
 
@@ -616,7 +734,12 @@ impl<'e> Evaluation<'e> {
 
     /// The value of `template`, each expression in it evaluated against
     /// `.` = the context; `field` and the path inside name it in messages.
-    pub fn render(&mut self, field: &str, template: &'e Template, scope: &Scope) -> Result<Value, String> {
+    pub fn render(
+        &mut self,
+        field: &str,
+        template: &'e Template,
+        scope: &Scope,
+    ) -> Result<Value, String> {
         // The field is the path of the part being rendered, grown and cut
         // back in place as the template is walked.
         let mut path = std::mem::take(&mut self.field).into_owned();
@@ -690,7 +813,11 @@ fn quote(text: &str) -> String {
 
 fn subrange(whole: &str, part: &str) -> Range<usize> {
     let start = (part.as_ptr() as usize).wrapping_sub(whole.as_ptr() as usize);
-    if start <= whole.len() && start + part.len() <= whole.len() { start..start + part.len() } else { 0..whole.len() }
+    if start <= whole.len() && start + part.len() <= whole.len() {
+        start..start + part.len()
+    } else {
+        0..whole.len()
+    }
 }
 
 fn load_error(text: &str, errors: jaq_core::load::Errors<&str, ()>) -> CompileError {
@@ -700,21 +827,35 @@ fn load_error(text: &str, errors: jaq_core::load::Errors<&str, ()>) -> CompileEr
             Error::Lex(errs) => {
                 if let Some((expect, got)) = errs.into_iter().next() {
                     let wanted = match &expect {
-                        jaq_core::load::lex::Expect::Delim(d) if !["(", "[", "{", "\""].contains(d) => "closing delimiter",
+                        jaq_core::load::lex::Expect::Delim(d)
+                            if !["(", "[", "{", "\""].contains(d) =>
+                        {
+                            "closing delimiter"
+                        }
                         other => other.as_str(),
                     };
-                    return CompileError { range: subrange(text, got), message: format!("expected {wanted}") };
+                    return CompileError {
+                        range: subrange(text, got),
+                        message: format!("expected {wanted}"),
+                    };
                 }
             }
             Error::Parse(errs) => {
                 if let Some((expect, got)) = errs.into_iter().next() {
-                    let found = if got.is_empty() { "the end".to_owned() } else { format!("`{got}`") };
-                    return CompileError { range: subrange(text, got), message: format!("expected {}, found {found}", expect.as_str()) };
+                    let found =
+                        if got.is_empty() { "the end".to_owned() } else { format!("`{got}`") };
+                    return CompileError {
+                        range: subrange(text, got),
+                        message: format!("expected {}, found {found}", expect.as_str()),
+                    };
                 }
             }
             Error::Io(errs) => {
                 if let Some((path, why)) = errs.into_iter().next() {
-                    return CompileError { range: subrange(text, path), message: format!("cannot load module {path}: {why}") };
+                    return CompileError {
+                        range: subrange(text, path),
+                        message: format!("cannot load module {path}: {why}"),
+                    };
                 }
             }
         }
@@ -795,15 +936,25 @@ impl Node {
             Value::Array(items) => {
                 let parts = items.into_iter().map(Node::compile).collect::<Result<Vec<_>, _>>()?;
                 if parts.iter().all(|p| matches!(p, Node::Literal(_))) {
-                    Ok(Node::Literal(Value::Array(parts.into_iter().filter_map(Node::into_literal).collect())))
+                    Ok(Node::Literal(Value::Array(
+                        parts.into_iter().filter_map(Node::into_literal).collect(),
+                    )))
                 } else {
                     Ok(Node::Array(parts))
                 }
             }
             Value::Object(map) => {
-                let parts = map.into_iter().map(|(k, v)| Node::compile(v).map(|t| (k, t))).collect::<Result<Vec<_>, _>>()?;
+                let parts = map
+                    .into_iter()
+                    .map(|(k, v)| Node::compile(v).map(|t| (k, t)))
+                    .collect::<Result<Vec<_>, _>>()?;
                 if parts.iter().all(|(_, p)| matches!(p, Node::Literal(_))) {
-                    Ok(Node::Literal(Value::Object(parts.into_iter().filter_map(|(k, p)| p.into_literal().map(|v| (k, v))).collect())))
+                    Ok(Node::Literal(Value::Object(
+                        parts
+                            .into_iter()
+                            .filter_map(|(k, p)| p.into_literal().map(|v| (k, v)))
+                            .collect(),
+                    )))
                 } else {
                     Ok(Node::Object(parts))
                 }
@@ -827,14 +978,18 @@ impl Node {
             let Some(close) = after.find("}}") else {
                 return Err(TemplateError {
                     expression: after.to_owned(),
-                    error: CompileError { range: 0..after.len(), message: "`${{` without a closing `}}`".into() },
+                    error: CompileError {
+                        range: 0..after.len(),
+                        message: "`${{` without a closing `}}`".into(),
+                    },
                 });
             };
             if open > 0 {
                 parts.push(Part::Text(rest[..open].to_owned()));
             }
             let code = &after[..close];
-            let expr = Expr::compile(code.trim()).map_err(|error| TemplateError { expression: code.trim().to_owned(), error })?;
+            let expr = Expr::compile(code.trim())
+                .map_err(|error| TemplateError { expression: code.trim().to_owned(), error })?;
             parts.push(Part::Expr(expr));
             rest = &after[close + 2..];
         }
@@ -851,7 +1006,10 @@ impl Node {
         match self {
             Node::Literal(_) => Vec::new(),
             Node::Whole(e) => vec![e],
-            Node::Splice(parts) => parts.iter().filter_map(|p| if let Part::Expr(e) = p { Some(e) } else { None }).collect(),
+            Node::Splice(parts) => parts
+                .iter()
+                .filter_map(|p| if let Part::Expr(e) = p { Some(e) } else { None })
+                .collect(),
             Node::Array(items) => items.iter().flat_map(Node::expressions).collect(),
             Node::Object(fields) => fields.iter().flat_map(|(_, t)| t.expressions()).collect(),
         }
@@ -878,7 +1036,8 @@ pub fn references(text: &str, root: &str) -> Vec<(String, Range<usize>, bool)> {
         let start = from + pos;
         from = start + root.len();
         let preceded = start > 0 && matches!(bytes[start - 1], b'.' | b'$');
-        let word_before = start > 1 && (bytes[start - 2].is_ascii_alphanumeric() || bytes[start - 2] == b'_');
+        let word_before =
+            start > 1 && (bytes[start - 2].is_ascii_alphanumeric() || bytes[start - 2] == b'_');
         let word_after = bytes.get(from).is_some_and(|b| b.is_ascii_alphanumeric() || *b == b'_');
         if !preceded || word_after || (bytes[start - 1] == b'.' && word_before) {
             continue;
@@ -886,7 +1045,8 @@ pub fn references(text: &str, root: &str) -> Vec<(String, Range<usize>, bool)> {
         let variable = bytes[start - 1] == b'$';
         let rest = &text[from..];
         if let Some(name) = rest.strip_prefix('.') {
-            let len = name.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(name.len());
+            let len =
+                name.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(name.len());
             if len > 0 {
                 found.push((name[..len].to_owned(), from + 1..from + 1 + len, variable));
             }
@@ -908,8 +1068,12 @@ mod tests {
     use serde_json::json;
 
     fn scope() -> Scope {
-        Scope::new(&json!({"email": "ada@example.com", "plan": "pro"}), &json!({"lookup": {"id": "cus_1"}}), &json!({"id": "r1", "workflow": "w"}))
-            .with_item(&json!({"id": 7}))
+        Scope::new(
+            &json!({"email": "ada@example.com", "plan": "pro"}),
+            &json!({"lookup": {"id": "cus_1"}}),
+            &json!({"id": "r1", "workflow": "w"}),
+        )
+        .with_item(&json!({"id": 7}))
     }
 
     fn compile(text: &str) -> Result<Expr, String> {
@@ -934,7 +1098,9 @@ mod tests {
 
     async fn all(text: &str) -> Result<Vec<Value>, EvalError> {
         let expr = compile(text).map_err(EvalError::Failed)?;
-        let outputs = Evaluator::new(Budget { outputs: 100_000, ..test_budget() }).outputs("for_each", &expr, &scope()).await?;
+        let outputs = Evaluator::new(Budget { outputs: 100_000, ..test_budget() })
+            .outputs("for_each", &expr, &scope())
+            .await?;
         Ok(outputs.iter().map(|v| v.to_json()).collect())
     }
 
@@ -943,13 +1109,24 @@ mod tests {
         let s = scope();
         let evaluator = Evaluator::default();
         let e = Expr::compile(".inputs.email").map_err(|e| EvalError::Failed(e.message))?;
-        assert_eq!(evaluator.first("t", &e, s.context().clone(), &s).await?, json!("ada@example.com"));
-        assert_eq!(first("$steps.lookup.id + \"/\" + ($item.id | tostring)", Value::Null).await?, json!("cus_1/7"));
         assert_eq!(
-            first("{email: .email, name: (.first + \" \" + .last)}", json!({"email": "a@b", "first": "Ada", "last": "L"})).await?,
+            evaluator.first("t", &e, s.context().clone(), &s).await?,
+            json!("ada@example.com")
+        );
+        assert_eq!(
+            first("$steps.lookup.id + \"/\" + ($item.id | tostring)", Value::Null).await?,
+            json!("cus_1/7")
+        );
+        assert_eq!(
+            first(
+                "{email: .email, name: (.first + \" \" + .last)}",
+                json!({"email": "a@b", "first": "Ada", "last": "L"})
+            )
+            .await?,
             json!({"email": "a@b", "name": "Ada L"})
         );
-        let pro = Expr::compile(".inputs.plan == \"pro\"").map_err(|e| EvalError::Failed(e.message))?;
+        let pro =
+            Expr::compile(".inputs.plan == \"pro\"").map_err(|e| EvalError::Failed(e.message))?;
         assert!(evaluator.holds("when", &pro, &s).await?);
         let empty = Expr::compile("empty").map_err(|e| EvalError::Failed(e.message))?;
         assert!(!evaluator.holds("when", &empty, &s).await?);
@@ -996,7 +1173,10 @@ mod tests {
 
     #[tokio::test]
     async fn large_integers_survive_the_round_trip() -> Result<(), EvalError> {
-        assert_eq!(first(".n", json!({"n": 1_700_000_000_123_i64})).await?, json!(1_700_000_000_123_i64));
+        assert_eq!(
+            first(".n", json!({"n": 1_700_000_000_123_i64})).await?,
+            json!(1_700_000_000_123_i64)
+        );
         Ok(())
     }
 
@@ -1024,10 +1204,18 @@ mod tests {
     /// the first request.
     #[test]
     fn halt_halt_error_and_stderr_are_refused_when_compiled() {
-        for (text, name) in [(".a | halt", "halt"), ("halt_error", "halt_error"), ("\"x\" | halt_error(1)", "halt_error"), ("stderr", "stderr")] {
+        for (text, name) in [
+            (".a | halt", "halt"),
+            ("halt_error", "halt_error"),
+            ("\"x\" | halt_error(1)", "halt_error"),
+            ("stderr", "stderr"),
+        ] {
             let err = Expr::compile(text).err();
             let (message, range) = err.map(|e| (e.message, e.range)).unwrap_or_default();
-            assert!(message.starts_with(&format!("{name} is not available in expressions")), "{text}: {message}");
+            assert!(
+                message.starts_with(&format!("{name} is not available in expressions")),
+                "{text}: {message}"
+            );
             assert_eq!(&text[range], name, "{text}");
         }
     }
@@ -1044,7 +1232,10 @@ mod tests {
         // Strings and interpolations count; brackets inside strings do not.
         assert!(Expr::compile(&format!("\"{}\"", "(".repeat(1000))).is_ok());
         assert!(Expr::compile(&format!("{}1{}", "\"\\(".repeat(200), ")\"".repeat(200))).is_err());
-        assert!(Expr::compile(&format!("{}1{}", "[".repeat(MAX_NESTING), "]".repeat(MAX_NESTING))).is_ok());
+        assert!(
+            Expr::compile(&format!("{}1{}", "[".repeat(MAX_NESTING), "]".repeat(MAX_NESTING)))
+                .is_ok()
+        );
         let long = "1".repeat(MAX_EXPRESSION_BYTES + 1);
         assert!(Expr::compile(&long).err().is_some_and(|e| e.message.contains("at most 16,384")));
     }
@@ -1053,7 +1244,8 @@ mod tests {
     /// allowed: they compile on the compiling thread's stack, and evaluating
     /// them fails on the evaluator's stack budget, not the process.
     #[tokio::test]
-    async fn the_longest_expressions_of_the_deepest_shapes_compile_and_fail_cleanly() -> Result<(), String> {
+    async fn the_longest_expressions_of_the_deepest_shapes_compile_and_fail_cleanly()
+    -> Result<(), String> {
         let negations = format!("{}1", "-".repeat(MAX_EXPRESSION_BYTES - 1));
         let sums = format!("1{}", "+1".repeat((MAX_EXPRESSION_BYTES - 1) / 2));
         for text in [negations, sums] {
@@ -1068,11 +1260,20 @@ mod tests {
 
     #[tokio::test]
     async fn runtime_errors_are_messages_naming_the_field() -> Result<(), String> {
-        let err = first(".a + 1", json!({"a": "x"})).await.err().map(|e| e.to_string()).unwrap_or_default();
+        let err = first(".a + 1", json!({"a": "x"}))
+            .await
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert_eq!(err, "test: expression `.a + 1` failed: cannot calculate \"x\" + 1");
-        let err = first("error({code: 7})", Value::Null).await.err().map(|e| e.to_string()).unwrap_or_default();
+        let err = first("error({code: 7})", Value::Null)
+            .await
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert_eq!(err, "test: expression `error({code: 7})` failed: {\"code\":7}");
-        let err = first("{(1): 2}", Value::Null).await.err().map(|e| e.to_string()).unwrap_or_default();
+        let err =
+            first("{(1): 2}", Value::Null).await.err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("object keys must be strings"), "{err}");
         Ok(())
     }
@@ -1101,14 +1302,23 @@ mod tests {
         ];
         for (text, budget) in cases {
             let started = Instant::now();
-            let err = first(text, Value::Null).await.err().map(|e| e.to_string()).unwrap_or_default();
+            let err =
+                first(text, Value::Null).await.err().map(|e| e.to_string()).unwrap_or_default();
             assert!(err.contains(budget), "{text}: {err}");
             assert!(err.starts_with("test: "), "{text}: {err}");
-            assert!(started.elapsed() < Duration::from_secs(30), "{text} took {:?}", started.elapsed());
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "{text} took {:?}",
+                started.elapsed()
+            );
         }
         let err = all("repeat(1)").await.err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("more than its budget of 100,000 outputs"), "{err}");
-        let err = first("(\"[\" * 100000) | fromjson", Value::Null).await.err().map(|e| e.to_string()).unwrap_or_default();
+        let err = first("(\"[\" * 100000) | fromjson", Value::Null)
+            .await
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("recursion limit"), "{err}");
         // Lazily: the first output is all `when` needs.
         assert_eq!(first("repeat(1)", Value::Null).await.map_err(|e| e.to_string())?, json!(1));
@@ -1119,9 +1329,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_time_budget_stops_a_slow_evaluation() -> Result<(), String> {
-        let budget = Budget { steps: u64::MAX - 1, time: Duration::from_millis(200), ..Budget::default() };
+        let budget =
+            Budget { steps: u64::MAX - 1, time: Duration::from_millis(200), ..Budget::default() };
         let started = Instant::now();
-        let err = first_with(budget, "last(range(1e18))", Value::Null).await.err().map(|e| e.to_string()).unwrap_or_default();
+        let err = first_with(budget, "last(range(1e18))", Value::Null)
+            .await
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("ran longer than its budget of 200ms"), "{err}");
         assert!(started.elapsed() < Duration::from_secs(10));
         Ok(())
@@ -1129,7 +1344,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_stop_token_or_a_caller_that_gives_up_stops_the_evaluation() -> Result<(), String> {
-        let endless = Budget { steps: u64::MAX - 1, time: Duration::from_secs(3600), ..Budget::default() };
+        let endless =
+            Budget { steps: u64::MAX - 1, time: Duration::from_secs(3600), ..Budget::default() };
         let expr = compile("last(range(1e18))")?;
         let token = CancellationToken::new();
         let evaluator = Evaluator::new(endless).stopped_by(&token);
@@ -1175,20 +1391,29 @@ mod tests {
             json!({"email": "ada@example.com", "note": "plan pro for 7", "n": 7, "fixed": ["a", 1]})
         );
         assert!(Template::compile(json!("no expression")).is_ok_and(|t| t.is_literal()));
-        let err = Template::compile(json!("${{ .a ")).err().map(|e| e.error.message).unwrap_or_default();
+        let err =
+            Template::compile(json!("${{ .a ")).err().map(|e| e.error.message).unwrap_or_default();
         assert!(err.contains("closing"), "{err}");
-        let runaway = Template::compile(json!({"tags": ["a", "${{ def f: f; f }}"]})).map_err(|e| e.error.message)?;
-        let err = evaluator.render("record", &runaway, &s).await.err().map(|e| e.to_string()).unwrap_or_default();
+        let runaway = Template::compile(json!({"tags": ["a", "${{ def f: f; f }}"]}))
+            .map_err(|e| e.error.message)?;
+        let err = evaluator
+            .render("record", &runaway, &s)
+            .await
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.starts_with("record.tags[1]: the expression `def f: f; f` exceeded its budget of 1,000,000 evaluation steps"), "{err}");
         Ok(())
     }
 
     #[test]
     fn step_references_are_found_in_every_spelling() {
-        let refs: Vec<String> = step_references(".steps.lookup.id + $steps.other + .steps[\"with-dash\"].x + .mysteps.no")
-            .into_iter()
-            .map(|(id, _)| id)
-            .collect();
+        let refs: Vec<String> = step_references(
+            ".steps.lookup.id + $steps.other + .steps[\"with-dash\"].x + .mysteps.no",
+        )
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
         assert_eq!(refs, vec!["lookup", "other", "with-dash"]);
         let text = "$steps.abc";
         let (_, range) = step_references(text)[0].clone();

@@ -187,12 +187,21 @@ pub struct Attempts {
 /// the retry policy plug in; the default sends each request once, right away.
 pub trait RequestPolicy: Send + Sync + std::fmt::Debug {
     /// Waits until `method` may be sent. Returns how long it waited.
-    fn admit(&self, method: Method) -> std::pin::Pin<Box<dyn Future<Output = Duration> + Send + '_>>;
+    fn admit(
+        &self,
+        method: Method,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Duration> + Send + '_>>;
 
     /// Decides whether to send again after `attempts` (the last of which
     /// ended with `outcome`), and after how long. `None` hands the outcome
     /// to the plugin.
-    fn retry_after(&self, method: Method, idempotent: bool, attempts: Attempts, outcome: &Result<Response, HttpError>) -> Option<Duration>;
+    fn retry_after(
+        &self,
+        method: Method,
+        idempotent: bool,
+        attempts: Attempts,
+        outcome: &Result<Response, HttpError>,
+    ) -> Option<Duration>;
 }
 
 /// Sends every request once, with no pacing.
@@ -200,11 +209,20 @@ pub trait RequestPolicy: Send + Sync + std::fmt::Debug {
 pub struct SendOnce;
 
 impl RequestPolicy for SendOnce {
-    fn admit(&self, _method: Method) -> std::pin::Pin<Box<dyn Future<Output = Duration> + Send + '_>> {
+    fn admit(
+        &self,
+        _method: Method,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Duration> + Send + '_>> {
         Box::pin(std::future::ready(Duration::ZERO))
     }
 
-    fn retry_after(&self, _: Method, _: bool, _: Attempts, _: &Result<Response, HttpError>) -> Option<Duration> {
+    fn retry_after(
+        &self,
+        _: Method,
+        _: bool,
+        _: Attempts,
+        _: &Result<Response, HttpError>,
+    ) -> Option<Duration> {
         None
     }
 }
@@ -305,7 +323,9 @@ impl EgressPolicy {
         match (self, AddressScope::of(ip)) {
             (EgressPolicy::Any, _) => true,
             (EgressPolicy::LoopbackOnly, scope) => scope == AddressScope::Loopback,
-            (EgressPolicy::PublicAndLoopback, AddressScope::Public | AddressScope::Loopback) => true,
+            (EgressPolicy::PublicAndLoopback, AddressScope::Public | AddressScope::Loopback) => {
+                true
+            }
             (EgressPolicy::Public, AddressScope::Public) => true,
             _ => false,
         }
@@ -315,7 +335,9 @@ impl EgressPolicy {
     fn advice(self) -> &'static str {
         match self {
             EgressPolicy::LoopbackOnly => "this run may reach loopback addresses only",
-            _ => "a connection reaches public addresses only (and loopback when its base URL is on loopback); set `allow_private_network = true` on the connection to reach this one",
+            _ => {
+                "a connection reaches public addresses only (and loopback when its base URL is on loopback); set `allow_private_network = true` on the connection to reach this one"
+            }
         }
     }
 
@@ -389,7 +411,12 @@ impl AddressScope {
         }
         // 6to4: 2002:AABB:CCDD::/48 carries a.b.c.d.
         if s[0] == 0x2002 {
-            return Self::of_v4(Ipv4Addr::new((s[1] >> 8) as u8, s[1] as u8, (s[2] >> 8) as u8, s[2] as u8));
+            return Self::of_v4(Ipv4Addr::new(
+                (s[1] >> 8) as u8,
+                s[1] as u8,
+                (s[2] >> 8) as u8,
+                s[2] as u8,
+            ));
         }
         AddressScope::NonPublic(match s[0] {
             0xfc00..=0xfdff => "unique local (fc00::/7)",
@@ -450,9 +477,13 @@ impl reqwest::dns::Resolve for EgressResolver {
             if trusted {
                 return Ok(Box::new(addresses.into_iter()) as reqwest::dns::Addrs);
             }
-            let (permitted, refused): (Vec<SocketAddr>, Vec<SocketAddr>) = addresses.into_iter().partition(|a| policy.permits(a.ip()));
+            let (permitted, refused): (Vec<SocketAddr>, Vec<SocketAddr>) =
+                addresses.into_iter().partition(|a| policy.permits(a.ip()));
             match refused.first() {
-                Some(first) if permitted.is_empty() => Err(Box::new(EgressDenied(egress_denial(&host, first.ip(), policy))) as Box<dyn std::error::Error + Send + Sync>),
+                Some(first) if permitted.is_empty() => {
+                    Err(Box::new(EgressDenied(egress_denial(&host, first.ip(), policy)))
+                        as Box<dyn std::error::Error + Send + Sync>)
+                }
                 _ => Ok(Box::new(permitted.into_iter()) as reqwest::dns::Addrs),
             }
         })
@@ -466,8 +497,18 @@ fn environment_proxies() -> Vec<String> {
         .filter_map(|name| std::env::var(name).ok())
         .filter_map(|value| {
             let value = value.trim();
-            let url = if value.contains("://") { Url::parse(value) } else { Url::parse(&format!("http://{value}")) };
-            Some(url.ok()?.host_str()?.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase())
+            let url = if value.contains("://") {
+                Url::parse(value)
+            } else {
+                Url::parse(&format!("http://{value}"))
+            };
+            Some(
+                url.ok()?
+                    .host_str()?
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_ascii_lowercase(),
+            )
         })
         .collect()
 }
@@ -501,7 +542,11 @@ impl HttpClients {
 
     fn client(&self, policy: EgressPolicy) -> Result<reqwest::Client, HttpError> {
         let built = self.clients[policy.index()].get_or_init(|| {
-            let resolver = EgressResolver { policy, pinned: self.pinned.clone(), proxies: environment_proxies() };
+            let resolver = EgressResolver {
+                policy,
+                pinned: self.pinned.clone(),
+                proxies: environment_proxies(),
+            };
             reqwest::Client::builder()
                 // A redirect could lead to a host the connection does not allow.
                 .redirect(reqwest::redirect::Policy::none())
@@ -511,7 +556,9 @@ impl HttpClients {
                 .build()
                 .map_err(|e| e.to_string())
         });
-        built.clone().map_err(|e| HttpError::Connection(format!("could not set up the HTTP client: {e}")))
+        built
+            .clone()
+            .map_err(|e| HttpError::Connection(format!("could not set up the HTTP client: {e}")))
     }
 }
 
@@ -544,7 +591,12 @@ impl CredentialScrubber {
         }
         forms.sort_by_key(|form| std::cmp::Reverse(form.len()));
         forms.dedup();
-        CredentialScrubber { forms: forms.iter().map(|form| memmem::Finder::new(form.as_bytes()).into_owned()).collect() }
+        CredentialScrubber {
+            forms: forms
+                .iter()
+                .map(|form| memmem::Finder::new(form.as_bytes()).into_owned())
+                .collect(),
+        }
     }
 
     /// Replaces every form of the credential in `response` with
@@ -556,7 +608,8 @@ impl CredentialScrubber {
             }
             for (_, value) in &mut response.headers {
                 if let Some(first) = form.find(value.as_bytes()) {
-                    *value = String::from_utf8_lossy(&replace_all(value.as_bytes(), form, first)).into_owned();
+                    *value = String::from_utf8_lossy(&replace_all(value.as_bytes(), form, first))
+                        .into_owned();
                 }
             }
         }
@@ -652,7 +705,11 @@ struct Origin {
 
 impl Origin {
     fn of(url: &Url) -> Option<Origin> {
-        Some(Origin { scheme: url.scheme().to_owned(), host: url.host_str()?.to_ascii_lowercase(), port: url.port_or_known_default() })
+        Some(Origin {
+            scheme: url.scheme().to_owned(),
+            host: url.host_str()?.to_ascii_lowercase(),
+            port: url.port_or_known_default(),
+        })
     }
 
     /// `host` or `host:port` as a workflow or manifest names an extra host;
@@ -680,17 +737,33 @@ impl ConnectionHttp {
         let base_url = Url::parse(base_url.trim_end_matches('/'))
             .map_err(|e| HttpError::InvalidRequest(format!("base URL {base_url:?}: {e}")))?;
         if !matches!(base_url.scheme(), "http" | "https") {
-            return Err(HttpError::InvalidRequest(format!("base URL {base_url} must be http or https")));
+            return Err(HttpError::InvalidRequest(format!(
+                "base URL {base_url} must be http or https"
+            )));
         }
-        let mut allowed = vec![Origin::of(&base_url).ok_or_else(|| HttpError::InvalidRequest(format!("base URL {base_url} has no host")))?];
+        let mut allowed = vec![Origin::of(&base_url).ok_or_else(|| {
+            HttpError::InvalidRequest(format!("base URL {base_url} has no host"))
+        })?];
         for host in extra_hosts {
-            let origin = Origin::parse_extra(host, base_url.scheme())
-                .ok_or_else(|| HttpError::InvalidRequest(format!("allowed host {host:?} is not a host name")))?;
+            let origin = Origin::parse_extra(host, base_url.scheme()).ok_or_else(|| {
+                HttpError::InvalidRequest(format!("allowed host {host:?} is not a host name"))
+            })?;
             allowed.push(origin);
         }
         let egress = EgressPolicy::default_for(&base_url);
         let scrubber = CredentialScrubber::new(credential.as_ref());
-        Ok(ConnectionHttp { transport: Transport::Network(clients), base_url, allowed, egress, credential, scrubber, limits, policy, stats: Arc::default(), confined_to: None })
+        Ok(ConnectionHttp {
+            transport: Transport::Network(clients),
+            base_url,
+            allowed,
+            egress,
+            credential,
+            scrubber,
+            limits,
+            policy,
+            stats: Arc::default(),
+            confined_to: None,
+        })
     }
 
     /// Replaces the egress policy the base URL called for, e.g. with
@@ -718,12 +791,21 @@ impl ConnectionHttp {
     pub fn confined_to(mut self, emulators: &[String]) -> Result<Self, HttpError> {
         let mut origins = Vec::with_capacity(emulators.len());
         for emulator in emulators {
-            let url = Url::parse(emulator).map_err(|e| HttpError::InvalidRequest(format!("emulator URL {emulator:?}: {e}")))?;
-            origins.push(Origin::of(&url).ok_or_else(|| HttpError::InvalidRequest(format!("emulator URL {emulator} has no host")))?);
+            let url = Url::parse(emulator).map_err(|e| {
+                HttpError::InvalidRequest(format!("emulator URL {emulator:?}: {e}"))
+            })?;
+            origins.push(Origin::of(&url).ok_or_else(|| {
+                HttpError::InvalidRequest(format!("emulator URL {emulator} has no host"))
+            })?);
         }
-        let base = Origin::of(&self.base_url).ok_or_else(|| HttpError::InvalidRequest(format!("base URL {} has no host", self.base_url)))?;
+        let base = Origin::of(&self.base_url).ok_or_else(|| {
+            HttpError::InvalidRequest(format!("base URL {} has no host", self.base_url))
+        })?;
         if !origins.contains(&base) {
-            return Err(HttpError::Denied(format!("{} is not a sandbox emulator; a sandbox run sends requests to its emulators only", self.base_url)));
+            return Err(HttpError::Denied(format!(
+                "{} is not a sandbox emulator; a sandbox run sends requests to its emulators only",
+                self.base_url
+            )));
         }
         self.allowed.retain(|origin| origins.contains(origin));
         self.confined_to = Some(origins);
@@ -735,7 +817,10 @@ impl ConnectionHttp {
     /// Replaces the network with `respond`, which answers every request that
     /// passes the policy checks. For benchmarks that measure the plugin
     /// boundary alone, and for connector tests with no server.
-    pub fn with_canned_responses(mut self, respond: impl Fn(&Url, &Request) -> Response + Send + Sync + 'static) -> Self {
+    pub fn with_canned_responses(
+        mut self,
+        respond: impl Fn(&Url, &Request) -> Response + Send + Sync + 'static,
+    ) -> Self {
         self.transport = Transport::Canned(Arc::new(respond));
         self
     }
@@ -756,7 +841,11 @@ impl ConnectionHttp {
     /// checked when they are resolved).
     fn target(&self, url: &str) -> Result<Url, HttpError> {
         if url.len() > MAX_URL_BYTES {
-            return Err(HttpError::InvalidRequest(format!("the URL {:?} is {} bytes; at most {MAX_URL_BYTES} are allowed", shortened(url), url.len())));
+            return Err(HttpError::InvalidRequest(format!(
+                "the URL {:?} is {} bytes; at most {MAX_URL_BYTES} are allowed",
+                shortened(url),
+                url.len()
+            )));
         }
         let target = if url.starts_with('/') {
             Url::parse(&format!("{}{url}", self.base_url.as_str().trim_end_matches('/')))
@@ -765,9 +854,14 @@ impl ConnectionHttp {
         }
         .map_err(|e| HttpError::InvalidRequest(format!("bad URL {:?}: {e}", shortened(url))))?;
         if target.as_str().len() > MAX_URL_BYTES {
-            return Err(HttpError::InvalidRequest(format!("the URL {:?} is {} bytes; at most {MAX_URL_BYTES} are allowed", shortened(target.as_str()), target.as_str().len())));
+            return Err(HttpError::InvalidRequest(format!(
+                "the URL {:?} is {} bytes; at most {MAX_URL_BYTES} are allowed",
+                shortened(target.as_str()),
+                target.as_str().len()
+            )));
         }
-        let origin = Origin::of(&target).ok_or_else(|| HttpError::InvalidRequest(format!("URL {target} has no host")))?;
+        let origin = Origin::of(&target)
+            .ok_or_else(|| HttpError::InvalidRequest(format!("URL {target} has no host")))?;
         // Checked apart from `allowed`, so no later change to what a
         // connection allows can open a sandbox run to the world.
         if let Some(emulators) = &self.confined_to
@@ -800,7 +894,9 @@ impl ConnectionHttp {
             return Err(HttpError::Denied(egress_denial(&ip.to_string(), ip, self.egress)));
         }
         if !target.username().is_empty() || target.password().is_some() {
-            return Err(HttpError::InvalidRequest("URLs with user info are not allowed; the host injects credentials".into()));
+            return Err(HttpError::InvalidRequest(
+                "URLs with user info are not allowed; the host injects credentials".into(),
+            ));
         }
         Ok(target)
     }
@@ -825,7 +921,9 @@ impl ConnectionHttp {
             }
             total += size;
             if total > MAX_HEADERS_TOTAL_BYTES {
-                return Err(HttpError::InvalidRequest(format!("the request's headers exceed {MAX_HEADERS_TOTAL_BYTES} bytes in all")));
+                return Err(HttpError::InvalidRequest(format!(
+                    "the request's headers exceed {MAX_HEADERS_TOTAL_BYTES} bytes in all"
+                )));
             }
         }
         let mut headers = HeaderMap::with_capacity(request.headers.len() + 1);
@@ -835,11 +933,14 @@ impl ConnectionHttp {
             AuthScheme::Header(name) => Some(name.to_ascii_lowercase()),
         });
         for (name, value) in &request.headers {
-            let name = HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| HttpError::InvalidRequest(format!("bad header name {:?}", shortened(name))))?;
+            let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                HttpError::InvalidRequest(format!("bad header name {:?}", shortened(name)))
+            })?;
             // The credential header is the host's; a plugin cannot set or
             // spoof it. Nor the headers that frame the message.
-            if credential_header.as_deref() == Some(name.as_str()) || HOST_HEADERS.contains(&name.as_str()) {
+            if credential_header.as_deref() == Some(name.as_str())
+                || HOST_HEADERS.contains(&name.as_str())
+            {
                 continue;
             }
             let value = HeaderValue::from_str(value)
@@ -849,20 +950,32 @@ impl ConnectionHttp {
         if let Some((scheme, secret)) = &self.credential {
             let (name, value) = match scheme {
                 AuthScheme::None => return Ok(headers),
-                AuthScheme::Bearer => (reqwest::header::AUTHORIZATION, format!("Bearer {}", secret.expose())),
+                AuthScheme::Bearer => {
+                    (reqwest::header::AUTHORIZATION, format!("Bearer {}", secret.expose()))
+                }
                 AuthScheme::BasicKeyAsUser => (
                     reqwest::header::AUTHORIZATION,
-                    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{}:", secret.expose()))),
+                    format!(
+                        "Basic {}",
+                        base64::engine::general_purpose::STANDARD
+                            .encode(format!("{}:", secret.expose()))
+                    ),
                 ),
                 AuthScheme::Header(name) => (
-                    HeaderName::from_bytes(name.as_bytes())
-                        .map_err(|_| HttpError::InvalidRequest(format!("bad auth header name {name:?} in manifest")))?,
+                    HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                        HttpError::InvalidRequest(format!(
+                            "bad auth header name {name:?} in manifest"
+                        ))
+                    })?,
                     secret.expose().to_owned(),
                 ),
             };
             // The error must not carry the value.
-            let mut value = HeaderValue::from_str(&value)
-                .map_err(|_| HttpError::InvalidRequest("the credential contains characters not allowed in a header".into()))?;
+            let mut value = HeaderValue::from_str(&value).map_err(|_| {
+                HttpError::InvalidRequest(
+                    "the credential contains characters not allowed in a header".into(),
+                )
+            })?;
             value.set_sensitive(true);
             headers.insert(name, value);
         }
@@ -871,7 +984,11 @@ impl ConnectionHttp {
 
     /// Sends a connector's request under the connection's policy, with no
     /// retry started that could not finish before `deadline`.
-    pub async fn send(&self, request: Request, deadline: Option<std::time::Instant>) -> Result<Response, HttpError> {
+    pub async fn send(
+        &self,
+        request: Request,
+        deadline: Option<std::time::Instant>,
+    ) -> Result<Response, HttpError> {
         let target = match self.target(&request.url) {
             Ok(target) => target,
             Err(e) => {
@@ -904,8 +1021,12 @@ impl ConnectionHttp {
             let outcome = self.send_once(&request, &target, headers.clone()).await;
             attempts.made += 1;
             match &outcome {
-                Ok(response) => tracing::debug!(method = ?request.method, url = %target, status = response.status, bytes = response.body.len(), attempt = attempts.made, "vendor request"),
-                Err(error) => tracing::debug!(method = ?request.method, url = %target, %error, attempt = attempts.made, "vendor request failed"),
+                Ok(response) => {
+                    tracing::debug!(method = ?request.method, url = %target, status = response.status, bytes = response.body.len(), attempt = attempts.made, "vendor request")
+                }
+                Err(error) => {
+                    tracing::debug!(method = ?request.method, url = %target, %error, attempt = attempts.made, "vendor request failed")
+                }
             }
             match &outcome {
                 Ok(r) if r.status == 429 => {
@@ -923,7 +1044,14 @@ impl ConnectionHttp {
             let retry = self
                 .policy
                 .retry_after(request.method, request.idempotent, attempts, &outcome)
-                .filter(|delay| deadline.is_none_or(|d| std::time::Instant::now() + *delay + self.limits.timeout.min(Duration::from_secs(1)) < d));
+                .filter(|delay| {
+                    deadline.is_none_or(|d| {
+                        std::time::Instant::now()
+                            + *delay
+                            + self.limits.timeout.min(Duration::from_secs(1))
+                            < d
+                    })
+                });
             if let Some(delay) = retry {
                 self.stats.retries.fetch_add(1, Ordering::Relaxed);
                 self.stats.waited_micros.fetch_add(delay.as_micros() as u64, Ordering::Relaxed);
@@ -936,7 +1064,9 @@ impl ConnectionHttp {
                     // Say how hard the host tried, in a header the
                     // connector's error mapping can quote.
                     if attempts.made > 1 {
-                        response.headers.push((ATTEMPTS_HEADER.to_owned(), attempts.made.to_string()));
+                        response
+                            .headers
+                            .push((ATTEMPTS_HEADER.to_owned(), attempts.made.to_string()));
                     }
                     Ok(response)
                 }
@@ -946,13 +1076,21 @@ impl ConnectionHttp {
         }
     }
 
-    async fn send_once(&self, request: &Request, target: &Url, headers: HeaderMap) -> Result<Response, HttpError> {
+    async fn send_once(
+        &self,
+        request: &Request,
+        target: &Url,
+        headers: HeaderMap,
+    ) -> Result<Response, HttpError> {
         let started = Instant::now();
         let client = match &self.transport {
             Transport::Network(clients) => clients.client(self.egress)?,
             Transport::Canned(respond) => return Ok(respond(target, request)),
         };
-        let mut builder = client.request(request.method.to_reqwest(), target.clone()).headers(headers).timeout(self.limits.timeout);
+        let mut builder = client
+            .request(request.method.to_reqwest(), target.clone())
+            .headers(headers)
+            .timeout(self.limits.timeout);
         if let Some(body) = &request.body {
             builder = builder.body(body.clone());
         }
@@ -962,25 +1100,37 @@ impl ConnectionHttp {
         if let Some(length) = response.content_length()
             && length > cap as u64
         {
-            return Err(HttpError::TooLarge(format!("{target} answered with {length} bytes; the cap is {cap} bytes")));
+            return Err(HttpError::TooLarge(format!(
+                "{target} answered with {length} bytes; the cap is {cap} bytes"
+            )));
         }
         let headers = response
             .headers()
             .iter()
-            .filter_map(|(name, value)| Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned())))
+            .filter_map(|(name, value)| {
+                Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned()))
+            })
             .collect();
         // Sized once when the length is announced (it is under the cap, checked
         // above), rather than regrown and copied as chunks arrive.
-        let mut body = Vec::with_capacity(response.content_length().map_or(0, |length| length as usize));
+        let mut body =
+            Vec::with_capacity(response.content_length().map_or(0, |length| length as usize));
         loop {
             let remaining = self.limits.timeout.saturating_sub(started.elapsed());
             let chunk = match tokio::time::timeout(remaining, response.chunk()).await {
                 Ok(chunk) => chunk.map_err(|e| classify(&e, target))?,
-                Err(_) => return Err(HttpError::Timeout(format!("{target}: body not complete after {:?}", self.limits.timeout))),
+                Err(_) => {
+                    return Err(HttpError::Timeout(format!(
+                        "{target}: body not complete after {:?}",
+                        self.limits.timeout
+                    )));
+                }
             };
             let Some(chunk) = chunk else { break };
             if body.len() + chunk.len() > cap {
-                return Err(HttpError::TooLarge(format!("{target} answered with more than {cap} bytes")));
+                return Err(HttpError::TooLarge(format!(
+                    "{target} answered with more than {cap} bytes"
+                )));
             }
             body.extend_from_slice(&chunk);
         }
@@ -1036,16 +1186,27 @@ mod tests {
     #[test]
     fn relative_paths_join_the_base_url() {
         let c = connection("http://127.0.0.1:4000/v1/", &[]);
-        assert_eq!(c.target("/customers").map(|u| u.to_string()), Ok("http://127.0.0.1:4000/v1/customers".into()));
+        assert_eq!(
+            c.target("/customers").map(|u| u.to_string()),
+            Ok("http://127.0.0.1:4000/v1/customers".into())
+        );
     }
 
     #[test]
     fn a_confined_connection_reaches_only_the_emulators() {
         let emulators = ["http://127.0.0.1:4000".to_owned(), "http://127.0.0.1:4001/v1".to_owned()];
-        let c = connection("http://127.0.0.1:4001/v1", &["127.0.0.1:4999"]).confined_to(&emulators).expect("the base URL is an emulator");
+        let c = connection("http://127.0.0.1:4001/v1", &["127.0.0.1:4999"])
+            .confined_to(&emulators)
+            .expect("the base URL is an emulator");
         assert!(c.target("/customers").is_ok());
-        assert!(matches!(c.target("http://127.0.0.1:4999/x"), Err(HttpError::Denied(m)) if m.contains("not a sandbox emulator")), "an extra host is dropped");
-        assert!(matches!(c.target("https://api.stripe.com/v1/customers"), Err(HttpError::Denied(_))));
+        assert!(
+            matches!(c.target("http://127.0.0.1:4999/x"), Err(HttpError::Denied(m)) if m.contains("not a sandbox emulator")),
+            "an extra host is dropped"
+        );
+        assert!(matches!(
+            c.target("https://api.stripe.com/v1/customers"),
+            Err(HttpError::Denied(_))
+        ));
         let production = connection("https://api.stripe.com", &[]).confined_to(&emulators);
         assert!(matches!(production, Err(HttpError::Denied(m)) if m.contains("api.stripe.com")));
     }
@@ -1054,8 +1215,14 @@ mod tests {
     fn disallowed_host_fails() {
         let c = connection("https://api.stripe.com", &[]);
         assert!(matches!(c.target("https://evil.example/"), Err(HttpError::Denied(_))));
-        assert!(matches!(c.target("http://api.stripe.com/"), Err(HttpError::Denied(_))), "scheme is part of the origin");
-        assert!(matches!(c.target("https://api.stripe.com:8443/"), Err(HttpError::Denied(_))), "port is part of the origin");
+        assert!(
+            matches!(c.target("http://api.stripe.com/"), Err(HttpError::Denied(_))),
+            "scheme is part of the origin"
+        );
+        assert!(
+            matches!(c.target("https://api.stripe.com:8443/"), Err(HttpError::Denied(_))),
+            "port is part of the origin"
+        );
     }
 
     #[test]
@@ -1090,7 +1257,8 @@ mod tests {
     #[test]
     fn an_oversized_header_or_header_block_is_refused() {
         let c = connection("https://api.stripe.com", &[]);
-        let long = invalid(c.headers(&get("/v1", vec![("x-long".into(), "v".repeat(MAX_HEADER_BYTES))])));
+        let long =
+            invalid(c.headers(&get("/v1", vec![("x-long".into(), "v".repeat(MAX_HEADER_BYTES))])));
         assert!(long.contains("x-long") && long.contains("8192 bytes per header"), "{long}");
         let long_name = invalid(c.headers(&get("/v1", vec![("n".repeat(100_000), "v".into())])));
         assert!(long_name.len() < 300, "the message quotes a shortened name: {long_name}");
@@ -1123,25 +1291,47 @@ mod tests {
     }
 
     fn canned(base: &str, limits: HttpLimits, body: &'static str) -> ConnectionHttp {
-        ConnectionHttp::new(shared_client(), base, &[], Some((AuthScheme::BasicKeyAsUser, Secret::new("sk_test_secret"))), limits, Arc::new(SendOnce))
-            .expect("valid base URL")
-            .with_canned_responses(move |_, _| Response { status: 200, headers: vec![("x-echo".into(), body.into())], body: body.as_bytes().to_vec() })
+        ConnectionHttp::new(
+            shared_client(),
+            base,
+            &[],
+            Some((AuthScheme::BasicKeyAsUser, Secret::new("sk_test_secret"))),
+            limits,
+            Arc::new(SendOnce),
+        )
+        .expect("valid base URL")
+        .with_canned_responses(move |_, _| Response {
+            status: 200,
+            headers: vec![("x-echo".into(), body.into())],
+            body: body.as_bytes().to_vec(),
+        })
     }
 
     #[tokio::test]
     async fn an_oversized_request_body_is_refused() {
-        let c = canned("https://api.stripe.com", HttpLimits { max_request_bytes: 1024, ..HttpLimits::default() }, "{}");
+        let c = canned(
+            "https://api.stripe.com",
+            HttpLimits { max_request_bytes: 1024, ..HttpLimits::default() },
+            "{}",
+        );
         let mut request = get("/v1", vec![]);
         request.body = Some(vec![b'x'; 1025]);
         let error = c.send(request.clone(), None).await.err();
-        assert!(matches!(&error, Some(HttpError::InvalidRequest(m)) if m.contains("1025 bytes") && m.contains("1024")), "{error:?}");
+        assert!(
+            matches!(&error, Some(HttpError::InvalidRequest(m)) if m.contains("1025 bytes") && m.contains("1024")),
+            "{error:?}"
+        );
         request.body = Some(vec![b'x'; 1024]);
         assert!(c.send(request, None).await.is_ok());
     }
 
     #[tokio::test]
     async fn a_call_may_send_no_more_than_its_request_budget() {
-        let c = canned("https://api.stripe.com", HttpLimits { max_requests_per_call: 3, ..HttpLimits::default() }, "{}");
+        let c = canned(
+            "https://api.stripe.com",
+            HttpLimits { max_requests_per_call: 3, ..HttpLimits::default() },
+            "{}",
+        );
         let outcomes = within_call(async {
             let mut outcomes = Vec::new();
             for _ in 0..5 {
@@ -1151,7 +1341,10 @@ mod tests {
         })
         .await;
         assert_eq!(outcomes[..3], [Ok(200), Ok(200), Ok(200)]);
-        assert!(matches!(&outcomes[3], Err(HttpError::Denied(m)) if m.contains("budget of 3 requests")), "{outcomes:?}");
+        assert!(
+            matches!(&outcomes[3], Err(HttpError::Denied(m)) if m.contains("budget of 3 requests")),
+            "{outcomes:?}"
+        );
         assert_eq!(c.stats().snapshot().requests, 3, "nothing went out past the budget");
         assert_eq!(c.stats().snapshot().denied, 2);
         // The next call starts its own count.
@@ -1160,13 +1353,19 @@ mod tests {
 
     #[tokio::test]
     async fn concurrent_calls_count_their_own_requests() {
-        let c = canned("https://api.stripe.com", HttpLimits { max_requests_per_call: 2, ..HttpLimits::default() }, "{}");
-        let call = || within_call(async {
-            let first = c.send(get("/v1", vec![]), None).await.is_ok();
-            tokio::task::yield_now().await;
-            let second = c.send(get("/v1", vec![]), None).await.is_ok();
-            first && second
-        });
+        let c = canned(
+            "https://api.stripe.com",
+            HttpLimits { max_requests_per_call: 2, ..HttpLimits::default() },
+            "{}",
+        );
+        let call = || {
+            within_call(async {
+                let first = c.send(get("/v1", vec![]), None).await.is_ok();
+                tokio::task::yield_now().await;
+                let second = c.send(get("/v1", vec![]), None).await.is_ok();
+                first && second
+            })
+        };
         let (a, b) = tokio::join!(call(), call());
         assert!(a && b, "two calls of two requests each fit a budget of two per call");
     }
@@ -1185,18 +1384,32 @@ mod tests {
             });
         let response = c.send(get("/v1", vec![]), None).await.expect("canned answer");
         let body = String::from_utf8(response.body).expect("utf-8");
-        assert!(!body.contains("sk_test_secret") && !body.contains("c2tfdGVzdF9zZWNyZXQ"), "{body}");
+        assert!(
+            !body.contains("sk_test_secret") && !body.contains("c2tfdGVzdF9zZWNyZXQ"),
+            "{body}"
+        );
         assert_eq!(
             body,
             r#"{"authorization":"Basic [redacted]","raw":"[redacted]","nopad":"[redacted]","twice":"[redacted][redacted]"}"#
         );
-        assert_eq!(response.headers, vec![("x-echo".to_owned(), "Basic [redacted]".to_owned()), ("x-raw".to_owned(), "key=[redacted];".to_owned())]);
+        assert_eq!(
+            response.headers,
+            vec![
+                ("x-echo".to_owned(), "Basic [redacted]".to_owned()),
+                ("x-raw".to_owned(), "key=[redacted];".to_owned())
+            ]
+        );
     }
 
     #[test]
     fn a_response_without_the_credential_is_left_as_it_is() {
-        let scrubber = CredentialScrubber::new(Some(&(AuthScheme::Bearer, Secret::new("sk_test_secret"))));
-        let mut response = Response { status: 200, headers: vec![("x-a".into(), "b".into())], body: b"{\"id\":\"cus_1\",\"note\":\"sk_test_\"}".to_vec() };
+        let scrubber =
+            CredentialScrubber::new(Some(&(AuthScheme::Bearer, Secret::new("sk_test_secret"))));
+        let mut response = Response {
+            status: 200,
+            headers: vec![("x-a".into(), "b".into())],
+            body: b"{\"id\":\"cus_1\",\"note\":\"sk_test_\"}".to_vec(),
+        };
         let (body, header) = (response.body.as_ptr(), response.headers[0].1.as_ptr());
         scrubber.scrub(&mut response);
         assert_eq!(response.body.as_ptr(), body, "no copy when there is nothing to scrub");
@@ -1207,18 +1420,49 @@ mod tests {
     #[test]
     fn addresses_are_classified_by_where_they_lead() {
         let scope = |ip: &str| AddressScope::of(ip.parse().expect("an address"));
-        for public in ["8.8.8.8", "104.18.0.1", "2606:4700::1111", "::ffff:8.8.8.8", "64:ff9b::808:808", "2002:808:808::1"] {
+        for public in [
+            "8.8.8.8",
+            "104.18.0.1",
+            "2606:4700::1111",
+            "::ffff:8.8.8.8",
+            "64:ff9b::808:808",
+            "2002:808:808::1",
+        ] {
             assert_eq!(scope(public), AddressScope::Public, "{public}");
         }
         for loopback in ["127.0.0.1", "127.255.0.9", "::1", "::ffff:127.0.0.1"] {
             assert_eq!(scope(loopback), AddressScope::Loopback, "{loopback}");
         }
         for other in [
-            "10.1.2.3", "172.16.0.1", "172.31.255.255", "192.168.1.1", "169.254.169.254", "100.64.0.1", "0.0.0.0", "224.0.0.1",
-            "255.255.255.255", "192.0.2.1", "198.18.0.1", "::", "fc00::1", "fd12::1", "fe80::1", "ff02::1", "2001:db8::1",
-            "::ffff:169.254.169.254", "::ffff:10.0.0.1", "::169.254.169.254", "64:ff9b::a9fe:a9fe", "2002:a9fe:a9fe::1", "100::1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "172.31.255.255",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "224.0.0.1",
+            "255.255.255.255",
+            "192.0.2.1",
+            "198.18.0.1",
+            "::",
+            "fc00::1",
+            "fd12::1",
+            "fe80::1",
+            "ff02::1",
+            "2001:db8::1",
+            "::ffff:169.254.169.254",
+            "::ffff:10.0.0.1",
+            "::169.254.169.254",
+            "64:ff9b::a9fe:a9fe",
+            "2002:a9fe:a9fe::1",
+            "100::1",
         ] {
-            assert!(matches!(scope(other), AddressScope::NonPublic(_)), "{other}: {:?}", scope(other));
+            assert!(
+                matches!(scope(other), AddressScope::NonPublic(_)),
+                "{other}: {:?}",
+                scope(other)
+            );
         }
         assert_eq!(scope("172.32.0.1"), AddressScope::Public);
         assert_eq!(scope("100.128.0.1"), AddressScope::Public);
@@ -1228,7 +1472,11 @@ mod tests {
     fn the_base_url_decides_the_default_egress() {
         let policy = |url: &str| EgressPolicy::default_for(&Url::parse(url).expect("a URL"));
         assert_eq!(policy("https://api.stripe.com"), EgressPolicy::Public);
-        assert_eq!(policy("http://localhost.example:8080"), EgressPolicy::Public, "a name is judged by its addresses");
+        assert_eq!(
+            policy("http://localhost.example:8080"),
+            EgressPolicy::Public,
+            "a name is judged by its addresses"
+        );
         assert_eq!(policy("http://127.0.0.1:12111"), EgressPolicy::PublicAndLoopback);
         assert_eq!(policy("http://[::1]:12111"), EgressPolicy::PublicAndLoopback);
         assert_eq!(policy("http://localhost:12111"), EgressPolicy::PublicAndLoopback);
@@ -1238,17 +1486,31 @@ mod tests {
     #[test]
     fn a_private_ip_literal_is_denied_without_the_workflows_consent() {
         // 169.254.169.254 is the cloud metadata service; every spelling of it.
-        for spelling in ["http://169.254.169.254/latest/meta-data/", "http://[::ffff:169.254.169.254]/", "http://2852039166/", "http://0xa9.0xfe.0xa9.0xfe/"] {
+        for spelling in [
+            "http://169.254.169.254/latest/meta-data/",
+            "http://[::ffff:169.254.169.254]/",
+            "http://2852039166/",
+            "http://0xa9.0xfe.0xa9.0xfe/",
+        ] {
             let c = connection(spelling, &[]);
             let error = c.target("/latest/meta-data/");
-            assert!(matches!(&error, Err(HttpError::Denied(m)) if m.contains("link-local") && m.contains("allow_private_network")), "{spelling}: {error:?}");
+            assert!(
+                matches!(&error, Err(HttpError::Denied(m)) if m.contains("link-local") && m.contains("allow_private_network")),
+                "{spelling}: {error:?}"
+            );
             let allowed = connection(spelling, &[]).with_egress(EgressPolicy::Any);
             assert!(allowed.target("/latest/meta-data/").is_ok(), "{spelling}");
         }
         let c = connection("http://10.0.0.5:8080", &[]);
-        assert!(matches!(c.target("/"), Err(HttpError::Denied(m)) if m.contains("10.0.0.5 is private")));
-        assert!(connection("http://127.0.0.1:4000", &[]).target("/").is_ok(), "a loopback base URL keeps working");
-        let sandboxed = connection("http://127.0.0.1:4000", &[]).with_egress(EgressPolicy::LoopbackOnly);
+        assert!(
+            matches!(c.target("/"), Err(HttpError::Denied(m)) if m.contains("10.0.0.5 is private"))
+        );
+        assert!(
+            connection("http://127.0.0.1:4000", &[]).target("/").is_ok(),
+            "a loopback base URL keeps working"
+        );
+        let sandboxed =
+            connection("http://127.0.0.1:4000", &[]).with_egress(EgressPolicy::LoopbackOnly);
         assert!(sandboxed.target("/").is_ok());
     }
 
@@ -1275,9 +1537,22 @@ mod tests {
     #[tokio::test]
     async fn a_name_that_resolves_to_loopback_is_denied_for_a_public_base_url() {
         let (address, server) = ok_server().await;
-        let clients = HttpClients::with_pinned_names(&[("localhost.example", IpAddr::V4(Ipv4Addr::LOCALHOST))]);
+        let clients = HttpClients::with_pinned_names(&[(
+            "localhost.example",
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+        )]);
         let base = format!("http://localhost.example:{}", address.port());
-        let build = || ConnectionHttp::new(clients.clone(), &base, &[], None, HttpLimits::default(), Arc::new(SendOnce)).expect("valid base URL");
+        let build = || {
+            ConnectionHttp::new(
+                clients.clone(),
+                &base,
+                &[],
+                None,
+                HttpLimits::default(),
+                Arc::new(SendOnce),
+            )
+            .expect("valid base URL")
+        };
 
         let refused = build();
         let error = refused.send(get("/", vec![]), None).await.err();
@@ -1287,11 +1562,22 @@ mod tests {
         );
         let stats = refused.stats().snapshot();
         assert_eq!((stats.requests, stats.denied), (0, 1), "nothing reached the vendor: {stats:?}");
-        let allowed = build().with_egress(EgressPolicy::Any).send(get("/", vec![]), None).await.map(|r| r.body);
+        let allowed = build()
+            .with_egress(EgressPolicy::Any)
+            .send(get("/", vec![]), None)
+            .await
+            .map(|r| r.body);
         assert_eq!(allowed, Ok(b"ok".to_vec()), "allow_private_network lets it through");
         // Loopback by IP keeps working for a loopback base URL.
-        let direct = ConnectionHttp::new(clients.clone(), &format!("http://127.0.0.1:{}", address.port()), &[], None, HttpLimits::default(), Arc::new(SendOnce))
-            .expect("valid base URL");
+        let direct = ConnectionHttp::new(
+            clients.clone(),
+            &format!("http://127.0.0.1:{}", address.port()),
+            &[],
+            None,
+            HttpLimits::default(),
+            Arc::new(SendOnce),
+        )
+        .expect("valid base URL");
         assert_eq!(direct.send(get("/", vec![]), None).await.map(|r| r.status), Ok(200));
         server.abort();
     }
@@ -1300,10 +1586,20 @@ mod tests {
     async fn a_name_with_a_public_and_a_private_address_connects_only_to_the_permitted_one() {
         let (address, server) = ok_server().await;
         // Loopback permitted (a loopback-based policy), the metadata address not.
-        let clients = HttpClients::with_pinned_names(&[("both.example", "169.254.169.254".parse().expect("ip")), ("both.example", IpAddr::V4(Ipv4Addr::LOCALHOST))]);
-        let c = ConnectionHttp::new(clients, &format!("http://both.example:{}", address.port()), &[], None, HttpLimits { timeout: Duration::from_secs(5), ..HttpLimits::default() }, Arc::new(SendOnce))
-            .expect("valid base URL")
-            .with_egress(EgressPolicy::PublicAndLoopback);
+        let clients = HttpClients::with_pinned_names(&[
+            ("both.example", "169.254.169.254".parse().expect("ip")),
+            ("both.example", IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        ]);
+        let c = ConnectionHttp::new(
+            clients,
+            &format!("http://both.example:{}", address.port()),
+            &[],
+            None,
+            HttpLimits { timeout: Duration::from_secs(5), ..HttpLimits::default() },
+            Arc::new(SendOnce),
+        )
+        .expect("valid base URL")
+        .with_egress(EgressPolicy::PublicAndLoopback);
         assert_eq!(c.send(get("/", vec![]), None).await.map(|r| r.status), Ok(200));
         server.abort();
     }
@@ -1314,7 +1610,10 @@ mod tests {
         let request = Request {
             method: Method::Get,
             url: "/v1".into(),
-            headers: vec![("Authorization".into(), "Bearer stolen".into()), ("Accept".into(), "application/json".into())],
+            headers: vec![
+                ("Authorization".into(), "Bearer stolen".into()),
+                ("Accept".into(), "application/json".into()),
+            ],
             body: None,
             idempotent: false,
         };

@@ -4,17 +4,17 @@
 //! retries and durable run state.
 #![deny(missing_docs)]
 
+pub mod builtin;
 pub mod conformance;
 pub mod connector;
 pub mod credentials;
 pub mod emulators;
+pub mod endpoint;
+pub mod executor;
+pub mod expr;
 pub mod http;
 pub mod limiter;
 pub mod runtime;
 pub mod serve;
-pub mod builtin;
-pub mod endpoint;
-pub mod executor;
-pub mod expr;
 pub mod store;
 pub mod workflow;

@@ -80,7 +80,11 @@ impl Publisher {
                 .map(|bytes| hex::encode(sha2::Sha256::digest(bytes)))
                 .collect()
         });
-        if built_in.iter().any(|d| d.eq_ignore_ascii_case(digest)) { Publisher::BuiltIn } else { Publisher::ThirdParty }
+        if built_in.iter().any(|d| d.eq_ignore_ascii_case(digest)) {
+            Publisher::BuiltIn
+        } else {
+            Publisher::ThirdParty
+        }
     }
 
     /// The highest rate this publisher's limits may set, if any.
@@ -194,7 +198,9 @@ impl Bucket {
             self.rate = match target {
                 None if self.ceiling.is_none() => self.rate * START_GROWTH.powf(steps),
                 None => self.rate * RECOVER_GROWTH.powf(steps),
-                Some(target) if self.rate < target => (self.rate * RECOVER_GROWTH.powf(steps)).min(target),
+                Some(target) if self.rate < target => {
+                    (self.rate * RECOVER_GROWTH.powf(steps)).min(target)
+                }
                 Some(_) => self.rate * PROBE_GROWTH.powf(steps),
             };
             for limit in [self.ceiling, self.cap].into_iter().flatten() {
@@ -211,7 +217,11 @@ impl Bucket {
     }
 
     fn forget_before(&mut self, now: Instant) {
-        while self.successes.front().is_some_and(|t| now.saturating_duration_since(*t) > Duration::from_secs(1)) {
+        while self
+            .successes
+            .front()
+            .is_some_and(|t| now.saturating_duration_since(*t) > Duration::from_secs(1))
+        {
             self.successes.pop_front();
         }
     }
@@ -219,7 +229,9 @@ impl Bucket {
     fn throttled(&mut self, now: Instant, pause: Option<Duration>) {
         // One cut per second at most: a burst of 429s for requests already
         // in flight is one signal, not many.
-        if !self.seen_429 || now.saturating_duration_since(self.adjusted_at) >= Duration::from_secs(1) {
+        if !self.seen_429
+            || now.saturating_duration_since(self.adjusted_at) >= Duration::from_secs(1)
+        {
             self.forget_before(now);
             let served = self.successes.len() as f64;
             // What the vendor served in the last second while refusing
@@ -272,7 +284,12 @@ impl Limiter {
     /// (`rate_limit = "…"`, class `any`) replaces all of them. With
     /// neither, one adaptive bucket for all requests. Published limits and
     /// adaptation stay under `publisher`'s ceiling; overrides do not.
-    pub fn new(publisher: Publisher, published: &[RateLimit], secret: Option<&Secret>, overrides: &[LimitOverride]) -> Self {
+    pub fn new(
+        publisher: Publisher,
+        published: &[RateLimit],
+        secret: Option<&Secret>,
+        overrides: &[LimitOverride],
+    ) -> Self {
         let now = Instant::now();
         let cap = publisher.ceiling();
         // (class, rate, credential-specific, set by the workflow)
@@ -290,7 +307,9 @@ impl Limiter {
             let rate = cap.map_or(rate, |cap| rate.min(cap));
             let specific = limit.credential_prefix.is_some();
             match chosen.iter_mut().find(|(class, _, _, _)| *class == limit.method_class) {
-                Some(entry) if specific && !entry.2 => *entry = (limit.method_class, rate, true, false),
+                Some(entry) if specific && !entry.2 => {
+                    *entry = (limit.method_class, rate, true, false)
+                }
                 Some(_) => {}
                 None => chosen.push((limit.method_class, rate, specific, false)),
             }
@@ -309,7 +328,9 @@ impl Limiter {
         } else {
             chosen
                 .into_iter()
-                .map(|(class, rate, _, by_workflow)| Bucket::new(class, Some(rate), if by_workflow { None } else { cap }, now))
+                .map(|(class, rate, _, by_workflow)| {
+                    Bucket::new(class, Some(rate), if by_workflow { None } else { cap }, now)
+                })
                 .collect()
         };
         Limiter { buckets: Mutex::new(buckets) }
@@ -320,7 +341,12 @@ impl Limiter {
         let now = Instant::now();
         let at = {
             let Ok(mut buckets) = self.buckets.lock() else { return Duration::ZERO };
-            buckets.iter_mut().filter(|b| applies(b.class, method)).map(|b| b.reserve(now)).max().unwrap_or(now)
+            buckets
+                .iter_mut()
+                .filter(|b| applies(b.class, method))
+                .map(|b| b.reserve(now))
+                .max()
+                .unwrap_or(now)
         };
         if at > now {
             tokio::time::sleep_until(at).await;
@@ -349,7 +375,10 @@ impl Limiter {
 
     /// Current rates per class, requests per second (for tests and summaries).
     pub fn rates(&self) -> Vec<(MethodClass, f64)> {
-        self.buckets.lock().map(|b| b.iter().map(|b| (b.class, b.rate)).collect()).unwrap_or_default()
+        self.buckets
+            .lock()
+            .map(|b| b.iter().map(|b| (b.class, b.rate)).collect())
+            .unwrap_or_default()
     }
 }
 
@@ -372,11 +401,17 @@ impl LimiterRegistry {
         published: &[RateLimit],
         overrides: &[LimitOverride],
     ) -> Arc<Limiter> {
-        let key = format!("{publisher:?}/{vendor}/{}", secret.map(Secret::fingerprint).unwrap_or_default());
+        let key = format!(
+            "{publisher:?}/{vendor}/{}",
+            secret.map(Secret::fingerprint).unwrap_or_default()
+        );
         let Ok(mut limiters) = self.limiters.lock() else {
             return Arc::new(Limiter::new(publisher, published, secret, overrides));
         };
-        limiters.entry(key).or_insert_with(|| Arc::new(Limiter::new(publisher, published, secret, overrides))).clone()
+        limiters
+            .entry(key)
+            .or_insert_with(|| Arc::new(Limiter::new(publisher, published, secret, overrides)))
+            .clone()
     }
 }
 
@@ -396,13 +431,20 @@ pub struct RetryPolicy {
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        RetryPolicy { max_attempts: 5, base_delay: Duration::from_millis(250), max_delay: Duration::from_secs(30) }
+        RetryPolicy {
+            max_attempts: 5,
+            base_delay: Duration::from_millis(250),
+            max_delay: Duration::from_secs(30),
+        }
     }
 }
 
 impl RetryPolicy {
     fn backoff(&self, attempt: u32) -> Duration {
-        let ceiling = self.base_delay.saturating_mul(1u32 << attempt.saturating_sub(1).min(16)).min(self.max_delay);
+        let ceiling = self
+            .base_delay
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
+            .min(self.max_delay);
         // Full jitter: spreads retries of many callers apart.
         Duration::from_secs_f64(rand::rng().random_range(0.5..=1.0) * ceiling.as_secs_f64())
     }
@@ -412,13 +454,20 @@ impl RetryPolicy {
 /// (seconds or HTTP-date), else an exhausted `RateLimit-*`, `X-RateLimit-*`
 /// or `Stripe-Ratelimit-*` window with its reset.
 pub fn pause_from_headers(headers: &[(String, String)]) -> Option<Duration> {
-    let header = |name: &str| headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.trim());
+    let header = |name: &str| {
+        headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.trim())
+    };
     if let Some(value) = header("retry-after") {
         if let Ok(seconds) = value.parse::<f64>() {
-            return (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds.min(3600.0)));
+            return (seconds.is_finite() && seconds >= 0.0)
+                .then(|| Duration::from_secs_f64(seconds.min(3600.0)));
         }
         if let Ok(at) = httpdate::parse_http_date(value) {
-            return Some(at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO).min(Duration::from_secs(3600)));
+            return Some(
+                at.duration_since(SystemTime::now())
+                    .unwrap_or(Duration::ZERO)
+                    .min(Duration::from_secs(3600)),
+            );
         }
     }
     for prefix in ["ratelimit", "x-ratelimit", "stripe-ratelimit"] {
@@ -431,7 +480,10 @@ pub fn pause_from_headers(headers: &[(String, String)]) -> Option<Duration> {
         {
             // Large values are epoch timestamps (X-RateLimit-Reset), small ones delta-seconds.
             let delta = if reset > 1_000_000_000.0 {
-                let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+                let now = SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map(|d| d.as_secs_f64())
+                    .unwrap_or(0.0);
                 (reset - now).max(0.0)
             } else {
                 reset
@@ -462,7 +514,13 @@ impl RequestPolicy for LimitedPolicy {
         Box::pin(self.limiter.acquire(method))
     }
 
-    fn retry_after(&self, method: Method, idempotent: bool, attempts: Attempts, outcome: &Result<Response, HttpError>) -> Option<Duration> {
+    fn retry_after(
+        &self,
+        method: Method,
+        idempotent: bool,
+        attempts: Attempts,
+        outcome: &Result<Response, HttpError>,
+    ) -> Option<Duration> {
         // Safe to send again: the vendor did not act (429, or nothing was
         // received), or the request is idempotent by method or by key.
         let replay_safe = method.is_idempotent() || idempotent;
@@ -473,7 +531,9 @@ impl RequestPolicy for LimitedPolicy {
                 self.limiter.observe(method, response.status, pause);
                 match response.status {
                     429 => Some(pause.unwrap_or_else(|| self.retry.backoff(attempt))),
-                    500 | 502 | 503 | 504 if replay_safe => Some(pause.unwrap_or_else(|| self.retry.backoff(attempt))),
+                    500 | 502 | 503 | 504 if replay_safe => {
+                        Some(pause.unwrap_or_else(|| self.retry.backoff(attempt)))
+                    }
                     _ => None,
                 }
             }
@@ -481,7 +541,11 @@ impl RequestPolicy for LimitedPolicy {
             // Each timeout costs the whole request timeout: a vendor that
             // trickles its answer would hold a call for every attempt.
             // Once more may meet a hiccup; after that it is the vendor.
-            Err(HttpError::Timeout(_)) if replay_safe && attempts.timed_out <= MAX_TIMEOUT_RETRIES => Some(self.retry.backoff(attempt)),
+            Err(HttpError::Timeout(_))
+                if replay_safe && attempts.timed_out <= MAX_TIMEOUT_RETRIES =>
+            {
+                Some(self.retry.backoff(attempt))
+            }
             Err(_) => None,
         }?;
         (attempt < self.retry.max_attempts).then_some(delay)
@@ -492,8 +556,18 @@ impl RequestPolicy for LimitedPolicy {
 mod tests {
     use super::*;
 
-    fn limit(class: MethodClass, requests: u32, per_seconds: u32, prefix: Option<&str>) -> RateLimit {
-        RateLimit { method_class: class, requests, per_seconds, credential_prefix: prefix.map(str::to_owned) }
+    fn limit(
+        class: MethodClass,
+        requests: u32,
+        per_seconds: u32,
+        prefix: Option<&str>,
+    ) -> RateLimit {
+        RateLimit {
+            method_class: class,
+            requests,
+            per_seconds,
+            credential_prefix: prefix.map(str::to_owned),
+        }
     }
 
     fn stripe_limits() -> Vec<RateLimit> {
@@ -507,15 +581,38 @@ mod tests {
 
     #[test]
     fn test_and_live_keys_get_their_own_published_limits() {
-        let test = Limiter::new(Publisher::BuiltIn, &stripe_limits(), Some(&Secret::new("sk_test_x")), &[]);
-        let live = Limiter::new(Publisher::BuiltIn, &stripe_limits(), Some(&Secret::new("sk_live_x")), &[]);
-        assert!(test.rates().iter().all(|(_, r)| (*r - 25.0 * PUBLISHED_MARGIN).abs() < 1e-9), "{:?}", test.rates());
-        assert!(live.rates().iter().all(|(_, r)| (*r - 100.0 * PUBLISHED_MARGIN).abs() < 1e-9), "{:?}", live.rates());
+        let test = Limiter::new(
+            Publisher::BuiltIn,
+            &stripe_limits(),
+            Some(&Secret::new("sk_test_x")),
+            &[],
+        );
+        let live = Limiter::new(
+            Publisher::BuiltIn,
+            &stripe_limits(),
+            Some(&Secret::new("sk_live_x")),
+            &[],
+        );
+        assert!(
+            test.rates().iter().all(|(_, r)| (*r - 25.0 * PUBLISHED_MARGIN).abs() < 1e-9),
+            "{:?}",
+            test.rates()
+        );
+        assert!(
+            live.rates().iter().all(|(_, r)| (*r - 100.0 * PUBLISHED_MARGIN).abs() < 1e-9),
+            "{:?}",
+            live.rates()
+        );
     }
 
     #[test]
     fn a_workflow_override_replaces_the_published_class() {
-        let l = Limiter::new(Publisher::BuiltIn, &stripe_limits(), Some(&Secret::new("sk_test_x")), &[LimitOverride { class: MethodClass::Read, per_second: 5.0 }]);
+        let l = Limiter::new(
+            Publisher::BuiltIn,
+            &stripe_limits(),
+            Some(&Secret::new("sk_test_x")),
+            &[LimitOverride { class: MethodClass::Read, per_second: 5.0 }],
+        );
         let rates = l.rates();
         assert!(rates.contains(&(MethodClass::Read, 5.0 * PUBLISHED_MARGIN)), "{rates:?}");
         assert!(rates.contains(&(MethodClass::Write, 25.0 * PUBLISHED_MARGIN)), "{rates:?}");
@@ -525,13 +622,21 @@ mod tests {
     fn a_limit_for_every_request_replaces_every_published_class() {
         // Regression: `rate_limit = "10000/s"` left Stripe's published read
         // and write buckets in place, so a test key still ran at 25 r/s.
-        let l = Limiter::new(Publisher::BuiltIn, &stripe_limits(), Some(&Secret::new("sk_test_x")), &[LimitOverride { class: MethodClass::Any, per_second: 10_000.0 }]);
+        let l = Limiter::new(
+            Publisher::BuiltIn,
+            &stripe_limits(),
+            Some(&Secret::new("sk_test_x")),
+            &[LimitOverride { class: MethodClass::Any, per_second: 10_000.0 }],
+        );
         assert_eq!(l.rates(), vec![(MethodClass::Any, 10_000.0 * PUBLISHED_MARGIN)]);
         let both = Limiter::new(
             Publisher::BuiltIn,
             &stripe_limits(),
             Some(&Secret::new("sk_test_x")),
-            &[LimitOverride { class: MethodClass::Any, per_second: 50.0 }, LimitOverride { class: MethodClass::Post, per_second: 2.0 }],
+            &[
+                LimitOverride { class: MethodClass::Any, per_second: 50.0 },
+                LimitOverride { class: MethodClass::Post, per_second: 2.0 },
+            ],
         );
         assert_eq!(both.rates().len(), 2, "{:?}", both.rates());
     }
@@ -547,7 +652,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn requests_are_spaced_at_the_published_rate() {
-        let l = Limiter::new(Publisher::BuiltIn, &[limit(MethodClass::Post, 100, 60, None)], None, &[]);
+        let l =
+            Limiter::new(Publisher::BuiltIn, &[limit(MethodClass::Post, 100, 60, None)], None, &[]);
         let start = Instant::now();
         for _ in 0..101 {
             l.acquire(Method::Post).await;
@@ -564,9 +670,19 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn concurrent_callers_share_one_limit() {
-        let l = Arc::new(Limiter::new(Publisher::BuiltIn, &[limit(MethodClass::Any, 10, 1, None)], None, &[]));
+        let l = Arc::new(Limiter::new(
+            Publisher::BuiltIn,
+            &[limit(MethodClass::Any, 10, 1, None)],
+            None,
+            &[],
+        ));
         let start = Instant::now();
-        let tasks: Vec<_> = (0..50).map(|_| { let l = l.clone(); tokio::spawn(async move { l.acquire(Method::Get).await }) }).collect();
+        let tasks: Vec<_> = (0..50)
+            .map(|_| {
+                let l = l.clone();
+                tokio::spawn(async move { l.acquire(Method::Get).await })
+            })
+            .collect();
         for t in tasks {
             t.await.expect("task runs");
         }
@@ -576,7 +692,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn retry_after_pauses_the_bucket() {
-        let l = Limiter::new(Publisher::BuiltIn, &[limit(MethodClass::Any, 100, 1, None)], None, &[]);
+        let l =
+            Limiter::new(Publisher::BuiltIn, &[limit(MethodClass::Any, 100, 1, None)], None, &[]);
         l.acquire(Method::Get).await;
         l.observe(Method::Get, 429, Some(Duration::from_secs(3)));
         let before = Instant::now();
@@ -599,7 +716,12 @@ mod tests {
             let now = Instant::now();
             tokens = (tokens + now.duration_since(last).as_secs_f64() * real).min(real);
             last = now;
-            let status = if tokens >= 1.0 { tokens -= 1.0; 200 } else { 429 };
+            let status = if tokens >= 1.0 {
+                tokens -= 1.0;
+                200
+            } else {
+                429
+            };
             l.observe(Method::Get, status, None);
             sent += 1;
             limited += u32::from(status == 429);
@@ -610,8 +732,14 @@ mod tests {
         }
         let ok_rate = f64::from(late_sent - late_limited) / 90.0;
         let share = f64::from(late_limited) / f64::from(late_sent);
-        eprintln!("adaptive limiter after 30 s: {ok_rate:.2} r/s of {real} ({:.3} of the limit), 429 share {share:.4}", ok_rate / real);
-        assert!(ok_rate >= 0.85 * real, "achieved {ok_rate:.1} r/s of {real} (sent {sent}, 429s {limited})");
+        eprintln!(
+            "adaptive limiter after 30 s: {ok_rate:.2} r/s of {real} ({:.3} of the limit), 429 share {share:.4}",
+            ok_rate / real
+        );
+        assert!(
+            ok_rate >= 0.85 * real,
+            "achieved {ok_rate:.1} r/s of {real} (sent {sent}, 429s {limited})"
+        );
         assert!(share <= 0.05, "429 share after 30 s {share:.3}");
     }
 
@@ -622,7 +750,10 @@ mod tests {
         let date = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(30));
         let pause = pause_from_headers(&h("retry-after", &date)).unwrap_or_default();
         assert!(pause > Duration::from_secs(28) && pause <= Duration::from_secs(30), "{pause:?}");
-        let window = vec![("RateLimit-Remaining".to_owned(), "0".to_owned()), ("RateLimit-Reset".to_owned(), "4".to_owned())];
+        let window = vec![
+            ("RateLimit-Remaining".to_owned(), "0".to_owned()),
+            ("RateLimit-Reset".to_owned(), "4".to_owned()),
+        ];
         assert_eq!(pause_from_headers(&window), Some(Duration::from_secs(4)));
         assert_eq!(pause_from_headers(&h("x-ratelimit-remaining", "3")), None);
     }
@@ -645,26 +776,41 @@ mod tests {
         let built_in = Limiter::new(Publisher::BuiltIn, &flood, None, &[]);
         assert_eq!(built_in.rates(), vec![(MethodClass::Any, 1_000_000.0 * PUBLISHED_MARGIN)]);
         // Per class, and a lower published limit stays as published.
-        let classes = [limit(MethodClass::Read, 1_000_000, 1, None), limit(MethodClass::Post, 60, 60, None)];
+        let classes =
+            [limit(MethodClass::Read, 1_000_000, 1, None), limit(MethodClass::Post, 60, 60, None)];
         let rates = Limiter::new(Publisher::ThirdParty, &classes, None, &[]).rates();
-        assert!(rates.contains(&(MethodClass::Read, THIRD_PARTY_CEILING * PUBLISHED_MARGIN)), "{rates:?}");
+        assert!(
+            rates.contains(&(MethodClass::Read, THIRD_PARTY_CEILING * PUBLISHED_MARGIN)),
+            "{rates:?}"
+        );
         assert!(rates.contains(&(MethodClass::Post, PUBLISHED_MARGIN)), "{rates:?}");
     }
 
     #[test]
     fn only_the_workflow_raises_a_third_party_plugin_above_the_ceiling() {
         let flood = [limit(MethodClass::Any, 1_000_000, 1, None)];
-        let raised = Limiter::new(Publisher::ThirdParty, &flood, None, &[LimitOverride { class: MethodClass::Any, per_second: 500.0 }]);
+        let raised = Limiter::new(
+            Publisher::ThirdParty,
+            &flood,
+            None,
+            &[LimitOverride { class: MethodClass::Any, per_second: 500.0 }],
+        );
         assert_eq!(raised.rates(), vec![(MethodClass::Any, 500.0 * PUBLISHED_MARGIN)]);
         let one_class = Limiter::new(
             Publisher::ThirdParty,
-            &[limit(MethodClass::Read, 1_000_000, 1, None), limit(MethodClass::Write, 1_000_000, 1, None)],
+            &[
+                limit(MethodClass::Read, 1_000_000, 1, None),
+                limit(MethodClass::Write, 1_000_000, 1, None),
+            ],
             None,
             &[LimitOverride { class: MethodClass::Read, per_second: 50.0 }],
         );
         let rates = one_class.rates();
         assert!(rates.contains(&(MethodClass::Read, 50.0 * PUBLISHED_MARGIN)), "{rates:?}");
-        assert!(rates.contains(&(MethodClass::Write, THIRD_PARTY_CEILING * PUBLISHED_MARGIN)), "{rates:?}");
+        assert!(
+            rates.contains(&(MethodClass::Write, THIRD_PARTY_CEILING * PUBLISHED_MARGIN)),
+            "{rates:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -685,7 +831,10 @@ mod tests {
         }
         let third_rate = third.rates()[0].1;
         assert!(third_rate <= THIRD_PARTY_CEILING * PUBLISHED_MARGIN + 1e-9, "{third_rate}");
-        assert!(third_rate >= THIRD_PARTY_CEILING * 0.9, "it still adapts up to the ceiling: {third_rate}");
+        assert!(
+            third_rate >= THIRD_PARTY_CEILING * 0.9,
+            "it still adapts up to the ceiling: {third_rate}"
+        );
         assert!(built_in.rates()[0].1 > 10.0 * THIRD_PARTY_CEILING, "{:?}", built_in.rates());
     }
 
@@ -694,10 +843,16 @@ mod tests {
         let registry = LimiterRegistry::default();
         let secret = Secret::new("sk_test_x");
         let flood = [limit(MethodClass::Any, 1_000_000, 1, None)];
-        let impostor = registry.limiter("stripe", Publisher::ThirdParty, Some(&secret), &flood, &[]);
-        let real = registry.limiter("stripe", Publisher::BuiltIn, Some(&secret), &stripe_limits(), &[]);
+        let impostor =
+            registry.limiter("stripe", Publisher::ThirdParty, Some(&secret), &flood, &[]);
+        let real =
+            registry.limiter("stripe", Publisher::BuiltIn, Some(&secret), &stripe_limits(), &[]);
         assert!(!Arc::ptr_eq(&impostor, &real));
-        assert!(real.rates().iter().all(|(_, r)| (*r - 25.0 * PUBLISHED_MARGIN).abs() < 1e-9), "{:?}", real.rates());
+        assert!(
+            real.rates().iter().all(|(_, r)| (*r - 25.0 * PUBLISHED_MARGIN).abs() < 1e-9),
+            "{:?}",
+            real.rates()
+        );
     }
 
     #[test]
@@ -705,7 +860,10 @@ mod tests {
         assert_eq!(Publisher::of_digest(&"0".repeat(64)), Publisher::ThirdParty);
         if let Some(bytes) = crate::builtin::component("stripe") {
             use sha2::Digest as _;
-            assert_eq!(Publisher::of_digest(&hex::encode(sha2::Sha256::digest(bytes))), Publisher::BuiltIn);
+            assert_eq!(
+                Publisher::of_digest(&hex::encode(sha2::Sha256::digest(bytes))),
+                Publisher::BuiltIn
+            );
         }
     }
 
@@ -713,26 +871,70 @@ mod tests {
     fn a_timeout_is_retried_at_most_once() {
         // Regression: a vendor trickling its answer held a call for 5
         // attempts of the whole request timeout each.
-        let p = LimitedPolicy::new(Arc::new(Limiter::new(Publisher::BuiltIn, &[], None, &[])), RetryPolicy::default());
+        let p = LimitedPolicy::new(
+            Arc::new(Limiter::new(Publisher::BuiltIn, &[], None, &[])),
+            RetryPolicy::default(),
+        );
         let timeout = Err(HttpError::Timeout("slow".into()));
-        assert!(p.retry_after(Method::Get, false, Attempts { made: 1, timed_out: 1 }, &timeout).is_some());
-        assert_eq!(p.retry_after(Method::Get, false, Attempts { made: 2, timed_out: 2 }, &timeout), None);
+        assert!(
+            p.retry_after(Method::Get, false, Attempts { made: 1, timed_out: 1 }, &timeout)
+                .is_some()
+        );
+        assert_eq!(
+            p.retry_after(Method::Get, false, Attempts { made: 2, timed_out: 2 }, &timeout),
+            None
+        );
         // A 500 before it does not use up the one timeout retry.
-        assert!(p.retry_after(Method::Get, false, Attempts { made: 2, timed_out: 1 }, &timeout).is_some());
+        assert!(
+            p.retry_after(Method::Get, false, Attempts { made: 2, timed_out: 1 }, &timeout)
+                .is_some()
+        );
         // Other failures keep their own bound.
-        assert!(p.retry_after(Method::Get, false, Attempts { made: 3, timed_out: 2 }, &response(503)).is_some());
+        assert!(
+            p.retry_after(Method::Get, false, Attempts { made: 3, timed_out: 2 }, &response(503))
+                .is_some()
+        );
     }
 
     #[test]
     fn a_post_without_idempotency_key_is_not_retried_after_a_500() {
-        let p = LimitedPolicy::new(Arc::new(Limiter::new(Publisher::BuiltIn, &[], None, &[])), RetryPolicy::default());
+        let p = LimitedPolicy::new(
+            Arc::new(Limiter::new(Publisher::BuiltIn, &[], None, &[])),
+            RetryPolicy::default(),
+        );
         assert_eq!(p.retry_after(Method::Post, false, tries(1), &response(500)), None);
-        assert!(p.retry_after(Method::Post, true, tries(1), &response(500)).is_some(), "with a key it is");
+        assert!(
+            p.retry_after(Method::Post, true, tries(1), &response(500)).is_some(),
+            "with a key it is"
+        );
         assert!(p.retry_after(Method::Get, false, tries(1), &response(500)).is_some(), "a GET is");
-        assert!(p.retry_after(Method::Post, false, tries(1), &response(429)).is_some(), "a 429 was not acted on");
+        assert!(
+            p.retry_after(Method::Post, false, tries(1), &response(429)).is_some(),
+            "a 429 was not acted on"
+        );
         assert_eq!(p.retry_after(Method::Get, false, tries(1), &response(404)), None);
-        assert_eq!(p.retry_after(Method::Get, false, tries(5), &response(500)), None, "attempts are bounded");
-        assert_eq!(p.retry_after(Method::Post, false, tries(1), &Err(HttpError::Connection("reset".into()))), None);
-        assert!(p.retry_after(Method::Delete, false, Attempts { made: 1, timed_out: 1 }, &Err(HttpError::Timeout("slow".into()))).is_some());
+        assert_eq!(
+            p.retry_after(Method::Get, false, tries(5), &response(500)),
+            None,
+            "attempts are bounded"
+        );
+        assert_eq!(
+            p.retry_after(
+                Method::Post,
+                false,
+                tries(1),
+                &Err(HttpError::Connection("reset".into()))
+            ),
+            None
+        );
+        assert!(
+            p.retry_after(
+                Method::Delete,
+                false,
+                Attempts { made: 1, timed_out: 1 },
+                &Err(HttpError::Timeout("slow".into()))
+            )
+            .is_some()
+        );
     }
 }

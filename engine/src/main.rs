@@ -9,7 +9,10 @@ use anyhow::{Context as _, Result};
 use clap::{Args, Parser, Subcommand};
 use weft::connector::Manifest;
 use weft::credentials::Secret;
-use weft::executor::{ConnectionOverride, ExecError, Executor, Observer, RunOptions, RunSummary, StepSummary, StopSignal};
+use weft::executor::{
+    ConnectionOverride, ExecError, Executor, Observer, RunOptions, RunSummary, StepSummary,
+    StopSignal,
+};
 use weft::runtime::{Runtime, RuntimeConfig};
 use weft::store::{RunRecord, RunStore, Status, StepState, StoreError};
 use weft::workflow::{Action, LoadError, Step, Workflow};
@@ -223,7 +226,9 @@ fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
 }
 
 fn parse_pair(text: &str) -> Result<(String, String), String> {
-    text.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())).ok_or_else(|| format!("expected NAME=VALUE, got {text:?}"))
+    text.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("expected NAME=VALUE, got {text:?}"))
 }
 
 /// Exit codes: what kind of failure, for scripts.
@@ -236,8 +241,13 @@ mod exit {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.global.log).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.global.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
 
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -264,8 +274,16 @@ fn main() -> ExitCode {
                 Some(ExecError::Store(_)) => exit::INTERNAL,
                 Some(_) => exit::INVALID,
                 None if error.downcast_ref::<LoadError>().is_some() => exit::INVALID,
-                None if error.downcast_ref::<weft::emulators::EmulatorError>().is_some() => exit::INVALID,
-                None if matches!(error.downcast_ref::<weft::store::StoreError>(), Some(weft::store::StoreError::UnknownRun(_))) => exit::INVALID,
+                None if error.downcast_ref::<weft::emulators::EmulatorError>().is_some() => {
+                    exit::INVALID
+                }
+                None if matches!(
+                    error.downcast_ref::<weft::store::StoreError>(),
+                    Some(weft::store::StoreError::UnknownRun(_))
+                ) =>
+                {
+                    exit::INVALID
+                }
                 None => exit::INTERNAL,
             };
             ExitCode::from(code)
@@ -275,7 +293,11 @@ fn main() -> ExitCode {
 
 /// Whether `error` comes from writing to a pipe whose reader has closed.
 fn is_broken_pipe(error: &anyhow::Error) -> bool {
-    error.chain().any(|cause| cause.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe))
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 async fn dispatch(cli: Cli) -> Result<ExitCode> {
@@ -284,20 +306,64 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             let options = RunCommand { inputs, inputs_file, dry_run, json, sandbox, seed };
             run(&cli.global, &workflow, options).await
         }
-        Command::Serve { workflows, bind, grace, public_url, allow_remote, max_runs, max_concurrent_runs } => {
-            let config = weft::serve::ServeConfig { bind, shutdown_grace: grace, public_url, allow_remote, max_runs, max_concurrent_runs, ..Default::default() };
+        Command::Serve {
+            workflows,
+            bind,
+            grace,
+            public_url,
+            allow_remote,
+            max_runs,
+            max_concurrent_runs,
+        } => {
+            let config = weft::serve::ServeConfig {
+                bind,
+                shutdown_grace: grace,
+                public_url,
+                allow_remote,
+                max_runs,
+                max_concurrent_runs,
+                ..Default::default()
+            };
             serve(&cli.global, &workflows, config).await
         }
         Command::Validate { files } => validate(&cli.global, &files).await,
-        Command::Plugin { command: PluginCommand::Inspect { plugin, json } } => inspect(&cli.global, &plugin, json).await,
+        Command::Plugin { command: PluginCommand::Inspect { plugin, json } } => {
+            inspect(&cli.global, &plugin, json).await
+        }
         Command::Plugin { command: PluginCommand::List } => {
             for name in weft::builtin::names() {
                 outln!("{name}")?;
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Plugin { command: PluginCommand::Check { plugin, base_url, credentials, sandbox, emulator, resource, settings, samples, allow_irreversible, page_size, json } } => {
-            let options = CheckOptions { base_url, credentials, sandbox, emulator, resource, settings, samples, allow_irreversible, page_size, json };
+        Command::Plugin {
+            command:
+                PluginCommand::Check {
+                    plugin,
+                    base_url,
+                    credentials,
+                    sandbox,
+                    emulator,
+                    resource,
+                    settings,
+                    samples,
+                    allow_irreversible,
+                    page_size,
+                    json,
+                },
+        } => {
+            let options = CheckOptions {
+                base_url,
+                credentials,
+                sandbox,
+                emulator,
+                resource,
+                settings,
+                samples,
+                allow_irreversible,
+                page_size,
+                json,
+            };
             check_plugin(&cli.global, &plugin, options).await
         }
         Command::Sandbox { seed, stripe_port } => serve_sandbox(seed, stripe_port).await,
@@ -315,7 +381,10 @@ fn default_dir(env_base: &str, fallback: &str, leaf: &str) -> PathBuf {
 }
 
 fn wasm_runtime(global: &Global) -> Result<Runtime> {
-    let cache_dir = global.cache_dir.clone().unwrap_or_else(|| default_dir("XDG_CACHE_HOME", ".cache", "components"));
+    let cache_dir = global
+        .cache_dir
+        .clone()
+        .unwrap_or_else(|| default_dir("XDG_CACHE_HOME", ".cache", "components"));
     Ok(Runtime::new(RuntimeConfig { cache_dir: Some(cache_dir), ..RuntimeConfig::default() })?)
 }
 
@@ -328,11 +397,17 @@ struct RunCommand {
     seed: usize,
 }
 
-fn gather_inputs(workflow: &Workflow, command: &RunCommand) -> Result<serde_json::Map<String, serde_json::Value>> {
+fn gather_inputs(
+    workflow: &Workflow,
+    command: &RunCommand,
+) -> Result<serde_json::Map<String, serde_json::Value>> {
     let mut inputs = match &command.inputs_file {
         Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("failed to read inputs from {}", path.display()))?;
-            match serde_json::from_str::<serde_json::Value>(&text).with_context(|| format!("{}: not JSON", path.display()))? {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("failed to read inputs from {}", path.display()))?;
+            match serde_json::from_str::<serde_json::Value>(&text)
+                .with_context(|| format!("{}: not JSON", path.display()))?
+            {
                 serde_json::Value::Object(map) => map,
                 _ => anyhow::bail!("{}: the inputs must be a JSON object", path.display()),
             }
@@ -340,7 +415,8 @@ fn gather_inputs(workflow: &Workflow, command: &RunCommand) -> Result<serde_json
         None => serde_json::Map::new(),
     };
     for assignment in &command.inputs {
-        let (name, value) = weft::workflow::inputs::parse_assignment(&workflow.inputs, assignment).map_err(|e| anyhow::anyhow!("--input: {e}"))?;
+        let (name, value) = weft::workflow::inputs::parse_assignment(&workflow.inputs, assignment)
+            .map_err(|e| anyhow::anyhow!("--input: {e}"))?;
         inputs.insert(name, value);
     }
     Ok(inputs)
@@ -353,7 +429,9 @@ fn stop_on_signals() -> StopSignal {
     let token = stop.shutdown.clone();
     tokio::spawn(async move {
         shutdown_signal().await;
-        eprintln!("stopping: letting in-flight calls finish, then committing (ctrl-c again to abort)");
+        eprintln!(
+            "stopping: letting in-flight calls finish, then committing (ctrl-c again to abort)"
+        );
         token.cancel();
         shutdown_signal().await;
         std::process::exit(130);
@@ -364,13 +442,14 @@ fn stop_on_signals() -> StopSignal {
 async fn shutdown_signal() {
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
@@ -383,7 +462,8 @@ async fn shutdown_signal() {
 }
 
 fn open_store(dir: &Path) -> Result<RunStore> {
-    RunStore::open(dir).with_context(|| format!("failed to open the run store at {}", dir.display()))
+    RunStore::open(dir)
+        .with_context(|| format!("failed to open the run store at {}", dir.display()))
 }
 
 async fn run(global: &Global, path: &Path, command: RunCommand) -> Result<ExitCode> {
@@ -391,7 +471,11 @@ async fn run(global: &Global, path: &Path, command: RunCommand) -> Result<ExitCo
     let inputs = gather_inputs(&workflow, &command)?;
     // A sandbox run keeps its state in a temporary directory unless told
     // otherwise, so demo runs never mix with real ones.
-    let temp_state = if command.sandbox && global.state_dir.is_none() { Some(tempfile::tempdir().context("failed to create a temporary state dir")?) } else { None };
+    let temp_state = if command.sandbox && global.state_dir.is_none() {
+        Some(tempfile::tempdir().context("failed to create a temporary state dir")?)
+    } else {
+        None
+    };
     let state_dir = match (&temp_state, &global.state_dir) {
         (Some(temp), _) => temp.path().to_path_buf(),
         (None, Some(dir)) => dir.clone(),
@@ -403,33 +487,63 @@ async fn run(global: &Global, path: &Path, command: RunCommand) -> Result<ExitCo
     let mut overrides = BTreeMap::new();
     let mut sandbox = None;
     if command.sandbox {
-        let running = weft_sandbox::Sandbox::start(weft_sandbox::SandboxOptions { seed: command.seed, stripe_port: 0, ..Default::default() })
-            .await
-            .context("failed to start the vendor emulators")?;
+        let running = weft_sandbox::Sandbox::start(weft_sandbox::SandboxOptions {
+            seed: command.seed,
+            stripe_port: 0,
+            ..Default::default()
+        })
+        .await
+        .context("failed to start the vendor emulators")?;
         let endpoints = running.endpoints();
         // Every connection, built-in or a path to a .wasm, is pointed at
         // the emulator of its vendor, or the run is refused: a sandbox run
         // never reaches a real vendor.
         for connection in workflow.connections.values() {
             let plugin = executor.plugin(&connection.name, &connection.plugin).await?;
-            let endpoint = weft::emulators::choose(&endpoints, plugin.manifest(), connection.sandbox.as_deref())
-                .with_context(|| format!("connection {:?} ({})", connection.name, connection.plugin))?;
-            overrides.insert(connection.name.clone(), ConnectionOverride { base_url: endpoint.base_url.clone(), secret: Secret::new(endpoint.api_key.clone()) });
+            let endpoint = weft::emulators::choose(
+                &endpoints,
+                plugin.manifest(),
+                connection.sandbox.as_deref(),
+            )
+            .with_context(|| format!("connection {:?} ({})", connection.name, connection.plugin))?;
+            overrides.insert(
+                connection.name.clone(),
+                ConnectionOverride {
+                    base_url: endpoint.base_url.clone(),
+                    secret: Secret::new(endpoint.api_key.clone()),
+                },
+            );
         }
         sandbox = Some(endpoints.into_iter().map(|e| e.base_url).collect());
         if !command.json {
-            eprintln!("sandbox: emulators on loopback, {} demo records each; state in {}", command.seed, state_dir.display());
+            eprintln!(
+                "sandbox: emulators on loopback, {} demo records each; state in {}",
+                command.seed,
+                state_dir.display()
+            );
         }
         emulators = Some(running);
     }
 
     if !command.json {
-        eprintln!("running {} ({}){}", workflow.name, path.display(), if command.dry_run { ", dry run: reads are real, no write is sent" } else { "" });
+        eprintln!(
+            "running {} ({}){}",
+            workflow.name,
+            path.display(),
+            if command.dry_run { ", dry run: reads are real, no write is sent" } else { "" }
+        );
     }
     let printer = Printer::new(command.json);
     // The executor confines a sandbox run's HTTP to the emulators, and
     // marks the run so that no resume sends its writes to the real vendors.
-    let options = RunOptions { inputs, dry_run: command.dry_run, overrides, sandbox, stop: stop_on_signals(), ..RunOptions::default() };
+    let options = RunOptions {
+        inputs,
+        dry_run: command.dry_run,
+        overrides,
+        sandbox,
+        stop: stop_on_signals(),
+        ..RunOptions::default()
+    };
     let summary = run_guarded(&executor, &workflow, &options, &printer).await?;
     let written = output_files(&workflow, &summary);
     report(&summary, &written, command.json)?;
@@ -441,26 +555,38 @@ async fn run(global: &Global, path: &Path, command: RunCommand) -> Result<ExitCo
 
 /// Records and runs a workflow; a panic during the run ends the run
 /// `failed` (see [`guard_panics`]).
-async fn run_guarded(executor: &Executor, workflow: &Workflow, options: &RunOptions, printer: &Printer) -> Result<RunSummary> {
+async fn run_guarded(
+    executor: &Executor,
+    workflow: &Workflow,
+    options: &RunOptions,
+    printer: &Printer,
+) -> Result<RunSummary> {
     // Checked before recording, so a workflow that does not fit its
     // plugins leaves no run behind.
     executor.check(workflow).await?;
     let run = executor.create(workflow, options).await?;
     let id = run.id.clone();
-    guard_panics(executor, &id, executor.execute(workflow, run, options, &fault_hook(printer))).await
+    guard_panics(executor, &id, executor.execute(workflow, run, options, &fault_hook(printer)))
+        .await
 }
 
 /// Runs `work`, the run `run_id`; if it panics (a bug in weft), the run is
 /// marked failed with "internal error" instead of being left `running` by
 /// a process that exits 101, and the error says so (exit code 3). So is a
 /// run that meets damage in the store (a page that fails its checksum).
-async fn guard_panics(executor: &Executor, run_id: &str, work: impl std::future::Future<Output = Result<RunSummary, ExecError>>) -> Result<RunSummary> {
+async fn guard_panics(
+    executor: &Executor,
+    run_id: &str,
+    work: impl std::future::Future<Output = Result<RunSummary, ExecError>>,
+) -> Result<RunSummary> {
     use futures_util::FutureExt as _;
     match std::panic::AssertUnwindSafe(work).catch_unwind().await {
         Ok(Err(ExecError::Store(damage))) if damage.is_damage() => {
             // Damage meets every resume again: the run ends failed.
             let error = damage.to_string();
-            executor.store().fail_run(run_id, &error).await.with_context(|| format!("run {run_id}: {error}; marking the run failed failed too"))?;
+            executor.store().fail_run(run_id, &error).await.with_context(|| {
+                format!("run {run_id}: {error}; marking the run failed failed too")
+            })?;
             anyhow::bail!("run {run_id}: {error}; the run is marked failed")
         }
         Ok(outcome) => Ok(outcome?),
@@ -469,7 +595,9 @@ async fn guard_panics(executor: &Executor, run_id: &str, work: impl std::future:
             let error = format!("internal error: {message} (a bug in weft)");
             match executor.store().fail_run(run_id, &error).await {
                 Ok(_) => anyhow::bail!("run {run_id}: {error}; the run is marked failed"),
-                Err(e) => anyhow::bail!("run {run_id}: {error}; marking the run failed failed too ({e}), so it is left to resume"),
+                Err(e) => anyhow::bail!(
+                    "run {run_id}: {error}; marking the run failed failed too ({e}), so it is left to resume"
+                ),
             }
         }
     }
@@ -479,7 +607,8 @@ async fn guard_panics(executor: &Executor, run_id: &str, work: impl std::future:
 /// ID starts. No path from input to a panic is known to be left, so the
 /// tests of what a panic does in a run inject one here.
 fn fault_hook<'a>(observer: &'a dyn Observer) -> PanicAtStep<'a> {
-    let step = if cfg!(debug_assertions) { std::env::var("WEFT_TEST_PANIC_AT_STEP").ok() } else { None };
+    let step =
+        if cfg!(debug_assertions) { std::env::var("WEFT_TEST_PANIC_AT_STEP").ok() } else { None };
     PanicAtStep { inner: observer, step }
 }
 
@@ -538,8 +667,16 @@ fn output_files(workflow: &Workflow, summary: &RunSummary) -> Vec<WrittenFile> {
         .iter()
         .zip(&summary.steps)
         .filter_map(|(step, done)| match &step.action {
-            Action::List { output: Some(path), .. } if done.id == step.id && !matches!(done.status, Status::Pending | Status::Skipped) && path.exists() => {
-                Some(WrittenFile { step: step.id.clone(), path: path.clone(), records: done.counts.read })
+            Action::List { output: Some(path), .. }
+                if done.id == step.id
+                    && !matches!(done.status, Status::Pending | Status::Skipped)
+                    && path.exists() =>
+            {
+                Some(WrittenFile {
+                    step: step.id.clone(),
+                    path: path.clone(),
+                    records: done.counts.read,
+                })
             }
             _ => None,
         })
@@ -601,7 +738,15 @@ impl Printer {
 impl Observer for Printer {
     fn run_started(&self, run: &RunRecord) {
         if !self.quiet {
-            eprintln!("run {}{}", run.id, if run.resumes > 0 { format!(" (resumed, attempt {})", run.resumes + 1) } else { String::new() });
+            eprintln!(
+                "run {}{}",
+                run.id,
+                if run.resumes > 0 {
+                    format!(" (resumed, attempt {})", run.resumes + 1)
+                } else {
+                    String::new()
+                }
+            );
         }
     }
 
@@ -624,7 +769,14 @@ impl Observer for Printer {
             Status::Running => "stop",
             _ => "--  ",
         };
-        eprintln!("  {mark} {:<16} {:<7} {:<28} {:<28} {:>6.1}s", step.id, s.op, s.target, counts(s), s.duration_ms as f64 / 1000.0);
+        eprintln!(
+            "  {mark} {:<16} {:<7} {:<28} {:<28} {:>6.1}s",
+            step.id,
+            s.op,
+            s.target,
+            counts(s),
+            s.duration_ms as f64 / 1000.0
+        );
         if let Some(error) = &s.error {
             eprintln!("       {error}");
         }
@@ -636,25 +788,54 @@ impl Observer for Printer {
 
 fn print_plan(plan: &serde_json::Value) {
     let n = |k: &str| plan.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
-    let parts: Vec<String> = [("create", "would create"), ("update", "would update"), ("upsert", "would upsert"), ("remove", "would remove"), ("unchanged", "unchanged"), ("already_absent", "already absent")]
-        .into_iter()
-        .filter(|(k, _)| n(k) > 0)
-        .map(|(k, what)| format!("{} {what}", n(k)))
-        .collect();
-    eprintln!("       plan: {}", if parts.is_empty() { "no writes".to_owned() } else { parts.join(", ") });
+    let parts: Vec<String> = [
+        ("create", "would create"),
+        ("update", "would update"),
+        ("upsert", "would upsert"),
+        ("remove", "would remove"),
+        ("unchanged", "unchanged"),
+        ("already_absent", "already absent"),
+    ]
+    .into_iter()
+    .filter(|(k, _)| n(k) > 0)
+    .map(|(k, what)| format!("{} {what}", n(k)))
+    .collect();
+    eprintln!(
+        "       plan: {}",
+        if parts.is_empty() { "no writes".to_owned() } else { parts.join(", ") }
+    );
     for sample in plan.get("samples").and_then(serde_json::Value::as_array).into_iter().flatten() {
         let action = sample.get("action").and_then(serde_json::Value::as_str).unwrap_or("?");
-        let key = sample.get("key").and_then(serde_json::Value::as_str).unwrap_or("(matched by the connector)");
-        let changes = sample.get("changes").and_then(serde_json::Value::as_array).map(|c| c.iter().filter_map(|v| v.as_str()).collect::<Vec<_>>().join(", ")).unwrap_or_default();
+        let key = sample
+            .get("key")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("(matched by the connector)");
+        let changes = sample
+            .get("changes")
+            .and_then(serde_json::Value::as_array)
+            .map(|c| c.iter().filter_map(|v| v.as_str()).collect::<Vec<_>>().join(", "))
+            .unwrap_or_default();
         let record = sample.get("record").map(|r| r.to_string()).unwrap_or_default();
-        let detail = if !changes.is_empty() { format!("fields {changes}") } else { record.chars().take(100).collect() };
+        let detail = if !changes.is_empty() {
+            format!("fields {changes}")
+        } else {
+            record.chars().take(100).collect()
+        };
         eprintln!("         e.g. {action} {key} {detail}");
     }
-    let irreversible = plan.get("irreversible").and_then(serde_json::Value::as_array).cloned().unwrap_or_default();
+    let irreversible =
+        plan.get("irreversible").and_then(serde_json::Value::as_array).cloned().unwrap_or_default();
     if !irreversible.is_empty() {
-        eprintln!("       irreversible ({}):", irreversible.len() as u64 + n("irreversible_not_listed"));
+        eprintln!(
+            "       irreversible ({}):",
+            irreversible.len() as u64 + n("irreversible_not_listed")
+        );
         for entry in &irreversible {
-            eprintln!("         {} {}", entry.get("action").and_then(serde_json::Value::as_str).unwrap_or("?"), entry.get("key").and_then(serde_json::Value::as_str).unwrap_or("?"));
+            eprintln!(
+                "         {} {}",
+                entry.get("action").and_then(serde_json::Value::as_str).unwrap_or("?"),
+                entry.get("key").and_then(serde_json::Value::as_str).unwrap_or("?")
+            );
         }
         if n("irreversible_not_listed") > 0 {
             eprintln!("         … and {} more", n("irreversible_not_listed"));
@@ -705,7 +886,10 @@ fn print_summary(summary: &RunSummary, written: &[WrittenFile]) {
 }
 
 fn state_dir(global: &Global) -> PathBuf {
-    global.state_dir.clone().unwrap_or_else(|| default_dir("XDG_DATA_HOME", ".local/share", "state"))
+    global
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| default_dir("XDG_DATA_HOME", ".local/share", "state"))
 }
 
 /// The address a `weft serve` on this state dir wrote when it started.
@@ -727,7 +911,10 @@ async fn runs(global: &Global, command: RunsCommand) -> Result<ExitCode> {
             let base = server_address(&dir).unwrap_or_default();
             return runs_via_server(&base, command).await;
         }
-        Err(e) => return Err(e).with_context(|| format!("failed to open the run store at {}", dir.display())),
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("failed to open the run store at {}", dir.display()));
+        }
     };
     match command {
         RunsCommand::List { json, limit } => {
@@ -760,7 +947,12 @@ async fn runs(global: &Global, command: RunsCommand) -> Result<ExitCode> {
             let executor = Executor::new(wasm_runtime(global)?, store);
             let printer = Printer::new(json);
             let options = RunOptions { stop: stop_on_signals(), ..RunOptions::default() };
-            let summary = guard_panics(&executor, &run, executor.resume(&run, &options, &fault_hook(&printer))).await?;
+            let summary = guard_panics(
+                &executor,
+                &run,
+                executor.resume(&run, &options, &fault_hook(&printer)),
+            )
+            .await?;
             let record = executor.store().run(&run).await?;
             let written = match Executor::stored_workflow(&record) {
                 Ok(workflow) => output_files(&workflow, &summary),
@@ -782,12 +974,18 @@ async fn runs(global: &Global, command: RunsCommand) -> Result<ExitCode> {
 async fn runs_via_server(base: &str, command: RunsCommand) -> Result<ExitCode> {
     let client = reqwest::Client::new();
     let call = |request: reqwest::RequestBuilder| async move {
-        let response = request.send().await.with_context(|| format!("the run store is held by a weft serve at {base}, which does not answer"))?;
+        let response = request.send().await.with_context(|| {
+            format!("the run store is held by a weft serve at {base}, which does not answer")
+        })?;
         let status = response.status();
         let bytes = response.bytes().await.unwrap_or_default();
-        let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+        let body: serde_json::Value =
+            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
         if !status.is_success() {
-            anyhow::bail!("weft serve at {base}: {status}: {}", body.get("error").and_then(serde_json::Value::as_str).unwrap_or(""));
+            anyhow::bail!(
+                "weft serve at {base}: {status}: {}",
+                body.get("error").and_then(serde_json::Value::as_str).unwrap_or("")
+            );
         }
         Ok(body)
     };
@@ -809,12 +1007,25 @@ async fn runs_via_server(base: &str, command: RunsCommand) -> Result<ExitCode> {
             }
         }
         RunsCommand::Resume { run, .. } => {
-            call(client.post(format!("{base}/api/runs/{run}/resume")).header("content-type", "application/json")).await?;
+            call(
+                client
+                    .post(format!("{base}/api/runs/{run}/resume"))
+                    .header("content-type", "application/json"),
+            )
+            .await?;
             outln!("run {run} is resuming in the weft serve at {base}")?;
         }
         RunsCommand::Cancel { run } => {
-            let body = call(client.post(format!("{base}/api/runs/{run}/cancel")).header("content-type", "application/json")).await?;
-            outln!("run {run}: {}", body.get("status").and_then(serde_json::Value::as_str).unwrap_or("cancelling"))?;
+            let body = call(
+                client
+                    .post(format!("{base}/api/runs/{run}/cancel"))
+                    .header("content-type", "application/json"),
+            )
+            .await?;
+            outln!(
+                "run {run}: {}",
+                body.get("status").and_then(serde_json::Value::as_str).unwrap_or("cancelling")
+            )?;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -825,20 +1036,49 @@ fn print_runs(rows: &[serde_json::Value]) -> std::io::Result<()> {
     for r in rows {
         let text = |k: &str| r.get(k).and_then(serde_json::Value::as_str).unwrap_or("").to_owned();
         let created = r.get("created_ms").and_then(serde_json::Value::as_u64).unwrap_or(0);
-        let seconds = r.get("finished_ms").and_then(serde_json::Value::as_u64).map(|f| format!("{:.1}", f.saturating_sub(created) as f64 / 1000.0)).unwrap_or_else(|| "-".into());
-        let status = if r.get("dry_run").and_then(serde_json::Value::as_bool).unwrap_or(false) { format!("{} (dry)", text("status")) } else { text("status") };
-        outln!("{:<18} {:<24} {:<10} {:<8} {:>10}", text("id"), text("workflow"), status, text("trigger"), seconds)?;
+        let seconds = r
+            .get("finished_ms")
+            .and_then(serde_json::Value::as_u64)
+            .map(|f| format!("{:.1}", f.saturating_sub(created) as f64 / 1000.0))
+            .unwrap_or_else(|| "-".into());
+        let status = if r.get("dry_run").and_then(serde_json::Value::as_bool).unwrap_or(false) {
+            format!("{} (dry)", text("status"))
+        } else {
+            text("status")
+        };
+        outln!(
+            "{:<18} {:<24} {:<10} {:<8} {:>10}",
+            text("id"),
+            text("workflow"),
+            status,
+            text("trigger"),
+            seconds
+        )?;
     }
     Ok(())
 }
 
 fn print_run(value: &serde_json::Value) -> std::io::Result<()> {
-    let text = |v: &serde_json::Value, k: &str| v.get(k).and_then(serde_json::Value::as_str).unwrap_or("").to_owned();
-    outln!("run {} of {} ({}), {}", text(value, "id"), text(value, "workflow"), text(value, "workflow_path"), text(value, "status"))?;
+    let text = |v: &serde_json::Value, k: &str| {
+        v.get(k).and_then(serde_json::Value::as_str).unwrap_or("").to_owned()
+    };
+    outln!(
+        "run {} of {} ({}), {}",
+        text(value, "id"),
+        text(value, "workflow"),
+        text(value, "workflow_path"),
+        text(value, "status")
+    )?;
     outln!("workflow sha256 {}", text(value, "workflow_hash"))?;
-    outln!("trigger {}, resumed {} times", text(value, "trigger"), value.get("resumes").and_then(serde_json::Value::as_u64).unwrap_or(0))?;
+    outln!(
+        "trigger {}, resumed {} times",
+        text(value, "trigger"),
+        value.get("resumes").and_then(serde_json::Value::as_u64).unwrap_or(0)
+    )?;
     for s in value.get("steps").and_then(serde_json::Value::as_array).into_iter().flatten() {
-        let c = |k: &str| s.get("counts").and_then(|c| c.get(k)).and_then(serde_json::Value::as_u64).unwrap_or(0);
+        let c = |k: &str| {
+            s.get("counts").and_then(|c| c.get(k)).and_then(serde_json::Value::as_u64).unwrap_or(0)
+        };
         let n = |k: &str| s.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
         outln!(
             "  {:<20} {:<10} attempts {}  read {} created {} updated {} unchanged {} removed {} absent {} failed {}{}{}",
@@ -865,7 +1105,11 @@ fn print_run(value: &serde_json::Value) -> std::io::Result<()> {
     Ok(())
 }
 
-async fn serve(global: &Global, paths: &[PathBuf], config: weft::serve::ServeConfig) -> Result<ExitCode> {
+async fn serve(
+    global: &Global,
+    paths: &[PathBuf],
+    config: weft::serve::ServeConfig,
+) -> Result<ExitCode> {
     let mut workflows = Vec::new();
     let mut files = Vec::new();
     for path in paths {
@@ -887,13 +1131,25 @@ async fn serve(global: &Global, paths: &[PathBuf], config: weft::serve::ServeCon
     let dir = state_dir(global);
     let executor = Executor::new(wasm_runtime(global)?, open_store(&dir)?);
     let grace = config.shutdown_grace;
-    let config = weft::serve::ServeConfig { workflows, address_file: Some(dir.join(SERVE_ADDRESS_FILE)), ..config };
+    let config = weft::serve::ServeConfig {
+        workflows,
+        address_file: Some(dir.join(SERVE_ADDRESS_FILE)),
+        ..config
+    };
     let server = weft::serve::start(executor, config).await?;
-    eprintln!("weft serve: listening on http://{} with {} workflow(s); state in {}", server.addr, files.len(), dir.display());
+    eprintln!(
+        "weft serve: listening on http://{} with {} workflow(s); state in {}",
+        server.addr,
+        files.len(),
+        dir.display()
+    );
     let token = server.shutdown_token();
     tokio::spawn(async move {
         shutdown_signal().await;
-        eprintln!("stopping: no new runs; in-flight calls finish (up to {}), then exit", humantime::format_duration(grace));
+        eprintln!(
+            "stopping: no new runs; in-flight calls finish (up to {}), then exit",
+            humantime::format_duration(grace)
+        );
         token.cancel();
     });
     server.wait().await;
@@ -907,7 +1163,9 @@ async fn validate(global: &Global, files: &[PathBuf]) -> Result<ExitCode> {
     let mut failed = 0;
     for file in files {
         let outcome = match Workflow::load(file) {
-            Ok(workflow) => executor.check(&workflow).await.map(|_| ()).map_err(anyhow::Error::from),
+            Ok(workflow) => {
+                executor.check(&workflow).await.map(|_| ()).map_err(anyhow::Error::from)
+            }
             Err(e) => Err(e.into()),
         };
         match outcome {
@@ -931,7 +1189,10 @@ async fn load_plugin(global: &Global, plugin: &str) -> Result<weft::runtime::Plu
         runtime.load_file(Path::new(plugin)).await?
     } else {
         let bytes = weft::builtin::component(plugin).with_context(|| {
-            format!("no built-in plugin named {plugin:?} (built in: {})", weft::builtin::names().collect::<Vec<_>>().join(", "))
+            format!(
+                "no built-in plugin named {plugin:?} (built in: {})",
+                weft::builtin::names().collect::<Vec<_>>().join(", ")
+            )
         })?;
         runtime.load(plugin, bytes).await?
     })
@@ -955,17 +1216,24 @@ async fn check_plugin(global: &Global, plugin: &str, options: CheckOptions) -> R
     let loaded = load_plugin(global, plugin).await?;
     let mut samples = Vec::new();
     for (resource, text) in &options.samples {
-        let value: serde_json::Value = serde_json::from_str(text).with_context(|| format!("--sample {resource}=…: not JSON"))?;
+        let value: serde_json::Value = serde_json::from_str(text)
+            .with_context(|| format!("--sample {resource}=…: not JSON"))?;
         samples.push((resource.clone(), value));
     }
     let mut emulators = None;
     let mut settings = options.settings.clone();
     let (base_url, secret) = if options.sandbox {
-        let running = weft_sandbox::Sandbox::start(weft_sandbox::SandboxOptions { seed: 25, ..Default::default() }).await?;
+        let running = weft_sandbox::Sandbox::start(weft_sandbox::SandboxOptions {
+            seed: 25,
+            ..Default::default()
+        })
+        .await?;
         let endpoints = running.endpoints();
         // By the manifest's vendor, so a third-party connector of a vendor
         // the sandbox emulates is checked against that emulator.
-        let endpoint = weft::emulators::choose(&endpoints, loaded.manifest(), options.emulator.as_deref())?.clone();
+        let endpoint =
+            weft::emulators::choose(&endpoints, loaded.manifest(), options.emulator.as_deref())?
+                .clone();
         // The samples and settings are the emulator's API's, whoever wrote
         // the connector.
         if samples.is_empty() {
@@ -978,7 +1246,9 @@ async fn check_plugin(global: &Global, plugin: &str, options: CheckOptions) -> R
         (endpoint.base_url, Some(Secret::new(endpoint.api_key)))
     } else {
         let secret = match &options.credentials {
-            Some(reference) => Some(weft::credentials::CredentialSource::parse(reference)?.resolve()?),
+            Some(reference) => {
+                Some(weft::credentials::CredentialSource::parse(reference)?.resolve()?)
+            }
             None => None,
         };
         (options.base_url.clone().context("--base-url is required without --sandbox")?, secret)
@@ -1008,7 +1278,11 @@ async fn check_plugin(global: &Global, plugin: &str, options: CheckOptions) -> R
             };
             outln!("{mark}  {:<14} {:<44} {}", r.resource, r.check, r.detail)?;
         }
-        outln!("{} passed, {failed} failed, {} skipped", results.iter().filter(|r| r.verdict == Verdict::Pass).count(), results.iter().filter(|r| r.verdict == Verdict::Skip).count())?;
+        outln!(
+            "{} passed, {failed} failed, {} skipped",
+            results.iter().filter(|r| r.verdict == Verdict::Pass).count(),
+            results.iter().filter(|r| r.verdict == Verdict::Skip).count()
+        )?;
     }
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(exit::RUN_FAILED) })
 }
@@ -1017,7 +1291,12 @@ async fn inspect(global: &Global, plugin: &str, json: bool) -> Result<ExitCode> 
     let loaded = load_plugin(global, plugin).await?;
     let manifest = loaded.manifest();
     if json {
-        outln!("{}", serde_json::to_string_pretty(&serde_json::json!({ "manifest": manifest, "sha256": loaded.digest() }))?)?;
+        outln!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({ "manifest": manifest, "sha256": loaded.digest() })
+            )?
+        )?;
     } else {
         print_manifest(manifest, loaded.digest())?;
     }
@@ -1029,12 +1308,15 @@ fn print_manifest(m: &Manifest, digest: &str) -> std::io::Result<()> {
     outln!("{}", m.description)?;
     outln!()?;
     outln!("base url:    {}", m.default_base_url)?;
-    outln!("auth:        {}", match &m.auth {
-        weft::connector::AuthScheme::None => "none".to_owned(),
-        weft::connector::AuthScheme::Bearer => "bearer token".to_owned(),
-        weft::connector::AuthScheme::BasicKeyAsUser => "basic, key as user".to_owned(),
-        weft::connector::AuthScheme::Header(h) => format!("header {h}"),
-    })?;
+    outln!(
+        "auth:        {}",
+        match &m.auth {
+            weft::connector::AuthScheme::None => "none".to_owned(),
+            weft::connector::AuthScheme::Bearer => "bearer token".to_owned(),
+            weft::connector::AuthScheme::BasicKeyAsUser => "basic, key as user".to_owned(),
+            weft::connector::AuthScheme::Header(h) => format!("header {h}"),
+        }
+    )?;
     if !m.extra_hosts.is_empty() {
         outln!("extra hosts: {}", m.extra_hosts.join(", "))?;
     }
@@ -1045,10 +1327,18 @@ fn print_manifest(m: &Manifest, digest: &str) -> std::io::Result<()> {
         let ops: Vec<String> = r
             .ops
             .iter()
-            .map(|op| if r.is_irreversible(*op) { format!("{op} (irreversible)") } else { op.to_string() })
+            .map(|op| {
+                if r.is_irreversible(*op) { format!("{op} (irreversible)") } else { op.to_string() }
+            })
             .collect();
         outln!("  {:<16} {}", r.name, ops.join(", "))?;
-        outln!("  {:<16} id field {}, page size {} (max {})", "", r.id_field, r.default_page_size, r.max_page_size)?;
+        outln!(
+            "  {:<16} id field {}, page size {} (max {})",
+            "",
+            r.id_field,
+            r.default_page_size,
+            r.max_page_size
+        )?;
         if !r.description.is_empty() {
             outln!("  {:<16} {}", "", r.description)?;
         }
@@ -1057,7 +1347,8 @@ fn print_manifest(m: &Manifest, digest: &str) -> std::io::Result<()> {
         outln!()?;
         outln!("published rate limits:")?;
         for l in &m.rate_limits {
-            let prefix = l.credential_prefix.as_deref().map(|p| format!(" (keys {p}…)")).unwrap_or_default();
+            let prefix =
+                l.credential_prefix.as_deref().map(|p| format!(" (keys {p}…)")).unwrap_or_default();
             outln!("  {:?}: {} per {}s{prefix}", l.method_class, l.requests, l.per_seconds)?;
         }
     }
@@ -1065,17 +1356,28 @@ fn print_manifest(m: &Manifest, digest: &str) -> std::io::Result<()> {
         outln!()?;
         outln!("settings:")?;
         for s in &m.settings {
-            outln!("  {:<16} {}{}", s.name, s.description, if s.required { " (required)" } else { "" })?;
+            outln!(
+                "  {:<16} {}{}",
+                s.name,
+                s.description,
+                if s.required { " (required)" } else { "" }
+            )?;
         }
     }
     Ok(())
 }
 
 async fn serve_sandbox(seed: usize, stripe_port: u16) -> Result<ExitCode> {
-    let running = weft_sandbox::Sandbox::start(weft_sandbox::SandboxOptions { seed, stripe_port, ..Default::default() })
-        .await
-        .context("failed to start the vendor emulators")?;
-    outln!("weft sandbox: vendor emulators on loopback ({seed} demo records each); ctrl-c stops them")?;
+    let running = weft_sandbox::Sandbox::start(weft_sandbox::SandboxOptions {
+        seed,
+        stripe_port,
+        ..Default::default()
+    })
+    .await
+    .context("failed to start the vendor emulators")?;
+    outln!(
+        "weft sandbox: vendor emulators on loopback ({seed} demo records each); ctrl-c stops them"
+    )?;
     for endpoint in running.endpoints() {
         outln!("  {:<12} {:<28} key {}", endpoint.vendor, endpoint.base_url, endpoint.api_key)?;
     }

@@ -16,12 +16,16 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker, ResourceTable};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store, Trap, UpdateDeadline};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store,
+    Trap, UpdateDeadline,
+};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::connector::{
-    BatchItem, CallContext, ConnectorError, ListRequest, Manifest, Op, Page, RemoveOutcome, UpsertOutcome, UpsertRequest,
+    BatchItem, CallContext, ConnectorError, ListRequest, Manifest, Op, Page, RemoveOutcome,
+    UpsertOutcome, UpsertRequest,
 };
 use crate::http::ConnectionHttp;
 
@@ -107,7 +111,9 @@ pub enum RuntimeError {
         reason: String,
     },
     /// The component targets a contract version this host does not serve.
-    #[error("plugin {plugin}: does not implement weft:connector@0.1.0 (the versions this host serves): {reason}")]
+    #[error(
+        "plugin {plugin}: does not implement weft:connector@0.1.0 (the versions this host serves): {reason}"
+    )]
     UnsupportedContract {
         /// Plugin name or path.
         plugin: String,
@@ -198,7 +204,8 @@ impl RuntimeInner {
     /// free again or none is idle.
     fn give_up_idle(&self, permits: usize) {
         let lists: Vec<Arc<IdleList>> = {
-            let mut registry = self.idle_lists.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut registry =
+                self.idle_lists.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             registry.retain(|list| list.strong_count() > 0);
             registry.iter().filter_map(std::sync::Weak::upgrade).collect()
         };
@@ -274,14 +281,16 @@ impl Runtime {
             // to create, the same limits.
             Err(pool_error) => {
                 wasm.allocation_strategy(InstanceAllocationStrategy::OnDemand);
-                let engine = Engine::new(&wasm).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+                let engine =
+                    Engine::new(&wasm).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
                 tracing::warn!(error = %format!("{pool_error:#}"), "cannot reserve the instance pool; allocating instances on demand");
                 engine
             }
         };
 
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         v0_1::add_to_linker(&mut linker).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
 
         let ticker_stop = Arc::new(AtomicBool::new(false));
@@ -327,9 +336,8 @@ impl Runtime {
         let started = Instant::now();
         let (component, cache_hit) = self.component(name, wasm)?;
         let compiled = started.elapsed();
-        let pre = self.inner.linker.instantiate_pre(&component).map_err(|e| RuntimeError::UnsupportedContract {
-            plugin: name.to_owned(),
-            reason: error_chain(&e),
+        let pre = self.inner.linker.instantiate_pre(&component).map_err(|e| {
+            RuntimeError::UnsupportedContract { plugin: name.to_owned(), reason: error_chain(&e) }
         })?;
         let bindings = v0_1::Bindings::new(pre).map_err(|e| RuntimeError::UnsupportedContract {
             plugin: name.to_owned(),
@@ -361,7 +369,10 @@ impl Runtime {
         if cost > self.inner.config.limits.instances.max(1) {
             return Err(RuntimeError::InvalidComponent {
                 plugin: name.to_owned(),
-                reason: format!("one instance needs {memories} memories and {tables} tables, more than the {} instance slots hold", self.inner.config.limits.instances),
+                reason: format!(
+                    "one instance needs {memories} memories and {tables} tables, more than the {} instance slots hold",
+                    self.inner.config.limits.instances
+                ),
             });
         }
         Ok(cost)
@@ -370,13 +381,19 @@ impl Runtime {
     /// Loads a plugin from a `.wasm` file.
     pub async fn load_file(&self, path: &Path) -> Result<Plugin> {
         let name = path.display().to_string();
-        let wasm = std::fs::read(path).map_err(|e| RuntimeError::InvalidComponent { plugin: name.clone(), reason: format!("cannot read: {e}") })?;
+        let wasm = std::fs::read(path).map_err(|e| RuntimeError::InvalidComponent {
+            plugin: name.clone(),
+            reason: format!("cannot read: {e}"),
+        })?;
         self.load(&name, &wasm).await
     }
 
     fn component(&self, name: &str, wasm: &[u8]) -> Result<(Component, bool)> {
         let engine = &self.inner.engine;
-        let invalid = |e: wasmtime::Error| RuntimeError::InvalidComponent { plugin: name.to_owned(), reason: error_chain(&e) };
+        let invalid = |e: wasmtime::Error| RuntimeError::InvalidComponent {
+            plugin: name.to_owned(),
+            reason: error_chain(&e),
+        };
         let Some(dir) = self.trusted_cache_dir() else {
             return Ok((Component::new(engine, wasm).map_err(invalid)?, false));
         };
@@ -436,7 +453,11 @@ impl Runtime {
         let mut file = std::fs::File::open(path).ok()?;
         // Checked on the open file, so what is read is what was checked.
         let metadata = file.metadata().ok()?;
-        let refused = if metadata.is_file() { untrusted(&metadata) } else { Some("it is not a file".to_owned()) };
+        let refused = if metadata.is_file() {
+            untrusted(&metadata)
+        } else {
+            Some("it is not a file".to_owned())
+        };
         if let Some(why) = refused {
             tracing::warn!(path = %path.display(), "ignoring a component cache entry: {why}");
             return None;
@@ -448,7 +469,10 @@ impl Runtime {
             tracing::warn!(path = %path.display(), "ignoring a corrupt component cache entry");
             return None;
         }
-        #[expect(unsafe_code, reason = "deserializing native code; the file is ours (content-addressed, written atomically with mode 0600 in a directory only this user may write, its owner and mode checked on the open file, checksummed against corruption) and wasmtime checks engine compatibility")]
+        #[expect(
+            unsafe_code,
+            reason = "deserializing native code; the file is ours (content-addressed, written atomically with mode 0600 in a directory only this user may write, its owner and mode checked on the open file, checksummed against corruption) and wasmtime checks engine compatibility"
+        )]
         let component = unsafe { Component::deserialize(&self.inner.engine, payload) };
         component.map_err(|e| tracing::warn!(path = %path.display(), error = %error_chain(&e), "ignoring an unusable cache entry")).ok()
     }
@@ -477,7 +501,10 @@ fn untrusted(metadata: &std::fs::Metadata) -> Option<String> {
         return Some(format!("it is owned by user {}, not by this user ({me})", metadata.uid()));
     }
     if metadata.mode() & 0o022 != 0 {
-        return Some(format!("its mode {:o} lets group or others write it", metadata.mode() & 0o777));
+        return Some(format!(
+            "its mode {:o} lets group or others write it",
+            metadata.mode() & 0o777
+        ));
     }
     None
 }
@@ -528,7 +555,10 @@ pub struct Plugin {
 
 impl std::fmt::Debug for Plugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Plugin").field("name", &self.name).field("digest", &self.digest).finish_non_exhaustive()
+        f.debug_struct("Plugin")
+            .field("name", &self.name)
+            .field("digest", &self.digest)
+            .finish_non_exhaustive()
     }
 }
 
@@ -617,7 +647,9 @@ fn plugin_text(text: &str) -> String {
             break;
         }
         kept += 1;
-        if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') {
+        if c.is_control()
+            || matches!(c, '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+        {
             out.extend(c.escape_default());
         } else {
             out.push(c);
@@ -660,18 +692,36 @@ impl Plugin {
     }
 
     /// Reads one page, in a fresh instance.
-    pub async fn list(&self, http: &Arc<ConnectionHttp>, ctx: CallContext, request: ListRequest) -> Result<Page> {
+    pub async fn list(
+        &self,
+        http: &Arc<ConnectionHttp>,
+        ctx: CallContext,
+        request: ListRequest,
+    ) -> Result<Page> {
         let max = request.page_size as usize;
         self.page(self.call(Some(http), Call::List(ctx, request)).await?, max)
     }
 
     /// Reads one record, in a fresh instance.
-    pub async fn get(&self, http: &Arc<ConnectionHttp>, ctx: CallContext, resource: &str, id: &str) -> Result<Option<String>> {
-        self.record(self.call(Some(http), Call::Get(ctx, resource.to_owned(), id.to_owned())).await?)
+    pub async fn get(
+        &self,
+        http: &Arc<ConnectionHttp>,
+        ctx: CallContext,
+        resource: &str,
+        id: &str,
+    ) -> Result<Option<String>> {
+        self.record(
+            self.call(Some(http), Call::Get(ctx, resource.to_owned(), id.to_owned())).await?,
+        )
     }
 
     /// Creates or updates one record, in a fresh instance.
-    pub async fn upsert(&self, http: &Arc<ConnectionHttp>, ctx: CallContext, request: UpsertRequest) -> Result<UpsertOutcome> {
+    pub async fn upsert(
+        &self,
+        http: &Arc<ConnectionHttp>,
+        ctx: CallContext,
+        request: UpsertRequest,
+    ) -> Result<UpsertOutcome> {
         self.upserted(self.call(Some(http), Call::Upsert(ctx, request)).await?)
     }
 
@@ -684,12 +734,23 @@ impl Plugin {
         items: Vec<BatchItem>,
     ) -> Result<Vec<std::result::Result<UpsertOutcome, ConnectorError>>> {
         let count = items.len();
-        self.batch(self.call(Some(http), Call::UpsertBatch(ctx, resource.to_owned(), items)).await?, count)
+        self.batch(
+            self.call(Some(http), Call::UpsertBatch(ctx, resource.to_owned(), items)).await?,
+            count,
+        )
     }
 
     /// Removes one record, in a fresh instance.
-    pub async fn remove(&self, http: &Arc<ConnectionHttp>, ctx: CallContext, resource: &str, id: &str) -> Result<RemoveOutcome> {
-        self.removed(self.call(Some(http), Call::Remove(ctx, resource.to_owned(), id.to_owned())).await?)
+    pub async fn remove(
+        &self,
+        http: &Arc<ConnectionHttp>,
+        ctx: CallContext,
+        resource: &str,
+        id: &str,
+    ) -> Result<RemoveOutcome> {
+        self.removed(
+            self.call(Some(http), Call::Remove(ctx, resource.to_owned(), id.to_owned())).await?,
+        )
     }
 
     fn page(&self, reply: Reply, max: usize) -> Result<Page> {
@@ -699,26 +760,40 @@ impl Plugin {
             other => return Err(self.contract(op, format!("unexpected reply {}", other.kind()))),
         };
         if page.records.len() > max {
-            return Err(self.contract(op, format!("returned {} records for a page size of {max}", page.records.len())));
+            return Err(self.contract(
+                op,
+                format!("returned {} records for a page size of {max}", page.records.len()),
+            ));
         }
         if let Some(cursor) = &page.next_cursor
             && cursor.len() > MAX_CURSOR_BYTES
         {
-            return Err(self.contract(op, format!("returned a cursor of {} bytes; a cursor may hold at most {}", cursor.len(), bytes(MAX_CURSOR_BYTES))));
+            return Err(self.contract(
+                op,
+                format!(
+                    "returned a cursor of {} bytes; a cursor may hold at most {}",
+                    cursor.len(),
+                    bytes(MAX_CURSOR_BYTES)
+                ),
+            ));
         }
         let count = page.records.len();
         page.records = page
             .records
             .into_iter()
             .enumerate()
-            .map(|(n, record)| self.checked_record(op, record, || format!("record {} of {count}", n + 1)))
+            .map(|(n, record)| {
+                self.checked_record(op, record, || format!("record {} of {count}", n + 1))
+            })
             .collect::<Result<_>>()?;
         Ok(page)
     }
 
     fn record(&self, reply: Reply) -> Result<Option<String>> {
         match reply {
-            Reply::Record(Some(record)) => self.checked_record("get", record, || "the record".into()).map(Some),
+            Reply::Record(Some(record)) => {
+                self.checked_record("get", record, || "the record".into()).map(Some)
+            }
             Reply::Record(None) => Ok(None),
             other => Err(self.contract("get", format!("unexpected reply {}", other.kind()))),
         }
@@ -727,28 +802,36 @@ impl Plugin {
     fn upserted(&self, reply: Reply) -> Result<UpsertOutcome> {
         match reply {
             Reply::Upserted(outcome) => {
-                let record = self.checked_record("upsert", outcome.record, || "the record".into())?;
+                let record =
+                    self.checked_record("upsert", outcome.record, || "the record".into())?;
                 Ok(UpsertOutcome { record, action: outcome.action })
             }
             other => Err(self.contract("upsert", format!("unexpected reply {}", other.kind()))),
         }
     }
 
-    fn batch(&self, reply: Reply, count: usize) -> Result<Vec<std::result::Result<UpsertOutcome, ConnectorError>>> {
+    fn batch(
+        &self,
+        reply: Reply,
+        count: usize,
+    ) -> Result<Vec<std::result::Result<UpsertOutcome, ConnectorError>>> {
         let op = "upsert-batch";
         let outcomes = match reply {
             Reply::Batch(outcomes) => outcomes,
             other => return Err(self.contract(op, format!("unexpected reply {}", other.kind()))),
         };
         if outcomes.len() != count {
-            return Err(self.contract(op, format!("returned {} outcomes for {count} items", outcomes.len())));
+            return Err(self
+                .contract(op, format!("returned {} outcomes for {count} items", outcomes.len())));
         }
         outcomes
             .into_iter()
             .enumerate()
             .map(|(n, outcome)| match outcome {
                 Ok(UpsertOutcome { record, action }) => {
-                    let record = self.checked_record(op, record, || format!("the record of outcome {} of {count}", n + 1))?;
+                    let record = self.checked_record(op, record, || {
+                        format!("the record of outcome {} of {count}", n + 1)
+                    })?;
                     Ok(Ok(UpsertOutcome { record, action }))
                 }
                 Err(error) => Ok(Err(plugin_error(error))),
@@ -759,10 +842,23 @@ impl Plugin {
     /// `record` if it is within the record limit and exactly one JSON
     /// object (made one line if it spans lines); otherwise a contract
     /// breach naming `which` record.
-    fn checked_record(&self, op: &'static str, record: String, which: impl FnOnce() -> String) -> Result<String> {
+    fn checked_record(
+        &self,
+        op: &'static str,
+        record: String,
+        which: impl FnOnce() -> String,
+    ) -> Result<String> {
         let limit = self.runtime.limits().max_record_bytes;
         if record.len() > limit {
-            return Err(self.contract(op, format!("{} is {} bytes, over the record limit of {}", which(), record.len(), bytes(limit))));
+            return Err(self.contract(
+                op,
+                format!(
+                    "{} is {} bytes, over the record limit of {}",
+                    which(),
+                    record.len(),
+                    bytes(limit)
+                ),
+            ));
         }
         record::one_object(record).map_err(|e| self.contract(op, format!("{} {e}", which())))
     }
@@ -788,7 +884,11 @@ impl Plugin {
 
     /// Waits for the instance slots one instance holds, first come first
     /// served, until `deadline`; idle warm instances are given up for it.
-    async fn slot(&self, op: &'static str, deadline: Instant) -> Result<tokio::sync::OwnedSemaphorePermit> {
+    async fn slot(
+        &self,
+        op: &'static str,
+        deadline: Instant,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit> {
         let inner = &self.runtime.inner;
         match inner.slots.clone().try_acquire_many_owned(self.slot_cost) {
             Ok(slot) => return Ok(slot),
@@ -799,7 +899,12 @@ impl Plugin {
         }
         let _waiting = Waiting::enter(&inner.waiting);
         inner.give_up_idle(self.slot_cost as usize);
-        match tokio::time::timeout_at(deadline.into(), inner.slots.clone().acquire_many_owned(self.slot_cost)).await {
+        match tokio::time::timeout_at(
+            deadline.into(),
+            inner.slots.clone().acquire_many_owned(self.slot_cost),
+        )
+        .await
+        {
             Ok(Ok(slot)) => Ok(slot),
             Ok(Err(_closed)) => Err(RuntimeError::Engine("the instance slots are closed".into())),
             Err(_) => Err(RuntimeError::Trapped {
@@ -817,7 +922,12 @@ impl Plugin {
     /// A new instance from the template, in a store of its own whose state
     /// holds only what the instance may touch: an empty WASI context and
     /// this connection's HTTP policy. It first waits for a slot.
-    async fn instantiate(&self, http: Option<Arc<ConnectionHttp>>, op: &'static str, deadline: Instant) -> Result<Instance> {
+    async fn instantiate(
+        &self,
+        http: Option<Arc<ConnectionHttp>>,
+        op: &'static str,
+        deadline: Instant,
+    ) -> Result<Instance> {
         let slot = self.slot(op, deadline).await?;
         let limits = self.runtime.limits();
         let stderr = MemoryOutputPipe::new(STDERR_CAPTURE);
@@ -863,8 +973,19 @@ impl Plugin {
         let started = guarded("instantiate", self.bindings.instantiate(&mut store));
         match tokio::time::timeout_at(deadline.into(), cpu.metered(started)).await {
             Ok(Ok(Ok(exports))) => Ok(Instance { store, exports, stderr, calls: 0, slot }),
-            Ok(Ok(Err(error)) | Err(error)) => Err(RuntimeError::Trapped { plugin: self.name.clone(), op, reason: explain_trap(&error, &store, &stderr) }),
-            Err(_) => Err(RuntimeError::Trapped { plugin: self.name.clone(), op, reason: format!("exceeded the call deadline of {:?} while starting", limits.call_timeout) }),
+            Ok(Ok(Err(error)) | Err(error)) => Err(RuntimeError::Trapped {
+                plugin: self.name.clone(),
+                op,
+                reason: explain_trap(&error, &store, &stderr),
+            }),
+            Err(_) => Err(RuntimeError::Trapped {
+                plugin: self.name.clone(),
+                op,
+                reason: format!(
+                    "exceeded the call deadline of {:?} while starting",
+                    limits.call_timeout
+                ),
+            }),
         }
     }
 
@@ -886,12 +1007,21 @@ impl Plugin {
         // fails this call only; the instance goes with it.
         let call = guarded("call", instance.exports.call(&mut instance.store, call));
         let outcome = tokio::time::timeout_at(deadline.into(), cpu.metered(call)).await;
-        let trapped = |reason: String| RuntimeError::Trapped { plugin: self.name.clone(), op, reason };
+        let trapped =
+            |reason: String| RuntimeError::Trapped { plugin: self.name.clone(), op, reason };
         match outcome {
-            Err(_) => Err(trapped(format!("exceeded the call deadline of {:?}", limits.call_timeout))),
+            Err(_) => {
+                Err(trapped(format!("exceeded the call deadline of {:?}", limits.call_timeout)))
+            }
             Ok(Ok(Ok(Ok(reply)))) => Ok(reply),
-            Ok(Ok(Ok(Err(error)))) => Err(RuntimeError::Connector { plugin: self.name.clone(), op, error: plugin_error(error) }),
-            Ok(Ok(Err(error)) | Err(error)) => Err(trapped(explain_trap(&error, &instance.store, &instance.stderr))),
+            Ok(Ok(Ok(Err(error)))) => Err(RuntimeError::Connector {
+                plugin: self.name.clone(),
+                op,
+                error: plugin_error(error),
+            }),
+            Ok(Ok(Err(error)) | Err(error)) => {
+                Err(trapped(explain_trap(&error, &instance.store, &instance.stderr)))
+            }
         }
     }
 }
@@ -967,7 +1097,10 @@ pub struct PluginConnection {
 
 impl std::fmt::Debug for PluginConnection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PluginConnection").field("plugin", &self.plugin.name).field("base_url", &self.http.base_url()).finish_non_exhaustive()
+        f.debug_struct("PluginConnection")
+            .field("plugin", &self.plugin.name)
+            .field("base_url", &self.http.base_url())
+            .finish_non_exhaustive()
     }
 }
 
@@ -975,7 +1108,9 @@ impl Drop for PluginConnection {
     fn drop(&mut self) {
         // Taken out under the lock, so an eviction under way cannot count
         // the same instances again.
-        let idle = std::mem::take(&mut *self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        let idle = std::mem::take(
+            &mut *self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
         self.plugin.runtime.inner.warm_idle.fetch_sub(idle.len(), Ordering::Relaxed);
     }
 }
@@ -984,7 +1119,12 @@ impl PluginConnection {
     /// Binds `plugin` to the connection whose HTTP policy is `http`.
     pub fn new(plugin: Arc<Plugin>, http: Arc<ConnectionHttp>) -> Self {
         let idle = Arc::new(IdleList::default());
-        let mut registry = plugin.runtime.inner.idle_lists.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut registry = plugin
+            .runtime
+            .inner
+            .idle_lists
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         registry.retain(|list| list.strong_count() > 0);
         registry.push(Arc::downgrade(&idle));
         drop(registry);
@@ -1018,13 +1158,24 @@ impl PluginConnection {
     }
 
     /// Creates or updates many records.
-    pub async fn upsert_batch(&self, ctx: CallContext, resource: &str, items: Vec<BatchItem>) -> Result<Vec<std::result::Result<UpsertOutcome, ConnectorError>>> {
+    pub async fn upsert_batch(
+        &self,
+        ctx: CallContext,
+        resource: &str,
+        items: Vec<BatchItem>,
+    ) -> Result<Vec<std::result::Result<UpsertOutcome, ConnectorError>>> {
         let count = items.len();
-        self.plugin.batch(self.call(Call::UpsertBatch(ctx, resource.to_owned(), items)).await?, count)
+        self.plugin
+            .batch(self.call(Call::UpsertBatch(ctx, resource.to_owned(), items)).await?, count)
     }
 
     /// Removes one record.
-    pub async fn remove(&self, ctx: CallContext, resource: &str, id: &str) -> Result<RemoveOutcome> {
+    pub async fn remove(
+        &self,
+        ctx: CallContext,
+        resource: &str,
+        id: &str,
+    ) -> Result<RemoveOutcome> {
         self.plugin.removed(self.call(Call::Remove(ctx, resource.to_owned(), id.to_owned())).await?)
     }
 
@@ -1049,7 +1200,12 @@ impl PluginConnection {
         if instance.reusable(&outcome) && inner.waiting.load(Ordering::Relaxed) == 0 {
             let mut idle = self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let admitted = idle.len() < WARM_PER_CONNECTION
-                && inner.warm_idle.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < inner.warm_limit()).then_some(n + 1)).is_ok();
+                && inner
+                    .warm_idle
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                        (n < inner.warm_limit()).then_some(n + 1)
+                    })
+                    .is_ok();
             if admitted {
                 idle.push(instance);
             }
@@ -1078,17 +1234,23 @@ enum LimitHit {
 /// traps the calling plugin's call (naming the import) instead of unwinding
 /// through wasmtime into the run's task. The plugin's instance is discarded
 /// with the trap, so whatever state the panic left is never used again.
-async fn guarded<T>(import: &'static str, work: impl std::future::Future<Output = T>) -> wasmtime::Result<T> {
+async fn guarded<T>(
+    import: &'static str,
+    work: impl std::future::Future<Output = T>,
+) -> wasmtime::Result<T> {
     use futures_util::FutureExt as _;
-    std::panic::AssertUnwindSafe(work)
-        .catch_unwind()
-        .await
-        .map_err(|panic| wasmtime::Error::new(LimitHit::HostPanic { import, message: panic_message(panic.as_ref()) }))
+    std::panic::AssertUnwindSafe(work).catch_unwind().await.map_err(|panic| {
+        wasmtime::Error::new(LimitHit::HostPanic { import, message: panic_message(panic.as_ref()) })
+    })
 }
 
 /// The text of a panic's payload, made safe to print.
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    let text = panic.downcast_ref::<&str>().copied().or_else(|| panic.downcast_ref::<String>().map(String::as_str)).unwrap_or("(no message)");
+    let text = panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)");
     plugin_text(text)
 }
 
@@ -1097,7 +1259,11 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 /// the version is pinned, and a test fails if the text changes).
 const HOSTCALL_FUEL_EXHAUSTED: &str = "fuel allocated for hostcalls has been exhausted";
 
-fn explain_trap(error: &wasmtime::Error, store: &Store<InstanceState>, stderr: &MemoryOutputPipe) -> String {
+fn explain_trap(
+    error: &wasmtime::Error,
+    store: &Store<InstanceState>,
+    stderr: &MemoryOutputPipe,
+) -> String {
     let mut reason = if let Some(hit) = error.downcast_ref::<LimitHit>() {
         hit.to_string()
     } else if let Some(asked) = store.data().limiter.asked {
@@ -1109,8 +1275,12 @@ fn explain_trap(error: &wasmtime::Error, store: &Store<InstanceState>, stderr: &
         )
     } else {
         match error.downcast_ref::<Trap>() {
-            Some(Trap::StackOverflow) => "exceeded the wasm stack limit (unbounded recursion?)".to_owned(),
-            Some(Trap::UnreachableCodeReached) => "panicked (wasm `unreachable` executed)".to_owned(),
+            Some(Trap::StackOverflow) => {
+                "exceeded the wasm stack limit (unbounded recursion?)".to_owned()
+            }
+            Some(Trap::UnreachableCodeReached) => {
+                "panicked (wasm `unreachable` executed)".to_owned()
+            }
             Some(Trap::Interrupt) => "was interrupted".to_owned(),
             Some(trap) => format!("trapped: {trap}"),
             None => error_chain(error),
@@ -1148,7 +1318,12 @@ struct MemoryCap {
 }
 
 impl ResourceLimiter for MemoryCap {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired > self.cap {
             self.asked = Some(desired);
             return Err(wasmtime::Error::new(LimitHit::Memory { cap: self.cap, asked: desired }));
@@ -1157,7 +1332,12 @@ impl ResourceLimiter for MemoryCap {
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         Ok(desired <= 100_000)
     }
 }
@@ -1209,13 +1389,16 @@ impl CpuMeter {
 /// configured `Duration::MAX`) means a century.
 fn deadline_after(timeout: Duration) -> Instant {
     let now = Instant::now();
-    now.checked_add(timeout).or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 86_400))).unwrap_or(now)
+    now.checked_add(timeout)
+        .or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 86_400)))
+        .unwrap_or(now)
 }
 
 /// The calling thread's CPU time, in nanoseconds (0 where the platform has
 /// no per-thread CPU clock: then only the call deadline applies).
 fn thread_cpu_nanos() -> u64 {
-    cpu_time::ThreadTime::try_now().map_or(0, |now| u64::try_from(now.as_duration().as_nanos()).unwrap_or(u64::MAX))
+    cpu_time::ThreadTime::try_now()
+        .map_or(0, |now| u64::try_from(now.as_duration().as_nanos()).unwrap_or(u64::MAX))
 }
 
 /// What one instance may touch: an empty WASI context, its connection's HTTP
@@ -1243,9 +1426,14 @@ impl WasiView for InstanceState {
 impl InstanceState {
     /// Sends a request for the plugin, or refuses when the call has no
     /// connection. The outer error traps the call (see [`guarded`]).
-    async fn send(&mut self, request: crate::http::Request) -> wasmtime::Result<std::result::Result<crate::http::Response, crate::http::HttpError>> {
+    async fn send(
+        &mut self,
+        request: crate::http::Request,
+    ) -> wasmtime::Result<std::result::Result<crate::http::Response, crate::http::HttpError>> {
         let Some(http) = self.http.clone() else {
-            return Ok(Err(crate::http::HttpError::Denied("HTTP is not available during describe".into())));
+            return Ok(Err(crate::http::HttpError::Denied(
+                "HTTP is not available during describe".into(),
+            )));
         };
         let deadline = self.deadline;
         guarded("http.send", http.send(request, Some(deadline))).await
@@ -1253,9 +1441,14 @@ impl InstanceState {
 
     /// Records a plugin's log line. The error traps the call (see [`guarded`]).
     fn log(&mut self, level: tracing::Level, message: &str) -> wasmtime::Result<()> {
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.write_log(level, message))) {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.write_log(level, message)
+        })) {
             Ok(()) => Ok(()),
-            Err(panic) => Err(wasmtime::Error::new(LimitHit::HostPanic { import: "log", message: panic_message(panic.as_ref()) })),
+            Err(panic) => Err(wasmtime::Error::new(LimitHit::HostPanic {
+                import: "log",
+                message: panic_message(panic.as_ref()),
+            })),
         }
     }
 
@@ -1283,7 +1476,8 @@ mod tests {
     #[tokio::test]
     async fn a_panic_in_the_hosts_work_for_an_import_becomes_an_error_naming_it() {
         let work = async { panic!("header map is full\n2030-01-01 ERROR forged") };
-        let error = guarded("http.send", work).await.err().map(|e| e.to_string()).unwrap_or_default();
+        let error =
+            guarded("http.send", work).await.err().map(|e| e.to_string()).unwrap_or_default();
         assert!(error.contains("the host's `http.send` failed unexpectedly"), "{error}");
         assert!(error.contains(r"header map is full\n2030-01-01 ERROR forged"), "escaped: {error}");
         assert_eq!(guarded("http.send", async { 7 }).await.ok(), Some(7));
@@ -1305,7 +1499,10 @@ mod tests {
         let mut bytes = std::fs::read(&path)?;
         bytes[3] ^= 0xff;
         std::fs::write(&path, &bytes)?;
-        let runtime = Runtime::new(RuntimeConfig { cache_dir: Some(dir.path().to_path_buf()), ..RuntimeConfig::default() })?;
+        let runtime = Runtime::new(RuntimeConfig {
+            cache_dir: Some(dir.path().to_path_buf()),
+            ..RuntimeConfig::default()
+        })?;
         assert!(runtime.read_cached(&path).is_none());
         Ok(())
     }

@@ -283,28 +283,41 @@ pub async fn start(executor: Executor, config: ServeConfig) -> Result<RunningSer
         return Err(ServeError::Remote { addr: config.bind });
     }
     if config.max_runs == 0 || config.max_concurrent_runs == 0 {
-        return Err(ServeError::Config("max_runs and max_concurrent_runs must be at least 1".into()));
+        return Err(ServeError::Config(
+            "max_runs and max_concurrent_runs must be at least 1".into(),
+        ));
     }
     let mut workflows = BTreeMap::new();
     for workflow in config.workflows {
-        check(&executor, &workflow, &config.endpoints).await.map_err(|source| ServeError::Workflow { workflow: workflow.path.display().to_string(), source })?;
+        check(&executor, &workflow, &config.endpoints).await.map_err(|source| {
+            ServeError::Workflow { workflow: workflow.path.display().to_string(), source }
+        })?;
         let webhook_secret = match &workflow.trigger.webhook {
             Some(hook) => {
-                let secret = CredentialSource::parse(&hook.secret)
-                    .and_then(|s| s.resolve())
-                    .map_err(|source| ServeError::Secret { workflow: workflow.name.clone(), source })?;
+                let secret =
+                    CredentialSource::parse(&hook.secret).and_then(|s| s.resolve()).map_err(
+                        |source| ServeError::Secret { workflow: workflow.name.clone(), source },
+                    )?;
                 Some(secret)
             }
             None => None,
         };
         let name = workflow.name.clone();
-        let served = Served { workflow: Arc::new(workflow), webhook_secret, skipped_firings: AtomicU64::new(0), fired: AtomicU64::new(0) };
+        let served = Served {
+            workflow: Arc::new(workflow),
+            webhook_secret,
+            skipped_firings: AtomicU64::new(0),
+            fired: AtomicU64::new(0),
+        };
         if workflows.insert(name.clone(), served).is_some() {
             return Err(ServeError::DuplicateName(name));
         }
     }
-    let listener = tokio::net::TcpListener::bind(config.bind).await.map_err(|source| ServeError::Bind { addr: config.bind, source })?;
-    let addr = listener.local_addr().map_err(|source| ServeError::Bind { addr: config.bind, source })?;
+    let listener = tokio::net::TcpListener::bind(config.bind)
+        .await
+        .map_err(|source| ServeError::Bind { addr: config.bind, source })?;
+    let addr =
+        listener.local_addr().map_err(|source| ServeError::Bind { addr: config.bind, source })?;
     let shutdown = CancellationToken::new();
     let (tasks, spawned) = mpsc::unbounded_channel();
     let server = Arc::new(Server {
@@ -321,7 +334,10 @@ pub async fn start(executor: Executor, config: ServeConfig) -> Result<RunningSer
     });
     let reaper = tokio::spawn(server.clone().reap(spawned, config.shutdown_grace));
     if let Some(path) = &config.address_file
-        && let Err(e) = std::fs::write(path, serde_json::json!({ "addr": addr.to_string(), "pid": std::process::id() }).to_string())
+        && let Err(e) = std::fs::write(
+            path,
+            serde_json::json!({ "addr": addr.to_string(), "pid": std::process::id() }).to_string(),
+        )
     {
         tracing::warn!(path = %path.display(), error = %e, "cannot write the server's address file");
     }
@@ -370,7 +386,8 @@ pub async fn start(executor: Executor, config: ServeConfig) -> Result<RunningSer
     let address_file = config.address_file.clone();
     let token = shutdown.clone();
     let handle = tokio::spawn(async move {
-        let serving = axum::serve(listener, app).with_graceful_shutdown(token.clone().cancelled_owned());
+        let serving =
+            axum::serve(listener, app).with_graceful_shutdown(token.clone().cancelled_owned());
         if let Err(e) = serving.await {
             tracing::error!(error = %e, "the HTTP server failed");
         }
@@ -389,7 +406,11 @@ pub async fn start(executor: Executor, config: ServeConfig) -> Result<RunningSer
 
 /// Loads a workflow's plugins (or takes the caller's endpoints) and checks
 /// the workflow against their manifests.
-async fn check(executor: &Executor, workflow: &Workflow, endpoints: &BTreeMap<String, Arc<dyn Endpoint>>) -> Result<(), ExecError> {
+async fn check(
+    executor: &Executor,
+    workflow: &Workflow,
+    endpoints: &BTreeMap<String, Arc<dyn Endpoint>>,
+) -> Result<(), ExecError> {
     if endpoints.is_empty() {
         return executor.check(workflow).await.map(|_| ());
     }
@@ -433,7 +454,14 @@ impl Server {
     /// Hands a run's work to the task set. The run counts as active from
     /// now until its task ends; it waits for an execution slot first.
     /// `false` when the run is active already or the server is stopping.
-    fn launch(self: &Arc<Self>, run_id: String, workflow: String, stop: StopSignal, admitted: Option<OwnedSemaphorePermit>, work: BoxFuture<'static, ()>) -> bool {
+    fn launch(
+        self: &Arc<Self>,
+        run_id: String,
+        workflow: String,
+        stop: StopSignal,
+        admitted: Option<OwnedSemaphorePermit>,
+        work: BoxFuture<'static, ()>,
+    ) -> bool {
         if self.shutdown.is_cancelled() {
             return false;
         }
@@ -464,7 +492,13 @@ impl Server {
         true
     }
 
-    fn launch_execute(self: &Arc<Self>, workflow: Arc<Workflow>, run: RunRecord, options: RunOptions, admitted: Option<OwnedSemaphorePermit>) -> bool {
+    fn launch_execute(
+        self: &Arc<Self>,
+        workflow: Arc<Workflow>,
+        run: RunRecord,
+        options: RunOptions,
+        admitted: Option<OwnedSemaphorePermit>,
+    ) -> bool {
         let server = self.clone();
         let (id, name, stop) = (run.id.clone(), workflow.name.clone(), options.stop.clone());
         self.launch(
@@ -482,7 +516,11 @@ impl Server {
         )
     }
 
-    fn launch_resume(self: &Arc<Self>, run: RunRecord, admitted: Option<OwnedSemaphorePermit>) -> bool {
+    fn launch_resume(
+        self: &Arc<Self>,
+        run: RunRecord,
+        admitted: Option<OwnedSemaphorePermit>,
+    ) -> bool {
         let server = self.clone();
         let options = self.options(RunOptions::default());
         let (id, stop) = (run.id.clone(), options.stop.clone());
@@ -504,7 +542,11 @@ impl Server {
     /// leaves the active set when its task ends, and a run whose task
     /// panicked is marked failed. At shutdown, waits up to `grace` for the
     /// runs, then aborts the rest (they resume at the next start).
-    async fn reap(self: Arc<Self>, mut incoming: mpsc::UnboundedReceiver<RunTask>, grace: Duration) {
+    async fn reap(
+        self: Arc<Self>,
+        mut incoming: mpsc::UnboundedReceiver<RunTask>,
+        grace: Duration,
+    ) {
         let mut tasks = JoinSet::new();
         let mut runs: HashMap<tokio::task::Id, String> = HashMap::new();
         loop {
@@ -533,7 +575,11 @@ impl Server {
                 Ok(Some(ended)) => self.reaped(ended, &mut runs).await,
                 Ok(None) => break,
                 Err(_) => {
-                    tracing::warn!(grace_secs = grace.as_secs(), runs = tasks.len(), "runs did not stop within the grace period; they resume at the next start");
+                    tracing::warn!(
+                        grace_secs = grace.as_secs(),
+                        runs = tasks.len(),
+                        "runs did not stop within the grace period; they resume at the next start"
+                    );
                     tasks.abort_all();
                     while let Some(ended) = tasks.join_next_with_id().await {
                         self.reaped(ended, &mut runs).await;
@@ -545,7 +591,11 @@ impl Server {
     }
 
     /// A run's task ended.
-    async fn reaped(&self, ended: Result<(tokio::task::Id, ()), tokio::task::JoinError>, runs: &mut HashMap<tokio::task::Id, String>) {
+    async fn reaped(
+        &self,
+        ended: Result<(tokio::task::Id, ()), tokio::task::JoinError>,
+        runs: &mut HashMap<tokio::task::Id, String>,
+    ) {
         let (task, failure) = match ended {
             Ok((task, ())) => (task, None),
             Err(e) => (e.id(), Some(e)),
@@ -555,12 +605,15 @@ impl Server {
             Some(e) if e.is_panic() => {
                 let message = panic_message(e.into_panic().as_ref());
                 tracing::error!(run = %run_id, panic = %message, "a run's task panicked (a bug in weft); the run is marked failed and the server goes on");
-                let error = format!("internal error: {message} (a bug in weft; see the server's log)");
+                let error =
+                    format!("internal error: {message} (a bug in weft; see the server's log)");
                 if let Err(e) = self.executor.store().fail_run(&run_id, &error).await {
                     tracing::error!(run = %run_id, error = %e, "cannot mark the run failed; it resumes at the next start");
                 }
             }
-            Some(_) => tracing::warn!(run = %run_id, "run stopped at the end of the grace period; it resumes at the next start"),
+            Some(_) => {
+                tracing::warn!(run = %run_id, "run stopped at the end of the grace period; it resumes at the next start")
+            }
             None => {}
         }
         self.active().remove(&run_id);
@@ -580,9 +633,17 @@ impl Server {
     }
 
     /// Creates and starts a run of a served workflow.
-    async fn start(self: &Arc<Self>, name: &str, options: RunOptions, admitted: Option<OwnedSemaphorePermit>) -> Result<RunRecord, ExecError> {
+    async fn start(
+        self: &Arc<Self>,
+        name: &str,
+        options: RunOptions,
+        admitted: Option<OwnedSemaphorePermit>,
+    ) -> Result<RunRecord, ExecError> {
         let Some(served) = self.workflows.get(name) else {
-            return Err(ExecError::Inputs { workflow: name.to_owned(), problems: vec!["no such workflow".into()] });
+            return Err(ExecError::Inputs {
+                workflow: name.to_owned(),
+                problems: vec!["no such workflow".into()],
+            });
         };
         let workflow = served.workflow.clone();
         let options = self.options(options);
@@ -620,9 +681,18 @@ impl Server {
 
     async fn missed_a_firing(&self, name: &str, cron: &crate::workflow::CronTrigger) -> bool {
         let workflow = name.to_owned();
-        let Ok(runs) = self.executor.store().recent_runs(1, move |r| r.workflow == workflow && r.trigger == "cron").await else { return false };
+        let Ok(runs) = self
+            .executor
+            .store()
+            .recent_runs(1, move |r| r.workflow == workflow && r.trigger == "cron")
+            .await
+        else {
+            return false;
+        };
         let Some(last) = runs.first() else { return false };
-        let Some(last_at) = chrono::DateTime::from_timestamp_millis(last.created_ms as i64) else { return false };
+        let Some(last_at) = chrono::DateTime::from_timestamp_millis(last.created_ms as i64) else {
+            return false;
+        };
         cron.next_after(last_at).is_some_and(|due| due < chrono::Utc::now())
     }
 
@@ -650,7 +720,10 @@ impl Server {
     /// no signed timestamp keeps every delivery: see
     /// [`crate::store::RunStore::forget_deliveries`].
     async fn forget_old_deliveries(self: Arc<Self>, name: String) {
-        let Some(hook) = self.workflows.get(&name).and_then(|s| s.workflow.trigger.webhook.clone()) else { return };
+        let Some(hook) = self.workflows.get(&name).and_then(|s| s.workflow.trigger.webhook.clone())
+        else {
+            return;
+        };
         if matches!(hook.verify, Verify::HmacSha256 { timestamp_header: None, .. }) {
             return;
         }
@@ -659,7 +732,9 @@ impl Server {
                 () = self.shutdown.cancelled() => return,
                 () = tokio::time::sleep(Duration::from_secs(60)) => {}
             }
-            if let Err(e) = self.executor.store().forget_deliveries(&name, hook.tolerance, now_ms()).await {
+            if let Err(e) =
+                self.executor.store().forget_deliveries(&name, hook.tolerance, now_ms()).await
+            {
                 tracing::warn!(workflow = %name, error = %e, "cannot prune webhook deliveries");
             }
         }
@@ -672,13 +747,20 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
 
 /// 503 with `Retry-After`: the server has as many runs as it takes.
 fn busy(message: String) -> Response {
-    let mut response = (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({ "error": message, "retry_after_secs": RETRY_AFTER_SECS }))).into_response();
+    let mut response = (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(serde_json::json!({ "error": message, "retry_after_secs": RETRY_AFTER_SECS })),
+    )
+        .into_response();
     response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
     response
 }
 
 fn full(server: &Server) -> Response {
-    busy(format!("weft has {} runs started and not finished, as many as it takes (--max-runs); try again shortly", server.max_runs))
+    busy(format!(
+        "weft has {} runs started and not finished, as many as it takes (--max-runs); try again shortly",
+        server.max_runs
+    ))
 }
 
 /// The names the API answers to: the bound address, and the public URL.
@@ -691,7 +773,13 @@ struct Hosts {
 
 impl Hosts {
     fn new(bound: SocketAddr, public: Option<&url::Url>) -> Self {
-        let public = public.and_then(|u| Some((u.scheme().to_owned(), u.host_str()?.to_ascii_lowercase(), u.port_or_known_default()?)));
+        let public = public.and_then(|u| {
+            Some((
+                u.scheme().to_owned(),
+                u.host_str()?.to_ascii_lowercase(),
+                u.port_or_known_default()?,
+            ))
+        });
         Hosts { bound, public }
     }
 
@@ -714,14 +802,18 @@ impl Hosts {
         }
         let bound = self.bound.ip();
         match host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
-            Ok(ip) => bound.is_unspecified() || ip == bound || (ip.is_loopback() && bound.is_loopback()),
+            Ok(ip) => {
+                bound.is_unspecified() || ip == bound || (ip.is_loopback() && bound.is_loopback())
+            }
             Err(_) => host == "localhost" && (bound.is_loopback() || bound.is_unspecified()),
         }
     }
 
     fn described(&self) -> String {
         match &self.public {
-            Some((scheme, host, port)) => format!("http://{} or {scheme}://{host}:{port}", self.bound),
+            Some((scheme, host, port)) => {
+                format!("http://{} or {scheme}://{host}:{port}", self.bound)
+            }
             None => format!("http://{}", self.bound),
         }
     }
@@ -730,11 +822,21 @@ impl Hosts {
     /// site's `Origin`, or a POST that is not JSON.
     #[expect(clippy::result_large_err, reason = "the refusal is the response")]
     fn admit(&self, request: &Request) -> Result<(), Response> {
-        let host = request.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned).or_else(|| request.uri().authority().map(|a| a.to_string()));
+        let host = request
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_owned)
+            .or_else(|| request.uri().authority().map(|a| a.to_string()));
         let Some(host) = host else {
-            return Err(error(StatusCode::MISDIRECTED_REQUEST, format!("the request names no Host; this is {}", self.described())));
+            return Err(error(
+                StatusCode::MISDIRECTED_REQUEST,
+                format!("the request names no Host; this is {}", self.described()),
+            ));
         };
-        let named = host.parse::<axum::http::uri::Authority>().is_ok_and(|a| self.names_us(None, a.host(), a.port_u16()));
+        let named = host
+            .parse::<axum::http::uri::Authority>()
+            .is_ok_and(|a| self.names_us(None, a.host(), a.port_u16()));
         if !named {
             return Err(error(
                 StatusCode::MISDIRECTED_REQUEST,
@@ -747,21 +849,44 @@ impl Hosts {
         }
         if let Some(origin) = request.headers().get(header::ORIGIN) {
             let text = origin.to_str().unwrap_or("(not text)");
-            let ours = url::Url::parse(text).ok().is_some_and(|u| u.host_str().is_some_and(|h| self.names_us(Some(u.scheme()), h, u.port())));
+            let ours = url::Url::parse(text).ok().is_some_and(|u| {
+                u.host_str().is_some_and(|h| self.names_us(Some(u.scheme()), h, u.port()))
+            });
             if !ours {
-                return Err(error(StatusCode::FORBIDDEN, format!("a request from the web page at {text} is refused: the API takes requests from {} only", self.described())));
+                return Err(error(
+                    StatusCode::FORBIDDEN,
+                    format!(
+                        "a request from the web page at {text} is refused: the API takes requests from {} only",
+                        self.described()
+                    ),
+                ));
             }
         }
-        if request.headers().get("sec-fetch-site").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site")) {
-            return Err(error(StatusCode::FORBIDDEN, "a request a browser marks as cross-site is refused"));
+        if request
+            .headers()
+            .get("sec-fetch-site")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site"))
+        {
+            return Err(error(
+                StatusCode::FORBIDDEN,
+                "a request a browser marks as cross-site is refused",
+            ));
         }
         if request.method() == Method::POST {
-            let content_type = request.headers().get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap_or("(not text)"));
-            let json = content_type.and_then(|t| t.split(';').next()).is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"));
+            let content_type = request
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .map(|v| v.to_str().unwrap_or("(not text)"));
+            let json = content_type
+                .and_then(|t| t.split(';').next())
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"));
             if !json {
                 return Err(error(
                     StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    format!("a POST to the API must be Content-Type: application/json (this one is {}); a web form cannot send that", content_type.unwrap_or("none")),
+                    format!(
+                        "a POST to the API must be Content-Type: application/json (this one is {}); a web form cannot send that",
+                        content_type.unwrap_or("none")
+                    ),
                 ));
             }
         }
@@ -808,7 +933,12 @@ async fn list_workflows(State(server): State<Arc<Server>>) -> Response {
                 path: w.path.display().to_string(),
                 hash: w.hash.clone(),
                 cron: w.trigger.cron.as_ref().map(|c| c.expression.clone()),
-                next_firing: w.trigger.cron.as_ref().and_then(|c| c.next_after(chrono::Utc::now())).map(|t| t.to_rfc3339()),
+                next_firing: w
+                    .trigger
+                    .cron
+                    .as_ref()
+                    .and_then(|c| c.next_after(chrono::Utc::now()))
+                    .map(|t| t.to_rfc3339()),
                 webhook: w.trigger.webhook.as_ref().map(|_| format!("/hooks/{}", w.name)),
                 fired: s.fired.load(Ordering::Relaxed),
                 skipped_firings: s.skipped_firings.load(Ordering::Relaxed),
@@ -829,18 +959,33 @@ struct StartQuery {
 async fn start_for_request(server: &Arc<Server>, name: &str, options: RunOptions) -> Response {
     let Some(admitted) = server.admit() else { return full(server) };
     match tokio::time::timeout(STORE_ANSWER, server.start(name, options, Some(admitted))).await {
-        Err(_) => busy(format!("the run store did not answer within {} s; nothing was started, try again shortly", STORE_ANSWER.as_secs())),
-        Ok(Ok(run)) => (StatusCode::ACCEPTED, Json(serde_json::json!({ "run_id": run.id }))).into_response(),
-        Ok(Err(ExecError::Inputs { problems, .. })) => error(StatusCode::UNPROCESSABLE_ENTITY, problems.join("; ")),
+        Err(_) => busy(format!(
+            "the run store did not answer within {} s; nothing was started, try again shortly",
+            STORE_ANSWER.as_secs()
+        )),
+        Ok(Ok(run)) => {
+            (StatusCode::ACCEPTED, Json(serde_json::json!({ "run_id": run.id }))).into_response()
+        }
+        Ok(Err(ExecError::Inputs { problems, .. })) => {
+            error(StatusCode::UNPROCESSABLE_ENTITY, problems.join("; "))
+        }
         Ok(Err(ExecError::Store(StoreError::Replay { .. }))) => {
             tracing::warn!(workflow = %name, "webhook replay refused");
-            error(StatusCode::CONFLICT, "this delivery was already received (same signature); a replay starts nothing")
+            error(
+                StatusCode::CONFLICT,
+                "this delivery was already received (same signature); a replay starts nothing",
+            )
         }
         Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 
-async fn start_run(State(server): State<Arc<Server>>, Path(name): Path<String>, Query(query): Query<StartQuery>, body: Bytes) -> Response {
+async fn start_run(
+    State(server): State<Arc<Server>>,
+    Path(name): Path<String>,
+    Query(query): Query<StartQuery>,
+    body: Bytes,
+) -> Response {
     if !server.workflows.contains_key(&name) {
         return error(StatusCode::NOT_FOUND, format!("no workflow named {name:?} is served here"));
     }
@@ -848,7 +993,12 @@ async fn start_run(State(server): State<Arc<Server>>, Path(name): Path<String>, 
         Ok(inputs) => inputs,
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
-    let options = RunOptions { inputs, dry_run: query.dry_run, trigger: "api".into(), ..RunOptions::default() };
+    let options = RunOptions {
+        inputs,
+        dry_run: query.dry_run,
+        trigger: "api".into(),
+        ..RunOptions::default()
+    };
     start_for_request(&server, &name, options).await
 }
 
@@ -891,7 +1041,14 @@ pub fn run_json(run: &RunRecord) -> Value {
 
 async fn list_runs(State(server): State<Arc<Server>>, Query(query): Query<RunsQuery>) -> Response {
     let workflow = query.workflow;
-    match server.executor.store().recent_runs(query.limit.unwrap_or(50), move |r| workflow.as_ref().is_none_or(|w| *w == r.workflow)).await {
+    match server
+        .executor
+        .store()
+        .recent_runs(query.limit.unwrap_or(50), move |r| {
+            workflow.as_ref().is_none_or(|w| *w == r.workflow)
+        })
+        .await
+    {
         Ok(runs) => Json(runs.iter().map(run_json).collect::<Vec<_>>()).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
@@ -906,7 +1063,9 @@ async fn show_run(State(server): State<Arc<Server>>, Path(id): Path<String>) -> 
             value["active"] = Value::Bool(server.active().contains_key(&id));
             Json(value).into_response()
         }
-        (Err(StoreError::UnknownRun(_)), _) => error(StatusCode::NOT_FOUND, format!("no run with id {id}")),
+        (Err(StoreError::UnknownRun(_)), _) => {
+            error(StatusCode::NOT_FOUND, format!("no run with id {id}"))
+        }
         (Err(e), _) | (_, Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
@@ -914,11 +1073,17 @@ async fn show_run(State(server): State<Arc<Server>>, Path(id): Path<String>) -> 
 async fn cancel_run(State(server): State<Arc<Server>>, Path(id): Path<String>) -> Response {
     if let Some(active) = server.active().get(&id) {
         active.stop.cancel.cancel();
-        return (StatusCode::ACCEPTED, Json(serde_json::json!({ "run_id": id, "status": "cancelling" }))).into_response();
+        return (
+            StatusCode::ACCEPTED,
+            Json(serde_json::json!({ "run_id": id, "status": "cancelling" })),
+        )
+            .into_response();
     }
     match server.executor.cancel_idle(&id).await {
         Ok(run) => Json(serde_json::json!({ "run_id": id, "status": run.status })).into_response(),
-        Err(ExecError::Store(StoreError::UnknownRun(_))) => error(StatusCode::NOT_FOUND, format!("no run with id {id}")),
+        Err(ExecError::Store(StoreError::UnknownRun(_))) => {
+            error(StatusCode::NOT_FOUND, format!("no run with id {id}"))
+        }
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
@@ -928,29 +1093,58 @@ async fn resume_run(State(server): State<Arc<Server>>, Path(id): Path<String>) -
         return error(StatusCode::CONFLICT, format!("run {id} is already running here"));
     }
     match server.executor.store().run(&id).await {
-        Ok(run) if run.status.is_finished() => error(StatusCode::CONFLICT, format!("run {id} is {} and cannot be resumed", run.status.as_str())),
+        Ok(run) if run.status.is_finished() => error(
+            StatusCode::CONFLICT,
+            format!("run {id} is {} and cannot be resumed", run.status.as_str()),
+        ),
         Ok(run) => {
             let Some(admitted) = server.admit() else { return full(&server) };
             if server.launch_resume(run, Some(admitted)) {
-                (StatusCode::ACCEPTED, Json(serde_json::json!({ "run_id": id, "status": "resuming" }))).into_response()
+                (
+                    StatusCode::ACCEPTED,
+                    Json(serde_json::json!({ "run_id": id, "status": "resuming" })),
+                )
+                    .into_response()
             } else {
-                error(StatusCode::CONFLICT, format!("run {id} is already running here, or the server is stopping"))
+                error(
+                    StatusCode::CONFLICT,
+                    format!("run {id} is already running here, or the server is stopping"),
+                )
             }
         }
-        Err(StoreError::UnknownRun(_)) => error(StatusCode::NOT_FOUND, format!("no run with id {id}")),
+        Err(StoreError::UnknownRun(_)) => {
+            error(StatusCode::NOT_FOUND, format!("no run with id {id}"))
+        }
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 
-async fn webhook(State(server): State<Arc<Server>>, Path(name): Path<String>, headers: HeaderMap, body: Body) -> Response {
+async fn webhook(
+    State(server): State<Arc<Server>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let Some(served) = server.workflows.get(&name) else {
-        return error(StatusCode::NOT_FOUND, format!("no workflow named {name:?} takes webhooks here"));
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no workflow named {name:?} takes webhooks here"),
+        );
     };
-    let (Some(hook), Some(secret)) = (&served.workflow.trigger.webhook, &served.webhook_secret) else {
+    let (Some(hook), Some(secret)) = (&served.workflow.trigger.webhook, &served.webhook_secret)
+    else {
         return error(StatusCode::NOT_FOUND, format!("workflow {name:?} has no webhook trigger"));
     };
-    let too_large = || error(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is larger than this webhook takes ({} bytes)", hook.max_body_bytes));
-    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let too_large = || {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body is larger than this webhook takes ({} bytes)", hook.max_body_bytes),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > hook.max_body_bytes as u64) {
         return too_large();
     }
@@ -960,15 +1154,27 @@ async fn webhook(State(server): State<Arc<Server>>, Path(name): Path<String>, he
         Err(e) if e.to_string().contains("length limit exceeded") => return too_large(),
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("cannot read the body: {e}")),
     };
-    let header = |wanted: &str| headers.get(wanted).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let header =
+        |wanted: &str| headers.get(wanted).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let now = (now_ms() / 1000) as i64;
-    let verified = match webhook::verify(&hook.verify, header, &body, secret.expose().as_bytes(), now, hook.tolerance) {
+    let verified = match webhook::verify(
+        &hook.verify,
+        header,
+        &body,
+        secret.expose().as_bytes(),
+        now,
+        hook.tolerance,
+    ) {
         Ok(v) => v,
         Err(rejection) => {
             tracing::warn!(workflow = %name, reason = %rejection, "webhook refused");
             let status = match rejection {
-                webhook::Rejection::BadSignature | webhook::Rejection::Missing(_) => StatusCode::UNAUTHORIZED,
-                webhook::Rejection::Stale { .. } | webhook::Rejection::Malformed { .. } => StatusCode::BAD_REQUEST,
+                webhook::Rejection::BadSignature | webhook::Rejection::Missing(_) => {
+                    StatusCode::UNAUTHORIZED
+                }
+                webhook::Rejection::Stale { .. } | webhook::Rejection::Malformed { .. } => {
+                    StatusCode::BAD_REQUEST
+                }
             };
             return error(status, rejection.to_string());
         }
@@ -979,8 +1185,18 @@ async fn webhook(State(server): State<Arc<Server>>, Path(name): Path<String>, he
     };
     // The delivery is remembered with its run, in one transaction: one
     // refused here (503, 422, 500) is not remembered and may come again.
-    let delivery = Delivery { workflow: name.clone(), signature: verified.signature, signed_at: verified.timestamp };
-    let options = RunOptions { inputs, open_inputs: true, trigger: "webhook".into(), delivery: Some(delivery), ..RunOptions::default() };
+    let delivery = Delivery {
+        workflow: name.clone(),
+        signature: verified.signature,
+        signed_at: verified.timestamp,
+    };
+    let options = RunOptions {
+        inputs,
+        open_inputs: true,
+        trigger: "webhook".into(),
+        delivery: Some(delivery),
+        ..RunOptions::default()
+    };
     start_for_request(&server, &name, options).await
 }
 
@@ -990,7 +1206,10 @@ mod tests {
 
     fn hosts(bound: &str, public: Option<&str>) -> Hosts {
         let public = public.and_then(|p| url::Url::parse(p).ok());
-        Hosts::new(bound.parse().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 1))), public.as_ref())
+        Hosts::new(
+            bound.parse().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 1))),
+            public.as_ref(),
+        )
     }
 
     #[test]
@@ -998,7 +1217,10 @@ mod tests {
         let h = hosts("127.0.0.1:8080", None);
         assert!(h.names_us(None, "127.0.0.1", Some(8080)));
         assert!(h.names_us(None, "LOCALHOST", Some(8080)));
-        assert!(h.names_us(None, "[::1]", Some(8080)), "another loopback address of the same machine");
+        assert!(
+            h.names_us(None, "[::1]", Some(8080)),
+            "another loopback address of the same machine"
+        );
         assert!(h.names_us(Some("http"), "localhost", Some(8080)));
         assert!(!h.names_us(None, "localhost", Some(8081)), "another port");
         assert!(!h.names_us(None, "localhost", None), "port 80");

@@ -46,7 +46,9 @@ pub enum StoreError {
     #[error("run store: {0}")]
     Sled(#[from] sled::Error),
     /// The store was written by another weft with a different format.
-    #[error("run store at {path} has schema version {found}; this weft reads version {SCHEMA_VERSION}")]
+    #[error(
+        "run store at {path} has schema version {found}; this weft reads version {SCHEMA_VERSION}"
+    )]
     Schema {
         /// The store directory.
         path: String,
@@ -82,7 +84,9 @@ pub enum StoreError {
     },
     /// A list step's page does not match the checksum it was committed
     /// with: the page file was changed or damaged after the commit.
-    #[error("run store: page file {path}: page {page} (bytes {offset}..{end}) does not match the checksum it was committed with; the file was changed or damaged since, so the step's records cannot be trusted (start the run again)")]
+    #[error(
+        "run store: page file {path}: page {page} (bytes {offset}..{end}) does not match the checksum it was committed with; the file was changed or damaged since, so the step's records cannot be trusted (start the run again)"
+    )]
     PageChecksum {
         /// The file.
         path: String,
@@ -95,7 +99,9 @@ pub enum StoreError {
     },
     /// This webhook delivery was received before (its signature is
     /// remembered with the run it started).
-    #[error("this delivery to workflow {workflow:?} was already received (same signature); a replay starts nothing")]
+    #[error(
+        "this delivery to workflow {workflow:?} was already received (same signature); a replay starts nothing"
+    )]
     Replay {
         /// The workflow whose webhook it was.
         workflow: String,
@@ -104,7 +110,9 @@ pub enum StoreError {
     #[error("run store: {0}")]
     Unavailable(String),
     /// Another process has the store open.
-    #[error("the run store at {path} is in use by another weft process (a `weft serve`?); stop it, point --state-dir elsewhere, or talk to the server")]
+    #[error(
+        "the run store at {path} is in use by another weft process (a `weft serve`?); stop it, point --state-dir elsewhere, or talk to the server"
+    )]
     Locked {
         /// The store directory.
         path: String,
@@ -408,13 +416,19 @@ fn delivery_expired(value: &[u8], tolerance: Duration, now_ms: u64) -> bool {
     let tolerance = i64::try_from(tolerance.as_secs()).unwrap_or(i64::MAX);
     match value {
         // Signed at `at`: accepted again only while |now - at| <= tolerance.
-        [b'T', at @ ..] => <[u8; 8]>::try_from(at).is_ok_and(|at| now > i64::from_be_bytes(at).saturating_add(tolerance).saturating_add(DELIVERY_SLACK_SECS)),
+        [b'T', at @ ..] => <[u8; 8]>::try_from(at).is_ok_and(|at| {
+            now > i64::from_be_bytes(at)
+                .saturating_add(tolerance)
+                .saturating_add(DELIVERY_SLACK_SECS)
+        }),
         // First seen at `seen` (older stores; the workflow's scheme signs a
         // timestamp, or the caller would not ask): it was signed within the
         // tolerance of `seen`.
         seen if seen.len() == 8 => <[u8; 8]>::try_from(seen).is_ok_and(|seen| {
             let seen = i64::try_from(u64::from_be_bytes(seen) / 1000).unwrap_or(i64::MAX);
-            now > seen.saturating_add(tolerance.saturating_mul(2)).saturating_add(DELIVERY_SLACK_SECS)
+            now > seen
+                .saturating_add(tolerance.saturating_mul(2))
+                .saturating_add(DELIVERY_SLACK_SECS)
         }),
         // No signed timestamp (`N`), or unreadable: kept.
         _ => false,
@@ -456,8 +470,10 @@ fn step_prefix(run: &str, index: u32) -> Vec<u8> {
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(key: &[u8], bytes: &[u8]) -> Result<T> {
-    serde_json::from_slice(bytes)
-        .map_err(|e| StoreError::Corrupt { key: String::from_utf8_lossy(key).into_owned(), reason: e.to_string() })
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        reason: e.to_string(),
+    })
 }
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
@@ -467,10 +483,17 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 
 /// Entries of `tree` under `prefix` after `after` (all of them from the
 /// start when `None`), at most `limit`.
-fn scan_from(tree: &sled::Tree, prefix: &[u8], after: Option<&[u8]>, limit: usize) -> Result<Vec<(sled::IVec, sled::IVec)>> {
+fn scan_from(
+    tree: &sled::Tree,
+    prefix: &[u8],
+    after: Option<&[u8]>,
+    limit: usize,
+) -> Result<Vec<(sled::IVec, sled::IVec)>> {
     let mut out = Vec::new();
     let entries = match after {
-        Some(after) => tree.range::<&[u8], _>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded)),
+        Some(after) => {
+            tree.range::<&[u8], _>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded))
+        }
         None => tree.range::<&[u8], _>(prefix..),
     };
     for entry in entries {
@@ -488,19 +511,28 @@ impl RunStore {
     /// flusher threads. One process at a time: a second gets
     /// [`StoreError::Locked`].
     pub fn open(dir: &Path) -> Result<Self> {
-        let db = sled::Config::new().path(dir).mode(sled::Mode::LowSpace).cache_capacity(CACHE_BYTES).open().map_err(|e| match e {
-            sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("could not acquire lock") => {
-                StoreError::Locked { path: dir.display().to_string() }
-            }
-            other => StoreError::Sled(other),
-        })?;
+        let db = sled::Config::new()
+            .path(dir)
+            .mode(sled::Mode::LowSpace)
+            .cache_capacity(CACHE_BYTES)
+            .open()
+            .map_err(|e| match e {
+                sled::Error::Io(io)
+                    if io.kind() == std::io::ErrorKind::WouldBlock
+                        || io.to_string().contains("could not acquire lock") =>
+                {
+                    StoreError::Locked { path: dir.display().to_string() }
+                }
+                other => StoreError::Sled(other),
+            })?;
         match db.get(SCHEMA_KEY)? {
             None => {
                 db.insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes())?;
                 db.flush()?;
             }
             Some(bytes) => {
-                let found = <[u8; 4]>::try_from(bytes.as_ref()).map(u32::from_be_bytes).unwrap_or(0);
+                let found =
+                    <[u8; 4]>::try_from(bytes.as_ref()).map(u32::from_be_bytes).unwrap_or(0);
                 // Version 1 differs only by fields that version 2 reads
                 // with defaults; the upgrade is the version number.
                 if found == 1 {
@@ -525,7 +557,12 @@ impl RunStore {
     /// is remembered in the same transaction, and a delivery remembered
     /// before is refused with [`StoreError::Replay`] (and no run): a
     /// delivery is remembered exactly when its run exists.
-    pub async fn create_run(&self, run: &RunRecord, step_ids: &[String], delivery: Option<&Delivery>) -> Result<()> {
+    pub async fn create_run(
+        &self,
+        run: &RunRecord,
+        step_ids: &[String],
+        delivery: Option<&Delivery>,
+    ) -> Result<()> {
         let steps: Vec<(Vec<u8>, Vec<u8>)> = step_ids
             .iter()
             .enumerate()
@@ -539,7 +576,9 @@ impl RunStore {
                     .transaction(|(runs, tx_steps, deliveries)| {
                         if let Some((key, value, workflow)) = &delivery {
                             if deliveries.get(key.as_slice())?.is_some() {
-                                return sled::transaction::abort(StoreError::Replay { workflow: workflow.clone() });
+                                return sled::transaction::abort(StoreError::Replay {
+                                    workflow: workflow.clone(),
+                                });
                             }
                             deliveries.insert(key.as_slice(), value.as_slice())?;
                         }
@@ -571,7 +610,8 @@ impl RunStore {
         let (id, message) = (id.to_owned(), message.to_owned());
         self.owner
             .write(move |t| {
-                let bytes = t.runs.get(id.as_bytes())?.ok_or_else(|| StoreError::UnknownRun(id.clone()))?;
+                let bytes =
+                    t.runs.get(id.as_bytes())?.ok_or_else(|| StoreError::UnknownRun(id.clone()))?;
                 let mut run: RunRecord = decode(id.as_bytes(), &bytes)?;
                 if !run.status.is_finished() {
                     run.status = Status::Failed;
@@ -621,13 +661,28 @@ impl RunStore {
                 Ok(0)
             })
             .await?;
-        let failed = |e: std::io::Error| StoreError::PageFile { path: path.display().to_string(), reason: e.to_string() };
+        let failed = |e: std::io::Error| StoreError::PageFile {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        };
         let parent = path.parent().unwrap_or(&path);
         std::fs::create_dir_all(parent).map_err(failed)?;
-        let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(failed)?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(failed)?;
         file.set_len(offset).map_err(failed)?;
         std::io::Seek::seek(&mut &file, std::io::SeekFrom::Start(offset)).map_err(failed)?;
-        Ok(PageLog { file: Arc::new(file), path, offset, next_page: step.pages, pending: Vec::new(), dirs_synced: false })
+        Ok(PageLog {
+            file: Arc::new(file),
+            path,
+            offset,
+            next_page: step.pages,
+            pending: Vec::new(),
+            dirs_synced: false,
+        })
     }
 
     /// Starts committing the pages appended to `log` since its last commit
@@ -641,8 +696,10 @@ impl RunStore {
     pub fn start_commit(&self, run: &str, step: &StepState, log: Option<&mut PageLog>) -> Commit {
         let (keys, file, path, sync_dirs) = match log {
             Some(log) => {
-                let keys: Vec<(Vec<u8>, [u8; PagePointer::LEN])> =
-                    std::mem::take(&mut log.pending).iter().map(|(page, pointer)| (page_key(run, step.index, *page), pointer.encode())).collect();
+                let keys: Vec<(Vec<u8>, [u8; PagePointer::LEN])> = std::mem::take(&mut log.pending)
+                    .iter()
+                    .map(|(page, pointer)| (page_key(run, step.index, *page), pointer.encode()))
+                    .collect();
                 let sync_dirs = !keys.is_empty() && !log.dirs_synced;
                 // Were this commit to fail, the step fails with it.
                 log.dirs_synced |= sync_dirs;
@@ -661,7 +718,10 @@ impl RunStore {
                 let file_path = path.clone();
                 tokio::task::spawn_blocking(move || -> Result<()> {
                     let path = file_path;
-                    let failed = |e: std::io::Error| StoreError::PageFile { path: path.display().to_string(), reason: e.to_string() };
+                    let failed = |e: std::io::Error| StoreError::PageFile {
+                        path: path.display().to_string(),
+                        reason: e.to_string(),
+                    };
                     if let Some(file) = file {
                         file.sync_data().map_err(failed)?;
                     }
@@ -676,7 +736,10 @@ impl RunStore {
                     Ok(())
                 })
                 .await
-                .map_err(|e| StoreError::PageFile { path: path.display().to_string(), reason: e.to_string() })??;
+                .map_err(|e| StoreError::PageFile {
+                    path: path.display().to_string(),
+                    reason: e.to_string(),
+                })??;
             }
             store
                 .owner
@@ -705,7 +768,13 @@ impl RunStore {
     /// in completion order, not item order), read from the store a few
     /// groups at a time.
     pub fn items(&self, run: &str, index: u32) -> ItemScan {
-        ItemScan { store: self.clone(), prefix: step_prefix(run, index), after: None, buffer: std::collections::VecDeque::new(), done: false }
+        ItemScan {
+            store: self.clone(),
+            prefix: step_prefix(run, index),
+            after: None,
+            buffer: std::collections::VecDeque::new(),
+            done: false,
+        }
     }
 
     /// Records a group of finished items and the step's state, durably.
@@ -713,7 +782,12 @@ impl RunStore {
     /// one key and one flush cover the group (a key per item made sled
     /// clone a node per insert, most of the cost measured). Counts in the
     /// step state are a cache; a resumed step recounts from the items.
-    pub async fn commit_items(&self, run: &str, step: &StepState, items: &[(u64, ItemRecord)]) -> Result<()> {
+    pub async fn commit_items(
+        &self,
+        run: &str,
+        step: &StepState,
+        items: &[(u64, ItemRecord)],
+    ) -> Result<()> {
         let (run, index, group, step) = (run.to_owned(), step.index, encode(&items), encode(step));
         self.owner
             .write(move |t| {
@@ -731,7 +805,10 @@ impl RunStore {
     /// inside the store's directory, created if need be.
     pub fn scratch_dir(&self, run: &str, index: u32) -> Result<PathBuf> {
         let dir = self.dir.join("scratch").join(run).join(format!("{index:05}"));
-        std::fs::create_dir_all(&dir).map_err(|e| StoreError::Scratch { path: dir.display().to_string(), reason: e.to_string() })?;
+        std::fs::create_dir_all(&dir).map_err(|e| StoreError::Scratch {
+            path: dir.display().to_string(),
+            reason: e.to_string(),
+        })?;
         Ok(dir)
     }
 
@@ -739,7 +816,9 @@ impl RunStore {
     pub fn remove_scratch(&self, run: &str, index: u32) -> Result<()> {
         let dir = self.dir.join("scratch").join(run).join(format!("{index:05}"));
         match std::fs::remove_dir_all(&dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StoreError::Scratch { path: dir.display().to_string(), reason: e.to_string() }),
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(StoreError::Scratch { path: dir.display().to_string(), reason: e.to_string() })
+            }
             _ => {
                 // The run's directory goes when its last step's does.
                 let _ = std::fs::remove_dir(self.dir.join("scratch").join(run));
@@ -754,7 +833,12 @@ impl RunStore {
     /// Deliveries without a signed timestamp are kept for good: a replay of
     /// one is possible at any time. Works through the entries in chunks, so
     /// other store work is not held up behind it.
-    pub async fn forget_deliveries(&self, workflow: &str, tolerance: Duration, now_ms: u64) -> Result<usize> {
+    pub async fn forget_deliveries(
+        &self,
+        workflow: &str,
+        tolerance: Duration,
+        now_ms: u64,
+    ) -> Result<usize> {
         const CHUNK: usize = 4096;
         let prefix = format!("{workflow}/").into_bytes();
         let mut after: Option<Vec<u8>> = None;
@@ -765,7 +849,9 @@ impl RunStore {
                 .owner
                 .call(move |t| {
                     let entries = scan_from(&t.deliveries, &prefix, from.as_deref(), CHUNK)?;
-                    let last = (entries.len() == CHUNK).then(|| entries.last().map(|(k, _)| k.to_vec())).flatten();
+                    let last = (entries.len() == CHUNK)
+                        .then(|| entries.last().map(|(k, _)| k.to_vec()))
+                        .flatten();
                     let mut batch = sled::Batch::default();
                     let mut gone = 0;
                     for (key, value) in entries {
@@ -794,19 +880,35 @@ impl RunStore {
     /// One run.
     pub async fn run(&self, id: &str) -> Result<RunRecord> {
         let key = id.to_owned();
-        let bytes = self.owner.call(move |t| Ok(t.runs.get(key.as_bytes())?)).await?.ok_or_else(|| StoreError::UnknownRun(id.to_owned()))?;
+        let bytes = self
+            .owner
+            .call(move |t| Ok(t.runs.get(key.as_bytes())?))
+            .await?
+            .ok_or_else(|| StoreError::UnknownRun(id.to_owned()))?;
         decode(id.as_bytes(), &bytes)
     }
 
     /// Every run, oldest first.
     pub async fn runs(&self) -> Result<Vec<RunRecord>> {
-        let entries = self.owner.call(|t| t.runs.iter().map(|entry| entry.map_err(StoreError::from)).collect::<Result<Vec<_>>>()).await?;
+        let entries = self
+            .owner
+            .call(|t| {
+                t.runs
+                    .iter()
+                    .map(|entry| entry.map_err(StoreError::from))
+                    .collect::<Result<Vec<_>>>()
+            })
+            .await?;
         entries.iter().map(|(key, value)| decode(key, value)).collect()
     }
 
     /// The newest runs that `wanted` picks, newest first, at most `limit`:
     /// the store reads no further back than it must.
-    pub async fn recent_runs(&self, limit: usize, wanted: impl Fn(&RunRecord) -> bool + Send + 'static) -> Result<Vec<RunRecord>> {
+    pub async fn recent_runs(
+        &self,
+        limit: usize,
+        wanted: impl Fn(&RunRecord) -> bool + Send + 'static,
+    ) -> Result<Vec<RunRecord>> {
         self.owner
             .call(move |t| {
                 let mut out = Vec::new();
@@ -828,7 +930,15 @@ impl RunStore {
     /// The steps of a run, in workflow order.
     pub async fn steps(&self, run: &str) -> Result<Vec<StepState>> {
         let prefix = format!("{run}/").into_bytes();
-        let entries = self.owner.call(move |t| t.steps.scan_prefix(prefix).map(|entry| entry.map_err(StoreError::from)).collect::<Result<Vec<_>>>()).await?;
+        let entries = self
+            .owner
+            .call(move |t| {
+                t.steps
+                    .scan_prefix(prefix)
+                    .map(|entry| entry.map_err(StoreError::from))
+                    .collect::<Result<Vec<_>>>()
+            })
+            .await?;
         entries.iter().map(|(key, value)| decode(key, value)).collect()
     }
 
@@ -837,12 +947,27 @@ impl RunStore {
     /// file as they are read, each checked against its CRC.
     pub async fn pages(&self, run: &str, index: u32) -> Result<PageReader> {
         let prefix = step_prefix(run, index);
-        let entries = self.owner.call(move |t| t.pages.scan_prefix(prefix).map(|entry| entry.map_err(StoreError::from)).collect::<Result<Vec<_>>>()).await?;
-        Ok(PageReader { path: self.page_file(run, index), entries: entries.into_iter(), file: None })
+        let entries = self
+            .owner
+            .call(move |t| {
+                t.pages
+                    .scan_prefix(prefix)
+                    .map(|entry| entry.map_err(StoreError::from))
+                    .collect::<Result<Vec<_>>>()
+            })
+            .await?;
+        Ok(PageReader {
+            path: self.page_file(run, index),
+            entries: entries.into_iter(),
+            file: None,
+        })
     }
 
     #[cfg(test)]
-    async fn with_trees<T: Send + 'static>(&self, f: impl FnOnce(&mut owner::Trees) -> Result<T> + Send + 'static) -> Result<T> {
+    async fn with_trees<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut owner::Trees) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
         self.owner.write(f).await
     }
 }
@@ -872,7 +997,12 @@ impl ItemScan {
                 return None;
             }
             let (prefix, after) = (self.prefix.clone(), self.after.clone());
-            let groups = match self.store.owner.call(move |t| scan_from(&t.items, &prefix, after.as_deref(), Self::GROUPS)).await {
+            let groups = match self
+                .store
+                .owner
+                .call(move |t| scan_from(&t.items, &prefix, after.as_deref(), Self::GROUPS))
+                .await
+            {
                 Ok(groups) => groups,
                 Err(e) => {
                     self.done = true;
@@ -924,11 +1054,17 @@ impl Iterator for PageReader {
 
 impl PageReader {
     fn read(&mut self, key: &[u8], value: &[u8]) -> Result<String> {
-        let corrupt = |reason: String| StoreError::Corrupt { key: String::from_utf8_lossy(key).into_owned(), reason };
+        let corrupt = |reason: String| StoreError::Corrupt {
+            key: String::from_utf8_lossy(key).into_owned(),
+            reason,
+        };
         let bytes = match PagePointer::decode(value) {
             Some(pointer) => {
                 let path = &self.path;
-                let failed = |e: std::io::Error| StoreError::PageFile { path: path.display().to_string(), reason: e.to_string() };
+                let failed = |e: std::io::Error| StoreError::PageFile {
+                    path: path.display().to_string(),
+                    reason: e.to_string(),
+                };
                 let file = match &mut self.file {
                     Some(file) => file,
                     None => self.file.insert(std::fs::File::open(path).map_err(failed)?),
@@ -938,8 +1074,17 @@ impl PageReader {
                     && crc32fast::hash(&bytes) != crc
                 {
                     // The page's number is the last part of its key.
-                    let page = std::str::from_utf8(key).ok().and_then(|k| k.rsplit('/').next()).and_then(|n| n.parse().ok()).unwrap_or(u32::MAX);
-                    return Err(StoreError::PageChecksum { path: path.display().to_string(), page, offset: pointer.offset, end: pointer.offset + pointer.len });
+                    let page = std::str::from_utf8(key)
+                        .ok()
+                        .and_then(|k| k.rsplit('/').next())
+                        .and_then(|n| n.parse().ok())
+                        .unwrap_or(u32::MAX);
+                    return Err(StoreError::PageChecksum {
+                        path: path.display().to_string(),
+                        page,
+                        offset: pointer.offset,
+                        end: pointer.offset + pointer.len,
+                    });
                 }
                 bytes
             }
@@ -982,7 +1127,11 @@ impl PagePointer {
         let (offset, len) = (u64::from_be_bytes(*offset), u64::from_be_bytes(*len));
         match (*tag, rest) {
             (b'@', []) => Some(PagePointer { offset, len, crc32: None }),
-            (b'#', crc) => Some(PagePointer { offset, len, crc32: Some(u32::from_be_bytes(crc.try_into().ok()?)) }),
+            (b'#', crc) => Some(PagePointer {
+                offset,
+                len,
+                crc32: Some(u32::from_be_bytes(crc.try_into().ok()?)),
+            }),
             _ => None,
         }
     }
@@ -999,7 +1148,9 @@ pub struct Commit {
 impl Commit {
     /// Waits until the commit is durable.
     pub async fn wait(self) -> Result<()> {
-        self.task.await.map_err(|e| StoreError::PageFile { path: self.path, reason: e.to_string() })?
+        self.task
+            .await
+            .map_err(|e| StoreError::PageFile { path: self.path, reason: e.to_string() })?
     }
 }
 
@@ -1023,11 +1174,15 @@ impl PageLog {
     /// Writes a page to the file (not yet synced, not yet committed).
     pub fn append(&mut self, records_json: &str) -> Result<()> {
         use std::io::Write;
-        (&*self.file)
-            .write_all(records_json.as_bytes())
-            .map_err(|e| StoreError::PageFile { path: self.path.display().to_string(), reason: e.to_string() })?;
+        (&*self.file).write_all(records_json.as_bytes()).map_err(|e| StoreError::PageFile {
+            path: self.path.display().to_string(),
+            reason: e.to_string(),
+        })?;
         let crc32 = Some(crc32fast::hash(records_json.as_bytes()));
-        self.pending.push((self.next_page, PagePointer { offset: self.offset, len: records_json.len() as u64, crc32 }));
+        self.pending.push((
+            self.next_page,
+            PagePointer { offset: self.offset, len: records_json.len() as u64, crc32 },
+        ));
         self.offset += records_json.len() as u64;
         self.next_page += 1;
         Ok(())
@@ -1046,7 +1201,8 @@ impl PageLog {
 
 fn read_page(file: &mut std::fs::File, pointer: PagePointer) -> std::io::Result<Vec<u8>> {
     use std::io::{Read, Seek, SeekFrom};
-    let len = usize::try_from(pointer.len).map_err(|_| std::io::Error::other("page length does not fit in memory"))?;
+    let len = usize::try_from(pointer.len)
+        .map_err(|_| std::io::Error::other("page length does not fit in memory"))?;
     let mut bytes = vec![0; len];
     file.seek(SeekFrom::Start(pointer.offset))?;
     file.read_exact(&mut bytes)?;
@@ -1080,11 +1236,15 @@ mod tests {
     }
 
     /// A store in a temporary directory with one run of these steps.
-    async fn store_with_run(steps: &[&str]) -> Result<(tempfile::TempDir, RunStore, String), Box<dyn std::error::Error>> {
+    async fn store_with_run(
+        steps: &[&str],
+    ) -> Result<(tempfile::TempDir, RunStore, String), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let store = RunStore::open(dir.path())?;
         let id = store.new_run_id().await?;
-        store.create_run(&run(&id), &steps.iter().map(|s| s.to_string()).collect::<Vec<_>>(), None).await?;
+        store
+            .create_run(&run(&id), &steps.iter().map(|s| s.to_string()).collect::<Vec<_>>(), None)
+            .await?;
         Ok((dir, store, id))
     }
 
@@ -1108,10 +1268,21 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn items_are_recorded_in_groups_and_read_back_in_order() -> Result<(), Box<dyn std::error::Error>> {
+    async fn items_are_recorded_in_groups_and_read_back_in_order()
+    -> Result<(), Box<dyn std::error::Error>> {
         let (dir, store, id) = store_with_run(&["each"]).await?;
         let step = StepState::pending("each", 0);
-        let done = |n| (n, ItemRecord { status: Status::Succeeded, action: Some("created".into()), id: Some(format!("cus_{n}")), error: None });
+        let done = |n| {
+            (
+                n,
+                ItemRecord {
+                    status: Status::Succeeded,
+                    action: Some("created".into()),
+                    id: Some(format!("cus_{n}")),
+                    error: None,
+                },
+            )
+        };
         store.commit_items(&id, &step, &[done(2), done(0)]).await?;
         store.commit_items(&id, &step, &[done(1)]).await?;
         let mut items = Vec::new();
@@ -1123,7 +1294,10 @@ mod tests {
             }
         }
         items.sort();
-        assert_eq!(items, vec![(0, Some("cus_0".into())), (1, Some("cus_1".into())), (2, Some("cus_2".into()))]);
+        assert_eq!(
+            items,
+            vec![(0, Some("cus_0".into())), (1, Some("cus_1".into())), (2, Some("cus_2".into()))]
+        );
         drop(store);
         let reopened = RunStore::open(dir.path())?;
         assert_eq!(reopened.items(&id, 0).count().await?, 3, "groups survive a reopen");
@@ -1131,22 +1305,59 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn items_are_read_back_a_chunk_of_groups_at_a_time_across_chunk_ends() -> Result<(), Box<dyn std::error::Error>> {
+    async fn items_are_read_back_a_chunk_of_groups_at_a_time_across_chunk_ends()
+    -> Result<(), Box<dyn std::error::Error>> {
         let (_dir, store, id) = store_with_run(&["each", "other"]).await?;
         let step = StepState::pending("each", 0);
         let groups = ItemScan::GROUPS as u64 * 2 + 3;
         for g in 0..groups {
-            store.commit_items(&id, &step, &[(g * 2, ItemRecord { status: Status::Succeeded, action: None, id: None, error: None }), (g * 2 + 1, ItemRecord { status: Status::Failed, action: None, id: None, error: Some("x".into()) })]).await?;
+            store
+                .commit_items(
+                    &id,
+                    &step,
+                    &[
+                        (
+                            g * 2,
+                            ItemRecord {
+                                status: Status::Succeeded,
+                                action: None,
+                                id: None,
+                                error: None,
+                            },
+                        ),
+                        (
+                            g * 2 + 1,
+                            ItemRecord {
+                                status: Status::Failed,
+                                action: None,
+                                id: None,
+                                error: Some("x".into()),
+                            },
+                        ),
+                    ],
+                )
+                .await?;
         }
-        store.commit_items(&id, &StepState::pending("other", 1), &[(0, ItemRecord { status: Status::Skipped, action: None, id: None, error: None })]).await?;
-        assert_eq!(store.items(&id, 0).count().await?, groups * 2, "every group of the step, none of the next step's");
+        store
+            .commit_items(
+                &id,
+                &StepState::pending("other", 1),
+                &[(0, ItemRecord { status: Status::Skipped, action: None, id: None, error: None })],
+            )
+            .await?;
+        assert_eq!(
+            store.items(&id, 0).count().await?,
+            groups * 2,
+            "every group of the step, none of the next step's"
+        );
         assert_eq!(store.items(&id, 1).count().await?, 1);
         assert_eq!(store.items(&id, 2).count().await?, 0);
         Ok(())
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn concurrent_commits_share_flushes_and_all_survive_a_reopen() -> Result<(), Box<dyn std::error::Error>> {
+    async fn concurrent_commits_share_flushes_and_all_survive_a_reopen()
+    -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let store = RunStore::open(dir.path())?;
         let mut tasks = tokio::task::JoinSet::new();
@@ -1175,7 +1386,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_operation_that_panics_fails_alone_and_the_store_goes_on() -> Result<(), Box<dyn std::error::Error>> {
+    async fn an_operation_that_panics_fails_alone_and_the_store_goes_on()
+    -> Result<(), Box<dyn std::error::Error>> {
         let (_dir, store, id) = store_with_run(&["a"]).await?;
         let failed = store.with_trees(|_| -> Result<()> { panic!("injected") }).await;
         assert!(matches!(failed, Err(StoreError::Unavailable(_))), "{failed:?}");
@@ -1185,10 +1397,14 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_failed_run_keeps_its_message_and_a_finished_one_is_left_alone() -> Result<(), Box<dyn std::error::Error>> {
+    async fn a_failed_run_keeps_its_message_and_a_finished_one_is_left_alone()
+    -> Result<(), Box<dyn std::error::Error>> {
         let (_dir, store, id) = store_with_run(&["a"]).await?;
         let failed = store.fail_run(&id, "internal error: boom").await?;
-        assert_eq!((failed.status, failed.error.as_deref()), (Status::Failed, Some("internal error: boom")));
+        assert_eq!(
+            (failed.status, failed.error.as_deref()),
+            (Status::Failed, Some("internal error: boom"))
+        );
         let again = store.fail_run(&id, "other").await?;
         assert_eq!(again.error.as_deref(), Some("internal error: boom"));
         assert!(matches!(store.fail_run("nope", "x").await, Err(StoreError::UnknownRun(_))));
@@ -1196,7 +1412,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn scratch_dirs_live_in_the_store_and_go_when_removed() -> Result<(), Box<dyn std::error::Error>> {
+    async fn scratch_dirs_live_in_the_store_and_go_when_removed()
+    -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let store = RunStore::open(dir.path())?;
         let scratch = store.scratch_dir("r1", 2)?;
@@ -1214,24 +1431,33 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_delivery_is_remembered_with_its_run_and_a_replay_records_nothing() -> Result<(), Box<dyn std::error::Error>> {
+    async fn a_delivery_is_remembered_with_its_run_and_a_replay_records_nothing()
+    -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let store = RunStore::open(dir.path())?;
         let first = store.new_run_id().await?;
         store.create_run(&run(&first), &["a".into()], Some(&delivery("w", "sig1", None))).await?;
         let second = store.new_run_id().await?;
-        let replay = store.create_run(&run(&second), &["a".into()], Some(&delivery("w", "sig1", None))).await;
+        let replay = store
+            .create_run(&run(&second), &["a".into()], Some(&delivery("w", "sig1", None)))
+            .await;
         assert!(matches!(replay, Err(StoreError::Replay { .. })), "{replay:?}");
-        assert!(matches!(store.run(&second).await, Err(StoreError::UnknownRun(_))), "a replay creates no run");
+        assert!(
+            matches!(store.run(&second).await, Err(StoreError::UnknownRun(_))),
+            "a replay creates no run"
+        );
         assert!(store.steps(&second).await?.is_empty(), "nor its steps");
         // Another workflow's webhook may see the same signature.
-        store.create_run(&run(&second), &["a".into()], Some(&delivery("other", "sig1", None))).await?;
+        store
+            .create_run(&run(&second), &["a".into()], Some(&delivery("other", "sig1", None)))
+            .await?;
         assert_eq!(store.runs().await?.len(), 2);
         Ok(())
     }
 
     #[tokio::test]
-    async fn deliveries_without_a_signed_timestamp_are_kept_for_good_and_timed_ones_until_stale() -> Result<(), Box<dyn std::error::Error>> {
+    async fn deliveries_without_a_signed_timestamp_are_kept_for_good_and_timed_ones_until_stale()
+    -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let store = RunStore::open(dir.path())?;
         let tolerance = Duration::from_secs(300);
@@ -1257,7 +1483,11 @@ mod tests {
             })
             .await?;
         let now_ms = now_secs as u64 * 1000;
-        assert_eq!(store.forget_deliveries("w", tolerance, now_ms).await?, 2, "the hour-old delivery and the two-hour-old legacy one");
+        assert_eq!(
+            store.forget_deliveries("w", tolerance, now_ms).await?,
+            2,
+            "the hour-old delivery and the two-hour-old legacy one"
+        );
         // Ten years on, the untimed delivery is still refused as a replay
         // (before, every signature was forgotten after two days).
         let ten_years = now_ms + 10 * 365 * 86_400_000;
@@ -1273,15 +1503,22 @@ mod tests {
         let tolerance = Duration::from_secs(300);
         let at = |secs: i64| delivery("w", "s", Some(secs)).value();
         let now_ms = 1_000_000 * 1000;
-        assert!(!delivery_expired(&at(1_000_000 - 300 - DELIVERY_SLACK_SECS), tolerance, now_ms), "still inside the window with its slack");
+        assert!(
+            !delivery_expired(&at(1_000_000 - 300 - DELIVERY_SLACK_SECS), tolerance, now_ms),
+            "still inside the window with its slack"
+        );
         assert!(delivery_expired(&at(1_000_000 - 301 - DELIVERY_SLACK_SECS), tolerance, now_ms));
-        assert!(!delivery_expired(&at(1_000_000 + 299), tolerance, now_ms), "signed in the future: kept");
+        assert!(
+            !delivery_expired(&at(1_000_000 + 299), tolerance, now_ms),
+            "signed in the future: kept"
+        );
         assert!(!delivery_expired(b"N", tolerance, u64::MAX));
         assert!(!delivery_expired(b"garbage", tolerance, u64::MAX), "what cannot be read is kept");
     }
 
     #[tokio::test]
-    async fn pages_live_in_a_page_file_and_bytes_a_crash_left_are_overwritten() -> Result<(), Box<dyn std::error::Error>> {
+    async fn pages_live_in_a_page_file_and_bytes_a_crash_left_are_overwritten()
+    -> Result<(), Box<dyn std::error::Error>> {
         let (dir, store, id) = store_with_run(&["all"]).await?;
         let mut step = StepState::pending("all", 0);
         step.pages = 1;
@@ -1299,13 +1536,18 @@ mod tests {
         assert_eq!(pages, vec![r#"[{"id":"cus_1"}]"#.to_owned(), r#"[{"id":"cus_2"}]"#.to_owned()]);
         assert_eq!(std::fs::metadata(&file)?.len(), 32, "the torn tail is gone");
         // sled holds pointers with a CRC, not records.
-        let lengths = store.with_trees(|t| t.pages.iter().values().map(|v| Ok(v?.len())).collect::<Result<Vec<_>>>()).await?;
+        let lengths = store
+            .with_trees(|t| {
+                t.pages.iter().values().map(|v| Ok(v?.len())).collect::<Result<Vec<_>>>()
+            })
+            .await?;
         assert_eq!(lengths, vec![PagePointer::LEN; 2]);
         Ok(())
     }
 
     #[tokio::test]
-    async fn a_flipped_byte_in_a_page_file_fails_the_read_naming_the_file_and_the_page() -> Result<(), Box<dyn std::error::Error>> {
+    async fn a_flipped_byte_in_a_page_file_fails_the_read_naming_the_file_and_the_page()
+    -> Result<(), Box<dyn std::error::Error>> {
         let (dir, store, id) = store_with_run(&["all"]).await?;
         let mut step = StepState::pending("all", 0);
         step.pages = 1;
@@ -1319,14 +1561,25 @@ mod tests {
         bytes[at] ^= 0x01;
         std::fs::write(&file, &bytes)?;
         let mut pages = store.pages(&id, 0).await?;
-        assert_eq!(pages.next().transpose()?.as_deref(), Some(r#"[{"id":"cus_1"}]"#), "the intact page reads");
-        let err = pages.next().ok_or("a second page")?.err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(err.contains(&file.display().to_string()) && err.contains("page 1 (bytes 16..32)") && err.contains("checksum"), "{err}");
+        assert_eq!(
+            pages.next().transpose()?.as_deref(),
+            Some(r#"[{"id":"cus_1"}]"#),
+            "the intact page reads"
+        );
+        let err =
+            pages.next().ok_or("a second page")?.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            err.contains(&file.display().to_string())
+                && err.contains("page 1 (bytes 16..32)")
+                && err.contains("checksum"),
+            "{err}"
+        );
         Ok(())
     }
 
     #[tokio::test]
-    async fn pages_kept_by_older_stores_in_sled_or_without_a_crc_still_read() -> Result<(), Box<dyn std::error::Error>> {
+    async fn pages_kept_by_older_stores_in_sled_or_without_a_crc_still_read()
+    -> Result<(), Box<dyn std::error::Error>> {
         let (dir, store, id) = store_with_run(&["all"]).await?;
         // Page 0 in sled itself (before page files); page 1 in the file
         // under a pointer without a CRC (before CRCs); page 2 new.
@@ -1349,12 +1602,16 @@ mod tests {
         step.pages = 3;
         store.commit_page(&id, &step, r#"[{"id":"new"}]"#).await?;
         let pages = store.all_pages(&id, 0).await?;
-        assert_eq!(pages, vec![r#"[{"id":"old"}]"#.to_owned(), legacy.to_owned(), r#"[{"id":"new"}]"#.to_owned()]);
+        assert_eq!(
+            pages,
+            vec![r#"[{"id":"old"}]"#.to_owned(), legacy.to_owned(), r#"[{"id":"new"}]"#.to_owned()]
+        );
         Ok(())
     }
 
     #[tokio::test]
-    async fn committed_steps_and_pages_survive_a_reopen() -> Result<(), Box<dyn std::error::Error>> {
+    async fn committed_steps_and_pages_survive_a_reopen() -> Result<(), Box<dyn std::error::Error>>
+    {
         let dir = tempfile::tempdir()?;
         let id = {
             let store = RunStore::open(dir.path())?;
@@ -1378,7 +1635,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn recent_runs_come_newest_first_filtered_and_bounded() -> Result<(), Box<dyn std::error::Error>> {
+    async fn recent_runs_come_newest_first_filtered_and_bounded()
+    -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let store = RunStore::open(dir.path())?;
         for (n, workflow) in ["a", "b", "a", "a"].iter().enumerate() {

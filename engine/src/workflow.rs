@@ -361,7 +361,11 @@ pub struct StepRetry {
 
 impl Default for StepRetry {
     fn default() -> Self {
-        StepRetry { attempts: 1, backoff: Duration::from_secs(1), max_backoff: Duration::from_secs(60) }
+        StepRetry {
+            attempts: 1,
+            backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(60),
+        }
     }
 }
 
@@ -433,7 +437,11 @@ impl Checker<'_> {
                 let lead = code.len() - code.trim_start().len();
                 let start = content.start + offset + lead + e.range.start;
                 let end = content.start + offset + lead + e.range.end;
-                let span = if content.len() == raw.len() { start..end.max(start + 1) } else { spanned.span() };
+                let span = if content.len() == raw.len() {
+                    start..end.max(start + 1)
+                } else {
+                    spanned.span()
+                };
                 self.error(span, format!("in `{what}`: {}{}", e.message, dashed_id_hint(code)));
                 None
             }
@@ -447,8 +455,15 @@ impl Checker<'_> {
             Err(e) => {
                 let at = locate(self.text, span, &e.expression);
                 let start = if at == *span { span.start } else { at.start + e.error.range.start };
-                let end = if at == *span { span.end } else { at.start + e.error.range.end.max(e.error.range.start + 1) };
-                self.error(start..end, format!("in `{what}`: {}{}", e.error.message, dashed_id_hint(&e.expression)));
+                let end = if at == *span {
+                    span.end
+                } else {
+                    at.start + e.error.range.end.max(e.error.range.start + 1)
+                };
+                self.error(
+                    start..end,
+                    format!("in `{what}`: {}{}", e.error.message, dashed_id_hint(&e.expression)),
+                );
                 None
             }
         }
@@ -462,9 +477,14 @@ fn dashed_id_hint(code: &str) -> String {
         let mut rest = code;
         while let Some(at) = rest.find(root) {
             let after = &rest[at + root.len()..];
-            let id: String = after.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-').collect();
+            let id: String = after
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
+                .collect();
             if id.contains('-') && !id.ends_with('-') {
-                return format!(" (a step id with a dash is written .steps[\"{id}\"]; jq reads .steps.{id} as a subtraction)");
+                return format!(
+                    " (a step id with a dash is written .steps[\"{id}\"]; jq reads .steps.{id} as a subtraction)"
+                );
             }
             rest = after;
         }
@@ -476,29 +496,46 @@ fn to_json(value: toml::Value) -> serde_json::Value {
     match value {
         toml::Value::String(s) => serde_json::Value::String(s),
         toml::Value::Integer(i) => serde_json::Value::from(i),
-        toml::Value::Float(f) => serde_json::Number::from_f64(f).map_or(serde_json::Value::Null, serde_json::Value::Number),
+        toml::Value::Float(f) => serde_json::Number::from_f64(f)
+            .map_or(serde_json::Value::Null, serde_json::Value::Number),
         toml::Value::Boolean(b) => serde_json::Value::Bool(b),
         toml::Value::Datetime(d) => serde_json::Value::String(d.to_string()),
         toml::Value::Array(a) => serde_json::Value::Array(a.into_iter().map(to_json).collect()),
-        toml::Value::Table(t) => serde_json::Value::Object(t.into_iter().map(|(k, v)| (k, to_json(v))).collect()),
+        toml::Value::Table(t) => {
+            serde_json::Value::Object(t.into_iter().map(|(k, v)| (k, to_json(v))).collect())
+        }
     }
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim()).map_err(|e| format!("bad duration {text:?} ({e}); write it like \"30s\", \"5m\" or \"1h 30m\""))
+    humantime::parse_duration(text.trim()).map_err(|e| {
+        format!("bad duration {text:?} ({e}); write it like \"30s\", \"5m\" or \"1h 30m\"")
+    })
 }
 
-fn parse_target(check: &mut Checker<'_>, spanned: &Spanned<String>, connections: &BTreeMap<String, Connection>) -> Option<Target> {
+fn parse_target(
+    check: &mut Checker<'_>,
+    spanned: &Spanned<String>,
+    connections: &BTreeMap<String, Connection>,
+) -> Option<Target> {
     let span = spanned.span();
-    let Some((connection, resource)) = spanned.get_ref().split_once('.').filter(|(c, r)| !c.is_empty() && !r.is_empty()) else {
-        check.error(span, "the target is written \"connection.resource\", for example \"stripe.customers\"");
+    let Some((connection, resource)) =
+        spanned.get_ref().split_once('.').filter(|(c, r)| !c.is_empty() && !r.is_empty())
+    else {
+        check.error(
+            span,
+            "the target is written \"connection.resource\", for example \"stripe.customers\"",
+        );
         return None;
     };
     if !connections.contains_key(connection) {
         let known: Vec<&str> = connections.keys().map(String::as_str).collect();
         check.error(
             span.clone(),
-            format!("unknown connection {connection:?}; defined: {}", if known.is_empty() { "none".into() } else { known.join(", ") }),
+            format!(
+                "unknown connection {connection:?}; defined: {}",
+                if known.is_empty() { "none".into() } else { known.join(", ") }
+            ),
         );
     }
     Some(Target { connection: connection.to_owned(), resource: resource.to_owned(), span })
@@ -524,7 +561,8 @@ fn streamed_records(code: &str) -> Option<(String, Option<String>)> {
 impl Workflow {
     /// Reads and checks a workflow file.
     pub fn load(path: &Path) -> Result<Workflow, LoadError> {
-        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read { path: path.display().to_string(), source })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| LoadError::Read { path: path.display().to_string(), source })?;
         Workflow::parse(path, &text).map_err(LoadError::Invalid)
     }
 
@@ -543,7 +581,10 @@ impl Workflow {
         if name.trim().is_empty() {
             check.error(def.workflow.name.span(), "the workflow name must not be empty");
         } else if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-            check.error(def.workflow.name.span(), "a workflow name is letters, digits, - and _ (it is part of the webhook path)");
+            check.error(
+                def.workflow.name.span(),
+                "a workflow name is letters, digits, - and _ (it is part of the webhook path)",
+            );
         }
 
         let inputs = parse_inputs(&mut check, def.inputs);
@@ -555,26 +596,37 @@ impl Workflow {
 
         let mut steps: Vec<Step> = Vec::new();
         let mut seen = HashSet::new();
-        let all_ids: Vec<String> = def.step.iter().map(|s| s.get_ref().id.get_ref().clone()).collect();
+        let all_ids: Vec<String> =
+            def.step.iter().map(|s| s.get_ref().id.get_ref().clone()).collect();
         for spanned in def.step {
             let span = spanned.span();
             let s = spanned.into_inner();
             let id = s.id.get_ref().clone();
-            if id.is_empty() || !id.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_') {
+            if id.is_empty()
+                || !id.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
+            {
                 check.error(s.id.span(), "a step id is letters, digits, - and _");
             } else if !seen.insert(id.clone()) {
                 check.error(s.id.span(), format!("a step with id {id:?} is already defined above"));
             }
             let earlier: Vec<&Step> = steps.iter().collect();
             if let Some(step) = parse_step(&mut check, s, span, &connections, &base_dir, &earlier) {
-                check_references(&mut check, &step, &earlier, &all_ids, &inputs, trigger.webhook.is_some());
+                check_references(
+                    &mut check,
+                    &step,
+                    &earlier,
+                    &all_ids,
+                    &inputs,
+                    trigger.webhook.is_some(),
+                );
                 steps.push(step);
             }
         }
         if steps.is_empty() && check.problems.is_empty() {
             check.error(0..0, "the workflow has no steps; add a [[step]]");
         }
-        let starts: Vec<usize> = steps.iter().map(|s| s.span.start).skip(1).chain([text.len()]).collect();
+        let starts: Vec<usize> =
+            steps.iter().map(|s| s.span.start).skip(1).chain([text.len()]).collect();
         for (step, end) in steps.iter_mut().zip(starts) {
             step.region = step.span.start..end.max(step.span.start);
         }
@@ -610,55 +662,120 @@ impl Workflow {
             let Some(manifest) = manifests.get(&connection.name) else { continue };
             for setting in manifest.settings.iter().filter(|s| s.required) {
                 if !connection.settings.iter().any(|(k, _)| k == &setting.name) {
-                    check.error(connection.span.clone(), format!("connection {:?} must set settings.{} ({})", connection.name, setting.name, setting.description));
+                    check.error(
+                        connection.span.clone(),
+                        format!(
+                            "connection {:?} must set settings.{} ({})",
+                            connection.name, setting.name, setting.description
+                        ),
+                    );
                 }
             }
             for (key, _) in &connection.settings {
                 if !manifest.settings.iter().any(|s| &s.name == key) {
-                    let known: Vec<&str> = manifest.settings.iter().map(|s| s.name.as_str()).collect();
+                    let known: Vec<&str> =
+                        manifest.settings.iter().map(|s| s.name.as_str()).collect();
                     check.error(
                         connection.span.clone(),
-                        format!("plugin {} has no setting {key:?}; it accepts: {}", manifest.name, if known.is_empty() { "none".into() } else { known.join(", ") }),
+                        format!(
+                            "plugin {} has no setting {key:?}; it accepts: {}",
+                            manifest.name,
+                            if known.is_empty() { "none".into() } else { known.join(", ") }
+                        ),
                     );
                 }
             }
-            if connection.credentials.is_none() && manifest.auth != crate::connector::AuthScheme::None {
-                check.error(connection.plugin_span.clone(), format!("connection {:?} needs credentials = \"env:NAME\" or \"file:PATH\"", connection.name));
+            if connection.credentials.is_none()
+                && manifest.auth != crate::connector::AuthScheme::None
+            {
+                check.error(
+                    connection.plugin_span.clone(),
+                    format!(
+                        "connection {:?} needs credentials = \"env:NAME\" or \"file:PATH\"",
+                        connection.name
+                    ),
+                );
             }
         }
         for step in &self.steps {
             let mut needs: Vec<(String, String, Op, Span)> = Vec::new();
             match &step.action {
                 Action::Sync(sync) => {
-                    needs.push((sync.from.connection.clone(), sync.from.resource.clone(), Op::List, sync.from.span.clone()));
-                    needs.push((step.connection.clone(), step.resource.clone(), Op::List, step.target_span.clone()));
-                    needs.push((step.connection.clone(), step.resource.clone(), Op::Upsert, step.target_span.clone()));
+                    needs.push((
+                        sync.from.connection.clone(),
+                        sync.from.resource.clone(),
+                        Op::List,
+                        sync.from.span.clone(),
+                    ));
+                    needs.push((
+                        step.connection.clone(),
+                        step.resource.clone(),
+                        Op::List,
+                        step.target_span.clone(),
+                    ));
+                    needs.push((
+                        step.connection.clone(),
+                        step.resource.clone(),
+                        Op::Upsert,
+                        step.target_span.clone(),
+                    ));
                     if sync.delete_missing {
-                        needs.push((step.connection.clone(), step.resource.clone(), Op::Remove, step.target_span.clone()));
+                        needs.push((
+                            step.connection.clone(),
+                            step.resource.clone(),
+                            Op::Remove,
+                            step.target_span.clone(),
+                        ));
                     }
                 }
-                action => needs.push((step.connection.clone(), step.resource.clone(), action.op(), step.target_span.clone())),
+                action => needs.push((
+                    step.connection.clone(),
+                    step.resource.clone(),
+                    action.op(),
+                    step.target_span.clone(),
+                )),
             }
             for (connection, resource_name, op, span) in needs {
                 let Some(manifest) = manifests.get(&connection) else { continue };
                 let target = format!("{connection}.{resource_name}");
                 let Some(resource) = manifest.resource(&resource_name) else {
-                    let known: Vec<&str> = manifest.resources.iter().map(|r| r.name.as_str()).collect();
-                    check.error(span, format!("plugin {} has no resource {resource_name:?}; it serves: {}", manifest.name, known.join(", ")));
+                    let known: Vec<&str> =
+                        manifest.resources.iter().map(|r| r.name.as_str()).collect();
+                    check.error(
+                        span,
+                        format!(
+                            "plugin {} has no resource {resource_name:?}; it serves: {}",
+                            manifest.name,
+                            known.join(", ")
+                        ),
+                    );
                     continue;
                 };
                 if !resource.offers(op) {
                     let offered: Vec<&str> = resource.ops.iter().map(|o| o.as_str()).collect();
-                    check.error(span.clone(), format!("{target} does not offer {op}; it offers: {}", offered.join(", ")));
+                    check.error(
+                        span.clone(),
+                        format!("{target} does not offer {op}; it offers: {}", offered.join(", ")),
+                    );
                 }
                 if resource.is_irreversible(op) && !step.allow_irreversible {
-                    let what = if matches!(step.action, Action::Sync(_)) { format!("delete_missing runs {op} on {target}, which") } else { format!("{op} on {target}") };
+                    let what = if matches!(step.action, Action::Sync(_)) {
+                        format!("delete_missing runs {op} on {target}, which")
+                    } else {
+                        format!("{op} on {target}")
+                    };
                     check.error(span.clone(), format!("{what} cannot be undone; set allow_irreversible = true on step {:?} to allow it", step.id));
                 }
                 if let Action::List { page_size: Some(size), .. } = &step.action
                     && *size > resource.max_page_size
                 {
-                    check.error(step.span.clone(), format!("page_size {size} is above {target}'s maximum of {}", resource.max_page_size));
+                    check.error(
+                        step.span.clone(),
+                        format!(
+                            "page_size {size} is above {target}'s maximum of {}",
+                            resource.max_page_size
+                        ),
+                    );
                 }
             }
         }
@@ -666,35 +783,54 @@ impl Workflow {
     }
 }
 
-fn parse_inputs(check: &mut Checker<'_>, defs: BTreeMap<String, Spanned<InputDef>>) -> Vec<InputSpec> {
+fn parse_inputs(
+    check: &mut Checker<'_>,
+    defs: BTreeMap<String, Spanned<InputDef>>,
+) -> Vec<InputSpec> {
     let mut inputs = Vec::new();
     for (name, spanned) in defs {
         let span = spanned.span();
         let def = spanned.into_inner();
-        if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || name.starts_with(|c: char| c.is_ascii_digit()) {
+        if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            || name.starts_with(|c: char| c.is_ascii_digit())
+        {
             check.error(span.clone(), format!("input name {name:?} must be letters, digits and _ so expressions can say .inputs.{name}"));
         }
         let kind = match &def.kind {
             None => InputType::Any,
-            Some(k) => match InputType::parse(k.get_ref()) {
-                Some(kind) => kind,
-                None => {
-                    check.error(k.span(), "an input type is string, integer, number, boolean, object, array or any");
-                    continue;
+            Some(k) => {
+                match InputType::parse(k.get_ref()) {
+                    Some(kind) => kind,
+                    None => {
+                        check.error(k.span(), "an input type is string, integer, number, boolean, object, array or any");
+                        continue;
+                    }
                 }
-            },
+            }
         };
         let default = def.default.map(|d| (d.span(), to_json(d.into_inner())));
         if let Some((default_span, value)) = &default
             && !kind.admits(value)
         {
-            check.error(default_span.clone(), format!("the default of input {name} is not of type {}", kind.as_str()));
+            check.error(
+                default_span.clone(),
+                format!("the default of input {name} is not of type {}", kind.as_str()),
+            );
         }
         let required = def.required.unwrap_or(default.is_none());
         if required && default.is_some() {
-            check.error(span, format!("input {name} is required and has a default; drop one of them"));
+            check.error(
+                span,
+                format!("input {name} is required and has a default; drop one of them"),
+            );
         }
-        inputs.push(InputSpec { name, kind, required, default: default.map(|(_, v)| v), description: def.description });
+        inputs.push(InputSpec {
+            name,
+            kind,
+            required,
+            default: default.map(|(_, v)| v),
+            description: def.description,
+        });
     }
     inputs
 }
@@ -714,11 +850,17 @@ fn parse_trigger(check: &mut Checker<'_>, spanned: Spanned<TriggerDef>) -> Trigg
     match &def.cron {
         Some(cron) => match CronTrigger::parse_schedule(cron.get_ref()) {
             Ok(schedule) => {
-                trigger.cron = Some(CronTrigger { expression: cron.get_ref().clone(), schedule, overlap, catch_up: def.catch_up });
+                trigger.cron = Some(CronTrigger {
+                    expression: cron.get_ref().clone(),
+                    schedule,
+                    overlap,
+                    catch_up: def.catch_up,
+                });
             }
             Err(message) => check.error(cron.span(), message),
         },
-        None if def.overlap.is_some() || def.catch_up => check.error(span.clone(), "overlap and catch_up apply to a cron trigger; add cron = \"…\""),
+        None if def.overlap.is_some() || def.catch_up => check
+            .error(span.clone(), "overlap and catch_up apply to a cron trigger; add cron = \"…\""),
         None => {}
     }
     if let Some(webhook) = def.webhook {
@@ -768,7 +910,12 @@ fn parse_trigger(check: &mut Checker<'_>, spanned: Spanned<TriggerDef>) -> Trigg
             None => trigger::DEFAULT_MAX_BODY,
         };
         if let Some(verify) = verify {
-            trigger.webhook = Some(WebhookTrigger { verify, secret: w.secret.into_inner(), tolerance, max_body_bytes });
+            trigger.webhook = Some(WebhookTrigger {
+                verify,
+                secret: w.secret.into_inner(),
+                tolerance,
+                max_body_bytes,
+            });
         }
     }
     if trigger.cron.is_none() && trigger.webhook.is_none() && check.problems.is_empty() {
@@ -777,7 +924,11 @@ fn parse_trigger(check: &mut Checker<'_>, spanned: Spanned<TriggerDef>) -> Trigg
     trigger
 }
 
-fn parse_connections(check: &mut Checker<'_>, defs: BTreeMap<String, Spanned<ConnectionDef>>, base_dir: &Path) -> BTreeMap<String, Connection> {
+fn parse_connections(
+    check: &mut Checker<'_>,
+    defs: BTreeMap<String, Spanned<ConnectionDef>>,
+    base_dir: &Path,
+) -> BTreeMap<String, Connection> {
     let mut connections = BTreeMap::new();
     for (name, spanned) in defs {
         let span = spanned.span();
@@ -786,10 +937,15 @@ fn parse_connections(check: &mut Checker<'_>, defs: BTreeMap<String, Spanned<Con
         let plugin_name = c.plugin.into_inner();
         let plugin = if plugin_name.ends_with(".wasm") {
             PluginRef::File(base_dir.join(&plugin_name))
-        } else if !plugin_name.is_empty() && plugin_name.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_') {
+        } else if !plugin_name.is_empty()
+            && plugin_name.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
+        {
             PluginRef::Builtin(plugin_name)
         } else {
-            check.error(plugin_span.clone(), "plugin must be a built-in connector name or a path ending in .wasm");
+            check.error(
+                plugin_span.clone(),
+                "plugin must be a built-in connector name or a path ending in .wasm",
+            );
             continue;
         };
         if let Some(reference) = &c.credentials
@@ -798,7 +954,10 @@ fn parse_connections(check: &mut Checker<'_>, defs: BTreeMap<String, Spanned<Con
             check.error(reference.span(), e.to_string());
         }
         if let Some(url) = &c.base_url
-            && !matches!(url::Url::parse(url.get_ref()).map(|u| u.scheme().to_owned()).as_deref(), Ok("http" | "https"))
+            && !matches!(
+                url::Url::parse(url.get_ref()).map(|u| u.scheme().to_owned()).as_deref(),
+                Ok("http" | "https")
+            )
         {
             check.error(url.span(), "base_url must be an absolute http:// or https:// URL");
         }
@@ -809,11 +968,15 @@ fn parse_connections(check: &mut Checker<'_>, defs: BTreeMap<String, Spanned<Con
                 toml::Value::String(s) => settings.push((key, s)),
                 toml::Value::Integer(i) => settings.push((key, i.to_string())),
                 toml::Value::Boolean(b) => settings.push((key, b.to_string())),
-                _ => check.error(value_span, format!("setting {key} must be a string, integer or boolean")),
+                _ => check.error(
+                    value_span,
+                    format!("setting {key} must be a string, integer or boolean"),
+                ),
             }
         }
         let mut rate_limits = Vec::new();
-        let overrides = c.rate_limit.into_iter().map(|r| ("any".to_owned(), r)).chain(c.rate_limits);
+        let overrides =
+            c.rate_limit.into_iter().map(|r| ("any".to_owned(), r)).chain(c.rate_limits);
         for (class_name, rate) in overrides {
             let class = match class_name.as_str() {
                 "any" => MethodClass::Any,
@@ -830,28 +993,46 @@ fn parse_connections(check: &mut Checker<'_>, defs: BTreeMap<String, Spanned<Con
                 }
             };
             match crate::limiter::parse_rate(rate.get_ref()) {
-                Some(per_second) => rate_limits.push(crate::limiter::LimitOverride { class, per_second }),
-                None => check.error(rate.span(), "a rate is written \"N/s\", \"N/min\" or \"N/h\" with N > 0"),
+                Some(per_second) => {
+                    rate_limits.push(crate::limiter::LimitOverride { class, per_second })
+                }
+                None => check.error(
+                    rate.span(),
+                    "a rate is written \"N/s\", \"N/min\" or \"N/h\" with N > 0",
+                ),
             }
         }
-        let max_requests_per_call = c.max_requests_per_call.and_then(|max| match u32::try_from(*max.get_ref()) {
-            Ok(n) if n > 0 => Some(n),
-            _ => {
-                check.error(max.span(), format!("max_requests_per_call must be a whole number from 1 to {}", u32::MAX));
-                None
-            }
-        });
+        let max_requests_per_call =
+            c.max_requests_per_call.and_then(|max| match u32::try_from(*max.get_ref()) {
+                Ok(n) if n > 0 => Some(n),
+                _ => {
+                    check.error(
+                        max.span(),
+                        format!(
+                            "max_requests_per_call must be a whole number from 1 to {}",
+                            u32::MAX
+                        ),
+                    );
+                    None
+                }
+            });
         let credentials = c.credentials.map(Spanned::into_inner);
         let base_url = c.base_url.map(Spanned::into_inner);
         let allow_hosts = c.allow_hosts.into_iter().map(Spanned::into_inner).collect();
         if let Some(emulator) = &c.sandbox
-            && (emulator.get_ref().is_empty() || !emulator.get_ref().chars().all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-'))
+            && (emulator.get_ref().is_empty()
+                || !emulator
+                    .get_ref()
+                    .chars()
+                    .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-'))
         {
             check.error(emulator.span(), "sandbox names an emulator of `weft sandbox`, such as \"growpanel\" or \"stripe-scim\"");
         }
         let sandbox = c.sandbox.map(Spanned::into_inner);
         let allow_private_network = c.allow_private_network;
-        connections.insert(name.clone(), Connection {
+        connections.insert(
+            name.clone(),
+            Connection {
                 name,
                 plugin,
                 credentials,
@@ -864,7 +1045,8 @@ fn parse_connections(check: &mut Checker<'_>, defs: BTreeMap<String, Spanned<Con
                 sandbox,
                 span,
                 plugin_span,
-            });
+            },
+        );
     }
     connections
 }
@@ -878,11 +1060,12 @@ fn parse_step(
     earlier: &[&Step],
 ) -> Option<Step> {
     let id = s.id.get_ref().clone();
-    let ops: Vec<(&str, Span)> = [("list", &s.list), ("get", &s.get), ("upsert", &s.upsert), ("remove", &s.remove)]
-        .into_iter()
-        .filter_map(|(op, target)| target.as_ref().map(|t| (op, t.span())))
-        .chain(s.sync.as_ref().map(|sync| ("sync", sync.span())))
-        .collect();
+    let ops: Vec<(&str, Span)> =
+        [("list", &s.list), ("get", &s.get), ("upsert", &s.upsert), ("remove", &s.remove)]
+            .into_iter()
+            .filter_map(|(op, target)| target.as_ref().map(|t| (op, t.span())))
+            .chain(s.sync.as_ref().map(|sync| ("sync", sync.span())))
+            .collect();
     let op = match ops.as_slice() {
         [one] => one.0,
         [] => {
@@ -890,7 +1073,10 @@ fn parse_step(
             return None;
         }
         [_, second, ..] => {
-            check.error(second.1.clone(), format!("step {id:?} has more than one op; split it into several steps"));
+            check.error(
+                second.1.clone(),
+                format!("step {id:?} has more than one op; split it into several steps"),
+            );
             return None;
         }
     };
@@ -920,19 +1106,26 @@ fn parse_step(
         }
     }
     if s.concurrency.is_some() && s.for_each.is_none() && op != "sync" {
-        misplaced(check, s.concurrency.as_ref().map(Spanned::span), "concurrency (without for_each)");
+        misplaced(
+            check,
+            s.concurrency.as_ref().map(Spanned::span),
+            "concurrency (without for_each)",
+        );
     }
 
-    let template = |check: &mut Checker<'_>, what: &str, value: &Spanned<toml::Value>| -> Option<Template> {
-        let at = value.span();
-        match value.get_ref() {
-            toml::Value::String(_) | toml::Value::Integer(_) | toml::Value::Table(_) => check.template(what, to_json(value.get_ref().clone()), &at),
-            _ => {
-                check.error(at, format!("`{what}` must be a string or a table"));
-                None
+    let template =
+        |check: &mut Checker<'_>, what: &str, value: &Spanned<toml::Value>| -> Option<Template> {
+            let at = value.span();
+            match value.get_ref() {
+                toml::Value::String(_) | toml::Value::Integer(_) | toml::Value::Table(_) => {
+                    check.template(what, to_json(value.get_ref().clone()), &at)
+                }
+                _ => {
+                    check.error(at, format!("`{what}` must be a string or a table"));
+                    None
+                }
             }
-        }
-    };
+        };
     let (target_span, connection, resource, action) = if op == "sync" {
         let sync = s.sync?;
         let sync_span = sync.span();
@@ -943,8 +1136,13 @@ fn parse_step(
             Some(key) => {
                 let text = key.get_ref().trim();
                 // A bare field name is shorthand for `.name`.
-                let shorthand = !text.is_empty() && text.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-                if shorthand { Expr::compile(&format!(".{text}")).ok() } else { check.expression("sync.key", key) }
+                let shorthand =
+                    !text.is_empty() && text.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                if shorthand {
+                    Expr::compile(&format!(".{text}")).ok()
+                } else {
+                    check.expression("sync.key", key)
+                }
             }
             None => None,
         };
@@ -957,7 +1155,11 @@ fn parse_step(
             }
         };
         let filter = match &def.filter {
-            Some(f) => Some(check.template("sync.filter", to_json(toml::Value::Table(f.get_ref().clone())), &f.span())?),
+            Some(f) => Some(check.template(
+                "sync.filter",
+                to_json(toml::Value::Table(f.get_ref().clone())),
+                &f.span(),
+            )?),
             None => None,
         };
         let spec = SyncSpec { from, filter, key, delete_missing: def.delete_missing };
@@ -978,7 +1180,11 @@ fn parse_step(
                     check.error(size.span(), "page_size must be at least 1");
                 }
                 let filter = match &s.filter {
-                    Some(f) => Some(check.template("filter", to_json(toml::Value::Table(f.get_ref().clone())), &f.span())?),
+                    Some(f) => Some(check.template(
+                        "filter",
+                        to_json(toml::Value::Table(f.get_ref().clone())),
+                        &f.span(),
+                    )?),
                     None => None,
                 };
                 Action::List {
@@ -1013,7 +1219,11 @@ fn parse_step(
         Some(spanned) => {
             let (code, _) = crate::expr::unwrap_braces(spanned.get_ref());
             match streamed_records(code) {
-                Some((step_id, then)) if earlier.iter().any(|e| e.id == step_id && matches!(e.action, Action::List { .. })) => {
+                Some((step_id, then))
+                    if earlier
+                        .iter()
+                        .any(|e| e.id == step_id && matches!(e.action, Action::List { .. })) =>
+                {
                     // Compile the whole for the caret, the tail for the run.
                     check.expression("for_each", spanned)?;
                     let then = match then {
@@ -1041,9 +1251,15 @@ fn parse_step(
             let def = r.get_ref();
             let mut retry = StepRetry { attempts: *def.attempts.get_ref(), ..StepRetry::default() };
             if retry.attempts == 0 || retry.attempts > 20 {
-                check.error(def.attempts.span(), "retry.attempts counts every try, the first included: between 1 and 20");
+                check.error(
+                    def.attempts.span(),
+                    "retry.attempts counts every try, the first included: between 1 and 20",
+                );
             }
-            for (field, value, slot) in [("backoff", &def.backoff, &mut retry.backoff), ("max_backoff", &def.max_backoff, &mut retry.max_backoff)] {
+            for (field, value, slot) in [
+                ("backoff", &def.backoff, &mut retry.backoff),
+                ("max_backoff", &def.max_backoff, &mut retry.max_backoff),
+            ] {
                 if let Some(v) = value {
                     match parse_duration(v.get_ref()) {
                         Ok(d) => *slot = d,
@@ -1120,9 +1336,18 @@ fn step_expressions(step: &Step) -> Vec<(&'static str, &Expr, bool)> {
     out
 }
 
-fn check_references(check: &mut Checker<'_>, step: &Step, earlier: &[&Step], all_ids: &[String], inputs: &[InputSpec], open_inputs: bool) {
-    let mut refs: Vec<(&'static str, String, bool)> =
-        step_expressions(step).into_iter().map(|(what, e, on_record)| (what, e.text().to_owned(), on_record)).collect();
+fn check_references(
+    check: &mut Checker<'_>,
+    step: &Step,
+    earlier: &[&Step],
+    all_ids: &[String],
+    inputs: &[InputSpec],
+    open_inputs: bool,
+) {
+    let mut refs: Vec<(&'static str, String, bool)> = step_expressions(step)
+        .into_iter()
+        .map(|(what, e, on_record)| (what, e.text().to_owned(), on_record))
+        .collect();
     if let Some(ForEach::Records { text, .. }) = &step.for_each {
         refs.push(("for_each", text.clone(), false));
     }
@@ -1130,18 +1355,32 @@ fn check_references(check: &mut Checker<'_>, step: &Step, earlier: &[&Step], all
         // A table's span covers its header; the step's text runs on from it.
         let region = step.span.start..check.text.len();
         let at = locate(check.text, &region, &text);
-        let inside = |range: &Range<usize>| if at == region { step.span.clone() } else { at.start + range.start..at.start + range.end };
+        let inside = |range: &Range<usize>| {
+            if at == region {
+                step.span.clone()
+            } else {
+                at.start + range.start..at.start + range.end
+            }
+        };
         for (id, range, variable) in crate::expr::references(&text, "steps") {
             if earlier.iter().any(|s| s.id == id) || (on_record && !variable) {
                 continue;
             }
             let message = if id == step.id {
-                format!("in `{what}`: step {id:?} refers to its own result; a step can use only the results of steps above it")
+                format!(
+                    "in `{what}`: step {id:?} refers to its own result; a step can use only the results of steps above it"
+                )
             } else if all_ids.contains(&id) {
-                format!("in `{what}`: step {id:?} runs after step {:?}; a step can use only the results of steps above it", step.id)
+                format!(
+                    "in `{what}`: step {id:?} runs after step {:?}; a step can use only the results of steps above it",
+                    step.id
+                )
             } else {
                 let known: Vec<&str> = earlier.iter().map(|s| s.id.as_str()).collect();
-                format!("in `{what}`: no step {id:?} above; steps above: {}", if known.is_empty() { "none".into() } else { known.join(", ") })
+                format!(
+                    "in `{what}`: no step {id:?} above; steps above: {}",
+                    if known.is_empty() { "none".into() } else { known.join(", ") }
+                )
             };
             check.error(inside(&range), message);
         }
@@ -1149,13 +1388,22 @@ fn check_references(check: &mut Checker<'_>, step: &Step, earlier: &[&Step], all
             for (name, range, variable) in crate::expr::references(&text, "inputs") {
                 if !inputs.iter().any(|i| i.name == name) && (variable || !on_record) {
                     let known: Vec<&str> = inputs.iter().map(|i| i.name.as_str()).collect();
-                    check.error(inside(&range), format!("in `{what}`: unknown input {name:?}; the workflow declares: {}", known.join(", ")));
+                    check.error(
+                        inside(&range),
+                        format!(
+                            "in `{what}`: unknown input {name:?}; the workflow declares: {}",
+                            known.join(", ")
+                        ),
+                    );
                 }
             }
         }
         if step.for_each.is_none() && text.contains("$item") {
             let range = text.find("$item").map_or(0..0, |i| i..i + 5);
-            check.error(inside(&range), format!("in `{what}`: $item is set only in a step with for_each"));
+            check.error(
+                inside(&range),
+                format!("in `{what}`: $item is set only in a step with for_each"),
+            );
         }
     }
 }

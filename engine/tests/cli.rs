@@ -32,7 +32,10 @@ fn example(name: &str) -> String {
 
 #[test]
 fn run_sandbox_json_exports_every_seeded_customer() -> TestResult {
-    let out = weft(&["run", "--sandbox", "--seed", "120", "--json", &example("stripe-export.toml")], &cache())?;
+    let out = weft(
+        &["run", "--sandbox", "--seed", "120", "--json", &example("stripe-export.toml")],
+        &cache(),
+    )?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout)?;
@@ -89,7 +92,10 @@ fn every_example_runs_against_the_sandbox() -> TestResult {
         let state = tempfile::tempdir()?;
         let state_dir = state.path().display().to_string();
         // Each example must run as shipped, on the embedded defaults.
-        let out = weft(&["run", "--sandbox", "--seed", "20", "--json", "--state-dir", &state_dir, &file], &cache())?;
+        let out = weft(
+            &["run", "--sandbox", "--seed", "20", "--json", "--state-dir", &state_dir, &file],
+            &cache(),
+        )?;
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{file}: {stderr}");
         let summary: serde_json::Value = serde_json::from_slice(&out.stdout)?;
@@ -131,7 +137,19 @@ fn a_missing_credential_is_a_configuration_error_naming_the_variable() -> TestRe
 fn runs_list_and_show_read_back_a_run() -> TestResult {
     let state = tempfile::tempdir()?;
     let state_dir = state.path().display().to_string();
-    let out = weft(&["run", "--sandbox", "--seed", "30", "--json", "--state-dir", &state_dir, &example("stripe-export.toml")], &cache())?;
+    let out = weft(
+        &[
+            "run",
+            "--sandbox",
+            "--seed",
+            "30",
+            "--json",
+            "--state-dir",
+            &state_dir,
+            &example("stripe-export.toml"),
+        ],
+        &cache(),
+    )?;
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     let run_id = summary["run_id"].as_str().unwrap_or_default().to_owned();
@@ -190,7 +208,14 @@ fn cache_dir() -> PathBuf {
 }
 
 fn stdout_json(output: &Output) -> TestResult<Value> {
-    serde_json::from_slice(&output.stdout).map_err(|e| format!("stdout is not JSON ({e}): {}\nstderr: {}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr)).into())
+    serde_json::from_slice(&output.stdout).map_err(|e| {
+        format!(
+            "stdout is not JSON ({e}): {}\nstderr: {}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+        .into()
+    })
 }
 
 fn key_file(dir: &Path, name: &str, key: &str) -> TestResult<String> {
@@ -204,10 +229,16 @@ const KILLS: usize = 20;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_killed_twenty_times_and_resumed_writes_each_customer_exactly_once() -> TestResult {
-    let sandbox = weft_sandbox::Sandbox::start(weft_sandbox::SandboxOptions { seed: 0, ..Default::default() }).await?;
+    let sandbox = weft_sandbox::Sandbox::start(weft_sandbox::SandboxOptions {
+        seed: 0,
+        ..Default::default()
+    })
+    .await?;
     let dirs = Dirs::new()?;
-    let stripe_key = key_file(dirs.files.path(), "stripe-key", weft_sandbox::stripe::SANDBOX_API_KEY)?;
-    let growpanel_key = key_file(dirs.files.path(), "growpanel-key", weft_sandbox::growpanel::SANDBOX_API_KEY)?;
+    let stripe_key =
+        key_file(dirs.files.path(), "stripe-key", weft_sandbox::stripe::SANDBOX_API_KEY)?;
+    let growpanel_key =
+        key_file(dirs.files.path(), "growpanel-key", weft_sandbox::growpanel::SANDBOX_API_KEY)?;
     let export = dirs.files.path().join("export.jsonl");
     let text = format!(
         r#"
@@ -262,7 +293,11 @@ record = {{ id = "${{{{ $item.id }}}}", name = "${{{{ $item.name }}}}", email = 
     // took also says how long a process takes to start here.
     let warm = dirs.command().arg("validate").arg(&path).output()?;
     if !warm.status.success() {
-        return Err(format!("the crash workflow does not validate: {}", String::from_utf8_lossy(&warm.stderr)).into());
+        return Err(format!(
+            "the crash workflow does not validate: {}",
+            String::from_utf8_lossy(&warm.stderr)
+        )
+        .into());
     }
     let started = Instant::now();
     dirs.command().arg("validate").arg(&path).output()?;
@@ -302,7 +337,11 @@ record = {{ id = "${{{{ $item.id }}}}", name = "${{{{ $item.name }}}}", email = 
             child.wait()?;
             if run_id.is_none() {
                 let listed = dirs.command().args(["runs", "list", "--json"]).output()?;
-                run_id = stdout_json(&listed)?.as_array().and_then(|runs| runs.first()).and_then(|r| r["id"].as_str()).map(str::to_owned);
+                run_id = stdout_json(&listed)?
+                    .as_array()
+                    .and_then(|runs| runs.first())
+                    .and_then(|r| r["id"].as_str())
+                    .map(str::to_owned);
             }
             if run_id.is_some() {
                 kills += 1;
@@ -312,17 +351,38 @@ record = {{ id = "${{{{ $item.id }}}}", name = "${{{{ $item.name }}}}", email = 
         }
     }
     let output = finished.ok_or("no final run")?;
-    assert!(kills >= KILLS, "the run finished after only {kills} kills; the test must kill it at least {KILLS} times");
+    assert!(
+        kills >= KILLS,
+        "the run finished after only {kills} kills; the test must kill it at least {KILLS} times"
+    );
     let summary = stdout_json(&output)?;
-    assert_eq!(summary["status"], "succeeded", "{summary:#}\nstderr: {}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(
+        summary["status"],
+        "succeeded",
+        "{summary:#}\nstderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 
     let customers = sandbox.stripe.emulator.customers();
-    let emails: std::collections::HashSet<String> = customers.iter().filter_map(|c| c["email"].as_str().map(str::to_owned)).collect();
-    assert_eq!(customers.len(), ITEMS, "Stripe holds exactly {ITEMS} customers after {kills} kills");
+    let emails: std::collections::HashSet<String> =
+        customers.iter().filter_map(|c| c["email"].as_str().map(str::to_owned)).collect();
+    assert_eq!(
+        customers.len(),
+        ITEMS,
+        "Stripe holds exactly {ITEMS} customers after {kills} kills"
+    );
     assert_eq!(emails.len(), ITEMS, "no duplicate emails in Stripe");
-    assert_eq!(sandbox.growpanel.emulator.customer_count() - growpanel_before, ITEMS, "GrowPanel holds exactly {ITEMS} new customers");
+    assert_eq!(
+        sandbox.growpanel.emulator.customer_count() - growpanel_before,
+        ITEMS,
+        "GrowPanel holds exactly {ITEMS} new customers"
+    );
 
-    let shown = dirs.command().args(["runs", "show", "--json"]).arg(summary["run_id"].as_str().unwrap_or_default()).output()?;
+    let shown = dirs
+        .command()
+        .args(["runs", "show", "--json"])
+        .arg(summary["run_id"].as_str().unwrap_or_default())
+        .output()?;
     let shown = stdout_json(&shown)?;
     assert_eq!(shown["status"], "succeeded");
     assert!(shown["resumes"].as_u64().unwrap_or(0) >= 1, "{shown:#}");
@@ -335,9 +395,15 @@ record = {{ id = "${{{{ $item.id }}}}", name = "${{{{ $item.name }}}}", email = 
         assert_eq!(step["counts"]["failed"], 0, "{step:#}");
     }
     let exported = std::fs::read_to_string(&export)?;
-    let ids: std::collections::HashSet<String> =
-        exported.lines().map(|l| serde_json::from_str::<Value>(l).map(|c| c["id"].to_string())).collect::<Result<_, _>>()?;
-    assert_eq!((exported.lines().count(), ids.len()), (ITEMS, ITEMS), "the export file has each customer once");
+    let ids: std::collections::HashSet<String> = exported
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).map(|c| c["id"].to_string()))
+        .collect::<Result<_, _>>()?;
+    assert_eq!(
+        (exported.lines().count(), ids.len()),
+        (ITEMS, ITEMS),
+        "the export file has each customer once"
+    );
     eprintln!("{kills} kills, {} resumes", shown["resumes"]);
     Ok(())
 }
@@ -377,16 +443,27 @@ fn validate_checks_ops_against_the_plugins_manifest() -> TestResult {
     let output = dirs.command().arg("validate").arg(&path).output()?;
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("remove on stripe.customers cannot be undone; set allow_irreversible = true"), "{stderr}");
+    assert!(
+        stderr
+            .contains("remove on stripe.customers cannot be undone; set allow_irreversible = true"),
+        "{stderr}"
+    );
     assert!(stderr.contains("plugin stripe has no resource \"invoices\""), "{stderr}");
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn while_serve_holds_the_store_runs_go_through_its_api_and_run_says_why_it_cannot_open_it() -> TestResult {
+async fn while_serve_holds_the_store_runs_go_through_its_api_and_run_says_why_it_cannot_open_it()
+-> TestResult {
     let dirs = Dirs::new()?;
     let path = dirs.write("idle.toml", "[workflow]\nname = \"idle\"\n\n[connections.stripe]\nplugin = \"stripe\"\ncredentials = \"env:X\"\n\n[[step]]\nid = \"a\"\nlist = \"stripe.customers\"\n")?;
-    let mut serve = dirs.command().args(["serve", "--bind", "127.0.0.1:0"]).arg(&path).stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
+    let mut serve = dirs
+        .command()
+        .args(["serve", "--bind", "127.0.0.1:0"])
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
     let address = dirs.state.path().join("weft-serve.json");
     let started = Instant::now();
     while !address.exists() {
@@ -414,7 +491,8 @@ async fn while_serve_holds_the_store_runs_go_through_its_api_and_run_says_why_it
 fn a_sandbox_run_is_not_resumed_against_the_real_vendors() -> TestResult {
     let dirs = Dirs::new()?;
     let export = Path::new(env!("CARGO_MANIFEST_DIR")).join("../workflows/stripe-export.toml");
-    let ran = dirs.command().args(["run", "--sandbox", "--seed", "5", "--json"]).arg(&export).output()?;
+    let ran =
+        dirs.command().args(["run", "--sandbox", "--seed", "5", "--json"]).arg(&export).output()?;
     let summary = stdout_json(&ran)?;
     let id = summary["run_id"].as_str().ok_or("a run id")?;
     let resumed = dirs.command().args(["runs", "resume", id]).output()?;
@@ -434,7 +512,9 @@ fn files_containing(dir: &Path, needle: &[u8]) -> Vec<String> {
             let path = entry.path();
             if path.is_dir() {
                 stack.push(path);
-            } else if std::fs::read(&path).is_ok_and(|bytes| bytes.windows(needle.len()).any(|w| w == needle)) {
+            } else if std::fs::read(&path)
+                .is_ok_and(|bytes| bytes.windows(needle.len()).any(|w| w == needle))
+            {
                 found.push(path.display().to_string());
             }
         }
@@ -447,7 +527,11 @@ fn files_containing(dir: &Path, needle: &[u8]) -> Vec<String> {
 /// captured nothing at times: tracing's callsite cache is process-wide).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_known_secret_never_reaches_the_store_or_the_logs_even_at_trace_level() -> TestResult {
-    let sandbox = weft_sandbox::Sandbox::start(weft_sandbox::SandboxOptions { seed: 30, ..Default::default() }).await?;
+    let sandbox = weft_sandbox::Sandbox::start(weft_sandbox::SandboxOptions {
+        seed: 30,
+        ..Default::default()
+    })
+    .await?;
     let secret = weft_sandbox::stripe::SANDBOX_API_KEY;
     let dirs = Dirs::new()?;
     // The credential comes from a file, as in production.
@@ -462,7 +546,10 @@ async fn a_known_secret_never_reaches_the_store_or_the_logs_even_at_trace_level(
     let output = dirs.command().args(["--log", "trace", "run", "--json"]).arg(&path).output()?;
     let summary = stdout_json(&output)?;
     assert_eq!(summary["status"], "succeeded", "{summary:#}");
-    assert_eq!(summary["steps"][0]["counts"]["read"], 30, "the secret worked: the emulator accepted it");
+    assert_eq!(
+        summary["steps"][0]["counts"]["read"], 30,
+        "the secret worked: the emulator accepted it"
+    );
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!stdout.contains(secret), "the summary holds the secret");
@@ -515,7 +602,12 @@ impl Drop for Production {
 /// A built-in connector's component with every `from` in its bytes
 /// replaced by `to` (same length): a stand-in for a third-party connector
 /// of the same vendor under another name (`acmepanel` for GrowPanel).
-fn third_party_copy(dir: &Path, builtin: &str, replacements: &[(&str, &str)], file: &str) -> TestResult<PathBuf> {
+fn third_party_copy(
+    dir: &Path,
+    builtin: &str,
+    replacements: &[(&str, &str)],
+    file: &str,
+) -> TestResult<PathBuf> {
     let mut bytes = weft::builtin::component(builtin).ok_or("a built-in component")?.to_vec();
     for (from, to) in replacements {
         assert_eq!(from.len(), to.len(), "a replacement keeps the length");
@@ -535,9 +627,18 @@ fn third_party_copy(dir: &Path, builtin: &str, replacements: &[(&str, &str)], fi
 async fn a_path_plugin_in_a_sandbox_run_never_sends_a_request_elsewhere() -> TestResult {
     let production = Production::start().await?;
     let dirs = Dirs::new()?;
-    let plugin = third_party_copy(dirs.files.path(), "growpanel", &[("growpanel", "acmepanel")], "acmepanel.wasm")?;
-    let inspected = stdout_json(&dirs.command().args(["plugin", "inspect", "--json"]).arg(&plugin).output()?)?;
-    assert_eq!((inspected["manifest"]["name"].as_str(), inspected["manifest"]["vendor"].as_str()), (Some("acmepanel"), Some("GrowPanel")));
+    let plugin = third_party_copy(
+        dirs.files.path(),
+        "growpanel",
+        &[("growpanel", "acmepanel")],
+        "acmepanel.wasm",
+    )?;
+    let inspected =
+        stdout_json(&dirs.command().args(["plugin", "inspect", "--json"]).arg(&plugin).output()?)?;
+    assert_eq!(
+        (inspected["manifest"]["name"].as_str(), inspected["manifest"]["vendor"].as_str()),
+        (Some("acmepanel"), Some("GrowPanel"))
+    );
     let key = key_file(dirs.files.path(), "live-key", "gp_live_a_real_key")?;
     let path = dirs.write(
         "third-party.toml",
@@ -547,12 +648,18 @@ async fn a_path_plugin_in_a_sandbox_run_never_sends_a_request_elsewhere() -> Tes
             production.base_url
         ),
     )?;
-    let ran = dirs.command().args(["run", "--sandbox", "--seed", "5", "--json"]).arg(&path).output()?;
+    let ran =
+        dirs.command().args(["run", "--sandbox", "--seed", "5", "--json"]).arg(&path).output()?;
     let summary = stdout_json(&ran)?;
     // The regression: a connection whose plugin is a path was left pointing
     // at its own base URL, with its own credential.
     assert_eq!(production.requests(), Vec::<String>::new(), "a sandbox run reached production");
-    assert_eq!(summary["status"], "succeeded", "{summary:#}\n{}", String::from_utf8_lossy(&ran.stderr));
+    assert_eq!(
+        summary["status"],
+        "succeeded",
+        "{summary:#}\n{}",
+        String::from_utf8_lossy(&ran.stderr)
+    );
     assert_eq!(summary["steps"][0]["counts"]["read"], 5, "the rows came from the seeded emulator");
     assert_eq!(summary["steps"][1]["counts"]["created"], 1);
     Ok(())
@@ -562,7 +669,12 @@ async fn a_path_plugin_in_a_sandbox_run_never_sends_a_request_elsewhere() -> Tes
 async fn a_sandbox_run_whose_plugin_has_no_emulator_is_refused_before_any_request() -> TestResult {
     let production = Production::start().await?;
     let dirs = Dirs::new()?;
-    let plugin = third_party_copy(dirs.files.path(), "growpanel", &[("growpanel", "acmebills"), ("GrowPanel", "AcmeBills")], "acmebills.wasm")?;
+    let plugin = third_party_copy(
+        dirs.files.path(),
+        "growpanel",
+        &[("growpanel", "acmebills"), ("GrowPanel", "AcmeBills")],
+        "acmebills.wasm",
+    )?;
     let key = key_file(dirs.files.path(), "live-key", "ab_live_a_real_key")?;
     let path = dirs.write(
         "no-emulator.toml",
@@ -576,13 +688,20 @@ async fn a_sandbox_run_whose_plugin_has_no_emulator_is_refused_before_any_reques
     let stderr = String::from_utf8_lossy(&ran.stderr);
     assert_eq!(ran.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("no emulator for acmebills (vendor \"AcmeBills\")"), "{stderr}");
-    assert!(stderr.contains("growpanel (GrowPanel)") && stderr.contains("stripe-scim (Stripe)"), "the error lists the emulators: {stderr}");
+    assert!(
+        stderr.contains("growpanel (GrowPanel)") && stderr.contains("stripe-scim (Stripe)"),
+        "the error lists the emulators: {stderr}"
+    );
     assert_eq!(production.requests(), Vec::<String>::new());
 
     // Naming an emulator on the connection is the way out.
-    let named = std::fs::read_to_string(&path)?.replace("settings = { source = \"ds_1\" }", "settings = { source = \"ds_weft_demo\" }\nsandbox = \"growpanel\"");
+    let named = std::fs::read_to_string(&path)?.replace(
+        "settings = { source = \"ds_1\" }",
+        "settings = { source = \"ds_weft_demo\" }\nsandbox = \"growpanel\"",
+    );
     std::fs::write(&path, named)?;
-    let ran = dirs.command().args(["run", "--sandbox", "--seed", "5", "--json"]).arg(&path).output()?;
+    let ran =
+        dirs.command().args(["run", "--sandbox", "--seed", "5", "--json"]).arg(&path).output()?;
     let summary = stdout_json(&ran)?;
     assert_eq!(summary["status"], "succeeded", "{summary:#}");
     assert_eq!(summary["steps"][0]["counts"]["read"], 5);
@@ -593,7 +712,11 @@ async fn a_sandbox_run_whose_plugin_has_no_emulator_is_refused_before_any_reques
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_does_not_resume_a_sandbox_run_against_the_real_base_url() -> TestResult {
     let production = Production::start().await?;
-    let sandbox = weft_sandbox::Sandbox::start(weft_sandbox::SandboxOptions { seed: 5, ..Default::default() }).await?;
+    let sandbox = weft_sandbox::Sandbox::start(weft_sandbox::SandboxOptions {
+        seed: 5,
+        ..Default::default()
+    })
+    .await?;
     let dirs = Dirs::new()?;
     let key = key_file(dirs.files.path(), "live-key", "sk_live_a_real_key")?;
     let path = dirs.write(
@@ -606,14 +729,21 @@ async fn serve_does_not_resume_a_sandbox_run_against_the_real_base_url() -> Test
     // A sandbox run interrupted before its first step, as `weft run
     // --sandbox` leaves one on SIGTERM.
     let run_id = {
-        let runtime = weft::runtime::Runtime::new(weft::runtime::RuntimeConfig { cache_dir: Some(cache_dir()), ..Default::default() })?;
-        let executor = weft::executor::Executor::new(runtime, weft::store::RunStore::open(dirs.state.path())?);
+        let runtime = weft::runtime::Runtime::new(weft::runtime::RuntimeConfig {
+            cache_dir: Some(cache_dir()),
+            ..Default::default()
+        })?;
+        let executor =
+            weft::executor::Executor::new(runtime, weft::store::RunStore::open(dirs.state.path())?);
         let workflow = weft::workflow::Workflow::load(&path)?;
         let endpoints = sandbox.endpoints();
         let stripe = endpoints.iter().find(|e| e.vendor == "stripe").ok_or("a stripe emulator")?;
         let overrides = std::collections::BTreeMap::from([(
             "stripe".to_owned(),
-            weft::executor::ConnectionOverride { base_url: stripe.base_url.clone(), secret: weft::credentials::Secret::new(stripe.api_key.clone()) },
+            weft::executor::ConnectionOverride {
+                base_url: stripe.base_url.clone(),
+                secret: weft::credentials::Secret::new(stripe.api_key.clone()),
+            },
         )]);
         let stop = weft::executor::StopSignal::default();
         stop.shutdown.cancel();
@@ -624,10 +754,20 @@ async fn serve_does_not_resume_a_sandbox_run_against_the_real_base_url() -> Test
             ..Default::default()
         };
         let summary = executor.start(&workflow, &options, &weft::executor::Silent).await?;
-        assert_eq!(summary.status, weft::store::Status::Running, "interrupted, resumable in principle");
+        assert_eq!(
+            summary.status,
+            weft::store::Status::Running,
+            "interrupted, resumable in principle"
+        );
         summary.run_id
     };
-    let mut serve = dirs.command().args(["serve", "--bind", "127.0.0.1:0"]).arg(&path).stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
+    let mut serve = dirs
+        .command()
+        .args(["serve", "--bind", "127.0.0.1:0"])
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
     let address = dirs.state.path().join("weft-serve.json");
     let started = Instant::now();
     let mut status = Value::Null;
@@ -647,10 +787,17 @@ async fn serve_does_not_resume_a_sandbox_run_against_the_real_base_url() -> Test
     let _ = serve.wait()?;
     // The regression: serve resumed it at start against the workflow's own
     // base URL with the workflow's own credential.
-    assert_eq!(production.requests(), Vec::<String>::new(), "serve resumed a sandbox run against production");
+    assert_eq!(
+        production.requests(),
+        Vec::<String>::new(),
+        "serve resumed a sandbox run against production"
+    );
     assert_eq!(status, "failed", "the refused run is marked failed so no later start tries again");
     let shown = stdout_json(&dirs.command().args(["runs", "show", "--json", &run_id]).output()?)?;
-    assert!(shown["error"].as_str().is_some_and(|e| e.contains("in-process emulators")), "{shown:#}");
+    assert!(
+        shown["error"].as_str().is_some_and(|e| e.contains("in-process emulators")),
+        "{shown:#}"
+    );
     sandbox.shutdown().await;
     Ok(())
 }
@@ -660,20 +807,44 @@ fn plugin_check_sandbox_picks_the_emulator_by_vendor_and_lists_them_when_none_fi
     let dirs = Dirs::new()?;
     // The regression: `acmepanel` (vendor GrowPanel) got "the sandbox has
     // no emulator for acmepanel".
-    let plugin = third_party_copy(dirs.files.path(), "growpanel", &[("growpanel", "acmepanel")], "acmepanel.wasm")?;
-    let checked = dirs.command().args(["plugin", "check", "--sandbox", "--json"]).arg(&plugin).output()?;
+    let plugin = third_party_copy(
+        dirs.files.path(),
+        "growpanel",
+        &[("growpanel", "acmepanel")],
+        "acmepanel.wasm",
+    )?;
+    let checked =
+        dirs.command().args(["plugin", "check", "--sandbox", "--json"]).arg(&plugin).output()?;
     let results = stdout_json(&checked)?;
     assert!(checked.status.success(), "{results:#}\n{}", String::from_utf8_lossy(&checked.stderr));
-    assert!(results.as_array().is_some_and(|r| r.iter().any(|r| r["verdict"] == "pass")), "{results:#}");
+    assert!(
+        results.as_array().is_some_and(|r| r.iter().any(|r| r["verdict"] == "pass")),
+        "{results:#}"
+    );
 
-    let other = third_party_copy(dirs.files.path(), "growpanel", &[("growpanel", "acmebills"), ("GrowPanel", "AcmeBills")], "acmebills.wasm")?;
+    let other = third_party_copy(
+        dirs.files.path(),
+        "growpanel",
+        &[("growpanel", "acmebills"), ("GrowPanel", "AcmeBills")],
+        "acmebills.wasm",
+    )?;
     let refused = dirs.command().args(["plugin", "check", "--sandbox"]).arg(&other).output()?;
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success(), "{stderr}");
-    for emulator in ["stripe (Stripe)", "stripe-scim (Stripe)", "baremetrics (Baremetrics)", "metronome (Metronome)", "growpanel (GrowPanel)"] {
+    for emulator in [
+        "stripe (Stripe)",
+        "stripe-scim (Stripe)",
+        "baremetrics (Baremetrics)",
+        "metronome (Metronome)",
+        "growpanel (GrowPanel)",
+    ] {
         assert!(stderr.contains(emulator), "the error lists {emulator}: {stderr}");
     }
-    let named = dirs.command().args(["plugin", "check", "--sandbox", "--emulator", "growpanel", "--json"]).arg(&other).output()?;
+    let named = dirs
+        .command()
+        .args(["plugin", "check", "--sandbox", "--emulator", "growpanel", "--json"])
+        .arg(&other)
+        .output()?;
     assert!(named.status.success(), "{}", String::from_utf8_lossy(&named.stderr));
     Ok(())
 }
@@ -685,7 +856,8 @@ fn runs_list_into_a_closed_pipe_exits_quietly() -> TestResult {
     // `weft runs list | head` once head has had enough.
     let (reader, writer) = std::io::pipe()?;
     drop(reader);
-    let out = dirs.command().args(["runs", "list"]).stdout(writer).stderr(Stdio::piped()).output()?;
+    let out =
+        dirs.command().args(["runs", "list"]).stdout(writer).stderr(Stdio::piped()).output()?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     // The regression: `failed printing to stdout: Broken pipe`, exit 101.
     assert!(!stderr.contains("panicked"), "{stderr}");
@@ -705,7 +877,13 @@ fn a_credential_file_error_says_its_cause_once() -> TestResult {
     let out = dirs.command().arg("run").arg(&path).output()?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains(&format!("connection \"stripe\": cannot read credential file {}", missing.display())), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "connection \"stripe\": cannot read credential file {}",
+            missing.display()
+        )),
+        "{stderr}"
+    );
     // The regression: "…: No such file or directory (os error 2): cannot
     // read credential file …: No such file …: No such file …".
     assert_eq!(stderr.matches("No such file or directory").count(), 1, "{stderr}");
@@ -721,16 +899,23 @@ fn run_names_the_output_files_it_wrote() -> TestResult {
         "[workflow]\nname = \"export\"\n\n[connections.stripe]\nplugin = \"stripe\"\ncredentials = \"env:STRIPE_API_KEY\"\n\n[[step]]\nid = \"export\"\nlist = \"stripe.customers\"\noutput = \"out/customers.jsonl\"\n\n[[step]]\nid = \"never\"\nwhen = \"false\"\nlist = \"stripe.customers\"\noutput = \"out/never.jsonl\"\n",
     )?;
     let file = dirs.files.path().join("out/customers.jsonl");
-    let json = dirs.command().args(["run", "--sandbox", "--seed", "12", "--json"]).arg(&path).output()?;
+    let json =
+        dirs.command().args(["run", "--sandbox", "--seed", "12", "--json"]).arg(&path).output()?;
     let summary = stdout_json(&json)?;
     assert_eq!(summary["status"], "succeeded", "{summary:#}");
-    assert_eq!(summary["output_files"], serde_json::json!([{ "step": "export", "path": file.display().to_string(), "records": 12 }]));
+    assert_eq!(
+        summary["output_files"],
+        serde_json::json!([{ "step": "export", "path": file.display().to_string(), "records": 12 }])
+    );
     assert_eq!(std::fs::read_to_string(&file)?.lines().count(), 12);
 
     let human = dirs.command().args(["run", "--sandbox", "--seed", "12"]).arg(&path).output()?;
     let stderr = String::from_utf8_lossy(&human.stderr);
     assert!(human.status.success(), "{stderr}");
-    assert!(stderr.contains(&format!("wrote {} (12 records, step export)", file.display())), "{stderr}");
+    assert!(
+        stderr.contains(&format!("wrote {} (12 records, step export)", file.display())),
+        "{stderr}"
+    );
     assert!(!stderr.contains("never.jsonl"), "{stderr}");
     Ok(())
 }
@@ -743,15 +928,32 @@ fn a_panic_during_weft_run_marks_the_run_failed_and_exits_3_not_101() -> TestRes
     let dirs = Dirs::new()?;
     let export = Path::new(env!("CARGO_MANIFEST_DIR")).join("../workflows/stripe-export.toml");
     let workflow = std::fs::read_to_string(&export)?;
-    let step = workflow.lines().find_map(|l| l.strip_prefix("id = ")).map(|s| s.trim_matches('"').to_owned()).ok_or("a step id")?;
-    let ran = dirs.command().env("WEFT_TEST_PANIC_AT_STEP", &step).args(["run", "--sandbox", "--seed", "5"]).arg(&export).output()?;
+    let step = workflow
+        .lines()
+        .find_map(|l| l.strip_prefix("id = "))
+        .map(|s| s.trim_matches('"').to_owned())
+        .ok_or("a step id")?;
+    let ran = dirs
+        .command()
+        .env("WEFT_TEST_PANIC_AT_STEP", &step)
+        .args(["run", "--sandbox", "--seed", "5"])
+        .arg(&export)
+        .output()?;
     let stderr = String::from_utf8_lossy(&ran.stderr);
     assert_eq!(ran.status.code(), Some(3), "{stderr}");
-    assert!(stderr.contains("internal error") && stderr.contains("the run is marked failed"), "{stderr}");
+    assert!(
+        stderr.contains("internal error") && stderr.contains("the run is marked failed"),
+        "{stderr}"
+    );
     let listed = stdout_json(&dirs.command().args(["runs", "list", "--json"]).output()?)?;
     let run = &listed[0];
     assert_eq!(run["status"], "failed", "{listed:#}");
-    assert!(run["error"].as_str().is_some_and(|e| e.contains("internal error") && e.contains("WEFT_TEST_PANIC_AT_STEP")), "{run:#}");
+    assert!(
+        run["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("internal error") && e.contains("WEFT_TEST_PANIC_AT_STEP")),
+        "{run:#}"
+    );
     Ok(())
 }
 

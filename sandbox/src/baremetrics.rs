@@ -170,16 +170,8 @@ struct Source {
 }
 
 const SOURCES: [Source; 2] = [
-    Source {
-        id: NATIVE_SOURCE_ID,
-        provider: "baremetrics",
-        provider_id: None,
-    },
-    Source {
-        id: STRIPE_SOURCE_ID,
-        provider: "stripe",
-        provider_id: Some("acct_1WeftSandbox0000"),
-    },
+    Source { id: NATIVE_SOURCE_ID, provider: "baremetrics", provider_id: None },
+    Source { id: STRIPE_SOURCE_ID, provider: "stripe", provider_id: Some("acct_1WeftSandbox0000") },
 ];
 
 impl Source {
@@ -216,21 +208,9 @@ struct Plan {
 }
 
 const PLANS: [Plan; 3] = [
-    Plan {
-        oid: "plan_starter",
-        name: "Starter",
-        amount: 2_900,
-    },
-    Plan {
-        oid: "plan_growth",
-        name: "Growth",
-        amount: 9_900,
-    },
-    Plan {
-        oid: "plan_scale",
-        name: "Scale",
-        amount: 29_900,
-    },
+    Plan { oid: "plan_starter", name: "Starter", amount: 2_900 },
+    Plan { oid: "plan_growth", name: "Growth", amount: 9_900 },
+    Plan { oid: "plan_scale", name: "Scale", amount: 29_900 },
 ];
 
 #[derive(Debug, Clone, PartialEq)]
@@ -274,9 +254,7 @@ fn render_plan(source: Source, plan: &Plan) -> Value {
 
 impl State {
     fn customer_index(&self, source: Source, oid: &str) -> Option<usize> {
-        self.customers
-            .iter()
-            .position(|customer| customer.source == source && customer.oid == oid)
+        self.customers.iter().position(|customer| customer.source == source && customer.oid == oid)
     }
 
     fn subscriptions_of<'a>(
@@ -318,30 +296,18 @@ impl State {
     /// The full form the customer endpoints answer with.
     fn render_customer(&self, customer: &Customer, now: i64) -> Value {
         let mut fields = self.render_customer_short(customer, now);
-        let active: Vec<&Subscription> = self
-            .subscriptions_of(customer)
-            .filter(|s| s.is_active())
-            .collect();
+        let active: Vec<&Subscription> =
+            self.subscriptions_of(customer).filter(|s| s.is_active()).collect();
         let ever_subscribed = self.subscriptions_of(customer).next().is_some();
         let mrr: i64 = active.iter().map(|s| s.plan.amount * s.quantity).sum();
         fields.insert("is_active".into(), (!active.is_empty()).into());
-        fields.insert(
-            "is_canceled".into(),
-            (ever_subscribed && active.is_empty()).into(),
-        );
+        fields.insert("is_canceled".into(), (ever_subscribed && active.is_empty()).into());
         fields.insert("current_mrr".into(), mrr.into());
         fields.insert(
             "current_plans".into(),
-            active
-                .iter()
-                .map(|s| render_plan(customer.source, &s.plan))
-                .collect::<Vec<_>>()
-                .into(),
+            active.iter().map(|s| render_plan(customer.source, &s.plan)).collect::<Vec<_>>().into(),
         );
-        fields.insert(
-            "attributes".into(),
-            Value::Object(customer.attributes.clone()),
-        );
+        fields.insert("attributes".into(), Value::Object(customer.attributes.clone()));
         Value::Object(fields)
     }
 
@@ -399,10 +365,7 @@ impl BaremetricsEmulator {
     /// with an active subscription, some canceled, some with none.
     pub fn new(config: BaremetricsConfig) -> Self {
         let mut rng = StdRng::seed_from_u64(config.rng_seed);
-        let mut state = State {
-            customers: Vec::new(),
-            subscriptions: Vec::new(),
-        };
+        let mut state = State { customers: Vec::new(), subscriptions: Vec::new() };
         for index in 0..config.seed {
             seed_customer(index, &mut state, &mut rng);
         }
@@ -435,15 +398,10 @@ impl BaremetricsEmulator {
         let routes = Router::new()
             .route("/v1/sources", get(list_sources))
             .route("/v1/attributes/fields", get(list_attribute_fields))
-            .route(
-                "/v1/{source_id}/customers",
-                get(list_customers).post(create_customer),
-            )
+            .route("/v1/{source_id}/customers", get(list_customers).post(create_customer))
             .route(
                 "/v1/{source_id}/customers/{oid}",
-                get(retrieve_customer)
-                    .put(replace_customer)
-                    .delete(delete_customer),
+                get(retrieve_customer).put(replace_customer).delete(delete_customer),
             )
             .route("/v1/{source_id}/subscriptions", get(list_subscriptions))
             .fallback(not_found)
@@ -613,10 +571,7 @@ fn paging(pairs: &[(String, String)]) -> Result<Paging, Response> {
     let number = |name: &str, default: usize| match query_value(pairs, name) {
         None => Ok(default),
         Some(text) => text.parse::<usize>().map_err(|_| {
-            error(
-                StatusCode::BAD_REQUEST,
-                &format!("{name} must be a non-negative integer"),
-            )
+            error(StatusCode::BAD_REQUEST, &format!("{name} must be a non-negative integer"))
         }),
     };
     let page = number("page", 0)?;
@@ -627,11 +582,7 @@ fn paging(pairs: &[(String, String)]) -> Result<Paging, Response> {
 fn paged(key: &str, items: Vec<Value>, paging: &Paging) -> Response {
     let total = items.len();
     let start = paging.page.saturating_mul(paging.per_page);
-    let page: Vec<Value> = items
-        .into_iter()
-        .skip(start)
-        .take(paging.per_page)
-        .collect();
+    let page: Vec<Value> = items.into_iter().skip(start).take(paging.per_page).collect();
     let has_more = start.saturating_add(paging.per_page) < total;
     support::json(
         StatusCode::OK,
@@ -652,10 +603,9 @@ fn descending(pairs: &[(String, String)], default_desc: bool) -> Result<bool, Re
         None => Ok(default_desc),
         Some("asc") => Ok(false),
         Some("desc") => Ok(true),
-        Some(other) => Err(error(
-            StatusCode::BAD_REQUEST,
-            &format!("order must be asc or desc, not {other}"),
-        )),
+        Some(other) => {
+            Err(error(StatusCode::BAD_REQUEST, &format!("order must be asc or desc, not {other}")))
+        }
     }
 }
 
@@ -666,14 +616,13 @@ async fn list_customers(
     RawQuery(query): RawQuery,
 ) -> Response {
     let pairs = query_pairs(query.as_deref());
-    let (source, paging, descending) = match (
-        source_or_404(&source_id),
-        paging(&pairs),
-        descending(&pairs, false),
-    ) {
-        (Ok(source), Ok(paging), Ok(descending)) => (source, paging, descending),
-        (Err(response), _, _) | (_, Err(response), _) | (_, _, Err(response)) => return response,
-    };
+    let (source, paging, descending) =
+        match (source_or_404(&source_id), paging(&pairs), descending(&pairs, false)) {
+            (Ok(source), Ok(paging), Ok(descending)) => (source, paging, descending),
+            (Err(response), _, _) | (_, Err(response), _) | (_, _, Err(response)) => {
+                return response;
+            }
+        };
     let by_ltv = match query_value(&pairs, "sort") {
         None | Some("created") => false,
         Some("ltv") => true,
@@ -707,20 +656,14 @@ async fn list_customers(
         .map(|customer| (customer, state.ltv(customer, now)))
         .collect();
     matching.sort_by(|(a, a_ltv), (b, b_ltv)| {
-        let order = if by_ltv {
-            a_ltv.cmp(b_ltv)
-        } else {
-            Ordering::Equal
-        };
+        let order = if by_ltv { a_ltv.cmp(b_ltv) } else { Ordering::Equal };
         order.then(a.created.cmp(&b.created))
     });
     if descending {
         matching.reverse();
     }
-    let rendered = matching
-        .into_iter()
-        .map(|(customer, _)| state.render_customer(customer, now))
-        .collect();
+    let rendered =
+        matching.into_iter().map(|(customer, _)| state.render_customer(customer, now)).collect();
     paged("customers", rendered, &paging)
 }
 
@@ -756,33 +699,27 @@ struct CustomerFields {
 
 fn customer_fields(shared: &Shared, body: &Bytes) -> Result<CustomerFields, Response> {
     let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(body) else {
-        return Err(error(
-            StatusCode::BAD_REQUEST,
-            "Request body must be a JSON object",
-        ));
+        return Err(error(StatusCode::BAD_REQUEST, "Request body must be a JSON object"));
     };
     let text = |name: &str| match fields.get(name) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(value)) => Ok(Some(value.clone())),
-        Some(_) => Err(error(
-            StatusCode::BAD_REQUEST,
-            &format!("{name} must be a string"),
-        )),
+        Some(_) => Err(error(StatusCode::BAD_REQUEST, &format!("{name} must be a string"))),
     };
     // The description (corrected) makes `created` an integer; checked
     // before the handler runs. A number too large for i64 is still refused.
-    let created = match fields.get("created") {
-        None | Some(Value::Null) => None,
-        Some(value) => Some(value.as_i64().ok_or_else(|| {
-            error(StatusCode::BAD_REQUEST, "created must be a Unix timestamp")
-        })?),
-    };
+    let created =
+        match fields.get("created") {
+            None | Some(Value::Null) => None,
+            Some(value) => Some(value.as_i64().ok_or_else(|| {
+                error(StatusCode::BAD_REQUEST, "created must be a Unix timestamp")
+            })?),
+        };
     let attributes = match fields.get("attributes") {
         None | Some(Value::Null) => Map::new(),
         Some(Value::Object(attributes)) => {
-            if let Some(unknown) = attributes
-                .keys()
-                .find(|key| !shared.attribute_fields.contains(key))
+            if let Some(unknown) =
+                attributes.keys().find(|key| !shared.attribute_fields.contains(key))
             {
                 return Err(error(
                     StatusCode::BAD_REQUEST,
@@ -794,10 +731,7 @@ fn customer_fields(shared: &Shared, body: &Bytes) -> Result<CustomerFields, Resp
             attributes.clone()
         }
         Some(_) => {
-            return Err(error(
-                StatusCode::BAD_REQUEST,
-                "attributes must be an object",
-            ));
+            return Err(error(StatusCode::BAD_REQUEST, "attributes must be an object"));
         }
     };
     Ok(CustomerFields {
@@ -825,10 +759,7 @@ async fn create_customer(
     };
     let mut state = shared.write();
     if state.customer_index(source, &oid).is_some() {
-        return error(
-            StatusCode::BAD_REQUEST,
-            &format!("Oid has already been taken: {oid}"),
-        );
+        return error(StatusCode::BAD_REQUEST, &format!("Oid has already been taken: {oid}"));
     }
     let customer = Customer {
         source,
@@ -886,9 +817,7 @@ async fn delete_customer(
         return customer_not_found(&oid);
     };
     state.customers.remove(index);
-    state
-        .subscriptions
-        .retain(|s| !(s.source == source && s.customer_oid == oid));
+    state.subscriptions.retain(|s| !(s.source == source && s.customer_oid == oid));
     support::json(StatusCode::ACCEPTED, &json!({}))
 }
 
@@ -899,14 +828,13 @@ async fn list_subscriptions(
     RawQuery(query): RawQuery,
 ) -> Response {
     let pairs = query_pairs(query.as_deref());
-    let (source, paging, descending) = match (
-        source_or_404(&source_id),
-        paging(&pairs),
-        descending(&pairs, true),
-    ) {
-        (Ok(source), Ok(paging), Ok(descending)) => (source, paging, descending),
-        (Err(response), _, _) | (_, Err(response), _) | (_, _, Err(response)) => return response,
-    };
+    let (source, paging, descending) =
+        match (source_or_404(&source_id), paging(&pairs), descending(&pairs, true)) {
+            (Ok(source), Ok(paging), Ok(descending)) => (source, paging, descending),
+            (Err(response), _, _) | (_, Err(response), _) | (_, _, Err(response)) => {
+                return response;
+            }
+        };
     let customer_oid = query_value(&pairs, "customer_oid");
     let now = support::unix_now();
     let state = shared.read();
@@ -920,9 +848,6 @@ async fn list_subscriptions(
     if descending {
         matching.reverse();
     }
-    let rendered = matching
-        .into_iter()
-        .map(|s| state.render_subscription(s, now))
-        .collect();
+    let rendered = matching.into_iter().map(|s| state.render_subscription(s, now)).collect();
     paged("subscriptions", rendered, &paging)
 }

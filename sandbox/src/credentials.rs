@@ -26,11 +26,7 @@ pub(crate) fn presented_key(headers: &HeaderMap) -> Presented {
     let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
     let rest = rest.trim();
     if scheme.eq_ignore_ascii_case("bearer") {
-        return if rest.is_empty() {
-            Presented::Missing
-        } else {
-            Presented::Key(rest.to_owned())
-        };
+        return if rest.is_empty() { Presented::Missing } else { Presented::Key(rest.to_owned()) };
     }
     if scheme.eq_ignore_ascii_case("basic") {
         let Ok(decoded) = STANDARD.decode(rest) else {
@@ -41,14 +37,8 @@ pub(crate) fn presented_key(headers: &HeaderMap) -> Presented {
         };
         // The password is ignored: Stripe documents it as empty, and curl's
         // `-u key:` sends exactly that.
-        let user = decoded
-            .split_once(':')
-            .map_or(decoded.as_str(), |(user, _)| user);
-        return if user.is_empty() {
-            Presented::Missing
-        } else {
-            Presented::Key(user.to_owned())
-        };
+        let user = decoded.split_once(':').map_or(decoded.as_str(), |(user, _)| user);
+        return if user.is_empty() { Presented::Missing } else { Presented::Key(user.to_owned()) };
     }
     Presented::Missing
 }
@@ -60,10 +50,7 @@ mod tests {
 
     fn with_authorization(value: &str) -> HeaderMap {
         let mut headers = HeaderMap::new();
-        headers.insert(
-            AUTHORIZATION,
-            HeaderValue::from_str(value).expect("valid header"),
-        );
+        headers.insert(AUTHORIZATION, HeaderValue::from_str(value).expect("valid header"));
         headers
     }
 
@@ -92,17 +79,8 @@ mod tests {
     #[test]
     fn other_schemes_and_garbage_count_as_no_key() {
         assert_eq!(presented_key(&HeaderMap::new()), Presented::Missing);
-        assert_eq!(
-            presented_key(&with_authorization("Token abc")),
-            Presented::Missing
-        );
-        assert_eq!(
-            presented_key(&with_authorization("Basic !!!")),
-            Presented::Missing
-        );
-        assert_eq!(
-            presented_key(&with_authorization("Bearer ")),
-            Presented::Missing
-        );
+        assert_eq!(presented_key(&with_authorization("Token abc")), Presented::Missing);
+        assert_eq!(presented_key(&with_authorization("Basic !!!")), Presented::Missing);
+        assert_eq!(presented_key(&with_authorization("Bearer ")), Presented::Missing);
     }
 }

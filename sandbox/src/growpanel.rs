@@ -207,29 +207,17 @@ fn published_limit(method: &Method) -> Option<(&'static str, RateLimit)> {
     PUBLISHED_RATE_LIMITS
         .iter()
         .find(|(name, _)| *name == method.as_str())
-        .map(|&(name, requests)| {
-            (
-                name,
-                RateLimit {
-                    requests,
-                    per: Duration::from_secs(60),
-                },
-            )
-        })
+        .map(|&(name, requests)| (name, RateLimit { requests, per: Duration::from_secs(60) }))
 }
 
 impl GrowPanelEmulator {
     /// An account holding `config.seed` demo customers.
     pub fn new(config: GrowPanelConfig) -> Self {
         let mut rng = StdRng::seed_from_u64(config.rng_seed);
-        let source = config
-            .data_sources
-            .first()
-            .cloned()
-            .unwrap_or_else(|| DEMO_DATA_SOURCE.to_owned());
-        let customers = (0..config.seed)
-            .map(|index| demo_customer(index, &source, &mut rng))
-            .collect();
+        let source =
+            config.data_sources.first().cloned().unwrap_or_else(|| DEMO_DATA_SOURCE.to_owned());
+        let customers =
+            (0..config.seed).map(|index| demo_customer(index, &source, &mut rng)).collect();
         let policy = KeyedPolicy {
             limit_for: if config.enforce_rate_limits {
                 Box::new(published_limit)
@@ -263,15 +251,10 @@ impl GrowPanelEmulator {
     /// [`crate::server::serve`].
     pub fn router(&self) -> Router {
         let routes = Router::new()
-            .route(
-                "/data/customers",
-                get(list_customers).post(create_customers),
-            )
+            .route("/data/customers", get(list_customers).post(create_customers))
             .route(
                 "/data/customers/{id}",
-                get(retrieve_customer)
-                    .put(update_customer)
-                    .delete(delete_customer),
+                get(retrieve_customer).put(update_customer).delete(delete_customer),
             )
             .fallback(not_found)
             .method_not_allowed_fallback(not_found)
@@ -297,11 +280,7 @@ impl GrowPanelEmulator {
     /// Every customer, oldest first, as `GET /data/customers/{id}` renders
     /// them.
     pub fn customers(&self) -> Vec<Value> {
-        self.shared
-            .read()
-            .iter()
-            .map(|customer| Value::Object(customer.clone()))
-            .collect()
+        self.shared.read().iter().map(|customer| Value::Object(customer.clone())).collect()
     }
 
     /// The customer with `id`, if the account has it.
@@ -369,16 +348,10 @@ async fn not_found() -> Response {
 /// The required `source` query parameter, checked against the account.
 fn source_param(shared: &Shared, pairs: &[(String, String)]) -> Result<String, Response> {
     let Some(source) = query_value(pairs, "source").filter(|source| !source.is_empty()) else {
-        return Err(error(
-            StatusCode::BAD_REQUEST,
-            "Missing required query parameter: source",
-        ));
+        return Err(error(StatusCode::BAD_REQUEST, "Missing required query parameter: source"));
     };
     if !shared.data_sources.contains(source) {
-        return Err(error(
-            StatusCode::NOT_FOUND,
-            &format!("Data source not found: {source}"),
-        ));
+        return Err(error(StatusCode::NOT_FOUND, &format!("Data source not found: {source}")));
     }
     Ok(source.to_owned())
 }
@@ -409,10 +382,7 @@ async fn list_customers(State(shared): SharedState, RawQuery(query): RawQuery) -
         .take(limit)
         .map(|customer| Value::Object(customer.clone()))
         .collect();
-    support::json(
-        StatusCode::OK,
-        &json!({ "result": { "count": list.len(), "list": list } }),
-    )
+    support::json(StatusCode::OK, &json!({ "result": { "count": list.len(), "list": list } }))
 }
 
 /// `GET /data/customers/{id}?source=…`.
@@ -427,10 +397,7 @@ async fn retrieve_customer(
         Err(response) => return response,
     };
     let state = shared.read();
-    match state
-        .iter()
-        .find(|customer| has_id(customer, &id) && in_source(customer, &source))
-    {
+    match state.iter().find(|customer| has_id(customer, &id) && in_source(customer, &source)) {
         Some(customer) => support::json(StatusCode::OK, &Value::Object(customer.clone())),
         None => error(StatusCode::NOT_FOUND, &format!("Customer not found: {id}")),
     }
@@ -455,10 +422,7 @@ fn kept_fields(row: &Value, position: Option<usize>) -> Result<Map<String, Value
     };
     for name in REQUIRED_FIELDS {
         if fields.get(name).and_then(Value::as_str).is_none_or(str::is_empty) {
-            return Err(error(
-                StatusCode::BAD_REQUEST,
-                &format!("{at}{name} must not be empty"),
-            ));
+            return Err(error(StatusCode::BAD_REQUEST, &format!("{at}{name} must not be empty")));
         }
     }
     Ok(fields
@@ -470,19 +434,13 @@ fn kept_fields(row: &Value, position: Option<usize>) -> Result<Map<String, Value
 
 /// Checks a well-formed row's content, as GrowPanel's importer does per row.
 fn row_problem(shared: &Shared, row: &Map<String, Value>) -> Option<String> {
-    let text = |name: &str| {
-        row.get(name)
-            .and_then(Value::as_str)
-            .filter(|value| !value.is_empty())
-    };
+    let text = |name: &str| row.get(name).and_then(Value::as_str).filter(|value| !value.is_empty());
     if text("name").is_none() && text("email").is_none() {
         return Some("Email or name is required".to_owned());
     }
     let country = text("country").unwrap_or_default();
     if country.len() != 2 || !country.chars().all(|c| c.is_ascii_alphabetic()) {
-        return Some(format!(
-            "Invalid country: {country} (expected an ISO 3166 alpha-2 code)"
-        ));
+        return Some(format!("Invalid country: {country} (expected an ISO 3166 alpha-2 code)"));
     }
     let source = text("data_source").unwrap_or_default();
     if !shared.data_sources.contains(source) {
@@ -543,17 +501,12 @@ async fn update_customer(
         Ok(body) => body,
         Err(response) => return response,
     }) else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "Request body must be a JSON object",
-        );
+        return error(StatusCode::BAD_REQUEST, "Request body must be a JSON object");
     };
     // Types were checked against the description; what else the body
     // holds is ignored, as the description lists only these three.
-    let updated: Vec<&str> = UPDATABLE_FIELDS
-        .into_iter()
-        .filter(|name| fields.contains_key(*name))
-        .collect();
+    let updated: Vec<&str> =
+        UPDATABLE_FIELDS.into_iter().filter(|name| fields.contains_key(*name)).collect();
     let mut state = shared.write();
     let Some(customer) = state.iter_mut().find(|customer| has_id(customer, &id)) else {
         return error(StatusCode::NOT_FOUND, &format!("Customer not found: {id}"));
@@ -605,10 +558,7 @@ fn demo_customer(index: usize, data_source: &str, rng: &mut StdRng) -> Map<Strin
     let (status, cancel_date) = if roll < 0.2 {
         ("trial", Value::Null)
     } else if roll < 0.35 {
-        (
-            "churned",
-            Value::String(support::rfc3339(paid_started + 90 * 86_400)),
-        )
+        ("churned", Value::String(support::rfc3339(paid_started + 90 * 86_400)))
     } else {
         ("active", Value::Null)
     };
@@ -617,33 +567,16 @@ fn demo_customer(index: usize, data_source: &str, rng: &mut StdRng) -> Map<Strin
     customer.insert("name".into(), name.into());
     customer.insert("email".into(), email.into());
     customer.insert("created_date".into(), support::rfc3339(created).into());
-    customer.insert(
-        "country".into(),
-        (*COUNTRIES.choose(rng).unwrap_or(&"US")).into(),
-    );
-    customer.insert(
-        "trial_started".into(),
-        support::rfc3339(trial_started).into(),
-    );
+    customer.insert("country".into(), (*COUNTRIES.choose(rng).unwrap_or(&"US")).into());
+    customer.insert("trial_started".into(), support::rfc3339(trial_started).into());
     customer.insert(
         "paid_started".into(),
-        if status == "trial" {
-            Value::Null
-        } else {
-            support::rfc3339(paid_started).into()
-        },
+        if status == "trial" { Value::Null } else { support::rfc3339(paid_started).into() },
     );
     customer.insert("cancel_date".into(), cancel_date);
     customer.insert("status".into(), status.into());
-    customer.insert(
-        "currency".into(),
-        (*CURRENCIES.choose(rng).unwrap_or(&"USD")).into(),
-    );
-    let segment = if rng.random_bool(0.3) {
-        "enterprise"
-    } else {
-        "smb"
-    };
+    customer.insert("currency".into(), (*CURRENCIES.choose(rng).unwrap_or(&"USD")).into());
+    let segment = if rng.random_bool(0.3) { "enterprise" } else { "smb" };
     customer.insert("custom_variables".into(), json!({ "segment": segment }));
     customer.insert("data_source".into(), data_source.into());
     customer

@@ -211,26 +211,11 @@ impl Sandbox {
         let stripe_scim_server =
             server::serve(stripe_scim.router(), at(options.stripe_scim_port)).await?;
         Ok(Sandbox {
-            stripe: StripeHandle {
-                emulator: stripe,
-                server: stripe_server,
-            },
-            baremetrics: BaremetricsHandle {
-                emulator: baremetrics,
-                server: baremetrics_server,
-            },
-            metronome: MetronomeHandle {
-                emulator: metronome,
-                server: metronome_server,
-            },
-            growpanel: GrowPanelHandle {
-                emulator: growpanel,
-                server: growpanel_server,
-            },
-            stripe_scim: StripeScimHandle {
-                emulator: stripe_scim,
-                server: stripe_scim_server,
-            },
+            stripe: StripeHandle { emulator: stripe, server: stripe_server },
+            baremetrics: BaremetricsHandle { emulator: baremetrics, server: baremetrics_server },
+            metronome: MetronomeHandle { emulator: metronome, server: metronome_server },
+            growpanel: GrowPanelHandle { emulator: growpanel, server: growpanel_server },
+            stripe_scim: StripeScimHandle { emulator: stripe_scim, server: stripe_scim_server },
         })
     }
 
@@ -283,12 +268,9 @@ mod tests {
 
     #[tokio::test]
     async fn sandbox_serves_seeded_stripe_customers_at_its_endpoint() {
-        let sandbox = Sandbox::start(SandboxOptions {
-            seed: 3,
-            ..SandboxOptions::default()
-        })
-        .await
-        .expect("sandbox starts");
+        let sandbox = Sandbox::start(SandboxOptions { seed: 3, ..SandboxOptions::default() })
+            .await
+            .expect("sandbox starts");
         let endpoints = sandbox.endpoints();
         let stripe = &endpoints[0];
         assert_eq!(stripe.vendor, "stripe");
@@ -310,37 +292,16 @@ mod tests {
 
     #[tokio::test]
     async fn two_sandboxes_with_the_same_options_serve_the_same_customers() {
-        let options = SandboxOptions {
-            seed: 5,
-            ..SandboxOptions::default()
-        };
+        let options = SandboxOptions { seed: 5, ..SandboxOptions::default() };
         let first = Sandbox::start(options.clone()).await.expect("first starts");
         let second = Sandbox::start(options).await.expect("second starts");
+        assert_eq!(first.stripe.emulator.customers(), second.stripe.emulator.customers());
+        assert_eq!(first.metronome.emulator.customers(), second.metronome.emulator.customers());
+        assert_eq!(first.growpanel.emulator.customers(), second.growpanel.emulator.customers());
+        assert_eq!(first.stripe_scim.emulator.users(), second.stripe_scim.emulator.users());
         assert_eq!(
-            first.stripe.emulator.customers(),
-            second.stripe.emulator.customers()
-        );
-        assert_eq!(
-            first.metronome.emulator.customers(),
-            second.metronome.emulator.customers()
-        );
-        assert_eq!(
-            first.growpanel.emulator.customers(),
-            second.growpanel.emulator.customers()
-        );
-        assert_eq!(
-            first.stripe_scim.emulator.users(),
-            second.stripe_scim.emulator.users()
-        );
-        assert_eq!(
-            first
-                .baremetrics
-                .emulator
-                .customers(baremetrics::NATIVE_SOURCE_ID),
-            second
-                .baremetrics
-                .emulator
-                .customers(baremetrics::NATIVE_SOURCE_ID)
+            first.baremetrics.emulator.customers(baremetrics::NATIVE_SOURCE_ID),
+            second.baremetrics.emulator.customers(baremetrics::NATIVE_SOURCE_ID)
         );
         first.shutdown().await;
         second.shutdown().await;
@@ -348,31 +309,14 @@ mod tests {
 
     #[tokio::test]
     async fn sandbox_endpoints_name_every_vendor_with_its_base_url_and_key() {
-        let sandbox = Sandbox::start(SandboxOptions {
-            seed: 4,
-            ..SandboxOptions::default()
-        })
-        .await
-        .expect("sandbox starts");
+        let sandbox = Sandbox::start(SandboxOptions { seed: 4, ..SandboxOptions::default() })
+            .await
+            .expect("sandbox starts");
         let endpoints = sandbox.endpoints();
         let vendors: Vec<&str> = endpoints.iter().map(|e| e.vendor).collect();
-        assert_eq!(
-            vendors,
-            [
-                "stripe",
-                "baremetrics",
-                "metronome",
-                "growpanel",
-                "stripe-scim"
-            ]
-        );
-        let find = |vendor: &str| {
-            endpoints
-                .iter()
-                .find(|e| e.vendor == vendor)
-                .expect("listed")
-                .clone()
-        };
+        assert_eq!(vendors, ["stripe", "baremetrics", "metronome", "growpanel", "stripe-scim"]);
+        let find =
+            |vendor: &str| endpoints.iter().find(|e| e.vendor == vendor).expect("listed").clone();
         assert_ne!(find("stripe").api_key, find("stripe-scim").api_key);
         assert!(find("metronome").base_url.ends_with("/v1"));
 
@@ -392,20 +336,12 @@ mod tests {
         };
         let baremetrics = find("baremetrics");
         assert_eq!(
-            status(
-                format!("{}/v1/sources", baremetrics.base_url),
-                baremetrics.api_key
-            )
-            .await,
+            status(format!("{}/v1/sources", baremetrics.base_url), baremetrics.api_key).await,
             200
         );
         let metronome = find("metronome");
         assert_eq!(
-            status(
-                format!("{}/customers", metronome.base_url),
-                metronome.api_key
-            )
-            .await,
+            status(format!("{}/customers", metronome.base_url), metronome.api_key).await,
             200
         );
         let growpanel = find("growpanel");
@@ -422,10 +358,7 @@ mod tests {
             200
         );
         let scim = find("stripe-scim");
-        assert_eq!(
-            status(format!("{}/scim/v2/Users", scim.base_url), scim.api_key).await,
-            200
-        );
+        assert_eq!(status(format!("{}/scim/v2/Users", scim.base_url), scim.api_key).await, 200);
         assert_eq!(sandbox.baremetrics.emulator.customer_count(), 4);
         assert_eq!(sandbox.metronome.emulator.customer_count(), 4);
         assert_eq!(sandbox.growpanel.emulator.customer_count(), 4);

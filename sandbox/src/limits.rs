@@ -178,11 +178,7 @@ impl Limits {
 
     /// Takes a token from `bucket`, or says there was none.
     fn admit(&self, bucket: &Bucket, now: Instant) -> bool {
-        let mut buckets = self
-            .inner
-            .buckets
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut buckets = self.inner.buckets.lock().unwrap_or_else(PoisonError::into_inner);
         let tokens = buckets
             .entry(bucket.key.clone())
             .or_insert_with(|| TokenBucket::full(bucket.limit, now));
@@ -192,23 +188,13 @@ impl Limits {
     fn plan(&self) -> Plan {
         let faults = &self.inner.faults;
         if faults.rate_429 <= 0.0 && faults.rate_500 <= 0.0 && faults.truncate_rate <= 0.0 {
-            return Plan {
-                fail: None,
-                truncate: false,
-            };
+            return Plan { fail: None, truncate: false };
         }
-        let mut dice = self
-            .inner
-            .dice
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut dice = self.inner.dice.lock().unwrap_or_else(PoisonError::into_inner);
         // One roll per kind, every time, so the sequence of faults depends
         // only on the seed and the number of requests.
-        let (roll_429, roll_500, roll_truncate) = (
-            dice.random::<f64>(),
-            dice.random::<f64>(),
-            dice.random::<f64>(),
-        );
+        let (roll_429, roll_500, roll_truncate) =
+            (dice.random::<f64>(), dice.random::<f64>(), dice.random::<f64>());
         let fail = if roll_429 < faults.rate_429 {
             Some(FaultKind::TooManyRequests)
         } else if roll_500 < faults.rate_500 {
@@ -216,10 +202,7 @@ impl Limits {
         } else {
             None
         };
-        Plan {
-            fail,
-            truncate: fail.is_none() && roll_truncate < faults.truncate_rate,
-        }
+        Plan { fail, truncate: fail.is_none() && roll_truncate < faults.truncate_rate }
     }
 }
 
@@ -293,10 +276,7 @@ struct TokenBucket {
 
 impl TokenBucket {
     fn full(limit: RateLimit, now: Instant) -> Self {
-        Self {
-            tokens: f64::from(limit.requests),
-            refilled: now,
-        }
+        Self { tokens: f64::from(limit.requests), refilled: now }
     }
 
     fn take(&mut self, limit: RateLimit, now: Instant) -> bool {
@@ -321,10 +301,7 @@ impl TokenBucket {
 mod tests {
     use super::*;
 
-    const TEN_PER_SECOND: RateLimit = RateLimit {
-        requests: 10,
-        per: Duration::from_secs(1),
-    };
+    const TEN_PER_SECOND: RateLimit = RateLimit { requests: 10, per: Duration::from_secs(1) };
 
     #[test]
     fn a_full_bucket_admits_a_burst_of_its_size_then_refuses() {
@@ -357,12 +334,6 @@ mod tests {
     #[test]
     fn fault_config_default_injects_nothing() {
         assert!(!FaultConfig::default().is_active());
-        assert!(
-            FaultConfig {
-                latency_ms: 1,
-                ..FaultConfig::default()
-            }
-            .is_active()
-        );
+        assert!(FaultConfig { latency_ms: 1, ..FaultConfig::default() }.is_active());
     }
 }

@@ -195,9 +195,8 @@ impl CustomerPlan {
             "custom_fields": {},
         });
         if let Some(ending_before) = self.ending_before {
-            plan["ending_before"] = support::rfc3339(ending_before)
-                .replace(".000Z", "+00:00")
-                .into();
+            plan["ending_before"] =
+                support::rfc3339(ending_before).replace(".000Z", "+00:00").into();
         }
         plan
     }
@@ -316,14 +315,8 @@ impl MetronomeEmulator {
             .route("/v1/customers/archive", post(archive_customer))
             .route("/v1/customers/{customer_id}", get(retrieve_customer))
             .route("/v1/customers/{customer_id}/setName", post(set_name))
-            .route(
-                "/v1/customers/{customer_id}/setIngestAliases",
-                post(set_ingest_aliases),
-            )
-            .route(
-                "/v1/customers/{customer_id}/updateConfig",
-                post(update_config),
-            )
+            .route("/v1/customers/{customer_id}/setIngestAliases", post(set_ingest_aliases))
+            .route("/v1/customers/{customer_id}/updateConfig", post(update_config))
             .route("/v1/customers/{customer_id}/plans", get(list_plans))
             .fallback(not_found)
             .method_not_allowed_fallback(not_found)
@@ -343,12 +336,7 @@ impl MetronomeEmulator {
 
     /// Customers not archived.
     pub fn customer_count(&self) -> usize {
-        self.shared
-            .read()
-            .customers
-            .iter()
-            .filter(|customer| !customer.archived)
-            .count()
+        self.shared.read().customers.iter().filter(|customer| !customer.archived).count()
     }
 
     /// Every customer not archived, oldest first, as the API renders them.
@@ -370,10 +358,7 @@ impl MetronomeEmulator {
 
     /// Whether the customer with `id` is archived; `None` if unknown.
     pub fn is_archived(&self, id: &str) -> Option<bool> {
-        self.shared
-            .read()
-            .customer(id)
-            .map(|customer| customer.archived)
+        self.shared.read().customer(id).map(|customer| customer.archived)
     }
 
     /// Ids of the customers that have a plan active now.
@@ -423,10 +408,8 @@ fn demo_customer(index: usize, state: &mut State) -> Customer {
             }]
         }
     };
-    let salesforce_account_id = state
-        .rng
-        .random_bool(0.5)
-        .then(|| format!("0015500001{:08X}", state.rng.random::<u32>()));
+    let salesforce_account_id =
+        state.rng.random_bool(0.5).then(|| format!("0015500001{:08X}", state.rng.random::<u32>()));
     Customer {
         id,
         external_id: email.clone(),
@@ -448,10 +431,7 @@ async fn not_found() -> Response {
 fn parse_object(body: &Bytes) -> Result<Map<String, Value>, Response> {
     match serde_json::from_slice(body) {
         Ok(Value::Object(fields)) => Ok(fields),
-        _ => Err(error(
-            StatusCode::BAD_REQUEST,
-            "Request body must be a JSON object",
-        )),
+        _ => Err(error(StatusCode::BAD_REQUEST, "Request body must be a JSON object")),
     }
 }
 
@@ -482,10 +462,7 @@ fn string_field(fields: &Map<String, Value>, name: &str) -> Result<Option<String
     match fields.get(name) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(value)) => Ok(Some(value.clone())),
-        Some(_) => Err(error(
-            StatusCode::BAD_REQUEST,
-            &format!("{name} must be a string"),
-        )),
+        Some(_) => Err(error(StatusCode::BAD_REQUEST, &format!("{name} must be a string"))),
     }
 }
 
@@ -520,10 +497,7 @@ fn alias_list(fields: &Map<String, Value>) -> Result<Option<Vec<String>>, Respon
 }
 
 fn alias_conflict(alias: &str) -> Response {
-    error(
-        StatusCode::CONFLICT,
-        &format!("A customer with ingest alias {alias} already exists"),
-    )
+    error(StatusCode::CONFLICT, &format!("A customer with ingest alias {alias} already exists"))
 }
 
 /// Where a page starts: after the customer at this position.
@@ -576,10 +550,7 @@ fn page(
         data.push((position, item));
     }
     let data: Vec<Value> = data.into_iter().map(|(_, item)| item).collect();
-    support::json(
-        StatusCode::OK,
-        &json!({ "data": data, "next_page": next_page }),
-    )
+    support::json(StatusCode::OK, &json!({ "data": data, "next_page": next_page }))
 }
 
 /// `GET /v1/customers`.
@@ -605,10 +576,7 @@ async fn list_customers(AxumState(shared): SharedState, RawQuery(query): RawQuer
         .filter(|id| !id.is_empty())
         .collect();
     if ids.len() > MAX_CUSTOMER_IDS {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "customer_ids accepts at most 100 ids",
-        );
+        return error(StatusCode::BAD_REQUEST, "customer_ids accepts at most 100 ids");
     }
     let state = shared.read();
     let matching = state
@@ -637,10 +605,7 @@ async fn create_customer(AxumState(shared): SharedState, body: Bytes) -> Respons
     };
     let external_id = match string_field(&fields, "external_id") {
         Ok(Some(id)) if !(1..=MAX_ALIAS_LENGTH).contains(&id.chars().count()) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "external_id must be 1 to 128 characters",
-            );
+            return error(StatusCode::BAD_REQUEST, "external_id must be 1 to 128 characters");
         }
         Ok(id) => id,
         Err(response) => return response,
@@ -654,10 +619,7 @@ async fn create_customer(AxumState(shared): SharedState, body: Bytes) -> Respons
     {
         aliases.insert(0, external_id.clone());
     }
-    if fields
-        .get("billing_config")
-        .is_some_and(|config| !config.is_object())
-    {
+    if fields.get("billing_config").is_some_and(|config| !config.is_object()) {
         return error(StatusCode::BAD_REQUEST, "billing_config must be an object");
     }
     let mut state = shared.write();
@@ -666,9 +628,7 @@ async fn create_customer(AxumState(shared): SharedState, body: Bytes) -> Respons
     }
     let id = state.new_id();
     let customer = Customer {
-        external_id: external_id
-            .or_else(|| aliases.first().cloned())
-            .unwrap_or_else(|| id.clone()),
+        external_id: external_id.or_else(|| aliases.first().cloned()).unwrap_or_else(|| id.clone()),
         id,
         ingest_aliases: aliases,
         name,
@@ -706,10 +666,9 @@ fn with_live_customer(
     let mut state = shared.write();
     match state.customer(id) {
         None => customer_not_found(id),
-        Some(customer) if customer.archived => error(
-            StatusCode::BAD_REQUEST,
-            &format!("Customer {id} is archived"),
-        ),
+        Some(customer) if customer.archived => {
+            error(StatusCode::BAD_REQUEST, &format!("Customer {id} is archived"))
+        }
         Some(_) => change(&mut state),
     }
 }
@@ -790,10 +749,9 @@ async fn archive_customer(AxumState(shared): SharedState, body: Bytes) -> Respon
     let mut state = shared.write();
     match state.customer_mut(&id) {
         None => customer_not_found(&id),
-        Some(customer) if customer.archived => error(
-            StatusCode::BAD_REQUEST,
-            &format!("Customer {id} is already archived"),
-        ),
+        Some(customer) if customer.archived => {
+            error(StatusCode::BAD_REQUEST, &format!("Customer {id} is already archived"))
+        }
         Some(customer) => {
             customer.archived = true;
             data(json!({ "id": id }))
@@ -819,11 +777,7 @@ async fn list_plans(
     let Some(customer) = state.customer(&id) else {
         return customer_not_found(&id);
     };
-    let plans = customer
-        .plans
-        .iter()
-        .rev()
-        .enumerate()
-        .map(|(position, plan)| (position, plan.render()));
+    let plans =
+        customer.plans.iter().rev().enumerate().map(|(position, plan)| (position, plan.render()));
     page(plans, after, limit)
 }

@@ -76,10 +76,7 @@ impl RequestLog {
     /// How many recorded requests satisfy `predicate`, without copying the
     /// log.
     pub fn count_where(&self, predicate: impl Fn(&RecordedRequest) -> bool) -> usize {
-        self.lock()
-            .iter()
-            .filter(|request| predicate(request))
-            .count()
+        self.lock().iter().filter(|request| predicate(request)).count()
     }
 
     /// Appends `request` to the log.
@@ -123,10 +120,7 @@ pub async fn record(State(log): State<RequestLog>, request: Request, next: Next)
     let bytes = match to_bytes(body, MAX_BODY_BYTES).await {
         Ok(bytes) => bytes,
         Err(_) => {
-            let response = (
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "request body too large or unreadable",
-            )
+            let response = (StatusCode::PAYLOAD_TOO_LARGE, "request body too large or unreadable")
                 .into_response();
             recorded.status = response.status().as_u16();
             log.push(recorded);
@@ -135,9 +129,7 @@ pub async fn record(State(log): State<RequestLog>, request: Request, next: Next)
     };
     recorded.body = String::from_utf8_lossy(&bytes).into_owned();
 
-    let response = next
-        .run(Request::from_parts(parts, Body::from(bytes)))
-        .await;
+    let response = next.run(Request::from_parts(parts, Body::from(bytes))).await;
     recorded.status = response.status().as_u16();
     recorded.injected_fault = response.extensions().get::<FaultKind>().copied();
     log.push(recorded);
@@ -152,13 +144,12 @@ mod tests {
     #[tokio::test]
     async fn the_log_records_method_path_query_key_body_and_status() {
         let log = RequestLog::new();
-        let router = log.wrap(Router::new().route(
-            "/things",
-            post(|body: String| async move { (StatusCode::CREATED, body) }),
-        ));
-        let server = crate::server::serve(router, crate::server::LOOPBACK_ANY_PORT)
-            .await
-            .expect("binds");
+        let router = log.wrap(
+            Router::new()
+                .route("/things", post(|body: String| async move { (StatusCode::CREATED, body) })),
+        );
+        let server =
+            crate::server::serve(router, crate::server::LOOPBACK_ANY_PORT).await.expect("binds");
         let client = reqwest::Client::new();
         let echoed = client
             .post(format!("{}/things?x=1", server.base_url()))

@@ -49,11 +49,7 @@ pub async fn serve(router: Router, addr: SocketAddr) -> io::Result<RunningServer
             })
             .await
     });
-    Ok(RunningServer {
-        local_addr,
-        stop,
-        task,
-    })
+    Ok(RunningServer { local_addr, stop, task })
 }
 
 impl RunningServer {
@@ -107,14 +103,8 @@ mod tests {
         assert!(url.starts_with("http://127.0.0.1:"), "{url}");
 
         let client = reqwest::Client::new();
-        let text = client
-            .get(&url)
-            .send()
-            .await
-            .expect("request succeeds")
-            .text()
-            .await
-            .expect("body");
+        let text =
+            client.get(&url).send().await.expect("request succeeds").text().await.expect("body");
         assert_eq!(text, "hello");
 
         server.shutdown().await;
@@ -123,9 +113,7 @@ mod tests {
 
     #[tokio::test]
     async fn base_url_of_an_unspecified_address_points_at_loopback() {
-        let server = serve(Router::new(), "0.0.0.0:0".parse().expect("addr"))
-            .await
-            .expect("binds");
+        let server = serve(Router::new(), "0.0.0.0:0".parse().expect("addr")).await.expect("binds");
         assert!(server.base_url().starts_with("http://127.0.0.1:"));
         server.shutdown().await;
     }

@@ -150,12 +150,7 @@ pub(crate) struct Violation {
 impl Violation {
     /// A violation of the request as a whole, in the validator's words.
     pub fn other(part: Part, message: impl Into<String>) -> Self {
-        Self {
-            part,
-            path: Vec::new(),
-            problem: Problem::Other(message.into()),
-            value: Value::Null,
-        }
+        Self { part, path: Vec::new(), problem: Problem::Other(message.into()), value: Value::Null }
     }
 
     /// The field, dotted: `custom_variables.seats`, `[2].country`; empty
@@ -252,10 +247,7 @@ impl Compiled {
             .with_draft(Draft::Draft202012)
             .should_validate_formats(true)
             .build(&schema)
-            .map_err(|error| SpecError {
-                vendor,
-                message: format!("{at}: {error}"),
-            })?;
+            .map_err(|error| SpecError { vendor, message: format!("{at}: {error}") })?;
         Ok(Self { schema, validator })
     }
 
@@ -286,7 +278,9 @@ fn violation(part: Part, error: &ValidationError<'_>) -> Violation {
     let problem = match error.kind() {
         ValidationErrorKind::Type { kind } => Problem::Type(match kind {
             TypeKind::Single(kind) => vec![kind.as_str().to_owned()],
-            TypeKind::Multiple(kinds) => kinds.iter().map(|kind| kind.as_str().to_owned()).collect(),
+            TypeKind::Multiple(kinds) => {
+                kinds.iter().map(|kind| kind.as_str().to_owned()).collect()
+            }
         }),
         ValidationErrorKind::Required { property } => {
             path.push(Step::Field(property.as_str().unwrap_or_default().to_owned()));
@@ -297,8 +291,12 @@ fn violation(part: Part, error: &ValidationError<'_>) -> Violation {
             let value = path_value(&value, path.last());
             return Violation { part, path, problem: Problem::Unknown, value };
         }
-        ValidationErrorKind::Enum { options } => Problem::Enum(options.as_array().cloned().unwrap_or_default()),
-        ValidationErrorKind::Constant { expected_value } => Problem::Enum(vec![Value::clone(expected_value)]),
+        ValidationErrorKind::Enum { options } => {
+            Problem::Enum(options.as_array().cloned().unwrap_or_default())
+        }
+        ValidationErrorKind::Constant { expected_value } => {
+            Problem::Enum(vec![Value::clone(expected_value)])
+        }
         ValidationErrorKind::MaxLength { limit } => Problem::TooLong(*limit),
         ValidationErrorKind::MinLength { limit } => Problem::TooShort(*limit),
         ValidationErrorKind::MaxItems { limit } => Problem::TooMany(*limit),
@@ -329,14 +327,22 @@ fn path_value(object: &Value, step: Option<&Step>) -> Value {
 /// the alternative of its own type (a row whose `custom_variables.seats`
 /// is a number is an object with a bad field, not "not an array"), or,
 /// when it is of no alternative's type, the list of types.
-fn closest_branch(part: Part, at: &[Step], value: &Value, context: &[Vec<ValidationError<'static>>]) -> Violation {
+fn closest_branch(
+    part: Part,
+    at: &[Step],
+    value: &Value,
+    context: &[Vec<ValidationError<'static>>],
+) -> Violation {
     let depth = at.len();
     let wrong_type_here = |errors: &Vec<ValidationError<'static>>| {
         errors.iter().any(|error| {
-            error.instance_path().iter().count() == depth && matches!(error.kind(), ValidationErrorKind::Type { .. })
+            error.instance_path().iter().count() == depth
+                && matches!(error.kind(), ValidationErrorKind::Type { .. })
         })
     };
-    if let Some(first) = context.iter().find(|errors| !wrong_type_here(errors)).and_then(|errors| errors.first()) {
+    if let Some(first) =
+        context.iter().find(|errors| !wrong_type_here(errors)).and_then(|errors| errors.first())
+    {
         return violation(part, first);
     }
     let mut kinds = Vec::new();
@@ -345,7 +351,9 @@ fn closest_branch(part: Part, at: &[Step], value: &Value, context: &[Vec<Validat
             if let ValidationErrorKind::Type { kind } = error.kind() {
                 let named: Vec<String> = match kind {
                     TypeKind::Single(kind) => vec![kind.as_str().to_owned()],
-                    TypeKind::Multiple(kinds) => kinds.iter().map(|kind| kind.as_str().to_owned()).collect(),
+                    TypeKind::Multiple(kinds) => {
+                        kinds.iter().map(|kind| kind.as_str().to_owned()).collect()
+                    }
                 };
                 for name in named {
                     if !kinds.contains(&name) {
@@ -355,38 +363,46 @@ fn closest_branch(part: Part, at: &[Step], value: &Value, context: &[Vec<Validat
             }
         }
     }
-    Violation {
-        part,
-        path: at.to_vec(),
-        problem: Problem::Type(kinds),
-        value: value.clone(),
-    }
+    Violation { part, path: at.to_vec(), problem: Problem::Type(kinds), value: value.clone() }
 }
 
 impl Spec {
     /// Compiles an extract from `sandbox/specs`.
     fn load(vendor: &'static str, text: &str) -> Result<Spec, SpecError> {
         let fail = |message: String| SpecError { vendor, message };
-        let document: Value = serde_json::from_str(text).map_err(|error| fail(format!("not JSON: {error}")))?;
+        let document: Value =
+            serde_json::from_str(text).map_err(|error| fail(format!("not JSON: {error}")))?;
         let refuses_unknown = document["unknown_parameters"] == "refused";
         let mut operations = Vec::new();
         for operation in document["operations"].as_array().into_iter().flatten() {
-            let method = operation["method"].as_str().ok_or_else(|| fail("an operation without a method".into()))?;
-            let template = operation["path"].as_str().ok_or_else(|| fail("an operation without a path".into()))?;
+            let method = operation["method"]
+                .as_str()
+                .ok_or_else(|| fail("an operation without a method".into()))?;
+            let template = operation["path"]
+                .as_str()
+                .ok_or_else(|| fail("an operation without a path".into()))?;
             let name = format!("{method} {template}");
             let segments: Vec<Option<String>> = template
                 .split('/')
-                .map(|segment| (!(segment.starts_with('{') && segment.ends_with('}'))).then(|| segment.to_owned()))
+                .map(|segment| {
+                    (!(segment.starts_with('{') && segment.ends_with('}')))
+                        .then(|| segment.to_owned())
+                })
                 .collect();
             let parameter_names = template
                 .split('/')
                 .filter_map(|segment| segment.strip_prefix('{')?.strip_suffix('}'))
                 .map(str::to_owned)
                 .collect();
-            let compile = |key: &str| Compiled::new(vendor, &format!("{name} {key}"), operation[key].clone());
+            let compile =
+                |key: &str| Compiled::new(vendor, &format!("{name} {key}"), operation[key].clone());
             let body = match operation.get("body") {
                 Some(Value::Object(body)) => Some(Body {
-                    schema: Compiled::new(vendor, &format!("{name} body"), body.get("schema").cloned().unwrap_or(Value::Bool(true)))?,
+                    schema: Compiled::new(
+                        vendor,
+                        &format!("{name} body"),
+                        body.get("schema").cloned().unwrap_or(Value::Bool(true)),
+                    )?,
                 }),
                 _ => None,
             };
@@ -435,10 +451,20 @@ impl Spec {
         }
         let (operation, _) = best?;
         let mut parameters = serde_json::Map::new();
-        let values = operation.segments.iter().zip(&given).filter(|(want, _)| want.is_none()).map(|(_, have)| *have);
+        let values = operation
+            .segments
+            .iter()
+            .zip(&given)
+            .filter(|(want, _)| want.is_none())
+            .map(|(_, have)| *have);
         for (name, value) in operation.parameter_names.iter().zip(values) {
             let text = percent_decode(value);
-            let schema = operation.path.schema.get("properties").and_then(|p| p.get(name)).unwrap_or(&Value::Null);
+            let schema = operation
+                .path
+                .schema
+                .get("properties")
+                .and_then(|p| p.get(name))
+                .unwrap_or(&Value::Null);
             parameters.insert(name.clone(), decode::scalar(&text, schema));
         }
         Some((operation, Value::Object(parameters)))
@@ -585,7 +611,10 @@ mod tests {
         for (loaded, served) in routes {
             let spec = loaded.as_ref().expect("compiles");
             for (method, path) in served {
-                assert!(spec.find(method, path).is_some(), "no described operation for {method} {path}");
+                assert!(
+                    spec.find(method, path).is_some(),
+                    "no described operation for {method} {path}"
+                );
             }
         }
     }
@@ -614,24 +643,33 @@ mod tests {
         let body = &put.body.as_ref().expect("a body").schema;
         let error = body.check(Part::Body, &json!({ "name": null })).expect_err("null name");
         assert_eq!(error.to_string(), "name must be string");
-        let error = body.check(Part::Body, &json!({ "custom_variables": { "seats": 5 } })).expect_err("a number");
+        let error = body
+            .check(Part::Body, &json!({ "custom_variables": { "seats": 5 } }))
+            .expect_err("a number");
         assert_eq!(error.to_string(), "custom_variables.seats must be string");
         assert_eq!(error.bracketed(), "custom_variables[seats]");
-        assert!(body.check(Part::Body, &json!({ "name": "x", "status": "ignored" })).is_ok(), "open objects");
+        assert!(
+            body.check(Part::Body, &json!({ "name": "x", "status": "ignored" })).is_ok(),
+            "open objects"
+        );
     }
 
     #[test]
     fn a_value_of_one_alternatives_type_is_judged_by_that_alternative() {
         let (post, _) = growpanel().find("POST", "/data/customers").expect("post");
         let body = &post.body.as_ref().expect("a body").schema;
-        let row = json!({ "id": "c", "created_date": "2024-01-01", "country": "US", "data_source": "d" });
+        let row =
+            json!({ "id": "c", "created_date": "2024-01-01", "country": "US", "data_source": "d" });
         assert!(body.check(Part::Body, &row).is_ok());
         let mut bad = row.clone();
         bad["custom_variables"] = json!({ "vip": true });
         let error = body.check(Part::Body, &json!([row, bad])).expect_err("a boolean");
         assert_eq!(error.to_string(), "[1].custom_variables.vip must be string");
         let error = body.check(Part::Body, &json!({ "id": "c" })).expect_err("missing");
-        assert_eq!((&error.problem, error.field()), (&Problem::Required, "created_date".to_owned()));
+        assert_eq!(
+            (&error.problem, error.field()),
+            (&Problem::Required, "created_date".to_owned())
+        );
         let error = body.check(Part::Body, &json!("text")).expect_err("neither");
         assert_eq!(error.to_string(), "the request body must be object or array");
     }
@@ -640,12 +678,22 @@ mod tests {
     fn query_parameters_are_typed_before_they_are_judged() {
         let metronome = METRONOME.as_ref().expect("compiles");
         let (list, _) = metronome.find("GET", "/v1/customers").expect("list");
-        let pairs = |query: &str| -> Vec<(String, String)> { form_urlencoded::parse(query.as_bytes()).into_owned().collect() };
+        let pairs = |query: &str| -> Vec<(String, String)> {
+            form_urlencoded::parse(query.as_bytes()).into_owned().collect()
+        };
         let query = |text: &str| decode::query(&pairs(text), &list.query.schema, false);
-        assert!(list.query.check(Part::Query, &query("limit=5&only_archived=true&customer_ids=a&customer_ids=b")).is_ok());
+        assert!(
+            list.query
+                .check(
+                    Part::Query,
+                    &query("limit=5&only_archived=true&customer_ids=a&customer_ids=b")
+                )
+                .is_ok()
+        );
         let error = list.query.check(Part::Query, &query("limit=500")).expect_err("too many");
         assert_eq!(error.to_string(), "query parameter limit must be <= 100");
-        let error = list.query.check(Part::Query, &query("only_archived=yes")).expect_err("not a boolean");
+        let error =
+            list.query.check(Part::Query, &query("only_archived=yes")).expect_err("not a boolean");
         assert_eq!(error.to_string(), "query parameter only_archived must be boolean");
         let (get, parameters) = metronome.find("GET", "/v1/customers/not-a-uuid").expect("get");
         let error = get.path.check(Part::Path, &parameters).expect_err("not a uuid");

@@ -170,9 +170,7 @@ fn random_id(rng: &mut impl Rng, prefix: &str, len: usize) -> String {
 fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| {
-            i64::try_from(elapsed.as_secs()).unwrap_or(i64::MAX)
-        })
+        .map_or(0, |elapsed| i64::try_from(elapsed.as_secs()).unwrap_or(i64::MAX))
 }
 
 impl State {
@@ -213,22 +211,12 @@ impl LimitPolicy for StripeLimitPolicy {
     fn bucket(&self, request: &Request) -> Option<Bucket> {
         let limit = self.rate_limit?;
         let key = request.extensions().get::<ApiKey>()?;
-        let class = if request.method() == axum::http::Method::GET {
-            "read"
-        } else {
-            "write"
-        };
-        Some(Bucket {
-            key: format!("{}:{class}", key.0),
-            limit,
-        })
+        let class = if request.method() == axum::http::Method::GET { "read" } else { "write" };
+        Some(Bucket { key: format!("{}:{class}", key.0), limit })
     }
 
     fn too_many_requests(&self, request: &Request) -> Response {
-        let test_mode = request
-            .extensions()
-            .get::<ApiKey>()
-            .is_none_or(ApiKey::is_test_mode);
+        let test_mode = request.extensions().get::<ApiKey>().is_none_or(ApiKey::is_test_mode);
         ApiError::rate_limited(test_mode).into_response()
     }
 
@@ -254,9 +242,7 @@ impl StripeEmulator {
             // Fault dice apart from the data's, so turning faults on does
             // not change the demo customers.
             config.rng_seed.rotate_left(32) ^ 0xFA17,
-            StripeLimitPolicy {
-                rate_limit: config.rate_limit.map(RateLimit::from),
-            },
+            StripeLimitPolicy { rate_limit: config.rate_limit.map(RateLimit::from) },
         );
         Self {
             shared: Arc::new(Shared {
@@ -272,16 +258,11 @@ impl StripeEmulator {
     /// [`crate::server::serve`]. Routers from one emulator share its state.
     pub fn router(&self) -> Router {
         let routes = Router::new()
-            .route(
-                "/v1/customers",
-                get(api::list_customers).post(api::create_customer),
-            )
+            .route("/v1/customers", get(api::list_customers).post(api::create_customer))
             .route("/v1/customers/search", get(api::search_customers))
             .route(
                 "/v1/customers/{customer}",
-                get(api::retrieve_customer)
-                    .post(api::update_customer)
-                    .delete(api::delete_customer),
+                get(api::retrieve_customer).post(api::update_customer).delete(api::delete_customer),
             )
             .fallback(api::unrecognized_url)
             .method_not_allowed_fallback(api::unrecognized_url)
@@ -293,10 +274,8 @@ impl StripeEmulator {
         // answer, refusals included, gets Stripe's headers and lands in
         // the log.
         let routes = self.shared.limits.wrap(routes);
-        let routes = routes.layer(middleware::from_fn_with_state(
-            Arc::clone(&self.shared),
-            api::authenticate,
-        ));
+        let routes = routes
+            .layer(middleware::from_fn_with_state(Arc::clone(&self.shared), api::authenticate));
         let routes = routes.layer(middleware::from_fn(api::stripe_headers));
         self.shared.log.wrap(routes)
     }
@@ -309,11 +288,7 @@ impl StripeEmulator {
     /// Every customer not deleted, newest first, as the API renders them.
     pub fn customers(&self) -> Vec<Value> {
         let state = self.shared.read();
-        state
-            .customers
-            .iter()
-            .map(|customer| customer.render(&[]))
-            .collect()
+        state.customers.iter().map(|customer| customer.render(&[])).collect()
     }
 
     /// The customer with `id` as `GET /v1/customers/{id}` would answer it
@@ -336,9 +311,7 @@ impl StripeEmulator {
     /// If `customer` is not a JSON object with the customer schema's field
     /// types: a mistake in the calling test.
     pub fn insert_customer(&self, customer: Value) -> Value {
-        let has_created = customer
-            .get("created")
-            .is_some_and(|created| !created.is_null());
+        let has_created = customer.get("created").is_some_and(|created| !created.is_null());
         let mut parsed: Customer = serde_json::from_value(customer)
             .unwrap_or_else(|error| panic!("insert_customer: not a customer object: {error}"));
         if !has_created {

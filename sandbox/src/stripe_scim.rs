@@ -260,19 +260,11 @@ fn rate_limited() -> Response {
 }
 
 fn server_error() -> Response {
-    error(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        None,
-        "Internal server error.",
-    )
+    error(StatusCode::INTERNAL_SERVER_ERROR, None, "Internal server error.")
 }
 
 fn user_not_found(id: &str) -> Response {
-    error(
-        StatusCode::NOT_FOUND,
-        None,
-        &format!("Resource {id} not found."),
-    )
+    error(StatusCode::NOT_FOUND, None, &format!("Resource {id} not found."))
 }
 
 fn scim(status: StatusCode, value: &Value) -> Response {
@@ -285,10 +277,7 @@ const FIRST_CREATED: i64 = 1_654_041_600;
 impl StripeScimEmulator {
     /// A team of `config.seed` demo members, one in five deactivated.
     pub fn new(config: StripeScimConfig) -> Self {
-        let mut state = State {
-            users: Vec::new(),
-            rng: StdRng::seed_from_u64(config.rng_seed),
-        };
+        let mut state = State { users: Vec::new(), rng: StdRng::seed_from_u64(config.rng_seed) };
         for index in 0..config.seed {
             let (name, email) = support::demo_person(index, "weft-demo.example");
             let (given, family) = name.split_once(' ').unwrap_or((name.as_str(), ""));
@@ -337,10 +326,7 @@ impl StripeScimEmulator {
             .route("/scim/v2/Users", get(list_users).post(create_user))
             .route(
                 "/scim/v2/Users/{id}",
-                get(retrieve_user)
-                    .put(replace_user)
-                    .patch(patch_user)
-                    .delete(delete_user),
+                get(retrieve_user).put(replace_user).patch(patch_user).delete(delete_user),
             )
             .fallback(not_found)
             .method_not_allowed_fallback(not_found)
@@ -475,9 +461,7 @@ async fn list_users(AxumState(shared): SharedState, RawQuery(query): RawQuery) -
     };
     // RFC 7644 §3.4.2.4: below 1 means 1; a negative count means 0.
     let start_index = usize::try_from(start_index.max(1)).unwrap_or(1);
-    let count = usize::try_from(count.max(0))
-        .unwrap_or(0)
-        .min(MAX_PAGE_SIZE);
+    let count = usize::try_from(count.max(0)).unwrap_or(0).min(MAX_PAGE_SIZE);
     let filter = match query_value(&pairs, "filter").map(Filter::parse) {
         None => None,
         Some(Ok(filter)) => Some(filter),
@@ -489,12 +473,8 @@ async fn list_users(AxumState(shared): SharedState, RawQuery(query): RawQuery) -
         .iter()
         .filter(|user| filter.as_ref().is_none_or(|filter| filter.matches(user)))
         .collect();
-    let resources: Vec<Value> = matching
-        .iter()
-        .skip(start_index - 1)
-        .take(count)
-        .map(|user| user.render())
-        .collect();
+    let resources: Vec<Value> =
+        matching.iter().skip(start_index - 1).take(count).map(|user| user.render()).collect();
     scim(
         StatusCode::OK,
         &json!({
@@ -561,15 +541,11 @@ fn emails(value: Option<&Value>) -> Result<Vec<Value>, Response> {
     match value {
         None | Some(Value::Null) => Ok(Vec::new()),
         Some(Value::Array(items))
-            if items
-                .iter()
-                .all(|item| item.get("value").is_some_and(Value::is_string)) =>
+            if items.iter().all(|item| item.get("value").is_some_and(Value::is_string)) =>
         {
             Ok(items.clone())
         }
-        Some(_) => Err(invalid_value(
-            "emails must be an array of objects with a string value.",
-        )),
+        Some(_) => Err(invalid_value("emails must be an array of objects with a string value.")),
     }
 }
 
@@ -770,27 +746,20 @@ async fn patch_user(
     // whole PATCH is atomic).
     let mut user = state.users[at].clone();
     for operation in operations {
-        let op = operation
-            .get("op")
-            .and_then(Value::as_str)
-            .map(str::to_ascii_lowercase);
+        let op = operation.get("op").and_then(Value::as_str).map(str::to_ascii_lowercase);
         let path = operation.get("path").and_then(Value::as_str);
         let value = operation.get("value");
         let applied = match (op.as_deref(), path) {
             (Some("remove"), Some(path)) => patch_attribute(&mut user, path, None),
-            (Some("remove"), None) => Err(error(
-                StatusCode::BAD_REQUEST,
-                Some("noTarget"),
-                "remove needs a path.",
-            )),
+            (Some("remove"), None) => {
+                Err(error(StatusCode::BAD_REQUEST, Some("noTarget"), "remove needs a path."))
+            }
             (Some("add" | "replace"), Some(path)) => patch_attribute(&mut user, path, value),
             (Some("add" | "replace"), None) => match value {
                 Some(Value::Object(attributes)) => attributes
                     .iter()
                     .try_for_each(|(path, value)| patch_attribute(&mut user, path, Some(value))),
-                _ => Err(invalid_value(
-                    "Without a path, value must be an object of attributes.",
-                )),
+                _ => Err(invalid_value("Without a path, value must be an object of attributes.")),
             },
             _ => Err(error(
                 StatusCode::BAD_REQUEST,

@@ -35,9 +35,7 @@ pub(crate) struct KeyCheck {
 
 impl fmt::Debug for KeyCheck {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("KeyCheck")
-            .field("keys", &self.keys.len())
-            .finish_non_exhaustive()
+        f.debug_struct("KeyCheck").field("keys", &self.keys.len()).finish_non_exhaustive()
     }
 }
 
@@ -102,10 +100,7 @@ impl LimitPolicy for KeyedPolicy {
     fn bucket(&self, request: &Request) -> Option<Bucket> {
         let (class, limit) = (self.limit_for)(request.method())?;
         let key = request.extensions().get::<ApiKey>()?;
-        Some(Bucket {
-            key: format!("{}:{class}", key.0),
-            limit,
-        })
+        Some(Bucket { key: format!("{}:{class}", key.0), limit })
     }
 
     fn too_many_requests(&self, _request: &Request) -> Response {
@@ -119,32 +114,20 @@ impl LimitPolicy for KeyedPolicy {
 
 /// `value` as a JSON answer with `status`.
 pub(crate) fn json(status: StatusCode, value: &Value) -> Response {
-    (
-        status,
-        [(header::CONTENT_TYPE, "application/json")],
-        value.to_string(),
-    )
-        .into_response()
+    (status, [(header::CONTENT_TYPE, "application/json")], value.to_string()).into_response()
 }
 
 /// `value` as a JSON answer with a media type of the vendor's own, as SCIM's
 /// `application/scim+json`.
 pub(crate) fn json_as(status: StatusCode, content_type: &'static str, value: &Value) -> Response {
-    (
-        status,
-        [(header::CONTENT_TYPE, content_type)],
-        value.to_string(),
-    )
-        .into_response()
+    (status, [(header::CONTENT_TYPE, content_type)], value.to_string()).into_response()
 }
 
 /// Seconds since the Unix epoch, now.
 pub(crate) fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| {
-            i64::try_from(elapsed.as_secs()).unwrap_or(i64::MAX)
-        })
+        .map_or(0, |elapsed| i64::try_from(elapsed.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// A version-4 UUID drawn from `rng`, so seeded emulators assign the same
@@ -154,14 +137,7 @@ pub(crate) fn uuid_v4(rng: &mut impl Rng) -> String {
     bytes[6] = (bytes[6] & 0x0f) | 0x40;
     bytes[8] = (bytes[8] & 0x3f) | 0x80;
     let hex: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..]
-    )
+    format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..])
 }
 
 /// `unix` seconds as an RFC 3339 UTC timestamp with milliseconds
@@ -191,26 +167,17 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
     // Both are small and positive by construction.
-    (
-        year,
-        u32::try_from(month).unwrap_or(1),
-        u32::try_from(day).unwrap_or(1),
-    )
+    (year, u32::try_from(month).unwrap_or(1), u32::try_from(day).unwrap_or(1))
 }
 
 /// Query pairs in order, percent-decoded, repeated keys kept.
 pub(crate) fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
-    form_urlencoded::parse(query.unwrap_or_default().as_bytes())
-        .into_owned()
-        .collect()
+    form_urlencoded::parse(query.unwrap_or_default().as_bytes()).into_owned().collect()
 }
 
 /// The first value of `name` in `pairs`.
 pub(crate) fn query_value<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    pairs
-        .iter()
-        .find(|(key, _)| key == name)
-        .map(|(_, value)| value.as_str())
+    pairs.iter().find(|(key, _)| key == name).map(|(_, value)| value.as_str())
 }
 
 /// Names people recognise, for demo records.
@@ -246,10 +213,7 @@ pub(crate) fn demo_person(index: usize, domain: &str) -> (String, String) {
     if round == 0 {
         (name.to_owned(), format!("{handle}@{domain}"))
     } else {
-        (
-            format!("{name} {}", round + 1),
-            format!("{handle}{}@{domain}", round + 1),
-        )
+        (format!("{name} {}", round + 1), format!("{handle}{}@{domain}", round + 1))
     }
 }
 
@@ -273,9 +237,7 @@ pub(crate) mod testing {
         request: reqwest::RequestBuilder,
         body: &Value,
     ) -> reqwest::RequestBuilder {
-        request
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body.to_string())
+        request.header(reqwest::header::CONTENT_TYPE, "application/json").body(body.to_string())
     }
 
     /// Sends `request` and reads the answer, panicking on transport errors
@@ -292,11 +254,7 @@ pub(crate) mod testing {
                 panic!("not JSON ({error}): {}", String::from_utf8_lossy(&bytes))
             })
         };
-        Reply {
-            status,
-            headers,
-            json,
-        }
+        Reply { status, headers, json }
     }
 }
 

@@ -33,8 +33,18 @@ async fn every_builtin_connector_passes_the_conformance_kit() -> TestResult {
         let results = check(&plugin, &target).await?;
         let failures: Vec<_> = results.iter().filter(|r| r.verdict == Verdict::Fail).collect();
         assert!(failures.is_empty(), "{name}: {failures:#?}");
-        assert!(results.iter().any(|r| r.verdict == Verdict::Pass && r.check.starts_with("full pagination")), "{name}: {results:#?}");
-        assert!(results.iter().any(|r| r.verdict == Verdict::Pass && r.check.starts_with("a wrong credential")), "{name}: {results:#?}");
+        assert!(
+            results
+                .iter()
+                .any(|r| r.verdict == Verdict::Pass && r.check.starts_with("full pagination")),
+            "{name}: {results:#?}"
+        );
+        assert!(
+            results
+                .iter()
+                .any(|r| r.verdict == Verdict::Pass && r.check.starts_with("a wrong credential")),
+            "{name}: {results:#?}"
+        );
         checked += 1;
     }
     assert_eq!(checked, 5, "stripe, stripe-scim, baremetrics, metronome, growpanel");

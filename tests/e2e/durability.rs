@@ -56,21 +56,33 @@ record = { id = "${{ $item.id }}", name = "${{ $item.name }}", email = "${{ $ite
     let wf = super::support::workflow(harness.files.path(), text)?;
     let vendors = overrides(&sandbox, &[("stripe", "stripe"), ("growpanel", "growpanel")]);
     let stop = StopSignal::default();
-    let options = RunOptions { overrides: vendors.clone(), stop: stop.clone(), ..RunOptions::default() };
-    let first = harness.executor.start(&wf, &options, &StopAfterStep { step: "customers", stop }).await?;
-    assert_eq!((first.status, first.steps[0].status), (Status::Running, Status::Succeeded), "interrupted after the list: {first:#?}");
+    let options =
+        RunOptions { overrides: vendors.clone(), stop: stop.clone(), ..RunOptions::default() };
+    let first =
+        harness.executor.start(&wf, &options, &StopAfterStep { step: "customers", stop }).await?;
+    assert_eq!(
+        (first.status, first.steps[0].status),
+        (Status::Running, Status::Succeeded),
+        "interrupted after the list: {first:#?}"
+    );
     assert!(first.steps[0].counts.read >= 30, "{:?}", first.steps[0]);
 
     let file = harness.state.path().join("pages").join(&first.run_id).join("00000.json");
     let mut bytes = std::fs::read(&file)?;
-    let id_at = bytes.windows(10).position(|w| w == br#""id":"cus_"#).ok_or("a Stripe id in the page file")?;
+    let id_at = bytes
+        .windows(10)
+        .position(|w| w == br#""id":"cus_"#)
+        .ok_or("a Stripe id in the page file")?;
     // A byte inside the id: still JSON, still an id, the wrong one.
     bytes[id_at + 12] ^= 0x01;
     std::fs::write(&file, &bytes)?;
 
     // The finished list's records are read back for the for-each: the
     // damaged page stops the resume with the file and the page named.
-    let resumed = harness.executor.resume(&first.run_id, &RunOptions { overrides: vendors, ..RunOptions::default() }, &Silent).await;
+    let resumed = harness
+        .executor
+        .resume(&first.run_id, &RunOptions { overrides: vendors, ..RunOptions::default() }, &Silent)
+        .await;
     let error = match resumed {
         Ok(summary) => {
             assert_eq!(summary.status, Status::Failed, "{summary:#?}");
@@ -78,7 +90,16 @@ record = { id = "${{ $item.id }}", name = "${{ $item.name }}", email = "${{ $ite
         }
         Err(e) => e.to_string(),
     };
-    assert!(error.contains(&file.display().to_string()) && error.contains("page 0") && error.contains("checksum"), "{error}");
-    assert_eq!(writes(&sandbox.growpanel.emulator.requests()), 0, "nothing was sent on a corrupt page");
+    assert!(
+        error.contains(&file.display().to_string())
+            && error.contains("page 0")
+            && error.contains("checksum"),
+        "{error}"
+    );
+    assert_eq!(
+        writes(&sandbox.growpanel.emulator.requests()),
+        0,
+        "nothing was sent on a corrupt page"
+    );
     Ok(())
 }

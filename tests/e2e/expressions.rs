@@ -24,17 +24,38 @@ async fn a_runaway_expression_fails_its_step_naming_the_field_and_the_budget() -
     let sandbox = sandbox(20).await?;
     let harness = Harness::new()?;
     let cases = [
-        ("when = \"last(range(1e18)) > 0\"\nget = \"stripe.customers\"\nkey = \"cus_x\"", "when: the expression `last(range(1e18)) > 0`"),
-        ("when = \"def f: 1 + f; f\"\nget = \"stripe.customers\"\nkey = \"cus_x\"", "when: the expression `def f: 1 + f; f` recursed deeper"),
-        ("for_each = \"[range(1e9)]\"\nupsert = \"stripe.customers\"\nrecord = { email = \"x@example.com\" }", "for_each: the expression `[range(1e9)]`"),
-        ("for_each = \"repeat(1)\"\nupsert = \"stripe.customers\"\nrecord = { email = \"x@example.com\" }", "for_each: the expression `repeat(1)`"),
+        (
+            "when = \"last(range(1e18)) > 0\"\nget = \"stripe.customers\"\nkey = \"cus_x\"",
+            "when: the expression `last(range(1e18)) > 0`",
+        ),
+        (
+            "when = \"def f: 1 + f; f\"\nget = \"stripe.customers\"\nkey = \"cus_x\"",
+            "when: the expression `def f: 1 + f; f` recursed deeper",
+        ),
+        (
+            "for_each = \"[range(1e9)]\"\nupsert = \"stripe.customers\"\nrecord = { email = \"x@example.com\" }",
+            "for_each: the expression `[range(1e9)]`",
+        ),
+        (
+            "for_each = \"repeat(1)\"\nupsert = \"stripe.customers\"\nrecord = { email = \"x@example.com\" }",
+            "for_each: the expression `repeat(1)`",
+        ),
         ("list = \"stripe.customers\"\nmap = \"def f: f; f\"", "map: the expression `def f: f; f`"),
-        ("upsert = \"stripe.customers\"\nrecord = { email = \"${{ \\\"x\\\" * 1000000000000 }}\" }", "record.email: the expression `\"x\" * 1000000000000` exceeded its budget of 64 MiB of values produced"),
-        ("get = \"stripe.customers\"\nkey = \"${{ [limit(1e9; repeat(\\\"k\\\"))] | add }}\"", "key: the expression"),
+        (
+            "upsert = \"stripe.customers\"\nrecord = { email = \"${{ \\\"x\\\" * 1000000000000 }}\" }",
+            "record.email: the expression `\"x\" * 1000000000000` exceeded its budget of 64 MiB of values produced",
+        ),
+        (
+            "get = \"stripe.customers\"\nkey = \"${{ [limit(1e9; repeat(\\\"k\\\"))] | add }}\"",
+            "key: the expression",
+        ),
         // Templates of a for-each are rendered a batch at a time: one that
         // runs out on every item costs the few failures that stop the
         // for-each, not a batch's worth of budgets.
-        ("for_each = \"range(1000)\"\nconcurrency = 16\nupsert = \"stripe.customers\"\nrecord = { email = \"${{ def f: f; f }}\" }", "record.email: the expression `def f: f; f`"),
+        (
+            "for_each = \"range(1000)\"\nconcurrency = 16\nupsert = \"stripe.customers\"\nrecord = { email = \"${{ def f: f; f }}\" }",
+            "record.email: the expression `def f: f; f`",
+        ),
     ];
     for (step, expected) in cases {
         let text = format!("{CONNECTION}\n[[step]]\nid = \"runaway\"\ntimeout = \"3s\"\n{step}\n");
@@ -49,30 +70,51 @@ async fn a_runaway_expression_fails_its_step_naming_the_field_and_the_budget() -
     }
     // Refused when the workflow loads, never run.
     for denied in ["halt", "halt_error", "env.HOME"] {
-        let text = format!("{CONNECTION}\n[[step]]\nid = \"x\"\nwhen = \"{denied}\"\nget = \"stripe.customers\"\nkey = \"cus_x\"\n");
-        let err = workflow(harness.files.path(), &text).err().map(|e| e.to_string()).unwrap_or_default();
+        let text = format!(
+            "{CONNECTION}\n[[step]]\nid = \"x\"\nwhen = \"{denied}\"\nget = \"stripe.customers\"\nkey = \"cus_x\"\n"
+        );
+        let err =
+            workflow(harness.files.path(), &text).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("is not available in expressions"), "{denied}: {err}");
     }
     // And the engine is fine: an ordinary run after all of them.
-    let fine = format!("{CONNECTION}\n[[step]]\nid = \"export\"\nlist = \"stripe.customers\"\nmap = \"{{id, email}}\"\n");
+    let fine = format!(
+        "{CONNECTION}\n[[step]]\nid = \"export\"\nlist = \"stripe.customers\"\nmap = \"{{id, email}}\"\n"
+    );
     let summary = harness.run(&fine, &stripe_override(&sandbox)).await?;
-    assert_eq!((summary.status, summary.steps[0].counts.read), (Status::Succeeded, 20), "{summary:#?}");
+    assert_eq!(
+        (summary.status, summary.steps[0].counts.read),
+        (Status::Succeeded, 20),
+        "{summary:#?}"
+    );
     Ok(())
 }
 
-async fn serve(state: &std::path::Path, workflows: Vec<weft::workflow::Workflow>) -> TestResult<RunningServer> {
+async fn serve(
+    state: &std::path::Path,
+    workflows: Vec<weft::workflow::Workflow>,
+) -> TestResult<RunningServer> {
     let executor = Executor::new(runtime(SandboxLimits::default())?, RunStore::open(state)?);
-    let config = ServeConfig { bind: "127.0.0.1:0".parse()?, workflows, shutdown_grace: Duration::from_secs(10), address_file: None, ..ServeConfig::default() };
+    let config = ServeConfig {
+        bind: "127.0.0.1:0".parse()?,
+        workflows,
+        shutdown_grace: Duration::from_secs(10),
+        address_file: None,
+        ..ServeConfig::default()
+    };
     Ok(weft::serve::start(executor, config).await?)
 }
 
 async fn post(client: &reqwest::Client, url: String) -> TestResult<Value> {
-    let response = client.post(url).header("content-type", "application/json").body("{}").send().await?;
+    let response =
+        client.post(url).header("content-type", "application/json").body("{}").send().await?;
     Ok(serde_json::from_slice(&response.bytes().await?)?)
 }
 
 async fn status(client: &reqwest::Client, base: &str, run: &str) -> TestResult<Value> {
-    Ok(serde_json::from_slice(&client.get(format!("{base}/api/runs/{run}")).send().await?.bytes().await?)?)
+    Ok(serde_json::from_slice(
+        &client.get(format!("{base}/api/runs/{run}")).send().await?.bytes().await?,
+    )?)
 }
 
 /// Regression: evaluations ran on the async workers, so two runaway runs
@@ -105,7 +147,11 @@ async fn a_served_run_with_a_runaway_expression_is_cancelled_or_shut_down_prompt
     tokio::time::sleep(Duration::from_millis(300)).await;
     for _ in 0..5 {
         let asked = Instant::now();
-        let health = tokio::time::timeout(Duration::from_secs(2), client.get(format!("{base}/healthz")).send()).await??;
+        let health = tokio::time::timeout(
+            Duration::from_secs(2),
+            client.get(format!("{base}/healthz")).send(),
+        )
+        .await??;
         assert_eq!(health.status(), 200);
         assert!(asked.elapsed() < Duration::from_secs(2));
     }
@@ -138,7 +184,9 @@ async fn a_served_run_with_a_runaway_expression_is_cancelled_or_shut_down_prompt
     let server = serve(state.path(), vec![wf]).await?;
     let base = format!("http://{}", server.addr);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let health = tokio::time::timeout(Duration::from_secs(2), client.get(format!("{base}/healthz")).send()).await??;
+    let health =
+        tokio::time::timeout(Duration::from_secs(2), client.get(format!("{base}/healthz")).send())
+            .await??;
     assert_eq!(health.status(), 200);
     let deadline = Instant::now() + Duration::from_secs(120);
     for run in &runs[1..] {
@@ -147,7 +195,11 @@ async fn a_served_run_with_a_runaway_expression_is_cancelled_or_shut_down_prompt
             if status["status"] != "running" {
                 assert_eq!(status["status"], "failed", "{status:#}");
                 let error = status["error"].as_str().unwrap_or_default();
-                assert!(error.contains("when: the expression `def f: f; f`") && error.contains("budget"), "{error}");
+                assert!(
+                    error.contains("when: the expression `def f: f; f`")
+                        && error.contains("budget"),
+                    "{error}"
+                );
                 break;
             }
             assert!(Instant::now() < deadline, "{run} still running: {status:#}");

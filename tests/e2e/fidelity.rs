@@ -26,8 +26,14 @@ struct Connection {
 
 impl Connection {
     async fn open(sandbox: &Sandbox, vendor: &str, settings: &[(&str, &str)]) -> TestResult<Self> {
-        let endpoint = sandbox.endpoints().into_iter().find(|e| e.vendor == vendor).ok_or_else(|| format!("no {vendor} emulator"))?;
-        let plugin = runtime(SandboxLimits::default())?.load(vendor, weft::builtin::component(vendor).ok_or("built in")?).await?;
+        let endpoint = sandbox
+            .endpoints()
+            .into_iter()
+            .find(|e| e.vendor == vendor)
+            .ok_or_else(|| format!("no {vendor} emulator"))?;
+        let plugin = runtime(SandboxLimits::default())?
+            .load(vendor, weft::builtin::component(vendor).ok_or("built in")?)
+            .await?;
         let http = Arc::new(ConnectionHttp::new(
             weft::http::shared_client(),
             &endpoint.base_url,
@@ -45,17 +51,30 @@ impl Connection {
     }
 
     async fn first_page(&self, resource: &str, page_size: u32) -> TestResult<Vec<Value>> {
-        let request = ListRequest { resource: resource.into(), cursor: None, page_size, filter: None };
+        let request =
+            ListRequest { resource: resource.into(), cursor: None, page_size, filter: None };
         let page = self.plugin.list(&self.http, self.ctx(), request).await?;
-        Ok(page.records.iter().map(|text| serde_json::from_str(text).unwrap_or(Value::Null)).collect())
+        Ok(page
+            .records
+            .iter()
+            .map(|text| serde_json::from_str(text).unwrap_or(Value::Null))
+            .collect())
     }
 
-    async fn upsert(&self, resource: &str, record: &Value) -> Result<(UpsertAction, Value), RuntimeError> {
+    async fn upsert(
+        &self,
+        resource: &str,
+        record: &Value,
+    ) -> Result<(UpsertAction, Value), RuntimeError> {
         // One key per record, short enough for Stripe's 255-character limit.
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         std::hash::Hash::hash(&record.to_string(), &mut hasher);
         let key = format!("fidelity-{resource}-{:016x}", std::hash::Hasher::finish(&hasher));
-        let request = UpsertRequest { resource: resource.into(), record: record.to_string(), idempotency_key: key };
+        let request = UpsertRequest {
+            resource: resource.into(),
+            record: record.to_string(),
+            idempotency_key: key,
+        };
         let outcome = self.plugin.upsert(&self.http, self.ctx(), request).await?;
         Ok((outcome.action, serde_json::from_str(&outcome.record).unwrap_or(Value::Null)))
     }
@@ -79,7 +98,8 @@ fn refusals(log: &weft_sandbox::requests::RequestLog) -> Vec<String> {
 async fn a_stripe_customer_copied_from_a_listed_one_is_created_as_stripe_allows() -> TestResult {
     let sandbox = sandbox(3).await?;
     let stripe = Connection::open(&sandbox, "stripe", &[]).await?;
-    let listed = stripe.first_page("customers", 1).await?.into_iter().next().ok_or("a seeded customer")?;
+    let listed =
+        stripe.first_page("customers", 1).await?.into_iter().next().ok_or("a seeded customer")?;
     assert_eq!(listed["preferred_locales"], json!([]), "the data that triggers it: {listed}");
     let mut copy = listed.clone();
     let fields = copy.as_object_mut().ok_or("an object")?;
@@ -90,7 +110,8 @@ async fn a_stripe_customer_copied_from_a_listed_one_is_created_as_stripe_allows(
 
     let result = stripe.upsert("customers", &copy).await;
     let refused = refusals(&sandbox.stripe.emulator.requests());
-    let (action, created) = result.map_err(|e| format!("the copy was refused: {e}; the emulator refused {refused:?}"))?;
+    let (action, created) = result
+        .map_err(|e| format!("the copy was refused: {e}; the emulator refused {refused:?}"))?;
     assert_eq!(action, UpsertAction::Created);
     assert!(refused.is_empty(), "{refused:?}");
     assert_eq!((&created["name"], &created["metadata"]), (&listed["name"], &listed["metadata"]));
@@ -107,8 +128,11 @@ async fn clearing_a_growpanel_name_and_email_sends_what_growpanel_allows() -> Te
         "id": "cus_clear", "name": "Before", "email": "before@example.com", "created_date": "2024-03-01",
         "country": "US", "data_source": DEMO_DATA_SOURCE,
     }));
-    let growpanel = Connection::open(&sandbox, "growpanel", &[("source", DEMO_DATA_SOURCE)]).await?;
-    let result = growpanel.upsert("customers", &json!({ "id": "cus_clear", "name": null, "email": null })).await;
+    let growpanel =
+        Connection::open(&sandbox, "growpanel", &[("source", DEMO_DATA_SOURCE)]).await?;
+    let result = growpanel
+        .upsert("customers", &json!({ "id": "cus_clear", "name": null, "email": null }))
+        .await;
     let refused = refusals(&sandbox.growpanel.emulator.requests());
     result.map_err(|e| format!("the upsert failed: {e}; the emulator refused {refused:?}"))?;
     assert!(refused.is_empty(), "{refused:?}");
@@ -128,8 +152,14 @@ async fn growpanel_custom_variables_are_sent_as_strings() -> TestResult {
         "id": "cus_vars", "name": "Vars", "email": "vars@example.com", "created_date": "2024-03-01",
         "country": "US", "data_source": DEMO_DATA_SOURCE, "custom_variables": { "plan": "pro" },
     }));
-    let growpanel = Connection::open(&sandbox, "growpanel", &[("source", DEMO_DATA_SOURCE)]).await?;
-    let updated = growpanel.upsert("customers", &json!({ "id": "cus_vars", "custom_variables": { "seats": 5, "vip": true } })).await;
+    let growpanel =
+        Connection::open(&sandbox, "growpanel", &[("source", DEMO_DATA_SOURCE)]).await?;
+    let updated = growpanel
+        .upsert(
+            "customers",
+            &json!({ "id": "cus_vars", "custom_variables": { "seats": 5, "vip": true } }),
+        )
+        .await;
     let created = growpanel
         .upsert(
             "customers",

@@ -15,17 +15,26 @@ use weft_sandbox::stripe::{SANDBOX_API_KEY, StripeConfig, StripeEmulator};
 
 use super::support::{Harness, TestResult, runtime};
 
-async fn stripe(config: StripeConfig) -> TestResult<(StripeEmulator, weft_sandbox::server::RunningServer)> {
+async fn stripe(
+    config: StripeConfig,
+) -> TestResult<(StripeEmulator, weft_sandbox::server::RunningServer)> {
     let emulator = StripeEmulator::new(config);
     let server = weft_sandbox::server::serve(emulator.router(), "127.0.0.1:0".parse()?).await?;
     Ok((emulator, server))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_hundred_concurrent_upserts_through_one_key_never_exceed_the_enforced_limit() -> TestResult {
-    let (emulator, server) = stripe(StripeConfig { rate_limit: Some((50, Duration::from_secs(1))), ..StripeConfig::default() }).await?;
+async fn two_hundred_concurrent_upserts_through_one_key_never_exceed_the_enforced_limit()
+-> TestResult {
+    let (emulator, server) = stripe(StripeConfig {
+        rate_limit: Some((50, Duration::from_secs(1))),
+        ..StripeConfig::default()
+    })
+    .await?;
     let runtime = runtime(SandboxLimits::default())?;
-    let plugin = Arc::new(runtime.load("stripe", weft::builtin::component("stripe").ok_or("built in")?).await?);
+    let plugin = Arc::new(
+        runtime.load("stripe", weft::builtin::component("stripe").ok_or("built in")?).await?,
+    );
     let registry = LimiterRegistry::default();
     let secret = Secret::new(SANDBOX_API_KEY);
     let overrides = [
@@ -37,7 +46,13 @@ async fn two_hundred_concurrent_upserts_through_one_key_never_exceed_the_enforce
     for i in 0..200 {
         // Each task is its own connection, as separate runs would be; the
         // registry gives them the one limiter of their key.
-        let limiter = registry.limiter("stripe", Publisher::BuiltIn, Some(&secret), &plugin.manifest().rate_limits, &overrides);
+        let limiter = registry.limiter(
+            "stripe",
+            Publisher::BuiltIn,
+            Some(&secret),
+            &plugin.manifest().rate_limits,
+            &overrides,
+        );
         let http = Arc::new(ConnectionHttp::new(
             weft::http::shared_client(),
             &server.base_url(),
@@ -88,7 +103,10 @@ async fn reads_are_retried_through_injected_server_errors() -> TestResult {
     let mut overrides = std::collections::BTreeMap::new();
     overrides.insert(
         "stripe".to_owned(),
-        weft::executor::ConnectionOverride { base_url: server.base_url(), secret: Secret::new(SANDBOX_API_KEY) },
+        weft::executor::ConnectionOverride {
+            base_url: server.base_url(),
+            secret: Secret::new(SANDBOX_API_KEY),
+        },
     );
     let summary = harness.run(&text, &overrides).await?;
     assert_eq!(summary.status, Status::Succeeded, "{summary:?}");
@@ -111,13 +129,23 @@ async fn the_final_error_says_how_many_attempts_were_made() -> TestResult {
     .await?;
     let harness = Harness::new()?;
     let state = tempfile::tempdir()?;
-    let executor = weft::executor::Executor::new(runtime(SandboxLimits::default())?, weft::store::RunStore::open(state.path())?)
-        .with_retry(RetryPolicy { max_attempts: 3, base_delay: Duration::from_millis(10), max_delay: Duration::from_millis(50) });
+    let executor = weft::executor::Executor::new(
+        runtime(SandboxLimits::default())?,
+        weft::store::RunStore::open(state.path())?,
+    )
+    .with_retry(RetryPolicy {
+        max_attempts: 3,
+        base_delay: Duration::from_millis(10),
+        max_delay: Duration::from_millis(50),
+    });
     let text = "[workflow]\nname = \"down\"\n[connections.stripe]\nplugin = \"stripe\"\ncredentials = \"env:UNUSED\"\n[[step]]\nid = \"export\"\nlist = \"stripe.customers\"\n";
     let workflow = super::support::workflow(harness.files.path(), text)?;
     let overrides = std::collections::BTreeMap::from([(
         "stripe".to_owned(),
-        weft::executor::ConnectionOverride { base_url: server.base_url(), secret: Secret::new(SANDBOX_API_KEY) },
+        weft::executor::ConnectionOverride {
+            base_url: server.base_url(),
+            secret: Secret::new(SANDBOX_API_KEY),
+        },
     )]);
     let summary = executor.run(&workflow, &overrides, &weft::executor::Silent).await?;
     assert_eq!(summary.status, Status::Failed);
@@ -130,23 +158,39 @@ async fn the_final_error_says_how_many_attempts_were_made() -> TestResult {
 
 #[tokio::test]
 async fn retries_stop_short_of_the_call_deadline() -> TestResult {
-    let (_emulator, server) = stripe(StripeConfig { seed: 5, faults: FaultConfig { rate_500: 1.0, ..FaultConfig::default() }, ..StripeConfig::default() }).await?;
+    let (_emulator, server) = stripe(StripeConfig {
+        seed: 5,
+        faults: FaultConfig { rate_500: 1.0, ..FaultConfig::default() },
+        ..StripeConfig::default()
+    })
+    .await?;
     let state = tempfile::tempdir()?;
     let files = tempfile::tempdir()?;
     let limits = SandboxLimits { call_timeout: Duration::from_secs(2), ..SandboxLimits::default() };
-    let executor = weft::executor::Executor::new(runtime(limits)?, weft::store::RunStore::open(state.path())?)
-        .with_retry(RetryPolicy { max_attempts: 10, base_delay: Duration::from_millis(400), max_delay: Duration::from_secs(5) });
+    let executor =
+        weft::executor::Executor::new(runtime(limits)?, weft::store::RunStore::open(state.path())?)
+            .with_retry(RetryPolicy {
+                max_attempts: 10,
+                base_delay: Duration::from_millis(400),
+                max_delay: Duration::from_secs(5),
+            });
     let text = "[workflow]\nname = \"deadline\"\n[connections.stripe]\nplugin = \"stripe\"\ncredentials = \"env:UNUSED\"\n[[step]]\nid = \"export\"\nlist = \"stripe.customers\"\n";
     let workflow = super::support::workflow(files.path(), text)?;
     let overrides = std::collections::BTreeMap::from([(
         "stripe".to_owned(),
-        weft::executor::ConnectionOverride { base_url: server.base_url(), secret: Secret::new(SANDBOX_API_KEY) },
+        weft::executor::ConnectionOverride {
+            base_url: server.base_url(),
+            secret: Secret::new(SANDBOX_API_KEY),
+        },
     )]);
     let started = std::time::Instant::now();
     let summary = executor.run(&workflow, &overrides, &weft::executor::Silent).await?;
     assert_eq!(summary.status, Status::Failed);
     let error = summary.steps[0].error.clone().unwrap_or_default();
-    assert!(error.contains("HTTP 500") && error.contains("attempts"), "the vendor's answer, not a deadline trap: {error}");
+    assert!(
+        error.contains("HTTP 500") && error.contains("attempts"),
+        "the vendor's answer, not a deadline trap: {error}"
+    );
     assert!(summary.connections["stripe"].requests < 10, "{:?}", summary.connections);
     assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
     Ok(())
@@ -157,7 +201,8 @@ async fn retries_stop_short_of_the_call_deadline() -> TestResult {
 // plugins/hostile/src/http_abuse.rs; its manifest publishes 1,000,000 r/s.
 
 /// A loopback vendor that answers `/flood` and counts what it got.
-async fn counting_server() -> TestResult<(Arc<std::sync::atomic::AtomicUsize>, weft_sandbox::server::RunningServer)> {
+async fn counting_server()
+-> TestResult<(Arc<std::sync::atomic::AtomicUsize>, weft_sandbox::server::RunningServer)> {
     let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counted = count.clone();
     let router = axum::Router::new().route(
@@ -177,21 +222,30 @@ fn flood_workflow(extra: &str) -> String {
     )
 }
 
-async fn run_flood(extra: &str, call_timeout: Duration, base_url: &str) -> TestResult<weft::executor::RunSummary> {
+async fn run_flood(
+    extra: &str,
+    call_timeout: Duration,
+    base_url: &str,
+) -> TestResult<weft::executor::RunSummary> {
     let state = tempfile::tempdir()?;
     let files = tempfile::tempdir()?;
     let limits = SandboxLimits { call_timeout, ..SandboxLimits::default() };
-    let executor = weft::executor::Executor::new(runtime(limits)?, weft::store::RunStore::open(state.path())?);
+    let executor =
+        weft::executor::Executor::new(runtime(limits)?, weft::store::RunStore::open(state.path())?);
     let workflow = super::support::workflow(files.path(), &flood_workflow(extra))?;
     let overrides = std::collections::BTreeMap::from([(
         "hostile".to_owned(),
-        weft::executor::ConnectionOverride { base_url: base_url.to_owned(), secret: Secret::new("sk_test_flood") },
+        weft::executor::ConnectionOverride {
+            base_url: base_url.to_owned(),
+            secret: Secret::new("sk_test_flood"),
+        },
     )]);
     Ok(executor.run(&workflow, &overrides, &weft::executor::Silent).await?)
 }
 
 #[tokio::test]
-async fn a_plugin_publishing_a_million_requests_a_second_is_held_to_the_host_ceiling() -> TestResult {
+async fn a_plugin_publishing_a_million_requests_a_second_is_held_to_the_host_ceiling() -> TestResult
+{
     // Regression: one `list` call sent 22,849 requests in 20 s because the
     // plugin published 1e6 r/s and the host took it at its word.
     let (count, server) = counting_server().await?;
@@ -201,7 +255,10 @@ async fn a_plugin_publishing_a_million_requests_a_second_is_held_to_the_host_cei
     assert_eq!(summary.status, Status::Failed, "the flood ends at the call deadline: {summary:?}");
     let sent = count.load(std::sync::atomic::Ordering::SeqCst);
     let ceiling = weft::limiter::THIRD_PARTY_CEILING;
-    assert!(sent as f64 <= ceiling * elapsed + 2.0, "{sent} requests in {elapsed:.1} s; the ceiling is {ceiling} r/s");
+    assert!(
+        sent as f64 <= ceiling * elapsed + 2.0,
+        "{sent} requests in {elapsed:.1} s; the ceiling is {ceiling} r/s"
+    );
     assert!(sent >= 5, "the plugin's requests still go out: {sent}");
     server.shutdown().await;
     Ok(())
@@ -212,16 +269,29 @@ async fn a_call_sends_no_more_than_its_request_budget() -> TestResult {
     let (count, server) = counting_server().await?;
     // The workflow raises the rate explicitly; the budget still holds, at
     // its default and as the connection sets it.
-    let summary = run_flood("rate_limit = \"100000/s\"", Duration::from_secs(60), &server.base_url()).await?;
+    let summary =
+        run_flood("rate_limit = \"100000/s\"", Duration::from_secs(60), &server.base_url()).await?;
     assert_eq!(summary.status, Status::Failed);
     let error = summary.steps[0].error.clone().unwrap_or_default();
     let budget = weft::http::DEFAULT_REQUESTS_PER_CALL;
-    assert!(error.contains(&format!("{budget} requests went through")) && error.contains(&format!("budget of {budget} requests")), "{error}");
+    assert!(
+        error.contains(&format!("{budget} requests went through"))
+            && error.contains(&format!("budget of {budget} requests")),
+        "{error}"
+    );
     assert_eq!(count.swap(0, std::sync::atomic::Ordering::SeqCst), budget as usize);
 
-    let summary = run_flood("rate_limit = \"100000/s\"\nmax_requests_per_call = 50", Duration::from_secs(60), &server.base_url()).await?;
+    let summary = run_flood(
+        "rate_limit = \"100000/s\"\nmax_requests_per_call = 50",
+        Duration::from_secs(60),
+        &server.base_url(),
+    )
+    .await?;
     let error = summary.steps[0].error.clone().unwrap_or_default();
-    assert!(error.contains("50 requests went through") && error.contains("max_requests_per_call"), "{error}");
+    assert!(
+        error.contains("50 requests went through") && error.contains("max_requests_per_call"),
+        "{error}"
+    );
     assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 50);
     server.shutdown().await;
     Ok(())
@@ -268,14 +338,31 @@ async fn a_trickling_vendor_gets_one_more_try_not_four() -> TestResult {
         &[],
         None,
         HttpLimits { timeout: Duration::from_millis(300), ..HttpLimits::default() },
-        Arc::new(LimitedPolicy::new(limiter, RetryPolicy { max_attempts: 5, base_delay: Duration::from_millis(10), max_delay: Duration::from_millis(50) })),
+        Arc::new(LimitedPolicy::new(
+            limiter,
+            RetryPolicy {
+                max_attempts: 5,
+                base_delay: Duration::from_millis(10),
+                max_delay: Duration::from_millis(50),
+            },
+        )),
     )?);
     let ctx = weft::connector::CallContext { base_url: http.base_url(), settings: vec![] };
-    let request = weft::connector::ListRequest { resource: "http".into(), cursor: None, page_size: 10, filter: None };
+    let request = weft::connector::ListRequest {
+        resource: "http".into(),
+        cursor: None,
+        page_size: 10,
+        filter: None,
+    };
     let started = std::time::Instant::now();
-    let error = plugin.list(&http, ctx, request).await.err().map(|e| e.to_string()).unwrap_or_default();
+    let error =
+        plugin.list(&http, ctx, request).await.err().map(|e| e.to_string()).unwrap_or_default();
     assert!(error.contains("timed out") && error.contains("after 2 attempts"), "{error}");
-    assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 2, "one retry of the timeout, not four");
+    assert_eq!(
+        count.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "one retry of the timeout, not four"
+    );
     assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
     Ok(())
 }

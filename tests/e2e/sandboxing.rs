@@ -18,12 +18,17 @@ use super::support::{TestResult, hostile_wasm, runtime, workflow};
 const SECRET: &str = "sk_test_hostile_never_show_me";
 
 fn limits() -> SandboxLimits {
-    SandboxLimits { cpu_time: Duration::from_millis(500), call_timeout: Duration::from_secs(20), ..SandboxLimits::default() }
+    SandboxLimits {
+        cpu_time: Duration::from_millis(500),
+        call_timeout: Duration::from_secs(20),
+        ..SandboxLimits::default()
+    }
 }
 
 /// A loopback server with a `/huge` route answering 2 MiB.
 async fn huge_server() -> TestResult<weft_sandbox::server::RunningServer> {
-    let router = axum::Router::new().route("/huge", axum::routing::get(|| async { vec![b'x'; 2 << 20] }));
+    let router =
+        axum::Router::new().route("/huge", axum::routing::get(|| async { vec![b'x'; 2 << 20] }));
     Ok(weft_sandbox::server::serve(router, "127.0.0.1:0".parse()?).await?)
 }
 
@@ -38,9 +43,15 @@ fn connection(base_url: &str) -> TestResult<Arc<ConnectionHttp>> {
     )?))
 }
 
-async fn list(plugin: &Plugin, http: &Arc<ConnectionHttp>, resource: &str) -> Result<Vec<String>, RuntimeError> {
-    let ctx = CallContext { base_url: http.base_url(), settings: vec![("mode".into(), "test".into())] };
-    let request = ListRequest { resource: resource.into(), cursor: None, page_size: 10, filter: None };
+async fn list(
+    plugin: &Plugin,
+    http: &Arc<ConnectionHttp>,
+    resource: &str,
+) -> Result<Vec<String>, RuntimeError> {
+    let ctx =
+        CallContext { base_url: http.base_url(), settings: vec![("mode".into(), "test".into())] };
+    let request =
+        ListRequest { resource: resource.into(), cursor: None, page_size: 10, filter: None };
     plugin.list(http, ctx, request).await.map(|page| page.records)
 }
 
@@ -106,7 +117,12 @@ async fn a_plugin_sees_no_environment_files_args_or_sockets() -> TestResult {
     for capability in ["file", "dir", "tcp"] {
         let text = seen[capability].as_str().unwrap_or_default();
         assert!(!text.contains("root:"), "{capability}: {text}");
-        assert!(text.to_lowercase().contains("error") || text.to_lowercase().contains("denied") || text.to_lowercase().contains("not"), "{capability} must fail: {text}");
+        assert!(
+            text.to_lowercase().contains("error")
+                || text.to_lowercase().contains("denied")
+                || text.to_lowercase().contains("not"),
+            "{capability} must fail: {text}"
+        );
     }
     Ok(())
 }
@@ -152,7 +168,8 @@ async fn a_trapped_step_fails_its_run_and_the_next_run_in_the_process_succeeds()
 /// fresh instance.
 async fn calls_seen(connection: &PluginConnection) -> TestResult<u64> {
     let ctx = CallContext { base_url: connection.http().base_url(), settings: vec![] };
-    let request = ListRequest { resource: "calls".into(), cursor: None, page_size: 10, filter: None };
+    let request =
+        ListRequest { resource: "calls".into(), cursor: None, page_size: 10, filter: None };
     let page = connection.list(ctx, request).await?;
     let record: serde_json::Value = serde_json::from_str(&page.records[0])?;
     Ok(record["calls"].as_u64().unwrap_or(0))
@@ -170,7 +187,11 @@ async fn a_warm_instance_serves_the_next_call_of_its_connection() -> TestResult 
     let (server, plugin) = hostile_connection().await?;
     let connection = PluginConnection::new(plugin.clone(), connection(&server.base_url())?);
     assert_eq!(calls_seen(&connection).await?, 1);
-    assert_eq!(calls_seen(&connection).await?, 2, "the second call reuses the first call's instance");
+    assert_eq!(
+        calls_seen(&connection).await?,
+        2,
+        "the second call reuses the first call's instance"
+    );
     // Plugin's own calls still get a fresh instance every time.
     let http = connection.http().clone();
     let fresh = list(&plugin, &http, "calls").await?;
@@ -194,14 +215,29 @@ async fn a_trapped_instance_is_discarded_and_a_typed_error_is_not() -> TestResul
     let (server, plugin) = hostile_connection().await?;
     let connection = PluginConnection::new(plugin, connection(&server.base_url())?);
     let ctx = CallContext { base_url: connection.http().base_url(), settings: vec![] };
-    let request = |resource: &str| ListRequest { resource: resource.into(), cursor: None, page_size: 10, filter: None };
+    let request = |resource: &str| ListRequest {
+        resource: resource.into(),
+        cursor: None,
+        page_size: 10,
+        filter: None,
+    };
     assert_eq!(calls_seen(&connection).await?, 1);
     // A typed error is a normal return: the instance stays warm.
-    let error = connection.list(ctx.clone(), request("forbidden-host")).await.err().map(|e| e.to_string()).unwrap_or_default();
+    let error = connection
+        .list(ctx.clone(), request("forbidden-host"))
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
     assert!(error.contains("not an allowed host"), "{error}");
     assert_eq!(calls_seen(&connection).await?, 3);
     // A trap leaves the instance in whatever state it stopped in: it goes.
-    let error = connection.list(ctx, request("spin")).await.err().map(|e| e.to_string()).unwrap_or_default();
+    let error = connection
+        .list(ctx, request("spin"))
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
     assert!(error.contains("CPU time limit"), "{error}");
     assert_eq!(calls_seen(&connection).await?, 1, "a fresh instance after the trap");
     Ok(())
@@ -222,7 +258,10 @@ fn hostile_workflow(resource: &str, extra: &str) -> String {
 
 /// Points the `hostile` connection at `base_url` with the test secret.
 fn hostile_at(base_url: &str) -> BTreeMap<String, ConnectionOverride> {
-    BTreeMap::from([("hostile".to_owned(), ConnectionOverride { base_url: base_url.to_owned(), secret: Secret::new(SECRET) })])
+    BTreeMap::from([(
+        "hostile".to_owned(),
+        ConnectionOverride { base_url: base_url.to_owned(), secret: Secret::new(SECRET) },
+    )])
 }
 
 #[tokio::test]
@@ -234,13 +273,17 @@ async fn thirty_thousand_headers_fail_the_call_not_the_process() -> TestResult {
     let files = tempfile::tempdir()?;
     let executor = Executor::new(runtime(limits())?, RunStore::open(state.path())?);
     let overrides = hostile_at(&server.base_url());
-    let flooded = executor.run(&workflow(files.path(), &hostile_workflow("many-headers", ""))?, &overrides, &Silent).await?;
+    let flooded = executor
+        .run(&workflow(files.path(), &hostile_workflow("many-headers", ""))?, &overrides, &Silent)
+        .await?;
     assert_eq!(flooded.status, Status::Failed);
     let error = flooded.steps[0].error.clone().unwrap_or_default();
     assert!(error.contains("30000 headers") && error.contains("at most 100"), "{error}");
     assert!(error.contains("hostile"), "names the plugin: {error}");
 
-    let ok = executor.run(&workflow(files.path(), &hostile_workflow("ok", ""))?, &overrides, &Silent).await?;
+    let ok = executor
+        .run(&workflow(files.path(), &hostile_workflow("ok", ""))?, &overrides, &Silent)
+        .await?;
     assert_eq!(ok.status, Status::Succeeded, "the process goes on: {ok:?}");
     Ok(())
 }
@@ -251,10 +294,19 @@ async fn echo_server() -> TestResult<weft_sandbox::server::RunningServer> {
     let router = axum::Router::new().route(
         "/echo",
         axum::routing::get(|headers: axum::http::HeaderMap| async move {
-            let echoed: serde_json::Map<String, serde_json::Value> =
-                headers.iter().map(|(name, value)| (name.to_string(), value.to_str().unwrap_or_default().into())).collect();
-            let authorization = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
-            ([("x-echo-authorization", authorization)], serde_json::Value::Object(echoed).to_string())
+            let echoed: serde_json::Map<String, serde_json::Value> = headers
+                .iter()
+                .map(|(name, value)| (name.to_string(), value.to_str().unwrap_or_default().into()))
+                .collect();
+            let authorization = headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            (
+                [("x-echo-authorization", authorization)],
+                serde_json::Value::Object(echoed).to_string(),
+            )
         }),
     );
     Ok(weft_sandbox::server::serve(router, "127.0.0.1:0".parse()?).await?)
@@ -267,7 +319,9 @@ async fn a_vendor_echoing_the_credential_never_hands_it_to_the_plugin() -> TestR
     let server = echo_server().await?;
     let runtime = runtime(limits())?;
     let plugin = runtime.load_file(hostile_wasm()).await?;
-    for scheme in [AuthScheme::Bearer, AuthScheme::BasicKeyAsUser, AuthScheme::Header("x-api-key".into())] {
+    for scheme in
+        [AuthScheme::Bearer, AuthScheme::BasicKeyAsUser, AuthScheme::Header("x-api-key".into())]
+    {
         let http = Arc::new(ConnectionHttp::new(
             weft::http::shared_client(),
             &server.base_url(),
@@ -283,10 +337,22 @@ async fn a_vendor_echoing_the_credential_never_hands_it_to_the_plugin() -> TestR
         // The key itself, and the base64 of "key:" that Basic sends.
         let basic = "c2tfdGVzdF9ob3N0aWxlX25ldmVyX3Nob3dfbWU";
         assert!(!text.contains(SECRET) && !text.contains(basic), "{scheme:?}: {text}");
-        assert!(record["body"].as_str().unwrap_or_default().contains("[redacted]"), "{scheme:?}: the echo was there, scrubbed: {text}");
+        assert!(
+            record["body"].as_str().unwrap_or_default().contains("[redacted]"),
+            "{scheme:?}: the echo was there, scrubbed: {text}"
+        );
         if scheme != AuthScheme::Header("x-api-key".into()) {
-            let header = record["headers"].as_array().and_then(|h| h.iter().find(|pair| pair[0] == "x-echo-authorization")).cloned();
-            assert!(header.is_some_and(|pair| pair[1].as_str().unwrap_or_default().ends_with("[redacted]")), "{scheme:?}: {text}");
+            let header = record["headers"]
+                .as_array()
+                .and_then(|h| h.iter().find(|pair| pair[0] == "x-echo-authorization"))
+                .cloned();
+            assert!(
+                header.is_some_and(|pair| pair[1]
+                    .as_str()
+                    .unwrap_or_default()
+                    .ends_with("[redacted]")),
+                "{scheme:?}: {text}"
+            );
         }
     }
     Ok(())
@@ -297,25 +363,43 @@ async fn the_metadata_address_is_refused_before_anything_is_sent() -> TestResult
     let state = tempfile::tempdir()?;
     let files = tempfile::tempdir()?;
     let executor = Executor::new(runtime(limits())?, RunStore::open(state.path())?);
-    let summary = executor.run(&workflow(files.path(), &hostile_workflow("http", ""))?, &hostile_at("http://169.254.169.254"), &Silent).await?;
+    let summary = executor
+        .run(
+            &workflow(files.path(), &hostile_workflow("http", ""))?,
+            &hostile_at("http://169.254.169.254"),
+            &Silent,
+        )
+        .await?;
     assert_eq!(summary.status, Status::Failed);
     let error = summary.steps[0].error.clone().unwrap_or_default();
-    assert!(error.contains("169.254.169.254 is link-local") && error.contains("allow_private_network"), "{error}");
+    assert!(
+        error.contains("169.254.169.254 is link-local") && error.contains("allow_private_network"),
+        "{error}"
+    );
     assert_eq!(summary.connections["hostile"].requests, 0, "{:?}", summary.connections);
     assert_eq!(summary.connections["hostile"].denied, 1);
     Ok(())
 }
 
 #[tokio::test]
-async fn a_name_resolving_to_loopback_is_refused_unless_the_connection_allows_private_networks() -> TestResult {
+async fn a_name_resolving_to_loopback_is_refused_unless_the_connection_allows_private_networks()
+-> TestResult {
     // A public-looking base URL whose name resolves to 127.0.0.1, as a
     // rebinding or a hostile DNS answer would: judged by its address.
     let server = huge_server().await?;
     let port = server.base_url().rsplit(':').next().unwrap_or_default().to_owned();
-    let clients = weft::http::HttpClients::with_pinned_names(&[("localhost.example", "127.0.0.1".parse()?)]);
+    let clients =
+        weft::http::HttpClients::with_pinned_names(&[("localhost.example", "127.0.0.1".parse()?)]);
     let base_url = format!("http://localhost.example:{port}");
     let connect = |egress: Option<EgressPolicy>| -> TestResult<Arc<ConnectionHttp>> {
-        let http = ConnectionHttp::new(clients.clone(), &base_url, &[], Some((AuthScheme::Bearer, Secret::new(SECRET))), HttpLimits::default(), Arc::new(SendOnce))?;
+        let http = ConnectionHttp::new(
+            clients.clone(),
+            &base_url,
+            &[],
+            Some((AuthScheme::Bearer, Secret::new(SECRET))),
+            HttpLimits::default(),
+            Arc::new(SendOnce),
+        )?;
         Ok(Arc::new(match egress {
             Some(egress) => http.with_egress(egress),
             None => http,
@@ -324,13 +408,23 @@ async fn a_name_resolving_to_loopback_is_refused_unless_the_connection_allows_pr
     let runtime = runtime(limits())?;
     let plugin = runtime.load_file(hostile_wasm()).await?;
 
-    let error = list(&plugin, &connect(None)?, "http").await.err().map(|e| e.to_string()).unwrap_or_default();
-    assert!(error.contains("localhost.example resolves to 127.0.0.1, which is loopback"), "{error}");
+    let error = list(&plugin, &connect(None)?, "http")
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        error.contains("localhost.example resolves to 127.0.0.1, which is loopback"),
+        "{error}"
+    );
     assert!(error.contains("allow_private_network"), "{error}");
 
     let records = list(&plugin, &connect(Some(EgressPolicy::Any))?, "http").await?;
     let record: serde_json::Value = serde_json::from_str(&records[0])?;
-    assert_eq!(record["status"], 404, "allowed, it reaches the server (which has no /v1/customers): {record}");
+    assert_eq!(
+        record["status"], 404,
+        "allowed, it reaches the server (which has no /v1/customers): {record}"
+    );
     Ok(())
 }
 
@@ -345,12 +439,24 @@ async fn allow_private_network_in_the_workflow_opens_a_non_public_address() -> T
     let files = tempfile::tempdir()?;
     let executor = Executor::new(runtime(limits())?, RunStore::open(state.path())?);
 
-    let refused = executor.run(&workflow(files.path(), &hostile_workflow("huge", ""))?, &hostile_at(&base_url), &Silent).await?;
+    let refused = executor
+        .run(
+            &workflow(files.path(), &hostile_workflow("huge", ""))?,
+            &hostile_at(&base_url),
+            &Silent,
+        )
+        .await?;
     assert_eq!(refused.status, Status::Failed);
     let error = refused.steps[0].error.clone().unwrap_or_default();
     assert!(error.contains("0.0.0.0 is unspecified"), "{error}");
 
-    let allowed = executor.run(&workflow(files.path(), &hostile_workflow("huge", "allow_private_network = true"))?, &hostile_at(&base_url), &Silent).await?;
+    let allowed = executor
+        .run(
+            &workflow(files.path(), &hostile_workflow("huge", "allow_private_network = true"))?,
+            &hostile_at(&base_url),
+            &Silent,
+        )
+        .await?;
     assert_eq!(allowed.status, Status::Succeeded, "{allowed:?}");
     assert_eq!(allowed.connections["hostile"].requests, 1);
     Ok(())
@@ -359,19 +465,46 @@ async fn allow_private_network_in_the_workflow_opens_a_non_public_address() -> T
 // ---- What a plugin hands back: one JSON object per record, bounded sizes ----
 
 /// The ways `bad-records` breaks "one JSON object" (see the hostile plugin).
-const NOT_ONE_OBJECT: &[&str] =
-    &["newline-in-string", "two-lines", "comma", "not-json", "array", "number", "unterminated", "lone-surrogate", "huge-number", "too-deep"];
+const NOT_ONE_OBJECT: &[&str] = &[
+    "newline-in-string",
+    "two-lines",
+    "comma",
+    "not-json",
+    "array",
+    "number",
+    "unterminated",
+    "lone-surrogate",
+    "huge-number",
+    "too-deep",
+];
 
-async fn list_with(plugin: &Plugin, http: &Arc<ConnectionHttp>, resource: &str, cursor: Option<&str>, filter: serde_json::Value) -> Result<Vec<String>, RuntimeError> {
+async fn list_with(
+    plugin: &Plugin,
+    http: &Arc<ConnectionHttp>,
+    resource: &str,
+    cursor: Option<&str>,
+    filter: serde_json::Value,
+) -> Result<Vec<String>, RuntimeError> {
     let ctx = CallContext { base_url: http.base_url(), settings: vec![] };
-    let request = ListRequest { resource: resource.into(), cursor: cursor.map(str::to_owned), page_size: 10, filter: Some(filter.to_string()) };
+    let request = ListRequest {
+        resource: resource.into(),
+        cursor: cursor.map(str::to_owned),
+        page_size: 10,
+        filter: Some(filter.to_string()),
+    };
     plugin.list(http, ctx, request).await.map(|page| page.records)
 }
 
 fn assert_contract_breach(error: &RuntimeError, op: &str, what: &str) {
     let text = error.to_string();
-    assert!(matches!(error, RuntimeError::Contract { .. }), "{what}: not a contract breach: {text}");
-    assert!(text.contains("plugin ") && text.contains("hostile") && text.contains(op), "{what}: {text} names the plugin and {op}");
+    assert!(
+        matches!(error, RuntimeError::Contract { .. }),
+        "{what}: not a contract breach: {text}"
+    );
+    assert!(
+        text.contains("plugin ") && text.contains("hostile") && text.contains(op),
+        "{what}: {text} names the plugin and {op}"
+    );
 }
 
 #[tokio::test]
@@ -391,31 +524,58 @@ async fn a_listed_record_that_is_not_one_json_object_is_a_contract_breach() -> T
     }
     // One object over several lines (a vendor's pretty-printed body) is
     // fine: it arrives as one line.
-    let records = list_with(&plugin, &http, "bad-records", Some("2"), serde_json::json!({ "kind": "pretty" })).await?;
+    let records = list_with(
+        &plugin,
+        &http,
+        "bad-records",
+        Some("2"),
+        serde_json::json!({ "kind": "pretty" }),
+    )
+    .await?;
     assert_eq!(records, [r#"{"id":"2","name":"Pretty\nPrinted"}"#, r#"{"id":"3"}"#]);
     Ok(())
 }
 
 #[tokio::test]
-async fn a_record_from_get_upsert_or_a_batch_that_is_not_one_json_object_is_a_contract_breach() -> TestResult {
+async fn a_record_from_get_upsert_or_a_batch_that_is_not_one_json_object_is_a_contract_breach()
+-> TestResult {
     let runtime = runtime(limits())?;
     let plugin = runtime.load_file(hostile_wasm()).await?;
     let http = connection("http://127.0.0.1:9")?;
     let ctx = || CallContext { base_url: http.base_url(), settings: vec![] };
     for kind in NOT_ONE_OBJECT {
-        let error = plugin.get(&http, ctx(), "bad-records", kind).await.err().ok_or(format!("get {kind} was accepted"))?;
+        let error = plugin
+            .get(&http, ctx(), "bad-records", kind)
+            .await
+            .err()
+            .ok_or(format!("get {kind} was accepted"))?;
         assert_contract_breach(&error, "get", kind);
 
         let record = serde_json::json!({ "kind": kind }).to_string();
-        let request = weft::connector::UpsertRequest { resource: "bad-records".into(), record: record.clone(), idempotency_key: "k".into() };
-        let error = plugin.upsert(&http, ctx(), request).await.err().ok_or(format!("upsert {kind} was accepted"))?;
+        let request = weft::connector::UpsertRequest {
+            resource: "bad-records".into(),
+            record: record.clone(),
+            idempotency_key: "k".into(),
+        };
+        let error = plugin
+            .upsert(&http, ctx(), request)
+            .await
+            .err()
+            .ok_or(format!("upsert {kind} was accepted"))?;
         assert_contract_breach(&error, "upsert", kind);
 
         let items = vec![
-            weft::connector::BatchItem { record: r#"{"kind":"good"}"#.into(), idempotency_key: "k1".into() },
+            weft::connector::BatchItem {
+                record: r#"{"kind":"good"}"#.into(),
+                idempotency_key: "k1".into(),
+            },
             weft::connector::BatchItem { record, idempotency_key: "k2".into() },
         ];
-        let error = plugin.upsert_batch(&http, ctx(), "bad-records", items).await.err().ok_or(format!("batch {kind} was accepted"))?;
+        let error = plugin
+            .upsert_batch(&http, ctx(), "bad-records", items)
+            .await
+            .err()
+            .ok_or(format!("batch {kind} was accepted"))?;
         assert_contract_breach(&error, "upsert-batch", kind);
         assert!(error.to_string().contains("outcome 2 of 2"), "{kind}: {error}");
     }
@@ -425,7 +585,9 @@ async fn a_record_from_get_upsert_or_a_batch_that_is_not_one_json_object_is_a_co
 /// A list step whose second page holds `kind`, writing an output file and
 /// keeping its records for a later step; returns the run, the store and
 /// the output file's path.
-async fn list_step_with_bad_page(kind: &str) -> TestResult<(weft::executor::RunSummary, tempfile::TempDir, tempfile::TempDir)> {
+async fn list_step_with_bad_page(
+    kind: &str,
+) -> TestResult<(weft::executor::RunSummary, tempfile::TempDir, tempfile::TempDir)> {
     let state = tempfile::tempdir()?;
     let files = tempfile::tempdir()?;
     let executor = Executor::new(runtime(limits())?, RunStore::open(state.path())?);
@@ -464,18 +626,25 @@ key = "16"
 
 fn output_lines(files: &tempfile::TempDir) -> TestResult<Vec<serde_json::Value>> {
     let text = std::fs::read_to_string(files.path().join("out.jsonl"))?;
-    let lines: Vec<serde_json::Value> = text.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
+    let lines: Vec<serde_json::Value> =
+        text.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
     assert!(lines.iter().all(serde_json::Value::is_object), "{text}");
     Ok(lines)
 }
 
 #[tokio::test]
-async fn a_bad_record_fails_its_list_step_and_leaves_the_page_log_and_output_readable() -> TestResult {
+async fn a_bad_record_fails_its_list_step_and_leaves_the_page_log_and_output_readable() -> TestResult
+{
     for kind in ["two-lines", "comma", "not-json", "number", "lone-surrogate"] {
         let (summary, _state, files) = list_step_with_bad_page(kind).await?;
         assert_eq!(summary.status, Status::Failed, "{kind}: {summary:?}");
         let error = summary.steps[0].error.clone().unwrap_or_default();
-        assert!(error.contains("plugin") && error.contains("hostile") && error.contains("broke the contract"), "{kind}: {error}");
+        assert!(
+            error.contains("plugin")
+                && error.contains("hostile")
+                && error.contains("broke the contract"),
+            "{kind}: {error}"
+        );
         // Only the first, good page was kept; nothing was forged or smuggled.
         assert_eq!(output_lines(&files)?, [serde_json::json!({"id": "1"})], "{kind}");
     }
@@ -491,19 +660,49 @@ async fn a_40_mb_record_is_refused_before_the_host_copies_it() -> TestResult {
     let plugin = runtime.load_file(hostile_wasm()).await?;
     let http = connection("http://127.0.0.1:9")?;
     let ctx = || CallContext { base_url: http.base_url(), settings: vec![] };
-    let error = plugin.get(&http, ctx(), "big-record", &(40 << 20).to_string()).await.err().ok_or("a 40 MiB record was accepted")?.to_string();
-    assert!(error.contains("hostile") && error.contains("get") && error.contains("reply limit of 16 MiB"), "{error}");
+    let error = plugin
+        .get(&http, ctx(), "big-record", &(40 << 20).to_string())
+        .await
+        .err()
+        .ok_or("a 40 MiB record was accepted")?
+        .to_string();
+    assert!(
+        error.contains("hostile")
+            && error.contains("get")
+            && error.contains("reply limit of 16 MiB"),
+        "{error}"
+    );
 
     // Under the reply limit but over the record limit: refused by size.
-    let error = plugin.get(&http, ctx(), "big-record", &(2 << 20).to_string()).await.err().ok_or("a 2 MiB record was accepted")?.to_string();
+    let error = plugin
+        .get(&http, ctx(), "big-record", &(2 << 20).to_string())
+        .await
+        .err()
+        .ok_or("a 2 MiB record was accepted")?
+        .to_string();
     assert!(error.contains("is 2097152 bytes, over the record limit of 1 MiB"), "{error}");
 
     // Records each under the limit, a page over the reply limit.
-    let error = list_with(&plugin, &http, "big-record", None, serde_json::json!({"bytes": 900_000, "records": 20})).await.err().ok_or("an 18 MB page was accepted")?.to_string();
+    let error = list_with(
+        &plugin,
+        &http,
+        "big-record",
+        None,
+        serde_json::json!({"bytes": 900_000, "records": 20}),
+    )
+    .await
+    .err()
+    .ok_or("an 18 MB page was accepted")?
+    .to_string();
     assert!(error.contains("list") && error.contains("reply limit of 16 MiB"), "{error}");
 
     // A million empty records: 8 MB in the guest, 24 MB as host strings.
-    let error = list_with(&plugin, &http, "many-records", None, serde_json::json!({"count": 1_000_000})).await.err().ok_or("a million records were accepted")?.to_string();
+    let error =
+        list_with(&plugin, &http, "many-records", None, serde_json::json!({"count": 1_000_000}))
+            .await
+            .err()
+            .ok_or("a million records were accepted")?
+            .to_string();
     assert!(error.contains("reply limit of 16 MiB"), "{error}");
 
     // The process goes on.
@@ -517,8 +716,17 @@ async fn the_memory_limit_message_gives_exact_sizes() -> TestResult {
     let plugin = runtime.load_file(hostile_wasm()).await?;
     let http = connection("http://127.0.0.1:9")?;
     // One 64 KiB page past the 64 MiB cap.
-    let error = list_with(&plugin, &http, "grow", None, serde_json::json!({"pages": 1025})).await.err().ok_or("grew past the cap")?.to_string();
-    assert!(error.contains("exceeded its memory limit of 64 MiB (tried to grow to 67174400 bytes (64.06 MiB))"), "{error}");
+    let error = list_with(&plugin, &http, "grow", None, serde_json::json!({"pages": 1025}))
+        .await
+        .err()
+        .ok_or("grew past the cap")?
+        .to_string();
+    assert!(
+        error.contains(
+            "exceeded its memory limit of 64 MiB (tried to grow to 67174400 bytes (64.06 MiB))"
+        ),
+        "{error}"
+    );
     Ok(())
 }
 
@@ -543,7 +751,11 @@ impl std::io::Write for Captured {
 async fn plugin_log_lines_cannot_forge_host_log_lines() -> TestResult {
     let captured = Captured::default();
     let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt().with_ansi(false).with_max_level(tracing::Level::TRACE).with_writer(move || writer.clone()).finish();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .finish();
     // The test's runtime is this one thread, so the plugin's log calls run here.
     let _guard = tracing::subscriber::set_default(subscriber);
     let runtime = runtime(limits())?;
@@ -555,7 +767,10 @@ async fn plugin_log_lines_cannot_forge_host_log_lines() -> TestResult {
     let plugin_lines: Vec<&str> = text.lines().filter(|line| line.contains("plugin=")).collect();
     assert_eq!(plugin_lines.len(), 2, "two plugin lines, each on one line:\n{text}");
     assert!(!text.lines().any(|line| line.starts_with("2030-01-01")), "a forged line:\n{text}");
-    assert!(plugin_lines[0].contains(r"plugin line\n2030-01-01T00:00:00Z ERROR weft: forged host line"), "{text}");
+    assert!(
+        plugin_lines[0].contains(r"plugin line\n2030-01-01T00:00:00Z ERROR weft: forged host line"),
+        "{text}"
+    );
     assert!(plugin_lines[1].contains(r"carriage\rreturn, \u{1b}[31mred\u{1b}[0m, bell\u{7}, nul\u{0}, next line\u{85}, separator\u{2028}end"), "{text}");
     for control in ['\r', '\u{1b}', '\u{7}', '\u{0}', '\u{85}', '\u{2028}'] {
         assert!(!text.contains(control), "{control:?} reached the log:\n{text}");
@@ -565,16 +780,25 @@ async fn plugin_log_lines_cannot_forge_host_log_lines() -> TestResult {
 
 // ---- CPU time is CPU time ----
 
-async fn burn(plugin: &Plugin, http: &Arc<ConnectionHttp>, iterations: u64) -> Result<Vec<String>, RuntimeError> {
+async fn burn(
+    plugin: &Plugin,
+    http: &Arc<ConnectionHttp>,
+    iterations: u64,
+) -> Result<Vec<String>, RuntimeError> {
     list_with(plugin, http, "burn", None, serde_json::json!({ "iterations": iterations })).await
 }
 
 /// Many calls, each well under the CPU limit, on two worker threads: each
 /// waits for a core far longer than the limit, and that waiting is not CPU.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_calls_each_under_the_cpu_limit_all_succeed_and_a_spin_still_stops() -> TestResult {
+async fn concurrent_calls_each_under_the_cpu_limit_all_succeed_and_a_spin_still_stops() -> TestResult
+{
     let limit = Duration::from_millis(500);
-    let runtime = runtime(SandboxLimits { cpu_time: limit, call_timeout: Duration::from_secs(120), ..SandboxLimits::default() })?;
+    let runtime = runtime(SandboxLimits {
+        cpu_time: limit,
+        call_timeout: Duration::from_secs(120),
+        ..SandboxLimits::default()
+    })?;
     let plugin = Arc::new(runtime.load_file(hostile_wasm()).await?);
     let http = connection("http://127.0.0.1:9")?;
     // Calibrate alone: iterations for about a fifth of the limit. Wall time
@@ -589,7 +813,9 @@ async fn concurrent_calls_each_under_the_cpu_limit_all_succeed_and_a_spin_still_
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..calls {
         let (plugin, http) = (plugin.clone(), http.clone());
-        tasks.spawn(async move { burn(&plugin, &http, iterations).await.map_err(|e| e.to_string()) });
+        tasks.spawn(
+            async move { burn(&plugin, &http, iterations).await.map_err(|e| e.to_string()) },
+        );
     }
     let spin = {
         let (plugin, http) = (plugin.clone(), http.clone());
@@ -603,8 +829,16 @@ async fn concurrent_calls_each_under_the_cpu_limit_all_succeed_and_a_spin_still_
         }
     }
     let wall = started.elapsed();
-    assert!(failures.is_empty(), "{} of {calls} calls failed ({iterations} iterations each, {wall:?} for all): {:?}", failures.len(), failures.first());
-    assert!(wall > limit, "the calls ran concurrently past the limit ({wall:?}), so the test shows something");
+    assert!(
+        failures.is_empty(),
+        "{} of {calls} calls failed ({iterations} iterations each, {wall:?} for all): {:?}",
+        failures.len(),
+        failures.first()
+    );
+    assert!(
+        wall > limit,
+        "the calls ran concurrently past the limit ({wall:?}), so the test shows something"
+    );
     let error = spin.await?.err().unwrap_or_default();
     assert!(error.contains("CPU time limit of 500ms"), "{error}");
     Ok(())
@@ -614,7 +848,9 @@ async fn concurrent_calls_each_under_the_cpu_limit_all_succeed_and_a_spin_still_
 
 /// A loopback server whose `/slow?ms=N` answers after N milliseconds.
 async fn slow_server() -> TestResult<weft_sandbox::server::RunningServer> {
-    async fn slow(axum::extract::Query(query): axum::extract::Query<BTreeMap<String, u64>>) -> &'static str {
+    async fn slow(
+        axum::extract::Query(query): axum::extract::Query<BTreeMap<String, u64>>,
+    ) -> &'static str {
         tokio::time::sleep(Duration::from_millis(query.get("ms").copied().unwrap_or(0))).await;
         "{}"
     }
@@ -623,13 +859,21 @@ async fn slow_server() -> TestResult<weft_sandbox::server::RunningServer> {
 }
 
 fn slow_request(ms: u64) -> ListRequest {
-    ListRequest { resource: "slow".into(), cursor: None, page_size: 10, filter: Some(serde_json::json!({ "ms": ms }).to_string()) }
+    ListRequest {
+        resource: "slow".into(),
+        cursor: None,
+        page_size: 10,
+        filter: Some(serde_json::json!({ "ms": ms }).to_string()),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn more_concurrent_calls_than_the_256_instance_slots_all_succeed() -> TestResult {
     let server = slow_server().await?;
-    let runtime = runtime(SandboxLimits { call_timeout: Duration::from_secs(60), ..SandboxLimits::default() })?;
+    let runtime = runtime(SandboxLimits {
+        call_timeout: Duration::from_secs(60),
+        ..SandboxLimits::default()
+    })?;
     let plugin = Arc::new(runtime.load_file(hostile_wasm()).await?);
     let http = connection(&server.base_url())?;
     let calls = 300;
@@ -654,7 +898,12 @@ async fn more_concurrent_calls_than_the_256_instance_slots_all_succeed() -> Test
             failures.push(e);
         }
     }
-    assert!(failures.is_empty(), "{} of {calls} calls failed, first: {:?}", failures.len(), failures.first());
+    assert!(
+        failures.is_empty(),
+        "{} of {calls} calls failed, first: {:?}",
+        failures.len(),
+        failures.first()
+    );
     Ok(())
 }
 
@@ -673,7 +922,11 @@ async fn calls_beyond_a_small_pool_wait_their_turn() -> TestResult {
         let (plugin, http, warm) = (plugin.clone(), http.clone(), warm.clone());
         tasks.spawn(async move {
             let ctx = CallContext { base_url: http.base_url(), settings: vec![] };
-            let result = if n % 2 == 0 { warm.list(ctx, slow_request(50)).await } else { plugin.list(&http, ctx, slow_request(50)).await };
+            let result = if n % 2 == 0 {
+                warm.list(ctx, slow_request(50)).await
+            } else {
+                plugin.list(&http, ctx, slow_request(50)).await
+            };
             result.map_err(|e| e.to_string())
         });
     }
@@ -687,7 +940,8 @@ async fn calls_beyond_a_small_pool_wait_their_turn() -> TestResult {
 async fn an_idle_warm_instance_gives_its_slot_to_a_waiting_call() -> TestResult {
     let server = slow_server().await?;
     // Two slots; a call takes ~500 ms of its 800 ms deadline.
-    let plugin = Arc::new(small_pool(2, Duration::from_millis(800))?.load_file(hostile_wasm()).await?);
+    let plugin =
+        Arc::new(small_pool(2, Duration::from_millis(800))?.load_file(hostile_wasm()).await?);
     let http = connection(&server.base_url())?;
     let ctx = || CallContext { base_url: http.base_url(), settings: vec![] };
     let idle = PluginConnection::new(plugin.clone(), http.clone());
@@ -696,7 +950,8 @@ async fn an_idle_warm_instance_gives_its_slot_to_a_waiting_call() -> TestResult 
     // calls need both: the second can only run at once if the idle
     // instance is given up (waiting for the first would pass its deadline).
     let busy = PluginConnection::new(plugin.clone(), http.clone());
-    let (first, second) = tokio::join!(busy.list(ctx(), slow_request(500)), busy.list(ctx(), slow_request(500)));
+    let (first, second) =
+        tokio::join!(busy.list(ctx(), slow_request(500)), busy.list(ctx(), slow_request(500)));
     first?;
     second?;
     drop(idle);
@@ -717,11 +972,19 @@ async fn a_call_waits_for_a_slot_no_longer_than_its_deadline() -> TestResult {
     );
     let elapsed = started.elapsed();
     let outcomes = [a, b, c];
-    assert_eq!(outcomes.iter().filter(|o| o.is_ok()).count(), 1, "one call had the slot in time: {outcomes:?}");
+    assert_eq!(
+        outcomes.iter().filter(|o| o.is_ok()).count(),
+        1,
+        "one call had the slot in time: {outcomes:?}"
+    );
     for error in outcomes.iter().filter_map(|o| o.as_ref().err()) {
         let text = error.to_string();
         assert!(text.contains("hostile") && text.contains("list"), "{text}");
-        assert!(text.contains("for a wasm instance: all 1 slots stayed in use") || text.contains("exceeded the call deadline of 1s"), "{text}");
+        assert!(
+            text.contains("for a wasm instance: all 1 slots stayed in use")
+                || text.contains("exceeded the call deadline of 1s"),
+            "{text}"
+        );
     }
     assert!(elapsed < Duration::from_secs(5), "nobody waited past the deadline: {elapsed:?}");
     Ok(())
@@ -776,7 +1039,12 @@ async fn a_request_with_a_flood_of_header_names_fails_its_call_not_the_process()
     // 30,000 distinct names: past what `http::HeaderMap` holds (it panics
     // past 24,576). However the host refuses it (a bound on headers, or a
     // panic contained to the call), the call fails and names the plugin.
-    let error = list_with(&plugin, &http, "header-flood", None, serde_json::json!({"count": 30_000})).await.err().ok_or("a flood of headers was sent")?.to_string();
+    let error =
+        list_with(&plugin, &http, "header-flood", None, serde_json::json!({"count": 30_000}))
+            .await
+            .err()
+            .ok_or("a flood of headers was sent")?
+            .to_string();
     assert!(error.contains("hostile") && error.contains("list"), "{error}");
     assert!(!error.contains(SECRET), "{error}");
     // The process goes on, and so does the plugin.
@@ -791,7 +1059,10 @@ async fn a_request_with_a_flood_of_header_names_fails_its_call_not_the_process()
 async fn a_component_cache_others_can_write_is_not_used() -> TestResult {
     use std::os::unix::fs::PermissionsExt as _;
     let load = |dir: std::path::PathBuf| async move {
-        let runtime = weft::runtime::Runtime::new(weft::runtime::RuntimeConfig { cache_dir: Some(dir), limits: limits() })?;
+        let runtime = weft::runtime::Runtime::new(weft::runtime::RuntimeConfig {
+            cache_dir: Some(dir),
+            limits: limits(),
+        })?;
         let plugin = runtime.load_file(hostile_wasm()).await?;
         Ok::<bool, Box<dyn std::error::Error>>(plugin.load_info().cache_hit)
     };

@@ -13,7 +13,8 @@ fn root() -> PathBuf {
 fn validator() -> TestResult<jsonschema::Validator> {
     let text = std::fs::read_to_string(root().join("schema/workflow.schema.json"))?;
     let schema: serde_json::Value = serde_json::from_str(&text)?;
-    Ok(jsonschema::validator_for(&schema).map_err(|e| format!("the schema does not compile: {e}"))?)
+    Ok(jsonschema::validator_for(&schema)
+        .map_err(|e| format!("the schema does not compile: {e}"))?)
 }
 
 fn as_json(toml_text: &str) -> TestResult<serde_json::Value> {
@@ -23,13 +24,19 @@ fn as_json(toml_text: &str) -> TestResult<serde_json::Value> {
 
 fn errors(validator: &jsonschema::Validator, text: &str) -> TestResult<Vec<String>> {
     let instance = as_json(text)?;
-    Ok(validator.iter_errors(&instance).map(|e| format!("{} at {}", e, e.instance_path())).collect())
+    Ok(validator
+        .iter_errors(&instance)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect())
 }
 
 #[test]
 fn every_example_workflow_conforms_to_the_schema() -> TestResult {
     let validator = validator()?;
-    let mut files: Vec<PathBuf> = std::fs::read_dir(root().join("workflows"))?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "toml")).collect();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(root().join("workflows"))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
     files.sort();
     assert!(files.len() >= 2);
     for file in files {
@@ -92,8 +99,14 @@ fn what_the_parser_refuses_the_schema_refuses() -> TestResult {
         ("no op", GOOD.replace("list = \"stripe.customers\"\n", "")),
         ("bad rate class", GOOD.replace("post = ", "posts = ")),
     ] {
-        assert!(!errors(&validator, &bad)?.is_empty(), "the schema accepts a workflow with a {what}");
-        assert!(weft::workflow::Workflow::parse(Path::new("w.toml"), &bad).is_err(), "the parser accepts a workflow with a {what}");
+        assert!(
+            !errors(&validator, &bad)?.is_empty(),
+            "the schema accepts a workflow with a {what}"
+        );
+        assert!(
+            weft::workflow::Workflow::parse(Path::new("w.toml"), &bad).is_err(),
+            "the parser accepts a workflow with a {what}"
+        );
     }
     Ok(())
 }
@@ -101,14 +114,26 @@ fn what_the_parser_refuses_the_schema_refuses() -> TestResult {
 #[test]
 fn the_connection_egress_and_budget_keys_agree_with_the_parser() -> TestResult {
     let validator = validator()?;
-    let keys = |extra: &str| GOOD.replace("rate_limits = { post = \"100/min\" }", &format!("rate_limits = {{ post = \"100/min\" }}\n{extra}"));
+    let keys = |extra: &str| {
+        GOOD.replace(
+            "rate_limits = { post = \"100/min\" }",
+            &format!("rate_limits = {{ post = \"100/min\" }}\n{extra}"),
+        )
+    };
     let good = keys("allow_private_network = true\nmax_requests_per_call = 50");
     assert_eq!(errors(&validator, &good)?, Vec::<String>::new());
     weft::workflow::Workflow::parse(Path::new("w.toml"), &good).map_err(|d| d.to_string())?;
-    for bad in ["allow_private_network = \"yes\"", "max_requests_per_call = 0", "max_requests_per_call = \"many\""] {
+    for bad in [
+        "allow_private_network = \"yes\"",
+        "max_requests_per_call = 0",
+        "max_requests_per_call = \"many\"",
+    ] {
         let bad = keys(bad);
         assert!(!errors(&validator, &bad)?.is_empty(), "the schema accepts {bad}");
-        assert!(weft::workflow::Workflow::parse(Path::new("w.toml"), &bad).is_err(), "the parser accepts {bad}");
+        assert!(
+            weft::workflow::Workflow::parse(Path::new("w.toml"), &bad).is_err(),
+            "the parser accepts {bad}"
+        );
     }
     Ok(())
 }

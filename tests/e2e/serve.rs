@@ -17,12 +17,19 @@ use super::support::{TestResult, runtime, workflow};
 
 const SECRET: &str = "whsec_weft_test_secret";
 
-async fn start(state: &std::path::Path, workflows: Vec<weft::workflow::Workflow>) -> TestResult<RunningServer> {
+async fn start(
+    state: &std::path::Path,
+    workflows: Vec<weft::workflow::Workflow>,
+) -> TestResult<RunningServer> {
     start_with(state, ServeConfig { workflows, ..config()? }).await
 }
 
 fn config() -> TestResult<ServeConfig> {
-    Ok(ServeConfig { bind: "127.0.0.1:0".parse()?, shutdown_grace: Duration::from_secs(10), ..ServeConfig::default() })
+    Ok(ServeConfig {
+        bind: "127.0.0.1:0".parse()?,
+        shutdown_grace: Duration::from_secs(10),
+        ..ServeConfig::default()
+    })
 }
 
 async fn start_with(state: &std::path::Path, config: ServeConfig) -> TestResult<RunningServer> {
@@ -35,7 +42,10 @@ fn post_json(client: &reqwest::Client, url: String, body: &str) -> reqwest::Requ
     client.post(url).header("content-type", "application/json").body(body.to_owned())
 }
 
-async fn stripe(faults: FaultConfig, seed: usize) -> TestResult<(StripeEmulator, weft_sandbox::server::RunningServer)> {
+async fn stripe(
+    faults: FaultConfig,
+    seed: usize,
+) -> TestResult<(StripeEmulator, weft_sandbox::server::RunningServer)> {
     let emulator = StripeEmulator::new(StripeConfig { seed, faults, ..StripeConfig::default() });
     let server = weft_sandbox::server::serve(emulator.router(), "127.0.0.1:0".parse()?).await?;
     Ok((emulator, server))
@@ -47,7 +57,11 @@ fn secret_file(dir: &std::path::Path) -> TestResult<String> {
     Ok(format!("file:{}", path.display()))
 }
 
-fn hook_workflow(dir: &std::path::Path, base_url: &str, verify: &str) -> TestResult<weft::workflow::Workflow> {
+fn hook_workflow(
+    dir: &std::path::Path,
+    base_url: &str,
+    verify: &str,
+) -> TestResult<weft::workflow::Workflow> {
     let secret = secret_file(dir)?;
     let key = dir.join("stripe-key");
     std::fs::write(&key, SANDBOX_API_KEY)?;
@@ -83,7 +97,9 @@ record = {{ email = "${{{{ .inputs.data.object.email }}}}", name = "${{{{ .input
 async fn wait_finished(client: &reqwest::Client, base: &str, run: &str) -> TestResult<Value> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let body: Value = serde_json::from_slice(&client.get(format!("{base}/api/runs/{run}")).send().await?.bytes().await?)?;
+        let body: Value = serde_json::from_slice(
+            &client.get(format!("{base}/api/runs/{run}")).send().await?.bytes().await?,
+        )?;
         if !matches!(body["status"].as_str(), Some("running" | "pending")) {
             return Ok(body);
         }
@@ -99,11 +115,16 @@ fn event(email: &str) -> Vec<u8> {
 }
 
 #[tokio::test]
-async fn a_signed_stripe_webhook_runs_and_bad_stale_replayed_or_oversized_ones_start_nothing() -> TestResult {
+async fn a_signed_stripe_webhook_runs_and_bad_stale_replayed_or_oversized_ones_start_nothing()
+-> TestResult {
     let (emulator, stripe_server) = stripe(FaultConfig::default(), 0).await?;
     let files = tempfile::tempdir()?;
     let state = tempfile::tempdir()?;
-    let server = start(state.path(), vec![hook_workflow(files.path(), &stripe_server.base_url(), "stripe")?]).await?;
+    let server = start(
+        state.path(),
+        vec![hook_workflow(files.path(), &stripe_server.base_url(), "stripe")?],
+    )
+    .await?;
     let base = format!("http://{}", server.addr);
     let client = reqwest::Client::new();
     let now = chrono::Utc::now().timestamp();
@@ -124,7 +145,11 @@ async fn a_signed_stripe_webhook_runs_and_bad_stale_replayed_or_oversized_ones_s
     assert_eq!(finished["status"], "succeeded", "{finished:#}");
     assert_eq!(finished["trigger"], "webhook");
     assert_eq!(emulator.customer_count(), 1);
-    assert_eq!(emulator.customers()[0]["email"], "hook@example.com", "the event became the run's inputs");
+    assert_eq!(
+        emulator.customers()[0]["email"],
+        "hook@example.com",
+        "the event became the run's inputs"
+    );
 
     // The same delivery again: a replay.
     let replay = post(body.clone(), Some(stripe_signature(&body, SECRET.as_bytes(), now))).await?;
@@ -135,18 +160,27 @@ async fn a_signed_stripe_webhook_runs_and_bad_stale_replayed_or_oversized_ones_s
     // Unsigned.
     assert_eq!(post(body.clone(), None).await?.status(), 401);
     // Signed, but ten minutes old.
-    let stale = post(body.clone(), Some(stripe_signature(&body, SECRET.as_bytes(), now - 600))).await?;
+    let stale =
+        post(body.clone(), Some(stripe_signature(&body, SECRET.as_bytes(), now - 600))).await?;
     assert_eq!(stale.status(), 400);
     assert!(String::from_utf8_lossy(&stale.bytes().await?).contains("outside the tolerance"));
     // Over the 4 KiB cap.
-    let big = json!({"data": {"object": {"email": "x@example.com", "name": "x".repeat(8192)}}}).to_string().into_bytes();
+    let big = json!({"data": {"object": {"email": "x@example.com", "name": "x".repeat(8192)}}})
+        .to_string()
+        .into_bytes();
     let oversize = post(big.clone(), Some(stripe_signature(&big, SECRET.as_bytes(), now))).await?;
     assert_eq!(oversize.status(), 413);
     // No such hook.
     assert_eq!(client.post(format!("{base}/hooks/nope")).body("{}").send().await?.status(), 404);
 
-    let runs: Value = serde_json::from_slice(&client.get(format!("{base}/api/runs")).send().await?.bytes().await?)?;
-    assert_eq!(runs.as_array().map(Vec::len), Some(1), "only the good delivery started a run: {runs:#}");
+    let runs: Value = serde_json::from_slice(
+        &client.get(format!("{base}/api/runs")).send().await?.bytes().await?,
+    )?;
+    assert_eq!(
+        runs.as_array().map(Vec::len),
+        Some(1),
+        "only the good delivery started a run: {runs:#}"
+    );
     assert_eq!(emulator.customer_count(), 1);
     server.shutdown().await;
     Ok(())
@@ -157,17 +191,30 @@ async fn a_generic_hmac_webhook_verifies_the_body() -> TestResult {
     let (emulator, stripe_server) = stripe(FaultConfig::default(), 0).await?;
     let files = tempfile::tempdir()?;
     let state = tempfile::tempdir()?;
-    let server = start(state.path(), vec![hook_workflow(files.path(), &stripe_server.base_url(), "hmac")?]).await?;
+    let server =
+        start(state.path(), vec![hook_workflow(files.path(), &stripe_server.base_url(), "hmac")?])
+            .await?;
     let base = format!("http://{}", server.addr);
     let client = reqwest::Client::new();
     let body = event("hmac@example.com");
     let signature = format!("sha256={}", hmac_signature(&body, SECRET.as_bytes(), None));
-    let good = client.post(format!("{base}/hooks/on-signup")).header("X-Weft-Signature", signature).body(body.clone()).send().await?;
+    let good = client
+        .post(format!("{base}/hooks/on-signup"))
+        .header("X-Weft-Signature", signature)
+        .body(body.clone())
+        .send()
+        .await?;
     assert_eq!(good.status(), 202);
     let run: Value = serde_json::from_slice(&good.bytes().await?)?;
-    let finished = wait_finished(&client, &base, run["run_id"].as_str().unwrap_or_default()).await?;
+    let finished =
+        wait_finished(&client, &base, run["run_id"].as_str().unwrap_or_default()).await?;
     assert_eq!(finished["status"], "succeeded", "{finished:#}");
-    let bad = client.post(format!("{base}/hooks/on-signup")).header("X-Weft-Signature", "00ff").body(body).send().await?;
+    let bad = client
+        .post(format!("{base}/hooks/on-signup"))
+        .header("X-Weft-Signature", "00ff")
+        .body(body)
+        .send()
+        .await?;
     assert_eq!(bad.status(), 401);
     assert_eq!(emulator.customer_count(), 1);
     server.shutdown().await;
@@ -177,7 +224,8 @@ async fn a_generic_hmac_webhook_verifies_the_body() -> TestResult {
 #[tokio::test]
 async fn cron_runs_on_schedule_and_skips_a_firing_while_the_last_run_is_going() -> TestResult {
     // Every request takes 1.5 s, so each run outlasts the one-second schedule.
-    let (_emulator, stripe_server) = stripe(FaultConfig { latency_ms: 1500, ..FaultConfig::default() }, 3).await?;
+    let (_emulator, stripe_server) =
+        stripe(FaultConfig { latency_ms: 1500, ..FaultConfig::default() }, 3).await?;
     let files = tempfile::tempdir()?;
     let state = tempfile::tempdir()?;
     let key = files.path().join("stripe-key");
@@ -191,7 +239,9 @@ async fn cron_runs_on_schedule_and_skips_a_firing_while_the_last_run_is_going() 
     let base = format!("http://{}", server.addr);
     tokio::time::sleep(Duration::from_millis(4600)).await;
     let client = reqwest::Client::new();
-    let workflows: Value = serde_json::from_slice(&client.get(format!("{base}/api/workflows")).send().await?.bytes().await?)?;
+    let workflows: Value = serde_json::from_slice(
+        &client.get(format!("{base}/api/workflows")).send().await?.bytes().await?,
+    )?;
     server.shutdown().await;
 
     let info = &workflows[0];
@@ -207,7 +257,12 @@ async fn cron_runs_on_schedule_and_skips_a_firing_while_the_last_run_is_going() 
     assert_eq!(runs.len() as u64, fired);
     for pair in runs.windows(2) {
         let finished = pair[0].finished_ms.unwrap_or(u64::MAX);
-        assert!(pair[1].created_ms >= finished, "runs overlapped: {} started before {} finished", pair[1].id, pair[0].id);
+        assert!(
+            pair[1].created_ms >= finished,
+            "runs overlapped: {} started before {} finished",
+            pair[1].id,
+            pair[0].id
+        );
     }
     Ok(())
 }
@@ -227,19 +282,39 @@ async fn the_status_api_starts_runs_with_inputs_and_reports_them() -> TestResult
     let server = start(state.path(), vec![workflow(files.path(), &text)?]).await?;
     let base = format!("http://{}", server.addr);
     let client = reqwest::Client::new();
-    let health: Value = serde_json::from_slice(&client.get(format!("{base}/healthz")).send().await?.bytes().await?)?;
+    let health: Value = serde_json::from_slice(
+        &client.get(format!("{base}/healthz")).send().await?.bytes().await?,
+    )?;
     assert_eq!(health["status"], "ok");
 
-    let bad = post_json(&client, format!("{base}/api/workflows/manual/runs"), r#"{"email": 3}"#).send().await?;
+    let bad = post_json(&client, format!("{base}/api/workflows/manual/runs"), r#"{"email": 3}"#)
+        .send()
+        .await?;
     assert_eq!(bad.status(), 422);
-    let dry = post_json(&client, format!("{base}/api/workflows/manual/runs?dry_run=true"), r#"{"email": "api@example.com"}"#).send().await?;
+    let dry = post_json(
+        &client,
+        format!("{base}/api/workflows/manual/runs?dry_run=true"),
+        r#"{"email": "api@example.com"}"#,
+    )
+    .send()
+    .await?;
     assert_eq!(dry.status(), 202);
     let dry: Value = serde_json::from_slice(&dry.bytes().await?)?;
     let dry = wait_finished(&client, &base, dry["run_id"].as_str().unwrap_or_default()).await?;
-    assert_eq!((dry["status"].as_str(), dry["dry_run"].as_bool()), (Some("succeeded"), Some(true)), "{dry:#}");
+    assert_eq!(
+        (dry["status"].as_str(), dry["dry_run"].as_bool()),
+        (Some("succeeded"), Some(true)),
+        "{dry:#}"
+    );
     assert_eq!(emulator.customer_count(), 0, "a dry run writes nothing");
 
-    let real = post_json(&client, format!("{base}/api/workflows/manual/runs"), r#"{"email": "api@example.com"}"#).send().await?;
+    let real = post_json(
+        &client,
+        format!("{base}/api/workflows/manual/runs"),
+        r#"{"email": "api@example.com"}"#,
+    )
+    .send()
+    .await?;
     let real: Value = serde_json::from_slice(&real.bytes().await?)?;
     let real = wait_finished(&client, &base, real["run_id"].as_str().unwrap_or_default()).await?;
     assert_eq!(real["status"], "succeeded", "{real:#}");
@@ -253,7 +328,8 @@ async fn the_status_api_starts_runs_with_inputs_and_reports_them() -> TestResult
 #[tokio::test]
 async fn a_shutdown_leaves_the_run_to_the_next_start_which_resumes_it() -> TestResult {
     // Slow writes, so the shutdown lands mid-run.
-    let (emulator, stripe_server) = stripe(FaultConfig { latency_ms: 40, ..FaultConfig::default() }, 0).await?;
+    let (emulator, stripe_server) =
+        stripe(FaultConfig { latency_ms: 40, ..FaultConfig::default() }, 0).await?;
     let files = tempfile::tempdir()?;
     let state = tempfile::tempdir()?;
     let key = files.path().join("stripe-key");
@@ -267,7 +343,13 @@ async fn a_shutdown_leaves_the_run_to_the_next_start_which_resumes_it() -> TestR
     let server = start(state.path(), vec![wf.clone()]).await?;
     let base = format!("http://{}", server.addr);
     let client = reqwest::Client::new();
-    let started: Value = serde_json::from_slice(&post_json(&client, format!("{base}/api/workflows/slow-batch/runs"), "").send().await?.bytes().await?)?;
+    let started: Value = serde_json::from_slice(
+        &post_json(&client, format!("{base}/api/workflows/slow-batch/runs"), "")
+            .send()
+            .await?
+            .bytes()
+            .await?,
+    )?;
     let run = started["run_id"].as_str().ok_or("run id")?.to_owned();
     tokio::time::sleep(Duration::from_millis(600)).await;
     server.shutdown().await;
@@ -296,7 +378,12 @@ fn key_file(dir: &std::path::Path) -> TestResult<String> {
 
 /// A workflow that upserts one Stripe customer, the email its input, on the
 /// API and (HMAC without a timestamp) on a webhook.
-fn upsert_workflow(dir: &std::path::Path, name: &str, base_url: &str, max_body_bytes: usize) -> TestResult<weft::workflow::Workflow> {
+fn upsert_workflow(
+    dir: &std::path::Path,
+    name: &str,
+    base_url: &str,
+    max_body_bytes: usize,
+) -> TestResult<weft::workflow::Workflow> {
     let text = format!(
         r#"
 [workflow]
@@ -342,7 +429,11 @@ async fn start_isolated(state: std::path::PathBuf, config: ServeConfig) -> TestR
     let (stop, stop_requested) = tokio::sync::oneshot::channel::<()>();
     let (done, stopped) = tokio::sync::oneshot::channel::<()>();
     let thread = std::thread::spawn(move || {
-        let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        let runtime = match tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+        {
             Ok(runtime) => runtime,
             Err(e) => {
                 let _ = ready.send(Err(e.to_string()));
@@ -363,7 +454,9 @@ async fn start_isolated(state: std::path::PathBuf, config: ServeConfig) -> TestR
             }
         });
     });
-    let addr = tokio::task::spawn_blocking(move || started.recv_timeout(Duration::from_secs(120))).await??.map_err(|e| format!("the server did not start: {e}"))?;
+    let addr = tokio::task::spawn_blocking(move || started.recv_timeout(Duration::from_secs(120)))
+        .await??
+        .map_err(|e| format!("the server did not start: {e}"))?;
     Ok(Isolated { addr, stop: Some(stop), stopped, thread })
 }
 
@@ -374,9 +467,13 @@ impl Isolated {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        tokio::time::timeout(bound, &mut self.stopped).await.map_err(|_| format!("the server did not shut down within {bound:?}"))??;
+        tokio::time::timeout(bound, &mut self.stopped)
+            .await
+            .map_err(|_| format!("the server did not shut down within {bound:?}"))??;
         let thread = self.thread;
-        tokio::task::spawn_blocking(move || thread.join()).await?.map_err(|_| "the server's thread panicked")?;
+        tokio::task::spawn_blocking(move || thread.join())
+            .await?
+            .map_err(|_| "the server's thread panicked")?;
         Ok(())
     }
 }
@@ -397,7 +494,8 @@ async fn a_burst_of_run_starts_is_answered_and_the_server_stays_responsive() -> 
     let files = tempfile::tempdir()?;
     let state = tempfile::tempdir()?;
     let wf = upsert_workflow(files.path(), "burst", &stripe_server.base_url(), 4096)?;
-    let config = ServeConfig { workflows: vec![wf], max_runs: 64, max_concurrent_runs: 8, ..config()? };
+    let config =
+        ServeConfig { workflows: vec![wf], max_runs: 64, max_concurrent_runs: 8, ..config()? };
     let server = start_isolated(state.path().to_path_buf(), config).await?;
     let base = format!("http://{}", server.addr);
     let client = reqwest::Client::new();
@@ -411,11 +509,16 @@ async fn a_burst_of_run_starts_is_answered_and_the_server_stays_responsive() -> 
             let mut polls = 0u32;
             while !done.load(std::sync::atomic::Ordering::Relaxed) {
                 let asked = Instant::now();
-                let answer = client.get(format!("{base}/healthz")).timeout(HEALTH_BOUND).send().await;
+                let answer =
+                    client.get(format!("{base}/healthz")).timeout(HEALTH_BOUND).send().await;
                 match answer {
                     Ok(response) if response.status() == 200 => {}
                     Ok(response) => return Err(format!("/healthz answered {}", response.status())),
-                    Err(e) => return Err(format!("/healthz did not answer within {HEALTH_BOUND:?} after {polls} polls: {e}")),
+                    Err(e) => {
+                        return Err(format!(
+                            "/healthz did not answer within {HEALTH_BOUND:?} after {polls} polls: {e}"
+                        ));
+                    }
                 }
                 slowest = slowest.max(asked.elapsed());
                 polls += 1;
@@ -467,7 +570,15 @@ async fn a_burst_of_run_starts_is_answered_and_the_server_stays_responsive() -> 
     // Every admitted run reaches its end.
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
-        let health: Value = serde_json::from_slice(&client.get(format!("{base}/healthz")).timeout(HEALTH_BOUND).send().await?.bytes().await?)?;
+        let health: Value = serde_json::from_slice(
+            &client
+                .get(format!("{base}/healthz"))
+                .timeout(HEALTH_BOUND)
+                .send()
+                .await?
+                .bytes()
+                .await?,
+        )?;
         if health["active_runs"] == 0 {
             break;
         }
@@ -478,7 +589,10 @@ async fn a_burst_of_run_starts_is_answered_and_the_server_stays_responsive() -> 
     }
     done.store(true, std::sync::atomic::Ordering::Relaxed);
     let (polls, slowest) = health.await??;
-    eprintln!("{} runs, {refused} refusals (503) on the way; /healthz answered {polls} polls, slowest {slowest:?}", accepted.len());
+    eprintln!(
+        "{} runs, {refused} refusals (503) on the way; /healthz answered {polls} polls, slowest {slowest:?}",
+        accepted.len()
+    );
     server.shutdown(Duration::from_secs(30)).await?;
 
     let store = RunStore::open(state.path())?;
@@ -498,18 +612,26 @@ fn flag() -> std::sync::Arc<std::sync::atomic::AtomicBool> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_server_answers_503_with_retry_after_and_a_refused_delivery_can_be_sent_again() -> TestResult {
+async fn a_full_server_answers_503_with_retry_after_and_a_refused_delivery_can_be_sent_again()
+-> TestResult {
     // Every request takes 800 ms: the one run slot stays taken a while.
-    let (emulator, stripe_server) = stripe(FaultConfig { latency_ms: 800, ..FaultConfig::default() }, 0).await?;
+    let (emulator, stripe_server) =
+        stripe(FaultConfig { latency_ms: 800, ..FaultConfig::default() }, 0).await?;
     let files = tempfile::tempdir()?;
     let state = tempfile::tempdir()?;
     let wf = upsert_workflow(files.path(), "one-at-a-time", &stripe_server.base_url(), 4096)?;
-    let server = start_with(state.path(), ServeConfig { workflows: vec![wf], max_runs: 1, ..config()? }).await?;
+    let server =
+        start_with(state.path(), ServeConfig { workflows: vec![wf], max_runs: 1, ..config()? })
+            .await?;
     let base = format!("http://{}", server.addr);
     let client = reqwest::Client::new();
     let deliver = |body: &str| {
         let signature = hmac_signature(body.as_bytes(), SECRET.as_bytes(), None);
-        client.post(format!("{base}/hooks/one-at-a-time")).header("X-Weft-Signature", signature).body(body.to_owned()).send()
+        client
+            .post(format!("{base}/hooks/one-at-a-time"))
+            .header("X-Weft-Signature", signature)
+            .body(body.to_owned())
+            .send()
     };
 
     // A delivery the workflow refuses (422) is not remembered: sent again,
@@ -518,7 +640,13 @@ async fn a_full_server_answers_503_with_retry_after_and_a_refused_delivery_can_b
     assert_eq!(deliver(wrong).await?.status(), 422);
     assert_eq!(deliver(wrong).await?.status(), 422, "a refused delivery is not burnt");
 
-    let first = post_json(&client, format!("{base}/api/workflows/one-at-a-time/runs"), r#"{"email": "first@example.com"}"#).send().await?;
+    let first = post_json(
+        &client,
+        format!("{base}/api/workflows/one-at-a-time/runs"),
+        r#"{"email": "first@example.com"}"#,
+    )
+    .send()
+    .await?;
     assert_eq!(first.status(), 202);
     let first: Value = serde_json::from_slice(&first.bytes().await?)?;
 
@@ -527,18 +655,31 @@ async fn a_full_server_answers_503_with_retry_after_and_a_refused_delivery_can_b
     let busy = deliver(hooked).await?;
     assert_eq!(busy.status(), 503);
     assert_eq!(busy.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
-    let busy = post_json(&client, format!("{base}/api/workflows/one-at-a-time/runs"), r#"{"email": "second@example.com"}"#).send().await?;
+    let busy = post_json(
+        &client,
+        format!("{base}/api/workflows/one-at-a-time/runs"),
+        r#"{"email": "second@example.com"}"#,
+    )
+    .send()
+    .await?;
     assert_eq!(busy.status(), 503);
     assert!(busy.headers().contains_key("retry-after"));
-    let health: Value = serde_json::from_slice(&client.get(format!("{base}/healthz")).send().await?.bytes().await?)?;
-    assert_eq!((health["active_runs"].as_u64(), health["max_runs"].as_u64()), (Some(1), Some(1)), "{health}");
+    let health: Value = serde_json::from_slice(
+        &client.get(format!("{base}/healthz")).send().await?.bytes().await?,
+    )?;
+    assert_eq!(
+        (health["active_runs"].as_u64(), health["max_runs"].as_u64()),
+        (Some(1), Some(1)),
+        "{health}"
+    );
 
     wait_finished(&client, &base, first["run_id"].as_str().unwrap_or_default()).await?;
     // The delivery refused with 503 is accepted when sent again, once.
     let accepted = deliver(hooked).await?;
     assert_eq!(accepted.status(), 202);
     let accepted: Value = serde_json::from_slice(&accepted.bytes().await?)?;
-    let finished = wait_finished(&client, &base, accepted["run_id"].as_str().unwrap_or_default()).await?;
+    let finished =
+        wait_finished(&client, &base, accepted["run_id"].as_str().unwrap_or_default()).await?;
     assert_eq!(finished["status"], "succeeded", "{finished:#}");
     assert_eq!(deliver(hooked).await?.status(), 409, "and a replay of it is refused");
     assert_eq!(emulator.customer_count(), 2);
@@ -587,19 +728,37 @@ impl weft::endpoint::Endpoint for Panicking {
     fn name(&self) -> &str {
         "boom"
     }
-    fn list(&self, _request: weft::connector::ListRequest) -> BoxFuture<'_, Result<weft::connector::Page, weft::runtime::RuntimeError>> {
+    fn list(
+        &self,
+        _request: weft::connector::ListRequest,
+    ) -> BoxFuture<'_, Result<weft::connector::Page, weft::runtime::RuntimeError>> {
         Box::pin(async { Ok(weft::connector::Page::default()) })
     }
-    fn get<'a>(&'a self, _resource: &'a str, _id: &'a str) -> BoxFuture<'a, Result<Option<String>, weft::runtime::RuntimeError>> {
+    fn get<'a>(
+        &'a self,
+        _resource: &'a str,
+        _id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, weft::runtime::RuntimeError>> {
         Box::pin(async { Ok(None) })
     }
-    fn upsert(&self, _request: weft::connector::UpsertRequest) -> BoxFuture<'_, Result<weft::connector::UpsertOutcome, weft::runtime::RuntimeError>> {
+    fn upsert(
+        &self,
+        _request: weft::connector::UpsertRequest,
+    ) -> BoxFuture<'_, Result<weft::connector::UpsertOutcome, weft::runtime::RuntimeError>> {
         Box::pin(async { panic!("the connector blew up") })
     }
-    fn upsert_batch<'a>(&'a self, _resource: &'a str, _items: Vec<weft::connector::BatchItem>) -> BoxFuture<'a, Result<weft::endpoint::BatchOutcomes, weft::runtime::RuntimeError>> {
+    fn upsert_batch<'a>(
+        &'a self,
+        _resource: &'a str,
+        _items: Vec<weft::connector::BatchItem>,
+    ) -> BoxFuture<'a, Result<weft::endpoint::BatchOutcomes, weft::runtime::RuntimeError>> {
         Box::pin(async { panic!("the connector blew up") })
     }
-    fn remove<'a>(&'a self, _resource: &'a str, _id: &'a str) -> BoxFuture<'a, Result<weft::connector::RemoveOutcome, weft::runtime::RuntimeError>> {
+    fn remove<'a>(
+        &'a self,
+        _resource: &'a str,
+        _id: &'a str,
+    ) -> BoxFuture<'a, Result<weft::connector::RemoveOutcome, weft::runtime::RuntimeError>> {
         Box::pin(async { Ok(weft::connector::RemoveOutcome::Removed) })
     }
 }
@@ -614,16 +773,27 @@ async fn a_run_whose_task_panics_is_marked_failed_and_leaves_the_active_set() ->
     let files = tempfile::tempdir()?;
     let state = tempfile::tempdir()?;
     let text = "[workflow]\nname = \"every-second\"\n\n[trigger]\ncron = \"* * * * * *\"\noverlap = \"skip\"\n\n[connections.boom]\nplugin = \"boom\"\n\n[[step]]\nid = \"write\"\nupsert = \"boom.records\"\nrecord = { id = \"1\" }\n";
-    let endpoints = std::collections::BTreeMap::from([("boom".to_owned(), std::sync::Arc::new(Panicking::new()) as std::sync::Arc<dyn weft::endpoint::Endpoint>)]);
-    let server = start_with(state.path(), ServeConfig { workflows: vec![workflow(files.path(), text)?], endpoints, ..config()? }).await?;
+    let endpoints = std::collections::BTreeMap::from([(
+        "boom".to_owned(),
+        std::sync::Arc::new(Panicking::new()) as std::sync::Arc<dyn weft::endpoint::Endpoint>,
+    )]);
+    let server = start_with(
+        state.path(),
+        ServeConfig { workflows: vec![workflow(files.path(), text)?], endpoints, ..config()? },
+    )
+    .await?;
     let base = format!("http://{}", server.addr);
     let client = reqwest::Client::new();
     tokio::time::sleep(Duration::from_millis(3600)).await;
-    let workflows: Value = serde_json::from_slice(&client.get(format!("{base}/api/workflows")).send().await?.bytes().await?)?;
+    let workflows: Value = serde_json::from_slice(
+        &client.get(format!("{base}/api/workflows")).send().await?.bytes().await?,
+    )?;
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut health: Value;
     loop {
-        health = serde_json::from_slice(&client.get(format!("{base}/healthz")).send().await?.bytes().await?)?;
+        health = serde_json::from_slice(
+            &client.get(format!("{base}/healthz")).send().await?.bytes().await?,
+        )?;
         if health["active_runs"] == 0 || Instant::now() > deadline {
             break;
         }
@@ -633,24 +803,32 @@ async fn a_run_whose_task_panics_is_marked_failed_and_leaves_the_active_set() ->
 
     let info = &workflows[0];
     assert!(info["fired"].as_u64().unwrap_or(0) >= 3, "every firing ran: {info:#}");
-    assert_eq!(info["skipped_firings"], 0, "no firing was skipped for a run that had ended: {info:#}");
+    assert_eq!(
+        info["skipped_firings"], 0,
+        "no firing was skipped for a run that had ended: {info:#}"
+    );
     assert_eq!(health["active_runs"], 0, "{health}");
     let runs = RunStore::open(state.path())?.runs().await?;
     assert!(runs.len() >= 3, "{runs:?}");
     for run in &runs {
         let error = run.error.as_deref().unwrap_or_default();
         assert_eq!(run.status, weft::store::Status::Failed, "{run:?}");
-        assert!(error.contains("internal error") && error.contains("the connector blew up"), "{error}");
+        assert!(
+            error.contains("internal error") && error.contains("the connector blew up"),
+            "{error}"
+        );
     }
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_api_refuses_a_foreign_host_a_foreign_origin_and_a_post_that_is_not_json() -> TestResult {
+async fn the_api_refuses_a_foreign_host_a_foreign_origin_and_a_post_that_is_not_json() -> TestResult
+{
     // Regression: a POST with Host and Origin of attacker.example and
     // Content-Type text/plain (what a cross-site form or a DNS-rebinding
     // page sends) was answered 202 and ran with the attacker's inputs.
-    let (emulator, stripe_server) = stripe(FaultConfig { latency_ms: 1000, ..FaultConfig::default() }, 0).await?;
+    let (emulator, stripe_server) =
+        stripe(FaultConfig { latency_ms: 1000, ..FaultConfig::default() }, 0).await?;
     let files = tempfile::tempdir()?;
     let state = tempfile::tempdir()?;
     let wf = upsert_workflow(files.path(), "manual", &stripe_server.base_url(), 4096)?;
@@ -660,30 +838,73 @@ async fn the_api_refuses_a_foreign_host_a_foreign_origin_and_a_post_that_is_not_
     let client = reqwest::Client::new();
     let start_url = format!("{base}/api/workflows/manual/runs");
     let evil = r#"{"email": "evil@example.com"}"#;
-    let error_of = |body: &[u8]| serde_json::from_slice::<Value>(body).map(|v| v["error"].as_str().unwrap_or_default().to_owned()).unwrap_or_default();
+    let error_of = |body: &[u8]| {
+        serde_json::from_slice::<Value>(body)
+            .map(|v| v["error"].as_str().unwrap_or_default().to_owned())
+            .unwrap_or_default()
+    };
 
-    let attack = client.post(&start_url).header("host", "attacker.example").header("origin", "http://attacker.example").header("content-type", "text/plain").body(evil).send().await?;
+    let attack = client
+        .post(&start_url)
+        .header("host", "attacker.example")
+        .header("origin", "http://attacker.example")
+        .header("content-type", "text/plain")
+        .body(evil)
+        .send()
+        .await?;
     assert_eq!(attack.status(), 421);
     let message = error_of(&attack.bytes().await?);
     assert!(message.contains("attacker.example") && message.contains("--public-url"), "{message}");
-    let rebinding = post_json(&client, start_url.clone(), evil).header("host", format!("attacker.example:{port}")).send().await?;
+    let rebinding = post_json(&client, start_url.clone(), evil)
+        .header("host", format!("attacker.example:{port}"))
+        .send()
+        .await?;
     assert_eq!(rebinding.status(), 421, "the right port under another name");
-    let cross_site = post_json(&client, start_url.clone(), evil).header("origin", "http://attacker.example").send().await?;
+    let cross_site = post_json(&client, start_url.clone(), evil)
+        .header("origin", "http://attacker.example")
+        .send()
+        .await?;
     assert_eq!(cross_site.status(), 403);
     assert!(error_of(&cross_site.bytes().await?).contains("http://attacker.example"));
-    let other_port = post_json(&client, start_url.clone(), evil).header("origin", "http://localhost:3000").send().await?;
+    let other_port = post_json(&client, start_url.clone(), evil)
+        .header("origin", "http://localhost:3000")
+        .send()
+        .await?;
     assert_eq!(other_port.status(), 403, "a page on another local port is another site");
-    let marked = post_json(&client, start_url.clone(), evil).header("sec-fetch-site", "cross-site").send().await?;
+    let marked = post_json(&client, start_url.clone(), evil)
+        .header("sec-fetch-site", "cross-site")
+        .send()
+        .await?;
     assert_eq!(marked.status(), 403);
-    let form = client.post(&start_url).header("content-type", "text/plain").body(evil).send().await?;
+    let form =
+        client.post(&start_url).header("content-type", "text/plain").body(evil).send().await?;
     assert_eq!(form.status(), 415);
     assert!(error_of(&form.bytes().await?).contains("application/json"));
-    let urlencoded = client.post(&start_url).header("content-type", "application/x-www-form-urlencoded").body("email=evil").send().await?;
+    let urlencoded = client
+        .post(&start_url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("email=evil")
+        .send()
+        .await?;
     assert_eq!(urlencoded.status(), 415);
-    assert_eq!(client.post(&start_url).body(evil).send().await?.status(), 415, "no Content-Type at all");
-    let read = client.get(format!("{base}/api/runs")).header("host", "attacker.example").send().await?;
+    assert_eq!(
+        client.post(&start_url).body(evil).send().await?.status(),
+        415,
+        "no Content-Type at all"
+    );
+    let read =
+        client.get(format!("{base}/api/runs")).header("host", "attacker.example").send().await?;
     assert_eq!(read.status(), 421);
-    assert_eq!(client.get(format!("{base}/healthz")).header("host", "attacker.example").send().await?.status(), 200, "/healthz always answers");
+    assert_eq!(
+        client
+            .get(format!("{base}/healthz"))
+            .header("host", "attacker.example")
+            .send()
+            .await?
+            .status(),
+        200,
+        "/healthz always answers"
+    );
 
     // Its own names, and its own page's origin, are welcome.
     let own = post_json(&client, start_url.clone(), r#"{"email": "own@example.com"}"#)
@@ -696,15 +917,30 @@ async fn the_api_refuses_a_foreign_host_a_foreign_origin_and_a_post_that_is_not_
     let own: Value = serde_json::from_slice(&own.bytes().await?)?;
     let run = own["run_id"].as_str().ok_or("a run id")?.to_owned();
     let cancel_url = format!("{base}/api/runs/{run}/cancel");
-    let foreign_cancel = post_json(&client, cancel_url.clone(), "").header("origin", "http://attacker.example").send().await?;
+    let foreign_cancel = post_json(&client, cancel_url.clone(), "")
+        .header("origin", "http://attacker.example")
+        .send()
+        .await?;
     assert_eq!(foreign_cancel.status(), 403);
-    let shown: Value = serde_json::from_slice(&client.get(format!("{base}/api/runs/{run}")).send().await?.bytes().await?)?;
-    assert_eq!((shown["status"].as_str(), shown["cancel_requested"].as_bool()), (Some("running"), Some(false)), "the foreign cancel did nothing: {shown:#}");
+    let shown: Value = serde_json::from_slice(
+        &client.get(format!("{base}/api/runs/{run}")).send().await?.bytes().await?,
+    )?;
+    assert_eq!(
+        (shown["status"].as_str(), shown["cancel_requested"].as_bool()),
+        (Some("running"), Some(false)),
+        "the foreign cancel did nothing: {shown:#}"
+    );
     let finished = wait_finished(&client, &base, &run).await?;
     assert_eq!(finished["status"], "succeeded", "{finished:#}");
 
-    let runs: Value = serde_json::from_slice(&client.get(format!("{base}/api/runs")).send().await?.bytes().await?)?;
-    assert_eq!(runs.as_array().map(Vec::len), Some(1), "only the run of its own origin started: {runs:#}");
+    let runs: Value = serde_json::from_slice(
+        &client.get(format!("{base}/api/runs")).send().await?.bytes().await?,
+    )?;
+    assert_eq!(
+        runs.as_array().map(Vec::len),
+        Some(1),
+        "only the run of its own origin started: {runs:#}"
+    );
     assert_eq!(emulator.customer_count(), 1);
     assert!(emulator.customers().iter().all(|c| c["email"] != "evil@example.com"));
     server.shutdown().await;
@@ -712,22 +948,49 @@ async fn the_api_refuses_a_foreign_host_a_foreign_origin_and_a_post_that_is_not_
 }
 
 #[tokio::test]
-async fn a_public_url_is_answered_and_an_address_other_machines_reach_needs_allow_remote() -> TestResult {
+async fn a_public_url_is_answered_and_an_address_other_machines_reach_needs_allow_remote()
+-> TestResult {
     let files = tempfile::tempdir()?;
     let state = tempfile::tempdir()?;
     let wf = upsert_workflow(files.path(), "manual", "http://127.0.0.1:9", 4096)?;
-    let refused = start_with(state.path(), ServeConfig { workflows: vec![wf.clone()], bind: "0.0.0.0:0".parse()?, ..config()? }).await;
+    let refused = start_with(
+        state.path(),
+        ServeConfig { workflows: vec![wf.clone()], bind: "0.0.0.0:0".parse()?, ..config()? },
+    )
+    .await;
     let message = refused.err().map(|e| e.to_string()).unwrap_or_default();
-    assert!(message.contains("refusing to listen on 0.0.0.0:0") && message.contains("--allow-remote"), "{message}");
+    assert!(
+        message.contains("refusing to listen on 0.0.0.0:0") && message.contains("--allow-remote"),
+        "{message}"
+    );
 
-    let server = start_with(state.path(), ServeConfig { workflows: vec![wf], public_url: Some("https://weft.example.com".parse()?), ..config()? }).await?;
+    let server = start_with(
+        state.path(),
+        ServeConfig {
+            workflows: vec![wf],
+            public_url: Some("https://weft.example.com".parse()?),
+            ..config()?
+        },
+    )
+    .await?;
     let base = format!("http://{}", server.addr);
     let client = reqwest::Client::new();
-    let via_proxy = client.get(format!("{base}/api/runs")).header("host", "weft.example.com").header("origin", "https://weft.example.com").send().await?;
+    let via_proxy = client
+        .get(format!("{base}/api/runs"))
+        .header("host", "weft.example.com")
+        .header("origin", "https://weft.example.com")
+        .send()
+        .await?;
     assert_eq!(via_proxy.status(), 200);
-    let other = client.get(format!("{base}/api/runs")).header("host", "other.example.com").send().await?;
+    let other =
+        client.get(format!("{base}/api/runs")).header("host", "other.example.com").send().await?;
     assert_eq!(other.status(), 421);
-    let plain = client.get(format!("{base}/api/runs")).header("host", "weft.example.com").header("origin", "http://weft.example.com").send().await?;
+    let plain = client
+        .get(format!("{base}/api/runs"))
+        .header("host", "weft.example.com")
+        .header("origin", "http://weft.example.com")
+        .send()
+        .await?;
     assert_eq!(plain.status(), 403, "the public origin is https");
     server.shutdown().await;
     Ok(())
@@ -741,18 +1004,31 @@ async fn the_api_takes_small_bodies_and_each_webhook_its_own_limit() -> TestResu
     let files = tempfile::tempdir()?;
     let state = tempfile::tempdir()?;
     let wf = upsert_workflow(files.path(), "big-hooks", &stripe_server.base_url(), 4 << 20)?;
-    let server = start_with(state.path(), ServeConfig { workflows: vec![wf], max_runs: 1, ..config()? }).await?;
+    let server =
+        start_with(state.path(), ServeConfig { workflows: vec![wf], max_runs: 1, ..config()? })
+            .await?;
     let base = format!("http://{}", server.addr);
     let client = reqwest::Client::new();
     let big = json!({"email": "big@example.com", "padding": "x".repeat(100 << 10)}).to_string();
-    let api = post_json(&client, format!("{base}/api/workflows/big-hooks/runs"), &big).send().await?;
+    let api =
+        post_json(&client, format!("{base}/api/workflows/big-hooks/runs"), &big).send().await?;
     assert_eq!(api.status(), 413, "100 KiB is more than the API takes");
     let signature = hmac_signature(big.as_bytes(), SECRET.as_bytes(), None);
-    let hook = client.post(format!("{base}/hooks/big-hooks")).header("X-Weft-Signature", signature).body(big.clone()).send().await?;
+    let hook = client
+        .post(format!("{base}/hooks/big-hooks"))
+        .header("X-Weft-Signature", signature)
+        .body(big.clone())
+        .send()
+        .await?;
     assert_eq!(hook.status(), 202, "the webhook takes up to 4 MiB");
     let huge = json!({"email": "huge@example.com", "padding": "x".repeat(5 << 20)}).to_string();
     let signature = hmac_signature(huge.as_bytes(), SECRET.as_bytes(), None);
-    let hook = client.post(format!("{base}/hooks/big-hooks")).header("X-Weft-Signature", signature).body(huge).send().await?;
+    let hook = client
+        .post(format!("{base}/hooks/big-hooks"))
+        .header("X-Weft-Signature", signature)
+        .body(huge)
+        .send()
+        .await?;
     assert_eq!(hook.status(), 413);
     server.shutdown().await;
     Ok(())

@@ -36,7 +36,10 @@ async fn a_250_record_export_reads_every_page_once() -> TestResult {
     let text = std::fs::read_to_string(&output)?;
     let ids: Vec<String> = text
         .lines()
-        .map(|line| serde_json::from_str::<serde_json::Value>(line).map(|v| v["id"].as_str().unwrap_or_default().to_owned()))
+        .map(|line| {
+            serde_json::from_str::<serde_json::Value>(line)
+                .map(|v| v["id"].as_str().unwrap_or_default().to_owned())
+        })
         .collect::<Result<_, _>>()?;
     assert_eq!(ids.len(), 250);
     assert_eq!(ids.iter().collect::<HashSet<_>>().len(), 250, "every record exactly once");
@@ -53,7 +56,11 @@ async fn a_250_record_export_reads_every_page_once() -> TestResult {
     let mark = steps[0].output_file.ok_or("no output mark")?;
     assert_eq!((mark.bytes, mark.crc32), (text.len() as u64, crc32fast::hash(text.as_bytes())));
 
-    let list_requests = sandbox.stripe.emulator.requests().count_where(|r| r.method == "GET" && r.path == "/v1/customers");
+    let list_requests = sandbox
+        .stripe
+        .emulator
+        .requests()
+        .count_where(|r| r.method == "GET" && r.path == "/v1/customers");
     assert_eq!(list_requests, 3);
     Ok(())
 }
@@ -75,7 +82,12 @@ record = { email = "ada@example.com", name = "Ada Lovelace", metadata = { plan =
     let summary = harness.run(&create, &overrides).await?;
     assert_eq!(summary.status, Status::Succeeded, "{summary:?}");
     assert_eq!(summary.steps[0].counts.created, 1);
-    let id = summary.steps[0].output.as_ref().and_then(|o| o["record"]["id"].as_str()).unwrap_or_default().to_owned();
+    let id = summary.steps[0]
+        .output
+        .as_ref()
+        .and_then(|o| o["record"]["id"].as_str())
+        .unwrap_or_default()
+        .to_owned();
     assert!(id.starts_with("cus_"), "{id}");
 
     // Same desired record again: nothing to change.
@@ -88,14 +100,17 @@ record = { email = "ada@example.com", name = "Ada Lovelace", metadata = { plan =
     let updated = harness.run(&update, &overrides).await?;
     assert_eq!(updated.steps[0].counts.updated, 1, "{updated:?}");
 
-    let get = flow(&format!("[[step]]\nid = \"fetch\"\nget = \"stripe.customers\"\nkey = \"{id}\"\n"));
+    let get =
+        flow(&format!("[[step]]\nid = \"fetch\"\nget = \"stripe.customers\"\nkey = \"{id}\"\n"));
     let fetched = harness.run(&get, &overrides).await?;
     let record = fetched.steps[0].output.clone().unwrap_or_default();
     assert_eq!(record["name"], "Ada King");
     assert_eq!(record["email"], "ada@example.com");
     assert_eq!(record["metadata"]["plan"], "pro");
 
-    let remove = flow(&format!("[[step]]\nid = \"drop\"\nremove = \"stripe.customers\"\nkey = \"{id}\"\nallow_irreversible = true\n"));
+    let remove = flow(&format!(
+        "[[step]]\nid = \"drop\"\nremove = \"stripe.customers\"\nkey = \"{id}\"\nallow_irreversible = true\n"
+    ));
     let removed = harness.run(&remove, &overrides).await?;
     assert_eq!(removed.steps[0].counts.removed, 1, "{removed:?}");
 
@@ -131,7 +146,13 @@ record = { email = "grace@example.com", name = "Grace Hopper", phone = "+1555010
     assert_eq!(summary.status, Status::Succeeded, "{summary:?}");
     assert_eq!(summary.steps[0].counts.created, 1);
     assert_eq!(summary.steps[1].counts.updated, 1);
-    let with_email = sandbox.stripe.emulator.customers().into_iter().filter(|c| c["email"] == "grace@example.com").count();
+    let with_email = sandbox
+        .stripe
+        .emulator
+        .customers()
+        .into_iter()
+        .filter(|c| c["email"] == "grace@example.com")
+        .count();
     assert_eq!(with_email, 1);
     assert_eq!(sandbox.stripe.emulator.customer_count(), 6);
     Ok(())
@@ -146,7 +167,14 @@ async fn creates_carry_an_idempotency_key_derived_from_run_and_step() -> TestRes
         .await?;
     assert_eq!(summary.status, Status::Succeeded, "{summary:?}");
     let expected = weft::executor::idempotency_key(&summary.run_id, "create", 0);
-    let creates: Vec<_> = sandbox.stripe.emulator.requests().requests().into_iter().filter(|r| r.method == "POST" && r.path == "/v1/customers").collect();
+    let creates: Vec<_> = sandbox
+        .stripe
+        .emulator
+        .requests()
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "POST" && r.path == "/v1/customers")
+        .collect();
     assert_eq!(creates.len(), 1);
     assert_eq!(creates[0].idempotency_key.as_deref(), Some(expected.as_str()));
     Ok(())
@@ -160,7 +188,9 @@ async fn a_wrong_key_fails_the_step_as_unauthorized() -> TestResult {
     if let Some(o) = overrides.get_mut("stripe") {
         o.secret = weft::credentials::Secret::new("sk_test_wrong");
     }
-    let summary = harness.run(&flow("[[step]]\nid = \"all\"\nlist = \"stripe.customers\"\n"), &overrides).await?;
+    let summary = harness
+        .run(&flow("[[step]]\nid = \"all\"\nlist = \"stripe.customers\"\n"), &overrides)
+        .await?;
     assert_eq!(summary.status, Status::Failed);
     let error = summary.steps[0].error.clone().unwrap_or_default();
     assert!(error.contains("unauthorized"), "{error}");
@@ -172,7 +202,12 @@ async fn a_wrong_key_fails_the_step_as_unauthorized() -> TestResult {
 async fn remove_without_allow_irreversible_is_refused_before_running() -> TestResult {
     let sandbox = sandbox(1).await?;
     let harness = Harness::new()?;
-    let result = harness.run(&flow("[[step]]\nid = \"drop\"\nremove = \"stripe.customers\"\nkey = \"cus_1\"\n"), &stripe_override(&sandbox)).await;
+    let result = harness
+        .run(
+            &flow("[[step]]\nid = \"drop\"\nremove = \"stripe.customers\"\nkey = \"cus_1\"\n"),
+            &stripe_override(&sandbox),
+        )
+        .await;
     let error = result.err().map(|e| e.to_string()).unwrap_or_default();
     assert!(error.contains("allow_irreversible = true"), "{error}");
     assert!(error.contains("workflow.toml:"), "{error}");

@@ -41,7 +41,11 @@ pub fn workflow(dir: &Path, text: &str) -> TestResult<Workflow> {
 
 /// Points the connection named `stripe` at the sandbox's Stripe emulator.
 pub fn stripe_override(sandbox: &Sandbox) -> BTreeMap<String, ConnectionOverride> {
-    let endpoint = sandbox.endpoints().into_iter().find(|e| e.vendor == "stripe").expect("the sandbox has a stripe emulator");
+    let endpoint = sandbox
+        .endpoints()
+        .into_iter()
+        .find(|e| e.vendor == "stripe")
+        .expect("the sandbox has a stripe emulator");
     BTreeMap::from([(
         "stripe".to_owned(),
         ConnectionOverride { base_url: endpoint.base_url, secret: Secret::new(endpoint.api_key) },
@@ -58,11 +62,16 @@ impl Harness {
     pub fn new() -> TestResult<Self> {
         let state = tempfile::tempdir()?;
         let files = tempfile::tempdir()?;
-        let executor = Executor::new(runtime(SandboxLimits::default())?, RunStore::open(state.path())?);
+        let executor =
+            Executor::new(runtime(SandboxLimits::default())?, RunStore::open(state.path())?);
         Ok(Harness { executor, state, files })
     }
 
-    pub async fn run(&self, text: &str, overrides: &BTreeMap<String, ConnectionOverride>) -> TestResult<RunSummary> {
+    pub async fn run(
+        &self,
+        text: &str,
+        overrides: &BTreeMap<String, ConnectionOverride>,
+    ) -> TestResult<RunSummary> {
         let workflow = workflow(self.files.path(), text)?;
         Ok(self.executor.run(&workflow, overrides, &Silent).await?)
     }
@@ -70,13 +79,22 @@ impl Harness {
 
 /// Points each named connection at the sandbox's emulator of `vendor`:
 /// `overrides(&sandbox, &[("billing", "stripe"), ("growpanel", "growpanel")])`.
-pub fn overrides(sandbox: &Sandbox, pairs: &[(&str, &str)]) -> BTreeMap<String, ConnectionOverride> {
+pub fn overrides(
+    sandbox: &Sandbox,
+    pairs: &[(&str, &str)],
+) -> BTreeMap<String, ConnectionOverride> {
     let endpoints = sandbox.endpoints();
     pairs
         .iter()
         .filter_map(|(connection, vendor)| {
             let endpoint = endpoints.iter().find(|e| e.vendor == *vendor)?;
-            Some(((*connection).to_owned(), ConnectionOverride { base_url: endpoint.base_url.clone(), secret: Secret::new(endpoint.api_key.clone()) }))
+            Some((
+                (*connection).to_owned(),
+                ConnectionOverride {
+                    base_url: endpoint.base_url.clone(),
+                    secret: Secret::new(endpoint.api_key.clone()),
+                },
+            ))
         })
         .collect()
 }

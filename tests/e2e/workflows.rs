@@ -30,7 +30,8 @@ credentials = "env:WEFT_TEST_UNUSED"
 rate_limit = "1000/s"
 "#;
 
-const VENDORS: [(&str, &str); 3] = [("stripe", "stripe"), ("growpanel", "growpanel"), ("metronome", "metronome")];
+const VENDORS: [(&str, &str); 3] =
+    [("stripe", "stripe"), ("growpanel", "growpanel"), ("metronome", "metronome")];
 
 fn flow(name: &str, rest: &str) -> String {
     format!("[workflow]\nname = \"{name}\"\n{CONNECTIONS}\n{rest}")
@@ -105,7 +106,11 @@ map = '{id, email, plan: .metadata.plan}'
 "#,
     );
     let wf = workflow(harness.files.path(), &text)?;
-    let options = RunOptions { inputs: inputs(json!({"email": "ada@example.com"})), overrides: overrides(&sandbox, &VENDORS), ..RunOptions::default() };
+    let options = RunOptions {
+        inputs: inputs(json!({"email": "ada@example.com"})),
+        overrides: overrides(&sandbox, &VENDORS),
+        ..RunOptions::default()
+    };
     let summary = harness.executor.start(&wf, &options, &Silent).await?;
     assert_eq!(summary.status, Status::Succeeded, "{summary:#?}");
     assert_eq!(summary.steps[0].counts.created, 1);
@@ -115,13 +120,20 @@ map = '{id, email, plan: .metadata.plan}'
     assert_eq!(looked_up["plan"], "free");
     assert_eq!(sandbox.metronome.emulator.customer_count(), 0, "the skipped step wrote nothing");
 
-    let paid = RunOptions { inputs: inputs(json!({"email": "bob@example.com", "plan": "pro"})), ..options.clone() };
+    let paid = RunOptions {
+        inputs: inputs(json!({"email": "bob@example.com", "plan": "pro"})),
+        ..options.clone()
+    };
     let summary = harness.executor.start(&wf, &paid, &Silent).await?;
     assert_eq!(summary.steps[1].counts.created, 1, "{summary:#?}");
-    let stripe_id = summary.steps[0].output.as_ref().map(|o| o["record"]["id"].clone()).unwrap_or_default();
+    let stripe_id =
+        summary.steps[0].output.as_ref().map(|o| o["record"]["id"].clone()).unwrap_or_default();
     let metronome = sandbox.metronome.emulator.customers();
     assert_eq!(metronome.len(), 1);
-    assert_eq!(metronome[0]["external_id"], stripe_id, "the second step used the first step's result");
+    assert_eq!(
+        metronome[0]["external_id"], stripe_id,
+        "the second step used the first step's result"
+    );
     Ok(())
 }
 
@@ -129,13 +141,32 @@ map = '{id, email, plan: .metadata.plan}'
 async fn missing_or_mistyped_inputs_are_refused_before_anything_runs() -> TestResult {
     let sandbox = sandbox(0).await?;
     let harness = Harness::new()?;
-    let text = flow("typed", "[inputs.email]\ntype = \"string\"\n\n[[step]]\nid = \"c\"\nupsert = \"stripe.customers\"\nrecord = { email = \"${{ .inputs.email }}\" }\n");
+    let text = flow(
+        "typed",
+        "[inputs.email]\ntype = \"string\"\n\n[[step]]\nid = \"c\"\nupsert = \"stripe.customers\"\nrecord = { email = \"${{ .inputs.email }}\" }\n",
+    );
     let wf = workflow(harness.files.path(), &text)?;
-    let options = RunOptions { inputs: inputs(json!({"email": 7})), overrides: overrides(&sandbox, &VENDORS), ..RunOptions::default() };
-    let error = harness.executor.start(&wf, &options, &Silent).await.err().map(|e| e.to_string()).unwrap_or_default();
+    let options = RunOptions {
+        inputs: inputs(json!({"email": 7})),
+        overrides: overrides(&sandbox, &VENDORS),
+        ..RunOptions::default()
+    };
+    let error = harness
+        .executor
+        .start(&wf, &options, &Silent)
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
     assert!(error.contains("input email must be a string, got a number (7)"), "{error}");
     let missing = RunOptions { inputs: Default::default(), ..options };
-    let error = harness.executor.start(&wf, &missing, &Silent).await.err().map(|e| e.to_string()).unwrap_or_default();
+    let error = harness
+        .executor
+        .start(&wf, &missing, &Silent)
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
     assert!(error.contains("input email (string) is required"), "{error}");
     assert!(harness.executor.store().runs().await?.is_empty(), "no run was recorded");
     assert!(sandbox.stripe.emulator.requests().is_empty());
@@ -175,7 +206,12 @@ async fn a_sync_creates_updates_and_deletes_only_what_differs() -> TestResult {
         sandbox.stripe.emulator.insert_customer(renamed);
     }
     let gone = stripe[2]["id"].as_str().unwrap_or_default().to_owned();
-    let remove = flow("rm", &format!("[[step]]\nid = \"rm\"\nremove = \"stripe.customers\"\nkey = \"{gone}\"\nallow_irreversible = true\n"));
+    let remove = flow(
+        "rm",
+        &format!(
+            "[[step]]\nid = \"rm\"\nremove = \"stripe.customers\"\nkey = \"{gone}\"\nallow_irreversible = true\n"
+        ),
+    );
     assert_eq!(harness.run(&remove, &vendors).await?.status, Status::Succeeded);
 
     let third = harness.run(&flow("sync", SYNC), &vendors).await?;
@@ -210,7 +246,11 @@ allow_irreversible = true
         ),
     );
     let wf = workflow(harness.files.path(), &text)?;
-    for emulator_log in [sandbox.stripe.emulator.requests(), sandbox.metronome.emulator.requests(), sandbox.growpanel.emulator.requests()] {
+    for emulator_log in [
+        sandbox.stripe.emulator.requests(),
+        sandbox.metronome.emulator.requests(),
+        sandbox.growpanel.emulator.requests(),
+    ] {
         emulator_log.clear();
     }
     let options = RunOptions { dry_run: true, overrides: vendors, ..RunOptions::default() };
@@ -218,10 +258,23 @@ allow_irreversible = true
     assert_eq!(summary.status, Status::Succeeded, "{summary:#?}");
     assert!(summary.dry_run);
     let plan = summary.steps[0].plan.clone().unwrap_or_default();
-    assert_eq!((plan["create"].as_u64(), plan["remove"].as_u64()), (Some(12), Some(12)), "{plan:#}");
-    assert_eq!(plan["irreversible"].as_array().map(Vec::len), Some(12), "every archive is listed: {plan:#}");
+    assert_eq!(
+        (plan["create"].as_u64(), plan["remove"].as_u64()),
+        (Some(12), Some(12)),
+        "{plan:#}"
+    );
+    assert_eq!(
+        plan["irreversible"].as_array().map(Vec::len),
+        Some(12),
+        "every archive is listed: {plan:#}"
+    );
     assert_eq!(summary.steps[1].plan.as_ref().map(|p| p["create"].clone()), Some(json!(1)));
-    assert_eq!(summary.steps[2].plan.as_ref().map(|p| p["already_absent"].clone()), Some(json!(1)), "{:?}", summary.steps[2]);
+    assert_eq!(
+        summary.steps[2].plan.as_ref().map(|p| p["already_absent"].clone()),
+        Some(json!(1)),
+        "{:?}",
+        summary.steps[2]
+    );
 
     assert_eq!(writes(&sandbox.stripe.emulator.requests()), 0);
     assert_eq!(writes(&sandbox.metronome.emulator.requests()), 0);
@@ -241,15 +294,27 @@ async fn start_interrupted<O: Observer>(
 ) -> TestResult<weft::executor::RunSummary> {
     let stop = weft::executor::StopSignal::default();
     let observer = observer(stop.clone());
-    let options = RunOptions { overrides: overrides(sandbox, &VENDORS), stop, ..RunOptions::default() };
+    let options =
+        RunOptions { overrides: overrides(sandbox, &VENDORS), stop, ..RunOptions::default() };
     let first = harness.executor.start(wf, &options, &observer).await?;
     assert_eq!(first.status, Status::Running, "interrupted, resumable: {first:#?}");
     Ok(first)
 }
 
 /// Resumes a run against the sandbox.
-async fn resume(harness: &Harness, sandbox: &weft_sandbox::Sandbox, run: &str) -> TestResult<weft::executor::RunSummary> {
-    Ok(harness.executor.resume(run, &RunOptions { overrides: overrides(sandbox, &VENDORS), ..RunOptions::default() }, &Silent).await?)
+async fn resume(
+    harness: &Harness,
+    sandbox: &weft_sandbox::Sandbox,
+    run: &str,
+) -> TestResult<weft::executor::RunSummary> {
+    Ok(harness
+        .executor
+        .resume(
+            run,
+            &RunOptions { overrides: overrides(sandbox, &VENDORS), ..RunOptions::default() },
+            &Silent,
+        )
+        .await?)
 }
 
 /// Stops the run (as SIGTERM would) once a step has committed `after` items.
@@ -282,7 +347,12 @@ async fn an_interrupted_for_each_resumes_where_it_stopped_without_writing_twice(
     let sandbox = sandbox(0).await?;
     let harness = Harness::new()?;
     let wf = workflow(harness.files.path(), &flow("many", MANY))?;
-    let first = start_interrupted(&harness, &wf, &sandbox, |stop| StopAfter { after: 10, stop, seen: AtomicU64::new(0) }).await?;
+    let first = start_interrupted(&harness, &wf, &sandbox, |stop| StopAfter {
+        after: 10,
+        stop,
+        seen: AtomicU64::new(0),
+    })
+    .await?;
     let done = first.steps[0].items;
     assert!((10..60).contains(&done), "stopped part way: {done}");
 
@@ -290,13 +360,24 @@ async fn an_interrupted_for_each_resumes_where_it_stopped_without_writing_twice(
     std::fs::write(&wf.path, flow("many", &MANY.replace("User ", "Changed ")))?;
     let resumed = resume(&harness, &sandbox, &first.run_id).await?;
     assert_eq!(resumed.status, Status::Succeeded, "{resumed:#?}");
-    assert_eq!((resumed.steps[0].items, resumed.steps[0].counts.created), (60, 60), "{:?}", resumed.steps[0]);
+    assert_eq!(
+        (resumed.steps[0].items, resumed.steps[0].counts.created),
+        (60, 60),
+        "{:?}",
+        resumed.steps[0]
+    );
     let customers = sandbox.stripe.emulator.customers();
     assert_eq!(customers.len(), 60, "each customer once");
     assert!(customers.iter().all(|c| c["name"].as_str().is_some_and(|n| n.starts_with("User "))));
     let run = harness.executor.store().run(&first.run_id).await?;
     assert_eq!((run.status, run.resumes), (Status::Succeeded, 1));
-    let again = harness.executor.resume(&first.run_id, &RunOptions::default(), &Silent).await.err().map(|e| e.to_string()).unwrap_or_default();
+    let again = harness
+        .executor
+        .resume(&first.run_id, &RunOptions::default(), &Silent)
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
     assert!(again.contains("cannot be resumed"), "{again}");
     Ok(())
 }
@@ -304,7 +385,9 @@ async fn an_interrupted_for_each_resumes_where_it_stopped_without_writing_twice(
 /// Adds `count` Stripe customers, `{tag}{i}@{tag}.example`.
 fn seed_stripe(sandbox: &weft_sandbox::Sandbox, count: usize, tag: &str) {
     for i in 0..count {
-        sandbox.stripe.emulator.insert_customer(json!({ "email": format!("{tag}{i}@{tag}.example"), "name": format!("{tag} {i}") }));
+        sandbox.stripe.emulator.insert_customer(
+            json!({ "email": format!("{tag}{i}@{tag}.example"), "name": format!("{tag} {i}") }),
+        );
     }
 }
 
@@ -323,7 +406,8 @@ impl Observer for StopAfterRecords {
 }
 
 #[tokio::test]
-async fn an_interrupted_list_resumes_after_its_last_page_and_hands_on_every_record_once() -> TestResult {
+async fn an_interrupted_list_resumes_after_its_last_page_and_hands_on_every_record_once()
+-> TestResult {
     let sandbox = sandbox(0).await?;
     seed_stripe(&sandbox, 250, "list");
     let harness = Harness::new()?;
@@ -349,7 +433,9 @@ record = {{ id = "${{{{ $item.id }}}}", name = "${{{{ $item.name }}}}", email = 
         ),
     );
     let wf = workflow(harness.files.path(), &text)?;
-    let first = start_interrupted(&harness, &wf, &sandbox, |stop| StopAfterRecords { after: 50, stop }).await?;
+    let first =
+        start_interrupted(&harness, &wf, &sandbox, |stop| StopAfterRecords { after: 50, stop })
+            .await?;
     let read = first.steps[0].counts.read;
     assert!((50..250).contains(&read), "stopped part way through the list: {read}");
     let listed = sandbox.stripe.emulator.requests().len();
@@ -360,35 +446,60 @@ record = {{ id = "${{{{ $item.id }}}}", name = "${{{{ $item.name }}}}", email = 
     // The resume asked only for the pages after the committed ones (and
     // the one read ahead, which an interruption drops).
     let asked_again = sandbox.stripe.emulator.requests().len() - listed;
-    assert!(asked_again <= 25 - (read as usize / 10) + 1, "{asked_again} list requests on resume after {read} records");
+    assert!(
+        asked_again <= 25 - (read as usize / 10) + 1,
+        "{asked_again} list requests on resume after {read} records"
+    );
     let lines = std::fs::read_to_string(&out)?;
-    let mut ids: Vec<String> = lines.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).map(|v| v["id"].to_string())).collect::<Result<_, _>>()?;
+    let mut ids: Vec<String> = lines
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).map(|v| v["id"].to_string()))
+        .collect::<Result<_, _>>()?;
     assert_eq!(ids.len(), 250, "the output file has each record once");
     ids.sort();
     ids.dedup();
     assert_eq!(ids.len(), 250, "no record twice");
-    assert_eq!((resumed.steps[1].items, resumed.steps[1].counts.created), (250, 250), "{:?}", resumed.steps[1]);
+    assert_eq!(
+        (resumed.steps[1].items, resumed.steps[1].counts.created),
+        (250, 250),
+        "{:?}",
+        resumed.steps[1]
+    );
     Ok(())
 }
 
 /// Interrupts a 250-record export (no later step reads its records) after
 /// 50, lets `damage` touch the output file, resumes, and returns the ids in
 /// the file and the list requests the resume made.
-async fn interrupted_export(damage: impl FnOnce(&std::path::Path) -> std::io::Result<()>) -> TestResult<(Vec<String>, usize)> {
+async fn interrupted_export(
+    damage: impl FnOnce(&std::path::Path) -> std::io::Result<()>,
+) -> TestResult<(Vec<String>, usize)> {
     let sandbox = sandbox(0).await?;
     seed_stripe(&sandbox, 250, "export");
     let harness = Harness::new()?;
     let out = harness.files.path().join("export.jsonl");
-    let text = flow("export", &format!("[[step]]\nid = \"customers\"\nlist = \"stripe.customers\"\npage_size = 10\noutput = {:?}\n", out.display().to_string()));
+    let text = flow(
+        "export",
+        &format!(
+            "[[step]]\nid = \"customers\"\nlist = \"stripe.customers\"\npage_size = 10\noutput = {:?}\n",
+            out.display().to_string()
+        ),
+    );
     let wf = workflow(harness.files.path(), &text)?;
-    let first = start_interrupted(&harness, &wf, &sandbox, |stop| StopAfterRecords { after: 50, stop }).await?;
+    let first =
+        start_interrupted(&harness, &wf, &sandbox, |stop| StopAfterRecords { after: 50, stop })
+            .await?;
     let state = &harness.executor.store().steps(&first.run_id).await?[0];
     assert!(!state.records_kept, "nothing reads the records later: {state:?}");
     assert_eq!(harness.executor.store().pages(&first.run_id, 0).await?.count(), 0);
     damage(&out)?;
     let listed = sandbox.stripe.emulator.requests().len();
     let resumed = resume(&harness, &sandbox, &first.run_id).await?;
-    assert_eq!((resumed.status, resumed.steps[0].counts.read), (Status::Succeeded, 250), "{resumed:#?}");
+    assert_eq!(
+        (resumed.status, resumed.steps[0].counts.read),
+        (Status::Succeeded, 250),
+        "{resumed:#?}"
+    );
     let ids = std::fs::read_to_string(&out)?
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).map(|v| v["id"].to_string()))
@@ -401,7 +512,8 @@ fn distinct(ids: &[String]) -> usize {
 }
 
 #[tokio::test]
-async fn a_resumed_export_keeps_the_lines_its_last_commit_covers_and_appends_the_rest() -> TestResult {
+async fn a_resumed_export_keeps_the_lines_its_last_commit_covers_and_appends_the_rest() -> TestResult
+{
     let (ids, asked) = interrupted_export(|_| Ok(())).await?;
     assert_eq!((ids.len(), distinct(&ids)), (250, 250), "each record once");
     assert!(asked < 25, "the resume went on from the committed cursor: {asked} list requests");
@@ -419,7 +531,11 @@ async fn a_resumed_export_whose_file_was_damaged_reads_the_list_again() -> TestR
     assert_eq!((ids.len(), distinct(&ids)), (250, 250), "each record once");
     assert_eq!(asked, 25, "all 25 pages read again");
     let (ids, asked) = interrupted_export(|out| std::fs::write(out, b"")).await?;
-    assert_eq!((ids.len(), distinct(&ids), asked), (250, 250, 25), "a truncated file is read again too");
+    assert_eq!(
+        (ids.len(), distinct(&ids), asked),
+        (250, 250, 25),
+        "a truncated file is read again too"
+    );
     Ok(())
 }
 
@@ -437,8 +553,13 @@ async fn a_damaged_output_file_is_rewritten_from_the_records_the_store_kept() ->
         ),
     );
     let wf = workflow(harness.files.path(), &text)?;
-    let first = start_interrupted(&harness, &wf, &sandbox, |stop| StopAfterRecords { after: 30, stop }).await?;
-    assert!(harness.executor.store().steps(&first.run_id).await?[0].records_kept, "a later step names .steps");
+    let first =
+        start_interrupted(&harness, &wf, &sandbox, |stop| StopAfterRecords { after: 30, stop })
+            .await?;
+    assert!(
+        harness.executor.store().steps(&first.run_id).await?[0].records_kept,
+        "a later step names .steps"
+    );
     std::fs::write(&out, b"{}\n")?;
     let listed = sandbox.stripe.emulator.requests().len();
     let resumed = resume(&harness, &sandbox, &first.run_id).await?;
@@ -448,7 +569,10 @@ async fn a_damaged_output_file_is_rewritten_from_the_records_the_store_kept() ->
         .map(|l| serde_json::from_str::<serde_json::Value>(l).map(|v| v["id"].to_string()))
         .collect::<Result<Vec<_>, _>>()?;
     assert_eq!((ids.len(), distinct(&ids)), (100, 100), "each record once");
-    assert!(sandbox.stripe.emulator.requests().len() - listed < 10, "the committed pages came from the store, not the vendor");
+    assert!(
+        sandbox.stripe.emulator.requests().len() - listed < 10,
+        "the committed pages came from the store, not the vendor"
+    );
     Ok(())
 }
 
@@ -466,7 +590,11 @@ async fn a_cancelled_run_stops_at_the_next_item_and_says_so() -> TestResult {
             }
         }
     }
-    let options = RunOptions { overrides: overrides(&sandbox, &VENDORS), stop: stop.clone(), ..RunOptions::default() };
+    let options = RunOptions {
+        overrides: overrides(&sandbox, &VENDORS),
+        stop: stop.clone(),
+        ..RunOptions::default()
+    };
     let summary = harness.executor.start(&wf, &options, &CancelAfter(stop)).await?;
     assert_eq!(summary.status, Status::Cancelled, "{summary:#?}");
     assert_eq!(summary.steps[0].status, Status::Cancelled);
@@ -478,13 +606,20 @@ async fn a_cancelled_run_stops_at_the_next_item_and_says_so() -> TestResult {
 async fn a_step_timeout_is_retried_and_then_reported_with_the_tries() -> TestResult {
     use weft_sandbox::limits::FaultConfig;
     use weft_sandbox::stripe::{SANDBOX_API_KEY, StripeConfig, StripeEmulator};
-    let emulator = StripeEmulator::new(StripeConfig { seed: 3, faults: FaultConfig { latency_ms: 400, ..FaultConfig::default() }, ..StripeConfig::default() });
+    let emulator = StripeEmulator::new(StripeConfig {
+        seed: 3,
+        faults: FaultConfig { latency_ms: 400, ..FaultConfig::default() },
+        ..StripeConfig::default()
+    });
     let server = weft_sandbox::server::serve(emulator.router(), "127.0.0.1:0".parse()?).await?;
     let harness = Harness::new()?;
     let text = "[workflow]\nname = \"slow\"\n[connections.stripe]\nplugin = \"stripe\"\ncredentials = \"env:UNUSED\"\n[[step]]\nid = \"export\"\nlist = \"stripe.customers\"\ntimeout = \"100ms\"\nretry = { attempts = 2, backoff = \"10ms\" }\n";
     let vendors = std::collections::BTreeMap::from([(
         "stripe".to_owned(),
-        weft::executor::ConnectionOverride { base_url: server.base_url(), secret: weft::credentials::Secret::new(SANDBOX_API_KEY) },
+        weft::executor::ConnectionOverride {
+            base_url: server.base_url(),
+            secret: weft::credentials::Secret::new(SANDBOX_API_KEY),
+        },
     )]);
     let summary = harness.run(text, &vendors).await?;
     assert_eq!(summary.status, Status::Failed);
@@ -505,19 +640,32 @@ async fn a_bad_credential_stops_a_for_each_at_once_instead_of_failing_every_item
     assert_eq!(summary.status, Status::Failed);
     let error = summary.steps[0].error.clone().unwrap_or_default();
     assert!(error.contains("unauthorized"), "{error}");
-    assert!(summary.steps[0].items <= 8, "stopped after the items in flight: {:?}", summary.steps[0]);
+    assert!(
+        summary.steps[0].items <= 8,
+        "stopped after the items in flight: {:?}",
+        summary.steps[0]
+    );
     Ok(())
 }
 
 #[tokio::test]
-async fn a_list_longer_than_memory_allows_is_refused_in_expressions_but_streams_in_for_each() -> TestResult {
+async fn a_list_longer_than_memory_allows_is_refused_in_expressions_but_streams_in_for_each()
+-> TestResult {
     let sandbox = sandbox(12).await?;
     let state = tempfile::tempdir()?;
     let files = tempfile::tempdir()?;
-    let executor = weft::executor::Executor::new(super::support::runtime(Default::default())?, weft::store::RunStore::open(state.path())?)
-        .with_inline_records(10);
-    let inline = flow("inline", "[[step]]\nid = \"all\"\nlist = \"stripe.customers\"\n\n[[step]]\nid = \"first\"\nget = \"stripe.customers\"\nkey = \"${{ .steps.all.records[0].id }}\"\n");
-    let summary = executor.run(&workflow(files.path(), &inline)?, &overrides(&sandbox, &VENDORS), &Silent).await?;
+    let executor = weft::executor::Executor::new(
+        super::support::runtime(Default::default())?,
+        weft::store::RunStore::open(state.path())?,
+    )
+    .with_inline_records(10);
+    let inline = flow(
+        "inline",
+        "[[step]]\nid = \"all\"\nlist = \"stripe.customers\"\n\n[[step]]\nid = \"first\"\nget = \"stripe.customers\"\nkey = \"${{ .steps.all.records[0].id }}\"\n",
+    );
+    let summary = executor
+        .run(&workflow(files.path(), &inline)?, &overrides(&sandbox, &VENDORS), &Silent)
+        .await?;
     assert_eq!(summary.status, Status::Failed);
     let error = summary.steps[1].error.clone().unwrap_or_default();
     assert!(error.contains("read 12 records, more than the 10"), "{error}");
@@ -527,7 +675,9 @@ async fn a_list_longer_than_memory_allows_is_refused_in_expressions_but_streams_
         "streamed",
         "[[step]]\nid = \"all\"\nlist = \"stripe.customers\"\npage_size = 5\n\n[[step]]\nid = \"each\"\nfor_each = \".steps.all.records[]\"\nget = \"stripe.customers\"\nkey = \"${{ $item.id }}\"\n",
     );
-    let summary = executor.run(&workflow(files.path(), &streamed)?, &overrides(&sandbox, &VENDORS), &Silent).await?;
+    let summary = executor
+        .run(&workflow(files.path(), &streamed)?, &overrides(&sandbox, &VENDORS), &Silent)
+        .await?;
     assert_eq!(summary.status, Status::Succeeded, "{summary:#?}");
     assert_eq!((summary.steps[1].items, summary.steps[1].counts.read), (12, 12));
     Ok(())
@@ -536,8 +686,12 @@ async fn a_list_longer_than_memory_allows_is_refused_in_expressions_but_streams_
 #[tokio::test]
 async fn a_reference_to_a_later_step_is_refused_with_file_and_line() -> TestResult {
     let harness = Harness::new()?;
-    let text = flow("refs", "[[step]]\nid = \"a\"\nget = \"stripe.customers\"\nkey = \"${{ .steps.later.id }}\"\n\n[[step]]\nid = \"later\"\nlist = \"stripe.customers\"\n");
-    let error = workflow(harness.files.path(), &text).err().map(|e| e.to_string()).unwrap_or_default();
+    let text = flow(
+        "refs",
+        "[[step]]\nid = \"a\"\nget = \"stripe.customers\"\nkey = \"${{ .steps.later.id }}\"\n\n[[step]]\nid = \"later\"\nlist = \"stripe.customers\"\n",
+    );
+    let error =
+        workflow(harness.files.path(), &text).err().map(|e| e.to_string()).unwrap_or_default();
     assert!(error.contains("step \"later\" runs after step \"a\""), "{error}");
     assert!(error.contains("workflow.toml:23:19"), "{error}");
     Ok(())
@@ -571,7 +725,11 @@ map = '{id, name: "New name", email, created_date: "2025-01-01", country: "FR", 
     let c = summary.steps[0].counts;
     assert_eq!((c.created, c.updated), (0, 3), "{c:?}");
     for customer in &stripe {
-        let row = sandbox.growpanel.emulator.customer(customer["id"].as_str().unwrap_or_default()).ok_or("the row is there")?;
+        let row = sandbox
+            .growpanel
+            .emulator
+            .customer(customer["id"].as_str().unwrap_or_default())
+            .ok_or("the row is there")?;
         assert_eq!(row["name"], "New name");
         assert_eq!(row["custom_variables"]["owner"], "kept", "{row}");
         assert_eq!(row["country"], "FR", "{row}");
@@ -628,7 +786,12 @@ async fn an_interrupted_sync_resumes_mid_merge_and_creates_each_record_once() ->
     let wf = workflow(harness.files.path(), &flow("sync", SYNC))?;
     // Report 1 is the source scan, 2 the target scan; 3 is the first group
     // of 500 merged keys.
-    let first = start_interrupted(&harness, &wf, &sandbox, |stop| StopAtReport { nth: 3, stop, seen: AtomicU64::new(0) }).await?;
+    let first = start_interrupted(&harness, &wf, &sandbox, |stop| StopAtReport {
+        nth: 3,
+        stop,
+        seen: AtomicU64::new(0),
+    })
+    .await?;
     let made = sandbox.metronome.emulator.customer_count();
     assert!((1..1200).contains(&made), "stopped mid-merge: {made}");
 
@@ -636,15 +799,24 @@ async fn an_interrupted_sync_resumes_mid_merge_and_creates_each_record_once() ->
     assert_eq!(resumed.status, Status::Succeeded, "{resumed:#?}");
     assert_eq!(resumed.steps[0].counts.created, 1200, "{:?}", resumed.steps[0]);
     let customers = sandbox.metronome.emulator.customers();
-    let ids: std::collections::HashSet<String> = customers.iter().filter_map(|c| c["external_id"].as_str().map(str::to_owned)).collect();
-    assert_eq!((customers.len(), ids.len()), (1200, 1200), "each Stripe customer once in Metronome");
+    let ids: std::collections::HashSet<String> =
+        customers.iter().filter_map(|c| c["external_id"].as_str().map(str::to_owned)).collect();
+    assert_eq!(
+        (customers.len(), ids.len()),
+        (1200, 1200),
+        "each Stripe customer once in Metronome"
+    );
     let scratch = harness.state.path().join("scratch");
-    assert!(!scratch.join(&first.run_id).exists(), "the sorted runs are removed when the sync ends");
+    assert!(
+        !scratch.join(&first.run_id).exists(),
+        "the sorted runs are removed when the sync ends"
+    );
     Ok(())
 }
 
 #[tokio::test]
-async fn the_reconcile_example_clears_growpanel_fields_with_empty_strings_for_a_stripe_customer_with_neither_name_nor_email() -> TestResult {
+async fn the_reconcile_example_clears_growpanel_fields_with_empty_strings_for_a_stripe_customer_with_neither_name_nor_email()
+-> TestResult {
     let sandbox = sandbox(0).await?;
     let harness = Harness::new()?;
     let described = super::vendors::description("growpanel/openapi.json")?;
@@ -656,11 +828,20 @@ async fn the_reconcile_example_clears_growpanel_fields_with_empty_strings_for_a_
         "id": bare_id, "name": "Old Name", "email": "old@example.com", "created_date": "2024-01-02",
         "country": "US", "data_source": weft_sandbox::growpanel::DEMO_DATA_SOURCE, "custom_variables": { "plan": "none" }
     }));
-    let text = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("workflows/stripe-export-reconcile.toml"))?;
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("workflows/stripe-export-reconcile.toml"),
+    )?;
     let wf = workflow(harness.files.path(), &text)?;
-    let options = RunOptions { overrides: overrides(&sandbox, &[("stripe", "stripe"), ("growpanel", "growpanel")]), ..RunOptions::default() };
+    let options = RunOptions {
+        overrides: overrides(&sandbox, &[("stripe", "stripe"), ("growpanel", "growpanel")]),
+        ..RunOptions::default()
+    };
 
-    let planned = harness.executor.start(&wf, &RunOptions { dry_run: true, ..options.clone() }, &Silent).await?;
+    let planned = harness
+        .executor
+        .start(&wf, &RunOptions { dry_run: true, ..options.clone() }, &Silent)
+        .await?;
     let plan = planned.steps[1].plan.clone().unwrap_or_default();
     assert_eq!((plan["create"].as_u64(), plan["update"].as_u64()), (Some(1), Some(1)), "{plan:#}");
 
@@ -669,15 +850,29 @@ async fn the_reconcile_example_clears_growpanel_fields_with_empty_strings_for_a_
     let c = summary.steps[1].counts;
     assert_eq!((c.created, c.updated, c.unchanged, c.failed), (1, 1, 0, 0), "{c:?}");
     let stored = sandbox.growpanel.emulator.customer(&bare_id).ok_or("still there")?;
-    assert_eq!((stored["name"].as_str(), stored["email"].as_str()), (Some(""), Some("")), "{stored}");
+    assert_eq!(
+        (stored["name"].as_str(), stored["email"].as_str()),
+        (Some(""), Some("")),
+        "{stored}"
+    );
 
     // The regression: `PUT {"email": null, "name": null}`, refused by
     // GrowPanel's schema (422 "name must be string").
     let mut problems = Vec::new();
     for request in sandbox.growpanel.emulator.requests().requests() {
         match request.method.as_str() {
-            "PUT" => problems.extend(super::vendors::json_body_problems(&described, "put", "/data/customers/{id}", &request.body)?),
-            "POST" => problems.extend(super::vendors::json_body_problems(&described, "post", "/data/customers", &request.body)?),
+            "PUT" => problems.extend(super::vendors::json_body_problems(
+                &described,
+                "put",
+                "/data/customers/{id}",
+                &request.body,
+            )?),
+            "POST" => problems.extend(super::vendors::json_body_problems(
+                &described,
+                "post",
+                "/data/customers",
+                &request.body,
+            )?),
             _ => {}
         }
     }
@@ -690,17 +885,34 @@ async fn the_reconcile_example_clears_growpanel_fields_with_empty_strings_for_a_
 }
 
 #[tokio::test]
-async fn a_growpanel_list_with_a_limit_below_the_page_reads_that_many_and_a_longer_one_is_still_refused() -> TestResult {
+async fn a_growpanel_list_with_a_limit_below_the_page_reads_that_many_and_a_longer_one_is_still_refused()
+-> TestResult {
     let sandbox = sandbox(25).await?;
     let harness = Harness::new()?;
     let vendors = overrides(&sandbox, &VENDORS);
     // The regression: "holds more than 2 customers" for a step that asked
     // for two.
-    let two = harness.run(&flow("first-two", "[[step]]\nid = \"two\"\nlist = \"growpanel.customers\"\nlimit = 2\n"), &vendors).await?;
+    let two = harness
+        .run(
+            &flow(
+                "first-two",
+                "[[step]]\nid = \"two\"\nlist = \"growpanel.customers\"\nlimit = 2\n",
+            ),
+            &vendors,
+        )
+        .await?;
     assert_eq!(two.status, Status::Succeeded, "{two:#?}");
     assert_eq!(two.steps[0].counts.read, 2);
 
-    let paged = harness.run(&flow("paged", "[[step]]\nid = \"all\"\nlist = \"growpanel.customers\"\npage_size = 10\n"), &vendors).await?;
+    let paged = harness
+        .run(
+            &flow(
+                "paged",
+                "[[step]]\nid = \"all\"\nlist = \"growpanel.customers\"\npage_size = 10\n",
+            ),
+            &vendors,
+        )
+        .await?;
     assert_eq!(paged.status, Status::Failed, "a list past the page is not cut short: {paged:#?}");
     let error = paged.steps[0].error.clone().unwrap_or_default();
     assert!(error.contains("cannot page past") && error.contains("more than 10"), "{error}");
@@ -712,7 +924,8 @@ async fn a_sandbox_run_refuses_every_request_that_is_not_to_an_emulator() -> Tes
     let sandbox = sandbox(3).await?;
     // Another sandbox stands in for a real vendor: its log must stay empty.
     let production = super::support::sandbox(3).await?;
-    let production_stripe = production.endpoints().into_iter().find(|e| e.vendor == "stripe").ok_or("stripe")?;
+    let production_stripe =
+        production.endpoints().into_iter().find(|e| e.vendor == "stripe").ok_or("stripe")?;
     let harness = Harness::new()?;
     let text = format!(
         "[workflow]\nname = \"confined\"\n\n[connections.stripe]\nplugin = \"stripe\"\ncredentials = \"env:WEFT_TEST_UNUSED\"\nbase_url = \"{}\"\n\n[[step]]\nid = \"all\"\nlist = \"stripe.customers\"\n",
@@ -724,22 +937,52 @@ async fn a_sandbox_run_refuses_every_request_that_is_not_to_an_emulator() -> Tes
     // Pointed at something that is not one of the run's emulators.
     let elsewhere = std::collections::BTreeMap::from([(
         "stripe".to_owned(),
-        ConnectionOverride { base_url: production_stripe.base_url.clone(), secret: Secret::new(production_stripe.api_key.clone()) },
+        ConnectionOverride {
+            base_url: production_stripe.base_url.clone(),
+            secret: Secret::new(production_stripe.api_key.clone()),
+        },
     )]);
-    let options = RunOptions { overrides: elsewhere, sandbox: Some(emulators.clone()), ..RunOptions::default() };
-    let error = harness.executor.start(&wf, &options, &Silent).await.err().map(|e| e.to_string()).unwrap_or_default();
+    let options = RunOptions {
+        overrides: elsewhere,
+        sandbox: Some(emulators.clone()),
+        ..RunOptions::default()
+    };
+    let error = harness
+        .executor
+        .start(&wf, &options, &Silent)
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
     assert!(error.contains("not a sandbox emulator"), "{error}");
 
     // Pointed nowhere: never the workflow's own base URL and credential.
     let options = RunOptions { sandbox: Some(emulators.clone()), ..RunOptions::default() };
-    let error = harness.executor.start(&wf, &options, &Silent).await.err().map(|e| e.to_string()).unwrap_or_default();
+    let error = harness
+        .executor
+        .start(&wf, &options, &Silent)
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
     assert!(error.contains("none was given for this one"), "{error}");
     assert!(production.stripe.emulator.requests().is_empty(), "production was reached");
 
-    let options = RunOptions { overrides: overrides(&sandbox, &[("stripe", "stripe")]), sandbox: Some(emulators), ..RunOptions::default() };
+    let options = RunOptions {
+        overrides: overrides(&sandbox, &[("stripe", "stripe")]),
+        sandbox: Some(emulators),
+        ..RunOptions::default()
+    };
     let summary = harness.executor.start(&wf, &options, &Silent).await?;
-    assert_eq!((summary.status, summary.steps[0].counts.read), (Status::Succeeded, 3), "{summary:#?}");
-    assert_eq!(harness.executor.store().run(&summary.run_id).await?.trigger, weft::executor::SANDBOX_TRIGGER);
+    assert_eq!(
+        (summary.status, summary.steps[0].counts.read),
+        (Status::Succeeded, 3),
+        "{summary:#?}"
+    );
+    assert_eq!(
+        harness.executor.store().run(&summary.run_id).await?.trigger,
+        weft::executor::SANDBOX_TRIGGER
+    );
     assert!(production.stripe.emulator.requests().is_empty(), "production was reached");
     Ok(())
 }
@@ -788,7 +1031,15 @@ impl Seeded {
 
     /// Every case once, then cases at random.
     fn cases(&mut self, count: usize) -> Vec<Case> {
-        (0..count).map(|i| if i < Case::ALL.len() { Case::ALL[i] } else { Case::ALL[(self.next() % Case::ALL.len() as u64) as usize] }).collect()
+        (0..count)
+            .map(|i| {
+                if i < Case::ALL.len() {
+                    Case::ALL[i]
+                } else {
+                    Case::ALL[(self.next() % Case::ALL.len() as u64) as usize]
+                }
+            })
+            .collect()
     }
 }
 
@@ -879,7 +1130,8 @@ const TARGETS: [Target; 5] = [
 /// target and a varied data set, the dry run plans exactly what the real
 /// run then does, and a second sync of unchanged data sends no write.
 #[tokio::test]
-async fn for_every_built_in_connector_a_dry_run_plans_what_the_run_does_and_a_second_sync_writes_nothing() -> TestResult {
+async fn for_every_built_in_connector_a_dry_run_plans_what_the_run_does_and_a_second_sync_writes_nothing()
+-> TestResult {
     const RECORDS: usize = 30;
     let mut seeded = Seeded(0x5EED_0013);
     let mut failures = Vec::new();
@@ -898,7 +1150,16 @@ async fn for_every_built_in_connector_a_dry_run_plans_what_the_run_does_and_a_se
             }
         }
         let harness = Harness::new()?;
-        let vendors = overrides(&sandbox, &[("stripe", "stripe"), ("growpanel", "growpanel"), ("metronome", "metronome"), ("baremetrics", "baremetrics"), ("scim", "stripe-scim")]);
+        let vendors = overrides(
+            &sandbox,
+            &[
+                ("stripe", "stripe"),
+                ("growpanel", "growpanel"),
+                ("metronome", "metronome"),
+                ("baremetrics", "baremetrics"),
+                ("scim", "stripe-scim"),
+            ],
+        );
         let sync = |map: &str| {
             format!(
                 "[workflow]\nname = \"property-{}\"\n{PROPERTY_CONNECTIONS}\n[[step]]\nid = \"sync\"\nsync = {{ from = \"{}.customers\", to = \"{}.{}\", key = \"{}\" }}\nmap = '''{map}'''\n",
@@ -909,14 +1170,37 @@ async fn for_every_built_in_connector_a_dry_run_plans_what_the_run_does_and_a_se
         assert_eq!(setup.status, Status::Succeeded, "{}: {setup:#?}", target.connection);
 
         let wanted = workflow(harness.files.path(), &sync(target.wanted))?;
-        let dry = harness.executor.start(&wanted, &RunOptions { dry_run: true, overrides: vendors.clone(), ..RunOptions::default() }, &Silent).await?;
+        let dry = harness
+            .executor
+            .start(
+                &wanted,
+                &RunOptions { dry_run: true, overrides: vendors.clone(), ..RunOptions::default() },
+                &Silent,
+            )
+            .await?;
         let plan = dry.steps[0].plan.clone().unwrap_or_default();
-        let planned = (plan["create"].as_u64().unwrap_or(0), plan["update"].as_u64().unwrap_or(0), plan["unchanged"].as_u64().unwrap_or(0));
-        let real = harness.executor.start(&wanted, &RunOptions { overrides: vendors.clone(), ..RunOptions::default() }, &Silent).await?;
+        let planned = (
+            plan["create"].as_u64().unwrap_or(0),
+            plan["update"].as_u64().unwrap_or(0),
+            plan["unchanged"].as_u64().unwrap_or(0),
+        );
+        let real = harness
+            .executor
+            .start(
+                &wanted,
+                &RunOptions { overrides: vendors.clone(), ..RunOptions::default() },
+                &Silent,
+            )
+            .await?;
         let c = real.steps[0].counts;
         let done = (c.created, c.updated, c.unchanged);
-        let count = |wanted: &[Case]| cases.iter().filter(|case| wanted.contains(case)).count() as u64;
-        let expected = (count(&[Case::New]), count(&[Case::Different]), count(&[Case::Same, Case::Blank, Case::Number]));
+        let count =
+            |wanted: &[Case]| cases.iter().filter(|case| wanted.contains(case)).count() as u64;
+        let expected = (
+            count(&[Case::New]),
+            count(&[Case::Different]),
+            count(&[Case::Same, Case::Blank, Case::Number]),
+        );
         if planned != done || done != expected || c.failed > 0 {
             failures.push(format!("{}: planned {planned:?}, done {done:?}, expected (create, update, unchanged) {expected:?}; failed {}: {:?}", target.connection, c.failed, real.steps[0].error));
         }
@@ -929,10 +1213,19 @@ async fn for_every_built_in_connector_a_dry_run_plans_what_the_run_does_and_a_se
             _ => sandbox.stripe_scim.emulator.requests(),
         };
         let writes_before = writes(&log);
-        let second = harness.executor.start(&wanted, &RunOptions { overrides: vendors, ..RunOptions::default() }, &Silent).await?;
+        let second = harness
+            .executor
+            .start(&wanted, &RunOptions { overrides: vendors, ..RunOptions::default() }, &Silent)
+            .await?;
         let c = second.steps[0].counts;
-        if (c.created, c.updated, c.unchanged) != (0, 0, RECORDS as u64) || writes(&log) != writes_before {
-            failures.push(format!("{}: the second sync counted {c:?} and sent {} writes", target.connection, writes(&log) - writes_before));
+        if (c.created, c.updated, c.unchanged) != (0, 0, RECORDS as u64)
+            || writes(&log) != writes_before
+        {
+            failures.push(format!(
+                "{}: the second sync counted {c:?} and sent {} writes",
+                target.connection,
+                writes(&log) - writes_before
+            ));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));

@@ -21,7 +21,10 @@ use std::time::Instant;
 
 use futures_util::future::BoxFuture;
 use serde_json::{Value, json};
-use weft::connector::{BatchItem, Manifest, Op, Page, RemoveOutcome, ResourceSpec, UpsertAction, UpsertOutcome, UpsertRequest};
+use weft::connector::{
+    BatchItem, Manifest, Op, Page, RemoveOutcome, ResourceSpec, UpsertAction, UpsertOutcome,
+    UpsertRequest,
+};
 use weft::endpoint::{BatchOutcomes, Endpoint};
 use weft::executor::{Executor, RunOptions, Silent};
 use weft::runtime::{Runtime, RuntimeConfig, RuntimeError};
@@ -77,19 +80,41 @@ impl Endpoint for NoOp {
     fn name(&self) -> &str {
         "noop"
     }
-    fn list(&self, _request: weft::connector::ListRequest) -> BoxFuture<'_, Result<Page, RuntimeError>> {
+    fn list(
+        &self,
+        _request: weft::connector::ListRequest,
+    ) -> BoxFuture<'_, Result<Page, RuntimeError>> {
         Box::pin(async { Ok(Page::default()) })
     }
-    fn get<'a>(&'a self, _resource: &'a str, _id: &'a str) -> BoxFuture<'a, Result<Option<String>, RuntimeError>> {
+    fn get<'a>(
+        &'a self,
+        _resource: &'a str,
+        _id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, RuntimeError>> {
         Box::pin(async { Ok(None) })
     }
     fn upsert(&self, request: UpsertRequest) -> BoxFuture<'_, Result<UpsertOutcome, RuntimeError>> {
-        Box::pin(async move { Ok(UpsertOutcome { record: request.record, action: UpsertAction::Created }) })
+        Box::pin(async move {
+            Ok(UpsertOutcome { record: request.record, action: UpsertAction::Created })
+        })
     }
-    fn upsert_batch<'a>(&'a self, _resource: &'a str, items: Vec<BatchItem>) -> BoxFuture<'a, Result<BatchOutcomes, RuntimeError>> {
-        Box::pin(async move { Ok(items.into_iter().map(|i| Ok(UpsertOutcome { record: i.record, action: UpsertAction::Created })).collect()) })
+    fn upsert_batch<'a>(
+        &'a self,
+        _resource: &'a str,
+        items: Vec<BatchItem>,
+    ) -> BoxFuture<'a, Result<BatchOutcomes, RuntimeError>> {
+        Box::pin(async move {
+            Ok(items
+                .into_iter()
+                .map(|i| Ok(UpsertOutcome { record: i.record, action: UpsertAction::Created }))
+                .collect())
+        })
     }
-    fn remove<'a>(&'a self, _resource: &'a str, _id: &'a str) -> BoxFuture<'a, Result<RemoveOutcome, RuntimeError>> {
+    fn remove<'a>(
+        &'a self,
+        _resource: &'a str,
+        _id: &'a str,
+    ) -> BoxFuture<'a, Result<RemoveOutcome, RuntimeError>> {
         Box::pin(async { Ok(RemoveOutcome::Removed) })
     }
 }
@@ -105,9 +130,13 @@ async fn bookkeeping(items: u64, concurrency: u32) -> BenchResult<(f64, f64)> {
         ),
     )?;
     let workflow = Workflow::load(&path)?;
-    let executor = Executor::new(Runtime::new(RuntimeConfig::default())?, RunStore::open(state.path())?);
+    let executor =
+        Executor::new(Runtime::new(RuntimeConfig::default())?, RunStore::open(state.path())?);
     let endpoint: Arc<dyn Endpoint> = Arc::new(NoOp::new());
-    let options = RunOptions { endpoints: BTreeMap::from([("noop".to_owned(), endpoint)]), ..RunOptions::default() };
+    let options = RunOptions {
+        endpoints: BTreeMap::from([("noop".to_owned(), endpoint)]),
+        ..RunOptions::default()
+    };
     let started = Instant::now();
     let summary = executor.start(&workflow, &options, &Silent).await?;
     let elapsed = started.elapsed().as_secs_f64();
@@ -152,7 +181,9 @@ async fn sync_rss(records: usize) -> BenchResult<SyncFigures> {
     for i in 0..records {
         let email = format!("user{i}@sync.example");
         let created = 1_700_000_000 + i as i64;
-        let customer = source.insert_customer(json!({ "email": email, "name": format!("User {i}"), "created": created }));
+        let customer = source.insert_customer(
+            json!({ "email": email, "name": format!("User {i}"), "created": created }),
+        );
         // The target was synced before: same email and name, with the
         // source id in metadata; 1% renamed since at the source, 1% never
         // copied.
@@ -162,8 +193,10 @@ async fn sync_rss(records: usize) -> BenchResult<SyncFigures> {
         let name = if i % 100 == 0 { format!("User {i} (old name)") } else { format!("User {i}") };
         target.insert_customer(json!({ "email": email, "name": name, "created": created, "metadata": { "source_id": customer["id"] } }));
     }
-    let source_server = weft_sandbox::server::serve(source.router(), "127.0.0.1:0".parse()?).await?;
-    let target_server = weft_sandbox::server::serve(target.router(), "127.0.0.1:0".parse()?).await?;
+    let source_server =
+        weft_sandbox::server::serve(source.router(), "127.0.0.1:0".parse()?).await?;
+    let target_server =
+        weft_sandbox::server::serve(target.router(), "127.0.0.1:0".parse()?).await?;
     let dir = tempfile::tempdir()?;
     let key = dir.path().join("key");
     std::fs::write(&key, SANDBOX_API_KEY)?;
@@ -211,13 +244,21 @@ concurrency = 8
     });
     let output = child.await??;
     let seconds = started.elapsed().as_secs_f64();
-    let summary: Value = serde_json::from_slice(&output.stdout).map_err(|e| format!("weft run did not print a summary ({e}): {}", String::from_utf8_lossy(&output.stderr)))?;
+    let summary: Value = serde_json::from_slice(&output.stdout).map_err(|e| {
+        format!(
+            "weft run did not print a summary ({e}): {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })?;
     if summary["status"] != "succeeded" {
         return Err(format!("the sync failed: {summary:#}").into());
     }
     let counts = summary["steps"][0]["counts"].clone();
     let expected_updates = records.div_ceil(100) as u64;
-    if counts["updated"].as_u64() != Some(expected_updates) || counts["created"].as_u64() != Some((records / 100 + usize::from(records % 100 > 1)) as u64) {
+    if counts["updated"].as_u64() != Some(expected_updates)
+        || counts["created"].as_u64()
+            != Some((records / 100 + usize::from(records % 100 > 1)) as u64)
+    {
         return Err(format!("unexpected counts for {records}: {counts}").into());
     }
     let peak = summary["peak_rss_bytes"].as_u64().unwrap_or(0) as f64 / (1024.0 * 1024.0);
@@ -234,7 +275,12 @@ pub async fn run(config: &Config) -> BenchResult<Vec<Row>> {
     let sizes: Vec<usize> = std::env::var("WEFT_BENCH_SYNC")
         .ok()
         .map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).collect())
-        .unwrap_or_else(|| [100_000.0, 1_000_000.0].iter().map(|n| ((n * config.scale).round() as usize).max(1000)).collect());
+        .unwrap_or_else(|| {
+            [100_000.0, 1_000_000.0]
+                .iter()
+                .map(|n| ((n * config.scale).round() as usize).max(1000))
+                .collect()
+        });
 
     let concurrency = 16;
     let mut rates = Vec::new();
@@ -267,7 +313,10 @@ pub async fn run(config: &Config) -> BenchResult<Vec<Row>> {
             let flat = s.peak_rss_mb / smallest.max(1.0);
             row = row
                 .result(format!("{flat:.2}x the {} figure", grouped(syncs[0].records as f64)))
-                .target(format!("<= {TARGET_PEAK_RSS_MB:.0} MiB"), s.peak_rss_mb <= TARGET_PEAK_RSS_MB);
+                .target(
+                    format!("<= {TARGET_PEAK_RSS_MB:.0} MiB"),
+                    s.peak_rss_mb <= TARGET_PEAK_RSS_MB,
+                );
         }
         rows.push(row);
     }

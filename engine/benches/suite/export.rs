@@ -174,9 +174,12 @@ fn python_version(python: &str) -> String {
 
 pub async fn run(config: &Config) -> BenchResult<Vec<Row>> {
     let records = ((100_000.0 * config.scale).round() as usize).max(PAGE_SIZE as usize);
-    let rounds: usize = std::env::var("WEFT_BENCH_EXPORT_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
+    let rounds: usize =
+        std::env::var("WEFT_BENCH_EXPORT_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
     let emulator = StripeEmulator::new(StripeConfig { seed: records, ..StripeConfig::default() });
-    let server = weft_sandbox::server::serve(emulator.router(), weft_sandbox::server::LOOPBACK_ANY_PORT).await?;
+    let server =
+        weft_sandbox::server::serve(emulator.router(), weft_sandbox::server::LOOPBACK_ANY_PORT)
+            .await?;
     let dir = tempfile::tempdir()?;
     let key_file = dir.path().join("stripe-key");
     std::fs::write(&key_file, SANDBOX_API_KEY)?;
@@ -212,7 +215,9 @@ pub async fn run(config: &Config) -> BenchResult<Vec<Row>> {
         return Err(format!("an export did not write {records} records").into());
     }
     // Both pass Stripe's text on unchanged, so the files are the same.
-    if std::fs::read(setup.output(Client::Weft, 0))? != std::fs::read(setup.output(Client::Native, 0))? {
+    if std::fs::read(setup.output(Client::Weft, 0))?
+        != std::fs::read(setup.output(Client::Native, 0))?
+    {
         return Err("weft and the native client exported different records".into());
     }
 
@@ -230,13 +235,20 @@ pub async fn run(config: &Config) -> BenchResult<Vec<Row>> {
             let taken = run(clients[i], round).await?;
             this_round[i] = taken;
             seconds[i].push(taken);
-            if clients[i] == Client::Python && lines(&setup.output(Client::Python, round))? != records {
+            if clients[i] == Client::Python
+                && lines(&setup.output(Client::Python, round))? != records
+            {
                 return Err("stripe-python did not export every record".into());
             }
             let _ = std::fs::remove_file(setup.output(clients[i], round));
         }
         ratios.push(this_round[0] / this_round[1]);
-        let times: Vec<String> = clients.iter().zip(&this_round).filter(|(_, s)| **s > 0.0).map(|(c, s)| format!("{} {s:.2} s", c.name())).collect();
+        let times: Vec<String> = clients
+            .iter()
+            .zip(&this_round)
+            .filter(|(_, s)| **s > 0.0)
+            .map(|(c, s)| format!("{} {s:.2} s", c.name()))
+            .collect();
         eprintln!("  export round {round}/{rounds}: {}", times.join(", "));
     }
     server.shutdown().await;
@@ -244,22 +256,27 @@ pub async fn run(config: &Config) -> BenchResult<Vec<Row>> {
     let weft = median(&seconds[0]);
     let native = median(&seconds[1]);
     let ratio = median(&ratios);
-    let what = format!("all {} customers, pages of {PAGE_SIZE}, to JSON Lines; median of {rounds}", grouped(records as f64));
-    let mut rows = vec![Row::new("export", what, format!("{weft:.2} s"))
-        .reference(format!("native {native:.2} s"))
-        .result(format!("ratio {ratio:.2}"))
-        .target(format!("<= {TARGET_RATIO:.2}"), ratio <= TARGET_RATIO)
-        .figures(json!({
-            "records": records,
-            "rounds": rounds,
-            "weft_seconds": seconds[0],
-            "native_seconds": seconds[1],
-            "weft_median_s": weft,
-            "native_median_s": native,
-            "ratio_median": ratio,
-            "records_per_second_weft": records as f64 / weft,
-            "records_per_second_native": records as f64 / native,
-        }))];
+    let what = format!(
+        "all {} customers, pages of {PAGE_SIZE}, to JSON Lines; median of {rounds}",
+        grouped(records as f64)
+    );
+    let mut rows = vec![
+        Row::new("export", what, format!("{weft:.2} s"))
+            .reference(format!("native {native:.2} s"))
+            .result(format!("ratio {ratio:.2}"))
+            .target(format!("<= {TARGET_RATIO:.2}"), ratio <= TARGET_RATIO)
+            .figures(json!({
+                "records": records,
+                "rounds": rounds,
+                "weft_seconds": seconds[0],
+                "native_seconds": seconds[1],
+                "weft_median_s": weft,
+                "native_median_s": native,
+                "ratio_median": ratio,
+                "records_per_second_weft": records as f64 / weft,
+                "records_per_second_native": records as f64 / native,
+            })),
+    ];
     match &python {
         Some(python) => {
             let python_median = median(&seconds[2]);
@@ -304,7 +321,14 @@ pub fn native_export(args: &[String]) -> BenchResult<()> {
                 query.push(("starting_after", after));
             }
             let url = reqwest::Url::parse_with_params(&format!("{base_url}/v1/customers"), &query)?;
-            let body = client.get(url).basic_auth(key, Some("")).send().await?.error_for_status()?.bytes().await?;
+            let body = client
+                .get(url)
+                .basic_auth(key, Some(""))
+                .send()
+                .await?
+                .error_for_status()?
+                .bytes()
+                .await?;
             let page: List<'_> = serde_json::from_slice(&body)?;
             for record in &page.data {
                 file.write_all(record.get().as_bytes())?;
@@ -312,7 +336,9 @@ pub fn native_export(args: &[String]) -> BenchResult<()> {
             }
             count += page.data.len();
             match page.data.last() {
-                Some(last) if page.has_more => starting_after = Some(serde_json::from_str::<Id<'_>>(last.get())?.id.to_owned()),
+                Some(last) if page.has_more => {
+                    starting_after = Some(serde_json::from_str::<Id<'_>>(last.get())?.id.to_owned())
+                }
                 _ => break,
             }
         }
@@ -330,9 +356,11 @@ pub fn serve_stripe(args: &[String]) -> BenchResult<()> {
     let [records, port] = args else {
         return Err("usage: --serve-stripe RECORDS PORT".into());
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async {
-        let emulator = StripeEmulator::new(StripeConfig { seed: records.parse()?, ..StripeConfig::default() });
+        let emulator =
+            StripeEmulator::new(StripeConfig { seed: records.parse()?, ..StripeConfig::default() });
         let address = std::net::SocketAddr::from(([127, 0, 0, 1], port.parse()?));
         let server = weft_sandbox::server::serve(emulator.router(), address).await?;
         println!("{} key {SANDBOX_API_KEY}", server.base_url());

@@ -86,16 +86,27 @@ fn exit(what: &str, result: BenchResult<()>) -> std::process::ExitCode {
 fn run(args: &[String]) -> BenchResult<()> {
     let json = args.iter().any(|a| a == "--json");
     let only: Vec<String> = match args.iter().position(|a| a == "--only") {
-        Some(at) => args.get(at + 1).ok_or("--only takes a list of sections")?.split(',').map(str::to_owned).collect(),
+        Some(at) => args
+            .get(at + 1)
+            .ok_or("--only takes a list of sections")?
+            .split(',')
+            .map(str::to_owned)
+            .collect(),
         None => SECTIONS.iter().map(|s| (*s).to_owned()).collect(),
     };
     if let Some(unknown) = only.iter().find(|s| !SECTIONS.contains(&s.as_str())) {
-        return Err(format!("unknown section {unknown:?}; the sections are {}", SECTIONS.join(", ")).into());
+        return Err(format!(
+            "unknown section {unknown:?}; the sections are {}",
+            SECTIONS.join(", ")
+        )
+        .into());
     }
-    let scale: f64 = std::env::var("WEFT_BENCH_SCALE").ok().and_then(|s| s.parse().ok()).unwrap_or(1.0);
+    let scale: f64 =
+        std::env::var("WEFT_BENCH_SCALE").ok().and_then(|s| s.parse().ok()).unwrap_or(1.0);
     let config = Config { scale, json };
     // Two workers, like the machine: the emulators live here.
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let mut rows: Vec<Row> = Vec::new();
     for section in SECTIONS.iter().filter(|s| only.iter().any(|o| o == *s)) {
         eprintln!("bench suite: {section}…");

@@ -26,7 +26,11 @@ const TARGET_COLD_FROM_CACHE_MS: f64 = 10.0;
 
 /// One real page from the Stripe emulator: 100 seeded customers.
 async fn stripe_page() -> BenchResult<Vec<u8>> {
-    let sandbox = weft_sandbox::Sandbox::start(weft_sandbox::SandboxOptions { seed: 100, ..Default::default() }).await?;
+    let sandbox = weft_sandbox::Sandbox::start(weft_sandbox::SandboxOptions {
+        seed: 100,
+        ..Default::default()
+    })
+    .await?;
     let body = reqwest::Client::new()
         .get(format!("{}/v1/customers?limit=100", sandbox.stripe.base_url()))
         .bearer_auth(weft_sandbox::stripe::SANDBOX_API_KEY)
@@ -89,12 +93,20 @@ pub async fn run(config: &Config) -> BenchResult<Vec<Row>> {
             miss.push(plugin.load_info().compile_or_load);
         }
         // Fills the disk cache.
-        Runtime::new(RuntimeConfig { cache_dir: Some(cache.path().to_path_buf()), ..Default::default() })?.load("stripe", wasm).await?;
+        Runtime::new(RuntimeConfig {
+            cache_dir: Some(cache.path().to_path_buf()),
+            ..Default::default()
+        })?
+        .load("stripe", wasm)
+        .await?;
         // A cold start as `weft run` pays it: a new engine, the component
         // from the disk cache, its manifest read.
         for _ in 0..20 {
             let started = Instant::now();
-            let runtime = Runtime::new(RuntimeConfig { cache_dir: Some(cache.path().to_path_buf()), ..Default::default() })?;
+            let runtime = Runtime::new(RuntimeConfig {
+                cache_dir: Some(cache.path().to_path_buf()),
+                ..Default::default()
+            })?;
             runtime_new.push(started.elapsed());
             let plugin = runtime.load("stripe", wasm).await?;
             if !plugin.load_info().cache_hit {
@@ -103,7 +115,10 @@ pub async fn run(config: &Config) -> BenchResult<Vec<Row>> {
             cold.push(started.elapsed());
         }
     }
-    let runtime = Runtime::new(RuntimeConfig { cache_dir: Some(cache.path().to_path_buf()), ..Default::default() })?;
+    let runtime = Runtime::new(RuntimeConfig {
+        cache_dir: Some(cache.path().to_path_buf()),
+        ..Default::default()
+    })?;
     let mut hit = Vec::new();
     let mut hit_total = Vec::new();
     if !profile_only {
@@ -125,12 +140,17 @@ pub async fn run(config: &Config) -> BenchResult<Vec<Row>> {
             HttpLimits::default(),
             Arc::new(SendOnce),
         )?
-        .with_canned_responses(move |_, _| Response { status: 200, headers: vec![], body: canned.clone() }),
+        .with_canned_responses(move |_, _| Response {
+            status: 200,
+            headers: vec![],
+            body: canned.clone(),
+        }),
     );
     let plugin = Arc::new(runtime.load("stripe", wasm).await?);
     let warm = PluginConnection::new(plugin.clone(), http.clone());
     let ctx = CallContext { base_url: http.base_url(), settings: vec![] };
-    let request = || ListRequest { resource: "customers".into(), cursor: None, page_size: 100, filter: None };
+    let request =
+        || ListRequest { resource: "customers".into(), cursor: None, page_size: 100, filter: None };
 
     let (do_fresh, do_warm, do_native) = match which.as_deref().unwrap_or_default() {
         "fresh" => (true, false, false),
@@ -193,7 +213,9 @@ pub async fn run(config: &Config) -> BenchResult<Vec<Row>> {
             .result(format!("+{:.0} µs ({:.1}x)", fresh.p50 - native.p50, fresh.p50 / native.p50))
             .figures(json!({ "body_bytes": body.len(), "rounds": rounds, "p50_us": fresh.p50, "p99_us": fresh.p99, "native_p50_us": native.p50, "native_p99_us": native.p99 })),
     ];
-    let median_ms = |v: &[Duration]| quantile(&mut v.iter().map(|d| d.as_secs_f64() * 1e3).collect::<Vec<_>>(), 0.5);
+    let median_ms = |v: &[Duration]| {
+        quantile(&mut v.iter().map(|d| d.as_secs_f64() * 1e3).collect::<Vec<_>>(), 0.5)
+    };
     let cold_ms = median_ms(&cold);
     rows.push(
         Row::new("plugin call", "cold start from the disk cache: new engine, load, describe", format!("{cold_ms:.2} ms"))
@@ -202,8 +224,12 @@ pub async fn run(config: &Config) -> BenchResult<Vec<Row>> {
             .figures(json!({ "cold_ms": cold_ms, "deserialize_ms": median_ms(&hit), "load_and_describe_ms": median_ms(&hit_total), "engine_ms": median_ms(&runtime_new) })),
     );
     rows.push(
-        Row::new("plugin call", format!("cold start, cache miss: compile {} KB", wasm.len() / 1024), format!("{:.0} ms", median_ms(&miss)))
-            .figures(json!({ "compile_ms": median_ms(&miss), "wasm_bytes": wasm.len() })),
+        Row::new(
+            "plugin call",
+            format!("cold start, cache miss: compile {} KB", wasm.len() / 1024),
+            format!("{:.0} ms", median_ms(&miss)),
+        )
+        .figures(json!({ "compile_ms": median_ms(&miss), "wasm_bytes": wasm.len() })),
     );
     Ok(rows)
 }

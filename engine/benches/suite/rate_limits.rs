@@ -40,8 +40,18 @@ struct Figures {
     requests: usize,
 }
 
-fn judge(log: &RequestLog, counted: impl Fn(&str) -> bool, from: Instant, to: Instant, allowed_per_second: f64) -> Figures {
-    let requests: Vec<_> = log.requests().into_iter().filter(|r| counted(&r.method) && r.received_at >= from && r.received_at <= to).collect();
+fn judge(
+    log: &RequestLog,
+    counted: impl Fn(&str) -> bool,
+    from: Instant,
+    to: Instant,
+    allowed_per_second: f64,
+) -> Figures {
+    let requests: Vec<_> = log
+        .requests()
+        .into_iter()
+        .filter(|r| counted(&r.method) && r.received_at >= from && r.received_at <= to)
+        .collect();
     let ok = requests.iter().filter(|r| (200..300).contains(&r.status)).count() as f64;
     let throttled = requests.iter().filter(|r| r.status == 429).count() as f64;
     Figures {
@@ -53,9 +63,20 @@ fn judge(log: &RequestLog, counted: impl Fn(&str) -> bool, from: Instant, to: In
 
 /// A connection of its own per worker, as separate runs would have, with
 /// the limiter of their shared key from one registry.
-fn connection(registry: &LimiterRegistry, plugin: &Plugin, base_url: &str, key: &str) -> BenchResult<Arc<ConnectionHttp>> {
+fn connection(
+    registry: &LimiterRegistry,
+    plugin: &Plugin,
+    base_url: &str,
+    key: &str,
+) -> BenchResult<Arc<ConnectionHttp>> {
     let secret = Secret::new(key);
-    let limiter = registry.limiter(&plugin.manifest().name, weft::limiter::Publisher::of_digest(plugin.digest()), Some(&secret), &plugin.manifest().rate_limits, &[]);
+    let limiter = registry.limiter(
+        &plugin.manifest().name,
+        weft::limiter::Publisher::of_digest(plugin.digest()),
+        Some(&secret),
+        &plugin.manifest().rate_limits,
+        &[],
+    );
     Ok(Arc::new(ConnectionHttp::new(
         weft::http::shared_client(),
         base_url,
@@ -101,7 +122,9 @@ async fn naive(request: reqwest::RequestBuilder) {
     loop {
         let Some(attempt) = request.try_clone() else { return };
         match attempt.send().await {
-            Ok(r) if r.status().as_u16() == 429 => tokio::time::sleep(Duration::from_millis(50)).await,
+            Ok(r) if r.status().as_u16() == 429 => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
             Ok(r) => {
                 let _ = r.bytes().await;
                 return;
@@ -117,21 +140,34 @@ async fn serve(router: axum::Router) -> BenchResult<RunningServer> {
 
 async fn stripe(runtime: &Runtime, duration: Duration, with_weft: bool) -> BenchResult<Figures> {
     use weft_sandbox::stripe::{SANDBOX_API_KEY, StripeConfig, StripeEmulator};
-    let emulator = StripeEmulator::new(StripeConfig { seed: 500, rate_limit: Some((25, Duration::from_secs(1))), ..StripeConfig::default() });
+    let emulator = StripeEmulator::new(StripeConfig {
+        seed: 500,
+        rate_limit: Some((25, Duration::from_secs(1))),
+        ..StripeConfig::default()
+    });
     let server = serve(emulator.router()).await?;
     let base = server.base_url();
     let plugin = builtin(runtime, "stripe").await?;
     let started = Instant::now();
     if with_weft {
         let registry = LimiterRegistry::default();
-        let connections: Vec<_> = (0..WORKERS).map(|_| connection(&registry, &plugin, &base, SANDBOX_API_KEY)).collect::<BenchResult<_>>()?;
-        let cursors: Arc<Vec<tokio::sync::Mutex<Option<String>>>> = Arc::new((0..WORKERS).map(|_| tokio::sync::Mutex::new(None)).collect());
+        let connections: Vec<_> = (0..WORKERS)
+            .map(|_| connection(&registry, &plugin, &base, SANDBOX_API_KEY))
+            .collect::<BenchResult<_>>()?;
+        let cursors: Arc<Vec<tokio::sync::Mutex<Option<String>>>> =
+            Arc::new((0..WORKERS).map(|_| tokio::sync::Mutex::new(None)).collect());
         drive(duration, move |worker, _| {
-            let (plugin, http, cursors) = (plugin.clone(), connections[worker].clone(), cursors.clone());
+            let (plugin, http, cursors) =
+                (plugin.clone(), connections[worker].clone(), cursors.clone());
             async move {
                 let mut cursor = cursors[worker].lock().await;
                 let ctx = CallContext { base_url: http.base_url(), settings: vec![] };
-                let request = ListRequest { resource: "customers".into(), cursor: cursor.take(), page_size: 10, filter: None };
+                let request = ListRequest {
+                    resource: "customers".into(),
+                    cursor: cursor.take(),
+                    page_size: 10,
+                    filter: None,
+                };
                 if let Ok(page) = plugin.list(&http, ctx, request).await {
                     *cursor = page.next_cursor;
                 }
@@ -140,7 +176,14 @@ async fn stripe(runtime: &Runtime, duration: Duration, with_weft: bool) -> Bench
         .await?;
     } else {
         let client = reqwest::Client::new();
-        drive(duration, move |_, _| naive(client.get(format!("{base}/v1/customers?limit=10")).basic_auth(SANDBOX_API_KEY, Some("")))).await?;
+        drive(duration, move |_, _| {
+            naive(
+                client
+                    .get(format!("{base}/v1/customers?limit=10"))
+                    .basic_auth(SANDBOX_API_KEY, Some("")),
+            )
+        })
+        .await?;
     }
     let figures = judge(&emulator.requests(), |m| m == "GET", started, Instant::now(), 25.0);
     server.shutdown().await;
@@ -159,19 +202,29 @@ fn growpanel_customer(worker: usize, i: usize, client: &str) -> serde_json::Valu
 }
 
 async fn growpanel(runtime: &Runtime, duration: Duration, with_weft: bool) -> BenchResult<Figures> {
-    use weft_sandbox::growpanel::{DEMO_DATA_SOURCE, GrowPanelConfig, GrowPanelEmulator, SANDBOX_API_KEY};
-    let emulator = GrowPanelEmulator::new(GrowPanelConfig { enforce_rate_limits: true, ..GrowPanelConfig::default() });
+    use weft_sandbox::growpanel::{
+        DEMO_DATA_SOURCE, GrowPanelConfig, GrowPanelEmulator, SANDBOX_API_KEY,
+    };
+    let emulator = GrowPanelEmulator::new(GrowPanelConfig {
+        enforce_rate_limits: true,
+        ..GrowPanelConfig::default()
+    });
     let server = serve(emulator.router()).await?;
     let base = server.base_url();
     let plugin = builtin(runtime, "growpanel").await?;
     let started = Instant::now();
     if with_weft {
         let registry = LimiterRegistry::default();
-        let connections: Vec<_> = (0..WORKERS).map(|_| connection(&registry, &plugin, &base, SANDBOX_API_KEY)).collect::<BenchResult<_>>()?;
+        let connections: Vec<_> = (0..WORKERS)
+            .map(|_| connection(&registry, &plugin, &base, SANDBOX_API_KEY))
+            .collect::<BenchResult<_>>()?;
         drive(duration, move |worker, i| {
             let (plugin, http) = (plugin.clone(), connections[worker].clone());
             async move {
-                let ctx = CallContext { base_url: http.base_url(), settings: vec![("source".into(), DEMO_DATA_SOURCE.into())] };
+                let ctx = CallContext {
+                    base_url: http.base_url(),
+                    settings: vec![("source".into(), DEMO_DATA_SOURCE.into())],
+                };
                 let request = UpsertRequest {
                     resource: "customers".into(),
                     record: growpanel_customer(worker, i, "weft").to_string(),
@@ -184,55 +237,105 @@ async fn growpanel(runtime: &Runtime, duration: Duration, with_weft: bool) -> Be
     } else {
         let client = reqwest::Client::new();
         drive(duration, move |worker, i| {
-            naive(client.post(format!("{base}/data/customers")).bearer_auth(SANDBOX_API_KEY).header("content-type", "application/json").body(growpanel_customer(worker, i, "naive").to_string()))
+            naive(
+                client
+                    .post(format!("{base}/data/customers"))
+                    .bearer_auth(SANDBOX_API_KEY)
+                    .header("content-type", "application/json")
+                    .body(growpanel_customer(worker, i, "naive").to_string()),
+            )
         })
         .await?;
     }
-    let figures = judge(&emulator.requests(), |m| m == "POST", started, Instant::now(), 100.0 / 60.0);
+    let figures =
+        judge(&emulator.requests(), |m| m == "POST", started, Instant::now(), 100.0 / 60.0);
     server.shutdown().await;
     Ok(figures)
 }
 
-async fn baremetrics(runtime: &Runtime, duration: Duration, warmup: Duration, with_weft: bool) -> BenchResult<Figures> {
-    use weft_sandbox::baremetrics::{BaremetricsConfig, BaremetricsEmulator, NATIVE_SOURCE_ID, SANDBOX_API_KEY};
+async fn baremetrics(
+    runtime: &Runtime,
+    duration: Duration,
+    warmup: Duration,
+    with_weft: bool,
+) -> BenchResult<Figures> {
+    use weft_sandbox::baremetrics::{
+        BaremetricsConfig, BaremetricsEmulator, NATIVE_SOURCE_ID, SANDBOX_API_KEY,
+    };
     let limit = 20;
-    let emulator = BaremetricsEmulator::new(BaremetricsConfig { seed: 200, rate_limit: Some((limit, Duration::from_secs(1))), ..BaremetricsConfig::default() });
+    let emulator = BaremetricsEmulator::new(BaremetricsConfig {
+        seed: 200,
+        rate_limit: Some((limit, Duration::from_secs(1))),
+        ..BaremetricsConfig::default()
+    });
     let server = serve(emulator.router()).await?;
     let base = server.base_url();
     let plugin = builtin(runtime, "baremetrics").await?;
     let started = Instant::now();
     if with_weft {
         let registry = LimiterRegistry::default();
-        let connections: Vec<_> = (0..WORKERS).map(|_| connection(&registry, &plugin, &base, SANDBOX_API_KEY)).collect::<BenchResult<_>>()?;
+        let connections: Vec<_> = (0..WORKERS)
+            .map(|_| connection(&registry, &plugin, &base, SANDBOX_API_KEY))
+            .collect::<BenchResult<_>>()?;
         drive(duration, move |worker, _| {
             let (plugin, http) = (plugin.clone(), connections[worker].clone());
             async move {
-                let ctx = CallContext { base_url: http.base_url(), settings: vec![("source_id".into(), NATIVE_SOURCE_ID.into())] };
-                let request = ListRequest { resource: "customers".into(), cursor: None, page_size: 10, filter: None };
+                let ctx = CallContext {
+                    base_url: http.base_url(),
+                    settings: vec![("source_id".into(), NATIVE_SOURCE_ID.into())],
+                };
+                let request = ListRequest {
+                    resource: "customers".into(),
+                    cursor: None,
+                    page_size: 10,
+                    filter: None,
+                };
                 let _ = plugin.list(&http, ctx, request).await;
             }
         })
         .await?;
     } else {
         let client = reqwest::Client::new();
-        drive(duration, move |_, _| naive(client.get(format!("{base}/v1/{NATIVE_SOURCE_ID}/customers?per_page=10")).bearer_auth(SANDBOX_API_KEY))).await?;
+        drive(duration, move |_, _| {
+            naive(
+                client
+                    .get(format!("{base}/v1/{NATIVE_SOURCE_ID}/customers?per_page=10"))
+                    .bearer_auth(SANDBOX_API_KEY),
+            )
+        })
+        .await?;
     }
-    let figures = judge(&emulator.requests(), |_| true, started + warmup, Instant::now(), f64::from(limit));
+    let figures =
+        judge(&emulator.requests(), |_| true, started + warmup, Instant::now(), f64::from(limit));
     server.shutdown().await;
     Ok(figures)
 }
 
 /// The targets: (a) and (b) achieve >= 0.97 of the allowed rate
 /// with <= 1% 429s; (c) >= 0.85 with <= 5%.
-fn rows(scenario: &str, weft: &Figures, naive: &Figures, min_achieved: f64, max_429: f64) -> Vec<Row> {
+fn rows(
+    scenario: &str,
+    weft: &Figures,
+    naive: &Figures,
+    min_achieved: f64,
+    max_429: f64,
+) -> Vec<Row> {
     let figures = |f: &Figures| json!({ "achieved": f.achieved, "share_429": f.share_429, "requests": f.requests });
     let met = weft.achieved >= min_achieved && weft.share_429 <= max_429;
     vec![
-        Row::new("rate limits", scenario, format!("achieved {:.3}, {:.2}% 429s", weft.achieved, weft.share_429 * 100.0))
-            .reference(format!("naive: {:.3}, {:.2}% 429s", naive.achieved, naive.share_429 * 100.0))
-            .result(format!("{} vs {} requests", grouped(weft.requests as f64), grouped(naive.requests as f64)))
-            .target(format!(">= {min_achieved:.2}, <= {:.0}% 429s", max_429 * 100.0), met)
-            .figures(json!({ "weft": figures(weft), "naive": figures(naive) })),
+        Row::new(
+            "rate limits",
+            scenario,
+            format!("achieved {:.3}, {:.2}% 429s", weft.achieved, weft.share_429 * 100.0),
+        )
+        .reference(format!("naive: {:.3}, {:.2}% 429s", naive.achieved, naive.share_429 * 100.0))
+        .result(format!(
+            "{} vs {} requests",
+            grouped(weft.requests as f64),
+            grouped(naive.requests as f64)
+        ))
+        .target(format!(">= {min_achieved:.2}, <= {:.0}% 429s", max_429 * 100.0), met)
+        .figures(json!({ "weft": figures(weft), "naive": figures(naive) })),
     ]
 }
 
@@ -241,7 +344,8 @@ fn seconds(s: f64) -> String {
 }
 
 pub async fn run(config: &Config) -> BenchResult<Vec<Row>> {
-    let share: f64 = std::env::var("WEFT_BENCH_RATE_SCALE").ok().and_then(|s| s.parse().ok()).unwrap_or(0.25);
+    let share: f64 =
+        std::env::var("WEFT_BENCH_RATE_SCALE").ok().and_then(|s| s.parse().ok()).unwrap_or(0.25);
     let scale = config.scale * share;
     let secs = |s: f64| Duration::from_secs_f64(s * scale);
     let runtime = Runtime::new(RuntimeConfig::default())?;
@@ -251,14 +355,34 @@ pub async fn run(config: &Config) -> BenchResult<Vec<Row>> {
     eprintln!("  (a) stripe, {a} per client…");
     let weft = stripe(&runtime, secs(30.0), true).await?;
     let naive = stripe(&runtime, secs(30.0), false).await?;
-    out.extend(rows(&format!("(a) Stripe test key 25 r/s, {WORKERS} workflows sharing it, {a}"), &weft, &naive, 0.97, 0.01));
+    out.extend(rows(
+        &format!("(a) Stripe test key 25 r/s, {WORKERS} workflows sharing it, {a}"),
+        &weft,
+        &naive,
+        0.97,
+        0.01,
+    ));
     eprintln!("  (b) growpanel, {b} per client…");
     let weft = growpanel(&runtime, secs(90.0), true).await?;
     let naive = growpanel(&runtime, secs(90.0), false).await?;
-    out.extend(rows(&format!("(b) GrowPanel POST 100/min, {WORKERS} workers of single upserts, {b}"), &weft, &naive, 0.97, 0.01));
+    out.extend(rows(
+        &format!("(b) GrowPanel POST 100/min, {WORKERS} workers of single upserts, {b}"),
+        &weft,
+        &naive,
+        0.97,
+        0.01,
+    ));
     eprintln!("  (c) baremetrics, {c} per client…");
     let weft = baremetrics(&runtime, secs(120.0), secs(30.0), true).await?;
     let naive = baremetrics(&runtime, secs(120.0), secs(30.0), false).await?;
-    out.extend(rows(&format!("(c) Baremetrics undisclosed 20 r/s, {WORKERS} workers, after {warm} of {c} (adaptive)"), &weft, &naive, 0.85, 0.05));
+    out.extend(rows(
+        &format!(
+            "(c) Baremetrics undisclosed 20 r/s, {WORKERS} workers, after {warm} of {c} (adaptive)"
+        ),
+        &weft,
+        &naive,
+        0.85,
+        0.05,
+    ));
     Ok(out)
 }

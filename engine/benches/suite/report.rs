@@ -91,7 +91,9 @@ pub fn machine() -> Value {
 pub fn print_table(rows: &[Row], machine: &Value) {
     println!(
         "weft bench suite — {} cores, {}, {} GiB",
-        machine["cores"], machine["cpu"].as_str().unwrap_or("?"), machine["memory_gib"]
+        machine["cores"],
+        machine["cpu"].as_str().unwrap_or("?"),
+        machine["memory_gib"]
     );
     let headers = ["section", "what", "weft", "reference", "weft vs reference", "target", "met"];
     let cells: Vec<[String; 7]> = rows
@@ -102,7 +104,15 @@ pub fn print_table(rows: &[Row], machine: &Value) {
                 Some(false) => "NO",
                 None => "",
             };
-            [r.section.to_owned(), r.what.clone(), r.weft.clone(), r.reference.clone(), r.result.clone(), r.target.clone(), met.to_owned()]
+            [
+                r.section.to_owned(),
+                r.what.clone(),
+                r.weft.clone(),
+                r.reference.clone(),
+                r.result.clone(),
+                r.target.clone(),
+                met.to_owned(),
+            ]
         })
         .collect();
     let mut widths = headers.map(|h| h.chars().count());
@@ -112,7 +122,8 @@ pub fn print_table(rows: &[Row], machine: &Value) {
         }
     }
     let line = |cells: &[String]| {
-        let padded: Vec<String> = cells.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let padded: Vec<String> =
+            cells.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
         println!("| {} |", padded.join(" | "));
     };
     line(&headers.map(str::to_owned));

@@ -63,7 +63,11 @@ struct Burst {
 
 /// Polls `/healthz` until told to stop; the slowest answer, in ms, and the
 /// number of polls. An unanswered poll (5 s) is an error.
-async fn watch_health(client: reqwest::Client, url: String, done: Arc<AtomicBool>) -> Result<(f64, u64), String> {
+async fn watch_health(
+    client: reqwest::Client,
+    url: String,
+    done: Arc<AtomicBool>,
+) -> Result<(f64, u64), String> {
     let mut slowest = 0f64;
     let mut polls = 0;
     while !done.load(Ordering::Relaxed) {
@@ -80,9 +84,16 @@ async fn watch_health(client: reqwest::Client, url: String, done: Arc<AtomicBool
     Ok((slowest, polls))
 }
 
-async fn burst(client: &reqwest::Client, base: &str, starts: usize, concurrency: usize, sender: Sender) -> BenchResult<Burst> {
+async fn burst(
+    client: &reqwest::Client,
+    base: &str,
+    starts: usize,
+    concurrency: usize,
+    sender: Sender,
+) -> BenchResult<Burst> {
     let done = Arc::new(AtomicBool::new(false));
-    let health = tokio::spawn(watch_health(client.clone(), format!("{base}/healthz"), done.clone()));
+    let health =
+        tokio::spawn(watch_health(client.clone(), format!("{base}/healthz"), done.clone()));
     let slots = Arc::new(tokio::sync::Semaphore::new(concurrency));
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
@@ -102,21 +113,41 @@ async fn burst(client: &reqwest::Client, base: &str, starts: usize, concurrency:
                     let signature = hmac_signature(body.as_bytes(), SECRET.as_bytes(), None);
                     client.post(format!("{base}/hooks/burst")).header("X-Signature", signature)
                 } else {
-                    client.post(format!("{base}/api/workflows/burst/runs")).header("content-type", "application/json")
+                    client
+                        .post(format!("{base}/api/workflows/burst/runs"))
+                        .header("content-type", "application/json")
                 };
                 let asked = Instant::now();
-                let response = request.body(body.clone()).timeout(Duration::from_secs(60)).send().await.map_err(|e| format!("start {i} was not answered: {e}"))?;
+                let response = request
+                    .body(body.clone())
+                    .timeout(Duration::from_secs(60))
+                    .send()
+                    .await
+                    .map_err(|e| format!("start {i} was not answered: {e}"))?;
                 let ms = asked.elapsed().as_secs_f64() * 1000.0;
                 let status = response.status().as_u16();
-                let retry_after = response.headers().get("retry-after").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+                let retry_after = response
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok());
                 let bytes = response.bytes().await.map_err(|e| e.to_string())?;
-                let answer: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+                let answer: serde_json::Value =
+                    serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
                 match (status, retry_after) {
                     (503, Some(secs)) if sender == Sender::ApiRetrying && refusals < 120 => {
                         refusals += 1;
                         tokio::time::sleep(Duration::from_secs(secs)).await;
                     }
-                    _ => return Ok::<_, String>((status, retry_after.is_some(), answer["run_id"].as_str().map(str::to_owned), ms, refusals)),
+                    _ => {
+                        return Ok::<_, String>((
+                            status,
+                            retry_after.is_some(),
+                            answer["run_id"].as_str().map(str::to_owned),
+                            ms,
+                            refusals,
+                        ));
+                    }
                 }
             }
         });
@@ -137,14 +168,21 @@ async fn burst(client: &reqwest::Client, base: &str, starts: usize, concurrency:
                 refused += 1;
                 refusals += 1;
             }
-            other => return Err(format!("a start was answered {other:?}, not 202 with a run id or 503 with Retry-After").into()),
+            other => {
+                return Err(format!(
+                    "a start was answered {other:?}, not 202 with a run id or 503 with Retry-After"
+                )
+                .into());
+            }
         }
     }
     let wall_s = started.elapsed().as_secs_f64();
     // Every admitted run ends.
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
-        let health: serde_json::Value = serde_json::from_slice(&client.get(format!("{base}/healthz")).send().await?.bytes().await?)?;
+        let health: serde_json::Value = serde_json::from_slice(
+            &client.get(format!("{base}/healthz")).send().await?.bytes().await?,
+        )?;
         if health["active_runs"] == 0 {
             break;
         }
@@ -156,14 +194,32 @@ async fn burst(client: &reqwest::Client, base: &str, starts: usize, concurrency:
     let drained_s = started.elapsed().as_secs_f64();
     done.store(true, Ordering::Relaxed);
     let (slowest_health_ms, health_polls) = health.await??;
-    Ok(Burst { starts, refusals, accepted, refused, latencies_ms, wall_s, drained_s, slowest_health_ms, health_polls })
+    Ok(Burst {
+        starts,
+        refusals,
+        accepted,
+        refused,
+        latencies_ms,
+        wall_s,
+        drained_s,
+        slowest_health_ms,
+        health_polls,
+    })
 }
 
 fn row(what: &str, mut b: Burst, concurrency: usize, lost: usize) -> Row {
     let (p50, p99) = (quantile(&mut b.latencies_ms, 0.5), quantile(&mut b.latencies_ms, 0.99));
     let answered = b.accepted.len() + b.refused;
     let runs_per_s = b.accepted.len() as f64 / b.drained_s.max(f64::EPSILON);
-    let refused = if b.refusals > b.refused { format!("{} refused in the end, {} 503s answered", grouped(b.refused as f64), grouped(b.refusals as f64)) } else { format!("{} refused (503)", grouped(b.refused as f64)) };
+    let refused = if b.refusals > b.refused {
+        format!(
+            "{} refused in the end, {} 503s answered",
+            grouped(b.refused as f64),
+            grouped(b.refusals as f64)
+        )
+    } else {
+        format!("{} refused (503)", grouped(b.refused as f64))
+    };
     Row::new("serve", format!("{} {what} at {concurrency} concurrent", grouped(b.starts as f64)), format!("p50 {p50:.1} ms, p99 {p99:.1} ms"))
         .reference(format!("{} runs (202), {refused}, {lost} lost", grouped(b.accepted.len() as f64)))
         .result(format!("all done in {:.2} s, {runs_per_s:.0} runs/s; /healthz slowest {:.1} ms of {} polls", b.drained_s, b.slowest_health_ms, b.health_polls))
@@ -176,8 +232,14 @@ fn row(what: &str, mut b: Burst, concurrency: usize, lost: usize) -> Row {
 }
 
 pub async fn run(config: &Config) -> BenchResult<Vec<Row>> {
-    let starts: usize = std::env::var("WEFT_BENCH_BURST").ok().and_then(|s| s.parse().ok()).unwrap_or(((2000.0 * config.scale).round() as usize).max(100));
-    let concurrency: usize = std::env::var("WEFT_BENCH_BURST_CONCURRENCY").ok().and_then(|s| s.parse().ok()).unwrap_or(100);
+    let starts: usize = std::env::var("WEFT_BENCH_BURST")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(((2000.0 * config.scale).round() as usize).max(100));
+    let concurrency: usize = std::env::var("WEFT_BENCH_BURST_CONCURRENCY")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(100);
     let dir = tempfile::tempdir()?;
     let state = dir.path().join("state");
     let secret = dir.path().join("secret");
@@ -209,7 +271,10 @@ pub async fn run(config: &Config) -> BenchResult<Vec<Row>> {
     let api = burst(&client, &base, starts, concurrency, Sender::Api).await?;
     eprintln!("  {} webhook deliveries at {concurrency} concurrent…", grouped(starts as f64));
     let hooks = burst(&client, &base, starts, concurrency, Sender::Webhook).await?;
-    eprintln!("  {} API starts at {concurrency} concurrent, refused ones sent again after Retry-After…", grouped(starts as f64));
+    eprintln!(
+        "  {} API starts at {concurrency} concurrent, refused ones sent again after Retry-After…",
+        grouped(starts as f64)
+    );
     let retried = burst(&client, &base, starts, concurrency, Sender::ApiRetrying).await?;
     let stopping = Instant::now();
     server.shutdown().await;
@@ -218,17 +283,25 @@ pub async fn run(config: &Config) -> BenchResult<Vec<Row>> {
     // None lost: every 202 is a run in the store, and it succeeded.
     let store = RunStore::open(&state)?;
     let runs = store.runs().await?;
-    let succeeded: BTreeSet<String> = runs.iter().filter(|r| r.status == Status::Succeeded).map(|r| r.id.clone()).collect();
+    let succeeded: BTreeSet<String> =
+        runs.iter().filter(|r| r.status == Status::Succeeded).map(|r| r.id.clone()).collect();
     let lost = |b: &Burst| b.accepted.difference(&succeeded).count();
     let (api_lost, hooks_lost, retried_lost) = (lost(&api), lost(&hooks), lost(&retried));
     let announced = api.accepted.len() + hooks.accepted.len() + retried.accepted.len();
     if runs.len() != announced {
-        return Err(format!("{} runs in the store, {announced} announced by a 202", runs.len()).into());
+        return Err(
+            format!("{} runs in the store, {announced} announced by a 202", runs.len()).into()
+        );
     }
     let mut rows = vec![
         row("run starts through the API", api, concurrency, api_lost),
         row("webhook deliveries (HMAC)", hooks, concurrency, hooks_lost),
-        row("API starts, refused ones sent again after Retry-After,", retried, concurrency, retried_lost),
+        row(
+            "API starts, refused ones sent again after Retry-After,",
+            retried,
+            concurrency,
+            retried_lost,
+        ),
     ];
     if let Some(last) = rows.last_mut() {
         last.figures["shutdown_s"] = json!(shutdown_s);

@@ -11,8 +11,6 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt as _;
-use futures_util::stream::FuturesUnordered;
 use super::ops::{self, CallError};
 use super::plan::StepPlan;
 use super::{RunCtx, StepEnd};
@@ -20,6 +18,8 @@ use crate::endpoint::Endpoint;
 use crate::expr::{Budget, EvalError, Evaluator, Expr, Scope, Val, parse_val};
 use crate::store::{ItemRecord, RunStore, Status, StepCounts, StepState};
 use crate::workflow::{ForEach, Step, Workflow};
+use futures_util::StreamExt as _;
+use futures_util::stream::FuturesUnordered;
 
 /// Items whose templates are rendered in one job on an evaluation thread.
 const RENDER_BATCH: usize = 256;
@@ -70,7 +70,9 @@ impl Items<'_> {
                             .run(move |session| {
                                 let mut outputs = Vec::new();
                                 for record in page_records(&page)? {
-                                    outputs.extend(session.evaluate(|ev| ev.all("for_each", &expr, record, &scope))?);
+                                    outputs.extend(session.evaluate(|ev| {
+                                        ev.all("for_each", &expr, record, &scope)
+                                    })?);
                                 }
                                 Ok(outputs)
                             })
@@ -92,7 +94,14 @@ fn page_records(page: &str) -> Result<Vec<Val>, String> {
         .ok_or_else(|| "run store: a committed page is not an array".to_owned())
 }
 
-async fn items<'a>(ctx: &RunCtx<'_>, workflow: &Workflow, step: &'a Step, store: &RunStore, run: &str, scope: &'a Scope) -> Result<Items<'a>, EvalError> {
+async fn items<'a>(
+    ctx: &RunCtx<'_>,
+    workflow: &Workflow,
+    step: &'a Step,
+    store: &RunStore,
+    run: &str,
+    scope: &'a Scope,
+) -> Result<Items<'a>, EvalError> {
     match &step.for_each {
         Some(ForEach::Expr(expr)) => {
             let mut outputs = ctx.evaluator(step).outputs("for_each", expr, scope).await?;
@@ -104,9 +113,22 @@ async fn items<'a>(ctx: &RunCtx<'_>, workflow: &Workflow, step: &'a Step, store:
             Ok(Items::Listed(outputs.into_iter()))
         }
         Some(ForEach::Records { step: source, then, .. }) => {
-            let index = workflow.steps.iter().position(|s| &s.id == source).ok_or_else(|| EvalError::Failed(format!("for_each: no step {source:?}")))?;
-            let pages = store.pages(run, index as u32).await.map_err(|e| EvalError::Failed(e.to_string()))?;
-            Ok(Items::Streamed { pages: Box::new(pages), then: then.as_ref(), buffer: VecDeque::new(), scope, evaluator: ctx.evaluator(step) })
+            let index = workflow
+                .steps
+                .iter()
+                .position(|s| &s.id == source)
+                .ok_or_else(|| EvalError::Failed(format!("for_each: no step {source:?}")))?;
+            let pages = store
+                .pages(run, index as u32)
+                .await
+                .map_err(|e| EvalError::Failed(e.to_string()))?;
+            Ok(Items::Streamed {
+                pages: Box::new(pages),
+                then: then.as_ref(),
+                buffer: VecDeque::new(),
+                scope,
+                evaluator: ctx.evaluator(step),
+            })
         }
         None => Err(EvalError::Failed("not a for-each step".into())),
     }
@@ -138,7 +160,9 @@ pub(crate) async fn run(
                 tally(state, &record, &mut errors);
             }
         }
-        if let Some(saved) = state.plan.as_ref().and_then(|p| serde_json::from_value::<StepPlan>(p.clone()).ok()) {
+        if let Some(saved) =
+            state.plan.as_ref().and_then(|p| serde_json::from_value::<StepPlan>(p.clone()).ok())
+        {
             plan = saved;
         }
     }
@@ -169,7 +193,12 @@ pub(crate) async fn run(
     let mut ready: VecDeque<(u64, Scope, Option<ops::Rendered>)> = VecDeque::new();
 
     loop {
-        while in_flight.len() < concurrency && (!exhausted || !ready.is_empty()) && fatal.is_none() && !failing_alike && stopped.is_none() {
+        while in_flight.len() < concurrency
+            && (!exhausted || !ready.is_empty())
+            && fatal.is_none()
+            && !failing_alike
+            && stopped.is_none()
+        {
             if let Some(end) = ctx.stop_reason() {
                 stopped = Some(end);
                 break;
@@ -187,7 +216,9 @@ pub(crate) async fn run(
                             }
                         }
                         Ok(None) => exhausted = true,
-                        Err(EvalError::Stopped) => stopped = Some(ctx.stop_reason().unwrap_or(StepEnd::Interrupted)),
+                        Err(EvalError::Stopped) => {
+                            stopped = Some(ctx.stop_reason().unwrap_or(StepEnd::Interrupted))
+                        }
                         Err(e) => return Err(e.into_message()),
                     }
                 }
@@ -196,7 +227,9 @@ pub(crate) async fn run(
                     // and a resume renders it again.
                     match ops::render_batch(&batch_evaluator, step, batch).await {
                         Ok(rendered) => ready.extend(rendered),
-                        Err(EvalError::Stopped) => stopped = Some(ctx.stop_reason().unwrap_or(StepEnd::Interrupted)),
+                        Err(EvalError::Stopped) => {
+                            stopped = Some(ctx.stop_reason().unwrap_or(StepEnd::Interrupted))
+                        }
                         Err(e) => return Err(e.into_message()),
                     }
                 }
@@ -204,7 +237,9 @@ pub(crate) async fn run(
             };
             let evaluator = &item_evaluator;
             in_flight.push(async move {
-                let result = ops::item(ctx, step, endpoint, evaluator, &item_scope, n, false, rendered).await;
+                let result =
+                    ops::item(ctx, step, endpoint, evaluator, &item_scope, n, false, rendered)
+                        .await;
                 (n, result)
             });
         }
@@ -214,13 +249,23 @@ pub(crate) async fn run(
                 if let Some(entry) = done.plan {
                     plan.add(entry);
                 }
-                ItemRecord { status: Status::Succeeded, action: Some(done.action.to_owned()), id: done.id, error: None }
+                ItemRecord {
+                    status: Status::Succeeded,
+                    action: Some(done.action.to_owned()),
+                    id: done.id,
+                    error: None,
+                }
             }
             Err(CallError { message, fatal: is_fatal }) => {
                 if is_fatal && fatal.is_none() {
                     fatal = Some(message.clone());
                 }
-                ItemRecord { status: Status::Failed, action: None, id: None, error: Some(format!("item {n}: {message}")) }
+                ItemRecord {
+                    status: Status::Failed,
+                    action: None,
+                    id: None,
+                    error: Some(format!("item {n}: {message}")),
+                }
             }
         };
         tally(state, &record, &mut errors);
@@ -301,11 +346,19 @@ fn tally(state: &mut StepState, record: &ItemRecord, errors: &mut Vec<String>) {
     }
 }
 
-async fn commit(ctx: &RunCtx<'_>, step: &Step, state: &mut StepState, plan: &StepPlan, pending: &mut Vec<(u64, ItemRecord)>, errors: &[String]) -> Result<(), String> {
+async fn commit(
+    ctx: &RunCtx<'_>,
+    step: &Step,
+    state: &mut StepState,
+    plan: &StepPlan,
+    pending: &mut Vec<(u64, ItemRecord)>,
+    errors: &[String],
+) -> Result<(), String> {
     if pending.is_empty() {
         return Ok(());
     }
-    state.output = Some(serde_json::json!({ "items": state.items, "counts": state.counts, "errors": errors }));
+    state.output =
+        Some(serde_json::json!({ "items": state.items, "counts": state.counts, "errors": errors }));
     if ctx.dry_run {
         state.plan = serde_json::to_value(plan).ok();
     }

@@ -29,12 +29,19 @@ pub(crate) async fn run(
     let Action::List { page_size, limit, filter, output } = &step.action else {
         return Err("not a list step".into());
     };
-    let resource = endpoint.manifest().resource(&step.resource).cloned().ok_or_else(|| format!("no resource {}", step.target()))?;
-    let page_size = page_size.unwrap_or(resource.default_page_size).clamp(1, resource.max_page_size.max(1));
+    let resource = endpoint
+        .manifest()
+        .resource(&step.resource)
+        .cloned()
+        .ok_or_else(|| format!("no resource {}", step.target()))?;
+    let page_size =
+        page_size.unwrap_or(resource.default_page_size).clamp(1, resource.max_page_size.max(1));
     let filter = match filter {
         Some(f) => match ctx.evaluator(step).render("filter", f, scope).await {
             Ok(value) => Some(value.to_string()),
-            Err(EvalError::Stopped) => return Ok(ctx.stop_reason().unwrap_or(StepEnd::Interrupted)),
+            Err(EvalError::Stopped) => {
+                return Ok(ctx.stop_reason().unwrap_or(StepEnd::Interrupted));
+            }
             Err(e) => return Err(e.into_message()),
         },
         None => None,
@@ -59,11 +66,20 @@ pub(crate) async fn run(
         None => Some(page_size),
     };
     let fetch = |cursor: Option<String>, page_size: u32| {
-        let request = ListRequest { resource: step.resource.clone(), cursor, page_size, filter: filter.clone() };
+        let request = ListRequest {
+            resource: step.resource.clone(),
+            cursor,
+            page_size,
+            filter: filter.clone(),
+        };
         async move { with_retry(&step.retry, step.timeout, || endpoint.list(request.clone())).await.0 }
     };
     let mut pages = Pages {
-        log: if state.records_kept { Some(ctx.store.page_log(ctx.run_id, state).await.map_err(|e| e.to_string())?) } else { None },
+        log: if state.records_kept {
+            Some(ctx.store.page_log(ctx.run_id, state).await.map_err(|e| e.to_string())?)
+        } else {
+            None
+        },
         sink,
         confirmed: Committed::of(state),
         in_flight: None,
@@ -107,7 +123,12 @@ struct Committed {
 
 impl Committed {
     fn of(state: &StepState) -> Self {
-        Committed { read: state.counts.read, pages: state.pages, cursor: state.cursor.clone(), output_file: state.output_file }
+        Committed {
+            read: state.counts.read,
+            pages: state.pages,
+            cursor: state.cursor.clone(),
+            output_file: state.output_file,
+        }
     }
 
     fn restore(&self, state: &mut StepState) {
@@ -146,7 +167,8 @@ impl Pages {
         }
         if let Some(log) = self.log.as_mut() {
             // The page as one JSON array, as the store hands it back.
-            let mut array = String::with_capacity(records.iter().map(|r| r.len() + 1).sum::<usize>() + 2);
+            let mut array =
+                String::with_capacity(records.iter().map(|r| r.len() + 1).sum::<usize>() + 2);
             array.push('[');
             for (i, record) in records.iter().enumerate() {
                 if i > 0 {
@@ -163,12 +185,19 @@ impl Pages {
     }
 
     fn due(&self, state: &StepState) -> bool {
-        state.cursor.is_none() || self.since.elapsed() >= GROUP_TIME || self.pages_since >= GROUP_PAGES || self.bytes_since >= GROUP_BYTES
+        state.cursor.is_none()
+            || self.since.elapsed() >= GROUP_TIME
+            || self.pages_since >= GROUP_PAGES
+            || self.bytes_since >= GROUP_BYTES
     }
 
     /// Starts committing the pages stored so far with the step's state,
     /// once the commit before it is durable.
-    async fn start_commit(&mut self, ctx: &RunCtx<'_>, state: &mut StepState) -> Result<(), String> {
+    async fn start_commit(
+        &mut self,
+        ctx: &RunCtx<'_>,
+        state: &mut StepState,
+    ) -> Result<(), String> {
         self.settle(state).await?;
         if let Some(sink) = &mut self.sink {
             // The file takes the target's place before the store says any
@@ -240,14 +269,21 @@ where
         };
         let page = result.map_err(|e: CallError| e.message)?;
         if page.next_cursor.is_some() && page.next_cursor == state.cursor {
-            return Err(format!("plugin {} returned the cursor it was given; stopping to avoid an endless list", endpoint.name()));
+            return Err(format!(
+                "plugin {} returned the cursor it was given; stopping to avoid an endless list",
+                endpoint.name()
+            ));
         }
         let records = match &step.map {
-            Some(map) => match map_page(&evaluator, map, page.records, scope, endpoint.name()).await {
-                Ok(records) => records,
-                Err(EvalError::Stopped) => return Ok(ctx.stop_reason().unwrap_or(StepEnd::Interrupted)),
-                Err(e) => return Err(e.into_message()),
-            },
+            Some(map) => {
+                match map_page(&evaluator, map, page.records, scope, endpoint.name()).await {
+                    Ok(records) => records,
+                    Err(EvalError::Stopped) => {
+                        return Ok(ctx.stop_reason().unwrap_or(StepEnd::Interrupted));
+                    }
+                    Err(e) => return Err(e.into_message()),
+                }
+            }
             None => page.records,
         };
         // Reading ahead is harmless (a read has no effect at the vendor), so
@@ -255,7 +291,9 @@ where
         // the vendor's time and the store's overlap. The next page is used
         // only after this one is stored; an interruption drops it.
         let next = match (&page.next_cursor, wanted(state.counts.read + records.len() as u64)) {
-            (Some(cursor), Some(size)) if ctx.stop_reason().is_none() => Some(fetch(Some(cursor.clone()), size)),
+            (Some(cursor), Some(size)) if ctx.stop_reason().is_none() => {
+                Some(fetch(Some(cursor.clone()), size))
+            }
             _ => None,
         };
         let store = async {
@@ -293,13 +331,20 @@ where
 /// Applies `map` to each record of a page, in one job on an evaluation
 /// thread, each record an evaluation with a budget of its own; a map with
 /// no output drops the record, one with several outputs yields several.
-async fn map_page(evaluator: &Evaluator, map: &Expr, records: Vec<String>, scope: &Scope, plugin: &str) -> Result<Vec<String>, EvalError> {
+async fn map_page(
+    evaluator: &Evaluator,
+    map: &Expr,
+    records: Vec<String>,
+    scope: &Scope,
+    plugin: &str,
+) -> Result<Vec<String>, EvalError> {
     let (map, scope, plugin) = (map.clone(), scope.clone(), plugin.to_owned());
     evaluator
         .run(move |session| {
             let mut out = Vec::with_capacity(records.len());
             for text in &records {
-                let record = Val::parse(text).map_err(|e| format!("plugin {plugin}: list returned a record that is {e}"))?;
+                let record = Val::parse(text)
+                    .map_err(|e| format!("plugin {plugin}: list returned a record that is {e}"))?;
                 session.evaluate(|ev| {
                     for value in ev.all("map", &map, record, &scope)? {
                         out.push(ev.json_text(&value));
@@ -343,10 +388,14 @@ impl Drop for Output {
 /// whether there is one.
 fn check_target(path: &Path) -> Result<bool, String> {
     match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_symlink() => {
-            Err(format!("refusing to write the output to {}: it is a symbolic link; name the file itself", path.display()))
-        }
-        Ok(meta) if !meta.is_file() => Err(format!("refusing to write the output to {}: it is not a regular file", path.display())),
+        Ok(meta) if meta.file_type().is_symlink() => Err(format!(
+            "refusing to write the output to {}: it is a symbolic link; name the file itself",
+            path.display()
+        )),
+        Ok(meta) if !meta.is_file() => Err(format!(
+            "refusing to write the output to {}: it is not a regular file",
+            path.display()
+        )),
         Ok(_) => Ok(true),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(format!("cannot read {}: {e}", path.display())),
@@ -360,7 +409,8 @@ impl Output {
     /// store has none, reads the list again from the start.
     async fn open(path: &Path, ctx: &RunCtx<'_>, state: &mut StepState) -> Result<Output, String> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+            std::fs::create_dir_all(parent)
+                .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
         }
         check_target(path)?;
         if state.pages > 0 {
@@ -385,7 +435,11 @@ impl Output {
             Err(e) => return Err(format!("cannot remove {}: {e}", partial.display())),
         }
         // `create_new` is O_CREAT|O_EXCL: it never follows a link.
-        let file = std::fs::OpenOptions::new().write(true).create_new(true).open(&partial).map_err(|e| format!("cannot create {}: {e}", partial.display()))?;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&partial)
+            .map_err(|e| format!("cannot create {}: {e}", partial.display()))?;
         // A page (about 60 KB of Stripe customers) in one write.
         let mut output = Output {
             writer: std::io::BufWriter::with_capacity(256 << 10, file),
@@ -397,7 +451,8 @@ impl Output {
         if state.pages > 0 {
             for page in ctx.store.pages(ctx.run_id, state.index).await.map_err(|e| e.to_string())? {
                 let page = page.map_err(|e| e.to_string())?;
-                let records: Vec<&RawValue> = serde_json::from_str(&page).map_err(|e| format!("run store: a committed page does not parse: {e}"))?;
+                let records: Vec<&RawValue> = serde_json::from_str(&page)
+                    .map_err(|e| format!("run store: a committed page does not parse: {e}"))?;
                 for record in records {
                     output.write_line(record.get())?;
                 }
@@ -413,7 +468,9 @@ impl Output {
         let Some(partial) = self.partial.as_ref() else { return Ok(()) };
         self.writer.flush().map_err(|e| self.failed(e))?;
         check_target(&self.path)?;
-        std::fs::rename(partial, &self.path).map_err(|e| format!("cannot rename {} to {}: {e}", partial.display(), self.path.display()))?;
+        std::fs::rename(partial, &self.path).map_err(|e| {
+            format!("cannot rename {} to {}: {e}", partial.display(), self.path.display())
+        })?;
         self.partial = None;
         Ok(())
     }
@@ -429,7 +486,10 @@ impl Output {
         // Opening followed whatever is at the path; nothing is written
         // unless the file opened is the regular file at the path itself.
         if !same_file(&file, path).map_err(failed)? {
-            return Err(format!("refusing to write the output to {}: it is a symbolic link or changed while it was opened", path.display()));
+            return Err(format!(
+                "refusing to write the output to {}: it is a symbolic link or changed while it was opened",
+                path.display()
+            ));
         }
         if file.metadata().map_err(failed)?.len() < mark.bytes {
             return Ok(None);
@@ -448,11 +508,20 @@ impl Output {
         }
         file.set_len(mark.bytes).map_err(failed)?;
         file.seek(std::io::SeekFrom::Start(mark.bytes)).map_err(failed)?;
-        Ok(Some(Output { writer: std::io::BufWriter::with_capacity(256 << 10, file), path: path.to_path_buf(), partial: None, bytes: mark.bytes, crc }))
+        Ok(Some(Output {
+            writer: std::io::BufWriter::with_capacity(256 << 10, file),
+            path: path.to_path_buf(),
+            partial: None,
+            bytes: mark.bytes,
+            crc,
+        }))
     }
 
     fn write_line(&mut self, record: &str) -> Result<(), String> {
-        self.writer.write_all(record.as_bytes()).and_then(|()| self.writer.write_all(b"\n")).map_err(|e| self.failed(e))?;
+        self.writer
+            .write_all(record.as_bytes())
+            .and_then(|()| self.writer.write_all(b"\n"))
+            .map_err(|e| self.failed(e))?;
         self.crc.update(record.as_bytes());
         self.crc.update(b"\n");
         self.bytes += record.len() as u64 + 1;
@@ -479,7 +548,9 @@ impl Output {
 /// Where a step writes its output before the first commit: beside the
 /// target, so the rename stays on one filesystem.
 fn partial_path(path: &Path, run: &str, step: u32) -> Result<PathBuf, String> {
-    let name = path.file_name().ok_or_else(|| format!("the output path {} names no file", path.display()))?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| format!("the output path {} names no file", path.display()))?;
     Ok(path.with_file_name(format!(".{}.{run}.{step}.partial", name.to_string_lossy())))
 }
 

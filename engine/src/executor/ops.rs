@@ -67,7 +67,11 @@ pub(crate) fn count_action(action: &str, counts: &mut StepCounts) {
 /// Runs `call` with the step's timeout, retrying per `retry` when the
 /// failure is one a retry can cure (the connector says transient or rate
 /// limited, or the timeout struck).
-pub(crate) async fn with_retry<T, F, Fut>(retry: &StepRetry, timeout: Option<Duration>, mut call: F) -> (Result<T, CallError>, u32)
+pub(crate) async fn with_retry<T, F, Fut>(
+    retry: &StepRetry,
+    timeout: Option<Duration>,
+    mut call: F,
+) -> (Result<T, CallError>, u32)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, RuntimeError>>,
@@ -78,20 +82,31 @@ where
         let outcome = match timeout {
             Some(limit) => match tokio::time::timeout(limit, call()).await {
                 Ok(result) => result.map_err(|e| (classify(&e), e.to_string())),
-                Err(_) => Err((Class::Retryable, format!("timed out after {}", humantime::format_duration(limit)))),
+                Err(_) => Err((
+                    Class::Retryable,
+                    format!("timed out after {}", humantime::format_duration(limit)),
+                )),
             },
             None => call().await.map_err(|e| (classify(&e), e.to_string())),
         };
         match outcome {
             Ok(value) => return (Ok(value), attempt),
             Err((class, message)) if class == Class::Retryable && attempt < retry.attempts => {
-                let ceiling = retry.backoff.saturating_mul(1 << (attempt - 1).min(20)).min(retry.max_backoff);
-                let wait = Duration::from_micros(rand::rng().random_range(0..=ceiling.as_micros().min(u128::from(u64::MAX)) as u64));
+                let ceiling =
+                    retry.backoff.saturating_mul(1 << (attempt - 1).min(20)).min(retry.max_backoff);
+                let wait = Duration::from_micros(
+                    rand::rng()
+                        .random_range(0..=ceiling.as_micros().min(u128::from(u64::MAX)) as u64),
+                );
                 tracing::info!(attempt, wait_ms = wait.as_millis() as u64, error = %message, "retrying the call");
                 tokio::time::sleep(wait).await;
             }
             Err((class, message)) => {
-                let message = if attempt > 1 { format!("{message} (after {attempt} tries)") } else { message };
+                let message = if attempt > 1 {
+                    format!("{message} (after {attempt} tries)")
+                } else {
+                    message
+                };
                 return (Err(CallError { message, fatal: class == Class::Fatal }), attempt);
             }
         }
@@ -119,13 +134,17 @@ fn key_of(value: Value, what: &str) -> Result<String, CallError> {
         Value::String(s) if !s.is_empty() => Ok(s),
         Value::Number(n) => Ok(n.to_string()),
         Value::Null => Err(CallError::new(format!("`{what}` is null; it must name a record"))),
-        Value::String(_) => Err(CallError::new(format!("`{what}` is empty; it must name a record"))),
+        Value::String(_) => {
+            Err(CallError::new(format!("`{what}` is empty; it must name a record")))
+        }
         other => Err(CallError::new(format!("`{what}` must be a string or a number, not {other}"))),
     }
 }
 
 fn parse_record(text: &str, plugin: &str, op: &str) -> Result<Value, CallError> {
-    serde_json::from_str(text).map_err(|e| CallError::new(format!("plugin {plugin}: {op} returned a record that is not JSON: {e}")))
+    serde_json::from_str(text).map_err(|e| {
+        CallError::new(format!("plugin {plugin}: {op} returned a record that is not JSON: {e}"))
+    })
 }
 
 fn id_of(record: &Value, id_field: &str) -> Option<String> {
@@ -148,11 +167,17 @@ pub(crate) type Rendered = Result<Value, CallError>;
 /// it too, each costing the budget: it fails its item fatally (the
 /// for-each stops) and the rest of the batch is not tried. After a jq
 /// error the rest are left to render when their call starts (`None`).
-pub(crate) async fn render_batch(evaluator: &Evaluator, step: &Step, items: Vec<(u64, Scope)>) -> Result<Vec<(u64, Scope, Option<Rendered>)>, EvalError> {
+pub(crate) async fn render_batch(
+    evaluator: &Evaluator,
+    step: &Step,
+    items: Vec<(u64, Scope)>,
+) -> Result<Vec<(u64, Scope, Option<Rendered>)>, EvalError> {
     let (field, template) = match &step.action {
         Action::Get { key } | Action::Remove { key } => ("key", key.clone()),
         Action::Upsert { record } => ("record", record.clone()),
-        Action::List { .. } | Action::Sync(_) => return Ok(items.into_iter().map(|(n, scope)| (n, scope, None)).collect()),
+        Action::List { .. } | Action::Sync(_) => {
+            return Ok(items.into_iter().map(|(n, scope)| (n, scope, None)).collect());
+        }
     };
     if items.is_empty() {
         return Ok(Vec::new());
@@ -188,7 +213,13 @@ pub(crate) async fn render_batch(evaluator: &Evaluator, step: &Step, items: Vec<
 
 /// The value of the op's `template`: rendered ahead when `rendered` is
 /// given, else now.
-async fn template_value(evaluator: &Evaluator, field: &str, template: &Template, scope: &Scope, rendered: Option<Rendered>) -> Result<Value, CallError> {
+async fn template_value(
+    evaluator: &Evaluator,
+    field: &str,
+    template: &Template,
+    scope: &Scope,
+    rendered: Option<Rendered>,
+) -> Result<Value, CallError> {
     match rendered {
         Some(rendered) => rendered,
         None => Ok(evaluator.render(field, template, scope).await?),
@@ -220,15 +251,15 @@ pub(crate) async fn item(
     keep_output: bool,
     rendered: Option<Rendered>,
 ) -> Result<OpResult, CallError> {
-    let resource = endpoint
-        .manifest()
-        .resource(&step.resource)
-        .ok_or_else(|| CallError::new(format!("plugin {} has no resource {}", endpoint.name(), step.resource)))?;
+    let resource = endpoint.manifest().resource(&step.resource).ok_or_else(|| {
+        CallError::new(format!("plugin {} has no resource {}", endpoint.name(), step.resource))
+    })?;
     let plugin = endpoint.name();
     match &step.action {
         Action::Get { key } => {
             let id = key_of(template_value(evaluator, "key", key, scope, rendered).await?, "key")?;
-            let (result, _) = with_retry(&step.retry, step.timeout, || endpoint.get(&step.resource, &id)).await;
+            let (result, _) =
+                with_retry(&step.retry, step.timeout, || endpoint.get(&step.resource, &id)).await;
             let output = match result? {
                 Some(text) => {
                     let record = parse_record(&text, plugin, "get")?;
@@ -252,8 +283,13 @@ pub(crate) async fn item(
             }
             let desired_text = desired.to_string();
             drop(desired);
-            let request = UpsertRequest { resource: step.resource.clone(), record: desired_text, idempotency_key: idempotency_key(ctx.run_id, &step.id, item) };
-            let (result, _) = with_retry(&step.retry, step.timeout, || endpoint.upsert(request.clone())).await;
+            let request = UpsertRequest {
+                resource: step.resource.clone(),
+                record: desired_text,
+                idempotency_key: idempotency_key(ctx.run_id, &step.id, item),
+            };
+            let (result, _) =
+                with_retry(&step.retry, step.timeout, || endpoint.upsert(request.clone())).await;
             let outcome = result?;
             let record = parse_record(&outcome.record, plugin, "upsert")?;
             let action = match outcome.action {
@@ -262,17 +298,30 @@ pub(crate) async fn item(
                 UpsertAction::Unchanged => "unchanged",
             };
             let id = id_of(&record, &resource.id_field);
-            let output = if keep_output { serde_json::json!({ "action": outcome.action, "record": record }) } else { Value::Null };
+            let output = if keep_output {
+                serde_json::json!({ "action": outcome.action, "record": record })
+            } else {
+                Value::Null
+            };
             Ok(OpResult { action, id, output, plan: None })
         }
         Action::Remove { key } => {
             let id = key_of(template_value(evaluator, "key", key, scope, rendered).await?, "key")?;
             let irreversible = resource.is_irreversible(crate::connector::Op::Remove);
             if ctx.dry_run {
-                let (result, _) = with_retry(&step.retry, step.timeout, || endpoint.get(&step.resource, &id)).await;
+                let (result, _) =
+                    with_retry(&step.retry, step.timeout, || endpoint.get(&step.resource, &id))
+                        .await;
                 let present = result?.is_some();
-                let action = if present { PlannedAction::Remove } else { PlannedAction::AlreadyAbsent };
-                let entry = PlanEntry { action, key: Some(id.clone()), changes: vec![], record: None, irreversible: irreversible && present };
+                let action =
+                    if present { PlannedAction::Remove } else { PlannedAction::AlreadyAbsent };
+                let entry = PlanEntry {
+                    action,
+                    key: Some(id.clone()),
+                    changes: vec![],
+                    record: None,
+                    irreversible: irreversible && present,
+                };
                 return Ok(OpResult {
                     action: action.as_str(),
                     id: Some(id.clone()),
@@ -280,35 +329,75 @@ pub(crate) async fn item(
                     plan: Some(entry),
                 });
             }
-            let (result, _) = with_retry(&step.retry, step.timeout, || endpoint.remove(&step.resource, &id)).await;
+            let (result, _) =
+                with_retry(&step.retry, step.timeout, || endpoint.remove(&step.resource, &id))
+                    .await;
             let outcome = result?;
             let action = match outcome {
                 RemoveOutcome::Removed => "removed",
                 RemoveOutcome::AlreadyAbsent => "already-absent",
             };
-            Ok(OpResult { action, id: Some(id.clone()), output: serde_json::json!({ "outcome": outcome, "id": id }), plan: None })
+            Ok(OpResult {
+                action,
+                id: Some(id.clone()),
+                output: serde_json::json!({ "outcome": outcome, "id": id }),
+                plan: None,
+            })
         }
-        Action::List { .. } | Action::Sync(_) => Err(CallError::new(format!("a {} step is not run per item", step.action.name()))),
+        Action::List { .. } | Action::Sync(_) => {
+            Err(CallError::new(format!("a {} step is not run per item", step.action.name())))
+        }
     }
 }
 
 /// What an upsert would do: with the id in the record, a get tells create
 /// from update and which fields differ; without, the connector would match
 /// on its own terms (its manifest says which), so the plan says "upsert".
-async fn plan_upsert(step: &Step, endpoint: &dyn Endpoint, id_field: &str, desired: Value) -> Result<OpResult, CallError> {
+async fn plan_upsert(
+    step: &Step,
+    endpoint: &dyn Endpoint,
+    id_field: &str,
+    desired: Value,
+) -> Result<OpResult, CallError> {
     let Some(id) = id_of(&desired, id_field) else {
-        let entry = PlanEntry { action: PlannedAction::Upsert, key: None, changes: vec![], record: Some(desired.clone()), irreversible: false };
-        return Ok(OpResult { action: "upsert", id: None, output: serde_json::json!({ "plan": "upsert", "record": desired }), plan: Some(entry) });
+        let entry = PlanEntry {
+            action: PlannedAction::Upsert,
+            key: None,
+            changes: vec![],
+            record: Some(desired.clone()),
+            irreversible: false,
+        };
+        return Ok(OpResult {
+            action: "upsert",
+            id: None,
+            output: serde_json::json!({ "plan": "upsert", "record": desired }),
+            plan: Some(entry),
+        });
     };
-    let (result, _) = with_retry(&step.retry, step.timeout, || endpoint.get(&step.resource, &id)).await;
+    let (result, _) =
+        with_retry(&step.retry, step.timeout, || endpoint.get(&step.resource, &id)).await;
     let (action, changes) = match result? {
         None => (PlannedAction::Create, vec![]),
         Some(text) => {
             let current = parse_record(&text, endpoint.name(), "get")?;
             let changes = changed_fields(&desired, &current);
-            (if changes.is_empty() { PlannedAction::Unchanged } else { PlannedAction::Update }, changes)
+            (
+                if changes.is_empty() { PlannedAction::Unchanged } else { PlannedAction::Update },
+                changes,
+            )
         }
     };
-    let entry = PlanEntry { action, key: Some(id.clone()), changes, record: Some(desired.clone()), irreversible: false };
-    Ok(OpResult { action: action.as_str(), id: Some(id), output: serde_json::json!({ "plan": action, "record": desired }), plan: Some(entry) })
+    let entry = PlanEntry {
+        action,
+        key: Some(id.clone()),
+        changes,
+        record: Some(desired.clone()),
+        irreversible: false,
+    };
+    Ok(OpResult {
+        action: action.as_str(),
+        id: Some(id),
+        output: serde_json::json!({ "plan": action, "record": desired }),
+        plan: Some(entry),
+    })
 }

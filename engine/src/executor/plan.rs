@@ -109,7 +109,8 @@ impl StepPlan {
                 self.irreversible_not_listed += 1;
             }
         }
-        let interesting = !matches!(entry.action, PlannedAction::Unchanged | PlannedAction::AlreadyAbsent);
+        let interesting =
+            !matches!(entry.action, PlannedAction::Unchanged | PlannedAction::AlreadyAbsent);
         if interesting && self.samples.len() < SAMPLES {
             self.samples.push(entry);
         }
@@ -145,8 +146,14 @@ mod tests {
     #[test]
     fn only_fields_that_differ_are_changes() {
         let current = json!({"id": "c1", "name": "Ada", "email": "ada@x", "metadata": {"plan": "pro", "seats": 3}, "extra": true});
-        assert!(changed_fields(&json!({"name": "Ada", "metadata": {"plan": "pro"}}), &current).is_empty());
-        assert_eq!(changed_fields(&json!({"name": "Ada L", "metadata": {"seats": 4}}), &current), vec!["metadata.seats", "name"]);
+        assert!(
+            changed_fields(&json!({"name": "Ada", "metadata": {"plan": "pro"}}), &current)
+                .is_empty()
+        );
+        assert_eq!(
+            changed_fields(&json!({"name": "Ada L", "metadata": {"seats": 4}}), &current),
+            vec!["metadata.seats", "name"]
+        );
         assert_eq!(changed_fields(&json!({"phone": "1"}), &current), vec!["phone"]);
         assert!(changed_fields(&json!({"phone": null}), &current).is_empty());
         assert!(changed_fields(&json!({"metadata": {"seats": 3.0}}), &current).is_empty());
@@ -158,16 +165,32 @@ mod tests {
         // run then reported as `unchanged`.
         let current = json!({"name": "", "email": null, "custom_variables": {"seats": "5", "vip": "true"}, "preferred_locales": []});
         let desired = json!({"name": null, "email": "", "custom_variables": {"seats": 5, "vip": true}, "preferred_locales": null});
-        assert!(changed_fields(&desired, &current).is_empty(), "{:?}", changed_fields(&desired, &current));
+        assert!(
+            changed_fields(&desired, &current).is_empty(),
+            "{:?}",
+            changed_fields(&desired, &current)
+        );
     }
 
     #[test]
     fn a_plan_counts_samples_and_lists_every_irreversible_op() {
         let mut plan = StepPlan::default();
         for i in 0..8 {
-            plan.add(PlanEntry { action: PlannedAction::Remove, key: Some(format!("k{i}")), changes: vec![], record: None, irreversible: true });
+            plan.add(PlanEntry {
+                action: PlannedAction::Remove,
+                key: Some(format!("k{i}")),
+                changes: vec![],
+                record: None,
+                irreversible: true,
+            });
         }
-        plan.add(PlanEntry { action: PlannedAction::Unchanged, key: None, changes: vec![], record: None, irreversible: false });
+        plan.add(PlanEntry {
+            action: PlannedAction::Unchanged,
+            key: None,
+            changes: vec![],
+            record: None,
+            irreversible: false,
+        });
         assert_eq!((plan.remove, plan.unchanged, plan.writes()), (8, 1, 8));
         assert_eq!(plan.irreversible.len(), 8);
         assert_eq!(plan.samples.len(), SAMPLES);

@@ -97,8 +97,11 @@ impl RunReader {
         let body = match line.strip_prefix('"') {
             Some(_) => line.as_str(),
             None => {
-                let (crc, body) = line.split_once('\t').ok_or_else(|| format!("{}: a line without a checksum", at()))?;
-                let crc = u32::from_str_radix(crc, 16).map_err(|_| format!("{}: a line without a checksum", at()))?;
+                let (crc, body) = line
+                    .split_once('\t')
+                    .ok_or_else(|| format!("{}: a line without a checksum", at()))?;
+                let crc = u32::from_str_radix(crc, 16)
+                    .map_err(|_| format!("{}: a line without a checksum", at()))?;
                 if crc32fast::hash(body.as_bytes()) != crc {
                     return Err(format!(
                         "{}: the line does not match its checksum; the sorted run was changed or damaged after it was written, \
@@ -109,10 +112,13 @@ impl RunReader {
                 body
             }
         };
-        let (key, record) = body.split_once('\t').ok_or_else(|| format!("{}: a line without a key", at()))?;
-        let key: String = serde_json::from_str(key).map_err(|e| format!("{}: a bad key: {e}", at()))?;
+        let (key, record) =
+            body.split_once('\t').ok_or_else(|| format!("{}: a line without a key", at()))?;
+        let key: String =
+            serde_json::from_str(key).map_err(|e| format!("{}: a bad key: {e}", at()))?;
         // Checked here so a torn file is an error, not a bad record later.
-        let _: &RawValue = serde_json::from_str(record).map_err(|e| format!("{}: a bad record: {e}", at()))?;
+        let _: &RawValue =
+            serde_json::from_str(record).map_err(|e| format!("{}: a bad record: {e}", at()))?;
         Ok(Some((key, record.to_owned())))
     }
 }
@@ -129,8 +135,13 @@ impl Merged {
         let mut readers = Vec::new();
         for n in 0..runs {
             let path = run_path(dir, side, n);
-            let file = File::open(&path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-            readers.push(RunReader { lines: BufReader::with_capacity(64 << 10, file).lines(), path, line: 0 });
+            let file =
+                File::open(&path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+            readers.push(RunReader {
+                lines: BufReader::with_capacity(64 << 10, file).lines(),
+                path,
+                line: 0,
+            });
         }
         let mut merged = Merged { readers, heap: BinaryHeap::new() };
         for i in 0..merged.readers.len() {
@@ -184,7 +195,8 @@ mod tests {
     }
 
     #[test]
-    fn runs_merge_back_in_key_order_with_equal_keys_grouped() -> Result<(), Box<dyn std::error::Error>> {
+    fn runs_merge_back_in_key_order_with_equal_keys_grouped()
+    -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         write(dir.path(), "s", 0, &[("c", "3"), ("a", "1"), ("e\tx\n", "{\"tab\":true}")])?;
         write(dir.path(), "s", 1, &[("b", "2"), ("c", "33"), ("d", "[4]")])?;
@@ -195,13 +207,22 @@ mod tests {
         }
         let keys: Vec<&str> = groups.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(keys, vec!["a", "b", "c", "d", "e\tx\n"]);
-        assert_eq!(groups[2].1, vec!["3".to_owned(), "33".to_owned()], "equal keys come together, in run order");
-        assert_eq!(groups[4].1, vec!["{\"tab\":true}".to_owned()], "keys with tabs and newlines survive");
+        assert_eq!(
+            groups[2].1,
+            vec!["3".to_owned(), "33".to_owned()],
+            "equal keys come together, in run order"
+        );
+        assert_eq!(
+            groups[4].1,
+            vec!["{\"tab\":true}".to_owned()],
+            "keys with tabs and newlines survive"
+        );
         Ok(())
     }
 
     #[test]
-    fn no_runs_is_an_empty_stream_and_a_torn_run_is_an_error() -> Result<(), Box<dyn std::error::Error>> {
+    fn no_runs_is_an_empty_stream_and_a_torn_run_is_an_error()
+    -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         assert!(Merged::open(dir.path(), "t", 0)?.next()?.is_none());
         std::fs::write(run_path(dir.path(), "t", 0), "\"a\"\t{\"cut\":")?;
@@ -211,11 +232,17 @@ mod tests {
     }
 
     #[test]
-    fn a_flipped_byte_in_a_key_is_an_error_naming_the_file_and_line_not_another_key() -> Result<(), Box<dyn std::error::Error>> {
+    fn a_flipped_byte_in_a_key_is_an_error_naming_the_file_and_line_not_another_key()
+    -> Result<(), Box<dyn std::error::Error>> {
         // Regression: a flipped byte in a key read as another key, which
         // the merge, with delete_missing, turns into a delete.
         let dir = tempfile::tempdir()?;
-        write(dir.path(), "t", 0, &[("a@example.com", "1"), ("b@example.com", "2"), ("c@example.com", "3")])?;
+        write(
+            dir.path(),
+            "t",
+            0,
+            &[("a@example.com", "1"), ("b@example.com", "2"), ("c@example.com", "3")],
+        )?;
         let path = run_path(dir.path(), "t", 0);
         let mut bytes = std::fs::read(&path)?;
         let at = bytes.windows(2).position(|w| w == b"b@").ok_or("the second key")?;
@@ -230,8 +257,14 @@ mod tests {
                 Err(e) => break e,
             }
         };
-        assert!(err.contains(&format!("{} line 2", path.display())) && err.contains("checksum"), "{err}");
-        assert!(keys.iter().all(|k| k == "a@example.com"), "no key after the damaged line came out: {keys:?}");
+        assert!(
+            err.contains(&format!("{} line 2", path.display())) && err.contains("checksum"),
+            "{err}"
+        );
+        assert!(
+            keys.iter().all(|k| k == "a@example.com"),
+            "no key after the damaged line came out: {keys:?}"
+        );
         Ok(())
     }
 

@@ -29,7 +29,10 @@ use super::ops::{CallError, with_retry};
 use super::plan::{PlanEntry, PlannedAction, StepPlan, changed_fields};
 use super::sorted::{Buffer, Merged, run_path};
 use super::{RunCtx, StepEnd, sync_idempotency_key};
-use crate::connector::{BatchItem, ConnectorError, ListRequest, Op, RemoveOutcome, ResourceSpec, UpsertAction, UpsertOutcome, UpsertRequest};
+use crate::connector::{
+    BatchItem, ConnectorError, ListRequest, Op, RemoveOutcome, ResourceSpec, UpsertAction,
+    UpsertOutcome, UpsertRequest,
+};
 use crate::endpoint::Endpoint;
 use crate::expr::{EvalError, Evaluator, Scope, Val, json_key_text};
 use crate::store::{StepState, SyncPhase, SyncProgress};
@@ -125,21 +128,44 @@ pub(crate) async fn run(
     state: &mut StepState,
     scope: &Scope,
 ) -> Result<StepEnd, String> {
-    let target_resource = target.manifest().resource(&step.resource).cloned().ok_or_else(|| format!("no resource {}", step.target()))?;
-    let source_resource =
-        source.manifest().resource(&spec.from.resource).cloned().ok_or_else(|| format!("no resource {}", spec.from))?;
+    let target_resource = target
+        .manifest()
+        .resource(&step.resource)
+        .cloned()
+        .ok_or_else(|| format!("no resource {}", step.target()))?;
+    let source_resource = source
+        .manifest()
+        .resource(&spec.from.resource)
+        .cloned()
+        .ok_or_else(|| format!("no resource {}", spec.from))?;
     let filter = match &spec.filter {
         Some(f) => match ctx.evaluator(step).render("sync.filter", f, scope).await {
             Ok(value) => Some(value.to_string()),
-            Err(EvalError::Stopped) => return Ok(ctx.stop_reason().unwrap_or(StepEnd::Interrupted)),
+            Err(EvalError::Stopped) => {
+                return Ok(ctx.stop_reason().unwrap_or(StepEnd::Interrupted));
+            }
             Err(e) => return Err(e.into_message()),
         },
         None => None,
     };
     let dir = ctx.store.scratch_dir(ctx.run_id, index).map_err(|e| e.to_string())?;
-    let plan = state.plan.as_ref().and_then(|p| serde_json::from_value::<StepPlan>(p.clone()).ok()).unwrap_or_default();
-    let errors = state.output.as_ref().and_then(|o| o.get("errors")).and_then(|e| serde_json::from_value(e.clone()).ok()).unwrap_or_default();
-    let target_duplicates = state.output.as_ref().and_then(|o| o.get("target_duplicates")).and_then(Value::as_u64).unwrap_or(0);
+    let plan = state
+        .plan
+        .as_ref()
+        .and_then(|p| serde_json::from_value::<StepPlan>(p.clone()).ok())
+        .unwrap_or_default();
+    let errors = state
+        .output
+        .as_ref()
+        .and_then(|o| o.get("errors"))
+        .and_then(|e| serde_json::from_value(e.clone()).ok())
+        .unwrap_or_default();
+    let target_duplicates = state
+        .output
+        .as_ref()
+        .and_then(|o| o.get("target_duplicates"))
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
     state.sync.get_or_insert_with(Default::default);
     let mut tally = Tally { state, plan, errors, fatal: None, target_duplicates };
 
@@ -152,13 +178,28 @@ pub(crate) async fn run(
             Side::Source => (source, spec.from.resource.as_str(), &source_resource, filter.clone()),
             Side::Target => (target, step.resource.as_str(), &target_resource, None),
         };
-        if let Some(end) = scan(ctx, step, spec, side, endpoint, resource, resource_spec, filter, &dir, scope, &mut tally).await? {
+        if let Some(end) = scan(
+            ctx,
+            step,
+            spec,
+            side,
+            endpoint,
+            resource,
+            resource_spec,
+            filter,
+            &dir,
+            scope,
+            &mut tally,
+        )
+        .await?
+        {
             return Ok(end);
         }
     }
 
     if tally.progress().phase == SyncPhase::Merge
-        && let Some(end) = merge(ctx, step, &target_resource, spec, target, &dir, &mut tally).await?
+        && let Some(end) =
+            merge(ctx, step, &target_resource, spec, target, &dir, &mut tally).await?
     {
         return Ok(end);
     }
@@ -195,8 +236,18 @@ async fn scan(
 ) -> Result<Option<StepEnd>, String> {
     let progress = tally.progress().clone();
     let (mut cursor, mut pages, mut records, mut runs) = match side {
-        Side::Source => (progress.source_cursor, progress.source_pages, progress.source_records, progress.source_runs),
-        Side::Target => (progress.target_cursor, progress.target_pages, progress.target_records, progress.target_runs),
+        Side::Source => (
+            progress.source_cursor,
+            progress.source_pages,
+            progress.source_records,
+            progress.source_runs,
+        ),
+        Side::Target => (
+            progress.target_cursor,
+            progress.target_pages,
+            progress.target_records,
+            progress.target_runs,
+        ),
     };
     // Counts of what the buffer holds, committed with its run.
     let mut buffer = Buffer::default();
@@ -208,16 +259,38 @@ async fn scan(
         if let Some(end) = ctx.stop_reason() {
             return Ok(Some(end));
         }
-        let request = ListRequest { resource: resource.to_owned(), cursor: cursor.clone(), page_size: resource_spec.max_page_size, filter: filter.clone() };
-        let (result, _) = with_retry(&step.retry, step.timeout, || endpoint.list(request.clone())).await;
-        let page = result.map_err(|e| format!("reading {} ({}): {}", resource, side.name(), e.message))?;
+        let request = ListRequest {
+            resource: resource.to_owned(),
+            cursor: cursor.clone(),
+            page_size: resource_spec.max_page_size,
+            filter: filter.clone(),
+        };
+        let (result, _) =
+            with_retry(&step.retry, step.timeout, || endpoint.list(request.clone())).await;
+        let page =
+            result.map_err(|e| format!("reading {} ({}): {}", resource, side.name(), e.message))?;
         if page.next_cursor.is_some() && page.next_cursor == cursor {
-            return Err(format!("plugin {} returned the cursor it was given; stopping to avoid an endless list", endpoint.name()));
+            return Err(format!(
+                "plugin {} returned the cursor it was given; stopping to avoid an endless list",
+                endpoint.name()
+            ));
         }
         let read = page.records.len() as u64;
-        let keyed = match key_page(&evaluator, side, step, spec, scope, page.records, endpoint.name()).await {
+        let keyed = match key_page(
+            &evaluator,
+            side,
+            step,
+            spec,
+            scope,
+            page.records,
+            endpoint.name(),
+        )
+        .await
+        {
             Ok(keyed) => keyed,
-            Err(EvalError::Stopped) => return Ok(Some(ctx.stop_reason().unwrap_or(StepEnd::Interrupted))),
+            Err(EvalError::Stopped) => {
+                return Ok(Some(ctx.stop_reason().unwrap_or(StepEnd::Interrupted)));
+            }
             Err(e) => return Err(e.into_message()),
         };
         for (key, text) in keyed {
@@ -226,7 +299,14 @@ async fn scan(
                     buffer.push(key, text);
                     buffered_records += 1;
                 }
-                (Side::Source, None) => tally.failed("(no key)", &CallError::new(format!("the mapped record has no `{}`: {}", spec.key.text(), shorten(&text)))),
+                (Side::Source, None) => tally.failed(
+                    "(no key)",
+                    &CallError::new(format!(
+                        "the mapped record has no `{}`: {}",
+                        spec.key.text(),
+                        shorten(&text)
+                    )),
+                ),
                 // A target record without the key is not the sync's.
                 (Side::Target, None) => {}
             }
@@ -237,7 +317,9 @@ async fn scan(
         finished = cursor.is_none();
         if buffer.is_full() || finished {
             if !buffer.is_empty() {
-                buffer.write_run(&run_path(dir, side.name(), runs)).map_err(|e| format!("sync: cannot write a sorted run in {}: {e}", dir.display()))?;
+                buffer.write_run(&run_path(dir, side.name(), runs)).map_err(|e| {
+                    format!("sync: cannot write a sorted run in {}: {e}", dir.display())
+                })?;
                 runs += 1;
             }
             pages += buffered_pages;
@@ -248,8 +330,14 @@ async fn scan(
             (buffered_pages, buffered_records, buffered_read) = (0, 0, 0);
             let p = tally.progress();
             match side {
-                Side::Source => (p.source_cursor, p.source_pages, p.source_records, p.source_runs) = (cursor.clone(), pages, records, runs),
-                Side::Target => (p.target_cursor, p.target_pages, p.target_records, p.target_runs) = (cursor.clone(), pages, records, runs),
+                Side::Source => {
+                    (p.source_cursor, p.source_pages, p.source_records, p.source_runs) =
+                        (cursor.clone(), pages, records, runs)
+                }
+                Side::Target => {
+                    (p.target_cursor, p.target_pages, p.target_records, p.target_runs) =
+                        (cursor.clone(), pages, records, runs)
+                }
             }
             if finished {
                 p.phase = if side == Side::Source { SyncPhase::Target } else { SyncPhase::Merge };
@@ -301,8 +389,16 @@ async fn merge(
                 (None, Some((t, _))) => t.clone(),
                 (Some((s, _)), Some((t, _))) => s.min(t).clone(),
             };
-            let from = if source_group.as_ref().is_some_and(|(k, _)| *k == next_key) { source_group.take().map(|(_, r)| r) } else { None };
-            let to = if target_group.as_ref().is_some_and(|(k, _)| *k == next_key) { target_group.take().map(|(_, r)| r) } else { None };
+            let from = if source_group.as_ref().is_some_and(|(k, _)| *k == next_key) {
+                source_group.take().map(|(_, r)| r)
+            } else {
+                None
+            };
+            let to = if target_group.as_ref().is_some_and(|(k, _)| *k == next_key) {
+                target_group.take().map(|(_, r)| r)
+            } else {
+                None
+            };
             if from.is_some() {
                 source_group = sources.next_group()?;
             }
@@ -328,7 +424,10 @@ async fn merge(
         // Progress is the keys merged so far (the source's read count
         // stands still while the merge writes).
         let c = &tally.state.counts;
-        ctx.observer.items_committed(step, c.created + c.updated + c.unchanged + c.removed + c.absent + c.failed);
+        ctx.observer.items_committed(
+            step,
+            c.created + c.updated + c.unchanged + c.removed + c.absent + c.failed,
+        );
     }
     tally.progress().phase = SyncPhase::Done;
     Ok(None)
@@ -349,36 +448,57 @@ fn decide(
     let from = from.unwrap_or_default();
     let to = to.unwrap_or_default();
     for _ in from.iter().skip(1) {
-        tally.failed(key, &CallError::new("another source record has the same key; the first one is synced"));
+        tally.failed(
+            key,
+            &CallError::new("another source record has the same key; the first one is synced"),
+        );
     }
     let desired = match from.first() {
-        Some(text) => Some(serde_json::from_str::<Value>(text).map_err(|e| format!("sync: a sorted run holds a bad record: {e}"))?),
+        Some(text) => Some(
+            serde_json::from_str::<Value>(text)
+                .map_err(|e| format!("sync: a sorted run holds a bad record: {e}"))?,
+        ),
         None => None,
     };
     match (desired, to.first()) {
-        (Some(record), None) => writes.push(Write { key: key.to_owned(), record, action: PlannedAction::Create, changes: vec![] }),
+        (Some(record), None) => writes.push(Write {
+            key: key.to_owned(),
+            record,
+            action: PlannedAction::Create,
+            changes: vec![],
+        }),
         (Some(mut record), Some(current)) => {
             // A second target record with a key already matched is left
             // alone rather than guessed at.
             tally.target_duplicates += to.len() as u64 - 1;
-            let current: Value = serde_json::from_str(current).map_err(|e| format!("sync: a sorted run holds a bad record: {e}"))?;
+            let current: Value = serde_json::from_str(current)
+                .map_err(|e| format!("sync: a sorted run holds a bad record: {e}"))?;
             let changes = changed_fields(&record, &current);
             // Point the upsert at the record it updates.
-            if let (Value::Object(fields), Some(id)) = (&mut record, current.get(&target_resource.id_field))
+            if let (Value::Object(fields), Some(id)) =
+                (&mut record, current.get(&target_resource.id_field))
                 && !fields.contains_key(&target_resource.id_field)
             {
                 fields.insert(target_resource.id_field.clone(), id.clone());
             }
-            let action = if changes.is_empty() { PlannedAction::Unchanged } else { PlannedAction::Update };
+            let action =
+                if changes.is_empty() { PlannedAction::Unchanged } else { PlannedAction::Update };
             writes.push(Write { key: key.to_owned(), record, action, changes });
         }
         (None, Some(_)) if spec.delete_missing => {
             // Every target record with a key no source record has goes.
             for current in &to {
-                let current: Value = serde_json::from_str(current).map_err(|e| format!("sync: a sorted run holds a bad record: {e}"))?;
+                let current: Value = serde_json::from_str(current)
+                    .map_err(|e| format!("sync: a sorted run holds a bad record: {e}"))?;
                 match current.get(&target_resource.id_field).and_then(json_key_text) {
                     Some(id) => removals.push((key.to_owned(), id)),
-                    None => tally.failed(key, &CallError::new(format!("the target record has no `{}` to remove it by", target_resource.id_field))),
+                    None => tally.failed(
+                        key,
+                        &CallError::new(format!(
+                            "the target record has no `{}` to remove it by",
+                            target_resource.id_field
+                        )),
+                    ),
                 }
             }
         }
@@ -411,22 +531,29 @@ async fn key_page(
         .run(move |session| {
             let mut keyed = Vec::with_capacity(records.len());
             for text in records {
-                let record = Val::parse(&text).map_err(|e| format!("plugin {plugin}: list returned a record that is {e}"))?;
+                let record = Val::parse(&text)
+                    .map_err(|e| format!("plugin {plugin}: list returned a record that is {e}"))?;
                 session.evaluate(|ev| {
                     match &map {
                         Some(map) if side == Side::Source => {
                             for desired in ev.all("map", map, record, &scope)? {
-                                let key = ev.first(&key_field, &key_expr, desired.clone(), &scope)?.and_then(|k| ev.key_text(&k));
+                                let key = ev
+                                    .first(&key_field, &key_expr, desired.clone(), &scope)?
+                                    .and_then(|k| ev.key_text(&k));
                                 // JSON, as the merge reads it back.
                                 keyed.push((key, ev.json_text(&desired)));
                             }
                         }
                         _ if side == Side::Source => {
-                            let key_value = ev.first(&key_field, &key_expr, record.clone(), &scope)?.and_then(|k| ev.key_text(&k));
+                            let key_value = ev
+                                .first(&key_field, &key_expr, record.clone(), &scope)?
+                                .and_then(|k| ev.key_text(&k));
                             keyed.push((key_value, ev.json_text(&record)));
                         }
                         _ => {
-                            let key_value = ev.first(&key_field, &key_expr, record, &scope)?.and_then(|k| ev.key_text(&k));
+                            let key_value = ev
+                                .first(&key_field, &key_expr, record, &scope)?
+                                .and_then(|k| ev.key_text(&k));
                             keyed.push((key_value, text));
                         }
                     }
@@ -449,20 +576,34 @@ fn shorten(text: &str) -> String {
 }
 
 /// Removes target records (or plans it).
-async fn remove(ctx: &RunCtx<'_>, step: &Step, target: &dyn Endpoint, irreversible: bool, removals: Vec<(String, String)>, tally: &mut Tally<'_>) {
+async fn remove(
+    ctx: &RunCtx<'_>,
+    step: &Step,
+    target: &dyn Endpoint,
+    irreversible: bool,
+    removals: Vec<(String, String)>,
+    tally: &mut Tally<'_>,
+) {
     if removals.is_empty() {
         return;
     }
     if ctx.dry_run {
         for (key, id) in removals {
             let shown = if key == id { key } else { format!("{key} ({id})") };
-            tally.plan.add(PlanEntry { action: PlannedAction::Remove, key: Some(shown), changes: vec![], record: None, irreversible });
+            tally.plan.add(PlanEntry {
+                action: PlannedAction::Remove,
+                key: Some(shown),
+                changes: vec![],
+                record: None,
+                irreversible,
+            });
         }
         return;
     }
     let results: Vec<(String, Result<RemoveOutcome, CallError>)> = stream::iter(removals)
         .map(|(key, id)| async move {
-            let (result, _) = with_retry(&step.retry, step.timeout, || target.remove(&step.resource, &id)).await;
+            let (result, _) =
+                with_retry(&step.retry, step.timeout, || target.remove(&step.resource, &id)).await;
             (key, result)
         })
         .buffer_unordered(step.concurrency.max(1) as usize)
@@ -478,18 +619,37 @@ async fn remove(ctx: &RunCtx<'_>, step: &Step, target: &dyn Endpoint, irreversib
 }
 
 /// Sends a group's creates and updates (or plans them).
-async fn apply_writes(ctx: &RunCtx<'_>, step: &Step, target: &dyn Endpoint, batch: bool, writes: Vec<Write>, tally: &mut Tally<'_>) {
+async fn apply_writes(
+    ctx: &RunCtx<'_>,
+    step: &Step,
+    target: &dyn Endpoint,
+    batch: bool,
+    writes: Vec<Write>,
+    tally: &mut Tally<'_>,
+) {
     let mut to_send = Vec::new();
     for write in writes {
         if write.action == PlannedAction::Unchanged {
             tally.state.counts.unchanged += 1;
             if ctx.dry_run {
-                tally.plan.add(PlanEntry { action: write.action, key: Some(write.key), changes: vec![], record: None, irreversible: false });
+                tally.plan.add(PlanEntry {
+                    action: write.action,
+                    key: Some(write.key),
+                    changes: vec![],
+                    record: None,
+                    irreversible: false,
+                });
             }
             continue;
         }
         if ctx.dry_run {
-            tally.plan.add(PlanEntry { action: write.action, key: Some(write.key), changes: write.changes, record: Some(write.record), irreversible: false });
+            tally.plan.add(PlanEntry {
+                action: write.action,
+                key: Some(write.key),
+                changes: write.changes,
+                record: Some(write.record),
+                irreversible: false,
+            });
             continue;
         }
         to_send.push(write);
@@ -501,7 +661,8 @@ async fn apply_writes(ctx: &RunCtx<'_>, step: &Step, target: &dyn Endpoint, batc
     // A vendor's bulk endpoint creates (GrowPanel's array POST replaces a
     // row whole); updates go one by one through the connector's upsert,
     // which changes only what it can and merges the rest.
-    let (creates, updates): (Vec<Write>, Vec<Write>) = to_send.into_iter().partition(|w| w.action == PlannedAction::Create);
+    let (creates, updates): (Vec<Write>, Vec<Write>) =
+        to_send.into_iter().partition(|w| w.action == PlannedAction::Create);
     let to_send = if batch {
         creates_in_batches(ctx, step, target, creates, concurrency, tally).await;
         updates
@@ -519,7 +680,8 @@ async fn apply_writes(ctx: &RunCtx<'_>, step: &Step, target: &dyn Endpoint, batc
                     record: write.record.to_string(),
                     idempotency_key: sync_idempotency_key(ctx.run_id, &step.id, &write.key),
                 };
-                let (result, _) = with_retry(&step.retry, step.timeout, || target.upsert(request.clone())).await;
+                let (result, _) =
+                    with_retry(&step.retry, step.timeout, || target.upsert(request.clone())).await;
                 (write.key, result)
             });
         }
@@ -531,7 +693,14 @@ async fn apply_writes(ctx: &RunCtx<'_>, step: &Step, target: &dyn Endpoint, batc
     }
 }
 
-async fn creates_in_batches(ctx: &RunCtx<'_>, step: &Step, target: &dyn Endpoint, creates: Vec<Write>, concurrency: usize, tally: &mut Tally<'_>) {
+async fn creates_in_batches(
+    ctx: &RunCtx<'_>,
+    step: &Step,
+    target: &dyn Endpoint,
+    creates: Vec<Write>,
+    concurrency: usize,
+    tally: &mut Tally<'_>,
+) {
     if creates.is_empty() {
         return;
     }
@@ -542,19 +711,26 @@ async fn creates_in_batches(ctx: &RunCtx<'_>, step: &Step, target: &dyn Endpoint
             _ => chunks.push(vec![write]),
         }
     }
-    let results: Vec<(Vec<String>, Result<Vec<Result<UpsertOutcome, ConnectorError>>, CallError>)> = stream::iter(chunks)
-        .map(|chunk| async move {
-            let keys: Vec<String> = chunk.iter().map(|w| w.key.clone()).collect();
-            let items: Vec<BatchItem> = chunk
-                .iter()
-                .map(|w| BatchItem { record: w.record.to_string(), idempotency_key: sync_idempotency_key(ctx.run_id, &step.id, &w.key) })
-                .collect();
-            let (result, _) = with_retry(&step.retry, step.timeout, || target.upsert_batch(&step.resource, items.clone())).await;
-            (keys, result)
-        })
-        .buffer_unordered(concurrency)
-        .collect()
-        .await;
+    let results: Vec<(Vec<String>, Result<Vec<Result<UpsertOutcome, ConnectorError>>, CallError>)> =
+        stream::iter(chunks)
+            .map(|chunk| async move {
+                let keys: Vec<String> = chunk.iter().map(|w| w.key.clone()).collect();
+                let items: Vec<BatchItem> = chunk
+                    .iter()
+                    .map(|w| BatchItem {
+                        record: w.record.to_string(),
+                        idempotency_key: sync_idempotency_key(ctx.run_id, &step.id, &w.key),
+                    })
+                    .collect();
+                let (result, _) = with_retry(&step.retry, step.timeout, || {
+                    target.upsert_batch(&step.resource, items.clone())
+                })
+                .await;
+                (keys, result)
+            })
+            .buffer_unordered(concurrency)
+            .collect()
+            .await;
     for (keys, result) in results {
         match result {
             Ok(outcomes) => {
@@ -562,7 +738,10 @@ async fn creates_in_batches(ctx: &RunCtx<'_>, step: &Step, target: &dyn Endpoint
                     match outcome {
                         Ok(o) => tally.upserted(o.action),
                         Err(e) => {
-                            let fatal = matches!(e, ConnectorError::Unauthorized(_) | ConnectorError::Forbidden(_));
+                            let fatal = matches!(
+                                e,
+                                ConnectorError::Unauthorized(_) | ConnectorError::Forbidden(_)
+                            );
                             tally.failed(key, &CallError { message: e.to_string(), fatal });
                         }
                     }

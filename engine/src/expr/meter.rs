@@ -21,7 +21,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 #[cfg(not(panic = "unwind"))]
-compile_error!("expression budgets stop an evaluation by unwinding its stack; build weft with panic = \"unwind\"");
+compile_error!(
+    "expression budgets stop an evaluation by unwinding its stack; build weft with panic = \"unwind\""
+);
 
 /// Steps between two reads of the clock and of the cancel flag.
 const CHECK_EVERY: u64 = 1024;
@@ -54,13 +56,25 @@ pub enum Exhausted {
 impl std::fmt::Display for Exhausted {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Exhausted::Steps(n) => write!(f, "exceeded its budget of {} evaluation steps", thousands(*n)),
-            Exhausted::Bytes(n) => write!(f, "exceeded its budget of {} of values produced", byte_size(*n)),
-            Exhausted::Outputs(n) => write!(f, "produced more than its budget of {} outputs", thousands(*n)),
-            Exhausted::Time(d) => write!(f, "ran longer than its budget of {}", humantime::format_duration(*d)),
-            Exhausted::Depth => write!(f, "built a value nested deeper than {MAX_VALUE_DEPTH} levels"),
+            Exhausted::Steps(n) => {
+                write!(f, "exceeded its budget of {} evaluation steps", thousands(*n))
+            }
+            Exhausted::Bytes(n) => {
+                write!(f, "exceeded its budget of {} of values produced", byte_size(*n))
+            }
+            Exhausted::Outputs(n) => {
+                write!(f, "produced more than its budget of {} outputs", thousands(*n))
+            }
+            Exhausted::Time(d) => {
+                write!(f, "ran longer than its budget of {}", humantime::format_duration(*d))
+            }
+            Exhausted::Depth => {
+                write!(f, "built a value nested deeper than {MAX_VALUE_DEPTH} levels")
+            }
             Exhausted::Stack => write!(f, "recursed deeper than the evaluator's stack allows"),
-            Exhausted::Stopped => write!(f, "was stopped: the run was cancelled or the process is shutting down"),
+            Exhausted::Stopped => {
+                write!(f, "was stopped: the run was cancelled or the process is shutting down")
+            }
         }
     }
 }
@@ -79,7 +93,11 @@ pub(crate) fn thousands(n: u64) -> String {
 }
 
 fn byte_size(n: u64) -> String {
-    if n >= 1 << 20 && n.is_multiple_of(1 << 20) { format!("{} MiB", n >> 20) } else { format!("{} bytes", thousands(n)) }
+    if n >= 1 << 20 && n.is_multiple_of(1 << 20) {
+        format!("{} MiB", n >> 20)
+    } else {
+        format!("{} bytes", thousands(n))
+    }
 }
 
 /// What one evaluation may use.
@@ -310,7 +328,9 @@ pub(crate) fn run<T>(limits: Limits, evaluation: impl FnOnce() -> T) -> Result<T
     });
     match result {
         Ok(value) => Ok(value),
-        Err(payload) if payload.is::<Unwind>() => Err(Interrupted::Exhausted(reason.unwrap_or(Exhausted::Stopped))),
+        Err(payload) if payload.is::<Unwind>() => {
+            Err(Interrupted::Exhausted(reason.unwrap_or(Exhausted::Stopped)))
+        }
         Err(payload) => {
             let message = payload
                 .downcast_ref::<&str>()
@@ -332,10 +352,15 @@ mod tests {
 
     #[test]
     fn steps_run_out_and_the_thread_is_unarmed_after() {
-        let outcome = run(limits(10_000, u64::MAX), || loop {
-            step();
+        let outcome = run(limits(10_000, u64::MAX), || {
+            loop {
+                step();
+            }
         });
-        assert!(matches!(outcome, Err(Interrupted::Exhausted(Exhausted::Steps(10_000)))), "{outcome:?}");
+        assert!(
+            matches!(outcome, Err(Interrupted::Exhausted(Exhausted::Steps(10_000)))),
+            "{outcome:?}"
+        );
         // Unarmed again: charging is free and never fails.
         for _ in 0..100_000 {
             step();
@@ -349,7 +374,10 @@ mod tests {
             bytes(600);
             bytes(600);
         });
-        assert!(matches!(outcome, Err(Interrupted::Exhausted(Exhausted::Bytes(1000)))), "{outcome:?}");
+        assert!(
+            matches!(outcome, Err(Interrupted::Exhausted(Exhausted::Bytes(1000)))),
+            "{outcome:?}"
+        );
     }
 
     #[test]
@@ -374,9 +402,12 @@ mod tests {
     #[test]
     fn a_deadline_stops_the_loop() {
         let started = Instant::now();
-        let outcome = run(Limits { steps: u64::MAX - 1, bytes: u64::MAX, time: Duration::from_millis(50) }, || loop {
-            step();
-        });
+        let outcome = run(
+            Limits { steps: u64::MAX - 1, bytes: u64::MAX, time: Duration::from_millis(50) },
+            || loop {
+                step();
+            },
+        );
         assert!(matches!(outcome, Err(Interrupted::Exhausted(Exhausted::Time(_)))), "{outcome:?}");
         assert!(started.elapsed() < Duration::from_secs(5));
     }
@@ -385,6 +416,9 @@ mod tests {
     fn figures_read_as_people_write_them() {
         assert_eq!(thousands(10_000_000), "10,000,000");
         assert_eq!(thousands(999), "999");
-        assert_eq!(Exhausted::Bytes(64 << 20).to_string(), "exceeded its budget of 64 MiB of values produced");
+        assert_eq!(
+            Exhausted::Bytes(64 << 20).to_string(),
+            "exceeded its budget of 64 MiB of values produced"
+        );
     }
 }

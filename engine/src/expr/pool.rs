@@ -44,7 +44,8 @@ fn start() -> Result<Pool, String> {
                 meter::set_stack_floor(STACK_BUDGET);
                 loop {
                     let job = {
-                        let receiver = jobs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                        let receiver =
+                            jobs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                         receiver.recv()
                     };
                     let Ok(job) = job else { return };
@@ -61,7 +62,10 @@ fn start() -> Result<Pool, String> {
 /// Queues `job` on an evaluation thread.
 pub(crate) fn submit(job: Job) -> Result<(), String> {
     match POOL.get_or_init(start) {
-        Ok(pool) => pool.queue.send(job).map_err(|_| "the expression evaluation threads have stopped".to_owned()),
+        Ok(pool) => pool
+            .queue
+            .send(job)
+            .map_err(|_| "the expression evaluation threads have stopped".to_owned()),
         Err(e) => Err(e.clone()),
     }
 }

@@ -103,7 +103,12 @@ impl Val {
         match self.raw {
             Raw::Arr(items) => {
                 let depth = self.depth;
-                Some(Rc::unwrap_or_clone(items).into_iter().map(|raw| Val::part(raw, depth)).collect())
+                Some(
+                    Rc::unwrap_or_clone(items)
+                        .into_iter()
+                        .map(|raw| Val::part(raw, depth))
+                        .collect(),
+                )
             }
             _ => None,
         }
@@ -145,7 +150,8 @@ impl Val {
         let mut out = Vec::new();
         // Writing to memory fails only by unwinding (the budget).
         let _ = serde_json::to_writer(&mut out, &Json(&self.raw));
-        String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+        String::from_utf8(out)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
     }
 
     /// The value as a JSON value, charged to the budget.
@@ -243,8 +249,13 @@ impl serde::Serialize for Json<'_> {
                 let mut map = serializer.serialize_map(Some(fields.len()))?;
                 for (key, value) in fields.iter() {
                     match key {
-                        Raw::TStr(b) | Raw::BStr(b) => map.serialize_entry(&String::from_utf8_lossy(b), &Json(value))?,
-                        other => map.serialize_entry(&Val::scalar(other.clone()).to_json_text(), &Json(value))?,
+                        Raw::TStr(b) | Raw::BStr(b) => {
+                            map.serialize_entry(&String::from_utf8_lossy(b), &Json(value))?
+                        }
+                        other => map.serialize_entry(
+                            &Val::scalar(other.clone()).to_json_text(),
+                            &Json(value),
+                        )?,
                     }
                 }
                 map.end()
@@ -420,7 +431,9 @@ fn compare(a: &Raw, b: &Raw) -> Ordering {
                     l.sort_by(|(k1, _), (k2, _)| compare(k1, k2));
                     r.sort_by(|(k1, _), (k2, _)| compare(k1, k2));
                     let keys = sequence(l.iter().map(|(k, _)| *k), r.iter().map(|(k, _)| *k));
-                    keys.then_with(|| sequence(l.iter().map(|(_, v)| *v), r.iter().map(|(_, v)| *v)))
+                    keys.then_with(|| {
+                        sequence(l.iter().map(|(_, v)| *v), r.iter().map(|(_, v)| *v))
+                    })
                 }
             }
         }
@@ -431,7 +444,10 @@ fn compare(a: &Raw, b: &Raw) -> Ordering {
 }
 
 /// Lexicographic order of two sequences, by [`compare`].
-fn sequence<'a>(mut l: impl Iterator<Item = &'a Raw>, mut r: impl Iterator<Item = &'a Raw>) -> Ordering {
+fn sequence<'a>(
+    mut l: impl Iterator<Item = &'a Raw>,
+    mut r: impl Iterator<Item = &'a Raw>,
+) -> Ordering {
     loop {
         match (l.next(), r.next()) {
             (None, None) => return Ordering::Equal,
@@ -449,9 +465,14 @@ fn sequence<'a>(mut l: impl Iterator<Item = &'a Raw>, mut r: impl Iterator<Item 
 fn equal(a: &Raw, b: &Raw) -> bool {
     meter::step();
     match (a, b) {
-        (Raw::Arr(x), Raw::Arr(y)) => Rc::ptr_eq(x, y) || (x.len() == y.len() && x.iter().zip(y.iter()).all(|(l, r)| equal(l, r))),
+        (Raw::Arr(x), Raw::Arr(y)) => {
+            Rc::ptr_eq(x, y)
+                || (x.len() == y.len() && x.iter().zip(y.iter()).all(|(l, r)| equal(l, r)))
+        }
         (Raw::Obj(x), Raw::Obj(y)) => {
-            Rc::ptr_eq(x, y) || (x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| equal(v, w))))
+            Rc::ptr_eq(x, y)
+                || (x.len() == y.len()
+                    && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| equal(v, w))))
         }
         _ => a == b,
     }
@@ -517,7 +538,8 @@ impl From<jaq_core::val::Range<Val>> for Val {
     fn from(range: jaq_core::val::Range<Val>) -> Self {
         meter::step();
         meter::bytes(4 * SLOT);
-        let depth = range.start.iter().chain(range.end.iter()).map(|v| v.depth).max().unwrap_or(0) + 1;
+        let depth =
+            range.start.iter().chain(range.end.iter()).map(|v| v.depth).max().unwrap_or(0) + 1;
         let raw = Raw::from(range.start.map(|v| v.raw)..range.end.map(|v| v.raw));
         Val::nested(raw, depth)
     }
@@ -568,7 +590,9 @@ macro_rules! arithmetic {
 /// What `+` produces: concatenated strings, arrays and objects.
 fn charge_add(l: &Raw, r: &Raw) {
     match (l, r) {
-        (Raw::TStr(a) | Raw::BStr(a), Raw::TStr(b) | Raw::BStr(b)) => meter::bytes((a.len() + b.len()) as u64 + SLOT),
+        (Raw::TStr(a) | Raw::BStr(a), Raw::TStr(b) | Raw::BStr(b)) => {
+            meter::bytes((a.len() + b.len()) as u64 + SLOT)
+        }
         (Raw::Arr(a), Raw::Arr(b)) => meter::bytes(SLOT * (a.len() + b.len() + 1) as u64),
         (Raw::Obj(a), Raw::Obj(b)) => meter::bytes(2 * SLOT * (a.len() + b.len() + 1) as u64),
         _ => {}
@@ -589,7 +613,8 @@ fn charge_sub(l: &Raw, r: &Raw) {
 /// objects deeply.
 fn charge_mul(l: &Raw, r: &Raw) {
     match (l, r) {
-        (s @ (Raw::TStr(_) | Raw::BStr(_)), n @ Raw::Num(_)) | (n @ Raw::Num(_), s @ (Raw::TStr(_) | Raw::BStr(_))) => {
+        (s @ (Raw::TStr(_) | Raw::BStr(_)), n @ Raw::Num(_))
+        | (n @ Raw::Num(_), s @ (Raw::TStr(_) | Raw::BStr(_))) => {
             let times = match n.as_isize() {
                 Some(i) => i.max(0) as u64,
                 // A big integer: jaq repeats it saturated at isize::MAX times.
@@ -696,7 +721,10 @@ impl jaq_core::ValT for Val {
         for (key, value) in iter {
             meter::charge(1, 2 * SLOT);
             if !is_string(&key.raw) {
-                return Err(Error::str(format!("object keys must be strings, not {}", message(&key))));
+                return Err(Error::str(format!(
+                    "object keys must be strings, not {}",
+                    message(&key)
+                )));
             }
             depth = depth.max(value.depth);
             map.insert(key.raw, value.raw);
@@ -732,12 +760,19 @@ impl jaq_core::ValT for Val {
             // hashing what may be a large value.
             (Raw::Obj(_), key) if !is_string(key) && !matches!(key, Raw::Null) => Ok(Val::null()),
             (Raw::Arr(x), Raw::Arr(y)) if !y.is_empty() => {
-                let found: Vec<Raw> = x.windows(y.len()).enumerate().filter(|(_, w)| w.iter().zip(y.iter()).all(|(a, b)| equal(a, b))).map(|(i, _)| Raw::from(i)).collect();
+                let found: Vec<Raw> = x
+                    .windows(y.len())
+                    .enumerate()
+                    .filter(|(_, w)| w.iter().zip(y.iter()).all(|(a, b)| equal(a, b)))
+                    .map(|(i, _)| Raw::from(i))
+                    .collect();
                 meter::bytes(SLOT * (found.len() as u64 + 1));
                 Ok(Val::nested(Raw::Arr(Rc::new(found)), 1))
             }
             // A slice `{start, end}` is as deep as what it slices.
-            (_, Raw::Obj(_)) => self.raw.index(&index.raw).map(|raw| Val { raw, depth }).map_err(lift),
+            (_, Raw::Obj(_)) => {
+                self.raw.index(&index.raw).map(|raw| Val { raw, depth }).map_err(lift)
+            }
             _ => self.raw.index(&index.raw).map(|raw| Val::part(raw, depth)).map_err(lift),
         }
     }
@@ -750,21 +785,40 @@ impl jaq_core::ValT for Val {
         self.raw.range(raw_range).map(|raw| Val { raw, depth }).map_err(lift)
     }
 
-    fn map_values<'a, I: Iterator<Item = ValX<'a, Self>>>(self, opt: Opt, f: impl Fn(Self) -> I) -> ValX<'a, Self> {
+    fn map_values<'a, I: Iterator<Item = ValX<'a, Self>>>(
+        self,
+        opt: Opt,
+        f: impl Fn(Self) -> I,
+    ) -> ValX<'a, Self> {
         update(self, f, |raw, g| raw.map_values(opt, g))
     }
 
-    fn map_index<'a, I: Iterator<Item = ValX<'a, Self>>>(self, index: &Self, opt: Opt, f: impl Fn(Self) -> I) -> ValX<'a, Self> {
+    fn map_index<'a, I: Iterator<Item = ValX<'a, Self>>>(
+        self,
+        index: &Self,
+        opt: Opt,
+        f: impl Fn(Self) -> I,
+    ) -> ValX<'a, Self> {
         if let (Raw::Obj(_), key) = (&self.raw, &index.raw)
             && !is_string(key)
         {
-            return opt.fail(self, |_| Exn::from(Error::str(format!("object keys must be strings, not {}", message(index)))));
+            return opt.fail(self, |_| {
+                Exn::from(Error::str(format!(
+                    "object keys must be strings, not {}",
+                    message(index)
+                )))
+            });
         }
         let index = index.raw.clone();
         update(self, f, move |raw, g| raw.map_index(&index, opt, g))
     }
 
-    fn map_range<'a, I: Iterator<Item = ValX<'a, Self>>>(self, range: jaq_core::val::Range<&Self>, opt: Opt, f: impl Fn(Self) -> I) -> ValX<'a, Self> {
+    fn map_range<'a, I: Iterator<Item = ValX<'a, Self>>>(
+        self,
+        range: jaq_core::val::Range<&Self>,
+        opt: Opt,
+        f: impl Fn(Self) -> I,
+    ) -> ValX<'a, Self> {
         let start = range.start.map(|v| v.raw.clone());
         let end = range.end.map(|v| v.raw.clone());
         update(self, f, move |raw, g| raw.map_range(start.as_ref()..end.as_ref(), opt, g))
@@ -878,7 +932,9 @@ fn contains(a: &Raw, b: &Raw) -> bool {
     match (a, b) {
         (Raw::BStr(l) | Raw::TStr(l), Raw::BStr(r) | Raw::TStr(r)) => contains_bytes(l, r),
         (Raw::Arr(l), Raw::Arr(r)) => r.iter().all(|r| l.iter().any(|l| contains(l, r))),
-        (Raw::Obj(l), Raw::Obj(r)) => r.iter().all(|(k, r)| l.get(k).is_some_and(|l| contains(l, r))),
+        (Raw::Obj(l), Raw::Obj(r)) => {
+            r.iter().all(|(k, r)| l.get(k).is_some_and(|l| contains(l, r)))
+        }
         _ => equal(a, b),
     }
 }
@@ -886,7 +942,9 @@ fn contains(a: &Raw, b: &Raw) -> bool {
 fn length(v: &Raw) -> ValR<Val> {
     Ok(match v {
         Raw::Null => Val::from(0usize),
-        Raw::Num(Num::Int(i)) => Val::scalar(i.checked_abs().map_or_else(|| Raw::from(i.unsigned_abs() as f64), Raw::from)),
+        Raw::Num(Num::Int(i)) => Val::scalar(
+            i.checked_abs().map_or_else(|| Raw::from(i.unsigned_abs() as f64), Raw::from),
+        ),
         Raw::Num(_) => {
             let negative = v.as_f64().is_some_and(|f| f < 0.0);
             if negative { (-Val::scalar(v.clone()))? } else { Val::scalar(v.clone()) }
@@ -898,7 +956,9 @@ fn length(v: &Raw) -> ValR<Val> {
         Raw::BStr(b) => Val::from(b.len()),
         Raw::Arr(a) => Val::from(a.len()),
         Raw::Obj(o) => Val::from(o.len()),
-        Raw::Bool(_) => return Err(Error::str(format!("{} has no length", message(&Val::scalar(v.clone()))))),
+        Raw::Bool(_) => {
+            return Err(Error::str(format!("{} has no length", message(&Val::scalar(v.clone())))));
+        }
     })
 }
 
@@ -926,17 +986,26 @@ fn indices(x: &Val, y: &Val) -> ValR<Val> {
         (Raw::TStr(h), Raw::TStr(n)) => {
             meter::steps((h.len() as u64).saturating_mul(n.len() as u64) / 64 + 1);
             let starts = h.iter().enumerate().filter(|(_, b)| (**b & 0xC0) != 0x80).map(|(i, _)| i);
-            starts.enumerate().filter(|(_, at)| h[*at..].starts_with(n)).map(|(char_index, _)| char_index).collect()
+            starts
+                .enumerate()
+                .filter(|(_, at)| h[*at..].starts_with(n))
+                .map(|(char_index, _)| char_index)
+                .collect()
         }
         (Raw::BStr(h), Raw::BStr(n)) => {
             meter::steps((h.len() as u64).saturating_mul(n.len() as u64) / 64 + 1);
             h.windows(n.len()).enumerate().filter(|(_, w)| *w == &n[..]).map(|(i, _)| i).collect()
         }
         (Raw::Arr(_), Raw::Arr(n)) if n.is_empty() => vec![],
-        (Raw::Arr(h), Raw::Arr(n)) => {
-            h.windows(n.len()).enumerate().filter(|(_, w)| w.iter().zip(n.iter()).all(|(a, b)| equal(a, b))).map(|(i, _)| i).collect()
+        (Raw::Arr(h), Raw::Arr(n)) => h
+            .windows(n.len())
+            .enumerate()
+            .filter(|(_, w)| w.iter().zip(n.iter()).all(|(a, b)| equal(a, b)))
+            .map(|(i, _)| i)
+            .collect(),
+        (Raw::Arr(h), one) => {
+            h.iter().enumerate().filter(|(_, e)| equal(e, one)).map(|(i, _)| i).collect()
         }
-        (Raw::Arr(h), one) => h.iter().enumerate().filter(|(_, e)| equal(e, one)).map(|(i, _)| i).collect(),
         _ => return Err(Error::index(x.clone(), y.clone())),
     };
     Ok(found.into_iter().map(|i| Val::from(i as isize)).collect())
@@ -971,7 +1040,9 @@ fn fromjson<'a>(v: &Val) -> ValXs<'a, Val> {
         .into_iter::<Raw>()
         .map(|parsed| {
             meter::step();
-            parsed.map(|raw| Val { depth: if is_container(&raw) { PARSED_DEPTH } else { 0 }, raw }).map_err(|e| e.to_string())
+            parsed
+                .map(|raw| Val { depth: if is_container(&raw) { PARSED_DEPTH } else { 0 }, raw })
+                .map_err(|e| e.to_string())
         })
         .collect();
     match values {

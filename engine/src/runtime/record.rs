@@ -50,7 +50,9 @@ impl fmt::Display for RecordError {
         match self {
             RecordError::NotJson { at, what } => write!(f, "is not JSON: {what} at byte {at}"),
             RecordError::NotObject(kind) => write!(f, "is a JSON {kind}, not an object"),
-            RecordError::Trailing { at } => write!(f, "holds more than one JSON value (more text at byte {at})"),
+            RecordError::Trailing { at } => {
+                write!(f, "holds more than one JSON value (more text at byte {at})")
+            }
         }
     }
 }
@@ -169,7 +171,9 @@ impl Scan<'_> {
                         self.pos += 1;
                     } else {
                         if depth == MAX_DEPTH {
-                            return Err(self.error(&format!("nested deeper than {MAX_DEPTH} levels")));
+                            return Err(
+                                self.error(&format!("nested deeper than {MAX_DEPTH} levels"))
+                            );
                         }
                         depth += 1;
                         if container == b'{' {
@@ -292,7 +296,8 @@ impl Scan<'_> {
             }
             _ => return Err(self.error("invalid number")),
         }
-        let plain = self.pos - digits_start <= 18 && !matches!(self.bytes.get(self.pos), Some(b'.' | b'e' | b'E'));
+        let plain = self.pos - digits_start <= 18
+            && !matches!(self.bytes.get(self.pos), Some(b'.' | b'e' | b'E'));
         if plain {
             return Ok(());
         }
@@ -392,7 +397,8 @@ mod tests {
 
     #[test]
     fn a_pretty_printed_object_is_made_one_line() {
-        let record = "{\n  \"id\": \"2\",\r\n  \"s\": \"a b\\n\\\"c\\\" \",\n  \"t\": [ 1, 2 ]\n}\n";
+        let record =
+            "{\n  \"id\": \"2\",\r\n  \"s\": \"a b\\n\\\"c\\\" \",\n  \"t\": [ 1, 2 ]\n}\n";
         assert_eq!(check(record).as_deref(), Ok(r#"{"id":"2","s":"a b\n\"c\" ","t":[1,2]}"#));
     }
 
@@ -422,7 +428,10 @@ mod tests {
         ] {
             match check(text) {
                 Ok(record) => panic!("{text:?} was accepted as {record:?}"),
-                Err(e) => assert!(e.to_string().contains(expected), "{text:?}: {e} does not say {expected:?}"),
+                Err(e) => assert!(
+                    e.to_string().contains(expected),
+                    "{text:?}: {e} does not say {expected:?}"
+                ),
             }
         }
     }
@@ -466,13 +475,27 @@ mod tests {
             match check(&text) {
                 Ok(record) => {
                     accepted += 1;
-                    assert!(!record.contains('\n') && !record.contains('\r'), "{text:?} -> {record:?}");
-                    assert_eq!(serde_json::from_str::<serde_json::Value>(&record).ok(), decoded.as_ref().ok().cloned(), "{text:?}");
-                    assert!(decoded.as_ref().is_ok_and(serde_json::Value::is_object), "{text:?} accepted but serde_json says {decoded:?}");
-                    let page: Vec<serde_json::Value> = serde_json::from_str(&format!("[{record},{record}]")).unwrap_or_default();
+                    assert!(
+                        !record.contains('\n') && !record.contains('\r'),
+                        "{text:?} -> {record:?}"
+                    );
+                    assert_eq!(
+                        serde_json::from_str::<serde_json::Value>(&record).ok(),
+                        decoded.as_ref().ok().cloned(),
+                        "{text:?}"
+                    );
+                    assert!(
+                        decoded.as_ref().is_ok_and(serde_json::Value::is_object),
+                        "{text:?} accepted but serde_json says {decoded:?}"
+                    );
+                    let page: Vec<serde_json::Value> =
+                        serde_json::from_str(&format!("[{record},{record}]")).unwrap_or_default();
                     assert_eq!(page.len(), 2, "{text:?}");
                 }
-                Err(e) => assert!(!decoded.as_ref().is_ok_and(serde_json::Value::is_object), "{text:?} refused ({e}) but serde_json decodes it"),
+                Err(e) => assert!(
+                    !decoded.as_ref().is_ok_and(serde_json::Value::is_object),
+                    "{text:?} refused ({e}) but serde_json decodes it"
+                ),
             }
         }
         assert!(accepted > 1000, "the mutations should leave many records valid: {accepted}");

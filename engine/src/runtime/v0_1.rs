@@ -37,7 +37,10 @@ impl Bindings {
     }
 
     /// Instantiates the template in `store`.
-    pub(super) async fn instantiate(&self, store: &mut Store<InstanceState>) -> wasmtime::Result<Exports> {
+    pub(super) async fn instantiate(
+        &self,
+        store: &mut Store<InstanceState>,
+    ) -> wasmtime::Result<Exports> {
         Ok(Exports { connector: self.pre.instantiate_async(store).await? })
     }
 }
@@ -50,10 +53,16 @@ pub(super) struct Exports {
 
 impl Exports {
     /// Runs one call.
-    pub(super) async fn call(&self, store: &mut Store<InstanceState>, call: Call) -> wasmtime::Result<Result<Reply, host::ConnectorError>> {
+    pub(super) async fn call(
+        &self,
+        store: &mut Store<InstanceState>,
+        call: Call,
+    ) -> wasmtime::Result<Result<Reply, host::ConnectorError>> {
         let instance = self.connector.weft_connector_plugin();
         Ok(match call {
-            Call::Describe => Ok(Reply::Manifest(manifest(instance.call_describe(&mut *store).await?))),
+            Call::Describe => {
+                Ok(Reply::Manifest(manifest(instance.call_describe(&mut *store).await?)))
+            }
             Call::List(ctx, request) => {
                 let request = types::ListRequest {
                     resource: request.resource,
@@ -64,29 +73,47 @@ impl Exports {
                 instance
                     .call_list(&mut *store, &context(ctx), &request)
                     .await?
-                    .map(|page| Reply::Page(host::Page { records: page.records, next_cursor: page.next_cursor }))
+                    .map(|page| {
+                        Reply::Page(host::Page {
+                            records: page.records,
+                            next_cursor: page.next_cursor,
+                        })
+                    })
                     .map_err(error)
             }
-            Call::Get(ctx, resource, id) => {
-                instance.call_get(&mut *store, &context(ctx), &resource, &id).await?.map(Reply::Record).map_err(error)
-            }
+            Call::Get(ctx, resource, id) => instance
+                .call_get(&mut *store, &context(ctx), &resource, &id)
+                .await?
+                .map(Reply::Record)
+                .map_err(error),
             Call::Upsert(ctx, request) => {
                 let request = types::UpsertRequest {
                     resource: request.resource,
                     record: request.record,
                     idempotency_key: request.idempotency_key,
                 };
-                instance.call_upsert(&mut *store, &context(ctx), &request).await?.map(|o| Reply::Upserted(outcome(o))).map_err(error)
+                instance
+                    .call_upsert(&mut *store, &context(ctx), &request)
+                    .await?
+                    .map(|o| Reply::Upserted(outcome(o)))
+                    .map_err(error)
             }
             Call::UpsertBatch(ctx, resource, items) => {
                 let items: Vec<types::BatchItem> = items
                     .into_iter()
-                    .map(|i| types::BatchItem { record: i.record, idempotency_key: i.idempotency_key })
+                    .map(|i| types::BatchItem {
+                        record: i.record,
+                        idempotency_key: i.idempotency_key,
+                    })
                     .collect();
                 instance
                     .call_upsert_batch(&mut *store, &context(ctx), &resource, &items)
                     .await?
-                    .map(|outcomes| Reply::Batch(outcomes.into_iter().map(|o| o.map(outcome).map_err(error)).collect()))
+                    .map(|outcomes| {
+                        Reply::Batch(
+                            outcomes.into_iter().map(|o| o.map(outcome).map_err(error)).collect(),
+                        )
+                    })
                     .map_err(error)
             }
             Call::Remove(ctx, resource, id) => instance
@@ -106,7 +133,10 @@ impl Exports {
 impl types::Host for InstanceState {}
 
 impl http::Host for InstanceState {
-    async fn send(&mut self, request: http::Request) -> wasmtime::Result<Result<http::Response, http::HttpError>> {
+    async fn send(
+        &mut self,
+        request: http::Request,
+    ) -> wasmtime::Result<Result<http::Response, http::HttpError>> {
         let request = host_http::Request {
             method: match request.method {
                 http::Method::Get => host_http::Method::Get,
@@ -170,7 +200,10 @@ fn error(e: types::ConnectorError) -> host::ConnectorError {
         E::InvalidInput(m) => host::ConnectorError::InvalidInput(m),
         E::Unauthorized(m) => host::ConnectorError::Unauthorized(m),
         E::Forbidden(m) => host::ConnectorError::Forbidden(m),
-        E::RateLimited(r) => host::ConnectorError::RateLimited { retry_after_ms: r.retry_after_ms, message: r.message },
+        E::RateLimited(r) => host::ConnectorError::RateLimited {
+            retry_after_ms: r.retry_after_ms,
+            message: r.message,
+        },
         E::Unsupported(m) => host::ConnectorError::Unsupported(m),
         E::Transient(m) => host::ConnectorError::Transient(m),
         E::Fatal(m) => host::ConnectorError::Fatal(m),
@@ -236,7 +269,11 @@ fn manifest(m: types::Manifest) -> host::Manifest {
         settings: m
             .settings
             .into_iter()
-            .map(|s| host::Setting { name: s.name, description: s.description, required: s.required })
+            .map(|s| host::Setting {
+                name: s.name,
+                description: s.description,
+                required: s.required,
+            })
             .collect(),
     }
 }

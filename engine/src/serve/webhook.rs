@@ -25,7 +25,9 @@ pub enum Rejection {
         why: String,
     },
     /// The signed timestamp is too far from now.
-    #[error("timestamp {timestamp} is {age_secs} s from now, outside the tolerance of {tolerance_secs} s")]
+    #[error(
+        "timestamp {timestamp} is {age_secs} s from now, outside the tolerance of {tolerance_secs} s"
+    )]
     Stale {
         /// The timestamp sent.
         timestamp: i64,
@@ -54,10 +56,18 @@ pub struct Verified {
 
 /// Checks a delivery. `header` looks a header up by (case-insensitive)
 /// name; `now` is Unix seconds.
-pub fn verify(scheme: &Verify, header: impl Fn(&str) -> Option<String>, body: &[u8], secret: &[u8], now: i64, tolerance: Duration) -> Result<Verified, Rejection> {
+pub fn verify(
+    scheme: &Verify,
+    header: impl Fn(&str) -> Option<String>,
+    body: &[u8],
+    secret: &[u8],
+    now: i64,
+    tolerance: Duration,
+) -> Result<Verified, Rejection> {
     match scheme {
         Verify::Stripe => {
-            let value = header("stripe-signature").ok_or_else(|| Rejection::Missing("Stripe-Signature".into()))?;
+            let value = header("stripe-signature")
+                .ok_or_else(|| Rejection::Missing("Stripe-Signature".into()))?;
             verify_stripe(&value, body, secret, now, tolerance)
         }
         Verify::HmacSha256 { header: name, timestamp_header } => {
@@ -65,14 +75,20 @@ pub fn verify(scheme: &Verify, header: impl Fn(&str) -> Option<String>, body: &[
             let timestamp = match timestamp_header {
                 Some(ts_name) => {
                     let raw = header(ts_name).ok_or_else(|| Rejection::Missing(ts_name.clone()))?;
-                    let ts: i64 = raw.trim().parse().map_err(|_| Rejection::Malformed { header: ts_name.clone(), why: format!("{raw:?} is not a Unix timestamp") })?;
+                    let ts: i64 = raw.trim().parse().map_err(|_| Rejection::Malformed {
+                        header: ts_name.clone(),
+                        why: format!("{raw:?} is not a Unix timestamp"),
+                    })?;
                     check_age(ts, now, tolerance)?;
                     Some(ts)
                 }
                 None => None,
             };
             let hex_sig = value.trim().strip_prefix("sha256=").unwrap_or(value.trim());
-            let sent = hex::decode(hex_sig).map_err(|_| Rejection::Malformed { header: name.clone(), why: "the signature is not hex".into() })?;
+            let sent = hex::decode(hex_sig).map_err(|_| Rejection::Malformed {
+                header: name.clone(),
+                why: "the signature is not hex".into(),
+            })?;
             let mut mac = new_mac(secret);
             if let Some(ts) = timestamp {
                 mac.update(format!("{ts}.").as_bytes());
@@ -95,21 +111,35 @@ fn new_mac(secret: &[u8]) -> HmacSha256 {
 fn check_age(timestamp: i64, now: i64, tolerance: Duration) -> Result<(), Rejection> {
     let age = now.saturating_sub(timestamp);
     if age.unsigned_abs() > tolerance.as_secs() {
-        return Err(Rejection::Stale { timestamp, age_secs: age, tolerance_secs: tolerance.as_secs() });
+        return Err(Rejection::Stale {
+            timestamp,
+            age_secs: age,
+            tolerance_secs: tolerance.as_secs(),
+        });
     }
     Ok(())
 }
 
 /// Stripe's scheme: `t=<unix>,v1=<hex>[,v1=<hex>…][,v0=…]`; a `v1` must be
 /// the HMAC-SHA256 of `"{t}.{body}"` with the endpoint's signing secret.
-fn verify_stripe(value: &str, body: &[u8], secret: &[u8], now: i64, tolerance: Duration) -> Result<Verified, Rejection> {
-    let malformed = |why: &str| Rejection::Malformed { header: "Stripe-Signature".into(), why: why.into() };
+fn verify_stripe(
+    value: &str,
+    body: &[u8],
+    secret: &[u8],
+    now: i64,
+    tolerance: Duration,
+) -> Result<Verified, Rejection> {
+    let malformed =
+        |why: &str| Rejection::Malformed { header: "Stripe-Signature".into(), why: why.into() };
     let mut timestamp = None;
     let mut signatures = Vec::new();
     for part in value.split(',') {
         let Some((k, v)) = part.trim().split_once('=') else { continue };
         match k {
-            "t" => timestamp = Some(v.parse::<i64>().map_err(|_| malformed("t is not a Unix timestamp"))?),
+            "t" => {
+                timestamp =
+                    Some(v.parse::<i64>().map_err(|_| malformed("t is not a Unix timestamp"))?)
+            }
             "v1" => signatures.push(v.to_owned()),
             _ => {}
         }
@@ -125,7 +155,10 @@ fn verify_stripe(value: &str, body: &[u8], secret: &[u8], now: i64, tolerance: D
         mac.update(format!("{timestamp}.").as_bytes());
         mac.update(body);
         if mac.verify_slice(&sent).is_ok() {
-            return Ok(Verified { signature: signature.to_ascii_lowercase(), timestamp: Some(timestamp) });
+            return Ok(Verified {
+                signature: signature.to_ascii_lowercase(),
+                timestamp: Some(timestamp),
+            });
         }
     }
     Err(Rejection::BadSignature)
@@ -158,19 +191,43 @@ mod tests {
     const TOLERANCE: Duration = Duration::from_secs(300);
 
     fn headers(pairs: &[(&str, String)]) -> impl Fn(&str) -> Option<String> + use<> {
-        let pairs: Vec<(String, String)> = pairs.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())).collect();
-        move |name: &str| pairs.iter().find(|(k, _)| *k == name.to_ascii_lowercase()).map(|(_, v)| v.clone())
+        let pairs: Vec<(String, String)> =
+            pairs.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())).collect();
+        move |name: &str| {
+            pairs.iter().find(|(k, _)| *k == name.to_ascii_lowercase()).map(|(_, v)| v.clone())
+        }
     }
 
     #[test]
     fn a_stripe_signature_verifies_within_the_tolerance() {
         let body = br#"{"type":"customer.deleted"}"#;
         let sig = stripe_signature(body, SECRET, 1_700_000_000);
-        let ok = verify(&Verify::Stripe, headers(&[("Stripe-Signature", sig.clone())]), body, SECRET, 1_700_000_100, TOLERANCE);
+        let ok = verify(
+            &Verify::Stripe,
+            headers(&[("Stripe-Signature", sig.clone())]),
+            body,
+            SECRET,
+            1_700_000_100,
+            TOLERANCE,
+        );
         assert!(ok.is_ok(), "{ok:?}");
-        let stale = verify(&Verify::Stripe, headers(&[("Stripe-Signature", sig.clone())]), body, SECRET, 1_700_000_400, TOLERANCE);
+        let stale = verify(
+            &Verify::Stripe,
+            headers(&[("Stripe-Signature", sig.clone())]),
+            body,
+            SECRET,
+            1_700_000_400,
+            TOLERANCE,
+        );
         assert!(matches!(stale, Err(Rejection::Stale { .. })), "{stale:?}");
-        let tampered = verify(&Verify::Stripe, headers(&[("Stripe-Signature", sig)]), b"{}", SECRET, 1_700_000_100, TOLERANCE);
+        let tampered = verify(
+            &Verify::Stripe,
+            headers(&[("Stripe-Signature", sig)]),
+            b"{}",
+            SECRET,
+            1_700_000_100,
+            TOLERANCE,
+        );
         assert_eq!(tampered, Err(Rejection::BadSignature));
     }
 
@@ -179,14 +236,31 @@ mod tests {
         let body = b"{}";
         let good = stripe_signature(body, SECRET, 10);
         let header = format!("{},v1={},v0=deadbeef", good.replace(",v1=", ",v1=00ff,v1="), "abcd");
-        assert!(verify(&Verify::Stripe, headers(&[("stripe-signature", header)]), body, SECRET, 20, TOLERANCE).is_ok());
+        assert!(
+            verify(
+                &Verify::Stripe,
+                headers(&[("stripe-signature", header)]),
+                body,
+                SECRET,
+                20,
+                TOLERANCE
+            )
+            .is_ok()
+        );
     }
 
     #[test]
     fn a_missing_or_malformed_stripe_header_is_named() {
         let none = verify(&Verify::Stripe, headers(&[]), b"{}", SECRET, 0, TOLERANCE);
         assert_eq!(none, Err(Rejection::Missing("Stripe-Signature".into())));
-        let bad = verify(&Verify::Stripe, headers(&[("Stripe-Signature", "v1=00".into())]), b"{}", SECRET, 0, TOLERANCE);
+        let bad = verify(
+            &Verify::Stripe,
+            headers(&[("Stripe-Signature", "v1=00".into())]),
+            b"{}",
+            SECRET,
+            0,
+            TOLERANCE,
+        );
         assert!(matches!(bad, Err(Rejection::Malformed { .. })), "{bad:?}");
     }
 
@@ -195,15 +269,37 @@ mod tests {
         let body = b"{\"event\":1}";
         let scheme = Verify::HmacSha256 { header: "X-Signature".into(), timestamp_header: None };
         let sig = hmac_signature(body, SECRET, None);
-        assert!(verify(&scheme, headers(&[("x-signature", sig.clone())]), body, SECRET, 0, TOLERANCE).is_ok());
-        assert!(verify(&scheme, headers(&[("x-signature", format!("sha256={sig}"))]), body, SECRET, 0, TOLERANCE).is_ok());
-        assert_eq!(verify(&scheme, headers(&[("x-signature", sig)]), b"{}", SECRET, 0, TOLERANCE), Err(Rejection::BadSignature));
+        assert!(
+            verify(&scheme, headers(&[("x-signature", sig.clone())]), body, SECRET, 0, TOLERANCE)
+                .is_ok()
+        );
+        assert!(
+            verify(
+                &scheme,
+                headers(&[("x-signature", format!("sha256={sig}"))]),
+                body,
+                SECRET,
+                0,
+                TOLERANCE
+            )
+            .is_ok()
+        );
+        assert_eq!(
+            verify(&scheme, headers(&[("x-signature", sig)]), b"{}", SECRET, 0, TOLERANCE),
+            Err(Rejection::BadSignature)
+        );
 
-        let timed = Verify::HmacSha256 { header: "X-Signature".into(), timestamp_header: Some("X-Timestamp".into()) };
+        let timed = Verify::HmacSha256 {
+            header: "X-Signature".into(),
+            timestamp_header: Some("X-Timestamp".into()),
+        };
         let sig = hmac_signature(body, SECRET, Some(1000));
         let h = headers(&[("X-Signature", sig.clone()), ("X-Timestamp", "1000".into())]);
         assert!(verify(&timed, h, body, SECRET, 1010, TOLERANCE).is_ok());
         let h = headers(&[("X-Signature", sig), ("X-Timestamp", "1000".into())]);
-        assert!(matches!(verify(&timed, h, body, SECRET, 5000, TOLERANCE), Err(Rejection::Stale { .. })));
+        assert!(matches!(
+            verify(&timed, h, body, SECRET, 5000, TOLERANCE),
+            Err(Rejection::Stale { .. })
+        ));
     }
 }

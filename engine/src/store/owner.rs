@@ -79,11 +79,19 @@ impl Owner {
             written: 0,
             durability: durability.clone(),
         };
-        let unavailable = |e: std::io::Error| StoreError::Unavailable(format!("cannot start a store thread: {e}"));
+        let unavailable = |e: std::io::Error| {
+            StoreError::Unavailable(format!("cannot start a store thread: {e}"))
+        };
         let flushing = durability.clone();
-        let flusher = std::thread::Builder::new().name("weft-store-flush".into()).spawn(move || flush_loop(&db, &flushing)).map_err(unavailable)?;
+        let flusher = std::thread::Builder::new()
+            .name("weft-store-flush".into())
+            .spawn(move || flush_loop(&db, &flushing))
+            .map_err(unavailable)?;
         let (sender, receiver) = mpsc::channel(QUEUED_JOBS);
-        let owner = match std::thread::Builder::new().name("weft-store".into()).spawn(move || own(trees, receiver)) {
+        let owner = match std::thread::Builder::new()
+            .name("weft-store".into())
+            .spawn(move || own(trees, receiver))
+        {
             Ok(owner) => owner,
             Err(e) => {
                 durability.stop();
@@ -95,7 +103,10 @@ impl Owner {
     }
 
     /// Runs `f` on the owner thread and returns what it returned.
-    pub(super) async fn call<T: Send + 'static>(&self, f: impl FnOnce(&mut Trees) -> Result<T> + Send + 'static) -> Result<T> {
+    pub(super) async fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Trees) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
         let (answer, answered) = oneshot::channel();
         let job: Job = Box::new(move |trees| {
             // A caller that gave up (a request that timed out) asked for
@@ -105,13 +116,25 @@ impl Owner {
             }
             let _ = answer.send(f(trees));
         });
-        let jobs = self.jobs.as_ref().ok_or_else(|| StoreError::Unavailable("the store is closing".into()))?;
-        jobs.send(job).await.map_err(|_| StoreError::Unavailable("the store thread has stopped".into()))?;
-        answered.await.map_err(|_| StoreError::Unavailable("a store operation failed unexpectedly (its panic is in the log)".into()))?
+        let jobs = self
+            .jobs
+            .as_ref()
+            .ok_or_else(|| StoreError::Unavailable("the store is closing".into()))?;
+        jobs.send(job)
+            .await
+            .map_err(|_| StoreError::Unavailable("the store thread has stopped".into()))?;
+        answered.await.map_err(|_| {
+            StoreError::Unavailable(
+                "a store operation failed unexpectedly (its panic is in the log)".into(),
+            )
+        })?
     }
 
     /// Runs the write `f` on the owner thread and waits until it is durable.
-    pub(super) async fn write<T: Send + 'static>(&self, f: impl FnOnce(&mut Trees) -> Result<T> + Send + 'static) -> Result<T> {
+    pub(super) async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Trees) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
         let (value, generation) = self
             .call(move |trees| {
                 let value = f(trees)?;
@@ -198,7 +221,11 @@ struct Durability {
 
 impl Durability {
     fn new() -> Self {
-        Durability { requests: Mutex::default(), wake: Condvar::new(), flushed: watch::Sender::new(Flushed::default()) }
+        Durability {
+            requests: Mutex::default(),
+            wake: Condvar::new(),
+            flushed: watch::Sender::new(Flushed::default()),
+        }
     }
 
     fn request(&self, generation: u64) {
@@ -220,7 +247,9 @@ impl Durability {
             .map_err(|_| StoreError::Unavailable("the store's flusher has stopped".into()))?;
         match (&state.failure, state.through >= generation) {
             (_, true) => Ok(()),
-            (Some(failure), false) => Err(StoreError::Unavailable(format!("writing to disk failed earlier, so nothing since is durable: {failure}"))),
+            (Some(failure), false) => Err(StoreError::Unavailable(format!(
+                "writing to disk failed earlier, so nothing since is durable: {failure}"
+            ))),
             (None, false) => Err(StoreError::Unavailable("the store's flusher has stopped".into())),
         }
     }

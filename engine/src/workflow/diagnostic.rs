@@ -56,7 +56,12 @@ impl fmt::Display for Diagnostic {
         writeln!(f, "{:gutter$}--> {}:{}:{}", "", self.file, self.line, self.column)?;
         writeln!(f, "{:gutter$} |", "")?;
         writeln!(f, "{} | {}", self.line, self.source_line)?;
-        let pad: String = self.source_line.chars().take(self.column - 1).map(|c| if c == '\t' { '\t' } else { ' ' }).collect();
+        let pad: String = self
+            .source_line
+            .chars()
+            .take(self.column - 1)
+            .map(|c| if c == '\t' { '\t' } else { ' ' })
+            .collect();
         write!(f, "{:gutter$} | {pad}{}", "", "^".repeat(self.width))
     }
 }
@@ -99,7 +104,10 @@ pub(crate) fn string_content(text: &str, span: &Range<usize>, value: &str) -> Ra
 
 /// The first occurrence of `needle` inside `span` of `text`, or `span`.
 pub(crate) fn locate(text: &str, span: &Range<usize>, needle: &str) -> Range<usize> {
-    match text.get(span.clone()).and_then(|raw| if needle.is_empty() { None } else { raw.find(needle) }) {
+    match text
+        .get(span.clone())
+        .and_then(|raw| if needle.is_empty() { None } else { raw.find(needle) })
+    {
         Some(at) => span.start + at..span.start + at + needle.len(),
         None => span.clone(),
     }

@@ -87,7 +87,11 @@ pub struct InputSpec {
 /// Undeclared inputs are kept when `open` (a webhook event carries fields
 /// the workflow does not name) and refused otherwise. Every problem is
 /// reported, not only the first.
-pub fn resolve(specs: &[InputSpec], given: &Map<String, Value>, open: bool) -> Result<Value, Vec<String>> {
+pub fn resolve(
+    specs: &[InputSpec],
+    given: &Map<String, Value>,
+    open: bool,
+) -> Result<Value, Vec<String>> {
     let mut problems = Vec::new();
     let mut out = Map::new();
     for (name, value) in given {
@@ -125,7 +129,11 @@ pub fn resolve(specs: &[InputSpec], given: &Map<String, Value>, open: bool) -> R
                 "input {} ({}) is required{}",
                 spec.name,
                 spec.kind.as_str(),
-                if spec.description.is_empty() { String::new() } else { format!(": {}", spec.description) }
+                if spec.description.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", spec.description)
+                }
             )),
             None => {
                 out.insert(spec.name.clone(), Value::Null);
@@ -139,7 +147,8 @@ pub fn resolve(specs: &[InputSpec], given: &Map<String, Value>, open: bool) -> R
 /// when the input is not a string and it parses (`count=3`, `tags=["a"]`),
 /// and as text otherwise.
 pub fn parse_assignment(specs: &[InputSpec], text: &str) -> Result<(String, Value), String> {
-    let (name, raw) = text.split_once('=').ok_or_else(|| format!("expected NAME=VALUE, got {text:?}"))?;
+    let (name, raw) =
+        text.split_once('=').ok_or_else(|| format!("expected NAME=VALUE, got {text:?}"))?;
     let kind = specs.iter().find(|s| s.name == name).map(|s| s.kind);
     let value = match kind {
         Some(InputType::String) => Value::String(raw.to_owned()),
@@ -177,8 +186,20 @@ mod tests {
 
     fn specs() -> Vec<InputSpec> {
         vec![
-            InputSpec { name: "email".into(), kind: InputType::String, required: true, default: None, description: "who".into() },
-            InputSpec { name: "seats".into(), kind: InputType::Integer, required: false, default: Some(json!(1)), description: String::new() },
+            InputSpec {
+                name: "email".into(),
+                kind: InputType::String,
+                required: true,
+                default: None,
+                description: "who".into(),
+            },
+            InputSpec {
+                name: "seats".into(),
+                kind: InputType::Integer,
+                required: false,
+                default: Some(json!(1)),
+                description: String::new(),
+            },
         ]
     }
 
@@ -188,10 +209,18 @@ mod tests {
 
     #[test]
     fn defaults_fill_in_and_types_are_checked() {
-        assert_eq!(resolve(&specs(), &given(json!({"email": "a@b"})), false), Ok(json!({"email": "a@b", "seats": 1})));
-        let problems = resolve(&specs(), &given(json!({"email": 3, "seats": "many"})), false).err().unwrap_or_default();
+        assert_eq!(
+            resolve(&specs(), &given(json!({"email": "a@b"})), false),
+            Ok(json!({"email": "a@b", "seats": 1}))
+        );
+        let problems = resolve(&specs(), &given(json!({"email": 3, "seats": "many"})), false)
+            .err()
+            .unwrap_or_default();
         assert_eq!(problems.len(), 2, "{problems:?}");
-        assert!(problems[0].contains("input email must be a string, got a number (3)"), "{problems:?}");
+        assert!(
+            problems[0].contains("input email must be a string, got a number (3)"),
+            "{problems:?}"
+        );
     }
 
     #[test]
@@ -204,7 +233,10 @@ mod tests {
     fn unknown_inputs_are_refused_unless_the_run_is_open() {
         let extra = given(json!({"email": "a@b", "type": "customer.deleted"}));
         assert!(resolve(&specs(), &extra, false).is_err());
-        assert_eq!(resolve(&specs(), &extra, true).ok().map(|v| v["type"].clone()), Some(json!("customer.deleted")));
+        assert_eq!(
+            resolve(&specs(), &extra, true).ok().map(|v| v["type"].clone()),
+            Some(json!("customer.deleted"))
+        );
     }
 
     #[test]

@@ -80,10 +80,20 @@ fn a_good_workflow_parses() -> Result<(), Diagnostics> {
 fn inputs_for_each_conditions_retries_and_sync_parse() -> Result<(), Diagnostics> {
     let w = parse(FULL)?;
     assert_eq!(w.inputs.len(), 2);
-    assert!(w.inputs.iter().any(|i| i.name == "email" && i.required && i.kind == InputType::String));
-    assert!(w.inputs.iter().any(|i| i.name == "seats" && !i.required && i.default == Some(serde_json::json!(1))));
+    assert!(
+        w.inputs.iter().any(|i| i.name == "email" && i.required && i.kind == InputType::String)
+    );
+    assert!(
+        w.inputs
+            .iter()
+            .any(|i| i.name == "seats" && !i.required && i.default == Some(serde_json::json!(1)))
+    );
     let each = &w.steps[1];
-    assert!(matches!(&each.for_each, Some(ForEach::Records { step, then: Some(_), .. }) if step == "lookup"), "{:?}", each.for_each);
+    assert!(
+        matches!(&each.for_each, Some(ForEach::Records { step, then: Some(_), .. }) if step == "lookup"),
+        "{:?}",
+        each.for_each
+    );
     assert_eq!(each.concurrency, 4);
     assert_eq!(each.retry.attempts, 3);
     assert_eq!(each.retry.backoff, Duration::from_millis(500));
@@ -151,9 +161,22 @@ fn fields_that_do_not_fit_the_op_are_refused() {
 fn rate_limit_overrides_parse_per_class() -> Result<(), Diagnostics> {
     let w = parse(&GOOD.replace("credentials = \"env:STRIPE_API_KEY\"", "credentials = \"env:STRIPE_API_KEY\"\nrate_limit = \"10/s\"\nrate_limits = { post = \"100/min\" }"))?;
     let limits = &w.connections["stripe"].rate_limits;
-    assert!(limits.contains(&crate::limiter::LimitOverride { class: MethodClass::Any, per_second: 10.0 }), "{limits:?}");
-    assert!(limits.contains(&crate::limiter::LimitOverride { class: MethodClass::Post, per_second: 100.0 / 60.0 }), "{limits:?}");
-    let d = first_error(&GOOD.replace("credentials = \"env:STRIPE_API_KEY\"", "credentials = \"env:STRIPE_API_KEY\"\nrate_limit = \"fast\""));
+    assert!(
+        limits
+            .contains(&crate::limiter::LimitOverride { class: MethodClass::Any, per_second: 10.0 }),
+        "{limits:?}"
+    );
+    assert!(
+        limits.contains(&crate::limiter::LimitOverride {
+            class: MethodClass::Post,
+            per_second: 100.0 / 60.0
+        }),
+        "{limits:?}"
+    );
+    let d = first_error(&GOOD.replace(
+        "credentials = \"env:STRIPE_API_KEY\"",
+        "credentials = \"env:STRIPE_API_KEY\"\nrate_limit = \"fast\"",
+    ));
     assert!(d.message.contains("N/s"), "{d}");
     Ok(())
 }
@@ -161,18 +184,34 @@ fn rate_limit_overrides_parse_per_class() -> Result<(), Diagnostics> {
 #[test]
 fn egress_and_request_budget_keys_parse_on_a_connection() -> Result<(), Diagnostics> {
     let w = parse(GOOD)?;
-    assert!(!w.connections["stripe"].allow_private_network, "private networks are refused by default");
+    assert!(
+        !w.connections["stripe"].allow_private_network,
+        "private networks are refused by default"
+    );
     assert_eq!(w.connections["stripe"].max_requests_per_call, None);
     let keys = "credentials = \"env:STRIPE_API_KEY\"\nallow_private_network = true\nmax_requests_per_call = 50";
     let w = parse(&GOOD.replace("credentials = \"env:STRIPE_API_KEY\"", keys))?;
     assert!(w.connections["stripe"].allow_private_network);
     assert_eq!(w.connections["stripe"].max_requests_per_call, Some(50));
-    for bad in ["max_requests_per_call = 0", "max_requests_per_call = -1", "max_requests_per_call = 5000000000"] {
-        let d = first_error(&GOOD.replace("credentials = \"env:STRIPE_API_KEY\"", &format!("credentials = \"env:STRIPE_API_KEY\"\n{bad}")));
-        assert!(d.message.contains("max_requests_per_call must be a whole number from 1"), "{bad}: {d}");
+    for bad in [
+        "max_requests_per_call = 0",
+        "max_requests_per_call = -1",
+        "max_requests_per_call = 5000000000",
+    ] {
+        let d = first_error(&GOOD.replace(
+            "credentials = \"env:STRIPE_API_KEY\"",
+            &format!("credentials = \"env:STRIPE_API_KEY\"\n{bad}"),
+        ));
+        assert!(
+            d.message.contains("max_requests_per_call must be a whole number from 1"),
+            "{bad}: {d}"
+        );
         assert_eq!(d.line, 8, "{d}");
     }
-    let d = first_error(&GOOD.replace("credentials = \"env:STRIPE_API_KEY\"", "credentials = \"env:STRIPE_API_KEY\"\nallow_private_network = \"yes\""));
+    let d = first_error(&GOOD.replace(
+        "credentials = \"env:STRIPE_API_KEY\"",
+        "credentials = \"env:STRIPE_API_KEY\"\nallow_private_network = \"yes\"",
+    ));
     assert!(d.message.contains("bool"), "{d}");
     Ok(())
 }
@@ -194,7 +233,8 @@ fn a_reference_to_a_later_step_points_at_its_name() {
 
 #[test]
 fn a_reference_to_a_missing_step_lists_the_steps_above() {
-    let text = FULL.replace("seats = \"${{ .inputs.seats }}\"", "seats = \"${{ .steps.lokup.count }}\"");
+    let text =
+        FULL.replace("seats = \"${{ .inputs.seats }}\"", "seats = \"${{ .steps.lokup.count }}\"");
     let d = first_error(&text);
     assert!(d.message.contains("in `record`: no step \"lokup\" above; steps above: lookup"), "{d}");
     assert_eq!(&d.source_line[d.column - 1..d.column - 1 + d.width], "lokup", "{d}");
@@ -211,13 +251,19 @@ fn a_step_cannot_use_its_own_result() {
 fn an_unknown_input_is_an_error_with_a_caret() {
     let text = FULL.replace("email = \"${{ .inputs.email }}\"", "email = \"${{ .inputs.emial }}\"");
     let d = first_error(&text);
-    assert!(d.message.contains("unknown input \"emial\"; the workflow declares: email, seats"), "{d}");
+    assert!(
+        d.message.contains("unknown input \"emial\"; the workflow declares: email, seats"),
+        "{d}"
+    );
     assert_eq!(&d.source_line[d.column - 1..d.column - 1 + d.width], "emial", "{d}");
 }
 
 #[test]
 fn a_record_field_named_like_a_root_is_not_a_reference_in_map() -> Result<(), Diagnostics> {
-    parse(&FULL.replace("{id: .id, name: .name, email: .email}", "{id: .id, name: .inputs.name, s: .steps.x}"))?;
+    parse(&FULL.replace(
+        "{id: .id, name: .name, email: .email}",
+        "{id: .id, name: .inputs.name, s: .steps.x}",
+    ))?;
     Ok(())
 }
 
@@ -231,7 +277,8 @@ fn an_expression_that_does_not_compile_points_inside_the_string() {
 
 #[test]
 fn a_template_that_does_not_compile_points_inside_the_record() {
-    let text = FULL.replace("email = \"${{ $item.email }}\"", "email = \"${{ $item.email | nope }}\"");
+    let text =
+        FULL.replace("email = \"${{ $item.email }}\"", "email = \"${{ $item.email | nope }}\"");
     let d = first_error(&text);
     assert!(d.message.contains("in `record`: unknown function nope/0"), "{d}");
     assert_eq!(&d.source_line[d.column - 1..d.column - 1 + d.width], "nope", "{d}");
@@ -252,9 +299,15 @@ fn for_each_does_not_apply_to_a_list() {
 
 #[test]
 fn a_bad_cron_expression_is_refused_where_it_is() {
-    let text = GOOD.replace("[connections.stripe]", "[trigger]\ncron = \"every 5 minutes\"\n\n[connections.stripe]");
+    let text = GOOD.replace(
+        "[connections.stripe]",
+        "[trigger]\ncron = \"every 5 minutes\"\n\n[connections.stripe]",
+    );
     let d = first_error(&text);
-    assert!(d.message.contains("bad cron expression \"every 5 minutes\": The 'Seconds' field"), "{d}");
+    assert!(
+        d.message.contains("bad cron expression \"every 5 minutes\": The 'Seconds' field"),
+        "{d}"
+    );
     assert!(!d.message.contains('\n'), "{d}");
     assert_eq!(d.line, 6, "{d}");
 }
@@ -304,15 +357,23 @@ fn a_default_of_the_wrong_type_is_refused() {
 fn streamed_records_are_recognised_in_every_spelling() {
     assert_eq!(streamed_records(".steps.a.records"), Some(("a".into(), None)));
     assert_eq!(streamed_records("$steps.a-b.records[]"), Some(("a-b".into(), None)));
-    assert_eq!(streamed_records(".steps.a.records[] | select(.x)"), Some(("a".into(), Some("select(.x)".into()))));
-    assert_eq!(streamed_records(".steps.a.records | length"), Some(("a".into(), Some("length".into()))));
+    assert_eq!(
+        streamed_records(".steps.a.records[] | select(.x)"),
+        Some(("a".into(), Some("select(.x)".into())))
+    );
+    assert_eq!(
+        streamed_records(".steps.a.records | length"),
+        Some(("a".into(), Some("length".into())))
+    );
     assert_eq!(streamed_records(".steps.a.count"), None);
     assert_eq!(streamed_records("[.steps.a.records[]]"), None);
 }
 
 #[test]
 fn a_dashed_step_id_in_dot_syntax_gets_a_hint() {
-    let text = GOOD.replace("page_size = 100", "").replace("id = \"all\"", "id = \"all-customers\"")
+    let text = GOOD
+        .replace("page_size = 100", "")
+        .replace("id = \"all\"", "id = \"all-customers\"")
         + "\n[[step]]\nid = \"one\"\nget = \"stripe.customers\"\nkey = \"${{ .steps.all-customers.records[0].id }}\"\n";
     let d = first_error(&text);
     assert!(d.message.contains("written .steps[\"all-customers\"]"), "{d}");

@@ -47,7 +47,10 @@ impl CronTrigger {
     }
 
     /// The next firing strictly after `after`.
-    pub fn next_after(&self, after: chrono::DateTime<chrono::Utc>) -> Option<chrono::DateTime<chrono::Utc>> {
+    pub fn next_after(
+        &self,
+        after: chrono::DateTime<chrono::Utc>,
+    ) -> Option<chrono::DateTime<chrono::Utc>> {
         self.schedule.after(&after).next()
     }
 }
@@ -119,7 +122,9 @@ mod tests {
             overlap: Overlap::Skip,
             catch_up: false,
         };
-        let now = chrono::DateTime::parse_from_rfc3339("2026-12-01T10:30:00Z").map_err(|e| e.to_string())?.to_utc();
+        let now = chrono::DateTime::parse_from_rfc3339("2026-12-01T10:30:00Z")
+            .map_err(|e| e.to_string())?
+            .to_utc();
         let next = trigger.next_after(now).map(|t| t.to_rfc3339());
         assert_eq!(next.as_deref(), Some("2026-12-01T11:00:00+00:00"));
         Ok(())

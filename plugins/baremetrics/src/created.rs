@@ -19,10 +19,7 @@ pub(crate) fn normalize(value: &Value) -> Result<Value, String> {
         Value::Null => return Ok(Value::Null),
         Value::String(text) if text.is_empty() => return Ok(Value::Null),
         Value::Number(number) => whole_seconds(number),
-        Value::String(text) => text
-            .parse::<i64>()
-            .ok()
-            .or_else(|| rfc3339_seconds(text)),
+        Value::String(text) => text.parse::<i64>().ok().or_else(|| rfc3339_seconds(text)),
         Value::Bool(_) | Value::Array(_) | Value::Object(_) => None,
     };
     seconds.map(|seconds| Value::Number(seconds.into())).ok_or_else(|| {

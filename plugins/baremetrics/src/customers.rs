@@ -109,13 +109,11 @@ fn create(
     // Not marked idempotent: a POST replayed after a lost answer would fail
     // on the taken `oid`; the engine's own retry of the upsert reads the
     // customer first and finds it instead.
-    let response = http::post(ctx.url(&format!(
-        "/v1/{}/customers",
-        query::encode_component(source_id)
-    )))
-    .json(&Value::Object(body))
-    .send()?
-    .error_for_status(VENDOR)?;
+    let response =
+        http::post(ctx.url(&format!("/v1/{}/customers", query::encode_component(source_id))))
+            .json(&Value::Object(body))
+            .send()?
+            .error_for_status(VENDOR)?;
     Ok(UpsertOutcome::created(customer(&response)?))
 }
 
@@ -127,16 +125,13 @@ fn update(
     desired: &Map<String, Value>,
 ) -> Result<UpsertOutcome> {
     let current_fields: Map<String, Value> = serde_json::from_str(current).map_err(|e| {
-        Error::fatal(format!(
-            "baremetrics: customer `{oid}` is not a JSON object: {e}"
-        ))
+        Error::fatal(format!("baremetrics: customer `{oid}` is not a JSON object: {e}"))
     })?;
     let Some(body) = merged_put(desired, &current_fields) else {
         return Ok(UpsertOutcome::unchanged(current.to_owned()));
     };
-    let response = http::put(customer_url(ctx, source_id, oid))
-        .json(&Value::Object(body))
-        .send()?;
+    let response =
+        http::put(customer_url(ctx, source_id, oid)).json(&Value::Object(body)).send()?;
     if is_missing(&response) {
         return Err(Error::not_found(format!(
             "baremetrics: customer `{oid}` was deleted during the upsert"
@@ -174,10 +169,7 @@ pub(crate) fn merged_put(
     // current one. A blank value is sent as "" only when something must be
     // cleared (the spec's strings are not nullable).
     for &field in REPLACED {
-        let value = desired
-            .get(field)
-            .or_else(|| current.get(field))
-            .unwrap_or(&Value::Null);
+        let value = desired.get(field).or_else(|| current.get(field)).unwrap_or(&Value::Null);
         if !value.is_null() {
             body.insert(field.into(), value.clone());
         } else if !same::is_blank(current.get(field)) {
@@ -188,10 +180,7 @@ pub(crate) fn merged_put(
     // laid over them.
     let attributes = match desired.get("attributes") {
         Some(want) => Some(merged_attributes(want, current.get("attributes"))),
-        None => current
-            .get("attributes")
-            .filter(|had| !same::is_blank(Some(*had)))
-            .cloned(),
+        None => current.get("attributes").filter(|had| !same::is_blank(Some(*had))).cloned(),
     };
     if let Some(attributes) = attributes {
         body.insert("attributes".into(), attributes);
@@ -239,9 +228,7 @@ fn customer_url(ctx: &Context, source_id: &str, oid: &str) -> String {
 
 fn check_oid(oid: &str) -> Result<()> {
     if oid.is_empty() {
-        return Err(Error::invalid_input(
-            "baremetrics: a customer oid must not be empty",
-        ));
+        return Err(Error::invalid_input("baremetrics: a customer oid must not be empty"));
     }
     Ok(())
 }

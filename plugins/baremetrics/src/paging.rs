@@ -89,10 +89,7 @@ pub(crate) fn list_page(
         None => (sources::for_reading(ctx)?, None),
     };
     let per_page = request.page_size.clamp(1, MAX_PAGE_SIZE);
-    let url = ctx.url(&format!(
-        "/v1/{}/{collection}",
-        query::encode_component(&source_id)
-    ));
+    let url = ctx.url(&format!("/v1/{}/{collection}", query::encode_component(&source_id)));
     let mut builder = http::get(url);
     for (name, value) in filters {
         builder = builder.query(name, value);
@@ -100,10 +97,7 @@ pub(crate) fn list_page(
     if let Some(number) = page_number {
         builder = builder.query("page", number);
     }
-    let response = builder
-        .query("per_page", per_page)
-        .send()?
-        .error_for_status(VENDOR)?;
+    let response = builder.query("per_page", per_page).send()?.error_for_status(VENDOR)?;
 
     let records = page::records_from(&response.body, collection)?;
     // A second pass over the body, skipping the records without building
@@ -125,10 +119,7 @@ pub(crate) fn list_page(
         .and_then(|pagination| pagination.has_more)
         .unwrap_or(records.len() as u64 >= u64::from(per_page));
     let next_cursor = if has_more && !records.is_empty() {
-        Some(page::encode_cursor(&Position {
-            source_id,
-            page: served + 1,
-        })?)
+        Some(page::encode_cursor(&Position { source_id, page: served + 1 })?)
     } else {
         None
     };

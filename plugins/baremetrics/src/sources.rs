@@ -26,9 +26,7 @@ struct Source {
 /// Lists the account's sources: one page, Baremetrics does not page them.
 pub(crate) fn list(ctx: &Context, request: &ListRequest) -> Result<Page> {
     if request.filter.is_some() {
-        return Err(Error::invalid_input(
-            "baremetrics: `sources` takes no filter",
-        ));
+        return Err(Error::invalid_input("baremetrics: `sources` takes no filter"));
     }
     let response = fetch(ctx)?;
     Ok(Page::last(page::records_from(&response.body, "sources")?))
@@ -49,15 +47,12 @@ pub(crate) fn for_writing(ctx: &Context) -> Result<String> {
     let Some(id) = configured(ctx) else {
         return native(&sources);
     };
-    let source = sources
-        .iter()
-        .find(|source| source.id == id)
-        .ok_or_else(|| {
-            Error::invalid_input(format!(
-                "baremetrics: the `source_id` setting names `{id}`, which is not one of the \
+    let source = sources.iter().find(|source| source.id == id).ok_or_else(|| {
+        Error::invalid_input(format!(
+            "baremetrics: the `source_id` setting names `{id}`, which is not one of the \
              account's sources (GET /v1/sources)"
-            ))
-        })?;
+        ))
+    })?;
     match source.provider.as_deref() {
         Some(NATIVE) => Ok(id.to_owned()),
         provider => Err(Error::unsupported(format!(
@@ -94,7 +89,5 @@ fn all(ctx: &Context) -> Result<Vec<Source>> {
 }
 
 fn fetch(ctx: &Context) -> Result<Response> {
-    http::get(ctx.url("/v1/sources"))
-        .send()?
-        .error_for_status(VENDOR)
+    http::get(ctx.url("/v1/sources")).send()?.error_for_status(VENDOR)
 }

@@ -2,10 +2,9 @@
 //! answers (shaped after the OpenAPI description's examples) through the
 //! SDK's HTTP test double and checks the requests sent.
 
-
 use serde_json::{Map, Value, json};
-use weft_connector_sdk::http::testing::{self, Responding};
 use weft_connector_sdk::http::Method;
+use weft_connector_sdk::http::testing::{self, Responding};
 use weft_connector_sdk::{
     Connector, Context, Error, ListRequest, Op, RemoveOutcome, UpsertAction, UpsertRequest,
 };
@@ -21,17 +20,11 @@ fn script(steps: &[(Method, &str, u16, &str)]) -> (Responding, testing::Sent) {
 }
 
 fn ctx() -> Context {
-    Context {
-        base_url: BASE.into(),
-        settings: Vec::new(),
-    }
+    Context { base_url: BASE.into(), settings: Vec::new() }
 }
 
 fn ctx_with_source(source_id: &str) -> Context {
-    Context {
-        base_url: BASE.into(),
-        settings: vec![("source_id".into(), source_id.into())],
-    }
+    Context { base_url: BASE.into(), settings: vec![("source_id".into(), source_id.into())] }
 }
 
 fn list_request(
@@ -101,12 +94,7 @@ fn list_caps_per_page_at_200_and_without_meta_a_full_page_continues() {
     let full: Vec<String> = (0..200).map(|i| format!(r#"{{"oid":"c{i}"}}"#)).collect();
     let body = format!(r#"{{"customers":[{}]}}"#, full.join(","));
     let (_guard, _) = script(&[
-        (
-            Method::Get,
-            "/v1/src_x/customers?search=acme&per_page=200",
-            200,
-            &body,
-        ),
+        (Method::Get, "/v1/src_x/customers?search=acme&per_page=200", 200, &body),
         (
             Method::Get,
             "/v1/src_x/customers?search=acme&page=2&per_page=200",
@@ -118,12 +106,7 @@ fn list_caps_per_page_at_200_and_without_meta_a_full_page_continues() {
     let page = Baremetrics::list(&ctx_with_source("src_x"), request).expect("page");
     assert_eq!(page.records.len(), 200);
     let cursor = page.next_cursor.expect("a full page may have more");
-    let request = list_request(
-        "customers",
-        1000,
-        Some(&cursor),
-        Some(r#"{"search":"acme"}"#),
-    );
+    let request = list_request("customers", 1000, Some(&cursor), Some(r#"{"search":"acme"}"#));
     let page = Baremetrics::list(&ctx_with_source("src_x"), request).expect("page");
     assert_eq!(page.next_cursor, None);
 }
@@ -136,18 +119,12 @@ fn subscriptions_filter_by_customer_oid_on_any_source() {
         200,
         r#"{"subscriptions":[{"oid":"subscription_1","active":true}]}"#,
     )]);
-    let request = list_request(
-        "subscriptions",
-        200,
-        None,
-        Some(r#"{"customer_oid":"customer_1"}"#),
-    );
+    let request =
+        list_request("subscriptions", 200, None, Some(r#"{"customer_oid":"customer_1"}"#));
     let page = Baremetrics::list(&ctx_with_source("src_stripe"), request).expect("page");
     assert_eq!(page.records, [r#"{"oid":"subscription_1","active":true}"#]);
-    let error = Baremetrics::list(
-        &ctx(),
-        list_request("subscriptions", 10, None, Some(r#"{"plan":"x"}"#)),
-    );
+    let error =
+        Baremetrics::list(&ctx(), list_request("subscriptions", 10, None, Some(r#"{"plan":"x"}"#)));
     assert!(matches!(error, Err(Error::InvalidInput(_))), "{error:?}");
 }
 
@@ -177,31 +154,15 @@ fn an_account_without_a_native_source_must_name_one() {
 #[test]
 fn get_unwraps_the_customer_and_nothing_when_absent() {
     let (_guard, _) = script(&[
-        (
-            Method::Get,
-            "/v1/src_bm/customers/customer_1",
-            200,
-            &wrapped(CUSTOMER_1),
-        ),
+        (Method::Get, "/v1/src_bm/customers/customer_1", 200, &wrapped(CUSTOMER_1)),
         (Method::Get, "/v1/src_bm/customers/nobody", 404, NOT_FOUND),
-        (
-            Method::Get,
-            "/v1/src_bm/customers/x",
-            404,
-            "<html>nope</html>",
-        ),
+        (Method::Get, "/v1/src_bm/customers/x", 404, "<html>nope</html>"),
     ]);
     let ctx = ctx_with_source("src_bm");
-    assert_eq!(
-        Baremetrics::get(&ctx, "customers", "customer_1"),
-        Ok(Some(CUSTOMER_1.to_string()))
-    );
+    assert_eq!(Baremetrics::get(&ctx, "customers", "customer_1"), Ok(Some(CUSTOMER_1.to_string())));
     assert_eq!(Baremetrics::get(&ctx, "customers", "nobody"), Ok(None));
     let error = Baremetrics::get(&ctx, "customers", "x");
-    assert!(
-        matches!(error, Err(Error::NotFound(_))),
-        "a foreign 404 is an error: {error:?}"
-    );
+    assert!(matches!(error, Err(Error::NotFound(_))), "a foreign 404 is an error: {error:?}");
 }
 
 #[test]
@@ -209,18 +170,8 @@ fn upsert_merges_over_the_current_record_and_puts_the_whole() {
     let after = r#"{"oid":"customer_1","name":"Customer One","email":"customer_1@baremetrics.com","notes":"Here are some notes"}"#;
     let (_guard, seen) = script(&[
         (Method::Get, "/v1/sources", 200, SOURCES),
-        (
-            Method::Get,
-            "/v1/src_bm/customers/customer_1",
-            200,
-            &wrapped(CUSTOMER_1),
-        ),
-        (
-            Method::Put,
-            "/v1/src_bm/customers/customer_1",
-            200,
-            &wrapped(after),
-        ),
+        (Method::Get, "/v1/src_bm/customers/customer_1", 200, &wrapped(CUSTOMER_1)),
+        (Method::Put, "/v1/src_bm/customers/customer_1", 200, &wrapped(after)),
     ]);
     let outcome = Baremetrics::upsert(
         &ctx(),
@@ -241,12 +192,7 @@ fn upsert_merges_over_the_current_record_and_puts_the_whole() {
 fn upsert_that_already_matches_writes_nothing() {
     let (_guard, seen) = script(&[
         (Method::Get, "/v1/sources", 200, SOURCES),
-        (
-            Method::Get,
-            "/v1/src_bm/customers/customer_1",
-            200,
-            &wrapped(CUSTOMER_1),
-        ),
+        (Method::Get, "/v1/src_bm/customers/customer_1", 200, &wrapped(CUSTOMER_1)),
     ]);
     let outcome = Baremetrics::upsert(&ctx(), upsert_request(CUSTOMER_1)).expect("outcome");
     assert_eq!(outcome.action, UpsertAction::Unchanged);
@@ -270,10 +216,7 @@ fn created_as_a_date_time_is_sent_as_the_unix_timestamp_and_compared_as_one() {
     let outcome =
         Baremetrics::upsert(&ctx_with_source("src_bm"), upsert_request(record)).expect("outcome");
     assert_eq!(outcome.action, UpsertAction::Created);
-    assert_eq!(
-        testing::body_text(&seen.borrow()[2]),
-        r#"{"created":1704164645,"oid":"cust_new"}"#
-    );
+    assert_eq!(testing::body_text(&seen.borrow()[2]), r#"{"created":1704164645,"oid":"cust_new"}"#);
     let again =
         Baremetrics::upsert(&ctx_with_source("src_bm"), upsert_request(record)).expect("outcome");
     assert_eq!(again.action, UpsertAction::Unchanged);
@@ -285,10 +228,7 @@ fn created_that_is_no_time_is_invalid_input_before_anything_is_sent() {
     let (_guard, seen) = script(&[]);
     let record = r#"{"oid":"cust_new","created":"last tuesday"}"#;
     let error = Baremetrics::upsert(&ctx_with_source("src_bm"), upsert_request(record));
-    assert!(
-        matches!(&error, Err(Error::InvalidInput(m)) if m.contains("RFC 3339")),
-        "{error:?}"
-    );
+    assert!(matches!(&error, Err(Error::InvalidInput(m)) if m.contains("RFC 3339")), "{error:?}");
     assert!(seen.borrow().is_empty());
 }
 
@@ -322,17 +262,10 @@ fn writes_to_a_stripe_synced_source_are_unsupported_and_say_why() {
     let Err(Error::Unsupported(message)) = error else {
         panic!("expected unsupported, got {error:?}");
     };
-    assert!(
-        message.contains("`stripe` source") && message.contains("read-only"),
-        "{message}"
-    );
+    assert!(message.contains("`stripe` source") && message.contains("read-only"), "{message}");
     let error = Baremetrics::remove(&ctx, "customers", "customer_1");
     assert!(matches!(error, Err(Error::Unsupported(_))), "{error:?}");
-    assert!(
-        seen.borrow()
-            .iter()
-            .all(|request| request.method == Method::Get)
-    );
+    assert!(seen.borrow().iter().all(|request| request.method == Method::Get));
 }
 
 #[test]
@@ -348,35 +281,19 @@ fn a_source_id_that_is_not_the_accounts_is_invalid_input() {
 #[test]
 fn upsert_needs_an_oid() {
     let error = Baremetrics::upsert(&ctx(), upsert_request(r#"{"id":"x","name":"x"}"#));
-    assert!(
-        matches!(&error, Err(Error::InvalidInput(m)) if m.contains("`oid`")),
-        "{error:?}"
-    );
+    assert!(matches!(&error, Err(Error::InvalidInput(m)) if m.contains("`oid`")), "{error:?}");
 }
 
 #[test]
 fn remove_deletes_and_reports_absent_customers() {
     let (_guard, _) = script(&[
         (Method::Get, "/v1/sources", 200, SOURCES),
-        (
-            Method::Get,
-            "/v1/src_bm/customers/customer_1",
-            200,
-            &wrapped(CUSTOMER_1),
-        ),
+        (Method::Get, "/v1/src_bm/customers/customer_1", 200, &wrapped(CUSTOMER_1)),
         (Method::Delete, "/v1/src_bm/customers/customer_1", 204, ""),
         (Method::Get, "/v1/sources", 200, SOURCES),
-        (
-            Method::Get,
-            "/v1/src_bm/customers/customer_1",
-            404,
-            NOT_FOUND,
-        ),
+        (Method::Get, "/v1/src_bm/customers/customer_1", 404, NOT_FOUND),
     ]);
-    assert_eq!(
-        Baremetrics::remove(&ctx(), "customers", "customer_1"),
-        Ok(RemoveOutcome::Removed)
-    );
+    assert_eq!(Baremetrics::remove(&ctx(), "customers", "customer_1"), Ok(RemoveOutcome::Removed));
     assert_eq!(
         Baremetrics::remove(&ctx(), "customers", "customer_1"),
         Ok(RemoveOutcome::AlreadyAbsent)
@@ -393,19 +310,14 @@ fn a_429_without_retry_after_is_rate_limited_with_no_delay() {
     )]);
     assert_eq!(
         Baremetrics::get(&ctx_with_source("src_bm"), "customers", "customer_1"),
-        Err(Error::rate_limited(
-            None,
-            "baremetrics: HTTP 429: Too many requests"
-        ))
+        Err(Error::rate_limited(None, "baremetrics: HTTP 429: Too many requests"))
     );
 }
 
 #[test]
 fn merge_clears_with_empty_strings_and_lays_attributes_over() {
-    let current = object(
-        json!({"oid": "c", "name": "A", "email": "a@x", "notes": "n",
-        "attributes": {"tier": "gold", "region": "eu"}}),
-    );
+    let current = object(json!({"oid": "c", "name": "A", "email": "a@x", "notes": "n",
+        "attributes": {"tier": "gold", "region": "eu"}}));
     let desired = object(
         json!({"oid": "c", "notes": null, "attributes": {"tier": "silver", "region": null}}),
     );
@@ -422,10 +334,7 @@ fn merge_clears_with_empty_strings_and_lays_attributes_over() {
         Some(json!({"name": "B", "email": "a@x", "notes": "n",
                     "attributes": {"tier": "gold", "region": "eu"}}))
     );
-    let create = for_create(
-        "c",
-        &object(json!({"name": "A", "display_name": "A", "notes": null})),
-    );
+    let create = for_create("c", &object(json!({"name": "A", "display_name": "A", "notes": null})));
     assert_eq!(Value::Object(create), json!({"name": "A", "oid": "c"}));
 }
 
@@ -447,10 +356,5 @@ fn manifest_keys_customers_by_oid_and_publishes_no_limits() {
     assert_eq!(customers.id_field, "oid");
     assert_eq!(customers.max_page_size, 200);
     assert_eq!(customers.irreversible, [Op::Remove]);
-    assert!(
-        manifest
-            .settings
-            .iter()
-            .any(|s| s.name == "source_id" && !s.required)
-    );
+    assert!(manifest.settings.iter().any(|s| s.name == "source_id" && !s.required));
 }

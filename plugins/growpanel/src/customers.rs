@@ -77,9 +77,8 @@ const BEYOND_THE_PAGE: &str = "beyond-the-page:";
 
 /// Why there is no next page, from the cursor [`list`] gave.
 fn beyond_the_page(source: &str, cursor: &str) -> Error {
-    let Some((size, held)) = cursor
-        .strip_prefix(BEYOND_THE_PAGE)
-        .and_then(|rest| rest.split_once(':'))
+    let Some((size, held)) =
+        cursor.strip_prefix(BEYOND_THE_PAGE).and_then(|rest| rest.split_once(':'))
     else {
         return Error::invalid_input(format!(
             "growpanel: `{cursor}` is not a cursor this connector gave: GET /data/customers \
@@ -129,9 +128,7 @@ fn list_source(ctx: &Context, request: &ListRequest) -> Result<String> {
 /// The customer `id` of the data source; `None` when it does not exist.
 pub(crate) fn get(ctx: &Context, id: &str) -> Result<Option<Json>> {
     check_id(id)?;
-    let response = http::get(customer_url(ctx, id))
-        .query("source", source(ctx)?)
-        .send()?;
+    let response = http::get(customer_url(ctx, id)).query("source", source(ctx)?).send()?;
     if is_missing(&response) {
         return Ok(None);
     }
@@ -219,9 +216,7 @@ fn create(ctx: &Context, id: &str, desired: &Map<String, Value>) -> Result<Upser
         .map_err(|problem| create_problem(id, problem))?;
     let rows = post_rows(ctx, &Value::Object(body))?;
     let row = rows.first().ok_or_else(|| {
-        Error::fatal(format!(
-            "growpanel: POST /data/customers answered no row for customer `{id}`"
-        ))
+        Error::fatal(format!("growpanel: POST /data/customers answered no row for customer `{id}`"))
     })?;
     row_outcome(id, row)
 }
@@ -250,9 +245,7 @@ fn update(
     if changes.is_empty() {
         return Ok(UpsertOutcome::unchanged(current.to_owned()));
     }
-    let response = http::put(customer_url(ctx, id))
-        .json(&Value::Object(changes))
-        .send()?;
+    let response = http::put(customer_url(ctx, id)).json(&Value::Object(changes)).send()?;
     if is_missing(&response) {
         return Err(Error::not_found(format!(
             "growpanel: customer `{id}` was deleted during the upsert"
@@ -261,9 +254,7 @@ fn update(
     response.error_for_status(VENDOR)?;
     // The PUT answer carries no record: read back what GrowPanel holds now.
     let record = get(ctx, id)?.ok_or_else(|| {
-        Error::not_found(format!(
-            "growpanel: customer `{id}` was deleted during the upsert"
-        ))
+        Error::not_found(format!("growpanel: customer `{id}` was deleted during the upsert"))
     })?;
     Ok(UpsertOutcome::updated(record))
 }
@@ -375,9 +366,7 @@ fn customer_url(ctx: &Context, id: &str) -> String {
 
 fn check_id(id: &str) -> Result<()> {
     if id.is_empty() {
-        return Err(Error::invalid_input(
-            "growpanel: a customer id must not be empty",
-        ));
+        return Err(Error::invalid_input("growpanel: a customer id must not be empty"));
     }
     Ok(())
 }

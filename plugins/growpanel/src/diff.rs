@@ -17,16 +17,8 @@ pub(crate) const REQUIRED_FOR_CREATE: &[&str] = &["id", "created_date", "country
 const NOT_COMPARED: &[&str] = &["id", "data_source", "export_status", "export_error"];
 
 /// Fields `POST /data/customers` types as strings.
-const STRING_FIELDS: &[&str] = &[
-    "id",
-    "name",
-    "email",
-    "created_date",
-    "trial_started",
-    "country",
-    "state",
-    "data_source",
-];
+const STRING_FIELDS: &[&str] =
+    &["id", "name", "email", "created_date", "trial_started", "country", "state", "data_source"];
 
 /// A value the spec's schema cannot carry, found before anything is sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,11 +120,7 @@ pub(crate) fn for_create(
         .copied()
         .filter(|field| same::is_blank(body.get(*field)))
         .collect();
-    if missing.is_empty() {
-        Ok(body)
-    } else {
-        Err(CreateProblem::Missing(missing))
-    }
+    if missing.is_empty() { Ok(body) } else { Err(CreateProblem::Missing(missing)) }
 }
 
 /// The custom variables to send when `want` does not hold in `have`: the
@@ -144,9 +132,8 @@ fn variables_change(want: &Value, have: Option<&Value>) -> Result<Option<Value>,
     };
     match want {
         Value::Object(wanted) => {
-            let differs = wanted
-                .iter()
-                .any(|(key, value)| !same::holds(value, had.get(key.as_str())));
+            let differs =
+                wanted.iter().any(|(key, value)| !same::holds(value, had.get(key.as_str())));
             if !differs {
                 return Ok(None);
             }
@@ -169,9 +156,7 @@ fn variables_change(want: &Value, have: Option<&Value>) -> Result<Option<Value>,
         blank if same::is_blank(Some(blank)) => {
             Ok((!had.is_empty()).then(|| Value::Object(Map::new())))
         }
-        _ => Err(NotAString {
-            field: "custom_variables".into(),
-        }),
+        _ => Err(NotAString { field: "custom_variables".into() }),
     }
 }
 
@@ -185,9 +170,7 @@ fn text(value: &Value, field: &str) -> Result<String, NotAString> {
         Value::Null => Ok(String::new()),
         Value::Array(items) if items.is_empty() => Ok(String::new()),
         Value::Object(fields) if fields.is_empty() => Ok(String::new()),
-        Value::Array(_) | Value::Object(_) => Err(NotAString {
-            field: field.to_owned(),
-        }),
+        Value::Array(_) | Value::Object(_) => Err(NotAString { field: field.to_owned() }),
     }
 }
 
@@ -224,10 +207,9 @@ mod tests {
 
     #[test]
     fn only_updatable_fields_that_differ_are_sent() {
-        let desired = object(
-            json!({"id": "cus_456", "name": "Beta Inc", "email": "billing@beta.example",
-            "country": "GB", "cancel_date": ""}),
-        );
+        let desired =
+            object(json!({"id": "cus_456", "name": "Beta Inc", "email": "billing@beta.example",
+            "country": "GB", "cancel_date": ""}));
         assert_eq!(put(&desired, &current()), json!({"name": "Beta Inc"}));
         assert_eq!(unchangeable_differences(&desired, &current()), ["country"]);
     }

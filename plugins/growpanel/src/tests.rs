@@ -2,9 +2,8 @@
 //! answers (shaped after the OpenAPI description's examples) through the
 //! SDK's HTTP test double and checks the requests sent.
 
-
-use weft_connector_sdk::http::testing::{self, Responding};
 use weft_connector_sdk::http::Method;
+use weft_connector_sdk::http::testing::{self, Responding};
 use weft_connector_sdk::{
     BatchItem, Connector, Context, Error, ListRequest, MethodClass, Op, RemoveOutcome,
     UpsertAction, UpsertRequest,
@@ -20,10 +19,7 @@ fn script(steps: &[(Method, &str, u16, &str)]) -> (Responding, testing::Sent) {
 }
 
 fn ctx() -> Context {
-    Context {
-        base_url: BASE.into(),
-        settings: vec![("source".into(), "ds_1".into())],
-    }
+    Context { base_url: BASE.into(), settings: vec![("source".into(), "ds_1".into())] }
 }
 
 fn list_request(page_size: u32, filter: Option<&str>) -> ListRequest {
@@ -49,12 +45,7 @@ const NOT_FOUND: &str = r#"{"error":"Customer not found"}"#;
 #[test]
 fn list_sends_source_and_one_more_than_the_page_and_ends_there() {
     let body = format!(r#"{{"result":{{"count":2,"list":[{CUS_456},{{"id":"cus_789"}}]}}}}"#);
-    let (_guard, _) = script(&[(
-        Method::Get,
-        "/data/customers?source=ds_1&limit=3",
-        200,
-        &body,
-    )]);
+    let (_guard, _) = script(&[(Method::Get, "/data/customers?source=ds_1&limit=3", 200, &body)]);
     let page = GrowPanel::list(&ctx(), list_request(2, None)).expect("page");
     assert_eq!(page.records, [CUS_456, r#"{"id":"cus_789"}"#]);
     assert_eq!(page.next_cursor, None);
@@ -81,31 +72,16 @@ fn a_list_longer_than_the_page_gives_the_page_and_refuses_to_go_on() {
     let first = GrowPanel::list(&ctx(), list_request(1, None)).expect("the first page");
     assert_eq!(first.records, [r#"{"id":"a"}"#]);
     let cursor = first.next_cursor.expect("a cursor saying there is more");
-    let next = ListRequest {
-        cursor: Some(cursor),
-        ..list_request(1, None)
-    };
+    let next = ListRequest { cursor: Some(cursor), ..list_request(1, None) };
     let error = GrowPanel::list(&ctx(), next);
-    assert!(
-        matches!(&error, Err(Error::Unsupported(m)) if m.contains("at least 2")),
-        "{error:?}"
-    );
+    assert!(matches!(&error, Err(Error::Unsupported(m)) if m.contains("at least 2")), "{error:?}");
     let first = GrowPanel::list(&ctx(), list_request(2, None)).expect("the first page");
     assert_eq!(first.records.len(), 2);
-    let next = ListRequest {
-        cursor: first.next_cursor,
-        ..list_request(2, None)
-    };
+    let next = ListRequest { cursor: first.next_cursor, ..list_request(2, None) };
     let error = GrowPanel::list(&ctx(), next);
-    assert!(
-        matches!(&error, Err(Error::Unsupported(m)) if m.contains("at least 40")),
-        "{error:?}"
-    );
+    assert!(matches!(&error, Err(Error::Unsupported(m)) if m.contains("at least 40")), "{error:?}");
     // A cursor it never gave is bad input, and sends nothing.
-    let forged = ListRequest {
-        cursor: Some("page-2".into()),
-        ..list_request(2, None)
-    };
+    let forged = ListRequest { cursor: Some("page-2".into()), ..list_request(2, None) };
     let error = GrowPanel::list(&ctx(), forged);
     assert!(matches!(&error, Err(Error::InvalidInput(_))), "{error:?}");
 }
@@ -127,47 +103,25 @@ fn list_filter_may_name_another_source_and_nothing_else() {
 
 #[test]
 fn reads_without_the_source_setting_name_it() {
-    let ctx = Context {
-        base_url: BASE.into(),
-        settings: Vec::new(),
-    };
+    let ctx = Context { base_url: BASE.into(), settings: Vec::new() };
     let error = GrowPanel::get(&ctx, "customers", "cus_1");
-    assert!(
-        matches!(&error, Err(Error::InvalidInput(m)) if m.contains("`source`")),
-        "{error:?}"
-    );
+    assert!(matches!(&error, Err(Error::InvalidInput(m)) if m.contains("`source`")), "{error:?}");
 }
 
 #[test]
 fn get_reads_the_record_and_nothing_when_absent() {
     let (_guard, _) = script(&[
-        (
-            Method::Get,
-            "/data/customers/cus_456?source=ds_1",
-            200,
-            CUS_456,
-        ),
+        (Method::Get, "/data/customers/cus_456?source=ds_1", 200, CUS_456),
         (
             Method::Get,
             "/data/customers/cus_7?source=ds_1",
             200,
             &format!(r#"{{"result":{CUS_456}}}"#),
         ),
-        (
-            Method::Get,
-            "/data/customers/cus_9?source=ds_1",
-            404,
-            NOT_FOUND,
-        ),
+        (Method::Get, "/data/customers/cus_9?source=ds_1", 404, NOT_FOUND),
     ]);
-    assert_eq!(
-        GrowPanel::get(&ctx(), "customers", "cus_456"),
-        Ok(Some(CUS_456.to_string()))
-    );
-    assert_eq!(
-        GrowPanel::get(&ctx(), "customers", "cus_7"),
-        Ok(Some(CUS_456.to_string()))
-    );
+    assert_eq!(GrowPanel::get(&ctx(), "customers", "cus_456"), Ok(Some(CUS_456.to_string())));
+    assert_eq!(GrowPanel::get(&ctx(), "customers", "cus_7"), Ok(Some(CUS_456.to_string())));
     assert_eq!(GrowPanel::get(&ctx(), "customers", "cus_9"), Ok(None));
 }
 
@@ -187,18 +141,8 @@ fn a_404_that_is_not_growpanels_is_an_error_not_absence() {
 fn upsert_of_a_new_customer_posts_the_required_fields_with_the_default_source() {
     let created = r#"{"id":"cus_1","name":"Acme Inc","created_date":"2025-01-15","country":"us","data_source":"ds_1","export_status":"success"}"#;
     let (_guard, seen) = script(&[
-        (
-            Method::Get,
-            "/data/customers/cus_1?source=ds_1",
-            404,
-            NOT_FOUND,
-        ),
-        (
-            Method::Post,
-            "/data/customers",
-            200,
-            &format!(r#"{{"result":[{created}]}}"#),
-        ),
+        (Method::Get, "/data/customers/cus_1?source=ds_1", 404, NOT_FOUND),
+        (Method::Post, "/data/customers", 200, &format!(r#"{{"result":[{created}]}}"#)),
     ]);
     let record = r#"{"id":"cus_1","name":"Acme Inc","created_date":"2025-01-15","country":"us","email":null}"#;
     let outcome = GrowPanel::upsert(&ctx(), upsert_request(record)).expect("outcome");
@@ -214,16 +158,10 @@ fn upsert_of_a_new_customer_posts_the_required_fields_with_the_default_source() 
 
 #[test]
 fn upsert_create_missing_a_required_field_fails_before_sending() {
-    let (_guard, seen) = script(&[(
-        Method::Get,
-        "/data/customers/cus_1?source=ds_1",
-        404,
-        NOT_FOUND,
-    )]);
-    let error = GrowPanel::upsert(
-        &ctx(),
-        upsert_request(r#"{"id":"cus_1","name":"Acme","country":"us"}"#),
-    );
+    let (_guard, seen) =
+        script(&[(Method::Get, "/data/customers/cus_1?source=ds_1", 404, NOT_FOUND)]);
+    let error =
+        GrowPanel::upsert(&ctx(), upsert_request(r#"{"id":"cus_1","name":"Acme","country":"us"}"#));
     assert_eq!(
         error,
         Err(Error::invalid_input(
@@ -233,21 +171,13 @@ fn upsert_create_missing_a_required_field_fails_before_sending() {
     );
     assert_eq!(seen.borrow().len(), 1, "nothing but the lookup was sent");
     let error = GrowPanel::upsert(&ctx(), upsert_request(r#"{"name":"no id"}"#));
-    assert!(
-        matches!(&error, Err(Error::InvalidInput(m)) if m.contains("`id`")),
-        "{error:?}"
-    );
+    assert!(matches!(&error, Err(Error::InvalidInput(m)) if m.contains("`id`")), "{error:?}");
 }
 
 #[test]
 fn upsert_create_rejected_by_growpanel_is_invalid_input() {
     let (_guard, _) = script(&[
-        (
-            Method::Get,
-            "/data/customers/cus_1?source=ds_1",
-            404,
-            NOT_FOUND,
-        ),
+        (Method::Get, "/data/customers/cus_1?source=ds_1", 404, NOT_FOUND),
         (
             Method::Post,
             "/data/customers",
@@ -268,24 +198,9 @@ fn upsert_create_rejected_by_growpanel_is_invalid_input() {
 fn upsert_of_an_existing_customer_puts_only_updatable_changes_and_reads_back() {
     let after = r#"{"id":"cus_456","name":"Beta Inc","email":"billing@beta.example","country":"US","custom_variables":{"tier":"gold","seats":"5"}}"#;
     let (_guard, seen) = script(&[
-        (
-            Method::Get,
-            "/data/customers/cus_456?source=ds_1",
-            200,
-            CUS_456,
-        ),
-        (
-            Method::Put,
-            "/data/customers/cus_456",
-            200,
-            r#"{"success":true,"id":"cus_456"}"#,
-        ),
-        (
-            Method::Get,
-            "/data/customers/cus_456?source=ds_1",
-            200,
-            after,
-        ),
+        (Method::Get, "/data/customers/cus_456?source=ds_1", 200, CUS_456),
+        (Method::Put, "/data/customers/cus_456", 200, r#"{"success":true,"id":"cus_456"}"#),
+        (Method::Get, "/data/customers/cus_456?source=ds_1", 200, after),
     ]);
     let record = r#"{"id":"cus_456","name":"Beta Inc","email":"billing@beta.example","country":"GB","custom_variables":{"seats":"5"}}"#;
     let outcome = GrowPanel::upsert(&ctx(), upsert_request(record)).expect("outcome");
@@ -299,12 +214,8 @@ fn upsert_of_an_existing_customer_puts_only_updatable_changes_and_reads_back() {
 
 #[test]
 fn upsert_that_already_matches_writes_nothing() {
-    let (_guard, seen) = script(&[(
-        Method::Get,
-        "/data/customers/cus_456?source=ds_1",
-        200,
-        CUS_456,
-    )]);
+    let (_guard, seen) =
+        script(&[(Method::Get, "/data/customers/cus_456?source=ds_1", 200, CUS_456)]);
     let record = r#"{"id":"cus_456","name":"Beta LLC","email":"billing@beta.example","custom_variables":{"tier":"gold"}}"#;
     let outcome = GrowPanel::upsert(&ctx(), upsert_request(record)).expect("outcome");
     assert_eq!(outcome.action, UpsertAction::Unchanged);
@@ -329,10 +240,7 @@ fn batch_posts_valid_rows_as_one_array_and_reports_each_item_in_order() {
         r#"{"id":"c","created_date":"2025-01-01","country":"zz","data_source":"ds_9"}"#,
         "[]",
     ]
-    .map(|record| BatchItem {
-        record: record.into(),
-        idempotency_key: "k".into(),
-    });
+    .map(|record| BatchItem { record: record.into(), idempotency_key: "k".into() });
     let outcomes = GrowPanel::upsert_batch(&ctx(), "customers", items.to_vec()).expect("outcomes");
     assert_eq!(outcomes.len(), 4);
     assert!(
@@ -369,10 +277,7 @@ fn batch_reads_the_guides_count_and_list_answer_by_id() {
 #[test]
 fn batch_with_nothing_valid_sends_nothing() {
     let (_guard, seen) = script(&[]);
-    let items = vec![BatchItem {
-        record: r#"{"id":"x"}"#.into(),
-        idempotency_key: "k".into(),
-    }];
+    let items = vec![BatchItem { record: r#"{"id":"x"}"#.into(), idempotency_key: "k".into() }];
     let outcomes = GrowPanel::upsert_batch(&ctx(), "customers", items).expect("outcomes");
     assert!(matches!(&outcomes[0], Err(Error::InvalidInput(_))));
     assert!(seen.borrow().is_empty());
@@ -381,44 +286,23 @@ fn batch_with_nothing_valid_sends_nothing() {
 #[test]
 fn remove_deletes_an_existing_customer_and_reports_absent_ones() {
     let (_guard, _) = script(&[
-        (
-            Method::Get,
-            "/data/customers/cus_456?source=ds_1",
-            200,
-            CUS_456,
-        ),
+        (Method::Get, "/data/customers/cus_456?source=ds_1", 200, CUS_456),
         (
             Method::Delete,
             "/data/customers/cus_456",
             200,
             r#"{"result":{"id":"cus_456","deleted":true}}"#,
         ),
-        (
-            Method::Get,
-            "/data/customers/cus_9?source=ds_1",
-            404,
-            NOT_FOUND,
-        ),
+        (Method::Get, "/data/customers/cus_9?source=ds_1", 404, NOT_FOUND),
     ]);
-    assert_eq!(
-        GrowPanel::remove(&ctx(), "customers", "cus_456"),
-        Ok(RemoveOutcome::Removed)
-    );
-    assert_eq!(
-        GrowPanel::remove(&ctx(), "customers", "cus_9"),
-        Ok(RemoveOutcome::AlreadyAbsent)
-    );
+    assert_eq!(GrowPanel::remove(&ctx(), "customers", "cus_456"), Ok(RemoveOutcome::Removed));
+    assert_eq!(GrowPanel::remove(&ctx(), "customers", "cus_9"), Ok(RemoveOutcome::AlreadyAbsent));
 }
 
 #[test]
 fn errors_name_growpanel_and_the_status() {
     let (_guard, _) = script(&[
-        (
-            Method::Get,
-            "/data/customers/cus_1?source=ds_1",
-            401,
-            r#"{"error":"Unauthorized"}"#,
-        ),
+        (Method::Get, "/data/customers/cus_1?source=ds_1", 401, r#"{"error":"Unauthorized"}"#),
         (
             Method::Get,
             "/data/customers/cus_1?source=ds_1",
@@ -432,21 +316,14 @@ fn errors_name_growpanel_and_the_status() {
     );
     assert_eq!(
         GrowPanel::get(&ctx(), "customers", "cus_1"),
-        Err(Error::rate_limited(
-            None,
-            "growpanel: HTTP 429: Too many requests"
-        ))
+        Err(Error::rate_limited(None, "growpanel: HTTP 429: Too many requests"))
     );
 }
 
 #[test]
 fn ids_are_percent_encoded_in_paths() {
-    let (_guard, _) = script(&[(
-        Method::Get,
-        "/data/customers/a%2F..%3Fx?source=ds_1",
-        404,
-        NOT_FOUND,
-    )]);
+    let (_guard, _) =
+        script(&[(Method::Get, "/data/customers/a%2F..%3Fx?source=ds_1", 404, NOT_FOUND)]);
     assert_eq!(GrowPanel::get(&ctx(), "customers", "a/..?x"), Ok(None));
 }
 
@@ -478,10 +355,5 @@ fn manifest_declares_customers_batch_and_the_published_limits() {
             (MethodClass::Delete, 50, 60),
         ]
     );
-    assert!(
-        manifest
-            .settings
-            .iter()
-            .any(|s| s.name == "source" && s.required)
-    );
+    assert!(manifest.settings.iter().any(|s| s.name == "source" && s.required));
 }

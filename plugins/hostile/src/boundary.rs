@@ -128,7 +128,9 @@ pub fn list(ctx: &Context, request: &ListRequest) -> Result<Page> {
         }
         "log-forge" => {
             log::warn("plugin line\n2030-01-01T00:00:00Z ERROR weft: forged host line");
-            log::info("carriage\rreturn, \u{1b}[31mred\u{1b}[0m, bell\u{7}, nul\u{0}, next line\u{85}, separator\u{2028}end");
+            log::info(
+                "carriage\rreturn, \u{1b}[31mred\u{1b}[0m, bell\u{7}, nul\u{0}, next line\u{85}, separator\u{2028}end",
+            );
             Ok(Page::last(vec![r#"{"id":"1"}"#.into()]))
         }
         "header-flood" => {
@@ -171,11 +173,13 @@ pub fn get(resource: &str, id: &str) -> Result<Option<String>> {
     match resource {
         "bad-records" => bad_record(id).map(Some),
         "big-record" => {
-            let bytes = id.parse::<usize>().map_err(|e| Error::invalid_input(format!("id: {e}")))?;
+            let bytes =
+                id.parse::<usize>().map_err(|e| Error::invalid_input(format!("id: {e}")))?;
             Ok(Some(big(bytes)))
         }
         "burn" => {
-            let iterations = id.parse::<u64>().map_err(|e| Error::invalid_input(format!("id {id:?}: {e}")))?;
+            let iterations =
+                id.parse::<u64>().map_err(|e| Error::invalid_input(format!("id {id:?}: {e}")))?;
             Ok(Some(json!({"id": id, "sum": burn(iterations)}).to_string()))
         }
         other => Err(Error::not_found(format!("hostile: no get on `{other}`"))),
@@ -183,7 +187,8 @@ pub fn get(resource: &str, id: &str) -> Result<Option<String>> {
 }
 
 fn kind_of(record: &str) -> Result<String> {
-    let record: Value = serde_json::from_str(record).map_err(|e| Error::invalid_input(e.to_string()))?;
+    let record: Value =
+        serde_json::from_str(record).map_err(|e| Error::invalid_input(e.to_string()))?;
     record["kind"]
         .as_str()
         .map(str::to_owned)
@@ -208,7 +213,8 @@ pub fn upsert_batch(resource: &str, items: &[BatchItem]) -> Result<Vec<Result<Up
         .iter()
         .map(|item| {
             let kind = kind_of(&item.record)?;
-            let record = if kind == "good" { r#"{"id":"1"}"#.to_owned() } else { bad_record(&kind)? };
+            let record =
+                if kind == "good" { r#"{"id":"1"}"#.to_owned() } else { bad_record(&kind)? };
             Ok(Ok(UpsertOutcome::created(record)))
         })
         .collect()

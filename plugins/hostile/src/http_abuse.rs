@@ -15,18 +15,9 @@ use weft_connector_sdk::{Context, Error, MethodClass, RateLimit, Result, http};
 
 /// The resources this module serves, with their descriptions.
 pub const RESOURCES: &[(&str, &str)] = &[
-    (
-        "many-headers",
-        "An HTTP GET with 30,000 distinct header names.",
-    ),
-    (
-        "flood",
-        "HTTP GETs to {base_url}/flood until one fails.",
-    ),
-    (
-        "echo",
-        "Status, headers and body of GET {base_url}/echo.",
-    ),
+    ("many-headers", "An HTTP GET with 30,000 distinct header names."),
+    ("flood", "HTTP GETs to {base_url}/flood until one fails."),
+    ("echo", "Status, headers and body of GET {base_url}/echo."),
 ];
 
 /// Headers `many-headers` sends: past the 24,576 distinct names at which

@@ -47,27 +47,12 @@ const RESOURCES: &[(&str, &str)] = &[
     ("spin", "An endless loop."),
     ("alloc", "Allocates and writes 1 GiB."),
     ("recurse", "Unbounded recursion."),
-    (
-        "forbidden-host",
-        "An HTTP GET to a host the connection does not allow.",
-    ),
-    (
-        "huge",
-        "An HTTP GET to {base_url}/huge, which should exceed the size cap.",
-    ),
-    (
-        "snoop",
-        "Looks for environment, arguments, files and sockets.",
-    ),
+    ("forbidden-host", "An HTTP GET to a host the connection does not allow."),
+    ("huge", "An HTTP GET to {base_url}/huge, which should exceed the size cap."),
+    ("snoop", "Looks for environment, arguments, files and sockets."),
     ("echo-context", "Returns the context it was given."),
-    (
-        "http",
-        "Returns the status and headers of GET {base_url}/v1/customers?limit=3.",
-    ),
-    (
-        "calls",
-        "How many list calls this instance has served, itself included.",
-    ),
+    ("http", "Returns the status and headers of GET {base_url}/v1/customers?limit=3."),
+    ("calls", "How many list calls this instance has served, itself included."),
 ];
 
 /// `list` calls this instance has served: what a warm instance remembers.
@@ -137,9 +122,7 @@ impl Connector for Hostile {
                     .collect::<serde_json::Map<_, _>>(),
             })],
             "http" => {
-                let response = http::get(ctx.url("/v1/customers"))
-                    .query("limit", 3)
-                    .send()?;
+                let response = http::get(ctx.url("/v1/customers")).query("limit", 3).send()?;
                 vec![json!({
                     "status": response.status,
                     "headers": response.headers,
@@ -185,11 +168,7 @@ fn alloc_gib() -> usize {
     let mut bytes: Vec<u8> = Vec::with_capacity(1 << 30);
     bytes.resize(1 << 30, 0xA5);
     black_box(&mut bytes);
-    bytes
-        .iter()
-        .step_by(4096)
-        .filter(|byte| **byte == 0xA5)
-        .count()
+    bytes.iter().step_by(4096).filter(|byte| **byte == 0xA5).count()
 }
 
 /// Recurses until the stack runs out.
@@ -209,9 +188,7 @@ fn recurse(depth: u64) -> u64 {
 
 /// Tries every ambient authority a WASI program might have.
 fn snoop() -> Value {
-    let env: Vec<String> = std::env::vars()
-        .map(|(key, value)| format!("{key}={value}"))
-        .collect();
+    let env: Vec<String> = std::env::vars().map(|(key, value)| format!("{key}={value}")).collect();
     let args: Vec<String> = std::env::args().collect();
     let file = match std::fs::read_to_string("/etc/passwd") {
         Ok(content) => format!("read {} bytes: {content}", content.len()),
@@ -244,12 +221,7 @@ mod tests {
         };
         Hostile::list(
             &ctx,
-            ListRequest {
-                resource: resource.into(),
-                cursor: None,
-                page_size: 10,
-                filter: None,
-            },
+            ListRequest { resource: resource.into(), cursor: None, page_size: 10, filter: None },
         )
     }
 
@@ -257,10 +229,7 @@ mod tests {
     fn ok_returns_two_records() {
         assert_eq!(
             list("ok").map(|page| page.records),
-            Ok(vec![
-                r#"{"id":"1"}"#.to_string(),
-                r#"{"id":"2"}"#.to_string()
-            ])
+            Ok(vec![r#"{"id":"1"}"#.to_string(), r#"{"id":"2"}"#.to_string()])
         );
     }
 
@@ -268,9 +237,7 @@ mod tests {
     fn echo_context_returns_base_url_and_settings() {
         assert_eq!(
             list("echo-context").map(|page| page.records),
-            Ok(vec![
-                r#"{"base_url":"http://127.0.0.1:9","settings":{"region":"eu"}}"#.to_string()
-            ])
+            Ok(vec![r#"{"base_url":"http://127.0.0.1:9","settings":{"region":"eu"}}"#.to_string()])
         );
     }
 

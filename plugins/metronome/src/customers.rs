@@ -110,9 +110,7 @@ fn scalar(name: &str, value: &Value) -> Result<String> {
 /// The customer `id`; `None` when it does not exist or is archived.
 pub(crate) fn get(ctx: &Context, id: &str) -> Result<Option<Json>> {
     if id.is_empty() {
-        return Err(Error::invalid_input(
-            "metronome: a customer id must not be empty",
-        ));
+        return Err(Error::invalid_input("metronome: a customer id must not be empty"));
     }
     if !is_uuid(id) {
         // Metronome assigns UUIDs and answers 400 for anything else: no
@@ -268,9 +266,9 @@ impl Wanted {
                 None | Some(Value::Null) => Ok(None),
                 Some(Value::String(text)) if text.is_empty() => Ok(None),
                 Some(Value::String(text)) => Ok(Some(text.clone())),
-                Some(_) => Err(Error::invalid_input(format!(
-                    "metronome: `{field}` must be a string"
-                ))),
+                Some(_) => {
+                    Err(Error::invalid_input(format!("metronome: `{field}` must be a string")))
+                }
             }
         };
         let (aliases, names_aliases) = match desired.get("ingest_aliases") {
@@ -293,12 +291,7 @@ impl Wanted {
                 ));
             }
         };
-        Ok(Self {
-            id: text("id")?,
-            external_id: text("external_id")?,
-            aliases,
-            names_aliases,
-        })
+        Ok(Self { id: text("id")?, external_id: text("external_id")?, aliases, names_aliases })
     }
 }
 
@@ -322,11 +315,7 @@ impl Customer {
         let keys: Keys = page::parse(record.as_bytes()).map_err(|_| {
             Error::fatal("metronome: a customer record has no `id` or malformed `ingest_aliases`")
         })?;
-        Ok(Self {
-            id: keys.id,
-            aliases: keys.ingest_aliases.unwrap_or_default(),
-            record,
-        })
+        Ok(Self { id: keys.id, aliases: keys.ingest_aliases.unwrap_or_default(), record })
     }
 }
 
@@ -341,9 +330,8 @@ impl Owners {
         if let Some((_, owner)) = self.known.iter().find(|(known, _)| known == alias) {
             return Ok(owner.clone());
         }
-        let builder = http::get(ctx.url("/customers"))
-            .query("ingest_alias", alias)
-            .query("limit", 2);
+        let builder =
+            http::get(ctx.url("/customers")).query("ingest_alias", alias).query("limit", 2);
         let response = send(builder)?;
         let body: ListBody<'_> = response.json()?;
         let owner = match body.data.as_slice() {
@@ -372,9 +360,7 @@ fn create(
     let name = match desired.get("name") {
         Some(Value::String(name)) if !name.is_empty() => name.clone(),
         _ => {
-            return Err(Error::invalid_input(
-                "metronome: creating a customer needs a `name`",
-            ));
+            return Err(Error::invalid_input("metronome: creating a customer needs a `name`"));
         }
     };
     let mut body = Map::new();
@@ -423,9 +409,7 @@ fn update(
 ) -> Result<UpsertOutcome> {
     let id = customer.id.as_str();
     let current: Map<String, Value> = serde_json::from_str(&customer.record).map_err(|e| {
-        Error::fatal(format!(
-            "metronome: customer `{id}` is not a JSON object: {e}"
-        ))
+        Error::fatal(format!("metronome: customer `{id}` is not a JSON object: {e}"))
     })?;
 
     // Refusals first, so that nothing is half written.
@@ -454,10 +438,7 @@ fn update(
             )));
         }
     }
-    if desired
-        .get("billing_config")
-        .is_some_and(|value| !value.is_null())
-    {
+    if desired.get("billing_config").is_some_and(|value| !value.is_null()) {
         log::warn(&format!(
             "metronome: `billing_config` is set on create only; customer `{id}` keeps its own"
         ));
@@ -469,14 +450,11 @@ fn update(
         }
         _ => None,
     };
-    let aliases = wanted
-        .names_aliases
-        .then_some(&wanted.aliases)
-        .filter(|aliases| {
-            let want: BTreeSet<&str> = aliases.iter().map(String::as_str).collect();
-            let have: BTreeSet<&str> = customer.aliases.iter().map(String::as_str).collect();
-            want != have
-        });
+    let aliases = wanted.names_aliases.then_some(&wanted.aliases).filter(|aliases| {
+        let want: BTreeSet<&str> = aliases.iter().map(String::as_str).collect();
+        let have: BTreeSet<&str> = customer.aliases.iter().map(String::as_str).collect();
+        want != have
+    });
     let config = salesforce_change(desired, current.get("customer_config"));
 
     if name.is_none() && aliases.is_none() && config.is_none() {
@@ -500,9 +478,7 @@ fn update(
         update_config(ctx, id, &salesforce_account_id)?;
     }
     let record = get(ctx, id)?.ok_or_else(|| {
-        Error::not_found(format!(
-            "metronome: customer `{id}` was archived during the upsert"
-        ))
+        Error::not_found(format!("metronome: customer `{id}` was archived during the upsert"))
     })?;
     Ok(UpsertOutcome::updated(record))
 }
@@ -510,13 +486,9 @@ fn update(
 /// The `salesforce_account_id` to set when the desired `customer_config`
 /// names one that differs from `have`.
 fn salesforce_change(desired: &Map<String, Value>, have: Option<&Value>) -> Option<Value> {
-    let want = desired
-        .get("customer_config")?
-        .as_object()?
-        .get("salesforce_account_id")?;
-    let had = have
-        .and_then(Value::as_object)
-        .and_then(|config| config.get("salesforce_account_id"));
+    let want = desired.get("customer_config")?.as_object()?.get("salesforce_account_id")?;
+    let had =
+        have.and_then(Value::as_object).and_then(|config| config.get("salesforce_account_id"));
     if have.is_none() && want.is_null() {
         return None;
     }
@@ -537,10 +509,7 @@ fn send(builder: RequestBuilder) -> Result<Response> {
 }
 
 fn customer_url(ctx: &Context, id: &str, suffix: &str) -> String {
-    ctx.url(&format!(
-        "/customers/{}{suffix}",
-        query::encode_component(id)
-    ))
+    ctx.url(&format!("/customers/{}{suffix}", query::encode_component(id)))
 }
 
 /// The record inside a `{"data": ...}` answer, as Metronome's text.

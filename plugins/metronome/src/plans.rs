@@ -45,16 +45,8 @@ fn plans_page(
     cursor: Option<String>,
     page_size: u32,
 ) -> Result<Page> {
-    let url = ctx.url(&format!(
-        "/customers/{}/plans",
-        query::encode_component(customer_id)
-    ));
-    let request = ListRequest {
-        resource: String::new(),
-        cursor,
-        page_size,
-        filter: None,
-    };
+    let url = ctx.url(&format!("/customers/{}/plans", query::encode_component(customer_id)));
+    let request = ListRequest { resource: String::new(), cursor, page_size, filter: None };
     list_page(url, &request, Vec::new()).map_err(|error| match error {
         Error::NotFound(message) if message.starts_with("metronome: HTTP 404") => {
             Error::not_found(format!("{message} (customer `{customer_id}`)"))
@@ -66,11 +58,7 @@ fn plans_page(
 fn walk(ctx: &Context, request: &ListRequest) -> Result<Page> {
     let mut walk = match request.cursor.as_deref() {
         Some(cursor) => page::decode_cursor(cursor)?,
-        None => Walk {
-            customers: None,
-            index: 0,
-            plans: None,
-        },
+        None => Walk { customers: None, index: 0, plans: None },
     };
     let limit = request.page_size.clamp(1, MAX_PAGE_SIZE) as usize;
     let mut records = Vec::new();
@@ -119,11 +107,7 @@ fn walk(ctx: &Context, request: &ListRequest) -> Result<Page> {
         }
         match customers.next_cursor {
             Some(next) => {
-                walk = Walk {
-                    customers: Some(next),
-                    index: 0,
-                    plans: None,
-                };
+                walk = Walk { customers: Some(next), index: 0, plans: None };
             }
             None => return Ok(Page::last(records)),
         }

@@ -76,9 +76,7 @@ pub trait Connector {
 }
 
 fn unsupported(op: &str, resource: &str) -> Error {
-    Error::unsupported(format!(
-        "this connector does not offer `{op}` on `{resource}`"
-    ))
+    Error::unsupported(format!("this connector does not offer `{op}` on `{resource}`"))
 }
 
 /// Implements the generated `Guest` trait for any [`Connector`]; named by
@@ -109,10 +107,9 @@ impl<C: Connector> crate::wit::exports::weft::connector::plugin::Guest for Adapt
         items: Vec<BatchItem>,
     ) -> Result<Vec<Result<UpsertOutcome, ConnectorError>>, ConnectorError> {
         match C::upsert_batch(&ctx, &resource, items) {
-            Ok(outcomes) => Ok(outcomes
-                .into_iter()
-                .map(|outcome| outcome.map_err(Into::into))
-                .collect()),
+            Ok(outcomes) => {
+                Ok(outcomes.into_iter().map(|outcome| outcome.map_err(Into::into)).collect())
+            }
             Err(error) => Err(error.into()),
         }
     }
@@ -148,10 +145,7 @@ mod tests {
     }
 
     fn ctx() -> Context {
-        Context {
-            base_url: "http://127.0.0.1".into(),
-            settings: Vec::new(),
-        }
+        Context { base_url: "http://127.0.0.1".into(), settings: Vec::new() }
     }
 
     #[test]

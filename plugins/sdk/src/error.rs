@@ -75,10 +75,7 @@ impl Error {
 
     /// [`Error::RateLimited`].
     pub fn rate_limited(retry_after: Option<Duration>, message: impl Into<String>) -> Self {
-        Self::RateLimited {
-            retry_after,
-            message: message.into(),
-        }
+        Self::RateLimited { retry_after, message: message.into() }
     }
 
     /// [`Error::Unsupported`].
@@ -136,11 +133,7 @@ impl Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.kind(), self.message())?;
-        if let Self::RateLimited {
-            retry_after: Some(wait),
-            ..
-        } = self
-        {
+        if let Self::RateLimited { retry_after: Some(wait), .. } = self {
             write!(f, " (retry after {} ms)", wait.as_millis())?;
         }
         Ok(())
@@ -157,10 +150,7 @@ impl From<Error> for ConnectorError {
             Error::InvalidInput(m) => Self::InvalidInput(m),
             Error::Unauthorized(m) => Self::Unauthorized(m),
             Error::Forbidden(m) => Self::Forbidden(m),
-            Error::RateLimited {
-                retry_after,
-                message,
-            } => Self::RateLimited(RateLimited {
+            Error::RateLimited { retry_after, message } => Self::RateLimited(RateLimited {
                 // A delay longer than u64 milliseconds is not a real answer;
                 // saturating keeps the conversion total.
                 retry_after_ms: retry_after
@@ -181,10 +171,7 @@ mod tests {
     #[test]
     fn display_names_the_case_and_the_wait() {
         let error = Error::rate_limited(Some(Duration::from_secs(2)), "slow down");
-        assert_eq!(
-            error.to_string(),
-            "rate-limited: slow down (retry after 2000 ms)"
-        );
+        assert_eq!(error.to_string(), "rate-limited: slow down (retry after 2000 ms)");
         assert_eq!(Error::not_found("x").to_string(), "not-found: x");
     }
 

@@ -91,10 +91,7 @@ impl VendorError {
                     message: Some(description),
                     ..Self::default()
                 },
-                None => Self {
-                    message: Some(error.clone()),
-                    ..Self::default()
-                },
+                None => Self { message: Some(error.clone()), ..Self::default() },
             },
             _ => Self::default(),
         };
@@ -193,10 +190,8 @@ pub fn message(vendor: &str, status: u16, body: &[u8]) -> String {
                 out.push(' ');
                 out.push_str(kind);
             }
-            if let Some(code) = error
-                .code
-                .as_ref()
-                .filter(|code| Some(*code) != error.kind.as_ref())
+            if let Some(code) =
+                error.code.as_ref().filter(|code| Some(*code) != error.kind.as_ref())
             {
                 out.push_str(" (");
                 out.push_str(code);
@@ -269,10 +264,7 @@ mod tests {
     use super::*;
 
     fn headers(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| ((*k).to_string(), (*v).to_string())).collect()
     }
 
     #[test]
@@ -294,11 +286,7 @@ mod tests {
             (302, "fatal"),
         ];
         for (status, kind) in cases {
-            assert_eq!(
-                from_status("v", status, &[], b"").kind(),
-                kind,
-                "HTTP {status}"
-            );
+            assert_eq!(from_status("v", status, &[], b"").kind(), kind, "HTTP {status}");
         }
     }
 
@@ -319,16 +307,9 @@ mod tests {
 
     #[test]
     fn rate_limited_reads_retry_after_seconds() {
-        let error = from_status(
-            "v",
-            429,
-            &headers(&[("retry-after", "3")]),
-            b"{\"message\":\"slow\"}",
-        );
-        assert_eq!(
-            error,
-            Error::rate_limited(Some(Duration::from_secs(3)), "v: HTTP 429: slow")
-        );
+        let error =
+            from_status("v", 429, &headers(&[("retry-after", "3")]), b"{\"message\":\"slow\"}");
+        assert_eq!(error, Error::rate_limited(Some(Duration::from_secs(3)), "v: HTTP 429: slow"));
         let date = headers(&[("Retry-After", "Wed, 21 Oct 2015 07:28:00 GMT")]);
         assert_eq!(retry_after(&date), None);
         assert_eq!(
@@ -342,10 +323,7 @@ mod tests {
     #[test]
     fn common_body_shapes_give_a_message() {
         let shapes: [(&[u8], &str); 7] = [
-            (
-                br#"{"message": "Customer not found"}"#,
-                "v: HTTP 404: Customer not found",
-            ),
+            (br#"{"message": "Customer not found"}"#, "v: HTTP 404: Customer not found"),
             (br#"{"error": "bad token"}"#, "v: HTTP 404: bad token"),
             (
                 br#"{"error": "invalid_grant", "error_description": "expired"}"#,
@@ -357,10 +335,7 @@ mod tests {
                 "v: HTTP 404 uniqueness: User exists",
             ),
             (br#"{"detail": "Not found."}"#, "v: HTTP 404: Not found."),
-            (
-                br#"{"errors": [{"message": "a"}, {"detail": "b"}]}"#,
-                "v: HTTP 404: a; b",
-            ),
+            (br#"{"errors": [{"message": "a"}, {"detail": "b"}]}"#, "v: HTTP 404: a; b"),
             (
                 br#"{"message": {"email": ["is invalid"]}}"#,
                 r#"v: HTTP 404: {"email":["is invalid"]}"#,
@@ -373,19 +348,13 @@ mod tests {
 
     #[test]
     fn unreadable_bodies_are_quoted_briefly() {
-        let html = format!(
-            "<html>\n  <body>Bad   gateway</body>{}</html>",
-            "x".repeat(500)
-        );
+        let html = format!("<html>\n  <body>Bad   gateway</body>{}</html>", "x".repeat(500));
         let message = message("acme", 502, html.as_bytes());
         assert!(
             message.starts_with("acme: HTTP 502 Bad Gateway: <html> <body>Bad gateway</body>xx")
         );
         assert!(message.len() < 260, "{message}");
-        assert_eq!(
-            super::message("acme", 500, b""),
-            "acme: HTTP 500 Internal Server Error"
-        );
+        assert_eq!(super::message("acme", 500, b""), "acme: HTTP 500 Internal Server Error");
         assert_eq!(super::message("acme", 418, b""), "acme: HTTP 418");
     }
 }

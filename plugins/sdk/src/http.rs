@@ -128,12 +128,8 @@ impl RequestBuilder {
 
     /// Sets a raw body with its content type.
     pub fn body(mut self, bytes: Vec<u8>, content_type: &str) -> Self {
-        self.request
-            .headers
-            .retain(|(name, _)| !name.eq_ignore_ascii_case("content-type"));
-        self.request
-            .headers
-            .push(("content-type".to_string(), content_type.to_string()));
+        self.request.headers.retain(|(name, _)| !name.eq_ignore_ascii_case("content-type"));
+        self.request.headers.push(("content-type".to_string(), content_type.to_string()));
         self.request.body = Some(bytes);
         self
     }
@@ -277,7 +273,9 @@ pub mod testing {
     pub fn script(base: &str, steps: &[(super::Method, &str, u16, &str)]) -> (Responding, Sent) {
         let mut steps: std::collections::VecDeque<(super::Method, String, u16, String)> = steps
             .iter()
-            .map(|(method, path, status, body)| (*method, format!("{base}{path}"), *status, (*body).to_string()))
+            .map(|(method, path, status, body)| {
+                (*method, format!("{base}{path}"), *status, (*body).to_string())
+            })
             .collect();
         let sent = Sent::default();
         let log = std::rc::Rc::clone(&sent);
@@ -303,19 +301,11 @@ pub mod testing {
 
     /// The request body as text (empty when there is none), for assertions.
     pub fn body_text(request: &Request) -> &str {
-        request
-            .body
-            .as_deref()
-            .and_then(|body| core::str::from_utf8(body).ok())
-            .unwrap_or("")
+        request.body.as_deref().and_then(|body| core::str::from_utf8(body).ok()).unwrap_or("")
     }
 
     pub(super) fn answer(request: &Request) -> Option<Result<Response>> {
-        RESPONDER.with(|slot| {
-            slot.borrow_mut()
-                .as_mut()
-                .map(|responder| responder(request))
-        })
+        RESPONDER.with(|slot| slot.borrow_mut().as_mut().map(|responder| responder(request)))
     }
 }
 
@@ -348,10 +338,7 @@ impl Method {
 }
 
 pub(crate) fn find_header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|(key, _)| key.eq_ignore_ascii_case(name))
-        .map(|(_, value)| value.as_str())
+    headers.iter().find(|(key, _)| key.eq_ignore_ascii_case(name)).map(|(_, value)| value.as_str())
 }
 
 impl Response {
@@ -368,10 +355,7 @@ impl Response {
     /// The body as UTF-8 text; [`Error::Fatal`] when it is not.
     pub fn text(&self) -> Result<&str> {
         core::str::from_utf8(&self.body).map_err(|e| {
-            Error::fatal(format!(
-                "HTTP {}: the response body is not UTF-8: {e}",
-                self.status
-            ))
+            Error::fatal(format!("HTTP {}: the response body is not UTF-8: {e}", self.status))
         })
     }
 
@@ -406,11 +390,7 @@ impl Response {
     /// `Ok(self)` for a 2xx status, else the [`errors::from_response`]
     /// mapping of the answer, naming `vendor` in the message.
     pub fn error_for_status(self, vendor: &str) -> Result<Self> {
-        if self.is_success() {
-            Ok(self)
-        } else {
-            Err(errors::from_response(vendor, &self))
-        }
+        if self.is_success() { Ok(self) } else { Err(errors::from_response(vendor, &self)) }
     }
 
     /// `Ok(self)` for a 2xx status, else `map(&self)`: the hook for vendors
@@ -428,11 +408,7 @@ impl Response {
     /// # Ok::<(), weft_connector_sdk::Error>(())
     /// ```
     pub fn error_for_status_with(self, map: impl FnOnce(&Response) -> Error) -> Result<Self> {
-        if self.is_success() {
-            Ok(self)
-        } else {
-            Err(map(&self))
-        }
+        if self.is_success() { Ok(self) } else { Err(map(&self)) }
     }
 }
 
@@ -445,10 +421,7 @@ mod tests {
     fn response(status: u16, headers: &[(&str, &str)], body: &str) -> Response {
         Response {
             status,
-            headers: headers
-                .iter()
-                .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
-                .collect(),
+            headers: headers.iter().map(|(k, v)| ((*k).to_string(), (*v).to_string())).collect(),
             body: body.as_bytes().to_vec(),
         }
     }
@@ -463,10 +436,7 @@ mod tests {
         assert_eq!(
             builder.request.headers,
             [
-                (
-                    "content-type".to_string(),
-                    "application/x-www-form-urlencoded".to_string()
-                ),
+                ("content-type".to_string(), "application/x-www-form-urlencoded".to_string()),
                 ("Idempotency-Key".to_string(), "k1".to_string()),
             ]
         );
@@ -487,10 +457,7 @@ mod tests {
         );
         assert!(Error::from(HttpError::Timeout(String::new())).is_retryable());
         assert!(Error::from(HttpError::Connection(String::new())).is_retryable());
-        assert!(matches!(
-            Error::from(HttpError::TooLarge(String::new())),
-            Error::Fatal(_)
-        ));
+        assert!(matches!(Error::from(HttpError::TooLarge(String::new())), Error::Fatal(_)));
         assert!(matches!(
             Error::from(HttpError::InvalidRequest(String::new())),
             Error::InvalidInput(_)
@@ -499,11 +466,7 @@ mod tests {
 
     #[test]
     fn response_helpers() {
-        let ok = response(
-            200,
-            &[("content-type", "application/json")],
-            r#"{"id":"x"}"#,
-        );
+        let ok = response(200, &[("content-type", "application/json")], r#"{"id":"x"}"#);
         assert_eq!(ok.header("Content-Type"), Some("application/json"));
         assert!(ok.is_success());
         let value: serde_json::Value = ok.json().expect("json");
@@ -522,9 +485,6 @@ mod tests {
         let parsed = cut.json::<serde_json::Value>();
         assert!(matches!(parsed, Err(Error::Transient(_))), "{parsed:?}");
         let wrong = response(200, &[], "<html>");
-        assert!(matches!(
-            wrong.json::<serde_json::Value>(),
-            Err(Error::Fatal(_))
-        ));
+        assert!(matches!(wrong.json::<serde_json::Value>(), Err(Error::Fatal(_))));
     }
 }

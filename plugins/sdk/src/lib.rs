@@ -126,7 +126,7 @@ macro_rules! export {
         #[cfg(target_arch = "wasm32")]
         const _: () = {
             type __WeftExportedConnector = $crate::__private::Adapter<$connector>;
-            $crate::wit::export!(__WeftExportedConnector with_types_in $crate::wit);
+    $crate::wit::export!(__WeftExportedConnector with_types_in $crate::wit);
         };
     };
 }

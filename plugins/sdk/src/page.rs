@@ -97,9 +97,7 @@ impl<'a> ListBody<'a> {
         match found {
             Found::Items(records) => Ok(ListBody { records, fields }),
             Found::Null => Ok(ListBody { records: Vec::new(), fields }),
-            Found::Missing => Err(Error::fatal(format!(
-                "the response body has no `{path}` array"
-            ))),
+            Found::Missing => Err(Error::fatal(format!("the response body has no `{path}` array"))),
         }
     }
 
@@ -125,9 +123,9 @@ impl<'a> ListBody<'a> {
         match self.field(name) {
             None | Some("null" | "false") => Ok(false),
             Some("true") => Ok(true),
-            Some(other) => Err(Error::fatal(format!(
-                "the response body's `{name}` is {other}, not a boolean"
-            ))),
+            Some(other) => {
+                Err(Error::fatal(format!("the response body's `{name}` is {other}, not a boolean")))
+            }
         }
     }
 }
@@ -237,9 +235,7 @@ pub fn encode_cursor<T: Serialize + ?Sized>(state: &T) -> Result<String> {
 /// for a cursor this connector did not make.
 pub fn decode_cursor<T: DeserializeOwned>(cursor: &str) -> Result<T> {
     serde_json::from_str(cursor).map_err(|e| {
-        Error::invalid_input(format!(
-            "the cursor `{cursor}` is not one this connector made: {e}"
-        ))
+        Error::invalid_input(format!("the cursor `{cursor}` is not one this connector made: {e}"))
     })
 }
 
@@ -356,10 +352,7 @@ mod tests {
         let body = br#"{"data":[ {"id":"a","note":"\u00e9\"x"} ,{"n":1.50,"nested":{"data":[]}}],"has_more":true}"#;
         assert_eq!(
             records_from(body, "data").expect("records"),
-            [
-                r#"{"id":"a","note":"\u00e9\"x"}"#,
-                r#"{"n":1.50,"nested":{"data":[]}}"#
-            ]
+            [r#"{"id":"a","note":"\u00e9\"x"}"#, r#"{"n":1.50,"nested":{"data":[]}}"#]
         );
     }
 
@@ -370,52 +363,28 @@ mod tests {
             records_from(body, "result.list").expect("records"),
             [r#"{"id": 1}"#, r#"{"id": 2}"#]
         );
-        assert_eq!(
-            records_from(b"[1, {\"a\":2}]", "").expect("records"),
-            ["1", r#"{"a":2}"#]
-        );
+        assert_eq!(records_from(b"[1, {\"a\":2}]", "").expect("records"), ["1", r#"{"a":2}"#]);
     }
 
     #[test]
     fn fields_before_and_after_are_skipped() {
         let body = br#"{"a": {"data": [9]}, "data": [{"x": [1, {"y": null}]}], "z": "data"}"#;
-        assert_eq!(
-            records_from(body, "data").expect("records"),
-            [r#"{"x": [1, {"y": null}]}"#]
-        );
+        assert_eq!(records_from(body, "data").expect("records"), [r#"{"x": [1, {"y": null}]}"#]);
     }
 
     #[test]
     fn null_array_is_empty_and_missing_array_is_fatal() {
         assert_eq!(records_from(br#"{"data": null}"#, "data"), Ok(Vec::new()));
-        assert!(matches!(
-            records_from(br#"{"items": []}"#, "data"),
-            Err(Error::Fatal(_))
-        ));
-        assert!(matches!(
-            records_from(br#"{"data": 3}"#, "data"),
-            Err(Error::Fatal(_))
-        ));
-        assert!(matches!(
-            records_from(br#"[]"#, "data"),
-            Err(Error::Fatal(_))
-        ));
+        assert!(matches!(records_from(br#"{"items": []}"#, "data"), Err(Error::Fatal(_))));
+        assert!(matches!(records_from(br#"{"data": 3}"#, "data"), Err(Error::Fatal(_))));
+        assert!(matches!(records_from(br#"[]"#, "data"), Err(Error::Fatal(_))));
     }
 
     #[test]
     fn truncated_body_is_transient_and_trailing_garbage_is_fatal() {
-        assert!(matches!(
-            records_from(br#"{"data": [{"id": "#, "data"),
-            Err(Error::Transient(_))
-        ));
-        assert!(matches!(
-            records_from(br#"{"data": []} x"#, "data"),
-            Err(Error::Fatal(_))
-        ));
-        assert!(matches!(
-            records_from(b"\xff", "data"),
-            Err(Error::Fatal(_))
-        ));
+        assert!(matches!(records_from(br#"{"data": [{"id": "#, "data"), Err(Error::Transient(_))));
+        assert!(matches!(records_from(br#"{"data": []} x"#, "data"), Err(Error::Fatal(_))));
+        assert!(matches!(records_from(b"\xff", "data"), Err(Error::Fatal(_))));
     }
 
     #[test]
@@ -436,10 +405,7 @@ mod tests {
                 format!(r#"{{"id":"cus_{i}","email":"u{i}@example.com","metadata":{{"k":"v"}}}}"#)
             })
             .collect();
-        let body = format!(
-            r#"{{"object":"list","data":[{}],"has_more":true}}"#,
-            items.join(",")
-        );
+        let body = format!(r#"{{"object":"list","data":[{}],"has_more":true}}"#, items.join(","));
         let records = records_from(body.as_bytes(), "data").expect("records");
         assert_eq!(records, items);
         assert_eq!(
@@ -451,13 +417,7 @@ mod tests {
     #[test]
     fn cursor_round_trips_and_rejects_foreign_text() {
         let cursor = encode_cursor(&(3u32, "src")).expect("encodes");
-        assert_eq!(
-            decode_cursor::<(u32, String)>(&cursor),
-            Ok((3, "src".to_string()))
-        );
-        assert!(matches!(
-            decode_cursor::<(u32, String)>("cus_1"),
-            Err(Error::InvalidInput(_))
-        ));
+        assert_eq!(decode_cursor::<(u32, String)>(&cursor), Ok((3, "src".to_string())));
+        assert!(matches!(decode_cursor::<(u32, String)>("cus_1"), Err(Error::InvalidInput(_))));
     }
 }

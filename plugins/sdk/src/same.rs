@@ -43,18 +43,15 @@ pub fn holds(want: &Value, have: Option<&Value>) -> bool {
         return true;
     }
     match (want, have) {
-        (Value::Object(wanted), Value::Object(had)) => wanted
-            .iter()
-            .all(|(key, value)| holds(value, had.get(key.as_str()))),
+        (Value::Object(wanted), Value::Object(had)) => {
+            wanted.iter().all(|(key, value)| holds(value, had.get(key.as_str())))
+        }
         (Value::Object(wanted), other) => {
             is_blank(Some(other)) && wanted.values().all(|value| holds(value, None))
         }
         (Value::Array(wanted), Value::Array(had)) => {
             wanted.len() == had.len()
-                && wanted
-                    .iter()
-                    .zip(had)
-                    .all(|(value, was)| holds(value, Some(was)))
+                && wanted.iter().zip(had).all(|(value, was)| holds(value, Some(was)))
         }
         // A blank against a non-blank container, or a container against a
         // non-blank scalar (or the other way round): a change.
@@ -92,19 +89,13 @@ fn collect_changes(desired: &Value, current: Option<&Value>, path: &str, out: &m
     match (desired, current) {
         (Value::Object(want), Some(Value::Object(have))) => {
             for (key, value) in want {
-                let sub = if path.is_empty() {
-                    key.clone()
-                } else {
-                    format!("{path}.{key}")
-                };
+                let sub = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
                 collect_changes(value, have.get(key.as_str()), &sub, out);
             }
         }
-        _ if !holds(desired, current) => out.push(if path.is_empty() {
-            ".".to_owned()
-        } else {
-            path.to_owned()
-        }),
+        _ if !holds(desired, current) => {
+            out.push(if path.is_empty() { ".".to_owned() } else { path.to_owned() })
+        }
         _ => {}
     }
 }
@@ -251,13 +242,18 @@ mod tests {
     fn changed_fields_name_the_paths_that_differ() {
         let current = json!({"id": "c1", "name": "Ada", "email": "ada@x", "phone": "",
             "metadata": {"plan": "pro", "seats": "3"}, "extra": true});
-        assert!(changed_fields(&json!({"name": "Ada", "metadata": {"plan": "pro"}}), &current).is_empty());
+        assert!(
+            changed_fields(&json!({"name": "Ada", "metadata": {"plan": "pro"}}), &current)
+                .is_empty()
+        );
         assert_eq!(
             changed_fields(&json!({"name": "Ada L", "metadata": {"seats": 4}}), &current),
             ["metadata.seats", "name"]
         );
         assert_eq!(changed_fields(&json!({"phone": "1"}), &current), ["phone"]);
-        assert!(changed_fields(&json!({"phone": null, "fax": "", "tags": []}), &current).is_empty());
+        assert!(
+            changed_fields(&json!({"phone": null, "fax": "", "tags": []}), &current).is_empty()
+        );
         assert!(changed_fields(&json!({"metadata": {"seats": 3.0}}), &current).is_empty());
         assert_eq!(changed_fields(&json!({"metadata": null}), &current), ["metadata"]);
         assert_eq!(changed_fields(&json!("a"), &json!("b")), ["."]);

@@ -173,7 +173,10 @@ impl<'a> Scanner<'a> {
     /// Calls `field` for each member of the object at the cursor, with the
     /// key's raw text (between the quotes, escapes untouched); `field` must
     /// consume the member's value.
-    pub(crate) fn object(&mut self, mut field: impl FnMut(&mut Self, &'a str) -> ScanResult<()>) -> ScanResult<()> {
+    pub(crate) fn object(
+        &mut self,
+        mut field: impl FnMut(&mut Self, &'a str) -> ScanResult<()>,
+    ) -> ScanResult<()> {
         self.expect(b'{', "expected an object")?;
         self.skip_whitespace();
         if self.peek()? == b'}' {
@@ -350,7 +353,11 @@ impl<'a> Scanner<'a> {
                         _ => {
                             // Name the first byte that is not a hex digit;
                             // at the end of the text, that is the end.
-                            let bad = bytes[pos + 2..].iter().take(4).take_while(|b| b.is_ascii_hexdigit()).count();
+                            let bad = bytes[pos + 2..]
+                                .iter()
+                                .take(4)
+                                .take_while(|b| b.is_ascii_hexdigit())
+                                .count();
                             return Err(self.error_at(pos + 2 + bad, "invalid \\u escape"));
                         }
                     },
@@ -440,10 +447,15 @@ mod tests {
                 let mut word = *b"abcdefgh";
                 word[lane] = special;
                 let specials = string_specials(u64::from_le_bytes(word));
-                assert_eq!(specials.trailing_zeros() / 8, lane as u32, "{special:#x} in lane {lane}");
+                assert_eq!(
+                    specials.trailing_zeros() / 8,
+                    lane as u32,
+                    "{special:#x} in lane {lane}"
+                );
             }
         }
-        for plain in [*b"abcdefgh", *b" !#[]{}~", [0x20, 0x7f, 0x80, 0xff, 0xc3, 0xa9, b'/', b'A']] {
+        for plain in [*b"abcdefgh", *b" !#[]{}~", [0x20, 0x7f, 0x80, 0xff, 0xc3, 0xa9, b'/', b'A']]
+        {
             assert_eq!(string_specials(u64::from_le_bytes(plain)), 0, "{plain:?}");
         }
     }
@@ -451,12 +463,53 @@ mod tests {
     #[test]
     fn agrees_with_serde_json_on_valid_and_broken_text() {
         let cases = [
-            "null", "true", "false", "0", "-0", "12", "-12.5e+3", "1E9", "0.5", "\"\"", "\"a\\\"b\\\\c\\/\\b\\f\\n\\r\\t\\u00e9\\uD83D\"",
-            "[]", "{}", " [ 1 , {\"a\" : [ ] } , \"x\" ] ", "{\"a\":{\"b\":{\"c\":[null,true,false]}}}",
-            "\"é ünïcödé 😀 and more than eight bytes of it\"", "[\"aaaaaaaaaaaaaaaa\\\"aaaaaaaa\"]",
-            "01", "1.", ".5", "-", "1e", "1e+", "+1", "tru", "nul", "falsey", "[1,]", "[,1]", "{\"a\"}", "{\"a\":}",
-            "{a:1}", "{\"a\":1,}", "[1 2]", "{\"a\":1 \"b\":2}", "\"\\x\"", "\"\\u12g4\"", "\"tab\there\"", "\"", "[",
-            "{\"a\":[1,2}", "[1,2]]", "[\"unterminated]", "", " ", "nan", "[1]x",
+            "null",
+            "true",
+            "false",
+            "0",
+            "-0",
+            "12",
+            "-12.5e+3",
+            "1E9",
+            "0.5",
+            "\"\"",
+            "\"a\\\"b\\\\c\\/\\b\\f\\n\\r\\t\\u00e9\\uD83D\"",
+            "[]",
+            "{}",
+            " [ 1 , {\"a\" : [ ] } , \"x\" ] ",
+            "{\"a\":{\"b\":{\"c\":[null,true,false]}}}",
+            "\"é ünïcödé 😀 and more than eight bytes of it\"",
+            "[\"aaaaaaaaaaaaaaaa\\\"aaaaaaaa\"]",
+            "01",
+            "1.",
+            ".5",
+            "-",
+            "1e",
+            "1e+",
+            "+1",
+            "tru",
+            "nul",
+            "falsey",
+            "[1,]",
+            "[,1]",
+            "{\"a\"}",
+            "{\"a\":}",
+            "{a:1}",
+            "{\"a\":1,}",
+            "[1 2]",
+            "{\"a\":1 \"b\":2}",
+            "\"\\x\"",
+            "\"\\u12g4\"",
+            "\"tab\there\"",
+            "\"",
+            "[",
+            "{\"a\":[1,2}",
+            "[1,2]]",
+            "[\"unterminated]",
+            "",
+            " ",
+            "nan",
+            "[1]x",
         ];
         for text in cases {
             assert_eq!(scan_accepts(text), serde_accepts(text), "{text:?}");
@@ -480,7 +533,9 @@ mod tests {
         }
         let bytes = record.as_bytes();
         for at in 0..bytes.len() {
-            for replacement in [b'"', b'\\', b',', b'}', b']', b'0', b'x', b' ', b'-', b'.', b'e', 0x01] {
+            for replacement in
+                [b'"', b'\\', b',', b'}', b']', b'0', b'x', b' ', b'-', b'.', b'e', 0x01]
+            {
                 let mut changed = bytes.to_vec();
                 changed[at] = replacement;
                 if let Ok(text) = core::str::from_utf8(&changed) {
@@ -506,9 +561,13 @@ mod tests {
         match pick {
             0 => out.push_str("null"),
             1 => out.push_str(if next(seed) % 2 == 0 { "true" } else { "false" }),
-            2 => out.push_str(["0", "-1", "12.5", "3e10", "-0.0E-2", "123456789012345678901234567890"][(next(seed) % 6) as usize]),
+            2 => out.push_str(
+                ["0", "-1", "12.5", "3e10", "-0.0E-2", "123456789012345678901234567890"]
+                    [(next(seed) % 6) as usize],
+            ),
             3..=5 => {
-                let parts = ["a", "é", "\\\"", "\\u00e9", "\\n", "0123456789abcdef", "😀", "\\/", " "];
+                let parts =
+                    ["a", "é", "\\\"", "\\u00e9", "\\n", "0123456789abcdef", "😀", "\\/", " "];
                 out.push('"');
                 for _ in 0..next(seed) % 12 {
                     out.push_str(parts[(next(seed) % parts.len() as u64) as usize]);
@@ -549,7 +608,8 @@ mod tests {
             assert!(scan_accepts(&text), "{text:?}");
             // Elements of an array are cut where serde_json's RawValue cuts them.
             let array = format!("[{text},{text}]");
-            let raw: Vec<&serde_json::value::RawValue> = serde_json::from_str(&array).expect("valid");
+            let raw: Vec<&serde_json::value::RawValue> =
+                serde_json::from_str(&array).expect("valid");
             let mut scanner = Scanner::new(&array);
             let cut = scanner.array().expect("valid");
             let trimmed: Vec<&str> = raw.iter().map(|r| r.get().trim()).collect();
@@ -586,7 +646,14 @@ mod tests {
             Ok(())
         })?;
         scanner.end()?;
-        assert_eq!(seen, [("data", r#"{"id":1}|[2]|"3""#.to_owned()), ("has_more", "true".to_owned()), (r#"a\"b"#, "null".to_owned())]);
+        assert_eq!(
+            seen,
+            [
+                ("data", r#"{"id":1}|[2]|"3""#.to_owned()),
+                ("has_more", "true".to_owned()),
+                (r#"a\"b"#, "null".to_owned())
+            ]
+        );
         Ok(())
     }
 }

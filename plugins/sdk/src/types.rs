@@ -21,10 +21,7 @@ impl Context {
     /// assert_eq!(ctx.setting("missing"), None);
     /// ```
     pub fn setting(&self, name: &str) -> Option<&str> {
-        self.settings
-            .iter()
-            .find(|(key, _)| key == name)
-            .map(|(_, value)| value.as_str())
+        self.settings.iter().find(|(key, _)| key == name).map(|(_, value)| value.as_str())
     }
 
     /// The value of a setting the manifest marks as required, or
@@ -97,27 +94,18 @@ impl BatchItem {
 impl UpsertOutcome {
     /// A new record was created; `record` is the vendor's copy of it.
     pub fn created(record: Json) -> Self {
-        Self {
-            record,
-            action: UpsertAction::Created,
-        }
+        Self { record, action: UpsertAction::Created }
     }
 
     /// An existing record was changed; `record` is the vendor's copy after
     /// the write.
     pub fn updated(record: Json) -> Self {
-        Self {
-            record,
-            action: UpsertAction::Updated,
-        }
+        Self { record, action: UpsertAction::Updated }
     }
 
     /// An existing record already matched and nothing was written.
     pub fn unchanged(record: Json) -> Self {
-        Self {
-            record,
-            action: UpsertAction::Unchanged,
-        }
+        Self { record, action: UpsertAction::Unchanged }
     }
 }
 
@@ -125,10 +113,7 @@ impl Page {
     /// A page followed by more from `next_cursor`, or the last page when it
     /// is `None`.
     pub fn new(records: Vec<Json>, next_cursor: Option<String>) -> Self {
-        Self {
-            records,
-            next_cursor,
-        }
+        Self { records, next_cursor }
     }
 
     /// The last page.
@@ -143,10 +128,7 @@ mod tests {
 
     #[test]
     fn url_joins_with_one_slash() {
-        let ctx = Context {
-            base_url: "http://h/".into(),
-            settings: Vec::new(),
-        };
+        let ctx = Context { base_url: "http://h/".into(), settings: Vec::new() };
         assert_eq!(ctx.url("/a"), "http://h/a");
         assert_eq!(ctx.url("a"), "http://h/a");
     }
@@ -161,10 +143,7 @@ mod tests {
         };
         let parsed = request.filter::<serde_json::Value>();
         assert!(matches!(parsed, Err(Error::InvalidInput(_))));
-        let none = ListRequest {
-            filter: None,
-            ..request
-        };
+        let none = ListRequest { filter: None, ..request };
         assert_eq!(none.filter::<serde_json::Value>(), Ok(None));
     }
 }

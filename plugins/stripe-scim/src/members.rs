@@ -119,9 +119,7 @@ pub(crate) fn get(ctx: &Context, id: &str) -> Result<Option<Json>> {
 /// The member `id`, active or not.
 fn fetch(ctx: &Context, id: &str) -> Result<Option<Json>> {
     if id.is_empty() {
-        return Err(Error::invalid_input(
-            "stripe-scim: a team member id must not be empty",
-        ));
+        return Err(Error::invalid_input("stripe-scim: a team member id must not be empty"));
     }
     let response = http::get(user_url(ctx, id)).send()?;
     if is_missing(&response) {
@@ -159,9 +157,7 @@ pub(crate) fn upsert(ctx: &Context, request: &UpsertRequest) -> Result<UpsertOut
             return update(ctx, id, &current, &desired);
         }
         Some(_) => {
-            return Err(Error::invalid_input(
-                "stripe-scim: `id` must be a SCIM user id string",
-            ));
+            return Err(Error::invalid_input("stripe-scim: `id` must be a SCIM user id string"));
         }
     }
     let user_name = match desired.get("userName") {
@@ -173,9 +169,7 @@ pub(crate) fn upsert(ctx: &Context, request: &UpsertRequest) -> Result<UpsertOut
             ));
         }
     };
-    let builder = users(ctx)
-        .query("filter", user_name_filter(user_name))
-        .query("count", 2);
+    let builder = users(ctx).query("filter", user_name_filter(user_name)).query("count", 2);
     let response = send(builder)?;
     let body: ListBody<'_> = response.json()?;
     match body.resources.as_slice() {
@@ -226,9 +220,7 @@ fn update(
     desired: &Map<String, Value>,
 ) -> Result<UpsertOutcome> {
     let current_fields: Map<String, Value> = serde_json::from_str(current).map_err(|e| {
-        Error::fatal(format!(
-            "stripe-scim: team member `{id}` is not a JSON object: {e}"
-        ))
+        Error::fatal(format!("stripe-scim: team member `{id}` is not a JSON object: {e}"))
     })?;
     let operations = patch_operations(desired, &current_fields);
     if operations.is_empty() {
@@ -262,7 +254,9 @@ pub(crate) fn patch_operations(
     desired
         .iter()
         .filter(|(key, _)| !SERVER_OWNED.contains(&key.as_str()))
-        .filter(|(key, want)| key.as_str() == "password" || !same::holds(want, current.get(key.as_str())))
+        .filter(|(key, want)| {
+            key.as_str() == "password" || !same::holds(want, current.get(key.as_str()))
+        })
         .map(|(key, want)| json!({"op": "replace", "path": key, "value": want}))
         .collect()
 }
@@ -270,18 +264,14 @@ pub(crate) fn patch_operations(
 fn patch(ctx: &Context, id: &str, operations: Vec<Value>) -> Result<Response> {
     let body = json!({"schemas": [PATCH_SCHEMA], "Operations": operations});
     // Replacing attributes with fixed values is idempotent.
-    scim_body(http::patch(user_url(ctx, id)), &body)?
-        .idempotent(true)
-        .send()
+    scim_body(http::patch(user_url(ctx, id)), &body)?.idempotent(true).send()
 }
 
 fn scim_body(builder: RequestBuilder, body: &Value) -> Result<RequestBuilder> {
     let bytes = serde_json::to_vec(body).map_err(|e| {
         Error::invalid_input(format!("stripe-scim: the body cannot be encoded: {e}"))
     })?;
-    Ok(builder
-        .body(bytes, CONTENT_TYPE)
-        .header("accept", CONTENT_TYPE))
+    Ok(builder.body(bytes, CONTENT_TYPE).header("accept", CONTENT_TYPE))
 }
 
 fn users(ctx: &Context) -> RequestBuilder {

@@ -2,7 +2,6 @@
 //! answers (RFC 7644 shapes) through the SDK's HTTP test double and checks
 //! the requests sent.
 
-
 use serde_json::{Map, Value, json};
 use weft_connector_sdk::http::testing::{self, Responding};
 use weft_connector_sdk::http::{Method, Request};
@@ -21,10 +20,7 @@ fn script(steps: &[(Method, &str, u16, &str)]) -> (Responding, testing::Sent) {
 }
 
 fn ctx() -> Context {
-    Context {
-        base_url: BASE.into(),
-        settings: Vec::new(),
-    }
+    Context { base_url: BASE.into(), settings: Vec::new() }
 }
 
 fn list_request(page_size: u32, cursor: Option<&str>, filter: Option<&str>) -> ListRequest {
@@ -71,12 +67,7 @@ fn list_of(records: &[&str], total: usize, start: usize) -> String {
 #[test]
 fn list_pages_with_start_index_and_count() {
     let (_guard, _) = script(&[
-        (
-            Method::Get,
-            "/scim/v2/Users?startIndex=1&count=1",
-            200,
-            &list_of(&[USR], 2, 1),
-        ),
+        (Method::Get, "/scim/v2/Users?startIndex=1&count=1", 200, &list_of(&[USR], 2, 1)),
         (
             Method::Get,
             "/scim/v2/Users?startIndex=2&count=100",
@@ -100,17 +91,12 @@ fn list_filters_by_user_name_with_a_quoted_literal() {
         200,
         &list_of(&[], 0, 1),
     )]);
-    let page = StripeScim::list(
-        &ctx(),
-        list_request(10, None, Some(r#"{"userName":"a\"b@x.com"}"#)),
-    )
-    .expect("page");
+    let page =
+        StripeScim::list(&ctx(), list_request(10, None, Some(r#"{"userName":"a\"b@x.com"}"#)))
+            .expect("page");
     assert!(page.records.is_empty());
     assert_eq!(page.next_cursor, None);
-    assert_eq!(
-        header(&seen.borrow()[0], "accept"),
-        Some("application/scim+json")
-    );
+    assert_eq!(header(&seen.borrow()[0], "accept"), Some("application/scim+json"));
     for filter in [
         r#"{"email":"x"}"#,
         r#"{"userName":1}"#,
@@ -119,10 +105,7 @@ fn list_filters_by_user_name_with_a_quoted_literal() {
         "[]",
     ] {
         let error = StripeScim::list(&ctx(), list_request(10, None, Some(filter)));
-        assert!(
-            matches!(error, Err(Error::InvalidInput(_))),
-            "{filter}: {error:?}"
-        );
+        assert!(matches!(error, Err(Error::InvalidInput(_))), "{filter}: {error:?}");
     }
 }
 
@@ -133,14 +116,8 @@ fn get_returns_the_user_and_nothing_when_absent() {
         (Method::Get, "/scim/v2/Users/usr_gone", 404, NOT_FOUND),
         (Method::Get, "/scim/v2/Users/usr_html", 404, "<html/>"),
     ]);
-    assert_eq!(
-        StripeScim::get(&ctx(), "team-members", "usr_xxx"),
-        Ok(Some(USR.to_string()))
-    );
-    assert_eq!(
-        StripeScim::get(&ctx(), "team-members", "usr_gone"),
-        Ok(None)
-    );
+    assert_eq!(StripeScim::get(&ctx(), "team-members", "usr_xxx"), Ok(Some(USR.to_string())));
+    assert_eq!(StripeScim::get(&ctx(), "team-members", "usr_gone"), Ok(None));
     let error = StripeScim::get(&ctx(), "team-members", "usr_html");
     assert!(matches!(error, Err(Error::NotFound(_))), "{error:?}");
 }
@@ -162,10 +139,7 @@ fn upsert_by_a_new_user_name_creates_with_the_user_schema() {
                "userName": "user@example.com", "name": {"givenName": "Jo", "familyName": "Doe"},
                "active": true})
     );
-    assert_eq!(
-        header(&seen[1], "content-type"),
-        Some("application/scim+json")
-    );
+    assert_eq!(header(&seen[1], "content-type"), Some("application/scim+json"));
     assert!(!seen[1].idempotent);
 }
 
@@ -213,10 +187,7 @@ fn a_patch_answered_204_reads_the_member_back() {
 #[test]
 fn upsert_needs_an_id_or_a_user_name_and_an_unknown_id_is_not_found() {
     let error = StripeScim::upsert(&ctx(), upsert_request(r#"{"active":true}"#));
-    assert!(
-        matches!(&error, Err(Error::InvalidInput(m)) if m.contains("userName")),
-        "{error:?}"
-    );
+    assert!(matches!(&error, Err(Error::InvalidInput(m)) if m.contains("userName")), "{error:?}");
     let (_guard, _) = script(&[(Method::Get, "/scim/v2/Users/usr_gone", 404, NOT_FOUND)]);
     let error = StripeScim::upsert(&ctx(), upsert_request(r#"{"id":"usr_gone"}"#));
     assert!(matches!(error, Err(Error::NotFound(_))), "{error:?}");
@@ -236,19 +207,13 @@ fn a_uniqueness_error_is_a_conflict_with_the_scim_detail() {
     let error = StripeScim::upsert(&ctx(), upsert_request(r#"{"userName":"user@example.com"}"#));
     assert_eq!(
         error,
-        Err(Error::conflict(
-            "stripe-scim: HTTP 409 uniqueness: userName already exists"
-        ))
+        Err(Error::conflict("stripe-scim: HTTP 409 uniqueness: userName already exists"))
     );
-    let odd = testing::response(
-        400,
-        r#"{"scimType":"uniqueness","detail":"taken","status":"400"}"#,
-    );
+    let odd =
+        testing::response(400, r#"{"scimType":"uniqueness","detail":"taken","status":"400"}"#);
     assert!(matches!(scim_error(&odd), Error::Conflict(_)));
-    let filter = testing::response(
-        403,
-        r#"{"scimType":"invalidFilter","detail":"bad","status":"403"}"#,
-    );
+    let filter =
+        testing::response(403, r#"{"scimType":"invalidFilter","detail":"bad","status":"403"}"#);
     assert!(matches!(scim_error(&filter), Error::InvalidInput(_)));
 }
 
@@ -263,10 +228,7 @@ fn remove_deactivates_and_does_not_delete() {
             &USR.replace(r#""active":true"#, r#""active":false"#),
         ),
     ]);
-    assert_eq!(
-        StripeScim::remove(&ctx(), "team-members", "usr_xxx"),
-        Ok(RemoveOutcome::Removed)
-    );
+    assert_eq!(StripeScim::remove(&ctx(), "team-members", "usr_xxx"), Ok(RemoveOutcome::Removed));
     let seen = seen.borrow();
     assert!(seen.iter().all(|request| request.method != Method::Delete));
     assert_eq!(

@@ -166,9 +166,7 @@ enum Matches {
 /// The customers whose email is exactly `email` (Stripe's filter is exact
 /// and case-sensitive). Two are enough to know the match is ambiguous.
 fn find_by_email(ctx: &Context, email: &str) -> Result<Matches> {
-    let builder = http::get(ctx.url("/v1/customers"))
-        .query("email", email)
-        .query("limit", 2);
+    let builder = http::get(ctx.url("/v1/customers")).query("email", email).query("limit", 2);
     let response = send(with_version(ctx, builder))?;
     let body: ListBody<'_> = response.json()?;
     Ok(match body.data.as_slice() {
@@ -217,18 +215,14 @@ fn update(
     // No Idempotency-Key here: the upsert's key may already be spent on a
     // create that a crash hid from us, and Stripe rejects a key reused with
     // other parameters. Setting fields to fixed values is idempotent anyway.
-    let builder = http::post(customer_url(ctx, id))
-        .form(&Value::Object(changes))
-        .idempotent(true);
+    let builder = http::post(customer_url(ctx, id)).form(&Value::Object(changes)).idempotent(true);
     let response = with_version(ctx, builder).send()?;
     if is_missing(&response) {
         return Err(Error::not_found(format!(
             "stripe: customer `{id}` was deleted during the upsert"
         )));
     }
-    Ok(UpsertOutcome::updated(text(
-        response.error_for_status_with(stripe_error)?,
-    )?))
+    Ok(UpsertOutcome::updated(text(response.error_for_status_with(stripe_error)?)?))
 }
 
 fn send(builder: RequestBuilder) -> Result<Response> {
@@ -249,9 +243,7 @@ fn customer_url(ctx: &Context, id: &str) -> String {
 
 fn check_id(id: &str) -> Result<()> {
     if id.is_empty() {
-        return Err(Error::invalid_input(
-            "stripe: a customer id must not be empty",
-        ));
+        return Err(Error::invalid_input("stripe: a customer id must not be empty"));
     }
     Ok(())
 }

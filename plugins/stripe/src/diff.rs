@@ -67,9 +67,7 @@ pub(crate) fn empty_value(path: &[&str]) -> EmptyValue {
         ["preferred_locales" | "expand" | "tax_id_data"] => Refused("a list"),
         ["invoice_settings" | "tax" | "cash_balance"] => Refused("an object"),
         ["balance" | "next_invoice_sequence"] => Refused("an integer"),
-        ["shipping", "address"] | ["invoice_settings", "custom_fields", _] => {
-            Refused("an object")
-        }
+        ["shipping", "address"] | ["invoice_settings", "custom_fields", _] => Refused("an object"),
         ["cash_balance", "settings"] => Refused("an object"),
         ["cash_balance", "settings", "reconciliation_mode"] => {
             Refused("one of automatic, manual, merchant_default")
@@ -206,10 +204,7 @@ fn for_wire<'a>(
             return Ok(None);
         }
         return match empty_value(path) {
-            EmptyValue::Refused(takes) => Err(Unclearable {
-                field: path.join("."),
-                takes,
-            }),
+            EmptyValue::Refused(takes) => Err(Unclearable { field: path.join("."), takes }),
             EmptyValue::Text | EmptyValue::Clears => Ok(Some(Value::String(String::new()))),
         };
     }
@@ -280,28 +275,16 @@ mod tests {
     #[test]
     fn only_changed_fields_are_sent() {
         let desired = json!({"email": "jo@example.com", "name": "Joanna", "phone": "+331"});
-        assert_eq!(
-            diff(desired, current()),
-            json!({"name": "Joanna", "phone": "+331"})
-        );
+        assert_eq!(diff(desired, current()), json!({"name": "Joanna", "phone": "+331"}));
     }
 
     #[test]
     fn metadata_compares_only_the_keys_given() {
-        assert_eq!(
-            diff(json!({"metadata": {"plan": "pro"}}), current()),
-            json!({})
-        );
-        assert_eq!(
-            diff(json!({"metadata": {"seats": 3}}), current()),
-            json!({})
-        );
+        assert_eq!(diff(json!({"metadata": {"plan": "pro"}}), current()), json!({}));
+        assert_eq!(diff(json!({"metadata": {"seats": 3}}), current()), json!({}));
         assert_eq!(diff(json!({"metadata": {}}), current()), json!({}));
         assert_eq!(
-            diff(
-                json!({"metadata": {"plan": "pro", "seats": "4", "new": "x"}}),
-                current()
-            ),
+            diff(json!({"metadata": {"plan": "pro", "seats": "4", "new": "x"}}), current()),
             json!({"metadata": {"new": "x", "seats": "4"}})
         );
     }
@@ -320,44 +303,23 @@ mod tests {
 
     #[test]
     fn blank_metadata_clears_all_only_when_some_exist() {
-        assert_eq!(
-            diff(json!({"metadata": null}), current()),
-            json!({"metadata": ""})
-        );
-        assert_eq!(
-            diff(json!({"metadata": ""}), current()),
-            json!({"metadata": ""})
-        );
-        assert_eq!(
-            diff(json!({"metadata": null}), json!({"metadata": {}})),
-            json!({})
-        );
+        assert_eq!(diff(json!({"metadata": null}), current()), json!({"metadata": ""}));
+        assert_eq!(diff(json!({"metadata": ""}), current()), json!({"metadata": ""}));
+        assert_eq!(diff(json!({"metadata": null}), json!({"metadata": {}})), json!({}));
     }
 
     #[test]
     fn nested_objects_match_on_the_fields_given_and_are_sent_whole() {
         assert_eq!(
-            diff(
-                json!({"address": {"city": "Paris", "line2": null}}),
-                current()
-            ),
+            diff(json!({"address": {"city": "Paris", "line2": null}}), current()),
             json!({})
         );
         assert_eq!(
-            diff(
-                json!({"address": {"city": "Lyon", "country": "FR"}}),
-                current()
-            ),
+            diff(json!({"address": {"city": "Lyon", "country": "FR"}}), current()),
             json!({"address": {"city": "Lyon", "country": "FR"}})
         );
-        assert_eq!(
-            diff(json!({"invoice_settings": {"footer": null}}), current()),
-            json!({})
-        );
-        assert_eq!(
-            diff(json!({"shipping": {"name": null}}), current()),
-            json!({})
-        );
+        assert_eq!(diff(json!({"invoice_settings": {"footer": null}}), current()), json!({}));
+        assert_eq!(diff(json!({"shipping": {"name": null}}), current()), json!({}));
         assert_eq!(
             diff(json!({"shipping": {"name": "Jo"}}), current()),
             json!({"shipping": {"name": "Jo"}})
@@ -366,10 +328,7 @@ mod tests {
 
     #[test]
     fn null_and_empty_string_are_the_same() {
-        assert_eq!(
-            diff(json!({"phone": "", "description": null}), current()),
-            json!({})
-        );
+        assert_eq!(diff(json!({"phone": "", "description": null}), current()), json!({}));
         assert_eq!(diff(json!({"name": null}), current()), json!({"name": ""}));
     }
 
@@ -377,19 +336,13 @@ mod tests {
     fn scalars_compare_by_form_text_and_numbers_by_value() {
         assert_eq!(diff(json!({"balance": "0"}), current()), json!({}));
         assert_eq!(diff(json!({"balance": 0.0}), current()), json!({}));
-        assert_eq!(
-            diff(json!({"balance": 100}), current()),
-            json!({"balance": 100})
-        );
+        assert_eq!(diff(json!({"balance": 100}), current()), json!({"balance": 100}));
     }
 
     #[test]
     fn arrays_compare_whole() {
         assert_eq!(diff(json!({"preferred_locales": []}), current()), json!({}));
-        assert_eq!(
-            diff(json!({"preferred_locales": null}), current()),
-            json!({})
-        );
+        assert_eq!(diff(json!({"preferred_locales": null}), current()), json!({}));
         assert_eq!(
             diff(json!({"preferred_locales": ["fr"]}), current()),
             json!({"preferred_locales": ["fr"]})
@@ -398,18 +351,13 @@ mod tests {
 
     #[test]
     fn write_only_parameters_always_count_as_changes() {
-        assert_eq!(
-            diff(json!({"coupon": "SAVE"}), current()),
-            json!({"coupon": "SAVE"})
-        );
+        assert_eq!(diff(json!({"coupon": "SAVE"}), current()), json!({"coupon": "SAVE"}));
     }
 
     #[test]
     fn create_drops_read_only_and_null_fields() {
-        let desired = object(
-            json!({"id": "cus_x", "object": "customer", "email": "a@b.c",
-            "phone": null, "metadata": {"k": "v"}, "test_clock": "clock_1"}),
-        );
+        let desired = object(json!({"id": "cus_x", "object": "customer", "email": "a@b.c",
+            "phone": null, "metadata": {"k": "v"}, "test_clock": "clock_1"}));
         assert_eq!(
             Value::Object(for_create(&desired)),
             json!({"email": "a@b.c", "metadata": {"k": "v"}, "test_clock": "clock_1"})
@@ -442,7 +390,10 @@ mod tests {
             "invoice_settings": {"footer": "Thanks", "custom_fields": [{"name": "a", "value": "b"}],
                                  "default_payment_method": null}});
         assert_eq!(
-            diff(json!({"address": null, "shipping": "", "email": null, "metadata": null}), had.clone()),
+            diff(
+                json!({"address": null, "shipping": "", "email": null, "metadata": null}),
+                had.clone()
+            ),
             json!({"address": "", "shipping": "", "email": ""})
         );
         assert_eq!(
@@ -450,8 +401,11 @@ mod tests {
             json!({"address": {"city": "Paris", "line2": ""}})
         );
         assert_eq!(
-            diff(json!({"invoice_settings": {"footer": null, "custom_fields": [],
-                                             "default_payment_method": null}}), had.clone()),
+            diff(
+                json!({"invoice_settings": {"footer": null, "custom_fields": [],
+                                             "default_payment_method": null}}),
+                had.clone()
+            ),
             json!({"invoice_settings": {"footer": "", "custom_fields": ""}})
         );
         for (desired, field, takes) in [
@@ -461,11 +415,7 @@ mod tests {
             (json!({"invoice_settings": null}), "invoice_settings", "an object"),
         ] {
             let refused = changes(&object(desired.clone()), &object(had.clone()));
-            assert_eq!(
-                refused,
-                Err(Unclearable { field: field.into(), takes }),
-                "{desired}"
-            );
+            assert_eq!(refused, Err(Unclearable { field: field.into(), takes }), "{desired}");
         }
     }
 
@@ -474,8 +424,11 @@ mod tests {
         let had = json!({"preferred_locales": [], "balance": 0, "invoice_settings":
             {"custom_fields": null, "footer": null}, "shipping": null});
         assert_eq!(
-            diff(json!({"preferred_locales": null, "invoice_settings": {"custom_fields": [],
-                        "footer": ""}, "shipping": {}, "tax": null}), had),
+            diff(
+                json!({"preferred_locales": null, "invoice_settings": {"custom_fields": [],
+                        "footer": ""}, "shipping": {}, "tax": null}),
+                had
+            ),
             json!({})
         );
     }
@@ -483,14 +436,26 @@ mod tests {
     #[test]
     fn every_parameter_that_takes_no_empty_value_is_a_list_object_or_integer_of_the_spec() {
         // The spec's emptyable parameters (an `anyOf` with `enum: [""]`).
-        for path in [&["address"][..], &["shipping"], &["metadata"],
-                     &["invoice_settings", "custom_fields"],
-                     &["invoice_settings", "rendering_options"], &["tax", "ip_address"]] {
+        for path in [
+            &["address"][..],
+            &["shipping"],
+            &["metadata"],
+            &["invoice_settings", "custom_fields"],
+            &["invoice_settings", "rendering_options"],
+            &["tax", "ip_address"],
+        ] {
             assert_eq!(empty_value(path), EmptyValue::Clears, "{path:?}");
         }
-        for path in [&["name"][..], &["email"], &["phone"], &["description"], &["tax_exempt"],
-                     &["address", "line2"], &["metadata", "plan"],
-                     &["invoice_settings", "footer"]] {
+        for path in [
+            &["name"][..],
+            &["email"],
+            &["phone"],
+            &["description"],
+            &["tax_exempt"],
+            &["address", "line2"],
+            &["metadata", "plan"],
+            &["invoice_settings", "footer"],
+        ] {
             assert_eq!(empty_value(path), EmptyValue::Text, "{path:?}");
         }
     }

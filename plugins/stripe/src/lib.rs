@@ -124,12 +124,7 @@ fn served(resource: &str) -> Result<()> {
 fn manifest() -> Manifest {
     // Stripe's published limits, per key: live mode 100 reads and 100 writes
     // per second, test mode 25 each. Restricted keys (`rk_`) count the same.
-    let limits = [
-        ("sk_live_", 100),
-        ("rk_live_", 100),
-        ("sk_test_", 25),
-        ("rk_test_", 25),
-    ];
+    let limits = [("sk_live_", 100), ("rk_live_", 100), ("sk_test_", 25), ("rk_test_", 25)];
     let rate_limits = limits
         .into_iter()
         .flat_map(|(prefix, requests)| {

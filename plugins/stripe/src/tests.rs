@@ -1,7 +1,6 @@
 //! Native tests of the connector's flows: each test scripts Stripe's answers
 //! through the SDK's HTTP test double and checks the requests sent.
 
-
 use weft_connector_sdk::http::testing::{self, Responding};
 use weft_connector_sdk::http::{Method, Request};
 use weft_connector_sdk::{
@@ -19,10 +18,7 @@ fn script(steps: &[(Method, &str, u16, &str)]) -> (Responding, testing::Sent) {
 }
 
 fn ctx() -> Context {
-    Context {
-        base_url: BASE.into(),
-        settings: Vec::new(),
-    }
+    Context { base_url: BASE.into(), settings: Vec::new() }
 }
 
 fn list_request(page_size: u32, cursor: Option<&str>, filter: Option<&str>) -> ListRequest {
@@ -109,22 +105,15 @@ fn get_returns_nothing_for_deleted_or_missing_customers() {
         ),
         (Method::Get, "/v1/customers/cus_9", 404, MISSING),
     ]);
-    assert_eq!(
-        Stripe::get(&ctx(), "customers", "cus_1"),
-        Ok(Some(CUS_1.to_string()))
-    );
+    assert_eq!(Stripe::get(&ctx(), "customers", "cus_1"), Ok(Some(CUS_1.to_string())));
     assert_eq!(Stripe::get(&ctx(), "customers", "cus_8"), Ok(None));
     assert_eq!(Stripe::get(&ctx(), "customers", "cus_9"), Ok(None));
 }
 
 #[test]
 fn a_404_that_is_not_stripes_is_an_error_not_absence() {
-    let (_guard, _) = script(&[(
-        Method::Get,
-        "/v1/customers/cus_1",
-        404,
-        "<html>Not Found</html>",
-    )]);
+    let (_guard, _) =
+        script(&[(Method::Get, "/v1/customers/cus_1", 404, "<html>Not Found</html>")]);
     let error = Stripe::get(&ctx(), "customers", "cus_1");
     assert!(matches!(error, Err(Error::NotFound(_))), "{error:?}");
 }
@@ -160,27 +149,17 @@ fn upsert_by_id_sends_only_what_differs() {
     let seen = seen.borrow();
     let post = &seen[1];
     assert_eq!(testing::body_text(post), "metadata[seats]=3&name=Joanna");
-    assert_eq!(
-        header(post, "content-type"),
-        Some("application/x-www-form-urlencoded")
-    );
+    assert_eq!(header(post, "content-type"), Some("application/x-www-form-urlencoded"));
     assert!(post.idempotent);
     assert_eq!(header(post, "idempotency-key"), None);
 }
 
 #[test]
 fn upsert_by_id_of_a_deleted_customer_is_not_found() {
-    let (_guard, _) = script(&[(
-        Method::Get,
-        "/v1/customers/cus_8",
-        200,
-        r#"{"id":"cus_8","deleted":true}"#,
-    )]);
+    let (_guard, _) =
+        script(&[(Method::Get, "/v1/customers/cus_8", 200, r#"{"id":"cus_8","deleted":true}"#)]);
     let error = Stripe::upsert(&ctx(), upsert_request(r#"{"id":"cus_8","name":"x"}"#));
-    assert!(
-        matches!(&error, Err(Error::NotFound(m)) if m.contains("cus_8")),
-        "{error:?}"
-    );
+    assert!(matches!(&error, Err(Error::NotFound(m)) if m.contains("cus_8")), "{error:?}");
 }
 
 #[test]
@@ -201,14 +180,8 @@ fn upsert_by_new_email_creates_with_the_idempotency_key() {
     assert_eq!(outcome.action, UpsertAction::Created);
     assert_eq!(outcome.record, created);
     let seen = seen.borrow();
-    assert_eq!(
-        testing::body_text(&seen[1]),
-        "email=new%40example.com&metadata[source]=weft"
-    );
-    assert_eq!(
-        header(&seen[1], "idempotency-key"),
-        Some("run1-step2-item3")
-    );
+    assert_eq!(testing::body_text(&seen[1]), "email=new%40example.com&metadata[source]=weft");
+    assert_eq!(header(&seen[1], "idempotency-key"), Some("run1-step2-item3"));
     assert!(seen[1].idempotent);
 }
 
@@ -216,24 +189,12 @@ fn upsert_by_new_email_creates_with_the_idempotency_key() {
 fn upsert_by_email_updates_the_one_match() {
     let list = format!(r#"{{"data":[{CUS_1}],"has_more":false}}"#);
     let (_guard, seen) = script(&[
-        (
-            Method::Get,
-            "/v1/customers?email=jo%40example.com&limit=2",
-            200,
-            &list,
-        ),
-        (
-            Method::Post,
-            "/v1/customers/cus_1",
-            200,
-            r#"{"id":"cus_1","name":"Jo B"}"#,
-        ),
+        (Method::Get, "/v1/customers?email=jo%40example.com&limit=2", 200, &list),
+        (Method::Post, "/v1/customers/cus_1", 200, r#"{"id":"cus_1","name":"Jo B"}"#),
     ]);
-    let outcome = Stripe::upsert(
-        &ctx(),
-        upsert_request(r#"{"email":"jo@example.com","name":"Jo B"}"#),
-    )
-    .expect("outcome");
+    let outcome =
+        Stripe::upsert(&ctx(), upsert_request(r#"{"email":"jo@example.com","name":"Jo B"}"#))
+            .expect("outcome");
     assert_eq!(outcome.action, UpsertAction::Updated);
     assert_eq!(testing::body_text(&seen.borrow()[1]), "name=Jo%20B");
 }
@@ -265,10 +226,7 @@ fn upsert_without_id_or_email_creates() {
 fn upsert_rejects_records_that_are_not_objects_or_have_odd_keys() {
     for record in ["[1]", "nope", r#"{"id": 5}"#, r#"{"email": 5}"#] {
         let error = Stripe::upsert(&ctx(), upsert_request(record));
-        assert!(
-            matches!(error, Err(Error::InvalidInput(_))),
-            "{record}: {error:?}"
-        );
+        assert!(matches!(error, Err(Error::InvalidInput(_))), "{record}: {error:?}");
     }
 }
 
@@ -300,21 +258,13 @@ fn remove_deletes_an_existing_customer() {
             r#"{"id":"cus_1","object":"customer","deleted":true}"#,
         ),
     ]);
-    assert_eq!(
-        Stripe::remove(&ctx(), "customers", "cus_1"),
-        Ok(RemoveOutcome::Removed)
-    );
+    assert_eq!(Stripe::remove(&ctx(), "customers", "cus_1"), Ok(RemoveOutcome::Removed));
 }
 
 #[test]
 fn removing_a_deleted_or_missing_customer_is_already_absent() {
     let (_guard, seen) = script(&[
-        (
-            Method::Get,
-            "/v1/customers/cus_8",
-            200,
-            r#"{"id":"cus_8","deleted":true}"#,
-        ),
+        (Method::Get, "/v1/customers/cus_8", 200, r#"{"id":"cus_8","deleted":true}"#),
         (Method::Get, "/v1/customers/cus_9", 404, MISSING),
         (Method::Get, "/v1/customers/cus_1", 200, CUS_1),
         (Method::Delete, "/v1/customers/cus_1", 404, MISSING),
@@ -337,10 +287,7 @@ fn api_version_setting_pins_the_stripe_version_header() {
         settings: vec![("api_version".into(), "2024-06-20".into())],
     };
     Stripe::get(&ctx, "customers", "cus_1").expect("record");
-    assert_eq!(
-        header(&seen.borrow()[0], "stripe-version"),
-        Some("2024-06-20")
-    );
+    assert_eq!(header(&seen.borrow()[0], "stripe-version"), Some("2024-06-20"));
 }
 
 #[test]
@@ -349,14 +296,11 @@ fn stripe_should_retry_and_idempotency_errors_adjust_the_case() {
         409,
         r#"{"error":{"type":"invalid_request_error","code":"lock_timeout","message":"busy"}}"#,
     );
-    lock.headers
-        .push(("stripe-should-retry".into(), "true".into()));
+    lock.headers.push(("stripe-should-retry".into(), "true".into()));
     assert!(matches!(stripe_error(&lock), Error::Transient(_)));
 
     let mut broken = testing::response(500, r#"{"error":{"type":"api_error","message":"bad"}}"#);
-    broken
-        .headers
-        .push(("stripe-should-retry".into(), "false".into()));
+    broken.headers.push(("stripe-should-retry".into(), "false".into()));
     assert!(matches!(stripe_error(&broken), Error::Fatal(_)));
 
     let reused = testing::response(
@@ -374,10 +318,7 @@ fn manifest_declares_customers_and_the_published_limits() {
     let customers = &manifest.resources[0];
     assert_eq!(customers.ops, [Op::List, Op::Get, Op::Upsert, Op::Remove]);
     assert_eq!(customers.irreversible, [Op::Remove]);
-    assert_eq!(
-        (customers.max_page_size, customers.default_page_size),
-        (100, 100)
-    );
+    assert_eq!((customers.max_page_size, customers.default_page_size), (100, 100));
     assert_eq!(manifest.rate_limits.len(), 8);
     let test_key_limits: Vec<u32> = manifest
         .rate_limits

@@ -244,10 +244,8 @@ pub fn specs_dir(repo: &Path) -> PathBuf {
 /// schema the extraction needs, or an erratum no longer applies.
 pub fn extract(vendor: &Vendor, vendor_apis: &Path) -> Result<String> {
     let path = vendor_apis.join(vendor.file);
-    let text = std::fs::read_to_string(&path).map_err(|source| Error::Read {
-        path: path.clone(),
-        source,
-    })?;
+    let text = std::fs::read_to_string(&path)
+        .map_err(|source| Error::Read { path: path.clone(), source })?;
     let document: Value = if vendor.file.ends_with(".yaml") {
         serde_norway::from_str(&text).map_err(|e| Error::Parse {
             path: path.clone(),
@@ -279,10 +277,7 @@ pub fn to_text(extract: &Value) -> String {
 ///
 /// As [`extract`], less the reading.
 pub fn extract_document(vendor: &Vendor, mut document: Value) -> Result<Value> {
-    let fail = |message: String| Error::Description {
-        vendor: vendor.name,
-        message,
-    };
+    let fail = |message: String| Error::Description { vendor: vendor.name, message };
     let errata = (vendor.errata)();
     for erratum in &errata {
         let target = document.pointer_mut(erratum.pointer).ok_or_else(|| {
@@ -389,10 +384,7 @@ const PLAIN_KEYWORDS: &[&str] = &[
 
 impl Converter<'_> {
     fn fail(&self, message: String) -> Error {
-        Error::Description {
-            vendor: self.vendor,
-            message,
-        }
+        Error::Description { vendor: self.vendor, message }
     }
 
     /// The object `reference` (`#/components/...`) points at.
@@ -414,14 +406,23 @@ impl Converter<'_> {
         Err(self.fail("a $ref chain longer than 16".into()))
     }
 
-    fn operation(&mut self, method: &str, path: &str, server_path: &str, item: &Value, operation: &Value) -> Result<Value> {
+    fn operation(
+        &mut self,
+        method: &str,
+        path: &str,
+        server_path: &str,
+        item: &Value,
+        operation: &Value,
+    ) -> Result<Value> {
         let at = format!("{method} {path}");
         // Path-level parameters apply unless the operation redefines them.
         let mut parameters: Vec<(String, String, Value)> = Vec::new();
         for list in [item.get("parameters"), operation.get("parameters")] {
             for parameter in list.and_then(Value::as_array).into_iter().flatten() {
                 let parameter = self.dereference(parameter)?;
-                let name = parameter["name"].as_str().ok_or_else(|| self.fail(format!("{at}: a parameter without a name")))?;
+                let name = parameter["name"]
+                    .as_str()
+                    .ok_or_else(|| self.fail(format!("{at}: a parameter without a name")))?;
                 let location = parameter["in"].as_str().unwrap_or_default();
                 parameters.retain(|(n, l, _)| !(n == name && l == location));
                 parameters.push((name.to_owned(), location.to_owned(), parameter.clone()));
@@ -430,7 +431,10 @@ impl Converter<'_> {
         let mut out = Map::new();
         out.insert("method".into(), method.into());
         out.insert("path".into(), format!("{server_path}{path}").into());
-        out.insert("operation_id".into(), operation.get("operationId").cloned().unwrap_or(Value::Null));
+        out.insert(
+            "operation_id".into(),
+            operation.get("operationId").cloned().unwrap_or(Value::Null),
+        );
         for location in ["path", "query"] {
             let mut properties = Map::new();
             let mut required = Vec::new();
@@ -443,7 +447,8 @@ impl Converter<'_> {
                     required.push(Value::String(name.clone()));
                 }
             }
-            let mut object = json!({ "type": "object", "properties": properties, "required": required });
+            let mut object =
+                json!({ "type": "object", "properties": properties, "required": required });
             if self.close_objects {
                 object["additionalProperties"] = Value::Bool(false);
             }
@@ -453,11 +458,18 @@ impl Converter<'_> {
             None => Value::Null,
             Some(body) => {
                 let body = self.dereference(body)?.clone();
-                let content = body["content"].as_object().ok_or_else(|| self.fail(format!("{at}: a request body without content")))?;
+                let content = body["content"]
+                    .as_object()
+                    .ok_or_else(|| self.fail(format!("{at}: a request body without content")))?;
                 let [(media_type, media)] = content.iter().collect::<Vec<_>>()[..] else {
-                    return Err(self.fail(format!("{at}: the emulators take one media type; the body offers {}", content.len())));
+                    return Err(self.fail(format!(
+                        "{at}: the emulators take one media type; the body offers {}",
+                        content.len()
+                    )));
                 };
-                let schema = media.get("schema").ok_or_else(|| self.fail(format!("{at}: body {media_type} has no schema")))?;
+                let schema = media
+                    .get("schema")
+                    .ok_or_else(|| self.fail(format!("{at}: body {media_type} has no schema")))?;
                 json!({
                     "media_type": media_type,
                     "required": body["required"] == Value::Bool(true),
@@ -528,7 +540,8 @@ impl Converter<'_> {
             }
         }
         // A boolean exclusive bound replaced its inclusive one.
-        for (exclusive, bound) in [("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")] {
+        for (exclusive, bound) in [("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")]
+        {
             if fields.get(exclusive) == Some(&Value::Bool(true)) {
                 out.remove(bound);
             }
@@ -536,7 +549,10 @@ impl Converter<'_> {
         if self.openapi_30 && fields.get("nullable") == Some(&Value::Bool(true)) {
             out = nullable(out);
         }
-        if self.close_objects && out.contains_key("properties") && !out.contains_key("additionalProperties") {
+        if self.close_objects
+            && out.contains_key("properties")
+            && !out.contains_key("additionalProperties")
+        {
             out.insert("additionalProperties".into(), Value::Bool(false));
         }
         Ok(Value::Object(out))
@@ -616,17 +632,35 @@ mod tests {
 
     #[test]
     fn operations_become_self_contained_json_schema() {
-        let extract = extract_document(&vendor(UnknownParameters::Allowed, no_errata), document()).expect("extracts");
+        let extract = extract_document(&vendor(UnknownParameters::Allowed, no_errata), document())
+            .expect("extracts");
         let operation = &extract["operations"][0];
         assert_eq!(operation["path"], "/v1/things/{id}");
-        assert_eq!(operation["path_parameters"], json!({ "type": "object", "properties": { "id": { "type": "string", "format": "uuid" } }, "required": ["id"] }));
-        assert_eq!(operation["query_parameters"]["properties"]["limit"], json!({ "type": "integer", "exclusiveMinimum": 0 }));
+        assert_eq!(
+            operation["path_parameters"],
+            json!({ "type": "object", "properties": { "id": { "type": "string", "format": "uuid" } }, "required": ["id"] })
+        );
+        assert_eq!(
+            operation["query_parameters"]["properties"]["limit"],
+            json!({ "type": "integer", "exclusiveMinimum": 0 })
+        );
         let body = &operation["body"];
-        assert_eq!((body["media_type"].as_str(), body["required"].as_bool()), (Some("application/json"), Some(true)));
+        assert_eq!(
+            (body["media_type"].as_str(), body["required"].as_bool()),
+            (Some("application/json"), Some(true))
+        );
         let thing = &body["schema"];
-        assert_eq!(thing["properties"]["name"], json!({ "type": "string" }), "docs and extensions dropped");
+        assert_eq!(
+            thing["properties"]["name"],
+            json!({ "type": "string" }),
+            "docs and extensions dropped"
+        );
         assert_eq!(thing["properties"]["note"]["type"], json!(["string", "null"]));
-        assert_eq!(thing["properties"]["description"], json!({ "type": "string" }), "a property named like a keyword is kept");
+        assert_eq!(
+            thing["properties"]["description"],
+            json!({ "type": "string" }),
+            "a property named like a keyword is kept"
+        );
         assert!(thing.get("additionalProperties").is_none(), "open, as OpenAPI reads it");
         // Thing inside Thing inside Thing: the third level is cut.
         assert_eq!(thing["properties"]["child"]["properties"]["child"], json!({}));
@@ -635,7 +669,8 @@ mod tests {
 
     #[test]
     fn a_vendor_that_refuses_unknown_parameters_gets_closed_objects() {
-        let extract = extract_document(&vendor(UnknownParameters::Refused, no_errata), document()).expect("extracts");
+        let extract = extract_document(&vendor(UnknownParameters::Refused, no_errata), document())
+            .expect("extracts");
         let operation = &extract["operations"][0];
         assert_eq!(operation["query_parameters"]["additionalProperties"], false);
         assert_eq!(operation["body"]["schema"]["additionalProperties"], false);
@@ -644,10 +679,18 @@ mod tests {
     #[test]
     fn an_erratum_replaces_its_schema_and_is_listed_with_its_reason() {
         fn errata() -> Vec<Erratum> {
-            vec![Erratum { pointer: "/components/schemas/Thing/properties/note", replacement: json!({ "type": "integer" }), why: "because" }]
+            vec![Erratum {
+                pointer: "/components/schemas/Thing/properties/note",
+                replacement: json!({ "type": "integer" }),
+                why: "because",
+            }]
         }
-        let extract = extract_document(&vendor(UnknownParameters::Allowed, errata), document()).expect("extracts");
-        assert_eq!(extract["operations"][0]["body"]["schema"]["properties"]["note"], json!({ "type": "integer" }));
+        let extract = extract_document(&vendor(UnknownParameters::Allowed, errata), document())
+            .expect("extracts");
+        assert_eq!(
+            extract["operations"][0]["body"]["schema"]["properties"]["note"],
+            json!({ "type": "integer" })
+        );
         assert_eq!(extract["errata"][0]["why"], "because");
     }
 
@@ -657,10 +700,15 @@ mod tests {
             vec![Erratum { pointer: "/components/schemas/Gone", replacement: json!({}), why: "" }]
         }
         fn needless() -> Vec<Erratum> {
-            vec![Erratum { pointer: "/components/schemas/Thing/properties/description", replacement: json!({ "type": "string" }), why: "" }]
+            vec![Erratum {
+                pointer: "/components/schemas/Thing/properties/description",
+                replacement: json!({ "type": "string" }),
+                why: "",
+            }]
         }
         for errata in [gone as fn() -> Vec<Erratum>, needless] {
-            let error = extract_document(&vendor(UnknownParameters::Allowed, errata), document()).expect_err("stale");
+            let error = extract_document(&vendor(UnknownParameters::Allowed, errata), document())
+                .expect_err("stale");
             assert!(error.to_string().contains("erratum"), "{error}");
         }
     }

@@ -30,7 +30,8 @@ fn run() -> anyhow::Result<ExitCode> {
     let dir = specs_dir(&repo);
     let mut differ = Vec::new();
     for vendor in VENDORS {
-        let text = extract(vendor, &vendor_apis).with_context(|| format!("failed to extract {}", vendor.name))?;
+        let text = extract(vendor, &vendor_apis)
+            .with_context(|| format!("failed to extract {}", vendor.name))?;
         let path = dir.join(format!("{}.json", vendor.name));
         let committed = std::fs::read_to_string(&path).unwrap_or_default();
         if committed == text {
@@ -38,7 +39,8 @@ fn run() -> anyhow::Result<ExitCode> {
         }
         differ.push(path.display().to_string());
         if !check {
-            std::fs::write(&path, &text).with_context(|| format!("failed to write {}", path.display()))?;
+            std::fs::write(&path, &text)
+                .with_context(|| format!("failed to write {}", path.display()))?;
             eprintln!("wrote {} ({} bytes)", path.display(), text.len());
         }
     }

@@ -15,14 +15,8 @@ struct Harness {
 impl Harness {
     async fn start(config: BaremetricsConfig) -> Self {
         let emulator = BaremetricsEmulator::new(config);
-        let server = serve(emulator.router(), LOOPBACK_ANY_PORT)
-            .await
-            .expect("binds");
-        Self {
-            emulator,
-            server,
-            client: reqwest::Client::new(),
-        }
+        let server = serve(emulator.router(), LOOPBACK_ANY_PORT).await.expect("binds");
+        Self { emulator, server, client: reqwest::Client::new() }
     }
 
     async fn seeded(customers: usize) -> Self {
@@ -96,13 +90,9 @@ async fn baremetrics_creates_and_reads_a_customer_by_oid() {
     assert_eq!(reply.json["customer"]["email"], "john@example.com");
     assert_eq!(reply.json["customer"]["created"], 1_700_000_000);
 
-    let duplicate = harness
-        .post(&native("/customers"), &json!({"oid": "cust_new"}))
-        .await;
+    let duplicate = harness.post(&native("/customers"), &json!({"oid": "cust_new"})).await;
     assert_eq!(duplicate.status, 400);
-    let no_oid = harness
-        .post(&native("/customers"), &json!({"name": "x"}))
-        .await;
+    let no_oid = harness.post(&native("/customers"), &json!({"name": "x"})).await;
     assert_eq!(no_oid.status, 400);
     assert!(no_oid.json["error"].is_string());
 }
@@ -112,27 +102,15 @@ async fn baremetrics_stripe_synced_source_is_read_only() {
     let harness = Harness::seeded(4).await;
     let listed = harness.get(&stripe("/customers")).await;
     assert_eq!(listed.status, 200);
-    let oid = listed.json["customers"][0]["oid"]
-        .as_str()
-        .expect("oid")
-        .to_owned();
+    let oid = listed.json["customers"][0]["oid"].as_str().expect("oid").to_owned();
 
-    let create = harness
-        .post(
-            &stripe("/customers"),
-            &json!({"oid": "cust_x", "name": "x"}),
-        )
-        .await;
-    let update = harness
-        .put(&stripe(&format!("/customers/{oid}")), &json!({"name": "x"}))
-        .await;
+    let create = harness.post(&stripe("/customers"), &json!({"oid": "cust_x", "name": "x"})).await;
+    let update = harness.put(&stripe(&format!("/customers/{oid}")), &json!({"name": "x"})).await;
     let delete = harness.delete(&stripe(&format!("/customers/{oid}"))).await;
     for reply in [create, update, delete] {
         assert_eq!(reply.status, 400);
         assert!(
-            reply.json["error"]
-                .as_str()
-                .is_some_and(|m| m.contains("read-only")),
+            reply.json["error"].as_str().is_some_and(|m| m.contains("read-only")),
             "{:?}",
             reply.json
         );
@@ -149,12 +127,7 @@ async fn baremetrics_put_replaces_the_whole_customer() {
             &json!({"oid": "cust_1", "name": "Jane", "email": "jane@example.com", "notes": "VIP", "created": 1_600_000_000}),
         )
         .await;
-    let reply = harness
-        .put(
-            &native("/customers/cust_1"),
-            &json!({"name": "Jane Updated"}),
-        )
-        .await;
+    let reply = harness.put(&native("/customers/cust_1"), &json!({"name": "Jane Updated"})).await;
     assert_eq!(reply.status, 200);
     let customer = &reply.json["customer"];
     assert_eq!(customer["name"], "Jane Updated");
@@ -162,10 +135,7 @@ async fn baremetrics_put_replaces_the_whole_customer() {
     assert_eq!(customer["notes"], Value::Null, "omitted notes are cleared");
     assert_eq!(customer["created"], 1_600_000_000, "created is kept");
     assert_eq!(
-        harness
-            .emulator
-            .customer(NATIVE_SOURCE_ID, "cust_1")
-            .expect("kept")["email"],
+        harness.emulator.customer(NATIVE_SOURCE_ID, "cust_1").expect("kept")["email"],
         Value::Null
     );
 }
@@ -182,9 +152,7 @@ async fn baremetrics_delete_is_permanent_and_answers_202() {
     assert_eq!(harness.get(&path).await.status, 404);
     assert_eq!(harness.delete(&path).await.status, 404);
     assert!(harness.emulator.subscription_count() <= before);
-    let subscriptions = harness
-        .get(&native("/subscriptions?customer_oid=cust_00000"))
-        .await;
+    let subscriptions = harness.get(&native("/subscriptions?customer_oid=cust_00000")).await;
     assert_eq!(subscriptions.json["subscriptions"], json!([]));
 }
 
@@ -217,10 +185,7 @@ async fn baremetrics_searches_and_sorts_customers() {
         .iter()
         .filter_map(|c| c["name"].as_str())
         .collect();
-    assert!(
-        found.iter().all(|name| name.contains("Hopper")),
-        "{found:?}"
-    );
+    assert!(found.iter().all(|name| name.contains("Hopper")), "{found:?}");
 
     let desc = harness.get(&native("/customers?order=desc")).await;
     assert_eq!(desc.json["customers"][0]["oid"], "cust_00004");
@@ -234,9 +199,7 @@ async fn baremetrics_subscriptions_filter_by_customer_oid() {
     let subscriptions = all.json["subscriptions"].as_array().expect("array");
     assert!(!subscriptions.is_empty());
     let oid = subscriptions[0]["customer"]["oid"].as_str().expect("oid");
-    let filtered = harness
-        .get(&native(&format!("/subscriptions?customer_oid={oid}")))
-        .await;
+    let filtered = harness.get(&native(&format!("/subscriptions?customer_oid={oid}"))).await;
     let filtered = filtered.json["subscriptions"].as_array().expect("array");
     assert!(!filtered.is_empty());
     assert!(filtered.iter().all(|s| s["customer"]["oid"] == oid));
@@ -257,17 +220,10 @@ async fn baremetrics_attribute_keys_must_pre_exist() {
     assert_eq!(ok.status, 200);
     assert_eq!(ok.json["customer"]["attributes"]["plan_tier"], "enterprise");
     let unknown = harness
-        .put(
-            &native("/customers/cust_1"),
-            &json!({"attributes": {"favourite_colour": "teal"}}),
-        )
+        .put(&native("/customers/cust_1"), &json!({"attributes": {"favourite_colour": "teal"}}))
         .await;
     assert_eq!(unknown.status, 400);
-    assert!(
-        unknown.json["error"]
-            .as_str()
-            .is_some_and(|m| m.contains("favourite_colour"))
-    );
+    assert!(unknown.json["error"].as_str().is_some_and(|m| m.contains("favourite_colour")));
 }
 
 #[tokio::test]
@@ -298,10 +254,7 @@ async fn baremetrics_answers_429_without_retry_after_over_the_limit() {
 async fn baremetrics_refuses_a_wrong_key() {
     let harness = Harness::seeded(0).await;
     let reply = send(
-        harness
-            .client
-            .get(format!("{}/v1/sources", harness.server.base_url()))
-            .bearer_auth("nope"),
+        harness.client.get(format!("{}/v1/sources", harness.server.base_url())).bearer_auth("nope"),
     )
     .await;
     assert_eq!(reply.status, 401);
@@ -309,23 +262,11 @@ async fn baremetrics_refuses_a_wrong_key() {
 
 #[test]
 fn baremetrics_demo_data_is_the_same_for_the_same_seed() {
-    let config = BaremetricsConfig {
-        seed: 8,
-        rng_seed: 2,
-        ..BaremetricsConfig::default()
-    };
-    let (first, second) = (
-        BaremetricsEmulator::new(config.clone()),
-        BaremetricsEmulator::new(config),
-    );
-    assert_eq!(
-        first.customers(NATIVE_SOURCE_ID),
-        second.customers(NATIVE_SOURCE_ID)
-    );
-    assert_eq!(
-        first.customers(STRIPE_SOURCE_ID),
-        second.customers(STRIPE_SOURCE_ID)
-    );
+    let config = BaremetricsConfig { seed: 8, rng_seed: 2, ..BaremetricsConfig::default() };
+    let (first, second) =
+        (BaremetricsEmulator::new(config.clone()), BaremetricsEmulator::new(config));
+    assert_eq!(first.customers(NATIVE_SOURCE_ID), second.customers(NATIVE_SOURCE_ID));
+    assert_eq!(first.customers(STRIPE_SOURCE_ID), second.customers(STRIPE_SOURCE_ID));
 }
 
 // The check against Baremetrics' description (sandbox/specs/baremetrics.json).
@@ -340,10 +281,7 @@ fn assert_refused(reply: &Reply, message: &str) {
 async fn baremetrics_customer_bodies_of_the_wrong_types_are_refused_by_field() {
     let harness = Harness::seeded(0).await;
     let path = native("/customers");
-    assert_refused(
-        &harness.post(&path, &json!({ "name": "No oid" })).await,
-        "oid is required",
-    );
+    assert_refused(&harness.post(&path, &json!({ "name": "No oid" })).await, "oid is required");
     assert_refused(
         &harness.post(&path, &json!({ "oid": "c1", "name": 5 })).await,
         "name must be string",
@@ -354,10 +292,7 @@ async fn baremetrics_customer_bodies_of_the_wrong_types_are_refused_by_field() {
         &harness.post(&path, &json!({ "oid": "c1", "email": null })).await,
         "email must be string",
     );
-    assert_refused(
-        &harness.post(&path, &json!(["c1"])).await,
-        "the request body must be object",
-    );
+    assert_refused(&harness.post(&path, &json!(["c1"])).await, "the request body must be object");
     assert_eq!(harness.emulator.customer_count(), 0);
 }
 
@@ -369,20 +304,14 @@ async fn baremetrics_created_is_a_unix_timestamp_as_the_errata_say() {
     let harness = Harness::seeded(0).await;
     let path = native("/customers");
     assert_refused(
-        &harness
-            .post(&path, &json!({ "oid": "c1", "created": "2024-01-02T03:04:05Z" }))
-            .await,
+        &harness.post(&path, &json!({ "oid": "c1", "created": "2024-01-02T03:04:05Z" })).await,
         "created must be integer",
     );
-    let reply = harness
-        .post(&path, &json!({ "oid": "c1", "created": 1_704_164_645 }))
-        .await;
+    let reply = harness.post(&path, &json!({ "oid": "c1", "created": 1_704_164_645 })).await;
     assert_eq!(reply.status, 200, "{reply:?}");
     assert_eq!(reply.json["customer"]["created"], 1_704_164_645);
     assert_refused(
-        &harness
-            .put(&native("/customers/c1"), &json!({ "created": "yesterday" }))
-            .await,
+        &harness.put(&native("/customers/c1"), &json!({ "created": "yesterday" })).await,
         "created must be integer",
     );
 }

@@ -16,23 +16,13 @@ struct Harness {
 impl Harness {
     async fn start(config: GrowPanelConfig) -> Self {
         let emulator = GrowPanelEmulator::new(config);
-        let server = serve(emulator.router(), LOOPBACK_ANY_PORT)
-            .await
-            .expect("binds");
-        Self {
-            emulator,
-            server,
-            client: reqwest::Client::new(),
-        }
+        let server = serve(emulator.router(), LOOPBACK_ANY_PORT).await.expect("binds");
+        Self { emulator, server, client: reqwest::Client::new() }
     }
 
     async fn seeded(customers: usize) -> Self {
-        Self::start(GrowPanelConfig {
-            seed: customers,
-            rng_seed: 7,
-            ..GrowPanelConfig::default()
-        })
-        .await
+        Self::start(GrowPanelConfig { seed: customers, rng_seed: 7, ..GrowPanelConfig::default() })
+            .await
     }
 
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
@@ -46,19 +36,12 @@ impl Harness {
     }
 
     async fn post(&self, body: &Value) -> Reply {
-        send(with_json(
-            self.request(reqwest::Method::POST, "/data/customers"),
-            body,
-        ))
-        .await
+        send(with_json(self.request(reqwest::Method::POST, "/data/customers"), body)).await
     }
 
     async fn put(&self, id: &str, body: &Value) -> Reply {
-        send(with_json(
-            self.request(reqwest::Method::PUT, &format!("/data/customers/{id}")),
-            body,
-        ))
-        .await
+        send(with_json(self.request(reqwest::Method::PUT, &format!("/data/customers/{id}")), body))
+            .await
     }
 
     async fn delete(&self, id: &str) -> Reply {
@@ -82,11 +65,7 @@ async fn growpanel_list_needs_a_source() {
     let harness = Harness::seeded(3).await;
     let reply = harness.get("/data/customers").await;
     assert_eq!(reply.status, 400);
-    assert!(
-        reply.json["error"]
-            .as_str()
-            .is_some_and(|m| m.contains("source"))
-    );
+    assert!(reply.json["error"].as_str().is_some_and(|m| m.contains("source")));
     assert_eq!(reply.json["message"], reply.json["error"]);
 
     let reply = harness.get("/data/customers?source=ds_nope").await;
@@ -96,21 +75,12 @@ async fn growpanel_list_needs_a_source() {
 #[tokio::test]
 async fn growpanel_list_is_wrapped_in_result_count_and_list() {
     let harness = Harness::seeded(5).await;
-    let reply = harness
-        .get(&format!("/data/customers?source={DEMO_DATA_SOURCE}"))
-        .await;
+    let reply = harness.get(&format!("/data/customers?source={DEMO_DATA_SOURCE}")).await;
     assert_eq!(reply.status, 200);
     assert_eq!(reply.json["result"]["count"], 5);
-    assert_eq!(
-        reply.json["result"]["list"].as_array().map(Vec::len),
-        Some(5)
-    );
+    assert_eq!(reply.json["result"]["list"].as_array().map(Vec::len), Some(5));
 
-    let reply = harness
-        .get(&format!(
-            "/data/customers?source={DEMO_DATA_SOURCE}&limit=2"
-        ))
-        .await;
+    let reply = harness.get(&format!("/data/customers?source={DEMO_DATA_SOURCE}&limit=2")).await;
     assert_eq!(reply.json["result"]["count"], 2);
     assert_eq!(reply.json["result"]["list"][0]["id"], "cus_demo00000");
 }
@@ -121,10 +91,7 @@ async fn growpanel_unauthorized_without_the_key() {
     let reply = send(
         harness
             .client
-            .get(format!(
-                "{}/data/customers?source={DEMO_DATA_SOURCE}",
-                harness.server.base_url()
-            ))
+            .get(format!("{}/data/customers?source={DEMO_DATA_SOURCE}", harness.server.base_url()))
             .bearer_auth("wrong"),
     )
     .await;
@@ -140,9 +107,7 @@ async fn growpanel_post_accepts_one_object() {
     assert_eq!(reply.json["result"][0]["id"], "cus_1");
     assert_eq!(reply.json["result"][0]["export_status"], "success");
     assert_eq!(harness.emulator.customer_count(), 1);
-    let reply = harness
-        .get(&format!("/data/customers/cus_1?source={DEMO_DATA_SOURCE}"))
-        .await;
+    let reply = harness.get(&format!("/data/customers/cus_1?source={DEMO_DATA_SOURCE}")).await;
     assert_eq!(reply.status, 200);
     assert_eq!(reply.json["name"], "Beta LLC");
 }
@@ -150,9 +115,7 @@ async fn growpanel_post_accepts_one_object() {
 #[tokio::test]
 async fn growpanel_post_accepts_an_array() {
     let harness = Harness::seeded(0).await;
-    let reply = harness
-        .post(&json!([row("cus_1"), row("cus_2"), row("cus_3")]))
-        .await;
+    let reply = harness.post(&json!([row("cus_1"), row("cus_2"), row("cus_3")])).await;
     assert_eq!(reply.status, 200);
     assert_eq!(reply.json["result"].as_array().map(Vec::len), Some(3));
     assert_eq!(harness.emulator.customer_count(), 3);
@@ -166,10 +129,7 @@ async fn growpanel_post_upserts_by_id() {
     changed["name"] = "Beta Renamed".into();
     harness.post(&changed).await;
     assert_eq!(harness.emulator.customer_count(), 1);
-    assert_eq!(
-        harness.emulator.customer("cus_1").expect("stored")["name"],
-        "Beta Renamed"
-    );
+    assert_eq!(harness.emulator.customer("cus_1").expect("stored")["name"], "Beta Renamed");
 }
 
 #[tokio::test]
@@ -218,10 +178,7 @@ async fn growpanel_put_updates_only_name_email_and_custom_variables() {
         .await;
     assert_eq!(reply.status, 200);
     assert_eq!(reply.json["success"], true);
-    assert_eq!(
-        reply.json["result"]["updated_fields"],
-        json!(["name", "custom_variables"])
-    );
+    assert_eq!(reply.json["result"]["updated_fields"], json!(["name", "custom_variables"]));
     let after = harness.emulator.customer("cus_demo00000").expect("kept");
     assert_eq!(after["name"], "Renamed");
     assert!(before["custom_variables"]["segment"].is_string());
@@ -234,13 +191,7 @@ async fn growpanel_put_updates_only_name_email_and_custom_variables() {
     assert_eq!(after["status"], before["status"]);
     assert_eq!(after["email"], before["email"]);
 
-    assert_eq!(
-        harness
-            .put("cus_missing", &json!({"name": "x"}))
-            .await
-            .status,
-        404
-    );
+    assert_eq!(harness.put("cus_missing", &json!({"name": "x"})).await.status, 404);
 }
 
 #[tokio::test]
@@ -248,21 +199,16 @@ async fn growpanel_delete_returns_result_deleted_true() {
     let harness = Harness::seeded(2).await;
     let reply = harness.delete("cus_demo00001").await;
     assert_eq!(reply.status, 200);
-    assert_eq!(
-        reply.json["result"],
-        json!({"id": "cus_demo00001", "deleted": true})
-    );
+    assert_eq!(reply.json["result"], json!({"id": "cus_demo00001", "deleted": true}));
     assert_eq!(harness.emulator.customer_count(), 1);
     assert_eq!(harness.delete("cus_demo00001").await.status, 404);
 }
 
 #[tokio::test]
 async fn growpanel_enforces_the_published_delete_limit_when_switched_on() {
-    let harness = Harness::start(GrowPanelConfig {
-        enforce_rate_limits: true,
-        ..GrowPanelConfig::default()
-    })
-    .await;
+    let harness =
+        Harness::start(GrowPanelConfig { enforce_rate_limits: true, ..GrowPanelConfig::default() })
+            .await;
     for n in 0..50 {
         let reply = harness.delete(&format!("cus_{n}")).await;
         assert_eq!(reply.status, 404, "request {n} is within the limit");
@@ -272,9 +218,7 @@ async fn growpanel_enforces_the_published_delete_limit_when_switched_on() {
     assert!(reply.json["message"].is_string());
     assert_eq!(harness.emulator.limited_count(), 1);
     // GETs have their own budget.
-    let reply = harness
-        .get(&format!("/data/customers?source={DEMO_DATA_SOURCE}"))
-        .await;
+    let reply = harness.get(&format!("/data/customers?source={DEMO_DATA_SOURCE}")).await;
     assert_eq!(reply.status, 200);
 }
 
@@ -290,35 +234,20 @@ async fn growpanel_limits_are_off_by_default() {
 #[tokio::test]
 async fn growpanel_injects_server_errors_at_the_configured_rate() {
     let harness = Harness::start(GrowPanelConfig {
-        faults: FaultConfig {
-            rate_500: 1.0,
-            ..FaultConfig::default()
-        },
+        faults: FaultConfig { rate_500: 1.0, ..FaultConfig::default() },
         ..GrowPanelConfig::default()
     })
     .await;
-    let reply = harness
-        .get(&format!("/data/customers?source={DEMO_DATA_SOURCE}"))
-        .await;
+    let reply = harness.get(&format!("/data/customers?source={DEMO_DATA_SOURCE}")).await;
     assert_eq!(reply.status, 500);
     assert!(reply.json["error"].is_string());
-    assert_eq!(
-        harness
-            .emulator
-            .limits()
-            .injected_count(FaultKind::ServerError),
-        1
-    );
+    assert_eq!(harness.emulator.limits().injected_count(FaultKind::ServerError), 1);
     assert_eq!(harness.emulator.requests().len(), 1);
 }
 
 #[test]
 fn growpanel_demo_data_is_the_same_for_the_same_seed() {
-    let config = GrowPanelConfig {
-        seed: 10,
-        rng_seed: 3,
-        ..GrowPanelConfig::default()
-    };
+    let config = GrowPanelConfig { seed: 10, rng_seed: 3, ..GrowPanelConfig::default() };
     assert_eq!(
         GrowPanelEmulator::new(config.clone()).customers(),
         GrowPanelEmulator::new(config).customers()
@@ -341,15 +270,10 @@ fn assert_refused(reply: &Reply, message: &str) {
 async fn growpanel_put_with_null_name_and_email_is_refused_and_changes_nothing() {
     let harness = Harness::seeded(1).await;
     let before = harness.emulator.customer("cus_demo00000").expect("seeded");
-    let reply = harness
-        .put("cus_demo00000", &json!({"email": null, "name": null}))
-        .await;
+    let reply = harness.put("cus_demo00000", &json!({"email": null, "name": null})).await;
     assert_eq!(reply.status, 400, "{reply:?}");
     let message = reply.json["error"].as_str().expect("error");
-    assert!(
-        message == "email must be string" || message == "name must be string",
-        "{message}"
-    );
+    assert!(message == "email must be string" || message == "name must be string", "{message}");
     assert_eq!(harness.emulator.customer("cus_demo00000"), Some(before));
 }
 
@@ -358,9 +282,7 @@ async fn growpanel_put_with_null_name_and_email_is_refused_and_changes_nothing()
 #[tokio::test]
 async fn growpanel_custom_variables_that_are_numbers_or_booleans_are_refused() {
     let harness = Harness::seeded(1).await;
-    let reply = harness
-        .put("cus_demo00000", &json!({"custom_variables": {"seats": 5}}))
-        .await;
+    let reply = harness.put("cus_demo00000", &json!({"custom_variables": {"seats": 5}})).await;
     assert_refused(&reply, "custom_variables.seats must be string");
     let mut flagged = row("cus_2");
     flagged["custom_variables"] = json!({"vip": true});
@@ -390,11 +312,11 @@ async fn growpanel_rows_of_the_wrong_type_or_missing_required_fields_are_refused
             .is_some_and(|m| m.starts_with("[1].") && m.ends_with("is required")),
         "{reply:?}"
     );
-    assert_refused(&harness.post(&json!("cus_1")).await, "the request body must be object or array");
     assert_refused(
-        &harness.get("/data/customers").await,
-        "query parameter source is required",
+        &harness.post(&json!("cus_1")).await,
+        "the request body must be object or array",
     );
+    assert_refused(&harness.get("/data/customers").await, "query parameter source is required");
     assert_eq!(harness.emulator.customer_count(), 0);
 }
 

@@ -15,23 +15,13 @@ struct Harness {
 impl Harness {
     async fn start(config: MetronomeConfig) -> Self {
         let emulator = MetronomeEmulator::new(config);
-        let server = serve(emulator.router(), LOOPBACK_ANY_PORT)
-            .await
-            .expect("binds");
-        Self {
-            emulator,
-            server,
-            client: reqwest::Client::new(),
-        }
+        let server = serve(emulator.router(), LOOPBACK_ANY_PORT).await.expect("binds");
+        Self { emulator, server, client: reqwest::Client::new() }
     }
 
     async fn seeded(customers: usize) -> Self {
-        Self::start(MetronomeConfig {
-            seed: customers,
-            rng_seed: 11,
-            ..MetronomeConfig::default()
-        })
-        .await
+        Self::start(MetronomeConfig { seed: customers, rng_seed: 11, ..MetronomeConfig::default() })
+            .await
     }
 
     fn url(&self, path: &str) -> String {
@@ -43,21 +33,11 @@ impl Harness {
     }
 
     async fn post(&self, path: &str, body: &Value) -> Reply {
-        send(with_json(
-            self.client
-                .post(self.url(path))
-                .bearer_auth(SANDBOX_API_KEY),
-            body,
-        ))
-        .await
+        send(with_json(self.client.post(self.url(path)).bearer_auth(SANDBOX_API_KEY), body)).await
     }
 
     async fn create(&self, name: &str, aliases: &[&str]) -> Reply {
-        self.post(
-            "/customers",
-            &json!({"name": name, "ingest_aliases": aliases}),
-        )
-        .await
+        self.post("/customers", &json!({"name": name, "ingest_aliases": aliases})).await
     }
 }
 
@@ -97,20 +77,13 @@ async fn metronome_serves_customers_under_v1_with_a_data_envelope() {
 #[tokio::test]
 async fn metronome_assigns_a_uuid_and_defaults_external_id_to_the_first_alias() {
     let harness = Harness::seeded(0).await;
-    let reply = harness
-        .create("Acme Corp", &["acme-001", "acme@example.com"])
-        .await;
+    let reply = harness.create("Acme Corp", &["acme-001", "acme@example.com"]).await;
     assert_eq!(reply.status, 200);
     let id = reply.json["data"]["id"].as_str().expect("id");
     assert!(is_uuid(id), "{id}");
     assert_eq!(reply.json["data"]["external_id"], "acme-001");
 
-    let reply = harness
-        .post(
-            "/customers",
-            &json!({"name": "Beta", "external_id": "beta-7"}),
-        )
-        .await;
+    let reply = harness.post("/customers", &json!({"name": "Beta", "external_id": "beta-7"})).await;
     assert_eq!(reply.json["data"]["ingest_aliases"], json!(["beta-7"]));
     assert_eq!(harness.emulator.customer_count(), 2);
 }
@@ -118,9 +91,7 @@ async fn metronome_assigns_a_uuid_and_defaults_external_id_to_the_first_alias() 
 #[tokio::test]
 async fn metronome_create_needs_a_name() {
     let harness = Harness::seeded(0).await;
-    let reply = harness
-        .post("/customers", &json!({"ingest_aliases": ["x"]}))
-        .await;
+    let reply = harness.post("/customers", &json!({"ingest_aliases": ["x"]})).await;
     assert_eq!(reply.status, 400);
     assert!(reply.json["message"].is_string());
 }
@@ -131,11 +102,7 @@ async fn metronome_ingest_aliases_are_unique_account_wide() {
     assert_eq!(harness.create("First", &["shared-alias"]).await.status, 200);
     let reply = harness.create("Second", &["other", "shared-alias"]).await;
     assert_eq!(reply.status, 409);
-    assert!(
-        reply.json["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("shared-alias"))
-    );
+    assert!(reply.json["message"].as_str().is_some_and(|m| m.contains("shared-alias")));
     assert_eq!(harness.emulator.customer_count(), 1);
 
     let second = harness.create("Second", &["other"]).await;
@@ -155,10 +122,7 @@ async fn metronome_set_ingest_aliases_replaces_the_set_and_answers_an_empty_200(
     let created = harness.create("Acme", &["a", "b"]).await;
     let id = created.json["data"]["id"].as_str().expect("id");
     let reply = harness
-        .post(
-            &format!("/customers/{id}/setIngestAliases"),
-            &json!({"ingest_aliases": ["c"]}),
-        )
+        .post(&format!("/customers/{id}/setIngestAliases"), &json!({"ingest_aliases": ["c"]}))
         .await;
     assert_eq!(reply.status, 200);
     assert_eq!(reply.json, Value::Null, "empty body");
@@ -171,16 +135,9 @@ async fn metronome_set_ingest_aliases_replaces_the_set_and_answers_an_empty_200(
 #[tokio::test]
 async fn metronome_set_name_and_update_config_change_the_customer() {
     let harness = Harness::seeded(1).await;
-    let id = harness.emulator.customers()[0]["id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
-    let reply = harness
-        .post(
-            &format!("/customers/{id}/setName"),
-            &json!({"name": "Renamed"}),
-        )
-        .await;
+    let id = harness.emulator.customers()[0]["id"].as_str().expect("id").to_owned();
+    let reply =
+        harness.post(&format!("/customers/{id}/setName"), &json!({"name": "Renamed"})).await;
     assert_eq!(reply.status, 200);
     assert_eq!(reply.json["data"]["name"], "Renamed");
     let reply = harness
@@ -191,19 +148,13 @@ async fn metronome_set_name_and_update_config_change_the_customer() {
         .await;
     assert_eq!(reply.status, 200);
     let customer = harness.emulator.customer(&id).expect("exists");
-    assert_eq!(
-        customer["customer_config"]["salesforce_account_id"],
-        "0015500001WO1ZiABL"
-    );
+    assert_eq!(customer["customer_config"]["salesforce_account_id"], "0015500001WO1ZiABL");
 }
 
 #[tokio::test]
 async fn metronome_archived_customers_leave_the_default_list() {
     let harness = Harness::seeded(3).await;
-    let id = harness.emulator.customers()[1]["id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
+    let id = harness.emulator.customers()[1]["id"].as_str().expect("id").to_owned();
     let reply = harness.post("/customers/archive", &json!({"id": id})).await;
     assert_eq!(reply.status, 200);
     assert_eq!(reply.json["data"]["id"], id.as_str());
@@ -217,9 +168,7 @@ async fn metronome_archived_customers_leave_the_default_list() {
     assert_eq!(harness.get(&format!("/customers/{id}")).await.status, 200);
     let again = harness.post("/customers/archive", &json!({"id": id})).await;
     assert_eq!(again.status, 400);
-    let rename = harness
-        .post(&format!("/customers/{id}/setName"), &json!({"name": "x"}))
-        .await;
+    let rename = harness.post(&format!("/customers/{id}/setName"), &json!({"name": "x"})).await;
     assert_eq!(rename.status, 400);
 }
 
@@ -227,10 +176,7 @@ async fn metronome_archived_customers_leave_the_default_list() {
 async fn metronome_archive_of_an_unknown_customer_is_not_found() {
     let harness = Harness::seeded(0).await;
     let reply = harness
-        .post(
-            "/customers/archive",
-            &json!({"id": "8deed800-1b7a-495d-a207-6c52bac54dc9"}),
-        )
+        .post("/customers/archive", &json!({"id": "8deed800-1b7a-495d-a207-6c52bac54dc9"}))
         .await;
     assert_eq!(reply.status, 404);
     assert!(reply.json["message"].is_string());
@@ -266,20 +212,12 @@ async fn metronome_list_filters_by_ingest_alias_and_customer_ids() {
     let harness = Harness::seeded(4).await;
     let customers = harness.emulator.customers();
     let alias = customers[2]["ingest_aliases"][0].as_str().expect("alias");
-    let reply = harness
-        .get(&format!("/customers?ingest_alias={alias}"))
-        .await;
+    let reply = harness.get(&format!("/customers?ingest_alias={alias}")).await;
     assert_eq!(ids(&reply), vec![customers[2]["id"].as_str().expect("id")]);
 
-    let (first, last) = (
-        customers[0]["id"].as_str().expect("id"),
-        customers[3]["id"].as_str().expect("id"),
-    );
-    let reply = harness
-        .get(&format!(
-            "/customers?customer_ids={first}&customer_ids={last}"
-        ))
-        .await;
+    let (first, last) =
+        (customers[0]["id"].as_str().expect("id"), customers[3]["id"].as_str().expect("id"));
+    let reply = harness.get(&format!("/customers?customer_ids={first}&customer_ids={last}")).await;
     assert_eq!(ids(&reply), vec![first.to_owned(), last.to_owned()]);
 }
 
@@ -325,23 +263,13 @@ async fn metronome_answers_429_over_an_undisclosed_limit() {
 #[tokio::test]
 async fn metronome_refuses_a_wrong_key() {
     let harness = Harness::seeded(1).await;
-    let reply = send(
-        harness
-            .client
-            .get(harness.url("/customers"))
-            .bearer_auth("nope"),
-    )
-    .await;
+    let reply = send(harness.client.get(harness.url("/customers")).bearer_auth("nope")).await;
     assert_eq!(reply.status, 401);
 }
 
 #[test]
 fn metronome_demo_data_is_the_same_for_the_same_seed() {
-    let config = MetronomeConfig {
-        seed: 6,
-        rng_seed: 5,
-        ..MetronomeConfig::default()
-    };
+    let config = MetronomeConfig { seed: 6, rng_seed: 5, ..MetronomeConfig::default() };
     assert_eq!(
         MetronomeEmulator::new(config.clone()).customers(),
         MetronomeEmulator::new(config).customers()
@@ -359,20 +287,13 @@ fn assert_refused(reply: &Reply, message: &str) {
 #[tokio::test]
 async fn metronome_bodies_outside_the_description_are_refused_by_field() {
     let harness = Harness::seeded(1).await;
+    assert_refused(&harness.post("/customers", &json!({ "name": 5 })).await, "name must be string");
     assert_refused(
-        &harness.post("/customers", &json!({ "name": 5 })).await,
-        "name must be string",
-    );
-    assert_refused(
-        &harness
-            .post("/customers", &json!({ "name": "A", "ingest_aliases": ["ok", ""] }))
-            .await,
+        &harness.post("/customers", &json!({ "name": "A", "ingest_aliases": ["ok", ""] })).await,
         "ingest_aliases[1] must be at least 1 characters",
     );
     assert_refused(
-        &harness
-            .post("/customers", &json!({ "name": "A", "external_id": "x".repeat(129) }))
-            .await,
+        &harness.post("/customers", &json!({ "name": "A", "external_id": "x".repeat(129) })).await,
         "external_id must be at most 128 characters",
     );
     assert_refused(
@@ -407,10 +328,7 @@ async fn metronome_bodies_outside_the_description_are_refused_by_field() {
 #[tokio::test]
 async fn metronome_parameters_outside_the_description_are_refused_by_name() {
     let harness = Harness::seeded(1).await;
-    assert_refused(
-        &harness.get("/customers?limit=0").await,
-        "query parameter limit must be >= 1",
-    );
+    assert_refused(&harness.get("/customers?limit=0").await, "query parameter limit must be >= 1");
     assert_refused(
         &harness.get("/customers?limit=ten").await,
         "query parameter limit must be integer",
@@ -423,7 +341,8 @@ async fn metronome_parameters_outside_the_description_are_refused_by_name() {
         &harness.get("/customers/not-a-uuid").await,
         "path parameter customer_id must be a valid uuid",
     );
-    let reply = harness.get("/customers?limit=1&only_archived=false&customer_ids=a&customer_ids=b").await;
+    let reply =
+        harness.get("/customers?limit=1&only_archived=false&customer_ids=a&customer_ids=b").await;
     assert_eq!(reply.status, 200, "{reply:?}");
 }
 
@@ -436,9 +355,8 @@ async fn metronome_customer_ids_is_repeated_not_comma_separated() {
     let customers = harness.emulator.customers();
     let first = customers[0]["id"].as_str().expect("id");
     let second = customers[1]["id"].as_str().expect("id");
-    let repeated = harness
-        .get(&format!("/customers?customer_ids={first}&customer_ids={second}"))
-        .await;
+    let repeated =
+        harness.get(&format!("/customers?customer_ids={first}&customer_ids={second}")).await;
     assert_eq!(ids(&repeated).len(), 2, "{repeated:?}");
     let joined = harness.get(&format!("/customers?customer_ids={first},{second}")).await;
     assert_eq!(ids(&joined), Vec::<String>::new(), "{joined:?}");

@@ -45,7 +45,9 @@ pub(crate) fn allows(schema: &Value, kind: &str) -> bool {
 
 fn branch_allows(branch: &Value, kind: &str) -> bool {
     match branch.get("type") {
-        Some(Value::String(declared)) => declared == kind || (declared == "number" && kind == "integer"),
+        Some(Value::String(declared)) => {
+            declared == kind || (declared == "number" && kind == "integer")
+        }
         Some(Value::Array(declared)) => declared
             .iter()
             .any(|declared| declared == kind || (declared == "number" && kind == "integer")),
@@ -82,10 +84,7 @@ pub(crate) fn scalar(text: &str, schema: &Value) -> Value {
         return Value::from(integer);
     }
     if allows(schema, "number")
-        && let Some(number) = text
-            .parse::<f64>()
-            .ok()
-            .and_then(serde_json::Number::from_f64)
+        && let Some(number) = text.parse::<f64>().ok().and_then(serde_json::Number::from_f64)
     {
         return Value::Number(number);
     }
@@ -121,10 +120,7 @@ pub(crate) fn items(schema: &Value) -> Option<&Value> {
 /// they are left out, as OpenAPI allows them.
 pub(crate) fn query(pairs: &[(String, String)], parameters: &Value, keep_unknown: bool) -> Value {
     let empty = Map::new();
-    let declared = parameters
-        .get("properties")
-        .and_then(Value::as_object)
-        .unwrap_or(&empty);
+    let declared = parameters.get("properties").and_then(Value::as_object).unwrap_or(&empty);
     let mut out = Map::new();
     for (name, schema) in declared {
         let mut values = pairs.iter().filter(|(key, _)| key == name).map(|(_, value)| value);
@@ -164,7 +160,8 @@ mod tests {
         assert_eq!(scalar("ten", &json!({ "type": "integer" })), json!("ten"));
         assert_eq!(scalar("", &json!({ "type": "array" })), json!(""));
         // Stripe's emptyable: an object, or the empty string.
-        let emptyable = json!({ "anyOf": [{ "type": "object" }, { "type": "string", "enum": [""] }] });
+        let emptyable =
+            json!({ "anyOf": [{ "type": "object" }, { "type": "string", "enum": [""] }] });
         assert_eq!(scalar("", &emptyable), json!(""));
     }
 
@@ -175,11 +172,21 @@ mod tests {
             "ids": { "type": "array", "items": { "type": "string" } },
             "archived": { "type": "boolean" },
         }});
-        let pairs: Vec<(String, String)> = [("limit", "5"), ("ids", "a"), ("ids", "b"), ("archived", "true"), ("limit", "7"), ("other", "x")]
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
-        assert_eq!(query(&pairs, &parameters, false), json!({ "limit": 7, "ids": ["a", "b"], "archived": true }));
+        let pairs: Vec<(String, String)> = [
+            ("limit", "5"),
+            ("ids", "a"),
+            ("ids", "b"),
+            ("archived", "true"),
+            ("limit", "7"),
+            ("other", "x"),
+        ]
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+        assert_eq!(
+            query(&pairs, &parameters, false),
+            json!({ "limit": 7, "ids": ["a", "b"], "archived": true })
+        );
         assert_eq!(query(&pairs, &parameters, true)["other"], "x");
     }
 

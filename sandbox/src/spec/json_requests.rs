@@ -35,7 +35,11 @@ pub(crate) struct JsonCheck {
 /// Middleware: refuses a request its operation's description does not
 /// allow, with the vendor's answer; passes every other request on, body
 /// untouched.
-pub(crate) async fn check_json_request(State(check): State<JsonCheck>, request: Request, next: Next) -> Response {
+pub(crate) async fn check_json_request(
+    State(check): State<JsonCheck>,
+    request: Request,
+    next: Next,
+) -> Response {
     let spec = match check.spec.as_ref() {
         Ok(spec) => spec,
         Err(error) => {
@@ -54,9 +58,10 @@ pub(crate) async fn check_json_request(State(check): State<JsonCheck>, request: 
     if let Err(violation) = operation.path.check(Part::Path, &path_parameters) {
         return refuse(&violation);
     }
-    let pairs: Vec<(String, String)> = form_urlencoded::parse(request.uri().query().unwrap_or_default().as_bytes())
-        .into_owned()
-        .collect();
+    let pairs: Vec<(String, String)> =
+        form_urlencoded::parse(request.uri().query().unwrap_or_default().as_bytes())
+            .into_owned()
+            .collect();
     let query = decode::query(&pairs, &operation.query.schema, spec.refuses_unknown());
     if let Err(violation) = operation.query.check(Part::Query, &query) {
         return refuse(&violation);
@@ -64,14 +69,13 @@ pub(crate) async fn check_json_request(State(check): State<JsonCheck>, request: 
     let Some(body_schema) = &operation.body else {
         return next.run(request).await;
     };
-    let is_json = request
-        .headers()
-        .get(CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .is_none_or(|value| {
-            let mime = value.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
-            mime == "application/json" || mime.ends_with("+json")
-        });
+    let is_json =
+        request.headers().get(CONTENT_TYPE).and_then(|value| value.to_str().ok()).is_none_or(
+            |value| {
+                let mime = value.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+                mime == "application/json" || mime.ends_with("+json")
+            },
+        );
     if !is_json {
         return next.run(request).await;
     }

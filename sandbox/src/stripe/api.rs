@@ -88,11 +88,8 @@ pub(super) async fn list_customers(
         let data: Vec<&Customer> = page.customers.iter().map(|customer| &**customer).collect();
         to_json(&List::new(data, page.has_more))
     } else {
-        let data: Vec<serde_json::Value> = page
-            .customers
-            .iter()
-            .map(|customer| customer.render(&params.expand))
-            .collect();
+        let data: Vec<serde_json::Value> =
+            page.customers.iter().map(|customer| customer.render(&params.expand)).collect();
         to_json(&List::new(data, page.has_more))
     };
     Ok(json_response(StatusCode::OK, body))
@@ -108,12 +105,7 @@ struct List<T> {
 
 impl<T> List<T> {
     fn new(data: Vec<T>, has_more: bool) -> Self {
-        Self {
-            object: "list",
-            data,
-            has_more,
-            url: "/v1/customers",
-        }
+        Self { object: "list", data, has_more, url: "/v1/customers" }
     }
 }
 
@@ -131,12 +123,7 @@ pub(super) async fn create_customer(
     let fingerprint = Fingerprint::new("POST /v1/customers".to_owned(), &form.pairs);
 
     let mut state = shared.write();
-    if let Some(replay) = replay(
-        &mut state,
-        &api_key,
-        idempotency_key.as_deref(),
-        &fingerprint,
-    )? {
+    if let Some(replay) = replay(&mut state, &api_key, idempotency_key.as_deref(), &fingerprint)? {
         return Ok(replay);
     }
     let mut params = params?;
@@ -150,18 +137,9 @@ pub(super) async fn create_customer(
     params.apply(&mut customer)?;
     let stored = state.customers.insert(customer);
     let body = render(&stored, &expand);
-    save(
-        &mut state,
-        &api_key,
-        idempotency_key.as_deref(),
-        fingerprint,
-        &body,
-    );
+    save(&mut state, &api_key, idempotency_key.as_deref(), fingerprint, &body);
     drop(state);
-    Ok(with_idempotency_key(
-        json_response(StatusCode::OK, body),
-        idempotency_key.as_deref(),
-    ))
+    Ok(with_idempotency_key(json_response(StatusCode::OK, body), idempotency_key.as_deref()))
 }
 
 /// `GET /v1/customers/{customer}`: the customer, or `deleted: true` after
@@ -177,10 +155,7 @@ pub(super) async fn retrieve_customer(
     let found = shared.read().customers.get(&id);
     match found {
         Lookup::Live(customer) => Ok(json_response(StatusCode::OK, render(&customer, &expand))),
-        Lookup::Deleted => Ok(json_response(
-            StatusCode::OK,
-            to_json(&customer::deleted(&id)),
-        )),
+        Lookup::Deleted => Ok(json_response(StatusCode::OK, to_json(&customer::deleted(&id)))),
         Lookup::Missing => Err(ApiError::no_such_customer(&id)),
     }
 }
@@ -202,12 +177,7 @@ pub(super) async fn update_customer(
     let fingerprint = Fingerprint::new(format!("POST /v1/customers/{id}"), &form.pairs);
 
     let mut state = shared.write();
-    if let Some(replay) = replay(
-        &mut state,
-        &api_key,
-        idempotency_key.as_deref(),
-        &fingerprint,
-    )? {
+    if let Some(replay) = replay(&mut state, &api_key, idempotency_key.as_deref(), &fingerprint)? {
         return Ok(replay);
     }
     let mut params = params?;
@@ -218,23 +188,11 @@ pub(super) async fn update_customer(
     let mut changed = Customer::clone(&current);
     drop(current);
     params.apply(&mut changed)?;
-    let stored = state
-        .customers
-        .replace(changed)
-        .ok_or_else(|| ApiError::no_such_customer(&id))?;
+    let stored = state.customers.replace(changed).ok_or_else(|| ApiError::no_such_customer(&id))?;
     let body = render(&stored, &expand);
-    save(
-        &mut state,
-        &api_key,
-        idempotency_key.as_deref(),
-        fingerprint,
-        &body,
-    );
+    save(&mut state, &api_key, idempotency_key.as_deref(), fingerprint, &body);
     drop(state);
-    Ok(with_idempotency_key(
-        json_response(StatusCode::OK, body),
-        idempotency_key.as_deref(),
-    ))
+    Ok(with_idempotency_key(json_response(StatusCode::OK, body), idempotency_key.as_deref()))
 }
 
 /// `DELETE /v1/customers/{customer}`: permanent. Idempotency keys are
@@ -252,10 +210,7 @@ pub(super) async fn delete_customer(
     if !shared.write().customers.delete(&id) {
         return Err(ApiError::no_such_customer(&id));
     }
-    Ok(json_response(
-        StatusCode::OK,
-        to_json(&customer::deleted(&id)),
-    ))
+    Ok(json_response(StatusCode::OK, to_json(&customer::deleted(&id))))
 }
 
 fn customer_id(id: Result<Path<String>, PathRejection>) -> Result<Path<String>> {
@@ -279,17 +234,9 @@ fn post_form(headers: &HeaderMap, query: Option<&str>, body: &[u8]) -> Result<Fo
     let content_type = headers
         .get(CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
-        .map(|value| {
-            value
-                .split(';')
-                .next()
-                .unwrap_or_default()
-                .trim()
-                .to_ascii_lowercase()
-        });
-    let declared_other = content_type
-        .as_deref()
-        .is_some_and(|mime| mime != "application/x-www-form-urlencoded");
+        .map(|value| value.split(';').next().unwrap_or_default().trim().to_ascii_lowercase());
+    let declared_other =
+        content_type.as_deref().is_some_and(|mime| mime != "application/x-www-form-urlencoded");
     let looks_like_json = body
         .iter()
         .find(|byte| !byte.is_ascii_whitespace())
@@ -332,16 +279,11 @@ fn replay(
     let Some(key) = key else {
         return Ok(None);
     };
-    let Some(saved) = state
-        .idempotency
-        .check(&api_key.0, key, fingerprint, Instant::now())?
-    else {
+    let Some(saved) = state.idempotency.check(&api_key.0, key, fingerprint, Instant::now())? else {
         return Ok(None);
     };
     let mut response = with_idempotency_key(json_response(saved.status, saved.body), Some(key));
-    response
-        .headers_mut()
-        .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+    response.headers_mut().insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
     Ok(Some(response))
 }
 
@@ -353,13 +295,8 @@ fn save(
     body: &Bytes,
 ) {
     if let Some(key) = key {
-        let response = SavedResponse {
-            status: StatusCode::OK,
-            body: body.clone(),
-        };
-        state
-            .idempotency
-            .save(&api_key.0, key, fingerprint, response, Instant::now());
+        let response = SavedResponse { status: StatusCode::OK, body: body.clone() };
+        state.idempotency.save(&api_key.0, key, fingerprint, response, Instant::now());
     }
 }
 
@@ -371,11 +308,7 @@ fn with_idempotency_key(mut response: Response, key: Option<&str>) -> Response {
 }
 
 fn render(customer: &Customer, expand: &[String]) -> Bytes {
-    if expand.is_empty() {
-        to_json(customer)
-    } else {
-        to_json(&customer.render(expand))
-    }
+    if expand.is_empty() { to_json(customer) } else { to_json(&customer.render(expand)) }
 }
 
 fn to_json(value: &impl Serialize) -> Bytes {
@@ -385,8 +318,6 @@ fn to_json(value: &impl Serialize) -> Bytes {
 
 fn json_response(status: StatusCode, body: Bytes) -> Response {
     let mut response = (status, body).into_response();
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
 }

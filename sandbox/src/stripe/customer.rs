@@ -121,22 +121,13 @@ pub(crate) struct RenderingOptions {
 }
 
 /// Fields a customer only shows when expanded (`expand[]=tax_ids`).
-pub(crate) const INCLUDABLE: [&str; 6] = [
-    "cash_balance",
-    "invoice_credit_balance",
-    "sources",
-    "subscriptions",
-    "tax",
-    "tax_ids",
-];
+pub(crate) const INCLUDABLE: [&str; 6] =
+    ["cash_balance", "invoice_credit_balance", "sources", "subscriptions", "tax", "tax_ids"];
 
 /// Expandable references; the emulator never sets them, so expanding one
 /// leaves its `null`.
-pub(crate) const NULL_REFERENCES: [&str; 3] = [
-    "default_source",
-    "test_clock",
-    "invoice_settings.default_payment_method",
-];
+pub(crate) const NULL_REFERENCES: [&str; 3] =
+    ["default_source", "test_clock", "invoice_settings.default_payment_method"];
 
 /// The answer to a deleted customer: the spec's `deleted_customer`.
 pub(crate) fn deleted(id: &str) -> Value {
@@ -237,18 +228,12 @@ mod tests {
     #[test]
     fn id_and_object_come_first_as_in_stripes_answers() {
         let text = serde_json::to_string(&Customer::default()).expect("serialises");
-        assert!(
-            text.starts_with(r#"{"id":"","object":"customer","address":null"#),
-            "{text}"
-        );
+        assert!(text.starts_with(r#"{"id":"","object":"customer","address":null"#), "{text}");
     }
 
     #[test]
     fn includable_fields_appear_only_when_expanded() {
-        let customer = Customer {
-            id: "cus_1".into(),
-            ..Customer::default()
-        };
+        let customer = Customer { id: "cus_1".into(), ..Customer::default() };
         assert!(customer.render(&[]).get("sources").is_none());
         let expanded = customer.render(&["sources".into(), "tax".into()]);
         assert_eq!(expanded["sources"]["url"], "/v1/customers/cus_1/sources");

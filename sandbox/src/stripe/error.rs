@@ -52,13 +52,7 @@ struct Body<'a> {
 
 impl ApiError {
     fn new(status: StatusCode, kind: ErrorType, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            kind,
-            message: message.into(),
-            param: None,
-            code: None,
-        }
+        Self { status, kind, message: message.into(), param: None, code: None }
     }
 
     /// A 400 `invalid_request_error` without a parameter.
@@ -93,13 +87,9 @@ impl ApiError {
     /// 404 when the object is the one in the URL, 400 when a parameter
     /// refers to it, as Stripe does.
     pub fn no_such(noun: &str, id: &str, param: &str, status: StatusCode) -> Self {
-        Self::new(
-            status,
-            ErrorType::InvalidRequest,
-            format!("No such {noun}: '{id}'"),
-        )
-        .with_param(param)
-        .with_code("resource_missing")
+        Self::new(status, ErrorType::InvalidRequest, format!("No such {noun}: '{id}'"))
+            .with_param(param)
+            .with_code("resource_missing")
     }
 
     /// `No such customer: '<id>'` for the customer in the URL.
@@ -141,12 +131,8 @@ impl ApiError {
             "Request rate limit exceeded. You can learn more about rate limits here \
              https://stripe.com/docs/rate-limits."
         };
-        Self::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            ErrorType::InvalidRequest,
-            message,
-        )
-        .with_code("rate_limit")
+        Self::new(StatusCode::TOO_MANY_REQUESTS, ErrorType::InvalidRequest, message)
+            .with_code("rate_limit")
     }
 
     /// 500 `api_error`.
@@ -194,10 +180,7 @@ impl ApiError {
             error: Body {
                 code: self.code,
                 doc_url: self.code.map(|code| {
-                    format!(
-                        "https://stripe.com/docs/error-codes/{}",
-                        code.replace('_', "-")
-                    )
+                    format!("https://stripe.com/docs/error-codes/{}", code.replace('_', "-"))
                 }),
                 message: &self.message,
                 param: self.param.as_deref(),
@@ -213,10 +196,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (self.status, self.body()).into_response();
         let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         if self.status == StatusCode::UNAUTHORIZED {
             headers.insert(
                 header::WWW_AUTHENTICATE,
@@ -230,12 +210,10 @@ impl IntoResponse for ApiError {
 /// Masks a key as Stripe does in its 401 message: the `sk_test_`-style
 /// prefix and the last four characters stay, the rest become `*`.
 pub(crate) fn mask_key(key: &str) -> String {
-    let prefix_len = [
-        "sk_test_", "sk_live_", "rk_test_", "rk_live_", "pk_test_", "pk_live_",
-    ]
-    .iter()
-    .find(|prefix| key.starts_with(*prefix))
-    .map_or(0, |prefix| prefix.len());
+    let prefix_len = ["sk_test_", "sk_live_", "rk_test_", "rk_live_", "pk_test_", "pk_live_"]
+        .iter()
+        .find(|prefix| key.starts_with(*prefix))
+        .map_or(0, |prefix| prefix.len());
     let (prefix, secret) = key.split_at(prefix_len);
     let secret: Vec<char> = secret.chars().collect();
     let shown = secret.len().min(4);

@@ -69,13 +69,7 @@ impl Form {
                     ),
                 ));
             }
-            insert(
-                &mut self.params,
-                head,
-                &path,
-                value.clone().into_owned(),
-                &name,
-            )?;
+            insert(&mut self.params, head, &path, value.clone().into_owned(), &name)?;
             self.pairs.push((name.into_owned(), value.into_owned()));
         }
         Ok(())
@@ -115,11 +109,7 @@ fn split_name(name: &str) -> (&str, Vec<Segment<'_>>) {
         if key.contains('[') {
             return (name, Vec::new());
         }
-        segments.push(if key.is_empty() {
-            Segment::Append
-        } else {
-            Segment::Key(key)
-        });
+        segments.push(if key.is_empty() { Segment::Append } else { Segment::Key(key) });
         rest = &inner[close + 1..];
     }
     if head.is_empty() {
@@ -214,11 +204,8 @@ mod tests {
     #[test]
     fn indexed_and_appended_arrays_list_in_order() {
         let form = Form::from_bytes(b"a[1]=second&a[0]=first&b[]=x&b[]=y").expect("parses");
-        let lists: Vec<Vec<&Param>> = form
-            .params
-            .iter()
-            .map(|(_, p)| p.as_list().expect("a list"))
-            .collect();
+        let lists: Vec<Vec<&Param>> =
+            form.params.iter().map(|(_, p)| p.as_list().expect("a list")).collect();
         assert_eq!(lists[0], vec![&value("first"), &value("second")]);
         assert_eq!(lists[1], vec![&value("x"), &value("y")]);
     }

@@ -39,10 +39,7 @@ impl Fingerprint {
         // equally for the life of the process, which is all this needs.
         let mut hasher = DefaultHasher::new();
         sorted.hash(&mut hasher);
-        Self {
-            endpoint,
-            params: hasher.finish(),
-        }
+        Self { endpoint, params: hasher.finish() }
     }
 }
 
@@ -111,14 +108,7 @@ impl IdempotencyStore {
     ) {
         let id = (api_key.to_owned(), key.to_owned());
         self.expiry.push_back((now, id.clone()));
-        self.saved.insert(
-            id,
-            Saved {
-                fingerprint,
-                response,
-                saved_at: now,
-            },
-        );
+        self.saved.insert(id, Saved { fingerprint, response, saved_at: now });
     }
 
     fn expire(&mut self, now: Instant) {
@@ -130,11 +120,7 @@ impl IdempotencyStore {
                 break;
             };
             // Only if not saved again since (possible once it had expired).
-            if self
-                .saved
-                .get(&id)
-                .is_some_and(|saved| saved.saved_at == saved_at)
-            {
+            if self.saved.get(&id).is_some_and(|saved| saved.saved_at == saved_at) {
                 self.saved.remove(&id);
             }
         }
@@ -146,9 +132,7 @@ mod tests {
     use super::*;
 
     fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
-        list.iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
+        list.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
     }
 
     fn fingerprint(list: &[(&str, &str)]) -> Fingerprint {
@@ -156,18 +140,12 @@ mod tests {
     }
 
     fn ok(body: &'static str) -> SavedResponse {
-        SavedResponse {
-            status: StatusCode::OK,
-            body: Bytes::from_static(body.as_bytes()),
-        }
+        SavedResponse { status: StatusCode::OK, body: Bytes::from_static(body.as_bytes()) }
     }
 
     #[test]
     fn parameter_order_does_not_change_the_fingerprint() {
-        assert_eq!(
-            fingerprint(&[("a", "1"), ("b", "2")]),
-            fingerprint(&[("b", "2"), ("a", "1")])
-        );
+        assert_eq!(fingerprint(&[("a", "1"), ("b", "2")]), fingerprint(&[("b", "2"), ("a", "1")]));
         assert_ne!(fingerprint(&[("a", "1")]), fingerprint(&[("a", "2")]));
     }
 
@@ -178,23 +156,13 @@ mod tests {
         let first = fingerprint(&[("email", "a@b.c")]);
         assert_eq!(store.check("sk", "k", &first, now).expect("fresh"), None);
         store.save("sk", "k", first.clone(), ok("{}"), now);
-        assert_eq!(
-            store.check("sk", "k", &first, now).expect("replay"),
-            Some(ok("{}"))
-        );
-        assert_eq!(
-            store
-                .check("sk_other", "k", &first, now)
-                .expect("other key"),
-            None
-        );
+        assert_eq!(store.check("sk", "k", &first, now).expect("replay"), Some(ok("{}")));
+        assert_eq!(store.check("sk_other", "k", &first, now).expect("other key"), None);
         let other = fingerprint(&[("email", "x@y.z")]);
         let error = store.check("sk", "k", &other, now).expect_err("mismatch");
         assert_eq!(error.kind, super::super::error::ErrorType::Idempotency);
-        let elsewhere = Fingerprint::new(
-            "POST /v1/customers/cus_1".into(),
-            &pairs(&[("email", "a@b.c")]),
-        );
+        let elsewhere =
+            Fingerprint::new("POST /v1/customers/cus_1".into(), &pairs(&[("email", "a@b.c")]));
         assert!(store.check("sk", "k", &elsewhere, now).is_err());
     }
 
@@ -205,10 +173,7 @@ mod tests {
         let request = fingerprint(&[]);
         store.save("sk", "k", request.clone(), ok("{}"), now);
         let later = now + KEY_LIFETIME;
-        assert_eq!(
-            store.check("sk", "k", &request, later).expect("expired"),
-            None
-        );
+        assert_eq!(store.check("sk", "k", &request, later).expect("expired"), None);
         assert!(store.saved.is_empty());
     }
 }

@@ -182,10 +182,7 @@ impl CustomerParams {
             // settings merge: setting a footer keeps the payment method.
             let settings: &mut InvoiceSettings = &mut customer.invoice_settings;
             set(&mut settings.custom_fields, change.custom_fields);
-            set(
-                &mut settings.default_payment_method,
-                change.default_payment_method,
-            );
+            set(&mut settings.default_payment_method, change.default_payment_method);
             set(&mut settings.footer, change.footer);
             set(&mut settings.rendering_options, change.rendering_options);
         }
@@ -228,10 +225,7 @@ pub(crate) struct CreatedRange {
 
 impl Default for CreatedRange {
     fn default() -> Self {
-        Self {
-            min: i64::MIN,
-            max: i64::MAX,
-        }
+        Self { min: i64::MIN, max: i64::MAX }
     }
 }
 
@@ -290,13 +284,7 @@ impl ListParams {
             (None, Some(id)) => Some(Cursor::EndingBefore(id)),
             (None, None) => None,
         };
-        Ok(Self {
-            limit,
-            cursor,
-            email,
-            created,
-            expand: expand_fields,
-        })
+        Ok(Self { limit, cursor, email, created, expand: expand_fields })
     }
 }
 
@@ -343,10 +331,7 @@ fn created_range(value: &Param, name: &str) -> Result<CreatedRange, ApiError> {
     }
     if empty {
         // min > max: nothing matches.
-        range = CreatedRange {
-            min: i64::MAX,
-            max: i64::MIN,
-        };
+        range = CreatedRange { min: i64::MAX, max: i64::MIN };
     }
     Ok(range)
 }
@@ -391,9 +376,7 @@ fn nullable_string(
 
 fn integer(value: &Param, name: &str) -> Result<i64, ApiError> {
     let text = scalar(value, name)?;
-    text.trim()
-        .parse()
-        .map_err(|_| ApiError::invalid_integer(name, text))
+    text.trim().parse().map_err(|_| ApiError::invalid_integer(name, text))
 }
 
 fn hash<'a>(value: &'a Param, name: &str) -> Result<&'a [(String, Param)], ApiError> {
@@ -413,10 +396,7 @@ fn one_of(value: &Param, name: &str, allowed: &[&str]) -> Result<String, ApiErro
         Some((last, rest)) => format!("{}, or {last}", rest.join(", ")),
         None => String::new(),
     };
-    Err(ApiError::invalid_param(
-        name,
-        format!("Invalid {name}: must be one of {listed}"),
-    ))
+    Err(ApiError::invalid_param(name, format!("Invalid {name}: must be one of {listed}")))
 }
 
 fn email(value: &Param, name: &str) -> Result<Option<String>, ApiError> {
@@ -428,10 +408,8 @@ fn email(value: &Param, name: &str) -> Result<Option<String>, ApiError> {
         !local.is_empty() && !domain.is_empty() && !domain.contains('@')
     }) && !address.chars().any(char::is_whitespace);
     if !well_formed {
-        return Err(
-            ApiError::invalid_param(name, format!("Invalid email address: {address}"))
-                .with_code("email_invalid"),
-        );
+        return Err(ApiError::invalid_param(name, format!("Invalid email address: {address}"))
+            .with_code("email_invalid"));
     }
     Ok(Some(address))
 }
@@ -439,9 +417,7 @@ fn email(value: &Param, name: &str) -> Result<Option<String>, ApiError> {
 fn invoice_prefix(value: &Param, name: &str) -> Result<String, ApiError> {
     let prefix = scalar(value, name)?;
     let valid = (3..=12).contains(&prefix.len())
-        && prefix
-            .bytes()
-            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
+        && prefix.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
     if !valid {
         return Err(ApiError::invalid_param(
             name,
@@ -456,11 +432,7 @@ fn invoice_prefix(value: &Param, name: &str) -> Result<String, ApiError> {
 fn tax_exempt(value: &Param, name: &str) -> Result<String, ApiError> {
     let choice = one_of(value, name, &["", "exempt", "none", "reverse"])?;
     // The empty string resets the exemption.
-    Ok(if choice.is_empty() {
-        "none".to_owned()
-    } else {
-        choice
-    })
+    Ok(if choice.is_empty() { "none".to_owned() } else { choice })
 }
 
 fn metadata(value: &Param, name: &str) -> Result<MetadataChange, ApiError> {
@@ -565,20 +537,16 @@ fn nullable_shipping(value: &Param, name: &str) -> Result<Option<Shipping>, ApiE
     let Some(recipient) = recipient.and_then(non_empty) else {
         return Err(ApiError::missing_parameter(&child(name, "name")));
     };
-    Ok(Some(Shipping {
-        address: shipping_address,
-        name: Some(recipient),
-        phone,
-    }))
+    Ok(Some(Shipping { address: shipping_address, name: Some(recipient), phone }))
 }
 
 fn list<'a>(value: &'a Param, name: &str) -> Result<Vec<&'a Param>, ApiError> {
     match value {
         Param::Value(text) if text.is_empty() => Ok(Vec::new()),
         Param::Value(_) => Err(ApiError::invalid_param(name, "Invalid array")),
-        Param::Hash(_) => value
-            .as_list()
-            .ok_or_else(|| ApiError::invalid_param(name, "Invalid array")),
+        Param::Hash(_) => {
+            value.as_list().ok_or_else(|| ApiError::invalid_param(name, "Invalid array"))
+        }
     }
 }
 
@@ -689,10 +657,7 @@ fn custom_fields(value: &Param, name: &str) -> Result<Option<Vec<CustomField>>, 
         let Some(field_value) = field_value else {
             return Err(ApiError::missing_parameter(&child(&item_name, "value")));
         };
-        fields.push(CustomField {
-            name: field_name,
-            value: field_value,
-        });
+        fields.push(CustomField { name: field_name, value: field_value });
     }
     Ok(Some(fields))
 }
@@ -774,10 +739,7 @@ mod tests {
         assert_eq!(customer.name.as_deref(), Some("Ada"));
         assert_eq!(customer.phone.as_deref(), Some("+441234"));
         assert_eq!(customer.balance, -500);
-        assert_eq!(
-            customer.metadata.get("plan").map(String::as_str),
-            Some("pro")
-        );
+        assert_eq!(customer.metadata.get("plan").map(String::as_str), Some("pro"));
         let address = customer.address.expect("address set");
         assert_eq!(address.line1.as_deref(), Some("1 Main St"));
         assert_eq!(address.city, None);
@@ -791,18 +753,12 @@ mod tests {
 
     #[test]
     fn unknown_parameters_are_named_with_their_brackets() {
-        assert_eq!(
-            create("foo=1").expect_err("unknown").param.as_deref(),
-            Some("foo")
-        );
+        assert_eq!(create("foo=1").expect_err("unknown").param.as_deref(), Some("foo"));
         let error = create("address[planet]=Mars").expect_err("unknown");
         assert_eq!(error.message, "Received unknown parameter: address[planet]");
         // `default_source` exists on update only.
         assert_eq!(
-            create("default_source=src_1")
-                .expect_err("unknown")
-                .param
-                .as_deref(),
+            create("default_source=src_1").expect_err("unknown").param.as_deref(),
             Some("default_source")
         );
     }
@@ -814,54 +770,33 @@ mod tests {
             (error.param.as_deref(), error.message.as_str()),
             (Some("balance"), "Invalid integer: lots")
         );
+        assert_eq!(create("email=nope").expect_err("bad email").code, Some("email_invalid"));
         assert_eq!(
-            create("email=nope").expect_err("bad email").code,
-            Some("email_invalid")
-        );
-        assert_eq!(
-            create("tax_exempt=maybe")
-                .expect_err("bad enum")
-                .param
-                .as_deref(),
+            create("tax_exempt=maybe").expect_err("bad enum").param.as_deref(),
             Some("tax_exempt")
         );
         assert_eq!(
-            create("invoice_prefix=ab")
-                .expect_err("bad prefix")
-                .param
-                .as_deref(),
+            create("invoice_prefix=ab").expect_err("bad prefix").param.as_deref(),
             Some("invoice_prefix")
         );
         assert_eq!(
-            create("phone=123456789012345678901")
-                .expect_err("too long")
-                .param
-                .as_deref(),
+            create("phone=123456789012345678901").expect_err("too long").param.as_deref(),
             Some("phone")
         );
         assert_eq!(
-            create("shipping[address][city]=Paris")
-                .expect_err("no name")
-                .param
-                .as_deref(),
+            create("shipping[address][city]=Paris").expect_err("no name").param.as_deref(),
             Some("shipping[name]")
         );
         let error = create("coupon=SUMMER").expect_err("no coupons");
-        assert_eq!(
-            (error.status, error.code),
-            (StatusCode::BAD_REQUEST, Some("resource_missing"))
-        );
+        assert_eq!((error.status, error.code), (StatusCode::BAD_REQUEST, Some("resource_missing")));
     }
 
     #[test]
     fn metadata_merges_key_by_key_and_empty_values_unset() {
         let mut customer = create("metadata[a]=1&metadata[b]=2").expect("valid");
         update(&mut customer, "metadata[b]=&metadata[c]=3").expect("valid");
-        let keys: Vec<(&str, &str)> = customer
-            .metadata
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
+        let keys: Vec<(&str, &str)> =
+            customer.metadata.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         assert_eq!(keys, [("a", "1"), ("c", "3")]);
         update(&mut customer, "metadata=").expect("valid");
         assert!(customer.metadata.is_empty());
@@ -882,10 +817,7 @@ mod tests {
     fn empty_strings_unset_nullable_fields() {
         let mut customer = create("email=a%40b.c&name=A&address[city]=X").expect("valid");
         update(&mut customer, "email=&name=&address=").expect("valid");
-        assert_eq!(
-            (customer.email, customer.name, customer.address),
-            (None, None, None)
-        );
+        assert_eq!((customer.email, customer.name, customer.address), (None, None, None));
     }
 
     #[test]
@@ -893,10 +825,7 @@ mod tests {
         let mut customer = create("address[city]=Paris&address[country]=FR").expect("valid");
         update(&mut customer, "address[line1]=1+Rue").expect("valid");
         let address = customer.address.expect("set");
-        assert_eq!(
-            (address.line1.as_deref(), address.city),
-            (Some("1 Rue"), None)
-        );
+        assert_eq!((address.line1.as_deref(), address.city), (Some("1 Rue"), None));
     }
 
     #[test]
@@ -904,19 +833,13 @@ mod tests {
         assert_eq!(list("").expect("defaults").limit, 10);
         assert_eq!(list("limit=100").expect("max").limit, 100);
         for bad in ["limit=0", "limit=101", "limit=ten"] {
-            assert_eq!(
-                list(bad).expect_err(bad).param.as_deref(),
-                Some("limit"),
-                "{bad}"
-            );
+            assert_eq!(list(bad).expect_err(bad).param.as_deref(), Some("limit"), "{bad}");
         }
     }
 
     #[test]
     fn list_accepts_created_as_a_range_or_an_instant() {
-        let range = list("created[gt]=10&created[lte]=20")
-            .expect("valid")
-            .created;
+        let range = list("created[gt]=10&created[lte]=20").expect("valid").created;
         assert_eq!((range.min, range.max), (11, 20));
         let exact = list("created=15").expect("valid").created;
         assert_eq!((exact.min, exact.max), (15, 15));
@@ -926,18 +849,12 @@ mod tests {
     #[test]
     fn list_refuses_both_cursors_and_unknown_parameters() {
         assert!(list("starting_after=cus_a&ending_before=cus_b").is_err());
-        assert_eq!(
-            list("sort=asc").expect_err("unknown").param.as_deref(),
-            Some("sort")
-        );
+        assert_eq!(list("sort=asc").expect_err("unknown").param.as_deref(), Some("sort"));
     }
 
     #[test]
     fn expansions_must_name_expandable_fields() {
-        assert_eq!(
-            list("expand[]=data.sources").expect("valid").expand,
-            ["sources"]
-        );
+        assert_eq!(list("expand[]=data.sources").expect("valid").expand, ["sources"]);
         assert!(list("expand[]=sources").is_err(), "lists expand data.*");
         assert!(create("expand[]=email").is_err());
     }

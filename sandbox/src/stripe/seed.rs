@@ -77,13 +77,8 @@ const PLACES: [(&str, &str, &str); 7] = [
     ("Tokyo", "JP", "100-0001"),
 ];
 
-const STREETS: [&str; 5] = [
-    "Market Street",
-    "High Street",
-    "Rue de Rivoli",
-    "Main Street",
-    "King Street",
-];
+const STREETS: [&str; 5] =
+    ["Market Street", "High Street", "Rue de Rivoli", "Main Street", "King Street"];
 
 const PLANS: [&str; 4] = ["free", "starter", "pro", "enterprise"];
 
@@ -99,25 +94,18 @@ pub(crate) fn demo_customer(index: usize, rng: &mut StdRng) -> Customer {
         first.to_lowercase(),
         last.to_lowercase().replace(' ', "")
     );
-    let offset = i64::try_from(index)
-        .unwrap_or(i64::MAX / 120)
-        .saturating_mul(60);
+    let offset = i64::try_from(index).unwrap_or(i64::MAX / 120).saturating_mul(60);
     let created = FIRST_CREATED + offset + rng.random_range(0..60);
 
     let mut metadata = BTreeMap::new();
     if rng.random_bool(0.6) {
         let plan = *PLANS.choose(rng).unwrap_or(&"free");
         metadata.insert("plan".to_owned(), plan.to_owned());
-        metadata.insert(
-            "seats".to_owned(),
-            rng.random_range(1..=250_u32).to_string(),
-        );
+        metadata.insert("seats".to_owned(), rng.random_range(1..=250_u32).to_string());
     }
     if rng.random_bool(0.3) {
-        metadata.insert(
-            "crm_id".to_owned(),
-            format!("crm_{:06}", rng.random_range(0..1_000_000_u32)),
-        );
+        metadata
+            .insert("crm_id".to_owned(), format!("crm_{:06}", rng.random_range(0..1_000_000_u32)));
     }
 
     let address = rng.random_bool(0.5).then(|| {
@@ -132,31 +120,21 @@ pub(crate) fn demo_customer(index: usize, rng: &mut StdRng) -> Customer {
             state: None,
         }
     });
-    let phone = rng
-        .random_bool(0.3)
-        .then(|| format!("+1555{:07}", rng.random_range(0..10_000_000_u32)));
-    let balance = if rng.random_bool(0.1) {
-        -i64::from(rng.random_range(1..=50_u32)) * 100
-    } else {
-        0
-    };
+    let phone =
+        rng.random_bool(0.3).then(|| format!("+1555{:07}", rng.random_range(0..10_000_000_u32)));
+    let balance =
+        if rng.random_bool(0.1) { -i64::from(rng.random_range(1..=50_u32)) * 100 } else { 0 };
 
     Customer {
         created,
         name: Some(format!("{first} {last}")),
         email: Some(email),
-        description: rng
-            .random_bool(0.2)
-            .then(|| format!("Demo customer {number}")),
+        description: rng.random_bool(0.2).then(|| format!("Demo customer {number}")),
         metadata,
         address,
         phone,
         balance,
-        preferred_locales: if rng.random_bool(0.2) {
-            vec!["en".to_owned()]
-        } else {
-            Vec::new()
-        },
+        preferred_locales: if rng.random_bool(0.2) { vec!["en".to_owned()] } else { Vec::new() },
         ..Customer::default()
     }
 }
@@ -170,9 +148,7 @@ mod tests {
     fn demo_customers_depend_only_on_the_seed() {
         let make = |seed| {
             let mut rng = StdRng::seed_from_u64(seed);
-            (0..20)
-                .map(|i| demo_customer(i, &mut rng))
-                .collect::<Vec<_>>()
+            (0..20).map(|i| demo_customer(i, &mut rng)).collect::<Vec<_>>()
         };
         assert_eq!(make(7), make(7));
         assert_ne!(make(7), make(8));

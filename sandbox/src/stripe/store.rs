@@ -60,10 +60,7 @@ pub(crate) struct Page {
 
 impl Page {
     fn empty() -> Self {
-        Self {
-            customers: Vec::new(),
-            has_more: false,
-        }
+        Self { customers: Vec::new(), has_more: false }
     }
 }
 
@@ -102,13 +99,7 @@ impl CustomerStore {
         }
         let key = sort_key(customer.created, self.next_seq);
         self.next_seq += 1;
-        self.slots.insert(
-            customer.id.clone(),
-            Slot {
-                key,
-                deleted: false,
-            },
-        );
+        self.slots.insert(customer.id.clone(), Slot { key, deleted: false });
         self.link(key, Arc::new(customer))
     }
 
@@ -120,9 +111,7 @@ impl CustomerStore {
             Some(slot) => self
                 .live
                 .get(&slot.key)
-                .map_or(Lookup::Missing, |customer| {
-                    Lookup::Live(Arc::clone(customer))
-                }),
+                .map_or(Lookup::Missing, |customer| Lookup::Live(Arc::clone(customer))),
         }
     }
 
@@ -184,11 +173,7 @@ impl CustomerStore {
             return Ok(Page::empty());
         }
         Ok(match &params.email {
-            None => take_page(
-                self.live.range(low..=high).map(|(_, c)| c),
-                backwards,
-                params.limit,
-            ),
+            None => take_page(self.live.range(low..=high).map(|(_, c)| c), backwards, params.limit),
             Some(email) => match self.by_email.get(email) {
                 None => Page::empty(),
                 Some(keys) => take_page(
@@ -240,16 +225,10 @@ fn take_page<'a>(
     if backwards {
         let mut page: Vec<Arc<Customer>> = customers.by_ref().rev().take(limit).cloned().collect();
         page.reverse();
-        Page {
-            customers: page,
-            has_more: customers.next_back().is_some(),
-        }
+        Page { customers: page, has_more: customers.next_back().is_some() }
     } else {
         let page = customers.by_ref().take(limit).cloned().collect();
-        Page {
-            customers: page,
-            has_more: customers.next().is_some(),
-        }
+        Page { customers: page, has_more: customers.next().is_some() }
     }
 }
 
@@ -259,12 +238,7 @@ mod tests {
     use crate::stripe::params::CreatedRange;
 
     fn customer(id: &str, created: i64, email: Option<&str>) -> Customer {
-        Customer {
-            id: id.into(),
-            created,
-            email: email.map(Into::into),
-            ..Customer::default()
-        }
+        Customer { id: id.into(), created, email: email.map(Into::into), ..Customer::default() }
     }
 
     fn list(limit: usize, cursor: Option<Cursor>) -> ListParams {
@@ -305,9 +279,7 @@ mod tests {
         let first = store.page(&list(3, None)).expect("page");
         assert_eq!(ids(&first), ["c10", "c9", "c8"]);
         assert!(first.has_more);
-        let last = store
-            .page(&list(10, Some(Cursor::StartingAfter("c3".into()))))
-            .expect("page");
+        let last = store.page(&list(10, Some(Cursor::StartingAfter("c3".into())))).expect("page");
         assert_eq!(ids(&last), ["c2", "c1", "c0"]);
         assert!(!last.has_more);
     }
@@ -315,14 +287,10 @@ mod tests {
     #[test]
     fn ending_before_returns_the_page_just_newer_than_the_cursor() {
         let store = store();
-        let page = store
-            .page(&list(2, Some(Cursor::EndingBefore("c5".into()))))
-            .expect("page");
+        let page = store.page(&list(2, Some(Cursor::EndingBefore("c5".into())))).expect("page");
         assert_eq!(ids(&page), ["c7", "c6"]);
         assert!(page.has_more);
-        let top = store
-            .page(&list(5, Some(Cursor::EndingBefore("c8".into()))))
-            .expect("page");
+        let top = store.page(&list(5, Some(Cursor::EndingBefore("c8".into())))).expect("page");
         assert_eq!(ids(&top), ["c10", "c9"]);
         assert!(!top.has_more);
     }
@@ -334,9 +302,7 @@ mod tests {
         assert!(!store.delete("c5"));
         assert_eq!(store.len(), 10);
         assert_eq!(store.get("c5"), Lookup::Deleted);
-        let page = store
-            .page(&list(2, Some(Cursor::StartingAfter("c5".into()))))
-            .expect("page");
+        let page = store.page(&list(2, Some(Cursor::StartingAfter("c5".into())))).expect("page");
         assert_eq!(ids(&page), ["c4", "c3"]);
         let error = store
             .page(&list(2, Some(Cursor::StartingAfter("nope".into()))))
@@ -360,19 +326,14 @@ mod tests {
         params.cursor = Some(Cursor::StartingAfter("c3".into()));
         assert_eq!(ids(&store.page(&params).expect("page")), ["c2", "c1"]);
         params.email = Some("EVEN@x.io".into());
-        assert!(
-            store.page(&params).expect("page").customers.is_empty(),
-            "case-sensitive"
-        );
+        assert!(store.page(&params).expect("page").customers.is_empty(), "case-sensitive");
     }
 
     #[test]
     fn changing_an_email_moves_the_customer_in_the_email_index() {
         let mut store = CustomerStore::default();
         store.insert(customer("c1", 1, Some("old@x.io")));
-        store
-            .replace(customer("c1", 1, Some("new@x.io")))
-            .expect("live");
+        store.replace(customer("c1", 1, Some("new@x.io"))).expect("live");
         let mut params = list(10, None);
         params.email = Some("old@x.io".into());
         assert!(store.page(&params).expect("page").customers.is_empty());

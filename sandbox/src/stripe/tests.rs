@@ -25,23 +25,12 @@ struct Reply {
 impl Harness {
     async fn start(config: StripeConfig) -> Self {
         let emulator = StripeEmulator::new(config);
-        let server = serve(emulator.router(), LOOPBACK_ANY_PORT)
-            .await
-            .expect("binds");
-        Self {
-            emulator,
-            server,
-            client: reqwest::Client::new(),
-        }
+        let server = serve(emulator.router(), LOOPBACK_ANY_PORT).await.expect("binds");
+        Self { emulator, server, client: reqwest::Client::new() }
     }
 
     async fn seeded(customers: usize) -> Self {
-        Self::start(StripeConfig {
-            seed: customers,
-            rng_seed: 42,
-            ..StripeConfig::default()
-        })
-        .await
+        Self::start(StripeConfig { seed: customers, rng_seed: 42, ..StripeConfig::default() }).await
     }
 
     fn url(&self, path: &str) -> String {
@@ -56,16 +45,11 @@ impl Harness {
         let json = serde_json::from_slice(&bytes).unwrap_or_else(|error| {
             panic!("not JSON ({error}): {}", String::from_utf8_lossy(&bytes))
         });
-        Reply {
-            status,
-            headers,
-            json,
-        }
+        Reply { status, headers, json }
     }
 
     async fn get(&self, path: &str) -> Reply {
-        self.send(self.client.get(self.url(path)).bearer_auth(SANDBOX_API_KEY))
-            .await
+        self.send(self.client.get(self.url(path)).bearer_auth(SANDBOX_API_KEY)).await
     }
 
     async fn post(&self, path: &str, form: &[(&str, &str)]) -> Reply {
@@ -91,12 +75,7 @@ impl Harness {
     }
 
     async fn delete(&self, path: &str) -> Reply {
-        self.send(
-            self.client
-                .delete(self.url(path))
-                .bearer_auth(SANDBOX_API_KEY),
-        )
-        .await
+        self.send(self.client.delete(self.url(path)).bearer_auth(SANDBOX_API_KEY)).await
     }
 
     async fn create(&self, form: &[(&str, &str)]) -> Value {
@@ -111,12 +90,8 @@ impl Harness {
         let mut pages = 0;
         let mut cursor: Option<String> = None;
         loop {
-            let after = cursor
-                .map(|id| format!("&starting_after={id}"))
-                .unwrap_or_default();
-            let page = self
-                .get(&format!("/v1/customers?limit={limit}{filter}{after}"))
-                .await;
+            let after = cursor.map(|id| format!("&starting_after={id}")).unwrap_or_default();
+            let page = self.get(&format!("/v1/customers?limit={limit}{filter}{after}")).await;
             assert_eq!(page.status, 200, "{page:?}");
             pages += 1;
             let data = page.json["data"].as_array().expect("data").clone();
@@ -134,9 +109,7 @@ impl Harness {
 }
 
 fn encode(form: &[(&str, &str)]) -> String {
-    form_urlencoded::Serializer::new(String::new())
-        .extend_pairs(form)
-        .finish()
+    form_urlencoded::Serializer::new(String::new()).extend_pairs(form).finish()
 }
 
 fn id_of(customer: &Value) -> &str {
@@ -144,12 +117,7 @@ fn id_of(customer: &Value) -> &str {
 }
 
 fn ids(list: &Value) -> Vec<String> {
-    list["data"]
-        .as_array()
-        .expect("data")
-        .iter()
-        .map(|c| id_of(c).to_owned())
-        .collect()
+    list["data"].as_array().expect("data").iter().map(|c| id_of(c).to_owned()).collect()
 }
 
 fn assert_error(reply: &Reply, status: u16, kind: &str, param: Option<&str>) {
@@ -164,15 +132,10 @@ fn assert_error(reply: &Reply, status: u16, kind: &str, param: Option<&str>) {
 #[tokio::test]
 async fn a_request_without_a_key_is_refused_with_401() {
     let stripe = Harness::seeded(0).await;
-    let reply = stripe
-        .send(stripe.client.get(stripe.url("/v1/customers")))
-        .await;
+    let reply = stripe.send(stripe.client.get(stripe.url("/v1/customers"))).await;
     assert_error(&reply, 401, "invalid_request_error", None);
     let message = reply.json["error"]["message"].as_str().expect("message");
-    assert!(
-        message.starts_with("You did not provide an API key."),
-        "{message}"
-    );
+    assert!(message.starts_with("You did not provide an API key."), "{message}");
     stripe.stop().await;
 }
 
@@ -180,12 +143,7 @@ async fn a_request_without_a_key_is_refused_with_401() {
 async fn an_unknown_key_is_refused_with_401_naming_it_masked() {
     let stripe = Harness::seeded(0).await;
     let reply = stripe
-        .send(
-            stripe
-                .client
-                .get(stripe.url("/v1/customers"))
-                .bearer_auth("sk_test_wxyzabcd"),
-        )
+        .send(stripe.client.get(stripe.url("/v1/customers")).bearer_auth("sk_test_wxyzabcd"))
         .await;
     assert_eq!(
         reply.json,
@@ -202,12 +160,7 @@ async fn an_unknown_key_is_refused_with_401_naming_it_masked() {
 async fn basic_auth_with_the_key_as_user_and_bearer_auth_both_work() {
     let stripe = Harness::seeded(1).await;
     let basic = stripe
-        .send(
-            stripe
-                .client
-                .get(stripe.url("/v1/customers"))
-                .basic_auth(SANDBOX_API_KEY, Some("")),
-        )
+        .send(stripe.client.get(stripe.url("/v1/customers")).basic_auth(SANDBOX_API_KEY, Some("")))
         .await;
     assert_eq!(basic.status, 200);
     assert_eq!(stripe.get("/v1/customers").await.json, basic.json);
@@ -222,14 +175,8 @@ async fn any_of_several_configured_keys_is_accepted() {
     })
     .await;
     for key in ["sk_test_one", "sk_test_two"] {
-        let reply = stripe
-            .send(
-                stripe
-                    .client
-                    .get(stripe.url("/v1/customers"))
-                    .bearer_auth(key),
-            )
-            .await;
+        let reply =
+            stripe.send(stripe.client.get(stripe.url("/v1/customers")).bearer_auth(key)).await;
         assert_eq!(reply.status, 200);
     }
     let reply = stripe.get("/v1/customers").await;
@@ -243,18 +190,13 @@ async fn any_of_several_configured_keys_is_accepted() {
 async fn create_returns_a_whole_customer_object() {
     let stripe = Harness::seeded(0).await;
     let before = unix_now();
-    let customer = stripe
-        .create(&[("email", "ada@example.com"), ("name", "Ada Lovelace")])
-        .await;
+    let customer = stripe.create(&[("email", "ada@example.com"), ("name", "Ada Lovelace")]).await;
     let id = id_of(&customer);
     assert!(id.starts_with("cus_") && id.len() == 18, "{id}");
     assert!(id[4..].chars().all(|c| c.is_ascii_alphanumeric()), "{id}");
     let created = customer["created"].as_i64().expect("created");
     assert!(created >= before && created <= unix_now());
-    let invoice_prefix = customer["invoice_prefix"]
-        .as_str()
-        .expect("prefix")
-        .to_owned();
+    let invoice_prefix = customer["invoice_prefix"].as_str().expect("prefix").to_owned();
     assert_eq!(
         customer,
         json!({
@@ -330,9 +272,7 @@ async fn create_takes_bracketed_fields_for_hashes_and_arrays() {
 #[tokio::test]
 async fn an_unknown_parameter_is_refused_by_name() {
     let stripe = Harness::seeded(0).await;
-    let reply = stripe
-        .post("/v1/customers", &[("email", "a@b.co"), ("foo", "1")])
-        .await;
+    let reply = stripe.post("/v1/customers", &[("email", "a@b.co"), ("foo", "1")]).await;
     assert_eq!(
         reply.json,
         json!({"error": {
@@ -342,15 +282,8 @@ async fn an_unknown_parameter_is_refused_by_name() {
         }})
     );
     assert_eq!(reply.status, 400);
-    let nested = stripe
-        .post("/v1/customers", &[("address[planet]", "Mars")])
-        .await;
-    assert_error(
-        &nested,
-        400,
-        "invalid_request_error",
-        Some("address[planet]"),
-    );
+    let nested = stripe.post("/v1/customers", &[("address[planet]", "Mars")]).await;
+    assert_error(&nested, 400, "invalid_request_error", Some("address[planet]"));
     assert_eq!(stripe.emulator.customer_count(), 0, "nothing was created");
     stripe.stop().await;
 }
@@ -371,10 +304,7 @@ async fn a_json_body_is_refused_because_stripe_takes_forms_only() {
             .await;
         assert_error(&reply, 400, "invalid_request_error", None);
         let message = reply.json["error"]["message"].as_str().expect("message");
-        assert!(
-            message.contains("application/x-www-form-urlencoded"),
-            "{message}"
-        );
+        assert!(message.contains("application/x-www-form-urlencoded"), "{message}");
     }
     assert_eq!(stripe.emulator.customer_count(), 0);
     stripe.stop().await;
@@ -413,25 +343,15 @@ async fn email_is_not_unique_so_two_creates_make_two_customers() {
 async fn a_retried_create_with_the_same_idempotency_key_replays_the_first_answer() {
     let stripe = Harness::seeded(0).await;
     let form = [("email", "once@example.com"), ("metadata[a]", "1")];
-    let first = stripe
-        .post_with_key("/v1/customers", &form, Some("run-1-step-2"))
-        .await;
+    let first = stripe.post_with_key("/v1/customers", &form, Some("run-1-step-2")).await;
     assert_eq!(first.status, 200);
     assert!(first.headers.get("idempotent-replayed").is_none());
     // Same parameters in another order are the same request.
     let reordered = [form[1], form[0]];
-    let second = stripe
-        .post_with_key("/v1/customers", &reordered, Some("run-1-step-2"))
-        .await;
+    let second = stripe.post_with_key("/v1/customers", &reordered, Some("run-1-step-2")).await;
     assert_eq!(second.status, 200);
     assert_eq!(second.json, first.json);
-    assert_eq!(
-        second
-            .headers
-            .get("idempotent-replayed")
-            .map(|v| v.as_bytes()),
-        Some(&b"true"[..])
-    );
+    assert_eq!(second.headers.get("idempotent-replayed").map(|v| v.as_bytes()), Some(&b"true"[..]));
     assert_eq!(stripe.emulator.customer_count(), 1);
     stripe.stop().await;
 }
@@ -439,12 +359,9 @@ async fn a_retried_create_with_the_same_idempotency_key_replays_the_first_answer
 #[tokio::test]
 async fn an_idempotency_key_reused_with_other_parameters_is_an_idempotency_error() {
     let stripe = Harness::seeded(0).await;
-    stripe
-        .post_with_key("/v1/customers", &[("email", "a@example.com")], Some("k"))
-        .await;
-    let reply = stripe
-        .post_with_key("/v1/customers", &[("email", "b@example.com")], Some("k"))
-        .await;
+    stripe.post_with_key("/v1/customers", &[("email", "a@example.com")], Some("k")).await;
+    let reply =
+        stripe.post_with_key("/v1/customers", &[("email", "b@example.com")], Some("k")).await;
     assert_error(&reply, 400, "idempotency_error", None);
     assert_eq!(stripe.emulator.customer_count(), 1);
     stripe.stop().await;
@@ -453,13 +370,11 @@ async fn an_idempotency_key_reused_with_other_parameters_is_an_idempotency_error
 #[tokio::test]
 async fn a_request_refused_for_its_parameters_does_not_use_up_its_idempotency_key() {
     let stripe = Harness::seeded(0).await;
-    let refused = stripe
-        .post_with_key("/v1/customers", &[("emial", "a@example.com")], Some("k"))
-        .await;
+    let refused =
+        stripe.post_with_key("/v1/customers", &[("emial", "a@example.com")], Some("k")).await;
     assert_eq!(refused.status, 400);
-    let corrected = stripe
-        .post_with_key("/v1/customers", &[("email", "a@example.com")], Some("k"))
-        .await;
+    let corrected =
+        stripe.post_with_key("/v1/customers", &[("email", "a@example.com")], Some("k")).await;
     assert_eq!(corrected.status, 200, "{corrected:?}");
     stripe.stop().await;
 }
@@ -502,12 +417,8 @@ async fn list_pages_newest_first_with_starting_after_and_has_more() {
 
     let (all, pages) = stripe.export(10, "").await;
     assert_eq!(pages, 3);
-    let expected: Vec<String> = stripe
-        .emulator
-        .customers()
-        .iter()
-        .map(|c| id_of(c).to_owned())
-        .collect();
+    let expected: Vec<String> =
+        stripe.emulator.customers().iter().map(|c| id_of(c).to_owned()).collect();
     assert_eq!(all, expected);
     let created: Vec<i64> = stripe
         .emulator
@@ -515,25 +426,16 @@ async fn list_pages_newest_first_with_starting_after_and_has_more() {
         .iter()
         .map(|c| c["created"].as_i64().expect("created"))
         .collect();
-    assert!(
-        created.windows(2).all(|pair| pair[0] > pair[1]),
-        "newest first"
-    );
+    assert!(created.windows(2).all(|pair| pair[0] > pair[1]), "newest first");
     stripe.stop().await;
 }
 
 #[tokio::test]
 async fn list_ending_before_returns_the_previous_page() {
     let stripe = Harness::seeded(25).await;
-    let all: Vec<String> = stripe
-        .emulator
-        .customers()
-        .iter()
-        .map(|c| id_of(c).to_owned())
-        .collect();
-    let reply = stripe
-        .get(&format!("/v1/customers?limit=3&ending_before={}", all[10]))
-        .await;
+    let all: Vec<String> =
+        stripe.emulator.customers().iter().map(|c| id_of(c).to_owned()).collect();
+    let reply = stripe.get(&format!("/v1/customers?limit=3&ending_before={}", all[10])).await;
     assert_eq!(ids(&reply.json), all[7..10]);
     assert_eq!(reply.json["has_more"], true);
     stripe.stop().await;
@@ -556,10 +458,7 @@ async fn list_starting_after_an_unknown_id_is_resource_missing() {
     let reply = stripe.get("/v1/customers?starting_after=cus_nope").await;
     assert_error(&reply, 400, "invalid_request_error", Some("starting_after"));
     assert_eq!(reply.json["error"]["code"], "resource_missing");
-    assert_eq!(
-        reply.json["error"]["message"],
-        "No such customer: 'cus_nope'"
-    );
+    assert_eq!(reply.json["error"]["message"], "No such customer: 'cus_nope'");
     stripe.stop().await;
 }
 
@@ -582,19 +481,13 @@ async fn list_created_filter_keeps_customers_in_the_range() {
     let all = stripe.emulator.customers();
     let created = |i: usize| all[i]["created"].as_i64().expect("created");
     // all[15] is older than all[5]: the range holds all[5..=15].
-    let query = format!(
-        "/v1/customers?limit=100&created[gte]={}&created[lte]={}",
-        created(15),
-        created(5)
-    );
+    let query =
+        format!("/v1/customers?limit=100&created[gte]={}&created[lte]={}", created(15), created(5));
     let reply = stripe.get(&query).await;
     let expected: Vec<String> = all[5..=15].iter().map(|c| id_of(c).to_owned()).collect();
     assert_eq!(ids(&reply.json), expected);
-    let strict = format!(
-        "/v1/customers?limit=100&created[gt]={}&created[lt]={}",
-        created(15),
-        created(5)
-    );
+    let strict =
+        format!("/v1/customers?limit=100&created[gt]={}&created[lt]={}", created(15), created(5));
     assert_eq!(ids(&stripe.get(&strict).await.json), expected[1..10]);
     stripe.stop().await;
 }
@@ -610,11 +503,7 @@ async fn an_export_of_ten_thousand_customers_in_pages_of_100_sees_each_once() {
     assert_eq!(unique.len(), 10_000);
     // Generous: a page is O(limit), so 100 pages take milliseconds; an
     // O(n) scan per page would take far longer in a debug build.
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "{:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
     stripe.stop().await;
 }
 
@@ -642,9 +531,7 @@ async fn retrieve_of_an_unknown_id_is_404_resource_missing() {
 async fn retrieve_returns_the_customer_as_created() {
     let stripe = Harness::seeded(0).await;
     let created = stripe.create(&[("name", "Grace")]).await;
-    let fetched = stripe
-        .get(&format!("/v1/customers/{}", id_of(&created)))
-        .await;
+    let fetched = stripe.get(&format!("/v1/customers/{}", id_of(&created))).await;
     assert_eq!(fetched.status, 200);
     assert_eq!(fetched.json, created);
     stripe.stop().await;
@@ -653,27 +540,16 @@ async fn retrieve_returns_the_customer_as_created() {
 #[tokio::test]
 async fn update_merges_metadata_key_by_key_and_an_empty_value_unsets_a_key() {
     let stripe = Harness::seeded(0).await;
-    let customer = stripe
-        .create(&[("metadata[a]", "1"), ("metadata[b]", "2"), ("name", "Old")])
-        .await;
+    let customer =
+        stripe.create(&[("metadata[a]", "1"), ("metadata[b]", "2"), ("name", "Old")]).await;
     let path = format!("/v1/customers/{}", id_of(&customer));
     let updated = stripe
-        .post(
-            &path,
-            &[
-                ("metadata[b]", ""),
-                ("metadata[c]", "3"),
-                ("email", "new@example.com"),
-            ],
-        )
+        .post(&path, &[("metadata[b]", ""), ("metadata[c]", "3"), ("email", "new@example.com")])
         .await;
     assert_eq!(updated.status, 200, "{updated:?}");
     assert_eq!(updated.json["metadata"], json!({"a": "1", "c": "3"}));
     assert_eq!(updated.json["email"], "new@example.com");
-    assert_eq!(
-        updated.json["name"], "Old",
-        "fields not sent are left alone"
-    );
+    assert_eq!(updated.json["name"], "Old", "fields not sent are left alone");
     assert_eq!(updated.json["created"], customer["created"]);
 
     let cleared = stripe.post(&path, &[("metadata", "")]).await;
@@ -687,10 +563,7 @@ async fn update_refuses_parameters_only_create_takes() {
     let stripe = Harness::seeded(0).await;
     let customer = stripe.create(&[]).await;
     let reply = stripe
-        .post(
-            &format!("/v1/customers/{}", id_of(&customer)),
-            &[("tax_id_data[0][type]", "eu_vat")],
-        )
+        .post(&format!("/v1/customers/{}", id_of(&customer)), &[("tax_id_data[0][type]", "eu_vat")])
         .await;
     assert_error(&reply, 400, "invalid_request_error", Some("tax_id_data"));
     stripe.stop().await;
@@ -705,24 +578,15 @@ async fn delete_is_permanent_and_a_later_get_answers_deleted_true() {
 
     let deleted = stripe.delete(&path).await;
     assert_eq!(deleted.status, 200);
-    assert_eq!(
-        deleted.json,
-        json!({"id": id, "object": "customer", "deleted": true})
-    );
+    assert_eq!(deleted.json, json!({"id": id, "object": "customer", "deleted": true}));
 
     let fetched = stripe.get(&path).await;
     assert_eq!(fetched.status, 200);
-    assert_eq!(
-        fetched.json,
-        json!({"id": id, "object": "customer", "deleted": true})
-    );
+    assert_eq!(fetched.json, json!({"id": id, "object": "customer", "deleted": true}));
 
     assert!(!ids(&stripe.get("/v1/customers?limit=100").await.json).contains(&id.to_owned()));
     assert_eq!(
-        ids(&stripe
-            .get("/v1/customers?email=gone%40example.com")
-            .await
-            .json),
+        ids(&stripe.get("/v1/customers?email=gone%40example.com").await.json),
         Vec::<String>::new()
     );
     assert_eq!(stripe.emulator.customer_count(), 2);
@@ -739,16 +603,10 @@ async fn delete_is_permanent_and_a_later_get_answers_deleted_true() {
 #[tokio::test]
 async fn a_deleted_customer_still_works_as_a_list_cursor() {
     let stripe = Harness::seeded(5).await;
-    let all: Vec<String> = stripe
-        .emulator
-        .customers()
-        .iter()
-        .map(|c| id_of(c).to_owned())
-        .collect();
+    let all: Vec<String> =
+        stripe.emulator.customers().iter().map(|c| id_of(c).to_owned()).collect();
     stripe.delete(&format!("/v1/customers/{}", all[1])).await;
-    let reply = stripe
-        .get(&format!("/v1/customers?starting_after={}", all[1]))
-        .await;
+    let reply = stripe.get(&format!("/v1/customers?starting_after={}", all[1])).await;
     assert_eq!(ids(&reply.json), all[2..]);
     stripe.stop().await;
 }
@@ -757,20 +615,12 @@ async fn a_deleted_customer_still_works_as_a_list_cursor() {
 async fn expand_adds_includable_fields() {
     let stripe = Harness::seeded(1).await;
     let id = id_of(&stripe.emulator.customers()[0]).to_owned();
-    let one = stripe
-        .get(&format!(
-            "/v1/customers/{id}?expand[]=sources&expand[]=tax_ids"
-        ))
-        .await;
+    let one = stripe.get(&format!("/v1/customers/{id}?expand[]=sources&expand[]=tax_ids")).await;
     assert_eq!(one.json["sources"]["object"], "list");
     assert_eq!(one.json["tax_ids"]["data"], json!([]));
-    let list = stripe
-        .get("/v1/customers?expand[]=data.subscriptions")
-        .await;
+    let list = stripe.get("/v1/customers?expand[]=data.subscriptions").await;
     assert_eq!(list.json["data"][0]["subscriptions"]["object"], "list");
-    let wrong = stripe
-        .get(&format!("/v1/customers/{id}?expand[]=name"))
-        .await;
+    let wrong = stripe.get(&format!("/v1/customers/{id}?expand[]=name")).await;
     assert_eq!(wrong.status, 400);
     stripe.stop().await;
 }
@@ -784,9 +634,7 @@ async fn every_answer_carries_a_request_id_even_errors() {
         stripe.get("/v1/customers").await,
         stripe.get("/v1/customers/cus_missing").await,
         stripe.get("/v1/nothing_here").await,
-        stripe
-            .send(stripe.client.get(stripe.url("/v1/customers")))
-            .await,
+        stripe.send(stripe.client.get(stripe.url("/v1/customers"))).await,
     ];
     for answer in &answers {
         let id = answer
@@ -815,12 +663,7 @@ async fn an_unknown_url_or_method_gets_stripes_404() {
             .starts_with("Unrecognized request URL (GET: /v1/invoices)")
     );
     let put = stripe
-        .send(
-            stripe
-                .client
-                .put(stripe.url("/v1/customers"))
-                .bearer_auth(SANDBOX_API_KEY),
-        )
+        .send(stripe.client.put(stripe.url("/v1/customers")).bearer_auth(SANDBOX_API_KEY))
         .await;
     assert_error(&put, 404, "invalid_request_error", None);
     stripe.stop().await;
@@ -829,13 +672,9 @@ async fn an_unknown_url_or_method_gets_stripes_404() {
 #[tokio::test]
 async fn the_request_log_records_what_the_client_sent_and_got() {
     let stripe = Harness::seeded(0).await;
-    stripe
-        .post_with_key("/v1/customers", &[("email", "log@example.com")], Some("k1"))
-        .await;
+    stripe.post_with_key("/v1/customers", &[("email", "log@example.com")], Some("k1")).await;
     stripe.get("/v1/customers?limit=5").await;
-    stripe
-        .send(stripe.client.get(stripe.url("/v1/customers")))
-        .await;
+    stripe.send(stripe.client.get(stripe.url("/v1/customers"))).await;
 
     let log = stripe.emulator.requests();
     let requests = log.requests();
@@ -854,25 +693,16 @@ async fn the_request_log_records_what_the_client_sent_and_got() {
 
 #[tokio::test]
 async fn seeding_is_deterministic_for_a_seed() {
-    let config = StripeConfig {
-        seed: 10,
-        rng_seed: 7,
-        ..StripeConfig::default()
-    };
+    let config = StripeConfig { seed: 10, rng_seed: 7, ..StripeConfig::default() };
     let first = StripeEmulator::new(config.clone());
     let second = StripeEmulator::new(config);
     assert_eq!(first.customers(), second.customers());
-    let other = StripeEmulator::new(StripeConfig {
-        seed: 10,
-        rng_seed: 8,
-        ..StripeConfig::default()
-    });
+    let other =
+        StripeEmulator::new(StripeConfig { seed: 10, rng_seed: 8, ..StripeConfig::default() });
     assert_ne!(first.customers(), other.customers());
     let customers = first.customers();
     assert!(
-        customers.iter().all(|c| c["email"]
-            .as_str()
-            .is_some_and(|e| e.ends_with("@example.com"))),
+        customers.iter().all(|c| c["email"].as_str().is_some_and(|e| e.ends_with("@example.com"))),
         "{customers:?}"
     );
 }
@@ -893,10 +723,7 @@ async fn an_inserted_customer_is_served_by_the_api() {
     let generated = stripe.emulator.insert_customer(json!({"name": "No Id"}));
     assert!(id_of(&generated).starts_with("cus_"));
     assert_eq!(stripe.emulator.customer_count(), 2);
-    assert_eq!(
-        stripe.emulator.customer("cus_Inserted000001").as_ref(),
-        Some(&inserted)
-    );
+    assert_eq!(stripe.emulator.customer("cus_Inserted000001").as_ref(), Some(&inserted));
     stripe.stop().await;
 }
 
@@ -942,10 +769,7 @@ async fn a_client_under_the_rate_limit_is_never_refused() {
 #[tokio::test]
 async fn injected_500s_and_429s_answer_before_the_api_runs() {
     let failing = Harness::start(StripeConfig {
-        faults: FaultConfig {
-            rate_500: 1.0,
-            ..FaultConfig::default()
-        },
+        faults: FaultConfig { rate_500: 1.0, ..FaultConfig::default() },
         ..StripeConfig::default()
     })
     .await;
@@ -953,13 +777,7 @@ async fn injected_500s_and_429s_answer_before_the_api_runs() {
     assert_error(&reply, 500, "api_error", None);
     assert!(reply.headers.get("request-id").is_some());
     assert_eq!(failing.emulator.customer_count(), 0);
-    assert_eq!(
-        failing
-            .emulator
-            .limits()
-            .injected_count(FaultKind::ServerError),
-        1
-    );
+    assert_eq!(failing.emulator.limits().injected_count(FaultKind::ServerError), 1);
     assert_eq!(
         failing.emulator.requests().requests()[0].injected_fault,
         Some(FaultKind::ServerError)
@@ -967,36 +785,20 @@ async fn injected_500s_and_429s_answer_before_the_api_runs() {
     failing.stop().await;
 
     let storming = Harness::start(StripeConfig {
-        faults: FaultConfig {
-            rate_429: 1.0,
-            ..FaultConfig::default()
-        },
+        faults: FaultConfig { rate_429: 1.0, ..FaultConfig::default() },
         ..StripeConfig::default()
     })
     .await;
     assert_eq!(storming.get("/v1/customers").await.status, 429);
-    assert_eq!(
-        storming.emulator.limited_count(),
-        0,
-        "injected 429s are not the client's fault"
-    );
-    assert_eq!(
-        storming
-            .emulator
-            .limits()
-            .injected_count(FaultKind::TooManyRequests),
-        1
-    );
+    assert_eq!(storming.emulator.limited_count(), 0, "injected 429s are not the client's fault");
+    assert_eq!(storming.emulator.limits().injected_count(FaultKind::TooManyRequests), 1);
     storming.stop().await;
 }
 
 #[tokio::test]
 async fn a_truncated_body_fails_the_read_after_the_write_happened() {
     let stripe = Harness::start(StripeConfig {
-        faults: FaultConfig {
-            truncate_rate: 1.0,
-            ..FaultConfig::default()
-        },
+        faults: FaultConfig { truncate_rate: 1.0, ..FaultConfig::default() },
         ..StripeConfig::default()
     })
     .await;
@@ -1018,10 +820,7 @@ async fn a_truncated_body_fails_the_read_after_the_write_happened() {
 #[tokio::test]
 async fn injected_latency_delays_every_answer() {
     let stripe = Harness::start(StripeConfig {
-        faults: FaultConfig {
-            latency_ms: 50,
-            ..FaultConfig::default()
-        },
+        faults: FaultConfig { latency_ms: 50, ..FaultConfig::default() },
         ..StripeConfig::default()
     })
     .await;
@@ -1036,10 +835,7 @@ async fn injected_faults_follow_their_rate_and_replay_for_a_seed() {
     let run = || async {
         let stripe = Harness::start(StripeConfig {
             rng_seed: 3,
-            faults: FaultConfig {
-                rate_500: 0.3,
-                ..FaultConfig::default()
-            },
+            faults: FaultConfig { rate_500: 0.3, ..FaultConfig::default() },
             ..StripeConfig::default()
         })
         .await;
@@ -1052,10 +848,7 @@ async fn injected_faults_follow_their_rate_and_replay_for_a_seed() {
     };
     let first = run().await;
     let failures = first.iter().filter(|s| **s == 500).count();
-    assert!(
-        (4..=20).contains(&failures),
-        "{failures} of 40 at a 30% rate"
-    );
+    assert!((4..=20).contains(&failures), "{failures} of 40 at a 30% rate");
     assert_eq!(first, run().await);
 }
 
@@ -1074,13 +867,11 @@ fn assert_refused(reply: &Reply, param: &str, message: &str) {
 #[tokio::test]
 async fn an_empty_container_where_stripe_wants_an_array_or_a_hash_is_refused_on_create() {
     let stripe = Harness::seeded(0).await;
-    let reply = stripe
-        .post("/v1/customers", &[("email", "a@b.co"), ("preferred_locales", "")])
-        .await;
+    let reply =
+        stripe.post("/v1/customers", &[("email", "a@b.co"), ("preferred_locales", "")]).await;
     assert_refused(&reply, "preferred_locales", "Invalid array");
-    let reply = stripe
-        .post("/v1/customers", &[("email", "a@b.co"), ("invoice_settings", "")])
-        .await;
+    let reply =
+        stripe.post("/v1/customers", &[("email", "a@b.co"), ("invoice_settings", "")]).await;
     assert_refused(&reply, "invoice_settings", "Invalid hash");
     assert_eq!(stripe.emulator.customer_count(), 0, "nothing was created");
     stripe.stop().await;
@@ -1089,9 +880,8 @@ async fn an_empty_container_where_stripe_wants_an_array_or_a_hash_is_refused_on_
 #[tokio::test]
 async fn preferred_locales_cannot_be_emptied_with_an_empty_string_on_update_either() {
     let stripe = Harness::seeded(0).await;
-    let customer = stripe
-        .create(&[("preferred_locales[0]", "en"), ("preferred_locales[1]", "fr")])
-        .await;
+    let customer =
+        stripe.create(&[("preferred_locales[0]", "en"), ("preferred_locales[1]", "fr")]).await;
     let path = format!("/v1/customers/{}", id_of(&customer));
     let reply = stripe.post(&path, &[("preferred_locales", "")]).await;
     assert_refused(&reply, "preferred_locales", "Invalid array");
@@ -1104,11 +894,7 @@ async fn preferred_locales_cannot_be_emptied_with_an_empty_string_on_update_eith
 async fn emptyable_parameters_take_the_empty_string_to_unset() {
     let stripe = Harness::seeded(0).await;
     let customer = stripe
-        .create(&[
-            ("email", "a@b.co"),
-            ("address[city]", "Paris"),
-            ("metadata[plan]", "pro"),
-        ])
+        .create(&[("email", "a@b.co"), ("address[city]", "Paris"), ("metadata[plan]", "pro")])
         .await;
     let path = format!("/v1/customers/{}", id_of(&customer));
     let reply = stripe
@@ -1151,7 +937,11 @@ async fn mistyped_values_are_refused_in_stripes_words() {
             "cash_balance[settings][reconciliation_mode]",
             "Invalid cash_balance[settings][reconciliation_mode]: must be one of automatic, manual, or merchant_default",
         ),
-        (&[("phone", "+1 555 0100 0100 0100 01")], "phone", "Invalid phone: must be at most 20 characters"),
+        (
+            &[("phone", "+1 555 0100 0100 0100 01")],
+            "phone",
+            "Invalid phone: must be at most 20 characters",
+        ),
     ];
     for (form, param, message) in cases {
         let reply = stripe.post("/v1/customers", form).await;
@@ -1164,9 +954,8 @@ async fn mistyped_values_are_refused_in_stripes_words() {
 #[tokio::test]
 async fn a_missing_required_nested_field_is_named_in_bracket_form() {
     let stripe = Harness::seeded(0).await;
-    let reply = stripe
-        .post("/v1/customers", &[("invoice_settings[custom_fields][0][name]", "PO")])
-        .await;
+    let reply =
+        stripe.post("/v1/customers", &[("invoice_settings[custom_fields][0][name]", "PO")]).await;
     assert_refused(
         &reply,
         "invoice_settings[custom_fields][0][value]",
@@ -1179,9 +968,7 @@ async fn a_missing_required_nested_field_is_named_in_bracket_form() {
 #[tokio::test]
 async fn unknown_parameters_are_refused_at_any_depth_and_in_the_query_string() {
     let stripe = Harness::seeded(1).await;
-    let reply = stripe
-        .post("/v1/customers", &[("invoice_settings[colour]", "red")])
-        .await;
+    let reply = stripe.post("/v1/customers", &[("invoice_settings[colour]", "red")]).await;
     assert_refused(
         &reply,
         "invoice_settings[colour]",

@@ -33,7 +33,9 @@ pub(super) async fn check_request(request: Request, next: Next) -> Response {
             return ApiError::internal().into_response();
         }
     };
-    let Some((operation, path_parameters)) = spec.find(request.method().as_str(), request.uri().path()) else {
+    let Some((operation, path_parameters)) =
+        spec.find(request.method().as_str(), request.uri().path())
+    else {
         return next.run(request).await;
     };
     let refuse = |violation: &Violation, schema: &Value| {
@@ -59,19 +61,29 @@ pub(super) async fn check_request(request: Request, next: Next) -> Response {
     };
     // A write: Stripe reads its parameters from the query string and the
     // form body alike. A body in another encoding is the handler's to refuse.
-    let is_form = request
-        .headers()
-        .get(CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .is_none_or(|value| {
-            value.split(';').next().unwrap_or_default().trim().eq_ignore_ascii_case("application/x-www-form-urlencoded")
-        });
+    let is_form =
+        request.headers().get(CONTENT_TYPE).and_then(|value| value.to_str().ok()).is_none_or(
+            |value| {
+                value
+                    .split(';')
+                    .next()
+                    .unwrap_or_default()
+                    .trim()
+                    .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+            },
+        );
     let (parts, body) = request.into_parts();
     let bytes: Bytes = match axum::body::to_bytes(body, BODY_LIMIT).await {
         Ok(bytes) => bytes,
-        Err(error) => return ApiError::invalid_request(format!("Could not read the request body: {error}")).into_response(),
+        Err(error) => {
+            return ApiError::invalid_request(format!("Could not read the request body: {error}"))
+                .into_response();
+        }
     };
-    let looks_like_json = bytes.iter().find(|byte| !byte.is_ascii_whitespace()).is_some_and(|first| *first == b'{' || *first == b'[');
+    let looks_like_json = bytes
+        .iter()
+        .find(|byte| !byte.is_ascii_whitespace())
+        .is_some_and(|first| *first == b'{' || *first == b'[');
     if is_form && !looks_like_json {
         let mut form = Form::default();
         if let Err(error) = form.parse(&query).and_then(|()| form.parse(&bytes)) {
@@ -89,7 +101,10 @@ pub(super) async fn check_request(request: Request, next: Next) -> Response {
 fn typed_params(params: &[(String, Param)], schema: &Value) -> Value {
     let mut object = Map::new();
     for (name, value) in params {
-        object.insert(name.clone(), typed(value, decode::property(schema, name).unwrap_or(&Value::Bool(true))));
+        object.insert(
+            name.clone(),
+            typed(value, decode::property(schema, name).unwrap_or(&Value::Bool(true))),
+        );
     }
     Value::Object(object)
 }
@@ -105,7 +120,9 @@ fn typed(param: &Param, schema: &Value) -> Value {
                 && let Some(items) = param.as_list()
             {
                 let item_schema = decode::items(schema).unwrap_or(&Value::Bool(true));
-                return Value::Array(items.into_iter().map(|item| typed(item, item_schema)).collect());
+                return Value::Array(
+                    items.into_iter().map(|item| typed(item, item_schema)).collect(),
+                );
             }
             typed_params(entries, schema)
         }
@@ -140,7 +157,10 @@ fn refusal(violation: &Violation, schema: &Value) -> ApiError {
         } else if kinds.iter().any(|kind| kind == "number") {
             ApiError::invalid_param(&param, format!("Invalid decimal: {text}"))
         } else if violation.value.is_object() || violation.value.is_array() {
-            ApiError::invalid_param(&param, format!("Invalid {param}: expected a string, not a hash"))
+            ApiError::invalid_param(
+                &param,
+                format!("Invalid {param}: expected a string, not a hash"),
+            )
         } else {
             ApiError::invalid_param(&param, format!("Invalid {param}: {}", violation.complaint()))
         }
@@ -153,11 +173,18 @@ fn refusal(violation: &Violation, schema: &Value) -> ApiError {
         // allowed: say what it should have been.
         Problem::Enum(values) if values == &[Value::String(String::new())] => {
             let at = schema_at(schema, &violation.path).unwrap_or(&Value::Null);
-            let kinds: Vec<String> = ["array", "object"].into_iter().filter(|kind| decode::allows(at, kind)).map(str::to_owned).collect();
+            let kinds: Vec<String> = ["array", "object"]
+                .into_iter()
+                .filter(|kind| decode::allows(at, kind))
+                .map(str::to_owned)
+                .collect();
             wanted(&kinds)
         }
         Problem::Enum(values) => {
-            let names: Vec<String> = values.iter().map(|value| value.as_str().map_or_else(|| value.to_string(), str::to_owned)).collect();
+            let names: Vec<String> = values
+                .iter()
+                .map(|value| value.as_str().map_or_else(|| value.to_string(), str::to_owned))
+                .collect();
             let listed = match names.split_last() {
                 Some((last, [])) => last.clone(),
                 Some((last, rest)) => format!("{}, or {last}", rest.join(", ")),
@@ -165,8 +192,13 @@ fn refusal(violation: &Violation, schema: &Value) -> ApiError {
             };
             ApiError::invalid_param(&param, format!("Invalid {param}: must be one of {listed}"))
         }
-        Problem::TooLong(limit) => ApiError::invalid_param(&param, format!("Invalid {param}: must be at most {limit} characters")),
-        _ if param.is_empty() => ApiError::invalid_request(format!("Invalid request: {}", violation.complaint())),
+        Problem::TooLong(limit) => ApiError::invalid_param(
+            &param,
+            format!("Invalid {param}: must be at most {limit} characters"),
+        ),
+        _ if param.is_empty() => {
+            ApiError::invalid_request(format!("Invalid request: {}", violation.complaint()))
+        }
         _ => ApiError::invalid_param(&param, format!("Invalid {param}: {}", violation.complaint())),
     }
 }

@@ -19,14 +19,8 @@ impl Harness {
             rng_seed: 17,
             ..StripeScimConfig::default()
         });
-        let server = serve(emulator.router(), LOOPBACK_ANY_PORT)
-            .await
-            .expect("binds");
-        Self {
-            emulator,
-            server,
-            client: reqwest::Client::new(),
-        }
+        let server = serve(emulator.router(), LOOPBACK_ANY_PORT).await.expect("binds");
+        Self { emulator, server, client: reqwest::Client::new() }
     }
 
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
@@ -61,9 +55,8 @@ impl Harness {
 
 /// `/Users?filter=…`, encoded.
 fn filtered(filter: &str) -> String {
-    let query: String = form_urlencoded::Serializer::new(String::new())
-        .append_pair("filter", filter)
-        .finish();
+    let query: String =
+        form_urlencoded::Serializer::new(String::new()).append_pair("filter", filter).finish();
     format!("/Users?{query}")
 }
 
@@ -96,10 +89,8 @@ async fn scim_list_envelope_has_total_results_and_start_index() {
 #[tokio::test]
 async fn scim_filters_by_user_name_case_insensitively() {
     let harness = Harness::seeded(4).await;
-    let user_name = harness.emulator.users()[2]["userName"]
-        .as_str()
-        .expect("userName")
-        .to_uppercase();
+    let user_name =
+        harness.emulator.users()[2]["userName"].as_str().expect("userName").to_uppercase();
     let filter = format!("userName eq \"{user_name}\"");
     let reply = harness.get(&filtered(&filter)).await;
     assert_eq!(reply.status, 200);
@@ -126,10 +117,7 @@ async fn scim_create_answers_201_and_a_duplicate_user_name_is_409_uniqueness() {
 
     let duplicate = harness.create("JANE@example.com").await;
     assert_eq!(duplicate.status, 409);
-    assert_eq!(
-        duplicate.json["schemas"],
-        json!(["urn:ietf:params:scim:api:messages:2.0:Error"])
-    );
+    assert_eq!(duplicate.json["schemas"], json!(["urn:ietf:params:scim:api:messages:2.0:Error"]));
     assert_eq!(duplicate.json["status"], "409");
     assert_eq!(duplicate.json["scimType"], "uniqueness");
     assert_eq!(harness.emulator.user_count(), 1);
@@ -149,10 +137,7 @@ async fn scim_patch_replace_active_false_deactivates() {
         .await;
     assert_eq!(reply.status, 200);
     assert_eq!(reply.json["active"], false);
-    assert_eq!(
-        reply.json["userName"], "jane@example.com",
-        "the rest is kept"
-    );
+    assert_eq!(reply.json["userName"], "jane@example.com", "the rest is kept");
     assert_eq!(harness.emulator.active_user_count(), 0);
 }
 
@@ -215,25 +200,14 @@ async fn scim_put_replaces_the_user() {
 #[tokio::test]
 async fn scim_delete_answers_204_and_the_user_is_gone() {
     let harness = Harness::seeded(2).await;
-    let id = harness.emulator.users()[0]["id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
-    let reply = harness
-        .with_body(
-            reqwest::Method::DELETE,
-            &format!("/Users/{id}"),
-            &Value::Null,
-        )
-        .await;
+    let id = harness.emulator.users()[0]["id"].as_str().expect("id").to_owned();
+    let reply =
+        harness.with_body(reqwest::Method::DELETE, &format!("/Users/{id}"), &Value::Null).await;
     assert_eq!(reply.status, 204);
     assert_eq!(reply.json, Value::Null);
     let gone = harness.get(&format!("/Users/{id}")).await;
     assert_eq!(gone.status, 404);
-    assert_eq!(
-        gone.json["schemas"],
-        json!(["urn:ietf:params:scim:api:messages:2.0:Error"])
-    );
+    assert_eq!(gone.json["schemas"], json!(["urn:ietf:params:scim:api:messages:2.0:Error"]));
     assert_eq!(gone.json["status"], "404");
     assert!(gone.json["detail"].is_string());
 }
@@ -254,11 +228,7 @@ async fn scim_refuses_the_stripe_api_key() {
 
 #[test]
 fn scim_demo_data_is_the_same_for_the_same_seed() {
-    let config = StripeScimConfig {
-        seed: 7,
-        rng_seed: 4,
-        ..StripeScimConfig::default()
-    };
+    let config = StripeScimConfig { seed: 7, rng_seed: 4, ..StripeScimConfig::default() };
     assert_eq!(
         StripeScimEmulator::new(config.clone()).users(),
         StripeScimEmulator::new(config).users()
@@ -289,15 +259,10 @@ async fn scim_patch_of_name_keeps_the_sub_attributes_it_does_not_give() {
 #[tokio::test]
 async fn scim_injected_429_uses_the_scim_error_schema() {
     let emulator = StripeScimEmulator::new(StripeScimConfig {
-        faults: FaultConfig {
-            rate_429: 1.0,
-            ..FaultConfig::default()
-        },
+        faults: FaultConfig { rate_429: 1.0, ..FaultConfig::default() },
         ..StripeScimConfig::default()
     });
-    let server = serve(emulator.router(), LOOPBACK_ANY_PORT)
-        .await
-        .expect("binds");
+    let server = serve(emulator.router(), LOOPBACK_ANY_PORT).await.expect("binds");
     let reply = send(
         reqwest::Client::new()
             .get(format!("{}/scim/v2/Users", server.base_url()))
@@ -306,12 +271,7 @@ async fn scim_injected_429_uses_the_scim_error_schema() {
     .await;
     assert_eq!(reply.status, 429);
     assert_eq!(reply.json["status"], "429");
-    assert_eq!(
-        emulator
-            .limits()
-            .injected_count(crate::limits::FaultKind::TooManyRequests),
-        1
-    );
+    assert_eq!(emulator.limits().injected_count(crate::limits::FaultKind::TooManyRequests), 1);
     assert_eq!(emulator.limited_count(), 0, "injected, not earned");
 }
 
@@ -337,17 +297,35 @@ async fn scim_users_outside_the_core_schema_are_refused_as_invalid_values() {
         body
     };
     let harness = &harness;
-    let post = |body: Value| async move { harness.with_body(reqwest::Method::POST, "/Users", &body).await };
-    assert_refused(&post(json!({ "schemas": [USER_SCHEMA] })).await, "invalidValue", "userName is required");
-    assert_refused(&post(user(json!({ "active": "yes" }))).await, "invalidValue", "active must be boolean");
-    assert_refused(&post(user(json!({ "emails": "jane@example.com" }))).await, "invalidValue", "emails must be array");
+    let post = |body: Value| async move {
+        harness.with_body(reqwest::Method::POST, "/Users", &body).await
+    };
+    assert_refused(
+        &post(json!({ "schemas": [USER_SCHEMA] })).await,
+        "invalidValue",
+        "userName is required",
+    );
+    assert_refused(
+        &post(user(json!({ "active": "yes" }))).await,
+        "invalidValue",
+        "active must be boolean",
+    );
+    assert_refused(
+        &post(user(json!({ "emails": "jane@example.com" }))).await,
+        "invalidValue",
+        "emails must be array",
+    );
     assert_refused(
         &post(user(json!({ "name": { "givenName": 7 } }))).await,
         "invalidValue",
         "name.givenName must be string",
     );
     let reply = post(user(json!({ "schemas": ["urn:example:Other"] }))).await;
-    assert_eq!((reply.status, &reply.json["scimType"]), (400, &json!("invalidSyntax")), "{reply:?}");
+    assert_eq!(
+        (reply.status, &reply.json["scimType"]),
+        (400, &json!("invalidSyntax")),
+        "{reply:?}"
+    );
     assert_eq!(harness.emulator.user_count(), 0);
 }
 
@@ -357,16 +335,22 @@ async fn scim_patch_operations_outside_rfc_7644_are_refused() {
     let id = harness.emulator.users()[0]["id"].as_str().expect("id").to_owned();
     let path = format!("/Users/{id}");
     let reply = harness
-        .with_body(reqwest::Method::PATCH, &path, &patch(json!([{ "op": "frobnicate", "path": "active", "value": false }])))
+        .with_body(
+            reqwest::Method::PATCH,
+            &path,
+            &patch(json!([{ "op": "frobnicate", "path": "active", "value": false }])),
+        )
         .await;
     assert_eq!((reply.status, &reply.json["scimType"]), (400, &json!("invalidValue")), "{reply:?}");
-    let reply = harness
-        .with_body(reqwest::Method::PATCH, &path, &patch(json!([])))
-        .await;
+    let reply = harness.with_body(reqwest::Method::PATCH, &path, &patch(json!([]))).await;
     assert_refused(&reply, "invalidValue", "Operations must have at least 1 items");
     // Op names are case-insensitive (Azure AD sends "Replace").
     let reply = harness
-        .with_body(reqwest::Method::PATCH, &path, &patch(json!([{ "op": "Replace", "path": "active", "value": false }])))
+        .with_body(
+            reqwest::Method::PATCH,
+            &path,
+            &patch(json!([{ "op": "Replace", "path": "active", "value": false }])),
+        )
         .await;
     assert_eq!(reply.status, 200, "{reply:?}");
 }

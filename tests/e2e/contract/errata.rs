@@ -45,7 +45,12 @@ fn baremetrics() -> Vec<Erratum> {
         // GET /v1/sources: the operation's own example answers
         // `"provider": "baremetrics", "provider_id": null` for the native
         // source; the schema was inferred from the Stripe source's string.
-        Erratum { pointer: "/components/schemas/SourceListSourcesResponse_sources_inner/properties/provider_id".into(), fix: Fix::Nullable },
+        Erratum {
+            pointer:
+                "/components/schemas/SourceListSourcesResponse_sources_inner/properties/provider_id"
+                    .into(),
+            fix: Fix::Nullable,
+        },
         // GET /v1/{source_id}/subscriptions: the example Konfig read has a
         // trailing comma, so it became `type: string`; the example is an
         // object with a `subscriptions` array.
@@ -84,7 +89,10 @@ fn baremetrics() -> Vec<Erratum> {
         "SourceUpdateCustomerInformationResponse_customer",
     ] {
         for field in ["name", "email", "notes", "display_image"] {
-            errata.push(Erratum { pointer: format!("/components/schemas/{schema}/properties/{field}"), fix: Fix::Nullable });
+            errata.push(Erratum {
+                pointer: format!("/components/schemas/{schema}/properties/{field}"),
+                fix: Fix::Nullable,
+            });
         }
     }
     errata
@@ -100,29 +108,43 @@ fn errata_for(vendor: &str) -> Vec<Erratum> {
 /// Reads the description at `spec` (JSON or YAML), applies `vendor`'s
 /// errata and writes the result as JSON into `dir`; returns its path.
 pub fn corrected(vendor: &str, spec: &Path, dir: &Path) -> TestResult<PathBuf> {
-    let text = std::fs::read_to_string(spec).map_err(|e| format!("cannot read the {vendor} spec {}: {e}", spec.display()))?;
+    let text = std::fs::read_to_string(spec)
+        .map_err(|e| format!("cannot read the {vendor} spec {}: {e}", spec.display()))?;
     let is_yaml = spec.extension().is_some_and(|ext| ext == "yaml" || ext == "yml");
-    let mut document: Value = if is_yaml { serde_norway::from_str(&text)? } else { serde_json::from_str(&text)? };
+    let mut document: Value =
+        if is_yaml { serde_norway::from_str(&text)? } else { serde_json::from_str(&text)? };
     for erratum in errata_for(vendor) {
-        let schema = document
-            .pointer_mut(&erratum.pointer)
-            .ok_or_else(|| format!("{vendor} erratum {} no longer applies: the spec has no such schema", erratum.pointer))?;
+        let schema = document.pointer_mut(&erratum.pointer).ok_or_else(|| {
+            format!(
+                "{vendor} erratum {} no longer applies: the spec has no such schema",
+                erratum.pointer
+            )
+        })?;
         let before = schema.clone();
         match &erratum.fix {
             Fix::Nullable => {
-                let fields = schema.as_object_mut().ok_or_else(|| format!("{vendor} erratum {}: not a schema object", erratum.pointer))?;
+                let fields = schema.as_object_mut().ok_or_else(|| {
+                    format!("{vendor} erratum {}: not a schema object", erratum.pointer)
+                })?;
                 fields.insert("nullable".into(), Value::Bool(true));
             }
             Fix::Replace(with) => *schema = with.clone(),
         }
         if *schema == before {
-            return Err(format!("{vendor} erratum {} is no longer needed: the spec already says so", erratum.pointer).into());
+            return Err(format!(
+                "{vendor} erratum {} is no longer needed: the spec already says so",
+                erratum.pointer
+            )
+            .into());
         }
     }
     for (pointer, replacement) in extract_errata(vendor)? {
-        let schema = document
-            .pointer_mut(&pointer)
-            .ok_or_else(|| format!("{vendor}: the extract's erratum {pointer} does not apply to {}", spec.display()))?;
+        let schema = document.pointer_mut(&pointer).ok_or_else(|| {
+            format!(
+                "{vendor}: the extract's erratum {pointer} does not apply to {}",
+                spec.display()
+            )
+        })?;
         *schema = replacement;
     }
     let path = dir.join(format!("{vendor}-openapi.json"));
@@ -133,13 +155,17 @@ pub fn corrected(vendor: &str, spec: &Path, dir: &Path) -> TestResult<PathBuf> {
 /// The errata of `vendor`'s extract in `sandbox/specs`, as (pointer,
 /// replacement); none for a vendor without one.
 fn extract_errata(vendor: &str) -> TestResult<Vec<(String, Value)>> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("sandbox/specs").join(format!("{vendor}.json"));
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("sandbox/specs").join(format!("{vendor}.json"));
     let Ok(text) = std::fs::read_to_string(&path) else { return Ok(Vec::new()) };
-    let extract: Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let extract: Value =
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(extract["errata"]
         .as_array()
         .into_iter()
         .flatten()
-        .filter_map(|erratum| Some((erratum["pointer"].as_str()?.to_owned(), erratum["replacement"].clone())))
+        .filter_map(|erratum| {
+            Some((erratum["pointer"].as_str()?.to_owned(), erratum["replacement"].clone()))
+        })
         .collect())
 }

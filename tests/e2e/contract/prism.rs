@@ -61,7 +61,11 @@ impl Prism {
     /// and waits until it accepts connections.
     pub fn start(prism: &Path, spec: &Path, upstream: &str) -> TestResult<Prism> {
         if !spec.is_file() {
-            return Err(format!("the vendor spec {} is missing (../shared/vendor-apis beside the repository)", spec.display()).into());
+            return Err(format!(
+                "the vendor spec {} is missing (../shared/vendor-apis beside the repository)",
+                spec.display()
+            )
+            .into());
         }
         let dir = tempfile::tempdir()?;
         let log = dir.path().join("prism.log");
@@ -103,13 +107,23 @@ impl Prism {
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
         loop {
             if let Some(status) = self.child.try_wait()? {
-                return Err(format!("prism exited ({status}) before listening for {}:\n{}", spec.display(), self.log_tail()).into());
+                return Err(format!(
+                    "prism exited ({status}) before listening for {}:\n{}",
+                    spec.display(),
+                    self.log_tail()
+                )
+                .into());
             }
             if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
                 return Ok(());
             }
             if started.elapsed() > READY_TIMEOUT {
-                return Err(format!("prism did not listen on {addr} within {READY_TIMEOUT:?} for {}:\n{}", spec.display(), self.log_tail()).into());
+                return Err(format!(
+                    "prism did not listen on {addr} within {READY_TIMEOUT:?} for {}:\n{}",
+                    spec.display(),
+                    self.log_tail()
+                )
+                .into());
             }
             std::thread::sleep(Duration::from_millis(100));
         }

@@ -45,7 +45,11 @@ pub struct Exchange {
 impl Exchange {
     /// `POST /v1/customers?limit=2`, for messages.
     pub fn line(&self) -> String {
-        if self.query.is_empty() { format!("{} {}", self.method, self.path) } else { format!("{} {}?{}", self.method, self.path, self.query) }
+        if self.query.is_empty() {
+            format!("{} {}", self.method, self.path)
+        } else {
+            format!("{} {}?{}", self.method, self.path, self.query)
+        }
     }
 }
 
@@ -72,7 +76,10 @@ impl Recorder {
     /// serves Metronome without the `/v1` its server URL carries).
     pub async fn start(upstream: &str, strip_prefix: &str) -> TestResult<Recorder> {
         // Loopback only, and never through an HTTP proxy from the environment.
-        let client = reqwest::Client::builder().no_proxy().timeout(std::time::Duration::from_secs(30)).build()?;
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(std::time::Duration::from_secs(30))
+            .build()?;
         let exchanges = Arc::new(Mutex::new(Vec::new()));
         let op = Arc::new(Mutex::new(String::new()));
         let forward = Forward {
@@ -111,7 +118,10 @@ fn header(headers: &HeaderMap, name: &str) -> String {
 
 /// Headers that describe one hop, not the message.
 fn is_hop_header(name: &HeaderName) -> bool {
-    matches!(name.as_str(), "host" | "connection" | "content-length" | "transfer-encoding" | "keep-alive" | "upgrade")
+    matches!(
+        name.as_str(),
+        "host" | "connection" | "content-length" | "transfer-encoding" | "keep-alive" | "upgrade"
+    )
 }
 
 async fn relay(State(forward): State<Forward>, request: Request) -> Response {
@@ -120,10 +130,23 @@ async fn relay(State(forward): State<Forward>, request: Request) -> Response {
     let query = parts.uri.query().unwrap_or_default().to_owned();
     let body = match axum::body::to_bytes(body, BODY_LIMIT).await {
         Ok(body) => body,
-        Err(e) => return (StatusCode::BAD_GATEWAY, format!("recorder: cannot read the request body: {e}")).into_response(),
+        Err(e) => {
+            return (
+                StatusCode::BAD_GATEWAY,
+                format!("recorder: cannot read the request body: {e}"),
+            )
+                .into_response();
+        }
     };
-    let forwarded_path = path.strip_prefix(forward.strip_prefix.as_str()).filter(|p| p.starts_with('/')).unwrap_or(&path);
-    let url = if query.is_empty() { format!("{}{forwarded_path}", forward.upstream) } else { format!("{}{forwarded_path}?{query}", forward.upstream) };
+    let forwarded_path = path
+        .strip_prefix(forward.strip_prefix.as_str())
+        .filter(|p| p.starts_with('/'))
+        .unwrap_or(&path);
+    let url = if query.is_empty() {
+        format!("{}{forwarded_path}", forward.upstream)
+    } else {
+        format!("{}{forwarded_path}?{query}", forward.upstream)
+    };
     let mut outgoing = forward.client.request(parts.method.clone(), &url).body(body.clone());
     for (name, value) in &parts.headers {
         if !is_hop_header(name) {
@@ -132,13 +155,18 @@ async fn relay(State(forward): State<Forward>, request: Request) -> Response {
     }
     let answer = match outgoing.send().await {
         Ok(answer) => answer,
-        Err(e) => return (StatusCode::BAD_GATEWAY, format!("recorder: {url}: {e}")).into_response(),
+        Err(e) => {
+            return (StatusCode::BAD_GATEWAY, format!("recorder: {url}: {e}")).into_response();
+        }
     };
     let status = answer.status();
     let headers = answer.headers().clone();
     let answer_body: Bytes = match answer.bytes().await {
         Ok(bytes) => bytes,
-        Err(e) => return (StatusCode::BAD_GATEWAY, format!("recorder: {url}: body: {e}")).into_response(),
+        Err(e) => {
+            return (StatusCode::BAD_GATEWAY, format!("recorder: {url}: body: {e}"))
+                .into_response();
+        }
     };
     let exchange = Exchange {
         op: forward.op.lock().map(|op| op.clone()).unwrap_or_default(),

@@ -23,7 +23,10 @@ use weft::workflow::PluginRef;
 use super::prism::{self, Prism};
 use super::recorder::{Exchange, Recorder};
 use super::stripe_spec::StripeSpec;
-use super::{BAREMETRICS, GROWPANEL, METRONOME, PrismVendor, Report, endpoint, errata, prism_problems, prism_warnings, vendor_apis};
+use super::{
+    BAREMETRICS, GROWPANEL, METRONOME, PrismVendor, Report, endpoint, errata, prism_problems,
+    prism_warnings, vendor_apis,
+};
 use crate::e2e::support::{Harness, TestResult, sandbox, workflow};
 
 /// How one vendor's traffic is judged.
@@ -66,21 +69,38 @@ fn prism_vendor(name: &str) -> Option<&'static PrismVendor> {
 async fn route(sandbox: &weft_sandbox::Sandbox, vendor: &str, dir: &Path) -> TestResult<Route> {
     let emulator = endpoint(sandbox, vendor)?;
     let (upstream, server_path, judge) = match (vendor, prism_vendor(vendor)) {
-        ("stripe", _) => (emulator.base_url.clone(), "", Judge::Stripe(Box::new(StripeSpec::load(&vendor_apis().join("stripe/spec3.json"))?))),
+        ("stripe", _) => (
+            emulator.base_url.clone(),
+            "",
+            Judge::Stripe(Box::new(StripeSpec::load(&vendor_apis().join("stripe/spec3.json"))?)),
+        ),
         (_, Some(described)) => match prism::find()? {
             Some(prism_path) => {
-                let spec = errata::corrected(described.name, &vendor_apis().join(described.spec), dir)?;
+                let spec =
+                    errata::corrected(described.name, &vendor_apis().join(described.spec), dir)?;
                 let prism = Prism::start(&prism_path, &spec, &emulator.base_url)?;
                 (prism.base_url(), described.server_path, Judge::Prism(prism))
             }
-            None => (emulator.base_url.clone(), described.server_path, Judge::Unjudged("Prism is not installed")),
+            None => (
+                emulator.base_url.clone(),
+                described.server_path,
+                Judge::Unjudged("Prism is not installed"),
+            ),
         },
-        _ => (emulator.base_url.clone(), "", Judge::Unjudged("no description in ../shared/vendor-apis")),
+        _ => (
+            emulator.base_url.clone(),
+            "",
+            Judge::Unjudged("no description in ../shared/vendor-apis"),
+        ),
     };
     // Prism serves Metronome's `/v1/...` as `/...`; the emulator itself
     // wants the `/v1` its base URL already carries.
     let strip = if matches!(judge, Judge::Prism(_)) { server_path } else { "" };
-    let upstream = if strip.is_empty() && !server_path.is_empty() { upstream.trim_end_matches(server_path).to_owned() } else { upstream };
+    let upstream = if strip.is_empty() && !server_path.is_empty() {
+        upstream.trim_end_matches(server_path).to_owned()
+    } else {
+        upstream
+    };
     let recorder = Recorder::start(&upstream, strip).await?;
     Ok(Route { vendor: vendor.to_owned(), recorder, server_path, api_key: emulator.api_key, judge })
 }
@@ -98,7 +118,12 @@ fn scenarios() -> TestResult<Vec<PathBuf>> {
 
 /// Runs the workflow `text` (from `name`) against `sandbox` through the
 /// routes; returns what broke the contracts, and a failed run, as lines.
-async fn run_scenario(sandbox: &weft_sandbox::Sandbox, name: &str, text: &str, dir: &Path) -> TestResult<Vec<String>> {
+async fn run_scenario(
+    sandbox: &weft_sandbox::Sandbox,
+    name: &str,
+    text: &str,
+    dir: &Path,
+) -> TestResult<Vec<String>> {
     let harness = Harness::new()?;
     // Outputs go to a temporary directory, not the repository.
     let loaded = workflow(harness.files.path(), text)?;
@@ -106,7 +131,11 @@ async fn run_scenario(sandbox: &weft_sandbox::Sandbox, name: &str, text: &str, d
     let mut overrides = BTreeMap::new();
     for connection in loaded.connections.values() {
         let PluginRef::Builtin(vendor) = &connection.plugin else {
-            return Err(format!("{name}: connection {} is not a built-in connector", connection.name).into());
+            return Err(format!(
+                "{name}: connection {} is not a built-in connector",
+                connection.name
+            )
+            .into());
         };
         if !routes.contains_key(vendor) {
             let route = route(sandbox, vendor, dir).await?;
@@ -116,28 +145,49 @@ async fn run_scenario(sandbox: &weft_sandbox::Sandbox, name: &str, text: &str, d
         let route = &routes[vendor];
         overrides.insert(
             connection.name.clone(),
-            ConnectionOverride { base_url: format!("{}{}", route.recorder.base_url(), route.server_path), secret: Secret::new(route.api_key.clone()) },
+            ConnectionOverride {
+                base_url: format!("{}{}", route.recorder.base_url(), route.server_path),
+                secret: Secret::new(route.api_key.clone()),
+            },
         );
     }
     let summary = harness.executor.run(&loaded, &overrides, &Silent).await?;
     let mut failures = Vec::new();
     if summary.status != Status::Succeeded {
-        failures.push(format!("{name}: the run ended {:?}: {}", summary.status, summary.error.clone().unwrap_or_default()));
+        failures.push(format!(
+            "{name}: the run ended {:?}: {}",
+            summary.status,
+            summary.error.clone().unwrap_or_default()
+        ));
     }
     for route in routes.values() {
         let exchanges = route.recorder.exchanges();
         if std::env::var_os("WEFT_CONTRACT_TRACE").is_some() {
             for exchange in &exchanges {
-                eprintln!("{name} {} {} -> {} {}", route.vendor, exchange.line(), exchange.status, exchange.request_body);
+                eprintln!(
+                    "{name} {} {} -> {} {}",
+                    route.vendor,
+                    exchange.line(),
+                    exchange.status,
+                    exchange.request_body
+                );
             }
         }
         let before = failures.len();
         for exchange in &exchanges {
             for problem in route.problems(exchange) {
-                failures.push(format!("{name}: {} {} -> {}: {problem}", route.vendor, exchange.line(), exchange.status));
+                failures.push(format!(
+                    "{name}: {} {} -> {}: {problem}",
+                    route.vendor,
+                    exchange.line(),
+                    exchange.status
+                ));
             }
             for warning in prism_warnings(exchange) {
-                eprintln!("note: {name}: {} {} -> {}: {warning}", route.vendor, exchange.method, exchange.status);
+                eprintln!(
+                    "note: {name}: {} {} -> {}: {warning}",
+                    route.vendor, exchange.method, exchange.status
+                );
             }
         }
         if let Judge::Prism(prism) = &route.judge
@@ -146,8 +196,16 @@ async fn run_scenario(sandbox: &weft_sandbox::Sandbox, name: &str, text: &str, d
             eprintln!("{name}: Prism's log for {} ends:\n{}", route.vendor, prism.log_tail());
         }
         match &route.judge {
-            Judge::Unjudged(why) => eprintln!("{name}: {} exchanges with {} recorded, not judged: {why}", exchanges.len(), route.vendor),
-            _ => eprintln!("{name}: {} exchanges with {} judged against its description", exchanges.len(), route.vendor),
+            Judge::Unjudged(why) => eprintln!(
+                "{name}: {} exchanges with {} recorded, not judged: {why}",
+                exchanges.len(),
+                route.vendor
+            ),
+            _ => eprintln!(
+                "{name}: {} exchanges with {} judged against its description",
+                exchanges.len(),
+                route.vendor
+            ),
         }
     }
     Ok(failures)
@@ -157,7 +215,10 @@ fn verdict(failures: Vec<String>) -> TestResult {
     if failures.is_empty() {
         return Ok(());
     }
-    let report: Box<dyn std::error::Error> = Box::new(Report(format!("the scenario workflows broke their vendors' contracts:\n  - {}", failures.join("\n  - "))));
+    let report: Box<dyn std::error::Error> = Box::new(Report(format!(
+        "the scenario workflows broke their vendors' contracts:\n  - {}",
+        failures.join("\n  - ")
+    )));
     Err(report)
 }
 
@@ -171,7 +232,9 @@ async fn every_scenario_workflow_sends_only_what_the_vendors_descriptions_allow(
         let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         // Each scenario on fresh emulators, as `weft run --sandbox` gives it.
         let sandbox = sandbox(20).await?;
-        failures.extend(run_scenario(&sandbox, &name, &std::fs::read_to_string(file)?, dir.path()).await?);
+        failures.extend(
+            run_scenario(&sandbox, &name, &std::fs::read_to_string(file)?, dir.path()).await?,
+        );
         sandbox.shutdown().await;
     }
     verdict(failures)
@@ -182,7 +245,8 @@ async fn every_scenario_workflow_sends_only_what_the_vendors_descriptions_allow(
 /// (issue 13, bug 2): the GrowPanel connector cleared them with JSON
 /// `null`, which GrowPanel's description refuses.
 #[tokio::test]
-async fn the_reconcile_scenario_clears_a_growpanel_name_only_in_ways_growpanels_description_allows() -> TestResult {
+async fn the_reconcile_scenario_clears_a_growpanel_name_only_in_ways_growpanels_description_allows()
+-> TestResult {
     let dir = tempfile::tempdir()?;
     let sandbox = sandbox(3).await?;
     sandbox.stripe.emulator.insert_customer(serde_json::json!({ "id": "cus_Nameless", "created": 1_700_000_000, "metadata": { "plan": "pro" } }));
@@ -196,7 +260,13 @@ async fn the_reconcile_scenario_clears_a_growpanel_name_only_in_ways_growpanels_
         "data_source": weft_sandbox::growpanel::DEMO_DATA_SOURCE,
     }));
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("workflows/stripe-export-reconcile.toml");
-    let failures = run_scenario(&sandbox, "stripe-export-reconcile.toml", &std::fs::read_to_string(path)?, dir.path()).await?;
+    let failures = run_scenario(
+        &sandbox,
+        "stripe-export-reconcile.toml",
+        &std::fs::read_to_string(path)?,
+        dir.path(),
+    )
+    .await?;
     sandbox.shutdown().await;
     verdict(failures)
 }

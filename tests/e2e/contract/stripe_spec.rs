@@ -22,7 +22,8 @@ use super::super::support::TestResult;
 use super::recorder::Exchange;
 
 /// The paths of the extract: what the Stripe connector may call.
-const CUSTOMER_PATHS: &[&str] = &["/v1/customers", "/v1/customers/{customer}", "/v1/customers/search"];
+const CUSTOMER_PATHS: &[&str] =
+    &["/v1/customers", "/v1/customers/{customer}", "/v1/customers/search"];
 
 const SCHEMAS: &str = "#/components/schemas/";
 
@@ -49,7 +50,9 @@ pub struct StripeSpec {
 
 impl std::fmt::Debug for StripeSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StripeSpec").field("operations", &self.operations.len()).finish_non_exhaustive()
+        f.debug_struct("StripeSpec")
+            .field("operations", &self.operations.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -57,14 +60,21 @@ impl StripeSpec {
     /// Extracts the customer operations and the schemas they reach from
     /// Stripe's `spec3.json`.
     pub fn load(spec3: &Path) -> TestResult<StripeSpec> {
-        let text = std::fs::read_to_string(spec3).map_err(|e| format!("cannot read Stripe's spec {}: {e}", spec3.display()))?;
+        let text = std::fs::read_to_string(spec3)
+            .map_err(|e| format!("cannot read Stripe's spec {}: {e}", spec3.display()))?;
         let document: Value = serde_json::from_str(&text)?;
-        let all = document.pointer("/components/schemas").and_then(Value::as_object).ok_or("spec3.json has no components.schemas")?;
+        let all = document
+            .pointer("/components/schemas")
+            .and_then(Value::as_object)
+            .ok_or("spec3.json has no components.schemas")?;
 
         let mut operations = Vec::new();
         let mut wanted = Vec::new();
         for &template in CUSTOMER_PATHS {
-            let item = document["paths"].get(template).and_then(Value::as_object).ok_or_else(|| format!("spec3.json has no path {template}"))?;
+            let item = document["paths"]
+                .get(template)
+                .and_then(Value::as_object)
+                .ok_or_else(|| format!("spec3.json has no path {template}"))?;
             for (method, operation) in item {
                 collect_refs(operation, &mut wanted);
                 let query = operation["parameters"]
@@ -74,14 +84,28 @@ impl StripeSpec {
                     .filter(|p| p["in"] == "query")
                     .filter_map(|p| Some((p["name"].as_str()?.to_owned(), p["schema"].clone())))
                     .collect();
-                let form = operation.pointer("/requestBody/content/application~1x-www-form-urlencoded/schema").cloned().map(|s| to_json_schema(&s));
+                let form = operation
+                    .pointer("/requestBody/content/application~1x-www-form-urlencoded/schema")
+                    .cloned()
+                    .map(|s| to_json_schema(&s));
                 let responses = operation["responses"]
                     .as_object()
                     .into_iter()
                     .flatten()
-                    .filter_map(|(status, r)| Some((status.clone(), to_json_schema(r.pointer("/content/application~1json/schema")?))))
+                    .filter_map(|(status, r)| {
+                        Some((
+                            status.clone(),
+                            to_json_schema(r.pointer("/content/application~1json/schema")?),
+                        ))
+                    })
                     .collect();
-                operations.push(Operation { method: method.to_uppercase(), template, query, form, responses });
+                operations.push(Operation {
+                    method: method.to_uppercase(),
+                    template,
+                    query,
+                    form,
+                    responses,
+                });
             }
         }
         // Every schema the customer operations reach, and only those.
@@ -90,11 +114,17 @@ impl StripeSpec {
             if extract.contains_key(&name) {
                 continue;
             }
-            let schema = all.get(&name).ok_or_else(|| format!("spec3.json refers to a missing schema {name}"))?;
+            let schema = all
+                .get(&name)
+                .ok_or_else(|| format!("spec3.json refers to a missing schema {name}"))?;
             collect_refs(schema, &mut wanted);
             extract.insert(name, to_json_schema(schema));
         }
-        Ok(StripeSpec { operations, schemas: json!({ "components": { "schemas": extract } }), validators: Default::default() })
+        Ok(StripeSpec {
+            operations,
+            schemas: json!({ "components": { "schemas": extract } }),
+            validators: Default::default(),
+        })
     }
 
     /// How many schemas the extract holds.
@@ -106,8 +136,14 @@ impl StripeSpec {
     /// and what the spec says.
     pub fn check(&self, exchange: &Exchange) -> Vec<String> {
         let Some((operation, _)) = self.operation(&exchange.method, &exchange.path) else {
-            let known: Vec<String> = self.operations.iter().map(|o| format!("{} {}", o.method, o.template)).collect();
-            return vec![format!("the extract has no operation {} {}; it has {}", exchange.method, exchange.path, known.join(", "))];
+            let known: Vec<String> =
+                self.operations.iter().map(|o| format!("{} {}", o.method, o.template)).collect();
+            return vec![format!(
+                "the extract has no operation {} {}; it has {}",
+                exchange.method,
+                exchange.path,
+                known.join(", ")
+            )];
         };
         let mut problems = Vec::new();
         self.check_query(operation, &exchange.query, &mut problems);
@@ -117,7 +153,10 @@ impl StripeSpec {
     }
 
     fn operation(&self, method: &str, path: &str) -> Option<(&Operation, Vec<String>)> {
-        self.operations.iter().filter(|o| o.method == method).find_map(|o| Some((o, match_template(o.template, path)?)))
+        self.operations
+            .iter()
+            .filter(|o| o.method == method)
+            .find_map(|o| Some((o, match_template(o.template, path)?)))
     }
 
     fn check_query(&self, operation: &Operation, query: &str, problems: &mut Vec<String>) {
@@ -149,11 +188,17 @@ impl StripeSpec {
             return;
         }
         if !exchange.request_type.starts_with("application/x-www-form-urlencoded") {
-            problems.push(format!("request body: Stripe takes application/x-www-form-urlencoded, not {:?}", exchange.request_type));
+            problems.push(format!(
+                "request body: Stripe takes application/x-www-form-urlencoded, not {:?}",
+                exchange.request_type
+            ));
             return;
         }
         let Some(schema) = &operation.form else {
-            problems.push(format!("request body: {} {} takes no body", operation.method, operation.template));
+            problems.push(format!(
+                "request body: {} {} takes no body",
+                operation.method, operation.template
+            ));
             return;
         };
         let mut fields = Map::new();
@@ -166,14 +211,27 @@ impl StripeSpec {
         }
     }
 
-    fn check_response(&self, operation: &Operation, exchange: &Exchange, problems: &mut Vec<String>) {
+    fn check_response(
+        &self,
+        operation: &Operation,
+        exchange: &Exchange,
+        problems: &mut Vec<String>,
+    ) {
         let status = exchange.status.to_string();
-        let Some(schema) = operation.responses.get(&status).or_else(|| operation.responses.get("default")) else {
-            problems.push(format!("response: status {status} is not in the spec for {} {}", operation.method, operation.template));
+        let Some(schema) =
+            operation.responses.get(&status).or_else(|| operation.responses.get("default"))
+        else {
+            problems.push(format!(
+                "response: status {status} is not in the spec for {} {}",
+                operation.method, operation.template
+            ));
             return;
         };
         if !exchange.response_type.starts_with("application/json") {
-            problems.push(format!("response: content-type {:?}, the spec says application/json", exchange.response_type));
+            problems.push(format!(
+                "response: content-type {:?}, the spec says application/json",
+                exchange.response_type
+            ));
             return;
         }
         let body: Value = match serde_json::from_str(&exchange.response_body) {
@@ -195,7 +253,10 @@ impl StripeSpec {
             Ok(validator) => validator,
             Err(e) => return vec![format!(": the extract's schema does not compile: {e}")],
         };
-        validator.iter_errors(instance).map(|error| format!(" at `{}`: {error}", error.instance_path())).collect()
+        validator
+            .iter_errors(instance)
+            .map(|error| format!(" at `{}`: {error}", error.instance_path()))
+            .collect()
     }
 
     fn validator(&self, schema: &Value) -> Result<std::sync::Arc<Validator>, String> {
@@ -212,7 +273,12 @@ impl StripeSpec {
                 fields.insert(keyword.clone(), value.clone());
             }
         }
-        let validator = std::sync::Arc::new(jsonschema::options().with_draft(Draft::Draft7).build(&root).map_err(|e| e.to_string())?);
+        let validator = std::sync::Arc::new(
+            jsonschema::options()
+                .with_draft(Draft::Draft7)
+                .build(&root)
+                .map_err(|e| e.to_string())?,
+        );
         cache.insert(key, validator.clone());
         Ok(validator)
     }
@@ -276,7 +342,14 @@ fn to_json_schema(schema: &Value) -> Value {
                     k if k.starts_with("x-") => {}
                     // Inside `properties` the keys are field names, not keywords.
                     "properties" => {
-                        let properties = value.as_object().map(|p| p.iter().map(|(name, s)| (name.clone(), to_json_schema(s))).collect()).unwrap_or_default();
+                        let properties = value
+                            .as_object()
+                            .map(|p| {
+                                p.iter()
+                                    .map(|(name, s)| (name.clone(), to_json_schema(s)))
+                                    .collect()
+                            })
+                            .unwrap_or_default();
                         converted.insert(key.clone(), Value::Object(properties));
                     }
                     "description" | "title" | "example" => {}
@@ -289,7 +362,9 @@ fn to_json_schema(schema: &Value) -> Value {
             // unknown parameters at any depth ("Received unknown parameter:
             // address[floor]"): an object that lists its properties allows
             // no other.
-            if converted.contains_key("properties") && !converted.contains_key("additionalProperties") {
+            if converted.contains_key("properties")
+                && !converted.contains_key("additionalProperties")
+            {
                 converted.insert("additionalProperties".into(), Value::Bool(false));
             }
             if nullable {
@@ -354,8 +429,15 @@ fn coerce(value: &Value, schema: &Value, root: &Value) -> Value {
     let branches = flatten(schema, root, 0);
     match value {
         Value::String(text) => {
-            let allows = |kind: &str| branches.iter().any(|b| b["type"] == kind || b["type"].as_array().is_some_and(|t| t.iter().any(|t| t == kind)));
-            let in_enum = branches.iter().any(|b| b["enum"].as_array().is_some_and(|e| e.iter().any(|v| v == text)));
+            let allows = |kind: &str| {
+                branches.iter().any(|b| {
+                    b["type"] == kind
+                        || b["type"].as_array().is_some_and(|t| t.iter().any(|t| t == kind))
+                })
+            };
+            let in_enum = branches
+                .iter()
+                .any(|b| b["enum"].as_array().is_some_and(|e| e.iter().any(|v| v == text)));
             if allows("string") || in_enum {
                 return value.clone();
             }
@@ -365,7 +447,8 @@ fn coerce(value: &Value, schema: &Value, root: &Value) -> Value {
                 return Value::from(number);
             }
             if allows("number")
-                && let Some(number) = text.parse::<f64>().ok().and_then(serde_json::Number::from_f64)
+                && let Some(number) =
+                    text.parse::<f64>().ok().and_then(serde_json::Number::from_f64)
             {
                 return Value::Number(number);
             }
@@ -378,17 +461,29 @@ fn coerce(value: &Value, schema: &Value, root: &Value) -> Value {
             let coerced = fields
                 .iter()
                 .map(|(name, field)| {
-                    let sub = branches
-                        .iter()
-                        .find_map(|b| b["properties"].get(name).cloned().or_else(|| b.get("additionalProperties").filter(|a| a.is_object()).cloned()));
-                    (name.clone(), sub.map_or_else(|| field.clone(), |sub| coerce(field, &sub, root)))
+                    let sub = branches.iter().find_map(|b| {
+                        b["properties"].get(name).cloned().or_else(|| {
+                            b.get("additionalProperties").filter(|a| a.is_object()).cloned()
+                        })
+                    });
+                    (
+                        name.clone(),
+                        sub.map_or_else(|| field.clone(), |sub| coerce(field, &sub, root)),
+                    )
                 })
                 .collect();
             Value::Object(coerced)
         }
         Value::Array(items) => {
             let sub = branches.iter().find_map(|b| b.get("items").cloned());
-            Value::Array(items.iter().map(|item| sub.as_ref().map_or_else(|| item.clone(), |sub| coerce(item, sub, root))).collect())
+            Value::Array(
+                items
+                    .iter()
+                    .map(|item| {
+                        sub.as_ref().map_or_else(|| item.clone(), |sub| coerce(item, sub, root))
+                    })
+                    .collect(),
+            )
         }
         other => other.clone(),
     }
@@ -443,27 +538,40 @@ mod tests {
             "metadata": { "anyOf": [{ "type": "object", "additionalProperties": { "type": "string" } }, { "enum": [""], "type": "string" }] },
             "flag": { "type": "boolean" }
         }});
-        let value = json!({ "balance": "100", "name": "100", "metadata": { "n": "1" }, "flag": "true" });
-        assert_eq!(coerce(&value, &schema, &root), json!({ "balance": 100, "name": "100", "metadata": { "n": "1" }, "flag": true }));
+        let value =
+            json!({ "balance": "100", "name": "100", "metadata": { "n": "1" }, "flag": "true" });
+        assert_eq!(
+            coerce(&value, &schema, &root),
+            json!({ "balance": 100, "name": "100", "metadata": { "n": "1" }, "flag": true })
+        );
     }
 
     #[test]
     fn nullable_becomes_or_null() {
-        let converted = to_json_schema(&json!({ "type": "string", "nullable": true, "x-stripe": 1, "description": "d" }));
+        let converted = to_json_schema(
+            &json!({ "type": "string", "nullable": true, "x-stripe": 1, "description": "d" }),
+        );
         assert_eq!(converted, json!({ "anyOf": [{ "type": "string" }, { "type": "null" }] }));
     }
 
     #[test]
     fn an_object_that_lists_its_properties_allows_no_other() {
-        let converted = to_json_schema(&json!({ "type": "object", "properties": { "a": { "type": "string" } } }));
+        let converted = to_json_schema(
+            &json!({ "type": "object", "properties": { "a": { "type": "string" } } }),
+        );
         assert_eq!(converted["additionalProperties"], false);
-        let metadata = to_json_schema(&json!({ "type": "object", "additionalProperties": { "type": "string" } }));
+        let metadata = to_json_schema(
+            &json!({ "type": "object", "additionalProperties": { "type": "string" } }),
+        );
         assert_eq!(metadata["additionalProperties"], json!({ "type": "string" }));
     }
 
     #[test]
     fn templates_match_whole_segments() {
-        assert_eq!(match_template("/v1/customers/{customer}", "/v1/customers/cus_1"), Some(vec!["cus_1".to_owned()]));
+        assert_eq!(
+            match_template("/v1/customers/{customer}", "/v1/customers/cus_1"),
+            Some(vec!["cus_1".to_owned()])
+        );
         assert_eq!(match_template("/v1/customers/{customer}", "/v1/customers"), None);
         assert_eq!(match_template("/v1/customers", "/v1/customers/"), None);
     }
