@@ -821,6 +821,10 @@ impl Executor {
         })
     }
 
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the parts of one step, borrowed for its duration"
+    )]
     async fn execute_step(
         &self,
         ctx: &RunCtx<'_>,

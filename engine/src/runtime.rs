@@ -623,9 +623,9 @@ const MAX_MESSAGE_CHARS: usize = 2000;
 fn bytes(n: usize) -> String {
     const MIB: usize = 1 << 20;
     const KIB: usize = 1 << 10;
-    if n >= MIB && n % MIB == 0 {
+    if n >= MIB && n.is_multiple_of(MIB) {
         format!("{} MiB", n / MIB)
-    } else if n >= KIB && n % KIB == 0 && n < MIB {
+    } else if n >= KIB && n.is_multiple_of(KIB) && n < MIB {
         format!("{} KiB", n / KIB)
     } else if n >= MIB {
         format!("{n} bytes ({:.2} MiB)", n as f64 / MIB as f64)
@@ -640,13 +640,11 @@ fn bytes(n: usize) -> String {
 /// to [`MAX_MESSAGE_CHARS`].
 fn plugin_text(text: &str) -> String {
     let mut out = String::with_capacity(text.len().min(MAX_MESSAGE_CHARS + 32));
-    let mut kept = 0;
-    for (at, c) in text.char_indices() {
+    for (kept, (at, c)) in text.char_indices().enumerate() {
         if kept == MAX_MESSAGE_CHARS {
             out.push_str(&format!("… ({} more bytes)", text.len() - at));
             break;
         }
-        kept += 1;
         if c.is_control()
             || matches!(c, '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
         {
@@ -1085,7 +1083,7 @@ const WARM_PER_CONNECTION: usize = 16;
 /// Every call still starts its own CPU-time, deadline and log budgets, and
 /// the memory cap is the same. An instance is discarded after a trap, a
 /// limit, a deadline, anything on stderr, memory grown past 8 MiB, or 1,000
-/// calls (see [`Instance::reusable`]), and no more than 16 idle instances
+/// calls (see `Instance::reusable`), and no more than 16 idle instances
 /// are kept per connection, half the instance slots in the process. An idle
 /// instance holds a slot: when a call waits for one, idle instances are
 /// given up first, and none is kept while any call waits.

@@ -6,7 +6,7 @@
 //!
 //! One thread owns the database and applies every read and write in order;
 //! one flusher makes writes durable, a flush covering every write before it
-//! (see [`owner`]). The API is async: a caller hands its work over and
+//! (see `owner`). The API is async: a caller hands its work over and
 //! awaits the answer, so no async worker ever waits inside sled. Step, page
 //! and run commits are durable before the caller goes on; for-each items
 //! are committed in groups (see [`RunStore::commit_items`]), and an item

@@ -1100,10 +1100,15 @@ fn parse_step(
     if matches!(op, "upsert" | "remove") {
         misplaced(check, s.map.as_ref().map(Spanned::span), "map");
     }
-    if matches!(op, "list" | "sync") {
-        if let Some(for_each) = &s.for_each {
-            check.error(for_each.span(), format!("for_each does not apply to a {op} step; it repeats a get, upsert or remove per item"));
-        }
+    if matches!(op, "list" | "sync")
+        && let Some(for_each) = &s.for_each
+    {
+        check.error(
+            for_each.span(),
+            format!(
+                "for_each does not apply to a {op} step; it repeats a get, upsert or remove per item"
+            ),
+        );
     }
     if s.concurrency.is_some() && s.for_each.is_none() && op != "sync" {
         misplaced(

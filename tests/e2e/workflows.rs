@@ -279,7 +279,7 @@ allow_irreversible = true
     assert_eq!(writes(&sandbox.stripe.emulator.requests()), 0);
     assert_eq!(writes(&sandbox.metronome.emulator.requests()), 0);
     assert_eq!(writes(&sandbox.growpanel.emulator.requests()), 0);
-    assert!(sandbox.metronome.emulator.requests().len() > 0, "the reads were real");
+    assert!(!sandbox.metronome.emulator.requests().is_empty(), "the reads were real");
     assert_eq!(sandbox.metronome.emulator.customer_count(), 12, "nothing archived");
     Ok(())
 }

@@ -693,6 +693,9 @@ async fn apply_writes(
     }
 }
 
+/// What one batch call answered: an outcome per item, or the call's error.
+type BatchResult = Result<Vec<Result<UpsertOutcome, ConnectorError>>, CallError>;
+
 async fn creates_in_batches(
     ctx: &RunCtx<'_>,
     step: &Step,
@@ -711,26 +714,25 @@ async fn creates_in_batches(
             _ => chunks.push(vec![write]),
         }
     }
-    let results: Vec<(Vec<String>, Result<Vec<Result<UpsertOutcome, ConnectorError>>, CallError>)> =
-        stream::iter(chunks)
-            .map(|chunk| async move {
-                let keys: Vec<String> = chunk.iter().map(|w| w.key.clone()).collect();
-                let items: Vec<BatchItem> = chunk
-                    .iter()
-                    .map(|w| BatchItem {
-                        record: w.record.to_string(),
-                        idempotency_key: sync_idempotency_key(ctx.run_id, &step.id, &w.key),
-                    })
-                    .collect();
-                let (result, _) = with_retry(&step.retry, step.timeout, || {
-                    target.upsert_batch(&step.resource, items.clone())
+    let results: Vec<(Vec<String>, BatchResult)> = stream::iter(chunks)
+        .map(|chunk| async move {
+            let keys: Vec<String> = chunk.iter().map(|w| w.key.clone()).collect();
+            let items: Vec<BatchItem> = chunk
+                .iter()
+                .map(|w| BatchItem {
+                    record: w.record.to_string(),
+                    idempotency_key: sync_idempotency_key(ctx.run_id, &step.id, &w.key),
                 })
-                .await;
-                (keys, result)
+                .collect();
+            let (result, _) = with_retry(&step.retry, step.timeout, || {
+                target.upsert_batch(&step.resource, items.clone())
             })
-            .buffer_unordered(concurrency)
-            .collect()
             .await;
+            (keys, result)
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
     for (keys, result) in results {
         match result {
             Ok(outcomes) => {

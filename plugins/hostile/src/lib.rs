@@ -17,8 +17,8 @@
 //! | `calls`          | returns how many `list` calls this instance has served   | count 1 on a fresh instance, more only within one connection |
 //!
 //! Misbehaviour through `http.send` (headers, request volume, echoed
-//! credentials) lives in [`http_abuse`], with its own table. The resources
-//! of [`boundary`] misbehave in what they hand back (records, reply sizes),
+//! credentials) lives in `http_abuse`, with its own table. The resources
+//! of `boundary` misbehave in what they hand back (records, reply sizes),
 //! the CPU they spend, their log lines and their imports.
 //!
 //! Every other operation keeps the SDK's default (`unsupported`).

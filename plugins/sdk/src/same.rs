@@ -1,7 +1,7 @@
 //! The one rule for "unchanged": whether a value a workflow wants already
 //! holds in the value a vendor has.
 //!
-//! Every built-in connector decides `unchanged` with [`holds`], and the
+//! Every built-in connector decides `unchanged` with `holds`, and the
 //! engine's dry-run plans and syncs compile this very file (it depends on
 //! `serde_json` alone for that reason), so a dry run, a real run and a
 //! second sync agree on what would change. A connector may add rules of

@@ -19,7 +19,7 @@
 //! - parameters become one object schema per location (`path`, `query`),
 //!   so a request's parameters validate as one value;
 //! - Stripe refuses parameters it does not know at any depth ("Received
-//!   unknown parameter: address[floor]"), which its description does not
+//!   unknown parameter: `address[floor]`"), which its description does not
 //!   say: every Stripe object schema that lists its properties is closed
 //!   (`additionalProperties: false`), query strings included. The other
 //!   vendors' objects stay open, as OpenAPI reads them;
