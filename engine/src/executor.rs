@@ -882,7 +882,7 @@ impl Executor {
                         return Err(e.message);
                     }
                 };
-                result.count(&mut state.counts);
+                state.counts.add(result.action);
                 state.output = Some(result.output);
                 if let Some(entry) = result.plan {
                     let mut plan = StepPlan::default();

@@ -329,16 +329,93 @@ pub struct SyncProgress {
     pub merged_through: Option<String>,
 }
 
+impl StepCounts {
+    /// Adds one op's action. Every action is named here, so a new one
+    /// cannot go uncounted by accident.
+    pub fn add(&mut self, action: ItemAction) {
+        match action {
+            ItemAction::Created => self.created += 1,
+            ItemAction::Updated => self.updated += 1,
+            ItemAction::Unchanged => self.unchanged += 1,
+            ItemAction::Removed => self.removed += 1,
+            ItemAction::AlreadyAbsent => self.absent += 1,
+            ItemAction::Found => self.read += 1,
+            // A get that found nothing read nothing; a dry run's planned
+            // writes are counted by its plan, not here.
+            ItemAction::Absent
+            | ItemAction::Create
+            | ItemAction::Update
+            | ItemAction::Upsert
+            | ItemAction::Remove => {}
+        }
+    }
+}
+
+/// What one get, upsert or remove did, or (in a dry run) would do. Stored
+/// in item records as the kebab-case word (`created`, `already-absent`); a
+/// word not listed here does not load (the record is reported corrupt).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ItemAction {
+    /// An upsert created the record.
+    Created,
+    /// An upsert changed the record.
+    Updated,
+    /// The record was already as wanted (an upsert, or a dry run's plan).
+    Unchanged,
+    /// A remove deleted the record.
+    Removed,
+    /// A remove found nothing to delete (or, in a dry run, would).
+    AlreadyAbsent,
+    /// A get found the record.
+    Found,
+    /// A get found nothing.
+    Absent,
+    /// A dry run would create the record.
+    Create,
+    /// A dry run would update the record.
+    Update,
+    /// A dry run would upsert the record, the connector telling create from
+    /// update.
+    Upsert,
+    /// A dry run would remove the record.
+    Remove,
+}
+
+impl ItemAction {
+    /// The word stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ItemAction::Created => "created",
+            ItemAction::Updated => "updated",
+            ItemAction::Unchanged => "unchanged",
+            ItemAction::Removed => "removed",
+            ItemAction::AlreadyAbsent => "already-absent",
+            ItemAction::Found => "found",
+            ItemAction::Absent => "absent",
+            ItemAction::Create => "create",
+            ItemAction::Update => "update",
+            ItemAction::Upsert => "upsert",
+            ItemAction::Remove => "remove",
+        }
+    }
+}
+
+impl std::fmt::Display for ItemAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The end of one for-each item.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ItemRecord {
     /// `succeeded`, `failed` or `skipped`.
     #[serde(rename = "s")]
     pub status: Status,
-    /// What the op did: `created`, `updated`, `unchanged`, `removed`,
-    /// `already-absent`, `read`, `absent`, or a dry run's plan.
+    /// What the op did, or a dry run's plan.
     #[serde(rename = "a", default, skip_serializing_if = "Option::is_none")]
-    pub action: Option<String>,
+    pub action: Option<ItemAction>,
     /// The record's id, when the op returned one.
     #[serde(rename = "id", default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
@@ -1267,6 +1344,50 @@ mod tests {
         }
     }
 
+    #[test]
+    fn item_actions_are_stored_as_the_words_older_versions_wrote() -> Result<()> {
+        let words = [
+            (ItemAction::Created, "created"),
+            (ItemAction::Updated, "updated"),
+            (ItemAction::Unchanged, "unchanged"),
+            (ItemAction::Removed, "removed"),
+            (ItemAction::AlreadyAbsent, "already-absent"),
+            (ItemAction::Found, "found"),
+            (ItemAction::Absent, "absent"),
+            (ItemAction::Create, "create"),
+            (ItemAction::Update, "update"),
+            (ItemAction::Upsert, "upsert"),
+            (ItemAction::Remove, "remove"),
+        ];
+        for (action, word) in words {
+            let stored = format!(r#"[[7,{{"s":"succeeded","a":"{word}","id":"x"}}]]"#);
+            let read: Vec<(u64, ItemRecord)> = decode(b"k", stored.as_bytes())?;
+            assert_eq!(read[0].1.action, Some(action), "{word}");
+            assert_eq!(action.as_str(), word);
+            let record = ItemRecord {
+                status: Status::Succeeded,
+                action: Some(action),
+                id: Some("x".into()),
+                error: None,
+            };
+            assert_eq!(encode(&vec![(7u64, record)]), stored.as_bytes(), "{word}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_misspelt_item_action_is_a_corrupt_record_not_an_uncounted_one() {
+        // The regression: the action was a string and the count of a word
+        // it did not know fell through `_ => {}`, so the item vanished from
+        // the step's counts without a word.
+        let stored = br#"[[0,{"s":"succeeded","a":"creatd"}]]"#;
+        let read = decode::<Vec<(u64, ItemRecord)>>(b"run/00000/0", stored);
+        assert!(
+            matches!(&read, Err(StoreError::Corrupt { key, reason }) if key == "run/00000/0" && reason.contains("creatd")),
+            "{read:?}"
+        );
+    }
+
     #[tokio::test]
     async fn items_are_recorded_in_groups_and_read_back_in_order()
     -> Result<(), Box<dyn std::error::Error>> {
@@ -1277,7 +1398,7 @@ mod tests {
                 n,
                 ItemRecord {
                     status: Status::Succeeded,
-                    action: Some("created".into()),
+                    action: Some(ItemAction::Created),
                     id: Some(format!("cus_{n}")),
                     error: None,
                 },

@@ -251,7 +251,7 @@ pub(crate) async fn run(
                 }
                 ItemRecord {
                     status: Status::Succeeded,
-                    action: Some(done.action.to_owned()),
+                    action: Some(done.action),
                     id: done.id,
                     error: None,
                 }
@@ -340,7 +340,7 @@ fn tally(state: &mut StepState, record: &ItemRecord, errors: &mut Vec<String>) {
         }
         _ => {
             if let Some(action) = &record.action {
-                ops::count_action(action, &mut state.counts);
+                state.counts.add(*action);
             }
         }
     }

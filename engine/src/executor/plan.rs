@@ -37,6 +37,20 @@ impl PlannedAction {
     }
 }
 
+impl From<PlannedAction> for crate::store::ItemAction {
+    fn from(action: PlannedAction) -> Self {
+        use crate::store::ItemAction;
+        match action {
+            PlannedAction::Create => ItemAction::Create,
+            PlannedAction::Update => ItemAction::Update,
+            PlannedAction::Unchanged => ItemAction::Unchanged,
+            PlannedAction::Upsert => ItemAction::Upsert,
+            PlannedAction::Remove => ItemAction::Remove,
+            PlannedAction::AlreadyAbsent => ItemAction::AlreadyAbsent,
+        }
+    }
+}
+
 /// One planned write.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PlanEntry {
