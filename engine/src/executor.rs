@@ -29,7 +29,9 @@ use crate::expr::{Budget, EvalError, Evaluator, Scope};
 use crate::http::{ConnectionHttp, EgressPolicy, HttpLimits, StatsSnapshot};
 use crate::limiter::{LimitedPolicy, LimiterRegistry, Publisher, RetryPolicy};
 use crate::runtime::{Plugin, Runtime, RuntimeError};
-use crate::store::{RunRecord, RunStore, Status, StepCounts, StepState, StoreError, now_ms};
+use crate::store::{
+    RunRecord, RunStore, RunTrigger, Status, StepCounts, StepState, StoreError, now_ms,
+};
 use crate::workflow::{Action, Diagnostics, PluginRef, Step, Workflow};
 
 pub use self::plan::{PlanEntry, PlannedAction, StepPlan};
@@ -125,10 +127,6 @@ pub enum ExecError {
     Store(#[from] StoreError),
 }
 
-/// The trigger of a `weft run --sandbox` run: [`Executor::resume`] refuses
-/// it.
-pub const SANDBOX_TRIGGER: &str = "sandbox";
-
 /// Where a connection's endpoint and secret come from when not from the
 /// workflow: `weft run --sandbox` points every connection at an emulator.
 #[derive(Debug, Clone)]
@@ -167,14 +165,15 @@ pub struct RunOptions {
     pub open_inputs: bool,
     /// Reads are real, writes are planned and not sent.
     pub dry_run: bool,
-    /// What started the run: `manual`, `cron`, `webhook`, `api`.
-    pub trigger: String,
+    /// What started the run (a sandbox run is recorded as
+    /// [`RunTrigger::Sandbox`] whatever this says).
+    pub trigger: RunTrigger,
     /// Connections pointed elsewhere (`--sandbox`).
     pub overrides: BTreeMap<String, ConnectionOverride>,
     /// A sandbox run (`weft run --sandbox`): the emulators' base URLs.
     /// Every connection must then have an override (or an endpoint of the
     /// caller's), its HTTP sends to these origins only, and the run is
-    /// recorded with the trigger [`SANDBOX_TRIGGER`], which no resume takes.
+    /// recorded with the trigger [`RunTrigger::Sandbox`], which no resume takes.
     pub sandbox: Option<Vec<String>>,
     /// Connections replaced by an endpoint of the caller's (benchmarks and
     /// tests: a native no-op connector).
@@ -572,9 +571,7 @@ impl Executor {
             error: None,
             dry_run: options.dry_run,
             trigger: if options.sandbox.is_some() {
-                SANDBOX_TRIGGER.to_owned()
-            } else if options.trigger.is_empty() {
-                "manual".to_owned()
+                RunTrigger::Sandbox
             } else {
                 options.trigger.clone()
             },
@@ -607,7 +604,7 @@ impl Executor {
         observer: &dyn Observer,
     ) -> Result<RunSummary, ExecError> {
         let mut run = self.store.run(run_id).await?;
-        if run.trigger == SANDBOX_TRIGGER {
+        if run.trigger == RunTrigger::Sandbox {
             let refusal = ExecError::SandboxRun { run: run.id.clone() };
             if !run.status.is_finished() {
                 run.status = Status::Failed;

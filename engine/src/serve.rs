@@ -67,7 +67,7 @@ use tokio_util::sync::CancellationToken;
 use crate::credentials::{CredentialSource, Secret};
 use crate::endpoint::Endpoint;
 use crate::executor::{ExecError, Executor, Observer, RunOptions, StepSummary, StopSignal};
-use crate::store::{Delivery, RunRecord, StepState, StoreError, now_ms};
+use crate::store::{Delivery, RunRecord, RunTrigger, StepState, StoreError, now_ms};
 use crate::workflow::{Overlap, Step, Verify, Workflow};
 
 /// The largest body an API route takes: inputs, not payloads.
@@ -684,7 +684,7 @@ impl Server {
         let Ok(runs) = self
             .executor
             .store()
-            .recent_runs(1, move |r| r.workflow == workflow && r.trigger == "cron")
+            .recent_runs(1, move |r| r.workflow == workflow && r.trigger == RunTrigger::Cron)
             .await
         else {
             return false;
@@ -709,7 +709,7 @@ impl Server {
             return;
         };
         served.fired.fetch_add(1, Ordering::Relaxed);
-        let options = RunOptions { trigger: "cron".into(), ..RunOptions::default() };
+        let options = RunOptions { trigger: RunTrigger::Cron, ..RunOptions::default() };
         if let Err(e) = self.start(name, options, Some(admitted)).await {
             tracing::error!(workflow = %name, error = %e, "scheduled run could not start");
         }
@@ -996,7 +996,7 @@ async fn start_run(
     let options = RunOptions {
         inputs,
         dry_run: query.dry_run,
-        trigger: "api".into(),
+        trigger: RunTrigger::Api,
         ..RunOptions::default()
     };
     start_for_request(&server, &name, options).await
@@ -1193,7 +1193,7 @@ async fn webhook(
     let options = RunOptions {
         inputs,
         open_inputs: true,
-        trigger: "webhook".into(),
+        trigger: RunTrigger::Webhook,
         delivery: Some(delivery),
         ..RunOptions::default()
     };

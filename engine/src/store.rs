@@ -194,9 +194,9 @@ pub struct RunRecord {
     /// Reads are real, writes are only planned.
     #[serde(default)]
     pub dry_run: bool,
-    /// What started it: `manual`, `cron`, `webhook` or `api`.
-    #[serde(default = "manual")]
-    pub trigger: String,
+    /// What started it.
+    #[serde(default)]
+    pub trigger: RunTrigger,
     /// Someone asked for the run to stop; it ends `cancelled` at the next
     /// page or item boundary.
     #[serde(default)]
@@ -206,8 +206,68 @@ pub struct RunRecord {
     pub resumes: u32,
 }
 
-fn manual() -> String {
-    "manual".to_owned()
+/// What started a run. Stored as its word (`manual`, `cron`, `webhook`,
+/// `api`, `sandbox`); a word this version does not know (a newer weft's)
+/// loads as [`RunTrigger::Other`] and is written back as it was, so a run
+/// list never fails on it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(from = "String", into = "String")]
+pub enum RunTrigger {
+    /// `weft run` (or a caller that did not say).
+    #[default]
+    Manual,
+    /// `weft serve`'s scheduler.
+    Cron,
+    /// A signed webhook delivery to `weft serve`.
+    Webhook,
+    /// `POST /api/workflows/NAME/runs`.
+    Api,
+    /// `weft run --sandbox`, against in-process emulators: never resumed.
+    Sandbox,
+    /// A word this version does not know, kept as stored.
+    Other(String),
+}
+
+impl RunTrigger {
+    /// The word stored and shown.
+    pub fn as_str(&self) -> &str {
+        match self {
+            RunTrigger::Manual => "manual",
+            RunTrigger::Cron => "cron",
+            RunTrigger::Webhook => "webhook",
+            RunTrigger::Api => "api",
+            RunTrigger::Sandbox => "sandbox",
+            RunTrigger::Other(word) => word,
+        }
+    }
+}
+
+impl From<String> for RunTrigger {
+    fn from(word: String) -> Self {
+        match word.as_str() {
+            "manual" => RunTrigger::Manual,
+            "cron" => RunTrigger::Cron,
+            "webhook" => RunTrigger::Webhook,
+            "api" => RunTrigger::Api,
+            "sandbox" => RunTrigger::Sandbox,
+            _ => RunTrigger::Other(word),
+        }
+    }
+}
+
+impl From<RunTrigger> for String {
+    fn from(trigger: RunTrigger) -> Self {
+        match trigger {
+            RunTrigger::Other(word) => word,
+            known => known.as_str().to_owned(),
+        }
+    }
+}
+
+impl std::fmt::Display for RunTrigger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Counts of what a step did.
@@ -1338,10 +1398,40 @@ mod tests {
             finished_ms: None,
             error: None,
             dry_run: false,
-            trigger: "manual".into(),
+            trigger: RunTrigger::Manual,
             cancel_requested: false,
             resumes: 0,
         }
+    }
+
+    #[test]
+    fn run_triggers_load_from_the_words_older_versions_wrote_and_unknown_ones_are_kept()
+    -> Result<()> {
+        let stored = serde_json::to_value(run("r1"))
+            .map_err(|e| StoreError::Corrupt { key: "r1".into(), reason: e.to_string() })?;
+        for (word, trigger) in [
+            ("manual", RunTrigger::Manual),
+            ("cron", RunTrigger::Cron),
+            ("webhook", RunTrigger::Webhook),
+            ("api", RunTrigger::Api),
+            ("sandbox", RunTrigger::Sandbox),
+            ("replay-v9", RunTrigger::Other("replay-v9".into())),
+        ] {
+            let mut old = stored.clone();
+            old["trigger"] = word.into();
+            let read: RunRecord = decode(b"r1", old.to_string().as_bytes())?;
+            assert_eq!(read.trigger, trigger, "{word}");
+            let written: serde_json::Value = decode(b"r1", &encode(&read))?;
+            assert_eq!(written["trigger"], word, "written back as it was stored");
+        }
+        // Records from before the trigger was stored are manual runs.
+        let mut oldest = stored;
+        if let Some(fields) = oldest.as_object_mut() {
+            fields.remove("trigger");
+        }
+        let read: RunRecord = decode(b"r1", oldest.to_string().as_bytes())?;
+        assert_eq!(read.trigger, RunTrigger::Manual);
+        Ok(())
     }
 
     #[test]

@@ -981,7 +981,7 @@ async fn a_sandbox_run_refuses_every_request_that_is_not_to_an_emulator() -> Tes
     );
     assert_eq!(
         harness.executor.store().run(&summary.run_id).await?.trigger,
-        weft::executor::SANDBOX_TRIGGER
+        weft::store::RunTrigger::Sandbox
     );
     assert!(production.stripe.emulator.requests().is_empty(), "production was reached");
     Ok(())
