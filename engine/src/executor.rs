@@ -287,6 +287,28 @@ pub(crate) enum StepEnd {
     Cancelled,
 }
 
+/// Why a step stopped short of its end.
+#[derive(Debug)]
+pub(crate) enum StepError {
+    /// The step failed (a vendor, an expression, a file): the run fails.
+    Failed(String),
+    /// The run store failed: the run stops where its last commit left it
+    /// and is resumable, as when the store fails between steps.
+    Store(StoreError),
+}
+
+impl From<String> for StepError {
+    fn from(message: String) -> Self {
+        StepError::Failed(message)
+    }
+}
+
+impl From<StoreError> for StepError {
+    fn from(error: StoreError) -> Self {
+        StepError::Store(error)
+    }
+}
+
 /// What every step of one run shares.
 pub(crate) struct RunCtx<'a> {
     pub(crate) run_id: &'a str,
@@ -750,7 +772,7 @@ impl Executor {
                 state.started_ms.get_or_insert_with(now_ms);
                 self.store.commit_step(&run.id, &state).await?;
                 let outcome = match self.check_inline_records(workflow, step, &outputs) {
-                    Err(message) => Err(message),
+                    Err(message) => Err(StepError::Failed(message)),
                     Ok(()) => {
                         self.execute_step(
                             &ctx, workflow, step, index, &endpoints, &mut state, &scope,
@@ -766,10 +788,13 @@ impl Executor {
                         status = Status::Cancelled;
                         error = Some("cancelled".into());
                     }
-                    Err(message) => {
+                    Err(StepError::Failed(message)) => {
                         state.status = Status::Failed;
                         state.error = Some(message);
                     }
+                    // Nothing more can be recorded for this step: the run
+                    // stays where its last commit left it, to resume.
+                    Err(StepError::Store(e)) => return Err(ExecError::Store(e)),
                 }
             }
             if state.status == Status::Failed {
@@ -831,7 +856,7 @@ impl Executor {
         endpoints: &BTreeMap<String, Arc<dyn Endpoint>>,
         state: &mut StepState,
         scope: &Scope,
-    ) -> Result<StepEnd, String> {
+    ) -> Result<StepEnd, StepError> {
         let endpoint = endpoints
             .get(&step.connection)
             .ok_or_else(|| format!("connection {:?} is not defined", step.connection))?;
@@ -876,7 +901,7 @@ impl Executor {
                         if let Some(end) = ctx.stop_reason() {
                             return Ok(end);
                         }
-                        return Err(e.message);
+                        return Err(StepError::Failed(e.message));
                     }
                 };
                 state.counts.add(result.action);

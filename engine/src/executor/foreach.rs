@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use super::ops::{self, CallError};
 use super::plan::StepPlan;
-use super::{RunCtx, StepEnd};
+use super::{RunCtx, StepEnd, StepError};
 use crate::endpoint::Endpoint;
 use crate::expr::{Budget, EvalError, Evaluator, Expr, Scope, Val, parse_val};
 use crate::store::{ItemRecord, RunStore, Status, StepCounts, StepState};
@@ -142,7 +142,7 @@ pub(crate) async fn run(
     endpoint: &dyn Endpoint,
     state: &mut StepState,
     scope: &Scope,
-) -> Result<StepEnd, String> {
+) -> Result<StepEnd, StepError> {
     let resuming = state.items > 0 || ctx.store.items(ctx.run_id, index).next().await.is_some();
     let mut errors: Vec<String> = Vec::new();
     let mut plan = StepPlan::default();
@@ -155,7 +155,7 @@ pub(crate) async fn run(
         state.items = 0;
         let mut committed = ctx.store.items(ctx.run_id, index);
         while let Some(entry) = committed.next().await {
-            let (n, record) = entry.map_err(|e| e.to_string())?;
+            let (n, record) = entry?;
             if done.insert(n) {
                 tally(state, &record, &mut errors);
             }
@@ -169,7 +169,7 @@ pub(crate) async fn run(
     let mut source = match items(ctx, workflow, step, ctx.store, ctx.run_id, scope).await {
         Ok(source) => source,
         Err(EvalError::Stopped) => return Ok(ctx.stop_reason().unwrap_or(StepEnd::Interrupted)),
-        Err(e) => return Err(e.into_message()),
+        Err(e) => return Err(e.into_message().into()),
     };
     // Templates are rendered a batch at a time before the items start, so
     // a stop may cut that short; an item in flight finishes whatever stops
@@ -219,7 +219,7 @@ pub(crate) async fn run(
                         Err(EvalError::Stopped) => {
                             stopped = Some(ctx.stop_reason().unwrap_or(StepEnd::Interrupted))
                         }
-                        Err(e) => return Err(e.into_message()),
+                        Err(e) => return Err(e.into_message().into()),
                     }
                 }
                 if stopped.is_none() {
@@ -230,7 +230,7 @@ pub(crate) async fn run(
                         Err(EvalError::Stopped) => {
                             stopped = Some(ctx.stop_reason().unwrap_or(StepEnd::Interrupted))
                         }
-                        Err(e) => return Err(e.into_message()),
+                        Err(e) => return Err(e.into_message().into()),
                     }
                 }
                 continue;
@@ -288,7 +288,7 @@ pub(crate) async fn run(
         ));
     }
     if let Some(message) = fatal {
-        return Err(format!("stopped after {} items: {message}", state.items));
+        return Err(format!("stopped after {} items: {message}", state.items).into());
     }
     if let Some(end) = stopped {
         return Ok(end);
@@ -299,7 +299,8 @@ pub(crate) async fn run(
             state.counts.failed,
             state.items,
             errors.first().map(String::as_str).unwrap_or("(no message)")
-        ));
+        )
+        .into());
     }
     Ok(StepEnd::Done)
 }
@@ -353,7 +354,7 @@ async fn commit(
     plan: &StepPlan,
     pending: &mut Vec<(u64, ItemRecord)>,
     errors: &[String],
-) -> Result<(), String> {
+) -> Result<(), StepError> {
     if pending.is_empty() {
         return Ok(());
     }
@@ -362,7 +363,7 @@ async fn commit(
     if ctx.dry_run {
         state.plan = serde_json::to_value(plan).ok();
     }
-    ctx.store.commit_items(ctx.run_id, state, pending).await.map_err(|e| e.to_string())?;
+    ctx.store.commit_items(ctx.run_id, state, pending).await?;
     pending.clear();
     ctx.observer.items_committed(step, state.items);
     Ok(())

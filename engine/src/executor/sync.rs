@@ -28,7 +28,7 @@ use serde_json::Value;
 use super::ops::{CallError, with_retry};
 use super::plan::{PlanEntry, PlannedAction, StepPlan, changed_fields};
 use super::sorted::{Buffer, Merged, run_path};
-use super::{RunCtx, StepEnd, sync_idempotency_key};
+use super::{RunCtx, StepEnd, StepError, sync_idempotency_key};
 use crate::connector::{
     BatchItem, ConnectorError, ListRequest, Op, RemoveOutcome, ResourceSpec, UpsertAction,
     UpsertOutcome, UpsertRequest,
@@ -127,7 +127,7 @@ pub(crate) async fn run(
     target: &dyn Endpoint,
     state: &mut StepState,
     scope: &Scope,
-) -> Result<StepEnd, String> {
+) -> Result<StepEnd, StepError> {
     let target_resource = target
         .manifest()
         .resource(&step.resource)
@@ -144,11 +144,11 @@ pub(crate) async fn run(
             Err(EvalError::Stopped) => {
                 return Ok(ctx.stop_reason().unwrap_or(StepEnd::Interrupted));
             }
-            Err(e) => return Err(e.into_message()),
+            Err(e) => return Err(e.into_message().into()),
         },
         None => None,
     };
-    let dir = ctx.store.scratch_dir(ctx.run_id, index).map_err(|e| e.to_string())?;
+    let dir = ctx.store.scratch_dir(ctx.run_id, index)?;
     let plan = state
         .plan
         .as_ref()
@@ -205,14 +205,15 @@ pub(crate) async fn run(
     }
 
     tally.output();
-    ctx.store.commit_step(ctx.run_id, tally.state).await.map_err(|e| e.to_string())?;
-    ctx.store.remove_scratch(ctx.run_id, index).map_err(|e| e.to_string())?;
+    ctx.store.commit_step(ctx.run_id, tally.state).await?;
+    ctx.store.remove_scratch(ctx.run_id, index)?;
     if tally.state.counts.failed > 0 {
         return Err(format!(
             "{} records failed; first: {}",
             tally.state.counts.failed,
             tally.errors.first().map(String::as_str).unwrap_or("(no message)")
-        ));
+        )
+        .into());
     }
     Ok(StepEnd::Done)
 }
@@ -233,7 +234,7 @@ async fn scan(
     dir: &Path,
     scope: &Scope,
     tally: &mut Tally<'_>,
-) -> Result<Option<StepEnd>, String> {
+) -> Result<Option<StepEnd>, StepError> {
     let progress = tally.progress().clone();
     let (mut cursor, mut pages, mut records, mut runs) = match side {
         Side::Source => (
@@ -273,7 +274,8 @@ async fn scan(
             return Err(format!(
                 "plugin {} returned the cursor it was given; stopping to avoid an endless list",
                 endpoint.name()
-            ));
+            )
+            .into());
         }
         let read = page.records.len() as u64;
         let keyed = match key_page(
@@ -291,7 +293,7 @@ async fn scan(
             Err(EvalError::Stopped) => {
                 return Ok(Some(ctx.stop_reason().unwrap_or(StepEnd::Interrupted)));
             }
-            Err(e) => return Err(e.into_message()),
+            Err(e) => return Err(e.into_message().into()),
         };
         for (key, text) in keyed {
             match (side, key) {
@@ -343,7 +345,7 @@ async fn scan(
                 p.phase = if side == Side::Source { SyncPhase::Target } else { SyncPhase::Merge };
             }
             tally.output();
-            ctx.store.commit_step(ctx.run_id, tally.state).await.map_err(|e| e.to_string())?;
+            ctx.store.commit_step(ctx.run_id, tally.state).await?;
             if side == Side::Source {
                 ctx.observer.items_committed(step, tally.state.counts.read);
             }
@@ -366,7 +368,7 @@ async fn merge(
     target: &dyn Endpoint,
     dir: &Path,
     tally: &mut Tally<'_>,
-) -> Result<Option<StepEnd>, String> {
+) -> Result<Option<StepEnd>, StepError> {
     let progress = tally.progress().clone();
     let mut sources = Merged::open(dir, "source", progress.source_runs)?;
     let mut targets = Merged::open(dir, "target", progress.target_runs)?;
@@ -416,11 +418,11 @@ async fn merge(
         apply_writes(ctx, step, target, batch, writes, tally).await;
         remove(ctx, step, target, irreversible, removals, tally).await;
         if let Some(message) = tally.fatal.clone() {
-            return Err(format!("stopped: {message}"));
+            return Err(format!("stopped: {message}").into());
         }
         tally.progress().merged_through = Some(last_key);
         tally.output();
-        ctx.store.commit_step(ctx.run_id, tally.state).await.map_err(|e| e.to_string())?;
+        ctx.store.commit_step(ctx.run_id, tally.state).await?;
         // Progress is the keys merged so far (the source's read count
         // stands still while the merge writes).
         let c = &tally.state.counts;
@@ -444,7 +446,7 @@ fn decide(
     tally: &mut Tally<'_>,
     writes: &mut Vec<Write>,
     removals: &mut Vec<(String, String)>,
-) -> Result<(), String> {
+) -> Result<(), StepError> {
     let from = from.unwrap_or_default();
     let to = to.unwrap_or_default();
     for _ in from.iter().skip(1) {
