@@ -309,6 +309,22 @@ impl From<StoreError> for StepError {
     }
 }
 
+/// One step of one run, as its runner sees it: what every runner was
+/// handed one by one.
+#[derive(Clone, Copy)]
+pub(crate) struct StepCtx<'a> {
+    /// What the run's steps share.
+    pub(crate) run: &'a RunCtx<'a>,
+    /// The workflow the run started with.
+    pub(crate) workflow: &'a Workflow,
+    /// The step.
+    pub(crate) step: &'a Step,
+    /// Its position in the workflow (its key in the store).
+    pub(crate) index: u32,
+    /// What its expressions see.
+    pub(crate) scope: &'a Scope,
+}
+
 /// What every step of one run shares.
 pub(crate) struct RunCtx<'a> {
     pub(crate) run_id: &'a str,
@@ -774,10 +790,8 @@ impl Executor {
                 let outcome = match self.check_inline_records(workflow, step, &outputs) {
                     Err(message) => Err(StepError::Failed(message)),
                     Ok(()) => {
-                        self.execute_step(
-                            &ctx, workflow, step, index, &endpoints, &mut state, &scope,
-                        )
-                        .await
+                        let cx = StepCtx { run: &ctx, workflow, step, index, scope: &scope };
+                        self.execute_step(cx, &endpoints, &mut state).await
                     }
                 };
                 match outcome {
@@ -843,20 +857,13 @@ impl Executor {
         })
     }
 
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "the parts of one step, borrowed for its duration"
-    )]
     async fn execute_step(
         &self,
-        ctx: &RunCtx<'_>,
-        workflow: &Workflow,
-        step: &Step,
-        index: u32,
+        cx: StepCtx<'_>,
         endpoints: &BTreeMap<String, Arc<dyn Endpoint>>,
         state: &mut StepState,
-        scope: &Scope,
     ) -> Result<StepEnd, StepError> {
+        let StepCtx { run: ctx, workflow, step, index, .. } = cx;
         let endpoint = endpoints
             .get(&step.connection)
             .ok_or_else(|| format!("connection {:?} is not defined", step.connection))?;
@@ -869,25 +876,21 @@ impl Executor {
                 let keep_records = later.iter().any(|s| {
                     workflow.text.get(s.region.clone()).is_none_or(|text| text.contains("steps"))
                 });
-                list::run(ctx, step, endpoint.as_ref(), state, scope, keep_records).await
+                list::run(cx, endpoint.as_ref(), state, keep_records).await
             }
             Action::Sync(spec) => {
                 let source = endpoints.get(&spec.from.connection).ok_or_else(|| {
                     format!("connection {:?} is not defined", spec.from.connection)
                 })?;
-                sync::run(ctx, step, spec, index, source.as_ref(), endpoint.as_ref(), state, scope)
-                    .await
+                sync::run(cx, spec, source.as_ref(), endpoint.as_ref(), state).await
             }
-            _ if step.for_each.is_some() => {
-                foreach::run(ctx, workflow, step, index, endpoint.as_ref(), state, scope).await
-            }
+            _ if step.for_each.is_some() => foreach::run(cx, endpoint.as_ref(), state).await,
             _ => {
                 let result = match ops::item(
-                    ctx,
-                    step,
+                    cx,
                     endpoint.as_ref(),
                     &ctx.evaluator(step),
-                    scope,
+                    cx.scope,
                     0,
                     true,
                     None,

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use super::ops::{self, CallError};
 use super::plan::StepPlan;
-use super::{RunCtx, StepEnd, StepError};
+use super::{RunCtx, StepCtx, StepEnd, StepError};
 use crate::endpoint::Endpoint;
 use crate::expr::{Budget, EvalError, Evaluator, Expr, Scope, Val, parse_val};
 use crate::store::{ItemRecord, RunStore, Status, StepCounts, StepState};
@@ -135,14 +135,11 @@ async fn items<'a>(
 }
 
 pub(crate) async fn run(
-    ctx: &RunCtx<'_>,
-    workflow: &Workflow,
-    step: &Step,
-    index: u32,
+    cx: StepCtx<'_>,
     endpoint: &dyn Endpoint,
     state: &mut StepState,
-    scope: &Scope,
 ) -> Result<StepEnd, StepError> {
+    let StepCtx { run: ctx, workflow, step, index, scope } = cx;
     let resuming = state.items > 0 || ctx.store.items(ctx.run_id, index).next().await.is_some();
     let mut errors: Vec<String> = Vec::new();
     let mut plan = StepPlan::default();
@@ -238,8 +235,7 @@ pub(crate) async fn run(
             let evaluator = &item_evaluator;
             in_flight.push(async move {
                 let result =
-                    ops::item(ctx, step, endpoint, evaluator, &item_scope, n, false, rendered)
-                        .await;
+                    ops::item(cx, endpoint, evaluator, &item_scope, n, false, rendered).await;
                 (n, result)
             });
         }

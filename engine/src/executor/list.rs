@@ -9,23 +9,22 @@ use std::time::{Duration, Instant};
 use serde_json::value::RawValue;
 
 use super::ops::{CallError, with_retry};
-use super::{RunCtx, StepEnd, StepError};
+use super::{RunCtx, StepCtx, StepEnd, StepError};
 use crate::connector::ListRequest;
 use crate::endpoint::Endpoint;
 use crate::expr::{EvalError, Evaluator, Expr, Scope, Val};
 use crate::store::{Commit, OutputMark, PageLog, StepState};
-use crate::workflow::{Action, Step};
+use crate::workflow::Action;
 
 /// Runs a list step. `keep_records` says whether a later step may read its
 /// records (`.steps.ID.records`): only then are they kept in the store.
 pub(crate) async fn run(
-    ctx: &RunCtx<'_>,
-    step: &Step,
+    cx: StepCtx<'_>,
     endpoint: &dyn Endpoint,
     state: &mut StepState,
-    scope: &Scope,
     keep_records: bool,
 ) -> Result<StepEnd, StepError> {
+    let StepCtx { run: ctx, step, scope, .. } = cx;
     let Action::List { page_size, limit, filter, output } = &step.action else {
         return Err(StepError::Failed("not a list step".into()));
     };
@@ -87,7 +86,7 @@ pub(crate) async fn run(
         pages_since: 0,
         bytes_since: 0,
     };
-    let outcome = read_pages(ctx, step, scope, endpoint, state, &mut pages, wanted, fetch).await;
+    let outcome = read_pages(cx, endpoint, state, &mut pages, wanted, fetch).await;
     // Whatever ended the loop, pages already read are committed first, so
     // the state the caller records never counts a page the store lacks.
     match pages.finish(ctx, state).await {
@@ -242,11 +241,8 @@ impl Pages {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn read_pages<W, F, Fut>(
-    ctx: &RunCtx<'_>,
-    step: &Step,
-    scope: &Scope,
+    cx: StepCtx<'_>,
     endpoint: &dyn Endpoint,
     state: &mut StepState,
     pages: &mut Pages,
@@ -258,6 +254,7 @@ where
     F: Fn(Option<String>, u32) -> Fut,
     Fut: std::future::Future<Output = Result<crate::connector::Page, CallError>>,
 {
+    let StepCtx { run: ctx, step, scope, .. } = cx;
     // The next page, asked for while the last one was being stored.
     let mut prefetched = None;
     let evaluator = ctx.evaluator(step);

@@ -8,7 +8,7 @@ use rand::Rng as _;
 use serde_json::Value;
 
 use super::plan::{PlanEntry, PlannedAction, changed_fields};
-use super::{RunCtx, idempotency_key};
+use super::{StepCtx, idempotency_key};
 use crate::connector::{ConnectorError, RemoveOutcome, UpsertAction, UpsertRequest};
 use crate::endpoint::Endpoint;
 use crate::expr::{EvalError, Evaluator, Scope, Template, to_val};
@@ -219,10 +219,8 @@ impl From<EvalError> for CallError {
 /// `rendered` brings the template's value) and `map`.
 /// `keep_output` builds the step's output value; a for-each keeps only each
 /// item's action and id, so it skips that work.
-#[expect(clippy::too_many_arguments, reason = "the parts of one op, borrowed for its duration")]
 pub(crate) async fn item(
-    ctx: &RunCtx<'_>,
-    step: &Step,
+    cx: StepCtx<'_>,
     endpoint: &dyn Endpoint,
     evaluator: &Evaluator,
     scope: &Scope,
@@ -230,6 +228,7 @@ pub(crate) async fn item(
     keep_output: bool,
     rendered: Option<Rendered>,
 ) -> Result<OpResult, CallError> {
+    let StepCtx { run: ctx, step, .. } = cx;
     let resource = endpoint.manifest().resource(&step.resource).ok_or_else(|| {
         CallError::new(format!("plugin {} has no resource {}", endpoint.name(), step.resource))
     })?;

@@ -28,7 +28,7 @@ use serde_json::Value;
 use super::ops::{CallError, with_retry};
 use super::plan::{PlanEntry, PlannedAction, StepPlan, changed_fields};
 use super::sorted::{Buffer, Merged, run_path};
-use super::{RunCtx, StepEnd, StepError, sync_idempotency_key};
+use super::{RunCtx, StepCtx, StepEnd, StepError, sync_idempotency_key};
 use crate::connector::{
     BatchItem, ConnectorError, ListRequest, Op, RemoveOutcome, ResourceSpec, UpsertAction,
     UpsertOutcome, UpsertRequest,
@@ -117,17 +117,14 @@ impl Side {
     }
 }
 
-#[expect(clippy::too_many_arguments, reason = "the parts of one step, borrowed for its duration")]
 pub(crate) async fn run(
-    ctx: &RunCtx<'_>,
-    step: &Step,
+    cx: StepCtx<'_>,
     spec: &SyncSpec,
-    index: u32,
     source: &dyn Endpoint,
     target: &dyn Endpoint,
     state: &mut StepState,
-    scope: &Scope,
 ) -> Result<StepEnd, StepError> {
+    let StepCtx { run: ctx, step, index, scope, .. } = cx;
     let target_resource = target
         .manifest()
         .resource(&step.resource)
@@ -174,25 +171,23 @@ pub(crate) async fn run(
         if tally.progress().phase != wanted {
             continue;
         }
-        let (endpoint, resource, resource_spec, filter) = match side {
-            Side::Source => (source, spec.from.resource.as_str(), &source_resource, filter.clone()),
-            Side::Target => (target, step.resource.as_str(), &target_resource, None),
+        let listing = match side {
+            Side::Source => Listing {
+                side,
+                endpoint: source,
+                resource: spec.from.resource.as_str(),
+                spec: &source_resource,
+                filter: filter.clone(),
+            },
+            Side::Target => Listing {
+                side,
+                endpoint: target,
+                resource: step.resource.as_str(),
+                spec: &target_resource,
+                filter: None,
+            },
         };
-        if let Some(end) = scan(
-            ctx,
-            step,
-            spec,
-            side,
-            endpoint,
-            resource,
-            resource_spec,
-            filter,
-            &dir,
-            scope,
-            &mut tally,
-        )
-        .await?
-        {
+        if let Some(end) = scan(cx, spec, listing, &dir, &mut tally).await? {
             return Ok(end);
         }
     }
@@ -218,23 +213,28 @@ pub(crate) async fn run(
     Ok(StepEnd::Done)
 }
 
+/// One side of a sync, as it is listed.
+struct Listing<'a> {
+    side: Side,
+    endpoint: &'a dyn Endpoint,
+    resource: &'a str,
+    spec: &'a ResourceSpec,
+    /// The source's `filter`, rendered.
+    filter: Option<String>,
+}
+
 /// Lists one side into sorted runs. A run is written when the buffer is
 /// full and at the end, and only then is the cursor after its last page
 /// committed: a resume re-reads the pages of the run that was not written.
-#[expect(clippy::too_many_arguments, reason = "one side of one step")]
 async fn scan(
-    ctx: &RunCtx<'_>,
-    step: &Step,
+    cx: StepCtx<'_>,
     spec: &SyncSpec,
-    side: Side,
-    endpoint: &dyn Endpoint,
-    resource: &str,
-    resource_spec: &ResourceSpec,
-    filter: Option<String>,
+    listing: Listing<'_>,
     dir: &Path,
-    scope: &Scope,
     tally: &mut Tally<'_>,
 ) -> Result<Option<StepEnd>, StepError> {
+    let StepCtx { run: ctx, step, scope, .. } = cx;
+    let Listing { side, endpoint, resource, spec: resource_spec, filter } = listing;
     let progress = tally.progress().clone();
     let (mut cursor, mut pages, mut records, mut runs) = match side {
         Side::Source => (
@@ -411,7 +411,15 @@ async fn merge(
             if done_through.as_ref().is_some_and(|d| next_key <= *d) {
                 continue;
             }
-            decide(&next_key, from, to, spec, target_resource, tally, &mut writes, &mut removals)?;
+            decide(
+                &next_key,
+                (from, to),
+                spec,
+                target_resource,
+                tally,
+                &mut writes,
+                &mut removals,
+            )?;
             last_key = Some(next_key);
         }
         let Some(last_key) = last_key else { break };
@@ -436,11 +444,9 @@ async fn merge(
 }
 
 /// What one key calls for.
-#[expect(clippy::too_many_arguments, reason = "one key's two sides and where its writes go")]
 fn decide(
     key: &str,
-    from: Option<Vec<String>>,
-    to: Option<Vec<String>>,
+    (from, to): (Option<Vec<String>>, Option<Vec<String>>),
     spec: &SyncSpec,
     target_resource: &ResourceSpec,
     tally: &mut Tally<'_>,
