@@ -242,7 +242,7 @@ pub struct StepSummary {
     pub output: Option<Value>,
     /// What a dry run would do.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub plan: Option<Value>,
+    pub plan: Option<StepPlan>,
     /// Why it failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -912,7 +912,7 @@ impl Executor {
                 if let Some(entry) = result.plan {
                     let mut plan = StepPlan::default();
                     plan.add(entry);
-                    state.plan = serde_json::to_value(&plan).ok();
+                    state.plan = Some(plan);
                 }
                 Ok(StepEnd::Done)
             }

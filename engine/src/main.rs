@@ -786,59 +786,43 @@ impl Observer for Printer {
     }
 }
 
-fn print_plan(plan: &serde_json::Value) {
-    let n = |k: &str| plan.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
+fn print_plan(plan: &weft::executor::StepPlan) {
     let parts: Vec<String> = [
-        ("create", "would create"),
-        ("update", "would update"),
-        ("upsert", "would upsert"),
-        ("remove", "would remove"),
-        ("unchanged", "unchanged"),
-        ("already_absent", "already absent"),
+        (plan.create, "would create"),
+        (plan.update, "would update"),
+        (plan.upsert, "would upsert"),
+        (plan.remove, "would remove"),
+        (plan.unchanged, "unchanged"),
+        (plan.already_absent, "already absent"),
     ]
     .into_iter()
-    .filter(|(k, _)| n(k) > 0)
-    .map(|(k, what)| format!("{} {what}", n(k)))
+    .filter(|(n, _)| *n > 0)
+    .map(|(n, what)| format!("{n} {what}"))
     .collect();
     eprintln!(
         "       plan: {}",
         if parts.is_empty() { "no writes".to_owned() } else { parts.join(", ") }
     );
-    for sample in plan.get("samples").and_then(serde_json::Value::as_array).into_iter().flatten() {
-        let action = sample.get("action").and_then(serde_json::Value::as_str).unwrap_or("?");
-        let key = sample
-            .get("key")
-            .and_then(serde_json::Value::as_str)
-            .unwrap_or("(matched by the connector)");
-        let changes = sample
-            .get("changes")
-            .and_then(serde_json::Value::as_array)
-            .map(|c| c.iter().filter_map(|v| v.as_str()).collect::<Vec<_>>().join(", "))
-            .unwrap_or_default();
-        let record = sample.get("record").map(|r| r.to_string()).unwrap_or_default();
-        let detail = if !changes.is_empty() {
-            format!("fields {changes}")
+    for sample in &plan.samples {
+        let key = sample.key.as_deref().unwrap_or("(matched by the connector)");
+        let detail = if !sample.changes.is_empty() {
+            format!("fields {}", sample.changes.join(", "))
         } else {
+            let record = sample.record.as_ref().map(|r| r.to_string()).unwrap_or_default();
             record.chars().take(100).collect()
         };
-        eprintln!("         e.g. {action} {key} {detail}");
+        eprintln!("         e.g. {} {key} {detail}", sample.action.as_str());
     }
-    let irreversible =
-        plan.get("irreversible").and_then(serde_json::Value::as_array).cloned().unwrap_or_default();
-    if !irreversible.is_empty() {
+    if !plan.irreversible.is_empty() {
         eprintln!(
             "       irreversible ({}):",
-            irreversible.len() as u64 + n("irreversible_not_listed")
+            plan.irreversible.len() as u64 + plan.irreversible_not_listed
         );
-        for entry in &irreversible {
-            eprintln!(
-                "         {} {}",
-                entry.get("action").and_then(serde_json::Value::as_str).unwrap_or("?"),
-                entry.get("key").and_then(serde_json::Value::as_str).unwrap_or("?")
-            );
+        for entry in &plan.irreversible {
+            eprintln!("         {} {}", entry.action.as_str(), entry.key.as_deref().unwrap_or("?"));
         }
-        if n("irreversible_not_listed") > 0 {
-            eprintln!("         … and {} more", n("irreversible_not_listed"));
+        if plan.irreversible_not_listed > 0 {
+            eprintln!("         … and {} more", plan.irreversible_not_listed);
         }
     }
 }

@@ -18,6 +18,7 @@
 //! goes behind the same methods.
 
 mod owner;
+pub mod plan;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -322,7 +323,7 @@ pub struct StepState {
     pub sync: Option<SyncProgress>,
     /// What a dry run would do.
     #[serde(default)]
-    pub plan: Option<serde_json::Value>,
+    pub plan: Option<plan::StepPlan>,
     /// Whether a list step keeps its records in the store for later steps
     /// (it does not when no later step can read them).
     #[serde(default = "yes")]
@@ -1431,6 +1432,30 @@ mod tests {
         }
         let read: RunRecord = decode(b"r1", oldest.to_string().as_bytes())?;
         assert_eq!(read.trigger, RunTrigger::Manual);
+        Ok(())
+    }
+
+    #[test]
+    fn a_step_plan_written_as_loose_json_loads_typed_and_is_written_back_the_same() -> Result<()> {
+        // As an older version stored it: the plan a `serde_json::Value`,
+        // keys sorted, zero counts kept, `irreversible_not_listed` absent.
+        let stored = r#"{"attempts":1,"counts":{"absent":0,"created":0,"failed":0,"read":0,"removed":0,"unchanged":1,"updated":0},"cursor":null,"error":null,"finished_ms":2,"id":"push","index":1,"items":3,"output":null,"pages":0,"plan":{"already_absent":0,"create":1,"irreversible":[{"action":"remove","irreversible":true,"key":"cus_9"}],"remove":1,"samples":[{"action":"create","key":"cus_1","record":{"id":"cus_1","name":"Ada"}},{"action":"update","changes":["name"],"key":"cus_2","record":{"id":"cus_2"}}],"unchanged":1,"update":1,"upsert":0},"records_kept":true,"started_ms":1,"status":"succeeded","sync":null}"#;
+        let state: StepState = decode(b"run/00001", stored.as_bytes())?;
+        let plan = state.plan.clone().ok_or_else(|| StoreError::Corrupt {
+            key: "run/00001".into(),
+            reason: "no plan".into(),
+        })?;
+        assert_eq!((plan.create, plan.update, plan.remove, plan.unchanged), (1, 1, 1, 1));
+        assert_eq!(plan.samples[1].action, plan::PlannedAction::Update);
+        assert_eq!(plan.samples[1].changes, vec!["name".to_owned()]);
+        assert_eq!(plan.irreversible[0].key.as_deref(), Some("cus_9"));
+        let written: serde_json::Value = decode(b"k", &encode(&state))?;
+        let old: serde_json::Value = decode(b"k", stored.as_bytes())?;
+        assert_eq!(written, old, "the same JSON, field for field");
+        // A plan that names only some counts (any older shape) still loads.
+        let sparse = stored.replace(r#""already_absent":0,"create":1,"#, "");
+        let state: StepState = decode(b"run/00001", sparse.as_bytes())?;
+        assert_eq!(state.plan.map(|p| (p.create, p.already_absent)), Some((0, 0)));
         Ok(())
     }
 

@@ -157,9 +157,7 @@ pub(crate) async fn run(
                 tally(state, &record, &mut errors);
             }
         }
-        if let Some(saved) =
-            state.plan.as_ref().and_then(|p| serde_json::from_value::<StepPlan>(p.clone()).ok())
-        {
+        if let Some(saved) = state.plan.clone() {
             plan = saved;
         }
     }
@@ -357,7 +355,7 @@ async fn commit(
     state.output =
         Some(serde_json::json!({ "items": state.items, "counts": state.counts, "errors": errors }));
     if ctx.dry_run {
-        state.plan = serde_json::to_value(plan).ok();
+        state.plan = Some(plan.clone());
     }
     ctx.store.commit_items(ctx.run_id, state, pending).await?;
     pending.clear();

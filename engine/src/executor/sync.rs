@@ -96,7 +96,7 @@ impl Tally<'_> {
             "errors": self.errors,
         }));
         if !self.plan.samples.is_empty() || self.plan.writes() > 0 || self.plan.unchanged > 0 {
-            self.state.plan = serde_json::to_value(&self.plan).ok();
+            self.state.plan = Some(self.plan.clone());
         }
     }
 }
@@ -146,11 +146,7 @@ pub(crate) async fn run(
         None => None,
     };
     let dir = ctx.store.scratch_dir(ctx.run_id, index)?;
-    let plan = state
-        .plan
-        .as_ref()
-        .and_then(|p| serde_json::from_value::<StepPlan>(p.clone()).ok())
-        .unwrap_or_default();
+    let plan = state.plan.clone().unwrap_or_default();
     let errors = state
         .output
         .as_ref()
