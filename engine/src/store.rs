@@ -64,6 +64,15 @@ pub enum StoreError {
         /// Why.
         reason: String,
     },
+    /// A value could not be serialised for storing (a bug in weft):
+    /// nothing was written.
+    #[error("run store: cannot encode a {what} to store it: {reason}")]
+    Encode {
+        /// The type of the value.
+        what: String,
+        /// Why.
+        reason: String,
+    },
     /// No run with that id.
     #[error("no run with id {0}")]
     UnknownRun(String),
@@ -614,9 +623,14 @@ fn decode<T: for<'de> Deserialize<'de>>(key: &[u8], bytes: &[u8]) -> Result<T> {
     })
 }
 
-fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    // Serialising our own plain structs to JSON cannot fail.
-    serde_json::to_vec(value).unwrap_or_default()
+/// The stored form of `value`. Our records serialise to JSON without
+/// fail today; should one ever not, the write fails rather than storing an
+/// empty value that would read back as corrupt (or, for a step, lose it).
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(value).map_err(|e| StoreError::Encode {
+        what: std::any::type_name::<T>().to_owned(),
+        reason: e.to_string(),
+    })
 }
 
 /// Entries of `tree` under `prefix` after `after` (all of them from the
@@ -704,9 +718,11 @@ impl RunStore {
         let steps: Vec<(Vec<u8>, Vec<u8>)> = step_ids
             .iter()
             .enumerate()
-            .map(|(i, id)| (step_key(&run.id, i as u32), encode(&StepState::pending(id, i as u32))))
-            .collect();
-        let (run_key, run_value) = (run.id.clone().into_bytes(), encode(run));
+            .map(|(i, id)| {
+                Ok((step_key(&run.id, i as u32), encode(&StepState::pending(id, i as u32))?))
+            })
+            .collect::<Result<_>>()?;
+        let (run_key, run_value) = (run.id.clone().into_bytes(), encode(run)?);
         let delivery = delivery.map(|d| (d.key(), d.value(), d.workflow.clone()));
         self.owner
             .write(move |t| {
@@ -733,7 +749,7 @@ impl RunStore {
 
     /// Replaces a run record, durably.
     pub async fn commit_run(&self, run: &RunRecord) -> Result<()> {
-        let (key, value) = (run.id.clone().into_bytes(), encode(run));
+        let (key, value) = (run.id.clone().into_bytes(), encode(run)?);
         self.owner
             .write(move |t| {
                 t.runs.insert(key, value)?;
@@ -755,7 +771,7 @@ impl RunStore {
                     run.status = Status::Failed;
                     run.error = Some(message);
                     run.finished_ms = Some(now_ms());
-                    t.runs.insert(id.as_bytes(), encode(&run))?;
+                    t.runs.insert(id.as_bytes(), encode(&run)?)?;
                 }
                 Ok(run)
             })
@@ -764,7 +780,7 @@ impl RunStore {
 
     /// Replaces a step's state, durably, before the next step starts.
     pub async fn commit_step(&self, run: &str, step: &StepState) -> Result<()> {
-        let (key, value) = (step_key(run, step.index), encode(step));
+        let (key, value) = (step_key(run, step.index), encode(step)?);
         self.owner
             .write(move |t| {
                 t.steps.insert(key, value)?;
@@ -849,6 +865,9 @@ impl RunStore {
         let shown = path.display().to_string();
         let store = self.clone();
         let task = tokio::spawn(async move {
+            // Nothing is written, the page file's sync included, for a
+            // state that cannot be stored.
+            let step_bytes = step_bytes?;
             let file = file.filter(|_| !keys.is_empty());
             if file.is_some() || sync_dirs {
                 // The page file's fsync is not sled's: a blocking thread
@@ -926,7 +945,8 @@ impl RunStore {
         step: &StepState,
         items: &[(u64, ItemRecord)],
     ) -> Result<()> {
-        let (run, index, group, step) = (run.to_owned(), step.index, encode(&items), encode(step));
+        let (run, index, group, step) =
+            (run.to_owned(), step.index, encode(&items)?, encode(step)?);
         self.owner
             .write(move |t| {
                 // sled's ids are unique across restarts, so a group never
@@ -1422,7 +1442,7 @@ mod tests {
             old["trigger"] = word.into();
             let read: RunRecord = decode(b"r1", old.to_string().as_bytes())?;
             assert_eq!(read.trigger, trigger, "{word}");
-            let written: serde_json::Value = decode(b"r1", &encode(&read))?;
+            let written: serde_json::Value = decode(b"r1", &encode(&read)?)?;
             assert_eq!(written["trigger"], word, "written back as it was stored");
         }
         // Records from before the trigger was stored are manual runs.
@@ -1449,7 +1469,7 @@ mod tests {
         assert_eq!(plan.samples[1].action, plan::PlannedAction::Update);
         assert_eq!(plan.samples[1].changes, vec!["name".to_owned()]);
         assert_eq!(plan.irreversible[0].key.as_deref(), Some("cus_9"));
-        let written: serde_json::Value = decode(b"k", &encode(&state))?;
+        let written: serde_json::Value = decode(b"k", &encode(&state)?)?;
         let old: serde_json::Value = decode(b"k", stored.as_bytes())?;
         assert_eq!(written, old, "the same JSON, field for field");
         // A plan that names only some counts (any older shape) still loads.
@@ -1457,6 +1477,26 @@ mod tests {
         let state: StepState = decode(b"run/00001", sparse.as_bytes())?;
         assert_eq!(state.plan.map(|p| (p.create, p.already_absent)), Some((0, 0)));
         Ok(())
+    }
+
+    #[test]
+    fn a_value_that_does_not_serialise_is_an_error_not_an_empty_value() {
+        // The regression: `encode` answered `unwrap_or_default()`, an empty
+        // value that sled would have stored in the record's place.
+        struct Unstorable;
+        impl Serialize for Unstorable {
+            fn serialize<S: serde::Serializer>(
+                &self,
+                _: S,
+            ) -> std::result::Result<S::Ok, S::Error> {
+                Err(serde::ser::Error::custom("not storable"))
+            }
+        }
+        let encoded = encode(&Unstorable);
+        assert!(
+            matches!(&encoded, Err(StoreError::Encode { what, reason }) if what.ends_with("Unstorable") && reason.contains("not storable")),
+            "{encoded:?}"
+        );
     }
 
     #[test]
@@ -1485,7 +1525,7 @@ mod tests {
                 id: Some("x".into()),
                 error: None,
             };
-            assert_eq!(encode(&vec![(7u64, record)]), stored.as_bytes(), "{word}");
+            assert_eq!(encode(&vec![(7u64, record)])?, stored.as_bytes(), "{word}");
         }
         Ok(())
     }
