@@ -394,13 +394,6 @@ impl Executor {
         self
     }
 
-    /// Shares `limiters` with other executors in the process, so one vendor
-    /// key is paced as one whatever runs use it.
-    pub fn with_limiters(mut self, limiters: Arc<LimiterRegistry>) -> Self {
-        self.limiters = limiters;
-        self
-    }
-
     /// Replaces the HTTP retry policy.
     pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
         self.retry = retry;

@@ -1345,16 +1345,6 @@ impl PageLog {
         self.next_page += 1;
         Ok(())
     }
-
-    /// Pages appended and not yet committed.
-    pub fn pending(&self) -> usize {
-        self.pending.len()
-    }
-
-    /// Bytes appended and not yet committed.
-    pub fn pending_bytes(&self) -> u64 {
-        self.pending.iter().map(|(_, p)| p.len).sum()
-    }
 }
 
 fn read_page(file: &mut std::fs::File, pointer: PagePointer) -> std::io::Result<Vec<u8>> {
