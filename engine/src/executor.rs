@@ -29,7 +29,9 @@ use crate::expr::{Budget, EvalError, Evaluator, Scope};
 use crate::http::{ConnectionHttp, EgressPolicy, HttpLimits, StatsSnapshot};
 use crate::limiter::{LimitedPolicy, LimiterRegistry, Publisher, RetryPolicy};
 use crate::runtime::{Plugin, Runtime, RuntimeError};
-use crate::store::{RunRecord, RunStore, Status, StepCounts, StepState, StoreError, now_ms};
+use crate::store::{
+    RunRecord, RunStore, RunTrigger, Status, StepCounts, StepState, StoreError, now_ms,
+};
 use crate::workflow::{Action, Diagnostics, PluginRef, Step, Workflow};
 
 pub use self::plan::{PlanEntry, PlannedAction, StepPlan};
@@ -125,10 +127,6 @@ pub enum ExecError {
     Store(#[from] StoreError),
 }
 
-/// The trigger of a `weft run --sandbox` run: [`Executor::resume`] refuses
-/// it.
-pub const SANDBOX_TRIGGER: &str = "sandbox";
-
 /// Where a connection's endpoint and secret come from when not from the
 /// workflow: `weft run --sandbox` points every connection at an emulator.
 #[derive(Debug, Clone)]
@@ -167,14 +165,15 @@ pub struct RunOptions {
     pub open_inputs: bool,
     /// Reads are real, writes are planned and not sent.
     pub dry_run: bool,
-    /// What started the run: `manual`, `cron`, `webhook`, `api`.
-    pub trigger: String,
+    /// What started the run (a sandbox run is recorded as
+    /// [`RunTrigger::Sandbox`] whatever this says).
+    pub trigger: RunTrigger,
     /// Connections pointed elsewhere (`--sandbox`).
     pub overrides: BTreeMap<String, ConnectionOverride>,
     /// A sandbox run (`weft run --sandbox`): the emulators' base URLs.
     /// Every connection must then have an override (or an endpoint of the
     /// caller's), its HTTP sends to these origins only, and the run is
-    /// recorded with the trigger [`SANDBOX_TRIGGER`], which no resume takes.
+    /// recorded with the trigger [`RunTrigger::Sandbox`], which no resume takes.
     pub sandbox: Option<Vec<String>>,
     /// Connections replaced by an endpoint of the caller's (benchmarks and
     /// tests: a native no-op connector).
@@ -243,7 +242,7 @@ pub struct StepSummary {
     pub output: Option<Value>,
     /// What a dry run would do.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub plan: Option<Value>,
+    pub plan: Option<StepPlan>,
     /// Why it failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -286,6 +285,44 @@ pub(crate) enum StepEnd {
     Interrupted,
     /// Stopped by a cancel.
     Cancelled,
+}
+
+/// Why a step stopped short of its end.
+#[derive(Debug)]
+pub(crate) enum StepError {
+    /// The step failed (a vendor, an expression, a file): the run fails.
+    Failed(String),
+    /// The run store failed: the run stops where its last commit left it
+    /// and is resumable, as when the store fails between steps.
+    Store(StoreError),
+}
+
+impl From<String> for StepError {
+    fn from(message: String) -> Self {
+        StepError::Failed(message)
+    }
+}
+
+impl From<StoreError> for StepError {
+    fn from(error: StoreError) -> Self {
+        StepError::Store(error)
+    }
+}
+
+/// One step of one run, as its runner sees it: what every runner was
+/// handed one by one.
+#[derive(Clone, Copy)]
+pub(crate) struct StepCtx<'a> {
+    /// What the run's steps share.
+    pub(crate) run: &'a RunCtx<'a>,
+    /// The workflow the run started with.
+    pub(crate) workflow: &'a Workflow,
+    /// The step.
+    pub(crate) step: &'a Step,
+    /// Its position in the workflow (its key in the store).
+    pub(crate) index: u32,
+    /// What its expressions see.
+    pub(crate) scope: &'a Scope,
 }
 
 /// What every step of one run shares.
@@ -354,13 +391,6 @@ impl Executor {
     /// memory (default [`INLINE_RECORDS`]).
     pub fn with_inline_records(mut self, records: u64) -> Self {
         self.inline_records = records;
-        self
-    }
-
-    /// Shares `limiters` with other executors in the process, so one vendor
-    /// key is paced as one whatever runs use it.
-    pub fn with_limiters(mut self, limiters: Arc<LimiterRegistry>) -> Self {
-        self.limiters = limiters;
         self
     }
 
@@ -572,9 +602,7 @@ impl Executor {
             error: None,
             dry_run: options.dry_run,
             trigger: if options.sandbox.is_some() {
-                SANDBOX_TRIGGER.to_owned()
-            } else if options.trigger.is_empty() {
-                "manual".to_owned()
+                RunTrigger::Sandbox
             } else {
                 options.trigger.clone()
             },
@@ -607,7 +635,7 @@ impl Executor {
         observer: &dyn Observer,
     ) -> Result<RunSummary, ExecError> {
         let mut run = self.store.run(run_id).await?;
-        if run.trigger == SANDBOX_TRIGGER {
+        if run.trigger == RunTrigger::Sandbox {
             let refusal = ExecError::SandboxRun { run: run.id.clone() };
             if !run.status.is_finished() {
                 run.status = Status::Failed;
@@ -753,12 +781,10 @@ impl Executor {
                 state.started_ms.get_or_insert_with(now_ms);
                 self.store.commit_step(&run.id, &state).await?;
                 let outcome = match self.check_inline_records(workflow, step, &outputs) {
-                    Err(message) => Err(message),
+                    Err(message) => Err(StepError::Failed(message)),
                     Ok(()) => {
-                        self.execute_step(
-                            &ctx, workflow, step, index, &endpoints, &mut state, &scope,
-                        )
-                        .await
+                        let cx = StepCtx { run: &ctx, workflow, step, index, scope: &scope };
+                        self.execute_step(cx, &endpoints, &mut state).await
                     }
                 };
                 match outcome {
@@ -769,10 +795,13 @@ impl Executor {
                         status = Status::Cancelled;
                         error = Some("cancelled".into());
                     }
-                    Err(message) => {
+                    Err(StepError::Failed(message)) => {
                         state.status = Status::Failed;
                         state.error = Some(message);
                     }
+                    // Nothing more can be recorded for this step: the run
+                    // stays where its last commit left it, to resume.
+                    Err(StepError::Store(e)) => return Err(ExecError::Store(e)),
                 }
             }
             if state.status == Status::Failed {
@@ -821,20 +850,13 @@ impl Executor {
         })
     }
 
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "the parts of one step, borrowed for its duration"
-    )]
     async fn execute_step(
         &self,
-        ctx: &RunCtx<'_>,
-        workflow: &Workflow,
-        step: &Step,
-        index: u32,
+        cx: StepCtx<'_>,
         endpoints: &BTreeMap<String, Arc<dyn Endpoint>>,
         state: &mut StepState,
-        scope: &Scope,
-    ) -> Result<StepEnd, String> {
+    ) -> Result<StepEnd, StepError> {
+        let StepCtx { run: ctx, workflow, step, index, .. } = cx;
         let endpoint = endpoints
             .get(&step.connection)
             .ok_or_else(|| format!("connection {:?} is not defined", step.connection))?;
@@ -847,25 +869,21 @@ impl Executor {
                 let keep_records = later.iter().any(|s| {
                     workflow.text.get(s.region.clone()).is_none_or(|text| text.contains("steps"))
                 });
-                list::run(ctx, step, endpoint.as_ref(), state, scope, keep_records).await
+                list::run(cx, endpoint.as_ref(), state, keep_records).await
             }
             Action::Sync(spec) => {
                 let source = endpoints.get(&spec.from.connection).ok_or_else(|| {
                     format!("connection {:?} is not defined", spec.from.connection)
                 })?;
-                sync::run(ctx, step, spec, index, source.as_ref(), endpoint.as_ref(), state, scope)
-                    .await
+                sync::run(cx, spec, source.as_ref(), endpoint.as_ref(), state).await
             }
-            _ if step.for_each.is_some() => {
-                foreach::run(ctx, workflow, step, index, endpoint.as_ref(), state, scope).await
-            }
+            _ if step.for_each.is_some() => foreach::run(cx, endpoint.as_ref(), state).await,
             _ => {
                 let result = match ops::item(
-                    ctx,
-                    step,
+                    cx,
                     endpoint.as_ref(),
                     &ctx.evaluator(step),
-                    scope,
+                    cx.scope,
                     0,
                     true,
                     None,
@@ -879,15 +897,15 @@ impl Executor {
                         if let Some(end) = ctx.stop_reason() {
                             return Ok(end);
                         }
-                        return Err(e.message);
+                        return Err(StepError::Failed(e.message));
                     }
                 };
-                result.count(&mut state.counts);
+                state.counts.add(result.action);
                 state.output = Some(result.output);
                 if let Some(entry) = result.plan {
                     let mut plan = StepPlan::default();
                     plan.add(entry);
-                    state.plan = serde_json::to_value(&plan).ok();
+                    state.plan = Some(plan);
                 }
                 Ok(StepEnd::Done)
             }

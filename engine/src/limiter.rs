@@ -373,8 +373,9 @@ impl Limiter {
         }
     }
 
-    /// Current rates per class, requests per second (for tests and summaries).
-    pub fn rates(&self) -> Vec<(MethodClass, f64)> {
+    /// Current rates per class, requests per second.
+    #[cfg(test)]
+    fn rates(&self) -> Vec<(MethodClass, f64)> {
         self.buckets
             .lock()
             .map(|b| b.iter().map(|b| (b.class, b.rate)).collect())

@@ -14,6 +14,7 @@ use weft::executor::{
     StopSignal,
 };
 use weft::runtime::{Runtime, RuntimeConfig};
+use weft::serve::{RunDetail, RunView};
 use weft::store::{RunRecord, RunStore, Status, StepState, StoreError};
 use weft::workflow::{Action, LoadError, Step, Workflow};
 
@@ -786,59 +787,43 @@ impl Observer for Printer {
     }
 }
 
-fn print_plan(plan: &serde_json::Value) {
-    let n = |k: &str| plan.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
+fn print_plan(plan: &weft::executor::StepPlan) {
     let parts: Vec<String> = [
-        ("create", "would create"),
-        ("update", "would update"),
-        ("upsert", "would upsert"),
-        ("remove", "would remove"),
-        ("unchanged", "unchanged"),
-        ("already_absent", "already absent"),
+        (plan.create, "would create"),
+        (plan.update, "would update"),
+        (plan.upsert, "would upsert"),
+        (plan.remove, "would remove"),
+        (plan.unchanged, "unchanged"),
+        (plan.already_absent, "already absent"),
     ]
     .into_iter()
-    .filter(|(k, _)| n(k) > 0)
-    .map(|(k, what)| format!("{} {what}", n(k)))
+    .filter(|(n, _)| *n > 0)
+    .map(|(n, what)| format!("{n} {what}"))
     .collect();
     eprintln!(
         "       plan: {}",
         if parts.is_empty() { "no writes".to_owned() } else { parts.join(", ") }
     );
-    for sample in plan.get("samples").and_then(serde_json::Value::as_array).into_iter().flatten() {
-        let action = sample.get("action").and_then(serde_json::Value::as_str).unwrap_or("?");
-        let key = sample
-            .get("key")
-            .and_then(serde_json::Value::as_str)
-            .unwrap_or("(matched by the connector)");
-        let changes = sample
-            .get("changes")
-            .and_then(serde_json::Value::as_array)
-            .map(|c| c.iter().filter_map(|v| v.as_str()).collect::<Vec<_>>().join(", "))
-            .unwrap_or_default();
-        let record = sample.get("record").map(|r| r.to_string()).unwrap_or_default();
-        let detail = if !changes.is_empty() {
-            format!("fields {changes}")
+    for sample in &plan.samples {
+        let key = sample.key.as_deref().unwrap_or("(matched by the connector)");
+        let detail = if !sample.changes.is_empty() {
+            format!("fields {}", sample.changes.join(", "))
         } else {
+            let record = sample.record.as_ref().map(|r| r.to_string()).unwrap_or_default();
             record.chars().take(100).collect()
         };
-        eprintln!("         e.g. {action} {key} {detail}");
+        eprintln!("         e.g. {} {key} {detail}", sample.action.as_str());
     }
-    let irreversible =
-        plan.get("irreversible").and_then(serde_json::Value::as_array).cloned().unwrap_or_default();
-    if !irreversible.is_empty() {
+    if !plan.irreversible.is_empty() {
         eprintln!(
             "       irreversible ({}):",
-            irreversible.len() as u64 + n("irreversible_not_listed")
+            plan.irreversible.len() as u64 + plan.irreversible_not_listed
         );
-        for entry in &irreversible {
-            eprintln!(
-                "         {} {}",
-                entry.get("action").and_then(serde_json::Value::as_str).unwrap_or("?"),
-                entry.get("key").and_then(serde_json::Value::as_str).unwrap_or("?")
-            );
+        for entry in &plan.irreversible {
+            eprintln!("         {} {}", entry.action.as_str(), entry.key.as_deref().unwrap_or("?"));
         }
-        if n("irreversible_not_listed") > 0 {
-            eprintln!("         … and {} more", n("irreversible_not_listed"));
+        if plan.irreversible_not_listed > 0 {
+            eprintln!("         … and {} more", plan.irreversible_not_listed);
         }
     }
 }
@@ -922,23 +907,22 @@ async fn runs(global: &Global, command: RunsCommand) -> Result<ExitCode> {
             runs.reverse();
             runs.truncate(limit);
             if json {
-                let rows: Vec<_> = runs.iter().map(weft::serve::run_json).collect();
+                let rows: Vec<_> = runs.iter().map(RunView::from).collect();
                 outln!("{}", serde_json::to_string_pretty(&rows)?)?;
             } else if runs.is_empty() {
                 outln!("no runs in {}", dir.display())?;
             } else {
-                print_runs(&runs.iter().map(weft::serve::run_json).collect::<Vec<_>>())?;
+                print_runs(&runs.iter().map(RunView::from).collect::<Vec<_>>())?;
             }
         }
         RunsCommand::Show { run, json } => {
             let record = store.run(&run).await?;
             let steps = store.steps(&run).await?;
-            let mut value = weft::serve::run_json(&record);
-            value["steps"] = serde_json::to_value(&steps)?;
+            let detail = RunDetail { run: RunView::from(&record), steps, active: None };
             if json {
-                outln!("{}", serde_json::to_string_pretty(&value)?)?;
+                outln!("{}", serde_json::to_string_pretty(&detail)?)?;
             } else {
-                print_run(&value)?;
+                print_run(&detail)?;
             }
         }
         RunsCommand::Resume { run, json } => {
@@ -995,7 +979,10 @@ async fn runs_via_server(base: &str, command: RunsCommand) -> Result<ExitCode> {
             if json {
                 outln!("{}", serde_json::to_string_pretty(&body)?)?;
             } else {
-                print_runs(body.as_array().map(Vec::as_slice).unwrap_or_default())?;
+                let rows: Vec<RunView> = serde_json::from_value(body).with_context(|| {
+                    format!("weft serve at {base}: a run list that does not read")
+                })?;
+                print_runs(&rows)?;
             }
         }
         RunsCommand::Show { run, json } => {
@@ -1003,7 +990,9 @@ async fn runs_via_server(base: &str, command: RunsCommand) -> Result<ExitCode> {
             if json {
                 outln!("{}", serde_json::to_string_pretty(&body)?)?;
             } else {
-                print_run(&body)?;
+                let detail: RunDetail = serde_json::from_value(body)
+                    .with_context(|| format!("weft serve at {base}: run {run} does not read"))?;
+                print_run(&detail)?;
             }
         }
         RunsCommand::Resume { run, .. } => {
@@ -1031,75 +1020,57 @@ async fn runs_via_server(base: &str, command: RunsCommand) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_runs(rows: &[serde_json::Value]) -> std::io::Result<()> {
+fn print_runs(rows: &[RunView]) -> std::io::Result<()> {
     outln!("{:<18} {:<24} {:<10} {:<8} {:>10}", "run", "workflow", "status", "trigger", "seconds")?;
     for r in rows {
-        let text = |k: &str| r.get(k).and_then(serde_json::Value::as_str).unwrap_or("").to_owned();
-        let created = r.get("created_ms").and_then(serde_json::Value::as_u64).unwrap_or(0);
         let seconds = r
-            .get("finished_ms")
-            .and_then(serde_json::Value::as_u64)
-            .map(|f| format!("{:.1}", f.saturating_sub(created) as f64 / 1000.0))
+            .finished_ms
+            .map(|f| format!("{:.1}", f.saturating_sub(r.created_ms) as f64 / 1000.0))
             .unwrap_or_else(|| "-".into());
-        let status = if r.get("dry_run").and_then(serde_json::Value::as_bool).unwrap_or(false) {
-            format!("{} (dry)", text("status"))
+        let status = if r.dry_run {
+            format!("{} (dry)", r.status.as_str())
         } else {
-            text("status")
+            r.status.as_str().to_owned()
         };
         outln!(
             "{:<18} {:<24} {:<10} {:<8} {:>10}",
-            text("id"),
-            text("workflow"),
+            r.id,
+            r.workflow,
             status,
-            text("trigger"),
+            r.trigger.as_str(),
             seconds
         )?;
     }
     Ok(())
 }
 
-fn print_run(value: &serde_json::Value) -> std::io::Result<()> {
-    let text = |v: &serde_json::Value, k: &str| {
-        v.get(k).and_then(serde_json::Value::as_str).unwrap_or("").to_owned()
-    };
-    outln!(
-        "run {} of {} ({}), {}",
-        text(value, "id"),
-        text(value, "workflow"),
-        text(value, "workflow_path"),
-        text(value, "status")
-    )?;
-    outln!("workflow sha256 {}", text(value, "workflow_hash"))?;
-    outln!(
-        "trigger {}, resumed {} times",
-        text(value, "trigger"),
-        value.get("resumes").and_then(serde_json::Value::as_u64).unwrap_or(0)
-    )?;
-    for s in value.get("steps").and_then(serde_json::Value::as_array).into_iter().flatten() {
-        let c = |k: &str| {
-            s.get("counts").and_then(|c| c.get(k)).and_then(serde_json::Value::as_u64).unwrap_or(0)
-        };
-        let n = |k: &str| s.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
+fn print_run(detail: &RunDetail) -> std::io::Result<()> {
+    let run = &detail.run;
+    outln!("run {} of {} ({}), {}", run.id, run.workflow, run.workflow_path, run.status.as_str())?;
+    outln!("workflow sha256 {}", run.workflow_hash)?;
+    outln!("trigger {}, resumed {} times", run.trigger, run.resumes)?;
+    for s in &detail.steps {
+        let c = s.counts;
         outln!(
             "  {:<20} {:<10} attempts {}  read {} created {} updated {} unchanged {} removed {} absent {} failed {}{}{}",
-            text(s, "id"),
-            text(s, "status"),
-            n("attempts"),
-            c("read"),
-            c("created"),
-            c("updated"),
-            c("unchanged"),
-            c("removed"),
-            c("absent"),
-            c("failed"),
-            if n("pages") > 0 { format!("  pages {}", n("pages")) } else { String::new() },
-            if n("items") > 0 { format!("  items {}", n("items")) } else { String::new() },
+            s.id,
+            s.status.as_str(),
+            s.attempts,
+            c.read,
+            c.created,
+            c.updated,
+            c.unchanged,
+            c.removed,
+            c.absent,
+            c.failed,
+            if s.pages > 0 { format!("  pages {}", s.pages) } else { String::new() },
+            if s.items > 0 { format!("  items {}", s.items) } else { String::new() },
         )?;
-        if let Some(error) = s.get("error").and_then(serde_json::Value::as_str) {
+        if let Some(error) = &s.error {
             outln!("  {:<20} {error}", "")?;
         }
     }
-    if let Some(error) = value.get("error").and_then(serde_json::Value::as_str) {
+    if let Some(error) = &run.error {
         outln!("{error}")?;
     }
     Ok(())

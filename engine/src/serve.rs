@@ -67,7 +67,7 @@ use tokio_util::sync::CancellationToken;
 use crate::credentials::{CredentialSource, Secret};
 use crate::endpoint::Endpoint;
 use crate::executor::{ExecError, Executor, Observer, RunOptions, StepSummary, StopSignal};
-use crate::store::{Delivery, RunRecord, StepState, StoreError, now_ms};
+use crate::store::{Delivery, RunRecord, RunTrigger, Status, StepState, StoreError, now_ms};
 use crate::workflow::{Overlap, Step, Verify, Workflow};
 
 /// The largest body an API route takes: inputs, not payloads.
@@ -684,7 +684,7 @@ impl Server {
         let Ok(runs) = self
             .executor
             .store()
-            .recent_runs(1, move |r| r.workflow == workflow && r.trigger == "cron")
+            .recent_runs(1, move |r| r.workflow == workflow && r.trigger == RunTrigger::Cron)
             .await
         else {
             return false;
@@ -709,7 +709,7 @@ impl Server {
             return;
         };
         served.fired.fetch_add(1, Ordering::Relaxed);
-        let options = RunOptions { trigger: "cron".into(), ..RunOptions::default() };
+        let options = RunOptions { trigger: RunTrigger::Cron, ..RunOptions::default() };
         if let Err(e) = self.start(name, options, Some(admitted)).await {
             tracing::error!(workflow = %name, error = %e, "scheduled run could not start");
         }
@@ -996,7 +996,7 @@ async fn start_run(
     let options = RunOptions {
         inputs,
         dry_run: query.dry_run,
-        trigger: "api".into(),
+        trigger: RunTrigger::Api,
         ..RunOptions::default()
     };
     start_for_request(&server, &name, options).await
@@ -1020,23 +1020,70 @@ struct RunsQuery {
 }
 
 /// A run as the API and `weft runs` show it (the workflow text stays in
-/// the store).
-pub fn run_json(run: &RunRecord) -> Value {
-    serde_json::json!({
-        "id": run.id,
-        "workflow": run.workflow,
-        "workflow_hash": run.workflow_hash,
-        "workflow_path": run.workflow_path,
-        "status": run.status,
-        "trigger": run.trigger,
-        "dry_run": run.dry_run,
-        "inputs": run.inputs,
-        "created_ms": run.created_ms,
-        "finished_ms": run.finished_ms,
-        "resumes": run.resumes,
-        "cancel_requested": run.cancel_requested,
-        "error": run.error,
-    })
+/// the store): what `GET /api/runs` lists, and what `weft runs` reads back
+/// from a running server to print.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunView {
+    /// Run id.
+    pub id: String,
+    /// Workflow name.
+    pub workflow: String,
+    /// SHA-256 of the workflow text the run started with.
+    pub workflow_hash: String,
+    /// Where the workflow was loaded from.
+    pub workflow_path: String,
+    /// Status.
+    pub status: Status,
+    /// What started it.
+    pub trigger: RunTrigger,
+    /// Reads are real, writes are only planned.
+    pub dry_run: bool,
+    /// The run's inputs.
+    pub inputs: Value,
+    /// Unix milliseconds.
+    pub created_ms: u64,
+    /// Unix milliseconds, when finished.
+    pub finished_ms: Option<u64>,
+    /// Times picked up again after an interruption.
+    pub resumes: u32,
+    /// A cancel was asked for.
+    pub cancel_requested: bool,
+    /// Why it failed.
+    pub error: Option<String>,
+}
+
+impl From<&RunRecord> for RunView {
+    fn from(run: &RunRecord) -> Self {
+        RunView {
+            id: run.id.clone(),
+            workflow: run.workflow.clone(),
+            workflow_hash: run.workflow_hash.clone(),
+            workflow_path: run.workflow_path.clone(),
+            status: run.status,
+            trigger: run.trigger.clone(),
+            dry_run: run.dry_run,
+            inputs: run.inputs.clone(),
+            created_ms: run.created_ms,
+            finished_ms: run.finished_ms,
+            resumes: run.resumes,
+            cancel_requested: run.cancel_requested,
+            error: run.error.clone(),
+        }
+    }
+}
+
+/// A run with its steps: what `GET /api/runs/ID` and `weft runs show`
+/// show.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunDetail {
+    /// The run.
+    #[serde(flatten)]
+    pub run: RunView,
+    /// Its steps, as the store holds them.
+    pub steps: Vec<StepState>,
+    /// Whether a task of this server is running it (only from a server).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active: Option<bool>,
 }
 
 async fn list_runs(State(server): State<Arc<Server>>, Query(query): Query<RunsQuery>) -> Response {
@@ -1049,7 +1096,7 @@ async fn list_runs(State(server): State<Arc<Server>>, Query(query): Query<RunsQu
         })
         .await
     {
-        Ok(runs) => Json(runs.iter().map(run_json).collect::<Vec<_>>()).into_response(),
+        Ok(runs) => Json(runs.iter().map(RunView::from).collect::<Vec<_>>()).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
@@ -1057,12 +1104,12 @@ async fn list_runs(State(server): State<Arc<Server>>, Query(query): Query<RunsQu
 async fn show_run(State(server): State<Arc<Server>>, Path(id): Path<String>) -> Response {
     let store = server.executor.store();
     match (store.run(&id).await, store.steps(&id).await) {
-        (Ok(run), Ok(steps)) => {
-            let mut value = run_json(&run);
-            value["steps"] = serde_json::to_value(&steps).unwrap_or(Value::Null);
-            value["active"] = Value::Bool(server.active().contains_key(&id));
-            Json(value).into_response()
-        }
+        (Ok(run), Ok(steps)) => Json(RunDetail {
+            run: RunView::from(&run),
+            steps,
+            active: Some(server.active().contains_key(&id)),
+        })
+        .into_response(),
         (Err(StoreError::UnknownRun(_)), _) => {
             error(StatusCode::NOT_FOUND, format!("no run with id {id}"))
         }
@@ -1193,7 +1240,7 @@ async fn webhook(
     let options = RunOptions {
         inputs,
         open_inputs: true,
-        trigger: "webhook".into(),
+        trigger: RunTrigger::Webhook,
         delivery: Some(delivery),
         ..RunOptions::default()
     };
@@ -1203,6 +1250,62 @@ async fn webhook(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_run_view_has_the_api_fields_and_reads_back_as_written() -> Result<(), serde_json::Error> {
+        let run = RunRecord {
+            id: "r1".into(),
+            workflow: "w".into(),
+            workflow_hash: "h".into(),
+            workflow_text: "[workflow]".into(),
+            workflow_path: "w.toml".into(),
+            inputs: serde_json::json!({"email": "a@x"}),
+            status: Status::Failed,
+            created_ms: 1,
+            finished_ms: Some(2),
+            error: Some("boom".into()),
+            dry_run: true,
+            trigger: RunTrigger::Webhook,
+            cancel_requested: false,
+            resumes: 3,
+        };
+        let detail = RunDetail {
+            run: RunView::from(&run),
+            steps: vec![StepState::pending("a", 0)],
+            active: Some(false),
+        };
+        let value = serde_json::to_value(&detail)?;
+        let mut keys: Vec<&str> =
+            value.as_object().map(|o| o.keys().map(String::as_str).collect()).unwrap_or_default();
+        keys.sort_unstable();
+        // The fields `run_json` built by hand, plus a show's steps and
+        // `active`; the workflow text stays out.
+        assert_eq!(
+            keys,
+            [
+                "active",
+                "cancel_requested",
+                "created_ms",
+                "dry_run",
+                "error",
+                "finished_ms",
+                "id",
+                "inputs",
+                "resumes",
+                "status",
+                "steps",
+                "trigger",
+                "workflow",
+                "workflow_hash",
+                "workflow_path"
+            ]
+        );
+        assert_eq!((&value["status"], &value["trigger"]), (&"failed".into(), &"webhook".into()));
+        let read: RunDetail = serde_json::from_value(value)?;
+        assert_eq!(read.run, detail.run);
+        assert_eq!(read.steps[0].id, "a");
+        Ok(())
+    }
 
     fn hosts(bound: &str, public: Option<&str>) -> Hosts {
         let public = public.and_then(|p| url::Url::parse(p).ok());

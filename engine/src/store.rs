@@ -18,6 +18,7 @@
 //! goes behind the same methods.
 
 mod owner;
+pub mod plan;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -60,6 +61,15 @@ pub enum StoreError {
     Corrupt {
         /// Which entry.
         key: String,
+        /// Why.
+        reason: String,
+    },
+    /// A value could not be serialised for storing (a bug in weft):
+    /// nothing was written.
+    #[error("run store: cannot encode a {what} to store it: {reason}")]
+    Encode {
+        /// The type of the value.
+        what: String,
         /// Why.
         reason: String,
     },
@@ -194,9 +204,9 @@ pub struct RunRecord {
     /// Reads are real, writes are only planned.
     #[serde(default)]
     pub dry_run: bool,
-    /// What started it: `manual`, `cron`, `webhook` or `api`.
-    #[serde(default = "manual")]
-    pub trigger: String,
+    /// What started it.
+    #[serde(default)]
+    pub trigger: RunTrigger,
     /// Someone asked for the run to stop; it ends `cancelled` at the next
     /// page or item boundary.
     #[serde(default)]
@@ -206,8 +216,68 @@ pub struct RunRecord {
     pub resumes: u32,
 }
 
-fn manual() -> String {
-    "manual".to_owned()
+/// What started a run. Stored as its word (`manual`, `cron`, `webhook`,
+/// `api`, `sandbox`); a word this version does not know (a newer weft's)
+/// loads as [`RunTrigger::Other`] and is written back as it was, so a run
+/// list never fails on it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(from = "String", into = "String")]
+pub enum RunTrigger {
+    /// `weft run` (or a caller that did not say).
+    #[default]
+    Manual,
+    /// `weft serve`'s scheduler.
+    Cron,
+    /// A signed webhook delivery to `weft serve`.
+    Webhook,
+    /// `POST /api/workflows/NAME/runs`.
+    Api,
+    /// `weft run --sandbox`, against in-process emulators: never resumed.
+    Sandbox,
+    /// A word this version does not know, kept as stored.
+    Other(String),
+}
+
+impl RunTrigger {
+    /// The word stored and shown.
+    pub fn as_str(&self) -> &str {
+        match self {
+            RunTrigger::Manual => "manual",
+            RunTrigger::Cron => "cron",
+            RunTrigger::Webhook => "webhook",
+            RunTrigger::Api => "api",
+            RunTrigger::Sandbox => "sandbox",
+            RunTrigger::Other(word) => word,
+        }
+    }
+}
+
+impl From<String> for RunTrigger {
+    fn from(word: String) -> Self {
+        match word.as_str() {
+            "manual" => RunTrigger::Manual,
+            "cron" => RunTrigger::Cron,
+            "webhook" => RunTrigger::Webhook,
+            "api" => RunTrigger::Api,
+            "sandbox" => RunTrigger::Sandbox,
+            _ => RunTrigger::Other(word),
+        }
+    }
+}
+
+impl From<RunTrigger> for String {
+    fn from(trigger: RunTrigger) -> Self {
+        match trigger {
+            RunTrigger::Other(word) => word,
+            known => known.as_str().to_owned(),
+        }
+    }
+}
+
+impl std::fmt::Display for RunTrigger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Counts of what a step did.
@@ -262,7 +332,7 @@ pub struct StepState {
     pub sync: Option<SyncProgress>,
     /// What a dry run would do.
     #[serde(default)]
-    pub plan: Option<serde_json::Value>,
+    pub plan: Option<plan::StepPlan>,
     /// Whether a list step keeps its records in the store for later steps
     /// (it does not when no later step can read them).
     #[serde(default = "yes")]
@@ -329,16 +399,93 @@ pub struct SyncProgress {
     pub merged_through: Option<String>,
 }
 
+impl StepCounts {
+    /// Adds one op's action. Every action is named here, so a new one
+    /// cannot go uncounted by accident.
+    pub fn add(&mut self, action: ItemAction) {
+        match action {
+            ItemAction::Created => self.created += 1,
+            ItemAction::Updated => self.updated += 1,
+            ItemAction::Unchanged => self.unchanged += 1,
+            ItemAction::Removed => self.removed += 1,
+            ItemAction::AlreadyAbsent => self.absent += 1,
+            ItemAction::Found => self.read += 1,
+            // A get that found nothing read nothing; a dry run's planned
+            // writes are counted by its plan, not here.
+            ItemAction::Absent
+            | ItemAction::Create
+            | ItemAction::Update
+            | ItemAction::Upsert
+            | ItemAction::Remove => {}
+        }
+    }
+}
+
+/// What one get, upsert or remove did, or (in a dry run) would do. Stored
+/// in item records as the kebab-case word (`created`, `already-absent`); a
+/// word not listed here does not load (the record is reported corrupt).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ItemAction {
+    /// An upsert created the record.
+    Created,
+    /// An upsert changed the record.
+    Updated,
+    /// The record was already as wanted (an upsert, or a dry run's plan).
+    Unchanged,
+    /// A remove deleted the record.
+    Removed,
+    /// A remove found nothing to delete (or, in a dry run, would).
+    AlreadyAbsent,
+    /// A get found the record.
+    Found,
+    /// A get found nothing.
+    Absent,
+    /// A dry run would create the record.
+    Create,
+    /// A dry run would update the record.
+    Update,
+    /// A dry run would upsert the record, the connector telling create from
+    /// update.
+    Upsert,
+    /// A dry run would remove the record.
+    Remove,
+}
+
+impl ItemAction {
+    /// The word stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ItemAction::Created => "created",
+            ItemAction::Updated => "updated",
+            ItemAction::Unchanged => "unchanged",
+            ItemAction::Removed => "removed",
+            ItemAction::AlreadyAbsent => "already-absent",
+            ItemAction::Found => "found",
+            ItemAction::Absent => "absent",
+            ItemAction::Create => "create",
+            ItemAction::Update => "update",
+            ItemAction::Upsert => "upsert",
+            ItemAction::Remove => "remove",
+        }
+    }
+}
+
+impl std::fmt::Display for ItemAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The end of one for-each item.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ItemRecord {
     /// `succeeded`, `failed` or `skipped`.
     #[serde(rename = "s")]
     pub status: Status,
-    /// What the op did: `created`, `updated`, `unchanged`, `removed`,
-    /// `already-absent`, `read`, `absent`, or a dry run's plan.
+    /// What the op did, or a dry run's plan.
     #[serde(rename = "a", default, skip_serializing_if = "Option::is_none")]
-    pub action: Option<String>,
+    pub action: Option<ItemAction>,
     /// The record's id, when the op returned one.
     #[serde(rename = "id", default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
@@ -476,9 +623,14 @@ fn decode<T: for<'de> Deserialize<'de>>(key: &[u8], bytes: &[u8]) -> Result<T> {
     })
 }
 
-fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    // Serialising our own plain structs to JSON cannot fail.
-    serde_json::to_vec(value).unwrap_or_default()
+/// The stored form of `value`. Our records serialise to JSON without
+/// fail today; should one ever not, the write fails rather than storing an
+/// empty value that would read back as corrupt (or, for a step, lose it).
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(value).map_err(|e| StoreError::Encode {
+        what: std::any::type_name::<T>().to_owned(),
+        reason: e.to_string(),
+    })
 }
 
 /// Entries of `tree` under `prefix` after `after` (all of them from the
@@ -566,9 +718,11 @@ impl RunStore {
         let steps: Vec<(Vec<u8>, Vec<u8>)> = step_ids
             .iter()
             .enumerate()
-            .map(|(i, id)| (step_key(&run.id, i as u32), encode(&StepState::pending(id, i as u32))))
-            .collect();
-        let (run_key, run_value) = (run.id.clone().into_bytes(), encode(run));
+            .map(|(i, id)| {
+                Ok((step_key(&run.id, i as u32), encode(&StepState::pending(id, i as u32))?))
+            })
+            .collect::<Result<_>>()?;
+        let (run_key, run_value) = (run.id.clone().into_bytes(), encode(run)?);
         let delivery = delivery.map(|d| (d.key(), d.value(), d.workflow.clone()));
         self.owner
             .write(move |t| {
@@ -595,7 +749,7 @@ impl RunStore {
 
     /// Replaces a run record, durably.
     pub async fn commit_run(&self, run: &RunRecord) -> Result<()> {
-        let (key, value) = (run.id.clone().into_bytes(), encode(run));
+        let (key, value) = (run.id.clone().into_bytes(), encode(run)?);
         self.owner
             .write(move |t| {
                 t.runs.insert(key, value)?;
@@ -617,7 +771,7 @@ impl RunStore {
                     run.status = Status::Failed;
                     run.error = Some(message);
                     run.finished_ms = Some(now_ms());
-                    t.runs.insert(id.as_bytes(), encode(&run))?;
+                    t.runs.insert(id.as_bytes(), encode(&run)?)?;
                 }
                 Ok(run)
             })
@@ -626,7 +780,7 @@ impl RunStore {
 
     /// Replaces a step's state, durably, before the next step starts.
     pub async fn commit_step(&self, run: &str, step: &StepState) -> Result<()> {
-        let (key, value) = (step_key(run, step.index), encode(step));
+        let (key, value) = (step_key(run, step.index), encode(step)?);
         self.owner
             .write(move |t| {
                 t.steps.insert(key, value)?;
@@ -711,6 +865,9 @@ impl RunStore {
         let shown = path.display().to_string();
         let store = self.clone();
         let task = tokio::spawn(async move {
+            // Nothing is written, the page file's sync included, for a
+            // state that cannot be stored.
+            let step_bytes = step_bytes?;
             let file = file.filter(|_| !keys.is_empty());
             if file.is_some() || sync_dirs {
                 // The page file's fsync is not sled's: a blocking thread
@@ -788,7 +945,8 @@ impl RunStore {
         step: &StepState,
         items: &[(u64, ItemRecord)],
     ) -> Result<()> {
-        let (run, index, group, step) = (run.to_owned(), step.index, encode(&items), encode(step));
+        let (run, index, group, step) =
+            (run.to_owned(), step.index, encode(&items)?, encode(step)?);
         self.owner
             .write(move |t| {
                 // sled's ids are unique across restarts, so a group never
@@ -1187,16 +1345,6 @@ impl PageLog {
         self.next_page += 1;
         Ok(())
     }
-
-    /// Pages appended and not yet committed.
-    pub fn pending(&self) -> usize {
-        self.pending.len()
-    }
-
-    /// Bytes appended and not yet committed.
-    pub fn pending_bytes(&self) -> u64 {
-        self.pending.iter().map(|(_, p)| p.len).sum()
-    }
 }
 
 fn read_page(file: &mut std::fs::File, pointer: PagePointer) -> std::io::Result<Vec<u8>> {
@@ -1261,10 +1409,128 @@ mod tests {
             finished_ms: None,
             error: None,
             dry_run: false,
-            trigger: "manual".into(),
+            trigger: RunTrigger::Manual,
             cancel_requested: false,
             resumes: 0,
         }
+    }
+
+    #[test]
+    fn run_triggers_load_from_the_words_older_versions_wrote_and_unknown_ones_are_kept()
+    -> Result<()> {
+        let stored = serde_json::to_value(run("r1"))
+            .map_err(|e| StoreError::Corrupt { key: "r1".into(), reason: e.to_string() })?;
+        for (word, trigger) in [
+            ("manual", RunTrigger::Manual),
+            ("cron", RunTrigger::Cron),
+            ("webhook", RunTrigger::Webhook),
+            ("api", RunTrigger::Api),
+            ("sandbox", RunTrigger::Sandbox),
+            ("replay-v9", RunTrigger::Other("replay-v9".into())),
+        ] {
+            let mut old = stored.clone();
+            old["trigger"] = word.into();
+            let read: RunRecord = decode(b"r1", old.to_string().as_bytes())?;
+            assert_eq!(read.trigger, trigger, "{word}");
+            let written: serde_json::Value = decode(b"r1", &encode(&read)?)?;
+            assert_eq!(written["trigger"], word, "written back as it was stored");
+        }
+        // Records from before the trigger was stored are manual runs.
+        let mut oldest = stored;
+        if let Some(fields) = oldest.as_object_mut() {
+            fields.remove("trigger");
+        }
+        let read: RunRecord = decode(b"r1", oldest.to_string().as_bytes())?;
+        assert_eq!(read.trigger, RunTrigger::Manual);
+        Ok(())
+    }
+
+    #[test]
+    fn a_step_plan_written_as_loose_json_loads_typed_and_is_written_back_the_same() -> Result<()> {
+        // As an older version stored it: the plan a `serde_json::Value`,
+        // keys sorted, zero counts kept, `irreversible_not_listed` absent.
+        let stored = r#"{"attempts":1,"counts":{"absent":0,"created":0,"failed":0,"read":0,"removed":0,"unchanged":1,"updated":0},"cursor":null,"error":null,"finished_ms":2,"id":"push","index":1,"items":3,"output":null,"pages":0,"plan":{"already_absent":0,"create":1,"irreversible":[{"action":"remove","irreversible":true,"key":"cus_9"}],"remove":1,"samples":[{"action":"create","key":"cus_1","record":{"id":"cus_1","name":"Ada"}},{"action":"update","changes":["name"],"key":"cus_2","record":{"id":"cus_2"}}],"unchanged":1,"update":1,"upsert":0},"records_kept":true,"started_ms":1,"status":"succeeded","sync":null}"#;
+        let state: StepState = decode(b"run/00001", stored.as_bytes())?;
+        let plan = state.plan.clone().ok_or_else(|| StoreError::Corrupt {
+            key: "run/00001".into(),
+            reason: "no plan".into(),
+        })?;
+        assert_eq!((plan.create, plan.update, plan.remove, plan.unchanged), (1, 1, 1, 1));
+        assert_eq!(plan.samples[1].action, plan::PlannedAction::Update);
+        assert_eq!(plan.samples[1].changes, vec!["name".to_owned()]);
+        assert_eq!(plan.irreversible[0].key.as_deref(), Some("cus_9"));
+        let written: serde_json::Value = decode(b"k", &encode(&state)?)?;
+        let old: serde_json::Value = decode(b"k", stored.as_bytes())?;
+        assert_eq!(written, old, "the same JSON, field for field");
+        // A plan that names only some counts (any older shape) still loads.
+        let sparse = stored.replace(r#""already_absent":0,"create":1,"#, "");
+        let state: StepState = decode(b"run/00001", sparse.as_bytes())?;
+        assert_eq!(state.plan.map(|p| (p.create, p.already_absent)), Some((0, 0)));
+        Ok(())
+    }
+
+    #[test]
+    fn a_value_that_does_not_serialise_is_an_error_not_an_empty_value() {
+        // The regression: `encode` answered `unwrap_or_default()`, an empty
+        // value that sled would have stored in the record's place.
+        struct Unstorable;
+        impl Serialize for Unstorable {
+            fn serialize<S: serde::Serializer>(
+                &self,
+                _: S,
+            ) -> std::result::Result<S::Ok, S::Error> {
+                Err(serde::ser::Error::custom("not storable"))
+            }
+        }
+        let encoded = encode(&Unstorable);
+        assert!(
+            matches!(&encoded, Err(StoreError::Encode { what, reason }) if what.ends_with("Unstorable") && reason.contains("not storable")),
+            "{encoded:?}"
+        );
+    }
+
+    #[test]
+    fn item_actions_are_stored_as_the_words_older_versions_wrote() -> Result<()> {
+        let words = [
+            (ItemAction::Created, "created"),
+            (ItemAction::Updated, "updated"),
+            (ItemAction::Unchanged, "unchanged"),
+            (ItemAction::Removed, "removed"),
+            (ItemAction::AlreadyAbsent, "already-absent"),
+            (ItemAction::Found, "found"),
+            (ItemAction::Absent, "absent"),
+            (ItemAction::Create, "create"),
+            (ItemAction::Update, "update"),
+            (ItemAction::Upsert, "upsert"),
+            (ItemAction::Remove, "remove"),
+        ];
+        for (action, word) in words {
+            let stored = format!(r#"[[7,{{"s":"succeeded","a":"{word}","id":"x"}}]]"#);
+            let read: Vec<(u64, ItemRecord)> = decode(b"k", stored.as_bytes())?;
+            assert_eq!(read[0].1.action, Some(action), "{word}");
+            assert_eq!(action.as_str(), word);
+            let record = ItemRecord {
+                status: Status::Succeeded,
+                action: Some(action),
+                id: Some("x".into()),
+                error: None,
+            };
+            assert_eq!(encode(&vec![(7u64, record)])?, stored.as_bytes(), "{word}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_misspelt_item_action_is_a_corrupt_record_not_an_uncounted_one() {
+        // The regression: the action was a string and the count of a word
+        // it did not know fell through `_ => {}`, so the item vanished from
+        // the step's counts without a word.
+        let stored = br#"[[0,{"s":"succeeded","a":"creatd"}]]"#;
+        let read = decode::<Vec<(u64, ItemRecord)>>(b"run/00000/0", stored);
+        assert!(
+            matches!(&read, Err(StoreError::Corrupt { key, reason }) if key == "run/00000/0" && reason.contains("creatd")),
+            "{read:?}"
+        );
     }
 
     #[tokio::test]
@@ -1277,7 +1543,7 @@ mod tests {
                 n,
                 ItemRecord {
                     status: Status::Succeeded,
-                    action: Some("created".into()),
+                    action: Some(ItemAction::Created),
                     id: Some(format!("cus_{n}")),
                     error: None,
                 },

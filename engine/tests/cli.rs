@@ -383,16 +383,20 @@ record = {{ id = "${{{{ $item.id }}}}", name = "${{{{ $item.name }}}}", email = 
         .args(["runs", "show", "--json"])
         .arg(summary["run_id"].as_str().unwrap_or_default())
         .output()?;
-    let shown = stdout_json(&shown)?;
-    assert_eq!(shown["status"], "succeeded");
-    assert!(shown["resumes"].as_u64().unwrap_or(0) >= 1, "{shown:#}");
-    for step in shown["steps"].as_array().into_iter().flatten() {
-        if step["id"] == "export" {
-            assert_eq!(step["counts"]["read"], ITEMS, "{step:#}");
+    // Typed: a missing field or step fails here instead of letting the
+    // checks below pass over nothing.
+    let shown: weft::serve::RunDetail = serde_json::from_value(stdout_json(&shown)?)?;
+    assert_eq!(shown.run.status, weft::store::Status::Succeeded);
+    assert!(shown.run.resumes >= 1, "{shown:#?}");
+    let ids: Vec<&str> = shown.steps.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(ids, ["stripe", "export", "growpanel"], "every step is shown");
+    for step in &shown.steps {
+        if step.id == "export" {
+            assert_eq!(step.counts.read, ITEMS as u64, "{step:#?}");
         } else {
-            assert_eq!(step["items"], ITEMS, "{step:#}");
+            assert_eq!(step.items, ITEMS as u64, "{step:#?}");
         }
-        assert_eq!(step["counts"]["failed"], 0, "{step:#}");
+        assert_eq!(step.counts.failed, 0, "{step:#?}");
     }
     let exported = std::fs::read_to_string(&export)?;
     let ids: std::collections::HashSet<String> = exported
@@ -404,7 +408,7 @@ record = {{ id = "${{{{ $item.id }}}}", name = "${{{{ $item.name }}}}", email = 
         (ITEMS, ITEMS),
         "the export file has each customer once"
     );
-    eprintln!("{kills} kills, {} resumes", shown["resumes"]);
+    eprintln!("{kills} kills, {} resumes", shown.run.resumes);
     Ok(())
 }
 

@@ -1,8 +1,8 @@
 //! What the run store keeps a resume from trusting: a page file changed
 //! after its pages were committed.
 
-use weft::executor::{Observer, RunOptions, Silent, StepSummary, StopSignal};
-use weft::store::{Status, StepState};
+use weft::executor::{ExecError, Observer, RunOptions, Silent, StepSummary, StopSignal};
+use weft::store::{Status, StepState, StoreError};
 use weft::workflow::Step;
 
 use super::support::{Harness, TestResult, overrides, sandbox, writes};
@@ -100,6 +100,76 @@ record = { id = "${{ $item.id }}", name = "${{ $item.name }}", email = "${{ $ite
         writes(&sandbox.growpanel.emulator.requests()),
         0,
         "nothing was sent on a corrupt page"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_store_that_fails_inside_a_step_leaves_the_run_resumable_not_failed() -> TestResult {
+    // Regression: the run store failing inside a step (here the list's page
+    // file cannot be created) failed the step and the run for good (exit
+    // 1), while the same failure between steps left the run to resume
+    // (exit 3). Now both stop the run where its last commit left it.
+    let sandbox = sandbox(30).await?;
+    let harness = Harness::new()?;
+    let text = r#"
+[workflow]
+name = "copy"
+
+[connections.stripe]
+plugin = "stripe"
+credentials = "env:WEFT_TEST_UNUSED"
+rate_limit = "1000/s"
+
+[connections.growpanel]
+plugin = "growpanel"
+credentials = "env:WEFT_TEST_UNUSED"
+settings = { source = "ds_weft_demo" }
+rate_limit = "1000/s"
+
+[[step]]
+id = "customers"
+list = "stripe.customers"
+page_size = 10
+
+[[step]]
+id = "copy"
+for_each = ".steps.customers.records[]"
+upsert = "growpanel.customers"
+record = { id = "${{ $item.id }}", name = "${{ $item.name }}", email = "${{ $item.email }}", created_date = "2026-01-01", country = "US" }
+"#;
+    let wf = super::support::workflow(harness.files.path(), text)?;
+    let vendors = overrides(&sandbox, &[("stripe", "stripe"), ("growpanel", "growpanel")]);
+    let options = RunOptions { overrides: vendors.clone(), ..RunOptions::default() };
+    let run = harness.executor.create(&wf, &options).await?;
+    let id = run.id.clone();
+    // A file where the run's page directory goes: the page log cannot be
+    // opened, as on a full or read-only disk (the tests run as root, so a
+    // read-only directory would not stop them).
+    let blocker = harness.state.path().join("pages").join(&id);
+    std::fs::create_dir_all(harness.state.path().join("pages"))?;
+    std::fs::write(&blocker, b"in the way")?;
+
+    let outcome = harness.executor.execute(&wf, run, &options, &Silent).await;
+    match outcome {
+        Err(ExecError::Store(StoreError::PageFile { .. })) => {}
+        other => return Err(format!("expected the store's failure, got {other:#?}").into()),
+    }
+    let stored = harness.executor.store().run(&id).await?;
+    assert_eq!((stored.status, stored.error), (Status::Running, None), "left to resume");
+    let steps = harness.executor.store().steps(&id).await?;
+    assert_eq!(steps[0].status, Status::Running, "the step is not failed: {:?}", steps[0]);
+
+    std::fs::remove_file(&blocker)?;
+    let resumed = harness
+        .executor
+        .resume(&id, &RunOptions { overrides: vendors, ..RunOptions::default() }, &Silent)
+        .await?;
+    assert_eq!(resumed.status, Status::Succeeded, "{resumed:#?}");
+    assert_eq!(
+        (resumed.steps[0].counts.read, resumed.steps[1].counts.created),
+        (30, 30),
+        "{resumed:#?}"
     );
     Ok(())
 }

@@ -110,6 +110,28 @@ async fn wait_finished(client: &reqwest::Client, base: &str, run: &str) -> TestR
     }
 }
 
+/// The first workflow of `GET /api/workflows` once `ready` holds for it
+/// (polled, so the test waits for what it checks, not for a guessed time).
+async fn workflow_info_once(
+    client: &reqwest::Client,
+    base: &str,
+    ready: impl Fn(&Value) -> bool,
+) -> TestResult<Value> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let workflows: Value = serde_json::from_slice(
+            &client.get(format!("{base}/api/workflows")).send().await?.bytes().await?,
+        )?;
+        if ready(&workflows[0]) {
+            return Ok(workflows[0].clone());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("not reached in 30 s: {workflows:#}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn event(email: &str) -> Vec<u8> {
     json!({"id": "evt_1", "type": "customer.created", "data": {"object": {"email": email, "name": "Hooked"}}}).to_string().into_bytes()
 }
@@ -237,14 +259,14 @@ async fn cron_runs_on_schedule_and_skips_a_firing_while_the_last_run_is_going() 
     );
     let server = start(state.path(), vec![workflow(files.path(), &text)?]).await?;
     let base = format!("http://{}", server.addr);
-    tokio::time::sleep(Duration::from_millis(4600)).await;
     let client = reqwest::Client::new();
-    let workflows: Value = serde_json::from_slice(
-        &client.get(format!("{base}/api/workflows")).send().await?.bytes().await?,
-    )?;
+    let info = workflow_info_once(&client, &base, |info| {
+        info["fired"].as_u64().unwrap_or(0) >= 2
+            && info["skipped_firings"].as_u64().unwrap_or(0) >= 1
+    })
+    .await;
     server.shutdown().await;
-
-    let info = &workflows[0];
+    let info = &info?;
     let fired = info["fired"].as_u64().unwrap_or(0);
     let skipped = info["skipped_firings"].as_u64().unwrap_or(0);
     assert!(fired >= 2, "{info:#}");
@@ -351,7 +373,11 @@ async fn a_shutdown_leaves_the_run_to_the_next_start_which_resumes_it() -> TestR
             .await?,
     )?;
     let run = started["run_id"].as_str().ok_or("run id")?.to_owned();
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // Shut down once the run has written something, mid-run.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while emulator.customer_count() == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     server.shutdown().await;
     let made = emulator.customer_count();
     assert!(made > 0 && made < 40, "shut down mid-run: {made} of 40");
@@ -784,10 +810,8 @@ async fn a_run_whose_task_panics_is_marked_failed_and_leaves_the_active_set() ->
     .await?;
     let base = format!("http://{}", server.addr);
     let client = reqwest::Client::new();
-    tokio::time::sleep(Duration::from_millis(3600)).await;
-    let workflows: Value = serde_json::from_slice(
-        &client.get(format!("{base}/api/workflows")).send().await?.bytes().await?,
-    )?;
+    let info =
+        workflow_info_once(&client, &base, |info| info["fired"].as_u64().unwrap_or(0) >= 3).await?;
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut health: Value;
     loop {
@@ -801,7 +825,6 @@ async fn a_run_whose_task_panics_is_marked_failed_and_leaves_the_active_set() ->
     }
     server.shutdown().await;
 
-    let info = &workflows[0];
     assert!(info["fired"].as_u64().unwrap_or(0) >= 3, "every firing ran: {info:#}");
     assert_eq!(
         info["skipped_firings"], 0,

@@ -258,20 +258,12 @@ allow_irreversible = true
     assert_eq!(summary.status, Status::Succeeded, "{summary:#?}");
     assert!(summary.dry_run);
     let plan = summary.steps[0].plan.clone().unwrap_or_default();
+    assert_eq!((plan.create, plan.remove), (12, 12), "{plan:#?}");
+    assert_eq!(plan.irreversible.len(), 12, "every archive is listed: {plan:#?}");
+    assert_eq!(summary.steps[1].plan.as_ref().map(|p| p.create), Some(1));
     assert_eq!(
-        (plan["create"].as_u64(), plan["remove"].as_u64()),
-        (Some(12), Some(12)),
-        "{plan:#}"
-    );
-    assert_eq!(
-        plan["irreversible"].as_array().map(Vec::len),
-        Some(12),
-        "every archive is listed: {plan:#}"
-    );
-    assert_eq!(summary.steps[1].plan.as_ref().map(|p| p["create"].clone()), Some(json!(1)));
-    assert_eq!(
-        summary.steps[2].plan.as_ref().map(|p| p["already_absent"].clone()),
-        Some(json!(1)),
+        summary.steps[2].plan.as_ref().map(|p| p.already_absent),
+        Some(1),
         "{:?}",
         summary.steps[2]
     );
@@ -843,7 +835,7 @@ async fn the_reconcile_example_clears_growpanel_fields_with_empty_strings_for_a_
         .start(&wf, &RunOptions { dry_run: true, ..options.clone() }, &Silent)
         .await?;
     let plan = planned.steps[1].plan.clone().unwrap_or_default();
-    assert_eq!((plan["create"].as_u64(), plan["update"].as_u64()), (Some(1), Some(1)), "{plan:#}");
+    assert_eq!((plan.create, plan.update), (1, 1), "{plan:#?}");
 
     let summary = harness.executor.start(&wf, &options, &Silent).await?;
     assert_eq!(summary.status, Status::Succeeded, "{summary:#?}");
@@ -981,7 +973,7 @@ async fn a_sandbox_run_refuses_every_request_that_is_not_to_an_emulator() -> Tes
     );
     assert_eq!(
         harness.executor.store().run(&summary.run_id).await?.trigger,
-        weft::executor::SANDBOX_TRIGGER
+        weft::store::RunTrigger::Sandbox
     );
     assert!(production.stripe.emulator.requests().is_empty(), "production was reached");
     Ok(())
@@ -1179,11 +1171,7 @@ async fn for_every_built_in_connector_a_dry_run_plans_what_the_run_does_and_a_se
             )
             .await?;
         let plan = dry.steps[0].plan.clone().unwrap_or_default();
-        let planned = (
-            plan["create"].as_u64().unwrap_or(0),
-            plan["update"].as_u64().unwrap_or(0),
-            plan["unchanged"].as_u64().unwrap_or(0),
-        );
+        let planned = (plan.create, plan.update, plan.unchanged);
         let real = harness
             .executor
             .start(

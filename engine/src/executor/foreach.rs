@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use super::ops::{self, CallError};
 use super::plan::StepPlan;
-use super::{RunCtx, StepEnd};
+use super::{RunCtx, StepCtx, StepEnd, StepError};
 use crate::endpoint::Endpoint;
 use crate::expr::{Budget, EvalError, Evaluator, Expr, Scope, Val, parse_val};
 use crate::store::{ItemRecord, RunStore, Status, StepCounts, StepState};
@@ -135,14 +135,11 @@ async fn items<'a>(
 }
 
 pub(crate) async fn run(
-    ctx: &RunCtx<'_>,
-    workflow: &Workflow,
-    step: &Step,
-    index: u32,
+    cx: StepCtx<'_>,
     endpoint: &dyn Endpoint,
     state: &mut StepState,
-    scope: &Scope,
-) -> Result<StepEnd, String> {
+) -> Result<StepEnd, StepError> {
+    let StepCtx { run: ctx, workflow, step, index, scope } = cx;
     let resuming = state.items > 0 || ctx.store.items(ctx.run_id, index).next().await.is_some();
     let mut errors: Vec<String> = Vec::new();
     let mut plan = StepPlan::default();
@@ -155,21 +152,19 @@ pub(crate) async fn run(
         state.items = 0;
         let mut committed = ctx.store.items(ctx.run_id, index);
         while let Some(entry) = committed.next().await {
-            let (n, record) = entry.map_err(|e| e.to_string())?;
+            let (n, record) = entry?;
             if done.insert(n) {
                 tally(state, &record, &mut errors);
             }
         }
-        if let Some(saved) =
-            state.plan.as_ref().and_then(|p| serde_json::from_value::<StepPlan>(p.clone()).ok())
-        {
+        if let Some(saved) = state.plan.clone() {
             plan = saved;
         }
     }
     let mut source = match items(ctx, workflow, step, ctx.store, ctx.run_id, scope).await {
         Ok(source) => source,
         Err(EvalError::Stopped) => return Ok(ctx.stop_reason().unwrap_or(StepEnd::Interrupted)),
-        Err(e) => return Err(e.into_message()),
+        Err(e) => return Err(e.into_message().into()),
     };
     // Templates are rendered a batch at a time before the items start, so
     // a stop may cut that short; an item in flight finishes whatever stops
@@ -219,7 +214,7 @@ pub(crate) async fn run(
                         Err(EvalError::Stopped) => {
                             stopped = Some(ctx.stop_reason().unwrap_or(StepEnd::Interrupted))
                         }
-                        Err(e) => return Err(e.into_message()),
+                        Err(e) => return Err(e.into_message().into()),
                     }
                 }
                 if stopped.is_none() {
@@ -230,7 +225,7 @@ pub(crate) async fn run(
                         Err(EvalError::Stopped) => {
                             stopped = Some(ctx.stop_reason().unwrap_or(StepEnd::Interrupted))
                         }
-                        Err(e) => return Err(e.into_message()),
+                        Err(e) => return Err(e.into_message().into()),
                     }
                 }
                 continue;
@@ -238,8 +233,7 @@ pub(crate) async fn run(
             let evaluator = &item_evaluator;
             in_flight.push(async move {
                 let result =
-                    ops::item(ctx, step, endpoint, evaluator, &item_scope, n, false, rendered)
-                        .await;
+                    ops::item(cx, endpoint, evaluator, &item_scope, n, false, rendered).await;
                 (n, result)
             });
         }
@@ -251,7 +245,7 @@ pub(crate) async fn run(
                 }
                 ItemRecord {
                     status: Status::Succeeded,
-                    action: Some(done.action.to_owned()),
+                    action: Some(done.action),
                     id: done.id,
                     error: None,
                 }
@@ -288,7 +282,7 @@ pub(crate) async fn run(
         ));
     }
     if let Some(message) = fatal {
-        return Err(format!("stopped after {} items: {message}", state.items));
+        return Err(format!("stopped after {} items: {message}", state.items).into());
     }
     if let Some(end) = stopped {
         return Ok(end);
@@ -299,7 +293,8 @@ pub(crate) async fn run(
             state.counts.failed,
             state.items,
             errors.first().map(String::as_str).unwrap_or("(no message)")
-        ));
+        )
+        .into());
     }
     Ok(StepEnd::Done)
 }
@@ -340,7 +335,7 @@ fn tally(state: &mut StepState, record: &ItemRecord, errors: &mut Vec<String>) {
         }
         _ => {
             if let Some(action) = &record.action {
-                ops::count_action(action, &mut state.counts);
+                state.counts.add(*action);
             }
         }
     }
@@ -353,16 +348,16 @@ async fn commit(
     plan: &StepPlan,
     pending: &mut Vec<(u64, ItemRecord)>,
     errors: &[String],
-) -> Result<(), String> {
+) -> Result<(), StepError> {
     if pending.is_empty() {
         return Ok(());
     }
     state.output =
         Some(serde_json::json!({ "items": state.items, "counts": state.counts, "errors": errors }));
     if ctx.dry_run {
-        state.plan = serde_json::to_value(plan).ok();
+        state.plan = Some(plan.clone());
     }
-    ctx.store.commit_items(ctx.run_id, state, pending).await.map_err(|e| e.to_string())?;
+    ctx.store.commit_items(ctx.run_id, state, pending).await?;
     pending.clear();
     ctx.observer.items_committed(step, state.items);
     Ok(())

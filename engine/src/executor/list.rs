@@ -9,25 +9,24 @@ use std::time::{Duration, Instant};
 use serde_json::value::RawValue;
 
 use super::ops::{CallError, with_retry};
-use super::{RunCtx, StepEnd};
+use super::{RunCtx, StepCtx, StepEnd, StepError};
 use crate::connector::ListRequest;
 use crate::endpoint::Endpoint;
 use crate::expr::{EvalError, Evaluator, Expr, Scope, Val};
 use crate::store::{Commit, OutputMark, PageLog, StepState};
-use crate::workflow::{Action, Step};
+use crate::workflow::Action;
 
 /// Runs a list step. `keep_records` says whether a later step may read its
 /// records (`.steps.ID.records`): only then are they kept in the store.
 pub(crate) async fn run(
-    ctx: &RunCtx<'_>,
-    step: &Step,
+    cx: StepCtx<'_>,
     endpoint: &dyn Endpoint,
     state: &mut StepState,
-    scope: &Scope,
     keep_records: bool,
-) -> Result<StepEnd, String> {
+) -> Result<StepEnd, StepError> {
+    let StepCtx { run: ctx, step, scope, .. } = cx;
     let Action::List { page_size, limit, filter, output } = &step.action else {
-        return Err("not a list step".into());
+        return Err(StepError::Failed("not a list step".into()));
     };
     let resource = endpoint
         .manifest()
@@ -42,7 +41,7 @@ pub(crate) async fn run(
             Err(EvalError::Stopped) => {
                 return Ok(ctx.stop_reason().unwrap_or(StepEnd::Interrupted));
             }
-            Err(e) => return Err(e.into_message()),
+            Err(e) => return Err(e.into_message().into()),
         },
         None => None,
     };
@@ -76,7 +75,7 @@ pub(crate) async fn run(
     };
     let mut pages = Pages {
         log: if state.records_kept {
-            Some(ctx.store.page_log(ctx.run_id, state).await.map_err(|e| e.to_string())?)
+            Some(ctx.store.page_log(ctx.run_id, state).await?)
         } else {
             None
         },
@@ -87,11 +86,14 @@ pub(crate) async fn run(
         pages_since: 0,
         bytes_since: 0,
     };
-    let outcome = read_pages(ctx, step, scope, endpoint, state, &mut pages, wanted, fetch).await;
+    let outcome = read_pages(cx, endpoint, state, &mut pages, wanted, fetch).await;
     // Whatever ended the loop, pages already read are committed first, so
     // the state the caller records never counts a page the store lacks.
-    if let Err(e) = pages.finish(ctx, state).await {
-        return Err(outcome.err().unwrap_or(e));
+    match pages.finish(ctx, state).await {
+        // The store failing wins: the step cannot be recorded either way.
+        Err(e @ StepError::Store(_)) => return Err(e),
+        Err(e) => return Err(outcome.err().unwrap_or(e)),
+        Ok(()) => {}
     }
     let end = outcome?;
     set_output(state);
@@ -159,7 +161,7 @@ struct Pages {
 
 impl Pages {
     /// Stores one page (not yet committed).
-    fn append(&mut self, records: &[String]) -> Result<(), String> {
+    fn append(&mut self, records: &[String]) -> Result<(), StepError> {
         if let Some(sink) = self.sink.as_mut() {
             // The file holds a page before the store says it was read; a
             // resume keeps only what the last commit covers.
@@ -177,7 +179,7 @@ impl Pages {
                 array.push_str(record);
             }
             array.push(']');
-            log.append(&array).map_err(|e| e.to_string())?;
+            log.append(&array)?;
         }
         self.pages_since += 1;
         self.bytes_since += records.iter().map(|r| r.len() as u64 + 1).sum::<u64>();
@@ -197,7 +199,7 @@ impl Pages {
         &mut self,
         ctx: &RunCtx<'_>,
         state: &mut StepState,
-    ) -> Result<(), String> {
+    ) -> Result<(), StepError> {
         self.settle(state).await?;
         if let Some(sink) = &mut self.sink {
             // The file takes the target's place before the store says any
@@ -217,11 +219,11 @@ impl Pages {
 
     /// Waits for the commit under way. If it failed, the state goes back to
     /// the last durable position.
-    async fn settle(&mut self, state: &mut StepState) -> Result<(), String> {
+    async fn settle(&mut self, state: &mut StepState) -> Result<(), StepError> {
         if let Some((commit, position)) = self.in_flight.take() {
             if let Err(e) = commit.wait().await {
                 self.confirmed.restore(state);
-                return Err(e.to_string());
+                return Err(e.into());
             }
             self.confirmed = position;
         }
@@ -229,7 +231,7 @@ impl Pages {
     }
 
     /// Commits every page stored and waits until that is durable.
-    async fn finish(&mut self, ctx: &RunCtx<'_>, state: &mut StepState) -> Result<(), String> {
+    async fn finish(&mut self, ctx: &RunCtx<'_>, state: &mut StepState) -> Result<(), StepError> {
         self.settle(state).await?;
         if state.pages != self.confirmed.pages {
             self.start_commit(ctx, state).await?;
@@ -239,22 +241,20 @@ impl Pages {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn read_pages<W, F, Fut>(
-    ctx: &RunCtx<'_>,
-    step: &Step,
-    scope: &Scope,
+    cx: StepCtx<'_>,
     endpoint: &dyn Endpoint,
     state: &mut StepState,
     pages: &mut Pages,
     wanted: W,
     fetch: F,
-) -> Result<StepEnd, String>
+) -> Result<StepEnd, StepError>
 where
     W: Fn(u64) -> Option<u32>,
     F: Fn(Option<String>, u32) -> Fut,
     Fut: std::future::Future<Output = Result<crate::connector::Page, CallError>>,
 {
+    let StepCtx { run: ctx, step, scope, .. } = cx;
     // The next page, asked for while the last one was being stored.
     let mut prefetched = None;
     let evaluator = ctx.evaluator(step);
@@ -272,7 +272,8 @@ where
             return Err(format!(
                 "plugin {} returned the cursor it was given; stopping to avoid an endless list",
                 endpoint.name()
-            ));
+            )
+            .into());
         }
         let records = match &step.map {
             Some(map) => {
@@ -281,7 +282,7 @@ where
                     Err(EvalError::Stopped) => {
                         return Ok(ctx.stop_reason().unwrap_or(StepEnd::Interrupted));
                     }
-                    Err(e) => return Err(e.into_message()),
+                    Err(e) => return Err(e.into_message().into()),
                 }
             }
             None => page.records,
@@ -304,7 +305,7 @@ where
             if pages.due(state) {
                 pages.start_commit(ctx, state).await?;
             }
-            Ok::<(), String>(())
+            Ok::<(), StepError>(())
         };
         // The fetch is polled first, so the request is on its way before
         // the store's own work starts.
@@ -407,7 +408,11 @@ impl Output {
     /// commit covers when they are intact and appends after them; otherwise
     /// it rewrites the file from the records in the store, or, when the
     /// store has none, reads the list again from the start.
-    async fn open(path: &Path, ctx: &RunCtx<'_>, state: &mut StepState) -> Result<Output, String> {
+    async fn open(
+        path: &Path,
+        ctx: &RunCtx<'_>,
+        state: &mut StepState,
+    ) -> Result<Output, StepError> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent)
                 .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
@@ -432,7 +437,7 @@ impl Output {
         match std::fs::remove_file(&partial) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(format!("cannot remove {}: {e}", partial.display())),
+            Err(e) => return Err(format!("cannot remove {}: {e}", partial.display()).into()),
         }
         // `create_new` is O_CREAT|O_EXCL: it never follows a link.
         let file = std::fs::OpenOptions::new()
@@ -449,8 +454,8 @@ impl Output {
             crc: crc32fast::Hasher::new(),
         };
         if state.pages > 0 {
-            for page in ctx.store.pages(ctx.run_id, state.index).await.map_err(|e| e.to_string())? {
-                let page = page.map_err(|e| e.to_string())?;
+            for page in ctx.store.pages(ctx.run_id, state.index).await? {
+                let page = page?;
                 let records: Vec<&RawValue> = serde_json::from_str(&page)
                     .map_err(|e| format!("run store: a committed page does not parse: {e}"))?;
                 for record in records {

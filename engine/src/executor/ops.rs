@@ -8,12 +8,12 @@ use rand::Rng as _;
 use serde_json::Value;
 
 use super::plan::{PlanEntry, PlannedAction, changed_fields};
-use super::{RunCtx, idempotency_key};
+use super::{StepCtx, idempotency_key};
 use crate::connector::{ConnectorError, RemoveOutcome, UpsertAction, UpsertRequest};
 use crate::endpoint::Endpoint;
 use crate::expr::{EvalError, Evaluator, Scope, Template, to_val};
 use crate::runtime::RuntimeError;
-use crate::store::StepCounts;
+use crate::store::ItemAction;
 use crate::workflow::{Action, Step, StepRetry};
 
 /// A failed call, and whether every further item would fail the same way
@@ -33,35 +33,14 @@ impl CallError {
 /// What one op did.
 #[derive(Debug, Clone)]
 pub(crate) struct OpResult {
-    /// `created`, `updated`, `unchanged`, `removed`, `already-absent`,
-    /// `found`, `absent`, or a dry run's planned action.
-    pub(crate) action: &'static str,
+    /// What it did, or a dry run's planned action.
+    pub(crate) action: ItemAction,
     /// The record's id, when known.
     pub(crate) id: Option<String>,
     /// What the step exposes as its output.
     pub(crate) output: Value,
     /// A dry run's plan.
     pub(crate) plan: Option<PlanEntry>,
-}
-
-impl OpResult {
-    /// Adds this op to a step's counts.
-    pub(crate) fn count(&self, counts: &mut StepCounts) {
-        count_action(self.action, counts);
-    }
-}
-
-/// Adds an item's action to a step's counts.
-pub(crate) fn count_action(action: &str, counts: &mut StepCounts) {
-    match action {
-        "created" => counts.created += 1,
-        "updated" => counts.updated += 1,
-        "unchanged" => counts.unchanged += 1,
-        "removed" => counts.removed += 1,
-        "already-absent" => counts.absent += 1,
-        "found" => counts.read += 1,
-        _ => {}
-    }
 }
 
 /// Runs `call` with the step's timeout, retrying per `retry` when the
@@ -240,10 +219,8 @@ impl From<EvalError> for CallError {
 /// `rendered` brings the template's value) and `map`.
 /// `keep_output` builds the step's output value; a for-each keeps only each
 /// item's action and id, so it skips that work.
-#[expect(clippy::too_many_arguments, reason = "the parts of one op, borrowed for its duration")]
 pub(crate) async fn item(
-    ctx: &RunCtx<'_>,
-    step: &Step,
+    cx: StepCtx<'_>,
     endpoint: &dyn Endpoint,
     evaluator: &Evaluator,
     scope: &Scope,
@@ -251,6 +228,7 @@ pub(crate) async fn item(
     keep_output: bool,
     rendered: Option<Rendered>,
 ) -> Result<OpResult, CallError> {
+    let StepCtx { run: ctx, step, .. } = cx;
     let resource = endpoint.manifest().resource(&step.resource).ok_or_else(|| {
         CallError::new(format!("plugin {} has no resource {}", endpoint.name(), step.resource))
     })?;
@@ -270,7 +248,7 @@ pub(crate) async fn item(
                 }
                 None => Value::Null,
             };
-            let action = if output.is_null() { "absent" } else { "found" };
+            let action = if output.is_null() { ItemAction::Absent } else { ItemAction::Found };
             Ok(OpResult { action, id: Some(id), output, plan: None })
         }
         Action::Upsert { record } => {
@@ -293,9 +271,9 @@ pub(crate) async fn item(
             let outcome = result?;
             let record = parse_record(&outcome.record, plugin, "upsert")?;
             let action = match outcome.action {
-                UpsertAction::Created => "created",
-                UpsertAction::Updated => "updated",
-                UpsertAction::Unchanged => "unchanged",
+                UpsertAction::Created => ItemAction::Created,
+                UpsertAction::Updated => ItemAction::Updated,
+                UpsertAction::Unchanged => ItemAction::Unchanged,
             };
             let id = id_of(&record, &resource.id_field);
             let output = if keep_output {
@@ -323,7 +301,7 @@ pub(crate) async fn item(
                     irreversible: irreversible && present,
                 };
                 return Ok(OpResult {
-                    action: action.as_str(),
+                    action: action.into(),
                     id: Some(id.clone()),
                     output: serde_json::json!({ "plan": action, "id": id }),
                     plan: Some(entry),
@@ -334,8 +312,8 @@ pub(crate) async fn item(
                     .await;
             let outcome = result?;
             let action = match outcome {
-                RemoveOutcome::Removed => "removed",
-                RemoveOutcome::AlreadyAbsent => "already-absent",
+                RemoveOutcome::Removed => ItemAction::Removed,
+                RemoveOutcome::AlreadyAbsent => ItemAction::AlreadyAbsent,
             };
             Ok(OpResult {
                 action,
@@ -368,7 +346,7 @@ async fn plan_upsert(
             irreversible: false,
         };
         return Ok(OpResult {
-            action: "upsert",
+            action: ItemAction::Upsert,
             id: None,
             output: serde_json::json!({ "plan": "upsert", "record": desired }),
             plan: Some(entry),
@@ -395,7 +373,7 @@ async fn plan_upsert(
         irreversible: false,
     };
     Ok(OpResult {
-        action: action.as_str(),
+        action: action.into(),
         id: Some(id),
         output: serde_json::json!({ "plan": action, "record": desired }),
         plan: Some(entry),

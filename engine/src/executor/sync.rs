@@ -28,7 +28,7 @@ use serde_json::Value;
 use super::ops::{CallError, with_retry};
 use super::plan::{PlanEntry, PlannedAction, StepPlan, changed_fields};
 use super::sorted::{Buffer, Merged, run_path};
-use super::{RunCtx, StepEnd, sync_idempotency_key};
+use super::{RunCtx, StepCtx, StepEnd, StepError, sync_idempotency_key};
 use crate::connector::{
     BatchItem, ConnectorError, ListRequest, Op, RemoveOutcome, ResourceSpec, UpsertAction,
     UpsertOutcome, UpsertRequest,
@@ -96,7 +96,7 @@ impl Tally<'_> {
             "errors": self.errors,
         }));
         if !self.plan.samples.is_empty() || self.plan.writes() > 0 || self.plan.unchanged > 0 {
-            self.state.plan = serde_json::to_value(&self.plan).ok();
+            self.state.plan = Some(self.plan.clone());
         }
     }
 }
@@ -117,17 +117,14 @@ impl Side {
     }
 }
 
-#[expect(clippy::too_many_arguments, reason = "the parts of one step, borrowed for its duration")]
 pub(crate) async fn run(
-    ctx: &RunCtx<'_>,
-    step: &Step,
+    cx: StepCtx<'_>,
     spec: &SyncSpec,
-    index: u32,
     source: &dyn Endpoint,
     target: &dyn Endpoint,
     state: &mut StepState,
-    scope: &Scope,
-) -> Result<StepEnd, String> {
+) -> Result<StepEnd, StepError> {
+    let StepCtx { run: ctx, step, index, scope, .. } = cx;
     let target_resource = target
         .manifest()
         .resource(&step.resource)
@@ -144,16 +141,12 @@ pub(crate) async fn run(
             Err(EvalError::Stopped) => {
                 return Ok(ctx.stop_reason().unwrap_or(StepEnd::Interrupted));
             }
-            Err(e) => return Err(e.into_message()),
+            Err(e) => return Err(e.into_message().into()),
         },
         None => None,
     };
-    let dir = ctx.store.scratch_dir(ctx.run_id, index).map_err(|e| e.to_string())?;
-    let plan = state
-        .plan
-        .as_ref()
-        .and_then(|p| serde_json::from_value::<StepPlan>(p.clone()).ok())
-        .unwrap_or_default();
+    let dir = ctx.store.scratch_dir(ctx.run_id, index)?;
+    let plan = state.plan.clone().unwrap_or_default();
     let errors = state
         .output
         .as_ref()
@@ -174,25 +167,23 @@ pub(crate) async fn run(
         if tally.progress().phase != wanted {
             continue;
         }
-        let (endpoint, resource, resource_spec, filter) = match side {
-            Side::Source => (source, spec.from.resource.as_str(), &source_resource, filter.clone()),
-            Side::Target => (target, step.resource.as_str(), &target_resource, None),
+        let listing = match side {
+            Side::Source => Listing {
+                side,
+                endpoint: source,
+                resource: spec.from.resource.as_str(),
+                spec: &source_resource,
+                filter: filter.clone(),
+            },
+            Side::Target => Listing {
+                side,
+                endpoint: target,
+                resource: step.resource.as_str(),
+                spec: &target_resource,
+                filter: None,
+            },
         };
-        if let Some(end) = scan(
-            ctx,
-            step,
-            spec,
-            side,
-            endpoint,
-            resource,
-            resource_spec,
-            filter,
-            &dir,
-            scope,
-            &mut tally,
-        )
-        .await?
-        {
+        if let Some(end) = scan(cx, spec, listing, &dir, &mut tally).await? {
             return Ok(end);
         }
     }
@@ -205,35 +196,41 @@ pub(crate) async fn run(
     }
 
     tally.output();
-    ctx.store.commit_step(ctx.run_id, tally.state).await.map_err(|e| e.to_string())?;
-    ctx.store.remove_scratch(ctx.run_id, index).map_err(|e| e.to_string())?;
+    ctx.store.commit_step(ctx.run_id, tally.state).await?;
+    ctx.store.remove_scratch(ctx.run_id, index)?;
     if tally.state.counts.failed > 0 {
         return Err(format!(
             "{} records failed; first: {}",
             tally.state.counts.failed,
             tally.errors.first().map(String::as_str).unwrap_or("(no message)")
-        ));
+        )
+        .into());
     }
     Ok(StepEnd::Done)
+}
+
+/// One side of a sync, as it is listed.
+struct Listing<'a> {
+    side: Side,
+    endpoint: &'a dyn Endpoint,
+    resource: &'a str,
+    spec: &'a ResourceSpec,
+    /// The source's `filter`, rendered.
+    filter: Option<String>,
 }
 
 /// Lists one side into sorted runs. A run is written when the buffer is
 /// full and at the end, and only then is the cursor after its last page
 /// committed: a resume re-reads the pages of the run that was not written.
-#[expect(clippy::too_many_arguments, reason = "one side of one step")]
 async fn scan(
-    ctx: &RunCtx<'_>,
-    step: &Step,
+    cx: StepCtx<'_>,
     spec: &SyncSpec,
-    side: Side,
-    endpoint: &dyn Endpoint,
-    resource: &str,
-    resource_spec: &ResourceSpec,
-    filter: Option<String>,
+    listing: Listing<'_>,
     dir: &Path,
-    scope: &Scope,
     tally: &mut Tally<'_>,
-) -> Result<Option<StepEnd>, String> {
+) -> Result<Option<StepEnd>, StepError> {
+    let StepCtx { run: ctx, step, scope, .. } = cx;
+    let Listing { side, endpoint, resource, spec: resource_spec, filter } = listing;
     let progress = tally.progress().clone();
     let (mut cursor, mut pages, mut records, mut runs) = match side {
         Side::Source => (
@@ -273,7 +270,8 @@ async fn scan(
             return Err(format!(
                 "plugin {} returned the cursor it was given; stopping to avoid an endless list",
                 endpoint.name()
-            ));
+            )
+            .into());
         }
         let read = page.records.len() as u64;
         let keyed = match key_page(
@@ -291,7 +289,7 @@ async fn scan(
             Err(EvalError::Stopped) => {
                 return Ok(Some(ctx.stop_reason().unwrap_or(StepEnd::Interrupted)));
             }
-            Err(e) => return Err(e.into_message()),
+            Err(e) => return Err(e.into_message().into()),
         };
         for (key, text) in keyed {
             match (side, key) {
@@ -343,7 +341,7 @@ async fn scan(
                 p.phase = if side == Side::Source { SyncPhase::Target } else { SyncPhase::Merge };
             }
             tally.output();
-            ctx.store.commit_step(ctx.run_id, tally.state).await.map_err(|e| e.to_string())?;
+            ctx.store.commit_step(ctx.run_id, tally.state).await?;
             if side == Side::Source {
                 ctx.observer.items_committed(step, tally.state.counts.read);
             }
@@ -366,7 +364,7 @@ async fn merge(
     target: &dyn Endpoint,
     dir: &Path,
     tally: &mut Tally<'_>,
-) -> Result<Option<StepEnd>, String> {
+) -> Result<Option<StepEnd>, StepError> {
     let progress = tally.progress().clone();
     let mut sources = Merged::open(dir, "source", progress.source_runs)?;
     let mut targets = Merged::open(dir, "target", progress.target_runs)?;
@@ -409,18 +407,26 @@ async fn merge(
             if done_through.as_ref().is_some_and(|d| next_key <= *d) {
                 continue;
             }
-            decide(&next_key, from, to, spec, target_resource, tally, &mut writes, &mut removals)?;
+            decide(
+                &next_key,
+                (from, to),
+                spec,
+                target_resource,
+                tally,
+                &mut writes,
+                &mut removals,
+            )?;
             last_key = Some(next_key);
         }
         let Some(last_key) = last_key else { break };
         apply_writes(ctx, step, target, batch, writes, tally).await;
         remove(ctx, step, target, irreversible, removals, tally).await;
         if let Some(message) = tally.fatal.clone() {
-            return Err(format!("stopped: {message}"));
+            return Err(format!("stopped: {message}").into());
         }
         tally.progress().merged_through = Some(last_key);
         tally.output();
-        ctx.store.commit_step(ctx.run_id, tally.state).await.map_err(|e| e.to_string())?;
+        ctx.store.commit_step(ctx.run_id, tally.state).await?;
         // Progress is the keys merged so far (the source's read count
         // stands still while the merge writes).
         let c = &tally.state.counts;
@@ -434,17 +440,15 @@ async fn merge(
 }
 
 /// What one key calls for.
-#[expect(clippy::too_many_arguments, reason = "one key's two sides and where its writes go")]
 fn decide(
     key: &str,
-    from: Option<Vec<String>>,
-    to: Option<Vec<String>>,
+    (from, to): (Option<Vec<String>>, Option<Vec<String>>),
     spec: &SyncSpec,
     target_resource: &ResourceSpec,
     tally: &mut Tally<'_>,
     writes: &mut Vec<Write>,
     removals: &mut Vec<(String, String)>,
-) -> Result<(), String> {
+) -> Result<(), StepError> {
     let from = from.unwrap_or_default();
     let to = to.unwrap_or_default();
     for _ in from.iter().skip(1) {
