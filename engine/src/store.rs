@@ -1247,6 +1247,18 @@ impl PageLog {
 
 fn read_page(file: &mut std::fs::File, pointer: PagePointer) -> std::io::Result<Vec<u8>> {
     use std::io::{Read, Seek, SeekFrom};
+    // A damaged pointer can name any length: check it against the file
+    // before allocating for it.
+    let file_len = file.metadata()?.len();
+    if pointer.offset.checked_add(pointer.len).is_none_or(|end| end > file_len) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!(
+                "the page at byte {} of {} bytes is past the end of the file ({file_len} bytes)",
+                pointer.offset, pointer.len
+            ),
+        ));
+    }
     let len = usize::try_from(pointer.len)
         .map_err(|_| std::io::Error::other("page length does not fit in memory"))?;
     let mut bytes = vec![0; len];
