@@ -97,6 +97,12 @@ impl<'a> Scanner<'a> {
         ScanError { at: self.pos, what, eof: self.pos >= self.bytes.len() }
     }
 
+    /// An error at `part`, a slice of the text (a key the caller judged).
+    pub(crate) fn error_in(&self, part: &str, what: &'static str) -> ScanError {
+        let at = (part.as_ptr() as usize).saturating_sub(self.text.as_ptr() as usize);
+        ScanError { at: at.min(self.bytes.len()), what, eof: false }
+    }
+
     fn error_at(&mut self, pos: usize, what: &'static str) -> ScanError {
         self.pos = pos;
         self.error(what)
