@@ -1295,6 +1295,52 @@ impl PagePointer {
     }
 }
 
+/// What the fuzz targets in `fuzz/` (and the test that replays their
+/// corpora) reach of this module's decoding; not part of the API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::path::Path;
+
+    use super::{ItemRecord, PagePointer, PageReader, Result, RunRecord, StepState};
+
+    /// A stored run decoded and encoded again.
+    pub fn reencode_run(value: &[u8]) -> Result<Vec<u8>> {
+        Ok(super::encode(&super::decode::<RunRecord>(b"fuzz", value)?))
+    }
+
+    /// A stored step decoded and encoded again.
+    pub fn reencode_step(value: &[u8]) -> Result<Vec<u8>> {
+        Ok(super::encode(&super::decode::<StepState>(b"fuzz", value)?))
+    }
+
+    /// A stored group of for-each items decoded and encoded again.
+    pub fn reencode_items(value: &[u8]) -> Result<Vec<u8>> {
+        Ok(super::encode(&super::decode::<Vec<(u64, ItemRecord)>>(b"fuzz", value)?))
+    }
+
+    /// Whether a remembered delivery stored as `value` can go.
+    pub fn delivery_expired(value: &[u8], tolerance: std::time::Duration, now_ms: u64) -> bool {
+        super::delivery_expired(value, tolerance, now_ms)
+    }
+
+    /// The sled value of a page pointer (`@` without a CRC, `#` with one).
+    pub fn page_pointer(offset: u64, len: u64, crc32: Option<u32>) -> Vec<u8> {
+        let encoded = PagePointer { offset, len, crc32 }.encode();
+        match crc32 {
+            Some(_) => encoded.to_vec(),
+            None => [&b"@"[..], &encoded[1..17]].concat(),
+        }
+    }
+
+    /// The page a sled value `value` under `key` stands for, read from the
+    /// page file at `path` as [`super::RunStore::pages`] reads it.
+    pub fn read_page(path: &Path, key: &[u8], value: &[u8]) -> Result<String> {
+        let mut reader =
+            PageReader { path: path.to_path_buf(), entries: Vec::new().into_iter(), file: None };
+        reader.read(key, value)
+    }
+}
+
 /// A commit under way; see [`RunStore::start_commit`].
 #[derive(Debug)]
 #[must_use = "a commit is durable only once waited for"]
@@ -1349,6 +1395,18 @@ impl PageLog {
 
 fn read_page(file: &mut std::fs::File, pointer: PagePointer) -> std::io::Result<Vec<u8>> {
     use std::io::{Read, Seek, SeekFrom};
+    // A damaged pointer can name any length: check it against the file
+    // before allocating for it.
+    let file_len = file.metadata()?.len();
+    if pointer.offset.checked_add(pointer.len).is_none_or(|end| end > file_len) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!(
+                "the page at byte {} of {} bytes is past the end of the file ({file_len} bytes)",
+                pointer.offset, pointer.len
+            ),
+        ));
+    }
     let len = usize::try_from(pointer.len)
         .map_err(|_| std::io::Error::other("page length does not fit in memory"))?;
     let mut bytes = vec![0; len];

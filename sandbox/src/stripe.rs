@@ -41,6 +41,34 @@ mod store;
 mod tests;
 mod validate;
 
+/// What the fuzz targets in `fuzz/` (and the test that replays their
+/// corpora) reach of the emulator's form decoder; not part of the API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use serde_json::{Map, Value};
+
+    use super::form::{Form, Param};
+
+    /// A form body as the emulator reads it, as JSON: a value is a string,
+    /// a hash an object (an array is a hash keyed by index, as Stripe
+    /// reads it); the error is the emulator's message.
+    pub fn decode_form(body: &[u8]) -> Result<Value, String> {
+        let form = Form::from_bytes(body).map_err(|e| e.to_string())?;
+        Ok(tree(&form.params))
+    }
+
+    fn tree(entries: &[(String, Param)]) -> Value {
+        let fields = entries.iter().map(|(key, param)| {
+            let value = match param {
+                Param::Value(text) => Value::String(text.clone()),
+                Param::Hash(children) => tree(children),
+            };
+            (key.clone(), value)
+        });
+        Value::Object(fields.collect::<Map<String, Value>>())
+    }
+}
+
 use std::collections::HashSet;
 use std::fmt;
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};

@@ -150,7 +150,13 @@ fn array_at<'a>(
     let (head, rest) = path.split_once('.').unwrap_or((path, ""));
     let mut found = Found::Missing;
     scanner.object(|scanner, key| {
-        if matches!(found, Found::Missing) && key_is(key, head) {
+        // serde_json decodes every key of the objects it reads into a
+        // struct, and refuses one whose escapes name no character (a lone
+        // surrogate): so does this, to accept exactly what it accepts.
+        let Some(decoded) = decoded_key(key) else {
+            return Err(scanner.error_in(key, "a key's \\u escape is not a Unicode character"));
+        };
+        if matches!(found, Found::Missing) && decoded == head {
             found = array_at(scanner, rest, None)?;
         } else {
             let value = scanner.value()?;
@@ -165,10 +171,16 @@ fn array_at<'a>(
 
 /// Whether a key's raw text (escapes untouched) names `name`.
 fn key_is(raw: &str, name: &str) -> bool {
+    decoded_key(raw).is_some_and(|key| key == name)
+}
+
+/// A key's text with its escapes decoded; `None` when they name no
+/// character (a lone surrogate).
+fn decoded_key(raw: &str) -> Option<std::borrow::Cow<'_, str>> {
     if raw.contains('\\') {
-        serde_json::from_str::<String>(&format!("\"{raw}\"")).is_ok_and(|key| key == name)
+        serde_json::from_str::<String>(&format!("\"{raw}\"")).ok().map(std::borrow::Cow::Owned)
     } else {
-        raw == name
+        Some(std::borrow::Cow::Borrowed(raw))
     }
 }
 
@@ -346,6 +358,27 @@ impl Visitor<'_> for KeyIs<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the `list_body` fuzz target: a key of the envelope with a
+    /// lone surrogate was taken, where serde_json refuses the body.
+    #[test]
+    fn an_envelope_key_whose_escape_names_no_character_is_refused_as_serde_json_refuses_it() {
+        for body in [
+            r#"{"data": [{}], "+at\ude0a": true}"#,
+            r#"{"\ud800": 1, "data": []}"#,
+            r#"{"result": {"\ud84d\u0041": 2, "list": []}}"#,
+        ] {
+            let path = if body.contains("result") { "result.list" } else { "data" };
+            assert!(serde_json::from_str::<serde_json::Value>(body).is_err(), "{body}");
+            assert!(matches!(records_from(body.as_bytes(), path), Err(Error::Fatal(_))), "{body}");
+        }
+        // Escapes that do name a character still match, and a lone
+        // surrogate inside a record is the record's business.
+        let body = r#"{"d\u0061ta": [{"a": "\ud800"}], "\u00e9": 1}"#;
+        let list = ListBody::parse(body.as_bytes(), "data").expect("JSON");
+        assert_eq!(list.raw(), [r#"{"a": "\ud800"}"#]);
+        assert_eq!(list.field("é"), Some("1"));
+    }
 
     #[test]
     fn records_keep_the_vendor_text_exactly() {

@@ -12,12 +12,14 @@
 //! contents eight bytes at a time, and runs at about a third of that.
 //!
 //! It accepts exactly what serde_json accepts when it skips a value: RFC
-//! 8259 JSON, nesting at most 128 deep, `\u` escapes checked for four hex
+//! 8259 JSON nested to any depth (serde_json's skipping has no recursion
+//! limit, and neither does this loop), `\u` escapes checked for four hex
 //! digits but not for surrogate pairing (serde_json does not pair them when
 //! it skips either). Input is a `&str`, so UTF-8 is already checked.
 
-/// Nesting deeper than this is refused, as serde_json refuses it.
-const MAX_DEPTH: usize = 128;
+/// Levels of nesting whose container kinds live in words on the stack;
+/// deeper ones (no vendor nests so deep) spill into a vector.
+const INLINE_DEPTH: usize = 128;
 
 /// Why the text is not JSON.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +39,16 @@ impl core::fmt::Display for ScanError {
 }
 
 pub(crate) type ScanResult<T> = Result<T, ScanError>;
+
+/// The word at `index` of the spilled levels, added when the nesting
+/// first reaches it (it grows one level at a time).
+#[inline(never)]
+fn spill(deeper: &mut Vec<u64>, index: usize) -> &mut u64 {
+    if deeper.len() <= index {
+        deeper.resize(index + 1, 0);
+    }
+    &mut deeper[index]
+}
 
 /// A cursor over JSON text.
 pub(crate) struct Scanner<'a> {
@@ -95,6 +107,12 @@ impl<'a> Scanner<'a> {
 
     fn error(&self, what: &'static str) -> ScanError {
         ScanError { at: self.pos, what, eof: self.pos >= self.bytes.len() }
+    }
+
+    /// An error at `part`, a slice of the text (a key the caller judged).
+    pub(crate) fn error_in(&self, part: &str, what: &'static str) -> ScanError {
+        let at = (part.as_ptr() as usize).saturating_sub(self.text.as_ptr() as usize);
+        ScanError { at: at.min(self.bytes.len()), what, eof: false }
     }
 
     fn error_at(&mut self, pos: usize, what: &'static str) -> ScanError {
@@ -231,9 +249,10 @@ impl<'a> Scanner<'a> {
     /// Skips one value, of any depth, without recursion.
     fn skip_value(&mut self) -> ScanResult<()> {
         // The open containers, innermost at bit `depth - 1`: set for an
-        // object, clear for an array. Two words for MAX_DEPTH levels (no
+        // object, clear for an array. Two words for INLINE_DEPTH levels (no
         // u128: wasm has no 128-bit shifts, each would be a libcall).
-        let mut objects = [0u64; MAX_DEPTH / 64];
+        let mut objects = [0u64; INLINE_DEPTH / 64];
+        let mut deeper: Vec<u64> = Vec::new();
         let mut depth: usize = 0;
         loop {
             // A value starts here.
@@ -247,16 +266,17 @@ impl<'a> Scanner<'a> {
                     if self.peek()? == close {
                         self.pos += 1;
                     } else {
-                        if depth == MAX_DEPTH {
-                            return Err(self.error("recursion limit exceeded"));
-                        }
                         let (word, bit) = (depth / 64, 1u64 << (depth % 64));
+                        let slot = match objects.get_mut(word) {
+                            Some(slot) => slot,
+                            None => spill(&mut deeper, word - objects.len()),
+                        };
                         depth += 1;
                         if open == b'{' {
-                            objects[word] |= bit;
+                            *slot |= bit;
                             self.key()?;
                         } else {
-                            objects[word] &= !bit;
+                            *slot &= !bit;
                         }
                         continue;
                     }
@@ -272,7 +292,11 @@ impl<'a> Scanner<'a> {
                 if depth == 0 {
                     return Ok(());
                 }
-                let in_object = objects[(depth - 1) / 64] & (1u64 << ((depth - 1) % 64)) != 0;
+                let word = match objects.get((depth - 1) / 64) {
+                    Some(word) => *word,
+                    None => deeper.get((depth - 1) / 64 - objects.len()).copied().unwrap_or(0),
+                };
+                let in_object = word & (1u64 << ((depth - 1) % 64)) != 0;
                 self.skip_whitespace();
                 match (self.peek()?, in_object) {
                     (b',', true) => {
@@ -517,6 +541,16 @@ mod tests {
         let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
         assert_eq!(scan_accepts(&deep(128)), serde_accepts(&deep(128)));
         assert_eq!(scan_accepts(&deep(129)), serde_accepts(&deep(129)));
+        // Found by the `list_body` fuzz target: past 128 levels the scanner
+        // refused what serde_json's skipping accepts.
+        for n in [130, 200, 1000] {
+            assert!(serde_accepts(&deep(n)), "{n}");
+            assert!(scan_accepts(&deep(n)), "{n}");
+            let mixed = format!("{}1{}", r#"{"a":["#.repeat(n), "]}".repeat(n));
+            assert!(scan_accepts(&mixed) && serde_accepts(&mixed), "{n}");
+            let broken = format!("{}1{}]", r#"{"a":["#.repeat(n), "]}".repeat(n));
+            assert!(!scan_accepts(&broken) && !serde_accepts(&broken), "{n}");
+        }
     }
 
     #[test]
