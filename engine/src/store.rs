@@ -807,9 +807,19 @@ impl RunStore {
             .owner
             .call(move |t| {
                 for entry in t.pages.scan_prefix(prefix).rev() {
-                    let (_, value) = entry?;
+                    let (key, value) = entry?;
                     if let Some(pointer) = PagePointer::decode(&value) {
-                        return Ok(pointer.offset + pointer.len);
+                        // A damaged pointer must not wrap (or panic) into
+                        // an offset the next page is written at.
+                        return pointer.offset.checked_add(pointer.len).ok_or_else(|| {
+                            StoreError::Corrupt {
+                                key: String::from_utf8_lossy(&key).into_owned(),
+                                reason: format!(
+                                    "page pointer offset {} + length {} overflows",
+                                    pointer.offset, pointer.len
+                                ),
+                            }
+                        });
                     }
                 }
                 Ok(0)
@@ -1241,7 +1251,7 @@ impl PageReader {
                         path: path.display().to_string(),
                         page,
                         offset: pointer.offset,
-                        end: pointer.offset + pointer.len,
+                        end: pointer.offset.saturating_add(pointer.len),
                     });
                 }
                 bytes
@@ -1305,17 +1315,17 @@ pub mod fuzzing {
 
     /// A stored run decoded and encoded again.
     pub fn reencode_run(value: &[u8]) -> Result<Vec<u8>> {
-        Ok(super::encode(&super::decode::<RunRecord>(b"fuzz", value)?))
+        super::encode(&super::decode::<RunRecord>(b"fuzz", value)?)
     }
 
     /// A stored step decoded and encoded again.
     pub fn reencode_step(value: &[u8]) -> Result<Vec<u8>> {
-        Ok(super::encode(&super::decode::<StepState>(b"fuzz", value)?))
+        super::encode(&super::decode::<StepState>(b"fuzz", value)?)
     }
 
     /// A stored group of for-each items decoded and encoded again.
     pub fn reencode_items(value: &[u8]) -> Result<Vec<u8>> {
-        Ok(super::encode(&super::decode::<Vec<(u64, ItemRecord)>>(b"fuzz", value)?))
+        super::encode(&super::decode::<Vec<(u64, ItemRecord)>>(b"fuzz", value)?)
     }
 
     /// Whether a remembered delivery stored as `value` can go.
@@ -1930,6 +1940,34 @@ mod tests {
             pages,
             vec![r#"[{"id":"old"}]"#.to_owned(), legacy.to_owned(), r#"[{"id":"new"}]"#.to_owned()]
         );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_last_page_pointer_whose_end_overflows_is_a_corrupt_entry_not_a_panic()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let (_dir, store, id) = store_with_run(&["all"]).await?;
+        // An old-style pointer (no CRC): '@', offset, length.
+        let mut pointer = [0u8; 17];
+        pointer[0] = b'@';
+        pointer[1..9].copy_from_slice(&(u64::MAX - 4).to_be_bytes());
+        pointer[9..].copy_from_slice(&16u64.to_be_bytes());
+        let key = page_key(&id, 0, 0);
+        store
+            .with_trees(move |t| {
+                t.pages.insert(key, &pointer[..])?;
+                Ok(())
+            })
+            .await?;
+        let mut step = StepState::pending("all", 0);
+        step.pages = 1;
+        let err = store
+            .commit_page(&id, &step, r#"[{"id":"next"}]"#)
+            .await
+            .err()
+            .ok_or("a commit after a damaged pointer was accepted")?
+            .to_string();
+        assert!(err.contains("corrupt entry") && err.contains("overflows"), "{err}");
         Ok(())
     }
 
