@@ -1436,6 +1436,23 @@ fn tx_error(e: sled::transaction::TransactionError<StoreError>) -> StoreError {
 mod tests {
     use super::*;
 
+    /// Opens again a store this process has just closed. sled 0.34's
+    /// background I/O threads can hold the directory's lock for a moment
+    /// after the last handle is dropped (seen under load in CI), so the
+    /// reopen waits for it, for a bounded time; a second process never
+    /// meets this (its exit releases the lock).
+    fn reopen(dir: &Path) -> Result<RunStore> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match RunStore::open(dir) {
+                Err(StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                other => return other,
+            }
+        }
+    }
+
     impl RunStore {
         /// Appends one page of a list step and commits it at once.
         async fn commit_page(&self, run: &str, step: &StepState, records_json: &str) -> Result<()> {
@@ -1633,7 +1650,7 @@ mod tests {
             vec![(0, Some("cus_0".into())), (1, Some("cus_1".into())), (2, Some("cus_2".into()))]
         );
         drop(store);
-        let reopened = RunStore::open(dir.path())?;
+        let reopened = reopen(dir.path())?;
         assert_eq!(reopened.items(&id, 0).count().await?, 3, "groups survive a reopen");
         Ok(())
     }
@@ -1986,7 +2003,7 @@ mod tests {
             store.commit_page(&id, &step, r#"[{"id":"cus_9"}]"#).await?;
             id
         };
-        let store = RunStore::open(dir.path())?;
+        let store = reopen(dir.path())?;
         let steps = store.steps(&id).await?;
         assert_eq!(steps.len(), 2);
         assert_eq!(steps[0].cursor.as_deref(), Some("cus_9"));
@@ -2020,7 +2037,7 @@ mod tests {
             db.insert(SCHEMA_KEY, &99u32.to_be_bytes())?;
             db.flush()?;
         }
-        let err = RunStore::open(dir.path()).err().map(|e| e.to_string()).unwrap_or_default();
+        let err = reopen(dir.path()).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("schema version 99"), "{err}");
         Ok(())
     }
