@@ -708,10 +708,17 @@ impl Server {
             tracing::warn!(workflow = %name, skipped, max_runs = self.max_runs, "the server has as many runs as it takes; skipping this firing");
             return;
         };
-        served.fired.fetch_add(1, Ordering::Relaxed);
         let options = RunOptions { trigger: RunTrigger::Cron, ..RunOptions::default() };
-        if let Err(e) = self.start(name, options, Some(admitted)).await {
-            tracing::error!(workflow = %name, error = %e, "scheduled run could not start");
+        // Counted once its run exists: `fired` is the number of runs the
+        // schedule started (a shutdown between the count and the run made
+        // the two disagree).
+        match self.start(name, options, Some(admitted)).await {
+            Ok(_) => {
+                served.fired.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                tracing::error!(workflow = %name, error = %e, "scheduled run could not start");
+            }
         }
     }
 
