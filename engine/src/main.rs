@@ -788,18 +788,14 @@ impl Observer for Printer {
 }
 
 fn print_plan(plan: &weft::executor::StepPlan) {
-    let parts: Vec<String> = [
+    let parts = nonzero(&[
         (plan.create, "would create"),
         (plan.update, "would update"),
         (plan.upsert, "would upsert"),
         (plan.remove, "would remove"),
         (plan.unchanged, "unchanged"),
         (plan.already_absent, "already absent"),
-    ]
-    .into_iter()
-    .filter(|(n, _)| *n > 0)
-    .map(|(n, what)| format!("{n} {what}"))
-    .collect();
+    ]);
     eprintln!(
         "       plan: {}",
         if parts.is_empty() { "no writes".to_owned() } else { parts.join(", ") }
@@ -830,7 +826,7 @@ fn print_plan(plan: &weft::executor::StepPlan) {
 
 fn counts(s: &StepSummary) -> String {
     let c = s.counts;
-    let parts: Vec<String> = [
+    let parts = nonzero(&[
         (c.read, "read"),
         (c.created, "created"),
         (c.updated, "updated"),
@@ -838,12 +834,13 @@ fn counts(s: &StepSummary) -> String {
         (c.removed, "removed"),
         (c.absent, "already absent"),
         (c.failed, "failed"),
-    ]
-    .into_iter()
-    .filter(|(n, _)| *n > 0)
-    .map(|(n, what)| format!("{n} {what}"))
-    .collect();
+    ]);
     if parts.is_empty() { "-".into() } else { parts.join(", ") }
+}
+
+/// "3 created", "1 failed", …: the counts that are not zero, in order.
+fn nonzero(counts: &[(u64, &str)]) -> Vec<String> {
+    counts.iter().filter(|(n, _)| *n > 0).map(|(n, what)| format!("{n} {what}")).collect()
 }
 
 fn print_summary(summary: &RunSummary, written: &[WrittenFile]) {
