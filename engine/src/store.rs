@@ -14,11 +14,21 @@
 //! key, so the vendor does not write twice. Credentials never reach this
 //! module: it stores workflow text, inputs, records and messages only.
 //!
+//! Beside the runs it keeps what a console needs to list them without
+//! reading them whole (a row per run, indexes by workflow, status and
+//! trigger, each run's history and HTTP figures: see [`index`]) and who may
+//! use a server (tokens and sessions: see [`access`]).
+//!
 //! The API names no sled type: a second backend (PostgreSQL, issue 16)
 //! goes behind the same methods.
 
+mod access;
+mod index;
 mod owner;
 pub mod plan;
+
+pub use access::{Role, SessionRecord, TokenError, TokenRecord, valid_token_name};
+pub use index::{ConnectionTotals, HistoryEntry, MAX_PAGE, RunPage, RunQuery, RunRow, SCAN_BUDGET};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -31,7 +41,7 @@ use owner::Owner;
 
 /// The on-disk format version. Bump it, and add a migration in
 /// [`RunStore::open`], whenever a stored type changes shape.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// Memory sled may use for its page cache. sled's default (1 GiB) would
 /// make a large sync look like a leak; the working set of a run is a page
@@ -685,11 +695,14 @@ impl RunStore {
             Some(bytes) => {
                 let found =
                     <[u8; 4]>::try_from(bytes.as_ref()).map(u32::from_be_bytes).unwrap_or(0);
-                // Version 1 differs only by fields that version 2 reads
-                // with defaults; the upgrade is the version number.
-                if found == 1 {
+                // Versions 1 and 2 differ only by fields that version 3
+                // reads with defaults and by the run rows and indexes, which
+                // are built from the runs once.
+                if found == 1 || found == 2 {
+                    let indexed = index::rebuild(&db)?;
                     db.insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes())?;
                     db.flush()?;
+                    tracing::info!(runs = indexed, store = %dir.display(), "run store upgraded to schema version {SCHEMA_VERSION}: runs indexed");
                 } else if found != SCHEMA_VERSION {
                     return Err(StoreError::Schema { path: dir.display().to_string(), found });
                 }
@@ -715,6 +728,19 @@ impl RunStore {
         step_ids: &[String],
         delivery: Option<&Delivery>,
     ) -> Result<()> {
+        self.create_run_by(run, step_ids, delivery, None).await
+    }
+
+    /// [`RunStore::create_run`], with who started the run recorded as the
+    /// first entry of its history in the same transaction (the trigger
+    /// when no one is named).
+    pub async fn create_run_by(
+        &self,
+        run: &RunRecord,
+        step_ids: &[String],
+        delivery: Option<&Delivery>,
+        actor: Option<&str>,
+    ) -> Result<()> {
         let steps: Vec<(Vec<u8>, Vec<u8>)> = step_ids
             .iter()
             .enumerate()
@@ -724,10 +750,23 @@ impl RunStore {
             .collect::<Result<_>>()?;
         let (run_key, run_value) = (run.id.clone().into_bytes(), encode(run)?);
         let delivery = delivery.map(|d| (d.key(), d.value(), d.workflow.clone()));
+        let actor = actor.map(str::to_owned).unwrap_or_else(|| run.trigger.as_str().to_owned());
+        let row = RunRow::of(run, Some(actor.clone()));
+        let detail = match (run.dry_run, run.trigger.as_str()) {
+            (true, trigger) => Some(format!("dry run, trigger {trigger}")),
+            (false, trigger) => Some(format!("trigger {trigger}")),
+        };
+        let started = encode(&HistoryEntry {
+            at_ms: run.created_ms,
+            actor,
+            action: "started".into(),
+            detail,
+        })?;
         self.owner
             .write(move |t| {
-                (&t.runs, &t.steps, &t.deliveries)
-                    .transaction(|(runs, tx_steps, deliveries)| {
+                let history_key = index::first_history_key(&row.id, t.db.generate_id()?);
+                (&t.runs, &t.steps, &t.deliveries, &t.rows, &t.index, &t.history)
+                    .transaction(|(runs, tx_steps, deliveries, rows, runs_index, history)| {
                         if let Some((key, value, workflow)) = &delivery {
                             if deliveries.get(key.as_slice())?.is_some() {
                                 return sled::transaction::abort(StoreError::Replay {
@@ -740,6 +779,9 @@ impl RunStore {
                         for (key, value) in &steps {
                             tx_steps.insert(key.as_slice(), value.as_slice())?;
                         }
+                        let old = index::stored_row(rows, &row.id)?;
+                        index::put_row(rows, runs_index, old.as_ref(), &row)?;
+                        history.insert(history_key.as_slice(), started.as_slice())?;
                         Ok(())
                     })
                     .map_err(tx_error)
@@ -747,15 +789,11 @@ impl RunStore {
             .await
     }
 
-    /// Replaces a run record, durably.
+    /// Replaces a run record, durably, and its row and index entries with
+    /// it.
     pub async fn commit_run(&self, run: &RunRecord) -> Result<()> {
-        let (key, value) = (run.id.clone().into_bytes(), encode(run)?);
-        self.owner
-            .write(move |t| {
-                t.runs.insert(key, value)?;
-                Ok(())
-            })
-            .await
+        let run = run.clone();
+        self.owner.write(move |t| put_run(t, &run)).await
     }
 
     /// Ends a run that cannot go on (its task panicked): `failed`, with
@@ -771,7 +809,7 @@ impl RunStore {
                     run.status = Status::Failed;
                     run.error = Some(message);
                     run.finished_ms = Some(now_ms());
-                    t.runs.insert(id.as_bytes(), encode(&run)?)?;
+                    put_run(t, &run)?;
                 }
                 Ok(run)
             })
@@ -1040,9 +1078,33 @@ impl RunStore {
         }
     }
 
-    /// Runs that have not finished: interrupted ones, to resume.
+    /// Runs that have not finished: interrupted ones, to resume. Found
+    /// through the status index, so a store of many finished runs costs
+    /// nothing here.
     pub async fn unfinished_runs(&self) -> Result<Vec<RunRecord>> {
-        Ok(self.runs().await?.into_iter().filter(|r| !r.status.is_finished()).collect())
+        let mut unfinished = Vec::new();
+        for status in [Status::Running, Status::Pending] {
+            let mut before = None;
+            loop {
+                let page = self
+                    .query_runs(RunQuery {
+                        status: Some(status),
+                        before,
+                        limit: MAX_PAGE,
+                        ..RunQuery::default()
+                    })
+                    .await?;
+                for row in &page.rows {
+                    unfinished.push(self.run(&row.id).await?);
+                }
+                match page.next {
+                    Some(next) => before = Some(next),
+                    None => break,
+                }
+            }
+        }
+        unfinished.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(unfinished)
     }
 
     /// One run.
@@ -1423,6 +1485,21 @@ fn read_page(file: &mut std::fs::File, pointer: PagePointer) -> std::io::Result<
     file.seek(SeekFrom::Start(pointer.offset))?;
     file.read_exact(&mut bytes)?;
     Ok(bytes)
+}
+
+/// Writes a run record with its row and index entries, in one
+/// transaction; the row keeps who started the run.
+fn put_run(t: &owner::Trees, run: &RunRecord) -> Result<()> {
+    let (key, value) = (run.id.clone().into_bytes(), encode(run)?);
+    (&t.runs, &t.rows, &t.index)
+        .transaction(|(runs, rows, runs_index)| {
+            let old = index::stored_row(rows, &run.id)?;
+            let row = RunRow::of(run, old.as_ref().and_then(|o| o.started_by.clone()));
+            runs.insert(key.as_slice(), value.as_slice())?;
+            index::put_row(rows, runs_index, old.as_ref(), &row)?;
+            Ok(())
+        })
+        .map_err(tx_error)
 }
 
 fn tx_error(e: sled::transaction::TransactionError<StoreError>) -> StoreError {

@@ -37,6 +37,18 @@ pub(super) struct Trees {
     pub(super) pages: sled::Tree,
     pub(super) items: sled::Tree,
     pub(super) deliveries: sled::Tree,
+    /// A row per run (what a list shows), by run id: the runs by time.
+    pub(super) rows: sled::Tree,
+    /// Run ids by workflow, status and trigger (see [`super::index`]).
+    pub(super) index: sled::Tree,
+    /// Who did what to a run, by run id and sequence.
+    pub(super) history: sled::Tree,
+    /// A run's HTTP figures per connection, by run id.
+    pub(super) run_stats: sled::Tree,
+    /// API tokens by id (see [`super::access`]).
+    pub(super) tokens: sled::Tree,
+    /// Console sessions by the SHA-256 of their cookie.
+    pub(super) sessions: sled::Tree,
     /// Writes that asked for durability, counted: the generation of the last.
     written: u64,
     durability: Arc<Durability>,
@@ -75,6 +87,12 @@ impl Owner {
             items: db.open_tree("items")?,
             // The tree's name predates deliveries being more than signatures.
             deliveries: db.open_tree("webhook_signatures")?,
+            rows: db.open_tree(super::index::ROWS_TREE)?,
+            index: db.open_tree(super::index::INDEX_TREE)?,
+            history: db.open_tree("run_history")?,
+            run_stats: db.open_tree("run_stats")?,
+            tokens: db.open_tree("tokens")?,
+            sessions: db.open_tree("sessions")?,
             db: db.clone(),
             written: 0,
             durability: durability.clone(),
