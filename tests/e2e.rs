@@ -6,6 +6,7 @@ mod e2e {
     pub mod support;
 
     mod conformance;
+    mod console;
     mod contract;
     mod durability;
     mod expressions;

@@ -183,6 +183,9 @@ pub struct RunOptions {
     /// The webhook delivery that starts the run: remembered with the run,
     /// in one transaction, so that a replay is refused.
     pub delivery: Option<crate::store::Delivery>,
+    /// Who started the run (a token's name), recorded first in its
+    /// history; the trigger when `None`.
+    pub started_by: Option<String>,
 }
 
 impl std::fmt::Debug for RunOptions {
@@ -610,7 +613,14 @@ impl Executor {
             resumes: 0,
         };
         let step_ids: Vec<String> = workflow.steps.iter().map(|s| s.id.clone()).collect();
-        self.store.create_run(&run, &step_ids, options.delivery.as_ref()).await?;
+        self.store
+            .create_run_by(
+                &run,
+                &step_ids,
+                options.delivery.as_ref(),
+                options.started_by.as_deref(),
+            )
+            .await?;
         Ok(run)
     }
 
@@ -837,6 +847,29 @@ impl Executor {
             run.finished_ms = Some(now_ms());
         }
         self.store.commit_run(&run).await?;
+        let connections: BTreeMap<String, StatsSnapshot> =
+            endpoints.iter().map(|(name, e)| (name.clone(), e.stats())).collect();
+        // What this attempt sent, added to the run's totals for the
+        // console; a failure to record them loses figures, not work.
+        let totals = connections
+            .iter()
+            .filter(|(_, s)| s.requests + s.denied > 0)
+            .map(|(name, s)| {
+                let totals = crate::store::ConnectionTotals {
+                    requests: s.requests,
+                    throttled: s.throttled,
+                    retries: s.retries,
+                    waited_ms: s.waited_ms,
+                    denied: s.denied,
+                };
+                (name.clone(), totals)
+            })
+            .collect::<BTreeMap<_, _>>();
+        if !totals.is_empty()
+            && let Err(e) = self.store.add_connection_totals(&run.id, &totals).await
+        {
+            tracing::warn!(run = %run.id, error = %e, "cannot record the run's HTTP figures");
+        }
         Ok(RunSummary {
             run_id: run.id,
             workflow: run.workflow,
@@ -845,7 +878,7 @@ impl Executor {
             dry_run: run.dry_run,
             duration_ms: started.elapsed().as_millis() as u64,
             steps: summaries,
-            connections: endpoints.iter().map(|(name, e)| (name.clone(), e.stats())).collect(),
+            connections,
             error: run.error,
         })
     }

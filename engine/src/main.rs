@@ -18,6 +18,8 @@ use weft::serve::{RunDetail, RunView};
 use weft::store::{RunRecord, RunStore, Status, StepState, StoreError};
 use weft::workflow::{Action, LoadError, Step, Workflow};
 
+mod tokens;
+
 /// `println!` that returns the write's error instead of panicking, so that
 /// `weft runs list | head` ends quietly when `head` closes the pipe (see
 /// [`is_broken_pipe`]).
@@ -94,10 +96,12 @@ enum Command {
         /// name, a proxy): the API answers requests for its host too.
         #[arg(long, env = "WEFT_PUBLIC_URL")]
         public_url: Option<url::Url>,
-        /// Listen on an address other machines can reach. The status API
-        /// has no authentication yet: put it behind a proxy that has.
-        #[arg(long, env = "WEFT_ALLOW_REMOTE", value_parser = clap::builder::FalseyValueParser::new())]
-        allow_remote: bool,
+        /// Serve HTTPS with this PEM certificate chain (with --tls-key).
+        #[arg(long, env = "WEFT_TLS_CERT", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The PEM private key of --tls-cert.
+        #[arg(long, env = "WEFT_TLS_KEY", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
         /// Runs started and not finished, at most; a start beyond that is
         /// answered 503 with Retry-After.
         #[arg(long, default_value_t = 256)]
@@ -121,6 +125,11 @@ enum Command {
     Runs {
         #[command(subcommand)]
         command: RunsCommand,
+    },
+    /// Manage the tokens that open a `weft serve` (its API and console).
+    Tokens {
+        #[command(subcommand)]
+        command: tokens::TokensCommand,
     },
     /// Start the local vendor emulators and print their URLs and test keys.
     Sandbox {
@@ -312,15 +321,20 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             bind,
             grace,
             public_url,
-            allow_remote,
+            tls_cert,
+            tls_key,
             max_runs,
             max_concurrent_runs,
         } => {
+            let tls = match (tls_cert, tls_key) {
+                (Some(cert), Some(key)) => Some(weft::serve::TlsFiles { cert, key }),
+                _ => None,
+            };
             let config = weft::serve::ServeConfig {
                 bind,
                 shutdown_grace: grace,
                 public_url,
-                allow_remote,
+                tls,
                 max_runs,
                 max_concurrent_runs,
                 ..Default::default()
@@ -369,6 +383,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         }
         Command::Sandbox { seed, stripe_port } => serve_sandbox(seed, stripe_port).await,
         Command::Runs { command } => runs(&cli.global, command).await,
+        Command::Tokens { command } => tokens::run(&state_dir(&cli.global), command).await,
     }
 }
 
@@ -874,11 +889,21 @@ fn state_dir(global: &Global) -> PathBuf {
         .unwrap_or_else(|| default_dir("XDG_DATA_HOME", ".local/share", "state"))
 }
 
-/// The address a `weft serve` on this state dir wrote when it started.
-fn server_address(dir: &Path) -> Option<String> {
+/// Where a `weft serve` on this state dir listens, and the token it
+/// gave this machine's CLI, from the file it wrote when it started.
+#[derive(Debug, Clone)]
+struct ServerAddress {
+    base: String,
+    token: Option<String>,
+}
+
+fn server_address(dir: &Path) -> Option<ServerAddress> {
     let text = std::fs::read_to_string(dir.join(SERVE_ADDRESS_FILE)).ok()?;
     let value: serde_json::Value = serde_json::from_str(&text).ok()?;
-    value.get("addr")?.as_str().map(|a| format!("http://{a}"))
+    let scheme = value.get("scheme").and_then(|s| s.as_str()).unwrap_or("http");
+    let base = value.get("addr")?.as_str().map(|a| format!("{scheme}://{a}"))?;
+    let token = value.get("token").and_then(|t| t.as_str()).map(str::to_owned);
+    Some(ServerAddress { base, token })
 }
 
 /// Name of the file `weft serve` writes into its state dir.
@@ -890,8 +915,13 @@ async fn runs(global: &Global, command: RunsCommand) -> Result<ExitCode> {
         Ok(store) => store,
         Err(StoreError::Locked { .. }) if server_address(&dir).is_some() => {
             // A server holds the store; ask it.
-            let base = server_address(&dir).unwrap_or_default();
-            return runs_via_server(&base, command).await;
+            let Some(server) = server_address(&dir) else {
+                anyhow::bail!(
+                    "the run store at {} is held by a server that just stopped; try again",
+                    dir.display()
+                );
+            };
+            return runs_via_server(&server, command).await;
         }
         Err(e) => {
             return Err(e)
@@ -915,7 +945,13 @@ async fn runs(global: &Global, command: RunsCommand) -> Result<ExitCode> {
         RunsCommand::Show { run, json } => {
             let record = store.run(&run).await?;
             let steps = store.steps(&run).await?;
-            let detail = RunDetail { run: RunView::from(&record), steps, active: None };
+            let detail = RunDetail {
+                run: RunView::from(&record),
+                steps,
+                active: None,
+                history: store.history(&run).await?,
+                connections: store.connection_totals(&run).await?,
+            };
             if json {
                 outln!("{}", serde_json::to_string_pretty(&detail)?)?;
             } else {
@@ -952,9 +988,19 @@ async fn runs(global: &Global, command: RunsCommand) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn runs_via_server(base: &str, command: RunsCommand) -> Result<ExitCode> {
-    let client = reqwest::Client::new();
+async fn runs_via_server(server: &ServerAddress, command: RunsCommand) -> Result<ExitCode> {
+    // The server's certificate may be one this machine does not trust
+    // (self-signed); the connection goes to this machine's loopback.
+    let client = reqwest::Client::builder()
+        .tls_danger_accept_invalid_certs(server.base.starts_with("https://"))
+        .build()?;
+    let base = server.base.as_str();
+    let token = server.token.clone();
     let call = |request: reqwest::RequestBuilder| async move {
+        let request = match &token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        };
         let response = request.send().await.with_context(|| {
             format!("the run store is held by a weft serve at {base}, which does not answer")
         })?;
@@ -1093,22 +1139,37 @@ async fn serve(
             files.push(path.clone());
         }
     }
+    // A file that does not load is reported (and shown by the console)
+    // and the others are served; with none to serve, nothing starts.
+    let mut broken = Vec::new();
     for file in &files {
-        workflows.push(Workflow::load(file)?);
+        match Workflow::load(file) {
+            Ok(workflow) => workflows.push(workflow),
+            Err(e) => {
+                eprintln!("weft serve: not serving {}: {e}", file.display());
+                broken.push((file.display().to_string(), e.to_string()));
+            }
+        }
+    }
+    if workflows.is_empty() {
+        anyhow::bail!("no workflow loaded; nothing to serve");
     }
     let dir = state_dir(global);
     let executor = Executor::new(wasm_runtime(global)?, open_store(&dir)?);
     let grace = config.shutdown_grace;
+    let scheme = if config.tls.is_some() { "https" } else { "http" };
     let config = weft::serve::ServeConfig {
         workflows,
+        broken,
         address_file: Some(dir.join(SERVE_ADDRESS_FILE)),
         ..config
     };
+    let served = config.workflows.len();
     let server = weft::serve::start(executor, config).await?;
     eprintln!(
-        "weft serve: listening on http://{} with {} workflow(s); state in {}",
+        "weft serve: listening on {scheme}://{} with {served} workflow(s); console at {scheme}://{}/; state in {}",
         server.addr,
-        files.len(),
+        server.addr,
         dir.display()
     );
     let token = server.shutdown_token();

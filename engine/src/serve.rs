@@ -40,23 +40,26 @@
 //! what they did is committed, and the process exits; the runs stay
 //! `running` in the store and the next `weft serve` resumes them.
 
+pub mod auth;
+mod console;
+mod gate;
+mod tls;
 pub mod webhook;
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use axum::Json;
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
-use axum::middleware::Next;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::{Extension, Json};
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -67,8 +70,12 @@ use tokio_util::sync::CancellationToken;
 use crate::credentials::{CredentialSource, Secret};
 use crate::endpoint::Endpoint;
 use crate::executor::{ExecError, Executor, Observer, RunOptions, StepSummary, StopSignal};
-use crate::store::{Delivery, RunRecord, RunTrigger, Status, StepState, StoreError, now_ms};
+use crate::store::{
+    ConnectionTotals, Delivery, HistoryEntry, Role, RunQuery, RunRecord, RunTrigger, Status,
+    StepState, StoreError, TokenError, TokenRecord, now_ms,
+};
 use crate::workflow::{Overlap, Step, Verify, Workflow};
+use auth::Caller;
 
 /// The largest body an API route takes: inputs, not payloads.
 pub const API_BODY_LIMIT: usize = 64 << 10;
@@ -109,10 +116,11 @@ pub enum ServeError {
         /// Why.
         source: std::io::Error,
     },
-    /// The address is reachable from other machines and nobody said so.
+    /// The address is reachable from other machines and no token can
+    /// open the server.
     #[error(
-        "refusing to listen on {addr}: other machines can reach it, and the status API has no authentication yet (tokens come with the console); \
-         bind to 127.0.0.1 (the default), or pass --allow-remote (WEFT_ALLOW_REMOTE=1) to serve there anyway, behind a proxy that authenticates"
+        "refusing to listen on {addr}: other machines can reach it, and the run store holds no token, so anyone could use the API; \
+         create one first with `weft tokens create NAME --role admin` (same --state-dir), or bind to 127.0.0.1 (the default)"
     )]
     Remote {
         /// The address.
@@ -124,6 +132,15 @@ pub enum ServeError {
     /// The run store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// The PEM files of a TLS certificate chain and its private key.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// The certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
 }
 
 /// How to serve.
@@ -141,9 +158,11 @@ pub struct ServeConfig {
     /// The URL the server is reached at when that is not its bound address
     /// (a DNS name, a proxy): its host is accepted in `Host` and `Origin`.
     pub public_url: Option<url::Url>,
-    /// Listen on an address other machines can reach (anything but
-    /// loopback). Off by default: the API has no authentication yet.
-    pub allow_remote: bool,
+    /// Serve HTTPS with this certificate chain and key (PEM files).
+    pub tls: Option<TlsFiles>,
+    /// Workflow files that did not load, with their diagnostics: the
+    /// console shows them (the others are served).
+    pub broken: Vec<(String, String)>,
     /// Runs started and not finished, at most (queued or running); a start
     /// beyond that is refused with 503.
     pub max_runs: usize,
@@ -161,7 +180,7 @@ impl std::fmt::Debug for ServeConfig {
             .field("workflows", &self.workflows.iter().map(|w| &w.name).collect::<Vec<_>>())
             .field("shutdown_grace", &self.shutdown_grace)
             .field("public_url", &self.public_url.as_ref().map(url::Url::as_str))
-            .field("allow_remote", &self.allow_remote)
+            .field("tls", &self.tls)
             .field("max_runs", &self.max_runs)
             .field("max_concurrent_runs", &self.max_concurrent_runs)
             .field("endpoints", &self.endpoints.keys().collect::<Vec<_>>())
@@ -177,7 +196,8 @@ impl Default for ServeConfig {
             shutdown_grace: Duration::from_secs(30),
             address_file: None,
             public_url: None,
-            allow_remote: false,
+            tls: None,
+            broken: Vec::new(),
             max_runs: 256,
             max_concurrent_runs: 32,
             endpoints: BTreeMap::new(),
@@ -218,7 +238,9 @@ struct Server {
     /// Where run tasks go to be spawned and reaped.
     tasks: mpsc::UnboundedSender<RunTask>,
     endpoints: BTreeMap<String, Arc<dyn Endpoint>>,
-    hosts: Hosts,
+    hosts: gate::Hosts,
+    access: gate::Access,
+    broken: Vec<(String, String)>,
     shutdown: CancellationToken,
 }
 
@@ -279,9 +301,14 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 /// Starts serving: checks every workflow, binds, resumes unfinished runs,
 /// starts the schedules.
 pub async fn start(executor: Executor, config: ServeConfig) -> Result<RunningServer, ServeError> {
-    if !config.bind.ip().is_loopback() && !config.allow_remote {
+    let has_tokens = executor.store().has_active_tokens().await?;
+    if !config.bind.ip().is_loopback() && !has_tokens {
         return Err(ServeError::Remote { addr: config.bind });
     }
+    let tls = match &config.tls {
+        Some(files) => Some(tls::acceptor(files)?),
+        None => None,
+    };
     if config.max_runs == 0 || config.max_concurrent_runs == 0 {
         return Err(ServeError::Config(
             "max_runs and max_concurrent_runs must be at least 1".into(),
@@ -329,15 +356,14 @@ pub async fn start(executor: Executor, config: ServeConfig) -> Result<RunningSer
         execution: Arc::new(Semaphore::new(config.max_concurrent_runs)),
         tasks,
         endpoints: config.endpoints,
-        hosts: Hosts::new(addr, config.public_url.as_ref()),
+        hosts: gate::Hosts::new(addr, config.public_url.as_ref(), tls.is_some()),
+        access: gate::Access::new(addr.ip().is_loopback(), has_tokens, tls.is_some()),
+        broken: config.broken,
         shutdown: shutdown.clone(),
     });
     let reaper = tokio::spawn(server.clone().reap(spawned, config.shutdown_grace));
     if let Some(path) = &config.address_file
-        && let Err(e) = std::fs::write(
-            path,
-            serde_json::json!({ "addr": addr.to_string(), "pid": std::process::id() }).to_string(),
-        )
+        && let Err(e) = write_address_file(path, addr, tls.is_some(), &server.access.local)
     {
         tracing::warn!(path = %path.display(), error = %e, "cannot write the server's address file");
     }
@@ -366,6 +392,7 @@ pub async fn start(executor: Executor, config: ServeConfig) -> Result<RunningSer
             schedules.spawn(server.clone().forget_old_deliveries(served.workflow.name.clone()));
         }
     }
+    schedules.spawn(server.clone().forget_expired_sessions());
 
     let api = Router::new()
         .route("/api/workflows", get(list_workflows))
@@ -374,22 +401,31 @@ pub async fn start(executor: Executor, config: ServeConfig) -> Result<RunningSer
         .route("/api/runs/{id}", get(show_run))
         .route("/api/runs/{id}/cancel", post(cancel_run))
         .route("/api/runs/{id}/resume", post(resume_run))
+        .route("/api/tokens", get(list_tokens).post(create_token))
+        .route("/api/tokens/{name}/revoke", post(revoke_token))
         .layer(DefaultBodyLimit::max(API_BODY_LIMIT))
-        .layer(axum::middleware::from_fn_with_state(server.clone(), guard));
+        .layer(axum::middleware::from_fn_with_state(server.clone(), gate::api_gate));
     let app = Router::new()
         .route("/healthz", get(healthz))
         // Each webhook reads its body up to its own limit.
         .route("/hooks/{name}", post(webhook))
         .merge(api)
+        .merge(console::routes(server.clone()))
         .with_state(server.clone());
 
     let address_file = config.address_file.clone();
     let token = shutdown.clone();
     let handle = tokio::spawn(async move {
-        let serving =
-            axum::serve(listener, app).with_graceful_shutdown(token.clone().cancelled_owned());
-        if let Err(e) = serving.await {
-            tracing::error!(error = %e, "the HTTP server failed");
+        match tls {
+            Some(acceptor) => tls::serve(listener, acceptor, app, token.clone()).await,
+            None => {
+                let serving =
+                    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+                        .with_graceful_shutdown(token.clone().cancelled_owned());
+                if let Err(e) = serving.await {
+                    tracing::error!(error = %e, "the HTTP server failed");
+                }
+            }
         }
         // Every run's stop signal is a child of this token: they all stop
         // taking work now.
@@ -402,6 +438,30 @@ pub async fn start(executor: Executor, config: ServeConfig) -> Result<RunningSer
         }
     });
     Ok(RunningServer { addr, shutdown, handle })
+}
+
+/// Writes where the server is and the token `weft runs …` on this machine
+/// uses, readable by the owner only.
+fn write_address_file(
+    path: &std::path::Path,
+    addr: SocketAddr,
+    tls: bool,
+    token: &Secret,
+) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let text = serde_json::json!({
+        "addr": addr.to_string(),
+        "scheme": if tls { "https" } else { "http" },
+        "pid": std::process::id(),
+        "token": token.expose(),
+    })
+    .to_string();
+    let _ = std::fs::remove_file(path);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)?.write_all(text.as_bytes())
 }
 
 /// Loads a workflow's plugins (or takes the caller's endpoints) and checks
@@ -722,6 +782,20 @@ impl Server {
         }
     }
 
+    /// Drops ended console sessions now and then, so the store keeps only
+    /// live ones.
+    async fn forget_expired_sessions(self: Arc<Self>) {
+        loop {
+            tokio::select! {
+                () = self.shutdown.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_secs(600)) => {}
+            }
+            if let Err(e) = self.executor.store().forget_expired_sessions(now_ms()).await {
+                tracing::warn!(error = %e, "cannot drop expired sessions");
+            }
+        }
+    }
+
     /// Drops remembered webhook deliveries that a replay can no longer
     /// pass (their signed timestamp is past the tolerance). A scheme with
     /// no signed timestamp keeps every delivery: see
@@ -761,153 +835,6 @@ fn busy(message: String) -> Response {
         .into_response();
     response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
     response
-}
-
-fn full(server: &Server) -> Response {
-    busy(format!(
-        "weft has {} runs started and not finished, as many as it takes (--max-runs); try again shortly",
-        server.max_runs
-    ))
-}
-
-/// The names the API answers to: the bound address, and the public URL.
-#[derive(Debug, Clone)]
-struct Hosts {
-    bound: SocketAddr,
-    /// Scheme, host (lower case) and port of the public URL.
-    public: Option<(String, String, u16)>,
-}
-
-impl Hosts {
-    fn new(bound: SocketAddr, public: Option<&url::Url>) -> Self {
-        let public = public.and_then(|u| {
-            Some((
-                u.scheme().to_owned(),
-                u.host_str()?.to_ascii_lowercase(),
-                u.port_or_known_default()?,
-            ))
-        });
-        Hosts { bound, public }
-    }
-
-    /// Whether `host` and `port` name this server: `scheme` is the
-    /// origin's (`None` for a `Host` header, which carries none) and a
-    /// missing port is the scheme's default. An IP address cannot be a
-    /// DNS-rebinding name, so the bound IP (any, when bound to all) is
-    /// accepted; of names, `localhost` on loopback and the public URL's host.
-    fn names_us(&self, scheme: Option<&str>, host: &str, port: Option<u16>) -> bool {
-        let host = host.to_ascii_lowercase();
-        if let Some((public_scheme, public_host, public_port)) = &self.public
-            && *public_host == host
-            && scheme.is_none_or(|s| s == public_scheme)
-            && port.is_none_or(|p| p == *public_port)
-        {
-            return true;
-        }
-        if scheme.is_some_and(|s| s != "http") || port.unwrap_or(80) != self.bound.port() {
-            return false;
-        }
-        let bound = self.bound.ip();
-        match host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
-            Ok(ip) => {
-                bound.is_unspecified() || ip == bound || (ip.is_loopback() && bound.is_loopback())
-            }
-            Err(_) => host == "localhost" && (bound.is_loopback() || bound.is_unspecified()),
-        }
-    }
-
-    fn described(&self) -> String {
-        match &self.public {
-            Some((scheme, host, port)) => {
-                format!("http://{} or {scheme}://{host}:{port}", self.bound)
-            }
-            None => format!("http://{}", self.bound),
-        }
-    }
-
-    /// Refuses a request not meant for this API: another `Host`, another
-    /// site's `Origin`, or a POST that is not JSON.
-    #[expect(clippy::result_large_err, reason = "the refusal is the response")]
-    fn admit(&self, request: &Request) -> Result<(), Response> {
-        let host = request
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(str::to_owned)
-            .or_else(|| request.uri().authority().map(|a| a.to_string()));
-        let Some(host) = host else {
-            return Err(error(
-                StatusCode::MISDIRECTED_REQUEST,
-                format!("the request names no Host; this is {}", self.described()),
-            ));
-        };
-        let named = host
-            .parse::<axum::http::uri::Authority>()
-            .is_ok_and(|a| self.names_us(None, a.host(), a.port_u16()));
-        if !named {
-            return Err(error(
-                StatusCode::MISDIRECTED_REQUEST,
-                format!(
-                    "Host {host:?} is not this server ({}): weft answers only requests for its own address, as a page using DNS rebinding sends its own name; \
-                     if weft is reached by another name, start it with --public-url",
-                    self.described()
-                ),
-            ));
-        }
-        if let Some(origin) = request.headers().get(header::ORIGIN) {
-            let text = origin.to_str().unwrap_or("(not text)");
-            let ours = url::Url::parse(text).ok().is_some_and(|u| {
-                u.host_str().is_some_and(|h| self.names_us(Some(u.scheme()), h, u.port()))
-            });
-            if !ours {
-                return Err(error(
-                    StatusCode::FORBIDDEN,
-                    format!(
-                        "a request from the web page at {text} is refused: the API takes requests from {} only",
-                        self.described()
-                    ),
-                ));
-            }
-        }
-        if request
-            .headers()
-            .get("sec-fetch-site")
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site"))
-        {
-            return Err(error(
-                StatusCode::FORBIDDEN,
-                "a request a browser marks as cross-site is refused",
-            ));
-        }
-        if request.method() == Method::POST {
-            let content_type = request
-                .headers()
-                .get(header::CONTENT_TYPE)
-                .map(|v| v.to_str().unwrap_or("(not text)"));
-            let json = content_type
-                .and_then(|t| t.split(';').next())
-                .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"));
-            if !json {
-                return Err(error(
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    format!(
-                        "a POST to the API must be Content-Type: application/json (this one is {}); a web form cannot send that",
-                        content_type.unwrap_or("none")
-                    ),
-                ));
-            }
-        }
-        Ok(())
-    }
-}
-
-/// The API's gate: see [`Hosts::admit`].
-async fn guard(State(server): State<Arc<Server>>, request: Request, next: Next) -> Response {
-    if let Err(refused) = server.hosts.admit(&request) {
-        tracing::warn!(method = %request.method(), path = %request.uri().path(), status = refused.status().as_u16(), "API request refused");
-        return refused;
-    }
-    next.run(request).await
 }
 
 async fn healthz(State(server): State<Arc<Server>>) -> Response {
@@ -961,41 +888,183 @@ struct StartQuery {
     dry_run: bool,
 }
 
-/// Starts a run for a request, within admission control and a bound on
-/// the store's answer.
-async fn start_for_request(server: &Arc<Server>, name: &str, options: RunOptions) -> Response {
-    let Some(admitted) = server.admit() else { return full(server) };
-    match tokio::time::timeout(STORE_ANSWER, server.start(name, options, Some(admitted))).await {
-        Err(_) => busy(format!(
-            "the run store did not answer within {} s; nothing was started, try again shortly",
-            STORE_ANSWER.as_secs()
-        )),
-        Ok(Ok(run)) => {
-            (StatusCode::ACCEPTED, Json(serde_json::json!({ "run_id": run.id }))).into_response()
+/// An action refused: the HTTP status and what to tell the caller.
+#[derive(Debug)]
+pub(crate) struct Refusal {
+    status: StatusCode,
+    message: String,
+}
+
+impl Refusal {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Refusal { status, message: message.into() }
+    }
+
+    fn full(server: &Server) -> Self {
+        Refusal::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "weft has {} runs started and not finished, as many as it takes (--max-runs); try again shortly",
+                server.max_runs
+            ),
+        )
+    }
+
+    /// The refusal as the API answers it.
+    fn into_response(self) -> Response {
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            busy(self.message)
+        } else {
+            error(self.status, self.message)
         }
-        Ok(Err(ExecError::Inputs { problems, .. })) => {
-            error(StatusCode::UNPROCESSABLE_ENTITY, problems.join("; "))
+    }
+}
+
+impl Server {
+    /// Starts a run for a request, within admission control and a bound
+    /// on the store's answer.
+    async fn start_for(
+        self: &Arc<Self>,
+        name: &str,
+        options: RunOptions,
+    ) -> Result<RunRecord, Refusal> {
+        if !self.workflows.contains_key(name) {
+            return Err(Refusal::new(
+                StatusCode::NOT_FOUND,
+                format!("no workflow named {name:?} is served here"),
+            ));
         }
-        Ok(Err(ExecError::Store(StoreError::Replay { .. }))) => {
-            tracing::warn!(workflow = %name, "webhook replay refused");
-            error(
+        let Some(admitted) = self.admit() else { return Err(Refusal::full(self)) };
+        match tokio::time::timeout(STORE_ANSWER, self.start(name, options, Some(admitted))).await {
+            Err(_) => Err(Refusal::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "the run store did not answer within {} s; nothing was started, try again shortly",
+                    STORE_ANSWER.as_secs()
+                ),
+            )),
+            Ok(Ok(run)) => Ok(run),
+            Ok(Err(ExecError::Inputs { problems, .. })) => {
+                Err(Refusal::new(StatusCode::UNPROCESSABLE_ENTITY, problems.join("; ")))
+            }
+            Ok(Err(ExecError::Store(StoreError::Replay { .. }))) => {
+                tracing::warn!(workflow = %name, "webhook replay refused");
+                Err(Refusal::new(
+                    StatusCode::CONFLICT,
+                    "this delivery was already received (same signature); a replay starts nothing",
+                ))
+            }
+            Ok(Err(e)) => Err(Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+        }
+    }
+
+    /// Asks a run to stop (a running one at its next page or item; one
+    /// that is not running here is cancelled at once). Returns the status
+    /// to report.
+    async fn cancel(&self, id: &str, caller: &Caller) -> Result<String, Refusal> {
+        let running = match self.active().get(id) {
+            Some(active) => {
+                active.stop.cancel.cancel();
+                true
+            }
+            None => false,
+        };
+        let status = if running {
+            "cancelling".to_owned()
+        } else {
+            match self.executor.cancel_idle(id).await {
+                Ok(run) => run.status.as_str().to_owned(),
+                Err(ExecError::Store(StoreError::UnknownRun(_))) => {
+                    return Err(Refusal::new(
+                        StatusCode::NOT_FOUND,
+                        format!("no run with id {id}"),
+                    ));
+                }
+                Err(e) => {
+                    return Err(Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()));
+                }
+            }
+        };
+        self.record(id, caller, "cancel requested", Some(status.clone())).await;
+        Ok(status)
+    }
+
+    /// Resumes an interrupted run.
+    async fn resume(self: &Arc<Self>, id: &str, caller: &Caller) -> Result<(), Refusal> {
+        if self.active().contains_key(id) {
+            return Err(Refusal::new(
                 StatusCode::CONFLICT,
-                "this delivery was already received (same signature); a replay starts nothing",
-            )
+                format!("run {id} is already running here"),
+            ));
         }
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        let run = match self.executor.store().run(id).await {
+            Ok(run) => run,
+            Err(StoreError::UnknownRun(_)) => {
+                return Err(Refusal::new(StatusCode::NOT_FOUND, format!("no run with id {id}")));
+            }
+            Err(e) => return Err(Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+        };
+        if run.status.is_finished() {
+            return Err(Refusal::new(
+                StatusCode::CONFLICT,
+                format!("run {id} is {} and cannot be resumed", run.status.as_str()),
+            ));
+        }
+        let Some(admitted) = self.admit() else { return Err(Refusal::full(self)) };
+        if !self.launch_resume(run, Some(admitted)) {
+            return Err(Refusal::new(
+                StatusCode::CONFLICT,
+                format!("run {id} is already running here, or the server is stopping"),
+            ));
+        }
+        self.record(id, caller, "resume requested", None).await;
+        Ok(())
+    }
+
+    /// Starts a new run of a run's workflow with the same inputs (and the
+    /// same dry-run setting).
+    async fn rerun(self: &Arc<Self>, id: &str, caller: &Caller) -> Result<RunRecord, Refusal> {
+        let old = match self.executor.store().run(id).await {
+            Ok(run) => run,
+            Err(StoreError::UnknownRun(_)) => {
+                return Err(Refusal::new(StatusCode::NOT_FOUND, format!("no run with id {id}")));
+            }
+            Err(e) => return Err(Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+        };
+        let inputs = match old.inputs {
+            Value::Object(map) => map,
+            _ => serde_json::Map::new(),
+        };
+        let options = RunOptions {
+            inputs,
+            open_inputs: old.trigger == RunTrigger::Webhook,
+            dry_run: old.dry_run,
+            trigger: RunTrigger::Api,
+            started_by: Some(caller.name.clone()),
+            ..RunOptions::default()
+        };
+        let run = self.start_for(&old.workflow, options).await?;
+        self.record(&run.id, caller, "re-run", Some(format!("of run {id}"))).await;
+        Ok(run)
+    }
+
+    /// Adds an entry to a run's history; a failure is logged, not
+    /// answered (the action itself happened).
+    async fn record(&self, id: &str, caller: &Caller, action: &str, detail: Option<String>) {
+        let entry = HistoryEntry::now(caller.name.clone(), action, detail);
+        if let Err(e) = self.executor.store().record_action(id, &entry).await {
+            tracing::warn!(run = %id, error = %e, "cannot record an action in the run's history");
+        }
     }
 }
 
 async fn start_run(
     State(server): State<Arc<Server>>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     Query(query): Query<StartQuery>,
     body: Bytes,
 ) -> Response {
-    if !server.workflows.contains_key(&name) {
-        return error(StatusCode::NOT_FOUND, format!("no workflow named {name:?} is served here"));
-    }
     let inputs = match parse_object(&body) {
         Ok(inputs) => inputs,
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
@@ -1004,9 +1073,15 @@ async fn start_run(
         inputs,
         dry_run: query.dry_run,
         trigger: RunTrigger::Api,
+        started_by: Some(caller.name),
         ..RunOptions::default()
     };
-    start_for_request(&server, &name, options).await
+    match server.start_for(&name, options).await {
+        Ok(run) => {
+            (StatusCode::ACCEPTED, Json(serde_json::json!({ "run_id": run.id }))).into_response()
+        }
+        Err(refusal) => refusal.into_response(),
+    }
 }
 
 fn parse_object(body: &[u8]) -> Result<serde_json::Map<String, Value>, String> {
@@ -1024,7 +1099,15 @@ fn parse_object(body: &[u8]) -> Result<serde_json::Map<String, Value>, String> {
 struct RunsQuery {
     limit: Option<usize>,
     workflow: Option<String>,
+    status: Option<String>,
+    trigger: Option<String>,
+    /// The cursor of the next page (the `x-weft-next` header of the last).
+    before: Option<String>,
 }
+
+/// The header a page of `GET /api/runs` names the next page's cursor in
+/// (`?before=`), when there may be more.
+pub const NEXT_PAGE_HEADER: &str = "x-weft-next";
 
 /// A run as the API and `weft runs` show it (the workflow text stays in
 /// the store): what `GET /api/runs` lists, and what `weft runs` reads back
@@ -1091,85 +1174,225 @@ pub struct RunDetail {
     /// Whether a task of this server is running it (only from a server).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub active: Option<bool>,
+    /// Who did what to it, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<HistoryEntry>,
+    /// What it sent per connection, over all its attempts.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub connections: BTreeMap<String, ConnectionTotals>,
 }
 
 async fn list_runs(State(server): State<Arc<Server>>, Query(query): Query<RunsQuery>) -> Response {
-    let workflow = query.workflow;
-    match server
-        .executor
-        .store()
-        .recent_runs(query.limit.unwrap_or(50), move |r| {
-            workflow.as_ref().is_none_or(|w| *w == r.workflow)
-        })
-        .await
-    {
-        Ok(runs) => Json(runs.iter().map(RunView::from).collect::<Vec<_>>()).into_response(),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    let status = match query.status.as_deref().map(Status::parse) {
+        Some(None) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "status is one of pending, running, succeeded, failed, cancelled",
+            );
+        }
+        Some(status) => status,
+        None => None,
+    };
+    let wanted = RunQuery {
+        workflow: query.workflow.filter(|w| !w.is_empty()),
+        status,
+        trigger: query.trigger.filter(|t| !t.is_empty()),
+        before: query.before.filter(|b| !b.is_empty()),
+        limit: query.limit.unwrap_or(50).clamp(1, crate::store::MAX_PAGE),
+        ..RunQuery::default()
+    };
+    let store = server.executor.store();
+    let page = match store.query_runs(wanted).await {
+        Ok(page) => page,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let mut runs = Vec::with_capacity(page.rows.len());
+    for row in &page.rows {
+        match store.run(&row.id).await {
+            Ok(run) => runs.push(RunView::from(&run)),
+            Err(StoreError::UnknownRun(_)) => {}
+            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        }
     }
+    let mut response = Json(runs).into_response();
+    if let Some(next) = page.next.and_then(|n| HeaderValue::from_str(&n).ok()) {
+        response.headers_mut().insert(NEXT_PAGE_HEADER, next);
+    }
+    response
 }
 
 async fn show_run(State(server): State<Arc<Server>>, Path(id): Path<String>) -> Response {
     let store = server.executor.store();
-    match (store.run(&id).await, store.steps(&id).await) {
-        (Ok(run), Ok(steps)) => Json(RunDetail {
+    let run = match store.run(&id).await {
+        Ok(run) => run,
+        Err(StoreError::UnknownRun(_)) => {
+            return error(StatusCode::NOT_FOUND, format!("no run with id {id}"));
+        }
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    match (store.steps(&id).await, store.history(&id).await, store.connection_totals(&id).await) {
+        (Ok(steps), Ok(history), Ok(connections)) => Json(RunDetail {
             run: RunView::from(&run),
             steps,
             active: Some(server.active().contains_key(&id)),
+            history,
+            connections,
         })
         .into_response(),
-        (Err(StoreError::UnknownRun(_)), _) => {
-            error(StatusCode::NOT_FOUND, format!("no run with id {id}"))
+        (Err(e), ..) | (_, Err(e), _) | (.., Err(e)) => {
+            error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
         }
-        (Err(e), _) | (_, Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 
-async fn cancel_run(State(server): State<Arc<Server>>, Path(id): Path<String>) -> Response {
-    if let Some(active) = server.active().get(&id) {
-        active.stop.cancel.cancel();
-        return (
-            StatusCode::ACCEPTED,
-            Json(serde_json::json!({ "run_id": id, "status": "cancelling" })),
-        )
-            .into_response();
-    }
-    match server.executor.cancel_idle(&id).await {
-        Ok(run) => Json(serde_json::json!({ "run_id": id, "status": run.status })).into_response(),
-        Err(ExecError::Store(StoreError::UnknownRun(_))) => {
-            error(StatusCode::NOT_FOUND, format!("no run with id {id}"))
+async fn cancel_run(
+    State(server): State<Arc<Server>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Response {
+    match server.cancel(&id, &caller).await {
+        Ok(status) if status == "cancelling" => {
+            (StatusCode::ACCEPTED, Json(serde_json::json!({ "run_id": id, "status": status })))
+                .into_response()
         }
+        Ok(status) => Json(serde_json::json!({ "run_id": id, "status": status })).into_response(),
+        Err(refusal) => refusal.into_response(),
+    }
+}
+
+async fn resume_run(
+    State(server): State<Arc<Server>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Response {
+    match server.resume(&id, &caller).await {
+        Ok(()) => {
+            (StatusCode::ACCEPTED, Json(serde_json::json!({ "run_id": id, "status": "resuming" })))
+                .into_response()
+        }
+        Err(refusal) => refusal.into_response(),
+    }
+}
+
+/// A token as the API lists it (never its secret or hash).
+#[derive(Debug, Serialize)]
+struct TokenView {
+    id: String,
+    name: String,
+    role: Role,
+    created_ms: u64,
+    created_by: Option<String>,
+    revoked_ms: Option<u64>,
+}
+
+impl From<&TokenRecord> for TokenView {
+    fn from(t: &TokenRecord) -> Self {
+        TokenView {
+            id: t.id.clone(),
+            name: t.name.clone(),
+            role: t.role,
+            created_ms: t.created_ms,
+            created_by: t.created_by.clone(),
+            revoked_ms: t.revoked_ms,
+        }
+    }
+}
+
+async fn list_tokens(State(server): State<Arc<Server>>) -> Response {
+    match server.executor.store().tokens().await {
+        Ok(tokens) => Json(tokens.iter().map(TokenView::from).collect::<Vec<_>>()).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 
-async fn resume_run(State(server): State<Arc<Server>>, Path(id): Path<String>) -> Response {
-    if server.active().contains_key(&id) {
-        return error(StatusCode::CONFLICT, format!("run {id} is already running here"));
-    }
-    match server.executor.store().run(&id).await {
-        Ok(run) if run.status.is_finished() => error(
-            StatusCode::CONFLICT,
-            format!("run {id} is {} and cannot be resumed", run.status.as_str()),
-        ),
-        Ok(run) => {
-            let Some(admitted) = server.admit() else { return full(&server) };
-            if server.launch_resume(run, Some(admitted)) {
-                (
-                    StatusCode::ACCEPTED,
-                    Json(serde_json::json!({ "run_id": id, "status": "resuming" })),
-                )
-                    .into_response()
-            } else {
-                error(
-                    StatusCode::CONFLICT,
-                    format!("run {id} is already running here, or the server is stopping"),
-                )
+#[derive(Deserialize)]
+struct NewToken {
+    name: String,
+    role: String,
+}
+
+impl Server {
+    /// Makes a token; returns it with the token text to show once.
+    async fn create_token(
+        &self,
+        name: &str,
+        role: &str,
+        caller: &Caller,
+    ) -> Result<auth::IssuedToken, Refusal> {
+        let Some(role) = Role::parse(role) else {
+            return Err(Refusal::new(
+                StatusCode::BAD_REQUEST,
+                format!("role {role:?} is not one of viewer, operator, admin"),
+            ));
+        };
+        let issued = auth::issue(name, role, Some(caller.name.clone()));
+        match self.executor.store().create_token(&issued.record).await {
+            Ok(()) => {}
+            Err(TokenError::Store(e)) => {
+                return Err(Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()));
             }
+            Err(e) => return Err(Refusal::new(StatusCode::BAD_REQUEST, e.to_string())),
         }
-        Err(StoreError::UnknownRun(_)) => {
-            error(StatusCode::NOT_FOUND, format!("no run with id {id}"))
+        tracing::info!(token = %issued.record.name, role = role.as_str(), by = %caller.name, "token created");
+        self.access.tokens_changed(true);
+        Ok(issued)
+    }
+
+    /// Revokes a token by name or id; its sessions end with it.
+    async fn revoke_token(&self, name: &str, caller: &Caller) -> Result<TokenRecord, Refusal> {
+        let store = self.executor.store();
+        let revoked = match store.revoke_token(name).await {
+            Ok(token) => token,
+            Err(TokenError::Store(e)) => {
+                return Err(Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()));
+            }
+            Err(e) => return Err(Refusal::new(StatusCode::NOT_FOUND, e.to_string())),
+        };
+        tracing::info!(token = %revoked.name, by = %caller.name, "token revoked");
+        self.access.tokens_changed(store.has_active_tokens().await.unwrap_or(true));
+        Ok(revoked)
+    }
+}
+
+async fn create_token(
+    State(server): State<Arc<Server>>,
+    Extension(caller): Extension<Caller>,
+    body: Bytes,
+) -> Response {
+    let wanted: NewToken = match serde_json::from_slice(&body) {
+        Ok(wanted) => wanted,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "the body must be {{\"name\": NAME, \"role\": \"viewer|operator|admin\"}}: {e}"
+                ),
+            );
         }
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    match server.create_token(&wanted.name, &wanted.role, &caller).await {
+        Ok(issued) => (
+            StatusCode::CREATED,
+            Json(serde_json::json!({
+                "token": issued.token.expose(),
+                "id": issued.record.id,
+                "name": issued.record.name,
+                "role": issued.record.role,
+            })),
+        )
+            .into_response(),
+        Err(refusal) => refusal.into_response(),
+    }
+}
+
+async fn revoke_token(
+    State(server): State<Arc<Server>>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Response {
+    match server.revoke_token(&name, &caller).await {
+        Ok(token) => Json(TokenView::from(&token)).into_response(),
+        Err(refusal) => refusal.into_response(),
     }
 }
 
@@ -1251,7 +1474,12 @@ async fn webhook(
         delivery: Some(delivery),
         ..RunOptions::default()
     };
-    start_for_request(&server, &name, options).await
+    match server.start_for(&name, options).await {
+        Ok(run) => {
+            (StatusCode::ACCEPTED, Json(serde_json::json!({ "run_id": run.id }))).into_response()
+        }
+        Err(refusal) => refusal.into_response(),
+    }
 }
 
 #[cfg(test)]
@@ -1312,44 +1540,6 @@ mod tests {
         assert_eq!(read.run, detail.run);
         assert_eq!(read.steps[0].id, "a");
         Ok(())
-    }
-
-    fn hosts(bound: &str, public: Option<&str>) -> Hosts {
-        let public = public.and_then(|p| url::Url::parse(p).ok());
-        Hosts::new(
-            bound.parse().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 1))),
-            public.as_ref(),
-        )
-    }
-
-    #[test]
-    fn the_bound_address_and_localhost_name_a_loopback_server_and_other_names_do_not() {
-        let h = hosts("127.0.0.1:8080", None);
-        assert!(h.names_us(None, "127.0.0.1", Some(8080)));
-        assert!(h.names_us(None, "LOCALHOST", Some(8080)));
-        assert!(
-            h.names_us(None, "[::1]", Some(8080)),
-            "another loopback address of the same machine"
-        );
-        assert!(h.names_us(Some("http"), "localhost", Some(8080)));
-        assert!(!h.names_us(None, "localhost", Some(8081)), "another port");
-        assert!(!h.names_us(None, "localhost", None), "port 80");
-        assert!(!h.names_us(None, "attacker.example", Some(8080)), "a rebinding name");
-        assert!(!h.names_us(None, "10.0.0.1", Some(8080)), "not the bound address");
-        assert!(!h.names_us(Some("https"), "localhost", Some(8080)), "another scheme");
-        assert!(!h.names_us(None, "localhost.attacker.example", Some(8080)));
-    }
-
-    #[test]
-    fn a_server_on_all_addresses_takes_any_ip_and_its_public_name() {
-        let h = hosts("0.0.0.0:8080", Some("https://weft.example.com/base"));
-        assert!(h.names_us(None, "10.1.2.3", Some(8080)), "an IP cannot be a rebinding name");
-        assert!(h.names_us(None, "weft.example.com", None), "via the proxy");
-        assert!(h.names_us(Some("https"), "weft.example.com", None));
-        assert!(h.names_us(None, "WEFT.example.com", Some(443)));
-        assert!(!h.names_us(Some("http"), "weft.example.com", None), "the public URL is https");
-        assert!(!h.names_us(None, "weft.example.com", Some(8443)));
-        assert!(!h.names_us(None, "example.com", Some(8080)));
     }
 
     #[test]

@@ -186,6 +186,20 @@ impl Status {
             Status::Cancelled => "cancelled",
         }
     }
+
+    /// Parses a lower-case name.
+    pub fn parse(text: &str) -> Option<Status> {
+        [
+            Status::Pending,
+            Status::Running,
+            Status::Succeeded,
+            Status::Failed,
+            Status::Skipped,
+            Status::Cancelled,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == text)
+    }
 }
 
 /// A run of a workflow.

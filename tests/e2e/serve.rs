@@ -15,7 +15,7 @@ use weft_sandbox::stripe::{SANDBOX_API_KEY, StripeConfig, StripeEmulator};
 
 use super::support::{TestResult, runtime, workflow};
 
-const SECRET: &str = "whsec_weft_test_secret";
+pub(super) const SECRET: &str = "whsec_weft_test_secret";
 
 async fn start(
     state: &std::path::Path,
@@ -24,7 +24,7 @@ async fn start(
     start_with(state, ServeConfig { workflows, ..config()? }).await
 }
 
-fn config() -> TestResult<ServeConfig> {
+pub(super) fn config() -> TestResult<ServeConfig> {
     Ok(ServeConfig {
         bind: "127.0.0.1:0".parse()?,
         shutdown_grace: Duration::from_secs(10),
@@ -32,17 +32,24 @@ fn config() -> TestResult<ServeConfig> {
     })
 }
 
-async fn start_with(state: &std::path::Path, config: ServeConfig) -> TestResult<RunningServer> {
+pub(super) async fn start_with(
+    state: &std::path::Path,
+    config: ServeConfig,
+) -> TestResult<RunningServer> {
     let executor = Executor::new(runtime(SandboxLimits::default())?, RunStore::open(state)?);
     Ok(weft::serve::start(executor, config).await?)
 }
 
 /// A POST to the API, as `weft runs` and a console send it.
-fn post_json(client: &reqwest::Client, url: String, body: &str) -> reqwest::RequestBuilder {
+pub(super) fn post_json(
+    client: &reqwest::Client,
+    url: String,
+    body: &str,
+) -> reqwest::RequestBuilder {
     client.post(url).header("content-type", "application/json").body(body.to_owned())
 }
 
-async fn stripe(
+pub(super) async fn stripe(
     faults: FaultConfig,
     seed: usize,
 ) -> TestResult<(StripeEmulator, weft_sandbox::server::RunningServer)> {
@@ -51,7 +58,7 @@ async fn stripe(
     Ok((emulator, server))
 }
 
-fn secret_file(dir: &std::path::Path) -> TestResult<String> {
+pub(super) fn secret_file(dir: &std::path::Path) -> TestResult<String> {
     let path = dir.join("webhook-secret");
     std::fs::write(&path, SECRET)?;
     Ok(format!("file:{}", path.display()))
@@ -94,7 +101,11 @@ record = {{ email = "${{{{ .inputs.data.object.email }}}}", name = "${{{{ .input
     workflow(dir, &text)
 }
 
-async fn wait_finished(client: &reqwest::Client, base: &str, run: &str) -> TestResult<Value> {
+pub(super) async fn wait_finished(
+    client: &reqwest::Client,
+    base: &str,
+    run: &str,
+) -> TestResult<Value> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let body: Value = serde_json::from_slice(
@@ -396,7 +407,7 @@ async fn a_shutdown_leaves_the_run_to_the_next_start_which_resumes_it() -> TestR
     Ok(())
 }
 
-fn key_file(dir: &std::path::Path) -> TestResult<String> {
+pub(super) fn key_file(dir: &std::path::Path) -> TestResult<String> {
     let key = dir.join("stripe-key");
     std::fs::write(&key, SANDBOX_API_KEY)?;
     Ok(format!("file:{}", key.display()))
@@ -404,7 +415,7 @@ fn key_file(dir: &std::path::Path) -> TestResult<String> {
 
 /// A workflow that upserts one Stripe customer, the email its input, on the
 /// API and (HMAC without a timestamp) on a webhook.
-fn upsert_workflow(
+pub(super) fn upsert_workflow(
     dir: &std::path::Path,
     name: &str,
     base_url: &str,
@@ -971,8 +982,8 @@ async fn the_api_refuses_a_foreign_host_a_foreign_origin_and_a_post_that_is_not_
 }
 
 #[tokio::test]
-async fn a_public_url_is_answered_and_an_address_other_machines_reach_needs_allow_remote()
--> TestResult {
+async fn a_public_url_is_answered_and_an_address_other_machines_reach_needs_a_token() -> TestResult
+{
     let files = tempfile::tempdir()?;
     let state = tempfile::tempdir()?;
     let wf = upsert_workflow(files.path(), "manual", "http://127.0.0.1:9", 4096)?;
@@ -983,9 +994,28 @@ async fn a_public_url_is_answered_and_an_address_other_machines_reach_needs_allo
     .await;
     let message = refused.err().map(|e| e.to_string()).unwrap_or_default();
     assert!(
-        message.contains("refusing to listen on 0.0.0.0:0") && message.contains("--allow-remote"),
+        message.contains("refusing to listen on 0.0.0.0:0")
+            && message.contains("weft tokens create NAME --role admin"),
         "{message}"
     );
+    {
+        let store = RunStore::open(state.path())?;
+        let issued = weft::serve::auth::issue("admin", weft::store::Role::Admin, None);
+        store.create_token(&issued.record).await?;
+    }
+    let remote = start_with(
+        state.path(),
+        ServeConfig { workflows: vec![wf.clone()], bind: "0.0.0.0:0".parse()?, ..config()? },
+    )
+    .await?;
+    let anonymous = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{}/api/runs", remote.addr.port()))
+        .send()
+        .await?;
+    assert_eq!(anonymous.status(), 401, "with a token in the store it starts, closed");
+    remote.shutdown().await;
+    std::fs::remove_dir_all(state.path())?;
+    std::fs::create_dir_all(state.path())?;
 
     let server = start_with(
         state.path(),

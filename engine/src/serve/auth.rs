@@ -56,6 +56,12 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// A caller with no token record behind it (the server's own: the
+    /// local CLI, an open server's user).
+    pub fn with_role(name: &str, role: Role) -> Self {
+        Caller { name: name.to_owned(), role, token_id: String::new(), csrf: None, session: None }
+    }
+
     /// Whether the caller may do what `role` may.
     pub fn may(&self, role: Role) -> bool {
         self.role.allows(role)
@@ -79,6 +85,11 @@ fn random_bytes<const N: usize>() -> [u8; N] {
     bytes
 }
 
+/// 32 random bytes as URL-safe text: a secret nobody can guess.
+pub fn random_text() -> String {
+    url_safe(&random_bytes::<32>())
+}
+
 fn url_safe(bytes: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
@@ -92,7 +103,15 @@ pub fn sha256_hex(text: &str) -> String {
 pub fn issue(name: &str, role: Role, created_by: Option<String>) -> IssuedToken {
     let id = hex::encode(random_bytes::<8>());
     let secret = url_safe(&random_bytes::<32>());
-    let record = TokenRecord { id: id.clone(), name: name.to_owned(), role, secret_sha256: sha256_hex(&secret), created_ms: now_ms(), created_by, revoked_ms: None };
+    let record = TokenRecord {
+        id: id.clone(),
+        name: name.to_owned(),
+        role,
+        secret_sha256: sha256_hex(&secret),
+        created_ms: now_ms(),
+        created_by,
+        revoked_ms: None,
+    };
     IssuedToken { record, token: Secret::new(format!("{TOKEN_PREFIX}{id}_{secret}")) }
 }
 
@@ -100,7 +119,11 @@ pub fn issue(name: &str, role: Role, created_by: Option<String>) -> IssuedToken 
 pub fn split_token(text: &str) -> Option<(&str, &str)> {
     let rest = text.trim().strip_prefix(TOKEN_PREFIX)?;
     let (id, secret) = rest.split_once('_')?;
-    let plain = |s: &str, max: usize| !s.is_empty() && s.len() <= max && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    let plain = |s: &str, max: usize| {
+        !s.is_empty()
+            && s.len() <= max
+            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
     (plain(id, 32) && plain(secret, 128)).then_some((id, secret))
 }
 
@@ -129,10 +152,19 @@ pub async fn check_token(store: &RunStore, text: &str) -> Result<Caller, AuthErr
     // A hash is computed whether or not the id exists, so an unknown id
     // and a wrong secret take the same time.
     let presented = sha256_hex(secret);
-    let stored = record.as_ref().map(|r| r.secret_sha256.as_str()).unwrap_or("0000000000000000000000000000000000000000000000000000000000000000");
+    let stored = record
+        .as_ref()
+        .map(|r| r.secret_sha256.as_str())
+        .unwrap_or("0000000000000000000000000000000000000000000000000000000000000000");
     let matched = same(&presented, stored);
     match record {
-        Some(record) if matched && record.is_active() => Ok(Caller { name: record.name, role: record.role, token_id: record.id, csrf: None, session: None }),
+        Some(record) if matched && record.is_active() => Ok(Caller {
+            name: record.name,
+            role: record.role,
+            token_id: record.id,
+            csrf: None,
+            session: None,
+        }),
         _ => Err(AuthError::Invalid),
     }
 }
@@ -143,7 +175,12 @@ pub fn open_session(token: &TokenRecord) -> (Secret, String, SessionRecord) {
     let cookie = url_safe(&random_bytes::<32>());
     let hash = sha256_hex(&cookie);
     let now = now_ms();
-    let record = SessionRecord { token_id: token.id.clone(), csrf: url_safe(&random_bytes::<32>()), created_ms: now, expires_ms: now + SESSION_LIFETIME.as_millis() as u64 };
+    let record = SessionRecord {
+        token_id: token.id.clone(),
+        csrf: url_safe(&random_bytes::<32>()),
+        created_ms: now,
+        expires_ms: now + SESSION_LIFETIME.as_millis() as u64,
+    };
     (Secret::new(cookie), hash, record)
 }
 
@@ -155,7 +192,13 @@ pub async fn check_session(store: &RunStore, cookie: &str) -> Result<Caller, Aut
     }
     let hash = sha256_hex(cookie);
     match store.live_session(&hash, now_ms()).await? {
-        Some((session, token)) => Ok(Caller { name: token.name, role: token.role, token_id: token.id, csrf: Some(session.csrf), session: Some(hash) }),
+        Some((session, token)) => Ok(Caller {
+            name: token.name,
+            role: token.role,
+            token_id: token.id,
+            csrf: Some(session.csrf),
+            session: Some(hash),
+        }),
         None => Err(AuthError::Invalid),
     }
 }
@@ -166,7 +209,11 @@ pub fn session_cookie(value: Option<&Secret>, secure: bool) -> String {
     let name = if secure { SECURE_SESSION_COOKIE } else { SESSION_COOKIE };
     let secure = if secure { "; Secure" } else { "" };
     match value {
-        Some(value) => format!("{name}={}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}{secure}", value.expose(), SESSION_LIFETIME.as_secs()),
+        Some(value) => format!(
+            "{name}={}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}{secure}",
+            value.expose(),
+            SESSION_LIFETIME.as_secs()
+        ),
         None => format!("{name}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0{secure}"),
     }
 }
@@ -234,7 +281,12 @@ impl SignInLimiter {
     /// A limiter allowing `per_window` failures per `window`, tracking at
     /// most `capacity` addresses.
     pub fn new(per_window: u32, window: Duration, capacity: usize) -> Self {
-        SignInLimiter { windows: Mutex::new(HashMap::new()), per_window, window, capacity: capacity.max(1) }
+        SignInLimiter {
+            windows: Mutex::new(HashMap::new()),
+            per_window,
+            window,
+            capacity: capacity.max(1),
+        }
     }
 
     fn key(&self, windows: &mut HashMap<IpAddr, Window>, addr: IpAddr, now: Instant) -> IpAddr {
@@ -253,8 +305,14 @@ impl SignInLimiter {
         let mut windows = self.windows.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let key = self.key(&mut windows, addr, now);
         match windows.get(&key) {
-            Some(w) if now.saturating_duration_since(w.started) < self.window && w.failures >= self.per_window => {
-                Err(self.window.saturating_sub(now.saturating_duration_since(w.started)).max(Duration::from_secs(1)))
+            Some(w)
+                if now.saturating_duration_since(w.started) < self.window
+                    && w.failures >= self.per_window =>
+            {
+                Err(self
+                    .window
+                    .saturating_sub(now.saturating_duration_since(w.started))
+                    .max(Duration::from_secs(1)))
             }
             _ => Ok(()),
         }
@@ -283,12 +341,19 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn a_token_opens_its_caller_and_a_wrong_or_revoked_one_nothing() -> Result<(), Box<dyn std::error::Error>> {
+    async fn a_token_opens_its_caller_and_a_wrong_or_revoked_one_nothing()
+    -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let store = RunStore::open(dir.path())?;
         let issued = issue("ops", Role::Operator, None);
         assert!(issued.token.expose().starts_with("weft_"));
-        assert!(!issued.record.secret_sha256.contains(split_token(issued.token.expose()).map(|(_, s)| s).unwrap_or("?")), "the store keeps a hash");
+        assert!(
+            !issued
+                .record
+                .secret_sha256
+                .contains(split_token(issued.token.expose()).map(|(_, s)| s).unwrap_or("?")),
+            "the store keeps a hash"
+        );
         store.create_token(&issued.record).await?;
         let caller = check_token(&store, issued.token.expose()).await?;
         assert_eq!((caller.name.as_str(), caller.role), ("ops", Role::Operator));
@@ -296,15 +361,22 @@ mod tests {
         wrong.pop();
         wrong.push('x');
         assert!(matches!(check_token(&store, &wrong).await, Err(AuthError::Invalid)));
-        assert!(matches!(check_token(&store, "weft_0000000000000000_abc").await, Err(AuthError::Invalid)));
+        assert!(matches!(
+            check_token(&store, "weft_0000000000000000_abc").await,
+            Err(AuthError::Invalid)
+        ));
         assert!(matches!(check_token(&store, "Bearer nonsense").await, Err(AuthError::Invalid)));
         store.revoke_token("ops").await?;
-        assert!(matches!(check_token(&store, issued.token.expose()).await, Err(AuthError::Invalid)));
+        assert!(matches!(
+            check_token(&store, issued.token.expose()).await,
+            Err(AuthError::Invalid)
+        ));
         Ok(())
     }
 
     #[tokio::test]
-    async fn a_session_opens_its_caller_until_its_token_is_revoked() -> Result<(), Box<dyn std::error::Error>> {
+    async fn a_session_opens_its_caller_until_its_token_is_revoked()
+    -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let store = RunStore::open(dir.path())?;
         let issued = issue("viewer", Role::Viewer, None);
@@ -323,13 +395,25 @@ mod tests {
     fn cookies_are_http_only_strict_and_secure_under_tls() {
         let value = Secret::new("abc".into());
         let plain = session_cookie(Some(&value), false);
-        assert!(plain.starts_with("weft_session=abc;") && plain.contains("HttpOnly") && plain.contains("SameSite=Strict") && !plain.contains("Secure"));
+        assert!(
+            plain.starts_with("weft_session=abc;")
+                && plain.contains("HttpOnly")
+                && plain.contains("SameSite=Strict")
+                && !plain.contains("Secure")
+        );
         let secure = session_cookie(Some(&value), true);
         assert!(secure.starts_with("__Host-weft_session=abc;") && secure.ends_with("; Secure"));
         let mut headers = axum::http::HeaderMap::new();
-        headers.insert(axum::http::header::COOKIE, axum::http::HeaderValue::from_static("a=b; weft_session=xyz; c=d"));
+        headers.insert(
+            axum::http::header::COOKIE,
+            axum::http::HeaderValue::from_static("a=b; weft_session=xyz; c=d"),
+        );
         assert_eq!(session_from_headers(&headers, false).as_deref(), Some("xyz"));
-        assert_eq!(session_from_headers(&headers, true), None, "under TLS only the __Host- cookie counts");
+        assert_eq!(
+            session_from_headers(&headers, true),
+            None,
+            "under TLS only the __Host- cookie counts"
+        );
     }
 
     #[test]
@@ -341,13 +425,17 @@ mod tests {
             limiter.failed(one);
         }
         assert!(limiter.check(one).is_err(), "the fourth try is refused");
-        let other: IpAddr = "192.0.2.2".parse().unwrap_or(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+        let other: IpAddr =
+            "192.0.2.2".parse().unwrap_or(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
         assert!(limiter.check(other).is_ok(), "another address is not");
         for i in 0..10_000u32 {
             limiter.failed(IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i)));
         }
         assert!(limiter.tracked() <= 9, "bounded: {}", limiter.tracked());
-        assert!(limiter.check(IpAddr::V4(std::net::Ipv4Addr::new(10, 9, 9, 9))).is_err(), "addresses beyond the bound share one window");
+        assert!(
+            limiter.check(IpAddr::V4(std::net::Ipv4Addr::new(10, 9, 9, 9))).is_err(),
+            "addresses beyond the bound share one window"
+        );
         let v6a: IpAddr = "2001:db8::1".parse().unwrap_or(one);
         let v6b: IpAddr = "2001:db8::2".parse().unwrap_or(one);
         assert_eq!(client_key(v6a), client_key(v6b), "one /64 is one client");
