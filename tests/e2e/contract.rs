@@ -27,7 +27,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use serde_json::{Value, json};
-use weft::conformance::{CheckTarget, Verdict, builtin_samples, check, sandbox_settings};
+use weft::conformance::{CheckTarget, Verdict, check};
 use weft::connector::{
     BatchItem, CallContext, ListRequest, RemoveOutcome, UpsertAction, UpsertRequest,
 };
@@ -35,6 +35,7 @@ use weft::credentials::Secret;
 use weft::http::{ConnectionHttp, HttpLimits, SendOnce};
 use weft::runtime::{Plugin, SandboxLimits};
 use weft_sandbox::Sandbox;
+use weft_sandbox::vendors::{connector_settings, sample_records};
 
 use self::prism::Prism;
 use self::recorder::{Exchange, Recorder};
@@ -126,7 +127,7 @@ impl Checked {
             vendor,
             plugin,
             http,
-            settings: sandbox_settings(vendor),
+            settings: connector_settings(vendor),
             recorder,
             failures: Vec::new(),
             prism: None,
@@ -280,7 +281,7 @@ impl Checked {
             secret: Some(Secret::new(key)),
             settings: self.settings.clone(),
             resource: None,
-            samples: builtin_samples(self.vendor),
+            samples: sample_records(self.vendor),
             allow_irreversible: true,
             page_size,
         };

@@ -134,10 +134,10 @@ async fn check_plugin(global: &Global, options: CheckArgs) -> Result<ExitCode> {
         // The samples and settings are the emulator's API's, whoever wrote
         // the connector.
         if samples.is_empty() {
-            samples = weft::conformance::builtin_samples(endpoint.vendor);
+            samples = weft_sandbox::vendors::sample_records(endpoint.vendor);
         }
         if options.settings.is_empty() {
-            settings = weft::conformance::sandbox_settings(endpoint.vendor);
+            settings = weft_sandbox::vendors::connector_settings(endpoint.vendor);
         }
         emulators = Some(running);
         (endpoint.base_url, Some(Secret::new(endpoint.api_key)))
