@@ -43,9 +43,10 @@ const CACHE_FORMAT: &[u8] = b"serialized+crc32";
 /// Bytes of a guest's stderr kept to explain a trap (a Rust panic message).
 const STDERR_CAPTURE: usize = 4096;
 
-/// Limits every plugin instance runs under.
+/// Limits every plugin instance runs under (not to be confused with the
+/// sandbox, which is `weft-sandbox`'s vendor emulators).
 #[derive(Debug, Clone)]
-pub struct SandboxLimits {
+pub struct InstanceLimits {
     /// Largest linear memory an instance may grow to.
     pub memory_bytes: usize,
     /// CPU time a call may use: the time the thread running the call spends
@@ -73,9 +74,9 @@ pub struct SandboxLimits {
     pub instances: u32,
 }
 
-impl Default for SandboxLimits {
+impl Default for InstanceLimits {
     fn default() -> Self {
-        SandboxLimits {
+        InstanceLimits {
             memory_bytes: 64 << 20,
             cpu_time: Duration::from_secs(5),
             call_timeout: Duration::from_secs(300),
@@ -93,7 +94,7 @@ pub struct RuntimeConfig {
     /// Where compiled components are cached; `None` compiles every time.
     pub cache_dir: Option<PathBuf>,
     /// Limits for every instance.
-    pub limits: SandboxLimits,
+    pub limits: InstanceLimits,
 }
 
 /// Errors from loading or calling a plugin.
@@ -326,7 +327,7 @@ impl Runtime {
     }
 
     /// The limits instances run under.
-    pub fn limits(&self) -> &SandboxLimits {
+    pub fn limits(&self) -> &InstanceLimits {
         &self.inner.config.limits
     }
 
@@ -872,7 +873,7 @@ impl Plugin {
         RuntimeError::Contract { plugin: self.name.clone(), op, reason }
     }
 
-    /// Runs one call in a fresh instance under the sandbox limits.
+    /// Runs one call in a fresh instance under the instance limits.
     async fn call(&self, http: Option<&Arc<ConnectionHttp>>, call: Call) -> Result<Reply> {
         let op = call.op();
         let deadline = deadline_after(self.runtime.limits().call_timeout);
@@ -987,7 +988,7 @@ impl Plugin {
         }
     }
 
-    /// Runs one call on `instance` under the sandbox limits, each counted
+    /// Runs one call on `instance` under the instance limits, each counted
     /// from zero (CPU time, log lines), until `deadline`.
     async fn run(&self, instance: &mut Instance, call: Call, deadline: Instant) -> Result<Reply> {
         let op = call.op();

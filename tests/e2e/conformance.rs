@@ -3,7 +3,7 @@
 
 use weft::conformance::{CheckTarget, Verdict, check};
 use weft::credentials::Secret;
-use weft::runtime::SandboxLimits;
+use weft::runtime::InstanceLimits;
 use weft_sandbox::vendors::{connector_settings, sample_records};
 
 use super::support::{TestResult, runtime, sandbox};
@@ -11,7 +11,7 @@ use super::support::{TestResult, runtime, sandbox};
 #[tokio::test]
 async fn every_builtin_connector_passes_the_conformance_kit() -> TestResult {
     let sandbox = sandbox(25).await?;
-    let runtime = runtime(SandboxLimits::default())?;
+    let runtime = runtime(InstanceLimits::default())?;
     let mut checked = 0;
     for name in weft::builtin::names() {
         let plugin = runtime.load(name, weft::builtin::component(name).ok_or("built in")?).await?;

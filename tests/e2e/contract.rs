@@ -33,7 +33,7 @@ use weft::connector::{
 };
 use weft::credentials::Secret;
 use weft::http::{ConnectionHttp, HttpLimits, SendOnce};
-use weft::runtime::{Plugin, SandboxLimits};
+use weft::runtime::{InstanceLimits, Plugin};
 use weft_sandbox::Sandbox;
 use weft_sandbox::vendors::{connector_settings, sample_records};
 
@@ -111,7 +111,7 @@ impl Checked {
         key: &str,
         recorder: Recorder,
     ) -> TestResult<Checked> {
-        let runtime = runtime(SandboxLimits::default())?;
+        let runtime = runtime(InstanceLimits::default())?;
         let plugin =
             runtime.load(vendor, weft::builtin::component(vendor).ok_or("built in")?).await?;
         // Each request once: a violation must not be retried into a pass.

@@ -10,18 +10,18 @@ use weft::connector::{AuthScheme, CallContext, ListRequest};
 use weft::credentials::Secret;
 use weft::executor::{ConnectionOverride, Executor, Silent};
 use weft::http::{ConnectionHttp, EgressPolicy, HttpLimits, SendOnce};
-use weft::runtime::{Plugin, PluginConnection, RuntimeError, SandboxLimits};
+use weft::runtime::{InstanceLimits, Plugin, PluginConnection, RuntimeError};
 use weft::store::{RunStore, Status};
 
 use super::support::{TestResult, hostile_wasm, runtime, workflow};
 
 const SECRET: &str = "sk_test_hostile_never_show_me";
 
-fn limits() -> SandboxLimits {
-    SandboxLimits {
+fn limits() -> InstanceLimits {
+    InstanceLimits {
         cpu_time: Duration::from_millis(500),
         call_timeout: Duration::from_secs(20),
-        ..SandboxLimits::default()
+        ..InstanceLimits::default()
     }
 }
 
@@ -794,10 +794,10 @@ async fn burn(
 async fn concurrent_calls_each_under_the_cpu_limit_all_succeed_and_a_spin_still_stops() -> TestResult
 {
     let limit = Duration::from_millis(500);
-    let runtime = runtime(SandboxLimits {
+    let runtime = runtime(InstanceLimits {
         cpu_time: limit,
         call_timeout: Duration::from_secs(120),
-        ..SandboxLimits::default()
+        ..InstanceLimits::default()
     })?;
     let plugin = Arc::new(runtime.load_file(hostile_wasm()).await?);
     let http = connection("http://127.0.0.1:9")?;
@@ -870,9 +870,9 @@ fn slow_request(ms: u64) -> ListRequest {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn more_concurrent_calls_than_the_256_instance_slots_all_succeed() -> TestResult {
     let server = slow_server().await?;
-    let runtime = runtime(SandboxLimits {
+    let runtime = runtime(InstanceLimits {
         call_timeout: Duration::from_secs(60),
-        ..SandboxLimits::default()
+        ..InstanceLimits::default()
     })?;
     let plugin = Arc::new(runtime.load_file(hostile_wasm()).await?);
     let http = connection(&server.base_url())?;
@@ -908,7 +908,7 @@ async fn more_concurrent_calls_than_the_256_instance_slots_all_succeed() -> Test
 }
 
 fn small_pool(instances: u32, call_timeout: Duration) -> TestResult<weft::runtime::Runtime> {
-    runtime(SandboxLimits { call_timeout, instances, ..limits() })
+    runtime(InstanceLimits { call_timeout, instances, ..limits() })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
