@@ -24,11 +24,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::connector::{CallContext, Manifest};
 use crate::credentials::{CredentialSource, Secret};
-use crate::endpoint::{Endpoint, PluginEndpoint};
+use crate::endpoint::Endpoint;
 use crate::expr::{Budget, EvalError, Evaluator, Scope};
 use crate::http::{ConnectionHttp, EgressPolicy, HttpLimits, StatsSnapshot};
 use crate::limiter::{LimitedPolicy, LimiterRegistry, Publisher, RetryPolicy};
-use crate::runtime::{Plugin, Runtime, RuntimeError};
+use crate::runtime::{Plugin, PluginConnection, Runtime, RuntimeError};
 use crate::store::{
     RunRecord, RunStore, RunTrigger, Status, StepCounts, StepState, StoreError, now_ms,
 };
@@ -545,7 +545,7 @@ impl Executor {
                 CallContext { base_url: http.base_url(), settings: connection.settings.clone() };
             live.insert(
                 connection.name.clone(),
-                Arc::new(PluginEndpoint::new(plugin, Arc::new(http), context)),
+                Arc::new(PluginConnection::new(plugin, Arc::new(http), context)),
             );
         }
         Ok(live)

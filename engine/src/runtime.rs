@@ -1067,8 +1067,11 @@ const WARM_MEMORY_BYTES: usize = 8 << 20;
 /// Idle instances kept per connection.
 const WARM_PER_CONNECTION: usize = 16;
 
-/// A plugin bound to one connection's HTTP policy, whose calls reuse warm
-/// instances instead of instantiating one per call.
+/// A plugin bound to one connection, ready to call: the connection's HTTP
+/// policy (credential, hosts, limits) and the base URL and settings every
+/// call is given, with warm instances reused from call to call instead of
+/// one instantiated per call. The executor calls it through
+/// [`crate::endpoint::Endpoint`].
 ///
 /// # What reuse gives up, and what it keeps
 ///
@@ -1091,6 +1094,9 @@ const WARM_PER_CONNECTION: usize = 16;
 pub struct PluginConnection {
     plugin: Arc<Plugin>,
     http: Arc<ConnectionHttp>,
+    /// Given to every call: fixed for the connection, so that a warm
+    /// instance never serves calls with other settings.
+    context: CallContext,
     idle: Arc<IdleList>,
 }
 
@@ -1115,8 +1121,9 @@ impl Drop for PluginConnection {
 }
 
 impl PluginConnection {
-    /// Binds `plugin` to the connection whose HTTP policy is `http`.
-    pub fn new(plugin: Arc<Plugin>, http: Arc<ConnectionHttp>) -> Self {
+    /// Binds `plugin` to the connection whose HTTP policy is `http`, every
+    /// call given `context` (base URL and settings).
+    pub fn new(plugin: Arc<Plugin>, http: Arc<ConnectionHttp>, context: CallContext) -> Self {
         let idle = Arc::new(IdleList::default());
         let mut registry = plugin
             .runtime
@@ -1127,7 +1134,7 @@ impl PluginConnection {
         registry.retain(|list| list.strong_count() > 0);
         registry.push(Arc::downgrade(&idle));
         drop(registry);
-        PluginConnection { plugin, http, idle }
+        PluginConnection { plugin, http, context, idle }
     }
 
     /// The plugin.
@@ -1135,47 +1142,50 @@ impl PluginConnection {
         &self.plugin
     }
 
-    /// The connection's HTTP policy.
+    /// The connection's HTTP policy: base URL, hosts, credential, limiter.
     pub fn http(&self) -> &Arc<ConnectionHttp> {
         &self.http
     }
 
+    /// Base URL and settings handed to every call.
+    pub fn context(&self) -> &CallContext {
+        &self.context
+    }
+
     /// Reads one page.
-    pub async fn list(&self, ctx: CallContext, request: ListRequest) -> Result<Page> {
+    pub async fn list(&self, request: ListRequest) -> Result<Page> {
         let max = request.page_size as usize;
-        self.plugin.page(self.call(Call::List(ctx, request)).await?, max)
+        self.plugin.page(self.call(Call::List(self.context.clone(), request)).await?, max)
     }
 
     /// Reads one record.
-    pub async fn get(&self, ctx: CallContext, resource: &str, id: &str) -> Result<Option<String>> {
-        self.plugin.record(self.call(Call::Get(ctx, resource.to_owned(), id.to_owned())).await?)
+    pub async fn get(&self, resource: &str, id: &str) -> Result<Option<String>> {
+        let call = Call::Get(self.context.clone(), resource.to_owned(), id.to_owned());
+        self.plugin.record(self.call(call).await?)
     }
 
     /// Creates or updates one record.
-    pub async fn upsert(&self, ctx: CallContext, request: UpsertRequest) -> Result<UpsertOutcome> {
-        self.plugin.upserted(self.call(Call::Upsert(ctx, request)).await?)
+    pub async fn upsert(&self, request: UpsertRequest) -> Result<UpsertOutcome> {
+        self.plugin.upserted(self.call(Call::Upsert(self.context.clone(), request)).await?)
     }
 
     /// Creates or updates many records.
     pub async fn upsert_batch(
         &self,
-        ctx: CallContext,
         resource: &str,
         items: Vec<BatchItem>,
     ) -> Result<Vec<std::result::Result<UpsertOutcome, ConnectorError>>> {
         let count = items.len();
-        self.plugin
-            .batch(self.call(Call::UpsertBatch(ctx, resource.to_owned(), items)).await?, count)
+        self.plugin.batch(
+            self.call(Call::UpsertBatch(self.context.clone(), resource.to_owned(), items)).await?,
+            count,
+        )
     }
 
     /// Removes one record.
-    pub async fn remove(
-        &self,
-        ctx: CallContext,
-        resource: &str,
-        id: &str,
-    ) -> Result<RemoveOutcome> {
-        self.plugin.removed(self.call(Call::Remove(ctx, resource.to_owned(), id.to_owned())).await?)
+    pub async fn remove(&self, resource: &str, id: &str) -> Result<RemoveOutcome> {
+        let call = Call::Remove(self.context.clone(), resource.to_owned(), id.to_owned());
+        self.plugin.removed(self.call(call).await?)
     }
 
     /// Runs `call` on an idle instance of this connection, or a new one,
