@@ -7,21 +7,14 @@
 //! emulators (Stripe's customers API and its Dashboard SCIM API), the
 //! emulator named like the connector wins, and otherwise the connection
 //! says which with `sandbox = "stripe-scim"`. A connector with no emulator
-//! is refused: a sandbox run never reaches a real vendor.
+//! is refused: a sandbox run never reaches a real vendor. Which vendor each
+//! emulator stands in for is the emulator crate's to say
+//! ([`weft_sandbox::vendors`]).
 
 use weft_sandbox::Endpoint;
+use weft_sandbox::vendors::vendor_of as emulated_vendor;
 
 use crate::connector::Manifest;
-
-/// The vendor each emulator stands in for, as connectors' manifests spell
-/// it (compared ignoring case, spaces and punctuation).
-const EMULATED_VENDORS: &[(&str, &str)] = &[
-    ("stripe", "Stripe"),
-    ("stripe-scim", "Stripe"),
-    ("baremetrics", "Baremetrics"),
-    ("metronome", "Metronome"),
-    ("growpanel", "GrowPanel"),
-];
 
 /// Why no emulator could be chosen.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -96,11 +89,6 @@ pub fn choose<'a>(
     }
 }
 
-/// The vendor the emulator `name` stands in for.
-fn emulated_vendor(name: &str) -> Option<&'static str> {
-    EMULATED_VENDORS.iter().find(|(emulator, _)| *emulator == name).map(|(_, vendor)| *vendor)
-}
-
 /// `stripe (Stripe), growpanel (GrowPanel), …`
 fn available(endpoints: &[Endpoint]) -> String {
     endpoints
@@ -121,7 +109,7 @@ mod tests {
     use crate::connector::AuthScheme;
 
     fn endpoints() -> Vec<Endpoint> {
-        EMULATED_VENDORS
+        weft_sandbox::vendors::EMULATED
             .iter()
             .map(|(name, _)| Endpoint {
                 vendor: name,
@@ -181,24 +169,5 @@ mod tests {
         );
         let misnamed = chosen("acme", "Acme", Some("grow-panel")).expect_err("no such emulator");
         assert!(misnamed.to_string().contains("no emulator named \"grow-panel\""), "{misnamed}");
-    }
-
-    #[tokio::test]
-    async fn every_emulator_of_the_sandbox_has_a_vendor() {
-        let sandbox = weft_sandbox::Sandbox::start(weft_sandbox::SandboxOptions {
-            seed: 0,
-            stripe_port: 0,
-            ..Default::default()
-        })
-        .await
-        .expect("sandbox starts");
-        for endpoint in sandbox.endpoints() {
-            assert!(
-                emulated_vendor(endpoint.vendor).is_some(),
-                "emulator {} has no vendor in EMULATED_VENDORS",
-                endpoint.vendor
-            );
-        }
-        sandbox.shutdown().await;
     }
 }

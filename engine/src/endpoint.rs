@@ -1,17 +1,16 @@
-//! A connection ready to call, as the executor sees it: a plugin instance
-//! behind the host's HTTP policy, or (in benchmarks and tests) anything
-//! else that answers the same ops.
-
-use std::sync::Arc;
+//! A connection ready to call, as the executor sees it: a plugin on a
+//! connection ([`PluginConnection`], warm instances behind the host's HTTP
+//! policy), or (in benchmarks and tests) anything else that answers the
+//! same ops.
 
 use futures_util::future::BoxFuture;
 
 use crate::connector::{
-    BatchItem, CallContext, ConnectorError, ListRequest, Manifest, Page, RemoveOutcome,
-    UpsertOutcome, UpsertRequest,
+    BatchItem, ConnectorError, ListRequest, Manifest, Page, RemoveOutcome, UpsertOutcome,
+    UpsertRequest,
 };
-use crate::http::{ConnectionHttp, StatsSnapshot, within_call};
-use crate::runtime::{Plugin, PluginConnection, RuntimeError};
+use crate::http::{StatsSnapshot, within_call};
+use crate::runtime::{PluginConnection, RuntimeError};
 
 /// The outcome of each record of a batch upsert.
 pub type BatchOutcomes = Vec<Result<UpsertOutcome, ConnectorError>>;
@@ -50,48 +49,11 @@ pub trait Endpoint: Send + Sync {
     }
 }
 
-/// A plugin behind a connection's HTTP policy and settings, whose calls
-/// reuse warm instances of this connection (see [`PluginConnection`]).
-/// Each op is one call for the connection's per-call request budget
+/// A plugin on one connection ([`PluginConnection`]: warm instances behind
+/// the connection's HTTP policy, given its base URL and settings). Each op
+/// is one call for the connection's per-call request budget
 /// ([`crate::http::HttpLimits::max_requests_per_call`]).
-pub struct PluginEndpoint {
-    connection: PluginConnection,
-    context: CallContext,
-}
-
-impl PluginEndpoint {
-    /// The connection's endpoint: `plugin` behind `http`, every call given
-    /// `context` (base URL and settings).
-    pub fn new(plugin: Arc<Plugin>, http: Arc<ConnectionHttp>, context: CallContext) -> Self {
-        PluginEndpoint { connection: PluginConnection::new(plugin, http), context }
-    }
-
-    /// The loaded plugin.
-    pub fn plugin(&self) -> &Arc<Plugin> {
-        self.connection.plugin()
-    }
-
-    /// The connection's HTTP policy: base URL, hosts, credential, limiter.
-    pub fn http(&self) -> &Arc<ConnectionHttp> {
-        self.connection.http()
-    }
-
-    /// Base URL and settings handed to every call.
-    pub fn context(&self) -> &CallContext {
-        &self.context
-    }
-}
-
-impl std::fmt::Debug for PluginEndpoint {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PluginEndpoint")
-            .field("plugin", &self.plugin().name())
-            .field("base_url", &self.context.base_url)
-            .finish()
-    }
-}
-
-impl Endpoint for PluginEndpoint {
+impl Endpoint for PluginConnection {
     fn manifest(&self) -> &Manifest {
         self.plugin().manifest()
     }
@@ -101,7 +63,7 @@ impl Endpoint for PluginEndpoint {
     }
 
     fn list(&self, request: ListRequest) -> BoxFuture<'_, Result<Page, RuntimeError>> {
-        Box::pin(within_call(self.connection.list(self.context.clone(), request)))
+        Box::pin(within_call(PluginConnection::list(self, request)))
     }
 
     fn get<'a>(
@@ -109,11 +71,11 @@ impl Endpoint for PluginEndpoint {
         resource: &'a str,
         id: &'a str,
     ) -> BoxFuture<'a, Result<Option<String>, RuntimeError>> {
-        Box::pin(within_call(self.connection.get(self.context.clone(), resource, id)))
+        Box::pin(within_call(PluginConnection::get(self, resource, id)))
     }
 
     fn upsert(&self, request: UpsertRequest) -> BoxFuture<'_, Result<UpsertOutcome, RuntimeError>> {
-        Box::pin(within_call(self.connection.upsert(self.context.clone(), request)))
+        Box::pin(within_call(PluginConnection::upsert(self, request)))
     }
 
     fn upsert_batch<'a>(
@@ -121,7 +83,7 @@ impl Endpoint for PluginEndpoint {
         resource: &'a str,
         items: Vec<BatchItem>,
     ) -> BoxFuture<'a, Result<BatchOutcomes, RuntimeError>> {
-        Box::pin(within_call(self.connection.upsert_batch(self.context.clone(), resource, items)))
+        Box::pin(within_call(PluginConnection::upsert_batch(self, resource, items)))
     }
 
     fn remove<'a>(
@@ -129,7 +91,7 @@ impl Endpoint for PluginEndpoint {
         resource: &'a str,
         id: &'a str,
     ) -> BoxFuture<'a, Result<RemoveOutcome, RuntimeError>> {
-        Box::pin(within_call(self.connection.remove(self.context.clone(), resource, id)))
+        Box::pin(within_call(PluginConnection::remove(self, resource, id)))
     }
 
     fn stats(&self) -> StatsSnapshot {

@@ -24,11 +24,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::connector::{CallContext, Manifest};
 use crate::credentials::{CredentialSource, Secret};
-use crate::endpoint::{Endpoint, PluginEndpoint};
+use crate::endpoint::Endpoint;
 use crate::expr::{Budget, EvalError, Evaluator, Scope};
 use crate::http::{ConnectionHttp, EgressPolicy, HttpLimits, StatsSnapshot};
 use crate::limiter::{LimitedPolicy, LimiterRegistry, Publisher, RetryPolicy};
-use crate::runtime::{Plugin, Runtime, RuntimeError};
+use crate::runtime::{Plugin, PluginConnection, Runtime, RuntimeError};
 use crate::store::{
     RunRecord, RunStore, RunTrigger, Status, StepCounts, StepState, StoreError, now_ms,
 };
@@ -548,7 +548,7 @@ impl Executor {
                 CallContext { base_url: http.base_url(), settings: connection.settings.clone() };
             live.insert(
                 connection.name.clone(),
-                Arc::new(PluginEndpoint::new(plugin, Arc::new(http), context)),
+                Arc::new(PluginConnection::new(plugin, Arc::new(http), context)),
             );
         }
         Ok(live)
@@ -895,14 +895,7 @@ impl Executor {
             .ok_or_else(|| format!("connection {:?} is not defined", step.connection))?;
         match &step.action {
             Action::List { .. } => {
-                // Records are kept for later steps unless none of them can
-                // name a step's result at all (a textual test: it may keep
-                // records nobody reads, never drop ones someone does).
-                let later = workflow.steps.get(index as usize + 1..).unwrap_or_default();
-                let keep_records = later.iter().any(|s| {
-                    workflow.text.get(s.region.clone()).is_none_or(|text| text.contains("steps"))
-                });
-                list::run(cx, endpoint.as_ref(), state, keep_records).await
+                list::run(cx, endpoint.as_ref(), state, keep_records(workflow, index)).await
             }
             Action::Sync(spec) => {
                 let source = endpoints.get(&spec.from.connection).ok_or_else(|| {
@@ -953,12 +946,11 @@ impl Executor {
         step: &Step,
         outputs: &serde_json::Map<String, Value>,
     ) -> Result<(), String> {
-        let text = workflow.text.get(step.region.clone()).unwrap_or_default();
+        let reads = step.reads();
         for (id, value) in outputs {
             let Some(count) = value.get("count").and_then(Value::as_u64) else { continue };
             let records_missing = value.get("records").is_none();
-            let used = text.contains(&format!("steps.{id}.records"))
-                || text.contains(&format!("steps[\"{id}\"].records"));
+            let used = reads.names_records_of(id);
             let streamed = matches!(&step.for_each, Some(crate::workflow::ForEach::Records { step: s, .. }) if s == id);
             if records_missing
                 && used
@@ -1006,6 +998,16 @@ impl Executor {
     }
 }
 
+/// Whether the list step at `index` keeps its records for later steps:
+/// when a later step may read them, by the reference analysis of its
+/// expressions ([`Step::reads`]). It may keep records nobody reads (a
+/// step that uses `$steps` as a whole), never drop ones someone does.
+fn keep_records(workflow: &Workflow, index: u32) -> bool {
+    let Some(list) = workflow.steps.get(index as usize) else { return true };
+    let later = workflow.steps.get(index as usize + 1..).unwrap_or_default();
+    later.iter().any(|s| s.reads().may_read_records_of(&list.id))
+}
+
 /// The idempotency key of one write: derived from run, step and item, so a
 /// step replayed after a crash sends the same key and the vendor does not
 /// write twice.
@@ -1036,5 +1038,93 @@ fn summary(step: &Step, state: &StepState, duration_ms: u64) -> StepSummary {
         output: state.output.clone(),
         plan: state.plan.clone(),
         error: state.error.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    /// A workflow of `steps` after one Stripe connection.
+    fn workflow(steps: &str) -> Workflow {
+        let text = format!(
+            "[workflow]\nname = \"w\"\n\n[connections.stripe]\nplugin = \"stripe\"\ncredentials = \"env:K\"\n{steps}"
+        );
+        match Workflow::parse(Path::new("w.toml"), &text) {
+            Ok(workflow) => workflow,
+            Err(e) => panic!("the test's workflow parses: {e}"),
+        }
+    }
+
+    #[test]
+    fn a_list_step_named_only_outside_expressions_keeps_no_records() {
+        // The textual test kept them: the later step's text holds
+        // "steps.customers.records", in its description and in a literal.
+        let workflow = workflow(
+            r#"
+[[step]]
+id = "customers"
+list = "stripe.customers"
+
+[[step]]
+id = "note"
+description = "does not read steps.customers.records, only its count"
+upsert = "stripe.customers"
+record = { id = "cus_1", metadata = { note = "steps.customers.records", seen = "${{ .steps.customers.count }}" } }
+"#,
+        );
+        assert!(!keep_records(&workflow, 0));
+    }
+
+    #[test]
+    fn only_the_list_steps_a_later_step_names_keep_their_records() {
+        // "cust" is a prefix of "customers"; the later step reads only the
+        // records of "customers".
+        let workflow = workflow(
+            r#"
+[[step]]
+id = "cust"
+list = "stripe.customers"
+
+[[step]]
+id = "customers"
+list = "stripe.customers"
+
+[[step]]
+id = "each"
+for_each = ".steps.customers.records[]"
+upsert = "stripe.customers"
+record = { id = "${{ $item.id }}" }
+"#,
+        );
+        assert!(!keep_records(&workflow, 0), "cust");
+        assert!(keep_records(&workflow, 1), "customers");
+    }
+
+    #[test]
+    fn a_step_that_may_read_any_result_keeps_every_list_steps_records() {
+        for expression in [
+            "$steps | length > 0",
+            ".steps[\"customers\"] | .records | length > 0",
+            "getpath([\"steps\", \"customers\", \"records\"]) != null",
+            ".steps.customers.records[0] != null",
+        ] {
+            let workflow = workflow(&format!(
+                r#"
+[[step]]
+id = "customers"
+list = "stripe.customers"
+
+[[step]]
+id = "later"
+when = '{expression}'
+get = "stripe.customers"
+key = "cus_1"
+"#
+            ));
+            assert!(keep_records(&workflow, 0), "{expression}");
+        }
     }
 }

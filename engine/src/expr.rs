@@ -1027,37 +1027,95 @@ pub fn step_references(text: &str) -> Vec<(String, Range<usize>)> {
 /// The flag says whether the reference is the variable (`$root`), which
 /// means the same whatever `.` is. A textual scan, so it can miss a name
 /// built at run time; the checks that use it are there to catch typos
-/// early, not to prove anything.
+/// early, not to prove anything (see [`root_uses`] for every use).
 pub fn references(text: &str, root: &str) -> Vec<(String, Range<usize>, bool)> {
+    root_uses(text, root)
+        .into_iter()
+        .filter_map(|used| used.name.map(|(name, range)| (name, range, used.variable)))
+        .collect()
+}
+
+/// One use of `root` (`steps`, `inputs`) in an expression's text; see
+/// [`root_uses`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RootUse {
+    /// The member named right after the root (`$root.NAME`, `.root.NAME`,
+    /// `.root["NAME"]`) and its byte range in the text; `None` when the
+    /// root is used whole (`$steps | keys`, `.steps[$id]`) or its name
+    /// appears some other way (`getpath(["steps", …])`, `.["steps"]`, a
+    /// string).
+    pub name: Option<(String, Range<usize>)>,
+    /// Whether it is the variable `$root`.
+    pub variable: bool,
+    /// The field read right after the member (`records` in
+    /// `$steps.NAME.records` or `.steps["NAME"]["records"]`); `None` when
+    /// the member's value is used otherwise (`.steps.NAME | .records`).
+    pub field: Option<String>,
+}
+
+/// Every use of `root` in an expression's text, named or not: what the
+/// executor needs to know which results an expression may read. Where
+/// [`references`] keeps only the named ones, this also reports the root's
+/// name standing as a whole word anywhere else (as a whole use), so that
+/// a caller deciding what to keep errs on the side of keeping. A word that
+/// only contains it (`.mysteps`, `$steps_seen`) or a field of another value
+/// (`$item.steps`) is not a use.
+pub fn root_uses(text: &str, root: &str) -> Vec<RootUse> {
+    let is_word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
     let mut found = Vec::new();
     let bytes = text.as_bytes();
     let mut from = 0;
     while let Some(pos) = text[from..].find(root) {
         let start = from + pos;
         from = start + root.len();
-        let preceded = start > 0 && matches!(bytes[start - 1], b'.' | b'$');
-        let word_before =
-            start > 1 && (bytes[start - 2].is_ascii_alphanumeric() || bytes[start - 2] == b'_');
-        let word_after = bytes.get(from).is_some_and(|b| b.is_ascii_alphanumeric() || *b == b'_');
-        if !preceded || word_after || (bytes[start - 1] == b'.' && word_before) {
+        let before = start.checked_sub(1).map(|i| bytes[i]);
+        let word_after = bytes.get(from).is_some_and(|b| is_word(*b));
+        if word_after || before.is_some_and(is_word) {
             continue;
         }
-        let variable = bytes[start - 1] == b'$';
+        let preceded = matches!(before, Some(b'.' | b'$'));
+        let word_before = start > 1 && is_word(bytes[start - 2]);
+        if preceded && before == Some(b'.') && word_before {
+            continue;
+        }
+        let whole = RootUse { name: None, variable: before == Some(b'$'), field: None };
+        if !preceded {
+            found.push(whole);
+            continue;
+        }
         let rest = &text[from..];
-        if let Some(name) = rest.strip_prefix('.') {
+        let name = if let Some(name) = rest.strip_prefix('.') {
             let len =
                 name.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(name.len());
-            if len > 0 {
-                found.push((name[..len].to_owned(), from + 1..from + 1 + len, variable));
-            }
+            (len > 0).then(|| (name[..len].to_owned(), from + 1..from + 1 + len))
         } else if let Some(name) = rest.strip_prefix("[\"").or_else(|| rest.strip_prefix(".[\"")) {
             let skip = rest.len() - name.len();
-            if let Some(end) = name.find('"') {
-                found.push((name[..end].to_owned(), from + skip..from + skip + end, variable));
+            name.find('"').map(|end| (name[..end].to_owned(), from + skip..from + skip + end))
+        } else {
+            None
+        };
+        match name {
+            Some((name, range)) => {
+                let field = member(&text[range.end..]);
+                found.push(RootUse { field, name: Some((name, range)), ..whole });
             }
+            None => found.push(whole),
         }
     }
     found
+}
+
+/// The field `rest` reads first: `.NAME`, `["NAME"]` or `.["NAME"]`, each
+/// after an optional `?` and the closing quote of a `["…"]` name.
+fn member(rest: &str) -> Option<String> {
+    let rest = rest.strip_prefix("\"]").unwrap_or(rest);
+    let rest = rest.strip_prefix('?').unwrap_or(rest);
+    if let Some(name) = rest.strip_prefix("[\"").or_else(|| rest.strip_prefix(".[\"")) {
+        return name.find('"').map(|end| name[..end].to_owned());
+    }
+    let name = rest.strip_prefix('.')?;
+    let len = name.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(name.len());
+    (len > 0).then(|| name[..len].to_owned())
 }
 
 #[cfg(test)]
@@ -1418,5 +1476,32 @@ mod tests {
         let text = "$steps.abc";
         let (_, range) = step_references(text)[0].clone();
         assert_eq!(&text[range], "abc");
+    }
+
+    #[test]
+    fn root_uses_report_the_field_read_and_every_unnamed_use() {
+        let uses = |text: &str| -> Vec<(Option<String>, Option<String>)> {
+            root_uses(text, "steps")
+                .into_iter()
+                .map(|u| (u.name.map(|(name, _)| name), u.field))
+                .collect()
+        };
+        let named =
+            |name: &str, field: Option<&str>| (Some(name.to_owned()), field.map(str::to_owned));
+        assert_eq!(
+            uses(".steps.a.records + $steps[\"b-c\"].count + .steps.d?.records + .steps.e"),
+            vec![
+                named("a", Some("records")),
+                named("b-c", Some("count")),
+                named("d", Some("records")),
+                named("e", None)
+            ]
+        );
+        assert_eq!(uses(".steps[\"a\"][\"records\"]"), vec![named("a", Some("records"))]);
+        // Used whole, or named some other way: any result may be read.
+        assert_eq!(uses("$steps | keys"), vec![(None, None)]);
+        assert_eq!(uses("getpath([\"steps\", \"a\"])"), vec![(None, None)]);
+        // Not the root: a longer word, a field of another value.
+        assert_eq!(uses(".mysteps.a + $steps_seen + $item.steps.a"), vec![]);
     }
 }

@@ -43,9 +43,10 @@ const CACHE_FORMAT: &[u8] = b"serialized+crc32";
 /// Bytes of a guest's stderr kept to explain a trap (a Rust panic message).
 const STDERR_CAPTURE: usize = 4096;
 
-/// Limits every plugin instance runs under.
+/// Limits every plugin instance runs under (not to be confused with the
+/// sandbox, which is `weft-sandbox`'s vendor emulators).
 #[derive(Debug, Clone)]
-pub struct SandboxLimits {
+pub struct InstanceLimits {
     /// Largest linear memory an instance may grow to.
     pub memory_bytes: usize,
     /// CPU time a call may use: the time the thread running the call spends
@@ -73,9 +74,9 @@ pub struct SandboxLimits {
     pub instances: u32,
 }
 
-impl Default for SandboxLimits {
+impl Default for InstanceLimits {
     fn default() -> Self {
-        SandboxLimits {
+        InstanceLimits {
             memory_bytes: 64 << 20,
             cpu_time: Duration::from_secs(5),
             call_timeout: Duration::from_secs(300),
@@ -93,7 +94,7 @@ pub struct RuntimeConfig {
     /// Where compiled components are cached; `None` compiles every time.
     pub cache_dir: Option<PathBuf>,
     /// Limits for every instance.
-    pub limits: SandboxLimits,
+    pub limits: InstanceLimits,
 }
 
 /// Errors from loading or calling a plugin.
@@ -326,7 +327,7 @@ impl Runtime {
     }
 
     /// The limits instances run under.
-    pub fn limits(&self) -> &SandboxLimits {
+    pub fn limits(&self) -> &InstanceLimits {
         &self.inner.config.limits
     }
 
@@ -872,7 +873,7 @@ impl Plugin {
         RuntimeError::Contract { plugin: self.name.clone(), op, reason }
     }
 
-    /// Runs one call in a fresh instance under the sandbox limits.
+    /// Runs one call in a fresh instance under the instance limits.
     async fn call(&self, http: Option<&Arc<ConnectionHttp>>, call: Call) -> Result<Reply> {
         let op = call.op();
         let deadline = deadline_after(self.runtime.limits().call_timeout);
@@ -987,7 +988,7 @@ impl Plugin {
         }
     }
 
-    /// Runs one call on `instance` under the sandbox limits, each counted
+    /// Runs one call on `instance` under the instance limits, each counted
     /// from zero (CPU time, log lines), until `deadline`.
     async fn run(&self, instance: &mut Instance, call: Call, deadline: Instant) -> Result<Reply> {
         let op = call.op();
@@ -1066,8 +1067,11 @@ const WARM_MEMORY_BYTES: usize = 8 << 20;
 /// Idle instances kept per connection.
 const WARM_PER_CONNECTION: usize = 16;
 
-/// A plugin bound to one connection's HTTP policy, whose calls reuse warm
-/// instances instead of instantiating one per call.
+/// A plugin bound to one connection, ready to call: the connection's HTTP
+/// policy (credential, hosts, limits) and the base URL and settings every
+/// call is given, with warm instances reused from call to call instead of
+/// one instantiated per call. The executor calls it through
+/// [`crate::endpoint::Endpoint`].
 ///
 /// # What reuse gives up, and what it keeps
 ///
@@ -1090,6 +1094,9 @@ const WARM_PER_CONNECTION: usize = 16;
 pub struct PluginConnection {
     plugin: Arc<Plugin>,
     http: Arc<ConnectionHttp>,
+    /// Given to every call: fixed for the connection, so that a warm
+    /// instance never serves calls with other settings.
+    context: CallContext,
     idle: Arc<IdleList>,
 }
 
@@ -1114,8 +1121,9 @@ impl Drop for PluginConnection {
 }
 
 impl PluginConnection {
-    /// Binds `plugin` to the connection whose HTTP policy is `http`.
-    pub fn new(plugin: Arc<Plugin>, http: Arc<ConnectionHttp>) -> Self {
+    /// Binds `plugin` to the connection whose HTTP policy is `http`, every
+    /// call given `context` (base URL and settings).
+    pub fn new(plugin: Arc<Plugin>, http: Arc<ConnectionHttp>, context: CallContext) -> Self {
         let idle = Arc::new(IdleList::default());
         let mut registry = plugin
             .runtime
@@ -1126,7 +1134,7 @@ impl PluginConnection {
         registry.retain(|list| list.strong_count() > 0);
         registry.push(Arc::downgrade(&idle));
         drop(registry);
-        PluginConnection { plugin, http, idle }
+        PluginConnection { plugin, http, context, idle }
     }
 
     /// The plugin.
@@ -1134,47 +1142,50 @@ impl PluginConnection {
         &self.plugin
     }
 
-    /// The connection's HTTP policy.
+    /// The connection's HTTP policy: base URL, hosts, credential, limiter.
     pub fn http(&self) -> &Arc<ConnectionHttp> {
         &self.http
     }
 
+    /// Base URL and settings handed to every call.
+    pub fn context(&self) -> &CallContext {
+        &self.context
+    }
+
     /// Reads one page.
-    pub async fn list(&self, ctx: CallContext, request: ListRequest) -> Result<Page> {
+    pub async fn list(&self, request: ListRequest) -> Result<Page> {
         let max = request.page_size as usize;
-        self.plugin.page(self.call(Call::List(ctx, request)).await?, max)
+        self.plugin.page(self.call(Call::List(self.context.clone(), request)).await?, max)
     }
 
     /// Reads one record.
-    pub async fn get(&self, ctx: CallContext, resource: &str, id: &str) -> Result<Option<String>> {
-        self.plugin.record(self.call(Call::Get(ctx, resource.to_owned(), id.to_owned())).await?)
+    pub async fn get(&self, resource: &str, id: &str) -> Result<Option<String>> {
+        let call = Call::Get(self.context.clone(), resource.to_owned(), id.to_owned());
+        self.plugin.record(self.call(call).await?)
     }
 
     /// Creates or updates one record.
-    pub async fn upsert(&self, ctx: CallContext, request: UpsertRequest) -> Result<UpsertOutcome> {
-        self.plugin.upserted(self.call(Call::Upsert(ctx, request)).await?)
+    pub async fn upsert(&self, request: UpsertRequest) -> Result<UpsertOutcome> {
+        self.plugin.upserted(self.call(Call::Upsert(self.context.clone(), request)).await?)
     }
 
     /// Creates or updates many records.
     pub async fn upsert_batch(
         &self,
-        ctx: CallContext,
         resource: &str,
         items: Vec<BatchItem>,
     ) -> Result<Vec<std::result::Result<UpsertOutcome, ConnectorError>>> {
         let count = items.len();
-        self.plugin
-            .batch(self.call(Call::UpsertBatch(ctx, resource.to_owned(), items)).await?, count)
+        self.plugin.batch(
+            self.call(Call::UpsertBatch(self.context.clone(), resource.to_owned(), items)).await?,
+            count,
+        )
     }
 
     /// Removes one record.
-    pub async fn remove(
-        &self,
-        ctx: CallContext,
-        resource: &str,
-        id: &str,
-    ) -> Result<RemoveOutcome> {
-        self.plugin.removed(self.call(Call::Remove(ctx, resource.to_owned(), id.to_owned())).await?)
+    pub async fn remove(&self, resource: &str, id: &str) -> Result<RemoveOutcome> {
+        let call = Call::Remove(self.context.clone(), resource.to_owned(), id.to_owned());
+        self.plugin.removed(self.call(call).await?)
     }
 
     /// Runs `call` on an idle instance of this connection, or a new one,

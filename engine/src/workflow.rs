@@ -11,7 +11,7 @@ mod diagnostic;
 pub mod inputs;
 pub mod trigger;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -411,6 +411,61 @@ impl Step {
     /// `connection.resource`.
     pub fn target(&self) -> String {
         format!("{}.{}", self.connection, self.resource)
+    }
+
+    /// What this step's expressions read of earlier steps' results, from
+    /// the same reference analysis as the workflow's checks (text outside
+    /// expressions, such as the description or a template's literal parts,
+    /// reads nothing).
+    pub fn reads(&self) -> StepReads {
+        let mut reads = StepReads::default();
+        if let Some(ForEach::Records { step, .. }) = &self.for_each {
+            reads.records.insert(step.clone());
+        }
+        for (_, expr, _) in step_expressions(self) {
+            for used in crate::expr::root_uses(expr.text(), "steps") {
+                match (used.name, used.field.as_deref()) {
+                    (None, _) => reads.whole = true,
+                    (Some((id, _)), Some("records")) => {
+                        reads.records.insert(id);
+                    }
+                    (Some((id, _)), None) => {
+                        reads.values.insert(id);
+                    }
+                    (Some(_), Some(_)) => {}
+                }
+            }
+        }
+        reads
+    }
+}
+
+/// What a step reads of earlier steps' results (see [`Step::reads`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StepReads {
+    /// `steps` is used other than as `steps.ID…` (`$steps | keys`,
+    /// `.steps[$id]`, `getpath(["steps", …])`): any result may be read.
+    pub whole: bool,
+    /// Steps whose `.records` is read by name (`.steps.ID.records`,
+    /// `$steps["ID"].records`), or streamed by a for-each.
+    pub records: BTreeSet<String>,
+    /// Steps whose result is used as a whole value (`.steps.ID | .records`,
+    /// `$steps.ID` alone), which may include its records.
+    pub values: BTreeSet<String>,
+}
+
+impl StepReads {
+    /// Whether the step may read the records of step `id`: named, as part
+    /// of its whole result, or through `steps` as a whole. What decides
+    /// whether a list step's records are kept for later steps: it may keep
+    /// records nobody reads, never drop ones someone does.
+    pub fn may_read_records_of(&self, id: &str) -> bool {
+        self.whole || self.records.contains(id) || self.values.contains(id)
+    }
+
+    /// Whether the step reads `.steps.ID.records` by name.
+    pub fn names_records_of(&self, id: &str) -> bool {
+        self.records.contains(id)
     }
 }
 

@@ -12,6 +12,9 @@
 //! - [`limits`] is the seam for rate-limit enforcement and fault injection
 //!   (429 storms, 5xx, latency, truncated bodies), off unless configured.
 //!
+//! [`vendors`] says which vendor each emulator stands in for, and holds
+//! the sample records and settings a connector checked against it needs.
+//!
 //! [`Sandbox::start`] starts every emulator with demo data and prints
 //! nothing: the `weft sandbox` command decides what to show.
 
@@ -28,6 +31,7 @@ mod spec;
 pub mod stripe;
 pub mod stripe_scim;
 mod support;
+pub mod vendors;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 

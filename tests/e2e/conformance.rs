@@ -1,16 +1,17 @@
 //! The conformance kit passes for every built-in connector against its
 //! emulator.
 
-use weft::conformance::{CheckTarget, Verdict, builtin_samples, check, sandbox_settings};
+use weft::conformance::{CheckTarget, Verdict, check};
 use weft::credentials::Secret;
-use weft::runtime::SandboxLimits;
+use weft::runtime::InstanceLimits;
+use weft_sandbox::vendors::{connector_settings, sample_records};
 
 use super::support::{TestResult, runtime, sandbox};
 
 #[tokio::test]
 async fn every_builtin_connector_passes_the_conformance_kit() -> TestResult {
     let sandbox = sandbox(25).await?;
-    let runtime = runtime(SandboxLimits::default())?;
+    let runtime = runtime(InstanceLimits::default())?;
     let mut checked = 0;
     for name in weft::builtin::names() {
         let plugin = runtime.load(name, weft::builtin::component(name).ok_or("built in")?).await?;
@@ -22,9 +23,9 @@ async fn every_builtin_connector_passes_the_conformance_kit() -> TestResult {
         let target = CheckTarget {
             base_url: endpoint.base_url,
             secret: Some(Secret::new(endpoint.api_key)),
-            settings: sandbox_settings(name),
+            settings: connector_settings(name),
             resource: None,
-            samples: builtin_samples(name),
+            samples: sample_records(name),
             allow_irreversible: true,
             // GrowPanel cannot page past its `limit`; everyone else is
             // checked across several small pages.

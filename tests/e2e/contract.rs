@@ -27,14 +27,15 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use serde_json::{Value, json};
-use weft::conformance::{CheckTarget, Verdict, builtin_samples, check, sandbox_settings};
+use weft::conformance::{CheckTarget, Verdict, check};
 use weft::connector::{
     BatchItem, CallContext, ListRequest, RemoveOutcome, UpsertAction, UpsertRequest,
 };
 use weft::credentials::Secret;
 use weft::http::{ConnectionHttp, HttpLimits, SendOnce};
-use weft::runtime::{Plugin, SandboxLimits};
+use weft::runtime::{InstanceLimits, Plugin};
 use weft_sandbox::Sandbox;
+use weft_sandbox::vendors::{connector_settings, sample_records};
 
 use self::prism::Prism;
 use self::recorder::{Exchange, Recorder};
@@ -110,7 +111,7 @@ impl Checked {
         key: &str,
         recorder: Recorder,
     ) -> TestResult<Checked> {
-        let runtime = runtime(SandboxLimits::default())?;
+        let runtime = runtime(InstanceLimits::default())?;
         let plugin =
             runtime.load(vendor, weft::builtin::component(vendor).ok_or("built in")?).await?;
         // Each request once: a violation must not be retried into a pass.
@@ -126,7 +127,7 @@ impl Checked {
             vendor,
             plugin,
             http,
-            settings: sandbox_settings(vendor),
+            settings: connector_settings(vendor),
             recorder,
             failures: Vec::new(),
             prism: None,
@@ -280,7 +281,7 @@ impl Checked {
             secret: Some(Secret::new(key)),
             settings: self.settings.clone(),
             resource: None,
-            samples: builtin_samples(self.vendor),
+            samples: sample_records(self.vendor),
             allow_irreversible: true,
             page_size,
         };

@@ -1,5 +1,6 @@
-//! What the run store keeps a resume from trusting: a page file changed
-//! after its pages were committed.
+//! What the run store keeps a resume from trusting (a page file changed
+//! after its pages were committed), and what a failing store does to a
+//! run: it stops where its last commit left it, to resume.
 
 use weft::executor::{ExecError, Observer, RunOptions, Silent, StepSummary, StopSignal};
 use weft::store::{Status, StepState, StoreError};
@@ -171,5 +172,141 @@ record = { id = "${{ $item.id }}", name = "${{ $item.name }}", email = "${{ $ite
         (30, 30),
         "{resumed:#?}"
     );
+    Ok(())
+}
+
+/// A list, and a for-each that reads the list's pages back from the run
+/// store.
+const COPY: &str = r#"
+[workflow]
+name = "copy"
+
+[connections.stripe]
+plugin = "stripe"
+credentials = "env:WEFT_TEST_UNUSED"
+rate_limit = "1000/s"
+
+[connections.growpanel]
+plugin = "growpanel"
+credentials = "env:WEFT_TEST_UNUSED"
+settings = { source = "ds_weft_demo" }
+rate_limit = "1000/s"
+
+[[step]]
+id = "customers"
+list = "stripe.customers"
+page_size = 10
+
+[[step]]
+id = "copy"
+for_each = ".steps.customers.records[]"
+upsert = "growpanel.customers"
+record = { id = "${{ $item.id }}", name = "${{ $item.name }}", email = "${{ $item.email }}", created_date = "2026-01-01", country = "US" }
+"#;
+
+#[tokio::test]
+async fn a_page_file_a_for_each_cannot_read_leaves_the_run_resumable_not_failed() -> TestResult {
+    // Regression: a stored page the for-each could not read (an I/O error,
+    // not damage) failed the step and the run for good (exit 1), where any
+    // other run-store failure leaves the run to resume (exit 3).
+    let sandbox = sandbox(30).await?;
+    let Harness { executor, state, files } = Harness::new()?;
+    // Five records at most are held in memory as `.steps.customers`, so
+    // the for-each is the only reader of the 30 records' pages.
+    let harness = Harness { executor: executor.with_inline_records(5), state, files };
+    let wf = super::support::workflow(harness.files.path(), COPY)?;
+    let vendors = overrides(&sandbox, &[("stripe", "stripe"), ("growpanel", "growpanel")]);
+    let stop = StopSignal::default();
+    let options =
+        RunOptions { overrides: vendors.clone(), stop: stop.clone(), ..RunOptions::default() };
+    let first =
+        harness.executor.start(&wf, &options, &StopAfterStep { step: "customers", stop }).await?;
+    assert_eq!(first.status, Status::Running, "interrupted after the list: {first:#?}");
+
+    // A directory where the page file was: opening it works, reading it
+    // fails (the tests run as root, so taking away read permission would
+    // not stop them).
+    let file = harness.state.path().join("pages").join(&first.run_id).join("00000.json");
+    let saved = harness.files.path().join("pages.json");
+    std::fs::rename(&file, &saved)?;
+    std::fs::create_dir(&file)?;
+
+    let options = RunOptions { overrides: vendors, ..RunOptions::default() };
+    let outcome = harness.executor.resume(&first.run_id, &options, &Silent).await;
+    match outcome {
+        Err(ExecError::Store(StoreError::PageFile { path, .. })) => {
+            assert_eq!(path, file.display().to_string());
+        }
+        other => return Err(format!("expected the page file's failure, got {other:#?}").into()),
+    }
+    let stored = harness.executor.store().run(&first.run_id).await?;
+    assert_eq!((stored.status, stored.error), (Status::Running, None), "left to resume");
+    let steps = harness.executor.store().steps(&first.run_id).await?;
+    assert_eq!(steps[1].status, Status::Running, "the for-each is not failed: {:?}", steps[1]);
+    assert_eq!(writes(&sandbox.growpanel.emulator.requests()), 0, "no item was sent");
+
+    std::fs::remove_dir(&file)?;
+    std::fs::rename(&saved, &file)?;
+    let resumed = harness.executor.resume(&first.run_id, &options, &Silent).await?;
+    assert_eq!(resumed.status, Status::Succeeded, "{resumed:#?}");
+    assert_eq!(resumed.steps[1].counts.created, 30, "{:?}", resumed.steps[1]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_sorted_run_a_sync_cannot_write_leaves_the_run_resumable_not_failed() -> TestResult {
+    // Regression: a sync whose scratch file could not be written (a full
+    // disk) failed the step and the run for good (exit 1), where any other
+    // run-store failure leaves the run to resume (exit 3).
+    let sandbox = sandbox(30).await?;
+    let harness = Harness::new()?;
+    let text = r#"
+[workflow]
+name = "sync"
+
+[connections.stripe]
+plugin = "stripe"
+credentials = "env:WEFT_TEST_UNUSED"
+rate_limit = "1000/s"
+
+[connections.metronome]
+plugin = "metronome"
+credentials = "env:WEFT_TEST_UNUSED"
+rate_limit = "1000/s"
+
+[[step]]
+id = "mirror"
+sync = { from = "stripe.customers", to = "metronome.customers", key = "external_id" }
+map = '{external_id: .id, name: (.name // .email)}'
+"#;
+    let wf = super::support::workflow(harness.files.path(), text)?;
+    let vendors = overrides(&sandbox, &[("stripe", "stripe"), ("metronome", "metronome")]);
+    let options = RunOptions { overrides: vendors.clone(), ..RunOptions::default() };
+    let run = harness.executor.create(&wf, &options).await?;
+    let id = run.id.clone();
+    // A directory where the source side's first sorted run is written
+    // (under a temporary name, then renamed): it cannot be created.
+    let scratch = harness.state.path().join("scratch").join(&id).join("00000");
+    let blocker = scratch.join("source-00000.partial");
+    std::fs::create_dir_all(&blocker)?;
+
+    let outcome = harness.executor.execute(&wf, run, &options, &Silent).await;
+    match outcome {
+        Err(ExecError::Store(StoreError::Scratch { reason, .. })) => {
+            assert!(reason.contains("cannot write a sorted run"), "{reason}");
+        }
+        other => return Err(format!("expected the scratch file's failure, got {other:#?}").into()),
+    }
+    let stored = harness.executor.store().run(&id).await?;
+    assert_eq!((stored.status, stored.error), (Status::Running, None), "left to resume");
+    let steps = harness.executor.store().steps(&id).await?;
+    assert_eq!(steps[0].status, Status::Running, "the sync is not failed: {:?}", steps[0]);
+    assert_eq!(writes(&sandbox.metronome.emulator.requests()), 0, "nothing was written");
+
+    std::fs::remove_dir(&blocker)?;
+    let resumed = harness.executor.resume(&id, &options, &Silent).await?;
+    assert_eq!(resumed.status, Status::Succeeded, "{resumed:#?}");
+    assert_eq!(resumed.steps[0].counts.created, 30, "{:?}", resumed.steps[0]);
+    assert!(!scratch.exists(), "the sorted runs are removed when the sync ends");
     Ok(())
 }

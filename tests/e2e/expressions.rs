@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use weft::executor::Executor;
-use weft::runtime::SandboxLimits;
+use weft::runtime::InstanceLimits;
 use weft::serve::{RunningServer, ServeConfig};
 use weft::store::{RunStore, Status};
 
@@ -94,7 +94,7 @@ async fn serve(
     state: &std::path::Path,
     workflows: Vec<weft::workflow::Workflow>,
 ) -> TestResult<RunningServer> {
-    let executor = Executor::new(runtime(SandboxLimits::default())?, RunStore::open(state)?);
+    let executor = Executor::new(runtime(InstanceLimits::default())?, RunStore::open(state)?);
     let config = ServeConfig {
         bind: "127.0.0.1:0".parse()?,
         workflows,

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use weft::connector::{CallContext, ListRequest, UpsertAction, UpsertRequest};
 use weft::credentials::Secret;
 use weft::http::{ConnectionHttp, HttpLimits, SendOnce};
-use weft::runtime::{Plugin, RuntimeError, SandboxLimits};
+use weft::runtime::{InstanceLimits, Plugin, RuntimeError};
 use weft_sandbox::Sandbox;
 use weft_sandbox::growpanel::DEMO_DATA_SOURCE;
 
@@ -31,7 +31,7 @@ impl Connection {
             .into_iter()
             .find(|e| e.vendor == vendor)
             .ok_or_else(|| format!("no {vendor} emulator"))?;
-        let plugin = runtime(SandboxLimits::default())?
+        let plugin = runtime(InstanceLimits::default())?
             .load(vendor, weft::builtin::component(vendor).ok_or("built in")?)
             .await?;
         let http = Arc::new(ConnectionHttp::new(

@@ -8,7 +8,7 @@ use weft::connector::{AuthScheme, MethodClass, UpsertAction, UpsertRequest};
 use weft::credentials::Secret;
 use weft::http::{ConnectionHttp, HttpLimits};
 use weft::limiter::{LimitOverride, LimitedPolicy, LimiterRegistry, Publisher, RetryPolicy};
-use weft::runtime::SandboxLimits;
+use weft::runtime::InstanceLimits;
 use weft::store::Status;
 use weft_sandbox::limits::FaultConfig;
 use weft_sandbox::stripe::{SANDBOX_API_KEY, StripeConfig, StripeEmulator};
@@ -31,7 +31,7 @@ async fn two_hundred_concurrent_upserts_through_one_key_never_exceed_the_enforce
         ..StripeConfig::default()
     })
     .await?;
-    let runtime = runtime(SandboxLimits::default())?;
+    let runtime = runtime(InstanceLimits::default())?;
     let plugin = Arc::new(
         runtime.load("stripe", weft::builtin::component("stripe").ok_or("built in")?).await?,
     );
@@ -130,7 +130,7 @@ async fn the_final_error_says_how_many_attempts_were_made() -> TestResult {
     let harness = Harness::new()?;
     let state = tempfile::tempdir()?;
     let executor = weft::executor::Executor::new(
-        runtime(SandboxLimits::default())?,
+        runtime(InstanceLimits::default())?,
         weft::store::RunStore::open(state.path())?,
     )
     .with_retry(RetryPolicy {
@@ -166,7 +166,8 @@ async fn retries_stop_short_of_the_call_deadline() -> TestResult {
     .await?;
     let state = tempfile::tempdir()?;
     let files = tempfile::tempdir()?;
-    let limits = SandboxLimits { call_timeout: Duration::from_secs(2), ..SandboxLimits::default() };
+    let limits =
+        InstanceLimits { call_timeout: Duration::from_secs(2), ..InstanceLimits::default() };
     let executor =
         weft::executor::Executor::new(runtime(limits)?, weft::store::RunStore::open(state.path())?)
             .with_retry(RetryPolicy {
@@ -229,7 +230,7 @@ async fn run_flood(
 ) -> TestResult<weft::executor::RunSummary> {
     let state = tempfile::tempdir()?;
     let files = tempfile::tempdir()?;
-    let limits = SandboxLimits { call_timeout, ..SandboxLimits::default() };
+    let limits = InstanceLimits { call_timeout, ..InstanceLimits::default() };
     let executor =
         weft::executor::Executor::new(runtime(limits)?, weft::store::RunStore::open(state.path())?);
     let workflow = super::support::workflow(files.path(), &flood_workflow(extra))?;
@@ -329,7 +330,7 @@ async fn a_trickling_vendor_gets_one_more_try_not_four() -> TestResult {
     // Regression: a vendor trickling its answer held a call for 5 attempts
     // of the whole request timeout (~150 s at the default 30 s).
     let (count, base_url) = trickling_server().await?;
-    let runtime = runtime(SandboxLimits::default())?;
+    let runtime = runtime(InstanceLimits::default())?;
     let plugin = runtime.load_file(super::support::hostile_wasm()).await?;
     let limiter = Arc::new(weft::limiter::Limiter::new(Publisher::ThirdParty, &[], None, &[]));
     let http = Arc::new(ConnectionHttp::new(

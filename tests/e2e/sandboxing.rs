@@ -10,18 +10,18 @@ use weft::connector::{AuthScheme, CallContext, ListRequest};
 use weft::credentials::Secret;
 use weft::executor::{ConnectionOverride, Executor, Silent};
 use weft::http::{ConnectionHttp, EgressPolicy, HttpLimits, SendOnce};
-use weft::runtime::{Plugin, PluginConnection, RuntimeError, SandboxLimits};
+use weft::runtime::{InstanceLimits, Plugin, PluginConnection, RuntimeError};
 use weft::store::{RunStore, Status};
 
 use super::support::{TestResult, hostile_wasm, runtime, workflow};
 
 const SECRET: &str = "sk_test_hostile_never_show_me";
 
-fn limits() -> SandboxLimits {
-    SandboxLimits {
+fn limits() -> InstanceLimits {
+    InstanceLimits {
         cpu_time: Duration::from_millis(500),
         call_timeout: Duration::from_secs(20),
-        ..SandboxLimits::default()
+        ..InstanceLimits::default()
     }
 }
 
@@ -167,12 +167,18 @@ async fn a_trapped_step_fails_its_run_and_the_next_run_in_the_process_succeeds()
 /// How many calls the instance that served this one had served: 1 means a
 /// fresh instance.
 async fn calls_seen(connection: &PluginConnection) -> TestResult<u64> {
-    let ctx = CallContext { base_url: connection.http().base_url(), settings: vec![] };
     let request =
         ListRequest { resource: "calls".into(), cursor: None, page_size: 10, filter: None };
-    let page = connection.list(ctx, request).await?;
+    let page = connection.list(request).await?;
     let record: serde_json::Value = serde_json::from_str(&page.records[0])?;
     Ok(record["calls"].as_u64().unwrap_or(0))
+}
+
+/// `plugin` on the connection whose HTTP policy is `http`, its calls given
+/// the policy's base URL and no settings.
+fn warm(plugin: Arc<Plugin>, http: Arc<ConnectionHttp>) -> PluginConnection {
+    let ctx = CallContext { base_url: http.base_url(), settings: vec![] };
+    PluginConnection::new(plugin, http, ctx)
 }
 
 async fn hostile_connection() -> TestResult<(weft_sandbox::server::RunningServer, Arc<Plugin>)> {
@@ -185,7 +191,7 @@ async fn hostile_connection() -> TestResult<(weft_sandbox::server::RunningServer
 #[tokio::test]
 async fn a_warm_instance_serves_the_next_call_of_its_connection() -> TestResult {
     let (server, plugin) = hostile_connection().await?;
-    let connection = PluginConnection::new(plugin.clone(), connection(&server.base_url())?);
+    let connection = warm(plugin.clone(), connection(&server.base_url())?);
     assert_eq!(calls_seen(&connection).await?, 1);
     assert_eq!(
         calls_seen(&connection).await?,
@@ -202,8 +208,8 @@ async fn a_warm_instance_serves_the_next_call_of_its_connection() -> TestResult 
 #[tokio::test]
 async fn a_warm_instance_is_never_shared_between_connections() -> TestResult {
     let (server, plugin) = hostile_connection().await?;
-    let first = PluginConnection::new(plugin.clone(), connection(&server.base_url())?);
-    let second = PluginConnection::new(plugin, connection(&server.base_url())?);
+    let first = warm(plugin.clone(), connection(&server.base_url())?);
+    let second = warm(plugin, connection(&server.base_url())?);
     assert_eq!(calls_seen(&first).await?, 1);
     assert_eq!(calls_seen(&first).await?, 2);
     assert_eq!(calls_seen(&second).await?, 1, "another connection starts from a fresh instance");
@@ -213,8 +219,7 @@ async fn a_warm_instance_is_never_shared_between_connections() -> TestResult {
 #[tokio::test]
 async fn a_trapped_instance_is_discarded_and_a_typed_error_is_not() -> TestResult {
     let (server, plugin) = hostile_connection().await?;
-    let connection = PluginConnection::new(plugin, connection(&server.base_url())?);
-    let ctx = CallContext { base_url: connection.http().base_url(), settings: vec![] };
+    let connection = warm(plugin, connection(&server.base_url())?);
     let request = |resource: &str| ListRequest {
         resource: resource.into(),
         cursor: None,
@@ -224,7 +229,7 @@ async fn a_trapped_instance_is_discarded_and_a_typed_error_is_not() -> TestResul
     assert_eq!(calls_seen(&connection).await?, 1);
     // A typed error is a normal return: the instance stays warm.
     let error = connection
-        .list(ctx.clone(), request("forbidden-host"))
+        .list(request("forbidden-host"))
         .await
         .err()
         .map(|e| e.to_string())
@@ -232,12 +237,8 @@ async fn a_trapped_instance_is_discarded_and_a_typed_error_is_not() -> TestResul
     assert!(error.contains("not an allowed host"), "{error}");
     assert_eq!(calls_seen(&connection).await?, 3);
     // A trap leaves the instance in whatever state it stopped in: it goes.
-    let error = connection
-        .list(ctx, request("spin"))
-        .await
-        .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default();
+    let error =
+        connection.list(request("spin")).await.err().map(|e| e.to_string()).unwrap_or_default();
     assert!(error.contains("CPU time limit"), "{error}");
     assert_eq!(calls_seen(&connection).await?, 1, "a fresh instance after the trap");
     Ok(())
@@ -794,10 +795,10 @@ async fn burn(
 async fn concurrent_calls_each_under_the_cpu_limit_all_succeed_and_a_spin_still_stops() -> TestResult
 {
     let limit = Duration::from_millis(500);
-    let runtime = runtime(SandboxLimits {
+    let runtime = runtime(InstanceLimits {
         cpu_time: limit,
         call_timeout: Duration::from_secs(120),
-        ..SandboxLimits::default()
+        ..InstanceLimits::default()
     })?;
     let plugin = Arc::new(runtime.load_file(hostile_wasm()).await?);
     let http = connection("http://127.0.0.1:9")?;
@@ -870,9 +871,9 @@ fn slow_request(ms: u64) -> ListRequest {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn more_concurrent_calls_than_the_256_instance_slots_all_succeed() -> TestResult {
     let server = slow_server().await?;
-    let runtime = runtime(SandboxLimits {
+    let runtime = runtime(InstanceLimits {
         call_timeout: Duration::from_secs(60),
-        ..SandboxLimits::default()
+        ..InstanceLimits::default()
     })?;
     let plugin = Arc::new(runtime.load_file(hostile_wasm()).await?);
     let http = connection(&server.base_url())?;
@@ -885,7 +886,7 @@ async fn more_concurrent_calls_than_the_256_instance_slots_all_succeed() -> Test
             // Each call holds its instance while it waits on HTTP; a third
             // of them go through warm connections, the rest fresh.
             let result = if n % 3 == 0 {
-                PluginConnection::new(plugin, http).list(ctx, slow_request(300)).await
+                warm(plugin, http).list(slow_request(300)).await
             } else {
                 plugin.list(&http, ctx, slow_request(300)).await
             };
@@ -908,7 +909,7 @@ async fn more_concurrent_calls_than_the_256_instance_slots_all_succeed() -> Test
 }
 
 fn small_pool(instances: u32, call_timeout: Duration) -> TestResult<weft::runtime::Runtime> {
-    runtime(SandboxLimits { call_timeout, instances, ..limits() })
+    runtime(InstanceLimits { call_timeout, instances, ..limits() })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -916,14 +917,14 @@ async fn calls_beyond_a_small_pool_wait_their_turn() -> TestResult {
     let server = slow_server().await?;
     let plugin = Arc::new(small_pool(4, Duration::from_secs(60))?.load_file(hostile_wasm()).await?);
     let http = connection(&server.base_url())?;
-    let warm = Arc::new(PluginConnection::new(plugin.clone(), http.clone()));
+    let pooled = Arc::new(warm(plugin.clone(), http.clone()));
     let mut tasks = tokio::task::JoinSet::new();
     for n in 0..24 {
-        let (plugin, http, warm) = (plugin.clone(), http.clone(), warm.clone());
+        let (plugin, http, pooled) = (plugin.clone(), http.clone(), pooled.clone());
         tasks.spawn(async move {
             let ctx = CallContext { base_url: http.base_url(), settings: vec![] };
             let result = if n % 2 == 0 {
-                warm.list(ctx, slow_request(50)).await
+                pooled.list(slow_request(50)).await
             } else {
                 plugin.list(&http, ctx, slow_request(50)).await
             };
@@ -943,15 +944,13 @@ async fn an_idle_warm_instance_gives_its_slot_to_a_waiting_call() -> TestResult 
     let plugin =
         Arc::new(small_pool(2, Duration::from_millis(800))?.load_file(hostile_wasm()).await?);
     let http = connection(&server.base_url())?;
-    let ctx = || CallContext { base_url: http.base_url(), settings: vec![] };
-    let idle = PluginConnection::new(plugin.clone(), http.clone());
-    idle.list(ctx(), slow_request(0)).await?;
+    let idle = warm(plugin.clone(), http.clone());
+    idle.list(slow_request(0)).await?;
     // `idle` now keeps its instance warm, holding one slot. Two concurrent
     // calls need both: the second can only run at once if the idle
     // instance is given up (waiting for the first would pass its deadline).
-    let busy = PluginConnection::new(plugin.clone(), http.clone());
-    let (first, second) =
-        tokio::join!(busy.list(ctx(), slow_request(500)), busy.list(ctx(), slow_request(500)));
+    let busy = warm(plugin.clone(), http.clone());
+    let (first, second) = tokio::join!(busy.list(slow_request(500)), busy.list(slow_request(500)));
     first?;
     second?;
     drop(idle);

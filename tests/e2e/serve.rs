@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use weft::executor::Executor;
-use weft::runtime::SandboxLimits;
+use weft::runtime::InstanceLimits;
 use weft::serve::webhook::{hmac_signature, stripe_signature};
 use weft::serve::{RunningServer, ServeConfig};
 use weft::store::RunStore;
@@ -36,7 +36,7 @@ pub(super) async fn start_with(
     state: &std::path::Path,
     config: ServeConfig,
 ) -> TestResult<RunningServer> {
-    let executor = Executor::new(runtime(SandboxLimits::default())?, RunStore::open(state)?);
+    let executor = Executor::new(runtime(InstanceLimits::default())?, RunStore::open(state)?);
     Ok(weft::serve::start(executor, config).await?)
 }
 

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use weft::credentials::Secret;
 use weft::executor::{ConnectionOverride, Executor, RunSummary, Silent};
-use weft::runtime::{Runtime, RuntimeConfig, SandboxLimits};
+use weft::runtime::{InstanceLimits, Runtime, RuntimeConfig};
 use weft::store::RunStore;
 use weft::workflow::Workflow;
 use weft_sandbox::{Sandbox, SandboxOptions};
@@ -19,7 +19,7 @@ pub fn cache_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("weft-component-cache")
 }
 
-pub fn runtime(limits: SandboxLimits) -> TestResult<Runtime> {
+pub fn runtime(limits: InstanceLimits) -> TestResult<Runtime> {
     Ok(Runtime::new(RuntimeConfig { cache_dir: Some(cache_dir()), limits })?)
 }
 
@@ -63,7 +63,7 @@ impl Harness {
         let state = tempfile::tempdir()?;
         let files = tempfile::tempdir()?;
         let executor =
-            Executor::new(runtime(SandboxLimits::default())?, RunStore::open(state.path())?);
+            Executor::new(runtime(InstanceLimits::default())?, RunStore::open(state.path())?);
         Ok(Harness { executor, state, files })
     }
 

@@ -11,7 +11,7 @@ use weft::connector::{
 use weft::credentials::Secret;
 use weft::executor::ConnectionOverride;
 use weft::http::{ConnectionHttp, HttpLimits, SendOnce};
-use weft::runtime::{Plugin, RuntimeError, SandboxLimits};
+use weft::runtime::{InstanceLimits, Plugin, RuntimeError};
 use weft::store::Status;
 use weft_sandbox::Sandbox;
 use weft_sandbox::baremetrics::{NATIVE_SOURCE_ID, STRIPE_SOURCE_ID};
@@ -41,7 +41,7 @@ impl Connection {
         key: &str,
         settings: &[(&str, &str)],
     ) -> TestResult<Self> {
-        let runtime = runtime(SandboxLimits::default())?;
+        let runtime = runtime(InstanceLimits::default())?;
         let plugin =
             runtime.load(vendor, weft::builtin::component(vendor).ok_or("built in")?).await?;
         let http = Arc::new(ConnectionHttp::new(

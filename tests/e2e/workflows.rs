@@ -540,7 +540,7 @@ async fn a_damaged_output_file_is_rewritten_from_the_records_the_store_kept() ->
     let text = flow(
         "kept",
         &format!(
-            "[[step]]\nid = \"customers\"\nlist = \"stripe.customers\"\npage_size = 10\noutput = {:?}\n\n[[step]]\nid = \"count\"\nwhen = \".steps.customers.count > 0\"\nget = \"stripe.customers\"\nkey = \"cus_none\"\n",
+            "[[step]]\nid = \"customers\"\nlist = \"stripe.customers\"\npage_size = 10\noutput = {:?}\n\n[[step]]\nid = \"count\"\nwhen = \".steps.customers.records | length > 0\"\nget = \"stripe.customers\"\nkey = \"cus_none\"\n",
             out.display().to_string()
         ),
     );
@@ -550,7 +550,7 @@ async fn a_damaged_output_file_is_rewritten_from_the_records_the_store_kept() ->
             .await?;
     assert!(
         harness.executor.store().steps(&first.run_id).await?[0].records_kept,
-        "a later step names .steps"
+        "a later step reads .steps.customers.records"
     );
     std::fs::write(&out, b"{}\n")?;
     let listed = sandbox.stripe.emulator.requests().len();
@@ -1217,5 +1217,37 @@ async fn for_every_built_in_connector_a_dry_run_plans_what_the_run_does_and_a_se
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_step_that_names_a_long_lists_records_only_in_its_description_runs() -> TestResult {
+    // Regression: a textual test took "steps.customers.records" in a later
+    // step's description for a read of the records, and failed that step
+    // because the list was longer than expressions may hold in memory.
+    let sandbox = sandbox(30).await?;
+    let Harness { executor, state, files } = Harness::new()?;
+    let harness = Harness { executor: executor.with_inline_records(5), state, files };
+    let text = flow(
+        "count",
+        r#"
+[[step]]
+id = "customers"
+list = "stripe.customers"
+page_size = 10
+
+[[step]]
+id = "lookup"
+description = "uses the count of .steps.customers.records, not the records"
+get = "stripe.customers"
+key = "cus_${{ .steps.customers.count }}"
+"#,
+    );
+    let summary = harness.run(&text, &overrides(&sandbox, &VENDORS)).await?;
+    assert_eq!(summary.status, Status::Succeeded, "{summary:#?}");
+    assert_eq!(summary.steps[0].counts.read, 30, "{:?}", summary.steps[0]);
+    // Nothing reads the records: they are not kept for later steps.
+    let steps = harness.executor.store().steps(&summary.run_id).await?;
+    assert!(!steps[0].records_kept, "{:?}", steps[0]);
     Ok(())
 }

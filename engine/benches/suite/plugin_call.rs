@@ -147,8 +147,8 @@ pub async fn run(config: &Config) -> BenchResult<Vec<Row>> {
         }),
     );
     let plugin = Arc::new(runtime.load("stripe", wasm).await?);
-    let warm = PluginConnection::new(plugin.clone(), http.clone());
     let ctx = CallContext { base_url: http.base_url(), settings: vec![] };
+    let warm = PluginConnection::new(plugin.clone(), http.clone(), ctx.clone());
     let request =
         || ListRequest { resource: "customers".into(), cursor: None, page_size: 100, filter: None };
 
@@ -163,7 +163,7 @@ pub async fn run(config: &Config) -> BenchResult<Vec<Row>> {
             plugin.list(&http, ctx.clone(), request()).await?;
         }
         if do_warm {
-            warm.list(ctx.clone(), request()).await?;
+            warm.list(request()).await?;
         }
         if do_native {
             std::hint::black_box(native_parse(&body)?);
@@ -183,7 +183,7 @@ pub async fn run(config: &Config) -> BenchResult<Vec<Row>> {
         }
         if do_warm {
             let started = Instant::now();
-            let page = warm.list(ctx.clone(), request()).await?;
+            let page = warm.list(request()).await?;
             warmed.push(started.elapsed());
             if page.records.len() != 100 {
                 return Err(format!("the plugin listed {} records", page.records.len()).into());

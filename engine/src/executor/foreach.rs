@@ -16,7 +16,7 @@ use super::plan::StepPlan;
 use super::{RunCtx, StepCtx, StepEnd, StepError};
 use crate::endpoint::Endpoint;
 use crate::expr::{Budget, EvalError, Evaluator, Expr, Scope, Val, parse_val};
-use crate::store::{ItemRecord, RunStore, Status, StepCounts, StepState};
+use crate::store::{ItemRecord, RunStore, Status, StepCounts, StepState, StoreError};
 use crate::workflow::{ForEach, Step, Workflow};
 use futures_util::StreamExt as _;
 use futures_util::stream::FuturesUnordered;
@@ -42,7 +42,9 @@ const FAILURES_BEFORE_ANY_SUCCESS: u64 = 10;
 enum Items<'a> {
     Listed(std::vec::IntoIter<Val>),
     Streamed {
-        pages: Box<dyn Iterator<Item = Result<String, crate::store::StoreError>> + Send + 'a>,
+        pages: Box<dyn Iterator<Item = Result<String, StoreError>> + Send + 'a>,
+        /// The source step's pages in the store (`RUN/INDEX`), for errors.
+        key: String,
         then: Option<&'a Expr>,
         buffer: VecDeque<Val>,
         scope: &'a Scope,
@@ -50,36 +52,61 @@ enum Items<'a> {
     },
 }
 
+/// Why there is no next item.
+enum ItemsError {
+    /// The items' expression failed, or was stopped.
+    Eval(EvalError),
+    /// The run store could not give a page of the source step's records
+    /// (a page file that cannot be read, or that is damaged): not the
+    /// step's failure, so the run stops where its last commit left it.
+    Store(StoreError),
+}
+
+impl From<EvalError> for ItemsError {
+    fn from(error: EvalError) -> Self {
+        ItemsError::Eval(error)
+    }
+}
+
 impl Items<'_> {
-    async fn next(&mut self) -> Result<Option<Val>, EvalError> {
+    async fn next(&mut self) -> Result<Option<Val>, ItemsError> {
         match self {
             Items::Listed(items) => Ok(items.next()),
-            Items::Streamed { pages, then, buffer, scope, evaluator } => loop {
+            Items::Streamed { pages, key, then, buffer, scope, evaluator } => loop {
                 if let Some(item) = buffer.pop_front() {
                     return Ok(Some(item));
                 }
                 let Some(page) = pages.next() else { return Ok(None) };
-                let page = page.map_err(|e| EvalError::Failed(e.to_string()))?;
+                let page = page.map_err(ItemsError::Store)?;
+                let corrupt = |reason: String| {
+                    ItemsError::Store(StoreError::Corrupt { key: key.clone(), reason })
+                };
                 match then {
                     // The page's records through the expression, in one job
                     // on an evaluation thread; each record is an evaluation
-                    // with a budget of its own.
+                    // with a budget of its own. A page that does not parse
+                    // comes back as the inner error.
                     Some(expr) => {
                         let (expr, scope) = ((*expr).clone(), (*scope).clone());
                         let outputs = evaluator
                             .run(move |session| {
+                                let records = match page_records(&page) {
+                                    Ok(records) => records,
+                                    Err(reason) => return Ok(Err(reason)),
+                                };
                                 let mut outputs = Vec::new();
-                                for record in page_records(&page)? {
+                                for record in records {
                                     outputs.extend(session.evaluate(|ev| {
                                         ev.all("for_each", &expr, record, &scope)
                                     })?);
                                 }
-                                Ok(outputs)
+                                Ok(Ok(outputs))
                             })
-                            .await?;
+                            .await?
+                            .map_err(corrupt)?;
                         buffer.extend(outputs);
                     }
-                    None => buffer.extend(page_records(&page).map_err(EvalError::Failed)?),
+                    None => buffer.extend(page_records(&page).map_err(corrupt)?),
                 }
             },
         }
@@ -89,9 +116,9 @@ impl Items<'_> {
 /// The records of a page committed to the run store.
 fn page_records(page: &str) -> Result<Vec<Val>, String> {
     parse_val(page)
-        .map_err(|e| format!("run store: a committed page is {e}"))?
+        .map_err(|e| format!("a committed page is {e}"))?
         .into_items()
-        .ok_or_else(|| "run store: a committed page is not an array".to_owned())
+        .ok_or_else(|| "a committed page is not an array".to_owned())
 }
 
 async fn items<'a>(
@@ -101,7 +128,7 @@ async fn items<'a>(
     store: &RunStore,
     run: &str,
     scope: &'a Scope,
-) -> Result<Items<'a>, EvalError> {
+) -> Result<Items<'a>, ItemsError> {
     match &step.for_each {
         Some(ForEach::Expr(expr)) => {
             let mut outputs = ctx.evaluator(step).outputs("for_each", expr, scope).await?;
@@ -118,19 +145,17 @@ async fn items<'a>(
                 .iter()
                 .position(|s| &s.id == source)
                 .ok_or_else(|| EvalError::Failed(format!("for_each: no step {source:?}")))?;
-            let pages = store
-                .pages(run, index as u32)
-                .await
-                .map_err(|e| EvalError::Failed(e.to_string()))?;
+            let pages = store.pages(run, index as u32).await.map_err(ItemsError::Store)?;
             Ok(Items::Streamed {
                 pages: Box::new(pages),
+                key: format!("{run}/{index}"),
                 then: then.as_ref(),
                 buffer: VecDeque::new(),
                 scope,
                 evaluator: ctx.evaluator(step),
             })
         }
-        None => Err(EvalError::Failed("not a for-each step".into())),
+        None => Err(EvalError::Failed("not a for-each step".into()).into()),
     }
 }
 
@@ -163,8 +188,11 @@ pub(crate) async fn run(
     }
     let mut source = match items(ctx, workflow, step, ctx.store, ctx.run_id, scope).await {
         Ok(source) => source,
-        Err(EvalError::Stopped) => return Ok(ctx.stop_reason().unwrap_or(StepEnd::Interrupted)),
-        Err(e) => return Err(e.into_message().into()),
+        Err(ItemsError::Eval(EvalError::Stopped)) => {
+            return Ok(ctx.stop_reason().unwrap_or(StepEnd::Interrupted));
+        }
+        Err(ItemsError::Eval(e)) => return Err(e.into_message().into()),
+        Err(ItemsError::Store(e)) => return Err(StepError::Store(e)),
     };
     // Templates are rendered a batch at a time before the items start, so
     // a stop may cut that short; an item in flight finishes whatever stops
@@ -180,6 +208,9 @@ pub(crate) async fn run(
     let mut exhausted = false;
     let mut fatal: Option<String> = None;
     let mut stopped: Option<StepEnd> = None;
+    // The store failed to give the next items: start no more, let those in
+    // flight finish and commit them, then stop the run to resume.
+    let mut store_failure: Option<StoreError> = None;
     // Ten failures and no success yet: start no more items. Withdrawn if an
     // item still in flight succeeds (items finish out of order).
     let mut failing_alike = false;
@@ -193,6 +224,7 @@ pub(crate) async fn run(
             && fatal.is_none()
             && !failing_alike
             && stopped.is_none()
+            && store_failure.is_none()
         {
             if let Some(end) = ctx.stop_reason() {
                 stopped = Some(end);
@@ -201,7 +233,11 @@ pub(crate) async fn run(
             let Some((n, item_scope, rendered)) = ready.pop_front() else {
                 // The next items, their templates rendered in one job.
                 let mut batch = Vec::new();
-                while batch.len() < RENDER_BATCH && !exhausted && stopped.is_none() {
+                while batch.len() < RENDER_BATCH
+                    && !exhausted
+                    && stopped.is_none()
+                    && store_failure.is_none()
+                {
                     match source.next().await {
                         Ok(Some(item)) => {
                             let n = next;
@@ -211,13 +247,14 @@ pub(crate) async fn run(
                             }
                         }
                         Ok(None) => exhausted = true,
-                        Err(EvalError::Stopped) => {
+                        Err(ItemsError::Eval(EvalError::Stopped)) => {
                             stopped = Some(ctx.stop_reason().unwrap_or(StepEnd::Interrupted))
                         }
-                        Err(e) => return Err(e.into_message().into()),
+                        Err(ItemsError::Eval(e)) => return Err(e.into_message().into()),
+                        Err(ItemsError::Store(e)) => store_failure = Some(e),
                     }
                 }
-                if stopped.is_none() {
+                if stopped.is_none() && store_failure.is_none() {
                     // No item of the batch has started: a stop drops it,
                     // and a resume renders it again.
                     match ops::render_batch(&batch_evaluator, step, batch).await {
@@ -272,6 +309,9 @@ pub(crate) async fn run(
         }
     }
     commit(ctx, step, state, &plan, &mut pending, &errors).await?;
+    if let Some(error) = store_failure {
+        return Err(StepError::Store(error));
+    }
     if fatal.is_none() && failing_alike && (!exhausted || !ready.is_empty()) {
         // Every item started has finished, and failed: they are the first
         // ones in item order, and some were left (unread, or rendered and

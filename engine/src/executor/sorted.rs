@@ -19,6 +19,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::value::RawValue;
 
+use crate::store::StoreError;
+
 /// Bytes of records a side buffers before it writes a run.
 pub(crate) const RUN_BYTES: usize = 8 << 20;
 
@@ -88,37 +90,42 @@ struct RunReader {
 }
 
 impl RunReader {
-    fn next(&mut self) -> Result<Option<(String, String)>, String> {
+    /// The next line's key and record. A line that cannot be read is a
+    /// scratch-file error (the run can resume); one that does not check
+    /// out is a corrupt entry (damage: the sync cannot trust the run).
+    fn next(&mut self) -> Result<Option<(String, String)>, StoreError> {
         let Some(line) = self.lines.next() else { return Ok(None) };
         self.line += 1;
         let at = || format!("{} line {}", self.path.display(), self.line);
-        let line = line.map_err(|e| format!("cannot read {}: {e}", at()))?;
+        let line = line
+            .map_err(|e| StoreError::Scratch { path: at(), reason: format!("cannot read: {e}") })?;
+        let corrupt = |reason: String| StoreError::Corrupt { key: at(), reason };
         // A line before CRCs starts with its key, a JSON string.
         let body = match line.strip_prefix('"') {
             Some(_) => line.as_str(),
             None => {
                 let (crc, body) = line
                     .split_once('\t')
-                    .ok_or_else(|| format!("{}: a line without a checksum", at()))?;
+                    .ok_or_else(|| corrupt("a line without a checksum".into()))?;
                 let crc = u32::from_str_radix(crc, 16)
-                    .map_err(|_| format!("{}: a line without a checksum", at()))?;
+                    .map_err(|_| corrupt("a line without a checksum".into()))?;
                 if crc32fast::hash(body.as_bytes()) != crc {
-                    return Err(format!(
-                        "{}: the line does not match its checksum; the sorted run was changed or damaged after it was written, \
-                         and the sync stops rather than read a wrong key (which could become a wrong create or delete); start the run again",
-                        at()
+                    return Err(corrupt(
+                        "the line does not match its checksum; the sorted run was changed or damaged after it was written, \
+                         and the sync stops rather than read a wrong key (which could become a wrong create or delete); start the run again"
+                            .into(),
                     ));
                 }
                 body
             }
         };
         let (key, record) =
-            body.split_once('\t').ok_or_else(|| format!("{}: a line without a key", at()))?;
+            body.split_once('\t').ok_or_else(|| corrupt("a line without a key".into()))?;
         let key: String =
-            serde_json::from_str(key).map_err(|e| format!("{}: a bad key: {e}", at()))?;
+            serde_json::from_str(key).map_err(|e| corrupt(format!("a bad key: {e}")))?;
         // Checked here so a torn file is an error, not a bad record later.
         let _: &RawValue =
-            serde_json::from_str(record).map_err(|e| format!("{}: a bad record: {e}", at()))?;
+            serde_json::from_str(record).map_err(|e| corrupt(format!("a bad record: {e}")))?;
         Ok(Some((key, record.to_owned())))
     }
 }
@@ -131,12 +138,14 @@ pub(crate) struct Merged {
 }
 
 impl Merged {
-    pub(crate) fn open(dir: &Path, side: &str, runs: u32) -> Result<Merged, String> {
+    pub(crate) fn open(dir: &Path, side: &str, runs: u32) -> Result<Merged, StoreError> {
         let mut readers = Vec::new();
         for n in 0..runs {
             let path = run_path(dir, side, n);
-            let file =
-                File::open(&path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+            let file = File::open(&path).map_err(|e| StoreError::Scratch {
+                path: path.display().to_string(),
+                reason: format!("cannot open a sorted run: {e}"),
+            })?;
             readers.push(RunReader {
                 lines: BufReader::with_capacity(64 << 10, file).lines(),
                 path,
@@ -150,7 +159,7 @@ impl Merged {
         Ok(merged)
     }
 
-    fn refill(&mut self, i: usize) -> Result<(), String> {
+    fn refill(&mut self, i: usize) -> Result<(), StoreError> {
         if let Some((key, record)) = self.readers[i].next()? {
             self.heap.push(Reverse((key, i, record)));
         }
@@ -163,14 +172,14 @@ impl Merged {
     }
 
     /// The next record in key order.
-    pub(crate) fn next(&mut self) -> Result<Option<(String, String)>, String> {
+    pub(crate) fn next(&mut self) -> Result<Option<(String, String)>, StoreError> {
         let Some(Reverse((key, i, record))) = self.heap.pop() else { return Ok(None) };
         self.refill(i)?;
         Ok(Some((key, record)))
     }
 
     /// Every record with the smallest key left.
-    pub(crate) fn next_group(&mut self) -> Result<Option<(String, Vec<String>)>, String> {
+    pub(crate) fn next_group(&mut self) -> Result<Option<(String, Vec<String>)>, StoreError> {
         let Some((key, first)) = self.next()? else { return Ok(None) };
         let mut records = vec![first];
         while self.peek_key() == Some(key.as_str()) {
@@ -226,7 +235,7 @@ mod tests {
         let dir = tempfile::tempdir()?;
         assert!(Merged::open(dir.path(), "t", 0)?.next()?.is_none());
         std::fs::write(run_path(dir.path(), "t", 0), "\"a\"\t{\"cut\":")?;
-        let err = Merged::open(dir.path(), "t", 1).err().unwrap_or_default();
+        let err = Merged::open(dir.path(), "t", 1).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("a bad record"), "{err}");
         Ok(())
     }
@@ -254,7 +263,7 @@ mod tests {
             match merged.next() {
                 Ok(Some((key, _))) => keys.push(key),
                 Ok(None) => break String::new(),
-                Err(e) => break e,
+                Err(e) => break e.to_string(),
             }
         };
         assert!(

@@ -35,7 +35,7 @@ use crate::connector::{
 };
 use crate::endpoint::Endpoint;
 use crate::expr::{EvalError, Evaluator, Scope, Val, json_key_text};
-use crate::store::{StepState, SyncPhase, SyncProgress};
+use crate::store::{StepState, StoreError, SyncPhase, SyncProgress};
 use crate::workflow::{Step, SyncSpec};
 
 /// Records per batch upsert.
@@ -315,8 +315,13 @@ async fn scan(
         finished = cursor.is_none();
         if buffer.is_full() || finished {
             if !buffer.is_empty() {
+                // The store's scratch space failing is not the step's
+                // failure: the run stops where it last committed, to resume.
                 buffer.write_run(&run_path(dir, side.name(), runs)).map_err(|e| {
-                    format!("sync: cannot write a sorted run in {}: {e}", dir.display())
+                    StoreError::Scratch {
+                        path: dir.display().to_string(),
+                        reason: format!("cannot write a sorted run: {e}"),
+                    }
                 })?;
                 runs += 1;
             }

@@ -4,7 +4,7 @@
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
-use weft_connector_sdk::errors::VendorError;
+use weft_connector_sdk::error::VendorError;
 use weft_connector_sdk::http::{self, Response};
 use weft_connector_sdk::{
     BatchItem, Context, Error, Json, ListRequest, Page, RemoveOutcome, Result, UpsertOutcome,

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
-use weft_connector_sdk::errors::{self, VendorError};
+use weft_connector_sdk::error::{self, VendorError};
 use weft_connector_sdk::http::{self, RequestBuilder, Response};
 use weft_connector_sdk::same;
 use weft_connector_sdk::{
@@ -544,5 +544,5 @@ fn is_missing(response: &Response) -> bool {
 
 /// The SDK's status mapping, naming Metronome.
 pub(crate) fn metronome_error(response: &Response) -> Error {
-    errors::from_response(VENDOR, response)
+    error::from_response(VENDOR, response)
 }

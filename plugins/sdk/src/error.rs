@@ -1,10 +1,47 @@
-//! The error a connector operation returns, one case per way the engine can
-//! react to it.
+//! The error a connector operation returns ([`Error`], one case per way
+//! the engine can react to it), and turning a vendor's error answer (HTTP
+//! status, headers, body) into one.
+//!
+//! [`from_response`] (or [`from_status`]) picks the case by HTTP status:
+//!
+//! | status        | case                                              |
+//! | ------------- | ------------------------------------------------- |
+//! | 400, 422      | [`Error::InvalidInput`]                           |
+//! | 401           | [`Error::Unauthorized`]                           |
+//! | 403           | [`Error::Forbidden`]                              |
+//! | 404, 410      | [`Error::NotFound`]                               |
+//! | 408           | [`Error::Transient`] (the vendor timed out)       |
+//! | 409           | [`Error::Conflict`]                               |
+//! | 429           | [`Error::RateLimited`], with `Retry-After` seconds |
+//! | 500–599       | [`Error::Transient`]                              |
+//! | anything else | [`Error::Fatal`]                                  |
+//!
+//! The message always names the vendor and the HTTP status, then what the
+//! vendor said, read from the common error body shapes ([`VendorError`]):
+//!
+//! ```
+//! use weft_connector_sdk::{error, Error};
+//!
+//! let body = br#"{"error": {"type": "invalid_request_error",
+//!     "message": "No such customer: 'cus_x'", "param": "id"}}"#;
+//! let mapped = error::from_status("stripe", 400, &[], body);
+//! assert_eq!(
+//!     mapped,
+//!     Error::invalid_input("stripe: HTTP 400 invalid_request_error: No such customer: 'cus_x' (param: id)")
+//! );
+//! ```
+//!
+//! A connector with vendor-specific rules (Stripe's `Stripe-Should-Retry`
+//! header, say) calls [`from_response`] and then adjusts the case.
 
 use core::fmt;
 use core::time::Duration;
 
 use crate::wit::weft::connector::types::{ConnectorError, RateLimited};
+
+mod response;
+
+pub use response::{VendorError, from_response, from_status, message, retry_after};
 
 /// `Result` with [`Error`] as the default error type.
 pub type Result<T, E = Error> = core::result::Result<T, E>;
@@ -14,7 +51,7 @@ pub type Result<T, E = Error> = core::result::Result<T, E>;
 /// The engine acts on the case: it may retry [`Error::RateLimited`] and
 /// [`Error::Transient`] and never retries the rest. Every case carries a
 /// message for a human; name the vendor, the HTTP status and the field when
-/// you know them ([`errors::from_response`](crate::errors::from_response)
+/// you know them ([`from_response`]
 /// does this for HTTP answers).
 ///
 /// This is a hand-written mirror of the WIT `connector-error` variant rather

@@ -27,7 +27,7 @@ use core::fmt::Display;
 use serde::{Deserialize, Serialize};
 
 use crate::wit::weft::connector::http::HttpError;
-use crate::{Error, Result, errors, form, page, query};
+use crate::{Error, Result, error, form, page, query};
 
 pub use crate::wit::weft::connector::http::{Method, Request, Response};
 
@@ -387,21 +387,21 @@ impl Response {
         page::parse(&self.body)
     }
 
-    /// `Ok(self)` for a 2xx status, else the [`errors::from_response`]
+    /// `Ok(self)` for a 2xx status, else the [`error::from_response`]
     /// mapping of the answer, naming `vendor` in the message.
     pub fn error_for_status(self, vendor: &str) -> Result<Self> {
-        if self.is_success() { Ok(self) } else { Err(errors::from_response(vendor, &self)) }
+        if self.is_success() { Ok(self) } else { Err(error::from_response(vendor, &self)) }
     }
 
     /// `Ok(self)` for a 2xx status, else `map(&self)`: the hook for vendors
     /// whose errors need more than the status table.
     ///
     /// ```no_run
-    /// use weft_connector_sdk::{errors, http, Error};
+    /// use weft_connector_sdk::{error, http, Error};
     ///
     /// let response = http::get("https://api.stripe.com/v1/customers")
     ///     .send()?
-    ///     .error_for_status_with(|r| match errors::from_response("stripe", r) {
+    ///     .error_for_status_with(|r| match error::from_response("stripe", r) {
     ///         Error::Fatal(m) if r.header("stripe-should-retry") == Some("true") => Error::transient(m),
     ///         other => other,
     ///     })?;

@@ -13,8 +13,8 @@
 //!   re-exported from the bindings with a few helper methods, and an
 //!   idiomatic [`Error`] enum;
 //! - one module per capability: [`http`] (the only way out of the sandbox),
-//!   [`form`] and [`query`] encoding, [`errors`] (HTTP status and vendor body
-//!   to [`Error`]), [`page`] (cursors and raw record splitting), [`same`]
+//!   [`form`] and [`query`] encoding, [`error`] ([`Error`], and an HTTP
+//!   status and vendor body mapped to it), [`page`] (cursors and raw record splitting), [`same`]
 //!   (the one rule for "unchanged", shared with the engine) and [`log`];
 //! - [`http::testing`], a native stand-in for the host's HTTP so a
 //!   connector's flows run under `cargo test`.
@@ -51,8 +51,7 @@
 #![deny(missing_docs)]
 
 mod connector;
-mod error;
-pub mod errors;
+pub mod error;
 pub mod form;
 pub mod http;
 pub mod log;

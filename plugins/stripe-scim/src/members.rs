@@ -3,7 +3,7 @@
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
-use weft_connector_sdk::errors::{self, VendorError};
+use weft_connector_sdk::error::{self, VendorError};
 use weft_connector_sdk::http::{self, RequestBuilder, Response};
 use weft_connector_sdk::same;
 use weft_connector_sdk::{
@@ -303,7 +303,7 @@ fn is_missing(response: &Response) -> bool {
 
 /// The SDK's mapping, adjusted by the SCIM `scimType`.
 pub(crate) fn scim_error(response: &Response) -> Error {
-    let error = errors::from_response(VENDOR, response);
+    let error = error::from_response(VENDOR, response);
     let scim_type = VendorError::parse(&response.body).and_then(|vendor| vendor.kind);
     match scim_type.as_deref() {
         Some("uniqueness") => Error::Conflict(error.message().to_owned()),

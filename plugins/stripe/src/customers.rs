@@ -4,7 +4,7 @@
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
-use weft_connector_sdk::errors::{self, VendorError};
+use weft_connector_sdk::error::{self, VendorError};
 use weft_connector_sdk::http::{self, RequestBuilder, Response};
 use weft_connector_sdk::{
     Context, Error, Json, ListRequest, Page, RemoveOutcome, Result, UpsertOutcome, UpsertRequest,
@@ -286,7 +286,7 @@ pub(crate) fn is_missing(response: &Response) -> bool {
 ///   `lock_timeout`, say) and `false` makes a 5xx fatal: Stripe knows
 ///   better than the status.
 pub(crate) fn stripe_error(response: &Response) -> Error {
-    let error = errors::from_response(VENDOR, response);
+    let error = error::from_response(VENDOR, response);
     let kind = VendorError::parse(&response.body).and_then(|vendor| vendor.kind);
     if kind.as_deref() == Some("idempotency_error") {
         return Error::Conflict(error.message().to_owned());

@@ -1,35 +1,6 @@
 //! Turning a vendor's error answer (HTTP status, headers, body) into an
-//! [`Error`] the engine can act on.
-//!
-//! | status        | case                                              |
-//! | ------------- | ------------------------------------------------- |
-//! | 400, 422      | [`Error::InvalidInput`]                           |
-//! | 401           | [`Error::Unauthorized`]                           |
-//! | 403           | [`Error::Forbidden`]                              |
-//! | 404, 410      | [`Error::NotFound`]                               |
-//! | 408           | [`Error::Transient`] (the vendor timed out)       |
-//! | 409           | [`Error::Conflict`]                               |
-//! | 429           | [`Error::RateLimited`], with `Retry-After` seconds |
-//! | 500–599       | [`Error::Transient`]                              |
-//! | anything else | [`Error::Fatal`]                                  |
-//!
-//! The message always names the vendor and the HTTP status, then what the
-//! vendor said, read from the common error body shapes ([`VendorError`]):
-//!
-//! ```
-//! use weft_connector_sdk::{errors, Error};
-//!
-//! let body = br#"{"error": {"type": "invalid_request_error",
-//!     "message": "No such customer: 'cus_x'", "param": "id"}}"#;
-//! let error = errors::from_status("stripe", 400, &[], body);
-//! assert_eq!(
-//!     error,
-//!     Error::invalid_input("stripe: HTTP 400 invalid_request_error: No such customer: 'cus_x' (param: id)")
-//! );
-//! ```
-//!
-//! A connector with vendor-specific rules (Stripe's `Stripe-Should-Retry`
-//! header, say) calls [`from_response`] and then adjusts the case.
+//! [`Error`]: the status table and the body shapes are in the docs of
+//! [`crate::error`], which re-exports everything public here.
 
 use core::time::Duration;
 
@@ -147,11 +118,11 @@ fn list_messages(errors: Option<&Value>) -> Option<String> {
 /// The [`Error`] for a non-success `response` from `vendor`.
 ///
 /// ```no_run
-/// use weft_connector_sdk::{errors, http};
+/// use weft_connector_sdk::{error, http};
 ///
 /// let response = http::get("https://api.stripe.com/v1/customers/cus_x").send()?;
 /// if !response.is_success() {
-///     return Err(errors::from_response("stripe", &response));
+///     return Err(error::from_response("stripe", &response));
 /// }
 /// # Ok::<(), weft_connector_sdk::Error>(())
 /// ```

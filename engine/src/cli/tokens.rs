@@ -13,7 +13,7 @@ use weft::store::{Role, RunStore, StoreError};
 
 /// `weft tokens …`.
 #[derive(Debug, Subcommand)]
-pub enum TokensCommand {
+pub(crate) enum TokensCommand {
     /// Create a token and print it once (the store keeps only its hash).
     Create {
         /// The name actions taken with the token are recorded under.
@@ -57,7 +57,7 @@ fn open(dir: &Path) -> Result<RunStore> {
 }
 
 /// Runs a `weft tokens` command against the store in `dir`.
-pub async fn run(dir: &Path, command: TokensCommand) -> Result<ExitCode> {
+pub(crate) async fn tokens(dir: &Path, command: TokensCommand) -> Result<ExitCode> {
     let store = open(dir)?;
     let mut out = std::io::stdout().lock();
     use std::io::Write as _;

@@ -1,0 +1,112 @@
+//! The commands of the `weft` binary, one module per command (or family
+//! of subcommands), and what they share: the global options, where the
+//! run store and the component cache live, the wasm runtime, and signals.
+//! Output that several commands print is in [`print`].
+//!
+//! A new command goes in its own module here: its clap `Args` (or
+//! `Subcommand`) type beside the code that carries it out, a variant of
+//! `Command` in `main.rs`, and one line in `main.rs`'s `dispatch`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result};
+use clap::Args;
+use weft::executor::StopSignal;
+use weft::runtime::{Runtime, RuntimeConfig};
+use weft::store::RunStore;
+
+pub(crate) mod plugin;
+pub(crate) mod print;
+pub(crate) mod run;
+pub(crate) mod runs;
+pub(crate) mod sandbox;
+pub(crate) mod serve;
+pub(crate) mod tokens;
+pub(crate) mod validate;
+
+/// Options every command takes.
+#[derive(Debug, Args)]
+pub(crate) struct Global {
+    /// Directory of the durable run store (sled).
+    #[arg(long, global = true, env = "WEFT_STATE_DIR")]
+    pub(crate) state_dir: Option<PathBuf>,
+    /// Directory of the compiled-component cache.
+    #[arg(long, global = true, env = "WEFT_CACHE_DIR")]
+    pub(crate) cache_dir: Option<PathBuf>,
+    /// Log filter for diagnostics on stderr (e.g. `info`, `weft=debug`).
+    #[arg(long, global = true, env = "WEFT_LOG", default_value = "warn")]
+    pub(crate) log: String,
+}
+
+/// `$ENV_BASE/weft/LEAF`, else `~/FALLBACK/weft/LEAF`.
+fn default_dir(env_base: &str, fallback: &str, leaf: &str) -> PathBuf {
+    std::env::var_os(env_base)
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(fallback)))
+        .unwrap_or_else(|| PathBuf::from(".weft"))
+        .join("weft")
+        .join(leaf)
+}
+
+/// The wasm runtime, caching compiled components in the cache dir.
+pub(crate) fn wasm_runtime(global: &Global) -> Result<Runtime> {
+    let cache_dir = global
+        .cache_dir
+        .clone()
+        .unwrap_or_else(|| default_dir("XDG_CACHE_HOME", ".cache", "components"));
+    Ok(Runtime::new(RuntimeConfig { cache_dir: Some(cache_dir), ..RuntimeConfig::default() })?)
+}
+
+/// Stops the run on ctrl-c or SIGTERM: in-flight calls finish, what they
+/// did is committed, and the run can be resumed.
+pub(crate) fn stop_on_signals() -> StopSignal {
+    let stop = StopSignal::default();
+    let token = stop.shutdown.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        eprintln!(
+            "stopping: letting in-flight calls finish, then committing (ctrl-c again to abort)"
+        );
+        token.cancel();
+        shutdown_signal().await;
+        std::process::exit(130);
+    });
+    stop
+}
+
+/// Waits for ctrl-c or SIGTERM.
+pub(crate) async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Opens the run store at `dir`, saying where when it cannot.
+pub(crate) fn open_store(dir: &Path) -> Result<RunStore> {
+    RunStore::open(dir)
+        .with_context(|| format!("failed to open the run store at {}", dir.display()))
+}
+
+/// The run store's directory: `--state-dir`, else the user's data dir.
+pub(crate) fn state_dir(global: &Global) -> PathBuf {
+    global
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| default_dir("XDG_DATA_HOME", ".local/share", "state"))
+}

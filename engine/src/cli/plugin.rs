@@ -1,0 +1,265 @@
+//! `weft plugin inspect|list|check`: a connector plugin's manifest, the
+//! built-in connectors, and the conformance suite against an endpoint.
+
+use std::io::Write as _;
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result};
+use clap::{Args, Subcommand};
+use weft::connector::Manifest;
+use weft::credentials::Secret;
+
+use super::{Global, wasm_runtime};
+use crate::exit;
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum PluginCommand {
+    /// Print a plugin's manifest.
+    Inspect {
+        /// A built-in connector name or a path to a .wasm component.
+        plugin: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the built-in connectors.
+    List,
+    /// Run the conformance suite against a live endpoint (normally an
+    /// emulator): pagination, absent reads, idempotent upserts, removes,
+    /// typed errors, and a wrong credential.
+    Check(CheckArgs),
+}
+
+// No `///` here: clap would take it for the command's about, which the
+// `PluginCommand::Check` variant gives.
+#[derive(Debug, Args)]
+pub(crate) struct CheckArgs {
+    /// A built-in connector name or a path to a .wasm component.
+    plugin: String,
+    /// Base URL of the endpoint under test.
+    #[arg(long, required_unless_present = "sandbox")]
+    base_url: Option<String>,
+    /// Credential for the endpoint: env:NAME or file:PATH.
+    #[arg(long)]
+    credentials: Option<String>,
+    /// Check against the built-in emulator of this connector's vendor
+    /// (its manifest's `vendor`).
+    #[arg(long, conflicts_with_all = ["base_url", "credentials"])]
+    sandbox: bool,
+    /// With --sandbox: the emulator to check against, when the vendor
+    /// has several (`stripe`, `stripe-scim`) or the manifest names
+    /// another vendor.
+    #[arg(long, requires = "sandbox", value_name = "NAME")]
+    emulator: Option<String>,
+    /// Only this resource.
+    #[arg(long)]
+    resource: Option<String>,
+    /// A connection setting, NAME=VALUE; repeatable.
+    #[arg(long = "setting", value_parser = parse_pair)]
+    settings: Vec<(String, String)>,
+    /// A record the write checks may create, RESOURCE=JSON; repeatable.
+    #[arg(long = "sample", value_parser = parse_pair)]
+    samples: Vec<(String, String)>,
+    /// Let the checks run irreversible ops (remove); only against an emulator.
+    #[arg(long)]
+    allow_irreversible: bool,
+    /// Page size of the pagination check; each resource's default otherwise.
+    #[arg(long)]
+    page_size: Option<u32>,
+    /// Print the results as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `weft plugin …`.
+pub(crate) async fn plugin(global: &Global, command: PluginCommand) -> Result<ExitCode> {
+    match command {
+        PluginCommand::Inspect { plugin, json } => inspect(global, &plugin, json).await,
+        PluginCommand::List => {
+            for name in weft::builtin::names() {
+                outln!("{name}")?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        PluginCommand::Check(options) => check_plugin(global, options).await,
+    }
+}
+
+fn parse_pair(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("expected NAME=VALUE, got {text:?}"))
+}
+
+async fn load_plugin(global: &Global, plugin: &str) -> Result<weft::runtime::Plugin> {
+    let runtime = wasm_runtime(global)?;
+    Ok(if plugin.ends_with(".wasm") {
+        runtime.load_file(Path::new(plugin)).await?
+    } else {
+        let bytes = weft::builtin::component(plugin).with_context(|| {
+            format!(
+                "no built-in plugin named {plugin:?} (built in: {})",
+                weft::builtin::names().collect::<Vec<_>>().join(", ")
+            )
+        })?;
+        runtime.load(plugin, bytes).await?
+    })
+}
+
+async fn check_plugin(global: &Global, options: CheckArgs) -> Result<ExitCode> {
+    let plugin = options.plugin.as_str();
+    use weft::conformance::{CheckTarget, Verdict};
+    let loaded = load_plugin(global, plugin).await?;
+    let mut samples = Vec::new();
+    for (resource, text) in &options.samples {
+        let value: serde_json::Value = serde_json::from_str(text)
+            .with_context(|| format!("--sample {resource}=…: not JSON"))?;
+        samples.push((resource.clone(), value));
+    }
+    let mut emulators = None;
+    let mut settings = options.settings.clone();
+    let (base_url, secret) = if options.sandbox {
+        let running = weft_sandbox::Sandbox::start(weft_sandbox::SandboxOptions {
+            seed: 25,
+            ..Default::default()
+        })
+        .await?;
+        let endpoints = running.endpoints();
+        // By the manifest's vendor, so a third-party connector of a vendor
+        // the sandbox emulates is checked against that emulator.
+        let endpoint =
+            weft::emulators::choose(&endpoints, loaded.manifest(), options.emulator.as_deref())?
+                .clone();
+        // The samples and settings are the emulator's API's, whoever wrote
+        // the connector.
+        if samples.is_empty() {
+            samples = weft_sandbox::vendors::sample_records(endpoint.vendor);
+        }
+        if options.settings.is_empty() {
+            settings = weft_sandbox::vendors::connector_settings(endpoint.vendor);
+        }
+        emulators = Some(running);
+        (endpoint.base_url, Some(Secret::new(endpoint.api_key)))
+    } else {
+        let secret = match &options.credentials {
+            Some(reference) => {
+                Some(weft::credentials::CredentialSource::parse(reference)?.resolve()?)
+            }
+            None => None,
+        };
+        (options.base_url.clone().context("--base-url is required without --sandbox")?, secret)
+    };
+    let target = CheckTarget {
+        base_url,
+        secret,
+        settings,
+        resource: options.resource.clone(),
+        samples,
+        allow_irreversible: options.allow_irreversible || options.sandbox,
+        page_size: options.page_size,
+    };
+    let results = weft::conformance::check(&loaded, &target).await?;
+    if let Some(running) = emulators {
+        running.shutdown().await;
+    }
+    let failed = results.iter().filter(|r| r.verdict == Verdict::Fail).count();
+    if options.json {
+        outln!("{}", serde_json::to_string_pretty(&results)?)?;
+    } else {
+        for r in &results {
+            let mark = match r.verdict {
+                Verdict::Pass => "pass",
+                Verdict::Fail => "FAIL",
+                Verdict::Skip => "skip",
+            };
+            outln!("{mark}  {:<14} {:<44} {}", r.resource, r.check, r.detail)?;
+        }
+        outln!(
+            "{} passed, {failed} failed, {} skipped",
+            results.iter().filter(|r| r.verdict == Verdict::Pass).count(),
+            results.iter().filter(|r| r.verdict == Verdict::Skip).count()
+        )?;
+    }
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(exit::RUN_FAILED) })
+}
+
+async fn inspect(global: &Global, plugin: &str, json: bool) -> Result<ExitCode> {
+    let loaded = load_plugin(global, plugin).await?;
+    let manifest = loaded.manifest();
+    if json {
+        outln!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({ "manifest": manifest, "sha256": loaded.digest() })
+            )?
+        )?;
+    } else {
+        print_manifest(manifest, loaded.digest())?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_manifest(m: &Manifest, digest: &str) -> std::io::Result<()> {
+    outln!("{} {} — {}", m.name, m.version, m.vendor)?;
+    outln!("{}", m.description)?;
+    outln!()?;
+    outln!("base url:    {}", m.default_base_url)?;
+    outln!(
+        "auth:        {}",
+        match &m.auth {
+            weft::connector::AuthScheme::None => "none".to_owned(),
+            weft::connector::AuthScheme::Bearer => "bearer token".to_owned(),
+            weft::connector::AuthScheme::BasicKeyAsUser => "basic, key as user".to_owned(),
+            weft::connector::AuthScheme::Header(h) => format!("header {h}"),
+        }
+    )?;
+    if !m.extra_hosts.is_empty() {
+        outln!("extra hosts: {}", m.extra_hosts.join(", "))?;
+    }
+    outln!("sha256:      {digest}")?;
+    outln!()?;
+    outln!("resources:")?;
+    for r in &m.resources {
+        let ops: Vec<String> = r
+            .ops
+            .iter()
+            .map(|op| {
+                if r.is_irreversible(*op) { format!("{op} (irreversible)") } else { op.to_string() }
+            })
+            .collect();
+        outln!("  {:<16} {}", r.name, ops.join(", "))?;
+        outln!(
+            "  {:<16} id field {}, page size {} (max {})",
+            "",
+            r.id_field,
+            r.default_page_size,
+            r.max_page_size
+        )?;
+        if !r.description.is_empty() {
+            outln!("  {:<16} {}", "", r.description)?;
+        }
+    }
+    if !m.rate_limits.is_empty() {
+        outln!()?;
+        outln!("published rate limits:")?;
+        for l in &m.rate_limits {
+            let prefix =
+                l.credential_prefix.as_deref().map(|p| format!(" (keys {p}…)")).unwrap_or_default();
+            outln!("  {:?}: {} per {}s{prefix}", l.method_class, l.requests, l.per_seconds)?;
+        }
+    }
+    if !m.settings.is_empty() {
+        outln!()?;
+        outln!("settings:")?;
+        for s in &m.settings {
+            outln!(
+                "  {:<16} {}{}",
+                s.name,
+                s.description,
+                if s.required { " (required)" } else { "" }
+            )?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,258 @@
+//! `weft run`: run a workflow once, now; and what `weft runs resume` shares
+//! with it (a run whose panic or damaged store ends it failed, the exit
+//! code of a run).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result};
+use clap::Args;
+use weft::credentials::Secret;
+use weft::executor::{
+    ConnectionOverride, ExecError, Executor, Observer, RunOptions, RunSummary, StepSummary,
+};
+use weft::store::{RunRecord, Status, StepState};
+use weft::workflow::{Step, Workflow};
+
+use super::print::{Printer, output_files, report};
+use super::{Global, open_store, state_dir, stop_on_signals, wasm_runtime};
+use crate::exit;
+
+// No `///` here: clap would take it for the command's about, which the
+// `Command::Run` variant in main.rs gives.
+#[derive(Debug, Args)]
+pub(crate) struct RunArgs {
+    /// The workflow file.
+    workflow: PathBuf,
+    /// An input, NAME=VALUE (VALUE is JSON unless the input is a
+    /// string); repeatable.
+    #[arg(short = 'i', long = "input", value_name = "NAME=VALUE")]
+    inputs: Vec<String>,
+    /// A JSON file with an object of inputs (given --input win).
+    #[arg(long, value_name = "FILE")]
+    inputs_file: Option<PathBuf>,
+    /// Read for real, plan the writes, send none; print the plan.
+    #[arg(long)]
+    dry_run: bool,
+    /// Print the run summary as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Point every connection at in-process vendor emulators seeded with
+    /// demo data, with their test keys; no real vendor is contacted.
+    #[arg(long)]
+    sandbox: bool,
+    /// With --sandbox: demo records per emulator.
+    #[arg(long, default_value_t = 250)]
+    seed: usize,
+}
+
+fn gather_inputs(
+    workflow: &Workflow,
+    command: &RunArgs,
+) -> Result<serde_json::Map<String, serde_json::Value>> {
+    let mut inputs = match &command.inputs_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("failed to read inputs from {}", path.display()))?;
+            match serde_json::from_str::<serde_json::Value>(&text)
+                .with_context(|| format!("{}: not JSON", path.display()))?
+            {
+                serde_json::Value::Object(map) => map,
+                _ => anyhow::bail!("{}: the inputs must be a JSON object", path.display()),
+            }
+        }
+        None => serde_json::Map::new(),
+    };
+    for assignment in &command.inputs {
+        let (name, value) = weft::workflow::inputs::parse_assignment(&workflow.inputs, assignment)
+            .map_err(|e| anyhow::anyhow!("--input: {e}"))?;
+        inputs.insert(name, value);
+    }
+    Ok(inputs)
+}
+
+/// `weft run`.
+pub(crate) async fn run(global: &Global, command: RunArgs) -> Result<ExitCode> {
+    let path = command.workflow.as_path();
+    let workflow = Workflow::load(path)?;
+    let inputs = gather_inputs(&workflow, &command)?;
+    // A sandbox run keeps its state in a temporary directory unless told
+    // otherwise, so demo runs never mix with real ones.
+    let temp_state = if command.sandbox && global.state_dir.is_none() {
+        Some(tempfile::tempdir().context("failed to create a temporary state dir")?)
+    } else {
+        None
+    };
+    let state_dir = match (&temp_state, &global.state_dir) {
+        (Some(temp), _) => temp.path().to_path_buf(),
+        (None, Some(dir)) => dir.clone(),
+        (None, None) => state_dir(global),
+    };
+    let executor = Executor::new(wasm_runtime(global)?, open_store(&state_dir)?);
+
+    let mut emulators = None;
+    let mut overrides = BTreeMap::new();
+    let mut sandbox = None;
+    if command.sandbox {
+        let running = weft_sandbox::Sandbox::start(weft_sandbox::SandboxOptions {
+            seed: command.seed,
+            stripe_port: 0,
+            ..Default::default()
+        })
+        .await
+        .context("failed to start the vendor emulators")?;
+        let endpoints = running.endpoints();
+        // Every connection, built-in or a path to a .wasm, is pointed at
+        // the emulator of its vendor, or the run is refused: a sandbox run
+        // never reaches a real vendor.
+        for connection in workflow.connections.values() {
+            let plugin = executor.plugin(&connection.name, &connection.plugin).await?;
+            let endpoint = weft::emulators::choose(
+                &endpoints,
+                plugin.manifest(),
+                connection.sandbox.as_deref(),
+            )
+            .with_context(|| format!("connection {:?} ({})", connection.name, connection.plugin))?;
+            overrides.insert(
+                connection.name.clone(),
+                ConnectionOverride {
+                    base_url: endpoint.base_url.clone(),
+                    secret: Secret::new(endpoint.api_key.clone()),
+                },
+            );
+        }
+        sandbox = Some(endpoints.into_iter().map(|e| e.base_url).collect());
+        if !command.json {
+            eprintln!(
+                "sandbox: emulators on loopback, {} demo records each; state in {}",
+                command.seed,
+                state_dir.display()
+            );
+        }
+        emulators = Some(running);
+    }
+
+    if !command.json {
+        eprintln!(
+            "running {} ({}){}",
+            workflow.name,
+            path.display(),
+            if command.dry_run { ", dry run: reads are real, no write is sent" } else { "" }
+        );
+    }
+    let printer = Printer::new(command.json);
+    // The executor confines a sandbox run's HTTP to the emulators, and
+    // marks the run so that no resume sends its writes to the real vendors.
+    let options = RunOptions {
+        inputs,
+        dry_run: command.dry_run,
+        overrides,
+        sandbox,
+        stop: stop_on_signals(),
+        ..RunOptions::default()
+    };
+    let summary = run_guarded(&executor, &workflow, &options, &printer).await?;
+    let written = output_files(&workflow, &summary);
+    report(&summary, &written, command.json)?;
+    if let Some(emulators) = emulators {
+        emulators.shutdown().await;
+    }
+    Ok(exit_code(&summary))
+}
+
+/// Records and runs a workflow; a panic during the run ends the run
+/// `failed` (see [`guard_panics`]).
+async fn run_guarded(
+    executor: &Executor,
+    workflow: &Workflow,
+    options: &RunOptions,
+    printer: &Printer,
+) -> Result<RunSummary> {
+    // Checked before recording, so a workflow that does not fit its
+    // plugins leaves no run behind.
+    executor.check(workflow).await?;
+    let run = executor.create(workflow, options).await?;
+    let id = run.id.clone();
+    guard_panics(executor, &id, executor.execute(workflow, run, options, &fault_hook(printer)))
+        .await
+}
+
+/// Runs `work`, the run `run_id`; if it panics (a bug in weft), the run is
+/// marked failed with "internal error" instead of being left `running` by
+/// a process that exits 101, and the error says so (exit code 3). So is a
+/// run that meets damage in the store (a page that fails its checksum).
+pub(crate) async fn guard_panics(
+    executor: &Executor,
+    run_id: &str,
+    work: impl std::future::Future<Output = Result<RunSummary, ExecError>>,
+) -> Result<RunSummary> {
+    use futures_util::FutureExt as _;
+    match std::panic::AssertUnwindSafe(work).catch_unwind().await {
+        Ok(Err(ExecError::Store(damage))) if damage.is_damage() => {
+            // Damage meets every resume again: the run ends failed.
+            let error = damage.to_string();
+            executor.store().fail_run(run_id, &error).await.with_context(|| {
+                format!("run {run_id}: {error}; marking the run failed failed too")
+            })?;
+            anyhow::bail!("run {run_id}: {error}; the run is marked failed")
+        }
+        Ok(outcome) => Ok(outcome?),
+        Err(panic) => {
+            let message = weft::serve::panic_message(panic.as_ref());
+            let error = format!("internal error: {message} (a bug in weft)");
+            match executor.store().fail_run(run_id, &error).await {
+                Ok(_) => anyhow::bail!("run {run_id}: {error}; the run is marked failed"),
+                Err(e) => anyhow::bail!(
+                    "run {run_id}: {error}; marking the run failed failed too ({e}), so it is left to resume"
+                ),
+            }
+        }
+    }
+}
+
+/// Debug builds only: with `WEFT_TEST_PANIC_AT_STEP=ID`, a panic when step
+/// ID starts. No path from input to a panic is known to be left, so the
+/// tests of what a panic does in a run inject one here.
+pub(crate) fn fault_hook<'a>(observer: &'a dyn Observer) -> PanicAtStep<'a> {
+    let step =
+        if cfg!(debug_assertions) { std::env::var("WEFT_TEST_PANIC_AT_STEP").ok() } else { None };
+    PanicAtStep { inner: observer, step }
+}
+
+/// See [`fault_hook`]; otherwise passes everything on.
+pub(crate) struct PanicAtStep<'a> {
+    inner: &'a dyn Observer,
+    step: Option<String>,
+}
+
+impl Observer for PanicAtStep<'_> {
+    fn run_started(&self, run: &RunRecord) {
+        self.inner.run_started(run);
+    }
+    fn step_started(&self, step: &Step) {
+        if self.step.as_deref() == Some(step.id.as_str()) {
+            panic!("injected by WEFT_TEST_PANIC_AT_STEP at step {}", step.id);
+        }
+        self.inner.step_started(step);
+    }
+    fn page_committed(&self, step: &Step, records_so_far: u64) {
+        self.inner.page_committed(step, records_so_far);
+    }
+    fn items_committed(&self, step: &Step, done: u64) {
+        self.inner.items_committed(step, done);
+    }
+    fn step_finished(&self, step: &Step, state: &StepState, summary: &StepSummary) {
+        self.inner.step_finished(step, state, summary);
+    }
+}
+
+/// The exit code a run ends the process with.
+pub(crate) fn exit_code(summary: &RunSummary) -> ExitCode {
+    match summary.status {
+        Status::Succeeded => ExitCode::SUCCESS,
+        // Interrupted by a signal: resumable, and not a failure of the run.
+        Status::Running => ExitCode::from(exit::INTERRUPTED),
+        _ => ExitCode::from(exit::RUN_FAILED),
+    }
+}
