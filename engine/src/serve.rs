@@ -1,6 +1,7 @@
 //! `weft serve`: runs workflows on their cron schedules and webhooks,
-//! resumes unfinished runs at start, and answers a small status API, all
-//! on one HTTP server bound to loopback unless told otherwise.
+//! resumes unfinished runs at start, and answers an authenticated API and
+//! a web console, all on one HTTP (or HTTPS) server bound to loopback
+//! unless told otherwise.
 //!
 //! Routes:
 //!
@@ -9,22 +10,23 @@
 //! | `GET /healthz` | `{"status": "ok", "workflows": N, "active_runs": N, "max_runs": N}`; always answers |
 //! | `GET /api/workflows` | each workflow, its triggers, next firing, skipped firings |
 //! | `POST /api/workflows/{name}/runs` | starts a run; the JSON body is its inputs; `?dry_run=true` |
-//! | `GET /api/runs` | runs, newest first (`?limit=N`, `?workflow=NAME`) |
-//! | `GET /api/runs/{id}` | one run with its steps |
+//! | `GET /api/runs` | runs, newest first, through the index (`?limit=N&workflow=&status=&trigger=&before=`) |
+//! | `GET /api/runs/{id}` | one run with its steps, history and HTTP figures |
 //! | `POST /api/runs/{id}/cancel` | asks a run to stop at the next page or item |
 //! | `POST /api/runs/{id}/resume` | resumes an interrupted run |
+//! | `GET/POST /api/tokens`, `POST /api/tokens/{name}/revoke` | tokens (admin) |
 //! | `POST /hooks/{name}` | a signed webhook delivery; the event becomes the inputs |
+//! | `/`, `/runs/…`, `/workflows/…`, `/connections`, `/tokens`, `/login` | the console: see [`console`] |
 //!
-//! The API answers only requests meant for it, since any web page the
-//! operator opens can send requests to loopback: a `Host` other than the
-//! bound address (or the `public_url`) gets 421 (a DNS-rebinding page sends
-//! its own name), an `Origin` of another site gets 403, and a POST must say
-//! `Content-Type: application/json`, which a cross-site form cannot send
-//! (415). Webhooks are exempt: their senders are other sites by nature, and
-//! a signature proves each delivery. The API takes bodies of 64 KiB at
-//! most; each webhook its own `max_body_bytes`. The server refuses to bind
-//! an address other machines can reach unless told to (`allow_remote`):
-//! the API has no tokens yet.
+//! Every API and console request passes the gate ([`gate`]): its `Host`
+//! (and `Origin`) must name this server, its caller must be known (a
+//! bearer token, a console session, or the machine's own user on an open
+//! loopback server) and allowed by its role, and a browser's
+//! state-changing request must carry its session's CSRF token. Webhooks
+//! are exempt: their senders are other sites by nature, and a signature
+//! proves each delivery. The API takes bodies of 64 KiB at most; each
+//! webhook its own `max_body_bytes`. The server refuses to bind an address
+//! other machines can reach while the store holds no token.
 //!
 //! Runs go through admission control: at most `max_runs` are started and
 //! not finished (queued or running), and at most `max_concurrent_runs` of
@@ -41,8 +43,8 @@
 //! `running` in the store and the next `weft serve` resumes them.
 
 pub mod auth;
-mod console;
-mod gate;
+pub mod console;
+pub mod gate;
 mod tls;
 pub mod webhook;
 

@@ -16,8 +16,8 @@
 //!
 //! Beside the runs it keeps what a console needs to list them without
 //! reading them whole (a row per run, indexes by workflow, status and
-//! trigger, each run's history and HTTP figures: see [`index`]) and who may
-//! use a server (tokens and sessions: see [`access`]).
+//! trigger, each run's history and HTTP figures: see [`RunRow`]) and who may
+//! use a server (tokens and sessions: see [`TokenRecord`]).
 //!
 //! The API names no sled type: a second backend (PostgreSQL, issue 16)
 //! goes behind the same methods.

@@ -990,3 +990,84 @@ fn halt_in_an_expression_is_refused_by_validate_and_run_with_a_caret() -> TestRe
     assert_eq!(stdout_json(&runs)?, serde_json::json!([]), "no run was started");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_printed_once_listed_without_secrets_and_the_cli_still_reaches_a_closed_server()
+-> TestResult {
+    let dirs = Dirs::new()?;
+    // No token: an address other machines reach is refused, saying how.
+    let idle = "[workflow]\nname = \"idle\"\n\n[connections.stripe]\nplugin = \"stripe\"\ncredentials = \"env:X\"\n\n[[step]]\nid = \"a\"\nlist = \"stripe.customers\"\n";
+    let path = dirs.write("idle.toml", idle)?;
+    dirs.write("broken.toml", "[workflow]\nname = \"broken\"\n\n[[step]]\nid = \"a\"\nlist = 3\n")?;
+    let remote = dirs.command().args(["serve", "--bind", "0.0.0.0:0"]).arg(&path).output()?;
+    assert!(!remote.status.success());
+    let stderr = String::from_utf8_lossy(&remote.stderr);
+    assert!(stderr.contains("weft tokens create NAME --role admin"), "{stderr}");
+
+    let created =
+        dirs.command().args(["tokens", "create", "ops", "--role", "operator"]).output()?;
+    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+    let token = String::from_utf8(created.stdout)?.trim().to_owned();
+    assert!(token.starts_with("weft_") && token.len() > 40, "{token}");
+    let bad_role = dirs.command().args(["tokens", "create", "x", "--role", "root"]).output()?;
+    assert!(!bad_role.status.success());
+    let again = dirs.command().args(["tokens", "create", "ops", "--role", "viewer"]).output()?;
+    assert!(!again.status.success(), "one active token per name");
+    let listed = dirs.command().args(["tokens", "list", "--json"]).output()?;
+    let listed_text = String::from_utf8(listed.stdout)?;
+    let secret = token.rsplit('_').next().unwrap_or_default();
+    assert!(listed_text.contains("\"ops\"") && !listed_text.contains(secret), "{listed_text}");
+    let store_files = files_containing(dirs.state.path(), secret.as_bytes());
+    assert!(store_files.is_empty(), "the secret is in the store: {store_files:?}");
+
+    // Serving the directory: the broken file is reported, the other served.
+    let mut serve = dirs
+        .command()
+        .args(["serve", "--bind", "127.0.0.1:0"])
+        .arg(dirs.files.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let address = dirs.state.path().join("weft-serve.json");
+    let started = Instant::now();
+    while !address.exists() {
+        if started.elapsed() > Duration::from_secs(60) || serve.try_wait()?.is_some() {
+            let _ = serve.kill();
+            return Err("weft serve did not start".into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&address)?.permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "the address file holds the CLI's token");
+    }
+    let info: Value = serde_json::from_str(&std::fs::read_to_string(&address)?)?;
+    let base = format!("http://{}", info["addr"].as_str().unwrap_or_default());
+    let closed = reqwest::get(format!("{base}/api/runs")).await?;
+    assert_eq!(closed.status(), 401, "a token in the store closes the server");
+    let runs = dirs.command().args(["runs", "list", "--json"]).output()?;
+    let during = dirs.command().args(["tokens", "create", "late", "--role", "viewer"]).output()?;
+    let revoke_during = dirs.command().args(["tokens", "revoke", "ops"]).output()?;
+    let _ = Command::new("kill").arg("-TERM").arg(serve.id().to_string()).status();
+    let stopped = serve.wait_with_output()?;
+
+    assert!(runs.status.success(), "{}", String::from_utf8_lossy(&runs.stderr));
+    assert_eq!(stdout_json(&runs)?, serde_json::json!([]));
+    let during = String::from_utf8_lossy(&during.stderr);
+    assert!(
+        during.contains("held by a running weft serve") && during.contains("/api/tokens"),
+        "{during}"
+    );
+    assert!(!revoke_during.status.success());
+    let serve_err = String::from_utf8_lossy(&stopped.stderr);
+    assert!(serve_err.contains("not serving") && serve_err.contains("broken.toml"), "{serve_err}");
+    assert!(!serve_err.contains(secret), "no token in the log");
+
+    let revoked = dirs.command().args(["tokens", "revoke", "ops"]).output()?;
+    assert!(revoked.status.success(), "{}", String::from_utf8_lossy(&revoked.stderr));
+    let listed = dirs.command().args(["tokens", "list"]).output()?;
+    assert!(String::from_utf8(listed.stdout)?.contains("revoked"));
+    Ok(())
+}

@@ -22,6 +22,9 @@
 //!   503, none lost, the answer's p50/p99, `/healthz` throughout.
 //! - `expressions`: the map-heavy sync's expressions over 100k records with
 //!   their budgets, next to jaq as it ran before budgets.
+//! - `console`: the console's runs list and run detail with 100k runs of
+//!   five steps in the store (server time, p50/p95), and its first page's
+//!   weight.
 //!
 //! `WEFT_BENCH_SCALE` scales every record count and duration (default 1).
 //! The rate-limit scenarios run at a quarter of their published durations
@@ -36,6 +39,7 @@
 //! run only that kind of call (then it prints no row; count instructions
 //! with `valgrind --tool=callgrind`).
 
+mod console;
 mod durable;
 mod export;
 mod expressions;
@@ -57,7 +61,8 @@ pub struct Config {
     pub json: bool,
 }
 
-const SECTIONS: &[&str] = &["export", "plugin", "durable", "rate-limits", "serve", "expressions"];
+const SECTIONS: &[&str] =
+    &["export", "plugin", "durable", "rate-limits", "serve", "expressions", "console"];
 
 fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -117,6 +122,7 @@ fn run(args: &[String]) -> BenchResult<()> {
             "rate-limits" => runtime.block_on(rate_limits::run(&config))?,
             "serve" => runtime.block_on(serve_burst::run(&config))?,
             "expressions" => runtime.block_on(expressions::run(&config))?,
+            "console" => runtime.block_on(console::run(&config))?,
             _ => unreachable!("sections are checked above"),
         };
         rows.extend(section_rows);

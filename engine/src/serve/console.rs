@@ -86,10 +86,17 @@ pub(super) fn routes(server: Arc<Server>) -> Router<Arc<Server>> {
     gated.merge(open).layer(axum::middleware::from_fn(headers))
 }
 
-/// Headers every console response carries.
+/// Headers every console response carries, and the server's time on it
+/// (`Server-Timing`, which browsers' developer tools and the console bench
+/// read).
 async fn headers(request: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
     let mut response = next.run(request).await;
     let h = response.headers_mut();
+    let took = format!("app;dur={:.2}", started.elapsed().as_secs_f64() * 1000.0);
+    if let Ok(value) = HeaderValue::from_str(&took) {
+        h.insert("server-timing", value);
+    }
     h.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(
