@@ -7,7 +7,7 @@ use std::time::Duration;
 use rand::Rng as _;
 use serde_json::Value;
 
-use super::plan::{PlanEntry, PlannedAction, changed_fields};
+use super::plan::{PlanEntry, PlannedAction, changed_fields, values_at};
 use super::{StepCtx, idempotency_key};
 use crate::connector::{ConnectorError, RemoveOutcome, UpsertAction, UpsertRequest};
 use crate::endpoint::Endpoint;
@@ -298,6 +298,7 @@ pub(crate) async fn item(
                     key: Some(id.clone()),
                     changes: vec![],
                     record: None,
+                    before: None,
                     irreversible: irreversible && present,
                 };
                 return Ok(OpResult {
@@ -343,6 +344,7 @@ async fn plan_upsert(
             key: None,
             changes: vec![],
             record: Some(desired.clone()),
+            before: None,
             irreversible: false,
         };
         return Ok(OpResult {
@@ -354,14 +356,16 @@ async fn plan_upsert(
     };
     let (result, _) =
         with_retry(&step.retry, step.timeout, || endpoint.get(&step.resource, &id)).await;
-    let (action, changes) = match result? {
-        None => (PlannedAction::Create, vec![]),
+    let (action, changes, before) = match result? {
+        None => (PlannedAction::Create, vec![], None),
         Some(text) => {
             let current = parse_record(&text, endpoint.name(), "get")?;
             let changes = changed_fields(&desired, &current);
+            let before = values_at(&current, &changes);
             (
                 if changes.is_empty() { PlannedAction::Unchanged } else { PlannedAction::Update },
                 changes,
+                before,
             )
         }
     };
@@ -370,6 +374,7 @@ async fn plan_upsert(
         key: Some(id.clone()),
         changes,
         record: Some(desired.clone()),
+        before,
         irreversible: false,
     };
     Ok(OpResult {

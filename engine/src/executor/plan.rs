@@ -21,6 +21,26 @@ pub fn changed_fields(desired: &Value, current: &Value) -> Vec<String> {
     same::changed_fields(desired, current)
 }
 
+/// What `current` holds at each dotted path of `changes` (`null` where
+/// nothing is), as an object keyed by the paths: an update's "before".
+pub fn values_at(current: &Value, changes: &[String]) -> Option<Value> {
+    if changes.is_empty() {
+        return None;
+    }
+    let found = changes
+        .iter()
+        .map(|path| {
+            let value = path
+                .split('.')
+                .try_fold(current, |at, field| at.get(field))
+                .cloned()
+                .unwrap_or(Value::Null);
+            (path.clone(), value)
+        })
+        .collect();
+    Some(Value::Object(found))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -41,6 +61,13 @@ mod tests {
         assert_eq!(changed_fields(&json!({"phone": "1"}), &current), vec!["phone"]);
         assert!(changed_fields(&json!({"phone": null}), &current).is_empty());
         assert!(changed_fields(&json!({"metadata": {"seats": 3.0}}), &current).is_empty());
+        let changes = changed_fields(&json!({"name": "Ada L", "metadata": {"seats": 4}, "phone": "1"}), &current);
+        assert_eq!(
+            values_at(&current, &changes),
+            Some(json!({"metadata.seats": 3, "name": "Ada", "phone": null})),
+            "the before of each changed field"
+        );
+        assert_eq!(values_at(&current, &[]), None);
     }
 
     #[test]
@@ -65,6 +92,7 @@ mod tests {
                 key: Some(format!("k{i}")),
                 changes: vec![],
                 record: None,
+                before: None,
                 irreversible: true,
             });
         }
@@ -73,6 +101,7 @@ mod tests {
             key: None,
             changes: vec![],
             record: None,
+            before: None,
             irreversible: false,
         });
         assert_eq!((plan.remove, plan.unchanged, plan.writes()), (8, 1, 8));

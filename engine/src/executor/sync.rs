@@ -26,7 +26,7 @@ use futures_util::stream::{self, FuturesUnordered};
 use serde_json::Value;
 
 use super::ops::{CallError, with_retry};
-use super::plan::{PlanEntry, PlannedAction, StepPlan, changed_fields};
+use super::plan::{PlanEntry, PlannedAction, StepPlan, changed_fields, values_at};
 use super::sorted::{Buffer, Merged, run_path};
 use super::{RunCtx, StepCtx, StepEnd, StepError, sync_idempotency_key};
 use crate::connector::{
@@ -53,6 +53,8 @@ struct Write {
     record: Value,
     action: PlannedAction,
     changes: Vec<String>,
+    /// What the changed fields hold now (dry runs only).
+    before: Option<Value>,
 }
 
 struct Tally<'a> {
@@ -475,6 +477,7 @@ fn decide(
             record,
             action: PlannedAction::Create,
             changes: vec![],
+            before: None,
         }),
         (Some(mut record), Some(current)) => {
             // A second target record with a key already matched is left
@@ -483,6 +486,7 @@ fn decide(
             let current: Value = serde_json::from_str(current)
                 .map_err(|e| format!("sync: a sorted run holds a bad record: {e}"))?;
             let changes = changed_fields(&record, &current);
+            let before = values_at(&current, &changes);
             // Point the upsert at the record it updates.
             if let (Value::Object(fields), Some(id)) =
                 (&mut record, current.get(&target_resource.id_field))
@@ -492,7 +496,7 @@ fn decide(
             }
             let action =
                 if changes.is_empty() { PlannedAction::Unchanged } else { PlannedAction::Update };
-            writes.push(Write { key: key.to_owned(), record, action, changes });
+            writes.push(Write { key: key.to_owned(), record, action, changes, before });
         }
         (None, Some(_)) if spec.delete_missing => {
             // Every target record with a key no source record has goes.
@@ -604,6 +608,7 @@ async fn remove(
                 key: Some(shown),
                 changes: vec![],
                 record: None,
+                before: None,
                 irreversible,
             });
         }
@@ -646,6 +651,7 @@ async fn apply_writes(
                     key: Some(write.key),
                     changes: vec![],
                     record: None,
+                    before: None,
                     irreversible: false,
                 });
             }
@@ -657,6 +663,7 @@ async fn apply_writes(
                 key: Some(write.key),
                 changes: write.changes,
                 record: Some(write.record),
+                before: write.before,
                 irreversible: false,
             });
             continue;

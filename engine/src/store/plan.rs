@@ -66,6 +66,10 @@ pub struct PlanEntry {
     /// The record it would write.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub record: Option<Value>,
+    /// What an update's changed fields hold now, by dotted path (absent
+    /// fields are `null`): the "before" beside the record's "after".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<Value>,
     /// The op cannot be undone.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub irreversible: bool,
