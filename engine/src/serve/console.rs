@@ -612,7 +612,11 @@ fn step_row(
             td { (state.attempts) }
             td.timeline title=(took) {
                 @if width > 0 {
-                    span.bar class=(state.status.as_str()) style={ "margin-left:" (offset) "%;width:" (width) "%" } {}
+                    // SVG geometry, not a `style` attribute: the CSP
+                    // (`style-src 'self'`) refuses inline styles.
+                    svg.track viewBox="0 0 100 10" preserveAspectRatio="none" aria-hidden="true" {
+                        rect class={ "bar " (state.status.as_str()) } x=(offset) y="0" width=(width) height="10" {}
+                    }
                 }
                 span.took { (took) }
             }
