@@ -153,6 +153,9 @@ fn page(title: &str, caller: Option<&Caller>, live: bool, body: Markup) -> Marku
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { (title) " · weft" }
                 link rel="stylesheet" href="/console.css";
+                // No icon: without this line every page asks for
+                // /favicon.ico and logs its 404 in the browser's console.
+                link rel="icon" href="data:,";
                 script src="/console.js" defer {}
                 @if live {
                     noscript { meta http-equiv="refresh" content="10"; }
