@@ -612,7 +612,9 @@ async fn the_console_in_a_browser_cancels_a_running_run() -> TestResult {
     browser.sign_in(&made[0]).await?;
     // Started from the console's own form (a workflow without inputs).
     browser.goto("/workflows/long").await?;
-    browser.find("form#start button[name=mode][value=run]").await?.click().await?;
+    let start = browser.find("form#start button[name=mode][value=run]").await?;
+    browser.shot("start-form").await?;
+    start.click().await?;
     let path = browser.path_when("/runs/").await?;
     let run = path.trim_start_matches("/runs/").to_owned();
     browser.text_when("#run-status", |t| t.contains("running")).await?;
