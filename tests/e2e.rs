@@ -5,6 +5,7 @@
 mod e2e {
     pub mod support;
 
+    mod browser;
     mod conformance;
     mod console;
     mod contract;

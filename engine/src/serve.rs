@@ -1510,6 +1510,8 @@ mod tests {
             run: RunView::from(&run),
             steps: vec![StepState::pending("a", 0)],
             active: Some(false),
+            history: Vec::new(),
+            connections: BTreeMap::new(),
         };
         let value = serde_json::to_value(&detail)?;
         let mut keys: Vec<&str> =

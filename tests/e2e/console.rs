@@ -18,7 +18,10 @@ use super::serve::{config, post_json, start_with, stripe, upsert_workflow, wait_
 use super::support::TestResult;
 
 /// Makes tokens in the store at `state` (before a server holds it).
-async fn tokens(state: &std::path::Path, wanted: &[(&str, Role)]) -> TestResult<Vec<String>> {
+pub(super) async fn tokens(
+    state: &std::path::Path,
+    wanted: &[(&str, Role)],
+) -> TestResult<Vec<String>> {
     let store = RunStore::open(state)?;
     let mut made = Vec::new();
     for (name, role) in wanted {
@@ -289,6 +292,9 @@ async fn the_console_signs_in_with_a_token_and_every_form_needs_its_csrf_token()
     assert!(page.contains("status succeeded"), "{page}");
     assert!(page.contains("data-step=\"customer\"") && page.contains("count-created\">1<"));
     assert!(page.contains("<td>ops</td>"), "the history names who started it");
+    // The CSP (`style-src 'self'`) refuses inline styles: a page that needs
+    // one shows broken (the timeline's bars were).
+    assert!(!page.contains(" style="), "an inline style the browser refuses: {page}");
     assert_eq!(emulator.customer_count(), 1);
     let list = client.get(format!("{base}/")).header("cookie", &ops.cookie).send().await?;
     let list = list.text().await?;

@@ -393,7 +393,7 @@ mod tests {
 
     #[test]
     fn cookies_are_http_only_strict_and_secure_under_tls() {
-        let value = Secret::new("abc".into());
+        let value = Secret::new("abc");
         let plain = session_cookie(Some(&value), false);
         assert!(
             plain.starts_with("weft_session=abc;")

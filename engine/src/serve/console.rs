@@ -160,6 +160,9 @@ fn page(title: &str, caller: Option<&Caller>, live: bool, body: Markup) -> Marku
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { (title) " · weft" }
                 link rel="stylesheet" href="/console.css";
+                // No icon: without this line every page asks for
+                // /favicon.ico and logs its 404 in the browser's console.
+                link rel="icon" href="data:,";
                 script src="/console.js" defer {}
                 @if live {
                     noscript { meta http-equiv="refresh" content="10"; }
@@ -619,7 +622,11 @@ fn step_row(
             td { (state.attempts) }
             td.timeline title=(took) {
                 @if width > 0 {
-                    span.bar class=(state.status.as_str()) style={ "margin-left:" (offset) "%;width:" (width) "%" } {}
+                    // SVG geometry, not a `style` attribute: the CSP
+                    // (`style-src 'self'`) refuses inline styles.
+                    svg.track viewBox="0 0 100 10" preserveAspectRatio="none" aria-hidden="true" {
+                        rect class={ "bar " (state.status.as_str()) } x=(offset) y="0" width=(width) height="10" {}
+                    }
                 }
                 span.took { (took) }
             }
