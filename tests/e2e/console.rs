@@ -558,3 +558,59 @@ async fn tls_serves_the_console_with_secure_host_only_cookies() -> TestResult {
     server.shutdown().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_dry_runs_plan_shows_each_changed_field_before_and_after() -> TestResult {
+    let (emulator, stripe_server) = stripe(FaultConfig::default(), 3).await?;
+    let existing = emulator.customers().first().cloned().ok_or("a seeded customer")?;
+    let id = existing["id"].as_str().ok_or("its id")?.to_owned();
+    let old_name = existing["name"].as_str().unwrap_or_default().to_owned();
+    let files = tempfile::tempdir()?;
+    let state = tempfile::tempdir()?;
+    let made = tokens(state.path(), &[("ops", Role::Operator)]).await?;
+    let text = format!(
+        "[workflow]\nname = \"rename\"\n\n[inputs.id]\ntype = \"string\"\n\n[connections.stripe]\nplugin = \"stripe\"\ncredentials = \"{}\"\nbase_url = \"{}\"\n\n[[step]]\nid = \"rename\"\nupsert = \"stripe.customers\"\nrecord = {{ id = \"${{{{ .inputs.id }}}}\", name = \"Renamed <b>Customer</b>\" }}\n",
+        super::serve::key_file(files.path())?,
+        stripe_server.base_url()
+    );
+    let wf = super::support::workflow(files.path(), &text)?;
+    let server = start_with(state.path(), ServeConfig { workflows: vec![wf], ..config()? }).await?;
+    let base = format!("http://{}", server.addr);
+    let client = client()?;
+    let body = serde_json::json!({ "id": id }).to_string();
+    let started =
+        post_json(&client, format!("{base}/api/workflows/rename/runs?dry_run=true"), &body)
+            .bearer_auth(&made[0])
+            .send()
+            .await?;
+    let run: Value = serde_json::from_slice(&started.bytes().await?)?;
+    let run = run["run_id"].as_str().ok_or("run id")?.to_owned();
+    let authed = reqwest::Client::builder()
+        .default_headers(
+            [(reqwest::header::AUTHORIZATION, format!("Bearer {}", made[0]).parse()?)]
+                .into_iter()
+                .collect(),
+        )
+        .build()?;
+    let detail = wait_finished(&authed, &base, &run).await?;
+    assert_eq!(detail["steps"][0]["plan"]["samples"][0]["before"]["name"], old_name, "{detail:#}");
+    let ops = sign_in(&client, &base, &made[0]).await?;
+    let page = client
+        .get(format!("{base}/runs/{run}"))
+        .header("cookie", &ops.cookie)
+        .send()
+        .await?
+        .text()
+        .await?;
+    let row = page.split("data-field=\"name\"").nth(1).ok_or("a row for the changed field")?;
+    let row = row.split("</tr>").next().unwrap_or_default();
+    assert!(row.contains(&format!("&quot;{old_name}&quot;")), "before: {row}");
+    assert!(row.contains("Renamed &lt;b&gt;Customer&lt;/b&gt;"), "after, escaped: {row}");
+    assert_eq!(
+        emulator.customers().first().map(|c| c["name"].clone()),
+        Some(existing["name"].clone()),
+        "a dry run writes nothing"
+    );
+    server.shutdown().await;
+    Ok(())
+}

@@ -61,7 +61,10 @@ mod tests {
         assert_eq!(changed_fields(&json!({"phone": "1"}), &current), vec!["phone"]);
         assert!(changed_fields(&json!({"phone": null}), &current).is_empty());
         assert!(changed_fields(&json!({"metadata": {"seats": 3.0}}), &current).is_empty());
-        let changes = changed_fields(&json!({"name": "Ada L", "metadata": {"seats": 4}, "phone": "1"}), &current);
+        let changes = changed_fields(
+            &json!({"name": "Ada L", "metadata": {"seats": 4}, "phone": "1"}),
+            &current,
+        );
         assert_eq!(
             values_at(&current, &changes),
             Some(json!({"metadata.seats": 3, "name": "Ada", "phone": null})),

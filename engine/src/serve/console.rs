@@ -642,6 +642,34 @@ fn step_row(
         @if let Some(error) = &state.error {
             tr.step-error { td {} td colspan="14" role="alert" { (error) } }
         }
+        @if let Some(errors) = state.output.as_ref().and_then(|o| o.get("errors")).and_then(Value::as_array).filter(|e| !e.is_empty()) {
+            tr.step-error.item-errors {
+                td {}
+                td colspan="14" {
+                    "First failures:"
+                    ul { @for e in errors.iter().take(10) { li { (e.as_str().map(str::to_owned).unwrap_or_else(|| e.to_string())) } } }
+                }
+            }
+        }
+    }
+}
+
+/// The value at a dotted path of a record.
+fn at_path<'a>(record: &'a Value, path: &str) -> Option<&'a Value> {
+    path.split('.').try_fold(record, |at, field| at.get(field))
+}
+
+/// A value for a cell: `before` maps paths to values (`key` picks one);
+/// otherwise the value itself. Absent is shown as `—`.
+fn shown_at(value: Option<&Value>, key: Option<&str>) -> String {
+    let value = match key {
+        Some(key) => value.and_then(|v| v.get(key)),
+        None => value,
+    };
+    match value {
+        None => "—".into(),
+        Some(Value::String(s)) => format!("{s:?}"),
+        Some(other) => other.to_string(),
     }
 }
 
@@ -669,13 +697,26 @@ fn plan_section(state: &StepState) -> Markup {
             }
             @if !plan.samples.is_empty() {
                 table.samples {
-                    thead { tr { th { "Action" } th { "Key" } th { "Fields changed" } th { "Record to write" } } }
+                    thead { tr { th { "Action" } th { "Key" } th { "Changes (before → after)" } th { "Record to write" } } }
                     tbody {
                         @for entry in &plan.samples {
                             tr class=[entry.irreversible.then_some("irreversible")] {
                                 td { (entry.action.as_str()) }
                                 td { code { (entry.key.as_deref().unwrap_or("")) } }
-                                td { (entry.changes.join(", ")) }
+                                td {
+                                    @if !entry.changes.is_empty() {
+                                        table.changes {
+                                            @for field in &entry.changes {
+                                                tr data-field=(field) {
+                                                    th scope="row" { code { (field) } }
+                                                    td.before { code { (shown_at(entry.before.as_ref(), Some(field))) } }
+                                                    td { "→" }
+                                                    td.after { code { (shown_at(entry.record.as_ref().and_then(|r| at_path(r, field)), None)) } }
+                                                }
+                                            }
+                                        }
+                                    }
+                                }
                                 td { @if let Some(record) = &entry.record { pre.json { (serde_json::to_string_pretty(record).unwrap_or_default()) } } }
                             }
                         }
