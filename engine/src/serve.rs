@@ -807,7 +807,11 @@ impl Server {
         else {
             return;
         };
-        if matches!(hook.verify, Verify::HmacSha256 { timestamp_header: None, .. }) {
+        // A scheme without signed timestamps keeps every signature; only
+        // event ids, when there are any, age out.
+        if matches!(hook.verify, Verify::HmacSha256 { timestamp_header: None, .. })
+            && hook.event_id.is_none()
+        {
             return;
         }
         loop {
@@ -916,6 +920,11 @@ impl Refusal {
     fn into_response(self) -> Response {
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             busy(self.message)
+        } else if self.status.is_success() {
+            // A sender's retry of an event already taken: answered as
+            // taken, so the sender stops retrying.
+            (self.status, Json(serde_json::json!({ "duplicate": true, "message": self.message })))
+                .into_response()
         } else {
             error(self.status, self.message)
         }
@@ -948,6 +957,10 @@ impl Server {
             Ok(Ok(run)) => Ok(run),
             Ok(Err(ExecError::Inputs { problems, .. })) => {
                 Err(Refusal::new(StatusCode::UNPROCESSABLE_ENTITY, problems.join("; ")))
+            }
+            Ok(Err(ExecError::Store(e @ StoreError::DuplicateEvent { .. }))) => {
+                tracing::info!(workflow = %name, "webhook event already received; nothing started");
+                Err(Refusal::new(StatusCode::OK, e.to_string()))
             }
             Ok(Err(ExecError::Store(StoreError::Replay { .. }))) => {
                 tracing::warn!(workflow = %name, "webhook replay refused");
@@ -1462,12 +1475,32 @@ async fn webhook(
         Ok(inputs) => inputs,
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
+    let event = match &hook.event_id {
+        Some(path) => match path.of(&inputs) {
+            // A long id is remembered by its digest: the key stays small.
+            Some(id) if id.len() > 200 => Some(format!("sha256:{}", auth::sha256_hex(&id))),
+            Some(id) => Some(id),
+            None if path.required => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "the event has no id at `{}` (a string or a number), which this webhook needs to tell a retry from a new event",
+                        path.path
+                    ),
+                );
+            }
+            None => None,
+        },
+        None => None,
+    };
+    let keep_until = now_ms().saturating_add(hook.dedupe_window.as_millis() as u64);
     // The delivery is remembered with its run, in one transaction: one
     // refused here (503, 422, 500) is not remembered and may come again.
     let delivery = Delivery {
         workflow: name.clone(),
         signature: verified.signature,
         signed_at: verified.timestamp,
+        event: event.map(|id| (id, keep_until)),
     };
     let options = RunOptions {
         inputs,

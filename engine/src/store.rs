@@ -126,6 +126,17 @@ pub enum StoreError {
         /// The workflow whose webhook it was.
         workflow: String,
     },
+    /// Another delivery of this event was received already (a sender's
+    /// retry, signed anew): it starts nothing.
+    #[error(
+        "event {event:?} was already delivered to workflow {workflow:?}; this delivery starts nothing"
+    )]
+    DuplicateEvent {
+        /// The workflow whose webhook it was.
+        workflow: String,
+        /// The event's id.
+        event: String,
+    },
     /// The store's threads cannot take work (closing, or a flush failed).
     #[error("run store: {0}")]
     Unavailable(String),
@@ -555,11 +566,24 @@ pub struct Delivery {
     /// signs one; without it a replay is possible at any time, so the
     /// delivery is remembered for good.
     pub signed_at: Option<i64>,
+    /// The event's id, when the workflow names one, and until when (Unix
+    /// ms) it is remembered: another delivery of that id starts nothing.
+    pub event: Option<(String, u64)>,
 }
 
 impl Delivery {
     fn key(&self) -> Vec<u8> {
         format!("{}/{}", self.workflow, self.signature).into_bytes()
+    }
+
+    /// The key and value of the event id: `e:` cannot start a signature,
+    /// which is hex; the value is `E` and the last Unix ms it is kept.
+    fn event_entry(&self) -> Option<(Vec<u8>, Vec<u8>, String)> {
+        let (id, until) = self.event.as_ref()?;
+        let key = format!("{}/e:{id}", self.workflow).into_bytes();
+        let mut value = b"E".to_vec();
+        value.extend_from_slice(&until.to_be_bytes());
+        Some((key, value, id.clone()))
     }
 
     /// `N` (no signed timestamp: kept for good) or `T` and the signed Unix
@@ -586,6 +610,10 @@ fn delivery_expired(value: &[u8], tolerance: Duration, now_ms: u64) -> bool {
     let now = (now_ms / 1000) as i64;
     let tolerance = i64::try_from(tolerance.as_secs()).unwrap_or(i64::MAX);
     match value {
+        // An event id, kept until its window ends.
+        [b'E', until @ ..] => {
+            <[u8; 8]>::try_from(until).is_ok_and(|until| now_ms > u64::from_be_bytes(until))
+        }
         // Signed at `at`: accepted again only while |now - at| <= tolerance.
         [b'T', at @ ..] => <[u8; 8]>::try_from(at).is_ok_and(|at| {
             now > i64::from_be_bytes(at)
@@ -763,7 +791,7 @@ impl RunStore {
             })
             .collect::<Result<_>>()?;
         let (run_key, run_value) = (run.id.clone().into_bytes(), encode(run)?);
-        let delivery = delivery.map(|d| (d.key(), d.value(), d.workflow.clone()));
+        let delivery = delivery.map(|d| (d.key(), d.value(), d.workflow.clone(), d.event_entry()));
         let actor = actor.map(str::to_owned).unwrap_or_else(|| run.trigger.as_str().to_owned());
         let row = RunRow::of(run, Some(actor.clone()));
         let detail = match (run.dry_run, run.trigger.as_str()) {
@@ -781,11 +809,20 @@ impl RunStore {
                 let history_key = index::first_history_key(&row.id, t.db.generate_id()?);
                 (&t.runs, &t.steps, &t.deliveries, &t.rows, &t.index, &t.history)
                     .transaction(|(runs, tx_steps, deliveries, rows, runs_index, history)| {
-                        if let Some((key, value, workflow)) = &delivery {
+                        if let Some((key, value, workflow, event)) = &delivery {
                             if deliveries.get(key.as_slice())?.is_some() {
                                 return sled::transaction::abort(StoreError::Replay {
                                     workflow: workflow.clone(),
                                 });
+                            }
+                            if let Some((event_key, event_value, id)) = event {
+                                if deliveries.get(event_key.as_slice())?.is_some() {
+                                    return sled::transaction::abort(StoreError::DuplicateEvent {
+                                        workflow: workflow.clone(),
+                                        event: id.clone(),
+                                    });
+                                }
+                                deliveries.insert(event_key.as_slice(), event_value.as_slice())?;
                             }
                             deliveries.insert(key.as_slice(), value.as_slice())?;
                         }
@@ -1869,7 +1906,57 @@ mod tests {
     }
 
     fn delivery(workflow: &str, signature: &str, signed_at: Option<i64>) -> Delivery {
-        Delivery { workflow: workflow.into(), signature: signature.into(), signed_at }
+        Delivery { workflow: workflow.into(), signature: signature.into(), signed_at, event: None }
+    }
+
+    #[tokio::test]
+    async fn an_event_delivered_again_with_a_new_signature_starts_nothing_until_its_window_ends()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let store = RunStore::open(dir.path())?;
+        let with_event = |signature: &str, id: &str, until: u64| Delivery {
+            event: Some((id.into(), until)),
+            ..delivery("w", signature, Some(1_000))
+        };
+        let first = store.new_run_id().await?;
+        store
+            .create_run(&run(&first), &["a".into()], Some(&with_event("sig1", "evt_1", 5_000_000)))
+            .await?;
+        let retry = store.new_run_id().await?;
+        let refused = store
+            .create_run(&run(&retry), &["a".into()], Some(&with_event("sig2", "evt_1", 5_000_000)))
+            .await;
+        assert!(
+            matches!(refused, Err(StoreError::DuplicateEvent { ref event, .. }) if event == "evt_1"),
+            "{refused:?}"
+        );
+        assert!(
+            matches!(store.run(&retry).await, Err(StoreError::UnknownRun(_))),
+            "no run recorded"
+        );
+        let refused_signature = store.run(&first).await.is_ok()
+            && store
+                .create_run(&run(&retry), &["a".into()], Some(&delivery("w", "sig2", Some(1_000))))
+                .await
+                .is_ok();
+        assert!(refused_signature, "the retry's signature was not remembered by the refusal");
+        let other = store.new_run_id().await?;
+        store
+            .create_run(&run(&other), &["a".into()], Some(&with_event("sig3", "evt_2", 5_000_000)))
+            .await?;
+        // Past its window (and past the signatures' tolerance), the event
+        // id is forgotten.
+        let tolerance = Duration::from_secs(300);
+        store.forget_deliveries("w", tolerance, 5_000_001).await?;
+        let later = store.new_run_id().await?;
+        store
+            .create_run(&run(&later), &["a".into()], Some(&with_event("sig4", "evt_1", 9_000_000)))
+            .await?;
+        assert!(
+            delivery_expired(b"E\0\0\0\0\0\0\0\x05", tolerance, 6)
+                && !delivery_expired(b"E\0\0\0\0\0\0\0\x05", tolerance, 5)
+        );
+        Ok(())
     }
 
     #[tokio::test]

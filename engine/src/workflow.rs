@@ -95,6 +95,8 @@ struct WebhookDef {
     timestamp_header: Option<Spanned<String>>,
     tolerance: Option<Spanned<String>>,
     max_body_bytes: Option<Spanned<u64>>,
+    event_id: Option<Spanned<String>>,
+    dedupe_window: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -964,12 +966,36 @@ fn parse_trigger(check: &mut Checker<'_>, spanned: Spanned<TriggerDef>) -> Trigg
             Some(max) => usize::try_from(*max.get_ref()).unwrap_or(usize::MAX),
             None => trigger::DEFAULT_MAX_BODY,
         };
+        // Stripe sends a retry with a new signature: its event id is what
+        // says two deliveries are one event.
+        let event_id = match &w.event_id {
+            Some(path) => {
+                let text = path.get_ref().trim().trim_start_matches('.');
+                if text.is_empty() || text.split('.').any(str::is_empty) {
+                    check.error(path.span(), "event_id is a field of the event, as a dotted path (`id`, `meta.event_id`)");
+                }
+                Some(trigger::EventId { path: text.to_owned(), required: true })
+            }
+            None if w.verify.get_ref() == "stripe" => {
+                Some(trigger::EventId { path: "id".into(), required: false })
+            }
+            None => None,
+        };
+        let dedupe_window = match &w.dedupe_window {
+            Some(t) => parse_duration(t.get_ref()).unwrap_or_else(|message| {
+                check.error(t.span(), message);
+                trigger::DEFAULT_DEDUPE_WINDOW
+            }),
+            None => trigger::DEFAULT_DEDUPE_WINDOW,
+        };
         if let Some(verify) = verify {
             trigger.webhook = Some(WebhookTrigger {
                 verify,
                 secret: w.secret.into_inner(),
                 tolerance,
                 max_body_bytes,
+                event_id,
+                dedupe_window,
             });
         }
     }

@@ -215,6 +215,57 @@ async fn a_signed_stripe_webhook_runs_and_bad_stale_replayed_or_oversized_ones_s
         "only the good delivery started a run: {runs:#}"
     );
     assert_eq!(emulator.customer_count(), 1);
+
+    // Stripe's retry of the same event is signed anew: a new signature,
+    // the same event id. It is answered 200 (so Stripe stops retrying) and
+    // starts nothing; another event starts a run.
+    let retry =
+        post(body.clone(), Some(stripe_signature(&body, SECRET.as_bytes(), now + 1))).await?;
+    assert_eq!(retry.status(), 200);
+    let retry: Value = serde_json::from_slice(&retry.bytes().await?)?;
+    assert_eq!(retry["duplicate"], true, "{retry}");
+    let other = json!({"id": "evt_2", "type": "customer.created", "data": {"object": {"email": "second@example.com", "name": "Two"}}}).to_string().into_bytes();
+    let second =
+        post(other.clone(), Some(stripe_signature(&other, SECRET.as_bytes(), now + 1))).await?;
+    assert_eq!(second.status(), 202);
+    let second: Value = serde_json::from_slice(&second.bytes().await?)?;
+    wait_finished(&client, &base, second["run_id"].as_str().unwrap_or_default()).await?;
+    assert_eq!(emulator.customer_count(), 2, "one customer per event");
+    server.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_webhook_that_names_its_event_id_refuses_a_body_without_one() -> TestResult {
+    let (_emulator, stripe_server) = stripe(FaultConfig::default(), 0).await?;
+    let files = tempfile::tempdir()?;
+    let state = tempfile::tempdir()?;
+    let wf = hook_workflow(files.path(), &stripe_server.base_url(), "hmac")?;
+    let text = wf
+        .text
+        .replace("max_body_bytes = 4096", "max_body_bytes = 4096\nevent_id = \"meta.delivery\"");
+    let wf = workflow(files.path(), &text)?;
+    let server = start(state.path(), vec![wf]).await?;
+    let base = format!("http://{}", server.addr);
+    let client = reqwest::Client::new();
+    let send = |body: Vec<u8>| {
+        let signature = format!("sha256={}", hmac_signature(&body, SECRET.as_bytes(), None));
+        client
+            .post(format!("{base}/hooks/on-signup"))
+            .header("X-Weft-Signature", signature)
+            .body(body)
+            .send()
+    };
+    let without = send(event("no-id@example.com")).await?;
+    assert_eq!(without.status(), 400);
+    assert!(String::from_utf8_lossy(&without.bytes().await?).contains("meta.delivery"));
+    let with = |n: u64, name: &str| {
+        json!({"meta": {"delivery": n}, "data": {"object": {"email": "id@example.com", "name": name}}}).to_string().into_bytes()
+    };
+    assert_eq!(send(with(7, "first")).await?.status(), 202);
+    // The same delivery id with another body (so another signature).
+    assert_eq!(send(with(7, "changed")).await?.status(), 200);
+    assert_eq!(send(with(8, "next")).await?.status(), 202);
     server.shutdown().await;
     Ok(())
 }

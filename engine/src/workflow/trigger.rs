@@ -84,7 +84,40 @@ pub struct WebhookTrigger {
     pub tolerance: Duration,
     /// Largest body accepted.
     pub max_body_bytes: usize,
+    /// Where the event's id is: deliveries of one id start one run, however
+    /// they are signed (a sender's retry is signed anew).
+    pub event_id: Option<EventId>,
+    /// How long an event id is remembered.
+    pub dedupe_window: Duration,
 }
+
+/// The field of an event that identifies it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventId {
+    /// A dotted path into the event (`id`, `meta.event_id`).
+    pub path: String,
+    /// A delivery without it is refused (set by `event_id`); Stripe's
+    /// default `id` is used when present.
+    pub required: bool,
+}
+
+impl EventId {
+    /// The id in `event`, as text (a string, or a number's digits).
+    pub fn of(&self, event: &serde_json::Map<String, serde_json::Value>) -> Option<String> {
+        let mut parts = self.path.split('.');
+        let first = event.get(parts.next()?)?;
+        let found = parts.try_fold(first, |at, field| at.get(field))?;
+        match found {
+            serde_json::Value::String(s) if !s.is_empty() => Some(s.clone()),
+            serde_json::Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        }
+    }
+}
+
+/// How long an event id is remembered by default: past Stripe's retries
+/// (up to three days in live mode).
+pub const DEFAULT_DEDUPE_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Default tolerance for signed timestamps (Stripe's own default).
 pub const DEFAULT_TOLERANCE: Duration = Duration::from_secs(300);
