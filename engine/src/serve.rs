@@ -730,7 +730,12 @@ impl Server {
                 tracing::info!(workflow = %name, "the cron schedule has no further firings");
                 return;
             };
-            let wait = (next - now).to_std().unwrap_or_default();
+            let mut wait = (next - now).to_std().unwrap_or_default();
+            if !cron.jitter.is_zero() {
+                use rand::Rng as _;
+                let spread = cron.jitter.as_millis().min(u64::MAX as u128) as u64;
+                wait += Duration::from_millis(rand::rng().random_range(0..=spread));
+            }
             tokio::select! {
                 () = self.shutdown.cancelled() => return,
                 () = tokio::time::sleep(wait) => {}

@@ -83,6 +83,8 @@ struct TriggerDef {
     overlap: Option<Spanned<String>>,
     #[serde(default)]
     catch_up: bool,
+    timezone: Option<Spanned<String>>,
+    jitter: Option<Spanned<String>>,
     webhook: Option<Spanned<WebhookDef>>,
 }
 
@@ -904,6 +906,21 @@ fn parse_trigger(check: &mut Checker<'_>, spanned: Spanned<TriggerDef>) -> Trigg
             Overlap::Skip
         }
     };
+    let timezone = def.timezone.as_ref().and_then(|tz| {
+        tz.get_ref()
+            .parse::<chrono_tz::Tz>()
+            .map_err(|_| {
+                check.error(tz.span(), format!("{:?} is not an IANA time zone (write it like \"Europe/Berlin\" or \"America/New_York\")", tz.get_ref()));
+            })
+            .ok()
+    });
+    let jitter = match &def.jitter {
+        Some(j) => parse_duration(j.get_ref()).unwrap_or_else(|message| {
+            check.error(j.span(), message);
+            Duration::ZERO
+        }),
+        None => Duration::ZERO,
+    };
     match &def.cron {
         Some(cron) => match CronTrigger::parse_schedule(cron.get_ref()) {
             Ok(schedule) => {
@@ -912,12 +929,22 @@ fn parse_trigger(check: &mut Checker<'_>, spanned: Spanned<TriggerDef>) -> Trigg
                     schedule,
                     overlap,
                     catch_up: def.catch_up,
+                    timezone,
+                    jitter,
                 });
             }
             Err(message) => check.error(cron.span(), message),
         },
-        None if def.overlap.is_some() || def.catch_up => check
-            .error(span.clone(), "overlap and catch_up apply to a cron trigger; add cron = \"…\""),
+        None if def.overlap.is_some()
+            || def.catch_up
+            || def.timezone.is_some()
+            || def.jitter.is_some() =>
+        {
+            check.error(
+                span.clone(),
+                "overlap, catch_up, timezone and jitter apply to a cron trigger; add cron = \"…\"",
+            )
+        }
         None => {}
     }
     if let Some(webhook) = def.webhook {

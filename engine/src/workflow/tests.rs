@@ -378,3 +378,37 @@ fn a_dashed_step_id_in_dot_syntax_gets_a_hint() {
     let d = first_error(&text);
     assert!(d.message.contains("written .steps[\"all-customers\"]"), "{d}");
 }
+
+#[test]
+fn a_time_zone_and_a_jitter_parse_and_a_bad_zone_or_event_id_is_refused() -> Result<(), Diagnostics>
+{
+    let with = |extra: &str| {
+        GOOD.replace(
+            "[connections.stripe]",
+            &format!("[trigger]\ncron = \"30 2 * * *\"\n{extra}\n\n[connections.stripe]"),
+        )
+    };
+    let w = parse(&with("timezone = \"Europe/Berlin\"\njitter = \"30s\""))?;
+    let cron = w.trigger.cron.as_ref().map(|c| (c.timezone, c.jitter));
+    assert_eq!(cron, Some((Some(chrono_tz::Europe::Berlin), Duration::from_secs(30))));
+    let d = first_error(&with("timezone = \"Mars/Olympus\""));
+    assert!(d.message.contains("not an IANA time zone"), "{d}");
+    let hook = GOOD.replace(
+        "[connections.stripe]",
+        "[trigger.webhook]\nverify = \"hmac-sha256\"\nheader = \"X-Sig\"\nsecret = \"env:S\"\nevent_id = \"meta..id\"\n\n[connections.stripe]",
+    );
+    let d = first_error(&hook);
+    assert!(d.message.contains("event_id is a field of the event"), "{d}");
+    let stripe = GOOD.replace(
+        "[connections.stripe]",
+        "[trigger.webhook]\nverify = \"stripe\"\nsecret = \"env:S\"\n\n[connections.stripe]",
+    );
+    let w = parse(&stripe)?;
+    let event = w.trigger.webhook.as_ref().and_then(|h| h.event_id.clone());
+    assert_eq!(
+        event.map(|e| (e.path, e.required)),
+        Some(("id".to_owned(), false)),
+        "Stripe's event id by default"
+    );
+    Ok(())
+}

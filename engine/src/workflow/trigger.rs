@@ -29,6 +29,11 @@ pub struct CronTrigger {
     /// At start, run once if a firing was missed while weft was down. Never
     /// more than once, however many were missed.
     pub catch_up: bool,
+    /// The zone whose wall clock the schedule reads (UTC when `None`).
+    pub timezone: Option<chrono_tz::Tz>,
+    /// Each firing waits a random time up to this long (spreads many
+    /// workflows on one schedule).
+    pub jitter: Duration,
 }
 
 impl CronTrigger {
@@ -47,11 +52,41 @@ impl CronTrigger {
     }
 
     /// The next firing strictly after `after`.
+    ///
+    /// In a time zone the schedule reads the wall clock, and a change of
+    /// the clock fires nothing twice and skips nothing: a wall time that
+    /// does not exist (the hour skipped in spring) fires once, when the
+    /// clock reaches the end of the gap; a wall time that comes twice (the
+    /// hour repeated in autumn) fires once, the first time.
     pub fn next_after(
         &self,
         after: chrono::DateTime<chrono::Utc>,
     ) -> Option<chrono::DateTime<chrono::Utc>> {
-        self.schedule.after(&after).next()
+        use chrono::{LocalResult, TimeZone as _};
+        let Some(tz) = self.timezone else { return self.schedule.after(&after).next() };
+        // The wall clock, read as if it were UTC, drives the schedule.
+        let wall = chrono::Utc.from_utc_datetime(&after.with_timezone(&tz).naive_local());
+        for candidate in self.schedule.after(&wall).take(10_000) {
+            let naive = candidate.naive_utc();
+            let instant = match tz.from_local_datetime(&naive) {
+                LocalResult::Single(t) => t,
+                LocalResult::Ambiguous(first, _) => first,
+                // In a gap: the first minute that exists after it (gaps are
+                // at most a few hours).
+                LocalResult::None => {
+                    let end = (1..=24 * 60).find_map(|m| {
+                        tz.from_local_datetime(&(naive + chrono::Duration::minutes(m))).earliest()
+                    });
+                    let Some(end) = end else { continue };
+                    end
+                }
+            };
+            let instant = instant.with_timezone(&chrono::Utc);
+            if instant > after {
+                return Some(instant);
+            }
+        }
+        None
     }
 }
 
@@ -147,6 +182,79 @@ mod tests {
         assert!(err.contains("bad cron expression"), "{err}");
     }
 
+    fn berlin(expression: &str) -> Result<CronTrigger, String> {
+        Ok(CronTrigger {
+            expression: expression.into(),
+            schedule: CronTrigger::parse_schedule(expression)?,
+            overlap: Overlap::Skip,
+            catch_up: false,
+            timezone: Some(chrono_tz::Europe::Berlin),
+            jitter: Duration::ZERO,
+        })
+    }
+
+    fn utc(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+        chrono::DateTime::parse_from_rfc3339(text).map(|t| t.to_utc()).map_err(|e| e.to_string())
+    }
+
+    /// The firings in [from, to), UTC, RFC 3339.
+    fn firings(trigger: &CronTrigger, from: &str, to: &str) -> Result<Vec<String>, String> {
+        let (mut at, to) = (utc(from)?, utc(to)?);
+        let mut out = Vec::new();
+        while let Some(next) = trigger.next_after(at) {
+            if next >= to || out.len() > 1000 {
+                break;
+            }
+            out.push(next.to_rfc3339());
+            at = next;
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn a_wall_time_in_the_skipped_spring_hour_fires_once_when_the_clock_resumes()
+    -> Result<(), String> {
+        // Berlin, 2026-03-29: 02:00 CET becomes 03:00 CEST (01:00 UTC).
+        let daily = berlin("30 2 * * *")?;
+        assert_eq!(
+            firings(&daily, "2026-03-28T00:00:00Z", "2026-03-31T00:00:00Z")?,
+            ["2026-03-28T01:30:00+00:00", "2026-03-29T01:00:00+00:00", "2026-03-30T00:30:00+00:00"]
+        );
+        let quarterly = berlin("*/15 * * * *")?;
+        let around = firings(&quarterly, "2026-03-29T00:40:00Z", "2026-03-29T01:20:00Z")?;
+        assert_eq!(
+            around,
+            ["2026-03-29T00:45:00+00:00", "2026-03-29T01:00:00+00:00", "2026-03-29T01:15:00+00:00"],
+            "02:00–02:45 do not exist: one firing at 03:00"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn a_wall_time_in_the_repeated_autumn_hour_fires_once() -> Result<(), String> {
+        // Berlin, 2026-10-25: 03:00 CEST becomes 02:00 CET (01:00 UTC).
+        let daily = berlin("30 2 * * *")?;
+        assert_eq!(
+            firings(&daily, "2026-10-24T12:00:00Z", "2026-10-27T00:00:00Z")?,
+            ["2026-10-25T00:30:00+00:00", "2026-10-26T01:30:00+00:00"],
+            "02:30 comes twice on the 25th and fires once"
+        );
+        let quarterly = berlin("*/15 * * * *")?;
+        let hour = firings(&quarterly, "2026-10-24T23:50:00Z", "2026-10-25T02:10:00Z")?;
+        assert_eq!(
+            hour,
+            [
+                "2026-10-25T00:00:00+00:00",
+                "2026-10-25T00:15:00+00:00",
+                "2026-10-25T00:30:00+00:00",
+                "2026-10-25T00:45:00+00:00",
+                "2026-10-25T02:00:00+00:00"
+            ],
+            "02:00–02:45 fire once (CEST); the repeated 02:xx CET do not; then 03:00 CET"
+        );
+        Ok(())
+    }
+
     #[test]
     fn the_next_firing_comes_after() -> Result<(), String> {
         let trigger = CronTrigger {
@@ -154,6 +262,8 @@ mod tests {
             schedule: CronTrigger::parse_schedule("0 0 * * * *")?,
             overlap: Overlap::Skip,
             catch_up: false,
+            timezone: None,
+            jitter: Duration::ZERO,
         };
         let now = chrono::DateTime::parse_from_rfc3339("2026-12-01T10:30:00Z")
             .map_err(|e| e.to_string())?
