@@ -28,6 +28,7 @@ use crate::endpoint::Endpoint;
 use crate::expr::{Budget, EvalError, Evaluator, Scope};
 use crate::http::{ConnectionHttp, EgressPolicy, HttpLimits, StatsSnapshot};
 use crate::limiter::{LimitedPolicy, LimiterRegistry, Publisher, RetryPolicy};
+use crate::metrics::Metrics;
 use crate::runtime::{Plugin, PluginConnection, Runtime, RuntimeError};
 use crate::store::{
     RunRecord, RunStore, RunTrigger, Status, StepCounts, StepState, StoreError, now_ms,
@@ -368,6 +369,7 @@ pub struct Executor {
     limiters: Arc<LimiterRegistry>,
     retry: RetryPolicy,
     inline_records: u64,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl std::fmt::Debug for Executor {
@@ -387,7 +389,20 @@ impl Executor {
             limiters: Arc::default(),
             retry: RetryPolicy::default(),
             inline_records: INLINE_RECORDS,
+            metrics: None,
         }
+    }
+
+    /// Counts runs, steps, records, plugin calls and vendor requests in
+    /// `metrics` (`weft serve`'s `/metrics`).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// The metrics this executor counts in, if any.
+    pub fn metrics(&self) -> Option<&Arc<Metrics>> {
+        self.metrics.as_ref()
     }
 
     /// Changes how many records of a list step expressions may hold in
@@ -543,13 +558,19 @@ impl Executor {
                 Some(emulators) => http.confined_to(emulators),
                 None => Ok(http),
             })
+            .map(|http| match &self.metrics {
+                Some(metrics) => http
+                    .with_metrics(Arc::new(metrics.connection(&connection.name, &manifest.name))),
+                None => http,
+            })
             .map_err(|error| ExecError::Http { connection: connection.name.clone(), error })?;
             let context =
                 CallContext { base_url: http.base_url(), settings: connection.settings.clone() };
-            live.insert(
-                connection.name.clone(),
-                Arc::new(PluginConnection::new(plugin, Arc::new(http), context)),
-            );
+            let mut endpoint = PluginConnection::new(plugin, Arc::new(http), context);
+            if let Some(metrics) = &self.metrics {
+                endpoint = endpoint.with_metrics(metrics.clone());
+            }
+            live.insert(connection.name.clone(), Arc::new(endpoint));
         }
         Ok(live)
     }
@@ -621,6 +642,9 @@ impl Executor {
                 options.started_by.as_deref(),
             )
             .await?;
+        if let Some(metrics) = &self.metrics {
+            metrics.run_started(&run.workflow, &run.trigger);
+        }
         Ok(run)
     }
 
@@ -689,6 +713,7 @@ impl Executor {
         observer: &dyn Observer,
     ) -> Result<RunSummary, ExecError> {
         let started = Instant::now();
+        let _active = self.metrics.as_ref().map(|m| m.run_active(&run.workflow));
         let endpoints = match self.connect(workflow, options).await {
             Ok(endpoints) => endpoints,
             Err(e) => {
@@ -696,6 +721,7 @@ impl Executor {
                 run.status = Status::Failed;
                 run.error = Some(e.to_string());
                 run.finished_ms = Some(now_ms());
+                self.count_run_end(&run);
                 self.store.commit_run(&run).await?;
                 return Err(e);
             }
@@ -790,6 +816,7 @@ impl Executor {
                 state.attempts += 1;
                 state.started_ms.get_or_insert_with(now_ms);
                 self.store.commit_step(&run.id, &state).await?;
+                let counts_before = state.counts;
                 let outcome = match self.check_inline_records(workflow, step, &outputs) {
                     Err(message) => Err(StepError::Failed(message)),
                     Ok(()) => {
@@ -812,6 +839,10 @@ impl Executor {
                     // Nothing more can be recorded for this step: the run
                     // stays where its last commit left it, to resume.
                     Err(StepError::Store(e)) => return Err(ExecError::Store(e)),
+                }
+                if let Some(metrics) = &self.metrics {
+                    let added = state.counts.minus(&counts_before);
+                    metrics.step_finished(&run.workflow, &step.id, step_started.elapsed(), added);
                 }
             }
             if state.status == Status::Failed {
@@ -846,6 +877,9 @@ impl Executor {
         if status.is_finished() {
             run.finished_ms = Some(now_ms());
         }
+        // Counted before the store says so: whoever sees the run ended
+        // finds it in the metrics too.
+        self.count_run_end(&run);
         self.store.commit_run(&run).await?;
         let connections: BTreeMap<String, StatsSnapshot> =
             endpoints.iter().map(|(name, e)| (name.clone(), e.stats())).collect();
@@ -881,6 +915,17 @@ impl Executor {
             connections,
             error: run.error,
         })
+    }
+
+    /// Counts a run that has ended in the metrics (one interrupted to
+    /// resume later has not).
+    fn count_run_end(&self, run: &RunRecord) {
+        if let (Some(metrics), Some(finished)) = (&self.metrics, run.finished_ms)
+            && run.status.is_finished()
+        {
+            let took = std::time::Duration::from_millis(finished.saturating_sub(run.created_ms));
+            metrics.run_finished(&run.workflow, run.status, took);
+        }
     }
 
     async fn execute_step(

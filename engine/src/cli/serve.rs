@@ -41,6 +41,11 @@ pub(crate) struct ServeArgs {
     /// Runs executing at once, at most; the other admitted runs wait.
     #[arg(long, default_value_t = 32)]
     max_concurrent_runs: usize,
+    /// Also serve GET /metrics, and nothing else, on this address, without
+    /// a token (for a Prometheus that scrapes without one). /metrics on
+    /// --bind needs a viewer token.
+    #[arg(long, env = "WEFT_METRICS_BIND")]
+    metrics_bind: Option<std::net::SocketAddr>,
 }
 
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
@@ -61,6 +66,7 @@ pub(crate) async fn serve(global: &Global, args: ServeArgs) -> Result<ExitCode> 
         tls_key,
         max_runs,
         max_concurrent_runs,
+        metrics_bind,
     } = args;
     let tls = match (tls_cert, tls_key) {
         (Some(cert), Some(key)) => Some(weft::serve::TlsFiles { cert, key }),
@@ -73,6 +79,7 @@ pub(crate) async fn serve(global: &Global, args: ServeArgs) -> Result<ExitCode> 
         tls,
         max_runs,
         max_concurrent_runs,
+        metrics_bind,
         ..Default::default()
     };
     let mut workflows = Vec::new();
@@ -122,6 +129,9 @@ pub(crate) async fn serve(global: &Global, args: ServeArgs) -> Result<ExitCode> 
         dir.display(),
         addr = server.addr,
     );
+    if let Some(addr) = server.metrics_addr {
+        eprintln!("weft serve: metrics at http://{addr}/metrics (no token)");
+    }
     let token = server.shutdown_token();
     tokio::spawn(async move {
         shutdown_signal().await;
