@@ -708,6 +708,20 @@ impl Executor {
     pub async fn execute(
         &self,
         workflow: &Workflow,
+        run: RunRecord,
+        options: &RunOptions,
+        observer: &dyn Observer,
+    ) -> Result<RunSummary, ExecError> {
+        use tracing::Instrument as _;
+        // Every log line of the run, a vendor request's included, says
+        // which run it is about.
+        let span = tracing::info_span!("run", run = %run.id, workflow = %run.workflow);
+        self.execute_in_span(workflow, run, options, observer).instrument(span).await
+    }
+
+    async fn execute_in_span(
+        &self,
+        workflow: &Workflow,
         mut run: RunRecord,
         options: &RunOptions,
         observer: &dyn Observer,
@@ -820,8 +834,10 @@ impl Executor {
                 let outcome = match self.check_inline_records(workflow, step, &outputs) {
                     Err(message) => Err(StepError::Failed(message)),
                     Ok(()) => {
+                        use tracing::Instrument as _;
                         let cx = StepCtx { run: &ctx, workflow, step, index, scope: &scope };
-                        self.execute_step(cx, &endpoints, &mut state).await
+                        let span = tracing::info_span!("step", step = %step.id, connection = %step.connection);
+                        self.execute_step(cx, &endpoints, &mut state).instrument(span).await
                     }
                 };
                 match outcome {

@@ -78,11 +78,15 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.global.log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cli.global.log_format {
+        cli::LogFormat::Human => logs.with_target(false).init(),
+        // The event's fields at the top level, and every span it is in
+        // (run, step: with run id, workflow, step and connection) listed.
+        cli::LogFormat::Json => {
+            logs.json().flatten_event(true).with_current_span(false).with_span_list(true).init()
+        }
+    }
 
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,

@@ -1071,3 +1071,188 @@ async fn tokens_are_printed_once_listed_without_secrets_and_the_cli_still_reache
     assert!(String::from_utf8(listed.stdout)?.contains("revoked"));
     Ok(())
 }
+
+/// Every line of `stderr`, each parsed as a JSON object.
+fn json_lines(stderr: &str) -> TestResult<Vec<serde_json::Map<String, Value>>> {
+    stderr
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| match serde_json::from_str::<Value>(line) {
+            Ok(Value::Object(object)) => Ok(object),
+            _ => Err(format!("not a JSON object: {line}\nstderr:\n{stderr}").into()),
+        })
+        .collect()
+}
+
+/// Whether the log object was written inside a span named `name` whose
+/// field `field` is `value`.
+fn in_span(line: &serde_json::Map<String, Value>, name: &str, field: &str, value: &str) -> bool {
+    line.get("spans")
+        .and_then(Value::as_array)
+        .is_some_and(|spans| spans.iter().any(|span| span["name"] == name && span[field] == value))
+}
+
+/// In its own process, like the secret check above: the log is the binary's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_one_object_a_line_naming_run_step_and_connection_without_the_secret()
+-> TestResult {
+    let sandbox = weft_sandbox::Sandbox::start(weft_sandbox::SandboxOptions {
+        seed: 5,
+        ..Default::default()
+    })
+    .await?;
+    let secret = weft_sandbox::stripe::SANDBOX_API_KEY;
+    let dirs = Dirs::new()?;
+    let key = key_file(dirs.files.path(), "stripe.key", secret)?;
+    let path = dirs.write(
+        "json-logs.toml",
+        &format!(
+            "[workflow]\nname = \"json-logs\"\n\n[connections.stripe]\nplugin = \"stripe\"\ncredentials = \"{key}\"\nbase_url = \"{}\"\n\n[[step]]\nid = \"export\"\nlist = \"stripe.customers\"\n\n[[step]]\nid = \"create\"\nupsert = \"stripe.customers\"\nrecord = {{ email = \"json-logs@example.com\" }}\n",
+            sandbox.stripe.base_url()
+        ),
+    )?;
+    let output = dirs
+        .command()
+        .args(["--log", "weft=debug", "--log-format", "json", "run", "--json"])
+        .arg(&path)
+        .output()?;
+    let summary = stdout_json(&output)?;
+    assert_eq!(summary["status"], "succeeded", "{summary:#}");
+    let run = summary["run_id"].as_str().ok_or("a run id")?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let lines = json_lines(&stderr)?;
+    assert!(!stderr.contains(secret), "a log line holds the secret");
+    let finished = lines
+        .iter()
+        .find(|l| l["message"] == "step finished" && l["step"] == "create")
+        .ok_or_else(|| format!("no 'step finished' line for create:\n{stderr}"))?;
+    assert_eq!(finished["run"], run);
+    assert!(in_span(finished, "run", "run", run), "{finished:?}");
+    // A vendor request: in the run's span and its step's, naming the connection.
+    let request = lines
+        .iter()
+        .find(|l| l["message"] == "vendor request" && in_span(l, "step", "step", "create"))
+        .ok_or_else(|| format!("no vendor request logged in step create:\n{stderr}"))?;
+    assert!(in_span(request, "run", "run", run), "{request:?}");
+    assert!(in_span(request, "run", "workflow", "json-logs"), "{request:?}");
+    assert!(in_span(request, "step", "connection", "stripe"), "{request:?}");
+    assert!(request["status"].is_number(), "{request:?}");
+    sandbox.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_with_json_logs_writes_only_json_and_serves_metrics_on_their_own_address()
+-> TestResult {
+    let sandbox = weft_sandbox::Sandbox::start(weft_sandbox::SandboxOptions {
+        seed: 5,
+        ..Default::default()
+    })
+    .await?;
+    let secret = weft_sandbox::stripe::SANDBOX_API_KEY;
+    let dirs = Dirs::new()?;
+    let key = key_file(dirs.files.path(), "stripe.key", secret)?;
+    dirs.write(
+        "served.toml",
+        &format!(
+            "[workflow]\nname = \"served\"\n\n[connections.stripe]\nplugin = \"stripe\"\ncredentials = \"{key}\"\nbase_url = \"{}\"\n\n[[step]]\nid = \"export\"\nlist = \"stripe.customers\"\n",
+            sandbox.stripe.base_url()
+        ),
+    )?;
+    dirs.write("broken.toml", "[workflow]\nname = \"broken\"\n\n[[step]]\nid = \"a\"\nlist = 3\n")?;
+    let mut serve = dirs
+        .command()
+        .args(["--log", "info", "--log-format", "json", "serve", "--bind", "127.0.0.1:0"])
+        .args(["--metrics-bind", "127.0.0.1:0"])
+        .arg(dirs.files.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    // The log, read as it is written: it says where the metrics listen.
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let reader = {
+        let log = log.clone();
+        let mut stderr = serve.stderr.take().ok_or("serve's stderr")?;
+        std::thread::spawn(move || {
+            use std::io::Read as _;
+            let mut chunk = [0u8; 4096];
+            while let Ok(n @ 1..) = stderr.read(&mut chunk) {
+                if let Ok(mut log) = log.lock() {
+                    log.push_str(&String::from_utf8_lossy(&chunk[..n]));
+                }
+            }
+        })
+    };
+    let text = |log: &std::sync::Mutex<String>| log.lock().map(|l| l.clone()).unwrap_or_default();
+    let address = dirs.state.path().join("weft-serve.json");
+    let started = Instant::now();
+    while !address.exists() || !text(&log).contains("/metrics (no token)") {
+        if started.elapsed() > Duration::from_secs(60) || serve.try_wait()?.is_some() {
+            let _ = serve.kill();
+            return Err(format!("weft serve did not start: {}", text(&log)).into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let info: Value = serde_json::from_str(&std::fs::read_to_string(&address)?)?;
+    let base = format!("http://{}", info["addr"].as_str().unwrap_or_default());
+    // Where the metrics listen is said in the log, as a JSON line.
+    let said = json_lines(&text(&log))?
+        .iter()
+        .filter_map(|l| l["message"].as_str().map(str::to_owned))
+        .find(|m| m.contains("/metrics (no token)"))
+        .ok_or_else(|| format!("no metrics address in the log: {}", text(&log)))?;
+    let url = said
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .ok_or("a metrics URL")?
+        .to_owned();
+    let client = reqwest::Client::new();
+    let started = client
+        .post(format!("{base}/api/workflows/served/runs"))
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await?;
+    assert_eq!(started.status(), 202);
+    let started: Value = serde_json::from_slice(&started.bytes().await?)?;
+    let run = started["run_id"].as_str().ok_or("a run id")?.to_owned();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let shown: Value = serde_json::from_slice(
+            &client.get(format!("{base}/api/runs/{run}")).send().await?.bytes().await?,
+        )?;
+        if shown["status"] == "succeeded" {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = serve.kill();
+            return Err(format!("the run did not succeed: {shown:#}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let metrics = reqwest::get(&url).await?.text().await?;
+    assert!(
+        metrics.contains("weft_runs_started_total{workflow=\"served\",trigger=\"api\"} 1\n"),
+        "{metrics}"
+    );
+    let _ = Command::new("kill").arg("-TERM").arg(serve.id().to_string()).status();
+    serve.wait()?;
+    reader.join().map_err(|_| "the log reader panicked")?;
+    let stderr = text(&log);
+    let lines = json_lines(&stderr)?;
+    assert!(!stderr.contains(secret), "a log line holds the secret");
+    let message =
+        |l: &serde_json::Map<String, Value>| l["message"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        lines.iter().any(|l| l["level"] == "WARN" && message(l).contains("not serving")),
+        "the broken file is reported as a JSON line: {stderr}"
+    );
+    assert!(
+        lines.iter().any(|l| l["message"] == "step finished" && in_span(l, "run", "run", &run)),
+        "{stderr}"
+    );
+    // The server has stopped: the URL must not answer any more.
+    assert!(reqwest::get(&url).await.is_err(), "the metrics listener stopped with the server");
+    sandbox.shutdown().await;
+    Ok(())
+}

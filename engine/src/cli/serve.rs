@@ -9,7 +9,7 @@ use clap::Args;
 use weft::executor::Executor;
 use weft::workflow::Workflow;
 
-use super::{Global, open_store, shutdown_signal, state_dir, wasm_runtime};
+use super::{Global, notice, open_store, shutdown_signal, state_dir, wasm_runtime};
 
 // No `///` here: clap would take it for the command's about, which the
 // `Command::Serve` variant in main.rs gives.
@@ -104,7 +104,8 @@ pub(crate) async fn serve(global: &Global, args: ServeArgs) -> Result<ExitCode> 
         match Workflow::load(file) {
             Ok(workflow) => workflows.push(workflow),
             Err(e) => {
-                eprintln!("weft serve: not serving {}: {e}", file.display());
+                let message = format!("weft serve: not serving {}: {e}", file.display());
+                notice(global.log_format, "WARN", &message);
                 broken.push((file.display().to_string(), e.to_string()));
             }
         }
@@ -124,21 +125,27 @@ pub(crate) async fn serve(global: &Global, args: ServeArgs) -> Result<ExitCode> 
     };
     let served = config.workflows.len();
     let server = weft::serve::start(executor, config).await?;
-    eprintln!(
-        "weft serve: listening on {scheme}://{addr} with {served} workflow(s); console at {scheme}://{addr}/; state in {}",
-        dir.display(),
-        addr = server.addr,
+    let format = global.log_format;
+    notice(
+        format,
+        "INFO",
+        &format!(
+            "weft serve: listening on {scheme}://{addr} with {served} workflow(s); console at {scheme}://{addr}/; state in {}",
+            dir.display(),
+            addr = server.addr,
+        ),
     );
     if let Some(addr) = server.metrics_addr {
-        eprintln!("weft serve: metrics at http://{addr}/metrics (no token)");
+        notice(format, "INFO", &format!("weft serve: metrics at http://{addr}/metrics (no token)"));
     }
     let token = server.shutdown_token();
     tokio::spawn(async move {
         shutdown_signal().await;
-        eprintln!(
+        let message = format!(
             "stopping: no new runs; in-flight calls finish (up to {}), then exit",
             humantime::format_duration(grace)
         );
+        notice(format, "INFO", &message);
         token.cancel();
     });
     server.wait().await;
