@@ -113,6 +113,9 @@ struct OutcomeLabels {
 pub enum CronOutcome {
     /// A run started.
     Ran,
+    /// A run started at start-up for a firing missed while weft was down
+    /// (`catch_up = true`).
+    CaughtUp,
     /// The workflow's previous run was still going (`overlap = "skip"`).
     SkippedOverlap,
     /// The server had as many runs as it takes.
@@ -125,6 +128,7 @@ impl CronOutcome {
     fn as_str(self) -> &'static str {
         match self {
             CronOutcome::Ran => "ran",
+            CronOutcome::CaughtUp => "caught_up",
             CronOutcome::SkippedOverlap => "skipped_overlap",
             CronOutcome::SkippedFull => "skipped_full",
             CronOutcome::Failed => "failed",
@@ -333,7 +337,7 @@ impl Metrics {
         );
         r.register(
             "cron_firings",
-            "Cron firings by workflow and outcome (ran, skipped_overlap, skipped_full, failed)",
+            "Cron firings by workflow and outcome (ran, caught_up, skipped_overlap, skipped_full, failed)",
             m.cron_firings.clone(),
         );
         r.register(

@@ -748,7 +748,7 @@ impl Server {
         let Some(cron) = served.workflow.trigger.cron.clone() else { return };
         if cron.catch_up && self.missed_a_firing(&name, &cron).await {
             tracing::info!(workflow = %name, "a scheduled run was missed while weft was down; running it once now");
-            self.fire(&name, cron.overlap).await;
+            self.fire(&name, cron.overlap, CronOutcome::CaughtUp).await;
         }
         loop {
             let now = chrono::Utc::now();
@@ -763,7 +763,7 @@ impl Server {
             }
             // After a long sleep (a suspended machine), fire once, never
             // a burst for every firing missed.
-            self.fire(&name, cron.overlap).await;
+            self.fire(&name, cron.overlap, CronOutcome::Ran).await;
         }
     }
 
@@ -784,7 +784,9 @@ impl Server {
         cron.next_after(last_at).is_some_and(|due| due < chrono::Utc::now())
     }
 
-    async fn fire(self: &Arc<Self>, name: &str, overlap: Overlap) {
+    /// Starts a scheduled run, counted as `ran` (a `Ran` or `CaughtUp`)
+    /// when it starts.
+    async fn fire(self: &Arc<Self>, name: &str, overlap: Overlap, ran: CronOutcome) {
         let Some(served) = self.workflows.get(name) else { return };
         if overlap == Overlap::Skip && self.workflow_running(name) {
             self.metrics.cron_fired(name, CronOutcome::SkippedOverlap);
@@ -804,7 +806,7 @@ impl Server {
         // the two disagree).
         match self.start(name, options, Some(admitted)).await {
             Ok(_) => {
-                self.metrics.cron_fired(name, CronOutcome::Ran);
+                self.metrics.cron_fired(name, ran);
                 served.fired.fetch_add(1, Ordering::Relaxed);
             }
             Err(e) => {

@@ -473,3 +473,128 @@ async fn a_real_prometheus_scrapes_the_metrics_listener_and_answers_with_the_run
     server.shutdown().await;
     Ok(())
 }
+
+/// The workflow's entry of `GET /api/workflows`.
+async fn workflow_info(client: &reqwest::Client, base: &str) -> TestResult<Value> {
+    let all: Value = serde_json::from_slice(
+        &client.get(format!("{base}/api/workflows")).send().await?.bytes().await?,
+    )?;
+    Ok(all[0].clone())
+}
+
+#[tokio::test]
+async fn cron_firings_are_counted_as_run_or_skipped_as_the_schedule_reports_them() -> TestResult {
+    // Every request takes 1.5 s, so each run outlasts the one-second schedule.
+    let (_emulator, stripe_server) =
+        stripe(FaultConfig { latency_ms: 1500, ..FaultConfig::default() }, 3).await?;
+    let files = tempfile::tempdir()?;
+    let state = tempfile::tempdir()?;
+    let text = format!(
+        "[workflow]\nname = \"every-second\"\n\n[trigger]\ncron = \"* * * * * *\"\n\n[connections.stripe]\nplugin = \"stripe\"\ncredentials = \"{}\"\nbase_url = \"{}\"\n\n[[step]]\nid = \"export\"\nlist = \"stripe.customers\"\n",
+        super::serve::key_file(files.path())?,
+        stripe_server.base_url()
+    );
+    let wf = super::support::workflow(files.path(), &text)?;
+    let server = start_with(state.path(), ServeConfig { workflows: vec![wf], ..config()? }).await?;
+    let base = format!("http://{}", server.addr);
+    let client = reqwest::Client::new();
+    let url = format!("{base}/metrics");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let info = workflow_info(&client, &base).await?;
+        if info["fired"].as_u64().unwrap_or(0) >= 2
+            && info["skipped_firings"].as_u64().unwrap_or(0) >= 1
+        {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!("no firing and skip in 30 s: {info:#}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The schedule's own counts, read between two scrapes (it goes on firing).
+    let every = ("workflow", "every-second");
+    let before = samples(&scrape(&client, &url, None).await?)?;
+    let info = workflow_info(&client, &base).await?;
+    let after = samples(&scrape(&client, &url, None).await?)?;
+    let (fired, skipped) = (
+        info["fired"].as_u64().unwrap_or(0) as f64,
+        info["skipped_firings"].as_u64().unwrap_or(0) as f64,
+    );
+    let ran = |s: &[Sample]| sum(s, "weft_cron_firings_total", &[every, ("outcome", "ran")]);
+    let skips = |s: &[Sample]| {
+        sum(s, "weft_cron_firings_total", &[every, ("outcome", "skipped_overlap")])
+            + sum(s, "weft_cron_firings_total", &[every, ("outcome", "skipped_full")])
+    };
+    assert!(
+        ran(&before) <= fired && fired <= ran(&after),
+        "ran: {fired} vs {before:?} / {after:?}"
+    );
+    assert!(skips(&before) <= skipped && skipped <= skips(&after), "skipped {skipped}");
+    assert!(skips(&after) >= 1.0 && ran(&after) >= 2.0);
+    assert_eq!(sum(&after, "weft_cron_firings_total", &[every, ("outcome", "skipped_full")]), 0.0);
+    // A firing is counted once its run is recorded: the two agree.
+    let started = sum(&after, "weft_runs_started_total", &[every, ("trigger", "cron")]);
+    assert!(ran(&after) <= started && started <= ran(&after) + 1.0, "{started} runs started");
+    server.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn plugin_traps_are_counted_by_cause_and_calls_by_op() -> TestResult {
+    use std::sync::Arc;
+    use weft::connector::{AuthScheme, CallContext, ListRequest};
+    use weft::http::{ConnectionHttp, HttpLimits, SendOnce};
+    use weft::runtime::{InstanceLimits, PluginConnection};
+
+    let limits = InstanceLimits {
+        cpu_time: Duration::from_millis(300),
+        call_timeout: Duration::from_secs(20),
+        ..InstanceLimits::default()
+    };
+    let runtime = super::support::runtime(limits)?;
+    let plugin = Arc::new(runtime.load_file(super::support::hostile_wasm()).await?);
+    let metrics = Arc::new(weft::metrics::Metrics::new());
+    let http = Arc::new(
+        ConnectionHttp::new(
+            weft::http::shared_client(),
+            "http://127.0.0.1:9",
+            &[],
+            Some((AuthScheme::Bearer, weft::credentials::Secret::new("sk_test_never_shown"))),
+            HttpLimits::default(),
+            Arc::new(SendOnce),
+        )?
+        .with_metrics(Arc::new(metrics.connection("hostile", "hostile"))),
+    );
+    let context = CallContext { base_url: http.base_url(), settings: vec![] };
+    let connection =
+        PluginConnection::new(plugin.clone(), http, context).with_metrics(metrics.clone());
+    let name = plugin.name().to_owned();
+    for (resource, fails) in [("spin", true), ("alloc", true), ("recurse", true), ("ok", false)] {
+        let request =
+            ListRequest { resource: resource.into(), cursor: None, page_size: 10, filter: None };
+        let outcome = connection.list(request).await;
+        assert_eq!(outcome.is_err(), fails, "{resource}: {outcome:?}");
+    }
+    let all = samples(&metrics.encode())?;
+    let traps = |cause: &str| {
+        sum(
+            &all,
+            "weft_plugin_traps_total",
+            &[("plugin", name.as_str()), ("op", "list"), ("cause", cause)],
+        )
+    };
+    assert_eq!(traps("cpu"), 1.0, "spin");
+    assert_eq!(traps("memory"), 1.0, "alloc");
+    assert_eq!(traps("other"), 1.0, "recurse: a stack overflow");
+    assert_eq!(traps("panic") + traps("deadline"), 0.0);
+    assert_eq!(
+        sum(
+            &all,
+            "weft_plugin_call_duration_seconds_count",
+            &[("plugin", name.as_str()), ("op", "list")]
+        ),
+        4.0
+    );
+    Ok(())
+}
