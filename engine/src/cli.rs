@@ -21,6 +21,7 @@ pub(crate) mod run;
 pub(crate) mod runs;
 pub(crate) mod sandbox;
 pub(crate) mod serve;
+pub(crate) mod telemetry;
 pub(crate) mod tokens;
 pub(crate) mod validate;
 
@@ -40,6 +41,10 @@ pub(crate) struct Global {
     /// object a line with the run, step and connection they concern.
     #[arg(long, global = true, env = "WEFT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     pub(crate) log_format: LogFormat,
+    /// Export the spans of runs as OpenTelemetry traces over OTLP/HTTP to
+    /// this base URL (traces go to its /v1/traces). Off when not given.
+    #[arg(long, global = true, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub(crate) otlp_endpoint: Option<url::Url>,
 }
 
 /// The format of the diagnostics on stderr.

@@ -187,6 +187,9 @@ pub struct RunOptions {
     /// Who started the run (a token's name), recorded first in its
     /// history; the trigger when `None`.
     pub started_by: Option<String>,
+    /// A W3C `traceparent` the start request carried: the run's trace
+    /// continues the caller's (when traces are exported).
+    pub trace_parent: Option<String>,
 }
 
 impl std::fmt::Debug for RunOptions {
@@ -714,8 +717,12 @@ impl Executor {
     ) -> Result<RunSummary, ExecError> {
         use tracing::Instrument as _;
         // Every log line of the run, a vendor request's included, says
-        // which run it is about.
+        // which run it is about; exported, it is the root of the run's
+        // trace, or a child of the caller's.
         let span = tracing::info_span!("run", run = %run.id, workflow = %run.workflow);
+        if let Some(parent) = &options.trace_parent {
+            continue_trace(&span, parent);
+        }
         self.execute_in_span(workflow, run, options, observer).instrument(span).await
     }
 
@@ -837,7 +844,17 @@ impl Executor {
                         use tracing::Instrument as _;
                         let cx = StepCtx { run: &ctx, workflow, step, index, scope: &scope };
                         let span = tracing::info_span!("step", step = %step.id, connection = %step.connection);
-                        self.execute_step(cx, &endpoints, &mut state).instrument(span).await
+                        let outcome = self
+                            .execute_step(cx, &endpoints, &mut state)
+                            .instrument(span.clone())
+                            .await;
+                        if matches!(outcome, Err(StepError::Failed(_))) {
+                            use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+                            // The status only: an error's text may quote a
+                            // vendor's answer, which stays out of traces.
+                            span.set_status(opentelemetry::trace::Status::error("step failed"));
+                        }
+                        outcome
                     }
                 };
                 match outcome {
@@ -1056,6 +1073,24 @@ impl Executor {
             map.insert("records".into(), Value::Array(records));
         }
         Ok(value)
+    }
+}
+
+/// Makes `span` a child of the span a W3C `traceparent` header names. A
+/// header that does not parse is ignored (the run starts a trace of its
+/// own): it is a caller's input, not a reason to refuse a run.
+fn continue_trace(span: &tracing::Span, traceparent: &str) {
+    use opentelemetry::propagation::TextMapPropagator as _;
+    use opentelemetry::trace::TraceContextExt as _;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    // A valid header is 55 characters; anything far longer is not one.
+    if traceparent.len() > 256 {
+        return;
+    }
+    let carrier = HashMap::from([("traceparent".to_owned(), traceparent.to_owned())]);
+    let parent = opentelemetry_sdk::propagation::TraceContextPropagator::new().extract(&carrier);
+    if parent.span().span_context().is_valid() {
+        let _ = span.set_parent(parent);
     }
 }
 

@@ -1041,7 +1041,31 @@ impl ConnectionHttp {
             self.stats.waited_micros.fetch_add(waited.as_micros() as u64, Ordering::Relaxed);
             self.stats.requests.fetch_add(1, Ordering::Relaxed);
             let sent = self.metrics.as_ref().map(|_| Instant::now());
-            let outcome = self.send_once(&request, &target, headers.clone()).await;
+            // One span an attempt (traces): what was sent where, never the
+            // path, a header or a body.
+            let span = tracing::info_span!(
+                "vendor request",
+                method = request.method.as_str(),
+                host = target.host_str().unwrap_or_default(),
+                attempt = attempts.made + 1,
+                limiter_wait_ms = waited.as_millis() as u64,
+                status = tracing::field::Empty,
+            );
+            let outcome = {
+                use tracing::Instrument as _;
+                self.send_once(&request, &target, headers.clone()).instrument(span.clone()).await
+            };
+            match &outcome {
+                Ok(response) => {
+                    span.record("status", response.status);
+                }
+                Err(_) => {
+                    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+                    // The status only: the error's text names the URL.
+                    span.set_status(opentelemetry::trace::Status::error("no answer"));
+                }
+            }
+            drop(span);
             attempts.made += 1;
             if let (Some(metrics), Some(sent)) = (&self.metrics, sent) {
                 metrics.waited(waited);

@@ -1211,10 +1211,14 @@ impl PluginConnection {
     /// Runs `call` on an idle instance of this connection, or a new one,
     /// and keeps the instance for the next call when that is safe.
     async fn call(&self, call: Call) -> Result<Reply> {
+        use tracing::Instrument as _;
         let op = call.op();
-        let Some(metrics) = &self.metrics else { return self.call_untimed(call).await };
+        let span = tracing::info_span!("plugin call", plugin = %self.plugin.name, op);
+        let Some(metrics) = &self.metrics else {
+            return self.call_untimed(call).instrument(span).await;
+        };
         let started = Instant::now();
-        let outcome = self.call_untimed(call).await;
+        let outcome = self.call_untimed(call).instrument(span).await;
         let trap = match &outcome {
             Err(RuntimeError::Trapped { cause, .. }) => Some(*cause),
             _ => None,

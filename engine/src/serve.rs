@@ -1101,6 +1101,7 @@ async fn start_run(
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     Query(query): Query<StartQuery>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     let inputs = match parse_object(&body) {
@@ -1112,6 +1113,7 @@ async fn start_run(
         dry_run: query.dry_run,
         trigger: RunTrigger::Api,
         started_by: Some(caller.name),
+        trace_parent: traceparent(&headers),
         ..RunOptions::default()
     };
     match server.start_for(&name, options).await {
@@ -1120,6 +1122,12 @@ async fn start_run(
         }
         Err(refusal) => refusal.into_response(),
     }
+}
+
+/// The W3C `traceparent` a start request carries: the run continues the
+/// caller's trace.
+fn traceparent(headers: &HeaderMap) -> Option<String> {
+    headers.get("traceparent").and_then(|v| v.to_str().ok()).map(str::to_owned)
 }
 
 fn parse_object(body: &[u8]) -> Result<serde_json::Map<String, Value>, String> {
@@ -1519,6 +1527,7 @@ async fn webhook(
         open_inputs: true,
         trigger: RunTrigger::Webhook,
         delivery: Some(delivery),
+        trace_parent: traceparent(&headers),
         ..RunOptions::default()
     };
     match server.start_for(&name, options).await {

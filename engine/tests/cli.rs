@@ -1256,3 +1256,230 @@ async fn serve_with_json_logs_writes_only_json_and_serves_metrics_on_their_own_a
     sandbox.shutdown().await;
     Ok(())
 }
+
+/// An OTLP/HTTP receiver on loopback that keeps every export's body.
+struct OtlpReceiver {
+    url: String,
+    bodies: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+}
+
+impl OtlpReceiver {
+    async fn start() -> TestResult<OtlpReceiver> {
+        let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Vec<u8>>::new()));
+        let kept = bodies.clone();
+        let app = axum::Router::new().route(
+            "/v1/traces",
+            axum::routing::post(move |body: axum::body::Bytes| {
+                let kept = kept.clone();
+                async move {
+                    if let Ok(mut kept) = kept.lock() {
+                        kept.push(body.to_vec());
+                    }
+                    // An empty ExportTraceServiceResponse: all taken.
+                    ([("content-type", "application/x-protobuf")], Vec::<u8>::new())
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(OtlpReceiver { url, bodies })
+    }
+
+    /// Every span received, decoded; and the raw bytes, for secret checks.
+    fn spans(&self) -> TestResult<(Vec<opentelemetry_proto::tonic::trace::v1::Span>, Vec<u8>)> {
+        use prost::Message as _;
+        let bodies = self.bodies.lock().map_err(|_| "the receiver's lock")?.clone();
+        let mut spans = Vec::new();
+        for body in &bodies {
+            let request = opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest::decode(body.as_slice())?;
+            for resource in request.resource_spans {
+                for scope in resource.scope_spans {
+                    spans.extend(scope.spans);
+                }
+            }
+        }
+        Ok((spans, bodies.concat()))
+    }
+}
+
+/// A span's attribute, as text.
+fn attribute(span: &opentelemetry_proto::tonic::trace::v1::Span, key: &str) -> Option<String> {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
+    let value = span.attributes.iter().find(|kv| kv.key == key)?.value.as_ref()?.value.as_ref()?;
+    Some(match value {
+        Any::StringValue(s) => s.clone(),
+        Any::IntValue(n) => n.to_string(),
+        Any::BoolValue(b) => b.to_string(),
+        Any::DoubleValue(d) => d.to_string(),
+        other => format!("{other:?}"),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_exports_its_span_tree_over_otlp_with_no_secret_in_it() -> TestResult {
+    let receiver = OtlpReceiver::start().await?;
+    let sandbox = weft_sandbox::Sandbox::start(weft_sandbox::SandboxOptions {
+        seed: 5,
+        ..Default::default()
+    })
+    .await?;
+    let secret = weft_sandbox::stripe::SANDBOX_API_KEY;
+    let dirs = Dirs::new()?;
+    let key = key_file(dirs.files.path(), "stripe.key", secret)?;
+    // A list and an upsert that succeed, then a step whose record
+    // expression fails: the run fails at it.
+    let path = dirs.write(
+        "traced.toml",
+        &format!(
+            "[workflow]\nname = \"traced\"\n\n[connections.stripe]\nplugin = \"stripe\"\ncredentials = \"{key}\"\nbase_url = \"{}\"\n\n[[step]]\nid = \"export\"\nlist = \"stripe.customers\"\n\n[[step]]\nid = \"create\"\nupsert = \"stripe.customers\"\nrecord = {{ email = \"traced-body@example.com\" }}\n\n[[step]]\nid = \"broken\"\nupsert = \"stripe.customers\"\nrecord = {{ email = \"${{{{ error(\\\"no email\\\") }}}}\" }}\n",
+            sandbox.stripe.base_url()
+        ),
+    )?;
+    let output = dirs
+        .command()
+        .args(["--otlp-endpoint", &receiver.url, "run", "--json"])
+        .arg(&path)
+        .output()?;
+    let summary = stdout_json(&output)?;
+    assert_eq!(summary["status"], "failed", "{summary:#}");
+    assert_eq!(summary["steps"][2]["status"], "failed", "{summary:#}");
+    let run = summary["run_id"].as_str().ok_or("a run id")?;
+    // The process flushed its spans before it exited.
+    let (spans, raw) = receiver.spans()?;
+    let named = |name: &str| spans.iter().filter(move |s| s.name == name).collect::<Vec<_>>();
+    let runs = named("run");
+    assert_eq!(runs.len(), 1, "{spans:#?}");
+    let root = runs[0];
+    assert_eq!(attribute(root, "run").as_deref(), Some(run));
+    assert_eq!(attribute(root, "workflow").as_deref(), Some("traced"));
+    assert!(root.parent_span_id.is_empty(), "a run started here is a trace's root");
+    let steps = named("step");
+    assert_eq!(steps.len(), 3, "{steps:#?}");
+    for step in &steps {
+        assert_eq!(step.parent_span_id, root.span_id, "a step is the run's child");
+        assert_eq!(step.trace_id, root.trace_id);
+        assert_eq!(attribute(step, "connection").as_deref(), Some("stripe"));
+    }
+    let step = |id: &str| steps.iter().find(|s| attribute(s, "step").as_deref() == Some(id));
+    let broken = step("broken").ok_or("the broken step's span")?;
+    // 2: STATUS_CODE_ERROR.
+    assert_eq!(broken.status.as_ref().map(|s| s.code), Some(2), "{broken:#?}");
+    let create = step("create").ok_or("the create step's span")?;
+    assert_ne!(create.status.as_ref().map(|s| s.code), Some(2));
+    let calls = named("plugin call");
+    let upsert = calls
+        .iter()
+        .find(|c| c.parent_span_id == create.span_id)
+        .ok_or("a plugin call under the create step")?;
+    assert_eq!(attribute(upsert, "op").as_deref(), Some("upsert"));
+    assert_eq!(attribute(upsert, "plugin").as_deref(), Some("stripe"));
+    let requests = named("vendor request");
+    let under_upsert: Vec<_> =
+        requests.iter().filter(|r| r.parent_span_id == upsert.span_id).collect();
+    assert!(!under_upsert.is_empty(), "the upsert's HTTP attempts are its children");
+    for request in &under_upsert {
+        assert_eq!(attribute(request, "host").as_deref(), Some("127.0.0.1"));
+        assert!(attribute(request, "method").is_some() && attribute(request, "status").is_some());
+        assert_eq!(attribute(request, "attempt").as_deref(), Some("1"));
+        assert!(attribute(request, "limiter_wait_ms").is_some());
+    }
+    assert!(
+        requests.len() as u64 >= summary["connections"]["stripe"]["requests"].as_u64().unwrap_or(0)
+    );
+    let text = String::from_utf8_lossy(&raw);
+    assert!(!text.contains(secret), "a credential in the export");
+    assert!(!text.contains("traced-body@example.com"), "a record's field in the export");
+    sandbox.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_traceparent_on_an_api_start_becomes_the_runs_parent() -> TestResult {
+    let receiver = OtlpReceiver::start().await?;
+    let sandbox = weft_sandbox::Sandbox::start(weft_sandbox::SandboxOptions {
+        seed: 3,
+        ..Default::default()
+    })
+    .await?;
+    let dirs = Dirs::new()?;
+    let key = key_file(dirs.files.path(), "stripe.key", weft_sandbox::stripe::SANDBOX_API_KEY)?;
+    dirs.write(
+        "child.toml",
+        &format!(
+            "[workflow]\nname = \"child\"\n\n[connections.stripe]\nplugin = \"stripe\"\ncredentials = \"{key}\"\nbase_url = \"{}\"\n\n[[step]]\nid = \"export\"\nlist = \"stripe.customers\"\n",
+            sandbox.stripe.base_url()
+        ),
+    )?;
+    // The variable, not the flag: as a platform's environment sets it.
+    let mut serve = dirs
+        .command()
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.url)
+        .args(["serve", "--bind", "127.0.0.1:0"])
+        .arg(dirs.files.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let address = dirs.state.path().join("weft-serve.json");
+    let started = Instant::now();
+    while !address.exists() {
+        if started.elapsed() > Duration::from_secs(60) || serve.try_wait()?.is_some() {
+            let _ = serve.kill();
+            return Err("weft serve did not start".into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let info: Value = serde_json::from_str(&std::fs::read_to_string(&address)?)?;
+    let base = format!("http://{}", info["addr"].as_str().unwrap_or_default());
+    let client = reqwest::Client::new();
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let parent_id = "00f067aa0ba902b7";
+    let start = |traceparent: &str| {
+        client
+            .post(format!("{base}/api/workflows/child/runs"))
+            .header("content-type", "application/json")
+            .header("traceparent", traceparent)
+            .body("{}")
+            .send()
+    };
+    let mut runs = Vec::new();
+    for traceparent in [format!("00-{trace_id}-{parent_id}-01"), "00-not-a-header".to_owned()] {
+        let response = start(&traceparent).await?;
+        assert_eq!(response.status(), 202, "a bad traceparent refuses nothing");
+        let body: Value = serde_json::from_slice(&response.bytes().await?)?;
+        runs.push(body["run_id"].as_str().ok_or("a run id")?.to_owned());
+    }
+    for run in &runs {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let shown: Value = serde_json::from_slice(
+                &client.get(format!("{base}/api/runs/{run}")).send().await?.bytes().await?,
+            )?;
+            if shown["status"] == "succeeded" {
+                break;
+            }
+            if Instant::now() > deadline {
+                let _ = serve.kill();
+                return Err(format!("the run did not succeed: {shown:#}").into());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let _ = Command::new("kill").arg("-TERM").arg(serve.id().to_string()).status();
+    let stopped = serve.wait_with_output()?;
+    assert!(stopped.status.success(), "{}", String::from_utf8_lossy(&stopped.stderr));
+    let (spans, _) = receiver.spans()?;
+    let run_span = |id: &str| {
+        spans.iter().find(|s| s.name == "run" && attribute(s, "run").as_deref() == Some(id))
+    };
+    let child = run_span(&runs[0]).ok_or_else(|| format!("no run span: {spans:#?}"))?;
+    assert_eq!(hex::encode(&child.trace_id), trace_id, "the caller's trace");
+    assert_eq!(hex::encode(&child.parent_span_id), parent_id, "the caller's span is the parent");
+    let own = run_span(&runs[1]).ok_or("the second run's span")?;
+    assert!(own.parent_span_id.is_empty(), "a header that does not parse starts a trace");
+    assert_ne!(hex::encode(&own.trace_id), trace_id);
+    sandbox.shutdown().await;
+    Ok(())
+}
