@@ -13,6 +13,7 @@ mod e2e {
     mod expressions;
     mod fidelity;
     mod limits;
+    mod metrics;
     mod output_files;
     mod sandboxing;
     mod schema;

@@ -21,6 +21,7 @@ pub(crate) mod run;
 pub(crate) mod runs;
 pub(crate) mod sandbox;
 pub(crate) mod serve;
+pub(crate) mod telemetry;
 pub(crate) mod tokens;
 pub(crate) mod validate;
 
@@ -36,6 +37,41 @@ pub(crate) struct Global {
     /// Log filter for diagnostics on stderr (e.g. `info`, `weft=debug`).
     #[arg(long, global = true, env = "WEFT_LOG", default_value = "warn")]
     pub(crate) log: String,
+    /// How diagnostics on stderr are written: `human` lines, or `json`, one
+    /// object a line with the run, step and connection they concern.
+    #[arg(long, global = true, env = "WEFT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
+    pub(crate) log_format: LogFormat,
+    /// Export the spans of runs as OpenTelemetry traces over OTLP/HTTP to
+    /// this base URL (traces go to its /v1/traces). Off when not given.
+    #[arg(long, global = true, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub(crate) otlp_endpoint: Option<url::Url>,
+}
+
+/// The format of the diagnostics on stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum LogFormat {
+    /// Lines for a person.
+    Human,
+    /// One JSON object a line, for a log pipeline.
+    Json,
+}
+
+/// Says something on stderr that the operator should see whatever the log
+/// filter (where `weft serve` listens, why a file is not served): a line,
+/// or with `--log-format json` an object like the log's, so that a log
+/// pipeline reads every line of stderr as JSON.
+pub(crate) fn notice(format: LogFormat, level: &str, message: &str) {
+    match format {
+        LogFormat::Human => eprintln!("{message}"),
+        LogFormat::Json => eprintln!(
+            "{}",
+            serde_json::json!({
+                "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                "level": level,
+                "message": message,
+            })
+        ),
+    }
 }
 
 /// `$ENV_BASE/weft/LEAF`, else `~/FALLBACK/weft/LEAF`.

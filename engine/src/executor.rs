@@ -28,6 +28,7 @@ use crate::endpoint::Endpoint;
 use crate::expr::{Budget, EvalError, Evaluator, Scope};
 use crate::http::{ConnectionHttp, EgressPolicy, HttpLimits, StatsSnapshot};
 use crate::limiter::{LimitedPolicy, LimiterRegistry, Publisher, RetryPolicy};
+use crate::metrics::Metrics;
 use crate::runtime::{Plugin, PluginConnection, Runtime, RuntimeError};
 use crate::store::{
     RunRecord, RunStore, RunTrigger, Status, StepCounts, StepState, StoreError, now_ms,
@@ -186,6 +187,9 @@ pub struct RunOptions {
     /// Who started the run (a token's name), recorded first in its
     /// history; the trigger when `None`.
     pub started_by: Option<String>,
+    /// A W3C `traceparent` the start request carried: the run's trace
+    /// continues the caller's (when traces are exported).
+    pub trace_parent: Option<String>,
 }
 
 impl std::fmt::Debug for RunOptions {
@@ -368,6 +372,7 @@ pub struct Executor {
     limiters: Arc<LimiterRegistry>,
     retry: RetryPolicy,
     inline_records: u64,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl std::fmt::Debug for Executor {
@@ -387,7 +392,20 @@ impl Executor {
             limiters: Arc::default(),
             retry: RetryPolicy::default(),
             inline_records: INLINE_RECORDS,
+            metrics: None,
         }
+    }
+
+    /// Counts runs, steps, records, plugin calls and vendor requests in
+    /// `metrics` (`weft serve`'s `/metrics`).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// The metrics this executor counts in, if any.
+    pub fn metrics(&self) -> Option<&Arc<Metrics>> {
+        self.metrics.as_ref()
     }
 
     /// Changes how many records of a list step expressions may hold in
@@ -543,13 +561,19 @@ impl Executor {
                 Some(emulators) => http.confined_to(emulators),
                 None => Ok(http),
             })
+            .map(|http| match &self.metrics {
+                Some(metrics) => http
+                    .with_metrics(Arc::new(metrics.connection(&connection.name, &manifest.name))),
+                None => http,
+            })
             .map_err(|error| ExecError::Http { connection: connection.name.clone(), error })?;
             let context =
                 CallContext { base_url: http.base_url(), settings: connection.settings.clone() };
-            live.insert(
-                connection.name.clone(),
-                Arc::new(PluginConnection::new(plugin, Arc::new(http), context)),
-            );
+            let mut endpoint = PluginConnection::new(plugin, Arc::new(http), context);
+            if let Some(metrics) = &self.metrics {
+                endpoint = endpoint.with_metrics(metrics.clone());
+            }
+            live.insert(connection.name.clone(), Arc::new(endpoint));
         }
         Ok(live)
     }
@@ -621,6 +645,9 @@ impl Executor {
                 options.started_by.as_deref(),
             )
             .await?;
+        if let Some(metrics) = &self.metrics {
+            metrics.run_started(&run.workflow, &run.trigger);
+        }
         Ok(run)
     }
 
@@ -684,11 +711,30 @@ impl Executor {
     pub async fn execute(
         &self,
         workflow: &Workflow,
+        run: RunRecord,
+        options: &RunOptions,
+        observer: &dyn Observer,
+    ) -> Result<RunSummary, ExecError> {
+        use tracing::Instrument as _;
+        // Every log line of the run, a vendor request's included, says
+        // which run it is about; exported, it is the root of the run's
+        // trace, or a child of the caller's.
+        let span = tracing::info_span!("run", run = %run.id, workflow = %run.workflow);
+        if let Some(parent) = &options.trace_parent {
+            continue_trace(&span, parent);
+        }
+        self.execute_in_span(workflow, run, options, observer).instrument(span).await
+    }
+
+    async fn execute_in_span(
+        &self,
+        workflow: &Workflow,
         mut run: RunRecord,
         options: &RunOptions,
         observer: &dyn Observer,
     ) -> Result<RunSummary, ExecError> {
         let started = Instant::now();
+        let _active = self.metrics.as_ref().map(|m| m.run_active(&run.workflow));
         let endpoints = match self.connect(workflow, options).await {
             Ok(endpoints) => endpoints,
             Err(e) => {
@@ -696,6 +742,7 @@ impl Executor {
                 run.status = Status::Failed;
                 run.error = Some(e.to_string());
                 run.finished_ms = Some(now_ms());
+                self.count_run_end(&run);
                 self.store.commit_run(&run).await?;
                 return Err(e);
             }
@@ -790,11 +837,24 @@ impl Executor {
                 state.attempts += 1;
                 state.started_ms.get_or_insert_with(now_ms);
                 self.store.commit_step(&run.id, &state).await?;
+                let counts_before = state.counts;
                 let outcome = match self.check_inline_records(workflow, step, &outputs) {
                     Err(message) => Err(StepError::Failed(message)),
                     Ok(()) => {
+                        use tracing::Instrument as _;
                         let cx = StepCtx { run: &ctx, workflow, step, index, scope: &scope };
-                        self.execute_step(cx, &endpoints, &mut state).await
+                        let span = tracing::info_span!("step", step = %step.id, connection = %step.connection);
+                        let outcome = self
+                            .execute_step(cx, &endpoints, &mut state)
+                            .instrument(span.clone())
+                            .await;
+                        if matches!(outcome, Err(StepError::Failed(_))) {
+                            use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+                            // The status only: an error's text may quote a
+                            // vendor's answer, which stays out of traces.
+                            span.set_status(opentelemetry::trace::Status::error("step failed"));
+                        }
+                        outcome
                     }
                 };
                 match outcome {
@@ -812,6 +872,10 @@ impl Executor {
                     // Nothing more can be recorded for this step: the run
                     // stays where its last commit left it, to resume.
                     Err(StepError::Store(e)) => return Err(ExecError::Store(e)),
+                }
+                if let Some(metrics) = &self.metrics {
+                    let added = state.counts.minus(&counts_before);
+                    metrics.step_finished(&run.workflow, &step.id, step_started.elapsed(), added);
                 }
             }
             if state.status == Status::Failed {
@@ -846,6 +910,9 @@ impl Executor {
         if status.is_finished() {
             run.finished_ms = Some(now_ms());
         }
+        // Counted before the store says so: whoever sees the run ended
+        // finds it in the metrics too.
+        self.count_run_end(&run);
         self.store.commit_run(&run).await?;
         let connections: BTreeMap<String, StatsSnapshot> =
             endpoints.iter().map(|(name, e)| (name.clone(), e.stats())).collect();
@@ -881,6 +948,17 @@ impl Executor {
             connections,
             error: run.error,
         })
+    }
+
+    /// Counts a run that has ended in the metrics (one interrupted to
+    /// resume later has not).
+    fn count_run_end(&self, run: &RunRecord) {
+        if let (Some(metrics), Some(finished)) = (&self.metrics, run.finished_ms)
+            && run.status.is_finished()
+        {
+            let took = std::time::Duration::from_millis(finished.saturating_sub(run.created_ms));
+            metrics.run_finished(&run.workflow, run.status, took);
+        }
     }
 
     async fn execute_step(
@@ -995,6 +1073,24 @@ impl Executor {
             map.insert("records".into(), Value::Array(records));
         }
         Ok(value)
+    }
+}
+
+/// Makes `span` a child of the span a W3C `traceparent` header names. A
+/// header that does not parse is ignored (the run starts a trace of its
+/// own): it is a caller's input, not a reason to refuse a run.
+fn continue_trace(span: &tracing::Span, traceparent: &str) {
+    use opentelemetry::propagation::TextMapPropagator as _;
+    use opentelemetry::trace::TraceContextExt as _;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    // A valid header is 55 characters; anything far longer is not one.
+    if traceparent.len() > 256 {
+        return;
+    }
+    let carrier = HashMap::from([("traceparent".to_owned(), traceparent.to_owned())]);
+    let parent = opentelemetry_sdk::propagation::TraceContextPropagator::new().extract(&carrier);
+    if parent.span().span_context().is_valid() {
+        let _ = span.set_parent(parent);
     }
 }
 

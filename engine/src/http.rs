@@ -56,6 +56,18 @@ pub enum Method {
 }
 
 impl Method {
+    /// The method's name, upper-case.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Post => "POST",
+            Method::Put => "PUT",
+            Method::Patch => "PATCH",
+            Method::Delete => "DELETE",
+            Method::Head => "HEAD",
+        }
+    }
+
     fn to_reqwest(self) -> reqwest::Method {
         match self {
             Method::Get => reqwest::Method::GET,
@@ -671,6 +683,9 @@ pub struct ConnectionHttp {
     limits: HttpLimits,
     policy: Arc<dyn RequestPolicy>,
     stats: Arc<ConnectionStats>,
+    /// The process's counters for this connection (`weft serve`'s
+    /// `/metrics`), when it keeps them.
+    metrics: Option<Arc<crate::metrics::ConnectionMetrics>>,
     /// A sandbox run's emulators: when set, no request goes anywhere else,
     /// whatever the base URL and the allowed hosts say.
     confined_to: Option<Vec<Origin>>,
@@ -762,6 +777,7 @@ impl ConnectionHttp {
             limits,
             policy,
             stats: Arc::default(),
+            metrics: None,
             confined_to: None,
         })
     }
@@ -770,6 +786,12 @@ impl ConnectionHttp {
     /// [`EgressPolicy::Any`] for a workflow's `allow_private_network`.
     pub fn with_egress(mut self, egress: EgressPolicy) -> Self {
         self.egress = egress;
+        self
+    }
+
+    /// Counts this connection's requests in the process's metrics too.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::ConnectionMetrics>) -> Self {
+        self.metrics = Some(metrics);
         self
     }
 
@@ -992,7 +1014,7 @@ impl ConnectionHttp {
         let target = match self.target(&request.url) {
             Ok(target) => target,
             Err(e) => {
-                self.stats.denied.fetch_add(1, Ordering::Relaxed);
+                self.count_denied();
                 return Err(e);
             }
         };
@@ -1008,7 +1030,7 @@ impl ConnectionHttp {
         }
         let budget = self.limits.max_requests_per_call;
         if count_request_in_call().is_some_and(|number| number > budget) {
-            self.stats.denied.fetch_add(1, Ordering::Relaxed);
+            self.count_denied();
             return Err(HttpError::Denied(format!(
                 "this call has sent its budget of {budget} requests (the connection's max_requests_per_call); no more are sent for it"
             )));
@@ -1018,8 +1040,43 @@ impl ConnectionHttp {
             let waited = self.policy.admit(request.method).await;
             self.stats.waited_micros.fetch_add(waited.as_micros() as u64, Ordering::Relaxed);
             self.stats.requests.fetch_add(1, Ordering::Relaxed);
-            let outcome = self.send_once(&request, &target, headers.clone()).await;
+            let sent = self.metrics.as_ref().map(|_| Instant::now());
+            // One span an attempt (traces): what was sent where, never the
+            // path, a header or a body.
+            let span = tracing::info_span!(
+                "vendor request",
+                method = request.method.as_str(),
+                host = target.host_str().unwrap_or_default(),
+                attempt = attempts.made + 1,
+                limiter_wait_ms = waited.as_millis() as u64,
+                status = tracing::field::Empty,
+            );
+            let outcome = {
+                use tracing::Instrument as _;
+                self.send_once(&request, &target, headers.clone()).instrument(span.clone()).await
+            };
+            match &outcome {
+                Ok(response) => {
+                    span.record("status", response.status);
+                }
+                Err(_) => {
+                    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+                    // The status only: the error's text names the URL.
+                    span.set_status(opentelemetry::trace::Status::error("no answer"));
+                }
+            }
+            drop(span);
             attempts.made += 1;
+            if let (Some(metrics), Some(sent)) = (&self.metrics, sent) {
+                metrics.waited(waited);
+                match &outcome {
+                    Err(HttpError::Denied(_)) => {}
+                    Ok(response) => {
+                        metrics.request(request.method, Some(response.status), sent.elapsed())
+                    }
+                    Err(_) => metrics.request(request.method, None, sent.elapsed()),
+                }
+            }
             match &outcome {
                 Ok(response) => {
                     tracing::debug!(method = ?request.method, url = %target, status = response.status, bytes = response.body.len(), attempt = attempts.made, "vendor request")
@@ -1036,7 +1093,7 @@ impl ConnectionHttp {
                 // Refused at resolution: nothing reached the vendor.
                 Err(HttpError::Denied(_)) => {
                     self.stats.requests.fetch_sub(1, Ordering::Relaxed);
-                    self.stats.denied.fetch_add(1, Ordering::Relaxed);
+                    self.count_denied();
                 }
                 _ => {}
             }
@@ -1055,6 +1112,10 @@ impl ConnectionHttp {
             if let Some(delay) = retry {
                 self.stats.retries.fetch_add(1, Ordering::Relaxed);
                 self.stats.waited_micros.fetch_add(delay.as_micros() as u64, Ordering::Relaxed);
+                if let Some(metrics) = &self.metrics {
+                    metrics.retry();
+                    metrics.waited(delay);
+                }
                 tokio::time::sleep(delay).await;
                 continue;
             }
@@ -1073,6 +1134,13 @@ impl ConnectionHttp {
                 Err(error) if attempts.made > 1 => Err(error.after_attempts(attempts.made)),
                 Err(error) => Err(error),
             };
+        }
+    }
+
+    fn count_denied(&self) {
+        self.stats.denied.fetch_add(1, Ordering::Relaxed);
+        if let Some(metrics) = &self.metrics {
+            metrics.denied();
         }
     }
 

@@ -14,6 +14,7 @@ pub mod executor;
 pub mod expr;
 pub mod http;
 pub mod limiter;
+pub mod metrics;
 pub mod runtime;
 pub mod serve;
 pub mod store;

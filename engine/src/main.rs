@@ -76,14 +76,22 @@ mod exit {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.global.log)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
+    let telemetry = match cli::telemetry::init(&cli.global) {
+        Ok(telemetry) => telemetry,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            return ExitCode::from(exit::INVALID);
+        }
+    };
+    let code = run(cli);
+    // After the runtime is gone: the exporter's blocking client may not
+    // be dropped inside it.
+    telemetry.shutdown();
+    code
+}
 
+/// Runs the command on a new async runtime.
+fn run(cli: Cli) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -28,6 +28,7 @@ use crate::connector::{
     UpsertOutcome, UpsertRequest,
 };
 use crate::http::ConnectionHttp;
+use crate::metrics::{Metrics, TrapCause};
 
 /// How often the epoch advances; the granularity of CPU-time checks.
 const EPOCH_TICK: Duration = Duration::from_millis(5);
@@ -130,6 +131,8 @@ pub enum RuntimeError {
         op: &'static str,
         /// What happened, naming the limit hit.
         reason: String,
+        /// Which limit (or panic) it was, for the metrics.
+        cause: TrapCause,
     },
     /// The plugin answered with a typed error.
     #[error("plugin {plugin}: {op} failed: {error}")]
@@ -909,6 +912,7 @@ impl Plugin {
             Err(_) => Err(RuntimeError::Trapped {
                 plugin: self.name.clone(),
                 op,
+                cause: TrapCause::Deadline,
                 reason: format!(
                     "waited the whole call deadline of {:?} for a wasm instance: all {} slots stayed in use",
                     self.runtime.limits().call_timeout,
@@ -976,10 +980,12 @@ impl Plugin {
                 plugin: self.name.clone(),
                 op,
                 reason: explain_trap(&error, &store, &stderr),
+                cause: trap_cause(&error, &store),
             }),
             Err(_) => Err(RuntimeError::Trapped {
                 plugin: self.name.clone(),
                 op,
+                cause: TrapCause::Deadline,
                 reason: format!(
                     "exceeded the call deadline of {:?} while starting",
                     limits.call_timeout
@@ -1006,21 +1012,27 @@ impl Plugin {
         // fails this call only; the instance goes with it.
         let call = guarded("call", instance.exports.call(&mut instance.store, call));
         let outcome = tokio::time::timeout_at(deadline.into(), cpu.metered(call)).await;
-        let trapped =
-            |reason: String| RuntimeError::Trapped { plugin: self.name.clone(), op, reason };
+        let trapped = |cause: TrapCause, reason: String| RuntimeError::Trapped {
+            plugin: self.name.clone(),
+            op,
+            reason,
+            cause,
+        };
         match outcome {
-            Err(_) => {
-                Err(trapped(format!("exceeded the call deadline of {:?}", limits.call_timeout)))
-            }
+            Err(_) => Err(trapped(
+                TrapCause::Deadline,
+                format!("exceeded the call deadline of {:?}", limits.call_timeout),
+            )),
             Ok(Ok(Ok(Ok(reply)))) => Ok(reply),
             Ok(Ok(Ok(Err(error)))) => Err(RuntimeError::Connector {
                 plugin: self.name.clone(),
                 op,
                 error: plugin_error(error),
             }),
-            Ok(Ok(Err(error)) | Err(error)) => {
-                Err(trapped(explain_trap(&error, &instance.store, &instance.stderr)))
-            }
+            Ok(Ok(Err(error)) | Err(error)) => Err(trapped(
+                trap_cause(&error, &instance.store),
+                explain_trap(&error, &instance.store, &instance.stderr),
+            )),
         }
     }
 }
@@ -1098,6 +1110,8 @@ pub struct PluginConnection {
     /// instance never serves calls with other settings.
     context: CallContext,
     idle: Arc<IdleList>,
+    /// The process's metrics, when it keeps them (`weft serve`).
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl std::fmt::Debug for PluginConnection {
@@ -1134,7 +1148,13 @@ impl PluginConnection {
         registry.retain(|list| list.strong_count() > 0);
         registry.push(Arc::downgrade(&idle));
         drop(registry);
-        PluginConnection { plugin, http, context, idle }
+        PluginConnection { plugin, http, context, idle, metrics: None }
+    }
+
+    /// Times this connection's calls, and counts their traps, in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// The plugin.
@@ -1191,6 +1211,23 @@ impl PluginConnection {
     /// Runs `call` on an idle instance of this connection, or a new one,
     /// and keeps the instance for the next call when that is safe.
     async fn call(&self, call: Call) -> Result<Reply> {
+        use tracing::Instrument as _;
+        let op = call.op();
+        let span = tracing::info_span!("plugin call", plugin = %self.plugin.name, op);
+        let Some(metrics) = &self.metrics else {
+            return self.call_untimed(call).instrument(span).await;
+        };
+        let started = Instant::now();
+        let outcome = self.call_untimed(call).instrument(span).await;
+        let trap = match &outcome {
+            Err(RuntimeError::Trapped { cause, .. }) => Some(*cause),
+            _ => None,
+        };
+        metrics.plugin_called(&self.plugin.name, op, started.elapsed(), trap);
+        outcome
+    }
+
+    async fn call_untimed(&self, call: Call) -> Result<Reply> {
         let op = call.op();
         let inner = &self.plugin.runtime.inner;
         let deadline = deadline_after(self.plugin.runtime.limits().call_timeout);
@@ -1267,6 +1304,20 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 /// fuel (its error type is private, so the text is what there is to match;
 /// the version is pinned, and a test fails if the text changes).
 const HOSTCALL_FUEL_EXHAUSTED: &str = "fuel allocated for hostcalls has been exhausted";
+
+/// Which limit stopped a call, as [`explain_trap`] tells it.
+fn trap_cause(error: &wasmtime::Error, store: &Store<InstanceState>) -> TrapCause {
+    match error.downcast_ref::<LimitHit>() {
+        Some(LimitHit::CpuTime { .. }) => TrapCause::Cpu,
+        Some(LimitHit::HostPanic { .. }) => TrapCause::Panic,
+        Some(LimitHit::Memory { .. }) => TrapCause::Memory,
+        None if store.data().limiter.asked.is_some() => TrapCause::Memory,
+        None => match error.downcast_ref::<Trap>() {
+            Some(Trap::UnreachableCodeReached) => TrapCause::Panic,
+            _ => TrapCause::Other,
+        },
+    }
+}
 
 fn explain_trap(
     error: &wasmtime::Error,

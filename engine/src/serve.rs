@@ -15,6 +15,7 @@
 //! | `POST /api/runs/{id}/cancel` | asks a run to stop at the next page or item |
 //! | `POST /api/runs/{id}/resume` | resumes an interrupted run |
 //! | `GET/POST /api/tokens`, `POST /api/tokens/{name}/revoke` | tokens (admin) |
+//! | `GET /metrics` | the [`crate::metrics`] for Prometheus (viewer); also alone on `metrics_bind`, without the gate |
 //! | `POST /hooks/{name}` | a signed webhook delivery; the event becomes the inputs |
 //! | `/`, `/runs/…`, `/workflows/…`, `/connections`, `/tokens`, `/login` | the console: see [`console`] |
 //!
@@ -45,6 +46,7 @@
 pub mod auth;
 pub mod console;
 pub mod gate;
+mod scrape;
 mod tls;
 pub mod webhook;
 
@@ -72,6 +74,7 @@ use tokio_util::sync::CancellationToken;
 use crate::credentials::{CredentialSource, Secret};
 use crate::endpoint::Endpoint;
 use crate::executor::{ExecError, Executor, Observer, RunOptions, StepSummary, StopSignal};
+use crate::metrics::{CronOutcome, Metrics, WebhookOutcome};
 use crate::store::{
     ConnectionTotals, Delivery, HistoryEntry, Role, RunQuery, RunRecord, RunTrigger, Status,
     StepState, StoreError, TokenError, TokenRecord, now_ms,
@@ -173,6 +176,9 @@ pub struct ServeConfig {
     /// Connections replaced by endpoints of the caller's in every run
     /// (benchmarks and tests: a native connector), by connection name.
     pub endpoints: BTreeMap<String, Arc<dyn Endpoint>>,
+    /// Also serve `GET /metrics`, and nothing else, on this address,
+    /// without the gate (Prometheus scrapes without a token).
+    pub metrics_bind: Option<SocketAddr>,
 }
 
 impl std::fmt::Debug for ServeConfig {
@@ -186,6 +192,7 @@ impl std::fmt::Debug for ServeConfig {
             .field("max_runs", &self.max_runs)
             .field("max_concurrent_runs", &self.max_concurrent_runs)
             .field("endpoints", &self.endpoints.keys().collect::<Vec<_>>())
+            .field("metrics_bind", &self.metrics_bind)
             .finish_non_exhaustive()
     }
 }
@@ -203,6 +210,7 @@ impl Default for ServeConfig {
             max_runs: 256,
             max_concurrent_runs: 32,
             endpoints: BTreeMap::new(),
+            metrics_bind: None,
         }
     }
 }
@@ -244,12 +252,15 @@ struct Server {
     access: gate::Access,
     broken: Vec<(String, String)>,
     shutdown: CancellationToken,
+    metrics: Arc<Metrics>,
 }
 
 /// A running server.
 pub struct RunningServer {
     /// The address it listens on.
     pub addr: SocketAddr,
+    /// The address of the metrics listener, when there is one.
+    pub metrics_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     handle: tokio::task::JoinHandle<()>,
 }
@@ -303,6 +314,15 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 /// Starts serving: checks every workflow, binds, resumes unfinished runs,
 /// starts the schedules.
 pub async fn start(executor: Executor, config: ServeConfig) -> Result<RunningServer, ServeError> {
+    // The server always counts, for its /metrics; a caller may hand in
+    // the registry it shares with other parts of the process.
+    let (executor, metrics) = match executor.metrics().cloned() {
+        Some(metrics) => (executor, metrics),
+        None => {
+            let metrics = Arc::new(Metrics::new());
+            (executor.with_metrics(metrics.clone()), metrics)
+        }
+    };
     let has_tokens = executor.store().has_active_tokens().await?;
     if !config.bind.ip().is_loopback() && !has_tokens {
         return Err(ServeError::Remote { addr: config.bind });
@@ -348,6 +368,10 @@ pub async fn start(executor: Executor, config: ServeConfig) -> Result<RunningSer
     let addr =
         listener.local_addr().map_err(|source| ServeError::Bind { addr: config.bind, source })?;
     let shutdown = CancellationToken::new();
+    let metrics_addr = match config.metrics_bind {
+        Some(addr) => Some(scrape::listen(addr, metrics.clone(), shutdown.clone()).await?),
+        None => None,
+    };
     let (tasks, spawned) = mpsc::unbounded_channel();
     let server = Arc::new(Server {
         executor: Arc::new(executor),
@@ -362,6 +386,7 @@ pub async fn start(executor: Executor, config: ServeConfig) -> Result<RunningSer
         access: gate::Access::new(addr.ip().is_loopback(), has_tokens, tls.is_some()),
         broken: config.broken,
         shutdown: shutdown.clone(),
+        metrics,
     });
     let reaper = tokio::spawn(server.clone().reap(spawned, config.shutdown_grace));
     if let Some(path) = &config.address_file
@@ -405,6 +430,7 @@ pub async fn start(executor: Executor, config: ServeConfig) -> Result<RunningSer
         .route("/api/runs/{id}/resume", post(resume_run))
         .route("/api/tokens", get(list_tokens).post(create_token))
         .route("/api/tokens/{name}/revoke", post(revoke_token))
+        .route("/metrics", get(serve_metrics))
         .layer(DefaultBodyLimit::max(API_BODY_LIMIT))
         .layer(axum::middleware::from_fn_with_state(server.clone(), gate::api_gate));
     let app = Router::new()
@@ -439,7 +465,7 @@ pub async fn start(executor: Executor, config: ServeConfig) -> Result<RunningSer
             let _ = std::fs::remove_file(path);
         }
     });
-    Ok(RunningServer { addr, shutdown, handle })
+    Ok(RunningServer { addr, metrics_addr, shutdown, handle })
 }
 
 /// Writes where the server is and the token `weft runs …` on this machine
@@ -722,7 +748,7 @@ impl Server {
         let Some(cron) = served.workflow.trigger.cron.clone() else { return };
         if cron.catch_up && self.missed_a_firing(&name, &cron).await {
             tracing::info!(workflow = %name, "a scheduled run was missed while weft was down; running it once now");
-            self.fire(&name, cron.overlap).await;
+            self.fire(&name, cron.overlap, CronOutcome::CaughtUp).await;
         }
         loop {
             let now = chrono::Utc::now();
@@ -742,7 +768,7 @@ impl Server {
             }
             // After a long sleep (a suspended machine), fire once, never
             // a burst for every firing missed.
-            self.fire(&name, cron.overlap).await;
+            self.fire(&name, cron.overlap, CronOutcome::Ran).await;
         }
     }
 
@@ -763,14 +789,18 @@ impl Server {
         cron.next_after(last_at).is_some_and(|due| due < chrono::Utc::now())
     }
 
-    async fn fire(self: &Arc<Self>, name: &str, overlap: Overlap) {
+    /// Starts a scheduled run, counted as `ran` (a `Ran` or `CaughtUp`)
+    /// when it starts.
+    async fn fire(self: &Arc<Self>, name: &str, overlap: Overlap, ran: CronOutcome) {
         let Some(served) = self.workflows.get(name) else { return };
         if overlap == Overlap::Skip && self.workflow_running(name) {
+            self.metrics.cron_fired(name, CronOutcome::SkippedOverlap);
             let skipped = served.skipped_firings.fetch_add(1, Ordering::Relaxed) + 1;
             tracing::info!(workflow = %name, skipped, "previous run still going; skipping this firing");
             return;
         }
         let Some(admitted) = self.admit() else {
+            self.metrics.cron_fired(name, CronOutcome::SkippedFull);
             let skipped = served.skipped_firings.fetch_add(1, Ordering::Relaxed) + 1;
             tracing::warn!(workflow = %name, skipped, max_runs = self.max_runs, "the server has as many runs as it takes; skipping this firing");
             return;
@@ -781,9 +811,11 @@ impl Server {
         // the two disagree).
         match self.start(name, options, Some(admitted)).await {
             Ok(_) => {
+                self.metrics.cron_fired(name, ran);
                 served.fired.fetch_add(1, Ordering::Relaxed);
             }
             Err(e) => {
+                self.metrics.cron_fired(name, CronOutcome::Failed);
                 tracing::error!(workflow = %name, error = %e, "scheduled run could not start");
             }
         }
@@ -846,6 +878,10 @@ fn busy(message: String) -> Response {
         .into_response();
     response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
     response
+}
+
+async fn serve_metrics(State(server): State<Arc<Server>>, headers: HeaderMap) -> Response {
+    scrape::exposition(&server.metrics, &headers)
 }
 
 async fn healthz(State(server): State<Arc<Server>>) -> Response {
@@ -1083,6 +1119,7 @@ async fn start_run(
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     Query(query): Query<StartQuery>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     let inputs = match parse_object(&body) {
@@ -1094,6 +1131,7 @@ async fn start_run(
         dry_run: query.dry_run,
         trigger: RunTrigger::Api,
         started_by: Some(caller.name),
+        trace_parent: traceparent(&headers),
         ..RunOptions::default()
     };
     match server.start_for(&name, options).await {
@@ -1102,6 +1140,12 @@ async fn start_run(
         }
         Err(refusal) => refusal.into_response(),
     }
+}
+
+/// The W3C `traceparent` a start request carries: the run continues the
+/// caller's trace.
+fn traceparent(headers: &HeaderMap) -> Option<String> {
+    headers.get("traceparent").and_then(|v| v.to_str().ok()).map(str::to_owned)
 }
 
 fn parse_object(body: &[u8]) -> Result<serde_json::Map<String, Value>, String> {
@@ -1432,7 +1476,9 @@ async fn webhook(
     else {
         return error(StatusCode::NOT_FOUND, format!("workflow {name:?} has no webhook trigger"));
     };
+    let delivered = |outcome| server.metrics.webhook_delivered(&name, outcome);
     let too_large = || {
+        delivered(WebhookOutcome::Oversized);
         error(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("the body is larger than this webhook takes ({} bytes)", hook.max_body_bytes),
@@ -1465,20 +1511,27 @@ async fn webhook(
         Ok(v) => v,
         Err(rejection) => {
             tracing::warn!(workflow = %name, reason = %rejection, "webhook refused");
-            let status = match rejection {
+            let (status, outcome) = match rejection {
                 webhook::Rejection::BadSignature | webhook::Rejection::Missing(_) => {
-                    StatusCode::UNAUTHORIZED
+                    (StatusCode::UNAUTHORIZED, WebhookOutcome::BadSignature)
                 }
-                webhook::Rejection::Stale { .. } | webhook::Rejection::Malformed { .. } => {
-                    StatusCode::BAD_REQUEST
+                webhook::Rejection::Stale { .. } => {
+                    (StatusCode::BAD_REQUEST, WebhookOutcome::Stale)
+                }
+                webhook::Rejection::Malformed { .. } => {
+                    (StatusCode::BAD_REQUEST, WebhookOutcome::Malformed)
                 }
             };
+            delivered(outcome);
             return error(status, rejection.to_string());
         }
     };
     let inputs = match parse_object(&body) {
         Ok(inputs) => inputs,
-        Err(message) => return error(StatusCode::BAD_REQUEST, message),
+        Err(message) => {
+            delivered(WebhookOutcome::Malformed);
+            return error(StatusCode::BAD_REQUEST, message);
+        }
     };
     let event = match &hook.event_id {
         Some(path) => match path.of(&inputs) {
@@ -1512,13 +1565,22 @@ async fn webhook(
         open_inputs: true,
         trigger: RunTrigger::Webhook,
         delivery: Some(delivery),
+        trace_parent: traceparent(&headers),
         ..RunOptions::default()
     };
     match server.start_for(&name, options).await {
         Ok(run) => {
+            delivered(WebhookOutcome::Accepted);
             (StatusCode::ACCEPTED, Json(serde_json::json!({ "run_id": run.id }))).into_response()
         }
-        Err(refusal) => refusal.into_response(),
+        Err(refusal) => {
+            delivered(match refusal.status {
+                StatusCode::CONFLICT => WebhookOutcome::Replay,
+                StatusCode::SERVICE_UNAVAILABLE => WebhookOutcome::RefusedBusy,
+                _ => WebhookOutcome::Refused,
+            });
+            refusal.into_response()
+        }
     }
 }
 

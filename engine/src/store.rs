@@ -334,6 +334,22 @@ pub struct StepCounts {
     pub failed: u64,
 }
 
+impl StepCounts {
+    /// What these counts hold beyond `earlier` (counts of the same step
+    /// before an attempt).
+    pub fn minus(&self, earlier: &StepCounts) -> StepCounts {
+        StepCounts {
+            read: self.read.saturating_sub(earlier.read),
+            created: self.created.saturating_sub(earlier.created),
+            updated: self.updated.saturating_sub(earlier.updated),
+            unchanged: self.unchanged.saturating_sub(earlier.unchanged),
+            removed: self.removed.saturating_sub(earlier.removed),
+            absent: self.absent.saturating_sub(earlier.absent),
+            failed: self.failed.saturating_sub(earlier.failed),
+        }
+    }
+}
+
 /// The state of one step of a run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StepState {

@@ -1071,3 +1071,415 @@ async fn tokens_are_printed_once_listed_without_secrets_and_the_cli_still_reache
     assert!(String::from_utf8(listed.stdout)?.contains("revoked"));
     Ok(())
 }
+
+/// Every line of `stderr`, each parsed as a JSON object.
+fn json_lines(stderr: &str) -> TestResult<Vec<serde_json::Map<String, Value>>> {
+    stderr
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| match serde_json::from_str::<Value>(line) {
+            Ok(Value::Object(object)) => Ok(object),
+            _ => Err(format!("not a JSON object: {line}\nstderr:\n{stderr}").into()),
+        })
+        .collect()
+}
+
+/// Whether the log object was written inside a span named `name` whose
+/// field `field` is `value`.
+fn in_span(line: &serde_json::Map<String, Value>, name: &str, field: &str, value: &str) -> bool {
+    line.get("spans")
+        .and_then(Value::as_array)
+        .is_some_and(|spans| spans.iter().any(|span| span["name"] == name && span[field] == value))
+}
+
+/// In its own process, like the secret check above: the log is the binary's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_one_object_a_line_naming_run_step_and_connection_without_the_secret()
+-> TestResult {
+    let sandbox = weft_sandbox::Sandbox::start(weft_sandbox::SandboxOptions {
+        seed: 5,
+        ..Default::default()
+    })
+    .await?;
+    let secret = weft_sandbox::stripe::SANDBOX_API_KEY;
+    let dirs = Dirs::new()?;
+    let key = key_file(dirs.files.path(), "stripe.key", secret)?;
+    let path = dirs.write(
+        "json-logs.toml",
+        &format!(
+            "[workflow]\nname = \"json-logs\"\n\n[connections.stripe]\nplugin = \"stripe\"\ncredentials = \"{key}\"\nbase_url = \"{}\"\n\n[[step]]\nid = \"export\"\nlist = \"stripe.customers\"\n\n[[step]]\nid = \"create\"\nupsert = \"stripe.customers\"\nrecord = {{ email = \"json-logs@example.com\" }}\n",
+            sandbox.stripe.base_url()
+        ),
+    )?;
+    let output = dirs
+        .command()
+        .args(["--log", "weft=debug", "--log-format", "json", "run", "--json"])
+        .arg(&path)
+        .output()?;
+    let summary = stdout_json(&output)?;
+    assert_eq!(summary["status"], "succeeded", "{summary:#}");
+    let run = summary["run_id"].as_str().ok_or("a run id")?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let lines = json_lines(&stderr)?;
+    assert!(!stderr.contains(secret), "a log line holds the secret");
+    let finished = lines
+        .iter()
+        .find(|l| l["message"] == "step finished" && l["step"] == "create")
+        .ok_or_else(|| format!("no 'step finished' line for create:\n{stderr}"))?;
+    assert_eq!(finished["run"], run);
+    assert!(in_span(finished, "run", "run", run), "{finished:?}");
+    // A vendor request: in the run's span and its step's, naming the connection.
+    let request = lines
+        .iter()
+        .find(|l| l["message"] == "vendor request" && in_span(l, "step", "step", "create"))
+        .ok_or_else(|| format!("no vendor request logged in step create:\n{stderr}"))?;
+    assert!(in_span(request, "run", "run", run), "{request:?}");
+    assert!(in_span(request, "run", "workflow", "json-logs"), "{request:?}");
+    assert!(in_span(request, "step", "connection", "stripe"), "{request:?}");
+    assert!(request["status"].is_number(), "{request:?}");
+    sandbox.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_with_json_logs_writes_only_json_and_serves_metrics_on_their_own_address()
+-> TestResult {
+    let sandbox = weft_sandbox::Sandbox::start(weft_sandbox::SandboxOptions {
+        seed: 5,
+        ..Default::default()
+    })
+    .await?;
+    let secret = weft_sandbox::stripe::SANDBOX_API_KEY;
+    let dirs = Dirs::new()?;
+    let key = key_file(dirs.files.path(), "stripe.key", secret)?;
+    dirs.write(
+        "served.toml",
+        &format!(
+            "[workflow]\nname = \"served\"\n\n[connections.stripe]\nplugin = \"stripe\"\ncredentials = \"{key}\"\nbase_url = \"{}\"\n\n[[step]]\nid = \"export\"\nlist = \"stripe.customers\"\n",
+            sandbox.stripe.base_url()
+        ),
+    )?;
+    dirs.write("broken.toml", "[workflow]\nname = \"broken\"\n\n[[step]]\nid = \"a\"\nlist = 3\n")?;
+    let mut serve = dirs
+        .command()
+        .args(["--log", "info", "--log-format", "json", "serve", "--bind", "127.0.0.1:0"])
+        .args(["--metrics-bind", "127.0.0.1:0"])
+        .arg(dirs.files.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    // The log, read as it is written: it says where the metrics listen.
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let reader = {
+        let log = log.clone();
+        let mut stderr = serve.stderr.take().ok_or("serve's stderr")?;
+        std::thread::spawn(move || {
+            use std::io::Read as _;
+            let mut chunk = [0u8; 4096];
+            while let Ok(n @ 1..) = stderr.read(&mut chunk) {
+                if let Ok(mut log) = log.lock() {
+                    log.push_str(&String::from_utf8_lossy(&chunk[..n]));
+                }
+            }
+        })
+    };
+    let text = |log: &std::sync::Mutex<String>| log.lock().map(|l| l.clone()).unwrap_or_default();
+    let address = dirs.state.path().join("weft-serve.json");
+    let started = Instant::now();
+    while !address.exists() || !text(&log).contains("/metrics (no token)") {
+        if started.elapsed() > Duration::from_secs(60) || serve.try_wait()?.is_some() {
+            let _ = serve.kill();
+            return Err(format!("weft serve did not start: {}", text(&log)).into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let info: Value = serde_json::from_str(&std::fs::read_to_string(&address)?)?;
+    let base = format!("http://{}", info["addr"].as_str().unwrap_or_default());
+    // Where the metrics listen is said in the log, as a JSON line.
+    let said = json_lines(&text(&log))?
+        .iter()
+        .filter_map(|l| l["message"].as_str().map(str::to_owned))
+        .find(|m| m.contains("/metrics (no token)"))
+        .ok_or_else(|| format!("no metrics address in the log: {}", text(&log)))?;
+    let url = said
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .ok_or("a metrics URL")?
+        .to_owned();
+    let client = reqwest::Client::new();
+    let started = client
+        .post(format!("{base}/api/workflows/served/runs"))
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await?;
+    assert_eq!(started.status(), 202);
+    let started: Value = serde_json::from_slice(&started.bytes().await?)?;
+    let run = started["run_id"].as_str().ok_or("a run id")?.to_owned();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let shown: Value = serde_json::from_slice(
+            &client.get(format!("{base}/api/runs/{run}")).send().await?.bytes().await?,
+        )?;
+        if shown["status"] == "succeeded" {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = serve.kill();
+            return Err(format!("the run did not succeed: {shown:#}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let metrics = reqwest::get(&url).await?.text().await?;
+    assert!(
+        metrics.contains("weft_runs_started_total{workflow=\"served\",trigger=\"api\"} 1\n"),
+        "{metrics}"
+    );
+    let _ = Command::new("kill").arg("-TERM").arg(serve.id().to_string()).status();
+    serve.wait()?;
+    reader.join().map_err(|_| "the log reader panicked")?;
+    let stderr = text(&log);
+    let lines = json_lines(&stderr)?;
+    assert!(!stderr.contains(secret), "a log line holds the secret");
+    let message =
+        |l: &serde_json::Map<String, Value>| l["message"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        lines.iter().any(|l| l["level"] == "WARN" && message(l).contains("not serving")),
+        "the broken file is reported as a JSON line: {stderr}"
+    );
+    assert!(
+        lines.iter().any(|l| l["message"] == "step finished" && in_span(l, "run", "run", &run)),
+        "{stderr}"
+    );
+    // The server has stopped: the URL must not answer any more.
+    assert!(reqwest::get(&url).await.is_err(), "the metrics listener stopped with the server");
+    sandbox.shutdown().await;
+    Ok(())
+}
+
+/// An OTLP/HTTP receiver on loopback that keeps every export's body.
+struct OtlpReceiver {
+    url: String,
+    bodies: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+}
+
+impl OtlpReceiver {
+    async fn start() -> TestResult<OtlpReceiver> {
+        let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Vec<u8>>::new()));
+        let kept = bodies.clone();
+        let app = axum::Router::new().route(
+            "/v1/traces",
+            axum::routing::post(move |body: axum::body::Bytes| {
+                let kept = kept.clone();
+                async move {
+                    if let Ok(mut kept) = kept.lock() {
+                        kept.push(body.to_vec());
+                    }
+                    // An empty ExportTraceServiceResponse: all taken.
+                    ([("content-type", "application/x-protobuf")], Vec::<u8>::new())
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(OtlpReceiver { url, bodies })
+    }
+
+    /// Every span received, decoded; and the raw bytes, for secret checks.
+    fn spans(&self) -> TestResult<(Vec<opentelemetry_proto::tonic::trace::v1::Span>, Vec<u8>)> {
+        use prost::Message as _;
+        let bodies = self.bodies.lock().map_err(|_| "the receiver's lock")?.clone();
+        let mut spans = Vec::new();
+        for body in &bodies {
+            let request = opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest::decode(body.as_slice())?;
+            for resource in request.resource_spans {
+                for scope in resource.scope_spans {
+                    spans.extend(scope.spans);
+                }
+            }
+        }
+        Ok((spans, bodies.concat()))
+    }
+}
+
+/// A span's attribute, as text.
+fn attribute(span: &opentelemetry_proto::tonic::trace::v1::Span, key: &str) -> Option<String> {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
+    let value = span.attributes.iter().find(|kv| kv.key == key)?.value.as_ref()?.value.as_ref()?;
+    Some(match value {
+        Any::StringValue(s) => s.clone(),
+        Any::IntValue(n) => n.to_string(),
+        Any::BoolValue(b) => b.to_string(),
+        Any::DoubleValue(d) => d.to_string(),
+        other => format!("{other:?}"),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_exports_its_span_tree_over_otlp_with_no_secret_in_it() -> TestResult {
+    let receiver = OtlpReceiver::start().await?;
+    let sandbox = weft_sandbox::Sandbox::start(weft_sandbox::SandboxOptions {
+        seed: 5,
+        ..Default::default()
+    })
+    .await?;
+    let secret = weft_sandbox::stripe::SANDBOX_API_KEY;
+    let dirs = Dirs::new()?;
+    let key = key_file(dirs.files.path(), "stripe.key", secret)?;
+    // A list and an upsert that succeed, then a step whose record
+    // expression fails: the run fails at it.
+    let path = dirs.write(
+        "traced.toml",
+        &format!(
+            "[workflow]\nname = \"traced\"\n\n[connections.stripe]\nplugin = \"stripe\"\ncredentials = \"{key}\"\nbase_url = \"{}\"\n\n[[step]]\nid = \"export\"\nlist = \"stripe.customers\"\n\n[[step]]\nid = \"create\"\nupsert = \"stripe.customers\"\nrecord = {{ email = \"traced-body@example.com\" }}\n\n[[step]]\nid = \"broken\"\nupsert = \"stripe.customers\"\nrecord = {{ email = \"${{{{ error(\\\"no email\\\") }}}}\" }}\n",
+            sandbox.stripe.base_url()
+        ),
+    )?;
+    let output = dirs
+        .command()
+        .args(["--otlp-endpoint", &receiver.url, "run", "--json"])
+        .arg(&path)
+        .output()?;
+    let summary = stdout_json(&output)?;
+    assert_eq!(summary["status"], "failed", "{summary:#}");
+    assert_eq!(summary["steps"][2]["status"], "failed", "{summary:#}");
+    let run = summary["run_id"].as_str().ok_or("a run id")?;
+    // The process flushed its spans before it exited.
+    let (spans, raw) = receiver.spans()?;
+    let named = |name: &str| spans.iter().filter(move |s| s.name == name).collect::<Vec<_>>();
+    let runs = named("run");
+    assert_eq!(runs.len(), 1, "{spans:#?}");
+    let root = runs[0];
+    assert_eq!(attribute(root, "run").as_deref(), Some(run));
+    assert_eq!(attribute(root, "workflow").as_deref(), Some("traced"));
+    assert!(root.parent_span_id.is_empty(), "a run started here is a trace's root");
+    let steps = named("step");
+    assert_eq!(steps.len(), 3, "{steps:#?}");
+    for step in &steps {
+        assert_eq!(step.parent_span_id, root.span_id, "a step is the run's child");
+        assert_eq!(step.trace_id, root.trace_id);
+        assert_eq!(attribute(step, "connection").as_deref(), Some("stripe"));
+    }
+    let step = |id: &str| steps.iter().find(|s| attribute(s, "step").as_deref() == Some(id));
+    let broken = step("broken").ok_or("the broken step's span")?;
+    // 2: STATUS_CODE_ERROR.
+    assert_eq!(broken.status.as_ref().map(|s| s.code), Some(2), "{broken:#?}");
+    let create = step("create").ok_or("the create step's span")?;
+    assert_ne!(create.status.as_ref().map(|s| s.code), Some(2));
+    let calls = named("plugin call");
+    let upsert = calls
+        .iter()
+        .find(|c| c.parent_span_id == create.span_id)
+        .ok_or("a plugin call under the create step")?;
+    assert_eq!(attribute(upsert, "op").as_deref(), Some("upsert"));
+    assert_eq!(attribute(upsert, "plugin").as_deref(), Some("stripe"));
+    let requests = named("vendor request");
+    let under_upsert: Vec<_> =
+        requests.iter().filter(|r| r.parent_span_id == upsert.span_id).collect();
+    assert!(!under_upsert.is_empty(), "the upsert's HTTP attempts are its children");
+    for request in &under_upsert {
+        assert_eq!(attribute(request, "host").as_deref(), Some("127.0.0.1"));
+        assert!(attribute(request, "method").is_some() && attribute(request, "status").is_some());
+        assert_eq!(attribute(request, "attempt").as_deref(), Some("1"));
+        assert!(attribute(request, "limiter_wait_ms").is_some());
+    }
+    assert!(
+        requests.len() as u64 >= summary["connections"]["stripe"]["requests"].as_u64().unwrap_or(0)
+    );
+    let text = String::from_utf8_lossy(&raw);
+    assert!(!text.contains(secret), "a credential in the export");
+    assert!(!text.contains("traced-body@example.com"), "a record's field in the export");
+    sandbox.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_traceparent_on_an_api_start_becomes_the_runs_parent() -> TestResult {
+    let receiver = OtlpReceiver::start().await?;
+    let sandbox = weft_sandbox::Sandbox::start(weft_sandbox::SandboxOptions {
+        seed: 3,
+        ..Default::default()
+    })
+    .await?;
+    let dirs = Dirs::new()?;
+    let key = key_file(dirs.files.path(), "stripe.key", weft_sandbox::stripe::SANDBOX_API_KEY)?;
+    dirs.write(
+        "child.toml",
+        &format!(
+            "[workflow]\nname = \"child\"\n\n[connections.stripe]\nplugin = \"stripe\"\ncredentials = \"{key}\"\nbase_url = \"{}\"\n\n[[step]]\nid = \"export\"\nlist = \"stripe.customers\"\n",
+            sandbox.stripe.base_url()
+        ),
+    )?;
+    // The variable, not the flag: as a platform's environment sets it.
+    let mut serve = dirs
+        .command()
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.url)
+        .args(["serve", "--bind", "127.0.0.1:0"])
+        .arg(dirs.files.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let address = dirs.state.path().join("weft-serve.json");
+    let started = Instant::now();
+    while !address.exists() {
+        if started.elapsed() > Duration::from_secs(60) || serve.try_wait()?.is_some() {
+            let _ = serve.kill();
+            return Err("weft serve did not start".into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let info: Value = serde_json::from_str(&std::fs::read_to_string(&address)?)?;
+    let base = format!("http://{}", info["addr"].as_str().unwrap_or_default());
+    let client = reqwest::Client::new();
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let parent_id = "00f067aa0ba902b7";
+    let start = |traceparent: &str| {
+        client
+            .post(format!("{base}/api/workflows/child/runs"))
+            .header("content-type", "application/json")
+            .header("traceparent", traceparent)
+            .body("{}")
+            .send()
+    };
+    let mut runs = Vec::new();
+    for traceparent in [format!("00-{trace_id}-{parent_id}-01"), "00-not-a-header".to_owned()] {
+        let response = start(&traceparent).await?;
+        assert_eq!(response.status(), 202, "a bad traceparent refuses nothing");
+        let body: Value = serde_json::from_slice(&response.bytes().await?)?;
+        runs.push(body["run_id"].as_str().ok_or("a run id")?.to_owned());
+    }
+    for run in &runs {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let shown: Value = serde_json::from_slice(
+                &client.get(format!("{base}/api/runs/{run}")).send().await?.bytes().await?,
+            )?;
+            if shown["status"] == "succeeded" {
+                break;
+            }
+            if Instant::now() > deadline {
+                let _ = serve.kill();
+                return Err(format!("the run did not succeed: {shown:#}").into());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let _ = Command::new("kill").arg("-TERM").arg(serve.id().to_string()).status();
+    let stopped = serve.wait_with_output()?;
+    assert!(stopped.status.success(), "{}", String::from_utf8_lossy(&stopped.stderr));
+    let (spans, _) = receiver.spans()?;
+    let run_span = |id: &str| {
+        spans.iter().find(|s| s.name == "run" && attribute(s, "run").as_deref() == Some(id))
+    };
+    let child = run_span(&runs[0]).ok_or_else(|| format!("no run span: {spans:#?}"))?;
+    assert_eq!(hex::encode(&child.trace_id), trace_id, "the caller's trace");
+    assert_eq!(hex::encode(&child.parent_span_id), parent_id, "the caller's span is the parent");
+    let own = run_span(&runs[1]).ok_or("the second run's span")?;
+    assert!(own.parent_span_id.is_empty(), "a header that does not parse starts a trace");
+    assert_ne!(hex::encode(&own.trace_id), trace_id);
+    sandbox.shutdown().await;
+    Ok(())
+}

@@ -25,6 +25,8 @@
 //! - `console`: the console's runs list and run detail with 100k runs of
 //!   five steps in the store (server time, p50/p95), and its first page's
 //!   weight.
+//! - `metrics`: a scrape of `/metrics` (its exposition) with 50 workflows
+//!   and 20 connections, both text formats.
 //!
 //! `WEFT_BENCH_SCALE` scales every record count and duration (default 1).
 //! The rate-limit scenarios run at a quarter of their published durations
@@ -43,6 +45,7 @@ mod console;
 mod durable;
 mod export;
 mod expressions;
+mod metrics_scrape;
 mod plugin_call;
 mod rate_limits;
 mod report;
@@ -62,7 +65,7 @@ pub struct Config {
 }
 
 const SECTIONS: &[&str] =
-    &["export", "plugin", "durable", "rate-limits", "serve", "expressions", "console"];
+    &["export", "plugin", "durable", "rate-limits", "serve", "expressions", "console", "metrics"];
 
 fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -123,6 +126,7 @@ fn run(args: &[String]) -> BenchResult<()> {
             "serve" => runtime.block_on(serve_burst::run(&config))?,
             "expressions" => runtime.block_on(expressions::run(&config))?,
             "console" => runtime.block_on(console::run(&config))?,
+            "metrics" => runtime.block_on(metrics_scrape::run(&config))?,
             _ => unreachable!("sections are checked above"),
         };
         rows.extend(section_rows);

@@ -5,7 +5,11 @@
 //! template, next to a native parse of the same body; and cold starts from
 //! the on-disk compiled cache and from a cache miss.
 //!
-//! Calls and native parses are interleaved, so all three see the same
+//! The warm call is also measured with the process's metrics on (what
+//! `weft serve` counts per plugin call and per vendor request), beside the
+//! same call with them off.
+//!
+//! Calls and native parses are interleaved, so all of them see the same
 //! machine conditions.
 
 use std::sync::Arc;
@@ -130,9 +134,8 @@ pub async fn run(config: &Config) -> BenchResult<Vec<Row>> {
     }
 
     let body = stripe_page().await?;
-    let canned = body.clone();
-    let http = Arc::new(
-        ConnectionHttp::new(
+    let stubbed = |body: Vec<u8>| -> BenchResult<ConnectionHttp> {
+        Ok(ConnectionHttp::new(
             weft::http::shared_client(),
             "https://api.stripe.com",
             &[],
@@ -143,12 +146,19 @@ pub async fn run(config: &Config) -> BenchResult<Vec<Row>> {
         .with_canned_responses(move |_, _| Response {
             status: 200,
             headers: vec![],
-            body: canned.clone(),
-        }),
+            body: body.clone(),
+        }))
+    };
+    let http = Arc::new(stubbed(body.clone())?);
+    let metrics = Arc::new(weft::metrics::Metrics::new());
+    let metered_http = Arc::new(
+        stubbed(body.clone())?.with_metrics(Arc::new(metrics.connection("stripe", "stripe"))),
     );
     let plugin = Arc::new(runtime.load("stripe", wasm).await?);
     let ctx = CallContext { base_url: http.base_url(), settings: vec![] };
     let warm = PluginConnection::new(plugin.clone(), http.clone(), ctx.clone());
+    let metered = PluginConnection::new(plugin.clone(), metered_http, ctx.clone())
+        .with_metrics(metrics.clone());
     let request =
         || ListRequest { resource: "customers".into(), cursor: None, page_size: 100, filter: None };
 
@@ -164,6 +174,7 @@ pub async fn run(config: &Config) -> BenchResult<Vec<Row>> {
         }
         if do_warm {
             warm.list(request()).await?;
+            metered.list(request()).await?;
         }
         if do_native {
             std::hint::black_box(native_parse(&body)?);
@@ -171,6 +182,7 @@ pub async fn run(config: &Config) -> BenchResult<Vec<Row>> {
     }
     let mut fresh = Vec::with_capacity(rounds);
     let mut warmed = Vec::with_capacity(rounds);
+    let mut warmed_metered = Vec::with_capacity(rounds);
     let mut native = Vec::with_capacity(rounds);
     for _ in 0..rounds {
         if do_fresh {
@@ -188,6 +200,12 @@ pub async fn run(config: &Config) -> BenchResult<Vec<Row>> {
             if page.records.len() != 100 {
                 return Err(format!("the plugin listed {} records", page.records.len()).into());
             }
+            let started = Instant::now();
+            let page = metered.list(request()).await?;
+            warmed_metered.push(started.elapsed());
+            if page.records.len() != 100 {
+                return Err(format!("the plugin listed {} records", page.records.len()).into());
+            }
         }
         if do_native {
             let started = Instant::now();
@@ -199,6 +217,13 @@ pub async fn run(config: &Config) -> BenchResult<Vec<Row>> {
         return Ok(Vec::new());
     }
     let (fresh, warmed, native) = (quantiles(&fresh), quantiles(&warmed), quantiles(&native));
+    let metered = quantiles(&warmed_metered);
+    if !metrics
+        .encode()
+        .contains("weft_plugin_call_duration_seconds_count{plugin=\"stripe\",op=\"list\"}")
+    {
+        return Err("the metered calls were not counted".into());
+    }
     let us = |q: &Quantiles| format!("p50 {:.0} µs, p99 {:.0} µs", q.p50, q.p99);
     let page = format!("{} B page of 100", body.len());
     let warm_overhead = warmed.p50 - native.p50;
@@ -208,6 +233,10 @@ pub async fn run(config: &Config) -> BenchResult<Vec<Row>> {
             .result(format!("+{warm_overhead:.0} µs ({:.2}x)", warmed.p50 / native.p50))
             .target(format!("<= +{TARGET_WARM_OVERHEAD_US:.0} µs"), warm_overhead <= TARGET_WARM_OVERHEAD_US)
             .figures(json!({ "body_bytes": body.len(), "rounds": rounds, "p50_us": warmed.p50, "p99_us": warmed.p99, "native_p50_us": native.p50, "native_p99_us": native.p99, "overhead_p50_us": warm_overhead })),
+        Row::new("plugin call", "list, warm instance, metrics on (as weft serve counts)", us(&metered))
+            .reference(format!("metrics off {}", us(&warmed)))
+            .result(format!("{:+.1} µs ({:.3}x)", metered.p50 - warmed.p50, metered.p50 / warmed.p50))
+            .figures(json!({ "rounds": rounds, "p50_us": metered.p50, "p99_us": metered.p99, "off_p50_us": warmed.p50, "off_p99_us": warmed.p99 })),
         Row::new("plugin call", format!("list, fresh instance from the template ({page})"), us(&fresh))
             .reference(format!("native parse {}", us(&native)))
             .result(format!("+{:.0} µs ({:.1}x)", fresh.p50 - native.p50, fresh.p50 / native.p50))

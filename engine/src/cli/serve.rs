@@ -9,7 +9,7 @@ use clap::Args;
 use weft::executor::Executor;
 use weft::workflow::Workflow;
 
-use super::{Global, open_store, shutdown_signal, state_dir, wasm_runtime};
+use super::{Global, notice, open_store, shutdown_signal, state_dir, wasm_runtime};
 
 // No `///` here: clap would take it for the command's about, which the
 // `Command::Serve` variant in main.rs gives.
@@ -41,6 +41,11 @@ pub(crate) struct ServeArgs {
     /// Runs executing at once, at most; the other admitted runs wait.
     #[arg(long, default_value_t = 32)]
     max_concurrent_runs: usize,
+    /// Also serve GET /metrics, and nothing else, on this address, without
+    /// a token (for a Prometheus that scrapes without one). /metrics on
+    /// --bind needs a viewer token.
+    #[arg(long, env = "WEFT_METRICS_BIND")]
+    metrics_bind: Option<std::net::SocketAddr>,
 }
 
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
@@ -61,6 +66,7 @@ pub(crate) async fn serve(global: &Global, args: ServeArgs) -> Result<ExitCode> 
         tls_key,
         max_runs,
         max_concurrent_runs,
+        metrics_bind,
     } = args;
     let tls = match (tls_cert, tls_key) {
         (Some(cert), Some(key)) => Some(weft::serve::TlsFiles { cert, key }),
@@ -73,6 +79,7 @@ pub(crate) async fn serve(global: &Global, args: ServeArgs) -> Result<ExitCode> 
         tls,
         max_runs,
         max_concurrent_runs,
+        metrics_bind,
         ..Default::default()
     };
     let mut workflows = Vec::new();
@@ -97,7 +104,8 @@ pub(crate) async fn serve(global: &Global, args: ServeArgs) -> Result<ExitCode> 
         match Workflow::load(file) {
             Ok(workflow) => workflows.push(workflow),
             Err(e) => {
-                eprintln!("weft serve: not serving {}: {e}", file.display());
+                let message = format!("weft serve: not serving {}: {e}", file.display());
+                notice(global.log_format, "WARN", &message);
                 broken.push((file.display().to_string(), e.to_string()));
             }
         }
@@ -117,18 +125,27 @@ pub(crate) async fn serve(global: &Global, args: ServeArgs) -> Result<ExitCode> 
     };
     let served = config.workflows.len();
     let server = weft::serve::start(executor, config).await?;
-    eprintln!(
-        "weft serve: listening on {scheme}://{addr} with {served} workflow(s); console at {scheme}://{addr}/; state in {}",
-        dir.display(),
-        addr = server.addr,
+    let format = global.log_format;
+    notice(
+        format,
+        "INFO",
+        &format!(
+            "weft serve: listening on {scheme}://{addr} with {served} workflow(s); console at {scheme}://{addr}/; state in {}",
+            dir.display(),
+            addr = server.addr,
+        ),
     );
+    if let Some(addr) = server.metrics_addr {
+        notice(format, "INFO", &format!("weft serve: metrics at http://{addr}/metrics (no token)"));
+    }
     let token = server.shutdown_token();
     tokio::spawn(async move {
         shutdown_signal().await;
-        eprintln!(
+        let message = format!(
             "stopping: no new runs; in-flight calls finish (up to {}), then exit",
             humantime::format_duration(grace)
         );
+        notice(format, "INFO", &message);
         token.cancel();
     });
     server.wait().await;

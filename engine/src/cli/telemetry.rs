@@ -1,0 +1,79 @@
+//! Where diagnostics go: the log on stderr (human lines or JSON objects,
+//! under `--log`), and, when an OTLP endpoint is given (`--otlp-endpoint`
+//! or `OTEL_EXPORTER_OTLP_ENDPOINT`), the spans of runs exported as
+//! OpenTelemetry traces over OTLP/HTTP (protobuf): run → step → plugin
+//! call → vendor request, with their ids, names, methods, hosts, statuses,
+//! attempts and limiter waits as attributes, never a credential, a URL's
+//! path or query, a header or a body. Off by default.
+
+use anyhow::{Context as _, Result};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::{Protocol, WithExportConfig as _};
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+
+use super::{Global, LogFormat};
+
+/// What must be flushed before the process exits.
+#[derive(Debug)]
+pub(crate) struct Telemetry {
+    traces: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Sends the spans still batched (bounded by the exporter's timeout).
+    pub(crate) fn shutdown(self) {
+        if let Some(provider) = self.traces
+            && let Err(e) = provider.shutdown()
+        {
+            eprintln!("warning: could not send the last traces: {e}");
+        }
+    }
+}
+
+/// Installs the log and, when asked, the trace exporter. Called before the
+/// async runtime starts: the exporter's blocking HTTP client may not be
+/// made inside it.
+pub(crate) fn init(global: &Global) -> Result<Telemetry> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&global.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let log = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let log = match global.log_format {
+        LogFormat::Human => log.with_target(false).boxed(),
+        // The event's fields at the top level, and every span it is in
+        // (run, step: with run id, workflow, step and connection) listed.
+        LogFormat::Json => {
+            log.json().flatten_event(true).with_current_span(false).with_span_list(true).boxed()
+        }
+    };
+    let registry = tracing_subscriber::registry().with(log.with_filter(filter));
+    let Some(endpoint) = global.otlp_endpoint.as_ref() else {
+        registry.init();
+        return Ok(Telemetry { traces: None });
+    };
+    // As OTEL_EXPORTER_OTLP_ENDPOINT means it: the base, traces under it.
+    let traces_url = format!("{}/v1/traces", endpoint.as_str().trim_end_matches('/'));
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_protocol(Protocol::HttpBinary)
+        .with_endpoint(traces_url.clone())
+        .build()
+        .with_context(|| format!("cannot export traces to {traces_url}"))?;
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name("weft")
+        .with_attribute(opentelemetry::KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
+        .build();
+    let provider =
+        SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource).build();
+    // weft's own spans only (not its events, whose messages may quote a
+    // URL or a vendor's answer), whatever --log says.
+    let spans = tracing_subscriber::filter::filter_fn(|meta| {
+        meta.is_span() && meta.target().starts_with("weft") && *meta.level() <= tracing::Level::INFO
+    });
+    let traces =
+        tracing_opentelemetry::layer().with_tracer(provider.tracer("weft")).with_filter(spans);
+    registry.with(traces).init();
+    Ok(Telemetry { traces: Some(provider) })
+}
