@@ -148,8 +148,11 @@ pub enum WebhookOutcome {
     /// A signature header that does not parse, or a body that is not a
     /// JSON object.
     Malformed,
-    /// Already received.
+    /// Already received (the same signature).
     Replay,
+    /// Another delivery of an event already received (a sender's retry,
+    /// signed anew): answered 200, nothing started.
+    Duplicate,
     /// Larger than the webhook takes.
     Oversized,
     /// The server had no room for its run (as many runs as it takes, or
@@ -167,6 +170,7 @@ impl WebhookOutcome {
             WebhookOutcome::Stale => "stale",
             WebhookOutcome::Malformed => "malformed",
             WebhookOutcome::Replay => "replay",
+            WebhookOutcome::Duplicate => "duplicate",
             WebhookOutcome::Oversized => "oversized",
             WebhookOutcome::RefusedBusy => "refused_busy",
             WebhookOutcome::Refused => "refused",

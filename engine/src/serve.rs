@@ -1539,6 +1539,7 @@ async fn webhook(
             Some(id) if id.len() > 200 => Some(format!("sha256:{}", auth::sha256_hex(&id))),
             Some(id) => Some(id),
             None if path.required => {
+                delivered(WebhookOutcome::Malformed);
                 return error(
                     StatusCode::BAD_REQUEST,
                     format!(
@@ -1576,6 +1577,7 @@ async fn webhook(
         Err(refusal) => {
             delivered(match refusal.status {
                 StatusCode::CONFLICT => WebhookOutcome::Replay,
+                StatusCode::OK => WebhookOutcome::Duplicate,
                 StatusCode::SERVICE_UNAVAILABLE => WebhookOutcome::RefusedBusy,
                 _ => WebhookOutcome::Refused,
             });
