@@ -733,7 +733,7 @@ impl RunStore {
     }
 
     /// Connects to the PostgreSQL store at `url` (see
-    /// [`postgres::PgOptions`] for how the password is given) and checks
+    /// [`postgres`] for how the password is given) and checks
     /// its schema: one older than this weft's is refused until `weft store
     /// migrate`, one newer always.
     pub async fn open_postgres(url: &str) -> Result<Self> {
