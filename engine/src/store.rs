@@ -1392,7 +1392,7 @@ impl SledStore {
     /// groups at a time.
     pub fn items(&self, run: &str, index: u32) -> ItemScan {
         ItemScan {
-            store: Some(self.clone()),
+            store: ItemSource::Sled(self.clone()),
             prefix: step_prefix(run, index),
             after: None,
             buffer: std::collections::VecDeque::new(),
@@ -1594,13 +1594,27 @@ impl SledStore {
 /// The finished items of a for-each step; see [`RunStore::items`].
 #[derive(Debug)]
 pub struct ItemScan {
-    /// `None` on a backend that does not keep items yet.
-    store: Option<SledStore>,
+    store: ItemSource,
     prefix: Vec<u8>,
     /// The last group key read.
     after: Option<Vec<u8>>,
     buffer: std::collections::VecDeque<(u64, ItemRecord)>,
     done: bool,
+}
+
+/// Where an [`ItemScan`] reads groups from.
+#[derive(Debug)]
+enum ItemSource {
+    /// sled, by key (`prefix`, `after`).
+    Sled(SledStore),
+    /// PostgreSQL, by group number.
+    Postgres {
+        store: postgres::PgStore,
+        run: String,
+        index: u32,
+        /// The last group read.
+        after: i64,
+    },
 }
 
 impl ItemScan {
@@ -1616,9 +1630,30 @@ impl ItemScan {
             if self.done {
                 return None;
             }
-            let Some(store) = &self.store else {
-                self.done = true;
-                return Some(Err(StoreError::Unsupported { what: "for-each items" }));
+            let store = match &mut self.store {
+                ItemSource::Sled(store) => store,
+                ItemSource::Postgres { store, run, index, after } => {
+                    let groups = match store.item_groups(run, *index, *after, Self::GROUPS).await {
+                        Ok(groups) => groups,
+                        Err(e) => {
+                            self.done = true;
+                            return Some(Err(e));
+                        }
+                    };
+                    self.done = groups.len() < Self::GROUPS;
+                    for (group, items) in groups {
+                        *after = group;
+                        let key = format!("{run}/{index:05}/{group:016x}");
+                        match decode::<Vec<(u64, ItemRecord)>>(key.as_bytes(), items.as_bytes()) {
+                            Ok(group) => self.buffer.extend(group),
+                            Err(e) => {
+                                self.done = true;
+                                return Some(Err(e));
+                            }
+                        }
+                    }
+                    continue;
+                }
             };
             let (prefix, after) = (self.prefix.clone(), self.after.clone());
             let groups = match store
@@ -2135,88 +2170,115 @@ mod tests {
     #[tokio::test]
     async fn items_are_recorded_in_groups_and_read_back_in_order()
     -> Result<(), Box<dyn std::error::Error>> {
-        let (dir, store, id) = store_with_run(&["each"]).await?;
-        let step = StepState::pending("each", 0);
-        let done = |n| {
-            (
-                n,
-                ItemRecord {
-                    status: Status::Succeeded,
-                    action: Some(ItemAction::Created),
-                    id: Some(format!("cus_{n}")),
-                    error: None,
-                },
-            )
-        };
-        store.commit_items(&id, &step, &[done(2), done(0)]).await?;
-        store.commit_items(&id, &step, &[done(1)]).await?;
-        let mut items = Vec::new();
+        for backend in
+            crate::store::testing::backends("items_are_recorded_in_groups_and_read_back_in_order")
+                .await?
         {
-            let mut scan = store.items(&id, 0);
-            while let Some(item) = scan.next().await {
-                let (n, record) = item?;
-                items.push((n, record.id));
+            eprintln!("items_are_recorded_in_groups_and_read_back_in_order: on {}", backend.name);
+            let testing::TestStore { store, dir, schema, .. } = backend;
+            let id = store.new_run_id().await?;
+            store.create_run(&run(&id), &["each".into()], None).await?;
+            let step = StepState::pending("each", 0);
+            let done = |n| {
+                (
+                    n,
+                    ItemRecord {
+                        status: Status::Succeeded,
+                        action: Some(ItemAction::Created),
+                        id: Some(format!("cus_{n}")),
+                        error: None,
+                    },
+                )
+            };
+            store.commit_items(&id, &step, &[done(2), done(0)]).await?;
+            store.commit_items(&id, &step, &[done(1)]).await?;
+            let mut items = Vec::new();
+            {
+                let mut scan = store.items(&id, 0);
+                while let Some(item) = scan.next().await {
+                    let (n, record) = item?;
+                    items.push((n, record.id));
+                }
             }
+            items.sort();
+            assert_eq!(
+                items,
+                vec![
+                    (0, Some("cus_0".into())),
+                    (1, Some("cus_1".into())),
+                    (2, Some("cus_2".into()))
+                ]
+            );
+            drop(store);
+            let reopened = testing::reopen(dir.as_ref(), schema.as_ref()).await?;
+            assert_eq!(reopened.items(&id, 0).count().await?, 3, "groups survive a reopen");
         }
-        items.sort();
-        assert_eq!(
-            items,
-            vec![(0, Some("cus_0".into())), (1, Some("cus_1".into())), (2, Some("cus_2".into()))]
-        );
-        drop(store);
-        let reopened = reopen(dir.path())?;
-        assert_eq!(reopened.items(&id, 0).count().await?, 3, "groups survive a reopen");
         Ok(())
     }
 
     #[tokio::test]
     async fn items_are_read_back_a_chunk_of_groups_at_a_time_across_chunk_ends()
     -> Result<(), Box<dyn std::error::Error>> {
-        let (_dir, store, id) = store_with_run(&["each", "other"]).await?;
-        let step = StepState::pending("each", 0);
-        let groups = ItemScan::GROUPS as u64 * 2 + 3;
-        for g in 0..groups {
+        for backend in crate::store::testing::backends(
+            "items_are_read_back_a_chunk_of_groups_at_a_time_across_chunk_ends",
+        )
+        .await?
+        {
+            eprintln!(
+                "items_are_read_back_a_chunk_of_groups_at_a_time_across_chunk_ends: on {}",
+                backend.name
+            );
+            let store = backend.store.clone();
+            let id = store.new_run_id().await?;
+            store.create_run(&run(&id), &["each".into(), "other".into()], None).await?;
+            let step = StepState::pending("each", 0);
+            let groups = ItemScan::GROUPS as u64 * 2 + 3;
+            for g in 0..groups {
+                store
+                    .commit_items(
+                        &id,
+                        &step,
+                        &[
+                            (
+                                g * 2,
+                                ItemRecord {
+                                    status: Status::Succeeded,
+                                    action: None,
+                                    id: None,
+                                    error: None,
+                                },
+                            ),
+                            (
+                                g * 2 + 1,
+                                ItemRecord {
+                                    status: Status::Failed,
+                                    action: None,
+                                    id: None,
+                                    error: Some("x".into()),
+                                },
+                            ),
+                        ],
+                    )
+                    .await?;
+            }
             store
                 .commit_items(
                     &id,
-                    &step,
-                    &[
-                        (
-                            g * 2,
-                            ItemRecord {
-                                status: Status::Succeeded,
-                                action: None,
-                                id: None,
-                                error: None,
-                            },
-                        ),
-                        (
-                            g * 2 + 1,
-                            ItemRecord {
-                                status: Status::Failed,
-                                action: None,
-                                id: None,
-                                error: Some("x".into()),
-                            },
-                        ),
-                    ],
+                    &StepState::pending("other", 1),
+                    &[(
+                        0,
+                        ItemRecord { status: Status::Skipped, action: None, id: None, error: None },
+                    )],
                 )
                 .await?;
+            assert_eq!(
+                store.items(&id, 0).count().await?,
+                groups * 2,
+                "every group of the step, none of the next step's"
+            );
+            assert_eq!(store.items(&id, 1).count().await?, 1);
+            assert_eq!(store.items(&id, 2).count().await?, 0);
         }
-        store
-            .commit_items(
-                &id,
-                &StepState::pending("other", 1),
-                &[(0, ItemRecord { status: Status::Skipped, action: None, id: None, error: None })],
-            )
-            .await?;
-        assert_eq!(
-            store.items(&id, 0).count().await?,
-            groups * 2,
-            "every group of the step, none of the next step's"
-        );
-        assert_eq!(store.items(&id, 1).count().await?, 1);
-        assert_eq!(store.items(&id, 2).count().await?, 0);
         Ok(())
     }
 

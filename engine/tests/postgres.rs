@@ -3,8 +3,9 @@
 //! starts one; under `CI=true` these tests fail without it, elsewhere they
 //! skip saying so). Each test has a schema of its own, dropped at its end.
 //! A run is written by one process and read back by others; a run killed
-//! with SIGKILL between and inside its steps is resumed by another process
-//! from what PostgreSQL holds, and every customer is written exactly once.
+//! with SIGKILL between and inside its steps (upserts, then a for-each) is
+//! resumed by other processes from what PostgreSQL holds, and every
+//! customer is written exactly once.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -136,6 +137,7 @@ async fn an_unmigrated_database_is_refused_until_store_migrate() -> TestResult {
 }
 
 const STEPS: usize = 12;
+const ITEMS: usize = 30;
 const KILLS: usize = 6;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -165,7 +167,7 @@ name = "pg-crash-test"
 plugin = "stripe"
 credentials = "file:{key}"
 base_url = "{stripe}"
-rate_limit = "8/s"
+rate_limit = "15/s"
 "#,
         key = key.display(),
         stripe = sandbox.stripe.base_url(),
@@ -180,6 +182,18 @@ record = {{ email = "pg{n}@crash.example", name = "Customer {n}" }}
 "#
         ));
     }
+    // And a for-each, whose items are committed in groups and skipped on
+    // resume once committed.
+    text.push_str(&format!(
+        r#"
+[[step]]
+id = "each"
+for_each = "[range(0; {ITEMS})]"
+concurrency = 2
+upsert = "stripe.customers"
+record = {{ email = "pg-item${{{{ $item }}}}@crash.example", name = "Item ${{{{ $item }}}}" }}
+"#
+    ));
     let path = files.path().join("pg-crash.toml");
     std::fs::write(&path, text)?;
     let before = sandbox.stripe.emulator.customers().len();
@@ -208,7 +222,7 @@ record = {{ email = "pg{n}@crash.example", name = "Customer {n}" }}
         };
         let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
         if kills < KILLS {
-            let wait = startup + Duration::from_millis(rng.random_range(0..600));
+            let wait = startup + Duration::from_millis(rng.random_range(0..1200));
             let started = Instant::now();
             while started.elapsed() < wait && child.try_wait()?.is_none() {
                 tokio::time::sleep(Duration::from_millis(5)).await;
@@ -254,7 +268,7 @@ record = {{ email = "pg{n}@crash.example", name = "Customer {n}" }}
     let distinct: std::collections::HashSet<&String> = ours.iter().collect();
     assert_eq!(
         (ours.len(), distinct.len(), customers.len() - before),
-        (STEPS, STEPS, STEPS),
+        (STEPS + ITEMS, STEPS + ITEMS, STEPS + ITEMS),
         "Stripe holds each customer exactly once after {kills} kills"
     );
 
@@ -262,8 +276,10 @@ record = {{ email = "pg{n}@crash.example", name = "Customer {n}" }}
     let shown = weft(&schema.url).args(["runs", "show", "--json", id]).output()?;
     let shown: weft::serve::RunDetail = serde_json::from_value(stdout_json(&shown)?)?;
     assert_eq!(shown.run.status, weft::store::Status::Succeeded);
-    assert_eq!(shown.steps.len(), STEPS);
+    assert_eq!(shown.steps.len(), STEPS + 1);
     assert!(shown.steps.iter().all(|s| s.status == weft::store::Status::Succeeded));
+    let each = shown.steps.last().ok_or("no for-each step")?;
+    assert_eq!((each.items, each.counts.failed), (ITEMS as u64, 0), "{each:#?}");
     if run_id.is_some() {
         assert!(shown.run.resumes >= 1, "{shown:#?}");
     }

@@ -1,10 +1,11 @@
 //! The run store on PostgreSQL (issue 16, first increment): runs and their
-//! workflow text, steps, webhook deliveries seen (a replay is refused by a
-//! primary key, on every process at once), history, HTTP totals, tokens and
-//! sessions, each written in one transaction as the sled store writes it.
+//! workflow text, steps, for-each items (a group per commit, as sled keeps
+//! them), webhook deliveries seen (a replay is refused by a primary key, on
+//! every process at once), history, HTTP totals, tokens and sessions, each
+//! written in one transaction as the sled store writes it.
 //!
-//! Not kept here yet: a list step's pages, a for-each's items and a sync's
-//! scratch files. A run that needs them fails with
+//! Not kept here yet: a list step's pages (when a later step reads its
+//! records) and a sync's scratch files. A run that needs them fails with
 //! [`StoreError::Unsupported`] naming what, before it writes anything to a
 //! vendor, rather than losing state.
 //!
@@ -38,14 +39,17 @@ use super::{
 };
 
 /// The schema version this weft reads and writes.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// The migrations, in order: version, what it adds, its SQL.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "runs, steps, deliveries, history, HTTP totals, tokens, sessions",
-    include_str!("postgres/0001_runs.sql"),
-)];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "runs, steps, deliveries, history, HTTP totals, tokens, sessions",
+        include_str!("postgres/0001_runs.sql"),
+    ),
+    (2, "for-each items", include_str!("postgres/0002_items.sql")),
+];
 
 /// Connections the pool holds, at most.
 const POOL_SIZE: usize = 16;
@@ -565,9 +569,14 @@ impl PgStore {
         Commit { task, path: self.shown.to_string() }
     }
 
-    pub(crate) fn items(&self, _run: &str, _index: u32) -> ItemScan {
+    pub(crate) fn items(&self, run: &str, index: u32) -> ItemScan {
         ItemScan {
-            store: None,
+            store: super::ItemSource::Postgres {
+                store: self.clone(),
+                run: run.to_owned(),
+                index,
+                after: i64::MIN,
+            },
             prefix: Vec::new(),
             after: None,
             buffer: std::collections::VecDeque::new(),
@@ -575,13 +584,57 @@ impl PgStore {
         }
     }
 
+    /// Records a group of finished items and the step's state in one
+    /// transaction; the group's number comes from a sequence, so groups
+    /// read back in the order they were committed.
     pub(crate) async fn commit_items(
         &self,
-        _run: &str,
-        _step: &StepState,
-        _items: &[(u64, ItemRecord)],
+        run: &str,
+        step: &StepState,
+        items: &[(u64, ItemRecord)],
     ) -> Result<()> {
-        Err(StoreError::Unsupported { what: "for-each items" })
+        let (group, state) = (json_text(&items)?, json_text(step)?);
+        let index = i32::try_from(step.index).unwrap_or(i32::MAX);
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg("committing items"))?;
+        tx.execute(
+            "INSERT INTO weft_items (run_id, idx, items) VALUES ($1, $2, $3)",
+            &[&run, &index, &group],
+        )
+        .await
+        .map_err(pg("writing a group of items"))?;
+        tx.execute(
+            "INSERT INTO weft_steps (run_id, idx, state) VALUES ($1, $2, $3)
+             ON CONFLICT (run_id, idx) DO UPDATE SET state = EXCLUDED.state",
+            &[&run, &index, &state],
+        )
+        .await
+        .map_err(pg("writing a step"))?;
+        tx.commit().await.map_err(pg("committing items"))
+    }
+
+    /// Up to `limit` groups of a step's items after group `after`, in
+    /// commit order.
+    pub(crate) async fn item_groups(
+        &self,
+        run: &str,
+        index: u32,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, String)>> {
+        let index = i32::try_from(index).unwrap_or(i32::MAX);
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT grp, items FROM weft_items WHERE run_id = $1 AND idx = $2 AND grp > $3
+                 ORDER BY grp LIMIT $4",
+                &[&run, &index, &after, &big(limit as u64)],
+            )
+            .await
+            .map_err(pg("reading items"))?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("grp").map_err(pg("reading items"))?, text(row, "items")?)))
+            .collect()
     }
 
     pub(crate) fn scratch_dir(&self, _run: &str, _index: u32) -> Result<std::path::PathBuf> {
@@ -1238,14 +1291,6 @@ mod tests {
             Some(true),
             "{err:?}"
         );
-        assert!(matches!(
-            store.commit_items(&id, &step, &[]).await,
-            Err(StoreError::Unsupported { what: "for-each items" })
-        ));
-        assert!(matches!(
-            store.items(&id, 0).next().await,
-            Some(Err(StoreError::Unsupported { .. }))
-        ));
         // A step commit without pages goes through.
         let mut done = step.clone();
         done.status = Status::Succeeded;
