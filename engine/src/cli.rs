@@ -34,7 +34,9 @@ pub(crate) struct Global {
     /// The run store: `sled:DIR` (the default, in --state-dir) or
     /// `postgres://USER@HOST:PORT/DB` (password as `USER:env:NAME@` or
     /// `?password=file:PATH`, or PGPASSWORD; never written in the URL).
-    #[arg(long, global = true, env = "WEFT_STORE", conflicts_with = "state_dir")]
+    /// Given, it is the store, whatever --state-dir says (a WEFT_STATE_DIR
+    /// left in the environment does not refuse it).
+    #[arg(long, global = true, env = "WEFT_STORE")]
     pub(crate) store: Option<String>,
     /// Directory of the compiled-component cache.
     #[arg(long, global = true, env = "WEFT_CACHE_DIR")]

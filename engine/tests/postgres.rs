@@ -133,6 +133,13 @@ async fn an_unmigrated_database_is_refused_until_store_migrate() -> TestResult {
     let out = weft(&schema.url).args(["store", "migrate"]).output()?;
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("up to date"));
+    // --store is the store even with a WEFT_STATE_DIR left in the
+    // environment (it once refused the two together).
+    let state = tempfile::tempdir()?;
+    let out =
+        weft(&schema.url).env("WEFT_STATE_DIR", state.path()).args(["runs", "list"]).output()?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no runs in postgres://"));
     Ok(())
 }
 
