@@ -7,13 +7,13 @@
 //! `Subcommand`) type beside the code that carries it out, a variant of
 //! `Command` in `main.rs`, and one line in `main.rs`'s `dispatch`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context as _, Result};
 use clap::Args;
 use weft::executor::StopSignal;
 use weft::runtime::{Runtime, RuntimeConfig};
-use weft::store::RunStore;
+use weft::store::{RunStore, StoreLocation};
 
 pub(crate) mod plugin;
 pub(crate) mod print;
@@ -21,6 +21,7 @@ pub(crate) mod run;
 pub(crate) mod runs;
 pub(crate) mod sandbox;
 pub(crate) mod serve;
+pub(crate) mod store;
 pub(crate) mod telemetry;
 pub(crate) mod tokens;
 pub(crate) mod validate;
@@ -31,6 +32,13 @@ pub(crate) struct Global {
     /// Directory of the durable run store (sled).
     #[arg(long, global = true, env = "WEFT_STATE_DIR")]
     pub(crate) state_dir: Option<PathBuf>,
+    /// The run store: `sled:DIR` (the default, in --state-dir) or
+    /// `postgres://USER@HOST:PORT/DB` (password as `USER:env:NAME@` or
+    /// `?password=file:PATH`, or PGPASSWORD; never written in the URL).
+    /// Given, it is the store, whatever --state-dir says (a WEFT_STATE_DIR
+    /// left in the environment does not refuse it).
+    #[arg(long, global = true, env = "WEFT_STORE")]
+    pub(crate) store: Option<String>,
     /// Directory of the compiled-component cache.
     #[arg(long, global = true, env = "WEFT_CACHE_DIR")]
     pub(crate) cache_dir: Option<PathBuf>,
@@ -133,10 +141,19 @@ pub(crate) async fn shutdown_signal() {
     }
 }
 
-/// Opens the run store at `dir`, saying where when it cannot.
-pub(crate) fn open_store(dir: &Path) -> Result<RunStore> {
-    RunStore::open(dir)
-        .with_context(|| format!("failed to open the run store at {}", dir.display()))
+/// Where the run store is: `--store`, else sled in [`state_dir`].
+pub(crate) fn store_location(global: &Global) -> Result<StoreLocation> {
+    match &global.store {
+        Some(text) => Ok(StoreLocation::parse(text)?),
+        None => Ok(StoreLocation::Sled(state_dir(global))),
+    }
+}
+
+/// Opens the run store at `location`, saying where when it cannot.
+pub(crate) async fn open_location(location: &StoreLocation) -> Result<RunStore> {
+    RunStore::open_location(location)
+        .await
+        .with_context(|| format!("failed to open the run store at {location}"))
 }
 
 /// The run store's directory: `--state-dir`, else the user's data dir.

@@ -64,6 +64,11 @@ enum Command {
         #[command(subcommand)]
         command: cli::tokens::TokensCommand,
     },
+    /// Manage the run store itself (`weft store migrate`).
+    Store {
+        #[command(subcommand)]
+        command: cli::store::StoreCommand,
+    },
 }
 
 /// Exit codes: what kind of failure, for scripts.
@@ -153,6 +158,9 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Plugin { command } => cli::plugin::plugin(global, command).await,
         Command::Runs { command } => cli::runs::runs(global, command).await,
         Command::Sandbox(args) => cli::sandbox::sandbox(args).await,
-        Command::Tokens { command } => cli::tokens::tokens(&cli::state_dir(global), command).await,
+        Command::Tokens { command } => {
+            cli::tokens::tokens(&cli::store_location(global)?, command).await
+        }
+        Command::Store { command } => cli::store::store(global, command).await,
     }
 }

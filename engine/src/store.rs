@@ -26,6 +26,7 @@ mod access;
 mod index;
 mod owner;
 pub mod plan;
+pub mod postgres;
 
 pub use access::{Role, SessionRecord, TokenError, TokenRecord, valid_token_name};
 pub use index::{ConnectionTotals, HistoryEntry, MAX_PAGE, RunPage, RunQuery, RunRow, SCAN_BUDGET};
@@ -140,6 +141,35 @@ pub enum StoreError {
     /// The store's threads cannot take work (closing, or a flush failed).
     #[error("run store: {0}")]
     Unavailable(String),
+    /// PostgreSQL failed, or could not be reached.
+    #[error("PostgreSQL run store: {what}: {reason}")]
+    Postgres {
+        /// What was being done.
+        what: String,
+        /// Why it failed (the server's message and SQLSTATE when it sent one).
+        reason: String,
+    },
+    /// The PostgreSQL store's schema is not the one this weft knows.
+    #[error("{0}")]
+    PostgresSchema(String),
+    /// A store location that is neither `sled:DIR` nor `postgres://…`, or
+    /// a PostgreSQL URL that cannot be used.
+    #[error("run store {given:?}: {reason}")]
+    Location {
+        /// The location given (any password removed).
+        given: String,
+        /// Why it cannot be used.
+        reason: String,
+    },
+    /// What this backend does not keep yet (PostgreSQL is being built up,
+    /// issue 16): the run fails saying what, rather than losing state.
+    #[error(
+        "not yet supported on PostgreSQL: {what} (keep runs that need it on a sled store: --store sled:DIR)"
+    )]
+    Unsupported {
+        /// What is missing.
+        what: &'static str,
+    },
     /// Another process has the store open.
     #[error(
         "the run store at {path} is in use by another weft process (a `weft serve`?); stop it, point --state-dir elsewhere, or talk to the server"
@@ -650,16 +680,403 @@ fn delivery_expired(value: &[u8], tolerance: Duration, now_ms: u64) -> bool {
     }
 }
 
-/// The durable store of runs. Cheap to clone: clones share one database.
+/// The sled backend: one database in a directory, its owner thread, and
+/// the page and scratch files beside it.
 #[derive(Clone)]
-pub struct RunStore {
+pub(crate) struct SledStore {
     owner: Arc<Owner>,
     dir: PathBuf,
 }
 
+impl std::fmt::Debug for SledStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SledStore").field("dir", &self.dir).finish_non_exhaustive()
+    }
+}
+
+/// The durable store of runs, on one of two backends: sled in a directory
+/// (the default; one process at a time) or PostgreSQL (many processes,
+/// issue 16; see [`postgres`] for what it holds so far). Cheap to clone:
+/// clones share one database (one sled owner, or one connection pool).
+#[derive(Clone)]
+pub struct RunStore {
+    backend: Backend,
+}
+
+/// Which database a [`RunStore`] is on. A match per call is all the
+/// indirection the sled path pays.
+#[derive(Clone)]
+enum Backend {
+    Sled(SledStore),
+    Postgres(postgres::PgStore),
+}
+
 impl std::fmt::Debug for RunStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RunStore").field("dir", &self.dir).finish_non_exhaustive()
+        match &self.backend {
+            Backend::Sled(sled) => sled.fmt(f),
+            Backend::Postgres(pg) => pg.fmt(f),
+        }
+    }
+}
+
+/// Calls the same method on whichever backend the store is on.
+macro_rules! dispatch {
+    ($store:expr, $backend:ident => $call:expr) => {
+        match &$store.backend {
+            Backend::Sled($backend) => $call,
+            Backend::Postgres($backend) => $call,
+        }
+    };
+}
+
+/// Where a run store lives, as `--store` / `WEFT_STORE` name it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// `sled:DIR` (or a bare directory): the embedded store.
+    Sled(PathBuf),
+    /// `postgres://…` or `postgresql://…`: a PostgreSQL database.
+    Postgres(String),
+}
+
+impl std::fmt::Display for StoreLocation {
+    /// The location to show: a directory, or the URL without its password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreLocation::Sled(dir) => write!(f, "{}", dir.display()),
+            StoreLocation::Postgres(url) => f.write_str(&postgres::redact(url)),
+        }
+    }
+}
+
+impl StoreLocation {
+    /// Parses `sled:DIR`, `postgres://…`/`postgresql://…`, or a bare
+    /// directory (a path is a sled store, as `--state-dir` always was).
+    pub fn parse(text: &str) -> Result<StoreLocation> {
+        let text = text.trim();
+        if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+            return Ok(StoreLocation::Postgres(text.to_owned()));
+        }
+        let dir = text.strip_prefix("sled:").unwrap_or(text);
+        if dir.is_empty() || dir.contains("://") {
+            return Err(StoreError::Location {
+                given: postgres::redact(text),
+                reason: "a store is `sled:DIR` or `postgres://USER@HOST:PORT/DATABASE`".into(),
+            });
+        }
+        Ok(StoreLocation::Sled(PathBuf::from(dir)))
+    }
+}
+
+impl RunStore {
+    /// Opens (or creates) the sled store in `dir` and starts its owner and
+    /// flusher threads. One process at a time: a second gets
+    /// [`StoreError::Locked`].
+    pub fn open(dir: &Path) -> Result<Self> {
+        Ok(RunStore { backend: Backend::Sled(SledStore::open(dir)?) })
+    }
+
+    /// Connects to the PostgreSQL store at `url` (see
+    /// [`postgres`] for how the password is given) and checks
+    /// its schema: one older than this weft's is refused until `weft store
+    /// migrate`, one newer always.
+    pub async fn open_postgres(url: &str) -> Result<Self> {
+        Ok(RunStore { backend: Backend::Postgres(postgres::PgStore::open(url).await?) })
+    }
+
+    /// Opens the store at `location`, on its backend.
+    pub async fn open_location(location: &StoreLocation) -> Result<Self> {
+        match location {
+            StoreLocation::Sled(dir) => RunStore::open(dir),
+            StoreLocation::Postgres(url) => RunStore::open_postgres(url).await,
+        }
+    }
+
+    /// The sled directory, for what lives beside a sled store (a server's
+    /// address file); `None` on PostgreSQL.
+    pub fn sled_dir(&self) -> Option<&Path> {
+        match &self.backend {
+            Backend::Sled(sled) => Some(&sled.dir),
+            Backend::Postgres(_) => None,
+        }
+    }
+
+    /// A new, unique, time-sortable run id.
+    pub async fn new_run_id(&self) -> Result<String> {
+        dispatch!(self, b => b.new_run_id().await)
+    }
+
+    /// Records a new run, durably. With a webhook `delivery`, the delivery
+    /// is remembered in the same transaction, and a delivery remembered
+    /// before is refused with [`StoreError::Replay`] (and no run): a
+    /// delivery is remembered exactly when its run exists.
+    pub async fn create_run(
+        &self,
+        run: &RunRecord,
+        step_ids: &[String],
+        delivery: Option<&Delivery>,
+    ) -> Result<()> {
+        self.create_run_by(run, step_ids, delivery, None).await
+    }
+
+    /// [`RunStore::create_run`], with who started the run recorded as the
+    /// first entry of its history in the same transaction (the trigger
+    /// when no one is named).
+    pub async fn create_run_by(
+        &self,
+        run: &RunRecord,
+        step_ids: &[String],
+        delivery: Option<&Delivery>,
+        actor: Option<&str>,
+    ) -> Result<()> {
+        dispatch!(self, b => b.create_run_by(run, step_ids, delivery, actor).await)
+    }
+
+    /// Replaces a run record, durably, and its row and index entries with
+    /// it.
+    pub async fn commit_run(&self, run: &RunRecord) -> Result<()> {
+        dispatch!(self, b => b.commit_run(run).await)
+    }
+
+    /// Ends a run that cannot go on (its task panicked): `failed`, with
+    /// `message`, durably. A run already finished is left as it is.
+    pub async fn fail_run(&self, id: &str, message: &str) -> Result<RunRecord> {
+        dispatch!(self, b => b.fail_run(id, message).await)
+    }
+
+    /// Replaces a step's state, durably, before the next step starts.
+    pub async fn commit_step(&self, run: &str, step: &StepState) -> Result<()> {
+        dispatch!(self, b => b.commit_step(run, step).await)
+    }
+
+    /// Opens a list step's page log to append pages to, positioned after
+    /// the last committed page: bytes a crash left after it are dropped.
+    /// See the sled backend for where pages go; PostgreSQL does not keep
+    /// pages yet ([`StoreError::Unsupported`]).
+    pub async fn page_log(&self, run: &str, step: &StepState) -> Result<PageLog> {
+        dispatch!(self, b => b.page_log(run, step).await)
+    }
+
+    /// Starts committing the pages appended to `log` since its last commit
+    /// (or, with no log, only the step's state) together with the step's
+    /// state (its cursor and counts after the last of them), in one
+    /// transaction after the page file is synced: a restart resumes after
+    /// the last committed page, and a page appended but not committed is
+    /// read again. It goes on in the background, so that the caller can
+    /// read the next pages meanwhile. Start the next commit only after this
+    /// one is waited for: commits of a step land in order.
+    pub fn start_commit(&self, run: &str, step: &StepState, log: Option<&mut PageLog>) -> Commit {
+        dispatch!(self, b => b.start_commit(run, step, log))
+    }
+
+    /// Every finished item of a for-each step, group by group (a group is
+    /// in completion order, not item order), read from the store a few
+    /// groups at a time.
+    pub fn items(&self, run: &str, index: u32) -> ItemScan {
+        dispatch!(self, b => b.items(run, index))
+    }
+
+    /// Records a group of finished items and the step's state, durably.
+    /// The for-each calls it every few milliseconds rather than per item.
+    /// Counts in the step state are a cache; a resumed step recounts from
+    /// the items.
+    pub async fn commit_items(
+        &self,
+        run: &str,
+        step: &StepState,
+        items: &[(u64, ItemRecord)],
+    ) -> Result<()> {
+        dispatch!(self, b => b.commit_items(run, step, items).await)
+    }
+
+    /// A directory for a step's scratch files (a sync's sorted runs),
+    /// inside the store's directory, created if need be.
+    pub fn scratch_dir(&self, run: &str, index: u32) -> Result<PathBuf> {
+        dispatch!(self, b => b.scratch_dir(run, index))
+    }
+
+    /// Removes a step's scratch files.
+    pub fn remove_scratch(&self, run: &str, index: u32) -> Result<()> {
+        dispatch!(self, b => b.remove_scratch(run, index))
+    }
+
+    /// Forgets deliveries of `workflow`, a webhook whose scheme signs a
+    /// timestamp, that a replay can no longer pass: signed more than
+    /// `tolerance` (and some slack) ago, so a replay is refused as stale.
+    /// Deliveries without a signed timestamp are kept for good: a replay of
+    /// one is possible at any time.
+    pub async fn forget_deliveries(
+        &self,
+        workflow: &str,
+        tolerance: Duration,
+        now_ms: u64,
+    ) -> Result<usize> {
+        dispatch!(self, b => b.forget_deliveries(workflow, tolerance, now_ms).await)
+    }
+
+    /// Runs that have not finished: interrupted ones, to resume. Found
+    /// through the status index, so a store of many finished runs costs
+    /// nothing here.
+    pub async fn unfinished_runs(&self) -> Result<Vec<RunRecord>> {
+        let mut unfinished = Vec::new();
+        for status in [Status::Running, Status::Pending] {
+            let mut before = None;
+            loop {
+                let page = self
+                    .query_runs(RunQuery {
+                        status: Some(status),
+                        before,
+                        limit: MAX_PAGE,
+                        ..RunQuery::default()
+                    })
+                    .await?;
+                for row in &page.rows {
+                    unfinished.push(self.run(&row.id).await?);
+                }
+                match page.next {
+                    Some(next) => before = Some(next),
+                    None => break,
+                }
+            }
+        }
+        unfinished.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(unfinished)
+    }
+
+    /// One run.
+    pub async fn run(&self, id: &str) -> Result<RunRecord> {
+        dispatch!(self, b => b.run(id).await)
+    }
+
+    /// Every run, oldest first.
+    pub async fn runs(&self) -> Result<Vec<RunRecord>> {
+        dispatch!(self, b => b.runs().await)
+    }
+
+    /// The newest runs that `wanted` picks, newest first, at most `limit`:
+    /// the store reads no further back than it must.
+    pub async fn recent_runs(
+        &self,
+        limit: usize,
+        wanted: impl Fn(&RunRecord) -> bool + Send + 'static,
+    ) -> Result<Vec<RunRecord>> {
+        dispatch!(self, b => b.recent_runs(limit, wanted).await)
+    }
+
+    /// The steps of a run, in workflow order.
+    pub async fn steps(&self, run: &str) -> Result<Vec<StepState>> {
+        dispatch!(self, b => b.steps(run).await)
+    }
+
+    /// The committed pages of a list step, each a JSON array of records,
+    /// each checked against its CRC as it is read.
+    pub async fn pages(&self, run: &str, index: u32) -> Result<PageReader> {
+        dispatch!(self, b => b.pages(run, index).await)
+    }
+
+    /// A page of runs, newest first, through the indexes (see
+    /// [`index`](self)): its cost follows the page, not the store.
+    pub async fn query_runs(&self, query: RunQuery) -> Result<RunPage> {
+        dispatch!(self, b => b.query_runs(query).await)
+    }
+
+    /// The row of one run.
+    pub async fn run_row(&self, id: &str) -> Result<RunRow> {
+        dispatch!(self, b => b.run_row(id).await)
+    }
+
+    /// Adds an entry to a run's history, durably.
+    pub async fn record_action(&self, run: &str, entry: &HistoryEntry) -> Result<()> {
+        dispatch!(self, b => b.record_action(run, entry).await)
+    }
+
+    /// A run's history, oldest first.
+    pub async fn history(&self, run: &str) -> Result<Vec<HistoryEntry>> {
+        dispatch!(self, b => b.history(run).await)
+    }
+
+    /// Adds what an attempt of a run sent per connection to what earlier
+    /// attempts sent, durably.
+    pub async fn add_connection_totals(
+        &self,
+        run: &str,
+        totals: &std::collections::BTreeMap<String, ConnectionTotals>,
+    ) -> Result<()> {
+        dispatch!(self, b => b.add_connection_totals(run, totals).await)
+    }
+
+    /// What a run sent per connection, over its attempts so far (empty
+    /// until an attempt ended).
+    pub async fn connection_totals(
+        &self,
+        run: &str,
+    ) -> Result<std::collections::BTreeMap<String, ConnectionTotals>> {
+        dispatch!(self, b => b.connection_totals(run).await)
+    }
+
+    /// Records a new token. Refused when an active token has its name.
+    pub async fn create_token(&self, token: &TokenRecord) -> Result<(), TokenError> {
+        if !valid_token_name(&token.name) {
+            return Err(TokenError::BadName(token.name.clone()));
+        }
+        dispatch!(self, b => b.create_token(token).await)
+    }
+
+    /// Every token, active and revoked, oldest first.
+    pub async fn tokens(&self) -> Result<Vec<TokenRecord>> {
+        dispatch!(self, b => b.tokens().await)
+    }
+
+    /// Whether any token is active.
+    pub async fn has_active_tokens(&self) -> Result<bool> {
+        dispatch!(self, b => b.has_active_tokens().await)
+    }
+
+    /// The token with this id, if any (revoked ones too).
+    pub async fn token(&self, id: &str) -> Result<Option<TokenRecord>> {
+        dispatch!(self, b => b.token(id).await)
+    }
+
+    /// Revokes the active token with this name (or id), and ends its
+    /// sessions; returns it.
+    pub async fn revoke_token(&self, name_or_id: &str) -> Result<TokenRecord, TokenError> {
+        dispatch!(self, b => b.revoke_token(name_or_id).await)
+    }
+
+    /// Records a session under the hash of its cookie.
+    pub async fn create_session(&self, cookie_sha256: &str, session: &SessionRecord) -> Result<()> {
+        dispatch!(self, b => b.create_session(cookie_sha256, session).await)
+    }
+
+    /// The session under this cookie hash and its token, when both are
+    /// live: not expired, the token not revoked. One trip to the store.
+    pub async fn live_session(
+        &self,
+        cookie_sha256: &str,
+        now_ms: u64,
+    ) -> Result<Option<(SessionRecord, TokenRecord)>> {
+        dispatch!(self, b => b.live_session(cookie_sha256, now_ms).await)
+    }
+
+    /// Ends a session.
+    pub async fn end_session(&self, cookie_sha256: &str) -> Result<()> {
+        dispatch!(self, b => b.end_session(cookie_sha256).await)
+    }
+
+    /// Drops sessions that expired before `now_ms`; returns how many.
+    pub async fn forget_expired_sessions(&self, now_ms: u64) -> Result<usize> {
+        dispatch!(self, b => b.forget_expired_sessions(now_ms).await)
+    }
+
+    #[cfg(test)]
+    async fn with_trees<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut owner::Trees) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        match &self.backend {
+            Backend::Sled(sled) => sled.with_trees(f).await,
+            Backend::Postgres(_) => Err(StoreError::Unsupported { what: "sled trees" }),
+        }
     }
 }
 
@@ -726,7 +1143,7 @@ fn scan_from(
     Ok(out)
 }
 
-impl RunStore {
+impl SledStore {
     /// Opens (or creates) the store in `dir` and starts its owner and
     /// flusher threads. One process at a time: a second gets
     /// [`StoreError::Locked`].
@@ -766,7 +1183,7 @@ impl RunStore {
                 }
             }
         }
-        Ok(RunStore { owner: Arc::new(Owner::start(db)?), dir: dir.to_path_buf() })
+        Ok(SledStore { owner: Arc::new(Owner::start(db)?), dir: dir.to_path_buf() })
     }
 
     /// A new, unique, time-sortable run id.
@@ -774,19 +1191,6 @@ impl RunStore {
         // sled's id generator is unique across restarts; the time prefix sorts.
         let seq = self.owner.call(|t| Ok(t.db.generate_id()?)).await?;
         Ok(format!("{:011x}-{:05x}", now_ms(), seq & 0xf_ffff))
-    }
-
-    /// Records a new run, durably. With a webhook `delivery`, the delivery
-    /// is remembered in the same transaction, and a delivery remembered
-    /// before is refused with [`StoreError::Replay`] (and no run): a
-    /// delivery is remembered exactly when its run exists.
-    pub async fn create_run(
-        &self,
-        run: &RunRecord,
-        step_ids: &[String],
-        delivery: Option<&Delivery>,
-    ) -> Result<()> {
-        self.create_run_by(run, step_ids, delivery, None).await
     }
 
     /// [`RunStore::create_run`], with who started the run recorded as the
@@ -1041,7 +1445,7 @@ impl RunStore {
     /// groups at a time.
     pub fn items(&self, run: &str, index: u32) -> ItemScan {
         ItemScan {
-            store: self.clone(),
+            store: ItemSource::Sled(self.clone()),
             prefix: step_prefix(run, index),
             after: None,
             buffer: std::collections::VecDeque::new(),
@@ -1145,35 +1549,6 @@ impl RunStore {
         }
     }
 
-    /// Runs that have not finished: interrupted ones, to resume. Found
-    /// through the status index, so a store of many finished runs costs
-    /// nothing here.
-    pub async fn unfinished_runs(&self) -> Result<Vec<RunRecord>> {
-        let mut unfinished = Vec::new();
-        for status in [Status::Running, Status::Pending] {
-            let mut before = None;
-            loop {
-                let page = self
-                    .query_runs(RunQuery {
-                        status: Some(status),
-                        before,
-                        limit: MAX_PAGE,
-                        ..RunQuery::default()
-                    })
-                    .await?;
-                for row in &page.rows {
-                    unfinished.push(self.run(&row.id).await?);
-                }
-                match page.next {
-                    Some(next) => before = Some(next),
-                    None => break,
-                }
-            }
-        }
-        unfinished.sort_by(|a, b| a.id.cmp(&b.id));
-        Ok(unfinished)
-    }
-
     /// One run.
     pub async fn run(&self, id: &str) -> Result<RunRecord> {
         let key = id.to_owned();
@@ -1272,12 +1647,27 @@ impl RunStore {
 /// The finished items of a for-each step; see [`RunStore::items`].
 #[derive(Debug)]
 pub struct ItemScan {
-    store: RunStore,
+    store: ItemSource,
     prefix: Vec<u8>,
     /// The last group key read.
     after: Option<Vec<u8>>,
     buffer: std::collections::VecDeque<(u64, ItemRecord)>,
     done: bool,
+}
+
+/// Where an [`ItemScan`] reads groups from.
+#[derive(Debug)]
+enum ItemSource {
+    /// sled, by key (`prefix`, `after`).
+    Sled(SledStore),
+    /// PostgreSQL, by group number.
+    Postgres {
+        store: postgres::PgStore,
+        run: String,
+        index: u32,
+        /// The last group read.
+        after: i64,
+    },
 }
 
 impl ItemScan {
@@ -1293,9 +1683,33 @@ impl ItemScan {
             if self.done {
                 return None;
             }
+            let store = match &mut self.store {
+                ItemSource::Sled(store) => store,
+                ItemSource::Postgres { store, run, index, after } => {
+                    let groups = match store.item_groups(run, *index, *after, Self::GROUPS).await {
+                        Ok(groups) => groups,
+                        Err(e) => {
+                            self.done = true;
+                            return Some(Err(e));
+                        }
+                    };
+                    self.done = groups.len() < Self::GROUPS;
+                    for (group, items) in groups {
+                        *after = group;
+                        let key = format!("{run}/{index:05}/{group:016x}");
+                        match decode::<Vec<(u64, ItemRecord)>>(key.as_bytes(), items.as_bytes()) {
+                            Ok(group) => self.buffer.extend(group),
+                            Err(e) => {
+                                self.done = true;
+                                return Some(Err(e));
+                            }
+                        }
+                    }
+                    continue;
+                }
+            };
             let (prefix, after) = (self.prefix.clone(), self.after.clone());
-            let groups = match self
-                .store
+            let groups = match store
                 .owner
                 .call(move |t| scan_from(&t.items, &prefix, after.as_deref(), Self::GROUPS))
                 .await
@@ -1576,6 +1990,50 @@ fn tx_error(e: sled::transaction::TransactionError<StoreError>) -> StoreError {
     }
 }
 
+/// Each backend the store's tests run on: sled in a temporary directory,
+/// and PostgreSQL in a schema of its own when `WEFT_TEST_POSTGRES` names a
+/// server (required under `CI=true`; see [`postgres::scratch`]).
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::{RunStore, postgres::scratch};
+
+    /// A store on one backend, and what it lives in.
+    pub(crate) struct TestStore {
+        /// `sled` or `postgres`, for messages.
+        pub(crate) name: &'static str,
+        pub(crate) store: RunStore,
+        /// The sled directory, kept until the test ends.
+        pub(crate) dir: Option<tempfile::TempDir>,
+        /// The PostgreSQL schema, dropped when the test ends.
+        pub(crate) schema: Option<scratch::ScratchSchema>,
+    }
+
+    /// The store in `dir` or `schema` opened again (a restarted process).
+    pub(crate) async fn reopen(
+        dir: Option<&tempfile::TempDir>,
+        schema: Option<&scratch::ScratchSchema>,
+    ) -> super::Result<RunStore> {
+        match (dir, schema) {
+            (Some(dir), _) => super::tests::reopen(dir.path()),
+            (None, Some(schema)) => RunStore::open_postgres(&schema.url).await,
+            (None, None) => Err(super::StoreError::Unavailable("no store to reopen".into())),
+        }
+    }
+
+    /// A fresh store on each backend there is, sled first.
+    pub(crate) async fn backends(test: &str) -> Result<Vec<TestStore>, Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let store = RunStore::open(dir.path())?;
+        let mut out = vec![TestStore { name: "sled", store, dir: Some(dir), schema: None }];
+        if let Some(url) = scratch::test_url(test)? {
+            let schema = scratch::ScratchSchema::create(&url).await?;
+            let store = RunStore::open_postgres(&schema.url).await?;
+            out.push(TestStore { name: "postgres", store, dir: None, schema: Some(schema) });
+        }
+        Ok(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1585,7 +2043,7 @@ mod tests {
     /// after the last handle is dropped (seen under load in CI), so the
     /// reopen waits for it, for a bounded time; a second process never
     /// meets this (its exit releases the lock).
-    fn reopen(dir: &Path) -> Result<RunStore> {
+    pub(super) fn reopen(dir: &Path) -> Result<RunStore> {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
             match RunStore::open(dir) {
@@ -1765,117 +2223,154 @@ mod tests {
     #[tokio::test]
     async fn items_are_recorded_in_groups_and_read_back_in_order()
     -> Result<(), Box<dyn std::error::Error>> {
-        let (dir, store, id) = store_with_run(&["each"]).await?;
-        let step = StepState::pending("each", 0);
-        let done = |n| {
-            (
-                n,
-                ItemRecord {
-                    status: Status::Succeeded,
-                    action: Some(ItemAction::Created),
-                    id: Some(format!("cus_{n}")),
-                    error: None,
-                },
-            )
-        };
-        store.commit_items(&id, &step, &[done(2), done(0)]).await?;
-        store.commit_items(&id, &step, &[done(1)]).await?;
-        let mut items = Vec::new();
+        for backend in
+            crate::store::testing::backends("items_are_recorded_in_groups_and_read_back_in_order")
+                .await?
         {
-            let mut scan = store.items(&id, 0);
-            while let Some(item) = scan.next().await {
-                let (n, record) = item?;
-                items.push((n, record.id));
+            eprintln!("items_are_recorded_in_groups_and_read_back_in_order: on {}", backend.name);
+            let testing::TestStore { store, dir, schema, .. } = backend;
+            let id = store.new_run_id().await?;
+            store.create_run(&run(&id), &["each".into()], None).await?;
+            let step = StepState::pending("each", 0);
+            let done = |n| {
+                (
+                    n,
+                    ItemRecord {
+                        status: Status::Succeeded,
+                        action: Some(ItemAction::Created),
+                        id: Some(format!("cus_{n}")),
+                        error: None,
+                    },
+                )
+            };
+            store.commit_items(&id, &step, &[done(2), done(0)]).await?;
+            store.commit_items(&id, &step, &[done(1)]).await?;
+            let mut items = Vec::new();
+            {
+                let mut scan = store.items(&id, 0);
+                while let Some(item) = scan.next().await {
+                    let (n, record) = item?;
+                    items.push((n, record.id));
+                }
             }
+            items.sort();
+            assert_eq!(
+                items,
+                vec![
+                    (0, Some("cus_0".into())),
+                    (1, Some("cus_1".into())),
+                    (2, Some("cus_2".into()))
+                ]
+            );
+            drop(store);
+            let reopened = testing::reopen(dir.as_ref(), schema.as_ref()).await?;
+            assert_eq!(reopened.items(&id, 0).count().await?, 3, "groups survive a reopen");
         }
-        items.sort();
-        assert_eq!(
-            items,
-            vec![(0, Some("cus_0".into())), (1, Some("cus_1".into())), (2, Some("cus_2".into()))]
-        );
-        drop(store);
-        let reopened = reopen(dir.path())?;
-        assert_eq!(reopened.items(&id, 0).count().await?, 3, "groups survive a reopen");
         Ok(())
     }
 
     #[tokio::test]
     async fn items_are_read_back_a_chunk_of_groups_at_a_time_across_chunk_ends()
     -> Result<(), Box<dyn std::error::Error>> {
-        let (_dir, store, id) = store_with_run(&["each", "other"]).await?;
-        let step = StepState::pending("each", 0);
-        let groups = ItemScan::GROUPS as u64 * 2 + 3;
-        for g in 0..groups {
+        for backend in crate::store::testing::backends(
+            "items_are_read_back_a_chunk_of_groups_at_a_time_across_chunk_ends",
+        )
+        .await?
+        {
+            eprintln!(
+                "items_are_read_back_a_chunk_of_groups_at_a_time_across_chunk_ends: on {}",
+                backend.name
+            );
+            let store = backend.store.clone();
+            let id = store.new_run_id().await?;
+            store.create_run(&run(&id), &["each".into(), "other".into()], None).await?;
+            let step = StepState::pending("each", 0);
+            let groups = ItemScan::GROUPS as u64 * 2 + 3;
+            for g in 0..groups {
+                store
+                    .commit_items(
+                        &id,
+                        &step,
+                        &[
+                            (
+                                g * 2,
+                                ItemRecord {
+                                    status: Status::Succeeded,
+                                    action: None,
+                                    id: None,
+                                    error: None,
+                                },
+                            ),
+                            (
+                                g * 2 + 1,
+                                ItemRecord {
+                                    status: Status::Failed,
+                                    action: None,
+                                    id: None,
+                                    error: Some("x".into()),
+                                },
+                            ),
+                        ],
+                    )
+                    .await?;
+            }
             store
                 .commit_items(
                     &id,
-                    &step,
-                    &[
-                        (
-                            g * 2,
-                            ItemRecord {
-                                status: Status::Succeeded,
-                                action: None,
-                                id: None,
-                                error: None,
-                            },
-                        ),
-                        (
-                            g * 2 + 1,
-                            ItemRecord {
-                                status: Status::Failed,
-                                action: None,
-                                id: None,
-                                error: Some("x".into()),
-                            },
-                        ),
-                    ],
+                    &StepState::pending("other", 1),
+                    &[(
+                        0,
+                        ItemRecord { status: Status::Skipped, action: None, id: None, error: None },
+                    )],
                 )
                 .await?;
+            assert_eq!(
+                store.items(&id, 0).count().await?,
+                groups * 2,
+                "every group of the step, none of the next step's"
+            );
+            assert_eq!(store.items(&id, 1).count().await?, 1);
+            assert_eq!(store.items(&id, 2).count().await?, 0);
         }
-        store
-            .commit_items(
-                &id,
-                &StepState::pending("other", 1),
-                &[(0, ItemRecord { status: Status::Skipped, action: None, id: None, error: None })],
-            )
-            .await?;
-        assert_eq!(
-            store.items(&id, 0).count().await?,
-            groups * 2,
-            "every group of the step, none of the next step's"
-        );
-        assert_eq!(store.items(&id, 1).count().await?, 1);
-        assert_eq!(store.items(&id, 2).count().await?, 0);
         Ok(())
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_commits_share_flushes_and_all_survive_a_reopen()
     -> Result<(), Box<dyn std::error::Error>> {
-        let dir = tempfile::tempdir()?;
-        let store = RunStore::open(dir.path())?;
-        let mut tasks = tokio::task::JoinSet::new();
-        for _ in 0..200 {
-            let store = store.clone();
-            tasks.spawn(async move {
-                let id = store.new_run_id().await?;
-                store.create_run(&run(&id), &["a".into()], None).await?;
-                let mut step = StepState::pending("a", 0);
-                step.status = Status::Succeeded;
-                store.commit_step(&id, &step).await?;
-                Ok::<_, StoreError>(id)
-            });
-        }
-        let mut ids = Vec::new();
-        while let Some(id) = tasks.join_next().await {
-            ids.push(id??);
-        }
-        drop(store);
-        let store = RunStore::open(dir.path())?;
-        assert_eq!(store.runs().await?.len(), 200);
-        for id in ids {
-            assert_eq!(store.steps(&id).await?[0].status, Status::Succeeded);
+        for backend in crate::store::testing::backends(
+            "concurrent_commits_share_flushes_and_all_survive_a_reopen",
+        )
+        .await?
+        {
+            eprintln!(
+                "concurrent_commits_share_flushes_and_all_survive_a_reopen: on {}",
+                backend.name
+            );
+            // The test's only handle, so that dropping it closes the store.
+            let testing::TestStore { store, dir, schema, .. } = backend;
+            let mut tasks = tokio::task::JoinSet::new();
+            for _ in 0..200 {
+                let store = store.clone();
+                tasks.spawn(async move {
+                    let id = store.new_run_id().await?;
+                    store.create_run(&run(&id), &["a".into()], None).await?;
+                    let mut step = StepState::pending("a", 0);
+                    step.status = Status::Succeeded;
+                    store.commit_step(&id, &step).await?;
+                    Ok::<_, StoreError>(id)
+                });
+            }
+            let mut ids = Vec::new();
+            while let Some(id) = tasks.join_next().await {
+                ids.push(id??);
+            }
+            drop(store);
+            let store = testing::reopen(dir.as_ref(), schema.as_ref()).await?;
+            assert_eq!(store.runs().await?.len(), 200);
+            for id in ids {
+                assert_eq!(store.steps(&id).await?[0].status, Status::Succeeded);
+            }
         }
         Ok(())
     }
@@ -1894,15 +2389,27 @@ mod tests {
     #[tokio::test]
     async fn a_failed_run_keeps_its_message_and_a_finished_one_is_left_alone()
     -> Result<(), Box<dyn std::error::Error>> {
-        let (_dir, store, id) = store_with_run(&["a"]).await?;
-        let failed = store.fail_run(&id, "internal error: boom").await?;
-        assert_eq!(
-            (failed.status, failed.error.as_deref()),
-            (Status::Failed, Some("internal error: boom"))
-        );
-        let again = store.fail_run(&id, "other").await?;
-        assert_eq!(again.error.as_deref(), Some("internal error: boom"));
-        assert!(matches!(store.fail_run("nope", "x").await, Err(StoreError::UnknownRun(_))));
+        for backend in crate::store::testing::backends(
+            "a_failed_run_keeps_its_message_and_a_finished_one_is_left_alone",
+        )
+        .await?
+        {
+            eprintln!(
+                "a_failed_run_keeps_its_message_and_a_finished_one_is_left_alone: on {}",
+                backend.name
+            );
+            let store = backend.store.clone();
+            let id = store.new_run_id().await?;
+            store.create_run(&run(&id), &["a".into()], None).await?;
+            let failed = store.fail_run(&id, "internal error: boom").await?;
+            assert_eq!(
+                (failed.status, failed.error.as_deref()),
+                (Status::Failed, Some("internal error: boom"))
+            );
+            let again = store.fail_run(&id, "other").await?;
+            assert_eq!(again.error.as_deref(), Some("internal error: boom"));
+            assert!(matches!(store.fail_run("nope", "x").await, Err(StoreError::UnknownRun(_))));
+        }
         Ok(())
     }
 
@@ -1928,8 +2435,16 @@ mod tests {
     #[tokio::test]
     async fn an_event_delivered_again_with_a_new_signature_starts_nothing_until_its_window_ends()
     -> Result<(), Box<dyn std::error::Error>> {
-        let dir = tempfile::tempdir()?;
-        let store = RunStore::open(dir.path())?;
+        const NAME: &str =
+            "an_event_delivered_again_with_a_new_signature_starts_nothing_until_its_window_ends";
+        for backend in crate::store::testing::backends(NAME).await? {
+            eprintln!("{NAME}: on {}", backend.name);
+            event_ids_on(&backend.store).await?;
+        }
+        Ok(())
+    }
+
+    async fn event_ids_on(store: &RunStore) -> Result<(), Box<dyn std::error::Error>> {
         let with_event = |signature: &str, id: &str, until: u64| Delivery {
             event: Some((id.into(), until)),
             ..delivery("w", signature, Some(1_000))
@@ -1978,68 +2493,92 @@ mod tests {
     #[tokio::test]
     async fn a_delivery_is_remembered_with_its_run_and_a_replay_records_nothing()
     -> Result<(), Box<dyn std::error::Error>> {
-        let dir = tempfile::tempdir()?;
-        let store = RunStore::open(dir.path())?;
-        let first = store.new_run_id().await?;
-        store.create_run(&run(&first), &["a".into()], Some(&delivery("w", "sig1", None))).await?;
-        let second = store.new_run_id().await?;
-        let replay = store
-            .create_run(&run(&second), &["a".into()], Some(&delivery("w", "sig1", None)))
-            .await;
-        assert!(matches!(replay, Err(StoreError::Replay { .. })), "{replay:?}");
-        assert!(
-            matches!(store.run(&second).await, Err(StoreError::UnknownRun(_))),
-            "a replay creates no run"
-        );
-        assert!(store.steps(&second).await?.is_empty(), "nor its steps");
-        // Another workflow's webhook may see the same signature.
-        store
-            .create_run(&run(&second), &["a".into()], Some(&delivery("other", "sig1", None)))
-            .await?;
-        assert_eq!(store.runs().await?.len(), 2);
+        for backend in crate::store::testing::backends(
+            "a_delivery_is_remembered_with_its_run_and_a_replay_records_nothing",
+        )
+        .await?
+        {
+            eprintln!(
+                "a_delivery_is_remembered_with_its_run_and_a_replay_records_nothing: on {}",
+                backend.name
+            );
+            let store = backend.store.clone();
+            let first = store.new_run_id().await?;
+            store
+                .create_run(&run(&first), &["a".into()], Some(&delivery("w", "sig1", None)))
+                .await?;
+            let second = store.new_run_id().await?;
+            let replay = store
+                .create_run(&run(&second), &["a".into()], Some(&delivery("w", "sig1", None)))
+                .await;
+            assert!(matches!(replay, Err(StoreError::Replay { .. })), "{replay:?}");
+            assert!(
+                matches!(store.run(&second).await, Err(StoreError::UnknownRun(_))),
+                "a replay creates no run"
+            );
+            assert!(store.steps(&second).await?.is_empty(), "nor its steps");
+            // Another workflow's webhook may see the same signature.
+            store
+                .create_run(&run(&second), &["a".into()], Some(&delivery("other", "sig1", None)))
+                .await?;
+            assert_eq!(store.runs().await?.len(), 2);
+        }
         Ok(())
     }
 
     #[tokio::test]
     async fn deliveries_without_a_signed_timestamp_are_kept_for_good_and_timed_ones_until_stale()
     -> Result<(), Box<dyn std::error::Error>> {
-        let dir = tempfile::tempdir()?;
-        let store = RunStore::open(dir.path())?;
-        let tolerance = Duration::from_secs(300);
-        let now_secs = 1_800_000_000i64;
-        let create = |d: Delivery| {
-            let store = store.clone();
-            async move {
-                let id = store.new_run_id().await?;
-                store.create_run(&run(&id), &[], Some(&d)).await
+        for backend in crate::store::testing::backends(
+            "deliveries_without_a_signed_timestamp_are_kept_for_good_and_timed_ones_until_stale",
+        )
+        .await?
+        {
+            eprintln!(
+                "deliveries_without_a_signed_timestamp_are_kept_for_good_and_timed_ones_until_stale: on {}",
+                backend.name
+            );
+            let store = backend.store.clone();
+            let tolerance = Duration::from_secs(300);
+            let now_secs = 1_800_000_000i64;
+            let create = |d: Delivery| {
+                let store = store.clone();
+                async move {
+                    let id = store.new_run_id().await?;
+                    store.create_run(&run(&id), &[], Some(&d)).await
+                }
+            };
+            create(delivery("w", "untimed", None)).await?;
+            create(delivery("w", "old", Some(now_secs - 3600))).await?;
+            create(delivery("w", "fresh", Some(now_secs - 10))).await?;
+            // A store from before signed timestamps were kept: first seen, ms.
+            let seen_long_ago = ((now_secs - 7200) as u64 * 1000).to_be_bytes();
+            let seen_just_now = ((now_secs - 5) as u64 * 1000).to_be_bytes();
+            // (sled only: PostgreSQL stores never held that form.)
+            let legacy = backend.dir.is_some();
+            if legacy {
+                store
+                    .with_trees(move |t| {
+                        t.deliveries.insert(b"w/legacy-old", &seen_long_ago[..])?;
+                        t.deliveries.insert(b"w/legacy-new", &seen_just_now[..])?;
+                        Ok(())
+                    })
+                    .await?;
             }
-        };
-        create(delivery("w", "untimed", None)).await?;
-        create(delivery("w", "old", Some(now_secs - 3600))).await?;
-        create(delivery("w", "fresh", Some(now_secs - 10))).await?;
-        // A store from before signed timestamps were kept: first seen, ms.
-        let seen_long_ago = ((now_secs - 7200) as u64 * 1000).to_be_bytes();
-        let seen_just_now = ((now_secs - 5) as u64 * 1000).to_be_bytes();
-        store
-            .with_trees(move |t| {
-                t.deliveries.insert(b"w/legacy-old", &seen_long_ago[..])?;
-                t.deliveries.insert(b"w/legacy-new", &seen_just_now[..])?;
-                Ok(())
-            })
-            .await?;
-        let now_ms = now_secs as u64 * 1000;
-        assert_eq!(
-            store.forget_deliveries("w", tolerance, now_ms).await?,
-            2,
-            "the hour-old delivery and the two-hour-old legacy one"
-        );
-        // Ten years on, the untimed delivery is still refused as a replay
-        // (before, every signature was forgotten after two days).
-        let ten_years = now_ms + 10 * 365 * 86_400_000;
-        store.forget_deliveries("w", tolerance, ten_years).await?;
-        let again = create(delivery("w", "untimed", None)).await;
-        assert!(matches!(again, Err(StoreError::Replay { .. })), "{again:?}");
-        create(delivery("w", "fresh", Some(now_secs - 10))).await?;
+            let now_ms = now_secs as u64 * 1000;
+            assert_eq!(
+                store.forget_deliveries("w", tolerance, now_ms).await?,
+                if legacy { 2 } else { 1 },
+                "the hour-old delivery and the two-hour-old legacy one"
+            );
+            // Ten years on, the untimed delivery is still refused as a replay
+            // (before, every signature was forgotten after two days).
+            let ten_years = now_ms + 10 * 365 * 86_400_000;
+            store.forget_deliveries("w", tolerance, ten_years).await?;
+            let again = create(delivery("w", "untimed", None)).await;
+            assert!(matches!(again, Err(StoreError::Replay { .. })), "{again:?}");
+            create(delivery("w", "fresh", Some(now_secs - 10))).await?;
+        }
         Ok(())
     }
 
@@ -2210,16 +2749,21 @@ mod tests {
     #[tokio::test]
     async fn recent_runs_come_newest_first_filtered_and_bounded()
     -> Result<(), Box<dyn std::error::Error>> {
-        let dir = tempfile::tempdir()?;
-        let store = RunStore::open(dir.path())?;
-        for (n, workflow) in ["a", "b", "a", "a"].iter().enumerate() {
-            let mut record = run(&format!("r{n}"));
-            record.workflow = (*workflow).into();
-            store.create_run(&record, &[], None).await?;
+        for backend in
+            crate::store::testing::backends("recent_runs_come_newest_first_filtered_and_bounded")
+                .await?
+        {
+            eprintln!("recent_runs_come_newest_first_filtered_and_bounded: on {}", backend.name);
+            let store = backend.store.clone();
+            for (n, workflow) in ["a", "b", "a", "a"].iter().enumerate() {
+                let mut record = run(&format!("r{n}"));
+                record.workflow = (*workflow).into();
+                store.create_run(&record, &[], None).await?;
+            }
+            let ids = |runs: Vec<RunRecord>| runs.into_iter().map(|r| r.id).collect::<Vec<_>>();
+            assert_eq!(ids(store.recent_runs(2, |r| r.workflow == "a").await?), vec!["r3", "r2"]);
+            assert_eq!(ids(store.recent_runs(10, |_| true).await?), vec!["r3", "r2", "r1", "r0"]);
         }
-        let ids = |runs: Vec<RunRecord>| runs.into_iter().map(|r| r.id).collect::<Vec<_>>();
-        assert_eq!(ids(store.recent_runs(2, |r| r.workflow == "a").await?), vec!["r3", "r2"]);
-        assert_eq!(ids(store.recent_runs(10, |_| true).await?), vec!["r3", "r2", "r1", "r0"]);
         Ok(())
     }
 
@@ -2238,12 +2782,16 @@ mod tests {
 
     #[tokio::test]
     async fn run_ids_are_unique_and_sort_by_time() -> Result<(), Box<dyn std::error::Error>> {
-        let dir = tempfile::tempdir()?;
-        let store = RunStore::open(dir.path())?;
-        let a = store.new_run_id().await?;
-        let b = store.new_run_id().await?;
-        assert_ne!(a, b);
-        assert!(a <= b || a[..11] == b[..11]);
+        for backend in
+            crate::store::testing::backends("run_ids_are_unique_and_sort_by_time").await?
+        {
+            eprintln!("run_ids_are_unique_and_sort_by_time: on {}", backend.name);
+            let store = backend.store.clone();
+            let a = store.new_run_id().await?;
+            let b = store.new_run_id().await?;
+            assert_ne!(a, b);
+            assert!(a <= b || a[..11] == b[..11]);
+        }
         Ok(())
     }
 }

@@ -12,11 +12,11 @@ use weft::credentials::Secret;
 use weft::executor::{
     ConnectionOverride, ExecError, Executor, Observer, RunOptions, RunSummary, StepSummary,
 };
-use weft::store::{RunRecord, Status, StepState};
+use weft::store::{RunRecord, Status, StepState, StoreLocation};
 use weft::workflow::{Step, Workflow};
 
 use super::print::{Printer, output_files, report};
-use super::{Global, open_store, state_dir, stop_on_signals, wasm_runtime};
+use super::{Global, open_location, stop_on_signals, store_location, wasm_runtime};
 use crate::exit;
 
 // No `///` here: clap would take it for the command's about, which the
@@ -79,17 +79,16 @@ pub(crate) async fn run(global: &Global, command: RunArgs) -> Result<ExitCode> {
     let inputs = gather_inputs(&workflow, &command)?;
     // A sandbox run keeps its state in a temporary directory unless told
     // otherwise, so demo runs never mix with real ones.
-    let temp_state = if command.sandbox && global.state_dir.is_none() {
+    let temp_state = if command.sandbox && global.state_dir.is_none() && global.store.is_none() {
         Some(tempfile::tempdir().context("failed to create a temporary state dir")?)
     } else {
         None
     };
-    let state_dir = match (&temp_state, &global.state_dir) {
-        (Some(temp), _) => temp.path().to_path_buf(),
-        (None, Some(dir)) => dir.clone(),
-        (None, None) => state_dir(global),
+    let location = match &temp_state {
+        Some(temp) => StoreLocation::Sled(temp.path().to_path_buf()),
+        None => store_location(global)?,
     };
-    let executor = Executor::new(wasm_runtime(global)?, open_store(&state_dir)?);
+    let executor = Executor::new(wasm_runtime(global)?, open_location(&location).await?);
 
     let mut emulators = None;
     let mut overrides = BTreeMap::new();
@@ -126,8 +125,7 @@ pub(crate) async fn run(global: &Global, command: RunArgs) -> Result<ExitCode> {
         if !command.json {
             eprintln!(
                 "sandbox: emulators on loopback, {} demo records each; state in {}",
-                command.seed,
-                state_dir.display()
+                command.seed, location
             );
         }
         emulators = Some(running);

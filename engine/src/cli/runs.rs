@@ -10,11 +10,11 @@ use anyhow::{Context as _, Result};
 use clap::Subcommand;
 use weft::executor::{Executor, RunOptions};
 use weft::serve::{RunDetail, RunView};
-use weft::store::{MAX_PAGE, RunQuery, RunStore, StoreError};
+use weft::store::{MAX_PAGE, RunQuery, RunStore, StoreError, StoreLocation};
 
 use super::print::{Printer, output_files, report};
 use super::run::{exit_code, fault_hook, guard_panics};
-use super::{Global, state_dir, stop_on_signals, wasm_runtime};
+use super::{Global, open_location, stop_on_signals, store_location, wasm_runtime};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum RunsCommand {
@@ -70,7 +70,14 @@ fn server_address(dir: &Path) -> Option<ServerAddress> {
 
 /// `weft runs …`: from the run store, or from the `weft serve` that holds it.
 pub(crate) async fn runs(global: &Global, command: RunsCommand) -> Result<ExitCode> {
-    let dir = state_dir(global);
+    let dir = match store_location(global)? {
+        StoreLocation::Sled(dir) => dir,
+        // Every process opens PostgreSQL itself; no server to ask.
+        location => {
+            let store = open_location(&location).await?;
+            return runs_in(global, store, &location.to_string(), command).await;
+        }
+    };
     let store = match RunStore::open(&dir) {
         Ok(store) => store,
         Err(StoreError::Locked { .. }) if server_address(&dir).is_some() => {
@@ -88,6 +95,16 @@ pub(crate) async fn runs(global: &Global, command: RunsCommand) -> Result<ExitCo
                 .with_context(|| format!("failed to open the run store at {}", dir.display()));
         }
     };
+    runs_in(global, store, &dir.display().to_string(), command).await
+}
+
+/// `weft runs …` against an open store.
+async fn runs_in(
+    global: &Global,
+    store: RunStore,
+    shown: &str,
+    command: RunsCommand,
+) -> Result<ExitCode> {
     match command {
         RunsCommand::List { json, limit } => {
             // Newest first, through the index: a store of many runs costs
@@ -101,7 +118,7 @@ pub(crate) async fn runs(global: &Global, command: RunsCommand) -> Result<ExitCo
                 let rows: Vec<_> = runs.iter().map(RunView::from).collect();
                 outln!("{}", serde_json::to_string_pretty(&rows)?)?;
             } else if runs.is_empty() {
-                outln!("no runs in {}", dir.display())?;
+                outln!("no runs in {shown}")?;
             } else {
                 print_runs(&runs.iter().map(RunView::from).collect::<Vec<_>>())?;
             }

@@ -9,7 +9,7 @@ use clap::Args;
 use weft::executor::Executor;
 use weft::workflow::Workflow;
 
-use super::{Global, notice, open_store, shutdown_signal, state_dir, wasm_runtime};
+use super::{Global, notice, open_location, shutdown_signal, store_location, wasm_runtime};
 
 // No `///` here: clap would take it for the command's about, which the
 // `Command::Serve` variant in main.rs gives.
@@ -113,16 +113,15 @@ pub(crate) async fn serve(global: &Global, args: ServeArgs) -> Result<ExitCode> 
     if workflows.is_empty() {
         anyhow::bail!("no workflow loaded; nothing to serve");
     }
-    let dir = state_dir(global);
-    let executor = Executor::new(wasm_runtime(global)?, open_store(&dir)?);
+    let location = store_location(global)?;
+    let store = open_location(&location).await?;
+    // Beside a sled store, the address `weft runs` finds the server by (it
+    // holds the store's lock); every process opens PostgreSQL itself.
+    let address_file = store.sled_dir().map(|dir| dir.join(SERVE_ADDRESS_FILE));
+    let executor = Executor::new(wasm_runtime(global)?, store);
     let grace = config.shutdown_grace;
     let scheme = if config.tls.is_some() { "https" } else { "http" };
-    let config = weft::serve::ServeConfig {
-        workflows,
-        broken,
-        address_file: Some(dir.join(SERVE_ADDRESS_FILE)),
-        ..config
-    };
+    let config = weft::serve::ServeConfig { workflows, broken, address_file, ..config };
     let served = config.workflows.len();
     let server = weft::serve::start(executor, config).await?;
     let format = global.log_format;
@@ -131,7 +130,7 @@ pub(crate) async fn serve(global: &Global, args: ServeArgs) -> Result<ExitCode> 
         "INFO",
         &format!(
             "weft serve: listening on {scheme}://{addr} with {served} workflow(s); console at {scheme}://{addr}/; state in {}",
-            dir.display(),
+            location,
             addr = server.addr,
         ),
     );

@@ -3,13 +3,12 @@
 //! opened directly, so these commands work while no server holds it; a
 //! running server's admin manages tokens through its API or console.
 
-use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{Context as _, Result};
 use clap::Subcommand;
 use weft::serve::auth;
-use weft::store::{Role, RunStore, StoreError};
+use weft::store::{Role, RunStore, StoreError, StoreLocation};
 
 /// `weft tokens …`.
 #[derive(Debug, Subcommand)]
@@ -41,7 +40,10 @@ fn parse_role(text: &str) -> Result<Role, String> {
     Role::parse(text).ok_or_else(|| format!("{text:?} is not a role: viewer, operator or admin"))
 }
 
-fn open(dir: &Path) -> Result<RunStore> {
+async fn open(location: &StoreLocation) -> Result<RunStore> {
+    let StoreLocation::Sled(dir) = location else {
+        return super::open_location(location).await;
+    };
     match RunStore::open(dir) {
         Ok(store) => Ok(store),
         Err(StoreError::Locked { .. }) => anyhow::bail!(
@@ -56,9 +58,9 @@ fn open(dir: &Path) -> Result<RunStore> {
     }
 }
 
-/// Runs a `weft tokens` command against the store in `dir`.
-pub(crate) async fn tokens(dir: &Path, command: TokensCommand) -> Result<ExitCode> {
-    let store = open(dir)?;
+/// Runs a `weft tokens` command against the store at `location`.
+pub(crate) async fn tokens(location: &StoreLocation, command: TokensCommand) -> Result<ExitCode> {
+    let store = open(location).await?;
     let mut out = std::io::stdout().lock();
     use std::io::Write as _;
     match command {
@@ -87,7 +89,7 @@ pub(crate) async fn tokens(dir: &Path, command: TokensCommand) -> Result<ExitCod
                     .collect();
                 writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
             } else if tokens.is_empty() {
-                writeln!(out, "no tokens in {}", dir.display())?;
+                writeln!(out, "no tokens in {location}")?;
             } else {
                 writeln!(out, "{:<24} {:<9} {:<17} {:<8}", "name", "role", "id", "state")?;
                 for t in &tokens {

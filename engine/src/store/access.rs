@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Result, RunStore, StoreError, decode, encode, now_ms};
+use super::{Result, SledStore, StoreError, decode, encode, now_ms};
 
 /// What a token may do. Each role may do what the one before it may.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -112,7 +112,7 @@ pub fn valid_token_name(name: &str) -> bool {
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'@'))
 }
 
-impl RunStore {
+impl SledStore {
     /// Records a new token. Refused when an active token has its name.
     pub async fn create_token(&self, token: &TokenRecord) -> Result<(), TokenError> {
         if !valid_token_name(&token.name) {
@@ -282,67 +282,74 @@ mod tests {
     #[tokio::test]
     async fn a_revoked_token_ends_its_sessions_and_frees_its_name()
     -> Result<(), Box<dyn std::error::Error>> {
-        let dir = tempfile::tempdir()?;
-        let store = RunStore::open(dir.path())?;
-        assert!(!store.has_active_tokens().await?);
-        store.create_token(&token("t1", "ops", Role::Operator)).await?;
-        assert!(matches!(
-            store.create_token(&token("t2", "ops", Role::Viewer)).await,
-            Err(TokenError::NameTaken(_))
-        ));
-        assert!(matches!(
-            store.create_token(&token("t3", "<script>", Role::Viewer)).await,
-            Err(TokenError::BadName(_))
-        ));
-        let session = SessionRecord {
-            token_id: "t1".into(),
-            csrf: "c".into(),
-            created_ms: 0,
-            expires_ms: u64::MAX,
-        };
-        store.create_session("h1", &session).await?;
-        assert_eq!(
-            store.live_session("h1", now_ms()).await?.map(|(_, t)| t.name),
-            Some("ops".into())
-        );
-        assert!(store.live_session("h1", u64::MAX).await?.is_none(), "expired");
-        let revoked = store.revoke_token("ops").await?;
-        assert!(revoked.revoked_ms.is_some());
-        assert!(store.live_session("h1", now_ms()).await?.is_none());
-        assert!(matches!(store.revoke_token("ops").await, Err(TokenError::Unknown(_))));
-        store.create_token(&token("t2", "ops", Role::Viewer)).await?;
-        assert_eq!(store.tokens().await?.len(), 2);
-        assert!(!store.token("t1").await?.is_some_and(|t| t.is_active()));
+        for backend in
+            crate::store::testing::backends("a_revoked_token_ends_its_sessions_and_frees_its_name")
+                .await?
+        {
+            eprintln!("a_revoked_token_ends_its_sessions_and_frees_its_name: on {}", backend.name);
+            let store = backend.store.clone();
+            assert!(!store.has_active_tokens().await?);
+            store.create_token(&token("t1", "ops", Role::Operator)).await?;
+            assert!(matches!(
+                store.create_token(&token("t2", "ops", Role::Viewer)).await,
+                Err(TokenError::NameTaken(_))
+            ));
+            assert!(matches!(
+                store.create_token(&token("t3", "<script>", Role::Viewer)).await,
+                Err(TokenError::BadName(_))
+            ));
+            let session = SessionRecord {
+                token_id: "t1".into(),
+                csrf: "c".into(),
+                created_ms: 0,
+                expires_ms: u64::MAX,
+            };
+            store.create_session("h1", &session).await?;
+            assert_eq!(
+                store.live_session("h1", now_ms()).await?.map(|(_, t)| t.name),
+                Some("ops".into())
+            );
+            assert!(store.live_session("h1", u64::MAX).await?.is_none(), "expired");
+            let revoked = store.revoke_token("ops").await?;
+            assert!(revoked.revoked_ms.is_some());
+            assert!(store.live_session("h1", now_ms()).await?.is_none());
+            assert!(matches!(store.revoke_token("ops").await, Err(TokenError::Unknown(_))));
+            store.create_token(&token("t2", "ops", Role::Viewer)).await?;
+            assert_eq!(store.tokens().await?.len(), 2);
+            assert!(!store.token("t1").await?.is_some_and(|t| t.is_active()));
+        }
         Ok(())
     }
 
     #[tokio::test]
     async fn expired_sessions_are_forgotten() -> Result<(), Box<dyn std::error::Error>> {
-        let dir = tempfile::tempdir()?;
-        let store = RunStore::open(dir.path())?;
-        store
-            .create_session(
-                "old",
-                &SessionRecord {
-                    token_id: "t".into(),
-                    csrf: "c".into(),
-                    created_ms: 0,
-                    expires_ms: 10,
-                },
-            )
-            .await?;
-        store
-            .create_session(
-                "new",
-                &SessionRecord {
-                    token_id: "t".into(),
-                    csrf: "c".into(),
-                    created_ms: 0,
-                    expires_ms: 1000,
-                },
-            )
-            .await?;
-        assert_eq!(store.forget_expired_sessions(500).await?, 1);
+        for backend in crate::store::testing::backends("expired_sessions_are_forgotten").await? {
+            eprintln!("expired_sessions_are_forgotten: on {}", backend.name);
+            let store = backend.store.clone();
+            store
+                .create_session(
+                    "old",
+                    &SessionRecord {
+                        token_id: "t".into(),
+                        csrf: "c".into(),
+                        created_ms: 0,
+                        expires_ms: 10,
+                    },
+                )
+                .await?;
+            store
+                .create_session(
+                    "new",
+                    &SessionRecord {
+                        token_id: "t".into(),
+                        csrf: "c".into(),
+                        created_ms: 0,
+                        expires_ms: 1000,
+                    },
+                )
+                .await?;
+            assert_eq!(store.forget_expired_sessions(500).await?, 1);
+        }
         Ok(())
     }
 

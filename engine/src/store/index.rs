@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 
 use super::owner::Trees;
-use super::{Result, RunRecord, RunStore, Status, StoreError, decode, encode};
+use super::{Result, RunRecord, SledStore, Status, StoreError, decode, encode};
 
 /// The tree of rows, by run id.
 pub(super) const ROWS_TREE: &str = "run_rows";
@@ -361,7 +361,7 @@ fn page(t: &Trees, query: &RunQuery) -> Result<RunPage> {
     Ok(out)
 }
 
-impl RunStore {
+impl SledStore {
     /// A page of runs, newest first, through the indexes (see the module
     /// docs): its cost follows the page, not the store.
     pub async fn query_runs(&self, query: RunQuery) -> Result<RunPage> {
@@ -459,6 +459,7 @@ pub(super) fn first_history_key(run: &str, seq: u64) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::RunStore;
     use crate::store::{RunTrigger, now_ms};
 
     fn record(id: &str, workflow: &str, status: Status, trigger: &str) -> RunRecord {
@@ -485,9 +486,7 @@ mod tests {
         format!("{ms:011x}-{seq:05x}")
     }
 
-    async fn seeded(n: u64) -> Result<(tempfile::TempDir, RunStore), Box<dyn std::error::Error>> {
-        let dir = tempfile::tempdir()?;
-        let store = RunStore::open(dir.path())?;
+    async fn seed(store: &RunStore, n: u64) -> Result<(), Box<dyn std::error::Error>> {
         for i in 0..n {
             let workflow = if i % 3 == 0 { "a" } else { "b" };
             let status = if i % 10 == 0 { Status::Failed } else { Status::Succeeded };
@@ -498,7 +497,7 @@ mod tests {
                 .create_run_by(&run, &[], None, Some(if i % 2 == 0 { "cron" } else { "ops" }))
                 .await?;
         }
-        Ok((dir, store))
+        Ok(())
     }
 
     fn ids(page: &RunPage) -> Vec<u64> {
@@ -508,95 +507,124 @@ mod tests {
     #[tokio::test]
     async fn pages_follow_the_cursor_newest_first_with_every_filter()
     -> Result<(), Box<dyn std::error::Error>> {
-        let (_dir, store) = seeded(40).await?;
-        let first = store.query_runs(RunQuery { limit: 5, ..RunQuery::default() }).await?;
-        assert_eq!(ids(&first), vec![39, 38, 37, 36, 35]);
-        let second = store
-            .query_runs(RunQuery { limit: 5, before: first.next.clone(), ..RunQuery::default() })
-            .await?;
-        assert_eq!(ids(&second), vec![34, 33, 32, 31, 30]);
-        let failed_a = store
-            .query_runs(RunQuery {
-                workflow: Some("a".into()),
-                status: Some(Status::Failed),
-                limit: 10,
-                ..RunQuery::default()
-            })
-            .await?;
-        assert_eq!(ids(&failed_a), vec![30, 0]);
-        assert_eq!(failed_a.next, None, "the last page says so");
-        let cron_b = store
-            .query_runs(RunQuery {
-                workflow: Some("b".into()),
-                trigger: Some("cron".into()),
-                limit: 3,
-                ..RunQuery::default()
-            })
-            .await?;
-        assert_eq!(ids(&cron_b), vec![38, 34, 32]);
-        assert_eq!(cron_b.rows[0].started_by.as_deref(), Some("cron"));
-        let window = store
-            .query_runs(RunQuery {
-                created_from_ms: Some(1_000_010),
-                created_to_ms: Some(1_000_013),
-                limit: 10,
-                ..RunQuery::default()
-            })
-            .await?;
-        assert_eq!(ids(&window), vec![12, 11, 10]);
-        let by_id = store
-            .query_runs(RunQuery {
-                id_prefix: Some(id_at(1_000_007, 7)),
-                limit: 10,
-                ..RunQuery::default()
-            })
-            .await?;
-        assert_eq!(ids(&by_id), vec![7]);
-        let exact = store.query_runs(RunQuery { limit: 10, ..RunQuery::default() }).await?;
-        assert_eq!(exact.rows.len(), 10);
-        let all = store.query_runs(RunQuery { limit: 40, ..RunQuery::default() }).await?;
-        assert_eq!((all.rows.len(), all.next.as_deref()), (40, None), "no cursor to an empty page");
+        for backend in crate::store::testing::backends(
+            "pages_follow_the_cursor_newest_first_with_every_filter",
+        )
+        .await?
+        {
+            eprintln!(
+                "pages_follow_the_cursor_newest_first_with_every_filter: on {}",
+                backend.name
+            );
+            let store = backend.store.clone();
+            seed(&store, 40).await?;
+            let first = store.query_runs(RunQuery { limit: 5, ..RunQuery::default() }).await?;
+            assert_eq!(ids(&first), vec![39, 38, 37, 36, 35]);
+            let second = store
+                .query_runs(RunQuery {
+                    limit: 5,
+                    before: first.next.clone(),
+                    ..RunQuery::default()
+                })
+                .await?;
+            assert_eq!(ids(&second), vec![34, 33, 32, 31, 30]);
+            let failed_a = store
+                .query_runs(RunQuery {
+                    workflow: Some("a".into()),
+                    status: Some(Status::Failed),
+                    limit: 10,
+                    ..RunQuery::default()
+                })
+                .await?;
+            assert_eq!(ids(&failed_a), vec![30, 0]);
+            assert_eq!(failed_a.next, None, "the last page says so");
+            let cron_b = store
+                .query_runs(RunQuery {
+                    workflow: Some("b".into()),
+                    trigger: Some("cron".into()),
+                    limit: 3,
+                    ..RunQuery::default()
+                })
+                .await?;
+            assert_eq!(ids(&cron_b), vec![38, 34, 32]);
+            assert_eq!(cron_b.rows[0].started_by.as_deref(), Some("cron"));
+            let window = store
+                .query_runs(RunQuery {
+                    created_from_ms: Some(1_000_010),
+                    created_to_ms: Some(1_000_013),
+                    limit: 10,
+                    ..RunQuery::default()
+                })
+                .await?;
+            assert_eq!(ids(&window), vec![12, 11, 10]);
+            let by_id = store
+                .query_runs(RunQuery {
+                    id_prefix: Some(id_at(1_000_007, 7)),
+                    limit: 10,
+                    ..RunQuery::default()
+                })
+                .await?;
+            assert_eq!(ids(&by_id), vec![7]);
+            let exact = store.query_runs(RunQuery { limit: 10, ..RunQuery::default() }).await?;
+            assert_eq!(exact.rows.len(), 10);
+            let all = store.query_runs(RunQuery { limit: 40, ..RunQuery::default() }).await?;
+            assert_eq!(
+                (all.rows.len(), all.next.as_deref()),
+                (40, None),
+                "no cursor to an empty page"
+            );
+        }
         Ok(())
     }
 
     #[tokio::test]
     async fn a_status_change_moves_the_run_between_indexes()
     -> Result<(), Box<dyn std::error::Error>> {
-        let (_dir, store) = seeded(3).await?;
-        let id = id_at(1_000_001, 1);
-        let mut run = store.run(&id).await?;
-        run.status = Status::Running;
-        store.commit_run(&run).await?;
-        let running = store
-            .query_runs(RunQuery {
-                status: Some(Status::Running),
-                limit: 10,
-                ..RunQuery::default()
-            })
-            .await?;
-        assert_eq!(ids(&running), vec![1]);
-        assert_eq!(
-            running.rows[0].started_by.as_deref(),
-            Some("ops"),
-            "a commit keeps who started it"
-        );
-        store.fail_run(&id, "boom").await?;
-        assert!(
-            store
+        for backend in
+            crate::store::testing::backends("a_status_change_moves_the_run_between_indexes").await?
+        {
+            eprintln!("a_status_change_moves_the_run_between_indexes: on {}", backend.name);
+            let store = backend.store.clone();
+            seed(&store, 3).await?;
+            let id = id_at(1_000_001, 1);
+            let mut run = store.run(&id).await?;
+            run.status = Status::Running;
+            store.commit_run(&run).await?;
+            let running = store
                 .query_runs(RunQuery {
                     status: Some(Status::Running),
                     limit: 10,
                     ..RunQuery::default()
                 })
-                .await?
-                .rows
-                .is_empty()
-        );
-        let failed = store
-            .query_runs(RunQuery { status: Some(Status::Failed), limit: 10, ..RunQuery::default() })
-            .await?;
-        assert_eq!(ids(&failed), vec![1, 0]);
-        assert_eq!(store.unfinished_runs().await?.len(), 0);
+                .await?;
+            assert_eq!(ids(&running), vec![1]);
+            assert_eq!(
+                running.rows[0].started_by.as_deref(),
+                Some("ops"),
+                "a commit keeps who started it"
+            );
+            store.fail_run(&id, "boom").await?;
+            assert!(
+                store
+                    .query_runs(RunQuery {
+                        status: Some(Status::Running),
+                        limit: 10,
+                        ..RunQuery::default()
+                    })
+                    .await?
+                    .rows
+                    .is_empty()
+            );
+            let failed = store
+                .query_runs(RunQuery {
+                    status: Some(Status::Failed),
+                    limit: 10,
+                    ..RunQuery::default()
+                })
+                .await?;
+            assert_eq!(ids(&failed), vec![1, 0]);
+            assert_eq!(store.unfinished_runs().await?.len(), 0);
+        }
         Ok(())
     }
 
@@ -633,24 +661,31 @@ mod tests {
     #[tokio::test]
     async fn history_and_connection_totals_accumulate_per_run()
     -> Result<(), Box<dyn std::error::Error>> {
-        let (_dir, store) = seeded(1).await?;
-        let id = id_at(1_000_000, 0);
-        store.record_action(&id, &HistoryEntry::now("ops", "cancel requested", None)).await?;
-        let history = store.history(&id).await?;
-        let actions: Vec<_> =
-            history.iter().map(|h| (h.actor.as_str(), h.action.as_str())).collect();
-        assert_eq!(actions, vec![("cron", "started"), ("ops", "cancel requested")]);
-        assert!(matches!(
-            store.record_action("nope", &HistoryEntry::now("x", "y", None)).await,
-            Err(StoreError::UnknownRun(_))
-        ));
-        let once = std::collections::BTreeMap::from([(
-            "stripe".to_owned(),
-            ConnectionTotals { requests: 3, throttled: 1, ..Default::default() },
-        )]);
-        store.add_connection_totals(&id, &once).await?;
-        store.add_connection_totals(&id, &once).await?;
-        assert_eq!(store.connection_totals(&id).await?["stripe"].requests, 6);
+        for backend in
+            crate::store::testing::backends("history_and_connection_totals_accumulate_per_run")
+                .await?
+        {
+            eprintln!("history_and_connection_totals_accumulate_per_run: on {}", backend.name);
+            let store = backend.store.clone();
+            seed(&store, 1).await?;
+            let id = id_at(1_000_000, 0);
+            store.record_action(&id, &HistoryEntry::now("ops", "cancel requested", None)).await?;
+            let history = store.history(&id).await?;
+            let actions: Vec<_> =
+                history.iter().map(|h| (h.actor.as_str(), h.action.as_str())).collect();
+            assert_eq!(actions, vec![("cron", "started"), ("ops", "cancel requested")]);
+            assert!(matches!(
+                store.record_action("nope", &HistoryEntry::now("x", "y", None)).await,
+                Err(StoreError::UnknownRun(_))
+            ));
+            let once = std::collections::BTreeMap::from([(
+                "stripe".to_owned(),
+                ConnectionTotals { requests: 3, throttled: 1, ..Default::default() },
+            )]);
+            store.add_connection_totals(&id, &once).await?;
+            store.add_connection_totals(&id, &once).await?;
+            assert_eq!(store.connection_totals(&id).await?["stripe"].requests, 6);
+        }
         Ok(())
     }
 

@@ -1,0 +1,1329 @@
+//! The run store on PostgreSQL (issue 16, first increment): runs and their
+//! workflow text, steps, for-each items (a group per commit, as sled keeps
+//! them), webhook deliveries seen (a replay is refused by a primary key, on
+//! every process at once), history, HTTP totals, tokens and sessions, each
+//! written in one transaction as the sled store writes it.
+//!
+//! Not kept here yet: a list step's pages (when a later step reads its
+//! records) and a sync's scratch files. A run that needs them fails with
+//! [`StoreError::Unsupported`] naming what, before it writes anything to a
+//! vendor, rather than losing state.
+//!
+//! The location is a URL, `postgres://USER@HOST:PORT/DATABASE` with
+//! libpq's options (`sslmode=disable|prefer|require`, …). The password is
+//! never written in it: `postgres://USER:env:NAME@…`, or
+//! `?password=env:NAME` / `?password=file:PATH` (as every other secret), or
+//! `PGPASSWORD`; a literal password is refused, since a URL shows in `ps`,
+//! shell history and logs. TLS is rustls with the system's roots.
+//!
+//! The schema is versioned: `weft store migrate` applies the SQL files in
+//! `postgres/` (embedded in the binary) in order under an advisory lock and
+//! records each in `weft_schema`; opening a store checks the version and
+//! refuses one older (migrate first) or newer (a newer weft wrote it) than
+//! this binary knows. Connections come from a bounded pool.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::{
+    GenericClient, Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime,
+};
+use tokio_postgres::Row;
+use tokio_postgres::error::SqlState;
+
+use super::{
+    Commit, ConnectionTotals, DELIVERY_SLACK_SECS, Delivery, HistoryEntry, ItemRecord, ItemScan,
+    MAX_PAGE, PageLog, PageReader, Result, RunPage, RunQuery, RunRecord, RunRow, SessionRecord,
+    Status, StepState, StoreError, TokenError, TokenRecord, decode, encode, now_ms,
+};
+
+/// The schema version this weft reads and writes.
+pub const SCHEMA_VERSION: i32 = 3;
+
+/// The migrations, in order: version, what it adds, its SQL.
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "runs, steps, deliveries, history, HTTP totals, tokens, sessions",
+        include_str!("postgres/0001_runs.sql"),
+    ),
+    (2, "for-each items", include_str!("postgres/0002_items.sql")),
+    (3, "webhook event ids", include_str!("postgres/0003_events.sql")),
+];
+
+/// Connections the pool holds, at most.
+const POOL_SIZE: usize = 16;
+
+/// How long a caller waits for a free connection before the store says so.
+const POOL_WAIT: Duration = Duration::from_secs(30);
+
+/// Key of the advisory lock that serialises migrations.
+const MIGRATION_LOCK: i64 = 0x7765_6674_5f6d_6967; // "weft_mig"
+
+/// Runs read per query by [`PgStore::recent_runs`].
+const RECENT_BATCH: i64 = 256;
+
+/// A PostgreSQL store: a bounded pool of connections to one database.
+#[derive(Clone)]
+pub(crate) struct PgStore {
+    pool: Pool,
+    /// The URL without any password, for messages.
+    shown: Arc<str>,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore").field("url", &self.shown).finish_non_exhaustive()
+    }
+}
+
+/// `url` with any password replaced by `***`, to show.
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) => {
+            if parsed.password().is_some() {
+                let _ = parsed.set_password(Some("***"));
+            }
+            let pairs: Vec<(String, String)> = parsed
+                .query_pairs()
+                .map(|(k, v)| {
+                    let v = if k == "password" { "***".to_owned() } else { v.into_owned() };
+                    (k.into_owned(), v)
+                })
+                .collect();
+            if !pairs.is_empty() {
+                parsed.query_pairs_mut().clear().extend_pairs(pairs);
+            }
+            parsed.to_string()
+        }
+        // Whatever precedes an `@` may be a password.
+        Err(_) => match url.rsplit_once('@') {
+            Some((_, host)) => format!("postgres://***@{host}"),
+            None => url.to_owned(),
+        },
+    }
+}
+
+fn location_error(url: &str, reason: impl Into<String>) -> StoreError {
+    StoreError::Location { given: redact(url), reason: reason.into() }
+}
+
+/// `text` with its `%XX` escapes decoded.
+fn percent_decoded(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(high), Some(low)) => {
+                out.push((high * 16 + low) as u8);
+                i += 3;
+            }
+            (byte, _, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The connection settings for `url`, the password resolved from where the
+/// URL points (see the module docs).
+fn pg_config(url: &str) -> Result<tokio_postgres::Config> {
+    let mut parsed = url::Url::parse(url).map_err(|e| location_error(url, e.to_string()))?;
+    // The url crate keeps the userinfo percent-encoded (`env%3ANAME`).
+    let mut reference = parsed.password().map(percent_decoded);
+    let mut pairs = Vec::new();
+    for (key, value) in parsed.query_pairs() {
+        if key == "password" {
+            reference = Some(value.into_owned());
+        } else {
+            pairs.push((key.into_owned(), value.into_owned()));
+        }
+    }
+    let _ = parsed.set_password(None);
+    if pairs.is_empty() {
+        parsed.set_query(None);
+    } else {
+        parsed.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    let mut config: tokio_postgres::Config = parsed
+        .as_str()
+        .parse()
+        .map_err(|e: tokio_postgres::Error| location_error(url, e.to_string()))?;
+    let password = match reference {
+        Some(reference) => {
+            let source = crate::credentials::CredentialSource::parse(&reference).map_err(|_| {
+                location_error(
+                    url,
+                    "a password written in the URL would show in `ps`, shell history and logs; \
+                     give it as env:NAME or file:PATH (postgres://USER:env:NAME@HOST/DB or \
+                     ?password=file:PATH), or in PGPASSWORD",
+                )
+            })?;
+            let secret =
+                source.resolve().map_err(|e| location_error(url, format!("password: {e}")))?;
+            Some(secret.expose().to_owned())
+        }
+        None => std::env::var("PGPASSWORD").ok().filter(|p| !p.is_empty()),
+    };
+    if let Some(password) = password {
+        config.password(password);
+    }
+    if config.get_user().is_none() {
+        let user = std::env::var("PGUSER").or_else(|_| std::env::var("USER")).map_err(|_| {
+            location_error(url, "no user: name one in the URL (postgres://USER@HOST/DB) or PGUSER")
+        })?;
+        config.user(user);
+    }
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(Duration::from_secs(10));
+    }
+    if config.get_application_name().is_none() {
+        config.application_name("weft");
+    }
+    Ok(config)
+}
+
+/// A pool of connections to `url`, none opened yet.
+fn pool(url: &str) -> Result<Pool> {
+    let config = pg_config(url)?;
+    let manager_config = ManagerConfig { recycling_method: RecyclingMethod::Fast };
+    let manager = if config.get_ssl_mode() == tokio_postgres::config::SslMode::Disable {
+        Manager::from_config(config, tokio_postgres::NoTls, manager_config)
+    } else {
+        use rustls_platform_verifier::BuilderVerifierExt as _;
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .and_then(|builder| builder.with_platform_verifier())
+            .map_err(|e| location_error(url, format!("TLS set-up: {e}")))?
+            .with_no_client_auth();
+        Manager::from_config(
+            config,
+            tokio_postgres_rustls::MakeRustlsConnect::new(tls),
+            manager_config,
+        )
+    };
+    Pool::builder(manager)
+        .max_size(POOL_SIZE)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(POOL_WAIT))
+        .create_timeout(Some(Duration::from_secs(15)))
+        .recycle_timeout(Some(Duration::from_secs(5)))
+        .build()
+        .map_err(|e| location_error(url, e.to_string()))
+}
+
+/// What a PostgreSQL error says, with the server's message and SQLSTATE
+/// when it sent one.
+fn reason(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+        None => {
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(cause) = source {
+                let cause_text = cause.to_string();
+                if !text.contains(&cause_text) {
+                    text.push_str(": ");
+                    text.push_str(&cause_text);
+                }
+                source = cause.source();
+            }
+            text
+        }
+    }
+}
+
+/// Maps a PostgreSQL error to a store error saying what was being done.
+fn pg(what: &'static str) -> impl Fn(tokio_postgres::Error) -> StoreError {
+    move |e| StoreError::Postgres { what: what.to_owned(), reason: reason(&e) }
+}
+
+fn is_unique_violation(e: &tokio_postgres::Error) -> bool {
+    e.code() == Some(&SqlState::UNIQUE_VIOLATION)
+}
+
+/// Unix ms (or any count) as PostgreSQL's bigint.
+fn big(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// A bigint read back as a count (a negative one, from a hand edit, as 0).
+fn count(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
+fn text(row: &Row, column: &str) -> Result<String> {
+    row.try_get(column).map_err(pg("reading a row"))
+}
+
+/// The schema version recorded in the database, 0 when none is.
+async fn schema_version(client: &impl GenericClient) -> Result<i32> {
+    match client.query_one("SELECT coalesce(max(version), 0) FROM weft_schema", &[]).await {
+        Ok(row) => row.try_get(0).map_err(pg("reading the schema version")),
+        Err(e) if e.code() == Some(&SqlState::UNDEFINED_TABLE) => Ok(0),
+        Err(e) => Err(pg("reading the schema version")(e)),
+    }
+}
+
+fn too_new(shown: &str, found: i32) -> StoreError {
+    StoreError::PostgresSchema(format!(
+        "the PostgreSQL run store at {shown} has schema version {found}, newer than this weft \
+         knows ({SCHEMA_VERSION}): a newer weft migrated it; run that version (or a newer one)"
+    ))
+}
+
+/// Brings the schema at `url` up to [`SCHEMA_VERSION`]; returns the
+/// versions before and after. Safe to run from several machines at once
+/// (an advisory lock serialises them; the second finds nothing to do).
+pub async fn migrate(url: &str) -> Result<(i32, i32)> {
+    let shown = redact(url);
+    let pool = pool(url)?;
+    let mut client = pool.get().await.map_err(|e| StoreError::Postgres {
+        what: format!("connecting to {shown}"),
+        reason: e.to_string(),
+    })?;
+    let tx = client.transaction().await.map_err(pg("starting the migration"))?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await
+        .map_err(pg("taking the migration lock"))?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS weft_schema (
+             version integer PRIMARY KEY,
+             description text NOT NULL,
+             applied_ms bigint NOT NULL
+         )",
+    )
+    .await
+    .map_err(pg("creating weft_schema"))?;
+    let found = schema_version(&tx).await?;
+    if found > SCHEMA_VERSION {
+        return Err(too_new(&shown, found));
+    }
+    for (version, description, sql) in MIGRATIONS.iter().filter(|(v, _, _)| *v > found) {
+        tx.batch_execute(sql).await.map_err(|e| StoreError::Postgres {
+            what: format!("applying migration {version} ({description})"),
+            reason: reason(&e),
+        })?;
+        tx.execute(
+            "INSERT INTO weft_schema (version, description, applied_ms) VALUES ($1, $2, $3)",
+            &[version, description, &big(now_ms())],
+        )
+        .await
+        .map_err(pg("recording a migration"))?;
+    }
+    tx.commit().await.map_err(pg("committing the migration"))?;
+    Ok((found, SCHEMA_VERSION))
+}
+
+/// Inserts or replaces a run's record and row. `started_by` is written
+/// when `set_started_by` (a new run), else the stored one is kept.
+const PUT_RUN: &str = "INSERT INTO weft_runs (id, workflow, status, trigger, dry_run, created_ms,
+        finished_ms, error, resumes, cancel_requested, started_by, record)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+    ON CONFLICT (id) DO UPDATE SET workflow = EXCLUDED.workflow, status = EXCLUDED.status,
+        trigger = EXCLUDED.trigger, dry_run = EXCLUDED.dry_run, created_ms = EXCLUDED.created_ms,
+        finished_ms = EXCLUDED.finished_ms, error = EXCLUDED.error, resumes = EXCLUDED.resumes,
+        cancel_requested = EXCLUDED.cancel_requested, record = EXCLUDED.record,
+        started_by = CASE WHEN $13 THEN EXCLUDED.started_by ELSE weft_runs.started_by END";
+
+async fn put_run(
+    client: &impl GenericClient,
+    run: &RunRecord,
+    started_by: Option<&str>,
+    set_started_by: bool,
+) -> Result<()> {
+    let row = RunRow::of(run, started_by.map(str::to_owned));
+    let record = String::from_utf8(encode(run)?)
+        .map_err(|e| StoreError::Encode { what: "run".into(), reason: e.to_string() })?;
+    client
+        .execute(
+            PUT_RUN,
+            &[
+                &row.id,
+                &row.workflow,
+                &row.status.as_str(),
+                &row.trigger,
+                &row.dry_run,
+                &big(row.created_ms),
+                &row.finished_ms.map(big),
+                &row.error,
+                &i32::try_from(row.resumes).unwrap_or(i32::MAX),
+                &row.cancel_requested,
+                &row.started_by,
+                &record,
+                &set_started_by,
+            ],
+        )
+        .await
+        .map_err(pg("writing a run"))?;
+    Ok(())
+}
+
+/// JSON text of a value, for a text column.
+fn json_text<T: serde::Serialize>(value: &T) -> Result<String> {
+    String::from_utf8(encode(value)?).map_err(|e| StoreError::Encode {
+        what: std::any::type_name::<T>().to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+const ROW_COLUMNS: &str = "id, workflow, status, trigger, dry_run, created_ms, finished_ms, error, \
+                           resumes, cancel_requested, started_by";
+
+fn run_row(row: &Row) -> Result<RunRow> {
+    let get = pg("reading a run row");
+    let id: String = row.try_get("id").map_err(&get)?;
+    let status: String = row.try_get("status").map_err(&get)?;
+    let status = Status::parse(&status).ok_or_else(|| StoreError::Corrupt {
+        key: format!("weft_runs/{id}"),
+        reason: format!("unknown status {status:?}"),
+    })?;
+    Ok(RunRow {
+        workflow: row.try_get("workflow").map_err(&get)?,
+        status,
+        trigger: row.try_get("trigger").map_err(&get)?,
+        dry_run: row.try_get("dry_run").map_err(&get)?,
+        created_ms: count(row.try_get("created_ms").map_err(&get)?),
+        finished_ms: row.try_get::<_, Option<i64>>("finished_ms").map_err(&get)?.map(count),
+        error: row.try_get("error").map_err(&get)?,
+        resumes: u32::try_from(row.try_get::<_, i32>("resumes").map_err(&get)?).unwrap_or(0),
+        cancel_requested: row.try_get("cancel_requested").map_err(&get)?,
+        started_by: row.try_get("started_by").map_err(&get)?,
+        id,
+    })
+}
+
+impl PgStore {
+    /// Connects to `url` and checks its schema version.
+    pub(crate) async fn open(url: &str) -> Result<Self> {
+        let shown: Arc<str> = redact(url).into();
+        let store = PgStore { pool: pool(url)?, shown };
+        let client = store.client().await?;
+        let found = schema_version(&client).await?;
+        if found > SCHEMA_VERSION {
+            return Err(too_new(&store.shown, found));
+        }
+        if found < SCHEMA_VERSION {
+            return Err(StoreError::PostgresSchema(format!(
+                "the PostgreSQL run store has schema version {found} (0: none yet); this weft \
+                 needs version {SCHEMA_VERSION}: run `weft store migrate --store {}` first",
+                store.shown
+            )));
+        }
+        Ok(store)
+    }
+
+    async fn client(&self) -> Result<Object> {
+        self.pool.get().await.map_err(|e| StoreError::Postgres {
+            what: format!("connecting to {}", self.shown),
+            reason: match &e {
+                deadpool_postgres::PoolError::Backend(e) => reason(e),
+                other => other.to_string(),
+            },
+        })
+    }
+
+    pub(crate) async fn new_run_id(&self) -> Result<String> {
+        let client = self.client().await?;
+        let row = client
+            .query_one("SELECT nextval('weft_ids')", &[])
+            .await
+            .map_err(pg("taking a run id"))?;
+        let seq: i64 = row.try_get(0).map_err(pg("taking a run id"))?;
+        Ok(format!("{:011x}-{:05x}", now_ms(), seq & 0xf_ffff))
+    }
+
+    pub(crate) async fn create_run_by(
+        &self,
+        run: &RunRecord,
+        step_ids: &[String],
+        delivery: Option<&Delivery>,
+        actor: Option<&str>,
+    ) -> Result<()> {
+        let actor = actor.map(str::to_owned).unwrap_or_else(|| run.trigger.as_str().to_owned());
+        let detail = match (run.dry_run, run.trigger.as_str()) {
+            (true, trigger) => Some(format!("dry run, trigger {trigger}")),
+            (false, trigger) => Some(format!("trigger {trigger}")),
+        };
+        let started = json_text(&HistoryEntry {
+            at_ms: run.created_ms,
+            actor: actor.clone(),
+            action: "started".into(),
+            detail,
+        })?;
+        let (indexes, states): (Vec<i32>, Vec<String>) = step_ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                let index = u32::try_from(i).unwrap_or(u32::MAX);
+                Ok((
+                    i32::try_from(i).unwrap_or(i32::MAX),
+                    json_text(&StepState::pending(id, index))?,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .unzip();
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg("starting a run"))?;
+        if let Some(delivery) = delivery {
+            // The primary key decides, on every worker at once: a second
+            // insert of the same delivery waits for the first to commit
+            // and then inserts nothing.
+            let inserted = tx
+                .execute(
+                    "INSERT INTO weft_deliveries (workflow, signature, signed_at, run_id)
+                     VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                    &[&delivery.workflow, &delivery.signature, &delivery.signed_at, &run.id],
+                )
+                .await
+                .map_err(pg("remembering a webhook delivery"))?;
+            if inserted == 0 {
+                return Err(StoreError::Replay { workflow: delivery.workflow.clone() });
+            }
+            if let Some((event, keep_until_ms)) = &delivery.event {
+                let inserted = tx
+                    .execute(
+                        "INSERT INTO weft_delivery_events (workflow, event_id, keep_until_ms, run_id)
+                         VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                        &[&delivery.workflow, event, &big(*keep_until_ms), &run.id],
+                    )
+                    .await
+                    .map_err(pg("remembering a webhook event id"))?;
+                if inserted == 0 {
+                    return Err(StoreError::DuplicateEvent {
+                        workflow: delivery.workflow.clone(),
+                        event: event.clone(),
+                    });
+                }
+            }
+        }
+        put_run(&tx, run, Some(&actor), true).await?;
+        tx.execute(
+            "INSERT INTO weft_steps (run_id, idx, state)
+             SELECT $1, i, s FROM unnest($2::int4[], $3::text[]) AS t (i, s)
+             ON CONFLICT (run_id, idx) DO UPDATE SET state = EXCLUDED.state",
+            &[&run.id, &indexes, &states],
+        )
+        .await
+        .map_err(pg("writing a run's steps"))?;
+        tx.execute(
+            "INSERT INTO weft_history (run_id, entry) VALUES ($1, $2)",
+            &[&run.id, &started],
+        )
+        .await
+        .map_err(pg("writing a run's history"))?;
+        tx.commit().await.map_err(pg("committing a new run"))
+    }
+
+    pub(crate) async fn commit_run(&self, run: &RunRecord) -> Result<()> {
+        let client = self.client().await?;
+        put_run(&client, run, None, false).await
+    }
+
+    pub(crate) async fn fail_run(&self, id: &str, message: &str) -> Result<RunRecord> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg("failing a run"))?;
+        let row = tx
+            .query_opt("SELECT record FROM weft_runs WHERE id = $1 FOR UPDATE", &[&id])
+            .await
+            .map_err(pg("reading a run"))?
+            .ok_or_else(|| StoreError::UnknownRun(id.to_owned()))?;
+        let mut run: RunRecord = decode(id.as_bytes(), text(&row, "record")?.as_bytes())?;
+        if !run.status.is_finished() {
+            run.status = Status::Failed;
+            run.error = Some(message.to_owned());
+            run.finished_ms = Some(now_ms());
+            put_run(&tx, &run, None, false).await?;
+        }
+        tx.commit().await.map_err(pg("committing a failed run"))?;
+        Ok(run)
+    }
+
+    pub(crate) async fn commit_step(&self, run: &str, step: &StepState) -> Result<()> {
+        let state = json_text(step)?;
+        let index = i32::try_from(step.index).unwrap_or(i32::MAX);
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO weft_steps (run_id, idx, state) VALUES ($1, $2, $3)
+                 ON CONFLICT (run_id, idx) DO UPDATE SET state = EXCLUDED.state",
+                &[&run, &index, &state],
+            )
+            .await
+            .map_err(pg("writing a step"))?;
+        Ok(())
+    }
+
+    pub(crate) async fn page_log(&self, _run: &str, _step: &StepState) -> Result<PageLog> {
+        Err(StoreError::Unsupported { what: "list pages" })
+    }
+
+    pub(crate) fn start_commit(
+        &self,
+        run: &str,
+        step: &StepState,
+        log: Option<&mut PageLog>,
+    ) -> Commit {
+        let pages = log.is_some_and(|log| !log.pending.is_empty());
+        let (store, run, step) = (self.clone(), run.to_owned(), step.clone());
+        let task = tokio::spawn(async move {
+            if pages {
+                return Err(StoreError::Unsupported { what: "list pages" });
+            }
+            store.commit_step(&run, &step).await
+        });
+        Commit { task, path: self.shown.to_string() }
+    }
+
+    pub(crate) fn items(&self, run: &str, index: u32) -> ItemScan {
+        ItemScan {
+            store: super::ItemSource::Postgres {
+                store: self.clone(),
+                run: run.to_owned(),
+                index,
+                after: i64::MIN,
+            },
+            prefix: Vec::new(),
+            after: None,
+            buffer: std::collections::VecDeque::new(),
+            done: false,
+        }
+    }
+
+    /// Records a group of finished items and the step's state in one
+    /// transaction; the group's number comes from a sequence, so groups
+    /// read back in the order they were committed.
+    pub(crate) async fn commit_items(
+        &self,
+        run: &str,
+        step: &StepState,
+        items: &[(u64, ItemRecord)],
+    ) -> Result<()> {
+        let (group, state) = (json_text(&items)?, json_text(step)?);
+        let index = i32::try_from(step.index).unwrap_or(i32::MAX);
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg("committing items"))?;
+        tx.execute(
+            "INSERT INTO weft_items (run_id, idx, items) VALUES ($1, $2, $3)",
+            &[&run, &index, &group],
+        )
+        .await
+        .map_err(pg("writing a group of items"))?;
+        tx.execute(
+            "INSERT INTO weft_steps (run_id, idx, state) VALUES ($1, $2, $3)
+             ON CONFLICT (run_id, idx) DO UPDATE SET state = EXCLUDED.state",
+            &[&run, &index, &state],
+        )
+        .await
+        .map_err(pg("writing a step"))?;
+        tx.commit().await.map_err(pg("committing items"))
+    }
+
+    /// Up to `limit` groups of a step's items after group `after`, in
+    /// commit order.
+    pub(crate) async fn item_groups(
+        &self,
+        run: &str,
+        index: u32,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, String)>> {
+        let index = i32::try_from(index).unwrap_or(i32::MAX);
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT grp, items FROM weft_items WHERE run_id = $1 AND idx = $2 AND grp > $3
+                 ORDER BY grp LIMIT $4",
+                &[&run, &index, &after, &big(limit as u64)],
+            )
+            .await
+            .map_err(pg("reading items"))?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("grp").map_err(pg("reading items"))?, text(row, "items")?)))
+            .collect()
+    }
+
+    pub(crate) fn scratch_dir(&self, _run: &str, _index: u32) -> Result<std::path::PathBuf> {
+        Err(StoreError::Unsupported { what: "a sync's sorted runs" })
+    }
+
+    pub(crate) fn remove_scratch(&self, _run: &str, _index: u32) -> Result<()> {
+        Err(StoreError::Unsupported { what: "a sync's sorted runs" })
+    }
+
+    pub(crate) async fn forget_deliveries(
+        &self,
+        workflow: &str,
+        tolerance: Duration,
+        now_ms: u64,
+    ) -> Result<usize> {
+        // As sled's `delivery_expired`: signed at `at`, a replay passes
+        // only while now <= at + tolerance; kept past that by some slack.
+        let now = big(now_ms / 1000);
+        let keep = big(tolerance.as_secs()).saturating_add(DELIVERY_SLACK_SECS);
+        let client = self.client().await?;
+        let gone = client
+            .execute(
+                "DELETE FROM weft_deliveries
+                 WHERE workflow = $1 AND signed_at IS NOT NULL AND $2 > signed_at + $3",
+                &[&workflow, &now, &keep],
+            )
+            .await
+            .map_err(pg("forgetting stale deliveries"))?;
+        let events = client
+            .execute(
+                "DELETE FROM weft_delivery_events WHERE workflow = $1 AND keep_until_ms < $2",
+                &[&workflow, &big(now_ms)],
+            )
+            .await
+            .map_err(pg("forgetting old webhook event ids"))?;
+        Ok(usize::try_from(gone.saturating_add(events)).unwrap_or(usize::MAX))
+    }
+
+    pub(crate) async fn run(&self, id: &str) -> Result<RunRecord> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt("SELECT record FROM weft_runs WHERE id = $1", &[&id])
+            .await
+            .map_err(pg("reading a run"))?
+            .ok_or_else(|| StoreError::UnknownRun(id.to_owned()))?;
+        decode(id.as_bytes(), text(&row, "record")?.as_bytes())
+    }
+
+    pub(crate) async fn runs(&self) -> Result<Vec<RunRecord>> {
+        let client = self.client().await?;
+        let rows = client
+            .query("SELECT id, record FROM weft_runs ORDER BY id", &[])
+            .await
+            .map_err(pg("reading runs"))?;
+        rows.iter()
+            .map(|row| decode(text(row, "id")?.as_bytes(), text(row, "record")?.as_bytes()))
+            .collect()
+    }
+
+    pub(crate) async fn recent_runs(
+        &self,
+        limit: usize,
+        wanted: impl Fn(&RunRecord) -> bool + Send + 'static,
+    ) -> Result<Vec<RunRecord>> {
+        let client = self.client().await?;
+        let mut out = Vec::new();
+        let mut before: Option<String> = None;
+        while out.len() < limit {
+            let rows = client
+                .query(
+                    "SELECT id, record FROM weft_runs WHERE ($1::text IS NULL OR id < $1)
+                     ORDER BY id DESC LIMIT $2",
+                    &[&before, &RECENT_BATCH],
+                )
+                .await
+                .map_err(pg("reading recent runs"))?;
+            for row in &rows {
+                let run: RunRecord =
+                    decode(text(row, "id")?.as_bytes(), text(row, "record")?.as_bytes())?;
+                if out.len() < limit && wanted(&run) {
+                    out.push(run);
+                }
+            }
+            if rows.len() < RECENT_BATCH as usize {
+                break;
+            }
+            before = rows.last().map(|row| text(row, "id")).transpose()?;
+        }
+        Ok(out)
+    }
+
+    pub(crate) async fn steps(&self, run: &str) -> Result<Vec<StepState>> {
+        let client = self.client().await?;
+        let rows = client
+            .query("SELECT idx, state FROM weft_steps WHERE run_id = $1 ORDER BY idx", &[&run])
+            .await
+            .map_err(pg("reading steps"))?;
+        rows.iter()
+            .map(|row| {
+                let index: i32 = row.try_get("idx").map_err(pg("reading steps"))?;
+                decode(format!("{run}/{index:05}").as_bytes(), text(row, "state")?.as_bytes())
+            })
+            .collect()
+    }
+
+    pub(crate) async fn pages(&self, _run: &str, _index: u32) -> Result<PageReader> {
+        Err(StoreError::Unsupported { what: "list pages" })
+    }
+
+    pub(crate) async fn query_runs(&self, query: RunQuery) -> Result<RunPage> {
+        let limit = query.limit.clamp(1, MAX_PAGE);
+        let from = query.created_from_ms.map(|ms| format!("{ms:011x}"));
+        let to = query.created_to_ms.map(|ms| format!("{ms:011x}"));
+        let prefix = query.id_prefix.filter(|p| !p.is_empty());
+        let status = query.status.map(Status::as_str);
+        let sql = format!(
+            "SELECT {ROW_COLUMNS} FROM weft_runs
+             WHERE ($1::text IS NULL OR workflow = $1)
+               AND ($2::text IS NULL OR status = $2)
+               AND ($3::text IS NULL OR trigger = $3)
+               AND ($4::text IS NULL OR id >= $4)
+               AND ($5::text IS NULL OR id < $5)
+               AND ($6::text IS NULL OR starts_with(id, $6))
+               AND ($7::text IS NULL OR id < $7)
+             ORDER BY id DESC LIMIT $8"
+        );
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &sql,
+                &[
+                    &query.workflow,
+                    &status,
+                    &query.trigger,
+                    &from,
+                    &to,
+                    &prefix,
+                    &query.before,
+                    &big(limit as u64 + 1),
+                ],
+            )
+            .await
+            .map_err(pg("listing runs"))?;
+        let mut page = RunPage {
+            rows: rows.iter().map(run_row).collect::<Result<_>>()?,
+            ..RunPage::default()
+        };
+        if page.rows.len() > limit {
+            page.rows.truncate(limit);
+            page.next = page.rows.last().map(|r| r.id.clone());
+        }
+        Ok(page)
+    }
+
+    pub(crate) async fn run_row(&self, id: &str) -> Result<RunRow> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(&format!("SELECT {ROW_COLUMNS} FROM weft_runs WHERE id = $1"), &[&id])
+            .await
+            .map_err(pg("reading a run row"))?
+            .ok_or_else(|| StoreError::UnknownRun(id.to_owned()))?;
+        run_row(&row)
+    }
+
+    pub(crate) async fn record_action(&self, run: &str, entry: &HistoryEntry) -> Result<()> {
+        let entry = json_text(entry)?;
+        let client = self.client().await?;
+        let added = client
+            .execute(
+                "INSERT INTO weft_history (run_id, entry)
+                 SELECT $1, $2 WHERE EXISTS (SELECT 1 FROM weft_runs WHERE id = $1)",
+                &[&run, &entry],
+            )
+            .await
+            .map_err(pg("writing a run's history"))?;
+        if added == 0 {
+            return Err(StoreError::UnknownRun(run.to_owned()));
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn history(&self, run: &str) -> Result<Vec<HistoryEntry>> {
+        let client = self.client().await?;
+        let rows = client
+            .query("SELECT seq, entry FROM weft_history WHERE run_id = $1 ORDER BY seq", &[&run])
+            .await
+            .map_err(pg("reading a run's history"))?;
+        rows.iter()
+            .map(|row| {
+                let seq: i64 = row.try_get("seq").map_err(pg("reading a run's history"))?;
+                decode(format!("{run}/{seq:016x}").as_bytes(), text(row, "entry")?.as_bytes())
+            })
+            .collect()
+    }
+
+    pub(crate) async fn add_connection_totals(
+        &self,
+        run: &str,
+        totals: &BTreeMap<String, ConnectionTotals>,
+    ) -> Result<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg("adding HTTP totals"))?;
+        for (name, add) in totals {
+            tx.execute(
+                "INSERT INTO weft_run_stats (run_id, connection, requests, throttled, retries,
+                     waited_ms, denied)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)
+                 ON CONFLICT (run_id, connection) DO UPDATE SET
+                     requests = weft_run_stats.requests + EXCLUDED.requests,
+                     throttled = weft_run_stats.throttled + EXCLUDED.throttled,
+                     retries = weft_run_stats.retries + EXCLUDED.retries,
+                     waited_ms = weft_run_stats.waited_ms + EXCLUDED.waited_ms,
+                     denied = weft_run_stats.denied + EXCLUDED.denied",
+                &[
+                    &run,
+                    name,
+                    &big(add.requests),
+                    &big(add.throttled),
+                    &big(add.retries),
+                    &big(add.waited_ms),
+                    &big(add.denied),
+                ],
+            )
+            .await
+            .map_err(pg("adding HTTP totals"))?;
+        }
+        tx.commit().await.map_err(pg("committing HTTP totals"))
+    }
+
+    pub(crate) async fn connection_totals(
+        &self,
+        run: &str,
+    ) -> Result<BTreeMap<String, ConnectionTotals>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT connection, requests, throttled, retries, waited_ms, denied
+                 FROM weft_run_stats WHERE run_id = $1",
+                &[&run],
+            )
+            .await
+            .map_err(pg("reading HTTP totals"))?;
+        let get = pg("reading HTTP totals");
+        rows.iter()
+            .map(|row| {
+                let n = |column: &str| row.try_get::<_, i64>(column).map(count).map_err(&get);
+                Ok((
+                    row.try_get("connection").map_err(&get)?,
+                    ConnectionTotals {
+                        requests: n("requests")?,
+                        throttled: n("throttled")?,
+                        retries: n("retries")?,
+                        waited_ms: n("waited_ms")?,
+                        denied: n("denied")?,
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    pub(crate) async fn create_token(&self, token: &TokenRecord) -> Result<(), TokenError> {
+        let record = json_text(token)?;
+        let client = self.client().await?;
+        match client
+            .execute(
+                "INSERT INTO weft_tokens (id, name, created_ms, revoked_ms, record)
+                 VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name,
+                     created_ms = EXCLUDED.created_ms, revoked_ms = EXCLUDED.revoked_ms,
+                     record = EXCLUDED.record",
+                &[
+                    &token.id,
+                    &token.name,
+                    &big(token.created_ms),
+                    &token.revoked_ms.map(big),
+                    &record,
+                ],
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            // The partial unique index: an active token has that name.
+            Err(e) if is_unique_violation(&e) => Err(TokenError::NameTaken(token.name.clone())),
+            Err(e) => Err(pg("writing a token")(e).into()),
+        }
+    }
+
+    pub(crate) async fn tokens(&self) -> Result<Vec<TokenRecord>> {
+        let client = self.client().await?;
+        let rows = client
+            .query("SELECT id, record FROM weft_tokens ORDER BY created_ms, id", &[])
+            .await
+            .map_err(pg("reading tokens"))?;
+        rows.iter()
+            .map(|row| decode(text(row, "id")?.as_bytes(), text(row, "record")?.as_bytes()))
+            .collect()
+    }
+
+    pub(crate) async fn has_active_tokens(&self) -> Result<bool> {
+        let client = self.client().await?;
+        let row = client
+            .query_one("SELECT EXISTS (SELECT 1 FROM weft_tokens WHERE revoked_ms IS NULL)", &[])
+            .await
+            .map_err(pg("reading tokens"))?;
+        row.try_get(0).map_err(pg("reading tokens"))
+    }
+
+    pub(crate) async fn token(&self, id: &str) -> Result<Option<TokenRecord>> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt("SELECT record FROM weft_tokens WHERE id = $1", &[&id])
+            .await
+            .map_err(pg("reading a token"))?;
+        row.map(|row| decode(id.as_bytes(), text(&row, "record")?.as_bytes())).transpose()
+    }
+
+    pub(crate) async fn revoke_token(&self, name_or_id: &str) -> Result<TokenRecord, TokenError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg("revoking a token"))?;
+        let Some(row) = tx
+            .query_opt(
+                "SELECT id, record FROM weft_tokens
+                 WHERE revoked_ms IS NULL AND (name = $1 OR id = $1)
+                 ORDER BY id LIMIT 1 FOR UPDATE",
+                &[&name_or_id],
+            )
+            .await
+            .map_err(pg("reading a token"))?
+        else {
+            return Err(TokenError::Unknown(name_or_id.to_owned()));
+        };
+        let mut token: TokenRecord =
+            decode(text(&row, "id")?.as_bytes(), text(&row, "record")?.as_bytes())?;
+        token.revoked_ms = Some(now_ms());
+        let record = json_text(&token)?;
+        tx.execute(
+            "UPDATE weft_tokens SET revoked_ms = $2, record = $3 WHERE id = $1",
+            &[&token.id, &token.revoked_ms.map(big), &record],
+        )
+        .await
+        .map_err(pg("revoking a token"))?;
+        tx.execute("DELETE FROM weft_sessions WHERE token_id = $1", &[&token.id])
+            .await
+            .map_err(pg("ending a token's sessions"))?;
+        tx.commit().await.map_err(pg("committing a revoked token"))?;
+        Ok(token)
+    }
+
+    pub(crate) async fn create_session(
+        &self,
+        cookie_sha256: &str,
+        session: &SessionRecord,
+    ) -> Result<()> {
+        let record = json_text(session)?;
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO weft_sessions (cookie_sha256, token_id, expires_ms, record)
+                 VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (cookie_sha256) DO UPDATE SET token_id = EXCLUDED.token_id,
+                     expires_ms = EXCLUDED.expires_ms, record = EXCLUDED.record",
+                &[&cookie_sha256, &session.token_id, &big(session.expires_ms), &record],
+            )
+            .await
+            .map_err(pg("writing a session"))?;
+        Ok(())
+    }
+
+    pub(crate) async fn live_session(
+        &self,
+        cookie_sha256: &str,
+        now_ms: u64,
+    ) -> Result<Option<(SessionRecord, TokenRecord)>> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT s.record AS session, t.id AS token_id, t.record AS token
+                 FROM weft_sessions s JOIN weft_tokens t ON t.id = s.token_id
+                 WHERE s.cookie_sha256 = $1 AND s.expires_ms > $2 AND t.revoked_ms IS NULL",
+                &[&cookie_sha256, &big(now_ms)],
+            )
+            .await
+            .map_err(pg("reading a session"))?;
+        let Some(row) = row else { return Ok(None) };
+        let session: SessionRecord =
+            decode(cookie_sha256.as_bytes(), text(&row, "session")?.as_bytes())?;
+        let token: TokenRecord =
+            decode(text(&row, "token_id")?.as_bytes(), text(&row, "token")?.as_bytes())?;
+        Ok(token.is_active().then_some((session, token)))
+    }
+
+    pub(crate) async fn end_session(&self, cookie_sha256: &str) -> Result<()> {
+        let client = self.client().await?;
+        client
+            .execute("DELETE FROM weft_sessions WHERE cookie_sha256 = $1", &[&cookie_sha256])
+            .await
+            .map_err(pg("ending a session"))?;
+        Ok(())
+    }
+
+    pub(crate) async fn forget_expired_sessions(&self, now_ms: u64) -> Result<usize> {
+        let client = self.client().await?;
+        let gone = client
+            .execute("DELETE FROM weft_sessions WHERE expires_ms <= $1", &[&big(now_ms)])
+            .await
+            .map_err(pg("forgetting expired sessions"))?;
+        Ok(usize::try_from(gone).unwrap_or(usize::MAX))
+    }
+}
+
+/// Throwaway schemas for tests (the engine's and the end-to-end suite's):
+/// each test gets its own schema in the database `WEFT_TEST_POSTGRES`
+/// names, migrated, and dropped when the test ends. Not part of the API.
+#[doc(hidden)]
+pub mod scratch {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::{Result, StoreError, migrate, pg, redact};
+
+    /// The variable naming the test server.
+    pub const TEST_URL_VAR: &str = "WEFT_TEST_POSTGRES";
+
+    /// A migrated schema of its own; dropped (with everything in it) on drop.
+    #[derive(Debug)]
+    pub struct ScratchSchema {
+        /// A store URL whose connections use only this schema.
+        pub url: String,
+        base: String,
+        schema: String,
+    }
+
+    /// The test server's URL. `None` (the caller skips, saying so) when
+    /// it is not set outside CI; under `CI=true` a missing server is an
+    /// error, so a CI run cannot pass without running these tests.
+    pub fn test_url(test: &str) -> Result<Option<String>, String> {
+        match std::env::var(TEST_URL_VAR) {
+            Ok(url) if !url.is_empty() => Ok(Some(url)),
+            _ if std::env::var("CI").is_ok_and(|v| v == "true") => Err(format!(
+                "{test}: {TEST_URL_VAR} is not set and CI=true: the PostgreSQL tests must run \
+                 in CI (.ci/run starts a server through .ci/postgres)"
+            )),
+            _ => {
+                eprintln!(
+                    "{test}: PostgreSQL part skipped: {TEST_URL_VAR} is not set \
+                     (`source .ci/postgres` starts a throwaway server and sets it)"
+                );
+                Ok(None)
+            }
+        }
+    }
+
+    impl ScratchSchema {
+        /// Creates and migrates a new schema in the database at `base`.
+        pub async fn create(base: &str) -> Result<ScratchSchema> {
+            static COUNTER: AtomicU32 = AtomicU32::new(0);
+            let schema = format!(
+                "weft_test_{}_{}_{}",
+                std::process::id(),
+                COUNTER.fetch_add(1, Ordering::Relaxed),
+                super::now_ms()
+            );
+            let admin = super::pool(base)?;
+            let client = admin.get().await.map_err(|e| StoreError::Postgres {
+                what: format!("connecting to {}", redact(base)),
+                reason: e.to_string(),
+            })?;
+            client
+                .batch_execute(&format!("CREATE SCHEMA {schema}"))
+                .await
+                .map_err(pg("creating a test schema"))?;
+            let separator = if base.contains('?') { '&' } else { '?' };
+            // Its connections carry the schema's name, so the drop can
+            // end any the test left in a transaction.
+            let url = format!(
+                "{base}{separator}options=-csearch_path%3D{schema}&application_name={schema}"
+            );
+            let scratch = ScratchSchema { url, base: base.to_owned(), schema };
+            migrate(&scratch.url).await?;
+            Ok(scratch)
+        }
+    }
+
+    impl Drop for ScratchSchema {
+        fn drop(&mut self) {
+            let (base, schema) = (self.base.clone(), self.schema.clone());
+            // Drop runs inside the test's runtime: the schema goes on a
+            // thread of its own, with a runtime of its own, waited for.
+            let dropped = std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+                if let Ok(runtime) = runtime {
+                    runtime.block_on(async {
+                        if let Ok(pool) = super::pool(&base)
+                            && let Ok(client) = pool.get().await
+                        {
+                            // A test that ended mid-transaction (its runtime
+                            // stopped before the rollback went out) would
+                            // hold locks the drop waits for.
+                            let _ = client
+                                .execute(
+                                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                                     WHERE application_name = $1",
+                                    &[&schema],
+                                )
+                                .await;
+                            let sql = format!(
+                                "SET lock_timeout = '20s'; DROP SCHEMA IF EXISTS {schema} CASCADE"
+                            );
+                            if let Err(e) = client.batch_execute(&sql).await {
+                                eprintln!("test schema {schema} not dropped: {e}");
+                            }
+                        }
+                    });
+                }
+            });
+            let _ = dropped.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::scratch::{ScratchSchema, test_url};
+    use super::*;
+    use crate::store::{RunStore, RunTrigger};
+
+    fn record(id: &str) -> RunRecord {
+        RunRecord {
+            id: id.into(),
+            workflow: "w".into(),
+            workflow_hash: "h".into(),
+            workflow_text: "[workflow]".into(),
+            workflow_path: "w.toml".into(),
+            inputs: serde_json::json!({}),
+            status: Status::Running,
+            created_ms: now_ms(),
+            finished_ms: None,
+            error: None,
+            dry_run: false,
+            trigger: RunTrigger::Webhook,
+            cancel_requested: false,
+            resumes: 0,
+        }
+    }
+
+    #[test]
+    fn a_password_written_in_the_url_is_refused_and_never_shown() {
+        let err = pg_config("postgres://weft:hunter2@db.example/weft")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("env:NAME or file:PATH"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+        let err = pg_config("postgres://weft@db.example/weft?password=hunter2")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("env:NAME or file:PATH") && !err.contains("hunter2"), "{err}");
+        assert_eq!(
+            redact("postgres://u:secret@h/d?password=x&sslmode=require"),
+            "postgres://u:***@h/d?password=***&sslmode=require"
+        );
+    }
+
+    #[test]
+    fn a_password_comes_from_the_file_or_variable_the_url_names()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("pg-password");
+        std::fs::write(&file, "from-file\n")?;
+        let url = format!("postgres://weft@db.example/weft?password=file:{}", file.display());
+        let config = pg_config(&url)?;
+        assert_eq!(config.get_password(), Some(&b"from-file"[..]));
+        assert_eq!(config.get_user(), Some("weft"));
+        assert_eq!(config.get_dbname(), Some("weft"));
+        let err = pg_config("postgres://weft:env:WEFT_TEST_UNSET_PASSWORD_VAR@db.example/weft")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("WEFT_TEST_UNSET_PASSWORD_VAR"), "{err}");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_store_is_refused_until_migrated_and_when_newer_than_this_weft()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let Some(base) = test_url("a_store_is_refused_until_migrated")? else { return Ok(()) };
+        let schema = ScratchSchema::create(&base).await?;
+        // Migrating again finds nothing to do.
+        assert_eq!(migrate(&schema.url).await?, (SCHEMA_VERSION, SCHEMA_VERSION));
+        RunStore::open_postgres(&schema.url).await?;
+        // A newer weft's migration.
+        let pool = pool(&schema.url)?;
+        let client = pool.get().await?;
+        client
+            .execute(
+                "INSERT INTO weft_schema (version, description, applied_ms) VALUES ($1, 'future', 0)",
+                &[&(SCHEMA_VERSION + 1)],
+            )
+            .await?;
+        let err = RunStore::open_postgres(&schema.url).await.err().map(|e| e.to_string());
+        let err = err.unwrap_or_default();
+        assert!(err.contains(&format!("schema version {}", SCHEMA_VERSION + 1)), "{err}");
+        assert!(err.contains("newer"), "{err}");
+        let err = migrate(&schema.url).await.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("newer"), "a migration does not touch a newer schema: {err}");
+        // A database no weft migrated yet.
+        client.batch_execute("DELETE FROM weft_schema").await?;
+        let err = RunStore::open_postgres(&schema.url).await.err().map(|e| e.to_string());
+        let err = err.unwrap_or_default();
+        assert!(err.contains("weft store migrate"), "{err}");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn one_delivery_sent_to_two_workers_at_once_starts_one_run()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let Some(base) = test_url("one_delivery_sent_to_two_workers_at_once")? else {
+            return Ok(());
+        };
+        let schema = ScratchSchema::create(&base).await?;
+        // Two processes' stores: two pools on one database.
+        let (a, b) = (
+            RunStore::open_postgres(&schema.url).await?,
+            RunStore::open_postgres(&schema.url).await?,
+        );
+        let delivery = Delivery {
+            workflow: "w".into(),
+            signature: "sig".into(),
+            signed_at: Some(1),
+            event: None,
+        };
+        let mut tasks = tokio::task::JoinSet::new();
+        for store in [a.clone(), b.clone(), a.clone(), b.clone()] {
+            let delivery = delivery.clone();
+            tasks.spawn(async move {
+                let id = store.new_run_id().await?;
+                store.create_run(&record(&id), &["s".into()], Some(&delivery)).await
+            });
+        }
+        let (mut started, mut refused) = (0, 0);
+        while let Some(result) = tasks.join_next().await {
+            match result? {
+                Ok(()) => started += 1,
+                Err(StoreError::Replay { .. }) => refused += 1,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        assert_eq!((started, refused), (1, 3));
+        assert_eq!(b.runs().await?.len(), 1, "no run without its delivery");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn what_is_not_kept_yet_fails_saying_so() -> Result<(), Box<dyn std::error::Error>> {
+        let Some(base) = test_url("what_is_not_kept_yet_fails_saying_so")? else { return Ok(()) };
+        let schema = ScratchSchema::create(&base).await?;
+        let store = RunStore::open_postgres(&schema.url).await?;
+        let id = store.new_run_id().await?;
+        store.create_run(&record(&id), &["list".into()], None).await?;
+        let step = StepState::pending("list", 0);
+        let err = store.page_log(&id, &step).await.err().map(|e| e.to_string());
+        assert_eq!(
+            err.as_deref().map(|e| e.starts_with("not yet supported on PostgreSQL: list pages")),
+            Some(true),
+            "{err:?}"
+        );
+        // A step commit without pages goes through.
+        let mut done = step.clone();
+        done.status = Status::Succeeded;
+        store.start_commit(&id, &done, None).wait().await?;
+        assert_eq!(store.steps(&id).await?[0].status, Status::Succeeded);
+        Ok(())
+    }
+}
