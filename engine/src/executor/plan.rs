@@ -21,6 +21,11 @@ pub fn changed_fields(desired: &Value, current: &Value) -> Vec<String> {
     same::changed_fields(desired, current)
 }
 
+/// The value at a dotted path (`metadata.plan`) of a record.
+pub fn at_path<'a>(record: &'a Value, path: &str) -> Option<&'a Value> {
+    path.split('.').try_fold(record, |at, field| at.get(field))
+}
+
 /// What `current` holds at each dotted path of `changes` (`null` where
 /// nothing is), as an object keyed by the paths: an update's "before".
 pub fn values_at(current: &Value, changes: &[String]) -> Option<Value> {
@@ -30,11 +35,7 @@ pub fn values_at(current: &Value, changes: &[String]) -> Option<Value> {
     let found = changes
         .iter()
         .map(|path| {
-            let value = path
-                .split('.')
-                .try_fold(current, |at, field| at.get(field))
-                .cloned()
-                .unwrap_or(Value::Null);
+            let value = at_path(current, path).cloned().unwrap_or(Value::Null);
             (path.clone(), value)
         })
         .collect();

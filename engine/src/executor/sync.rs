@@ -63,6 +63,8 @@ struct Tally<'a> {
     errors: Vec<String>,
     fatal: Option<String>,
     target_duplicates: u64,
+    /// Writes are planned: an update keeps its fields' "before".
+    dry_run: bool,
 }
 
 impl Tally<'_> {
@@ -162,7 +164,8 @@ pub(crate) async fn run(
         .and_then(Value::as_u64)
         .unwrap_or(0);
     state.sync.get_or_insert_with(Default::default);
-    let mut tally = Tally { state, plan, errors, fatal: None, target_duplicates };
+    let dry_run = ctx.dry_run;
+    let mut tally = Tally { state, plan, errors, fatal: None, target_duplicates, dry_run };
 
     for side in [Side::Source, Side::Target] {
         let wanted = if side == Side::Source { SyncPhase::Source } else { SyncPhase::Target };
@@ -486,7 +489,8 @@ fn decide(
             let current: Value = serde_json::from_str(current)
                 .map_err(|e| format!("sync: a sorted run holds a bad record: {e}"))?;
             let changes = changed_fields(&record, &current);
-            let before = values_at(&current, &changes);
+            // Only a plan shows the before: a real run saves the copy.
+            let before = if tally.dry_run { values_at(&current, &changes) } else { None };
             // Point the upsert at the record it updates.
             if let (Value::Object(fields), Some(id)) =
                 (&mut record, current.get(&target_resource.id_field))

@@ -38,6 +38,7 @@ use super::auth::{self, Caller};
 use super::gate::{self, CSRF_FIELD};
 use super::{API_BODY_LIMIT, Refusal, RunOptions, Server};
 use crate::executor::Executor;
+use crate::executor::plan::at_path;
 use crate::store::{
     MAX_PAGE, Role, RunQuery, RunRow, RunTrigger, Status, StepState, StoreError, now_ms,
 };
@@ -652,11 +653,6 @@ fn step_row(
             }
         }
     }
-}
-
-/// The value at a dotted path of a record.
-fn at_path<'a>(record: &'a Value, path: &str) -> Option<&'a Value> {
-    path.split('.').try_fold(record, |at, field| at.get(field))
 }
 
 /// A value for a cell: `before` maps paths to values (`key` picks one);
