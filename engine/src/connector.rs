@@ -76,6 +76,34 @@ pub enum MethodClass {
     Delete,
 }
 
+impl MethodClass {
+    /// Every class, in the order workflows name them.
+    pub const ALL: [MethodClass; 8] = [
+        MethodClass::Any,
+        MethodClass::Read,
+        MethodClass::Write,
+        MethodClass::Get,
+        MethodClass::Post,
+        MethodClass::Put,
+        MethodClass::Patch,
+        MethodClass::Delete,
+    ];
+
+    /// Its name in workflows (`rate_limits`), messages and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MethodClass::Any => "any",
+            MethodClass::Read => "read",
+            MethodClass::Write => "write",
+            MethodClass::Get => "get",
+            MethodClass::Post => "post",
+            MethodClass::Put => "put",
+            MethodClass::Patch => "patch",
+            MethodClass::Delete => "delete",
+        }
+    }
+}
+
 /// A published vendor rate limit.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RateLimit {

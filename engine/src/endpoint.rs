@@ -9,8 +9,9 @@ use crate::connector::{
     BatchItem, ConnectorError, ListRequest, Manifest, Page, RemoveOutcome, UpsertOutcome,
     UpsertRequest,
 };
-use crate::http::{StatsSnapshot, within_call};
+use crate::http::within_call;
 use crate::runtime::{PluginConnection, RuntimeError};
+use crate::store::ConnectionTotals;
 
 /// The outcome of each record of a batch upsert.
 pub type BatchOutcomes = Vec<Result<UpsertOutcome, ConnectorError>>;
@@ -43,9 +44,10 @@ pub trait Endpoint: Send + Sync {
         resource: &'a str,
         id: &'a str,
     ) -> BoxFuture<'a, Result<RemoveOutcome, RuntimeError>>;
-    /// Requests sent, 429s, retries, time waited.
-    fn stats(&self) -> StatsSnapshot {
-        StatsSnapshot::default()
+    /// What it did so far: vendor requests (429s, retries, time waited,
+    /// answers by class) and plugin calls by op.
+    fn totals(&self) -> ConnectionTotals {
+        ConnectionTotals::default()
     }
 }
 
@@ -94,7 +96,7 @@ impl Endpoint for PluginConnection {
         Box::pin(within_call(PluginConnection::remove(self, resource, id)))
     }
 
-    fn stats(&self) -> StatsSnapshot {
-        self.http().stats().snapshot()
+    fn totals(&self) -> ConnectionTotals {
+        PluginConnection::totals(self)
     }
 }

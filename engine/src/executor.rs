@@ -26,12 +26,13 @@ use crate::connector::{CallContext, Manifest};
 use crate::credentials::{CredentialSource, Secret};
 use crate::endpoint::Endpoint;
 use crate::expr::{Budget, EvalError, Evaluator, Scope};
-use crate::http::{ConnectionHttp, EgressPolicy, HttpLimits, StatsSnapshot};
+use crate::http::{ConnectionHttp, EgressPolicy, HttpLimits};
 use crate::limiter::{LimitedPolicy, LimiterRegistry, Publisher, RetryPolicy};
 use crate::metrics::Metrics;
 use crate::runtime::{Plugin, PluginConnection, Runtime, RuntimeError};
 use crate::store::{
-    RunRecord, RunStore, RunTrigger, Status, StepCounts, StepState, StoreError, now_ms,
+    ConnectionTotals, RunRecord, RunStore, RunTrigger, Status, StepCounts, StepState, StoreError,
+    now_ms,
 };
 use crate::workflow::{Action, Diagnostics, PluginRef, Step, Workflow};
 
@@ -276,8 +277,9 @@ pub struct RunSummary {
     pub duration_ms: u64,
     /// Per step.
     pub steps: Vec<StepSummary>,
-    /// Per connection: requests, 429s, retries, waiting.
-    pub connections: BTreeMap<String, StatsSnapshot>,
+    /// Per connection: vendor requests (429s, retries, waiting, answers
+    /// by class) and plugin calls by op.
+    pub connections: BTreeMap<String, ConnectionTotals>,
     /// Why the run failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -426,6 +428,11 @@ impl Executor {
         &self.store
     }
 
+    /// The wasm runtime plugins run in.
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
     /// Loads a plugin once per process.
     pub async fn plugin(
         &self,
@@ -448,6 +455,9 @@ impl Executor {
             }
             PluginRef::File(path) => self.runtime.load_file(path).await?,
         };
+        if let Some(metrics) = &self.metrics {
+            metrics.plugin_loaded(loaded.name(), loaded.load_info().cache_hit);
+        }
         let loaded = Arc::new(loaded);
         self.plugins.lock().await.insert(key, loaded.clone());
         Ok(loaded)
@@ -914,23 +924,14 @@ impl Executor {
         // finds it in the metrics too.
         self.count_run_end(&run);
         self.store.commit_run(&run).await?;
-        let connections: BTreeMap<String, StatsSnapshot> =
-            endpoints.iter().map(|(name, e)| (name.clone(), e.stats())).collect();
-        // What this attempt sent, added to the run's totals for the
+        let connections: BTreeMap<String, ConnectionTotals> =
+            endpoints.iter().map(|(name, e)| (name.clone(), e.totals())).collect();
+        // What this attempt did, added to the run's totals for the
         // console; a failure to record them loses figures, not work.
         let totals = connections
             .iter()
-            .filter(|(_, s)| s.requests + s.denied > 0)
-            .map(|(name, s)| {
-                let totals = crate::store::ConnectionTotals {
-                    requests: s.requests,
-                    throttled: s.throttled,
-                    retries: s.retries,
-                    waited_ms: s.waited_ms,
-                    denied: s.denied,
-                };
-                (name.clone(), totals)
-            })
+            .filter(|(_, t)| !t.is_empty())
+            .map(|(name, t)| (name.clone(), t.clone()))
             .collect::<BTreeMap<_, _>>();
         if !totals.is_empty()
             && let Err(e) = self.store.add_connection_totals(&run.id, &totals).await

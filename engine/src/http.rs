@@ -6,7 +6,7 @@
 //! and retries requests.
 
 use std::cell::Cell;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -156,10 +156,27 @@ pub struct ConnectionStats {
     retries: AtomicU64,
     waited_micros: AtomicU64,
     denied: AtomicU64,
+    /// Time from sending a request to having its whole answer.
+    request_micros: AtomicU64,
+    /// Answers by [`STATUS_CLASSES`].
+    by_class: [AtomicU64; STATUS_CLASSES.len()],
+}
+
+/// How the run summary and the metrics group answers: `error` when none
+/// came (timeout, connection) or the status is outside HTTP's classes.
+pub const STATUS_CLASSES: [&str; 6] = ["error", "1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// The index in [`STATUS_CLASSES`] of an answer with `status` (`None`: no
+/// answer).
+pub fn status_class(status: Option<u16>) -> usize {
+    match status {
+        Some(code @ 100..=599) => usize::from(code / 100),
+        _ => 0,
+    }
 }
 
 /// A snapshot of [`ConnectionStats`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct StatsSnapshot {
     /// Requests sent to the vendor.
     pub requests: u64,
@@ -171,18 +188,38 @@ pub struct StatsSnapshot {
     pub waited_ms: u64,
     /// Requests refused by the host policy before sending.
     pub denied: u64,
+    /// Milliseconds spent in requests, from sending to the whole answer.
+    pub request_ms: u64,
+    /// Requests by the class of their answer (`2xx`, `4xx`, `error` when
+    /// none came…); classes never seen are left out.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub statuses: BTreeMap<String, u64>,
 }
 
 impl ConnectionStats {
     /// Reads the counters.
     pub fn snapshot(&self) -> StatsSnapshot {
+        let statuses = STATUS_CLASSES
+            .iter()
+            .zip(&self.by_class)
+            .map(|(name, n)| ((*name).to_owned(), n.load(Ordering::Relaxed)))
+            .filter(|(_, n)| *n > 0)
+            .collect();
         StatsSnapshot {
             requests: self.requests.load(Ordering::Relaxed),
             throttled: self.throttled.load(Ordering::Relaxed),
             retries: self.retries.load(Ordering::Relaxed),
             waited_ms: self.waited_micros.load(Ordering::Relaxed) / 1000,
             denied: self.denied.load(Ordering::Relaxed),
+            request_ms: self.request_micros.load(Ordering::Relaxed) / 1000,
+            statuses,
         }
+    }
+
+    fn answered(&self, status: Option<u16>, took: Duration) {
+        self.by_class[status_class(status)].fetch_add(1, Ordering::Relaxed);
+        self.request_micros
+            .fetch_add(u64::try_from(took.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 }
 
@@ -214,6 +251,13 @@ pub trait RequestPolicy: Send + Sync + std::fmt::Debug {
         attempts: Attempts,
         outcome: &Result<Response, HttpError>,
     ) -> Option<Duration>;
+
+    /// The rates in force now, requests per second, by the class of
+    /// requests each applies to (`any`, `read`, `post`…): for the metrics.
+    /// None when the policy does not pace.
+    fn rates(&self) -> Vec<(crate::connector::MethodClass, f64)> {
+        Vec::new()
+    }
 }
 
 /// Sends every request once, with no pacing.
@@ -1040,7 +1084,7 @@ impl ConnectionHttp {
             let waited = self.policy.admit(request.method).await;
             self.stats.waited_micros.fetch_add(waited.as_micros() as u64, Ordering::Relaxed);
             self.stats.requests.fetch_add(1, Ordering::Relaxed);
-            let sent = self.metrics.as_ref().map(|_| Instant::now());
+            let sent = Instant::now();
             // One span an attempt (traces): what was sent where, never the
             // path, a header or a body.
             let span = tracing::info_span!(
@@ -1067,14 +1111,19 @@ impl ConnectionHttp {
             }
             drop(span);
             attempts.made += 1;
-            if let (Some(metrics), Some(sent)) = (&self.metrics, sent) {
+            let took = sent.elapsed();
+            let status = match &outcome {
+                Err(HttpError::Denied(_)) => None,
+                Ok(response) => Some(Some(response.status)),
+                Err(_) => Some(None),
+            };
+            if let Some(status) = status {
+                self.stats.answered(status, took);
+            }
+            if let Some(metrics) = &self.metrics {
                 metrics.waited(waited);
-                match &outcome {
-                    Err(HttpError::Denied(_)) => {}
-                    Ok(response) => {
-                        metrics.request(request.method, Some(response.status), sent.elapsed())
-                    }
-                    Err(_) => metrics.request(request.method, None, sent.elapsed()),
+                if let Some(status) = status {
+                    metrics.request(request.method, status, took);
                 }
             }
             match &outcome {
@@ -1109,6 +1158,10 @@ impl ConnectionHttp {
                             < d
                     })
                 });
+            if let Some(metrics) = &self.metrics {
+                // After `retry_after`: the limiter has learnt from the answer.
+                metrics.rates(&self.policy.rates());
+            }
             if let Some(delay) = retry {
                 self.stats.retries.fetch_add(1, Ordering::Relaxed);
                 self.stats.waited_micros.fetch_add(delay.as_micros() as u64, Ordering::Relaxed);

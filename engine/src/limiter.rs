@@ -374,8 +374,7 @@ impl Limiter {
     }
 
     /// Current rates per class, requests per second.
-    #[cfg(test)]
-    fn rates(&self) -> Vec<(MethodClass, f64)> {
+    pub fn rates(&self) -> Vec<(MethodClass, f64)> {
         self.buckets
             .lock()
             .map(|b| b.iter().map(|b| (b.class, b.rate)).collect())
@@ -550,6 +549,10 @@ impl RequestPolicy for LimitedPolicy {
             Err(_) => None,
         }?;
         (attempt < self.retry.max_attempts).then_some(delay)
+    }
+
+    fn rates(&self) -> Vec<(MethodClass, f64)> {
+        self.limiter.rates()
     }
 }
 

@@ -13,8 +13,8 @@
 //! resolved once per connection, so a request costs a few atomic adds,
 //! not a look-up by labels.
 
-use std::sync::OnceLock;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -24,7 +24,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::http::Method;
+use crate::connector::MethodClass;
+use crate::http::{Method, STATUS_CLASSES, status_class};
 use crate::store::{RunTrigger, Status, StepCounts};
 
 /// The content type of [`Metrics::encode`]'s text.
@@ -100,6 +101,19 @@ struct TrapLabels {
     plugin: String,
     op: &'static str,
     cause: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RateLabels {
+    connection: String,
+    plugin: String,
+    class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LoadLabels {
+    plugin: String,
+    source: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -194,7 +208,17 @@ pub enum TrapCause {
 }
 
 impl TrapCause {
-    fn as_str(self) -> &'static str {
+    /// Every cause.
+    pub const ALL: [TrapCause; 5] = [
+        TrapCause::Cpu,
+        TrapCause::Memory,
+        TrapCause::Deadline,
+        TrapCause::Panic,
+        TrapCause::Other,
+    ];
+
+    /// Its name as a label and in a run's figures.
+    pub fn as_str(self) -> &'static str {
         match self {
             TrapCause::Cpu => "cpu",
             TrapCause::Memory => "memory",
@@ -224,7 +248,16 @@ pub struct Metrics {
     plugin_traps: Family<TrapLabels, Counter>,
     cron_firings: Family<OutcomeLabels, Counter>,
     webhook_deliveries: Family<OutcomeLabels, Counter>,
+    http_rate: Family<RateLabels, Gauge<f64, AtomicU64>>,
+    plugin_loads: Family<LoadLabels, Counter>,
+    instances_idle: Gauge,
+    store_size: Gauge,
+    /// Run before every encoding, to set the gauges read at scrape time.
+    samplers: Mutex<Vec<Sampler>>,
 }
+
+/// Sets gauges from live state when the metrics are read.
+type Sampler = Box<dyn Fn(&Metrics) + Send + Sync>;
 
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -260,6 +293,11 @@ impl Metrics {
             plugin_traps: Family::default(),
             cron_firings: Family::default(),
             webhook_deliveries: Family::default(),
+            http_rate: Family::default(),
+            plugin_loads: Family::default(),
+            instances_idle: Gauge::default(),
+            store_size: Gauge::default(),
+            samplers: Mutex::default(),
         };
         // A gauge at 1, not OpenMetrics' info type: Prometheus's own text
         // parser (promtool, older servers) knows no info type.
@@ -349,11 +387,61 @@ impl Metrics {
             "Webhook deliveries by workflow and outcome (accepted, bad_signature, stale, malformed, replay, oversized, refused_busy, refused)",
             m.webhook_deliveries.clone(),
         );
+        r.register(
+            "http_rate_limit",
+            "Requests per second the host's limiter allows now, by connection, plugin and the class of requests it paces (any, read, write, get, post…)",
+            m.http_rate.clone(),
+        );
+        r.register(
+            "plugin_loads",
+            "Plugins loaded, by plugin and source (cache: the compiled component read from the disk cache; compile: compiled anew)",
+            m.plugin_loads.clone(),
+        );
+        r.register(
+            "plugin_instances_idle",
+            "Warm plugin instances kept idle for the next call, all plugins",
+            m.instances_idle.clone(),
+        );
+        r.register(
+            "store_size_bytes",
+            "Size of the run store: the sled directory on disk, or the PostgreSQL database",
+            m.store_size.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    /// Calls `sample` before every encoding, to set gauges read from live
+    /// state (idle instances, say). It must be quick: a scrape waits.
+    pub fn sample_with(&self, sample: impl Fn(&Metrics) + Send + Sync + 'static) {
+        self.samplers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(Box::new(sample));
+    }
+
+    /// Sets `weft_plugin_instances_idle`.
+    pub fn set_instances_idle(&self, idle: usize) {
+        self.instances_idle.set(i64::try_from(idle).unwrap_or(i64::MAX));
+    }
+
+    /// Sets `weft_store_size_bytes`.
+    pub fn set_store_size(&self, bytes: u64) {
+        self.store_size.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    /// A plugin was loaded: from the compiled cache (`cache_hit`) or by
+    /// compiling it.
+    pub fn plugin_loaded(&self, plugin: &str, cache_hit: bool) {
+        let source = if cache_hit { "cache" } else { "compile" };
+        self.plugin_loads.get_or_create(&LoadLabels { plugin: plugin.to_owned(), source }).inc();
     }
 
     /// The exposition, in the OpenMetrics text format ([`CONTENT_TYPE`]).
     pub fn encode(&self) -> String {
+        for sample in self.samplers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).iter()
+        {
+            sample(self);
+        }
         let mut text = String::with_capacity(16 * 1024);
         // Writing into a String cannot fail; an encoder error would be a
         // bug of the crate's, and a partial exposition is still served.
@@ -515,6 +603,8 @@ impl Metrics {
             retries: self.http_retries.get_or_create_owned(&labels),
             waited: self.http_waited.get_or_create_owned(&labels),
             denied: self.http_denied.get_or_create_owned(&labels),
+            rates: self.http_rate.clone(),
+            rate_by_class: Default::default(),
             labels,
         }
     }
@@ -534,7 +624,6 @@ impl Drop for ActiveRun {
 
 const METHODS: [Method; 6] =
     [Method::Get, Method::Post, Method::Put, Method::Patch, Method::Delete, Method::Head];
-const STATUS_CLASSES: [&str; 6] = ["error", "1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// One connection's HTTP counters, resolved when the connection is made.
 /// A request's counter by method and status class is made the first time
@@ -549,17 +638,16 @@ pub struct ConnectionMetrics {
     retries: Counter,
     waited: Counter<f64, AtomicU64>,
     denied: Counter,
+    rates: Family<RateLabels, Gauge<f64, AtomicU64>>,
+    /// `rates`' gauges by [`MethodClass::ALL`], made on first use.
+    rate_by_class: [OnceLock<Gauge<f64, AtomicU64>>; MethodClass::ALL.len()],
 }
 
 impl ConnectionMetrics {
     /// A request was sent and ended with `status` (`None`: no answer)
     /// after `duration`.
     pub fn request(&self, method: Method, status: Option<u16>, duration: Duration) {
-        let class = match status {
-            Some(code @ 100..=599) => (code / 100) as usize,
-            // No answer, or a status outside HTTP's classes.
-            _ => 0,
-        };
+        let class = status_class(status);
         let m = METHODS.iter().position(|x| *x == method).unwrap_or(0);
         let counter = self.by_method_and_class[m][class].get_or_init(|| {
             self.requests.get_or_create_owned(&RequestLabels {
@@ -591,6 +679,22 @@ impl ConnectionMetrics {
     /// A request was refused by the host policy.
     pub fn denied(&self) {
         self.denied.inc();
+    }
+
+    /// The limiter's rates now, requests per second by the class of
+    /// requests each paces.
+    pub fn rates(&self, rates: &[(MethodClass, f64)]) {
+        for (class, rate) in rates {
+            let at = MethodClass::ALL.iter().position(|c| c == class).unwrap_or(0);
+            let gauge = self.rate_by_class[at].get_or_init(|| {
+                self.rates.get_or_create_owned(&RateLabels {
+                    connection: self.labels.connection.clone(),
+                    plugin: self.labels.plugin.clone(),
+                    class: class.as_str(),
+                })
+            });
+            gauge.set(*rate);
+        }
     }
 }
 

@@ -334,6 +334,11 @@ impl Runtime {
         &self.inner.config.limits
     }
 
+    /// Warm instances kept idle for the next call, all plugins.
+    pub fn instances_idle(&self) -> usize {
+        self.inner.warm_idle.load(Ordering::Relaxed)
+    }
+
     /// Compiles (or loads from the cache) and pre-instantiates a plugin, and
     /// reads its manifest.
     pub async fn load(&self, name: &str, wasm: &[u8]) -> Result<Plugin> {
@@ -1112,6 +1117,55 @@ pub struct PluginConnection {
     idle: Arc<IdleList>,
     /// The process's metrics, when it keeps them (`weft serve`).
     metrics: Option<Arc<Metrics>>,
+    /// This connection's calls, for the run summary.
+    calls: CallStats,
+}
+
+/// The ops a connection's calls are counted by, in [`CallStats`].
+const COUNTED_OPS: [Op; 5] = [Op::List, Op::Get, Op::Upsert, Op::UpsertBatch, Op::Remove];
+
+/// One connection's plugin calls by op, and their traps by cause.
+#[derive(Debug, Default)]
+struct CallStats {
+    calls: [AtomicU64; COUNTED_OPS.len()],
+    micros: [AtomicU64; COUNTED_OPS.len()],
+    max_micros: [AtomicU64; COUNTED_OPS.len()],
+    traps: [AtomicU64; TrapCause::ALL.len()],
+}
+
+impl CallStats {
+    fn record(&self, op: &str, took: Duration, trap: Option<TrapCause>) {
+        if let Some(at) = COUNTED_OPS.iter().position(|o| o.as_str() == op) {
+            let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+            self.calls[at].fetch_add(1, Ordering::Relaxed);
+            self.micros[at].fetch_add(micros, Ordering::Relaxed);
+            self.max_micros[at].fetch_max(micros, Ordering::Relaxed);
+        }
+        if let Some(at) = trap.and_then(|t| TrapCause::ALL.iter().position(|c| *c == t)) {
+            self.traps[at].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Adds the counts to `totals`' calls and traps.
+    fn fill(&self, totals: &mut crate::store::ConnectionTotals) {
+        for (at, op) in COUNTED_OPS.iter().enumerate() {
+            let calls = self.calls[at].load(Ordering::Relaxed);
+            if calls > 0 {
+                let call = crate::store::CallTotals {
+                    calls,
+                    ms: self.micros[at].load(Ordering::Relaxed) / 1000,
+                    max_ms: self.max_micros[at].load(Ordering::Relaxed) / 1000,
+                };
+                totals.calls.insert(op.as_str().to_owned(), call);
+            }
+        }
+        for (at, cause) in TrapCause::ALL.iter().enumerate() {
+            let n = self.traps[at].load(Ordering::Relaxed);
+            if n > 0 {
+                totals.traps.insert(cause.as_str().to_owned(), n);
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for PluginConnection {
@@ -1148,7 +1202,7 @@ impl PluginConnection {
         registry.retain(|list| list.strong_count() > 0);
         registry.push(Arc::downgrade(&idle));
         drop(registry);
-        PluginConnection { plugin, http, context, idle, metrics: None }
+        PluginConnection { plugin, http, context, idle, metrics: None, calls: CallStats::default() }
     }
 
     /// Times this connection's calls, and counts their traps, in `metrics`.
@@ -1170,6 +1224,25 @@ impl PluginConnection {
     /// Base URL and settings handed to every call.
     pub fn context(&self) -> &CallContext {
         &self.context
+    }
+
+    /// What this connection did so far: its vendor requests and its
+    /// plugin calls.
+    pub fn totals(&self) -> crate::store::ConnectionTotals {
+        let http = self.http.stats().snapshot();
+        let mut totals = crate::store::ConnectionTotals {
+            plugin: self.plugin.name.clone(),
+            requests: http.requests,
+            throttled: http.throttled,
+            retries: http.retries,
+            waited_ms: http.waited_ms,
+            denied: http.denied,
+            request_ms: http.request_ms,
+            statuses: http.statuses,
+            ..Default::default()
+        };
+        self.calls.fill(&mut totals);
+        totals
     }
 
     /// Reads one page.
@@ -1214,16 +1287,17 @@ impl PluginConnection {
         use tracing::Instrument as _;
         let op = call.op();
         let span = tracing::info_span!("plugin call", plugin = %self.plugin.name, op);
-        let Some(metrics) = &self.metrics else {
-            return self.call_untimed(call).instrument(span).await;
-        };
         let started = Instant::now();
         let outcome = self.call_untimed(call).instrument(span).await;
+        let took = started.elapsed();
         let trap = match &outcome {
             Err(RuntimeError::Trapped { cause, .. }) => Some(*cause),
             _ => None,
         };
-        metrics.plugin_called(&self.plugin.name, op, started.elapsed(), trap);
+        self.calls.record(op, took, trap);
+        if let Some(metrics) = &self.metrics {
+            metrics.plugin_called(&self.plugin.name, op, took, trap);
+        }
         outcome
     }
 

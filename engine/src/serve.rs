@@ -86,6 +86,9 @@ use auth::Caller;
 pub const API_BODY_LIMIT: usize = 64 << 10;
 
 /// What a refused start tells the client to wait before it tries again.
+/// How often `weft serve` measures its run store for the metrics.
+const STORE_MEASURE_EVERY: Duration = Duration::from_secs(30);
+
 const RETRY_AFTER_SECS: u64 = 1;
 
 /// How long a start waits for the run store before it answers 503.
@@ -323,6 +326,8 @@ pub async fn start(executor: Executor, config: ServeConfig) -> Result<RunningSer
             (executor.with_metrics(metrics.clone()), metrics)
         }
     };
+    let runtime = executor.runtime().clone();
+    metrics.sample_with(move |m| m.set_instances_idle(runtime.instances_idle()));
     let has_tokens = executor.store().has_active_tokens().await?;
     if !config.bind.ip().is_loopback() && !has_tokens {
         return Err(ServeError::Remote { addr: config.bind });
@@ -420,6 +425,7 @@ pub async fn start(executor: Executor, config: ServeConfig) -> Result<RunningSer
         }
     }
     schedules.spawn(server.clone().forget_expired_sessions());
+    schedules.spawn(server.clone().measure_store());
 
     let api = Router::new()
         .route("/api/workflows", get(list_workflows))
@@ -823,6 +829,22 @@ impl Server {
 
     /// Drops ended console sessions now and then, so the store keeps only
     /// live ones.
+    /// Sets `weft_store_size_bytes` now and every [`STORE_MEASURE_EVERY`]:
+    /// walking a large sled directory, or asking PostgreSQL, is too slow
+    /// for every scrape.
+    async fn measure_store(self: Arc<Self>) {
+        loop {
+            match self.executor.store().size_bytes().await {
+                Ok(bytes) => self.metrics.set_store_size(bytes),
+                Err(e) => tracing::debug!(error = %e, "cannot measure the run store"),
+            }
+            tokio::select! {
+                () = self.shutdown.cancelled() => return,
+                () = tokio::time::sleep(STORE_MEASURE_EVERY) => {}
+            }
+        }
+    }
+
     async fn forget_expired_sessions(self: Arc<Self>) {
         loop {
             tokio::select! {

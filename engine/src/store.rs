@@ -29,7 +29,9 @@ pub mod plan;
 pub mod postgres;
 
 pub use access::{Role, SessionRecord, TokenError, TokenRecord, valid_token_name};
-pub use index::{ConnectionTotals, HistoryEntry, MAX_PAGE, RunPage, RunQuery, RunRow, SCAN_BUDGET};
+pub use index::{
+    CallTotals, ConnectionTotals, HistoryEntry, MAX_PAGE, RunPage, RunQuery, RunRow, SCAN_BUDGET,
+};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -87,6 +89,14 @@ pub enum StoreError {
     /// No run with that id.
     #[error("no run with id {0}")]
     UnknownRun(String),
+    /// The store's directory could not be measured.
+    #[error("run store: cannot measure the size of {path}: {reason}")]
+    Measure {
+        /// The directory.
+        path: String,
+        /// Why.
+        reason: String,
+    },
     /// A scratch directory could not be made or removed.
     #[error("run store: scratch directory {path}: {reason}")]
     Scratch {
@@ -1032,6 +1042,12 @@ impl RunStore {
         dispatch!(self, b => b.has_active_tokens().await)
     }
 
+    /// Bytes the store takes: its directory on disk (sled, page files and
+    /// scratch included), or its PostgreSQL database.
+    pub async fn size_bytes(&self) -> Result<u64> {
+        dispatch!(self, b => b.size_bytes().await)
+    }
+
     /// The token with this id, if any (revoked ones too).
     pub async fn token(&self, id: &str) -> Result<Option<TokenRecord>> {
         dispatch!(self, b => b.token(id).await)
@@ -1101,6 +1117,25 @@ fn step_prefix(run: &str, index: u32) -> Vec<u8> {
     format!("{run}/{index:05}/").into_bytes()
 }
 
+/// Bytes in the files under `dir`, subdirectories included (symbolic
+/// links not followed).
+fn directory_size(dir: &Path) -> std::io::Result<u64> {
+    let mut total = 0u64;
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                pending.push(entry.path());
+            } else if kind.is_file() {
+                total = total.saturating_add(entry.metadata()?.len());
+            }
+        }
+    }
+    Ok(total)
+}
+
 fn decode<T: for<'de> Deserialize<'de>>(key: &[u8], bytes: &[u8]) -> Result<T> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
         key: String::from_utf8_lossy(key).into_owned(),
@@ -1144,6 +1179,17 @@ fn scan_from(
 }
 
 impl SledStore {
+    /// Bytes in the store's directory, walked on a blocking thread.
+    pub(crate) async fn size_bytes(&self) -> Result<u64> {
+        let dir = self.dir.clone();
+        let path = dir.display().to_string();
+        let measure = |reason: String| StoreError::Measure { path: path.clone(), reason };
+        tokio::task::spawn_blocking(move || directory_size(&dir))
+            .await
+            .map_err(|e| measure(e.to_string()))?
+            .map_err(|e| measure(e.to_string()))
+    }
+
     /// Opens (or creates) the store in `dir` and starts its owner and
     /// flusher threads. One process at a time: a second gets
     /// [`StoreError::Locked`].

@@ -1086,19 +1086,10 @@ fn parse_connections(
         let overrides =
             c.rate_limit.into_iter().map(|r| ("any".to_owned(), r)).chain(c.rate_limits);
         for (class_name, rate) in overrides {
-            let class = match class_name.as_str() {
-                "any" => MethodClass::Any,
-                "read" => MethodClass::Read,
-                "write" => MethodClass::Write,
-                "get" => MethodClass::Get,
-                "post" => MethodClass::Post,
-                "put" => MethodClass::Put,
-                "patch" => MethodClass::Patch,
-                "delete" => MethodClass::Delete,
-                other => {
-                    check.error(rate.span(), format!("unknown method class {other:?} in rate_limits; use any, read, write, get, post, put, patch or delete"));
-                    continue;
-                }
+            let Some(class) = MethodClass::ALL.into_iter().find(|c| c.as_str() == class_name)
+            else {
+                check.error(rate.span(), format!("unknown method class {class_name:?} in rate_limits; use any, read, write, get, post, put, patch or delete"));
+                continue;
             };
             match crate::limiter::parse_rate(rate.get_ref()) {
                 Some(per_second) => {

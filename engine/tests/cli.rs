@@ -48,6 +48,49 @@ fn run_sandbox_json_exports_every_seeded_customer() -> TestResult {
 }
 
 #[test]
+fn a_run_writes_its_metrics_file_for_a_textfile_collector() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("weft.prom");
+    std::fs::write(&file, "stale\n")?;
+    let out = weft(
+        &[
+            "run",
+            "--sandbox",
+            "--seed",
+            "120",
+            "--json",
+            "--metrics-file",
+            &file.display().to_string(),
+            &example("stripe-export.toml"),
+        ],
+        &cache(),
+    )?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let text = std::fs::read_to_string(&file)?;
+    let workflow = summary["workflow"].as_str().ok_or("a workflow name")?;
+    assert!(
+        text.contains(&format!(
+            "weft_runs_finished_total{{workflow=\"{workflow}\",status=\"succeeded\"}} 1\n"
+        )),
+        "{text}"
+    );
+    assert!(text.contains("weft_records_total{"), "{text}");
+    // Prometheus's text format, whole: the old file replaced, no EOF
+    // marker, nothing left beside it.
+    assert!(!text.contains("stale") && !text.contains("# EOF"), "{text}");
+    assert!(text.contains("# TYPE weft_http_requests_total counter"), "{text}");
+    let requests: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("weft_http_requests_total{"))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum();
+    assert_eq!(Some(requests), summary["connections"]["stripe"]["requests"].as_f64(), "{text}");
+    assert_eq!(std::fs::read_dir(dir.path())?.count(), 1, "only the metrics file");
+    Ok(())
+}
+
+#[test]
 fn validate_points_at_the_line_and_column_of_an_error() -> TestResult {
     let dir = tempfile::tempdir()?;
     let file = dir.path().join("bad.toml");
@@ -1369,11 +1412,30 @@ async fn a_run_exports_its_span_tree_over_otlp_with_no_secret_in_it() -> TestRes
     assert_eq!(broken.status.as_ref().map(|s| s.code), Some(2), "{broken:#?}");
     let create = step("create").ok_or("the create step's span")?;
     assert_ne!(create.status.as_ref().map(|s| s.code), Some(2));
+    // The export's pages are its children, each with its list call.
+    let export = step("export").ok_or("the export step's span")?;
     let calls = named("plugin call");
+    let pages: Vec<_> =
+        named("page").into_iter().filter(|p| p.parent_span_id == export.span_id).collect();
+    assert!(!pages.is_empty(), "the export's pages are spans under it: {spans:#?}");
+    for page in &pages {
+        assert_eq!(attribute(page, "resource").as_deref(), Some("customers"));
+        let list = calls
+            .iter()
+            .find(|c| c.parent_span_id == page.span_id)
+            .ok_or("a plugin call under each page")?;
+        assert_eq!(attribute(list, "op").as_deref(), Some("list"));
+    }
+    // The upsert is an item of its step; its call is the item's child.
+    let item = named("item")
+        .into_iter()
+        .find(|i| i.parent_span_id == create.span_id)
+        .ok_or("an item span under the create step")?;
+    assert_eq!(attribute(item, "item").as_deref(), Some("0"));
     let upsert = calls
         .iter()
-        .find(|c| c.parent_span_id == create.span_id)
-        .ok_or("a plugin call under the create step")?;
+        .find(|c| c.parent_span_id == item.span_id)
+        .ok_or("a plugin call under the create step's item")?;
     assert_eq!(attribute(upsert, "op").as_deref(), Some("upsert"));
     assert_eq!(attribute(upsert, "plugin").as_deref(), Some("stripe"));
     let requests = named("vendor request");
@@ -1386,9 +1448,15 @@ async fn a_run_exports_its_span_tree_over_otlp_with_no_secret_in_it() -> TestRes
         assert_eq!(attribute(request, "attempt").as_deref(), Some("1"));
         assert!(attribute(request, "limiter_wait_ms").is_some());
     }
-    assert!(
-        requests.len() as u64 >= summary["connections"]["stripe"]["requests"].as_u64().unwrap_or(0)
-    );
+    let stripe = &summary["connections"]["stripe"];
+    assert!(requests.len() as u64 >= stripe["requests"].as_u64().unwrap_or(0));
+    // The summary carries the figures the metrics do: answers by class,
+    // time in requests, and plugin calls by op.
+    assert_eq!(stripe["plugin"], "stripe", "{stripe:#}");
+    assert_eq!(stripe["statuses"]["2xx"], stripe["requests"], "{stripe:#}");
+    assert_eq!(stripe["calls"]["list"]["calls"].as_u64(), Some(pages.len() as u64), "{stripe:#}");
+    assert_eq!(stripe["calls"]["upsert"]["calls"], 1, "the broken step never called: {stripe:#}");
+    assert!(stripe["calls"]["list"]["max_ms"].as_u64() <= stripe["calls"]["list"]["ms"].as_u64());
     let text = String::from_utf8_lossy(&raw);
     assert!(!text.contains(secret), "a credential in the export");
     assert!(!text.contains("traced-body@example.com"), "a record's field in the export");

@@ -137,6 +137,18 @@ async fn the_api_takes_bearer_tokens_and_each_role_does_only_what_it_may() -> Te
     assert_eq!(detail["status"], "succeeded", "{detail:#}");
     assert_eq!(detail["history"][0]["actor"], "ops", "who started it: {detail:#}");
     assert_eq!(detail["connections"]["stripe"]["requests"].as_u64().map(|n| n >= 1), Some(true));
+    // The run's page shows its HTTP and its plugin calls per connection.
+    let watcher = sign_in(&client, &base, viewer).await?;
+    let page = client
+        .get(format!("{base}/runs/{run}"))
+        .header("cookie", &watcher.cookie)
+        .send()
+        .await?
+        .text()
+        .await?;
+    let calls = page.split("id=\"plugin-calls\"").nth(1).ok_or("a plugin calls table")?;
+    assert!(calls.contains("<td>stripe</td><td>upsert</td><td>1</td>"), "{page}");
+    assert!(page.contains("<td>stripe</td><td>stripe</td>"), "connection and plugin: {page}");
     let cancel = post_json(&client, format!("{base}/api/runs/{run}/cancel"), "")
         .bearer_auth(operator)
         .send()

@@ -111,7 +111,7 @@ async fn reads_are_retried_through_injected_server_errors() -> TestResult {
     let summary = harness.run(&text, &overrides).await?;
     assert_eq!(summary.status, Status::Succeeded, "{summary:?}");
     assert_eq!(summary.steps[0].counts.read, 250);
-    let stats = summary.connections["stripe"];
+    let stats = &summary.connections["stripe"];
     assert!(stats.retries > 0, "{stats:?}");
     assert_eq!(stats.requests, 10 + stats.retries);
     assert!(emulator.requests().count_where(|r| r.status == 500) > 0);

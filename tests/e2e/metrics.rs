@@ -149,7 +149,12 @@ async fn requests_of(client: &reqwest::Client, base: &str, runs: &[String]) -> T
             let detail: Value = serde_json::from_slice(
                 &client.get(format!("{base}/api/runs/{run}")).send().await?.bytes().await?,
             )?;
-            if let Some(n) = detail["connections"]["stripe"]["requests"].as_u64() {
+            let stripe = &detail["connections"]["stripe"];
+            if let Some(n) = stripe["requests"].as_u64() {
+                // The detail carries what the metrics count, per run.
+                assert_eq!(stripe["plugin"], "stripe", "{detail:#}");
+                assert_eq!(stripe["statuses"]["2xx"].as_u64(), Some(n), "{detail:#}");
+                assert_eq!(stripe["calls"]["upsert"]["calls"], 1, "{detail:#}");
                 total += n;
                 break;
             }
@@ -262,7 +267,16 @@ async fn metrics_count_runs_records_requests_and_webhook_outcomes_exactly() -> T
         3.0
     );
     assert_eq!(sum(&all, "weft_plugin_traps_total", &[]), 0.0);
-    assert!(text.contains("weft_build_info{version=\""), "{text}");
+    // Loaded once for the process, from the cache or compiled.
+    assert_eq!(sum(&all, "weft_plugin_loads_total", &[("plugin", "stripe")]), 1.0, "{text}");
+    // The runs ended: their connections' warm instances went with them.
+    assert!(text.contains("\nweft_plugin_instances_idle 0\n"), "{text}");
+    assert!(sum(&all, "weft_store_size_bytes", &[]) > 0.0, "the store was measured: {text}");
+    // The limiter's rate in force (the servers of these tests allow
+    // 10,000 r/s; the limiter keeps its 1 % margin under it).
+    let rate = sum(&all, "weft_http_rate_limit", &[stripe_conn[0], ("class", "any")]);
+    assert!(rate > 9000.0 && rate < 10_000.0, "a rate in force: {text}");
+    assert!(text.contains("\nweft_build_info{version=\""), "{text}");
     assert!(!text.contains("example.com"), "no input reaches a label: {text}");
 
     // The metrics listener serves the same figures to anyone, and
@@ -354,6 +368,29 @@ fn prometheus() -> TestResult<Option<PathBuf>> {
 /// process taking it is possible and would fail the start, visibly).
 fn free_port() -> TestResult<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// The PromQL of every panel of `docs/grafana-weft.json`.
+fn dashboard_queries() -> TestResult<Vec<String>> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/grafana-weft.json");
+    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
+    let panels = dashboard["panels"].as_array().ok_or("the dashboard's panels")?;
+    let queries: Vec<String> = panels
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .filter_map(|t| t["expr"].as_str().map(str::to_owned))
+        .collect();
+    assert!(queries.len() >= 20, "the dashboard has its panels: {queries:?}");
+    Ok(queries)
+}
+
+/// The `weft_…` metric names a PromQL expression reads.
+fn metric_names(promql: &str) -> Vec<String> {
+    promql
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|word| word.starts_with("weft_"))
+        .map(str::to_owned)
+        .collect()
 }
 
 /// A single number from Prometheus's query API, once it has one.
@@ -469,6 +506,36 @@ async fn a_real_prometheus_scrapes_the_metrics_listener_and_answers_with_the_run
     }
     // The target is up by Prometheus's own account.
     assert_eq!(query(&client, &api, "up{job=\"weft\"}").await?, Some(1.0));
+    // Every query of the Grafana dashboard in docs/ parses and runs, and
+    // names only series weft exports.
+    let exported = scrape(&client, &format!("http://{metrics_addr}/metrics"), None).await?;
+    let readme = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"),
+    )?;
+    for promql in dashboard_queries()? {
+        let promql = promql.replace("$__rate_interval", "1m").replace("$workflow", ".*");
+        let query =
+            form_urlencoded::Serializer::new(String::new()).append_pair("query", &promql).finish();
+        let answer: Value = serde_json::from_slice(
+            &client.get(format!("{api}/api/v1/query?{query}")).send().await?.bytes().await?,
+        )?;
+        assert_eq!(answer["status"], "success", "{promql}: {answer}");
+        for name in metric_names(&promql) {
+            let base = ["_bucket", "_count", "_sum", "_total"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .unwrap_or(&name);
+            // A family with no series yet is not in the exposition; the
+            // README's table lists every metric.
+            assert!(
+                exported.contains(&format!("\n{name}{{"))
+                    || exported.contains(&format!("\n{name} "))
+                    || exported.contains(&format!("# TYPE {base} "))
+                    || readme.contains(&format!("| `{base}")),
+                "the dashboard's {promql} names {name}, which weft does not export"
+            );
+        }
+    }
     child.kill().await?;
     server.shutdown().await;
     Ok(())

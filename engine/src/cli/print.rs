@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use weft::executor::{Observer, RunSummary, StepSummary};
-use weft::store::{RunRecord, Status, StepState};
+use weft::store::{ConnectionTotals, RunRecord, Status, StepState};
 use weft::workflow::{Action, Step, Workflow};
 
 /// A file a list step wrote (`output`), for the summary.
@@ -202,6 +202,40 @@ fn counts(s: &StepSummary) -> String {
     if parts.is_empty() { "-".into() } else { parts.join(", ") }
 }
 
+/// One connection's figures on one line: "  stripe (stripe): 12 requests
+/// (11 2xx, 1 4xx) in 840 ms, 1 throttled (429), 1 retries, 1200 ms
+/// waiting; plugin calls: list 12 (900 ms, longest 120 ms)".
+pub(super) fn connection_line(name: &str, t: &ConnectionTotals) -> String {
+    let plugin = if t.plugin.is_empty() || t.plugin == name {
+        String::new()
+    } else {
+        format!(" ({})", t.plugin)
+    };
+    let classes = t.statuses.iter().map(|(class, n)| format!("{n} {class}")).collect::<Vec<_>>();
+    let classes =
+        if classes.is_empty() { String::new() } else { format!(" ({})", classes.join(", ")) };
+    let mut line = format!(
+        "  {name}{plugin}: {} requests{classes} in {} ms, {} throttled (429), {} retries, {} ms waiting",
+        t.requests, t.request_ms, t.throttled, t.retries, t.waited_ms
+    );
+    if t.denied > 0 {
+        line.push_str(&format!(", {} refused by the host", t.denied));
+    }
+    if !t.calls.is_empty() {
+        let calls = t
+            .calls
+            .iter()
+            .map(|(op, c)| format!("{op} {} ({} ms, longest {} ms)", c.calls, c.ms, c.max_ms))
+            .collect::<Vec<_>>();
+        line.push_str(&format!("; plugin calls: {}", calls.join(", ")));
+    }
+    if !t.traps.is_empty() {
+        let traps = t.traps.iter().map(|(cause, n)| format!("{n} {cause}")).collect::<Vec<_>>();
+        line.push_str(&format!("; stopped: {}", traps.join(", ")));
+    }
+    line
+}
+
 /// "3 created", "1 failed", …: the counts that are not zero, in order.
 fn nonzero(counts: &[(u64, &str)]) -> Vec<String> {
     counts.iter().filter(|(n, _)| *n > 0).map(|(n, what)| format!("{n} {what}")).collect()
@@ -214,11 +248,8 @@ fn print_summary(summary: &RunSummary, written: &[WrittenFile]) {
         other => other.as_str().to_owned(),
     };
     eprintln!("run {} {status} in {:.1}s", summary.run_id, summary.duration_ms as f64 / 1000.0);
-    for (name, stats) in &summary.connections {
-        eprintln!(
-            "  {name}: {} requests, {} throttled (429), {} retries, {} ms waiting",
-            stats.requests, stats.throttled, stats.retries, stats.waited_ms
-        );
+    for (name, totals) in &summary.connections {
+        eprintln!("{}", connection_line(name, totals));
     }
     for file in written {
         eprintln!("  wrote {} ({} records, step {})", file.path.display(), file.records, file.step);

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{Context as _, Result};
 use clap::Args;
@@ -12,6 +13,7 @@ use weft::credentials::Secret;
 use weft::executor::{
     ConnectionOverride, ExecError, Executor, Observer, RunOptions, RunSummary, StepSummary,
 };
+use weft::metrics::Metrics;
 use weft::store::{RunRecord, Status, StepState, StoreLocation};
 use weft::workflow::{Step, Workflow};
 
@@ -45,6 +47,24 @@ pub(crate) struct RunArgs {
     /// With --sandbox: demo records per emulator.
     #[arg(long, default_value_t = 250)]
     seed: usize,
+    /// When the run ends, write its metrics (the names of `weft serve`'s
+    /// /metrics) to FILE in Prometheus's text format, replacing it whole:
+    /// for node_exporter's textfile collector when cron starts `weft run`.
+    #[arg(long, value_name = "FILE")]
+    metrics_file: Option<PathBuf>,
+}
+
+/// Writes `metrics` to `path` whole: a temporary file beside it, renamed
+/// over it, so a collector never reads half a file.
+fn write_metrics_file(path: &std::path::Path, metrics: &Metrics) -> Result<()> {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let partial = path.with_file_name(format!(".{name}.{}.partial", std::process::id()));
+    std::fs::write(&partial, metrics.encode_prometheus_text())
+        .and_then(|()| std::fs::rename(&partial, path))
+        .with_context(|| format!("failed to write the metrics to {}", path.display()))
+        .inspect_err(|_| {
+            let _ = std::fs::remove_file(&partial);
+        })
 }
 
 fn gather_inputs(
@@ -88,7 +108,11 @@ pub(crate) async fn run(global: &Global, command: RunArgs) -> Result<ExitCode> {
         Some(temp) => StoreLocation::Sled(temp.path().to_path_buf()),
         None => store_location(global)?,
     };
-    let executor = Executor::new(wasm_runtime(global)?, open_location(&location).await?);
+    let mut executor = Executor::new(wasm_runtime(global)?, open_location(&location).await?);
+    let metrics = command.metrics_file.as_ref().map(|_| Arc::new(Metrics::new()));
+    if let Some(metrics) = &metrics {
+        executor = executor.with_metrics(metrics.clone());
+    }
 
     let mut emulators = None;
     let mut overrides = BTreeMap::new();
@@ -151,6 +175,9 @@ pub(crate) async fn run(global: &Global, command: RunArgs) -> Result<ExitCode> {
         ..RunOptions::default()
     };
     let summary = run_guarded(&executor, &workflow, &options, &printer).await?;
+    if let (Some(path), Some(metrics)) = (&command.metrics_file, &metrics) {
+        write_metrics_file(path, metrics)?;
+    }
     let written = output_files(&workflow, &summary);
     report(&summary, &written, command.json)?;
     if let Some(emulators) = emulators {

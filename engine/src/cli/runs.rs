@@ -295,6 +295,9 @@ fn print_run(detail: &RunDetail) -> std::io::Result<()> {
             outln!("  {:<20} {error}", "")?;
         }
     }
+    for (name, totals) in &detail.connections {
+        outln!("{}", super::print::connection_line(name, totals))?;
+    }
     if let Some(error) = &run.error {
         outln!("{error}")?;
     }

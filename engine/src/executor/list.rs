@@ -71,7 +71,15 @@ pub(crate) async fn run(
             page_size,
             filter: filter.clone(),
         };
-        async move { with_retry(&step.retry, step.timeout, || endpoint.list(request.clone())).await.0 }
+        // One span a page (traces): its size, never its cursor.
+        let span = tracing::info_span!("page", resource = %step.resource, page_size);
+        async move {
+            use tracing::Instrument as _;
+            with_retry(&step.retry, step.timeout, || endpoint.list(request.clone()))
+                .instrument(span)
+                .await
+                .0
+        }
     };
     let mut pages = Pages {
         log: if state.records_kept {

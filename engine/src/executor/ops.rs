@@ -228,6 +228,23 @@ pub(crate) async fn item(
     keep_output: bool,
     rendered: Option<Rendered>,
 ) -> Result<OpResult, CallError> {
+    use tracing::Instrument as _;
+    // One span an item (traces): its number in the step, never its value.
+    let span = tracing::info_span!("item", item);
+    item_untraced(cx, endpoint, evaluator, scope, item, keep_output, rendered)
+        .instrument(span)
+        .await
+}
+
+async fn item_untraced(
+    cx: StepCtx<'_>,
+    endpoint: &dyn Endpoint,
+    evaluator: &Evaluator,
+    scope: &Scope,
+    item: u64,
+    keep_output: bool,
+    rendered: Option<Rendered>,
+) -> Result<OpResult, CallError> {
     let StepCtx { run: ctx, step, .. } = cx;
     let resource = endpoint.manifest().resource(&step.resource).ok_or_else(|| {
         CallError::new(format!("plugin {} has no resource {}", endpoint.name(), step.resource))

@@ -267,8 +267,13 @@ async fn scan(
             page_size: resource_spec.max_page_size,
             filter: filter.clone(),
         };
-        let (result, _) =
-            with_retry(&step.retry, step.timeout, || endpoint.list(request.clone())).await;
+        let span = tracing::info_span!("page", resource, side = side.name());
+        let (result, _) = {
+            use tracing::Instrument as _;
+            with_retry(&step.retry, step.timeout, || endpoint.list(request.clone()))
+                .instrument(span)
+                .await
+        };
         let page =
             result.map_err(|e| format!("reading {} ({}): {}", resource, side.name(), e.message))?;
         if page.next_cursor.is_some() && page.next_cursor == cursor {

@@ -550,12 +550,39 @@ async fn run_page(
         }
         @if !totals.is_empty() {
             h2 { "HTTP per connection" }
-            table #connections {
-                thead { tr { th { "Connection" } th { "Requests" } th { "429s" } th { "Retries" } th { "Waited" } th { "Refused by host" } } }
-                tbody {
-                    @for (name, t) in &totals {
-                        tr { td { (name) } td { (t.requests) } td { (t.throttled) } td { (t.retries) } td { (duration(t.waited_ms)) } td { (t.denied) } }
+            div.scroll {
+                table #connections {
+                    thead { tr { th { "Connection" } th { "Plugin" } th { "Requests" } th { "Answers" } th { "Time in requests" } th { "429s" } th { "Retries" } th { "Waited" } th { "Refused by host" } } }
+                    tbody {
+                        @for (name, t) in &totals {
+                            tr {
+                                td { (name) } td { (t.plugin) } td { (t.requests) }
+                                td { (t.statuses.iter().map(|(class, n)| format!("{n} {class}")).collect::<Vec<_>>().join(", ")) }
+                                td { (duration(t.request_ms)) } td { (t.throttled) } td { (t.retries) } td { (duration(t.waited_ms)) } td { (t.denied) }
+                            }
+                        }
                     }
+                }
+            }
+            @if totals.values().any(|t| !t.calls.is_empty() || !t.traps.is_empty()) {
+                h2 { "Plugin calls" }
+                div.scroll {
+                    table #plugin-calls {
+                        thead { tr { th { "Connection" } th { "Op" } th { "Calls" } th { "Total" } th { "Mean" } th { "Longest" } } }
+                        tbody {
+                            @for (name, t) in &totals {
+                                @for (op, c) in &t.calls {
+                                    tr {
+                                        td { (name) } td { (op) } td { (c.calls) } td { (duration(c.ms)) }
+                                        td { (duration(c.ms / c.calls.max(1))) } td { (duration(c.max_ms)) }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                @for (name, t) in totals.iter().filter(|(_, t)| !t.traps.is_empty()) {
+                    p.error { (name) ": calls stopped: " (t.traps.iter().map(|(cause, n)| format!("{n} {cause}")).collect::<Vec<_>>().join(", ")) }
                 }
             }
         }

@@ -17,6 +17,8 @@
 //! the record whole from its own copy at every commit, and an entry added
 //! to the record meanwhile would be lost.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 
@@ -123,9 +125,15 @@ impl HistoryEntry {
     }
 }
 
-/// What a run sent on one connection, over all its attempts.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// What a run sent on one connection, over all its attempts: the vendor
+/// requests, and the plugin calls that made them. `weft run --json`
+/// prints an attempt's; the store keeps their sum for the console.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ConnectionTotals {
+    /// The connection's plugin (built-in name or path).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub plugin: String,
     /// Requests sent to the vendor.
     pub requests: u64,
     /// Responses with status 429.
@@ -136,15 +144,64 @@ pub struct ConnectionTotals {
     pub waited_ms: u64,
     /// Requests refused by the host before sending.
     pub denied: u64,
+    /// Milliseconds spent in vendor requests, from sending to the whole
+    /// answer.
+    #[serde(default)]
+    pub request_ms: u64,
+    /// Requests by the class of their answer (`2xx`, `4xx`, `error` when
+    /// none came); classes never seen are left out.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub statuses: BTreeMap<String, u64>,
+    /// Plugin calls by op (`list`, `get`, `upsert`, `upsert-batch`,
+    /// `remove`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub calls: BTreeMap<String, CallTotals>,
+    /// Plugin calls stopped, by cause (`cpu`, `memory`, `deadline`,
+    /// `panic`, `other`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub traps: BTreeMap<String, u64>,
+}
+
+/// One op's plugin calls on one connection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallTotals {
+    /// Calls made.
+    pub calls: u64,
+    /// Milliseconds they took in all, their vendor requests included.
+    pub ms: u64,
+    /// Milliseconds the longest took.
+    pub max_ms: u64,
 }
 
 impl ConnectionTotals {
-    fn add(&mut self, other: &ConnectionTotals) {
+    /// Adds another attempt's figures to these.
+    pub fn add(&mut self, other: &ConnectionTotals) {
+        if !other.plugin.is_empty() {
+            self.plugin.clone_from(&other.plugin);
+        }
         self.requests += other.requests;
         self.throttled += other.throttled;
         self.retries += other.retries;
         self.waited_ms += other.waited_ms;
         self.denied += other.denied;
+        self.request_ms += other.request_ms;
+        for (class, n) in &other.statuses {
+            *self.statuses.entry(class.clone()).or_default() += n;
+        }
+        for (op, add) in &other.calls {
+            let sum = self.calls.entry(op.clone()).or_default();
+            sum.calls += add.calls;
+            sum.ms += add.ms;
+            sum.max_ms = sum.max_ms.max(add.max_ms);
+        }
+        for (cause, n) in &other.traps {
+            *self.traps.entry(cause.clone()).or_default() += n;
+        }
+    }
+
+    /// Whether the attempt did anything on the connection worth keeping.
+    pub fn is_empty(&self) -> bool {
+        self.requests + self.denied == 0 && self.calls.is_empty() && self.traps.is_empty()
     }
 }
 

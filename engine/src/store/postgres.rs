@@ -39,7 +39,7 @@ use super::{
 };
 
 /// The schema version this weft reads and writes.
-pub const SCHEMA_VERSION: i32 = 3;
+pub const SCHEMA_VERSION: i32 = 4;
 
 /// The migrations, in order: version, what it adds, its SQL.
 const MIGRATIONS: &[(i32, &str, &str)] = &[
@@ -50,6 +50,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     ),
     (2, "for-each items", include_str!("postgres/0002_items.sql")),
     (3, "webhook event ids", include_str!("postgres/0003_events.sql")),
+    (4, "plugin calls in a run's figures", include_str!("postgres/0004_call_totals.sql")),
 ];
 
 /// Connections the pool holds, at most.
@@ -367,6 +368,23 @@ async fn put_run(
         .await
         .map_err(pg("writing a run"))?;
     Ok(())
+}
+
+/// One connection's figures of `run` from a `weft_run_stats` row: the
+/// JSON sum in `detail` (`{}` in rows from before schema 4), its counts
+/// taken from the columns.
+fn totals_row(run: &str, row: &Row) -> Result<(String, ConnectionTotals)> {
+    let get = pg("reading a run's figures");
+    let n = |column: &str| row.try_get::<_, i64>(column).map(count).map_err(&get);
+    let connection: String = row.try_get("connection").map_err(&get)?;
+    let key = format!("{run}/{connection}");
+    let mut totals: ConnectionTotals = decode(key.as_bytes(), text(row, "detail")?.as_bytes())?;
+    totals.requests = n("requests")?;
+    totals.throttled = n("throttled")?;
+    totals.retries = n("retries")?;
+    totals.waited_ms = n("waited_ms")?;
+    totals.denied = n("denied")?;
+    Ok((connection, totals))
 }
 
 /// JSON text of a value, for a text column.
@@ -854,32 +872,46 @@ impl PgStore {
         totals: &BTreeMap<String, ConnectionTotals>,
     ) -> Result<()> {
         let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(pg("adding HTTP totals"))?;
+        let tx = client.transaction().await.map_err(pg("adding a run's figures"))?;
         for (name, add) in totals {
+            // Summed here, not in SQL: the maps are JSON. The row is locked
+            // while it is read; a run has one attempt at a time.
+            let row = tx
+                .query_opt(
+                    "SELECT connection, requests, throttled, retries, waited_ms, denied, detail
+                     FROM weft_run_stats WHERE run_id = $1 AND connection = $2 FOR UPDATE",
+                    &[&run, name],
+                )
+                .await
+                .map_err(pg("reading a run's figures"))?;
+            let mut sum = match &row {
+                Some(row) => totals_row(run, row)?.1,
+                None => ConnectionTotals::default(),
+            };
+            sum.add(add);
             tx.execute(
                 "INSERT INTO weft_run_stats (run_id, connection, requests, throttled, retries,
-                     waited_ms, denied)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)
+                     waited_ms, denied, detail)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
                  ON CONFLICT (run_id, connection) DO UPDATE SET
-                     requests = weft_run_stats.requests + EXCLUDED.requests,
-                     throttled = weft_run_stats.throttled + EXCLUDED.throttled,
-                     retries = weft_run_stats.retries + EXCLUDED.retries,
-                     waited_ms = weft_run_stats.waited_ms + EXCLUDED.waited_ms,
-                     denied = weft_run_stats.denied + EXCLUDED.denied",
+                     requests = EXCLUDED.requests, throttled = EXCLUDED.throttled,
+                     retries = EXCLUDED.retries, waited_ms = EXCLUDED.waited_ms,
+                     denied = EXCLUDED.denied, detail = EXCLUDED.detail",
                 &[
                     &run,
                     name,
-                    &big(add.requests),
-                    &big(add.throttled),
-                    &big(add.retries),
-                    &big(add.waited_ms),
-                    &big(add.denied),
+                    &big(sum.requests),
+                    &big(sum.throttled),
+                    &big(sum.retries),
+                    &big(sum.waited_ms),
+                    &big(sum.denied),
+                    &json_text(&sum)?,
                 ],
             )
             .await
-            .map_err(pg("adding HTTP totals"))?;
+            .map_err(pg("adding a run's figures"))?;
         }
-        tx.commit().await.map_err(pg("committing HTTP totals"))
+        tx.commit().await.map_err(pg("committing a run's figures"))
     }
 
     pub(crate) async fn connection_totals(
@@ -889,28 +921,13 @@ impl PgStore {
         let client = self.client().await?;
         let rows = client
             .query(
-                "SELECT connection, requests, throttled, retries, waited_ms, denied
+                "SELECT connection, requests, throttled, retries, waited_ms, denied, detail
                  FROM weft_run_stats WHERE run_id = $1",
                 &[&run],
             )
             .await
-            .map_err(pg("reading HTTP totals"))?;
-        let get = pg("reading HTTP totals");
-        rows.iter()
-            .map(|row| {
-                let n = |column: &str| row.try_get::<_, i64>(column).map(count).map_err(&get);
-                Ok((
-                    row.try_get("connection").map_err(&get)?,
-                    ConnectionTotals {
-                        requests: n("requests")?,
-                        throttled: n("throttled")?,
-                        retries: n("retries")?,
-                        waited_ms: n("waited_ms")?,
-                        denied: n("denied")?,
-                    },
-                ))
-            })
-            .collect()
+            .map_err(pg("reading a run's figures"))?;
+        rows.iter().map(|row| totals_row(run, row)).collect()
     }
 
     pub(crate) async fn create_token(&self, token: &TokenRecord) -> Result<(), TokenError> {
@@ -949,6 +966,15 @@ impl PgStore {
         rows.iter()
             .map(|row| decode(text(row, "id")?.as_bytes(), text(row, "record")?.as_bytes()))
             .collect()
+    }
+
+    pub(crate) async fn size_bytes(&self) -> Result<u64> {
+        let client = self.client().await?;
+        let row = client
+            .query_one("SELECT pg_database_size(current_database())", &[])
+            .await
+            .map_err(pg("reading the database's size"))?;
+        row.try_get::<_, i64>(0).map(count).map_err(pg("reading the database's size"))
     }
 
     pub(crate) async fn has_active_tokens(&self) -> Result<bool> {
