@@ -735,13 +735,29 @@ mod tests {
                 store.record_action("nope", &HistoryEntry::now("x", "y", None)).await,
                 Err(StoreError::UnknownRun(_))
             ));
-            let once = std::collections::BTreeMap::from([(
-                "stripe".to_owned(),
-                ConnectionTotals { requests: 3, throttled: 1, ..Default::default() },
-            )]);
-            store.add_connection_totals(&id, &once).await?;
-            store.add_connection_totals(&id, &once).await?;
-            assert_eq!(store.connection_totals(&id).await?["stripe"].requests, 6);
+            let attempt = |max_ms| ConnectionTotals {
+                plugin: "stripe".into(),
+                requests: 3,
+                throttled: 1,
+                request_ms: 40,
+                statuses: BTreeMap::from([("2xx".into(), 2), ("4xx".into(), 1)]),
+                calls: BTreeMap::from([(
+                    "list".into(),
+                    super::CallTotals { calls: 2, ms: 50, max_ms },
+                )]),
+                traps: BTreeMap::from([("cpu".into(), 1)]),
+                ..Default::default()
+            };
+            let first = BTreeMap::from([("stripe".to_owned(), attempt(30))]);
+            let second = BTreeMap::from([("stripe".to_owned(), attempt(45))]);
+            store.add_connection_totals(&id, &first).await?;
+            store.add_connection_totals(&id, &second).await?;
+            let sum = &store.connection_totals(&id).await?["stripe"];
+            assert_eq!((sum.requests, sum.throttled, sum.request_ms), (6, 2, 80), "{sum:?}");
+            assert_eq!(sum.plugin, "stripe");
+            assert_eq!(sum.statuses, BTreeMap::from([("2xx".into(), 4), ("4xx".into(), 2)]));
+            assert_eq!(sum.calls["list"], super::CallTotals { calls: 4, ms: 100, max_ms: 45 });
+            assert_eq!(sum.traps["cpu"], 2);
         }
         Ok(())
     }
