@@ -230,6 +230,10 @@ pub struct Attempts {
     pub made: u32,
     /// How many of them timed out.
     pub timed_out: u32,
+    /// When the last attempt was let go by the policy (after its wait):
+    /// a limiter tells a 429 for a request sent before it slowed down
+    /// from one sent after.
+    pub sent_at: Option<tokio::time::Instant>,
 }
 
 /// How requests are paced and retried. The seam where the rate limiter and
@@ -1085,6 +1089,7 @@ impl ConnectionHttp {
             self.stats.waited_micros.fetch_add(waited.as_micros() as u64, Ordering::Relaxed);
             self.stats.requests.fetch_add(1, Ordering::Relaxed);
             let sent = Instant::now();
+            attempts.sent_at = Some(tokio::time::Instant::now());
             // One span an attempt (traces): what was sent where, never the
             // path, a header or a body.
             let span = tracing::info_span!(

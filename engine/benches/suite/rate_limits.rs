@@ -312,7 +312,7 @@ async fn baremetrics(
 }
 
 /// The issue's targets: (a) and (b) achieve >= 0.97 of the allowed rate
-/// with <= 1% 429s; (c) >= 0.85 with <= 5%.
+/// with <= 1% 429s; (c) >= 0.90 with <= 2% (issue 20; it was >= 0.85, <= 5%).
 fn rows(
     scenario: &str,
     weft: &Figures,
@@ -381,8 +381,8 @@ pub async fn run(config: &Config) -> BenchResult<Vec<Row>> {
         ),
         &weft,
         &naive,
-        0.85,
-        0.05,
+        0.90,
+        0.02,
     ));
     Ok(out)
 }
