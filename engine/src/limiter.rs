@@ -204,7 +204,9 @@ impl Bucket {
             let steps = elapsed.as_secs_f64().min(10.0);
             let target = self.measured.map(|m| m * SETTLE);
             self.rate = match target {
-                None if self.ceiling.is_none() => self.rate * START_GROWTH.powf(steps),
+                None if self.ceiling.is_none() && !self.seen_429 => {
+                    self.rate * START_GROWTH.powf(steps)
+                }
                 None => self.rate * RECOVER_GROWTH.powf(steps),
                 Some(target) if self.rate < target => {
                     (self.rate * RECOVER_GROWTH.powf(steps)).min(target)
@@ -257,8 +259,11 @@ impl Bucket {
             } else {
                 // Too few answers to tell, or the last second's count still
                 // holds what a vendor's burst allowance let through before
-                // the last cut: back off, and trust no measure above it.
-                self.measured = self.measured.map(|m| m.min(self.rate * DECREASE));
+                // the last cut: back off, and forget the measure (growth
+                // recovers briskly, and the next 429 measures again).
+                if recent_cut {
+                    self.measured = None;
+                }
                 self.rate * DECREASE
             }
             .max(MIN_RATE);
@@ -831,7 +836,8 @@ mod tests {
                         loop {
                             policy.admit(Method::Get).await;
                             attempts.sent_at = Some(Instant::now());
-                            tokio::time::sleep(latency / 2).await;
+                            let jitter: f64 = rand::rng().random_range(0.2..1.8);
+                            tokio::time::sleep(latency.mul_f64(jitter) / 2).await;
                             let now = Instant::now();
                             let status = {
                                 let mut v = vendor.lock().expect("vendor");
@@ -846,7 +852,8 @@ mod tests {
                                 }
                             };
                             seen.lock().expect("log").push((now.duration_since(start), status));
-                            tokio::time::sleep(latency / 2).await;
+                            let jitter: f64 = rand::rng().random_range(0.2..1.8);
+                            tokio::time::sleep(latency.mul_f64(jitter) / 2).await;
                             attempts.made += 1;
                             match policy.retry_after(
                                 Method::Get,
