@@ -27,9 +27,11 @@ mod index;
 mod owner;
 pub mod plan;
 pub mod postgres;
+pub mod state;
 
 pub use access::{Role, SessionRecord, TokenError, TokenRecord, valid_token_name};
 pub use index::{ConnectionTotals, HistoryEntry, MAX_PAGE, RunPage, RunQuery, RunRow, SCAN_BUDGET};
+pub use state::{StateWrite, WorkflowState};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -169,6 +171,22 @@ pub enum StoreError {
     Unsupported {
         /// What is missing.
         what: &'static str,
+    },
+    /// A step's change to its workflow's state was refused: another run
+    /// (or a change by hand) changed the state since this run read it.
+    #[error(
+        "the state of workflow {workflow:?} changed since this run read it (version {read}, now {found}{}); this run's change is not applied",
+        by.as_ref().map(|r| format!(", by run {r}")).unwrap_or_else(|| ", by hand".into())
+    )]
+    StateConflict {
+        /// The workflow.
+        workflow: String,
+        /// The version the run read.
+        read: u64,
+        /// The version found.
+        found: u64,
+        /// The run that changed it, if a run did.
+        by: Option<String>,
     },
     /// Another process has the store open.
     #[error(
@@ -421,6 +439,9 @@ pub struct StepState {
     /// How much of a list step's output file the last commit covers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_file: Option<OutputMark>,
+    /// The step's change to its workflow's state, committed with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_write: Option<StateWrite>,
 }
 
 fn yes() -> bool {
@@ -595,6 +616,7 @@ impl StepState {
             plan: None,
             records_kept: true,
             output_file: None,
+            state_write: None,
         }
     }
 }
@@ -1014,6 +1036,24 @@ impl RunStore {
         dispatch!(self, b => b.connection_totals(run).await)
     }
 
+    /// The state of `workflow` (empty, version 0, before its first change).
+    pub async fn workflow_state(&self, workflow: &str) -> Result<WorkflowState> {
+        dispatch!(self, b => b.workflow_state(workflow).await)
+    }
+
+    /// Changes `workflow`'s state by hand (`weft state set|reset`): `set`
+    /// names set, or reset to their defaults (`None`); `reset_all` drops
+    /// every value first. A run that read the state before is refused its
+    /// next change ([`StoreError::StateConflict`]).
+    pub async fn edit_workflow_state(
+        &self,
+        workflow: &str,
+        set: &std::collections::BTreeMap<String, Option<serde_json::Value>>,
+        reset_all: bool,
+    ) -> Result<WorkflowState> {
+        dispatch!(self, b => b.edit_workflow_state(workflow, set, reset_all).await)
+    }
+
     /// Records a new token. Refused when an active token has its name.
     pub async fn create_token(&self, token: &TokenRecord) -> Result<(), TokenError> {
         if !valid_token_name(&token.name) {
@@ -1083,6 +1123,42 @@ impl RunStore {
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// A step's change to its workflow's state, as a commit applies it: none
+/// for a dry run's planned change.
+struct StateChange {
+    run: String,
+    step: String,
+    write: StateWrite,
+}
+
+fn state_change(run: &str, step: &StepState) -> Option<StateChange> {
+    step.state_write.as_ref().filter(|w| !w.planned && !w.values.is_empty()).map(|write| {
+        StateChange { run: run.to_owned(), step: step.id.clone(), write: write.clone() }
+    })
+}
+
+fn abort(e: StoreError) -> sled::transaction::ConflictableTransactionError<StoreError> {
+    sled::transaction::ConflictableTransactionError::Abort(e)
+}
+
+/// Applies a step's change to its workflow's state inside a commit's
+/// transaction, or aborts it with the conflict.
+fn apply_state(
+    tree: &sled::transaction::TransactionalTree,
+    change: &Option<StateChange>,
+) -> std::result::Result<(), sled::transaction::ConflictableTransactionError<StoreError>> {
+    let Some(change) = change else { return Ok(()) };
+    let key = state::key(&change.write.workflow);
+    let current = match tree.get(&key)? {
+        Some(bytes) => decode(&key, &bytes).map_err(abort)?,
+        None => WorkflowState::default(),
+    };
+    if let Some(next) = current.after(&change.run, &change.step, &change.write).map_err(abort)? {
+        tree.insert(key.as_slice(), encode(&next).map_err(abort)?)?;
+    }
+    Ok(())
 }
 
 fn step_key(run: &str, index: u32) -> Vec<u8> {
@@ -1290,10 +1366,52 @@ impl SledStore {
     /// Replaces a step's state, durably, before the next step starts.
     pub async fn commit_step(&self, run: &str, step: &StepState) -> Result<()> {
         let (key, value) = (step_key(run, step.index), encode(step)?);
+        let change = state_change(run, step);
         self.owner
             .write(move |t| {
-                t.steps.insert(key, value)?;
-                Ok(())
+                (&t.steps, &t.workflow_state)
+                    .transaction(|(steps, workflow_state)| {
+                        apply_state(workflow_state, &change)?;
+                        steps.insert(key.as_slice(), value.as_slice())?;
+                        Ok(())
+                    })
+                    .map_err(tx_error)
+            })
+            .await
+    }
+
+    /// The state of `workflow`.
+    pub async fn workflow_state(&self, workflow: &str) -> Result<WorkflowState> {
+        let key = state::key(workflow);
+        self.owner
+            .call(move |t| match t.workflow_state.get(&key)? {
+                Some(bytes) => decode(&key, &bytes),
+                None => Ok(WorkflowState::default()),
+            })
+            .await
+    }
+
+    /// Changes `workflow`'s state by hand.
+    pub async fn edit_workflow_state(
+        &self,
+        workflow: &str,
+        set: &std::collections::BTreeMap<String, Option<serde_json::Value>>,
+        reset_all: bool,
+    ) -> Result<WorkflowState> {
+        let (key, set) = (state::key(workflow), set.clone());
+        self.owner
+            .write(move |t| {
+                t.workflow_state
+                    .transaction(|tree| {
+                        let current = match tree.get(&key)? {
+                            Some(bytes) => decode(&key, &bytes).map_err(abort)?,
+                            None => WorkflowState::default(),
+                        };
+                        let next = current.edited(&set, reset_all);
+                        tree.insert(key.as_slice(), encode(&next).map_err(abort)?)?;
+                        Ok(next)
+                    })
+                    .map_err(tx_error)
             })
             .await
     }
@@ -1381,6 +1499,7 @@ impl SledStore {
             None => (Vec::new(), None, self.page_file(run, step.index), false),
         };
         let (step_key, step_bytes) = (step_key(run, step.index), encode(step));
+        let change = state_change(run, step);
         let shown = path.display().to_string();
         let store = self.clone();
         let task = tokio::spawn(async move {
@@ -1420,8 +1539,9 @@ impl SledStore {
             store
                 .owner
                 .write(move |t| {
-                    (&t.steps, &t.pages)
-                        .transaction(|(steps, pages)| {
+                    (&t.steps, &t.pages, &t.workflow_state)
+                        .transaction(|(steps, pages, workflow_state)| {
+                            apply_state(workflow_state, &change)?;
                             for (key, pointer) in &keys {
                                 pages.insert(key.as_slice(), &pointer[..])?;
                             }
@@ -1464,6 +1584,7 @@ impl SledStore {
         step: &StepState,
         items: &[(u64, ItemRecord)],
     ) -> Result<()> {
+        let change = state_change(run, step);
         let (run, index, group, step) =
             (run.to_owned(), step.index, encode(&items)?, encode(step)?);
         self.owner
@@ -1471,9 +1592,16 @@ impl SledStore {
                 // sled's ids are unique across restarts, so a group never
                 // overwrites one committed before a crash.
                 let id = t.db.generate_id()?;
-                t.items.insert(item_group_key(&run, index, id), group)?;
-                t.steps.insert(step_key(&run, index), step)?;
-                Ok(())
+                let (group_key, step_key) =
+                    (item_group_key(&run, index, id), step_key(&run, index));
+                (&t.items, &t.steps, &t.workflow_state)
+                    .transaction(|(items, steps, workflow_state)| {
+                        apply_state(workflow_state, &change)?;
+                        items.insert(group_key.as_slice(), group.as_slice())?;
+                        steps.insert(step_key.as_slice(), step.as_slice())?;
+                        Ok(())
+                    })
+                    .map_err(tx_error)
             })
             .await
     }

@@ -291,6 +291,13 @@ fn print_run(detail: &RunDetail) -> std::io::Result<()> {
             if s.pages > 0 { format!("  pages {}", s.pages) } else { String::new() },
             if s.items > 0 { format!("  items {}", s.items) } else { String::new() },
         )?;
+        if let Some(write) = &s.state_write {
+            for (name, value) in &write.values {
+                let before = write.before.get(name).unwrap_or(&serde_json::Value::Null);
+                let planned = if write.planned { " (planned, not stored: dry run)" } else { "" };
+                outln!("  {:<20} state {name}: {before} -> {value}{planned}", "")?;
+            }
+        }
         if let Some(error) = &s.error {
             outln!("  {:<20} {error}", "")?;
         }

@@ -13,7 +13,7 @@ use super::{RunCtx, StepCtx, StepEnd, StepError};
 use crate::connector::ListRequest;
 use crate::endpoint::Endpoint;
 use crate::expr::{EvalError, Evaluator, Expr, Scope, Val};
-use crate::store::{Commit, OutputMark, PageLog, StepState};
+use crate::store::{Commit, OutputMark, PageLog, StateWrite, StepState};
 use crate::workflow::Action;
 
 /// Runs a list step. `keep_records` says whether a later step may read its
@@ -121,6 +121,7 @@ struct Committed {
     pages: u32,
     cursor: Option<String>,
     output_file: Option<OutputMark>,
+    state_write: Option<StateWrite>,
 }
 
 impl Committed {
@@ -130,6 +131,7 @@ impl Committed {
             pages: state.pages,
             cursor: state.cursor.clone(),
             output_file: state.output_file,
+            state_write: state.state_write.clone(),
         }
     }
 
@@ -138,6 +140,7 @@ impl Committed {
         state.pages = self.pages;
         state.cursor = self.cursor.clone();
         state.output_file = self.output_file;
+        state.state_write = self.state_write.clone();
         set_output(state);
     }
 }
@@ -254,7 +257,7 @@ where
     F: Fn(Option<String>, u32) -> Fut,
     Fut: std::future::Future<Output = Result<crate::connector::Page, CallError>>,
 {
-    let StepCtx { run: ctx, step, scope, .. } = cx;
+    let StepCtx { run: ctx, step, scope, run_state, .. } = cx;
     // The next page, asked for while the last one was being stored.
     let mut prefetched = None;
     let evaluator = ctx.evaluator(step);
@@ -287,6 +290,36 @@ where
             }
             None => page.records,
         };
+        if !step.state.is_empty() {
+            // The step's state after this page, committed with it: a run
+            // that fails later keeps the progress of the pages before.
+            let parsed = records
+                .iter()
+                .map(|r| serde_json::from_str::<serde_json::Value>(r))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("a record of plugin {} is not JSON: {e}", endpoint.name()))?;
+            let page_value = serde_json::json!({
+                "records": parsed,
+                "cursor": page.next_cursor,
+                "number": state.pages + 1,
+            });
+            let evaluated = super::state::evaluate(
+                &evaluator,
+                step,
+                &scope.with_page(&page_value),
+                run_state,
+                &mut state.state_write,
+                ctx.dry_run,
+            )
+            .await;
+            match evaluated {
+                Ok(()) => {}
+                Err(EvalError::Stopped) => {
+                    return Ok(ctx.stop_reason().unwrap_or(StepEnd::Interrupted));
+                }
+                Err(e) => return Err(e.into_message().into()),
+            }
+        }
         // Reading ahead is harmless (a read has no effect at the vendor), so
         // the next page is fetched while this one is written and stored:
         // the vendor's time and the store's overlap. The next page is used
