@@ -18,6 +18,7 @@ mod e2e {
     mod sandboxing;
     mod schema;
     mod serve;
+    mod state;
     mod stripe;
     mod vendors;
     mod workflows;

@@ -2561,6 +2561,82 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_state_change_commits_with_its_step_and_only_on_the_version_its_run_read()
+    -> Result<(), Box<dyn std::error::Error>> {
+        const NAME: &str =
+            "a_state_change_commits_with_its_step_and_only_on_the_version_its_run_read";
+        for backend in crate::store::testing::backends(NAME).await? {
+            eprintln!("{NAME}: on {}", backend.name);
+            state_changes_on(&backend.store).await?;
+        }
+        Ok(())
+    }
+
+    async fn state_changes_on(store: &RunStore) -> Result<(), Box<dyn std::error::Error>> {
+        let (a, b) = (store.new_run_id().await?, store.new_run_id().await?);
+        for id in [&a, &b] {
+            store.create_run(&run(id), &["copy".to_owned()], None).await?;
+        }
+        let change = |since: i64, planned: bool| StateWrite {
+            workflow: "w".into(),
+            base: 0,
+            values: std::collections::BTreeMap::from([(
+                "since".to_owned(),
+                serde_json::json!(since),
+            )]),
+            before: std::collections::BTreeMap::new(),
+            planned,
+        };
+        let mut step = StepState::pending("copy", 0);
+        // A dry run's change is shown in the step, never applied.
+        step.state_write = Some(change(1, true));
+        store.commit_step(&a, &step).await?;
+        assert_eq!(store.workflow_state("w").await?.version, 0);
+        // Run a commits its change with the step, then again page by page.
+        step.state_write = Some(change(5, false));
+        store.commit_step(&a, &step).await?;
+        step.state_write = Some(change(9, false));
+        let item = ItemRecord { status: Status::Succeeded, action: None, id: None, error: None };
+        store.commit_items(&a, &step, &[(0, item)]).await?;
+        let state = store.workflow_state("w").await?;
+        assert_eq!((state.version, state.values.get("since")), (2, Some(&serde_json::json!(9))));
+        assert_eq!(state.run.as_deref(), Some(a.as_str()));
+        let kept = store.steps(&a).await?;
+        assert_eq!(
+            kept[0].state_write.as_ref().map(|w| w.values.clone()),
+            Some(change(9, false).values)
+        );
+        // Run b read version 0 too: refused, and its step is not written.
+        let mut other = StepState::pending("copy", 0);
+        other.status = Status::Succeeded;
+        other.state_write = Some(change(7, false));
+        let refused = store.commit_step(&b, &other).await;
+        assert!(
+            matches!(refused, Err(StoreError::StateConflict { read: 0, found: 2, .. })),
+            "{refused:?}"
+        );
+        assert_eq!(
+            store.steps(&b).await?[0].status,
+            Status::Pending,
+            "nothing of the refused commit"
+        );
+        assert_eq!(
+            store.workflow_state("w").await?.values.get("since"),
+            Some(&serde_json::json!(9))
+        );
+        // A change by hand wins over the run that read before it.
+        let set = std::collections::BTreeMap::from([("since".to_owned(), None)]);
+        let edited = store.edit_workflow_state("w", &set, false).await?;
+        assert_eq!((edited.version, edited.values.len(), edited.run.clone()), (3, 0, None));
+        step.state_write = Some(change(11, false));
+        assert!(matches!(
+            store.commit_step(&a, &step).await,
+            Err(StoreError::StateConflict { .. })
+        ));
+        Ok(())
+    }
+
+    #[tokio::test]
     async fn an_event_delivered_again_with_a_new_signature_starts_nothing_until_its_window_ends()
     -> Result<(), Box<dyn std::error::Error>> {
         const NAME: &str =
