@@ -1369,6 +1369,11 @@ impl SledStore {
         let change = state_change(run, step);
         self.owner
             .write(move |t| {
+                if change.is_none() {
+                    // The common case pays for no transaction.
+                    t.steps.insert(key, value)?;
+                    return Ok(());
+                }
                 (&t.steps, &t.workflow_state)
                     .transaction(|(steps, workflow_state)| {
                         apply_state(workflow_state, &change)?;
@@ -1539,6 +1544,17 @@ impl SledStore {
             store
                 .owner
                 .write(move |t| {
+                    if change.is_none() {
+                        return (&t.steps, &t.pages)
+                            .transaction(|(steps, pages)| {
+                                for (key, pointer) in &keys {
+                                    pages.insert(key.as_slice(), &pointer[..])?;
+                                }
+                                steps.insert(step_key.as_slice(), step_bytes.as_slice())?;
+                                Ok(())
+                            })
+                            .map_err(tx_error);
+                    }
                     (&t.steps, &t.pages, &t.workflow_state)
                         .transaction(|(steps, pages, workflow_state)| {
                             apply_state(workflow_state, &change)?;
@@ -1594,6 +1610,11 @@ impl SledStore {
                 let id = t.db.generate_id()?;
                 let (group_key, step_key) =
                     (item_group_key(&run, index, id), step_key(&run, index));
+                if change.is_none() {
+                    t.items.insert(group_key, group)?;
+                    t.steps.insert(step_key, step)?;
+                    return Ok(());
+                }
                 (&t.items, &t.steps, &t.workflow_state)
                     .transaction(|(items, steps, workflow_state)| {
                         apply_state(workflow_state, &change)?;
