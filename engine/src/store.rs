@@ -27,10 +27,12 @@ mod index;
 mod owner;
 pub mod plan;
 pub mod postgres;
+mod retention;
 pub mod state;
 
 pub use access::{Role, SessionRecord, TokenError, TokenRecord, valid_token_name};
 pub use index::{ConnectionTotals, HistoryEntry, MAX_PAGE, RunPage, RunQuery, RunRow, SCAN_BUDGET};
+pub use retention::PruneReport;
 pub use state::{StateWrite, WorkflowState};
 
 use std::path::{Path, PathBuf};
@@ -1173,6 +1175,16 @@ fn item_group_key(run: &str, index: u32, group: u64) -> Vec<u8> {
     format!("{run}/{index:05}/{group:016x}").into_bytes()
 }
 
+/// The prefix of every step, page and item key of a run.
+fn step_prefix_of_run(run: &str) -> Vec<u8> {
+    format!("{run}/").into_bytes()
+}
+
+/// The prefix of a run's history keys.
+fn history_prefix(run: &str) -> Vec<u8> {
+    format!("{run}/").into_bytes()
+}
+
 fn step_prefix(run: &str, index: u32) -> Vec<u8> {
     format!("{run}/{index:05}/").into_bytes()
 }
@@ -2206,7 +2218,12 @@ mod tests {
 
     impl RunStore {
         /// Appends one page of a list step and commits it at once.
-        async fn commit_page(&self, run: &str, step: &StepState, records_json: &str) -> Result<()> {
+        pub(super) async fn commit_page(
+            &self,
+            run: &str,
+            step: &StepState,
+            records_json: &str,
+        ) -> Result<()> {
             let mut before = step.clone();
             before.pages = step.pages.saturating_sub(1);
             let mut log = self.page_log(run, &before).await?;

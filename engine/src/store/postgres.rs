@@ -625,6 +625,17 @@ impl PgStore {
         tx.commit().await.map_err(pg("committing a step"))
     }
 
+    /// Removes these runs; their steps, items, history and HTTP figures go
+    /// with them (`ON DELETE CASCADE`).
+    pub(crate) async fn delete_runs(&self, ids: &[String]) -> Result<()> {
+        let client = self.client().await?;
+        client
+            .execute("DELETE FROM weft_runs WHERE id = ANY($1)", &[&ids])
+            .await
+            .map_err(pg("removing old runs"))?;
+        Ok(())
+    }
+
     /// The state of `workflow`.
     pub(crate) async fn workflow_state(&self, workflow: &str) -> Result<WorkflowState> {
         let client = self.client().await?;
