@@ -20,6 +20,7 @@ mod e2e {
     mod serve;
     mod state;
     mod stripe;
+    mod templated;
     mod vendors;
     mod workflows;
 }

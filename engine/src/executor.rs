@@ -765,7 +765,9 @@ impl Executor {
             observer,
         };
         let stored = self.store.steps(&run.id).await?;
-        let run_value = serde_json::json!({ "id": run.id, "workflow": run.workflow, "trigger": run.trigger, "dry_run": run.dry_run });
+        let started_at = chrono::DateTime::from_timestamp_millis(run.created_ms as i64)
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+        let run_value = serde_json::json!({ "id": run.id, "workflow": run.workflow, "trigger": run.trigger, "dry_run": run.dry_run, "started_at": started_at });
         // Read once per attempt; a workflow that declares no state (and
         // names no last run) costs the store nothing here.
         let mut run_state = if workflow.state.is_empty() {

@@ -322,8 +322,12 @@ pub enum Action {
         limit: Option<u64>,
         /// Resource-specific filter.
         filter: Option<Template>,
-        /// Write records as JSON lines to this file.
+        /// Write records as JSON lines to this file (for a templated
+        /// path, its text, relative to the workflow's directory).
         output: Option<PathBuf>,
+        /// A templated `output` path (`out/export-${{ $run.started_at[:10] }}.jsonl`),
+        /// rendered when the step starts, and the directory it is relative to.
+        output_template: Option<(Template, PathBuf)>,
     },
     /// Read one record.
     Get {
@@ -1392,11 +1396,23 @@ fn parse_step(
                     )?),
                     None => None,
                 };
+                let output_template = match &s.output {
+                    Some(o) if o.get_ref().contains("${{") => Some((
+                        check.template(
+                            "output",
+                            serde_json::Value::String(o.get_ref().clone()),
+                            &o.span(),
+                        )?,
+                        base_dir.to_path_buf(),
+                    )),
+                    _ => None,
+                };
                 Action::List {
                     page_size: s.page_size.as_ref().map(|p| *p.get_ref()),
                     limit: s.limit.as_ref().map(|l| *l.get_ref()),
                     filter,
                     output: s.output.as_ref().map(|o| base_dir.join(o.get_ref())),
+                    output_template,
                 }
             }
             "get" | "remove" => {
@@ -1533,6 +1549,9 @@ fn step_expressions(step: &Step) -> Vec<(&'static str, &Expr, bool)> {
         Some(ForEach::Expr(e)) => out.push(("for_each", e, false)),
         Some(ForEach::Records { then: Some(e), .. }) => out.push(("for_each", e, true)),
         _ => {}
+    }
+    if let Action::List { output_template: Some((t, _)), .. } = &step.action {
+        out.extend(t.expressions().into_iter().map(|e| ("output", e, false)));
     }
     let templates: Vec<(&'static str, &Template)> = match &step.action {
         Action::List { filter: Some(f), .. } => vec![("filter", f)],
