@@ -1092,6 +1092,15 @@ impl Executor {
         state: &mut StepState,
     ) -> Result<StepEnd, StepError> {
         let StepCtx { run: ctx, workflow, step, index, .. } = cx;
+        if let Action::Fail { message } = &step.action {
+            // Its `when` held (or it has none): the run fails here, saying why.
+            return match ctx.evaluator(step).render("fail", message, cx.scope).await {
+                Ok(Value::String(text)) => Err(StepError::Failed(text)),
+                Ok(other) => Err(StepError::Failed(other.to_string())),
+                Err(EvalError::Stopped) => Ok(ctx.stop_reason().unwrap_or(StepEnd::Interrupted)),
+                Err(e) => Err(StepError::Failed(e.into_message())),
+            };
+        }
         let endpoint = endpoints
             .get(&step.connection)
             .ok_or_else(|| format!("connection {:?} is not defined", step.connection))?;

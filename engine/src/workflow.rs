@@ -141,6 +141,7 @@ struct StepDef {
     upsert: Option<Spanned<String>>,
     remove: Option<Spanned<String>>,
     sync: Option<Spanned<SyncDef>>,
+    fail: Option<Spanned<String>>,
     page_size: Option<Spanned<u32>>,
     limit: Option<Spanned<u64>>,
     filter: Option<Spanned<toml::Table>>,
@@ -346,6 +347,11 @@ pub enum Action {
     },
     /// Diff two resources and write the difference to the second.
     Sync(Box<SyncSpec>),
+    /// Fail the run with this message (with `when`: when it holds).
+    Fail {
+        /// The message, a template.
+        message: Template,
+    },
 }
 
 impl Action {
@@ -357,6 +363,7 @@ impl Action {
             Action::Upsert { .. } => "upsert",
             Action::Remove { .. } => "remove",
             Action::Sync(_) => "sync",
+            Action::Fail { .. } => "fail",
         }
     }
 
@@ -364,8 +371,9 @@ impl Action {
     /// calls several; its writes are upserts).
     pub fn op(&self) -> Op {
         match self {
+            // A fail step calls nothing; it reads no more than a get.
             Action::List { .. } => Op::List,
-            Action::Get { .. } => Op::Get,
+            Action::Get { .. } | Action::Fail { .. } => Op::Get,
             Action::Upsert { .. } | Action::Sync(_) => Op::Upsert,
             Action::Remove { .. } => Op::Remove,
         }
@@ -1269,11 +1277,12 @@ fn parse_step(
             .into_iter()
             .filter_map(|(op, target)| target.as_ref().map(|t| (op, t.span())))
             .chain(s.sync.as_ref().map(|sync| ("sync", sync.span())))
+            .chain(s.fail.as_ref().map(|fail| ("fail", fail.span())))
             .collect();
     let op = match ops.as_slice() {
         [one] => one.0,
         [] => {
-            check.error(span, format!("step {id:?} needs one op: list, get, upsert or remove = \"connection.resource\", or sync = {{ from, to }}"));
+            check.error(span, format!("step {id:?} needs one op: list, get, upsert or remove = \"connection.resource\", sync = {{ from, to }}, or fail = \"message\""));
             return None;
         }
         [_, second, ..] => {
@@ -1335,7 +1344,20 @@ fn parse_step(
                 }
             }
         };
-    let (target_span, connection, resource, action) = if op == "sync" {
+    if op == "fail" {
+        misplaced(check, s.for_each.as_ref().map(Spanned::span), "for_each");
+        misplaced(check, s.map.as_ref().map(Spanned::span), "map");
+        misplaced(check, s.retry.as_ref().map(Spanned::span), "retry");
+        misplaced(check, s.state.as_ref().map(Spanned::span), "state");
+    }
+    let (target_span, connection, resource, action) = if let Some(fail) = s.fail.as_ref() {
+        let message = check.template(
+            "fail",
+            serde_json::Value::String(fail.get_ref().clone()),
+            &fail.span(),
+        )?;
+        (fail.span(), String::new(), String::new(), Action::Fail { message })
+    } else if op == "sync" {
         let sync = s.sync?;
         let sync_span = sync.span();
         let def = sync.into_inner();
@@ -1562,6 +1584,7 @@ fn step_expressions(step: &Step) -> Vec<(&'static str, &Expr, bool)> {
             sync.filter.iter().map(|f| ("sync.filter", f)).collect()
         }
         Action::List { filter: None, .. } => Vec::new(),
+        Action::Fail { message } => vec![("fail", message)],
     };
     for (what, t) in templates {
         out.extend(t.expressions().into_iter().map(|e| (what, e, false)));

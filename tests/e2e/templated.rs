@@ -1,5 +1,7 @@
-//! Templated `output` paths: rendered once per run (the same on resume),
-//! inside the workflow's directory whatever the values say.
+//! Language gaps the seed scenarios found: templated `output` paths,
+//! rendered once per run (the same on resume) and inside the workflow's
+//! directory whatever the values say; a step that fails the run with a
+//! message when a condition holds (`fail` with `when`).
 
 use serde_json::json;
 use weft::executor::{RunOptions, Silent};
@@ -70,5 +72,57 @@ async fn a_templated_output_path_that_leaves_the_workflows_directory_fails_the_s
         assert!(error.contains("is not a path inside the workflow's directory"), "{error}");
     }
     assert!(!std::path::Path::new("/tmp/weft-absolute.jsonl").exists());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_fail_step_stops_the_run_with_its_message_only_when_its_condition_holds() -> TestResult {
+    let sandbox = sandbox(3).await?;
+    let harness = Harness::new()?;
+    let text = r#"
+[workflow]
+name = "guarded"
+
+[inputs.limit]
+type = "integer"
+default = 10
+
+[connections.stripe]
+plugin = "stripe"
+credentials = "env:WEFT_TEST_UNUSED"
+
+[[step]]
+id = "all"
+list = "stripe.customers"
+
+[[step]]
+id = "too-many"
+when = ".steps.all.count > .inputs.limit"
+fail = "${{ .steps.all.count }} customers, more than the limit of ${{ .inputs.limit }}"
+
+[[step]]
+id = "export"
+list = "stripe.customers"
+output = "out/guarded.jsonl"
+"#;
+    let workflow = super::support::workflow(harness.files.path(), text)?;
+    let run = |limit: i64| {
+        let mut inputs = serde_json::Map::new();
+        inputs.insert("limit".into(), json!(limit));
+        RunOptions { overrides: stripe_override(&sandbox), inputs, ..RunOptions::default() }
+    };
+    let held = harness.executor.start(&workflow, &run(2), &Silent).await?;
+    assert_eq!(held.status, Status::Failed);
+    assert_eq!(
+        held.error.as_deref(),
+        Some("step \"too-many\" failed: 3 customers, more than the limit of 2")
+    );
+    assert_eq!(held.steps[2].status, Status::Pending, "later steps do not start");
+    assert!(!harness.files.path().join("out/guarded.jsonl").exists());
+
+    let passed = harness.executor.start(&workflow, &run(10), &Silent).await?;
+    assert_eq!(passed.status, Status::Succeeded, "{:?}", passed.error);
+    assert_eq!(passed.steps[1].status, Status::Skipped);
+    assert!(harness.files.path().join("out/guarded.jsonl").exists());
     Ok(())
 }

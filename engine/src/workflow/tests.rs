@@ -477,3 +477,16 @@ fn page_is_only_for_a_list_steps_state() {
     let text = STATEFUL.replace("gte = \"${{ $state.since }}\"", "gte = \"${{ $page }}\"");
     assert!(first_error(&text).message.contains("$page is set only"));
 }
+
+#[test]
+fn a_fail_step_takes_a_message_and_no_op_fields() {
+    let text = format!(
+        "{GOOD}\n[[step]]\nid = \"guard\"\nwhen = \".steps.all.count == 0\"\nfail = \"nothing in ${{{{ .steps.all.count }}}}\"\n"
+    );
+    let w = parse(&text).unwrap_or_else(|d| panic!("{d}"));
+    assert!(matches!(w.steps[1].action, Action::Fail { .. }));
+    let wrong = format!("{GOOD}\n[[step]]\nid = \"guard\"\nfail = \"no\"\nmap = \".\"\n");
+    assert!(first_error(&wrong).message.contains("`map` does not apply to a fail step"));
+    let bad = format!("{GOOD}\n[[step]]\nid = \"guard\"\nfail = \"${{{{ .steps.nope }}}}\"\n");
+    assert!(first_error(&bad).message.contains("no step \"nope\" above"));
+}
