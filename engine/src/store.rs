@@ -14,6 +14,11 @@
 //! key, so the vendor does not write twice. Credentials never reach this
 //! module: it stores workflow text, inputs, records and messages only.
 //!
+//! Beside the runs it keeps each workflow's state across runs (the
+//! `state` module: a step's change commits with the step, compare-and-set
+//! on the version its run read) and removes old runs on request (the
+//! `retention` module: `weft runs prune`, `weft serve --retention`).
+//!
 //! Beside the runs it keeps what a console needs to list them without
 //! reading them whole (a row per run, indexes by workflow, status and
 //! trigger, each run's history and HTTP figures: see [`RunRow`]) and who may
