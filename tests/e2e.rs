@@ -18,7 +18,9 @@ mod e2e {
     mod sandboxing;
     mod schema;
     mod serve;
+    mod state;
     mod stripe;
+    mod templated;
     mod vendors;
     mod workflows;
 }

@@ -21,6 +21,7 @@ pub(crate) mod run;
 pub(crate) mod runs;
 pub(crate) mod sandbox;
 pub(crate) mod serve;
+pub(crate) mod state;
 pub(crate) mod store;
 pub(crate) mod telemetry;
 pub(crate) mod tokens;

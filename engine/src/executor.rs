@@ -10,6 +10,7 @@ mod list;
 mod ops;
 pub mod plan;
 mod sorted;
+mod state;
 mod sync;
 
 use std::collections::{BTreeMap, HashMap};
@@ -314,7 +315,12 @@ impl From<String> for StepError {
 
 impl From<StoreError> for StepError {
     fn from(error: StoreError) -> Self {
-        StepError::Store(error)
+        match error {
+            // Another run (or a hand) moved the state on: this step's change
+            // would lose theirs, so the step fails; the store is fine.
+            conflict @ StoreError::StateConflict { .. } => StepError::Failed(conflict.to_string()),
+            error => StepError::Store(error),
+        }
     }
 }
 
@@ -332,6 +338,9 @@ pub(crate) struct StepCtx<'a> {
     pub(crate) index: u32,
     /// What its expressions see.
     pub(crate) scope: &'a Scope,
+    /// The workflow's state as the run read it (a list step's `state`
+    /// is evaluated page by page against it).
+    pub(crate) run_state: &'a state::RunState,
 }
 
 /// What every step of one run shares.
@@ -766,7 +775,21 @@ impl Executor {
             observer,
         };
         let stored = self.store.steps(&run.id).await?;
-        let run_value = serde_json::json!({ "id": run.id, "workflow": run.workflow, "trigger": run.trigger, "dry_run": run.dry_run });
+        let started_at = chrono::DateTime::from_timestamp_millis(run.created_ms as i64)
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+        let run_value = serde_json::json!({ "id": run.id, "workflow": run.workflow, "trigger": run.trigger, "dry_run": run.dry_run, "started_at": started_at });
+        // Read once per attempt; a workflow that declares no state (and
+        // names no last run) costs the store nothing here.
+        let mut run_state = if workflow.state.is_empty() {
+            state::RunState::read(workflow, &crate::store::WorkflowState::default())
+        } else {
+            state::RunState::read(workflow, &self.store.workflow_state(&run.workflow).await?)
+        };
+        let last_success = if workflow.text.contains("$last_success") {
+            self.last_success(&run).await?
+        } else {
+            Value::Null
+        };
         let mut outputs = serde_json::Map::new();
         let mut summaries = Vec::new();
         let mut status = Status::Running;
@@ -809,7 +832,9 @@ impl Executor {
                 }
                 None => {}
             }
-            let scope = Scope::new(&run.inputs, &Value::Object(outputs.clone()), &run_value);
+            let scope = Scope::new(&run.inputs, &Value::Object(outputs.clone()), &run_value)
+                .with_state(&Value::Object(run_state.values.clone()))
+                .with_last_success(&last_success);
             let step_started = Instant::now();
             if let Some(when) = &step.when {
                 match ctx.evaluator(step).holds("when", when, &scope).await {
@@ -852,7 +877,14 @@ impl Executor {
                     Err(message) => Err(StepError::Failed(message)),
                     Ok(()) => {
                         use tracing::Instrument as _;
-                        let cx = StepCtx { run: &ctx, workflow, step, index, scope: &scope };
+                        let cx = StepCtx {
+                            run: &ctx,
+                            workflow,
+                            step,
+                            index,
+                            scope: &scope,
+                            run_state: &run_state,
+                        };
                         let span = tracing::info_span!("step", step = %step.id, connection = %step.connection);
                         let outcome = self
                             .execute_step(cx, &endpoints, &mut state)
@@ -866,6 +898,21 @@ impl Executor {
                         }
                         outcome
                     }
+                };
+                let outcome = match outcome {
+                    // A list step set its state page by page.
+                    Ok(StepEnd::Done)
+                        if !step.state.is_empty()
+                            && !matches!(step.action, Action::List { .. }) =>
+                    {
+                        let mut own = outputs.clone();
+                        own.insert(step.id.clone(), state.output.clone().unwrap_or(Value::Null));
+                        let scope = Scope::new(&run.inputs, &Value::Object(own), &run_value)
+                            .with_state(&Value::Object(run_state.values.clone()))
+                            .with_last_success(&last_success);
+                        self.set_state(&ctx, step, &scope, &run_state, &mut state).await
+                    }
+                    other => other,
                 };
                 match outcome {
                     Ok(StepEnd::Done) => state.status = Status::Succeeded,
@@ -899,7 +946,22 @@ impl Executor {
             if state.status.is_finished() {
                 state.finished_ms = Some(now_ms());
             }
-            self.store.commit_step(&run.id, &state).await?;
+            if let Err(conflict @ StoreError::StateConflict { .. }) =
+                self.store.commit_step(&run.id, &state).await
+            {
+                // Another run (or a hand) changed the state since this run
+                // read it: the step fails and its change is not kept.
+                state.status = Status::Failed;
+                state.error = Some(conflict.to_string());
+                state.state_write = None;
+                state.finished_ms = Some(now_ms());
+                status = Status::Failed;
+                error = Some(format!("step {:?} failed: {conflict}", step.id));
+                self.store.commit_step(&run.id, &state).await?;
+            }
+            if state.status == Status::Succeeded {
+                run_state.absorb(state.state_write.as_ref());
+            }
             tracing::info!(run = %run.id, step = %step.id, status = state.status.as_str(), error = state.error.as_deref(), "step finished");
             let s = summary(step, &state, step_started.elapsed().as_millis() as u64);
             observer.step_finished(step, &state, &s);
@@ -951,6 +1013,68 @@ impl Executor {
         })
     }
 
+    /// Evaluates a finished step's `state` in `scope` (where its own result
+    /// is `.steps.ID`) into its state write; a failure fails the step.
+    async fn set_state(
+        &self,
+        ctx: &RunCtx<'_>,
+        step: &Step,
+        scope: &Scope,
+        run_state: &state::RunState,
+        state: &mut StepState,
+    ) -> Result<StepEnd, StepError> {
+        let evaluated = state::evaluate(
+            &ctx.evaluator(step),
+            step,
+            scope,
+            run_state,
+            &mut state.state_write,
+            ctx.dry_run,
+        )
+        .await;
+        match evaluated {
+            Ok(()) => Ok(StepEnd::Done),
+            Err(EvalError::Stopped) => Ok(ctx.stop_reason().unwrap_or(StepEnd::Interrupted)),
+            Err(e) => Err(StepError::Failed(e.into_message())),
+        }
+    }
+
+    /// `$last_success`: the newest run of the workflow that succeeded
+    /// (not a dry run, not this one), or `null`.
+    async fn last_success(&self, run: &RunRecord) -> Result<Value, ExecError> {
+        let mut before = None;
+        // Bounded: a store where every recent run was a dry run answers
+        // `null` after this many pages rather than reading everything.
+        for _ in 0..8 {
+            let page = self
+                .store
+                .query_runs(crate::store::RunQuery {
+                    workflow: Some(run.workflow.clone()),
+                    status: Some(Status::Succeeded),
+                    before,
+                    limit: 50,
+                    ..crate::store::RunQuery::default()
+                })
+                .await?;
+            if let Some(row) = page.rows.iter().find(|r| !r.dry_run && r.id != run.id) {
+                let at = |ms: u64| {
+                    chrono::DateTime::from_timestamp_millis(ms as i64)
+                        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                };
+                return Ok(serde_json::json!({
+                    "id": row.id,
+                    "started_at": at(row.created_ms),
+                    "finished_at": row.finished_ms.and_then(at),
+                }));
+            }
+            match page.next {
+                Some(next) => before = Some(next),
+                None => break,
+            }
+        }
+        Ok(Value::Null)
+    }
+
     /// Counts a run that has ended in the metrics (one interrupted to
     /// resume later has not).
     fn count_run_end(&self, run: &RunRecord) {
@@ -969,6 +1093,15 @@ impl Executor {
         state: &mut StepState,
     ) -> Result<StepEnd, StepError> {
         let StepCtx { run: ctx, workflow, step, index, .. } = cx;
+        if let Action::Fail { message } = &step.action {
+            // Its `when` held (or it has none): the run fails here, saying why.
+            return match ctx.evaluator(step).render("fail", message, cx.scope).await {
+                Ok(Value::String(text)) => Err(StepError::Failed(text)),
+                Ok(other) => Err(StepError::Failed(other.to_string())),
+                Err(EvalError::Stopped) => Ok(ctx.stop_reason().unwrap_or(StepEnd::Interrupted)),
+                Err(e) => Err(StepError::Failed(e.into_message())),
+            };
+        }
         let endpoint = endpoints
             .get(&step.connection)
             .ok_or_else(|| format!("connection {:?} is not defined", step.connection))?;

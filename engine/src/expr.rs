@@ -1,7 +1,8 @@
 //! Expressions in workflows: jq, through the `jaq` crates.
 //!
 //! An expression sees `.` (the context object, or the record being mapped)
-//! and the variables `$inputs`, `$steps`, `$item` and `$run`. Expressions
+//! and the variables `$inputs`, `$steps`, `$item`, `$run`, `$state`,
+//! `$last_success` and `$page`. Expressions
 //! are compiled once, when the workflow loads, so a typo is a load error
 //! with a caret, not a failure halfway through a run. What could stop the
 //! process is refused there: `env`, `halt`, `halt_error`, `stderr` and
@@ -45,7 +46,8 @@ use self::value::{Budgeted, Program};
 
 /// The variables every expression may use, in the order their values are
 /// passed to jaq.
-pub const VARIABLES: [&str; 4] = ["$inputs", "$steps", "$item", "$run"];
+pub const VARIABLES: [&str; 7] =
+    ["$inputs", "$steps", "$item", "$run", "$state", "$last_success", "$page"];
 
 /// Native filters an expression may not call. `env` reads the process
 /// environment, where credentials live. `halt` ends the whole process
@@ -120,6 +122,9 @@ pub struct Scope {
     steps: Val,
     item: Val,
     run: Val,
+    state: Val,
+    last_success: Val,
+    page: Val,
     context: Val,
 }
 
@@ -137,6 +142,9 @@ impl Scope {
             steps: to_val(steps),
             item: Val::null(),
             run: to_val(run),
+            state: Val::null(),
+            last_success: Val::null(),
+            page: Val::null(),
             context: Val::null(),
         };
         scope.context = scope.build_context();
@@ -155,6 +163,24 @@ impl Scope {
         scope
     }
 
+    /// The same scope with `$state` (the workflow's state as the run
+    /// sees it).
+    pub fn with_state(&self, state: &Value) -> Scope {
+        Scope { state: to_val(state), ..self.clone() }
+    }
+
+    /// The same scope with `$last_success` (the last successful run, or
+    /// `null`).
+    pub fn with_last_success(&self, last_success: &Value) -> Scope {
+        Scope { last_success: to_val(last_success), ..self.clone() }
+    }
+
+    /// The same scope with `$page` set (a list step's page, for its
+    /// `state` expressions).
+    pub fn with_page(&self, page: &Value) -> Scope {
+        Scope { page: to_val(page), ..self.clone() }
+    }
+
     fn build_context(&self) -> Val {
         Val::object([
             ("inputs", &self.inputs),
@@ -171,7 +197,15 @@ impl Scope {
     }
 
     fn vars(&self) -> Vars<Val> {
-        Vars::new([self.inputs.clone(), self.steps.clone(), self.item.clone(), self.run.clone()])
+        Vars::new([
+            self.inputs.clone(),
+            self.steps.clone(),
+            self.item.clone(),
+            self.run.clone(),
+            self.state.clone(),
+            self.last_success.clone(),
+            self.page.clone(),
+        ])
     }
 }
 

@@ -64,6 +64,11 @@ enum Command {
         #[command(subcommand)]
         command: cli::tokens::TokensCommand,
     },
+    /// Inspect or repair a workflow's state across runs (`[state.NAME]`).
+    State {
+        #[command(subcommand)]
+        command: cli::state::StateCommand,
+    },
     /// Manage the run store itself (`weft store migrate`).
     Store {
         #[command(subcommand)]
@@ -161,6 +166,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Tokens { command } => {
             cli::tokens::tokens(&cli::store_location(global)?, command).await
         }
+        Command::State { command } => cli::state::state(global, command).await,
         Command::Store { command } => cli::store::store(global, command).await,
     }
 }

@@ -182,6 +182,21 @@ pub struct ServeConfig {
     /// Also serve `GET /metrics`, and nothing else, on this address,
     /// without the gate (Prometheus scrapes without a token).
     pub metrics_bind: Option<SocketAddr>,
+    /// Remove finished runs older than this, at start and every hour
+    /// (see [`crate::store::RunStore::prune_runs`]); `None` keeps them all.
+    pub retention: Option<Retention>,
+}
+
+/// How often `weft serve` removes runs past its retention.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// How long `weft serve` keeps finished runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Runs created longer ago than this go.
+    pub age: Duration,
+    /// Failed runs are kept, however old.
+    pub keep_failed: bool,
 }
 
 impl std::fmt::Debug for ServeConfig {
@@ -214,6 +229,7 @@ impl Default for ServeConfig {
             max_concurrent_runs: 32,
             endpoints: BTreeMap::new(),
             metrics_bind: None,
+            retention: None,
         }
     }
 }
@@ -256,6 +272,7 @@ struct Server {
     broken: Vec<(String, String)>,
     shutdown: CancellationToken,
     metrics: Arc<Metrics>,
+    retention: Option<Retention>,
 }
 
 /// A running server.
@@ -392,6 +409,7 @@ pub async fn start(executor: Executor, config: ServeConfig) -> Result<RunningSer
         broken: config.broken,
         shutdown: shutdown.clone(),
         metrics,
+        retention: config.retention,
     });
     let reaper = tokio::spawn(server.clone().reap(spawned, config.shutdown_grace));
     if let Some(path) = &config.address_file
@@ -426,6 +444,9 @@ pub async fn start(executor: Executor, config: ServeConfig) -> Result<RunningSer
     }
     schedules.spawn(server.clone().forget_expired_sessions());
     schedules.spawn(server.clone().measure_store());
+    if let Some(retention) = server.retention {
+        schedules.spawn(server.clone().prune_old_runs(retention));
+    }
 
     let api = Router::new()
         .route("/api/workflows", get(list_workflows))
@@ -823,6 +844,26 @@ impl Server {
             Err(e) => {
                 self.metrics.cron_fired(name, CronOutcome::Failed);
                 tracing::error!(workflow = %name, error = %e, "scheduled run could not start");
+            }
+        }
+    }
+
+    /// Removes runs past the retention, at start and then every hour, so
+    /// the store stays the size of its window.
+    async fn prune_old_runs(self: Arc<Self>, retention: Retention) {
+        loop {
+            let age = u64::try_from(retention.age.as_millis()).unwrap_or(u64::MAX);
+            let cutoff = now_ms().saturating_sub(age);
+            match self.executor.store().prune_runs(cutoff, retention.keep_failed).await {
+                Ok(report) if report.removed > 0 => {
+                    tracing::info!(removed = report.removed, kept = report.kept, "pruned old runs");
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot prune old runs"),
+            }
+            tokio::select! {
+                () = self.shutdown.cancelled() => return,
+                () = tokio::time::sleep(PRUNE_EVERY) => {}
             }
         }
     }

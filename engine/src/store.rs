@@ -14,6 +14,11 @@
 //! key, so the vendor does not write twice. Credentials never reach this
 //! module: it stores workflow text, inputs, records and messages only.
 //!
+//! Beside the runs it keeps each workflow's state across runs (the
+//! `state` module: a step's change commits with the step, compare-and-set
+//! on the version its run read) and removes old runs on request (the
+//! `retention` module: `weft runs prune`, `weft serve --retention`).
+//!
 //! Beside the runs it keeps what a console needs to list them without
 //! reading them whole (a row per run, indexes by workflow, status and
 //! trigger, each run's history and HTTP figures: see [`RunRow`]) and who may
@@ -27,11 +32,15 @@ mod index;
 mod owner;
 pub mod plan;
 pub mod postgres;
+mod retention;
+pub mod state;
 
 pub use access::{Role, SessionRecord, TokenError, TokenRecord, valid_token_name};
 pub use index::{
     CallTotals, ConnectionTotals, HistoryEntry, MAX_PAGE, RunPage, RunQuery, RunRow, SCAN_BUDGET,
 };
+pub use retention::PruneReport;
+pub use state::{StateWrite, WorkflowState};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -179,6 +188,22 @@ pub enum StoreError {
     Unsupported {
         /// What is missing.
         what: &'static str,
+    },
+    /// A step's change to its workflow's state was refused: another run
+    /// (or a change by hand) changed the state since this run read it.
+    #[error(
+        "the state of workflow {workflow:?} changed since this run read it (version {read}, now {found}{}); this run's change is not applied",
+        by.as_ref().map(|r| format!(", by run {r}")).unwrap_or_else(|| ", by hand".into())
+    )]
+    StateConflict {
+        /// The workflow.
+        workflow: String,
+        /// The version the run read.
+        read: u64,
+        /// The version found.
+        found: u64,
+        /// The run that changed it, if a run did.
+        by: Option<String>,
     },
     /// Another process has the store open.
     #[error(
@@ -431,6 +456,9 @@ pub struct StepState {
     /// How much of a list step's output file the last commit covers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_file: Option<OutputMark>,
+    /// The step's change to its workflow's state, committed with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_write: Option<StateWrite>,
 }
 
 fn yes() -> bool {
@@ -605,6 +633,7 @@ impl StepState {
             plan: None,
             records_kept: true,
             output_file: None,
+            state_write: None,
         }
     }
 }
@@ -1024,6 +1053,24 @@ impl RunStore {
         dispatch!(self, b => b.connection_totals(run).await)
     }
 
+    /// The state of `workflow` (empty, version 0, before its first change).
+    pub async fn workflow_state(&self, workflow: &str) -> Result<WorkflowState> {
+        dispatch!(self, b => b.workflow_state(workflow).await)
+    }
+
+    /// Changes `workflow`'s state by hand (`weft state set|reset`): `set`
+    /// names set, or reset to their defaults (`None`); `reset_all` drops
+    /// every value first. A run that read the state before is refused its
+    /// next change ([`StoreError::StateConflict`]).
+    pub async fn edit_workflow_state(
+        &self,
+        workflow: &str,
+        set: &std::collections::BTreeMap<String, Option<serde_json::Value>>,
+        reset_all: bool,
+    ) -> Result<WorkflowState> {
+        dispatch!(self, b => b.edit_workflow_state(workflow, set, reset_all).await)
+    }
+
     /// Records a new token. Refused when an active token has its name.
     pub async fn create_token(&self, token: &TokenRecord) -> Result<(), TokenError> {
         if !valid_token_name(&token.name) {
@@ -1101,6 +1148,42 @@ pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
+/// A step's change to its workflow's state, as a commit applies it: none
+/// for a dry run's planned change.
+struct StateChange {
+    run: String,
+    step: String,
+    write: StateWrite,
+}
+
+fn state_change(run: &str, step: &StepState) -> Option<StateChange> {
+    step.state_write.as_ref().filter(|w| !w.planned && !w.values.is_empty()).map(|write| {
+        StateChange { run: run.to_owned(), step: step.id.clone(), write: write.clone() }
+    })
+}
+
+fn abort(e: StoreError) -> sled::transaction::ConflictableTransactionError<StoreError> {
+    sled::transaction::ConflictableTransactionError::Abort(e)
+}
+
+/// Applies a step's change to its workflow's state inside a commit's
+/// transaction, or aborts it with the conflict.
+fn apply_state(
+    tree: &sled::transaction::TransactionalTree,
+    change: &Option<StateChange>,
+) -> std::result::Result<(), sled::transaction::ConflictableTransactionError<StoreError>> {
+    let Some(change) = change else { return Ok(()) };
+    let key = state::key(&change.write.workflow);
+    let current = match tree.get(&key)? {
+        Some(bytes) => decode(&key, &bytes).map_err(abort)?,
+        None => WorkflowState::default(),
+    };
+    if let Some(next) = current.after(&change.run, &change.step, &change.write).map_err(abort)? {
+        tree.insert(key.as_slice(), encode(&next).map_err(abort)?)?;
+    }
+    Ok(())
+}
+
 fn step_key(run: &str, index: u32) -> Vec<u8> {
     format!("{run}/{index:05}").into_bytes()
 }
@@ -1111,6 +1194,16 @@ fn page_key(run: &str, index: u32, page: u32) -> Vec<u8> {
 
 fn item_group_key(run: &str, index: u32, group: u64) -> Vec<u8> {
     format!("{run}/{index:05}/{group:016x}").into_bytes()
+}
+
+/// The prefix of every step, page and item key of a run.
+fn step_prefix_of_run(run: &str) -> Vec<u8> {
+    format!("{run}/").into_bytes()
+}
+
+/// The prefix of a run's history keys.
+fn history_prefix(run: &str) -> Vec<u8> {
+    format!("{run}/").into_bytes()
 }
 
 fn step_prefix(run: &str, index: u32) -> Vec<u8> {
@@ -1336,10 +1429,57 @@ impl SledStore {
     /// Replaces a step's state, durably, before the next step starts.
     pub async fn commit_step(&self, run: &str, step: &StepState) -> Result<()> {
         let (key, value) = (step_key(run, step.index), encode(step)?);
+        let change = state_change(run, step);
         self.owner
             .write(move |t| {
-                t.steps.insert(key, value)?;
-                Ok(())
+                if change.is_none() {
+                    // The common case pays for no transaction.
+                    t.steps.insert(key, value)?;
+                    return Ok(());
+                }
+                (&t.steps, &t.workflow_state)
+                    .transaction(|(steps, workflow_state)| {
+                        apply_state(workflow_state, &change)?;
+                        steps.insert(key.as_slice(), value.as_slice())?;
+                        Ok(())
+                    })
+                    .map_err(tx_error)
+            })
+            .await
+    }
+
+    /// The state of `workflow`.
+    pub async fn workflow_state(&self, workflow: &str) -> Result<WorkflowState> {
+        let key = state::key(workflow);
+        self.owner
+            .call(move |t| match t.workflow_state.get(&key)? {
+                Some(bytes) => decode(&key, &bytes),
+                None => Ok(WorkflowState::default()),
+            })
+            .await
+    }
+
+    /// Changes `workflow`'s state by hand.
+    pub async fn edit_workflow_state(
+        &self,
+        workflow: &str,
+        set: &std::collections::BTreeMap<String, Option<serde_json::Value>>,
+        reset_all: bool,
+    ) -> Result<WorkflowState> {
+        let (key, set) = (state::key(workflow), set.clone());
+        self.owner
+            .write(move |t| {
+                t.workflow_state
+                    .transaction(|tree| {
+                        let current = match tree.get(&key)? {
+                            Some(bytes) => decode(&key, &bytes).map_err(abort)?,
+                            None => WorkflowState::default(),
+                        };
+                        let next = current.edited(&set, reset_all);
+                        tree.insert(key.as_slice(), encode(&next).map_err(abort)?)?;
+                        Ok(next)
+                    })
+                    .map_err(tx_error)
             })
             .await
     }
@@ -1427,6 +1567,7 @@ impl SledStore {
             None => (Vec::new(), None, self.page_file(run, step.index), false),
         };
         let (step_key, step_bytes) = (step_key(run, step.index), encode(step));
+        let change = state_change(run, step);
         let shown = path.display().to_string();
         let store = self.clone();
         let task = tokio::spawn(async move {
@@ -1466,8 +1607,20 @@ impl SledStore {
             store
                 .owner
                 .write(move |t| {
-                    (&t.steps, &t.pages)
-                        .transaction(|(steps, pages)| {
+                    if change.is_none() {
+                        return (&t.steps, &t.pages)
+                            .transaction(|(steps, pages)| {
+                                for (key, pointer) in &keys {
+                                    pages.insert(key.as_slice(), &pointer[..])?;
+                                }
+                                steps.insert(step_key.as_slice(), step_bytes.as_slice())?;
+                                Ok(())
+                            })
+                            .map_err(tx_error);
+                    }
+                    (&t.steps, &t.pages, &t.workflow_state)
+                        .transaction(|(steps, pages, workflow_state)| {
+                            apply_state(workflow_state, &change)?;
                             for (key, pointer) in &keys {
                                 pages.insert(key.as_slice(), &pointer[..])?;
                             }
@@ -1510,6 +1663,7 @@ impl SledStore {
         step: &StepState,
         items: &[(u64, ItemRecord)],
     ) -> Result<()> {
+        let change = state_change(run, step);
         let (run, index, group, step) =
             (run.to_owned(), step.index, encode(&items)?, encode(step)?);
         self.owner
@@ -1517,9 +1671,21 @@ impl SledStore {
                 // sled's ids are unique across restarts, so a group never
                 // overwrites one committed before a crash.
                 let id = t.db.generate_id()?;
-                t.items.insert(item_group_key(&run, index, id), group)?;
-                t.steps.insert(step_key(&run, index), step)?;
-                Ok(())
+                let (group_key, step_key) =
+                    (item_group_key(&run, index, id), step_key(&run, index));
+                if change.is_none() {
+                    t.items.insert(group_key, group)?;
+                    t.steps.insert(step_key, step)?;
+                    return Ok(());
+                }
+                (&t.items, &t.steps, &t.workflow_state)
+                    .transaction(|(items, steps, workflow_state)| {
+                        apply_state(workflow_state, &change)?;
+                        items.insert(group_key.as_slice(), group.as_slice())?;
+                        steps.insert(step_key.as_slice(), step.as_slice())?;
+                        Ok(())
+                    })
+                    .map_err(tx_error)
             })
             .await
     }
@@ -2103,7 +2269,12 @@ mod tests {
 
     impl RunStore {
         /// Appends one page of a list step and commits it at once.
-        async fn commit_page(&self, run: &str, step: &StepState, records_json: &str) -> Result<()> {
+        pub(super) async fn commit_page(
+            &self,
+            run: &str,
+            step: &StepState,
+            records_json: &str,
+        ) -> Result<()> {
             let mut before = step.clone();
             before.pages = step.pages.saturating_sub(1);
             let mut log = self.page_log(run, &before).await?;
@@ -2476,6 +2647,82 @@ mod tests {
 
     fn delivery(workflow: &str, signature: &str, signed_at: Option<i64>) -> Delivery {
         Delivery { workflow: workflow.into(), signature: signature.into(), signed_at, event: None }
+    }
+
+    #[tokio::test]
+    async fn a_state_change_commits_with_its_step_and_only_on_the_version_its_run_read()
+    -> Result<(), Box<dyn std::error::Error>> {
+        const NAME: &str =
+            "a_state_change_commits_with_its_step_and_only_on_the_version_its_run_read";
+        for backend in crate::store::testing::backends(NAME).await? {
+            eprintln!("{NAME}: on {}", backend.name);
+            state_changes_on(&backend.store).await?;
+        }
+        Ok(())
+    }
+
+    async fn state_changes_on(store: &RunStore) -> Result<(), Box<dyn std::error::Error>> {
+        let (a, b) = (store.new_run_id().await?, store.new_run_id().await?);
+        for id in [&a, &b] {
+            store.create_run(&run(id), &["copy".to_owned()], None).await?;
+        }
+        let change = |since: i64, planned: bool| StateWrite {
+            workflow: "w".into(),
+            base: 0,
+            values: std::collections::BTreeMap::from([(
+                "since".to_owned(),
+                serde_json::json!(since),
+            )]),
+            before: std::collections::BTreeMap::new(),
+            planned,
+        };
+        let mut step = StepState::pending("copy", 0);
+        // A dry run's change is shown in the step, never applied.
+        step.state_write = Some(change(1, true));
+        store.commit_step(&a, &step).await?;
+        assert_eq!(store.workflow_state("w").await?.version, 0);
+        // Run a commits its change with the step, then again page by page.
+        step.state_write = Some(change(5, false));
+        store.commit_step(&a, &step).await?;
+        step.state_write = Some(change(9, false));
+        let item = ItemRecord { status: Status::Succeeded, action: None, id: None, error: None };
+        store.commit_items(&a, &step, &[(0, item)]).await?;
+        let state = store.workflow_state("w").await?;
+        assert_eq!((state.version, state.values.get("since")), (2, Some(&serde_json::json!(9))));
+        assert_eq!(state.run.as_deref(), Some(a.as_str()));
+        let kept = store.steps(&a).await?;
+        assert_eq!(
+            kept[0].state_write.as_ref().map(|w| w.values.clone()),
+            Some(change(9, false).values)
+        );
+        // Run b read version 0 too: refused, and its step is not written.
+        let mut other = StepState::pending("copy", 0);
+        other.status = Status::Succeeded;
+        other.state_write = Some(change(7, false));
+        let refused = store.commit_step(&b, &other).await;
+        assert!(
+            matches!(refused, Err(StoreError::StateConflict { read: 0, found: 2, .. })),
+            "{refused:?}"
+        );
+        assert_eq!(
+            store.steps(&b).await?[0].status,
+            Status::Pending,
+            "nothing of the refused commit"
+        );
+        assert_eq!(
+            store.workflow_state("w").await?.values.get("since"),
+            Some(&serde_json::json!(9))
+        );
+        // A change by hand wins over the run that read before it.
+        let set = std::collections::BTreeMap::from([("since".to_owned(), None)]);
+        let edited = store.edit_workflow_state("w", &set, false).await?;
+        assert_eq!((edited.version, edited.values.len(), edited.run.clone()), (3, 0, None));
+        step.state_write = Some(change(11, false));
+        assert!(matches!(
+            store.commit_step(&a, &step).await,
+            Err(StoreError::StateConflict { .. })
+        ));
+        Ok(())
     }
 
     #[tokio::test]

@@ -50,6 +50,8 @@ struct FileDef {
     workflow: HeaderDef,
     #[serde(default)]
     inputs: BTreeMap<String, Spanned<InputDef>>,
+    #[serde(default)]
+    state: BTreeMap<String, Spanned<StateDef>>,
     trigger: Option<Spanned<TriggerDef>>,
     #[serde(default)]
     connections: BTreeMap<String, Spanned<ConnectionDef>>,
@@ -72,6 +74,14 @@ struct InputDef {
     kind: Option<Spanned<String>>,
     required: Option<bool>,
     default: Option<Spanned<toml::Value>>,
+    #[serde(default)]
+    description: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StateDef {
+    default: Option<toml::Value>,
     #[serde(default)]
     description: String,
 }
@@ -131,6 +141,7 @@ struct StepDef {
     upsert: Option<Spanned<String>>,
     remove: Option<Spanned<String>>,
     sync: Option<Spanned<SyncDef>>,
+    fail: Option<Spanned<String>>,
     page_size: Option<Spanned<u32>>,
     limit: Option<Spanned<u64>>,
     filter: Option<Spanned<toml::Table>>,
@@ -145,6 +156,7 @@ struct StepDef {
     timeout: Option<Spanned<String>>,
     #[serde(default)]
     allow_irreversible: bool,
+    state: Option<Spanned<toml::Table>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -184,12 +196,42 @@ pub struct Workflow {
     pub hash: String,
     /// Declared inputs, by name.
     pub inputs: Vec<InputSpec>,
+    /// Declared state values (`[state.NAME]`), kept from run to run.
+    pub state: Vec<StateSpec>,
     /// What starts it under `weft serve`.
     pub trigger: Trigger,
     /// Connections by name.
     pub connections: BTreeMap<String, Connection>,
     /// Steps in order.
     pub steps: Vec<Step>,
+}
+
+/// A value of the workflow's state, as declared.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StateSpec {
+    /// Its name (`$state.NAME`).
+    pub name: String,
+    /// What it reads before a step first sets it (or after a reset).
+    pub default: serde_json::Value,
+    /// Description.
+    pub description: String,
+}
+
+impl Workflow {
+    /// The state as a run reads it: each declared value, its stored value
+    /// or else its default. A stored value no longer declared is left out.
+    pub fn state_values(
+        &self,
+        stored: &BTreeMap<String, serde_json::Value>,
+    ) -> serde_json::Map<String, serde_json::Value> {
+        self.state
+            .iter()
+            .map(|spec| {
+                let value = stored.get(&spec.name).cloned().unwrap_or_else(|| spec.default.clone());
+                (spec.name.clone(), value)
+            })
+            .collect()
+    }
 }
 
 /// Which plugin a connection uses.
@@ -281,8 +323,12 @@ pub enum Action {
         limit: Option<u64>,
         /// Resource-specific filter.
         filter: Option<Template>,
-        /// Write records as JSON lines to this file.
+        /// Write records as JSON lines to this file (for a templated
+        /// path, its text, relative to the workflow's directory).
         output: Option<PathBuf>,
+        /// A templated `output` path (`out/export-${{ $run.started_at[:10] }}.jsonl`),
+        /// rendered when the step starts, and the directory it is relative to.
+        output_template: Option<(Template, PathBuf)>,
     },
     /// Read one record.
     Get {
@@ -301,6 +347,11 @@ pub enum Action {
     },
     /// Diff two resources and write the difference to the second.
     Sync(Box<SyncSpec>),
+    /// Fail the run with this message (with `when`: when it holds).
+    Fail {
+        /// The message, a template.
+        message: Template,
+    },
 }
 
 impl Action {
@@ -312,6 +363,7 @@ impl Action {
             Action::Upsert { .. } => "upsert",
             Action::Remove { .. } => "remove",
             Action::Sync(_) => "sync",
+            Action::Fail { .. } => "fail",
         }
     }
 
@@ -319,8 +371,9 @@ impl Action {
     /// calls several; its writes are upserts).
     pub fn op(&self) -> Op {
         match self {
+            // A fail step calls nothing; it reads no more than a get.
             Action::List { .. } => Op::List,
-            Action::Get { .. } => Op::Get,
+            Action::Get { .. } | Action::Fail { .. } => Op::Get,
             Action::Upsert { .. } | Action::Sync(_) => Op::Upsert,
             Action::Remove { .. } => Op::Remove,
         }
@@ -404,6 +457,9 @@ pub struct Step {
     pub timeout: Option<Duration>,
     /// The workflow allows this step to run an irreversible op.
     pub allow_irreversible: bool,
+    /// The state values the step sets, each from a template: once when the
+    /// step succeeds, or for a list step after each page (`$page`).
+    pub state: Vec<(String, Template)>,
     /// Where the step is defined (its `[[step]]` header).
     pub span: Span,
     /// The step's text: from its header to the next step's.
@@ -647,6 +703,7 @@ impl Workflow {
         }
 
         let inputs = parse_inputs(&mut check, def.inputs);
+        let state = parse_state(&mut check, def.state);
         let trigger = match def.trigger {
             Some(t) => parse_trigger(&mut check, t),
             None => Trigger::default(),
@@ -668,6 +725,24 @@ impl Workflow {
             } else if !seen.insert(id.clone()) {
                 check.error(s.id.span(), format!("a step with id {id:?} is already defined above"));
             }
+            if let Some(table) = &s.state {
+                for name in table.get_ref().keys() {
+                    if !state.iter().any(|spec| &spec.name == name) {
+                        let declared: Vec<&str> = state.iter().map(|s| s.name.as_str()).collect();
+                        check.error(
+                            table.span(),
+                            format!(
+                                "step {id:?} sets state {name:?}, which the workflow does not declare; declare it as [state.{name}]{}",
+                                if declared.is_empty() {
+                                    String::new()
+                                } else {
+                                    format!(" (declared: {})", declared.join(", "))
+                                }
+                            ),
+                        );
+                    }
+                }
+            }
             let earlier: Vec<&Step> = steps.iter().collect();
             if let Some(step) = parse_step(&mut check, s, span, &connections, &base_dir, &earlier) {
                 check_references(
@@ -677,6 +752,7 @@ impl Workflow {
                     &all_ids,
                     &inputs,
                     trigger.webhook.is_some(),
+                    &state,
                 );
                 steps.push(step);
             }
@@ -700,6 +776,7 @@ impl Workflow {
             text: text.to_owned(),
             hash: hex::encode(Sha256::digest(text.as_bytes())),
             inputs,
+            state,
             trigger,
             connections,
             steps,
@@ -892,6 +969,33 @@ fn parse_inputs(
         });
     }
     inputs
+}
+
+fn parse_state(
+    check: &mut Checker<'_>,
+    defs: BTreeMap<String, Spanned<StateDef>>,
+) -> Vec<StateSpec> {
+    let mut state = Vec::new();
+    for (name, spanned) in defs {
+        let span = spanned.span();
+        let def = spanned.into_inner();
+        if name.is_empty()
+            || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            || name.starts_with(|c: char| c.is_ascii_digit())
+        {
+            check.error(
+                span,
+                format!("state name {name:?} must be letters, digits and _ so expressions can say $state.{name}"),
+            );
+            continue;
+        }
+        state.push(StateSpec {
+            name,
+            default: def.default.map(to_json).unwrap_or(serde_json::Value::Null),
+            description: def.description,
+        });
+    }
+    state
 }
 
 fn parse_trigger(check: &mut Checker<'_>, spanned: Spanned<TriggerDef>) -> Trigger {
@@ -1164,11 +1268,12 @@ fn parse_step(
             .into_iter()
             .filter_map(|(op, target)| target.as_ref().map(|t| (op, t.span())))
             .chain(s.sync.as_ref().map(|sync| ("sync", sync.span())))
+            .chain(s.fail.as_ref().map(|fail| ("fail", fail.span())))
             .collect();
     let op = match ops.as_slice() {
         [one] => one.0,
         [] => {
-            check.error(span, format!("step {id:?} needs one op: list, get, upsert or remove = \"connection.resource\", or sync = {{ from, to }}"));
+            check.error(span, format!("step {id:?} needs one op: list, get, upsert or remove = \"connection.resource\", sync = {{ from, to }}, or fail = \"message\""));
             return None;
         }
         [_, second, ..] => {
@@ -1230,7 +1335,20 @@ fn parse_step(
                 }
             }
         };
-    let (target_span, connection, resource, action) = if op == "sync" {
+    if op == "fail" {
+        misplaced(check, s.for_each.as_ref().map(Spanned::span), "for_each");
+        misplaced(check, s.map.as_ref().map(Spanned::span), "map");
+        misplaced(check, s.retry.as_ref().map(Spanned::span), "retry");
+        misplaced(check, s.state.as_ref().map(Spanned::span), "state");
+    }
+    let (target_span, connection, resource, action) = if let Some(fail) = s.fail.as_ref() {
+        let message = check.template(
+            "fail",
+            serde_json::Value::String(fail.get_ref().clone()),
+            &fail.span(),
+        )?;
+        (fail.span(), String::new(), String::new(), Action::Fail { message })
+    } else if op == "sync" {
         let sync = s.sync?;
         let sync_span = sync.span();
         let def = sync.into_inner();
@@ -1291,11 +1409,23 @@ fn parse_step(
                     )?),
                     None => None,
                 };
+                let output_template = match &s.output {
+                    Some(o) if o.get_ref().contains("${{") => Some((
+                        check.template(
+                            "output",
+                            serde_json::Value::String(o.get_ref().clone()),
+                            &o.span(),
+                        )?,
+                        base_dir.to_path_buf(),
+                    )),
+                    _ => None,
+                };
                 Action::List {
                     page_size: s.page_size.as_ref().map(|p| *p.get_ref()),
                     limit: s.limit.as_ref().map(|l| *l.get_ref()),
                     filter,
                     output: s.output.as_ref().map(|o| base_dir.join(o.get_ref())),
+                    output_template,
                 }
             }
             "get" | "remove" => {
@@ -1317,6 +1447,14 @@ fn parse_step(
         (t.span, t.connection, t.resource, action)
     };
 
+    let mut state = Vec::new();
+    if let Some(table) = &s.state {
+        for (name, value) in table.get_ref() {
+            if let Some(template) = check.template("state", to_json(value.clone()), &table.span()) {
+                state.push((name.clone(), template));
+            }
+        }
+    }
     let when = s.when.as_ref().and_then(|w| check.expression("when", w));
     let map = s.map.as_ref().and_then(|m| check.expression("map", m));
     let for_each = match &s.for_each {
@@ -1402,6 +1540,7 @@ fn parse_step(
         retry,
         timeout,
         allow_irreversible: s.allow_irreversible,
+        state,
         region: span.clone(),
         span,
         target_span,
@@ -1424,6 +1563,9 @@ fn step_expressions(step: &Step) -> Vec<(&'static str, &Expr, bool)> {
         Some(ForEach::Records { then: Some(e), .. }) => out.push(("for_each", e, true)),
         _ => {}
     }
+    if let Action::List { output_template: Some((t, _)), .. } = &step.action {
+        out.extend(t.expressions().into_iter().map(|e| ("output", e, false)));
+    }
     let templates: Vec<(&'static str, &Template)> = match &step.action {
         Action::List { filter: Some(f), .. } => vec![("filter", f)],
         Action::Get { key } | Action::Remove { key } => vec![("key", key)],
@@ -1433,9 +1575,13 @@ fn step_expressions(step: &Step) -> Vec<(&'static str, &Expr, bool)> {
             sync.filter.iter().map(|f| ("sync.filter", f)).collect()
         }
         Action::List { filter: None, .. } => Vec::new(),
+        Action::Fail { message } => vec![("fail", message)],
     };
     for (what, t) in templates {
         out.extend(t.expressions().into_iter().map(|e| (what, e, false)));
+    }
+    for (_, t) in &step.state {
+        out.extend(t.expressions().into_iter().map(|e| ("state", e, false)));
     }
     out
 }
@@ -1447,6 +1593,7 @@ fn check_references(
     all_ids: &[String],
     inputs: &[InputSpec],
     open_inputs: bool,
+    state: &[StateSpec],
 ) {
     let mut refs: Vec<(&'static str, String, bool)> = step_expressions(step)
         .into_iter()
@@ -1466,8 +1613,14 @@ fn check_references(
                 at.start + range.start..at.start + range.end
             }
         };
+        let is_list = matches!(step.action, Action::List { .. });
         for (id, range, variable) in crate::expr::references(&text, "steps") {
             if earlier.iter().any(|s| s.id == id) || (on_record && !variable) {
+                continue;
+            }
+            // A step's `state` is evaluated once it succeeded, so it may
+            // read its own result (a list step's, page by page, is `$page`).
+            if what == "state" && id == step.id && !is_list {
                 continue;
             }
             let message = if id == step.id {
@@ -1501,6 +1654,29 @@ fn check_references(
                     );
                 }
             }
+        }
+        for (name, range, variable) in crate::expr::references(&text, "state") {
+            if variable && !state.iter().any(|s| s.name == name) {
+                let declared: Vec<&str> = state.iter().map(|s| s.name.as_str()).collect();
+                check.error(
+                    inside(&range),
+                    format!(
+                        "in `{what}`: unknown state value {name:?}; {}",
+                        if declared.is_empty() {
+                            "the workflow declares none (add [state.NAME])".to_owned()
+                        } else {
+                            format!("the workflow declares: {}", declared.join(", "))
+                        }
+                    ),
+                );
+            }
+        }
+        if text.contains("$page") && !(what == "state" && is_list) {
+            let range = text.find("$page").map_or(0..0, |i| i..i + 5);
+            check.error(
+                inside(&range),
+                format!("in `{what}`: $page is set only in a list step's `state`"),
+            );
         }
         if step.for_each.is_none() && text.contains("$item") {
             let range = text.find("$item").map_or(0..0, |i| i..i + 5);

@@ -1551,3 +1551,54 @@ async fn a_traceparent_on_an_api_start_becomes_the_runs_parent() -> TestResult {
     sandbox.shutdown().await;
     Ok(())
 }
+
+#[test]
+fn runs_prune_removes_old_runs_keeps_the_newest_success_and_state_is_shown_and_repaired()
+-> TestResult {
+    let state = tempfile::tempdir()?;
+    let state_dir = state.path().display().to_string();
+    let file = example("stripe-mirror-incremental.toml");
+    for _ in 0..3 {
+        let out =
+            weft(&["run", "--sandbox", "--seed", "3", "--state-dir", &state_dir, &file], &cache())?;
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let shown = weft(&["state", "show", "--json", "--state-dir", &state_dir, &file], &cache())?;
+    assert!(shown.status.success(), "{}", String::from_utf8_lossy(&shown.stderr));
+    let shown = stdout_json(&shown)?;
+    assert_eq!(shown["workflow"], "stripe-mirror-incremental");
+    assert!(shown["values"]["since"].as_i64().is_some_and(|s| s > 0), "{shown}");
+    assert!(shown["run"].is_string(), "{shown}");
+
+    let set = weft(
+        &["state", "set", "--state-dir", &state_dir, "stripe-mirror-incremental", "since=7"],
+        &cache(),
+    )?;
+    assert!(set.status.success(), "{}", String::from_utf8_lossy(&set.stderr));
+    assert!(String::from_utf8_lossy(&set.stdout).contains("since = 7"));
+    let unknown = weft(&["state", "set", "--state-dir", &state_dir, &file, "sinse=7"], &cache())?;
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("declares no state \"sinse\""));
+    let reset = weft(&["state", "reset", "--state-dir", &state_dir, &file], &cache())?;
+    assert!(String::from_utf8_lossy(&reset.stdout).contains("since = 0  (default)"));
+
+    let list = |dir: &str| -> TestResult<Vec<Value>> {
+        let out = weft(&["runs", "list", "--json", "--state-dir", dir], &cache())?;
+        Ok(stdout_json(&out)?.as_array().cloned().unwrap_or_default())
+    };
+    let before = list(&state_dir)?;
+    assert_eq!(before.len(), 3);
+    let newest = before[0]["id"].as_str().unwrap_or_default().to_owned();
+    let pruned =
+        weft(&["runs", "prune", "--older-than", "0s", "--state-dir", &state_dir], &cache())?;
+    assert!(pruned.status.success(), "{}", String::from_utf8_lossy(&pruned.stderr));
+    assert!(String::from_utf8_lossy(&pruned.stdout).contains("removed 2 runs"));
+    let after = list(&state_dir)?;
+    assert_eq!(after.len(), 1, "the newest success stays: {after:?}");
+    assert_eq!(after[0]["id"], newest.as_str());
+    for gone in &before[1..] {
+        let id = gone["id"].as_str().unwrap_or_default();
+        assert!(!state.path().join("pages").join(id).exists());
+    }
+    Ok(())
+}

@@ -152,7 +152,7 @@ async fn bookkeeping(items: u64, concurrency: u32) -> BenchResult<(f64, f64)> {
     Ok((items as f64 / elapsed, disk as f64 / items as f64))
 }
 
-fn dir_size(path: &Path) -> u64 {
+pub(crate) fn dir_size(path: &Path) -> u64 {
     std::fs::read_dir(path)
         .map(|entries| {
             entries

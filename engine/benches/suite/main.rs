@@ -27,6 +27,8 @@
 //!   weight.
 //! - `metrics`: a scrape of `/metrics` (its exposition) with 50 workflows
 //!   and 20 connections, both text formats.
+//! - `retention`: the run store's size over 10,000 runs pruned to the
+//!   newest 1,000 as `weft serve --retention` prunes, beside never pruned.
 //!
 //! `WEFT_BENCH_SCALE` scales every record count and duration (default 1).
 //! The rate-limit scenarios run at a quarter of their published durations
@@ -49,6 +51,7 @@ mod metrics_scrape;
 mod plugin_call;
 mod rate_limits;
 mod report;
+mod retention;
 mod serve_burst;
 
 use report::Row;
@@ -64,8 +67,17 @@ pub struct Config {
     pub json: bool,
 }
 
-const SECTIONS: &[&str] =
-    &["export", "plugin", "durable", "rate-limits", "serve", "expressions", "console", "metrics"];
+const SECTIONS: &[&str] = &[
+    "export",
+    "plugin",
+    "durable",
+    "rate-limits",
+    "serve",
+    "expressions",
+    "console",
+    "metrics",
+    "retention",
+];
 
 fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -127,6 +139,7 @@ fn run(args: &[String]) -> BenchResult<()> {
             "expressions" => runtime.block_on(expressions::run(&config))?,
             "console" => runtime.block_on(console::run(&config))?,
             "metrics" => runtime.block_on(metrics_scrape::run(&config))?,
+            "retention" => runtime.block_on(retention::run(&config))?,
             _ => unreachable!("sections are checked above"),
         };
         rows.extend(section_rows);

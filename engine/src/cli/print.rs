@@ -28,14 +28,18 @@ pub(crate) fn output_files(workflow: &Workflow, summary: &RunSummary) -> Vec<Wri
         .iter()
         .zip(&summary.steps)
         .filter_map(|(step, done)| match &step.action {
-            Action::List { output: Some(path), .. }
+            Action::List { output: Some(path), output_template, .. }
                 if done.id == step.id
-                    && !matches!(done.status, Status::Pending | Status::Skipped)
-                    && path.exists() =>
+                    && !matches!(done.status, Status::Pending | Status::Skipped) =>
             {
-                Some(WrittenFile {
+                // A templated path is the one the step rendered.
+                let path = match output_template {
+                    Some(_) => PathBuf::from(done.output.as_ref()?.get("file")?.as_str()?),
+                    None => path.clone(),
+                };
+                path.exists().then(|| WrittenFile {
                     step: step.id.clone(),
-                    path: path.clone(),
+                    path,
                     records: done.counts.read,
                 })
             }

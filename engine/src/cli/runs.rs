@@ -49,6 +49,21 @@ pub(crate) enum RunsCommand {
         /// The run id.
         run: String,
     },
+    /// Remove finished runs created longer ago than --older-than, with
+    /// their pages, items, page files and scratch files. Unfinished runs
+    /// and each workflow's newest successful run are kept.
+    Prune {
+        /// How old a run must be to go: 30d, 12h, 90m.
+        #[arg(long, value_parser = parse_age)]
+        older_than: std::time::Duration,
+        /// Keep failed runs, however old.
+        #[arg(long)]
+        keep_failed: bool,
+    },
+}
+
+fn parse_age(text: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("{e}; write it like 30d, 12h or 90m"))
 }
 
 /// Where a `weft serve` on this state dir listens, and the token it
@@ -159,6 +174,18 @@ async fn runs_in(
             report(&summary, &written, json)?;
             return Ok(exit_code(&summary));
         }
+        RunsCommand::Prune { older_than, keep_failed } => {
+            let cutoff = weft::store::now_ms()
+                .saturating_sub(u64::try_from(older_than.as_millis()).unwrap_or(u64::MAX));
+            let report = store.prune_runs(cutoff, keep_failed).await?;
+            outln!(
+                "removed {} runs older than {}; kept {} of that age (unfinished{}, or their workflow's newest success)",
+                report.removed,
+                humantime::format_duration(older_than),
+                report.kept,
+                if keep_failed { ", failed" } else { "" }
+            )?;
+        }
         RunsCommand::Cancel { run } => {
             // The store is open here, so no other process is running it.
             let executor = Executor::new(wasm_runtime(global)?, store);
@@ -229,6 +256,11 @@ async fn runs_via_server(server: &ServerAddress, command: RunsCommand) -> Result
             .await?;
             outln!("run {run} is resuming in the weft serve at {base}")?;
         }
+        RunsCommand::Prune { .. } => {
+            anyhow::bail!(
+                "the run store is held by the weft serve at {base}; it prunes runs itself with --retention (or stop it and prune)"
+            );
+        }
         RunsCommand::Cancel { run } => {
             let body = call(
                 client
@@ -291,6 +323,13 @@ fn print_run(detail: &RunDetail) -> std::io::Result<()> {
             if s.pages > 0 { format!("  pages {}", s.pages) } else { String::new() },
             if s.items > 0 { format!("  items {}", s.items) } else { String::new() },
         )?;
+        if let Some(write) = &s.state_write {
+            for (name, value) in &write.values {
+                let before = write.before.get(name).unwrap_or(&serde_json::Value::Null);
+                let planned = if write.planned { " (planned, not stored: dry run)" } else { "" };
+                outln!("  {:<20} state {name}: {before} -> {value}{planned}", "")?;
+            }
+        }
         if let Some(error) = &s.error {
             outln!("  {:<20} {error}", "")?;
         }

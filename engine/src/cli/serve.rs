@@ -46,6 +46,14 @@ pub(crate) struct ServeArgs {
     /// --bind needs a viewer token.
     #[arg(long, env = "WEFT_METRICS_BIND")]
     metrics_bind: Option<std::net::SocketAddr>,
+    /// Remove finished runs older than this (30d, 12h), with their pages
+    /// and scratch files, at start and every hour; each workflow's newest
+    /// success and unfinished runs are kept. Unset: runs are kept.
+    #[arg(long, env = "WEFT_RETENTION", value_parser = parse_duration)]
+    retention: Option<std::time::Duration>,
+    /// With --retention: keep failed runs, however old.
+    #[arg(long, requires = "retention")]
+    retention_keep_failed: bool,
 }
 
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
@@ -67,6 +75,8 @@ pub(crate) async fn serve(global: &Global, args: ServeArgs) -> Result<ExitCode> 
         max_runs,
         max_concurrent_runs,
         metrics_bind,
+        retention,
+        retention_keep_failed,
     } = args;
     let tls = match (tls_cert, tls_key) {
         (Some(cert), Some(key)) => Some(weft::serve::TlsFiles { cert, key }),
@@ -80,6 +90,8 @@ pub(crate) async fn serve(global: &Global, args: ServeArgs) -> Result<ExitCode> 
         max_runs,
         max_concurrent_runs,
         metrics_bind,
+        retention: retention
+            .map(|age| weft::serve::Retention { age, keep_failed: retention_keep_failed }),
         ..Default::default()
     };
     let mut workflows = Vec::new();

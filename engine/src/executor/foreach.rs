@@ -164,7 +164,7 @@ pub(crate) async fn run(
     endpoint: &dyn Endpoint,
     state: &mut StepState,
 ) -> Result<StepEnd, StepError> {
-    let StepCtx { run: ctx, workflow, step, index, scope } = cx;
+    let StepCtx { run: ctx, workflow, step, index, scope, .. } = cx;
     let resuming = state.items > 0 || ctx.store.items(ctx.run_id, index).next().await.is_some();
     let mut errors: Vec<String> = Vec::new();
     let mut plan = StepPlan::default();

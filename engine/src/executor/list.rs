@@ -13,7 +13,7 @@ use super::{RunCtx, StepCtx, StepEnd, StepError};
 use crate::connector::ListRequest;
 use crate::endpoint::Endpoint;
 use crate::expr::{EvalError, Evaluator, Expr, Scope, Val};
-use crate::store::{Commit, OutputMark, PageLog, StepState};
+use crate::store::{Commit, OutputMark, PageLog, StateWrite, StepState};
 use crate::workflow::Action;
 
 /// Runs a list step. `keep_records` says whether a later step may read its
@@ -25,7 +25,7 @@ pub(crate) async fn run(
     keep_records: bool,
 ) -> Result<StepEnd, StepError> {
     let StepCtx { run: ctx, step, scope, .. } = cx;
-    let Action::List { page_size, limit, filter, output } = &step.action else {
+    let Action::List { page_size, limit, filter, output, output_template } = &step.action else {
         return Err(StepError::Failed("not a list step".into()));
     };
     let resource = endpoint
@@ -49,7 +49,28 @@ pub(crate) async fn run(
         // A resumed step keeps the choice it started with.
         state.records_kept = keep_records;
     }
-    let sink = match output {
+    let output = match output_template {
+        Some((template, base_dir)) => {
+            match ctx.evaluator(step).render("output", template, scope).await {
+                Ok(value) => Some(output_path(base_dir, &value)?),
+                Err(EvalError::Stopped) => {
+                    return Ok(ctx.stop_reason().unwrap_or(StepEnd::Interrupted));
+                }
+                Err(e) => return Err(e.into_message().into()),
+            }
+        }
+        None => output.clone(),
+    };
+    if let (Some(path), Some(_)) = (&output, output_template) {
+        let file = serde_json::Value::String(path.display().to_string());
+        match state.output.as_mut().and_then(serde_json::Value::as_object_mut) {
+            Some(map) => {
+                map.insert("file".into(), file);
+            }
+            None => state.output = Some(serde_json::json!({ "file": file })),
+        }
+    }
+    let sink = match &output {
         Some(path) => Some(Output::open(path, ctx, state).await?),
         None => None,
     };
@@ -108,10 +129,37 @@ pub(crate) async fn run(
     Ok(end)
 }
 
+/// The file a templated `output` names: relative, inside the workflow's
+/// directory, since its values may come from a webhook's payload. A
+/// resume renders the same path (`$run` and `$inputs` do not change).
+fn output_path(base_dir: &Path, value: &serde_json::Value) -> Result<PathBuf, String> {
+    let serde_json::Value::String(text) = value else {
+        return Err(format!("output: the path must be a string, not {value}"));
+    };
+    let relative = Path::new(text);
+    let inside = !text.is_empty()
+        && !text.contains('\0')
+        && relative
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_) | std::path::Component::CurDir));
+    if !inside {
+        return Err(format!(
+            "output: {text:?} is not a path inside the workflow's directory (no absolute path, no `..`)"
+        ));
+    }
+    Ok(base_dir.join(relative))
+}
+
 /// The step's result as later steps and `weft runs show` see it, derived
 /// from its counts when it is committed or ends.
 fn set_output(state: &mut StepState) {
-    state.output = Some(serde_json::json!({ "count": state.counts.read, "pages": state.pages }));
+    // A templated output's file, once rendered, stays named in the result.
+    let file = state.output.as_ref().and_then(|o| o.get("file")).cloned();
+    let mut output = serde_json::json!({ "count": state.counts.read, "pages": state.pages });
+    if let (Some(file), Some(map)) = (file, output.as_object_mut()) {
+        map.insert("file".into(), file);
+    }
+    state.output = Some(output);
 }
 
 /// Pages are committed in groups: when this much time has passed since the
@@ -129,6 +177,7 @@ struct Committed {
     pages: u32,
     cursor: Option<String>,
     output_file: Option<OutputMark>,
+    state_write: Option<StateWrite>,
 }
 
 impl Committed {
@@ -138,6 +187,7 @@ impl Committed {
             pages: state.pages,
             cursor: state.cursor.clone(),
             output_file: state.output_file,
+            state_write: state.state_write.clone(),
         }
     }
 
@@ -146,6 +196,7 @@ impl Committed {
         state.pages = self.pages;
         state.cursor = self.cursor.clone();
         state.output_file = self.output_file;
+        state.state_write = self.state_write.clone();
         set_output(state);
     }
 }
@@ -262,7 +313,7 @@ where
     F: Fn(Option<String>, u32) -> Fut,
     Fut: std::future::Future<Output = Result<crate::connector::Page, CallError>>,
 {
-    let StepCtx { run: ctx, step, scope, .. } = cx;
+    let StepCtx { run: ctx, step, scope, run_state, .. } = cx;
     // The next page, asked for while the last one was being stored.
     let mut prefetched = None;
     let evaluator = ctx.evaluator(step);
@@ -295,6 +346,36 @@ where
             }
             None => page.records,
         };
+        if !step.state.is_empty() {
+            // The step's state after this page, committed with it: a run
+            // that fails later keeps the progress of the pages before.
+            let parsed = records
+                .iter()
+                .map(|r| serde_json::from_str::<serde_json::Value>(r))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("a record of plugin {} is not JSON: {e}", endpoint.name()))?;
+            let page_value = serde_json::json!({
+                "records": parsed,
+                "cursor": page.next_cursor,
+                "number": state.pages + 1,
+            });
+            let evaluated = super::state::evaluate(
+                &evaluator,
+                step,
+                &scope.with_page(&page_value),
+                run_state,
+                &mut state.state_write,
+                ctx.dry_run,
+            )
+            .await;
+            match evaluated {
+                Ok(()) => {}
+                Err(EvalError::Stopped) => {
+                    return Ok(ctx.stop_reason().unwrap_or(StepEnd::Interrupted));
+                }
+                Err(e) => return Err(e.into_message().into()),
+            }
+        }
         // Reading ahead is harmless (a read has no effect at the vendor), so
         // the next page is fetched while this one is written and stored:
         // the vendor's time and the store's overlap. The next page is used

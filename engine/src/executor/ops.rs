@@ -154,7 +154,7 @@ pub(crate) async fn render_batch(
     let (field, template) = match &step.action {
         Action::Get { key } | Action::Remove { key } => ("key", key.clone()),
         Action::Upsert { record } => ("record", record.clone()),
-        Action::List { .. } | Action::Sync(_) => {
+        Action::List { .. } | Action::Sync(_) | Action::Fail { .. } => {
             return Ok(items.into_iter().map(|(n, scope)| (n, scope, None)).collect());
         }
     };
@@ -340,7 +340,7 @@ async fn item_untraced(
                 plan: None,
             })
         }
-        Action::List { .. } | Action::Sync(_) => {
+        Action::List { .. } | Action::Sync(_) | Action::Fail { .. } => {
             Err(CallError::new(format!("a {} step is not run per item", step.action.name())))
         }
     }

@@ -252,7 +252,7 @@ fn index_prefix(kind: u8, value: &str) -> Vec<u8> {
     key
 }
 
-fn index_keys(row: &RunRow) -> [Vec<u8>; 3] {
+pub(super) fn index_keys(row: &RunRow) -> [Vec<u8>; 3] {
     let key = |kind, value: &str| {
         let mut key = index_prefix(kind, value);
         key.extend_from_slice(row.id.as_bytes());

@@ -49,6 +49,9 @@ pub(super) struct Trees {
     pub(super) tokens: sled::Tree,
     /// Console sessions by the SHA-256 of their cookie.
     pub(super) sessions: sled::Tree,
+    /// Each workflow's state across runs, by workflow name (see
+    /// [`super::state`]).
+    pub(super) workflow_state: sled::Tree,
     /// Writes that asked for durability, counted: the generation of the last.
     written: u64,
     durability: Arc<Durability>,
@@ -93,6 +96,7 @@ impl Owner {
             run_stats: db.open_tree("run_stats")?,
             tokens: db.open_tree("tokens")?,
             sessions: db.open_tree("sessions")?,
+            workflow_state: db.open_tree("workflow_state")?,
             db: db.clone(),
             written: 0,
             durability: durability.clone(),

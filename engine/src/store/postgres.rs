@@ -35,11 +35,11 @@ use tokio_postgres::error::SqlState;
 use super::{
     Commit, ConnectionTotals, DELIVERY_SLACK_SECS, Delivery, HistoryEntry, ItemRecord, ItemScan,
     MAX_PAGE, PageLog, PageReader, Result, RunPage, RunQuery, RunRecord, RunRow, SessionRecord,
-    Status, StepState, StoreError, TokenError, TokenRecord, decode, encode, now_ms,
+    Status, StepState, StoreError, TokenError, TokenRecord, WorkflowState, decode, encode, now_ms,
 };
 
 /// The schema version this weft reads and writes.
-pub const SCHEMA_VERSION: i32 = 4;
+pub const SCHEMA_VERSION: i32 = 5;
 
 /// The migrations, in order: version, what it adds, its SQL.
 const MIGRATIONS: &[(i32, &str, &str)] = &[
@@ -51,6 +51,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (2, "for-each items", include_str!("postgres/0002_items.sql")),
     (3, "webhook event ids", include_str!("postgres/0003_events.sql")),
     (4, "plugin calls in a run's figures", include_str!("postgres/0004_call_totals.sql")),
+    (5, "workflow state across runs", include_str!("postgres/0005_workflow_state.sql")),
 ];
 
 /// Connections the pool holds, at most.
@@ -388,6 +389,64 @@ fn totals_row(run: &str, row: &Row) -> Result<(String, ConnectionTotals)> {
 }
 
 /// JSON text of a value, for a text column.
+/// A workflow's state; `lock` takes the row's lock for the transaction
+/// (a row not there yet is locked by the insert that makes it, and the
+/// primary key refuses a second).
+async fn read_state(
+    client: &impl GenericClient,
+    workflow: &str,
+    lock: bool,
+) -> Result<WorkflowState> {
+    let sql = if lock {
+        "SELECT state FROM weft_workflow_state WHERE workflow = $1 FOR UPDATE"
+    } else {
+        "SELECT state FROM weft_workflow_state WHERE workflow = $1"
+    };
+    let row =
+        client.query_opt(sql, &[&workflow]).await.map_err(pg("reading a workflow's state"))?;
+    match row {
+        Some(row) => {
+            let text = text(&row, "state")?;
+            serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
+                key: format!("weft_workflow_state/{workflow}"),
+                reason: e.to_string(),
+            })
+        }
+        None => Ok(WorkflowState::default()),
+    }
+}
+
+async fn write_state(
+    client: &impl GenericClient,
+    workflow: &str,
+    state: &WorkflowState,
+) -> Result<()> {
+    let text = json_text(state)?;
+    client
+        .execute(
+            "INSERT INTO weft_workflow_state (workflow, state) VALUES ($1, $2)
+             ON CONFLICT (workflow) DO UPDATE SET state = EXCLUDED.state",
+            &[&workflow, &text],
+        )
+        .await
+        .map_err(pg("writing a workflow's state"))?;
+    Ok(())
+}
+
+/// Applies a step's change to its workflow's state in the step's commit
+/// transaction (compare-and-set under the row's lock).
+async fn apply_state(client: &impl GenericClient, run: &str, step: &StepState) -> Result<()> {
+    let Some(write) = step.state_write.as_ref().filter(|w| !w.planned && !w.values.is_empty())
+    else {
+        return Ok(());
+    };
+    let current = read_state(client, &write.workflow, true).await?;
+    if let Some(next) = current.after(run, &step.id, write)? {
+        write_state(client, &write.workflow, &next).await?;
+    }
+    Ok(())
+}
+
 fn json_text<T: serde::Serialize>(value: &T) -> Result<String> {
     String::from_utf8(encode(value)?).map_err(|e| StoreError::Encode {
         what: std::any::type_name::<T>().to_owned(),
@@ -571,16 +630,49 @@ impl PgStore {
     pub(crate) async fn commit_step(&self, run: &str, step: &StepState) -> Result<()> {
         let state = json_text(step)?;
         let index = i32::try_from(step.index).unwrap_or(i32::MAX);
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg("committing a step"))?;
+        apply_state(&tx, run, step).await?;
+        tx.execute(
+            "INSERT INTO weft_steps (run_id, idx, state) VALUES ($1, $2, $3)
+             ON CONFLICT (run_id, idx) DO UPDATE SET state = EXCLUDED.state",
+            &[&run, &index, &state],
+        )
+        .await
+        .map_err(pg("writing a step"))?;
+        tx.commit().await.map_err(pg("committing a step"))
+    }
+
+    /// Removes these runs; their steps, items, history and HTTP figures go
+    /// with them (`ON DELETE CASCADE`).
+    pub(crate) async fn delete_runs(&self, ids: &[String]) -> Result<()> {
         let client = self.client().await?;
         client
-            .execute(
-                "INSERT INTO weft_steps (run_id, idx, state) VALUES ($1, $2, $3)
-                 ON CONFLICT (run_id, idx) DO UPDATE SET state = EXCLUDED.state",
-                &[&run, &index, &state],
-            )
+            .execute("DELETE FROM weft_runs WHERE id = ANY($1)", &[&ids])
             .await
-            .map_err(pg("writing a step"))?;
+            .map_err(pg("removing old runs"))?;
         Ok(())
+    }
+
+    /// The state of `workflow`.
+    pub(crate) async fn workflow_state(&self, workflow: &str) -> Result<WorkflowState> {
+        let client = self.client().await?;
+        read_state(&client, workflow, false).await
+    }
+
+    /// Changes `workflow`'s state by hand, under the row's lock.
+    pub(crate) async fn edit_workflow_state(
+        &self,
+        workflow: &str,
+        set: &std::collections::BTreeMap<String, Option<serde_json::Value>>,
+        reset_all: bool,
+    ) -> Result<WorkflowState> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg("changing a workflow's state"))?;
+        let next = read_state(&tx, workflow, true).await?.edited(set, reset_all);
+        write_state(&tx, workflow, &next).await?;
+        tx.commit().await.map_err(pg("changing a workflow's state"))?;
+        Ok(next)
     }
 
     pub(crate) async fn page_log(&self, _run: &str, _step: &StepState) -> Result<PageLog> {
@@ -632,6 +724,7 @@ impl PgStore {
         let index = i32::try_from(step.index).unwrap_or(i32::MAX);
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg("committing items"))?;
+        apply_state(&tx, run, step).await?;
         tx.execute(
             "INSERT INTO weft_items (run_id, idx, items) VALUES ($1, $2, $3)",
             &[&run, &index, &group],

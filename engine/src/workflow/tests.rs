@@ -412,3 +412,81 @@ fn a_time_zone_and_a_jitter_parse_and_a_bad_zone_or_event_id_is_refused() -> Res
     );
     Ok(())
 }
+
+const STATEFUL: &str = r#"
+[workflow]
+name = "incremental"
+
+[state.since]
+default = 0
+
+[state.seen]
+
+[connections.stripe]
+plugin = "stripe"
+credentials = "env:STRIPE_API_KEY"
+
+[[step]]
+id = "new"
+list = "stripe.customers"
+filter = { created = { gte = "${{ $state.since }}" } }
+state = { seen = "${{ [$state.seen, ($page.records | map(.created) | max)] | max }}" }
+
+[[step]]
+id = "look"
+get = "stripe.customers"
+key = "cus_1"
+state = { since = "${{ $steps.look.created // $state.seen }}" }
+"#;
+
+#[test]
+fn state_is_declared_with_defaults_and_set_by_steps() -> Result<(), Diagnostics> {
+    let w = parse(STATEFUL)?;
+    let names: Vec<(&str, &serde_json::Value)> =
+        w.state.iter().map(|s| (s.name.as_str(), &s.default)).collect();
+    assert_eq!(names, [("seen", &serde_json::Value::Null), ("since", &serde_json::json!(0))]);
+    assert_eq!(w.steps[0].state.len(), 1);
+    // A step's `state` may read the step's own result; its other fields may not.
+    assert_eq!(w.steps[1].state[0].0, "since");
+    Ok(())
+}
+
+#[test]
+fn a_step_setting_undeclared_state_is_refused() {
+    let text = STATEFUL.replace("state = { since =", "state = { snice =");
+    let d = first_error(&text);
+    assert!(d.message.contains("sets state \"snice\", which the workflow does not declare"), "{d}");
+}
+
+#[test]
+fn reading_undeclared_state_is_an_error_with_a_caret() {
+    let text = STATEFUL.replace("gte = \"${{ $state.since }}\"", "gte = \"${{ $state.sicne }}\"");
+    let d = first_error(&text);
+    assert!(
+        d.message.contains("unknown state value \"sicne\"; the workflow declares: seen, since"),
+        "{d}"
+    );
+    assert_eq!(&d.source_line[d.column - 1..d.column - 1 + d.width], "sicne", "{d}");
+}
+
+#[test]
+fn page_is_only_for_a_list_steps_state() {
+    let text = STATEFUL.replace("$steps.look.created // $state.seen", "$page.cursor");
+    let d = first_error(&text);
+    assert!(d.message.contains("$page is set only in a list step's `state`"), "{d}");
+    let text = STATEFUL.replace("gte = \"${{ $state.since }}\"", "gte = \"${{ $page }}\"");
+    assert!(first_error(&text).message.contains("$page is set only"));
+}
+
+#[test]
+fn a_fail_step_takes_a_message_and_no_op_fields() {
+    let text = format!(
+        "{GOOD}\n[[step]]\nid = \"guard\"\nwhen = \".steps.all.count == 0\"\nfail = \"nothing in ${{{{ .steps.all.count }}}}\"\n"
+    );
+    let w = parse(&text).unwrap_or_else(|d| panic!("{d}"));
+    assert!(matches!(w.steps[1].action, Action::Fail { .. }));
+    let wrong = format!("{GOOD}\n[[step]]\nid = \"guard\"\nfail = \"no\"\nmap = \".\"\n");
+    assert!(first_error(&wrong).message.contains("`map` does not apply to a fail step"));
+    let bad = format!("{GOOD}\n[[step]]\nid = \"guard\"\nfail = \"${{{{ .steps.nope }}}}\"\n");
+    assert!(first_error(&bad).message.contains("no step \"nope\" above"));
+}
