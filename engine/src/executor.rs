@@ -1061,7 +1061,8 @@ impl Executor {
             && state.counts.read <= self.inline_records
         {
             let mut records = Vec::new();
-            for page in self.store.pages(run, state.index).await? {
+            let mut pages = self.store.pages(run, state.index).await?;
+            while let Some(page) = pages.next_page().await {
                 let page = page?;
                 let parsed: Vec<Value> =
                     serde_json::from_str(&page).map_err(|e| StoreError::Corrupt {

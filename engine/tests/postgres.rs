@@ -83,8 +83,7 @@ async fn a_run_on_postgres_is_listed_and_shown_by_other_processes() -> TestResul
     assert_eq!(missing.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no run with id nope"));
 
-    // A workflow that needs what PostgreSQL does not keep yet (a list
-    // whose records a later step reads) fails saying so.
+    // A list whose records a later step reads: its pages are rows.
     let files = tempfile::tempdir()?;
     let path = files.path().join("list-then-each.toml");
     std::fs::write(
@@ -112,9 +111,11 @@ key = "${{ $item.id }}"
         .args(["run", "--sandbox", "--json", "--seed", "5"])
         .arg(&path)
         .output()?;
-    let text = String::from_utf8_lossy(&export.stdout).to_string()
-        + &String::from_utf8_lossy(&export.stderr);
-    assert!(text.contains("not yet supported on PostgreSQL: list pages"), "{text}");
+    let summary = stdout_json(&export)?;
+    assert_eq!(summary["status"], "succeeded", "{}", String::from_utf8_lossy(&export.stderr));
+    let read = &summary["steps"][0]["counts"]["read"];
+    assert!(read.as_u64().is_some_and(|n| n > 0), "{summary}");
+    assert_eq!(&summary["steps"][1]["counts"]["read"], read, "each listed record got: {summary}");
     Ok(())
 }
 

@@ -1,13 +1,15 @@
-//! The run store on PostgreSQL (issue 16, first increment): runs and their
-//! workflow text, steps, for-each items (a group per commit, as sled keeps
+//! The run store on PostgreSQL (issue 16): runs and their
+//! workflow text, steps, list pages, for-each items (a group per commit, as sled keeps
 //! them), webhook deliveries seen (a replay is refused by a primary key, on
 //! every process at once), history, HTTP totals, tokens and sessions, each
 //! written in one transaction as the sled store writes it.
 //!
-//! Not kept here yet: a list step's pages (when a later step reads its
-//! records) and a sync's scratch files. A run that needs them fails with
-//! [`StoreError::Unsupported`] naming what, before it writes anything to a
-//! vendor, rather than losing state.
+//! A list step's pages are rows, committed with the step's cursor in one
+//! transaction. A sync's sorted runs are merged from files on the worker's
+//! own disk (a temporary directory per process), and each is stored in the
+//! database with the progress that counts it: a worker that resumes the
+//! run fetches the runs its disk lacks, so nothing a resume needs lives only
+//! on one worker's disk.
 //!
 //! The location is a URL, `postgres://USER@HOST:PORT/DATABASE` with
 //! libpq's options (`sslmode=disable|prefer|require`, …). The password is
@@ -23,6 +25,7 @@
 //! this binary knows. Connections come from a bounded pool.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,12 +37,13 @@ use tokio_postgres::error::SqlState;
 
 use super::{
     Commit, ConnectionTotals, DELIVERY_SLACK_SECS, Delivery, HistoryEntry, ItemRecord, ItemScan,
-    MAX_PAGE, PageLog, PageReader, Result, RunPage, RunQuery, RunRecord, RunRow, SessionRecord,
-    Status, StepState, StoreError, TokenError, TokenRecord, decode, encode, now_ms,
+    MAX_PAGE, PageLog, PageReader, PageSink, PageSource, Result, RunPage, RunQuery, RunRecord,
+    RunRow, SessionRecord, Status, StepState, StoreError, TokenError, TokenRecord, decode, encode,
+    now_ms,
 };
 
 /// The schema version this weft reads and writes.
-pub const SCHEMA_VERSION: i32 = 3;
+pub const SCHEMA_VERSION: i32 = 4;
 
 /// The migrations, in order: version, what it adds, its SQL.
 const MIGRATIONS: &[(i32, &str, &str)] = &[
@@ -50,6 +54,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     ),
     (2, "for-each items", include_str!("postgres/0002_items.sql")),
     (3, "webhook event ids", include_str!("postgres/0003_events.sql")),
+    (4, "list pages and sorted runs", include_str!("postgres/0004_pages_scratch.sql")),
 ];
 
 /// Connections the pool holds, at most.
@@ -70,6 +75,9 @@ pub(crate) struct PgStore {
     pool: Pool,
     /// The URL without any password, for messages.
     shown: Arc<str>,
+    /// This process's copies of sorted runs, to merge from (the database
+    /// holds the durable ones); removed when the last clone goes.
+    scratch: Arc<tempfile::TempDir>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -243,6 +251,15 @@ fn reason(e: &tokio_postgres::Error) -> String {
     }
 }
 
+/// Whether `name` is a sorted run's file name as a sync writes it
+/// (`source-00000.jsonl`): no separator, no `..`.
+fn valid_run_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        && !name.starts_with('.')
+}
+
 /// Maps a PostgreSQL error to a store error saying what was being done.
 fn pg(what: &'static str) -> impl Fn(tokio_postgres::Error) -> StoreError {
     move |e| StoreError::Postgres { what: what.to_owned(), reason: reason(&e) }
@@ -407,7 +424,13 @@ impl PgStore {
     /// Connects to `url` and checks its schema version.
     pub(crate) async fn open(url: &str) -> Result<Self> {
         let shown: Arc<str> = redact(url).into();
-        let store = PgStore { pool: pool(url)?, shown };
+        let scratch = tempfile::Builder::new().prefix("weft-scratch-").tempdir().map_err(|e| {
+            StoreError::Scratch {
+                path: std::env::temp_dir().display().to_string(),
+                reason: format!("cannot make this process's scratch directory: {e}"),
+            }
+        })?;
+        let store = PgStore { pool: pool(url)?, shown, scratch: Arc::new(scratch) };
         let client = store.client().await?;
         let found = schema_version(&client).await?;
         if found > SCHEMA_VERSION {
@@ -565,25 +588,85 @@ impl PgStore {
         Ok(())
     }
 
-    pub(crate) async fn page_log(&self, _run: &str, _step: &StepState) -> Result<PageLog> {
-        Err(StoreError::Unsupported { what: "list pages" })
+    /// A page log that holds pages until [`PgStore::start_commit`] writes
+    /// them as rows with the step's state.
+    pub(crate) async fn page_log(&self, _run: &str, step: &StepState) -> Result<PageLog> {
+        Ok(PageLog { next_page: step.pages, sink: PageSink::Rows { pending: Vec::new() } })
     }
 
+    /// Writes the pages `log` holds and the step's state in one
+    /// transaction, in the background.
     pub(crate) fn start_commit(
         &self,
         run: &str,
         step: &StepState,
         log: Option<&mut PageLog>,
     ) -> Commit {
-        let pages = log.is_some_and(|log| !log.pending.is_empty());
+        let pending = match log.map(|log| &mut log.sink) {
+            Some(PageSink::Rows { pending }) => std::mem::take(pending),
+            // A log is opened by the store it commits to: a file never
+            // reaches PostgreSQL.
+            Some(PageSink::File { .. }) | None => Vec::new(),
+        };
         let (store, run, step) = (self.clone(), run.to_owned(), step.clone());
         let task = tokio::spawn(async move {
-            if pages {
-                return Err(StoreError::Unsupported { what: "list pages" });
+            if pending.is_empty() {
+                return store.commit_step(&run, &step).await;
             }
-            store.commit_step(&run, &step).await
+            let state = json_text(&step)?;
+            let index = i32::try_from(step.index).unwrap_or(i32::MAX);
+            let (numbers, pages): (Vec<i32>, Vec<String>) = pending
+                .into_iter()
+                .map(|(page, records)| (i32::try_from(page).unwrap_or(i32::MAX), records))
+                .unzip();
+            let mut client = store.client().await?;
+            let tx = client.transaction().await.map_err(pg("committing pages"))?;
+            // A page read again after an interruption replaces itself.
+            tx.execute(
+                "INSERT INTO weft_pages (run_id, idx, page, records)
+                 SELECT $1, $2, p, r FROM unnest($3::int4[], $4::text[]) AS t (p, r)
+                 ON CONFLICT (run_id, idx, page) DO UPDATE SET records = EXCLUDED.records",
+                &[&run, &index, &numbers, &pages],
+            )
+            .await
+            .map_err(pg("writing pages"))?;
+            tx.execute(
+                "INSERT INTO weft_steps (run_id, idx, state) VALUES ($1, $2, $3)
+                 ON CONFLICT (run_id, idx) DO UPDATE SET state = EXCLUDED.state",
+                &[&run, &index, &state],
+            )
+            .await
+            .map_err(pg("writing a step"))?;
+            tx.commit().await.map_err(pg("committing pages"))
         });
         Commit { task, path: self.shown.to_string() }
+    }
+
+    /// Up to `limit` pages of a step from page `from` on, in order.
+    pub(crate) async fn page_rows(
+        &self,
+        run: &str,
+        index: u32,
+        from: u32,
+        limit: u32,
+    ) -> Result<Vec<(u32, String)>> {
+        let index = i32::try_from(index).unwrap_or(i32::MAX);
+        let from = i32::try_from(from).unwrap_or(i32::MAX);
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT page, records FROM weft_pages WHERE run_id = $1 AND idx = $2 AND page >= $3
+                 ORDER BY page LIMIT $4",
+                &[&run, &index, &from, &i64::from(limit)],
+            )
+            .await
+            .map_err(pg("reading pages"))?;
+        rows.iter()
+            .map(|row| {
+                let page: i32 = row.try_get("page").map_err(pg("reading pages"))?;
+                Ok((u32::try_from(page).unwrap_or(u32::MAX), text(row, "records")?))
+            })
+            .collect()
     }
 
     pub(crate) fn items(&self, run: &str, index: u32) -> ItemScan {
@@ -654,12 +737,124 @@ impl PgStore {
             .collect()
     }
 
-    pub(crate) fn scratch_dir(&self, _run: &str, _index: u32) -> Result<std::path::PathBuf> {
-        Err(StoreError::Unsupported { what: "a sync's sorted runs" })
+    /// This process's directory for a step's sorted runs, holding every
+    /// run the database has for the step (fetched one at a time when the
+    /// directory lacks it, or holds another length of it).
+    pub(crate) async fn scratch_dir(&self, run: &str, index: u32) -> Result<PathBuf> {
+        let dir = self.local_scratch(run, index);
+        let failed = |e: std::io::Error| StoreError::Scratch {
+            path: dir.display().to_string(),
+            reason: e.to_string(),
+        };
+        tokio::fs::create_dir_all(&dir).await.map_err(failed)?;
+        let idx = i32::try_from(index).unwrap_or(i32::MAX);
+        let client = self.client().await?;
+        let stored = client
+            .query(
+                "SELECT name, octet_length(bytes)::int8 AS len FROM weft_sorted_runs
+                 WHERE run_id = $1 AND idx = $2 ORDER BY name",
+                &[&run, &idx],
+            )
+            .await
+            .map_err(pg("listing a sync's sorted runs"))?;
+        for row in &stored {
+            let name = text(row, "name")?;
+            let len: i64 = row.try_get("len").map_err(pg("listing a sync's sorted runs"))?;
+            // A name is ours (`source-00000.jsonl`); anything else would
+            // point outside the directory.
+            if !valid_run_name(&name) {
+                return Err(StoreError::Corrupt {
+                    key: format!("weft_sorted_runs/{run}/{index:05}/{name}"),
+                    reason: "not a sorted run's file name".into(),
+                });
+            }
+            let path = dir.join(&name);
+            let local = tokio::fs::metadata(&path).await.ok().map(|m| m.len());
+            if local == Some(count(len)) {
+                continue;
+            }
+            let row = client
+                .query_one(
+                    "SELECT bytes FROM weft_sorted_runs WHERE run_id = $1 AND idx = $2 AND name = $3",
+                    &[&run, &idx, &name],
+                )
+                .await
+                .map_err(pg("reading a sync's sorted run"))?;
+            let bytes: Vec<u8> = row.try_get("bytes").map_err(pg("reading a sync's sorted run"))?;
+            let partial = path.with_extension("fetching");
+            tokio::fs::write(&partial, &bytes).await.map_err(failed)?;
+            tokio::fs::rename(&partial, &path).await.map_err(failed)?;
+        }
+        Ok(dir)
     }
 
-    pub(crate) fn remove_scratch(&self, _run: &str, _index: u32) -> Result<()> {
-        Err(StoreError::Unsupported { what: "a sync's sorted runs" })
+    fn local_scratch(&self, run: &str, index: u32) -> PathBuf {
+        self.scratch.path().join(run).join(format!("{index:05}"))
+    }
+
+    /// Stores the sorted run `file` (when there is one) and the step's
+    /// state in one transaction.
+    pub(crate) async fn commit_sorted_run(
+        &self,
+        run: &str,
+        step: &StepState,
+        file: Option<&Path>,
+    ) -> Result<()> {
+        let Some(file) = file else { return self.commit_step(run, step).await };
+        let name = file
+            .file_name()
+            .and_then(|n| n.to_str())
+            .filter(|n| valid_run_name(n))
+            .ok_or_else(|| StoreError::Scratch {
+                path: file.display().to_string(),
+                reason: "not a sorted run's file name".into(),
+            })?
+            .to_owned();
+        let bytes = tokio::fs::read(file).await.map_err(|e| StoreError::Scratch {
+            path: file.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let (state, index) = (json_text(step)?, i32::try_from(step.index).unwrap_or(i32::MAX));
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg("committing a sorted run"))?;
+        tx.execute(
+            "INSERT INTO weft_sorted_runs (run_id, idx, name, bytes) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (run_id, idx, name) DO UPDATE SET bytes = EXCLUDED.bytes",
+            &[&run, &index, &name, &bytes],
+        )
+        .await
+        .map_err(pg("writing a sorted run"))?;
+        tx.execute(
+            "INSERT INTO weft_steps (run_id, idx, state) VALUES ($1, $2, $3)
+             ON CONFLICT (run_id, idx) DO UPDATE SET state = EXCLUDED.state",
+            &[&run, &index, &state],
+        )
+        .await
+        .map_err(pg("writing a step"))?;
+        tx.commit().await.map_err(pg("committing a sorted run"))
+    }
+
+    /// Removes the step's sorted runs, here and in the database.
+    pub(crate) async fn remove_scratch(&self, run: &str, index: u32) -> Result<()> {
+        let dir = self.local_scratch(run, index);
+        match tokio::fs::remove_dir_all(&dir).await {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(StoreError::Scratch {
+                    path: dir.display().to_string(),
+                    reason: e.to_string(),
+                });
+            }
+            _ => {
+                let _ = tokio::fs::remove_dir(self.scratch.path().join(run)).await;
+            }
+        }
+        let idx = i32::try_from(index).unwrap_or(i32::MAX);
+        let client = self.client().await?;
+        client
+            .execute("DELETE FROM weft_sorted_runs WHERE run_id = $1 AND idx = $2", &[&run, &idx])
+            .await
+            .map_err(pg("removing a sync's sorted runs"))?;
+        Ok(())
     }
 
     pub(crate) async fn forget_deliveries(
@@ -758,8 +953,17 @@ impl PgStore {
             .collect()
     }
 
-    pub(crate) async fn pages(&self, _run: &str, _index: u32) -> Result<PageReader> {
-        Err(StoreError::Unsupported { what: "list pages" })
+    pub(crate) async fn pages(&self, run: &str, index: u32) -> Result<PageReader> {
+        Ok(PageReader {
+            source: PageSource::Rows {
+                store: self.clone(),
+                run: run.to_owned(),
+                index,
+                next: 0,
+                buffer: std::collections::VecDeque::new(),
+                done: false,
+            },
+        })
     }
 
     pub(crate) async fn query_runs(&self, query: RunQuery) -> Result<RunPage> {
@@ -1305,25 +1509,12 @@ mod tests {
         Ok(())
     }
 
-    #[tokio::test]
-    async fn what_is_not_kept_yet_fails_saying_so() -> Result<(), Box<dyn std::error::Error>> {
-        let Some(base) = test_url("what_is_not_kept_yet_fails_saying_so")? else { return Ok(()) };
-        let schema = ScratchSchema::create(&base).await?;
-        let store = RunStore::open_postgres(&schema.url).await?;
-        let id = store.new_run_id().await?;
-        store.create_run(&record(&id), &["list".into()], None).await?;
-        let step = StepState::pending("list", 0);
-        let err = store.page_log(&id, &step).await.err().map(|e| e.to_string());
-        assert_eq!(
-            err.as_deref().map(|e| e.starts_with("not yet supported on PostgreSQL: list pages")),
-            Some(true),
-            "{err:?}"
-        );
-        // A step commit without pages goes through.
-        let mut done = step.clone();
-        done.status = Status::Succeeded;
-        store.start_commit(&id, &done, None).wait().await?;
-        assert_eq!(store.steps(&id).await?[0].status, Status::Succeeded);
-        Ok(())
+    #[test]
+    fn a_sorted_run_name_from_the_database_cannot_leave_the_scratch_directory() {
+        assert!(valid_run_name("source-00000.jsonl"));
+        assert!(valid_run_name("target-00012.jsonl"));
+        for bad in ["", "../x", "a/b", "..", ".hidden", "a\\b", "x\0y"] {
+            assert!(!valid_run_name(bad), "{bad:?}");
+        }
     }
 }
