@@ -686,6 +686,14 @@ impl Executor {
             return Err(ExecError::NotResumable { run: run.id, status: run.status.as_str() });
         }
         let workflow = Self::stored_workflow(&run)?;
+        // On a shared store, the run's lease: no other worker runs it
+        // while this one does. Read again under it: the last holder may
+        // have committed up to the moment its lease passed.
+        self.store.claim_run(run_id).await?;
+        let mut run = self.store.run(run_id).await?;
+        if run.status.is_finished() {
+            return Err(ExecError::NotResumable { run: run.id, status: run.status.as_str() });
+        }
         run.resumes += 1;
         self.store.commit_run(&run).await?;
         let options = RunOptions { dry_run: run.dry_run, ..options.clone() };

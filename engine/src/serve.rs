@@ -395,14 +395,20 @@ pub async fn start(executor: Executor, config: ServeConfig) -> Result<RunningSer
         tracing::warn!(path = %path.display(), error = %e, "cannot write the server's address file");
     }
 
-    let unfinished = match server.executor.store().unfinished_runs().await {
-        Ok(runs) => runs,
-        Err(e) => {
-            // The reaper ends with the token; the store closes with it.
-            shutdown.cancel();
-            return Err(e.into());
-        }
-    };
+    // On a shared store (PostgreSQL), unfinished runs are other workers'
+    // until their leases pass: the claim loop takes them then. On sled
+    // this process holds the whole store, so they are all its own.
+    let shared = server.executor.store().is_shared();
+    let unfinished =
+        match if shared { Ok(Vec::new()) } else { server.executor.store().unfinished_runs().await }
+        {
+            Ok(runs) => runs,
+            Err(e) => {
+                // The reaper ends with the token; the store closes with it.
+                shutdown.cancel();
+                return Err(e.into());
+            }
+        };
     for run in unfinished {
         tracing::info!(run = %run.id, workflow = %run.workflow, "resuming an unfinished run");
         // Runs the last server admitted are admitted again, over the limit
@@ -420,6 +426,9 @@ pub async fn start(executor: Executor, config: ServeConfig) -> Result<RunningSer
         }
     }
     schedules.spawn(server.clone().forget_expired_sessions());
+    if shared {
+        schedules.spawn(server.clone().claim_loop());
+    }
 
     let api = Router::new()
         .route("/api/workflows", get(list_workflows))
@@ -460,6 +469,11 @@ pub async fn start(executor: Executor, config: ServeConfig) -> Result<RunningSer
         token.cancel();
         schedules.shutdown().await;
         let _ = reaper.await;
+        // The runs stopped where they last committed: other workers may
+        // take them now rather than when the leases pass.
+        if let Err(e) = server.executor.store().release_leases().await {
+            tracing::warn!(error = %e, "cannot give up this worker's leases; other workers take its runs when they pass");
+        }
         drop(server);
         if let Some(path) = address_file {
             let _ = std::fs::remove_file(path);
@@ -817,6 +831,48 @@ impl Server {
             Err(e) => {
                 self.metrics.cron_fired(name, CronOutcome::Failed);
                 tracing::error!(workflow = %name, error = %e, "scheduled run could not start");
+            }
+        }
+    }
+
+    /// On a shared store: claims runs whose lease passed (their worker
+    /// died, was cut off, or stopped) as long as this server admits runs,
+    /// and resumes them. Polls every quarter lease (at most every 2 s).
+    async fn claim_loop(self: Arc<Self>) {
+        let store = self.executor.store().clone();
+        let every = store
+            .lease()
+            .map_or(Duration::from_secs(2), |l| l / 4)
+            .clamp(Duration::from_millis(100), Duration::from_secs(2));
+        loop {
+            tokio::select! {
+                () = self.shutdown.cancelled() => return,
+                () = tokio::time::sleep(every) => {}
+            }
+            let free = self.admission.available_permits().min(16);
+            if free == 0 {
+                continue;
+            }
+            let claimed = match store.claim_runs(free).await {
+                Ok(claimed) => claimed,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot claim runs from the queue");
+                    continue;
+                }
+            };
+            for id in claimed {
+                let run = match store.run(&id).await {
+                    Ok(run) => run,
+                    Err(e) => {
+                        tracing::error!(run = %id, error = %e, "a claimed run cannot be read");
+                        continue;
+                    }
+                };
+                tracing::info!(run = %id, workflow = %run.workflow, "claimed a run whose worker's lease passed; resuming it");
+                let admitted = self.admit();
+                if !self.launch_resume(run, admitted) {
+                    tracing::info!(run = %id, "the claimed run is not started here (stopping, or running already)");
+                }
             }
         }
     }

@@ -172,6 +172,30 @@ pub enum StoreError {
         /// What is missing.
         what: &'static str,
     },
+    /// This process's lease on a run passed to another worker (it was
+    /// cut off, or paused, longer than the lease): it commits nothing more
+    /// of the run, which the other worker resumes.
+    #[error(
+        "run {run}: this worker's lease passed to another worker{}; this worker commits nothing more of the run",
+        holder.as_deref().map(|h| format!(" ({h})")).unwrap_or_default()
+    )]
+    LeaseLost {
+        /// The run.
+        run: String,
+        /// The worker holding it now, when one does.
+        holder: Option<String>,
+    },
+    /// Another worker holds the run's lease and renews it: it is running
+    /// the run.
+    #[error(
+        "run {run} is being run by worker {worker} (it holds the run's lease and renews it); it was not resumed here"
+    )]
+    Leased {
+        /// The run.
+        run: String,
+        /// The worker holding it.
+        worker: String,
+    },
     /// Another process has the store open.
     #[error(
         "the run store at {path} is in use by another weft process (a `weft serve`?); stop it, point --state-dir elsewhere, or talk to the server"
@@ -969,6 +993,70 @@ impl RunStore {
         }
         unfinished.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(unfinished)
+    }
+
+    /// Whether several processes may share the store (PostgreSQL): runs
+    /// then go through the queue and its leases.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.backend, Backend::Postgres(_))
+    }
+
+    /// How long a run's lease lasts without a heartbeat (PostgreSQL;
+    /// `WEFT_LEASE_SECS`, default 20 s); `None` on sled, which one process
+    /// holds whole.
+    pub fn lease(&self) -> Option<Duration> {
+        match &self.backend {
+            Backend::Sled(_) => None,
+            Backend::Postgres(pg) => Some(pg.lease()),
+        }
+    }
+
+    /// The store with leases of `lease` (PostgreSQL; sled ignores it), as
+    /// a worker of a new name: call it before the store takes a lease.
+    pub fn with_lease(self, lease: Duration) -> Self {
+        match self.backend {
+            Backend::Sled(_) => self,
+            Backend::Postgres(pg) => RunStore { backend: Backend::Postgres(pg.with_lease(lease)) },
+        }
+    }
+
+    /// This process's name as a worker (PostgreSQL), as leases show it.
+    pub fn worker(&self) -> Option<&str> {
+        match &self.backend {
+            Backend::Sled(_) => None,
+            Backend::Postgres(pg) => Some(pg.worker()),
+        }
+    }
+
+    /// Claims a run for this process to resume. On PostgreSQL the run's
+    /// lease is taken (waiting up to two leases for a dead worker's to
+    /// pass; [`StoreError::Leased`] when its worker still renews it), its
+    /// fence moves on, and the heartbeat renews it from now; every commit
+    /// of the run checks the fence. On sled, one process holds the whole
+    /// store: nothing to claim.
+    pub async fn claim_run(&self, id: &str) -> Result<()> {
+        match &self.backend {
+            Backend::Sled(_) => Ok(()),
+            Backend::Postgres(pg) => pg.claim_run(id).await,
+        }
+    }
+
+    /// Claims up to `limit` runs whose lease passed (their worker died or
+    /// stopped), for this process to resume; PostgreSQL only (sled: none).
+    pub async fn claim_runs(&self, limit: usize) -> Result<Vec<String>> {
+        match &self.backend {
+            Backend::Sled(_) => Ok(Vec::new()),
+            Backend::Postgres(pg) => pg.claim_runs(limit).await,
+        }
+    }
+
+    /// Gives up this process's leases, so that other workers resume its
+    /// unfinished runs at once (a server stopping cleanly).
+    pub async fn release_leases(&self) -> Result<()> {
+        match &self.backend {
+            Backend::Sled(_) => Ok(()),
+            Backend::Postgres(pg) => pg.release_leases().await,
+        }
     }
 
     /// One run.

@@ -31,6 +31,9 @@ fn weft(url: &str) -> Command {
         .arg(cache_dir())
         .env_remove("WEFT_STATE_DIR")
         .env_remove("WEFT_LOG")
+        // A process killed with -9 holds its runs this long: a resume in
+        // another process waits for it.
+        .env("WEFT_LEASE_SECS", "1")
         .stdin(Stdio::null());
     command
 }
@@ -292,5 +295,175 @@ record = {{ email = "pg-item${{{{ $item }}}}@crash.example", name = "Item ${{{{ 
         assert!(shown.run.resumes >= 1, "{shown:#?}");
     }
     eprintln!("{kills} kills, {} resumes", shown.run.resumes);
+    Ok(())
+}
+
+/// A `weft serve` worker on the store at `url`, and the address it
+/// listens on (read from its start-up line).
+struct Worker {
+    child: std::process::Child,
+    base: String,
+}
+
+impl Worker {
+    fn start(url: &str, workflow: &Path) -> TestResult<Worker> {
+        use std::io::BufRead as _;
+        let mut child = weft(url)
+            .args(["serve", "--bind", "127.0.0.1:0", "--grace", "2s"])
+            .arg(workflow)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let stderr = child.stderr.take().ok_or("no stderr")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                if !sent && let Some(rest) = line.split("listening on ").nth(1) {
+                    let addr = rest.split_whitespace().next().unwrap_or_default().to_owned();
+                    let _ = tx.send(addr);
+                    sent = true;
+                }
+                // The rest of the log is drained, so the worker never blocks on it.
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(base) => Ok(Worker { child, base }),
+            Err(_) => {
+                let _ = child.kill();
+                Err("weft serve did not start".into())
+            }
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const FLEET_ITEMS: usize = 120;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_run_loses_its_lease_and_another_worker_finishes_the_run_once()
+-> TestResult {
+    let Some(base) = test_url("a_worker_killed_mid_run_loses_its_lease")? else {
+        return Ok(());
+    };
+    let schema = ScratchSchema::create(&base).await?;
+    let sandbox = weft_sandbox::Sandbox::start(weft_sandbox::SandboxOptions {
+        seed: 0,
+        ..Default::default()
+    })
+    .await?;
+    let files = tempfile::tempdir()?;
+    let key = files.path().join("stripe-key");
+    std::fs::write(&key, weft_sandbox::stripe::SANDBOX_API_KEY)?;
+    let path = files.path().join("fleet.toml");
+    // A lookup and a create per item at 40 requests a second: about six
+    // seconds of work, so the kill lands mid-way.
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[workflow]
+name = "fleet"
+
+[connections.stripe]
+plugin = "stripe"
+credentials = "file:{key}"
+base_url = "{stripe}"
+rate_limit = "40/s"
+
+[[step]]
+id = "each"
+for_each = "[range(0; {FLEET_ITEMS})]"
+concurrency = 2
+upsert = "stripe.customers"
+record = {{ email = "fleet${{{{ $item }}}}@fleet.example", name = "Fleet ${{{{ $item }}}}" }}
+"#,
+            key = key.display(),
+            stripe = sandbox.stripe.base_url(),
+        ),
+    )?;
+    let token =
+        weft(&schema.url).args(["tokens", "create", "fleet", "--role", "operator"]).output()?;
+    assert!(token.status.success(), "{}", String::from_utf8_lossy(&token.stderr));
+    let token = String::from_utf8(token.stdout)?.trim().to_owned();
+    let before = sandbox.stripe.emulator.customers().len();
+
+    let doomed = Worker::start(&schema.url, &path)?;
+    let survivor = Worker::start(&schema.url, &path)?;
+    let http = reqwest::Client::new();
+    let started = http
+        .post(format!("{}/api/workflows/fleet/runs", doomed.base))
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await?;
+    assert_eq!(started.status().as_u16(), 202, "{:?}", started.text().await);
+    let started: Value = serde_json::from_str(&started.text().await?)?;
+    let run_id = started["run_id"].as_str().ok_or("no run id")?.to_owned();
+
+    // Kill the worker running it, part way through.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while sandbox.stripe.emulator.customers().len() - before < FLEET_ITEMS / 5 {
+        if Instant::now() > deadline {
+            return Err("the run made no progress".into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut doomed = doomed;
+    doomed.child.kill()?; // SIGKILL
+    doomed.child.wait()?;
+    let at_kill = sandbox.stripe.emulator.customers().len() - before;
+    assert!(at_kill < FLEET_ITEMS, "the run ended before the kill; the test proves nothing");
+    let killed_at = Instant::now();
+
+    // The survivor takes the run once the lease (1 s) passes, and ends it.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let detail = loop {
+        let shown = http
+            .get(format!("{}/api/runs/{run_id}", survivor.base))
+            .bearer_auth(&token)
+            .send()
+            .await?
+            .text()
+            .await?;
+        let detail: Value = serde_json::from_str(&shown)?;
+        if detail["status"] != "running" && detail["status"] != "pending" {
+            break detail;
+        }
+        if Instant::now() > deadline {
+            return Err(format!("the run did not finish on the other worker: {detail:#}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(detail["status"], "succeeded", "{detail:#}");
+    assert!(detail["resumes"].as_u64().is_some_and(|n| n >= 1), "{detail:#}");
+    eprintln!(
+        "killed at {at_kill}/{FLEET_ITEMS} customers; finished {} ms after the kill",
+        killed_at.elapsed().as_millis()
+    );
+
+    // Judged by the emulator: each customer exactly once.
+    let customers = sandbox.stripe.emulator.customers();
+    let ours: Vec<&str> = customers
+        .iter()
+        .filter_map(|c| c["email"].as_str())
+        .filter(|e| e.ends_with("@fleet.example"))
+        .collect();
+    let distinct: std::collections::HashSet<&&str> = ours.iter().collect();
+    assert_eq!(
+        (ours.len(), distinct.len(), customers.len() - before),
+        (FLEET_ITEMS, FLEET_ITEMS, FLEET_ITEMS),
+        "Stripe holds each customer once"
+    );
+    let steps = detail["steps"].as_array().ok_or("no steps")?;
+    assert_eq!(steps[0]["items"], FLEET_ITEMS as u64, "{detail:#}");
+    let _ = Command::new("kill").arg("-TERM").arg(survivor.child.id().to_string()).status();
     Ok(())
 }

@@ -42,7 +42,7 @@ const FAILURES_BEFORE_ANY_SUCCESS: u64 = 10;
 enum Items<'a> {
     Listed(std::vec::IntoIter<Val>),
     Streamed {
-        pages: PageReader,
+        pages: Box<PageReader>,
         /// The source step's pages in the store (`RUN/INDEX`), for errors.
         key: String,
         then: Option<&'a Expr>,
@@ -147,7 +147,7 @@ async fn items<'a>(
                 .ok_or_else(|| EvalError::Failed(format!("for_each: no step {source:?}")))?;
             let pages = store.pages(run, index as u32).await.map_err(ItemsError::Store)?;
             Ok(Items::Streamed {
-                pages,
+                pages: Box::new(pages),
                 key: format!("{run}/{index}"),
                 then: then.as_ref(),
                 buffer: VecDeque::new(),

@@ -11,6 +11,16 @@
 //! run fetches the runs its disk lacks, so nothing a resume needs lives only
 //! on one worker's disk.
 //!
+//! Runs go through a queue (`weft_queue`, schema 5): a run that is not
+//! finished has a row, and the process running it holds the row's lease,
+//! renewed by a heartbeat task every quarter lease (`WEFT_LEASE_SECS`,
+//! default [`DEFAULT_LEASE`]). A worker claims runs whose lease passed with `FOR UPDATE SKIP LOCKED`;
+//! each claim moves the row's fence on, and every commit of a run's state
+//! checks, in its transaction and under a share lock on the row, the fence
+//! this process claimed it with. So a worker whose lease passed to another
+//! commits nothing more ([`StoreError::LeaseLost`]), and a claim waits for
+//! (or skips) a commit under way rather than slipping in before it.
+//!
 //! The location is a URL, `postgres://USER@HOST:PORT/DATABASE` with
 //! libpq's options (`sslmode=disable|prefer|require`, …). The password is
 //! never written in it: `postgres://USER:env:NAME@…`, or
@@ -43,7 +53,7 @@ use super::{
 };
 
 /// The schema version this weft reads and writes.
-pub const SCHEMA_VERSION: i32 = 4;
+pub const SCHEMA_VERSION: i32 = 5;
 
 /// The migrations, in order: version, what it adds, its SQL.
 const MIGRATIONS: &[(i32, &str, &str)] = &[
@@ -55,6 +65,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (2, "for-each items", include_str!("postgres/0002_items.sql")),
     (3, "webhook event ids", include_str!("postgres/0003_events.sql")),
     (4, "list pages and sorted runs", include_str!("postgres/0004_pages_scratch.sql")),
+    (5, "the queue of runs and their leases", include_str!("postgres/0005_queue.sql")),
 ];
 
 /// Connections the pool holds, at most.
@@ -65,6 +76,15 @@ const POOL_WAIT: Duration = Duration::from_secs(30);
 
 /// Key of the advisory lock that serialises migrations.
 const MIGRATION_LOCK: i64 = 0x7765_6674_5f6d_6967; // "weft_mig"
+
+/// How long a run's lease lasts without a heartbeat, unless
+/// `WEFT_LEASE_SECS` says otherwise: a worker killed with -9 holds its
+/// runs this long at most.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(20);
+
+/// The database's clock, in Unix ms: leases are judged by one clock,
+/// whatever the workers' clocks say.
+const DB_NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::int8";
 
 /// Runs read per query by [`PgStore::recent_runs`].
 const RECENT_BATCH: i64 = 256;
@@ -78,6 +98,127 @@ pub(crate) struct PgStore {
     /// This process's copies of sorted runs, to merge from (the database
     /// holds the durable ones); removed when the last clone goes.
     scratch: Arc<tempfile::TempDir>,
+    /// The runs this process holds leases on.
+    leases: Arc<Leases>,
+}
+
+/// The leases one process holds, and its name as a worker.
+#[derive(Debug)]
+pub(crate) struct Leases {
+    /// This process as a worker: host, pid and a random part.
+    worker: String,
+    /// How long a lease lasts without a heartbeat.
+    lease: Duration,
+    /// Run id to the fence it was claimed with. A lease found lost stays
+    /// here, so that every later commit of the run is refused.
+    held: std::sync::Mutex<BTreeMap<String, Held>>,
+    /// Whether the heartbeat task runs.
+    beating: std::sync::atomic::AtomicBool,
+}
+
+/// A lease this process took.
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    /// The fence the run was claimed with.
+    fence: i64,
+    /// The heartbeat found it gone (passed to another worker): no longer
+    /// renewed, and every commit of the run is refused.
+    lost: bool,
+}
+
+/// Renews the leases `leases` holds every quarter lease, until the store
+/// is dropped. A lease not renewed (its fence moved on: another worker
+/// claimed the run) is marked lost and said so in the log.
+async fn heartbeat(leases: std::sync::Weak<Leases>, pool: Pool) {
+    loop {
+        let Some(held) = leases.upgrade() else { return };
+        let every = held.lease / 4;
+        let (runs, fences): (Vec<String>, Vec<i64>) = held
+            .held()
+            .iter()
+            .filter(|(_, h)| !h.lost)
+            .map(|(run, h)| (run.clone(), h.fence))
+            .unzip();
+        let (worker, lease_ms) = (held.worker.clone(), held.lease_ms());
+        drop(held);
+        if !runs.is_empty() {
+            let renewed = match pool.get().await {
+                Ok(client) => client
+                    .query(
+                        &format!(
+                            "UPDATE weft_queue q SET lease_until_ms = {DB_NOW_MS} + $3
+                             FROM unnest($1::text[], $2::int8[]) AS h (run_id, fence)
+                             WHERE q.run_id = h.run_id AND q.fence = h.fence AND q.worker = $4
+                             RETURNING q.run_id"
+                        ),
+                        &[&runs, &fences, &lease_ms, &worker],
+                    )
+                    .await
+                    .map_err(|e| reason(&e)),
+                Err(e) => Err(e.to_string()),
+            };
+            match renewed {
+                Ok(rows) => {
+                    let renewed: std::collections::BTreeSet<String> =
+                        rows.iter().filter_map(|r| r.try_get::<_, String>(0).ok()).collect();
+                    if let Some(held) = leases.upgrade() {
+                        let mut map = held.held();
+                        for (run, fence) in runs.iter().zip(&fences) {
+                            if renewed.contains(run) {
+                                continue;
+                            }
+                            // Finished meanwhile (and forgotten), or passed on.
+                            if let Some(h) = map.get_mut(run)
+                                && h.fence == *fence
+                            {
+                                h.lost = true;
+                                tracing::warn!(run = %run, "this worker's lease on the run passed to another worker; it commits nothing more of it");
+                            }
+                        }
+                    }
+                }
+                // The lease runs on; if the database stays away longer,
+                // another worker takes the run and this one's commits fail.
+                Err(e) => tracing::warn!(error = %e, "cannot renew run leases"),
+            }
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+impl Leases {
+    fn new() -> Leases {
+        let lease = std::env::var("WEFT_LEASE_SECS")
+            .ok()
+            .and_then(|s| s.trim().parse::<f64>().ok())
+            .filter(|s| s.is_finite() && *s >= 0.2 && *s <= 86_400.0)
+            .map(Duration::from_secs_f64)
+            .unwrap_or(DEFAULT_LEASE);
+        let host = std::fs::read_to_string("/etc/hostname")
+            .ok()
+            .map(|h| h.trim().chars().filter(|c| c.is_ascii_graphic()).take(64).collect::<String>())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "weft".into());
+        let worker = format!("{host}/{}/{:08x}", std::process::id(), rand::random::<u32>());
+        Leases {
+            worker,
+            lease,
+            held: std::sync::Mutex::default(),
+            beating: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Held>> {
+        self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn fence(&self, run: &str) -> Option<i64> {
+        self.held().get(run).map(|h| h.fence)
+    }
+
+    fn lease_ms(&self) -> i64 {
+        i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX)
+    }
 }
 
 impl std::fmt::Debug for PgStore {
@@ -386,6 +527,15 @@ async fn put_run(
     Ok(())
 }
 
+/// Takes a finished run out of the queue.
+async fn dequeue(client: &impl GenericClient, run: &str) -> Result<()> {
+    client
+        .execute("DELETE FROM weft_queue WHERE run_id = $1", &[&run])
+        .await
+        .map_err(pg("taking a finished run out of the queue"))?;
+    Ok(())
+}
+
 /// JSON text of a value, for a text column.
 fn json_text<T: serde::Serialize>(value: &T) -> Result<String> {
     String::from_utf8(encode(value)?).map_err(|e| StoreError::Encode {
@@ -430,7 +580,12 @@ impl PgStore {
                 reason: format!("cannot make this process's scratch directory: {e}"),
             }
         })?;
-        let store = PgStore { pool: pool(url)?, shown, scratch: Arc::new(scratch) };
+        let store = PgStore {
+            pool: pool(url)?,
+            shown,
+            scratch: Arc::new(scratch),
+            leases: Arc::new(Leases::new()),
+        };
         let client = store.client().await?;
         let found = schema_version(&client).await?;
         if found > SCHEMA_VERSION {
@@ -454,6 +609,168 @@ impl PgStore {
                 other => other.to_string(),
             },
         })
+    }
+
+    /// Records that this process holds `run` under `fence`, and starts
+    /// the heartbeat that renews its leases.
+    fn hold(&self, run: &str, fence: i64) {
+        self.leases.held().insert(run.to_owned(), Held { fence, lost: false });
+        if !self.leases.beating.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            tokio::spawn(heartbeat(Arc::downgrade(&self.leases), self.pool.clone()));
+        }
+    }
+
+    /// In `tx`, checks that this process still holds `run` under the fence
+    /// it claimed it with, and keeps the row from being claimed until `tx`
+    /// ends (a claim waits, or skips it). A run this process does not hold
+    /// (a cancel from the command line) is not checked.
+    async fn check_fence(&self, tx: &impl GenericClient, run: &str) -> Result<()> {
+        let Some(fence) = self.leases.fence(run) else { return Ok(()) };
+        let row = tx
+            .query_opt("SELECT fence, worker FROM weft_queue WHERE run_id = $1 FOR SHARE", &[&run])
+            .await
+            .map_err(pg("checking a run's lease"))?;
+        match row {
+            Some(row) if row.try_get::<_, i64>("fence").ok() == Some(fence) => Ok(()),
+            row => Err(StoreError::LeaseLost {
+                run: run.to_owned(),
+                holder: row.and_then(|r| r.try_get::<_, Option<String>>("worker").ok().flatten()),
+            }),
+        }
+    }
+
+    /// A transaction on `client` in which this process's lease on `run`
+    /// holds (see [`PgStore::check_fence`]).
+    async fn fenced<'a>(
+        &self,
+        client: &'a mut Object,
+        run: &str,
+        what: &'static str,
+    ) -> Result<deadpool_postgres::Transaction<'a>> {
+        let tx = client.transaction().await.map_err(pg(what))?;
+        self.check_fence(&tx, run).await?;
+        Ok(tx)
+    }
+
+    /// This store as a new worker whose leases last `lease`.
+    pub(crate) fn with_lease(mut self, lease: Duration) -> Self {
+        let mut leases = Leases::new();
+        leases.lease = lease.max(Duration::from_millis(200));
+        self.leases = Arc::new(leases);
+        self
+    }
+
+    /// The worker name of this process.
+    pub(crate) fn worker(&self) -> &str {
+        &self.leases.worker
+    }
+
+    /// How long a lease lasts without a heartbeat.
+    pub(crate) fn lease(&self) -> Duration {
+        self.leases.lease
+    }
+
+    /// Claims `run` for this process, to resume it: taken when no worker
+    /// holds its lease (or this one does). While another worker's lease
+    /// runs, waits for it to pass (a worker that died), up to two leases;
+    /// a lease still renewed then is refused, naming its worker.
+    pub(crate) async fn claim_run(&self, run: &str) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + self.leases.lease * 2 + Duration::from_secs(1);
+        loop {
+            let client = self.client().await?;
+            let claimed = client
+                .query_opt(
+                    &format!(
+                        "INSERT INTO weft_queue (run_id, workflow, enqueued_ms, worker, lease_until_ms, fence)
+                         SELECT id, workflow, {DB_NOW_MS}, $2, {DB_NOW_MS} + $3, 1 FROM weft_runs
+                         WHERE id = $1 AND status IN ('pending', 'running')
+                         ON CONFLICT (run_id) DO UPDATE SET worker = EXCLUDED.worker,
+                             lease_until_ms = EXCLUDED.lease_until_ms, fence = weft_queue.fence + 1
+                         WHERE weft_queue.worker = EXCLUDED.worker
+                            OR weft_queue.lease_until_ms < {DB_NOW_MS}
+                         RETURNING fence"
+                    ),
+                    &[&run, &self.leases.worker, &self.leases.lease_ms()],
+                )
+                .await
+                .map_err(pg("claiming a run"))?;
+            if let Some(row) = claimed {
+                let fence: i64 = row.try_get("fence").map_err(pg("claiming a run"))?;
+                self.hold(run, fence);
+                return Ok(());
+            }
+            let holder = client
+                .query_opt(
+                    &format!(
+                        "SELECT worker, lease_until_ms - {DB_NOW_MS} AS left_ms
+                         FROM weft_queue WHERE run_id = $1"
+                    ),
+                    &[&run],
+                )
+                .await
+                .map_err(pg("reading a run's lease"))?;
+            let Some(holder) = holder else { return Err(StoreError::UnknownRun(run.to_owned())) };
+            let worker: Option<String> = holder.try_get("worker").map_err(pg("reading a lease"))?;
+            let left_ms: i64 = holder.try_get("left_ms").map_err(pg("reading a lease"))?;
+            let wait = Duration::from_millis(count(left_ms).saturating_add(50));
+            if tokio::time::Instant::now() + wait > deadline {
+                return Err(StoreError::Leased {
+                    run: run.to_owned(),
+                    worker: worker.unwrap_or_default(),
+                });
+            }
+            drop(client);
+            tracing::info!(run = %run, worker = ?worker, wait_ms = wait.as_millis() as u64, "the run's lease is held; waiting for it to pass");
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Claims up to `limit` runs whose lease has passed (their worker died
+    /// or stopped), oldest first, with `FOR UPDATE SKIP LOCKED`: workers
+    /// claiming at once take different runs. Returns their ids.
+    pub(crate) async fn claim_runs(&self, limit: usize) -> Result<Vec<String>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &format!(
+                    "WITH free AS (
+                         SELECT run_id FROM weft_queue
+                         WHERE lease_until_ms < {DB_NOW_MS} AND worker IS DISTINCT FROM $1
+                         ORDER BY enqueued_ms LIMIT $3 FOR UPDATE SKIP LOCKED)
+                     UPDATE weft_queue q SET worker = $1, lease_until_ms = {DB_NOW_MS} + $2,
+                         fence = q.fence + 1
+                     FROM free WHERE q.run_id = free.run_id
+                     RETURNING q.run_id, q.fence"
+                ),
+                &[&self.leases.worker, &self.leases.lease_ms(), &big(limit as u64)],
+            )
+            .await
+            .map_err(pg("claiming runs"))?;
+        let mut claimed = Vec::new();
+        for row in rows {
+            let run: String = row.try_get("run_id").map_err(pg("claiming runs"))?;
+            let fence: i64 = row.try_get("fence").map_err(pg("claiming runs"))?;
+            self.hold(&run, fence);
+            claimed.push(run);
+        }
+        Ok(claimed)
+    }
+
+    /// Gives up this process's leases (a worker stopping cleanly), so
+    /// another worker may resume its runs at once.
+    pub(crate) async fn release_leases(&self) -> Result<()> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "UPDATE weft_queue SET lease_until_ms = 0 WHERE worker = $1",
+                &[&self.leases.worker],
+            )
+            .await
+            .map_err(pg("releasing leases"))?;
+        Ok(())
     }
 
     pub(crate) async fn new_run_id(&self) -> Result<String> {
@@ -546,17 +863,41 @@ impl PgStore {
         )
         .await
         .map_err(pg("writing a run's history"))?;
-        tx.commit().await.map_err(pg("committing a new run"))
+        // The run's queue row, its lease held by this process, which
+        // starts it now.
+        tx.execute(
+            &format!(
+                "INSERT INTO weft_queue (run_id, workflow, enqueued_ms, worker, lease_until_ms, fence)
+                 VALUES ($1, $2, {DB_NOW_MS}, $3, {DB_NOW_MS} + $4, 1)"
+            ),
+            &[&run.id, &run.workflow, &self.leases.worker, &self.leases.lease_ms()],
+        )
+        .await
+        .map_err(pg("queueing a run"))?;
+        tx.commit().await.map_err(pg("committing a new run"))?;
+        self.hold(&run.id, 1);
+        Ok(())
     }
 
+    /// Writes a run (under this process's lease, when it holds one); a
+    /// finished run leaves the queue in the same transaction.
     pub(crate) async fn commit_run(&self, run: &RunRecord) -> Result<()> {
-        let client = self.client().await?;
-        put_run(&client, run, None, false).await
+        let mut client = self.client().await?;
+        let tx = self.fenced(&mut client, &run.id, "writing a run").await?;
+        put_run(&tx, run, None, false).await?;
+        if run.status.is_finished() {
+            dequeue(&tx, &run.id).await?;
+        }
+        tx.commit().await.map_err(pg("committing a run"))?;
+        if run.status.is_finished() {
+            self.leases.held().remove(&run.id);
+        }
+        Ok(())
     }
 
     pub(crate) async fn fail_run(&self, id: &str, message: &str) -> Result<RunRecord> {
         let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(pg("failing a run"))?;
+        let tx = self.fenced(&mut client, id, "failing a run").await?;
         let row = tx
             .query_opt("SELECT record FROM weft_runs WHERE id = $1 FOR UPDATE", &[&id])
             .await
@@ -569,23 +910,25 @@ impl PgStore {
             run.finished_ms = Some(now_ms());
             put_run(&tx, &run, None, false).await?;
         }
+        dequeue(&tx, id).await?;
         tx.commit().await.map_err(pg("committing a failed run"))?;
+        self.leases.held().remove(id);
         Ok(run)
     }
 
     pub(crate) async fn commit_step(&self, run: &str, step: &StepState) -> Result<()> {
         let state = json_text(step)?;
         let index = i32::try_from(step.index).unwrap_or(i32::MAX);
-        let client = self.client().await?;
-        client
-            .execute(
-                "INSERT INTO weft_steps (run_id, idx, state) VALUES ($1, $2, $3)
-                 ON CONFLICT (run_id, idx) DO UPDATE SET state = EXCLUDED.state",
-                &[&run, &index, &state],
-            )
-            .await
-            .map_err(pg("writing a step"))?;
-        Ok(())
+        let mut client = self.client().await?;
+        let tx = self.fenced(&mut client, run, "writing a step").await?;
+        tx.execute(
+            "INSERT INTO weft_steps (run_id, idx, state) VALUES ($1, $2, $3)
+             ON CONFLICT (run_id, idx) DO UPDATE SET state = EXCLUDED.state",
+            &[&run, &index, &state],
+        )
+        .await
+        .map_err(pg("writing a step"))?;
+        tx.commit().await.map_err(pg("committing a step"))
     }
 
     /// A page log that holds pages until [`PgStore::start_commit`] writes
@@ -620,7 +963,7 @@ impl PgStore {
                 .map(|(page, records)| (i32::try_from(page).unwrap_or(i32::MAX), records))
                 .unzip();
             let mut client = store.client().await?;
-            let tx = client.transaction().await.map_err(pg("committing pages"))?;
+            let tx = store.fenced(&mut client, &run, "committing pages").await?;
             // A page read again after an interruption replaces itself.
             tx.execute(
                 "INSERT INTO weft_pages (run_id, idx, page, records)
@@ -696,7 +1039,7 @@ impl PgStore {
         let (group, state) = (json_text(&items)?, json_text(step)?);
         let index = i32::try_from(step.index).unwrap_or(i32::MAX);
         let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(pg("committing items"))?;
+        let tx = self.fenced(&mut client, run, "committing items").await?;
         tx.execute(
             "INSERT INTO weft_items (run_id, idx, items) VALUES ($1, $2, $3)",
             &[&run, &index, &group],
@@ -816,7 +1159,7 @@ impl PgStore {
         })?;
         let (state, index) = (json_text(step)?, i32::try_from(step.index).unwrap_or(i32::MAX));
         let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(pg("committing a sorted run"))?;
+        let tx = self.fenced(&mut client, run, "committing a sorted run").await?;
         tx.execute(
             "INSERT INTO weft_sorted_runs (run_id, idx, name, bytes) VALUES ($1, $2, $3, $4)
              ON CONFLICT (run_id, idx, name) DO UPDATE SET bytes = EXCLUDED.bytes",
@@ -1506,6 +1849,151 @@ mod tests {
         }
         assert_eq!((started, refused), (1, 3));
         assert_eq!(b.runs().await?.len(), 1, "no run without its delivery");
+        Ok(())
+    }
+
+    /// A store on `url` as a worker of its own, with leases of `lease`.
+    async fn worker(url: &str, lease: Duration) -> Result<RunStore, Box<dyn std::error::Error>> {
+        Ok(RunStore::open_postgres(url).await?.with_lease(lease))
+    }
+
+    fn step(index: u32) -> StepState {
+        let mut step = StepState::pending("s", index);
+        step.status = Status::Running;
+        step
+    }
+
+    #[tokio::test]
+    async fn a_worker_whose_lease_passed_to_another_cannot_commit_and_a_live_lease_is_not_taken()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let Some(base) = test_url("a_worker_whose_lease_passed_to_another_cannot_commit")? else {
+            return Ok(());
+        };
+        let schema = ScratchSchema::create(&base).await?;
+        // `a` renews its lease rarely (every 15 s), so that the test can
+        // let it pass; `b` and `c` every 75 ms.
+        let a = worker(&schema.url, Duration::from_secs(60)).await?;
+        let b = worker(&schema.url, Duration::from_millis(300)).await?;
+        let c = worker(&schema.url, Duration::from_millis(300)).await?;
+        let id = a.new_run_id().await?;
+        a.create_run(&record(&id), &["s".into()], None).await?;
+        a.commit_step(&id, &step(0)).await?;
+        assert!(b.claim_runs(10).await?.is_empty(), "a live lease is not claimable");
+
+        // `a` is cut off: its lease passes (as if a minute went by).
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let admin = pool(&schema.url)?.get().await?;
+        admin.execute("UPDATE weft_queue SET lease_until_ms = 0", &[]).await?;
+        assert_eq!(b.claim_runs(10).await?, std::slice::from_ref(&id), "b takes the run");
+        assert!(c.claim_runs(10).await?.is_empty(), "once");
+
+        // `a` comes back: every commit of the run is refused, whatever it is.
+        let mut late = step(0);
+        late.items = 99;
+        let refused = [
+            a.commit_step(&id, &late).await.err(),
+            a.commit_items(
+                &id,
+                &late,
+                &[(
+                    0,
+                    ItemRecord { status: Status::Succeeded, action: None, id: None, error: None },
+                )],
+            )
+            .await
+            .err(),
+            a.start_commit(&id, &late, None).wait().await.err(),
+            a.commit_run(&record(&id)).await.err(),
+        ];
+        for err in refused {
+            let err = err.map(|e| e.to_string()).unwrap_or_default();
+            assert!(
+                err.contains("lease passed to another worker")
+                    && err.contains(b.worker().unwrap_or("?")),
+                "{err}"
+            );
+        }
+        assert_eq!(a.steps(&id).await?[0].items, 0, "nothing of a's landed");
+        // The new holder commits.
+        let mut ours = step(0);
+        ours.items = 5;
+        b.commit_step(&id, &ours).await?;
+        assert_eq!(c.steps(&id).await?[0].items, 5);
+
+        // A lease its worker renews is not taken by a resume elsewhere:
+        // `c` waits two leases, then says who runs it.
+        let started = std::time::Instant::now();
+        let err = c.claim_run(&id).await.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            err.contains("is being run by worker") && err.contains(b.worker().unwrap_or("?")),
+            "{err}"
+        );
+        assert!(started.elapsed() >= Duration::from_millis(500), "{:?}", started.elapsed());
+
+        // `b` dies (its heartbeat stops with it): the lease passes within
+        // its length and `c` resumes the run.
+        drop(b);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let claimed = loop {
+            let claimed = c.claim_runs(10).await?;
+            if !claimed.is_empty() || std::time::Instant::now() > deadline {
+                break claimed;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(claimed, std::slice::from_ref(&id));
+        let mut done = record(&id);
+        done.status = Status::Succeeded;
+        done.finished_ms = Some(now_ms());
+        c.commit_run(&done).await?;
+        let left: i64 = admin.query_one("SELECT count(*) FROM weft_queue", &[]).await?.get(0);
+        assert_eq!(left, 0, "a finished run leaves the queue");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn workers_claiming_at_once_take_each_free_run_once()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let Some(base) = test_url("workers_claiming_at_once_take_each_free_run_once")? else {
+            return Ok(());
+        };
+        let schema = ScratchSchema::create(&base).await?;
+        let creator = worker(&schema.url, Duration::from_secs(60)).await?;
+        let mut ids = Vec::new();
+        for _ in 0..40 {
+            let id = creator.new_run_id().await?;
+            creator.create_run(&record(&id), &["s".into()], None).await?;
+            ids.push(id);
+        }
+        // The creator died: every lease passed.
+        drop(creator);
+        let admin = pool(&schema.url)?.get().await?;
+        admin.execute("UPDATE weft_queue SET lease_until_ms = 0", &[]).await?;
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..4 {
+            let store = worker(&schema.url, Duration::from_secs(30)).await?;
+            tasks.spawn(async move {
+                let mut mine = Vec::new();
+                loop {
+                    let claimed = store.claim_runs(3).await?;
+                    if claimed.is_empty() {
+                        return Ok::<_, StoreError>(mine);
+                    }
+                    mine.extend(claimed);
+                }
+            });
+        }
+        let mut all = Vec::new();
+        let mut workers_with_runs = 0;
+        while let Some(mine) = tasks.join_next().await {
+            let mine = mine??;
+            workers_with_runs += usize::from(!mine.is_empty());
+            all.extend(mine);
+        }
+        all.sort();
+        ids.sort();
+        assert_eq!(all, ids, "each run claimed exactly once");
+        assert!(workers_with_runs >= 1);
         Ok(())
     }
 
