@@ -190,6 +190,10 @@ pub struct RunOptions {
     /// A W3C `traceparent` the start request carried: the run's trace
     /// continues the caller's (when traces are exported).
     pub trace_parent: Option<String>,
+    /// The scheduled time (Unix ms) of the cron firing that starts the
+    /// run: recorded with it, once for a fleet of workers (see
+    /// [`crate::store::RunStore::create_fired_run`]).
+    pub firing: Option<u64>,
 }
 
 impl std::fmt::Debug for RunOptions {
@@ -637,14 +641,23 @@ impl Executor {
             resumes: 0,
         };
         let step_ids: Vec<String> = workflow.steps.iter().map(|s| s.id.clone()).collect();
-        self.store
-            .create_run_by(
-                &run,
-                &step_ids,
-                options.delivery.as_ref(),
-                options.started_by.as_deref(),
-            )
-            .await?;
+        match options.firing {
+            Some(scheduled_ms) => {
+                self.store
+                    .create_fired_run(&run, &step_ids, options.started_by.as_deref(), scheduled_ms)
+                    .await?
+            }
+            None => {
+                self.store
+                    .create_run_by(
+                        &run,
+                        &step_ids,
+                        options.delivery.as_ref(),
+                        options.started_by.as_deref(),
+                    )
+                    .await?
+            }
+        }
         if let Some(metrics) = &self.metrics {
             metrics.run_started(&run.workflow, &run.trigger);
         }

@@ -760,9 +760,13 @@ impl Server {
     async fn schedule(self: Arc<Self>, name: String) {
         let Some(served) = self.workflows.get(&name) else { return };
         let Some(cron) = served.workflow.trigger.cron.clone() else { return };
-        if cron.catch_up && self.missed_a_firing(&name, &cron).await {
+        if cron.catch_up
+            && let Some(due) = self.missed_a_firing(&name, &cron).await
+        {
             tracing::info!(workflow = %name, "a scheduled run was missed while weft was down; running it once now");
-            self.fire(&name, cron.overlap, CronOutcome::CaughtUp).await;
+            // Keyed by the missed firing's time: workers starting together
+            // catch it up once.
+            self.fire(&name, cron.overlap, CronOutcome::CaughtUp, due.timestamp_millis()).await;
         }
         loop {
             let now = chrono::Utc::now();
@@ -781,12 +785,20 @@ impl Server {
                 () = tokio::time::sleep(wait) => {}
             }
             // After a long sleep (a suspended machine), fire once, never
-            // a burst for every firing missed.
-            self.fire(&name, cron.overlap, CronOutcome::Ran).await;
+            // a burst for every firing missed. Keyed by the scheduled time
+            // (not the jittered one): every worker's scheduler fires it,
+            // one starts the run.
+            self.fire(&name, cron.overlap, CronOutcome::Ran, next.timestamp_millis()).await;
         }
     }
 
-    async fn missed_a_firing(&self, name: &str, cron: &crate::workflow::CronTrigger) -> bool {
+    /// The firing missed since the workflow's last scheduled run, if one
+    /// was.
+    async fn missed_a_firing(
+        &self,
+        name: &str,
+        cron: &crate::workflow::CronTrigger,
+    ) -> Option<chrono::DateTime<chrono::Utc>> {
         let workflow = name.to_owned();
         let Ok(runs) = self
             .executor
@@ -794,20 +806,29 @@ impl Server {
             .recent_runs(1, move |r| r.workflow == workflow && r.trigger == RunTrigger::Cron)
             .await
         else {
-            return false;
+            return None;
         };
-        let Some(last) = runs.first() else { return false };
-        let Some(last_at) = chrono::DateTime::from_timestamp_millis(last.created_ms as i64) else {
-            return false;
-        };
-        cron.next_after(last_at).is_some_and(|due| due < chrono::Utc::now())
+        let last = runs.first()?;
+        let last_at = chrono::DateTime::from_timestamp_millis(last.created_ms as i64)?;
+        cron.next_after(last_at).filter(|due| *due < chrono::Utc::now())
     }
 
     /// Starts a scheduled run, counted as `ran` (a `Ran` or `CaughtUp`)
     /// when it starts.
-    async fn fire(self: &Arc<Self>, name: &str, overlap: Overlap, ran: CronOutcome) {
+    async fn fire(
+        self: &Arc<Self>,
+        name: &str,
+        overlap: Overlap,
+        ran: CronOutcome,
+        scheduled_ms: i64,
+    ) {
         let Some(served) = self.workflows.get(name) else { return };
-        if overlap == Overlap::Skip && self.workflow_running(name) {
+        // On a shared store the previous run may be another worker's.
+        let store = self.executor.store();
+        if overlap == Overlap::Skip
+            && (self.workflow_running(name)
+                || (store.is_shared() && store.workflow_unfinished(name).await.unwrap_or(false)))
+        {
             self.metrics.cron_fired(name, CronOutcome::SkippedOverlap);
             let skipped = served.skipped_firings.fetch_add(1, Ordering::Relaxed) + 1;
             tracing::info!(workflow = %name, skipped, "previous run still going; skipping this firing");
@@ -819,7 +840,11 @@ impl Server {
             tracing::warn!(workflow = %name, skipped, max_runs = self.max_runs, "the server has as many runs as it takes; skipping this firing");
             return;
         };
-        let options = RunOptions { trigger: RunTrigger::Cron, ..RunOptions::default() };
+        let options = RunOptions {
+            trigger: RunTrigger::Cron,
+            firing: Some(u64::try_from(scheduled_ms).unwrap_or(0)),
+            ..RunOptions::default()
+        };
         // Counted once its run exists: `fired` is the number of runs the
         // schedule started (a shutdown between the count and the run made
         // the two disagree).
@@ -827,6 +852,10 @@ impl Server {
             Ok(_) => {
                 self.metrics.cron_fired(name, ran);
                 served.fired.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(ExecError::Store(crate::store::StoreError::AlreadyFired { .. })) => {
+                self.metrics.cron_fired(name, CronOutcome::FiredElsewhere);
+                tracing::debug!(workflow = %name, scheduled_ms, "another worker started this firing's run");
             }
             Err(e) => {
                 self.metrics.cron_fired(name, CronOutcome::Failed);

@@ -172,6 +172,16 @@ pub enum StoreError {
         /// What is missing.
         what: &'static str,
     },
+    /// Another worker of the fleet started the run of this cron firing.
+    #[error(
+        "the cron firing of workflow {workflow:?} scheduled at {scheduled_ms} (Unix ms) was started by another worker"
+    )]
+    AlreadyFired {
+        /// The workflow.
+        workflow: String,
+        /// The scheduled time of the firing, Unix ms.
+        scheduled_ms: u64,
+    },
     /// This process's lease on a run passed to another worker (it was
     /// cut off, or paused, longer than the lease): it commits nothing more
     /// of the run, which the other worker resumes.
@@ -856,6 +866,45 @@ impl RunStore {
         actor: Option<&str>,
     ) -> Result<()> {
         dispatch!(self, b => b.create_run_by(run, step_ids, delivery, actor).await)
+    }
+
+    /// [`RunStore::create_run_by`] for a cron firing scheduled at
+    /// `scheduled_ms`: on PostgreSQL the firing is recorded with the run
+    /// (one transaction, a primary key on workflow and time), so that of
+    /// the workers whose schedulers fire at once one starts the run and the
+    /// others get [`StoreError::AlreadyFired`]. sled has one scheduler.
+    pub async fn create_fired_run(
+        &self,
+        run: &RunRecord,
+        step_ids: &[String],
+        actor: Option<&str>,
+        scheduled_ms: u64,
+    ) -> Result<()> {
+        match &self.backend {
+            Backend::Sled(sled) => sled.create_run_by(run, step_ids, None, actor).await,
+            Backend::Postgres(pg) => {
+                pg.create_run_fired(run, step_ids, None, actor, Some(scheduled_ms)).await
+            }
+        }
+    }
+
+    /// Whether a run of `workflow` is unfinished (running, or pending),
+    /// whichever worker has it.
+    pub async fn workflow_unfinished(&self, workflow: &str) -> Result<bool> {
+        for status in [Status::Running, Status::Pending] {
+            let page = self
+                .query_runs(RunQuery {
+                    workflow: Some(workflow.to_owned()),
+                    status: Some(status),
+                    limit: 1,
+                    ..RunQuery::default()
+                })
+                .await?;
+            if !page.rows.is_empty() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Replaces a run record, durably, and its row and index entries with

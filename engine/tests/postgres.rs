@@ -467,3 +467,111 @@ record = {{ email = "fleet${{{{ $item }}}}@fleet.example", name = "Fleet ${{{{ $
     let _ = Command::new("kill").arg("-TERM").arg(survivor.child.id().to_string()).status();
     Ok(())
 }
+
+const TICK_SECRET: &str = "whsec_fleet_test_secret";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_start_each_cron_tick_once_and_a_delivery_sent_to_both_once() -> TestResult {
+    let Some(base) = test_url("two_workers_start_each_cron_tick_once")? else {
+        return Ok(());
+    };
+    let schema = ScratchSchema::create(&base).await?;
+    let sandbox = weft_sandbox::Sandbox::start(weft_sandbox::SandboxOptions {
+        seed: 0,
+        ..Default::default()
+    })
+    .await?;
+    let files = tempfile::tempdir()?;
+    let key = files.path().join("stripe-key");
+    std::fs::write(&key, weft_sandbox::stripe::SANDBOX_API_KEY)?;
+    let secret = files.path().join("hook-secret");
+    std::fs::write(&secret, TICK_SECRET)?;
+    let path = files.path().join("tick.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[workflow]
+name = "tick"
+
+[trigger]
+cron = "* * * * * *"
+
+[trigger.webhook]
+verify = "hmac-sha256"
+header = "X-Weft-Signature"
+secret = "file:{secret}"
+
+[connections.stripe]
+plugin = "stripe"
+credentials = "file:{key}"
+base_url = "{stripe}"
+
+[[step]]
+id = "customer"
+upsert = "stripe.customers"
+record = {{ email = "tick@fleet.example", name = "Tick" }}
+"#,
+            secret = secret.display(),
+            key = key.display(),
+            stripe = sandbox.stripe.base_url(),
+        ),
+    )?;
+    let a = Worker::start(&schema.url, &path)?;
+    let b = Worker::start(&schema.url, &path)?;
+    let both_up = Instant::now();
+
+    // The same signed delivery to both workers at once.
+    let body = r#"{"id":"evt_fleet_1","type":"customer.created"}"#;
+    let signature =
+        weft::serve::webhook::hmac_signature(body.as_bytes(), TICK_SECRET.as_bytes(), None);
+    let http = reqwest::Client::new();
+    let send = |base: &str| {
+        http.post(format!("{base}/hooks/tick"))
+            .header("content-type", "application/json")
+            .header("X-Weft-Signature", signature.clone())
+            .body(body)
+            .send()
+    };
+    let (first, second) = tokio::join!(send(&a.base), send(&b.base));
+    let (first, second) = (first?, second?);
+    let mut statuses = [first.status().as_u16(), second.status().as_u16()];
+    statuses.sort();
+    let answers = [first.text().await?, second.text().await?];
+    assert_eq!(statuses, [202, 409], "{answers:?}");
+    let accepted: Value = answers
+        .iter()
+        .find_map(|a| serde_json::from_str::<Value>(a).ok().filter(|v| v["run_id"].is_string()))
+        .ok_or("no run id in the 202")?;
+    // Answered 202 once the run was committed: another process reads it.
+    let run_id = accepted["run_id"].as_str().ok_or("run id")?;
+    let shown = weft(&schema.url).args(["runs", "show", "--json", run_id]).output()?;
+    assert!(shown.status.success(), "{}", String::from_utf8_lossy(&shown.stderr));
+
+    // Let the schedule fire for a while on both workers.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let window = both_up.elapsed();
+    drop((a, b));
+    let listed = stdout_json(
+        &weft(&schema.url).args(["runs", "list", "--json", "--limit", "200"]).output()?,
+    )?;
+    let runs = listed.as_array().ok_or("runs list is not an array")?;
+    let webhook_runs = runs.iter().filter(|r| r["trigger"] == "webhook").count();
+    assert_eq!(webhook_runs, 1, "{listed:#}");
+    let cron_seconds: Vec<u64> = runs
+        .iter()
+        .filter(|r| r["trigger"] == "cron")
+        .filter_map(|r| r["created_ms"].as_u64())
+        .map(|ms| ms / 1000)
+        .collect();
+    let distinct: std::collections::BTreeSet<u64> = cron_seconds.iter().copied().collect();
+    let seconds = window.as_secs();
+    eprintln!("{} cron runs in {} ms on two workers", cron_seconds.len(), window.as_millis());
+    assert!(
+        cron_seconds.len() >= 3 && cron_seconds.len() as u64 <= seconds + 1,
+        "one run per tick for the fleet, not one per worker: {} runs in {seconds} s",
+        cron_seconds.len()
+    );
+    assert_eq!(distinct.len(), cron_seconds.len(), "no tick ran twice: {cron_seconds:?}");
+    Ok(())
+}

@@ -21,6 +21,10 @@
 //! commits nothing more ([`StoreError::LeaseLost`]), and a claim waits for
 //! (or skips) a commit under way rather than slipping in before it.
 //!
+//! A cron firing is recorded with the run it starts (`weft_cron_firings`,
+//! schema 6, a primary key on workflow and scheduled time): of the workers
+//! whose schedulers fire together, one starts the run.
+//!
 //! The location is a URL, `postgres://USER@HOST:PORT/DATABASE` with
 //! libpq's options (`sslmode=disable|prefer|require`, …). The password is
 //! never written in it: `postgres://USER:env:NAME@…`, or
@@ -53,7 +57,7 @@ use super::{
 };
 
 /// The schema version this weft reads and writes.
-pub const SCHEMA_VERSION: i32 = 5;
+pub const SCHEMA_VERSION: i32 = 6;
 
 /// The migrations, in order: version, what it adds, its SQL.
 const MIGRATIONS: &[(i32, &str, &str)] = &[
@@ -66,6 +70,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (3, "webhook event ids", include_str!("postgres/0003_events.sql")),
     (4, "list pages and sorted runs", include_str!("postgres/0004_pages_scratch.sql")),
     (5, "the queue of runs and their leases", include_str!("postgres/0005_queue.sql")),
+    (6, "cron firings, once per fleet", include_str!("postgres/0006_cron_firings.sql")),
 ];
 
 /// Connections the pool holds, at most.
@@ -790,6 +795,21 @@ impl PgStore {
         delivery: Option<&Delivery>,
         actor: Option<&str>,
     ) -> Result<()> {
+        self.create_run_fired(run, step_ids, delivery, actor, None).await
+    }
+
+    /// Records a new run as [`PgStore::create_run_by`] does; with
+    /// `firing` (the scheduled Unix ms of a cron firing), the firing too,
+    /// in the same transaction: a firing another worker recorded first is
+    /// refused with [`StoreError::AlreadyFired`], and no run.
+    pub(crate) async fn create_run_fired(
+        &self,
+        run: &RunRecord,
+        step_ids: &[String],
+        delivery: Option<&Delivery>,
+        actor: Option<&str>,
+        firing: Option<u64>,
+    ) -> Result<()> {
         let actor = actor.map(str::to_owned).unwrap_or_else(|| run.trigger.as_str().to_owned());
         let detail = match (run.dry_run, run.trigger.as_str()) {
             (true, trigger) => Some(format!("dry run, trigger {trigger}")),
@@ -816,6 +836,23 @@ impl PgStore {
             .unzip();
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg("starting a run"))?;
+        if let Some(scheduled_ms) = firing {
+            // As a delivery: the primary key decides, on every worker.
+            let inserted = tx
+                .execute(
+                    "INSERT INTO weft_cron_firings (workflow, scheduled_ms, run_id)
+                     VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                    &[&run.workflow, &big(scheduled_ms), &run.id],
+                )
+                .await
+                .map_err(pg("recording a cron firing"))?;
+            if inserted == 0 {
+                return Err(StoreError::AlreadyFired {
+                    workflow: run.workflow.clone(),
+                    scheduled_ms,
+                });
+            }
+        }
         if let Some(delivery) = delivery {
             // The primary key decides, on every worker at once: a second
             // insert of the same delivery waits for the first to commit
