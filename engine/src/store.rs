@@ -25,6 +25,7 @@
 //! run that runs on one runs on the other.
 
 mod access;
+pub mod copy;
 mod index;
 mod owner;
 pub mod plan;
@@ -1805,6 +1806,18 @@ impl SledStore {
                 file: None,
             }),
         })
+    }
+
+    /// Every remembered webhook delivery, as stored (for a copy).
+    pub(crate) async fn delivery_entries(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.owner
+            .call(|t| {
+                t.deliveries
+                    .iter()
+                    .map(|e| e.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(StoreError::from))
+                    .collect()
+            })
+            .await
     }
 
     #[cfg(test)]

@@ -575,3 +575,66 @@ record = {{ email = "tick@fleet.example", name = "Tick" }}
     assert_eq!(distinct.len(), cron_seconds.len(), "no tick ran twice: {cron_seconds:?}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_copy_moves_a_sled_history_into_postgres_and_weft_runs_shows_the_same() -> TestResult
+{
+    let Some(base) = test_url("store_copy_moves_a_sled_history_into_postgres")? else {
+        return Ok(());
+    };
+    let schema = ScratchSchema::create(&base).await?;
+    let state = tempfile::tempdir()?;
+    let sled = format!("sled:{}", state.path().display());
+    let ran = weft(&sled)
+        .args(["run", "--sandbox", "--json", "--seed", "7"])
+        .arg(example("stripe-export.toml"))
+        .output()?;
+    assert_eq!(
+        stdout_json(&ran)?["status"],
+        "succeeded",
+        "{}",
+        String::from_utf8_lossy(&ran.stderr)
+    );
+    let ran = weft(&sled)
+        .args(["run", "--sandbox", "--json"])
+        .arg(example("provision-customer.toml"))
+        .output()?;
+    assert_eq!(
+        stdout_json(&ran)?["status"],
+        "succeeded",
+        "{}",
+        String::from_utf8_lossy(&ran.stderr)
+    );
+    let token = weft(&sled).args(["tokens", "create", "ops", "--role", "viewer"]).output()?;
+    assert!(token.status.success(), "{}", String::from_utf8_lossy(&token.stderr));
+
+    let copy = |what: &str| -> TestResult<String> {
+        let out = Command::new(env!("CARGO_BIN_EXE_weft"))
+            .args(["store", "copy", "--from", &sled, "--to", &schema.url])
+            .env_remove("WEFT_STATE_DIR")
+            .output()?;
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{what}: {err}");
+        Ok(err)
+    };
+    let first = copy("first copy")?;
+    assert!(first.contains("2 runs copied") && first.contains("1 tokens"), "{first}");
+    let again = copy("second copy")?;
+    assert!(again.contains("0 runs copied") && again.contains("2 there already"), "{again}");
+
+    let list = |store: &str| -> TestResult<Value> {
+        stdout_json(&weft(store).args(["runs", "list", "--json"]).output()?)
+    };
+    let (from_sled, from_pg) = (list(&sled)?, list(&schema.url)?);
+    assert_eq!(from_pg, from_sled, "weft runs list reads the same on both");
+    for run in from_sled.as_array().ok_or("not a list")? {
+        let id = run["id"].as_str().ok_or("no id")?;
+        let show = |store: &str| -> TestResult<Value> {
+            stdout_json(&weft(store).args(["runs", "show", "--json", id]).output()?)
+        };
+        assert_eq!(show(&schema.url)?, show(&sled)?, "weft runs show {id} reads the same");
+    }
+    let tokens = weft(&schema.url).args(["tokens", "list", "--json"]).output()?;
+    assert!(String::from_utf8_lossy(&tokens.stdout).contains("\"ops\""));
+    Ok(())
+}

@@ -1647,6 +1647,213 @@ impl PgStore {
     }
 }
 
+/// One run being copied in (`weft store copy`): one transaction on one
+/// connection, begun by [`PgStore::import`] and ended by
+/// [`RunImport::commit`] (or rolled back on drop of the error path by
+/// [`RunImport::abandon`]).
+pub(crate) struct RunImport {
+    client: Object,
+    run: String,
+}
+
+impl PgStore {
+    /// Begins copying `run` in: writes its record (with `started_by`),
+    /// steps, history and HTTP totals, and, when it is not finished, a
+    /// queue row no worker holds (any worker may claim it at once).
+    /// `None` when the database has the run already (nothing written).
+    pub(crate) async fn import(
+        &self,
+        run: &RunRecord,
+        started_by: Option<&str>,
+        steps: &[StepState],
+        history: &[HistoryEntry],
+        totals: &BTreeMap<String, ConnectionTotals>,
+    ) -> Result<Option<RunImport>> {
+        let client = self.client().await?;
+        client.batch_execute("BEGIN").await.map_err(pg("starting a copy"))?;
+        let import = RunImport { client, run: run.id.clone() };
+        match import.write_run(run, started_by, steps, history, totals).await {
+            Ok(true) => Ok(Some(import)),
+            Ok(false) => {
+                import.abandon().await;
+                Ok(None)
+            }
+            Err(e) => {
+                import.abandon().await;
+                Err(e)
+            }
+        }
+    }
+}
+
+impl RunImport {
+    async fn write_run(
+        &self,
+        run: &RunRecord,
+        started_by: Option<&str>,
+        steps: &[StepState],
+        history: &[HistoryEntry],
+        totals: &BTreeMap<String, ConnectionTotals>,
+    ) -> Result<bool> {
+        let c = &self.client;
+        let there = c
+            .query_opt("SELECT 1 FROM weft_runs WHERE id = $1", &[&run.id])
+            .await
+            .map_err(pg("reading a run"))?;
+        if there.is_some() {
+            return Ok(false);
+        }
+        put_run(c, run, started_by, true).await?;
+        for step in steps {
+            let index = i32::try_from(step.index).unwrap_or(i32::MAX);
+            c.execute(
+                "INSERT INTO weft_steps (run_id, idx, state) VALUES ($1, $2, $3)",
+                &[&run.id, &index, &json_text(step)?],
+            )
+            .await
+            .map_err(pg("writing a step"))?;
+        }
+        for entry in history {
+            c.execute(
+                "INSERT INTO weft_history (run_id, entry) VALUES ($1, $2)",
+                &[&run.id, &json_text(entry)?],
+            )
+            .await
+            .map_err(pg("writing a run's history"))?;
+        }
+        for (connection, t) in totals {
+            c.execute(
+                "INSERT INTO weft_run_stats (run_id, connection, requests, throttled, retries,
+                     waited_ms, denied) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                &[
+                    &run.id,
+                    connection,
+                    &big(t.requests),
+                    &big(t.throttled),
+                    &big(t.retries),
+                    &big(t.waited_ms),
+                    &big(t.denied),
+                ],
+            )
+            .await
+            .map_err(pg("writing a run's HTTP totals"))?;
+        }
+        if !run.status.is_finished() {
+            c.execute(
+                "INSERT INTO weft_queue (run_id, workflow, enqueued_ms) VALUES ($1, $2, $3)",
+                &[&run.id, &run.workflow, &big(run.created_ms)],
+            )
+            .await
+            .map_err(pg("queueing a run"))?;
+        }
+        Ok(true)
+    }
+
+    /// Adds pages of step `index`, numbered from `first`.
+    pub(crate) async fn pages(&self, index: u32, first: u32, pages: &[String]) -> Result<()> {
+        let index = i32::try_from(index).unwrap_or(i32::MAX);
+        let numbers: Vec<i32> = (0..pages.len())
+            .map(|n| i32::try_from(u64::from(first) + n as u64).unwrap_or(i32::MAX))
+            .collect();
+        self.client
+            .execute(
+                "INSERT INTO weft_pages (run_id, idx, page, records)
+                 SELECT $1, $2, p, r FROM unnest($3::int4[], $4::text[]) AS t (p, r)",
+                &[&self.run, &index, &numbers, &pages],
+            )
+            .await
+            .map_err(pg("writing pages"))?;
+        Ok(())
+    }
+
+    /// Adds a group of finished items of step `index`.
+    pub(crate) async fn items(&self, index: u32, items: &[(u64, ItemRecord)]) -> Result<()> {
+        let index = i32::try_from(index).unwrap_or(i32::MAX);
+        self.client
+            .execute(
+                "INSERT INTO weft_items (run_id, idx, items) VALUES ($1, $2, $3)",
+                &[&self.run, &index, &json_text(&items)?],
+            )
+            .await
+            .map_err(pg("writing a group of items"))?;
+        Ok(())
+    }
+
+    /// Adds a sorted run of step `index` (an unfinished sync).
+    pub(crate) async fn sorted_run(&self, index: u32, name: &str, bytes: &[u8]) -> Result<()> {
+        if !valid_run_name(name) {
+            return Err(StoreError::Scratch {
+                path: name.to_owned(),
+                reason: "not a sorted run's file name".into(),
+            });
+        }
+        let index = i32::try_from(index).unwrap_or(i32::MAX);
+        self.client
+            .execute(
+                "INSERT INTO weft_sorted_runs (run_id, idx, name, bytes) VALUES ($1, $2, $3, $4)",
+                &[&self.run, &index, &name, &bytes],
+            )
+            .await
+            .map_err(pg("writing a sorted run"))?;
+        Ok(())
+    }
+
+    /// Commits the copy of the run.
+    pub(crate) async fn commit(self) -> Result<()> {
+        match self.client.batch_execute("COMMIT").await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.abandon().await;
+                Err(pg("committing a copied run")(e))
+            }
+        }
+    }
+
+    /// Rolls the copy of the run back; a connection that cannot is not
+    /// given back to the pool.
+    pub(crate) async fn abandon(self) {
+        if self.client.batch_execute("ROLLBACK").await.is_err() {
+            let _ = Object::take(self.client);
+        }
+    }
+}
+
+impl PgStore {
+    /// Remembers a webhook delivery copied from another store: a
+    /// signature (`signed_at` as the sender signed it) or an event id kept
+    /// until `keep_until_ms`. `false` when it was remembered already.
+    pub(crate) async fn import_delivery(
+        &self,
+        workflow: &str,
+        signature: Option<(&str, Option<i64>)>,
+        event: Option<(&str, u64)>,
+    ) -> Result<bool> {
+        let client = self.client().await?;
+        let mut inserted = 0;
+        if let Some((signature, signed_at)) = signature {
+            inserted += client
+                .execute(
+                    "INSERT INTO weft_deliveries (workflow, signature, signed_at, run_id)
+                     VALUES ($1, $2, $3, '') ON CONFLICT DO NOTHING",
+                    &[&workflow, &signature, &signed_at],
+                )
+                .await
+                .map_err(pg("remembering a webhook delivery"))?;
+        }
+        if let Some((event, keep_until_ms)) = event {
+            inserted += client
+                .execute(
+                    "INSERT INTO weft_delivery_events (workflow, event_id, keep_until_ms, run_id)
+                     VALUES ($1, $2, $3, '') ON CONFLICT DO NOTHING",
+                    &[&workflow, &event, &big(keep_until_ms)],
+                )
+                .await
+                .map_err(pg("remembering a webhook event id"))?;
+        }
+        Ok(inserted > 0)
+    }
+}
+
 /// Throwaway schemas for tests (the engine's and the end-to-end suite's):
 /// each test gets its own schema in the database `WEFT_TEST_POSTGRES`
 /// names, migrated, and dropped when the test ends. Not part of the API.
