@@ -718,6 +718,12 @@ impl Server {
             }
             None => {}
         }
+        // A run that ended is out of the queue already; one that stopped
+        // unfinished is retried, here or on another worker, once its
+        // lease runs out (on a shared store).
+        if let Err(e) = self.executor.store().release_run(&run_id).await {
+            tracing::warn!(run = %run_id, error = %e, "cannot release the run's lease; it passes when the lease does");
+        }
         self.active().remove(&run_id);
     }
 

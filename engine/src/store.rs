@@ -1100,6 +1100,17 @@ impl RunStore {
         }
     }
 
+    /// Stops renewing this process's lease on `run`, whose task ended
+    /// without finishing it: the lease runs out (or is given up with the
+    /// others at shutdown), and then any worker, this one too, may claim
+    /// it again: a retry a lease later, not a loop. sled: nothing to do.
+    pub async fn release_run(&self, run: &str) -> Result<()> {
+        match &self.backend {
+            Backend::Sled(_) => Ok(()),
+            Backend::Postgres(pg) => pg.release_run(run).await,
+        }
+    }
+
     /// Gives up this process's leases, so that other workers resume its
     /// unfinished runs at once (a server stopping cleanly).
     pub async fn release_leases(&self) -> Result<()> {

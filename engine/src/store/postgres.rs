@@ -737,20 +737,24 @@ impl PgStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
+        // Runs this process runs are not claimed again, even if a database
+        // outage let their leases run out: their commits would fail.
+        let running: Vec<String> =
+            self.leases.held().iter().filter(|(_, h)| !h.lost).map(|(r, _)| r.clone()).collect();
         let client = self.client().await?;
         let rows = client
             .query(
                 &format!(
                     "WITH free AS (
                          SELECT run_id FROM weft_queue
-                         WHERE lease_until_ms < {DB_NOW_MS} AND worker IS DISTINCT FROM $1
+                         WHERE lease_until_ms < {DB_NOW_MS} AND NOT (run_id = ANY($4))
                          ORDER BY enqueued_ms LIMIT $3 FOR UPDATE SKIP LOCKED)
                      UPDATE weft_queue q SET worker = $1, lease_until_ms = {DB_NOW_MS} + $2,
                          fence = q.fence + 1
                      FROM free WHERE q.run_id = free.run_id
                      RETURNING q.run_id, q.fence"
                 ),
-                &[&self.leases.worker, &self.leases.lease_ms(), &big(limit as u64)],
+                &[&self.leases.worker, &self.leases.lease_ms(), &big(limit as u64), &running],
             )
             .await
             .map_err(pg("claiming runs"))?;
@@ -762,6 +766,16 @@ impl PgStore {
             claimed.push(run);
         }
         Ok(claimed)
+    }
+
+    /// Stops renewing this process's lease on `run` (its task ended and
+    /// the run is not finished: it stopped on an error that may pass). The
+    /// lease runs out within its length, and then any worker, this one
+    /// included, may claim the run again: a retry a lease later, not a
+    /// loop.
+    pub(crate) async fn release_run(&self, run: &str) -> Result<()> {
+        self.leases.held().remove(run);
+        Ok(())
     }
 
     /// Gives up this process's leases (a worker stopping cleanly), so
@@ -2192,6 +2206,26 @@ mod tests {
         c.commit_run(&done).await?;
         let left: i64 = admin.query_one("SELECT count(*) FROM weft_queue", &[]).await?.get(0);
         assert_eq!(left, 0, "a finished run leaves the queue");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_run_whose_task_stopped_unfinished_is_claimed_again_a_lease_later()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let Some(base) = test_url("a_run_whose_task_stopped_unfinished_is_claimed_again")? else {
+            return Ok(());
+        };
+        let schema = ScratchSchema::create(&base).await?;
+        let store = worker(&schema.url, Duration::from_millis(400)).await?;
+        let id = store.new_run_id().await?;
+        store.create_run(&record(&id), &["s".into()], None).await?;
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert!(store.claim_runs(10).await?.is_empty(), "renewed while its task runs");
+        // The task stopped on an error that may pass.
+        store.release_run(&id).await?;
+        assert!(store.claim_runs(10).await?.is_empty(), "not at once: no retry loop");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(store.claim_runs(10).await?, std::slice::from_ref(&id), "a lease later");
         Ok(())
     }
 
