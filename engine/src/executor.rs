@@ -744,7 +744,19 @@ impl Executor {
         if let Some(parent) = &options.trace_parent {
             continue_trace(&span, parent);
         }
-        self.execute_in_span(workflow, run, options, observer).instrument(span).await
+        let id = run.id.clone();
+        let ended = self.execute_in_span(workflow, run, options, observer).instrument(span).await;
+        // On a shared store: a run stopped on request is any worker's to
+        // resume now; one stopped on an error is retried a lease later.
+        let released = match &ended {
+            Ok(summary) if !summary.status.is_finished() => self.store.give_up_run(&id).await,
+            Err(_) => self.store.release_run(&id).await,
+            Ok(_) => Ok(()),
+        };
+        if let Err(e) = released {
+            tracing::warn!(run = %id, error = %e, "cannot give up the run's lease; it passes when the lease does");
+        }
+        ended
     }
 
     async fn execute_in_span(

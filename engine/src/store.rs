@@ -1111,6 +1111,16 @@ impl RunStore {
         }
     }
 
+    /// Gives up this process's lease on `run` at once: the run stopped on
+    /// request, unfinished, and any worker may resume it now. sled:
+    /// nothing to do.
+    pub async fn give_up_run(&self, run: &str) -> Result<()> {
+        match &self.backend {
+            Backend::Sled(_) => Ok(()),
+            Backend::Postgres(pg) => pg.give_up_run(run).await,
+        }
+    }
+
     /// Gives up this process's leases, so that other workers resume its
     /// unfinished runs at once (a server stopping cleanly).
     pub async fn release_leases(&self) -> Result<()> {

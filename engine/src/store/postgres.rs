@@ -778,6 +778,24 @@ impl PgStore {
         Ok(())
     }
 
+    /// Gives up this process's lease on `run` at once (its run stopped on
+    /// request, unfinished): any worker may claim it now.
+    pub(crate) async fn give_up_run(&self, run: &str) -> Result<()> {
+        let Some(held) = self.leases.held().remove(run) else { return Ok(()) };
+        if held.lost {
+            return Ok(());
+        }
+        let client = self.client().await?;
+        client
+            .execute(
+                "UPDATE weft_queue SET lease_until_ms = 0 WHERE run_id = $1 AND fence = $2",
+                &[&run, &held.fence],
+            )
+            .await
+            .map_err(pg("giving up a run's lease"))?;
+        Ok(())
+    }
+
     /// Gives up this process's leases (a worker stopping cleanly), so
     /// another worker may resume its runs at once.
     pub(crate) async fn release_leases(&self) -> Result<()> {
