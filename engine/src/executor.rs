@@ -192,6 +192,10 @@ pub struct RunOptions {
     /// A W3C `traceparent` the start request carried: the run's trace
     /// continues the caller's (when traces are exported).
     pub trace_parent: Option<String>,
+    /// The scheduled time (Unix ms) of the cron firing that starts the
+    /// run: recorded with it, once for a fleet of workers (see
+    /// [`crate::store::RunStore::create_fired_run`]).
+    pub firing: Option<u64>,
 }
 
 impl std::fmt::Debug for RunOptions {
@@ -656,14 +660,23 @@ impl Executor {
             resumes: 0,
         };
         let step_ids: Vec<String> = workflow.steps.iter().map(|s| s.id.clone()).collect();
-        self.store
-            .create_run_by(
-                &run,
-                &step_ids,
-                options.delivery.as_ref(),
-                options.started_by.as_deref(),
-            )
-            .await?;
+        match options.firing {
+            Some(scheduled_ms) => {
+                self.store
+                    .create_fired_run(&run, &step_ids, options.started_by.as_deref(), scheduled_ms)
+                    .await?
+            }
+            None => {
+                self.store
+                    .create_run_by(
+                        &run,
+                        &step_ids,
+                        options.delivery.as_ref(),
+                        options.started_by.as_deref(),
+                    )
+                    .await?
+            }
+        }
         if let Some(metrics) = &self.metrics {
             metrics.run_started(&run.workflow, &run.trigger);
         }
@@ -705,6 +718,14 @@ impl Executor {
             return Err(ExecError::NotResumable { run: run.id, status: run.status.as_str() });
         }
         let workflow = Self::stored_workflow(&run)?;
+        // On a shared store, the run's lease: no other worker runs it
+        // while this one does. Read again under it: the last holder may
+        // have committed up to the moment its lease passed.
+        self.store.claim_run(run_id).await?;
+        let mut run = self.store.run(run_id).await?;
+        if run.status.is_finished() {
+            return Err(ExecError::NotResumable { run: run.id, status: run.status.as_str() });
+        }
         run.resumes += 1;
         self.store.commit_run(&run).await?;
         let options = RunOptions { dry_run: run.dry_run, ..options.clone() };
@@ -742,7 +763,19 @@ impl Executor {
         if let Some(parent) = &options.trace_parent {
             continue_trace(&span, parent);
         }
-        self.execute_in_span(workflow, run, options, observer).instrument(span).await
+        let id = run.id.clone();
+        let ended = self.execute_in_span(workflow, run, options, observer).instrument(span).await;
+        // On a shared store: a run stopped on request is any worker's to
+        // resume now; one stopped on an error is retried a lease later.
+        let released = match &ended {
+            Ok(summary) if !summary.status.is_finished() => self.store.give_up_run(&id).await,
+            Err(_) => self.store.release_run(&id).await,
+            Ok(_) => Ok(()),
+        };
+        if let Err(e) = released {
+            tracing::warn!(run = %id, error = %e, "cannot give up the run's lease; it passes when the lease does");
+        }
+        ended
     }
 
     async fn execute_in_span(
@@ -1195,7 +1228,8 @@ impl Executor {
             && state.counts.read <= self.inline_records
         {
             let mut records = Vec::new();
-            for page in self.store.pages(run, state.index).await? {
+            let mut pages = self.store.pages(run, state.index).await?;
+            while let Some(page) = pages.next_page().await {
                 let page = page?;
                 let parsed: Vec<Value> =
                     serde_json::from_str(&page).map_err(|e| StoreError::Corrupt {

@@ -136,6 +136,8 @@ pub enum CronOutcome {
     SkippedFull,
     /// The run could not be recorded.
     Failed,
+    /// Another worker sharing the store started this firing's run.
+    FiredElsewhere,
 }
 
 impl CronOutcome {
@@ -146,6 +148,7 @@ impl CronOutcome {
             CronOutcome::SkippedOverlap => "skipped_overlap",
             CronOutcome::SkippedFull => "skipped_full",
             CronOutcome::Failed => "failed",
+            CronOutcome::FiredElsewhere => "fired_elsewhere",
         }
     }
 }
@@ -379,7 +382,7 @@ impl Metrics {
         );
         r.register(
             "cron_firings",
-            "Cron firings by workflow and outcome (ran, caught_up, skipped_overlap, skipped_full, failed)",
+            "Cron firings by workflow and outcome (ran, caught_up, skipped_overlap, skipped_full, failed, fired_elsewhere)",
             m.cron_firings.clone(),
         );
         r.register(

@@ -418,14 +418,20 @@ pub async fn start(executor: Executor, config: ServeConfig) -> Result<RunningSer
         tracing::warn!(path = %path.display(), error = %e, "cannot write the server's address file");
     }
 
-    let unfinished = match server.executor.store().unfinished_runs().await {
-        Ok(runs) => runs,
-        Err(e) => {
-            // The reaper ends with the token; the store closes with it.
-            shutdown.cancel();
-            return Err(e.into());
-        }
-    };
+    // On a shared store (PostgreSQL), unfinished runs are other workers'
+    // until their leases pass: the claim loop takes them then. On sled
+    // this process holds the whole store, so they are all its own.
+    let shared = server.executor.store().is_shared();
+    let unfinished =
+        match if shared { Ok(Vec::new()) } else { server.executor.store().unfinished_runs().await }
+        {
+            Ok(runs) => runs,
+            Err(e) => {
+                // The reaper ends with the token; the store closes with it.
+                shutdown.cancel();
+                return Err(e.into());
+            }
+        };
     for run in unfinished {
         tracing::info!(run = %run.id, workflow = %run.workflow, "resuming an unfinished run");
         // Runs the last server admitted are admitted again, over the limit
@@ -446,6 +452,9 @@ pub async fn start(executor: Executor, config: ServeConfig) -> Result<RunningSer
     schedules.spawn(server.clone().measure_store());
     if let Some(retention) = server.retention {
         schedules.spawn(server.clone().prune_old_runs(retention));
+    }
+    if shared {
+        schedules.spawn(server.clone().claim_loop());
     }
 
     let api = Router::new()
@@ -487,6 +496,11 @@ pub async fn start(executor: Executor, config: ServeConfig) -> Result<RunningSer
         token.cancel();
         schedules.shutdown().await;
         let _ = reaper.await;
+        // The runs stopped where they last committed: other workers may
+        // take them now rather than when the leases pass.
+        if let Err(e) = server.executor.store().release_leases().await {
+            tracing::warn!(error = %e, "cannot give up this worker's leases; other workers take its runs when they pass");
+        }
         drop(server);
         if let Some(path) = address_file {
             let _ = std::fs::remove_file(path);
@@ -731,6 +745,12 @@ impl Server {
             }
             None => {}
         }
+        // A run that ended is out of the queue already; one that stopped
+        // unfinished is retried, here or on another worker, once its
+        // lease runs out (on a shared store).
+        if let Err(e) = self.executor.store().release_run(&run_id).await {
+            tracing::warn!(run = %run_id, error = %e, "cannot release the run's lease; it passes when the lease does");
+        }
         self.active().remove(&run_id);
     }
 
@@ -773,9 +793,13 @@ impl Server {
     async fn schedule(self: Arc<Self>, name: String) {
         let Some(served) = self.workflows.get(&name) else { return };
         let Some(cron) = served.workflow.trigger.cron.clone() else { return };
-        if cron.catch_up && self.missed_a_firing(&name, &cron).await {
+        if cron.catch_up
+            && let Some(due) = self.missed_a_firing(&name, &cron).await
+        {
             tracing::info!(workflow = %name, "a scheduled run was missed while weft was down; running it once now");
-            self.fire(&name, cron.overlap, CronOutcome::CaughtUp).await;
+            // Keyed by the missed firing's time: workers starting together
+            // catch it up once.
+            self.fire(&name, cron.overlap, CronOutcome::CaughtUp, due.timestamp_millis()).await;
         }
         loop {
             let now = chrono::Utc::now();
@@ -794,12 +818,20 @@ impl Server {
                 () = tokio::time::sleep(wait) => {}
             }
             // After a long sleep (a suspended machine), fire once, never
-            // a burst for every firing missed.
-            self.fire(&name, cron.overlap, CronOutcome::Ran).await;
+            // a burst for every firing missed. Keyed by the scheduled time
+            // (not the jittered one): every worker's scheduler fires it,
+            // one starts the run.
+            self.fire(&name, cron.overlap, CronOutcome::Ran, next.timestamp_millis()).await;
         }
     }
 
-    async fn missed_a_firing(&self, name: &str, cron: &crate::workflow::CronTrigger) -> bool {
+    /// The firing missed since the workflow's last scheduled run, if one
+    /// was.
+    async fn missed_a_firing(
+        &self,
+        name: &str,
+        cron: &crate::workflow::CronTrigger,
+    ) -> Option<chrono::DateTime<chrono::Utc>> {
         let workflow = name.to_owned();
         let Ok(runs) = self
             .executor
@@ -807,20 +839,29 @@ impl Server {
             .recent_runs(1, move |r| r.workflow == workflow && r.trigger == RunTrigger::Cron)
             .await
         else {
-            return false;
+            return None;
         };
-        let Some(last) = runs.first() else { return false };
-        let Some(last_at) = chrono::DateTime::from_timestamp_millis(last.created_ms as i64) else {
-            return false;
-        };
-        cron.next_after(last_at).is_some_and(|due| due < chrono::Utc::now())
+        let last = runs.first()?;
+        let last_at = chrono::DateTime::from_timestamp_millis(last.created_ms as i64)?;
+        cron.next_after(last_at).filter(|due| *due < chrono::Utc::now())
     }
 
     /// Starts a scheduled run, counted as `ran` (a `Ran` or `CaughtUp`)
     /// when it starts.
-    async fn fire(self: &Arc<Self>, name: &str, overlap: Overlap, ran: CronOutcome) {
+    async fn fire(
+        self: &Arc<Self>,
+        name: &str,
+        overlap: Overlap,
+        ran: CronOutcome,
+        scheduled_ms: i64,
+    ) {
         let Some(served) = self.workflows.get(name) else { return };
-        if overlap == Overlap::Skip && self.workflow_running(name) {
+        // On a shared store the previous run may be another worker's.
+        let store = self.executor.store();
+        if overlap == Overlap::Skip
+            && (self.workflow_running(name)
+                || (store.is_shared() && store.workflow_unfinished(name).await.unwrap_or(false)))
+        {
             self.metrics.cron_fired(name, CronOutcome::SkippedOverlap);
             let skipped = served.skipped_firings.fetch_add(1, Ordering::Relaxed) + 1;
             tracing::info!(workflow = %name, skipped, "previous run still going; skipping this firing");
@@ -832,7 +873,11 @@ impl Server {
             tracing::warn!(workflow = %name, skipped, max_runs = self.max_runs, "the server has as many runs as it takes; skipping this firing");
             return;
         };
-        let options = RunOptions { trigger: RunTrigger::Cron, ..RunOptions::default() };
+        let options = RunOptions {
+            trigger: RunTrigger::Cron,
+            firing: Some(u64::try_from(scheduled_ms).unwrap_or(0)),
+            ..RunOptions::default()
+        };
         // Counted once its run exists: `fired` is the number of runs the
         // schedule started (a shutdown between the count and the run made
         // the two disagree).
@@ -840,6 +885,10 @@ impl Server {
             Ok(_) => {
                 self.metrics.cron_fired(name, ran);
                 served.fired.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(ExecError::Store(crate::store::StoreError::AlreadyFired { .. })) => {
+                self.metrics.cron_fired(name, CronOutcome::FiredElsewhere);
+                tracing::debug!(workflow = %name, scheduled_ms, "another worker started this firing's run");
             }
             Err(e) => {
                 self.metrics.cron_fired(name, CronOutcome::Failed);
@@ -868,8 +917,48 @@ impl Server {
         }
     }
 
-    /// Drops ended console sessions now and then, so the store keeps only
-    /// live ones.
+    /// On a shared store: claims runs whose lease passed (their worker
+    /// died, was cut off, or stopped) as long as this server admits runs,
+    /// and resumes them. Polls every quarter lease (at most every 2 s).
+    async fn claim_loop(self: Arc<Self>) {
+        let store = self.executor.store().clone();
+        let every = store
+            .lease()
+            .map_or(Duration::from_secs(2), |l| l / 4)
+            .clamp(Duration::from_millis(100), Duration::from_secs(2));
+        loop {
+            tokio::select! {
+                () = self.shutdown.cancelled() => return,
+                () = tokio::time::sleep(every) => {}
+            }
+            let free = self.admission.available_permits().min(16);
+            if free == 0 {
+                continue;
+            }
+            let claimed = match store.claim_runs(free).await {
+                Ok(claimed) => claimed,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot claim runs from the queue");
+                    continue;
+                }
+            };
+            for id in claimed {
+                let run = match store.run(&id).await {
+                    Ok(run) => run,
+                    Err(e) => {
+                        tracing::error!(run = %id, error = %e, "a claimed run cannot be read");
+                        continue;
+                    }
+                };
+                tracing::info!(run = %id, workflow = %run.workflow, "claimed a run whose worker's lease passed; resuming it");
+                let admitted = self.admit();
+                if !self.launch_resume(run, admitted) {
+                    tracing::info!(run = %id, "the claimed run is not started here (stopping, or running already)");
+                }
+            }
+        }
+    }
+
     /// Sets `weft_store_size_bytes` now and every [`STORE_MEASURE_EVERY`]:
     /// walking a large sled directory, or asking PostgreSQL, is too slow
     /// for every scrape.
@@ -886,6 +975,8 @@ impl Server {
         }
     }
 
+    /// Drops ended console sessions now and then, so the store keeps only
+    /// live ones.
     async fn forget_expired_sessions(self: Arc<Self>) {
         loop {
             tokio::select! {

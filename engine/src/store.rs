@@ -24,10 +24,13 @@
 //! trigger, each run's history and HTTP figures: see [`RunRow`]) and who may
 //! use a server (tokens and sessions: see [`TokenRecord`]).
 //!
-//! The API names no sled type: a second backend (PostgreSQL, issue 16)
-//! goes behind the same methods.
+//! The API names no sled type: the second backend, PostgreSQL (issue 16,
+//! see [`postgres`]), keeps the same things behind the same methods (pages
+//! as rows, sorted runs as rows fetched to each worker's own disk), so a
+//! run that runs on one runs on the other.
 
 mod access;
+pub mod copy;
 mod index;
 mod owner;
 pub mod plan;
@@ -204,6 +207,40 @@ pub enum StoreError {
         found: u64,
         /// The run that changed it, if a run did.
         by: Option<String>,
+    },
+    /// Another worker of the fleet started the run of this cron firing.
+    #[error(
+        "the cron firing of workflow {workflow:?} scheduled at {scheduled_ms} (Unix ms) was started by another worker"
+    )]
+    AlreadyFired {
+        /// The workflow.
+        workflow: String,
+        /// The scheduled time of the firing, Unix ms.
+        scheduled_ms: u64,
+    },
+    /// This process's lease on a run passed to another worker (it was
+    /// cut off, or paused, longer than the lease): it commits nothing more
+    /// of the run, which the other worker resumes.
+    #[error(
+        "run {run}: this worker's lease passed to another worker{}; this worker commits nothing more of the run",
+        holder.as_deref().map(|h| format!(" ({h})")).unwrap_or_default()
+    )]
+    LeaseLost {
+        /// The run.
+        run: String,
+        /// The worker holding it now, when one does.
+        holder: Option<String>,
+    },
+    /// Another worker holds the run's lease and renews it: it is running
+    /// the run.
+    #[error(
+        "run {run} is being run by worker {worker} (it holds the run's lease and renews it); it was not resumed here"
+    )]
+    Leased {
+        /// The run.
+        run: String,
+        /// The worker holding it.
+        worker: String,
     },
     /// Another process has the store open.
     #[error(
@@ -871,6 +908,45 @@ impl RunStore {
         dispatch!(self, b => b.create_run_by(run, step_ids, delivery, actor).await)
     }
 
+    /// [`RunStore::create_run_by`] for a cron firing scheduled at
+    /// `scheduled_ms`: on PostgreSQL the firing is recorded with the run
+    /// (one transaction, a primary key on workflow and time), so that of
+    /// the workers whose schedulers fire at once one starts the run and the
+    /// others get [`StoreError::AlreadyFired`]. sled has one scheduler.
+    pub async fn create_fired_run(
+        &self,
+        run: &RunRecord,
+        step_ids: &[String],
+        actor: Option<&str>,
+        scheduled_ms: u64,
+    ) -> Result<()> {
+        match &self.backend {
+            Backend::Sled(sled) => sled.create_run_by(run, step_ids, None, actor).await,
+            Backend::Postgres(pg) => {
+                pg.create_run_fired(run, step_ids, None, actor, Some(scheduled_ms)).await
+            }
+        }
+    }
+
+    /// Whether a run of `workflow` is unfinished (running, or pending),
+    /// whichever worker has it.
+    pub async fn workflow_unfinished(&self, workflow: &str) -> Result<bool> {
+        for status in [Status::Running, Status::Pending] {
+            let page = self
+                .query_runs(RunQuery {
+                    workflow: Some(workflow.to_owned()),
+                    status: Some(status),
+                    limit: 1,
+                    ..RunQuery::default()
+                })
+                .await?;
+            if !page.rows.is_empty() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// Replaces a run record, durably, and its row and index entries with
     /// it.
     pub async fn commit_run(&self, run: &RunRecord) -> Result<()> {
@@ -890,8 +966,8 @@ impl RunStore {
 
     /// Opens a list step's page log to append pages to, positioned after
     /// the last committed page: bytes a crash left after it are dropped.
-    /// See the sled backend for where pages go; PostgreSQL does not keep
-    /// pages yet ([`StoreError::Unsupported`]).
+    /// See the sled backend for where pages go; PostgreSQL keeps them as
+    /// rows, committed with the step's state.
     pub async fn page_log(&self, run: &str, step: &StepState) -> Result<PageLog> {
         dispatch!(self, b => b.page_log(run, step).await)
     }
@@ -929,14 +1005,40 @@ impl RunStore {
     }
 
     /// A directory for a step's scratch files (a sync's sorted runs),
-    /// inside the store's directory, created if need be.
-    pub fn scratch_dir(&self, run: &str, index: u32) -> Result<PathBuf> {
-        dispatch!(self, b => b.scratch_dir(run, index))
+    /// created if need be, holding every sorted run committed so far. On
+    /// sled it is inside the store's directory; on PostgreSQL it is a
+    /// temporary directory of this process, filled from the database with
+    /// the runs it lacks (another worker may have written them).
+    pub async fn scratch_dir(&self, run: &str, index: u32) -> Result<PathBuf> {
+        match &self.backend {
+            Backend::Sled(sled) => sled.scratch_dir(run, index),
+            Backend::Postgres(pg) => pg.scratch_dir(run, index).await,
+        }
     }
 
-    /// Removes a step's scratch files.
-    pub fn remove_scratch(&self, run: &str, index: u32) -> Result<()> {
-        dispatch!(self, b => b.remove_scratch(run, index))
+    /// Commits a step's state after a sorted run was written as `file` (in
+    /// its [`RunStore::scratch_dir`], durably), or with no new file. On
+    /// PostgreSQL the file's bytes are stored in the same transaction, so a
+    /// resume on any worker finds every run the state counts.
+    pub async fn commit_sorted_run(
+        &self,
+        run: &str,
+        step: &StepState,
+        file: Option<&Path>,
+    ) -> Result<()> {
+        match &self.backend {
+            Backend::Sled(sled) => sled.commit_step(run, step).await,
+            Backend::Postgres(pg) => pg.commit_sorted_run(run, step, file).await,
+        }
+    }
+
+    /// Removes a step's scratch files (and, on PostgreSQL, its stored
+    /// sorted runs).
+    pub async fn remove_scratch(&self, run: &str, index: u32) -> Result<()> {
+        match &self.backend {
+            Backend::Sled(sled) => sled.remove_scratch(run, index),
+            Backend::Postgres(pg) => pg.remove_scratch(run, index).await,
+        }
     }
 
     /// Forgets deliveries of `workflow`, a webhook whose scheme signs a
@@ -980,6 +1082,91 @@ impl RunStore {
         }
         unfinished.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(unfinished)
+    }
+
+    /// Whether several processes may share the store (PostgreSQL): runs
+    /// then go through the queue and its leases.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.backend, Backend::Postgres(_))
+    }
+
+    /// How long a run's lease lasts without a heartbeat (PostgreSQL;
+    /// `WEFT_LEASE_SECS`, default 20 s); `None` on sled, which one process
+    /// holds whole.
+    pub fn lease(&self) -> Option<Duration> {
+        match &self.backend {
+            Backend::Sled(_) => None,
+            Backend::Postgres(pg) => Some(pg.lease()),
+        }
+    }
+
+    /// The store with leases of `lease` (PostgreSQL; sled ignores it), as
+    /// a worker of a new name: call it before the store takes a lease.
+    pub fn with_lease(self, lease: Duration) -> Self {
+        match self.backend {
+            Backend::Sled(_) => self,
+            Backend::Postgres(pg) => RunStore { backend: Backend::Postgres(pg.with_lease(lease)) },
+        }
+    }
+
+    /// This process's name as a worker (PostgreSQL), as leases show it.
+    pub fn worker(&self) -> Option<&str> {
+        match &self.backend {
+            Backend::Sled(_) => None,
+            Backend::Postgres(pg) => Some(pg.worker()),
+        }
+    }
+
+    /// Claims a run for this process to resume. On PostgreSQL the run's
+    /// lease is taken (waiting up to two leases for a dead worker's to
+    /// pass; [`StoreError::Leased`] when its worker still renews it), its
+    /// fence moves on, and the heartbeat renews it from now; every commit
+    /// of the run checks the fence. On sled, one process holds the whole
+    /// store: nothing to claim.
+    pub async fn claim_run(&self, id: &str) -> Result<()> {
+        match &self.backend {
+            Backend::Sled(_) => Ok(()),
+            Backend::Postgres(pg) => pg.claim_run(id).await,
+        }
+    }
+
+    /// Claims up to `limit` runs whose lease passed (their worker died or
+    /// stopped), for this process to resume; PostgreSQL only (sled: none).
+    pub async fn claim_runs(&self, limit: usize) -> Result<Vec<String>> {
+        match &self.backend {
+            Backend::Sled(_) => Ok(Vec::new()),
+            Backend::Postgres(pg) => pg.claim_runs(limit).await,
+        }
+    }
+
+    /// Stops renewing this process's lease on `run`, whose task ended
+    /// without finishing it: the lease runs out (or is given up with the
+    /// others at shutdown), and then any worker, this one too, may claim
+    /// it again: a retry a lease later, not a loop. sled: nothing to do.
+    pub async fn release_run(&self, run: &str) -> Result<()> {
+        match &self.backend {
+            Backend::Sled(_) => Ok(()),
+            Backend::Postgres(pg) => pg.release_run(run).await,
+        }
+    }
+
+    /// Gives up this process's lease on `run` at once: the run stopped on
+    /// request, unfinished, and any worker may resume it now. sled:
+    /// nothing to do.
+    pub async fn give_up_run(&self, run: &str) -> Result<()> {
+        match &self.backend {
+            Backend::Sled(_) => Ok(()),
+            Backend::Postgres(pg) => pg.give_up_run(run).await,
+        }
+    }
+
+    /// Gives up this process's leases, so that other workers resume its
+    /// unfinished runs at once (a server stopping cleanly).
+    pub async fn release_leases(&self) -> Result<()> {
+        match &self.backend {
+            Backend::Sled(_) => Ok(()),
+            Backend::Postgres(pg) => pg.release_leases().await,
+        }
     }
 
     /// One run.
@@ -1459,6 +1646,22 @@ impl SledStore {
             .await
     }
 
+    /// Every workflow's state, by workflow name (for `weft store copy`).
+    pub(crate) async fn workflow_states(&self) -> Result<Vec<(String, WorkflowState)>> {
+        self.owner
+            .call(move |t| {
+                t.workflow_state
+                    .iter()
+                    .map(|entry| {
+                        let (key, bytes) = entry?;
+                        let name = String::from_utf8_lossy(&key).into_owned();
+                        Ok((name, decode(&key, &bytes)?))
+                    })
+                    .collect()
+            })
+            .await
+    }
+
     /// Changes `workflow`'s state by hand.
     pub async fn edit_workflow_state(
         &self,
@@ -1535,12 +1738,14 @@ impl SledStore {
         file.set_len(offset).map_err(failed)?;
         std::io::Seek::seek(&mut &file, std::io::SeekFrom::Start(offset)).map_err(failed)?;
         Ok(PageLog {
-            file: Arc::new(file),
-            path,
-            offset,
             next_page: step.pages,
-            pending: Vec::new(),
-            dirs_synced: false,
+            sink: PageSink::File {
+                file: Arc::new(file),
+                path,
+                offset,
+                pending: Vec::new(),
+                dirs_synced: false,
+            },
         })
     }
 
@@ -1553,18 +1758,21 @@ impl SledStore {
     /// read the next pages meanwhile. Start the next commit only after this
     /// one is waited for: commits of a step land in order.
     pub fn start_commit(&self, run: &str, step: &StepState, log: Option<&mut PageLog>) -> Commit {
-        let (keys, file, path, sync_dirs) = match log {
-            Some(log) => {
-                let keys: Vec<(Vec<u8>, [u8; PagePointer::LEN])> = std::mem::take(&mut log.pending)
+        let (keys, file, path, sync_dirs) = match log.map(|log| &mut log.sink) {
+            Some(PageSink::File { file, path, pending, dirs_synced, .. }) => {
+                let keys: Vec<(Vec<u8>, [u8; PagePointer::LEN])> = std::mem::take(pending)
                     .iter()
                     .map(|(page, pointer)| (page_key(run, step.index, *page), pointer.encode()))
                     .collect();
-                let sync_dirs = !keys.is_empty() && !log.dirs_synced;
+                let sync_dirs = !keys.is_empty() && !*dirs_synced;
                 // Were this commit to fail, the step fails with it.
-                log.dirs_synced |= sync_dirs;
-                (keys, Some(log.file.clone()), log.path.clone(), sync_dirs)
+                *dirs_synced |= sync_dirs;
+                (keys, Some(file.clone()), path.clone(), sync_dirs)
             }
-            None => (Vec::new(), None, self.page_file(run, step.index), false),
+            // A log is opened by the store it commits to: rows never reach sled.
+            Some(PageSink::Rows { .. }) | None => {
+                (Vec::new(), None, self.page_file(run, step.index), false)
+            }
         };
         let (step_key, step_bytes) = (step_key(run, step.index), encode(step));
         let change = state_change(run, step);
@@ -1841,10 +2049,24 @@ impl SledStore {
             })
             .await?;
         Ok(PageReader {
-            path: self.page_file(run, index),
-            entries: entries.into_iter(),
-            file: None,
+            source: PageSource::File(FilePages {
+                path: self.page_file(run, index),
+                entries: entries.into_iter(),
+                file: None,
+            }),
         })
+    }
+
+    /// Every remembered webhook delivery, as stored (for a copy).
+    pub(crate) async fn delivery_entries(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.owner
+            .call(|t| {
+                t.deliveries
+                    .iter()
+                    .map(|e| e.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(StoreError::from))
+                    .collect()
+            })
+            .await
     }
 
     #[cfg(test)]
@@ -1957,25 +2179,89 @@ impl ItemScan {
     }
 }
 
-/// The committed pages of a list step; see [`RunStore::pages`]. Reads the
-/// page file (not sled) as it goes.
+/// The committed pages of a list step, in order; see [`RunStore::pages`].
+/// On sled it reads the page file (not sled) as it goes; on PostgreSQL a
+/// few pages at a time.
 #[derive(Debug)]
 pub struct PageReader {
+    source: PageSource,
+}
+
+/// Where a [`PageReader`] reads pages from.
+#[derive(Debug)]
+enum PageSource {
+    File(FilePages),
+    Rows {
+        store: postgres::PgStore,
+        run: String,
+        index: u32,
+        /// The number of the next page to read.
+        next: u32,
+        buffer: std::collections::VecDeque<String>,
+        done: bool,
+    },
+}
+
+impl PageReader {
+    /// Pages read from PostgreSQL at a time (60 KB or so each).
+    const ROWS: u32 = 16;
+
+    /// The next page (a JSON array of records), `None` after the last.
+    pub async fn next_page(&mut self) -> Option<Result<String>> {
+        match &mut self.source {
+            PageSource::File(pages) => {
+                let (key, value) = pages.entries.next()?;
+                Some(pages.read(&key, &value))
+            }
+            PageSource::Rows { store, run, index, next, buffer, done } => {
+                if buffer.is_empty() && !*done {
+                    match store.page_rows(run, *index, *next, Self::ROWS).await {
+                        Ok(rows) => {
+                            *done = rows.len() < Self::ROWS as usize;
+                            for (page, records) in rows {
+                                if page != *next {
+                                    *done = true;
+                                    return Some(Err(StoreError::Corrupt {
+                                        key: format!("{run}/{index:05}/{next:09}"),
+                                        reason: format!(
+                                            "page {next} is missing (the next stored is {page})"
+                                        ),
+                                    }));
+                                }
+                                *next += 1;
+                                buffer.push_back(records);
+                            }
+                        }
+                        Err(e) => {
+                            *done = true;
+                            return Some(Err(e));
+                        }
+                    }
+                }
+                buffer.pop_front().map(Ok)
+            }
+        }
+    }
+
+    /// Every page left, in memory: for tests and small steps only.
+    pub async fn collect_all(mut self) -> Result<Vec<String>> {
+        let mut pages = Vec::new();
+        while let Some(page) = self.next_page().await {
+            pages.push(page?);
+        }
+        Ok(pages)
+    }
+}
+
+/// A sled step's pages: pointers from sled, records from the page file.
+#[derive(Debug)]
+struct FilePages {
     path: PathBuf,
     entries: std::vec::IntoIter<(sled::IVec, sled::IVec)>,
     file: Option<std::fs::File>,
 }
 
-impl Iterator for PageReader {
-    type Item = Result<String>;
-
-    fn next(&mut self) -> Option<Result<String>> {
-        let (key, value) = self.entries.next()?;
-        Some(self.read(&key, &value))
-    }
-}
-
-impl PageReader {
+impl FilePages {
     fn read(&mut self, key: &[u8], value: &[u8]) -> Result<String> {
         let corrupt = |reason: String| StoreError::Corrupt {
             key: String::from_utf8_lossy(key).into_owned(),
@@ -2066,7 +2352,7 @@ impl PagePointer {
 pub mod fuzzing {
     use std::path::Path;
 
-    use super::{ItemRecord, PagePointer, PageReader, Result, RunRecord, StepState};
+    use super::{FilePages, ItemRecord, PagePointer, Result, RunRecord, StepState};
 
     /// A stored run decoded and encoded again.
     pub fn reencode_run(value: &[u8]) -> Result<Vec<u8>> {
@@ -2101,7 +2387,7 @@ pub mod fuzzing {
     /// page file at `path` as [`super::RunStore::pages`] reads it.
     pub fn read_page(path: &Path, key: &[u8], value: &[u8]) -> Result<String> {
         let mut reader =
-            PageReader { path: path.to_path_buf(), entries: Vec::new().into_iter(), file: None };
+            FilePages { path: path.to_path_buf(), entries: Vec::new().into_iter(), file: None };
         reader.read(key, value)
     }
 }
@@ -2123,36 +2409,56 @@ impl Commit {
     }
 }
 
-/// A list step's page file, open for appending; see [`RunStore::page_log`].
+/// A list step's pages, open for appending; see [`RunStore::page_log`].
 #[derive(Debug)]
 pub struct PageLog {
-    file: Arc<std::fs::File>,
-    path: PathBuf,
-    /// Where the next page goes (the file's position: pages are written in
-    /// order, by this log alone).
-    offset: u64,
     /// The number of the next page.
     next_page: u32,
-    /// Pages appended since the last commit.
-    pending: Vec<(u32, PagePointer)>,
-    /// Whether the directories above the file are known to be durable.
-    dirs_synced: bool,
+    sink: PageSink,
+}
+
+/// Where a [`PageLog`] puts pages until they are committed.
+#[derive(Debug)]
+enum PageSink {
+    /// sled: the step's page file, sled pointing into it.
+    File {
+        file: Arc<std::fs::File>,
+        path: PathBuf,
+        /// Where the next page goes (the file's position: pages are
+        /// written in order, by this log alone).
+        offset: u64,
+        /// Pages appended since the last commit.
+        pending: Vec<(u32, PagePointer)>,
+        /// Whether the directories above the file are known to be durable.
+        dirs_synced: bool,
+    },
+    /// PostgreSQL: pages held until the commit writes them as rows.
+    Rows {
+        /// Pages appended since the last commit.
+        pending: Vec<(u32, String)>,
+    },
 }
 
 impl PageLog {
-    /// Writes a page to the file (not yet synced, not yet committed).
+    /// Adds a page (on sled, written to the file, not yet synced; on
+    /// PostgreSQL, held): it is durable once committed.
     pub fn append(&mut self, records_json: &str) -> Result<()> {
-        use std::io::Write;
-        (&*self.file).write_all(records_json.as_bytes()).map_err(|e| StoreError::PageFile {
-            path: self.path.display().to_string(),
-            reason: e.to_string(),
-        })?;
-        let crc32 = Some(crc32fast::hash(records_json.as_bytes()));
-        self.pending.push((
-            self.next_page,
-            PagePointer { offset: self.offset, len: records_json.len() as u64, crc32 },
-        ));
-        self.offset += records_json.len() as u64;
+        match &mut self.sink {
+            PageSink::File { file, path, offset, pending, .. } => {
+                use std::io::Write;
+                (&**file).write_all(records_json.as_bytes()).map_err(|e| StoreError::PageFile {
+                    path: path.display().to_string(),
+                    reason: e.to_string(),
+                })?;
+                let crc32 = Some(crc32fast::hash(records_json.as_bytes()));
+                pending.push((
+                    self.next_page,
+                    PagePointer { offset: *offset, len: records_json.len() as u64, crc32 },
+                ));
+                *offset += records_json.len() as u64;
+            }
+            PageSink::Rows { pending } => pending.push((self.next_page, records_json.to_owned())),
+        }
         self.next_page += 1;
         Ok(())
     }
@@ -2283,7 +2589,7 @@ mod tests {
         }
 
         async fn all_pages(&self, run: &str, index: u32) -> Result<Vec<String>> {
-            self.pages(run, index).await?.collect()
+            self.pages(run, index).await?.collect_all().await
         }
     }
 
@@ -2635,13 +2941,13 @@ mod tests {
     -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let store = RunStore::open(dir.path())?;
-        let scratch = store.scratch_dir("r1", 2)?;
+        let scratch = store.scratch_dir("r1", 2).await?;
         assert!(scratch.starts_with(dir.path()));
         std::fs::write(scratch.join("source-00000.jsonl"), "x")?;
-        store.remove_scratch("r1", 2)?;
+        store.remove_scratch("r1", 2).await?;
         assert!(!scratch.exists());
         assert!(!dir.path().join("scratch").join("r1").exists());
-        store.remove_scratch("r1", 2)?;
+        store.remove_scratch("r1", 2).await?;
         Ok(())
     }
 
@@ -2939,12 +3245,17 @@ mod tests {
         std::fs::write(&file, &bytes)?;
         let mut pages = store.pages(&id, 0).await?;
         assert_eq!(
-            pages.next().transpose()?.as_deref(),
+            pages.next_page().await.transpose()?.as_deref(),
             Some(r#"[{"id":"cus_1"}]"#),
             "the intact page reads"
         );
-        let err =
-            pages.next().ok_or("a second page")?.err().map(|e| e.to_string()).unwrap_or_default();
+        let err = pages
+            .next_page()
+            .await
+            .ok_or("a second page")?
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(
             err.contains(&file.display().to_string())
                 && err.contains("page 1 (bytes 16..32)")
@@ -3017,25 +3328,116 @@ mod tests {
     #[tokio::test]
     async fn committed_steps_and_pages_survive_a_reopen() -> Result<(), Box<dyn std::error::Error>>
     {
-        let dir = tempfile::tempdir()?;
-        let id = {
-            let store = RunStore::open(dir.path())?;
+        for backend in
+            crate::store::testing::backends("committed_steps_and_pages_survive_a_reopen").await?
+        {
+            let name = backend.name;
+            let id = {
+                let store = backend.store.clone();
+                let id = store.new_run_id().await?;
+                store.create_run(&run(&id), &["a".into(), "b".into()], None).await?;
+                let mut step = StepState::pending("a", 0);
+                step.status = Status::Running;
+                step.pages = 1;
+                step.cursor = Some("cus_9".into());
+                store.commit_page(&id, &step, r#"[{"id":"cus_9"}]"#).await?;
+                // Two pages in one commit, then one appended that the
+                // process dies before committing.
+                let mut log = store.page_log(&id, &step).await?;
+                log.append(r#"[{"id":"cus_10"}]"#)?;
+                log.append(r#"[{"id":"cus_11"}]"#)?;
+                step.pages = 3;
+                step.cursor = Some("cus_11".into());
+                store.start_commit(&id, &step, Some(&mut log)).wait().await?;
+                log.append(r#"[{"id":"lost"}]"#)?;
+                id
+            };
+            // A restarted process (sled: one at a time, so the first goes).
+            drop(backend.store);
+            let store =
+                crate::store::testing::reopen(backend.dir.as_ref(), backend.schema.as_ref())
+                    .await?;
+            let steps = store.steps(&id).await?;
+            assert_eq!(steps.len(), 2, "{name}");
+            assert_eq!(steps[0].cursor.as_deref(), Some("cus_11"), "{name}");
+            assert_eq!(steps[1].status, Status::Pending, "{name}");
+            assert_eq!(
+                store.all_pages(&id, 0).await?,
+                [r#"[{"id":"cus_9"}]"#, r#"[{"id":"cus_10"}]"#, r#"[{"id":"cus_11"}]"#],
+                "{name}: the committed pages, in order, nothing uncommitted"
+            );
+            // The resumed list appends after the last committed page.
+            let mut log = store.page_log(&id, &steps[0]).await?;
+            log.append(r#"[{"id":"cus_12"}]"#)?;
+            let mut step = steps[0].clone();
+            step.pages = 4;
+            store.start_commit(&id, &step, Some(&mut log)).wait().await?;
+            let pages = store.all_pages(&id, 0).await?;
+            assert_eq!(pages.len(), 4, "{name}: {pages:?}");
+            assert_eq!(pages[3], r#"[{"id":"cus_12"}]"#, "{name}");
+            assert_eq!(store.run(&id).await?.status, Status::Running, "{name}");
+        }
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn sorted_runs_committed_by_one_process_are_there_for_another()
+    -> Result<(), Box<dyn std::error::Error>> {
+        for backend in crate::store::testing::backends(
+            "sorted_runs_committed_by_one_process_are_there_for_another",
+        )
+        .await?
+        {
+            let name = backend.name;
+            let store = backend.store.clone();
             let id = store.new_run_id().await?;
-            store.create_run(&run(&id), &["a".into(), "b".into()], None).await?;
-            let mut step = StepState::pending("a", 0);
+            store.create_run(&run(&id), &["sync".into()], None).await?;
+            let dir = store.scratch_dir(&id, 0).await?;
+            let mut step = StepState::pending("sync", 0);
             step.status = Status::Running;
-            step.pages = 1;
-            step.cursor = Some("cus_9".into());
-            store.commit_page(&id, &step, r#"[{"id":"cus_9"}]"#).await?;
-            id
-        };
-        let store = reopen(dir.path())?;
-        let steps = store.steps(&id).await?;
-        assert_eq!(steps.len(), 2);
-        assert_eq!(steps[0].cursor.as_deref(), Some("cus_9"));
-        assert_eq!(steps[1].status, Status::Pending);
-        assert_eq!(store.all_pages(&id, 0).await?, vec![r#"[{"id":"cus_9"}]"#.to_owned()]);
-        assert_eq!(store.run(&id).await?.status, Status::Running);
+            let mut written = Vec::new();
+            for (n, text) in ["a\n", "bb\n"].into_iter().enumerate() {
+                let file = dir.join(format!("source-{n:05}.jsonl"));
+                std::fs::write(&file, text)?;
+                step.sync.get_or_insert_with(Default::default).source_runs = n as u32 + 1;
+                store.commit_sorted_run(&id, &step, Some(&file)).await?;
+                written.push((file, text));
+            }
+            // A run written but not committed: the process died.
+            std::fs::write(dir.join("source-00002.jsonl"), "lost\n")?;
+            match backend.schema.as_ref() {
+                // Another process, with a disk of its own, resumes.
+                Some(schema) => {
+                    let other = RunStore::open_postgres(&schema.url).await?;
+                    assert_eq!(
+                        other.steps(&id).await?[0].sync.as_ref().map(|s| s.source_runs),
+                        Some(2)
+                    );
+                    let there = other.scratch_dir(&id, 0).await?;
+                    assert_ne!(there, dir, "{name}: each process has its own scratch space");
+                    for (file, text) in &written {
+                        let local = there.join(file.file_name().ok_or("no file name")?);
+                        assert_eq!(&std::fs::read_to_string(local)?, text, "{name}");
+                    }
+                    assert!(!there.join("source-00002.jsonl").exists(), "{name}");
+                    // A copy that differs from the committed one is fetched again.
+                    std::fs::write(there.join("source-00001.jsonl"), "b\n")?;
+                    other.scratch_dir(&id, 0).await?;
+                    assert_eq!(std::fs::read_to_string(there.join("source-00001.jsonl"))?, "bb\n");
+                    other.remove_scratch(&id, 0).await?;
+                    assert!(!there.exists(), "{name}");
+                    let again = store.scratch_dir(&id, 0).await?;
+                    let left: Vec<_> = std::fs::read_dir(&again)?.collect();
+                    assert!(left.is_empty() || again == dir, "{name}: none stored any more");
+                }
+                None => {
+                    assert!(dir.starts_with(backend.dir.as_ref().ok_or("no dir")?.path()));
+                    store.remove_scratch(&id, 0).await?;
+                    assert!(!dir.exists(), "{name}");
+                    store.remove_scratch(&id, 0).await?;
+                }
+            }
+        }
         Ok(())
     }
 

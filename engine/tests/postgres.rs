@@ -31,6 +31,9 @@ fn weft(url: &str) -> Command {
         .arg(cache_dir())
         .env_remove("WEFT_STATE_DIR")
         .env_remove("WEFT_LOG")
+        // A process killed with -9 holds its runs this long: a resume in
+        // another process waits for it.
+        .env("WEFT_LEASE_SECS", "1")
         .stdin(Stdio::null());
     command
 }
@@ -83,8 +86,7 @@ async fn a_run_on_postgres_is_listed_and_shown_by_other_processes() -> TestResul
     assert_eq!(missing.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no run with id nope"));
 
-    // A workflow that needs what PostgreSQL does not keep yet (a list
-    // whose records a later step reads) fails saying so.
+    // A list whose records a later step reads: its pages are rows.
     let files = tempfile::tempdir()?;
     let path = files.path().join("list-then-each.toml");
     std::fs::write(
@@ -112,9 +114,11 @@ key = "${{ $item.id }}"
         .args(["run", "--sandbox", "--json", "--seed", "5"])
         .arg(&path)
         .output()?;
-    let text = String::from_utf8_lossy(&export.stdout).to_string()
-        + &String::from_utf8_lossy(&export.stderr);
-    assert!(text.contains("not yet supported on PostgreSQL: list pages"), "{text}");
+    let summary = stdout_json(&export)?;
+    assert_eq!(summary["status"], "succeeded", "{}", String::from_utf8_lossy(&export.stderr));
+    let read = &summary["steps"][0]["counts"]["read"];
+    assert!(read.as_u64().is_some_and(|n| n > 0), "{summary}");
+    assert_eq!(&summary["steps"][1]["counts"]["read"], read, "each listed record got: {summary}");
     Ok(())
 }
 
@@ -291,5 +295,346 @@ record = {{ email = "pg-item${{{{ $item }}}}@crash.example", name = "Item ${{{{ 
         assert!(shown.run.resumes >= 1, "{shown:#?}");
     }
     eprintln!("{kills} kills, {} resumes", shown.run.resumes);
+    Ok(())
+}
+
+/// A `weft serve` worker on the store at `url`, and the address it
+/// listens on (read from its start-up line).
+struct Worker {
+    child: std::process::Child,
+    base: String,
+}
+
+impl Worker {
+    fn start(url: &str, workflow: &Path) -> TestResult<Worker> {
+        use std::io::BufRead as _;
+        let mut child = weft(url)
+            .args(["serve", "--bind", "127.0.0.1:0", "--grace", "2s"])
+            .arg(workflow)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let stderr = child.stderr.take().ok_or("no stderr")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                if !sent && let Some(rest) = line.split("listening on ").nth(1) {
+                    let addr = rest.split_whitespace().next().unwrap_or_default().to_owned();
+                    let _ = tx.send(addr);
+                    sent = true;
+                }
+                // The rest of the log is drained, so the worker never blocks on it.
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(base) => Ok(Worker { child, base }),
+            Err(_) => {
+                let _ = child.kill();
+                Err("weft serve did not start".into())
+            }
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const FLEET_ITEMS: usize = 120;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_run_loses_its_lease_and_another_worker_finishes_the_run_once()
+-> TestResult {
+    let Some(base) = test_url("a_worker_killed_mid_run_loses_its_lease")? else {
+        return Ok(());
+    };
+    let schema = ScratchSchema::create(&base).await?;
+    let sandbox = weft_sandbox::Sandbox::start(weft_sandbox::SandboxOptions {
+        seed: 0,
+        ..Default::default()
+    })
+    .await?;
+    let files = tempfile::tempdir()?;
+    let key = files.path().join("stripe-key");
+    std::fs::write(&key, weft_sandbox::stripe::SANDBOX_API_KEY)?;
+    let path = files.path().join("fleet.toml");
+    // A lookup and a create per item at 40 requests a second: about six
+    // seconds of work, so the kill lands mid-way.
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[workflow]
+name = "fleet"
+
+[connections.stripe]
+plugin = "stripe"
+credentials = "file:{key}"
+base_url = "{stripe}"
+rate_limit = "40/s"
+
+[[step]]
+id = "each"
+for_each = "[range(0; {FLEET_ITEMS})]"
+concurrency = 2
+upsert = "stripe.customers"
+record = {{ email = "fleet${{{{ $item }}}}@fleet.example", name = "Fleet ${{{{ $item }}}}" }}
+"#,
+            key = key.display(),
+            stripe = sandbox.stripe.base_url(),
+        ),
+    )?;
+    let token =
+        weft(&schema.url).args(["tokens", "create", "fleet", "--role", "operator"]).output()?;
+    assert!(token.status.success(), "{}", String::from_utf8_lossy(&token.stderr));
+    let token = String::from_utf8(token.stdout)?.trim().to_owned();
+    let before = sandbox.stripe.emulator.customers().len();
+
+    let doomed = Worker::start(&schema.url, &path)?;
+    let survivor = Worker::start(&schema.url, &path)?;
+    let http = reqwest::Client::new();
+    let started = http
+        .post(format!("{}/api/workflows/fleet/runs", doomed.base))
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await?;
+    assert_eq!(started.status().as_u16(), 202, "{:?}", started.text().await);
+    let started: Value = serde_json::from_str(&started.text().await?)?;
+    let run_id = started["run_id"].as_str().ok_or("no run id")?.to_owned();
+
+    // Kill the worker running it, part way through.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while sandbox.stripe.emulator.customers().len() - before < FLEET_ITEMS / 5 {
+        if Instant::now() > deadline {
+            return Err("the run made no progress".into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut doomed = doomed;
+    doomed.child.kill()?; // SIGKILL
+    doomed.child.wait()?;
+    let at_kill = sandbox.stripe.emulator.customers().len() - before;
+    assert!(at_kill < FLEET_ITEMS, "the run ended before the kill; the test proves nothing");
+    let killed_at = Instant::now();
+
+    // The survivor takes the run once the lease (1 s) passes, and ends it.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let detail = loop {
+        let shown = http
+            .get(format!("{}/api/runs/{run_id}", survivor.base))
+            .bearer_auth(&token)
+            .send()
+            .await?
+            .text()
+            .await?;
+        let detail: Value = serde_json::from_str(&shown)?;
+        if detail["status"] != "running" && detail["status"] != "pending" {
+            break detail;
+        }
+        if Instant::now() > deadline {
+            return Err(format!("the run did not finish on the other worker: {detail:#}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(detail["status"], "succeeded", "{detail:#}");
+    assert!(detail["resumes"].as_u64().is_some_and(|n| n >= 1), "{detail:#}");
+    eprintln!(
+        "killed at {at_kill}/{FLEET_ITEMS} customers; finished {} ms after the kill",
+        killed_at.elapsed().as_millis()
+    );
+
+    // Judged by the emulator: each customer exactly once.
+    let customers = sandbox.stripe.emulator.customers();
+    let ours: Vec<&str> = customers
+        .iter()
+        .filter_map(|c| c["email"].as_str())
+        .filter(|e| e.ends_with("@fleet.example"))
+        .collect();
+    let distinct: std::collections::HashSet<&&str> = ours.iter().collect();
+    assert_eq!(
+        (ours.len(), distinct.len(), customers.len() - before),
+        (FLEET_ITEMS, FLEET_ITEMS, FLEET_ITEMS),
+        "Stripe holds each customer once"
+    );
+    let steps = detail["steps"].as_array().ok_or("no steps")?;
+    assert_eq!(steps[0]["items"], FLEET_ITEMS as u64, "{detail:#}");
+    let _ = Command::new("kill").arg("-TERM").arg(survivor.child.id().to_string()).status();
+    Ok(())
+}
+
+const TICK_SECRET: &str = "whsec_fleet_test_secret";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_start_each_cron_tick_once_and_a_delivery_sent_to_both_once() -> TestResult {
+    let Some(base) = test_url("two_workers_start_each_cron_tick_once")? else {
+        return Ok(());
+    };
+    let schema = ScratchSchema::create(&base).await?;
+    let sandbox = weft_sandbox::Sandbox::start(weft_sandbox::SandboxOptions {
+        seed: 0,
+        ..Default::default()
+    })
+    .await?;
+    let files = tempfile::tempdir()?;
+    let key = files.path().join("stripe-key");
+    std::fs::write(&key, weft_sandbox::stripe::SANDBOX_API_KEY)?;
+    let secret = files.path().join("hook-secret");
+    std::fs::write(&secret, TICK_SECRET)?;
+    let path = files.path().join("tick.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[workflow]
+name = "tick"
+
+[trigger]
+cron = "* * * * * *"
+
+[trigger.webhook]
+verify = "hmac-sha256"
+header = "X-Weft-Signature"
+secret = "file:{secret}"
+
+[connections.stripe]
+plugin = "stripe"
+credentials = "file:{key}"
+base_url = "{stripe}"
+
+[[step]]
+id = "customer"
+upsert = "stripe.customers"
+record = {{ email = "tick@fleet.example", name = "Tick" }}
+"#,
+            secret = secret.display(),
+            key = key.display(),
+            stripe = sandbox.stripe.base_url(),
+        ),
+    )?;
+    let a = Worker::start(&schema.url, &path)?;
+    let b = Worker::start(&schema.url, &path)?;
+    let both_up = Instant::now();
+
+    // The same signed delivery to both workers at once.
+    let body = r#"{"id":"evt_fleet_1","type":"customer.created"}"#;
+    let signature =
+        weft::serve::webhook::hmac_signature(body.as_bytes(), TICK_SECRET.as_bytes(), None);
+    let http = reqwest::Client::new();
+    let send = |base: &str| {
+        http.post(format!("{base}/hooks/tick"))
+            .header("content-type", "application/json")
+            .header("X-Weft-Signature", signature.clone())
+            .body(body)
+            .send()
+    };
+    let (first, second) = tokio::join!(send(&a.base), send(&b.base));
+    let (first, second) = (first?, second?);
+    let mut statuses = [first.status().as_u16(), second.status().as_u16()];
+    statuses.sort();
+    let answers = [first.text().await?, second.text().await?];
+    assert_eq!(statuses, [202, 409], "{answers:?}");
+    let accepted: Value = answers
+        .iter()
+        .find_map(|a| serde_json::from_str::<Value>(a).ok().filter(|v| v["run_id"].is_string()))
+        .ok_or("no run id in the 202")?;
+    // Answered 202 once the run was committed: another process reads it.
+    let run_id = accepted["run_id"].as_str().ok_or("run id")?;
+    let shown = weft(&schema.url).args(["runs", "show", "--json", run_id]).output()?;
+    assert!(shown.status.success(), "{}", String::from_utf8_lossy(&shown.stderr));
+
+    // Let the schedule fire for a while on both workers.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let window = both_up.elapsed();
+    drop((a, b));
+    let listed = stdout_json(
+        &weft(&schema.url).args(["runs", "list", "--json", "--limit", "200"]).output()?,
+    )?;
+    let runs = listed.as_array().ok_or("runs list is not an array")?;
+    let webhook_runs = runs.iter().filter(|r| r["trigger"] == "webhook").count();
+    assert_eq!(webhook_runs, 1, "{listed:#}");
+    let cron_seconds: Vec<u64> = runs
+        .iter()
+        .filter(|r| r["trigger"] == "cron")
+        .filter_map(|r| r["created_ms"].as_u64())
+        .map(|ms| ms / 1000)
+        .collect();
+    let distinct: std::collections::BTreeSet<u64> = cron_seconds.iter().copied().collect();
+    let seconds = window.as_secs();
+    eprintln!("{} cron runs in {} ms on two workers", cron_seconds.len(), window.as_millis());
+    assert!(
+        cron_seconds.len() >= 3 && cron_seconds.len() as u64 <= seconds + 1,
+        "one run per tick for the fleet, not one per worker: {} runs in {seconds} s",
+        cron_seconds.len()
+    );
+    assert_eq!(distinct.len(), cron_seconds.len(), "no tick ran twice: {cron_seconds:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_copy_moves_a_sled_history_into_postgres_and_weft_runs_shows_the_same() -> TestResult
+{
+    let Some(base) = test_url("store_copy_moves_a_sled_history_into_postgres")? else {
+        return Ok(());
+    };
+    let schema = ScratchSchema::create(&base).await?;
+    let state = tempfile::tempdir()?;
+    let sled = format!("sled:{}", state.path().display());
+    let ran = weft(&sled)
+        .args(["run", "--sandbox", "--json", "--seed", "7"])
+        .arg(example("stripe-export.toml"))
+        .output()?;
+    assert_eq!(
+        stdout_json(&ran)?["status"],
+        "succeeded",
+        "{}",
+        String::from_utf8_lossy(&ran.stderr)
+    );
+    let ran = weft(&sled)
+        .args(["run", "--sandbox", "--json"])
+        .arg(example("provision-customer.toml"))
+        .output()?;
+    assert_eq!(
+        stdout_json(&ran)?["status"],
+        "succeeded",
+        "{}",
+        String::from_utf8_lossy(&ran.stderr)
+    );
+    let token = weft(&sled).args(["tokens", "create", "ops", "--role", "viewer"]).output()?;
+    assert!(token.status.success(), "{}", String::from_utf8_lossy(&token.stderr));
+
+    let copy = |what: &str| -> TestResult<String> {
+        let out = Command::new(env!("CARGO_BIN_EXE_weft"))
+            .args(["store", "copy", "--from", &sled, "--to", &schema.url])
+            .env_remove("WEFT_STATE_DIR")
+            .output()?;
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{what}: {err}");
+        Ok(err)
+    };
+    let first = copy("first copy")?;
+    assert!(first.contains("2 runs copied") && first.contains("1 tokens"), "{first}");
+    let again = copy("second copy")?;
+    assert!(again.contains("0 runs copied") && again.contains("2 there already"), "{again}");
+
+    let list = |store: &str| -> TestResult<Value> {
+        stdout_json(&weft(store).args(["runs", "list", "--json"]).output()?)
+    };
+    let (from_sled, from_pg) = (list(&sled)?, list(&schema.url)?);
+    assert_eq!(from_pg, from_sled, "weft runs list reads the same on both");
+    for run in from_sled.as_array().ok_or("not a list")? {
+        let id = run["id"].as_str().ok_or("no id")?;
+        let show = |store: &str| -> TestResult<Value> {
+            stdout_json(&weft(store).args(["runs", "show", "--json", id]).output()?)
+        };
+        assert_eq!(show(&schema.url)?, show(&sled)?, "weft runs show {id} reads the same");
+    }
+    let tokens = weft(&schema.url).args(["tokens", "list", "--json"]).output()?;
+    assert!(String::from_utf8_lossy(&tokens.stdout).contains("\"ops\""));
     Ok(())
 }

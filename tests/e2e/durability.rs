@@ -210,10 +210,10 @@ async fn a_page_file_a_for_each_cannot_read_leaves_the_run_resumable_not_failed(
     // not damage) failed the step and the run for good (exit 1), where any
     // other run-store failure leaves the run to resume (exit 3).
     let sandbox = sandbox(30).await?;
-    let Harness { executor, state, files } = Harness::new()?;
+    let Harness { executor, state, files, postgres } = Harness::new()?;
     // Five records at most are held in memory as `.steps.customers`, so
     // the for-each is the only reader of the 30 records' pages.
-    let harness = Harness { executor: executor.with_inline_records(5), state, files };
+    let harness = Harness { executor: executor.with_inline_records(5), state, files, postgres };
     let wf = super::support::workflow(harness.files.path(), COPY)?;
     let vendors = overrides(&sandbox, &[("stripe", "stripe"), ("growpanel", "growpanel")]);
     let stop = StopSignal::default();

@@ -617,8 +617,8 @@ key = "16"
     );
     let summary = executor.run(&workflow(files.path(), &text)?, &overrides, &Silent).await?;
     // What a resume would read: every committed page, every output line.
-    for page in executor.store().pages(&summary.run_id, 0).await? {
-        let records: Vec<serde_json::Value> = serde_json::from_str(&page?)?;
+    for page in executor.store().pages(&summary.run_id, 0).await?.collect_all().await? {
+        let records: Vec<serde_json::Value> = serde_json::from_str(&page)?;
         assert!(records.iter().all(serde_json::Value::is_object), "{kind}: {records:?}");
     }
     drop(executor);

@@ -8,6 +8,7 @@ use weft::credentials::Secret;
 use weft::executor::{ConnectionOverride, Executor, RunSummary, Silent};
 use weft::runtime::{InstanceLimits, Runtime, RuntimeConfig};
 use weft::store::RunStore;
+use weft::store::postgres::scratch::{ScratchSchema, test_url};
 use weft::workflow::Workflow;
 use weft_sandbox::{Sandbox, SandboxOptions};
 
@@ -56,6 +57,8 @@ pub struct Harness {
     pub executor: Executor,
     pub state: tempfile::TempDir,
     pub files: tempfile::TempDir,
+    /// The PostgreSQL schema the store is in (`None`: sled in `state`).
+    pub postgres: Option<ScratchSchema>,
 }
 
 impl Harness {
@@ -64,7 +67,43 @@ impl Harness {
         let files = tempfile::tempdir()?;
         let executor =
             Executor::new(runtime(InstanceLimits::default())?, RunStore::open(state.path())?);
-        Ok(Harness { executor, state, files })
+        Ok(Harness { executor, state, files, postgres: None })
+    }
+
+    /// A harness on sled, and one on a PostgreSQL schema of its own when
+    /// `WEFT_TEST_POSTGRES` names a server (required under `CI=true`).
+    pub async fn each(test: &str) -> TestResult<Vec<Harness>> {
+        let mut out = vec![Harness::new()?];
+        if let Some(base) = test_url(test)? {
+            let schema = ScratchSchema::create(&base).await?;
+            let executor = Executor::new(
+                runtime(InstanceLimits::default())?,
+                RunStore::open_postgres(&schema.url).await?,
+            );
+            out.push(Harness {
+                executor,
+                state: tempfile::tempdir()?,
+                files: tempfile::tempdir()?,
+                postgres: Some(schema),
+            });
+        }
+        Ok(out)
+    }
+
+    /// `sled` or `postgres`, for messages.
+    pub fn backend(&self) -> &'static str {
+        if self.postgres.is_some() { "postgres" } else { "sled" }
+    }
+
+    /// Another worker's executor on the same PostgreSQL store: a pool and
+    /// a scratch directory of its own, as another machine would have.
+    /// `None` on sled (one process at a time).
+    pub async fn other_worker(&self) -> TestResult<Option<Executor>> {
+        let Some(schema) = &self.postgres else { return Ok(None) };
+        Ok(Some(Executor::new(
+            runtime(InstanceLimits::default())?,
+            RunStore::open_postgres(&schema.url).await?,
+        )))
     }
 
     pub async fn run(

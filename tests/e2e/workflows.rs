@@ -57,19 +57,28 @@ record = { id = "${{ $item.id }}", name = "${{ $item.name }}", email = "${{ $ite
 
 #[tokio::test]
 async fn a_for_each_streams_a_list_into_upserts_and_a_second_run_changes_nothing() -> TestResult {
-    let sandbox = sandbox(25).await?;
-    let harness = Harness::new()?;
-    let before = sandbox.growpanel.emulator.customer_count();
-    let first = harness.run(&flow("mirror", MIRROR), &overrides(&sandbox, &VENDORS)).await?;
-    assert_eq!(first.status, Status::Succeeded, "{first:#?}");
-    let mirror = &first.steps[1];
-    assert_eq!((mirror.items, mirror.counts.created), (25, 25), "{mirror:?}");
-    assert_eq!(sandbox.growpanel.emulator.customer_count(), before + 25);
+    for harness in
+        Harness::each("a_for_each_streams_a_list_into_upserts_and_a_second_run_changes_nothing")
+            .await?
+    {
+        let backend = harness.backend();
+        let sandbox = sandbox(25).await?;
+        let before = sandbox.growpanel.emulator.customer_count();
+        let first = harness.run(&flow("mirror", MIRROR), &overrides(&sandbox, &VENDORS)).await?;
+        assert_eq!(first.status, Status::Succeeded, "{backend}: {first:#?}");
+        let mirror = &first.steps[1];
+        assert_eq!((mirror.items, mirror.counts.created), (25, 25), "{mirror:?}");
+        assert_eq!(sandbox.growpanel.emulator.customer_count(), before + 25);
 
-    let second = harness.run(&flow("mirror", MIRROR), &overrides(&sandbox, &VENDORS)).await?;
-    assert_eq!(second.status, Status::Succeeded, "{second:#?}");
-    assert_eq!(second.steps[1].counts.unchanged, 25, "{:?}", second.steps[1]);
-    assert_eq!(sandbox.growpanel.emulator.customer_count(), before + 25, "no duplicates");
+        let second = harness.run(&flow("mirror", MIRROR), &overrides(&sandbox, &VENDORS)).await?;
+        assert_eq!(second.status, Status::Succeeded, "{backend}: {second:#?}");
+        assert_eq!(second.steps[1].counts.unchanged, 25, "{:?}", second.steps[1]);
+        assert_eq!(
+            sandbox.growpanel.emulator.customer_count(),
+            before + 25,
+            "{backend}: no duplicates"
+        );
+    }
     Ok(())
 }
 
@@ -184,41 +193,52 @@ allow_irreversible = true
 
 #[tokio::test]
 async fn a_sync_creates_updates_and_deletes_only_what_differs() -> TestResult {
-    let sandbox = sandbox(30).await?;
-    let harness = Harness::new()?;
-    let vendors = overrides(&sandbox, &VENDORS);
-    let first = harness.run(&flow("sync", SYNC), &vendors).await?;
-    assert_eq!(first.status, Status::Succeeded, "{first:#?}");
-    // The Metronome emulator's 30 demo customers have no Stripe match: deleted (archived).
-    let c = first.steps[0].counts;
-    assert_eq!((c.read, c.created, c.updated, c.unchanged, c.removed), (30, 30, 0, 0, 30), "{c:?}");
+    for harness in Harness::each("a_sync_creates_updates_and_deletes_only_what_differs").await? {
+        let backend = harness.backend();
+        let sandbox = sandbox(30).await?;
+        let vendors = overrides(&sandbox, &VENDORS);
+        let first = harness.run(&flow("sync", SYNC), &vendors).await?;
+        assert_eq!(first.status, Status::Succeeded, "{backend}: {first:#?}");
+        // The Metronome emulator's 30 demo customers have no Stripe match: deleted (archived).
+        let c = first.steps[0].counts;
+        assert_eq!(
+            (c.read, c.created, c.updated, c.unchanged, c.removed),
+            (30, 30, 0, 0, 30),
+            "{backend}: {c:?}"
+        );
 
-    let again = harness.run(&flow("sync", SYNC), &vendors).await?;
-    let c = again.steps[0].counts;
-    assert_eq!((c.created, c.updated, c.unchanged, c.removed), (0, 0, 30, 0), "{c:?}");
-    let writes_before = writes(&sandbox.metronome.emulator.requests());
+        let again = harness.run(&flow("sync", SYNC), &vendors).await?;
+        let c = again.steps[0].counts;
+        assert_eq!((c.created, c.updated, c.unchanged, c.removed), (0, 0, 30, 0), "{c:?}");
+        let writes_before = writes(&sandbox.metronome.emulator.requests());
 
-    // Rename two Stripe customers and delete one.
-    let stripe = sandbox.stripe.emulator.customers();
-    for customer in &stripe[..2] {
-        let mut renamed = customer.clone();
-        renamed["name"] = json!(format!("{} (renamed)", customer["name"].as_str().unwrap_or("x")));
-        sandbox.stripe.emulator.insert_customer(renamed);
+        // Rename two Stripe customers and delete one.
+        let stripe = sandbox.stripe.emulator.customers();
+        for customer in &stripe[..2] {
+            let mut renamed = customer.clone();
+            renamed["name"] =
+                json!(format!("{} (renamed)", customer["name"].as_str().unwrap_or("x")));
+            sandbox.stripe.emulator.insert_customer(renamed);
+        }
+        let gone = stripe[2]["id"].as_str().unwrap_or_default().to_owned();
+        let remove = flow(
+            "rm",
+            &format!(
+                "[[step]]\nid = \"rm\"\nremove = \"stripe.customers\"\nkey = \"{gone}\"\nallow_irreversible = true\n"
+            ),
+        );
+        assert_eq!(harness.run(&remove, &vendors).await?.status, Status::Succeeded);
+
+        let third = harness.run(&flow("sync", SYNC), &vendors).await?;
+        let c = third.steps[0].counts;
+        assert_eq!(
+            (c.read, c.created, c.updated, c.unchanged, c.removed),
+            (29, 0, 2, 27, 1),
+            "{c:?}"
+        );
+        let metronome_writes = writes(&sandbox.metronome.emulator.requests()) - writes_before;
+        assert_eq!(metronome_writes, 3, "two renames (setName) and one archive, nothing else");
     }
-    let gone = stripe[2]["id"].as_str().unwrap_or_default().to_owned();
-    let remove = flow(
-        "rm",
-        &format!(
-            "[[step]]\nid = \"rm\"\nremove = \"stripe.customers\"\nkey = \"{gone}\"\nallow_irreversible = true\n"
-        ),
-    );
-    assert_eq!(harness.run(&remove, &vendors).await?.status, Status::Succeeded);
-
-    let third = harness.run(&flow("sync", SYNC), &vendors).await?;
-    let c = third.steps[0].counts;
-    assert_eq!((c.read, c.created, c.updated, c.unchanged, c.removed), (29, 0, 2, 27, 1), "{c:?}");
-    let metronome_writes = writes(&sandbox.metronome.emulator.requests()) - writes_before;
-    assert_eq!(metronome_writes, 3, "two renames (setName) and one archive, nothing else");
     Ok(())
 }
 
@@ -293,14 +313,17 @@ async fn start_interrupted<O: Observer>(
     Ok(first)
 }
 
-/// Resumes a run against the sandbox.
+/// Resumes a run against the sandbox; on PostgreSQL, on another worker
+/// (its own pool and scratch directory), as after a failover.
 async fn resume(
     harness: &Harness,
     sandbox: &weft_sandbox::Sandbox,
     run: &str,
 ) -> TestResult<weft::executor::RunSummary> {
-    Ok(harness
-        .executor
+    let other = harness.other_worker().await?;
+    Ok(other
+        .as_ref()
+        .unwrap_or(&harness.executor)
         .resume(
             run,
             &RunOptions { overrides: overrides(sandbox, &VENDORS), ..RunOptions::default() },
@@ -336,41 +359,48 @@ record = { email = "user${{ $item }}@resume.example", name = "User ${{ $item }}"
 
 #[tokio::test]
 async fn an_interrupted_for_each_resumes_where_it_stopped_without_writing_twice() -> TestResult {
-    let sandbox = sandbox(0).await?;
-    let harness = Harness::new()?;
-    let wf = workflow(harness.files.path(), &flow("many", MANY))?;
-    let first = start_interrupted(&harness, &wf, &sandbox, |stop| StopAfter {
-        after: 10,
-        stop,
-        seen: AtomicU64::new(0),
-    })
-    .await?;
-    let done = first.steps[0].items;
-    assert!((10..60).contains(&done), "stopped part way: {done}");
+    for harness in
+        Harness::each("an_interrupted_for_each_resumes_where_it_stopped_without_writing_twice")
+            .await?
+    {
+        let backend = harness.backend();
+        let sandbox = sandbox(0).await?;
+        let wf = workflow(harness.files.path(), &flow("many", MANY))?;
+        let first = start_interrupted(&harness, &wf, &sandbox, |stop| StopAfter {
+            after: 10,
+            stop,
+            seen: AtomicU64::new(0),
+        })
+        .await?;
+        let done = first.steps[0].items;
+        assert!((10..60).contains(&done), "stopped part way: {done}");
 
-    // The file changes; the run finishes on the version it started with.
-    std::fs::write(&wf.path, flow("many", &MANY.replace("User ", "Changed ")))?;
-    let resumed = resume(&harness, &sandbox, &first.run_id).await?;
-    assert_eq!(resumed.status, Status::Succeeded, "{resumed:#?}");
-    assert_eq!(
-        (resumed.steps[0].items, resumed.steps[0].counts.created),
-        (60, 60),
-        "{:?}",
-        resumed.steps[0]
-    );
-    let customers = sandbox.stripe.emulator.customers();
-    assert_eq!(customers.len(), 60, "each customer once");
-    assert!(customers.iter().all(|c| c["name"].as_str().is_some_and(|n| n.starts_with("User "))));
-    let run = harness.executor.store().run(&first.run_id).await?;
-    assert_eq!((run.status, run.resumes), (Status::Succeeded, 1));
-    let again = harness
-        .executor
-        .resume(&first.run_id, &RunOptions::default(), &Silent)
-        .await
-        .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default();
-    assert!(again.contains("cannot be resumed"), "{again}");
+        // The file changes; the run finishes on the version it started with.
+        std::fs::write(&wf.path, flow("many", &MANY.replace("User ", "Changed ")))?;
+        let resumed = resume(&harness, &sandbox, &first.run_id).await?;
+        assert_eq!(resumed.status, Status::Succeeded, "{backend}: {resumed:#?}");
+        assert_eq!(
+            (resumed.steps[0].items, resumed.steps[0].counts.created),
+            (60, 60),
+            "{:?}",
+            resumed.steps[0]
+        );
+        let customers = sandbox.stripe.emulator.customers();
+        assert_eq!(customers.len(), 60, "{backend}: each customer once");
+        assert!(
+            customers.iter().all(|c| c["name"].as_str().is_some_and(|n| n.starts_with("User ")))
+        );
+        let run = harness.executor.store().run(&first.run_id).await?;
+        assert_eq!((run.status, run.resumes), (Status::Succeeded, 1));
+        let again = harness
+            .executor
+            .resume(&first.run_id, &RunOptions::default(), &Silent)
+            .await
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(again.contains("cannot be resumed"), "{again}");
+    }
     Ok(())
 }
 
@@ -400,63 +430,69 @@ impl Observer for StopAfterRecords {
 #[tokio::test]
 async fn an_interrupted_list_resumes_after_its_last_page_and_hands_on_every_record_once()
 -> TestResult {
-    let sandbox = sandbox(0).await?;
-    seed_stripe(&sandbox, 250, "list");
-    let harness = Harness::new()?;
-    let out = harness.files.path().join("customers.jsonl");
-    let text = flow(
-        "export",
-        &format!(
-            r#"
-[[step]]
-id = "customers"
-list = "stripe.customers"
-page_size = 10
-output = "{}"
+    for harness in Harness::each(
+        "an_interrupted_list_resumes_after_its_last_page_and_hands_on_every_record_once",
+    )
+    .await?
+    {
+        let backend = harness.backend();
+        let sandbox = sandbox(0).await?;
+        seed_stripe(&sandbox, 250, "list");
+        let out = harness.files.path().join("customers.jsonl");
+        let text = flow(
+            "export",
+            &format!(
+                r#"
+    [[step]]
+    id = "customers"
+    list = "stripe.customers"
+    page_size = 10
+    output = "{}"
 
-[[step]]
-id = "mirror"
-for_each = ".steps.customers.records[]"
-concurrency = 4
-upsert = "growpanel.customers"
-record = {{ id = "${{{{ $item.id }}}}", name = "${{{{ $item.name }}}}", email = "${{{{ $item.email }}}}", created_date = "2026-01-01", country = "US" }}
-"#,
-            out.display()
-        ),
-    );
-    let wf = workflow(harness.files.path(), &text)?;
-    let first =
-        start_interrupted(&harness, &wf, &sandbox, |stop| StopAfterRecords { after: 50, stop })
-            .await?;
-    let read = first.steps[0].counts.read;
-    assert!((50..250).contains(&read), "stopped part way through the list: {read}");
-    let listed = sandbox.stripe.emulator.requests().len();
+    [[step]]
+    id = "mirror"
+    for_each = ".steps.customers.records[]"
+    concurrency = 4
+    upsert = "growpanel.customers"
+    record = {{ id = "${{{{ $item.id }}}}", name = "${{{{ $item.name }}}}", email = "${{{{ $item.email }}}}", created_date = "2026-01-01", country = "US" }}
+    "#,
+                out.display()
+            ),
+        );
+        let wf = workflow(harness.files.path(), &text)?;
+        let first =
+            start_interrupted(&harness, &wf, &sandbox, |stop| StopAfterRecords { after: 50, stop })
+                .await?;
+        let read = first.steps[0].counts.read;
+        assert!((50..250).contains(&read), "stopped part way through the list: {read}");
+        let listed = sandbox.stripe.emulator.requests().len();
 
-    let resumed = resume(&harness, &sandbox, &first.run_id).await?;
-    assert_eq!(resumed.status, Status::Succeeded, "{resumed:#?}");
-    assert_eq!(resumed.steps[0].counts.read, 250, "{:?}", resumed.steps[0]);
-    // The resume asked only for the pages after the committed ones (and
-    // the one read ahead, which an interruption drops).
-    let asked_again = sandbox.stripe.emulator.requests().len() - listed;
-    assert!(
-        asked_again <= 25 - (read as usize / 10) + 1,
-        "{asked_again} list requests on resume after {read} records"
-    );
-    let lines = std::fs::read_to_string(&out)?;
-    let mut ids: Vec<String> = lines
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).map(|v| v["id"].to_string()))
-        .collect::<Result<_, _>>()?;
-    assert_eq!(ids.len(), 250, "the output file has each record once");
-    ids.sort();
-    ids.dedup();
-    assert_eq!(ids.len(), 250, "no record twice");
-    assert_eq!(
-        (resumed.steps[1].items, resumed.steps[1].counts.created),
-        (250, 250),
-        "{:?}",
-        resumed.steps[1]
-    );
+        let resumed = resume(&harness, &sandbox, &first.run_id).await?;
+        assert_eq!(resumed.status, Status::Succeeded, "{backend}: {resumed:#?}");
+        assert_eq!(resumed.steps[0].counts.read, 250, "{:?}", resumed.steps[0]);
+        // The resume asked only for the pages after the committed ones (and
+        // the one read ahead, which an interruption drops).
+        let asked_again = sandbox.stripe.emulator.requests().len() - listed;
+        assert!(
+            asked_again <= 25 - (read as usize / 10) + 1,
+            "{asked_again} list requests on resume after {read} records"
+        );
+        let lines = std::fs::read_to_string(&out)?;
+        let mut ids: Vec<String> = lines
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).map(|v| v["id"].to_string()))
+            .collect::<Result<_, _>>()?;
+        assert_eq!(ids.len(), 250, "the output file has each record once");
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), 250, "no record twice");
+        assert_eq!(
+            (resumed.steps[1].items, resumed.steps[1].counts.created),
+            (250, 250),
+            "{:?}",
+            resumed.steps[1]
+        );
+    }
     Ok(())
 }
 
@@ -483,7 +519,10 @@ async fn interrupted_export(
             .await?;
     let state = &harness.executor.store().steps(&first.run_id).await?[0];
     assert!(!state.records_kept, "nothing reads the records later: {state:?}");
-    assert_eq!(harness.executor.store().pages(&first.run_id, 0).await?.count(), 0);
+    assert_eq!(
+        harness.executor.store().pages(&first.run_id, 0).await?.collect_all().await?.len(),
+        0
+    );
     damage(&out)?;
     let listed = sandbox.stripe.emulator.requests().len();
     let resumed = resume(&harness, &sandbox, &first.run_id).await?;
@@ -772,37 +811,47 @@ impl Observer for StopAtReport {
 
 #[tokio::test]
 async fn an_interrupted_sync_resumes_mid_merge_and_creates_each_record_once() -> TestResult {
-    let sandbox = sandbox(0).await?;
-    seed_stripe(&sandbox, 1200, "merge");
-    let harness = Harness::new()?;
-    let wf = workflow(harness.files.path(), &flow("sync", SYNC))?;
-    // Report 1 is the source scan, 2 the target scan; 3 is the first group
-    // of 500 merged keys.
-    let first = start_interrupted(&harness, &wf, &sandbox, |stop| StopAtReport {
-        nth: 3,
-        stop,
-        seen: AtomicU64::new(0),
-    })
-    .await?;
-    let made = sandbox.metronome.emulator.customer_count();
-    assert!((1..1200).contains(&made), "stopped mid-merge: {made}");
+    for harness in
+        Harness::each("an_interrupted_sync_resumes_mid_merge_and_creates_each_record_once").await?
+    {
+        let backend = harness.backend();
+        let sandbox = sandbox(0).await?;
+        seed_stripe(&sandbox, 1200, "merge");
+        let wf = workflow(harness.files.path(), &flow("sync", SYNC))?;
+        // Report 1 is the source scan, 2 the target scan; 3 is the first group
+        // of 500 merged keys.
+        let first = start_interrupted(&harness, &wf, &sandbox, |stop| StopAtReport {
+            nth: 3,
+            stop,
+            seen: AtomicU64::new(0),
+        })
+        .await?;
+        let made = sandbox.metronome.emulator.customer_count();
+        assert!((1..1200).contains(&made), "stopped mid-merge: {made}");
 
-    let resumed = resume(&harness, &sandbox, &first.run_id).await?;
-    assert_eq!(resumed.status, Status::Succeeded, "{resumed:#?}");
-    assert_eq!(resumed.steps[0].counts.created, 1200, "{:?}", resumed.steps[0]);
-    let customers = sandbox.metronome.emulator.customers();
-    let ids: std::collections::HashSet<String> =
-        customers.iter().filter_map(|c| c["external_id"].as_str().map(str::to_owned)).collect();
-    assert_eq!(
-        (customers.len(), ids.len()),
-        (1200, 1200),
-        "each Stripe customer once in Metronome"
-    );
-    let scratch = harness.state.path().join("scratch");
-    assert!(
-        !scratch.join(&first.run_id).exists(),
-        "the sorted runs are removed when the sync ends"
-    );
+        let resumed = resume(&harness, &sandbox, &first.run_id).await?;
+        assert_eq!(resumed.status, Status::Succeeded, "{backend}: {resumed:#?}");
+        assert_eq!(resumed.steps[0].counts.created, 1200, "{:?}", resumed.steps[0]);
+        let customers = sandbox.metronome.emulator.customers();
+        let ids: std::collections::HashSet<String> =
+            customers.iter().filter_map(|c| c["external_id"].as_str().map(str::to_owned)).collect();
+        assert_eq!(
+            (customers.len(), ids.len()),
+            (1200, 1200),
+            "each Stripe customer once in Metronome"
+        );
+        let scratch = harness.state.path().join("scratch");
+        assert!(
+            !scratch.join(&first.run_id).exists(),
+            "{backend}: the sorted runs are removed when the sync ends"
+        );
+        if let Some(schema) = &harness.postgres {
+            // The sorted runs the database held for the resume are gone too.
+            let store = weft::store::RunStore::open_postgres(&schema.url).await?;
+            let dir = store.scratch_dir(&first.run_id, 0).await?;
+            assert_eq!(std::fs::read_dir(&dir)?.count(), 0, "{backend}: none stored");
+        }
+    }
     Ok(())
 }
 
@@ -1226,8 +1275,8 @@ async fn a_step_that_names_a_long_lists_records_only_in_its_description_runs() -
     // step's description for a read of the records, and failed that step
     // because the list was longer than expressions may hold in memory.
     let sandbox = sandbox(30).await?;
-    let Harness { executor, state, files } = Harness::new()?;
-    let harness = Harness { executor: executor.with_inline_records(5), state, files };
+    let Harness { executor, state, files, postgres } = Harness::new()?;
+    let harness = Harness { executor: executor.with_inline_records(5), state, files, postgres };
     let text = flow(
         "count",
         r#"

@@ -16,7 +16,7 @@ use super::plan::StepPlan;
 use super::{RunCtx, StepCtx, StepEnd, StepError};
 use crate::endpoint::Endpoint;
 use crate::expr::{Budget, EvalError, Evaluator, Expr, Scope, Val, parse_val};
-use crate::store::{ItemRecord, RunStore, Status, StepCounts, StepState, StoreError};
+use crate::store::{ItemRecord, PageReader, RunStore, Status, StepCounts, StepState, StoreError};
 use crate::workflow::{ForEach, Step, Workflow};
 use futures_util::StreamExt as _;
 use futures_util::stream::FuturesUnordered;
@@ -42,7 +42,7 @@ const FAILURES_BEFORE_ANY_SUCCESS: u64 = 10;
 enum Items<'a> {
     Listed(std::vec::IntoIter<Val>),
     Streamed {
-        pages: Box<dyn Iterator<Item = Result<String, StoreError>> + Send + 'a>,
+        pages: Box<PageReader>,
         /// The source step's pages in the store (`RUN/INDEX`), for errors.
         key: String,
         then: Option<&'a Expr>,
@@ -76,7 +76,7 @@ impl Items<'_> {
                 if let Some(item) = buffer.pop_front() {
                     return Ok(Some(item));
                 }
-                let Some(page) = pages.next() else { return Ok(None) };
+                let Some(page) = pages.next_page().await else { return Ok(None) };
                 let page = page.map_err(ItemsError::Store)?;
                 let corrupt = |reason: String| {
                     ItemsError::Store(StoreError::Corrupt { key: key.clone(), reason })

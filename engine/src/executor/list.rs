@@ -543,7 +543,8 @@ impl Output {
             crc: crc32fast::Hasher::new(),
         };
         if state.pages > 0 {
-            for page in ctx.store.pages(ctx.run_id, state.index).await? {
+            let mut pages = ctx.store.pages(ctx.run_id, state.index).await?;
+            while let Some(page) = pages.next_page().await {
                 let page = page?;
                 let records: Vec<&RawValue> = serde_json::from_str(&page)
                     .map_err(|e| format!("run store: a committed page does not parse: {e}"))?;

@@ -149,7 +149,7 @@ pub(crate) async fn run(
         },
         None => None,
     };
-    let dir = ctx.store.scratch_dir(ctx.run_id, index)?;
+    let dir = ctx.store.scratch_dir(ctx.run_id, index).await?;
     let plan = state.plan.clone().unwrap_or_default();
     let errors = state
         .output
@@ -202,7 +202,7 @@ pub(crate) async fn run(
 
     tally.output();
     ctx.store.commit_step(ctx.run_id, tally.state).await?;
-    ctx.store.remove_scratch(ctx.run_id, index)?;
+    ctx.store.remove_scratch(ctx.run_id, index).await?;
     if tally.state.counts.failed > 0 {
         return Err(format!(
             "{} records failed; first: {}",
@@ -324,15 +324,16 @@ async fn scan(
         cursor = page.next_cursor;
         finished = cursor.is_none();
         if buffer.is_full() || finished {
+            let mut written = None;
             if !buffer.is_empty() {
                 // The store's scratch space failing is not the step's
                 // failure: the run stops where it last committed, to resume.
-                buffer.write_run(&run_path(dir, side.name(), runs)).map_err(|e| {
-                    StoreError::Scratch {
-                        path: dir.display().to_string(),
-                        reason: format!("cannot write a sorted run: {e}"),
-                    }
+                let path = run_path(dir, side.name(), runs);
+                buffer.write_run(&path).map_err(|e| StoreError::Scratch {
+                    path: dir.display().to_string(),
+                    reason: format!("cannot write a sorted run: {e}"),
                 })?;
+                written = Some(path);
                 runs += 1;
             }
             pages += buffered_pages;
@@ -356,7 +357,7 @@ async fn scan(
                 p.phase = if side == Side::Source { SyncPhase::Target } else { SyncPhase::Merge };
             }
             tally.output();
-            ctx.store.commit_step(ctx.run_id, tally.state).await?;
+            ctx.store.commit_sorted_run(ctx.run_id, tally.state, written.as_deref()).await?;
             if side == Side::Source {
                 ctx.observer.items_committed(step, tally.state.counts.read);
             }

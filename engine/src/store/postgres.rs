@@ -1,13 +1,29 @@
-//! The run store on PostgreSQL (issue 16, first increment): runs and their
-//! workflow text, steps, for-each items (a group per commit, as sled keeps
+//! The run store on PostgreSQL (issue 16): runs and their
+//! workflow text, steps, list pages, for-each items (a group per commit, as sled keeps
 //! them), webhook deliveries seen (a replay is refused by a primary key, on
 //! every process at once), history, HTTP totals, tokens and sessions, each
 //! written in one transaction as the sled store writes it.
 //!
-//! Not kept here yet: a list step's pages (when a later step reads its
-//! records) and a sync's scratch files. A run that needs them fails with
-//! [`StoreError::Unsupported`] naming what, before it writes anything to a
-//! vendor, rather than losing state.
+//! A list step's pages are rows, committed with the step's cursor in one
+//! transaction. A sync's sorted runs are merged from files on the worker's
+//! own disk (a temporary directory per process), and each is stored in the
+//! database with the progress that counts it: a worker that resumes the
+//! run fetches the runs its disk lacks, so nothing a resume needs lives only
+//! on one worker's disk.
+//!
+//! Runs go through a queue (`weft_queue`, schema 5): a run that is not
+//! finished has a row, and the process running it holds the row's lease,
+//! renewed by a heartbeat task every quarter lease (`WEFT_LEASE_SECS`,
+//! default [`DEFAULT_LEASE`]). A worker claims runs whose lease passed with `FOR UPDATE SKIP LOCKED`;
+//! each claim moves the row's fence on, and every commit of a run's state
+//! checks, in its transaction and under a share lock on the row, the fence
+//! this process claimed it with. So a worker whose lease passed to another
+//! commits nothing more ([`StoreError::LeaseLost`]), and a claim waits for
+//! (or skips) a commit under way rather than slipping in before it.
+//!
+//! A cron firing is recorded with the run it starts (`weft_cron_firings`,
+//! schema 6, a primary key on workflow and scheduled time): of the workers
+//! whose schedulers fire together, one starts the run.
 //!
 //! The location is a URL, `postgres://USER@HOST:PORT/DATABASE` with
 //! libpq's options (`sslmode=disable|prefer|require`, …). The password is
@@ -23,6 +39,7 @@
 //! this binary knows. Connections come from a bounded pool.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,12 +51,13 @@ use tokio_postgres::error::SqlState;
 
 use super::{
     Commit, ConnectionTotals, DELIVERY_SLACK_SECS, Delivery, HistoryEntry, ItemRecord, ItemScan,
-    MAX_PAGE, PageLog, PageReader, Result, RunPage, RunQuery, RunRecord, RunRow, SessionRecord,
-    Status, StepState, StoreError, TokenError, TokenRecord, WorkflowState, decode, encode, now_ms,
+    MAX_PAGE, PageLog, PageReader, PageSink, PageSource, Result, RunPage, RunQuery, RunRecord,
+    RunRow, SessionRecord, Status, StepState, StoreError, TokenError, TokenRecord, WorkflowState,
+    decode, encode, now_ms,
 };
 
 /// The schema version this weft reads and writes.
-pub const SCHEMA_VERSION: i32 = 5;
+pub const SCHEMA_VERSION: i32 = 8;
 
 /// The migrations, in order: version, what it adds, its SQL.
 const MIGRATIONS: &[(i32, &str, &str)] = &[
@@ -50,8 +68,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     ),
     (2, "for-each items", include_str!("postgres/0002_items.sql")),
     (3, "webhook event ids", include_str!("postgres/0003_events.sql")),
-    (4, "plugin calls in a run's figures", include_str!("postgres/0004_call_totals.sql")),
-    (5, "workflow state across runs", include_str!("postgres/0005_workflow_state.sql")),
+    (4, "list pages and sorted runs", include_str!("postgres/0004_pages_scratch.sql")),
+    (5, "the queue of runs and their leases", include_str!("postgres/0005_queue.sql")),
+    (6, "cron firings, once per fleet", include_str!("postgres/0006_cron_firings.sql")),
+    (7, "plugin calls in a run's figures", include_str!("postgres/0007_call_totals.sql")),
+    (8, "workflow state across runs", include_str!("postgres/0008_workflow_state.sql")),
 ];
 
 /// Connections the pool holds, at most.
@@ -63,6 +84,15 @@ const POOL_WAIT: Duration = Duration::from_secs(30);
 /// Key of the advisory lock that serialises migrations.
 const MIGRATION_LOCK: i64 = 0x7765_6674_5f6d_6967; // "weft_mig"
 
+/// How long a run's lease lasts without a heartbeat, unless
+/// `WEFT_LEASE_SECS` says otherwise: a worker killed with -9 holds its
+/// runs this long at most.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(20);
+
+/// The database's clock, in Unix ms: leases are judged by one clock,
+/// whatever the workers' clocks say.
+const DB_NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::int8";
+
 /// Runs read per query by [`PgStore::recent_runs`].
 const RECENT_BATCH: i64 = 256;
 
@@ -72,6 +102,130 @@ pub(crate) struct PgStore {
     pool: Pool,
     /// The URL without any password, for messages.
     shown: Arc<str>,
+    /// This process's copies of sorted runs, to merge from (the database
+    /// holds the durable ones); removed when the last clone goes.
+    scratch: Arc<tempfile::TempDir>,
+    /// The runs this process holds leases on.
+    leases: Arc<Leases>,
+}
+
+/// The leases one process holds, and its name as a worker.
+#[derive(Debug)]
+pub(crate) struct Leases {
+    /// This process as a worker: host, pid and a random part.
+    worker: String,
+    /// How long a lease lasts without a heartbeat.
+    lease: Duration,
+    /// Run id to the fence it was claimed with. A lease found lost stays
+    /// here, so that every later commit of the run is refused.
+    held: std::sync::Mutex<BTreeMap<String, Held>>,
+    /// Whether the heartbeat task runs.
+    beating: std::sync::atomic::AtomicBool,
+}
+
+/// A lease this process took.
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    /// The fence the run was claimed with.
+    fence: i64,
+    /// The heartbeat found it gone (passed to another worker): no longer
+    /// renewed, and every commit of the run is refused.
+    lost: bool,
+}
+
+/// Renews the leases `leases` holds every quarter lease, until the store
+/// is dropped. A lease not renewed (its fence moved on: another worker
+/// claimed the run) is marked lost and said so in the log.
+async fn heartbeat(leases: std::sync::Weak<Leases>, pool: Pool) {
+    loop {
+        let Some(held) = leases.upgrade() else { return };
+        let every = held.lease / 4;
+        let (runs, fences): (Vec<String>, Vec<i64>) = held
+            .held()
+            .iter()
+            .filter(|(_, h)| !h.lost)
+            .map(|(run, h)| (run.clone(), h.fence))
+            .unzip();
+        let (worker, lease_ms) = (held.worker.clone(), held.lease_ms());
+        drop(held);
+        if !runs.is_empty() {
+            let renewed = match pool.get().await {
+                Ok(client) => client
+                    .query(
+                        &format!(
+                            "UPDATE weft_queue q SET lease_until_ms = {DB_NOW_MS} + $3
+                             FROM unnest($1::text[], $2::int8[]) AS h (run_id, fence)
+                             WHERE q.run_id = h.run_id AND q.fence = h.fence AND q.worker = $4
+                             RETURNING q.run_id"
+                        ),
+                        &[&runs, &fences, &lease_ms, &worker],
+                    )
+                    .await
+                    .map_err(|e| reason(&e)),
+                Err(e) => Err(e.to_string()),
+            };
+            match renewed {
+                Ok(rows) => {
+                    let renewed: std::collections::BTreeSet<String> =
+                        rows.iter().filter_map(|r| r.try_get::<_, String>(0).ok()).collect();
+                    if let Some(held) = leases.upgrade() {
+                        let mut map = held.held();
+                        for (run, fence) in runs.iter().zip(&fences) {
+                            if renewed.contains(run) {
+                                continue;
+                            }
+                            // Finished meanwhile (and forgotten), or passed on.
+                            if let Some(h) = map.get_mut(run)
+                                && h.fence == *fence
+                            {
+                                h.lost = true;
+                                tracing::warn!(run = %run, "this worker's lease on the run passed to another worker; it commits nothing more of it");
+                            }
+                        }
+                    }
+                }
+                // The lease runs on; if the database stays away longer,
+                // another worker takes the run and this one's commits fail.
+                Err(e) => tracing::warn!(error = %e, "cannot renew run leases"),
+            }
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+impl Leases {
+    fn new() -> Leases {
+        let lease = std::env::var("WEFT_LEASE_SECS")
+            .ok()
+            .and_then(|s| s.trim().parse::<f64>().ok())
+            .filter(|s| s.is_finite() && *s >= 0.2 && *s <= 86_400.0)
+            .map(Duration::from_secs_f64)
+            .unwrap_or(DEFAULT_LEASE);
+        let host = std::fs::read_to_string("/etc/hostname")
+            .ok()
+            .map(|h| h.trim().chars().filter(|c| c.is_ascii_graphic()).take(64).collect::<String>())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "weft".into());
+        let worker = format!("{host}/{}/{:08x}", std::process::id(), rand::random::<u32>());
+        Leases {
+            worker,
+            lease,
+            held: std::sync::Mutex::default(),
+            beating: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Held>> {
+        self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn fence(&self, run: &str) -> Option<i64> {
+        self.held().get(run).map(|h| h.fence)
+    }
+
+    fn lease_ms(&self) -> i64 {
+        i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX)
+    }
 }
 
 impl std::fmt::Debug for PgStore {
@@ -245,6 +399,15 @@ fn reason(e: &tokio_postgres::Error) -> String {
     }
 }
 
+/// Whether `name` is a sorted run's file name as a sync writes it
+/// (`source-00000.jsonl`): no separator, no `..`.
+fn valid_run_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        && !name.starts_with('.')
+}
+
 /// Maps a PostgreSQL error to a store error saying what was being done.
 fn pg(what: &'static str) -> impl Fn(tokio_postgres::Error) -> StoreError {
     move |e| StoreError::Postgres { what: what.to_owned(), reason: reason(&e) }
@@ -372,7 +535,7 @@ async fn put_run(
 }
 
 /// One connection's figures of `run` from a `weft_run_stats` row: the
-/// JSON sum in `detail` (`{}` in rows from before schema 4), its counts
+/// JSON sum in `detail` (`{}` in rows from before schema 7), its counts
 /// taken from the columns.
 fn totals_row(run: &str, row: &Row) -> Result<(String, ConnectionTotals)> {
     let get = pg("reading a run's figures");
@@ -386,6 +549,15 @@ fn totals_row(run: &str, row: &Row) -> Result<(String, ConnectionTotals)> {
     totals.waited_ms = n("waited_ms")?;
     totals.denied = n("denied")?;
     Ok((connection, totals))
+}
+
+/// Takes a finished run out of the queue.
+async fn dequeue(client: &impl GenericClient, run: &str) -> Result<()> {
+    client
+        .execute("DELETE FROM weft_queue WHERE run_id = $1", &[&run])
+        .await
+        .map_err(pg("taking a finished run out of the queue"))?;
+    Ok(())
 }
 
 /// JSON text of a value, for a text column.
@@ -484,7 +656,18 @@ impl PgStore {
     /// Connects to `url` and checks its schema version.
     pub(crate) async fn open(url: &str) -> Result<Self> {
         let shown: Arc<str> = redact(url).into();
-        let store = PgStore { pool: pool(url)?, shown };
+        let scratch = tempfile::Builder::new().prefix("weft-scratch-").tempdir().map_err(|e| {
+            StoreError::Scratch {
+                path: std::env::temp_dir().display().to_string(),
+                reason: format!("cannot make this process's scratch directory: {e}"),
+            }
+        })?;
+        let store = PgStore {
+            pool: pool(url)?,
+            shown,
+            scratch: Arc::new(scratch),
+            leases: Arc::new(Leases::new()),
+        };
         let client = store.client().await?;
         let found = schema_version(&client).await?;
         if found > SCHEMA_VERSION {
@@ -510,6 +693,200 @@ impl PgStore {
         })
     }
 
+    /// Records that this process holds `run` under `fence`, and starts
+    /// the heartbeat that renews its leases.
+    fn hold(&self, run: &str, fence: i64) {
+        self.leases.held().insert(run.to_owned(), Held { fence, lost: false });
+        if !self.leases.beating.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            tokio::spawn(heartbeat(Arc::downgrade(&self.leases), self.pool.clone()));
+        }
+    }
+
+    /// In `tx`, checks that this process still holds `run` under the fence
+    /// it claimed it with, and keeps the row from being claimed until `tx`
+    /// ends (a claim waits, or skips it). A run this process does not hold
+    /// (a cancel from the command line) is not checked.
+    async fn check_fence(&self, tx: &impl GenericClient, run: &str) -> Result<()> {
+        let Some(fence) = self.leases.fence(run) else { return Ok(()) };
+        let row = tx
+            .query_opt("SELECT fence, worker FROM weft_queue WHERE run_id = $1 FOR SHARE", &[&run])
+            .await
+            .map_err(pg("checking a run's lease"))?;
+        match row {
+            Some(row) if row.try_get::<_, i64>("fence").ok() == Some(fence) => Ok(()),
+            row => Err(StoreError::LeaseLost {
+                run: run.to_owned(),
+                holder: row.and_then(|r| r.try_get::<_, Option<String>>("worker").ok().flatten()),
+            }),
+        }
+    }
+
+    /// A transaction on `client` in which this process's lease on `run`
+    /// holds (see [`PgStore::check_fence`]).
+    async fn fenced<'a>(
+        &self,
+        client: &'a mut Object,
+        run: &str,
+        what: &'static str,
+    ) -> Result<deadpool_postgres::Transaction<'a>> {
+        let tx = client.transaction().await.map_err(pg(what))?;
+        self.check_fence(&tx, run).await?;
+        Ok(tx)
+    }
+
+    /// This store as a new worker whose leases last `lease`.
+    pub(crate) fn with_lease(mut self, lease: Duration) -> Self {
+        let mut leases = Leases::new();
+        leases.lease = lease.max(Duration::from_millis(200));
+        self.leases = Arc::new(leases);
+        self
+    }
+
+    /// The worker name of this process.
+    pub(crate) fn worker(&self) -> &str {
+        &self.leases.worker
+    }
+
+    /// How long a lease lasts without a heartbeat.
+    pub(crate) fn lease(&self) -> Duration {
+        self.leases.lease
+    }
+
+    /// Claims `run` for this process, to resume it: taken when no worker
+    /// holds its lease (or this one does). While another worker's lease
+    /// runs, waits for it to pass (a worker that died), up to two leases;
+    /// a lease still renewed then is refused, naming its worker.
+    pub(crate) async fn claim_run(&self, run: &str) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + self.leases.lease * 2 + Duration::from_secs(1);
+        loop {
+            let client = self.client().await?;
+            let claimed = client
+                .query_opt(
+                    &format!(
+                        "INSERT INTO weft_queue (run_id, workflow, enqueued_ms, worker, lease_until_ms, fence)
+                         SELECT id, workflow, {DB_NOW_MS}, $2, {DB_NOW_MS} + $3, 1 FROM weft_runs
+                         WHERE id = $1 AND status IN ('pending', 'running')
+                         ON CONFLICT (run_id) DO UPDATE SET worker = EXCLUDED.worker,
+                             lease_until_ms = EXCLUDED.lease_until_ms, fence = weft_queue.fence + 1
+                         WHERE weft_queue.worker = EXCLUDED.worker
+                            OR weft_queue.lease_until_ms < {DB_NOW_MS}
+                         RETURNING fence"
+                    ),
+                    &[&run, &self.leases.worker, &self.leases.lease_ms()],
+                )
+                .await
+                .map_err(pg("claiming a run"))?;
+            if let Some(row) = claimed {
+                let fence: i64 = row.try_get("fence").map_err(pg("claiming a run"))?;
+                self.hold(run, fence);
+                return Ok(());
+            }
+            let holder = client
+                .query_opt(
+                    &format!(
+                        "SELECT worker, lease_until_ms - {DB_NOW_MS} AS left_ms
+                         FROM weft_queue WHERE run_id = $1"
+                    ),
+                    &[&run],
+                )
+                .await
+                .map_err(pg("reading a run's lease"))?;
+            let Some(holder) = holder else { return Err(StoreError::UnknownRun(run.to_owned())) };
+            let worker: Option<String> = holder.try_get("worker").map_err(pg("reading a lease"))?;
+            let left_ms: i64 = holder.try_get("left_ms").map_err(pg("reading a lease"))?;
+            let wait = Duration::from_millis(count(left_ms).saturating_add(50));
+            if tokio::time::Instant::now() + wait > deadline {
+                return Err(StoreError::Leased {
+                    run: run.to_owned(),
+                    worker: worker.unwrap_or_default(),
+                });
+            }
+            drop(client);
+            tracing::info!(run = %run, worker = ?worker, wait_ms = wait.as_millis() as u64, "the run's lease is held; waiting for it to pass");
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Claims up to `limit` runs whose lease has passed (their worker died
+    /// or stopped), oldest first, with `FOR UPDATE SKIP LOCKED`: workers
+    /// claiming at once take different runs. Returns their ids.
+    pub(crate) async fn claim_runs(&self, limit: usize) -> Result<Vec<String>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        // Runs this process runs are not claimed again, even if a database
+        // outage let their leases run out: their commits would fail.
+        let running: Vec<String> =
+            self.leases.held().iter().filter(|(_, h)| !h.lost).map(|(r, _)| r.clone()).collect();
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &format!(
+                    "WITH free AS (
+                         SELECT run_id FROM weft_queue
+                         WHERE lease_until_ms < {DB_NOW_MS} AND NOT (run_id = ANY($4))
+                         ORDER BY enqueued_ms LIMIT $3 FOR UPDATE SKIP LOCKED)
+                     UPDATE weft_queue q SET worker = $1, lease_until_ms = {DB_NOW_MS} + $2,
+                         fence = q.fence + 1
+                     FROM free WHERE q.run_id = free.run_id
+                     RETURNING q.run_id, q.fence"
+                ),
+                &[&self.leases.worker, &self.leases.lease_ms(), &big(limit as u64), &running],
+            )
+            .await
+            .map_err(pg("claiming runs"))?;
+        let mut claimed = Vec::new();
+        for row in rows {
+            let run: String = row.try_get("run_id").map_err(pg("claiming runs"))?;
+            let fence: i64 = row.try_get("fence").map_err(pg("claiming runs"))?;
+            self.hold(&run, fence);
+            claimed.push(run);
+        }
+        Ok(claimed)
+    }
+
+    /// Stops renewing this process's lease on `run` (its task ended and
+    /// the run is not finished: it stopped on an error that may pass). The
+    /// lease runs out within its length, and then any worker, this one
+    /// included, may claim the run again: a retry a lease later, not a
+    /// loop.
+    pub(crate) async fn release_run(&self, run: &str) -> Result<()> {
+        self.leases.held().remove(run);
+        Ok(())
+    }
+
+    /// Gives up this process's lease on `run` at once (its run stopped on
+    /// request, unfinished): any worker may claim it now.
+    pub(crate) async fn give_up_run(&self, run: &str) -> Result<()> {
+        let Some(held) = self.leases.held().remove(run) else { return Ok(()) };
+        if held.lost {
+            return Ok(());
+        }
+        let client = self.client().await?;
+        client
+            .execute(
+                "UPDATE weft_queue SET lease_until_ms = 0 WHERE run_id = $1 AND fence = $2",
+                &[&run, &held.fence],
+            )
+            .await
+            .map_err(pg("giving up a run's lease"))?;
+        Ok(())
+    }
+
+    /// Gives up this process's leases (a worker stopping cleanly), so
+    /// another worker may resume its runs at once.
+    pub(crate) async fn release_leases(&self) -> Result<()> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "UPDATE weft_queue SET lease_until_ms = 0 WHERE worker = $1",
+                &[&self.leases.worker],
+            )
+            .await
+            .map_err(pg("releasing leases"))?;
+        Ok(())
+    }
+
     pub(crate) async fn new_run_id(&self) -> Result<String> {
         let client = self.client().await?;
         let row = client
@@ -526,6 +903,21 @@ impl PgStore {
         step_ids: &[String],
         delivery: Option<&Delivery>,
         actor: Option<&str>,
+    ) -> Result<()> {
+        self.create_run_fired(run, step_ids, delivery, actor, None).await
+    }
+
+    /// Records a new run as [`PgStore::create_run_by`] does; with
+    /// `firing` (the scheduled Unix ms of a cron firing), the firing too,
+    /// in the same transaction: a firing another worker recorded first is
+    /// refused with [`StoreError::AlreadyFired`], and no run.
+    pub(crate) async fn create_run_fired(
+        &self,
+        run: &RunRecord,
+        step_ids: &[String],
+        delivery: Option<&Delivery>,
+        actor: Option<&str>,
+        firing: Option<u64>,
     ) -> Result<()> {
         let actor = actor.map(str::to_owned).unwrap_or_else(|| run.trigger.as_str().to_owned());
         let detail = match (run.dry_run, run.trigger.as_str()) {
@@ -553,6 +945,23 @@ impl PgStore {
             .unzip();
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg("starting a run"))?;
+        if let Some(scheduled_ms) = firing {
+            // As a delivery: the primary key decides, on every worker.
+            let inserted = tx
+                .execute(
+                    "INSERT INTO weft_cron_firings (workflow, scheduled_ms, run_id)
+                     VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                    &[&run.workflow, &big(scheduled_ms), &run.id],
+                )
+                .await
+                .map_err(pg("recording a cron firing"))?;
+            if inserted == 0 {
+                return Err(StoreError::AlreadyFired {
+                    workflow: run.workflow.clone(),
+                    scheduled_ms,
+                });
+            }
+        }
         if let Some(delivery) = delivery {
             // The primary key decides, on every worker at once: a second
             // insert of the same delivery waits for the first to commit
@@ -600,17 +1009,41 @@ impl PgStore {
         )
         .await
         .map_err(pg("writing a run's history"))?;
-        tx.commit().await.map_err(pg("committing a new run"))
+        // The run's queue row, its lease held by this process, which
+        // starts it now.
+        tx.execute(
+            &format!(
+                "INSERT INTO weft_queue (run_id, workflow, enqueued_ms, worker, lease_until_ms, fence)
+                 VALUES ($1, $2, {DB_NOW_MS}, $3, {DB_NOW_MS} + $4, 1)"
+            ),
+            &[&run.id, &run.workflow, &self.leases.worker, &self.leases.lease_ms()],
+        )
+        .await
+        .map_err(pg("queueing a run"))?;
+        tx.commit().await.map_err(pg("committing a new run"))?;
+        self.hold(&run.id, 1);
+        Ok(())
     }
 
+    /// Writes a run (under this process's lease, when it holds one); a
+    /// finished run leaves the queue in the same transaction.
     pub(crate) async fn commit_run(&self, run: &RunRecord) -> Result<()> {
-        let client = self.client().await?;
-        put_run(&client, run, None, false).await
+        let mut client = self.client().await?;
+        let tx = self.fenced(&mut client, &run.id, "writing a run").await?;
+        put_run(&tx, run, None, false).await?;
+        if run.status.is_finished() {
+            dequeue(&tx, &run.id).await?;
+        }
+        tx.commit().await.map_err(pg("committing a run"))?;
+        if run.status.is_finished() {
+            self.leases.held().remove(&run.id);
+        }
+        Ok(())
     }
 
     pub(crate) async fn fail_run(&self, id: &str, message: &str) -> Result<RunRecord> {
         let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(pg("failing a run"))?;
+        let tx = self.fenced(&mut client, id, "failing a run").await?;
         let row = tx
             .query_opt("SELECT record FROM weft_runs WHERE id = $1 FOR UPDATE", &[&id])
             .await
@@ -623,7 +1056,9 @@ impl PgStore {
             run.finished_ms = Some(now_ms());
             put_run(&tx, &run, None, false).await?;
         }
+        dequeue(&tx, id).await?;
         tx.commit().await.map_err(pg("committing a failed run"))?;
+        self.leases.held().remove(id);
         Ok(run)
     }
 
@@ -631,7 +1066,7 @@ impl PgStore {
         let state = json_text(step)?;
         let index = i32::try_from(step.index).unwrap_or(i32::MAX);
         let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(pg("committing a step"))?;
+        let tx = self.fenced(&mut client, run, "writing a step").await?;
         apply_state(&tx, run, step).await?;
         tx.execute(
             "INSERT INTO weft_steps (run_id, idx, state) VALUES ($1, $2, $3)
@@ -652,6 +1087,26 @@ impl PgStore {
             .await
             .map_err(pg("removing old runs"))?;
         Ok(())
+    }
+
+    /// Writes `workflow`'s state as a copy from another store brings it,
+    /// unless the database has one already (kept). Whether it was written.
+    pub(crate) async fn import_workflow_state(
+        &self,
+        workflow: &str,
+        state: &WorkflowState,
+    ) -> Result<bool> {
+        let text = json_text(state)?;
+        let client = self.client().await?;
+        let written = client
+            .execute(
+                "INSERT INTO weft_workflow_state (workflow, state) VALUES ($1, $2)
+                 ON CONFLICT (workflow) DO NOTHING",
+                &[&workflow, &text],
+            )
+            .await
+            .map_err(pg("copying a workflow's state"))?;
+        Ok(written == 1)
     }
 
     /// The state of `workflow`.
@@ -675,25 +1130,87 @@ impl PgStore {
         Ok(next)
     }
 
-    pub(crate) async fn page_log(&self, _run: &str, _step: &StepState) -> Result<PageLog> {
-        Err(StoreError::Unsupported { what: "list pages" })
+    /// A page log that holds pages until [`PgStore::start_commit`] writes
+    /// them as rows with the step's state.
+    pub(crate) async fn page_log(&self, _run: &str, step: &StepState) -> Result<PageLog> {
+        Ok(PageLog { next_page: step.pages, sink: PageSink::Rows { pending: Vec::new() } })
     }
 
+    /// Writes the pages `log` holds and the step's state in one
+    /// transaction, in the background.
     pub(crate) fn start_commit(
         &self,
         run: &str,
         step: &StepState,
         log: Option<&mut PageLog>,
     ) -> Commit {
-        let pages = log.is_some_and(|log| !log.pending.is_empty());
+        let pending = match log.map(|log| &mut log.sink) {
+            Some(PageSink::Rows { pending }) => std::mem::take(pending),
+            // A log is opened by the store it commits to: a file never
+            // reaches PostgreSQL.
+            Some(PageSink::File { .. }) | None => Vec::new(),
+        };
         let (store, run, step) = (self.clone(), run.to_owned(), step.clone());
         let task = tokio::spawn(async move {
-            if pages {
-                return Err(StoreError::Unsupported { what: "list pages" });
+            if pending.is_empty() {
+                return store.commit_step(&run, &step).await;
             }
-            store.commit_step(&run, &step).await
+            let state = json_text(&step)?;
+            let index = i32::try_from(step.index).unwrap_or(i32::MAX);
+            let (numbers, pages): (Vec<i32>, Vec<String>) = pending
+                .into_iter()
+                .map(|(page, records)| (i32::try_from(page).unwrap_or(i32::MAX), records))
+                .unzip();
+            let mut client = store.client().await?;
+            let tx = store.fenced(&mut client, &run, "committing pages").await?;
+            // The page's change to the workflow's state commits with it.
+            apply_state(&tx, &run, &step).await?;
+            // A page read again after an interruption replaces itself.
+            tx.execute(
+                "INSERT INTO weft_pages (run_id, idx, page, records)
+                 SELECT $1, $2, p, r FROM unnest($3::int4[], $4::text[]) AS t (p, r)
+                 ON CONFLICT (run_id, idx, page) DO UPDATE SET records = EXCLUDED.records",
+                &[&run, &index, &numbers, &pages],
+            )
+            .await
+            .map_err(pg("writing pages"))?;
+            tx.execute(
+                "INSERT INTO weft_steps (run_id, idx, state) VALUES ($1, $2, $3)
+                 ON CONFLICT (run_id, idx) DO UPDATE SET state = EXCLUDED.state",
+                &[&run, &index, &state],
+            )
+            .await
+            .map_err(pg("writing a step"))?;
+            tx.commit().await.map_err(pg("committing pages"))
         });
         Commit { task, path: self.shown.to_string() }
+    }
+
+    /// Up to `limit` pages of a step from page `from` on, in order.
+    pub(crate) async fn page_rows(
+        &self,
+        run: &str,
+        index: u32,
+        from: u32,
+        limit: u32,
+    ) -> Result<Vec<(u32, String)>> {
+        let index = i32::try_from(index).unwrap_or(i32::MAX);
+        let from = i32::try_from(from).unwrap_or(i32::MAX);
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT page, records FROM weft_pages WHERE run_id = $1 AND idx = $2 AND page >= $3
+                 ORDER BY page LIMIT $4",
+                &[&run, &index, &from, &i64::from(limit)],
+            )
+            .await
+            .map_err(pg("reading pages"))?;
+        rows.iter()
+            .map(|row| {
+                let page: i32 = row.try_get("page").map_err(pg("reading pages"))?;
+                Ok((u32::try_from(page).unwrap_or(u32::MAX), text(row, "records")?))
+            })
+            .collect()
     }
 
     pub(crate) fn items(&self, run: &str, index: u32) -> ItemScan {
@@ -723,7 +1240,7 @@ impl PgStore {
         let (group, state) = (json_text(&items)?, json_text(step)?);
         let index = i32::try_from(step.index).unwrap_or(i32::MAX);
         let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(pg("committing items"))?;
+        let tx = self.fenced(&mut client, run, "committing items").await?;
         apply_state(&tx, run, step).await?;
         tx.execute(
             "INSERT INTO weft_items (run_id, idx, items) VALUES ($1, $2, $3)",
@@ -765,12 +1282,124 @@ impl PgStore {
             .collect()
     }
 
-    pub(crate) fn scratch_dir(&self, _run: &str, _index: u32) -> Result<std::path::PathBuf> {
-        Err(StoreError::Unsupported { what: "a sync's sorted runs" })
+    /// This process's directory for a step's sorted runs, holding every
+    /// run the database has for the step (fetched one at a time when the
+    /// directory lacks it, or holds another length of it).
+    pub(crate) async fn scratch_dir(&self, run: &str, index: u32) -> Result<PathBuf> {
+        let dir = self.local_scratch(run, index);
+        let failed = |e: std::io::Error| StoreError::Scratch {
+            path: dir.display().to_string(),
+            reason: e.to_string(),
+        };
+        tokio::fs::create_dir_all(&dir).await.map_err(failed)?;
+        let idx = i32::try_from(index).unwrap_or(i32::MAX);
+        let client = self.client().await?;
+        let stored = client
+            .query(
+                "SELECT name, octet_length(bytes)::int8 AS len FROM weft_sorted_runs
+                 WHERE run_id = $1 AND idx = $2 ORDER BY name",
+                &[&run, &idx],
+            )
+            .await
+            .map_err(pg("listing a sync's sorted runs"))?;
+        for row in &stored {
+            let name = text(row, "name")?;
+            let len: i64 = row.try_get("len").map_err(pg("listing a sync's sorted runs"))?;
+            // A name is ours (`source-00000.jsonl`); anything else would
+            // point outside the directory.
+            if !valid_run_name(&name) {
+                return Err(StoreError::Corrupt {
+                    key: format!("weft_sorted_runs/{run}/{index:05}/{name}"),
+                    reason: "not a sorted run's file name".into(),
+                });
+            }
+            let path = dir.join(&name);
+            let local = tokio::fs::metadata(&path).await.ok().map(|m| m.len());
+            if local == Some(count(len)) {
+                continue;
+            }
+            let row = client
+                .query_one(
+                    "SELECT bytes FROM weft_sorted_runs WHERE run_id = $1 AND idx = $2 AND name = $3",
+                    &[&run, &idx, &name],
+                )
+                .await
+                .map_err(pg("reading a sync's sorted run"))?;
+            let bytes: Vec<u8> = row.try_get("bytes").map_err(pg("reading a sync's sorted run"))?;
+            let partial = path.with_extension("fetching");
+            tokio::fs::write(&partial, &bytes).await.map_err(failed)?;
+            tokio::fs::rename(&partial, &path).await.map_err(failed)?;
+        }
+        Ok(dir)
     }
 
-    pub(crate) fn remove_scratch(&self, _run: &str, _index: u32) -> Result<()> {
-        Err(StoreError::Unsupported { what: "a sync's sorted runs" })
+    fn local_scratch(&self, run: &str, index: u32) -> PathBuf {
+        self.scratch.path().join(run).join(format!("{index:05}"))
+    }
+
+    /// Stores the sorted run `file` (when there is one) and the step's
+    /// state in one transaction.
+    pub(crate) async fn commit_sorted_run(
+        &self,
+        run: &str,
+        step: &StepState,
+        file: Option<&Path>,
+    ) -> Result<()> {
+        let Some(file) = file else { return self.commit_step(run, step).await };
+        let name = file
+            .file_name()
+            .and_then(|n| n.to_str())
+            .filter(|n| valid_run_name(n))
+            .ok_or_else(|| StoreError::Scratch {
+                path: file.display().to_string(),
+                reason: "not a sorted run's file name".into(),
+            })?
+            .to_owned();
+        let bytes = tokio::fs::read(file).await.map_err(|e| StoreError::Scratch {
+            path: file.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let (state, index) = (json_text(step)?, i32::try_from(step.index).unwrap_or(i32::MAX));
+        let mut client = self.client().await?;
+        let tx = self.fenced(&mut client, run, "committing a sorted run").await?;
+        tx.execute(
+            "INSERT INTO weft_sorted_runs (run_id, idx, name, bytes) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (run_id, idx, name) DO UPDATE SET bytes = EXCLUDED.bytes",
+            &[&run, &index, &name, &bytes],
+        )
+        .await
+        .map_err(pg("writing a sorted run"))?;
+        tx.execute(
+            "INSERT INTO weft_steps (run_id, idx, state) VALUES ($1, $2, $3)
+             ON CONFLICT (run_id, idx) DO UPDATE SET state = EXCLUDED.state",
+            &[&run, &index, &state],
+        )
+        .await
+        .map_err(pg("writing a step"))?;
+        tx.commit().await.map_err(pg("committing a sorted run"))
+    }
+
+    /// Removes the step's sorted runs, here and in the database.
+    pub(crate) async fn remove_scratch(&self, run: &str, index: u32) -> Result<()> {
+        let dir = self.local_scratch(run, index);
+        match tokio::fs::remove_dir_all(&dir).await {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(StoreError::Scratch {
+                    path: dir.display().to_string(),
+                    reason: e.to_string(),
+                });
+            }
+            _ => {
+                let _ = tokio::fs::remove_dir(self.scratch.path().join(run)).await;
+            }
+        }
+        let idx = i32::try_from(index).unwrap_or(i32::MAX);
+        let client = self.client().await?;
+        client
+            .execute("DELETE FROM weft_sorted_runs WHERE run_id = $1 AND idx = $2", &[&run, &idx])
+            .await
+            .map_err(pg("removing a sync's sorted runs"))?;
+        Ok(())
     }
 
     pub(crate) async fn forget_deliveries(
@@ -869,8 +1498,17 @@ impl PgStore {
             .collect()
     }
 
-    pub(crate) async fn pages(&self, _run: &str, _index: u32) -> Result<PageReader> {
-        Err(StoreError::Unsupported { what: "list pages" })
+    pub(crate) async fn pages(&self, run: &str, index: u32) -> Result<PageReader> {
+        Ok(PageReader {
+            source: PageSource::Rows {
+                store: self.clone(),
+                run: run.to_owned(),
+                index,
+                next: 0,
+                buffer: std::collections::VecDeque::new(),
+                done: false,
+            },
+        })
     }
 
     pub(crate) async fn query_runs(&self, query: RunQuery) -> Result<RunPage> {
@@ -1182,6 +1820,213 @@ impl PgStore {
     }
 }
 
+/// One run being copied in (`weft store copy`): one transaction on one
+/// connection, begun by [`PgStore::import`] and ended by
+/// [`RunImport::commit`] (or rolled back on drop of the error path by
+/// [`RunImport::abandon`]).
+pub(crate) struct RunImport {
+    client: Object,
+    run: String,
+}
+
+impl PgStore {
+    /// Begins copying `run` in: writes its record (with `started_by`),
+    /// steps, history and HTTP totals, and, when it is not finished, a
+    /// queue row no worker holds (any worker may claim it at once).
+    /// `None` when the database has the run already (nothing written).
+    pub(crate) async fn import(
+        &self,
+        run: &RunRecord,
+        started_by: Option<&str>,
+        steps: &[StepState],
+        history: &[HistoryEntry],
+        totals: &BTreeMap<String, ConnectionTotals>,
+    ) -> Result<Option<RunImport>> {
+        let client = self.client().await?;
+        client.batch_execute("BEGIN").await.map_err(pg("starting a copy"))?;
+        let import = RunImport { client, run: run.id.clone() };
+        match import.write_run(run, started_by, steps, history, totals).await {
+            Ok(true) => Ok(Some(import)),
+            Ok(false) => {
+                import.abandon().await;
+                Ok(None)
+            }
+            Err(e) => {
+                import.abandon().await;
+                Err(e)
+            }
+        }
+    }
+}
+
+impl RunImport {
+    async fn write_run(
+        &self,
+        run: &RunRecord,
+        started_by: Option<&str>,
+        steps: &[StepState],
+        history: &[HistoryEntry],
+        totals: &BTreeMap<String, ConnectionTotals>,
+    ) -> Result<bool> {
+        let c = &self.client;
+        let there = c
+            .query_opt("SELECT 1 FROM weft_runs WHERE id = $1", &[&run.id])
+            .await
+            .map_err(pg("reading a run"))?;
+        if there.is_some() {
+            return Ok(false);
+        }
+        put_run(c, run, started_by, true).await?;
+        for step in steps {
+            let index = i32::try_from(step.index).unwrap_or(i32::MAX);
+            c.execute(
+                "INSERT INTO weft_steps (run_id, idx, state) VALUES ($1, $2, $3)",
+                &[&run.id, &index, &json_text(step)?],
+            )
+            .await
+            .map_err(pg("writing a step"))?;
+        }
+        for entry in history {
+            c.execute(
+                "INSERT INTO weft_history (run_id, entry) VALUES ($1, $2)",
+                &[&run.id, &json_text(entry)?],
+            )
+            .await
+            .map_err(pg("writing a run's history"))?;
+        }
+        for (connection, t) in totals {
+            c.execute(
+                "INSERT INTO weft_run_stats (run_id, connection, requests, throttled, retries,
+                     waited_ms, denied) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                &[
+                    &run.id,
+                    connection,
+                    &big(t.requests),
+                    &big(t.throttled),
+                    &big(t.retries),
+                    &big(t.waited_ms),
+                    &big(t.denied),
+                ],
+            )
+            .await
+            .map_err(pg("writing a run's HTTP totals"))?;
+        }
+        if !run.status.is_finished() {
+            c.execute(
+                "INSERT INTO weft_queue (run_id, workflow, enqueued_ms) VALUES ($1, $2, $3)",
+                &[&run.id, &run.workflow, &big(run.created_ms)],
+            )
+            .await
+            .map_err(pg("queueing a run"))?;
+        }
+        Ok(true)
+    }
+
+    /// Adds pages of step `index`, numbered from `first`.
+    pub(crate) async fn pages(&self, index: u32, first: u32, pages: &[String]) -> Result<()> {
+        let index = i32::try_from(index).unwrap_or(i32::MAX);
+        let numbers: Vec<i32> = (0..pages.len())
+            .map(|n| i32::try_from(u64::from(first) + n as u64).unwrap_or(i32::MAX))
+            .collect();
+        self.client
+            .execute(
+                "INSERT INTO weft_pages (run_id, idx, page, records)
+                 SELECT $1, $2, p, r FROM unnest($3::int4[], $4::text[]) AS t (p, r)",
+                &[&self.run, &index, &numbers, &pages],
+            )
+            .await
+            .map_err(pg("writing pages"))?;
+        Ok(())
+    }
+
+    /// Adds a group of finished items of step `index`.
+    pub(crate) async fn items(&self, index: u32, items: &[(u64, ItemRecord)]) -> Result<()> {
+        let index = i32::try_from(index).unwrap_or(i32::MAX);
+        self.client
+            .execute(
+                "INSERT INTO weft_items (run_id, idx, items) VALUES ($1, $2, $3)",
+                &[&self.run, &index, &json_text(&items)?],
+            )
+            .await
+            .map_err(pg("writing a group of items"))?;
+        Ok(())
+    }
+
+    /// Adds a sorted run of step `index` (an unfinished sync).
+    pub(crate) async fn sorted_run(&self, index: u32, name: &str, bytes: &[u8]) -> Result<()> {
+        if !valid_run_name(name) {
+            return Err(StoreError::Scratch {
+                path: name.to_owned(),
+                reason: "not a sorted run's file name".into(),
+            });
+        }
+        let index = i32::try_from(index).unwrap_or(i32::MAX);
+        self.client
+            .execute(
+                "INSERT INTO weft_sorted_runs (run_id, idx, name, bytes) VALUES ($1, $2, $3, $4)",
+                &[&self.run, &index, &name, &bytes],
+            )
+            .await
+            .map_err(pg("writing a sorted run"))?;
+        Ok(())
+    }
+
+    /// Commits the copy of the run.
+    pub(crate) async fn commit(self) -> Result<()> {
+        match self.client.batch_execute("COMMIT").await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.abandon().await;
+                Err(pg("committing a copied run")(e))
+            }
+        }
+    }
+
+    /// Rolls the copy of the run back; a connection that cannot is not
+    /// given back to the pool.
+    pub(crate) async fn abandon(self) {
+        if self.client.batch_execute("ROLLBACK").await.is_err() {
+            let _ = Object::take(self.client);
+        }
+    }
+}
+
+impl PgStore {
+    /// Remembers a webhook delivery copied from another store: a
+    /// signature (`signed_at` as the sender signed it) or an event id kept
+    /// until `keep_until_ms`. `false` when it was remembered already.
+    pub(crate) async fn import_delivery(
+        &self,
+        workflow: &str,
+        signature: Option<(&str, Option<i64>)>,
+        event: Option<(&str, u64)>,
+    ) -> Result<bool> {
+        let client = self.client().await?;
+        let mut inserted = 0;
+        if let Some((signature, signed_at)) = signature {
+            inserted += client
+                .execute(
+                    "INSERT INTO weft_deliveries (workflow, signature, signed_at, run_id)
+                     VALUES ($1, $2, $3, '') ON CONFLICT DO NOTHING",
+                    &[&workflow, &signature, &signed_at],
+                )
+                .await
+                .map_err(pg("remembering a webhook delivery"))?;
+        }
+        if let Some((event, keep_until_ms)) = event {
+            inserted += client
+                .execute(
+                    "INSERT INTO weft_delivery_events (workflow, event_id, keep_until_ms, run_id)
+                     VALUES ($1, $2, $3, '') ON CONFLICT DO NOTHING",
+                    &[&workflow, &event, &big(keep_until_ms)],
+                )
+                .await
+                .map_err(pg("remembering a webhook event id"))?;
+        }
+        Ok(inserted > 0)
+    }
+}
+
 /// Throwaway schemas for tests (the engine's and the end-to-end suite's):
 /// each test gets its own schema in the database `WEFT_TEST_POSTGRES`
 /// names, migrated, and dropped when the test ends. Not part of the API.
@@ -1424,25 +2269,177 @@ mod tests {
         Ok(())
     }
 
+    /// A store on `url` as a worker of its own, with leases of `lease`.
+    async fn worker(url: &str, lease: Duration) -> Result<RunStore, Box<dyn std::error::Error>> {
+        Ok(RunStore::open_postgres(url).await?.with_lease(lease))
+    }
+
+    fn step(index: u32) -> StepState {
+        let mut step = StepState::pending("s", index);
+        step.status = Status::Running;
+        step
+    }
+
     #[tokio::test]
-    async fn what_is_not_kept_yet_fails_saying_so() -> Result<(), Box<dyn std::error::Error>> {
-        let Some(base) = test_url("what_is_not_kept_yet_fails_saying_so")? else { return Ok(()) };
+    async fn a_worker_whose_lease_passed_to_another_cannot_commit_and_a_live_lease_is_not_taken()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let Some(base) = test_url("a_worker_whose_lease_passed_to_another_cannot_commit")? else {
+            return Ok(());
+        };
         let schema = ScratchSchema::create(&base).await?;
-        let store = RunStore::open_postgres(&schema.url).await?;
-        let id = store.new_run_id().await?;
-        store.create_run(&record(&id), &["list".into()], None).await?;
-        let step = StepState::pending("list", 0);
-        let err = store.page_log(&id, &step).await.err().map(|e| e.to_string());
-        assert_eq!(
-            err.as_deref().map(|e| e.starts_with("not yet supported on PostgreSQL: list pages")),
-            Some(true),
-            "{err:?}"
+        // `a` renews its lease rarely (every 15 s), so that the test can
+        // let it pass; `b` and `c` every 75 ms.
+        let a = worker(&schema.url, Duration::from_secs(60)).await?;
+        let b = worker(&schema.url, Duration::from_millis(300)).await?;
+        let c = worker(&schema.url, Duration::from_millis(300)).await?;
+        let id = a.new_run_id().await?;
+        a.create_run(&record(&id), &["s".into()], None).await?;
+        a.commit_step(&id, &step(0)).await?;
+        assert!(b.claim_runs(10).await?.is_empty(), "a live lease is not claimable");
+
+        // `a` is cut off: its lease passes (as if a minute went by).
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let admin = pool(&schema.url)?.get().await?;
+        admin.execute("UPDATE weft_queue SET lease_until_ms = 0", &[]).await?;
+        assert_eq!(b.claim_runs(10).await?, std::slice::from_ref(&id), "b takes the run");
+        assert!(c.claim_runs(10).await?.is_empty(), "once");
+
+        // `a` comes back: every commit of the run is refused, whatever it is.
+        let mut late = step(0);
+        late.items = 99;
+        let refused = [
+            a.commit_step(&id, &late).await.err(),
+            a.commit_items(
+                &id,
+                &late,
+                &[(
+                    0,
+                    ItemRecord { status: Status::Succeeded, action: None, id: None, error: None },
+                )],
+            )
+            .await
+            .err(),
+            a.start_commit(&id, &late, None).wait().await.err(),
+            a.commit_run(&record(&id)).await.err(),
+        ];
+        for err in refused {
+            let err = err.map(|e| e.to_string()).unwrap_or_default();
+            assert!(
+                err.contains("lease passed to another worker")
+                    && err.contains(b.worker().unwrap_or("?")),
+                "{err}"
+            );
+        }
+        assert_eq!(a.steps(&id).await?[0].items, 0, "nothing of a's landed");
+        // The new holder commits.
+        let mut ours = step(0);
+        ours.items = 5;
+        b.commit_step(&id, &ours).await?;
+        assert_eq!(c.steps(&id).await?[0].items, 5);
+
+        // A lease its worker renews is not taken by a resume elsewhere:
+        // `c` waits two leases, then says who runs it.
+        let started = std::time::Instant::now();
+        let err = c.claim_run(&id).await.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            err.contains("is being run by worker") && err.contains(b.worker().unwrap_or("?")),
+            "{err}"
         );
-        // A step commit without pages goes through.
-        let mut done = step.clone();
+        assert!(started.elapsed() >= Duration::from_millis(500), "{:?}", started.elapsed());
+
+        // `b` dies (its heartbeat stops with it): the lease passes within
+        // its length and `c` resumes the run.
+        drop(b);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let claimed = loop {
+            let claimed = c.claim_runs(10).await?;
+            if !claimed.is_empty() || std::time::Instant::now() > deadline {
+                break claimed;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(claimed, std::slice::from_ref(&id));
+        let mut done = record(&id);
         done.status = Status::Succeeded;
-        store.start_commit(&id, &done, None).wait().await?;
-        assert_eq!(store.steps(&id).await?[0].status, Status::Succeeded);
+        done.finished_ms = Some(now_ms());
+        c.commit_run(&done).await?;
+        let left: i64 = admin.query_one("SELECT count(*) FROM weft_queue", &[]).await?.get(0);
+        assert_eq!(left, 0, "a finished run leaves the queue");
         Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_run_whose_task_stopped_unfinished_is_claimed_again_a_lease_later()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let Some(base) = test_url("a_run_whose_task_stopped_unfinished_is_claimed_again")? else {
+            return Ok(());
+        };
+        let schema = ScratchSchema::create(&base).await?;
+        let store = worker(&schema.url, Duration::from_millis(400)).await?;
+        let id = store.new_run_id().await?;
+        store.create_run(&record(&id), &["s".into()], None).await?;
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert!(store.claim_runs(10).await?.is_empty(), "renewed while its task runs");
+        // The task stopped on an error that may pass.
+        store.release_run(&id).await?;
+        assert!(store.claim_runs(10).await?.is_empty(), "not at once: no retry loop");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(store.claim_runs(10).await?, std::slice::from_ref(&id), "a lease later");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn workers_claiming_at_once_take_each_free_run_once()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let Some(base) = test_url("workers_claiming_at_once_take_each_free_run_once")? else {
+            return Ok(());
+        };
+        let schema = ScratchSchema::create(&base).await?;
+        let creator = worker(&schema.url, Duration::from_secs(60)).await?;
+        let mut ids = Vec::new();
+        for _ in 0..40 {
+            let id = creator.new_run_id().await?;
+            creator.create_run(&record(&id), &["s".into()], None).await?;
+            ids.push(id);
+        }
+        // The creator died: every lease passed.
+        drop(creator);
+        let admin = pool(&schema.url)?.get().await?;
+        admin.execute("UPDATE weft_queue SET lease_until_ms = 0", &[]).await?;
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..4 {
+            let store = worker(&schema.url, Duration::from_secs(30)).await?;
+            tasks.spawn(async move {
+                let mut mine = Vec::new();
+                loop {
+                    let claimed = store.claim_runs(3).await?;
+                    if claimed.is_empty() {
+                        return Ok::<_, StoreError>(mine);
+                    }
+                    mine.extend(claimed);
+                }
+            });
+        }
+        let mut all = Vec::new();
+        let mut workers_with_runs = 0;
+        while let Some(mine) = tasks.join_next().await {
+            let mine = mine??;
+            workers_with_runs += usize::from(!mine.is_empty());
+            all.extend(mine);
+        }
+        all.sort();
+        ids.sort();
+        assert_eq!(all, ids, "each run claimed exactly once");
+        assert!(workers_with_runs >= 1);
+        Ok(())
+    }
+
+    #[test]
+    fn a_sorted_run_name_from_the_database_cannot_leave_the_scratch_directory() {
+        assert!(valid_run_name("source-00000.jsonl"));
+        assert!(valid_run_name("target-00012.jsonl"));
+        for bad in ["", "../x", "a/b", "..", ".hidden", "a\\b", "x\0y"] {
+            assert!(!valid_run_name(bad), "{bad:?}");
+        }
     }
 }

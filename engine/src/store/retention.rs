@@ -223,7 +223,7 @@ mod tests {
         if store.sled_dir().is_some() {
             step.pages = 1;
             store.commit_page(&id, &step, r#"[{"id":"cus_1"}]"#).await?;
-            std::fs::write(store.scratch_dir(&id, 0)?.join("run-0"), "x")?;
+            std::fs::write(store.scratch_dir(&id, 0).await?.join("run-0"), "x")?;
         }
         Ok(id)
     }

@@ -1,4 +1,4 @@
--- weft's PostgreSQL run store, version 4: a run's figures per connection
+-- weft's PostgreSQL run store, version 7: a run's figures per connection
 -- gain what `weft run --json` prints beside the request counts: the
 -- plugin, time in requests, answers by status class, plugin calls by op
 -- and traps by cause. Kept as the JSON of the whole sum in `detail`; the
