@@ -323,23 +323,28 @@ fn rows(
     min_achieved: f64,
     max_429: f64,
 ) -> Vec<Row> {
-    let figures = |f: &Figures| json!({ "achieved": f.achieved, "share_429": f.share_429, "requests": f.requests });
     let met = weft.achieved >= min_achieved && weft.share_429 <= max_429;
     vec![
-        Row::new(
-            "rate limits",
-            scenario,
-            format!("achieved {:.3}, {:.2}% 429s", weft.achieved, weft.share_429 * 100.0),
-        )
-        .reference(format!("naive: {:.3}, {:.2}% 429s", naive.achieved, naive.share_429 * 100.0))
-        .result(format!(
-            "{} vs {} requests",
-            grouped(weft.requests as f64),
-            grouped(naive.requests as f64)
-        ))
-        .target(format!(">= {min_achieved:.2}, <= {:.0}% 429s", max_429 * 100.0), met)
-        .figures(json!({ "weft": figures(weft), "naive": figures(naive) })),
+        row(scenario, weft, naive)
+            .target(format!(">= {min_achieved:.2}, <= {:.0}% 429s", max_429 * 100.0), met),
     ]
+}
+
+/// A scenario's row, with no target.
+fn row(scenario: &str, weft: &Figures, naive: &Figures) -> Row {
+    let figures = |f: &Figures| json!({ "achieved": f.achieved, "share_429": f.share_429, "requests": f.requests });
+    Row::new(
+        "rate limits",
+        scenario,
+        format!("achieved {:.3}, {:.2}% 429s", weft.achieved, weft.share_429 * 100.0),
+    )
+    .reference(format!("naive: {:.3}, {:.2}% 429s", naive.achieved, naive.share_429 * 100.0))
+    .result(format!(
+        "{} vs {} requests",
+        grouped(weft.requests as f64),
+        grouped(naive.requests as f64)
+    ))
+    .figures(json!({ "weft": figures(weft), "naive": figures(naive) }))
 }
 
 fn seconds(s: f64) -> String {
@@ -388,12 +393,13 @@ pub async fn run(config: &Config) -> BenchResult<Vec<Row>> {
         0.02,
     ));
     // The whole run, its start included: the 429s of finding the limit.
-    out.extend(rows(
-        &format!("(c) the same over the whole {c}, the search for the limit included"),
-        &weft_whole,
-        &naive_whole,
-        0.90,
-        0.01,
-    ));
+    // Issue 20's target (<= 1%) is for the full 120 s; in a shorter run
+    // the search is a larger share, so the row has no target there.
+    let whole = format!("(c) the same over the whole {c}, the search for the limit included");
+    if scale >= 1.0 {
+        out.extend(rows(&whole, &weft_whole, &naive_whole, 0.90, 0.01));
+    } else {
+        out.push(row(&whole, &weft_whole, &naive_whole));
+    }
     Ok(out)
 }
