@@ -27,6 +27,9 @@
 //!   weight.
 //! - `metrics`: a scrape of `/metrics` (its exposition) with 50 workflows
 //!   and 20 connections, both text formats.
+//! - `languages`: the connector `weft plugin new` writes in Rust, Python
+//!   and JavaScript, built with the pinned tools: a warm `get` with HTTP
+//!   stubbed, side by side; first compile; cold start from the cache.
 //!
 //! `WEFT_BENCH_SCALE` scales every record count and duration (default 1).
 //! The rate-limit scenarios run at a quarter of their published durations
@@ -45,6 +48,7 @@ mod console;
 mod durable;
 mod export;
 mod expressions;
+mod languages;
 mod metrics_scrape;
 mod plugin_call;
 mod rate_limits;
@@ -64,8 +68,17 @@ pub struct Config {
     pub json: bool,
 }
 
-const SECTIONS: &[&str] =
-    &["export", "plugin", "durable", "rate-limits", "serve", "expressions", "console", "metrics"];
+const SECTIONS: &[&str] = &[
+    "export",
+    "plugin",
+    "durable",
+    "rate-limits",
+    "serve",
+    "expressions",
+    "console",
+    "metrics",
+    "languages",
+];
 
 fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -127,6 +140,7 @@ fn run(args: &[String]) -> BenchResult<()> {
             "expressions" => runtime.block_on(expressions::run(&config))?,
             "console" => runtime.block_on(console::run(&config))?,
             "metrics" => runtime.block_on(metrics_scrape::run(&config))?,
+            "languages" => runtime.block_on(languages::run(&config))?,
             _ => unreachable!("sections are checked above"),
         };
         rows.extend(section_rows);
