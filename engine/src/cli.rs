@@ -16,6 +16,7 @@ use weft::runtime::{Runtime, RuntimeConfig};
 use weft::store::{RunStore, StoreLocation};
 
 pub(crate) mod plugin;
+pub(crate) mod plugin_new;
 pub(crate) mod print;
 pub(crate) mod run;
 pub(crate) mod runs;

@@ -6,8 +6,10 @@
 //! Each supported WIT version has its own module (`v0_1`) that only converts
 //! types and dispatches; everything else lives here once.
 
+mod output;
 mod record;
 mod v0_1;
+mod world;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,8 +22,9 @@ use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store,
     Trap, UpdateDeadline,
 };
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use self::output::GuestOutput;
 
 use crate::connector::{
     BatchItem, CallContext, ConnectorError, ListRequest, Manifest, Op, Page, RemoveOutcome,
@@ -40,9 +43,6 @@ const EPOCH_TICK: Duration = Duration::from_millis(5);
 /// [`Runtime::trusted_cache_dir`]). A SHA-256 here cost 1.5 ms of a 1.7 ms
 /// cold start.
 const CACHE_FORMAT: &[u8] = b"serialized+crc32";
-
-/// Bytes of a guest's stderr kept to explain a trap (a Rust panic message).
-const STDERR_CAPTURE: usize = 4096;
 
 /// Limits every plugin instance runs under (not to be confused with the
 /// sandbox, which is `weft-sandbox`'s vendor emulators).
@@ -112,14 +112,13 @@ pub enum RuntimeError {
         /// Why.
         reason: String,
     },
-    /// The component targets a contract version this host does not serve.
-    #[error(
-        "plugin {plugin}: does not implement weft:connector@0.1.0 (the versions this host serves): {reason}"
-    )]
+    /// The component imports what this host does not serve, or does not
+    /// export a connector interface this host serves (weft:connector@0.1.0).
+    #[error("plugin {plugin}: cannot run here: {reason}")]
     UnsupportedContract {
         /// Plugin name or path.
         plugin: String,
-        /// What wasmtime said.
+        /// What is missing or extra, and how to build without it.
         reason: String,
     },
     /// The plugin was stopped: trap, limit or deadline.
@@ -266,14 +265,18 @@ impl Runtime {
         wasm.max_wasm_stack(1 << 20);
         let slots = config.limits.instances.max(1);
         let mut pool = PoolingAllocationConfig::default();
+        // Python (componentize-py, 38 core instances with `--stub-wasi`)
+        // and JavaScript (componentize-js) components hold many core
+        // instances and tables; a core instance in the pool is only a count,
+        // a table a small reservation of address space.
         pool.total_component_instances(slots)
-            .total_core_instances(slots.saturating_mul(4))
+            .total_core_instances(slots.saturating_mul(MAX_CORE_INSTANCES))
             .total_memories(slots)
-            .total_tables(slots.saturating_mul(4))
+            .total_tables(slots.saturating_mul(TABLES_PER_SLOT))
             .total_stacks(slots)
             .max_memories_per_component(4)
-            .max_core_instances_per_component(16)
-            .max_tables_per_component(16)
+            .max_core_instances_per_component(MAX_CORE_INSTANCES)
+            .max_tables_per_component(MAX_TABLES)
             // Hard ceiling; each store's limiter enforces the configured cap.
             .max_memory_size(config.limits.memory_bytes.max(1 << 20));
         wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
@@ -341,18 +344,44 @@ impl Runtime {
 
     /// Compiles (or loads from the cache) and pre-instantiates a plugin, and
     /// reads its manifest.
+    ///
+    /// The component's imports and exports are checked first, before it is
+    /// compiled; a component refused at any step is never cached.
     pub async fn load(&self, name: &str, wasm: &[u8]) -> Result<Plugin> {
         let started = Instant::now();
-        let (component, cache_hit) = self.component(name, wasm)?;
+        match world::World::read(wasm) {
+            Err(reason) => {
+                return Err(RuntimeError::InvalidComponent { plugin: name.to_owned(), reason });
+            }
+            Ok(Some(world)) => {
+                if let Some(reason) = world.refusal() {
+                    return Err(RuntimeError::UnsupportedContract {
+                        plugin: name.to_owned(),
+                        reason,
+                    });
+                }
+            }
+            // Not readable as a component: compiling it says why.
+            Ok(None) => {}
+        }
+        let (component, cache) = self.component(name, wasm)?;
         let compiled = started.elapsed();
-        let pre = self.inner.linker.instantiate_pre(&component).map_err(|e| {
-            RuntimeError::UnsupportedContract { plugin: name.to_owned(), reason: error_chain(&e) }
-        })?;
-        let bindings = v0_1::Bindings::new(pre).map_err(|e| RuntimeError::UnsupportedContract {
+        let unsupported = |e: wasmtime::Error| RuntimeError::UnsupportedContract {
             plugin: name.to_owned(),
-            reason: error_chain(&e),
-        })?;
+            reason: format!("it does not fit weft:connector@0.1.0: {}", error_chain(&e)),
+        };
+        let pre = self.inner.linker.instantiate_pre(&component).map_err(unsupported)?;
+        let bindings = v0_1::Bindings::new(pre).map_err(unsupported)?;
         let slot_cost = self.slot_cost(name, &component)?;
+        let cache_hit = matches!(cache, CacheEntry::Hit);
+        if let CacheEntry::Write(dir, path) = cache
+            && let Ok(serialized) = component.serialize()
+        {
+            // A cache we cannot write is a slower start, not a failure.
+            if let Err(e) = write_cached(&dir, &path, &serialized) {
+                tracing::warn!(path = %path.display(), error = %e, "cannot write the component cache");
+            }
+        }
         let mut plugin = Plugin {
             name: name.to_owned(),
             runtime: self.clone(),
@@ -368,13 +397,13 @@ impl Runtime {
     }
 
     /// The slot permits one instance of `component` holds: the pool has a
-    /// memory per slot and four tables, so a component with more memories
-    /// or tables takes more than one slot.
+    /// memory per slot and [`TABLES_PER_SLOT`] tables, so a component with
+    /// more memories or tables takes more than one slot.
     fn slot_cost(&self, name: &str, component: &Component) -> Result<u32> {
         let needs = component.resources_required();
         let memories = needs.as_ref().map_or(1, |n| n.num_memories);
-        let tables = needs.as_ref().map_or(4, |n| n.num_tables);
-        let cost = memories.max(tables.div_ceil(4)).max(1);
+        let tables = needs.as_ref().map_or(TABLES_PER_SLOT, |n| n.num_tables);
+        let cost = memories.max(tables.div_ceil(TABLES_PER_SLOT)).max(1);
         if cost > self.inner.config.limits.instances.max(1) {
             return Err(RuntimeError::InvalidComponent {
                 plugin: name.to_owned(),
@@ -397,27 +426,23 @@ impl Runtime {
         self.load(&name, &wasm).await
     }
 
-    fn component(&self, name: &str, wasm: &[u8]) -> Result<(Component, bool)> {
+    /// The compiled component, from the cache when it holds it; a newly
+    /// compiled one says where to cache it once it has been accepted.
+    fn component(&self, name: &str, wasm: &[u8]) -> Result<(Component, CacheEntry)> {
         let engine = &self.inner.engine;
         let invalid = |e: wasmtime::Error| RuntimeError::InvalidComponent {
             plugin: name.to_owned(),
             reason: error_chain(&e),
         };
         let Some(dir) = self.trusted_cache_dir() else {
-            return Ok((Component::new(engine, wasm).map_err(invalid)?, false));
+            return Ok((Component::new(engine, wasm).map_err(invalid)?, CacheEntry::None));
         };
         let path = dir.join(format!("{}.cwasm", self.cache_key(wasm)));
         if let Some(component) = self.read_cached(&path) {
-            return Ok((component, true));
+            return Ok((component, CacheEntry::Hit));
         }
         let component = Component::new(engine, wasm).map_err(invalid)?;
-        if let Ok(serialized) = component.serialize() {
-            // A cache we cannot write is a slower start, not a failure.
-            if let Err(e) = write_cached(dir, &path, &serialized) {
-                tracing::warn!(path = %path.display(), error = %e, "cannot write the component cache");
-            }
-        }
-        Ok((component, false))
+        Ok((component, CacheEntry::Write(dir.to_path_buf(), path)))
     }
 
     /// Content hash of the wasm plus the engine's compatibility hash, so a
@@ -485,6 +510,17 @@ impl Runtime {
         let component = unsafe { Component::deserialize(&self.inner.engine, payload) };
         component.map_err(|e| tracing::warn!(path = %path.display(), error = %error_chain(&e), "ignoring an unusable cache entry")).ok()
     }
+}
+
+/// Where a compiled component came from, or is to be cached.
+enum CacheEntry {
+    /// No cache is used.
+    None,
+    /// Read from the cache.
+    Hit,
+    /// Compiled now; to be written to this directory and file once the
+    /// component has been accepted.
+    Write(PathBuf, PathBuf),
 }
 
 fn write_cached(dir: &Path, path: &Path, serialized: &[u8]) -> std::io::Result<()> {
@@ -648,9 +684,19 @@ fn bytes(n: usize) -> String {
 /// plugin must not forge a host log line or recolour a terminal), and cut
 /// to [`MAX_MESSAGE_CHARS`].
 fn plugin_text(text: &str) -> String {
-    let mut out = String::with_capacity(text.len().min(MAX_MESSAGE_CHARS + 32));
+    plugin_text_within(text, MAX_MESSAGE_CHARS)
+}
+
+/// [`plugin_text`] without the cut, for text already bounded (the kept
+/// tail of a guest's stderr).
+fn escaped(text: &str) -> String {
+    plugin_text_within(text, usize::MAX)
+}
+
+fn plugin_text_within(text: &str, max_chars: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(max_chars.saturating_add(32)));
     for (kept, (at, c)) in text.char_indices().enumerate() {
-        if kept == MAX_MESSAGE_CHARS {
+        if kept == max_chars {
             out.push_str(&format!("… ({} more bytes)", text.len() - at));
             break;
         }
@@ -938,10 +984,16 @@ impl Plugin {
     ) -> Result<Instance> {
         let slot = self.slot(op, deadline).await?;
         let limits = self.runtime.limits();
-        let stderr = MemoryOutputPipe::new(STDERR_CAPTURE);
+        let plugin: Arc<str> = self.name.as_str().into();
+        let stderr = GuestOutput::stderr(plugin.clone());
         let mut wasi = WasiCtx::builder();
-        // Deny by default: no env, args, preopens or sockets; stdout is discarded.
-        wasi.allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false).stderr(stderr.clone());
+        // Deny by default: no env, args, preopens or sockets. Output goes to
+        // tracing at debug; stderr's tail explains a trap.
+        wasi.allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .stdout(GuestOutput::stdout(plugin))
+            .stderr(stderr.clone());
         let state = InstanceState {
             wasi: wasi.build(),
             table: ResourceTable::new(),
@@ -980,7 +1032,13 @@ impl Plugin {
         let cpu = store.data().cpu.clone();
         let started = guarded("instantiate", self.bindings.instantiate(&mut store));
         match tokio::time::timeout_at(deadline.into(), cpu.metered(started)).await {
-            Ok(Ok(Ok(exports))) => Ok(Instance { store, exports, stderr, calls: 0, slot }),
+            Ok(Ok(Ok(exports))) => {
+                // What the instance starts with (Python and JavaScript
+                // runtimes start at 9-12 MiB); warm reuse judges growth
+                // over it.
+                let starting_memory = store.data().limiter.peak;
+                Ok(Instance { store, exports, stderr, starting_memory, calls: 0, slot })
+            }
             Ok(Ok(Err(error)) | Err(error)) => Err(RuntimeError::Trapped {
                 plugin: self.name.clone(),
                 op,
@@ -1046,7 +1104,9 @@ impl Plugin {
 struct Instance {
     store: Store<InstanceState>,
     exports: v0_1::Exports,
-    stderr: MemoryOutputPipe,
+    stderr: GuestOutput,
+    /// Its largest linear memory once instantiated, before any call.
+    starting_memory: usize,
     /// Calls run on it so far.
     calls: u32,
     /// Its share of the pool. Declared last, so it is released only after
@@ -1062,24 +1122,38 @@ impl Instance {
     /// is whatever the interruption left. So does anything unusual that a
     /// fresh instance would not carry into the next call: output on stderr
     /// (a panic message starts there), a refused memory growth, memory grown
-    /// past [`WARM_MEMORY_BYTES`], or [`WARM_CALLS`] calls served.
+    /// more than [`WARM_GROWTH_BYTES`] over what the instance started with,
+    /// or [`WARM_CALLS`] calls served.
     fn reusable(&self, outcome: &Result<Reply>) -> bool {
         let state = self.store.data();
         let returned = matches!(outcome, Ok(_) | Err(RuntimeError::Connector { .. }));
         returned
             && self.calls < WARM_CALLS
             && state.limiter.asked.is_none()
-            && state.limiter.peak <= WARM_MEMORY_BYTES
-            && self.stderr.contents().is_empty()
+            && state.limiter.peak.saturating_sub(self.starting_memory) <= WARM_GROWTH_BYTES
+            && self.stderr.written() == 0
     }
 }
 
 /// Calls one instance may serve before it is replaced by a fresh one.
 const WARM_CALLS: u32 = 1000;
 
-/// An instance whose linear memory grew past this is not kept warm: it
-/// would hold that memory while idle.
-const WARM_MEMORY_BYTES: usize = 8 << 20;
+/// An instance whose linear memory grew more than this over what it started
+/// with is not kept warm: it would hold that memory while idle. Counted
+/// from the starting size, not from zero: a Python or JavaScript runtime
+/// starts with 9-12 MiB, and would otherwise never be kept.
+const WARM_GROWTH_BYTES: usize = 8 << 20;
+
+/// Core instances one component may hold (componentize-py with
+/// `--stub-wasi` needs 38).
+const MAX_CORE_INSTANCES: u32 = 64;
+
+/// Tables one component may hold.
+const MAX_TABLES: u32 = 64;
+
+/// Tables the pool holds per instance slot; a component with more takes
+/// more slots (see [`Runtime::slot_cost`]).
+const TABLES_PER_SLOT: u32 = 8;
 
 /// Idle instances kept per connection.
 const WARM_PER_CONNECTION: usize = 16;
@@ -1103,8 +1177,8 @@ const WARM_PER_CONNECTION: usize = 16;
 /// connection, and it still reaches nothing but this connection's HTTP.
 /// Every call still starts its own CPU-time, deadline and log budgets, and
 /// the memory cap is the same. An instance is discarded after a trap, a
-/// limit, a deadline, anything on stderr, memory grown past 8 MiB, or 1,000
-/// calls (see `Instance::reusable`), and no more than 16 idle instances
+/// limit, a deadline, anything on stderr, memory grown more than 8 MiB over
+/// what the instance started with, or 1,000 calls (see `Instance::reusable`), and no more than 16 idle instances
 /// are kept per connection, half the instance slots in the process. An idle
 /// instance holds a slot: when a call waits for one, idle instances are
 /// given up first, and none is kept while any call waits.
@@ -1396,7 +1470,7 @@ fn trap_cause(error: &wasmtime::Error, store: &Store<InstanceState>) -> TrapCaus
 fn explain_trap(
     error: &wasmtime::Error,
     store: &Store<InstanceState>,
-    stderr: &MemoryOutputPipe,
+    stderr: &GuestOutput,
 ) -> String {
     let mut reason = if let Some(hit) = error.downcast_ref::<LimitHit>() {
         hit.to_string()
@@ -1420,12 +1494,21 @@ fn explain_trap(
             None => error_chain(error),
         }
     };
-    let said = stderr.contents();
-    let said = String::from_utf8_lossy(&said);
+    // The whole tail, not its last line: a Python traceback or a JS stack
+    // ends with boilerplate (`note: run with RUST_BACKTRACE=1`,
+    // `Redirecting call to abort()`) after the line that says what broke.
+    let (said, cut) = stderr.tail();
     let said = said.trim();
     if !said.is_empty() {
-        reason.push_str("; the plugin said: ");
-        reason.push_str(&plugin_text(said.lines().last().unwrap_or(said)));
+        if cut > 0 {
+            reason.push_str(&format!(
+                "; the plugin's stderr (its last {}; {cut} bytes before them not kept): ",
+                bytes(said.len())
+            ));
+        } else {
+            reason.push_str("; the plugin's stderr: ");
+        }
+        reason.push_str(&escaped(said));
     }
     reason
 }

@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 use rand::{Rng as _, SeedableRng as _};
 use serde_json::Value;
 
+#[path = "cli/languages.rs"]
+mod languages;
+
 type TestResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
 
 fn weft(args: &[&str], cache: &Path) -> std::io::Result<Output> {

@@ -201,7 +201,108 @@ async fn a_warm_instance_serves_the_next_call_of_its_connection() -> TestResult 
     // Plugin's own calls still get a fresh instance every time.
     let http = connection.http().clone();
     let fresh = list(&plugin, &http, "calls").await?;
-    assert_eq!(fresh, vec![r#"{"calls":1}"#.to_owned()]);
+    let fresh: serde_json::Value = serde_json::from_str(&fresh[0])?;
+    assert_eq!(fresh["calls"], 1, "{fresh}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_instance_starting_above_8_mib_is_still_kept_warm() -> TestResult {
+    // Regression (issue 17): warm reuse judged memory from zero, so an
+    // instance starting with more than 8 MiB (a Python or JS runtime, the
+    // hostile plugin's 10 MiB ballast) was never kept: every call paid for
+    // a fresh instance.
+    let (server, plugin) = hostile_connection().await?;
+    let connection = warm(plugin, connection(&server.base_url())?);
+    let request =
+        ListRequest { resource: "calls".into(), cursor: None, page_size: 10, filter: None };
+    let page = connection.list(request).await?;
+    let first: serde_json::Value = serde_json::from_str(&page.records[0])?;
+    assert_eq!(first["ballast"], 10 << 20, "the instance starts above 8 MiB: {first}");
+    assert_eq!(calls_seen(&connection).await?, 2, "the second call reuses the instance");
+    assert_eq!(calls_seen(&connection).await?, 3);
+    Ok(())
+}
+
+#[tokio::test]
+async fn growth_past_8_mib_over_the_starting_memory_discards_the_instance() -> TestResult {
+    let (server, plugin) = hostile_connection().await?;
+    let connection = warm(plugin, connection(&server.base_url())?);
+    assert_eq!(calls_seen(&connection).await?, 1);
+    // To 30 MiB: more than 8 MiB over the ~11 MiB it starts with.
+    let grow = ListRequest {
+        resource: "grow".into(),
+        cursor: None,
+        page_size: 10,
+        filter: Some(serde_json::json!({"pages": 480}).to_string()),
+    };
+    connection.list(grow).await?;
+    assert_eq!(calls_seen(&connection).await?, 1, "a fresh instance after growing to 30 MiB");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_flood_on_stderr_does_not_fail_the_call() -> TestResult {
+    // Regression (issue 17): stderr was a 4 KiB buffer that refused writes
+    // once full; Rust's `eprintln!` panics on a refused write, so a chatty
+    // guest trapped.
+    let runtime = runtime(limits())?;
+    let plugin = runtime.load_file(hostile_wasm()).await?;
+    let http = connection("http://127.0.0.1:9")?;
+    let records = list(&plugin, &http, "stderr-flood").await?;
+    assert_eq!(records, vec![r#"{"id":"1"}"#.to_owned()]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_trap_carries_the_tail_of_the_guests_stderr() -> TestResult {
+    // Regression (issue 17): only the last line of stderr was kept
+    // (`note: run with RUST_BACKTRACE=1…`), never the traceback above it.
+    let runtime = runtime(limits())?;
+    let plugin = runtime.load_file(hostile_wasm()).await?;
+    let http = connection("http://127.0.0.1:9")?;
+    let error = match list(&plugin, &http, "traceback").await {
+        Ok(records) => panic!("expected a trap, got {records:?}"),
+        Err(e) => e.to_string(),
+    };
+    for needle in [
+        "Traceback (most recent call last):",
+        r#"File "app.py", line 12, in list"#,
+        "ValueError: the customer list came back as XML",
+        "uncaught exception in the guest",
+        "bytes before them not kept",
+    ] {
+        assert!(error.contains(needle), "{needle:?} missing from {error}");
+    }
+    assert!(!error.contains("filler    0 "), "the head of a long stderr is cut: {error}");
+    // 8 KiB of stderr, escaped (each line break becomes two characters),
+    // plus the reason.
+    assert!(error.len() < 10 << 10, "bounded: {} bytes", error.len());
+    assert!(!error.contains('\n'), "one line: {error}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn guest_output_goes_to_tracing_at_debug() -> TestResult {
+    use tracing::instrument::WithSubscriber as _;
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let runtime = runtime(limits())?;
+    let plugin = runtime.load_file(hostile_wasm()).await?;
+    let http = connection("http://127.0.0.1:9")?;
+    let records = list(&plugin, &http, "print").with_subscriber(subscriber).await?;
+    assert_eq!(records.len(), 1);
+    let log =
+        String::from_utf8_lossy(&captured.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned();
+    let line =
+        log.lines().find(|l| l.contains("hello from the guest's stdout")).unwrap_or_default();
+    assert!(line.contains("DEBUG") && line.contains("stream=\"stdout\""), "{log}");
+    assert!(line.contains("hostile"), "names the plugin: {line}");
     Ok(())
 }
 

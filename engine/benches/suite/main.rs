@@ -29,6 +29,9 @@
 //!   and 20 connections, both text formats.
 //! - `retention`: the run store's size over 10,000 runs pruned to the
 //!   newest 1,000 as `weft serve --retention` prunes, beside never pruned.
+//! - `languages`: the connector `weft plugin new` writes in Rust, Python
+//!   and JavaScript, built with the pinned tools: a warm `get` with HTTP
+//!   stubbed, side by side; first compile; cold start from the cache.
 //!
 //! `WEFT_BENCH_SCALE` scales every record count and duration (default 1).
 //! The rate-limit scenarios run at a quarter of their published durations
@@ -47,6 +50,7 @@ mod console;
 mod durable;
 mod export;
 mod expressions;
+mod languages;
 mod metrics_scrape;
 mod plugin_call;
 mod rate_limits;
@@ -77,6 +81,7 @@ const SECTIONS: &[&str] = &[
     "console",
     "metrics",
     "retention",
+    "languages",
 ];
 
 fn main() -> std::process::ExitCode {
@@ -140,6 +145,7 @@ fn run(args: &[String]) -> BenchResult<()> {
             "console" => runtime.block_on(console::run(&config))?,
             "metrics" => runtime.block_on(metrics_scrape::run(&config))?,
             "retention" => runtime.block_on(retention::run(&config))?,
+            "languages" => runtime.block_on(languages::run(&config))?,
             _ => unreachable!("sections are checked above"),
         };
         rows.extend(section_rows);

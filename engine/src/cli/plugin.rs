@@ -1,5 +1,6 @@
-//! `weft plugin inspect|list|check`: a connector plugin's manifest, the
-//! built-in connectors, and the conformance suite against an endpoint.
+//! `weft plugin inspect|list|check|new|wit`: a connector plugin's manifest,
+//! the built-in connectors, the conformance suite against an endpoint, and
+//! (in `plugin_new`) a new connector project and the contract's WIT.
 
 use std::io::Write as _;
 use std::path::Path;
@@ -29,6 +30,27 @@ pub(crate) enum PluginCommand {
     /// emulator): pagination, absent reads, idempotent upserts, removes,
     /// typed errors, and a wrong credential.
     Check(CheckArgs),
+    /// Write a new connector project (Rust, Python or JavaScript) that
+    /// builds with one command and passes `weft plugin check --sandbox`
+    /// as it is: the WIT, pinned tools, helpers, native tests with a fake
+    /// `http.send`, an example workflow and a README.
+    New {
+        /// The connector's name (lower-case letters, digits, hyphens).
+        name: String,
+        /// Its language.
+        #[arg(long, value_enum)]
+        lang: super::plugin_new::Lang,
+        /// Where to write it (default: ./NAME); must be empty or absent.
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+    },
+    /// Write the connector contract's WIT (weft:connector@0.1.0, world
+    /// `connector`, exported interface `plugin`) to DIR/connector.wit.
+    Wit {
+        /// The directory to write it to.
+        #[arg(long, default_value = "wit")]
+        out: std::path::PathBuf,
+    },
 }
 
 // No `///` here: clap would take it for the command's about, which the
@@ -83,6 +105,10 @@ pub(crate) async fn plugin(global: &Global, command: PluginCommand) -> Result<Ex
             Ok(ExitCode::SUCCESS)
         }
         PluginCommand::Check(options) => check_plugin(global, options).await,
+        PluginCommand::New { name, lang, dir } => {
+            super::plugin_new::new_project(&name, lang, dir.as_deref())
+        }
+        PluginCommand::Wit { out } => super::plugin_new::write_wit(&out),
     }
 }
 

@@ -15,6 +15,13 @@
 //! | `echo-context`   | returns the context it received                         | never include a credential |
 //! | `http`           | GETs `{base_url}/v1/customers?limit=3`, returns status and headers | keep the credential out of them |
 //! | `calls`          | returns how many `list` calls this instance has served   | count 1 on a fresh instance, more only within one connection |
+//! | `stderr-flood`   | writes 100 KiB of lines to stderr with `eprintln!`, returns `{"id":"1"}` | accept it all (tracing at debug); the call succeeds |
+//! | `print`          | prints `hello from the guest's stdout` on stdout, returns `{"id":"1"}` | pass the line to tracing at debug |
+//! | `traceback`      | writes 20 KiB of filler to stderr, then a Python-like traceback, then panics | trap, keeping the tail of stderr: the traceback, not the filler |
+//!
+//! Every instance also starts with [`BALLAST`] (10 MiB of zeroed static
+//! memory), as a Python or JavaScript runtime starts with 9-12 MiB: warm
+//! reuse must judge growth over the starting size, not size from zero.
 //!
 //! Misbehaviour through `http.send` (headers, request volume, echoed
 //! credentials) lives in `http_abuse`, with its own table. The resources
@@ -27,7 +34,7 @@ mod boundary;
 mod http_abuse;
 
 use std::hint::black_box;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
 
 use serde_json::{Value, json};
 use weft_connector_sdk::{
@@ -53,7 +60,14 @@ const RESOURCES: &[(&str, &str)] = &[
     ("echo-context", "Returns the context it was given."),
     ("http", "Returns the status and headers of GET {base_url}/v1/customers?limit=3."),
     ("calls", "How many list calls this instance has served, itself included."),
+    ("stderr-flood", "Writes 100 KiB to stderr, then returns one record."),
+    ("print", "Prints a line on stdout, then returns one record."),
+    ("traceback", "Writes filler and a traceback to stderr, then panics."),
 ];
+
+/// Zeroed static memory every instance starts with (in `.bss`: it makes
+/// the initial linear memory larger, not the component).
+static BALLAST: [AtomicU8; 10 << 20] = [const { AtomicU8::new(0) }; 10 << 20];
 
 /// `list` calls this instance has served: what a warm instance remembers.
 static CALLS: AtomicU32 = AtomicU32::new(0);
@@ -94,7 +108,18 @@ impl Connector for Hostile {
     fn list(ctx: &Context, request: ListRequest) -> Result<Page> {
         let calls = CALLS.fetch_add(1, Ordering::Relaxed) + 1;
         let records = match request.resource.as_str() {
-            "calls" => vec![json!({"calls": calls})],
+            "calls" => vec![json!({"calls": calls, "ballast": black_box(&BALLAST).len()})],
+            "stderr-flood" => {
+                for line in 0..2048 {
+                    eprintln!("{line:>5} {}", "x".repeat(43));
+                }
+                vec![json!({"id": "1"})]
+            }
+            "print" => {
+                println!("hello from the guest's stdout");
+                vec![json!({"id": "1"})]
+            }
+            "traceback" => traceback(),
             "ok" => vec![json!({"id": "1"}), json!({"id": "2"})],
             "spin" => spin(),
             "alloc" => vec![json!({"touched": alloc_gib()})],
@@ -151,6 +176,18 @@ impl Connector for Hostile {
     ) -> Result<Vec<Result<UpsertOutcome>>> {
         boundary::upsert_batch(resource, &items)
     }
+}
+
+/// Writes 20 KiB of filler lines, then a traceback the way a Python guest
+/// would, then panics (its message and the runtime's notes come last).
+fn traceback() -> Vec<Value> {
+    for line in 0..512 {
+        eprintln!("filler {line:>4} {}", "-".repeat(28));
+    }
+    eprintln!("Traceback (most recent call last):");
+    eprintln!("  File \"app.py\", line 12, in list");
+    eprintln!("ValueError: the customer list came back as XML");
+    panic!("uncaught exception in the guest");
 }
 
 /// Loops forever; `black_box` keeps the optimiser from proving the loop
