@@ -1078,15 +1078,21 @@ impl PgStore {
         tx.commit().await.map_err(pg("committing a step"))
     }
 
-    /// Removes these runs; their steps, items, history and HTTP figures go
-    /// with them (`ON DELETE CASCADE`).
+    /// Removes these runs; their steps, pages, items, queue rows, history
+    /// and HTTP figures go with them (`ON DELETE CASCADE`), and so do the
+    /// cron firings that started them: one row a tick would otherwise pile
+    /// up for ever. A firing that old is not fired again (a catch-up looks
+    /// only at the last missed firing, and the newest run is kept).
     pub(crate) async fn delete_runs(&self, ids: &[String]) -> Result<()> {
-        let client = self.client().await?;
-        client
-            .execute("DELETE FROM weft_runs WHERE id = ANY($1)", &[&ids])
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg("removing old runs"))?;
+        tx.execute("DELETE FROM weft_cron_firings WHERE run_id = ANY($1)", &[&ids])
+            .await
+            .map_err(pg("removing old runs' cron firings"))?;
+        tx.execute("DELETE FROM weft_runs WHERE id = ANY($1)", &[&ids])
             .await
             .map_err(pg("removing old runs"))?;
-        Ok(())
+        tx.commit().await.map_err(pg("removing old runs"))
     }
 
     /// Writes `workflow`'s state as a copy from another store brings it,
@@ -2227,6 +2233,39 @@ mod tests {
         let err = RunStore::open_postgres(&schema.url).await.err().map(|e| e.to_string());
         let err = err.unwrap_or_default();
         assert!(err.contains("weft store migrate"), "{err}");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn pruning_a_fired_run_forgets_its_firing() -> Result<(), Box<dyn std::error::Error>> {
+        let Some(base) = test_url("pruning_a_fired_run_forgets_its_firing")? else {
+            return Ok(());
+        };
+        let schema = ScratchSchema::create(&base).await?;
+        let store = RunStore::open_postgres(&schema.url).await?;
+        let day = 86_400_000;
+        let firings = || async {
+            let client = pool(&schema.url)?.get().await?;
+            let row = client.query_one("SELECT count(*) FROM weft_cron_firings", &[]).await?;
+            Ok::<i64, Box<dyn std::error::Error>>(row.try_get(0)?)
+        };
+        for (n, age_days) in [(1u64, 40u64), (2, 39), (3, 1)] {
+            // Run ids begin with their creation time, which listing reads.
+            let created = now_ms() - age_days * day;
+            let id = format!("{created:011x}-{n:05x}");
+            let mut run = record(&id);
+            run.trigger = RunTrigger::Cron;
+            run.created_ms = created;
+            store.create_fired_run(&run, &[], None, run.created_ms).await?;
+            run.status = Status::Succeeded;
+            run.finished_ms = Some(run.created_ms + 1);
+            store.commit_run(&run).await?;
+        }
+        assert_eq!(firings().await?, 3);
+        // run-3 is the workflow's newest success: the two old ones go.
+        let report = store.prune_runs(now_ms() - 30 * day, false).await?;
+        assert_eq!(report.removed, 2, "{report:?}");
+        assert_eq!(firings().await?, 1, "the pruned runs' firings went with them");
         Ok(())
     }
 
