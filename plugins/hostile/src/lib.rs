@@ -19,7 +19,7 @@
 //! | `print`          | prints `hello from the guest's stdout` on stdout, returns `{"id":"1"}` | pass the line to tracing at debug |
 //! | `traceback`      | writes 20 KiB of filler to stderr, then a Python-like traceback, then panics | trap, keeping the tail of stderr: the traceback, not the filler |
 //!
-//! Every instance also starts with [`BALLAST`] (10 MiB of zeroed static
+//! Every instance also starts with `BALLAST` (10 MiB of zeroed static
 //! memory), as a Python or JavaScript runtime starts with 9-12 MiB: warm
 //! reuse must judge growth over the starting size, not size from zero.
 //!
