@@ -1903,7 +1903,7 @@ impl RunImport {
         for (connection, t) in totals {
             c.execute(
                 "INSERT INTO weft_run_stats (run_id, connection, requests, throttled, retries,
-                     waited_ms, denied) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                     waited_ms, denied, detail) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
                 &[
                     &run.id,
                     connection,
@@ -1912,6 +1912,8 @@ impl RunImport {
                     &big(t.retries),
                     &big(t.waited_ms),
                     &big(t.denied),
+                    // Plugin, answers by class, plugin calls: all of it.
+                    &json_text(t)?,
                 ],
             )
             .await
