@@ -762,6 +762,22 @@ async fn a_full_server_answers_503_with_retry_after_and_a_refused_delivery_can_b
     );
 
     wait_finished(&client, &base, first["run_id"].as_str().unwrap_or_default()).await?;
+    // The run's slot is given back when its task ends, a moment after the
+    // store says the run finished (its HTTP figures are written after):
+    // wait for /healthz to say so, as a sender honouring Retry-After would.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let health: Value = serde_json::from_slice(
+            &client.get(format!("{base}/healthz")).send().await?.bytes().await?,
+        )?;
+        if health["active_runs"].as_u64() == Some(0) {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!("the finished run's slot was not given back: {health}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // The delivery refused with 503 is accepted when sent again, once.
     let accepted = deliver(hooked).await?;
     assert_eq!(accepted.status(), 202);
