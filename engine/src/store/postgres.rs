@@ -605,6 +605,23 @@ async fn write_state(
     Ok(())
 }
 
+/// Writes a step's state in `tx`, with its change to its workflow's state
+/// (if it carries one): every path that commits a step's progress (a
+/// step, a page group, an item group, a sorted run) goes through here, so
+/// none can commit progress without the state change it made.
+async fn write_step(tx: &impl GenericClient, run: &str, step: &StepState) -> Result<()> {
+    apply_state(tx, run, step).await?;
+    let index = i32::try_from(step.index).unwrap_or(i32::MAX);
+    tx.execute(
+        "INSERT INTO weft_steps (run_id, idx, state) VALUES ($1, $2, $3)
+         ON CONFLICT (run_id, idx) DO UPDATE SET state = EXCLUDED.state",
+        &[&run, &index, &json_text(step)?],
+    )
+    .await
+    .map_err(pg("writing a step"))?;
+    Ok(())
+}
+
 /// Applies a step's change to its workflow's state in the step's commit
 /// transaction (compare-and-set under the row's lock).
 async fn apply_state(client: &impl GenericClient, run: &str, step: &StepState) -> Result<()> {
@@ -1063,18 +1080,9 @@ impl PgStore {
     }
 
     pub(crate) async fn commit_step(&self, run: &str, step: &StepState) -> Result<()> {
-        let state = json_text(step)?;
-        let index = i32::try_from(step.index).unwrap_or(i32::MAX);
         let mut client = self.client().await?;
         let tx = self.fenced(&mut client, run, "writing a step").await?;
-        apply_state(&tx, run, step).await?;
-        tx.execute(
-            "INSERT INTO weft_steps (run_id, idx, state) VALUES ($1, $2, $3)
-             ON CONFLICT (run_id, idx) DO UPDATE SET state = EXCLUDED.state",
-            &[&run, &index, &state],
-        )
-        .await
-        .map_err(pg("writing a step"))?;
+        write_step(&tx, run, step).await?;
         tx.commit().await.map_err(pg("committing a step"))
     }
 
@@ -1161,7 +1169,6 @@ impl PgStore {
             if pending.is_empty() {
                 return store.commit_step(&run, &step).await;
             }
-            let state = json_text(&step)?;
             let index = i32::try_from(step.index).unwrap_or(i32::MAX);
             let (numbers, pages): (Vec<i32>, Vec<String>) = pending
                 .into_iter()
@@ -1169,8 +1176,6 @@ impl PgStore {
                 .unzip();
             let mut client = store.client().await?;
             let tx = store.fenced(&mut client, &run, "committing pages").await?;
-            // The page's change to the workflow's state commits with it.
-            apply_state(&tx, &run, &step).await?;
             // A page read again after an interruption replaces itself.
             tx.execute(
                 "INSERT INTO weft_pages (run_id, idx, page, records)
@@ -1180,13 +1185,8 @@ impl PgStore {
             )
             .await
             .map_err(pg("writing pages"))?;
-            tx.execute(
-                "INSERT INTO weft_steps (run_id, idx, state) VALUES ($1, $2, $3)
-                 ON CONFLICT (run_id, idx) DO UPDATE SET state = EXCLUDED.state",
-                &[&run, &index, &state],
-            )
-            .await
-            .map_err(pg("writing a step"))?;
+            // The page's change to the workflow's state commits with it.
+            write_step(&tx, &run, &step).await?;
             tx.commit().await.map_err(pg("committing pages"))
         });
         Commit { task, path: self.shown.to_string() }
@@ -1243,24 +1243,17 @@ impl PgStore {
         step: &StepState,
         items: &[(u64, ItemRecord)],
     ) -> Result<()> {
-        let (group, state) = (json_text(&items)?, json_text(step)?);
+        let group = json_text(&items)?;
         let index = i32::try_from(step.index).unwrap_or(i32::MAX);
         let mut client = self.client().await?;
         let tx = self.fenced(&mut client, run, "committing items").await?;
-        apply_state(&tx, run, step).await?;
         tx.execute(
             "INSERT INTO weft_items (run_id, idx, items) VALUES ($1, $2, $3)",
             &[&run, &index, &group],
         )
         .await
         .map_err(pg("writing a group of items"))?;
-        tx.execute(
-            "INSERT INTO weft_steps (run_id, idx, state) VALUES ($1, $2, $3)
-             ON CONFLICT (run_id, idx) DO UPDATE SET state = EXCLUDED.state",
-            &[&run, &index, &state],
-        )
-        .await
-        .map_err(pg("writing a step"))?;
+        write_step(&tx, run, step).await?;
         tx.commit().await.map_err(pg("committing items"))
     }
 
@@ -1365,7 +1358,7 @@ impl PgStore {
             path: file.display().to_string(),
             reason: e.to_string(),
         })?;
-        let (state, index) = (json_text(step)?, i32::try_from(step.index).unwrap_or(i32::MAX));
+        let index = i32::try_from(step.index).unwrap_or(i32::MAX);
         let mut client = self.client().await?;
         let tx = self.fenced(&mut client, run, "committing a sorted run").await?;
         tx.execute(
@@ -1375,13 +1368,7 @@ impl PgStore {
         )
         .await
         .map_err(pg("writing a sorted run"))?;
-        tx.execute(
-            "INSERT INTO weft_steps (run_id, idx, state) VALUES ($1, $2, $3)
-             ON CONFLICT (run_id, idx) DO UPDATE SET state = EXCLUDED.state",
-            &[&run, &index, &state],
-        )
-        .await
-        .map_err(pg("writing a step"))?;
+        write_step(&tx, run, step).await?;
         tx.commit().await.map_err(pg("committing a sorted run"))
     }
 
