@@ -9,6 +9,10 @@
 //!    1% missing from the target), for N = 100k and 1M (times
 //!    `WEFT_BENCH_SCALE`; `WEFT_BENCH_SYNC=10000,100000` sets the sizes).
 //!    Flat means the 1M figure is close to the 100k one.
+//! 3. Sync throughput: records per second of the same syncs against a
+//!    native client (this binary with `--native-sync`, its own process, on
+//!    fresh emulators) that lists both sides with reqwest + serde_json,
+//!    sorts them in memory, merges and sends the same writes.
 //!
 //! `WEFT_BENCH_ITEMS` sets the for-each size (default 200,000 times the
 //! scale).
@@ -39,6 +43,9 @@ const TARGET_ITEMS_PER_SECOND: f64 = 50_000.0;
 
 /// The peak RSS the issue allows at 1M records.
 const TARGET_PEAK_RSS_MB: f64 = 150.0;
+
+/// The sync's records per second against a native sort-merge (issue 20).
+const TARGET_SYNC_VS_NATIVE: f64 = 0.7;
 
 /// A connector that answers every op at once.
 pub(crate) struct NoOp {
@@ -170,12 +177,19 @@ pub(crate) fn dir_size(path: &Path) -> u64 {
 struct SyncFigures {
     records: usize,
     seconds: f64,
+    /// The native sort-merge client's time for the same sync.
+    native_seconds: f64,
     peak_rss_mb: f64,
     counts: Value,
 }
 
-async fn sync_rss(records: usize) -> BenchResult<SyncFigures> {
-    use weft_sandbox::stripe::{SANDBOX_API_KEY, StripeConfig, StripeEmulator};
+/// Two Stripe emulators for the sync: N customers at the source; the
+/// target was synced before (same email and name, the source id in
+/// metadata), with 1% renamed since at the source and 1% never copied.
+fn sync_emulators(
+    records: usize,
+) -> (weft_sandbox::stripe::StripeEmulator, weft_sandbox::stripe::StripeEmulator) {
+    use weft_sandbox::stripe::{StripeConfig, StripeEmulator};
     let source = StripeEmulator::new(StripeConfig { seed: 0, ..StripeConfig::default() });
     let target = StripeEmulator::new(StripeConfig { seed: 0, ..StripeConfig::default() });
     for i in 0..records {
@@ -184,15 +198,54 @@ async fn sync_rss(records: usize) -> BenchResult<SyncFigures> {
         let customer = source.insert_customer(
             json!({ "email": email, "name": format!("User {i}"), "created": created }),
         );
-        // The target was synced before: same email and name, with the
-        // source id in metadata; 1% renamed since at the source, 1% never
-        // copied.
         if i % 100 == 1 {
             continue;
         }
         let name = if i % 100 == 0 { format!("User {i} (old name)") } else { format!("User {i}") };
         target.insert_customer(json!({ "email": email, "name": name, "created": created, "metadata": { "source_id": customer["id"] } }));
     }
+    (source, target)
+}
+
+/// The creates and updates the sync of `records` must make.
+fn expected_writes(records: usize) -> (u64, u64) {
+    ((records / 100 + usize::from(records % 100 > 1)) as u64, records.div_ceil(100) as u64)
+}
+
+/// Seconds the native sort-merge client takes for the same sync, on fresh
+/// emulators, in a process of its own.
+async fn native_sync_seconds(records: usize) -> BenchResult<f64> {
+    use weft_sandbox::stripe::SANDBOX_API_KEY;
+    let (source, target) = sync_emulators(records);
+    let source_server =
+        weft_sandbox::server::serve(source.router(), "127.0.0.1:0".parse()?).await?;
+    let target_server =
+        weft_sandbox::server::serve(target.router(), "127.0.0.1:0".parse()?).await?;
+    let program = std::env::current_exe()?;
+    let args = [source_server.base_url(), target_server.base_url(), SANDBOX_API_KEY.to_owned()];
+    let started = Instant::now();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(program).arg("--native-sync").args(args).output()
+    })
+    .await??;
+    let seconds = started.elapsed().as_secs_f64();
+    source_server.shutdown().await;
+    target_server.shutdown().await;
+    let printed = String::from_utf8_lossy(&output.stdout);
+    let (created, updated) = expected_writes(records);
+    if !output.status.success() || printed.trim() != format!("{created} {updated}") {
+        return Err(format!(
+            "the native sync of {records} printed {printed:?}, expected \"{created} {updated}\": {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+        .into());
+    }
+    Ok(seconds)
+}
+
+async fn sync_rss(records: usize) -> BenchResult<SyncFigures> {
+    use weft_sandbox::stripe::SANDBOX_API_KEY;
+    let (source, target) = sync_emulators(records);
     let source_server =
         weft_sandbox::server::serve(source.router(), "127.0.0.1:0".parse()?).await?;
     let target_server =
@@ -254,17 +307,18 @@ concurrency = 8
         return Err(format!("the sync failed: {summary:#}").into());
     }
     let counts = summary["steps"][0]["counts"].clone();
-    let expected_updates = records.div_ceil(100) as u64;
+    let (expected_creates, expected_updates) = expected_writes(records);
     if counts["updated"].as_u64() != Some(expected_updates)
-        || counts["created"].as_u64()
-            != Some((records / 100 + usize::from(records % 100 > 1)) as u64)
+        || counts["created"].as_u64() != Some(expected_creates)
     {
         return Err(format!("unexpected counts for {records}: {counts}").into());
     }
     let peak = summary["peak_rss_bytes"].as_u64().unwrap_or(0) as f64 / (1024.0 * 1024.0);
     source_server.shutdown().await;
     target_server.shutdown().await;
-    Ok(SyncFigures { records, seconds, peak_rss_mb: peak, counts })
+    drop((source, target));
+    let native_seconds = native_sync_seconds(records).await?;
+    Ok(SyncFigures { records, seconds, native_seconds, peak_rss_mb: peak, counts })
 }
 
 pub async fn run(config: &Config) -> BenchResult<Vec<Row>> {
@@ -319,6 +373,142 @@ pub async fn run(config: &Config) -> BenchResult<Vec<Row>> {
                 );
         }
         rows.push(row);
+        let weft_rate = s.records as f64 / s.seconds;
+        let native_rate = s.records as f64 / s.native_seconds;
+        let ratio = weft_rate / native_rate;
+        rows.push(
+            Row::new("durable", format!("sync of {} records, records/s (1% created, 1% updated)", grouped(s.records as f64)), format!("{} records/s", grouped(weft_rate)))
+                .reference(format!("native sort-merge {} records/s ({:.1} s)", grouped(native_rate), s.native_seconds))
+                .result(format!("{ratio:.2} of native"))
+                .target(format!(">= {TARGET_SYNC_VS_NATIVE:.1} of native"), ratio >= TARGET_SYNC_VS_NATIVE)
+                .figures(json!({ "records": s.records, "weft_seconds": s.seconds, "native_seconds": s.native_seconds, "ratio": ratio })),
+        );
     }
     Ok(rows)
+}
+
+/// `--native-sync SOURCE_URL TARGET_URL KEY`: what a user would write by
+/// hand for the sync the bench runs through weft: list both Stripe
+/// emulators page by page (reqwest + serde_json, pages of 100), sort both
+/// sides by email in memory, merge, and send the same creates and updates
+/// (8 at a time, as the workflow's `concurrency`). Prints
+/// `created updated` so the bench can check it did the same work.
+pub fn native_sync(args: &[String]) -> BenchResult<()> {
+    let [source, target, key] = args else {
+        return Err("usage: --native-sync SOURCE_URL TARGET_URL KEY".into());
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let (created, updated) = runtime.block_on(async {
+        use futures_util::StreamExt as _;
+        let client = reqwest::Client::new();
+        let mut from = list_customers(&client, source, key).await?;
+        let mut to = list_customers(&client, target, key).await?;
+        from.sort_unstable_by(|a, b| a.email.cmp(&b.email));
+        to.sort_unstable_by(|a, b| a.email.cmp(&b.email));
+        // (target id or none for a create, the source record)
+        let mut writes: Vec<(Option<String>, Customer)> = Vec::new();
+        let mut existing = to.into_iter().peekable();
+        for record in from {
+            while existing.next_if(|t| t.email < record.email).is_some() {}
+            match existing.next_if(|t| t.email == record.email) {
+                Some(t) if t.name == record.name && t.source_id.as_deref() == Some(&record.id) => {}
+                Some(t) => writes.push((Some(t.id), record)),
+                None => writes.push((None, record)),
+            }
+        }
+        let created = writes.iter().filter(|(id, _)| id.is_none()).count();
+        let updated = writes.len() - created;
+        let mut sends = futures_util::stream::iter(writes.into_iter().map(|(id, record)| {
+            let url = match &id {
+                Some(id) => format!("{target}/v1/customers/{id}"),
+                None => format!("{target}/v1/customers"),
+            };
+            let form = url::form_urlencoded::Serializer::new(String::new())
+                .append_pair("email", &record.email)
+                .append_pair("name", &record.name)
+                .append_pair("metadata[source_id]", &record.id)
+                .finish();
+            let request = client
+                .post(url)
+                .basic_auth(key, Some(""))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(form);
+            async move { request.send().await?.error_for_status().map(|_| ()) }
+        }))
+        .buffer_unordered(8);
+        while let Some(sent) = sends.next().await {
+            sent?;
+        }
+        BenchResult::Ok((created, updated))
+    })?;
+    println!("{created} {updated}");
+    Ok(())
+}
+
+/// The fields of a Stripe customer the native sync compares.
+struct Customer {
+    id: String,
+    email: String,
+    name: String,
+    source_id: Option<String>,
+}
+
+/// Every customer of a Stripe emulator, page by page.
+async fn list_customers(
+    client: &reqwest::Client,
+    base_url: &str,
+    key: &str,
+) -> BenchResult<Vec<Customer>> {
+    #[derive(serde::Deserialize)]
+    struct Metadata<'a> {
+        #[serde(borrow)]
+        source_id: Option<&'a str>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Raw<'a> {
+        id: &'a str,
+        #[serde(borrow)]
+        email: Option<&'a str>,
+        #[serde(borrow)]
+        name: Option<&'a str>,
+        #[serde(borrow)]
+        metadata: Option<Metadata<'a>>,
+    }
+    #[derive(serde::Deserialize)]
+    struct List<'a> {
+        #[serde(borrow)]
+        data: Vec<Raw<'a>>,
+        has_more: bool,
+    }
+    let mut customers = Vec::new();
+    let mut starting_after: Option<String> = None;
+    loop {
+        let mut query = vec![("limit", "100")];
+        if let Some(after) = &starting_after {
+            query.push(("starting_after", after));
+        }
+        let url = reqwest::Url::parse_with_params(&format!("{base_url}/v1/customers"), &query)?;
+        let body = client
+            .get(url)
+            .basic_auth(key, Some(""))
+            .send()
+            .await?
+            .error_for_status()?
+            .bytes()
+            .await?;
+        let page: List<'_> = serde_json::from_slice(&body)?;
+        for raw in &page.data {
+            customers.push(Customer {
+                id: raw.id.to_owned(),
+                email: raw.email.unwrap_or_default().to_owned(),
+                name: raw.name.unwrap_or_default().to_owned(),
+                source_id: raw.metadata.as_ref().and_then(|m| m.source_id).map(str::to_owned),
+            });
+        }
+        match page.data.last() {
+            Some(last) if page.has_more => starting_after = Some(last.id.to_owned()),
+            _ => break,
+        }
+    }
+    Ok(customers)
 }

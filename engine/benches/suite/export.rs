@@ -83,8 +83,9 @@ impl Setup {
         self.dir.path().join(format!("{client:?}-{round}.jsonl").to_lowercase())
     }
 
-    /// Runs one export and returns its wall time in seconds.
-    fn run(&self, client: Client, round: usize) -> BenchResult<f64> {
+    /// Runs one export and returns its wall time and its CPU time (user +
+    /// system) in seconds.
+    fn run(&self, client: Client, round: usize) -> BenchResult<(f64, f64)> {
         let out = self.output(client, round);
         let mut command = match client {
             Client::Weft | Client::WeftObserved => {
@@ -119,9 +120,11 @@ impl Setup {
                 command
             }
         };
+        let cpu_before = children_cpu_seconds();
         let started = Instant::now();
         let output = command.output()?;
         let seconds = started.elapsed().as_secs_f64();
+        let cpu = children_cpu_seconds() - cpu_before;
         if !output.status.success() {
             return Err(format!(
                 "{} failed ({}): {}{}",
@@ -138,8 +141,23 @@ impl Setup {
                 return Err(format!("weft run did not succeed: {summary:#}").into());
             }
         }
-        Ok(seconds)
+        Ok((seconds, cpu))
     }
+}
+
+/// CPU seconds (user + system) of every child this process has waited
+/// for. Clients run one at a time, so the difference around one run is
+/// that client's CPU: on a shared machine it moves less than wall time,
+/// since time spent waiting for a core is not counted.
+fn children_cpu_seconds() -> f64 {
+    #[expect(unsafe_code, reason = "getrusage fills the struct it is given")]
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage);
+        usage
+    };
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
 }
 
 /// An OTLP/HTTP receiver that takes every export, counts the requests
@@ -269,18 +287,24 @@ pub async fn run(config: &Config) -> BenchResult<Vec<Row>> {
     // stripe-python takes a minute a round: it joins the first three.
     let python_rounds = rounds.min(3);
     let mut seconds: Vec<Vec<f64>> = vec![Vec::new(); clients.len()];
+    let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); clients.len()];
     let mut ratios = Vec::new();
     let mut observed_ratios = Vec::new();
+    let mut observed_cpu_ratios = Vec::new();
+    let mut cpu_ratios = Vec::new();
     for round in 1..=rounds {
         let mut this_round = vec![0.0; clients.len()];
+        let mut cpu_this_round = vec![0.0; clients.len()];
         for k in 0..clients.len() {
             let i = (k + round) % clients.len();
             if clients[i] == Client::Python && round > python_rounds {
                 continue;
             }
-            let taken = run(clients[i], round).await?;
+            let (taken, cpu_taken) = run(clients[i], round).await?;
             this_round[i] = taken;
             seconds[i].push(taken);
+            cpu_this_round[i] = cpu_taken;
+            cpu[i].push(cpu_taken);
             if clients[i] == Client::Python
                 && lines(&setup.output(Client::Python, round))? != records
             {
@@ -290,6 +314,8 @@ pub async fn run(config: &Config) -> BenchResult<Vec<Row>> {
         }
         ratios.push(this_round[0] / this_round[1]);
         observed_ratios.push(this_round[2] / this_round[0]);
+        cpu_ratios.push(cpu_this_round[0] / cpu_this_round[1].max(1e-3));
+        observed_cpu_ratios.push(cpu_this_round[2] / cpu_this_round[0].max(1e-3));
         let times: Vec<String> = clients
             .iter()
             .zip(&this_round)
@@ -304,6 +330,7 @@ pub async fn run(config: &Config) -> BenchResult<Vec<Row>> {
     let weft = median(&seconds[0]);
     let native = median(&seconds[1]);
     let ratio = median(&ratios);
+    let cpu_ratio = median(&cpu_ratios);
     let what = format!(
         "all {} customers, pages of {PAGE_SIZE}, to JSON Lines; median of {rounds}",
         grouped(records as f64)
@@ -311,7 +338,7 @@ pub async fn run(config: &Config) -> BenchResult<Vec<Row>> {
     let mut rows = vec![
         Row::new("export", what, format!("{weft:.2} s"))
             .reference(format!("native {native:.2} s"))
-            .result(format!("ratio {ratio:.2}"))
+            .result(format!("ratio {ratio:.2}; CPU {cpu_ratio:.2}"))
             .target(format!("<= {TARGET_RATIO:.2}"), ratio <= TARGET_RATIO)
             .figures(json!({
                 "records": records,
@@ -321,12 +348,16 @@ pub async fn run(config: &Config) -> BenchResult<Vec<Row>> {
                 "weft_median_s": weft,
                 "native_median_s": native,
                 "ratio_median": ratio,
+                "weft_cpu_seconds": cpu[0],
+                "native_cpu_seconds": cpu[1],
+                "cpu_ratio_median": cpu_ratio,
                 "records_per_second_weft": records as f64 / weft,
                 "records_per_second_native": records as f64 / native,
             })),
     ];
     let observed = median(&seconds[2]);
     let observed_ratio = median(&observed_ratios);
+    let observed_cpu_ratio = median(&observed_cpu_ratios);
     rows.push(
         Row::new(
             "export",
@@ -334,13 +365,17 @@ pub async fn run(config: &Config) -> BenchResult<Vec<Row>> {
             format!("{observed:.2} s"),
         )
         .reference(format!("both off {weft:.2} s"))
-        .result(format!("ratio {observed_ratio:.3}"))
+        .result(format!("ratio {observed_ratio:.3}; CPU {observed_cpu_ratio:.3}"))
         .target(format!("<= {TARGET_OBSERVED_RATIO:.2}"), observed_ratio <= TARGET_OBSERVED_RATIO)
         .figures(json!({
             "observed_seconds": seconds[2],
             "observed_median_s": observed,
             "ratio_observed_over_off": observed_ratios,
             "ratio_observed_median": observed_ratio,
+            "cpu_seconds_off": cpu[0],
+            "cpu_seconds_observed": cpu[2],
+            "cpu_ratio_observed_over_off": observed_cpu_ratios,
+            "cpu_ratio_observed_median": observed_cpu_ratio,
             "otlp_exports_received": spans_received.load(std::sync::atomic::Ordering::Relaxed),
         })),
     );

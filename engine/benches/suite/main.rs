@@ -90,6 +90,10 @@ fn main() -> std::process::ExitCode {
     if let Some(at) = args.iter().position(|a| a == "--native-export") {
         return exit("native export", export::native_export(&args[at + 1..]));
     }
+    // So does the native sync client.
+    if let Some(at) = args.iter().position(|a| a == "--native-sync") {
+        return exit("native sync", durable::native_sync(&args[at + 1..]));
+    }
     // For profiling a client by hand: serve a seeded Stripe emulator.
     if let Some(at) = args.iter().position(|a| a == "--serve-stripe") {
         return exit("serve stripe", export::serve_stripe(&args[at + 1..]));
