@@ -16,7 +16,10 @@ use crate::exit;
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum PluginCommand {
-    /// Print a plugin's manifest.
+    /// What an operator trusts when running a plugin: its digest (the
+    /// sha256 a connection pins), vendor and version, the hosts it may
+    /// reach, its resources and ops (irreversible ones marked), settings,
+    /// and the host interfaces it imports.
     Inspect {
         /// A built-in connector name or a path to a .wasm component.
         plugin: String,
@@ -89,6 +92,10 @@ pub(crate) struct CheckArgs {
     /// Page size of the pagination check; each resource's default otherwise.
     #[arg(long)]
     page_size: Option<u32>,
+    /// Refuse to check a .wasm file whose SHA-256 is not this (as a
+    /// connection's `plugin = { path, sha256 }` pins it).
+    #[arg(long, value_name = "HEX")]
+    sha256: Option<String>,
     /// Print the results as JSON.
     #[arg(long)]
     json: bool,
@@ -133,10 +140,40 @@ async fn load_plugin(global: &Global, plugin: &str) -> Result<weft::runtime::Plu
     })
 }
 
+/// A pinned plugin's file differs from its pin: the file, and both digests.
+#[derive(Debug, thiserror::Error)]
+#[error("plugin {file} has sha256 {actual}, but {expected} is pinned; refused before any request")]
+pub(crate) struct PinMismatch {
+    file: String,
+    expected: String,
+    actual: String,
+}
+
+/// Loads `plugin`, refusing it when `pin` is given and its digest differs.
+async fn load_pinned(
+    global: &Global,
+    plugin: &str,
+    pin: Option<&str>,
+) -> Result<weft::runtime::Plugin> {
+    let Some(pin) = pin else { return load_plugin(global, plugin).await };
+    if !plugin.ends_with(".wasm") {
+        anyhow::bail!(
+            "--sha256 pins a .wasm file; {plugin:?} is a built-in connector, pinned by weft's version"
+        );
+    }
+    let wasm = std::fs::read(plugin).with_context(|| format!("cannot read {plugin}"))?;
+    let actual = weft::runtime::digest(&wasm);
+    let expected = pin.to_ascii_lowercase();
+    if actual != expected {
+        return Err(PinMismatch { file: plugin.to_owned(), expected, actual }.into());
+    }
+    Ok(wasm_runtime(global)?.load(plugin, &wasm).await?)
+}
+
 async fn check_plugin(global: &Global, options: CheckArgs) -> Result<ExitCode> {
     let plugin = options.plugin.as_str();
     use weft::conformance::{CheckTarget, Verdict};
-    let loaded = load_plugin(global, plugin).await?;
+    let loaded = load_pinned(global, plugin, options.sha256.as_deref()).await?;
     let mut samples = Vec::new();
     for (resource, text) in &options.samples {
         let value: serde_json::Value = serde_json::from_str(text)
@@ -213,17 +250,45 @@ async fn check_plugin(global: &Global, options: CheckArgs) -> Result<ExitCode> {
 async fn inspect(global: &Global, plugin: &str, json: bool) -> Result<ExitCode> {
     let loaded = load_plugin(global, plugin).await?;
     let manifest = loaded.manifest();
+    let trust = weft::plugin_trust::Capabilities::of(&loaded);
     if json {
         outln!(
             "{}",
-            serde_json::to_string_pretty(
-                &serde_json::json!({ "manifest": manifest, "sha256": loaded.digest() })
-            )?
+            serde_json::to_string_pretty(&serde_json::json!({
+                "sha256": loaded.digest(),
+                "manifest": manifest,
+                "capabilities": trust,
+            }))?
         )?;
     } else {
         print_manifest(manifest, loaded.digest())?;
+        print_capabilities(&trust, plugin, loaded.digest())?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn print_capabilities(
+    trust: &weft::plugin_trust::Capabilities,
+    plugin: &str,
+    digest: &str,
+) -> std::io::Result<()> {
+    let or_none =
+        |list: &[String]| if list.is_empty() { "none".to_owned() } else { list.join(", ") };
+    outln!()?;
+    outln!("what running it trusts:")?;
+    outln!("  hosts         {}", or_none(&trust.hosts))?;
+    outln!("  irreversible  {}", or_none(&trust.irreversible))?;
+    outln!("  settings      {}", or_none(&trust.settings))?;
+    // One a line: a component imports a dozen or more interfaces.
+    outln!("  imports       {}", trust.imports.first().map_or("none", String::as_str))?;
+    for import in trust.imports.iter().skip(1) {
+        outln!("                {import}")?;
+    }
+    if plugin.ends_with(".wasm") {
+        outln!()?;
+        outln!("pin it:  plugin = {{ path = {plugin:?}, sha256 = \"{digest}\" }}")?;
+    }
+    Ok(())
 }
 
 fn print_manifest(m: &Manifest, digest: &str) -> std::io::Result<()> {
