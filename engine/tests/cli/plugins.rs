@@ -105,3 +105,85 @@ fn plugin_inspect_shows_the_digest_to_pin_and_what_the_plugin_may_do() -> TestRe
     assert!(text.contains("irreversible  customers.remove"), "{text}");
     Ok(())
 }
+
+/// Every file under `dir`, with its text.
+fn files(dir: &std::path::Path) -> TestResult<Vec<(std::path::PathBuf, String)>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            out.extend(files(&path)?);
+        } else {
+            out.push((path.clone(), std::fs::read_to_string(&path)?));
+        }
+    }
+    Ok(out)
+}
+
+#[test]
+fn a_recording_replays_offline_and_holds_no_credential_and_no_redacted_field() -> TestResult {
+    let dirs = Dirs::new()?;
+    let fixtures = dirs.files.path().join("fixtures");
+    let recorded = dirs
+        .command()
+        .args(["plugin", "record", "growpanel", "--sandbox", "--redact", "email", "--out"])
+        .arg(&fixtures)
+        .output()?;
+    let stdout = String::from_utf8_lossy(&recorded.stdout);
+    assert!(recorded.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&recorded.stderr));
+    assert!(stdout.contains("6 passed, 0 failed"), "{stdout}");
+
+    let written = files(&fixtures)?;
+    assert!(written.len() > 5, "one file an exchange: {written:?}");
+    let key = weft_sandbox::growpanel::SANDBOX_API_KEY;
+    for (path, text) in &written {
+        let lower = text.to_ascii_lowercase();
+        assert!(!lower.contains("authorization"), "{} holds an auth header", path.display());
+        assert!(!text.contains(key), "{} holds the key", path.display());
+        // The sample's and the seeded customers' emails are all redacted.
+        assert!(!text.contains("@example.com"), "{} holds an email", path.display());
+    }
+    assert!(written.iter().any(|(_, text)| text.contains("\"email\": \"[redacted]\"")));
+
+    // Offline: no emulator, no key; every check passes on the recording.
+    let replayed =
+        dirs.command().args(["plugin", "test", "growpanel", "--replay"]).arg(&fixtures).output()?;
+    let stdout = String::from_utf8_lossy(&replayed.stdout);
+    let stderr = String::from_utf8_lossy(&replayed.stderr);
+    assert!(replayed.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("6 passed, 0 failed"), "{stdout}");
+    assert!(!stderr.contains("no fixture"), "{stderr}");
+    Ok(())
+}
+
+#[test]
+fn a_replay_fails_naming_the_request_the_fixtures_do_not_hold() -> TestResult {
+    let dirs = Dirs::new()?;
+    let fixtures = dirs.files.path().join("fixtures");
+    let recorded = dirs
+        .command()
+        .args(["plugin", "record", "growpanel", "--sandbox", "--out"])
+        .arg(&fixtures)
+        .output()?;
+    assert!(recorded.status.success(), "{}", String::from_utf8_lossy(&recorded.stderr));
+    // Drop the recorded delete: the connector's remove asks for it.
+    let exchanges = fixtures.join("exchanges");
+    let mut removed = 0;
+    for entry in std::fs::read_dir(&exchanges)? {
+        let path = entry?.path();
+        if path.file_name().is_some_and(|n| n.to_string_lossy().contains("-DELETE-")) {
+            std::fs::remove_file(path)?;
+            removed += 1;
+        }
+    }
+    assert_eq!(removed, 1, "the recording holds one delete");
+    let replayed =
+        dirs.command().args(["plugin", "test", "growpanel", "--replay"]).arg(&fixtures).output()?;
+    let stderr = String::from_utf8_lossy(&replayed.stderr);
+    assert_eq!(replayed.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("holds the request DELETE /data/customers/weft-conformance-1"),
+        "{stderr}"
+    );
+    Ok(())
+}
