@@ -5,7 +5,7 @@
 //! endpoint: a loopback proxy that forwards each request and keeps the
 //! exchange, with credentials removed (authentication headers, cookies,
 //! and the secret's text wherever it appears) and the JSON fields the user
-//! names redacted. [`write`] stores them one file an exchange. `weft plugin
+//! names redacted. [`write()`] stores them one file an exchange. `weft plugin
 //! test --replay` puts a [`Replayer`] in the endpoint's place: it answers
 //! each request from the fixtures and records every request they do not
 //! hold, so the test fails naming it.
@@ -395,7 +395,7 @@ pub fn write(dir: &Path, set: &FixtureSet, exchanges: &[Exchange]) -> Result<(),
     std::fs::write(&set_file, text).map_err(io(&set_file))
 }
 
-/// Reads a fixture set written by [`write`]: its description and its
+/// Reads a fixture set written by [`write()`]: its description and its
 /// exchanges in recorded order (by file name).
 pub fn read(dir: &Path) -> Result<(FixtureSet, Vec<Exchange>), FixtureError> {
     let set_file = dir.join(SET_FILE);
