@@ -15,6 +15,7 @@ mod e2e {
     mod limits;
     mod metrics;
     mod output_files;
+    mod plugins;
     mod sandboxing;
     mod schema;
     mod serve;

@@ -17,6 +17,7 @@ use weft::store::{RunStore, StoreLocation};
 
 pub(crate) mod plugin;
 pub(crate) mod plugin_new;
+pub(crate) mod plugin_record;
 pub(crate) mod print;
 pub(crate) mod run;
 pub(crate) mod runs;

@@ -73,6 +73,30 @@ pub enum ExecError {
         /// The names known.
         known: String,
     },
+    /// A connection pins its plugin's digest and the file has another.
+    #[error(
+        "connection {connection:?}: plugin {file} has sha256 {actual}, but the connection pins {expected}; the run is refused before any request (if the new file is trusted, pin its digest: `weft plugin inspect {file}`)"
+    )]
+    PluginDigest {
+        /// Connection name.
+        connection: String,
+        /// The plugin file.
+        file: String,
+        /// The digest the connection pins.
+        expected: String,
+        /// The file's digest.
+        actual: String,
+    },
+    /// A pinned plugin file could not be read.
+    #[error("connection {connection:?}: cannot read plugin {file}: {error}")]
+    PluginFile {
+        /// Connection name.
+        connection: String,
+        /// The plugin file.
+        file: String,
+        /// Why.
+        error: std::io::Error,
+    },
     /// A credential could not be read.
     #[error("connection {connection:?}: {error}")]
     Credential {
@@ -446,18 +470,45 @@ impl Executor {
         &self.runtime
     }
 
-    /// Loads a plugin once per process.
+    /// Loads a plugin once per process. A pinned file is read and its
+    /// digest checked on every call (each run's start), so a file changed
+    /// on disk under a long-running `weft serve` is refused at the next
+    /// run rather than trusted for the process's lifetime.
     pub async fn plugin(
         &self,
         connection: &str,
         plugin: &PluginRef,
     ) -> Result<Arc<Plugin>, ExecError> {
-        let key = plugin.to_string();
+        let mut key = plugin.to_string();
+        let mut verified = None;
+        if let PluginRef::File { path, sha256: Some(expected) } = plugin {
+            let file = path.display().to_string();
+            let wasm = std::fs::read(path).map_err(|error| ExecError::PluginFile {
+                connection: connection.to_owned(),
+                file: file.clone(),
+                error,
+            })?;
+            let actual = crate::runtime::digest(&wasm);
+            if actual != *expected {
+                return Err(ExecError::PluginDigest {
+                    connection: connection.to_owned(),
+                    file,
+                    expected: expected.clone(),
+                    actual,
+                });
+            }
+            // Cached by content: the pinned bytes, whatever the path
+            // held when an earlier run loaded it.
+            key = format!("{file}@sha256:{expected}");
+            verified = Some((file, wasm));
+        }
         if let Some(loaded) = self.plugins.lock().await.get(&key) {
             return Ok(loaded.clone());
         }
-        let loaded = match plugin {
-            PluginRef::Builtin(name) => {
+        let loaded = match (plugin, &verified) {
+            // The bytes whose digest was checked, not a second read.
+            (_, Some((file, wasm))) => self.runtime.load(file, wasm).await?,
+            (PluginRef::Builtin(name), None) => {
                 let bytes =
                     crate::builtin::component(name).ok_or_else(|| ExecError::UnknownPlugin {
                         connection: connection.to_owned(),
@@ -466,7 +517,7 @@ impl Executor {
                     })?;
                 self.runtime.load(name, bytes).await?
             }
-            PluginRef::File(path) => self.runtime.load_file(path).await?,
+            (PluginRef::File { path, .. }, None) => self.runtime.load_file(path).await?,
         };
         if let Some(metrics) = &self.metrics {
             metrics.plugin_loaded(loaded.name(), loaded.load_info().cache_hit);

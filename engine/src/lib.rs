@@ -15,6 +15,8 @@ pub mod expr;
 pub mod http;
 pub mod limiter;
 pub mod metrics;
+pub mod plugin_fixtures;
+pub mod plugin_trust;
 pub mod runtime;
 pub mod serve;
 pub mod store;

@@ -127,6 +127,7 @@ fn run(cli: Cli) -> ExitCode {
                 Some(ExecError::Store(_)) => exit::INTERNAL,
                 Some(_) => exit::INVALID,
                 None if error.downcast_ref::<LoadError>().is_some() => exit::INVALID,
+                None if error.downcast_ref::<cli::plugin::PinMismatch>().is_some() => exit::INVALID,
                 None if error.downcast_ref::<weft::emulators::EmulatorError>().is_some() => {
                     exit::INVALID
                 }

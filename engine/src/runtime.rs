@@ -349,7 +349,7 @@ impl Runtime {
     /// compiled; a component refused at any step is never cached.
     pub async fn load(&self, name: &str, wasm: &[u8]) -> Result<Plugin> {
         let started = Instant::now();
-        match world::World::read(wasm) {
+        let imports = match world::World::read(wasm) {
             Err(reason) => {
                 return Err(RuntimeError::InvalidComponent { plugin: name.to_owned(), reason });
             }
@@ -360,10 +360,11 @@ impl Runtime {
                         reason,
                     });
                 }
+                world.imports
             }
             // Not readable as a component: compiling it says why.
-            Ok(None) => {}
-        }
+            Ok(None) => Vec::new(),
+        };
         let (component, cache) = self.component(name, wasm)?;
         let compiled = started.elapsed();
         let unsupported = |e: wasmtime::Error| RuntimeError::UnsupportedContract {
@@ -388,7 +389,8 @@ impl Runtime {
             bindings,
             slot_cost,
             manifest: placeholder_manifest(name),
-            digest: hex::encode(Sha256::digest(wasm)),
+            digest: digest(wasm),
+            imports,
             load: LoadInfo { cache_hit, compile_or_load: compiled, total: Duration::ZERO },
         };
         plugin.manifest = plugin.describe().await?;
@@ -560,6 +562,12 @@ fn untrusted(_metadata: &std::fs::Metadata) -> Option<String> {
     None
 }
 
+/// A component's SHA-256 in lower-case hex: what [`Plugin::digest`] gives
+/// and what a connection pins (`plugin = { path, sha256 }`).
+pub fn digest(wasm: &[u8]) -> String {
+    hex::encode(Sha256::digest(wasm))
+}
+
 fn placeholder_manifest(name: &str) -> Manifest {
     Manifest {
         name: name.to_owned(),
@@ -595,6 +603,8 @@ pub struct Plugin {
     slot_cost: u32,
     manifest: Manifest,
     digest: String,
+    /// The component's top-level imports, all served by this host.
+    imports: Vec<String>,
     load: LoadInfo,
 }
 
@@ -730,6 +740,12 @@ impl Plugin {
     /// SHA-256 of the component bytes.
     pub fn digest(&self) -> &str {
         &self.digest
+    }
+
+    /// What the component imports (`weft:connector/http@0.1.0`,
+    /// `wasi:random/random@0.2.3`, …): the host interfaces it asks for.
+    pub fn imports(&self) -> &[String] {
+        &self.imports
     }
 
     /// How loading went.

@@ -111,10 +111,50 @@ struct WebhookDef {
     dedupe_window: Option<Spanned<String>>,
 }
 
+/// `plugin = "name-or-path.wasm"`, or `plugin = { path = "….wasm", sha256
+/// = "…" }` pinning the component's digest.
+#[derive(Debug)]
+enum PluginDef {
+    Named(String),
+    Pinned { path: String, sha256: String },
+}
+
+impl<'de> Deserialize<'de> for PluginDef {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = PluginDef;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(
+                    "a built-in connector name, a path ending in .wasm, or { path = \"….wasm\", sha256 = \"…\" }",
+                )
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<PluginDef, E> {
+                Ok(PluginDef::Named(text.to_owned()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<PluginDef, A::Error> {
+                #[derive(Deserialize)]
+                #[serde(deny_unknown_fields)]
+                struct Pinned {
+                    path: String,
+                    sha256: String,
+                }
+                let pinned =
+                    Pinned::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(PluginDef::Pinned { path: pinned.path, sha256: pinned.sha256 })
+            }
+        }
+        deserializer.deserialize_any(Visit)
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ConnectionDef {
-    plugin: Spanned<String>,
+    plugin: Spanned<PluginDef>,
     credentials: Option<Spanned<String>>,
     base_url: Option<Spanned<String>>,
     #[serde(default)]
@@ -240,14 +280,20 @@ pub enum PluginRef {
     /// A connector shipped inside weft.
     Builtin(String),
     /// A `.wasm` file (resolved against the workflow's directory).
-    File(PathBuf),
+    File {
+        /// Where it is.
+        path: PathBuf,
+        /// The SHA-256 the file must have (lower-case hex), when the
+        /// connection pins it: a file that differs refuses the run.
+        sha256: Option<String>,
+    },
 }
 
 impl fmt::Display for PluginRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             PluginRef::Builtin(name) => f.write_str(name),
-            PluginRef::File(path) => write!(f, "{}", path.display()),
+            PluginRef::File { path, .. } => write!(f, "{}", path.display()),
         }
     }
 }
@@ -1146,9 +1192,29 @@ fn parse_connections(
         let span = spanned.span();
         let c = spanned.into_inner();
         let plugin_span = c.plugin.span();
-        let plugin_name = c.plugin.into_inner();
+        let (plugin_name, pin) = match c.plugin.into_inner() {
+            PluginDef::Named(name) => (name, None),
+            PluginDef::Pinned { path, sha256 } => {
+                let digest = sha256.to_ascii_lowercase();
+                if !path.ends_with(".wasm") {
+                    check.error(
+                        plugin_span.clone(),
+                        "only a path ending in .wasm is pinned by sha256; a built-in connector comes with weft and is pinned by its version",
+                    );
+                    continue;
+                }
+                if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    check.error(
+                        plugin_span.clone(),
+                        "sha256 must be the component's SHA-256 as 64 hex digits, as `weft plugin inspect FILE.wasm` prints it",
+                    );
+                    continue;
+                }
+                (path, Some(digest))
+            }
+        };
         let plugin = if plugin_name.ends_with(".wasm") {
-            PluginRef::File(base_dir.join(&plugin_name))
+            PluginRef::File { path: base_dir.join(&plugin_name), sha256: pin }
         } else if !plugin_name.is_empty()
             && plugin_name.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
         {

@@ -14,6 +14,8 @@ use serde_json::Value;
 
 #[path = "cli/languages.rs"]
 mod languages;
+#[path = "cli/plugins.rs"]
+mod plugins;
 
 type TestResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
 

@@ -16,7 +16,10 @@ use crate::exit;
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum PluginCommand {
-    /// Print a plugin's manifest.
+    /// What an operator trusts when running a plugin: its digest (the
+    /// sha256 a connection pins), vendor and version, the hosts it may
+    /// reach, its resources and ops (irreversible ones marked), settings,
+    /// and the host interfaces it imports.
     Inspect {
         /// A built-in connector name or a path to a .wasm component.
         plugin: String,
@@ -44,6 +47,37 @@ pub(crate) enum PluginCommand {
         #[arg(long)]
         dir: Option<std::path::PathBuf>,
     },
+    /// Run the conformance suite against a live endpoint (as `check` does)
+    /// through a loopback proxy that writes each HTTP exchange to DIR, with
+    /// credentials removed and the fields named by --redact redacted.
+    Record {
+        #[command(flatten)]
+        check: CheckArgs,
+        /// The fixture directory to write (new, empty, or an earlier
+        /// recording, whose exchanges are replaced).
+        #[arg(long, value_name = "DIR")]
+        out: std::path::PathBuf,
+        /// A JSON field to redact in request and response bodies, dotted,
+        /// wherever it starts (`email`: every field named email;
+        /// `customer.address`: every address under a customer); repeatable.
+        #[arg(long = "redact", value_name = "FIELD.PATH")]
+        redact: Vec<String>,
+    },
+    /// Run the conformance suite offline against fixtures written by
+    /// `weft plugin record`; fails naming any request they do not hold.
+    Test {
+        /// A built-in connector name or a path to a .wasm component.
+        plugin: String,
+        /// The fixture directory.
+        #[arg(long, value_name = "DIR")]
+        replay: std::path::PathBuf,
+        /// Refuse a .wasm file whose SHA-256 is not this.
+        #[arg(long, value_name = "HEX")]
+        sha256: Option<String>,
+        /// Print the results as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Write the connector contract's WIT (weft:connector@0.1.0, world
     /// `connector`, exported interface `plugin`) to DIR/connector.wit.
     Wit {
@@ -58,40 +92,44 @@ pub(crate) enum PluginCommand {
 #[derive(Debug, Args)]
 pub(crate) struct CheckArgs {
     /// A built-in connector name or a path to a .wasm component.
-    plugin: String,
+    pub(crate) plugin: String,
     /// Base URL of the endpoint under test.
     #[arg(long, required_unless_present = "sandbox")]
-    base_url: Option<String>,
+    pub(crate) base_url: Option<String>,
     /// Credential for the endpoint: env:NAME or file:PATH.
     #[arg(long)]
-    credentials: Option<String>,
+    pub(crate) credentials: Option<String>,
     /// Check against the built-in emulator of this connector's vendor
     /// (its manifest's `vendor`).
     #[arg(long, conflicts_with_all = ["base_url", "credentials"])]
-    sandbox: bool,
+    pub(crate) sandbox: bool,
     /// With --sandbox: the emulator to check against, when the vendor
     /// has several (`stripe`, `stripe-scim`) or the manifest names
     /// another vendor.
     #[arg(long, requires = "sandbox", value_name = "NAME")]
-    emulator: Option<String>,
+    pub(crate) emulator: Option<String>,
     /// Only this resource.
     #[arg(long)]
-    resource: Option<String>,
+    pub(crate) resource: Option<String>,
     /// A connection setting, NAME=VALUE; repeatable.
     #[arg(long = "setting", value_parser = parse_pair)]
-    settings: Vec<(String, String)>,
+    pub(crate) settings: Vec<(String, String)>,
     /// A record the write checks may create, RESOURCE=JSON; repeatable.
     #[arg(long = "sample", value_parser = parse_pair)]
-    samples: Vec<(String, String)>,
+    pub(crate) samples: Vec<(String, String)>,
     /// Let the checks run irreversible ops (remove); only against an emulator.
     #[arg(long)]
-    allow_irreversible: bool,
+    pub(crate) allow_irreversible: bool,
     /// Page size of the pagination check; each resource's default otherwise.
     #[arg(long)]
-    page_size: Option<u32>,
+    pub(crate) page_size: Option<u32>,
+    /// Refuse to check a .wasm file whose SHA-256 is not this (as a
+    /// connection's `plugin = { path, sha256 }` pins it).
+    #[arg(long, value_name = "HEX")]
+    sha256: Option<String>,
     /// Print the results as JSON.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 /// `weft plugin …`.
@@ -105,6 +143,12 @@ pub(crate) async fn plugin(global: &Global, command: PluginCommand) -> Result<Ex
             Ok(ExitCode::SUCCESS)
         }
         PluginCommand::Check(options) => check_plugin(global, options).await,
+        PluginCommand::Record { check, out, redact } => {
+            super::plugin_record::record(global, check, &out, &redact).await
+        }
+        PluginCommand::Test { plugin, replay, sha256, json } => {
+            super::plugin_record::replay(global, &plugin, &replay, sha256.as_deref(), json).await
+        }
         PluginCommand::New { name, lang, dir } => {
             super::plugin_new::new_project(&name, lang, dir.as_deref())
         }
@@ -133,10 +177,47 @@ async fn load_plugin(global: &Global, plugin: &str) -> Result<weft::runtime::Plu
     })
 }
 
-async fn check_plugin(global: &Global, options: CheckArgs) -> Result<ExitCode> {
+/// A pinned plugin's file differs from its pin: the file, and both digests.
+#[derive(Debug, thiserror::Error)]
+#[error("plugin {file} has sha256 {actual}, but {expected} is pinned; refused before any request")]
+pub(crate) struct PinMismatch {
+    file: String,
+    expected: String,
+    actual: String,
+}
+
+/// Loads `plugin`, refusing it when `pin` is given and its digest differs.
+pub(crate) async fn load_pinned(
+    global: &Global,
+    plugin: &str,
+    pin: Option<&str>,
+) -> Result<weft::runtime::Plugin> {
+    let Some(pin) = pin else { return load_plugin(global, plugin).await };
+    if !plugin.ends_with(".wasm") {
+        anyhow::bail!(
+            "--sha256 pins a .wasm file; {plugin:?} is a built-in connector, pinned by weft's version"
+        );
+    }
+    let wasm = std::fs::read(plugin).with_context(|| format!("cannot read {plugin}"))?;
+    let actual = weft::runtime::digest(&wasm);
+    let expected = pin.to_ascii_lowercase();
+    if actual != expected {
+        return Err(PinMismatch { file: plugin.to_owned(), expected, actual }.into());
+    }
+    Ok(wasm_runtime(global)?.load(plugin, &wasm).await?)
+}
+
+/// The plugin and the endpoint a check runs against, with the emulators
+/// that serve it when `--sandbox` started them.
+pub(crate) struct Prepared {
+    pub(crate) plugin: weft::runtime::Plugin,
+    pub(crate) target: weft::conformance::CheckTarget,
+    pub(crate) emulators: Option<weft_sandbox::Sandbox>,
+}
+
+pub(crate) async fn prepare_check(global: &Global, options: &CheckArgs) -> Result<Prepared> {
     let plugin = options.plugin.as_str();
-    use weft::conformance::{CheckTarget, Verdict};
-    let loaded = load_plugin(global, plugin).await?;
+    let loaded = load_pinned(global, plugin, options.sha256.as_deref()).await?;
     let mut samples = Vec::new();
     for (resource, text) in &options.samples {
         let value: serde_json::Value = serde_json::from_str(text)
@@ -176,7 +257,7 @@ async fn check_plugin(global: &Global, options: CheckArgs) -> Result<ExitCode> {
         };
         (options.base_url.clone().context("--base-url is required without --sandbox")?, secret)
     };
-    let target = CheckTarget {
+    let target = weft::conformance::CheckTarget {
         base_url,
         secret,
         settings,
@@ -185,15 +266,29 @@ async fn check_plugin(global: &Global, options: CheckArgs) -> Result<ExitCode> {
         allow_irreversible: options.allow_irreversible || options.sandbox,
         page_size: options.page_size,
     };
-    let results = weft::conformance::check(&loaded, &target).await?;
-    if let Some(running) = emulators {
+    Ok(Prepared { plugin: loaded, target, emulators })
+}
+
+async fn check_plugin(global: &Global, options: CheckArgs) -> Result<ExitCode> {
+    let prepared = prepare_check(global, &options).await?;
+    let results = weft::conformance::check(&prepared.plugin, &prepared.target).await?;
+    if let Some(running) = prepared.emulators {
         running.shutdown().await;
     }
+    print_results(&results, options.json)
+}
+
+/// Prints a check's results; exit 0 when none failed.
+pub(crate) fn print_results(
+    results: &[weft::conformance::CheckResult],
+    json: bool,
+) -> Result<ExitCode> {
+    use weft::conformance::Verdict;
     let failed = results.iter().filter(|r| r.verdict == Verdict::Fail).count();
-    if options.json {
+    if json {
         outln!("{}", serde_json::to_string_pretty(&results)?)?;
     } else {
-        for r in &results {
+        for r in results {
             let mark = match r.verdict {
                 Verdict::Pass => "pass",
                 Verdict::Fail => "FAIL",
@@ -213,17 +308,45 @@ async fn check_plugin(global: &Global, options: CheckArgs) -> Result<ExitCode> {
 async fn inspect(global: &Global, plugin: &str, json: bool) -> Result<ExitCode> {
     let loaded = load_plugin(global, plugin).await?;
     let manifest = loaded.manifest();
+    let trust = weft::plugin_trust::Capabilities::of(&loaded);
     if json {
         outln!(
             "{}",
-            serde_json::to_string_pretty(
-                &serde_json::json!({ "manifest": manifest, "sha256": loaded.digest() })
-            )?
+            serde_json::to_string_pretty(&serde_json::json!({
+                "sha256": loaded.digest(),
+                "manifest": manifest,
+                "capabilities": trust,
+            }))?
         )?;
     } else {
         print_manifest(manifest, loaded.digest())?;
+        print_capabilities(&trust, plugin, loaded.digest())?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn print_capabilities(
+    trust: &weft::plugin_trust::Capabilities,
+    plugin: &str,
+    digest: &str,
+) -> std::io::Result<()> {
+    let or_none =
+        |list: &[String]| if list.is_empty() { "none".to_owned() } else { list.join(", ") };
+    outln!()?;
+    outln!("what running it trusts:")?;
+    outln!("  hosts         {}", or_none(&trust.hosts))?;
+    outln!("  irreversible  {}", or_none(&trust.irreversible))?;
+    outln!("  settings      {}", or_none(&trust.settings))?;
+    // One a line: a component imports a dozen or more interfaces.
+    outln!("  imports       {}", trust.imports.first().map_or("none", String::as_str))?;
+    for import in trust.imports.iter().skip(1) {
+        outln!("                {import}")?;
+    }
+    if plugin.ends_with(".wasm") {
+        outln!()?;
+        outln!("pin it:  plugin = {{ path = {plugin:?}, sha256 = \"{digest}\" }}")?;
+    }
+    Ok(())
 }
 
 fn print_manifest(m: &Manifest, digest: &str) -> std::io::Result<()> {

@@ -2,8 +2,11 @@
 //! new` output for Rust, Python and JavaScript, built with its one command
 //! by the pinned tools (componentize-py from PyPI, componentize-js from npm,
 //! both installed by .ci/run), its native tests run, then `weft plugin
-//! check --sandbox` on the component, untouched. A Python connector keeps
-//! its warm instance across the calls of a connection.
+//! check --sandbox` on the component, untouched. A Python connector (built
+//! with `--stub-wasi`, as the template's build.sh does) keeps its warm
+//! instance across the calls of a connection; a JavaScript component built
+//! with componentize-js's defaults imports wasi:http and is refused at load,
+//! naming the import and the flag, and never cached.
 //!
 //! Off CI a missing tool skips its test, saying so; with CI=true it fails.
 
@@ -109,6 +112,60 @@ fn a_javascript_connector_from_plugin_new_builds_and_passes_the_sandbox_check() 
     let tests = run(&dir, Command::new("npm").args(["test"]))?;
     assert!(tests.contains("# pass 3") && tests.contains("# fail 0"), "{tests}");
     passes_the_sandbox_check(&dir, "acme-js")
+}
+
+#[test]
+fn a_javascript_component_importing_wasi_http_is_refused_naming_the_flag_and_never_cached()
+-> TestResult {
+    let modules = repository().join("node_modules");
+    let componentize = modules.join(".bin/componentize-js");
+    if !tool_present(&componentize, "componentize-js")? {
+        return Ok(());
+    }
+    let (_scratch, dir) = generate("acme-http", "js")?;
+    std::os::unix::fs::symlink(&modules, dir.join("node_modules"))?;
+    // componentize-js's default build: fetch() through wasi:http, which the
+    // README says weft refuses at load.
+    run(
+        &dir,
+        Command::new(&componentize).args([
+            "app.js",
+            "--wit",
+            "wit",
+            "--world-name",
+            "connector",
+            "--out",
+            "acme-http.wasm",
+        ]),
+    )?;
+    let cache = tempfile::tempdir()?;
+    let wasm = dir.join("acme-http.wasm").display().to_string();
+    let out = super::weft(
+        &["plugin", "check", &wasm, "--sandbox", "--emulator", "stripe"],
+        cache.path(),
+    )?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a wasi:http component was accepted: {stderr}");
+    assert!(out.stdout.is_empty(), "checks ran: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(stderr.contains("wasi:http/outgoing-handler"), "names the import: {stderr}");
+    assert!(stderr.contains("--disable http fetch-event"), "names the flag: {stderr}");
+    assert!(!stderr.contains("does not implement"), "blames the import, not the export: {stderr}");
+    let cached: Vec<_> = walk(cache.path())?
+        .into_iter()
+        .filter(|path| path.extension().is_some_and(|e| e == "cwasm"))
+        .collect();
+    assert_eq!(cached, Vec::<PathBuf>::new(), "a refused component was cached");
+    Ok(())
+}
+
+/// Every file under `dir`.
+fn walk(dir: &Path) -> TestResult<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() { out.extend(walk(&path)?) } else { out.push(path) }
+    }
+    Ok(out)
 }
 
 #[test]

@@ -5,22 +5,27 @@ use core::marker::PhantomData;
 
 use crate::wit::weft::connector::types::ConnectorError;
 use crate::{
-    BatchItem, Context, Error, Json, ListRequest, Manifest, Page, RemoveOutcome, Result,
+    BatchItem, Context, Error, Json, ListRequest, Manifest, Op, Page, RemoveOutcome, Result,
     UpsertOutcome, UpsertRequest,
 };
 
 /// A vendor connector: one implementation per plugin, exported with
 /// [`export!`](crate::export).
 ///
-/// The methods are associated functions, not `&self` methods: the host keeps
-/// no connector state between calls (an instance may be fresh for every
-/// call), so there is no `self` to hold any. Everything a call needs arrives
-/// in its arguments.
+/// The methods are associated functions, not `&self` methods. The host
+/// keeps an instance warm and reuses it for the next calls of the same
+/// connection (module statics survive between those calls), but it may
+/// replace it at any time (after a trap, when its memory grew too much, or
+/// simply with a fresh one under load), so nothing a call needs may live
+/// only in the instance: everything arrives in its arguments, and a static
+/// is at most a cache.
 ///
 /// Only [`describe`](Connector::describe) is required. Every operation
-/// defaults to [`Error::Unsupported`]; override the ones the manifest lists
-/// for some resource. Each operation receives the resource name and should
-/// answer [`Error::NotFound`] for a resource it does not serve.
+/// defaults to [`Error::Unsupported`]; override the ones the manifest lists.
+/// The SDK refuses a call for a resource the manifest does not list
+/// ([`Error::NotFound`]) or an op it does not list for that resource
+/// ([`Error::Unsupported`]) before the method runs, so a method needs no
+/// such dispatch of its own: it only tells the resources it serves apart.
 pub trait Connector {
     /// Says what the connector is, what it serves and what it needs.
     fn describe() -> Manifest;
@@ -84,20 +89,70 @@ fn unsupported(op: &str, resource: &str) -> Error {
 #[derive(Debug)]
 pub struct Adapter<C>(PhantomData<C>);
 
-impl<C: Connector> crate::wit::exports::weft::connector::plugin::Guest for Adapter<C> {
+/// The ops each resource of a connector's manifest lists, read once per
+/// connector type (an instance lives across calls; `describe` builds the
+/// whole manifest, which a call should not pay for).
+type Offers = Vec<(String, Vec<Op>)>;
+/// [`Offers`] by connector type: one in a component, several in a native
+/// test binary.
+type OffersByType = Vec<(std::any::TypeId, std::sync::Arc<Offers>)>;
+
+fn offers<C: Connector + 'static>() -> std::sync::Arc<Offers> {
+    use std::any::TypeId;
+    use std::sync::{Arc, Mutex, OnceLock};
+    static BY_TYPE: OnceLock<Mutex<OffersByType>> = OnceLock::new();
+    let table = BY_TYPE.get_or_init(|| Mutex::new(Vec::new()));
+    let mut table = table.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((_, offers)) = table.iter().find(|(id, _)| *id == TypeId::of::<C>()) {
+        return Arc::clone(offers);
+    }
+    let offers: Arc<Offers> =
+        Arc::new(C::describe().resources.into_iter().map(|r| (r.name, r.ops)).collect());
+    table.push((TypeId::of::<C>(), Arc::clone(&offers)));
+    offers
+}
+
+/// Refuses `op` on `resource` unless the manifest lists it.
+fn offered<C: Connector + 'static>(op: Op, resource: &str) -> Result<(), ConnectorError> {
+    let offers = offers::<C>();
+    let Some((_, ops)) = offers.iter().find(|(name, _)| name == resource) else {
+        let served: Vec<&str> = offers.iter().map(|(name, _)| name.as_str()).collect();
+        return Err(Error::not_found(format!(
+            "this connector serves no resource `{resource}` (it serves: {})",
+            served.join(", ")
+        ))
+        .into());
+    };
+    if ops.contains(&op) { Ok(()) } else { Err(unsupported(op_name(op), resource).into()) }
+}
+
+fn op_name(op: Op) -> &'static str {
+    match op {
+        Op::List => "list",
+        Op::Get => "get",
+        Op::Upsert => "upsert",
+        Op::UpsertBatch => "upsert-batch",
+        Op::Remove => "remove",
+    }
+}
+
+impl<C: Connector + 'static> crate::wit::exports::weft::connector::plugin::Guest for Adapter<C> {
     fn describe() -> Manifest {
         C::describe()
     }
 
     fn list(ctx: Context, request: ListRequest) -> Result<Page, ConnectorError> {
+        offered::<C>(Op::List, &request.resource)?;
         C::list(&ctx, request).map_err(Into::into)
     }
 
     fn get(ctx: Context, resource: String, id: String) -> Result<Option<Json>, ConnectorError> {
+        offered::<C>(Op::Get, &resource)?;
         C::get(&ctx, &resource, &id).map_err(Into::into)
     }
 
     fn upsert(ctx: Context, request: UpsertRequest) -> Result<UpsertOutcome, ConnectorError> {
+        offered::<C>(Op::Upsert, &request.resource)?;
         C::upsert(&ctx, request).map_err(Into::into)
     }
 
@@ -106,6 +161,7 @@ impl<C: Connector> crate::wit::exports::weft::connector::plugin::Guest for Adapt
         resource: String,
         items: Vec<BatchItem>,
     ) -> Result<Vec<Result<UpsertOutcome, ConnectorError>>, ConnectorError> {
+        offered::<C>(Op::UpsertBatch, &resource)?;
         match C::upsert_batch(&ctx, &resource, items) {
             Ok(outcomes) => {
                 Ok(outcomes.into_iter().map(|outcome| outcome.map_err(Into::into)).collect())
@@ -115,6 +171,7 @@ impl<C: Connector> crate::wit::exports::weft::connector::plugin::Guest for Adapt
     }
 
     fn remove(ctx: Context, resource: String, id: String) -> Result<RemoveOutcome, ConnectorError> {
+        offered::<C>(Op::Remove, &resource)?;
         C::remove(&ctx, &resource, &id).map_err(Into::into)
     }
 }
@@ -137,10 +194,23 @@ mod tests {
                 default_base_url: "http://127.0.0.1".into(),
                 extra_hosts: Vec::new(),
                 auth: AuthScheme::None,
-                resources: Vec::new(),
+                resources: vec![crate::ResourceSpec {
+                    name: "users".into(),
+                    description: String::new(),
+                    ops: vec![Op::List],
+                    irreversible: Vec::new(),
+                    max_page_size: 100,
+                    default_page_size: 100,
+                    id_field: "id".into(),
+                }],
                 rate_limits: Vec::new(),
                 settings: Vec::new(),
             }
+        }
+
+        // Implemented, but the manifest does not list it: never reached.
+        fn get(_ctx: &Context, _resource: &str, _id: &str) -> Result<Option<Json>> {
+            Ok(Some("{\"id\":\"1\"}".into()))
         }
     }
 
@@ -159,5 +229,34 @@ mod tests {
         );
         let batch = <Adapter<Minimal> as Guest>::upsert_batch(ctx(), "users".into(), Vec::new());
         assert!(matches!(batch, Err(ConnectorError::Unsupported(_))));
+    }
+
+    #[test]
+    fn resources_and_ops_the_manifest_does_not_list_are_refused_before_the_method_runs() {
+        let get = <Adapter<Minimal> as Guest>::get(ctx(), "users".into(), "1".into());
+        assert_eq!(
+            get,
+            Err(ConnectorError::Unsupported(
+                "this connector does not offer `get` on `users`".into()
+            ))
+        );
+        let request =
+            ListRequest { resource: "teams".into(), cursor: None, page_size: 10, filter: None };
+        let list = <Adapter<Minimal> as Guest>::list(ctx(), request);
+        assert_eq!(
+            list,
+            Err(ConnectorError::NotFound(
+                "this connector serves no resource `teams` (it serves: users)".into()
+            ))
+        );
+        // A listed op reaches the method (here the default, unsupported).
+        let request =
+            ListRequest { resource: "users".into(), cursor: None, page_size: 10, filter: None };
+        assert_eq!(
+            <Adapter<Minimal> as Guest>::list(ctx(), request),
+            Err(ConnectorError::Unsupported(
+                "this connector does not offer `list` on `users`".into()
+            ))
+        );
     }
 }

@@ -290,6 +290,23 @@ pub mod testing {
         (guard, sent)
     }
 
+    /// The context a host hands a call: the connection's base URL and
+    /// settings, for calling a connector's methods in a native test.
+    ///
+    /// ```
+    /// use weft_connector_sdk::http::testing;
+    ///
+    /// let ctx = testing::context("https://api.acme.example/v1", &[("region", "eu")]);
+    /// assert_eq!(ctx.url("/users"), "https://api.acme.example/v1/users");
+    /// assert_eq!(ctx.setting("region"), Some("eu"));
+    /// ```
+    pub fn context(base_url: &str, settings: &[(&str, &str)]) -> crate::Context {
+        crate::Context {
+            base_url: base_url.to_string(),
+            settings: settings.iter().map(|(k, v)| ((*k).to_string(), (*v).to_string())).collect(),
+        }
+    }
+
     /// A response with `status`, a JSON content type and `body`.
     pub fn response(status: u16, body: &str) -> Response {
         Response {
