@@ -324,7 +324,11 @@ impl Worker {
                     let _ = tx.send(addr);
                     sent = true;
                 }
-                // The rest of the log is drained, so the worker never blocks on it.
+                // The rest of the log is drained, so the worker never blocks
+                // on it; what it says of the fleet's limits is shown.
+                if line.contains("shared rate limit") {
+                    eprintln!("worker: {line}");
+                }
             }
         });
         match rx.recv_timeout(Duration::from_secs(60)) {
@@ -636,5 +640,248 @@ async fn store_copy_moves_a_sled_history_into_postgres_and_weft_runs_shows_the_s
     }
     let tokens = weft(&schema.url).args(["tokens", "list", "--json"]).output()?;
     assert!(String::from_utf8_lossy(&tokens.stdout).contains("\"ops\""));
+    Ok(())
+}
+
+/// Items per run in the shared-limit test: three runs, one per worker, at
+/// 25 requests a second per class for all three together.
+const SHARED_ITEMS: usize = 110;
+
+/// The Stripe emulator enforcing `limit` requests a second per key and
+/// class, served behind a layer that answers the `refuse_at`-th request
+/// (counted from 1; 0: never) with a 429 and `Retry-After: 2`, once, and
+/// records when it did and whether that request was a read.
+async fn limited_stripe(
+    limit: u32,
+    refuse_at: usize,
+) -> TestResult<(
+    weft_sandbox::stripe::StripeEmulator,
+    weft_sandbox::server::RunningServer,
+    std::sync::Arc<std::sync::Mutex<Option<(Instant, bool)>>>,
+)> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    let emulator = weft_sandbox::stripe::StripeEmulator::new(weft_sandbox::stripe::StripeConfig {
+        rate_limit: Some((limit, Duration::from_secs(1))),
+        ..Default::default()
+    });
+    let seen = Arc::new(AtomicUsize::new(0));
+    let refused_at: Arc<Mutex<Option<(Instant, bool)>>> = Arc::default();
+    let refused = refused_at.clone();
+    let router = emulator.router().layer(axum::middleware::from_fn(
+        move |request: axum::extract::Request, next: axum::middleware::Next| {
+            let seen = seen.clone();
+            let refused = refused.clone();
+            async move {
+                let n = seen.fetch_add(1, Ordering::SeqCst) + 1;
+                if n == refuse_at {
+                    if let Ok(mut at) = refused.lock() {
+                        *at = Some((Instant::now(), request.method() == "GET"));
+                    }
+                    return axum::response::Response::builder()
+                        .status(429)
+                        .header("retry-after", "2")
+                        .header("content-type", "application/json")
+                        .body(axum::body::Body::from(
+                            r#"{"error":{"type":"invalid_request_error","code":"rate_limit","message":"slow down"}}"#,
+                        ))
+                        .unwrap_or_default();
+                }
+                next.run(request).await
+            }
+        },
+    ));
+    let server = weft_sandbox::server::serve(router, "127.0.0.1:0".parse()?).await?;
+    Ok((emulator, server, refused_at))
+}
+
+/// A workflow upserting `items` customers into the Stripe at `base`
+/// through the sandbox's test key (Stripe publishes 25 requests a second
+/// per class for test keys), eight at a time.
+fn shared_limit_workflow(dir: &Path, base: &str, items: usize) -> TestResult<PathBuf> {
+    let key = dir.join("stripe-key");
+    std::fs::write(&key, weft_sandbox::stripe::SANDBOX_API_KEY)?;
+    let path = dir.join("shared.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[workflow]
+name = "shared"
+
+[inputs.worker]
+type = "string"
+
+[connections.stripe]
+plugin = "stripe"
+credentials = "file:{key}"
+base_url = "{base}"
+
+[[step]]
+id = "each"
+for_each = "[range(0; {items})]"
+concurrency = 8
+upsert = "stripe.customers"
+record = {{ email = "shared${{{{ .inputs.worker }}}}-${{{{ $item }}}}@fleet.example", name = "Shared ${{{{ $item }}}}" }}
+"#,
+            key = key.display(),
+        ),
+    )?;
+    Ok(path)
+}
+
+/// Starts the workflow `shared` on each worker (so each runs one), with
+/// the worker's index as input, and waits for all of them to end.
+async fn run_on_each(workers: &[Worker], token: &str, deadline: Duration) -> TestResult {
+    let http = reqwest::Client::new();
+    let mut runs = Vec::new();
+    for (i, worker) in workers.iter().enumerate() {
+        let started = http
+            .post(format!("{}/api/workflows/shared/runs", worker.base))
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .body(format!(r#"{{"worker":"{i}"}}"#))
+            .send()
+            .await?;
+        let status = started.status().as_u16();
+        let text = started.text().await?;
+        assert_eq!(status, 202, "{text}");
+        let started: Value = serde_json::from_str(&text)?;
+        runs.push((worker, started["run_id"].as_str().ok_or("no run id")?.to_owned()));
+    }
+    let until = Instant::now() + deadline;
+    for (worker, run) in runs {
+        loop {
+            let shown = http
+                .get(format!("{}/api/runs/{run}", worker.base))
+                .bearer_auth(token)
+                .send()
+                .await?
+                .text()
+                .await?;
+            let detail: Value = serde_json::from_str(&shown)?;
+            if detail["status"] != "running" && detail["status"] != "pending" {
+                assert_eq!(detail["status"], "succeeded", "{detail:#}");
+                break;
+            }
+            if Instant::now() > until {
+                return Err(format!("run {run} did not finish in time: {detail:#}").into());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
+}
+
+fn start_workers(url: &str, workflow: &Path, count: usize) -> TestResult<Vec<Worker>> {
+    (0..count).map(|_| Worker::start(url, workflow)).collect()
+}
+
+fn operator_token(url: &str) -> TestResult<String> {
+    let token = weft(url).args(["tokens", "create", "fleet", "--role", "operator"]).output()?;
+    assert!(token.status.success(), "{}", String::from_utf8_lossy(&token.stderr));
+    Ok(String::from_utf8(token.stdout)?.trim().to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_workers_on_one_key_stay_together_under_the_vendors_limit() -> TestResult {
+    let Some(base) = test_url("three_workers_on_one_key_stay_together")? else {
+        return Ok(());
+    };
+    let schema = ScratchSchema::create(&base).await?;
+    const LIMIT: u32 = 25;
+    let (emulator, server, _) = limited_stripe(LIMIT, 0).await?;
+    let files = tempfile::tempdir()?;
+    let workflow = shared_limit_workflow(files.path(), &server.base_url(), SHARED_ITEMS)?;
+    let token = operator_token(&schema.url)?;
+    let workers = start_workers(&schema.url, &workflow, 3)?;
+    run_on_each(&workers, &token, Duration::from_secs(30)).await?;
+
+    // Judged by the emulator's log: per class, what it served in the
+    // steady part (the first and last second left out) against what it
+    // allows, and its refusals against every request.
+    let log = emulator.requests().requests();
+    let refused = log.iter().filter(|r| r.status == 429).count();
+    let mut achieved = Vec::new();
+    for (class, is_class) in
+        [("read", (|m: &str| m == "GET") as fn(&str) -> bool), ("write", |m: &str| m != "GET")]
+    {
+        let served: Vec<Instant> = log
+            .iter()
+            .filter(|r| is_class(&r.method) && r.status != 429)
+            .map(|r| r.received_at)
+            .collect();
+        let (Some(first), Some(last)) = (served.iter().min(), served.iter().max()) else {
+            return Err(format!("no {class} requests reached the emulator").into());
+        };
+        let from = *first + Duration::from_secs(1);
+        let to = *last - Duration::from_secs(1);
+        let window = to.saturating_duration_since(from).as_secs_f64();
+        assert!(window >= 5.0, "the {class} window is {window:.1}s; the test proves little");
+        let inside = served.iter().filter(|t| **t >= from && **t < to).count();
+        let share = inside as f64 / window / f64::from(LIMIT);
+        achieved.push((class, share));
+    }
+    eprintln!("{} requests, {refused} refused (429); achieved of allowed: {achieved:?}", log.len());
+    assert!(
+        refused as f64 <= 0.01 * log.len() as f64,
+        "{refused} of {} requests were refused: the workers together went over the limit",
+        log.len()
+    );
+    for (class, share) in achieved {
+        assert!(share >= 0.95, "{class}: the workers together got {share:.3} of the allowed rate");
+    }
+    assert_eq!(emulator.customer_count(), 3 * SHARED_ITEMS);
+    drop(workers);
+    server.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_seen_by_one_worker_pauses_them_all() -> TestResult {
+    let Some(base) = test_url("a_retry_after_seen_by_one_worker_pauses")? else {
+        return Ok(());
+    };
+    let schema = ScratchSchema::create(&base).await?;
+    // The 150th request (a few seconds in, all three workers busy) gets a
+    // 429 with `Retry-After: 2`.
+    let (emulator, server, refused_at) = limited_stripe(25, 150).await?;
+    let files = tempfile::tempdir()?;
+    let workflow = shared_limit_workflow(files.path(), &server.base_url(), 60)?;
+    let token = operator_token(&schema.url)?;
+    let workers = start_workers(&schema.url, &workflow, 3)?;
+    run_on_each(&workers, &token, Duration::from_secs(30)).await?;
+
+    let (refused_at, read) = refused_at.lock().map_err(|_| "poisoned")?.ok_or("no 429 was sent")?;
+    // Stripe limits reads and writes apart: the pause is the refused
+    // request's class's.
+    let log: Vec<_> = emulator
+        .requests()
+        .requests()
+        .into_iter()
+        .filter(|r| (r.method == "GET") == read)
+        .collect();
+    // Requests the others had already been let go for may still arrive
+    // just after it (a worker leases slots 200 ms ahead); after that,
+    // nothing of that class from any worker until the two seconds pass.
+    let quiet_from = refused_at + Duration::from_millis(500);
+    let quiet_to = refused_at + Duration::from_millis(1900);
+    let during: Vec<(u16, Duration)> = log
+        .iter()
+        .filter(|r| r.received_at > quiet_from && r.received_at < quiet_to)
+        .map(|r| (r.status, r.received_at - refused_at))
+        .collect();
+    let after = log.iter().filter(|r| r.received_at >= refused_at + Duration::from_secs(2)).count();
+    let before = log.iter().filter(|r| r.received_at < refused_at).count();
+    eprintln!(
+        "{} {} requests: {before} before the 429, during the pause {during:?}, {after} after it",
+        log.len(),
+        if read { "read" } else { "write" }
+    );
+    assert!(during.is_empty(), "requests arrived during the pause: {during:?} after the 429");
+    assert!(after > 20, "the runs went on after the pause ({after} requests)");
+    assert_eq!(emulator.customer_count(), 3 * 60);
+    drop(workers);
+    server.shutdown().await;
     Ok(())
 }
