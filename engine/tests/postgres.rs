@@ -885,3 +885,285 @@ async fn a_retry_after_seen_by_one_worker_pauses_them_all() -> TestResult {
     server.shutdown().await;
     Ok(())
 }
+
+/// A PostgreSQL cluster of this test's own (initdb in a temporary
+/// directory, a free loopback port), so that it can be restarted without
+/// disturbing the other tests' server. Stopped when dropped.
+struct OwnCluster {
+    bindir: PathBuf,
+    data: PathBuf,
+    /// `runuser -u postgres --` as root (PostgreSQL refuses root).
+    run_as: Vec<String>,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl OwnCluster {
+    /// `None` when no PostgreSQL binaries are installed (an error under
+    /// `CI=true`, where .ci/postgres installs them).
+    fn start() -> TestResult<Option<OwnCluster>> {
+        let mut bindirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+            .map(|dirs| dirs.filter_map(|d| d.ok()).map(|d| d.path().join("bin")).collect())
+            .unwrap_or_default();
+        bindirs.retain(|dir| dir.join("initdb").exists() && dir.join("pg_ctl").exists());
+        bindirs.sort();
+        let Some(bindir) = bindirs.pop() else {
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                return Err("no PostgreSQL binaries under /usr/lib/postgresql".into());
+            }
+            eprintln!("skipped: no PostgreSQL binaries under /usr/lib/postgresql");
+            return Ok(None);
+        };
+        let root = rustix::process::geteuid().is_root();
+        let (user, run_as) = if root {
+            (
+                "postgres".to_owned(),
+                vec!["runuser".into(), "-u".into(), "postgres".into(), "--".into()],
+            )
+        } else {
+            (std::env::var("USER").unwrap_or_else(|_| "postgres".into()), Vec::new())
+        };
+        let dir = tempfile::Builder::new().prefix("weft-pg-restart-").tempdir()?;
+        if root {
+            let status = Command::new("chown").arg(&user).arg(dir.path()).status()?;
+            assert!(status.success(), "chown {user} {}", dir.path().display());
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let data = dir.path().join("data");
+        let cluster = OwnCluster {
+            bindir,
+            data,
+            run_as,
+            url: format!("postgres://{user}@127.0.0.1:{port}/postgres"),
+            _dir: dir,
+        };
+        let initdb = cluster
+            .command("initdb")
+            .arg("-D")
+            .arg(&cluster.data)
+            .args(["-U", &user, "--auth=trust", "--encoding=UTF8", "--locale=C"])
+            .output()?;
+        assert!(initdb.status.success(), "initdb: {}", String::from_utf8_lossy(&initdb.stderr));
+        let log = cluster.data.with_file_name("server.log");
+        let started = cluster
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(&cluster.data)
+            .arg("-l")
+            .arg(&log)
+            .args(["-w", "-t", "60", "-o"])
+            .arg(format!(
+                "-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={} \
+                 -c fsync=off",
+                cluster._dir.path().display()
+            ))
+            .arg("start")
+            .output()?;
+        assert!(
+            started.status.success(),
+            "pg_ctl start: {}",
+            String::from_utf8_lossy(&started.stderr)
+        );
+        Ok(Some(cluster))
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let binary = self.bindir.join(program);
+        let mut command = match self.run_as.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(binary);
+                c
+            }
+            None => Command::new(binary),
+        };
+        command.stdin(Stdio::null());
+        command
+    }
+
+    /// Stops the server at once (no checkpoint: it recovers from its WAL
+    /// as after a crash), leaves it down for `down`, and starts it again
+    /// with the same data and port.
+    fn restart(&self, down: Duration) -> TestResult {
+        let stop = self
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-m", "immediate", "-w", "stop"])
+            .output()?;
+        assert!(stop.status.success(), "pg_ctl stop: {}", String::from_utf8_lossy(&stop.stderr));
+        std::thread::sleep(down);
+        // `pg_ctl restart` would need a running server; start reads the
+        // options it was started with from postmaster.opts only on restart,
+        // so they are given again.
+        let opts = std::fs::read_to_string(self.data.join("postmaster.opts"))?;
+        let started = self
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(&self.data)
+            .arg("-l")
+            .arg(self.data.with_file_name("server.log"))
+            .args(["-w", "-t", "60", "-o"])
+            .arg(postmaster_options(&opts))
+            .arg("start")
+            .output()?;
+        assert!(
+            started.status.success(),
+            "pg_ctl start: {}",
+            String::from_utf8_lossy(&started.stderr)
+        );
+        Ok(())
+    }
+}
+
+/// The server options in a postmaster.opts line (`/…/postgres "-D" "…"
+/// "-c" "port=…" …`), without the data directory.
+fn postmaster_options(opts: &str) -> String {
+    let words: Vec<&str> =
+        opts.split('"').enumerate().filter(|(i, _)| i % 2 == 1).map(|(_, w)| w).collect();
+    let mut out = Vec::new();
+    let mut skip = false;
+    for word in words {
+        if skip {
+            skip = false;
+            continue;
+        }
+        if word == "-D" {
+            skip = true;
+            continue;
+        }
+        out.push(word.to_owned());
+    }
+    out.join(" ")
+}
+
+impl Drop for OwnCluster {
+    fn drop(&mut self) {
+        let _ = self
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-m", "immediate", "stop"])
+            .output();
+    }
+}
+
+const RESTART_ITEMS: usize = 160;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgresql_restart_mid_run_loses_and_doubles_nothing() -> TestResult {
+    let Some(cluster) = OwnCluster::start()? else { return Ok(()) };
+    let migrated = weft(&cluster.url).args(["store", "migrate"]).output()?;
+    assert!(migrated.status.success(), "{}", String::from_utf8_lossy(&migrated.stderr));
+    let sandbox = weft_sandbox::Sandbox::start(weft_sandbox::SandboxOptions {
+        seed: 0,
+        ..Default::default()
+    })
+    .await?;
+    let files = tempfile::tempdir()?;
+    let key = files.path().join("stripe-key");
+    std::fs::write(&key, weft_sandbox::stripe::SANDBOX_API_KEY)?;
+    let path = files.path().join("restart.toml");
+    // A lookup and a create per item at 40 requests a second: about eight
+    // seconds of work, so the restart lands mid-way.
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[workflow]
+name = "restart"
+
+[connections.stripe]
+plugin = "stripe"
+credentials = "file:{key}"
+base_url = "{stripe}"
+rate_limit = "40/s"
+
+[[step]]
+id = "each"
+for_each = "[range(0; {RESTART_ITEMS})]"
+concurrency = 4
+upsert = "stripe.customers"
+record = {{ email = "restart${{{{ $item }}}}@fleet.example", name = "Restart ${{{{ $item }}}}" }}
+"#,
+            key = key.display(),
+            stripe = sandbox.stripe.base_url(),
+        ),
+    )?;
+    let token = operator_token(&cluster.url)?;
+    let before = sandbox.stripe.emulator.customers().len();
+    let worker = Worker::start(&cluster.url, &path)?;
+    let http = reqwest::Client::new();
+    let started = http
+        .post(format!("{}/api/workflows/restart/runs", worker.base))
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await?;
+    assert_eq!(started.status().as_u16(), 202, "{:?}", started.text().await);
+    let started: Value = serde_json::from_str(&started.text().await?)?;
+    let run_id = started["run_id"].as_str().ok_or("no run id")?.to_owned();
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while sandbox.stripe.emulator.customers().len() - before < RESTART_ITEMS / 4 {
+        if Instant::now() > deadline {
+            return Err("the run made no progress".into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cluster.restart(Duration::from_secs(2))?;
+    let at_restart = sandbox.stripe.emulator.customers().len() - before;
+    assert!(
+        at_restart < RESTART_ITEMS,
+        "the run ended before the restart; the test proves nothing"
+    );
+
+    // The worker reconnects and the run ends (resumed by a claim once its
+    // lease passes, if its task stopped on the outage).
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let detail = loop {
+        let shown = match http
+            .get(format!("{}/api/runs/{run_id}", worker.base))
+            .bearer_auth(&token)
+            .send()
+            .await
+        {
+            Ok(response) => response.text().await?,
+            Err(e) => return Err(format!("the worker stopped answering: {e}").into()),
+        };
+        if let Ok(detail) = serde_json::from_str::<Value>(&shown)
+            && detail["status"] != "running"
+            && detail["status"] != "pending"
+        {
+            break detail;
+        }
+        if Instant::now() > deadline {
+            return Err(format!("the run did not finish after the restart: {shown}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(detail["status"], "succeeded", "{detail:#}");
+    let steps = detail["steps"].as_array().ok_or("no steps")?;
+    assert_eq!(steps[0]["items"], RESTART_ITEMS as u64, "{detail:#}");
+
+    // Judged by the emulator: each customer exactly once, and no create
+    // that was not a replay of an earlier one's idempotency key.
+    let customers = sandbox.stripe.emulator.customers();
+    let ours: Vec<&str> = customers
+        .iter()
+        .filter_map(|c| c["email"].as_str())
+        .filter(|e| e.starts_with("restart") && e.ends_with("@fleet.example"))
+        .collect();
+    let distinct: std::collections::HashSet<&&str> = ours.iter().collect();
+    assert_eq!(
+        (ours.len(), distinct.len(), customers.len() - before),
+        (RESTART_ITEMS, RESTART_ITEMS, RESTART_ITEMS),
+        "Stripe holds each customer once after a restart at {at_restart}"
+    );
+    eprintln!(
+        "restarted at {at_restart}/{RESTART_ITEMS} customers; resumes: {}",
+        detail["resumes"]
+    );
+    Ok(())
+}
