@@ -1167,3 +1167,223 @@ record = {{ email = "restart${{{{ $item }}}}@fleet.example", name = "Restart ${{
     );
     Ok(())
 }
+
+/// Customers the chaos test moves from Stripe to GrowPanel.
+const CHAOS_ITEMS: usize = 2000;
+/// Workers killed with -9 (each restarted) during the chaos test.
+const CHAOS_KILLS: usize = 20;
+
+/// The fleet chaos test of issue 16: three `weft serve` workers on one
+/// PostgreSQL, a 2,000-item Stripe → GrowPanel for-each and a workflow
+/// firing every second, 20 kills with -9 of random workers at random
+/// instants, each restarted; then each emulator holds exactly the 2,000
+/// customers, no create was sent twice, the run succeeded, and each cron
+/// tick ran exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_killed_twenty_times_moves_every_customer_once_and_each_tick_runs_once()
+-> TestResult {
+    let Some(base) = test_url("a_fleet_killed_twenty_times")? else {
+        return Ok(());
+    };
+    let began = Instant::now();
+    let schema = ScratchSchema::create(&base).await?;
+    let sandbox = weft_sandbox::Sandbox::start(weft_sandbox::SandboxOptions {
+        seed: 0,
+        ..Default::default()
+    })
+    .await?;
+    let files = tempfile::tempdir()?;
+    let stripe_key = files.path().join("stripe-key");
+    std::fs::write(&stripe_key, weft_sandbox::stripe::SANDBOX_API_KEY)?;
+    let endpoints = sandbox.endpoints();
+    let growpanel = endpoints.iter().find(|e| e.vendor == "growpanel").ok_or("no growpanel")?;
+    let growpanel_key = files.path().join("growpanel-key");
+    std::fs::write(&growpanel_key, &growpanel.api_key)?;
+    let dir = files.path().join("workflows");
+    std::fs::create_dir(&dir)?;
+    std::fs::write(
+        dir.join("chaos.toml"),
+        format!(
+            r#"
+[workflow]
+name = "chaos"
+
+[connections.stripe]
+plugin = "stripe"
+credentials = "file:{stripe_key}"
+base_url = "{stripe}"
+rate_limit = "400/s"
+
+[connections.growpanel]
+plugin = "growpanel"
+credentials = "file:{growpanel_key}"
+base_url = "{growpanel}"
+settings = {{ source = "ds_weft_demo" }}
+rate_limit = "400/s"
+
+[[step]]
+id = "create"
+for_each = "[range(0; {CHAOS_ITEMS})]"
+concurrency = 8
+upsert = "stripe.customers"
+record = {{ email = "chaos${{{{ $item }}}}@fleet.example", name = "Chaos ${{{{ $item }}}}" }}
+
+[[step]]
+id = "all"
+list = "stripe.customers"
+page_size = 100
+
+[[step]]
+id = "copy"
+for_each = ".steps.all.records[]"
+concurrency = 8
+upsert = "growpanel.customers"
+record = {{ id = "${{{{ $item.id }}}}", name = "${{{{ $item.name }}}}", email = "${{{{ $item.email }}}}", created_date = "2024-01-01", country = "US" }}
+"#,
+            stripe_key = stripe_key.display(),
+            stripe = sandbox.stripe.base_url(),
+            growpanel_key = growpanel_key.display(),
+            growpanel = growpanel.base_url,
+        ),
+    )?;
+    std::fs::write(
+        dir.join("tick.toml"),
+        r#"
+[workflow]
+name = "tick"
+
+[trigger]
+cron = "* * * * * *"
+
+[[step]]
+id = "tick"
+fail = "never"
+when = "false"
+"#,
+    )?;
+    let token = operator_token(&schema.url)?;
+    let mut workers = start_workers(&schema.url, &dir, 3)?;
+    let http = reqwest::Client::new();
+    let started = http
+        .post(format!("{}/api/workflows/chaos/runs", workers[0].base))
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await?;
+    assert_eq!(started.status().as_u16(), 202, "{:?}", started.text().await);
+    let started: Value = serde_json::from_str(&started.text().await?)?;
+    let run_id = started["run_id"].as_str().ok_or("no run id")?.to_owned();
+
+    // Kill a random worker at a random instant, 20 times, each restarted.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(16);
+    let mut killed_holder = 0;
+    for _ in 0..CHAOS_KILLS {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(300..2500))).await;
+        let victim = rng.random_range(0..workers.len());
+        let worker = &mut workers[victim];
+        worker.child.kill()?; // SIGKILL
+        worker.child.wait()?;
+        let shown = weft(&schema.url).args(["runs", "show", "--json", &run_id]).output()?;
+        if stdout_json(&shown).is_ok_and(|d| d["status"] == "running") {
+            killed_holder += 1;
+        }
+        workers[victim] = Worker::start(&schema.url, &dir)?;
+    }
+    let kills_done = began.elapsed();
+
+    // The run ends on the fleet.
+    let deadline = Instant::now() + Duration::from_secs(150);
+    let detail = loop {
+        let shown = weft(&schema.url).args(["runs", "show", "--json", &run_id]).output()?;
+        let detail = stdout_json(&shown)?;
+        let status = &detail["status"];
+        if status != "running" && status != "pending" {
+            break detail;
+        }
+        if Instant::now() > deadline {
+            return Err(format!("the run did not finish: {detail:#}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    // Let the last ticks' runs end, then stop the fleet.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    drop(workers);
+    assert_eq!(detail["status"], "succeeded", "{detail:#}");
+
+    // Each emulator holds exactly the 2,000 customers, each created once.
+    let stripe = sandbox.stripe.emulator.customers();
+    let emails: std::collections::HashSet<&str> =
+        stripe.iter().filter_map(|c| c["email"].as_str()).collect();
+    assert_eq!((stripe.len(), emails.len()), (CHAOS_ITEMS, CHAOS_ITEMS), "Stripe");
+    let grown = sandbox.growpanel.emulator.customers();
+    let ids: std::collections::HashSet<String> =
+        grown.iter().map(|c| c["id"].to_string()).collect();
+    assert_eq!((grown.len(), ids.len()), (CHAOS_ITEMS, CHAOS_ITEMS), "GrowPanel");
+    // No create sent twice, judged by the request logs: Stripe's creates
+    // each under an idempotency key of its own (a redone one would replay
+    // its key, and find the customer made), GrowPanel's (which takes no
+    // key) each for a customer id of its own.
+    let creates = |log: weft_sandbox::requests::RequestLog| -> Vec<_> {
+        log.requests()
+            .into_iter()
+            .filter(|r| r.method == "POST" && r.status < 300 && !r.path.contains("/search"))
+            .collect()
+    };
+    let stripe_creates = creates(sandbox.stripe.emulator.requests());
+    let keys: std::collections::HashSet<&str> =
+        stripe_creates.iter().filter_map(|r| r.idempotency_key.as_deref()).collect();
+    assert_eq!(
+        (stripe_creates.len(), keys.len()),
+        (CHAOS_ITEMS, CHAOS_ITEMS),
+        "Stripe's successful creates and their distinct idempotency keys"
+    );
+    let growpanel_creates = creates(sandbox.growpanel.emulator.requests());
+    let created_ids: std::collections::HashSet<String> = growpanel_creates
+        .iter()
+        .filter_map(|r| serde_json::from_str::<Value>(&r.body).ok())
+        .map(|body| body["id"].to_string())
+        .collect();
+    assert_eq!(
+        (growpanel_creates.len(), created_ids.len()),
+        (CHAOS_ITEMS, CHAOS_ITEMS),
+        "GrowPanel's successful creates and the distinct customers they name"
+    );
+
+    // Each tick ran once: one firing row per scheduled second, each with
+    // its own run, and every cron run is one of them.
+    let (client, connection) = tokio_postgres::connect(&schema.url, tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    let firings = client
+        .query("SELECT scheduled_ms, run_id FROM weft_cron_firings WHERE workflow = 'tick'", &[])
+        .await?;
+    let fired: std::collections::HashSet<String> =
+        firings.iter().map(|row| row.get::<_, String>(1)).collect();
+    let listed = stdout_json(
+        &weft(&schema.url).args(["runs", "list", "--json", "--limit", "5000"]).output()?,
+    )?;
+    let cron_runs: Vec<&Value> = listed
+        .as_array()
+        .ok_or("runs list is not an array")?
+        .iter()
+        .filter(|r| r["trigger"] == "cron")
+        .collect();
+    let cron_ids: std::collections::HashSet<String> =
+        cron_runs.iter().filter_map(|r| r["id"].as_str().map(str::to_owned)).collect();
+    let seconds = began.elapsed().as_secs();
+    eprintln!(
+        "{CHAOS_KILLS} kills ({killed_holder} while the run was going) in {} s; the run ended \
+         after {} s with {} resumes; {} ticks fired, {} cron runs",
+        kills_done.as_secs(),
+        began.elapsed().as_secs(),
+        detail["resumes"],
+        firings.len(),
+        cron_runs.len()
+    );
+    assert_eq!(fired.len(), firings.len(), "a run started for two ticks");
+    assert!(cron_runs.iter().all(|r| r["status"] == "succeeded"), "{cron_runs:#?}");
+    assert_eq!(cron_ids, fired, "every cron run is its tick's, and every tick's run exists");
+    assert!(firings.len() as u64 >= seconds / 3, "{} ticks in {seconds} s", firings.len());
+    assert!(began.elapsed() < Duration::from_secs(180), "over three minutes");
+    Ok(())
+}
