@@ -423,12 +423,18 @@ impl std::fmt::Debug for Executor {
 impl Executor {
     /// An executor over `runtime` and `store`.
     pub fn new(runtime: Runtime, store: RunStore) -> Self {
+        // On a shared store, every worker's limiters keep one limit per
+        // credential together.
+        let limiters = Arc::new(match store.shared_limits() {
+            Some(shared) => LimiterRegistry::shared(shared),
+            None => LimiterRegistry::default(),
+        });
         Executor {
             runtime,
             store,
             plugins: Mutex::default(),
             http_limits: HttpLimits::default(),
-            limiters: Arc::default(),
+            limiters,
             retry: RetryPolicy::default(),
             inline_records: INLINE_RECORDS,
             metrics: None,

@@ -20,6 +20,19 @@
 //! limit adapts up to, so a plugin cannot set its own request volume. Only
 //! the workflow's `rate_limit`/`rate_limits` go above the ceiling.
 //!
+//! On a shared store (PostgreSQL) the workers of a fleet that use one
+//! credential keep one limit together: each bucket leases its slots from
+//! the store a few at a time ([`SharedLimits`], a GCRA row per connection
+//! identity and class, updated in one round trip), so the in-process
+//! bucket stays the fast path and the database is the shared truth. A cut
+//! or a pause (`Retry-After`) one worker learns is written to the row at
+//! once, and every worker's next lease starts after it. When the store
+//! cannot be reached, a bucket paces on its own at its share of the rate
+//! (the rate over the workers that leased in the last ten seconds) and
+//! says so, rather than stopping every request: the runs' own commits
+//! wait for the store anyway, and the share keeps the fleet under the
+//! limit while the fleet's size holds; a 429 still cuts as ever.
+//!
 //! Hand-written rather than `governor`: the quota must change at run time
 //! (adaptation, pauses), which governor's fixed quotas do not allow.
 
@@ -56,6 +69,74 @@ const SETTLE: f64 = 0.97;
 /// publish, or adapt up to when it publishes none; a workflow's override
 /// may go higher.
 pub const THIRD_PARTY_CEILING: f64 = 10.0;
+/// How far ahead a bucket leases shared slots: a pause one worker learns
+/// reaches the others' requests within about this long.
+const LEASE_AHEAD: Duration = Duration::from_millis(200);
+/// Least wait before asking the shared limit again after it granted
+/// nothing.
+const MIN_LEASE_WAIT: Duration = Duration::from_millis(10);
+/// Most slots leased at once.
+const MAX_LEASED: f64 = 64.0;
+/// How long a lease may take before the bucket paces on its own.
+const SHARED_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a bucket paces on its own after the store failed it, before
+/// it asks again.
+const SHARED_RETRY: Duration = Duration::from_secs(1);
+
+/// What a bucket asks of the fleet's shared limit ([`SharedLimits::lease`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeaseRequest {
+    /// The connection identity: a SHA-256 of vendor, publisher and the
+    /// credential's fingerprint, never the credential.
+    pub identity: String,
+    /// The method class (`read`, `write`, `any`, …).
+    pub class: String,
+    /// Slots wanted; 0 only records a cut or a pause.
+    pub slots: u32,
+    /// The rate this worker was configured with (published or the
+    /// workflow's); a row configured otherwise starts again from `rate`.
+    pub configured: f64,
+    /// This worker's rate, requests per second.
+    pub rate: f64,
+    /// Whether a 429 cut `rate`: it then applies whatever the row says.
+    pub cut: bool,
+    /// Whether `rate` grew from the row's rate at version `seen`: it
+    /// applies only if no other worker changed the rate since.
+    pub grew: bool,
+    /// The row's version this worker's rate comes from.
+    pub seen: i64,
+    /// A pause the vendor asked for (`Retry-After`), from now.
+    pub pause: Option<Duration>,
+    /// No slots are granted if the first would be further away than
+    /// this: a caller never holds a slot a pause could not reach.
+    pub horizon: Duration,
+}
+
+/// What the fleet's shared limit granted.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LeaseGrant {
+    /// When the first slot is, from now; the others follow at `rate`.
+    pub starts_in: Duration,
+    /// Slots granted: none when the first would be past the horizon (the
+    /// caller asks again nearer the time).
+    pub slots: u32,
+    /// The fleet's rate, requests per second.
+    pub rate: f64,
+    /// The version of that rate.
+    pub version: i64,
+    /// Workers that leased in the last ten seconds, this one included.
+    pub holders: u32,
+}
+
+/// The fleet's limits, kept where every worker sees them (a shared store).
+pub trait SharedLimits: Send + Sync + std::fmt::Debug {
+    /// Leases slots, or records a cut or a pause, in one round trip; the
+    /// error says why the store could not.
+    fn lease(
+        &self,
+        request: LeaseRequest,
+    ) -> Pin<Box<dyn Future<Output = Result<LeaseGrant, String>> + Send + '_>>;
+}
 
 /// Whose word a manifest's published limits are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -150,6 +231,22 @@ struct Bucket {
     /// Counts the cuts: a caller whose slot was reserved before one
     /// reserves again at the new rate.
     generation: u64,
+    /// The rate the bucket started at (published, or the workflow's).
+    configured: f64,
+    /// Slots leased from the fleet's shared limit, not yet handed out.
+    leased: std::collections::VecDeque<Instant>,
+    /// The version of the shared rate this bucket's rate comes from.
+    version: i64,
+    /// Whether a 429 cut the rate since the last lease.
+    cut: bool,
+    /// Whether the rate grew since the last lease.
+    grew: bool,
+    /// Workers that leased lately, as the shared limit last said.
+    holders: u32,
+    /// Until when the bucket paces on its own (the store failed it).
+    alone_until: Option<Instant>,
+    /// Workers the rate is shared by while the bucket paces on its own.
+    share: f64,
 }
 
 impl Bucket {
@@ -170,11 +267,114 @@ impl Bucket {
             measured: None,
             cut_at: None,
             generation: 0,
+            configured: rate,
+            leased: std::collections::VecDeque::new(),
+            version: 0,
+            cut: false,
+            grew: false,
+            holders: 1,
+            alone_until: None,
+            share: 1.0,
         }
     }
 
     fn interval(&self) -> Duration {
-        Duration::from_secs_f64(1.0 / self.rate.max(MIN_RATE))
+        Duration::from_secs_f64(self.share.max(1.0) / self.rate.max(MIN_RATE))
+    }
+
+    /// Whether the bucket takes its slots from the fleet's shared limit
+    /// now (rather than pacing alone after the store failed it).
+    fn shares(&self, now: Instant) -> bool {
+        self.alone_until.is_none_or(|until| until <= now)
+    }
+
+    /// Drops leased slots long past (capacity not used is lost, never
+    /// spent in a burst) and says whether a lease is needed.
+    fn needs_lease(&mut self, now: Instant) -> bool {
+        if !self.shares(now) {
+            return false;
+        }
+        let interval = self.interval();
+        while self.leased.front().is_some_and(|slot| *slot + interval < now) {
+            self.leased.pop_front();
+        }
+        self.leased.is_empty()
+    }
+
+    /// Hands out the next leased slot; `reserve` for a shared bucket.
+    fn take_leased(&mut self, now: Instant) -> Instant {
+        self.grow(now);
+        let mut at = self.leased.pop_front().unwrap_or(now).max(now);
+        if let Some(until) = self.paused_until {
+            if until > at {
+                at = until;
+            } else if until <= now {
+                self.paused_until = None;
+            }
+        }
+        if at > now {
+            self.saturated = true;
+        }
+        at
+    }
+
+    /// The request for `slots` leased slots, carrying this bucket's news.
+    fn lease_request(&mut self, identity: &str) -> LeaseRequest {
+        let slots = (self.rate * LEASE_AHEAD.as_secs_f64()).ceil().clamp(1.0, MAX_LEASED);
+        let request = LeaseRequest {
+            identity: identity.to_owned(),
+            class: class_name(self.class),
+            slots: slots as u32,
+            configured: self.configured,
+            rate: self.rate,
+            cut: self.cut,
+            grew: self.grew,
+            seen: self.version,
+            pause: None,
+            horizon: LEASE_AHEAD,
+        };
+        self.cut = false;
+        self.grew = false;
+        request
+    }
+
+    /// Takes the fleet's grant: its rate when another worker changed it,
+    /// and its slots, from `now`.
+    fn granted(&mut self, request: &LeaseRequest, grant: LeaseGrant, now: Instant) {
+        if self.alone_until.take().is_some() {
+            tracing::info!(
+                class = %request.class,
+                "the fleet's shared rate limit is reachable again; pacing with the other workers"
+            );
+        }
+        self.share = 1.0;
+        self.holders = grant.holders.max(1);
+        if grant.version != self.version || grant.rate != self.rate {
+            self.rate = grant.rate.max(MIN_RATE);
+            self.version = grant.version;
+        }
+        let interval = Duration::from_secs_f64(1.0 / grant.rate.max(MIN_RATE));
+        let first = now + grant.starts_in;
+        self.leased.extend((0..grant.slots.min(request.slots)).map(|k| first + interval * k));
+    }
+
+    /// The store failed a lease: the bucket paces alone at its share for
+    /// a while, and keeps its news for the next lease.
+    fn lease_failed(&mut self, request: &LeaseRequest, reason: &str, now: Instant) {
+        self.cut |= request.cut;
+        self.grew |= request.grew;
+        if self.alone_until.is_none() {
+            tracing::warn!(
+                class = %request.class,
+                workers = self.holders,
+                rate = self.rate / f64::from(self.holders.max(1)),
+                error = %reason,
+                "the fleet's shared rate limit cannot be reached; this worker paces alone at its share \
+                 of the rate until it can"
+            );
+        }
+        self.share = f64::from(self.holders.max(1));
+        self.alone_until = Some(now + SHARED_RETRY);
     }
 
     /// Reserves the next slot; returns when the caller may send.
@@ -200,6 +400,7 @@ impl Bucket {
         if elapsed < Duration::from_secs(1) {
             return;
         }
+        let before = self.rate;
         if self.saturated {
             let steps = elapsed.as_secs_f64().min(10.0);
             let target = self.measured.map(|m| m * SETTLE);
@@ -216,6 +417,9 @@ impl Bucket {
             for limit in [self.ceiling, self.cap].into_iter().flatten() {
                 self.rate = self.rate.min(limit * PUBLISHED_MARGIN);
             }
+        }
+        if self.rate != before {
+            self.grew = true;
         }
         self.saturated = false;
         self.adjusted_at = now;
@@ -274,6 +478,10 @@ impl Bucket {
             // holding them ask again (see `Limiter::acquire`).
             self.generation += 1;
             self.next_slot = now.max(self.paused_until.unwrap_or(now)) + self.interval();
+            // So are slots leased at the old rate; the fleet hears of it.
+            self.leased.clear();
+            self.cut = true;
+            self.grew = false;
         }
         self.seen_429 = true;
         if let Some(pause) = pause {
@@ -285,6 +493,7 @@ impl Bucket {
         if self.paused_until.is_none_or(|p| p < until) {
             // Slots reserved before it are void (see `Limiter::acquire`).
             self.generation += 1;
+            self.leased.retain(|slot| *slot >= until);
         }
         self.paused_until = Some(self.paused_until.map_or(until, |p| p.max(until)));
         self.next_slot = self.next_slot.max(until);
@@ -295,6 +504,32 @@ impl Bucket {
 #[derive(Debug)]
 pub struct Limiter {
     buckets: Mutex<Vec<Bucket>>,
+    /// The fleet's shared limit, on a shared store.
+    shared: Option<Shared>,
+}
+
+/// A limiter's link to the fleet's shared limit.
+#[derive(Debug)]
+struct Shared {
+    limits: Arc<dyn SharedLimits>,
+    /// The connection identity, hashed.
+    identity: String,
+    /// One lease at a time per bucket: callers that find the slots gone
+    /// wait for it rather than each asking the store.
+    leasing: Vec<tokio::sync::Mutex<()>>,
+}
+
+/// A method class as the shared limit's rows name it.
+fn class_name(class: MethodClass) -> String {
+    format!("{class:?}").to_ascii_lowercase()
+}
+
+/// What a caller of [`Limiter::acquire`] does next.
+enum Next {
+    /// Waits until this instant, under these generations.
+    Wait(Instant, u64),
+    /// Leases slots for these buckets first.
+    Lease(Vec<usize>),
 }
 
 fn applies(class: MethodClass, method: Method) -> bool {
@@ -366,7 +601,17 @@ impl Limiter {
                 })
                 .collect()
         };
-        Limiter { buckets: Mutex::new(buckets) }
+        Limiter { buckets: Mutex::new(buckets), shared: None }
+    }
+
+    /// Keeps this limiter's buckets with every worker's in `limits`, the
+    /// fleet's shared limit, under `identity` (a hash of the connection
+    /// identity, never the credential).
+    pub fn shared_with(mut self, limits: Arc<dyn SharedLimits>, identity: String) -> Self {
+        let buckets = self.buckets.lock().map(|b| b.len()).unwrap_or(0);
+        let leasing = (0..buckets).map(|_| tokio::sync::Mutex::new(())).collect();
+        self.shared = Some(Shared { limits, identity, leasing });
+        self
     }
 
     /// Waits for a slot for `method`; returns how long it waited.
@@ -374,15 +619,39 @@ impl Limiter {
         let started = Instant::now();
         loop {
             let now = Instant::now();
-            let (at, generation) = {
+            let next = {
                 let Ok(mut buckets) = self.buckets.lock() else { return Duration::ZERO };
-                let mut generation = 0u64;
-                let mut at = now;
-                for bucket in buckets.iter_mut().filter(|b| applies(b.class, method)) {
-                    at = at.max(bucket.reserve(now));
-                    generation = generation.wrapping_add(bucket.generation);
+                let mut lease = Vec::new();
+                if self.shared.is_some() {
+                    for (index, bucket) in buckets.iter_mut().enumerate() {
+                        if applies(bucket.class, method) && bucket.needs_lease(now) {
+                            lease.push(index);
+                        }
+                    }
                 }
-                (at, generation)
+                if lease.is_empty() {
+                    let mut generation = 0u64;
+                    let mut at = now;
+                    for bucket in buckets.iter_mut().filter(|b| applies(b.class, method)) {
+                        let slot = if self.shared.is_some() && bucket.shares(now) {
+                            bucket.take_leased(now)
+                        } else {
+                            bucket.reserve(now)
+                        };
+                        at = at.max(slot);
+                        generation = generation.wrapping_add(bucket.generation);
+                    }
+                    Next::Wait(at, generation)
+                } else {
+                    Next::Lease(lease)
+                }
+            };
+            let (at, generation) = match next {
+                Next::Wait(at, generation) => (at, generation),
+                Next::Lease(indices) => {
+                    self.lease(&indices).await;
+                    continue;
+                }
             };
             if at <= now {
                 return now.saturating_duration_since(started);
@@ -403,6 +672,74 @@ impl Limiter {
         }
     }
 
+    /// Leases slots from the fleet's shared limit for the buckets at
+    /// `indices` that still need them.
+    async fn lease(&self, indices: &[usize]) {
+        let Some(shared) = &self.shared else { return };
+        for &index in indices {
+            let Some(leasing) = shared.leasing.get(index) else { continue };
+            let _one = leasing.lock().await;
+            let request = {
+                let Ok(mut buckets) = self.buckets.lock() else { return };
+                let Some(bucket) = buckets.get_mut(index) else { continue };
+                if !bucket.needs_lease(Instant::now()) {
+                    continue;
+                }
+                bucket.lease_request(&shared.identity)
+            };
+            let outcome =
+                tokio::time::timeout(SHARED_TIMEOUT, shared.limits.lease(request.clone()))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(format!("no answer in {} s", SHARED_TIMEOUT.as_secs()))
+                    });
+            let now = Instant::now();
+            let wait = {
+                let Ok(mut buckets) = self.buckets.lock() else { return };
+                let Some(bucket) = buckets.get_mut(index) else { continue };
+                match outcome {
+                    // Nothing granted: the fleet's next slot is past the
+                    // horizon (a pause, or many callers queued). Ask
+                    // again nearer it, the bucket's other callers behind.
+                    Ok(grant) if grant.slots == 0 => {
+                        bucket.granted(&request, grant, now);
+                        grant.starts_in.saturating_sub(LEASE_AHEAD).max(MIN_LEASE_WAIT)
+                    }
+                    Ok(grant) => {
+                        bucket.granted(&request, grant, now);
+                        Duration::ZERO
+                    }
+                    Err(reason) => {
+                        bucket.lease_failed(&request, &reason, now);
+                        Duration::ZERO
+                    }
+                }
+            };
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+
+    /// Tells the fleet at once of a cut or a pause this worker learnt,
+    /// without waiting for it: a worker's next lease starts after it.
+    fn tell_fleet(&self, request: LeaseRequest) {
+        let Some(shared) = &self.shared else { return };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let limits = shared.limits.clone();
+        runtime.spawn(async move {
+            match tokio::time::timeout(SHARED_TIMEOUT, limits.lease(request)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(reason)) => {
+                    tracing::warn!(error = %reason, "cannot tell the fleet's shared rate limit of a 429 or a pause")
+                }
+                Err(_) => tracing::warn!(
+                    "cannot tell the fleet's shared rate limit of a 429 or a pause: no answer in time"
+                ),
+            }
+        });
+    }
+
     /// Learns from a response: a 429 slows the buckets `method` counts in
     /// (and pauses them for `pause`); an exhausted window pauses them.
     pub fn observe(&self, method: Method, status: u16, pause: Option<Duration>) {
@@ -420,18 +757,32 @@ impl Limiter {
         sent_at: Option<Instant>,
     ) {
         let now = Instant::now();
-        let Ok(mut buckets) = self.buckets.lock() else { return };
-        for bucket in buckets.iter_mut().filter(|b| applies(b.class, method)) {
-            if status == 429 {
-                bucket.throttled(now, pause, sent_at);
-                continue;
+        let mut news = Vec::new();
+        {
+            let Ok(mut buckets) = self.buckets.lock() else { return };
+            for bucket in buckets.iter_mut().filter(|b| applies(b.class, method)) {
+                if status == 429 {
+                    bucket.throttled(now, pause, sent_at);
+                } else {
+                    if status < 500 {
+                        bucket.succeeded(now);
+                    }
+                    if let Some(pause) = pause {
+                        bucket.pause(now + pause);
+                    }
+                }
+                if let Some(shared) = &self.shared
+                    && (bucket.cut || pause.is_some())
+                {
+                    let mut request = bucket.lease_request(&shared.identity);
+                    request.slots = 0;
+                    request.pause = pause;
+                    news.push(request);
+                }
             }
-            if status < 500 {
-                bucket.succeeded(now);
-            }
-            if let Some(pause) = pause {
-                bucket.pause(now + pause);
-            }
+        }
+        for request in news {
+            self.tell_fleet(request);
         }
     }
 
@@ -448,9 +799,17 @@ impl Limiter {
 #[derive(Debug, Default)]
 pub struct LimiterRegistry {
     limiters: Mutex<HashMap<String, Arc<Limiter>>>,
+    /// The fleet's shared limits, on a shared store.
+    shared: Option<Arc<dyn SharedLimits>>,
 }
 
 impl LimiterRegistry {
+    /// A registry whose limiters keep the fleet's limits with every other
+    /// worker's through `shared`.
+    pub fn shared(shared: Arc<dyn SharedLimits>) -> Self {
+        LimiterRegistry { limiters: Mutex::default(), shared: Some(shared) }
+    }
+
     /// The limiter for `vendor` and `secret`, created on first use. The key
     /// holds the secret's fingerprint, never the secret, and the publisher:
     /// a third-party plugin that names itself after a built-in vendor gets
@@ -467,14 +826,29 @@ impl LimiterRegistry {
             "{publisher:?}/{vendor}/{}",
             secret.map(Secret::fingerprint).unwrap_or_default()
         );
-        let Ok(mut limiters) = self.limiters.lock() else {
-            return Arc::new(Limiter::new(publisher, published, secret, overrides));
+        let make = |key: &str| {
+            let limiter = Limiter::new(publisher, published, secret, overrides);
+            Arc::new(match &self.shared {
+                Some(shared) => limiter.shared_with(shared.clone(), shared_identity(key)),
+                None => limiter,
+            })
         };
-        limiters
-            .entry(key)
-            .or_insert_with(|| Arc::new(Limiter::new(publisher, published, secret, overrides)))
-            .clone()
+        let Ok(mut limiters) = self.limiters.lock() else { return make(&key) };
+        if let Some(limiter) = limiters.get(&key) {
+            return limiter.clone();
+        }
+        let limiter = make(&key);
+        limiters.insert(key, limiter.clone());
+        limiter
     }
+}
+
+/// The name a connection identity has in the fleet's shared limits: a
+/// SHA-256 of the registry's key (vendor, publisher, the credential's
+/// fingerprint), so the store holds nothing of the credential.
+fn shared_identity(key: &str) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(key.as_bytes()))
 }
 
 /// Timed-out attempts sent again, per request.
@@ -1123,5 +1497,134 @@ mod tests {
             )
             .is_some()
         );
+    }
+
+    /// The fleet's shared limit as PostgreSQL's `weft_limit_lease` keeps
+    /// it, in memory: a GCRA arrival time, a pause and a rate.
+    #[derive(Debug)]
+    struct MemoryFleet {
+        row: Mutex<Option<(Instant, Instant, f64)>>,
+        down: std::sync::atomic::AtomicBool,
+        holders: u32,
+    }
+
+    impl MemoryFleet {
+        fn new(holders: u32) -> Arc<Self> {
+            Arc::new(MemoryFleet {
+                row: Mutex::new(None),
+                down: std::sync::atomic::AtomicBool::new(false),
+                holders,
+            })
+        }
+    }
+
+    impl SharedLimits for MemoryFleet {
+        fn lease(
+            &self,
+            request: LeaseRequest,
+        ) -> Pin<Box<dyn Future<Output = Result<LeaseGrant, String>> + Send + '_>> {
+            Box::pin(async move {
+                if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+                    return Err("connection refused".to_owned());
+                }
+                let now = Instant::now();
+                let mut row = self.row.lock().map_err(|_| "poisoned".to_owned())?;
+                let (tat, paused, rate) = row.get_or_insert((now, now, request.rate));
+                if request.cut {
+                    *rate = rate.min(request.rate);
+                }
+                if let Some(pause) = request.pause {
+                    *paused = (*paused).max(now + pause);
+                }
+                let start = (*tat).max(now).max(*paused);
+                let slots = if start - now > request.horizon { 0 } else { request.slots };
+                if slots > 0 {
+                    *tat = start + Duration::from_secs_f64(f64::from(slots) / *rate);
+                }
+                Ok(LeaseGrant {
+                    starts_in: start - now,
+                    slots,
+                    rate: *rate,
+                    version: 0,
+                    holders: self.holders,
+                })
+            })
+        }
+    }
+
+    fn worker_of(fleet: &Arc<MemoryFleet>) -> Arc<Limiter> {
+        let published = [limit(MethodClass::Any, 10, 1, None)];
+        Arc::new(
+            Limiter::new(Publisher::BuiltIn, &published, None, &[])
+                .shared_with(fleet.clone(), "identity".to_owned()),
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn three_workers_sharing_a_limit_keep_it_together() {
+        let fleet = MemoryFleet::new(3);
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..3 {
+            let limiter = worker_of(&fleet);
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..50 {
+                    limiter.acquire(Method::Post).await;
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.expect("worker");
+        }
+        // 150 requests at 9.9/s for all three together (5 s each alone).
+        let elapsed = start.elapsed().as_secs_f64();
+        assert!(elapsed >= 149.0 / 9.9 - 0.05, "{elapsed}");
+        assert!(elapsed < 16.0, "{elapsed}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pause_one_worker_learns_holds_the_others() {
+        let fleet = MemoryFleet::new(2);
+        let (one, other) = (worker_of(&fleet), worker_of(&fleet));
+        one.acquire(Method::Post).await;
+        other.acquire(Method::Post).await;
+        one.observe(Method::Post, 429, Some(Duration::from_secs(5)));
+        // The fleet hears of it from a task of its own.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let before = Instant::now();
+        for _ in 0..3 {
+            other.acquire(Method::Post).await;
+        }
+        // The other worker's leased slots (200 ms ahead) are all it
+        // sends before the pause ends.
+        let waited = before.elapsed();
+        assert!(waited >= Duration::from_millis(4900), "{waited:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_the_store_down_a_worker_paces_alone_at_its_share() {
+        let fleet = MemoryFleet::new(3);
+        let limiter = worker_of(&fleet);
+        limiter.acquire(Method::Post).await;
+        fleet.down.store(true, std::sync::atomic::Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let start = Instant::now();
+        for _ in 0..31 {
+            limiter.acquire(Method::Post).await;
+        }
+        // A third of 9.9/s: 30 intervals of about 0.3 s, not of 0.1 s,
+        // and the requests went on.
+        let elapsed = start.elapsed().as_secs_f64();
+        assert!(elapsed >= 30.0 / 3.3 - 0.35, "{elapsed}");
+        assert!(elapsed < 10.0, "{elapsed}");
+        // Back up, it leases from the fleet again at the whole rate.
+        fleet.down.store(false, std::sync::atomic::Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let start = Instant::now();
+        for _ in 0..11 {
+            limiter.acquire(Method::Post).await;
+        }
+        let elapsed = start.elapsed().as_secs_f64();
+        assert!(elapsed < 1.5, "{elapsed}");
     }
 }

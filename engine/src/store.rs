@@ -1109,6 +1109,15 @@ impl RunStore {
         }
     }
 
+    /// The fleet's shared rate limits, on a store many workers share
+    /// (PostgreSQL); `None` on sled, where one process paces alone.
+    pub fn shared_limits(&self) -> Option<std::sync::Arc<dyn crate::limiter::SharedLimits>> {
+        match &self.backend {
+            Backend::Sled(_) => None,
+            Backend::Postgres(pg) => Some(std::sync::Arc::new(pg.shared_limits())),
+        }
+    }
+
     /// This process's name as a worker (PostgreSQL), as leases show it.
     pub fn worker(&self) -> Option<&str> {
         match &self.backend {

@@ -185,7 +185,7 @@ async fn otlp_sink()
     Ok((server, received))
 }
 
-fn workflow_text(base_url: &str, key: &Path, out: &Path) -> String {
+pub(crate) fn workflow_text(base_url: &str, key: &Path, out: &Path) -> String {
     format!(
         r#"[workflow]
 name = "export-bench"

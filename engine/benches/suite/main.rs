@@ -32,6 +32,11 @@
 //! - `languages`: the connector `weft plugin new` writes in Rust, Python
 //!   and JavaScript, built with the pinned tools: a warm `get` with HTTP
 //!   stubbed, side by side; first compile; cold start from the cache.
+//! - `fleet`: a fleet on PostgreSQL (`WEFT_TEST_POSTGRES`): for-each
+//!   bookkeeping and store bytes per item beside sled, claim latency at 50
+//!   runs/s, runs/s by one and three `weft serve` workers, and the 100k
+//!   export with `--store postgres://…` beside native. Not in the default
+//!   run (it needs a server): ask for it with `--only fleet`.
 //!
 //! `WEFT_BENCH_SCALE` scales every record count and duration (default 1).
 //! The rate-limit scenarios run at a quarter of their published durations
@@ -50,6 +55,7 @@ mod console;
 mod durable;
 mod export;
 mod expressions;
+mod fleet;
 mod languages;
 mod metrics_scrape;
 mod plugin_call;
@@ -82,6 +88,7 @@ const SECTIONS: &[&str] = &[
     "metrics",
     "retention",
     "languages",
+    "fleet",
 ];
 
 fn main() -> std::process::ExitCode {
@@ -121,7 +128,8 @@ fn run(args: &[String]) -> BenchResult<()> {
             .split(',')
             .map(str::to_owned)
             .collect(),
-        None => SECTIONS.iter().map(|s| (*s).to_owned()).collect(),
+        // The fleet section needs a PostgreSQL server: only when asked.
+        None => SECTIONS.iter().filter(|s| **s != "fleet").map(|s| (*s).to_owned()).collect(),
     };
     if let Some(unknown) = only.iter().find(|s| !SECTIONS.contains(&s.as_str())) {
         return Err(format!(
@@ -150,6 +158,7 @@ fn run(args: &[String]) -> BenchResult<()> {
             "metrics" => runtime.block_on(metrics_scrape::run(&config))?,
             "retention" => runtime.block_on(retention::run(&config))?,
             "languages" => runtime.block_on(languages::run(&config))?,
+            "fleet" => runtime.block_on(fleet::run(&config))?,
             _ => unreachable!("sections are checked above"),
         };
         rows.extend(section_rows);

@@ -25,6 +25,11 @@
 //! schema 6, a primary key on workflow and scheduled time): of the workers
 //! whose schedulers fire together, one starts the run.
 //!
+//! The fleet's rate limits are rows too (`weft_limits`, schema 9): a GCRA
+//! row per connection identity and method class, from which each worker's
+//! limiter leases slots in small batches (`PgLimits`, see
+//! [`crate::limiter`]).
+//!
 //! The location is a URL, `postgres://USER@HOST:PORT/DATABASE` with
 //! libpq's options (`sslmode=disable|prefer|require`, …). The password is
 //! never written in it: `postgres://USER:env:NAME@…`, or
@@ -57,7 +62,7 @@ use super::{
 };
 
 /// The schema version this weft reads and writes.
-pub const SCHEMA_VERSION: i32 = 8;
+pub const SCHEMA_VERSION: i32 = 9;
 
 /// The migrations, in order: version, what it adds, its SQL.
 const MIGRATIONS: &[(i32, &str, &str)] = &[
@@ -73,6 +78,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (6, "cron firings, once per fleet", include_str!("postgres/0006_cron_firings.sql")),
     (7, "plugin calls in a run's figures", include_str!("postgres/0007_call_totals.sql")),
     (8, "workflow state across runs", include_str!("postgres/0008_workflow_state.sql")),
+    (9, "one vendor limit across workers", include_str!("postgres/0009_limits.sql")),
 ];
 
 /// Connections the pool holds, at most.
@@ -417,6 +423,87 @@ fn is_unique_violation(e: &tokio_postgres::Error) -> bool {
     e.code() == Some(&SqlState::UNIQUE_VIOLATION)
 }
 
+/// The fleet's rate limits in PostgreSQL: a GCRA row per connection
+/// identity and method class, leased from by `weft_limit_lease` (schema 9)
+/// in one round trip.
+#[derive(Clone)]
+pub(crate) struct PgLimits {
+    pool: Pool,
+    worker: String,
+}
+
+impl std::fmt::Debug for PgLimits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgLimits").field("worker", &self.worker).finish_non_exhaustive()
+    }
+}
+
+impl crate::limiter::SharedLimits for PgLimits {
+    fn lease(
+        &self,
+        request: crate::limiter::LeaseRequest,
+    ) -> std::pin::Pin<
+        Box<
+            dyn Future<Output = std::result::Result<crate::limiter::LeaseGrant, String>>
+                + Send
+                + '_,
+        >,
+    > {
+        Box::pin(async move {
+            let client = self.pool.get().await.map_err(|e| match &e {
+                deadpool_postgres::PoolError::Backend(e) => reason(e),
+                other => other.to_string(),
+            })?;
+            let statement = client
+                .prepare_cached(
+                    "SELECT out_start_us, out_slots, out_rate, out_version, out_holders \
+                     FROM weft_limit_lease($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                )
+                .await
+                .map_err(|e| reason(&e))?;
+            let slots = i32::try_from(request.slots).unwrap_or(i32::MAX);
+            let pause_ms = request.pause.map_or(0.0, |p| p.as_secs_f64() * 1000.0);
+            let horizon_ms = request.horizon.as_secs_f64() * 1000.0;
+            let row = client
+                .query_one(
+                    &statement,
+                    &[
+                        &request.identity,
+                        &request.class,
+                        &self.worker,
+                        &slots,
+                        &request.configured,
+                        &request.rate,
+                        &request.cut,
+                        &request.grew,
+                        &request.seen,
+                        &pause_ms,
+                        &horizon_ms,
+                    ],
+                )
+                .await
+                .map_err(|e| reason(&e))?;
+            let starts_in_us: f64 = row.try_get(0).map_err(|e| reason(&e))?;
+            let slots: i32 = row.try_get(1).map_err(|e| reason(&e))?;
+            let rate: f64 = row.try_get(2).map_err(|e| reason(&e))?;
+            let version: i64 = row.try_get(3).map_err(|e| reason(&e))?;
+            let holders: i32 = row.try_get(4).map_err(|e| reason(&e))?;
+            if !(rate.is_finite() && rate > 0.0) {
+                return Err(format!("weft_limits holds a rate of {rate}"));
+            }
+            // A pause longer than an hour is a broken row, not a vendor's word.
+            let starts_in = Duration::from_secs_f64((starts_in_us / 1e6).clamp(0.0, 3600.0));
+            Ok(crate::limiter::LeaseGrant {
+                starts_in,
+                slots: u32::try_from(slots).unwrap_or(0).min(request.slots),
+                rate,
+                version,
+                holders: u32::try_from(holders).unwrap_or(1),
+            })
+        })
+    }
+}
+
 /// Unix ms (or any count) as PostgreSQL's bigint.
 fn big(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
@@ -757,6 +844,12 @@ impl PgStore {
         leases.lease = lease.max(Duration::from_millis(200));
         self.leases = Arc::new(leases);
         self
+    }
+
+    /// The fleet's shared rate limits (`weft_limits`, schema 9), leased
+    /// through this store's pool under this process's worker name.
+    pub(crate) fn shared_limits(&self) -> PgLimits {
+        PgLimits { pool: self.pool.clone(), worker: self.leases.worker.clone() }
     }
 
     /// The worker name of this process.
