@@ -226,7 +226,17 @@ async fn metrics_count_runs_records_requests_and_webhook_outcomes_exactly() -> T
     // The store holds tokens: /metrics on the main port needs one.
     let anonymous = client.get(format!("{base}/metrics")).send().await?;
     assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
-    let text = scrape(&client, &format!("{base}/metrics"), Some(viewer)).await?;
+    // The store's size is measured by a task of its own, at start and then
+    // every 30 s: on a loaded machine the first scrape may come before it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let text = loop {
+        let text = scrape(&client, &format!("{base}/metrics"), Some(viewer)).await?;
+        let measured = sum(&samples(&text)?, "weft_store_size_bytes", &[]) > 0.0;
+        if measured || std::time::Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
     let all = samples(&text)?;
     let signup = ("workflow", "signup");
     assert_eq!(sum(&all, "weft_runs_started_total", &[signup, ("trigger", "api")]), 2.0, "{text}");
