@@ -157,6 +157,7 @@ struct StepDef {
     #[serde(default)]
     allow_irreversible: bool,
     state: Option<Spanned<toml::Table>>,
+    create_only: Option<Spanned<Vec<String>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -499,6 +500,10 @@ pub struct Step {
     pub timeout: Option<Duration>,
     /// The workflow allows this step to run an irreversible op.
     pub allow_irreversible: bool,
+    /// Fields (dotted paths into the record) sent only when the write
+    /// creates the record: an upsert or a sync that updates an existing
+    /// record leaves them out, so the vendor's copy keeps its first value.
+    pub create_only: Vec<String>,
     /// The state values the step sets, each from a template: once when the
     /// step succeeds, or for a list step after each page (`$page`).
     pub state: Vec<(String, Template)>,
@@ -510,6 +515,30 @@ pub struct Step {
 }
 
 impl Step {
+    /// Leaves the step's `create_only` fields out of `record`, for a write
+    /// that updates an existing record.
+    pub fn drop_create_only(&self, record: &mut serde_json::Value) {
+        fn remove(value: &mut serde_json::Value, path: &[&str]) {
+            match path {
+                [] => {}
+                [last] => {
+                    if let Some(object) = value.as_object_mut() {
+                        object.remove(*last);
+                    }
+                }
+                [first, rest @ ..] => {
+                    if let Some(inner) = value.get_mut(*first) {
+                        remove(inner, rest);
+                    }
+                }
+            }
+        }
+        for path in &self.create_only {
+            let parts: Vec<&str> = path.split('.').collect();
+            remove(record, &parts);
+        }
+    }
+
     /// `connection.resource`.
     pub fn target(&self) -> String {
         format!("{}.{}", self.connection, self.resource)
@@ -1402,6 +1431,22 @@ fn parse_step(
     if op != "upsert" {
         misplaced(check, s.record.as_ref().map(Spanned::span), "record");
     }
+    if !matches!(op, "upsert" | "sync") {
+        misplaced(check, s.create_only.as_ref().map(Spanned::span), "create_only");
+    }
+    let mut create_only = Vec::new();
+    if let Some(fields) = &s.create_only {
+        for field in fields.get_ref() {
+            if field.split('.').any(str::is_empty) {
+                check.error(
+                    fields.span(),
+                    format!("create_only: {field:?} is not a field path; write it like \"created_date\" or \"metadata.source\""),
+                );
+            } else {
+                create_only.push(field.clone());
+            }
+        }
+    }
     if matches!(op, "upsert" | "remove") {
         misplaced(check, s.map.as_ref().map(Spanned::span), "map");
     }
@@ -1641,6 +1686,7 @@ fn parse_step(
         retry,
         timeout,
         allow_irreversible: s.allow_irreversible,
+        create_only,
         state,
         region: span.clone(),
         span,

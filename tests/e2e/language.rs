@@ -109,6 +109,98 @@ async fn a_sync_from_a_step_that_is_not_an_earlier_list_is_refused_at_load() -> 
         assert!(error.contains(expected), "{error}");
         assert!(error.contains("workflow.toml:"), "says where: {error}");
     }
-    let _ = (json!(null), RunOptions::default(), Silent, writes);
+    Ok(())
+}
+
+fn create_only_sync(name: &str, source: &str) -> String {
+    flow(
+        "create-only-sync",
+        &format!(
+            r#"
+[[step]]
+id = "mirror"
+sync = {{ from = "stripe.customers", to = "growpanel.customers", key = "id" }}
+map = '{{id: ("m_" + .id), name: "{name}", email, created_date: "2026-01-01", country: "US", custom_variables: {{source: "{source}", plan: "pro"}}}}'
+create_only = ["custom_variables.source"]
+"#
+        ),
+    )
+}
+
+#[tokio::test]
+async fn a_create_only_field_is_sent_when_a_sync_creates_and_left_out_when_it_updates() -> TestResult
+{
+    let sandbox = sandbox(5).await?;
+    let harness = Harness::new()?;
+    let vendors = overrides(&sandbox, &VENDORS);
+    let first = harness.run(&create_only_sync("First", "first-run"), &vendors).await?;
+    assert_eq!(first.status, Status::Succeeded, "{first:#?}");
+    assert_eq!(first.steps[0].counts.created, 5);
+
+    // Only the create-only field differs: nothing to write.
+    let same = harness.run(&create_only_sync("First", "second-run"), &vendors).await?;
+    let c = same.steps[0].counts;
+    assert_eq!((c.created, c.updated, c.unchanged), (0, 0, 5), "{c:?}");
+
+    let renamed = harness.run(&create_only_sync("Renamed", "third-run"), &vendors).await?;
+    assert_eq!(renamed.status, Status::Succeeded, "{renamed:#?}");
+    let c = renamed.steps[0].counts;
+    assert_eq!((c.created, c.updated), (0, 5), "{c:?}");
+    for id in mirrored(&sandbox) {
+        let row = sandbox.growpanel.emulator.customer(&format!("m_{id}")).ok_or("the row")?;
+        assert_eq!(row["name"], "Renamed", "{row}");
+        assert_eq!(row["custom_variables"]["source"], "first-run", "kept from the create: {row}");
+        assert_eq!(row["custom_variables"]["plan"], "pro", "{row}");
+    }
+    Ok(())
+}
+
+const CREATE_ONLY_UPSERT: &str = r#"
+[inputs.name]
+type = "string"
+
+[inputs.source]
+type = "string"
+
+[[step]]
+id = "account"
+upsert = "growpanel.customers"
+record = { id = "acct_create_only", name = "${{ $inputs.name }}", email = "co@example.com", created_date = "2026-01-01", country = "US", custom_variables = { source = "${{ $inputs.source }}" } }
+create_only = ["custom_variables.source"]
+"#;
+
+#[tokio::test]
+async fn an_upsert_leaves_its_create_only_fields_out_when_the_record_exists_and_plans_so()
+-> TestResult {
+    let sandbox = sandbox(1).await?;
+    let harness = Harness::new()?;
+    let vendors = overrides(&sandbox, &VENDORS);
+    let wf = workflow(harness.files.path(), &flow("create-only-upsert", CREATE_ONLY_UPSERT))?;
+    let start = |name: &str, source: &str, dry_run: bool| RunOptions {
+        dry_run,
+        overrides: vendors.clone(),
+        inputs: json!({ "name": name, "source": source }).as_object().cloned().unwrap_or_default(),
+        ..RunOptions::default()
+    };
+    let first = harness.executor.start(&wf, &start("Ada", "signup", false), &Silent).await?;
+    assert_eq!(first.status, Status::Succeeded, "{first:#?}");
+    let row = sandbox.growpanel.emulator.customer("acct_create_only").ok_or("created")?;
+    assert_eq!(row["custom_variables"]["source"], "signup", "sent on create: {row}");
+
+    // A dry run plans the update without the create-only field.
+    let plan = harness.executor.start(&wf, &start("Ada Lovelace", "import", true), &Silent).await?;
+    let entry = plan.steps[0].plan.clone().unwrap_or_default();
+    assert_eq!(entry.update, 1, "{entry:#?}");
+    let changes: Vec<String> = entry.samples.iter().flat_map(|s| s.changes.clone()).collect();
+    assert_eq!(changes, vec!["name".to_owned()], "{entry:#?}");
+
+    let writes_before = writes(&sandbox.growpanel.emulator.requests());
+    let second =
+        harness.executor.start(&wf, &start("Ada Lovelace", "import", false), &Silent).await?;
+    assert_eq!(second.status, Status::Succeeded, "{second:#?}");
+    let row = sandbox.growpanel.emulator.customer("acct_create_only").ok_or("still there")?;
+    assert_eq!(row["name"], "Ada Lovelace", "{row}");
+    assert_eq!(row["custom_variables"]["source"], "signup", "left out of the update: {row}");
+    assert_eq!(writes(&sandbox.growpanel.emulator.requests()) - writes_before, 1);
     Ok(())
 }

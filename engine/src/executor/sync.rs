@@ -522,6 +522,7 @@ async fn merge(
             }
             decide(
                 &next_key,
+                step,
                 (from, to),
                 spec,
                 target_resource,
@@ -555,6 +556,7 @@ async fn merge(
 /// What one key calls for.
 fn decide(
     key: &str,
+    step: &Step,
     (from, to): (Option<Vec<String>>, Option<Vec<String>>),
     spec: &SyncSpec,
     target_resource: &ResourceSpec,
@@ -586,6 +588,9 @@ fn decide(
             before: None,
         }),
         (Some(mut record), Some(current)) => {
+            // An update leaves out what is set only on create, and does not
+            // compare it either.
+            step.drop_create_only(&mut record);
             // A second target record with a key already matched is left
             // alone rather than guessed at.
             tally.target_duplicates += to.len() as u64 - 1;
