@@ -36,7 +36,7 @@ use crate::connector::{
 use crate::endpoint::Endpoint;
 use crate::expr::{EvalError, Evaluator, Scope, Val, json_key_text};
 use crate::store::{StepState, StoreError, SyncPhase, SyncProgress};
-use crate::workflow::{Step, SyncSpec};
+use crate::workflow::{Action, Step, SyncSpec};
 
 /// Records per batch upsert.
 const BATCH: usize = 100;
@@ -224,8 +224,7 @@ pub(crate) async fn run(
     }
 
     if tally.progress().phase == SyncPhase::Merge
-        && let Some(end) =
-            merge(ctx, step, &target_resource, spec, target, &dir, &mut tally).await?
+        && let Some(end) = merge(ctx, step, &target_resource, target, &dir, &mut tally).await?
     {
         return Ok(end);
     }
@@ -473,7 +472,6 @@ async fn merge(
     ctx: &RunCtx<'_>,
     step: &Step,
     target_resource: &ResourceSpec,
-    spec: &SyncSpec,
     target: &dyn Endpoint,
     dir: &Path,
     tally: &mut Tally<'_>,
@@ -524,7 +522,6 @@ async fn merge(
                 &next_key,
                 step,
                 (from, to),
-                spec,
                 target_resource,
                 tally,
                 &mut writes,
@@ -558,7 +555,6 @@ fn decide(
     key: &str,
     step: &Step,
     (from, to): (Option<Vec<String>>, Option<Vec<String>>),
-    spec: &SyncSpec,
     target_resource: &ResourceSpec,
     tally: &mut Tally<'_>,
     writes: &mut Vec<Write>,
@@ -610,7 +606,7 @@ fn decide(
                 if changes.is_empty() { PlannedAction::Unchanged } else { PlannedAction::Update };
             writes.push(Write { key: key.to_owned(), record, action, changes, before });
         }
-        (None, Some(_)) if spec.delete_missing => {
+        (None, Some(_)) if matches!(&step.action, Action::Sync(spec) if spec.delete_missing) => {
             // Every target record with a key no source record has goes.
             for current in &to {
                 let current: Value = serde_json::from_str(current)
