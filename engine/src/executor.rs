@@ -658,6 +658,12 @@ impl Executor {
             },
             cancel_requested: false,
             resumes: 0,
+            inputs_defaulted: workflow
+                .inputs
+                .iter()
+                .filter(|i| i.default.is_some() && !options.inputs.contains_key(&i.name))
+                .map(|i| i.name.clone())
+                .collect(),
         };
         let step_ids: Vec<String> = workflow.steps.iter().map(|s| s.id.clone()).collect();
         match options.firing {
@@ -823,6 +829,20 @@ impl Executor {
         } else {
             Value::Null
         };
+        // `$inputs_given`: each declared input (and each undeclared one a
+        // webhook carried), true when the run was given it, false when it
+        // took its default or has none.
+        let inputs_given: Value = workflow
+            .inputs
+            .iter()
+            .map(|i| &i.name)
+            .chain(run.inputs.as_object().into_iter().flat_map(|m| m.keys()))
+            .map(|name| {
+                let given = run.inputs.get(name).is_some() && !run.inputs_defaulted.contains(name);
+                (name.clone(), Value::Bool(given))
+            })
+            .collect::<serde_json::Map<_, _>>()
+            .into();
         let mut outputs = serde_json::Map::new();
         let mut summaries = Vec::new();
         let mut status = Status::Running;
@@ -867,7 +887,8 @@ impl Executor {
             }
             let scope = Scope::new(&run.inputs, &Value::Object(outputs.clone()), &run_value)
                 .with_state(&Value::Object(run_state.values.clone()))
-                .with_last_success(&last_success);
+                .with_last_success(&last_success)
+                .with_inputs_given(&inputs_given);
             let step_started = Instant::now();
             if let Some(when) = &step.when {
                 match ctx.evaluator(step).holds("when", when, &scope).await {
@@ -942,7 +963,8 @@ impl Executor {
                         own.insert(step.id.clone(), state.output.clone().unwrap_or(Value::Null));
                         let scope = Scope::new(&run.inputs, &Value::Object(own), &run_value)
                             .with_state(&Value::Object(run_state.values.clone()))
-                            .with_last_success(&last_success);
+                            .with_last_success(&last_success)
+                            .with_inputs_given(&inputs_given);
                         self.set_state(&ctx, step, &scope, &run_state, &mut state).await
                     }
                     other => other,

@@ -1761,6 +1761,7 @@ mod tests {
             trigger: RunTrigger::Webhook,
             cancel_requested: false,
             resumes: 3,
+            inputs_defaulted: Vec::new(),
         };
         let detail = RunDetail {
             run: RunView::from(&run),

@@ -1802,6 +1802,18 @@ fn check_references(
                 }
             }
         }
+        for (name, range, _) in crate::expr::references(&text, "inputs_given") {
+            if !open_inputs && !inputs.iter().any(|i| i.name == name) {
+                let known: Vec<&str> = inputs.iter().map(|i| i.name.as_str()).collect();
+                check.error(
+                    inside(&range),
+                    format!(
+                        "in `{what}`: $inputs_given.{name}: no input {name:?}; the workflow declares: {}",
+                        if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+                    ),
+                );
+            }
+        }
         for (name, range, variable) in crate::expr::references(&text, "state") {
             if variable && !state.iter().any(|s| s.name == name) {
                 let declared: Vec<&str> = state.iter().map(|s| s.name.as_str()).collect();

@@ -204,3 +204,47 @@ async fn an_upsert_leaves_its_create_only_fields_out_when_the_record_exists_and_
     assert_eq!(writes(&sandbox.growpanel.emulator.requests()) - writes_before, 1);
     Ok(())
 }
+
+const GIVEN: &str = r#"
+[inputs.since]
+type = "string"
+default = "2020-01-01"
+
+[[step]]
+id = "mark"
+upsert = "growpanel.customers"
+record = { id = "acct_given", name = "${{ if $inputs_given.since then \"given \" + $inputs.since else \"default \" + $inputs.since end }}", email = "given@example.com", created_date = "2026-01-01", country = "US" }
+"#;
+
+#[tokio::test]
+async fn inputs_given_tells_an_input_the_run_was_given_from_its_default_even_when_equal()
+-> TestResult {
+    let sandbox = sandbox(1).await?;
+    let harness = Harness::new()?;
+    let vendors = overrides(&sandbox, &VENDORS);
+    let wf = workflow(harness.files.path(), &flow("given", GIVEN))?;
+    for (inputs, expected) in [
+        (json!({}), "default 2020-01-01"),
+        (json!({ "since": "2020-01-01" }), "given 2020-01-01"),
+        (json!({ "since": "2026-03-01" }), "given 2026-03-01"),
+        (json!({}), "default 2020-01-01"),
+    ] {
+        let options = RunOptions {
+            overrides: vendors.clone(),
+            inputs: inputs.as_object().cloned().unwrap_or_default(),
+            ..RunOptions::default()
+        };
+        let summary = harness.executor.start(&wf, &options, &Silent).await?;
+        assert_eq!(summary.status, Status::Succeeded, "{summary:#?}");
+        let row = sandbox.growpanel.emulator.customer("acct_given").ok_or("the row")?;
+        assert_eq!(row["name"], expected, "inputs {inputs}: {row}");
+    }
+
+    let typo = GIVEN.replace("$inputs_given.since", "$inputs_given.snice");
+    let error = match workflow(harness.files.path(), &flow("given", &typo)) {
+        Ok(_) => return Err("a misspelt input in $inputs_given loaded".into()),
+        Err(e) => e.to_string(),
+    };
+    assert!(error.contains("$inputs_given.snice: no input \"snice\""), "{error}");
+    Ok(())
+}
