@@ -5,6 +5,7 @@
 //! committed ([`Executor::resume`]); writes carry idempotency keys derived
 //! from run, step and item, so nothing is written twice.
 
+pub mod estimate;
 mod foreach;
 mod list;
 mod ops;
@@ -265,6 +266,12 @@ fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 
+/// A run's live connections and the limits in force on each.
+struct Connected {
+    endpoints: BTreeMap<String, Arc<dyn Endpoint>>,
+    limits: BTreeMap<String, estimate::LimitsInForce>,
+}
+
 /// What a run did, printed by `weft run` (and as JSON with `--json`).
 #[derive(Debug, Clone, Serialize)]
 pub struct RunSummary {
@@ -285,6 +292,10 @@ pub struct RunSummary {
     /// Per connection: vendor requests (429s, retries, waiting, answers
     /// by class) and plugin calls by op.
     pub connections: BTreeMap<String, ConnectionTotals>,
+    /// A successful dry run's estimate of the real run: vendor requests
+    /// and the time the limiter will make them take.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub estimate: Option<estimate::PlanEstimate>,
     /// Why the run failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -506,9 +517,10 @@ impl Executor {
         &self,
         workflow: &Workflow,
         options: &RunOptions,
-    ) -> Result<BTreeMap<String, Arc<dyn Endpoint>>, ExecError> {
+    ) -> Result<Connected, ExecError> {
         self.check_with(workflow, &options.endpoints).await?;
         let mut live: BTreeMap<String, Arc<dyn Endpoint>> = BTreeMap::new();
+        let mut limits = BTreeMap::new();
         for connection in workflow.connections.values() {
             if let Some(endpoint) = options.endpoints.get(&connection.name) {
                 live.insert(connection.name.clone(), endpoint.clone());
@@ -552,6 +564,24 @@ impl Executor {
                 .collect();
             // A plugin's published limits bind only as far as the host trusts it.
             let publisher = Publisher::of_digest(plugin.digest());
+            // The limits in force as a fresh limiter sets them (a dry run's
+            // estimate paces at these, not at what adaptation learnt).
+            let fresh = crate::limiter::Limiter::new(
+                publisher,
+                &manifest.rate_limits,
+                secret.as_ref(),
+                &connection.rate_limits,
+            );
+            let bounded = !connection.rate_limits.is_empty()
+                || manifest.rate_limits.iter().any(|l| match (&l.credential_prefix, &secret) {
+                    (None, _) => true,
+                    (Some(prefix), Some(secret)) => secret.has_prefix(prefix),
+                    (Some(_), None) => false,
+                });
+            limits.insert(
+                connection.name.clone(),
+                estimate::LimitsInForce { rates: fresh.rates(), bounded },
+            );
             let limiter = self.limiters.limiter(
                 &manifest.name,
                 publisher,
@@ -598,7 +628,7 @@ impl Executor {
             }
             live.insert(connection.name.clone(), Arc::new(endpoint));
         }
-        Ok(live)
+        Ok(Connected { endpoints: live, limits })
     }
 
     /// Runs a workflow with no inputs to the end and returns its summary.
@@ -793,8 +823,8 @@ impl Executor {
     ) -> Result<RunSummary, ExecError> {
         let started = Instant::now();
         let _active = self.metrics.as_ref().map(|m| m.run_active(&run.workflow));
-        let endpoints = match self.connect(workflow, options).await {
-            Ok(endpoints) => endpoints,
+        let Connected { endpoints, limits } = match self.connect(workflow, options).await {
+            Ok(connected) => connected,
             Err(e) => {
                 // The run was recorded; it ends here, saying why.
                 run.status = Status::Failed;
@@ -1055,6 +1085,11 @@ impl Executor {
         {
             tracing::warn!(run = %run.id, error = %e, "cannot record the run's HTTP figures");
         }
+        let estimate = (run.dry_run && run.status == Status::Succeeded).then(|| {
+            let manifests: BTreeMap<String, Manifest> =
+                endpoints.iter().map(|(name, e)| (name.clone(), e.manifest().clone())).collect();
+            estimate::estimate(workflow, &summaries, &connections, &manifests, &limits)
+        });
         Ok(RunSummary {
             run_id: run.id,
             workflow: run.workflow,
@@ -1064,6 +1099,7 @@ impl Executor {
             duration_ms: started.elapsed().as_millis() as u64,
             steps: summaries,
             connections,
+            estimate,
             error: run.error,
         })
     }

@@ -248,3 +248,70 @@ async fn inputs_given_tells_an_input_the_run_was_given_from_its_default_even_whe
     assert!(error.contains("$inputs_given.snice: no input \"snice\""), "{error}");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_dry_runs_estimate_counts_the_real_runs_requests_and_paces_them_at_the_limit()
+-> TestResult {
+    let sandbox = sandbox(30).await?;
+    let harness = Harness::new()?;
+    let vendors = overrides(&sandbox, &VENDORS);
+    // 30 Stripe customers into GrowPanel (batch creates), then 5 renamed:
+    // the second sync updates 5 through the connector's upsert.
+    let text = |name: &str| {
+        flow(
+            "estimated",
+            &format!(
+                r#"
+[[step]]
+id = "mirror"
+sync = {{ from = "stripe.customers", to = "growpanel.customers", key = "id" }}
+map = '{{id: ("m_" + .id), name: (if (.email // "") < "{name}" then "renamed" else .name end), email, created_date: "2026-01-01", country: "US"}}'
+"#
+            ),
+        )
+        .replace("rate_limit = \"1000/s\"", "rate_limit = \"20/s\"")
+    };
+    for name in ["", "c"] {
+        let wf = workflow(harness.files.path(), &text(name))?;
+        let dry = harness
+            .executor
+            .start(
+                &wf,
+                &RunOptions { dry_run: true, overrides: vendors.clone(), ..RunOptions::default() },
+                &Silent,
+            )
+            .await?;
+        assert_eq!(dry.status, Status::Succeeded, "{dry:#?}");
+        let estimate = dry.estimate.clone().ok_or("a dry run estimates")?;
+        let real = harness.executor.run(&wf, &vendors, &Silent).await?;
+        assert_eq!(real.status, Status::Succeeded, "{real:#?}");
+        // GrowPanel reads an updated customer back after its PUT, a third
+        // request the model (a lookup and a write) does not know of.
+        let read_back = real.steps[0].counts.updated;
+        for (connection, figures) in &estimate.connections {
+            let sent = real.connections.get(connection).map_or(0, |t| t.requests);
+            let unknown = if connection == "growpanel" { read_back } else { 0 };
+            assert_eq!(
+                figures.reads + figures.writes + unknown,
+                sent,
+                "{connection}: {estimate:#?}"
+            );
+            // 20/s less the limiter's margin, every class of request.
+            assert!(
+                figures.limits.values().all(|rate| (19.0..=20.0).contains(rate)),
+                "{connection}: {figures:?}"
+            );
+            let paced = (figures.reads + figures.writes) as f64 / 20.0;
+            let seconds = figures.seconds.ok_or("a limit is in force")?;
+            assert!((paced..=paced * 1.05).contains(&seconds), "{connection}: {figures:?}");
+        }
+        let sent: u64 = real.connections.values().map(|t| t.requests).sum();
+        assert_eq!(estimate.requests + read_back, sent, "{estimate:#?}");
+        if name.is_empty() {
+            assert_eq!(real.steps[0].counts.created, 30, "{real:#?}");
+        } else {
+            assert!(read_back > 0, "some were renamed: {real:#?}");
+        }
+    }
+    Ok(())
+}

@@ -32,6 +32,10 @@
 //! - `languages`: the connector `weft plugin new` writes in Rust, Python
 //!   and JavaScript, built with the pinned tools: a warm `get` with HTTP
 //!   stubbed, side by side; first compile; cold start from the cache.
+//! - `estimate`: a dry run's estimate of requests and duration against the
+//!   real run, a sync between Stripe emulators at 25 r/s.
+//! - `state-pages`: list bookkeeping with a state value committed per page
+//!   beside the same list without state.
 //!
 //! `WEFT_BENCH_SCALE` scales every record count and duration (default 1).
 //! The rate-limit scenarios run at a quarter of their published durations
@@ -52,6 +56,7 @@ mod export;
 mod expressions;
 mod languages;
 mod metrics_scrape;
+mod plan_estimate;
 mod plugin_call;
 mod rate_limits;
 mod report;
@@ -82,6 +87,8 @@ const SECTIONS: &[&str] = &[
     "metrics",
     "retention",
     "languages",
+    "estimate",
+    "state-pages",
 ];
 
 fn main() -> std::process::ExitCode {
@@ -146,6 +153,8 @@ fn run(args: &[String]) -> BenchResult<()> {
             "metrics" => runtime.block_on(metrics_scrape::run(&config))?,
             "retention" => runtime.block_on(retention::run(&config))?,
             "languages" => runtime.block_on(languages::run(&config))?,
+            "estimate" => runtime.block_on(plan_estimate::estimate(&config))?,
+            "state-pages" => runtime.block_on(plan_estimate::state_pages(&config))?,
             _ => unreachable!("sections are checked above"),
         };
         rows.extend(section_rows);
