@@ -12,6 +12,7 @@ mod e2e {
     mod durability;
     mod expressions;
     mod fidelity;
+    mod language;
     mod limits;
     mod metrics;
     mod output_files;

@@ -5,6 +5,7 @@
 //! committed ([`Executor::resume`]); writes carry idempotency keys derived
 //! from run, step and item, so nothing is written twice.
 
+pub mod estimate;
 mod foreach;
 mod list;
 mod ops;
@@ -289,6 +290,12 @@ fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 
+/// A run's live connections and the limits in force on each.
+struct Connected {
+    endpoints: BTreeMap<String, Arc<dyn Endpoint>>,
+    limits: BTreeMap<String, estimate::LimitsInForce>,
+}
+
 /// What a run did, printed by `weft run` (and as JSON with `--json`).
 #[derive(Debug, Clone, Serialize)]
 pub struct RunSummary {
@@ -309,6 +316,10 @@ pub struct RunSummary {
     /// Per connection: vendor requests (429s, retries, waiting, answers
     /// by class) and plugin calls by op.
     pub connections: BTreeMap<String, ConnectionTotals>,
+    /// A successful dry run's estimate of the real run: vendor requests
+    /// and the time the limiter will make them take.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub estimate: Option<estimate::PlanEstimate>,
     /// Why the run failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -563,9 +574,10 @@ impl Executor {
         &self,
         workflow: &Workflow,
         options: &RunOptions,
-    ) -> Result<BTreeMap<String, Arc<dyn Endpoint>>, ExecError> {
+    ) -> Result<Connected, ExecError> {
         self.check_with(workflow, &options.endpoints).await?;
         let mut live: BTreeMap<String, Arc<dyn Endpoint>> = BTreeMap::new();
+        let mut limits = BTreeMap::new();
         for connection in workflow.connections.values() {
             if let Some(endpoint) = options.endpoints.get(&connection.name) {
                 live.insert(connection.name.clone(), endpoint.clone());
@@ -609,6 +621,24 @@ impl Executor {
                 .collect();
             // A plugin's published limits bind only as far as the host trusts it.
             let publisher = Publisher::of_digest(plugin.digest());
+            // The limits in force as a fresh limiter sets them (a dry run's
+            // estimate paces at these, not at what adaptation learnt).
+            let fresh = crate::limiter::Limiter::new(
+                publisher,
+                &manifest.rate_limits,
+                secret.as_ref(),
+                &connection.rate_limits,
+            );
+            let bounded = !connection.rate_limits.is_empty()
+                || manifest.rate_limits.iter().any(|l| match (&l.credential_prefix, &secret) {
+                    (None, _) => true,
+                    (Some(prefix), Some(secret)) => secret.has_prefix(prefix),
+                    (Some(_), None) => false,
+                });
+            limits.insert(
+                connection.name.clone(),
+                estimate::LimitsInForce { rates: fresh.rates(), bounded },
+            );
             let limiter = self.limiters.limiter(
                 &manifest.name,
                 publisher,
@@ -655,7 +685,7 @@ impl Executor {
             }
             live.insert(connection.name.clone(), Arc::new(endpoint));
         }
-        Ok(live)
+        Ok(Connected { endpoints: live, limits })
     }
 
     /// Runs a workflow with no inputs to the end and returns its summary.
@@ -715,6 +745,12 @@ impl Executor {
             },
             cancel_requested: false,
             resumes: 0,
+            inputs_defaulted: workflow
+                .inputs
+                .iter()
+                .filter(|i| i.default.is_some() && !options.inputs.contains_key(&i.name))
+                .map(|i| i.name.clone())
+                .collect(),
         };
         let step_ids: Vec<String> = workflow.steps.iter().map(|s| s.id.clone()).collect();
         match options.firing {
@@ -844,8 +880,8 @@ impl Executor {
     ) -> Result<RunSummary, ExecError> {
         let started = Instant::now();
         let _active = self.metrics.as_ref().map(|m| m.run_active(&run.workflow));
-        let endpoints = match self.connect(workflow, options).await {
-            Ok(endpoints) => endpoints,
+        let Connected { endpoints, limits } = match self.connect(workflow, options).await {
+            Ok(connected) => connected,
             Err(e) => {
                 // The run was recorded; it ends here, saying why.
                 run.status = Status::Failed;
@@ -880,6 +916,20 @@ impl Executor {
         } else {
             Value::Null
         };
+        // `$inputs_given`: each declared input (and each undeclared one a
+        // webhook carried), true when the run was given it, false when it
+        // took its default or has none.
+        let inputs_given: Value = workflow
+            .inputs
+            .iter()
+            .map(|i| &i.name)
+            .chain(run.inputs.as_object().into_iter().flat_map(|m| m.keys()))
+            .map(|name| {
+                let given = run.inputs.get(name).is_some() && !run.inputs_defaulted.contains(name);
+                (name.clone(), Value::Bool(given))
+            })
+            .collect::<serde_json::Map<_, _>>()
+            .into();
         let mut outputs = serde_json::Map::new();
         let mut summaries = Vec::new();
         let mut status = Status::Running;
@@ -924,7 +974,8 @@ impl Executor {
             }
             let scope = Scope::new(&run.inputs, &Value::Object(outputs.clone()), &run_value)
                 .with_state(&Value::Object(run_state.values.clone()))
-                .with_last_success(&last_success);
+                .with_last_success(&last_success)
+                .with_inputs_given(&inputs_given);
             let step_started = Instant::now();
             if let Some(when) = &step.when {
                 match ctx.evaluator(step).holds("when", when, &scope).await {
@@ -999,7 +1050,8 @@ impl Executor {
                         own.insert(step.id.clone(), state.output.clone().unwrap_or(Value::Null));
                         let scope = Scope::new(&run.inputs, &Value::Object(own), &run_value)
                             .with_state(&Value::Object(run_state.values.clone()))
-                            .with_last_success(&last_success);
+                            .with_last_success(&last_success)
+                            .with_inputs_given(&inputs_given);
                         self.set_state(&ctx, step, &scope, &run_state, &mut state).await
                     }
                     other => other,
@@ -1090,6 +1142,11 @@ impl Executor {
         {
             tracing::warn!(run = %run.id, error = %e, "cannot record the run's HTTP figures");
         }
+        let estimate = (run.dry_run && run.status == Status::Succeeded).then(|| {
+            let manifests: BTreeMap<String, Manifest> =
+                endpoints.iter().map(|(name, e)| (name.clone(), e.manifest().clone())).collect();
+            estimate::estimate(workflow, &summaries, &connections, &manifests, &limits)
+        });
         Ok(RunSummary {
             run_id: run.id,
             workflow: run.workflow,
@@ -1099,6 +1156,7 @@ impl Executor {
             duration_ms: started.elapsed().as_millis() as u64,
             steps: summaries,
             connections,
+            estimate,
             error: run.error,
         })
     }
@@ -1200,10 +1258,23 @@ impl Executor {
                 list::run(cx, endpoint.as_ref(), state, keep_records(workflow, index)).await
             }
             Action::Sync(spec) => {
-                let source = endpoints.get(&spec.from.connection).ok_or_else(|| {
-                    format!("connection {:?} is not defined", spec.from.connection)
-                })?;
-                sync::run(cx, spec, source.as_ref(), endpoint.as_ref(), state).await
+                let source = match &spec.from {
+                    crate::workflow::SyncSource::Resource(from) => {
+                        let source = endpoints.get(&from.connection).ok_or_else(|| {
+                            format!("connection {:?} is not defined", from.connection)
+                        })?;
+                        sync::Source::Endpoint(source.as_ref())
+                    }
+                    crate::workflow::SyncSource::Step { id, .. } => {
+                        let index = workflow
+                            .steps
+                            .iter()
+                            .position(|s| &s.id == id)
+                            .ok_or_else(|| format!("sync.from: no step {id:?}"))?;
+                        sync::Source::Step(index as u32)
+                    }
+                };
+                sync::run(cx, spec, source, endpoint.as_ref(), state).await
             }
             _ if step.for_each.is_some() => foreach::run(cx, endpoint.as_ref(), state).await,
             _ => {
@@ -1253,7 +1324,8 @@ impl Executor {
             let Some(count) = value.get("count").and_then(Value::as_u64) else { continue };
             let records_missing = value.get("records").is_none();
             let used = reads.names_records_of(id);
-            let streamed = matches!(&step.for_each, Some(crate::workflow::ForEach::Records { step: s, .. }) if s == id);
+            let streamed = matches!(&step.for_each, Some(crate::workflow::ForEach::Records { step: s, .. }) if s == id)
+                || matches!(&step.action, Action::Sync(sync) if sync.from.step() == Some(id.as_str()));
             if records_missing
                 && used
                 && !streamed

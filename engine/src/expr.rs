@@ -2,7 +2,7 @@
 //!
 //! An expression sees `.` (the context object, or the record being mapped)
 //! and the variables `$inputs`, `$steps`, `$item`, `$run`, `$state`,
-//! `$last_success` and `$page`. Expressions
+//! `$last_success`, `$page` and `$inputs_given`. Expressions
 //! are compiled once, when the workflow loads, so a typo is a load error
 //! with a caret, not a failure halfway through a run. What could stop the
 //! process is refused there: `env`, `halt`, `halt_error`, `stderr` and
@@ -46,8 +46,8 @@ use self::value::{Budgeted, Program};
 
 /// The variables every expression may use, in the order their values are
 /// passed to jaq.
-pub const VARIABLES: [&str; 7] =
-    ["$inputs", "$steps", "$item", "$run", "$state", "$last_success", "$page"];
+pub const VARIABLES: [&str; 8] =
+    ["$inputs", "$steps", "$item", "$run", "$state", "$last_success", "$page", "$inputs_given"];
 
 /// Native filters an expression may not call. `env` reads the process
 /// environment, where credentials live. `halt` ends the whole process
@@ -125,6 +125,7 @@ pub struct Scope {
     state: Val,
     last_success: Val,
     page: Val,
+    inputs_given: Val,
     context: Val,
 }
 
@@ -145,6 +146,7 @@ impl Scope {
             state: Val::null(),
             last_success: Val::null(),
             page: Val::null(),
+            inputs_given: Val::null(),
             context: Val::null(),
         };
         scope.context = scope.build_context();
@@ -173,6 +175,12 @@ impl Scope {
     /// `null`).
     pub fn with_last_success(&self, last_success: &Value) -> Scope {
         Scope { last_success: to_val(last_success), ..self.clone() }
+    }
+
+    /// The same scope with `$inputs_given` (each input's name: whether
+    /// the run was given it, rather than its default).
+    pub fn with_inputs_given(&self, given: &Value) -> Scope {
+        Scope { inputs_given: to_val(given), ..self.clone() }
     }
 
     /// The same scope with `$page` set (a list step's page, for its
@@ -205,6 +213,7 @@ impl Scope {
             self.state.clone(),
             self.last_success.clone(),
             self.page.clone(),
+            self.inputs_given.clone(),
         ])
     }
 }

@@ -460,6 +460,7 @@ pub async fn start(executor: Executor, config: ServeConfig) -> Result<RunningSer
     let api = Router::new()
         .route("/api/workflows", get(list_workflows))
         .route("/api/workflows/{name}/runs", post(start_run))
+        .route("/api/workflows/{name}/state", get(show_state))
         .route("/api/runs", get(list_runs))
         .route("/api/runs/{id}", get(show_run))
         .route("/api/runs/{id}/cancel", post(cancel_run))
@@ -1439,6 +1440,32 @@ async fn list_runs(State(server): State<Arc<Server>>, Query(query): Query<RunsQu
     response
 }
 
+/// `GET /api/workflows/NAME/state`: the workflow's state as its next run
+/// would read it (stored values over the declared defaults), its version,
+/// and the run and step that changed it last (none when changed by hand).
+async fn show_state(State(server): State<Arc<Server>>, Path(name): Path<String>) -> Response {
+    let Some(served) = server.workflows.get(&name) else {
+        let known: Vec<&str> = server.workflows.keys().map(String::as_str).collect();
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no workflow {name:?}; served: {}", known.join(", ")),
+        );
+    };
+    match server.executor.store().workflow_state(&name).await {
+        Ok(stored) => Json(serde_json::json!({
+            "workflow": name,
+            "values": served.workflow.state_values(&stored.values),
+            "declared": served.workflow.state.iter().map(|s| &s.name).collect::<Vec<_>>(),
+            "version": stored.version,
+            "run": stored.run,
+            "step": stored.step,
+            "updated_ms": stored.updated_ms,
+        }))
+        .into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
 async fn show_run(State(server): State<Arc<Server>>, Path(id): Path<String>) -> Response {
     let store = server.executor.store();
     let run = match store.run(&id).await {
@@ -1761,6 +1788,7 @@ mod tests {
             trigger: RunTrigger::Webhook,
             cancel_requested: false,
             resumes: 3,
+            inputs_defaulted: Vec::new(),
         };
         let detail = RunDetail {
             run: RunView::from(&run),

@@ -351,6 +351,11 @@ pub struct RunRecord {
     /// How many times the run was picked up again after an interruption.
     #[serde(default)]
     pub resumes: u32,
+    /// The declared inputs the run was not given, which took their
+    /// default (`$inputs_given` tells them apart). Empty on runs recorded
+    /// before it was kept: every input counts as given there.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inputs_defaulted: Vec<String>,
 }
 
 /// What started a run. Stored as its word (`manual`, `cron`, `webhook`,
@@ -2631,6 +2636,7 @@ mod tests {
             trigger: RunTrigger::Manual,
             cancel_requested: false,
             resumes: 0,
+            inputs_defaulted: Vec::new(),
         }
     }
 

@@ -197,6 +197,7 @@ struct StepDef {
     #[serde(default)]
     allow_irreversible: bool,
     state: Option<Spanned<toml::Table>>,
+    create_only: Option<Spanned<Vec<String>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -344,11 +345,53 @@ impl fmt::Display for Target {
     }
 }
 
+/// Where a sync's source records come from.
+#[derive(Debug, Clone)]
+pub enum SyncSource {
+    /// A connection's resource, listed page by page (`from = "stripe.customers"`).
+    Resource(Target),
+    /// The records of an earlier list step, streamed page by page from the
+    /// run store (`from = "steps.ID"`): a filtered or limited list, read once.
+    Step {
+        /// The list step's id.
+        id: String,
+        /// Where `from` is written, for messages.
+        span: Span,
+    },
+}
+
+impl SyncSource {
+    /// The earlier step the records come from, when they come from one.
+    pub fn step(&self) -> Option<&str> {
+        match self {
+            SyncSource::Step { id, .. } => Some(id),
+            SyncSource::Resource(_) => None,
+        }
+    }
+
+    /// The connection's resource the records come from, when they do.
+    pub fn resource(&self) -> Option<&Target> {
+        match self {
+            SyncSource::Resource(target) => Some(target),
+            SyncSource::Step { .. } => None,
+        }
+    }
+}
+
+impl fmt::Display for SyncSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SyncSource::Resource(target) => target.fmt(f),
+            SyncSource::Step { id, .. } => write!(f, "steps.{id}"),
+        }
+    }
+}
+
 /// A `sync` step: make `to` look like `from`.
 #[derive(Debug, Clone)]
 pub struct SyncSpec {
     /// Where records come from.
-    pub from: Target,
+    pub from: SyncSource,
     /// Filter for the `from` list.
     pub filter: Option<Template>,
     /// The key both sides are matched on, applied to the mapped source
@@ -503,6 +546,10 @@ pub struct Step {
     pub timeout: Option<Duration>,
     /// The workflow allows this step to run an irreversible op.
     pub allow_irreversible: bool,
+    /// Fields (dotted paths into the record) sent only when the write
+    /// creates the record: an upsert or a sync that updates an existing
+    /// record leaves them out, so the vendor's copy keeps its first value.
+    pub create_only: Vec<String>,
     /// The state values the step sets, each from a template: once when the
     /// step succeeds, or for a list step after each page (`$page`).
     pub state: Vec<(String, Template)>,
@@ -514,6 +561,30 @@ pub struct Step {
 }
 
 impl Step {
+    /// Leaves the step's `create_only` fields out of `record`, for a write
+    /// that updates an existing record.
+    pub fn drop_create_only(&self, record: &mut serde_json::Value) {
+        fn remove(value: &mut serde_json::Value, path: &[&str]) {
+            match path {
+                [] => {}
+                [last] => {
+                    if let Some(object) = value.as_object_mut() {
+                        object.remove(*last);
+                    }
+                }
+                [first, rest @ ..] => {
+                    if let Some(inner) = value.get_mut(*first) {
+                        remove(inner, rest);
+                    }
+                }
+            }
+        }
+        for path in &self.create_only {
+            let parts: Vec<&str> = path.split('.').collect();
+            remove(record, &parts);
+        }
+    }
+
     /// `connection.resource`.
     pub fn target(&self) -> String {
         format!("{}.{}", self.connection, self.resource)
@@ -527,6 +598,11 @@ impl Step {
         let mut reads = StepReads::default();
         if let Some(ForEach::Records { step, .. }) = &self.for_each {
             reads.records.insert(step.clone());
+        }
+        if let Action::Sync(sync) = &self.action
+            && let Some(step) = sync.from.step()
+        {
+            reads.records.insert(step.to_owned());
         }
         for (_, expr, _) in step_expressions(self) {
             for used in crate::expr::root_uses(expr.text(), "steps") {
@@ -700,6 +776,58 @@ fn parse_target(
         );
     }
     Some(Target { connection: connection.to_owned(), resource: resource.to_owned(), span })
+}
+
+/// A sync's `from`: `"steps.ID"` names an earlier list step whose records
+/// are the source (unless a connection is called `steps`, which is then
+/// ambiguous), anything else a connection's resource.
+fn parse_sync_source(
+    check: &mut Checker<'_>,
+    spanned: &Spanned<String>,
+    connections: &BTreeMap<String, Connection>,
+    earlier: &[&Step],
+) -> Option<SyncSource> {
+    let span = spanned.span();
+    let Some(id) = spanned.get_ref().strip_prefix("steps.") else {
+        return parse_target(check, spanned, connections).map(SyncSource::Resource);
+    };
+    if connections.contains_key("steps") {
+        check.error(
+            span,
+            "sync.from = \"steps.…\" is ambiguous here: a connection is called `steps`; rename it",
+        );
+        return None;
+    }
+    match earlier.iter().find(|s| s.id == id) {
+        Some(step) if matches!(step.action, Action::List { .. }) => {
+            Some(SyncSource::Step { id: id.to_owned(), span })
+        }
+        Some(step) => {
+            check.error(
+                span,
+                format!(
+                    "sync.from = \"steps.{id}\" takes a list step's records; step {id:?} is a {} step",
+                    step.action.name()
+                ),
+            );
+            None
+        }
+        None => {
+            let lists: Vec<&str> = earlier
+                .iter()
+                .filter(|s| matches!(s.action, Action::List { .. }))
+                .map(|s| s.id.as_str())
+                .collect();
+            check.error(
+                span,
+                format!(
+                    "sync.from: no list step {id:?} above; list steps above: {}",
+                    if lists.is_empty() { "none".into() } else { lists.join(", ") }
+                ),
+            );
+            None
+        }
+    }
 }
 
 /// The step id a for-each streams from, when its expression is
@@ -883,12 +1011,14 @@ impl Workflow {
             let mut needs: Vec<(String, String, Op, Span)> = Vec::new();
             match &step.action {
                 Action::Sync(sync) => {
-                    needs.push((
-                        sync.from.connection.clone(),
-                        sync.from.resource.clone(),
-                        Op::List,
-                        sync.from.span.clone(),
-                    ));
+                    if let SyncSource::Resource(from) = &sync.from {
+                        needs.push((
+                            from.connection.clone(),
+                            from.resource.clone(),
+                            Op::List,
+                            from.span.clone(),
+                        ));
+                    }
                     needs.push((
                         step.connection.clone(),
                         step.resource.clone(),
@@ -1367,6 +1497,22 @@ fn parse_step(
     if op != "upsert" {
         misplaced(check, s.record.as_ref().map(Spanned::span), "record");
     }
+    if !matches!(op, "upsert" | "sync") {
+        misplaced(check, s.create_only.as_ref().map(Spanned::span), "create_only");
+    }
+    let mut create_only = Vec::new();
+    if let Some(fields) = &s.create_only {
+        for field in fields.get_ref() {
+            if field.split('.').any(str::is_empty) {
+                check.error(
+                    fields.span(),
+                    format!("create_only: {field:?} is not a field path; write it like \"created_date\" or \"metadata.source\""),
+                );
+            } else {
+                create_only.push(field.clone());
+            }
+        }
+    }
     if matches!(op, "upsert" | "remove") {
         misplaced(check, s.map.as_ref().map(Spanned::span), "map");
     }
@@ -1418,7 +1564,7 @@ fn parse_step(
         let sync = s.sync?;
         let sync_span = sync.span();
         let def = sync.into_inner();
-        let from = parse_target(check, &def.from, connections)?;
+        let from = parse_sync_source(check, &def.from, connections, earlier)?;
         let to = parse_target(check, &def.to, connections)?;
         let key = match &def.key {
             Some(key) => {
@@ -1606,6 +1752,7 @@ fn parse_step(
         retry,
         timeout,
         allow_irreversible: s.allow_irreversible,
+        create_only,
         state,
         region: span.clone(),
         span,
@@ -1719,6 +1866,18 @@ fn check_references(
                         ),
                     );
                 }
+            }
+        }
+        for (name, range, _) in crate::expr::references(&text, "inputs_given") {
+            if !open_inputs && !inputs.iter().any(|i| i.name == name) {
+                let known: Vec<&str> = inputs.iter().map(|i| i.name.as_str()).collect();
+                check.error(
+                    inside(&range),
+                    format!(
+                        "in `{what}`: $inputs_given.{name}: no input {name:?}; the workflow declares: {}",
+                        if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+                    ),
+                );
             }
         }
         for (name, range, variable) in crate::expr::references(&text, "state") {

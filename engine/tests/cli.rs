@@ -1581,9 +1581,19 @@ fn runs_prune_removes_old_runs_keeps_the_newest_success_and_state_is_shown_and_r
     )?;
     assert!(set.status.success(), "{}", String::from_utf8_lossy(&set.stderr));
     assert!(String::from_utf8_lossy(&set.stdout).contains("since = 7"));
-    let unknown = weft(&["state", "set", "--state-dir", &state_dir, &file, "sinse=7"], &cache())?;
-    assert!(!unknown.status.success());
-    assert!(String::from_utf8_lossy(&unknown.stderr).contains("declares no state \"sinse\""));
+    // An undeclared name is a usage error (exit 2) naming the declared
+    // ones, whether the workflow is named by its file or by its name (then
+    // checked against the text its newest run recorded).
+    for workflow in [file.as_str(), "stripe-mirror-incremental"] {
+        let unknown =
+            weft(&["state", "set", "--state-dir", &state_dir, workflow, "sinse=7"], &cache())?;
+        assert_eq!(unknown.status.code(), Some(2), "{workflow}");
+        let stderr = String::from_utf8_lossy(&unknown.stderr);
+        assert!(stderr.contains("declares no state \"sinse\"; declared: seen, since"), "{stderr}");
+        let reset =
+            weft(&["state", "reset", "--state-dir", &state_dir, workflow, "sinse"], &cache())?;
+        assert_eq!(reset.status.code(), Some(2), "{workflow}");
+    }
     let reset = weft(&["state", "reset", "--state-dir", &state_dir, &file], &cache())?;
     assert!(String::from_utf8_lossy(&reset.stdout).contains("since = 0  (default)"));
 

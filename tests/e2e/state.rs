@@ -337,3 +337,89 @@ state = { previous = "${{ $last_success | if . == null then \"none\" else \"\\(.
     assert_eq!(seen, format!("{} {started} true", first.run_id));
     Ok(())
 }
+
+#[tokio::test]
+async fn the_api_shows_a_workflows_state_as_its_next_run_reads_it() -> TestResult {
+    use super::serve::{config, post_json, start_with};
+    let sandbox = sandbox(0).await?;
+    let files = tempfile::tempdir()?;
+    let store = tempfile::tempdir()?;
+    let stripe = sandbox.endpoints().into_iter().find(|e| e.vendor == "stripe").ok_or("stripe")?;
+    let key = files.path().join("stripe-key");
+    std::fs::write(&key, &stripe.api_key)?;
+    let text = format!(
+        r#"[workflow]
+name = "counted"
+
+[state.runs]
+default = 0
+
+[state.note]
+default = "never"
+
+[connections.stripe]
+plugin = "stripe"
+credentials = "file:{}"
+base_url = "{}"
+
+[[step]]
+id = "c"
+upsert = "stripe.customers"
+record = {{ email = "counted@example.com" }}
+state = {{ runs = "${{{{ $state.runs + 1 }}}}" }}
+"#,
+        key.display(),
+        stripe.base_url
+    );
+    let workflow = super::support::workflow(files.path(), &text)?;
+    let server = start_with(
+        store.path(),
+        weft::serve::ServeConfig { workflows: vec![workflow], ..config()? },
+    )
+    .await?;
+    let base = format!("http://{}", server.addr);
+    let client = reqwest::Client::new();
+    let state = |client: reqwest::Client, base: String| async move {
+        let answer = client.get(format!("{base}/api/workflows/counted/state")).send().await?;
+        let status = answer.status().as_u16();
+        let body: Value = serde_json::from_slice(&answer.bytes().await?)?;
+        TestResult::Ok((status, body))
+    };
+    let (status, before) = state(client.clone(), base.clone()).await?;
+    assert_eq!(status, 200, "{before}");
+    assert_eq!(before["values"], json!({ "runs": 0, "note": "never" }), "defaults: {before}");
+    assert_eq!(before["declared"], json!(["note", "runs"]));
+    assert!(before["run"].is_null(), "{before}");
+
+    let mut last_run = String::new();
+    for _ in 0..2 {
+        let started =
+            post_json(&client, format!("{base}/api/workflows/counted/runs"), "{}").send().await?;
+        assert_eq!(started.status(), 202);
+        let started: Value = serde_json::from_slice(&started.bytes().await?)?;
+        last_run = started["run_id"].as_str().unwrap_or_default().to_owned();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let shown: Value = serde_json::from_slice(
+                &client.get(format!("{base}/api/runs/{last_run}")).send().await?.bytes().await?,
+            )?;
+            if shown["status"] == "succeeded" {
+                break;
+            }
+            if shown["status"] == "failed" || std::time::Instant::now() > deadline {
+                return Err(format!("the run did not succeed: {shown:#}").into());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+    let (_, after) = state(client.clone(), base.clone()).await?;
+    assert_eq!(after["values"], json!({ "runs": 2, "note": "never" }), "{after}");
+    assert_eq!(after["run"], json!(last_run), "{after}");
+    assert_eq!(after["step"], "c", "{after}");
+    assert!(after["version"].as_u64().is_some_and(|v| v >= 2), "{after}");
+
+    let missing = client.get(format!("{base}/api/workflows/nope/state")).send().await?;
+    assert_eq!(missing.status(), 404);
+    server.shutdown().await;
+    Ok(())
+}

@@ -87,6 +87,7 @@ async fn seed(store: &RunStore, text: &str, runs: usize) -> BenchResult<Vec<Stri
                     trigger,
                     cancel_requested: false,
                     resumes: 0,
+                    inputs_defaulted: Vec::new(),
                 };
                 let step_ids: Vec<String> = STEPS.iter().map(|s| (*s).to_owned()).collect();
                 store.create_run_by(&run, &step_ids, None, Some("bench")).await?;

@@ -37,6 +37,10 @@
 //!   runs/s, runs/s by one and three `weft serve` workers, and the 100k
 //!   export with `--store postgres://…` beside native. Not in the default
 //!   run (it needs a server): ask for it with `--only fleet`.
+//! - `estimate`: a dry run's estimate of requests and duration against the
+//!   real run, a sync between Stripe emulators at 25 r/s.
+//! - `state-pages`: list bookkeeping with a state value committed per page
+//!   beside the same list without state.
 //!
 //! `WEFT_BENCH_SCALE` scales every record count and duration (default 1).
 //! The rate-limit scenarios run at a quarter of their published durations
@@ -58,6 +62,7 @@ mod expressions;
 mod fleet;
 mod languages;
 mod metrics_scrape;
+mod plan_estimate;
 mod plugin_call;
 mod rate_limits;
 mod report;
@@ -89,6 +94,8 @@ const SECTIONS: &[&str] = &[
     "retention",
     "languages",
     "fleet",
+    "estimate",
+    "state-pages",
 ];
 
 fn main() -> std::process::ExitCode {
@@ -159,6 +166,8 @@ fn run(args: &[String]) -> BenchResult<()> {
             "retention" => runtime.block_on(retention::run(&config))?,
             "languages" => runtime.block_on(languages::run(&config))?,
             "fleet" => runtime.block_on(fleet::run(&config))?,
+            "estimate" => runtime.block_on(plan_estimate::estimate(&config))?,
+            "state-pages" => runtime.block_on(plan_estimate::state_pages(&config))?,
             _ => unreachable!("sections are checked above"),
         };
         rows.extend(section_rows);

@@ -258,10 +258,47 @@ fn print_summary(summary: &RunSummary, written: &[WrittenFile]) {
     for file in written {
         eprintln!("  wrote {} ({} records, step {})", file.path.display(), file.records, file.step);
     }
+    if let Some(estimate) = &summary.estimate {
+        print_estimate(estimate);
+    }
     if let Some(error) = &summary.error {
         eprintln!("{error}");
     }
     if summary.status == Status::Running {
         eprintln!("resume it with: weft runs resume {}", summary.run_id);
+    }
+}
+
+/// A dry run's estimate of the real run: requests, and time at the limits
+/// in force, per connection and in all.
+fn print_estimate(estimate: &weft::executor::estimate::PlanEstimate) {
+    let time = |seconds: Option<f64>| match seconds {
+        Some(s) => format!(
+            "about {}",
+            humantime::format_duration(std::time::Duration::from_secs(s.ceil() as u64))
+        ),
+        None => "time unknown: no limit in force, the limiter adapts to the vendor".to_owned(),
+    };
+    eprintln!(
+        "the real run: about {} vendor requests, {}",
+        estimate.requests,
+        time(estimate.seconds)
+    );
+    for (name, c) in &estimate.connections {
+        let limits = if c.limits.is_empty() {
+            "no limit".to_owned()
+        } else {
+            c.limits
+                .iter()
+                .map(|(class, rate)| format!("{class} {rate:.1}/s"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        eprintln!(
+            "  {name:<12} {} reads, {} writes at {limits}: {}",
+            c.reads,
+            c.writes,
+            time(c.seconds)
+        );
     }
 }

@@ -14,6 +14,7 @@ use weft::store::{RunStore, StoreError, StoreLocation, WorkflowState};
 use weft::workflow::Workflow;
 
 use super::{Global, store_location};
+use crate::exit;
 
 /// `weft state …`.
 #[derive(Debug, Subcommand)]
@@ -84,12 +85,16 @@ pub(crate) async fn state(global: &Global, command: StateCommand) -> Result<Exit
         }
         StateCommand::Set { workflow, values } => {
             let (name, file) = named(&workflow)?;
+            let declared = declaring(&store, &name, file.as_ref()).await?;
             let mut set = BTreeMap::new();
             for pair in values {
                 let Some((key, value)) = pair.split_once('=') else {
                     anyhow::bail!("{pair:?} is not NAME=VALUE");
                 };
-                check_declared(file.as_ref(), key)?;
+                if let Err(message) = check_declared(declared.as_ref(), key) {
+                    eprintln!("error: {message}");
+                    return Ok(ExitCode::from(exit::INVALID));
+                }
                 let value = serde_json::from_str(value)
                     .unwrap_or_else(|_| serde_json::Value::String(value.to_owned()));
                 set.insert(key.to_owned(), Some(value));
@@ -99,8 +104,12 @@ pub(crate) async fn state(global: &Global, command: StateCommand) -> Result<Exit
         }
         StateCommand::Reset { workflow, names } => {
             let (name, file) = named(&workflow)?;
+            let declared = declaring(&store, &name, file.as_ref()).await?;
             for key in &names {
-                check_declared(file.as_ref(), key)?;
+                if let Err(message) = check_declared(declared.as_ref(), key) {
+                    eprintln!("error: {message}");
+                    return Ok(ExitCode::from(exit::INVALID));
+                }
             }
             let set = names.iter().map(|n| (n.clone(), None)).collect();
             let stored = store.edit_workflow_state(&name, &set, names.is_empty()).await?;
@@ -110,16 +119,42 @@ pub(crate) async fn state(global: &Global, command: StateCommand) -> Result<Exit
     Ok(ExitCode::SUCCESS)
 }
 
-fn check_declared(file: Option<&Workflow>, key: &str) -> Result<()> {
-    if let Some(workflow) = file
+/// The workflow whose `[state.NAME]` declarations a change is checked
+/// against: the file when one was named, else the text the newest run of
+/// the workflow recorded (what the next run would most likely load), else
+/// none, and the change is not checked.
+async fn declaring(
+    store: &RunStore,
+    name: &str,
+    file: Option<&Workflow>,
+) -> Result<Option<Workflow>> {
+    if let Some(workflow) = file {
+        return Ok(Some(workflow.clone()));
+    }
+    let page = store
+        .query_runs(weft::store::RunQuery {
+            workflow: Some(name.to_owned()),
+            limit: 1,
+            ..Default::default()
+        })
+        .await?;
+    let Some(row) = page.rows.first() else { return Ok(None) };
+    let run = store.run(&row.id).await?;
+    // A recorded text that no longer loads declares nothing to check against.
+    Ok(Workflow::parse(Path::new(&run.workflow_path), &run.workflow_text).ok())
+}
+
+/// Refuses a state name the workflow does not declare, naming those it does.
+fn check_declared(workflow: Option<&Workflow>, key: &str) -> Result<(), String> {
+    if let Some(workflow) = workflow
         && !workflow.state.iter().any(|s| s.name == key)
     {
         let declared: Vec<&str> = workflow.state.iter().map(|s| s.name.as_str()).collect();
-        anyhow::bail!(
-            "workflow {} declares no state {key:?} (declared: {})",
+        return Err(format!(
+            "workflow {} declares no state {key:?}; declared: {}",
             workflow.name,
             if declared.is_empty() { "none".to_owned() } else { declared.join(", ") }
-        );
+        ));
     }
     Ok(())
 }

@@ -314,6 +314,14 @@ where
     Fut: std::future::Future<Output = Result<crate::connector::Page, CallError>>,
 {
     let StepCtx { run: ctx, step, scope, run_state, .. } = cx;
+    let state_reads_records = step.state.iter().any(|(_, template)| {
+        template.expressions().into_iter().any(|e| {
+            crate::expr::root_uses(e.text(), "page").iter().any(|used| {
+                used.variable
+                    && !matches!(&used.name, Some((name, _)) if name == "number" || name == "cursor")
+            })
+        })
+    });
     // The next page, asked for while the last one was being stored.
     let mut prefetched = None;
     let evaluator = ctx.evaluator(step);
@@ -349,11 +357,20 @@ where
         if !step.state.is_empty() {
             // The step's state after this page, committed with it: a run
             // that fails later keeps the progress of the pages before.
-            let parsed = records
-                .iter()
-                .map(|r| serde_json::from_str::<serde_json::Value>(r))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| format!("a record of plugin {} is not JSON: {e}", endpoint.name()))?;
+            // A page's records are parsed and handed over only when the
+            // state reads them: `$page.number` or `$page.cursor` alone costs
+            // no conversion of a thousand records a page.
+            let parsed = if state_reads_records {
+                records
+                    .iter()
+                    .map(|r| serde_json::from_str::<serde_json::Value>(r))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| {
+                        format!("a record of plugin {} is not JSON: {e}", endpoint.name())
+                    })?
+            } else {
+                Vec::new()
+            };
             let page_value = serde_json::json!({
                 "records": parsed,
                 "cursor": page.next_cursor,

@@ -126,6 +126,16 @@ fn parse_record(text: &str, plugin: &str, op: &str) -> Result<Value, CallError> 
     })
 }
 
+/// The id an upsert with `create_only` fields looks its record up by: only
+/// with it can the engine tell a create from an update.
+fn create_only_id(desired: &Value, id_field: &str) -> Result<String, CallError> {
+    id_of(desired, id_field).ok_or_else(|| {
+        CallError::new(format!(
+            "create_only needs the record's `{id_field}` to tell a create from an update; the record has none"
+        ))
+    })
+}
+
 fn id_of(record: &Value, id_field: &str) -> Option<String> {
     match record.get(id_field)? {
         Value::String(s) => Some(s.clone()),
@@ -276,6 +286,18 @@ async fn item_untraced(
             if ctx.dry_run {
                 return plan_upsert(step, endpoint, &resource.id_field, desired).await;
             }
+            let mut desired = desired;
+            if !step.create_only.is_empty() {
+                // Whether this write creates decides what it sends: the
+                // record it would update is looked up by its id.
+                let id = create_only_id(&desired, &resource.id_field)?;
+                let (found, _) =
+                    with_retry(&step.retry, step.timeout, || endpoint.get(&step.resource, &id))
+                        .await;
+                if found?.is_some() {
+                    step.drop_create_only(&mut desired);
+                }
+            }
             let desired_text = desired.to_string();
             drop(desired);
             let request = UpsertRequest {
@@ -356,6 +378,9 @@ async fn plan_upsert(
     desired: Value,
 ) -> Result<OpResult, CallError> {
     let Some(id) = id_of(&desired, id_field) else {
+        if !step.create_only.is_empty() {
+            create_only_id(&desired, id_field)?;
+        }
         let entry = PlanEntry {
             action: PlannedAction::Upsert,
             key: None,
@@ -377,6 +402,8 @@ async fn plan_upsert(
         None => (PlannedAction::Create, vec![], None),
         Some(text) => {
             let current = parse_record(&text, endpoint.name(), "get")?;
+            let mut desired = desired.clone();
+            step.drop_create_only(&mut desired);
             let changes = changed_fields(&desired, &current);
             let before = values_at(&current, &changes);
             (

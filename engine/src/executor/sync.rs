@@ -36,7 +36,7 @@ use crate::connector::{
 use crate::endpoint::Endpoint;
 use crate::expr::{EvalError, Evaluator, Scope, Val, json_key_text};
 use crate::store::{StepState, StoreError, SyncPhase, SyncProgress};
-use crate::workflow::{Step, SyncSpec};
+use crate::workflow::{Action, Step, SyncSpec};
 
 /// Records per batch upsert.
 const BATCH: usize = 100;
@@ -121,10 +121,18 @@ impl Side {
     }
 }
 
+/// Where a sync's source records come from.
+pub(crate) enum Source<'a> {
+    /// A connection's resource, listed.
+    Endpoint(&'a dyn Endpoint),
+    /// The committed pages of the earlier list step at this index.
+    Step(u32),
+}
+
 pub(crate) async fn run(
     cx: StepCtx<'_>,
     spec: &SyncSpec,
-    source: &dyn Endpoint,
+    source: Source<'_>,
     target: &dyn Endpoint,
     state: &mut StepState,
 ) -> Result<StepEnd, StepError> {
@@ -134,11 +142,16 @@ pub(crate) async fn run(
         .resource(&step.resource)
         .cloned()
         .ok_or_else(|| format!("no resource {}", step.target()))?;
-    let source_resource = source
-        .manifest()
-        .resource(&spec.from.resource)
-        .cloned()
-        .ok_or_else(|| format!("no resource {}", spec.from))?;
+    let source_resource = match (&source, spec.from.resource()) {
+        (Source::Endpoint(endpoint), Some(from)) => Some(
+            endpoint
+                .manifest()
+                .resource(&from.resource)
+                .cloned()
+                .ok_or_else(|| format!("no resource {from}"))?,
+        ),
+        _ => None,
+    };
     let filter = match &spec.filter {
         Some(f) => match ctx.evaluator(step).render("sync.filter", f, scope).await {
             Ok(value) => Some(value.to_string()),
@@ -172,20 +185,37 @@ pub(crate) async fn run(
         if tally.progress().phase != wanted {
             continue;
         }
-        let listing = match side {
-            Side::Source => Listing {
+        let listing = match (side, &source, spec.from.resource(), &source_resource) {
+            (Side::Source, Source::Endpoint(endpoint), Some(from), Some(resource_spec)) => {
+                Listing {
+                    side,
+                    feed: Feed::Endpoint {
+                        endpoint: *endpoint,
+                        spec: resource_spec,
+                        filter: filter.clone(),
+                    },
+                    resource: from.resource.as_str(),
+                }
+            }
+            (Side::Source, Source::Step(source_index), ..) => {
+                let pages = ctx.store.pages(ctx.run_id, *source_index).await?;
+                Listing {
+                    side,
+                    feed: Feed::Store {
+                        pages: Box::new(pages),
+                        taken: 0,
+                        key: format!("{}/{source_index}", ctx.run_id),
+                    },
+                    resource: spec.from.step().unwrap_or_default(),
+                }
+            }
+            (Side::Source, ..) => {
+                return Err(format!("sync.from {} has no source to read", spec.from).into());
+            }
+            (Side::Target, ..) => Listing {
                 side,
-                endpoint: source,
-                resource: spec.from.resource.as_str(),
-                spec: &source_resource,
-                filter: filter.clone(),
-            },
-            Side::Target => Listing {
-                side,
-                endpoint: target,
+                feed: Feed::Endpoint { endpoint: target, spec: &target_resource, filter: None },
                 resource: step.resource.as_str(),
-                spec: &target_resource,
-                filter: None,
             },
         };
         if let Some(end) = scan(cx, spec, listing, &dir, &mut tally).await? {
@@ -194,8 +224,7 @@ pub(crate) async fn run(
     }
 
     if tally.progress().phase == SyncPhase::Merge
-        && let Some(end) =
-            merge(ctx, step, &target_resource, spec, target, &dir, &mut tally).await?
+        && let Some(end) = merge(ctx, step, &target_resource, target, &dir, &mut tally).await?
     {
         return Ok(end);
     }
@@ -217,11 +246,108 @@ pub(crate) async fn run(
 /// One side of a sync, as it is listed.
 struct Listing<'a> {
     side: Side,
-    endpoint: &'a dyn Endpoint,
+    feed: Feed<'a>,
+    /// The resource listed (for a step's records, the step's id), for messages.
     resource: &'a str,
-    spec: &'a ResourceSpec,
-    /// The source's `filter`, rendered.
-    filter: Option<String>,
+}
+
+/// Where one side's pages come from.
+enum Feed<'a> {
+    /// A connector's list.
+    Endpoint {
+        endpoint: &'a dyn Endpoint,
+        spec: &'a ResourceSpec,
+        /// The source's `filter`, rendered.
+        filter: Option<String>,
+    },
+    /// An earlier list step's pages in the run store. Its "cursor" is the
+    /// number of pages read, so a resumed scan skips what it has written.
+    Store {
+        pages: Box<crate::store::PageReader>,
+        /// Pages taken from `pages` so far.
+        taken: u64,
+        /// The pages' place in the store (`RUN/INDEX`), for errors.
+        key: String,
+    },
+}
+
+/// The prefix of a store feed's cursor.
+const STORE_CURSOR: &str = "page:";
+
+impl Feed<'_> {
+    /// The plugin or store that answers, for messages.
+    fn name(&self) -> String {
+        match self {
+            Feed::Endpoint { endpoint, .. } => endpoint.name().to_owned(),
+            Feed::Store { key, .. } => format!("run store {key}"),
+        }
+    }
+
+    /// The page after `cursor`, as record texts, and the next cursor.
+    async fn next(
+        &mut self,
+        step: &Step,
+        resource: &str,
+        side: Side,
+        cursor: Option<String>,
+    ) -> Result<(Vec<String>, Option<String>), StepError> {
+        match self {
+            Feed::Endpoint { endpoint, spec, filter } => {
+                let request = ListRequest {
+                    resource: resource.to_owned(),
+                    cursor: cursor.clone(),
+                    page_size: spec.max_page_size,
+                    filter: filter.clone(),
+                };
+                let span = tracing::info_span!("page", resource, side = side.name());
+                let (result, _) = {
+                    use tracing::Instrument as _;
+                    with_retry(&step.retry, step.timeout, || endpoint.list(request.clone()))
+                        .instrument(span)
+                        .await
+                };
+                let page = result.map_err(|e| {
+                    format!("reading {} ({}): {}", resource, side.name(), e.message)
+                })?;
+                if page.next_cursor.is_some() && page.next_cursor == cursor {
+                    return Err(format!(
+                        "plugin {} returned the cursor it was given; stopping to avoid an endless list",
+                        endpoint.name()
+                    )
+                    .into());
+                }
+                Ok((page.records, page.next_cursor))
+            }
+            Feed::Store { pages, taken, key } => {
+                let corrupt = |reason: String| -> StepError {
+                    StoreError::Corrupt { key: key.clone(), reason }.into()
+                };
+                let done: u64 = match &cursor {
+                    None => 0,
+                    Some(c) => c
+                        .strip_prefix(STORE_CURSOR)
+                        .and_then(|n| n.parse().ok())
+                        .ok_or_else(|| corrupt(format!("a sync's source cursor is {c:?}")))?,
+                };
+                // A resumed scan: skip the pages whose records were written.
+                while *taken < done {
+                    match pages.next_page().await {
+                        Some(page) => {
+                            page?;
+                            *taken += 1;
+                        }
+                        None => return Ok((Vec::new(), None)),
+                    }
+                }
+                let Some(page) = pages.next_page().await else { return Ok((Vec::new(), None)) };
+                *taken += 1;
+                let values: Vec<Value> = serde_json::from_str(&page?)
+                    .map_err(|e| corrupt(format!("a committed page is not an array: {e}")))?;
+                let records = values.iter().map(Value::to_string).collect();
+                Ok((records, Some(format!("{STORE_CURSOR}{}", done + 1))))
+            }
+        }
+    }
 }
 
 /// Lists one side into sorted runs. A run is written when the buffer is
@@ -235,7 +361,7 @@ async fn scan(
     tally: &mut Tally<'_>,
 ) -> Result<Option<StepEnd>, StepError> {
     let StepCtx { run: ctx, step, scope, .. } = cx;
-    let Listing { side, endpoint, resource, spec: resource_spec, filter } = listing;
+    let Listing { side, mut feed, resource } = listing;
     let progress = tally.progress().clone();
     let (mut cursor, mut pages, mut records, mut runs) = match side {
         Side::Source => (
@@ -261,46 +387,16 @@ async fn scan(
         if let Some(end) = ctx.stop_reason() {
             return Ok(Some(end));
         }
-        let request = ListRequest {
-            resource: resource.to_owned(),
-            cursor: cursor.clone(),
-            page_size: resource_spec.max_page_size,
-            filter: filter.clone(),
-        };
-        let span = tracing::info_span!("page", resource, side = side.name());
-        let (result, _) = {
-            use tracing::Instrument as _;
-            with_retry(&step.retry, step.timeout, || endpoint.list(request.clone()))
-                .instrument(span)
-                .await
-        };
-        let page =
-            result.map_err(|e| format!("reading {} ({}): {}", resource, side.name(), e.message))?;
-        if page.next_cursor.is_some() && page.next_cursor == cursor {
-            return Err(format!(
-                "plugin {} returned the cursor it was given; stopping to avoid an endless list",
-                endpoint.name()
-            )
-            .into());
-        }
-        let read = page.records.len() as u64;
-        let keyed = match key_page(
-            &evaluator,
-            side,
-            step,
-            spec,
-            scope,
-            page.records,
-            endpoint.name(),
-        )
-        .await
-        {
-            Ok(keyed) => keyed,
-            Err(EvalError::Stopped) => {
-                return Ok(Some(ctx.stop_reason().unwrap_or(StepEnd::Interrupted)));
-            }
-            Err(e) => return Err(e.into_message().into()),
-        };
+        let (page_records, next_cursor) = feed.next(step, resource, side, cursor.clone()).await?;
+        let read = page_records.len() as u64;
+        let keyed =
+            match key_page(&evaluator, side, step, spec, scope, page_records, &feed.name()).await {
+                Ok(keyed) => keyed,
+                Err(EvalError::Stopped) => {
+                    return Ok(Some(ctx.stop_reason().unwrap_or(StepEnd::Interrupted)));
+                }
+                Err(e) => return Err(e.into_message().into()),
+            };
         for (key, text) in keyed {
             match (side, key) {
                 (_, Some(key)) => {
@@ -321,7 +417,7 @@ async fn scan(
         }
         buffered_read += read;
         buffered_pages += 1;
-        cursor = page.next_cursor;
+        cursor = next_cursor;
         finished = cursor.is_none();
         if buffer.is_full() || finished {
             let mut written = None;
@@ -376,7 +472,6 @@ async fn merge(
     ctx: &RunCtx<'_>,
     step: &Step,
     target_resource: &ResourceSpec,
-    spec: &SyncSpec,
     target: &dyn Endpoint,
     dir: &Path,
     tally: &mut Tally<'_>,
@@ -425,8 +520,8 @@ async fn merge(
             }
             decide(
                 &next_key,
+                step,
                 (from, to),
-                spec,
                 target_resource,
                 tally,
                 &mut writes,
@@ -458,8 +553,8 @@ async fn merge(
 /// What one key calls for.
 fn decide(
     key: &str,
+    step: &Step,
     (from, to): (Option<Vec<String>>, Option<Vec<String>>),
-    spec: &SyncSpec,
     target_resource: &ResourceSpec,
     tally: &mut Tally<'_>,
     writes: &mut Vec<Write>,
@@ -489,6 +584,9 @@ fn decide(
             before: None,
         }),
         (Some(mut record), Some(current)) => {
+            // An update leaves out what is set only on create, and does not
+            // compare it either.
+            step.drop_create_only(&mut record);
             // A second target record with a key already matched is left
             // alone rather than guessed at.
             tally.target_duplicates += to.len() as u64 - 1;
@@ -508,7 +606,7 @@ fn decide(
                 if changes.is_empty() { PlannedAction::Unchanged } else { PlannedAction::Update };
             writes.push(Write { key: key.to_owned(), record, action, changes, before });
         }
-        (None, Some(_)) if spec.delete_missing => {
+        (None, Some(_)) if matches!(&step.action, Action::Sync(spec) if spec.delete_missing) => {
             // Every target record with a key no source record has goes.
             for current in &to {
                 let current: Value = serde_json::from_str(current)

@@ -250,6 +250,7 @@ mod tests {
             trigger: RunTrigger::Webhook,
             cancel_requested: false,
             resumes: 0,
+            inputs_defaulted: Vec::new(),
         }
     }
 

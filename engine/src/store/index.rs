@@ -535,6 +535,7 @@ mod tests {
             trigger: RunTrigger::from(trigger.to_owned()),
             cancel_requested: false,
             resumes: 0,
+            inputs_defaulted: Vec::new(),
         }
     }
 

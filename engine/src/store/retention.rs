@@ -192,6 +192,7 @@ mod tests {
             trigger: RunTrigger::Cron,
             cancel_requested: false,
             resumes: 0,
+            inputs_defaulted: Vec::new(),
         }
     }
 
