@@ -13,7 +13,7 @@
 //! | `GET /api/runs` | runs, newest first, through the index (`?limit=N&workflow=&status=&trigger=&before=`) |
 //! | `GET /api/runs/{id}` | one run with its steps, history and HTTP figures |
 //! | `POST /api/runs/{id}/cancel` | asks a run to stop at the next page or item |
-//! | `POST /api/runs/{id}/resume` | resumes an interrupted run |
+//! | `POST /api/runs/{id}/resume` | resumes an interrupted run (409 naming the worker when another worker sharing the store runs it) |
 //! | `GET/POST /api/tokens`, `POST /api/tokens/{name}/revoke` | tokens (admin) |
 //! | `GET /metrics` | the [`crate::metrics`] for Prometheus (viewer); also alone on `metrics_bind`, without the gate |
 //! | `POST /hooks/{name}` | a signed webhook delivery; the event becomes the inputs |
@@ -1222,7 +1222,26 @@ impl Server {
             ));
         }
         let Some(admitted) = self.admit() else { return Err(Refusal::full(self)) };
+        // On a shared store the run may be another worker's: claimed here
+        // now, or refused now as `weft runs resume` refuses it (naming the
+        // worker), rather than answered 202 for a resume that cannot start.
+        match self.executor.store().claim_run_now(id).await {
+            Ok(()) => {}
+            Err(e @ StoreError::Leased { .. }) => {
+                return Err(Refusal::new(StatusCode::CONFLICT, e.to_string()));
+            }
+            Err(StoreError::UnknownRun(_)) => {
+                return Err(Refusal::new(
+                    StatusCode::CONFLICT,
+                    format!("run {id} ended meanwhile and cannot be resumed"),
+                ));
+            }
+            Err(e) => return Err(Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+        }
         if !self.launch_resume(run, Some(admitted)) {
+            if let Err(e) = self.executor.store().release_run(id).await {
+                tracing::warn!(run = %id, error = %e, "cannot release the run's lease; it passes when the lease does");
+            }
             return Err(Refusal::new(
                 StatusCode::CONFLICT,
                 format!("run {id} is already running here, or the server is stopping"),
