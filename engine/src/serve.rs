@@ -759,6 +759,16 @@ impl Server {
     /// damage caused meets the damage again at every resume: the run ends
     /// failed, saying what is damaged; any other stays to resume.
     async fn could_not_go_on(&self, id: &str, error: &ExecError) {
+        // A run cancelled from elsewhere (`weft runs cancel`, another
+        // worker's API) left the queue, so this worker's next commit of it
+        // failed its lease check: the cancel taking effect, not a fault.
+        if let ExecError::Store(StoreError::LeaseLost { .. }) = error
+            && let Ok(run) = self.executor.store().run(id).await
+            && run.status.is_finished()
+        {
+            tracing::info!(run = %id, status = run.status.as_str(), "run ended elsewhere (cancelled); this worker stopped it at its commit and commits nothing more of it");
+            return;
+        }
         tracing::error!(run = %id, error = %error, "run could not go on");
         if let ExecError::Store(store) = error
             && store.is_damage()

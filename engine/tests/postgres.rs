@@ -303,6 +303,8 @@ record = {{ email = "pg-item${{{{ $item }}}}@crash.example", name = "Item ${{{{ 
 struct Worker {
     child: std::process::Child,
     base: String,
+    /// The worker's warnings and errors so far.
+    complaints: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Worker {
@@ -316,6 +318,8 @@ impl Worker {
             .spawn()?;
         let stderr = child.stderr.take().ok_or("no stderr")?;
         let (tx, rx) = std::sync::mpsc::channel();
+        let complaints = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = complaints.clone();
         std::thread::spawn(move || {
             let mut sent = false;
             for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -329,10 +333,13 @@ impl Worker {
                 if line.contains("shared rate limit") {
                     eprintln!("worker: {line}");
                 }
+                if line.contains("ERROR") || line.contains("WARN") {
+                    kept.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(line);
+                }
             }
         });
         match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(base) => Ok(Worker { child, base }),
+            Ok(base) => Ok(Worker { child, base, complaints }),
             Err(_) => {
                 let _ = child.kill();
                 Err("weft serve did not start".into())
@@ -1605,6 +1612,13 @@ async fn weft_runs_cancel_of_another_workers_run_says_that_worker_stops_it_and_i
     assert!(settled < 120, "the run ended before the cancel; the test proves nothing");
     let detail = wait_until_ended(&worker, &token, &run_id).await?;
     assert_eq!(detail["status"], "cancelled", "{detail:#}");
+    // The worker that ran it took the cancel as one, not as a fault.
+    let complaints =
+        worker.complaints.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+    assert!(
+        !complaints.iter().any(|l| l.contains("could not go on") || l.contains("another worker")),
+        "the running worker logged the cancel as an error: {complaints:#?}"
+    );
     Ok(())
 }
 

@@ -174,6 +174,26 @@ async fn heartbeat(leases: std::sync::Weak<Leases>, pool: Pool) {
                 Ok(rows) => {
                     let renewed: std::collections::BTreeSet<String> =
                         rows.iter().filter_map(|r| r.try_get::<_, String>(0).ok()).collect();
+                    // A run out of the queue ended elsewhere (a cancel from
+                    // the command line or another worker's API), rather than
+                    // passing to another worker.
+                    let missed: Vec<&String> =
+                        runs.iter().filter(|r| !renewed.contains(*r)).collect();
+                    let mut queued = std::collections::BTreeSet::new();
+                    if !missed.is_empty()
+                        && let Ok(client) = pool.get().await
+                        && let Ok(rows) = client
+                            .query(
+                                "SELECT run_id FROM weft_queue WHERE run_id = ANY($1)",
+                                &[&missed],
+                            )
+                            .await
+                    {
+                        queued =
+                            rows.iter().filter_map(|r| r.try_get::<_, String>(0).ok()).collect();
+                    } else if !missed.is_empty() {
+                        queued = missed.iter().map(|r| (*r).clone()).collect();
+                    }
                     if let Some(held) = leases.upgrade() {
                         let mut map = held.held();
                         for (run, fence) in runs.iter().zip(&fences) {
@@ -185,7 +205,11 @@ async fn heartbeat(leases: std::sync::Weak<Leases>, pool: Pool) {
                                 && h.fence == *fence
                             {
                                 h.lost = true;
-                                tracing::warn!(run = %run, "this worker's lease on the run passed to another worker; it commits nothing more of it");
+                                if queued.contains(run) {
+                                    tracing::warn!(run = %run, "this worker's lease on the run passed to another worker; it commits nothing more of it");
+                                } else {
+                                    tracing::info!(run = %run, "the run left the queue (cancelled or ended elsewhere); this worker commits nothing more of it");
+                                }
                             }
                         }
                     }
