@@ -1248,10 +1248,10 @@ impl Server {
             }
             Err(e) => return Err(Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
         }
+        // Not launched: it runs here already (its task holds the lease
+        // just renewed), or the server is stopping (and gives its leases
+        // up): the claim is left as it is either way.
         if !self.launch_resume(run, Some(admitted)) {
-            if let Err(e) = self.executor.store().release_run(id).await {
-                tracing::warn!(run = %id, error = %e, "cannot release the run's lease; it passes when the lease does");
-            }
             return Err(Refusal::new(
                 StatusCode::CONFLICT,
                 format!("run {id} is already running here, or the server is stopping"),
