@@ -13,7 +13,7 @@
 //! | `GET /api/runs` | runs, newest first, through the index (`?limit=N&workflow=&status=&trigger=&before=`) |
 //! | `GET /api/runs/{id}` | one run with its steps, history and HTTP figures |
 //! | `POST /api/runs/{id}/cancel` | asks a run to stop at the next page or item |
-//! | `POST /api/runs/{id}/resume` | resumes an interrupted run |
+//! | `POST /api/runs/{id}/resume` | resumes an interrupted run (409 naming the worker when another worker sharing the store runs it) |
 //! | `GET/POST /api/tokens`, `POST /api/tokens/{name}/revoke` | tokens (admin) |
 //! | `GET /metrics` | the [`crate::metrics`] for Prometheus (viewer); also alone on `metrics_bind`, without the gate |
 //! | `POST /hooks/{name}` | a signed webhook delivery; the event becomes the inputs |
@@ -759,6 +759,16 @@ impl Server {
     /// damage caused meets the damage again at every resume: the run ends
     /// failed, saying what is damaged; any other stays to resume.
     async fn could_not_go_on(&self, id: &str, error: &ExecError) {
+        // A run cancelled from elsewhere (`weft runs cancel`, another
+        // worker's API) left the queue, so this worker's next commit of it
+        // failed its lease check: the cancel taking effect, not a fault.
+        if let ExecError::Store(StoreError::LeaseLost { .. }) = error
+            && let Ok(run) = self.executor.store().run(id).await
+            && run.status.is_finished()
+        {
+            tracing::info!(run = %id, status = run.status.as_str(), "run ended elsewhere (cancelled); this worker stopped it at its commit and commits nothing more of it");
+            return;
+        }
         tracing::error!(run = %id, error = %error, "run could not go on");
         if let ExecError::Store(store) = error
             && store.is_damage()
@@ -1222,6 +1232,25 @@ impl Server {
             ));
         }
         let Some(admitted) = self.admit() else { return Err(Refusal::full(self)) };
+        // On a shared store the run may be another worker's: claimed here
+        // now, or refused now as `weft runs resume` refuses it (naming the
+        // worker), rather than answered 202 for a resume that cannot start.
+        match self.executor.store().claim_run_now(id).await {
+            Ok(()) => {}
+            Err(e @ StoreError::Leased { .. }) => {
+                return Err(Refusal::new(StatusCode::CONFLICT, e.to_string()));
+            }
+            Err(StoreError::UnknownRun(_)) => {
+                return Err(Refusal::new(
+                    StatusCode::CONFLICT,
+                    format!("run {id} ended meanwhile and cannot be resumed"),
+                ));
+            }
+            Err(e) => return Err(Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+        }
+        // Not launched: it runs here already (its task holds the lease
+        // just renewed), or the server is stopping (and gives its leases
+        // up): the claim is left as it is either way.
         if !self.launch_resume(run, Some(admitted)) {
             return Err(Refusal::new(
                 StatusCode::CONFLICT,

@@ -1144,6 +1144,26 @@ impl RunStore {
         }
     }
 
+    /// Claims a run as [`RunStore::claim_run`] does, but without waiting:
+    /// [`StoreError::Leased`] at once while another worker's lease on it
+    /// runs (for an API call, which answers now).
+    pub async fn claim_run_now(&self, id: &str) -> Result<()> {
+        match &self.backend {
+            Backend::Sled(_) => Ok(()),
+            Backend::Postgres(pg) => pg.claim_run_within(id, Duration::ZERO).await,
+        }
+    }
+
+    /// The worker (another process on a shared store) whose lease on the
+    /// run has not passed: the one running it now. Always `None` on sled,
+    /// which one process holds.
+    pub async fn lease_holder(&self, id: &str) -> Result<Option<String>> {
+        match &self.backend {
+            Backend::Sled(_) => Ok(None),
+            Backend::Postgres(pg) => pg.lease_holder(id).await,
+        }
+    }
+
     /// Claims up to `limit` runs whose lease passed (their worker died or
     /// stopped), for this process to resume; PostgreSQL only (sled: none).
     pub async fn claim_runs(&self, limit: usize) -> Result<Vec<String>> {

@@ -303,6 +303,8 @@ record = {{ email = "pg-item${{{{ $item }}}}@crash.example", name = "Item ${{{{ 
 struct Worker {
     child: std::process::Child,
     base: String,
+    /// The worker's warnings and errors so far.
+    complaints: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Worker {
@@ -316,6 +318,8 @@ impl Worker {
             .spawn()?;
         let stderr = child.stderr.take().ok_or("no stderr")?;
         let (tx, rx) = std::sync::mpsc::channel();
+        let complaints = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = complaints.clone();
         std::thread::spawn(move || {
             let mut sent = false;
             for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -329,10 +333,13 @@ impl Worker {
                 if line.contains("shared rate limit") {
                     eprintln!("worker: {line}");
                 }
+                if line.contains("ERROR") || line.contains("WARN") {
+                    kept.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(line);
+                }
             }
         });
         match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(base) => Ok(Worker { child, base }),
+            Ok(base) => Ok(Worker { child, base, complaints }),
             Err(_) => {
                 let _ = child.kill();
                 Err("weft serve did not start".into())
@@ -1392,5 +1399,373 @@ when = "false"
     assert_eq!(cron_ids, fired, "every cron run is its tick's, and every tick's run exists");
     assert!(firings.len() as u64 >= seconds / 3, "{} ticks in {seconds} s", firings.len());
     assert!(began.elapsed() < Duration::from_secs(180), "over three minutes");
+    Ok(())
+}
+
+/// A served workflow `name`: a for-each of `items` Stripe upserts, two at
+/// a time, at `rate` requests a second (a lookup and a create per item).
+fn slow_for_each(
+    dir: &Path,
+    stripe: &str,
+    name: &str,
+    items: usize,
+    rate: u32,
+) -> TestResult<PathBuf> {
+    let key = dir.join("stripe-key");
+    std::fs::write(&key, weft_sandbox::stripe::SANDBOX_API_KEY)?;
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[workflow]
+name = "{name}"
+
+[connections.stripe]
+plugin = "stripe"
+credentials = "file:{key}"
+base_url = "{stripe}"
+rate_limit = "{rate}/s"
+
+[[step]]
+id = "each"
+for_each = "[range(0; {items})]"
+concurrency = 2
+upsert = "stripe.customers"
+record = {{ email = "{name}${{{{ $item }}}}@fleet.example", name = "Fleet ${{{{ $item }}}}" }}
+"#,
+            key = key.display(),
+        ),
+    )?;
+    Ok(path)
+}
+
+/// Starts a run of `workflow` through `worker`'s API; returns its id.
+async fn start_run(worker: &Worker, token: &str, workflow: &str) -> TestResult<String> {
+    let started = reqwest::Client::new()
+        .post(format!("{}/api/workflows/{workflow}/runs", worker.base))
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await?;
+    assert_eq!(started.status().as_u16(), 202, "{:?}", started.text().await);
+    let started: Value = serde_json::from_str(&started.text().await?)?;
+    Ok(started["run_id"].as_str().ok_or("no run id")?.to_owned())
+}
+
+/// Waits (a minute at most) until the Stripe emulator holds `at_least`
+/// customers whose email ends in `suffix`.
+async fn wait_for_customers(
+    sandbox: &weft_sandbox::Sandbox,
+    suffix: &str,
+    at_least: usize,
+) -> TestResult {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while customers_ending(sandbox, suffix) < at_least {
+        if Instant::now() > deadline {
+            return Err(format!("fewer than {at_least} {suffix} customers after a minute").into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+fn customers_ending(sandbox: &weft_sandbox::Sandbox, suffix: &str) -> usize {
+    sandbox
+        .stripe
+        .emulator
+        .customers()
+        .iter()
+        .filter(|c| c["email"].as_str().is_some_and(|e| e.ends_with(suffix)))
+        .count()
+}
+
+/// The run's detail as `worker`'s API shows it, once it is no longer
+/// running (two minutes at most).
+async fn wait_until_ended(worker: &Worker, token: &str, run_id: &str) -> TestResult<Value> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let shown = reqwest::Client::new()
+            .get(format!("{}/api/runs/{run_id}", worker.base))
+            .bearer_auth(token)
+            .send()
+            .await?
+            .text()
+            .await?;
+        let detail: Value = serde_json::from_str(&shown)?;
+        if detail["status"] != "running" && detail["status"] != "pending" {
+            return Ok(detail);
+        }
+        if Instant::now() > deadline {
+            return Err(format!("the run did not end: {detail:#}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_resume_of_a_run_another_worker_holds_answers_as_weft_runs_resume() -> TestResult {
+    let Some(base) = test_url("the_api_resume_of_a_run_another_worker_holds")? else {
+        return Ok(());
+    };
+    let schema = ScratchSchema::create(&base).await?;
+    let sandbox = weft_sandbox::Sandbox::start(weft_sandbox::SandboxOptions {
+        seed: 0,
+        ..Default::default()
+    })
+    .await?;
+    let files = tempfile::tempdir()?;
+    // About six seconds of work: the holder is still running it while the
+    // other worker and the CLI are asked to resume it.
+    let path = slow_for_each(files.path(), &sandbox.stripe.base_url(), "held", 120, 40)?;
+    let token = operator_token(&schema.url)?;
+    let holder = Worker::start(&schema.url, &path)?;
+    let other = Worker::start(&schema.url, &path)?;
+    let run_id = start_run(&holder, &token, "held").await?;
+    wait_for_customers(&sandbox, "@fleet.example", 5).await?;
+    let holder_pid = format!("/{}/", holder.child.id());
+
+    // The API of the other worker refuses now, naming the holder...
+    let http = reqwest::Client::new();
+    let asked = http
+        .post(format!("{}/api/runs/{run_id}/resume", other.base))
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .send()
+        .await?;
+    let status = asked.status().as_u16();
+    let body: Value = serde_json::from_str(&asked.text().await?)?;
+    let api_error = body["error"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        api_error.contains("is being run by worker") && api_error.contains(&holder_pid),
+        "{body}"
+    );
+    // ...as `weft runs resume` does (after waiting for the lease to pass).
+    let cli = weft(&schema.url).args(["runs", "resume", &run_id]).output()?;
+    let cli_error = String::from_utf8_lossy(&cli.stderr);
+    assert!(!cli.status.success(), "{cli_error}");
+    assert!(cli_error.contains(&api_error), "the CLI says {cli_error:?}; the API {api_error:?}");
+    assert!(customers_ending(&sandbox, "@fleet.example") < 120, "ended before the test's asks");
+
+    // Its worker killed, the run is the other worker's: resumed there
+    // (by its claim loop, or by the API's resume if that comes first) and
+    // finished, each customer once.
+    let mut holder = holder;
+    holder.child.kill()?;
+    holder.child.wait()?;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let asked = http
+        .post(format!("{}/api/runs/{run_id}/resume", other.base))
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .send()
+        .await?;
+    let status = asked.status().as_u16();
+    let body = asked.text().await?;
+    assert!(
+        status == 202 || (status == 409 && body.contains("already running here")),
+        "{status} {body}"
+    );
+    let detail = wait_until_ended(&other, &token, &run_id).await?;
+    assert_eq!(detail["status"], "succeeded", "{detail:#}");
+    assert_eq!(customers_ending(&sandbox, "@fleet.example"), 120);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weft_runs_cancel_of_another_workers_run_says_that_worker_stops_it_and_it_does()
+-> TestResult {
+    let Some(base) = test_url("weft_runs_cancel_of_another_workers_run")? else {
+        return Ok(());
+    };
+    let schema = ScratchSchema::create(&base).await?;
+    let sandbox = weft_sandbox::Sandbox::start(weft_sandbox::SandboxOptions {
+        seed: 0,
+        ..Default::default()
+    })
+    .await?;
+    let files = tempfile::tempdir()?;
+    let path = slow_for_each(files.path(), &sandbox.stripe.base_url(), "doomed", 120, 20)?;
+    let token = operator_token(&schema.url)?;
+    let worker = Worker::start(&schema.url, &path)?;
+    let run_id = start_run(&worker, &token, "doomed").await?;
+    wait_for_customers(&sandbox, "@fleet.example", 5).await?;
+
+    let out = weft(&schema.url).args(["runs", "cancel", &run_id]).output()?;
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let pid = format!("/{}/", worker.child.id());
+    assert!(
+        said.contains("is cancelled")
+            && said.contains(&pid)
+            && said.contains("stops it at its next commit"),
+        "{said}"
+    );
+    // And it does: within a lease (1 s here) and a group of items the
+    // writes stop, and the run stays cancelled.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let settled = customers_ending(&sandbox, "@fleet.example");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(customers_ending(&sandbox, "@fleet.example"), settled, "writes went on");
+    assert!(settled < 120, "the run ended before the cancel; the test proves nothing");
+    let detail = wait_until_ended(&worker, &token, &run_id).await?;
+    assert_eq!(detail["status"], "cancelled", "{detail:#}");
+    // The worker that ran it took the cancel as one, not as a fault.
+    let complaints =
+        worker.complaints.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+    assert!(
+        !complaints.iter().any(|l| l.contains("could not go on") || l.contains("another worker")),
+        "the running worker logged the cancel as an error: {complaints:#?}"
+    );
+    Ok(())
+}
+
+/// The sum over `workers` of `weft_cron_firings_total` for `workflow` and
+/// each outcome.
+async fn cron_outcomes(
+    workers: &[Worker],
+    token: &str,
+    workflow: &str,
+) -> TestResult<std::collections::BTreeMap<String, u64>> {
+    let mut sums = std::collections::BTreeMap::new();
+    for worker in workers {
+        let text = reqwest::Client::new()
+            .get(format!("{}/metrics", worker.base))
+            .bearer_auth(token)
+            .send()
+            .await?
+            .text()
+            .await?;
+        for line in text.lines().filter(|l| l.starts_with("weft_cron_firings_total{")) {
+            if !line.contains(&format!("workflow=\"{workflow}\"")) {
+                continue;
+            }
+            let outcome = line
+                .split("outcome=\"")
+                .nth(1)
+                .and_then(|rest| rest.split('"').next())
+                .ok_or("no outcome label")?;
+            let value: f64 = line.rsplit(' ').next().ok_or("no value")?.parse()?;
+            *sums.entry(outcome.to_owned()).or_insert(0) += value as u64;
+        }
+    }
+    Ok(sums)
+}
+
+async fn firings(url: &str, workflow: &str) -> TestResult<Vec<(i64, String)>> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    let rows = client
+        .query(
+            "SELECT scheduled_ms, run_id FROM weft_cron_firings WHERE workflow = $1
+             ORDER BY scheduled_ms",
+            &[&workflow],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| (r.get::<_, i64>(0), r.get::<_, String>(1))).collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_workers_started_after_missed_firings_catch_up_once_and_count_fired_elsewhere()
+-> TestResult {
+    let Some(base) = test_url("three_workers_catch_up_once")? else {
+        return Ok(());
+    };
+    let schema = ScratchSchema::create(&base).await?;
+    let files = tempfile::tempdir()?;
+    // No vendor: the run only checks its input, so every tick's run ends
+    // at once. `overlap = "allow"`: each worker's scheduler reaches the
+    // firing's key on every tick, never a skip.
+    let path = files.path().join("catchup.toml");
+    std::fs::write(
+        &path,
+        r#"
+[workflow]
+name = "catchup"
+
+[inputs.note]
+type = "string"
+default = "tick"
+
+[trigger]
+cron = "* * * * * *"
+overlap = "allow"
+catch_up = true
+
+[[step]]
+id = "check"
+fail = "not a tick"
+when = ".inputs.note != \"tick\""
+"#,
+    )?;
+    let token = {
+        let out =
+            weft(&schema.url).args(["tokens", "create", "ops", "--role", "admin"]).output()?;
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout)?.trim().to_owned()
+    };
+
+    // One worker fires a few ticks, then the fleet is down for three.
+    let first = Worker::start(&schema.url, &path)?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while firings(&schema.url, "catchup").await?.len() < 2 {
+        if Instant::now() > deadline {
+            return Err("the schedule did not fire".into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(first);
+    let before = firings(&schema.url, "catchup").await?;
+    let last_before = before.last().ok_or("no firing")?.0;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    // Three workers start on the same database.
+    let restarted_ms = weft::store::now_ms() as i64;
+    let workers = start_workers(&schema.url, &path, 3)?;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Read mid-second, when every tick's firing is recorded and counted.
+    let into_second = weft::store::now_ms() % 1000;
+    tokio::time::sleep(Duration::from_millis((1400 - into_second) % 1000)).await;
+    let recorded_then = firings(&schema.url, "catchup").await?.len() - before.len();
+    let outcomes = cron_outcomes(&workers, &token, "catchup").await?;
+    let recorded_after = firings(&schema.url, "catchup").await?.len() - before.len();
+    drop(workers);
+    let after = firings(&schema.url, "catchup").await?;
+    eprintln!("cron outcomes on three workers: {outcomes:?}; {} firings", after.len());
+
+    // The missed firings are caught up once, by the first of them, keyed
+    // by its own time: not once per worker.
+    let missed: Vec<i64> = after
+        .iter()
+        .map(|(ms, _)| *ms)
+        .filter(|ms| *ms > last_before && *ms <= restarted_ms)
+        .collect();
+    assert_eq!(missed, [last_before + 1000], "{after:?}");
+    let get = |k: &str| outcomes.get(k).copied().unwrap_or(0);
+    assert_eq!(get("caught_up"), 1, "{outcomes:?}");
+    // Every tick since was tried by all three and started by one: the
+    // others count it `fired_elsewhere`, and the starts counted are the
+    // firings recorded.
+    let started = get("ran") + get("caught_up");
+    assert!(
+        recorded_then as u64 <= started && started <= recorded_after as u64,
+        "{outcomes:?}; {recorded_then}..{recorded_after} firings recorded"
+    );
+    assert!(get("fired_elsewhere") >= 2, "{outcomes:?}");
+    assert_eq!(get("failed"), 0, "{outcomes:?}");
+    // Each firing has its own run, and every run listed is a firing's.
+    let runs = stdout_json(
+        &weft(&schema.url).args(["runs", "list", "--json", "--limit", "500"]).output()?,
+    )?;
+    let run_ids: std::collections::BTreeSet<String> = runs
+        .as_array()
+        .ok_or("runs list is not an array")?
+        .iter()
+        .filter_map(|r| r["id"].as_str().map(str::to_owned))
+        .collect();
+    let fired: std::collections::BTreeSet<String> = after.into_iter().map(|(_, id)| id).collect();
+    assert_eq!(run_ids, fired);
     Ok(())
 }

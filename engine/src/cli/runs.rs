@@ -187,10 +187,20 @@ async fn runs_in(
             )?;
         }
         RunsCommand::Cancel { run } => {
-            // The store is open here, so no other process is running it.
+            // On sled the store is open here, so no other process is
+            // running the run. On PostgreSQL a worker may be: the cancel
+            // takes the run out of the queue, so that worker's next commit
+            // of it fails its lease check, and it stops there.
+            let holder = store.lease_holder(&run).await?;
             let executor = Executor::new(wasm_runtime(global)?, store);
             let record = executor.cancel_idle(&run).await?;
-            outln!("run {} is {}", record.id, record.status.as_str())?;
+            match holder {
+                Some(worker) if record.status == weft::store::Status::Cancelled => outln!(
+                    "run {} is cancelled; worker {worker} was running it and stops it at its next commit (its next page or group of items), committing nothing more of it; writes already sent to a vendor may still land",
+                    record.id
+                )?,
+                _ => outln!("run {} is {}", record.id, record.status.as_str())?,
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -174,6 +174,26 @@ async fn heartbeat(leases: std::sync::Weak<Leases>, pool: Pool) {
                 Ok(rows) => {
                     let renewed: std::collections::BTreeSet<String> =
                         rows.iter().filter_map(|r| r.try_get::<_, String>(0).ok()).collect();
+                    // A run out of the queue ended elsewhere (a cancel from
+                    // the command line or another worker's API), rather than
+                    // passing to another worker.
+                    let missed: Vec<&String> =
+                        runs.iter().filter(|r| !renewed.contains(*r)).collect();
+                    let mut queued = std::collections::BTreeSet::new();
+                    if !missed.is_empty()
+                        && let Ok(client) = pool.get().await
+                        && let Ok(rows) = client
+                            .query(
+                                "SELECT run_id FROM weft_queue WHERE run_id = ANY($1)",
+                                &[&missed],
+                            )
+                            .await
+                    {
+                        queued =
+                            rows.iter().filter_map(|r| r.try_get::<_, String>(0).ok()).collect();
+                    } else if !missed.is_empty() {
+                        queued = missed.iter().map(|r| (*r).clone()).collect();
+                    }
                     if let Some(held) = leases.upgrade() {
                         let mut map = held.held();
                         for (run, fence) in runs.iter().zip(&fences) {
@@ -185,7 +205,11 @@ async fn heartbeat(leases: std::sync::Weak<Leases>, pool: Pool) {
                                 && h.fence == *fence
                             {
                                 h.lost = true;
-                                tracing::warn!(run = %run, "this worker's lease on the run passed to another worker; it commits nothing more of it");
+                                if queued.contains(run) {
+                                    tracing::warn!(run = %run, "this worker's lease on the run passed to another worker; it commits nothing more of it");
+                                } else {
+                                    tracing::info!(run = %run, "the run left the queue (cancelled or ended elsewhere); this worker commits nothing more of it");
+                                }
                             }
                         }
                     }
@@ -867,7 +891,13 @@ impl PgStore {
     /// runs, waits for it to pass (a worker that died), up to two leases;
     /// a lease still renewed then is refused, naming its worker.
     pub(crate) async fn claim_run(&self, run: &str) -> Result<()> {
-        let deadline = tokio::time::Instant::now() + self.leases.lease * 2 + Duration::from_secs(1);
+        self.claim_run_within(run, self.leases.lease * 2 + Duration::from_secs(1)).await
+    }
+
+    /// As [`PgStore::claim_run`], waiting at most `patience` for another
+    /// worker's lease to pass (zero: refused at once while one runs).
+    pub(crate) async fn claim_run_within(&self, run: &str, patience: Duration) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + patience;
         loop {
             let client = self.client().await?;
             let claimed = client
@@ -915,6 +945,23 @@ impl PgStore {
             tracing::info!(run = %run, worker = ?worker, wait_ms = wait.as_millis() as u64, "the run's lease is held; waiting for it to pass");
             tokio::time::sleep(wait).await;
         }
+    }
+
+    /// The worker other than this process whose lease on `run` has not
+    /// passed, if one holds it.
+    pub(crate) async fn lease_holder(&self, run: &str) -> Result<Option<String>> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                &format!(
+                    "SELECT worker FROM weft_queue WHERE run_id = $1 AND worker IS NOT NULL
+                     AND worker <> $2 AND lease_until_ms >= {DB_NOW_MS}"
+                ),
+                &[&run, &self.leases.worker],
+            )
+            .await
+            .map_err(pg("reading a run's lease"))?;
+        row.map(|r| r.try_get::<_, String>("worker")).transpose().map_err(pg("reading a lease"))
     }
 
     /// Claims up to `limit` runs whose lease has passed (their worker died
