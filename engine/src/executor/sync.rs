@@ -668,8 +668,13 @@ async fn key_page(
         .run(move |session| {
             let mut keyed = Vec::with_capacity(records.len());
             for text in records {
-                let record = Val::parse(&text)
-                    .map_err(|e| format!("plugin {plugin}: list returned a record that is {e}"))?;
+                // Only what the expression that reads the record reads of it.
+                let record = match (&map, side) {
+                    (Some(map), Side::Source) => map.parse_input(&text),
+                    (_, Side::Source) => Val::parse(&text),
+                    (_, Side::Target) => key_expr.parse_input(&text),
+                }
+                .map_err(|e| format!("plugin {plugin}: list returned a record that is {e}"))?;
                 session.evaluate(|ev| {
                     match &map {
                         Some(map) if side == Side::Source => {
