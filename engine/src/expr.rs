@@ -257,11 +257,15 @@ impl Expr {
         }
         check_nesting(text)?;
         let whole = || 0..text.len();
-        let filter = std::thread::scope(|scope| {
+        let (filter, top_fields) = std::thread::scope(|scope| {
             let compiling = std::thread::Builder::new()
                 .name("weft-expr-compile".into())
                 .stack_size(COMPILE_STACK)
-                .spawn_scoped(scope, || compile_filter(text))
+                // The reads analysis walks the parse tree as deep as the
+                // compiler does, so it needs this thread's stack too.
+                .spawn_scoped(scope, || {
+                    compile_filter(text).map(|filter| (filter, reads::top_fields(text)))
+                })
                 .map_err(|e| CompileError {
                     range: whole(),
                     message: format!("cannot start a thread to compile the expression: {e}"),
@@ -273,7 +277,7 @@ impl Expr {
                 })
             })
         })?;
-        let top_fields = reads::top_fields(text).map(Arc::new);
+        let top_fields = top_fields.map(Arc::new);
         Ok(Expr { text: text.into(), filter: Arc::new(filter), top_fields })
     }
 
@@ -1320,6 +1324,7 @@ mod tests {
             "$item, keys_unsorted",
             "map_values(1)",
             "reduce . as $r (0; 1)",
+            "reduce .id as {(.email): $v} (0; 1)",
             "label $out | .",
             "try . catch 1",
             ".id // .",

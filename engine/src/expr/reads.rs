@@ -135,7 +135,8 @@ impl Reads<'_> {
             Term::Label(_, body) => self.on_record(body),
             // `reduce xs as $x (init; update)`: the update and the extract
             // run on the accumulator, which starts as `init`.
-            Term::Fold(_, xs, _, args) => {
+            Term::Fold(_, xs, pattern, args) => {
+                plain_pattern(pattern)?;
                 self.value(xs)?;
                 let (init, _) = args.split_first()?;
                 self.value(init)?;
