@@ -26,9 +26,11 @@
 
 mod meter;
 mod pool;
+mod reads;
 mod value;
 
 use std::borrow::Cow;
+use std::collections::BTreeSet;
 use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -105,6 +107,8 @@ pub struct CompileError {
 pub struct Expr {
     text: Arc<str>,
     filter: Arc<Filter>,
+    /// The only top-level fields of its input it reads, when provable.
+    top_fields: Option<Arc<BTreeSet<String>>>,
 }
 
 impl std::fmt::Debug for Expr {
@@ -253,11 +257,15 @@ impl Expr {
         }
         check_nesting(text)?;
         let whole = || 0..text.len();
-        let filter = std::thread::scope(|scope| {
+        let (filter, top_fields) = std::thread::scope(|scope| {
             let compiling = std::thread::Builder::new()
                 .name("weft-expr-compile".into())
                 .stack_size(COMPILE_STACK)
-                .spawn_scoped(scope, || compile_filter(text))
+                // The reads analysis walks the parse tree as deep as the
+                // compiler does, so it needs this thread's stack too.
+                .spawn_scoped(scope, || {
+                    compile_filter(text).map(|filter| (filter, reads::top_fields(text)))
+                })
                 .map_err(|e| CompileError {
                     range: whole(),
                     message: format!("cannot start a thread to compile the expression: {e}"),
@@ -269,7 +277,25 @@ impl Expr {
                 })
             })
         })?;
-        Ok(Expr { text: text.into(), filter: Arc::new(filter) })
+        let top_fields = top_fields.map(Arc::new);
+        Ok(Expr { text: text.into(), filter: Arc::new(filter), top_fields })
+    }
+
+    /// The top-level fields of its input (`.NAME`, `{NAME}`) that are all
+    /// the expression reads of it, if that can be proven from its text
+    /// (see the `reads` module): a record it runs on can then be parsed
+    /// with [`Val::parse_fields`] instead of whole.
+    pub fn top_fields(&self) -> Option<&BTreeSet<String>> {
+        self.top_fields.as_deref()
+    }
+
+    /// `text` (a record's JSON) parsed for this expression to run on: only
+    /// the fields it reads when those are known, otherwise whole.
+    pub fn parse_input(&self, text: &str) -> Result<Val, String> {
+        match self.top_fields() {
+            Some(fields) => Val::parse_fields(text, fields),
+            None => Val::parse(text),
+        }
     }
 
     /// The expression's source text.
@@ -1203,6 +1229,126 @@ mod tests {
             .outputs("for_each", &expr, &scope())
             .await?;
         Ok(outputs.iter().map(|v| v.to_json()).collect())
+    }
+
+    /// Every output (or the error) of `expr` run on `text`, parsed as
+    /// [`Expr::parse_input`] parses it (`projected`) or whole.
+    async fn outputs_on(expr: &Expr, text: &str, projected: bool) -> Result<Vec<Value>, EvalError> {
+        let (expr, text) = (expr.clone(), text.to_owned());
+        Evaluator::new(test_budget())
+            .run(move |session| {
+                let input = if projected { expr.parse_input(&text) } else { Val::parse(&text) }?;
+                let outputs = session.evaluate(|ev| ev.all("map", &expr, input, &scope()))?;
+                Ok(outputs.iter().map(Val::to_json).collect())
+            })
+            .await
+    }
+
+    #[tokio::test]
+    async fn a_record_parsed_for_the_fields_an_expression_reads_gives_what_the_whole_does()
+    -> Result<(), EvalError> {
+        // A vendor record: escapes, a field given twice, nesting, numbers.
+        let record = r#"{"id": "cus_1", "object": "customer", "email": "Ada@X.io", "name": "Ada",
+            "metadata": {"plan": "pro", "seats": 3}, "balance": 1.5e3, "tags": ["a", "b"],
+            "address": null, "na\u006de": "Ada L", "phone": "", "created": 1700000000,
+            "extra": {"deep": [1, {"x": [true, false]}]}}"#;
+        let cases: &[(&str, &[&str])] = &[
+            ("{email, name, metadata: {source_id: .id}}", &["email", "id", "name"]),
+            (".email | ascii_downcase", &["email"]),
+            ("{email: (.email | ascii_downcase), plan: .metadata.plan}", &["email", "metadata"]),
+            (r#"."name", .["id"], .tags[1], .missing"#, &["id", "missing", "name", "tags"]),
+            ("if .balance > 100 then {vip: true} else {vip: false} end", &["balance"]),
+            (".extra.deep[1] | keys", &["extra"]),
+            ("[.tags[] | ascii_upcase] | join(\",\")", &["tags"]),
+            ("\"\\(.name) <\\(.email)>\"", &["email", "name"]),
+            (".phone // .email", &["email", "phone"]),
+            ("try (.name | tonumber) catch \"nan\"", &["name"]),
+            ("reduce .tags[] as $t (0; . + 1)", &["tags"]),
+            (".created as $c | {c: $c, id}", &["created", "id"]),
+            (".metadata | to_entries | map(.key)", &["metadata"]),
+            ("{a: null, b: true, id, $item}", &["id"]),
+            (".address.city?", &["address"]),
+            (".name | error", &["name"]),
+        ];
+        for (text, reads) in cases {
+            let expr = compile(text).map_err(EvalError::Failed)?;
+            let expected: BTreeSet<String> = reads.iter().map(|r| (*r).to_owned()).collect();
+            assert_eq!(expr.top_fields(), Some(&expected), "{text}");
+            let whole = outputs_on(&expr, record, false).await;
+            let projected = outputs_on(&expr, record, true).await;
+            assert_eq!(
+                format!("{projected:?}"),
+                format!("{whole:?}"),
+                "{text}: the projected record gave something else"
+            );
+        }
+        // Not an object: parsed whole, whatever the expression.
+        let expr = compile(".a").map_err(EvalError::Failed)?;
+        assert_eq!(
+            outputs_on(&expr, "[1]", true).await.is_err(),
+            outputs_on(&expr, "[1]", false).await.is_err()
+        );
+        assert!(
+            outputs_on(&expr, r#"{"a": 1, "b": [}"#, true).await.is_err(),
+            "bad JSON in a skipped field is still bad"
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn an_expression_that_reads_the_whole_record_gets_the_whole_record()
+    -> Result<(), EvalError> {
+        let record = r#"{"id": "cus_1", "email": "a@x", "metadata": {"k": "v"}, "n": 2}"#;
+        let whole_readers = [
+            ".",
+            "{id} + .",
+            "keys",
+            "to_entries | map(.key)",
+            "[..] | length",
+            "[.[]] | length",
+            "tojson",
+            ". as $r | $r.email",
+            "{email, all: .}",
+            ".[\"id\"] , .",
+            "if .n > 1 then . else {} end",
+            "if .n > 1 then {} end",
+            "del(.metadata)",
+            ".email = \"b@x\"",
+            "with_entries(.)",
+            "def f: .; f.email",
+            "{a: true} as $x | . + $x",
+            "length",
+            "@json",
+            ".[.email]",
+            "getpath([\"id\"])",
+            "$item, keys_unsorted",
+            "map_values(1)",
+            "reduce . as $r (0; 1)",
+            "reduce .id as {(.email): $v} (0; 1)",
+            "label $out | .",
+            "try . catch 1",
+            ".id // .",
+            "has(\"id\")",
+            "[paths]",
+        ];
+        for text in whole_readers {
+            let expr = compile(text).map_err(EvalError::Failed)?;
+            assert_eq!(expr.top_fields(), None, "{text} reads more than named fields");
+            let whole = outputs_on(&expr, record, false).await;
+            assert_eq!(
+                format!("{:?}", outputs_on(&expr, record, true).await),
+                format!("{whole:?}"),
+                "{text}"
+            );
+        }
+        assert_eq!(
+            outputs_on(&compile(".").map_err(EvalError::Failed)?, record, true).await?,
+            vec![
+                serde_json::from_str::<Value>(record)
+                    .map_err(|e| EvalError::Failed(e.to_string()))?
+            ]
+        );
+        Ok(())
     }
 
     #[tokio::test]

@@ -1,7 +1,11 @@
 //! What a dry run would do, and the field diff that both a dry run and a
 //! sync use to tell an update from a record already as wanted.
 
-use serde_json::Value;
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde_json::{Map, Value};
 
 pub use crate::store::plan::{PlanEntry, PlannedAction, StepPlan};
 
@@ -19,6 +23,78 @@ pub mod same;
 /// matches `"5"`), arrays compare whole.
 pub fn changed_fields(desired: &Value, current: &Value) -> Vec<String> {
     same::changed_fields(desired, current)
+}
+
+/// The top-level fields of the JSON object `text` that `wanted` names,
+/// parsed; every other field is checked as JSON but not built. `Ok(None)`
+/// when `text` is valid JSON but not an object (the caller parses it
+/// whole). A field given twice keeps its last value, as a whole parse does.
+///
+/// A sync compares a target record only at the fields the desired record
+/// sets (see [`changed_fields`]), so building the other twenty fields of a
+/// vendor record for every matched key is wasted work.
+pub fn object_fields(
+    text: &str,
+    wanted: &dyn Fn(&str) -> bool,
+) -> Result<Option<Value>, serde_json::Error> {
+    if !text.trim_start().starts_with('{') {
+        return Ok(None);
+    }
+    let mut parser = serde_json::Deserializer::from_str(text);
+    let fields = parser.deserialize_any(Projection { wanted })?;
+    parser.end()?;
+    Ok(fields.map(Value::Object))
+}
+
+/// A map key, borrowed from the text unless it holds escapes.
+struct Key<'de>(Cow<'de, str>);
+
+impl<'de> de::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v)))
+            }
+        }
+        deserializer.deserialize_str(KeyVisitor)
+    }
+}
+
+/// Builds an object of the wanted fields.
+struct Projection<'w> {
+    wanted: &'w dyn Fn(&str) -> bool,
+}
+
+impl<'de> Visitor<'de> for Projection<'_> {
+    type Value = Option<Map<String, Value>>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut fields = Map::new();
+        while let Some(Key(key)) = map.next_key()? {
+            if (self.wanted)(&key) {
+                let value: Value = map.next_value()?;
+                fields.insert(key.into_owned(), value);
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(Some(fields))
+    }
 }
 
 /// The value at a dotted path (`metadata.plan`) of a record.
@@ -72,6 +148,42 @@ mod tests {
             "the before of each changed field"
         );
         assert_eq!(values_at(&current, &[]), None);
+    }
+
+    #[test]
+    fn a_target_read_for_the_desired_fields_compares_as_the_whole_record() -> Result<(), String> {
+        let current = r#"{"id": "c1", "name": "Ada", "email": "ada@x", "metadata": {"plan": "pro", "seats": 3},
+            "phone": "", "tags": ["a"], "n": 5, "extra": {"deep": [1, {"x": null}]}, "na\u006de": "Esc", "n": "5"}"#;
+        let whole: Value = serde_json::from_str(current).map_err(|e| e.to_string())?;
+        let desired = [
+            json!({"name": "Ada", "metadata": {"plan": "pro"}}),
+            json!({"name": "Ada L", "metadata": {"seats": 4}, "phone": null}),
+            json!({"n": 5, "tags": ["a"], "missing": ""}),
+            json!({"n": "6", "extra": {"deep": [1, {"x": ""}]}}),
+            json!({"metadata": null, "email": "ada@y"}),
+            json!({}),
+        ];
+        for desired in &desired {
+            let Value::Object(wanted) = desired else { return Err(format!("{desired}")) };
+            let projected = object_fields(current, &|field| wanted.contains_key(field))
+                .map_err(|e| e.to_string())?
+                .ok_or("an object read as no object")?;
+            let changes = changed_fields(desired, &whole);
+            assert_eq!(changed_fields(desired, &projected), changes, "{desired}");
+            assert_eq!(values_at(&projected, &changes), values_at(&whole, &changes), "{desired}");
+        }
+        // An escaped name is the field it spells, and the last of two wins.
+        let both = object_fields(current, &|field| field == "name" || field == "n")
+            .map_err(|e| e.to_string())?;
+        assert_eq!(both, Some(json!({"name": "Esc", "n": "5"})));
+        assert_eq!(both.as_ref().and_then(|b| b.get("name")), whole.get("name"));
+        // Not an object: the caller parses it whole; bad JSON is an error.
+        assert_eq!(object_fields(" [1, 2]", &|_| true).map_err(|e| e.to_string())?, None);
+        assert_eq!(object_fields("5", &|_| true).map_err(|e| e.to_string())?, None);
+        assert!(object_fields(r#"{"a": 1"#, &|_| true).is_err());
+        assert!(object_fields(r#"{"a": 1} x"#, &|_| false).is_err());
+        assert!(object_fields(r#"{"a": [1,}"#, &|_| false).is_err());
+        Ok(())
     }
 
     #[test]

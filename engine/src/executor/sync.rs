@@ -26,7 +26,7 @@ use futures_util::stream::{self, FuturesUnordered};
 use serde_json::Value;
 
 use super::ops::{CallError, with_retry};
-use super::plan::{PlanEntry, PlannedAction, StepPlan, changed_fields, values_at};
+use super::plan::{PlanEntry, PlannedAction, StepPlan, changed_fields, object_fields, values_at};
 use super::sorted::{Buffer, Merged, run_path};
 use super::{RunCtx, StepCtx, StepEnd, StepError, sync_idempotency_key};
 use crate::connector::{
@@ -590,7 +590,7 @@ fn decide(
             // A second target record with a key already matched is left
             // alone rather than guessed at.
             tally.target_duplicates += to.len() as u64 - 1;
-            let current: Value = serde_json::from_str(current)
+            let current = target_fields(current, &record, &target_resource.id_field)
                 .map_err(|e| format!("sync: a sorted run holds a bad record: {e}"))?;
             let changes = changed_fields(&record, &current);
             // Only a plan shows the before: a real run saves the copy.
@@ -609,7 +609,8 @@ fn decide(
         (None, Some(_)) if matches!(&step.action, Action::Sync(spec) if spec.delete_missing) => {
             // Every target record with a key no source record has goes.
             for current in &to {
-                let current: Value = serde_json::from_str(current)
+                let id_only = Value::Object(serde_json::Map::new());
+                let current = target_fields(current, &id_only, &target_resource.id_field)
                     .map_err(|e| format!("sync: a sorted run holds a bad record: {e}"))?;
                 match current.get(&target_resource.id_field).and_then(json_key_text) {
                     Some(id) => removals.push((key.to_owned(), id)),
@@ -626,6 +627,21 @@ fn decide(
         (None, _) => {}
     }
     Ok(())
+}
+
+/// The target record `text` as far as comparing `desired` with it and
+/// pointing an update at it need: the fields `desired` sets and the id.
+/// Nothing else of the target is read ([`changed_fields`] leaves fields only
+/// the target has alone), so the rest is skipped, not built. A desired
+/// record or a target that is not an object is compared whole.
+fn target_fields(text: &str, desired: &Value, id_field: &str) -> Result<Value, serde_json::Error> {
+    if let Value::Object(wanted) = desired
+        && let Some(fields) =
+            object_fields(text, &|field| field == id_field || wanted.contains_key(field))?
+    {
+        return Ok(fields);
+    }
+    serde_json::from_str(text)
 }
 
 /// Keys a page of one side's records in one job on an evaluation thread,
@@ -652,8 +668,13 @@ async fn key_page(
         .run(move |session| {
             let mut keyed = Vec::with_capacity(records.len());
             for text in records {
-                let record = Val::parse(&text)
-                    .map_err(|e| format!("plugin {plugin}: list returned a record that is {e}"))?;
+                // Only what the expression that reads the record reads of it.
+                let record = match (&map, side) {
+                    (Some(map), Side::Source) => map.parse_input(&text),
+                    (_, Side::Source) => Val::parse(&text),
+                    (_, Side::Target) => key_expr.parse_input(&text),
+                }
+                .map_err(|e| format!("plugin {plugin}: list returned a record that is {e}"))?;
                 session.evaluate(|ev| {
                     match &map {
                         Some(map) if side == Side::Source => {

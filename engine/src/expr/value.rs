@@ -15,8 +15,10 @@
 //! The natives of `jaq_json` (`length`, `tojson`, `fromjson`, …) are tied to
 //! jaq's own value type; [`funs`] gives the same set for this one.
 
+use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
 use std::cmp::Ordering;
+use std::collections::BTreeSet;
 use std::fmt;
 
 use jaq_core::box_iter::BoxIter;
@@ -90,6 +92,22 @@ impl Val {
         let raw: Raw = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
         let depth = if is_container(&raw) { PARSED_DEPTH } else { 0 };
         Ok(Val { raw, depth })
+    }
+
+    /// JSON text as a value of which only the top-level `fields` of an
+    /// object are built; the others are checked as JSON and skipped. For an
+    /// expression that provably reads no more of it (see
+    /// [`Expr::top_fields`](super::Expr::top_fields)): it then gives what
+    /// [`Val::parse`] would. Anything but an object is parsed whole.
+    pub fn parse_fields(text: &str, fields: &BTreeSet<String>) -> Result<Val, String> {
+        if !text.trim_start().starts_with('{') {
+            return Val::parse(text);
+        }
+        let mut parser = serde_json::Deserializer::from_str(text);
+        let raw = serde::Deserializer::deserialize_map(&mut parser, Projection { fields })
+            .and_then(|raw| parser.end().map(|()| raw))
+            .map_err(|e| format!("not JSON: {e}"))?;
+        Ok(Val { raw, depth: PARSED_DEPTH })
     }
 
     /// A JSON value as a jq value.
@@ -1100,6 +1118,58 @@ pub(crate) fn funs() -> impl Iterator<Item = Fun<Budgeted>> {
         }),
     ];
     natives.into_iter().map(run::<Budgeted>)
+}
+
+/// An object's field name, borrowed from the text unless it holds escapes.
+struct FieldName<'de>(Cow<'de, str>);
+
+impl<'de> serde::Deserialize<'de> for FieldName<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct NameVisitor;
+        impl<'de> serde::de::Visitor<'de> for NameVisitor {
+            type Value = FieldName<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<FieldName<'de>, E> {
+                Ok(FieldName(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<FieldName<'de>, E> {
+                Ok(FieldName(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<FieldName<'de>, E> {
+                Ok(FieldName(Cow::Owned(v)))
+            }
+        }
+        deserializer.deserialize_str(NameVisitor)
+    }
+}
+
+/// Builds an object of the wanted fields, as jaq's own parse would build
+/// them (a field given twice keeps its first place and last value).
+struct Projection<'f> {
+    fields: &'f BTreeSet<String>,
+}
+
+impl<'de> serde::de::Visitor<'de> for Projection<'_> {
+    type Value = Raw;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Raw, A::Error> {
+        let mut kept = Vec::new();
+        while let Some(FieldName(name)) = map.next_key()? {
+            if self.fields.contains(name.as_ref()) {
+                let value: Raw = map.next_value()?;
+                kept.push((Raw::utf8_str(name.into_owned().into_bytes()), value));
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+        Ok(Raw::obj(kept.into_iter().collect()))
+    }
 }
 
 #[cfg(test)]
