@@ -557,7 +557,7 @@ async fn forward(
             outgoing = outgoing.header(name, value);
         }
     }
-    let upstream = outgoing
+    let mut upstream = outgoing
         .body(body.to_vec())
         .send()
         .await
@@ -568,9 +568,16 @@ async fn forward(
         .iter()
         .filter_map(|(n, v)| Some((n.as_str().to_owned(), v.to_str().ok()?.to_owned())))
         .collect();
-    let bytes = upstream.bytes().await.map_err(|e| format!("the endpoint's body: {e}"))?;
-    if bytes.len() > MAX_BODY_BYTES {
-        return Err(format!("the endpoint answered more than {MAX_BODY_BYTES} bytes"));
+    // Read chunk by chunk, so an endpoint that answers without end is
+    // refused at the cap instead of buffered whole first.
+    let mut bytes = Vec::new();
+    while let Some(chunk) =
+        upstream.chunk().await.map_err(|e| format!("the endpoint's body: {e}"))?
+    {
+        if bytes.len() + chunk.len() > MAX_BODY_BYTES {
+            return Err(format!("the endpoint answered more than {MAX_BODY_BYTES} bytes"));
+        }
+        bytes.extend_from_slice(&chunk);
     }
     let exchange = Exchange {
         request: redaction.request(
@@ -586,7 +593,7 @@ async fn forward(
             &bytes,
         ),
     };
-    Ok((exchange, answer(status, &headers, bytes.to_vec())))
+    Ok((exchange, answer(status, &headers, bytes)))
 }
 
 /// A loopback server answering from fixtures, keeping every request they
