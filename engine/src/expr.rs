@@ -44,7 +44,7 @@ use tokio_util::sync::CancellationToken;
 pub use self::meter::MAX_VALUE_DEPTH;
 use self::meter::{Exhausted, Interrupted, thousands};
 pub use self::value::Val;
-use self::value::{Budgeted, Program};
+use self::value::{Budgeted, Program, Raw};
 
 /// The variables every expression may use, in the order their values are
 /// passed to jaq.
@@ -109,6 +109,68 @@ pub struct Expr {
     filter: Arc<Filter>,
     /// The only top-level fields of its input it reads, when provable.
     top_fields: Option<Arc<BTreeSet<String>>>,
+    /// When the expression is a plain `$variable.field.field`: which
+    /// variable and fields, so a template can look it up without an
+    /// evaluation thread (see [`Template::render_inline`]).
+    var_path: Option<Arc<VarPath>>,
+}
+
+/// An expression of the form `$variable.field.field…`.
+#[derive(Debug)]
+struct VarPath {
+    /// The variable's place in [`VARIABLES`].
+    variable: usize,
+    fields: Vec<Raw>,
+}
+
+/// The longest string an inline lookup returns; a longer value, and any
+/// array or object, is left to an evaluation thread, where its copy is
+/// charged to the budget.
+const INLINE_STRING_BYTES: usize = 4 << 10;
+
+/// jq's keywords: `.if` and the like are left to jaq to interpret.
+const KEYWORDS: [&str; 17] = [
+    "and", "or", "not", "as", "def", "if", "then", "elif", "else", "end", "reduce", "foreach",
+    "try", "catch", "label", "import", "include",
+];
+
+impl VarPath {
+    /// The path `text` spells, when it is nothing but a known variable and
+    /// plain field names.
+    fn parse(text: &str) -> Option<VarPath> {
+        let rest = text.trim().strip_prefix('$')?;
+        let mut names = rest.split('.');
+        let variable_name = names.next()?;
+        let variable = VARIABLES.iter().position(|v| v[1..] == *variable_name)?;
+        let is_name = |name: &str| {
+            name.bytes().next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                && !KEYWORDS.contains(&name)
+        };
+        let fields = names.map(|name| is_name(name).then(|| Raw::from(name.to_owned())));
+        Some(VarPath { variable, fields: fields.collect::<Option<Vec<_>>>()? })
+    }
+
+    /// The value at this path in `scope`, when it is found without jq:
+    /// every step is an object or `null` (as jq, `null.a` is `null`) and
+    /// the value is a scalar (a string no longer than
+    /// [`INLINE_STRING_BYTES`]). `None` leaves the expression to jaq, which
+    /// also gives the error for indexing anything else.
+    fn lookup(&self, scope: &Scope) -> Option<Value> {
+        let mut at = scope.variables()[self.variable].raw();
+        for field in &self.fields {
+            at = match at {
+                Raw::Null => return Some(Value::Null),
+                Raw::Obj(map) => map.get(field).unwrap_or(&Raw::Null),
+                _ => return None,
+            };
+        }
+        match at {
+            Raw::Arr(_) | Raw::Obj(_) => None,
+            Raw::TStr(b) | Raw::BStr(b) if b.len() > INLINE_STRING_BYTES => None,
+            scalar => Some(Val::scalar(scalar.clone()).to_json()),
+        }
+    }
 }
 
 impl std::fmt::Debug for Expr {
@@ -208,17 +270,22 @@ impl Scope {
         &self.context
     }
 
+    /// Every variable's value, in the order of [`VARIABLES`].
+    fn variables(&self) -> [&Val; VARIABLES.len()] {
+        [
+            &self.inputs,
+            &self.steps,
+            &self.item,
+            &self.run,
+            &self.state,
+            &self.last_success,
+            &self.page,
+            &self.inputs_given,
+        ]
+    }
+
     fn vars(&self) -> Vars<Val> {
-        Vars::new([
-            self.inputs.clone(),
-            self.steps.clone(),
-            self.item.clone(),
-            self.run.clone(),
-            self.state.clone(),
-            self.last_success.clone(),
-            self.page.clone(),
-            self.inputs_given.clone(),
-        ])
+        Vars::new(self.variables().map(Val::clone))
     }
 }
 
@@ -278,7 +345,8 @@ impl Expr {
             })
         })?;
         let top_fields = top_fields.map(Arc::new);
-        Ok(Expr { text: text.into(), filter: Arc::new(filter), top_fields })
+        let var_path = VarPath::parse(text).map(Arc::new);
+        Ok(Expr { text: text.into(), filter: Arc::new(filter), top_fields, var_path })
     }
 
     /// The top-level fields of its input (`.NAME`, `{NAME}`) that are all
@@ -624,8 +692,11 @@ impl Evaluator {
         template: &Template,
         scope: &Scope,
     ) -> Result<Value, EvalError> {
-        if let Node::Literal(value) = template.root.as_ref() {
-            return Ok(value.clone());
+        // A template of plain `$variable.field` lookups (`$page.number`,
+        // `$item.id`) needs no evaluation thread: a thread's wake-up costs
+        // more than the lookup, once per page or item.
+        if let Some(value) = template.root.render_inline(scope) {
+            return Ok(value);
         }
         let (field, template, scope) = (field.to_owned(), template.clone(), scope.clone());
         self.run(move |session| session.evaluate(|ev| ev.render(&field, &template, &scope))).await
@@ -838,11 +909,7 @@ impl<'e> Evaluation<'e> {
                 for part in parts {
                     match part {
                         Part::Text(t) => out.push_str(t),
-                        Part::Expr(e) => match self.render_expr(e, scope)? {
-                            Some(Value::String(s)) => out.push_str(&s),
-                            None | Some(Value::Null) => {}
-                            Some(other) => out.push_str(&other.to_string()),
-                        },
+                        Part::Expr(e) => splice(&mut out, self.render_expr(e, scope)?),
                     }
                 }
                 Ok(Value::String(out))
@@ -869,6 +936,16 @@ impl<'e> Evaluation<'e> {
                 Ok(Value::Object(out))
             }
         }
+    }
+}
+
+/// Appends an expression's value to a string it is spliced into: a string
+/// as it is, nothing for `null` or no output, anything else as JSON.
+fn splice(out: &mut String, value: Option<Value>) {
+    match value {
+        Some(Value::String(s)) => out.push_str(&s),
+        None | Some(Value::Null) => {}
+        Some(other) => out.push_str(&other.to_string()),
     }
 }
 
@@ -1029,6 +1106,37 @@ impl Node {
                 }
             }
             other => Ok(Node::Literal(other)),
+        }
+    }
+
+    /// The node's value when every expression in it is a
+    /// [`VarPath`] that [`VarPath::lookup`] answers: what an evaluation
+    /// would give, without one.
+    fn render_inline(&self, scope: &Scope) -> Option<Value> {
+        let lookup = |e: &Expr| e.var_path.as_ref().and_then(|path| path.lookup(scope));
+        match self {
+            Node::Literal(v) => Some(v.clone()),
+            Node::Whole(e) => lookup(e),
+            Node::Splice(parts) => {
+                let mut out = String::new();
+                for part in parts {
+                    match part {
+                        Part::Text(t) => out.push_str(t),
+                        Part::Expr(e) => splice(&mut out, Some(lookup(e)?)),
+                    }
+                }
+                Some(Value::String(out))
+            }
+            Node::Array(items) => items
+                .iter()
+                .map(|item| item.render_inline(scope))
+                .collect::<Option<_>>()
+                .map(Value::Array),
+            Node::Object(fields) => fields
+                .iter()
+                .map(|(key, item)| Some((key.clone(), item.render_inline(scope)?)))
+                .collect::<Option<_>>()
+                .map(Value::Object),
         }
     }
 
@@ -1650,6 +1758,77 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(err.starts_with("record.tags[1]: the expression `def f: f; f` exceeded its budget of 1,000,000 evaluation steps"), "{err}");
+        Ok(())
+    }
+
+    /// A template rendered on an evaluation thread, never inline.
+    async fn rendered_by_jaq(template: &Template, scope: &Scope) -> Result<Value, String> {
+        let (template, scope) = (template.clone(), scope.clone());
+        Evaluator::new(test_budget())
+            .run(move |session| session.evaluate(|ev| ev.render("t", &template, &scope)))
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    #[tokio::test]
+    async fn plain_variable_paths_render_inline_as_jaq_renders_them() -> Result<(), String> {
+        let long = "x".repeat(INLINE_STRING_BYTES + 1);
+        let s = scope()
+            .with_page(&json!({"number": 3, "cursor": null, "records": [{"id": 1}]}))
+            .with_state(&json!({"since": 1_700_000_000, "name": "ä", "f": 1.5, "long": long, "big": 12345678901234567890_u64, "deep": {"on": true}}));
+        let inline = [
+            json!("${{ $page.number }}"),
+            json!("${{ $page.cursor }}"),
+            json!("${{ $page.missing.deeper }}"),
+            json!("${{$state.since}}"),
+            json!("${{ $state.f }}"),
+            json!("${{ $state.big }}"),
+            json!("${{ $state.deep.on }}"),
+            json!("${{ $item.id }}"),
+            json!("${{ $last_success.id }}"),
+            json!("${{ $steps.lookup.id }}"),
+            json!(
+                "name ${{ $state.name }} at ${{ $page.number }}, ${{ $page.cursor }}${{ $state.deep.on }}"
+            ),
+            json!({"a": ["${{ $state.since }}", 1], "b": "${{ $run.workflow }}"}),
+        ];
+        for template in inline {
+            let compiled = Template::compile(template.clone()).map_err(|e| e.error.message)?;
+            let quick = compiled.root.render_inline(&s);
+            assert!(quick.is_some(), "{template} should render inline");
+            assert_eq!(quick, Some(rendered_by_jaq(&compiled, &s).await?), "{template}");
+        }
+        // Left to jaq: containers (their copy is charged), long strings,
+        // anything but a path, a keyword, and indexing a non-object (jaq
+        // names the error).
+        let left = [
+            "${{ $page.records }}",
+            "${{ $page }}",
+            "${{ $state.deep }}",
+            "${{ $state.long }}",
+            "${{ $page.number + 1 }}",
+            "${{ $page.number? }}",
+            "${{ $page[\"number\"] }}",
+            "${{ .inputs.email }}",
+            "${{ $item.id.x }}",
+            "${{ $state.if }}",
+            "n ${{ $page.records }}",
+        ];
+        for text in left {
+            let compiled = Template::compile(json!(text)).map_err(|e| e.error.message)?;
+            assert_eq!(compiled.root.render_inline(&s), None, "{text}");
+        }
+        let err = Evaluator::new(test_budget())
+            .render(
+                "t",
+                &Template::compile(json!("${{ $item.id.x }}")).map_err(|e| e.error.message)?,
+                &s,
+            )
+            .await
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("cannot index"), "{err}");
         Ok(())
     }
 

@@ -354,45 +354,27 @@ where
             }
             None => page.records,
         };
-        if !step.state.is_empty() {
-            // The step's state after this page, committed with it: a run
-            // that fails later keeps the progress of the pages before.
-            // A page's records are parsed and handed over only when the
-            // state reads them: `$page.number` or `$page.cursor` alone costs
-            // no conversion of a thousand records a page.
-            let parsed = if state_reads_records {
-                records
-                    .iter()
-                    .map(|r| serde_json::from_str::<serde_json::Value>(r))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| {
-                        format!("a record of plugin {} is not JSON: {e}", endpoint.name())
-                    })?
-            } else {
-                Vec::new()
-            };
-            let page_value = serde_json::json!({
-                "records": parsed,
-                "cursor": page.next_cursor,
-                "number": state.pages + 1,
-            });
-            let evaluated = super::state::evaluate(
-                &evaluator,
-                step,
-                &scope.with_page(&page_value),
-                run_state,
-                &mut state.state_write,
-                ctx.dry_run,
-            )
-            .await;
-            match evaluated {
-                Ok(()) => {}
-                Err(EvalError::Stopped) => {
-                    return Ok(ctx.stop_reason().unwrap_or(StepEnd::Interrupted));
-                }
-                Err(e) => return Err(e.into_message().into()),
-            }
-        }
+        // The step's state after this page, committed with it: a run that
+        // fails later keeps the progress of the pages before. Its job goes
+        // to an evaluation thread now and is awaited only once the next
+        // page is asked for, so the thread's wake-up and the evaluation
+        // overlap the fetch instead of adding to every page.
+        let mut evaluation = std::pin::pin!(page_state(
+            &evaluator,
+            step,
+            scope,
+            run_state,
+            state.state_write.clone(),
+            PageSeen {
+                records: &records,
+                reads_records: state_reads_records,
+                cursor: page.next_cursor.as_deref(),
+                number: state.pages + 1,
+                plugin: endpoint.name(),
+                dry_run: ctx.dry_run,
+            },
+        ));
+        let started = futures_util::FutureExt::now_or_never(evaluation.as_mut());
         // Reading ahead is harmless (a read has no effect at the vendor), so
         // the next page is fetched while this one is written and stored:
         // the vendor's time and the store's overlap. The next page is used
@@ -404,6 +386,18 @@ where
             _ => None,
         };
         let store = async {
+            let evaluated = match started {
+                Some(evaluated) => evaluated,
+                None => evaluation.await,
+            };
+            match evaluated {
+                Ok(write) => state.state_write = write,
+                Err(PageStateError::Eval(EvalError::Stopped)) => {
+                    return Ok(Some(ctx.stop_reason().unwrap_or(StepEnd::Interrupted)));
+                }
+                Err(PageStateError::Eval(e)) => return Err(e.into_message().into()),
+                Err(PageStateError::Record(message)) => return Err(message.into()),
+            }
             pages.append(&records)?;
             state.counts.read += records.len() as u64;
             state.pages += 1;
@@ -411,7 +405,7 @@ where
             if pages.due(state) {
                 pages.start_commit(ctx, state).await?;
             }
-            Ok::<(), StepError>(())
+            Ok::<Option<StepEnd>, StepError>(None)
         };
         // The fetch is polled first, so the request is on its way before
         // the store's own work starts.
@@ -425,7 +419,9 @@ where
             store,
         )
         .await;
-        stored?;
+        if let Some(end) = stored? {
+            return Ok(end);
+        }
         ctx.observer.page_committed(step, state.counts.read);
         prefetched = next;
         if state.cursor.is_none() {
@@ -433,6 +429,72 @@ where
         }
     }
     Ok(StepEnd::Done)
+}
+
+/// What a list step's `state` sees of the page just read, as `$page`.
+struct PageSeen<'a> {
+    records: &'a [String],
+    /// Whether a state template reads `$page.records` (or `$page` whole):
+    /// only then are the page's records parsed and handed over, so
+    /// `$page.number` or `$page.cursor` alone costs no conversion of a
+    /// thousand records a page.
+    reads_records: bool,
+    cursor: Option<&'a str>,
+    number: u32,
+    plugin: &'a str,
+    dry_run: bool,
+}
+
+/// Why a page's state could not be evaluated.
+enum PageStateError {
+    Eval(EvalError),
+    Record(String),
+}
+
+/// The step's state write after a page: `write` with the values the
+/// step's `state` templates give for `page`. Nothing to do, and no
+/// evaluation thread involved, when the step sets no state.
+async fn page_state(
+    evaluator: &Evaluator,
+    step: &crate::workflow::Step,
+    scope: &Scope,
+    run_state: &super::state::RunState,
+    mut write: Option<StateWrite>,
+    page: PageSeen<'_>,
+) -> Result<Option<StateWrite>, PageStateError> {
+    if step.state.is_empty() {
+        return Ok(write);
+    }
+    let parsed = if page.reads_records {
+        page.records
+            .iter()
+            .map(|r| serde_json::from_str::<serde_json::Value>(r))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| {
+                PageStateError::Record(format!(
+                    "a record of plugin {} is not JSON: {e}",
+                    page.plugin
+                ))
+            })?
+    } else {
+        Vec::new()
+    };
+    let page_value = serde_json::json!({
+        "records": parsed,
+        "cursor": page.cursor,
+        "number": page.number,
+    });
+    super::state::evaluate(
+        evaluator,
+        step,
+        &scope.with_page(&page_value),
+        run_state,
+        &mut write,
+        page.dry_run,
+    )
+    .await
+    .map_err(PageStateError::Eval)?;
+    Ok(write)
 }
 
 /// Applies `map` to each record of a page, in one job on an evaluation

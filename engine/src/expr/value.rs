@@ -66,8 +66,14 @@ impl fmt::Debug for Val {
 }
 
 impl Val {
-    fn scalar(raw: Raw) -> Val {
+    /// A value that holds no array or object.
+    pub(crate) fn scalar(raw: Raw) -> Val {
         Val { raw, depth: 0 }
+    }
+
+    /// The jaq value itself.
+    pub(crate) fn raw(&self) -> &Raw {
+        &self.raw
     }
 
     /// A part of a value `depth` deep.
