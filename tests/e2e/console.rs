@@ -626,3 +626,111 @@ async fn a_dry_runs_plan_shows_each_changed_field_before_and_after() -> TestResu
     server.shutdown().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_workflows_state_is_shown_escaped_to_signed_in_callers_only() -> TestResult {
+    use super::serve::key_file;
+    let (_emulator, stripe_server) = stripe(FaultConfig::default(), 0).await?;
+    let files = tempfile::tempdir()?;
+    let state = tempfile::tempdir()?;
+    let made = tokens(state.path(), &[("watcher", Role::Viewer), ("ops", Role::Operator)]).await?;
+    let (viewer, operator) = (&made[0], &made[1]);
+    let text = format!(
+        r#"[workflow]
+name = "stateful"
+
+[inputs.email]
+type = "string"
+
+[state.count]
+default = 0
+
+[state.last_email]
+default = "nobody"
+
+[connections.stripe]
+plugin = "stripe"
+credentials = "{key}"
+base_url = "{base_url}"
+rate_limit = "10000/s"
+
+[[step]]
+id = "customer"
+upsert = "stripe.customers"
+record = {{ email = "${{{{ .inputs.email }}}}" }}
+state = {{ count = "${{{{ $state.count + 1 }}}}", last_email = "${{{{ .inputs.email }}}}" }}
+"#,
+        key = key_file(files.path())?,
+        base_url = stripe_server.base_url(),
+    );
+    let workflow = super::support::workflow(files.path(), &text)?;
+    let server =
+        start_with(state.path(), ServeConfig { workflows: vec![workflow], ..config()? }).await?;
+    let base = format!("http://{}", server.addr);
+    let client = client()?;
+
+    // The state route is the API's: no token, no state.
+    let route = format!("{base}/api/workflows/stateful/state");
+    let anonymous = client.get(&route).send().await?;
+    assert_eq!(anonymous.status(), 401);
+    assert!(!anonymous.text().await?.contains("nobody"), "no value without a token");
+    assert_eq!(client.get(&route).bearer_auth("weft_not_a_token").send().await?.status(), 401);
+    assert_eq!(client.get(&route).bearer_auth(viewer).send().await?.status(), 200);
+    // Nor the console's page without a session.
+    let unsigned = client.get(format!("{base}/workflows/stateful")).send().await?;
+    assert_eq!(unsigned.status(), StatusCode::SEE_OTHER, "to the sign-in page");
+
+    let watcher = sign_in(&client, &base, viewer).await?;
+    let page = |path: String| {
+        let (client, cookie) = (client.clone(), watcher.cookie.clone());
+        async move {
+            let answer = client.get(path).header("cookie", cookie).send().await?;
+            assert_eq!(answer.status(), 200);
+            TestResult::Ok(answer.text().await?)
+        }
+    };
+    let before = page(format!("{base}/workflows/stateful")).await?;
+    let table = before.split("id=\"state\"").nth(1).ok_or("a state table")?;
+    assert!(table.contains("<td><code>count</code></td><td><code>0</code></td>"), "{before}");
+    assert!(before.contains("never changed"), "{before}");
+
+    let script = "<script>alert(1)</script>@example.com";
+    let body = serde_json::json!({ "email": script }).to_string();
+    let started = post_json(&client, format!("{base}/api/workflows/stateful/runs"), &body)
+        .bearer_auth(operator)
+        .send()
+        .await?;
+    assert_eq!(started.status(), 202);
+    let run: Value = serde_json::from_slice(&started.bytes().await?)?;
+    let run = run["run_id"].as_str().ok_or("run id")?.to_owned();
+    let authed = reqwest::Client::builder()
+        .default_headers(
+            [(reqwest::header::AUTHORIZATION, format!("Bearer {viewer}").parse()?)]
+                .into_iter()
+                .collect(),
+        )
+        .build()?;
+    let detail = wait_finished(&authed, &base, &run).await?;
+    assert_eq!(detail["status"], "succeeded", "{detail:#}");
+
+    let after = page(format!("{base}/workflows/stateful")).await?;
+    let table = after.split("id=\"state\"").nth(1).ok_or("a state table")?;
+    assert!(table.contains("<td><code>count</code></td><td><code>1</code></td>"), "{after}");
+    assert!(!after.contains("<script>alert"), "the value is escaped: {after}");
+    assert!(after.contains("&lt;script&gt;alert(1)&lt;/script&gt;@example.com"), "{after}");
+    assert!(
+        after.contains(&format!("last changed by run <a href=\"/runs/{run}\">")),
+        "the run that set it: {after}"
+    );
+    let run_page = page(format!("{base}/runs/{run}")).await?;
+    let changes = run_page.split("id=\"state-changes\"").nth(1).ok_or("a state changes table")?;
+    assert!(
+        changes.contains(
+            "<td>customer</td><td><code>count</code></td><td><code>0</code></td><td><code>1</code>"
+        ),
+        "{run_page}"
+    );
+    assert!(!run_page.contains("<script>alert"), "{run_page}");
+    server.shutdown().await;
+    Ok(())
+}

@@ -40,7 +40,8 @@ use super::{API_BODY_LIMIT, Refusal, RunOptions, Server};
 use crate::executor::Executor;
 use crate::executor::plan::at_path;
 use crate::store::{
-    MAX_PAGE, Role, RunQuery, RunRow, RunTrigger, Status, StepState, StoreError, now_ms,
+    MAX_PAGE, Role, RunQuery, RunRow, RunTrigger, Status, StepState, StoreError, WorkflowState,
+    now_ms,
 };
 use crate::workflow::inputs::{InputSpec, InputType};
 
@@ -545,6 +546,7 @@ async fn run_page(
                 }
             }
         }
+        (state_changes(&steps))
         @for state in steps.iter().filter(|s| s.plan.is_some()) {
             (plan_section(state))
         }
@@ -859,10 +861,10 @@ async fn workflow_page(
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> Response {
-    workflow_view(&server, &caller, &name, &BTreeMap::new(), None)
+    workflow_view(&server, &caller, &name, &BTreeMap::new(), None).await
 }
 
-fn workflow_view(
+async fn workflow_view(
     server: &Server,
     caller: &Caller,
     name: &str,
@@ -877,6 +879,16 @@ fn workflow_view(
         );
     };
     let w = &served.workflow;
+    let state = if w.state.is_empty() {
+        None
+    } else {
+        match server.executor.store().workflow_state(name).await {
+            Ok(stored) => Some(stored),
+            Err(e) => {
+                return error_page(Some(caller), StatusCode::INTERNAL_SERVER_ERROR, &e.to_string());
+            }
+        }
+    };
     let body = html! {
         h1 { "Workflow " (w.name) }
         p { (w.description) }
@@ -888,6 +900,9 @@ fn workflow_view(
             dt { "Steps" } dd { @for (i, s) in w.steps.iter().enumerate() { @if i > 0 { ", " } (s.id) " (" (s.action.name()) ")" } }
         }
         p { a href={ "/?workflow=" (url::form_urlencoded::byte_serialize(name.as_bytes()).collect::<String>()) } { "Runs of this workflow" } }
+        @if let Some(stored) = &state {
+            (state_section(w, stored))
+        }
         @if caller.may(Role::Operator) {
             h2 { "Start a run" }
             @if let Some(problem) = problem {
@@ -912,6 +927,81 @@ fn workflow_view(
         if problem.is_some() { StatusCode::UNPROCESSABLE_ENTITY } else { StatusCode::OK },
         page(&w.name, Some(caller), false, body),
     )
+}
+
+/// The most of one state value a page shows; `weft state show` and the
+/// API give it whole.
+const SHOWN_STATE_BYTES: usize = 2 << 10;
+
+/// A state value as compact JSON, cut to [`SHOWN_STATE_BYTES`].
+fn state_value(value: &Value) -> String {
+    let text = value.to_string();
+    match text.char_indices().map(|(i, _)| i).find(|&i| i > SHOWN_STATE_BYTES) {
+        Some(cut) => format!("{}… ({} bytes in all)", &text[..cut], text.len()),
+        None => text,
+    }
+}
+
+/// The workflow's state as its next run reads it: each declared value
+/// (stored, else its default), and which run and step changed it last.
+fn state_section(w: &crate::workflow::Workflow, stored: &WorkflowState) -> Markup {
+    let values = w.state_values(&stored.values);
+    html! {
+        h2 { "State" }
+        p #state-origin {
+            "Version " (stored.version) ": "
+            @match (&stored.run, &stored.step, stored.updated_ms) {
+                (_, _, None) => { "never changed." }
+                (Some(run), Some(step), Some(at)) => {
+                    "last changed by run " a href={ "/runs/" (run) } { code { (run) } } ", step " code { (step) } " at " (time(at)) " UTC."
+                }
+                (_, _, Some(at)) => { "last changed by hand (weft state set or reset) at " (time(at)) " UTC." }
+            }
+        }
+        div.scroll {
+            table #state {
+                thead { tr { th { "Name" } th { "Value" } th { "Default" } } }
+                tbody {
+                    @for spec in &w.state {
+                        tr {
+                            td { code { (spec.name) } }
+                            td { code { (state_value(values.get(&spec.name).unwrap_or(&Value::Null))) } }
+                            td { code { (state_value(&spec.default)) } }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What the run's steps changed in the workflow's state: each value from
+/// before to after (planned only, for a dry run).
+fn state_changes(steps: &[StepState]) -> Markup {
+    html! {
+        @if steps.iter().any(|s| s.state_write.as_ref().is_some_and(|w| !w.values.is_empty())) {
+            h2 { "State changes" }
+            div.scroll {
+                table #state-changes {
+                    thead { tr { th { "Step" } th { "Name" } th { "Before" } th { "After" } } }
+                    tbody {
+                        @for step in steps {
+                            @if let Some(write) = &step.state_write {
+                                @for (name, value) in &write.values {
+                                    tr {
+                                        td { (step.id) }
+                                        td { code { (name) } }
+                                        td { code { (state_value(write.before.get(name).unwrap_or(&Value::Null))) } }
+                                        td { code { (state_value(value)) } @if write.planned { " " span.tag { "planned: dry run" } } }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn input_field(input: &InputSpec, given: Option<&str>) -> Markup {
@@ -995,7 +1085,9 @@ async fn start_action(
     }
     let inputs = match form_inputs(&served.workflow.inputs, &given) {
         Ok(inputs) => inputs,
-        Err(problem) => return workflow_view(&server, &caller, &name, &given, Some(&problem)),
+        Err(problem) => {
+            return workflow_view(&server, &caller, &name, &given, Some(&problem)).await;
+        }
     };
     let options = RunOptions {
         inputs,
@@ -1007,7 +1099,7 @@ async fn start_action(
     match server.start_for(&name, options).await {
         Ok(run) => see_other(&format!("/runs/{}", run.id)),
         Err(refusal) if refusal.status == StatusCode::UNPROCESSABLE_ENTITY => {
-            workflow_view(&server, &caller, &name, &given, Some(&refusal.message))
+            workflow_view(&server, &caller, &name, &given, Some(&refusal.message)).await
         }
         Err(refusal) => refused(&caller, refusal),
     }
