@@ -1,13 +1,15 @@
 //! Language gaps the seed scenarios found, end to end against the
-//! emulators: a sync whose source is an earlier list step's records, fields
+//! emulators: a sync whose source is an earlier list step's records (and
+//! its resume from the run store), fields
 //! sent only on create, telling a given input from its default, and a dry
 //! run that plans the id of the record an upsert matches.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::json;
-use weft::executor::{RunOptions, Silent};
-use weft::store::Status;
+use weft::executor::{Observer, RunOptions, Silent, StepSummary, StopSignal};
+use weft::store::{Status, StepState};
+use weft::workflow::Step;
 
 use super::support::{Harness, TestResult, overrides, sandbox, workflow, writes};
 
@@ -85,6 +87,120 @@ async fn a_sync_from_an_earlier_list_step_copies_exactly_that_steps_records() ->
         let c = again.steps[1].counts;
         assert_eq!((c.created, c.updated, c.unchanged), (0, 0, 7), "{backend}: {c:?}");
         assert_eq!(mirrored(&sandbox), copied, "{backend}: the same seven");
+    }
+    Ok(())
+}
+
+/// Stops the run (as SIGTERM would) when the list step `step` finishes,
+/// or, for the sync, when it commits a group once GrowPanel has taken
+/// writes (its first groups are the sorted source, before any write).
+struct StopInStep {
+    step: &'static str,
+    stop: StopSignal,
+    growpanel: weft_sandbox::requests::RequestLog,
+}
+
+impl Observer for StopInStep {
+    fn items_committed(&self, step: &Step, _done: u64) {
+        if step.id == self.step && writes(&self.growpanel) > 0 {
+            self.stop.shutdown.cancel();
+        }
+    }
+
+    fn step_finished(&self, step: &Step, _state: &StepState, _summary: &StepSummary) {
+        if step.id == self.step && step.id != "mirror" {
+            self.stop.shutdown.cancel();
+        }
+    }
+}
+
+/// How many times each GrowPanel id was created by a request that
+/// succeeded.
+fn growpanel_creates(sandbox: &weft_sandbox::Sandbox) -> TestResult<BTreeMap<String, usize>> {
+    let mut created = BTreeMap::new();
+    for request in sandbox.growpanel.emulator.requests().requests() {
+        if request.method == "POST" && (200..300).contains(&request.status) {
+            let rows = match serde_json::from_str::<serde_json::Value>(&request.body)? {
+                serde_json::Value::Array(rows) => rows,
+                row => vec![row],
+            };
+            for id in rows.iter().filter_map(|row| row["id"].as_str()) {
+                *created.entry(id.to_owned()).or_default() += 1;
+            }
+        }
+    }
+    Ok(created)
+}
+
+const FROM_STEP_WHOLE: &str = r#"
+[[step]]
+id = "all"
+list = "stripe.customers"
+page_size = 100
+
+[[step]]
+id = "mirror"
+sync = { from = "steps.all", to = "growpanel.customers", key = "id" }
+map = '{id: ("m_" + .id), name: (.name // .email), email, created_date: "2026-01-01", country: "US"}'
+"#;
+
+#[tokio::test]
+async fn a_sync_from_a_step_resumes_from_the_stored_records_and_writes_each_once() -> TestResult {
+    // Interrupted after its list step, and again in the middle of the sync
+    // (past its first group of 500 writes): each resume reads the list's
+    // records from the run store, never Stripe again, and every record is
+    // created in GrowPanel exactly once.
+    const CUSTOMERS: usize = 1_200;
+    for (stop_in, label) in [("all", "after the list"), ("mirror", "inside the sync")] {
+        for harness in Harness::each("a_sync_from_a_step_resumes").await? {
+            let backend = harness.backend();
+            let sandbox = sandbox(CUSTOMERS).await?;
+            let vendors = overrides(&sandbox, &VENDORS);
+            let wf = workflow(harness.files.path(), &flow("from-step-resumed", FROM_STEP_WHOLE))?;
+            let stop = StopSignal::default();
+            let options = RunOptions {
+                overrides: vendors.clone(),
+                stop: stop.clone(),
+                ..RunOptions::default()
+            };
+            let first = harness
+                .executor
+                .start(
+                    &wf,
+                    &options,
+                    &StopInStep {
+                        step: stop_in,
+                        stop,
+                        growpanel: sandbox.growpanel.emulator.requests(),
+                    },
+                )
+                .await?;
+            assert_eq!(first.status, Status::Running, "{backend}, {label}: {first:#?}");
+            assert_eq!(first.steps[0].counts.read, CUSTOMERS as u64, "{backend}, {label}");
+            let stripe_reads = sandbox.stripe.emulator.requests().len();
+            let before = growpanel_creates(&sandbox)?.len();
+            match stop_in {
+                "all" => assert_eq!(before, 0, "{backend}: stopped before the sync"),
+                _ => assert!(
+                    (1..CUSTOMERS).contains(&before),
+                    "{backend}: stopped inside the sync, after {before} creates"
+                ),
+            }
+
+            let options = RunOptions { overrides: vendors, ..RunOptions::default() };
+            let resumed = harness.executor.resume(&first.run_id, &options, &Silent).await?;
+            assert_eq!(resumed.status, Status::Succeeded, "{backend}, {label}: {resumed:#?}");
+            assert_eq!(
+                sandbox.stripe.emulator.requests().len(),
+                stripe_reads,
+                "{backend}, {label}: the resume read the records from the run store"
+            );
+            let created = growpanel_creates(&sandbox)?;
+            assert_eq!(created.len(), CUSTOMERS, "{backend}, {label}");
+            let twice: Vec<_> = created.iter().filter(|(_, n)| **n != 1).collect();
+            assert!(twice.is_empty(), "{backend}, {label}: created more than once: {twice:?}");
+            assert_eq!(mirrored(&sandbox).len(), CUSTOMERS, "{backend}, {label}");
+        }
     }
     Ok(())
 }
