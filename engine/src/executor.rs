@@ -418,6 +418,9 @@ pub struct Executor {
     runtime: Runtime,
     store: RunStore,
     plugins: Mutex<HashMap<String, Arc<Plugin>>>,
+    /// Pinned plugin files whose digest was checked, by path: what the file
+    /// looked like then and the digest it had.
+    verified: std::sync::Mutex<HashMap<std::path::PathBuf, (FileStamp, String)>>,
     http_limits: HttpLimits,
     limiters: Arc<LimiterRegistry>,
     retry: RetryPolicy,
@@ -428,6 +431,39 @@ pub struct Executor {
 impl std::fmt::Debug for Executor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Executor").finish_non_exhaustive()
+    }
+}
+
+/// What a file looked like, to tell whether it may have changed since:
+/// device, inode, size, and modification and status-change times to the
+/// nanosecond. `None` where the platform gives no status-change time (the
+/// file is then read and hashed every time).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FileStamp {
+    device: u64,
+    inode: u64,
+    size: u64,
+    modified: (i64, i64),
+    changed: (i64, i64),
+}
+
+impl FileStamp {
+    #[cfg(unix)]
+    fn of(path: &std::path::Path) -> std::io::Result<Option<FileStamp>> {
+        use std::os::unix::fs::MetadataExt as _;
+        let m = std::fs::metadata(path)?;
+        Ok(Some(FileStamp {
+            device: m.dev(),
+            inode: m.ino(),
+            size: m.size(),
+            modified: (m.mtime(), m.mtime_nsec()),
+            changed: (m.ctime(), m.ctime_nsec()),
+        }))
+    }
+
+    #[cfg(not(unix))]
+    fn of(path: &std::path::Path) -> std::io::Result<Option<FileStamp>> {
+        std::fs::metadata(path).map(|_| None)
     }
 }
 
@@ -444,6 +480,7 @@ impl Executor {
             runtime,
             store,
             plugins: Mutex::default(),
+            verified: std::sync::Mutex::default(),
             http_limits: HttpLimits::default(),
             limiters,
             retry: RetryPolicy::default(),
@@ -487,10 +524,15 @@ impl Executor {
         &self.runtime
     }
 
-    /// Loads a plugin once per process. A pinned file is read and its
-    /// digest checked on every call (each run's start), so a file changed
-    /// on disk under a long-running `weft serve` is refused at the next
-    /// run rather than trusted for the process's lifetime.
+    /// Loads a plugin once per process. A pinned file's digest is checked
+    /// on every call (each run's start), so a file changed on disk under a
+    /// long-running `weft serve` is refused at the next run rather than
+    /// trusted for the process's lifetime. The file is read and hashed
+    /// again only when its stamp (device, inode, size, modification and
+    /// status-change times) differs from the one it had when its digest
+    /// was last checked: any write to it changes its status-change time,
+    /// which no user can set back. The bytes that run are always the ones
+    /// whose digest was checked.
     pub async fn plugin(
         &self,
         connection: &str,
@@ -500,12 +542,26 @@ impl Executor {
         let mut verified = None;
         if let PluginRef::File { path, sha256: Some(expected) } = plugin {
             let file = path.display().to_string();
-            let wasm = std::fs::read(path).map_err(|error| ExecError::PluginFile {
+            let unreadable = |error| ExecError::PluginFile {
                 connection: connection.to_owned(),
                 file: file.clone(),
                 error,
-            })?;
+            };
+            let stamp = FileStamp::of(path).map_err(unreadable)?;
+            // Cached by content: the pinned bytes, whatever the path
+            // held when an earlier run loaded it.
+            key = format!("{file}@sha256:{expected}");
+            let unchanged = stamp.is_some()
+                && self.verified.lock().ok().and_then(|v| v.get(path).cloned())
+                    == stamp.clone().map(|stamp| (stamp, expected.clone()));
+            if unchanged && let Some(loaded) = self.plugins.lock().await.get(&key) {
+                return Ok(loaded.clone());
+            }
+            let wasm = std::fs::read(path).map_err(unreadable)?;
             let actual = crate::runtime::digest(&wasm);
+            if let (Some(stamp), Ok(mut checked)) = (stamp, self.verified.lock()) {
+                checked.insert(path.clone(), (stamp, actual.clone()));
+            }
             if actual != *expected {
                 return Err(ExecError::PluginDigest {
                     connection: connection.to_owned(),
@@ -514,9 +570,6 @@ impl Executor {
                     actual,
                 });
             }
-            // Cached by content: the pinned bytes, whatever the path
-            // held when an earlier run loaded it.
-            key = format!("{file}@sha256:{expected}");
             verified = Some((file, wasm));
         }
         if let Some(loaded) = self.plugins.lock().await.get(&key) {
@@ -534,6 +587,7 @@ impl Executor {
                     })?;
                 self.runtime.load(name, bytes).await?
             }
+            // Unpinned (a pinned file always has its checked bytes here).
             (PluginRef::File { path, .. }, None) => self.runtime.load_file(path).await?,
         };
         if let Some(metrics) = &self.metrics {

@@ -54,7 +54,26 @@ async fn a_pinned_plugin_runs_when_its_digest_matches_and_is_refused_before_any_
 
     // The file changes on disk under the same executor (a long-running
     // `weft serve`): the next run is refused at its start, not served
-    // from the plugin the executor already holds.
+    // from the plugin the executor already holds. The digest is checked
+    // again only when the file's stamp changed; a change of the same size
+    // with the modification time put back still changes the stamp (its
+    // status-change time), so it is caught too.
+    let again = harness.executor.run(&pinned, &to_emulator, &Silent).await?;
+    assert_eq!(again.status, Status::Succeeded, "an unchanged file runs again: {again:#?}");
+    let modified = std::fs::metadata(&file)?.modified()?;
+    let mut same_size = growpanel.to_vec();
+    if let Some(last) = same_size.last_mut() {
+        *last ^= 1;
+    }
+    std::fs::write(&file, &same_size)?;
+    std::fs::File::options().write(true).open(&file)?.set_modified(modified)?;
+    assert_eq!(std::fs::metadata(&file)?.modified()?, modified);
+    let error = harness.executor.run(&pinned, &to_emulator, &Silent).await.err();
+    assert!(
+        matches!(&error, Some(ExecError::PluginDigest { actual, .. }) if *actual == weft::runtime::digest(&same_size)),
+        "a same-size change with its old modification time was run: {error:?}"
+    );
+    let sent = sandbox.growpanel.emulator.requests().len();
     let mut changed = growpanel.to_vec();
     changed.extend_from_slice(b"\0");
     std::fs::write(&file, &changed)?;
@@ -64,6 +83,11 @@ async fn a_pinned_plugin_runs_when_its_digest_matches_and_is_refused_before_any_
         "a changed pinned file was run: {error:?}"
     );
     assert_eq!(sandbox.growpanel.emulator.requests().len(), sent, "the refused run sent requests");
+
+    // Put back, the pinned file runs again.
+    std::fs::write(&file, growpanel)?;
+    let restored = harness.executor.run(&pinned, &to_emulator, &Silent).await?;
+    assert_eq!(restored.status, Status::Succeeded, "{restored:#?}");
     Ok(())
 }
 

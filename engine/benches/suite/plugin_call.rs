@@ -260,5 +260,84 @@ pub async fn run(config: &Config) -> BenchResult<Vec<Row>> {
         )
         .figures(json!({ "compile_ms": median_ms(&miss), "wasm_bytes": wasm.len() })),
     );
+    rows.push(pinned_check().await?);
     Ok(rows)
+}
+
+/// The size of the pinned file: about what componentize-py builds.
+const PINNED_BYTES: usize = 18 << 20;
+
+/// A custom section of `size` bytes in all (a valid part of any component,
+/// ignored by the engine), to grow a component to a Python one's size.
+fn padding_section(size: usize) -> Vec<u8> {
+    let name = b"weft-bench-padding";
+    let leb = |mut n: usize| {
+        let mut out = Vec::new();
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                return out;
+            }
+            out.push(byte | 0x80);
+        }
+    };
+    let payload = size.saturating_sub(32);
+    let mut body = leb(name.len());
+    body.extend_from_slice(name);
+    body.resize(body.len() + payload, 0);
+    let mut section = vec![0u8];
+    section.extend(leb(body.len()));
+    section.extend(body);
+    section
+}
+
+/// What a run's start pays to check a pinned plugin file
+/// (`plugin = { path, sha256 }`) of 18 MiB: with the file unchanged since
+/// its digest was last checked (its stamp is compared), and with it
+/// touched before each start (read and hashed again, what every start
+/// paid before the stamp).
+async fn pinned_check() -> BenchResult<Row> {
+    let dir = tempfile::tempdir()?;
+    let store = tempfile::tempdir()?;
+    let mut wasm = weft::builtin::component("growpanel").ok_or("no growpanel component")?.to_vec();
+    let pad = PINNED_BYTES.saturating_sub(wasm.len());
+    wasm.extend(padding_section(pad));
+    let file = dir.path().join("padded.wasm");
+    std::fs::write(&file, &wasm)?;
+    let plugin = weft::workflow::PluginRef::File {
+        path: file.clone(),
+        sha256: Some(weft::runtime::digest(&wasm)),
+    };
+    let executor = weft::executor::Executor::new(
+        Runtime::new(RuntimeConfig::default())?,
+        weft::store::RunStore::open(store.path())?,
+    );
+    executor.plugin("bench", &plugin).await?;
+    let (mut unchanged, mut touched) = (Vec::new(), Vec::new());
+    let handle = std::fs::File::options().write(true).open(&file)?;
+    for round in 0..21u64 {
+        let started = Instant::now();
+        executor.plugin("bench", &plugin).await?;
+        unchanged.push(started.elapsed().as_secs_f64() * 1e3);
+        handle.set_modified(
+            std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000 + round),
+        )?;
+        let started = Instant::now();
+        executor.plugin("bench", &plugin).await?;
+        touched.push(started.elapsed().as_secs_f64() * 1e3);
+    }
+    let (fast, slow) = (quantile(&mut unchanged, 0.5), quantile(&mut touched, 0.5));
+    Ok(Row::new(
+        "plugin call",
+        format!(
+            "pinned plugin check at a run's start, {:.1} MiB file unchanged",
+            wasm.len() as f64 / f64::from(1 << 20)
+        ),
+        format!("{fast:.3} ms"),
+    )
+    .reference(format!("{slow:.1} ms when touched (read and hashed again)"))
+    .result(format!("{:.0}x less", slow / fast.max(1e-6)))
+    .figures(json!({ "bytes": wasm.len(), "unchanged_ms": unchanged, "touched_ms": touched, "median_unchanged_ms": fast, "median_touched_ms": slow })))
 }
