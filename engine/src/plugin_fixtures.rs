@@ -230,8 +230,9 @@ impl Redaction {
         }
     }
 
-    /// The body as recorded: redacted JSON, or text.
-    fn body(&self, bytes: &[u8]) -> (Option<Value>, Option<String>) {
+    /// The body as recorded: redacted JSON, a redacted form (`form`: sent
+    /// as `application/x-www-form-urlencoded`, as Stripe's are), or text.
+    fn body(&self, bytes: &[u8], form: bool) -> (Option<Value>, Option<String>) {
         if bytes.is_empty() {
             return (None, None);
         }
@@ -240,8 +241,42 @@ impl Redaction {
                 self.value(&mut value);
                 (Some(value), None)
             }
+            Err(_) if form => (None, Some(self.form(bytes))),
             Err(_) => (None, Some(self.scrub(&String::from_utf8_lossy(bytes)))),
         }
+    }
+
+    /// Form pairs (a body or a query) in their order, each value redacted
+    /// when its key lies under a redacted path, the credential scrubbed
+    /// from the others.
+    fn form(&self, bytes: &[u8]) -> String {
+        let pairs = url::form_urlencoded::parse(bytes).map(|(key, value)| {
+            let value =
+                if self.form_key_redacted(&key) { REDACTED.to_owned() } else { self.scrub(&value) };
+            (key.into_owned(), value)
+        });
+        url::form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs).finish()
+    }
+
+    /// Whether a form key (`email`, `customer[address][city]`,
+    /// `items[0][email]`) lies under a redacted path, read as the JSON
+    /// paths are: from any depth, through arrays (the numeric and empty
+    /// brackets) on its way.
+    fn form_key_redacted(&self, key: &str) -> bool {
+        let segments: Vec<&str> = key
+            .split(['[', ']'])
+            .filter(|s| !s.is_empty() && !s.bytes().all(|b| b.is_ascii_digit()))
+            .collect();
+        self.paths.iter().any(|path| {
+            segments.windows(path.len()).any(|w| w.iter().zip(path).all(|(a, b)| *a == b))
+        })
+    }
+
+    fn is_form(headers: &[(&str, &str)]) -> bool {
+        headers.iter().any(|(name, value)| {
+            name.eq_ignore_ascii_case("content-type")
+                && value.to_ascii_lowercase().starts_with("application/x-www-form-urlencoded")
+        })
     }
 
     fn headers<'a>(
@@ -260,11 +295,19 @@ impl Redaction {
             .collect()
     }
 
-    /// The canonical query: pairs sorted, credential values replaced.
+    /// The canonical query: pairs sorted, redacted values and the
+    /// credential replaced (a lookup by email carries it in the query).
     fn query(&self, query: Option<&str>) -> String {
         let mut pairs: Vec<(String, String)> =
             url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
-                .map(|(k, v)| (k.into_owned(), self.scrub(&v)))
+                .map(|(k, v)| {
+                    let v = if self.form_key_redacted(&k) {
+                        REDACTED.to_owned()
+                    } else {
+                        self.scrub(&v)
+                    };
+                    (k.into_owned(), v)
+                })
                 .collect();
         pairs.sort();
         url::form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs).finish()
@@ -279,7 +322,8 @@ impl Redaction {
         headers: impl Iterator<Item = (&'a str, &'a str)>,
         body: &[u8],
     ) -> RecordedRequest {
-        let (json, text) = self.body(body);
+        let headers: Vec<(&str, &str)> = headers.collect();
+        let (json, text) = self.body(body, Redaction::is_form(&headers));
         let canonical = match (&json, &text) {
             (Some(json), _) => serde_json::to_vec(json).unwrap_or_default(),
             (None, Some(text)) => text.as_bytes().to_vec(),
@@ -289,7 +333,7 @@ impl Redaction {
             method: method.to_ascii_uppercase(),
             path: path.to_owned(),
             query: self.query(query),
-            headers: self.headers(headers, DROPPED_REQUEST_HEADERS),
+            headers: self.headers(headers.into_iter(), DROPPED_REQUEST_HEADERS),
             json,
             text,
             body_sha256: hex::encode(Sha256::digest(&canonical)),
@@ -303,10 +347,11 @@ impl Redaction {
         headers: impl Iterator<Item = (&'a str, &'a str)>,
         body: &[u8],
     ) -> RecordedResponse {
-        let (json, text) = self.body(body);
+        let headers: Vec<(&str, &str)> = headers.collect();
+        let (json, text) = self.body(body, Redaction::is_form(&headers));
         RecordedResponse {
             status,
-            headers: self.headers(headers, DROPPED_RESPONSE_HEADERS),
+            headers: self.headers(headers.into_iter(), DROPPED_RESPONSE_HEADERS),
             json,
             text,
         }
@@ -756,5 +801,87 @@ mod tests {
             br#"{"note":"sk_live_secret1","data":[{"name":"A","email":"x@y.z"}]}"#,
         );
         assert_eq!(request.key(), reordered.key());
+    }
+
+    #[test]
+    fn form_bodies_and_queries_are_redacted_as_json_fields_are() {
+        let redaction = Redaction::new(
+            &["email".to_owned(), "address.line1".to_owned()],
+            Some("sk_test_secret1"),
+            None,
+        );
+        let form = [("content-type", "application/x-www-form-urlencoded")];
+        let body = b"email=a%40b.c&name=Ada&address[line1]=1+Main+St&address[city]=Berlin&items[0][email]=x%40y.z&metadata[note]=sk_test_secret1&metadata[email_opt_in]=true";
+        let request = redaction.request("POST", "/v1/customers", None, form.into_iter(), body);
+        let text = request.text.clone().unwrap_or_default();
+        let pairs: Vec<(String, String)> = url::form_urlencoded::parse(text.as_bytes())
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        let want = [
+            ("email", REDACTED),
+            ("name", "Ada"),
+            ("address[line1]", REDACTED),
+            ("address[city]", "Berlin"),
+            ("items[0][email]", REDACTED),
+            ("metadata[note]", CREDENTIAL),
+            ("metadata[email_opt_in]", "true"),
+        ];
+        assert_eq!(
+            pairs,
+            want.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect::<Vec<_>>()
+        );
+        assert!(!text.contains("a%40b.c") && !text.contains("Main") && !text.contains("secret1"));
+        // A replayed request with other addresses matches the recording.
+        let other = b"email=z%40z.z&name=Ada&address[line1]=9+Elm&address[city]=Berlin&items[0][email]=q%40q.q&metadata[note]=sk_test_secret1&metadata[email_opt_in]=true";
+        let replayed = redaction.request("POST", "/v1/customers", None, form.into_iter(), other);
+        assert_eq!(request.key(), replayed.key());
+        // The lookup by email carries it in the query.
+        let lookup = redaction.request(
+            "GET",
+            "/v1/customers",
+            Some("email=a%40b.c&limit=2"),
+            std::iter::empty(),
+            b"",
+        );
+        assert_eq!(lookup.query, "email=%5Bredacted%5D&limit=2");
+        // Not a form: the body is kept as text, only the credential goes.
+        let plain = redaction.request(
+            "POST",
+            "/x",
+            None,
+            [("content-type", "text/plain")].into_iter(),
+            b"email=a@b.c sk_test_secret1",
+        );
+        assert_eq!(plain.text.as_deref(), Some("email=a@b.c [credential]"));
+    }
+
+    #[tokio::test]
+    async fn an_endless_answer_is_refused_at_the_cap_not_buffered() -> Result<(), String> {
+        let chunk = axum::body::Bytes::from(vec![b'a'; 64 << 10]);
+        let endless = axum::Router::new().fallback(move || {
+            let chunk = chunk.clone();
+            async move {
+                let stream = futures_util::stream::repeat_with(move || {
+                    Ok::<_, std::convert::Infallible>(chunk.clone())
+                });
+                axum::body::Body::from_stream(stream)
+            }
+        });
+        let upstream = Server::start(endless).await.map_err(|e| e.to_string())?;
+        let recorder = Recorder::start(&upstream.origin, Redaction::new(&[], None, None))
+            .await
+            .map_err(|e| e.to_string())?;
+        let answer = tokio::time::timeout(
+            std::time::Duration::from_secs(60),
+            reqwest::Client::new().get(format!("{}/v1/customers", recorder.base_url())).send(),
+        )
+        .await
+        .map_err(|_| "the recorder did not answer within 60 s".to_owned())?
+        .map_err(|e| e.to_string())?;
+        assert_eq!(answer.status().as_u16(), 502);
+        let message = answer.text().await.map_err(|e| e.to_string())?;
+        assert!(message.contains(&format!("more than {MAX_BODY_BYTES} bytes")), "{message}");
+        assert!(recorder.finish().is_empty(), "nothing was recorded");
+        Ok(())
     }
 }

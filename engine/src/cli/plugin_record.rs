@@ -45,14 +45,16 @@ pub(crate) async fn record(
 ) -> Result<ExitCode> {
     let mut prepared = prepare_check(global, &options).await?;
     let secret = prepared.target.secret.as_ref().map(Secret::expose);
-    let redaction = Redaction::new(redact, secret, auth_header(&prepared.plugin).as_deref());
-    // The samples are stored with the fixtures, so they are redacted too,
-    // and the recording sends them redacted: what the endpoint answers
-    // then matches what a replay sends.
-    for (_, sample) in &mut prepared.target.samples {
-        redaction.value(sample);
+    let redaction = || Redaction::new(redact, secret, auth_header(&prepared.plugin).as_deref());
+    // The endpoint gets the samples as they are (a real vendor refuses an
+    // email of `[redacted]`); the fixtures keep them redacted, so a replay
+    // sends them redacted, which is what the recorded requests hold.
+    let mut stored_samples = prepared.target.samples.clone();
+    let sample_redaction = redaction();
+    for (_, sample) in &mut stored_samples {
+        sample_redaction.value(sample);
     }
-    let recorder = Recorder::start(&prepared.target.base_url, redaction).await?;
+    let recorder = Recorder::start(&prepared.target.base_url, redaction()).await?;
     let upstream = std::mem::replace(&mut prepared.target.base_url, recorder.base_url());
     let results = weft::conformance::check(&prepared.plugin, &prepared.target).await;
     let base_path = recorder.base_path().to_owned();
@@ -65,7 +67,7 @@ pub(crate) async fn record(
     let check = RecordedCheck {
         settings: target.settings.clone(),
         resource: target.resource.clone(),
-        samples: target.samples.clone(),
+        samples: stored_samples,
         allow_irreversible: target.allow_irreversible,
         page_size: target.page_size,
     };

@@ -122,37 +122,61 @@ fn files(dir: &std::path::Path) -> TestResult<Vec<(std::path::PathBuf, String)>>
 
 #[test]
 fn a_recording_replays_offline_and_holds_no_credential_and_no_redacted_field() -> TestResult {
-    let dirs = Dirs::new()?;
-    let fixtures = dirs.files.path().join("fixtures");
-    let recorded = dirs
-        .command()
-        .args(["plugin", "record", "growpanel", "--sandbox", "--redact", "email", "--out"])
-        .arg(&fixtures)
-        .output()?;
-    let stdout = String::from_utf8_lossy(&recorded.stdout);
-    assert!(recorded.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&recorded.stderr));
-    assert!(stdout.contains("6 passed, 0 failed"), "{stdout}");
+    // GrowPanel sends JSON; Stripe sends forms (`email=…`) and looks a
+    // customer up by email in the query: redacted in each.
+    for (plugin, key) in [
+        ("growpanel", weft_sandbox::growpanel::SANDBOX_API_KEY),
+        ("stripe", weft_sandbox::stripe::SANDBOX_API_KEY),
+    ] {
+        let dirs = Dirs::new()?;
+        let fixtures = dirs.files.path().join("fixtures");
+        let recorded = dirs
+            .command()
+            .args(["plugin", "record", plugin, "--sandbox", "--redact", "email", "--out"])
+            .arg(&fixtures)
+            .output()?;
+        let stdout = String::from_utf8_lossy(&recorded.stdout);
+        assert!(
+            recorded.status.success(),
+            "{plugin}: {stdout}\n{}",
+            String::from_utf8_lossy(&recorded.stderr)
+        );
+        assert!(stdout.contains("6 passed, 0 failed"), "{plugin}: {stdout}");
 
-    let written = files(&fixtures)?;
-    assert!(written.len() > 5, "one file an exchange: {written:?}");
-    let key = weft_sandbox::growpanel::SANDBOX_API_KEY;
-    for (path, text) in &written {
-        let lower = text.to_ascii_lowercase();
-        assert!(!lower.contains("authorization"), "{} holds an auth header", path.display());
-        assert!(!text.contains(key), "{} holds the key", path.display());
-        // The sample's and the seeded customers' emails are all redacted.
-        assert!(!text.contains("@example.com"), "{} holds an email", path.display());
+        let written = files(&fixtures)?;
+        assert!(written.len() > 5, "{plugin}: one file an exchange: {written:?}");
+        for (path, text) in &written {
+            let lower = text.to_ascii_lowercase();
+            assert!(!lower.contains("authorization"), "{} holds an auth header", path.display());
+            assert!(!text.contains(key), "{} holds the key", path.display());
+            // The sample's and the seeded customers' emails are all
+            // redacted, in JSON, in forms and in queries.
+            assert!(
+                !text.contains("@example.com") && !text.contains("%40example.com"),
+                "{} holds an email",
+                path.display()
+            );
+        }
+        assert!(
+            written.iter().any(|(_, text)| text.contains("\"email\": \"[redacted]\"")),
+            "{plugin}"
+        );
+        if plugin == "stripe" {
+            assert!(
+                written.iter().any(|(_, text)| text.contains("email=%5Bredacted%5D")),
+                "{plugin}: a form or query with the email redacted"
+            );
+        }
+
+        // Offline: no emulator, no key; every check passes on the recording.
+        let replayed =
+            dirs.command().args(["plugin", "test", plugin, "--replay"]).arg(&fixtures).output()?;
+        let stdout = String::from_utf8_lossy(&replayed.stdout);
+        let stderr = String::from_utf8_lossy(&replayed.stderr);
+        assert!(replayed.status.success(), "{plugin}: {stdout}\n{stderr}");
+        assert!(stdout.contains("6 passed, 0 failed"), "{plugin}: {stdout}");
+        assert!(!stderr.contains("no fixture"), "{plugin}: {stderr}");
     }
-    assert!(written.iter().any(|(_, text)| text.contains("\"email\": \"[redacted]\"")));
-
-    // Offline: no emulator, no key; every check passes on the recording.
-    let replayed =
-        dirs.command().args(["plugin", "test", "growpanel", "--replay"]).arg(&fixtures).output()?;
-    let stdout = String::from_utf8_lossy(&replayed.stdout);
-    let stderr = String::from_utf8_lossy(&replayed.stderr);
-    assert!(replayed.status.success(), "{stdout}\n{stderr}");
-    assert!(stdout.contains("6 passed, 0 failed"), "{stdout}");
-    assert!(!stderr.contains("no fixture"), "{stderr}");
     Ok(())
 }
 
