@@ -58,6 +58,52 @@ const DROPPED_REQUEST_HEADERS: &[&str] = &[
 /// Response headers never recorded or replayed.
 const DROPPED_RESPONSE_HEADERS: &[&str] =
     &["set-cookie", "content-length", "connection", "transfer-encoding", "content-encoding"];
+/// What the endpoint's own origin is stored as, wherever an answer names
+/// it (an absolute next-page URL, a `Link` header): a replay puts its own
+/// origin there, so the connector's next request comes back to it. The
+/// `.invalid` name never resolves, so a URL left unreplaced cannot reach a
+/// network.
+pub const RECORDED_ORIGIN: &str = "http://weft-recorded-origin.invalid";
+
+/// Replaces one origin with another in an answer's text, also where JSON
+/// escapes its slashes (`https:\/\/api.example.com`). A body that is not
+/// UTF-8 is left as it is.
+struct OriginSwap<'a> {
+    from: &'a str,
+    to: &'a str,
+}
+
+impl OriginSwap<'_> {
+    fn text(&self, text: &str) -> String {
+        if self.from.is_empty() || self.from == self.to {
+            return text.to_owned();
+        }
+        text.replace(self.from, self.to)
+            .replace(&self.from.replace('/', "\\/"), &self.to.replace('/', "\\/"))
+    }
+
+    fn bytes(&self, bytes: Vec<u8>) -> Vec<u8> {
+        match std::str::from_utf8(&bytes) {
+            Ok(text)
+                if text.contains(self.from) || text.contains(&self.from.replace('/', "\\/")) =>
+            {
+                self.text(text).into_bytes()
+            }
+            _ => bytes,
+        }
+    }
+
+    fn headers(&self, headers: &[(String, String)]) -> Vec<(String, String)> {
+        headers.iter().map(|(n, v)| (n.clone(), self.text(v))).collect()
+    }
+}
+
+/// The origin a loopback server was reached at, from the request's `Host`.
+fn own_origin(parts: &axum::http::request::Parts) -> Option<String> {
+    let host = parts.headers.get(axum::http::header::HOST)?.to_str().ok()?;
+    Some(format!("http://{host}"))
+}
+
 /// The most a recorded or replayed body may hold (the host's own cap).
 const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 
@@ -624,6 +670,15 @@ async fn forward(
         }
         bytes.extend_from_slice(&chunk);
     }
+    // An absolute URL to the endpoint in the answer (a next page) is
+    // stored as the recorded origin and given to the connector as this
+    // proxy's, so its next request is recorded too instead of going
+    // around the proxy.
+    let stored = OriginSwap { from: origin, to: RECORDED_ORIGIN };
+    let stored_headers = stored.headers(&headers);
+    let stored_bytes = stored.bytes(bytes.clone());
+    let proxy = own_origin(&parts).unwrap_or_else(|| origin.to_owned());
+    let to_connector = OriginSwap { from: origin, to: &proxy };
     let exchange = Exchange {
         request: redaction.request(
             parts.method.as_str(),
@@ -634,11 +689,11 @@ async fn forward(
         ),
         response: redaction.response(
             status,
-            headers.iter().map(|(n, v)| (n.as_str(), v.as_str())),
-            &bytes,
+            stored_headers.iter().map(|(n, v)| (n.as_str(), v.as_str())),
+            &stored_bytes,
         ),
     };
-    Ok((exchange, answer(status, &headers, bytes)))
+    Ok((exchange, answer(status, &to_connector.headers(&headers), to_connector.bytes(bytes))))
 }
 
 /// A loopback server answering from fixtures, keeping every request they
@@ -691,7 +746,8 @@ impl Replayer {
                     header_pairs(&parts.headers),
                     &body,
                 );
-                replay(&state, &asked)
+                let origin = own_origin(&parts).unwrap_or_default();
+                replay(&state, &asked, &origin)
             }
         });
         Ok(Replayer {
@@ -722,7 +778,11 @@ impl Replayer {
     }
 }
 
-fn replay(state: &Mutex<ReplayState>, asked: &RecordedRequest) -> axum::response::Response {
+fn replay(
+    state: &Mutex<ReplayState>,
+    asked: &RecordedRequest,
+    origin: &str,
+) -> axum::response::Response {
     let Ok(mut state) = state.lock() else {
         return answer(500, &[], b"weft replay: state poisoned".to_vec());
     };
@@ -738,7 +798,8 @@ fn replay(state: &Mutex<ReplayState>, asked: &RecordedRequest) -> axum::response
                 (None, Some(text)) => text.as_bytes().to_vec(),
                 (None, None) => Vec::new(),
             };
-            answer(response.status, &response.headers, body)
+            let ours = OriginSwap { from: RECORDED_ORIGIN, to: origin };
+            answer(response.status, &ours.headers(&response.headers), ours.bytes(body))
         }
         None => {
             let described = asked.describe();
@@ -853,6 +914,84 @@ mod tests {
             b"email=a@b.c sk_test_secret1",
         );
         assert_eq!(plain.text.as_deref(), Some("email=a@b.c [credential]"));
+    }
+
+    #[tokio::test]
+    async fn an_absolute_next_page_url_comes_back_through_the_recorder_and_the_replayer()
+    -> Result<(), String> {
+        // A vendor that pages with absolute URLs to itself, in the body and
+        // in a `Link` header (JSON-escaped slashes in one of them).
+        let vendor = axum::Router::new().fallback(|request: axum::extract::Request| async move {
+            let host = request.headers().get("host").and_then(|h| h.to_str().ok()).unwrap_or("");
+            let me = format!("http://{host}");
+            let second = request.uri().query() == Some("page=2");
+            let body = if second {
+                r#"{"data":[2],"next":null}"#.to_owned()
+            } else {
+                format!(r#"{{"data":[1],"next":"{}/v1/items?page=2"}}"#, me.replace('/', "\\/"))
+            };
+            let mut response = axum::response::Response::new(axum::body::Body::from(body));
+            if !second {
+                let link = format!("<{me}/v1/items?page=2>; rel=\"next\"");
+                if let Ok(link) = axum::http::HeaderValue::from_str(&link) {
+                    response.headers_mut().insert("link", link);
+                }
+            }
+            response
+        });
+        let vendor = Server::start(vendor).await.map_err(|e| e.to_string())?;
+        let client = reqwest::Client::new();
+        // Follows `next` from the first page; the next URL and the pages.
+        let walk = |base: String| {
+            let client = client.clone();
+            async move {
+                let first: Value = client
+                    .get(format!("{base}/items"))
+                    .send()
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .bytes()
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))?;
+                let next = first["next"].as_str().unwrap_or_default().to_owned();
+                let second: Value = client
+                    .get(&next)
+                    .send()
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .bytes()
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))?;
+                Ok::<_, String>((next, first["data"].clone(), second["data"].clone()))
+            }
+        };
+
+        let recorder =
+            Recorder::start(&format!("{}/v1", vendor.origin), Redaction::new(&[], None, None))
+                .await
+                .map_err(|e| e.to_string())?;
+        let (next, first, second) = walk(recorder.base_url()).await?;
+        assert!(next.starts_with(&recorder.server.origin), "{next} goes around the recorder");
+        assert_eq!((first, second), (serde_json::json!([1]), serde_json::json!([2])));
+        let base_path = recorder.base_path().to_owned();
+        let exchanges = recorder.finish();
+        assert_eq!(exchanges.len(), 2, "both pages recorded: {exchanges:#?}");
+        let stored = serde_json::to_string(&exchanges).map_err(|e| e.to_string())?;
+        assert!(!stored.contains(&vendor.origin), "the vendor's origin is not stored: {stored}");
+        assert!(stored.contains(RECORDED_ORIGIN), "{stored}");
+
+        let replayer = Replayer::start(&base_path, exchanges, Redaction::new(&[], None, None))
+            .await
+            .map_err(|e| e.to_string())?;
+        drop(vendor);
+        let (next, first, second) = walk(replayer.base_url()).await?;
+        assert!(next.starts_with(&replayer.server.origin), "{next}");
+        assert_eq!((first, second), (serde_json::json!([1]), serde_json::json!([2])));
+        let outcome = replayer.finish();
+        assert_eq!(outcome, ReplayOutcome { misses: vec![], unused: vec![] });
+        Ok(())
     }
 
     #[tokio::test]
