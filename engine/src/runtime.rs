@@ -498,18 +498,27 @@ impl Runtime {
             tracing::warn!(path = %path.display(), "ignoring a component cache entry: {why}");
             return None;
         }
-        let mut bytes = Vec::new();
-        std::io::Read::read_to_end(&mut file, &mut bytes).ok()?;
-        let (payload, checksum) = bytes.split_at_checked(bytes.len().checked_sub(4)?)?;
-        if crc32fast::hash(payload).to_le_bytes() != checksum {
+        // The checksum is read through the file in chunks, so a 35 MB
+        // artifact is never held in memory; wasmtime then maps the file
+        // itself, which also lets it map a module's memory image straight
+        // from the file instead of copying it.
+        if !checksum_holds(&mut file, metadata.len()) {
             tracing::warn!(path = %path.display(), "ignoring a corrupt component cache entry");
             return None;
         }
+        // On Linux the file checked above is the one mapped, through its
+        // descriptor, even if the path was replaced meanwhile.
+        #[cfg(target_os = "linux")]
+        let mapped =
+            PathBuf::from(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&file)));
+        #[cfg(not(target_os = "linux"))]
+        let mapped = path.to_path_buf();
         #[expect(
             unsafe_code,
-            reason = "deserializing native code; the file is ours (content-addressed, written atomically with mode 0600 in a directory only this user may write, its owner and mode checked on the open file, checksummed against corruption) and wasmtime checks engine compatibility"
+            reason = "deserializing native code; the file is ours (content-addressed, written atomically with mode 0600 in a directory only this user may write, never changed in place, its owner and mode checked on the open file, checksummed against corruption) and wasmtime checks engine compatibility"
         )]
-        let component = unsafe { Component::deserialize(&self.inner.engine, payload) };
+        let component = unsafe { Component::deserialize_file(&self.inner.engine, &mapped) };
+        drop(file);
         component.map_err(|e| tracing::warn!(path = %path.display(), error = %error_chain(&e), "ignoring an unusable cache entry")).ok()
     }
 }
@@ -523,6 +532,26 @@ enum CacheEntry {
     /// Compiled now; to be written to this directory and file once the
     /// component has been accepted.
     Write(PathBuf, PathBuf),
+}
+
+/// Whether the CRC-32 trailer of a cache file of `len` bytes matches what
+/// precedes it, read from its start in chunks.
+fn checksum_holds(file: &mut std::fs::File, len: u64) -> bool {
+    use std::io::Read as _;
+    let Some(mut left) = len.checked_sub(4) else { return false };
+    let mut hasher = crc32fast::Hasher::new();
+    let mut chunk = vec![0u8; 1 << 20];
+    while left > 0 {
+        let want = chunk.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        let Some(buffer) = chunk.get_mut(..want) else { return false };
+        if file.read_exact(buffer).is_err() {
+            return false;
+        }
+        hasher.update(buffer);
+        left -= want as u64;
+    }
+    let mut trailer = [0u8; 4];
+    file.read_exact(&mut trailer).is_ok() && hasher.finalize().to_le_bytes() == trailer
 }
 
 fn write_cached(dir: &Path, path: &Path, serialized: &[u8]) -> std::io::Result<()> {
@@ -1737,6 +1766,42 @@ mod tests {
             ..RuntimeConfig::default()
         })?;
         assert!(runtime.read_cached(&path).is_none());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_cached_component_is_mapped_from_its_file_and_a_damaged_one_recompiled()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let config = || RuntimeConfig {
+            cache_dir: Some(dir.path().join("cache")),
+            ..RuntimeConfig::default()
+        };
+        let wasm = crate::builtin::component("growpanel").ok_or("growpanel")?;
+        let first = Runtime::new(config())?.load("growpanel", wasm).await?;
+        assert!(!first.load_info().cache_hit);
+        let entries: Vec<_> = std::fs::read_dir(dir.path().join("cache"))?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "cwasm"))
+            .collect();
+        let [entry] = entries.as_slice() else { return Err(format!("{entries:?}").into()) };
+        // A new engine maps the entry (its checksum trailer and all) and
+        // the component works.
+        let cached = Runtime::new(config())?.load("growpanel", wasm).await?;
+        assert!(cached.load_info().cache_hit, "{:?}", cached.load_info());
+        assert_eq!(cached.manifest().name, "growpanel");
+        // A byte flipped in the middle of the native code: not loaded,
+        // compiled again, and the entry rewritten whole.
+        let mut bytes = std::fs::read(entry)?;
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x5a;
+        std::fs::write(entry, &bytes)?;
+        let again = Runtime::new(config())?.load("growpanel", wasm).await?;
+        assert!(!again.load_info().cache_hit, "a damaged entry was used");
+        assert_eq!(again.manifest().name, "growpanel");
+        let healed = Runtime::new(config())?.load("growpanel", wasm).await?;
+        assert!(healed.load_info().cache_hit);
         Ok(())
     }
 }
