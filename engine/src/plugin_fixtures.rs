@@ -945,25 +945,17 @@ mod tests {
         let walk = |base: String| {
             let client = client.clone();
             async move {
-                let first: Value = client
-                    .get(format!("{base}/items"))
-                    .send()
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .bytes()
-                    .await
-                    .map_err(|e| e.to_string())
-                    .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))?;
+                let get = |url: String| {
+                    let client = client.clone();
+                    async move {
+                        let answer = client.get(url).send().await.map_err(|e| e.to_string())?;
+                        let bytes = answer.bytes().await.map_err(|e| e.to_string())?;
+                        serde_json::from_slice::<Value>(&bytes).map_err(|e| e.to_string())
+                    }
+                };
+                let first = get(format!("{base}/items")).await?;
                 let next = first["next"].as_str().unwrap_or_default().to_owned();
-                let second: Value = client
-                    .get(&next)
-                    .send()
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .bytes()
-                    .await
-                    .map_err(|e| e.to_string())
-                    .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))?;
+                let second = get(next.clone()).await?;
                 Ok::<_, String>((next, first["data"].clone(), second["data"].clone()))
             }
         };

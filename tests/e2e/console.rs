@@ -48,6 +48,24 @@ fn client() -> TestResult<reqwest::Client> {
     Ok(reqwest::Client::builder().redirect(Policy::none()).build()?)
 }
 
+/// A client that sends `token` as its bearer on every request.
+fn bearer_client(token: &str) -> TestResult<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .default_headers(
+            [(reqwest::header::AUTHORIZATION, format!("Bearer {token}").parse()?)]
+                .into_iter()
+                .collect(),
+        )
+        .build()?)
+}
+
+/// The id of the run a start request answered 202 for.
+async fn started_run(started: reqwest::Response) -> TestResult<String> {
+    assert_eq!(started.status(), 202);
+    let run: Value = serde_json::from_slice(&started.bytes().await?)?;
+    Ok(run["run_id"].as_str().ok_or("run id")?.to_owned())
+}
+
 /// A browser's session: its cookie and the CSRF token its pages carry.
 struct Session {
     cookie: String,
@@ -123,16 +141,8 @@ async fn the_api_takes_bearer_tokens_and_each_role_does_only_what_it_may() -> Te
         "a viewer cannot start a run"
     );
     let started = post_json(&client, start.clone(), body).bearer_auth(operator).send().await?;
-    assert_eq!(started.status(), 202);
-    let run: Value = serde_json::from_slice(&started.bytes().await?)?;
-    let run = run["run_id"].as_str().ok_or("run id")?.to_owned();
-    let authed = reqwest::Client::builder()
-        .default_headers(
-            [(reqwest::header::AUTHORIZATION, format!("Bearer {viewer}").parse()?)]
-                .into_iter()
-                .collect(),
-        )
-        .build()?;
+    let run = started_run(started).await?;
+    let authed = bearer_client(viewer)?;
     let detail = wait_finished(&authed, &base, &run).await?;
     assert_eq!(detail["status"], "succeeded", "{detail:#}");
     assert_eq!(detail["history"][0]["actor"], "ops", "who started it: {detail:#}");
@@ -700,16 +710,8 @@ state = {{ count = "${{{{ $state.count + 1 }}}}", last_email = "${{{{ .inputs.em
         .bearer_auth(operator)
         .send()
         .await?;
-    assert_eq!(started.status(), 202);
-    let run: Value = serde_json::from_slice(&started.bytes().await?)?;
-    let run = run["run_id"].as_str().ok_or("run id")?.to_owned();
-    let authed = reqwest::Client::builder()
-        .default_headers(
-            [(reqwest::header::AUTHORIZATION, format!("Bearer {viewer}").parse()?)]
-                .into_iter()
-                .collect(),
-        )
-        .build()?;
+    let run = started_run(started).await?;
+    let authed = bearer_client(viewer)?;
     let detail = wait_finished(&authed, &base, &run).await?;
     assert_eq!(detail["status"], "succeeded", "{detail:#}");
 
