@@ -186,8 +186,22 @@ struct SyncFigures {
 /// Two Stripe emulators for the sync: N customers at the source; the
 /// target was synced before (same email and name, the source id in
 /// metadata), with 1% renamed since at the source and 1% never copied.
-fn sync_emulators(
+/// How a sync's two sides differ: every `renamed_every`th record has an
+/// old name at the target, and every `missing_every`th (counting from 1)
+/// is missing there.
+pub struct SyncMix {
+    pub renamed_every: usize,
+    pub missing_every: usize,
+}
+
+/// The sync benches' mix: 1 % renamed, 1 % missing.
+const SYNC_MIX: SyncMix = SyncMix { renamed_every: 100, missing_every: 100 };
+
+/// Two Stripe emulators holding `records` customers at the source and
+/// the target's copies of them, differing as `mix` says.
+pub fn sync_emulators(
     records: usize,
+    mix: &SyncMix,
 ) -> (weft_sandbox::stripe::StripeEmulator, weft_sandbox::stripe::StripeEmulator) {
     use weft_sandbox::stripe::{StripeConfig, StripeEmulator};
     let source = StripeEmulator::new(StripeConfig { seed: 0, ..StripeConfig::default() });
@@ -198,10 +212,14 @@ fn sync_emulators(
         let customer = source.insert_customer(
             json!({ "email": email, "name": format!("User {i}"), "created": created }),
         );
-        if i % 100 == 1 {
+        if i % mix.missing_every == 1 {
             continue;
         }
-        let name = if i % 100 == 0 { format!("User {i} (old name)") } else { format!("User {i}") };
+        let name = if i % mix.renamed_every == 0 {
+            format!("User {i} (old name)")
+        } else {
+            format!("User {i}")
+        };
         target.insert_customer(json!({ "email": email, "name": name, "created": created, "metadata": { "source_id": customer["id"] } }));
     }
     (source, target)
@@ -216,7 +234,7 @@ fn expected_writes(records: usize) -> (u64, u64) {
 /// emulators, in a process of its own.
 async fn native_sync_seconds(records: usize) -> BenchResult<f64> {
     use weft_sandbox::stripe::SANDBOX_API_KEY;
-    let (source, target) = sync_emulators(records);
+    let (source, target) = sync_emulators(records, &SYNC_MIX);
     let source_server =
         weft_sandbox::server::serve(source.router(), "127.0.0.1:0".parse()?).await?;
     let target_server =
@@ -245,7 +263,7 @@ async fn native_sync_seconds(records: usize) -> BenchResult<f64> {
 
 async fn sync_rss(records: usize) -> BenchResult<SyncFigures> {
     use weft_sandbox::stripe::SANDBOX_API_KEY;
-    let (source, target) = sync_emulators(records);
+    let (source, target) = sync_emulators(records, &SYNC_MIX);
     let source_server =
         weft_sandbox::server::serve(source.router(), "127.0.0.1:0".parse()?).await?;
     let target_server =

@@ -23,7 +23,7 @@ use weft::runtime::{Runtime, RuntimeConfig, RuntimeError};
 use weft::store::{RunStore, Status};
 use weft::workflow::Workflow;
 
-use super::durable::NoOp;
+use super::durable::{NoOp, SyncMix, sync_emulators};
 use super::report::{Row, grouped, median};
 use super::{BenchResult, Config};
 
@@ -34,19 +34,11 @@ const ESTIMATE_TOLERANCE: f64 = 0.20;
 const STATE_TOLERANCE: f64 = 0.05;
 
 pub async fn estimate(config: &Config) -> BenchResult<Vec<Row>> {
-    use weft_sandbox::stripe::{SANDBOX_API_KEY, StripeConfig, StripeEmulator};
+    use weft_sandbox::stripe::SANDBOX_API_KEY;
     let records = ((400.0 * config.scale) as usize).max(40);
-    let source = StripeEmulator::new(StripeConfig { seed: 0, ..StripeConfig::default() });
-    let target = StripeEmulator::new(StripeConfig { seed: 0, ..StripeConfig::default() });
-    for i in 0..records {
-        let email = format!("user{i}@estimate.example");
-        source.insert_customer(json!({ "email": email, "name": format!("User {i}") }));
-        if i % 10 == 1 {
-            continue;
-        }
-        let name = if i % 4 == 0 { format!("User {i} (old)") } else { format!("User {i}") };
-        target.insert_customer(json!({ "email": email, "name": name }));
-    }
+    // A quarter renamed at the source, a tenth missing from the target.
+    let (source, target) =
+        sync_emulators(records, &SyncMix { renamed_every: 4, missing_every: 10 });
     let source_server =
         weft_sandbox::server::serve(source.router(), "127.0.0.1:0".parse()?).await?;
     let target_server =
