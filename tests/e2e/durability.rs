@@ -28,32 +28,7 @@ async fn a_flipped_byte_in_a_page_file_fails_the_resume_clearly_and_sends_nothin
     // resume sent the vendor a customer for an id that does not exist.
     let sandbox = sandbox(30).await?;
     let harness = Harness::new()?;
-    let text = r#"
-[workflow]
-name = "copy"
-
-[connections.stripe]
-plugin = "stripe"
-credentials = "env:WEFT_TEST_UNUSED"
-rate_limit = "1000/s"
-
-[connections.growpanel]
-plugin = "growpanel"
-credentials = "env:WEFT_TEST_UNUSED"
-settings = { source = "ds_weft_demo" }
-rate_limit = "1000/s"
-
-[[step]]
-id = "customers"
-list = "stripe.customers"
-page_size = 10
-
-[[step]]
-id = "copy"
-for_each = ".steps.customers.records[]"
-upsert = "growpanel.customers"
-record = { id = "${{ $item.id }}", name = "${{ $item.name }}", email = "${{ $item.email }}", created_date = "2026-01-01", country = "US" }
-"#;
+    let text = &copy();
     let wf = super::support::workflow(harness.files.path(), text)?;
     let vendors = overrides(&sandbox, &[("stripe", "stripe"), ("growpanel", "growpanel")]);
     let stop = StopSignal::default();
@@ -113,21 +88,10 @@ async fn a_store_that_fails_inside_a_step_leaves_the_run_resumable_not_failed() 
     // (exit 3). Now both stop the run where its last commit left it.
     let sandbox = sandbox(30).await?;
     let harness = Harness::new()?;
-    let text = r#"
-[workflow]
-name = "copy"
-
-[connections.stripe]
-plugin = "stripe"
-credentials = "env:WEFT_TEST_UNUSED"
-rate_limit = "1000/s"
-
-[connections.growpanel]
-plugin = "growpanel"
-credentials = "env:WEFT_TEST_UNUSED"
-settings = { source = "ds_weft_demo" }
-rate_limit = "1000/s"
-
+    let text = &super::support::flow_with(
+        "copy",
+        &["stripe", "growpanel"],
+        r#"
 [[step]]
 id = "customers"
 list = "stripe.customers"
@@ -138,7 +102,8 @@ id = "copy"
 for_each = ".steps.customers.records[]"
 upsert = "growpanel.customers"
 record = { id = "${{ $item.id }}", name = "${{ $item.name }}", email = "${{ $item.email }}", created_date = "2026-01-01", country = "US" }
-"#;
+"#,
+    );
     let wf = super::support::workflow(harness.files.path(), text)?;
     let vendors = overrides(&sandbox, &[("stripe", "stripe"), ("growpanel", "growpanel")]);
     let options = RunOptions { overrides: vendors.clone(), ..RunOptions::default() };
@@ -177,21 +142,11 @@ record = { id = "${{ $item.id }}", name = "${{ $item.name }}", email = "${{ $ite
 
 /// A list, and a for-each that reads the list's pages back from the run
 /// store.
-const COPY: &str = r#"
-[workflow]
-name = "copy"
-
-[connections.stripe]
-plugin = "stripe"
-credentials = "env:WEFT_TEST_UNUSED"
-rate_limit = "1000/s"
-
-[connections.growpanel]
-plugin = "growpanel"
-credentials = "env:WEFT_TEST_UNUSED"
-settings = { source = "ds_weft_demo" }
-rate_limit = "1000/s"
-
+fn copy() -> String {
+    super::support::flow_with(
+        "copy",
+        &["stripe", "growpanel"],
+        r#"
 [[step]]
 id = "customers"
 list = "stripe.customers"
@@ -202,7 +157,9 @@ id = "copy"
 for_each = ".steps.customers.records[]"
 upsert = "growpanel.customers"
 record = { id = "${{ $item.id }}", name = "${{ $item.name }}", email = "${{ $item.email }}", created_date = "2026-01-01", country = "US" }
-"#;
+"#,
+    )
+}
 
 #[tokio::test]
 async fn a_page_file_a_for_each_cannot_read_leaves_the_run_resumable_not_failed() -> TestResult {
@@ -214,7 +171,7 @@ async fn a_page_file_a_for_each_cannot_read_leaves_the_run_resumable_not_failed(
     // Five records at most are held in memory as `.steps.customers`, so
     // the for-each is the only reader of the 30 records' pages.
     let harness = Harness { executor: executor.with_inline_records(5), state, files, postgres };
-    let wf = super::support::workflow(harness.files.path(), COPY)?;
+    let wf = super::support::workflow(harness.files.path(), &copy())?;
     let vendors = overrides(&sandbox, &[("stripe", "stripe"), ("growpanel", "growpanel")]);
     let stop = StopSignal::default();
     let options =
@@ -260,25 +217,16 @@ async fn a_sorted_run_a_sync_cannot_write_leaves_the_run_resumable_not_failed() 
     // run-store failure leaves the run to resume (exit 3).
     let sandbox = sandbox(30).await?;
     let harness = Harness::new()?;
-    let text = r#"
-[workflow]
-name = "sync"
-
-[connections.stripe]
-plugin = "stripe"
-credentials = "env:WEFT_TEST_UNUSED"
-rate_limit = "1000/s"
-
-[connections.metronome]
-plugin = "metronome"
-credentials = "env:WEFT_TEST_UNUSED"
-rate_limit = "1000/s"
-
+    let text = &super::support::flow_with(
+        "sync",
+        &["stripe", "metronome"],
+        r#"
 [[step]]
 id = "mirror"
 sync = { from = "stripe.customers", to = "metronome.customers", key = "external_id" }
 map = '{external_id: .id, name: (.name // .email)}'
-"#;
+"#,
+    );
     let wf = super::support::workflow(harness.files.path(), text)?;
     let vendors = overrides(&sandbox, &[("stripe", "stripe"), ("metronome", "metronome")]);
     let options = RunOptions { overrides: vendors.clone(), ..RunOptions::default() };

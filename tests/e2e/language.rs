@@ -11,25 +11,12 @@ use weft::executor::{Observer, RunOptions, Silent, StepSummary, StopSignal};
 use weft::store::{Status, StepState};
 use weft::workflow::Step;
 
-use super::support::{Harness, TestResult, overrides, sandbox, workflow, writes};
-
-const CONNECTIONS: &str = r#"
-[connections.stripe]
-plugin = "stripe"
-credentials = "env:WEFT_TEST_UNUSED"
-rate_limit = "1000/s"
-
-[connections.growpanel]
-plugin = "growpanel"
-credentials = "env:WEFT_TEST_UNUSED"
-settings = { source = "ds_weft_demo" }
-rate_limit = "1000/s"
-"#;
+use super::support::{Harness, TestResult, flow_with, overrides, sandbox, workflow, writes};
 
 const VENDORS: [(&str, &str); 2] = [("stripe", "stripe"), ("growpanel", "growpanel")];
 
 fn flow(name: &str, rest: &str) -> String {
-    format!("[workflow]\nname = \"{name}\"\n{CONNECTIONS}\n{rest}")
+    flow_with(name, &["stripe", "growpanel"], rest)
 }
 
 /// The Stripe ids of the GrowPanel rows the sync made (`m_` and the id).

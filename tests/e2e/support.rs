@@ -142,3 +142,31 @@ pub fn overrides(
 pub fn writes(log: &weft_sandbox::requests::RequestLog) -> usize {
     log.count_where(|r| r.method != "GET" && r.method != "HEAD")
 }
+
+/// The `[connections.NAME]` block of a built-in connector as the tests
+/// use it against the emulators: no real credential (the overrides
+/// supply the emulator's), a limit that never paces a test, and the
+/// settings a connector requires. The connection is named after the
+/// plugin, except `stripe-scim`, named `scim`.
+pub fn connections(plugins: &[&str]) -> String {
+    plugins
+        .iter()
+        .map(|plugin| {
+            let name = if *plugin == "stripe-scim" { "scim" } else { plugin };
+            let settings = if *plugin == "growpanel" {
+                "settings = { source = \"ds_weft_demo\" }\n"
+            } else {
+                ""
+            };
+            format!(
+                "\n[connections.{name}]\nplugin = \"{plugin}\"\ncredentials = \"env:WEFT_TEST_UNUSED\"\n{settings}rate_limit = \"1000/s\"\n"
+            )
+        })
+        .collect()
+}
+
+/// A workflow named `name` with the test [`connections`] of `plugins`,
+/// then `rest` (its steps).
+pub fn flow_with(name: &str, plugins: &[&str], rest: &str) -> String {
+    format!("[workflow]\nname = \"{name}\"\n{}\n{rest}", connections(plugins))
+}

@@ -10,31 +10,15 @@ use weft::executor::{ConnectionOverride, Observer, RunOptions, Silent};
 use weft::store::Status;
 use weft::workflow::Step;
 
-use super::support::{Harness, TestResult, overrides, sandbox, workflow, writes};
-
-const CONNECTIONS: &str = r#"
-[connections.stripe]
-plugin = "stripe"
-credentials = "env:WEFT_TEST_UNUSED"
-rate_limit = "1000/s"
-
-[connections.growpanel]
-plugin = "growpanel"
-credentials = "env:WEFT_TEST_UNUSED"
-settings = { source = "ds_weft_demo" }
-rate_limit = "1000/s"
-
-[connections.metronome]
-plugin = "metronome"
-credentials = "env:WEFT_TEST_UNUSED"
-rate_limit = "1000/s"
-"#;
+use super::support::{
+    Harness, TestResult, connections, flow_with, overrides, sandbox, workflow, writes,
+};
 
 const VENDORS: [(&str, &str); 3] =
     [("stripe", "stripe"), ("growpanel", "growpanel"), ("metronome", "metronome")];
 
 fn flow(name: &str, rest: &str) -> String {
-    format!("[workflow]\nname = \"{name}\"\n{CONNECTIONS}\n{rest}")
+    flow_with(name, &["stripe", "growpanel", "metronome"], rest)
 }
 
 fn inputs(value: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
@@ -1096,34 +1080,6 @@ struct Target {
     wanted: &'static str,
 }
 
-const PROPERTY_CONNECTIONS: &str = r#"
-[connections.stripe]
-plugin = "stripe"
-credentials = "env:WEFT_TEST_UNUSED"
-rate_limit = "1000/s"
-
-[connections.growpanel]
-plugin = "growpanel"
-credentials = "env:WEFT_TEST_UNUSED"
-settings = { source = "ds_weft_demo" }
-rate_limit = "1000/s"
-
-[connections.metronome]
-plugin = "metronome"
-credentials = "env:WEFT_TEST_UNUSED"
-rate_limit = "1000/s"
-
-[connections.baremetrics]
-plugin = "baremetrics"
-credentials = "env:WEFT_TEST_UNUSED"
-rate_limit = "1000/s"
-
-[connections.scim]
-plugin = "stripe-scim"
-credentials = "env:WEFT_TEST_UNUSED"
-rate_limit = "1000/s"
-"#;
-
 const TARGETS: [Target; 5] = [
     Target {
         connection: "growpanel",
@@ -1203,8 +1159,13 @@ async fn for_every_built_in_connector_a_dry_run_plans_what_the_run_does_and_a_se
         );
         let sync = |map: &str| {
             format!(
-                "[workflow]\nname = \"property-{}\"\n{PROPERTY_CONNECTIONS}\n[[step]]\nid = \"sync\"\nsync = {{ from = \"{}.customers\", to = \"{}.{}\", key = \"{}\" }}\nmap = '''{map}'''\n",
-                target.connection, target.source, target.connection, target.resource, target.key
+                "[workflow]\nname = \"property-{}\"\n{}\n[[step]]\nid = \"sync\"\nsync = {{ from = \"{}.customers\", to = \"{}.{}\", key = \"{}\" }}\nmap = '''{map}'''\n",
+                target.connection,
+                connections(&["stripe", "growpanel", "metronome", "baremetrics", "stripe-scim"]),
+                target.source,
+                target.connection,
+                target.resource,
+                target.key
             )
         };
         let setup = harness.run(&sync(target.setup), &vendors).await?;
