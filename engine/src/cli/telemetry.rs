@@ -203,6 +203,8 @@ struct Pending {
     spans: usize,
     dropped: u64,
     shutting_down: bool,
+    /// The exporter could not start: finished spans are not kept.
+    refused: bool,
 }
 
 #[derive(Debug, Default)]
@@ -227,38 +229,23 @@ struct Exporter {
 }
 
 impl Exporter {
+    /// Starts the exporter's thread. The HTTP client is made there, so
+    /// that the process does not wait for it (a few ms: a runtime thread
+    /// and a TLS configuration) before it starts its work.
     fn start(config: ExportConfig) -> Result<Exporter> {
-        // The exporter's own client, so that a plain-HTTP endpoint (a local
-        // collector, the common case) does not load and parse the system's
-        // trust store first: that alone cost a short `weft run` ~2% of its CPU.
-        let mut client = reqwest::blocking::Client::builder().timeout(config.timeout);
-        if config.url.scheme() == "http" {
-            client = client.tls_certs_only([]);
-        }
-        let mut headers = reqwest::header::HeaderMap::new();
-        headers.insert(
-            reqwest::header::CONTENT_TYPE,
-            reqwest::header::HeaderValue::from_static("application/x-protobuf"),
-        );
-        for (key, value) in &config.headers {
-            if let (Ok(key), Ok(value)) = (
-                reqwest::header::HeaderName::from_bytes(key.as_bytes()),
-                reqwest::header::HeaderValue::from_str(value),
-            ) {
-                headers.insert(key, value);
-            }
-        }
-        let client = client
-            .default_headers(headers)
-            .build()
-            .context("cannot make the trace exporter's HTTP client")?;
         let queue = Arc::new(Queue::default());
         let resource = encoded_resource(&config.resource);
         let thread = {
             let queue = queue.clone();
             std::thread::Builder::new()
                 .name("weft-otlp".into())
-                .spawn(move || export_loop(&queue, &client, &config.url, &resource))
+                .spawn(move || match http_client(&config) {
+                    Ok(client) => export_loop(&queue, &client, &config.url, &resource),
+                    Err(e) => {
+                        eprintln!("warning: no traces are sent: {e:#}");
+                        queue.lock().refused = true;
+                    }
+                })
                 .context("cannot start the trace exporter's thread")?
         };
         Ok(Exporter { queue, thread })
@@ -278,6 +265,31 @@ impl Exporter {
             );
         }
     }
+}
+
+/// The exporter's own client, so that a plain-HTTP endpoint (a local
+/// collector, the common case) does not load and parse the system's trust
+/// store first: that alone cost a short `weft run` ~2% of its CPU.
+fn http_client(config: &ExportConfig) -> Result<reqwest::blocking::Client> {
+    let mut client = reqwest::blocking::Client::builder().timeout(config.timeout);
+    if config.url.scheme() == "http" {
+        client = client.tls_certs_only([]);
+    }
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::CONTENT_TYPE,
+        reqwest::header::HeaderValue::from_static("application/x-protobuf"),
+    );
+    // Checked by `ExportConfig::from_env` already.
+    for (key, value) in &config.headers {
+        if let (Ok(key), Ok(value)) = (
+            reqwest::header::HeaderName::from_bytes(key.as_bytes()),
+            reqwest::header::HeaderValue::from_str(value),
+        ) {
+            headers.insert(key, value);
+        }
+    }
+    client.default_headers(headers).build().context("cannot make the trace exporter's HTTP client")
 }
 
 /// Waits for a full batch (or the period), posts it, and again, until shut
@@ -426,6 +438,9 @@ where
             return;
         }
         let mut pending = self.queue.lock();
+        if pending.refused {
+            return;
+        }
         if pending.spans >= MAX_QUEUED_SPANS {
             pending.dropped += 1;
             return;
@@ -480,11 +495,22 @@ impl Visit for FieldWriter<'_> {
 
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
         // `%display` fields come here too, as a value whose Debug is its
-        // Display. A span's few text fields (run id, workflow, step,
-        // connection, plugin, resource) are short.
-        let mut text = String::new();
-        let _ = write!(text, "{value:?}");
-        self.record_str(field, &text);
+        // Display: written straight into the attribute, with no string of
+        // its own.
+        if matches!(field.name(), "otel.status_code" | "otel.status_description" | "traceparent") {
+            let mut text = String::new();
+            let _ = write!(text, "{value:?}");
+            self.special(field, &text);
+            return;
+        }
+        put_message(&mut self.span.attributes, 9, |out| {
+            put_bytes(out, 1, field.name().as_bytes());
+            put_message(out, 2, |out| {
+                put_message(out, 1, |out| {
+                    let _ = write!(ProtobufText(out), "{value:?}");
+                });
+            });
+        });
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
@@ -603,6 +629,16 @@ fn put_message(out: &mut Vec<u8>, field: u32, write: impl FnOnce(&mut Vec<u8>)) 
         out.truncate(at);
         out.extend_from_slice(&length);
         out.extend_from_slice(&tail);
+    }
+}
+
+/// Formats into a protobuf buffer: the bytes of a string field's body.
+struct ProtobufText<'a>(&'a mut Vec<u8>);
+
+impl std::fmt::Write for ProtobufText<'_> {
+    fn write_str(&mut self, text: &str) -> std::fmt::Result {
+        self.0.extend_from_slice(text.as_bytes());
+        Ok(())
     }
 }
 
@@ -803,6 +839,102 @@ mod tests {
             Some(Any::DoubleValue(d)) => d.to_string(),
             other => format!("{other:?}"),
         }
+    }
+
+    /// Runs `work` under a registry with the layer, and decodes what it queued.
+    fn recorded(work: impl FnOnce()) -> Result<Vec<opentelemetry_proto::tonic::trace::v1::Span>> {
+        let queue = Arc::new(Queue::default());
+        let subscriber = tracing_subscriber::registry().with(OtlpLayer { queue: queue.clone() });
+        tracing::subscriber::with_default(subscriber, work);
+        let pending = queue.lock();
+        let body = export_request(&encoded_resource(&[]), &pending.encoded);
+        let request = ExportTraceServiceRequest::decode(body.as_slice())?;
+        Ok(request
+            .resource_spans
+            .into_iter()
+            .flat_map(|r| r.scope_spans)
+            .flat_map(|s| s.spans)
+            .collect())
+    }
+
+    #[test]
+    fn the_layer_records_parentage_fields_status_and_a_callers_traceparent() -> Result<()> {
+        let spans = recorded(|| {
+            let run = tracing::info_span!(
+                "run",
+                run = %"r-1",
+                workflow = %"nightly",
+                traceparent = tracing::field::Empty
+            );
+            run.record("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+            let _in_run = run.enter();
+            let step = tracing::info_span!(
+                "step",
+                step = %"export",
+                otel.status_code = tracing::field::Empty,
+                otel.status_description = tracing::field::Empty
+            );
+            {
+                let _in_step = step.enter();
+                let attempt = tracing::info_span!(
+                    "vendor request",
+                    attempt = 2u64,
+                    ok = true,
+                    status = tracing::field::Empty
+                );
+                attempt.record("status", 429u16);
+            }
+            step.record("otel.status_code", "ERROR");
+            step.record("otel.status_description", "step failed");
+        })?;
+        let named = |name: &str| {
+            spans
+                .iter()
+                .find(|s| s.name == name)
+                .ok_or_else(|| anyhow::anyhow!("no {name} span: {spans:#?}"))
+        };
+        let (run, step, attempt) = (named("run")?, named("step")?, named("vendor request")?);
+        assert_eq!(hex::encode(&run.trace_id), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(hex::encode(&run.parent_span_id), "00f067aa0ba902b7");
+        assert_eq!(
+            (step.trace_id.clone(), step.parent_span_id.clone()),
+            (run.trace_id.clone(), run.span_id.clone())
+        );
+        assert_eq!(attempt.parent_span_id, step.span_id);
+        assert_ne!(step.span_id, run.span_id);
+        let value = |span: &opentelemetry_proto::tonic::trace::v1::Span, key: &str| {
+            span.attributes.iter().find(|kv| kv.key == key).map(|kv| text(&kv.value))
+        };
+        assert_eq!(value(run, "run").as_deref(), Some("r-1"));
+        assert_eq!(value(run, "workflow").as_deref(), Some("nightly"));
+        assert_eq!(value(run, "traceparent"), None, "read, not exported");
+        assert_eq!(value(step, "step").as_deref(), Some("export"));
+        assert_eq!(value(step, "otel.status_code"), None);
+        assert_eq!(
+            step.status.as_ref().map(|s| (s.code, s.message.as_str())),
+            Some((2, "step failed"))
+        );
+        assert_eq!(run.status, None);
+        assert_eq!(value(attempt, "attempt").as_deref(), Some("2"));
+        assert_eq!(value(attempt, "ok").as_deref(), Some("true"));
+        assert_eq!(value(attempt, "status").as_deref(), Some("429"));
+        assert!(run.start_time_unix_nano > 0 && run.end_time_unix_nano >= run.start_time_unix_nano);
+        // A caller's trace that is not sampled: nothing of it is exported;
+        // a run without one is a root of its own.
+        let spans = recorded(|| {
+            let run = tracing::info_span!("run", traceparent = tracing::field::Empty);
+            run.record("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00");
+            let _in_run = run.enter();
+            let _step = tracing::info_span!("step").entered();
+        })?;
+        assert!(spans.is_empty(), "{spans:#?}");
+        let spans = recorded(|| {
+            let _run = tracing::info_span!("run").entered();
+        })?;
+        assert!(
+            spans.len() == 1 && spans[0].parent_span_id.is_empty() && spans[0].trace_id.len() == 16
+        );
+        Ok(())
     }
 
     #[test]
