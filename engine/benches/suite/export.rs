@@ -159,7 +159,7 @@ fn round_order(clients: &[Client], round: usize) -> Vec<usize> {
         (0..others.len()).map(|k| others[(k + round) % others.len()]).collect();
     if let Some(observed) = clients.iter().position(|c| *c == Client::WeftObserved) {
         let plain = order.iter().position(|&i| clients[i] == Client::Weft).unwrap_or(0);
-        order.insert(if round % 2 == 0 { plain } else { plain + 1 }, observed);
+        order.insert(if round.is_multiple_of(2) { plain } else { plain + 1 }, observed);
     }
     order
 }
