@@ -906,7 +906,12 @@ impl Executor {
         // Every log line of the run, a vendor request's included, says
         // which run it is about; exported, it is the root of the run's
         // trace, or a child of the caller's.
-        let span = tracing::info_span!("run", run = %run.id, workflow = %run.workflow);
+        let span = tracing::info_span!(
+            "run",
+            run = %run.id,
+            workflow = %run.workflow,
+            traceparent = tracing::field::Empty,
+        );
         if let Some(parent) = &options.trace_parent {
             continue_trace(&span, parent);
         }
@@ -1080,16 +1085,22 @@ impl Executor {
                             scope: &scope,
                             run_state: &run_state,
                         };
-                        let span = tracing::info_span!("step", step = %step.id, connection = %step.connection);
+                        let span = tracing::info_span!(
+                            "step",
+                            step = %step.id,
+                            connection = %step.connection,
+                            otel.status_code = tracing::field::Empty,
+                            otel.status_description = tracing::field::Empty,
+                        );
                         let outcome = self
                             .execute_step(cx, &endpoints, &mut state)
                             .instrument(span.clone())
                             .await;
                         if matches!(outcome, Err(StepError::Failed(_))) {
-                            use tracing_opentelemetry::OpenTelemetrySpanExt as _;
                             // The status only: an error's text may quote a
                             // vendor's answer, which stays out of traces.
-                            span.set_status(opentelemetry::trace::Status::error("step failed"));
+                            span.record("otel.status_code", "ERROR");
+                            span.record("otel.status_description", "step failed");
                         }
                         outcome
                     }
@@ -1427,21 +1438,36 @@ impl Executor {
     }
 }
 
-/// Makes `span` a child of the span a W3C `traceparent` header names. A
-/// header that does not parse is ignored (the run starts a trace of its
-/// own): it is a caller's input, not a reason to refuse a run.
+/// Makes `span` a child of the span a W3C `traceparent` header names (the
+/// trace exporter reads the span's `traceparent` field). A header that
+/// does not parse is ignored (the run starts a trace of its own): it is a
+/// caller's input, not a reason to refuse a run.
 fn continue_trace(span: &tracing::Span, traceparent: &str) {
-    use opentelemetry::propagation::TextMapPropagator as _;
-    use opentelemetry::trace::TraceContextExt as _;
-    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
-    // A valid header is 55 characters; anything far longer is not one.
-    if traceparent.len() > 256 {
-        return;
+    if is_traceparent(traceparent) {
+        span.record("traceparent", traceparent);
     }
-    let carrier = HashMap::from([("traceparent".to_owned(), traceparent.to_owned())]);
-    let parent = opentelemetry_sdk::propagation::TraceContextPropagator::new().extract(&carrier);
-    if parent.span().span_context().is_valid() {
-        let _ = span.set_parent(parent);
+}
+
+/// Whether `header` has the shape of a W3C `traceparent`: version, a trace
+/// id, a parent id and flags, in lower-case hex, dash-separated (the ids
+/// not all zeros). What does not is never recorded, not even in the log.
+fn is_traceparent(header: &str) -> bool {
+    let parts: Vec<&str> = header.split('-').collect();
+    let hex = |s: &str| s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    let nonzero = |s: &str| s.bytes().any(|b| b != b'0');
+    match parts.as_slice() {
+        [version, trace, parent, flags, rest @ ..] => {
+            version.len() == 2
+                && *version != "ff"
+                && (rest.is_empty() || *version != "00")
+                && trace.len() == 32
+                && parent.len() == 16
+                && flags.len() == 2
+                && [*version, *trace, *parent, *flags].iter().all(|s| hex(s))
+                && nonzero(trace)
+                && nonzero(parent)
+        }
+        _ => false,
     }
 }
 

@@ -1099,6 +1099,8 @@ impl ConnectionHttp {
                 attempt = attempts.made + 1,
                 limiter_wait_ms = waited.as_millis() as u64,
                 status = tracing::field::Empty,
+                otel.status_code = tracing::field::Empty,
+                otel.status_description = tracing::field::Empty,
             );
             let outcome = {
                 use tracing::Instrument as _;
@@ -1109,9 +1111,9 @@ impl ConnectionHttp {
                     span.record("status", response.status);
                 }
                 Err(_) => {
-                    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
                     // The status only: the error's text names the URL.
-                    span.set_status(opentelemetry::trace::Status::error("no answer"));
+                    span.record("otel.status_code", "ERROR");
+                    span.record("otel.status_description", "no answer");
                 }
             }
             drop(span);

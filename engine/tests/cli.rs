@@ -1557,6 +1557,99 @@ async fn a_traceparent_on_an_api_start_becomes_the_runs_parent() -> TestResult {
     Ok(())
 }
 
+/// A collector that reads each export's request head and never answers,
+/// holding the connection open: what the export timeout is for.
+struct SilentCollector {
+    url: String,
+    heads: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl SilentCollector {
+    async fn start() -> TestResult<SilentCollector> {
+        use tokio::io::AsyncReadExt as _;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let heads = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = heads.clone();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let kept = kept.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 65536 {
+                        match socket.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    if let Ok(mut kept) = kept.lock() {
+                        kept.push(String::from_utf8_lossy(&head).into_owned());
+                    }
+                    // Read on, never answer, until the client gives up.
+                    while let Ok(n) = socket.read(&mut chunk).await {
+                        if n == 0 {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        Ok(SilentCollector { url, heads })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_otlp_export_timeout_and_headers_come_from_the_standard_variables() -> TestResult {
+    let collector = SilentCollector::start().await?;
+    let dirs = Dirs::new()?;
+    let export = example("stripe-export.toml");
+    let traced = |timeout: &str, traces_timeout: &str| {
+        let mut command = dirs.command();
+        command
+            .env("OTEL_EXPORTER_OTLP_TIMEOUT", timeout)
+            .env("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", traces_timeout)
+            .env("OTEL_EXPORTER_OTLP_HEADERS", "x-collector-key=general%20key,x-tenant=weft")
+            .env("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "x-collector-key=traces-secret-key")
+            .args(["--otlp-endpoint", &collector.url, "run", "--sandbox", "--seed", "5", "--json"])
+            .arg(&export);
+        command
+    };
+    // The traces' own variable wins over the general one (a minute): the
+    // process waits 300 ms for the collector, not OTLP's default 10 s (nor
+    // the 5 s the SDK's shutdown used to give up after).
+    let started = Instant::now();
+    let mut command = traced("60000", "300");
+    let output = tokio::task::spawn_blocking(move || command.output()).await??;
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stdout_json(&output)?["status"], "succeeded", "{stderr}");
+    assert!(took < Duration::from_secs(4), "the export waited {took:?}: {stderr}");
+    assert!(stderr.contains("could not send traces") && stderr.contains("timeout"), "{stderr}");
+    assert!(!stderr.contains("traces-secret-key"), "a header's value is never printed: {stderr}");
+    let heads = collector.heads.lock().map_err(|_| "the collector's lock")?.clone();
+    let head = heads.first().ok_or("the collector got no export")?.to_ascii_lowercase();
+    assert!(head.starts_with("post /v1/traces "), "{head}");
+    assert!(head.contains("content-type: application/x-protobuf"), "{head}");
+    // The traces' headers over the general ones, values percent-decoded.
+    assert!(head.contains("x-collector-key: traces-secret-key\r\n"), "{head}");
+    assert!(head.contains("x-tenant: weft\r\n"), "{head}");
+    // A timeout that is not a number of milliseconds is refused, naming
+    // the variable, before anything runs.
+    for (timeout, traces_timeout, named) in [
+        ("10s", "", "OTEL_EXPORTER_OTLP_TIMEOUT"),
+        ("1000", "0", "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT"),
+        ("1000", "-5", "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT"),
+    ] {
+        let output = traced(timeout, traces_timeout).output()?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{timeout} {traces_timeout}: {stderr}");
+        assert!(stderr.contains(named) && stderr.contains("milliseconds"), "{stderr}");
+        assert!(output.stdout.is_empty(), "nothing ran");
+    }
+    Ok(())
+}
+
 #[test]
 fn runs_prune_removes_old_runs_keeps_the_newest_success_and_state_is_shown_and_repaired()
 -> TestResult {

@@ -145,6 +145,25 @@ impl Setup {
     }
 }
 
+/// The order the clients run in, round `round`: the others rotate, so
+/// that none always runs first or after the same one, and the observed run
+/// sits right beside the plain one, before it in even rounds and after it
+/// in odd ones. Their ratio then compares two runs that followed the same
+/// client equally often: with a plain rotation the observed run followed
+/// the native client (the one that leaves the emulator busiest) in two
+/// rounds of three and the plain run in one.
+fn round_order(clients: &[Client], round: usize) -> Vec<usize> {
+    let others: Vec<usize> =
+        (0..clients.len()).filter(|&i| clients[i] != Client::WeftObserved).collect();
+    let mut order: Vec<usize> =
+        (0..others.len()).map(|k| others[(k + round) % others.len()]).collect();
+    if let Some(observed) = clients.iter().position(|c| *c == Client::WeftObserved) {
+        let plain = order.iter().position(|&i| clients[i] == Client::Weft).unwrap_or(0);
+        order.insert(if round.is_multiple_of(2) { plain } else { plain + 1 }, observed);
+    }
+    order
+}
+
 /// CPU seconds (user + system) of every child this process has waited
 /// for. Clients run one at a time, so the difference around one run is
 /// that client's CPU: on a shared machine it moves less than wall time,
@@ -295,8 +314,7 @@ pub async fn run(config: &Config) -> BenchResult<Vec<Row>> {
     for round in 1..=rounds {
         let mut this_round = vec![0.0; clients.len()];
         let mut cpu_this_round = vec![0.0; clients.len()];
-        for k in 0..clients.len() {
-            let i = (k + round) % clients.len();
+        for i in round_order(&clients, round) {
             if clients[i] == Client::Python && round > python_rounds {
                 continue;
             }
