@@ -84,8 +84,8 @@ mod customers;
 mod diff;
 
 use weft_connector_sdk::{
-    AuthScheme, BatchItem, Connector, Context, Error, Json, ListRequest, Manifest, MethodClass, Op,
-    Page, RateLimit, RemoveOutcome, ResourceSpec, Result, Setting, UpsertOutcome, UpsertRequest,
+    AuthScheme, BatchItem, Connector, Context, Json, ListRequest, Manifest, MethodClass, Op, Page,
+    RateLimit, RemoveOutcome, ResourceSpec, Result, Setting, UpsertOutcome, UpsertRequest,
 };
 
 /// The GrowPanel connector.
@@ -102,42 +102,27 @@ impl Connector for GrowPanel {
     }
 
     fn list(ctx: &Context, request: ListRequest) -> Result<Page> {
-        served(&request.resource)?;
         customers::list(ctx, &request)
     }
 
-    fn get(ctx: &Context, resource: &str, id: &str) -> Result<Option<Json>> {
-        served(resource)?;
+    fn get(ctx: &Context, _resource: &str, id: &str) -> Result<Option<Json>> {
         customers::get(ctx, id)
     }
 
     fn upsert(ctx: &Context, request: UpsertRequest) -> Result<UpsertOutcome> {
-        served(&request.resource)?;
         customers::upsert(ctx, &request)
     }
 
     fn upsert_batch(
         ctx: &Context,
-        resource: &str,
+        _resource: &str,
         items: Vec<BatchItem>,
     ) -> Result<Vec<Result<UpsertOutcome>>> {
-        served(resource)?;
         customers::upsert_batch(ctx, &items)
     }
 
-    fn remove(ctx: &Context, resource: &str, id: &str) -> Result<RemoveOutcome> {
-        served(resource)?;
+    fn remove(ctx: &Context, _resource: &str, id: &str) -> Result<RemoveOutcome> {
         customers::remove(ctx, id)
-    }
-}
-
-fn served(resource: &str) -> Result<()> {
-    if resource == CUSTOMERS {
-        Ok(())
-    } else {
-        Err(Error::not_found(format!(
-            "growpanel: no resource `{resource}`; this connector serves `{CUSTOMERS}`"
-        )))
     }
 }
 

@@ -329,8 +329,12 @@ fn ids_are_percent_encoded_in_paths() {
 
 #[test]
 fn unknown_resources_are_not_found() {
-    let error = GrowPanel::get(&ctx(), "invoices", "in_1");
-    assert!(matches!(error, Err(Error::NotFound(_))), "{error:?}");
+    // Refused by the SDK from the manifest, before the connector runs.
+    use weft_connector_sdk::__private::Adapter;
+    use weft_connector_sdk::wit::exports::weft::connector::plugin::Guest;
+    let error = <Adapter<GrowPanel> as Guest>::get(ctx(), "invoices".into(), "in_1".into());
+    use weft_connector_sdk::wit::weft::connector::types::ConnectorError;
+    assert!(matches!(error, Err(ConnectorError::NotFound(_))), "{error:?}");
 }
 
 #[test]

@@ -66,7 +66,7 @@
 mod members;
 
 use weft_connector_sdk::{
-    AuthScheme, Connector, Context, Error, Json, ListRequest, Manifest, Op, Page, RemoveOutcome,
+    AuthScheme, Connector, Context, Json, ListRequest, Manifest, Op, Page, RemoveOutcome,
     ResourceSpec, Result, UpsertOutcome, UpsertRequest,
 };
 
@@ -84,34 +84,19 @@ impl Connector for StripeScim {
     }
 
     fn list(ctx: &Context, request: ListRequest) -> Result<Page> {
-        served(&request.resource)?;
         members::list(ctx, &request)
     }
 
-    fn get(ctx: &Context, resource: &str, id: &str) -> Result<Option<Json>> {
-        served(resource)?;
+    fn get(ctx: &Context, _resource: &str, id: &str) -> Result<Option<Json>> {
         members::get(ctx, id)
     }
 
     fn upsert(ctx: &Context, request: UpsertRequest) -> Result<UpsertOutcome> {
-        served(&request.resource)?;
         members::upsert(ctx, &request)
     }
 
-    fn remove(ctx: &Context, resource: &str, id: &str) -> Result<RemoveOutcome> {
-        served(resource)?;
+    fn remove(ctx: &Context, _resource: &str, id: &str) -> Result<RemoveOutcome> {
         members::remove(ctx, id)
-    }
-}
-
-fn served(resource: &str) -> Result<()> {
-    if resource == TEAM_MEMBERS {
-        Ok(())
-    } else {
-        Err(Error::not_found(format!(
-            "stripe-scim: no resource `{resource}`; this connector serves `{TEAM_MEMBERS}` \
-             (Stripe customers are the `stripe` connector's)"
-        )))
     }
 }
 

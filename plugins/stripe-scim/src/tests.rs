@@ -290,6 +290,11 @@ fn manifest_has_its_own_base_url_bearer_auth_and_nothing_irreversible() {
     assert_eq!(manifest.auth, AuthScheme::Bearer);
     assert_eq!(manifest.resources[0].name, "team-members");
     assert!(manifest.resources[0].irreversible.is_empty());
-    let error = StripeScim::get(&ctx(), "customers", "cus_1");
-    assert!(matches!(error, Err(Error::NotFound(_))), "{error:?}");
+    // Another resource is refused by the SDK from the manifest, before
+    // the connector runs.
+    use weft_connector_sdk::__private::Adapter;
+    use weft_connector_sdk::wit::exports::weft::connector::plugin::Guest;
+    use weft_connector_sdk::wit::weft::connector::types::ConnectorError;
+    let error = <Adapter<StripeScim> as Guest>::get(ctx(), "customers".into(), "cus_1".into());
+    assert!(matches!(error, Err(ConnectorError::NotFound(_))), "{error:?}");
 }

@@ -73,8 +73,8 @@ mod customers;
 mod diff;
 
 use weft_connector_sdk::{
-    AuthScheme, Connector, Context, Error, Json, ListRequest, Manifest, MethodClass, Op, Page,
-    RateLimit, RemoveOutcome, ResourceSpec, Result, Setting, UpsertOutcome, UpsertRequest,
+    AuthScheme, Connector, Context, Json, ListRequest, Manifest, MethodClass, Op, Page, RateLimit,
+    RemoveOutcome, ResourceSpec, Result, Setting, UpsertOutcome, UpsertRequest,
 };
 
 /// The Stripe connector.
@@ -91,33 +91,19 @@ impl Connector for Stripe {
     }
 
     fn list(ctx: &Context, request: ListRequest) -> Result<Page> {
-        served(&request.resource)?;
         customers::list(ctx, &request)
     }
 
-    fn get(ctx: &Context, resource: &str, id: &str) -> Result<Option<Json>> {
-        served(resource)?;
+    fn get(ctx: &Context, _resource: &str, id: &str) -> Result<Option<Json>> {
         customers::get(ctx, id)
     }
 
     fn upsert(ctx: &Context, request: UpsertRequest) -> Result<UpsertOutcome> {
-        served(&request.resource)?;
         customers::upsert(ctx, &request)
     }
 
-    fn remove(ctx: &Context, resource: &str, id: &str) -> Result<RemoveOutcome> {
-        served(resource)?;
+    fn remove(ctx: &Context, _resource: &str, id: &str) -> Result<RemoveOutcome> {
         customers::remove(ctx, id)
-    }
-}
-
-fn served(resource: &str) -> Result<()> {
-    if resource == CUSTOMERS {
-        Ok(())
-    } else {
-        Err(Error::not_found(format!(
-            "stripe: no resource `{resource}`; this connector serves `{CUSTOMERS}`"
-        )))
     }
 }
 
