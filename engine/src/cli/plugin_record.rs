@@ -25,11 +25,11 @@ struct RecordedCheck {
 
 /// The credential a replay hands the connector: the recording's was
 /// removed, and the fixtures answer whatever is sent.
-const REPLAY_KEY: &str = "weft_replay_key";
+pub(crate) const REPLAY_KEY: &str = "weft_replay_key";
 
 /// The header a manifest's auth scheme puts the credential in, if not
 /// `Authorization` (which is never recorded).
-fn auth_header(plugin: &weft::runtime::Plugin) -> Option<String> {
+pub(crate) fn auth_header(plugin: &weft::runtime::Plugin) -> Option<String> {
     match &plugin.manifest().auth {
         weft::connector::AuthScheme::Header(name) => Some(name.clone()),
         _ => None,

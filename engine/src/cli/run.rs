@@ -9,11 +9,12 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, Result};
 use clap::Args;
-use weft::credentials::Secret;
+use weft::credentials::{CredentialSource, Secret};
 use weft::executor::{
     ConnectionOverride, ExecError, Executor, Observer, RunOptions, RunSummary, StepSummary,
 };
 use weft::metrics::Metrics;
+use weft::plugin_fixtures::{FixtureSet, Recorder, Redaction, Replayer};
 use weft::store::{RunRecord, Status, StepState, StoreLocation};
 use weft::workflow::{Step, Workflow};
 
@@ -52,6 +53,193 @@ pub(crate) struct RunArgs {
     /// for node_exporter's textfile collector when cron starts `weft run`.
     #[arg(long, value_name = "FILE")]
     metrics_file: Option<PathBuf>,
+    /// Record every connection's HTTP exchanges to DIR/CONNECTION (as
+    /// `weft plugin record` does for a check): credentials removed, the
+    /// --redact fields redacted. With --sandbox, against the emulators.
+    #[arg(long, value_name = "DIR", conflicts_with = "replay")]
+    record: Option<PathBuf>,
+    /// With --record: a field to redact (`email`, `customer.email`) in JSON
+    /// and form bodies and queries; repeatable.
+    #[arg(long, value_name = "FIELD.PATH", requires = "record")]
+    redact: Vec<String>,
+    /// Run offline against what --record wrote to DIR: every connection is
+    /// answered from its fixtures, no vendor is contacted, the state is
+    /// kept in a temporary directory, and a request the fixtures do not
+    /// hold fails the run, named.
+    #[arg(long, value_name = "DIR", conflicts_with = "sandbox")]
+    replay: Option<PathBuf>,
+}
+
+/// What `weft run --record` writes for each connection beside its
+/// exchanges, in `fixtures.json`'s `check`.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct RecordedRun {
+    workflow: String,
+    connection: String,
+}
+
+/// The proxies of a `--record` or `--replay` run, by connection.
+enum Fixtures {
+    None,
+    Recording(PathBuf, Vec<(String, FixtureSet, Recorder)>),
+    Replaying(PathBuf, Vec<(String, Replayer)>),
+}
+
+/// Puts a recording proxy in front of every connection of `workflow`
+/// (its override, else its own base URL and credential), and points the
+/// connection at it.
+async fn start_recording(
+    executor: &Executor,
+    workflow: &Workflow,
+    command: &RunArgs,
+    overrides: &mut BTreeMap<String, ConnectionOverride>,
+    sandbox: &mut Option<Vec<String>>,
+) -> Result<Fixtures> {
+    let mut recording = Vec::new();
+    for connection in workflow.connections.values() {
+        let plugin = executor.plugin(&connection.name, &connection.plugin).await?;
+        let (base_url, secret) = match overrides.get(&connection.name) {
+            Some(o) => (o.base_url.clone(), o.secret.clone()),
+            None => {
+                let reference = connection.credentials.as_deref().with_context(|| {
+                    format!("connection {:?} has no credentials to record with", connection.name)
+                })?;
+                let secret = CredentialSource::parse(reference)
+                    .and_then(|source| source.resolve())
+                    .with_context(|| format!("connection {:?}", connection.name))?;
+                let base = connection
+                    .base_url
+                    .clone()
+                    .unwrap_or_else(|| plugin.manifest().default_base_url.clone());
+                (base, secret)
+            }
+        };
+        let redaction = Redaction::new(
+            &command.redact,
+            Some(secret.expose()),
+            super::plugin_record::auth_header(&plugin).as_deref(),
+        );
+        let recorder = Recorder::start(&base_url, redaction)
+            .await
+            .with_context(|| format!("connection {:?}: the recording proxy", connection.name))?;
+        if let Some(allowed) = sandbox.as_mut() {
+            allowed.push(recorder.base_url());
+        }
+        overrides.insert(
+            connection.name.clone(),
+            ConnectionOverride { base_url: recorder.base_url(), secret },
+        );
+        let set = FixtureSet {
+            plugin: connection.plugin.to_string(),
+            plugin_sha256: plugin.digest().to_owned(),
+            base_path: recorder.base_path().to_owned(),
+            authenticated: true,
+            redact: command.redact.clone(),
+            check: serde_json::to_value(RecordedRun {
+                workflow: workflow.name.clone(),
+                connection: connection.name.clone(),
+            })?,
+            exchanges: 0,
+        };
+        recording.push((connection.name.clone(), set, recorder));
+    }
+    let dir = command.record.clone().unwrap_or_default();
+    Ok(Fixtures::Recording(dir, recording))
+}
+
+/// Points every connection of `workflow` at a server answering from
+/// `dir/CONNECTION`, and confines the run's HTTP to those servers.
+async fn start_replaying(
+    executor: &Executor,
+    workflow: &Workflow,
+    dir: &std::path::Path,
+    overrides: &mut BTreeMap<String, ConnectionOverride>,
+    sandbox: &mut Option<Vec<String>>,
+) -> Result<Fixtures> {
+    let mut replaying = Vec::new();
+    let mut allowed = Vec::new();
+    for connection in workflow.connections.values() {
+        let plugin = executor.plugin(&connection.name, &connection.plugin).await?;
+        let fixtures = dir.join(&connection.name);
+        let (set, exchanges) = weft::plugin_fixtures::read(&fixtures).with_context(|| {
+            format!(
+                "connection {:?}: reading the fixtures in {}",
+                connection.name,
+                fixtures.display()
+            )
+        })?;
+        if set.plugin_sha256 != plugin.digest() {
+            eprintln!(
+                "note: connection {:?} was recorded with {} (sha256 {}); replaying with sha256 {}",
+                connection.name,
+                set.plugin,
+                set.plugin_sha256,
+                plugin.digest()
+            );
+        }
+        let redaction = Redaction::new(
+            &set.redact,
+            None,
+            super::plugin_record::auth_header(&plugin).as_deref(),
+        );
+        let replayer = Replayer::start(&set.base_path, exchanges, redaction).await?;
+        allowed.push(replayer.base_url());
+        overrides.insert(
+            connection.name.clone(),
+            ConnectionOverride {
+                base_url: replayer.base_url(),
+                secret: Secret::new(super::plugin_record::REPLAY_KEY.to_owned()),
+            },
+        );
+        replaying.push((connection.name.clone(), replayer));
+    }
+    // Only the replay servers may be reached, as a sandbox run reaches only
+    // its emulators.
+    *sandbox = Some(allowed);
+    Ok(Fixtures::Replaying(dir.to_path_buf(), replaying))
+}
+
+/// Writes what was recorded, or says what a replay missed: `false` when a
+/// request found no fixture.
+fn finish_fixtures(fixtures: Fixtures) -> Result<bool> {
+    match fixtures {
+        Fixtures::None => Ok(true),
+        Fixtures::Recording(dir, recording) => {
+            for (connection, mut set, recorder) in recording {
+                let exchanges = recorder.finish();
+                set.exchanges = exchanges.len();
+                let out = dir.join(&connection);
+                weft::plugin_fixtures::write(&out, &set, &exchanges)
+                    .with_context(|| format!("writing the fixtures to {}", out.display()))?;
+                eprintln!(
+                    "recorded {} exchanges of connection {connection:?} to {}",
+                    exchanges.len(),
+                    out.display()
+                );
+            }
+            Ok(true)
+        }
+        Fixtures::Replaying(dir, replaying) => {
+            let mut complete = true;
+            for (connection, replayer) in replaying {
+                let outcome = replayer.finish();
+                for miss in &outcome.misses {
+                    complete = false;
+                    eprintln!(
+                        "error: no fixture in {} holds the request {miss}",
+                        dir.join(&connection).display()
+                    );
+                }
+                if !outcome.unused.is_empty() {
+                    eprintln!(
+                        "note: {} recorded exchanges of connection {connection:?} were not asked for",
+                        outcome.unused.len()
+                    );
+                }
+            }
+            Ok(complete)
+        }
+    }
 }
 
 /// Writes `metrics` to `path` whole: a temporary file beside it, renamed
@@ -99,7 +287,10 @@ pub(crate) async fn run(global: &Global, command: RunArgs) -> Result<ExitCode> {
     let inputs = gather_inputs(&workflow, &command)?;
     // A sandbox run keeps its state in a temporary directory unless told
     // otherwise, so demo runs never mix with real ones.
-    let temp_state = if command.sandbox && global.state_dir.is_none() && global.store.is_none() {
+    let temp_state = if (command.sandbox || command.replay.is_some())
+        && global.state_dir.is_none()
+        && global.store.is_none()
+    {
         Some(tempfile::tempdir().context("failed to create a temporary state dir")?)
     } else {
         None
@@ -155,6 +346,16 @@ pub(crate) async fn run(global: &Global, command: RunArgs) -> Result<ExitCode> {
         emulators = Some(running);
     }
 
+    let fixtures = match (&command.record, &command.replay) {
+        (Some(_), _) => {
+            start_recording(&executor, &workflow, &command, &mut overrides, &mut sandbox).await?
+        }
+        (None, Some(dir)) => {
+            start_replaying(&executor, &workflow, dir, &mut overrides, &mut sandbox).await?
+        }
+        (None, None) => Fixtures::None,
+    };
+
     if !command.json {
         eprintln!(
             "running {} ({}){}",
@@ -180,10 +381,11 @@ pub(crate) async fn run(global: &Global, command: RunArgs) -> Result<ExitCode> {
     }
     let written = output_files(&workflow, &summary);
     report(&summary, &written, command.json)?;
+    let complete = finish_fixtures(fixtures)?;
     if let Some(emulators) = emulators {
         emulators.shutdown().await;
     }
-    Ok(exit_code(&summary))
+    Ok(if complete { exit_code(&summary) } else { ExitCode::from(exit::RUN_FAILED) })
 }
 
 /// Records and runs a workflow; a panic during the run ends the run

@@ -211,3 +211,96 @@ fn a_replay_fails_naming_the_request_the_fixtures_do_not_hold() -> TestResult {
     );
     Ok(())
 }
+
+/// A list of Stripe customers copied into GrowPanel: two connections, JSON
+/// and form bodies, reads and writes.
+const COPY_WORKFLOW: &str = r#"[workflow]
+name = "recorded-copy"
+
+[connections.stripe]
+plugin = "stripe"
+credentials = "env:WEFT_TEST_UNUSED"
+
+[connections.growpanel]
+plugin = "growpanel"
+credentials = "env:WEFT_TEST_UNUSED"
+settings = { source = "ds_weft_demo" }
+
+[[step]]
+id = "customers"
+list = "stripe.customers"
+limit = 6
+
+[[step]]
+id = "copy"
+for_each = ".steps.customers.records[]"
+upsert = "growpanel.customers"
+record = { id = "${{ $item.id }}", name = "${{ $item.name }}", email = "${{ $item.email }}", created_date = "2026-01-01", country = "US" }
+"#;
+
+#[test]
+fn a_recorded_workflow_run_replays_offline_and_fails_on_a_missing_exchange() -> TestResult {
+    let recording = Dirs::new()?;
+    let workflow = recording.write("copy.toml", COPY_WORKFLOW)?;
+    let fixtures = recording.files.path().join("fixtures");
+    let recorded = recording
+        .command()
+        .args(["run", "--sandbox", "--seed", "6", "--json", "--redact", "email", "--record"])
+        .arg(&fixtures)
+        .arg(&workflow)
+        .output()?;
+    let stderr = String::from_utf8_lossy(&recorded.stderr);
+    assert!(recorded.status.success(), "{stderr}");
+    let summary = stdout_json(&recorded)?;
+    assert_eq!(summary["steps"][1]["counts"]["created"], 6, "{summary:#}");
+    for connection in ["stripe", "growpanel"] {
+        assert!(
+            fixtures.join(connection).join("fixtures.json").is_file(),
+            "{connection}: {stderr}"
+        );
+    }
+    for (path, text) in files(&fixtures)? {
+        for key in [weft_sandbox::stripe::SANDBOX_API_KEY, weft_sandbox::growpanel::SANDBOX_API_KEY]
+        {
+            assert!(!text.contains(key), "{} holds a key", path.display());
+        }
+        assert!(!text.to_ascii_lowercase().contains("authorization"), "{}", path.display());
+        assert!(
+            !text.contains("@example.com") && !text.contains("%40example.com"),
+            "{} holds an email",
+            path.display()
+        );
+    }
+
+    // Offline, on a fresh store: no emulator, no key, the same run.
+    let replaying = Dirs::new()?;
+    let replayed = replaying
+        .command()
+        .args(["run", "--json", "--replay"])
+        .arg(&fixtures)
+        .arg(&workflow)
+        .output()?;
+    let stderr = String::from_utf8_lossy(&replayed.stderr);
+    assert!(replayed.status.success(), "{stderr}");
+    assert!(!stderr.contains("no fixture"), "{stderr}");
+    let again = stdout_json(&replayed)?;
+    assert_eq!(again["status"], "succeeded", "{again:#}");
+    assert_eq!(again["steps"][0]["counts"]["read"], 6, "{again:#}");
+    assert_eq!(again["steps"][1]["counts"]["created"], 6, "{again:#}");
+
+    // One create missing from the fixtures: the replay fails, naming it.
+    let exchanges = fixtures.join("growpanel").join("exchanges");
+    let create = std::fs::read_dir(&exchanges)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().contains("-POST-")))
+        .ok_or("a recorded create")?;
+    std::fs::remove_file(&create)?;
+    let missing = Dirs::new()?;
+    let failed =
+        missing.command().args(["run", "--replay"]).arg(&fixtures).arg(&workflow).output()?;
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert_eq!(failed.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("holds the request POST /data/customers"), "{stderr}");
+    Ok(())
+}
