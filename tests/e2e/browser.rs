@@ -28,7 +28,7 @@ use weft::store::{Role, RunStore, Status};
 use weft::workflow::{Step, Workflow};
 use weft_sandbox::limits::FaultConfig;
 
-use super::console::tokens;
+use super::console::{bearer_client, tokens};
 use super::serve::{config, key_file, post_json, stripe, upsert_workflow, wait_finished};
 use super::support::{TestResult, runtime, workflow};
 
@@ -351,17 +351,6 @@ fn update_doc_picture(shot: &Path, name: &str) -> TestResult {
     Ok(())
 }
 
-/// A client of the API with a token.
-fn api_client(token: &str) -> TestResult<reqwest::Client> {
-    Ok(reqwest::Client::builder()
-        .default_headers(
-            [(reqwest::header::AUTHORIZATION, format!("Bearer {token}").parse()?)]
-                .into_iter()
-                .collect(),
-        )
-        .build()?)
-}
-
 /// Starts a run through the API and returns its id.
 async fn start_run(
     client: &reqwest::Client,
@@ -410,7 +399,7 @@ async fn the_console_in_a_browser_signs_in_lists_runs_and_shows_a_run_s_steps() 
     let wf = upsert_workflow(files.path(), "onboard", &stripe_server.base_url(), 4096)?;
     let server = serve(RunStore::open(state.path())?, vec![wf]).await?;
     let base = format!("http://{}", server.addr);
-    let api = api_client(&made[0])?;
+    let api = bearer_client(&made[0])?;
     // Several runs, so that the list is a list (and the README's picture
     // shows one): three real, one dry.
     let mut runs = Vec::new();
@@ -514,7 +503,7 @@ async fn the_console_in_a_browser_starts_a_dry_run_from_the_inputs_form_and_show
     assert!(status.contains("dry run"), "{status}");
     browser.shot("plan").await?;
     assert_eq!(emulator.customer_count(), 0, "a dry run writes nothing");
-    let api = api_client(&made[0])?;
+    let api = bearer_client(&made[0])?;
     let detail = wait_finished(&api, &base, &run).await?;
     assert_eq!(detail["dry_run"], true, "{detail:#}");
     browser.no_console_errors().await?;
@@ -625,7 +614,7 @@ async fn the_console_in_a_browser_cancels_a_running_run() -> TestResult {
     let history = browser.text_when("table#history", |t| t.contains("cancel requested")).await?;
     assert!(history.contains("ops"), "{history}");
     assert!(emulator.customer_count() < 400, "stopped before the end");
-    let detail = wait_finished(&api_client(&made[0])?, &base, &run).await?;
+    let detail = wait_finished(&bearer_client(&made[0])?, &base, &run).await?;
     assert_eq!(detail["status"], "cancelled", "{detail:#}");
     browser.no_console_errors().await?;
     browser.close().await?;
@@ -645,7 +634,7 @@ async fn the_console_in_a_browser_cancels_the_runs_selected_together() -> TestRe
     let wf = slow_workflow(&files.path().join("long"), "long", &stripe_server.base_url(), 400, 1)?;
     let server = serve(RunStore::open(state.path())?, vec![wf]).await?;
     let base = format!("http://{}", server.addr);
-    let api = api_client(&made[0])?;
+    let api = bearer_client(&made[0])?;
     let mut runs = Vec::new();
     for _ in 0..4 {
         runs.push(start_run(&api, &base, "/api/workflows/long/runs", "").await?);

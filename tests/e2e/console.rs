@@ -49,7 +49,7 @@ fn client() -> TestResult<reqwest::Client> {
 }
 
 /// A client that sends `token` as its bearer on every request.
-fn bearer_client(token: &str) -> TestResult<reqwest::Client> {
+pub(super) fn bearer_client(token: &str) -> TestResult<reqwest::Client> {
     Ok(reqwest::Client::builder()
         .default_headers(
             [(reqwest::header::AUTHORIZATION, format!("Bearer {token}").parse()?)]
