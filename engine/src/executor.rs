@@ -857,7 +857,11 @@ impl Executor {
             continue_trace(&span, parent);
         }
         let id = run.id.clone();
+        // A cancel from another process (a shared store) reaches this run
+        // by its lease's heartbeat, not only at its next commit.
+        self.store.watch_cancel(&id, &options.stop.cancel);
         let ended = self.execute_in_span(workflow, run, options, observer).instrument(span).await;
+        self.store.unwatch_cancel(&id);
         // On a shared store: a run stopped on request is any worker's to
         // resume now; one stopped on an error is retried a lease later.
         let released = match &ended {
@@ -1027,10 +1031,24 @@ impl Executor {
                             run_state: &run_state,
                         };
                         let span = tracing::info_span!("step", step = %step.id, connection = %step.connection);
-                        let outcome = self
-                            .execute_step(cx, &endpoints, &mut state)
-                            .instrument(span.clone())
+                        // A cancel cuts short a call's wait for a limit's
+                        // slot or a retry's backoff; a failure that follows
+                        // is the cancel's, not the vendor's.
+                        let (outcome, cut_short) =
+                            crate::http::stoppable_by(vec![ctx.stop.cancel.clone()], async {
+                                let outcome = self
+                                    .execute_step(cx, &endpoints, &mut state)
+                                    .instrument(span.clone())
+                                    .await;
+                                (outcome, crate::http::wait_cut_short())
+                            })
                             .await;
+                        let outcome = match outcome {
+                            Err(StepError::Failed(_)) if cut_short => {
+                                Ok(ctx.stop_reason().unwrap_or(StepEnd::Interrupted))
+                            }
+                            other => other,
+                        };
                         if matches!(outcome, Err(StepError::Failed(_))) {
                             use tracing_opentelemetry::OpenTelemetrySpanExt as _;
                             // The status only: an error's text may quote a

@@ -127,6 +127,9 @@ pub(crate) struct Leases {
     held: std::sync::Mutex<BTreeMap<String, Held>>,
     /// Whether the heartbeat task runs.
     beating: std::sync::atomic::AtomicBool,
+    /// Run id to its cancel, cancelled when the heartbeat finds the run
+    /// out of the queue (cancelled by another process).
+    watchers: std::sync::Mutex<BTreeMap<String, tokio_util::sync::CancellationToken>>,
 }
 
 /// A lease this process took.
@@ -208,7 +211,12 @@ async fn heartbeat(leases: std::sync::Weak<Leases>, pool: Pool) {
                                 if queued.contains(run) {
                                     tracing::warn!(run = %run, "this worker's lease on the run passed to another worker; it commits nothing more of it");
                                 } else {
-                                    tracing::info!(run = %run, "the run left the queue (cancelled or ended elsewhere); this worker commits nothing more of it");
+                                    tracing::info!(run = %run, "the run left the queue (cancelled or ended elsewhere); this worker stops it and commits nothing more of it");
+                                    // Stops it now, not at its next commit:
+                                    // a wait for a limit or a backoff ends.
+                                    if let Some(cancel) = held.watchers().get(run) {
+                                        cancel.cancel();
+                                    }
                                 }
                             }
                         }
@@ -242,11 +250,18 @@ impl Leases {
             lease,
             held: std::sync::Mutex::default(),
             beating: std::sync::atomic::AtomicBool::new(false),
+            watchers: std::sync::Mutex::default(),
         }
     }
 
     fn held(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Held>> {
         self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn watchers(
+        &self,
+    ) -> std::sync::MutexGuard<'_, BTreeMap<String, tokio_util::sync::CancellationToken>> {
+        self.watchers.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn fence(&self, run: &str) -> Option<i64> {
@@ -1014,6 +1029,16 @@ impl PgStore {
     pub(crate) async fn release_run(&self, run: &str) -> Result<()> {
         self.leases.held().remove(run);
         Ok(())
+    }
+
+    /// See [`crate::store::RunStore::watch_cancel`].
+    pub(crate) fn watch_cancel(&self, run: &str, token: &tokio_util::sync::CancellationToken) {
+        self.leases.watchers().insert(run.to_owned(), token.clone());
+    }
+
+    /// See [`crate::store::RunStore::unwatch_cancel`].
+    pub(crate) fn unwatch_cancel(&self, run: &str) {
+        self.leases.watchers().remove(run);
     }
 
     /// Gives up this process's lease on `run` at once (its run stopped on
