@@ -728,24 +728,9 @@ async fn run_on_each(workers: &[Worker], token: &str, deadline: Duration) -> Tes
     }
     let until = Instant::now() + deadline;
     for (worker, run) in runs {
-        loop {
-            let shown = http
-                .get(format!("{}/api/runs/{run}", worker.base))
-                .bearer_auth(token)
-                .send()
-                .await?
-                .text()
-                .await?;
-            let detail: Value = serde_json::from_str(&shown)?;
-            if detail["status"] != "running" && detail["status"] != "pending" {
-                assert_eq!(detail["status"], "succeeded", "{detail:#}");
-                break;
-            }
-            if Instant::now() > until {
-                return Err(format!("run {run} did not finish in time: {detail:#}").into());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let left = until.saturating_duration_since(Instant::now());
+        let detail = wait_until_ended_within(worker, token, &run, left).await?;
+        assert_eq!(detail["status"], "succeeded", "{detail:#}");
     }
     Ok(())
 }
@@ -928,24 +913,8 @@ async fn cancel_during_a_retry_after_pause(test: &str, by: Option<CancelBy>) -> 
             assert_eq!(asked.status().as_u16(), 200, "{:?}", asked.text().await);
         }
     }
-    let detail = loop {
-        let shown = reqwest::Client::new()
-            .get(format!("{}/api/runs/{run_id}", worker.base))
-            .bearer_auth(&token)
-            .send()
-            .await?
-            .text()
-            .await?;
-        let detail: Value = serde_json::from_str(&shown)?;
-        if detail["status"] != "running" && detail["status"] != "pending" {
-            break detail;
-        }
-        assert!(
-            asked_at.elapsed() < Duration::from_secs(20),
-            "the cancelled run still waits out the vendor's pause: {detail:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    // Far less than the pause: the cancelled run does not wait it out.
+    let detail = wait_until_ended_within(&worker, &token, &run_id, Duration::from_secs(20)).await?;
     eprintln!(
         "cancelled during a {pause} s Retry-After: shown ended {:?} after the cancel",
         asked_at.elapsed()
@@ -1539,7 +1508,17 @@ fn customers_ending(sandbox: &weft_sandbox::Sandbox, suffix: &str) -> usize {
 /// The run's detail as `worker`'s API shows it, once it is no longer
 /// running (two minutes at most).
 async fn wait_until_ended(worker: &Worker, token: &str, run_id: &str) -> TestResult<Value> {
-    let deadline = Instant::now() + Duration::from_secs(120);
+    wait_until_ended_within(worker, token, run_id, Duration::from_secs(120)).await
+}
+
+/// As [`wait_until_ended`], `limit` at most.
+async fn wait_until_ended_within(
+    worker: &Worker,
+    token: &str,
+    run_id: &str,
+    limit: Duration,
+) -> TestResult<Value> {
+    let deadline = Instant::now() + limit;
     loop {
         let shown = reqwest::Client::new()
             .get(format!("{}/api/runs/{run_id}", worker.base))
@@ -1553,9 +1532,9 @@ async fn wait_until_ended(worker: &Worker, token: &str, run_id: &str) -> TestRes
             return Ok(detail);
         }
         if Instant::now() > deadline {
-            return Err(format!("the run did not end: {detail:#}").into());
+            return Err(format!("run {run_id} did not end in {limit:?}: {detail:#}").into());
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
