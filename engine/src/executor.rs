@@ -916,7 +916,11 @@ impl Executor {
             continue_trace(&span, parent);
         }
         let id = run.id.clone();
+        // A cancel from another process (a shared store) reaches this run
+        // by its lease's heartbeat, not only at its next commit.
+        self.store.watch_cancel(&id, &options.stop.cancel);
         let ended = self.execute_in_span(workflow, run, options, observer).instrument(span).await;
+        self.store.unwatch_cancel(&id);
         // On a shared store: a run stopped on request is any worker's to
         // resume now; one stopped on an error is retried a lease later.
         let released = match &ended {
@@ -1092,10 +1096,24 @@ impl Executor {
                             otel.status_code = tracing::field::Empty,
                             otel.status_description = tracing::field::Empty,
                         );
-                        let outcome = self
-                            .execute_step(cx, &endpoints, &mut state)
-                            .instrument(span.clone())
+                        // A cancel cuts short a call's wait for a limit's
+                        // slot or a retry's backoff; a failure that follows
+                        // is the cancel's, not the vendor's.
+                        let (outcome, cut_short) =
+                            crate::http::stoppable_by(vec![ctx.stop.cancel.clone()], async {
+                                let outcome = self
+                                    .execute_step(cx, &endpoints, &mut state)
+                                    .instrument(span.clone())
+                                    .await;
+                                (outcome, crate::http::wait_cut_short())
+                            })
                             .await;
+                        let outcome = match outcome {
+                            Err(StepError::Failed(_)) if cut_short => {
+                                Ok(ctx.stop_reason().unwrap_or(StepEnd::Interrupted))
+                            }
+                            other => other,
+                        };
                         if matches!(outcome, Err(StepError::Failed(_))) {
                             // The status only: an error's text may quote a
                             // vendor's answer, which stays out of traces.

@@ -327,6 +327,60 @@ pub async fn within_call<F: Future>(call: F) -> F::Output {
     REQUESTS_IN_CALL.scope(Cell::new(0), call).await
 }
 
+tokio::task_local! {
+    /// What stops the run whose calls are being polled (its cancel, the
+    /// process's shutdown), and whether a wait was cut short by it.
+    static RUN_STOP: RunStop;
+}
+
+/// See [`stoppable_by`].
+struct RunStop {
+    tokens: Vec<tokio_util::sync::CancellationToken>,
+    cut_short: Cell<bool>,
+}
+
+/// Runs `work` (a run's step) so that a wait in it for a rate limit's slot
+/// or a retry's backoff (a `Retry-After` of minutes) ends as soon as one of
+/// `tokens` is cancelled, instead of holding a cancelled or stopping run
+/// until it passes. A request already on its way is not cut: a write's
+/// outcome would then be unknown. What was cut is told by
+/// [`wait_cut_short`].
+pub(crate) async fn stoppable_by<F: Future>(
+    tokens: Vec<tokio_util::sync::CancellationToken>,
+    work: F,
+) -> F::Output {
+    RUN_STOP.scope(RunStop { tokens, cut_short: Cell::new(false) }, work).await
+}
+
+/// `wait`, or `None` when the run it waits for is stopped first (inside
+/// [`stoppable_by`]; outside, `wait` runs to its end).
+pub(crate) async fn unless_stopped<F: Future>(wait: F) -> Option<F::Output> {
+    let Ok(tokens) = RUN_STOP.try_with(|stop| stop.tokens.clone()) else {
+        return Some(wait.await);
+    };
+    if tokens.is_empty() {
+        return Some(wait.await);
+    }
+    let stopped = futures_util::future::select_all(
+        tokens.iter().map(|token| Box::pin(token.cancelled())).collect::<Vec<_>>(),
+    );
+    tokio::select! {
+        biased;
+        _ = stopped => {
+            let _ = RUN_STOP.try_with(|stop| stop.cut_short.set(true));
+            None
+        }
+        done = wait => Some(done),
+    }
+}
+
+/// Whether a wait of the run being polled was cut short by its stop (see
+/// [`stoppable_by`]): a call that then fails failed because the run is
+/// stopping, not because of its vendor.
+pub(crate) fn wait_cut_short() -> bool {
+    RUN_STOP.try_with(|stop| stop.cut_short.get()).unwrap_or(false)
+}
+
 /// Counts one more request for the call being polled; its number within
 /// the call, or `None` outside [`within_call`].
 fn count_request_in_call() -> Option<u32> {
@@ -1085,7 +1139,16 @@ impl ConnectionHttp {
         }
         let mut attempts = Attempts::default();
         loop {
-            let waited = self.policy.admit(request.method).await;
+            // A stopped run's request waits no longer for its slot, and is
+            // not sent: nothing reached the vendor. (A shared limit's lease
+            // cut short leaves its slots unused: the fleet sends fewer,
+            // never more.)
+            let Some(waited) = unless_stopped(self.policy.admit(request.method)).await else {
+                return Err(HttpError::Denied(format!(
+                    "not sent to {}: the run was cancelled or is stopping while this request waited for the rate limit",
+                    target.host_str().unwrap_or_default()
+                )));
+            };
             self.stats.waited_micros.fetch_add(waited.as_micros() as u64, Ordering::Relaxed);
             self.stats.requests.fetch_add(1, Ordering::Relaxed);
             let sent = Instant::now();
@@ -1176,8 +1239,11 @@ impl ConnectionHttp {
                     metrics.retry();
                     metrics.waited(delay);
                 }
-                tokio::time::sleep(delay).await;
-                continue;
+                // A stopped run waits out no backoff (a `Retry-After` of
+                // minutes): the last answer stands, and is not retried.
+                if unless_stopped(tokio::time::sleep(delay)).await.is_some() {
+                    continue;
+                }
             }
             return match outcome {
                 Ok(mut response) => {

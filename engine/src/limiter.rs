@@ -77,6 +77,17 @@ const LEASE_AHEAD: Duration = Duration::from_millis(200);
 const MIN_LEASE_WAIT: Duration = Duration::from_millis(10);
 /// Most slots leased at once.
 const MAX_LEASED: f64 = 64.0;
+/// How late a leased slot may still be used. A slot is a reserved
+/// instant of the fleet's schedule; a caller slower than the rate (one
+/// request at a time, a millisecond each, under a limit of thousands a
+/// second) would otherwise miss every slot but the first of a lease, a
+/// microsecond apart, and lease again for each request: a round trip to
+/// the store per request. Past one interval a slot is dropped at low rates
+/// as before (40 ms at 25/s); at high rates a slot is kept this long at
+/// most, so the fleet sends at most rate x 10 ms over its limit in any
+/// window: 1% of a per-second limit, which the 0.99 margin leaves room
+/// for.
+const LEASED_SLACK: Duration = Duration::from_millis(10);
 /// How long a lease may take before the bucket paces on its own.
 const SHARED_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a bucket paces on its own after the store failed it, before
@@ -294,8 +305,8 @@ impl Bucket {
         if !self.shares(now) {
             return false;
         }
-        let interval = self.interval();
-        while self.leased.front().is_some_and(|slot| *slot + interval < now) {
+        let late = self.interval().max(LEASED_SLACK);
+        while self.leased.front().is_some_and(|slot| *slot + late < now) {
             self.leased.pop_front();
         }
         self.leased.is_empty()
@@ -1580,6 +1591,47 @@ mod tests {
         let elapsed = start.elapsed().as_secs_f64();
         assert!(elapsed >= 149.0 / 9.9 - 0.05, "{elapsed}");
         assert!(elapsed < 16.0, "{elapsed}");
+    }
+
+    /// A [`MemoryFleet`] that counts its leases.
+    #[derive(Debug)]
+    struct CountingFleet {
+        fleet: Arc<MemoryFleet>,
+        leases: std::sync::atomic::AtomicUsize,
+    }
+
+    impl SharedLimits for CountingFleet {
+        fn lease(
+            &self,
+            request: LeaseRequest,
+        ) -> Pin<Box<dyn Future<Output = Result<LeaseGrant, String>> + Send + '_>> {
+            self.leases.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.fleet.lease(request)
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_caller_slower_than_a_high_limit_does_not_lease_for_every_request() {
+        let fleet = Arc::new(CountingFleet {
+            fleet: MemoryFleet::new(1),
+            leases: std::sync::atomic::AtomicUsize::new(0),
+        });
+        let limiter = Limiter::new(
+            Publisher::BuiltIn,
+            &[],
+            None,
+            &[LimitOverride { class: MethodClass::Any, per_second: 1_000_000.0 }],
+        )
+        .shared_with(fleet.clone(), "identity".to_owned());
+        // An export: one page at a time, half a millisecond each.
+        for _ in 0..200 {
+            limiter.acquire(Method::Get).await;
+            tokio::time::sleep(Duration::from_micros(500)).await;
+        }
+        // A lease's slots are a microsecond apart; each is good for 10 ms,
+        // so a lease serves about 20 requests, not one.
+        let leases = fleet.leases.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(leases <= 20, "{leases} leases for 200 requests");
     }
 
     #[tokio::test(start_paused = true)]

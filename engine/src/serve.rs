@@ -1181,8 +1181,9 @@ impl Server {
 
     /// Asks a run to stop (a running one at its next page or item; one
     /// that is not running here is cancelled at once). Returns the status
-    /// to report.
-    async fn cancel(&self, id: &str, caller: &Caller) -> Result<String, Refusal> {
+    /// to report, and on a shared store the worker that was running it
+    /// (which stops at its next commit).
+    async fn cancel(&self, id: &str, caller: &Caller) -> Result<(String, Option<String>), Refusal> {
         let running = match self.active().get(id) {
             Some(active) => {
                 active.stop.cancel.cancel();
@@ -1190,11 +1191,22 @@ impl Server {
             }
             None => false,
         };
+        let mut holder = None;
         let status = if running {
             "cancelling".to_owned()
         } else {
+            // On PostgreSQL another worker may be running it: the cancel
+            // takes it out of the queue, so that worker's next commit of it
+            // fails its lease check and it stops there (as `weft runs
+            // cancel` says). Asked before the cancel, which ends the lease.
+            holder = self.executor.store().lease_holder(id).await.ok().flatten();
             match self.executor.cancel_idle(id).await {
-                Ok(run) => run.status.as_str().to_owned(),
+                Ok(run) => {
+                    if run.status != Status::Cancelled {
+                        holder = None;
+                    }
+                    run.status.as_str().to_owned()
+                }
                 Err(ExecError::Store(StoreError::UnknownRun(_))) => {
                     return Err(Refusal::new(
                         StatusCode::NOT_FOUND,
@@ -1207,7 +1219,7 @@ impl Server {
             }
         };
         self.record(id, caller, "cancel requested", Some(status.clone())).await;
-        Ok(status)
+        Ok((status, holder))
     }
 
     /// Resumes an interrupted run.
@@ -1525,11 +1537,22 @@ async fn cancel_run(
     Path(id): Path<String>,
 ) -> Response {
     match server.cancel(&id, &caller).await {
-        Ok(status) if status == "cancelling" => {
+        Ok((status, _)) if status == "cancelling" => {
             (StatusCode::ACCEPTED, Json(serde_json::json!({ "run_id": id, "status": status })))
                 .into_response()
         }
-        Ok(status) => Json(serde_json::json!({ "run_id": id, "status": status })).into_response(),
+        Ok((status, Some(worker))) => Json(serde_json::json!({
+            "run_id": id,
+            "status": status,
+            "worker": worker,
+            "message": format!(
+                "run {id} is cancelled; worker {worker} was running it and stops it at its next commit (its next page or group of items), committing nothing more of it; writes already sent to a vendor may still land"
+            ),
+        }))
+        .into_response(),
+        Ok((status, None)) => {
+            Json(serde_json::json!({ "run_id": id, "status": status })).into_response()
+        }
         Err(refusal) => refusal.into_response(),
     }
 }

@@ -1184,6 +1184,25 @@ impl RunStore {
         }
     }
 
+    /// Cancels `token` if `run` leaves the queue while this process runs
+    /// it (cancelled by another process: `weft runs cancel`, another
+    /// worker's API): PostgreSQL's lease heartbeat notices within a
+    /// quarter lease, so the run stops then, a wait for a vendor's
+    /// `Retry-After` included, rather than at its next commit. sled:
+    /// nothing to watch (one process holds the store).
+    pub fn watch_cancel(&self, run: &str, token: &tokio_util::sync::CancellationToken) {
+        if let Backend::Postgres(pg) = &self.backend {
+            pg.watch_cancel(run, token);
+        }
+    }
+
+    /// Stops watching `run` (see [`RunStore::watch_cancel`]).
+    pub fn unwatch_cancel(&self, run: &str) {
+        if let Backend::Postgres(pg) = &self.backend {
+            pg.unwatch_cancel(run);
+        }
+    }
+
     /// Gives up this process's lease on `run` at once: the run stopped on
     /// request, unfinished, and any worker may resume it now. sled:
     /// nothing to do.

@@ -399,34 +399,15 @@ record = {{ email = "fleet${{{{ $item }}}}@fleet.example", name = "Fleet ${{{{ $
             stripe = sandbox.stripe.base_url(),
         ),
     )?;
-    let token =
-        weft(&schema.url).args(["tokens", "create", "fleet", "--role", "operator"]).output()?;
-    assert!(token.status.success(), "{}", String::from_utf8_lossy(&token.stderr));
-    let token = String::from_utf8(token.stdout)?.trim().to_owned();
+    let token = operator_token(&schema.url)?;
     let before = sandbox.stripe.emulator.customers().len();
 
     let doomed = Worker::start(&schema.url, &path)?;
     let survivor = Worker::start(&schema.url, &path)?;
-    let http = reqwest::Client::new();
-    let started = http
-        .post(format!("{}/api/workflows/fleet/runs", doomed.base))
-        .bearer_auth(&token)
-        .header("content-type", "application/json")
-        .body("{}")
-        .send()
-        .await?;
-    assert_eq!(started.status().as_u16(), 202, "{:?}", started.text().await);
-    let started: Value = serde_json::from_str(&started.text().await?)?;
-    let run_id = started["run_id"].as_str().ok_or("no run id")?.to_owned();
+    let run_id = start_run(&doomed, &token, "fleet").await?;
 
     // Kill the worker running it, part way through.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while sandbox.stripe.emulator.customers().len() - before < FLEET_ITEMS / 5 {
-        if Instant::now() > deadline {
-            return Err("the run made no progress".into());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_customers(&sandbox, "@fleet.example", FLEET_ITEMS / 5).await?;
     let mut doomed = doomed;
     doomed.child.kill()?; // SIGKILL
     doomed.child.wait()?;
@@ -435,24 +416,7 @@ record = {{ email = "fleet${{{{ $item }}}}@fleet.example", name = "Fleet ${{{{ $
     let killed_at = Instant::now();
 
     // The survivor takes the run once the lease (1 s) passes, and ends it.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let detail = loop {
-        let shown = http
-            .get(format!("{}/api/runs/{run_id}", survivor.base))
-            .bearer_auth(&token)
-            .send()
-            .await?
-            .text()
-            .await?;
-        let detail: Value = serde_json::from_str(&shown)?;
-        if detail["status"] != "running" && detail["status"] != "pending" {
-            break detail;
-        }
-        if Instant::now() > deadline {
-            return Err(format!("the run did not finish on the other worker: {detail:#}").into());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let detail = wait_until_ended(&survivor, &token, &run_id).await?;
     assert_eq!(detail["status"], "succeeded", "{detail:#}");
     assert!(detail["resumes"].as_u64().is_some_and(|n| n >= 1), "{detail:#}");
     eprintln!(
@@ -660,11 +624,13 @@ const SHARED_ITEMS: usize = 110;
 
 /// The Stripe emulator enforcing `limit` requests a second per key and
 /// class, served behind a layer that answers the `refuse_at`-th request
-/// (counted from 1; 0: never) with a 429 and `Retry-After: 2`, once, and
-/// records when it did and whether that request was a read.
+/// (counted from 1; 0: never) with a 429 and `Retry-After: retry_after`
+/// (seconds), once, and records when it did and whether that request was
+/// a read.
 async fn limited_stripe(
     limit: u32,
     refuse_at: usize,
+    retry_after: u64,
 ) -> TestResult<(
     weft_sandbox::stripe::StripeEmulator,
     weft_sandbox::server::RunningServer,
@@ -691,7 +657,7 @@ async fn limited_stripe(
                     }
                     return axum::response::Response::builder()
                         .status(429)
-                        .header("retry-after", "2")
+                        .header("retry-after", retry_after.to_string())
                         .header("content-type", "application/json")
                         .body(axum::body::Body::from(
                             r#"{"error":{"type":"invalid_request_error","code":"rate_limit","message":"slow down"}}"#,
@@ -762,24 +728,9 @@ async fn run_on_each(workers: &[Worker], token: &str, deadline: Duration) -> Tes
     }
     let until = Instant::now() + deadline;
     for (worker, run) in runs {
-        loop {
-            let shown = http
-                .get(format!("{}/api/runs/{run}", worker.base))
-                .bearer_auth(token)
-                .send()
-                .await?
-                .text()
-                .await?;
-            let detail: Value = serde_json::from_str(&shown)?;
-            if detail["status"] != "running" && detail["status"] != "pending" {
-                assert_eq!(detail["status"], "succeeded", "{detail:#}");
-                break;
-            }
-            if Instant::now() > until {
-                return Err(format!("run {run} did not finish in time: {detail:#}").into());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let left = until.saturating_duration_since(Instant::now());
+        let detail = wait_until_ended_within(worker, token, &run, left).await?;
+        assert_eq!(detail["status"], "succeeded", "{detail:#}");
     }
     Ok(())
 }
@@ -802,7 +753,7 @@ async fn three_workers_on_one_key_stay_together_under_the_vendors_limit() -> Tes
     let _alone = HEAVY.lock().await;
     let schema = ScratchSchema::create(&base).await?;
     const LIMIT: u32 = 25;
-    let (emulator, server, _) = limited_stripe(LIMIT, 0).await?;
+    let (emulator, server, _) = limited_stripe(LIMIT, 0, 2).await?;
     let files = tempfile::tempdir()?;
     let workflow = shared_limit_workflow(files.path(), &server.base_url(), SHARED_ITEMS)?;
     let token = operator_token(&schema.url)?;
@@ -858,7 +809,7 @@ async fn a_retry_after_seen_by_one_worker_pauses_them_all() -> TestResult {
     let schema = ScratchSchema::create(&base).await?;
     // The 150th request (a few seconds in, all three workers busy) gets a
     // 429 with `Retry-After: 2`.
-    let (emulator, server, refused_at) = limited_stripe(25, 150).await?;
+    let (emulator, server, refused_at) = limited_stripe(25, 150, 2).await?;
     let files = tempfile::tempdir()?;
     let workflow = shared_limit_workflow(files.path(), &server.base_url(), 60)?;
     let token = operator_token(&schema.url)?;
@@ -895,6 +846,95 @@ async fn a_retry_after_seen_by_one_worker_pauses_them_all() -> TestResult {
     assert!(after > 20, "the runs went on after the pause ({after} requests)");
     assert_eq!(emulator.customer_count(), 3 * 60);
     drop(workers);
+    server.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_during_a_long_retry_after_pause_ends_the_run_at_once() -> TestResult {
+    cancel_during_a_retry_after_pause("a_cancel_during_a_long_retry_after_pause", None).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_workers_cancel_during_a_retry_after_pause_stops_the_run_before_its_retry()
+-> TestResult {
+    cancel_during_a_retry_after_pause(
+        "another_workers_cancel_during_a_retry_after_pause",
+        Some(CancelBy::OtherWorker),
+    )
+    .await
+}
+
+/// A for-each whose calls all wait out a vendor's `Retry-After` (for their
+/// retry, or for the paused limit's next slot) is cancelled: by the worker
+/// running it (`by` none), or from elsewhere. It sends nothing more, and
+/// the items cut short are not recorded as failed.
+async fn cancel_during_a_retry_after_pause(test: &str, by: Option<CancelBy>) -> TestResult {
+    let Some(base) = test_url(test)? else {
+        return Ok(());
+    };
+    let schema = ScratchSchema::create(&base).await?;
+    // The 9th request (an item's lookup or create, a few items in) gets a
+    // 429 with a long `Retry-After`. Cancelled by its worker, the run must
+    // end long before it passes; from elsewhere, the worker hears of the
+    // cancel within a quarter lease (250 ms here) and must not send the
+    // retry when the pause passes.
+    // (Under the call's 300 s deadline, so the host waits it out rather
+    // than failing the item at once.)
+    let pause = if by.is_none() { 120 } else { 6 };
+    let (emulator, server, refused_at) = limited_stripe(1000, 9, pause).await?;
+    let files = tempfile::tempdir()?;
+    let path = slow_for_each(files.path(), &server.base_url(), "paused", 40, 1000)?;
+    let token = operator_token(&schema.url)?;
+    let worker = Worker::start(&schema.url, &path)?;
+    let run_id = start_run(&worker, &token, "paused").await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while refused_at.lock().map_err(|_| "poisoned")?.is_none() {
+        assert!(Instant::now() < deadline, "no 429 was sent in a minute");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Both items in flight are now waiting out the pause.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let sent_before = emulator.requests().requests().len();
+
+    let asked_at = Instant::now();
+    match by {
+        None => {
+            let asked = api_cancel(&worker, &token, &run_id).await?;
+            assert_eq!(asked.status().as_u16(), 202, "{:?}", asked.text().await);
+        }
+        Some(CancelBy::Cli) => {
+            let out = weft(&schema.url).args(["runs", "cancel", &run_id]).output()?;
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        }
+        Some(CancelBy::OtherWorker) => {
+            let other = Worker::start(&schema.url, &path)?;
+            let asked = api_cancel(&other, &token, &run_id).await?;
+            assert_eq!(asked.status().as_u16(), 200, "{:?}", asked.text().await);
+        }
+    }
+    // Far less than the pause: the cancelled run does not wait it out.
+    let detail = wait_until_ended_within(&worker, &token, &run_id, Duration::from_secs(20)).await?;
+    eprintln!(
+        "cancelled during a {pause} s Retry-After: shown ended {:?} after the cancel",
+        asked_at.elapsed()
+    );
+    assert_eq!(detail["status"], "cancelled", "{detail:#}");
+    if by.is_some() {
+        // Past the pause: the retry would have gone out by now.
+        tokio::time::sleep(Duration::from_secs(pause + 2).saturating_sub(asked_at.elapsed())).await;
+    }
+    // Nothing was sent after the cancel, and the items it cut short were
+    // not recorded as failed: the vendor did not fail them.
+    assert_eq!(emulator.requests().requests().len(), sent_before, "requests went on");
+    let steps = detail["steps"].as_array().ok_or("no steps")?;
+    let failed = steps[0]
+        .pointer("/counts/failed")
+        .or_else(|| steps[0].get("failed"))
+        .and_then(Value::as_u64);
+    assert_eq!(failed, Some(0), "an item cut short was recorded as failed: {detail:#}");
+    assert!(emulator.customer_count() < 40, "the run ended before the cancel; proves nothing");
+    drop(worker);
     server.shutdown().await;
     Ok(())
 }
@@ -1107,24 +1147,8 @@ record = {{ email = "restart${{{{ $item }}}}@fleet.example", name = "Restart ${{
     let before = sandbox.stripe.emulator.customers().len();
     let worker = Worker::start(&cluster.url, &path)?;
     let http = reqwest::Client::new();
-    let started = http
-        .post(format!("{}/api/workflows/restart/runs", worker.base))
-        .bearer_auth(&token)
-        .header("content-type", "application/json")
-        .body("{}")
-        .send()
-        .await?;
-    assert_eq!(started.status().as_u16(), 202, "{:?}", started.text().await);
-    let started: Value = serde_json::from_str(&started.text().await?)?;
-    let run_id = started["run_id"].as_str().ok_or("no run id")?.to_owned();
-
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while sandbox.stripe.emulator.customers().len() - before < RESTART_ITEMS / 4 {
-        if Instant::now() > deadline {
-            return Err("the run made no progress".into());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let run_id = start_run(&worker, &token, "restart").await?;
+    wait_for_customers(&sandbox, "@fleet.example", RESTART_ITEMS / 4).await?;
     cluster.restart(Duration::from_secs(2))?;
     let at_restart = sandbox.stripe.emulator.customers().len() - before;
     assert!(
@@ -1277,17 +1301,7 @@ when = "false"
     )?;
     let token = operator_token(&schema.url)?;
     let mut workers = start_workers(&schema.url, &dir, 3)?;
-    let http = reqwest::Client::new();
-    let started = http
-        .post(format!("{}/api/workflows/chaos/runs", workers[0].base))
-        .bearer_auth(&token)
-        .header("content-type", "application/json")
-        .body("{}")
-        .send()
-        .await?;
-    assert_eq!(started.status().as_u16(), 202, "{:?}", started.text().await);
-    let started: Value = serde_json::from_str(&started.text().await?)?;
-    let run_id = started["run_id"].as_str().ok_or("no run id")?.to_owned();
+    let run_id = start_run(&workers[0], &token, "chaos").await?;
 
     // Kill a random worker at a random instant, 20 times, each restarted.
     let mut rng = rand::rngs::StdRng::seed_from_u64(16);
@@ -1440,6 +1454,16 @@ record = {{ email = "{name}${{{{ $item }}}}@fleet.example", name = "Fleet ${{{{ 
     Ok(path)
 }
 
+/// `POST /api/runs/{run_id}/cancel` on `worker`.
+async fn api_cancel(worker: &Worker, token: &str, run_id: &str) -> TestResult<reqwest::Response> {
+    Ok(reqwest::Client::new()
+        .post(format!("{}/api/runs/{run_id}/cancel", worker.base))
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .send()
+        .await?)
+}
+
 /// Starts a run of `workflow` through `worker`'s API; returns its id.
 async fn start_run(worker: &Worker, token: &str, workflow: &str) -> TestResult<String> {
     let started = reqwest::Client::new()
@@ -1484,7 +1508,17 @@ fn customers_ending(sandbox: &weft_sandbox::Sandbox, suffix: &str) -> usize {
 /// The run's detail as `worker`'s API shows it, once it is no longer
 /// running (two minutes at most).
 async fn wait_until_ended(worker: &Worker, token: &str, run_id: &str) -> TestResult<Value> {
-    let deadline = Instant::now() + Duration::from_secs(120);
+    wait_until_ended_within(worker, token, run_id, Duration::from_secs(120)).await
+}
+
+/// As [`wait_until_ended`], `limit` at most.
+async fn wait_until_ended_within(
+    worker: &Worker,
+    token: &str,
+    run_id: &str,
+    limit: Duration,
+) -> TestResult<Value> {
+    let deadline = Instant::now() + limit;
     loop {
         let shown = reqwest::Client::new()
             .get(format!("{}/api/runs/{run_id}", worker.base))
@@ -1498,9 +1532,9 @@ async fn wait_until_ended(worker: &Worker, token: &str, run_id: &str) -> TestRes
             return Ok(detail);
         }
         if Instant::now() > deadline {
-            return Err(format!("the run did not end: {detail:#}").into());
+            return Err(format!("run {run_id} did not end in {limit:?}: {detail:#}").into());
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -1577,7 +1611,27 @@ async fn the_api_resume_of_a_run_another_worker_holds_answers_as_weft_runs_resum
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weft_runs_cancel_of_another_workers_run_says_that_worker_stops_it_and_it_does()
 -> TestResult {
-    let Some(base) = test_url("weft_runs_cancel_of_another_workers_run")? else {
+    cancel_of_another_workers_run("weft_runs_cancel_of_another_workers_run", CancelBy::Cli).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_cancel_of_another_workers_run_names_that_worker_and_it_stops() -> TestResult {
+    cancel_of_another_workers_run("the_api_cancel_of_another_workers_run", CancelBy::OtherWorker)
+        .await
+}
+
+/// Who cancels a run one worker is running.
+enum CancelBy {
+    /// `weft runs cancel` on the store.
+    Cli,
+    /// `POST /api/runs/{id}/cancel` on another worker.
+    OtherWorker,
+}
+
+/// A run on one worker cancelled from elsewhere: the answer names that
+/// worker and says it stops at its next commit, and it does.
+async fn cancel_of_another_workers_run(test: &str, by: CancelBy) -> TestResult {
+    let Some(base) = test_url(test)? else {
         return Ok(());
     };
     let schema = ScratchSchema::create(&base).await?;
@@ -1593,9 +1647,23 @@ async fn weft_runs_cancel_of_another_workers_run_says_that_worker_stops_it_and_i
     let run_id = start_run(&worker, &token, "doomed").await?;
     wait_for_customers(&sandbox, "@fleet.example", 5).await?;
 
-    let out = weft(&schema.url).args(["runs", "cancel", &run_id]).output()?;
-    let said = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let said = match by {
+        CancelBy::Cli => {
+            let out = weft(&schema.url).args(["runs", "cancel", &run_id]).output()?;
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        }
+        CancelBy::OtherWorker => {
+            let other = Worker::start(&schema.url, &path)?;
+            let asked = api_cancel(&other, &token, &run_id).await?;
+            assert_eq!(asked.status().as_u16(), 200, "{:?}", asked.text().await);
+            let answer: Value = serde_json::from_str(&asked.text().await?)?;
+            assert_eq!(answer["status"], "cancelled", "{answer:#}");
+            let pid = format!("/{}/", worker.child.id());
+            assert!(answer["worker"].as_str().is_some_and(|w| w.contains(&pid)), "{answer:#}");
+            answer["message"].as_str().unwrap_or_default().to_owned()
+        }
+    };
     let pid = format!("/{}/", worker.child.id());
     assert!(
         said.contains("is cancelled")

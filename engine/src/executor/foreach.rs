@@ -276,6 +276,13 @@ pub(crate) async fn run(
         }
         let Some((n, result)) = in_flight.next().await else { break };
         let record = match result {
+            // The run stopped while this item waited for a limit or a
+            // retry: it is not recorded, so a resume sends it again under
+            // the same idempotency key.
+            Err(CallError { stopped: true, .. }) => {
+                stopped.get_or_insert(ctx.stop_reason().unwrap_or(StepEnd::Interrupted));
+                continue;
+            }
             Ok(done) => {
                 if let Some(entry) = done.plan {
                     plan.add(entry);
@@ -287,7 +294,7 @@ pub(crate) async fn run(
                     error: None,
                 }
             }
-            Err(CallError { message, fatal: is_fatal }) => {
+            Err(CallError { message, fatal: is_fatal, .. }) => {
                 if is_fatal && fatal.is_none() {
                     fatal = Some(message.clone());
                 }

@@ -22,11 +22,16 @@ use crate::workflow::{Action, Step, StepRetry};
 pub(crate) struct CallError {
     pub(crate) message: String,
     pub(crate) fatal: bool,
+    /// The run was stopped (cancelled, or the process stopping) while the
+    /// call waited for a limit's slot or a retry: not the vendor's
+    /// failure. An item that ends so is not recorded, so a resume does it
+    /// again under the same idempotency key.
+    pub(crate) stopped: bool,
 }
 
 impl CallError {
     pub(crate) fn new(message: impl Into<String>) -> Self {
-        CallError { message: message.into(), fatal: false }
+        CallError { message: message.into(), fatal: false, stopped: false }
     }
 }
 
@@ -70,6 +75,9 @@ where
         };
         match outcome {
             Ok(value) => return (Ok(value), attempt),
+            Err((_, message)) if crate::http::wait_cut_short() => {
+                return (Err(CallError { message, fatal: false, stopped: true }), attempt);
+            }
             Err((class, message)) if class == Class::Retryable && attempt < retry.attempts => {
                 let ceiling =
                     retry.backoff.saturating_mul(1 << (attempt - 1).min(20)).min(retry.max_backoff);
@@ -78,7 +86,9 @@ where
                         .random_range(0..=ceiling.as_micros().min(u128::from(u64::MAX)) as u64),
                 );
                 tracing::info!(attempt, wait_ms = wait.as_millis() as u64, error = %message, "retrying the call");
-                tokio::time::sleep(wait).await;
+                if crate::http::unless_stopped(tokio::time::sleep(wait)).await.is_none() {
+                    return (Err(CallError { message, fatal: false, stopped: true }), attempt);
+                }
             }
             Err((class, message)) => {
                 let message = if attempt > 1 {
@@ -86,7 +96,10 @@ where
                 } else {
                     message
                 };
-                return (Err(CallError { message, fatal: class == Class::Fatal }), attempt);
+                return (
+                    Err(CallError { message, fatal: class == Class::Fatal, stopped: false }),
+                    attempt,
+                );
             }
         }
     }
@@ -185,8 +198,8 @@ pub(crate) async fn render_batch(
                     Ok(value) => rendered.push(Some(Ok(value))),
                     Err(EvalError::Stopped) => return Err(EvalError::Stopped.to_string()),
                     Err(EvalError::Exhausted(message)) => {
-                        after = Some(Some(Err(CallError { message: format!("not tried: the template ran out of its budget on an earlier item ({message})"), fatal: true })));
-                        rendered.push(Some(Err(CallError { message, fatal: true })));
+                        after = Some(Some(Err(CallError { message: format!("not tried: the template ran out of its budget on an earlier item ({message})"), fatal: true, stopped: false })));
+                        rendered.push(Some(Err(CallError { message, fatal: true, stopped: false })));
                     }
                     Err(EvalError::Failed(message)) => {
                         after = Some(None);
@@ -220,7 +233,7 @@ impl From<EvalError> for CallError {
     /// stops a for-each at once.
     fn from(error: EvalError) -> Self {
         let fatal = matches!(error, EvalError::Exhausted(_));
-        CallError { message: error.into_message(), fatal }
+        CallError { message: error.into_message(), fatal, stopped: false }
     }
 }
 

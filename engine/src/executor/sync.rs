@@ -889,7 +889,10 @@ async fn creates_in_batches(
                                 e,
                                 ConnectorError::Unauthorized(_) | ConnectorError::Forbidden(_)
                             );
-                            tally.failed(key, &CallError { message: e.to_string(), fatal });
+                            tally.failed(
+                                key,
+                                &CallError { message: e.to_string(), fatal, stopped: false },
+                            );
                         }
                     }
                 }

@@ -430,7 +430,7 @@ async fn bulk_action(
     let mut results = Vec::with_capacity(runs.len());
     for id in runs {
         let outcome = match action {
-            "cancel" => server.cancel(id, &caller).await,
+            "cancel" => server.cancel(id, &caller).await.map(|(status, _)| status),
             "resume" => server.resume(id, &caller).await.map(|()| "resuming".to_owned()),
             other => {
                 return error_page(
