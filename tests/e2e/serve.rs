@@ -335,7 +335,7 @@ async fn cron_runs_on_schedule_and_skips_a_firing_while_the_last_run_is_going() 
     assert!(skipped >= 1, "a firing during a run was skipped: {info:#}");
     assert!(info["next_firing"].is_string());
 
-    let store = RunStore::open(state.path())?;
+    let store = super::support::reopen(state.path())?;
     let mut runs = store.runs().await?;
     runs.sort_by_key(|r| r.created_ms);
     assert_eq!(runs.len() as u64, fired);
@@ -444,7 +444,7 @@ async fn a_shutdown_leaves_the_run_to_the_next_start_which_resumes_it() -> TestR
     let made = emulator.customer_count();
     assert!(made > 0 && made < 40, "shut down mid-run: {made} of 40");
     {
-        let store = RunStore::open(state.path())?;
+        let store = super::support::reopen(state.path())?;
         assert_eq!(store.run(&run).await?.status, weft::store::Status::Running, "left to resume");
     }
 
@@ -683,7 +683,7 @@ async fn a_burst_of_run_starts_is_answered_and_the_server_stays_responsive() -> 
     );
     server.shutdown(Duration::from_secs(30)).await?;
 
-    let store = RunStore::open(state.path())?;
+    let store = super::support::reopen(state.path())?;
     let runs = store.runs().await?;
     let recorded: std::collections::BTreeSet<String> = runs.iter().map(|r| r.id.clone()).collect();
     assert_eq!(recorded, accepted, "every 202 is a run, and a 503 left none");
@@ -909,7 +909,7 @@ async fn a_run_whose_task_panics_is_marked_failed_and_leaves_the_active_set() ->
         "no firing was skipped for a run that had ended: {info:#}"
     );
     assert_eq!(health["active_runs"], 0, "{health}");
-    let runs = RunStore::open(state.path())?.runs().await?;
+    let runs = super::support::reopen(state.path())?.runs().await?;
     assert!(runs.len() >= 3, "{runs:?}");
     for run in &runs {
         let error = run.error.as_deref().unwrap_or_default();
@@ -1066,7 +1066,7 @@ async fn a_public_url_is_answered_and_an_address_other_machines_reach_needs_a_to
         "{message}"
     );
     {
-        let store = RunStore::open(state.path())?;
+        let store = super::support::reopen(state.path())?;
         let issued = weft::serve::auth::issue("admin", weft::store::Role::Admin, None);
         store.create_token(&issued.record).await?;
     }

@@ -170,3 +170,21 @@ pub fn connections(plugins: &[&str]) -> String {
 pub fn flow_with(name: &str, plugins: &[&str], rest: &str) -> String {
     format!("[workflow]\nname = \"{name}\"\n{}\n{rest}", connections(plugins))
 }
+
+/// Opens the sled store in `dir` again after a server in this process
+/// closed it. sled 0.34's background I/O threads can hold the directory's
+/// lock for a moment after the last handle is dropped (seen under load),
+/// so the reopen waits for it, for a bounded time; a second process never
+/// meets this (its exit releases the lock). The same as the store's unit
+/// tests do.
+pub fn reopen(dir: &Path) -> TestResult<RunStore> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match RunStore::open(dir) {
+            Err(weft::store::StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return Ok(other?),
+        }
+    }
+}
