@@ -500,22 +500,8 @@ async fn list_customers(
         has_more: bool,
     }
     let mut customers = Vec::new();
-    let mut starting_after: Option<String> = None;
-    loop {
-        let mut query = vec![("limit", "100")];
-        if let Some(after) = &starting_after {
-            query.push(("starting_after", after));
-        }
-        let url = reqwest::Url::parse_with_params(&format!("{base_url}/v1/customers"), &query)?;
-        let body = client
-            .get(url)
-            .basic_auth(key, Some(""))
-            .send()
-            .await?
-            .error_for_status()?
-            .bytes()
-            .await?;
-        let page: List<'_> = serde_json::from_slice(&body)?;
+    super::export::each_stripe_page(client, base_url, key, 100, |body| {
+        let page: List<'_> = serde_json::from_slice(body)?;
         for raw in &page.data {
             customers.push(Customer {
                 id: raw.id.to_owned(),
@@ -524,10 +510,11 @@ async fn list_customers(
                 source_id: raw.metadata.as_ref().and_then(|m| m.source_id).map(str::to_owned),
             });
         }
-        match page.data.last() {
-            Some(last) if page.has_more => starting_after = Some(last.id.to_owned()),
-            _ => break,
-        }
-    }
+        Ok(match page.data.last() {
+            Some(last) if page.has_more => Some(last.id.to_owned()),
+            _ => None,
+        })
+    })
+    .await?;
     Ok(customers)
 }

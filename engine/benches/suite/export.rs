@@ -414,6 +414,40 @@ pub async fn run(config: &Config) -> BenchResult<Vec<Row>> {
 
 /// The native client: what a user writes instead of a workflow. Runs in a
 /// process of its own (`--native-export BASE_URL KEY OUT`).
+/// Reads a Stripe customer list the way a plain client does: pages of
+/// `limit`, each next one `starting_after` the last id. Each page's body
+/// goes to `page`, which gives the id to continue after, or `None` at the
+/// last page.
+pub async fn each_stripe_page(
+    client: &reqwest::Client,
+    base_url: &str,
+    key: &str,
+    limit: u32,
+    mut page: impl FnMut(&[u8]) -> BenchResult<Option<String>>,
+) -> BenchResult<()> {
+    let limit = limit.to_string();
+    let mut starting_after: Option<String> = None;
+    loop {
+        let mut query = vec![("limit", limit.as_str())];
+        if let Some(after) = &starting_after {
+            query.push(("starting_after", after));
+        }
+        let url = reqwest::Url::parse_with_params(&format!("{base_url}/v1/customers"), &query)?;
+        let body = client
+            .get(url)
+            .basic_auth(key, Some(""))
+            .send()
+            .await?
+            .error_for_status()?
+            .bytes()
+            .await?;
+        match page(&body)? {
+            Some(after) => starting_after = Some(after),
+            None => return Ok(()),
+        }
+    }
+}
+
 pub fn native_export(args: &[String]) -> BenchResult<()> {
     let [base_url, key, out] = args else {
         return Err("usage: --native-export BASE_URL KEY OUT".into());
@@ -432,36 +466,22 @@ pub fn native_export(args: &[String]) -> BenchResult<()> {
         }
         let client = reqwest::Client::new();
         let mut file = std::io::BufWriter::new(std::fs::File::create(out)?);
-        let mut starting_after: Option<String> = None;
         let mut count = 0usize;
-        loop {
-            let limit = PAGE_SIZE.to_string();
-            let mut query = vec![("limit", limit.as_str())];
-            if let Some(after) = &starting_after {
-                query.push(("starting_after", after));
-            }
-            let url = reqwest::Url::parse_with_params(&format!("{base_url}/v1/customers"), &query)?;
-            let body = client
-                .get(url)
-                .basic_auth(key, Some(""))
-                .send()
-                .await?
-                .error_for_status()?
-                .bytes()
-                .await?;
-            let page: List<'_> = serde_json::from_slice(&body)?;
+        each_stripe_page(&client, base_url, key, PAGE_SIZE, |body| {
+            let page: List<'_> = serde_json::from_slice(body)?;
             for record in &page.data {
                 file.write_all(record.get().as_bytes())?;
                 file.write_all(b"\n")?;
             }
             count += page.data.len();
-            match page.data.last() {
+            Ok(match page.data.last() {
                 Some(last) if page.has_more => {
-                    starting_after = Some(serde_json::from_str::<Id<'_>>(last.get())?.id.to_owned())
+                    Some(serde_json::from_str::<Id<'_>>(last.get())?.id.to_owned())
                 }
-                _ => break,
-            }
-        }
+                _ => None,
+            })
+        })
+        .await?;
         file.flush()?;
         BenchResult::Ok(count)
     })?;
