@@ -53,6 +53,20 @@ fn example(name: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../workflows").join(name).display().to_string()
 }
 
+/// What most fleet tests start from: a schema of their own on the test
+/// server at `base`, empty emulators, and a directory for workflow files.
+async fn fleet_parts(
+    base: &str,
+) -> TestResult<(ScratchSchema, weft_sandbox::Sandbox, tempfile::TempDir)> {
+    let schema = ScratchSchema::create(base).await?;
+    let sandbox = weft_sandbox::Sandbox::start(weft_sandbox::SandboxOptions {
+        seed: 0,
+        ..Default::default()
+    })
+    .await?;
+    Ok((schema, sandbox, tempfile::tempdir()?))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_on_postgres_is_listed_and_shown_by_other_processes() -> TestResult {
     let Some(base) = test_url("a_run_on_postgres_is_listed_and_shown_by_other_processes")? else {
@@ -157,13 +171,7 @@ async fn a_run_killed_mid_way_is_resumed_from_postgres_and_writes_each_customer_
     let Some(base) = test_url("a_run_killed_mid_way_is_resumed_from_postgres")? else {
         return Ok(());
     };
-    let schema = ScratchSchema::create(&base).await?;
-    let sandbox = weft_sandbox::Sandbox::start(weft_sandbox::SandboxOptions {
-        seed: 0,
-        ..Default::default()
-    })
-    .await?;
-    let files = tempfile::tempdir()?;
+    let (schema, sandbox, files) = fleet_parts(&base).await?;
     let key = files.path().join("stripe-key");
     std::fs::write(&key, weft_sandbox::stripe::SANDBOX_API_KEY)?;
     // One Stripe upsert per step (a lookup by email, then a create with an
@@ -363,13 +371,7 @@ async fn a_worker_killed_mid_run_loses_its_lease_and_another_worker_finishes_the
     let Some(base) = test_url("a_worker_killed_mid_run_loses_its_lease")? else {
         return Ok(());
     };
-    let schema = ScratchSchema::create(&base).await?;
-    let sandbox = weft_sandbox::Sandbox::start(weft_sandbox::SandboxOptions {
-        seed: 0,
-        ..Default::default()
-    })
-    .await?;
-    let files = tempfile::tempdir()?;
+    let (schema, sandbox, files) = fleet_parts(&base).await?;
     let key = files.path().join("stripe-key");
     std::fs::write(&key, weft_sandbox::stripe::SANDBOX_API_KEY)?;
     let path = files.path().join("fleet.toml");
@@ -450,13 +452,7 @@ async fn two_workers_start_each_cron_tick_once_and_a_delivery_sent_to_both_once(
     let Some(base) = test_url("two_workers_start_each_cron_tick_once")? else {
         return Ok(());
     };
-    let schema = ScratchSchema::create(&base).await?;
-    let sandbox = weft_sandbox::Sandbox::start(weft_sandbox::SandboxOptions {
-        seed: 0,
-        ..Default::default()
-    })
-    .await?;
-    let files = tempfile::tempdir()?;
+    let (schema, sandbox, files) = fleet_parts(&base).await?;
     let key = files.path().join("stripe-key");
     std::fs::write(&key, weft_sandbox::stripe::SANDBOX_API_KEY)?;
     let secret = files.path().join("hook-secret");
@@ -1224,13 +1220,7 @@ async fn a_fleet_killed_twenty_times_moves_every_customer_once_and_each_tick_run
     };
     let _alone = HEAVY.lock().await;
     let began = Instant::now();
-    let schema = ScratchSchema::create(&base).await?;
-    let sandbox = weft_sandbox::Sandbox::start(weft_sandbox::SandboxOptions {
-        seed: 0,
-        ..Default::default()
-    })
-    .await?;
-    let files = tempfile::tempdir()?;
+    let (schema, sandbox, files) = fleet_parts(&base).await?;
     let stripe_key = files.path().join("stripe-key");
     std::fs::write(&stripe_key, weft_sandbox::stripe::SANDBOX_API_KEY)?;
     let endpoints = sandbox.endpoints();
@@ -1543,13 +1533,7 @@ async fn the_api_resume_of_a_run_another_worker_holds_answers_as_weft_runs_resum
     let Some(base) = test_url("the_api_resume_of_a_run_another_worker_holds")? else {
         return Ok(());
     };
-    let schema = ScratchSchema::create(&base).await?;
-    let sandbox = weft_sandbox::Sandbox::start(weft_sandbox::SandboxOptions {
-        seed: 0,
-        ..Default::default()
-    })
-    .await?;
-    let files = tempfile::tempdir()?;
+    let (schema, sandbox, files) = fleet_parts(&base).await?;
     // About six seconds of work: the holder is still running it while the
     // other worker and the CLI are asked to resume it.
     let path = slow_for_each(files.path(), &sandbox.stripe.base_url(), "held", 120, 40)?;
@@ -1634,13 +1618,7 @@ async fn cancel_of_another_workers_run(test: &str, by: CancelBy) -> TestResult {
     let Some(base) = test_url(test)? else {
         return Ok(());
     };
-    let schema = ScratchSchema::create(&base).await?;
-    let sandbox = weft_sandbox::Sandbox::start(weft_sandbox::SandboxOptions {
-        seed: 0,
-        ..Default::default()
-    })
-    .await?;
-    let files = tempfile::tempdir()?;
+    let (schema, sandbox, files) = fleet_parts(&base).await?;
     let path = slow_for_each(files.path(), &sandbox.stripe.base_url(), "doomed", 120, 20)?;
     let token = operator_token(&schema.url)?;
     let worker = Worker::start(&schema.url, &path)?;
