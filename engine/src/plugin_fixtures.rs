@@ -68,25 +68,27 @@ pub const RECORDED_ORIGIN: &str = "http://weft-recorded-origin.invalid";
 /// Replaces one origin with another in an answer's text, also where JSON
 /// escapes its slashes (`https:\/\/api.example.com`). A body that is not
 /// UTF-8 is left as it is.
-struct OriginSwap<'a> {
-    from: &'a str,
-    to: &'a str,
+struct OriginSwap {
+    from: [String; 2],
+    to: [String; 2],
 }
 
-impl OriginSwap<'_> {
+impl OriginSwap {
+    fn new(from: &str, to: &str) -> OriginSwap {
+        let escaped = |origin: &str| origin.replace('/', "\\/");
+        OriginSwap { from: [from.to_owned(), escaped(from)], to: [to.to_owned(), escaped(to)] }
+    }
+
     fn text(&self, text: &str) -> String {
-        if self.from.is_empty() || self.from == self.to {
+        if self.from[0].is_empty() || self.from == self.to {
             return text.to_owned();
         }
-        text.replace(self.from, self.to)
-            .replace(&self.from.replace('/', "\\/"), &self.to.replace('/', "\\/"))
+        text.replace(&self.from[0], &self.to[0]).replace(&self.from[1], &self.to[1])
     }
 
     fn bytes(&self, bytes: Vec<u8>) -> Vec<u8> {
         match std::str::from_utf8(&bytes) {
-            Ok(text)
-                if text.contains(self.from) || text.contains(&self.from.replace('/', "\\/")) =>
-            {
+            Ok(text) if self.from.iter().any(|from| text.contains(from.as_str())) => {
                 self.text(text).into_bytes()
             }
             _ => bytes,
@@ -674,11 +676,11 @@ async fn forward(
     // stored as the recorded origin and given to the connector as this
     // proxy's, so its next request is recorded too instead of going
     // around the proxy.
-    let stored = OriginSwap { from: origin, to: RECORDED_ORIGIN };
+    let stored = OriginSwap::new(origin, RECORDED_ORIGIN);
     let stored_headers = stored.headers(&headers);
     let stored_bytes = stored.bytes(bytes.clone());
     let proxy = own_origin(&parts).unwrap_or_else(|| origin.to_owned());
-    let to_connector = OriginSwap { from: origin, to: &proxy };
+    let to_connector = OriginSwap::new(origin, &proxy);
     let exchange = Exchange {
         request: redaction.request(
             parts.method.as_str(),
@@ -798,7 +800,7 @@ fn replay(
                 (None, Some(text)) => text.as_bytes().to_vec(),
                 (None, None) => Vec::new(),
             };
-            let ours = OriginSwap { from: RECORDED_ORIGIN, to: origin };
+            let ours = OriginSwap::new(RECORDED_ORIGIN, origin);
             answer(response.status, &ours.headers(&response.headers), ours.bytes(body))
         }
         None => {

@@ -91,7 +91,8 @@ enum Fixtures {
 async fn start_recording(
     executor: &Executor,
     workflow: &Workflow,
-    command: &RunArgs,
+    dir: &std::path::Path,
+    redact: &[String],
     overrides: &mut BTreeMap<String, ConnectionOverride>,
     sandbox: &mut Option<Vec<String>>,
 ) -> Result<Fixtures> {
@@ -115,7 +116,7 @@ async fn start_recording(
             }
         };
         let redaction = Redaction::new(
-            &command.redact,
+            redact,
             Some(secret.expose()),
             super::plugin_record::auth_header(&plugin).as_deref(),
         );
@@ -134,7 +135,7 @@ async fn start_recording(
             plugin_sha256: plugin.digest().to_owned(),
             base_path: recorder.base_path().to_owned(),
             authenticated: true,
-            redact: command.redact.clone(),
+            redact: redact.to_vec(),
             check: serde_json::to_value(RecordedRun {
                 workflow: workflow.name.clone(),
                 connection: connection.name.clone(),
@@ -143,8 +144,7 @@ async fn start_recording(
         };
         recording.push((connection.name.clone(), set, recorder));
     }
-    let dir = command.record.clone().unwrap_or_default();
-    Ok(Fixtures::Recording(dir, recording))
+    Ok(Fixtures::Recording(dir.to_path_buf(), recording))
 }
 
 /// Points every connection of `workflow` at a server answering from
@@ -347,8 +347,16 @@ pub(crate) async fn run(global: &Global, command: RunArgs) -> Result<ExitCode> {
     }
 
     let fixtures = match (&command.record, &command.replay) {
-        (Some(_), _) => {
-            start_recording(&executor, &workflow, &command, &mut overrides, &mut sandbox).await?
+        (Some(dir), _) => {
+            start_recording(
+                &executor,
+                &workflow,
+                dir,
+                &command.redact,
+                &mut overrides,
+                &mut sandbox,
+            )
+            .await?
         }
         (None, Some(dir)) => {
             start_replaying(&executor, &workflow, dir, &mut overrides, &mut sandbox).await?
