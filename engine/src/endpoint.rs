@@ -44,6 +44,28 @@ pub trait Endpoint: Send + Sync {
         resource: &'a str,
         id: &'a str,
     ) -> BoxFuture<'a, Result<RemoveOutcome, RuntimeError>>;
+    /// Whether [`lookup`](Endpoint::lookup) can answer (the connector
+    /// exports `weft:connector@0.2.0`'s `lookup`).
+    fn offers_lookup(&self) -> bool {
+        false
+    }
+    /// The record an upsert of `record` would update, without writing;
+    /// `None` when it would create one. Unsupported unless overridden.
+    fn lookup<'a>(
+        &'a self,
+        resource: &'a str,
+        record: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, RuntimeError>> {
+        let _ = record;
+        let error = RuntimeError::Connector {
+            plugin: self.name().to_owned(),
+            op: "lookup",
+            error: ConnectorError::Unsupported(format!(
+                "no lookup of what an upsert on `{resource}` would match"
+            )),
+        };
+        Box::pin(std::future::ready(Err(error)))
+    }
     /// What it did so far: vendor requests (429s, retries, time waited,
     /// answers by class) and plugin calls by op.
     fn totals(&self) -> ConnectionTotals {
@@ -94,6 +116,18 @@ impl Endpoint for PluginConnection {
         id: &'a str,
     ) -> BoxFuture<'a, Result<RemoveOutcome, RuntimeError>> {
         Box::pin(within_call(PluginConnection::remove(self, resource, id)))
+    }
+
+    fn offers_lookup(&self) -> bool {
+        self.plugin().offers_lookup()
+    }
+
+    fn lookup<'a>(
+        &'a self,
+        resource: &'a str,
+        record: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, RuntimeError>> {
+        Box::pin(within_call(PluginConnection::lookup(self, resource, record)))
     }
 
     fn totals(&self) -> ConnectionTotals {

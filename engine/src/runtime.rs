@@ -655,6 +655,8 @@ pub(crate) enum Call {
     Upsert(CallContext, UpsertRequest),
     UpsertBatch(CallContext, String, Vec<BatchItem>),
     Remove(CallContext, String, String),
+    /// 0.2.0's `lookup`: resource, record.
+    Lookup(CallContext, String, String),
 }
 
 impl Call {
@@ -666,6 +668,7 @@ impl Call {
             Call::Upsert(..) => Op::Upsert.as_str(),
             Call::UpsertBatch(..) => Op::UpsertBatch.as_str(),
             Call::Remove(..) => Op::Remove.as_str(),
+            Call::Lookup(..) => "lookup",
         }
     }
 }
@@ -782,6 +785,12 @@ impl Plugin {
         self.load
     }
 
+    /// Whether the component exports `weft:connector@0.2.0`'s `lookup`, so
+    /// a dry run can ask what an upsert would match.
+    pub fn offers_lookup(&self) -> bool {
+        self.bindings.offers_lookup()
+    }
+
     async fn describe(&self) -> Result<Manifest> {
         match self.call(None, Call::Describe).await? {
             Reply::Manifest(m) => Ok(m),
@@ -809,6 +818,7 @@ impl Plugin {
         id: &str,
     ) -> Result<Option<String>> {
         self.record(
+            "get",
             self.call(Some(http), Call::Get(ctx, resource.to_owned(), id.to_owned())).await?,
         )
     }
@@ -887,13 +897,13 @@ impl Plugin {
         Ok(page)
     }
 
-    fn record(&self, reply: Reply) -> Result<Option<String>> {
+    fn record(&self, op: &'static str, reply: Reply) -> Result<Option<String>> {
         match reply {
             Reply::Record(Some(record)) => {
-                self.checked_record("get", record, || "the record".into()).map(Some)
+                self.checked_record(op, record, || "the record".into()).map(Some)
             }
             Reply::Record(None) => Ok(None),
-            other => Err(self.contract("get", format!("unexpected reply {}", other.kind()))),
+            other => Err(self.contract(op, format!("unexpected reply {}", other.kind()))),
         }
     }
 
@@ -1373,7 +1383,16 @@ impl PluginConnection {
     /// Reads one record.
     pub async fn get(&self, resource: &str, id: &str) -> Result<Option<String>> {
         let call = Call::Get(self.context.clone(), resource.to_owned(), id.to_owned());
-        self.plugin.record(self.call(call).await?)
+        self.plugin.record("get", self.call(call).await?)
+    }
+
+    /// The record an upsert of `record` would update, without writing
+    /// (`weft:connector@0.2.0`'s `lookup`); `Ok(None)` when it would create
+    /// one. A connector built for 0.1.0 answers
+    /// [`ConnectorError::Unsupported`] (see [`Plugin::offers_lookup`]).
+    pub async fn lookup(&self, resource: &str, record: &str) -> Result<Option<String>> {
+        let call = Call::Lookup(self.context.clone(), resource.to_owned(), record.to_owned());
+        self.plugin.record("lookup", self.call(call).await?)
     }
 
     /// Creates or updates one record.

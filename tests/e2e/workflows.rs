@@ -66,13 +66,9 @@ async fn a_for_each_streams_a_list_into_upserts_and_a_second_run_changes_nothing
     Ok(())
 }
 
-#[tokio::test]
-async fn inputs_fill_templates_and_a_false_condition_skips_its_step() -> TestResult {
-    let sandbox = sandbox(0).await?;
-    let harness = Harness::new()?;
-    let text = flow(
-        "provision",
-        r#"
+/// A Stripe customer upserted by email, a Metronome customer for paying
+/// plans keyed by the Stripe id, and a read of the Stripe customer by id.
+const PROVISION: &str = r#"
 [inputs.email]
 type = "string"
 
@@ -96,8 +92,13 @@ id = "lookup"
 get = "stripe.customers"
 key = "${{ .steps.customer.record.id }}"
 map = '{id, email, plan: .metadata.plan}'
-"#,
-    );
+"#;
+
+#[tokio::test]
+async fn inputs_fill_templates_and_a_false_condition_skips_its_step() -> TestResult {
+    let sandbox = sandbox(0).await?;
+    let harness = Harness::new()?;
+    let text = flow("provision", PROVISION);
     let wf = workflow(harness.files.path(), &text)?;
     let options = RunOptions {
         inputs: inputs(json!({"email": "ada@example.com"})),
@@ -277,6 +278,59 @@ allow_irreversible = true
     assert_eq!(writes(&sandbox.growpanel.emulator.requests()), 0);
     assert!(!sandbox.metronome.emulator.requests().is_empty(), "the reads were real");
     assert_eq!(sandbox.metronome.emulator.customer_count(), 12, "nothing archived");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_dry_run_plans_the_id_an_upsert_by_email_would_match_and_the_next_steps_use_it()
+-> TestResult {
+    let sandbox = sandbox(0).await?;
+    let harness = Harness::new()?;
+    let wf = workflow(harness.files.path(), &flow("provision", PROVISION))?;
+    let options = |email: &str, dry_run: bool| RunOptions {
+        inputs: inputs(json!({"email": email, "plan": "pro"})),
+        overrides: overrides(&sandbox, &VENDORS),
+        dry_run,
+        ..RunOptions::default()
+    };
+    let real = harness.executor.start(&wf, &options("ada@example.com", false), &Silent).await?;
+    assert_eq!(real.status, Status::Succeeded, "{real:#?}");
+    let stripe_id = sandbox.stripe.emulator.customers()[0]["id"].clone();
+    let metronome = sandbox.metronome.emulator.customers();
+    sandbox.stripe.emulator.requests().clear();
+    sandbox.metronome.emulator.requests().clear();
+
+    // Ada is there: the upsert by email would update her, and the dry run
+    // names her id, so the Metronome step finds its customer by it (as the
+    // real run would, to rename it too) and the read by id finds her.
+    let wf = workflow(
+        harness.files.path(),
+        &flow("provision", &PROVISION.replace("name = \"Plan ", "name = \"Plan: ")),
+    )?;
+    let dry = harness.executor.start(&wf, &options("ada@example.com", true), &Silent).await?;
+    assert_eq!(dry.status, Status::Succeeded, "{dry:#?}");
+    let plan = dry.steps[0].plan.clone().unwrap_or_default();
+    assert_eq!((plan.update, plan.upsert, plan.create), (1, 0, 0), "{plan:#?}");
+    assert_eq!(plan.samples[0].key.as_deref(), stripe_id.as_str(), "{plan:#?}");
+    assert_eq!(plan.samples[0].changes, ["name"], "{plan:#?}");
+    let output = dry.steps[0].output.clone().unwrap_or_default();
+    assert_eq!(output["record"]["id"], stripe_id, "{output:#}");
+    assert_eq!(output["record"]["name"], "Plan: pro", "the record as it would be: {output:#}");
+    let paid = dry.steps[1].plan.clone().unwrap_or_default();
+    assert_eq!((paid.update, paid.create, paid.upsert), (1, 0, 0), "{paid:#?}");
+    assert_eq!(paid.samples[0].key.as_deref(), metronome[0]["id"].as_str(), "{paid:#?}");
+    assert_eq!(paid.samples[0].changes, ["name"], "{paid:#?}");
+    assert_eq!(dry.steps[2].output.clone().unwrap_or_default()["email"], "ada@example.com");
+
+    // Nobody has this email: a create, planned as one, with no id to name.
+    let new = harness.executor.start(&wf, &options("new@example.com", true), &Silent).await?;
+    assert_eq!(new.status, Status::Failed, "the read by an id not made yet fails: {new:#?}");
+    let plan = new.steps[0].plan.clone().unwrap_or_default();
+    assert_eq!((plan.create, plan.upsert), (1, 0), "{plan:#?}");
+
+    assert_eq!(writes(&sandbox.stripe.emulator.requests()), 0);
+    assert_eq!(writes(&sandbox.metronome.emulator.requests()), 0);
+    assert_eq!(sandbox.metronome.emulator.customers(), metronome, "nothing written");
     Ok(())
 }
 

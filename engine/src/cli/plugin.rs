@@ -78,12 +78,17 @@ pub(crate) enum PluginCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Write the connector contract's WIT (weft:connector@0.1.0, world
-    /// `connector`, exported interface `plugin`) to DIR/connector.wit.
+    /// Write the connector contract's WIT to DIR/connector.wit:
+    /// weft:connector@0.1.0 (world `connector`, exported interface
+    /// `plugin`), or with `--version 0.2.0` that world plus the optional
+    /// `lookup` interface, with 0.1.0 under DIR/deps/.
     Wit {
         /// The directory to write it to.
         #[arg(long, default_value = "wit")]
         out: std::path::PathBuf,
+        /// The contract version: 0.1.0 (what every host serves) or 0.2.0.
+        #[arg(long, default_value = "0.1.0", value_parser = ["0.1.0", "0.2.0"])]
+        version: String,
     },
 }
 
@@ -152,7 +157,7 @@ pub(crate) async fn plugin(global: &Global, command: PluginCommand) -> Result<Ex
         PluginCommand::New { name, lang, dir } => {
             super::plugin_new::new_project(&name, lang, dir.as_deref())
         }
-        PluginCommand::Wit { out } => super::plugin_new::write_wit(&out),
+        PluginCommand::Wit { out, version } => super::plugin_new::write_wit(&out, &version),
     }
 }
 
@@ -315,11 +320,20 @@ async fn inspect(global: &Global, plugin: &str, json: bool) -> Result<ExitCode> 
             serde_json::to_string_pretty(&serde_json::json!({
                 "sha256": loaded.digest(),
                 "manifest": manifest,
+                "lookup": loaded.offers_lookup(),
                 "capabilities": trust,
             }))?
         )?;
     } else {
         print_manifest(manifest, loaded.digest())?;
+        outln!(
+            "lookup: {}",
+            if loaded.offers_lookup() {
+                "yes (weft:connector@0.2.0: a dry run plans what an upsert without an id matches)"
+            } else {
+                "no (built for weft:connector@0.1.0)"
+            }
+        )?;
         print_capabilities(&trust, plugin, loaded.digest())?;
     }
     Ok(ExitCode::SUCCESS)

@@ -14,6 +14,8 @@ use anyhow::{Context as _, Result, bail};
 
 /// The contract every generated project builds against.
 pub(crate) const CONNECTOR_WIT: &str = include_str!("../../../wit/v0.1.0/connector.wit");
+/// 0.2.0: 0.1.0's world plus the optional `lookup` interface.
+const CONNECTOR_WIT_0_2: &str = include_str!("../../../wit/v0.2.0/connector.wit");
 
 /// componentize-py, from PyPI (also in `.ci/python-tools.txt`).
 pub(crate) const COMPONENTIZE_PY: &str = "0.25.1";
@@ -162,11 +164,24 @@ pub(crate) fn new_project(name: &str, lang: Lang, dir: Option<&Path>) -> Result<
     Ok(ExitCode::SUCCESS)
 }
 
-/// `weft plugin wit`.
-pub(crate) fn write_wit(out: &Path) -> Result<ExitCode> {
+/// `weft plugin wit`: 0.1.0 alone, or 0.2.0 with the 0.1.0 it includes
+/// under `deps/`, where WIT tools (wit-bindgen, componentize-py,
+/// componentize-js) look for the packages a package uses.
+pub(crate) fn write_wit(out: &Path, version: &str) -> Result<ExitCode> {
     let path = out.join("connector.wit");
-    write_file(&path, CONNECTOR_WIT, false)?;
-    outln!("wrote {} (weft:connector@0.1.0, world `connector`)", path.display())?;
+    if version == "0.2.0" {
+        write_file(&path, CONNECTOR_WIT_0_2, false)?;
+        let deps = out.join("deps").join("connector-0.1.0").join("connector.wit");
+        write_file(&deps, CONNECTOR_WIT, false)?;
+        outln!(
+            "wrote {} (weft:connector@0.2.0, world `connector`) and {}",
+            path.display(),
+            deps.display()
+        )?;
+    } else {
+        write_file(&path, CONNECTOR_WIT, false)?;
+        outln!("wrote {} (weft:connector@0.1.0, world `connector`)", path.display())?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 

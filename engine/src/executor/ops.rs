@@ -382,8 +382,12 @@ async fn item_untraced(
 }
 
 /// What an upsert would do: with the id in the record, a get tells create
-/// from update and which fields differ; without, the connector would match
-/// on its own terms (its manifest says which), so the plan says "upsert".
+/// from update and which fields differ. Without one, a connector that
+/// exports `lookup` (`weft:connector@0.2.0`) says which record the upsert
+/// would match, by its own rule, so the plan names that record's id and the
+/// steps after it see the id as they would in the real run; otherwise the
+/// connector would match on its own terms (its manifest says which) and the
+/// plan says "upsert".
 async fn plan_upsert(
     step: &Step,
     endpoint: &dyn Endpoint,
@@ -393,6 +397,11 @@ async fn plan_upsert(
     let Some(id) = id_of(&desired, id_field) else {
         if !step.create_only.is_empty() {
             create_only_id(&desired, id_field)?;
+        }
+        if endpoint.offers_lookup()
+            && let Some(found) = look_up(step, endpoint, &desired).await?
+        {
+            return plan_looked(step, endpoint.name(), id_field, desired, found);
         }
         let entry = PlanEntry {
             action: PlannedAction::Upsert,
@@ -440,4 +449,269 @@ async fn plan_upsert(
         output: serde_json::json!({ "plan": action, "record": desired }),
         plan: Some(entry),
     })
+}
+
+/// What a connector's `lookup` said of an upsert without an id.
+enum Looked {
+    /// It would update this record (JSON text).
+    Matched(String),
+    /// It would create one.
+    Create,
+}
+
+/// Asks the connector which record an upsert of `desired` would update.
+/// `None` when it cannot tell (`unsupported`): the plan is then an upsert
+/// of unknown outcome, as for a connector built for 0.1.0.
+async fn look_up(
+    step: &Step,
+    endpoint: &dyn Endpoint,
+    desired: &Value,
+) -> Result<Option<Looked>, CallError> {
+    let text = desired.to_string();
+    let (result, _) = with_retry(&step.retry, step.timeout, || async {
+        match endpoint.lookup(&step.resource, &text).await {
+            Ok(Some(found)) => Ok(Some(Looked::Matched(found))),
+            Ok(None) => Ok(Some(Looked::Create)),
+            Err(error)
+                if matches!(error.connector_error(), Some(ConnectorError::Unsupported(_))) =>
+            {
+                Ok(None)
+            }
+            Err(error) => Err(error),
+        }
+    })
+    .await;
+    result
+}
+
+/// The plan of an upsert whose record the connector's `lookup` found (or
+/// found none of: a create).
+fn plan_looked(
+    step: &Step,
+    plugin: &str,
+    id_field: &str,
+    desired: Value,
+    found: Looked,
+) -> Result<OpResult, CallError> {
+    let Looked::Matched(text) = found else {
+        let entry = PlanEntry {
+            action: PlannedAction::Create,
+            key: None,
+            changes: vec![],
+            record: Some(desired.clone()),
+            before: None,
+            irreversible: false,
+        };
+        return Ok(OpResult {
+            action: PlannedAction::Create.into(),
+            id: None,
+            output: serde_json::json!({ "plan": PlannedAction::Create, "record": desired }),
+            plan: Some(entry),
+        });
+    };
+    let current = parse_record(&text, plugin, "lookup")?;
+    let id = id_of(&current, id_field).ok_or_else(|| {
+        CallError::new(format!(
+            "plugin {plugin}: lookup returned a record without its `{id_field}`"
+        ))
+    })?;
+    let mut sent = desired.clone();
+    step.drop_create_only(&mut sent);
+    let changes = changed_fields(&sent, &current);
+    let before = values_at(&current, &changes);
+    let action = if changes.is_empty() { PlannedAction::Unchanged } else { PlannedAction::Update };
+    // What the vendor would hold after the write, as the real run's output
+    // has it: the matched record with the desired fields laid over it.
+    let mut after = current;
+    overlay(&mut after, sent);
+    let entry = PlanEntry {
+        action,
+        key: Some(id.clone()),
+        changes,
+        record: Some(desired),
+        before,
+        irreversible: false,
+    };
+    Ok(OpResult {
+        action: action.into(),
+        id: Some(id.clone()),
+        output: serde_json::json!({ "plan": action, "id": id, "record": after }),
+        plan: Some(entry),
+    })
+}
+
+/// Lays `desired` over `record` as an upsert would: objects field by
+/// field, everything else replaced.
+fn overlay(record: &mut Value, desired: Value) {
+    match (record, desired) {
+        (Value::Object(record), Value::Object(desired)) => {
+            for (field, value) in desired {
+                match record.get_mut(&field) {
+                    Some(held) if held.is_object() && value.is_object() => overlay(held, value),
+                    _ => {
+                        record.insert(field, value);
+                    }
+                }
+            }
+        }
+        (record, desired) => *record = desired,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use futures_util::future::BoxFuture;
+    use serde_json::json;
+
+    use super::*;
+    use crate::connector::{
+        AuthScheme, BatchItem, ListRequest, Manifest, Page, RemoveOutcome, UpsertOutcome,
+    };
+    use crate::endpoint::BatchOutcomes;
+    use crate::workflow::Workflow;
+
+    /// A connection whose `lookup` answers `found` (or is unsupported),
+    /// and which fails every other op: a plan must not call them.
+    struct Looking {
+        manifest: Manifest,
+        offers: bool,
+        found: Option<Option<&'static str>>,
+        lookups: AtomicUsize,
+    }
+
+    fn refused<T: Send + 'static>(op: &'static str) -> BoxFuture<'static, Result<T, RuntimeError>> {
+        let error = RuntimeError::Connector {
+            plugin: "fake".into(),
+            op,
+            error: ConnectorError::Fatal(format!("{op} was not expected")),
+        };
+        Box::pin(std::future::ready(Err(error)))
+    }
+
+    impl Endpoint for Looking {
+        fn manifest(&self) -> &Manifest {
+            &self.manifest
+        }
+        fn name(&self) -> &str {
+            "fake"
+        }
+        fn list(&self, _: ListRequest) -> BoxFuture<'_, Result<Page, RuntimeError>> {
+            refused("list")
+        }
+        fn get<'a>(
+            &'a self,
+            _: &'a str,
+            _: &'a str,
+        ) -> BoxFuture<'a, Result<Option<String>, RuntimeError>> {
+            refused("get")
+        }
+        fn upsert(&self, _: UpsertRequest) -> BoxFuture<'_, Result<UpsertOutcome, RuntimeError>> {
+            refused("upsert")
+        }
+        fn upsert_batch<'a>(
+            &'a self,
+            _: &'a str,
+            _: Vec<BatchItem>,
+        ) -> BoxFuture<'a, Result<BatchOutcomes, RuntimeError>> {
+            refused("upsert-batch")
+        }
+        fn remove<'a>(
+            &'a self,
+            _: &'a str,
+            _: &'a str,
+        ) -> BoxFuture<'a, Result<RemoveOutcome, RuntimeError>> {
+            refused("remove")
+        }
+        fn offers_lookup(&self) -> bool {
+            self.offers
+        }
+        fn lookup<'a>(
+            &'a self,
+            _: &'a str,
+            _: &'a str,
+        ) -> BoxFuture<'a, Result<Option<String>, RuntimeError>> {
+            self.lookups.fetch_add(1, Ordering::Relaxed);
+            let answer = match self.found {
+                Some(found) => Ok(found.map(str::to_owned)),
+                None => Err(RuntimeError::Connector {
+                    plugin: "fake".into(),
+                    op: "lookup",
+                    error: ConnectorError::Unsupported("no rule".into()),
+                }),
+            };
+            Box::pin(std::future::ready(answer))
+        }
+    }
+
+    fn looking(offers: bool, found: Option<Option<&'static str>>) -> Looking {
+        let manifest = Manifest {
+            name: "fake".into(),
+            version: "0.0.0".into(),
+            vendor: "Nobody".into(),
+            description: String::new(),
+            default_base_url: "http://127.0.0.1".into(),
+            extra_hosts: Vec::new(),
+            auth: AuthScheme::None,
+            resources: Vec::new(),
+            rate_limits: Vec::new(),
+            settings: Vec::new(),
+        };
+        Looking { manifest, offers, found, lookups: AtomicUsize::new(0) }
+    }
+
+    fn upsert_step() -> Step {
+        let text = r#"
+[workflow]
+name = "plan"
+[connections.fake]
+plugin = "fake"
+[[step]]
+id = "write"
+upsert = "fake.users"
+record = { email = "a@b.c" }
+"#;
+        let workflow = Workflow::parse(Path::new("plan.toml"), text).expect("workflow");
+        workflow.steps[0].clone()
+    }
+
+    async fn plan(endpoint: &Looking, desired: Value) -> OpResult {
+        plan_upsert(&upsert_step(), endpoint, "id", desired).await.expect("plan")
+    }
+
+    #[tokio::test]
+    async fn an_upsert_without_an_id_is_planned_by_what_the_lookup_found() {
+        let desired = json!({"email": "a@b.c", "name": "Ada", "tags": {"vip": true}});
+        let matched =
+            looking(true, Some(Some(r#"{"id":"u1","email":"a@b.c","name":"A","tags":{"x":1}}"#)));
+        let result = plan(&matched, desired.clone()).await;
+        assert_eq!(result.id.as_deref(), Some("u1"));
+        let entry = result.plan.expect("plan");
+        assert_eq!((entry.action, entry.key.as_deref()), (PlannedAction::Update, Some("u1")));
+        assert_eq!(entry.changes, ["name", "tags.vip"]);
+        assert_eq!(
+            result.output["record"],
+            json!({"id": "u1", "email": "a@b.c", "name": "Ada", "tags": {"x": 1, "vip": true}}),
+            "the record as the write would leave it"
+        );
+
+        let create = plan(&looking(true, Some(None)), desired.clone()).await;
+        assert_eq!(create.plan.map(|p| p.action), Some(PlannedAction::Create));
+
+        // Unsupported, or not exported at all: an upsert of unknown outcome.
+        for endpoint in [looking(true, None), looking(false, Some(Some("{}")))] {
+            let result = plan(&endpoint, desired.clone()).await;
+            assert_eq!(result.plan.map(|p| p.action), Some(PlannedAction::Upsert));
+            assert_eq!(endpoint.lookups.load(Ordering::Relaxed), usize::from(endpoint.offers));
+        }
+
+        let nameless = looking(true, Some(Some(r#"{"email":"a@b.c"}"#)));
+        let error = plan_upsert(&upsert_step(), &nameless, "id", desired).await.err();
+        assert!(
+            error.is_some_and(|e| e.message.contains("without its `id`")),
+            "a found record must carry its id"
+        );
+    }
 }

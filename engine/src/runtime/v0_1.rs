@@ -1,8 +1,9 @@
 //! `weft:connector@0.1.0`: bindings, and conversion between its types and the
-//! host's own. No host logic lives here.
+//! host's own; and the one function `weft:connector@0.2.0` adds on top of
+//! them, `lookup`, which uses 0.1.0's types. No host logic lives here.
 
 use wasmtime::Store;
-use wasmtime::component::{HasSelf, InstancePre, Linker};
+use wasmtime::component::{ComponentExportIndex, HasSelf, InstancePre, Linker, TypedFunc};
 
 use super::{Call, InstanceState, Reply};
 use crate::connector as host;
@@ -18,7 +19,16 @@ mod bindings {
 }
 
 use bindings::weft::connector::{http, log, types};
-use bindings::{Connector, ConnectorPre};
+use bindings::{Connector, ConnectorIndices};
+
+/// The interface of `weft:connector@0.2.0` that a dry run asks what an
+/// upsert would match (optional: a 0.1.0 component lacks it).
+pub(super) const LOOKUP_EXPORT: &str = "weft:connector/lookup@0.2.0";
+
+/// `lookup: func(ctx: context, resource: string, record: json) ->
+/// result<option<json>, connector-error>`.
+type LookupFunc =
+    TypedFunc<(types::Context, String, String), (Result<Option<String>, types::ConnectorError>,)>;
 
 /// Adds this version's host imports to the linker.
 pub(super) fn add_to_linker(linker: &mut Linker<InstanceState>) -> wasmtime::Result<()> {
@@ -27,13 +37,27 @@ pub(super) fn add_to_linker(linker: &mut Linker<InstanceState>) -> wasmtime::Res
 
 /// A pre-instantiated component that exports this version's world.
 pub(super) struct Bindings {
-    pre: ConnectorPre<InstanceState>,
+    pre: InstancePre<InstanceState>,
+    indices: ConnectorIndices,
+    /// Where `lookup` is, when the component exports 0.2.0's.
+    lookup: Option<ComponentExportIndex>,
 }
 
 impl Bindings {
-    /// Checks the component exports this version's world.
+    /// Checks the component exports this version's world, and finds
+    /// 0.2.0's `lookup` when it exports that too.
     pub(super) fn new(pre: InstancePre<InstanceState>) -> wasmtime::Result<Self> {
-        Ok(Bindings { pre: ConnectorPre::new(pre)? })
+        let indices = ConnectorIndices::new(&pre)?;
+        let component = pre.component();
+        let lookup = component
+            .get_export_index(None, LOOKUP_EXPORT)
+            .and_then(|interface| component.get_export_index(Some(&interface), "lookup"));
+        Ok(Bindings { pre, indices, lookup })
+    }
+
+    /// Whether the component answers `lookup`.
+    pub(super) fn offers_lookup(&self) -> bool {
+        self.lookup.is_some()
     }
 
     /// Instantiates the template in `store`.
@@ -41,7 +65,17 @@ impl Bindings {
         &self,
         store: &mut Store<InstanceState>,
     ) -> wasmtime::Result<Exports> {
-        Ok(Exports { connector: self.pre.instantiate_async(store).await? })
+        let instance = self.pre.instantiate_async(&mut *store).await?;
+        let connector = self.indices.load(&mut *store, &instance)?;
+        // The type is checked here, once per instance: a component whose
+        // `lookup` has another signature fails to instantiate, naming it.
+        let lookup = match &self.lookup {
+            Some(index) => Some(instance.get_typed_func(&mut *store, index).map_err(|e| {
+                e.context(format!("its {LOOKUP_EXPORT}#lookup does not have the contract's type"))
+            })?),
+            None => None,
+        };
+        Ok(Exports { connector, lookup })
     }
 }
 
@@ -49,6 +83,7 @@ impl Bindings {
 /// instantiated in.
 pub(super) struct Exports {
     connector: Connector,
+    lookup: Option<LookupFunc>,
 }
 
 impl Exports {
@@ -115,6 +150,16 @@ impl Exports {
                         )
                     })
                     .map_err(error)
+            }
+            Call::Lookup(ctx, resource, record) => {
+                let Some(lookup) = &self.lookup else {
+                    return Ok(Err(host::ConnectorError::Unsupported(format!(
+                        "the connector does not export {LOOKUP_EXPORT} (it was built for 0.1.0)"
+                    ))));
+                };
+                let (answer,) =
+                    lookup.call_async(&mut *store, (context(ctx), resource, record)).await?;
+                answer.map(Reply::Record).map_err(error)
             }
             Call::Remove(ctx, resource, id) => instance
                 .call_remove(&mut *store, &context(ctx), &resource, &id)

@@ -93,7 +93,7 @@ impl World {
                 .collect();
             reasons.push(if same_interface.is_empty() {
                 format!(
-                    "it does not export {PLUGIN_EXPORT} (it exports {}): build it for the world `connector` of weft:connector@0.1.0 (`weft plugin wit` writes the WIT)",
+                    "it does not export {PLUGIN_EXPORT} (it exports {}): build it for the world `connector` of weft:connector@0.1.0 or 0.2.0 (`weft plugin wit` writes the WIT)",
                     if self.exports.is_empty() { "nothing".to_owned() } else { self.exports.join(", ") }
                 )
             } else {
@@ -137,6 +137,12 @@ mod tests {
             &[PLUGIN_EXPORT],
         );
         assert_eq!(served.refusal(), None);
+        // 0.2.0's world: 0.1.0's export and `lookup`.
+        let with_lookup = world(
+            &["weft:connector/types@0.1.0", "weft:connector/http@0.1.0"],
+            &[PLUGIN_EXPORT, "weft:connector/lookup@0.2.0"],
+        );
+        assert_eq!(with_lookup.refusal(), None);
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! with `--stub-wasi`, as the template's build.sh does) keeps its warm
 //! instance across the calls of a connection; a JavaScript component built
 //! with componentize-js's defaults imports wasi:http and is refused at load,
-//! naming the import and the flag, and never cached.
+//! naming the import and the flag, and never cached. A JavaScript connector
+//! built for `weft:connector@0.2.0` answers a dry run's `lookup`.
 //!
 //! Off CI a missing tool skips its test, saying so; with CI=true it fails.
 
@@ -112,6 +113,83 @@ fn a_javascript_connector_from_plugin_new_builds_and_passes_the_sandbox_check() 
     let tests = run(&dir, Command::new("npm").args(["test"]))?;
     assert!(tests.contains("# pass 3") && tests.contains("# fail 0"), "{tests}");
     passes_the_sandbox_check(&dir, "acme-js")
+}
+
+#[test]
+fn a_javascript_connector_built_for_0_2_0_answers_a_dry_runs_lookup() -> TestResult {
+    let modules = repository().join("node_modules");
+    if !tool_present(&modules.join(".bin/componentize-js"), "componentize-js")? {
+        return Ok(());
+    }
+    let (_scratch, dir) = generate("acme-look", "js")?;
+    std::os::unix::fs::symlink(&modules, dir.join("node_modules"))?;
+    let wit = dir.join("wit").display().to_string();
+    let out = super::weft(&["plugin", "wit", "--version", "0.2.0", "--out", &wit], &cache())?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The author's part: upserts offered, and what one would match.
+    let app = std::fs::read_to_string(dir.join("app.js"))?
+        .replace("ops: ['list', 'get']", "ops: ['list', 'get', 'upsert']")
+        + r#"
+export const lookup = {
+  lookup(ctx, resource, record) {
+    const wanted = JSON.parse(record);
+    if (wanted.email === 'taken@example.com') throw weft.conflict('two customers share it');
+    if (wanted.email !== 'known@example.com') return undefined;
+    return JSON.stringify({ id: 'cus_known', email: wanted.email, name: 'Old' });
+  },
+};
+"#;
+    std::fs::write(dir.join("app.js"), app)?;
+    run(&dir, Command::new("npm").args(["run", "build"]))?;
+    let wasm = dir.join("acme-look.wasm").display().to_string();
+    let out = super::weft(&["plugin", "inspect", &wasm, "--json"], &cache())?;
+    let inspected: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(inspected["lookup"], true, "{inspected:#}");
+
+    let flow = |email: &str| {
+        format!(
+            r#"
+[workflow]
+name = "look"
+
+[connections.acme-look]
+plugin = "acme-look.wasm"
+credentials = "env:ACME_LOOK_API_KEY"
+sandbox = "stripe"
+
+[[step]]
+id = "write"
+upsert = "acme-look.customers"
+record = {{ email = "{email}", name = "New" }}
+"#
+        )
+    };
+    let state = tempfile::tempdir()?;
+    let dry_run = |email: &str| -> TestResult<(bool, serde_json::Value)> {
+        std::fs::write(dir.join("look.toml"), flow(email))?;
+        let out = Command::new(env!("CARGO_BIN_EXE_weft"))
+            .args(["run", "--sandbox", "--dry-run", "--json", "look.toml"])
+            .env("WEFT_CACHE_DIR", cache())
+            .env("WEFT_STATE_DIR", state.path())
+            .current_dir(&dir)
+            .output()?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let summary = serde_json::from_str(&stdout)
+            .map_err(|e| format!("{e}: {stdout}{}", String::from_utf8_lossy(&out.stderr)))?;
+        Ok((out.status.success(), summary))
+    };
+    let (ok, known) = dry_run("known@example.com")?;
+    assert!(ok, "{known:#}");
+    let plan = &known["steps"][0]["plan"];
+    assert_eq!((plan["update"].as_u64(), plan["upsert"].as_u64()), (Some(1), Some(0)), "{known:#}");
+    assert_eq!(plan["samples"][0]["key"], "cus_known", "{known:#}");
+    let (ok, new) = dry_run("new@example.com")?;
+    assert!(ok, "{new:#}");
+    assert_eq!(new["steps"][0]["plan"]["create"], 1, "{new:#}");
+    let (ok, taken) = dry_run("taken@example.com")?;
+    assert!(!ok, "a conflict fails the dry run as it would the real one: {taken:#}");
+    assert!(taken.to_string().contains("two customers share it"), "{taken:#}");
+    Ok(())
 }
 
 #[test]

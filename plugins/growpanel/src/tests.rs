@@ -331,9 +331,9 @@ fn ids_are_percent_encoded_in_paths() {
 fn unknown_resources_are_not_found() {
     // Refused by the SDK from the manifest, before the connector runs.
     use weft_connector_sdk::__private::Adapter;
-    use weft_connector_sdk::wit::exports::weft::connector::plugin::Guest;
+    use weft_connector_sdk::wit::exports::weft::connector0_1_0::plugin::Guest;
     let error = <Adapter<GrowPanel> as Guest>::get(ctx(), "invoices".into(), "in_1".into());
-    use weft_connector_sdk::wit::weft::connector::types::ConnectorError;
+    use weft_connector_sdk::wit::weft::connector0_1_0::types::ConnectorError;
     assert!(matches!(error, Err(ConnectorError::NotFound(_))), "{error:?}");
 }
 

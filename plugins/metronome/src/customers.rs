@@ -138,6 +138,28 @@ pub(crate) fn upsert(ctx: &Context, request: &UpsertRequest) -> Result<UpsertOut
         .parse_record()
         .map_err(|_| Error::invalid_input("metronome: a customer record must be a JSON object"))?;
     let wanted = Wanted::read(&desired)?;
+    match matched(ctx, &wanted)? {
+        Some(customer) => update(ctx, &customer, &desired, &wanted),
+        None => create(ctx, &desired, &wanted, &request.idempotency_key),
+    }
+}
+
+/// The customer an upsert of `record` would update, without writing: the
+/// same rule and the same alias checks as [`upsert`], for a dry run's plan.
+pub(crate) fn lookup(ctx: &Context, record: &str) -> Result<Option<Json>> {
+    let desired: Map<String, Value> = serde_json::from_str(record)
+        .map_err(|_| Error::invalid_input("metronome: a customer record must be a JSON object"))?;
+    let wanted = Wanted::read(&desired)?;
+    match matched(ctx, &wanted)? {
+        Some(customer) => Ok(Some(customer.record)),
+        // The upsert would create, and refuses to without a name.
+        None => create_name(&desired).map(|_| None),
+    }
+}
+
+/// The customer `wanted` means (`None`: the upsert creates one), once every
+/// alias the write would claim is known to be free or already its own.
+fn matched(ctx: &Context, wanted: &Wanted) -> Result<Option<Customer>> {
     let mut owners = Owners::default();
 
     // Which customer the record means.
@@ -199,10 +221,7 @@ pub(crate) fn upsert(ctx: &Context, request: &UpsertRequest) -> Result<UpsertOut
         }
     }
 
-    match target {
-        Some(customer) => update(ctx, &customer, &desired, &wanted),
-        None => create(ctx, &desired, &wanted, &request.idempotency_key),
-    }
+    Ok(target)
 }
 
 /// Archives the customer `id`, which Metronome cannot undo.
@@ -351,20 +370,22 @@ impl Owners {
     }
 }
 
+/// The `name` a create needs.
+fn create_name(desired: &Map<String, Value>) -> Result<String> {
+    match desired.get("name") {
+        Some(Value::String(name)) if !name.is_empty() => Ok(name.clone()),
+        _ => Err(Error::invalid_input("metronome: creating a customer needs a `name`")),
+    }
+}
+
 fn create(
     ctx: &Context,
     desired: &Map<String, Value>,
     wanted: &Wanted,
     key: &str,
 ) -> Result<UpsertOutcome> {
-    let name = match desired.get("name") {
-        Some(Value::String(name)) if !name.is_empty() => name.clone(),
-        _ => {
-            return Err(Error::invalid_input("metronome: creating a customer needs a `name`"));
-        }
-    };
     let mut body = Map::new();
-    body.insert("name".into(), Value::String(name));
+    body.insert("name".into(), Value::String(create_name(desired)?));
     if let Some(external_id) = &wanted.external_id {
         body.insert("external_id".into(), Value::String(external_id.clone()));
     }

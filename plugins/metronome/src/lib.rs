@@ -123,6 +123,11 @@ impl Connector for Metronome {
         customers_only(resource, "remove")?;
         customers::remove(ctx, id)
     }
+
+    fn lookup(ctx: &Context, resource: &str, record: Json) -> Result<Option<Json>> {
+        customers_only(resource, "lookup")?;
+        customers::lookup(ctx, &record)
+    }
 }
 
 fn customers_only(resource: &str, op: &str) -> Result<()> {

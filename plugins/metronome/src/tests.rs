@@ -220,6 +220,32 @@ fn aliases_of_two_customers_are_a_conflict() {
 }
 
 #[test]
+fn lookup_follows_the_upserts_keys_and_checks_and_writes_nothing() {
+    let other = format!(r#"{{"id":"{OTHER}","name":"Other","ingest_aliases":["taken"]}}"#);
+    let (_guard, seen) = script(&[
+        // By external id: the example.
+        (Method::Get, "/customers?ingest_alias=team%40example.com&limit=2", 200, &list_of(EXAMPLE)),
+        // A new external id whose alias is another customer's: a conflict.
+        (Method::Get, "/customers?ingest_alias=fresh&limit=2", 200, EMPTY),
+        (Method::Get, "/customers?ingest_alias=taken&limit=2", 200, &list_of(&other)),
+        // A new customer, free keys: none.
+        (Method::Get, "/customers?ingest_alias=new-1&limit=2", 200, EMPTY),
+    ]);
+    let lookup = |record: &str| Metronome::lookup(&ctx(), "customers", record.into());
+    let found = lookup(r#"{"external_id":"team@example.com","name":"Renamed"}"#);
+    assert_eq!(found.expect("lookup").as_deref(), Some(EXAMPLE));
+    let taken = lookup(r#"{"name":"New","external_id":"fresh","ingest_aliases":["taken"]}"#);
+    assert!(matches!(taken, Err(Error::Conflict(_))), "{taken:?}");
+    assert_eq!(lookup(r#"{"name":"New","external_id":"new-1"}"#).expect("lookup"), None);
+    // A create without a name is refused as the upsert would refuse it.
+    let nameless = lookup(r#"{"custom_fields":{}}"#);
+    assert!(matches!(&nameless, Err(Error::InvalidInput(m)) if m.contains("`name`")));
+    assert!(seen.borrow().iter().all(|request| request.method == Method::Get), "only reads");
+    let plans = Metronome::lookup(&ctx(), "customer-plans", "{}".into());
+    assert!(plans.is_err(), "plans are listed only: {plans:?}");
+}
+
+#[test]
 fn upsert_by_external_id_that_already_matches_writes_nothing() {
     let (_guard, seen) = script(&[(
         Method::Get,

@@ -3,7 +3,7 @@
 
 use core::marker::PhantomData;
 
-use crate::wit::weft::connector::types::ConnectorError;
+use crate::wit::weft::connector0_1_0::types::ConnectorError;
 use crate::{
     BatchItem, Context, Error, Json, ListRequest, Manifest, Op, Page, RemoveOutcome, Result,
     UpsertOutcome, UpsertRequest,
@@ -78,6 +78,24 @@ pub trait Connector {
         let _ = (ctx, id);
         Err(unsupported("remove", resource))
     }
+
+    /// The record [`upsert`](Connector::upsert) of `record` would update,
+    /// found by the same rule the upsert matches with, as the vendor holds
+    /// it; `Ok(None)` when the upsert would create one. It must not write.
+    ///
+    /// A dry run calls it for an upsert whose record has no id, so the plan
+    /// names the record the real run would change (its id, the fields that
+    /// differ) and the steps after it see that id. Fail as the upsert would
+    /// before writing ([`Error::Conflict`] when several records match).
+    /// Share the upsert's own matching code, so the two cannot disagree.
+    ///
+    /// Defaults to [`Error::Unsupported`]: the dry run then plans an upsert
+    /// whose outcome it cannot know. Reached only for a resource whose
+    /// manifest lists `upsert`.
+    fn lookup(ctx: &Context, resource: &str, record: Json) -> Result<Option<Json>> {
+        let _ = (ctx, record);
+        Err(unsupported("lookup", resource))
+    }
 }
 
 fn unsupported(op: &str, resource: &str) -> Error {
@@ -136,7 +154,9 @@ fn op_name(op: Op) -> &'static str {
     }
 }
 
-impl<C: Connector + 'static> crate::wit::exports::weft::connector::plugin::Guest for Adapter<C> {
+impl<C: Connector + 'static> crate::wit::exports::weft::connector0_1_0::plugin::Guest
+    for Adapter<C>
+{
     fn describe() -> Manifest {
         C::describe()
     }
@@ -176,10 +196,24 @@ impl<C: Connector + 'static> crate::wit::exports::weft::connector::plugin::Guest
     }
 }
 
+impl<C: Connector + 'static> crate::wit::exports::weft::connector0_2_0::lookup::Guest
+    for Adapter<C>
+{
+    fn lookup(
+        ctx: Context,
+        resource: String,
+        record: Json,
+    ) -> Result<Option<Json>, ConnectorError> {
+        // A lookup answers for an upsert: the resource must offer one.
+        offered::<C>(Op::Upsert, &resource)?;
+        C::lookup(&ctx, &resource, record).map_err(Into::into)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wit::exports::weft::connector::plugin::Guest;
+    use crate::wit::exports::weft::connector0_1_0::plugin::Guest;
     use crate::{AuthScheme, Manifest};
 
     struct Minimal;
@@ -258,5 +292,20 @@ mod tests {
                 "this connector does not offer `list` on `users`".into()
             ))
         );
+    }
+
+    #[test]
+    fn a_lookup_needs_an_upsert_on_the_resource_and_defaults_to_unsupported() {
+        use crate::wit::exports::weft::connector0_2_0::lookup::Guest as Lookup;
+        // `users` offers list only: no upsert, so nothing to look up for.
+        let refused = <Adapter<Minimal> as Lookup>::lookup(ctx(), "users".into(), "{}".into());
+        assert_eq!(
+            refused,
+            Err(ConnectorError::Unsupported(
+                "this connector does not offer `upsert` on `users`".into()
+            ))
+        );
+        let unknown = <Adapter<Minimal> as Lookup>::lookup(ctx(), "teams".into(), "{}".into());
+        assert!(matches!(unknown, Err(ConnectorError::NotFound(_))), "{unknown:?}");
     }
 }

@@ -37,7 +37,7 @@
 use core::fmt;
 use core::time::Duration;
 
-use crate::wit::weft::connector::types::{ConnectorError, RateLimited};
+use crate::wit::weft::connector0_1_0::types::{ConnectorError, RateLimited};
 
 mod response;
 

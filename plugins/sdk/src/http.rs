@@ -26,10 +26,10 @@ use core::fmt::Display;
 
 use serde::{Deserialize, Serialize};
 
-use crate::wit::weft::connector::http::HttpError;
+use crate::wit::weft::connector0_1_0::http::HttpError;
 use crate::{Error, Result, error, form, page, query};
 
-pub use crate::wit::weft::connector::http::{Method, Request, Response};
+pub use crate::wit::weft::connector0_1_0::http::{Method, Request, Response};
 
 /// A request to `url` with `method`.
 pub fn request(method: Method, url: impl Into<String>) -> RequestBuilder {
@@ -182,7 +182,7 @@ impl RequestBuilder {
 
 #[cfg(target_arch = "wasm32")]
 fn send(request: &Request) -> Result<Response> {
-    crate::wit::weft::connector::http::send(request).map_err(Error::from)
+    crate::wit::weft::connector0_1_0::http::send(request).map_err(Error::from)
 }
 
 // Outside the host there is nothing to send through: a test's responder

@@ -2,8 +2,10 @@
 //! [`export!`], and build the connector for `wasm32-wasip2`.
 //!
 //! A connector is a WebAssembly component that implements the
-//! `weft:connector@0.1.0` world. This crate hides the generated bindings and
-//! gives connector authors:
+//! `weft:connector@0.2.0` world: the `weft:connector@0.1.0` world every host
+//! serves, plus the optional `lookup` interface a dry run uses to plan an
+//! upsert's match ([`Connector::lookup`]). This crate hides the generated
+//! bindings and gives connector authors:
 //!
 //! - the [`Connector`] trait, where only [`Connector::describe`] is required
 //!   and every other operation defaults to [`Error::Unsupported`];
@@ -63,12 +65,13 @@ mod types;
 
 pub use connector::Connector;
 pub use error::{Error, Result};
-pub use wit::weft::connector::types::{
+pub use wit::weft::connector0_1_0::types::{
     AuthScheme, BatchItem, Context, Json, ListRequest, Manifest, MethodClass, Op, Page, RateLimit,
     RemoveOutcome, ResourceSpec, Setting, UpsertAction, UpsertOutcome, UpsertRequest,
 };
 
-/// Bindings generated from `wit/v0.1.0`; not part of the public API.
+/// Bindings generated from `wit/v0.2.0` (which includes `wit/v0.1.0`); not
+/// part of the public API.
 ///
 /// Connector authors use the re-exports at the crate root; [`export!`] is the
 /// only thing that reaches in here, through `$crate::wit`.
@@ -79,8 +82,10 @@ pub use wit::weft::connector::types::{
 #[doc(hidden)]
 pub mod wit {
     wit_bindgen::generate!({
-        path: "../../wit/v0.1.0",
-        world: "connector",
+        path: ["../../wit/v0.1.0", "../../wit/v0.2.0"],
+        world: "weft:connector/connector@0.2.0",
+        // Generate the 0.1.0 interfaces the 0.2.0 world includes, too.
+        generate_all,
         // Lets `weft_connector_sdk::export!` expand the generated macro in the
         // connector's crate without that crate naming wit-bindgen.
         pub_export_macro: true,

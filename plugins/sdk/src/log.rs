@@ -11,7 +11,7 @@
 //! log::warn(&format!("{} customers share that email; refusing to guess", 2));
 //! ```
 
-pub use crate::wit::weft::connector::log::Level;
+pub use crate::wit::weft::connector0_1_0::log::Level;
 
 /// Records `message` at `level`.
 pub fn log(level: Level, message: &str) {
@@ -45,7 +45,7 @@ pub fn error(message: &str) {
 
 #[cfg(target_arch = "wasm32")]
 fn write(level: Level, message: &str) {
-    crate::wit::weft::connector::log::log(level, message);
+    crate::wit::weft::connector0_1_0::log::log(level, message);
 }
 
 // Outside the host (native unit tests of connector logic) there is no log

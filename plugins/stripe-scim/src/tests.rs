@@ -293,8 +293,8 @@ fn manifest_has_its_own_base_url_bearer_auth_and_nothing_irreversible() {
     // Another resource is refused by the SDK from the manifest, before
     // the connector runs.
     use weft_connector_sdk::__private::Adapter;
-    use weft_connector_sdk::wit::exports::weft::connector::plugin::Guest;
-    use weft_connector_sdk::wit::weft::connector::types::ConnectorError;
+    use weft_connector_sdk::wit::exports::weft::connector0_1_0::plugin::Guest;
+    use weft_connector_sdk::wit::weft::connector0_1_0::types::ConnectorError;
     let error = <Adapter<StripeScim> as Guest>::get(ctx(), "customers".into(), "cus_1".into());
     assert!(matches!(error, Err(ConnectorError::NotFound(_))), "{error:?}");
 }

@@ -99,8 +99,30 @@ pub(crate) fn upsert(ctx: &Context, request: &UpsertRequest) -> Result<UpsertOut
     let desired: Map<String, Value> = request
         .parse_record()
         .map_err(|_| Error::invalid_input("stripe: a customer record must be a JSON object"))?;
-    let key = request.idempotency_key.as_str();
+    match matched(ctx, &desired)? {
+        Some(Match { id, current }) => update(ctx, &id, &current, &desired),
+        None => create(ctx, &desired, &request.idempotency_key),
+    }
+}
 
+/// The customer an upsert of `record` would update, without writing: the
+/// same rule as [`upsert`], for a dry run's plan.
+pub(crate) fn lookup(ctx: &Context, record: &str) -> Result<Option<Json>> {
+    let desired: Map<String, Value> = serde_json::from_str(record)
+        .map_err(|_| Error::invalid_input("stripe: a customer record must be a JSON object"))?;
+    Ok(matched(ctx, &desired)?.map(|found| found.current))
+}
+
+/// The customer an upsert updates, with its id.
+struct Match {
+    id: String,
+    current: Json,
+}
+
+/// The customer `desired` matches: by `id` when it has one (which must
+/// exist: a record with an id only updates), else by exact `email` (a
+/// conflict when several share it); `None` when the upsert creates.
+fn matched(ctx: &Context, desired: &Map<String, Value>) -> Result<Option<Match>> {
     match desired.get("id") {
         None | Some(Value::Null) => {}
         Some(Value::String(id)) if !id.is_empty() => {
@@ -110,7 +132,7 @@ pub(crate) fn upsert(ctx: &Context, request: &UpsertRequest) -> Result<UpsertOut
                      only updates (leave `id` out to create)"
                 )));
             };
-            return update(ctx, id, &current, &desired);
+            return Ok(Some(Match { id: id.clone(), current }));
         }
         Some(_) => {
             return Err(Error::invalid_input(
@@ -120,14 +142,14 @@ pub(crate) fn upsert(ctx: &Context, request: &UpsertRequest) -> Result<UpsertOut
     }
 
     match desired.get("email") {
-        None | Some(Value::Null) => create(ctx, &desired, key),
-        Some(Value::String(email)) if email.is_empty() => create(ctx, &desired, key),
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(email)) if email.is_empty() => Ok(None),
         Some(Value::String(email)) => match find_by_email(ctx, email)? {
-            Matches::None => create(ctx, &desired, key),
+            Matches::None => Ok(None),
             Matches::One(current) => {
                 let id = page::scalar_field(&current, "id")?
                     .ok_or_else(|| Error::fatal("stripe: a listed customer has no `id`"))?;
-                update(ctx, &id, &current, &desired)
+                Ok(Some(Match { id, current }))
             }
             Matches::Several { ids, more } => Err(Error::conflict(format!(
                 "stripe: customers {}{} share the email `{email}`; Stripe does not keep emails \

@@ -105,6 +105,10 @@ impl Connector for Stripe {
     fn remove(ctx: &Context, _resource: &str, id: &str) -> Result<RemoveOutcome> {
         customers::remove(ctx, id)
     }
+
+    fn lookup(ctx: &Context, _resource: &str, record: Json) -> Result<Option<Json>> {
+        customers::lookup(ctx, &record)
+    }
 }
 
 fn manifest() -> Manifest {

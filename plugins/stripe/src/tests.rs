@@ -91,9 +91,9 @@ fn a_filter_may_not_set_paging_parameters() {
 fn unknown_resources_are_not_found() {
     // Refused by the SDK from the manifest, before the connector runs.
     use weft_connector_sdk::__private::Adapter;
-    use weft_connector_sdk::wit::exports::weft::connector::plugin::Guest;
+    use weft_connector_sdk::wit::exports::weft::connector0_1_0::plugin::Guest;
     let error = <Adapter<Stripe> as Guest>::get(ctx(), "invoices".into(), "in_1".into());
-    use weft_connector_sdk::wit::weft::connector::types::ConnectorError;
+    use weft_connector_sdk::wit::weft::connector0_1_0::types::ConnectorError;
     assert!(matches!(error, Err(ConnectorError::NotFound(_))), "{error:?}");
 }
 
@@ -216,6 +216,32 @@ fn upsert_by_a_shared_email_is_a_conflict_naming_the_customers() {
         panic!("expected a conflict, got {error:?}");
     };
     assert!(message.contains("cus_1, cus_2 and more"), "{message}");
+}
+
+#[test]
+fn lookup_finds_what_the_upsert_would_match_and_writes_nothing() {
+    let list = format!(r#"{{"data":[{CUS_1}],"has_more":false}}"#);
+    let (_guard, seen) = script(&[
+        (Method::Get, "/v1/customers?email=jo%40example.com&limit=2", 200, &list),
+        (Method::Get, "/v1/customers?email=new%40example.com&limit=2", 200, r#"{"data":[]}"#),
+        (
+            Method::Get,
+            "/v1/customers?email=two%40example.com&limit=2",
+            200,
+            r#"{"data":[{"id":"cus_1"},{"id":"cus_2"}],"has_more":false}"#,
+        ),
+    ]);
+    let found = Stripe::lookup(&ctx(), "customers", r#"{"email":"jo@example.com"}"#.into());
+    assert_eq!(found.expect("lookup").as_deref(), Some(CUS_1));
+    let absent = Stripe::lookup(&ctx(), "customers", r#"{"email":"new@example.com"}"#.into());
+    assert_eq!(absent.expect("lookup"), None, "the upsert would create");
+    let shared = Stripe::lookup(&ctx(), "customers", r#"{"email":"two@example.com"}"#.into());
+    assert!(matches!(&shared, Err(Error::Conflict(m)) if m.contains("cus_1, cus_2")), "{shared:?}");
+    // No email and no id: the upsert creates, and nothing was asked.
+    let anonymous = Stripe::lookup(&ctx(), "customers", r#"{"name":"Anon"}"#.into());
+    assert_eq!(anonymous.expect("lookup"), None);
+    assert!(seen.borrow().iter().all(|request| request.method == Method::Get), "only reads");
+    assert_eq!(seen.borrow().len(), 3);
 }
 
 #[test]
