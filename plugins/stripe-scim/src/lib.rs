@@ -98,6 +98,10 @@ impl Connector for StripeScim {
     fn remove(ctx: &Context, _resource: &str, id: &str) -> Result<RemoveOutcome> {
         members::remove(ctx, id)
     }
+
+    fn lookup(ctx: &Context, _resource: &str, record: Json) -> Result<Option<Json>> {
+        members::lookup(ctx, &record)
+    }
 }
 
 fn manifest() -> Manifest {

@@ -141,20 +141,39 @@ fn is_active(record: &str) -> Result<bool> {
 
 /// Creates or updates one member; see the crate docs for the rules.
 pub(crate) fn upsert(ctx: &Context, request: &UpsertRequest) -> Result<UpsertOutcome> {
-    let desired: Map<String, Value> = request
-        .parse_record()
-        .map_err(|_| Error::invalid_input("stripe-scim: a team member must be a JSON object"))?;
+    let desired = record(&request.record)?;
+    match matched(ctx, &desired)? {
+        Some((id, current)) => update(ctx, &id, &current, &desired),
+        None => create(ctx, &desired),
+    }
+}
+
+/// The member an upsert of `text` would update, without writing: the same
+/// rule as [`upsert`], for a dry run's plan.
+pub(crate) fn lookup(ctx: &Context, text: &str) -> Result<Option<Json>> {
+    Ok(matched(ctx, &record(text)?)?.map(|(_, current)| current))
+}
+
+fn record(text: &str) -> Result<Map<String, Value>> {
+    serde_json::from_str(text)
+        .map_err(|_| Error::invalid_input("stripe-scim: a team member must be a JSON object"))
+}
+
+/// The member `desired` means, with its id: by `id` (which must exist; a
+/// deactivated member too, as an upsert is how one comes back), else by
+/// `userName` (required then; several answering it are a conflict). `None`
+/// when the upsert creates.
+fn matched(ctx: &Context, desired: &Map<String, Value>) -> Result<Option<(String, Json)>> {
     match desired.get("id") {
         None | Some(Value::Null) => {}
         Some(Value::String(id)) if !id.is_empty() => {
-            // Deactivated members too: an upsert is how they come back.
             let current = fetch(ctx, id)?.ok_or_else(|| {
                 Error::not_found(format!(
                     "stripe-scim: team member `{id}` does not exist; a record with an `id` only \
                      updates (leave `id` out to match on userName)"
                 ))
             })?;
-            return update(ctx, id, &current, &desired);
+            return Ok(Some((id.clone(), current)));
         }
         Some(_) => {
             return Err(Error::invalid_input("stripe-scim: `id` must be a SCIM user id string"));
@@ -173,12 +192,12 @@ pub(crate) fn upsert(ctx: &Context, request: &UpsertRequest) -> Result<UpsertOut
     let response = send(builder)?;
     let body: ListBody<'_> = response.json()?;
     match body.resources.as_slice() {
-        [] => create(ctx, &desired),
+        [] => Ok(None),
         [only] => {
             let current = only.get().to_owned();
             let id = page::scalar_field(&current, "id")?
                 .ok_or_else(|| Error::fatal("stripe-scim: a listed team member has no `id`"))?;
-            update(ctx, &id, &current, &desired)
+            Ok(Some((id, current)))
         }
         several => Err(Error::conflict(format!(
             "stripe-scim: {} team members answer userName `{user_name}`; put the intended `id` \

@@ -164,6 +164,23 @@ fn upsert_by_user_name_patches_only_what_differs() {
 }
 
 #[test]
+fn lookup_finds_the_member_the_upsert_would_match_and_writes_nothing() {
+    let (_guard, seen) = script(&[
+        (Method::Get, BY_USER_NAME, 200, &list_of(&[USR], 1, 1)),
+        (Method::Get, BY_USER_NAME, 200, &list_of(&[], 0, 1)),
+        (Method::Get, BY_USER_NAME, 200, &list_of(&[USR, USR], 2, 1)),
+    ]);
+    let lookup =
+        || StripeScim::lookup(&ctx(), "team-members", r#"{"userName":"user@example.com"}"#.into());
+    assert_eq!(lookup().expect("lookup").as_deref(), Some(USR));
+    assert_eq!(lookup().expect("lookup"), None, "the upsert would create");
+    assert!(matches!(lookup(), Err(Error::Conflict(_))));
+    let nameless = StripeScim::lookup(&ctx(), "team-members", "{}".into());
+    assert!(matches!(nameless, Err(Error::InvalidInput(_))), "{nameless:?}");
+    assert!(seen.borrow().iter().all(|request| request.method == Method::Get), "only reads");
+}
+
+#[test]
 fn upsert_by_id_that_already_matches_writes_nothing() {
     let (_guard, seen) = script(&[(Method::Get, "/scim/v2/Users/usr_xxx", 200, USR)]);
     let record = r#"{"id":"usr_xxx","userName":"user@example.com","emails":[{"value":"user@example.com","primary":true}]}"#;
