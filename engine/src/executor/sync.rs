@@ -383,20 +383,39 @@ async fn scan(
     let started = pages > 0 || runs > 0;
     let mut finished = started && cursor.is_none();
     let evaluator = ctx.evaluator(step);
-    while !finished {
+    let feed_name = feed.name();
+    // The page after the one being keyed is fetched while it is keyed (on
+    // an evaluation thread): the vendor's time, the connector's scan and
+    // the mapping overlap instead of adding up. Nothing of a page fetched
+    // ahead is committed before it is keyed and buffered like any other,
+    // so a stop or crash in between only reads it again.
+    let mut fetched = None;
+    if !finished {
         if let Some(end) = ctx.stop_reason() {
             return Ok(Some(end));
         }
-        let (page_records, next_cursor) = feed.next(step, resource, side, cursor.clone()).await?;
+        fetched = Some(feed.next(step, resource, side, cursor.clone()).await?);
+    }
+    while let Some((page_records, next_cursor)) = fetched.take() {
+        if let Some(end) = ctx.stop_reason() {
+            return Ok(Some(end));
+        }
         let read = page_records.len() as u64;
-        let keyed =
-            match key_page(&evaluator, side, step, spec, scope, page_records, &feed.name()).await {
-                Ok(keyed) => keyed,
-                Err(EvalError::Stopped) => {
-                    return Ok(Some(ctx.stop_reason().unwrap_or(StepEnd::Interrupted)));
-                }
-                Err(e) => return Err(e.into_message().into()),
-            };
+        let keying = key_page(&evaluator, side, step, spec, scope, page_records, &feed_name);
+        let ahead = async {
+            match &next_cursor {
+                Some(next) => Some(feed.next(step, resource, side, Some(next.clone())).await),
+                None => None,
+            }
+        };
+        let (keyed, ahead) = tokio::join!(keying, ahead);
+        let keyed = match keyed {
+            Ok(keyed) => keyed,
+            Err(EvalError::Stopped) => {
+                return Ok(Some(ctx.stop_reason().unwrap_or(StepEnd::Interrupted)));
+            }
+            Err(e) => return Err(e.into_message().into()),
+        };
         for (key, text) in keyed {
             match (side, key) {
                 (_, Some(key)) => {
@@ -458,6 +477,9 @@ async fn scan(
                 ctx.observer.items_committed(step, tally.state.counts.read);
             }
         }
+        // A failed read ahead fails the step only now, after the page
+        // before it was kept, as when pages were read one after another.
+        fetched = ahead.transpose()?;
     }
     if started && side == Side::Source && tally.progress().phase == SyncPhase::Source {
         tally.progress().phase = SyncPhase::Target;
