@@ -27,6 +27,7 @@
 mod meter;
 mod pool;
 mod reads;
+mod shape;
 mod value;
 
 use std::borrow::Cow;
@@ -113,6 +114,9 @@ pub struct Expr {
     /// variable and fields, so a template can look it up without an
     /// evaluation thread (see [`Template::render_inline`]).
     var_path: Option<Arc<VarPath>>,
+    /// When the expression only picks fields and builds objects of them:
+    /// what it builds, so it runs without jaq (see the `shape` module).
+    shape: Option<Arc<shape::Shape>>,
 }
 
 /// An expression of the form `$variable.field.field…`.
@@ -324,14 +328,15 @@ impl Expr {
         }
         check_nesting(text)?;
         let whole = || 0..text.len();
-        let (filter, top_fields) = std::thread::scope(|scope| {
+        let (filter, top_fields, shape) = std::thread::scope(|scope| {
             let compiling = std::thread::Builder::new()
                 .name("weft-expr-compile".into())
                 .stack_size(COMPILE_STACK)
                 // The reads analysis walks the parse tree as deep as the
                 // compiler does, so it needs this thread's stack too.
                 .spawn_scoped(scope, || {
-                    compile_filter(text).map(|filter| (filter, reads::top_fields(text)))
+                    compile_filter(text)
+                        .map(|filter| (filter, reads::top_fields(text), shape::shape(text)))
                 })
                 .map_err(|e| CompileError {
                     range: whole(),
@@ -346,7 +351,8 @@ impl Expr {
         })?;
         let top_fields = top_fields.map(Arc::new);
         let var_path = VarPath::parse(text).map(Arc::new);
-        Ok(Expr { text: text.into(), filter: Arc::new(filter), top_fields, var_path })
+        let shape = shape.map(Arc::new);
+        Ok(Expr { text: text.into(), filter: Arc::new(filter), top_fields, var_path, shape })
     }
 
     /// The top-level fields of its input (`.NAME`, `{NAME}`) that are all
@@ -371,14 +377,40 @@ impl Expr {
         &self.text
     }
 
-    /// Runs the expression on `input`: its outputs, lazily.
+    /// Runs the expression on `input`: its outputs, lazily. A shape (an
+    /// expression that only picks fields) is applied without jaq when it
+    /// can be; where it cannot, jaq runs it and says why.
     fn outputs<'a>(
         &'a self,
         input: Val,
         scope: &Scope,
     ) -> impl Iterator<Item = Result<Val, String>> + 'a {
+        if let Some(shape) = &self.shape
+            && let Some(value) = shape.apply(&input)
+        {
+            return Outputs::Shaped(Some(Ok(value)));
+        }
         let ctx = Ctx::<Budgeted>::new(Program(&self.filter.lut), scope.vars());
-        self.filter.id.run((ctx, input)).map(|result| result.map_err(exception_message))
+        Outputs::Run(
+            self.filter.id.run((ctx, input)).map(|result| result.map_err(exception_message)),
+        )
+    }
+}
+
+/// An expression's outputs: a shape's one value, or jaq's run.
+enum Outputs<I> {
+    Shaped(Option<Result<Val, String>>),
+    Run(I),
+}
+
+impl<I: Iterator<Item = Result<Val, String>>> Iterator for Outputs<I> {
+    type Item = Result<Val, String>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            Outputs::Shaped(value) => value.take(),
+            Outputs::Run(outputs) => outputs.next(),
+        }
     }
 }
 
@@ -1350,6 +1382,55 @@ mod tests {
                 Ok(outputs.iter().map(Val::to_json).collect())
             })
             .await
+    }
+
+    #[tokio::test]
+    async fn a_shape_run_without_jaq_gives_what_jaq_gives_and_jaqs_own_errors()
+    -> Result<(), EvalError> {
+        let record = r#"{"id": "cus_1", "email": "Ada@X.io", "name": "Ada", "name": "Ada L",
+            "metadata": {"plan": "pro", "seats": 3}, "balance": 1.5e3, "tags": ["a", "b"],
+            "address": null, "na\u006de2": "x", "count": 7}"#;
+        let shapes = [
+            "{email, name, metadata: {source_id: .id}}",
+            ".email",
+            ".metadata.plan",
+            ".address.city",
+            ".missing",
+            "{plan: .metadata.plan, seats: .metadata.seats, b: .balance, t: .tags, n: .name2}",
+            r#"{"name2", id: .id, id: .email}"#,
+            ".",
+            "{}",
+            // jaq fails on these: indexing a string and a number.
+            ".email.domain",
+            "{x: .count.y}",
+        ];
+        for text in shapes {
+            let expr = compile(text).map_err(EvalError::Failed)?;
+            assert!(expr.shape.is_some(), "{text} is a shape");
+            let jaq = Expr { shape: None, ..expr.clone() };
+            // The JSON text a sync keeps (fields in order) and the key text.
+            let evaluator = Evaluator::new(test_budget());
+            let texts = |expr: &Expr, input: &str, projected: bool| {
+                let (expr, input) = (expr.clone(), input.to_owned());
+                evaluator.run(move |session| {
+                    let input =
+                        if projected { expr.parse_input(&input) } else { Val::parse(&input) }?;
+                    let outputs = session.evaluate(|ev| ev.all("map", &expr, input, &scope()))?;
+                    Ok(outputs.iter().map(|v| (v.to_json_text(), v.key_text())).collect::<Vec<_>>())
+                })
+            };
+            for projected in [false, true] {
+                let shaped = texts(&expr, record, projected).await;
+                let run = texts(&jaq, record, projected).await;
+                assert_eq!(format!("{shaped:?}"), format!("{run:?}"), "{text} on the record");
+            }
+            for other in ["null", "[1, 2]", r#""text""#, "{}"] {
+                let shaped = texts(&expr, other, false).await;
+                let run = texts(&jaq, other, false).await;
+                assert_eq!(format!("{shaped:?}"), format!("{run:?}"), "{text} on {other}");
+            }
+        }
+        Ok(())
     }
 
     #[tokio::test]
