@@ -403,20 +403,7 @@ async fn plan_upsert(
         {
             return plan_looked(step, endpoint.name(), id_field, desired, found);
         }
-        let entry = PlanEntry {
-            action: PlannedAction::Upsert,
-            key: None,
-            changes: vec![],
-            record: Some(desired.clone()),
-            before: None,
-            irreversible: false,
-        };
-        return Ok(OpResult {
-            action: ItemAction::Upsert,
-            id: None,
-            output: serde_json::json!({ "plan": "upsert", "record": desired }),
-            plan: Some(entry),
-        });
+        return Ok(planned_without_id(PlannedAction::Upsert, desired));
     };
     let (result, _) =
         with_retry(&step.retry, step.timeout, || endpoint.get(&step.resource, &id)).await;
@@ -449,6 +436,25 @@ async fn plan_upsert(
         output: serde_json::json!({ "plan": action, "record": desired }),
         plan: Some(entry),
     })
+}
+
+/// The plan of an upsert that names no record: a create, or an upsert the
+/// connector will resolve.
+fn planned_without_id(action: PlannedAction, desired: Value) -> OpResult {
+    let entry = PlanEntry {
+        action,
+        key: None,
+        changes: vec![],
+        record: Some(desired.clone()),
+        before: None,
+        irreversible: false,
+    };
+    OpResult {
+        action: action.into(),
+        id: None,
+        output: serde_json::json!({ "plan": action, "record": desired }),
+        plan: Some(entry),
+    }
 }
 
 /// What a connector's `lookup` said of an upsert without an id.
@@ -494,20 +500,7 @@ fn plan_looked(
     found: Looked,
 ) -> Result<OpResult, CallError> {
     let Looked::Matched(text) = found else {
-        let entry = PlanEntry {
-            action: PlannedAction::Create,
-            key: None,
-            changes: vec![],
-            record: Some(desired.clone()),
-            before: None,
-            irreversible: false,
-        };
-        return Ok(OpResult {
-            action: PlannedAction::Create.into(),
-            id: None,
-            output: serde_json::json!({ "plan": PlannedAction::Create, "record": desired }),
-            plan: Some(entry),
-        });
+        return Ok(planned_without_id(PlannedAction::Create, desired));
     };
     let current = parse_record(&text, plugin, "lookup")?;
     let id = id_of(&current, id_field).ok_or_else(|| {

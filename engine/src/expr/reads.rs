@@ -215,8 +215,9 @@ fn plain_pattern(pattern: &Pattern<&str>) -> Option<()> {
     }
 }
 
-/// The text of a string literal without escapes or interpolation.
-fn literal(term: &Term<&str>) -> Option<String> {
+/// The text of a string literal without escapes or interpolation (a bare
+/// name such as `{email}`'s or `.email`'s is one).
+pub(super) fn literal(term: &Term<&str>) -> Option<String> {
     match term {
         Term::Str(None, parts) => match parts.as_slice() {
             [StrPart::Str(text)] => Some((*text).to_owned()),

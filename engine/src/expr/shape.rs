@@ -15,9 +15,10 @@
 
 use jaq_core::ValT as _;
 use jaq_core::load::parse::Term;
-use jaq_core::load::{Lexer, Parser, lex::StrPart};
+use jaq_core::load::{Lexer, Parser};
 use jaq_core::path::{Opt, Part};
 
+use super::reads::literal;
 use super::value::Val;
 
 /// What a field-picking expression builds.
@@ -65,19 +66,6 @@ fn shape_of(term: &Term<&str>) -> Option<Shape> {
             }
             Some(Shape::Obj(built))
         }
-        _ => None,
-    }
-}
-
-/// The text of a string literal without escapes or interpolation, or a
-/// bare name (`{email}`, `.email`).
-fn literal(term: &Term<&str>) -> Option<String> {
-    match term {
-        Term::Str(None, parts) => match parts.as_slice() {
-            [StrPart::Str(text)] => Some((*text).to_owned()),
-            [] => Some(String::new()),
-            _ => None,
-        },
         _ => None,
     }
 }
