@@ -203,6 +203,7 @@ impl Suite<'_> {
             return;
         };
         let Some(id) = self.idempotent_upsert(&sample).await else { return };
+        self.lookup_agrees(&sample, &id).await;
         if !self.resource.offers(Op::Remove) {
             return;
         }
@@ -319,6 +320,37 @@ impl Suite<'_> {
             format!("first {:?}, second {:?}, same id", first.action, second.action),
         );
         a
+    }
+
+    /// A connector that answers `lookup` (weft:connector@0.2.0) finds the
+    /// record its upsert of `sample` wrote: a dry run plans with it, so a
+    /// lookup that disagrees with the upsert plans the wrong record.
+    async fn lookup_agrees(&mut self, sample: &serde_json::Value, id: &str) {
+        const CHECK: &str = "lookup finds what the upsert wrote";
+        if !self.plugin.offers_lookup() {
+            return self.record(CHECK, Verdict::Skip, "built for weft:connector@0.1.0");
+        }
+        let name = self.resource.name.clone();
+        let record = sample.to_string();
+        match self.plugin.lookup(self.http, self.ctx.clone(), &name, &record).await {
+            Ok(Some(found)) if self.id_of(&found).as_deref() == Some(id) => {
+                self.record(CHECK, Verdict::Pass, format!("found {id}"))
+            }
+            Ok(Some(found)) => self.record(
+                CHECK,
+                Verdict::Fail,
+                format!("found {found}, but the upsert wrote {id}"),
+            ),
+            Ok(None) => self.record(
+                CHECK,
+                Verdict::Fail,
+                format!("found nothing, but the upsert of the same record wrote {id}"),
+            ),
+            Err(e) if matches!(e.connector_error(), Some(ConnectorError::Unsupported(_))) => {
+                self.record(CHECK, Verdict::Skip, e.to_string())
+            }
+            Err(e) => self.record(CHECK, Verdict::Fail, e.to_string()),
+        }
     }
 
     async fn remove_round_trip(&mut self, id: &str) {

@@ -823,6 +823,22 @@ impl Plugin {
         )
     }
 
+    /// The record an upsert of `record` would update, without writing
+    /// (`weft:connector@0.2.0`'s `lookup`), in a fresh instance.
+    pub async fn lookup(
+        &self,
+        http: &Arc<ConnectionHttp>,
+        ctx: CallContext,
+        resource: &str,
+        record: &str,
+    ) -> Result<Option<String>> {
+        self.record(
+            "lookup",
+            self.call(Some(http), Call::Lookup(ctx, resource.to_owned(), record.to_owned()))
+                .await?,
+        )
+    }
+
     /// Creates or updates one record, in a fresh instance.
     pub async fn upsert(
         &self,
