@@ -258,3 +258,83 @@ map = '{external_id: .id, name: (.name // .email)}'
     assert!(!scratch.exists(), "the sorted runs are removed when the sync ends");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_sync_cancelled_while_its_writes_wait_out_a_pause_fails_no_key() -> TestResult {
+    // Regression: a cancel that cut short a sync's writes (waiting for a
+    // paused limit or a retry) counted each of them as a failed key.
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::{Duration, Instant};
+    let sandbox = sandbox(30).await?;
+    let metronome = weft_sandbox::metronome::MetronomeEmulator::new(Default::default());
+    // The first write is answered 429 with a two-minute Retry-After: every
+    // write after it waits for the pause, the first for its retry.
+    let refused = Arc::new(AtomicBool::new(false));
+    let seen = refused.clone();
+    let router = metronome.router().layer(axum::middleware::from_fn(
+        move |request: axum::extract::Request, next: axum::middleware::Next| {
+            let seen = seen.clone();
+            async move {
+                if request.method() == "POST" && !seen.swap(true, Ordering::SeqCst) {
+                    return axum::response::Response::builder()
+                        .status(429)
+                        .header("retry-after", "120")
+                        .header("content-type", "application/json")
+                        .body(axum::body::Body::from(r#"{"message":"slow down"}"#))
+                        .unwrap_or_default();
+                }
+                next.run(request).await
+            }
+        },
+    ));
+    let server = weft_sandbox::server::serve(router, "127.0.0.1:0".parse()?).await?;
+    let harness = Harness::new()?;
+    let text = &super::support::flow_with(
+        "paused",
+        &["stripe", "metronome"],
+        r#"
+[[step]]
+id = "mirror"
+sync = { from = "stripe.customers", to = "metronome.customers", key = "external_id" }
+map = '{external_id: .id, name: (.name // .email)}'
+concurrency = 2
+"#,
+    );
+    let wf = super::support::workflow(harness.files.path(), text)?;
+    let mut vendors = overrides(&sandbox, &[("stripe", "stripe")]);
+    vendors.insert(
+        "metronome".into(),
+        weft::executor::ConnectionOverride {
+            base_url: format!("{}/v1", server.base_url()),
+            secret: weft::credentials::Secret::new(
+                weft_sandbox::metronome::SANDBOX_API_KEY.to_owned(),
+            ),
+        },
+    );
+    let stop = StopSignal::default();
+    let options = RunOptions { overrides: vendors, stop: stop.clone(), ..RunOptions::default() };
+    let cancel = stop.cancel.clone();
+    let waited = refused.clone();
+    let canceller = tokio::spawn(async move {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !waited.load(Ordering::SeqCst) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // The writes in flight are waiting out the pause now.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        cancel.cancel();
+        Instant::now()
+    });
+    let summary = harness.executor.start(&wf, &options, &Silent).await?;
+    let asked = canceller.await?;
+    assert!(refused.load(Ordering::SeqCst), "the 429 was sent: {summary:#?}");
+    assert!(asked.elapsed() < Duration::from_secs(20), "the run did not wait out the pause");
+    assert_eq!(summary.status, Status::Cancelled, "{summary:#?}");
+    let step = &summary.steps[0];
+    assert_eq!(step.counts.failed, 0, "keys cut short are not failures: {step:#?}");
+    // At most the other write of the two in flight, sent before the 429.
+    assert!(metronome.customer_count() <= 1, "{}", metronome.customer_count());
+    server.shutdown().await;
+    Ok(())
+}

@@ -65,10 +65,18 @@ struct Tally<'a> {
     target_duplicates: u64,
     /// Writes are planned: an update keeps its fields' "before".
     dry_run: bool,
+    /// The run was stopped while a write waited for a limit or a retry:
+    /// its group is not committed, so a resume sends it again.
+    stopped: bool,
 }
 
 impl Tally<'_> {
     fn failed(&mut self, key: &str, error: &CallError) {
+        // Cut short by a cancel or shutdown, not refused by the vendor.
+        if error.stopped {
+            self.stopped = true;
+            return;
+        }
         self.state.counts.failed += 1;
         if self.errors.len() < ERRORS_KEPT {
             self.errors.push(format!("{key}: {}", error.message));
@@ -178,7 +186,8 @@ pub(crate) async fn run(
         .unwrap_or(0);
     state.sync.get_or_insert_with(Default::default);
     let dry_run = ctx.dry_run;
-    let mut tally = Tally { state, plan, errors, fatal: None, target_duplicates, dry_run };
+    let mut tally =
+        Tally { state, plan, errors, fatal: None, target_duplicates, dry_run, stopped: false };
 
     for side in [Side::Source, Side::Target] {
         let wanted = if side == Side::Source { SyncPhase::Source } else { SyncPhase::Target };
@@ -554,6 +563,11 @@ async fn merge(
         let Some(last_key) = last_key else { break };
         apply_writes(ctx, step, target, batch, writes, tally).await;
         remove(ctx, step, target, irreversible, removals, tally).await;
+        if tally.stopped {
+            // The group's keys past its last commit are done again (under
+            // the same idempotency keys) if the run resumes.
+            return Ok(Some(ctx.stop_reason().unwrap_or(StepEnd::Interrupted)));
+        }
         if let Some(message) = tally.fatal.clone() {
             return Err(format!("stopped: {message}").into());
         }
