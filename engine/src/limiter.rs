@@ -440,11 +440,6 @@ impl Bucket {
         if slots > 0 {
             self.lease_span = interval * (slots - 1) + self.late();
         }
-        // A pause this worker learnt may reach the row after the lease
-        // did: slots before its end would all be sent at its end at once.
-        if let Some(until) = self.paused_until {
-            self.leased.retain(|slot| *slot >= until);
-        }
     }
 
     /// The store failed a lease: the bucket paces alone at its share for
@@ -659,6 +654,13 @@ async fn lease_bucket(buckets: &Mutex<Vec<Bucket>>, shared: &Shared, index: usiz
         .await
         .unwrap_or_else(|_| Err(format!("no answer in {} s", SHARED_TIMEOUT.as_secs())));
     let now = Instant::now();
+    tracing::debug!(
+        class = %request.class,
+        ahead = need == Need::Ahead,
+        granted = outcome.as_ref().map_or(0, |grant| grant.slots),
+        round_trip_us = micros(now.saturating_duration_since(sent)),
+        "leased from the fleet's shared rate limit"
+    );
     let wait = {
         let Ok(mut buckets) = buckets.lock() else { return };
         let Some(bucket) = buckets.get_mut(index) else { return };
@@ -692,6 +694,11 @@ async fn lease_bucket(buckets: &Mutex<Vec<Bucket>>, shared: &Shared, index: usiz
     if !wait.is_zero() {
         tokio::time::sleep(wait).await;
     }
+}
+
+/// A duration in whole microseconds, for the logs.
+fn micros(duration: Duration) -> u64 {
+    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
 }
 
 /// A method class as the shared limit's rows name it.
@@ -839,7 +846,12 @@ impl Limiter {
                     (at, generation)
                 }
                 Next::Lease(indices) => {
+                    let waiting = Instant::now();
                     self.lease(&indices).await;
+                    tracing::debug!(
+                        waited_us = micros(waiting.elapsed()),
+                        "a request waited for a lease from the fleet's shared rate limit"
+                    );
                     continue;
                 }
             };
@@ -1977,5 +1989,26 @@ mod tests {
         // It did send right up to the pause, and after it.
         assert!(sent.iter().any(|t| *t > paused_at && *t <= bound));
         assert!(sent.iter().any(|t| *t >= resumed));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_asked_for_before_a_cut_does_not_undo_it() {
+        // Leases take 100 ms; a 429 cuts the rate while one is out, and
+        // the fleet hears of the cut only after that lease is granted.
+        let (_fleet, limiter) = slow_worker(Duration::from_millis(100), 10.0);
+        let limiter = Arc::new(limiter);
+        let caller = tokio::spawn({
+            let limiter = limiter.clone();
+            async move { limiter.acquire(Method::Post).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        limiter.observe(Method::Post, 429, None);
+        let cut = limiter.rates()[0].1;
+        assert!(cut < 9.0, "{cut}");
+        caller.await.expect("caller");
+        // The grant at the old pace was dropped and leased again after
+        // the fleet heard of the cut.
+        let rate = limiter.rates()[0].1;
+        assert!(rate <= cut + 1e-9, "{rate} after a cut to {cut}");
     }
 }
