@@ -24,9 +24,12 @@
 //! credential keep one limit together: each bucket leases its slots from
 //! the store a few at a time ([`SharedLimits`], a GCRA row per connection
 //! identity and class, updated in one round trip), so the in-process
-//! bucket stays the fast path and the database is the shared truth. A cut
-//! or a pause (`Retry-After`) one worker learns is written to the row at
-//! once, and every worker's next lease starts after it. When the store
+//! bucket stays the fast path and the database is the shared truth. It
+//! leases the next slots on a task of its own shortly before they run
+//! out (50 ms at most), so a caller waits on the store only for a lease
+//! that comes back late. A cut or a pause (`Retry-After`) one worker
+//! learns is written to the row at once, and every worker's next lease
+//! starts after it. When the store
 //! cannot be reached, a bucket paces on its own at its share of the rate
 //! (the rate over the workers that leased in the last ten seconds) and
 //! says so, rather than stopping every request: the runs' own commits
@@ -70,8 +73,17 @@ const SETTLE: f64 = 0.97;
 /// may go higher.
 pub const THIRD_PARTY_CEILING: f64 = 10.0;
 /// How far ahead a bucket leases shared slots: a pause one worker learns
-/// reaches the others' requests within about this long.
+/// reaches the others' requests within about this long, and
+/// [`LEASE_EARLY`] more.
 const LEASE_AHEAD: Duration = Duration::from_millis(200);
+/// Most a bucket leases ahead of need. It starts its next lease in the
+/// background when the slots it holds run out within a quarter of its
+/// last lease's span or within a lease's round trip, whichever is longer,
+/// but never earlier than this before they run out: so its callers
+/// normally find slots and do not wait on the store, and it holds at most
+/// this much more than one lease (a pause another worker learnt reaches
+/// it at most this much later).
+const LEASE_EARLY: Duration = Duration::from_millis(50);
 /// Least wait before asking the shared limit again after it granted
 /// nothing.
 const MIN_LEASE_WAIT: Duration = Duration::from_millis(10);
@@ -258,6 +270,15 @@ struct Bucket {
     alone_until: Option<Instant>,
     /// Workers the rate is shared by while the bucket paces on its own.
     share: f64,
+    /// Whether a lease ahead of need is out (one at a time).
+    leasing_ahead: bool,
+    /// How long the last lease's slots lasted, first to last usable.
+    lease_span: Duration,
+    /// How long a lease takes to come back, smoothed.
+    lease_round_trip: Duration,
+    /// No lease ahead of need before this: the fleet granted nothing,
+    /// its next slot being past the horizon.
+    lease_again_at: Option<Instant>,
 }
 
 impl Bucket {
@@ -286,6 +307,10 @@ impl Bucket {
             holders: 1,
             alone_until: None,
             share: 1.0,
+            leasing_ahead: false,
+            lease_span: Duration::ZERO,
+            lease_round_trip: Duration::ZERO,
+            lease_again_at: None,
         }
     }
 
@@ -299,17 +324,50 @@ impl Bucket {
         self.alone_until.is_none_or(|until| until <= now)
     }
 
+    /// How late a leased slot may still be used.
+    fn late(&self) -> Duration {
+        self.interval().max(LEASED_SLACK)
+    }
+
     /// Drops leased slots long past (capacity not used is lost, never
     /// spent in a burst) and says whether a lease is needed.
     fn needs_lease(&mut self, now: Instant) -> bool {
         if !self.shares(now) {
             return false;
         }
-        let late = self.interval().max(LEASED_SLACK);
+        let late = self.late();
         while self.leased.front().is_some_and(|slot| *slot + late < now) {
             self.leased.pop_front();
         }
         self.leased.is_empty()
+    }
+
+    /// Whether to lease the next slots now, ahead of need: the slots the
+    /// bucket holds run out sooner than the next lease would likely come
+    /// back (see [`LEASE_EARLY`]). Not before a first lease, nor while the
+    /// fleet's next slot is past the horizon.
+    fn wants_lease_ahead(&self, now: Instant) -> bool {
+        if !self.shares(now)
+            || self.lease_span.is_zero()
+            || self.lease_again_at.is_some_and(|at| at > now)
+        {
+            return false;
+        }
+        let covered = self
+            .leased
+            .back()
+            .map_or(Duration::ZERO, |last| (*last + self.late()).saturating_duration_since(now));
+        let low_water = (self.lease_span / 4).max(self.lease_round_trip).min(LEASE_EARLY);
+        covered < low_water
+    }
+
+    /// Smooths in a lease's round trip.
+    fn lease_took(&mut self, round_trip: Duration) {
+        self.lease_round_trip = if self.lease_round_trip.is_zero() {
+            round_trip
+        } else {
+            (self.lease_round_trip * 3 + round_trip) / 4
+        };
     }
 
     /// Hands out the next leased slot; `reserve` for a shared bucket.
@@ -350,8 +408,16 @@ impl Bucket {
     }
 
     /// Takes the fleet's grant: its rate when another worker changed it,
-    /// and its slots, from `now`.
-    fn granted(&mut self, request: &LeaseRequest, grant: LeaseGrant, now: Instant) {
+    /// and its slots, from `now`. A grant asked for at `generation` and
+    /// answered after a cut or a pause is of the old pace: its slots and
+    /// rate are dropped (the fleet has heard of the cut or pause already).
+    fn granted(
+        &mut self,
+        request: &LeaseRequest,
+        grant: LeaseGrant,
+        generation: u64,
+        now: Instant,
+    ) {
         if self.alone_until.take().is_some() {
             tracing::info!(
                 class = %request.class,
@@ -360,13 +426,20 @@ impl Bucket {
         }
         self.share = 1.0;
         self.holders = grant.holders.max(1);
+        if generation != self.generation {
+            return;
+        }
         if grant.version != self.version || grant.rate != self.rate {
             self.rate = grant.rate.max(MIN_RATE);
             self.version = grant.version;
         }
         let interval = Duration::from_secs_f64(1.0 / grant.rate.max(MIN_RATE));
         let first = now + grant.starts_in;
-        self.leased.extend((0..grant.slots.min(request.slots)).map(|k| first + interval * k));
+        let slots = grant.slots.min(request.slots);
+        self.leased.extend((0..slots).map(|k| first + interval * k));
+        if slots > 0 {
+            self.lease_span = interval * (slots - 1) + self.late();
+        }
     }
 
     /// The store failed a lease: the bucket paces alone at its share for
@@ -514,9 +587,10 @@ impl Bucket {
 /// The buckets of one connection identity.
 #[derive(Debug)]
 pub struct Limiter {
-    buckets: Mutex<Vec<Bucket>>,
+    /// Shared with the tasks that lease ahead of need.
+    buckets: Arc<Mutex<Vec<Bucket>>>,
     /// The fleet's shared limit, on a shared store.
-    shared: Option<Shared>,
+    shared: Option<Arc<Shared>>,
 }
 
 /// A limiter's link to the fleet's shared limit.
@@ -525,9 +599,106 @@ struct Shared {
     limits: Arc<dyn SharedLimits>,
     /// The connection identity, hashed.
     identity: String,
-    /// One lease at a time per bucket: callers that find the slots gone
-    /// wait for it rather than each asking the store.
+    /// One lease at a time per bucket, ahead of need or not: callers that
+    /// find the slots gone wait for it rather than each asking the store.
     leasing: Vec<tokio::sync::Mutex<()>>,
+}
+
+/// Why a bucket leases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Need {
+    /// Its callers found no slots and wait for the lease.
+    Now,
+    /// Its slots run low (see [`LEASE_EARLY`]); nobody waits for it yet.
+    Ahead,
+}
+
+/// Clears a bucket's lease-ahead mark when the task leasing ahead ends,
+/// however it ends.
+struct LeasedAhead<'a> {
+    buckets: &'a Mutex<Vec<Bucket>>,
+    index: usize,
+}
+
+impl Drop for LeasedAhead<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut buckets) = self.buckets.lock()
+            && let Some(bucket) = buckets.get_mut(self.index)
+        {
+            bucket.leasing_ahead = false;
+        }
+    }
+}
+
+/// Leases slots from the fleet's shared limit for the bucket at `index`
+/// if it still needs them, one lease at a time per bucket.
+async fn lease_bucket(buckets: &Mutex<Vec<Bucket>>, shared: &Shared, index: usize, need: Need) {
+    let Some(leasing) = shared.leasing.get(index) else { return };
+    let _one = leasing.lock().await;
+    let (request, generation) = {
+        let Ok(mut buckets) = buckets.lock() else { return };
+        let Some(bucket) = buckets.get_mut(index) else { return };
+        let now = Instant::now();
+        let needed = match need {
+            Need::Now => bucket.needs_lease(now),
+            // A caller's lease may have come back while this one queued.
+            Need::Ahead => bucket.wants_lease_ahead(now),
+        };
+        if !needed {
+            return;
+        }
+        (bucket.lease_request(&shared.identity), bucket.generation)
+    };
+    let sent = Instant::now();
+    let outcome = tokio::time::timeout(SHARED_TIMEOUT, shared.limits.lease(request.clone()))
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer in {} s", SHARED_TIMEOUT.as_secs())));
+    let now = Instant::now();
+    tracing::debug!(
+        class = %request.class,
+        ahead = need == Need::Ahead,
+        granted = outcome.as_ref().map_or(0, |grant| grant.slots),
+        round_trip_us = micros(now.saturating_duration_since(sent)),
+        "leased from the fleet's shared rate limit"
+    );
+    let wait = {
+        let Ok(mut buckets) = buckets.lock() else { return };
+        let Some(bucket) = buckets.get_mut(index) else { return };
+        bucket.lease_took(now.saturating_duration_since(sent));
+        match outcome {
+            // Nothing granted: the fleet's next slot is past the horizon
+            // (a pause, or many callers queued). Ask again nearer it: a
+            // caller's lease waits, the bucket's other callers behind it;
+            // a lease ahead of need just is not tried again before then.
+            Ok(grant) if grant.slots == 0 => {
+                bucket.granted(&request, grant, generation, now);
+                let wait = grant.starts_in.saturating_sub(LEASE_AHEAD).max(MIN_LEASE_WAIT);
+                match need {
+                    Need::Now => wait,
+                    Need::Ahead => {
+                        bucket.lease_again_at = Some(now + wait);
+                        Duration::ZERO
+                    }
+                }
+            }
+            Ok(grant) => {
+                bucket.granted(&request, grant, generation, now);
+                Duration::ZERO
+            }
+            Err(reason) => {
+                bucket.lease_failed(&request, &reason, now);
+                Duration::ZERO
+            }
+        }
+    };
+    if !wait.is_zero() {
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// A duration in whole microseconds, for the logs.
+fn micros(duration: Duration) -> u64 {
+    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
 }
 
 /// A method class as the shared limit's rows name it.
@@ -537,8 +708,9 @@ fn class_name(class: MethodClass) -> String {
 
 /// What a caller of [`Limiter::acquire`] does next.
 enum Next {
-    /// Waits until this instant, under these generations.
-    Wait(Instant, u64),
+    /// Waits until this instant, under these generations, once it has
+    /// started leases ahead of need for the buckets at these indices.
+    Wait(Instant, u64, Vec<usize>),
     /// Leases slots for these buckets first.
     Lease(Vec<usize>),
 }
@@ -612,7 +784,7 @@ impl Limiter {
                 })
                 .collect()
         };
-        Limiter { buckets: Mutex::new(buckets), shared: None }
+        Limiter { buckets: Arc::new(Mutex::new(buckets)), shared: None }
     }
 
     /// Keeps this limiter's buckets with every worker's in `limits`, the
@@ -621,7 +793,7 @@ impl Limiter {
     pub fn shared_with(mut self, limits: Arc<dyn SharedLimits>, identity: String) -> Self {
         let buckets = self.buckets.lock().map(|b| b.len()).unwrap_or(0);
         let leasing = (0..buckets).map(|_| tokio::sync::Mutex::new(())).collect();
-        self.shared = Some(Shared { limits, identity, leasing });
+        self.shared = Some(Arc::new(Shared { limits, identity, leasing }));
         self
     }
 
@@ -643,24 +815,43 @@ impl Limiter {
                 if lease.is_empty() {
                     let mut generation = 0u64;
                     let mut at = now;
-                    for bucket in buckets.iter_mut().filter(|b| applies(b.class, method)) {
+                    let mut ahead = Vec::new();
+                    for (index, bucket) in buckets.iter_mut().enumerate() {
+                        if !applies(bucket.class, method) {
+                            continue;
+                        }
                         let slot = if self.shared.is_some() && bucket.shares(now) {
-                            bucket.take_leased(now)
+                            let slot = bucket.take_leased(now);
+                            if !bucket.leasing_ahead && bucket.wants_lease_ahead(now) {
+                                bucket.leasing_ahead = true;
+                                ahead.push(index);
+                            }
+                            slot
                         } else {
                             bucket.reserve(now)
                         };
                         at = at.max(slot);
                         generation = generation.wrapping_add(bucket.generation);
                     }
-                    Next::Wait(at, generation)
+                    Next::Wait(at, generation, ahead)
                 } else {
                     Next::Lease(lease)
                 }
             };
             let (at, generation) = match next {
-                Next::Wait(at, generation) => (at, generation),
+                Next::Wait(at, generation, ahead) => {
+                    for index in ahead {
+                        self.lease_ahead(index);
+                    }
+                    (at, generation)
+                }
                 Next::Lease(indices) => {
+                    let waiting = Instant::now();
                     self.lease(&indices).await;
+                    tracing::debug!(
+                        waited_us = micros(waiting.elapsed()),
+                        "a request waited for a lease from the fleet's shared rate limit"
+                    );
                     continue;
                 }
             };
@@ -688,48 +879,25 @@ impl Limiter {
     async fn lease(&self, indices: &[usize]) {
         let Some(shared) = &self.shared else { return };
         for &index in indices {
-            let Some(leasing) = shared.leasing.get(index) else { continue };
-            let _one = leasing.lock().await;
-            let request = {
-                let Ok(mut buckets) = self.buckets.lock() else { return };
-                let Some(bucket) = buckets.get_mut(index) else { continue };
-                if !bucket.needs_lease(Instant::now()) {
-                    continue;
-                }
-                bucket.lease_request(&shared.identity)
-            };
-            let outcome =
-                tokio::time::timeout(SHARED_TIMEOUT, shared.limits.lease(request.clone()))
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(format!("no answer in {} s", SHARED_TIMEOUT.as_secs()))
-                    });
-            let now = Instant::now();
-            let wait = {
-                let Ok(mut buckets) = self.buckets.lock() else { return };
-                let Some(bucket) = buckets.get_mut(index) else { continue };
-                match outcome {
-                    // Nothing granted: the fleet's next slot is past the
-                    // horizon (a pause, or many callers queued). Ask
-                    // again nearer it, the bucket's other callers behind.
-                    Ok(grant) if grant.slots == 0 => {
-                        bucket.granted(&request, grant, now);
-                        grant.starts_in.saturating_sub(LEASE_AHEAD).max(MIN_LEASE_WAIT)
-                    }
-                    Ok(grant) => {
-                        bucket.granted(&request, grant, now);
-                        Duration::ZERO
-                    }
-                    Err(reason) => {
-                        bucket.lease_failed(&request, &reason, now);
-                        Duration::ZERO
-                    }
-                }
-            };
-            if !wait.is_zero() {
-                tokio::time::sleep(wait).await;
-            }
+            lease_bucket(&self.buckets, shared, index, Need::Now).await;
         }
+    }
+
+    /// Leases slots for the bucket at `index` on a task of its own, before
+    /// its callers run out of them; a caller that does run out waits for
+    /// this lease as for any other. The bucket is marked as leasing ahead.
+    fn lease_ahead(&self, index: usize) {
+        let buckets = self.buckets.clone();
+        let (Some(shared), Ok(runtime)) =
+            (self.shared.clone(), tokio::runtime::Handle::try_current())
+        else {
+            drop(LeasedAhead { buckets: &buckets, index });
+            return;
+        };
+        runtime.spawn(async move {
+            let _done = LeasedAhead { buckets: &buckets, index };
+            lease_bucket(&buckets, &shared, index, Need::Ahead).await;
+        });
     }
 
     /// Tells the fleet at once of a cut or a pause this worker learnt,
@@ -1629,9 +1797,11 @@ mod tests {
             tokio::time::sleep(Duration::from_micros(500)).await;
         }
         // A lease's slots are a microsecond apart; each is good for 10 ms,
-        // so a lease serves about 20 requests, not one.
+        // so a lease serves about ten requests (the timer sleeps a whole
+        // millisecond), not one; the next lease starts a quarter early
+        // (see `LEASE_EARLY`): 7.5 ms a lease, 27 at most.
         let leases = fleet.leases.load(std::sync::atomic::Ordering::SeqCst);
-        assert!(leases <= 20, "{leases} leases for 200 requests");
+        assert!(leases <= 27, "{leases} leases for 200 requests");
     }
 
     #[tokio::test(start_paused = true)]
@@ -1678,5 +1848,167 @@ mod tests {
         }
         let elapsed = start.elapsed().as_secs_f64();
         assert!(elapsed < 1.5, "{elapsed}");
+    }
+
+    /// A [`MemoryFleet`] whose leases take a round trip of `delay` to
+    /// answer, as PostgreSQL's do, counted.
+    #[derive(Debug)]
+    struct SlowFleet {
+        fleet: Arc<MemoryFleet>,
+        delay: Duration,
+        leases: std::sync::atomic::AtomicUsize,
+        in_flight: std::sync::atomic::AtomicUsize,
+        most_in_flight: std::sync::atomic::AtomicUsize,
+    }
+
+    impl SharedLimits for SlowFleet {
+        fn lease(
+            &self,
+            request: LeaseRequest,
+        ) -> Pin<Box<dyn Future<Output = Result<LeaseGrant, String>> + Send + '_>> {
+            use std::sync::atomic::Ordering::SeqCst;
+            self.leases.fetch_add(1, SeqCst);
+            Box::pin(async move {
+                let now = self.in_flight.fetch_add(1, SeqCst) + 1;
+                self.most_in_flight.fetch_max(now, SeqCst);
+                tokio::time::sleep(self.delay).await;
+                self.in_flight.fetch_sub(1, SeqCst);
+                self.fleet.lease(request).await
+            })
+        }
+    }
+
+    fn slow_worker(delay: Duration, per_second: f64) -> (Arc<SlowFleet>, Limiter) {
+        let fleet = Arc::new(SlowFleet {
+            fleet: MemoryFleet::new(1),
+            delay,
+            leases: std::sync::atomic::AtomicUsize::new(0),
+            in_flight: std::sync::atomic::AtomicUsize::new(0),
+            most_in_flight: std::sync::atomic::AtomicUsize::new(0),
+        });
+        let limiter = Limiter::new(
+            Publisher::BuiltIn,
+            &[],
+            None,
+            &[LimitOverride { class: MethodClass::Any, per_second }],
+        )
+        .shared_with(fleet.clone(), "identity".to_owned());
+        (fleet, limiter)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn callers_find_slots_leased_ahead_and_do_not_wait_on_the_store() {
+        // A store 3 ms away, a limit of 990/s, and one caller slower
+        // than it (a request every 2 ms): every slot it takes is due.
+        let (fleet, limiter) = slow_worker(Duration::from_millis(3), 1000.0);
+        let mut blocked = 0;
+        for _ in 0..300 {
+            let before = Instant::now();
+            limiter.acquire(Method::Get).await;
+            if before.elapsed() > Duration::ZERO {
+                blocked += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        // Only the first caller finds nothing leased; the next lease is
+        // always back before the slots run out.
+        let leases = fleet.leases.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(blocked, 1, "{blocked} of 300 callers waited on the store ({leases} leases)");
+        // Leasing ahead does not lease much more often: a lease of 64
+        // slots serves about 30 requests here.
+        assert!(leases <= 25, "{leases} leases for 300 requests");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_back_late_is_waited_for_and_never_doubled() {
+        // A store slower than the slots last (80 ms a lease, 74 ms of
+        // slots at 990/s) and four callers at once.
+        let (fleet, limiter) = slow_worker(Duration::from_millis(80), 1000.0);
+        let limiter = Arc::new(limiter);
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..4 {
+            let limiter = limiter.clone();
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..100 {
+                    limiter.acquire(Method::Get).await;
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.expect("caller");
+        }
+        // The callers that ran out waited for the lease already out, the
+        // one ahead of need included, rather than asking again each.
+        use std::sync::atomic::Ordering::SeqCst;
+        assert_eq!(fleet.most_in_flight.load(SeqCst), 1);
+        // 400 requests at 990/s: at least 0.4 s; the waits on the store
+        // do not stack up beyond a lease's round trip each.
+        let elapsed = start.elapsed();
+        let leases = fleet.leases.load(SeqCst) as u32;
+        assert!(elapsed >= Duration::from_millis(400), "{elapsed:?}");
+        assert!(
+            elapsed <= Duration::from_millis(80) * leases + Duration::from_millis(450),
+            "{elapsed:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_worker_leasing_ahead_hears_a_pause_within_the_bound() {
+        let fleet = MemoryFleet::new(2);
+        let published = [limit(MethodClass::Any, 100, 1, None)];
+        let worker = || {
+            Arc::new(
+                Limiter::new(Publisher::BuiltIn, &published, None, &[])
+                    .shared_with(fleet.clone(), "identity".to_owned()),
+            )
+        };
+        let (one, other) = (worker(), worker());
+        // The other worker sends at the whole rate, leasing ahead.
+        let sender = tokio::spawn(async move {
+            let mut sent = Vec::new();
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(3) {
+                other.acquire(Method::Post).await;
+                sent.push(Instant::now());
+            }
+            sent
+        });
+        tokio::time::sleep(Duration::from_millis(1003)).await;
+        let paused_at = Instant::now();
+        one.observe(Method::Post, 429, Some(Duration::from_secs(1)));
+        let sent = sender.await.expect("sender");
+        // What the other worker holds when the fleet hears of the pause:
+        // a lease (200 ms) and what was left when it leased ahead (50 ms
+        // at most), each usable one interval late.
+        let bound = paused_at + LEASE_AHEAD + LEASE_EARLY + Duration::from_millis(11);
+        let resumed = paused_at + Duration::from_secs(1);
+        let during: Vec<_> = sent.iter().filter(|t| **t > bound && **t < resumed).collect();
+        assert!(during.is_empty(), "{} requests sent during the pause", during.len());
+        // It did send right up to the pause, and after it.
+        assert!(sent.iter().any(|t| *t > paused_at && *t <= bound));
+        assert!(sent.iter().any(|t| *t >= resumed));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_asked_for_before_a_cut_does_not_undo_it() {
+        // Leases take 100 ms; a 429 cuts the rate while one is out, and
+        // the fleet hears of the cut only after that lease is granted.
+        let (_fleet, limiter) = slow_worker(Duration::from_millis(100), 10.0);
+        let limiter = Arc::new(limiter);
+        let caller = tokio::spawn({
+            let limiter = limiter.clone();
+            async move { limiter.acquire(Method::Post).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        limiter.observe(Method::Post, 429, None);
+        let cut = limiter.rates()[0].1;
+        assert!(cut < 9.0, "{cut}");
+        caller.await.expect("caller");
+        // The grant at the old pace was dropped and leased again after
+        // the fleet heard of the cut.
+        let rate = limiter.rates()[0].1;
+        assert!(rate <= cut + 1e-9, "{rate} after a cut to {cut}");
     }
 }
