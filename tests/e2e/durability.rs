@@ -210,6 +210,14 @@ async fn a_page_file_a_for_each_cannot_read_leaves_the_run_resumable_not_failed(
     Ok(())
 }
 
+/// A sync of the Stripe customers into Metronome, keyed by the Stripe id.
+const MIRROR: &str = r#"
+[[step]]
+id = "mirror"
+sync = { from = "stripe.customers", to = "metronome.customers", key = "external_id" }
+map = '{external_id: .id, name: (.name // .email)}'
+"#;
+
 #[tokio::test]
 async fn a_sorted_run_a_sync_cannot_write_leaves_the_run_resumable_not_failed() -> TestResult {
     // Regression: a sync whose scratch file could not be written (a full
@@ -217,16 +225,7 @@ async fn a_sorted_run_a_sync_cannot_write_leaves_the_run_resumable_not_failed() 
     // run-store failure leaves the run to resume (exit 3).
     let sandbox = sandbox(30).await?;
     let harness = Harness::new()?;
-    let text = &super::support::flow_with(
-        "sync",
-        &["stripe", "metronome"],
-        r#"
-[[step]]
-id = "mirror"
-sync = { from = "stripe.customers", to = "metronome.customers", key = "external_id" }
-map = '{external_id: .id, name: (.name // .email)}'
-"#,
-    );
+    let text = &super::support::flow_with("sync", &["stripe", "metronome"], MIRROR);
     let wf = super::support::workflow(harness.files.path(), text)?;
     let vendors = overrides(&sandbox, &[("stripe", "stripe"), ("metronome", "metronome")]);
     let options = RunOptions { overrides: vendors.clone(), ..RunOptions::default() };
@@ -293,13 +292,7 @@ async fn a_sync_cancelled_while_its_writes_wait_out_a_pause_fails_no_key() -> Te
     let text = &super::support::flow_with(
         "paused",
         &["stripe", "metronome"],
-        r#"
-[[step]]
-id = "mirror"
-sync = { from = "stripe.customers", to = "metronome.customers", key = "external_id" }
-map = '{external_id: .id, name: (.name // .email)}'
-concurrency = 2
-"#,
+        &format!("{MIRROR}concurrency = 2\n"),
     );
     let wf = super::support::workflow(harness.files.path(), text)?;
     let mut vendors = overrides(&sandbox, &[("stripe", "stripe")]);
