@@ -1063,7 +1063,14 @@ async fn tokens_are_printed_once_listed_without_secrets_and_the_cli_still_reache
     assert!(!again.status.success(), "one active token per name");
     let listed = dirs.command().args(["tokens", "list", "--json"]).output()?;
     let listed_text = String::from_utf8(listed.stdout)?;
-    let secret = token.rsplit('_').next().unwrap_or_default();
+    // `weft_ID_SECRET`, where the secret is URL-safe base64 and may hold
+    // `_` itself: what follows the id, not what follows the last `_`
+    // (a tail of a character or two turned up in the listing by chance).
+    let secret = token
+        .strip_prefix("weft_")
+        .and_then(|rest| rest.split_once('_'))
+        .map_or("", |(_, secret)| secret);
+    assert!(secret.len() >= 40, "{token}");
     assert!(listed_text.contains("\"ops\"") && !listed_text.contains(secret), "{listed_text}");
     let store_files = files_containing(dirs.state.path(), secret.as_bytes());
     assert!(store_files.is_empty(), "the secret is in the store: {store_files:?}");
