@@ -19,15 +19,22 @@ use jaq_core::load::{Lexer, Parser};
 use jaq_core::path::{Opt, Part};
 
 use super::reads::literal;
-use super::value::Val;
+use super::value::{Raw, Val};
 
-/// What a field-picking expression builds.
+/// What a field-picking expression builds. Field names are held as values,
+/// made once at compile time, so applying a shape to a record allocates
+/// nothing for them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Shape {
     /// The input at a path of field names (`.` when empty).
-    Path(Vec<String>),
+    Path(Vec<Val>),
     /// An object: its keys in the order written, each with its value.
-    Obj(Vec<(String, Shape)>),
+    Obj(Vec<(Val, Shape)>),
+}
+
+/// A field name as a value.
+fn name(text: String) -> Val {
+    Val::scalar(Raw::from(text))
 }
 
 /// The shape of the expression `text`, when it is one.
@@ -48,7 +55,7 @@ fn shape_of(term: &Term<&str>) -> Option<Shape> {
                     return None;
                 }
                 match part {
-                    Part::Index(index) => fields.push(literal(index)?),
+                    Part::Index(index) => fields.push(name(literal(index)?)),
                     Part::Range(..) => return None,
                 }
             }
@@ -57,12 +64,12 @@ fn shape_of(term: &Term<&str>) -> Option<Shape> {
         Term::Obj(entries) => {
             let mut built = Vec::with_capacity(entries.len());
             for (key, value) in entries {
-                let name = literal(key)?;
+                let key = name(literal(key)?);
                 let value = match value {
                     Some(value) => shape_of(value)?,
-                    None => Shape::Path(vec![name.clone()]),
+                    None => Shape::Path(vec![key.clone()]),
                 };
-                built.push((name, value));
+                built.push((key, value));
             }
             Some(Shape::Obj(built))
         }
@@ -78,14 +85,14 @@ impl Shape {
             Shape::Path(fields) => {
                 let mut at = input.clone();
                 for field in fields {
-                    at = at.index(&Val::from(field.clone())).ok()?;
+                    at = at.index(field).ok()?;
                 }
                 Some(at)
             }
             Shape::Obj(entries) => {
                 let mut pairs = Vec::with_capacity(entries.len());
                 for (key, value) in entries {
-                    pairs.push((Val::from(key.clone()), value.apply(input)?));
+                    pairs.push((key.clone(), value.apply(input)?));
                 }
                 Val::from_map(pairs).ok()
             }
@@ -98,7 +105,11 @@ mod tests {
     use super::*;
 
     fn path(fields: &[&str]) -> Shape {
-        Shape::Path(fields.iter().map(|f| (*f).to_owned()).collect())
+        Shape::Path(fields.iter().map(|f| name((*f).to_owned())).collect())
+    }
+
+    fn obj(entries: Vec<(&str, Shape)>) -> Shape {
+        Shape::Obj(entries.into_iter().map(|(k, v)| (name(k.to_owned()), v)).collect())
     }
 
     #[test]
@@ -110,13 +121,13 @@ mod tests {
         assert_eq!(shape(r#".["a"]"#), Some(path(&["a"])));
         assert_eq!(
             shape("{email, name, metadata: {source_id: .id}}"),
-            Some(Shape::Obj(vec![
-                ("email".into(), path(&["email"])),
-                ("name".into(), path(&["name"])),
-                ("metadata".into(), Shape::Obj(vec![("source_id".into(), path(&["id"]))])),
+            Some(obj(vec![
+                ("email", path(&["email"])),
+                ("name", path(&["name"])),
+                ("metadata", obj(vec![("source_id", path(&["id"]))])),
             ]))
         );
-        assert_eq!(shape(r#"{"x y": .a}"#), Some(Shape::Obj(vec![("x y".into(), path(&["a"]))])));
+        assert_eq!(shape(r#"{"x y": .a}"#), Some(obj(vec![("x y", path(&["a"]))])));
     }
 
     #[test]
