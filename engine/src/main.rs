@@ -100,16 +100,38 @@ fn main() -> ExitCode {
     code
 }
 
+/// The stack of the runtime's workers: what Linux gives a main thread.
+const MAIN_STACK: usize = 8 << 20;
+
 /// Runs the command on a new async runtime.
 fn run(cli: Cli) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        // The command runs on a worker (below): give the workers the stack
+        // the main thread had, for whatever recursion parsing a hostile
+        // workflow meets.
+        .thread_stack_size(MAIN_STACK)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
             return ExitCode::from(exit::INTERNAL);
         }
     };
-    match runtime.block_on(dispatch(cli)) {
+    // The command runs as a task on a worker thread, not on this one:
+    // the HTTP connections' tasks run on the workers, and a response then
+    // wakes the task that waits for it on the same thread instead of
+    // waking this one through the kernel. On the 100k export that is a
+    // quarter of weft's CPU time (BENCHMARKS.md).
+    let outcome = runtime.block_on(async {
+        match tokio::spawn(dispatch(cli)).await {
+            Ok(outcome) => outcome,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => Err(anyhow::anyhow!("the command's task stopped: {e}")),
+        }
+    });
+    match outcome {
         Ok(code) => code,
         // The reader went away (`| head`): nothing is wrong, and nobody is
         // left to read a message.

@@ -61,7 +61,7 @@ async fn open(location: &StoreLocation) -> Result<RunStore> {
 /// Runs a `weft tokens` command against the store at `location`.
 pub(crate) async fn tokens(location: &StoreLocation, command: TokensCommand) -> Result<ExitCode> {
     let store = open(location).await?;
-    let mut out = std::io::stdout().lock();
+    let mut out = std::io::stdout();
     use std::io::Write as _;
     match command {
         TokensCommand::Create { name, role } => {
