@@ -17,7 +17,8 @@
 //! skipping, which lets a lone surrogate (`"\ud800"`) or an overflowing
 //! number (`1e400`) through that decoding refuses. The common shapes
 //! (plain strings, short integers, literals, structure) are checked by one
-//! loop here at about twice serde_json's speed; the rare ones (a string
+//! loop here in about 0.8 of the time serde_json takes to parse the same
+//! text (~2 GB/s on a Stripe page, where a token comes every six bytes); the rare ones (a string
 //! with an escape, a number with a fraction, an exponent or many digits)
 //! are handed to serde_json itself, so their meaning is serde_json's by
 //! construction. Nesting is capped below serde_json's limit of 128, so a
@@ -135,8 +136,19 @@ impl Scan<'_> {
         self.bytes.get(self.pos..).is_some_and(|rest| rest.starts_with(word))
     }
 
+    /// Skips whitespace. Compact JSON has none between its tokens, so one
+    /// comparison (every whitespace byte is at most `b' '`) settles the
+    /// common case inline.
     #[inline(always)]
     fn whitespace(&mut self) {
+        if self.bytes.get(self.pos).is_some_and(|&byte| byte > b' ') {
+            return;
+        }
+        self.more_whitespace();
+    }
+
+    #[inline(never)]
+    fn more_whitespace(&mut self) {
         while let Some(&byte) = self.bytes.get(self.pos) {
             match byte {
                 b' ' | b'\t' => {}
@@ -156,8 +168,8 @@ impl Scan<'_> {
 
     /// One value, any depth, without recursion.
     fn value(&mut self, text: &str) -> Result<(), RecordError> {
-        // Open containers, the innermost at bit `depth - 1`: set for an
-        // object, clear for an array.
+        // Open containers, the innermost at bit 0: set for an object,
+        // clear for an array (a push shifts left, a pop right).
         let mut objects: u128 = 0;
         let mut depth: usize = 0;
         loop {
@@ -176,11 +188,9 @@ impl Scan<'_> {
                             );
                         }
                         depth += 1;
+                        objects = objects << 1 | u128::from(container == b'{');
                         if container == b'{' {
-                            objects |= 1 << (depth - 1);
                             self.key(text)?;
-                        } else {
-                            objects &= !(1 << (depth - 1));
                         }
                         continue;
                     }
@@ -196,7 +206,7 @@ impl Scan<'_> {
                 if depth == 0 {
                     return Ok(());
                 }
-                let in_object = objects & (1 << (depth - 1)) != 0;
+                let in_object = objects & 1 != 0;
                 match (self.next_byte()?, in_object) {
                     (b',', true) => {
                         self.pos += 1;
@@ -210,6 +220,7 @@ impl Scan<'_> {
                     (b'}', true) | (b']', false) => {
                         self.pos += 1;
                         depth -= 1;
+                        objects >>= 1;
                     }
                     (_, true) => return Err(self.error("expected `,` or `}`")),
                     (_, false) => return Err(self.error("expected `,` or `]`")),

@@ -134,7 +134,11 @@ impl<'a> Scanner<'a> {
     /// in every loop) is entered only when there is some.
     #[inline(always)]
     pub(crate) fn skip_whitespace(&mut self) {
-        if let Some(b' ' | b'\n' | b'\r' | b'\t') = self.bytes.get(self.pos) {
+        // Every whitespace byte is at most `b' '`: one comparison settles
+        // the common case.
+        if let Some(&byte) = self.bytes.get(self.pos)
+            && byte <= b' '
+        {
             self.skip_more_whitespace();
         }
     }
