@@ -20,8 +20,9 @@ use weft_sandbox::stripe::{SANDBOX_API_KEY, StripeConfig, StripeEmulator};
 use super::report::{Row, grouped, median};
 use super::{BenchResult, Config};
 
-/// The ratio the issue asks for.
-const TARGET_RATIO: f64 = 1.10;
+/// The ratio issue 20 (performance, round two) asks for; round one's was
+/// 1.10.
+const TARGET_RATIO: f64 = 1.05;
 
 /// What metrics and traces on may cost the export (issue 15).
 const TARGET_OBSERVED_RATIO: f64 = 1.03;
