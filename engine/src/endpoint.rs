@@ -10,7 +10,7 @@ use crate::connector::{
     UpsertRequest,
 };
 use crate::http::within_call;
-use crate::runtime::{PluginConnection, RuntimeError};
+use crate::runtime::{Listed, PluginConnection, RuntimeError};
 use crate::store::ConnectionTotals;
 
 /// The outcome of each record of a batch upsert.
@@ -24,6 +24,12 @@ pub trait Endpoint: Send + Sync {
     fn name(&self) -> &str;
     /// Reads one page.
     fn list(&self, request: ListRequest) -> BoxFuture<'_, Result<Page, RuntimeError>>;
+    /// Reads one page and leaves the check of its records to
+    /// [`Listed::check`], for a caller with something to overlap it with.
+    /// By default the page [`list`](Endpoint::list) returns, checked.
+    fn list_unchecked(&self, request: ListRequest) -> BoxFuture<'_, Result<Listed, RuntimeError>> {
+        Box::pin(async move { self.list(request).await.map(Listed::checked) })
+    }
     /// Reads one record.
     fn get<'a>(
         &'a self,
@@ -88,6 +94,10 @@ impl Endpoint for PluginConnection {
 
     fn list(&self, request: ListRequest) -> BoxFuture<'_, Result<Page, RuntimeError>> {
         Box::pin(within_call(PluginConnection::list(self, request)))
+    }
+
+    fn list_unchecked(&self, request: ListRequest) -> BoxFuture<'_, Result<Listed, RuntimeError>> {
+        Box::pin(within_call(PluginConnection::list_unchecked(self, request)))
     }
 
     fn get<'a>(

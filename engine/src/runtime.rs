@@ -638,6 +638,90 @@ pub struct LoadInfo {
     pub total: Duration,
 }
 
+/// A page as a plugin returned it: its record count and cursor checked,
+/// its records not yet. [`Listed::check`] is the only way to the records,
+/// and checks each as [`Plugin`]'s other calls do (within the record limit,
+/// exactly one JSON object); the executor runs it while the next page is
+/// on its way, so the check costs a list step nothing on its critical path.
+#[derive(Debug)]
+pub struct Listed {
+    page: Page,
+    /// `None` when the records were checked already (or come from no
+    /// plugin).
+    check: Option<RecordCheck>,
+}
+
+impl Listed {
+    /// A page whose records need no check: an endpoint that is no plugin,
+    /// or a page [`PluginConnection::list`] checked.
+    pub fn checked(page: Page) -> Listed {
+        Listed { page, check: None }
+    }
+
+    /// Where the next page starts (checked already).
+    pub fn next_cursor(&self) -> Option<&str> {
+        self.page.next_cursor.as_deref()
+    }
+
+    /// How many records the page holds.
+    pub fn len(&self) -> usize {
+        self.page.records.len()
+    }
+
+    /// Whether the page holds no record.
+    pub fn is_empty(&self) -> bool {
+        self.page.records.is_empty()
+    }
+
+    /// The page, every record checked; a record that is not one JSON
+    /// object, or is over the limit, is the plugin's contract breach.
+    pub fn check(self) -> Result<Page> {
+        let Some(check) = self.check else { return Ok(self.page) };
+        let Page { records, next_cursor } = self.page;
+        let count = records.len();
+        let records = records
+            .into_iter()
+            .enumerate()
+            .map(|(n, record)| {
+                check.record("list", record, || format!("record {} of {count}", n + 1))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Page { records, next_cursor })
+    }
+}
+
+/// What checking a plugin's record needs: who to blame, and the limit.
+#[derive(Debug, Clone)]
+struct RecordCheck {
+    plugin: String,
+    max_record_bytes: usize,
+}
+
+impl RecordCheck {
+    /// `record` if it is within the record limit and exactly one JSON
+    /// object (made one line if it spans lines); otherwise a contract
+    /// breach naming `which` record.
+    fn record(
+        &self,
+        op: &'static str,
+        record: String,
+        which: impl FnOnce() -> String,
+    ) -> Result<String> {
+        let contract =
+            |reason: String| RuntimeError::Contract { plugin: self.plugin.clone(), op, reason };
+        let limit = self.max_record_bytes;
+        if record.len() > limit {
+            return Err(contract(format!(
+                "{} is {} bytes, over the record limit of {}",
+                which(),
+                record.len(),
+                bytes(limit)
+            )));
+        }
+        record::one_object(record).map_err(|e| contract(format!("{} {e}", which())))
+    }
+}
+
 /// A loaded plugin: its template and manifest. Cheap to share.
 pub struct Plugin {
     name: String,
@@ -893,8 +977,14 @@ impl Plugin {
     }
 
     fn page(&self, reply: Reply, max: usize) -> Result<Page> {
+        self.listed(reply, max)?.check()
+    }
+
+    /// The page of a `list` reply with its count and cursor checked, its
+    /// records left to [`Listed::check`].
+    fn listed(&self, reply: Reply, max: usize) -> Result<Listed> {
         let op = "list";
-        let mut page = match reply {
+        let page = match reply {
             Reply::Page(page) => page,
             other => return Err(self.contract(op, format!("unexpected reply {}", other.kind()))),
         };
@@ -916,16 +1006,13 @@ impl Plugin {
                 ),
             ));
         }
-        let count = page.records.len();
-        page.records = page
-            .records
-            .into_iter()
-            .enumerate()
-            .map(|(n, record)| {
-                self.checked_record(op, record, || format!("record {} of {count}", n + 1))
-            })
-            .collect::<Result<_>>()?;
-        Ok(page)
+        Ok(Listed {
+            page,
+            check: Some(RecordCheck {
+                plugin: self.name.clone(),
+                max_record_bytes: self.runtime.limits().max_record_bytes,
+            }),
+        })
     }
 
     fn record(&self, op: &'static str, reply: Reply) -> Result<Option<String>> {
@@ -987,19 +1074,11 @@ impl Plugin {
         record: String,
         which: impl FnOnce() -> String,
     ) -> Result<String> {
-        let limit = self.runtime.limits().max_record_bytes;
-        if record.len() > limit {
-            return Err(self.contract(
-                op,
-                format!(
-                    "{} is {} bytes, over the record limit of {}",
-                    which(),
-                    record.len(),
-                    bytes(limit)
-                ),
-            ));
+        RecordCheck {
+            plugin: self.name.clone(),
+            max_record_bytes: self.runtime.limits().max_record_bytes,
         }
-        record::one_object(record).map_err(|e| self.contract(op, format!("{} {e}", which())))
+        .record(op, record, which)
     }
 
     fn removed(&self, reply: Reply) -> Result<RemoveOutcome> {
@@ -1415,8 +1494,14 @@ impl PluginConnection {
 
     /// Reads one page.
     pub async fn list(&self, request: ListRequest) -> Result<Page> {
+        self.list_unchecked(request).await?.check()
+    }
+
+    /// Reads one page and leaves the check of its records to
+    /// [`Listed::check`].
+    pub async fn list_unchecked(&self, request: ListRequest) -> Result<Listed> {
         let max = request.page_size as usize;
-        self.plugin.page(self.call(Call::List(self.context.clone(), request)).await?, max)
+        self.plugin.listed(self.call(Call::List(self.context.clone(), request)).await?, max)
     }
 
     /// Reads one record.

@@ -756,6 +756,46 @@ async fn a_bad_record_fails_its_list_step_and_leaves_the_page_log_and_output_rea
     Ok(())
 }
 
+/// A sync checks its source's records off the task that reads the pages
+/// (on an evaluation thread, beside the keying): a bad one still fails the
+/// step as a contract breach naming what was being read, before anything
+/// is written.
+#[tokio::test]
+async fn a_bad_record_in_a_syncs_source_fails_the_step_before_any_write() -> TestResult {
+    let state = tempfile::tempdir()?;
+    let files = tempfile::tempdir()?;
+    let executor = Executor::new(runtime(limits())?, RunStore::open(state.path())?);
+    let overrides = BTreeMap::from([(
+        "hostile".to_owned(),
+        ConnectionOverride { base_url: "http://127.0.0.1:9".into(), secret: Secret::new(SECRET) },
+    )]);
+    let text = format!(
+        r#"[workflow]
+name = "bad-sync"
+[connections.hostile]
+plugin = {plugin:?}
+credentials = "env:UNUSED"
+[[step]]
+id = "mirror"
+sync = {{ from = "hostile.bad-sync", to = "hostile.bad-records", key = "id" }}
+"#,
+        plugin = hostile_wasm().display().to_string()
+    );
+    let summary = executor.run(&workflow(files.path(), &text)?, &overrides, &Silent).await?;
+    assert_eq!(summary.status, Status::Failed, "{summary:?}");
+    let error = summary.steps[0].error.clone().unwrap_or_default();
+    assert!(
+        error.contains("reading bad-sync (source)")
+            && error.contains("hostile")
+            && error.contains("broke the contract")
+            && error.contains("record 1 of 2"),
+        "{error}"
+    );
+    let calls = &summary.connections["hostile"].calls;
+    assert!(!calls.contains_key("upsert") && !calls.contains_key("upsert-batch"), "{calls:?}");
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_40_mb_record_is_refused_before_the_host_copies_it() -> TestResult {
     let runtime = runtime(limits())?;

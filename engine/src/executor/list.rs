@@ -13,6 +13,7 @@ use super::{RunCtx, StepCtx, StepEnd, StepError};
 use crate::connector::ListRequest;
 use crate::endpoint::Endpoint;
 use crate::expr::{EvalError, Evaluator, Expr, Scope, Val};
+use crate::runtime::Listed;
 use crate::store::{Commit, OutputMark, PageLog, StateWrite, StepState};
 use crate::workflow::Action;
 
@@ -96,7 +97,7 @@ pub(crate) async fn run(
         let span = tracing::info_span!("page", resource = %step.resource, page_size);
         async move {
             use tracing::Instrument as _;
-            with_retry(&step.retry, step.timeout, || endpoint.list(request.clone()))
+            with_retry(&step.retry, step.timeout, || endpoint.list_unchecked(request.clone()))
                 .instrument(span)
                 .await
                 .0
@@ -311,7 +312,7 @@ async fn read_pages<W, F, Fut>(
 where
     W: Fn(u64) -> Option<u32>,
     F: Fn(Option<String>, u32) -> Fut,
-    Fut: std::future::Future<Output = Result<crate::connector::Page, CallError>>,
+    Fut: std::future::Future<Output = Result<Listed, CallError>>,
 {
     let StepCtx { run: ctx, step, scope, run_state, .. } = cx;
     let state_reads_records = step.state.iter().any(|(_, template)| {
@@ -334,14 +335,45 @@ where
             Some(result) => result,
             None => fetch(state.cursor.clone(), size).await,
         };
-        let page = result.map_err(|e: CallError| e.message)?;
-        if page.next_cursor.is_some() && page.next_cursor == state.cursor {
+        let listed = result.map_err(|e: CallError| e.message)?;
+        if listed.next_cursor().is_some() && listed.next_cursor() == state.cursor.as_deref() {
             return Err(format!(
                 "plugin {} returned the cursor it was given; stopping to avoid an endless list",
                 endpoint.name()
             )
             .into());
         }
+        // Reading ahead is harmless (a read has no effect at the vendor), so
+        // the next page is asked for as soon as this one's count is known,
+        // and polled once to send its request: this page's records are
+        // checked, mapped, written and stored while the vendor answers.
+        // The next page is used only after this one is stored; an
+        // interruption or a failure drops it.
+        let cursor = listed.next_cursor().map(str::to_owned);
+        let ask_next = |read_after: u64| {
+            let fetching = match (&cursor, wanted(read_after)) {
+                (Some(cursor), Some(size)) if ctx.stop_reason().is_none() => {
+                    Some(fetch(Some(cursor.clone()), size))
+                }
+                _ => None,
+            };
+            Box::pin(futures_util::future::maybe_done(async move {
+                match fetching {
+                    Some(fetching) => Some(fetching.await),
+                    None => None,
+                }
+            }))
+        };
+        // A `map` may make more or fewer records than it is given, and
+        // `limit` counts what it makes: then the next page is asked for
+        // once the map has run.
+        let mut early = None;
+        if step.map.is_none() {
+            let mut next = ask_next(state.counts.read + listed.len() as u64);
+            let _ = futures_util::poll!(next.as_mut());
+            early = Some(next);
+        }
+        let page = listed.check().map_err(|e| e.to_string())?;
         let records = match &step.map {
             Some(map) => {
                 match map_page(&evaluator, map, page.records, scope, endpoint.name()).await {
@@ -375,15 +407,9 @@ where
             },
         ));
         let started = futures_util::FutureExt::now_or_never(evaluation.as_mut());
-        // Reading ahead is harmless (a read has no effect at the vendor), so
-        // the next page is fetched while this one is written and stored:
-        // the vendor's time and the store's overlap. The next page is used
-        // only after this one is stored; an interruption drops it.
-        let next = match (&page.next_cursor, wanted(state.counts.read + records.len() as u64)) {
-            (Some(cursor), Some(size)) if ctx.stop_reason().is_none() => {
-                Some(fetch(Some(cursor.clone()), size))
-            }
-            _ => None,
+        let mut next = match early {
+            Some(next) => next,
+            None => ask_next(state.counts.read + records.len() as u64),
         };
         let store = async {
             let evaluated = match started {
@@ -407,23 +433,14 @@ where
             }
             Ok::<Option<StepEnd>, StepError>(None)
         };
-        // The fetch is polled first, so the request is on its way before
-        // the store's own work starts.
-        let (next, stored) = futures_util::future::join(
-            async {
-                match next {
-                    Some(fetching) => Some(fetching.await),
-                    None => None,
-                }
-            },
-            store,
-        )
-        .await;
+        // The fetch is polled first, so a request not sent yet is on its
+        // way before the store's own work starts.
+        let ((), stored) = futures_util::future::join(next.as_mut(), store).await;
         if let Some(end) = stored? {
             return Ok(end);
         }
         ctx.observer.page_committed(step, state.counts.read);
-        prefetched = next;
+        prefetched = next.as_mut().take_output().flatten();
         if state.cursor.is_none() {
             break;
         }

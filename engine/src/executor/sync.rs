@@ -30,11 +30,12 @@ use super::plan::{PlanEntry, PlannedAction, StepPlan, changed_fields, object_fie
 use super::sorted::{Buffer, Merged, run_path};
 use super::{RunCtx, StepCtx, StepEnd, StepError, sync_idempotency_key};
 use crate::connector::{
-    BatchItem, ConnectorError, ListRequest, Op, RemoveOutcome, ResourceSpec, UpsertAction,
+    BatchItem, ConnectorError, ListRequest, Op, Page, RemoveOutcome, ResourceSpec, UpsertAction,
     UpsertOutcome, UpsertRequest,
 };
 use crate::endpoint::Endpoint;
 use crate::expr::{EvalError, Evaluator, Scope, Val, json_key_text};
+use crate::runtime::Listed;
 use crate::store::{StepState, StoreError, SyncPhase, SyncProgress};
 use crate::workflow::{Action, Step, SyncSpec};
 
@@ -292,14 +293,15 @@ impl Feed<'_> {
         }
     }
 
-    /// The page after `cursor`, as record texts, and the next cursor.
+    /// The page after `cursor` (its records checked by [`key_page`], on
+    /// an evaluation thread), and the next cursor.
     async fn next(
         &mut self,
         step: &Step,
         resource: &str,
         side: Side,
         cursor: Option<String>,
-    ) -> Result<(Vec<String>, Option<String>), StepError> {
+    ) -> Result<(Listed, Option<String>), StepError> {
         match self {
             Feed::Endpoint { endpoint, spec, filter } => {
                 let request = ListRequest {
@@ -311,21 +313,24 @@ impl Feed<'_> {
                 let span = tracing::info_span!("page", resource, side = side.name());
                 let (result, _) = {
                     use tracing::Instrument as _;
-                    with_retry(&step.retry, step.timeout, || endpoint.list(request.clone()))
-                        .instrument(span)
-                        .await
+                    with_retry(&step.retry, step.timeout, || {
+                        endpoint.list_unchecked(request.clone())
+                    })
+                    .instrument(span)
+                    .await
                 };
                 let page = result.map_err(|e| {
                     format!("reading {} ({}): {}", resource, side.name(), e.message)
                 })?;
-                if page.next_cursor.is_some() && page.next_cursor == cursor {
+                if page.next_cursor().is_some() && page.next_cursor() == cursor.as_deref() {
                     return Err(format!(
                         "plugin {} returned the cursor it was given; stopping to avoid an endless list",
                         endpoint.name()
                     )
                     .into());
                 }
-                Ok((page.records, page.next_cursor))
+                let next_cursor = page.next_cursor().map(str::to_owned);
+                Ok((page, next_cursor))
             }
             Feed::Store { pages, taken, key } => {
                 let corrupt = |reason: String| -> StepError {
@@ -345,15 +350,22 @@ impl Feed<'_> {
                             page?;
                             *taken += 1;
                         }
-                        None => return Ok((Vec::new(), None)),
+                        None => return Ok((Listed::checked(Page::default()), None)),
                     }
                 }
-                let Some(page) = pages.next_page().await else { return Ok((Vec::new(), None)) };
+                let Some(page) = pages.next_page().await else {
+                    return Ok((Listed::checked(Page::default()), None));
+                };
                 *taken += 1;
                 let values: Vec<Value> = serde_json::from_str(&page?)
                     .map_err(|e| corrupt(format!("a committed page is not an array: {e}")))?;
+                // The store's own pages, checked when they were read.
                 let records = values.iter().map(Value::to_string).collect();
-                Ok((records, Some(format!("{STORE_CURSOR}{}", done + 1))))
+                let next_cursor = Some(format!("{STORE_CURSOR}{}", done + 1));
+                Ok((
+                    Listed::checked(Page { records, next_cursor: next_cursor.clone() }),
+                    next_cursor,
+                ))
             }
         }
     }
@@ -690,7 +702,7 @@ async fn key_page(
     step: &Step,
     spec: &SyncSpec,
     scope: &Scope,
-    records: Vec<String>,
+    records: Listed,
     plugin: &str,
 ) -> Result<Vec<(Option<String>, String)>, EvalError> {
     let map = if side == Side::Source { step.map.clone() } else { None };
@@ -699,9 +711,22 @@ async fn key_page(
         Side::Source => "sync.key".to_owned(),
         Side::Target => format!("sync.key (on a {} record)", step.target()),
     };
+    // The resource the side reads, for a record the check refuses (a
+    // store feed's records are checked already).
+    let resource = match (side, spec.from.resource()) {
+        (Side::Source, Some(from)) => from.resource.clone(),
+        (Side::Source, None) => String::new(),
+        (Side::Target, _) => step.resource.clone(),
+    };
     let (scope, plugin) = (scope.clone(), plugin.to_owned());
     evaluator
         .run(move |session| {
+            // The plugin's records are checked here, off the task that
+            // reads the pages.
+            let records = records
+                .check()
+                .map_err(|e| format!("reading {resource} ({}): {e}", side.name()))?
+                .records;
             let mut keyed = Vec::with_capacity(records.len());
             for text in records {
                 // Only what the expression that reads the record reads of it.

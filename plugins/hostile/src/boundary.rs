@@ -5,6 +5,7 @@
 //! | resource      | what it does                                                   | the host should |
 //! | ------------- | -------------------------------------------------------------- | --------------- |
 //! | `bad-records` | `list`: a good page, then a page holding the record of the filter's `kind` (see [`bad_record`]); `get` (id = kind), `upsert` (`kind` field of the record) and `upsert-batch` (each item's `kind`) answer that record too | refuse the call as a contract breach, keep the page log readable |
+//! | `bad-sync`    | `list`: as `bad-records` with the kind `comma`, for a step that takes no filter (a sync's source) | the same |
 //! | `big-record`  | `get` (id = byte count) and `list` (filter `{"bytes", "records"}`) answer records of that size | refuse past the record and reply limits |
 //! | `many-records`| `list` answers the filter's `count` empty records               | refuse before copying them |
 //! | `burn`        | `list` spins `iterations` (filter) rounds of arithmetic, then returns; `get` spins `id` rounds (an id that is not a number is `invalid-input`) | count real CPU, not waiting |
@@ -28,6 +29,7 @@ pub const RESOURCES: &[(&str, &str, &[Op])] = &[
         "A good page, then a record that is not one JSON object.",
         &[Op::List, Op::Get, Op::Upsert, Op::UpsertBatch],
     ),
+    ("bad-sync", "A good page, then a second record smuggled in by a comma.", &[Op::List]),
     ("big-record", "Records as large as asked for.", &[Op::List, Op::Get]),
     ("many-records", "More records than any page holds.", &[Op::List]),
     ("burn", "Spends CPU, then returns.", &[Op::List, Op::Get]),
@@ -113,6 +115,10 @@ pub fn list(ctx: &Context, request: &ListRequest) -> Result<Page> {
                 Some(_) => Ok(Page::last(vec![bad_record(kind)?, r#"{"id":"3"}"#.into()])),
             }
         }
+        "bad-sync" => match request.cursor.as_deref() {
+            None => Ok(Page::new(vec![r#"{"id":"1"}"#.into()], Some("2".into()))),
+            Some(_) => Ok(Page::last(vec![bad_record("comma")?, r#"{"id":"3"}"#.into()])),
+        },
         "big-record" => {
             let bytes = filter_number(request, "bytes")? as usize;
             let records = filter_number(request, "records")? as usize;
