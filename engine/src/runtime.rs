@@ -1006,19 +1006,21 @@ impl Plugin {
                 ),
             ));
         }
-        Ok(Listed {
-            page,
-            check: Some(RecordCheck {
-                plugin: self.name.clone(),
-                max_record_bytes: self.runtime.limits().max_record_bytes,
-            }),
-        })
+        Ok(Listed { page, check: Some(self.record_check()) })
+    }
+
+    /// What checking this plugin's records needs.
+    fn record_check(&self) -> RecordCheck {
+        RecordCheck {
+            plugin: self.name.clone(),
+            max_record_bytes: self.runtime.limits().max_record_bytes,
+        }
     }
 
     fn record(&self, op: &'static str, reply: Reply) -> Result<Option<String>> {
         match reply {
             Reply::Record(Some(record)) => {
-                self.checked_record(op, record, || "the record".into()).map(Some)
+                self.record_check().record(op, record, || "the record".into()).map(Some)
             }
             Reply::Record(None) => Ok(None),
             other => Err(self.contract(op, format!("unexpected reply {}", other.kind()))),
@@ -1029,7 +1031,7 @@ impl Plugin {
         match reply {
             Reply::Upserted(outcome) => {
                 let record =
-                    self.checked_record("upsert", outcome.record, || "the record".into())?;
+                    self.record_check().record("upsert", outcome.record, || "the record".into())?;
                 Ok(UpsertOutcome { record, action: outcome.action })
             }
             other => Err(self.contract("upsert", format!("unexpected reply {}", other.kind()))),
@@ -1055,7 +1057,7 @@ impl Plugin {
             .enumerate()
             .map(|(n, outcome)| match outcome {
                 Ok(UpsertOutcome { record, action }) => {
-                    let record = self.checked_record(op, record, || {
+                    let record = self.record_check().record(op, record, || {
                         format!("the record of outcome {} of {count}", n + 1)
                     })?;
                     Ok(Ok(UpsertOutcome { record, action }))
@@ -1063,22 +1065,6 @@ impl Plugin {
                 Err(error) => Ok(Err(plugin_error(error))),
             })
             .collect()
-    }
-
-    /// `record` if it is within the record limit and exactly one JSON
-    /// object (made one line if it spans lines); otherwise a contract
-    /// breach naming `which` record.
-    fn checked_record(
-        &self,
-        op: &'static str,
-        record: String,
-        which: impl FnOnce() -> String,
-    ) -> Result<String> {
-        RecordCheck {
-            plugin: self.name.clone(),
-            max_record_bytes: self.runtime.limits().max_record_bytes,
-        }
-        .record(op, record, which)
     }
 
     fn removed(&self, reply: Reply) -> Result<RemoveOutcome> {

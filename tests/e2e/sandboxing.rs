@@ -358,6 +358,15 @@ fn hostile_workflow(resource: &str, extra: &str) -> String {
     )
 }
 
+/// A workflow named `name` of `steps` (TOML `[[step]]` tables) on the
+/// hostile plugin's connection `hostile`.
+fn hostile_steps(name: &str, steps: &str) -> String {
+    format!(
+        "[workflow]\nname = {name:?}\n[connections.hostile]\nplugin = {:?}\ncredentials = \"env:UNUSED\"\n{steps}",
+        hostile_wasm().display().to_string()
+    )
+}
+
 /// Points the `hostile` connection at `base_url` with the test secret.
 fn hostile_at(base_url: &str) -> BTreeMap<String, ConnectionOverride> {
     BTreeMap::from([(
@@ -765,21 +774,13 @@ async fn a_bad_record_in_a_syncs_source_fails_the_step_before_any_write() -> Tes
     let state = tempfile::tempdir()?;
     let files = tempfile::tempdir()?;
     let executor = Executor::new(runtime(limits())?, RunStore::open(state.path())?);
-    let overrides = BTreeMap::from([(
-        "hostile".to_owned(),
-        ConnectionOverride { base_url: "http://127.0.0.1:9".into(), secret: Secret::new(SECRET) },
-    )]);
-    let text = format!(
-        r#"[workflow]
-name = "bad-sync"
-[connections.hostile]
-plugin = {plugin:?}
-credentials = "env:UNUSED"
-[[step]]
+    let overrides = hostile_at("http://127.0.0.1:9");
+    let text = hostile_steps(
+        "bad-sync",
+        r#"[[step]]
 id = "mirror"
-sync = {{ from = "hostile.bad-sync", to = "hostile.bad-records", key = "id" }}
+sync = { from = "hostile.bad-sync", to = "hostile.bad-records", key = "id" }
 "#,
-        plugin = hostile_wasm().display().to_string()
     );
     let summary = executor.run(&workflow(files.path(), &text)?, &overrides, &Silent).await?;
     assert_eq!(summary.status, Status::Failed, "{summary:?}");

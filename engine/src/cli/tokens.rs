@@ -68,7 +68,6 @@ pub(crate) async fn tokens(location: &StoreLocation, command: TokensCommand) -> 
             let issued = auth::issue(&name, role, Some("cli".into()));
             store.create_token(&issued.record).await?;
             writeln!(out, "{}", issued.token.expose())?;
-            drop(out);
             eprintln!(
                 "token {name:?} ({}) created; copy it now, it is not shown again. \
                  Use it as `Authorization: Bearer <token>` or sign in to the console with it.",

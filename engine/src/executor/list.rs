@@ -370,7 +370,12 @@ where
         let mut early = None;
         if step.map.is_none() {
             let mut next = ask_next(state.counts.read + listed.len() as u64);
-            let _ = futures_util::poll!(next.as_mut());
+            // One poll with this task's waker, as the join below would.
+            std::future::poll_fn(|cx| {
+                let _ = next.as_mut().poll(cx);
+                std::task::Poll::Ready(())
+            })
+            .await;
             early = Some(next);
         }
         let page = listed.check().map_err(|e| e.to_string())?;
