@@ -206,6 +206,32 @@ async fn a_warm_instance_serves_the_next_call_of_its_connection() -> TestResult 
     Ok(())
 }
 
+/// Memory slots keep their pages mapped between instances (the pool's
+/// keep-resident setting): what one instance wrote must never reach the
+/// next instance in the slot, the first 2 MiB (reset page by page) or
+/// beyond.
+#[tokio::test]
+async fn a_fresh_instance_never_sees_what_the_last_one_in_its_slot_wrote() -> TestResult {
+    let (server, plugin) = hostile_connection().await?;
+    let left = |records: Vec<String>| -> TestResult<u64> {
+        let record: serde_json::Value = serde_json::from_str(&records[0])?;
+        record["left"].as_u64().ok_or_else(|| format!("no count: {record}").into())
+    };
+    // The marking is real: a warm instance finds its own.
+    let kept = warm(plugin.clone(), connection(&server.base_url())?);
+    let request =
+        || ListRequest { resource: "residue".into(), cursor: None, page_size: 10, filter: None };
+    assert_eq!(left(kept.list(request()).await?.records)?, 0);
+    assert_eq!(left(kept.list(request()).await?.records)?, 10 << 20);
+    drop(kept);
+    let http = connection(&server.base_url())?;
+    for call in 1..=5 {
+        let records = list(&plugin, &http, "residue").await?;
+        assert_eq!(left(records)?, 0, "fresh call {call} found bytes an earlier instance wrote");
+    }
+    Ok(())
+}
+
 #[tokio::test]
 async fn an_instance_starting_above_8_mib_is_still_kept_warm() -> TestResult {
     // Regression (issue 17): warm reuse judged memory from zero, so an

@@ -15,6 +15,7 @@
 //! | `echo-context`   | returns the context it received                         | never include a credential |
 //! | `http`           | GETs `{base_url}/v1/customers?limit=3`, returns status and headers | keep the credential out of them |
 //! | `calls`          | returns how many `list` calls this instance has served   | count 1 on a fresh instance, more only within one connection |
+//! | `residue`        | counts the non-zero bytes of `BALLAST`, then fills it with `0xA5` | give every fresh instance a zeroed one, whatever the slot held before |
 //! | `stderr-flood`   | writes 100 KiB of lines to stderr with `eprintln!`, returns `{"id":"1"}` | accept it all (tracing at debug); the call succeeds |
 //! | `print`          | prints `hello from the guest's stdout` on stdout, returns `{"id":"1"}` | pass the line to tracing at debug |
 //! | `traceback`      | writes 20 KiB of filler to stderr, then a Python-like traceback, then panics | trap, keeping the tail of stderr: the traceback, not the filler |
@@ -60,6 +61,7 @@ const RESOURCES: &[(&str, &str)] = &[
     ("echo-context", "Returns the context it was given."),
     ("http", "Returns the status and headers of GET {base_url}/v1/customers?limit=3."),
     ("calls", "How many list calls this instance has served, itself included."),
+    ("residue", "Counts what earlier calls left in the ballast, then leaves its own."),
     ("stderr-flood", "Writes 100 KiB to stderr, then returns one record."),
     ("print", "Prints a line on stdout, then returns one record."),
     ("traceback", "Writes filler and a traceback to stderr, then panics."),
@@ -121,6 +123,7 @@ impl Connector for Hostile {
             }
             "traceback" => traceback(),
             "ok" => vec![json!({"id": "1"}), json!({"id": "2"})],
+            "residue" => vec![json!({"left": residue()})],
             "spin" => spin(),
             "alloc" => vec![json!({"touched": alloc_gib()})],
             "recurse" => vec![json!({"depth": recurse(0)})],
@@ -224,6 +227,17 @@ fn recurse(depth: u64) -> u64 {
 }
 
 /// Tries every ambient authority a WASI program might have.
+/// The bytes of `BALLAST` some earlier call left non-zero; then marks all
+/// of it, for the next instance in this memory slot to find if the host
+/// fails to reset it.
+fn residue() -> usize {
+    let left = BALLAST.iter().filter(|byte| byte.load(Ordering::Relaxed) != 0).count();
+    for byte in &BALLAST {
+        byte.store(0xA5, Ordering::Relaxed);
+    }
+    left
+}
+
 fn snoop() -> Value {
     let env: Vec<String> = std::env::vars().map(|(key, value)| format!("{key}={value}")).collect();
     let args: Vec<String> = std::env::args().collect();
