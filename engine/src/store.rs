@@ -522,10 +522,12 @@ pub struct OutputMark {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum SyncPhase {
-    /// Reading the source, mapped, into sorted runs.
+    /// Reading the source, mapped, into sorted runs (and the target with
+    /// it: both sides are listed at once; a side whose cursor is gone after
+    /// its first page is read to its end).
     #[default]
     Source,
-    /// Reading the target into sorted runs.
+    /// The source is read; reading the rest of the target.
     Target,
     /// Merging both sides by key and writing the differences.
     Merge,

@@ -410,6 +410,14 @@ map = '{{id: ("m_" + .id), name: (if (.email // "") < "{name}" then "renamed" el
         }
         let sent: u64 = real.connections.values().map(|t| t.requests).sum();
         assert_eq!(estimate.requests + read_back, sent, "{estimate:#?}");
+        // The sync lists both sides at once, a page each: the run takes a
+        // page less than the connections one after the other.
+        let apart: f64 = estimate.connections.values().filter_map(|f| f.seconds).sum();
+        let together = estimate.seconds.ok_or("limits are in force")?;
+        assert!(
+            ((1.0 / 20.0)..=(1.0 / 19.0)).contains(&(apart - together)),
+            "{apart} apart, {together} together: {estimate:#?}"
+        );
         if name.is_empty() {
             assert_eq!(real.steps[0].counts.created, 30, "{real:#?}");
         } else {

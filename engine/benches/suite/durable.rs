@@ -225,6 +225,36 @@ pub fn sync_emulators(
     (source, target)
 }
 
+/// `--serve-sync RECORDS PORT`: for profiling a sync by hand, the sync
+/// bench's source emulator on PORT and its target on PORT + 1, until
+/// Ctrl-C. A sync changes the target: serve them again for each run.
+pub fn serve_sync(args: &[String]) -> BenchResult<()> {
+    let [records, port] = args else {
+        return Err("usage: --serve-sync RECORDS PORT".into());
+    };
+    let port: u16 = port.parse()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let (source, target) = sync_emulators(records.parse()?, &SYNC_MIX);
+        let mut servers = Vec::new();
+        for (emulator, port) in [(source, port), (target, port + 1)] {
+            let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+            servers.push(weft_sandbox::server::serve(emulator.router(), address).await?);
+        }
+        println!(
+            "source {} target {} key {}",
+            servers[0].base_url(),
+            servers[1].base_url(),
+            weft_sandbox::stripe::SANDBOX_API_KEY
+        );
+        tokio::signal::ctrl_c().await?;
+        for server in servers {
+            server.shutdown().await;
+        }
+        BenchResult::Ok(())
+    })
+}
+
 /// The creates and updates the sync of `records` must make.
 fn expected_writes(records: usize) -> (u64, u64) {
     ((records / 100 + usize::from(records % 100 > 1)) as u64, records.div_ceil(100) as u64)

@@ -50,7 +50,9 @@
 //! has stripe-python.
 //!
 //! For profiling: `--serve-stripe RECORDS PORT` serves a seeded Stripe
-//! emulator until killed (to run `weft run` by hand under callgrind), and
+//! emulator until killed (to run `weft run` by hand under callgrind),
+//! `--serve-sync RECORDS PORT` the sync bench's two (source on PORT, target
+//! on PORT + 1), and
 //! `WEFT_BENCH_PROFILE_CALLS=warm|fresh|native` makes the `plugin` section
 //! run only that kind of call (then it prints no row; count instructions
 //! with `valgrind --tool=callgrind`).
@@ -111,6 +113,10 @@ fn main() -> std::process::ExitCode {
     // For profiling a client by hand: serve a seeded Stripe emulator.
     if let Some(at) = args.iter().position(|a| a == "--serve-stripe") {
         return exit("serve stripe", export::serve_stripe(&args[at + 1..]));
+    }
+    // Or the sync bench's two.
+    if let Some(at) = args.iter().position(|a| a == "--serve-sync") {
+        return exit("serve sync", durable::serve_sync(&args[at + 1..]));
     }
     // A missed target is a finding, not a failure: the table says so.
     exit("bench suite", run(&args))

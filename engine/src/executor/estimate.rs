@@ -20,9 +20,12 @@
 //! - time: the requests of each class spaced at the slowest bucket that
 //!   counts them (the limiter's pace, its safety margin included), reads
 //!   and writes one after the other, connections one after the other (the
-//!   steps of a run are). Latency is not counted: against a limited vendor
-//!   the pace dominates. With no limit in force the limiter adapts to the
-//!   vendor, so no time is given for that connection.
+//!   steps of a run are), except that a sync lists its source and its target
+//!   at once: when they are two connections, the shorter listing (its pages
+//!   at its connection's read pace) is not counted twice. Latency is not
+//!   counted: against a limited vendor the pace dominates. With no limit in
+//!   force the limiter adapts to the vendor, so no time is given for that
+//!   connection.
 
 use std::collections::BTreeMap;
 
@@ -80,6 +83,9 @@ pub(crate) fn estimate(
     limits: &BTreeMap<String, LimitsInForce>,
 ) -> PlanEstimate {
     let mut per: BTreeMap<String, ConnectionEstimate> = BTreeMap::new();
+    // Each sync's two listings on two connections: (source, its pages,
+    // target, its pages).
+    let mut overlaps: Vec<(&str, u64, &str, u64)> = Vec::new();
     for (name, t) in totals {
         per.entry(name.clone()).or_default().reads = t.requests;
     }
@@ -102,7 +108,31 @@ pub(crate) fn estimate(
                 entry.reads = entry.reads.saturating_sub(looked_up);
                 entry.writes += plan.remove + plan.already_absent;
             }
-            Action::Sync(_) => {
+            Action::Sync(spec) => {
+                if let Some(from) = spec.from.resource()
+                    && from.connection != step.connection
+                {
+                    let pages = |connection: &str, resource: &str, records: &str| {
+                        let size = manifests
+                            .get(connection)
+                            .and_then(|m| m.resource(resource))
+                            .map_or(1, |r| u64::from(r.max_page_size.max(1)));
+                        let records = summary
+                            .output
+                            .as_ref()
+                            .and_then(|o| o.get(records))
+                            .and_then(serde_json::Value::as_u64)
+                            .unwrap_or(0);
+                        // An empty listing is a page too.
+                        records.div_ceil(size).max(1)
+                    };
+                    overlaps.push((
+                        from.connection.as_str(),
+                        pages(&from.connection, &from.resource, "source_records"),
+                        step.connection.as_str(),
+                        pages(&step.connection, &step.resource, "target_records"),
+                    ));
+                }
                 let batches = manifests
                     .get(&step.connection)
                     .and_then(|m| m.resource(&step.resource))
@@ -132,22 +162,7 @@ pub(crate) fn estimate(
         entry.seconds = if entry.reads + entry.writes == 0 {
             Some(0.0)
         } else if in_force.bounded {
-            let pace = |read: bool| {
-                in_force
-                    .rates
-                    .iter()
-                    .filter(|(class, _)| counts(*class, read))
-                    .map(|(_, rate)| *rate)
-                    .fold(None, |slowest: Option<f64>, rate| {
-                        Some(slowest.map_or(rate, |s| s.min(rate)))
-                    })
-            };
-            let time = |count: u64, read: bool| match (count, pace(read)) {
-                (0, _) => Some(0.0),
-                (n, Some(rate)) if rate > 0.0 => Some(n as f64 / rate),
-                _ => None,
-            };
-            match (time(entry.reads, true), time(entry.writes, false)) {
+            match (time(&in_force, entry.reads, true), time(&in_force, entry.writes, false)) {
                 (Some(r), Some(w)) => Some(r + w),
                 _ => None,
             }
@@ -160,9 +175,36 @@ pub(crate) fn estimate(
             _ => None,
         };
     }
+    // A sync's two listings overlap: the shorter is not waited for twice.
+    for (source, source_pages, target, target_pages) in overlaps {
+        let listing = |name: &str, pages: u64| {
+            limits.get(name).filter(|l| l.bounded).and_then(|l| time(l, pages, true))
+        };
+        if let (Some(s), Some(a), Some(b)) =
+            (seconds, listing(source, source_pages), listing(target, target_pages))
+        {
+            seconds = Some((s - a.min(b)).max(0.0));
+        }
+    }
     total.seconds = seconds;
     total.connections = per;
     total
+}
+
+/// Seconds `count` requests (reads or writes) take at the slowest pace of
+/// the buckets in force that count them; `None` without one.
+fn time(in_force: &LimitsInForce, count: u64, read: bool) -> Option<f64> {
+    let pace = in_force
+        .rates
+        .iter()
+        .filter(|(class, _)| counts(*class, read))
+        .map(|(_, rate)| *rate)
+        .fold(None, |slowest: Option<f64>, rate| Some(slowest.map_or(rate, |s| s.min(rate))));
+    match (count, pace) {
+        (0, _) => Some(0.0),
+        (n, Some(rate)) if rate > 0.0 => Some(n as f64 / rate),
+        _ => None,
+    }
 }
 
 /// Whether a bucket of `class` counts a read (a GET) or a write (taken as

@@ -5,19 +5,21 @@
 //! 1. the source is listed page by page; each record is mapped and keyed,
 //!    and the mapped records are buffered and written as sorted runs in the
 //!    step's scratch directory (the cursor is committed with each run);
-//! 2. the target is listed into sorted runs the same way;
+//! 2. the target is listed into sorted runs the same way, at the same time
+//!    (the two sides commit their runs one at a time);
 //! 3. both sides are merged by key: a key only the source has is created, a
 //!    key both have is updated when a field the mapped record sets differs
 //!    and otherwise unchanged, a key only the target has is removed when
 //!    `delete_missing` says so. Writes run `concurrency` at a time in
-//!    groups; after each group the last key done and the counts are
-//!    committed.
+//!    groups of up to 500 writes and removals (or 50,000 keys); after each
+//!    group the last key done and the counts are committed, durably while
+//!    the next group is decided and sent.
 //!
-//! A crash in the middle redoes at most a run's worth of pages or one group
-//! of writes: writes carry idempotency keys derived from the run, the step
-//! and the record's key, the connectors' upserts match existing records, and
-//! removing a removed record is `already-absent`, so nothing is written
-//! twice.
+//! A crash in the middle redoes at most a run's worth of pages per side or
+//! two groups of writes: writes carry idempotency keys derived from the run,
+//! the step and the record's key, the connectors' upserts match existing
+//! records, and removing a removed record is `already-absent`, so nothing
+//! is written twice.
 
 use std::path::Path;
 
@@ -36,14 +38,19 @@ use crate::connector::{
 use crate::endpoint::Endpoint;
 use crate::expr::{EvalError, Evaluator, Scope, Val, json_key_text};
 use crate::runtime::Listed;
-use crate::store::{StepState, StoreError, SyncPhase, SyncProgress};
+use crate::store::{Commit, StepState, StoreError, SyncPhase, SyncProgress};
 use crate::workflow::{Action, Step, SyncSpec};
 
 /// Records per batch upsert.
 const BATCH: usize = 100;
 
-/// Keys the merge decides before it writes and commits them.
+/// Writes and removals the merge decides before it sends them and commits
+/// the keys decided.
 const GROUP: usize = 500;
+
+/// Keys the merge decides at most before it commits them, writes or not:
+/// a resume decides no more than these again.
+const GROUP_KEYS: usize = 50_000;
 
 /// Failed records kept in the step's output.
 const ERRORS_KEPT: usize = 10;
@@ -84,6 +91,21 @@ impl Tally<'_> {
         }
         if error.fatal && self.fatal.is_none() {
             self.fatal = Some(error.message.clone());
+        }
+    }
+
+    /// A key whose target record is already as wanted: nothing is sent.
+    fn unchanged(&mut self, key: &str) {
+        self.state.counts.unchanged += 1;
+        if self.dry_run {
+            self.plan.add(PlanEntry {
+                action: PlannedAction::Unchanged,
+                key: Some(key.to_owned()),
+                changes: vec![],
+                record: None,
+                before: None,
+                irreversible: false,
+            });
         }
     }
 
@@ -190,45 +212,56 @@ pub(crate) async fn run(
     let mut tally =
         Tally { state, plan, errors, fatal: None, target_duplicates, dry_run, stopped: false };
 
-    for side in [Side::Source, Side::Target] {
-        let wanted = if side == Side::Source { SyncPhase::Source } else { SyncPhase::Target };
-        if tally.progress().phase != wanted {
-            continue;
-        }
-        let listing = match (side, &source, spec.from.resource(), &source_resource) {
-            (Side::Source, Source::Endpoint(endpoint), Some(from), Some(resource_spec)) => {
-                Listing {
-                    side,
+    // Both sides are listed at once: they are independent until the
+    // merge, and usually two vendors (or two accounts) answering apart.
+    if matches!(tally.progress().phase, SyncPhase::Source | SyncPhase::Target) {
+        let source_listing = if tally.progress().phase == SyncPhase::Target {
+            // Read already.
+            None
+        } else {
+            Some(match (&source, spec.from.resource(), &source_resource) {
+                (Source::Endpoint(endpoint), Some(from), Some(resource_spec)) => Listing {
+                    side: Side::Source,
                     feed: Feed::Endpoint {
                         endpoint: *endpoint,
                         spec: resource_spec,
                         filter: filter.clone(),
                     },
                     resource: from.resource.as_str(),
+                },
+                (Source::Step(source_index), ..) => {
+                    let pages = ctx.store.pages(ctx.run_id, *source_index).await?;
+                    Listing {
+                        side: Side::Source,
+                        feed: Feed::Store {
+                            pages: Box::new(pages),
+                            taken: 0,
+                            key: format!("{}/{source_index}", ctx.run_id),
+                        },
+                        resource: spec.from.step().unwrap_or_default(),
+                    }
                 }
-            }
-            (Side::Source, Source::Step(source_index), ..) => {
-                let pages = ctx.store.pages(ctx.run_id, *source_index).await?;
-                Listing {
-                    side,
-                    feed: Feed::Store {
-                        pages: Box::new(pages),
-                        taken: 0,
-                        key: format!("{}/{source_index}", ctx.run_id),
-                    },
-                    resource: spec.from.step().unwrap_or_default(),
+                _ => {
+                    return Err(format!("sync.from {} has no source to read", spec.from).into());
                 }
-            }
-            (Side::Source, ..) => {
-                return Err(format!("sync.from {} has no source to read", spec.from).into());
-            }
-            (Side::Target, ..) => Listing {
-                side,
-                feed: Feed::Endpoint { endpoint: target, spec: &target_resource, filter: None },
-                resource: step.resource.as_str(),
-            },
+            })
         };
-        if let Some(end) = scan(cx, spec, listing, &dir, &mut tally).await? {
+        let target_listing = Listing {
+            side: Side::Target,
+            feed: Feed::Endpoint { endpoint: target, spec: &target_resource, filter: None },
+            resource: step.resource.as_str(),
+        };
+        let shared = tokio::sync::Mutex::new(&mut tally);
+        let source_scan = async {
+            match source_listing {
+                Some(listing) => scan(cx, spec, listing, &dir, &shared).await,
+                None => Ok(None),
+            }
+        };
+        let target_scan = scan(cx, spec, target_listing, &dir, &shared);
+        // The first side to fail ends the other: what it committed stands.
+        let (source_end, target_end) = tokio::try_join!(source_scan, target_scan)?;
+        if let Some(end) = source_end.or(target_end) {
             return Ok(end);
         }
     }
@@ -379,11 +412,11 @@ async fn scan(
     spec: &SyncSpec,
     listing: Listing<'_>,
     dir: &Path,
-    tally: &mut Tally<'_>,
+    shared: &tokio::sync::Mutex<&mut Tally<'_>>,
 ) -> Result<Option<StepEnd>, StepError> {
     let StepCtx { run: ctx, step, scope, .. } = cx;
     let Listing { side, mut feed, resource } = listing;
-    let progress = tally.progress().clone();
+    let progress = shared.lock().await.progress().clone();
     let (mut cursor, mut pages, mut records, mut runs) = match side {
         Side::Source => (
             progress.source_cursor,
@@ -398,9 +431,12 @@ async fn scan(
             progress.target_runs,
         ),
     };
-    // Counts of what the buffer holds, committed with its run.
+    // Counts of what the buffer holds, committed with its run, and the
+    // records it could not key: the other side's commits must not count
+    // them before the pages they came from are committed.
     let mut buffer = Buffer::default();
     let (mut buffered_pages, mut buffered_records, mut buffered_read) = (0u32, 0u64, 0u64);
+    let mut unkeyed = Vec::new();
     let started = pages > 0 || runs > 0;
     let mut finished = started && cursor.is_none();
     let evaluator = ctx.evaluator(step);
@@ -443,14 +479,11 @@ async fn scan(
                     buffer.push(key, text);
                     buffered_records += 1;
                 }
-                (Side::Source, None) => tally.failed(
-                    "(no key)",
-                    &CallError::new(format!(
-                        "the mapped record has no `{}`: {}",
-                        spec.key.text(),
-                        shorten(&text)
-                    )),
-                ),
+                (Side::Source, None) => unkeyed.push(CallError::new(format!(
+                    "the mapped record has no `{}`: {}",
+                    spec.key.text(),
+                    shorten(&text)
+                ))),
                 // A target record without the key is not the sync's.
                 (Side::Target, None) => {}
             }
@@ -474,6 +507,10 @@ async fn scan(
             }
             pages += buffered_pages;
             records += buffered_records;
+            let mut tally = shared.lock().await;
+            for error in unkeyed.drain(..) {
+                tally.failed("(no key)", &error);
+            }
             if side == Side::Source {
                 tally.state.counts.read += buffered_read;
             }
@@ -490,7 +527,7 @@ async fn scan(
                 }
             }
             if finished {
-                p.phase = if side == Side::Source { SyncPhase::Target } else { SyncPhase::Merge };
+                p.phase = phase_after(p, side);
             }
             tally.output();
             ctx.store.commit_sorted_run(ctx.run_id, tally.state, written.as_deref()).await?;
@@ -502,12 +539,31 @@ async fn scan(
         // before it was kept, as when pages were read one after another.
         fetched = ahead.transpose()?;
     }
-    if started && side == Side::Source && tally.progress().phase == SyncPhase::Source {
-        tally.progress().phase = SyncPhase::Target;
-    } else if started && side == Side::Target && tally.progress().phase == SyncPhase::Target {
-        tally.progress().phase = SyncPhase::Merge;
+    // A side read to its end before a resume.
+    if started && finished {
+        let mut tally = shared.lock().await;
+        let p = tally.progress();
+        p.phase = phase_after(p, side);
     }
     Ok(None)
+}
+
+/// The phase once `side` is read to its end (its cursor is gone): the
+/// merge once both sides are, else the side still being read.
+fn phase_after(p: &SyncProgress, side: Side) -> SyncPhase {
+    let read = |pages: u32, runs: u32, cursor: &Option<String>| {
+        (pages > 0 || runs > 0) && cursor.is_none()
+    };
+    let source_read = p.phase != SyncPhase::Source
+        || side == Side::Source
+        || read(p.source_pages, p.source_runs, &p.source_cursor);
+    let target_read = side == Side::Target || read(p.target_pages, p.target_runs, &p.target_cursor);
+    match (p.phase, source_read, target_read) {
+        (SyncPhase::Merge | SyncPhase::Done, ..) => p.phase,
+        (_, true, true) => SyncPhase::Merge,
+        (_, true, false) => SyncPhase::Target,
+        (_, false, _) => SyncPhase::Source,
+    }
 }
 
 /// Merges the sorted sides and writes the differences, a group at a time.
@@ -527,14 +583,20 @@ async fn merge(
     let batch = target_resource.offers(Op::UpsertBatch);
     let mut source_group = sources.next_group()?;
     let mut target_group = targets.next_group()?;
+    // The last group's commit, made durable while the next group is
+    // decided and written: a crash before it lands redoes both groups,
+    // under the same idempotency keys. Commits land in order.
+    let mut committing: Option<Commit> = None;
     loop {
         if let Some(end) = ctx.stop_reason() {
+            wait_commit(committing.take()).await?;
             return Ok(Some(end));
         }
         let mut writes = Vec::new();
         let mut removals = Vec::new();
         let mut last_key = None;
-        while writes.len() + removals.len() < GROUP {
+        let mut decided = 0;
+        while writes.len() + removals.len() < GROUP && decided < GROUP_KEYS {
             let next_key = match (&source_group, &target_group) {
                 (None, None) => break,
                 (Some((s, _)), None) => s.clone(),
@@ -570,11 +632,14 @@ async fn merge(
                 &mut writes,
                 &mut removals,
             )?;
+            decided += 1;
             last_key = Some(next_key);
         }
         let Some(last_key) = last_key else { break };
         apply_writes(ctx, step, target, batch, writes, tally).await;
         remove(ctx, step, target, irreversible, removals, tally).await;
+        // The group before this one is committed whatever became of this one.
+        wait_commit(committing.take()).await?;
         if tally.stopped {
             // The group's keys past its last commit are done again (under
             // the same idempotency keys) if the run resumes.
@@ -585,7 +650,7 @@ async fn merge(
         }
         tally.progress().merged_through = Some(last_key);
         tally.output();
-        ctx.store.commit_step(ctx.run_id, tally.state).await?;
+        committing = Some(ctx.store.start_commit(ctx.run_id, tally.state, None));
         // Progress is the keys merged so far (the source's read count
         // stands still while the merge writes).
         let c = &tally.state.counts;
@@ -594,8 +659,17 @@ async fn merge(
             c.created + c.updated + c.unchanged + c.removed + c.absent + c.failed,
         );
     }
+    wait_commit(committing.take()).await?;
     tally.progress().phase = SyncPhase::Done;
     Ok(None)
+}
+
+/// Waits for a merge group's commit, if one was started.
+async fn wait_commit(commit: Option<Commit>) -> Result<(), StoreError> {
+    match commit {
+        Some(commit) => commit.wait().await,
+        None => Ok(()),
+    }
 }
 
 /// What one key calls for.
@@ -650,9 +724,12 @@ fn decide(
             {
                 fields.insert(target_resource.id_field.clone(), id.clone());
             }
-            let action =
-                if changes.is_empty() { PlannedAction::Unchanged } else { PlannedAction::Update };
-            writes.push(Write { key: key.to_owned(), record, action, changes, before });
+            if changes.is_empty() {
+                tally.unchanged(key);
+            } else {
+                let action = PlannedAction::Update;
+                writes.push(Write { key: key.to_owned(), record, action, changes, before });
+            }
         }
         (None, Some(_)) if matches!(&step.action, Action::Sync(spec) if spec.delete_missing) => {
             // Every target record with a key no source record has goes.
@@ -833,20 +910,6 @@ async fn apply_writes(
 ) {
     let mut to_send = Vec::new();
     for write in writes {
-        if write.action == PlannedAction::Unchanged {
-            tally.state.counts.unchanged += 1;
-            if ctx.dry_run {
-                tally.plan.add(PlanEntry {
-                    action: write.action,
-                    key: Some(write.key),
-                    changes: vec![],
-                    record: None,
-                    before: None,
-                    irreversible: false,
-                });
-            }
-            continue;
-        }
         if ctx.dry_run {
             tally.plan.add(PlanEntry {
                 action: write.action,
@@ -964,5 +1027,49 @@ async fn creates_in_batches(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Progress with the source and the target read to `source` and
+    /// `target` pages, `None` for a side read to its end.
+    fn progress(phase: SyncPhase, source: Option<u32>, target: Option<u32>) -> SyncProgress {
+        let side = |read: Option<u32>| match read {
+            Some(0) => (None, 0),
+            Some(pages) => (Some(format!("after-{pages}")), pages),
+            None => (None, 3),
+        };
+        let ((source_cursor, source_pages), (target_cursor, target_pages)) =
+            (side(source), side(target));
+        SyncProgress {
+            phase,
+            source_cursor,
+            source_pages,
+            source_runs: source_pages.min(1),
+            target_cursor,
+            target_pages,
+            target_runs: target_pages.min(1),
+            ..SyncProgress::default()
+        }
+    }
+
+    #[test]
+    fn the_merge_starts_only_once_both_sides_are_read_whichever_ends_first() {
+        use SyncPhase::*;
+        // The target ends first: the source is still being read.
+        assert_eq!(phase_after(&progress(Source, Some(2), None), Side::Target), Source);
+        // Then the source ends.
+        assert_eq!(phase_after(&progress(Source, None, None), Side::Source), Merge);
+        // The source ends first: the target is still being read.
+        assert_eq!(phase_after(&progress(Source, None, Some(2)), Side::Source), Target);
+        assert_eq!(phase_after(&progress(Target, None, None), Side::Target), Merge);
+        // A target not started yet (no page) is not read, even with no cursor.
+        assert_eq!(phase_after(&progress(Source, None, Some(0)), Side::Source), Target);
+        // A resumed side read to its end before the crash moves nothing back.
+        assert_eq!(phase_after(&progress(Merge, None, None), Side::Target), Merge);
+        assert_eq!(phase_after(&progress(Done, None, None), Side::Source), Done);
     }
 }
