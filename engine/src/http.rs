@@ -681,9 +681,12 @@ impl HttpClients {
 /// endpoint, an error that quotes headers) must not hand it to the plugin,
 /// and through the plugin to page files, the run store and `runs show`.
 struct CredentialScrubber {
-    /// The secret, and base64 of `secret:` with and without padding (the
-    /// Basic form); longest first, so a longer form is replaced whole.
-    forms: Vec<memmem::Finder<'static>>,
+    /// The secret, and base64 of `secret:` (the Basic form) without its
+    /// padding, each with the padding that may follow it (`=`, `==` or
+    /// nothing); longest first, so a longer form is replaced whole. A
+    /// padded occurrence starts with the unpadded form, so one search finds
+    /// both.
+    forms: Vec<(memmem::Finder<'static>, &'static [u8])>,
 }
 
 impl std::fmt::Debug for CredentialScrubber {
@@ -694,21 +697,27 @@ impl std::fmt::Debug for CredentialScrubber {
 
 impl CredentialScrubber {
     fn new(credential: Option<&(AuthScheme, Secret)>) -> Self {
-        let mut forms: Vec<String> = Vec::new();
+        let mut forms: Vec<(String, &'static [u8])> = Vec::new();
         if let Some((_, secret)) = credential
             && !secret.expose().is_empty()
         {
             let basic = format!("{}:", secret.expose());
-            forms.push(base64::engine::general_purpose::STANDARD.encode(&basic));
-            forms.push(base64::engine::general_purpose::STANDARD_NO_PAD.encode(&basic));
-            forms.push(secret.expose().to_owned());
+            let padding: &'static [u8] = match basic.len() % 3 {
+                1 => b"==",
+                2 => b"=",
+                _ => b"",
+            };
+            forms.push((base64::engine::general_purpose::STANDARD_NO_PAD.encode(&basic), padding));
+            forms.push((secret.expose().to_owned(), b""));
         }
-        forms.sort_by_key(|form| std::cmp::Reverse(form.len()));
-        forms.dedup();
+        forms.sort_by_key(|(form, _)| std::cmp::Reverse(form.len()));
+        forms.dedup_by(|a, b| a.0 == b.0);
         CredentialScrubber {
             forms: forms
                 .iter()
-                .map(|form| memmem::Finder::new(form.as_bytes()).into_owned())
+                .map(|(form, padding)| {
+                    (memmem::Finder::new(form.as_bytes()).into_owned(), *padding)
+                })
                 .collect(),
         }
     }
@@ -716,23 +725,34 @@ impl CredentialScrubber {
     /// Replaces every form of the credential in `response` with
     /// [`REDACTED`]. Allocates nothing when there is none.
     fn scrub(&self, response: &mut Response) {
-        for form in &self.forms {
+        for (form, padding) in &self.forms {
             if let Some(first) = form.find(&response.body) {
-                response.body = replace_all(&response.body, form, first);
+                response.body = replace_all(&response.body, form, padding, first);
             }
             for (_, value) in &mut response.headers {
                 if let Some(first) = form.find(value.as_bytes()) {
-                    *value = String::from_utf8_lossy(&replace_all(value.as_bytes(), form, first))
-                        .into_owned();
+                    *value = String::from_utf8_lossy(&replace_all(
+                        value.as_bytes(),
+                        form,
+                        padding,
+                        first,
+                    ))
+                    .into_owned();
                 }
             }
         }
     }
 }
 
-/// `haystack` with every match of `needle` replaced by [`REDACTED`]; the
-/// first match is at `first`.
-fn replace_all(haystack: &[u8], needle: &memmem::Finder<'_>, first: usize) -> Vec<u8> {
+/// `haystack` with every match of `needle` (and `padding` right after it,
+/// when it is there) replaced by [`REDACTED`]; the first match is at
+/// `first`.
+fn replace_all(
+    haystack: &[u8],
+    needle: &memmem::Finder<'_>,
+    padding: &[u8],
+    first: usize,
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(haystack.len());
     let mut copied = 0;
     let mut found = Some(first);
@@ -740,6 +760,9 @@ fn replace_all(haystack: &[u8], needle: &memmem::Finder<'_>, first: usize) -> Ve
         out.extend_from_slice(&haystack[copied..at]);
         out.extend_from_slice(REDACTED.as_bytes());
         copied = at + needle.needle().len();
+        if haystack[copied..].starts_with(padding) {
+            copied += padding.len();
+        }
         found = needle.find(&haystack[copied..]).map(|next| copied + next);
     }
     out.extend_from_slice(&haystack[copied..]);
@@ -1593,6 +1616,33 @@ mod tests {
                 ("x-raw".to_owned(), "key=[redacted];".to_owned())
             ]
         );
+    }
+
+    #[test]
+    fn a_padded_basic_form_is_scrubbed_whole_with_one_search_for_both_forms() {
+        // "sk_test_secret1:" is 16 bytes: its base64 ends in "==".
+        let secret = "sk_test_secret1";
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!("{secret}:"));
+        let unpadded = basic.trim_end_matches('=');
+        assert!(basic.ends_with("==") && unpadded.len() + 2 == basic.len());
+        let scrubber =
+            CredentialScrubber::new(Some(&(AuthScheme::BasicKeyAsUser, Secret::new(secret))));
+        assert_eq!(scrubber.forms.len(), 2, "{scrubber:?}");
+        let mut response = Response {
+            status: 200,
+            headers: vec![("x-echo".into(), format!("Basic {basic}"))],
+            body: format!(
+                "[\"{basic}\",\"{unpadded}\",\"{basic}{basic}\",\"{unpadded}=\",\"{secret}\"]"
+            )
+            .into_bytes(),
+        };
+        scrubber.scrub(&mut response);
+        assert_eq!(
+            String::from_utf8(response.body).expect("utf-8"),
+            // One "=" is not the padding of this form: it stays.
+            r#"["[redacted]","[redacted]","[redacted][redacted]","[redacted]=","[redacted]"]"#
+        );
+        assert_eq!(response.headers[0].1, "Basic [redacted]");
     }
 
     #[test]
