@@ -30,7 +30,7 @@ use weft_sandbox::limits::FaultConfig;
 
 use super::console::{bearer_client, tokens};
 use super::serve::{config, key_file, post_json, stripe, upsert_workflow, wait_finished};
-use super::support::{TestResult, runtime, workflow};
+use super::support::{TestResult, reopen, runtime, workflow};
 
 /// How long any one thing in a browser may take before the test fails.
 const WAIT: Duration = Duration::from_secs(30);
@@ -397,7 +397,7 @@ async fn the_console_in_a_browser_signs_in_lists_runs_and_shows_a_run_s_steps() 
     let state = tempfile::tempdir()?;
     let made = tokens(state.path(), &[("ops", Role::Operator)]).await?;
     let wf = upsert_workflow(files.path(), "onboard", &stripe_server.base_url(), 4096)?;
-    let server = serve(RunStore::open(state.path())?, vec![wf]).await?;
+    let server = serve(reopen(state.path())?, vec![wf]).await?;
     let base = format!("http://{}", server.addr);
     let api = bearer_client(&made[0])?;
     // Several runs, so that the list is a list (and the README's picture
@@ -483,7 +483,7 @@ async fn the_console_in_a_browser_starts_a_dry_run_from_the_inputs_form_and_show
     let state = tempfile::tempdir()?;
     let made = tokens(state.path(), &[("ops", Role::Operator)]).await?;
     let wf = upsert_workflow(files.path(), "onboard", &stripe_server.base_url(), 4096)?;
-    let server = serve(RunStore::open(state.path())?, vec![wf]).await?;
+    let server = serve(reopen(state.path())?, vec![wf]).await?;
     let base = format!("http://{}", server.addr);
 
     let browser = Browser::open(&tools, &base, "b-dry-run").await?;
@@ -536,7 +536,7 @@ async fn the_console_in_a_browser_resumes_an_interrupted_run_to_success() -> Tes
     let state = tempfile::tempdir()?;
     let made = tokens(state.path(), &[("ops", Role::Operator)]).await?;
     let wf = slow_workflow(&files.path().join("batch"), "batch", &stripe_server.base_url(), 30, 2)?;
-    let store = RunStore::open(state.path())?;
+    let store = reopen(state.path())?;
     // `weft serve` resumes every unfinished run it finds at start, so the
     // run is interrupted after the server started: by an executor beside
     // it on the same store, stopped mid-run as a process going down is.
@@ -594,7 +594,7 @@ async fn the_console_in_a_browser_cancels_a_running_run() -> TestResult {
     let state = tempfile::tempdir()?;
     let made = tokens(state.path(), &[("ops", Role::Operator)]).await?;
     let wf = slow_workflow(&files.path().join("long"), "long", &stripe_server.base_url(), 400, 1)?;
-    let server = serve(RunStore::open(state.path())?, vec![wf]).await?;
+    let server = serve(reopen(state.path())?, vec![wf]).await?;
     let base = format!("http://{}", server.addr);
 
     let browser = Browser::open(&tools, &base, "d-cancel").await?;
@@ -632,7 +632,7 @@ async fn the_console_in_a_browser_cancels_the_runs_selected_together() -> TestRe
     let state = tempfile::tempdir()?;
     let made = tokens(state.path(), &[("ops", Role::Operator)]).await?;
     let wf = slow_workflow(&files.path().join("long"), "long", &stripe_server.base_url(), 400, 1)?;
-    let server = serve(RunStore::open(state.path())?, vec![wf]).await?;
+    let server = serve(reopen(state.path())?, vec![wf]).await?;
     let base = format!("http://{}", server.addr);
     let api = bearer_client(&made[0])?;
     let mut runs = Vec::new();

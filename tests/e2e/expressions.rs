@@ -9,9 +9,9 @@ use serde_json::Value;
 use weft::executor::Executor;
 use weft::runtime::InstanceLimits;
 use weft::serve::{RunningServer, ServeConfig};
-use weft::store::{RunStore, Status};
+use weft::store::Status;
 
-use super::support::{Harness, TestResult, runtime, sandbox, stripe_override, workflow};
+use super::support::{Harness, TestResult, reopen, runtime, sandbox, stripe_override, workflow};
 
 const CONNECTION: &str = "[workflow]\nname = \"hostile\"\n\n[connections.stripe]\nplugin = \"stripe\"\ncredentials = \"env:WEFT_TEST_UNUSED\"\n";
 
@@ -94,7 +94,8 @@ async fn serve(
     state: &std::path::Path,
     workflows: Vec<weft::workflow::Workflow>,
 ) -> TestResult<RunningServer> {
-    let executor = Executor::new(runtime(InstanceLimits::default())?, RunStore::open(state)?);
+    // The second start follows a server of this process closing the store.
+    let executor = Executor::new(runtime(InstanceLimits::default())?, reopen(state)?);
     let config = ServeConfig {
         bind: "127.0.0.1:0".parse()?,
         workflows,
@@ -172,7 +173,7 @@ async fn a_served_run_with_a_runaway_expression_is_cancelled_or_shut_down_prompt
     server.shutdown().await;
     assert!(asked.elapsed() < Duration::from_secs(3), "shutdown took {:?}", asked.elapsed());
     {
-        let store = RunStore::open(state.path())?;
+        let store = reopen(state.path())?;
         assert_eq!(store.run(&runs[0]).await?.status, Status::Cancelled);
         for run in &runs[1..] {
             assert_eq!(store.run(run).await?.status, Status::Running, "left to resume");

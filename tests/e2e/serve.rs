@@ -9,11 +9,10 @@ use weft::executor::Executor;
 use weft::runtime::InstanceLimits;
 use weft::serve::webhook::{hmac_signature, stripe_signature};
 use weft::serve::{RunningServer, ServeConfig};
-use weft::store::RunStore;
 use weft_sandbox::limits::FaultConfig;
 use weft_sandbox::stripe::{SANDBOX_API_KEY, StripeConfig, StripeEmulator};
 
-use super::support::{TestResult, runtime, workflow};
+use super::support::{TestResult, reopen, runtime, workflow};
 
 pub(super) const SECRET: &str = "whsec_weft_test_secret";
 
@@ -36,7 +35,9 @@ pub(super) async fn start_with(
     state: &std::path::Path,
     config: ServeConfig,
 ) -> TestResult<RunningServer> {
-    let executor = Executor::new(runtime(InstanceLimits::default())?, RunStore::open(state)?);
+    // The store may have just been closed by this process (tokens made
+    // before, or a server before this one).
+    let executor = Executor::new(runtime(InstanceLimits::default())?, reopen(state)?);
     Ok(weft::serve::start(executor, config).await?)
 }
 
