@@ -1052,12 +1052,13 @@ impl Plugin {
             return Err(self
                 .contract(op, format!("returned {} outcomes for {count} items", outcomes.len())));
         }
+        let check = self.record_check();
         outcomes
             .into_iter()
             .enumerate()
             .map(|(n, outcome)| match outcome {
                 Ok(UpsertOutcome { record, action }) => {
-                    let record = self.record_check().record(op, record, || {
+                    let record = check.record(op, record, || {
                         format!("the record of outcome {} of {count}", n + 1)
                     })?;
                     Ok(Ok(UpsertOutcome { record, action }))

@@ -426,3 +426,62 @@ map = '{{id: ("m_" + .id), name: (if (.email // "") < "{name}" then "renamed" el
     }
     Ok(())
 }
+
+/// A mapped source record without the sync's key is a failure of that
+/// record, counted one by one; the step's output keeps the first ten
+/// messages (however many there are, memory holds no more than those), and
+/// the keyed records are synced all the same.
+#[tokio::test]
+async fn a_sync_counts_every_source_record_without_a_key_and_keeps_ten_messages() -> TestResult {
+    let sandbox = sandbox(30).await?;
+    let harness = Harness::new()?;
+    let vendors = overrides(&sandbox, &VENDORS);
+    let mut ids: Vec<String> = sandbox
+        .stripe
+        .emulator
+        .customers()
+        .iter()
+        .filter_map(|c| c["id"].as_str().map(str::to_owned))
+        .collect();
+    ids.sort();
+    let keyed = 5;
+    let last_keyed = ids.get(keyed - 1).ok_or("30 customers")?.clone();
+    let unkeyed = ids.len() - keyed;
+    assert!(unkeyed > 10, "more than the output keeps: {}", ids.len());
+    let text = flow(
+        "unkeyed",
+        &format!(
+            r#"
+[[step]]
+id = "mirror"
+sync = {{ from = "stripe.customers", to = "growpanel.customers", key = "id" }}
+map = 'if .id <= "{last_keyed}" then {{id: ("m_" + .id), name, email, created_date: "2026-01-01", country: "US"}} else {{name}} end'
+"#
+        ),
+    );
+    let summary = harness.run(&text, &vendors).await?;
+    assert_eq!(summary.status, Status::Failed, "{summary:#?}");
+    let step = &summary.steps[0];
+    let c = step.counts;
+    assert_eq!(
+        (c.read, c.created, c.failed),
+        (ids.len() as u64, keyed as u64, unkeyed as u64),
+        "{c:?}"
+    );
+    let errors = step
+        .output
+        .as_ref()
+        .and_then(|o| o["errors"].as_array())
+        .ok_or("the sync's output lists errors")?;
+    assert_eq!(errors.len(), 10, "{errors:?}");
+    assert!(
+        errors.iter().all(|e| e
+            .as_str()
+            .is_some_and(|e| e.starts_with("(no key): the mapped record has no `.id`: "))),
+        "{errors:?}"
+    );
+    let error = step.error.clone().unwrap_or_default();
+    assert!(error.contains(&format!("{unkeyed} records failed")), "{error}");
+    assert_eq!(mirrored(&sandbox).len(), keyed);
+    Ok(())
+}

@@ -436,7 +436,7 @@ async fn scan(
     // them before the pages they came from are committed.
     let mut buffer = Buffer::default();
     let (mut buffered_pages, mut buffered_records, mut buffered_read) = (0u32, 0u64, 0u64);
-    let mut unkeyed = Vec::new();
+    let mut unkeyed = Unkeyed::default();
     let started = pages > 0 || runs > 0;
     let mut finished = started && cursor.is_none();
     let evaluator = ctx.evaluator(step);
@@ -479,11 +479,17 @@ async fn scan(
                     buffer.push(key, text);
                     buffered_records += 1;
                 }
-                (Side::Source, None) => unkeyed.push(CallError::new(format!(
-                    "the mapped record has no `{}`: {}",
-                    spec.key.text(),
-                    shorten(&text)
-                ))),
+                (Side::Source, None) => {
+                    unkeyed.count += 1;
+                    // Only the messages the step's output keeps are made.
+                    if unkeyed.first.len() < ERRORS_KEPT {
+                        unkeyed.first.push(CallError::new(format!(
+                            "the mapped record has no `{}`: {}",
+                            spec.key.text(),
+                            shorten(&text)
+                        )));
+                    }
+                }
                 // A target record without the key is not the sync's.
                 (Side::Target, None) => {}
             }
@@ -508,9 +514,11 @@ async fn scan(
             pages += buffered_pages;
             records += buffered_records;
             let mut tally = shared.lock().await;
-            for error in unkeyed.drain(..) {
-                tally.failed("(no key)", &error);
+            let Unkeyed { count, first } = std::mem::take(&mut unkeyed);
+            for error in &first {
+                tally.failed("(no key)", error);
             }
+            tally.state.counts.failed += count - first.len() as u64;
             if side == Side::Source {
                 tally.state.counts.read += buffered_read;
             }
@@ -546,6 +554,14 @@ async fn scan(
         p.phase = phase_after(p, side);
     }
     Ok(None)
+}
+
+/// Source records a scan could not key since its last commit: how many,
+/// and the messages of the first few.
+#[derive(Default)]
+struct Unkeyed {
+    count: u64,
+    first: Vec<CallError>,
 }
 
 /// The phase once `side` is read to its end (its cursor is gone): the
