@@ -11,7 +11,7 @@ use weft::executor::{Observer, RunOptions, Silent, StepSummary, StopSignal};
 use weft::store::{Status, StepState};
 use weft::workflow::Step;
 
-use super::support::{Harness, TestResult, flow_with, overrides, sandbox, workflow, writes};
+use super::support::{Harness, TestResult, flow_with, ids, overrides, sandbox, workflow, writes};
 
 const VENDORS: [(&str, &str); 2] = [("stripe", "stripe"), ("growpanel", "growpanel")];
 
@@ -49,13 +49,7 @@ async fn a_sync_from_an_earlier_list_step_copies_exactly_that_steps_records() ->
         let backend = harness.backend();
         let sandbox = sandbox(20).await?;
         let vendors = overrides(&sandbox, &VENDORS);
-        let stripe_ids: BTreeSet<String> = sandbox
-            .stripe
-            .emulator
-            .customers()
-            .iter()
-            .filter_map(|c| c["id"].as_str().map(str::to_owned))
-            .collect();
+        let stripe_ids: BTreeSet<String> = ids(&sandbox.stripe.emulator.customers());
         assert!(mirrored(&sandbox).is_empty(), "{backend}: GrowPanel starts without them");
         sandbox.stripe.emulator.requests().clear();
 
@@ -436,18 +430,12 @@ async fn a_sync_counts_every_source_record_without_a_key_and_keeps_ten_messages(
     let sandbox = sandbox(30).await?;
     let harness = Harness::new()?;
     let vendors = overrides(&sandbox, &VENDORS);
-    let mut ids: Vec<String> = sandbox
-        .stripe
-        .emulator
-        .customers()
-        .iter()
-        .filter_map(|c| c["id"].as_str().map(str::to_owned))
-        .collect();
-    ids.sort();
+    let mut stripe_ids: Vec<String> = ids(&sandbox.stripe.emulator.customers());
+    stripe_ids.sort();
     let keyed = 5;
-    let last_keyed = ids.get(keyed - 1).ok_or("30 customers")?.clone();
-    let unkeyed = ids.len() - keyed;
-    assert!(unkeyed > 10, "more than the output keeps: {}", ids.len());
+    let last_keyed = stripe_ids.get(keyed - 1).ok_or("30 customers")?.clone();
+    let unkeyed = stripe_ids.len() - keyed;
+    assert!(unkeyed > 10, "more than the output keeps: {}", stripe_ids.len());
     let text = flow(
         "unkeyed",
         &format!(
@@ -465,7 +453,7 @@ map = 'if .id <= "{last_keyed}" then {{id: ("m_" + .id), name, email, created_da
     let c = step.counts;
     assert_eq!(
         (c.read, c.created, c.failed),
-        (ids.len() as u64, keyed as u64, unkeyed as u64),
+        (stripe_ids.len() as u64, keyed as u64, unkeyed as u64),
         "{c:?}"
     );
     let errors = step

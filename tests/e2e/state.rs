@@ -14,7 +14,7 @@ use weft::executor::{ConnectionOverride, Observer, RunOptions, Silent};
 use weft::store::{RunTrigger, Status};
 use weft::workflow::{Step, Workflow};
 
-use super::support::{Harness, TestResult, overrides, sandbox};
+use super::support::{Harness, TestResult, ids, overrides, sandbox};
 
 /// A loopback proxy in front of the GrowPanel emulator that, once armed,
 /// lets `budget` more creates (POSTs) through and refuses the rest with
@@ -157,20 +157,8 @@ async fn the_incremental_example_copies_every_customer_once_across_runs_one_fail
     );
 
     // Judged by the emulators: GrowPanel holds each Stripe customer, once.
-    let stripe_ids: Vec<String> = sandbox
-        .stripe
-        .emulator
-        .customers()
-        .iter()
-        .filter_map(|c| c["id"].as_str().map(str::to_owned))
-        .collect();
-    let mut held: Vec<String> = sandbox
-        .growpanel
-        .emulator
-        .customers()
-        .iter()
-        .filter_map(|c| c["id"].as_str().map(str::to_owned))
-        .collect();
+    let stripe_ids: Vec<String> = ids(&sandbox.stripe.emulator.customers());
+    let mut held: Vec<String> = ids(&sandbox.growpanel.emulator.customers());
     held.sort();
     let mut wanted = stripe_ids.clone();
     wanted.sort();

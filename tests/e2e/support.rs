@@ -171,6 +171,12 @@ pub fn flow_with(name: &str, plugins: &[&str], rest: &str) -> String {
     format!("[workflow]\nname = \"{name}\"\n{}\n{rest}", connections(plugins))
 }
 
+/// The text `id` of each record that has one (an emulator's customers), in
+/// the collection the caller names.
+pub fn ids<C: FromIterator<String>>(records: &[serde_json::Value]) -> C {
+    records.iter().filter_map(|c| c["id"].as_str().map(str::to_owned)).collect()
+}
+
 /// Opens the sled store in `dir` again after a server in this process
 /// closed it. sled 0.34's background I/O threads can hold the directory's
 /// lock for a moment after the last handle is dropped (seen under load),
